@@ -1,0 +1,173 @@
+import { promises as fsp, type Stats } from "node:fs";
+import path from "node:path";
+import { FastCdc } from "../chunking/fastcdc.js";
+import { encodeEntry, type FileChunk, type FolderEntry } from "../format/entries.js";
+import type { FolderSource } from "../format/snapshot.js";
+import { assertUnchanged, identityOf, sourceError } from "../sources/identity.js";
+import { toHex } from "../util/bytes.js";
+import type { ProgressSink } from "../util/progress.js";
+import { isZero } from "./image.js";
+import type { ChunkSink } from "./sink.js";
+
+/** Entry blobs end after an entry whose path hashes to 0 mod this (about 64 entries) or at the size cap. */
+const ENTRY_CUT_MODULUS = 64;
+const ENTRY_BLOB_MAX = 256 * 1024;
+
+export interface FolderStats {
+  files: number;
+  dirs: number;
+  symlinks: number;
+  size: number;
+  skipped: string[];
+}
+
+/** Backs up a folder: regular files (content-defined chunks), directories, symlinks, modes, mtimes. */
+export async function backupFolder(root: string, name: string, cdc: FastCdc, sink: ChunkSink, progress: ProgressSink): Promise<{ source: FolderSource; skipped: string[] }> {
+  const stats: FolderStats = { files: 0, dirs: 0, symlinks: 0, size: 0, skipped: [] };
+  const blobs = new EntryBlobWriter(sink);
+  const reader = new CdcFileReader(cdc, sink);
+  const visit = async (rel: string): Promise<void> => {
+    const abs = rel === "" ? root : path.join(root, ...rel.split("/"));
+    let st: Stats;
+    try {
+      st = await fsp.lstat(abs);
+    } catch (e) {
+      throw sourceError(abs, e);
+    }
+    const base = { path: rel, mode: st.mode & 0o7777, mtimeMs: st.mtimeMs };
+    if (st.isDirectory()) {
+      stats.dirs++;
+      await blobs.add({ ...base, type: "dir", size: 0 });
+      let names: string[];
+      try {
+        names = await fsp.readdir(abs);
+      } catch (e) {
+        throw sourceError(abs, e);
+      }
+      names.sort();
+      for (const n of names) await visit(rel === "" ? n : `${rel}/${n}`);
+    } else if (st.isSymbolicLink()) {
+      stats.symlinks++;
+      const target = await fsp.readlink(abs).catch((e: unknown) => {
+        throw sourceError(abs, e);
+      });
+      await blobs.add({ ...base, type: "symlink", size: 0, target });
+    } else if (st.isFile()) {
+      stats.files++;
+      const chunks = await reader.read(abs, st, (done) => progress({ phase: `backup ${name}`, done: stats.size + done, unit: "bytes", item: rel }));
+      stats.size += st.size;
+      await blobs.add({ ...base, type: "file", size: st.size, chunks });
+    } else {
+      stats.skipped.push(rel);
+    }
+  };
+  await visit("");
+  const entries = await blobs.finish();
+  return {
+    source: { kind: "folder", name, path: path.resolve(root), entries, files: stats.files, dirs: stats.dirs, symlinks: stats.symlinks, size: stats.size },
+    skipped: stats.skipped,
+  };
+}
+
+/** Reads one file through FastCDC into the sink; checks that it did not change meanwhile. */
+class CdcFileReader {
+  readonly #cdc: FastCdc;
+  readonly #sink: ChunkSink;
+  readonly #buf: Uint8Array;
+  readonly #zero: Uint8Array;
+
+  constructor(cdc: FastCdc, sink: ChunkSink) {
+    this.#cdc = cdc;
+    this.#sink = sink;
+    this.#buf = new Uint8Array(cdc.params.max * 2);
+    this.#zero = new Uint8Array(cdc.params.max);
+  }
+
+  async read(file: string, lst: Stats, onBytes: (done: number) => void): Promise<FileChunk[]> {
+    let handle;
+    try {
+      handle = await fsp.open(file, "r");
+    } catch (e) {
+      throw sourceError(file, e);
+    }
+    try {
+      const before = identityOf(await handle.stat());
+      assertUnchanged(file, identityOf(lst), before);
+      const chunks: FileChunk[] = [];
+      const buf = this.#buf;
+      let start = 0;
+      let end = 0;
+      let position = 0;
+      let eof = false;
+      while (!eof || start < end) {
+        if (!eof && end - start < this.#cdc.params.max) {
+          buf.copyWithin(0, start, end);
+          end -= start;
+          start = 0;
+          let bytesRead: number;
+          try {
+            ({ bytesRead } = await handle.read(buf, end, buf.length - end, position));
+          } catch (e) {
+            throw sourceError(file, e);
+          }
+          if (bytesRead === 0) eof = true;
+          end += bytesRead;
+          position += bytesRead;
+          onBytes(position);
+          continue;
+        }
+        const n = this.#cdc.cut(buf, start, end, eof);
+        if (n === 0) break;
+        const chunk = buf.subarray(start, start + n);
+        if (isZero(chunk, this.#zero)) chunks.push({ id: null, length: n });
+        else chunks.push({ id: toHex(await this.#sink.put(chunk)), length: n });
+        start += n;
+      }
+      assertUnchanged(file, before, identityOf(await handle.stat()));
+      if (position !== before.size) assertUnchanged(file, before, { ...before, size: position });
+      return chunks;
+    } finally {
+      await handle.close();
+    }
+  }
+}
+
+/** Serializes entries and cuts them into blobs at content-defined entry boundaries. */
+class EntryBlobWriter {
+  readonly #sink: ChunkSink;
+  #parts: Uint8Array[] = [];
+  #size = 0;
+  readonly #ids: string[] = [];
+
+  constructor(sink: ChunkSink) {
+    this.#sink = sink;
+  }
+
+  async add(entry: FolderEntry): Promise<void> {
+    const line = encodeEntry(entry);
+    this.#parts.push(line);
+    this.#size += line.length;
+    if (this.#size >= ENTRY_BLOB_MAX || fnv1a(entry.path) % ENTRY_CUT_MODULUS === 0) await this.#emit();
+  }
+
+  async finish(): Promise<string[]> {
+    if (this.#parts.length > 0) await this.#emit();
+    return this.#ids;
+  }
+
+  async #emit(): Promise<void> {
+    const blob = Buffer.concat(this.#parts);
+    this.#parts = [];
+    this.#size = 0;
+    this.#ids.push(toHex(await this.#sink.put(blob)));
+  }
+}
+
+function fnv1a(text: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h;
+}

@@ -1,0 +1,66 @@
+import argon2 from "argon2";
+import { UsageError } from "../errors.js";
+import { Secret } from "./secret.js";
+
+/** Argon2id parameters as stored in every key slot. */
+export interface KdfParams {
+  readonly algorithm: "argon2id";
+  /** Memory in KiB. */
+  readonly memoryKiB: number;
+  /** Number of passes (time cost). */
+  readonly passes: number;
+  readonly parallelism: number;
+  readonly salt: Uint8Array;
+}
+
+/** The production floor: nothing weaker is accepted for a new slot outside tests. */
+export const KDF_FLOOR = { memoryKiB: 64 * 1024, passes: 3 } as const;
+
+/** Parameters used for new slots: 256 MiB, 3 passes (measured at about 0.9 s here). */
+export const KDF_DEFAULT = { memoryKiB: 256 * 1024, passes: 3, parallelism: 1 } as const;
+
+/** Weak parameters that tests pass explicitly; recorded in the slot like any others. */
+export const KDF_TEST = { memoryKiB: 1024, passes: 1, parallelism: 1 } as const;
+
+export const KDF_SALT_BYTES = 16;
+export const KDF_KEY_BYTES = 32;
+
+export type KdfStrength = Pick<KdfParams, "memoryKiB" | "passes" | "parallelism">;
+
+export function isBelowFloor(params: KdfStrength): boolean {
+  return params.memoryKiB < KDF_FLOOR.memoryKiB || params.passes < KDF_FLOOR.passes;
+}
+
+export function isWeakerThan(params: KdfStrength, target: KdfStrength): boolean {
+  return params.memoryKiB < target.memoryKiB || params.passes < target.passes;
+}
+
+/** Refuses parameters below the floor unless weak parameters are explicitly allowed (tests). */
+export function assertKdfStrength(params: KdfStrength, allowWeak: boolean): void {
+  if (!allowWeak && isBelowFloor(params)) {
+    throw new UsageError(
+      `Argon2id parameters below the floor (${params.memoryKiB} KiB, ${params.passes} passes; ` +
+        `at least ${KDF_FLOOR.memoryKiB} KiB and ${KDF_FLOOR.passes} passes are required)`,
+    );
+  }
+  if (params.parallelism < 1 || params.memoryKiB < 8 * params.parallelism || params.passes < 1) {
+    throw new UsageError("invalid Argon2id parameters");
+  }
+}
+
+/** Derives a 32-byte key from a passphrase with Argon2id. */
+export async function deriveKey(passphrase: Secret, params: KdfParams): Promise<Secret> {
+  const input = Buffer.from(passphrase.bytes);
+  const raw = await argon2.hash(input, {
+    type: argon2.argon2id,
+    raw: true,
+    salt: Buffer.from(params.salt),
+    memoryCost: params.memoryKiB,
+    timeCost: params.passes,
+    parallelism: params.parallelism,
+    hashLength: KDF_KEY_BYTES,
+  }).finally(() => input.fill(0));
+  const key = new Uint8Array(raw);
+  raw.fill(0);
+  return new Secret(key);
+}

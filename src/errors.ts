@@ -1,0 +1,107 @@
+/**
+ * Every error the vault raises on purpose is a VaultError with a stable string code.
+ * Codes never change once released; the CLI maps them to exit codes in one place.
+ */
+export type ErrorCode =
+  | "E_USAGE"
+  | "E_AUTH"
+  | "E_ACCESS_DENIED"
+  | "E_INTEGRITY"
+  | "E_NOT_FOUND"
+  | "E_NOT_A_REPOSITORY"
+  | "E_EXISTS"
+  | "E_LOCKED"
+  | "E_STORAGE"
+  | "E_SOURCE"
+  | "E_CHANGED"
+  | "E_UNSUPPORTED"
+  | "E_AUDIT";
+
+export class VaultError extends Error {
+  readonly code: ErrorCode;
+  readonly hint: string | undefined;
+
+  constructor(code: ErrorCode, message: string, options: { hint?: string; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.code = code;
+    this.hint = options.hint;
+  }
+}
+
+/** Bad arguments or a missing setting. */
+export class UsageError extends VaultError {
+  constructor(message: string, hint?: string) {
+    super("E_USAGE", message, hint === undefined ? {} : { hint });
+  }
+}
+
+/** Wrong passphrase, unknown user, or a key slot that does not open. */
+export class AuthError extends VaultError {
+  constructor(message: string, hint?: string) {
+    super("E_AUTH", message, hint === undefined ? {} : { hint });
+  }
+}
+
+/** The user's role does not allow the action. */
+export class AccessDeniedError extends VaultError {
+  readonly role: string;
+  readonly action: string;
+  constructor(role: string, action: string) {
+    super("E_ACCESS_DENIED", `access denied: ${role} may not ${action}`, {
+      hint: "ask an admin for a user with a role that allows it",
+    });
+    this.role = role;
+    this.action = action;
+  }
+}
+
+/** One damaged object, named, with the snapshots it affects when known. */
+export interface Damage {
+  readonly object: string;
+  readonly problem: string;
+  readonly snapshots?: readonly string[];
+}
+
+/** Tampering or corruption detected. */
+export class IntegrityError extends VaultError {
+  readonly damage: readonly Damage[];
+  constructor(message: string, damage: readonly Damage[] = []) {
+    super("E_INTEGRITY", message, {
+      hint: "the repository was modified or corrupted; run `vmvault check --read-data` to list every damaged object",
+    });
+    this.damage = damage;
+  }
+
+  static object(object: string, problem: string): IntegrityError {
+    return new IntegrityError(`integrity failure: ${object}: ${problem}`, [{ object, problem }]);
+  }
+}
+
+export class NotFoundError extends VaultError {
+  constructor(message: string, hint?: string) {
+    super("E_NOT_FOUND", message, hint === undefined ? {} : { hint });
+  }
+}
+
+export class LockedError extends VaultError {
+  constructor(message: string, hint?: string) {
+    super("E_LOCKED", message, hint === undefined ? {} : { hint });
+  }
+}
+
+export class StorageError extends VaultError {
+  constructor(message: string, cause?: unknown) {
+    super("E_STORAGE", message, cause === undefined ? {} : { cause });
+  }
+}
+
+export class SourceError extends VaultError {
+  constructor(code: "E_SOURCE" | "E_CHANGED", message: string, hint?: string) {
+    super(code, message, hint === undefined ? {} : { hint });
+  }
+}
+
+export function isVaultError(e: unknown): e is VaultError {
+  return e instanceof VaultError;
+}

@@ -1,0 +1,51 @@
+import { ByteReader, ByteWriter, FormatError } from "./codec.js";
+import { CHUNK_ID_BYTES } from "./pack.js";
+
+/** Number of chunk positions one list blob covers: unchanged spans give identical blobs. */
+export const LIST_SPAN = 4096;
+
+const LIST_VERSION = 1;
+const TAG_ZERO_RUN = 0;
+const TAG_CHUNK = 1;
+
+/** A chunk position: a data chunk ID, or null for an all-zero chunk (a hole). */
+export type ChunkRef = Uint8Array | null;
+
+/** Encodes one span of chunk positions: zero runs as counts, data chunks as IDs. */
+export function encodeChunkList(refs: readonly ChunkRef[]): Uint8Array {
+  const w = new ByteWriter(16 + refs.length * (CHUNK_ID_BYTES + 1));
+  w.u8(LIST_VERSION).varint(refs.length);
+  let zeros = 0;
+  for (const ref of refs) {
+    if (ref === null) {
+      zeros++;
+      continue;
+    }
+    if (zeros > 0) {
+      w.u8(TAG_ZERO_RUN).varint(zeros);
+      zeros = 0;
+    }
+    w.u8(TAG_CHUNK).raw(ref);
+  }
+  if (zeros > 0) w.u8(TAG_ZERO_RUN).varint(zeros);
+  return w.finish();
+}
+
+export function parseChunkList(bytes: Uint8Array): ChunkRef[] {
+  const r = new ByteReader(bytes);
+  if (r.u8() !== LIST_VERSION) throw new FormatError("unsupported chunk list version");
+  const count = r.varint();
+  if (count > LIST_SPAN) throw new FormatError("chunk list too long");
+  const out: ChunkRef[] = [];
+  while (out.length < count) {
+    const tag = r.u8();
+    if (tag === TAG_CHUNK) out.push(r.raw(CHUNK_ID_BYTES).slice());
+    else if (tag === TAG_ZERO_RUN) {
+      const n = r.varint();
+      if (n === 0 || out.length + n > count) throw new FormatError("bad zero run");
+      for (let i = 0; i < n; i++) out.push(null);
+    } else throw new FormatError("unknown chunk list tag");
+  }
+  r.end();
+  return out;
+}

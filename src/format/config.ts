@@ -1,0 +1,67 @@
+import { FormatError } from "./codec.js";
+import { hexField, int, obj, oneOf, str, type Json } from "./fields.js";
+import { toHex } from "../util/bytes.js";
+
+/** Repository-wide settings fixed at init; signed by the genesis root key. */
+export interface RepoConfig {
+  readonly repoId: string;
+  readonly formatVersion: 1;
+  readonly createdAt: string;
+  readonly rootPublicKey: Uint8Array;
+  /** Fixed chunk size for disk images, bytes. */
+  readonly imageChunkSize: number;
+  /** FastCDC limits for files, bytes. */
+  readonly fileChunkMin: number;
+  readonly fileChunkAvg: number;
+  readonly fileChunkMax: number;
+  /** Target pack size, bytes. */
+  readonly packSize: number;
+  readonly compression: "zstd";
+  readonly compressionLevel: number;
+}
+
+export const REPO_ID_PATTERN = /^[0-9a-f]{32}$/;
+
+export function encodeConfigMeta(c: RepoConfig): Json {
+  return {
+    repoId: c.repoId,
+    formatVersion: c.formatVersion,
+    createdAt: c.createdAt,
+    rootPublicKey: toHex(c.rootPublicKey),
+    imageChunkSize: c.imageChunkSize,
+    fileChunkMin: c.fileChunkMin,
+    fileChunkAvg: c.fileChunkAvg,
+    fileChunkMax: c.fileChunkMax,
+    packSize: c.packSize,
+    compression: c.compression,
+    compressionLevel: c.compressionLevel,
+  };
+}
+
+export function parseConfigMeta(value: unknown): RepoConfig {
+  const o = obj(value, "config");
+  const repoId = str(o, "repoId");
+  if (!REPO_ID_PATTERN.test(repoId)) throw new FormatError("bad repository id");
+  if (int(o, "formatVersion") !== 1) throw new FormatError("unsupported repository format version");
+  const c: RepoConfig = {
+    repoId,
+    formatVersion: 1,
+    createdAt: str(o, "createdAt"),
+    rootPublicKey: hexField(o, "rootPublicKey", 32),
+    imageChunkSize: int(o, "imageChunkSize"),
+    fileChunkMin: int(o, "fileChunkMin"),
+    fileChunkAvg: int(o, "fileChunkAvg"),
+    fileChunkMax: int(o, "fileChunkMax"),
+    packSize: int(o, "packSize"),
+    compression: oneOf(o, "compression", ["zstd"] as const),
+    compressionLevel: int(o, "compressionLevel"),
+  };
+  const pow2 = (n: number): boolean => n > 0 && (n & (n - 1)) === 0;
+  if (!pow2(c.imageChunkSize) || c.imageChunkSize < 4096 || c.imageChunkSize > 1 << 24) throw new FormatError("bad image chunk size");
+  if (!(c.fileChunkMin > 0 && c.fileChunkMin <= c.fileChunkAvg && c.fileChunkAvg <= c.fileChunkMax && c.fileChunkMax <= 1 << 26)) {
+    throw new FormatError("bad file chunker limits");
+  }
+  if (!pow2(c.fileChunkAvg)) throw new FormatError("file chunk average must be a power of two");
+  if (c.packSize < 1 << 16 || c.packSize > 1 << 30) throw new FormatError("bad pack size");
+  return c;
+}

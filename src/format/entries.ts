@@ -1,0 +1,71 @@
+import { FormatError } from "./codec.js";
+import { arr, int, num, obj, oneOf, optStr, str } from "./fields.js";
+import { fromUtf8, utf8 } from "../util/bytes.js";
+
+/** A file's content: data chunk IDs (hex) and holes ("z" + length). */
+export type FileChunk = { readonly id: string; readonly length: number } | { readonly id: null; readonly length: number };
+
+/** One folder entry, as stored in entry blobs (one JSON object per line). */
+export interface FolderEntry {
+  /** Path relative to the source folder, "/"-separated; "" is the folder itself. */
+  readonly path: string;
+  readonly type: "file" | "dir" | "symlink";
+  readonly mode: number;
+  readonly mtimeMs: number;
+  readonly size: number;
+  readonly target?: string;
+  readonly chunks?: readonly FileChunk[];
+}
+
+export function encodeEntry(e: FolderEntry): Uint8Array {
+  const o: Record<string, unknown> = { p: e.path, t: e.type, m: e.mode, mt: e.mtimeMs, s: e.size };
+  if (e.target !== undefined) o["l"] = e.target;
+  if (e.chunks !== undefined) o["c"] = e.chunks.map((c) => (c.id === null ? `z${c.length}` : `${c.id}:${c.length}`));
+  return utf8(`${JSON.stringify(o)}\n`);
+}
+
+export function parseEntryLine(line: string): FolderEntry {
+  let v: unknown;
+  try {
+    v = JSON.parse(line) as unknown;
+  } catch {
+    throw new FormatError("folder entry is not valid JSON");
+  }
+  const o = obj(v, "folder entry");
+  const path = str(o, "p");
+  if (path.startsWith("/") || path.split("/").some((s) => s === ".." || s === ".")) throw new FormatError("unsafe path in folder entry");
+  const type = oneOf(o, "t", ["file", "dir", "symlink"] as const);
+  const target = optStr(o, "l");
+  const base = { path, type, mode: int(o, "m"), mtimeMs: num(o, "mt"), size: int(o, "s") };
+  const chunks =
+    o["c"] === undefined
+      ? undefined
+      : arr(o, "c").map((c): FileChunk => {
+          if (typeof c !== "string") throw new FormatError("bad chunk reference");
+          const zero = /^z(\d+)$/.exec(c);
+          if (zero) return { id: null, length: Number(zero[1]) };
+          const data = /^([0-9a-f]{64}):(\d+)$/.exec(c);
+          if (!data || data[1] === undefined) throw new FormatError("bad chunk reference");
+          return { id: data[1], length: Number(data[2]) };
+        });
+  return {
+    ...base,
+    ...(target === undefined ? {} : { target }),
+    ...(chunks === undefined ? {} : { chunks }),
+  };
+}
+
+/** Splits an entry blob (newline-separated JSON) into entries. */
+export function parseEntryBlob(bytes: Uint8Array): FolderEntry[] {
+  let text: string;
+  try {
+    text = fromUtf8(bytes);
+  } catch {
+    throw new FormatError("entry blob is not UTF-8");
+  }
+  if (text.length > 0 && !text.endsWith("\n")) throw new FormatError("entry blob is truncated");
+  return text
+    .split("\n")
+    .filter((l) => l.length > 0)
+    .map(parseEntryLine);
+}

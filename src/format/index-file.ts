@@ -1,0 +1,51 @@
+import { ByteReader, ByteWriter } from "./codec.js";
+import { int, obj, str, type Json } from "./fields.js";
+import { encodeEntries, ID_BYTES, parseEntries, type PackEntry } from "./pack.js";
+
+/** One pack as an index file describes it. */
+export interface IndexedPack {
+  readonly packId: Uint8Array;
+  readonly sessionId: Uint8Array;
+  /** Total object length, so a structure check can compare without reading the pack. */
+  readonly packLength: number;
+  readonly entries: readonly PackEntry[];
+}
+
+export interface IndexMeta {
+  readonly repoId: string;
+  readonly indexId: string;
+  readonly epoch: number;
+}
+
+export function encodeIndexMeta(m: IndexMeta): Json {
+  return { ...m };
+}
+
+export function parseIndexMeta(value: unknown): IndexMeta {
+  const o = obj(value, "index");
+  return { repoId: str(o, "repoId"), indexId: str(o, "indexId"), epoch: int(o, "epoch") };
+}
+
+export function encodeIndexBody(packs: readonly IndexedPack[]): Uint8Array {
+  const w = new ByteWriter(64 + packs.reduce((n, p) => n + 48 + p.entries.length * 44, 0));
+  w.u32(packs.length);
+  for (const p of packs) {
+    w.raw(p.packId).raw(p.sessionId).u64(p.packLength);
+    encodeEntries(w, p.entries);
+  }
+  return w.finish();
+}
+
+export function parseIndexBody(bytes: Uint8Array): IndexedPack[] {
+  const r = new ByteReader(bytes);
+  const n = r.u32();
+  const out: IndexedPack[] = [];
+  for (let i = 0; i < n; i++) {
+    const packId = r.raw(ID_BYTES).slice();
+    const sessionId = r.raw(ID_BYTES).slice();
+    const packLength = r.u64();
+    out.push({ packId, sessionId, packLength, entries: parseEntries(r) });
+  }
+  r.end();
+  return out;
+}

@@ -1,0 +1,176 @@
+import { FormatError } from "./codec.js";
+import { arr, hexField, int, obj, optStr, str, type Json } from "./fields.js";
+import { isRole, type Role } from "../keys/roles.js";
+import { toHex } from "../util/bytes.js";
+
+export interface RegistryUser {
+  readonly name: string;
+  readonly role: Role;
+  readonly signPublicKey: Uint8Array;
+  readonly boxPublicKey: Uint8Array;
+  readonly addedBy: string;
+  readonly addedAt: string;
+}
+
+export interface RemovedUser {
+  readonly name: string;
+  readonly role: Role;
+  readonly signPublicKey: Uint8Array;
+  readonly removedBy: string;
+  readonly removedAt: string;
+  /** Snapshots this user signed before removal; readers accept no others from them. */
+  readonly snapshots: readonly string[];
+}
+
+export interface EpochInfo {
+  readonly id: number;
+  readonly createdAt: string;
+  readonly dataPublicKey: Uint8Array;
+  readonly metaPublicKey: Uint8Array;
+  readonly auditPublicKey: Uint8Array;
+  /** Epoch whose chunk-ID key this epoch shares (its own id when it drew a new one). */
+  readonly chunkKeyEpoch: number;
+}
+
+export interface AuditHead {
+  readonly seq: number;
+  readonly hash: string;
+}
+
+/** One version of the registry: users, roles, public keys and key epochs. */
+export interface RegistryDoc {
+  readonly repoId: string;
+  readonly version: number;
+  /** Hash of the previous version's object bytes, null for version 1. */
+  readonly prevHash: string | null;
+  readonly time: string;
+  readonly actor: string;
+  readonly change: string;
+  /** The root key that signs the next version. */
+  readonly rootPublicKey: Uint8Array;
+  readonly users: readonly RegistryUser[];
+  readonly removed: readonly RemovedUser[];
+  readonly epochs: readonly EpochInfo[];
+  readonly currentEpoch: number;
+  /** Epochs whose secrets have been destroyed (nothing in the repository depends on them). */
+  readonly destroyedEpochs: readonly number[];
+  readonly auditHead: AuditHead | null;
+}
+
+export const USER_NAME_PATTERN = /^[a-z0-9][a-z0-9._-]{0,63}$/;
+
+function role(o: Json, key: string): Role {
+  const v = str(o, key);
+  if (!isRole(v)) throw new FormatError(`unknown role ${JSON.stringify(v)}`);
+  return v;
+}
+
+export function encodeRegistryMeta(d: RegistryDoc): Json {
+  return {
+    repoId: d.repoId,
+    version: d.version,
+    prevHash: d.prevHash,
+    time: d.time,
+    actor: d.actor,
+    change: d.change,
+    rootPublicKey: toHex(d.rootPublicKey),
+    users: d.users.map((u) => ({
+      name: u.name,
+      role: u.role,
+      signPublicKey: toHex(u.signPublicKey),
+      boxPublicKey: toHex(u.boxPublicKey),
+      addedBy: u.addedBy,
+      addedAt: u.addedAt,
+    })),
+    removed: d.removed.map((u) => ({
+      name: u.name,
+      role: u.role,
+      signPublicKey: toHex(u.signPublicKey),
+      removedBy: u.removedBy,
+      removedAt: u.removedAt,
+      snapshots: [...u.snapshots],
+    })),
+    epochs: d.epochs.map((e) => ({
+      id: e.id,
+      createdAt: e.createdAt,
+      dataPublicKey: toHex(e.dataPublicKey),
+      metaPublicKey: toHex(e.metaPublicKey),
+      auditPublicKey: toHex(e.auditPublicKey),
+      chunkKeyEpoch: e.chunkKeyEpoch,
+    })),
+    currentEpoch: d.currentEpoch,
+    destroyedEpochs: [...d.destroyedEpochs],
+    auditHead: d.auditHead,
+  };
+}
+
+export function parseRegistryMeta(value: unknown): RegistryDoc {
+  const o = obj(value, "registry");
+  const users = arr(o, "users").map((v): RegistryUser => {
+    const u = obj(v, "user");
+    const name = str(u, "name");
+    if (!USER_NAME_PATTERN.test(name)) throw new FormatError("bad user name");
+    return {
+      name,
+      role: role(u, "role"),
+      signPublicKey: hexField(u, "signPublicKey", 32),
+      boxPublicKey: hexField(u, "boxPublicKey", 32),
+      addedBy: str(u, "addedBy"),
+      addedAt: str(u, "addedAt"),
+    };
+  });
+  const removed = arr(o, "removed").map((v): RemovedUser => {
+    const u = obj(v, "removed user");
+    return {
+      name: str(u, "name"),
+      role: role(u, "role"),
+      signPublicKey: hexField(u, "signPublicKey", 32),
+      removedBy: str(u, "removedBy"),
+      removedAt: str(u, "removedAt"),
+      snapshots: arr(u, "snapshots").map((s) => {
+        if (typeof s !== "string") throw new FormatError("bad snapshot id");
+        return s;
+      }),
+    };
+  });
+  const epochs = arr(o, "epochs").map((v): EpochInfo => {
+    const e = obj(v, "epoch");
+    return {
+      id: int(e, "id"),
+      createdAt: str(e, "createdAt"),
+      dataPublicKey: hexField(e, "dataPublicKey", 32),
+      metaPublicKey: hexField(e, "metaPublicKey", 32),
+      auditPublicKey: hexField(e, "auditPublicKey", 32),
+      chunkKeyEpoch: int(e, "chunkKeyEpoch"),
+    };
+  });
+  const head = o["auditHead"];
+  let auditHead: AuditHead | null = null;
+  if (head !== null && head !== undefined) {
+    const h = obj(head, "auditHead");
+    auditHead = { seq: int(h, "seq"), hash: str(h, "hash") };
+  }
+  const prevHash = optStr(o, "prevHash") ?? null;
+  const doc: RegistryDoc = {
+    repoId: str(o, "repoId"),
+    version: int(o, "version"),
+    prevHash,
+    time: str(o, "time"),
+    actor: str(o, "actor"),
+    change: str(o, "change"),
+    rootPublicKey: hexField(o, "rootPublicKey", 32),
+    users,
+    removed,
+    epochs,
+    currentEpoch: int(o, "currentEpoch"),
+    destroyedEpochs: arr(o, "destroyedEpochs").map((n) => {
+      if (typeof n !== "number" || !Number.isSafeInteger(n)) throw new FormatError("bad epoch id");
+      return n;
+    }),
+    auditHead,
+  };
+  if (doc.version < 1) throw new FormatError("bad registry version");
+  if ((doc.version === 1) !== (prevHash === null)) throw new FormatError("registry chain field is inconsistent");
+  if (!epochs.some((e) => e.id === doc.currentEpoch)) throw new FormatError("current epoch is not listed");
+  return doc;
+}

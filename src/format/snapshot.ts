@@ -1,0 +1,156 @@
+import { FormatError } from "./codec.js";
+import { arr, int, obj, optStr, str, type Json } from "./fields.js";
+import { concatBytes, fromHex, utf8 } from "../util/bytes.js";
+import type { AuditHead } from "./registry.js";
+
+/** Readable part of a snapshot object (no secrets, nothing about the VM). */
+export interface SnapshotMeta {
+  readonly repoId: string;
+  readonly snapshotId: string;
+  readonly sessionId: string;
+  /** Epoch whose metadata key the header is sealed to. */
+  readonly epoch: number;
+}
+
+export function encodeSnapshotMeta(m: SnapshotMeta): Json {
+  return { ...m };
+}
+
+export function parseSnapshotMeta(value: unknown): SnapshotMeta {
+  const o = obj(value, "snapshot");
+  return { repoId: str(o, "repoId"), snapshotId: str(o, "snapshotId"), sessionId: str(o, "sessionId"), epoch: int(o, "epoch") };
+}
+
+/** Sealed to the metadata key: what `snapshots` lists. */
+export interface SnapshotHeader {
+  readonly id: string;
+  readonly vm: string;
+  readonly host: string;
+  readonly time: string;
+  readonly creator: string;
+  readonly creatorKey: string;
+  readonly registryVersion: number;
+  readonly parent: string | null;
+  /** Logical bytes of all sources. */
+  readonly size: number;
+  /** Bytes this snapshot added to the repository (after dedup and compression). */
+  readonly addedBytes: number;
+  readonly disks: readonly string[];
+  readonly folders: readonly string[];
+  readonly auditHead: AuditHead | null;
+  /** Random, so the header digest in the signature cannot be guessed. */
+  readonly salt: string;
+}
+
+export function encodeSnapshotHeader(h: SnapshotHeader): Uint8Array {
+  return utf8(JSON.stringify(h));
+}
+
+function strings(o: Json, key: string): string[] {
+  return arr(o, key).map((v) => {
+    if (typeof v !== "string") throw new FormatError(`field ${key} holds a non-string`);
+    return v;
+  });
+}
+
+export function parseSnapshotHeader(value: unknown): SnapshotHeader {
+  const o = obj(value, "snapshot header");
+  const head = o["auditHead"];
+  return {
+    id: str(o, "id"),
+    vm: str(o, "vm"),
+    host: str(o, "host"),
+    time: str(o, "time"),
+    creator: str(o, "creator"),
+    creatorKey: str(o, "creatorKey"),
+    registryVersion: int(o, "registryVersion"),
+    parent: optStr(o, "parent") ?? null,
+    size: int(o, "size"),
+    addedBytes: int(o, "addedBytes"),
+    disks: strings(o, "disks"),
+    folders: strings(o, "folders"),
+    auditHead:
+      head === null || head === undefined
+        ? null
+        : { seq: int(obj(head, "auditHead"), "seq"), hash: str(obj(head, "auditHead"), "hash") },
+    salt: str(o, "salt"),
+  };
+}
+
+/** A disk image source: its chunk list lives in list blobs, one per LIST_SPAN chunk positions. */
+export interface DiskSource {
+  readonly kind: "disk";
+  readonly name: string;
+  readonly size: number;
+  readonly chunkSize: number;
+  readonly lists: readonly string[];
+  readonly dataChunks: number;
+  readonly zeroChunks: number;
+}
+
+/** A folder source: its entries (paths, modes, chunk lists) live in entry blobs. */
+export interface FolderSource {
+  readonly kind: "folder";
+  readonly name: string;
+  readonly path: string;
+  readonly entries: readonly string[];
+  readonly files: number;
+  readonly dirs: number;
+  readonly symlinks: number;
+  readonly size: number;
+}
+
+export type SnapshotSource = DiskSource | FolderSource;
+
+/** Encrypted under the session key: where the data is. */
+export interface SnapshotBody {
+  readonly id: string;
+  readonly sources: readonly SnapshotSource[];
+}
+
+export function encodeSnapshotBody(b: SnapshotBody): Uint8Array {
+  return utf8(JSON.stringify(b));
+}
+
+export function parseSnapshotBody(value: unknown): SnapshotBody {
+  const o = obj(value, "snapshot body");
+  const sources = arr(o, "sources").map((v): SnapshotSource => {
+    const s = obj(v, "source");
+    const kind = str(s, "kind");
+    if (kind === "disk") {
+      return {
+        kind,
+        name: str(s, "name"),
+        size: int(s, "size"),
+        chunkSize: int(s, "chunkSize"),
+        lists: strings(s, "lists"),
+        dataChunks: int(s, "dataChunks"),
+        zeroChunks: int(s, "zeroChunks"),
+      };
+    }
+    if (kind === "folder") {
+      return {
+        kind,
+        name: str(s, "name"),
+        path: str(s, "path"),
+        entries: strings(s, "entries"),
+        files: int(s, "files"),
+        dirs: int(s, "dirs"),
+        symlinks: int(s, "symlinks"),
+        size: int(s, "size"),
+      };
+    }
+    throw new FormatError(`unknown source kind ${JSON.stringify(kind)}`);
+  });
+  return { id: str(o, "id"), sources };
+}
+
+/** Associated data of the body: binds it to its snapshot and session. */
+export function snapshotBodyAd(snapshotId: string, sessionId: string): Uint8Array {
+  return concatBytes([utf8("vmvault snapshot body v1\0"), fromHex(snapshotId), fromHex(sessionId)]);
+}
+
+/** The message the creator signs; the sealed header is excluded so rotation can re-seal it. */
+export function snapshotSignedMessage(snapshotId: string, sessionId: string, headerDigest: Uint8Array, body: Uint8Array): Uint8Array {
+  return concatBytes([utf8("vmvault snapshot signature v1\0"), fromHex(snapshotId), fromHex(sessionId), headerDigest, body]);
+}

@@ -1,0 +1,28 @@
+/** vmvault: encrypted, deduplicating, access-controlled backup vault for VM data. */
+export { Vault, openVault, initVault } from "./vault.js";
+export {
+  VaultError,
+  UsageError,
+  AuthError,
+  AccessDeniedError,
+  IntegrityError,
+  NotFoundError,
+  LockedError,
+  StorageError,
+  SourceError,
+  type ErrorCode,
+  type Damage,
+} from "./errors.js";
+export { Secret } from "./crypto/secret.js";
+export { KDF_DEFAULT, KDF_FLOOR, KDF_TEST, type KdfStrength } from "./crypto/kdf.js";
+export type { RandomSource } from "./crypto/suite.js";
+export { ROLES, ACTIONS, may, type Role, type Action } from "./keys/roles.js";
+export type { Store, ObjectInfo, ByteRange } from "./storage/types.js";
+export { FsStore } from "./storage/fs.js";
+export { MemoryStore } from "./storage/memory.js";
+export type { BackupOptions, BackupResult } from "./backup/backup.js";
+export type { RestoreOptions, RestoreResult } from "./restore/restore.js";
+export type { CheckOptions, CheckReport } from "./maintenance/check.js";
+export type { SnapshotSummary } from "./snapshot/list.js";
+export type { InitOptions, OpenOptions } from "./repository/open.js";
+export type { ProgressEvent, ProgressSink } from "./util/progress.js";

@@ -1,0 +1,60 @@
+import { CryptoFailure, type CryptoSuite } from "../crypto/suite.js";
+import type { Secret } from "../crypto/secret.js";
+import { FormatError } from "../format/codec.js";
+import { packTrailerAd, parsePackHeader, parsePackPrefix, PACK_PREFIX_BYTES, type PackEntry } from "../format/pack.js";
+import type { Store } from "../storage/types.js";
+import { bytesEqual, fromHex, toHex } from "../util/bytes.js";
+
+export class PackError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "PackError";
+  }
+}
+
+/** The session id a pack names in its clear prefix. */
+export async function readPackSession(store: Store, key: string): Promise<string> {
+  const prefix = await store.get(key, { offset: 0, length: PACK_PREFIX_BYTES });
+  try {
+    return toHex(parsePackPrefix(prefix));
+  } catch (e) {
+    if (e instanceof FormatError) throw new PackError(`bad pack prefix (${e.message})`);
+    throw e;
+  }
+}
+
+/** Reads and authenticates a pack's trailer (its encrypted list of chunks). */
+export async function readPackTrailer(
+  crypto: CryptoSuite,
+  store: Store,
+  key: string,
+  packId: string,
+  size: number,
+  sessionKey: Secret,
+): Promise<{ sessionId: string; entries: PackEntry[] }> {
+  if (size < PACK_PREFIX_BYTES + 4) throw new PackError("pack is truncated");
+  const tail = await store.get(key, { offset: size - 4, length: 4 });
+  if (tail.length !== 4) throw new PackError("pack is truncated");
+  const trailerLength = new DataView(tail.buffer, tail.byteOffset, 4).getUint32(0, true);
+  if (trailerLength > size - PACK_PREFIX_BYTES - 4) throw new PackError("pack trailer length is out of range");
+  const trailer = await store.get(key, { offset: size - 4 - trailerLength, length: trailerLength });
+  let plain: Uint8Array;
+  try {
+    plain = crypto.open(sessionKey, trailer, packTrailerAd(fromHex(packId)));
+  } catch (e) {
+    if (e instanceof CryptoFailure) throw new PackError("pack trailer does not authenticate");
+    throw e;
+  }
+  try {
+    const header = parsePackHeader(plain);
+    if (!bytesEqual(header.packId, fromHex(packId))) throw new PackError("pack trailer names another pack (swapped)");
+    const dataEnd = size - 4 - trailerLength;
+    for (const e of header.entries) {
+      if (e.offset < PACK_PREFIX_BYTES || e.offset + e.length > dataEnd) throw new PackError("pack entry out of range");
+    }
+    return { sessionId: toHex(header.sessionId), entries: header.entries };
+  } catch (e) {
+    if (e instanceof FormatError) throw new PackError(`pack trailer is malformed (${e.message})`);
+    throw e;
+  }
+}

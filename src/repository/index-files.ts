@@ -1,0 +1,77 @@
+import { IntegrityError, type Damage } from "../errors.js";
+import { CryptoFailure } from "../crypto/suite.js";
+import { FormatError } from "../format/codec.js";
+import { encodeEnvelope, envelopeAd, ObjectKind, parseEnvelope } from "../format/envelope.js";
+import { encodeIndexBody, encodeIndexMeta, parseIndexBody, parseIndexMeta, type IndexedPack } from "../format/index-file.js";
+import { INDEX_PREFIX, indexKey } from "../format/layout.js";
+import { listAll, type AppendOnlyStore } from "../storage/types.js";
+import { toHex, utf8 } from "../util/bytes.js";
+import { ChunkIndex } from "./chunk-index.js";
+import type { Repository } from "./repository.js";
+
+/** One index file as read from the repository. */
+export interface IndexFile {
+  readonly key: string;
+  readonly indexId: string;
+  readonly epoch: number;
+  readonly packs: readonly IndexedPack[];
+}
+
+export async function readIndexFile(repo: Repository, key: string): Promise<IndexFile> {
+  const bytes = await repo.store.get(key);
+  try {
+    const env = parseEnvelope(ObjectKind.Index, bytes, false);
+    const meta = parseIndexMeta(env.meta);
+    if (indexKey(meta.indexId) !== key || meta.repoId !== repo.repoId) throw new FormatError("index does not match its name");
+    const secret = repo.keyring.secret(meta.epoch, "index");
+    if (secret === undefined) throw IntegrityError.object(key, `no index key for epoch ${meta.epoch} is granted to you`);
+    const sealed = env.payloads[0];
+    if (sealed === undefined || env.payloads.length !== 1) throw new FormatError("bad payload count");
+    const body = repo.crypto.open(secret, sealed, envelopeAd(ObjectKind.Index, env.metaBytes));
+    return { key, indexId: meta.indexId, epoch: meta.epoch, packs: parseIndexBody(body) };
+  } catch (e) {
+    if (e instanceof FormatError || e instanceof CryptoFailure) throw IntegrityError.object(key, "index does not authenticate (modified or corrupted)");
+    throw e;
+  }
+}
+
+/**
+ * Loads every index file into a ChunkIndex. A damaged file is reported to onDamage when given
+ * (check collects), otherwise it stops the operation.
+ */
+export async function loadIndex(
+  repo: Repository,
+  onDamage?: (d: Damage) => void,
+  onFile?: (f: IndexFile) => void,
+): Promise<ChunkIndex> {
+  const index = new ChunkIndex();
+  for (const { key } of await listAll(repo.store, INDEX_PREFIX)) {
+    let file: IndexFile;
+    try {
+      file = await readIndexFile(repo, key);
+    } catch (e) {
+      if (onDamage !== undefined && e instanceof IntegrityError) {
+        for (const d of e.damage) onDamage(d);
+        continue;
+      }
+      throw e;
+    }
+    onFile?.(file);
+    for (const p of file.packs) {
+      const packNo = index.addPack({ packId: toHex(p.packId), sessionId: toHex(p.sessionId), packLength: p.packLength });
+      for (const e of p.entries) index.add(e.chunkId, packNo, e.offset, e.length, e.rawLength);
+    }
+  }
+  return index;
+}
+
+/** Encrypts packs' entries under the current epoch's index key and stores them as one index file. */
+export async function writeIndexFile(repo: Repository, store: AppendOnlyStore, packs: readonly IndexedPack[]): Promise<string> {
+  const indexId = toHex(repo.crypto.random(16));
+  const epoch = repo.keyring.currentEpoch;
+  const meta = encodeIndexMeta({ repoId: repo.repoId, indexId, epoch });
+  const sealed = repo.crypto.seal(repo.currentSecret("index"), encodeIndexBody(packs), envelopeAd(ObjectKind.Index, utf8(JSON.stringify(meta))));
+  const key = indexKey(indexId);
+  await store.putIfAbsent(key, encodeEnvelope(ObjectKind.Index, meta, [sealed]));
+  return key;
+}

@@ -1,0 +1,243 @@
+import os from "node:os";
+import { AuthError, IntegrityError, UsageError, VaultError } from "../errors.js";
+import { CryptoSuite, type RandomSource } from "../crypto/suite.js";
+import { assertKdfStrength, KDF_DEFAULT, type KdfStrength } from "../crypto/kdf.js";
+import { Secret } from "../crypto/secret.js";
+import { FormatError } from "../format/codec.js";
+import { parseConfigMeta, encodeConfigMeta, type RepoConfig } from "../format/config.js";
+import { appendSignature, encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
+import { CONFIG_KEY, grantKey, registryKey, slotKey, slotPrefix } from "../format/layout.js";
+import { USER_NAME_PATTERN, type EpochInfo, type RegistryDoc, type RegistryUser } from "../format/registry.js";
+import type { GrantSecrets } from "../format/grant.js";
+import { encodeGrant, openGrant } from "../keys/grant.js";
+import { Keyring } from "../keys/keyring.js";
+import { encodeRegistry, findUser, loadRegistryChain } from "../keys/registry.js";
+import { unwrapSlot, wrapSlot } from "../keys/slot.js";
+import { listAll, type Store } from "../storage/types.js";
+import { toHex } from "../util/bytes.js";
+import { Repository, type Environment } from "./repository.js";
+import { NotARepositoryError } from "./errors.js";
+
+export interface CommonOptions {
+  readonly store: Store;
+  readonly random?: RandomSource;
+  readonly clock?: () => Date;
+  readonly hostname?: string;
+}
+
+export interface InitOptions extends CommonOptions {
+  readonly user: string;
+  readonly passphrase: Secret;
+  /** Argon2id strength for the admin's slot; below the floor only with allowWeakKdf (tests). */
+  readonly kdf?: KdfStrength;
+  readonly allowWeakKdf?: boolean;
+  readonly config?: Partial<Pick<RepoConfig, "imageChunkSize" | "fileChunkMin" | "fileChunkAvg" | "fileChunkMax" | "packSize" | "compressionLevel">>;
+}
+
+export interface OpenOptions extends CommonOptions {
+  readonly user: string;
+  readonly passphrase: Secret;
+}
+
+export const DEFAULT_CONFIG = {
+  imageChunkSize: 16 * 1024,
+  fileChunkMin: 256 * 1024,
+  fileChunkAvg: 1024 * 1024,
+  fileChunkMax: 4 * 1024 * 1024,
+  packSize: 16 * 1024 * 1024,
+  compressionLevel: 1,
+} as const;
+
+export function environment(o: CommonOptions): Environment {
+  return { clock: o.clock ?? (() => new Date()), hostname: o.hostname ?? os.hostname(), pid: process.pid };
+}
+
+export function fingerprintOf(crypto: CryptoSuite, signPublicKey: Uint8Array): string {
+  return toHex(crypto.hash(signPublicKey, undefined, 8));
+}
+
+/** Fresh key material for one epoch. */
+export function newEpoch(crypto: CryptoSuite, id: number, createdAt: string, chunkId?: { key: Uint8Array; epoch: number }): { info: EpochInfo; secrets: GrantSecrets } {
+  const data = crypto.boxKeyPair();
+  const meta = crypto.boxKeyPair();
+  const audit = crypto.boxKeyPair();
+  const secrets: GrantSecrets = {
+    data: data.secretKey.bytes,
+    meta: meta.secretKey.bytes,
+    audit: audit.secretKey.bytes,
+    chunkId: chunkId?.key ?? crypto.random(32),
+    index: crypto.random(32),
+  };
+  return {
+    info: {
+      id,
+      createdAt,
+      dataPublicKey: data.publicKey,
+      metaPublicKey: meta.publicKey,
+      auditPublicKey: audit.publicKey,
+      chunkKeyEpoch: chunkId?.epoch ?? id,
+    },
+    secrets,
+  };
+}
+
+export function assertUserName(name: string): void {
+  if (!USER_NAME_PATTERN.test(name)) {
+    throw new UsageError(`invalid user name ${JSON.stringify(name)}`, "use 1-64 characters: a-z, 0-9, '.', '_' or '-', starting with a letter or digit");
+  }
+}
+
+/** Creates a repository with its first (admin) user. Config is written last: its presence marks a complete init. */
+export async function initRepository(o: InitOptions): Promise<Repository> {
+  assertUserName(o.user);
+  const kdf = o.kdf ?? KDF_DEFAULT;
+  assertKdfStrength(kdf, o.allowWeakKdf === true);
+  const store = o.store;
+  if ((await store.stat(CONFIG_KEY)) !== undefined) {
+    throw new VaultError("E_EXISTS", `a repository already exists at ${store.location}`);
+  }
+  if ((await listAll(store, "")).length > 0) {
+    throw new VaultError("E_EXISTS", `${store.location} is not empty`, { hint: "initialize a new repository in an empty or new folder" });
+  }
+  const crypto = await CryptoSuite.create(o.random === undefined ? {} : { random: o.random });
+  const env = environment(o);
+  const now = env.clock().toISOString();
+  const repoId = toHex(crypto.random(16));
+  const root = crypto.signKeyPair();
+  const sign = crypto.signKeyPair();
+  const box = crypto.boxKeyPair();
+  const epoch = newEpoch(crypto, 1, now);
+  const config: RepoConfig = {
+    repoId,
+    formatVersion: 1,
+    createdAt: now,
+    rootPublicKey: root.publicKey,
+    ...DEFAULT_CONFIG,
+    ...o.config,
+    compression: "zstd",
+  };
+  // Validate the settings through the same parser readers use.
+  parseConfigMeta(encodeConfigMeta(config));
+
+  const user: RegistryUser = {
+    name: o.user,
+    role: "admin",
+    signPublicKey: crypto.signPublicKey(sign.secretKey),
+    boxPublicKey: box.publicKey,
+    addedBy: o.user,
+    addedAt: now,
+  };
+  const registry: RegistryDoc = {
+    repoId,
+    version: 1,
+    prevHash: null,
+    time: now,
+    actor: o.user,
+    change: `init: admin ${o.user}`,
+    rootPublicKey: root.publicKey,
+    users: [user],
+    removed: [],
+    epochs: [epoch.info],
+    currentEpoch: 1,
+    destroyedEpochs: [],
+    auditHead: null,
+  };
+  const slot = await wrapSlot(
+    crypto,
+    { user: o.user, repoId, generation: 1, createdAt: now, kdf },
+    o.passphrase,
+    { signSecretKey: sign.secretKey.bytes, boxSecretKey: box.secretKey.bytes, rootPublicKey: root.publicKey },
+  );
+  const grant = encodeGrant(
+    crypto,
+    { repoId, epoch: 1, user: o.user, role: "admin", recipient: toHex(user.signPublicKey), grantedBy: o.user, grantedAt: now },
+    box.publicKey,
+    { ...epoch.secrets, root: root.secretKey.bytes },
+    root.secretKey,
+  );
+  await store.putIfAbsent(slotKey(o.user, 1), slot);
+  await store.putIfAbsent(registryKey(1), encodeRegistry(crypto, registry, root.secretKey));
+  await store.putIfAbsent(grantKey(1, o.user, fingerprintOf(crypto, user.signPublicKey)), grant);
+  const configBody = encodeEnvelope(ObjectKind.Config, encodeConfigMeta(config));
+  await store.putIfAbsent(CONFIG_KEY, appendSignature(configBody, crypto.sign(root.secretKey, configBody)));
+  for (const s of Object.values(epoch.secrets)) s.fill(0);
+  root.secretKey.dispose();
+  sign.secretKey.dispose();
+  box.secretKey.dispose();
+  return openRepository({ ...o, store });
+}
+
+async function readConfig(store: Store): Promise<{ config: RepoConfig; body: Uint8Array; signature: Uint8Array }> {
+  let bytes: Uint8Array;
+  try {
+    bytes = await store.get(CONFIG_KEY);
+  } catch (e) {
+    if (e instanceof VaultError && e.code === "E_NOT_FOUND") {
+      const any = (await listAll(store, "")).length > 0;
+      throw new NotARepositoryError(store.location, any);
+    }
+    throw e;
+  }
+  try {
+    const env = parseEnvelope(ObjectKind.Config, bytes, true);
+    if (env.signature === undefined) throw new FormatError("unsigned");
+    return { config: parseConfigMeta(env.meta), body: env.body, signature: env.signature };
+  } catch (e) {
+    if (e instanceof FormatError) throw IntegrityError.object(CONFIG_KEY, `unreadable configuration (${e.message})`);
+    throw e;
+  }
+}
+
+/** Unlocks the user's key slot and verifies config, registry chain and grants. */
+export async function openRepository(o: OpenOptions): Promise<Repository> {
+  const store = o.store;
+  const crypto = await CryptoSuite.create(o.random === undefined ? {} : { random: o.random });
+  const { config, body, signature } = await readConfig(store);
+  if (!USER_NAME_PATTERN.test(o.user)) throw new AuthError(`unknown user ${JSON.stringify(o.user)}`);
+  const slots = await listAll(store, slotPrefix(o.user));
+  const latestSlot = slots[slots.length - 1];
+  if (latestSlot === undefined) {
+    throw new AuthError(`unknown user ${o.user} in the repository at ${store.location}`, "check --user / VMVAULT_USER; an admin can list users with `vmvault user list`");
+  }
+  const slot = await unwrapSlot(crypto, await store.get(latestSlot.key), o.passphrase, latestSlot.key);
+  const pinned = slot.secrets.rootPublicKey;
+  if (slot.meta.repoId !== config.repoId || slot.meta.user !== o.user) {
+    throw new AuthError(`the key slot ${latestSlot.key} belongs to another repository or user`);
+  }
+  if (!crypto.equal(config.rootPublicKey, pinned) || !crypto.verify(pinned, body, signature)) {
+    throw IntegrityError.object(CONFIG_KEY, "configuration is not signed by the root key pinned in your key slot");
+  }
+  const chain = await loadRegistryChain(crypto, store, pinned, config.repoId);
+  const latest = chain.latest;
+  const signSecret = new Secret(slot.secrets.signSecretKey);
+  const boxSecret = new Secret(slot.secrets.boxSecretKey);
+  const signPublic = crypto.signPublicKey(signSecret);
+  const regUser = findUser(latest, o.user);
+  if (regUser === undefined || !crypto.equal(regUser.signPublicKey, signPublic)) {
+    signSecret.dispose();
+    boxSecret.dispose();
+    const removed = latest.removed.some((r) => r.name === o.user && crypto.equal(r.signPublicKey, signPublic));
+    throw new AuthError(
+      removed ? `user ${o.user} has been removed from this repository` : `unknown user ${o.user}: the key slot does not match the registry`,
+    );
+  }
+  const keyring = new Keyring(regUser, signSecret, boxSecret, latest.currentEpoch);
+  const fp = fingerprintOf(crypto, regUser.signPublicKey);
+  for (const info of latest.epochs) {
+    if (latest.destroyedEpochs.includes(info.id)) continue;
+    const name = grantKey(info.id, o.user, fp);
+    const stat = await store.stat(name);
+    if (stat === undefined) {
+      if (info.id === latest.currentEpoch) throw IntegrityError.object(name, "the grant of the current key epoch is missing");
+      continue;
+    }
+    const grant = openGrant(crypto, await store.get(name), name, latest.rootPublicKey, regUser.boxPublicKey, boxSecret);
+    const g = grant.meta;
+    if (g.epoch !== info.id || g.user !== o.user || g.role !== regUser.role || g.recipient !== toHex(regUser.signPublicKey) || g.repoId !== config.repoId) {
+      throw IntegrityError.object(name, "grant does not match the registry (swapped or replayed)");
+    }
+    keyring.addEpoch(crypto, info, grant.secrets);
+    for (const s of Object.values(grant.secrets)) s.fill(0);
+  }
+  return new Repository(store, crypto, config, chain, keyring, environment(o));
+}

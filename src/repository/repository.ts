@@ -1,0 +1,83 @@
+import type { CryptoSuite } from "../crypto/suite.js";
+import type { RepoConfig } from "../format/config.js";
+import type { RegistryChain } from "../keys/registry.js";
+import type { Keyring } from "../keys/keyring.js";
+import { authorize, type Action } from "../keys/roles.js";
+import type { Store } from "../storage/types.js";
+import type { Secret } from "../crypto/secret.js";
+import { VaultError } from "../errors.js";
+
+/** Injected environment: clock, host name, progress sink. */
+export interface Environment {
+  readonly clock: () => Date;
+  readonly hostname: string;
+  readonly pid: number;
+}
+
+/**
+ * An open repository: the store, the verified configuration and registry, and the unlocked
+ * user's keyring. Feature modules (backup, restore, check) take one of these.
+ */
+export class Repository {
+  readonly store: Store;
+  readonly crypto: CryptoSuite;
+  readonly config: RepoConfig;
+  readonly env: Environment;
+  #chain: RegistryChain;
+  #keyring: Keyring;
+
+  constructor(store: Store, crypto: CryptoSuite, config: RepoConfig, chain: RegistryChain, keyring: Keyring, env: Environment) {
+    this.store = store;
+    this.crypto = crypto;
+    this.config = config;
+    this.#chain = chain;
+    this.#keyring = keyring;
+    this.env = env;
+  }
+
+  get repoId(): string {
+    return this.config.repoId;
+  }
+
+  get chain(): RegistryChain {
+    return this.#chain;
+  }
+
+  get keyring(): Keyring {
+    return this.#keyring;
+  }
+
+  get userName(): string {
+    return this.#keyring.user.name;
+  }
+
+  /** The explicit role check; throws AccessDeniedError before any work. */
+  authorize(action: Action): void {
+    authorize(this.#keyring.role, action);
+  }
+
+  /** A secret of the current epoch that the role must hold for the operation. */
+  currentSecret(part: "data" | "meta" | "audit" | "chunkId" | "index" | "root"): Secret {
+    const s = this.#keyring.secret(this.#keyring.currentEpoch, part);
+    if (s === undefined) throw new VaultError("E_ACCESS_DENIED", `access denied: ${this.#keyring.role} holds no ${part} key`);
+    return s;
+  }
+
+  now(): string {
+    return this.env.clock().toISOString();
+  }
+
+  /** Replaces the registry view after a new version was written. */
+  adopt(chain: RegistryChain, keyring?: Keyring): void {
+    this.#chain = chain;
+    if (keyring !== undefined && keyring !== this.#keyring) {
+      this.#keyring.dispose();
+      this.#keyring = keyring;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#keyring.dispose();
+    await this.store.close();
+  }
+}

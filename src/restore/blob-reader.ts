@@ -1,0 +1,73 @@
+import { IntegrityError, NotFoundError, VaultError } from "../errors.js";
+import type { Secret } from "../crypto/secret.js";
+import type { Zstd } from "../compress/zstd.js";
+import { packKey } from "../format/layout.js";
+import { BlobError, decodeBlob } from "../pack/blob.js";
+import type { ChunkIndex, ChunkLocation } from "../repository/chunk-index.js";
+import type { Repository } from "../repository/repository.js";
+import type { SessionKeys } from "../repository/sessions.js";
+import { toHex } from "../util/bytes.js";
+
+const WINDOW_BYTES = 8 * 1024 * 1024;
+
+/**
+ * Reads chunks by ID: finds the pack in the index, fetches a window of the pack around it (so
+ * sequential chunks cost one read), authenticates, decompresses and re-derives the ID.
+ */
+export class BlobReader {
+  readonly #repo: Repository;
+  readonly #index: ChunkIndex;
+  readonly #sessions: SessionKeys;
+  readonly #chunkIdKey: Secret;
+  readonly #zstd: Zstd;
+  #window: { packId: string; start: number; bytes: Uint8Array } | undefined;
+  bytesFetched = 0;
+
+  constructor(repo: Repository, index: ChunkIndex, sessions: SessionKeys, chunkIdKey: Secret, zstd: Zstd) {
+    this.#repo = repo;
+    this.#index = index;
+    this.#sessions = sessions;
+    this.#chunkIdKey = chunkIdKey;
+    this.#zstd = zstd;
+  }
+
+  location(id: Uint8Array): ChunkLocation {
+    const loc = this.#index.location(id);
+    if (loc === undefined) throw IntegrityError.object(`chunk ${toHex(id)}`, "chunk is referenced but not in any index (missing data)");
+    return loc;
+  }
+
+  async read(id: Uint8Array): Promise<Uint8Array> {
+    const loc = this.location(id);
+    const stored = await this.#fetch(loc);
+    const key = await this.#sessions.get(loc.pack.sessionId);
+    try {
+      return decodeBlob(this.#repo.crypto, key, this.#chunkIdKey, id, stored, loc.rawLength, this.#zstd);
+    } catch (e) {
+      if (e instanceof BlobError) throw IntegrityError.object(packKey(loc.pack.packId), `${e.message} (chunk ${toHex(id).slice(0, 16)}…)`);
+      throw e;
+    }
+  }
+
+  async #fetch(loc: ChunkLocation): Promise<Uint8Array> {
+    const w = this.#window;
+    if (w !== undefined && w.packId === loc.pack.packId && loc.offset >= w.start && loc.offset + loc.length <= w.start + w.bytes.length) {
+      return w.bytes.subarray(loc.offset - w.start, loc.offset - w.start + loc.length);
+    }
+    const key = packKey(loc.pack.packId);
+    const limit = loc.pack.packLength > 0 ? loc.pack.packLength : loc.offset + loc.length;
+    const length = Math.max(loc.length, Math.min(WINDOW_BYTES, limit - loc.offset));
+    let bytes: Uint8Array;
+    try {
+      bytes = await this.#repo.store.get(key, { offset: loc.offset, length });
+    } catch (e) {
+      if (e instanceof NotFoundError) throw IntegrityError.object(key, "pack is missing");
+      if (e instanceof VaultError) throw e;
+      throw e;
+    }
+    this.bytesFetched += bytes.length;
+    if (bytes.length < loc.length) throw IntegrityError.object(key, "pack is truncated");
+    this.#window = { packId: loc.pack.packId, start: loc.offset, bytes };
+    return bytes.subarray(0, loc.length);
+  }
+}

@@ -1,0 +1,136 @@
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import { NotFoundError, UsageError } from "../errors.js";
+import { Zstd } from "../compress/zstd.js";
+import type { DiskSource, FolderSource } from "../format/snapshot.js";
+import { loadIndex } from "../repository/index-files.js";
+import { acquireLock } from "../repository/lock.js";
+import type { Repository } from "../repository/repository.js";
+import { SessionKeys } from "../repository/sessions.js";
+import { listSnapshots, readSnapshotBody, resolveSnapshot } from "../snapshot/store.js";
+import { throttled, type ProgressSink } from "../util/progress.js";
+import { BlobReader } from "./blob-reader.js";
+import { restoreDisk } from "./disk.js";
+import { folderEntries, restoreFolder } from "./folder.js";
+
+import { exists, targetError, targetExistsError } from "./targets.js";
+
+export interface RestoreOptions {
+  readonly snapshot: string;
+  readonly target: string;
+  readonly reason: string;
+  readonly vm?: string;
+  readonly disk?: string;
+  readonly include?: readonly string[];
+  readonly force?: boolean;
+  readonly progress?: ProgressSink;
+}
+
+export interface RestoreResult {
+  readonly snapshotId: string;
+  readonly vm: string;
+  readonly target: string;
+  readonly restored: readonly { name: string; kind: "disk" | "folder"; path: string; bytes: number }[];
+  readonly bytes: number;
+}
+
+interface Plan {
+  disks: { disk: DiskSource; dest: string }[];
+  folders: { folder: FolderSource; dest: string; includes: string[] | undefined }[];
+}
+
+function planRestore(sources: readonly (DiskSource | FolderSource)[], target: string, o: RestoreOptions): Plan {
+  const disks = sources.filter((s): s is DiskSource => s.kind === "disk");
+  const folders = sources.filter((s): s is FolderSource => s.kind === "folder");
+  const plan: Plan = { disks: [], folders: [] };
+  if (o.disk !== undefined) {
+    const d = disks.find((x) => x.name === o.disk);
+    if (d === undefined) throw new NotFoundError(`the snapshot has no disk named ${o.disk}`, `its disks: ${disks.map((x) => x.name).join(", ") || "none"}`);
+    plan.disks.push({ disk: d, dest: path.join(target, d.name) });
+    return plan;
+  }
+  if (o.include !== undefined && o.include.length > 0) {
+    if (folders.length === 0) throw new UsageError("--include selects files of folder sources; this snapshot holds only disk images", "restore the disk and mount it, or use --disk");
+    const byFolder = new Map<FolderSource, string[]>();
+    for (const raw of o.include) {
+      const inc = raw.replace(/^\/+|\/+$/g, "");
+      const first = inc.split("/")[0] ?? "";
+      let folder = folders.find((f) => f.name === first);
+      let rel = folder === undefined ? inc : inc.slice(first.length).replace(/^\/+/, "");
+      if (folder === undefined) {
+        if (folders.length !== 1) throw new UsageError(`--include ${raw}: start the path with one of the folder names (${folders.map((f) => f.name).join(", ")})`);
+        folder = folders[0] as FolderSource;
+        rel = inc;
+      }
+      if (rel.split("/").some((s) => s === "..")) throw new UsageError(`--include ${raw}: '..' is not allowed`);
+      byFolder.set(folder, [...(byFolder.get(folder) ?? []), rel]);
+    }
+    for (const [folder, includes] of byFolder) plan.folders.push({ folder, dest: path.join(target, folder.name), includes });
+    return plan;
+  }
+  for (const d of disks) plan.disks.push({ disk: d, dest: path.join(target, d.name) });
+  for (const f of folders) plan.folders.push({ folder: f, dest: path.join(target, f.name), includes: undefined });
+  return plan;
+}
+
+/**
+ * Restores a snapshot (or one disk, or selected files) under target. Refuses to overwrite unless
+ * force; every chunk is authenticated and its ID recomputed before it is written; files appear
+ * under their final names only when complete.
+ */
+export async function restore(repo: Repository, o: RestoreOptions): Promise<RestoreResult> {
+  repo.authorize("restore");
+  if (o.reason.trim() === "") throw new UsageError("a restore needs --reason TEXT (it is kept in the audit trail)");
+  const records = await listSnapshots(repo);
+  const record = resolveSnapshot(records, o.snapshot, o.vm);
+  const target = path.resolve(o.target);
+  const lock = await acquireLock(repo, "restore", false);
+  const sessions = new SessionKeys(repo);
+  try {
+    const body = await readSnapshotBody(repo, sessions, record);
+    const plan = planRestore(body.sources, target, o);
+    if (o.force !== true) {
+      for (const p of [...plan.disks.map((d) => d.dest), ...plan.folders.filter((f) => f.includes === undefined).map((f) => f.dest)]) {
+        if (await exists(p)) throw targetExistsError(p);
+      }
+    }
+    try {
+      await fsp.mkdir(target, { recursive: true });
+    } catch (e) {
+      throw targetError(target, e);
+    }
+    const index = await loadIndex(repo);
+    const progress = throttled(o.progress);
+    const reader = new BlobReader(repo, index, sessions, repo.currentSecret("chunkId"), new Zstd(repo.config.compressionLevel));
+    const restored: { name: string; kind: "disk" | "folder"; path: string; bytes: number }[] = [];
+    for (const { disk, dest } of plan.disks) {
+      const bytes = await restoreDisk(disk, dest, reader, record.key, progress);
+      restored.push({ name: disk.name, kind: "disk", path: dest, bytes });
+    }
+    for (const { folder, dest, includes } of plan.folders) {
+      if (includes !== undefined) await precheckIncludes(folder, dest, includes, reader, record.key, o.force === true);
+      const r = await restoreFolder(folder, dest, includes, reader, record.key, progress);
+      restored.push({ name: folder.name, kind: "folder", path: dest, bytes: r.bytes });
+    }
+    return { snapshotId: record.header.id, vm: record.header.vm, target, restored, bytes: restored.reduce((n, r) => n + r.bytes, 0) };
+  } finally {
+    sessions.dispose();
+    await lock.release();
+  }
+}
+
+/** Before writing anything: every include must match, and no selected file may exist unless force. */
+async function precheckIncludes(folder: FolderSource, dest: string, includes: readonly string[], reader: BlobReader, snapshotKey: string, force: boolean): Promise<void> {
+  const unmatched = new Set(includes);
+  for await (const entry of folderEntries(folder, reader, snapshotKey)) {
+    for (const inc of includes) {
+      if (inc === "" || entry.path === inc || entry.path.startsWith(`${inc}/`)) {
+        unmatched.delete(inc);
+        if (!force && entry.type !== "dir" && (await exists(path.join(dest, ...entry.path.split("/"))))) {
+          throw targetExistsError(path.join(dest, entry.path));
+        }
+      }
+    }
+  }
+  if (unmatched.size > 0) throw new NotFoundError(`no path in ${folder.name} matches ${[...unmatched].join(", ")}`, "check the path: it is relative to the backed-up folder, optionally starting with the folder name");
+}

@@ -1,0 +1,64 @@
+import type { Damage } from "./errors.js";
+import { backup, type BackupOptions, type BackupResult } from "./backup/backup.js";
+import { check, type CheckOptions, type CheckReport } from "./maintenance/check.js";
+import { initRepository, openRepository, type InitOptions, type OpenOptions } from "./repository/open.js";
+import type { Repository } from "./repository/repository.js";
+import { restore, type RestoreOptions, type RestoreResult } from "./restore/restore.js";
+import { snapshotSummaries, type SnapshotSummary } from "./snapshot/list.js";
+import type { Role } from "./keys/roles.js";
+
+/**
+ * The library's front door. Every method authorizes the unlocked user's role before it does
+ * any work, so programs using the library get the same refusals as the CLI.
+ */
+export class Vault {
+  readonly repository: Repository;
+
+  private constructor(repository: Repository) {
+    this.repository = repository;
+  }
+
+  static async init(o: InitOptions): Promise<Vault> {
+    return new Vault(await initRepository(o));
+  }
+
+  static async open(o: OpenOptions): Promise<Vault> {
+    return new Vault(await openRepository(o));
+  }
+
+  get user(): string {
+    return this.repository.userName;
+  }
+
+  get role(): Role {
+    return this.repository.keyring.role;
+  }
+
+  backup(o: BackupOptions): Promise<BackupResult> {
+    return backup(this.repository, o);
+  }
+
+  restore(o: RestoreOptions): Promise<RestoreResult> {
+    return restore(this.repository, o);
+  }
+
+  snapshots(o: { vm?: string; onDamage?: (d: Damage) => void } = {}): Promise<SnapshotSummary[]> {
+    return snapshotSummaries(this.repository, o);
+  }
+
+  check(o: CheckOptions = {}): Promise<CheckReport> {
+    return check(this.repository, o);
+  }
+
+  close(): Promise<void> {
+    return this.repository.close();
+  }
+}
+
+export function openVault(o: OpenOptions): Promise<Vault> {
+  return Vault.open(o);
+}
+
+export function initVault(o: InitOptions): Promise<Vault> {
+  return Vault.init(o);
+}

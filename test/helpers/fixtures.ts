@@ -1,0 +1,92 @@
+import { createHash } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { promises as fsp } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { afterEach } from "vitest";
+import { FsStore, KDF_TEST, Secret, Vault, type RandomSource } from "../../src/index.js";
+
+/** Temporary folders removed after each test. */
+export function tempDirs(): (label?: string) => string {
+  const made: string[] = [];
+  afterEach(() => {
+    for (const d of made.splice(0)) rmSync(d, { recursive: true, force: true });
+  });
+  return (label = "t") => {
+    const d = mkdtempSync(path.join(os.tmpdir(), `vmvault-${label}-`));
+    made.push(d);
+    return d;
+  };
+}
+
+/** Deterministic pseudo-random bytes (SHA-256 in counter mode over a seed). */
+export function seededBytes(seed: string, length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  let counter = 0;
+  for (let at = 0; at < length; at += 32) {
+    const block = createHash("sha256").update(`${seed}:${counter++}`).digest();
+    out.set(block.subarray(0, Math.min(32, length - at)), at);
+  }
+  return out;
+}
+
+/** A RandomSource for deterministic tests. */
+export function seededRandom(seed: string): RandomSource {
+  let n = 0;
+  return (length) => seededBytes(`${seed}#${n++}`, length);
+}
+
+export const PASS = "correct horse battery staple";
+
+export function passphrase(text = PASS): Secret {
+  return Secret.fromString(text);
+}
+
+export async function initTestVault(dir: string, user = "admin", o: { clock?: () => Date; hostname?: string } = {}): Promise<Vault> {
+  return Vault.init({ store: new FsStore(dir), user, passphrase: passphrase(), kdf: KDF_TEST, allowWeakKdf: true, ...o });
+}
+
+export async function openTestVault(dir: string, user = "admin", pass = PASS): Promise<Vault> {
+  return Vault.open({ store: new FsStore(dir), user, passphrase: passphrase(pass) });
+}
+
+/**
+ * A small disk image: mostly holes, some compressible text blocks, some random blocks,
+ * a marker string, all at fixed offsets.
+ */
+export async function makeImage(file: string, o: { sizeMiB?: number; seed?: string; marker?: string } = {}): Promise<void> {
+  const size = (o.sizeMiB ?? 8) * 1024 * 1024;
+  const h = await fsp.open(file, "w");
+  try {
+    await h.truncate(size);
+    const text = Buffer.from(`${"The quick brown fox jumps over the lazy dog. ".repeat(1500)}${o.marker ?? ""}`);
+    await h.write(text, 0, text.length, 1024 * 1024);
+    const rnd = seededBytes(o.seed ?? "img", 512 * 1024);
+    await h.write(rnd, 0, rnd.length, 3 * 1024 * 1024);
+  } finally {
+    await h.close();
+  }
+}
+
+export async function sha256File(file: string): Promise<string> {
+  return createHash("sha256").update(await fsp.readFile(file)).digest("hex");
+}
+
+export async function allocatedBytes(file: string): Promise<number> {
+  const st = await fsp.stat(file);
+  return st.blocks * 512;
+}
+
+/** Every file under dir, recursively, with its bytes. */
+export async function readTree(dir: string): Promise<Map<string, Buffer>> {
+  const out = new Map<string, Buffer>();
+  const walk = async (d: string): Promise<void> => {
+    for (const e of await fsp.readdir(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) await walk(p);
+      else if (e.isFile()) out.set(p, await fsp.readFile(p));
+    }
+  };
+  await walk(dir);
+  return out;
+}
