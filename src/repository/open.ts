@@ -167,6 +167,11 @@ export async function initRepository(o: InitOptions): Promise<Repository> {
   return openRepository({ ...o, store });
 }
 
+/** Fails with a clear error when the store holds no repository (before any passphrase is asked). */
+export async function probeRepository(store: Store): Promise<void> {
+  await readConfig(store);
+}
+
 async function readConfig(store: Store): Promise<{ config: RepoConfig; body: Uint8Array; signature: Uint8Array }> {
   let bytes: Uint8Array;
   try {

@@ -1,0 +1,30 @@
+import type { Command } from "commander";
+import { CliContext } from "../context.js";
+import { formatBytes } from "../output.js";
+
+export function registerBackup(program: Command): void {
+  program
+    .command("backup")
+    .description("back up disk images and folders of one VM as a new snapshot")
+    .requiredOption("--vm <name>", "the VM the sources belong to")
+    .argument("<source...>", "raw disk image files and folders")
+    .action(async (sources: string[], opts: { vm: string }, command: Command) => {
+      const ctx = new CliContext(command);
+      const vault = await ctx.openVault();
+      try {
+        const progress = ctx.progress;
+        const r = await vault.backup({ vm: opts.vm, sources, ...(progress === undefined ? {} : { progress }) });
+        ctx.endProgress();
+        for (const s of r.skipped) ctx.warn(`warning: skipped ${s} (not a regular file, folder or symlink)`);
+        if (ctx.json) ctx.printJson(r);
+        else {
+          ctx.out(`snapshot ${r.snapshotId} of VM ${r.vm} saved`);
+          ctx.out(`  ${r.sources.map((s) => `${s.name} (${s.kind}, ${formatBytes(s.size)})`).join(", ")}`);
+          ctx.out(`  ${r.newChunks} new of ${r.chunks} chunks; ${formatBytes(r.addedBytes)} added to the repository in ${r.packs} pack(s)`);
+        }
+      } finally {
+        ctx.endProgress();
+        await vault.close();
+      }
+    });
+}

@@ -1,0 +1,38 @@
+import type { Command } from "commander";
+import { IntegrityError } from "../../errors.js";
+import { CliContext } from "../context.js";
+import { formatBytes } from "../output.js";
+
+export function registerCheck(program: Command): void {
+  program
+    .command("check")
+    .description("verify the repository: structure, signatures, index against packs; --read-data decrypts everything")
+    .option("--read-data", "decrypt and verify every chunk")
+    .action(async (opts: { readData?: boolean }, command: Command) => {
+      const ctx = new CliContext(command);
+      const vault = await ctx.openVault();
+      try {
+        const progress = ctx.progress;
+        const r = await vault.check({ readData: opts.readData === true, ...(progress === undefined ? {} : { progress }) });
+        ctx.endProgress();
+        if (ctx.json) ctx.printJson(r);
+        else {
+          for (const w of r.warnings) ctx.warn(`warning: ${w}`);
+          for (const d of r.damage) {
+            const affected = d.snapshots !== undefined && d.snapshots.length > 0 ? ` (affects snapshots ${d.snapshots.join(", ")})` : "";
+            ctx.out(`DAMAGED ${d.object}: ${d.problem}${affected}`);
+          }
+          ctx.out(
+            `${r.ok ? "no errors found" : `${r.damage.length} problem(s) found`}: ${r.snapshots} snapshots, ${r.indexFiles} index files, ${r.packs} packs, ${r.chunks} chunks` +
+              (r.readData ? `, ${formatBytes(r.bytesRead)} read and verified` : ""),
+          );
+        }
+        if (!r.ok) {
+          throw new IntegrityError(`check found ${r.damage.length} problem(s); each damaged object is named ${ctx.json ? "in the report" : "above"}`);
+        }
+      } finally {
+        ctx.endProgress();
+        await vault.close();
+      }
+    });
+}

@@ -1,0 +1,44 @@
+import type { Command } from "commander";
+import { CliContext } from "../context.js";
+import { formatBytes } from "../output.js";
+
+const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
+
+export function registerRestore(program: Command): void {
+  program
+    .command("restore")
+    .description("restore a snapshot, a disk or files to a folder (every restore needs a reason)")
+    .argument("<snapshot>", "snapshot id, unique id prefix, or `latest`")
+    .requiredOption("--target <dir>", "folder to restore into")
+    .requiredOption("--reason <text>", "why (kept in the audit trail)")
+    .option("--vm <name>", "pick among this VM's snapshots")
+    .option("--disk <name>", "restore only this disk")
+    .option("--include <path>", "restore only this file or folder (repeatable)", collect)
+    .option("--force", "overwrite existing files")
+    .action(async (snapshot: string, opts: { target: string; reason: string; vm?: string; disk?: string; include?: string[]; force?: boolean }, command: Command) => {
+      const ctx = new CliContext(command);
+      const vault = await ctx.openVault();
+      try {
+        const progress = ctx.progress;
+        const r = await vault.restore({
+          snapshot,
+          target: opts.target,
+          reason: opts.reason,
+          ...(opts.vm === undefined ? {} : { vm: opts.vm }),
+          ...(opts.disk === undefined ? {} : { disk: opts.disk }),
+          ...(opts.include === undefined ? {} : { include: opts.include }),
+          force: opts.force === true,
+          ...(progress === undefined ? {} : { progress }),
+        });
+        ctx.endProgress();
+        if (ctx.json) ctx.printJson(r);
+        else {
+          ctx.out(`restored snapshot ${r.snapshotId} of VM ${r.vm} to ${r.target}`);
+          for (const x of r.restored) ctx.out(`  ${x.path} (${x.kind}, ${formatBytes(x.bytes)} written)`);
+        }
+      } finally {
+        ctx.endProgress();
+        await vault.close();
+      }
+    });
+}

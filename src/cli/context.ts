@@ -1,0 +1,81 @@
+import type { Command } from "commander";
+import { KDF_DEFAULT, KDF_TEST, type KdfStrength } from "../crypto/kdf.js";
+import { openStore } from "../storage/open.js";
+import { probeRepository } from "../repository/open.js";
+import type { Secret } from "../crypto/secret.js";
+import type { ProgressSink } from "../util/progress.js";
+import { Vault } from "../vault.js";
+import { progressRenderer } from "./output.js";
+import { obtainPassphrase, requireRepo, requireUser, resolveSettings, type GlobalOptions, type Settings } from "./settings.js";
+
+/** What every command handler gets: resolved settings, output channels, and a way to open the vault. */
+export class CliContext {
+  readonly globals: GlobalOptions;
+  readonly settings: Settings;
+  readonly #progress: { sink: ProgressSink; done: () => void } | undefined;
+
+  constructor(command: Command) {
+    this.globals = command.optsWithGlobals<GlobalOptions>();
+    this.settings = resolveSettings(this.globals);
+    const wantProgress = this.globals.progress === true || (process.stderr.isTTY === true && this.globals.json !== true);
+    this.#progress = wantProgress ? progressRenderer(process.stderr) : undefined;
+  }
+
+  get json(): boolean {
+    return this.globals.json === true;
+  }
+
+  get progress(): ProgressSink | undefined {
+    return this.#progress?.sink;
+  }
+
+  endProgress(): void {
+    this.#progress?.done();
+  }
+
+  out(text: string): void {
+    process.stdout.write(`${text}\n`);
+  }
+
+  printJson(value: unknown): void {
+    process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+  }
+
+  warn(text: string): void {
+    this.endProgress();
+    process.stderr.write(`${text}\n`);
+  }
+
+  /**
+   * Argon2id strength for new key slots. VMVAULT_INSECURE_TEST_KDF=1 selects weak parameters
+   * for test suites only; it is recorded in the slot and announced on stderr.
+   */
+  newSlotKdf(): { kdf: KdfStrength; allowWeak: boolean } {
+    if (process.env["VMVAULT_INSECURE_TEST_KDF"] === "1") {
+      this.warn("warning: VMVAULT_INSECURE_TEST_KDF=1: using weak Argon2id parameters meant for tests only");
+      return { kdf: KDF_TEST, allowWeak: true };
+    }
+    return { kdf: KDF_DEFAULT, allowWeak: false };
+  }
+
+  async passphrase(confirm = false): Promise<Secret> {
+    return obtainPassphrase(
+      { envVar: "VMVAULT_PASSPHRASE", file: this.settings.passphraseFile, prompt: `Passphrase for ${this.settings.user ?? "user"}: `, confirm },
+      (m) => this.warn(m),
+    );
+  }
+
+  /** Unlocks the user's key slot and opens the repository. */
+  async openVault(): Promise<Vault> {
+    const repo = requireRepo(this.settings);
+    const user = requireUser(this.settings);
+    const store = openStore(repo);
+    await probeRepository(store);
+    const passphrase = await this.passphrase();
+    try {
+      return await Vault.open({ store, user, passphrase });
+    } finally {
+      passphrase.dispose();
+    }
+  }
+}

@@ -1,0 +1,47 @@
+import { Command, CommanderError } from "commander";
+import { registerBackup } from "./commands/backup.js";
+import { registerCheck } from "./commands/check.js";
+import { registerInit } from "./commands/init.js";
+import { registerRestore } from "./commands/restore.js";
+import { registerSnapshots } from "./commands/snapshots.js";
+import { describeError, exitCodeOf } from "./exit.js";
+
+export const VERSION = "0.1.0";
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name("vmvault")
+    .description("encrypted, deduplicating, access-controlled backup vault for virtual-machine data")
+    .version(VERSION)
+    .option("--repo <path>", "repository location (or VMVAULT_REPO)")
+    .option("--user <name>", "user name (or VMVAULT_USER)")
+    .option("--passphrase-file <file>", "read the passphrase from the first line of a file (or VMVAULT_PASSPHRASE_FILE)")
+    .option("--keys <file>", "settings file; see keys.example (or VMVAULT_KEYS)")
+    .option("--json", "machine-readable output on stdout")
+    .option("--progress", "show progress on stderr even without a terminal")
+    .option("--debug", "show stack traces for errors")
+    .showHelpAfterError("(run `vmvault --help` for usage)")
+    .exitOverride();
+  registerInit(program);
+  registerBackup(program);
+  registerSnapshots(program);
+  registerRestore(program);
+  registerCheck(program);
+  for (const c of program.commands) c.exitOverride();
+  return program;
+}
+
+/** Runs the CLI; every error becomes one message and one exit code, here and nowhere else. */
+export async function main(argv: readonly string[]): Promise<number> {
+  const program = buildProgram();
+  const debug = argv.includes("--debug");
+  try {
+    await program.parseAsync([...argv], { from: "user" });
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : exitCodeOf(e);
+    process.stderr.write(`${describeError(e, debug)}\n`);
+    return exitCodeOf(e);
+  }
+}

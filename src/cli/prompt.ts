@@ -1,0 +1,55 @@
+import { Secret } from "../crypto/secret.js";
+import { UsageError } from "../errors.js";
+
+/** Reads a line from the terminal without echo. Refuses (usage error) when there is no terminal. */
+export async function promptSecret(question: string): Promise<Secret> {
+  const stdin = process.stdin;
+  if (!stdin.isTTY || typeof stdin.setRawMode !== "function") {
+    throw new UsageError("no passphrase given and no terminal to ask on", "set VMVAULT_PASSPHRASE or pass --passphrase-file");
+  }
+  process.stderr.write(question);
+  stdin.setRawMode(true);
+  stdin.resume();
+  const bytes: number[] = [];
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const onData = (chunk: Buffer): void => {
+        for (const b of chunk) {
+          if (b === 3) {
+            stdin.off("data", onData);
+            reject(new UsageError("cancelled"));
+            return;
+          }
+          if (b === 13 || b === 10) {
+            stdin.off("data", onData);
+            resolve();
+            return;
+          }
+          if (b === 127 || b === 8) bytes.pop();
+          else bytes.push(b);
+        }
+      };
+      stdin.on("data", onData);
+    });
+  } finally {
+    stdin.setRawMode(false);
+    stdin.pause();
+    process.stderr.write("\n");
+  }
+  const secret = new Secret(Uint8Array.from(bytes));
+  bytes.fill(0);
+  return secret;
+}
+
+/** Asks twice and insists the answers match. */
+export async function promptNewSecret(question: string): Promise<Secret> {
+  const first = await promptSecret(question);
+  const second = await promptSecret("Repeat to confirm: ");
+  const same = first.length === second.length && first.bytes.every((b, i) => b === second.bytes[i]);
+  second.dispose();
+  if (!same) {
+    first.dispose();
+    throw new UsageError("the passphrases do not match");
+  }
+  return first;
+}

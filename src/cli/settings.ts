@@ -1,0 +1,78 @@
+import { readFileSync, statSync } from "node:fs";
+import { Secret } from "../crypto/secret.js";
+import { UsageError } from "../errors.js";
+import { readKeysFile, type KeysFileSetting } from "./keys-file.js";
+import { promptNewSecret, promptSecret } from "./prompt.js";
+
+/** Global options every command accepts. */
+export interface GlobalOptions {
+  readonly repo?: string;
+  readonly user?: string;
+  readonly passphraseFile?: string;
+  readonly keys?: string;
+  readonly json?: boolean;
+  readonly debug?: boolean;
+  readonly progress?: boolean;
+}
+
+export interface Settings {
+  readonly repo: string | undefined;
+  readonly user: string | undefined;
+  readonly passphraseFile: string | undefined;
+}
+
+type Env = Record<string, string | undefined>;
+
+/** Flag, then environment, then keys file (--keys or VMVAULT_KEYS). */
+export function resolveSettings(o: GlobalOptions, env: Env = process.env): Settings {
+  const keysPath = o.keys ?? env["VMVAULT_KEYS"];
+  const file: Partial<Record<KeysFileSetting, string>> = keysPath === undefined ? {} : readKeysFile(keysPath);
+  return {
+    repo: o.repo ?? env["VMVAULT_REPO"] ?? file.repo,
+    user: o.user ?? env["VMVAULT_USER"] ?? file.user,
+    passphraseFile: o.passphraseFile ?? env["VMVAULT_PASSPHRASE_FILE"] ?? file["passphrase-file"],
+  };
+}
+
+export function requireRepo(s: Settings): string {
+  if (s.repo === undefined || s.repo === "") throw new UsageError("no repository given", "pass --repo PATH, set VMVAULT_REPO, or name it in a --keys file");
+  return s.repo;
+}
+
+export function requireUser(s: Settings): string {
+  if (s.user === undefined || s.user === "") throw new UsageError("no user given", "pass --user NAME, set VMVAULT_USER, or name it in a --keys file");
+  return s.user;
+}
+
+/** Reads the first line of a passphrase file; warns when others can read it. */
+export function readPassphraseFile(file: string, warn: (m: string) => void): Secret {
+  let bytes: Buffer;
+  try {
+    if ((statSync(file).mode & 0o077) !== 0) warn(`warning: passphrase file ${file} is readable by other users (chmod 600 it)`);
+    bytes = readFileSync(file);
+  } catch (e) {
+    throw new UsageError(`cannot read passphrase file ${file}: ${(e as { code?: string }).code ?? String(e)}`);
+  }
+  let end = bytes.indexOf(0x0a);
+  if (end < 0) end = bytes.length;
+  if (end > 0 && bytes[end - 1] === 0x0d) end--;
+  const secret = new Secret(Uint8Array.from(bytes.subarray(0, end)));
+  bytes.fill(0);
+  if (secret.length === 0) throw new UsageError(`passphrase file ${file} is empty`);
+  return secret;
+}
+
+export interface PassphraseSource {
+  readonly envVar: string;
+  readonly file: string | undefined;
+  readonly prompt: string;
+  readonly confirm: boolean;
+}
+
+/** Environment variable, then file, then a prompt (only on a terminal). */
+export async function obtainPassphrase(src: PassphraseSource, warn: (m: string) => void, env: Env = process.env): Promise<Secret> {
+  const fromEnv = env[src.envVar];
+  if (fromEnv !== undefined && fromEnv !== "") return Secret.fromString(fromEnv);
+  if (src.file !== undefined) return readPassphraseFile(src.file, warn);
+  return src.confirm ? promptNewSecret(src.prompt) : promptSecret(src.prompt);
+}
