@@ -10,20 +10,29 @@ import type { AppendOnlyStore } from "../storage/types.js";
 export class SessionIndexWriter {
   readonly #repo: Repository;
   readonly #store: AppendOnlyStore;
-  readonly #packsPerFile: number;
+  #packsPerFile: number;
+  readonly #maxPacksPerFile: number;
   #pending: IndexedPack[] = [];
   #writing: Promise<void> = Promise.resolve();
   indexFiles = 0;
 
-  constructor(repo: Repository, store: AppendOnlyStore, packsPerFile = 16) {
+  /**
+   * The first index file covers `firstPacks` packs and each later one twice as many, up to
+   * `maxPacks`: an early interruption loses little, a long backup writes few index files.
+   */
+  constructor(repo: Repository, store: AppendOnlyStore, firstPacks = 2, maxPacks = 64) {
     this.#repo = repo;
     this.#store = store;
-    this.#packsPerFile = packsPerFile;
+    this.#packsPerFile = firstPacks;
+    this.#maxPacksPerFile = maxPacks;
   }
 
   async add(pack: IndexedPack): Promise<void> {
     this.#pending.push(pack);
-    if (this.#pending.length >= this.#packsPerFile) await this.#flushPending();
+    if (this.#pending.length >= this.#packsPerFile) {
+      this.#packsPerFile = Math.min(this.#packsPerFile * 2, this.#maxPacksPerFile);
+      await this.#flushPending();
+    }
   }
 
   /** Writes whatever is pending and waits until every index file is durable. */

@@ -1,0 +1,182 @@
+import { spawn } from "node:child_process";
+import { chmodSync, promises as fsp } from "node:fs";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { runCli, startCli, vault } from "../helpers/cli.js";
+import { makeImage, readTree, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
+
+const tmp = tempDirs();
+
+async function snapshotIds(repo: string): Promise<string[]> {
+  const r = await vault(repo)(["snapshots", "--json"]);
+  expect(r.code, r.stderr).toBe(0);
+  return (JSON.parse(r.stdout) as { id: string }[]).map((s) => s.id);
+}
+
+/** The repository's files and their contents, to prove a refused command wrote nothing. */
+async function fingerprint(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const [p, b] of await readTree(dir)) out.push(`${path.relative(dir, p)}:${b.length}:${b.toString("base64").slice(0, 64)}`);
+  return out.sort();
+}
+
+async function newRepo(): Promise<{ repo: string; src: string; v: ReturnType<typeof vault> }> {
+  const repo = path.join(tmp("repo"), "r");
+  const src = tmp("src");
+  const v = vault(repo);
+  const init = await v(["init"]);
+  expect(init.code, init.stderr).toBe(0);
+  return { repo, src, v };
+}
+
+describe("bad input gives a clear error, the documented exit code, and no partial state", () => {
+  it("wrong passphrase: exit 3, nothing written", async () => {
+    const { repo, v } = await newRepo();
+    const before = await fingerprint(repo);
+    const r = await v(["snapshots"], { env: { VMVAULT_PASSPHRASE: "not the passphrase" } });
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(/wrong passphrase/);
+    expect(await fingerprint(repo)).toEqual(before);
+  });
+
+  it("unknown user: exit 3", async () => {
+    const { repo } = await newRepo();
+    const r = await vault(repo, "mallory")(["snapshots"]);
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(/unknown user mallory/);
+  });
+
+  it("missing repository and not-a-repository: exit 1 with the path named", async () => {
+    const dir = tmp("x");
+    const missing = await vault(path.join(dir, "nope"))(["snapshots"]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/no repository at .*nope/);
+    await fsp.writeFile(path.join(dir, "hello.txt"), "not a vault");
+    const notRepo = await vault(dir)(["snapshots"]);
+    expect(notRepo.code).toBe(1);
+    expect(notRepo.stderr).toMatch(/is not a vmvault repository/);
+  });
+
+  it("init refuses an existing repository and a non-empty folder", async () => {
+    const { repo, v } = await newRepo();
+    const again = await v(["init"]);
+    expect(again.code).toBe(1);
+    expect(again.stderr).toMatch(/already exists/);
+    const dir = tmp("full");
+    await fsp.writeFile(path.join(dir, "x"), "y");
+    const full = await vault(dir)(["init"]);
+    expect(full.code).toBe(1);
+    expect(full.stderr).toMatch(/not empty/);
+    expect(await fsp.readdir(dir)).toEqual(["x"]);
+    void repo;
+  });
+
+  it("usage errors exit 2: no reason, no passphrase without a terminal, unknown option", async () => {
+    const { repo, v } = await newRepo();
+    const noReason = await v(["restore", "latest", "--target", tmp("o")]);
+    expect(noReason.code).toBe(2);
+    expect(noReason.stderr).toMatch(/--reason/);
+    const noPass = await v(["snapshots"], { env: { VMVAULT_PASSPHRASE: undefined } });
+    expect(noPass.code).toBe(2);
+    expect(noPass.stderr).toMatch(/no passphrase given/);
+    const bad = await runCli(["--repo", repo, "snapshots", "--bogus"]);
+    expect(bad.code).toBe(2);
+    const noRepo = await runCli(["snapshots"]);
+    expect(noRepo.code).toBe(2);
+    expect(noRepo.stderr).toMatch(/no repository given/);
+  });
+
+  it("restore refuses an existing target unless --force, and leaves it untouched", async () => {
+    const { src, v } = await newRepo();
+    const image = path.join(src, "vm.raw");
+    await makeImage(image, { sizeMiB: 2 });
+    expect((await v(["backup", "--vm", "vm", image])).code).toBe(0);
+    const out = tmp("out");
+    await fsp.writeFile(path.join(out, "vm.raw"), "precious");
+    const r = await v(["restore", "latest", "--target", out, "--reason", "x"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/already exists/);
+    expect(await fsp.readFile(path.join(out, "vm.raw"), "utf8")).toBe("precious");
+    const forced = await v(["restore", "latest", "--target", out, "--reason", "x", "--force"]);
+    expect(forced.code, forced.stderr).toBe(0);
+    expect(await sha256File(path.join(out, "vm.raw"))).toBe(await sha256File(image));
+  });
+
+  it("a missing or unreadable source: exit 1, no snapshot", async () => {
+    const { repo, src, v } = await newRepo();
+    const gone = await v(["backup", "--vm", "vm", path.join(src, "nope.raw")]);
+    expect(gone.code).toBe(1);
+    expect(gone.stderr).toMatch(/does not exist/);
+    const folder = path.join(src, "folder");
+    await fsp.mkdir(folder);
+    await fsp.writeFile(path.join(folder, "ok.txt"), "fine");
+    await fsp.writeFile(path.join(folder, "secret.txt"), "hidden");
+    chmodSync(folder, 0o755);
+    chmodSync(path.join(folder, "secret.txt"), 0o000);
+    // Root reads anything: run the CLI as an unprivileged user then.
+    const asRoot = process.getuid?.() === 0;
+    if (asRoot) {
+      for (const d of [path.dirname(repo), repo, src]) chmodSync(d, 0o777);
+      for (const [p] of await readTree(repo)) chmodSync(p, 0o666);
+      await fsp.chmod(path.dirname(path.dirname(repo)), 0o755);
+      for (const dirent of await fsp.readdir(repo, { recursive: true, withFileTypes: true })) {
+        if (dirent.isDirectory()) chmodSync(path.join(dirent.parentPath, dirent.name), 0o777);
+      }
+    }
+    const r = await v(["backup", "--vm", "vm", folder], asRoot ? { uid: 65534, gid: 65534 } : {});
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toMatch(/cannot read source .*secret\.txt: permission denied/);
+    expect(await snapshotIds(repo)).toEqual([]);
+  });
+
+  it("a file that changes during backup: exit 1, no snapshot", async () => {
+    const { repo, src, v } = await newRepo();
+    const folder = path.join(src, "live");
+    await fsp.mkdir(folder);
+    const file = path.join(folder, "growing.log");
+    await fsp.writeFile(file, seededBytes("grow", 48 * 1024 * 1024));
+    // A writer appends to the file for as long as the backup runs.
+    const writer = spawn(process.execPath, ["-e", `const fs=require("fs");setInterval(()=>fs.appendFileSync(${JSON.stringify(file)},"x".repeat(4096)),2)`], { stdio: "ignore" });
+    try {
+      const r = await v(["backup", "--vm", "vm", folder]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/growing\.log changed while it was being backed up/);
+    } finally {
+      writer.kill("SIGKILL");
+    }
+    expect(await snapshotIds(repo)).toEqual([]);
+  });
+});
+
+describe("interruption", () => {
+  it("a backup killed with SIGKILL leaves a repository that checks, lists no snapshot of it, and the next run reuses its data", async () => {
+    const { repo, src, v } = await newRepo();
+    const image = path.join(src, "big.raw");
+    // Incompressible data, so the run takes long enough to be killed midway.
+    const h = await fsp.open(image, "w");
+    for (let i = 0; i < 8; i++) await h.write(seededBytes(`blk${i}`, 16 * 1024 * 1024));
+    await h.close();
+    const child = startCli(["--repo", repo, "--user", "admin", "backup", "--vm", "vm", image]);
+    const exited = new Promise<void>((resolve) => child.on("close", () => resolve()));
+    // Kill once the first index file is durable.
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline) {
+      const index = await fsp.readdir(path.join(repo, "index")).catch(() => []);
+      if (index.some((n) => !n.startsWith("."))) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    child.kill("SIGKILL");
+    await exited;
+    expect((await fsp.readdir(path.join(repo, "index"))).filter((n) => !n.startsWith(".")).length).toBeGreaterThan(0);
+    expect(await snapshotIds(repo)).toEqual([]);
+    const check = await v(["check", "--read-data"]);
+    expect(check.code, check.stdout + check.stderr).toBe(0);
+    const next = await v(["--json", "backup", "--vm", "vm", image]);
+    expect(next.code, next.stderr).toBe(0);
+    const r = JSON.parse(next.stdout) as { chunks: number; newChunks: number };
+    expect(r.newChunks).toBeLessThan(r.chunks);
+    expect(await snapshotIds(repo)).toHaveLength(1);
+    const after = await v(["check", "--read-data"]);
+    expect(after.code, after.stdout + after.stderr).toBe(0);
+  });
+});

@@ -1,0 +1,111 @@
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { vault } from "../helpers/cli.js";
+import { allocatedBytes, makeImage, readTree, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
+
+const tmp = tempDirs();
+
+async function makeFolder(dir: string): Promise<void> {
+  await fsp.mkdir(path.join(dir, "etc/nginx"), { recursive: true });
+  await fsp.mkdir(path.join(dir, "var/empty"), { recursive: true });
+  await fsp.writeFile(path.join(dir, "etc/hostname"), "web1\n");
+  await fsp.writeFile(path.join(dir, "etc/nginx/nginx.conf"), "worker_processes auto;\n".repeat(2000));
+  await fsp.writeFile(path.join(dir, "big.bin"), seededBytes("big", 3 * 1024 * 1024 + 17));
+  await fsp.writeFile(path.join(dir, "run.sh"), "#!/bin/sh\necho hi\n", { mode: 0o750 });
+  await fsp.symlink("etc/hostname", path.join(dir, "hostname-link"));
+  await fsp.utimes(path.join(dir, "etc/hostname"), 1_600_000_000, 1_600_000_000);
+}
+
+describe("vmvault CLI round trips", () => {
+  it("backs up and restores an image and a folder, twice, byte-identically and sparsely", async () => {
+    const repo = path.join(tmp("repo"), "r");
+    const src = tmp("src");
+    const out1 = tmp("out1");
+    const out2 = tmp("out2");
+    const v = vault(repo);
+    const image = path.join(src, "web1.raw");
+    const folder = path.join(src, "config");
+    await makeImage(image, { sizeMiB: 32 });
+    await makeFolder(folder);
+
+    expect((await v(["init"])).code).toBe(0);
+    const b1 = await v(["--json", "backup", "--vm", "web1", image, folder]);
+    expect(b1.code, b1.stderr).toBe(0);
+    const first = JSON.parse(b1.stdout) as { snapshotId: string; newChunks: number; chunks: number };
+    const imageSha1 = await sha256File(image);
+    const folderTree1 = await readTree(folder);
+
+    // Day two: rewrite a few blocks of the image and one file in the folder.
+    const h = await fsp.open(image, "r+");
+    await h.write(seededBytes("day2", 4096), 0, 4096, 3 * 1024 * 1024 + 8192);
+    await h.write(seededBytes("day2b", 4096), 0, 4096, 20 * 1024 * 1024);
+    await h.close();
+    await fsp.appendFile(path.join(folder, "etc/hostname"), "changed\n");
+    const b2 = await v(["--json", "backup", "--vm", "web1", image, folder]);
+    expect(b2.code, b2.stderr).toBe(0);
+    const second = JSON.parse(b2.stdout) as { snapshotId: string; newChunks: number; chunks: number; addedBytes: number };
+    expect(second.newChunks).toBeGreaterThan(0);
+    expect(second.newChunks).toBeLessThan(first.newChunks / 4);
+
+    const list = await v(["snapshots", "--json"]);
+    expect(list.code).toBe(0);
+    const snaps = JSON.parse(list.stdout) as { id: string; vm: string; host: string; time: string; size: number; creator: string; disks: string[] }[];
+    expect(snaps.map((s) => s.id)).toEqual([first.snapshotId, second.snapshotId]);
+    for (const s of snaps) {
+      expect(s).toMatchObject({ vm: "web1", creator: "admin", disks: ["web1.raw"] });
+      expect(Number.isNaN(Date.parse(s.time))).toBe(false);
+      expect(s.size).toBeGreaterThan(32 * 1024 * 1024);
+      expect(typeof s.host).toBe("string");
+    }
+
+    const r1 = await v(["restore", first.snapshotId.slice(0, 8), "--target", out1, "--reason", "test first"]);
+    expect(r1.code, r1.stderr).toBe(0);
+    expect(await sha256File(path.join(out1, "web1.raw"))).toBe(imageSha1);
+    expect(await allocatedBytes(path.join(out1, "web1.raw"))).toBeLessThan(4 * 1024 * 1024);
+    const restoredTree = await readTree(path.join(out1, "config"));
+    expect(restoredTree.size).toBe(folderTree1.size);
+    for (const [p, bytes] of folderTree1) expect(restoredTree.get(p.replace(folder, path.join(out1, "config")))?.equals(bytes)).toBe(true);
+    expect((await fsp.stat(path.join(out1, "config/run.sh"))).mode & 0o777).toBe(0o750);
+    expect((await fsp.stat(path.join(out1, "config/etc/hostname"))).mtimeMs).toBe(1_600_000_000_000);
+    expect(await fsp.readlink(path.join(out1, "config/hostname-link"))).toBe("etc/hostname");
+
+    const r2 = await v(["restore", "latest", "--target", out2, "--reason", "test second"]);
+    expect(r2.code, r2.stderr).toBe(0);
+    expect(await sha256File(path.join(out2, "web1.raw"))).toBe(await sha256File(image));
+    expect(await fsp.readFile(path.join(out2, "config/etc/hostname"), "utf8")).toBe("web1\nchanged\n");
+
+    const check = await v(["check", "--read-data"]);
+    expect(check.code, check.stdout + check.stderr).toBe(0);
+    expect(check.stdout).toMatch(/no errors found: 2 snapshots/);
+  });
+
+  it("restores a single file with --include and a single disk with --disk", async () => {
+    const repo = path.join(tmp("repo"), "r");
+    const src = tmp("src");
+    const out = tmp("out");
+    const v = vault(repo);
+    await makeImage(path.join(src, "a.raw"), { sizeMiB: 4, seed: "a" });
+    await makeImage(path.join(src, "b.raw"), { sizeMiB: 4, seed: "b" });
+    await makeFolder(path.join(src, "config"));
+    expect((await v(["init"])).code).toBe(0);
+    expect((await v(["backup", "--vm", "db", path.join(src, "a.raw"), path.join(src, "b.raw"), path.join(src, "config")])).code).toBe(0);
+
+    const one = await v(["restore", "latest", "--target", out, "--reason", "one file", "--include", "config/etc/nginx/nginx.conf"]);
+    expect(one.code, one.stderr).toBe(0);
+    expect(await fsp.readFile(path.join(out, "config/etc/nginx/nginx.conf"), "utf8")).toBe("worker_processes auto;\n".repeat(2000));
+    expect([...(await readTree(out)).keys()]).toEqual([path.join(out, "config/etc/nginx/nginx.conf")]);
+
+    const disk = await v(["restore", "latest", "--target", out, "--reason", "one disk", "--disk", "b.raw"]);
+    expect(disk.code, disk.stderr).toBe(0);
+    expect(await sha256File(path.join(out, "b.raw"))).toBe(await sha256File(path.join(src, "b.raw")));
+    await expect(fsp.stat(path.join(out, "a.raw"))).rejects.toThrow();
+
+    const missing = await v(["restore", "latest", "--target", out, "--reason", "x", "--include", "config/nope"]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/no path in config matches nope/);
+    const noDisk = await v(["restore", "latest", "--target", out, "--reason", "x", "--disk", "c.raw"]);
+    expect(noDisk.code).toBe(1);
+    expect(noDisk.stderr).toMatch(/no disk named c\.raw/);
+  });
+});

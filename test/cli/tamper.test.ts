@@ -1,0 +1,132 @@
+import { cpSync, mkdtempSync, promises as fsp, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { vault } from "../helpers/cli.js";
+import { makeImage, readTree, tempDirs } from "../helpers/fixtures.js";
+
+const tmp = tempDirs();
+const MARKER = "VMVAULT-PLAINTEXT-MARKER-7f3a9c";
+const NAME_MARKER = "secret-file-name-b41d";
+
+let base: string;
+let src: string;
+
+/** Files under the repository whose key starts with prefix. */
+async function objects(repo: string, prefix: string): Promise<string[]> {
+  return [...(await readTree(repo)).keys()].filter((p) => path.relative(repo, p).startsWith(prefix)).sort();
+}
+
+async function flipByte(file: string, at: "middle" | "last" | number): Promise<void> {
+  const bytes = await fsp.readFile(file);
+  const i = at === "middle" ? Math.floor(bytes.length / 2) : at === "last" ? bytes.length - 1 : at;
+  bytes[i] = (bytes[i] ?? 0) ^ 0x01;
+  await fsp.writeFile(file, bytes);
+}
+
+function copyRepo(): string {
+  const repo = path.join(tmp("copy"), "r");
+  cpSync(base, repo, { recursive: true });
+  return repo;
+}
+
+let root: string;
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+beforeAll(async () => {
+  root = mkdtempSync(path.join(os.tmpdir(), "vmvault-tamper-"));
+  base = path.join(root, "repo");
+  src = path.join(root, "src");
+  await fsp.mkdir(path.join(src, "folder"), { recursive: true });
+  await makeImage(path.join(src, "disk.raw"), { sizeMiB: 8, marker: MARKER });
+  await fsp.writeFile(path.join(src, "folder", `${NAME_MARKER}.txt`), `${MARKER}\n`.repeat(100));
+  const v = vault(base);
+  expect((await v(["init"])).code).toBe(0);
+  const b = await v(["backup", "--vm", "vm1", path.join(src, "disk.raw"), path.join(src, "folder")]);
+  expect(b.code, b.stderr).toBe(0);
+}, 60_000);
+
+describe("no plaintext at rest", () => {
+  it("stores neither file contents nor file names in the clear", async () => {
+    const tree = await readTree(base);
+    expect(tree.size).toBeGreaterThan(5);
+    for (const [file, bytes] of tree) {
+      expect(bytes.includes(Buffer.from(MARKER)), file).toBe(false);
+      expect(bytes.includes(Buffer.from(NAME_MARKER)), file).toBe(false);
+      expect(bytes.includes(Buffer.from("disk.raw")), file).toBe(false);
+      expect(file.includes(NAME_MARKER)).toBe(false);
+    }
+    // The marker really is in the source, so the search above could have found it.
+    expect((await fsp.readFile(path.join(src, "disk.raw"))).includes(Buffer.from(MARKER))).toBe(true);
+  });
+});
+
+describe("tampering is detected and named", () => {
+  const cases: { kind: string; prefix: string; at: "middle" | "last"; command: string[]; exit: number }[] = [
+    { kind: "pack (chunk data)", prefix: "data/", at: "middle", command: ["check", "--read-data"], exit: 5 },
+    { kind: "pack (trailer)", prefix: "data/", at: "last", command: ["check"], exit: 5 },
+    { kind: "index", prefix: "index/", at: "middle", command: ["check"], exit: 5 },
+    { kind: "snapshot", prefix: "snapshots/", at: "middle", command: ["check"], exit: 5 },
+    { kind: "session key envelope", prefix: "sessions/", at: "last", command: ["check"], exit: 5 },
+    { kind: "config", prefix: "config", at: "middle", command: ["check"], exit: 5 },
+    { kind: "registry", prefix: "registry/", at: "middle", command: ["check"], exit: 5 },
+    { kind: "grant", prefix: "grants/", at: "middle", command: ["check"], exit: 5 },
+    { kind: "key slot", prefix: "keys/", at: "last", command: ["check"], exit: 3 },
+  ];
+  for (const c of cases) {
+    it(`flipping one byte of a ${c.kind} gives exit ${c.exit} naming the object`, async () => {
+      const repo = copyRepo();
+      const files = await objects(repo, c.prefix);
+      expect(files.length).toBeGreaterThan(0);
+      const victim = files[0] as string;
+      const before = await vault(repo)(c.command);
+      expect(before.code, before.stdout + before.stderr).toBe(0);
+      await flipByte(victim, c.at);
+      const after = await vault(repo)(c.command);
+      expect(after.code, after.stdout + after.stderr).toBe(c.exit);
+      expect(after.stdout + after.stderr).toContain(path.relative(repo, victim));
+      expect(after.stderr).not.toMatch(/\n\s+at /); // no stack trace without --debug
+    });
+  }
+
+  it("a restore from a tampered pack fails with exit 5 and leaves no file under its final name", async () => {
+    const repo = copyRepo();
+    for (const pack of await objects(repo, "data/")) await flipByte(pack, "middle");
+    const out = tmp("out");
+    const r = await vault(repo)(["restore", "latest", "--target", out, "--reason", "tamper test"]);
+    expect(r.code, r.stderr).toBe(5);
+    expect(r.stderr).toMatch(/data\/[0-9a-f]{2}\/[0-9a-f]{32}/);
+    const left = [...(await readTree(out)).keys()].map((p) => path.relative(out, p));
+    expect(left.filter((p) => !path.basename(p).startsWith("."))).toEqual([]);
+    expect(left.filter((p) => p.includes("vmvault-partial"))).toEqual([]);
+  });
+
+  it("check names the snapshots a damaged pack affects", async () => {
+    const repo = copyRepo();
+    const snapshotId = path.basename(path.dirname((await objects(repo, "snapshots/"))[0] as string));
+    for (const pack of await objects(repo, "data/")) await flipByte(pack, "middle");
+    const r = await vault(repo)(["check", "--read-data"]);
+    expect(r.code).toBe(5);
+    expect(r.stdout).toContain(`affects snapshots ${snapshotId}`);
+  });
+
+  it("a truncated pack is detected by a structure check", async () => {
+    const repo = copyRepo();
+    const pack = (await objects(repo, "data/"))[0] as string;
+    const bytes = await fsp.readFile(pack);
+    await fsp.writeFile(pack, bytes.subarray(0, bytes.length - 100));
+    const r = await vault(repo)(["check"]);
+    expect(r.code).toBe(5);
+    expect(r.stdout).toContain(path.relative(repo, pack));
+    expect(r.stdout).toMatch(/truncated or modified/);
+  });
+
+  it("a deleted pack is reported as missing", async () => {
+    const repo = copyRepo();
+    const pack = (await objects(repo, "data/"))[0] as string;
+    await fsp.rm(pack);
+    const r = await vault(repo)(["check"]);
+    expect(r.code).toBe(5);
+    expect(r.stdout).toMatch(/pack is missing/);
+  });
+});
