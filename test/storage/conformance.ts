@@ -1,0 +1,302 @@
+import { createHash } from "node:crypto";
+import { afterEach, beforeEach, describe, expect, it as vitestIt } from "vitest";
+import { NotFoundError } from "../../src/errors.js";
+import { listAll, type Store } from "../../src/storage/types.js";
+
+export interface StoreFixture {
+  readonly store: Store;
+  readonly cleanup: () => Promise<void>;
+}
+
+/** Deterministic pseudo-random bytes (SHA-256 in counter mode over a seed). */
+export function seeded(seed: string, length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  for (let at = 0, counter = 0; at < length; at += 32, counter++) {
+    const block = createHash("sha256").update(`${seed}:${counter}`).digest();
+    out.set(block.subarray(0, Math.min(32, length - at)), at);
+  }
+  return out;
+}
+
+const text = (s: string): Uint8Array => new TextEncoder().encode(s);
+
+async function keysOf(store: Store, prefix: string): Promise<string[]> {
+  return (await listAll(store, prefix)).map((o) => o.key);
+}
+
+/** The rejection of a promise, or "resolved" when it did not reject. */
+async function rejection(p: Promise<unknown>): Promise<unknown> {
+  try {
+    await p;
+  } catch (e) {
+    return e;
+  }
+  return "resolved";
+}
+
+export interface ConformanceOptions {
+  /**
+   * Titles of tests that show a known bug of this backend. They run as `it.fails`: the suite
+   * stays green while the bug exists and turns red once it is fixed, so the entry is removed.
+   */
+  readonly knownBugs?: readonly string[];
+}
+
+/**
+ * The behaviour every Store must have. Call it once per backend from a test file; make()
+ * returns a fresh, empty store for each test and a cleanup that removes it.
+ */
+export function storeConformance(name: string, make: () => Promise<StoreFixture>, options: ConformanceOptions = {}): void {
+  const knownBugs = new Set(options.knownBugs ?? []);
+  const titles = new Set<string>();
+  const it = (title: string, fn: () => Promise<void>): void => {
+    titles.add(title);
+    (knownBugs.has(title) ? vitestIt.fails : vitestIt)(title, fn);
+  };
+
+  describe(`${name} conformance`, () => {
+    let store: Store;
+    let cleanup: () => Promise<void> = async () => {};
+
+    beforeEach(async () => {
+      ({ store, cleanup } = await make());
+    });
+    afterEach(async () => {
+      await store.close();
+      await cleanup();
+    });
+
+    describe("get", () => {
+      it("throws NotFoundError with code E_NOT_FOUND for a missing key, with or without a range", async () => {
+        for (const p of [store.get("missing"), store.get("data/ab/missing"), store.get("missing", { offset: 0, length: 4 })]) {
+          const e = await rejection(p);
+          expect(e).toBeInstanceOf(NotFoundError);
+          expect((e as NotFoundError).code).toBe("E_NOT_FOUND");
+        }
+      });
+
+      it("throws NotFoundError for a missing key next to existing objects", async () => {
+        await store.putIfAbsent("data/ab/abcd", text("x"));
+        for (const key of ["data/ab/abce", "data/ac/abcd", "config"]) {
+          const e = await rejection(store.get(key));
+          expect(e, key).toBeInstanceOf(NotFoundError);
+          expect((e as NotFoundError).code, key).toBe("E_NOT_FOUND");
+        }
+      });
+
+      it("throws NotFoundError for a key that is only a prefix of other keys or lies below an object", async () => {
+        await store.putIfAbsent("data/ab/abcd", text("x"));
+        for (const key of ["data/ab", "data", "data/ab/abcd/more"]) {
+          const e = await rejection(store.get(key));
+          expect(e, key).toBeInstanceOf(NotFoundError);
+          expect((e as NotFoundError).code, key).toBe("E_NOT_FOUND");
+        }
+      });
+
+      it("returns a copy: changing the returned bytes or the written buffer does not change the object", async () => {
+        const data = text("original");
+        await store.putIfAbsent("k", data);
+        data.fill(0);
+        const first = await store.get("k");
+        first.fill(0);
+        expect(new TextDecoder().decode(await store.get("k"))).toBe("original");
+      });
+    });
+
+    describe("putIfAbsent", () => {
+      it("returns true, then false, and never overwrites", async () => {
+        expect(await store.putIfAbsent("snapshots/one", text("first"))).toBe(true);
+        expect(await store.putIfAbsent("snapshots/one", text("second, longer"))).toBe(false);
+        expect(await store.putIfAbsent("snapshots/one", new Uint8Array(0))).toBe(false);
+        expect(new TextDecoder().decode(await store.get("snapshots/one"))).toBe("first");
+        expect(await store.stat("snapshots/one")).toEqual({ key: "snapshots/one", size: 5 });
+      });
+
+      it("never reports an object as present when there is none under that key", async () => {
+        await store.putIfAbsent("data/ab/abcd", text("x"));
+        // "data" is only a prefix of another key here. A backend may store it or refuse it
+        // loudly, but answering false would make a caller believe its bytes are stored.
+        const outcome = await store.putIfAbsent("data", text("y")).catch((e: unknown) => e);
+        expect(outcome).not.toBe(false);
+        if (outcome === true) expect(await store.get("data")).toEqual(text("y"));
+        else expect(outcome).toBeInstanceOf(Error);
+      });
+
+      it("exactly one of 10 concurrent puts of the same key wins, and its bytes are stored", async () => {
+        const writers = Array.from({ length: 10 }, (_, i) => seeded(`writer-${i}`, 64 * 1024 + i));
+        const results = await Promise.all(writers.map((d) => store.putIfAbsent("data/aa/same", d)));
+        expect(results.filter((r) => r)).toHaveLength(1);
+        const winner = writers[results.indexOf(true)];
+        expect(await store.get("data/aa/same")).toEqual(winner);
+        expect(await keysOf(store, "")).toEqual(["data/aa/same"]);
+      });
+
+      it("stores and reads zero-length objects", async () => {
+        expect(await store.putIfAbsent("locks/empty", new Uint8Array(0))).toBe(true);
+        expect(await store.get("locks/empty")).toHaveLength(0);
+        expect(await store.get("locks/empty", { offset: 0, length: 10 })).toHaveLength(0);
+        expect(await store.stat("locks/empty")).toEqual({ key: "locks/empty", size: 0 });
+        expect(await listAll(store, "locks/")).toEqual([{ key: "locks/empty", size: 0 }]);
+        expect(await store.putIfAbsent("locks/empty", text("now with bytes"))).toBe(false);
+        expect(await store.get("locks/empty")).toHaveLength(0);
+      });
+
+      it("round-trips a 5 MiB object, whole and by range", async () => {
+        const big = seeded("big", 5 * 1024 * 1024);
+        expect(await store.putIfAbsent("data/bb/big", big)).toBe(true);
+        const back = await store.get("data/bb/big");
+        expect(back.length).toBe(big.length);
+        expect(Buffer.from(back).equals(Buffer.from(big))).toBe(true);
+        const offset = 3 * 1024 * 1024 + 17;
+        const part = await store.get("data/bb/big", { offset, length: 200_000 });
+        expect(Buffer.from(part).equals(Buffer.from(big.subarray(offset, offset + 200_000)))).toBe(true);
+        expect(await store.stat("data/bb/big")).toEqual({ key: "data/bb/big", size: big.length });
+      });
+    });
+
+    describe("range reads", () => {
+      const content = "0123456789";
+      const read = async (offset: number, length: number): Promise<string> =>
+        new TextDecoder().decode(await store.get("r", { offset, length }));
+
+      beforeEach(async () => {
+        await store.putIfAbsent("r", text(content));
+      });
+
+      it("returns exactly the requested bytes", async () => {
+        expect(await read(0, 3)).toBe("012");
+        expect(await read(4, 2)).toBe("45");
+        expect(await read(7, 3)).toBe("789");
+        expect(await read(0, 10)).toBe(content);
+        expect(await read(5, 0)).toBe("");
+      });
+
+      it("returns the short tail when the range reaches past the end, and nothing past it", async () => {
+        expect(await read(7, 100)).toBe("789");
+        expect(await read(0, 11)).toBe(content);
+        expect(await read(10, 5)).toBe("");
+        expect(await read(50, 5)).toBe("");
+        expect(await store.get("r", { offset: 8, length: 100 })).toHaveLength(2);
+      });
+    });
+
+    describe("list", () => {
+      const keys = ["config", "data/ab/abcd", "data/ab/abzz", "data/ac/ac01", "index/0001", "index/0002", "indexes-old", "snapshots/s1"];
+
+      beforeEach(async () => {
+        for (const [i, key] of keys.entries()) await store.putIfAbsent(key, seeded(key, i * 10));
+      });
+
+      it("lists every object with its size for the empty prefix", async () => {
+        expect(await listAll(store, "")).toEqual(keys.map((key, i) => ({ key, size: i * 10 })));
+      });
+
+      it("lists exactly the keys under a folder prefix, nested or not", async () => {
+        expect(await keysOf(store, "data/")).toEqual(["data/ab/abcd", "data/ab/abzz", "data/ac/ac01"]);
+        expect(await keysOf(store, "data/ab/")).toEqual(["data/ab/abcd", "data/ab/abzz"]);
+        expect(await keysOf(store, "index/")).toEqual(["index/0001", "index/0002"]);
+      });
+
+      it("treats the prefix as a string prefix, not a folder name", async () => {
+        expect(await keysOf(store, "data/ab/ab")).toEqual(["data/ab/abcd", "data/ab/abzz"]);
+        expect(await keysOf(store, "data/a")).toEqual(["data/ab/abcd", "data/ab/abzz", "data/ac/ac01"]);
+        expect(await keysOf(store, "index")).toEqual(["index/0001", "index/0002", "indexes-old"]);
+        expect(await keysOf(store, "dat")).toEqual(["data/ab/abcd", "data/ab/abzz", "data/ac/ac01"]);
+        expect(await keysOf(store, "data/ab/abcd")).toEqual(["data/ab/abcd"]);
+      });
+
+      it("returns nothing for a prefix no key starts with", async () => {
+        for (const prefix of ["zzz", "data/zz/", "data/ab/abcd/", "snapshots/s2", "config/"]) {
+          expect(await keysOf(store, prefix), prefix).toEqual([]);
+        }
+      });
+
+      it("only ever yields valid keys, whatever the prefix", async () => {
+        for (const prefix of ["data/../", "data/./", "./"]) {
+          let found: string[] = [];
+          const outcome = await rejection(keysOf(store, prefix).then((k) => (found = k)));
+          if (outcome === "resolved") expect(found.filter((k) => !keys.includes(k)), prefix).toEqual([]);
+          else expect(outcome, prefix).toBeInstanceOf(TypeError);
+        }
+      });
+
+      it("does not list deleted objects", async () => {
+        await store.delete("data/ab/abcd");
+        expect(await keysOf(store, "data/")).toEqual(["data/ab/abzz", "data/ac/ac01"]);
+      });
+    });
+
+    describe("delete", () => {
+      it("removes the object, and removing it again or a missing key is not an error", async () => {
+        await store.putIfAbsent("locks/l1", text("lock"));
+        await store.putIfAbsent("locks/l2", text("other"));
+        await store.delete("locks/l1");
+        expect(await rejection(store.get("locks/l1"))).toBeInstanceOf(NotFoundError);
+        expect(await store.stat("locks/l1")).toBeUndefined();
+        await expect(store.delete("locks/l1")).resolves.toBeUndefined();
+        await expect(store.delete("never/existed")).resolves.toBeUndefined();
+        expect(await keysOf(store, "")).toEqual(["locks/l2"]);
+      });
+
+      it("lets the key be written again afterwards", async () => {
+        await store.putIfAbsent("k", text("old"));
+        await store.delete("k");
+        expect(await store.putIfAbsent("k", text("new"))).toBe(true);
+        expect(new TextDecoder().decode(await store.get("k"))).toBe("new");
+      });
+
+      it("treats a key that is only a prefix of other keys as absent", async () => {
+        await store.putIfAbsent("data/ab/abcd", text("x"));
+        await expect(store.delete("data/ab")).resolves.toBeUndefined();
+        expect(await store.stat("data/ab")).toBeUndefined();
+        expect(await keysOf(store, "")).toEqual(["data/ab/abcd"]);
+      });
+    });
+
+    describe("stat", () => {
+      it("returns the key and size of an object, and undefined when there is none", async () => {
+        await store.putIfAbsent("data/ab/abcd", seeded("s", 1234));
+        expect(await store.stat("data/ab/abcd")).toEqual({ key: "data/ab/abcd", size: 1234 });
+        expect(await store.stat("data/ab/abce")).toBeUndefined();
+        expect(await store.stat("data/ab")).toBeUndefined();
+        expect(await store.stat("nothing/here")).toBeUndefined();
+        expect(await store.stat("data/ab/abcd/below")).toBeUndefined();
+      });
+    });
+
+    describe("keys", () => {
+      const invalid = ["../x", "/abs", "A", "a//b", "", "a/", "a/../b", "a/./b", "data/.tmp-0123", ".hidden", "a b", "a\\b", "x".repeat(513)];
+
+      const label = (key: string): string => JSON.stringify(key.slice(0, 20));
+
+      it("rejects invalid keys in get and putIfAbsent with a TypeError and writes nothing", async () => {
+        for (const key of invalid) {
+          expect(await rejection(store.get(key)), `get ${label(key)}`).toBeInstanceOf(TypeError);
+          expect(await rejection(store.get(key, { offset: 0, length: 1 })), `get range ${label(key)}`).toBeInstanceOf(TypeError);
+          expect(await rejection(store.putIfAbsent(key, text("x"))), `put ${label(key)}`).toBeInstanceOf(TypeError);
+        }
+        expect(await keysOf(store, "")).toEqual([]);
+      });
+
+      it("rejects invalid keys in stat and delete with a TypeError", async () => {
+        await store.putIfAbsent("x", text("x"));
+        for (const key of invalid) {
+          expect(await rejection(store.stat(key)), `stat ${label(key)}`).toBeInstanceOf(TypeError);
+          expect(await rejection(store.delete(key)), `delete ${label(key)}`).toBeInstanceOf(TypeError);
+        }
+        expect(await keysOf(store, "")).toEqual(["x"]);
+      });
+
+      it("accepts the key shapes the repository uses", async () => {
+        const longest = `${"a".repeat(255)}/${"b".repeat(255)}`;
+        const valid = ["config", "keys/admin", "data/0f/0f1e2d3c", "index/2024-01-02.v1", "locks/host_1-2", longest];
+        for (const key of valid) expect(await store.putIfAbsent(key, text(key)), key).toBe(true);
+        expect(await keysOf(store, "")).toEqual([...valid].sort());
+      });
+    });
+
+    vitestIt("names only tests of this suite as known bugs", () => {
+      expect([...knownBugs].filter((title) => !titles.has(title))).toEqual([]);
+    });
+  });
+}

@@ -1,0 +1,175 @@
+import { execFile } from "node:child_process";
+import { existsSync, promises as fsp } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { pathToFileURL } from "node:url";
+import { promisify } from "node:util";
+import { afterEach, describe, expect, it } from "vitest";
+import { NotFoundError, StorageError } from "../../src/errors.js";
+import { FsStore } from "../../src/storage/fs.js";
+import { MemoryStore } from "../../src/storage/memory.js";
+import { listAll } from "../../src/storage/types.js";
+import { seeded, storeConformance } from "./conformance.js";
+
+const isRoot = process.getuid?.() === 0;
+
+/** A fresh folder under the system temp folder; the store lives in its "store" subfolder. */
+async function tempFolder(): Promise<{ dir: string; root: string; remove: () => Promise<void> }> {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), "vmvault-store-"));
+  const root = path.join(dir, "store");
+  await fsp.mkdir(root);
+  return { dir, root, remove: () => fsp.rm(dir, { recursive: true, force: true }) };
+}
+
+/** Every file under dir, as paths relative to it, sorted. */
+async function filesUnder(dir: string): Promise<string[]> {
+  const entries = await fsp.readdir(dir, { recursive: true, withFileTypes: true });
+  return entries
+    .filter((e) => e.isFile())
+    .map((e) => path.relative(dir, path.join(e.parentPath, e.name)))
+    .sort();
+}
+
+storeConformance("MemoryStore", async () => ({ store: new MemoryStore(), cleanup: async () => {} }));
+
+// Known FsStore bugs, reported to the lead; each entry turns red once src/storage/fs.ts is fixed.
+// - get/delete map EISDIR and ENOTDIR to StorageError instead of "absent", and putIfAbsent
+//   answers false (link() gives EEXIST) when the key's path is a folder of other keys.
+// - list() does not validate its prefix, so "data/../" yields keys that are not valid keys.
+// - stat/delete call #path() inside their try, so an invalid key becomes an E_STORAGE error.
+const FS_STORE_BUGS = [
+  "throws NotFoundError for a key that is only a prefix of other keys or lies below an object",
+  "never reports an object as present when there is none under that key",
+  "only ever yields valid keys, whatever the prefix",
+  "treats a key that is only a prefix of other keys as absent",
+  "rejects invalid keys in stat and delete with a TypeError",
+];
+
+storeConformance(
+  "FsStore",
+  async () => {
+    const { root, remove } = await tempFolder();
+    return { store: new FsStore(root), cleanup: remove };
+  },
+  { knownBugs: FS_STORE_BUGS },
+);
+
+describe("FsStore", () => {
+  const folders: Array<() => Promise<void>> = [];
+  afterEach(async () => {
+    for (const remove of folders.splice(0)) await remove();
+  });
+  async function fresh(): Promise<{ dir: string; root: string; store: FsStore }> {
+    const t = await tempFolder();
+    folders.push(t.remove);
+    return { dir: t.dir, root: t.root, store: new FsStore(t.root) };
+  }
+
+  it("stores each object as a file at the key's path, readable by a new instance", async () => {
+    const { root, store } = await fresh();
+    const data = seeded("layout", 300);
+    expect(await store.putIfAbsent("data/ab/abcd", data)).toBe(true);
+    expect(new Uint8Array(await fsp.readFile(path.join(root, "data", "ab", "abcd")))).toEqual(data);
+    expect(await filesUnder(root)).toEqual([path.join("data", "ab", "abcd")]);
+    const again = new FsStore(root);
+    expect(await again.get("data/ab/abcd")).toEqual(data);
+    expect(await again.putIfAbsent("data/ab/abcd", seeded("other", 300))).toBe(false);
+  });
+
+  it("a refused write leaves neither the object nor a temporary file", async () => {
+    const { root, store } = await fresh();
+    await store.putIfAbsent("data/ab/first", seeded("first", 10));
+    const target = isRoot ? "data/cd/second" : "data/ab/second";
+    let restore = async (): Promise<void> => {};
+    if (isRoot) {
+      // chmod does not stop root: make the object's folder a regular file instead.
+      await fsp.writeFile(path.join(root, "data", "cd"), "not a folder");
+    } else {
+      const folder = path.join(root, "data", "ab");
+      await fsp.chmod(folder, 0o500);
+      restore = () => fsp.chmod(folder, 0o700);
+    }
+    try {
+      const e = await store.putIfAbsent(target, seeded("second", 4096)).catch((err: unknown) => err);
+      expect(e).toBeInstanceOf(StorageError);
+      expect((e as StorageError).code).toBe("E_STORAGE");
+      expect((e as StorageError).message).toContain(target);
+    } finally {
+      await restore();
+    }
+    expect(await store.stat(target)).toBeUndefined();
+    const expected = [path.join("data", "ab", "first")];
+    if (isRoot) expected.push(path.join("data", "cd"));
+    expect(await filesUnder(root)).toEqual(expected.sort());
+  });
+
+  it("a write that fails part-way leaves neither the object nor a temporary file", async () => {
+    // A child process with a file size limit of 8 KiB: the kernel stops the temporary file
+    // after its first 8 KiB with EFBIG. This works the same for root and other users.
+    const built = path.resolve(import.meta.dirname, "../../dist/storage/fs.js");
+    expect(existsSync(built), "dist/ is built by test/global-setup.ts").toBe(true);
+    const { root, store } = await fresh();
+    const script = `
+      const { FsStore } = await import(process.env.FS_MODULE);
+      const store = new FsStore(process.env.STORE_ROOT);
+      try {
+        console.log(JSON.stringify({ result: await store.putIfAbsent("data/ab/big", new Uint8Array(1 << 20).fill(7)) }));
+      } catch (e) {
+        console.log(JSON.stringify({ code: e.code, cause: e.cause?.code, message: e.message }));
+      }`;
+    const { stdout } = await promisify(execFile)("sh", ["-c", 'ulimit -f 16 && exec "$0" --input-type=module -e "$1"', process.execPath, script], {
+      env: { ...process.env, FS_MODULE: pathToFileURL(built).href, STORE_ROOT: root },
+    });
+    const outcome = JSON.parse(stdout) as { result?: boolean; code?: string; cause?: string; message?: string };
+    expect(outcome).toMatchObject({ code: "E_STORAGE", cause: "EFBIG" });
+    expect(outcome.message).toContain("data/ab/big");
+    expect(await store.stat("data/ab/big")).toBeUndefined();
+    await expect(store.get("data/ab/big")).rejects.toBeInstanceOf(NotFoundError);
+    expect(await filesUnder(root)).toEqual([]);
+    const data = seeded("big", 1 << 20);
+    expect(await store.putIfAbsent("data/ab/big", data)).toBe(true);
+    expect(await store.get("data/ab/big")).toEqual(data);
+  });
+
+  it("list skips the dot-prefixed temporary files a crashed write leaves behind", async () => {
+    const { root, store } = await fresh();
+    await store.putIfAbsent("data/ab/abcd", seeded("a", 5));
+    await store.putIfAbsent("config", seeded("c", 7));
+    await fsp.writeFile(path.join(root, ".tmp-0123456789abcdef"), "half a config");
+    await fsp.writeFile(path.join(root, "data", "ab", ".tmp-fedcba9876543210"), "half a pack");
+    await fsp.mkdir(path.join(root, "data", ".tmp-folder"));
+    await fsp.writeFile(path.join(root, "data", ".tmp-folder", "x"), "hidden");
+    expect(await listAll(store, "")).toEqual([
+      { key: "config", size: 7 },
+      { key: "data/ab/abcd", size: 5 },
+    ]);
+    expect((await listAll(store, "data/ab/")).map((o) => o.key)).toEqual(["data/ab/abcd"]);
+    expect(await store.putIfAbsent("data/ab/abce", seeded("e", 3))).toBe(true);
+    expect((await listAll(store, "data/")).map((o) => o.key)).toEqual(["data/ab/abcd", "data/ab/abce"]);
+  });
+
+  it("leaves no temporary files after concurrent and losing puts", async () => {
+    const { root, store } = await fresh();
+    const results = await Promise.all(Array.from({ length: 10 }, (_, i) => store.putIfAbsent("data/ab/same", seeded(`w${i}`, 10_000))));
+    expect(results.filter((r) => r)).toHaveLength(1);
+    expect(await store.putIfAbsent("data/ab/same", seeded("late", 10))).toBe(false);
+    expect(await filesUnder(root)).toEqual([path.join("data", "ab", "same")]);
+  });
+
+  // Known bug: list() joins an unvalidated prefix onto the root, so "../" walks the parent folder.
+  it.fails("list never leaves the store's folder", async () => {
+    const { dir, store } = await fresh();
+    await fsp.writeFile(path.join(dir, "outside"), "not part of the store");
+    await store.putIfAbsent("config", seeded("c", 1));
+    let found: string[] = [];
+    const outcome = await listAll(store, "../").then(
+      (all) => {
+        found = all.map((o) => o.key);
+        return "listed";
+      },
+      (e: unknown) => e,
+    );
+    if (outcome !== "listed") expect(outcome).toBeInstanceOf(TypeError);
+    expect(found).toEqual([]);
+  });
+});
