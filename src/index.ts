@@ -26,3 +26,4 @@ export type { CheckOptions, CheckReport } from "./maintenance/check.js";
 export type { SnapshotSummary } from "./snapshot/list.js";
 export type { InitOptions, OpenOptions } from "./repository/open.js";
 export type { ProgressEvent, ProgressSink } from "./util/progress.js";
+export type { AddUserOptions, UserSummary, RemovedUserSummary } from "./users/users.js";

@@ -6,6 +6,9 @@ import type { Repository } from "./repository/repository.js";
 import { restore, type RestoreOptions, type RestoreResult } from "./restore/restore.js";
 import { snapshotSummaries, type SnapshotSummary } from "./snapshot/list.js";
 import type { Role } from "./keys/roles.js";
+import type { Secret } from "./crypto/secret.js";
+import type { KdfStrength } from "./crypto/kdf.js";
+import { addUser, changePassphrase, listUsers, removeUser, type AddUserOptions, type RemovedUserSummary, type UserSummary } from "./users/users.js";
 
 /**
  * The library's front door. Every method authorizes the unlocked user's role before it does
@@ -48,6 +51,23 @@ export class Vault {
 
   check(o: CheckOptions = {}): Promise<CheckReport> {
     return check(this.repository, o);
+  }
+
+  listUsers(): UserSummary[] {
+    return listUsers(this.repository);
+  }
+
+  addUser(o: AddUserOptions): Promise<UserSummary> {
+    return addUser(this.repository, o);
+  }
+
+  removeUser(name: string): Promise<RemovedUserSummary> {
+    return removeUser(this.repository, name);
+  }
+
+  /** Rewraps this user's own key slot under a new passphrase. */
+  changePassphrase(newPassphrase: Secret, kdf: KdfStrength, allowWeakKdf = false): Promise<void> {
+    return changePassphrase(this.repository, newPassphrase, kdf, allowWeakKdf);
   }
 
   close(): Promise<void> {

@@ -1,3 +1,5 @@
+import os from "node:os";
+import path from "node:path";
 import type { Command } from "commander";
 import { KDF_DEFAULT, KDF_TEST, type KdfStrength } from "../crypto/kdf.js";
 import { openStore } from "../storage/open.js";
@@ -65,6 +67,19 @@ export class CliContext {
     );
   }
 
+  /** Where this machine remembers the newest registry version it has seen per repository. */
+  get stateDir(): string {
+    const env = process.env;
+    if (env["VMVAULT_STATE_DIR"]) return env["VMVAULT_STATE_DIR"];
+    const cache = env["XDG_CACHE_HOME"] || path.join(os.homedir(), ".cache");
+    return path.join(cache, "vmvault");
+  }
+
+  /** The new passphrase for `user add` and `user passwd`. */
+  async newPassphrase(file: string | undefined, who: string): Promise<Secret> {
+    return obtainPassphrase({ envVar: "VMVAULT_NEW_PASSPHRASE", file, prompt: `New passphrase for ${who}: `, confirm: true }, (m) => this.warn(m));
+  }
+
   /** Unlocks the user's key slot and opens the repository. */
   async openVault(): Promise<Vault> {
     const repo = requireRepo(this.settings);
@@ -73,7 +88,7 @@ export class CliContext {
     await probeRepository(store);
     const passphrase = await this.passphrase();
     try {
-      return await Vault.open({ store, user, passphrase });
+      return await Vault.open({ store, user, passphrase, stateDir: this.stateDir });
     } finally {
       passphrase.dispose();
     }

@@ -4,6 +4,7 @@ import { registerCheck } from "./commands/check.js";
 import { registerInit } from "./commands/init.js";
 import { registerRestore } from "./commands/restore.js";
 import { registerSnapshots } from "./commands/snapshots.js";
+import { registerUser } from "./commands/user.js";
 import { describeError, exitCodeOf } from "./exit.js";
 
 export const VERSION = "0.1.0";
@@ -28,7 +29,9 @@ export function buildProgram(): Command {
   registerSnapshots(program);
   registerRestore(program);
   registerCheck(program);
-  for (const c of program.commands) c.exitOverride();
+  registerUser(program);
+  const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
+  for (const c of all(program)) c.exitOverride();
   return program;
 }
 

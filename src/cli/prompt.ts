@@ -53,3 +53,18 @@ export async function promptNewSecret(question: string): Promise<Secret> {
   }
   return first;
 }
+
+/** Asks a yes/no question on the terminal; without a terminal the caller must not ask (usage error). */
+export async function promptYesNo(question: string, hint: string): Promise<boolean> {
+  const stdin = process.stdin;
+  if (!stdin.isTTY) throw new UsageError(`${question.trim()} needs an answer and there is no terminal`, hint);
+  process.stderr.write(question);
+  const answer = await new Promise<string>((resolve) => {
+    stdin.resume();
+    stdin.once("data", (d: Buffer) => {
+      stdin.pause();
+      resolve(d.toString("utf8").trim().toLowerCase());
+    });
+  });
+  return answer === "y" || answer === "yes";
+}

@@ -17,12 +17,18 @@ import { listAll, type Store } from "../storage/types.js";
 import { toHex } from "../util/bytes.js";
 import { Repository, type Environment } from "./repository.js";
 import { NotARepositoryError } from "./errors.js";
+import { RegistryPin } from "./pin.js";
 
 export interface CommonOptions {
   readonly store: Store;
   readonly random?: RandomSource;
   readonly clock?: () => Date;
   readonly hostname?: string;
+  /**
+   * A folder outside the repository where this machine remembers the newest registry version
+   * it has seen, so a rolled-back or forked registry is caught. The CLI uses ~/.cache/vmvault.
+   */
+  readonly stateDir?: string;
 }
 
 export interface InitOptions extends CommonOptions {
@@ -167,6 +173,7 @@ export async function initRepository(o: InitOptions): Promise<Repository> {
   return openRepository({ ...o, store });
 }
 
+
 /** Fails with a clear error when the store holds no repository (before any passphrase is asked). */
 export async function probeRepository(store: Store): Promise<void> {
   await readConfig(store);
@@ -213,6 +220,8 @@ export async function openRepository(o: OpenOptions): Promise<Repository> {
     throw IntegrityError.object(CONFIG_KEY, "configuration is not signed by the root key pinned in your key slot");
   }
   const chain = await loadRegistryChain(crypto, store, pinned, config.repoId);
+  const pin = o.stateDir === undefined ? undefined : new RegistryPin(o.stateDir, config.repoId);
+  await pin?.check(chain);
   const latest = chain.latest;
   const signSecret = new Secret(slot.secrets.signSecretKey);
   const boxSecret = new Secret(slot.secrets.boxSecretKey);
@@ -244,5 +253,6 @@ export async function openRepository(o: OpenOptions): Promise<Repository> {
     keyring.addEpoch(crypto, info, grant.secrets);
     for (const s of Object.values(grant.secrets)) s.fill(0);
   }
-  return new Repository(store, crypto, config, chain, keyring, environment(o));
+  await pin?.record(chain);
+  return new Repository(store, crypto, config, chain, keyring, environment(o), pin);
 }

@@ -6,6 +6,7 @@ import { authorize, type Action } from "../keys/roles.js";
 import type { Store } from "../storage/types.js";
 import type { Secret } from "../crypto/secret.js";
 import { VaultError } from "../errors.js";
+import type { RegistryPin } from "./pin.js";
 
 /** Injected environment: clock, host name, progress sink. */
 export interface Environment {
@@ -25,8 +26,10 @@ export class Repository {
   readonly env: Environment;
   #chain: RegistryChain;
   #keyring: Keyring;
+  readonly #pin: RegistryPin | undefined;
 
-  constructor(store: Store, crypto: CryptoSuite, config: RepoConfig, chain: RegistryChain, keyring: Keyring, env: Environment) {
+  constructor(store: Store, crypto: CryptoSuite, config: RepoConfig, chain: RegistryChain, keyring: Keyring, env: Environment, pin?: RegistryPin) {
+    this.#pin = pin;
     this.store = store;
     this.crypto = crypto;
     this.config = config;
@@ -68,8 +71,9 @@ export class Repository {
   }
 
   /** Replaces the registry view after a new version was written. */
-  adopt(chain: RegistryChain, keyring?: Keyring): void {
+  async adopt(chain: RegistryChain, keyring?: Keyring): Promise<void> {
     this.#chain = chain;
+    await this.#pin?.record(chain);
     if (keyring !== undefined && keyring !== this.#keyring) {
       this.#keyring.dispose();
       this.#keyring = keyring;

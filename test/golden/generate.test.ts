@@ -1,7 +1,8 @@
 /**
  * Writes the golden samples of the current repository format: one object of every kind the
  * code writes, taken from a deterministic repository (seeded randomness, frozen clock, fixed
- * host name, weak test KDF, one backup of a small generated disk image), plus a lock.
+ * host name, weak test KDF, one backup of a small generated disk image and a small folder with
+ * fixed modes and times), plus a lock.
  *
  * Skipped unless VMVAULT_WRITE_GOLDEN=1. Regenerate (alone, not alongside golden.test.ts) with
  *
@@ -12,16 +13,17 @@
  *
  * Output, in test/golden/v<WRITE_VERSION>/:
  *   <kind>.bin     one object per kind, named after the kind in kebab case (key-slot.bin, …)
- *   manifest.json  each object's store key and SHA-256; the source image's name, size, SHA-256
+ *   manifest.json  each object's store key and SHA-256; the sources' names, sizes and SHA-256s
  *   secrets.json   the test passphrase and every key needed to open the samples (test-only keys)
  *
  * Determinism: everything is reproducible from the seed except what libsodium's crypto_box_seal
  * draws internally (the ephemeral key of the sealed grant, session envelope and snapshot
  * header) and the lock's pid (process.pid, not injectable). The generator builds the
- * repository twice and refuses to write if anything else differs.
+ * repository twice and refuses to write if anything else differs. The snapshot body records
+ * the folder source's absolute path, so the sources live at a fixed path under os.tmpdir().
  */
 import { createHash } from "node:crypto";
-import { mkdtempSync, promises as fsp, rmSync } from "node:fs";
+import { promises as fsp, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
@@ -49,6 +51,10 @@ const USER = "admin";
 const PASSPHRASE = "golden sample passphrase (test only)";
 const VM = "golden-vm";
 const SOURCE_NAME = "golden.raw";
+const FOLDER_NAME = "golden-folder";
+/** Where the sources are written: fixed, because the snapshot body records the folder's absolute path. */
+const WORK_DIR = path.join(os.tmpdir(), "vmvault-golden-source");
+const MTIME = new Date("2024-12-31T23:59:58.000Z");
 
 /** Kinds sealed with crypto_box_seal, whose bytes differ between runs (libsodium draws the ephemeral key). */
 const SEALED_BOX_KINDS: ReadonlySet<number> = new Set([ObjectKind.Grant, ObjectKind.SessionKey, ObjectKind.Snapshot]);
@@ -84,6 +90,34 @@ function sourceImage(): Uint8Array {
   return image;
 }
 
+/** The folder source: regular files (one in a subfolder), a symlink; modes and times fixed. */
+function folderFiles(): Record<string, Uint8Array> {
+  return {
+    "hello.txt": utf8("Hello from the vmvault golden folder.\n"),
+    "sub/data.bin": seededBytes("golden folder file", 3000),
+  };
+}
+const FOLDER_LINKS: Record<string, string> = { "link-to-hello": "hello.txt" };
+
+async function writeFolder(root: string): Promise<void> {
+  await fsp.mkdir(path.join(root, "sub"), { recursive: true });
+  for (const [rel, bytes] of Object.entries(folderFiles())) {
+    const file = path.join(root, ...rel.split("/"));
+    await fsp.writeFile(file, bytes);
+    await fsp.chmod(file, 0o644);
+    await fsp.utimes(file, MTIME, MTIME);
+  }
+  for (const [rel, target] of Object.entries(FOLDER_LINKS)) {
+    const link = path.join(root, rel);
+    await fsp.symlink(target, link);
+    await fsp.lutimes(link, MTIME, MTIME);
+  }
+  for (const dir of [path.join(root, "sub"), root]) {
+    await fsp.chmod(dir, 0o755);
+    await fsp.utimes(dir, MTIME, MTIME);
+  }
+}
+
 function goldenFileName(kind: number): string {
   return `${kindName(kind).replace(/([a-z0-9])([A-Z])/g, "$1-$2").toLowerCase()}.bin`;
 }
@@ -102,7 +136,7 @@ function kindOf(key: string, bytes: Uint8Array): number {
   return kind;
 }
 
-async function build(workDir: string): Promise<Built> {
+async function build(): Promise<Built> {
   const store = new MemoryStore("memory:golden");
   const repo = await initRepository({
     store,
@@ -114,9 +148,14 @@ async function build(workDir: string): Promise<Built> {
     clock: () => new Date(CLOCK),
     hostname: HOSTNAME,
   });
-  const source = path.join(workDir, SOURCE_NAME);
-  await fsp.writeFile(source, sourceImage());
-  const result = await backup(repo, { vm: VM, sources: [source] });
+  rmSync(WORK_DIR, { recursive: true, force: true });
+  await fsp.mkdir(WORK_DIR, { recursive: true });
+  const image = path.join(WORK_DIR, SOURCE_NAME);
+  await fsp.writeFile(image, sourceImage());
+  const folder = path.join(WORK_DIR, FOLDER_NAME);
+  await writeFolder(folder);
+  const result = await backup(repo, { vm: VM, sources: [image, folder] });
+  expect(result.skipped).toEqual([]);
 
   const objects = new Map<number, { key: string; bytes: Uint8Array }>();
   for (const [key, bytes] of store.objects) {
@@ -180,10 +219,9 @@ async function secretsOf(b: Built): Promise<Record<string, unknown>> {
 
 describe.skipIf(!WRITE)("golden samples (VMVAULT_WRITE_GOLDEN=1)", () => {
   it(`writes one sample of every object kind to test/golden/v${WRITE_VERSION}`, async () => {
-    const work = [mkdtempSync(path.join(os.tmpdir(), "vmvault-golden-a-")), mkdtempSync(path.join(os.tmpdir(), "vmvault-golden-b-"))] as const;
     try {
-      const first = await build(work[0]);
-      const second = await build(work[1]);
+      const first = await build();
+      const second = await build();
 
       // Same seed, same clock: everything but crypto_box_seal's internal randomness must repeat.
       expect([...second.objects.keys()].sort()).toEqual([...first.objects.keys()].sort());
@@ -208,6 +246,13 @@ describe.skipIf(!WRITE)("golden samples (VMVAULT_WRITE_GOLDEN=1)", () => {
         vm: VM,
         snapshotId: first.snapshotId,
         source: { name: SOURCE_NAME, size: image.length, sha256: sha256(image) },
+        folder: {
+          name: FOLDER_NAME,
+          path: path.join(WORK_DIR, FOLDER_NAME),
+          files: Object.fromEntries(Object.entries(folderFiles()).map(([rel, bytes]) => [rel, { size: bytes.length, sha256: sha256(bytes) }])),
+          symlinks: FOLDER_LINKS,
+          mtime: MTIME.toISOString(),
+        },
         objects: [...first.objects]
           .sort(([a], [b]) => a - b)
           .map(([kind, o]) => ({ kind: kindName(kind), file: goldenFileName(kind), key: o.key, size: o.bytes.length, sha256: sha256(o.bytes) })),
@@ -224,7 +269,7 @@ describe.skipIf(!WRITE)("golden samples (VMVAULT_WRITE_GOLDEN=1)", () => {
 
       expect((await fsp.readdir(OUT)).filter((n) => n.endsWith(".bin")).sort()).toEqual(manifest.objects.map((o) => o.file).sort());
     } finally {
-      for (const d of work) rmSync(d, { recursive: true, force: true });
+      rmSync(WORK_DIR, { recursive: true, force: true });
     }
   });
 });

@@ -6,7 +6,7 @@
  *   (a) fails for every ObjectKind with neither a sample nor an entry in NOT_YET_WRITTEN;
  *   (b) parses and opens every sample of every version folder with the current code, object
  *       by object with the recorded keys, then as a whole repository (open, check --read-data,
- *       restore, compare with the source's SHA-256);
+ *       restore, compare with the sources' SHA-256s);
  *   (c) re-encodes the parsed structures of the current version and demands the exact bytes.
  *
  * Regenerate with
@@ -32,6 +32,7 @@ import { Secret } from "../../src/crypto/secret.js";
 import { AEAD_NONCE_BYTES, CryptoSuite } from "../../src/crypto/suite.js";
 import { encodeChunkList, parseChunkList } from "../../src/format/chunklist.js";
 import { encodeConfigMeta, parseConfigMeta } from "../../src/format/config.js";
+import { encodeEntry, parseEntryBlob } from "../../src/format/entries.js";
 import {
   appendSignature,
   encodeEnvelope,
@@ -78,7 +79,7 @@ import { unwrapSlot } from "../../src/keys/slot.js";
 import { openRepository } from "../../src/repository/open.js";
 import { restore } from "../../src/restore/restore.js";
 import { MemoryStore } from "../../src/storage/memory.js";
-import { fromHex, fromUtf8, toHex } from "../../src/util/bytes.js";
+import { concatBytes, fromHex, fromUtf8, toHex } from "../../src/util/bytes.js";
 
 /**
  * Kinds the code does not write yet. Each must get a golden sample (and leave this list) in the
@@ -110,6 +111,12 @@ interface Manifest {
   readonly vm: string;
   readonly snapshotId: string;
   readonly source: { readonly name: string; readonly size: number; readonly sha256: string };
+  readonly folder: {
+    readonly name: string;
+    readonly files: Readonly<Record<string, { readonly size: number; readonly sha256: string }>>;
+    readonly symlinks: Readonly<Record<string, string>>;
+    readonly mtime: string;
+  };
   readonly objects: readonly { kind: string; file: string; key: string; size: number; sha256: string }[];
 }
 
@@ -352,7 +359,7 @@ for (const version of VERSION_DIRS) {
       expect([...codecs].sort()).toEqual([Codec.Raw, Codec.Zstd]);
     });
 
-    it("the snapshot header and body open, the creator's signature verifies, and the chunk lists rebuild the source", async () => {
+    it("the snapshot header and body open, the creator's signature verifies, and its chunk lists and entries rebuild the sources", async () => {
       const crypto = await CryptoSuite.create();
       const env = signedEnvelope(ObjectKind.Snapshot, g.object(ObjectKind.Snapshot).bytes);
       const meta = parseSnapshotMeta(env.meta);
@@ -374,7 +381,7 @@ for (const version of VERSION_DIRS) {
       const message = snapshotSignedMessage(header.id, meta.sessionId, crypto.hash(headerBytes), bodySealed);
       expect(crypto.verify(creator.signPublicKey, message, env.signature)).toBe(true);
 
-      // Rebuild the disk image from the pack without the repository code.
+      // Rebuild both sources from the pack without the repository code.
       const pack = g.object(ObjectKind.Pack);
       const { trailer } = splitPack(pack.bytes);
       const entries = parsePackHeader(crypto.open(sessionKey, trailer, packTrailerAd(fromHex(parsePackKey(pack.key) ?? "")))).entries;
@@ -384,8 +391,9 @@ for (const version of VERSION_DIRS) {
         const e = only(entries.filter((x) => toHex(x.chunkId) === toHex(id)), `chunk ${toHex(id)}`);
         return decodeBlob(crypto, sessionKey, chunkIdKey, e.chunkId, blobOf(pack.bytes, e), e.rawLength, zstd);
       };
-      const disk = only(body.sources, "sources");
-      if (disk.kind !== "disk") throw new Error("the golden source is a disk image");
+      expect(body.sources.map((x) => x.kind)).toEqual(["disk", "folder"]);
+      const disk = body.sources.find((x) => x.kind === "disk");
+      if (disk?.kind !== "disk") throw new Error("the golden snapshot holds a disk image");
       expect(disk.name).toBe(g.manifest.source.name);
       const image = new Uint8Array(disk.size);
       let position = 0;
@@ -399,9 +407,35 @@ for (const version of VERSION_DIRS) {
       expect(position).toBe(g.manifest.source.size);
       expect(sha256(image)).toBe(g.manifest.source.sha256);
       expect(disk.zeroChunks).toBeGreaterThan(0);
+
+      const folder = body.sources.find((x) => x.kind === "folder");
+      if (folder?.kind !== "folder") throw new Error("the golden snapshot holds a folder");
+      expect(folder.name).toBe(g.manifest.folder.name);
+      const folderEntries = folder.entries.flatMap((id) => parseEntryBlob(chunk(fromHex(id))));
+      const mtimeMs = Date.parse(g.manifest.folder.mtime);
+      // A symlink's own mode depends on the platform, so only its target is compared.
+      const expected = new Map<string, { type: string; mode?: number }>([
+        ["", { type: "dir", mode: 0o755 }],
+        ["sub", { type: "dir", mode: 0o755 }],
+        ...Object.keys(g.manifest.folder.files).map((p): [string, { type: string; mode: number }] => [p, { type: "file", mode: 0o644 }]),
+        ...Object.keys(g.manifest.folder.symlinks).map((p): [string, { type: string }] => [p, { type: "symlink" }]),
+      ]);
+      expect(folderEntries.map((e) => e.path).sort()).toEqual([...expected.keys()].sort());
+      for (const e of folderEntries) {
+        const want = expected.get(e.path);
+        expect(e.type, e.path).toBe(want?.type);
+        if (want?.mode !== undefined) expect(e.mode, e.path).toBe(want.mode);
+        expect(e.mtimeMs, e.path).toBe(mtimeMs);
+        if (e.type === "symlink") expect(e.target).toBe(g.manifest.folder.symlinks[e.path]);
+        if (e.type === "file") {
+          const content = concatBytes((e.chunks ?? []).map((c) => (c.id === null ? new Uint8Array(c.length) : chunk(fromHex(c.id)))));
+          expect(content.length, e.path).toBe(e.size);
+          expect(sha256(content), e.path).toBe(g.manifest.folder.files[e.path]?.sha256);
+        }
+      }
     });
 
-    it("opens as a repository: check --read-data finds nothing, restore gives back the source bytes", async () => {
+    it("opens as a repository: check --read-data finds nothing, restore gives back the sources' bytes", async () => {
       const store = new MemoryStore("memory:golden-replay");
       for (const o of g.manifest.objects) {
         // A lock is a transient object; replaying it would only make this run take it for a stale lock.
@@ -432,6 +466,11 @@ for (const version of VERSION_DIRS) {
         const restored = await fsp.readFile(path.join(target, g.manifest.source.name));
         expect(restored.length).toBe(g.manifest.source.size);
         expect(sha256(restored)).toBe(g.manifest.source.sha256);
+        const folder = path.join(target, g.manifest.folder.name);
+        for (const [rel, f] of Object.entries(g.manifest.folder.files)) {
+          expect(sha256(await fsp.readFile(path.join(folder, ...rel.split("/")))), rel).toBe(f.sha256);
+        }
+        for (const [rel, link] of Object.entries(g.manifest.folder.symlinks)) expect(await fsp.readlink(path.join(folder, rel))).toBe(link);
       } finally {
         await repo.close();
         rmSync(target, { recursive: true, force: true });
@@ -526,7 +565,7 @@ describe(`(c) re-encoding the ${CURRENT} samples reproduces their bytes`, () => 
     expect(sha256(rebuilt)).toBe(sha256(bytes));
   });
 
-  it("snapshot: meta and envelope, the creator's signature, header, body and chunk lists", async () => {
+  it("snapshot: meta and envelope, the creator's signature, header, body, chunk lists and folder entries", async () => {
     const crypto = await CryptoSuite.create();
     const { bytes } = g.object(ObjectKind.Snapshot);
     const env = signedEnvelope(ObjectKind.Snapshot, bytes);
@@ -552,12 +591,22 @@ describe(`(c) re-encoding the ${CURRENT} samples reproduces their bytes`, () => 
     const entries = parsePackHeader(crypto.open(sessionKey, splitPack(pack.bytes).trailer, packTrailerAd(fromHex(parsePackKey(pack.key) ?? "")))).entries;
     const chunkIdKey = epochSecret(g, meta.epoch, "chunkId");
     const zstd = new Zstd(1);
+    const blob = (id: string): Uint8Array => {
+      const e = only(entries.filter((x) => toHex(x.chunkId) === id), `blob ${id}`);
+      return decodeBlob(crypto, sessionKey, chunkIdKey, e.chunkId, blobOf(pack.bytes, e), e.rawLength, zstd);
+    };
+    expect(parsed.sources.map((x) => x.kind)).toEqual(["disk", "folder"]);
     for (const source of parsed.sources) {
-      if (source.kind !== "disk") continue;
-      for (const list of source.lists) {
-        const e = only(entries.filter((x) => toHex(x.chunkId) === list), `list blob ${list}`);
-        const listBytes = decodeBlob(crypto, sessionKey, chunkIdKey, e.chunkId, blobOf(pack.bytes, e), e.rawLength, zstd);
-        expect(toHex(encodeChunkList(parseChunkList(listBytes)))).toBe(toHex(listBytes));
+      if (source.kind === "disk") {
+        for (const list of source.lists) {
+          const listBytes = blob(list);
+          expect(toHex(encodeChunkList(parseChunkList(listBytes)))).toBe(toHex(listBytes));
+        }
+      } else {
+        for (const id of source.entries) {
+          const entryBytes = blob(id);
+          expect(toHex(concatBytes(parseEntryBlob(entryBytes).map(encodeEntry)))).toBe(toHex(entryBytes));
+        }
       }
     }
   });

@@ -56,7 +56,15 @@ export function runCli(args: readonly string[], o: CliOptions = {}): Promise<Cli
   });
 }
 
-/** Runs the CLI with --repo and --user set. */
-export function vault(repo: string, user = "admin"): (args: readonly string[], o?: CliOptions) => Promise<CliResult> {
-  return (args, o) => runCli(["--repo", repo, "--user", user, ...args], o);
+/**
+ * Runs the CLI with --repo and --user set. Each repository gets its own state folder (where
+ * the newest registry version seen is remembered), next to it, so copies of a repository
+ * made by a test do not look like rollbacks of each other.
+ */
+export function vault(repo: string, user = "admin", passphrase = TEST_PASSPHRASE): (args: readonly string[], o?: CliOptions) => Promise<CliResult> {
+  return (args, o) =>
+    runCli(["--repo", repo, "--user", user, ...args], {
+      ...o,
+      env: { VMVAULT_STATE_DIR: `${repo}-state`, VMVAULT_PASSPHRASE: passphrase, ...o?.env },
+    });
 }

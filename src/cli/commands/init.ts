@@ -27,7 +27,7 @@ export function registerInit(program: Command): void {
       const passphrase = await ctx.passphrase(true);
       let vault: Vault;
       try {
-        vault = await Vault.init({ store: openStore(repo), user, passphrase, kdf, allowWeakKdf: allowWeak });
+        vault = await Vault.init({ store: openStore(repo), user, passphrase, kdf, allowWeakKdf: allowWeak, stateDir: ctx.stateDir });
       } finally {
         passphrase.dispose();
       }

@@ -1,0 +1,104 @@
+import type { Command } from "commander";
+import { VaultError } from "../../errors.js";
+import { CliContext } from "../context.js";
+import { table } from "../output.js";
+import { promptYesNo } from "../prompt.js";
+
+export function registerUser(program: Command): void {
+  const user = program.command("user").description("manage users and roles (admin), or change your own passphrase");
+
+  user
+    .command("add")
+    .description("add a user with a role (admin only)")
+    .argument("<name>", "the new user's name")
+    .requiredOption("--role <role>", "admin, operator, backup, restorer or auditor")
+    .option("--new-passphrase-file <file>", "the new user's passphrase (or VMVAULT_NEW_PASSPHRASE, or a prompt)")
+    .action(async (name: string, opts: { role: string; newPassphraseFile?: string }, command: Command) => {
+      const ctx = new CliContext(command);
+      const vault = await ctx.openVault();
+      try {
+        vault.repository.authorize("admin");
+        const { kdf, allowWeak } = ctx.newSlotKdf();
+        const passphrase = await ctx.newPassphrase(opts.newPassphraseFile, name);
+        try {
+          const added = await vault.addUser({ name, role: opts.role, passphrase, kdf, allowWeakKdf: allowWeak });
+          if (ctx.json) ctx.printJson(added);
+          else ctx.out(`added ${added.name} as ${added.role} (key fingerprint ${added.fingerprint})`);
+        } finally {
+          passphrase.dispose();
+        }
+      } finally {
+        await vault.close();
+      }
+    });
+
+  user
+    .command("remove")
+    .description("remove a user (admin only); --rotate also opens a new key epoch without them")
+    .argument("<name>", "the user to remove")
+    .option("--rotate", "rotate keys now, so the removed user's keys open nothing written from now on")
+    .option("--no-rotate", "remove without rotating keys")
+    .action(async (name: string, opts: { rotate?: boolean }, command: Command) => {
+      const ctx = new CliContext(command);
+      const vault = await ctx.openVault();
+      try {
+        vault.repository.authorize("admin");
+        let rotate = opts.rotate;
+        if (rotate === undefined) {
+          rotate = await promptYesNo(
+            `Rotate keys after removing ${name}, so their copied keys open nothing written from now on? [y/N] `,
+            "pass --rotate or --no-rotate",
+          );
+        }
+        if (rotate) throw new VaultError("E_UNSUPPORTED", "key rotation is not available in this version", { hint: "remove with --no-rotate" });
+        const removed = await vault.removeUser(name);
+        const exposure =
+          `${name} can no longer unlock the repository, but keys they may have copied still decrypt ` +
+          `everything they could read before, and everything written until the keys are rotated.`;
+        if (ctx.json) ctx.printJson({ ...removed, rotated: false, exposure });
+        else {
+          ctx.out(`removed ${name} (${removed.role}); ${removed.snapshots.length} snapshot(s) they signed stay valid`);
+          ctx.warn(`note: ${exposure}`);
+        }
+      } finally {
+        await vault.close();
+      }
+    });
+
+  user
+    .command("list")
+    .description("list users, roles and key fingerprints (admin only)")
+    .action(async (_opts: unknown, command: Command) => {
+      const ctx = new CliContext(command);
+      const vault = await ctx.openVault();
+      try {
+        const users = vault.listUsers();
+        if (ctx.json) ctx.printJson(users);
+        else ctx.out(table(["NAME", "ROLE", "FINGERPRINT", "ADDED BY", "ADDED AT"], users.map((u) => [u.name, u.role, u.fingerprint, u.addedBy, u.addedAt])));
+      } finally {
+        await vault.close();
+      }
+    });
+
+  user
+    .command("passwd")
+    .description("change your own passphrase (rewrites your key slot only)")
+    .option("--new-passphrase-file <file>", "the new passphrase (or VMVAULT_NEW_PASSPHRASE, or a prompt)")
+    .action(async (opts: { newPassphraseFile?: string }, command: Command) => {
+      const ctx = new CliContext(command);
+      const vault = await ctx.openVault();
+      try {
+        const { kdf, allowWeak } = ctx.newSlotKdf();
+        const passphrase = await ctx.newPassphrase(opts.newPassphraseFile, vault.user);
+        try {
+          await vault.changePassphrase(passphrase, kdf, allowWeak);
+        } finally {
+          passphrase.dispose();
+        }
+        if (ctx.json) ctx.printJson({ user: vault.user, changed: true });
+        else ctx.out(`passphrase of ${vault.user} changed`);
+      } finally {
+        await vault.close();
+      }
+    });
+}

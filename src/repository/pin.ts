@@ -1,0 +1,43 @@
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import { IntegrityError } from "../errors.js";
+import type { RegistryChain } from "../keys/registry.js";
+
+/**
+ * The newest registry version this machine has seen for a repository, kept outside the
+ * repository: storage that rolls the registry back to an older complete chain, or forks it,
+ * is caught on the next command.
+ */
+export class RegistryPin {
+  readonly #file: string;
+
+  constructor(stateDir: string, repoId: string) {
+    this.#file = path.join(stateDir, `registry-${repoId}.json`);
+  }
+
+  async check(chain: RegistryChain): Promise<void> {
+    let pinned: { version: number; hash: string } | undefined;
+    try {
+      pinned = JSON.parse(await fsp.readFile(this.#file, "utf8")) as { version: number; hash: string };
+    } catch {
+      return;
+    }
+    if (typeof pinned.version !== "number" || typeof pinned.hash !== "string") return;
+    if (chain.latest.version < pinned.version) {
+      throw IntegrityError.object(
+        "registry",
+        `rolled back: the repository's latest registry version is ${chain.latest.version}, but this machine has seen version ${pinned.version}`,
+      );
+    }
+    if (chain.hashes[pinned.version - 1] !== pinned.hash) {
+      throw IntegrityError.object(`registry version ${pinned.version}`, "differs from the one this machine has seen (forked registry)");
+    }
+  }
+
+  async record(chain: RegistryChain): Promise<void> {
+    await fsp.mkdir(path.dirname(this.#file), { recursive: true, mode: 0o700 });
+    const temp = `${this.#file}.${process.pid}.tmp`;
+    await fsp.writeFile(temp, JSON.stringify({ version: chain.latest.version, hash: chain.latestHash }), { mode: 0o600 });
+    await fsp.rename(temp, this.#file);
+  }
+}

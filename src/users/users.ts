@@ -1,0 +1,183 @@
+import { UsageError, VaultError } from "../errors.js";
+import { assertKdfStrength, type KdfStrength } from "../crypto/kdf.js";
+import type { Secret } from "../crypto/secret.js";
+import type { GrantSecrets } from "../format/grant.js";
+import { grantKey, slotKey, slotPrefix } from "../format/layout.js";
+import type { RegistryUser } from "../format/registry.js";
+import { encodeGrant } from "../keys/grant.js";
+import { isRole, type Role } from "../keys/roles.js";
+import { wrapSlot } from "../keys/slot.js";
+import { assertUserName, fingerprintOf } from "../repository/open.js";
+import type { Repository } from "../repository/repository.js";
+import { listSnapshots } from "../snapshot/store.js";
+import { listAll } from "../storage/types.js";
+import { toHex } from "../util/bytes.js";
+import { appendRegistryVersion } from "./registry-update.js";
+
+/** What `user list` shows (the --json shape scripts rely on). */
+export interface UserSummary {
+  readonly name: string;
+  readonly role: Role;
+  readonly fingerprint: string;
+  readonly addedBy: string;
+  readonly addedAt: string;
+}
+
+export function listUsers(repo: Repository): UserSummary[] {
+  repo.authorize("admin");
+  return repo.chain.latest.users.map((u) => ({
+    name: u.name,
+    role: u.role,
+    fingerprint: fingerprintOf(repo.crypto, u.signPublicKey),
+    addedBy: u.addedBy,
+    addedAt: u.addedAt,
+  }));
+}
+
+/** The secrets of one epoch the admin holds, as grant parts. */
+function epochSecrets(repo: Repository, epoch: number): GrantSecrets {
+  const e = repo.keyring.epoch(epoch);
+  if (e === undefined) throw new VaultError("E_INTEGRITY", `you hold no grant of key epoch ${epoch}`);
+  const out: GrantSecrets = {};
+  for (const [part, secret] of Object.entries(e.secrets)) out[part as keyof GrantSecrets] = secret.bytes;
+  return out;
+}
+
+/** Epochs whose secrets are still in use. */
+export function liveEpochs(repo: Repository): number[] {
+  const latest = repo.chain.latest;
+  return latest.epochs.map((e) => e.id).filter((id) => !latest.destroyedEpochs.includes(id));
+}
+
+/** Seals one user's share of each live epoch and stores it (signed by the root key). */
+export async function writeGrants(repo: Repository, user: RegistryUser, epochs: readonly number[]): Promise<void> {
+  const root = repo.keyring.rootSecretKey;
+  if (root === undefined) throw new VaultError("E_ACCESS_DENIED", "access denied: only an admin holds the root key");
+  const fp = fingerprintOf(repo.crypto, user.signPublicKey);
+  for (const epoch of epochs) {
+    const all = epochSecrets(repo, epoch);
+    const secrets: GrantSecrets = { ...all, root: root.bytes };
+    const bytes = encodeGrant(
+      repo.crypto,
+      { repoId: repo.repoId, epoch, user: user.name, role: user.role, recipient: toHex(user.signPublicKey), grantedBy: repo.userName, grantedAt: repo.now() },
+      user.boxPublicKey,
+      secrets,
+      root,
+    );
+    await repo.store.putIfAbsent(grantKey(epoch, user.name, fp), bytes);
+  }
+}
+
+async function nextSlotGeneration(repo: Repository, name: string): Promise<number> {
+  const slots = await listAll(repo.store, slotPrefix(name));
+  const last = slots[slots.length - 1];
+  return last === undefined ? 1 : Number(last.key.slice(slotPrefix(name).length)) + 1;
+}
+
+export interface AddUserOptions {
+  readonly name: string;
+  readonly role: string;
+  readonly passphrase: Secret;
+  readonly kdf: KdfStrength;
+  readonly allowWeakKdf?: boolean;
+}
+
+/** Admin only: creates the user's identity and key slot, seals their grants, then publishes a registry version. */
+export async function addUser(repo: Repository, o: AddUserOptions): Promise<UserSummary> {
+  repo.authorize("admin");
+  assertUserName(o.name);
+  if (!isRole(o.role)) throw new UsageError(`unknown role ${JSON.stringify(o.role)}`, "roles: admin, operator, backup, restorer, auditor");
+  assertKdfStrength(o.kdf, o.allowWeakKdf === true);
+  if (repo.chain.latest.users.some((u) => u.name === o.name)) throw new VaultError("E_EXISTS", `user ${o.name} already exists`);
+  const crypto = repo.crypto;
+  const sign = crypto.signKeyPair();
+  const box = crypto.boxKeyPair();
+  try {
+    const now = repo.now();
+    const user: RegistryUser = {
+      name: o.name,
+      role: o.role,
+      signPublicKey: crypto.signPublicKey(sign.secretKey),
+      boxPublicKey: box.publicKey,
+      addedBy: repo.userName,
+      addedAt: now,
+    };
+    const genesisRoot = repo.chain.versions[0]?.rootPublicKey;
+    if (genesisRoot === undefined) throw new VaultError("E_INTEGRITY", "the registry has no first version");
+    const generation = await nextSlotGeneration(repo, o.name);
+    const slot = await wrapSlot(
+      crypto,
+      { user: o.name, repoId: repo.repoId, generation, createdAt: now, kdf: o.kdf },
+      o.passphrase,
+      { signSecretKey: sign.secretKey.bytes, boxSecretKey: box.secretKey.bytes, rootPublicKey: genesisRoot },
+    );
+    await repo.store.putIfAbsent(slotKey(o.name, generation), slot);
+    await writeGrants(repo, user, liveEpochs(repo));
+    await appendRegistryVersion(repo, `user add ${o.name} (${o.role})`, (doc) => ({ ...doc, users: [...doc.users, user] }));
+    return { name: user.name, role: user.role, fingerprint: fingerprintOf(crypto, user.signPublicKey), addedBy: user.addedBy, addedAt: now };
+  } finally {
+    sign.secretKey.dispose();
+    box.secretKey.dispose();
+  }
+}
+
+export interface RemovedUserSummary extends UserSummary {
+  /** Snapshots the user signed; readers keep accepting exactly these. */
+  readonly snapshots: readonly string[];
+}
+
+/**
+ * Admin only: publishes a registry version without the user (listing the snapshots they
+ * signed, which stay valid), then deletes their grants and key slots.
+ */
+export async function removeUser(repo: Repository, name: string): Promise<RemovedUserSummary> {
+  repo.authorize("admin");
+  const latest = repo.chain.latest;
+  const user = latest.users.find((u) => u.name === name);
+  if (user === undefined) throw new VaultError("E_NOT_FOUND", `no user named ${name}`, { hint: "see `vmvault user list`" });
+  if (user.role === "admin" && latest.users.filter((u) => u.role === "admin").length === 1) {
+    throw new UsageError(`${name} is the last admin`, "add another admin first");
+  }
+  const signed = (await listSnapshots(repo))
+    .filter((r) => r.header.creator === name && r.header.creatorKey === toHex(user.signPublicKey))
+    .map((r) => r.header.id)
+    .sort();
+  const removedAt = repo.now();
+  await appendRegistryVersion(repo, `user remove ${name}`, (doc) => ({
+    ...doc,
+    users: doc.users.filter((u) => u.name !== name),
+    removed: [...doc.removed, { name, role: user.role, signPublicKey: user.signPublicKey, removedBy: repo.userName, removedAt, snapshots: signed }],
+  }));
+  const fp = fingerprintOf(repo.crypto, user.signPublicKey);
+  for (const epoch of latest.epochs.map((e) => e.id)) await repo.store.delete(grantKey(epoch, name, fp));
+  for (const { key } of await listAll(repo.store, "grants/")) {
+    if (key.endsWith(`/${name}-${fp}`)) await repo.store.delete(key);
+  }
+  for (const { key } of await listAll(repo.store, slotPrefix(name))) await repo.store.delete(key);
+  return { name, role: user.role, fingerprint: fp, addedBy: user.addedBy, addedAt: user.addedAt, snapshots: signed };
+}
+
+/** Any user: rewraps their own key slot under a new passphrase (one slot rewritten, old one deleted). */
+export async function changePassphrase(repo: Repository, newPassphrase: Secret, kdf: KdfStrength, allowWeakKdf = false): Promise<void> {
+  assertKdfStrength(kdf, allowWeakKdf);
+  await rewrapSlot(repo, newPassphrase, kdf);
+}
+
+/** Writes the user's slot again under `passphrase` with `kdf`, then removes older generations. */
+export async function rewrapSlot(repo: Repository, passphrase: Secret, kdf: KdfStrength): Promise<string> {
+  const name = repo.userName;
+  const genesisRoot = repo.chain.versions[0]?.rootPublicKey;
+  if (genesisRoot === undefined) throw new VaultError("E_INTEGRITY", "the registry has no first version");
+  const old = await listAll(repo.store, slotPrefix(name));
+  const generation = await nextSlotGeneration(repo, name);
+  const bytes = await wrapSlot(
+    repo.crypto,
+    { user: name, repoId: repo.repoId, generation, createdAt: repo.now(), kdf },
+    passphrase,
+    { signSecretKey: repo.keyring.signSecretKey.bytes, boxSecretKey: repo.keyring.boxSecretKey.bytes, rootPublicKey: genesisRoot },
+  );
+  const key = slotKey(name, generation);
+  if (!(await repo.store.putIfAbsent(key, bytes))) throw new VaultError("E_LOCKED", "the key slot changed meanwhile; run the command again");
+  for (const o of old) await repo.store.delete(o.key);
+  return key;
+}
