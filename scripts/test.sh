@@ -5,4 +5,5 @@ set -eu
 cd "$(dirname "$0")/.."
 sh scripts/ci-deps.sh
 npx tsc -p tsconfig.json
+npx tsc -p tsconfig.test.json
 npx vitest run "$@"

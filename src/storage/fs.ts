@@ -2,9 +2,11 @@ import { randomBytes } from "node:crypto";
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { NotFoundError, StorageError } from "../errors.js";
-import { assertValidKey, type ByteRange, type ObjectInfo, type Store } from "./types.js";
+import { assertValidKey, assertValidPrefix, type ByteRange, type ObjectInfo, type Store } from "./types.js";
 
 const TEMP_PREFIX = ".tmp-";
+/** Errors that mean "no object under this key" (a folder or a path through a file is not an object). */
+const ABSENT = new Set(["ENOENT", "ENOTDIR", "EISDIR"]);
 
 /**
  * A repository in a local folder. Writes go to a temporary file in the target folder, are
@@ -68,8 +70,10 @@ export class FsStore implements Store {
       try {
         await fsp.link(temp, file);
       } catch (e) {
-        if (errno(e) === "EEXIST") return false;
-        throw e;
+        if (errno(e) !== "EEXIST") throw e;
+        const existing = await fsp.lstat(file);
+        if (!existing.isFile()) throw new StorageError(`cannot write ${key} in ${this.location}: a folder of other objects has that name`);
+        return false;
       }
       await syncDir(dir);
       return true;
@@ -81,6 +85,7 @@ export class FsStore implements Store {
   }
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    assertValidPrefix(prefix);
     const slash = prefix.lastIndexOf("/");
     const base = slash < 0 ? "" : prefix.slice(0, slash);
     const start = base === "" ? this.#root : path.join(this.#root, ...base.split("/"));
@@ -109,19 +114,23 @@ export class FsStore implements Store {
   }
 
   async delete(key: string): Promise<void> {
+    const file = this.#path(key);
     try {
-      await fsp.unlink(this.#path(key));
+      const st = await fsp.lstat(file);
+      if (!st.isFile()) return;
+      await fsp.unlink(file);
     } catch (e) {
-      if (errno(e) !== "ENOENT") throw this.#mapError(e, key, "delete");
+      if (!ABSENT.has(errno(e) ?? "")) throw this.#mapError(e, key, "delete");
     }
   }
 
   async stat(key: string): Promise<ObjectInfo | undefined> {
+    const file = this.#path(key);
     try {
-      const st = await fsp.stat(this.#path(key));
+      const st = await fsp.stat(file);
       return st.isFile() ? { key, size: st.size } : undefined;
     } catch (e) {
-      if (errno(e) === "ENOENT" || errno(e) === "ENOTDIR") return undefined;
+      if (ABSENT.has(errno(e) ?? "")) return undefined;
       throw this.#mapError(e, key, "stat");
     }
   }
@@ -136,7 +145,7 @@ export class FsStore implements Store {
 
   #mapError(e: unknown, key: string, op: string): Error {
     const code = errno(e);
-    if (code === "ENOENT" && op !== "write") return new NotFoundError(`object not found: ${key}`);
+    if (ABSENT.has(code ?? "") && op !== "write") return new NotFoundError(`object not found: ${key}`);
     if (code === "ENOSPC" || code === "EDQUOT") {
       return new StorageError(`storage full while writing ${key} in ${this.location}: free some space and run the command again`, e);
     }

@@ -1,5 +1,5 @@
 import { NotFoundError } from "../errors.js";
-import { assertValidKey, type ByteRange, type ObjectInfo, type Store } from "./types.js";
+import { assertValidKey, assertValidPrefix, type ByteRange, type ObjectInfo, type Store } from "./types.js";
 
 /** An in-memory store for unit tests and library users who bring their own persistence. */
 export class MemoryStore implements Store {
@@ -26,6 +26,7 @@ export class MemoryStore implements Store {
   }
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    assertValidPrefix(prefix);
     for (const [key, data] of [...this.objects.entries()]) {
       if (key.startsWith(prefix)) yield { key, size: data.length };
     }

@@ -33,12 +33,17 @@ export interface Store {
 /** The narrow capability a backup session gets: it can add objects and read, never delete. */
 export type AppendOnlyStore = Pick<Store, "location" | "get" | "putIfAbsent" | "list" | "stat">;
 
-const KEY_PATTERN = /^[a-z0-9][a-z0-9._-]*(?:\/[a-z0-9][a-z0-9._-]*)*$/;
+const KEY_PATTERN = /^[a-z0-9][a-z0-9._-]{0,254}(?:\/[a-z0-9][a-z0-9._-]{0,254})*$/;
 
 export function assertValidKey(key: string): void {
   if (!KEY_PATTERN.test(key) || key.includes("..") || key.length > 512) {
     throw new TypeError(`invalid object key: ${JSON.stringify(key)}`);
   }
+}
+
+/** A list prefix: empty, or a valid key optionally followed by "/". */
+export function assertValidPrefix(prefix: string): void {
+  if (prefix !== "") assertValidKey(prefix.endsWith("/") ? prefix.slice(0, -1) : prefix);
 }
 
 export async function listAll(store: Pick<Store, "list">, prefix: string): Promise<ObjectInfo[]> {

@@ -1,0 +1,85 @@
+import { cpSync, mkdtempSync, promises as fsp, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ROLES, may, type Action, type Role } from "../../src/keys/roles.js";
+import { vault, type CliResult } from "../helpers/cli.js";
+import { makeImage, readTree, tempDirs } from "../helpers/fixtures.js";
+
+const tmp = tempDirs();
+let root: string;
+let base: string;
+let image: string;
+
+const passOf = (role: Role): string => `${role} passphrase`;
+const userOf = (role: Role): string => (role === "admin" ? "admin" : `${role}-user`);
+
+/** Every file of a folder with its full contents. */
+async function snapshotOf(dir: string, skip: (rel: string) => boolean = () => false): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  for (const [p, b] of await readTree(dir)) {
+    const rel = path.relative(dir, p);
+    if (!skip(rel)) out.set(rel, b.toString("base64"));
+  }
+  return out;
+}
+
+beforeAll(async () => {
+  root = mkdtempSync(path.join(os.tmpdir(), "vmvault-roles-"));
+  base = path.join(root, "repo");
+  image = path.join(root, "vm.raw");
+  await makeImage(image, { sizeMiB: 2 });
+  const admin = vault(base, "admin", passOf("admin"));
+  expect((await admin(["init"])).code).toBe(0);
+  for (const role of ROLES) {
+    if (role === "admin") continue;
+    const r = await admin(["user", "add", userOf(role), "--role", role], { env: { VMVAULT_NEW_PASSPHRASE: passOf(role) } });
+    expect(r.code, r.stderr).toBe(0);
+  }
+  expect((await admin(["user", "add", "spare", "--role", "backup"], { env: { VMVAULT_NEW_PASSPHRASE: "spare" } })).code).toBe(0);
+  expect((await admin(["backup", "--vm", "vm", image])).code).toBe(0);
+}, 60_000);
+
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+interface CommandCase {
+  readonly name: string;
+  readonly action: Action | "any";
+  readonly args: (target: string) => string[];
+  readonly env?: Record<string, string>;
+}
+
+const COMMANDS: readonly CommandCase[] = [
+  { name: "backup", action: "backup", args: () => ["backup", "--vm", "vm", image] },
+  { name: "snapshots", action: "listSnapshots", args: () => ["snapshots", "--json"] },
+  { name: "restore", action: "restore", args: (t) => ["restore", "latest", "--target", t, "--reason", "matrix"] },
+  { name: "check", action: "checkStructure", args: () => ["check"] },
+  { name: "check --read-data", action: "checkData", args: () => ["check", "--read-data"] },
+  { name: "user list", action: "admin", args: () => ["user", "list"] },
+  { name: "user add", action: "admin", args: () => ["user", "add", "newcomer", "--role", "restorer"], env: { VMVAULT_NEW_PASSPHRASE: "newcomer" } },
+  { name: "user remove", action: "admin", args: () => ["user", "remove", "spare", "--no-rotate"] },
+  { name: "user passwd", action: "any", args: () => ["user", "passwd"], env: { VMVAULT_NEW_PASSPHRASE: "changed" } },
+];
+
+describe("every role × every command", () => {
+  for (const role of ROLES) {
+    for (const c of COMMANDS) {
+      const allowed = c.action === "any" || may(role, c.action);
+      it(`${role} ${allowed ? "may" : "may not"} ${c.name}`, async () => {
+        const repo = path.join(tmp("m"), "repo");
+        cpSync(base, repo, { recursive: true });
+        const target = tmp("target");
+        const before = await snapshotOf(repo);
+        const r: CliResult = await vault(repo, userOf(role), passOf(role))(c.args(target), c.env === undefined ? {} : { env: c.env });
+        if (allowed) {
+          expect(r.code, r.stdout + r.stderr).toBe(0);
+        } else {
+          expect(r.code, r.stdout + r.stderr).toBe(4);
+          expect(r.stderr).toMatch(new RegExp(`access denied: ${role} may not `));
+          expect(await snapshotOf(repo)).toEqual(before);
+          expect(await fsp.readdir(target)).toEqual([]);
+        }
+      });
+    }
+  }
+});
