@@ -18,11 +18,34 @@ import { backupFolder } from "./folder.js";
 import { backupImage } from "./image.js";
 import { SessionIndexWriter } from "./index-writer.js";
 import { ChunkSink } from "./sink.js";
+import { PackIdPool } from "./pack-ids.js";
+import { loadBulkCrypto } from "../crypto/bulk.js";
+import { WorkerPool } from "../pipeline/pool.js";
+import { CHUNK_ID_KEY } from "../pipeline/protocol.js";
+
+/** The session key's name in the worker pool. */
+const SESSION_KEY = "session";
 
 export interface BackupOptions {
   readonly vm: string;
   readonly sources: readonly string[];
   readonly progress?: ProgressSink;
+  /** Worker threads for hashing, compression and encryption; 0 runs inline. Default: one per core. */
+  readonly workers?: number;
+  /** Bytes of a disk image read and handed to the workers at a time. */
+  readonly segmentBytes?: number;
+  /** Segments or batches in flight (read, not yet in packs) before reading waits. Default: 2 per worker + 2. */
+  readonly maxBatches?: number;
+  /** Pack uploads in flight before the pipeline waits. Default 2. */
+  readonly maxPacksInFlight?: number;
+}
+
+/** How the pipeline behaved: the bounds it kept. */
+export interface PipelineStats {
+  readonly workers: number;
+  readonly maxBatchesInFlight: number;
+  readonly maxQueuedTasks: number;
+  readonly maxPacksInFlight: number;
 }
 
 export interface BackupResult {
@@ -36,6 +59,7 @@ export interface BackupResult {
   readonly packs: number;
   readonly sources: readonly { name: string; kind: "disk" | "folder"; size: number }[];
   readonly skipped: readonly string[];
+  readonly pipeline: PipelineStats;
 }
 
 const VM_NAME = /^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$/;
@@ -95,33 +119,53 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
   if (!VM_NAME.test(o.vm)) throw new UsageError(`invalid VM name ${JSON.stringify(o.vm)}`, "use letters, digits and . _ : @ + - (up to 128)");
   const planned = await planSources(o.sources);
   const lock = await acquireLock(repo, "backup", false);
+  let pool: WorkerPool | undefined;
   try {
     const store: AppendOnlyStore = repo.store;
     const progress = throttled(o.progress);
     const index = await loadIndex(repo);
     const session = await createSession(repo);
+    const chunkIdKey = repo.currentSecret("chunkId");
+    pool = await WorkerPool.create({ compressionLevel: repo.config.compressionLevel, ...(o.workers === undefined ? {} : { workers: o.workers }) });
+    pool.setKey(CHUNK_ID_KEY, chunkIdKey.bytes);
+    pool.setKey(SESSION_KEY, session.key.bytes);
     const indexWriter = new SessionIndexWriter(repo, store);
+    const packIds = new PackIdPool(repo.crypto.random, repo.config.packSize);
     const packs = new PackWriter({
       store,
       crypto: repo.crypto,
       sessionId: session.sessionIdBytes,
       sessionKey: session.key,
       packSize: repo.config.packSize,
-      onPack: (p) => indexWriter.add(p),
+      maxInFlight: o.maxPacksInFlight ?? 2,
+      nextIds: () => packIds.next(),
+      onPack: (p, ids) => indexWriter.add(p, ids),
     });
-    const zstd = new Zstd(repo.config.compressionLevel);
-    const sink = new ChunkSink(repo.crypto, repo.currentSecret("chunkId"), session.sessionId, session.key, index, packs, zstd);
+    const sink = new ChunkSink({
+      pool,
+      crypto: await loadBulkCrypto(),
+      zstd: new Zstd(repo.config.compressionLevel),
+      chunkIdKey: chunkIdKey.bytes,
+      sessionKey: session.key.bytes,
+      sessionKeyName: SESSION_KEY,
+      random: repo.crypto.random,
+      index,
+      packs,
+      packIds,
+      maxBatches: o.maxBatches ?? 2 * pool.workers + 2,
+    });
     const cdc = fileChunker(repo);
     const sources: SnapshotSource[] = [];
     const skipped: string[] = [];
     for (const p of planned) {
-      if (p.kind === "disk") sources.push(await backupImage(p.path, p.name, repo.config.imageChunkSize, sink, progress));
+      if (p.kind === "disk") sources.push(await backupImage(p.path, p.name, repo.config.imageChunkSize, sink, progress, o.segmentBytes));
       else {
         const r = await backupFolder(p.path, p.name, cdc, sink, progress);
         sources.push(r.source);
         skipped.push(...r.skipped.map((s) => `${p.name}/${s}`));
       }
     }
+    await sink.finish();
     await packs.flush();
     await indexWriter.flush();
     const id = toHex(repo.crypto.random(16));
@@ -156,8 +200,15 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
       packs: packs.packsWritten,
       sources: sources.map((s) => ({ name: s.name, kind: s.kind, size: s.size })),
       skipped,
+      pipeline: {
+        workers: pool.workers,
+        maxBatchesInFlight: sink.stats.maxBatchesInFlight,
+        maxQueuedTasks: pool.stats.maxQueued,
+        maxPacksInFlight: packs.maxInFlightSeen,
+      },
     };
   } finally {
+    await pool?.close();
     await lock.release();
   }
 }

@@ -2,7 +2,10 @@ import { encodeChunkList, LIST_SPAN, type ChunkRef } from "../format/chunklist.j
 import { toHex } from "../util/bytes.js";
 import type { ChunkSink } from "./sink.js";
 
-/** Builds a disk's chunk list span by span, storing each span as a deduplicated list blob. */
+/**
+ * Builds a disk's chunk list span by span, storing each span as a deduplicated list blob.
+ * Runs inside the sink's ordered planning (push from onRefs, finish through schedule).
+ */
 export class ChunkListBuilder {
   readonly #sink: ChunkSink;
   #refs: ChunkRef[] = [];
@@ -14,21 +17,21 @@ export class ChunkListBuilder {
     this.#sink = sink;
   }
 
-  async push(ref: ChunkRef): Promise<void> {
+  push(ref: ChunkRef): void {
     if (ref === null) this.zeroChunks++;
     else this.dataChunks++;
     this.#refs.push(ref);
-    if (this.#refs.length === LIST_SPAN) await this.#emit();
+    if (this.#refs.length === LIST_SPAN) this.#emit();
   }
 
-  async finish(): Promise<string[]> {
-    if (this.#refs.length > 0) await this.#emit();
+  finish(): string[] {
+    if (this.#refs.length > 0) this.#emit();
     return this.lists;
   }
 
-  async #emit(): Promise<void> {
+  #emit(): void {
     const bytes = encodeChunkList(this.#refs);
     this.#refs = [];
-    this.lists.push(toHex(await this.#sink.put(bytes)));
+    this.lists.push(toHex(this.#sink.putSmall(bytes)));
   }
 }

@@ -6,12 +6,14 @@ import type { FolderSource } from "../format/snapshot.js";
 import { assertUnchanged, identityOf, sourceError } from "../sources/identity.js";
 import { toHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
-import { isZero } from "./image.js";
+import { FolderBatcher } from "./folder-batch.js";
 import type { ChunkSink } from "./sink.js";
 
 /** Entry blobs end after an entry whose path hashes to 0 mod this (about 64 entries) or at the size cap. */
 const ENTRY_CUT_MODULUS = 64;
 const ENTRY_BLOB_MAX = 256 * 1024;
+/** Bytes of file chunks handed to the workers at a time. */
+const BATCH_BYTES = 8 * 1024 * 1024;
 
 export interface FolderStats {
   files: number;
@@ -25,7 +27,9 @@ export interface FolderStats {
 export async function backupFolder(root: string, name: string, cdc: FastCdc, sink: ChunkSink, progress: ProgressSink): Promise<{ source: FolderSource; skipped: string[] }> {
   const stats: FolderStats = { files: 0, dirs: 0, symlinks: 0, size: 0, skipped: [] };
   const blobs = new EntryBlobWriter(sink);
-  const reader = new CdcFileReader(cdc, sink);
+  const batcher = new FolderBatcher(sink, Math.max(BATCH_BYTES, cdc.params.max));
+  const reader = new CdcFileReader(cdc, batcher);
+  const add = (entry: FolderEntry): void => batcher.then(() => blobs.add(entry));
   const visit = async (rel: string): Promise<void> => {
     const abs = rel === "" ? root : path.join(root, ...rel.split("/"));
     let st: Stats;
@@ -37,7 +41,7 @@ export async function backupFolder(root: string, name: string, cdc: FastCdc, sin
     const base = { path: rel, mode: st.mode & 0o7777, mtimeMs: st.mtimeMs };
     if (st.isDirectory()) {
       stats.dirs++;
-      await blobs.add({ ...base, type: "dir", size: 0 });
+      add({ ...base, type: "dir", size: 0 });
       let names: string[];
       try {
         names = await fsp.readdir(abs);
@@ -51,36 +55,39 @@ export async function backupFolder(root: string, name: string, cdc: FastCdc, sin
       const target = await fsp.readlink(abs).catch((e: unknown) => {
         throw sourceError(abs, e);
       });
-      await blobs.add({ ...base, type: "symlink", size: 0, target });
+      add({ ...base, type: "symlink", size: 0, target });
     } else if (st.isFile()) {
       stats.files++;
       const chunks = await reader.read(abs, st, (done) => progress({ phase: `backup ${name}`, done: stats.size + done, unit: "bytes", item: rel }));
       stats.size += st.size;
-      await blobs.add({ ...base, type: "file", size: st.size, chunks });
+      add({ ...base, type: "file", size: st.size, chunks });
     } else {
       stats.skipped.push(rel);
     }
   };
   await visit("");
-  const entries = await blobs.finish();
+  await batcher.flush();
+  const entries = await sink.schedule(() => blobs.finish());
   return {
     source: { kind: "folder", name, path: path.resolve(root), entries, files: stats.files, dirs: stats.dirs, symlinks: stats.symlinks, size: stats.size },
     skipped: stats.skipped,
   };
 }
 
-/** Reads one file through FastCDC into the sink; checks that it did not change meanwhile. */
+/**
+ * Reads one file through FastCDC into the batcher; checks that it did not change meanwhile.
+ * The returned chunk list is filled in as the pipeline plans the chunks (complete by the time
+ * actions queued after it run).
+ */
 class CdcFileReader {
   readonly #cdc: FastCdc;
-  readonly #sink: ChunkSink;
+  readonly #batcher: FolderBatcher;
   readonly #buf: Uint8Array;
-  readonly #zero: Uint8Array;
 
-  constructor(cdc: FastCdc, sink: ChunkSink) {
+  constructor(cdc: FastCdc, batcher: FolderBatcher) {
     this.#cdc = cdc;
-    this.#sink = sink;
+    this.#batcher = batcher;
     this.#buf = new Uint8Array(cdc.params.max * 2);
-    this.#zero = new Uint8Array(cdc.params.max);
   }
 
   async read(file: string, lst: Stats, onBytes: (done: number) => void): Promise<FileChunk[]> {
@@ -118,9 +125,11 @@ class CdcFileReader {
         }
         const n = this.#cdc.cut(buf, start, end, eof);
         if (n === 0) break;
-        const chunk = buf.subarray(start, start + n);
-        if (isZero(chunk, this.#zero)) chunks.push({ id: null, length: n });
-        else chunks.push({ id: toHex(await this.#sink.put(chunk)), length: n });
+        const slot = chunks.length;
+        chunks.push({ id: null, length: n });
+        await this.#batcher.add(buf.subarray(start, start + n), (ref) => {
+          chunks[slot] = ref === null ? { id: null, length: n } : { id: toHex(ref), length: n };
+        });
         start += n;
       }
       assertUnchanged(file, before, identityOf(await handle.stat()));
@@ -132,7 +141,7 @@ class CdcFileReader {
   }
 }
 
-/** Serializes entries and cuts them into blobs at content-defined entry boundaries. */
+/** Serializes entries and cuts them into blobs at content-defined entry boundaries (inside the sink's planning). */
 class EntryBlobWriter {
   readonly #sink: ChunkSink;
   #parts: Uint8Array[] = [];
@@ -143,23 +152,23 @@ class EntryBlobWriter {
     this.#sink = sink;
   }
 
-  async add(entry: FolderEntry): Promise<void> {
+  add(entry: FolderEntry): void {
     const line = encodeEntry(entry);
     this.#parts.push(line);
     this.#size += line.length;
-    if (this.#size >= ENTRY_BLOB_MAX || fnv1a(entry.path) % ENTRY_CUT_MODULUS === 0) await this.#emit();
+    if (this.#size >= ENTRY_BLOB_MAX || fnv1a(entry.path) % ENTRY_CUT_MODULUS === 0) this.#emit();
   }
 
-  async finish(): Promise<string[]> {
-    if (this.#parts.length > 0) await this.#emit();
+  finish(): string[] {
+    if (this.#parts.length > 0) this.#emit();
     return this.#ids;
   }
 
-  async #emit(): Promise<void> {
+  #emit(): void {
     const blob = Buffer.concat(this.#parts);
     this.#parts = [];
     this.#size = 0;
-    this.#ids.push(toHex(await this.#sink.put(blob)));
+    this.#ids.push(toHex(this.#sink.putSmall(blob)));
   }
 }
 

@@ -6,13 +6,22 @@ import type { ProgressSink } from "../util/progress.js";
 import { ChunkListBuilder } from "./chunk-list.js";
 import type { ChunkSink } from "./sink.js";
 
-const SEGMENT_BYTES = 4 * 1024 * 1024;
+/** Bytes read and handed to the workers at a time (rounded down to whole chunks). */
+export const DEFAULT_SEGMENT_BYTES = 8 * 1024 * 1024;
 
 /**
- * Backs up a raw disk image: fixed-size chunks (so a rewritten 4 KiB block costs one chunk),
- * all-zero chunks recorded as holes and never stored.
+ * Backs up a raw disk image: fixed-size chunks at fixed offsets (so a rewritten 4 KiB block
+ * costs one chunk), all-zero chunks recorded as holes and never stored. Segments are read in
+ * order and go through the sink's worker pipeline; their buffers are reused once released.
  */
-export async function backupImage(file: string, name: string, chunkSize: number, sink: ChunkSink, progress: ProgressSink): Promise<DiskSource> {
+export async function backupImage(
+  file: string,
+  name: string,
+  chunkSize: number,
+  sink: ChunkSink,
+  progress: ProgressSink,
+  segmentBytes = DEFAULT_SEGMENT_BYTES,
+): Promise<DiskSource> {
   let handle;
   try {
     handle = await fsp.open(file, "r");
@@ -23,16 +32,17 @@ export async function backupImage(file: string, name: string, chunkSize: number,
     const before = identityOf(await handle.stat());
     const size = before.size;
     const list = new ChunkListBuilder(sink);
-    const segmentBytes = Math.max(chunkSize, Math.floor(SEGMENT_BYTES / chunkSize) * chunkSize);
-    const segment = new Uint8Array(segmentBytes);
-    const zero = new Uint8Array(chunkSize);
+    const segment = Math.max(chunkSize, Math.floor(segmentBytes / chunkSize) * chunkSize);
+    const free: Uint8Array[] = [];
+    const zero = new Uint8Array(segment);
     let position = 0;
     while (position < size) {
-      const want = Math.min(segmentBytes, size - position);
+      const want = Math.min(segment, size - position);
+      const buffer = free.pop() ?? new Uint8Array(segment);
       let got = 0;
       try {
         while (got < want) {
-          const { bytesRead } = await handle.read(segment, got, want - got, position + got);
+          const { bytesRead } = await handle.read(buffer, got, want - got, position + got);
           if (bytesRead === 0) break;
           got += bytesRead;
         }
@@ -40,17 +50,33 @@ export async function backupImage(file: string, name: string, chunkSize: number,
         throw sourceError(file, e);
       }
       if (got < want) assertUnchanged(file, before, identityOf(await handle.stat()));
-      for (let at = 0; at < got; at += chunkSize) {
-        const end = Math.min(at + chunkSize, got);
-        const chunk = segment.subarray(at, end);
-        if (isZero(chunk, zero)) await list.push(null);
-        else await list.push(await sink.put(chunk));
+      if (got === 0) throw sourceError(file, new Error("unexpected end of file"));
+      const count = Math.ceil(got / chunkSize);
+      if (isZero(buffer.subarray(0, got), zero)) {
+        // A hole: no worker needed.
+        free.push(buffer);
+        await sink.submit({ data: new Uint8Array(0), ranges: new Uint32Array(0), detectZero: true }, () => {
+          for (let i = 0; i < count; i++) list.push(null);
+        });
+      } else {
+        const ranges = new Uint32Array(count * 2);
+        for (let i = 0; i < count; i++) {
+          ranges[2 * i] = i * chunkSize;
+          ranges[2 * i + 1] = Math.min(chunkSize, got - i * chunkSize);
+        }
+        await sink.submit(
+          { data: buffer.subarray(0, got), ranges, detectZero: true },
+          (refs) => {
+            for (const ref of refs) list.push(ref);
+          },
+          (data) => free.push(new Uint8Array(data.buffer)),
+        );
       }
       position += got;
       progress({ phase: `backup ${path.basename(file)}`, done: position, total: size, unit: "bytes" });
     }
+    const lists = await sink.schedule(() => list.finish());
     assertUnchanged(file, before, identityOf(await handle.stat()));
-    const lists = await list.finish();
     return { kind: "disk", name, size, chunkSize, lists, dataChunks: list.dataChunks, zeroChunks: list.zeroChunks };
   } finally {
     await handle.close();

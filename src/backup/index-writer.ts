@@ -2,6 +2,7 @@ import type { IndexedPack } from "../format/index-file.js";
 import { writeIndexFile } from "../repository/index-files.js";
 import type { Repository } from "../repository/repository.js";
 import type { AppendOnlyStore } from "../storage/types.js";
+import type { PackIds } from "./pack-ids.js";
 
 /**
  * Gathers durable packs and writes index files as the backup goes, so an interrupted backup
@@ -13,6 +14,7 @@ export class SessionIndexWriter {
   #packsPerFile: number;
   readonly #maxPacksPerFile: number;
   #pending: IndexedPack[] = [];
+  #lastIds: PackIds | undefined;
   #writing: Promise<void> = Promise.resolve();
   indexFiles = 0;
 
@@ -27,8 +29,10 @@ export class SessionIndexWriter {
     this.#maxPacksPerFile = maxPacks;
   }
 
-  async add(pack: IndexedPack): Promise<void> {
+  /** A durable pack, with the pre-drawn values an index file closed by it uses. */
+  async add(pack: IndexedPack, ids?: PackIds): Promise<void> {
     this.#pending.push(pack);
+    this.#lastIds = ids;
     if (this.#pending.length >= this.#packsPerFile) {
       this.#packsPerFile = Math.min(this.#packsPerFile * 2, this.#maxPacksPerFile);
       await this.#flushPending();
@@ -44,11 +48,13 @@ export class SessionIndexWriter {
   async #flushPending(): Promise<void> {
     if (this.#pending.length === 0) return;
     const packs = this.#pending;
+    const ids = this.#lastIds;
     this.#pending = [];
+    this.#lastIds = undefined;
     const previous = this.#writing;
     this.#writing = (async () => {
       await previous;
-      await writeIndexFile(this.#repo, this.#store, packs);
+      await writeIndexFile(this.#repo, this.#store, packs, ids === undefined ? undefined : { indexId: ids.indexId, nonce: ids.indexNonce });
       this.indexFiles++;
     })();
     await this.#writing;

@@ -1,36 +1,55 @@
 import { createRequire } from "node:module";
 
-interface ZstdCompressor {
-  setParameters(p: { compressionLevel: number }): void;
-  compress(data: Uint8Array): Buffer;
+interface ZstdCCtx {
+  setParameter(param: number, value: number): void;
+  compress2(dest: Uint8Array, src: Uint8Array): number;
 }
-interface ZstdDecompressor {
-  decompress(data: Uint8Array): Buffer;
+interface ZstdDCtx {
+  decompress(dest: Uint8Array, src: Uint8Array): number;
 }
-interface ZstdModule {
-  Compressor: new () => ZstdCompressor;
-  Decompressor: new () => ZstdDecompressor;
+interface ZstdBinding {
+  CCtx: new () => ZstdCCtx;
+  DCtx: new () => ZstdDCtx;
+  CParameter: { compressionLevel: number };
+  compressBound(size: number): number;
 }
 
 const require = createRequire(import.meta.url);
 
-/** zstd through the native zstd-napi binding; one instance per thread, reused for every chunk. */
+/**
+ * zstd through the native zstd-napi binding; one instance per thread, reused for every chunk.
+ * The *Into forms work in caller-provided buffers, so per-chunk work allocates nothing.
+ */
 export class Zstd {
-  readonly #compressor: ZstdCompressor;
-  readonly #decompressor: ZstdDecompressor;
+  readonly #binding: ZstdBinding;
+  readonly #cctx: ZstdCCtx;
+  readonly #dctx: ZstdDCtx;
+  #scratch = new Uint8Array(0);
 
   constructor(level: number) {
-    const zstd = require("zstd-napi") as ZstdModule;
-    this.#compressor = new zstd.Compressor();
-    this.#compressor.setParameters({ compressionLevel: level });
-    this.#decompressor = new zstd.Decompressor();
+    this.#binding = require("zstd-napi/binding.js") as ZstdBinding;
+    this.#cctx = new this.#binding.CCtx();
+    this.#cctx.setParameter(this.#binding.CParameter.compressionLevel, level);
+    this.#dctx = new this.#binding.DCtx();
+  }
+
+  compressBound(size: number): number {
+    return this.#binding.compressBound(size);
+  }
+
+  /** Compresses into dest (at least compressBound(src.length) bytes); returns the compressed length. */
+  compressInto(src: Uint8Array, dest: Uint8Array): number {
+    return this.#cctx.compress2(dest, src);
+  }
+
+  /** Decompresses a frame into dest; returns the decompressed length. Throws when the frame is bad or does not fit. */
+  decompressInto(src: Uint8Array, dest: Uint8Array): number {
+    return this.#dctx.decompress(dest, src);
   }
 
   compress(data: Uint8Array): Uint8Array {
-    return this.#compressor.compress(data);
-  }
-
-  decompress(data: Uint8Array): Uint8Array {
-    return this.#decompressor.decompress(data);
+    const bound = this.compressBound(data.length);
+    if (this.#scratch.length < bound) this.#scratch = new Uint8Array(bound);
+    return this.#scratch.slice(0, this.compressInto(data, this.#scratch));
   }
 }

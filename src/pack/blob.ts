@@ -1,24 +1,116 @@
+import type { BulkCrypto } from "../crypto/bulk.js";
 import type { CryptoSuite } from "../crypto/suite.js";
+import { AEAD_NONCE_BYTES, AEAD_TAG_BYTES, HASH_BYTES } from "../crypto/suite.js";
 import type { Secret } from "../crypto/secret.js";
 import { blobAd, Codec } from "../format/pack.js";
 import type { Zstd } from "../compress/zstd.js";
 
-/** Stored form of one chunk: nonce | XChaCha20-Poly1305(codec byte | payload), chunk ID as AD. */
-export function encodeBlob(crypto: CryptoSuite, sessionKey: Secret, chunkId: Uint8Array, plaintext: Uint8Array, zstd: Zstd | undefined): Uint8Array {
-  let codec: number = Codec.Raw;
-  let payload = plaintext;
-  if (zstd !== undefined) {
-    const compressed = zstd.compress(plaintext);
-    // Keep the compressed form only when it saves at least 1/32 of the chunk.
-    if (compressed.length + (plaintext.length >> 5) < plaintext.length) {
-      codec = Codec.Zstd;
-      payload = compressed;
-    }
+/** Bytes a stored blob adds to its payload: nonce, codec byte, tag. */
+export const BLOB_OVERHEAD = AEAD_NONCE_BYTES + 1 + AEAD_TAG_BYTES;
+
+/** Reusable working memory for sealing and opening blobs (one per thread). */
+export class BlobScratch {
+  framed = new Uint8Array(0);
+  readonly id = new Uint8Array(HASH_BYTES);
+
+  /** A framing buffer of at least n bytes. */
+  frame(n: number): Uint8Array {
+    if (this.framed.length < n) this.framed = new Uint8Array(Math.max(n, this.framed.length * 2));
+    return this.framed;
   }
-  const framed = new Uint8Array(1 + payload.length);
-  framed[0] = codec;
-  framed.set(payload, 1);
-  return crypto.seal(sessionKey, framed, blobAd(chunkId));
+}
+
+/** The most bytes sealBlobInto writes for a plaintext of this length. */
+export function maxBlobLength(plainLength: number): number {
+  return plainLength + BLOB_OVERHEAD;
+}
+
+/**
+ * Stored form of one chunk, written into out: nonce | XChaCha20-Poly1305(codec byte | payload),
+ * the chunk ID as associated data. zstd is kept only when it saves at least 1/32 of the chunk.
+ * Returns the number of bytes written (at most maxBlobLength(plain.length)).
+ */
+export function sealBlobInto(
+  crypto: BulkCrypto,
+  sessionKey: Uint8Array,
+  nonce: Uint8Array,
+  chunkId: Uint8Array,
+  plain: Uint8Array,
+  zstd: Zstd | undefined,
+  scratch: BlobScratch,
+  out: Uint8Array,
+): number {
+  let framedLength = 1 + plain.length;
+  let framed: Uint8Array | undefined;
+  if (zstd !== undefined) {
+    framed = scratch.frame(1 + zstd.compressBound(plain.length));
+    const n = zstd.compressInto(plain, framed.subarray(1));
+    if (n + (plain.length >> 5) < plain.length) {
+      framed[0] = Codec.Zstd;
+      framedLength = 1 + n;
+    } else framed = undefined;
+  }
+  if (framed === undefined) {
+    framed = scratch.frame(1 + plain.length);
+    framed[0] = Codec.Raw;
+    framed.set(plain, 1);
+  }
+  out.set(nonce, 0);
+  const length = AEAD_NONCE_BYTES + framedLength + AEAD_TAG_BYTES;
+  crypto.encryptInto(sessionKey, nonce, framed.subarray(0, framedLength), blobAd(chunkId), out.subarray(AEAD_NONCE_BYTES, length));
+  return length;
+}
+
+/** Why a blob was refused; Ok when its bytes are exactly the chunk its ID names. */
+export const BlobStatus = { Ok: 0, Auth: 1, Decompress: 2, Codec: 3, Length: 4, Id: 5 } as const;
+export type BlobStatus = (typeof BlobStatus)[keyof typeof BlobStatus];
+
+const STATUS_MESSAGES: Record<BlobStatus, string> = {
+  0: "ok",
+  1: "chunk does not authenticate",
+  2: "chunk does not decompress",
+  3: "unknown chunk codec",
+  4: "chunk has the wrong length",
+  5: "chunk content does not match its ID",
+};
+
+export function blobStatusMessage(status: BlobStatus): string {
+  return STATUS_MESSAGES[status];
+}
+
+/**
+ * Authenticates, decrypts and decompresses a stored blob into out (exactly its raw length),
+ * then recomputes its keyed ID. Nothing in out may be used unless the result is Ok.
+ */
+export function openBlobInto(
+  crypto: BulkCrypto,
+  sessionKey: Uint8Array,
+  chunkIdKey: Uint8Array,
+  chunkId: Uint8Array,
+  stored: Uint8Array,
+  zstd: Zstd,
+  scratch: BlobScratch,
+  out: Uint8Array,
+): BlobStatus {
+  if (stored.length < BLOB_OVERHEAD) return BlobStatus.Auth;
+  const framedLength = stored.length - AEAD_NONCE_BYTES - AEAD_TAG_BYTES;
+  const framed = scratch.frame(framedLength).subarray(0, framedLength);
+  if (!crypto.decryptInto(sessionKey, stored.subarray(0, AEAD_NONCE_BYTES), stored.subarray(AEAD_NONCE_BYTES), blobAd(chunkId), framed)) return BlobStatus.Auth;
+  const codec = framed[0];
+  if (codec === Codec.Raw) {
+    if (framedLength - 1 !== out.length) return BlobStatus.Length;
+    out.set(framed.subarray(1));
+  } else if (codec === Codec.Zstd) {
+    let n: number;
+    try {
+      n = zstd.decompressInto(framed.subarray(1), out);
+    } catch {
+      return BlobStatus.Decompress;
+    }
+    if (n !== out.length) return BlobStatus.Length;
+  } else return BlobStatus.Codec;
+  crypto.chunkId(chunkIdKey, out, scratch.id);
+  return crypto.equal(scratch.id, chunkId) ? BlobStatus.Ok : BlobStatus.Id;
 }
 
 export class BlobError extends Error {
@@ -29,8 +121,8 @@ export class BlobError extends Error {
 }
 
 /**
- * Authenticates, decrypts and decompresses a blob, then recomputes its keyed ID: the bytes
- * are returned only when they are exactly the chunk the ID names.
+ * Authenticates, decrypts and decompresses a blob through the general CryptoSuite, then
+ * recomputes its keyed ID: the bytes are returned only when they are exactly the chunk the ID names.
  */
 export function decodeBlob(
   crypto: CryptoSuite,
@@ -45,19 +137,22 @@ export function decodeBlob(
   try {
     framed = crypto.open(sessionKey, stored, blobAd(chunkId));
   } catch {
-    throw new BlobError("chunk does not authenticate");
+    throw new BlobError(STATUS_MESSAGES[BlobStatus.Auth]);
   }
   const codec = framed[0];
   let plain: Uint8Array;
   if (codec === Codec.Raw) plain = framed.subarray(1);
   else if (codec === Codec.Zstd) {
+    plain = new Uint8Array(rawLength);
+    let n: number;
     try {
-      plain = zstd.decompress(framed.subarray(1));
+      n = zstd.decompressInto(framed.subarray(1), plain);
     } catch {
-      throw new BlobError("chunk does not decompress");
+      throw new BlobError(STATUS_MESSAGES[BlobStatus.Decompress]);
     }
-  } else throw new BlobError("unknown chunk codec");
-  if (plain.length !== rawLength) throw new BlobError("chunk has the wrong length");
-  if (!crypto.equal(crypto.hash(plain, chunkIdKey), chunkId)) throw new BlobError("chunk content does not match its ID");
+    if (n !== rawLength) throw new BlobError(STATUS_MESSAGES[BlobStatus.Length]);
+  } else throw new BlobError(STATUS_MESSAGES[BlobStatus.Codec]);
+  if (plain.length !== rawLength) throw new BlobError(STATUS_MESSAGES[BlobStatus.Length]);
+  if (!crypto.equal(crypto.hash(plain, chunkIdKey), chunkId)) throw new BlobError(STATUS_MESSAGES[BlobStatus.Id]);
   return plain;
 }

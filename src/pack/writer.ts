@@ -4,7 +4,7 @@ import { packKey } from "../format/layout.js";
 import { encodePackHeader, encodePackPrefix, packTrailerAd, PACK_PREFIX_BYTES, type PackEntry } from "../format/pack.js";
 import type { IndexedPack } from "../format/index-file.js";
 import type { AppendOnlyStore } from "../storage/types.js";
-import { toHex } from "../util/bytes.js";
+import type { PackIds } from "../backup/pack-ids.js";
 
 export interface PackWriterOptions {
   readonly store: AppendOnlyStore;
@@ -14,62 +14,57 @@ export interface PackWriterOptions {
   readonly packSize: number;
   /** Pack uploads allowed in flight before add() waits (backpressure). */
   readonly maxInFlight?: number;
-  /** Called once a pack is durable. */
-  readonly onPack: (pack: IndexedPack) => void | Promise<void>;
-}
-
-/** Where add() put a blob: known at once, so deduplication sees pending chunks too. */
-export interface BlobPlacement {
-  readonly packId: string;
-  readonly offset: number;
-  readonly length: number;
+  /** The random values of the next pack (drawn ahead, in a deterministic order). */
+  readonly nextIds: () => PackIds;
+  /** Called once a pack is durable, in pack order. */
+  readonly onPack: (pack: IndexedPack, ids: PackIds) => void | Promise<void>;
 }
 
 /** Collects encrypted blobs into packs of about packSize and stores each atomically. */
 export class PackWriter {
   readonly #o: PackWriterOptions;
-  #packId: Uint8Array;
+  #ids: PackIds | undefined;
   #parts: Uint8Array[] = [];
   #entries: PackEntry[] = [];
   #size = PACK_PREFIX_BYTES;
   readonly #inFlight = new Set<Promise<void>>();
+  #announced: Promise<void> = Promise.resolve();
   #failure: unknown;
   packsWritten = 0;
   bytesWritten = 0;
+  maxInFlightSeen = 0;
 
   constructor(o: PackWriterOptions) {
     this.#o = o;
-    this.#packId = o.crypto.random(16);
   }
 
-  get currentPackId(): string {
-    return toHex(this.#packId);
-  }
-
-  async add(chunkId: Uint8Array, blob: Uint8Array, rawLength: number): Promise<BlobPlacement> {
+  /** Appends a stored blob; waits when the pack it completes cannot be uploaded yet. */
+  async add(chunkId: Uint8Array, blob: Uint8Array, rawLength: number): Promise<void> {
     this.#throwIfFailed();
-    const placement = { packId: toHex(this.#packId), offset: this.#size, length: blob.length };
+    this.#ids ??= this.#o.nextIds();
     this.#parts.push(blob);
     this.#entries.push({ chunkId, offset: this.#size, length: blob.length, rawLength });
     this.#size += blob.length;
     if (this.#size >= this.#o.packSize) await this.#seal();
-    return placement;
   }
 
-  /** Seals the open pack and waits until every pack is durable. */
+  /** Seals the open pack and waits until every pack is durable and announced. */
   async flush(): Promise<void> {
     if (this.#entries.length > 0) await this.#seal();
     while (this.#inFlight.size > 0) await Promise.race(this.#inFlight);
+    await this.#announced;
     this.#throwIfFailed();
   }
 
   async #seal(): Promise<void> {
     const { crypto, sessionKey, sessionId } = this.#o;
-    const packId = this.#packId;
+    const ids = this.#ids ?? this.#o.nextIds();
+    const packId = ids.packId;
     const entries = this.#entries;
     const header = encodePackHeader(packId, sessionId, entries);
-    const trailer = crypto.seal(sessionKey, header, packTrailerAd(packId));
-    const total = this.#size + trailer.length + 4;
+    const sealed = crypto.encrypt(sessionKey, ids.trailerNonce, header, packTrailerAd(packId));
+    const trailerLength = ids.trailerNonce.length + sealed.length;
+    const total = this.#size + trailerLength + 4;
     const bytes = new Uint8Array(total);
     bytes.set(encodePackPrefix(sessionId), 0);
     let at = PACK_PREFIX_BYTES;
@@ -77,23 +72,30 @@ export class PackWriter {
       bytes.set(p, at);
       at += p.length;
     }
-    bytes.set(trailer, at);
-    new DataView(bytes.buffer).setUint32(total - 4, trailer.length, true);
-    this.#packId = crypto.random(16);
+    bytes.set(ids.trailerNonce, at);
+    bytes.set(sealed, at + ids.trailerNonce.length);
+    new DataView(bytes.buffer).setUint32(total - 4, trailerLength, true);
+    this.#ids = undefined;
     this.#parts = [];
     this.#entries = [];
     this.#size = PACK_PREFIX_BYTES;
-    const id = toHex(packId);
-    const write = (async () => {
-      await this.#o.store.putIfAbsent(packKey(id), bytes);
+    const stored = this.#o.store.putIfAbsent(packKey(Buffer.from(packId).toString("hex")), bytes).then(() => {
       this.packsWritten++;
       this.bytesWritten += total;
-      await this.#o.onPack({ packId, sessionId, packLength: total, entries });
+    });
+    // Durable packs are announced (to the index writer) in pack order, whatever order uploads finish in.
+    const previous = this.#announced;
+    const write = (async () => {
+      await stored;
+      await previous;
+      await this.#o.onPack({ packId, sessionId, packLength: total, entries }, ids);
     })().catch((e: unknown) => {
       this.#failure ??= e;
     });
+    this.#announced = write;
     const tracked = write.finally(() => this.#inFlight.delete(tracked));
     this.#inFlight.add(tracked);
+    this.maxInFlightSeen = Math.max(this.maxInFlightSeen, this.#inFlight.size);
     const limit = this.#o.maxInFlight ?? 2;
     while (this.#inFlight.size >= limit) await Promise.race(this.#inFlight);
     this.#throwIfFailed();

@@ -17,6 +17,8 @@ export interface ChunkLocation {
 
 const ID_BYTES = 32;
 const META_WORDS = 4;
+/** Pack number of a chunk that is known but has no location (yet). */
+const NO_PACK = 0xffffffff;
 
 /**
  * Chunk ID -> location, as an open-addressing hash table over typed arrays: about 56 bytes per
@@ -69,6 +71,11 @@ export class ChunkIndex {
     this.#meta[m + 3] = rawLength;
     this.#insertSlot(id, entry);
     return true;
+  }
+
+  /** Marks an ID as present for a chunk of this session not yet in a pack; false when it was known already. */
+  addPending(id: Uint8Array): boolean {
+    return this.add(id, NO_PACK, 0, 0, 0);
   }
 
   /** Entry number of an ID, or -1. */

@@ -5,7 +5,7 @@ import { encodeEnvelope, envelopeAd, ObjectKind, parseEnvelope } from "../format
 import { encodeIndexBody, encodeIndexMeta, parseIndexBody, parseIndexMeta, type IndexedPack } from "../format/index-file.js";
 import { INDEX_PREFIX, indexKey } from "../format/layout.js";
 import { listAll, type AppendOnlyStore } from "../storage/types.js";
-import { toHex, utf8 } from "../util/bytes.js";
+import { concatBytes, toHex, utf8 } from "../util/bytes.js";
 import { ChunkIndex } from "./chunk-index.js";
 import type { Repository } from "./repository.js";
 
@@ -66,12 +66,20 @@ export async function loadIndex(
 }
 
 /** Encrypts packs' entries under the current epoch's index key and stores them as one index file. */
-export async function writeIndexFile(repo: Repository, store: AppendOnlyStore, packs: readonly IndexedPack[]): Promise<string> {
-  const indexId = toHex(repo.crypto.random(16));
+export async function writeIndexFile(
+  repo: Repository,
+  store: AppendOnlyStore,
+  packs: readonly IndexedPack[],
+  drawn?: { readonly indexId: Uint8Array; readonly nonce: Uint8Array },
+): Promise<string> {
+  const indexId = toHex(drawn?.indexId ?? repo.crypto.random(16));
   const epoch = repo.keyring.currentEpoch;
   const meta = encodeIndexMeta({ repoId: repo.repoId, indexId, epoch });
-  const sealed = repo.crypto.seal(repo.currentSecret("index"), encodeIndexBody(packs), envelopeAd(ObjectKind.Index, utf8(JSON.stringify(meta))));
-  const key = indexKey(indexId);
-  await store.putIfAbsent(key, encodeEnvelope(ObjectKind.Index, meta, [sealed]));
-  return key;
+  const key = repo.currentSecret("index");
+  const ad = envelopeAd(ObjectKind.Index, utf8(JSON.stringify(meta)));
+  const body = encodeIndexBody(packs);
+  const sealed = drawn === undefined ? repo.crypto.seal(key, body, ad) : concatBytes([drawn.nonce, repo.crypto.encrypt(key, drawn.nonce, body, ad)]);
+  const name = indexKey(indexId);
+  await store.putIfAbsent(name, encodeEnvelope(ObjectKind.Index, meta, [sealed]));
+  return name;
 }

@@ -1,0 +1,198 @@
+import { existsSync } from "node:fs";
+import os from "node:os";
+import { fileURLToPath } from "node:url";
+import { Worker } from "node:worker_threads";
+import { loadBulkCrypto, type BulkBackend } from "../crypto/bulk.js";
+import { TaskRunner } from "./tasks.js";
+import { transferList, type FromWorker, type ResultOf, type Task, type ToWorker } from "./protocol.js";
+
+export interface PoolOptions {
+  /** Worker threads; 0 runs every task inline on the main thread. Default: the number of cores. */
+  readonly workers?: number;
+  readonly compressionLevel: number;
+  readonly backend?: BulkBackend;
+  /** Tasks handed to one worker before more wait in the pool's queue. */
+  readonly tasksPerWorker?: number;
+}
+
+export interface PoolStats {
+  tasks: number;
+  /** The most tasks that waited in the pool's queue at once. */
+  maxQueued: number;
+}
+
+/** The default worker count: one per core. */
+export function defaultWorkers(): number {
+  return Math.max(1, os.availableParallelism());
+}
+
+interface Pending {
+  readonly resolve: (r: ResultOf<Task>) => void;
+  readonly reject: (e: unknown) => void;
+}
+
+interface Slot {
+  readonly worker: Worker;
+  readonly pending: Map<number, Pending>;
+}
+
+/**
+ * A pool of pipeline workers (or an inline runner when workers = 0). Keys are copied to each
+ * worker once and zeroed there on close; task buffers are transferred, never cloned.
+ */
+export class WorkerPool {
+  readonly stats: PoolStats = { tasks: 0, maxQueued: 0 };
+  readonly #slots: Slot[];
+  readonly #inline: TaskRunner | undefined;
+  readonly #perWorker: number;
+  readonly #queue: { task: Task; pending: Pending }[] = [];
+  #nextId = 1;
+  #failure: unknown;
+  #closed = false;
+
+  private constructor(slots: Slot[], inline: TaskRunner | undefined, perWorker: number) {
+    this.#slots = slots;
+    this.#inline = inline;
+    this.#perWorker = perWorker;
+    for (const slot of slots) this.#watch(slot);
+  }
+
+  static async create(o: PoolOptions): Promise<WorkerPool> {
+    const count = o.workers ?? defaultWorkers();
+    const backend = o.backend ?? "auto";
+    if (count <= 0) return new WorkerPool([], new TaskRunner(await loadBulkCrypto(backend), o.compressionLevel), 1);
+    const url = workerUrl();
+    const slots: Slot[] = [];
+    const started: Promise<void>[] = [];
+    for (let i = 0; i < count; i++) {
+      const worker = new Worker(url);
+      slots.push({ worker, pending: new Map() });
+      started.push(
+        new Promise<void>((resolve, reject) => {
+          const onMessage = (m: FromWorker): void => {
+            if (m.type !== "ready") return;
+            worker.off("message", onMessage);
+            worker.off("error", reject);
+            resolve();
+          };
+          worker.on("message", onMessage);
+          worker.once("error", reject);
+        }),
+      );
+      worker.postMessage({ type: "init", compressionLevel: o.compressionLevel, backend } satisfies ToWorker);
+    }
+    try {
+      await Promise.all(started);
+    } catch (e) {
+      await Promise.all(slots.map((s) => s.worker.terminate()));
+      throw e;
+    }
+    return new WorkerPool(slots, undefined, o.tasksPerWorker ?? 2);
+  }
+
+  /** Worker threads in the pool (0 when tasks run inline). */
+  get workers(): number {
+    return this.#slots.length;
+  }
+
+  /** Gives every worker its own copy of a key; the caller keeps (and disposes) the original. */
+  setKey(name: string, bytes: Uint8Array): void {
+    if (this.#inline !== undefined) {
+      this.#inline.setKey(name, bytes.slice());
+      return;
+    }
+    for (const { worker } of this.#slots) {
+      const copy = bytes.slice();
+      worker.postMessage({ type: "key", name, bytes: copy } satisfies ToWorker, [copy.buffer]);
+    }
+  }
+
+  /** Runs a task; its buffers are transferred (the caller must not touch them until the result). */
+  run<T extends Task>(task: T): Promise<ResultOf<T>> {
+    if (this.#failure !== undefined) return Promise.reject(this.#failure);
+    if (this.#closed) return Promise.reject(new Error("worker pool is closed"));
+    this.stats.tasks++;
+    const inline = this.#inline;
+    if (inline !== undefined) {
+      return new Promise<ResultOf<T>>((resolve, reject) => {
+        setImmediate(() => {
+          try {
+            resolve(inline.run(task));
+          } catch (e) {
+            reject(e);
+          }
+        });
+      });
+    }
+    return new Promise<ResultOf<T>>((resolve, reject) => {
+      this.#queue.push({ task, pending: { resolve: resolve as (r: ResultOf<Task>) => void, reject } });
+      this.stats.maxQueued = Math.max(this.stats.maxQueued, this.#queue.length);
+      this.#dispatch();
+    });
+  }
+
+  #dispatch(): void {
+    while (this.#queue.length > 0) {
+      let best: Slot | undefined;
+      for (const s of this.#slots) if (s.pending.size < this.#perWorker && (best === undefined || s.pending.size < best.pending.size)) best = s;
+      if (best === undefined) return;
+      const next = this.#queue.shift();
+      if (next === undefined) return;
+      const id = this.#nextId++;
+      best.pending.set(id, next.pending);
+      best.worker.postMessage({ type: "task", id, task: next.task } satisfies ToWorker, transferList(next.task));
+    }
+  }
+
+  #watch(slot: Slot): void {
+    slot.worker.on("message", (m: FromWorker) => {
+      if (m.type !== "done" && m.type !== "failed") return;
+      const p = slot.pending.get(m.id);
+      slot.pending.delete(m.id);
+      if (p !== undefined) {
+        if (m.type === "done") p.resolve(m.result);
+        else p.reject(new Error(`pipeline task failed: ${m.message}`));
+      }
+      this.#dispatch();
+    });
+    const fail = (e: unknown): void => {
+      if (this.#closed) return;
+      this.#failure ??= e instanceof Error ? e : new Error(`pipeline worker stopped (${String(e)})`);
+      for (const s of this.#slots) {
+        for (const p of s.pending.values()) p.reject(this.#failure);
+        s.pending.clear();
+      }
+      for (const q of this.#queue.splice(0)) q.pending.reject(this.#failure);
+    };
+    slot.worker.on("error", fail);
+    slot.worker.on("exit", (code) => fail(new Error(`pipeline worker exited with code ${code}`)));
+  }
+
+  /** Zeroes the keys in every worker and stops them. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#inline?.dispose();
+    for (const q of this.#queue.splice(0)) q.pending.reject(new Error("worker pool is closed"));
+    await Promise.all(
+      this.#slots.map(
+        ({ worker }) =>
+          new Promise<void>((resolve) => {
+            const timer = setTimeout(() => void worker.terminate().then(() => resolve()), 2000);
+            worker.once("exit", () => {
+              clearTimeout(timer);
+              resolve();
+            });
+            worker.postMessage({ type: "close" } satisfies ToWorker);
+          }),
+      ),
+    );
+  }
+}
+
+/** The built worker script; when running from TypeScript sources (tests) the build's copy. */
+function workerUrl(): URL {
+  const here = new URL("./worker.js", import.meta.url);
+  if (existsSync(fileURLToPath(here))) return here;
+  return new URL("../../dist/pipeline/worker.js", import.meta.url);
+}

@@ -1,0 +1,102 @@
+/**
+ * Messages between the main thread and pipeline workers. Byte arrays travel as views over
+ * ArrayBuffers that are transferred, never copied: a sender must not touch a buffer it sent.
+ */
+
+/** Chunk IDs and zero flags for chunks of a batch (zero chunks get no ID). */
+export interface ScanTask {
+  readonly kind: "scan";
+  readonly data: Uint8Array;
+  /** offset, length pairs into data. */
+  readonly ranges: Uint32Array;
+  readonly detectZero: boolean;
+}
+export interface ScanResult {
+  readonly data: Uint8Array;
+  /** 32 bytes per range; all zero for a zero chunk. */
+  readonly ids: Uint8Array;
+  /** 1 per range that is all zero. */
+  readonly zero: Uint8Array;
+}
+
+/** Compresses and encrypts chunks of a batch into stored blobs. */
+export interface SealTask {
+  readonly kind: "seal";
+  readonly data: Uint8Array;
+  /** offset, length pairs into data: the chunks to seal. */
+  readonly ranges: Uint32Array;
+  /** 32 bytes per range. */
+  readonly ids: Uint8Array;
+  /** 24 bytes per range, drawn by the main thread in a deterministic order. */
+  readonly nonces: Uint8Array;
+  /** Name of the session key (see KeyMessage). */
+  readonly key: string;
+}
+export interface SealResult {
+  readonly data: Uint8Array;
+  /** The blobs one after another. */
+  readonly blobs: Uint8Array;
+  readonly lengths: Uint32Array;
+}
+
+/** Authenticates, decrypts, decompresses and re-derives the ID of stored blobs. */
+export interface OpenTask {
+  readonly kind: "open";
+  readonly data: Uint8Array;
+  /** offset, stored length, raw length triples into data. */
+  readonly entries: Uint32Array;
+  /** 32 bytes per entry. */
+  readonly ids: Uint8Array;
+  /** Name of the session key per entry is the same for a task (one pack). */
+  readonly key: string;
+  /** Return the plaintexts (restore) or only the verdicts (check). */
+  readonly keep: boolean;
+}
+export interface OpenResult {
+  /** The plaintexts one after another (empty unless keep), each only valid when its status is 0. */
+  readonly plain: Uint8Array;
+  /** BlobStatus per entry. */
+  readonly status: Uint8Array;
+}
+
+export type Task = ScanTask | SealTask | OpenTask;
+export type ResultOf<T extends Task> = T extends ScanTask ? ScanResult : T extends SealTask ? SealResult : OpenResult;
+
+/** Name of the chunk-ID key every pipeline gets. */
+export const CHUNK_ID_KEY = "chunkId";
+
+export interface InitMessage {
+  readonly type: "init";
+  readonly compressionLevel: number;
+  readonly backend: "native" | "wasm" | "auto";
+}
+/** Hands a key to a worker; the bytes are transferred and zeroed when the worker closes. */
+export interface KeyMessage {
+  readonly type: "key";
+  readonly name: string;
+  readonly bytes: Uint8Array;
+}
+export interface TaskMessage {
+  readonly type: "task";
+  readonly id: number;
+  readonly task: Task;
+}
+export interface CloseMessage {
+  readonly type: "close";
+}
+export type ToWorker = InitMessage | KeyMessage | TaskMessage | CloseMessage;
+
+export type FromWorker =
+  | { readonly type: "ready"; readonly backend: "native" | "wasm" }
+  | { readonly type: "done"; readonly id: number; readonly result: ScanResult | SealResult | OpenResult }
+  | { readonly type: "failed"; readonly id: number; readonly message: string }
+  | { readonly type: "closed" };
+
+/** The ArrayBuffers a message can give away. */
+export function transferList(value: Task | ScanResult | SealResult | OpenResult): ArrayBuffer[] {
+  const out = new Set<ArrayBuffer>();
+  for (const v of Object.values(value)) {
+    if (ArrayBuffer.isView(v) && v.buffer instanceof ArrayBuffer && v.buffer.byteLength > 0) out.add(v.buffer);
+  }
+  return [...out];
+}

@@ -1,0 +1,131 @@
+import type { BulkCrypto } from "../crypto/bulk.js";
+import { AEAD_NONCE_BYTES, HASH_BYTES } from "../crypto/suite.js";
+import { Zstd } from "../compress/zstd.js";
+import { BlobScratch, BlobStatus, maxBlobLength, openBlobInto, sealBlobInto } from "../pack/blob.js";
+import { CHUNK_ID_KEY, type OpenResult, type OpenTask, type ScanResult, type ScanTask, type SealResult, type SealTask, type Task, type ResultOf } from "./protocol.js";
+
+/**
+ * The per-chunk work of the pipeline, the same code in a worker thread and inline on the main
+ * thread (workers = 0): scan (zero detection and chunk IDs), seal (compress and encrypt), open
+ * (authenticate, decrypt, decompress, verify the ID).
+ */
+export class TaskRunner {
+  readonly #crypto: BulkCrypto;
+  readonly #zstd: Zstd;
+  readonly #keys = new Map<string, Uint8Array>();
+  readonly #scratch = new BlobScratch();
+  #zero = new Uint8Array(16 * 1024);
+
+  constructor(crypto: BulkCrypto, compressionLevel: number) {
+    this.#crypto = crypto;
+    this.#zstd = new Zstd(compressionLevel);
+  }
+
+  get backend(): "native" | "wasm" {
+    return this.#crypto.backend;
+  }
+
+  setKey(name: string, bytes: Uint8Array): void {
+    this.#keys.get(name)?.fill(0);
+    this.#keys.set(name, bytes);
+  }
+
+  /** Zeroes and forgets every key. */
+  dispose(): void {
+    for (const k of this.#keys.values()) k.fill(0);
+    this.#keys.clear();
+  }
+
+  run<T extends Task>(task: T): ResultOf<T> {
+    switch (task.kind) {
+      case "scan":
+        return this.#scan(task) as ResultOf<T>;
+      case "seal":
+        return this.#seal(task) as ResultOf<T>;
+      case "open":
+        return this.#open(task) as ResultOf<T>;
+    }
+    throw new Error("unknown task");
+  }
+
+  #key(name: string): Uint8Array {
+    const k = this.#keys.get(name);
+    if (k === undefined) throw new Error(`pipeline key ${name} was not given`);
+    return k;
+  }
+
+  #scan(t: ScanTask): ScanResult {
+    const n = t.ranges.length / 2;
+    const ids = new Uint8Array(n * HASH_BYTES);
+    const zero = new Uint8Array(n);
+    const key = this.#key(CHUNK_ID_KEY);
+    const data = t.data;
+    for (let i = 0; i < n; i++) {
+      const chunk = data.subarray(t.ranges[2 * i] as number, (t.ranges[2 * i] as number) + (t.ranges[2 * i + 1] as number));
+      if (t.detectZero && this.#isZero(chunk)) zero[i] = 1;
+      else this.#crypto.chunkId(key, chunk, ids.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES));
+    }
+    return { data, ids, zero };
+  }
+
+  #isZero(chunk: Uint8Array): boolean {
+    if (this.#zero.length < chunk.length) this.#zero = new Uint8Array(chunk.length);
+    return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength).equals(Buffer.from(this.#zero.buffer, 0, chunk.byteLength));
+  }
+
+  #seal(t: SealTask): SealResult {
+    const n = t.ranges.length / 2;
+    let bound = 0;
+    for (let i = 0; i < n; i++) bound += maxBlobLength(t.ranges[2 * i + 1] as number);
+    const blobs = new Uint8Array(bound);
+    const lengths = new Uint32Array(n);
+    const key = this.#key(t.key);
+    let at = 0;
+    for (let i = 0; i < n; i++) {
+      const offset = t.ranges[2 * i] as number;
+      const length = t.ranges[2 * i + 1] as number;
+      const written = sealBlobInto(
+        this.#crypto,
+        key,
+        t.nonces.subarray(i * AEAD_NONCE_BYTES, (i + 1) * AEAD_NONCE_BYTES),
+        t.ids.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES),
+        t.data.subarray(offset, offset + length),
+        this.#zstd,
+        this.#scratch,
+        blobs.subarray(at, at + maxBlobLength(length)),
+      );
+      lengths[i] = written;
+      at += written;
+    }
+    return { data: t.data, blobs: blobs.subarray(0, at), lengths };
+  }
+
+  #open(t: OpenTask): OpenResult {
+    const n = t.entries.length / 3;
+    let total = 0;
+    if (t.keep) for (let i = 0; i < n; i++) total += t.entries[3 * i + 2] as number;
+    const plain = new Uint8Array(t.keep ? total : 0);
+    let single = new Uint8Array(0);
+    const status = new Uint8Array(n);
+    const key = this.#key(t.key);
+    const chunkIdKey = this.#key(CHUNK_ID_KEY);
+    let at = 0;
+    for (let i = 0; i < n; i++) {
+      const offset = t.entries[3 * i] as number;
+      const length = t.entries[3 * i + 1] as number;
+      const raw = t.entries[3 * i + 2] as number;
+      let out: Uint8Array;
+      if (t.keep) out = plain.subarray(at, at + raw);
+      else {
+        if (single.length < raw) single = new Uint8Array(raw);
+        out = single.subarray(0, raw);
+      }
+      if (offset + length > t.data.length) status[i] = BlobStatus.Length;
+      else status[i] = openBlobInto(this.#crypto, key, chunkIdKey, t.ids.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES), t.data.subarray(offset, offset + length), this.#zstd, this.#scratch, out);
+      // Unauthenticated bytes never leave the runner.
+      if (status[i] !== BlobStatus.Ok) out.fill(0);
+      at += raw;
+    }
+    return { plain, status };
+  }
+}

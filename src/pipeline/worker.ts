@@ -1,0 +1,56 @@
+import { parentPort } from "node:worker_threads";
+import { loadBulkCrypto } from "../crypto/bulk.js";
+import { TaskRunner } from "./tasks.js";
+import { transferList, type FromWorker, type ToWorker } from "./protocol.js";
+
+/**
+ * A pipeline worker thread: gets the compression level, then keys (transferred bytes, zeroed
+ * on close), then tasks; answers each task with its result, transferring its buffers.
+ */
+const port = parentPort;
+if (port === null) throw new Error("pipeline worker started outside a worker thread");
+let runner: TaskRunner | undefined;
+const pendingKeys: { name: string; bytes: Uint8Array }[] = [];
+let ready: Promise<TaskRunner> | undefined;
+
+function send(message: FromWorker, transfer: ArrayBuffer[] = []): void {
+  port?.postMessage(message, transfer);
+}
+
+port.on("message", (message: ToWorker) => {
+  switch (message.type) {
+    case "init":
+      ready = loadBulkCrypto(message.backend).then((crypto) => {
+        runner = new TaskRunner(crypto, message.compressionLevel);
+        for (const k of pendingKeys.splice(0)) runner.setKey(k.name, k.bytes);
+        send({ type: "ready", backend: runner.backend });
+        return runner;
+      });
+      break;
+    case "key":
+      if (runner === undefined) pendingKeys.push({ name: message.name, bytes: message.bytes });
+      else runner.setKey(message.name, message.bytes);
+      break;
+    case "task": {
+      const r = runner;
+      if (r === undefined) {
+        send({ type: "failed", id: message.id, message: "worker not initialised" });
+        break;
+      }
+      try {
+        const result = r.run(message.task);
+        send({ type: "done", id: message.id, result }, transferList(result));
+      } catch (e) {
+        send({ type: "failed", id: message.id, message: e instanceof Error ? e.message : String(e) });
+      }
+      break;
+    }
+    case "close":
+      runner?.dispose();
+      for (const k of pendingKeys.splice(0)) k.bytes.fill(0);
+      send({ type: "closed" });
+      port.close();
+      break;
+  }
+});
+void ready;
