@@ -1,6 +1,7 @@
 import os from "node:os";
 import path from "node:path";
 import type { Command } from "commander";
+import { UsageError } from "../errors.js";
 import { KDF_DEFAULT, KDF_TEST, type KdfStrength } from "../crypto/kdf.js";
 import { openStore } from "../storage/open.js";
 import { probeRepository } from "../repository/open.js";
@@ -25,6 +26,15 @@ export class CliContext {
 
   get json(): boolean {
     return this.globals.json === true;
+  }
+
+  /** Pipeline worker threads from --workers or VMVAULT_WORKERS (default: one per core). */
+  get workers(): number | undefined {
+    const raw = this.globals.workers ?? process.env["VMVAULT_WORKERS"];
+    if (raw === undefined || raw === "") return undefined;
+    const n = Number(raw);
+    if (!Number.isInteger(n) || n < 0 || n > 256) throw new UsageError(`--workers ${raw}: give a whole number from 0 to 256`);
+    return n;
   }
 
   get progress(): ProgressSink | undefined {

@@ -22,6 +22,7 @@ export function buildProgram(): Command {
     .option("--json", "machine-readable output on stdout")
     .option("--progress", "show progress on stderr even without a terminal")
     .option("--debug", "show stack traces for errors")
+    .option("--workers <n>", "worker threads for backup, restore and check --read-data; 0 = none (or VMVAULT_WORKERS; default: one per core)")
     .showHelpAfterError("(run `vmvault --help` for usage)")
     .exitOverride();
   registerInit(program);

@@ -13,6 +13,7 @@ export interface GlobalOptions {
   readonly json?: boolean;
   readonly debug?: boolean;
   readonly progress?: boolean;
+  readonly workers?: string;
 }
 
 export interface Settings {

@@ -1,6 +1,6 @@
 import { createRequire } from "node:module";
 import { loadSodium, type Sodium } from "./sodium.js";
-import { AEAD_TAG_BYTES, CryptoFailure, HASH_BYTES } from "./suite.js";
+import { AEAD_TAG_BYTES, HASH_BYTES } from "./suite.js";
 import { Secret } from "./secret.js";
 
 /**
@@ -26,6 +26,7 @@ interface SodiumNative {
   crypto_aead_xchacha20poly1305_ietf_encrypt(c: Uint8Array, m: Uint8Array, ad: Uint8Array | null, nsec: null, npub: Uint8Array, k: Uint8Array): number;
   crypto_aead_xchacha20poly1305_ietf_decrypt(m: Uint8Array, nsec: null, c: Uint8Array, ad: Uint8Array | null, npub: Uint8Array, k: Uint8Array): number;
   sodium_memcmp(a: Uint8Array, b: Uint8Array): boolean;
+  randombytes_buf(out: Uint8Array): void;
 }
 
 class NativeBulk implements BulkCrypto {
@@ -104,6 +105,17 @@ export async function loadBulkCrypto(backend: BulkBackend = "auto"): Promise<Bul
   return new WasmBulk(await loadSodium());
 }
 
+/** libsodium's randombytes_buf through the native binding, when it loads (the WASM build draws 4 bytes per call). */
+export function nativeRandomBytes(): ((length: number) => Uint8Array) | undefined {
+  const native = loadNative();
+  if (native === undefined) return undefined;
+  return (length) => {
+    const out = new Uint8Array(length);
+    native.randombytes_buf(out);
+    return out;
+  };
+}
+
 function loadNative(): SodiumNative | undefined {
   try {
     return createRequire(import.meta.url)("sodium-native") as SodiumNative;
@@ -120,4 +132,3 @@ export function bulkSeal(bulk: BulkCrypto, key: Secret | Uint8Array, nonce: Uint
   return out;
 }
 
-export { CryptoFailure };

@@ -1,6 +1,7 @@
 import { loadSodium, type Sodium } from "./sodium.js";
 import { Secret } from "./secret.js";
 import { toHex } from "../util/bytes.js";
+import { nativeRandomBytes } from "./bulk.js";
 
 /** Source of random bytes; injected so tests can be deterministic. */
 export type RandomSource = (length: number) => Uint8Array;
@@ -44,7 +45,7 @@ export class CryptoSuite {
 
   private constructor(sodium: Sodium, random: RandomSource | undefined) {
     this.#sodium = sodium;
-    this.random = random ?? ((n) => sodium.randombytes_buf(n));
+    this.random = random ?? nativeRandomBytes() ?? ((n) => sodium.randombytes_buf(n));
   }
 
   static async create(options: { random?: RandomSource } = {}): Promise<CryptoSuite> {

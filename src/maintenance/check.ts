@@ -8,7 +8,6 @@ import { parseGrantMeta } from "../format/grant.js";
 import { PACK_PREFIX, packKey, parsePackKey } from "../format/layout.js";
 import type { IndexedPack } from "../format/index-file.js";
 import type { SnapshotBody } from "../format/snapshot.js";
-import { BlobError, decodeBlob } from "../pack/blob.js";
 import { PackError, readPackTrailer } from "../pack/reader.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
@@ -20,10 +19,13 @@ import { listAll } from "../storage/types.js";
 import { bytesEqual, fromHex, toHex } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 import type { ChunkIndex } from "../repository/chunk-index.js";
+import { PackVerifier } from "./check-data.js";
 
 export interface CheckOptions {
   readonly readData?: boolean;
   readonly progress?: ProgressSink;
+  /** Worker threads for --read-data; 0 runs inline. Default: one per core. */
+  readonly workers?: number;
 }
 
 export interface CheckReport {
@@ -87,15 +89,24 @@ export async function check(repo: Repository, o: CheckOptions = {}): Promise<Che
         progress({ phase: "check snapshots", done: snapshots.indexOf(snap) + 1, total: snapshots.length, unit: "items" });
         await checkReferences(repo, sessions, reader, index, snap, packSnapshots, report);
       }
-      let n = 0;
-      for (const [packId, p] of indexedPacks) {
-        n++;
-        progress({ phase: readData ? "check data" : "check packs", done: n, total: indexedPacks.size, unit: "items" });
-        const size = stored.get(packId);
-        if (size === undefined || packDamage.has(packId)) continue;
-        const problems = await checkPack(repo, sessions, packId, p, size, readData);
-        bytesRead += problems.bytesRead;
-        if (problems.messages.length > 0) packDamage.set(packId, problems.messages);
+      const verifier = readData ? await PackVerifier.create(repo, sessions, o.workers) : undefined;
+      try {
+        let n = 0;
+        for (const [packId, p] of indexedPacks) {
+          n++;
+          progress({ phase: readData ? "check data" : "check packs", done: n, total: indexedPacks.size, unit: "items" });
+          const size = stored.get(packId);
+          if (size === undefined || packDamage.has(packId)) continue;
+          const problems = await checkPack(repo, sessions, packId, p, size, verifier);
+          bytesRead += problems.bytesRead;
+          if (problems.messages.length > 0) packDamage.set(packId, problems.messages);
+        }
+        for (const [packId, r] of (await verifier?.finish()) ?? []) {
+          bytesRead += r.bytesRead;
+          if (r.messages.length > 0) packDamage.set(packId, [...(packDamage.get(packId) ?? []), ...r.messages]);
+        }
+      } finally {
+        await verifier?.close();
       }
     }
     for (const [packId, problems] of packDamage) {
@@ -203,14 +214,14 @@ async function checkReferences(
   if (missing > 0) report({ object: snap.key, problem: `${missing} referenced chunk(s) are in no index (data missing)`, snapshots: [id] });
 }
 
-/** Compares the pack trailer with the index and, with readData, decrypts and verifies every chunk. */
+/** Compares the pack trailer with the index and, with a verifier (--read-data), hands the pack to it to decrypt and verify every chunk. */
 async function checkPack(
   repo: Repository,
   sessions: SessionKeys,
   packId: string,
   p: IndexedPack,
   size: number,
-  readData: boolean,
+  verifier: PackVerifier | undefined,
 ): Promise<{ messages: string[]; bytesRead: number }> {
   const key = packKey(packId);
   const messages: string[] = [];
@@ -231,22 +242,8 @@ async function checkPack(
     else if (e instanceof NotFoundError) messages.push("pack is missing");
     else throw e;
   }
-  if (!readData) return { messages, bytesRead: 0 };
-  const bytes = await repo.store.get(key);
-  const chunkIdKey = repo.keyring.secret(repo.keyring.currentEpoch, "chunkId");
-  if (chunkIdKey === undefined) return { messages, bytesRead: bytes.length };
-  const zstd = new Zstd(repo.config.compressionLevel);
-  let bad = 0;
-  for (const e of p.entries) {
-    try {
-      decodeBlob(repo.crypto, sessionKey, chunkIdKey, e.chunkId, bytes.subarray(e.offset, e.offset + e.length), e.rawLength, zstd);
-    } catch (err) {
-      if (err instanceof BlobError) bad++;
-      else throw err;
-    }
-  }
-  if (bad > 0) messages.push(`${bad} of ${p.entries.length} chunks fail authentication or do not match their IDs`);
-  return { messages, bytesRead: bytes.length };
+  await verifier?.submit(packId, p);
+  return { messages, bytesRead: 0 };
 }
 
 function sameEntries(a: readonly IndexedPack["entries"][number][], b: readonly IndexedPack["entries"][number][]): boolean {

@@ -5,6 +5,7 @@ import { IntegrityError } from "../errors.js";
 import { fromHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
 import type { BlobReader } from "./blob-reader.js";
+import type { ChunkFetcher, ChunkRequest } from "./fetcher.js";
 import { PartialFile, targetError } from "./targets.js";
 
 /** Iterates a disk's chunk positions from its list blobs, authenticating each list. */
@@ -22,42 +23,66 @@ export async function* diskChunks(disk: DiskSource, reader: BlobReader, snapshot
   }
 }
 
-/** Writes a disk image sparsely: holes stay holes, every data chunk is verified before it is written. */
-export async function restoreDisk(disk: DiskSource, finalPath: string, reader: BlobReader, snapshotKey: string, progress: ProgressSink): Promise<number> {
+/** The data chunks of a disk with their positions; holes are skipped, the positions checked against the size. */
+async function* diskRequests(disk: DiskSource, reader: BlobReader, snapshotKey: string): AsyncIterable<ChunkRequest<number>> {
+  let position = 0;
+  for await (const id of diskChunks(disk, reader, snapshotKey)) {
+    if (position >= disk.size) throw IntegrityError.object(snapshotKey, `disk ${disk.name} has more chunks than its size`);
+    if (id !== null) yield { id, tag: position };
+    position += Math.min(disk.chunkSize, disk.size - position);
+  }
+  if (position !== disk.size) throw IntegrityError.object(snapshotKey, `disk ${disk.name}: chunk list covers ${position} of ${disk.size} bytes`);
+}
+
+/**
+ * Writes a disk image sparsely: holes stay holes, every data chunk is verified (by the
+ * fetcher's workers) before it is written; adjacent chunks are written in one call.
+ */
+export async function restoreDisk(disk: DiskSource, finalPath: string, reader: BlobReader, fetcher: ChunkFetcher, snapshotKey: string, progress: ProgressSink): Promise<number> {
   let file: PartialFile;
   try {
     file = await PartialFile.create(finalPath, disk.size);
   } catch (e) {
     throw targetError(finalPath, e);
   }
-  try {
-    let position = 0;
-    let written = 0;
-    for await (const id of diskChunks(disk, reader, snapshotKey)) {
-      if (position >= disk.size) throw IntegrityError.object(snapshotKey, `disk ${disk.name} has more chunks than its size`);
-      const length = Math.min(disk.chunkSize, disk.size - position);
-      if (id !== null) {
-        const data = await reader.read(id);
-        if (data.length !== length) throw IntegrityError.object(snapshotKey, `disk ${disk.name}: chunk at ${position} has the wrong length`);
-        try {
-          await file.write(data, position);
-        } catch (e) {
-          throw targetError(finalPath, e);
-        }
-        written += data.length;
-      }
-      position += length;
-      progress({ phase: `restore ${disk.name}`, done: position, total: disk.size, unit: "bytes" });
+  const write = async (data: Uint8Array, position: number): Promise<void> => {
+    try {
+      await file.write(data, position);
+    } catch (e) {
+      throw targetError(finalPath, e);
     }
-    if (position !== disk.size) throw IntegrityError.object(snapshotKey, `disk ${disk.name}: chunk list covers ${position} of ${disk.size} bytes`);
+  };
+  try {
+    let written = 0;
+    let run: { data: Uint8Array; position: number } | undefined;
+    for await (const { tag: position, data } of fetcher.read(diskRequests(disk, reader, snapshotKey))) {
+      if (data === null) continue;
+      const length = Math.min(disk.chunkSize, disk.size - position);
+      if (data.length !== length) throw IntegrityError.object(snapshotKey, `disk ${disk.name}: chunk at ${position} has the wrong length`);
+      if (run !== undefined && adjacent(run, data, position)) {
+        run.data = new Uint8Array(run.data.buffer, run.data.byteOffset, run.data.length + data.length);
+      } else {
+        if (run !== undefined) await write(run.data, run.position);
+        run = { data, position };
+      }
+      written += data.length;
+      progress({ phase: `restore ${disk.name}`, done: position + length, total: disk.size, unit: "bytes" });
+    }
+    if (run !== undefined) await write(run.data, run.position);
     try {
       await file.commit();
     } catch (e) {
       throw targetError(finalPath, e);
     }
+    progress({ phase: `restore ${disk.name}`, done: disk.size, total: disk.size, unit: "bytes" });
     return written;
   } catch (e) {
     await file.abort();
     throw e;
   }
+}
+
+/** True when data continues run both in the image and in memory. */
+function adjacent(run: { data: Uint8Array; position: number }, data: Uint8Array, position: number): boolean {
+  return data.buffer === run.data.buffer && data.byteOffset === run.data.byteOffset + run.data.length && position === run.position + run.data.length;
 }

@@ -7,6 +7,7 @@ import type { FolderSource } from "../format/snapshot.js";
 import { fromHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
 import type { BlobReader } from "./blob-reader.js";
+import type { ChunkFetcher, ChunkRequest } from "./fetcher.js";
 import { PartialFile, targetError } from "./targets.js";
 
 /** Iterates a folder's entries from its entry blobs. */
@@ -34,16 +35,39 @@ export interface FolderRestoreResult {
   matched: number;
 }
 
+type Step =
+  | { readonly kind: "entry"; readonly entry: FolderEntry; readonly exact: boolean }
+  | { readonly kind: "chunk"; readonly position: number; readonly length: number }
+  | { readonly kind: "end"; readonly size: number };
+
+/** Every selected entry in order, with the data chunks of each selected file and its end. */
+async function* folderRequests(folder: FolderSource, includes: readonly string[] | undefined, reader: BlobReader, snapshotKey: string): AsyncIterable<ChunkRequest<Step>> {
+  for await (const entry of folderEntries(folder, reader, snapshotKey)) {
+    if (!selected(entry.path, includes)) continue;
+    const exact = includes === undefined || includes.length === 0 || includes.some((inc) => entry.path === inc || entry.path.startsWith(`${inc}/`) || inc === "");
+    yield { id: null, tag: { kind: "entry", entry, exact } };
+    if (entry.type !== "file" || !exact) continue;
+    let position = 0;
+    for (const chunk of entry.chunks ?? []) {
+      if (chunk.id !== null) yield { id: fromHex(chunk.id), tag: { kind: "chunk", position, length: chunk.length } };
+      position += chunk.length;
+    }
+    yield { id: null, tag: { kind: "end", size: position } };
+  }
+}
+
 /**
  * Restores a folder under targetRoot. Files are written under temporary names and renamed
  * when complete; symlinks are created last so no write can pass through one; directory
- * modes and times are applied after their contents.
+ * modes and times are applied after their contents. Chunks are fetched and verified ahead
+ * by the fetcher's workers, across files.
  */
 export async function restoreFolder(
   folder: FolderSource,
   targetRoot: string,
   includes: readonly string[] | undefined,
   reader: BlobReader,
+  fetcher: ChunkFetcher,
   snapshotKey: string,
   progress: ProgressSink,
 ): Promise<FolderRestoreResult> {
@@ -51,28 +75,53 @@ export async function restoreFolder(
   const dirs: FolderEntry[] = [];
   const links: FolderEntry[] = [];
   const place = (rel: string): string => (rel === "" ? targetRoot : path.join(targetRoot, ...rel.split("/")));
-  for await (const entry of folderEntries(folder, reader, snapshotKey)) {
-    if (!selected(entry.path, includes)) continue;
-    const exact = includes === undefined || includes.length === 0 || includes.some((inc) => entry.path === inc || entry.path.startsWith(`${inc}/`) || inc === "");
-    const dest = place(entry.path);
-    try {
-      if (entry.type === "dir") {
-        await fsp.mkdir(dest, { recursive: true, mode: 0o700 });
-        if (exact) dirs.push(entry);
-      } else if (!exact) {
+  let open: { file: PartialFile; entry: FolderEntry; dest: string } | undefined;
+  try {
+    for await (const { tag, data } of fetcher.read(folderRequests(folder, includes, reader, snapshotKey))) {
+      if (tag.kind === "chunk") {
+        const o = open as { file: PartialFile; entry: FolderEntry; dest: string };
+        if (data === null || data.length !== tag.length) throw IntegrityError.object(snapshotKey, `file ${o.entry.path}: chunk has the wrong length`);
+        await o.file.write(data, tag.position).catch((e: unknown) => {
+          throw targetError(o.dest, e);
+        });
         continue;
-      } else if (entry.type === "symlink") {
-        links.push(entry);
-      } else {
-        await fsp.mkdir(path.dirname(dest), { recursive: true, mode: 0o700 });
-        result.bytes += await restoreFile(entry, dest, reader, snapshotKey);
-        result.files++;
-        progress({ phase: `restore ${folder.name}`, done: result.bytes, total: folder.size, unit: "bytes", item: entry.path });
       }
-    } catch (e) {
-      throw targetError(dest, e);
+      if (tag.kind === "end") {
+        const o = open as { file: PartialFile; entry: FolderEntry; dest: string };
+        open = undefined;
+        await finishFile(o, tag.size, snapshotKey).catch(async (e: unknown) => {
+          await o.file.abort();
+          throw targetError(o.dest, e);
+        });
+        result.bytes += tag.size;
+        result.files++;
+        result.matched++;
+        progress({ phase: `restore ${folder.name}`, done: result.bytes, total: folder.size, unit: "bytes", item: o.entry.path });
+        continue;
+      }
+      const { entry, exact } = tag;
+      const dest = place(entry.path);
+      try {
+        if (entry.type === "dir") {
+          await fsp.mkdir(dest, { recursive: true, mode: 0o700 });
+          if (exact) dirs.push(entry);
+        } else if (!exact) {
+          continue;
+        } else if (entry.type === "symlink") {
+          links.push(entry);
+        } else {
+          await fsp.mkdir(path.dirname(dest), { recursive: true, mode: 0o700 });
+          open = { file: await PartialFile.create(dest, entry.size), entry, dest };
+          continue;
+        }
+      } catch (e) {
+        throw targetError(dest, e);
+      }
+      if (exact) result.matched++;
     }
-    if (exact) result.matched++;
+  } catch (e) {
+    await open?.file.abort();
+    throw e;
   }
   for (const link of links) {
     const dest = place(link.path);
@@ -93,24 +142,8 @@ export async function restoreFolder(
   return result;
 }
 
-async function restoreFile(entry: FolderEntry, dest: string, reader: BlobReader, snapshotKey: string): Promise<number> {
-  const file = await PartialFile.create(dest, entry.size);
-  try {
-    let position = 0;
-    for (const chunk of entry.chunks ?? []) {
-      if (chunk.id !== null) {
-        const data = await reader.read(fromHex(chunk.id));
-        if (data.length !== chunk.length) throw IntegrityError.object(snapshotKey, `file ${entry.path}: chunk has the wrong length`);
-        await file.write(data, position);
-      }
-      position += chunk.length;
-    }
-    if (position !== entry.size) throw IntegrityError.object(snapshotKey, `file ${entry.path}: chunks cover ${position} of ${entry.size} bytes`);
-    await file.commit(entry.mode);
-    await fsp.utimes(dest, entry.mtimeMs / 1000, entry.mtimeMs / 1000);
-    return position;
-  } catch (e) {
-    await file.abort();
-    throw e;
-  }
+async function finishFile(o: { file: PartialFile; entry: FolderEntry; dest: string }, size: number, snapshotKey: string): Promise<void> {
+  if (size !== o.entry.size) throw IntegrityError.object(snapshotKey, `file ${o.entry.path}: chunks cover ${size} of ${o.entry.size} bytes`);
+  await o.file.commit(o.entry.mode);
+  await fsp.utimes(o.dest, o.entry.mtimeMs / 1000, o.entry.mtimeMs / 1000);
 }

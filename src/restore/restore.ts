@@ -10,6 +10,9 @@ import { SessionKeys } from "../repository/sessions.js";
 import { listSnapshots, readSnapshotBody, resolveSnapshot } from "../snapshot/store.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 import { BlobReader } from "./blob-reader.js";
+import { ChunkFetcher } from "./fetcher.js";
+import { WorkerPool } from "../pipeline/pool.js";
+import { CHUNK_ID_KEY } from "../pipeline/protocol.js";
 import { restoreDisk } from "./disk.js";
 import { folderEntries, restoreFolder } from "./folder.js";
 
@@ -24,6 +27,8 @@ export interface RestoreOptions {
   readonly include?: readonly string[];
   readonly force?: boolean;
   readonly progress?: ProgressSink;
+  /** Worker threads that decrypt, decompress and verify chunks; 0 runs inline. Default: one per core. */
+  readonly workers?: number;
 }
 
 export interface RestoreResult {
@@ -86,6 +91,7 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
   const target = path.resolve(o.target);
   const lock = await acquireLock(repo, "restore", false);
   const sessions = new SessionKeys(repo);
+  let pool: WorkerPool | undefined;
   try {
     const body = await readSnapshotBody(repo, sessions, record);
     const plan = planRestore(body.sources, target, o);
@@ -101,19 +107,24 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
     }
     const index = await loadIndex(repo);
     const progress = throttled(o.progress);
-    const reader = new BlobReader(repo, index, sessions, repo.currentSecret("chunkId"), new Zstd(repo.config.compressionLevel));
+    const chunkIdKey = repo.currentSecret("chunkId");
+    const reader = new BlobReader(repo, index, sessions, chunkIdKey, new Zstd(repo.config.compressionLevel));
+    pool = await WorkerPool.create({ compressionLevel: repo.config.compressionLevel, ...(o.workers === undefined ? {} : { workers: o.workers }) });
+    pool.setKey(CHUNK_ID_KEY, chunkIdKey.bytes);
+    const fetcher = new ChunkFetcher(repo, index, sessions, pool);
     const restored: { name: string; kind: "disk" | "folder"; path: string; bytes: number }[] = [];
     for (const { disk, dest } of plan.disks) {
-      const bytes = await restoreDisk(disk, dest, reader, record.key, progress);
+      const bytes = await restoreDisk(disk, dest, reader, fetcher, record.key, progress);
       restored.push({ name: disk.name, kind: "disk", path: dest, bytes });
     }
     for (const { folder, dest, includes } of plan.folders) {
       if (includes !== undefined) await precheckIncludes(folder, dest, includes, reader, record.key, o.force === true);
-      const r = await restoreFolder(folder, dest, includes, reader, record.key, progress);
+      const r = await restoreFolder(folder, dest, includes, reader, fetcher, record.key, progress);
       restored.push({ name: folder.name, kind: "folder", path: dest, bytes: r.bytes });
     }
     return { snapshotId: record.header.id, vm: record.header.vm, target, restored, bytes: restored.reduce((n, r) => n + r.bytes, 0) };
   } finally {
+    await pool?.close();
     sessions.dispose();
     await lock.release();
   }

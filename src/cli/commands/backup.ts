@@ -13,7 +13,8 @@ export function registerBackup(program: Command): void {
       const vault = await ctx.openVault();
       try {
         const progress = ctx.progress;
-        const r = await vault.backup({ vm: opts.vm, sources, ...(progress === undefined ? {} : { progress }) });
+        const workers = ctx.workers;
+        const r = await vault.backup({ vm: opts.vm, sources, ...(progress === undefined ? {} : { progress }), ...(workers === undefined ? {} : { workers }) });
         ctx.endProgress();
         for (const s of r.skipped) ctx.warn(`warning: skipped ${s} (not a regular file, folder or symlink)`);
         if (ctx.json) ctx.printJson(r);

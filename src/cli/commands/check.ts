@@ -13,7 +13,8 @@ export function registerCheck(program: Command): void {
       const vault = await ctx.openVault();
       try {
         const progress = ctx.progress;
-        const r = await vault.check({ readData: opts.readData === true, ...(progress === undefined ? {} : { progress }) });
+        const workers = ctx.workers;
+        const r = await vault.check({ readData: opts.readData === true, ...(progress === undefined ? {} : { progress }), ...(workers === undefined ? {} : { workers }) });
         ctx.endProgress();
         if (ctx.json) ctx.printJson(r);
         else {

@@ -20,7 +20,9 @@ export function registerRestore(program: Command): void {
       const vault = await ctx.openVault();
       try {
         const progress = ctx.progress;
+        const workers = ctx.workers;
         const r = await vault.restore({
+          ...(workers === undefined ? {} : { workers }),
           snapshot,
           target: opts.target,
           reason: opts.reason,

@@ -1,0 +1,13 @@
+// node bench/dev/backup.mjs IMAGE workers [segmentMiB] [maxBatches] [store=fs|null]
+import { Vault, FsStore, MemoryStore, KDF_TEST, Secret } from "../../dist/index.js";
+import { mkdtempSync, rmSync } from "node:fs";
+const [image, w = "2", seg = "8", mb = "", kind = "fs"] = process.argv.slice(2);
+const dir = mkdtempSync("/tmp/vmv-bb-");
+class NullStore extends MemoryStore { async putIfAbsent(k, d) { return super.putIfAbsent(k, k.startsWith("data/") ? new Uint8Array(0) : d); } }
+const store = kind === "fs" ? new FsStore(dir) : new NullStore("mem");
+const v = await Vault.init({ store, user: "admin", passphrase: Secret.fromString("x"), kdf: KDF_TEST, allowWeakKdf: true });
+const t = performance.now();
+const r = await v.backup({ vm: "vm", sources: [image], workers: Number(w), segmentBytes: Number(seg) << 20, ...(mb ? { maxBatches: Number(mb) } : {}) });
+console.log(`workers=${w} seg=${seg}MiB store=${kind}: ${((performance.now() - t) / 1000).toFixed(2)} s`, JSON.stringify(r.pipeline), `rss=${(process.memoryUsage().rss / 2 ** 20).toFixed(0)}MiB`);
+await v.close();
+rmSync(dir, { recursive: true, force: true });
