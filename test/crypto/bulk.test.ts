@@ -1,0 +1,125 @@
+/**
+ * The bulk backends (sodium-native and the WASM build of libsodium) must give byte-identical
+ * chunk IDs, ciphertexts and stored blobs: a repository written with one opens with the other.
+ */
+import { describe, expect, it } from "vitest";
+import { loadBulkCrypto, type BulkCrypto } from "../../src/crypto/bulk.js";
+import { CryptoSuite } from "../../src/crypto/suite.js";
+import { Secret } from "../../src/crypto/secret.js";
+import { Zstd } from "../../src/compress/zstd.js";
+import { BlobScratch, BlobStatus, decodeBlob, maxBlobLength, openBlobInto, sealBlobInto } from "../../src/pack/blob.js";
+import { fromHex, toHex, utf8 } from "../../src/util/bytes.js";
+import { seededBytes } from "../helpers/fixtures.js";
+
+const native = await loadBulkCrypto("native");
+const wasm = await loadBulkCrypto("wasm");
+const suite = await CryptoSuite.create();
+
+function sizes(): number[] {
+  return [0, 1, 15, 16, 17, 63, 64, 65, 127, 128, 129, 1000, 4096, 16 * 1024, 16 * 1024 + 3, 1 << 20];
+}
+
+function encrypt(b: BulkCrypto, key: Uint8Array, nonce: Uint8Array, pt: Uint8Array, ad: Uint8Array): Uint8Array {
+  const out = new Uint8Array(pt.length + 16);
+  b.encryptInto(key, nonce, pt, ad, out);
+  return out;
+}
+
+describe("bulk crypto backends", () => {
+  it("loads sodium-native here, and the WASM build on request", () => {
+    expect(native.backend).toBe("native");
+    expect(wasm.backend).toBe("wasm");
+  });
+
+  it("XChaCha20-Poly1305 gives the published vector (draft-irtf-cfrg-xchacha-03 A.3.1) through both", () => {
+    const key = fromHex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f");
+    const nonce = fromHex("404142434445464748494a4b4c4d4e4f5051525354555657");
+    const ad = fromHex("50515253c0c1c2c3c4c5c6c7");
+    const pt = utf8("Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.");
+    const expected = toHex(suite.encrypt(key, nonce, pt, ad));
+    expect(expected.endsWith("c0875924c1c7987947deafd8780acf49")).toBe(true);
+    for (const b of [native, wasm]) {
+      const ct = encrypt(b, key, nonce, pt, ad);
+      expect(toHex(ct)).toBe(expected);
+      const back = new Uint8Array(pt.length);
+      expect(b.decryptInto(key, nonce, ct, ad, back)).toBe(true);
+      expect(toHex(back)).toBe(toHex(pt));
+    }
+  });
+
+  it("keyed BLAKE2b-256 and AEAD are byte-identical across backends and CryptoSuite for many sizes", () => {
+    for (const n of sizes()) {
+      const data = seededBytes(`data ${n}`, n);
+      const key = seededBytes(`key ${n}`, 32);
+      const nonce = seededBytes(`nonce ${n}`, 24);
+      const ad = seededBytes(`ad ${n}`, n % 40);
+      const ids = [native, wasm].map((b) => {
+        const out = new Uint8Array(32);
+        b.chunkId(key, data, out);
+        return toHex(out);
+      });
+      expect(ids[0]).toBe(toHex(suite.hash(data, key)));
+      expect(ids[1]).toBe(ids[0]);
+      const cts = [native, wasm].map((b) => toHex(encrypt(b, key, nonce, data, ad)));
+      expect(cts[0]).toBe(toHex(suite.encrypt(key, nonce, data, ad)));
+      expect(cts[1]).toBe(cts[0]);
+    }
+  });
+
+  it("both refuse a modified ciphertext, a wrong key and a wrong AD the same way", () => {
+    const key = seededBytes("k", 32);
+    const nonce = seededBytes("n", 24);
+    const ct = encrypt(native, key, nonce, utf8("secret chunk"), utf8("ad"));
+    const out = new Uint8Array(ct.length - 16);
+    for (const b of [native, wasm]) {
+      expect(b.decryptInto(key, nonce, ct, utf8("ad"), out)).toBe(true);
+      const bad = ct.slice();
+      bad[3] = (bad[3] ?? 0) ^ 1;
+      expect(b.decryptInto(key, nonce, bad, utf8("ad"), out)).toBe(false);
+      expect(b.decryptInto(seededBytes("other", 32), nonce, ct, utf8("ad"), out)).toBe(false);
+      expect(b.decryptInto(key, nonce, ct, utf8("da"), out)).toBe(false);
+      expect(b.decryptInto(key, nonce, ct.subarray(0, 10), utf8("ad"), out)).toBe(false);
+    }
+  });
+
+  it("stored blobs are byte-identical and open through either backend and through the general suite", () => {
+    const zstd = new Zstd(1);
+    const key = seededBytes("session", 32);
+    const idKey = seededBytes("chunk id", 32);
+    const text = utf8("The quick brown fox jumps over the lazy dog. ".repeat(400));
+    for (const plain of [text, seededBytes("random chunk", 16 * 1024), new Uint8Array(0), utf8("x")]) {
+      const nonce = seededBytes(`nonce ${plain.length}`, 24);
+      const blobs = [native, wasm].map((b) => {
+        const id = new Uint8Array(32);
+        b.chunkId(idKey, plain, id);
+        const out = new Uint8Array(maxBlobLength(plain.length));
+        const n = sealBlobInto(b, key, nonce, id, plain, zstd, new BlobScratch(), out);
+        return { id, blob: out.slice(0, n) };
+      });
+      expect(toHex(blobs[1]?.blob ?? new Uint8Array(0))).toBe(toHex(blobs[0]?.blob ?? new Uint8Array(1)));
+      const { id, blob } = blobs[0] as { id: Uint8Array; blob: Uint8Array };
+      for (const b of [native, wasm]) {
+        const out = new Uint8Array(plain.length);
+        expect(openBlobInto(b, key, idKey, id, blob, zstd, new BlobScratch(), out)).toBe(BlobStatus.Ok);
+        expect(toHex(out)).toBe(toHex(plain));
+        const wrongId = id.slice();
+        wrongId[0] = (wrongId[0] ?? 0) ^ 1;
+        expect(openBlobInto(b, key, idKey, wrongId, blob, zstd, new BlobScratch(), out)).toBe(BlobStatus.Auth);
+      }
+      expect(toHex(decodeBlob(suite, new Secret(key.slice()), new Secret(idKey.slice()), id, blob, plain.length, zstd))).toBe(toHex(plain));
+    }
+  });
+
+  it("a blob whose plaintext does not match its ID is refused after decryption", () => {
+    const zstd = new Zstd(1);
+    const key = seededBytes("session", 32);
+    const idKey = seededBytes("chunk id", 32);
+    const plain = seededBytes("p", 5000);
+    const liar = seededBytes("not the id of p", 32);
+    const out = new Uint8Array(maxBlobLength(plain.length));
+    const n = sealBlobInto(native, key, seededBytes("n", 24), liar, plain, zstd, new BlobScratch(), out);
+    for (const b of [native, wasm]) {
+      expect(openBlobInto(b, key, idKey, liar, out.subarray(0, n), zstd, new BlobScratch(), new Uint8Array(plain.length))).toBe(BlobStatus.Id);
+    }
+  });
+});
