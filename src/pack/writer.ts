@@ -24,7 +24,8 @@ export interface PackWriterOptions {
 export class PackWriter {
   readonly #o: PackWriterOptions;
   #ids: PackIds | undefined;
-  #parts: Uint8Array[] = [];
+  /** The open pack, assembled in place as blobs arrive (so their batch buffers can go). */
+  #buf: Uint8Array | undefined;
   #entries: PackEntry[] = [];
   #size = PACK_PREFIX_BYTES;
   readonly #inFlight = new Set<Promise<void>>();
@@ -42,7 +43,8 @@ export class PackWriter {
   async add(chunkId: Uint8Array, blob: Uint8Array, rawLength: number): Promise<void> {
     this.#throwIfFailed();
     this.#ids ??= this.#o.nextIds();
-    this.#parts.push(blob);
+    this.#ensure(this.#size + blob.length);
+    (this.#buf as Uint8Array).set(blob, this.#size);
     this.#entries.push({ chunkId, offset: this.#size, length: blob.length, rawLength });
     this.#size += blob.length;
     if (this.#size >= this.#o.packSize) await this.#seal();
@@ -65,18 +67,15 @@ export class PackWriter {
     const sealed = crypto.encrypt(sessionKey, ids.trailerNonce, header, packTrailerAd(packId));
     const trailerLength = ids.trailerNonce.length + sealed.length;
     const total = this.#size + trailerLength + 4;
-    const bytes = new Uint8Array(total);
+    this.#ensure(total);
+    const bytes = (this.#buf as Uint8Array).subarray(0, total);
     bytes.set(encodePackPrefix(sessionId), 0);
-    let at = PACK_PREFIX_BYTES;
-    for (const p of this.#parts) {
-      bytes.set(p, at);
-      at += p.length;
-    }
+    const at = this.#size;
     bytes.set(ids.trailerNonce, at);
     bytes.set(sealed, at + ids.trailerNonce.length);
-    new DataView(bytes.buffer).setUint32(total - 4, trailerLength, true);
+    new DataView(bytes.buffer, bytes.byteOffset, total).setUint32(total - 4, trailerLength, true);
     this.#ids = undefined;
-    this.#parts = [];
+    this.#buf = undefined;
     this.#entries = [];
     this.#size = PACK_PREFIX_BYTES;
     const stored = this.#o.store.putIfAbsent(packKey(Buffer.from(packId).toString("hex")), bytes).then(() => {
@@ -99,6 +98,15 @@ export class PackWriter {
     const limit = this.#o.maxInFlight ?? 2;
     while (this.#inFlight.size >= limit) await Promise.race(this.#inFlight);
     this.#throwIfFailed();
+  }
+
+  /** Room for n bytes in the open pack (allocated without zeroing: every byte handed on is written first). */
+  #ensure(n: number): void {
+    const have = this.#buf?.length ?? 0;
+    if (n <= have) return;
+    const grown = new Uint8Array(Buffer.allocUnsafeSlow(Math.max(n, this.#o.packSize + (this.#o.packSize >> 4), have * 2)).buffer);
+    if (this.#buf !== undefined) grown.set(this.#buf.subarray(0, this.#size));
+    this.#buf = grown;
   }
 
   #throwIfFailed(): void {
