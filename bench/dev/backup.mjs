@@ -7,7 +7,9 @@ class NullStore extends MemoryStore { async putIfAbsent(k, d) { return super.put
 const store = kind === "fs" ? new FsStore(dir) : new NullStore("mem");
 const v = await Vault.init({ store, user: "admin", passphrase: Secret.fromString("x"), kdf: KDF_TEST, allowWeakKdf: true });
 const t = performance.now();
+const c0 = process.cpuUsage();
 const r = await v.backup({ vm: "vm", sources: [image], workers: Number(w), segmentBytes: Number(seg) << 20, ...(mb ? { maxBatches: Number(mb) } : {}) });
-console.log(`workers=${w} seg=${seg}MiB store=${kind}: ${((performance.now() - t) / 1000).toFixed(2)} s`, JSON.stringify(r.pipeline), `rss=${(process.memoryUsage().rss / 2 ** 20).toFixed(0)}MiB`);
+const c = process.cpuUsage(c0);
+console.log(`cpu=${((c.user + c.system) / 1e6).toFixed(2)}s (sys ${(c.system / 1e6).toFixed(2)})`, `workers=${w} seg=${seg}MiB store=${kind}: ${((performance.now() - t) / 1000).toFixed(2)} s`, JSON.stringify(r.pipeline), `rss=${(process.memoryUsage().rss / 2 ** 20).toFixed(0)}MiB`);
 await v.close();
 rmSync(dir, { recursive: true, force: true });

@@ -26,6 +26,8 @@ export class PackWriter {
   #ids: PackIds | undefined;
   /** The open pack, assembled in place as blobs arrive (so their batch buffers can go). */
   #buf: Uint8Array | undefined;
+  /** Buffers of stored packs, reused for the next ones (a store does not keep data after putIfAbsent). */
+  readonly #spare: Uint8Array[] = [];
   #entries: PackEntry[] = [];
   #size = PACK_PREFIX_BYTES;
   readonly #inFlight = new Set<Promise<void>>();
@@ -81,6 +83,7 @@ export class PackWriter {
     const stored = this.#o.store.putIfAbsent(packKey(Buffer.from(packId).toString("hex")), bytes).then(() => {
       this.packsWritten++;
       this.bytesWritten += total;
+      if (this.#spare.length < 2) this.#spare.push(new Uint8Array(bytes.buffer));
     });
     // Durable packs are announced (to the index writer) in pack order, whatever order uploads finish in.
     const previous = this.#announced;
@@ -104,6 +107,11 @@ export class PackWriter {
   #ensure(n: number): void {
     const have = this.#buf?.length ?? 0;
     if (n <= have) return;
+    const spare = this.#buf === undefined ? this.#spare.pop() : undefined;
+    if (spare !== undefined && spare.length >= n) {
+      this.#buf = spare;
+      return;
+    }
     const grown = new Uint8Array(Buffer.allocUnsafeSlow(Math.max(n, this.#o.packSize + (this.#o.packSize >> 4), have * 2)).buffer);
     if (this.#buf !== undefined) grown.set(this.#buf.subarray(0, this.#size));
     this.#buf = grown;

@@ -51,6 +51,8 @@ export interface OpenTask {
   readonly key: string;
   /** Return the plaintexts (restore) or only the verdicts (check). */
   readonly keep: boolean;
+  /** A buffer to write the plaintexts into when it is large enough (reused, transferred back as plain). */
+  readonly out?: Uint8Array;
 }
 export interface OpenResult {
   /** The plaintexts one after another (empty unless keep), each only valid when its status is 0. */

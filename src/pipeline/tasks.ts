@@ -15,6 +15,7 @@ export class TaskRunner {
   readonly #keys = new Map<string, Uint8Array>();
   readonly #scratch = new BlobScratch();
   #zero = new Uint8Array(16 * 1024);
+  #sealOut = new Uint8Array(0);
 
   constructor(crypto: BulkCrypto, compressionLevel: number) {
     this.#crypto = crypto;
@@ -77,7 +78,8 @@ export class TaskRunner {
     const n = t.ranges.length / 2;
     let bound = 0;
     for (let i = 0; i < n; i++) bound += maxBlobLength(t.ranges[2 * i + 1] as number);
-    const blobs = new Uint8Array(bound);
+    if (this.#sealOut.length < bound) this.#sealOut = new Uint8Array(bound);
+    const blobs = this.#sealOut;
     const lengths = new Uint32Array(n);
     const key = this.#key(t.key);
     let at = 0;
@@ -97,14 +99,15 @@ export class TaskRunner {
       lengths[i] = written;
       at += written;
     }
-    return { data: t.data, blobs: blobs.subarray(0, at), lengths };
+    // Compressed blobs are often a quarter of the bound: hand on an exact-size copy, keep the scratch.
+    return { data: t.data, blobs: blobs.slice(0, at), lengths };
   }
 
   #open(t: OpenTask): OpenResult {
     const n = t.entries.length / 3;
     let total = 0;
     if (t.keep) for (let i = 0; i < n; i++) total += t.entries[3 * i + 2] as number;
-    const plain = new Uint8Array(t.keep ? total : 0);
+    const plain = !t.keep ? new Uint8Array(0) : t.out !== undefined && t.out.buffer.byteLength >= total ? new Uint8Array(t.out.buffer, 0, total) : new Uint8Array(total);
     let single = new Uint8Array(0);
     const status = new Uint8Array(n);
     const key = this.#key(t.key);

@@ -23,15 +23,29 @@ export async function* diskChunks(disk: DiskSource, reader: BlobReader, snapshot
   }
 }
 
-/** The data chunks of a disk with their positions; holes are skipped, the positions checked against the size. */
-async function* diskRequests(disk: DiskSource, reader: BlobReader, snapshotKey: string): AsyncIterable<ChunkRequest<number>> {
+/** The data chunks of a disk with their positions, one array per list blob; holes are skipped, positions checked against the size. */
+async function* diskRequests(disk: DiskSource, reader: BlobReader, snapshotKey: string): AsyncIterable<ChunkRequest<number>[]> {
   let position = 0;
-  for await (const id of diskChunks(disk, reader, snapshotKey)) {
-    if (position >= disk.size) throw IntegrityError.object(snapshotKey, `disk ${disk.name} has more chunks than its size`);
-    if (id !== null) yield { id, tag: position };
-    position += Math.min(disk.chunkSize, disk.size - position);
+  for (const listId of disk.lists) {
+    const batch: ChunkRequest<number>[] = [];
+    for (const id of await readList(reader, listId, snapshotKey)) {
+      if (position >= disk.size) throw IntegrityError.object(snapshotKey, `disk ${disk.name} has more chunks than its size`);
+      if (id !== null) batch.push({ id, tag: position });
+      position += Math.min(disk.chunkSize, disk.size - position);
+    }
+    yield batch;
   }
   if (position !== disk.size) throw IntegrityError.object(snapshotKey, `disk ${disk.name}: chunk list covers ${position} of ${disk.size} bytes`);
+}
+
+async function readList(reader: BlobReader, listId: string, snapshotKey: string): Promise<(Uint8Array | null)[]> {
+  const bytes = await reader.read(fromHex(listId));
+  try {
+    return parseChunkList(bytes);
+  } catch (e) {
+    if (e instanceof FormatError) throw IntegrityError.object(snapshotKey, `chunk list ${listId.slice(0, 16)}… is malformed`);
+    throw e;
+  }
 }
 
 /**
@@ -45,30 +59,35 @@ export async function restoreDisk(disk: DiskSource, finalPath: string, reader: B
   } catch (e) {
     throw targetError(finalPath, e);
   }
-  const write = async (data: Uint8Array, position: number): Promise<void> => {
+  const write = async (run: { data: Uint8Array; position: number }): Promise<void> => {
     try {
-      await file.write(data, position);
+      await file.write(run.data, run.position);
     } catch (e) {
       throw targetError(finalPath, e);
     }
   };
   try {
     let written = 0;
-    let run: { data: Uint8Array; position: number } | undefined;
-    for await (const { tag: position, data } of fetcher.read(diskRequests(disk, reader, snapshotKey))) {
-      if (data === null) continue;
-      const length = Math.min(disk.chunkSize, disk.size - position);
-      if (data.length !== length) throw IntegrityError.object(snapshotKey, `disk ${disk.name}: chunk at ${position} has the wrong length`);
-      if (run !== undefined && adjacent(run, data, position)) {
-        run.data = new Uint8Array(run.data.buffer, run.data.byteOffset, run.data.length + data.length);
-      } else {
-        if (run !== undefined) await write(run.data, run.position);
-        run = { data, position };
+    for await (const answers of fetcher.read(diskRequests(disk, reader, snapshotKey))) {
+      let run: { data: Uint8Array; position: number } | undefined;
+      for (const { tag: position, data } of answers) {
+        if (data === null) continue;
+        const length = Math.min(disk.chunkSize, disk.size - position);
+        if (data.length !== length) throw IntegrityError.object(snapshotKey, `disk ${disk.name}: chunk at ${position} has the wrong length`);
+        if (run !== undefined && adjacent(run, data, position)) {
+          run.data = new Uint8Array(run.data.buffer, run.data.byteOffset, run.data.length + data.length);
+        } else {
+          if (run !== undefined) await write(run);
+          run = { data, position };
+        }
+        written += data.length;
       }
-      written += data.length;
-      progress({ phase: `restore ${disk.name}`, done: position + length, total: disk.size, unit: "bytes" });
+      // Everything of this group is written before the next is asked for (its buffer is reused).
+      if (run !== undefined) {
+        await write(run);
+        progress({ phase: `restore ${disk.name}`, done: run.position + run.data.length, total: disk.size, unit: "bytes" });
+      }
     }
-    if (run !== undefined) await write(run.data, run.position);
     try {
       await file.commit();
     } catch (e) {

@@ -58,6 +58,8 @@ export class ChunkFetcher {
   readonly #groupBytes: number;
   readonly #maxGroups: number;
   readonly #keysGiven = new Map<string, Promise<void>>();
+  readonly #spare: Uint8Array[] = [];
+  #lastPlain: Uint8Array | undefined;
   bytesFetched = 0;
   maxGroupsInFlight = 0;
 
@@ -70,8 +72,12 @@ export class ChunkFetcher {
     this.#maxGroups = o.maxGroups ?? 2 * pool.workers + 2;
   }
 
-  async *read<T>(requests: AsyncIterable<ChunkRequest<T>> | Iterable<ChunkRequest<T>>): AsyncIterable<Fetched<T>> {
-    const queue: Promise<Fetched<T>[]>[] = [];
+  /**
+   * Answers requests in order, one array per fetched group. The arrays' bytes stay valid until
+   * the next array is asked for (their buffers are then reused).
+   */
+  async *read<T>(requests: AsyncIterable<readonly ChunkRequest<T>[]> | Iterable<readonly ChunkRequest<T>[]>): AsyncIterable<Fetched<T>[]> {
+    const queue: Promise<{ out: Fetched<T>[]; plain: Uint8Array | undefined }>[] = [];
     let group: Group<T> | undefined;
     const launch = (): void => {
       if (group === undefined) return;
@@ -81,24 +87,46 @@ export class ChunkFetcher {
       this.maxGroupsInFlight = Math.max(this.maxGroupsInFlight, queue.length);
       group = undefined;
     };
-    for await (const r of requests) {
-      const loc = r.id === null ? undefined : this.#locate(r.id);
-      if (group !== undefined && !this.#fits(group, loc)) launch();
-      group ??= { items: [], packNo: loc?.packNo ?? -1, start: loc?.offset ?? 0, end: loc?.offset ?? 0, raw: 0 };
-      if (loc !== undefined) {
-        if (group.packNo === -1) {
-          group.packNo = loc.packNo;
-          group.start = loc.offset;
-          group.end = loc.offset;
+    const next = async (): Promise<Fetched<T>[]> => {
+      const done = await (queue.shift() as Promise<{ out: Fetched<T>[]; plain: Uint8Array | undefined }>);
+      this.#lastPlain = done.plain;
+      return done.out;
+    };
+    for await (const batch of requests) {
+      for (const r of batch) {
+        const loc = r.id === null ? undefined : this.#locate(r.id);
+        if (group !== undefined && !this.#fits(group, loc)) launch();
+        group ??= { items: [], packNo: -1, start: 0, end: 0, raw: 0 };
+        if (loc !== undefined) {
+          if (group.packNo === -1) {
+            group.packNo = loc.packNo;
+            group.start = loc.offset;
+            group.end = loc.offset;
+          }
+          group.end = Math.max(group.end, loc.offset + loc.length);
+          group.raw += loc.rawLength;
         }
-        group.end = Math.max(group.end, loc.offset + loc.length);
-        group.raw += loc.rawLength;
+        group.items.push({ tag: r.tag, loc, id: r.id });
       }
-      group.items.push({ tag: r.tag, loc, id: r.id });
-      while (queue.length >= this.#maxGroups) yield* await (queue.shift() as Promise<Fetched<T>[]>);
+      while (queue.length >= this.#maxGroups) {
+        const out = await next();
+        yield out;
+        this.#recycle();
+      }
     }
     launch();
-    while (queue.length > 0) yield* await (queue.shift() as Promise<Fetched<T>[]>);
+    while (queue.length > 0) {
+      const out = await next();
+      yield out;
+      this.#recycle();
+    }
+  }
+
+  /** The consumer is done with the last answers: their plaintext buffer can take the next group's. */
+  #recycle(): void {
+    const plain = this.#lastPlain;
+    this.#lastPlain = undefined;
+    if (plain !== undefined && plain.buffer.byteLength > 0 && this.#spare.length < 2) this.#spare.push(new Uint8Array(plain.buffer));
   }
 
   #locate(id: Uint8Array): ChunkLocation {
@@ -115,9 +143,9 @@ export class ChunkFetcher {
     return end - g.start <= this.#groupBytes && g.raw + loc.rawLength <= this.#groupBytes;
   }
 
-  async #process<T>(g: Group<T>): Promise<Fetched<T>[]> {
+  async #process<T>(g: Group<T>): Promise<{ out: Fetched<T>[]; plain: Uint8Array | undefined }> {
     const withData = g.items.filter((i) => i.loc !== undefined);
-    if (withData.length === 0) return g.items.map((i) => ({ tag: i.tag, data: null }));
+    if (withData.length === 0) return { out: g.items.map((i) => ({ tag: i.tag, data: null })), plain: undefined };
     const pack = this.#index.packs[g.packNo];
     if (pack === undefined) throw new Error("chunk index names an unknown pack");
     const keyName = await this.#sessionKey(pack.sessionId);
@@ -140,7 +168,8 @@ export class ChunkFetcher {
       entries[3 * j + 2] = loc.rawLength;
       ids.set(item.id as Uint8Array, j * HASH_BYTES);
     });
-    const result = await this.#pool.run({ kind: "open", data: bytes, entries, ids: ids.slice(), key: keyName, keep: true });
+    const spare = this.#spare.pop();
+    const result = await this.#pool.run({ kind: "open", data: bytes, entries, ids: ids.slice(), key: keyName, keep: true, ...(spare === undefined ? {} : { out: spare }) });
     const out: Fetched<T>[] = [];
     let j = 0;
     let at = 0;
@@ -157,7 +186,7 @@ export class ChunkFetcher {
       at += item.loc.rawLength;
       j++;
     }
-    return out;
+    return { out, plain: result.plain };
   }
 
   /** Gives the workers a session's key once; returns its name in the pool. */

@@ -41,18 +41,20 @@ type Step =
   | { readonly kind: "end"; readonly size: number };
 
 /** Every selected entry in order, with the data chunks of each selected file and its end. */
-async function* folderRequests(folder: FolderSource, includes: readonly string[] | undefined, reader: BlobReader, snapshotKey: string): AsyncIterable<ChunkRequest<Step>> {
+async function* folderRequests(folder: FolderSource, includes: readonly string[] | undefined, reader: BlobReader, snapshotKey: string): AsyncIterable<ChunkRequest<Step>[]> {
   for await (const entry of folderEntries(folder, reader, snapshotKey)) {
     if (!selected(entry.path, includes)) continue;
     const exact = includes === undefined || includes.length === 0 || includes.some((inc) => entry.path === inc || entry.path.startsWith(`${inc}/`) || inc === "");
-    yield { id: null, tag: { kind: "entry", entry, exact } };
-    if (entry.type !== "file" || !exact) continue;
-    let position = 0;
-    for (const chunk of entry.chunks ?? []) {
-      if (chunk.id !== null) yield { id: fromHex(chunk.id), tag: { kind: "chunk", position, length: chunk.length } };
-      position += chunk.length;
+    const batch: ChunkRequest<Step>[] = [{ id: null, tag: { kind: "entry", entry, exact } }];
+    if (entry.type === "file" && exact) {
+      let position = 0;
+      for (const chunk of entry.chunks ?? []) {
+        if (chunk.id !== null) batch.push({ id: fromHex(chunk.id), tag: { kind: "chunk", position, length: chunk.length } });
+        position += chunk.length;
+      }
+      batch.push({ id: null, tag: { kind: "end", size: position } });
     }
-    yield { id: null, tag: { kind: "end", size: position } };
+    yield batch;
   }
 }
 
@@ -76,48 +78,51 @@ export async function restoreFolder(
   const links: FolderEntry[] = [];
   const place = (rel: string): string => (rel === "" ? targetRoot : path.join(targetRoot, ...rel.split("/")));
   let open: { file: PartialFile; entry: FolderEntry; dest: string } | undefined;
+  const step = async (tag: Step, data: Uint8Array | null): Promise<void> => {
+    if (tag.kind === "chunk") {
+      const o = open as { file: PartialFile; entry: FolderEntry; dest: string };
+      if (data === null || data.length !== tag.length) throw IntegrityError.object(snapshotKey, `file ${o.entry.path}: chunk has the wrong length`);
+      await o.file.write(data, tag.position).catch((e: unknown) => {
+        throw targetError(o.dest, e);
+      });
+      return;
+    }
+    if (tag.kind === "end") {
+      const o = open as { file: PartialFile; entry: FolderEntry; dest: string };
+      open = undefined;
+      await finishFile(o, tag.size, snapshotKey).catch(async (e: unknown) => {
+        await o.file.abort();
+        throw targetError(o.dest, e);
+      });
+      result.bytes += tag.size;
+      result.files++;
+      result.matched++;
+      progress({ phase: `restore ${folder.name}`, done: result.bytes, total: folder.size, unit: "bytes", item: o.entry.path });
+      return;
+    }
+    const { entry, exact } = tag;
+    const dest = place(entry.path);
+    try {
+      if (entry.type === "dir") {
+        await fsp.mkdir(dest, { recursive: true, mode: 0o700 });
+        if (exact) dirs.push(entry);
+      } else if (!exact) {
+        return;
+      } else if (entry.type === "symlink") {
+        links.push(entry);
+      } else {
+        await fsp.mkdir(path.dirname(dest), { recursive: true, mode: 0o700 });
+        open = { file: await PartialFile.create(dest, entry.size), entry, dest };
+        return;
+      }
+    } catch (e) {
+      throw targetError(dest, e);
+    }
+    if (exact) result.matched++;
+  };
   try {
-    for await (const { tag, data } of fetcher.read(folderRequests(folder, includes, reader, snapshotKey))) {
-      if (tag.kind === "chunk") {
-        const o = open as { file: PartialFile; entry: FolderEntry; dest: string };
-        if (data === null || data.length !== tag.length) throw IntegrityError.object(snapshotKey, `file ${o.entry.path}: chunk has the wrong length`);
-        await o.file.write(data, tag.position).catch((e: unknown) => {
-          throw targetError(o.dest, e);
-        });
-        continue;
-      }
-      if (tag.kind === "end") {
-        const o = open as { file: PartialFile; entry: FolderEntry; dest: string };
-        open = undefined;
-        await finishFile(o, tag.size, snapshotKey).catch(async (e: unknown) => {
-          await o.file.abort();
-          throw targetError(o.dest, e);
-        });
-        result.bytes += tag.size;
-        result.files++;
-        result.matched++;
-        progress({ phase: `restore ${folder.name}`, done: result.bytes, total: folder.size, unit: "bytes", item: o.entry.path });
-        continue;
-      }
-      const { entry, exact } = tag;
-      const dest = place(entry.path);
-      try {
-        if (entry.type === "dir") {
-          await fsp.mkdir(dest, { recursive: true, mode: 0o700 });
-          if (exact) dirs.push(entry);
-        } else if (!exact) {
-          continue;
-        } else if (entry.type === "symlink") {
-          links.push(entry);
-        } else {
-          await fsp.mkdir(path.dirname(dest), { recursive: true, mode: 0o700 });
-          open = { file: await PartialFile.create(dest, entry.size), entry, dest };
-          continue;
-        }
-      } catch (e) {
-        throw targetError(dest, e);
-      }
-      if (exact) result.matched++;
+    for await (const answers of fetcher.read(folderRequests(folder, includes, reader, snapshotKey))) {
+      for (const { tag, data } of answers) await step(tag, data);
     }
   } catch (e) {
     await open?.file.abort();

@@ -20,6 +20,7 @@ export interface Store {
   /**
    * Writes the object atomically and durably unless the key exists. Returns false, and
    * writes nothing, when it exists. An interrupted write never leaves a partial object.
+   * The store keeps no reference to data once the promise settles (callers reuse buffers).
    */
   putIfAbsent(key: string, data: Uint8Array): Promise<boolean>;
   /** Every object whose key starts with prefix, in no particular order. */
