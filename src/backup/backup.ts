@@ -123,7 +123,8 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
   try {
     const store: AppendOnlyStore = repo.store;
     const progress = throttled(o.progress);
-    const index = await loadIndex(repo);
+    // A backup only asks whether a chunk is known: no locations, less memory per chunk.
+    const index = await loadIndex(repo, undefined, undefined, { locations: false });
     const session = await createSession(repo);
     const chunkIdKey = repo.currentSecret("chunkId");
     pool = await WorkerPool.create({ compressionLevel: repo.config.compressionLevel, ...(o.workers === undefined ? {} : { workers: o.workers }) });

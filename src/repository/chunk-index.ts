@@ -23,14 +23,21 @@ const NO_PACK = 0xffffffff;
 /**
  * Chunk ID -> location, as an open-addressing hash table over typed arrays: about 56 bytes per
  * chunk and no per-entry JavaScript objects, so a large repository does not strain the heap.
+ * Without locations (a backup only asks whether an ID is known) it is about 40 bytes per chunk.
  */
 export class ChunkIndex {
   readonly packs: PackRef[] = [];
   readonly #packNumbers = new Map<string, number>();
+  readonly #locations: boolean;
   #ids = new Uint8Array(1024 * ID_BYTES);
-  #meta = new Uint32Array(1024 * META_WORDS);
+  #meta: Uint32Array;
   #slots = new Int32Array(2048);
   #count = 0;
+
+  constructor(o: { locations?: boolean } = {}) {
+    this.#locations = o.locations ?? true;
+    this.#meta = new Uint32Array(this.#locations ? 1024 * META_WORDS : 0);
+  }
 
   get size(): number {
     return this.#count;
@@ -56,20 +63,25 @@ export class ChunkIndex {
     if ((this.#count + 1) * 10 > this.#slots.length * 7) this.#grow();
     const entry = this.#count++;
     if (entry * ID_BYTES >= this.#ids.length) {
-      const ids = new Uint8Array(this.#ids.length * 2);
+      // Grow by half: less slack than doubling for a table that can be most of the process.
+      const capacity = Math.ceil((this.#ids.length / ID_BYTES) * 1.5);
+      const ids = new Uint8Array(capacity * ID_BYTES);
       ids.set(this.#ids);
       this.#ids = ids;
-      const meta = new Uint32Array(this.#meta.length * 2);
-      meta.set(this.#meta);
-      this.#meta = meta;
+      if (this.#locations) {
+        const meta = new Uint32Array(capacity * META_WORDS);
+        meta.set(this.#meta);
+        this.#meta = meta;
+      }
     }
     this.#ids.set(id.subarray(0, ID_BYTES), entry * ID_BYTES);
+    this.#insertSlot(id, entry);
+    if (!this.#locations) return true;
     const m = entry * META_WORDS;
     this.#meta[m] = packNo;
     this.#meta[m + 1] = offset;
     this.#meta[m + 2] = length;
     this.#meta[m + 3] = rawLength;
-    this.#insertSlot(id, entry);
     return true;
   }
 
@@ -96,6 +108,7 @@ export class ChunkIndex {
   }
 
   location(id: Uint8Array): ChunkLocation | undefined {
+    if (!this.#locations) return undefined;
     const entry = this.find(id);
     if (entry < 0) return undefined;
     const m = entry * META_WORDS;
@@ -107,6 +120,7 @@ export class ChunkIndex {
 
   /** Every chunk, in insertion order. */
   *entries(): IterableIterator<{ id: Uint8Array; location: ChunkLocation }> {
+    if (!this.#locations) return;
     for (let entry = 0; entry < this.#count; entry++) {
       const id = this.#ids.slice(entry * ID_BYTES, (entry + 1) * ID_BYTES);
       const m = entry * META_WORDS;

@@ -43,8 +43,9 @@ export async function loadIndex(
   repo: Repository,
   onDamage?: (d: Damage) => void,
   onFile?: (f: IndexFile) => void,
+  o: { locations?: boolean } = {},
 ): Promise<ChunkIndex> {
-  const index = new ChunkIndex();
+  const index = new ChunkIndex(o);
   for (const { key } of await listAll(repo.store, INDEX_PREFIX)) {
     let file: IndexFile;
     try {
