@@ -73,6 +73,8 @@ export class ChunkSink {
   #inFlight = 0;
   #room: (() => void) | undefined;
   #small: Blob[] | undefined;
+  /** Blob buffers whose contents are in packs already, for the next seal tasks. */
+  readonly #spare: Uint8Array[] = [];
   #failure: unknown;
 
   constructor(o: ChunkSinkOptions) {
@@ -119,6 +121,8 @@ export class ChunkSink {
               await this.#store({ id: plan.sealIds.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES), bytes: sealed.blobs.subarray(at, at + length), rawLength: plan.rawLengths[i] as number });
               at += length;
             }
+            // The pack writer copied the blobs: their buffer can take the next batch's.
+            if (this.#spare.length < this.#o.maxBatches) this.#spare.push(new Uint8Array(sealed.blobs.buffer));
           }
           for (const blob of plan.small) await this.#store(blob);
         }
@@ -213,7 +217,8 @@ export class ChunkSink {
       this.stats.newRawBytes += rawLengths[j] as number;
     });
     const nonces = this.#o.random(fresh.length * AEAD_NONCE_BYTES);
-    const seal = this.#o.pool.run({ kind: "seal", data, ranges: sealRanges, ids: sealIds.slice(), nonces, key: this.#o.sessionKeyName });
+    const out = this.#spare.pop();
+    const seal = this.#o.pool.run({ kind: "seal", data, ranges: sealRanges, ids: sealIds.slice(), nonces, key: this.#o.sessionKeyName, ...(out === undefined ? {} : { out }) });
     seal.catch(() => undefined);
     return { seal, sealIds, rawLengths, small };
   }

@@ -31,6 +31,8 @@ export interface SealTask {
   readonly nonces: Uint8Array;
   /** Name of the session key (see KeyMessage). */
   readonly key: string;
+  /** A buffer to write the blobs into when it is large enough (reused, transferred back as blobs). */
+  readonly out?: Uint8Array;
 }
 export interface SealResult {
   readonly data: Uint8Array;

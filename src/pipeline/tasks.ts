@@ -15,7 +15,6 @@ export class TaskRunner {
   readonly #keys = new Map<string, Uint8Array>();
   readonly #scratch = new BlobScratch();
   #zero = new Uint8Array(16 * 1024);
-  #sealOut = new Uint8Array(0);
 
   constructor(crypto: BulkCrypto, compressionLevel: number) {
     this.#crypto = crypto;
@@ -78,8 +77,7 @@ export class TaskRunner {
     const n = t.ranges.length / 2;
     let bound = 0;
     for (let i = 0; i < n; i++) bound += maxBlobLength(t.ranges[2 * i + 1] as number);
-    if (this.#sealOut.length < bound) this.#sealOut = new Uint8Array(bound);
-    const blobs = this.#sealOut;
+    const blobs = t.out !== undefined && t.out.buffer.byteLength >= bound ? new Uint8Array(t.out.buffer) : new Uint8Array(bound);
     const lengths = new Uint32Array(n);
     const key = this.#key(t.key);
     let at = 0;
@@ -99,8 +97,7 @@ export class TaskRunner {
       lengths[i] = written;
       at += written;
     }
-    // Compressed blobs are often a quarter of the bound: hand on an exact-size copy, keep the scratch.
-    return { data: t.data, blobs: blobs.slice(0, at), lengths };
+    return { data: t.data, blobs: blobs.subarray(0, at), lengths };
   }
 
   #open(t: OpenTask): OpenResult {
