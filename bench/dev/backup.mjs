@@ -6,10 +6,14 @@ const dir = mkdtempSync("/tmp/vmv-bb-");
 class NullStore extends MemoryStore { async putIfAbsent(k, d) { return super.putIfAbsent(k, k.startsWith("data/") ? new Uint8Array(0) : d); } }
 const store = kind === "fs" ? new FsStore(dir) : new NullStore("mem");
 const v = await Vault.init({ store, user: "admin", passphrase: Secret.fromString("x"), kdf: KDF_TEST, allowWeakKdf: true });
+const peak = { rss: 0, heapTotal: 0, external: 0, arrayBuffers: 0 };
+const sampler = setInterval(() => { const m = process.memoryUsage(); for (const k of Object.keys(peak)) peak[k] = Math.max(peak[k], m[k]); }, 5);
 const t = performance.now();
 const c0 = process.cpuUsage();
 const r = await v.backup({ vm: "vm", sources: [image], workers: Number(w), segmentBytes: Number(seg) << 20, ...(mb ? { maxBatches: Number(mb) } : {}) });
 const c = process.cpuUsage(c0);
 console.log(`cpu=${((c.user + c.system) / 1e6).toFixed(2)}s (sys ${(c.system / 1e6).toFixed(2)})`, `workers=${w} seg=${seg}MiB store=${kind}: ${((performance.now() - t) / 1000).toFixed(2)} s`, JSON.stringify(r.pipeline), `rss=${(process.memoryUsage().rss / 2 ** 20).toFixed(0)}MiB`);
+clearInterval(sampler);
+console.log("peak MiB", Object.fromEntries(Object.entries(peak).map(([k, v]) => [k, Math.round(v / 2 ** 20)])));
 await v.close();
 rmSync(dir, { recursive: true, force: true });

@@ -1,5 +1,6 @@
 import type { IndexedPack } from "../format/index-file.js";
-import { writeIndexFile } from "../repository/index-files.js";
+import { writeIndexBody } from "../repository/index-files.js";
+import { encodeIndexBodyFromParts, encodeIndexedPack } from "../format/index-file.js";
 import type { Repository } from "../repository/repository.js";
 import type { AppendOnlyStore } from "../storage/types.js";
 import type { PackIds } from "./pack-ids.js";
@@ -13,7 +14,8 @@ export class SessionIndexWriter {
   readonly #store: AppendOnlyStore;
   #packsPerFile: number;
   readonly #maxPacksPerFile: number;
-  #pending: IndexedPack[] = [];
+  /** Durable packs not yet in an index file, already encoded (no per-chunk objects kept). */
+  #pending: Uint8Array[] = [];
   #lastIds: PackIds | undefined;
   #writing: Promise<void> = Promise.resolve();
   indexFiles = 0;
@@ -31,7 +33,7 @@ export class SessionIndexWriter {
 
   /** A durable pack, with the pre-drawn values an index file closed by it uses. */
   async add(pack: IndexedPack, ids?: PackIds): Promise<void> {
-    this.#pending.push(pack);
+    this.#pending.push(encodeIndexedPack(pack));
     this.#lastIds = ids;
     if (this.#pending.length >= this.#packsPerFile) {
       this.#packsPerFile = Math.min(this.#packsPerFile * 2, this.#maxPacksPerFile);
@@ -54,7 +56,7 @@ export class SessionIndexWriter {
     const previous = this.#writing;
     this.#writing = (async () => {
       await previous;
-      await writeIndexFile(this.#repo, this.#store, packs, ids === undefined ? undefined : { indexId: ids.indexId, nonce: ids.indexNonce });
+      await writeIndexBody(this.#repo, this.#store, encodeIndexBodyFromParts(packs), ids === undefined ? undefined : { indexId: ids.indexId, nonce: ids.indexNonce });
       this.indexFiles++;
     })();
     await this.#writing;

@@ -27,12 +27,22 @@ export function parseIndexMeta(value: unknown): IndexMeta {
 }
 
 export function encodeIndexBody(packs: readonly IndexedPack[]): Uint8Array {
-  const w = new ByteWriter(64 + packs.reduce((n, p) => n + 48 + p.entries.length * 44, 0));
-  w.u32(packs.length);
-  for (const p of packs) {
-    w.raw(p.packId).raw(p.sessionId).u64(p.packLength);
-    encodeEntries(w, p.entries);
-  }
+  return encodeIndexBodyFromParts(packs.map(encodeIndexedPack));
+}
+
+/** One pack's part of an index body, encoded ahead so a writer need not keep its entries as objects. */
+export function encodeIndexedPack(p: IndexedPack): Uint8Array {
+  const w = new ByteWriter(48 + p.entries.length * 44);
+  w.raw(p.packId).raw(p.sessionId).u64(p.packLength);
+  encodeEntries(w, p.entries);
+  return w.finish();
+}
+
+/** An index body from encodeIndexedPack parts (the same bytes as encodeIndexBody of the packs). */
+export function encodeIndexBodyFromParts(parts: readonly Uint8Array[]): Uint8Array {
+  const w = new ByteWriter(4 + parts.reduce((n, p) => n + p.length, 0));
+  w.u32(parts.length);
+  for (const p of parts) w.raw(p);
   return w.finish();
 }
 

@@ -19,24 +19,30 @@ const ID_BYTES = 32;
 const META_WORDS = 4;
 /** Pack number of a chunk that is known but has no location (yet). */
 const NO_PACK = 0xffffffff;
+/** Entries per storage block: the table grows a block at a time, never by copying what it holds. */
+const BLOCK_SHIFT = 15;
+const BLOCK_ENTRIES = 1 << BLOCK_SHIFT;
+const BLOCK_MASK = BLOCK_ENTRIES - 1;
+/** Most entries per slot before the slot table doubles (linear probing over uniform keys). */
+const MAX_LOAD = 0.8;
 
 /**
- * Chunk ID -> location, as an open-addressing hash table over typed arrays: about 56 bytes per
+ * Chunk ID -> location, as an open-addressing hash table over typed arrays: about 53 bytes per
  * chunk and no per-entry JavaScript objects, so a large repository does not strain the heap.
- * Without locations (a backup only asks whether an ID is known) it is about 40 bytes per chunk.
+ * Without locations (a backup only asks whether an ID is known) it is about 37 bytes per chunk.
+ * Entries live in fixed-size blocks, so growing never holds two copies of the table.
  */
 export class ChunkIndex {
   readonly packs: PackRef[] = [];
   readonly #packNumbers = new Map<string, number>();
   readonly #locations: boolean;
-  #ids = new Uint8Array(1024 * ID_BYTES);
-  #meta: Uint32Array;
-  #slots = new Int32Array(2048);
+  readonly #ids: Uint8Array[] = [];
+  readonly #meta: Uint32Array[] = [];
+  #slots = new Int32Array(1024);
   #count = 0;
 
   constructor(o: { locations?: boolean } = {}) {
     this.#locations = o.locations ?? true;
-    this.#meta = new Uint32Array(this.#locations ? 1024 * META_WORDS : 0);
   }
 
   get size(): number {
@@ -60,28 +66,23 @@ export class ChunkIndex {
   /** Adds a chunk; returns false (and changes nothing) when the ID is already present. */
   add(id: Uint8Array, packNo: number, offset: number, length: number, rawLength: number): boolean {
     if (this.find(id) >= 0) return false;
-    if ((this.#count + 1) * 10 > this.#slots.length * 7) this.#grow();
+    if (this.#count + 1 > this.#slots.length * MAX_LOAD) this.#grow();
     const entry = this.#count++;
-    if (entry * ID_BYTES >= this.#ids.length) {
-      // Grow by half: less slack than doubling for a table that can be most of the process.
-      const capacity = Math.ceil((this.#ids.length / ID_BYTES) * 1.5);
-      const ids = new Uint8Array(capacity * ID_BYTES);
-      ids.set(this.#ids);
-      this.#ids = ids;
-      if (this.#locations) {
-        const meta = new Uint32Array(capacity * META_WORDS);
-        meta.set(this.#meta);
-        this.#meta = meta;
-      }
+    const block = entry >>> BLOCK_SHIFT;
+    const at = entry & BLOCK_MASK;
+    if (at === 0) {
+      this.#ids.push(new Uint8Array(BLOCK_ENTRIES * ID_BYTES));
+      if (this.#locations) this.#meta.push(new Uint32Array(BLOCK_ENTRIES * META_WORDS));
     }
-    this.#ids.set(id.subarray(0, ID_BYTES), entry * ID_BYTES);
+    (this.#ids[block] as Uint8Array).set(id.subarray(0, ID_BYTES), at * ID_BYTES);
     this.#insertSlot(id, entry);
     if (!this.#locations) return true;
-    const m = entry * META_WORDS;
-    this.#meta[m] = packNo;
-    this.#meta[m + 1] = offset;
-    this.#meta[m + 2] = length;
-    this.#meta[m + 3] = rawLength;
+    const meta = this.#meta[block] as Uint32Array;
+    const m = at * META_WORDS;
+    meta[m] = packNo;
+    meta[m + 1] = offset;
+    meta[m + 2] = length;
+    meta[m + 3] = rawLength;
     return true;
   }
 
@@ -110,30 +111,36 @@ export class ChunkIndex {
   location(id: Uint8Array): ChunkLocation | undefined {
     if (!this.#locations) return undefined;
     const entry = this.find(id);
-    if (entry < 0) return undefined;
-    const m = entry * META_WORDS;
-    const packNo = this.#meta[m] as number;
-    const pack = this.packs[packNo];
-    if (pack === undefined) return undefined;
-    return { pack, packNo, offset: this.#meta[m + 1] as number, length: this.#meta[m + 2] as number, rawLength: this.#meta[m + 3] as number };
+    return entry < 0 ? undefined : this.#location(entry);
   }
 
   /** Every chunk, in insertion order. */
   *entries(): IterableIterator<{ id: Uint8Array; location: ChunkLocation }> {
     if (!this.#locations) return;
     for (let entry = 0; entry < this.#count; entry++) {
-      const id = this.#ids.slice(entry * ID_BYTES, (entry + 1) * ID_BYTES);
-      const m = entry * META_WORDS;
-      const packNo = this.#meta[m] as number;
-      const pack = this.packs[packNo];
-      if (pack === undefined) continue;
-      yield { id, location: { pack, packNo, offset: this.#meta[m + 1] as number, length: this.#meta[m + 2] as number, rawLength: this.#meta[m + 3] as number } };
+      const location = this.#location(entry);
+      if (location === undefined) continue;
+      yield { id: this.#id(entry).slice(), location };
     }
   }
 
+  #location(entry: number): ChunkLocation | undefined {
+    const meta = this.#meta[entry >>> BLOCK_SHIFT] as Uint32Array;
+    const m = (entry & BLOCK_MASK) * META_WORDS;
+    const packNo = meta[m] as number;
+    const pack = this.packs[packNo];
+    if (pack === undefined) return undefined;
+    return { pack, packNo, offset: meta[m + 1] as number, length: meta[m + 2] as number, rawLength: meta[m + 3] as number };
+  }
+
+  #id(entry: number): Uint8Array {
+    const at = (entry & BLOCK_MASK) * ID_BYTES;
+    return (this.#ids[entry >>> BLOCK_SHIFT] as Uint8Array).subarray(at, at + ID_BYTES);
+  }
+
   #sameId(entry: number, id: Uint8Array): boolean {
-    const base = entry * ID_BYTES;
-    const ids = this.#ids;
+    const ids = this.#ids[entry >>> BLOCK_SHIFT] as Uint8Array;
+    const base = (entry & BLOCK_MASK) * ID_BYTES;
     for (let i = 0; i < ID_BYTES; i++) if (ids[base + i] !== id[i]) return false;
     return true;
   }
@@ -147,9 +154,7 @@ export class ChunkIndex {
 
   #grow(): void {
     this.#slots = new Int32Array(this.#slots.length * 2);
-    for (let entry = 0; entry < this.#count; entry++) {
-      this.#insertSlot(this.#ids.subarray(entry * ID_BYTES, (entry + 1) * ID_BYTES), entry);
-    }
+    for (let entry = 0; entry < this.#count; entry++) this.#insertSlot(this.#id(entry), entry);
   }
 }
 

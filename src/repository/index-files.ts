@@ -73,12 +73,21 @@ export async function writeIndexFile(
   packs: readonly IndexedPack[],
   drawn?: { readonly indexId: Uint8Array; readonly nonce: Uint8Array },
 ): Promise<string> {
+  return writeIndexBody(repo, store, encodeIndexBody(packs), drawn);
+}
+
+/** Stores an encoded index body (see encodeIndexBodyFromParts) as one index file. */
+export async function writeIndexBody(
+  repo: Repository,
+  store: AppendOnlyStore,
+  body: Uint8Array,
+  drawn?: { readonly indexId: Uint8Array; readonly nonce: Uint8Array },
+): Promise<string> {
   const indexId = toHex(drawn?.indexId ?? repo.crypto.random(16));
   const epoch = repo.keyring.currentEpoch;
   const meta = encodeIndexMeta({ repoId: repo.repoId, indexId, epoch });
   const key = repo.currentSecret("index");
   const ad = envelopeAd(ObjectKind.Index, utf8(JSON.stringify(meta)));
-  const body = encodeIndexBody(packs);
   const sealed = drawn === undefined ? repo.crypto.seal(key, body, ad) : concatBytes([drawn.nonce, repo.crypto.encrypt(key, drawn.nonce, body, ad)]);
   const name = indexKey(indexId);
   await store.putIfAbsent(name, encodeEnvelope(ObjectKind.Index, meta, [sealed]));
