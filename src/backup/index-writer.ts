@@ -6,6 +6,12 @@ import type { AppendOnlyStore } from "../storage/types.js";
 import type { PackIds } from "./pack-ids.js";
 
 /**
+ * An index file also ends once its entries reach this size (about 48,000 chunks, like restic's
+ * index files), so the packs waiting for one do not grow with the backup.
+ */
+const MAX_PENDING_BYTES = 2 * 1024 * 1024;
+
+/**
  * Gathers durable packs and writes index files as the backup goes, so an interrupted backup
  * leaves indexed packs that the next run deduplicates against.
  */
@@ -17,6 +23,7 @@ export class SessionIndexWriter {
   /** Durable packs not yet in an index file, already encoded (no per-chunk objects kept). */
   #pending: Uint8Array[] = [];
   #lastIds: PackIds | undefined;
+  #pendingBytes = 0;
   #writing: Promise<void> = Promise.resolve();
   indexFiles = 0;
 
@@ -33,9 +40,11 @@ export class SessionIndexWriter {
 
   /** A durable pack, with the pre-drawn values an index file closed by it uses. */
   async add(pack: IndexedPack, ids?: PackIds): Promise<void> {
-    this.#pending.push(encodeIndexedPack(pack));
+    const encoded = encodeIndexedPack(pack);
+    this.#pending.push(encoded);
+    this.#pendingBytes += encoded.length;
     this.#lastIds = ids;
-    if (this.#pending.length >= this.#packsPerFile) {
+    if (this.#pending.length >= this.#packsPerFile || this.#pendingBytes >= MAX_PENDING_BYTES) {
       this.#packsPerFile = Math.min(this.#packsPerFile * 2, this.#maxPacksPerFile);
       await this.#flushPending();
     }
@@ -52,6 +61,7 @@ export class SessionIndexWriter {
     const packs = this.#pending;
     const ids = this.#lastIds;
     this.#pending = [];
+    this.#pendingBytes = 0;
     this.#lastIds = undefined;
     const previous = this.#writing;
     this.#writing = (async () => {

@@ -83,7 +83,7 @@ export class PackWriter {
     const stored = this.#o.store.putIfAbsent(packKey(Buffer.from(packId).toString("hex")), bytes).then(() => {
       this.packsWritten++;
       this.bytesWritten += total;
-      if (this.#spare.length < 1) this.#spare.push(new Uint8Array(bytes.buffer));
+      if (this.#spare.length < 2) this.#spare.push(new Uint8Array(bytes.buffer));
     });
     // Durable packs are announced (to the index writer) in pack order, whatever order uploads finish in.
     const previous = this.#announced;

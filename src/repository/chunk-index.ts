@@ -29,20 +29,29 @@ const MAX_LOAD = 0.8;
 /**
  * Chunk ID -> location, as an open-addressing hash table over typed arrays: about 53 bytes per
  * chunk and no per-entry JavaScript objects, so a large repository does not strain the heap.
- * Without locations (a backup only asks whether an ID is known) it is about 37 bytes per chunk.
+ * Without locations (a backup only asks whether an ID is known) it is about 21 bytes per chunk.
  * Entries live in fixed-size blocks, so growing never holds two copies of the table.
  */
 export class ChunkIndex {
   readonly packs: PackRef[] = [];
   readonly #packNumbers = new Map<string, number>();
   readonly #locations: boolean;
+  /** Bytes of each ID kept: all 32, or the first 16 when only membership is asked (see constructor). */
+  readonly #keyBytes: number;
   readonly #ids: Uint8Array[] = [];
   readonly #meta: Uint32Array[] = [];
   #slots = new Int32Array(1024);
   #count = 0;
 
+  /**
+   * Without locations the index only answers "is this ID known" (a backup's question) and keeps
+   * the first 128 bits of each keyed 256-bit ID: two distinct chunks agree there with
+   * probability about n²/2^129 (10^-27 for a million chunks), and such a match would only make a
+   * backup skip storing a chunk, which restore and check report as missing, never as wrong data.
+   */
   constructor(o: { locations?: boolean } = {}) {
     this.#locations = o.locations ?? true;
+    this.#keyBytes = this.#locations ? ID_BYTES : ID_BYTES / 2;
   }
 
   get size(): number {
@@ -71,10 +80,10 @@ export class ChunkIndex {
     const block = entry >>> BLOCK_SHIFT;
     const at = entry & BLOCK_MASK;
     if (at === 0) {
-      this.#ids.push(new Uint8Array(BLOCK_ENTRIES * ID_BYTES));
+      this.#ids.push(new Uint8Array(BLOCK_ENTRIES * this.#keyBytes));
       if (this.#locations) this.#meta.push(new Uint32Array(BLOCK_ENTRIES * META_WORDS));
     }
-    (this.#ids[block] as Uint8Array).set(id.subarray(0, ID_BYTES), at * ID_BYTES);
+    (this.#ids[block] as Uint8Array).set(id.subarray(0, this.#keyBytes), at * this.#keyBytes);
     this.#insertSlot(id, entry);
     if (!this.#locations) return true;
     const meta = this.#meta[block] as Uint32Array;
@@ -134,14 +143,15 @@ export class ChunkIndex {
   }
 
   #id(entry: number): Uint8Array {
-    const at = (entry & BLOCK_MASK) * ID_BYTES;
-    return (this.#ids[entry >>> BLOCK_SHIFT] as Uint8Array).subarray(at, at + ID_BYTES);
+    const at = (entry & BLOCK_MASK) * this.#keyBytes;
+    return (this.#ids[entry >>> BLOCK_SHIFT] as Uint8Array).subarray(at, at + this.#keyBytes);
   }
 
   #sameId(entry: number, id: Uint8Array): boolean {
     const ids = this.#ids[entry >>> BLOCK_SHIFT] as Uint8Array;
-    const base = (entry & BLOCK_MASK) * ID_BYTES;
-    for (let i = 0; i < ID_BYTES; i++) if (ids[base + i] !== id[i]) return false;
+    const n = this.#keyBytes;
+    const base = (entry & BLOCK_MASK) * n;
+    for (let i = 0; i < n; i++) if (ids[base + i] !== id[i]) return false;
     return true;
   }
 
