@@ -39,7 +39,8 @@ export function parseChunkList(bytes: Uint8Array): ChunkRef[] {
   const out: ChunkRef[] = [];
   while (out.length < count) {
     const tag = r.u8();
-    if (tag === TAG_CHUNK) out.push(r.raw(CHUNK_ID_BYTES).slice());
+    // Views into the list blob: one buffer per list rather than one small ArrayBuffer per chunk.
+    if (tag === TAG_CHUNK) out.push(r.raw(CHUNK_ID_BYTES));
     else if (tag === TAG_ZERO_RUN) {
       const n = r.varint();
       if (n === 0 || out.length + n > count) throw new FormatError("bad zero run");

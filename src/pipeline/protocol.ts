@@ -57,6 +57,11 @@ export interface OpenTask {
   readonly out?: Uint8Array;
 }
 export interface OpenResult {
+  /**
+   * The stored bytes, handed back: a buffer dropped in the main thread is freed at its next minor
+   * GC, while a worker (which allocates little) would hold it until a rare full one.
+   */
+  readonly data: Uint8Array;
   /** The plaintexts one after another (empty unless keep), each only valid when its status is 0. */
   readonly plain: Uint8Array;
   /** BlobStatus per entry. */

@@ -126,6 +126,6 @@ export class TaskRunner {
       if (status[i] !== BlobStatus.Ok) out.fill(0);
       at += raw;
     }
-    return { plain, status };
+    return { data: t.data, plain, status };
   }
 }

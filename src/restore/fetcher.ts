@@ -68,7 +68,7 @@ export class ChunkFetcher {
     this.#index = index;
     this.#sessions = sessions;
     this.#pool = pool;
-    this.#groupBytes = o.groupBytes ?? 8 * 1024 * 1024;
+    this.#groupBytes = o.groupBytes ?? 4 * 1024 * 1024;
     this.#maxGroups = o.maxGroups ?? 2 * pool.workers + 2;
   }
 
