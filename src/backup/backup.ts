@@ -34,7 +34,7 @@ export interface BackupOptions {
   readonly workers?: number;
   /** Bytes of a disk image read and handed to the workers at a time. */
   readonly segmentBytes?: number;
-  /** Segments or batches in flight (read, not yet in packs) before reading waits. Default: 2 per worker + 2. */
+  /** Segments or batches in flight (read, not yet in packs) before reading waits. Default: workers + 2. */
   readonly maxBatches?: number;
   /** Pack uploads in flight before the pipeline waits. Default 2. */
   readonly maxPacksInFlight?: number;
@@ -153,7 +153,7 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
       index,
       packs,
       packIds,
-      maxBatches: o.maxBatches ?? 2 * pool.workers + 2,
+      maxBatches: o.maxBatches ?? pool.workers + 2,
     });
     const cdc = fileChunker(repo);
     const sources: SnapshotSource[] = [];
