@@ -119,7 +119,9 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
   if (!VM_NAME.test(o.vm)) throw new UsageError(`invalid VM name ${JSON.stringify(o.vm)}`, "use letters, digits and . _ : @ + - (up to 128)");
   const planned = await planSources(o.sources);
   const lock = await acquireLock(repo, "backup", false);
-  let pool: WorkerPool | undefined;
+  // Workers start while the index loads.
+  const starting = WorkerPool.create({ compressionLevel: repo.config.compressionLevel, ...(o.workers === undefined ? {} : { workers: o.workers }) });
+  starting.catch(() => undefined);
   try {
     const store: AppendOnlyStore = repo.store;
     const progress = throttled(o.progress);
@@ -127,7 +129,7 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
     const index = await loadIndex(repo, undefined, undefined, { locations: false });
     const session = await createSession(repo);
     const chunkIdKey = repo.currentSecret("chunkId");
-    pool = await WorkerPool.create({ compressionLevel: repo.config.compressionLevel, ...(o.workers === undefined ? {} : { workers: o.workers }) });
+    const pool = await starting;
     pool.setKey(CHUNK_ID_KEY, chunkIdKey.bytes);
     pool.setKey(SESSION_KEY, session.key.bytes);
     const indexWriter = new SessionIndexWriter(repo, store);
@@ -209,7 +211,7 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
       },
     };
   } finally {
-    await pool?.close();
+    await (await starting.catch(() => undefined))?.close();
     await lock.release();
   }
 }

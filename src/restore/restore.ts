@@ -91,7 +91,9 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
   const target = path.resolve(o.target);
   const lock = await acquireLock(repo, "restore", false);
   const sessions = new SessionKeys(repo);
-  let pool: WorkerPool | undefined;
+  // Workers start while the snapshot and the index load.
+  const starting = WorkerPool.create({ compressionLevel: repo.config.compressionLevel, ...(o.workers === undefined ? {} : { workers: o.workers }) });
+  starting.catch(() => undefined);
   try {
     const body = await readSnapshotBody(repo, sessions, record);
     const plan = planRestore(body.sources, target, o);
@@ -109,7 +111,7 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
     const progress = throttled(o.progress);
     const chunkIdKey = repo.currentSecret("chunkId");
     const reader = new BlobReader(repo, index, sessions, chunkIdKey, new Zstd(repo.config.compressionLevel));
-    pool = await WorkerPool.create({ compressionLevel: repo.config.compressionLevel, ...(o.workers === undefined ? {} : { workers: o.workers }) });
+    const pool = await starting;
     pool.setKey(CHUNK_ID_KEY, chunkIdKey.bytes);
     const fetcher = new ChunkFetcher(repo, index, sessions, pool);
     const restored: { name: string; kind: "disk" | "folder"; path: string; bytes: number }[] = [];
@@ -124,7 +126,7 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
     }
     return { snapshotId: record.header.id, vm: record.header.vm, target, restored, bytes: restored.reduce((n, r) => n + r.bytes, 0) };
   } finally {
-    await pool?.close();
+    await (await starting.catch(() => undefined))?.close();
     sessions.dispose();
     await lock.release();
   }
