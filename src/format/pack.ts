@@ -45,7 +45,8 @@ export function parseEntries(r: ByteReader): PackEntry[] {
   if (n * 44 > r.remaining) throw new FormatError("truncated entry list");
   const out: PackEntry[] = new Array<PackEntry>(n);
   for (let i = 0; i < n; i++) {
-    out[i] = { chunkId: r.raw(CHUNK_ID_BYTES).slice(), offset: r.u32(), length: r.u32(), rawLength: r.u32() };
+    // A view into the parsed bytes: one buffer per index or trailer, not one per chunk.
+    out[i] = { chunkId: r.raw(CHUNK_ID_BYTES), offset: r.u32(), length: r.u32(), rawLength: r.u32() };
   }
   return out;
 }

@@ -95,7 +95,14 @@ export class ChunkFetcher {
     for await (const batch of requests) {
       for (const r of batch) {
         const loc = r.id === null ? undefined : this.#locate(r.id);
-        if (group !== undefined && !this.#fits(group, loc)) launch();
+        if (group !== undefined && !this.#fits(group, loc)) {
+          launch();
+          while (queue.length >= this.#maxGroups) {
+            const out = await next();
+            yield out;
+            this.#recycle();
+          }
+        }
         group ??= { items: [], packNo: -1, start: 0, end: 0, raw: 0 };
         if (loc !== undefined) {
           if (group.packNo === -1) {
@@ -107,11 +114,6 @@ export class ChunkFetcher {
           group.raw += loc.rawLength;
         }
         group.items.push({ tag: r.tag, loc, id: r.id });
-      }
-      while (queue.length >= this.#maxGroups) {
-        const out = await next();
-        yield out;
-        this.#recycle();
       }
     }
     launch();
