@@ -8,11 +8,16 @@ import type { Repository } from "../repository/repository.js";
 import type { SessionKeys } from "../repository/sessions.js";
 import { toHex } from "../util/bytes.js";
 
-const WINDOW_BYTES = 8 * 1024 * 1024;
+/**
+ * Bytes read around a metadata blob (chunk lists, folder entries): neighbours often follow, but
+ * file and image data go through the fetcher, so a large window would mostly read data twice.
+ */
+const WINDOW_BYTES = 1024 * 1024;
 
 /**
- * Reads chunks by ID: finds the pack in the index, fetches a window of the pack around it (so
- * sequential chunks cost one read), authenticates, decompresses and re-derives the ID.
+ * Reads single blobs by ID (chunk lists, folder entries) on the main thread: finds the pack in
+ * the index, fetches a window of the pack from it (so neighbouring blobs cost one read),
+ * authenticates, decompresses and re-derives the ID. Bulk data goes through ChunkFetcher.
  */
 export class BlobReader {
   readonly #repo: Repository;
