@@ -6,6 +6,9 @@ import type { Repository } from "./repository/repository.js";
 import { restore, type RestoreOptions, type RestoreResult } from "./restore/restore.js";
 import { snapshotSummaries, type SnapshotSummary } from "./snapshot/list.js";
 import type { Role } from "./keys/roles.js";
+import { appendAudit } from "./audit/trail.js";
+import { auditAnchor, auditLog, auditVerify, type AuditLogEntry, type AuditLogFilter } from "./audit/log.js";
+import type { AuditVerifyReport } from "./audit/verify.js";
 import type { Secret } from "./crypto/secret.js";
 import type { KdfStrength } from "./crypto/kdf.js";
 import { addUser, changePassphrase, listUsers, removeUser, type AddUserOptions, type RemovedUserSummary, type UserSummary } from "./users/users.js";
@@ -22,7 +25,9 @@ export class Vault {
   }
 
   static async init(o: InitOptions): Promise<Vault> {
-    return new Vault(await initRepository(o));
+    const repository = await initRepository(o);
+    await appendAudit(repository, { action: "init", result: "succeeded", target: { repository: repository.repoId } });
+    return new Vault(repository);
   }
 
   static async open(o: OpenOptions): Promise<Vault> {
@@ -53,7 +58,7 @@ export class Vault {
     return check(this.repository, o);
   }
 
-  listUsers(): UserSummary[] {
+  listUsers(): Promise<UserSummary[]> {
     return listUsers(this.repository);
   }
 
@@ -68,6 +73,18 @@ export class Vault {
   /** Rewraps this user's own key slot under a new passphrase. */
   changePassphrase(newPassphrase: Secret, kdf: KdfStrength, allowWeakKdf = false): Promise<void> {
     return changePassphrase(this.repository, newPassphrase, kdf, allowWeakKdf);
+  }
+
+  auditLog(f: AuditLogFilter = {}): Promise<AuditLogEntry[]> {
+    return auditLog(this.repository, f);
+  }
+
+  auditVerify(anchor?: Uint8Array): Promise<AuditVerifyReport> {
+    return auditVerify(this.repository, anchor);
+  }
+
+  auditAnchor(): Promise<{ bytes: Uint8Array; seq: number; hash: string }> {
+    return auditAnchor(this.repository);
   }
 
   close(): Promise<void> {

@@ -5,6 +5,7 @@ import { registerInit } from "./commands/init.js";
 import { registerRestore } from "./commands/restore.js";
 import { registerSnapshots } from "./commands/snapshots.js";
 import { registerUser } from "./commands/user.js";
+import { registerAudit } from "./commands/audit.js";
 import { describeError, exitCodeOf } from "./exit.js";
 
 export const VERSION = "0.1.0";
@@ -30,6 +31,7 @@ export function buildProgram(): Command {
   registerRestore(program);
   registerCheck(program);
   registerUser(program);
+  registerAudit(program);
   const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
   for (const c of all(program)) c.exitOverride();
   return program;

@@ -31,6 +31,10 @@ export const lockKey = (lockId: string): string => `locks/${lockId}`;
 export const AUDIT_PREFIX = "audit/";
 export const auditKey = (seq: number): string => `audit/${pad(seq, 12)}`;
 
+export const AUDIT_BODY_PREFIX = "audit-bodies/";
+export const auditBodyPrefix = (digest: string): string => `audit-bodies/${digest}/`;
+export const auditBodyKey = (digest: string, epoch: number): string => `audit-bodies/${digest}/${pad(epoch, 6)}`;
+
 /** Parses "<prefix><name>/<number>" keys such as snapshots and sessions. */
 export function parseVersionedKey(key: string, prefix: string): { name: string; number: number } | undefined {
   if (!key.startsWith(prefix)) return undefined;

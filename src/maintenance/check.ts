@@ -19,6 +19,7 @@ import { listSnapshots, readSnapshotBody } from "../snapshot/store.js";
 import { listAll } from "../storage/types.js";
 import { bytesEqual, fromHex, toHex } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
+import { audited, authorizeAudited } from "../audit/guard.js";
 import type { ChunkIndex } from "../repository/chunk-index.js";
 
 export interface CheckOptions {
@@ -44,9 +45,20 @@ export interface CheckReport {
  * snapshots it affects.
  */
 export async function check(repo: Repository, o: CheckOptions = {}): Promise<CheckReport> {
-  repo.authorize("checkStructure");
   const readData = o.readData === true;
-  if (readData) repo.authorize("checkData");
+  const action = readData ? "check --read-data" : "check";
+  await authorizeAudited(repo, "checkStructure", action);
+  if (readData) await authorizeAudited(repo, "checkData", action);
+  const report = await audited(repo, {
+    entry: { action },
+    started: readData,
+    run: () => runCheck(repo, o, readData),
+    outcome: (r) => ({ ok: r.ok ? "yes" : "no", damaged: r.damage.map((d) => d.object) }),
+  });
+  return report;
+}
+
+async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): Promise<CheckReport> {
   const canDecrypt = repo.keyring.secret(repo.keyring.currentEpoch, "data") !== undefined;
   const progress = throttled(o.progress);
   const lock = await acquireLock(repo, "check", false);

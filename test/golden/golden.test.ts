@@ -86,8 +86,11 @@ import { concatBytes, fromHex, fromUtf8, toHex } from "../../src/util/bytes.js";
  * change that starts writing it; the test below fails when a listed kind has a sample.
  */
 const NOT_YET_WRITTEN: readonly ObjectKind[] = [
-  ObjectKind.AuditRecord, // audit trail: not implemented yet
-  ObjectKind.Anchor, // audit anchors: not implemented yet
+  // Audit trail objects exist; their samples are added together with the key-rotation
+  // objects, when the v1 object set is complete.
+  ObjectKind.AuditRecord,
+  ObjectKind.AuditBody,
+  ObjectKind.Anchor,
   ObjectKind.Checkpoint, // re-encryption checkpoints: not implemented yet
 ];
 

@@ -3,6 +3,7 @@ import { VaultError } from "../../errors.js";
 import { CliContext } from "../context.js";
 import { table } from "../output.js";
 import { promptYesNo } from "../prompt.js";
+import { authorizeAudited } from "../../audit/guard.js";
 
 export function registerUser(program: Command): void {
   const user = program.command("user").description("manage users and roles (admin), or change your own passphrase");
@@ -17,7 +18,7 @@ export function registerUser(program: Command): void {
       const ctx = new CliContext(command);
       const vault = await ctx.openVault();
       try {
-        vault.repository.authorize("admin");
+        await authorizeAudited(vault.repository, "admin", "user add", { user: name, role: opts.role });
         const { kdf, allowWeak } = ctx.newSlotKdf();
         const passphrase = await ctx.newPassphrase(opts.newPassphraseFile, name);
         try {
@@ -42,7 +43,7 @@ export function registerUser(program: Command): void {
       const ctx = new CliContext(command);
       const vault = await ctx.openVault();
       try {
-        vault.repository.authorize("admin");
+        await authorizeAudited(vault.repository, "admin", "user remove", { user: name });
         let rotate = opts.rotate;
         if (rotate === undefined) {
           rotate = await promptYesNo(
@@ -72,7 +73,7 @@ export function registerUser(program: Command): void {
       const ctx = new CliContext(command);
       const vault = await ctx.openVault();
       try {
-        const users = vault.listUsers();
+        const users = await vault.listUsers();
         if (ctx.json) ctx.printJson(users);
         else ctx.out(table(["NAME", "ROLE", "FINGERPRINT", "ADDED BY", "ADDED AT"], users.map((u) => [u.name, u.role, u.fingerprint, u.addedBy, u.addedAt])));
       } finally {
