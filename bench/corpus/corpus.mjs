@@ -21,7 +21,7 @@ import path from "node:path";
 
 const BLOCK = 4096;
 const READ = 16 << 20;
-const MAX_FILE = 64 << 20; // keep single huge files from dominating
+const MAX_FILE = 64 << 20; // keep single huge files from dominating (and small images fitting)
 const FIXED_TIME = 1700000000; // 2023-11-14T22:13:20Z
 
 /** Endless deterministic bytes: AES-256-CTR over zeros, keyed by seed and label. */
@@ -42,7 +42,7 @@ class Keystream {
 
 const roundUp = (n) => Math.ceil(n / BLOCK) * BLOCK;
 
-function candidates(seed) {
+function candidates(seed, maxFile) {
   const out = [];
   const walk = (dir) => {
     let entries;
@@ -62,7 +62,7 @@ function candidates(seed) {
         } catch {
           continue;
         }
-        if (st.size > 0 && st.size <= MAX_FILE) out.push({ p, size: st.size, mode: st.mode & 0o7777, key: createHash("sha256").update(`${seed}:${p}`).digest("hex") });
+        if (st.size > 0 && st.size <= maxFile) out.push({ p, size: st.size, mode: st.mode & 0o7777, key: createHash("sha256").update(`${seed}:${p}`).digest("hex") });
       }
     }
   };
@@ -80,7 +80,7 @@ function copyTransformed(src, dest, xor) {
 
 function stage(dest, bytes, seed) {
   const target = Number(bytes);
-  const cands = candidates(seed);
+  const cands = candidates(seed, Math.min(MAX_FILE, Math.floor(target / 16)));
   if (cands.length === 0) throw new Error("no readable files under /usr/lib or /usr/share");
   const manifest = [];
   let staged = 0;
@@ -95,7 +95,8 @@ function stage(dest, bytes, seed) {
     const xor = cycle === 0 ? 0 : (cycle * 0x5b) % 255 + 1; // never 0 past the first cycle
     const rel = (cycle === 0 ? "" : `srv/mirror${cycle}/`) + c.p.replace(/^\/+/, "");
     const d = path.join(dest, rel);
-    fs.mkdirSync(path.dirname(d), { recursive: true });
+    const created = fs.mkdirSync(path.dirname(d), { recursive: true });
+    if (created !== undefined) staged += BLOCK * (1 + path.relative(created, path.dirname(d)).split(path.sep).filter(Boolean).length); // a block per new folder
     try {
       copyTransformed(c.p, d, xor);
     } catch {

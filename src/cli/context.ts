@@ -52,6 +52,11 @@ export class CliContext {
    * Argon2id strength for new key slots. VMVAULT_INSECURE_TEST_KDF=1 selects weak parameters
    * for test suites only; it is recorded in the slot and announced on stderr.
    */
+  /** Slots weaker than this are re-wrapped on unlock. */
+  get kdfTarget(): KdfStrength {
+    return process.env["VMVAULT_INSECURE_TEST_KDF"] === "1" ? KDF_TEST : KDF_DEFAULT;
+  }
+
   newSlotKdf(): { kdf: KdfStrength; allowWeak: boolean } {
     if (process.env["VMVAULT_INSECURE_TEST_KDF"] === "1") {
       this.warn("warning: VMVAULT_INSECURE_TEST_KDF=1: using weak Argon2id parameters meant for tests only");
@@ -88,7 +93,7 @@ export class CliContext {
     await probeRepository(store);
     const passphrase = await this.passphrase();
     try {
-      return await Vault.open({ store, user, passphrase, stateDir: this.stateDir });
+      return await Vault.open({ store, user, passphrase, stateDir: this.stateDir, kdfTarget: this.kdfTarget });
     } finally {
       passphrase.dispose();
     }

@@ -23,7 +23,7 @@ export const INDEX_PREFIX = "index/";
 export const indexKey = (indexId: string): string => `index/${indexId}`;
 
 export const SNAPSHOT_PREFIX = "snapshots/";
-export const snapshotKey = (snapshotId: string, epoch: number): string => `snapshots/${snapshotId}/${pad(epoch, 6)}`;
+export const snapshotKey = (snapshotId: string, revision: number): string => `snapshots/${snapshotId}/${pad(revision, 6)}`;
 
 export const LOCK_PREFIX = "locks/";
 export const lockKey = (lockId: string): string => `locks/${lockId}`;

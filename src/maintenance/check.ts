@@ -12,7 +12,7 @@ import { BlobError, decodeBlob } from "../pack/blob.js";
 import { PackError, readPackTrailer } from "../pack/reader.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
-import type { Repository } from "../repository/repository.js";
+import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import { SessionKeys } from "../repository/sessions.js";
 import { BlobReader } from "../restore/blob-reader.js";
 import { listSnapshots, readSnapshotBody } from "../snapshot/store.js";
@@ -94,7 +94,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
 
     const packSnapshots = new Map<number, Set<string>>();
     if (canDecrypt) {
-      const reader = new BlobReader(repo, index, sessions, repo.currentSecret("chunkId"), new Zstd(repo.config.compressionLevel));
+      const reader = new BlobReader(repo, index, sessions, new Zstd(repo.config.compressionLevel));
       for (const snap of snapshots) {
         progress({ phase: "check snapshots", done: snapshots.indexOf(snap) + 1, total: snapshots.length, unit: "items" });
         await checkReferences(repo, sessions, reader, index, snap, packSnapshots, report);
@@ -227,8 +227,11 @@ async function checkPack(
   const key = packKey(packId);
   const messages: string[] = [];
   let sessionKey;
+  let chunkIdKey;
   try {
-    sessionKey = await sessions.get(toHex(p.sessionId));
+    const session = await sessions.open(toHex(p.sessionId));
+    sessionKey = session.key;
+    chunkIdKey = chunkKeyFor(repo, session.meta.chunkKeyEpoch);
   } catch (e) {
     if (e instanceof IntegrityError) return { messages: e.damage.map((d) => `${d.object}: ${d.problem}`), bytesRead: 0 };
     throw e;
@@ -245,8 +248,6 @@ async function checkPack(
   }
   if (!readData) return { messages, bytesRead: 0 };
   const bytes = await repo.store.get(key);
-  const chunkIdKey = repo.keyring.secret(repo.keyring.currentEpoch, "chunkId");
-  if (chunkIdKey === undefined) return { messages, bytesRead: bytes.length };
   const zstd = new Zstd(repo.config.compressionLevel);
   let bad = 0;
   for (const e of p.entries) {

@@ -126,7 +126,7 @@ async function restoreRecord(repo: Repository, sessions: SessionKeys, record: Sn
   }
   const index = await loadIndex(repo);
   const progress = throttled(o.progress);
-  const reader = new BlobReader(repo, index, sessions, repo.currentSecret("chunkId"), new Zstd(repo.config.compressionLevel));
+  const reader = new BlobReader(repo, index, sessions, new Zstd(repo.config.compressionLevel));
   const restored: { name: string; kind: "disk" | "folder"; path: string; bytes: number }[] = [];
   for (const { disk, dest } of plan.disks) {
     const bytes = await restoreDisk(disk, dest, reader, record.key, progress);

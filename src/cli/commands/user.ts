@@ -1,5 +1,6 @@
 import type { Command } from "commander";
-import { VaultError } from "../../errors.js";
+import type { Role } from "../../keys/roles.js";
+import { runRotation } from "./key.js";
 import { CliContext } from "../context.js";
 import { table } from "../output.js";
 import { promptYesNo } from "../prompt.js";
@@ -51,16 +52,12 @@ export function registerUser(program: Command): void {
             "pass --rotate or --no-rotate",
           );
         }
-        if (rotate) throw new VaultError("E_UNSUPPORTED", "key rotation is not available in this version", { hint: "remove with --no-rotate" });
         const removed = await vault.removeUser(name);
-        const exposure =
-          `${name} can no longer unlock the repository, but keys they may have copied still decrypt ` +
-          `everything they could read before, and everything written until the keys are rotated.`;
-        if (ctx.json) ctx.printJson({ ...removed, rotated: false, exposure });
-        else {
-          ctx.out(`removed ${name} (${removed.role}); ${removed.snapshots.length} snapshot(s) they signed stay valid`);
-          ctx.warn(`note: ${exposure}`);
-        }
+        const exposure = exposureAfterRemoval(name, removed.role, rotate);
+        if (!ctx.json) ctx.out(`removed ${name} (${removed.role}); ${removed.snapshots.length} snapshot(s) they signed stay valid`);
+        const rotation = rotate ? await runRotation(ctx, vault, { reencrypt: false, newChunkKey: false }) : null;
+        if (ctx.json) ctx.printJson({ ...removed, rotated: rotate, rotation, exposure });
+        else ctx.warn(`note: ${exposure}`);
       } finally {
         await vault.close();
       }
@@ -102,4 +99,17 @@ export function registerUser(program: Command): void {
         await vault.close();
       }
     });
+}
+
+/** What a removed user's copied keys can still do, said plainly. */
+function exposureAfterRemoval(name: string, role: Role, rotated: boolean): string {
+  const couldRead = role === "admin" || role === "operator" || role === "restorer";
+  if (rotated) {
+    return couldRead
+      ? `${name}'s copied keys open nothing written from now on; data stored before the rotation stays readable with them until \`vmvault key rotate --reencrypt\``
+      : `${name}'s copied keys open nothing written from now on`;
+  }
+  return couldRead
+    ? `${name} can no longer unlock the repository, but keys they may have copied still decrypt every snapshot stored so far and everything written until the keys are rotated (\`vmvault key rotate\`, then \`--reencrypt\` for old data)`
+    : `${name} can no longer unlock the repository; copied keys let them compute chunk IDs (test whether known data is stored) until the keys are rotated (\`vmvault key rotate\`)`;
 }
