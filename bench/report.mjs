@@ -1,19 +1,21 @@
 #!/usr/bin/env node
 // Turns the records of bench/run.sh into the report: medians per tool and step, vmvault's
 // ratios to each peer, and a header naming the machine, the versions and the settings.
-// Usage: node bench/report.mjs OUT_DIR CORPUS_INFO_JSON [key=value ...]
-// Reads OUT_DIR/raw.jsonl; writes OUT_DIR/results.md and OUT_DIR/results.json; prints the
-// markdown. Exits 3 when a restore did not verify.
+// Usage: node bench/report.mjs OUT_DIR
+// Reads OUT_DIR/raw.jsonl and OUT_DIR/meta.env (key=value lines, among them corpusInfo: the
+// corpus-info.json of the images); writes OUT_DIR/results.md and OUT_DIR/results.json; prints
+// the markdown. Exits 3 when a restore did not verify or none was verified.
 import fs from "node:fs";
 import path from "node:path";
 
-const [outDir, corpusInfoPath, ...pairs] = process.argv.slice(2);
-if (!outDir || !corpusInfoPath) {
-  console.error("usage: node bench/report.mjs OUT_DIR CORPUS_INFO_JSON [key=value ...]");
+const outDir = process.argv[2];
+if (!outDir) {
+  console.error("usage: node bench/report.mjs OUT_DIR");
   process.exit(2);
 }
-const meta = Object.fromEntries(pairs.map((p) => [p.slice(0, p.indexOf("=")), p.slice(p.indexOf("=") + 1)]));
-const corpus = JSON.parse(fs.readFileSync(corpusInfoPath, "utf8"));
+const pairs = fs.readFileSync(path.join(outDir, "meta.env"), "utf8").split("\n").filter((l) => l.includes("="));
+const meta = Object.fromEntries(pairs.map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]));
+const corpus = JSON.parse(fs.readFileSync(meta.corpusInfo, "utf8"));
 const records = fs.readFileSync(path.join(outDir, "raw.jsonl"), "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l));
 
 const MIB = 1024 * 1024;
@@ -67,10 +69,13 @@ out(
     `(${c.stage.files} files from /usr, ${mib(c.stage.bytes)} MiB; ${c.randomFiles.count} random files, ${mib(c.randomFiles.bytes)} MiB; the rest sparse); ` +
     `day 2 (${mib(c.day2.stats.nonzero)} MiB non-zero) rewrites ${c.day2Rewrites.changedBlocks} of its 4 KiB blocks (${f1(c.day2Rewrites.fraction * 100)}%, ${mib(c.day2Rewrites.changedBytes)} MiB in ${c.day2Rewrites.writes} writes) and adds a ${mib(c.day2NewFileBytes)} MiB random file`,
 );
+const timedWall = records.reduce((a, r) => a + (r.wall ?? 0), 0);
+const otherCpu = records.reduce((a, r) => a + (r.otherCpu ?? 0), 0);
 out(`- **Runs:** ${meta.runs} per tool, each in a fresh repository; medians shown. Page cache warm (images read before each backup), \`sync\` before every step; the whole benchmark took ${meta.seconds} s`);
+out(`- **Noise:** other processes used ${f1(otherCpu)} CPU s during the ${f1(timedWall)} s of timed steps (${f1((100 * otherCpu) / Math.max(timedWall, 1e-9))}% of one core on average; per step in results.json, \`otherCpu\`)`);
 out(
   "- **Settings:** all encrypted. vmvault: production Argon2id key slot (`VMVAULT_INSECURE_TEST_KDF` unset), its defaults otherwise (16 KiB fixed image chunks, zstd-1, per the README). " +
-    `restic: \`init\` (repository v2), \`backup\` (\`--compression auto\`), ${meta.resticSparse ? "`restore --sparse`" : "`restore` writing zeros (no `--sparse` before restic 0.15)"}. ` +
+    `restic: \`init\` (its default repository version: v2 from 0.14 on), \`backup\` (\`--compression auto\`), ${meta.resticSparse ? "`restore --sparse`" : "`restore` writing zeros (no `--sparse` before restic 0.15)"}. ` +
     "borg: `init -e repokey-blake2`, `create --compression lz4` (buzhash default chunker); borg (fixed 64K) adds `--chunker-params fixed,65536 --sparse`; `extract --sparse` for both",
 );
 out(
@@ -100,7 +105,7 @@ if (summary.vmvault) {
   if (peers.length > 0) {
     out();
     out("vmvault's ratio to each peer: throughput = peer wall / vmvault wall (above 1: vmvault faster; in brackets with each tool's open step subtracted); " +
-      "peak RSS = vmvault's highest over the data steps / the peer's (below 1: vmvault leaner); day-2 stored = vmvault's bytes added by the second backup / the peer's (below 1: vmvault stores less).");
+      "peak RSS = vmvault's highest over the data steps / the peer's (below 1: vmvault leaner; vmvault's includes its Argon2id memory, see its open step); day-2 stored = vmvault's bytes added by the second backup / the peer's (below 1: vmvault stores less).");
     out();
     out("| vmvault vs | backup day 1 | backup day 2 | restore | check | peak RSS | day-2 stored |");
     out("|---|---:|---:|---:|---:|---:|---:|");

@@ -129,20 +129,27 @@ place() {
   cat "$SRC" > /dev/null # warm the page cache
 }
 
+# busy CPU ticks of the whole machine so far (user nice system irq softirq steal)
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
+
 # timed STEP -- CMD...: runs CMD for $tool (run $run, repository $repo) under /usr/bin/time
 # after a sync, stops the benchmark when it fails, and appends one JSON record to raw.jsonl
 timed() {
   t_step=$1; shift 2
   t_log="$OUT/logs/$tool-r$run-$t_step.log"
   sync
+  t_busy=$(busy_ticks)
   if ! /usr/bin/time -f '%e %M %U %S' -o "$WORK/time.out" "$@" > "$t_log" 2>&1; then
     tail -n 20 "$t_log" >&2
     die "$tool $t_step failed in run $run: $* (log: $t_log)"
   fi
   read -r t_wall t_rss t_user t_sys < "$WORK/time.out"
+  # CPU time the rest of the machine used meanwhile (other work skews timings on few cores)
+  t_other=$(awk -v b="$(( $(busy_ticks) - t_busy ))" -v hz="$(getconf CLK_TCK)" -v u="$t_user" -v s="$t_sys" \
+    'BEGIN { o = b / hz - u - s; printf "%.2f", o < 0 ? 0 : o }')
   t_bytes=$(du --apparent-size -sb "$repo" | cut -f1)
-  printf '{"tool":"%s","run":%s,"step":"%s","wall":%s,"rssKiB":%s,"user":%s,"sys":%s,"repoBytes":%s}\n' \
-    "$tool" "$run" "$t_step" "$t_wall" "$t_rss" "$t_user" "$t_sys" "$t_bytes" >> "$RAW"
+  printf '{"tool":"%s","run":%s,"step":"%s","wall":%s,"rssKiB":%s,"user":%s,"sys":%s,"repoBytes":%s,"otherCpu":%s}\n' \
+    "$tool" "$run" "$t_step" "$t_wall" "$t_rss" "$t_user" "$t_sys" "$t_bytes" "$t_other" >> "$RAW"
   printf '  %-12s run %s  %-8s %7s s  %6s MiB RSS  repo %s bytes\n' "$tool" "$run" "$t_step" "$t_wall" $((t_rss / 1024)) "$t_bytes"
   [ "$t_step" != restore ] || verify_restore "$target"
 }
@@ -213,16 +220,22 @@ done
 rm -f "$SRC" "$WORK/time.out"
 [ "$KEEP" = 1 ] || rm -rf "$WORK"
 
-# ---- machine, versions, settings; then the report ------------------------------------------------
+# ---- machine, versions, settings (OUT/meta.env); then the report ------------------------------
 version() { have "$1" && "$@" 2>/dev/null | head -n 1 || echo "not installed"; }
-node "$HERE/report.mjs" "$OUT" "$CORPUS/corpus-info.json" \
-  "nproc=$(nproc)" \
-  "cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)" \
-  "ramKiB=$(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)" \
-  "kernel=$(uname -r)" \
-  "node=$(node --version)" \
-  "vmvault=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown) ($(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo no git))" \
-  "restic=$(version restic version)" \
-  "borg=$(version borg --version)" \
-  "resticSparse=$RESTIC_SPARSE" "runs=$RUNS" "sizeMiB=$SIZE_MIB" "seed=$SEED" "tools=$(echo $TOOL_LIST | tr ' ' ',')" \
-  "seconds=$(( $(date +%s) - START ))"
+{
+  echo "corpusInfo=$CORPUS/corpus-info.json"
+  echo "nproc=$(nproc)"
+  echo "cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
+  echo "ramKiB=$(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)"
+  echo "kernel=$(uname -r)"
+  echo "node=$(node --version)"
+  echo "vmvault=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown) ($(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo no git))"
+  echo "restic=$(version restic version)"
+  echo "borg=$(version borg --version)"
+  echo "resticSparse=$RESTIC_SPARSE"
+  echo "runs=$RUNS"
+  echo "seed=$SEED"
+  echo "tools=$(echo $TOOL_LIST | tr ' ' ',')"
+  echo "seconds=$(( $(date +%s) - START ))"
+} > "$OUT/meta.env"
+node "$HERE/report.mjs" "$OUT"

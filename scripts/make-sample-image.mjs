@@ -172,7 +172,7 @@ function buildRaw(files, fd, size, seed) {
   const total = weights.reduce((x, y) => x + y, 0);
   let [at, table] = [2 * MIB, ""];
   files.forEach((f, i) => {
-    at += Math.floor((slack * 0.9 * weights[i]) / total / BLK) * BLK; // free space before the file
+    at += Math.floor((slack * 0.6 * weights[i]) / total / BLK) * BLK; // free space before it; 40% left at the end
     fs.writeSync(fd, f.make(), 0, f.size, at);
     table += `${at} ${f.size} 0644 ${EPOCH} /${f.path}\n`;
     at += align(f.size);
