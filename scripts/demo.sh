@@ -52,6 +52,7 @@ fi
 START=$(now_ms)
 trap 'status=$?; [ "$status" = 0 ] || echo "demo: FAILED (exit $status); see the output above" >&2' EXIT
 
+export NPM_CONFIG_UPDATE_NOTIFIER=false # offline: npx asks no registry about npm updates
 step build npx tsc -p tsconfig.json
 show rm -rf "$DEMO_DIR"
 rm -rf "$DEMO_DIR"
@@ -67,6 +68,7 @@ export VMVAULT_REPO="$DEMO_DIR/repo" VMVAULT_USER=admin
 # where this machine remembers the newest registry version it has seen of each repository: in the
 # work folder, so the demo leaves nothing behind in ~/.cache
 export VMVAULT_STATE_DIR="$DEMO_DIR/state"
+echo
 if [ -n "${VMVAULT_PASSPHRASE:-}" ]; then
   echo "demo: passphrase from VMVAULT_PASSPHRASE"
 else
