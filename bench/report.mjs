@@ -76,7 +76,7 @@ out(`- **Noise:** other processes used ${f1(otherCpu)} CPU s during the ${f1(tim
 out(
   "- **Settings:** all encrypted. vmvault: production Argon2id key slot (`VMVAULT_INSECURE_TEST_KDF` unset), its defaults otherwise (16 KiB fixed image chunks, zstd-1, per the README). " +
     `restic: \`init\` (its default repository version: v2 from 0.14 on), \`backup\` (\`--compression auto\`), ${meta.resticSparse ? "`restore --sparse`" : "`restore` writing zeros (no `--sparse` before restic 0.15)"}. ` +
-    "borg: `init -e repokey-blake2`, `create --compression lz4` (buzhash default chunker); borg (fixed 64K) adds `--chunker-params fixed,65536 --sparse`; `extract --sparse` for both",
+    "borg: `init -e repokey-blake2`, `create --compression lz4` (buzhash default chunker); borg (fixed 64K) adds `--chunker-params fixed,65536`; `extract --sparse` for both",
 );
 out(
   "- **Columns:** MiB/s = image size (" + mib(imageBytes) + " MiB, logical) / wall time, also for the check; " +

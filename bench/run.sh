@@ -198,7 +198,7 @@ run_tool() {
       timed check -- restic check --read-data ;;
     borg-buzhash|borg-fixed)
       chunker=""
-      [ "$tool" = borg-fixed ] && chunker="--chunker-params fixed,65536 --sparse"
+      [ "$tool" = borg-fixed ] && chunker="--chunker-params fixed,65536"
       timed init -- borg init -e repokey-blake2 "$repo"
       timed open -- borg list "$repo"
       timed backup1 -- borg create --compression lz4 $chunker "$repo::vm1-day1" "$SRC"

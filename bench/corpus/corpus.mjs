@@ -88,6 +88,7 @@ function stage(dest, bytes, seed) {
   let cycle = 0;
   for (let i = 0; staged < target; i++) {
     if (i === cands.length) {
+      if (manifest.length === 0) throw new Error("none of the /usr files could be copied");
       i = 0;
       cycle++;
     }

@@ -19,7 +19,7 @@ SIZE_MIB=${2:-2048}
 SEED=${3:-1}
 HERE=$(cd "$(dirname "$0")" && pwd)
 HELPER="node $HERE/corpus.mjs"
-RECIPE=1 # bump when anything below changes the bytes produced
+RECIPE=2 # bump when anything below changes the bytes (or holes) produced
 STAMP="recipe=$RECIPE size_mib=$SIZE_MIB seed=$SEED"
 
 MIB=1048576
@@ -44,8 +44,8 @@ if [ "${FORCE:-0}" != 1 ] && [ -f "$OUT/corpus.stamp" ] && [ "$(cat "$OUT/corpus
   exit 0
 fi
 rm -f "$OUT/corpus.stamp"
-for tool in mkfs.ext4 debugfs dumpe2fs e2fsck sfdisk sha256sum node; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "make-corpus: $tool is missing (Debian: e2fsprogs, fdisk, coreutils, nodejs)" >&2; exit 1; }
+for tool in mkfs.ext4 debugfs dumpe2fs e2fsck sfdisk fallocate sha256sum node; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "make-corpus: $tool is missing (Debian: e2fsprogs, fdisk, util-linux, coreutils, nodejs)" >&2; exit 1; }
 done
 
 TMP="$OUT/build.tmp"
@@ -82,6 +82,9 @@ label-id: $UUID_DISK
 start=$((PART_START / 512)), size=$((PART_SIZE / 512)), type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=$UUID_PART, name=root
 GPT
 dd if=part.img of=day1.raw bs=1M seek=1 conv=sparse,notrunc status=none
+# holes exactly where the data is zero (dd leaves zero 4 KiB blocks inside written MiBs), so
+# day2's copy has the same hole map and hole-aware readers see the same layout on both days
+fallocate --dig-holes day1.raw
 rm -rf part.img stage
 
 echo "[corpus 3/4] day2: new $((NEW_FILE / MIB)) MiB file via debugfs + 2% block rewrites"
@@ -98,6 +101,7 @@ rm -f new-file.bin debugfs.cmd debugfs.log
 # the rewrites are chosen among day1's non-zero blocks: they may land on file data and on
 # metadata, like a day of guest writes; day2's file system is not meant to pass fsck
 $HELPER mutate day2.raw "$SEED" 0.02 > mutate.json
+fallocate --dig-holes day2.raw
 
 echo "[corpus 4/4] statistics and checksums"
 FSCK=$(e2fsck -fn "day1.raw?offset=$PART_START" 2>&1 | tail -1)

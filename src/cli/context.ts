@@ -67,7 +67,13 @@ export class CliContext {
 
   async passphrase(confirm = false): Promise<Secret> {
     return obtainPassphrase(
-      { envVar: "VMVAULT_PASSPHRASE", file: this.settings.passphraseFile, prompt: `Passphrase for ${this.settings.user ?? "user"}: `, confirm },
+      {
+        envVar: "VMVAULT_PASSPHRASE",
+        file: this.settings.passphraseFile,
+        prompt: `Passphrase for ${this.settings.user ?? "user"}: `,
+        confirm,
+        hint: "set VMVAULT_PASSPHRASE or pass --passphrase-file",
+      },
       (m) => this.warn(m),
     );
   }
@@ -82,7 +88,10 @@ export class CliContext {
 
   /** The new passphrase for `user add` and `user passwd`. */
   async newPassphrase(file: string | undefined, who: string): Promise<Secret> {
-    return obtainPassphrase({ envVar: "VMVAULT_NEW_PASSPHRASE", file, prompt: `New passphrase for ${who}: `, confirm: true }, (m) => this.warn(m));
+    return obtainPassphrase(
+      { envVar: "VMVAULT_NEW_PASSPHRASE", file, prompt: `New passphrase for ${who}: `, confirm: true, hint: "set VMVAULT_NEW_PASSPHRASE or pass --new-passphrase-file" },
+      (m) => this.warn(m),
+    );
   }
 
   /** Unlocks the user's key slot and opens the repository. */

@@ -2,7 +2,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import type { Command } from "commander";
 import { IntegrityError, UsageError } from "../../errors.js";
 import { CliContext } from "../context.js";
-import { table } from "../output.js";
+import { plural, table } from "../output.js";
 
 export function registerAudit(program: Command): void {
   const audit = program.command("audit").description("read, verify and anchor the audit trail (admin and auditor)");
@@ -60,7 +60,7 @@ export function registerAudit(program: Command): void {
         if (ctx.json) ctx.printJson(r);
         else {
           for (const p of r.problems) ctx.out(`BROKEN ${p.seq === null ? "" : `record ${p.seq} `}(${p.object}): ${p.problem}`);
-          ctx.out(r.ok ? `audit trail intact: ${r.records} records, ${r.anchorsChecked} anchors checked` : `audit trail broken: ${r.problems.length} problem(s)`);
+          ctx.out(r.ok ? `audit trail intact: ${plural(r.records, "record")}, ${plural(r.anchorsChecked, "anchor")} checked` : `audit trail broken: ${plural(r.problems.length, "problem")}`);
         }
         if (!r.ok) {
           const first = r.problems[0];

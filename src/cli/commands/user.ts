@@ -1,5 +1,7 @@
 import type { Command } from "commander";
-import type { Role } from "../../keys/roles.js";
+import { isRole, ROLES, type Role } from "../../keys/roles.js";
+import { UsageError } from "../../errors.js";
+import { assertUserName } from "../../repository/open.js";
 import { runRotation } from "./key.js";
 import { CliContext } from "../context.js";
 import { table } from "../output.js";
@@ -20,6 +22,8 @@ export function registerUser(program: Command): void {
       const vault = await ctx.openVault();
       try {
         await authorizeAudited(vault.repository, "admin", "user add", { user: name, role: opts.role });
+        if (!isRole(opts.role)) throw new UsageError(`unknown role ${JSON.stringify(opts.role)}`, `roles: ${ROLES.join(", ")}`);
+        assertUserName(name);
         const { kdf, allowWeak } = ctx.newSlotKdf();
         const passphrase = await ctx.newPassphrase(opts.newPassphraseFile, name);
         try {
