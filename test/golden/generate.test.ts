@@ -21,9 +21,14 @@
  *             (epoch 3: session key, snapshot header, index file and audit bodies re-sealed to
  *             it, epoch-2 grants deleted; the session now has epoch 3, createdEpoch 2,
  *             chunkKeyEpoch 1), a re-encryption checkpoint and id-map batch written directly
- *             with a small fixed state (CHECKPOINT below; a finished re-encryption deletes its
- *             own, so they are taken as samples and removed again), and an anchor of the final
- *             trail head.
+ *             with a small fixed state (checkpointState and ID_MAP_PAIRS below: a finished
+ *             re-encryption deletes its own, so these are copied out and removed again), and an
+ *             anchor of the final trail head. Epochs 1 and 2 keep no grants, so secrets.json
+ *             holds epoch 3's keys only.
+ * Why two: plain/ pins the objects as first written (revision 1, one epoch); rotated/ pins
+ * what rotation and re-encryption rewrite (revisions, `rewrittenBy`, session epochs, several
+ * registry versions, destroyed epochs) while staying small enough to replay as a whole.
+ *
  * Each holds:
  *   repository/<key>  every object of the repository at rest, named by its store key (the
  *                     local-folder layout); golden.test.ts replays them as one repository
