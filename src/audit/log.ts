@@ -5,7 +5,7 @@ import type { Repository } from "../repository/repository.js";
 import { toHex } from "../util/bytes.js";
 import { audited, authorizeAudited } from "./guard.js";
 import { openRecord, readStoredRecord } from "./read.js";
-import { listSeqs, readHead } from "./trail.js";
+import { appendAudit, listSeqs, readHead } from "./trail.js";
 import { verifyTrail, type AuditVerifyReport } from "./verify.js";
 
 /** One record as `audit log` shows it (the --json shape scripts rely on). */
@@ -85,5 +85,8 @@ export async function auditAnchor(repo: Repository): Promise<{ bytes: Uint8Array
     signerKey: toHex(repo.keyring.user.signPublicKey),
   });
   const body = encodeEnvelope(ObjectKind.Anchor, meta);
-  return { bytes: appendSignature(body, repo.crypto.sign(repo.keyring.signSecretKey, body)), seq: head.seq, hash: head.hash };
+  const bytes = appendSignature(body, repo.crypto.sign(repo.keyring.signSecretKey, body));
+  // The export itself is recorded after the head it names.
+  await appendAudit(repo, { action: "audit anchor", result: "succeeded", target: { seq: head.seq, hash: head.hash } });
+  return { bytes, seq: head.seq, hash: head.hash };
 }

@@ -2,7 +2,7 @@ import { IntegrityError } from "../errors.js";
 import { CryptoFailure } from "../crypto/suite.js";
 import { FormatError } from "../format/codec.js";
 import { ObjectKind, parseEnvelope } from "../format/envelope.js";
-import { parseAuditBody, type AuditBody } from "../format/audit.js";
+import { parseAuditBody, parseAuditBodyMeta, type AuditBody } from "../format/audit.js";
 import { auditBodyPrefix, auditKey, parseNumberedKey } from "../format/layout.js";
 import type { Repository } from "../repository/repository.js";
 import { listAll } from "../storage/types.js";
@@ -34,6 +34,8 @@ export async function openBody(repo: Repository, record: StoredRecord): Promise<
     if (secret === undefined || info === undefined) continue;
     try {
       const env = parseEnvelope(ObjectKind.AuditBody, await repo.store.get(c.key), false);
+      const meta = parseAuditBodyMeta(env.meta);
+      if (meta.repoId !== repo.repoId || meta.bodyDigest !== digest || meta.epoch !== c.epoch) throw new FormatError("audit body does not match its name");
       const sealed = env.payloads[0];
       if (sealed === undefined) throw new FormatError("no payload");
       const plain = repo.crypto.openSealed(info.auditPublicKey, secret, sealed);

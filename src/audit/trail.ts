@@ -1,6 +1,6 @@
 import { IntegrityError, LockedError, NotFoundError, VaultError } from "../errors.js";
 import { appendSignature, encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
-import { encodeAuditBody, encodeAuditMeta, parseAuditMeta, type AuditAction, type AuditBody, type AuditMeta, type AuditResult } from "../format/audit.js";
+import { encodeAuditBody, encodeAuditBodyMeta, encodeAuditMeta, parseAuditMeta, type AuditAction, type AuditBody, type AuditMeta, type AuditResult } from "../format/audit.js";
 import { AUDIT_PREFIX, auditBodyKey, auditKey, parseNumberedKey } from "../format/layout.js";
 import type { AuditHead } from "../format/registry.js";
 import { FormatError } from "../format/codec.js";
@@ -75,7 +75,7 @@ export async function appendAudit(repo: Repository, entry: AuditEntry): Promise<
     const bodyBytes = encodeAuditBody(body);
     const bodyDigest = toHex(crypto.hash(bodyBytes));
     const sealed = crypto.sealTo(epoch.auditPublicKey, bodyBytes);
-    await repo.store.putIfAbsent(auditBodyKey(bodyDigest, epoch.id), encodeEnvelope(ObjectKind.AuditBody, { repoId: repo.repoId, bodyDigest, epoch: epoch.id }, [sealed]));
+    await repo.store.putIfAbsent(auditBodyKey(bodyDigest, epoch.id), encodeEnvelope(ObjectKind.AuditBody, encodeAuditBodyMeta({ repoId: repo.repoId, bodyDigest, epoch: epoch.id }), [sealed]));
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const head = await readHead(repo);
       const meta: AuditMeta = { repoId: repo.repoId, seq: (head?.seq ?? 0) + 1, prevHash: head?.hash ?? null, bodyDigest };

@@ -131,3 +131,19 @@ export function parseAnchorMeta(value: unknown): AnchorMeta {
     signerKey: str(o, "signerKey"),
   };
 }
+
+/** Readable part of an audit body object: which record it belongs to and the epoch it is sealed to. */
+export interface AuditBodyMeta {
+  readonly repoId: string;
+  readonly bodyDigest: string;
+  readonly epoch: number;
+}
+
+export function encodeAuditBodyMeta(m: AuditBodyMeta): Json {
+  return { repoId: m.repoId, bodyDigest: m.bodyDigest, epoch: m.epoch };
+}
+
+export function parseAuditBodyMeta(value: unknown): AuditBodyMeta {
+  const o = obj(value, "audit body");
+  return { repoId: str(o, "repoId"), bodyDigest: str(o, "bodyDigest"), epoch: int(o, "epoch") };
+}

@@ -76,7 +76,6 @@ export function parseSnapshotHeader(value: unknown): SnapshotHeader {
     rewrittenBy = { name: str(r, "name"), key: str(r, "key"), registryVersion: int(r, "registryVersion"), time: str(r, "time") };
   }
   return {
-    ...(rewrittenBy === undefined ? {} : { rewrittenBy }),
     id: str(o, "id"),
     vm: str(o, "vm"),
     host: str(o, "host"),
@@ -94,6 +93,8 @@ export function parseSnapshotHeader(value: unknown): SnapshotHeader {
         ? null
         : { seq: int(obj(head, "auditHead"), "seq"), hash: str(obj(head, "auditHead"), "hash") },
     salt: str(o, "salt"),
+    // Last, as rewriteSnapshot appends it: a parsed header re-encodes to the same bytes.
+    ...(rewrittenBy === undefined ? {} : { rewrittenBy }),
   };
 }
 

@@ -48,6 +48,9 @@ export async function readCheckpoint(repo: Repository): Promise<ReencryptState |
     const env = parseEnvelope(ObjectKind.Checkpoint, await repo.store.get(newest.key), false);
     const meta = obj(env.meta);
     const epoch = int(meta, "epoch");
+    if (str(meta, "repoId") !== repo.repoId || `${CHECKPOINT_PREFIX}${pad(int(meta, "checkpoint"))}` !== newest.key) {
+      throw new FormatError("checkpoint does not match its name or repository");
+    }
     const sealed = env.payloads[0];
     if (sealed === undefined) throw new FormatError("no payload");
     const o = obj(JSON.parse(fromUtf8(repo.crypto.open(indexKeyOf(repo, epoch), sealed, envelopeAd(ObjectKind.Checkpoint, env.metaBytes)))) as unknown);
@@ -74,8 +77,9 @@ export async function readCheckpoint(repo: Repository): Promise<ReencryptState |
 }
 
 /** Stores the next checkpoint durably, then removes the older ones. */
-export async function writeCheckpoint(repo: Repository, state: Omit<ReencryptState, "checkpoint">, previous: number): Promise<ReencryptState> {
+export async function writeCheckpoint(repo: Repository, next: Omit<ReencryptState, "checkpoint"> & { checkpoint?: number }, previous: number): Promise<ReencryptState> {
   const checkpoint = previous + 1;
+  const { checkpoint: _counter, ...state } = next;
   const meta = { repoId: repo.repoId, checkpoint, epoch: state.targetEpoch };
   const sealed = repo.crypto.seal(indexKeyOf(repo, state.targetEpoch), utf8(JSON.stringify(state)), envelopeAd(ObjectKind.Checkpoint, utf8(JSON.stringify(meta))));
   await repo.store.putIfAbsent(`${CHECKPOINT_PREFIX}${pad(checkpoint)}`, encodeEnvelope(ObjectKind.Checkpoint, meta, [sealed]));

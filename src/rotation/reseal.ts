@@ -3,6 +3,7 @@ import { CryptoFailure } from "../crypto/suite.js";
 import { FormatError } from "../format/codec.js";
 import { encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { AUDIT_BODY_PREFIX, auditBodyKey, INDEX_PREFIX, parseNumberedKey, sessionKey as sessionObjectKey } from "../format/layout.js";
+import { encodeAuditBodyMeta, parseAuditBodyMeta } from "../format/audit.js";
 import { readIndexFile, writeIndexFile } from "../repository/index-files.js";
 import type { Repository } from "../repository/repository.js";
 import { encodeSessionEnvelope, SessionKeys } from "../repository/sessions.js";
@@ -94,7 +95,7 @@ export async function resealAll(repo: Repository, target: number, progress?: Pro
         if (from === undefined) throw IntegrityError.object(entries[0]?.key ?? digest, "no audit key of its epoch is held");
         const plain = openAuditBody(repo, from.key, from.number, await repo.store.get(from.key));
         const sealed = repo.crypto.sealTo(info.auditPublicKey, plain);
-        await repo.store.putIfAbsent(auditBodyKey(digest, target), encodeEnvelope(ObjectKind.AuditBody, { repoId: repo.repoId, bodyDigest: digest, epoch: target }, [sealed]));
+        await repo.store.putIfAbsent(auditBodyKey(digest, target), encodeEnvelope(ObjectKind.AuditBody, encodeAuditBodyMeta({ repoId: repo.repoId, bodyDigest: digest, epoch: target }), [sealed]));
         stats.auditBodies++;
       }
       for (const x of entries) if (x.number !== target) await repo.store.delete(x.key);
@@ -109,7 +110,10 @@ function openAuditBody(repo: Repository, key: string, epoch: number, bytes: Uint
   const secret = repo.keyring.secret(epoch, "audit");
   const epochInfo = repo.keyring.epoch(epoch)?.info;
   try {
-    const sealed = parseEnvelope(ObjectKind.AuditBody, bytes, false).payloads[0];
+    const env = parseEnvelope(ObjectKind.AuditBody, bytes, false);
+    const meta = parseAuditBodyMeta(env.meta);
+    const sealed = env.payloads[0];
+    if (meta.repoId !== repo.repoId || meta.epoch !== epoch || !key.includes(meta.bodyDigest)) throw new FormatError("audit body does not match its name");
     if (sealed === undefined || secret === undefined || epochInfo === undefined) throw new FormatError("no payload or key");
     return repo.crypto.openSealed(epochInfo.auditPublicKey, secret, sealed);
   } catch (e) {

@@ -10,8 +10,9 @@ import { toHex } from "../util/bytes.js";
  */
 export async function rewriteSnapshot(repo: Repository, rec: SnapshotRecord, body: SnapshotBody, sessionId: string, sessionKey: Secret): Promise<string> {
   const crypto = repo.crypto;
+  const { rewrittenBy: _previous, ...created } = rec.header;
   const header: SnapshotHeader = {
-    ...rec.header,
+    ...created,
     rewrittenBy: { name: repo.userName, key: toHex(repo.keyring.user.signPublicKey), registryVersion: repo.chain.latest.version, time: repo.now() },
   };
   const headerBytes = encodeSnapshotHeader(header);
