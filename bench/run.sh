@@ -67,7 +67,7 @@ uses() { case " $TOOL_LIST " in *" $1"*) return 0 ;; *) return 1 ;; esac; }
 
 # ---- Debian packages ---------------------------------------------------------------------
 apt_install() {
-  [ "$(id -u)" = 0 ] && have apt-get || die "missing packages: $* (install them, or run as root on Debian)"
+  if [ "$(id -u)" != 0 ] || ! have apt-get; then die "missing packages: $* (install them, or run as root on Debian)"; fi
   echo "bench: installing Debian packages: $*"
   # apt drops to the _apt user for downloads and signature checks; that fails when /tmp is
   # not world-writable (seen in containers), so stay root then
@@ -86,6 +86,7 @@ if [ "$SMOKE" = 0 ]; then
   uses restic && ! have restic && PKGS="$PKGS restic"
   uses borg && ! have borg && PKGS="$PKGS borgbackup"
 fi
+# shellcheck disable=SC2086 # a list of package names
 [ -z "$PKGS" ] || apt_install $PKGS
 have node || die "node is missing (vmvault needs Node.js 20.19 or newer)"
 
@@ -197,12 +198,14 @@ run_tool() {
       timed restore -- restic restore latest --target "$target" $RESTIC_SPARSE
       timed check -- restic check --read-data ;;
     borg-buzhash|borg-fixed)
-      chunker=""
+      chunker="" # word-split on purpose below: zero or two arguments
       [ "$tool" = borg-fixed ] && chunker="--chunker-params fixed,65536"
       timed init -- borg init -e repokey-blake2 "$repo"
       timed open -- borg list "$repo"
+      # shellcheck disable=SC2086
       timed backup1 -- borg create --compression lz4 $chunker "$repo::vm1-day1" "$SRC"
       place day2.raw
+      # shellcheck disable=SC2086
       timed backup2 -- borg create --compression lz4 $chunker "$repo::vm1-day2" "$SRC"
       timed restore -- env -C "$target" borg extract --sparse "$repo::vm1-day2"
       timed check -- borg check --verify-data "$repo" ;;
@@ -235,7 +238,7 @@ version() { have "$1" && "$@" 2>/dev/null | head -n 1 || echo "not installed"; }
   echo "resticSparse=$RESTIC_SPARSE"
   echo "runs=$RUNS"
   echo "seed=$SEED"
-  echo "tools=$(echo $TOOL_LIST | tr ' ' ',')"
+  echo "tools=$(echo "$TOOL_LIST" | sed 's/^ //' | tr ' ' ',')"
   echo "seconds=$(( $(date +%s) - START ))"
 } > "$OUT/meta.env"
 node "$HERE/report.mjs" "$OUT"
