@@ -7,7 +7,7 @@ import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
 import type { Repository } from "../repository/repository.js";
 import { SessionKeys } from "../repository/sessions.js";
-import { listSnapshots, readSnapshotBody, resolveSnapshot, type SnapshotRecord } from "../snapshot/store.js";
+import { findSnapshot, readSnapshotBody, type SnapshotRecord } from "../snapshot/store.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import { toHex, utf8 } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
@@ -86,8 +86,7 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
   const target = path.resolve(o.target);
   await authorizeAudited(repo, "restore", "restore", { snapshot: o.snapshot, destination: target });
   if (o.reason.trim() === "") throw new UsageError("a restore needs --reason TEXT (it is kept in the audit trail)");
-  const records = await listSnapshots(repo);
-  const record = resolveSnapshot(records, o.snapshot, o.vm);
+  const record = await findSnapshot(repo, o.snapshot, o.vm);
   const lock = await acquireLock(repo, "restore", false);
   const sessions = new SessionKeys(repo);
   try {

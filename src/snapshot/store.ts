@@ -226,3 +226,22 @@ export function resolveSnapshot(records: readonly SnapshotRecord[], ref: string,
   if (matches.length > 1) throw new UsageError(`snapshot prefix ${ref} is ambiguous (${matches.length} snapshots)`, "give more characters of the id");
   return matches[0] as SnapshotRecord;
 }
+
+/**
+ * The snapshot a reference names. An id or prefix reads only that snapshot, so damage elsewhere
+ * does not block it; `latest` needs every header, so any damaged snapshot stops it (it could be
+ * the latest one).
+ */
+export async function findSnapshot(repo: Repository, ref: string, vm?: string): Promise<SnapshotRecord> {
+  if (ref === "latest") return resolveSnapshot(await listSnapshots(repo), ref, vm);
+  if (!/^[0-9a-f]{1,32}$/.test(ref)) throw new UsageError(`invalid snapshot reference ${JSON.stringify(ref)}`, "use `latest`, an id, or a unique id prefix");
+  const ids = [...(await listSnapshotKeys(repo)).entries()].filter(([id]) => id.startsWith(ref));
+  if (ids.length === 0) throw new NotFoundError(`no snapshot matches ${ref}`, "list snapshots with `vmvault snapshots`");
+  if (ids.length > 1) throw new UsageError(`snapshot prefix ${ref} is ambiguous (${ids.length} snapshots)`, "give more characters of the id");
+  const keys = (ids[0] as [string, string[]])[1];
+  const key = await usableRevision(repo, keys);
+  if (key === undefined) throw new NotFoundError(`no snapshot matches ${ref}`);
+  const record = await readSnapshot(repo, key);
+  if (vm !== undefined && record.header.vm !== vm) throw new NotFoundError(`snapshot ${record.header.id} belongs to VM ${record.header.vm}, not ${vm}`);
+  return record;
+}
