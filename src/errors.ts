@@ -102,6 +102,24 @@ export class SourceError extends VaultError {
   }
 }
 
+/** Exit codes of the command-line contract, per error code (1 for every other failure). */
+export function exitCodeFor(code: ErrorCode): number {
+  switch (code) {
+    case "E_USAGE":
+      return 2;
+    case "E_AUTH":
+      return 3;
+    case "E_ACCESS_DENIED":
+      return 4;
+    case "E_INTEGRITY":
+      return 5;
+    case "E_LOCKED":
+      return 6;
+    default:
+      return 1;
+  }
+}
+
 export function isVaultError(e: unknown): e is VaultError {
   return e instanceof VaultError;
 }

@@ -14,6 +14,8 @@ import { sourceError } from "../sources/identity.js";
 import type { AppendOnlyStore } from "../storage/types.js";
 import { toHex, utf8 } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
+import { audited, authorizeAudited } from "../audit/guard.js";
+import { readHead } from "../audit/trail.js";
 import { backupFolder } from "./folder.js";
 import { backupImage } from "./image.js";
 import { SessionIndexWriter } from "./index-writer.js";
@@ -115,10 +117,23 @@ export function fileChunker(repo: Repository): FastCdc {
  * index files as they fill; the snapshot is written only after every pack and index is durable.
  */
 export async function backup(repo: Repository, o: BackupOptions): Promise<BackupResult> {
-  repo.authorize("backup");
+  await authorizeAudited(repo, "backup", "backup", { vm: o.vm });
   if (!VM_NAME.test(o.vm)) throw new UsageError(`invalid VM name ${JSON.stringify(o.vm)}`, "use letters, digits and . _ : @ + - (up to 128)");
   const planned = await planSources(o.sources);
   const lock = await acquireLock(repo, "backup", false);
+  try {
+    return await audited(repo, {
+      entry: { action: "backup", target: { vm: o.vm, sources: planned.map((p) => p.name) } },
+      started: false,
+      run: () => runBackup(repo, o, planned),
+      outcome: (r) => ({ snapshot: r.snapshotId, bytes: r.size, addedBytes: r.addedBytes }),
+    });
+  } finally {
+    await lock.release();
+  }
+}
+
+async function runBackup(repo: Repository, o: BackupOptions, planned: readonly PlannedSource[]): Promise<BackupResult> {
   // Workers start while the index loads.
   const starting = WorkerPool.create({ compressionLevel: repo.config.compressionLevel, ...(o.workers === undefined ? {} : { workers: o.workers }) });
   starting.catch(() => undefined);
@@ -187,7 +202,7 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
       addedBytes: packs.bytesWritten,
       disks: sources.filter((s) => s.kind === "disk").map((s) => s.name),
       folders: sources.filter((s) => s.kind === "folder").map((s) => s.name),
-      auditHead: null,
+      auditHead: await readHead(repo),
       salt: toHex(repo.crypto.random(16)),
     };
     await writeSnapshot(repo, store, session.sessionId, session.key, header, { id, sources });
@@ -212,6 +227,5 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
     };
   } finally {
     await (await starting.catch(() => undefined))?.close();
-    await lock.release();
   }
 }

@@ -44,12 +44,17 @@ export class PackIdPool {
   }
 
   #draw(): PackIds {
-    const r = this.#random(2 * ID_BYTES + 2 * AEAD_NONCE_BYTES);
-    return {
-      packId: r.slice(0, ID_BYTES),
-      trailerNonce: r.slice(ID_BYTES, ID_BYTES + AEAD_NONCE_BYTES),
-      indexId: r.slice(ID_BYTES + AEAD_NONCE_BYTES, 2 * ID_BYTES + AEAD_NONCE_BYTES),
-      indexNonce: r.slice(2 * ID_BYTES + AEAD_NONCE_BYTES),
-    };
+    return drawPackIds(this.#random);
   }
+}
+
+/** One pack's random values, in one draw. */
+export function drawPackIds(random: RandomSource): PackIds {
+  const r = random(2 * ID_BYTES + 2 * AEAD_NONCE_BYTES);
+  return {
+    packId: r.slice(0, ID_BYTES),
+    trailerNonce: r.slice(ID_BYTES, ID_BYTES + AEAD_NONCE_BYTES),
+    indexId: r.slice(ID_BYTES + AEAD_NONCE_BYTES, 2 * ID_BYTES + AEAD_NONCE_BYTES),
+    indexNonce: r.slice(2 * ID_BYTES + AEAD_NONCE_BYTES),
+  };
 }

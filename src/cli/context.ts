@@ -62,6 +62,11 @@ export class CliContext {
    * Argon2id strength for new key slots. VMVAULT_INSECURE_TEST_KDF=1 selects weak parameters
    * for test suites only; it is recorded in the slot and announced on stderr.
    */
+  /** Slots weaker than this are re-wrapped on unlock. */
+  get kdfTarget(): KdfStrength {
+    return process.env["VMVAULT_INSECURE_TEST_KDF"] === "1" ? KDF_TEST : KDF_DEFAULT;
+  }
+
   newSlotKdf(): { kdf: KdfStrength; allowWeak: boolean } {
     if (process.env["VMVAULT_INSECURE_TEST_KDF"] === "1") {
       this.warn("warning: VMVAULT_INSECURE_TEST_KDF=1: using weak Argon2id parameters meant for tests only");
@@ -72,7 +77,13 @@ export class CliContext {
 
   async passphrase(confirm = false): Promise<Secret> {
     return obtainPassphrase(
-      { envVar: "VMVAULT_PASSPHRASE", file: this.settings.passphraseFile, prompt: `Passphrase for ${this.settings.user ?? "user"}: `, confirm },
+      {
+        envVar: "VMVAULT_PASSPHRASE",
+        file: this.settings.passphraseFile,
+        prompt: `Passphrase for ${this.settings.user ?? "user"}: `,
+        confirm,
+        hint: "set VMVAULT_PASSPHRASE or pass --passphrase-file",
+      },
       (m) => this.warn(m),
     );
   }
@@ -87,7 +98,10 @@ export class CliContext {
 
   /** The new passphrase for `user add` and `user passwd`. */
   async newPassphrase(file: string | undefined, who: string): Promise<Secret> {
-    return obtainPassphrase({ envVar: "VMVAULT_NEW_PASSPHRASE", file, prompt: `New passphrase for ${who}: `, confirm: true }, (m) => this.warn(m));
+    return obtainPassphrase(
+      { envVar: "VMVAULT_NEW_PASSPHRASE", file, prompt: `New passphrase for ${who}: `, confirm: true, hint: "set VMVAULT_NEW_PASSPHRASE or pass --new-passphrase-file" },
+      (m) => this.warn(m),
+    );
   }
 
   /** Unlocks the user's key slot and opens the repository. */
@@ -98,7 +112,7 @@ export class CliContext {
     await probeRepository(store);
     const passphrase = await this.passphrase();
     try {
-      return await Vault.open({ store, user, passphrase, stateDir: this.stateDir });
+      return await Vault.open({ store, user, passphrase, stateDir: this.stateDir, kdfTarget: this.kdfTarget });
     } finally {
       passphrase.dispose();
     }

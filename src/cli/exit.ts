@@ -1,20 +1,12 @@
 import { CommanderError } from "commander";
-import { isVaultError, type ErrorCode, IntegrityError } from "../errors.js";
+import { exitCodeFor, isVaultError, IntegrityError } from "../errors.js";
 
 /** Exit codes of the command-line contract. */
 export const EXIT = { ok: 0, failure: 1, usage: 2, auth: 3, denied: 4, integrity: 5, locked: 6 } as const;
 
-const BY_CODE: Partial<Record<ErrorCode, number>> = {
-  E_USAGE: EXIT.usage,
-  E_AUTH: EXIT.auth,
-  E_ACCESS_DENIED: EXIT.denied,
-  E_INTEGRITY: EXIT.integrity,
-  E_LOCKED: EXIT.locked,
-};
-
 export function exitCodeOf(e: unknown): number {
   if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : EXIT.usage;
-  if (isVaultError(e)) return BY_CODE[e.code] ?? EXIT.failure;
+  if (isVaultError(e)) return exitCodeFor(e.code);
   return EXIT.failure;
 }
 

@@ -5,6 +5,8 @@ import { registerInit } from "./commands/init.js";
 import { registerRestore } from "./commands/restore.js";
 import { registerSnapshots } from "./commands/snapshots.js";
 import { registerUser } from "./commands/user.js";
+import { registerAudit } from "./commands/audit.js";
+import { registerKey } from "./commands/key.js";
 import { describeError, exitCodeOf } from "./exit.js";
 
 export const VERSION = "0.1.0";
@@ -31,6 +33,8 @@ export function buildProgram(): Command {
   registerRestore(program);
   registerCheck(program);
   registerUser(program);
+  registerAudit(program);
+  registerKey(program);
   const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
   for (const c of all(program)) c.exitOverride();
   return program;

@@ -2,10 +2,10 @@ import { Secret } from "../crypto/secret.js";
 import { UsageError } from "../errors.js";
 
 /** Reads a line from the terminal without echo. Refuses (usage error) when there is no terminal. */
-export async function promptSecret(question: string): Promise<Secret> {
+export async function promptSecret(question: string, hint: string): Promise<Secret> {
   const stdin = process.stdin;
   if (!stdin.isTTY || typeof stdin.setRawMode !== "function") {
-    throw new UsageError("no passphrase given and no terminal to ask on", "set VMVAULT_PASSPHRASE or pass --passphrase-file");
+    throw new UsageError("no passphrase given and no terminal to ask on", hint);
   }
   process.stderr.write(question);
   stdin.setRawMode(true);
@@ -42,9 +42,9 @@ export async function promptSecret(question: string): Promise<Secret> {
 }
 
 /** Asks twice and insists the answers match. */
-export async function promptNewSecret(question: string): Promise<Secret> {
-  const first = await promptSecret(question);
-  const second = await promptSecret("Repeat to confirm: ");
+export async function promptNewSecret(question: string, hint: string): Promise<Secret> {
+  const first = await promptSecret(question, hint);
+  const second = await promptSecret("Repeat to confirm: ", hint);
   const same = first.length === second.length && first.bytes.every((b, i) => b === second.bytes[i]);
   second.dispose();
   if (!same) {

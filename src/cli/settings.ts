@@ -68,6 +68,8 @@ export interface PassphraseSource {
   readonly file: string | undefined;
   readonly prompt: string;
   readonly confirm: boolean;
+  /** What to set instead, said when there is no terminal to ask on. */
+  readonly hint: string;
 }
 
 /** Environment variable, then file, then a prompt (only on a terminal). */
@@ -75,5 +77,5 @@ export async function obtainPassphrase(src: PassphraseSource, warn: (m: string) 
   const fromEnv = env[src.envVar];
   if (fromEnv !== undefined && fromEnv !== "") return Secret.fromString(fromEnv);
   if (src.file !== undefined) return readPassphraseFile(src.file, warn);
-  return src.confirm ? promptNewSecret(src.prompt) : promptSecret(src.prompt);
+  return src.confirm ? promptNewSecret(src.prompt, src.hint) : promptSecret(src.prompt, src.hint);
 }

@@ -20,6 +20,7 @@ export const ObjectKind = {
   Lock: 10,
   Anchor: 11,
   Checkpoint: 12,
+  AuditBody: 13,
 } as const;
 export type ObjectKind = (typeof ObjectKind)[keyof typeof ObjectKind];
 

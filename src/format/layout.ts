@@ -23,13 +23,17 @@ export const INDEX_PREFIX = "index/";
 export const indexKey = (indexId: string): string => `index/${indexId}`;
 
 export const SNAPSHOT_PREFIX = "snapshots/";
-export const snapshotKey = (snapshotId: string, epoch: number): string => `snapshots/${snapshotId}/${pad(epoch, 6)}`;
+export const snapshotKey = (snapshotId: string, revision: number): string => `snapshots/${snapshotId}/${pad(revision, 6)}`;
 
 export const LOCK_PREFIX = "locks/";
 export const lockKey = (lockId: string): string => `locks/${lockId}`;
 
 export const AUDIT_PREFIX = "audit/";
 export const auditKey = (seq: number): string => `audit/${pad(seq, 12)}`;
+
+export const AUDIT_BODY_PREFIX = "audit-bodies/";
+export const auditBodyPrefix = (digest: string): string => `audit-bodies/${digest}/`;
+export const auditBodyKey = (digest: string, epoch: number): string => `audit-bodies/${digest}/${pad(epoch, 6)}`;
 
 /** Parses "<prefix><name>/<number>" keys such as snapshots and sessions. */
 export function parseVersionedKey(key: string, prefix: string): { name: string; number: number } | undefined {

@@ -6,7 +6,12 @@ import { ID_BYTES } from "./pack.js";
 export interface SessionMeta {
   readonly repoId: string;
   readonly sessionId: string;
+  /** Epoch whose data key this envelope is sealed to (changes when rotation re-seals it). */
   readonly epoch: number;
+  /** Epoch current when the session was created: its data stays readable with that epoch's keys until re-encrypted. */
+  readonly createdEpoch: number;
+  /** Epoch whose chunk-ID key computed this session's chunk IDs. */
+  readonly chunkKeyEpoch: number;
 }
 
 export function encodeSessionMeta(m: SessionMeta): Json {
@@ -15,7 +20,13 @@ export function encodeSessionMeta(m: SessionMeta): Json {
 
 export function parseSessionMeta(value: unknown): SessionMeta {
   const o = obj(value, "session");
-  return { repoId: str(o, "repoId"), sessionId: str(o, "sessionId"), epoch: int(o, "epoch") };
+  return {
+    repoId: str(o, "repoId"),
+    sessionId: str(o, "sessionId"),
+    epoch: int(o, "epoch"),
+    createdEpoch: int(o, "createdEpoch"),
+    chunkKeyEpoch: int(o, "chunkKeyEpoch"),
+  };
 }
 
 /** The sealed plaintext repeats the session id, so an envelope cannot be moved to another session. */

@@ -7,6 +7,8 @@ import type { AuditHead } from "./registry.js";
 export interface SnapshotMeta {
   readonly repoId: string;
   readonly snapshotId: string;
+  /** Grows each time the snapshot object is rewritten (re-sealed or re-encrypted); readers take the newest they can open. */
+  readonly revision: number;
   readonly sessionId: string;
   /** Epoch whose metadata key the header is sealed to. */
   readonly epoch: number;
@@ -18,7 +20,13 @@ export function encodeSnapshotMeta(m: SnapshotMeta): Json {
 
 export function parseSnapshotMeta(value: unknown): SnapshotMeta {
   const o = obj(value, "snapshot");
-  return { repoId: str(o, "repoId"), snapshotId: str(o, "snapshotId"), sessionId: str(o, "sessionId"), epoch: int(o, "epoch") };
+  return {
+    repoId: str(o, "repoId"),
+    snapshotId: str(o, "snapshotId"),
+    revision: int(o, "revision"),
+    sessionId: str(o, "sessionId"),
+    epoch: int(o, "epoch"),
+  };
 }
 
 /** Sealed to the metadata key: what `snapshots` lists. */
@@ -29,6 +37,11 @@ export interface SnapshotHeader {
   readonly time: string;
   readonly creator: string;
   readonly creatorKey: string;
+  /**
+   * Who signed this revision when it is not the creator: an admin who re-encrypted the
+   * snapshot, with the registry version in force then. Absent for the creator's own revision.
+   */
+  readonly rewrittenBy?: { readonly name: string; readonly key: string; readonly registryVersion: number; readonly time: string };
   readonly registryVersion: number;
   readonly parent: string | null;
   /** Logical bytes of all sources. */
@@ -56,6 +69,12 @@ function strings(o: Json, key: string): string[] {
 export function parseSnapshotHeader(value: unknown): SnapshotHeader {
   const o = obj(value, "snapshot header");
   const head = o["auditHead"];
+  const rw = o["rewrittenBy"];
+  let rewrittenBy: SnapshotHeader["rewrittenBy"];
+  if (rw !== undefined && rw !== null) {
+    const r = obj(rw, "rewrittenBy");
+    rewrittenBy = { name: str(r, "name"), key: str(r, "key"), registryVersion: int(r, "registryVersion"), time: str(r, "time") };
+  }
   return {
     id: str(o, "id"),
     vm: str(o, "vm"),
@@ -74,6 +93,8 @@ export function parseSnapshotHeader(value: unknown): SnapshotHeader {
         ? null
         : { seq: int(obj(head, "auditHead"), "seq"), hash: str(obj(head, "auditHead"), "hash") },
     salt: str(o, "salt"),
+    // Last, as rewriteSnapshot appends it: a parsed header re-encodes to the same bytes.
+    ...(rewrittenBy === undefined ? {} : { rewrittenBy }),
   };
 }
 

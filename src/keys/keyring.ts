@@ -18,13 +18,31 @@ export class Keyring {
   readonly signSecretKey: Secret;
   readonly boxSecretKey: Secret;
   readonly #epochs = new Map<number, EpochKeys>();
-  readonly currentEpoch: number;
+  #currentEpoch: number;
 
   constructor(user: RegistryUser, signSecretKey: Secret, boxSecretKey: Secret, currentEpoch: number) {
     this.user = user;
     this.signSecretKey = signSecretKey;
     this.boxSecretKey = boxSecretKey;
-    this.currentEpoch = currentEpoch;
+    this.#currentEpoch = currentEpoch;
+  }
+
+  get currentEpoch(): number {
+    return this.#currentEpoch;
+  }
+
+  /** Switches to a newer epoch after a rotation (its secrets must have been added). */
+  setCurrentEpoch(epoch: number): void {
+    if (!this.#epochs.has(epoch)) throw new VaultError("E_AUTH", `no grant of key epoch ${epoch}`);
+    this.#currentEpoch = epoch;
+  }
+
+  /** Forgets an epoch's secrets (after its grants were deleted). */
+  dropEpoch(epoch: number): void {
+    const e = this.#epochs.get(epoch);
+    if (e === undefined || epoch === this.#currentEpoch) return;
+    for (const s of Object.values(e.secrets)) s.dispose();
+    this.#epochs.delete(epoch);
   }
 
   get role(): Role {
@@ -61,8 +79,8 @@ export class Keyring {
   }
 
   current(): EpochKeys {
-    const e = this.#epochs.get(this.currentEpoch);
-    if (e === undefined) throw new VaultError("E_AUTH", `no grant of the current key epoch ${this.currentEpoch} for user ${this.user.name}`);
+    const e = this.#epochs.get(this.#currentEpoch);
+    if (e === undefined) throw new VaultError("E_AUTH", `no grant of the current key epoch ${this.#currentEpoch} for user ${this.user.name}`);
     return e;
   }
 

@@ -5,8 +5,8 @@ import { BlobStatus } from "../pack/blob.js";
 import type { Repository } from "../repository/repository.js";
 import type { SessionKeys } from "../repository/sessions.js";
 import { WorkerPool } from "../pipeline/pool.js";
-import { CHUNK_ID_KEY } from "../pipeline/protocol.js";
-import { NotFoundError } from "../errors.js";
+import { PoolSessionKeys } from "../pipeline/session-keys.js";
+import { IntegrityError, NotFoundError } from "../errors.js";
 import { toHex } from "../util/bytes.js";
 
 /** What reading one pack's data found. */
@@ -21,27 +21,22 @@ export interface PackDataResult {
  */
 export class PackVerifier {
   readonly #repo: Repository;
-  readonly #sessions: SessionKeys;
+  readonly #keys: PoolSessionKeys;
   readonly #pool: WorkerPool;
   readonly #maxInFlight: number;
   readonly #inFlight = new Set<Promise<void>>();
-  readonly #keysGiven = new Map<string, Promise<string>>();
   readonly results = new Map<string, PackDataResult>();
   maxPacksInFlight = 0;
 
   private constructor(repo: Repository, sessions: SessionKeys, pool: WorkerPool, maxInFlight: number) {
     this.#repo = repo;
-    this.#sessions = sessions;
+    this.#keys = new PoolSessionKeys(repo, sessions, pool);
     this.#pool = pool;
     this.#maxInFlight = maxInFlight;
   }
 
-  /** undefined when the user holds no chunk-ID key (then chunks cannot be verified). */
-  static async create(repo: Repository, sessions: SessionKeys, workers?: number): Promise<PackVerifier | undefined> {
-    const chunkIdKey = repo.keyring.secret(repo.keyring.currentEpoch, "chunkId");
-    if (chunkIdKey === undefined) return undefined;
+  static async create(repo: Repository, sessions: SessionKeys, workers?: number): Promise<PackVerifier> {
     const pool = await WorkerPool.create({ compressionLevel: repo.config.compressionLevel, ...(workers === undefined ? {} : { workers }) });
-    pool.setKey(CHUNK_ID_KEY, chunkIdKey.bytes);
     return new PackVerifier(repo, sessions, pool, pool.workers + 2);
   }
 
@@ -50,7 +45,7 @@ export class PackVerifier {
     while (this.#inFlight.size >= this.#maxInFlight) await Promise.race(this.#inFlight);
     const run = this.#verify(packId, p).then(
       (r) => void this.results.set(packId, r),
-      (e: unknown) => void this.results.set(packId, { messages: [e instanceof NotFoundError ? "pack is missing" : `pack could not be read (${e instanceof Error ? e.message : String(e)})`], bytesRead: 0 }),
+      (e: unknown) => void this.results.set(packId, { messages: [failureMessage(e)], bytesRead: 0 }),
     );
     const tracked = run.finally(() => this.#inFlight.delete(tracked));
     this.#inFlight.add(tracked);
@@ -68,7 +63,7 @@ export class PackVerifier {
   }
 
   async #verify(packId: string, p: IndexedPack): Promise<PackDataResult> {
-    const keyName = await this.#sessionKey(toHex(p.sessionId));
+    const names = await this.#keys.names(toHex(p.sessionId));
     const bytes = await this.#repo.store.get(packKey(packId));
     const bytesRead = bytes.length;
     const n = p.entries.length;
@@ -80,22 +75,15 @@ export class PackVerifier {
       entries[3 * i + 2] = e.rawLength;
       ids.set(e.chunkId, i * HASH_BYTES);
     });
-    const result = await this.#pool.run({ kind: "open", data: bytes, entries, ids, key: keyName, keep: false });
+    const result = await this.#pool.run({ kind: "open", data: bytes, entries, ids, key: names.key, idKey: names.idKey, keep: false });
     let bad = 0;
     for (const s of result.status) if (s !== BlobStatus.Ok) bad++;
     return { messages: bad > 0 ? [`${bad} of ${n} chunks fail authentication or do not match their IDs`] : [], bytesRead };
   }
+}
 
-  async #sessionKey(sessionId: string): Promise<string> {
-    let given = this.#keysGiven.get(sessionId);
-    if (given === undefined) {
-      const name = `session:${sessionId}`;
-      given = this.#sessions.get(sessionId).then((k) => {
-        this.#pool.setKey(name, k.bytes);
-        return name;
-      });
-      this.#keysGiven.set(sessionId, given);
-    }
-    return given;
-  }
+function failureMessage(e: unknown): string {
+  if (e instanceof NotFoundError) return "pack is missing";
+  if (e instanceof IntegrityError) return e.damage.map((d) => `${d.object}: ${d.problem}`).join("; ");
+  return `pack could not be read (${e instanceof Error ? e.message : String(e)})`;
 }

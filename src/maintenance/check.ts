@@ -11,13 +11,14 @@ import type { SnapshotBody } from "../format/snapshot.js";
 import { PackError, readPackTrailer } from "../pack/reader.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
-import type { Repository } from "../repository/repository.js";
+import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import { SessionKeys } from "../repository/sessions.js";
 import { BlobReader } from "../restore/blob-reader.js";
 import { listSnapshots, readSnapshotBody } from "../snapshot/store.js";
 import { listAll } from "../storage/types.js";
 import { bytesEqual, fromHex, toHex } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
+import { audited, authorizeAudited } from "../audit/guard.js";
 import type { ChunkIndex } from "../repository/chunk-index.js";
 import { PackVerifier } from "./check-data.js";
 
@@ -46,9 +47,20 @@ export interface CheckReport {
  * snapshots it affects.
  */
 export async function check(repo: Repository, o: CheckOptions = {}): Promise<CheckReport> {
-  repo.authorize("checkStructure");
   const readData = o.readData === true;
-  if (readData) repo.authorize("checkData");
+  const action = readData ? "check --read-data" : "check";
+  await authorizeAudited(repo, "checkStructure", action);
+  if (readData) await authorizeAudited(repo, "checkData", action);
+  const report = await audited(repo, {
+    entry: { action },
+    started: readData,
+    run: () => runCheck(repo, o, readData),
+    outcome: (r) => ({ ok: r.ok ? "yes" : "no", damaged: r.damage.map((d) => d.object) }),
+  });
+  return report;
+}
+
+async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): Promise<CheckReport> {
   const canDecrypt = repo.keyring.secret(repo.keyring.currentEpoch, "data") !== undefined;
   const progress = throttled(o.progress);
   const lock = await acquireLock(repo, "check", false);
@@ -84,7 +96,7 @@ export async function check(repo: Repository, o: CheckOptions = {}): Promise<Che
 
     const packSnapshots = new Map<number, Set<string>>();
     if (canDecrypt) {
-      const reader = new BlobReader(repo, index, sessions, repo.currentSecret("chunkId"), new Zstd(repo.config.compressionLevel));
+      const reader = new BlobReader(repo, index, sessions, new Zstd(repo.config.compressionLevel));
       for (const snap of snapshots) {
         progress({ phase: "check snapshots", done: snapshots.indexOf(snap) + 1, total: snapshots.length, unit: "items" });
         await checkReferences(repo, sessions, reader, index, snap, packSnapshots, report);
@@ -227,7 +239,10 @@ async function checkPack(
   const messages: string[] = [];
   let sessionKey;
   try {
-    sessionKey = await sessions.get(toHex(p.sessionId));
+    const session = await sessions.open(toHex(p.sessionId));
+    sessionKey = session.key;
+    // The verifier needs this session's chunk-ID key: a missing one is this pack's damage.
+    if (verifier !== undefined) chunkKeyFor(repo, session.meta.chunkKeyEpoch);
   } catch (e) {
     if (e instanceof IntegrityError) return { messages: e.damage.map((d) => `${d.object}: ${d.problem}`), bytesRead: 0 };
     throw e;

@@ -113,6 +113,24 @@ export function openBlobInto(
   return crypto.equal(scratch.id, chunkId) ? BlobStatus.Ok : BlobStatus.Id;
 }
 
+/** Stored form of one chunk through the general CryptoSuite, under a fresh random nonce (small or rare blobs). */
+export function encodeBlob(crypto: CryptoSuite, sessionKey: Secret, chunkId: Uint8Array, plaintext: Uint8Array, zstd: Zstd | undefined): Uint8Array {
+  let codec: number = Codec.Raw;
+  let payload = plaintext;
+  if (zstd !== undefined) {
+    const compressed = zstd.compress(plaintext);
+    // Keep the compressed form only when it saves at least 1/32 of the chunk.
+    if (compressed.length + (plaintext.length >> 5) < plaintext.length) {
+      codec = Codec.Zstd;
+      payload = compressed;
+    }
+  }
+  const framed = new Uint8Array(1 + payload.length);
+  framed[0] = codec;
+  framed.set(payload, 1);
+  return crypto.seal(sessionKey, framed, blobAd(chunkId));
+}
+
 export class BlobError extends Error {
   constructor(message: string) {
     super(message);

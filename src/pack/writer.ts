@@ -4,7 +4,8 @@ import { packKey } from "../format/layout.js";
 import { encodePackHeader, encodePackPrefix, packTrailerAd, PACK_PREFIX_BYTES, type PackEntry } from "../format/pack.js";
 import type { IndexedPack } from "../format/index-file.js";
 import type { AppendOnlyStore } from "../storage/types.js";
-import type { PackIds } from "../backup/pack-ids.js";
+import { drawPackIds, type PackIds } from "../backup/pack-ids.js";
+import { toHex } from "../util/bytes.js";
 
 export interface PackWriterOptions {
   readonly store: AppendOnlyStore;
@@ -14,10 +15,17 @@ export interface PackWriterOptions {
   readonly packSize: number;
   /** Pack uploads allowed in flight before add() waits (backpressure). */
   readonly maxInFlight?: number;
-  /** The random values of the next pack (drawn ahead, in a deterministic order). */
-  readonly nextIds: () => PackIds;
+  /** The random values of the next pack (drawn ahead, in a deterministic order); default: drawn from crypto.random when a pack opens. */
+  readonly nextIds?: () => PackIds;
   /** Called once a pack is durable, in pack order. */
   readonly onPack: (pack: IndexedPack, ids: PackIds) => void | Promise<void>;
+}
+
+/** Where add() put a blob: known at once, so deduplication sees pending chunks too. */
+export interface BlobPlacement {
+  readonly packId: string;
+  readonly offset: number;
+  readonly length: number;
 }
 
 /** Collects encrypted blobs into packs of about packSize and stores each atomically. */
@@ -42,14 +50,20 @@ export class PackWriter {
   }
 
   /** Appends a stored blob; waits when the pack it completes cannot be uploaded yet. */
-  async add(chunkId: Uint8Array, blob: Uint8Array, rawLength: number): Promise<void> {
+  async add(chunkId: Uint8Array, blob: Uint8Array, rawLength: number): Promise<BlobPlacement> {
     this.#throwIfFailed();
-    this.#ids ??= this.#o.nextIds();
+    const ids = (this.#ids ??= this.#nextIds());
+    const placement = { packId: toHex(ids.packId), offset: this.#size, length: blob.length };
     this.#ensure(this.#size + blob.length);
     (this.#buf as Uint8Array).set(blob, this.#size);
     this.#entries.push({ chunkId, offset: this.#size, length: blob.length, rawLength });
     this.#size += blob.length;
     if (this.#size >= this.#o.packSize) await this.#seal();
+    return placement;
+  }
+
+  #nextIds(): PackIds {
+    return this.#o.nextIds?.() ?? drawPackIds(this.#o.crypto.random);
   }
 
   /** Seals the open pack and waits until every pack is durable and announced. */
@@ -62,7 +76,7 @@ export class PackWriter {
 
   async #seal(): Promise<void> {
     const { crypto, sessionKey, sessionId } = this.#o;
-    const ids = this.#ids ?? this.#o.nextIds();
+    const ids = this.#ids ?? this.#nextIds();
     const packId = ids.packId;
     const entries = this.#entries;
     const header = encodePackHeader(packId, sessionId, entries);
@@ -80,7 +94,7 @@ export class PackWriter {
     this.#buf = undefined;
     this.#entries = [];
     this.#size = PACK_PREFIX_BYTES;
-    const stored = this.#o.store.putIfAbsent(packKey(Buffer.from(packId).toString("hex")), bytes).then(() => {
+    const stored = this.#o.store.putIfAbsent(packKey(toHex(packId)), bytes).then(() => {
       this.packsWritten++;
       this.bytesWritten += total;
       if (this.#spare.length < 2) this.#spare.push(new Uint8Array(bytes.buffer));

@@ -49,8 +49,10 @@ export interface OpenTask {
   readonly entries: Uint32Array;
   /** 32 bytes per entry. */
   readonly ids: Uint8Array;
-  /** Name of the session key per entry is the same for a task (one pack). */
+  /** Name of the session key of the pack's session (one pack per task). */
   readonly key: string;
+  /** Name of the chunk-ID key that session's chunk IDs were computed with. */
+  readonly idKey: string;
   /** Return the plaintexts (restore) or only the verdicts (check). */
   readonly keep: boolean;
   /** A buffer to write the plaintexts into when it is large enough (reused, transferred back as plain). */
@@ -71,7 +73,7 @@ export interface OpenResult {
 export type Task = ScanTask | SealTask | OpenTask;
 export type ResultOf<T extends Task> = T extends ScanTask ? ScanResult : T extends SealTask ? SealResult : OpenResult;
 
-/** Name of the chunk-ID key every pipeline gets. */
+/** Name of the chunk-ID key a backup computes new chunk IDs with. */
 export const CHUNK_ID_KEY = "chunkId";
 
 export interface InitMessage {

@@ -108,7 +108,7 @@ export class TaskRunner {
     let single = new Uint8Array(0);
     const status = new Uint8Array(n);
     const key = this.#key(t.key);
-    const chunkIdKey = this.#key(CHUNK_ID_KEY);
+    const chunkIdKey = this.#key(t.idKey);
     let at = 0;
     for (let i = 0; i < n; i++) {
       const offset = t.entries[3 * i] as number;

@@ -254,5 +254,7 @@ export async function openRepository(o: OpenOptions): Promise<Repository> {
     for (const s of Object.values(grant.secrets)) s.fill(0);
   }
   await pin?.record(chain);
-  return new Repository(store, crypto, config, chain, keyring, environment(o), pin);
+  const repo = new Repository(store, crypto, config, chain, keyring, environment(o), pin);
+  repo.slotKdf = { memoryKiB: slot.meta.kdf.memoryKiB, passes: slot.meta.kdf.passes, parallelism: slot.meta.kdf.parallelism };
+  return repo;
 }

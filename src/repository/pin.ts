@@ -34,10 +34,15 @@ export class RegistryPin {
     }
   }
 
+  /** Best effort: an unwritable state folder weakens rollback detection but stops no command. */
   async record(chain: RegistryChain): Promise<void> {
-    await fsp.mkdir(path.dirname(this.#file), { recursive: true, mode: 0o700 });
     const temp = `${this.#file}.${process.pid}.tmp`;
-    await fsp.writeFile(temp, JSON.stringify({ version: chain.latest.version, hash: chain.latestHash }), { mode: 0o600 });
-    await fsp.rename(temp, this.#file);
+    try {
+      await fsp.mkdir(path.dirname(this.#file), { recursive: true, mode: 0o700 });
+      await fsp.writeFile(temp, JSON.stringify({ version: chain.latest.version, hash: chain.latestHash }), { mode: 0o600 });
+      await fsp.rename(temp, this.#file);
+    } catch {
+      await fsp.rm(temp, { force: true }).catch(() => undefined);
+    }
   }
 }

@@ -5,8 +5,9 @@ import type { Keyring } from "../keys/keyring.js";
 import { authorize, type Action } from "../keys/roles.js";
 import type { Store } from "../storage/types.js";
 import type { Secret } from "../crypto/secret.js";
-import { VaultError } from "../errors.js";
+import { IntegrityError, VaultError } from "../errors.js";
 import type { RegistryPin } from "./pin.js";
+import type { KdfStrength } from "../crypto/kdf.js";
 
 /** Injected environment: clock, host name, progress sink. */
 export interface Environment {
@@ -27,6 +28,8 @@ export class Repository {
   #chain: RegistryChain;
   #keyring: Keyring;
   readonly #pin: RegistryPin | undefined;
+  /** Argon2id strength of the key slot this user unlocked with. */
+  slotKdf: KdfStrength | undefined;
 
   constructor(store: Store, crypto: CryptoSuite, config: RepoConfig, chain: RegistryChain, keyring: Keyring, env: Environment, pin?: RegistryPin) {
     this.#pin = pin;
@@ -84,4 +87,13 @@ export class Repository {
     this.#keyring.dispose();
     await this.store.close();
   }
+}
+
+/** The chunk-ID key that computed the IDs of chunks written under a given chunk-key epoch. */
+export function chunkKeyFor(repo: Repository, chunkKeyEpoch: number): Secret {
+  for (const e of repo.keyring.epochs) {
+    const key = e.secrets.chunkId;
+    if (e.info.chunkKeyEpoch === chunkKeyEpoch && key !== undefined) return key;
+  }
+  throw new IntegrityError(`no chunk-ID key of epoch ${chunkKeyEpoch} is granted to you`);
 }

@@ -4,7 +4,8 @@ import { Secret } from "../crypto/secret.js";
 import { FormatError } from "../format/codec.js";
 import { encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { sessionKey as sessionObjectKey, sessionPrefix, parseVersionedKey } from "../format/layout.js";
-import { encodeSessionMeta, encodeSessionSecret, parseSessionMeta, parseSessionSecret } from "../format/session.js";
+import { encodeSessionMeta, encodeSessionSecret, parseSessionMeta, parseSessionSecret, type SessionMeta } from "../format/session.js";
+import type { CryptoSuite } from "../crypto/suite.js";
 import { listAll } from "../storage/types.js";
 import { bytesEqual, fromHex, toHex } from "../util/bytes.js";
 import type { Repository } from "./repository.js";
@@ -14,6 +15,13 @@ export interface Session {
   readonly sessionId: string;
   readonly sessionIdBytes: Uint8Array;
   readonly key: Secret;
+  readonly chunkKeyEpoch: number;
+}
+
+/** An opened session key with what readers need to verify its chunks. */
+export interface OpenedSession {
+  readonly key: Secret;
+  readonly meta: SessionMeta;
 }
 
 /** Draws a session key and stores it sealed to the current epoch's data public key. */
@@ -24,15 +32,16 @@ export async function createSession(repo: Repository): Promise<Session> {
   const key = crypto.randomSecret(32);
   const epoch = repo.chain.latest.epochs.find((e) => e.id === repo.chain.latest.currentEpoch);
   if (epoch === undefined) throw new IntegrityError("the registry names no current epoch");
-  await repo.store.putIfAbsent(sessionObjectKey(sessionId, epoch.id), encodeSessionEnvelope(repo, sessionIdBytes, key, epoch.id, epoch.dataPublicKey));
-  return { sessionId, sessionIdBytes, key };
+  const meta: SessionMeta = { repoId: repo.repoId, sessionId, epoch: epoch.id, createdEpoch: epoch.id, chunkKeyEpoch: epoch.chunkKeyEpoch };
+  await repo.store.putIfAbsent(sessionObjectKey(sessionId, epoch.id), encodeSessionEnvelope(repo.crypto, meta, key, epoch.dataPublicKey));
+  return { sessionId, sessionIdBytes, key, chunkKeyEpoch: epoch.chunkKeyEpoch };
 }
 
-export function encodeSessionEnvelope(repo: Repository, sessionIdBytes: Uint8Array, key: Secret, epoch: number, dataPublicKey: Uint8Array): Uint8Array {
-  const secret = encodeSessionSecret(sessionIdBytes, key.bytes);
+/** The envelope: meta in clear, session id and key sealed to the epoch's data public key. */
+export function encodeSessionEnvelope(crypto: CryptoSuite, meta: SessionMeta, key: Secret, dataPublicKey: Uint8Array): Uint8Array {
+  const secret = encodeSessionSecret(fromHex(meta.sessionId), key.bytes);
   try {
-    const sealed = repo.crypto.sealTo(dataPublicKey, secret);
-    return encodeEnvelope(ObjectKind.SessionKey, encodeSessionMeta({ repoId: repo.repoId, sessionId: toHex(sessionIdBytes), epoch }), [sealed]);
+    return encodeEnvelope(ObjectKind.SessionKey, encodeSessionMeta(meta), [crypto.sealTo(dataPublicKey, secret)]);
   } finally {
     secret.fill(0);
   }
@@ -41,26 +50,25 @@ export function encodeSessionEnvelope(repo: Repository, sessionIdBytes: Uint8Arr
 /** Opens and caches session keys; needs the data secret key of some epoch the session is sealed to. */
 export class SessionKeys {
   readonly #repo: Repository;
-  readonly #cache = new Map<string, Secret>();
+  readonly #cache = new Map<string, OpenedSession>();
 
   constructor(repo: Repository) {
     this.#repo = repo;
   }
 
   async get(sessionId: string): Promise<Secret> {
+    return (await this.open(sessionId)).key;
+  }
+
+  async open(sessionId: string): Promise<OpenedSession> {
     const cached = this.#cache.get(sessionId);
     if (cached !== undefined) return cached;
-    const key = await this.#open(sessionId);
-    this.#cache.set(sessionId, key);
-    return key;
+    const opened = await this.#open(sessionId);
+    this.#cache.set(sessionId, opened);
+    return opened;
   }
 
-  /** Adds a key this process created, so it need not be opened again. */
-  remember(session: Session): void {
-    this.#cache.set(session.sessionId, session.key.clone());
-  }
-
-  async #open(sessionId: string): Promise<Secret> {
+  async #open(sessionId: string): Promise<OpenedSession> {
     const repo = this.#repo;
     const envelopes = (await listAll(repo.store, sessionPrefix(sessionId)))
       .map((o) => ({ key: o.key, parsed: parseVersionedKey(o.key, "sessions/") }))
@@ -84,7 +92,7 @@ export class SessionKeys {
         const { sessionId: inner, sessionKey } = parseSessionSecret(plain);
         plain.fill(0);
         if (!bytesEqual(inner, fromHex(sessionId))) throw new FormatError("sealed session id differs");
-        return new Secret(sessionKey);
+        return { key: new Secret(sessionKey), meta };
       } catch (e) {
         if (e instanceof FormatError || e instanceof CryptoFailure) {
           lastError = IntegrityError.object(key, "session key envelope does not open (modified or not sealed to this epoch)");
@@ -97,7 +105,7 @@ export class SessionKeys {
   }
 
   dispose(): void {
-    for (const s of this.#cache.values()) s.dispose();
+    for (const s of this.#cache.values()) s.key.dispose();
     this.#cache.clear();
   }
 }

@@ -1,10 +1,9 @@
 import { IntegrityError, NotFoundError, VaultError } from "../errors.js";
-import type { Secret } from "../crypto/secret.js";
 import type { Zstd } from "../compress/zstd.js";
 import { packKey } from "../format/layout.js";
 import { BlobError, decodeBlob } from "../pack/blob.js";
 import type { ChunkIndex, ChunkLocation } from "../repository/chunk-index.js";
-import type { Repository } from "../repository/repository.js";
+import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import type { SessionKeys } from "../repository/sessions.js";
 import { toHex } from "../util/bytes.js";
 
@@ -23,16 +22,14 @@ export class BlobReader {
   readonly #repo: Repository;
   readonly #index: ChunkIndex;
   readonly #sessions: SessionKeys;
-  readonly #chunkIdKey: Secret;
   readonly #zstd: Zstd;
   #window: { packId: string; start: number; bytes: Uint8Array } | undefined;
   bytesFetched = 0;
 
-  constructor(repo: Repository, index: ChunkIndex, sessions: SessionKeys, chunkIdKey: Secret, zstd: Zstd) {
+  constructor(repo: Repository, index: ChunkIndex, sessions: SessionKeys, zstd: Zstd) {
     this.#repo = repo;
     this.#index = index;
     this.#sessions = sessions;
-    this.#chunkIdKey = chunkIdKey;
     this.#zstd = zstd;
   }
 
@@ -45,9 +42,11 @@ export class BlobReader {
   async read(id: Uint8Array): Promise<Uint8Array> {
     const loc = this.location(id);
     const stored = await this.#fetch(loc);
-    const key = await this.#sessions.get(loc.pack.sessionId);
+    const session = await this.#sessions.open(loc.pack.sessionId);
+    // Chunk IDs are verified with the chunk-ID key of the session that wrote them.
+    const chunkIdKey = chunkKeyFor(this.#repo, session.meta.chunkKeyEpoch);
     try {
-      return decodeBlob(this.#repo.crypto, key, this.#chunkIdKey, id, stored, loc.rawLength, this.#zstd);
+      return decodeBlob(this.#repo.crypto, session.key, chunkIdKey, id, stored, loc.rawLength, this.#zstd);
     } catch (e) {
       if (e instanceof BlobError) throw IntegrityError.object(packKey(loc.pack.packId), `${e.message} (chunk ${toHex(id).slice(0, 16)}…)`);
       throw e;

@@ -6,6 +6,7 @@ import type { ChunkIndex, ChunkLocation } from "../repository/chunk-index.js";
 import type { Repository } from "../repository/repository.js";
 import type { SessionKeys } from "../repository/sessions.js";
 import type { WorkerPool } from "../pipeline/pool.js";
+import { PoolSessionKeys } from "../pipeline/session-keys.js";
 import { toHex } from "../util/bytes.js";
 
 /** A chunk to read (id) or a marker that only keeps its place in the order (id null). */
@@ -53,11 +54,10 @@ const MAX_ITEMS = 8192;
 export class ChunkFetcher {
   readonly #repo: Repository;
   readonly #index: ChunkIndex;
-  readonly #sessions: SessionKeys;
+  readonly #keys: PoolSessionKeys;
   readonly #pool: WorkerPool;
   readonly #groupBytes: number;
   readonly #maxGroups: number;
-  readonly #keysGiven = new Map<string, Promise<void>>();
   readonly #spare: Uint8Array[] = [];
   #lastPlain: Uint8Array | undefined;
   bytesFetched = 0;
@@ -66,7 +66,7 @@ export class ChunkFetcher {
   constructor(repo: Repository, index: ChunkIndex, sessions: SessionKeys, pool: WorkerPool, o: FetcherOptions = {}) {
     this.#repo = repo;
     this.#index = index;
-    this.#sessions = sessions;
+    this.#keys = new PoolSessionKeys(repo, sessions, pool);
     this.#pool = pool;
     this.#groupBytes = o.groupBytes ?? 4 * 1024 * 1024;
     this.#maxGroups = o.maxGroups ?? 2 * pool.workers + 2;
@@ -150,7 +150,7 @@ export class ChunkFetcher {
     if (withData.length === 0) return { out: g.items.map((i) => ({ tag: i.tag, data: null })), plain: undefined };
     const pack = this.#index.packs[g.packNo];
     if (pack === undefined) throw new Error("chunk index names an unknown pack");
-    const keyName = await this.#sessionKey(pack.sessionId);
+    const names = await this.#keys.names(pack.sessionId);
     const key = packKey(pack.packId);
     let bytes: Uint8Array;
     try {
@@ -171,7 +171,7 @@ export class ChunkFetcher {
       ids.set(item.id as Uint8Array, j * HASH_BYTES);
     });
     const spare = this.#spare.pop();
-    const result = await this.#pool.run({ kind: "open", data: bytes, entries, ids: ids.slice(), key: keyName, keep: true, ...(spare === undefined ? {} : { out: spare }) });
+    const result = await this.#pool.run({ kind: "open", data: bytes, entries, ids: ids.slice(), key: names.key, idKey: names.idKey, keep: true, ...(spare === undefined ? {} : { out: spare }) });
     const out: Fetched<T>[] = [];
     let j = 0;
     let at = 0;
@@ -189,17 +189,5 @@ export class ChunkFetcher {
       j++;
     }
     return { out, plain: result.plain };
-  }
-
-  /** Gives the workers a session's key once; returns its name in the pool. */
-  async #sessionKey(sessionId: string): Promise<string> {
-    const name = `session:${sessionId}`;
-    let given = this.#keysGiven.get(sessionId);
-    if (given === undefined) {
-      given = this.#sessions.get(sessionId).then((k) => this.#pool.setKey(name, k.bytes));
-      this.#keysGiven.set(sessionId, given);
-    }
-    await given;
-    return name;
   }
 }

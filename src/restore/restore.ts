@@ -7,12 +7,13 @@ import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
 import type { Repository } from "../repository/repository.js";
 import { SessionKeys } from "../repository/sessions.js";
-import { listSnapshots, readSnapshotBody, resolveSnapshot } from "../snapshot/store.js";
+import { findSnapshot, readSnapshotBody, type SnapshotRecord } from "../snapshot/store.js";
+import { audited, authorizeAudited } from "../audit/guard.js";
+import { toHex, utf8 } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 import { BlobReader } from "./blob-reader.js";
 import { ChunkFetcher } from "./fetcher.js";
 import { WorkerPool } from "../pipeline/pool.js";
-import { CHUNK_ID_KEY } from "../pipeline/protocol.js";
 import { restoreDisk } from "./disk.js";
 import { folderEntries, restoreFolder } from "./folder.js";
 
@@ -37,6 +38,8 @@ export interface RestoreResult {
   readonly target: string;
   readonly restored: readonly { name: string; kind: "disk" | "folder"; path: string; bytes: number }[];
   readonly bytes: number;
+  /** BLAKE2b commitment to the restored content (see contentDigest), kept in the audit trail. */
+  readonly digest: string;
 }
 
 interface Plan {
@@ -84,52 +87,99 @@ function planRestore(sources: readonly (DiskSource | FolderSource)[], target: st
  * under their final names only when complete.
  */
 export async function restore(repo: Repository, o: RestoreOptions): Promise<RestoreResult> {
-  repo.authorize("restore");
-  if (o.reason.trim() === "") throw new UsageError("a restore needs --reason TEXT (it is kept in the audit trail)");
-  const records = await listSnapshots(repo);
-  const record = resolveSnapshot(records, o.snapshot, o.vm);
   const target = path.resolve(o.target);
+  await authorizeAudited(repo, "restore", "restore", { snapshot: o.snapshot, destination: target });
+  if (o.reason.trim() === "") throw new UsageError("a restore needs --reason TEXT (it is kept in the audit trail)");
+  const record = await findSnapshot(repo, o.snapshot, o.vm);
   const lock = await acquireLock(repo, "restore", false);
   const sessions = new SessionKeys(repo);
+  try {
+    const auditTarget = {
+      snapshot: record.header.id,
+      vm: record.header.vm,
+      destination: target,
+      ...(o.disk === undefined ? {} : { disk: o.disk }),
+      ...(o.include === undefined || o.include.length === 0 ? {} : { files: [...o.include] }),
+    };
+    return await audited(repo, {
+      entry: { action: "restore", target: auditTarget, reason: o.reason },
+      started: true,
+      run: () => restoreRecord(repo, sessions, record, target, o),
+      outcome: (r) => ({ bytes: r.bytes, digest: r.digest }),
+    });
+  } finally {
+    sessions.dispose();
+    await lock.release();
+  }
+}
+
+/** Everything after authorization and the "started" record: decrypts and writes. */
+async function restoreRecord(repo: Repository, sessions: SessionKeys, record: SnapshotRecord, target: string, o: RestoreOptions): Promise<RestoreResult> {
   // Workers start while the snapshot and the index load.
   const starting = WorkerPool.create({ compressionLevel: repo.config.compressionLevel, ...(o.workers === undefined ? {} : { workers: o.workers }) });
   starting.catch(() => undefined);
   try {
-    const body = await readSnapshotBody(repo, sessions, record);
-    const plan = planRestore(body.sources, target, o);
-    if (o.force !== true) {
-      for (const p of [...plan.disks.map((d) => d.dest), ...plan.folders.filter((f) => f.includes === undefined).map((f) => f.dest)]) {
-        if (await exists(p)) throw targetExistsError(p);
-      }
-    }
-    try {
-      await fsp.mkdir(target, { recursive: true });
-    } catch (e) {
-      throw targetError(target, e);
-    }
-    const index = await loadIndex(repo);
-    const progress = throttled(o.progress);
-    const chunkIdKey = repo.currentSecret("chunkId");
-    const reader = new BlobReader(repo, index, sessions, chunkIdKey, new Zstd(repo.config.compressionLevel));
-    const pool = await starting;
-    pool.setKey(CHUNK_ID_KEY, chunkIdKey.bytes);
-    const fetcher = new ChunkFetcher(repo, index, sessions, pool);
-    const restored: { name: string; kind: "disk" | "folder"; path: string; bytes: number }[] = [];
-    for (const { disk, dest } of plan.disks) {
-      const bytes = await restoreDisk(disk, dest, reader, fetcher, record.key, progress);
-      restored.push({ name: disk.name, kind: "disk", path: dest, bytes });
-    }
-    for (const { folder, dest, includes } of plan.folders) {
-      if (includes !== undefined) await precheckIncludes(folder, dest, includes, reader, record.key, o.force === true);
-      const r = await restoreFolder(folder, dest, includes, reader, fetcher, record.key, progress);
-      restored.push({ name: folder.name, kind: "folder", path: dest, bytes: r.bytes });
-    }
-    return { snapshotId: record.header.id, vm: record.header.vm, target, restored, bytes: restored.reduce((n, r) => n + r.bytes, 0) };
+    return await restoreWith(repo, sessions, record, target, o, starting);
   } finally {
     await (await starting.catch(() => undefined))?.close();
-    sessions.dispose();
-    await lock.release();
   }
+}
+
+async function restoreWith(
+  repo: Repository,
+  sessions: SessionKeys,
+  record: SnapshotRecord,
+  target: string,
+  o: RestoreOptions,
+  starting: Promise<WorkerPool>,
+): Promise<RestoreResult> {
+  const body = await readSnapshotBody(repo, sessions, record);
+  const plan = planRestore(body.sources, target, o);
+  if (o.force !== true) {
+    for (const p of [...plan.disks.map((d) => d.dest), ...plan.folders.filter((f) => f.includes === undefined).map((f) => f.dest)]) {
+      if (await exists(p)) throw targetExistsError(p);
+    }
+  }
+  try {
+    await fsp.mkdir(target, { recursive: true });
+  } catch (e) {
+    throw targetError(target, e);
+  }
+  const index = await loadIndex(repo);
+  const progress = throttled(o.progress);
+  const reader = new BlobReader(repo, index, sessions, new Zstd(repo.config.compressionLevel));
+  const fetcher = new ChunkFetcher(repo, index, sessions, await starting);
+  const restored: { name: string; kind: "disk" | "folder"; path: string; bytes: number }[] = [];
+  for (const { disk, dest } of plan.disks) {
+    const bytes = await restoreDisk(disk, dest, reader, fetcher, record.key, progress);
+    restored.push({ name: disk.name, kind: "disk", path: dest, bytes });
+  }
+  for (const { folder, dest, includes } of plan.folders) {
+    if (includes !== undefined) await precheckIncludes(folder, dest, includes, reader, record.key, o.force === true);
+    const r = await restoreFolder(folder, dest, includes, reader, fetcher, record.key, progress);
+    restored.push({ name: folder.name, kind: "folder", path: dest, bytes: r.bytes });
+  }
+  return {
+    snapshotId: record.header.id,
+    vm: record.header.vm,
+    target,
+    restored,
+    bytes: restored.reduce((n, r) => n + r.bytes, 0),
+    digest: contentDigest(repo, plan),
+  };
+}
+
+/**
+ * A commitment to what was restored: BLAKE2b over each restored source's name, size and the
+ * IDs of its chunk-list or entry blobs (which commit to every chunk ID), plus any include paths.
+ */
+function contentDigest(repo: Repository, plan: Plan): string {
+  const parts: Uint8Array[] = [];
+  for (const { disk } of plan.disks) parts.push(utf8(`disk\0${disk.name}\0${disk.size}\0${disk.lists.join(",")}\n`));
+  for (const { folder, includes } of plan.folders) {
+    parts.push(utf8(`folder\0${folder.name}\0${folder.entries.join(",")}\0${(includes ?? []).join(",")}\n`));
+  }
+  return toHex(repo.crypto.hashParts(parts));
 }
 
 /** Before writing anything: every include must match, and no selected file may exist unless force. */

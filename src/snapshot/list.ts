@@ -1,6 +1,7 @@
 import type { Damage } from "../errors.js";
 import type { Repository } from "../repository/repository.js";
 import { listSnapshots } from "./store.js";
+import { authorizeAudited } from "../audit/guard.js";
 
 /** What `snapshots` shows for one snapshot (the --json shape scripts rely on). */
 export interface SnapshotSummary {
@@ -17,7 +18,7 @@ export interface SnapshotSummary {
 }
 
 export async function snapshotSummaries(repo: Repository, o: { vm?: string; onDamage?: (d: Damage) => void } = {}): Promise<SnapshotSummary[]> {
-  repo.authorize("listSnapshots");
+  await authorizeAudited(repo, "listSnapshots", "snapshots");
   const records = await listSnapshots(repo, o.onDamage);
   return records
     .filter((r) => o.vm === undefined || r.header.vm === o.vm)

@@ -22,14 +22,17 @@ import { mayWriteSnapshots } from "../keys/roles.js";
 import type { Repository } from "../repository/repository.js";
 import type { SessionKeys } from "../repository/sessions.js";
 import { listAll, type AppendOnlyStore } from "../storage/types.js";
-import { fromHex, fromUtf8, toHex } from "../util/bytes.js";
+import { fromUtf8, toHex } from "../util/bytes.js";
 
 /** A snapshot whose header opened and whose signature verified. */
 export interface SnapshotRecord {
   readonly key: string;
   readonly meta: SnapshotMeta;
   readonly header: SnapshotHeader;
+  /** The exact header plaintext (its digest is signed). */
+  readonly headerBytes: Uint8Array;
   readonly bodySealed: Uint8Array;
+  readonly signature: Uint8Array;
 }
 
 /** Signs and stores a snapshot: header sealed to the metadata key, body under the session key. */
@@ -40,19 +43,31 @@ export async function writeSnapshot(
   sessionKey: Secret,
   header: SnapshotHeader,
   body: SnapshotBody,
+  revision = 1,
 ): Promise<string> {
   const crypto = repo.crypto;
-  const epoch = repo.chain.latest.epochs.find((e) => e.id === repo.keyring.currentEpoch);
-  if (epoch === undefined) throw new IntegrityError("the current key epoch is not in the registry");
   const headerBytes = encodeSnapshotHeader(header);
-  const sealedHeader = crypto.sealTo(epoch.metaPublicKey, headerBytes);
   const bodySealed = crypto.seal(sessionKey, encodeSnapshotBody(body), snapshotBodyAd(header.id, sessionId));
   const message = snapshotSignedMessage(header.id, sessionId, crypto.hash(headerBytes), bodySealed);
   const signature = crypto.sign(repo.keyring.signSecretKey, message);
-  const meta = encodeSnapshotMeta({ repoId: repo.repoId, snapshotId: header.id, sessionId, epoch: epoch.id });
-  const bytes = appendSignature(encodeEnvelope(ObjectKind.Snapshot, meta, [sealedHeader, bodySealed]), signature);
-  const key = snapshotKey(header.id, epoch.id);
-  await store.putIfAbsent(key, bytes);
+  return storeSnapshotRevision(repo, store, { repoId: repo.repoId, snapshotId: header.id, revision, sessionId, epoch: repo.keyring.currentEpoch }, headerBytes, bodySealed, signature);
+}
+
+/** Seals the header to the meta key of meta.epoch and stores one revision of a snapshot object. */
+export async function storeSnapshotRevision(
+  repo: Repository,
+  store: AppendOnlyStore,
+  meta: SnapshotMeta,
+  headerBytes: Uint8Array,
+  bodySealed: Uint8Array,
+  signature: Uint8Array,
+): Promise<string> {
+  const epoch = repo.chain.latest.epochs.find((e) => e.id === meta.epoch);
+  if (epoch === undefined) throw new IntegrityError(`key epoch ${meta.epoch} is not in the registry`);
+  const sealedHeader = repo.crypto.sealTo(epoch.metaPublicKey, headerBytes);
+  const bytes = appendSignature(encodeEnvelope(ObjectKind.Snapshot, encodeSnapshotMeta(meta), [sealedHeader, bodySealed]), signature);
+  const key = snapshotKey(meta.snapshotId, meta.revision);
+  if (!(await store.putIfAbsent(key, bytes))) throw new IntegrityError(`${key} already exists`);
   return key;
 }
 
@@ -72,7 +87,7 @@ export async function readSnapshot(repo: Repository, key: string): Promise<Snaps
     if (env.payloads.length !== 2 || sealedHeader === undefined || body === undefined || env.signature === undefined) {
       throw new FormatError("bad payload count");
     }
-    if (snapshotKey(meta.snapshotId, meta.epoch) !== key || meta.repoId !== repo.repoId) throw new FormatError("snapshot does not match its name");
+    if (snapshotKey(meta.snapshotId, meta.revision) !== key || meta.repoId !== repo.repoId) throw new FormatError("snapshot does not match its name");
     const info = repo.keyring.epoch(meta.epoch)?.info;
     const metaSecret = repo.keyring.secret(meta.epoch, "meta");
     if (info === undefined || metaSecret === undefined) throw IntegrityError.object(key, `no metadata key of epoch ${meta.epoch} is granted to you`);
@@ -88,8 +103,19 @@ export async function readSnapshot(repo: Repository, key: string): Promise<Snaps
   }
   if (header.id !== meta.snapshotId) throw IntegrityError.object(key, "snapshot header names another snapshot (swapped)");
   const message = snapshotSignedMessage(header.id, meta.sessionId, crypto.hash(headerBytes), bodySealed);
-  verifySigner(repo, key, header, message, signature);
-  return { key, meta, header, bodySealed };
+  if (header.rewrittenBy === undefined) verifySigner(repo, key, header, message, signature);
+  else verifyRewriter(repo, key, header.rewrittenBy, message, signature);
+  return { key, meta, header, headerBytes, bodySealed, signature };
+}
+
+/** A revision rewritten by an admin (re-encryption) is signed by that admin. */
+function verifyRewriter(repo: Repository, key: string, by: NonNullable<SnapshotHeader["rewrittenBy"]>, message: Uint8Array, signature: Uint8Array): void {
+  const doc = versionOf(repo.chain, by.registryVersion);
+  const user = doc?.users.find((u) => u.name === by.name);
+  if (doc === undefined || user === undefined || user.role !== "admin" || toHex(user.signPublicKey) !== by.key) {
+    throw IntegrityError.object(key, `rewritten by ${by.name}, who was not an admin in registry version ${by.registryVersion}`);
+  }
+  if (!repo.crypto.verify(user.signPublicKey, message, signature)) throw IntegrityError.object(key, `signature by ${by.name} does not verify`);
 }
 
 function verifySigner(repo: Repository, key: string, header: SnapshotHeader, message: Uint8Array, signature: Uint8Array): void {
@@ -129,19 +155,38 @@ export async function readSnapshotBody(repo: Repository, sessions: SessionKeys, 
   }
 }
 
-/** Snapshot object keys grouped by id; the newest epoch the user can open comes first. */
+/** Snapshot object keys grouped by id, newest revision first. */
 export async function listSnapshotKeys(repo: Repository): Promise<Map<string, string[]>> {
-  const byId = new Map<string, { key: string; epoch: number }[]>();
+  const byId = new Map<string, { key: string; revision: number }[]>();
   for (const o of await listAll(repo.store, SNAPSHOT_PREFIX)) {
     const p = parseVersionedKey(o.key, SNAPSHOT_PREFIX);
     if (p === undefined) continue;
     const list = byId.get(p.name) ?? [];
-    list.push({ key: o.key, epoch: p.number });
+    list.push({ key: o.key, revision: p.number });
     byId.set(p.name, list);
   }
   const out = new Map<string, string[]>();
-  for (const [id, list] of byId) out.set(id, list.sort((a, b) => b.epoch - a.epoch).map((x) => x.key));
+  for (const [id, list] of byId) out.set(id, list.sort((a, b) => b.revision - a.revision).map((x) => x.key));
   return out;
+}
+
+/** The epoch a snapshot revision's header is sealed to, from its readable meta (undefined if unreadable). */
+async function revisionEpoch(repo: Repository, key: string): Promise<number | undefined> {
+  try {
+    return parseSnapshotMeta(parseEnvelope(ObjectKind.Snapshot, await repo.store.get(key), true).meta).epoch;
+  } catch (e) {
+    if (e instanceof FormatError) return undefined;
+    throw e;
+  }
+}
+
+/** The newest revision whose header the user holds a key for (or the newest, to report it). */
+async function usableRevision(repo: Repository, keys: readonly string[]): Promise<string | undefined> {
+  for (const key of keys) {
+    const epoch = await revisionEpoch(repo, key);
+    if (epoch !== undefined && repo.keyring.secret(epoch, "meta") !== undefined) return key;
+  }
+  return keys[0];
 }
 
 /**
@@ -151,8 +196,7 @@ export async function listSnapshotKeys(repo: Repository): Promise<Map<string, st
 export async function listSnapshots(repo: Repository, onDamage?: (d: Damage) => void): Promise<SnapshotRecord[]> {
   const out: SnapshotRecord[] = [];
   for (const [id, keys] of await listSnapshotKeys(repo)) {
-    const usable = keys.filter((k) => repo.keyring.secret(parseVersionedKey(k, SNAPSHOT_PREFIX)?.number ?? -1, "meta") !== undefined);
-    const key = usable[0] ?? keys[0];
+    const key = await usableRevision(repo, keys);
     if (key === undefined) continue;
     try {
       out.push(await readSnapshot(repo, key));
@@ -183,6 +227,21 @@ export function resolveSnapshot(records: readonly SnapshotRecord[], ref: string,
   return matches[0] as SnapshotRecord;
 }
 
-export function snapshotIdBytes(id: string): Uint8Array {
-  return fromHex(id);
+/**
+ * The snapshot a reference names. An id or prefix reads only that snapshot, so damage elsewhere
+ * does not block it; `latest` needs every header, so any damaged snapshot stops it (it could be
+ * the latest one).
+ */
+export async function findSnapshot(repo: Repository, ref: string, vm?: string): Promise<SnapshotRecord> {
+  if (ref === "latest") return resolveSnapshot(await listSnapshots(repo), ref, vm);
+  if (!/^[0-9a-f]{1,32}$/.test(ref)) throw new UsageError(`invalid snapshot reference ${JSON.stringify(ref)}`, "use `latest`, an id, or a unique id prefix");
+  const ids = [...(await listSnapshotKeys(repo)).entries()].filter(([id]) => id.startsWith(ref));
+  if (ids.length === 0) throw new NotFoundError(`no snapshot matches ${ref}`, "list snapshots with `vmvault snapshots`");
+  if (ids.length > 1) throw new UsageError(`snapshot prefix ${ref} is ambiguous (${ids.length} snapshots)`, "give more characters of the id");
+  const keys = (ids[0] as [string, string[]])[1];
+  const key = await usableRevision(repo, keys);
+  if (key === undefined) throw new NotFoundError(`no snapshot matches ${ref}`);
+  const record = await readSnapshot(repo, key);
+  if (vm !== undefined && record.header.vm !== vm) throw new NotFoundError(`snapshot ${record.header.id} belongs to VM ${record.header.vm}, not ${vm}`);
+  return record;
 }

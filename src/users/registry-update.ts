@@ -3,6 +3,7 @@ import { registryKey } from "../format/layout.js";
 import type { AuditHead, RegistryDoc } from "../format/registry.js";
 import { encodeRegistry, loadRegistryChain, type RegistryChain } from "../keys/registry.js";
 import type { Repository } from "../repository/repository.js";
+import { readHead } from "../audit/trail.js";
 
 export type RegistryContent = Omit<RegistryDoc, "repoId" | "version" | "prevHash" | "time" | "actor" | "change" | "auditHead">;
 
@@ -15,7 +16,7 @@ export async function appendRegistryVersion(
   repo: Repository,
   change: string,
   mutate: (doc: RegistryDoc) => RegistryContent,
-  auditHead: AuditHead | null = repo.chain.latest.auditHead,
+  auditHead?: AuditHead | null,
 ): Promise<RegistryChain> {
   const root = repo.keyring.rootSecretKey;
   if (root === undefined) throw new VaultError("E_ACCESS_DENIED", "access denied: only an admin holds the root key");
@@ -28,7 +29,7 @@ export async function appendRegistryVersion(
     time: repo.now(),
     actor: repo.userName,
     change,
-    auditHead,
+    auditHead: auditHead === undefined ? await readHead(repo) : auditHead,
   };
   const written = await repo.store.putIfAbsent(registryKey(next.version), encodeRegistry(repo.crypto, next, root));
   if (!written) {

@@ -13,6 +13,7 @@ import { listSnapshots } from "../snapshot/store.js";
 import { listAll } from "../storage/types.js";
 import { toHex } from "../util/bytes.js";
 import { appendRegistryVersion } from "./registry-update.js";
+import { audited, authorizeAudited } from "../audit/guard.js";
 
 /** What `user list` shows (the --json shape scripts rely on). */
 export interface UserSummary {
@@ -23,8 +24,8 @@ export interface UserSummary {
   readonly addedAt: string;
 }
 
-export function listUsers(repo: Repository): UserSummary[] {
-  repo.authorize("admin");
+export async function listUsers(repo: Repository): Promise<UserSummary[]> {
+  await authorizeAudited(repo, "admin", "user list");
   return repo.chain.latest.users.map((u) => ({
     name: u.name,
     role: u.role,
@@ -84,7 +85,11 @@ export interface AddUserOptions {
 
 /** Admin only: creates the user's identity and key slot, seals their grants, then publishes a registry version. */
 export async function addUser(repo: Repository, o: AddUserOptions): Promise<UserSummary> {
-  repo.authorize("admin");
+  await authorizeAudited(repo, "admin", "user add", { user: o.name, role: o.role });
+  return audited(repo, { entry: { action: "user add", target: { user: o.name, role: o.role } }, started: false, run: () => createUser(repo, o) });
+}
+
+async function createUser(repo: Repository, o: AddUserOptions): Promise<UserSummary> {
   assertUserName(o.name);
   if (!isRole(o.role)) throw new UsageError(`unknown role ${JSON.stringify(o.role)}`, "roles: admin, operator, backup, restorer, auditor");
   assertKdfStrength(o.kdf, o.allowWeakKdf === true);
@@ -131,7 +136,16 @@ export interface RemovedUserSummary extends UserSummary {
  * signed, which stay valid), then deletes their grants and key slots.
  */
 export async function removeUser(repo: Repository, name: string): Promise<RemovedUserSummary> {
-  repo.authorize("admin");
+  await authorizeAudited(repo, "admin", "user remove", { user: name });
+  return audited(repo, {
+    entry: { action: "user remove", target: { user: name } },
+    started: false,
+    run: () => deleteUser(repo, name),
+    outcome: (r) => ({ acceptedSnapshots: [...r.snapshots] }),
+  });
+}
+
+async function deleteUser(repo: Repository, name: string): Promise<RemovedUserSummary> {
   const latest = repo.chain.latest;
   const user = latest.users.find((u) => u.name === name);
   if (user === undefined) throw new VaultError("E_NOT_FOUND", `no user named ${name}`, { hint: "see `vmvault user list`" });
@@ -160,7 +174,7 @@ export async function removeUser(repo: Repository, name: string): Promise<Remove
 /** Any user: rewraps their own key slot under a new passphrase (one slot rewritten, old one deleted). */
 export async function changePassphrase(repo: Repository, newPassphrase: Secret, kdf: KdfStrength, allowWeakKdf = false): Promise<void> {
   assertKdfStrength(kdf, allowWeakKdf);
-  await rewrapSlot(repo, newPassphrase, kdf);
+  await audited(repo, { entry: { action: "user passwd", target: { user: repo.userName } }, started: false, run: () => rewrapSlot(repo, newPassphrase, kdf) });
 }
 
 /** Writes the user's slot again under `passphrase` with `kdf`, then removes older generations. */

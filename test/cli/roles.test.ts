@@ -69,17 +69,37 @@ describe("every role × every command", () => {
         const repo = path.join(tmp("m"), "repo");
         cpSync(base, repo, { recursive: true });
         const target = tmp("target");
-        const before = await snapshotOf(repo);
+        const notAudit = (rel: string): boolean => rel.startsWith("audit");
+        const before = await snapshotOf(repo, notAudit);
+        const auditBefore = (await snapshotOf(repo, (rel) => !rel.startsWith("audit/"))).size;
         const r: CliResult = await vault(repo, userOf(role), passOf(role))(c.args(target), c.env === undefined ? {} : { env: c.env });
         if (allowed) {
           expect(r.code, r.stdout + r.stderr).toBe(0);
         } else {
           expect(r.code, r.stdout + r.stderr).toBe(4);
           expect(r.stderr).toMatch(new RegExp(`access denied: ${role} may not `));
-          expect(await snapshotOf(repo)).toEqual(before);
+          // Nothing changed but the audit trail, which gained exactly one record: the refusal.
+          expect(await snapshotOf(repo, notAudit)).toEqual(before);
+          expect((await snapshotOf(repo, (rel) => !rel.startsWith("audit/"))).size).toBe(auditBefore + 1);
           expect(await fsp.readdir(target)).toEqual([]);
         }
       });
     }
   }
+});
+
+describe("refusals in the audit trail", () => {
+  it("records each denied attempt with the actor, role and action", async () => {
+    const repo = path.join(tmp("m"), "repo");
+    cpSync(base, repo, { recursive: true });
+    expect((await vault(repo, userOf("backup"), passOf("backup"))(["snapshots"])).code).toBe(4);
+    expect((await vault(repo, userOf("auditor"), passOf("auditor"))(["restore", "latest", "--target", tmp("t"), "--reason", "x"])).code).toBe(4);
+    const log = await vault(repo, userOf("auditor"), passOf("auditor"))(["audit", "log", "--json"]);
+    expect(log.code, log.stderr).toBe(0);
+    const denied = (JSON.parse(log.stdout) as { actor: string; role: string; action: string; result: string; code?: number }[]).filter((r) => r.result === "denied");
+    expect(denied).toEqual([
+      expect.objectContaining({ actor: "backup-user", role: "backup", action: "snapshots", code: 4 }),
+      expect.objectContaining({ actor: "auditor-user", role: "auditor", action: "restore", code: 4 }),
+    ]);
+  });
 });

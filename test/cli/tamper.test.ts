@@ -130,3 +130,22 @@ describe("tampering is detected and named", () => {
     expect(r.stdout).toMatch(/pack is missing/);
   });
 });
+
+describe("damage to one snapshot", () => {
+  it("does not block restoring another by id, but stops `latest` (the damaged one could be the latest)", async () => {
+    const repo = copyRepo();
+    const v = vault(repo);
+    const image = path.join(tmp("src2"), "other.raw");
+    await makeImage(image, { sizeMiB: 2, seed: "other" });
+    const b = await v(["--json", "backup", "--vm", "vm2", image]);
+    expect(b.code, b.stderr).toBe(0);
+    const good = (JSON.parse(b.stdout) as { snapshotId: string }).snapshotId;
+    const victim = (await objects(repo, "snapshots/")).find((p) => !p.includes(good)) as string;
+    await flipByte(victim, "middle");
+    const byId = await v(["restore", good.slice(0, 10), "--target", tmp("o1"), "--reason", "x"]);
+    expect(byId.code, byId.stderr).toBe(0);
+    const latest = await v(["restore", "latest", "--target", tmp("o2"), "--reason", "x"]);
+    expect(latest.code).toBe(5);
+    expect(latest.stderr).toContain(path.relative(repo, victim));
+  });
+});

@@ -1,8 +1,8 @@
 /**
- * Writes the golden samples of the current repository format: one object of every kind the
- * code writes, taken from a deterministic repository (seeded randomness, frozen clock, fixed
- * host name, weak test KDF, one backup of a small generated disk image and a small folder with
- * fixed modes and times), plus a lock.
+ * Writes the golden samples of the current repository format: every object kind the code
+ * writes, taken from deterministic repositories (seeded randomness, frozen clock, fixed host
+ * name, weak test KDF, a small generated disk image and a small folder with fixed modes and
+ * times), built through the library's own entry points (Vault).
  *
  * Skipped unless VMVAULT_WRITE_GOLDEN=1. Regenerate (alone, not alongside golden.test.ts) with
  *
@@ -11,35 +11,60 @@
  * and read test/golden/golden.test.ts before committing the result: a changed sample of an
  * existing kind is a format break that needs a version bump, not a refresh.
  *
- * Output, in test/golden/v<WRITE_VERSION>/:
- *   <kind>.bin     one object per kind, named after the kind in kebab case (key-slot.bin, …)
- *   manifest.json  each object's store key and SHA-256; the sources' names, sizes and SHA-256s
- *   secrets.json   the test passphrase and every key needed to open the samples (test-only keys)
+ * Two sample repositories, in test/golden/v<WRITE_VERSION>/:
+ *   plain/    Vault.init (audit record "init"), one backup of the image and the folder, a restore
+ *             with a reason (records "started" and "succeeded"), an audit anchor, a lock copied
+ *             while held. One key epoch; snapshot revision 1.
+ *   rotated/  the same repository, continued: `key rotate --reencrypt` (epoch 2: the pack
+ *             rewritten under a new session key, the snapshot rewritten as a new revision signed
+ *             by the admin and marked `rewrittenBy`, epoch 1 destroyed), then `key rotate`
+ *             (epoch 3: session key, snapshot header, index file and audit bodies re-sealed to
+ *             it, epoch-2 grants deleted; the session now has epoch 3, createdEpoch 2,
+ *             chunkKeyEpoch 1), a re-encryption checkpoint and id-map batch written directly
+ *             with a small fixed state (checkpointState and ID_MAP_PAIRS below: a finished
+ *             re-encryption deletes its own, so these are copied out and removed again), and an
+ *             anchor of the final trail head. Epochs 1 and 2 keep no grants, so secrets.json
+ *             holds epoch 3's keys only.
+ * Why two: plain/ pins the objects as first written (revision 1, one epoch); rotated/ pins
+ * what rotation and re-encryption rewrite (revisions, `rewrittenBy`, session epochs, several
+ * registry versions, destroyed epochs) while staying small enough to replay as a whole.
+ *
+ * Each holds:
+ *   repository/<key>  every object of the repository at rest, named by its store key (the
+ *                     local-folder layout); golden.test.ts replays them as one repository
+ *   transient/<key>   objects that exist only while an operation runs (plain: the lock;
+ *                     rotated: the checkpoint and the id-map batch)
+ *   anchor.bin        the audit anchor, which `audit anchor` hands out to keep elsewhere
+ *   manifest.json     what was done; each object's kind, store key, size and SHA-256; the
+ *                     sources' names, sizes and SHA-256s; the audit trail as `audit log` reads
+ *                     it; the restore and checkpoint inputs
+ *   secrets.json      the test passphrase and every key needed to open the samples (test-only)
  *
  * Determinism: everything is reproducible from the seed except what libsodium's crypto_box_seal
- * draws internally (the ephemeral key of the sealed grant, session envelope and snapshot
- * header) and the lock's pid (process.pid, not injectable). The generator builds the
- * repository twice and refuses to write if anything else differs. The snapshot body records
- * the folder source's absolute path, so the sources live at a fixed path under os.tmpdir().
+ * draws internally (the ephemeral key of sealed grants, session envelopes, snapshot headers and
+ * audit bodies) and the lock's pid (process.pid, not injectable). The generator builds both
+ * repositories twice and refuses to write if anything else differs. The snapshot body records
+ * the folder source's absolute path and the restore's audit records its target, so both live
+ * at a fixed path under os.tmpdir().
  */
 import { createHash } from "node:crypto";
 import { promises as fsp, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { backup } from "../../src/backup/backup.js";
 import { KDF_TEST } from "../../src/crypto/kdf.js";
 import { Secret } from "../../src/crypto/secret.js";
 import type { RandomSource } from "../../src/crypto/suite.js";
 import { kindName, MAGIC, ObjectKind, WRITE_VERSION } from "../../src/format/envelope.js";
-import { LOCK_PREFIX, parseVersionedKey } from "../../src/format/layout.js";
+import { LOCK_PREFIX, parseVersionedKey, SNAPSHOT_PREFIX } from "../../src/format/layout.js";
 import { KEY_PARTS } from "../../src/keys/roles.js";
 import { acquireLock } from "../../src/repository/lock.js";
-import { initRepository } from "../../src/repository/open.js";
-import type { Repository } from "../../src/repository/repository.js";
 import { SessionKeys } from "../../src/repository/sessions.js";
+import { deleteCheckpoints, writeCheckpoint, writeIdMapBatch, type ReencryptState } from "../../src/rotation/checkpoint.js";
 import { MemoryStore } from "../../src/storage/memory.js";
+import { listAll } from "../../src/storage/types.js";
 import { toHex, utf8 } from "../../src/util/bytes.js";
+import { Vault } from "../../src/vault.js";
 
 const WRITE = process.env["VMVAULT_WRITE_GOLDEN"] === "1";
 const OUT = path.join(import.meta.dirname, `v${WRITE_VERSION}`);
@@ -54,10 +79,13 @@ const SOURCE_NAME = "golden.raw";
 const FOLDER_NAME = "golden-folder";
 /** Where the sources are written: fixed, because the snapshot body records the folder's absolute path. */
 const WORK_DIR = path.join(os.tmpdir(), "vmvault-golden-source");
+/** Where the plain repository is restored: fixed, because the restore's audit records name it. */
+const RESTORE_DIR = path.join(WORK_DIR, "restored");
+const RESTORE_REASON = "golden sample: restore drill";
 const MTIME = new Date("2024-12-31T23:59:58.000Z");
 
 /** Kinds sealed with crypto_box_seal, whose bytes differ between runs (libsodium draws the ephemeral key). */
-const SEALED_BOX_KINDS: ReadonlySet<number> = new Set([ObjectKind.Grant, ObjectKind.SessionKey, ObjectKind.Snapshot]);
+const SEALED_BOX_KINDS: ReadonlySet<number> = new Set([ObjectKind.Grant, ObjectKind.SessionKey, ObjectKind.Snapshot, ObjectKind.AuditBody]);
 
 /** Deterministic bytes: SHA-256 in counter mode over the seed. */
 function seededBytes(seed: string, length: number): Uint8Array {
@@ -73,6 +101,33 @@ function seededRandom(seed: string): RandomSource {
   let draw = 0;
   return (length) => seededBytes(`${seed}#${draw++}`, length);
 }
+
+const seededHex = (label: string, length: number): string => toHex(seededBytes(`golden checkpoint ${label}`, length));
+
+/**
+ * The re-encryption checkpoint sample: a run towards the current epoch with a new chunk-ID key,
+ * one of two packs done. The ids are sample values, not objects of the repository.
+ */
+function checkpointState(targetEpoch: number): Omit<ReencryptState, "checkpoint"> {
+  return {
+    startedAt: CLOCK,
+    startedBy: USER,
+    targetEpoch,
+    newChunkKey: true,
+    sessionId: seededHex("session", 16),
+    phase: "packs",
+    oldPacks: [seededHex("old pack 1", 16), seededHex("old pack 2", 16)],
+    donePacks: [seededHex("old pack 1", 16)],
+    oldSessions: [seededHex("old session", 16)],
+  };
+}
+
+/** The id-map batch sample: old chunk ID -> new chunk ID (sample values). */
+const ID_MAP_BATCH = 1;
+const ID_MAP_PAIRS: readonly (readonly [string, string])[] = [
+  [seededHex("old chunk 1", 32), seededHex("new chunk 1", 32)],
+  [seededHex("old chunk 2", 32), seededHex("new chunk 2", 32)],
+];
 
 /**
  * The backed-up image (image chunks are 16 KiB): a compressible chunk (stored zstd), a random
@@ -118,15 +173,8 @@ async function writeFolder(root: string): Promise<void> {
   }
 }
 
-function goldenFileName(kind: number): string {
-  return `${kindName(kind).replace(/([a-z0-9])([A-Z])/g, "$1-$2").toLowerCase()}.bin`;
-}
-
-interface Built {
-  readonly repo: Repository;
-  readonly store: MemoryStore;
-  readonly objects: Map<number, { key: string; bytes: Uint8Array }>;
-  readonly snapshotId: string;
+function sha256(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
 }
 
 function kindOf(key: string, bytes: Uint8Array): number {
@@ -136,54 +184,30 @@ function kindOf(key: string, bytes: Uint8Array): number {
   return kind;
 }
 
-async function build(): Promise<Built> {
-  const store = new MemoryStore("memory:golden");
-  const repo = await initRepository({
-    store,
-    user: USER,
-    passphrase: Secret.fromString(PASSPHRASE),
-    kdf: KDF_TEST,
-    allowWeakKdf: true,
-    random: seededRandom(SEED),
-    clock: () => new Date(CLOCK),
-    hostname: HOSTNAME,
-  });
-  rmSync(WORK_DIR, { recursive: true, force: true });
-  await fsp.mkdir(WORK_DIR, { recursive: true });
-  const image = path.join(WORK_DIR, SOURCE_NAME);
-  await fsp.writeFile(image, sourceImage());
-  const folder = path.join(WORK_DIR, FOLDER_NAME);
-  await writeFolder(folder);
-  const result = await backup(repo, { vm: VM, sources: [image, folder] });
-  expect(result.skipped).toEqual([]);
+/** Store key -> bytes, sorted by key. */
+type Objects = ReadonlyMap<string, Uint8Array>;
 
-  const objects = new Map<number, { key: string; bytes: Uint8Array }>();
-  for (const [key, bytes] of store.objects) {
-    const kind = kindOf(key, bytes);
-    if (objects.has(kind)) throw new Error(`more than one ${kindName(kind)} object; the golden set holds one of each`);
-    objects.set(kind, { key, bytes: bytes.slice() });
-  }
-  // A lock exists only while held: copy it before release.
-  const lock = await acquireLock(repo, "golden", false);
-  try {
-    const held = [...store.objects.keys()].filter((k) => k.startsWith(LOCK_PREFIX));
-    expect(held).toHaveLength(1);
-    const key = held[0] as string;
-    const bytes = store.objects.get(key) as Uint8Array;
-    objects.set(kindOf(key, bytes), { key, bytes: bytes.slice() });
-  } finally {
-    await lock.release();
-  }
-  return { repo, store, objects, snapshotId: result.snapshotId };
+function copyObjects(store: MemoryStore, filter: (key: string) => boolean = () => true): Objects {
+  return new Map([...store.objects].filter(([key]) => filter(key)).sort(([a], [b]) => (a < b ? -1 : 1)).map(([key, bytes]) => [key, bytes.slice()]));
 }
 
-function sha256(bytes: Uint8Array): string {
-  return createHash("sha256").update(bytes).digest("hex");
+/** One sample repository as built: its objects, what lives outside it, and what opens it. */
+interface Sample {
+  readonly name: "plain" | "rotated";
+  readonly repoId: string;
+  readonly description: readonly string[];
+  readonly repository: Objects;
+  readonly transient: Objects;
+  readonly anchor: { readonly bytes: Uint8Array; readonly seq: number; readonly hash: string };
+  readonly snapshotId: string;
+  readonly secrets: Record<string, unknown>;
+  readonly auditTrail: readonly unknown[];
+  readonly extra: Record<string, unknown>;
 }
 
 /** Every key the samples need, read from the unlocked repository (test-only keys). */
-async function secretsOf(b: Built): Promise<Record<string, unknown>> {
-  const { repo } = b;
+async function secretsOf(vault: Vault): Promise<Record<string, unknown>> {
+  const repo = vault.repository;
   const keyring = repo.keyring;
   const root = keyring.rootSecretKey;
   if (root === undefined) throw new Error("the golden user must be an admin");
@@ -196,11 +220,14 @@ async function secretsOf(b: Built): Promise<Record<string, unknown>> {
     }
     epochs[String(e.info.id)] = parts;
   }
-  const sessionObject = b.objects.get(ObjectKind.SessionKey);
-  const sessionId = sessionObject === undefined ? undefined : parseVersionedKey(sessionObject.key, "sessions/")?.name;
-  if (sessionId === undefined) throw new Error("no session key envelope");
+  const sessionIds = [...new Set((await listAll(repo.store, "sessions/")).map((o) => parseVersionedKey(o.key, "sessions/")?.name))];
   const sessions = new SessionKeys(repo);
   try {
+    const keys: Record<string, string> = {};
+    for (const id of sessionIds) {
+      if (id === undefined) throw new Error("a session key envelope has a malformed name");
+      keys[id] = toHex((await sessions.get(id)).bytes);
+    }
     return {
       note: "Test-only keys for the golden samples in this folder. Never use them for anything else.",
       user: USER,
@@ -210,64 +237,190 @@ async function secretsOf(b: Built): Promise<Record<string, unknown>> {
       rootSecretKey: toHex(root.bytes),
       rootPublicKey: toHex(repo.config.rootPublicKey),
       epochs,
-      sessions: { [sessionId]: toHex((await sessions.get(sessionId)).bytes) },
+      sessions: keys,
     };
   } finally {
     sessions.dispose();
   }
 }
 
+async function auditTrailOf(vault: Vault): Promise<unknown[]> {
+  return (await vault.auditLog()).map((e) => ({ seq: e.seq, action: e.action, result: e.result, reason: e.reason, target: e.target }));
+}
+
+function snapshotIdOf(objects: Objects): string {
+  const ids = new Set([...objects.keys()].map((k) => parseVersionedKey(k, SNAPSHOT_PREFIX)?.name).filter((n) => n !== undefined));
+  expect(ids.size).toBe(1);
+  return [...ids][0] as string;
+}
+
+async function writeSources(): Promise<{ image: string; folder: string }> {
+  rmSync(WORK_DIR, { recursive: true, force: true });
+  await fsp.mkdir(WORK_DIR, { recursive: true });
+  const image = path.join(WORK_DIR, SOURCE_NAME);
+  await fsp.writeFile(image, sourceImage());
+  const folder = path.join(WORK_DIR, FOLDER_NAME);
+  await writeFolder(folder);
+  return { image, folder };
+}
+
+/** Builds both sample repositories from scratch. */
+async function build(): Promise<Sample[]> {
+  const store = new MemoryStore("memory:golden");
+  const vault = await Vault.init({
+    store,
+    user: USER,
+    passphrase: Secret.fromString(PASSPHRASE),
+    kdf: KDF_TEST,
+    allowWeakKdf: true,
+    random: seededRandom(SEED),
+    clock: () => new Date(CLOCK),
+    hostname: HOSTNAME,
+  });
+  try {
+    const repo = vault.repository;
+    const { image, folder } = await writeSources();
+    const result = await vault.backup({ vm: VM, sources: [image, folder] });
+    expect(result.skipped).toEqual([]);
+    const restored = await vault.restore({ snapshot: result.snapshotId, target: RESTORE_DIR, reason: RESTORE_REASON });
+    expect(sha256(await fsp.readFile(path.join(RESTORE_DIR, SOURCE_NAME)))).toBe(sha256(sourceImage()));
+    const plainAnchor = await vault.auditAnchor();
+    // A lock exists only while held: copy it before release.
+    const lock = await acquireLock(repo, "golden", false);
+    let lockObjects: Objects;
+    try {
+      lockObjects = copyObjects(store, (k) => k.startsWith(LOCK_PREFIX));
+      expect(lockObjects.size).toBe(1);
+    } finally {
+      await lock.release();
+    }
+    const plainRepository = copyObjects(store);
+    const plain: Sample = {
+      name: "plain",
+      repoId: repo.repoId,
+      description: ["Vault.init", `backup of ${SOURCE_NAME} and ${FOLDER_NAME}`, `restore with --reason`, "audit anchor", "a lock, copied while held"],
+      repository: plainRepository,
+      transient: lockObjects,
+      anchor: plainAnchor,
+      snapshotId: result.snapshotId,
+      secrets: await secretsOf(vault),
+      auditTrail: await auditTrailOf(vault),
+      extra: { restore: { target: restored.target, reason: RESTORE_REASON, digest: restored.digest } },
+    };
+
+    const reencrypted = await vault.rotateKeys({ reencrypt: true });
+    expect(reencrypted).toMatchObject({ epoch: 2, snapshotsRewritten: 1, destroyedEpochs: [1] });
+    const rotated = await vault.rotateKeys();
+    expect(rotated).toMatchObject({ epoch: 3, previousEpoch: 2 });
+    const state = checkpointState(repo.keyring.currentEpoch);
+    const beforeCheckpoint = new Set(store.objects.keys());
+    await writeCheckpoint(repo, state, 0);
+    await writeIdMapBatch(repo, state.targetEpoch, ID_MAP_BATCH, ID_MAP_PAIRS);
+    const checkpointObjects = copyObjects(store, (k) => !beforeCheckpoint.has(k));
+    expect([...checkpointObjects.keys()]).toEqual(["checkpoints/reencrypt-map/000001", "checkpoints/reencrypt/000001"]);
+    await deleteCheckpoints(repo);
+    const rotatedAnchor = await vault.auditAnchor();
+    return [
+      plain,
+      {
+        name: "rotated",
+        repoId: repo.repoId,
+        description: [
+          "the plain repository, continued:",
+          "key rotate --reencrypt (epoch 2; pack and snapshot rewritten; epoch 1 destroyed)",
+          "key rotate (epoch 3; every envelope re-sealed; epoch-2 grants deleted)",
+          "a re-encryption checkpoint and id-map batch written with a fixed state (kept under transient/, then deleted)",
+          "audit anchor",
+        ],
+        repository: copyObjects(store),
+        transient: checkpointObjects,
+        anchor: rotatedAnchor,
+        snapshotId: snapshotIdOf(store.objects),
+        secrets: await secretsOf(vault),
+        auditTrail: await auditTrailOf(vault),
+        extra: { checkpoint: { state, idMap: { epoch: state.targetEpoch, batch: ID_MAP_BATCH, pairs: ID_MAP_PAIRS } } },
+      },
+    ];
+  } finally {
+    await vault.close();
+  }
+}
+
+/** Same seed, same clock: everything but crypto_box_seal's internal randomness must repeat. */
+function expectSameObjects(first: Objects, second: Objects, what: string): void {
+  expect([...second.keys()], `${what} keys`).toEqual([...first.keys()]);
+  for (const [key, a] of first) {
+    const b = second.get(key) ?? new Uint8Array(0);
+    expect(b.length, `${what} ${key} length`).toBe(a.length);
+    if (!SEALED_BOX_KINDS.has(kindOf(key, a))) expect(toHex(b), `${what} ${key} bytes`).toBe(toHex(a));
+  }
+}
+
+function entry(file: string, key: string | undefined, bytes: Uint8Array): Record<string, unknown> {
+  return { kind: kindName(kindOf(key ?? file, bytes)), file, ...(key === undefined ? {} : { key }), size: bytes.length, sha256: sha256(bytes) };
+}
+
+async function writeSample(s: Sample): Promise<void> {
+  const dir = path.join(OUT, s.name);
+  const write = async (rel: string, bytes: Uint8Array | string): Promise<void> => {
+    await fsp.mkdir(path.dirname(path.join(dir, rel)), { recursive: true });
+    await fsp.writeFile(path.join(dir, rel), bytes);
+  };
+  for (const [key, bytes] of s.repository) await write(`repository/${key}`, bytes);
+  for (const [key, bytes] of s.transient) await write(`transient/${key}`, bytes);
+  await write("anchor.bin", s.anchor.bytes);
+  const image = sourceImage();
+  const manifest = {
+    note: "Golden samples of the vmvault repository format; see test/golden/generate.test.ts and golden.test.ts.",
+    sample: s.name,
+    description: s.description,
+    writeVersion: WRITE_VERSION,
+    generatedBy: "VMVAULT_WRITE_GOLDEN=1 npx vitest run test/golden/generate.test.ts",
+    seed: SEED,
+    clock: CLOCK,
+    hostname: HOSTNAME,
+    repoId: s.repoId,
+    user: USER,
+    vm: VM,
+    snapshotId: s.snapshotId,
+    source: { name: SOURCE_NAME, size: image.length, sha256: sha256(image) },
+    folder: {
+      name: FOLDER_NAME,
+      path: path.join(WORK_DIR, FOLDER_NAME),
+      files: Object.fromEntries(Object.entries(folderFiles()).map(([rel, bytes]) => [rel, { size: bytes.length, sha256: sha256(bytes) }])),
+      symlinks: FOLDER_LINKS,
+      mtime: MTIME.toISOString(),
+    },
+    ...s.extra,
+    auditTrail: s.auditTrail,
+    anchor: { ...entry("anchor.bin", undefined, s.anchor.bytes), seq: s.anchor.seq, hash: s.anchor.hash },
+    objects: [...s.repository].map(([key, bytes]) => entry(`repository/${key}`, key, bytes)),
+    transient: [...s.transient].map(([key, bytes]) => entry(`transient/${key}`, key, bytes)),
+  };
+  await write("manifest.json", `${JSON.stringify(manifest, null, 2)}\n`);
+  await write("secrets.json", `${JSON.stringify(s.secrets, null, 2)}\n`);
+}
+
 describe.skipIf(!WRITE)("golden samples (VMVAULT_WRITE_GOLDEN=1)", () => {
-  it(`writes one sample of every object kind to test/golden/v${WRITE_VERSION}`, async () => {
+  it(`writes sample repositories holding every object kind to test/golden/v${WRITE_VERSION}`, async () => {
     try {
       const first = await build();
       const second = await build();
-
-      // Same seed, same clock: everything but crypto_box_seal's internal randomness must repeat.
-      expect([...second.objects.keys()].sort()).toEqual([...first.objects.keys()].sort());
-      for (const [kind, a] of first.objects) {
-        const b = second.objects.get(kind);
-        expect(b?.key, `${kindName(kind)} key`).toBe(a.key);
-        expect(b?.bytes.length, `${kindName(kind)} length`).toBe(a.bytes.length);
-        if (!SEALED_BOX_KINDS.has(kind)) expect(toHex(b?.bytes ?? new Uint8Array(0)), `${kindName(kind)} bytes`).toBe(toHex(a.bytes));
+      expect(second.map((s) => s.name)).toEqual(first.map((s) => s.name));
+      for (const [i, a] of first.entries()) {
+        const b = second[i] as Sample;
+        expectSameObjects(a.repository, b.repository, `${a.name} repository`);
+        expectSameObjects(a.transient, b.transient, `${a.name} transient`);
+        expect(toHex(b.anchor.bytes), `${a.name} anchor`).toBe(toHex(a.anchor.bytes));
+        expect(b.snapshotId).toBe(a.snapshotId);
+        expect(b.auditTrail).toEqual(a.auditTrail);
       }
-      expect(second.snapshotId).toBe(first.snapshotId);
 
-      const image = sourceImage();
-      const manifest = {
-        note: "Golden samples of the vmvault repository format; see test/golden/golden.test.ts.",
-        writeVersion: WRITE_VERSION,
-        generatedBy: "VMVAULT_WRITE_GOLDEN=1 npx vitest run test/golden/generate.test.ts",
-        seed: SEED,
-        clock: CLOCK,
-        hostname: HOSTNAME,
-        repoId: first.repo.repoId,
-        user: USER,
-        vm: VM,
-        snapshotId: first.snapshotId,
-        source: { name: SOURCE_NAME, size: image.length, sha256: sha256(image) },
-        folder: {
-          name: FOLDER_NAME,
-          path: path.join(WORK_DIR, FOLDER_NAME),
-          files: Object.fromEntries(Object.entries(folderFiles()).map(([rel, bytes]) => [rel, { size: bytes.length, sha256: sha256(bytes) }])),
-          symlinks: FOLDER_LINKS,
-          mtime: MTIME.toISOString(),
-        },
-        objects: [...first.objects]
-          .sort(([a], [b]) => a - b)
-          .map(([kind, o]) => ({ kind: kindName(kind), file: goldenFileName(kind), key: o.key, size: o.bytes.length, sha256: sha256(o.bytes) })),
-      };
-      const secrets = await secretsOf(first);
+      const kinds = new Set(first.flatMap((s) => [...s.repository, ...s.transient, ["anchor", s.anchor.bytes] as const].map(([k, bytes]) => kindOf(k, bytes))));
+      expect([...kinds].sort((x, y) => x - y).map(kindName)).toEqual(Object.values(ObjectKind).sort((x, y) => x - y).map(kindName));
 
-      await fsp.mkdir(OUT, { recursive: true });
-      for (const name of await fsp.readdir(OUT)) if (name.endsWith(".bin")) await fsp.rm(path.join(OUT, name));
-      for (const [kind, o] of first.objects) await fsp.writeFile(path.join(OUT, goldenFileName(kind)), o.bytes);
-      await fsp.writeFile(path.join(OUT, "manifest.json"), `${JSON.stringify(manifest, null, 2)}\n`);
-      await fsp.writeFile(path.join(OUT, "secrets.json"), `${JSON.stringify(secrets, null, 2)}\n`);
-      await first.repo.close();
-      await second.repo.close();
-
-      expect((await fsp.readdir(OUT)).filter((n) => n.endsWith(".bin")).sort()).toEqual(manifest.objects.map((o) => o.file).sort());
+      await fsp.rm(OUT, { recursive: true, force: true });
+      for (const s of first) await writeSample(s);
     } finally {
       rmSync(WORK_DIR, { recursive: true, force: true });
     }

@@ -79,15 +79,15 @@ async function runWith(workers: number, seed: string, image: string, folder: str
     expect(result.pipeline.workers).toBe(workers);
     const objects = new Map<string, string>();
     for (const [key, bytes] of store.objects) {
-      // Grants, session envelopes and snapshot headers are libsodium sealed boxes (internal randomness).
-      if (!["sessions/", "snapshots/", "grants/", "locks/"].some((p) => key.startsWith(p))) objects.set(key, toHex(createHash("sha256").update(bytes).digest()));
+      // Grants, session envelopes, snapshot headers and audit bodies are libsodium sealed boxes (internal randomness).
+      if (!["sessions/", "snapshots/", "grants/", "locks/", "audit-bodies/"].some((p) => key.startsWith(p))) objects.set(key, toHex(createHash("sha256").update(bytes).digest()));
     }
     const sessions = new SessionKeys(repo);
     try {
       const [record] = await listSnapshots(repo);
       if (record === undefined) throw new Error("no snapshot");
       const body = await readSnapshotBody(repo, sessions, record);
-      const reader = new BlobReader(repo, await loadIndex(repo), sessions, repo.currentSecret("chunkId"), new Zstd(1));
+      const reader = new BlobReader(repo, await loadIndex(repo), sessions, new Zstd(1));
       const lists: string[] = [];
       for (const s of body.sources) {
         if (s.kind !== "disk") continue;

@@ -1,6 +1,6 @@
 import type { Command } from "commander";
 import { CliContext } from "../context.js";
-import { formatBytes } from "../output.js";
+import { formatBytes, plural } from "../output.js";
 
 export function registerBackup(program: Command): void {
   program
@@ -21,7 +21,7 @@ export function registerBackup(program: Command): void {
         else {
           ctx.out(`snapshot ${r.snapshotId} of VM ${r.vm} saved`);
           ctx.out(`  ${r.sources.map((s) => `${s.name} (${s.kind}, ${formatBytes(s.size)})`).join(", ")}`);
-          ctx.out(`  ${r.newChunks} new of ${r.chunks} chunks; ${formatBytes(r.addedBytes)} added to the repository in ${r.packs} pack(s)`);
+          ctx.out(`  ${r.newChunks} new of ${r.chunks} chunks; ${formatBytes(r.addedBytes)} added to the repository in ${plural(r.packs, "pack")}`);
         }
       } finally {
         ctx.endProgress();

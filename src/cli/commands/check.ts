@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import { IntegrityError } from "../../errors.js";
 import { CliContext } from "../context.js";
-import { formatBytes } from "../output.js";
+import { formatBytes, plural } from "../output.js";
 
 export function registerCheck(program: Command): void {
   program
@@ -24,12 +24,12 @@ export function registerCheck(program: Command): void {
             ctx.out(`DAMAGED ${d.object}: ${d.problem}${affected}`);
           }
           ctx.out(
-            `${r.ok ? "no errors found" : `${r.damage.length} problem(s) found`}: ${r.snapshots} snapshots, ${r.indexFiles} index files, ${r.packs} packs, ${r.chunks} chunks` +
+            `${r.ok ? "no errors found" : `${plural(r.damage.length, "problem")} found`}: ${plural(r.snapshots, "snapshot")}, ${plural(r.indexFiles, "index file")}, ${plural(r.packs, "pack")}, ${plural(r.chunks, "chunk")}` +
               (r.readData ? `, ${formatBytes(r.bytesRead)} read and verified` : ""),
           );
         }
         if (!r.ok) {
-          throw new IntegrityError(`check found ${r.damage.length} problem(s); each damaged object is named ${ctx.json ? "in the report" : "above"}`);
+          throw new IntegrityError(`check found ${plural(r.damage.length, "problem")}; each damaged object is named ${ctx.json ? "in the report" : "above"}`);
         }
       } finally {
         ctx.endProgress();

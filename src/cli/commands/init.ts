@@ -21,7 +21,7 @@ export function registerInit(program: Command): void {
         const memoryMiB = opts.kdfMemory === undefined ? kdf.memoryKiB / 1024 : Number(opts.kdfMemory);
         const passes = opts.kdfPasses === undefined ? kdf.passes : Number(opts.kdfPasses);
         if (!Number.isInteger(memoryMiB) || !Number.isInteger(passes)) throw new UsageError("--kdf-memory and --kdf-passes take whole numbers");
-        kdf = { memoryKiB: memoryMiB * 1024, passes, parallelism: 1 };
+        kdf = { memoryKiB: memoryMiB * 1024, passes, parallelism: kdf.parallelism };
         allowWeak = allowWeak && process.env["VMVAULT_INSECURE_TEST_KDF"] === "1";
       }
       const passphrase = await ctx.passphrase(true);

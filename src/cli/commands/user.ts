@@ -1,8 +1,12 @@
 import type { Command } from "commander";
-import { VaultError } from "../../errors.js";
+import { isRole, ROLES, type Role } from "../../keys/roles.js";
+import { UsageError } from "../../errors.js";
+import { assertUserName } from "../../repository/open.js";
+import { runRotation } from "./key.js";
 import { CliContext } from "../context.js";
 import { table } from "../output.js";
 import { promptYesNo } from "../prompt.js";
+import { authorizeAudited } from "../../audit/guard.js";
 
 export function registerUser(program: Command): void {
   const user = program.command("user").description("manage users and roles (admin), or change your own passphrase");
@@ -17,7 +21,9 @@ export function registerUser(program: Command): void {
       const ctx = new CliContext(command);
       const vault = await ctx.openVault();
       try {
-        vault.repository.authorize("admin");
+        await authorizeAudited(vault.repository, "admin", "user add", { user: name, role: opts.role });
+        if (!isRole(opts.role)) throw new UsageError(`unknown role ${JSON.stringify(opts.role)}`, `roles: ${ROLES.join(", ")}`);
+        assertUserName(name);
         const { kdf, allowWeak } = ctx.newSlotKdf();
         const passphrase = await ctx.newPassphrase(opts.newPassphraseFile, name);
         try {
@@ -42,7 +48,7 @@ export function registerUser(program: Command): void {
       const ctx = new CliContext(command);
       const vault = await ctx.openVault();
       try {
-        vault.repository.authorize("admin");
+        await authorizeAudited(vault.repository, "admin", "user remove", { user: name });
         let rotate = opts.rotate;
         if (rotate === undefined) {
           rotate = await promptYesNo(
@@ -50,16 +56,12 @@ export function registerUser(program: Command): void {
             "pass --rotate or --no-rotate",
           );
         }
-        if (rotate) throw new VaultError("E_UNSUPPORTED", "key rotation is not available in this version", { hint: "remove with --no-rotate" });
         const removed = await vault.removeUser(name);
-        const exposure =
-          `${name} can no longer unlock the repository, but keys they may have copied still decrypt ` +
-          `everything they could read before, and everything written until the keys are rotated.`;
-        if (ctx.json) ctx.printJson({ ...removed, rotated: false, exposure });
-        else {
-          ctx.out(`removed ${name} (${removed.role}); ${removed.snapshots.length} snapshot(s) they signed stay valid`);
-          ctx.warn(`note: ${exposure}`);
-        }
+        const exposure = exposureAfterRemoval(name, removed.role, rotate);
+        if (!ctx.json) ctx.out(`removed ${name} (${removed.role}); ${removed.snapshots.length} snapshot(s) they signed stay valid`);
+        const rotation = rotate ? await runRotation(ctx, vault, { reencrypt: false, newChunkKey: false }) : null;
+        if (ctx.json) ctx.printJson({ ...removed, rotated: rotate, rotation, exposure });
+        else ctx.warn(`note: ${exposure}`);
       } finally {
         await vault.close();
       }
@@ -72,7 +74,7 @@ export function registerUser(program: Command): void {
       const ctx = new CliContext(command);
       const vault = await ctx.openVault();
       try {
-        const users = vault.listUsers();
+        const users = await vault.listUsers();
         if (ctx.json) ctx.printJson(users);
         else ctx.out(table(["NAME", "ROLE", "FINGERPRINT", "ADDED BY", "ADDED AT"], users.map((u) => [u.name, u.role, u.fingerprint, u.addedBy, u.addedAt])));
       } finally {
@@ -101,4 +103,17 @@ export function registerUser(program: Command): void {
         await vault.close();
       }
     });
+}
+
+/** What a removed user's copied keys can still do, said plainly. */
+function exposureAfterRemoval(name: string, role: Role, rotated: boolean): string {
+  const couldRead = role === "admin" || role === "operator" || role === "restorer";
+  if (rotated) {
+    return couldRead
+      ? `${name}'s copied keys open nothing written from now on; data stored before the rotation stays readable with them until \`vmvault key rotate --reencrypt\``
+      : `${name}'s copied keys open nothing written from now on`;
+  }
+  return couldRead
+    ? `${name} can no longer unlock the repository, but keys they may have copied still decrypt every snapshot stored so far and everything written until the keys are rotated (\`vmvault key rotate\`, then \`--reencrypt\` for old data)`
+    : `${name} can no longer unlock the repository; copied keys let them compute chunk IDs (test whether known data is stored) until the keys are rotated (\`vmvault key rotate\`)`;
 }

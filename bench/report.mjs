@@ -1,0 +1,136 @@
+#!/usr/bin/env node
+// Turns the records of bench/run.sh into the report: medians per tool and step, vmvault's
+// ratios to each peer, and a header naming the machine, the versions and the settings.
+// Usage: node bench/report.mjs OUT_DIR
+// Reads OUT_DIR/raw.jsonl and OUT_DIR/meta.env (key=value lines, among them corpusInfo: the
+// corpus-info.json of the images); writes OUT_DIR/results.md and OUT_DIR/results.json; prints
+// the markdown. Exits 3 when a restore did not verify or none was verified.
+import fs from "node:fs";
+import path from "node:path";
+
+const outDir = process.argv[2];
+if (!outDir) {
+  console.error("usage: node bench/report.mjs OUT_DIR");
+  process.exit(2);
+}
+const pairs = fs.readFileSync(path.join(outDir, "meta.env"), "utf8").split("\n").filter((l) => l.includes("="));
+const meta = Object.fromEntries(pairs.map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]));
+const corpus = JSON.parse(fs.readFileSync(meta.corpusInfo, "utf8"));
+const records = fs.readFileSync(path.join(outDir, "raw.jsonl"), "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l));
+
+const MIB = 1024 * 1024;
+const TOOLS = { vmvault: "vmvault", restic: "restic", "borg-buzhash": "borg", "borg-fixed": "borg (fixed 64K)" };
+const STEPS = { init: "init", open: "open (list empty repo)", backup1: "backup day 1", backup2: "backup day 2", restore: "restore day 2", check: "check (read all data)" };
+const DATA_STEPS = ["backup1", "backup2", "restore", "check"];
+const imageBytes = corpus.day1.stats.size;
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+
+const verifies = records.filter((r) => r.step === "verify");
+const failed = verifies.filter((r) => !r.sha256ok);
+const tools = Object.keys(TOOLS).filter((t) => records.some((r) => r.tool === t));
+
+/** Medians over runs of one tool's step; "added" is the repository growth during the step. */
+function summarise(tool, step) {
+  const rows = records.filter((r) => r.tool === tool && r.step === step);
+  if (rows.length === 0) return undefined;
+  const order = Object.keys(STEPS);
+  const before = (r) => records.find((x) => x.tool === tool && x.run === r.run && x.step === order[order.indexOf(step) - 1]);
+  return {
+    runs: rows.length,
+    wall: median(rows.map((r) => r.wall)),
+    rssKiB: median(rows.map((r) => r.rssKiB)),
+    cpu: median(rows.map((r) => r.user + r.sys)),
+    repoBytes: median(rows.map((r) => r.repoBytes)),
+    addedBytes: step === "init" ? undefined : median(rows.map((r) => r.repoBytes - (before(r)?.repoBytes ?? 0))),
+  };
+}
+const summary = Object.fromEntries(tools.map((t) => [t, Object.fromEntries(Object.keys(STEPS).map((s) => [s, summarise(t, s)]).filter(([, v]) => v))]));
+
+const f1 = (x) => x.toFixed(1);
+const f2 = (x) => x.toFixed(2);
+const mib = (b) => f1(b / MIB);
+const throughput = (wall) => (wall > 0 ? f1(imageBytes / MIB / wall) : "n/a");
+const openWall = (tool) => summary[tool].open?.wall ?? 0;
+
+const lines = [];
+const out = (s = "") => lines.push(s);
+const c = corpus;
+out(`# vmvault benchmark, ${new Date().toISOString().slice(0, 10)}`);
+out();
+out(`- **Machine:** ${meta.nproc} CPUs (nproc), ${meta.cpu}, ${f1(Number(meta.ramKiB) / MIB)} GiB RAM, Linux ${meta.kernel}`);
+out(`- **Versions:** node ${meta.node}, vmvault ${meta.vmvault}, ${meta.restic}, ${meta.borg}`);
+out(
+  `- **Image:** ${c.sizeMiB} MiB raw disk (GPT + ext4, corpus recipe ${c.recipe}, seed ${c.seed}): day 1 holds ${mib(c.day1.stats.nonzero)} MiB of non-zero data ` +
+    `(${c.stage.files} files from /usr, ${mib(c.stage.bytes)} MiB; ${c.randomFiles.count} random files, ${mib(c.randomFiles.bytes)} MiB; the rest sparse); ` +
+    `day 2 (${mib(c.day2.stats.nonzero)} MiB non-zero) rewrites ${c.day2Rewrites.changedBlocks} of its 4 KiB blocks (${f1(c.day2Rewrites.fraction * 100)}%, ${mib(c.day2Rewrites.changedBytes)} MiB in ${c.day2Rewrites.writes} writes) and adds a ${mib(c.day2NewFileBytes)} MiB random file`,
+);
+const timedWall = records.reduce((a, r) => a + (r.wall ?? 0), 0);
+const otherCpu = records.reduce((a, r) => a + (r.otherCpu ?? 0), 0);
+out(`- **Runs:** ${meta.runs} per tool, each in a fresh repository; medians shown. Page cache warm (images read before each backup), \`sync\` before every step; the whole benchmark took ${meta.seconds} s`);
+out(`- **Noise:** other processes used ${f1(otherCpu)} CPU s during the ${f1(timedWall)} s of timed steps (${f1((100 * otherCpu) / Math.max(timedWall, 1e-9))}% of one core on average; per step in results.json, \`otherCpu\`)`);
+out(
+  "- **Settings:** all encrypted. vmvault: production Argon2id key slot (`VMVAULT_INSECURE_TEST_KDF` unset), its defaults otherwise (16 KiB fixed image chunks, zstd-1, per the README). " +
+    `restic: \`init\` (its default repository version: v2 from 0.14 on), \`backup\` (\`--compression auto\`), ${meta.resticSparse ? "`restore --sparse`" : "`restore` writing zeros (no `--sparse` before restic 0.15)"}. ` +
+    "borg: `init -e repokey-blake2`, `create --compression lz4` (buzhash default chunker); borg (fixed 64K) adds `--chunker-params fixed,65536`; `extract --sparse` for both",
+);
+out(
+  "- **Columns:** MiB/s = image size (" + mib(imageBytes) + " MiB, logical) / wall time, also for the check; " +
+    "\"excl. open\" subtracts the tool's median *open* step (listing the empty repository: key derivation and repository open, paid by every command); " +
+    "repo MiB = `du --apparent-size -sb` after the step; added MiB = growth during the step",
+);
+out();
+out("| tool | step | wall s | MiB/s | MiB/s excl. open | peak RSS MiB | CPU s | repo MiB | added MiB |");
+out("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+for (const t of tools) {
+  for (const [step, label] of Object.entries(STEPS)) {
+    const s = summary[t][step];
+    if (!s) continue;
+    const data = DATA_STEPS.includes(step);
+    out(
+      `| ${TOOLS[t]} | ${label} | ${f2(s.wall)} | ${data ? throughput(s.wall) : ""} | ${data ? throughput(s.wall - openWall(t)) : ""} | ${f1(s.rssKiB / 1024)} | ${f2(s.cpu)} | ${mib(s.repoBytes)} | ${s.addedBytes === undefined ? "" : mib(s.addedBytes)} |`,
+    );
+  }
+}
+
+const ratios = {};
+if (summary.vmvault) {
+  const v = summary.vmvault;
+  const peers = tools.filter((t) => t !== "vmvault");
+  const peakRss = (t) => Math.max(...DATA_STEPS.map((s) => summary[t][s]?.rssKiB ?? 0));
+  if (peers.length > 0) {
+    out();
+    out("vmvault's ratio to each peer: throughput = peer wall / vmvault wall (above 1: vmvault faster; in brackets with each tool's open step subtracted); " +
+      "peak RSS = vmvault's highest over the data steps / the peer's (below 1: vmvault leaner; vmvault's includes its Argon2id memory, see its open step); day-2 stored = vmvault's bytes added by the second backup / the peer's (below 1: vmvault stores less).");
+    out();
+    out("| vmvault vs | backup day 1 | backup day 2 | restore | check | peak RSS | day-2 stored |");
+    out("|---|---:|---:|---:|---:|---:|---:|");
+    for (const p of peers) {
+      const ps = summary[p];
+      const r = { rss: peakRss("vmvault") / peakRss(p), stored: v.backup2.addedBytes / ps.backup2.addedBytes };
+      const cells = DATA_STEPS.map((s) => {
+        r[s] = ps[s].wall / v[s].wall;
+        r[`${s}ExclOpen`] = (ps[s].wall - openWall(p)) / (v[s].wall - openWall("vmvault"));
+        return `${f2(r[s])}× (${f2(r[`${s}ExclOpen`])}×)`;
+      });
+      ratios[p] = r;
+      out(`| ${TOOLS[p]} | ${cells.join(" | ")} | ${f2(r.rss)}× | ${f2(r.stored)}× (${mib(v.backup2.addedBytes)} vs ${mib(ps.backup2.addedBytes)} MiB) |`);
+    }
+  }
+}
+out();
+out(
+  failed.length === 0
+    ? `All ${verifies.length} restores matched the day-2 image (sha256 ${c.day2.sha256.slice(0, 16)}…).`
+    : `**${failed.length} RESTORE(S) DID NOT MATCH THE DAY-2 IMAGE:** ${failed.map((r) => `${r.tool} run ${r.run}`).join(", ")}`,
+);
+
+const markdown = lines.join("\n") + "\n";
+fs.writeFileSync(path.join(outDir, "results.md"), markdown);
+fs.writeFileSync(path.join(outDir, "results.json"), JSON.stringify({ meta, corpus, summary, ratios, restoresVerified: verifies.length, restoresFailed: failed.length, records }, null, 2) + "\n");
+process.stdout.write(markdown);
+if (failed.length > 0 || verifies.length === 0) process.exitCode = 3;

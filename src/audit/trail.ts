@@ -1,0 +1,120 @@
+import { IntegrityError, LockedError, NotFoundError, VaultError } from "../errors.js";
+import { appendSignature, encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
+import { encodeAuditBody, encodeAuditBodyMeta, encodeAuditMeta, parseAuditMeta, type AuditAction, type AuditBody, type AuditMeta, type AuditResult } from "../format/audit.js";
+import { AUDIT_PREFIX, auditBodyKey, auditKey, parseNumberedKey } from "../format/layout.js";
+import type { AuditHead } from "../format/registry.js";
+import { FormatError } from "../format/codec.js";
+import type { Repository } from "../repository/repository.js";
+import { listAll } from "../storage/types.js";
+import { toHex } from "../util/bytes.js";
+
+export interface AuditEntry {
+  readonly action: AuditAction;
+  readonly result: AuditResult;
+  readonly target?: AuditBody["target"];
+  readonly reason?: string | null;
+  readonly code?: number;
+  readonly message?: string;
+}
+
+/** Raised when a record cannot be stored: the operation it guards must not start. */
+export class AuditWriteError extends VaultError {
+  constructor(action: string, cause: unknown) {
+    const detail = cause instanceof Error ? cause.message : String(cause);
+    super("E_AUDIT", `the audit record for ${action} could not be stored (${detail}); nothing was done`, {
+      hint: "make the repository's audit location writable and run the command again",
+      cause,
+    });
+  }
+}
+
+const MAX_ATTEMPTS = 64;
+
+/** The newest record: its sequence number and the hash of its bytes (the next record's prevHash). */
+export async function readHead(repo: Repository): Promise<AuditHead | null> {
+  const seqs = (await listAll(repo.store, AUDIT_PREFIX))
+    .map((o) => parseNumberedKey(o.key, AUDIT_PREFIX, 12))
+    .filter((n): n is number => n !== undefined);
+  if (seqs.length === 0) return null;
+  const seq = Math.max(...seqs);
+  try {
+    return { seq, hash: toHex(repo.crypto.hash(await repo.store.get(auditKey(seq)))) };
+  } catch (e) {
+    if (e instanceof NotFoundError) return readHead(repo);
+    throw e;
+  }
+}
+
+/**
+ * Appends one signed record. The body is sealed to the current epoch's audit key (only
+ * admins and auditors can open it) and stored first; then the record claims the next
+ * sequence number with put-if-absent, retrying on a lost race, so concurrent appenders all
+ * land, in one order. Returns the new head. Throws AuditWriteError if it cannot be stored.
+ */
+export async function appendAudit(repo: Repository, entry: AuditEntry): Promise<AuditHead> {
+  try {
+    const crypto = repo.crypto;
+    const latest = repo.chain.latest;
+    const epoch = latest.epochs.find((e) => e.id === latest.currentEpoch);
+    if (epoch === undefined) throw new IntegrityError("the registry names no current epoch");
+    const user = repo.keyring.user;
+    const body: AuditBody = {
+      time: repo.now(),
+      actor: user.name,
+      role: user.role,
+      actorKey: toHex(user.signPublicKey),
+      registryVersion: latest.version,
+      action: entry.action,
+      target: entry.target ?? {},
+      reason: entry.reason ?? null,
+      result: entry.result,
+      ...(entry.code === undefined ? {} : { code: entry.code }),
+      ...(entry.message === undefined ? {} : { message: entry.message }),
+      salt: toHex(crypto.random(16)),
+    };
+    const bodyBytes = encodeAuditBody(body);
+    const bodyDigest = toHex(crypto.hash(bodyBytes));
+    const sealed = crypto.sealTo(epoch.auditPublicKey, bodyBytes);
+    await repo.store.putIfAbsent(auditBodyKey(bodyDigest, epoch.id), encodeEnvelope(ObjectKind.AuditBody, encodeAuditBodyMeta({ repoId: repo.repoId, bodyDigest, epoch: epoch.id }), [sealed]));
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const head = await readHead(repo);
+      const meta: AuditMeta = { repoId: repo.repoId, seq: (head?.seq ?? 0) + 1, prevHash: head?.hash ?? null, bodyDigest };
+      const envelope = encodeEnvelope(ObjectKind.AuditRecord, encodeAuditMeta(meta));
+      const bytes = appendSignature(envelope, crypto.sign(repo.keyring.signSecretKey, envelope));
+      if (await repo.store.putIfAbsent(auditKey(meta.seq), bytes)) return { seq: meta.seq, hash: toHex(crypto.hash(bytes)) };
+    }
+    throw new LockedError("the audit trail is too busy: could not claim a sequence number");
+  } catch (e) {
+    if (e instanceof AuditWriteError) throw e;
+    throw new AuditWriteError(entry.action, e);
+  }
+}
+
+/** One record as stored: its meta, signature and bytes, without opening the body. */
+export interface StoredRecord {
+  readonly key: string;
+  readonly seq: number;
+  readonly bytes: Uint8Array;
+  readonly meta: AuditMeta;
+  readonly signed: Uint8Array;
+  readonly signature: Uint8Array;
+}
+
+export function parseRecord(key: string, seq: number, bytes: Uint8Array): StoredRecord {
+  try {
+    const env = parseEnvelope(ObjectKind.AuditRecord, bytes, true);
+    if (env.signature === undefined || env.payloads.length !== 0) throw new FormatError("bad record layout");
+    return { key, seq, bytes, meta: parseAuditMeta(env.meta), signed: env.body, signature: env.signature };
+  } catch (e) {
+    if (e instanceof FormatError) throw IntegrityError.object(key, `audit record ${seq} is malformed (${e.message})`);
+    throw e;
+  }
+}
+
+/** Sequence numbers present in the trail, ascending. */
+export async function listSeqs(repo: Repository): Promise<number[]> {
+  return (await listAll(repo.store, AUDIT_PREFIX))
+    .map((o) => parseNumberedKey(o.key, AUDIT_PREFIX, 12))
+    .filter((n): n is number => n !== undefined)
+    .sort((a, b) => a - b);
+}

@@ -1,0 +1,145 @@
+import { IntegrityError, NotFoundError } from "../errors.js";
+import { FormatError } from "../format/codec.js";
+import { ObjectKind, parseEnvelope } from "../format/envelope.js";
+import { parseAnchorMeta, type AuditAction } from "../format/audit.js";
+import type { AuditHead } from "../format/registry.js";
+import { versionOf } from "../keys/registry.js";
+import { may, type Action, type Role } from "../keys/roles.js";
+import type { Repository } from "../repository/repository.js";
+import { listSnapshots } from "../snapshot/store.js";
+import { toHex } from "../util/bytes.js";
+import { openRecord, readStoredRecord, type OpenedRecord } from "./read.js";
+import { listSeqs } from "./trail.js";
+
+export interface AuditProblem {
+  readonly seq: number | null;
+  readonly object: string;
+  readonly problem: string;
+}
+
+export interface AuditVerifyReport {
+  readonly ok: boolean;
+  readonly records: number;
+  readonly head: AuditHead | null;
+  /** Every problem found, the first broken record first. */
+  readonly problems: readonly AuditProblem[];
+  readonly anchorsChecked: number;
+}
+
+/** The role capability each audited action needs (denied attempts are valid for anyone). */
+const NEEDS: Partial<Record<AuditAction, Action>> = {
+  init: "admin",
+  "user add": "admin",
+  "user remove": "admin",
+  "user list": "admin",
+  "key rotate": "admin",
+  "key status": "admin",
+  backup: "backup",
+  restore: "restore",
+  export: "restore",
+  check: "checkStructure",
+  "check --read-data": "checkData",
+  forget: "forget",
+  prune: "forget",
+  snapshots: "listSnapshots",
+  "audit verify": "readAudit",
+  "audit log": "readAudit",
+  "audit anchor": "readAudit",
+};
+
+/**
+ * Verifies the whole trail: sequence continuity, the hash chain, every body against its
+ * digest, every signature against the registry version in force for its actor, each actor's
+ * role against the action, and the heads bound into registry versions, snapshots and an
+ * optional external anchor (so truncation is caught).
+ */
+export async function verifyTrail(repo: Repository, anchor?: Uint8Array): Promise<AuditVerifyReport> {
+  const problems: AuditProblem[] = [];
+  const seqs = await listSeqs(repo);
+  const bySeq = new Map<number, OpenedRecord>();
+  let prevHash: string | null = null;
+  const last = seqs.length === 0 ? 0 : (seqs[seqs.length - 1] as number);
+  for (let seq = 1; seq <= last; seq++) {
+    if (!seqs.includes(seq)) {
+      problems.push({ seq, object: `audit/${String(seq).padStart(12, "0")}`, problem: `record ${seq} is missing (deleted from the middle of the trail)` });
+      prevHash = null;
+      continue;
+    }
+    let rec: OpenedRecord;
+    try {
+      rec = await openRecord(repo, await readStoredRecord(repo, seq));
+    } catch (e) {
+      if (e instanceof IntegrityError) {
+        for (const d of e.damage) problems.push({ seq, object: d.object, problem: d.problem });
+        prevHash = null;
+        continue;
+      }
+      throw e;
+    }
+    bySeq.set(seq, rec);
+    const where = { seq, object: rec.key };
+    if (rec.meta.seq !== seq) problems.push({ ...where, problem: `record says it is number ${rec.meta.seq} (records reordered or replaced)` });
+    else if (rec.meta.repoId !== repo.repoId) problems.push({ ...where, problem: "record belongs to another repository" });
+    else if (seq > 1 && prevHash !== null && rec.meta.prevHash !== prevHash) {
+      problems.push({ ...where, problem: `record ${seq} does not chain to record ${seq - 1} (a record was modified, reordered or replaced)` });
+    } else if (seq === 1 && rec.meta.prevHash !== null) problems.push({ ...where, problem: "the first record names a predecessor (records removed from the start)" });
+    const signer = signerProblem(repo, rec);
+    if (signer !== undefined) problems.push({ ...where, problem: signer });
+    prevHash = rec.hash;
+  }
+  let anchorsChecked = 0;
+  const checkHead = (head: AuditHead | null, what: string): void => {
+    if (head === null) return;
+    anchorsChecked++;
+    const rec = bySeq.get(head.seq);
+    if (head.seq > last) problems.push({ seq: head.seq, object: what, problem: `${what} was made when the trail had ${head.seq} records; it now has ${last} (records removed from the end)` });
+    else if (rec !== undefined && rec.hash !== head.hash) problems.push({ seq: head.seq, object: what, problem: `${what} names a different record ${head.seq} than the trail holds (trail rewritten)` });
+  };
+  for (const doc of repo.chain.versions) checkHead(doc.auditHead, `registry version ${doc.version}`);
+  for (const snap of await listSnapshots(repo, () => undefined)) checkHead(snap.header.auditHead, `snapshot ${snap.header.id}`);
+  if (anchor !== undefined) checkHead(parseAnchor(repo, anchor), "the anchor");
+  problems.sort((a, b) => (a.seq ?? Infinity) - (b.seq ?? Infinity));
+  const lastRec = bySeq.get(last);
+  return { ok: problems.length === 0, records: last, head: lastRec === undefined ? null : { seq: last, hash: lastRec.hash }, problems, anchorsChecked };
+}
+
+/** Why a record's signature or signer is not acceptable, or undefined when it is. */
+function signerProblem(repo: Repository, rec: OpenedRecord): string | undefined {
+  const b = rec.body;
+  const doc = versionOf(repo.chain, b.registryVersion);
+  if (doc === undefined) return `names registry version ${b.registryVersion}, which does not exist`;
+  if (doc.auditHead !== null && rec.seq <= doc.auditHead.seq) return `names registry version ${b.registryVersion}, written after this record`;
+  const user = doc.users.find((u) => u.name === b.actor);
+  if (user === undefined) return `signed as ${b.actor}, who was not a user in registry version ${b.registryVersion}`;
+  if (toHex(user.signPublicKey) !== b.actorKey) return `signed with a key that was not ${b.actor}'s in registry version ${b.registryVersion}`;
+  if (!repo.crypto.verify(user.signPublicKey, rec.signed, rec.signature)) return `signature by ${b.actor} does not verify`;
+  if (b.role !== user.role) return `claims role ${b.role}, but ${b.actor} was ${user.role}`;
+  const needs = NEEDS[b.action];
+  if (b.result !== "denied" && needs !== undefined && !may(user.role as Role, needs)) return `${b.actor} (${user.role}) was not authorized to ${b.action}`;
+  const removed = repo.chain.latest.removed.find((r) => repo.crypto.equal(r.signPublicKey, user.signPublicKey));
+  if (removed !== undefined) {
+    const removal = repo.chain.versions.find((v) => v.removed.some((r) => repo.crypto.equal(r.signPublicKey, user.signPublicKey)));
+    if (removal?.auditHead !== null && removal?.auditHead !== undefined && rec.seq > removal.auditHead.seq + 1) {
+      return `made by ${b.actor} after their removal (registry version ${removal.version})`;
+    }
+  }
+  return undefined;
+}
+
+/** Parses and checks an exported anchor's signature; returns the head it names. */
+export function parseAnchor(repo: Repository, bytes: Uint8Array): AuditHead {
+  try {
+    const env = parseEnvelope(ObjectKind.Anchor, bytes, true);
+    const meta = parseAnchorMeta(env.meta);
+    if (meta.repoId !== repo.repoId) throw IntegrityError.object("the anchor", "belongs to another repository");
+    const signer = repo.chain.versions.flatMap((v) => v.users).find((u) => u.name === meta.signer && toHex(u.signPublicKey) === meta.signerKey);
+    if (signer === undefined || env.signature === undefined || !repo.crypto.verify(signer.signPublicKey, env.body, env.signature)) {
+      throw IntegrityError.object("the anchor", "is not signed by a user of this repository");
+    }
+    return { seq: meta.seq, hash: meta.hash };
+  } catch (e) {
+    if (e instanceof FormatError) throw IntegrityError.object("the anchor", `is not a vmvault audit anchor (${e.message})`);
+    if (e instanceof NotFoundError) throw e;
+    throw e;
+  }
+}

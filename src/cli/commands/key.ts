@@ -1,0 +1,81 @@
+import type { Command } from "commander";
+import type { Vault } from "../../vault.js";
+import { CliContext } from "../context.js";
+import { formatBytes, table } from "../output.js";
+
+/** Runs a rotation and prints what it did; shared by `key rotate` and `user remove --rotate`. */
+export async function runRotation(ctx: CliContext, vault: Vault, o: { reencrypt: boolean; newChunkKey: boolean }): Promise<unknown> {
+  const progress = ctx.progress;
+  const r = await vault.rotateKeys({ reencrypt: o.reencrypt, newChunkKey: o.newChunkKey, ...(progress === undefined ? {} : { progress }) });
+  ctx.endProgress();
+  if (!ctx.json) {
+    if ("resealed" in r) {
+      const s = r.resealed;
+      ctx.out(`key epoch ${r.epoch} is current (was ${r.previousEpoch}); re-sealed ${s.sessions} session keys, ${s.snapshots} snapshot headers, ${s.indexFiles} index files, ${s.auditBodies} audit records; ${r.revokedGrants} old grants revoked`);
+      for (const d of s.damaged) ctx.warn(`warning: ${d.object}: ${d.problem} (left as it was; old grants kept)`);
+      ctx.out("data written before the rotation stays encrypted under its old session keys until `vmvault key rotate --reencrypt`");
+    } else {
+      ctx.out(`re-encryption ${r.resumed ? "resumed and " : ""}finished: ${r.packsRewritten} packs and ${r.snapshotsRewritten} snapshots rewritten under epoch ${r.epoch}`);
+      if (r.destroyedEpochs.length > 0) ctx.out(`epochs ${r.destroyedEpochs.join(", ")} destroyed: no object is readable with their keys any more`);
+    }
+  }
+  return r;
+}
+
+export function registerKey(program: Command): void {
+  const key = program.command("key").description("key epochs: rotation, re-encryption and status (admin)");
+
+  key
+    .command("rotate")
+    .description("open a new key epoch and re-seal every envelope to it; --reencrypt also rewrites all data")
+    .option("--reencrypt", "rewrite all data under fresh keys, then destroy the old epochs (resumable)")
+    .option("--new-chunk-key", "with --reencrypt: also draw a new chunk-ID key")
+    .action(async (opts: { reencrypt?: boolean; newChunkKey?: boolean }, command: Command) => {
+      const ctx = new CliContext(command);
+      const vault = await ctx.openVault();
+      try {
+        const r = await runRotation(ctx, vault, { reencrypt: opts.reencrypt === true, newChunkKey: opts.newChunkKey === true });
+        if (ctx.json) ctx.printJson(r);
+      } finally {
+        ctx.endProgress();
+        await vault.close();
+      }
+    });
+
+  key
+    .command("status")
+    .description("epochs, who holds them, what is still under old keys, re-encryption progress")
+    .action(async (_opts: unknown, command: Command) => {
+      const ctx = new CliContext(command);
+      const vault = await ctx.openVault();
+      try {
+        const s = await vault.keyStatus();
+        if (ctx.json) {
+          ctx.printJson(s);
+          return;
+        }
+        ctx.out(
+          table(
+            ["EPOCH", "STATE", "CREATED", "HOLDERS", "DATA", "ENVELOPES"],
+            s.epochs.map((e) => [
+              String(e.id),
+              e.current ? "current" : e.destroyed ? "destroyed" : "retired",
+              e.createdAt,
+              e.holders.join(",") || "-",
+              `${e.data.packs} packs, ${formatBytes(e.data.bytes)}`,
+              `${e.objects.sessions} sessions, ${e.objects.snapshots} snapshots, ${e.objects.indexFiles} index, ${e.objects.auditBodies} audit`,
+            ]),
+          ),
+        );
+        ctx.out(`data still under keys from before epoch ${s.current}: ${s.oldData.packs} packs, ${formatBytes(s.oldData.bytes)}`);
+        const r = s.reencryption;
+        ctx.out(
+          r === null
+            ? "no re-encryption under way"
+            : `re-encryption to epoch ${r.targetEpoch} under way (started ${r.startedAt} by ${r.startedBy}): phase ${r.phase}, ${r.donePacks.length}/${r.oldPacks.length} packs rewritten; run \`vmvault key rotate --reencrypt\` to resume`,
+        );
+      } finally {
+        await vault.close();
+      }
+    });
+}

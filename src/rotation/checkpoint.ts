@@ -1,0 +1,126 @@
+import { IntegrityError } from "../errors.js";
+import { CryptoFailure } from "../crypto/suite.js";
+import { FormatError } from "../format/codec.js";
+import { encodeEnvelope, envelopeAd, ObjectKind, parseEnvelope } from "../format/envelope.js";
+import { int, obj, str } from "../format/fields.js";
+import type { Repository } from "../repository/repository.js";
+import { listAll } from "../storage/types.js";
+import { fromUtf8, utf8 } from "../util/bytes.js";
+
+export const CHECKPOINT_PREFIX = "checkpoints/reencrypt/";
+const MAP_PREFIX = "checkpoints/reencrypt-map/";
+const pad = (n: number): string => String(n).padStart(6, "0");
+
+/** Durable progress of a re-encryption, so a killed run resumes where it stopped. */
+export interface ReencryptState {
+  readonly startedAt: string;
+  readonly startedBy: string;
+  readonly targetEpoch: number;
+  readonly newChunkKey: boolean;
+  /** The session whose key encrypts every rewritten pack and snapshot body. */
+  readonly sessionId: string;
+  readonly phase: "packs" | "snapshots" | "cleanup";
+  /** Packs that existed when re-encryption started (all under older session keys). */
+  readonly oldPacks: readonly string[];
+  readonly donePacks: readonly string[];
+  /** Sessions whose keys encrypted old data; deleted at the end. */
+  readonly oldSessions: readonly string[];
+  readonly checkpoint: number;
+}
+
+function indexKeyOf(repo: Repository, epoch: number): Uint8Array {
+  const k = repo.keyring.secret(epoch, "index");
+  if (k === undefined) throw IntegrityError.object(CHECKPOINT_PREFIX, `no index key of epoch ${epoch} is held`);
+  return k.bytes;
+}
+
+function strings(v: unknown, what: string): string[] {
+  if (!Array.isArray(v) || !v.every((x) => typeof x === "string")) throw new FormatError(`${what} is not a list of strings`);
+  return v as string[];
+}
+
+/** The newest checkpoint the user can open, or null when no re-encryption is under way. */
+export async function readCheckpoint(repo: Repository): Promise<ReencryptState | null> {
+  const all = await listAll(repo.store, CHECKPOINT_PREFIX);
+  const newest = all[all.length - 1];
+  if (newest === undefined) return null;
+  try {
+    const env = parseEnvelope(ObjectKind.Checkpoint, await repo.store.get(newest.key), false);
+    const meta = obj(env.meta);
+    const epoch = int(meta, "epoch");
+    if (str(meta, "repoId") !== repo.repoId || `${CHECKPOINT_PREFIX}${pad(int(meta, "checkpoint"))}` !== newest.key) {
+      throw new FormatError("checkpoint does not match its name or repository");
+    }
+    const sealed = env.payloads[0];
+    if (sealed === undefined) throw new FormatError("no payload");
+    const o = obj(JSON.parse(fromUtf8(repo.crypto.open(indexKeyOf(repo, epoch), sealed, envelopeAd(ObjectKind.Checkpoint, env.metaBytes)))) as unknown);
+    const phase = str(o, "phase");
+    if (phase !== "packs" && phase !== "snapshots" && phase !== "cleanup") throw new FormatError("bad phase");
+    return {
+      startedAt: str(o, "startedAt"),
+      startedBy: str(o, "startedBy"),
+      targetEpoch: int(o, "targetEpoch"),
+      newChunkKey: o["newChunkKey"] === true,
+      sessionId: str(o, "sessionId"),
+      phase,
+      oldPacks: strings(o["oldPacks"], "oldPacks"),
+      donePacks: strings(o["donePacks"], "donePacks"),
+      oldSessions: strings(o["oldSessions"], "oldSessions"),
+      checkpoint: int(meta, "checkpoint"),
+    };
+  } catch (e) {
+    if (e instanceof FormatError || e instanceof CryptoFailure || e instanceof SyntaxError) {
+      throw IntegrityError.object(newest.key, "re-encryption checkpoint does not open (modified or corrupted)");
+    }
+    throw e;
+  }
+}
+
+/** Stores the next checkpoint durably, then removes the older ones. */
+export async function writeCheckpoint(repo: Repository, next: Omit<ReencryptState, "checkpoint"> & { checkpoint?: number }, previous: number): Promise<ReencryptState> {
+  const checkpoint = previous + 1;
+  const { checkpoint: _counter, ...state } = next;
+  const meta = { repoId: repo.repoId, checkpoint, epoch: state.targetEpoch };
+  const sealed = repo.crypto.seal(indexKeyOf(repo, state.targetEpoch), utf8(JSON.stringify(state)), envelopeAd(ObjectKind.Checkpoint, utf8(JSON.stringify(meta))));
+  await repo.store.putIfAbsent(`${CHECKPOINT_PREFIX}${pad(checkpoint)}`, encodeEnvelope(ObjectKind.Checkpoint, meta, [sealed]));
+  for (const { key } of await listAll(repo.store, CHECKPOINT_PREFIX)) if (key !== `${CHECKPOINT_PREFIX}${pad(checkpoint)}`) await repo.store.delete(key);
+  return { ...state, checkpoint };
+}
+
+/** Old chunk ID -> new chunk ID pairs (with a new chunk-ID key), stored in batches beside the checkpoint. */
+export async function writeIdMapBatch(repo: Repository, epoch: number, batch: number, pairs: readonly (readonly [string, string])[]): Promise<void> {
+  const meta = { repoId: repo.repoId, batch, epoch };
+  const sealed = repo.crypto.seal(indexKeyOf(repo, epoch), utf8(JSON.stringify(pairs)), envelopeAd(ObjectKind.Checkpoint, utf8(JSON.stringify(meta))));
+  await repo.store.putIfAbsent(`${MAP_PREFIX}${pad(batch)}`, encodeEnvelope(ObjectKind.Checkpoint, meta, [sealed]));
+}
+
+export async function readIdMap(repo: Repository): Promise<Map<string, string>> {
+  const map = new Map<string, string>();
+  for (const { key } of await listAll(repo.store, MAP_PREFIX)) {
+    try {
+      const env = parseEnvelope(ObjectKind.Checkpoint, await repo.store.get(key), false);
+      const epoch = int(obj(env.meta), "epoch");
+      const sealed = env.payloads[0];
+      if (sealed === undefined) throw new FormatError("no payload");
+      const pairs = JSON.parse(fromUtf8(repo.crypto.open(indexKeyOf(repo, epoch), sealed, envelopeAd(ObjectKind.Checkpoint, env.metaBytes)))) as unknown;
+      if (!Array.isArray(pairs)) throw new FormatError("bad id map");
+      for (const p of pairs) {
+        if (!Array.isArray(p) || typeof p[0] !== "string" || typeof p[1] !== "string") throw new FormatError("bad id map entry");
+        map.set(p[0], p[1]);
+      }
+    } catch (e) {
+      if (e instanceof FormatError || e instanceof CryptoFailure || e instanceof SyntaxError) throw IntegrityError.object(key, "re-encryption id map does not open");
+      throw e;
+    }
+  }
+  return map;
+}
+
+export async function idMapBatches(repo: Repository): Promise<number> {
+  return (await listAll(repo.store, MAP_PREFIX)).length;
+}
+
+export async function deleteCheckpoints(repo: Repository): Promise<void> {
+  for (const { key } of await listAll(repo.store, MAP_PREFIX)) await repo.store.delete(key);
+  for (const { key } of await listAll(repo.store, CHECKPOINT_PREFIX)) await repo.store.delete(key);
+}

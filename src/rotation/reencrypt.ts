@@ -1,0 +1,250 @@
+import { IntegrityError, UsageError } from "../errors.js";
+import { Zstd } from "../compress/zstd.js";
+import type { Secret } from "../crypto/secret.js";
+import { encodeChunkList, parseChunkList } from "../format/chunklist.js";
+import { encodeEntry, parseEntryBlob } from "../format/entries.js";
+import type { IndexedPack } from "../format/index-file.js";
+import { packKey } from "../format/layout.js";
+import type { SnapshotBody, SnapshotSource } from "../format/snapshot.js";
+import { encodeBlob, decodeBlob } from "../pack/blob.js";
+import { PackWriter } from "../pack/writer.js";
+import { SessionIndexWriter } from "../backup/index-writer.js";
+import { audited, authorizeAudited } from "../audit/guard.js";
+import { ChunkIndex } from "../repository/chunk-index.js";
+import { loadIndex, readIndexFile } from "../repository/index-files.js";
+import { acquireLock } from "../repository/lock.js";
+import { chunkKeyFor, type Repository } from "../repository/repository.js";
+import { createSession, SessionKeys } from "../repository/sessions.js";
+import { BlobReader } from "../restore/blob-reader.js";
+import { listSnapshotKeys, readSnapshot, readSnapshotBody } from "../snapshot/store.js";
+import { fromHex, toHex } from "../util/bytes.js";
+import type { ProgressSink } from "../util/progress.js";
+import { rotateKeys } from "./rotate.js";
+import { deleteCheckpoints, idMapBatches, readCheckpoint, readIdMap, writeCheckpoint, writeIdMapBatch, type ReencryptState } from "./checkpoint.js";
+import { rewriteSnapshot } from "./rewrite.js";
+import { finishReencryption } from "./cleanup.js";
+
+const PACKS_PER_CHECKPOINT = 8;
+
+export interface ReencryptOptions {
+  readonly newChunkKey?: boolean;
+  readonly progress?: ProgressSink;
+}
+
+export interface ReencryptResult {
+  readonly epoch: number;
+  readonly resumed: boolean;
+  readonly packsRewritten: number;
+  readonly snapshotsRewritten: number;
+  readonly destroyedEpochs: readonly number[];
+}
+
+/**
+ * Admin only: rotates (unless resuming), then rewrites every pack under a fresh session key
+ * (and, with newChunkKey, new chunk IDs) and every snapshot body, pack by pack with durable
+ * checkpoints; backups may run meanwhile. Finally deletes the old packs, indexes and session
+ * keys and destroys the old epochs: nothing left is readable with a key from before.
+ */
+export async function reencrypt(repo: Repository, o: ReencryptOptions = {}): Promise<ReencryptResult> {
+  await authorizeAudited(repo, "admin", "key rotate");
+  let state = await readCheckpoint(repo);
+  const resumed = state !== null;
+  if (state !== null && o.newChunkKey === true && !state.newChunkKey) {
+    throw new UsageError("a re-encryption without --new-chunk-key is under way; run `vmvault key rotate --reencrypt` to finish it first");
+  }
+  if (state === null) state = await start(repo, o);
+  const started = state;
+  return audited(repo, {
+    entry: { action: "key rotate", target: { reencrypt: "yes", epoch: started.targetEpoch, resumed: resumed ? "yes" : "no" } },
+    started: false,
+    run: () => run(repo, started, resumed, o.progress),
+    outcome: (r) => ({ packsRewritten: r.packsRewritten, snapshotsRewritten: r.snapshotsRewritten }),
+  });
+}
+
+async function start(repo: Repository, o: ReencryptOptions): Promise<ReencryptState> {
+  const rotated = await rotateKeys(repo, { newChunkKey: o.newChunkKey === true, ...(o.progress === undefined ? {} : { progress: o.progress }) });
+  const target = rotated.epoch;
+  const index = await loadIndex(repo);
+  const sessions = new SessionKeys(repo);
+  const oldSessions = new Set<string>();
+  try {
+    for (const p of index.packs) {
+      if ((await sessions.open(p.sessionId)).meta.createdEpoch < target) oldSessions.add(p.sessionId);
+    }
+    for (const [, keys] of await listSnapshotKeys(repo)) {
+      const newest = keys[0];
+      if (newest !== undefined) oldSessions.add((await readSnapshot(repo, newest)).meta.sessionId);
+    }
+  } finally {
+    sessions.dispose();
+  }
+  const session = await createSession(repo);
+  session.key.dispose();
+  return writeCheckpoint(
+    repo,
+    {
+      startedAt: repo.now(),
+      startedBy: repo.userName,
+      targetEpoch: target,
+      newChunkKey: o.newChunkKey === true,
+      sessionId: session.sessionId,
+      phase: "packs",
+      oldPacks: index.packs.filter((p) => oldSessions.has(p.sessionId)).map((p) => p.packId),
+      donePacks: [],
+      oldSessions: [...oldSessions],
+    },
+    0,
+  );
+}
+
+/** The writer side of a re-encryption: new packs under the re-encryption session, indexed as they fill. */
+interface Rewriter {
+  readonly packs: PackWriter;
+  readonly index: SessionIndexWriter;
+  readonly written: ChunkIndex;
+  readonly chunkKey: Secret;
+  readonly put: (plain: Uint8Array) => Promise<Uint8Array>;
+}
+
+async function run(repo: Repository, initial: ReencryptState, resumed: boolean, progress?: ProgressSink): Promise<ReencryptResult> {
+  let state = initial;
+  const sessions = new SessionKeys(repo);
+  const lock = await acquireLock(repo, "re-encryption", false);
+  let packsRewritten = 0;
+  let snapshotsRewritten = 0;
+  try {
+    const session = await sessions.open(state.sessionId);
+    const zstd = new Zstd(repo.config.compressionLevel);
+    const indexed = new Map<string, IndexedPack>();
+    await loadIndex(repo, undefined, (f) => {
+      for (const p of f.packs) indexed.set(toHex(p.packId), p);
+    });
+    const written = new ChunkIndex();
+    for (const p of indexed.values()) {
+      if (toHex(p.sessionId) !== state.sessionId) continue;
+      const n = written.addPack({ packId: toHex(p.packId), sessionId: state.sessionId, packLength: p.packLength });
+      for (const e of p.entries) written.add(e.chunkId, n, e.offset, e.length, e.rawLength);
+    }
+    const index = new SessionIndexWriter(repo, repo.store);
+    const packs = new PackWriter({ store: repo.store, crypto: repo.crypto, sessionId: fromHex(state.sessionId), sessionKey: session.key, packSize: repo.config.packSize, onPack: (p) => index.add(p) });
+    const chunkKey = chunkKeyFor(repo, session.meta.chunkKeyEpoch);
+    const put = async (plain: Uint8Array): Promise<Uint8Array> => {
+      const id = repo.crypto.hash(plain, chunkKey);
+      if (!written.has(id)) {
+        const placement = await packs.add(id, encodeBlob(repo.crypto, session.key, id, plain, zstd), plain.length);
+        written.add(id, written.addPack({ packId: placement.packId, sessionId: state.sessionId, packLength: 0 }), placement.offset, placement.length, plain.length);
+      }
+      return id;
+    };
+    const rw: Rewriter = { packs, index, written, chunkKey, put };
+
+    if (state.phase === "packs") {
+      const done = new Set(state.donePacks);
+      const todo = state.oldPacks.filter((p) => !done.has(p));
+      let batch: string[] = [];
+      let pairs: [string, string][] = [];
+      let mapBatch = await idMapBatches(repo);
+      for (const [i, packId] of todo.entries()) {
+        progress?.({ phase: "re-encrypt packs", done: i + 1, total: todo.length, unit: "items" });
+        const p = indexed.get(packId);
+        if (p !== undefined) pairs.push(...(await rewritePack(repo, sessions, zstd, rw, packId, p, state.newChunkKey)));
+        batch.push(packId);
+        packsRewritten++;
+        if (batch.length >= PACKS_PER_CHECKPOINT || i === todo.length - 1) {
+          await packs.flush();
+          await index.flush();
+          if (pairs.length > 0) await writeIdMapBatch(repo, state.targetEpoch, ++mapBatch, pairs);
+          state = await writeCheckpoint(repo, { ...state, donePacks: [...state.donePacks, ...batch] }, state.checkpoint);
+          batch = [];
+          pairs = [];
+        }
+      }
+      state = await writeCheckpoint(repo, { ...state, phase: "snapshots" }, state.checkpoint);
+    }
+
+    if (state.phase === "snapshots") {
+      const idMap = state.newChunkKey ? await readIdMap(repo) : undefined;
+      const oldSessions = new Set(state.oldSessions);
+      const reader = new BlobReader(repo, await loadIndex(repo), sessions, new Zstd(repo.config.compressionLevel));
+      const all = await listSnapshotKeys(repo);
+      let n = 0;
+      for (const [, keys] of all) {
+        progress?.({ phase: "re-encrypt snapshots", done: ++n, total: all.size, unit: "items" });
+        const newest = keys[0];
+        if (newest === undefined) continue;
+        const rec = await readSnapshot(repo, newest);
+        if (rec.meta.sessionId === state.sessionId || !oldSessions.has(rec.meta.sessionId)) continue;
+        const body = await readSnapshotBody(repo, sessions, rec);
+        let newBody: SnapshotBody = body;
+        if (idMap !== undefined) {
+          const sources: SnapshotSource[] = [];
+          for (const s of body.sources) sources.push(await remapSource(s, idMap, reader, rw));
+          newBody = { ...body, sources };
+        }
+        await packs.flush();
+        await index.flush();
+        await rewriteSnapshot(repo, rec, newBody, state.sessionId, session.key);
+        for (const k of keys) await repo.store.delete(k);
+        snapshotsRewritten++;
+      }
+      await packs.flush();
+      await index.flush();
+      state = await writeCheckpoint(repo, { ...state, phase: "cleanup" }, state.checkpoint);
+    }
+  } finally {
+    sessions.dispose();
+    await lock.release();
+  }
+  const destroyedEpochs = await finishReencryption(repo, state);
+  await deleteCheckpoints(repo);
+  return { epoch: state.targetEpoch, resumed, packsRewritten, snapshotsRewritten, destroyedEpochs };
+}
+
+/** Decrypts and verifies every chunk of one old pack and writes it again under the new session. */
+async function rewritePack(repo: Repository, sessions: SessionKeys, zstd: Zstd, rw: Rewriter, packId: string, p: IndexedPack, newKey: boolean): Promise<[string, string][]> {
+  const pairs: [string, string][] = [];
+  let bytes: Uint8Array;
+  try {
+    bytes = await repo.store.get(packKey(packId));
+  } catch (e) {
+    throw IntegrityError.object(packKey(packId), `cannot be read for re-encryption (${e instanceof Error ? e.message : String(e)})`);
+  }
+  const old = await sessions.open(toHex(p.sessionId));
+  const oldChunkKey = chunkKeyFor(repo, old.meta.chunkKeyEpoch);
+  for (const e of p.entries) {
+    let plain: Uint8Array;
+    try {
+      plain = decodeBlob(repo.crypto, old.key, oldChunkKey, e.chunkId, bytes.subarray(e.offset, e.offset + e.length), e.rawLength, zstd);
+    } catch {
+      throw IntegrityError.object(packKey(packId), "a chunk fails authentication; repair the pack before re-encrypting");
+    }
+    const id = await rw.put(plain);
+    if (newKey) pairs.push([toHex(e.chunkId), toHex(id)]);
+  }
+  return pairs;
+}
+
+/** With a new chunk-ID key: rewrites a source's chunk lists or entries with the new IDs. */
+async function remapSource(source: SnapshotSource, idMap: Map<string, string>, reader: BlobReader, rw: Rewriter): Promise<SnapshotSource> {
+  const map = (id: string): string => {
+    const to = idMap.get(id);
+    if (to === undefined) throw IntegrityError.object(`chunk ${id}`, "has no re-encrypted copy");
+    return to;
+  };
+  if (source.kind === "disk") {
+    const lists: string[] = [];
+    for (const listId of source.lists) {
+      const refs = parseChunkList(await reader.read(fromHex(map(listId)))).map((r) => (r === null ? null : fromHex(map(toHex(r)))));
+      lists.push(toHex(await rw.put(encodeChunkList(refs))));
+    }
+    return { ...source, lists };
+  }
+  const entries: string[] = [];
+  for (const blobId of source.entries) {
+    const parsed = parseEntryBlob(await reader.read(fromHex(map(blobId))));
+    const lines = parsed.map((e) => encodeEntry(e.chunks === undefined ? e : { ...e, chunks: e.chunks.map((c) => (c.id === null ? c : { id: map(c.id), length: c.length })) }));
+    entries.push(toHex(await rw.put(Buffer.concat(lines))));
+  }
+  return { ...source, entries };
+}

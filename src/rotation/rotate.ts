@@ -1,0 +1,74 @@
+import { VaultError } from "../errors.js";
+import { grantPrefix } from "../format/layout.js";
+import { audited, authorizeAudited } from "../audit/guard.js";
+import { newEpoch } from "../repository/open.js";
+import { acquireLock } from "../repository/lock.js";
+import type { Repository } from "../repository/repository.js";
+import { listAll } from "../storage/types.js";
+import { appendRegistryVersion } from "../users/registry-update.js";
+import { writeGrants } from "../users/users.js";
+import type { ProgressSink } from "../util/progress.js";
+import { resealAll, type ResealStats } from "./reseal.js";
+
+export interface RotateOptions {
+  /** Draw a new chunk-ID key (only together with re-encryption, which rewrites every chunk ID). */
+  readonly newChunkKey?: boolean;
+  readonly progress?: ProgressSink;
+}
+
+export interface RotateResult {
+  readonly epoch: number;
+  readonly previousEpoch: number;
+  readonly resealed: ResealStats;
+  readonly revokedGrants: number;
+}
+
+/**
+ * Admin only: opens a new key epoch (new data, metadata and audit key pairs and index key; the
+ * chunk-ID key is kept so deduplication with stored data survives), grants it to the current
+ * users by role, re-seals every session key, snapshot header, index file and audit body to it,
+ * then deletes every grant of older epochs: from then on no user holds an old secret.
+ */
+export async function rotateKeys(repo: Repository, o: RotateOptions = {}): Promise<RotateResult> {
+  await authorizeAudited(repo, "admin", "key rotate");
+  const lock = await acquireLock(repo, "key rotate", true);
+  try {
+    return await audited(repo, {
+      entry: { action: "key rotate", target: { from: repo.keyring.currentEpoch, newChunkKey: o.newChunkKey === true ? "yes" : "no" } },
+      started: false,
+      run: () => openEpochAndReseal(repo, o),
+      outcome: (r) => ({ epoch: r.epoch, resealed: r.resealed.sessions + r.resealed.snapshots + r.resealed.indexFiles + r.resealed.auditBodies }),
+    });
+  } finally {
+    await lock.release();
+  }
+}
+
+async function openEpochAndReseal(repo: Repository, o: RotateOptions): Promise<RotateResult> {
+  const latest = repo.chain.latest;
+  const previous = repo.keyring.current();
+  const root = repo.keyring.rootSecretKey;
+  const chunkKey = previous.secrets.chunkId;
+  if (root === undefined || chunkKey === undefined) throw new VaultError("E_ACCESS_DENIED", "access denied: only an admin can rotate keys");
+  const id = Math.max(...latest.epochs.map((e) => e.id)) + 1;
+  const epoch = newEpoch(repo.crypto, id, repo.now(), o.newChunkKey === true ? undefined : { key: chunkKey.bytes, epoch: previous.info.chunkKeyEpoch });
+  repo.keyring.addEpoch(repo.crypto, epoch.info, { ...epoch.secrets, root: root.bytes });
+  for (const s of Object.values(epoch.secrets)) s.fill(0);
+  for (const user of latest.users) await writeGrants(repo, user, [id]);
+  await appendRegistryVersion(repo, `key rotate: epoch ${id}`, (doc) => ({ ...doc, epochs: [...doc.epochs, epoch.info], currentEpoch: id }));
+  repo.keyring.setCurrentEpoch(id);
+  const resealed = await resealAll(repo, id, o.progress);
+  let revokedGrants = 0;
+  // With a new chunk-ID key the old epochs' keys still verify old chunks until re-encryption
+  // rewrites them; re-encryption revokes them at its end.
+  if (resealed.damaged.length === 0 && o.newChunkKey !== true) {
+    for (const e of latest.epochs) {
+      for (const { key } of await listAll(repo.store, grantPrefix(e.id))) {
+        await repo.store.delete(key);
+        revokedGrants++;
+      }
+      repo.keyring.dropEpoch(e.id);
+    }
+  }
+  return { epoch: id, previousEpoch: previous.info.id, resealed, revokedGrants };
+}

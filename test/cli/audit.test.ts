@@ -1,0 +1,165 @@
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { appendAudit } from "../../src/audit/trail.js";
+import { openRepository } from "../../src/repository/open.js";
+import { FaultyStore } from "../../src/storage/faulty.js";
+import { FsStore, Secret, Vault } from "../../src/index.js";
+import { vault } from "../helpers/cli.js";
+import { makeImage, readTree, tempDirs } from "../helpers/fixtures.js";
+
+const tmp = tempDirs();
+
+interface LogRecord {
+  seq: number;
+  actor: string;
+  role: string;
+  action: string;
+  result: string;
+  reason: string | null;
+  target: Record<string, unknown>;
+  prevHash: string | null;
+}
+
+async function setup(): Promise<{ repo: string; image: string; admin: ReturnType<typeof vault>; op: ReturnType<typeof vault>; aud: ReturnType<typeof vault> }> {
+  const repo = path.join(tmp("repo"), "r");
+  const image = path.join(tmp("src"), "vm.raw");
+  await makeImage(image, { sizeMiB: 2 });
+  const admin = vault(repo);
+  expect((await admin(["init"])).code).toBe(0);
+  expect((await admin(["user", "add", "op", "--role", "operator"], { env: { VMVAULT_NEW_PASSPHRASE: "op-pass" } })).code).toBe(0);
+  expect((await admin(["user", "add", "aud", "--role", "auditor"], { env: { VMVAULT_NEW_PASSPHRASE: "aud-pass" } })).code).toBe(0);
+  const op = vault(repo, "op", "op-pass");
+  expect((await op(["backup", "--vm", "vm", image])).code).toBe(0);
+  expect((await op(["restore", "latest", "--target", tmp("out"), "--reason", "INC-1: restore drill"])).code).toBe(0);
+  return { repo, image, admin, op, aud: vault(repo, "aud", "aud-pass") };
+}
+
+const rec = (repo: string, seq: number): string => path.join(repo, "audit", String(seq).padStart(12, "0"));
+
+async function log(v: ReturnType<typeof vault>): Promise<LogRecord[]> {
+  const r = await v(["audit", "log", "--json"]);
+  expect(r.code, r.stderr).toBe(0);
+  return JSON.parse(r.stdout) as LogRecord[];
+}
+
+describe("audit trail", () => {
+  it("records who restored what, where, why, and the outcome; an auditor verifies it and cannot restore", async () => {
+    const { aud } = await setup();
+    const records = await log(aud);
+    expect(records.map((r) => r.seq)).toEqual(records.map((_, i) => i + 1));
+    const restore = records.filter((r) => r.action === "restore");
+    expect(restore.map((r) => r.result)).toEqual(["started", "succeeded"]);
+    expect(restore[0]).toMatchObject({ actor: "op", role: "operator", reason: "INC-1: restore drill" });
+    expect(restore[1]?.target).toMatchObject({ vm: "vm", bytes: expect.any(Number), digest: expect.stringMatching(/^[0-9a-f]{64}$/) });
+    expect(restore[1]?.prevHash).toMatch(/^[0-9a-f]{64}$/);
+    const verify = await aud(["audit", "verify"]);
+    expect(verify.code, verify.stdout + verify.stderr).toBe(0);
+    expect(verify.stdout).toMatch(/audit trail intact/);
+    const denied = await aud(["restore", "latest", "--target", tmp("o"), "--reason", "curious"]);
+    expect(denied.code).toBe(4);
+  });
+
+  it("record bodies are unreadable to operators, who can still append", async () => {
+    const { op, repo } = await setup();
+    const r = await op(["audit", "log"]);
+    expect(r.code).toBe(4);
+    const tree = await readTree(repo);
+    for (const [file, bytes] of tree) expect(bytes.includes(Buffer.from("INC-1: restore drill")), file).toBe(false);
+  });
+
+  it("a modified record fails verification, naming it", async () => {
+    const { repo, aud } = await setup();
+    const file = rec(repo, 3);
+    const bytes = await fsp.readFile(file);
+    const at = bytes.indexOf(Buffer.from('"seq":3'));
+    bytes[at + 6] = "4".charCodeAt(0);
+    await fsp.writeFile(file, bytes);
+    const r = await aud(["audit", "verify"]);
+    expect(r.code).toBe(5);
+    expect(r.stdout + r.stderr).toMatch(/record 3/);
+  });
+
+  it("a record deleted from the middle fails verification", async () => {
+    const { repo, aud } = await setup();
+    await fsp.rm(rec(repo, 3));
+    const r = await aud(["audit", "verify"]);
+    expect(r.code).toBe(5);
+    expect(r.stderr).toMatch(/record 3 is missing/);
+  });
+
+  it("reordered records fail verification", async () => {
+    const { repo, aud } = await setup();
+    const a = await fsp.readFile(rec(repo, 3));
+    const b = await fsp.readFile(rec(repo, 4));
+    await fsp.writeFile(rec(repo, 3), b);
+    await fsp.writeFile(rec(repo, 4), a);
+    const r = await aud(["audit", "verify"]);
+    expect(r.code).toBe(5);
+    expect(r.stderr).toMatch(/record says it is number 4 \(records reordered or replaced\)/);
+  });
+
+  it("a record signed by a user not authorized for its action at the time fails verification", async () => {
+    const { repo, aud } = await setup();
+    const opRepo = await openRepository({ store: new FsStore(repo), user: "op", passphrase: Secret.fromString("op-pass") });
+    // Below the authorization layer: an operator claims to have added a user.
+    const head = await appendAudit(opRepo, { action: "user add", result: "succeeded", target: { user: "mallory" } });
+    await opRepo.close();
+    const r = await aud(["audit", "verify"]);
+    expect(r.code).toBe(5);
+    expect(r.stdout).toMatch(new RegExp(`record ${head.seq} .*op \\(operator\\) was not authorized to user add`));
+  });
+
+  it("records removed from the end are caught against an exported anchor", async () => {
+    const { repo, aud, op } = await setup();
+    const anchorFile = path.join(tmp("anchor"), "head.anchor");
+    const a = await aud(["audit", "anchor", "--out", anchorFile]);
+    expect(a.code, a.stderr).toBe(0);
+    expect((await aud(["audit", "verify", "--anchor", anchorFile])).code).toBe(0);
+    expect((await op(["restore", "latest", "--target", tmp("o"), "--reason", "later"])).code).toBe(0);
+    const seqs = (await fsp.readdir(path.join(repo, "audit"))).filter((n) => !n.startsWith(".")).map(Number).sort((x, y) => x - y);
+    const anchored = Number(/anchored audit record (\d+)/.exec(a.stdout)?.[1]);
+    for (const s of seqs.filter((s) => s >= anchored)) await fsp.rm(rec(repo, s));
+    const r = await aud(["audit", "verify", "--anchor", anchorFile]);
+    expect(r.code).toBe(5);
+    expect(r.stdout).toMatch(/the anchor was made when the trail had \d+ records; it now has \d+ \(records removed from the end\)/);
+  });
+
+  it("a restore whose audit record cannot be stored does not start and writes nothing", async () => {
+    const { repo, op } = await setup();
+    await fsp.rm(path.join(repo, "audit"), { recursive: true });
+    await fsp.writeFile(path.join(repo, "audit"), "not a folder");
+    const out = tmp("out");
+    const r = await op(["restore", "latest", "--target", out, "--reason", "should not run"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/audit record for restore could not be stored/);
+    expect(await fsp.readdir(out)).toEqual([]);
+  });
+
+  it("the same holds in the library with a store that refuses audit writes", async () => {
+    const { repo } = await setup();
+    const store = new FaultyStore(new FsStore(repo), { failPut: (key) => key.startsWith("audit/") });
+    const v = await Vault.open({ store, user: "op", passphrase: Secret.fromString("op-pass") });
+    const out = tmp("out");
+    await expect(v.restore({ snapshot: "latest", target: out, reason: "x" })).rejects.toMatchObject({ code: "E_AUDIT" });
+    await expect(v.check({ readData: true })).rejects.toMatchObject({ code: "E_AUDIT" });
+    expect(await fsp.readdir(out)).toEqual([]);
+    await v.close();
+  });
+
+  it("two concurrent restores both land, with consecutive sequence numbers", async () => {
+    const { op, aud } = await setup();
+    const [a, b] = await Promise.all([
+      op(["restore", "latest", "--target", tmp("a"), "--reason", "parallel A"]),
+      op(["restore", "latest", "--target", tmp("b"), "--reason", "parallel B"]),
+    ]);
+    expect(a.code, a.stderr).toBe(0);
+    expect(b.code, b.stderr).toBe(0);
+    const records = await log(aud);
+    expect(records.map((r) => r.seq)).toEqual(records.map((_, i) => i + 1));
+    for (const reason of ["parallel A", "parallel B"]) {
+      expect(records.filter((r) => r.reason === reason).map((r) => r.result).sort()).toEqual(["started", "succeeded"]);
+    }
+    expect((await aud(["audit", "verify"])).code).toBe(0);
+  });
+});

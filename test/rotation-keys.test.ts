@@ -1,0 +1,141 @@
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { CryptoFailure, type CryptoSuite } from "../src/crypto/suite.js";
+import { Secret } from "../src/crypto/secret.js";
+import { ObjectKind, parseEnvelope, envelopeAd, kindName } from "../src/format/envelope.js";
+import { blobAd, packTrailerAd, PACK_PREFIX_BYTES } from "../src/format/pack.js";
+import { parseSnapshotMeta, snapshotBodyAd } from "../src/format/snapshot.js";
+import { loadIndex } from "../src/repository/index-files.js";
+import { openRepository } from "../src/repository/open.js";
+import type { Repository } from "../src/repository/repository.js";
+import { SessionKeys } from "../src/repository/sessions.js";
+import { listAll } from "../src/storage/types.js";
+import { FsStore, KDF_TEST, Vault } from "../src/index.js";
+import { initTestVault, makeImage, sha256File, tempDirs } from "./helpers/fixtures.js";
+
+const tmp = tempDirs();
+
+/** Every secret a user could have saved: identity keys, every granted epoch part, every session key they could open. */
+async function everyKeyOf(repo: Repository): Promise<Uint8Array[]> {
+  const keys = [repo.keyring.boxSecretKey.bytes.slice(), repo.keyring.signSecretKey.bytes.slice(0, 32)];
+  for (const e of repo.keyring.epochs) for (const s of Object.values(e.secrets)) keys.push(s.bytes.slice(0, 32));
+  const sessions = new SessionKeys(repo);
+  for (const { key } of await listAll(repo.store, "sessions/")) {
+    const sid = key.split("/")[1] as string;
+    keys.push((await sessions.get(sid)).bytes.slice());
+  }
+  return keys;
+}
+
+/** True if any key opens the payload as a sealed box (to the key's own public half) or as AEAD with the given AD. */
+function opensWithAny(crypto: CryptoSuite, keys: readonly Uint8Array[], payload: Uint8Array, ads: readonly Uint8Array[]): boolean {
+  for (const k of keys) {
+    try {
+      crypto.openSealed(crypto.boxPublicKey(k), new Secret(k.slice()), payload);
+      return true;
+    } catch (e) {
+      if (!(e instanceof CryptoFailure)) throw e;
+    }
+    for (const ad of ads) {
+      try {
+        crypto.open(k, payload, ad);
+        return true;
+      } catch (e) {
+        if (!(e instanceof CryptoFailure)) throw e;
+      }
+    }
+  }
+  return false;
+}
+
+/** Tries every key against every encrypted payload of every object; returns the objects that opened. */
+async function objectsOpenedBy(admin: Repository, keys: readonly Uint8Array[]): Promise<string[]> {
+  const crypto = admin.crypto;
+  const opened: string[] = [];
+  const index = await loadIndex(admin);
+  for (const { key } of await listAll(admin.store, "")) {
+    const bytes = await admin.store.get(key);
+    if (key.startsWith("data/")) {
+      const packId = key.split("/")[2] as string;
+      const entries = [...index.entries()].filter((e) => e.location.pack.packId === packId);
+      expect(entries.length).toBeGreaterThan(0);
+      for (const e of entries) {
+        if (opensWithAny(crypto, keys, bytes.subarray(e.location.offset, e.location.offset + e.location.length), [blobAd(e.id)])) opened.push(`${key} chunk`);
+      }
+      const trailerLength = new DataView(bytes.buffer, bytes.byteOffset).getUint32(bytes.length - 4, true);
+      if (opensWithAny(crypto, keys, bytes.subarray(bytes.length - 4 - trailerLength, bytes.length - 4), [packTrailerAd(Buffer.from(packId, "hex"))])) opened.push(`${key} trailer`);
+      expect(bytes.length).toBeGreaterThan(PACK_PREFIX_BYTES);
+      continue;
+    }
+    let env;
+    try {
+      env = parseEnvelope(bytes[4] as ObjectKind, bytes, [1, 3, 4, 8, 9, 11].includes(bytes[4] as number));
+    } catch {
+      continue;
+    }
+    const kind = bytes[4] as ObjectKind;
+    const ads = [envelopeAd(kind, env.metaBytes)];
+    if (kind === ObjectKind.Snapshot) {
+      const m = parseSnapshotMeta(env.meta);
+      ads.push(snapshotBodyAd(m.snapshotId, m.sessionId));
+    }
+    env.payloads.forEach((p, i) => {
+      if (opensWithAny(crypto, keys, p, ads)) opened.push(`${key} (${kindName(kind)} payload ${i})`);
+    });
+  }
+  return opened;
+}
+
+describe("rotation revokes for real", () => {
+  it("a removed operator's saved keys open nothing new after rotation, and nothing at all after re-encryption", async () => {
+    const dir = tmp("repo");
+    const src = tmp("src");
+    const admin = await initTestVault(dir);
+    await admin.addUser({ name: "op", role: "operator", passphrase: Secret.fromString("op-pass"), kdf: KDF_TEST, allowWeakKdf: true });
+    const image = path.join(src, "vm.raw");
+    await makeImage(image, { sizeMiB: 4 });
+    const before = await admin.backup({ vm: "vm", sources: [image] });
+    const op = await openRepository({ store: new FsStore(dir), user: "op", passphrase: Secret.fromString("op-pass") });
+    const stolen = await everyKeyOf(op);
+    // Control: the stolen keys do open today's objects, so the searches below can find something.
+    expect((await objectsOpenedBy(admin.repository, stolen)).length).toBeGreaterThan(3);
+    await op.close();
+
+    await admin.removeUser("op");
+    await admin.rotateKeys();
+    await makeImage(path.join(src, "new.raw"), { sizeMiB: 4, seed: "new" });
+    const after = await admin.backup({ vm: "vm", sources: [path.join(src, "new.raw")] });
+    const afterRotation = await objectsOpenedBy(admin.repository, stolen);
+    expect(afterRotation.filter((o) => o.includes(after.snapshotId))).toEqual([]);
+    // What they still open after a plain rotation is only old data: chunks and trailers of old
+    // packs, and the body of the old snapshot (all under session keys they saw) - no envelope.
+    expect(afterRotation.filter((o) => !o.startsWith("data/") && !o.startsWith(`snapshots/${before.snapshotId}/`))).toEqual([]);
+    expect(afterRotation.filter((o) => o.startsWith("snapshots/")).every((o) => o.endsWith("(Snapshot payload 1)"))).toBe(true);
+
+    await admin.rotateKeys({ reencrypt: true });
+    expect(await objectsOpenedBy(admin.repository, stolen)).toEqual([]);
+    const out = tmp("out");
+    await admin.restore({ snapshot: after.snapshotId, target: out, reason: "after re-encryption" });
+    expect(await sha256File(path.join(out, "new.raw"))).toBe(await sha256File(path.join(src, "new.raw")));
+    await admin.close();
+  });
+
+  it("a slot weaker than the target strength is re-wrapped on unlock", async () => {
+    const dir = tmp("repo");
+    await (await initTestVault(dir)).close();
+    const stronger = { memoryKiB: 2048, passes: 2, parallelism: 1 };
+    const before = (await listAll(new FsStore(dir), "keys/admin/")).map((o) => o.key);
+    const v = await Vault.open({ store: new FsStore(dir), user: "admin", passphrase: Secret.fromString("correct horse battery staple"), kdfTarget: stronger });
+    expect(v.repository.slotKdf).toEqual(stronger);
+    await v.close();
+    const slots = await listAll(new FsStore(dir), "keys/admin/");
+    expect(slots.map((o) => o.key)).not.toEqual(before);
+    expect(slots).toHaveLength(1);
+    const meta = parseEnvelope(ObjectKind.KeySlot, await new FsStore(dir).get((slots[0] as { key: string }).key), false).meta as { kdf: { memoryKiB: number; passes: number } };
+    expect(meta.kdf).toMatchObject({ memoryKiB: 2048, passes: 2 });
+    // Same passphrase still opens it, and a second unlock does not rewrite again.
+    const again = await Vault.open({ store: new FsStore(dir), user: "admin", passphrase: Secret.fromString("correct horse battery staple"), kdfTarget: stronger });
+    await again.close();
+    expect((await listAll(new FsStore(dir), "keys/admin/")).map((o) => o.key)).toEqual(slots.map((o) => o.key));
+  });
+});
