@@ -1,4 +1,4 @@
-import { promises as fsp, type Stats } from "node:fs";
+import fs, { type Stats } from "node:fs";
 import path from "node:path";
 import { FastCdc } from "../chunking/fastcdc.js";
 import { encodeEntry, type FileChunk, type FolderEntry } from "../format/entries.js";
@@ -34,7 +34,7 @@ export async function backupFolder(root: string, name: string, cdc: FastCdc, sin
     const abs = rel === "" ? root : path.join(root, ...rel.split("/"));
     let st: Stats;
     try {
-      st = await fsp.lstat(abs);
+      st = fs.lstatSync(abs);
     } catch (e) {
       throw sourceError(abs, e);
     }
@@ -44,7 +44,7 @@ export async function backupFolder(root: string, name: string, cdc: FastCdc, sin
       add({ ...base, type: "dir", size: 0 });
       let names: string[];
       try {
-        names = await fsp.readdir(abs);
+        names = fs.readdirSync(abs);
       } catch (e) {
         throw sourceError(abs, e);
       }
@@ -52,9 +52,12 @@ export async function backupFolder(root: string, name: string, cdc: FastCdc, sin
       for (const n of names) await visit(rel === "" ? n : `${rel}/${n}`);
     } else if (st.isSymbolicLink()) {
       stats.symlinks++;
-      const target = await fsp.readlink(abs).catch((e: unknown) => {
+      let target: string;
+      try {
+        target = fs.readlinkSync(abs);
+      } catch (e) {
         throw sourceError(abs, e);
-      });
+      }
       add({ ...base, type: "symlink", size: 0, target });
     } else if (st.isFile()) {
       stats.files++;
@@ -76,6 +79,8 @@ export async function backupFolder(root: string, name: string, cdc: FastCdc, sin
 
 /**
  * Reads one file through FastCDC into the batcher; checks that it did not change meanwhile.
+ * Folder walks use synchronous calls: a folder is mostly small files, and a thread-pool round
+ * trip per lstat/open/read/stat/close cost more than the calls themselves (~4x on 46,000 files).
  * The returned chunk list is filled in as the pipeline plans the chunks (complete by the time
  * actions queued after it run).
  */
@@ -91,14 +96,14 @@ class CdcFileReader {
   }
 
   async read(file: string, lst: Stats, onBytes: (done: number) => void): Promise<FileChunk[]> {
-    let handle;
+    let fd: number;
     try {
-      handle = await fsp.open(file, "r");
+      fd = fs.openSync(file, "r");
     } catch (e) {
       throw sourceError(file, e);
     }
     try {
-      const before = identityOf(await handle.stat());
+      const before = identityOf(fs.fstatSync(fd));
       assertUnchanged(file, identityOf(lst), before);
       const chunks: FileChunk[] = [];
       const buf = this.#buf;
@@ -113,7 +118,7 @@ class CdcFileReader {
           start = 0;
           let bytesRead: number;
           try {
-            ({ bytesRead } = await handle.read(buf, end, buf.length - end, position));
+            bytesRead = fs.readSync(fd, buf, end, buf.length - end, position);
           } catch (e) {
             throw sourceError(file, e);
           }
@@ -132,11 +137,11 @@ class CdcFileReader {
         });
         start += n;
       }
-      assertUnchanged(file, before, identityOf(await handle.stat()));
+      assertUnchanged(file, before, identityOf(fs.fstatSync(fd)));
       if (position !== before.size) assertUnchanged(file, before, { ...before, size: position });
       return chunks;
     } finally {
-      await handle.close();
+      fs.closeSync(fd);
     }
   }
 }
