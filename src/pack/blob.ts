@@ -174,3 +174,37 @@ export function decodeBlob(
   if (!crypto.equal(crypto.hash(plain, chunkIdKey), chunkId)) throw new BlobError(STATUS_MESSAGES[BlobStatus.Id]);
   return plain;
 }
+
+/** A blob re-encrypted for another session (and chunk-ID key), or why the original was refused. */
+export type Rewrapped = { readonly status: typeof BlobStatus.Ok; readonly chunkId: Uint8Array; readonly blob: Uint8Array } | { readonly status: Exclude<BlobStatus, 0> };
+
+/**
+ * Re-encryption of one stored chunk without recompressing it: authenticate and verify it
+ * (decompress, recompute its ID) like openBlobInto, then seal the same codec-framed bytes under
+ * the new session key, bound to the chunk's ID under the new chunk-ID key (the same ID when the
+ * key is unchanged).
+ */
+export function rewrapBlob(
+  crypto: BulkCrypto,
+  from: { readonly sessionKey: Uint8Array; readonly chunkIdKey: Uint8Array },
+  to: { readonly sessionKey: Uint8Array; readonly chunkIdKey: Uint8Array | undefined; readonly nonce: Uint8Array },
+  chunkId: Uint8Array,
+  stored: Uint8Array,
+  rawLength: number,
+  zstd: Zstd,
+  scratch: BlobScratch,
+): Rewrapped {
+  const plain = new Uint8Array(rawLength);
+  const status = openBlobInto(crypto, from.sessionKey, from.chunkIdKey, chunkId, stored, zstd, scratch, plain);
+  if (status !== BlobStatus.Ok) return { status };
+  const framedLength = stored.length - AEAD_NONCE_BYTES - AEAD_TAG_BYTES;
+  let newId = chunkId.slice();
+  if (to.chunkIdKey !== undefined) {
+    newId = new Uint8Array(HASH_BYTES);
+    crypto.chunkId(to.chunkIdKey, plain, newId);
+  }
+  const blob = new Uint8Array(stored.length);
+  blob.set(to.nonce, 0);
+  crypto.encryptInto(to.sessionKey, to.nonce, scratch.framed.subarray(0, framedLength), blobAd(newId), blob.subarray(AEAD_NONCE_BYTES));
+  return { status: BlobStatus.Ok, chunkId: newId, blob };
+}

@@ -6,7 +6,9 @@ import { encodeEntry, parseEntryBlob } from "../format/entries.js";
 import type { IndexedPack } from "../format/index-file.js";
 import { packKey } from "../format/layout.js";
 import type { SnapshotBody, SnapshotSource } from "../format/snapshot.js";
-import { encodeBlob, decodeBlob } from "../pack/blob.js";
+import { BlobScratch, BlobStatus, blobStatusMessage, encodeBlob, rewrapBlob } from "../pack/blob.js";
+import { loadBulkCrypto } from "../crypto/bulk.js";
+import { AEAD_NONCE_BYTES } from "../crypto/suite.js";
 import { PackWriter } from "../pack/writer.js";
 import { SessionIndexWriter } from "../backup/index-writer.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
@@ -104,7 +106,11 @@ interface Rewriter {
   readonly index: SessionIndexWriter;
   readonly written: ChunkIndex;
   readonly chunkKey: Secret;
+  readonly sessionKey: Secret;
+  /** Compresses, encrypts and stores a chunk unless written already; returns its ID. */
   readonly put: (plain: Uint8Array) => Promise<Uint8Array>;
+  /** Stores an already sealed blob unless a chunk with that ID is written already. */
+  readonly putStored: (id: Uint8Array, blob: Uint8Array, rawLength: number) => Promise<void>;
 }
 
 async function run(repo: Repository, initial: ReencryptState, resumed: boolean, progress?: ProgressSink): Promise<ReencryptResult> {
@@ -129,15 +135,17 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
     const index = new SessionIndexWriter(repo, repo.store);
     const packs = new PackWriter({ store: repo.store, crypto: repo.crypto, sessionId: fromHex(state.sessionId), sessionKey: session.key, packSize: repo.config.packSize, onPack: (p) => index.add(p) });
     const chunkKey = chunkKeyFor(repo, session.meta.chunkKeyEpoch);
+    const putStored = async (id: Uint8Array, blob: Uint8Array, rawLength: number): Promise<void> => {
+      if (written.has(id)) return;
+      const placement = await packs.add(id, blob, rawLength);
+      written.add(id, written.addPack({ packId: placement.packId, sessionId: state.sessionId, packLength: 0 }), placement.offset, placement.length, rawLength);
+    };
     const put = async (plain: Uint8Array): Promise<Uint8Array> => {
       const id = repo.crypto.hash(plain, chunkKey);
-      if (!written.has(id)) {
-        const placement = await packs.add(id, encodeBlob(repo.crypto, session.key, id, plain, zstd), plain.length);
-        written.add(id, written.addPack({ packId: placement.packId, sessionId: state.sessionId, packLength: 0 }), placement.offset, placement.length, plain.length);
-      }
+      if (!written.has(id)) await putStored(id, encodeBlob(repo.crypto, session.key, id, plain, zstd), plain.length);
       return id;
     };
-    const rw: Rewriter = { packs, index, written, chunkKey, put };
+    const rw: Rewriter = { packs, index, written, chunkKey, sessionKey: session.key, put, putStored };
 
     if (state.phase === "packs") {
       const done = new Set(state.donePacks);
@@ -203,6 +211,8 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
 
 /** Decrypts and verifies every chunk of one old pack and writes it again under the new session. */
 async function rewritePack(repo: Repository, sessions: SessionKeys, zstd: Zstd, rw: Rewriter, packId: string, p: IndexedPack, newKey: boolean): Promise<[string, string][]> {
+  const bulk = await loadBulkCrypto();
+  const scratch = new BlobScratch();
   const pairs: [string, string][] = [];
   let bytes: Uint8Array;
   try {
@@ -213,14 +223,19 @@ async function rewritePack(repo: Repository, sessions: SessionKeys, zstd: Zstd, 
   const old = await sessions.open(toHex(p.sessionId));
   const oldChunkKey = chunkKeyFor(repo, old.meta.chunkKeyEpoch);
   for (const e of p.entries) {
-    let plain: Uint8Array;
-    try {
-      plain = decodeBlob(repo.crypto, old.key, oldChunkKey, e.chunkId, bytes.subarray(e.offset, e.offset + e.length), e.rawLength, zstd);
-    } catch {
-      throw IntegrityError.object(packKey(packId), "a chunk fails authentication; repair the pack before re-encrypting");
-    }
-    const id = await rw.put(plain);
-    if (newKey) pairs.push([toHex(e.chunkId), toHex(id)]);
+    const r = rewrapBlob(
+      bulk,
+      { sessionKey: old.key.bytes, chunkIdKey: oldChunkKey.bytes },
+      { sessionKey: rw.sessionKey.bytes, chunkIdKey: newKey ? rw.chunkKey.bytes : undefined, nonce: repo.crypto.random(AEAD_NONCE_BYTES) },
+      e.chunkId,
+      bytes.subarray(e.offset, e.offset + e.length),
+      e.rawLength,
+      zstd,
+      scratch,
+    );
+    if (r.status !== BlobStatus.Ok) throw IntegrityError.object(packKey(packId), `${blobStatusMessage(r.status)}; repair the pack before re-encrypting`);
+    await rw.putStored(r.chunkId, r.blob, e.rawLength);
+    if (newKey) pairs.push([toHex(e.chunkId), toHex(r.chunkId)]);
   }
   return pairs;
 }
