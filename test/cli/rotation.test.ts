@@ -132,4 +132,26 @@ describe("key rotation and re-encryption", () => {
     expect(status.reencryption).toBeNull();
     expect(status.oldData.packs).toBe(0);
   });
+
+  it("backups go on while a re-encryption runs, and their snapshots survive it", async () => {
+    const f = await fixture();
+    const v = vault(f.repo);
+    const env = { VMVAULT_STATE_DIR: `${f.repo}-state`, VMVAULT_PASSPHRASE: TEST_PASSPHRASE };
+    const child = startCli(["--repo", f.repo, "--user", "admin", "key", "rotate", "--reencrypt"], { env });
+    let stderr = "";
+    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+    const closed = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
+    // Wait until the pack phase has written its first checkpoint: the re-encryption holds a shared lock.
+    while (!(await fsp.readdir(path.join(f.repo, "checkpoints/reencrypt")).catch(() => [] as string[])).some((n) => /^\d+$/.test(n))) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const image = path.join(tmp("src"), "during.raw");
+    await fsp.writeFile(image, seededBytes("during", 3 * 1024 * 1024));
+    const during = await v(["--json", "backup", "--vm", "during", image]);
+    expect(during.code, during.stderr).toBe(0);
+    expect(await closed, stderr).toBe(0);
+    const id = (JSON.parse(during.stdout) as { snapshotId: string }).snapshotId;
+    f.sources.push({ vm: "during", file: image, sha: await sha256File(image), id });
+    await everythingReadable(f, "backup during re-encryption");
+  });
 });
