@@ -59,6 +59,11 @@ const COMMANDS: readonly CommandCase[] = [
   { name: "user add", action: "admin", args: () => ["user", "add", "newcomer", "--role", "restorer"], env: { VMVAULT_NEW_PASSPHRASE: "newcomer" } },
   { name: "user remove", action: "admin", args: () => ["user", "remove", "spare", "--no-rotate"] },
   { name: "user passwd", action: "any", args: () => ["user", "passwd"], env: { VMVAULT_NEW_PASSPHRASE: "changed" } },
+  { name: "audit log", action: "readAudit", args: () => ["audit", "log"] },
+  { name: "audit verify", action: "readAudit", args: () => ["audit", "verify"] },
+  { name: "audit anchor", action: "readAudit", args: (t) => ["audit", "anchor", "--out", path.join(t, "head.anchor")] },
+  { name: "key status", action: "admin", args: () => ["key", "status"] },
+  { name: "key rotate", action: "admin", args: () => ["key", "rotate"] },
 ];
 
 describe("every role × every command", () => {
