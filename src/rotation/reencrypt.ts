@@ -113,6 +113,7 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
   const lock = await acquireLock(repo, "re-encryption", false);
   let packsRewritten = 0;
   let snapshotsRewritten = 0;
+  let openPacks: PackWriter | undefined;
   try {
     const session = await sessions.open(state.sessionId);
     const zstd = new Zstd(repo.config.compressionLevel);
@@ -128,6 +129,7 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
     }
     const index = new SessionIndexWriter(repo, repo.store);
     const packs = new PackWriter({ store: repo.store, crypto: repo.crypto, sessionId: fromHex(state.sessionId), sessionKey: session.key, packSize: repo.config.packSize, onPack: (p) => index.add(p) });
+    openPacks = packs;
     const chunkKey = chunkKeyFor(repo, session.meta.chunkKeyEpoch);
     const put = async (plain: Uint8Array): Promise<Uint8Array> => {
       const id = repo.crypto.hash(plain, chunkKey);
@@ -193,6 +195,8 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
       state = await writeCheckpoint(repo, { ...state, phase: "cleanup" }, state.checkpoint);
     }
   } finally {
+    // After a failure, the open pack's partial bytes go; after success there is none.
+    await openPacks?.abort();
     sessions.dispose();
     await lock.release();
   }
