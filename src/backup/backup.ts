@@ -137,6 +137,7 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
   // Workers start while the index loads.
   const starting = WorkerPool.create({ compressionLevel: repo.config.compressionLevel, ...(o.workers === undefined ? {} : { workers: o.workers }) });
   starting.catch(() => undefined);
+  let packs: PackWriter | undefined;
   try {
     const store: AppendOnlyStore = repo.store;
     const progress = throttled(o.progress);
@@ -149,7 +150,7 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
     pool.setKey(SESSION_KEY, session.key.bytes);
     const indexWriter = new SessionIndexWriter(repo, store);
     const packIds = new PackIdPool(repo.crypto.random, repo.config.packSize);
-    const packs = new PackWriter({
+    packs = new PackWriter({
       store,
       crypto: repo.crypto,
       sessionId: session.sessionIdBytes,
@@ -225,6 +226,10 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
         maxPacksInFlight: packs.maxInFlightSeen,
       },
     };
+  } catch (e) {
+    // The open pack's partial bytes go (a store keeps nothing of an uncommitted object).
+    await packs?.abort();
+    throw e;
   } finally {
     await (await starting.catch(() => undefined))?.close();
   }

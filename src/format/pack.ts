@@ -40,6 +40,13 @@ export function encodeEntries(w: ByteWriter, entries: readonly PackEntry[]): voi
   for (const e of entries) w.raw(e.chunkId).u32(e.offset).u32(e.length).u32(e.rawLength);
 }
 
+/** An entry list alone, encoded as trailers and index files hold it (to compare two lists by digest). */
+export function encodePackEntries(entries: readonly PackEntry[]): Uint8Array {
+  const w = new ByteWriter(4 + entries.length * 44);
+  encodeEntries(w, entries);
+  return w.finish();
+}
+
 export function parseEntries(r: ByteReader): PackEntry[] {
   const n = r.u32();
   if (n * 44 > r.remaining) throw new FormatError("truncated entry list");

@@ -6,10 +6,10 @@ import { parseEntryBlob } from "../format/entries.js";
 import { ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { parseGrantMeta } from "../format/grant.js";
 import { PACK_PREFIX, packKey, parsePackKey } from "../format/layout.js";
-import type { IndexedPack } from "../format/index-file.js";
+import { encodePackEntries, type PackEntry } from "../format/pack.js";
 import type { SnapshotBody } from "../format/snapshot.js";
 import { PackError, readPackTrailer } from "../pack/reader.js";
-import { loadIndex } from "../repository/index-files.js";
+import { loadIndex, readIndexFile } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
 import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import { SessionKeys } from "../repository/sessions.js";
@@ -17,6 +17,7 @@ import { BlobReader } from "../restore/blob-reader.js";
 import { listSnapshots, readSnapshotBody } from "../snapshot/store.js";
 import { listAll } from "../storage/types.js";
 import { bytesEqual, fromHex, toHex } from "../util/bytes.js";
+import type { CryptoSuite } from "../crypto/suite.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import type { ChunkIndex } from "../repository/chunk-index.js";
@@ -27,6 +28,19 @@ export interface CheckOptions {
   readonly progress?: ProgressSink;
   /** Worker threads for --read-data; 0 runs inline. Default: one per core. */
   readonly workers?: number;
+}
+
+/**
+ * A pack as the index files describe it, without one object per chunk: its entries are kept as
+ * a digest (compared with the pack's trailer) and read again from the index file only when the
+ * trailer does not match.
+ */
+interface IndexedPackSummary {
+  readonly sessionId: string;
+  readonly packLength: number;
+  /** The index file that described it last (a later file's description wins, as in the chunk index). */
+  readonly indexKey: string;
+  readonly entriesDigest: Uint8Array;
 }
 
 export interface CheckReport {
@@ -65,6 +79,9 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
   const progress = throttled(o.progress);
   const lock = await acquireLock(repo, "check", false);
   const sessions = new SessionKeys(repo);
+  // Workers start while the structure is checked.
+  const starting = readData && canDecrypt ? PackVerifier.create(repo, sessions, o.workers) : undefined;
+  starting?.catch(() => undefined);
   const damage: Damage[] = [];
   const warnings: string[] = [];
   const packDamage = new Map<string, string[]>();
@@ -73,11 +90,13 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
   try {
     await checkGrants(repo, report);
     const snapshots = await listSnapshots(repo, report);
-    const indexedPacks = new Map<string, IndexedPack>();
+    const indexedPacks = new Map<string, IndexedPackSummary>();
     let indexFiles = 0;
     const index = await loadIndex(repo, report, (file) => {
       indexFiles++;
-      for (const p of file.packs) indexedPacks.set(toHex(p.packId), p);
+      for (const p of file.packs) {
+        indexedPacks.set(toHex(p.packId), { sessionId: toHex(p.sessionId), packLength: p.packLength, indexKey: file.key, entriesDigest: entriesDigest(repo.crypto, p.entries) });
+      }
     });
     const stored = new Map<string, number>();
     for (const o of await listAll(repo.store, PACK_PREFIX)) {
@@ -96,13 +115,16 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
 
     const packSnapshots = new Map<number, Set<string>>();
     if (canDecrypt) {
-      const reader = new BlobReader(repo, index, sessions, new Zstd(repo.config.compressionLevel));
-      for (const snap of snapshots) {
-        progress({ phase: "check snapshots", done: snapshots.indexOf(snap) + 1, total: snapshots.length, unit: "items" });
-        await checkReferences(repo, sessions, reader, index, snap, packSnapshots, report);
-      }
-      const verifier = readData ? await PackVerifier.create(repo, sessions, o.workers) : undefined;
-      try {
+      const verifier = await starting;
+      // Snapshot references are walked on the main thread while the workers verify packs.
+      const references = (async () => {
+        const reader = new BlobReader(repo, index, sessions, new Zstd(repo.config.compressionLevel));
+        for (const [i, snap] of snapshots.entries()) {
+          progress({ phase: "check snapshots", done: i + 1, total: snapshots.length, unit: "items" });
+          await checkReferences(repo, sessions, reader, index, snap, packSnapshots, report);
+        }
+      })();
+      const packs = (async () => {
         let n = 0;
         for (const [packId, p] of indexedPacks) {
           n++;
@@ -117,9 +139,9 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
           bytesRead += r.bytesRead;
           if (r.messages.length > 0) packDamage.set(packId, [...(packDamage.get(packId) ?? []), ...r.messages]);
         }
-      } finally {
-        await verifier?.close();
-      }
+      })();
+      const failed = (await Promise.allSettled([references, packs])).find((r) => r.status === "rejected");
+      if (failed !== undefined) throw failed.reason;
     }
     for (const [packId, problems] of packDamage) {
       const packNo = index.packNumber(packId);
@@ -138,6 +160,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
       readData,
     };
   } finally {
+    await (await starting?.catch(() => undefined))?.close();
     sessions.dispose();
     await lock.release();
   }
@@ -181,15 +204,20 @@ async function checkReferences(
     throw e;
   }
   let missing = 0;
+  let lastPack = -1;
   const use = (chunk: Uint8Array): boolean => {
-    const loc = index.location(chunk);
-    if (loc === undefined) {
+    const packNo = index.packOf(chunk);
+    if (packNo < 0) {
       missing++;
       return false;
     }
-    const set = packSnapshots.get(loc.packNo) ?? new Set<string>();
-    set.add(id);
-    packSnapshots.set(loc.packNo, set);
+    // Consecutive chunks mostly share a pack: one set update per run of them.
+    if (packNo !== lastPack) {
+      lastPack = packNo;
+      const set = packSnapshots.get(packNo);
+      if (set === undefined) packSnapshots.set(packNo, new Set([id]));
+      else set.add(id);
+    }
     return true;
   };
   const readMeta = async (blobId: string): Promise<Uint8Array | undefined> => {
@@ -226,12 +254,16 @@ async function checkReferences(
   if (missing > 0) report({ object: snap.key, problem: `${missing} referenced chunk(s) are in no index (data missing)`, snapshots: [id] });
 }
 
-/** Compares the pack trailer with the index and, with a verifier (--read-data), hands the pack to it to decrypt and verify every chunk. */
+/**
+ * Compares the pack trailer with the index and, with a verifier (--read-data), hands the pack
+ * to it to decrypt and verify every chunk the index lists (the trailer's entries when they are
+ * the index's, else the index file's, read again).
+ */
 async function checkPack(
   repo: Repository,
   sessions: SessionKeys,
   packId: string,
-  p: IndexedPack,
+  p: IndexedPackSummary,
   size: number,
   verifier: PackVerifier | undefined,
 ): Promise<{ messages: string[]; bytesRead: number }> {
@@ -239,7 +271,7 @@ async function checkPack(
   const messages: string[] = [];
   let sessionKey;
   try {
-    const session = await sessions.open(toHex(p.sessionId));
+    const session = await sessions.open(p.sessionId);
     sessionKey = session.key;
     // The verifier needs this session's chunk-ID key: a missing one is this pack's damage.
     if (verifier !== undefined) chunkKeyFor(repo, session.meta.chunkKeyEpoch);
@@ -247,27 +279,39 @@ async function checkPack(
     if (e instanceof IntegrityError) return { messages: e.damage.map((d) => `${d.object}: ${d.problem}`), bytesRead: 0 };
     throw e;
   }
+  let entries: readonly PackEntry[] | undefined;
   try {
     const trailer = await readPackTrailer(repo.crypto, repo.store, key, packId, size, sessionKey);
-    if (trailer.sessionId !== toHex(p.sessionId) || !sameEntries(trailer.entries, p.entries)) {
+    if (trailer.sessionId !== p.sessionId || !bytesEqual(entriesDigest(repo.crypto, trailer.entries), p.entriesDigest)) {
       messages.push("pack trailer does not match the index");
-    }
+    } else entries = trailer.entries;
   } catch (e) {
     if (e instanceof PackError) messages.push(e.message);
     else if (e instanceof NotFoundError) messages.push("pack is missing");
     else throw e;
   }
-  await verifier?.submit(packId, p);
+  if (verifier !== undefined) {
+    try {
+      entries ??= await indexedEntries(repo, p.indexKey, packId);
+    } catch (e) {
+      if (!(e instanceof IntegrityError)) throw e;
+      messages.push(...e.damage.map((d) => `${d.object}: ${d.problem}`));
+      return { messages, bytesRead: 0 };
+    }
+    await verifier.submit(packId, p.sessionId, p.packLength, entries);
+  }
   return { messages, bytesRead: 0 };
 }
 
-function sameEntries(a: readonly IndexedPack["entries"][number][], b: readonly IndexedPack["entries"][number][]): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) {
-    const x = a[i];
-    const y = b[i];
-    if (x === undefined || y === undefined) return false;
-    if (!bytesEqual(x.chunkId, y.chunkId) || x.offset !== y.offset || x.length !== y.length || x.rawLength !== y.rawLength) return false;
-  }
-  return true;
+/** Digest of an entry list as index files and trailers encode it: equal digests, equal lists. */
+function entriesDigest(crypto: CryptoSuite, entries: readonly PackEntry[]): Uint8Array {
+  return crypto.hash(encodePackEntries(entries));
+}
+
+/** A pack's entries as the index file that described it lists them. */
+async function indexedEntries(repo: Repository, indexKey: string, packId: string): Promise<readonly PackEntry[]> {
+  const file = await readIndexFile(repo, indexKey);
+  const p = file.packs.find((x) => toHex(x.packId) === packId);
+  if (p === undefined) throw IntegrityError.object(indexKey, `index no longer lists ${packKey(packId)} (changed while checking)`);
+  return p.entries;
 }

@@ -3,7 +3,7 @@ import type { Secret } from "../crypto/secret.js";
 import { packKey } from "../format/layout.js";
 import { encodePackHeader, encodePackPrefix, packTrailerAd, PACK_PREFIX_BYTES, type PackEntry } from "../format/pack.js";
 import type { IndexedPack } from "../format/index-file.js";
-import type { AppendOnlyStore } from "../storage/types.js";
+import { openWriter, type AppendOnlyStore, type ObjectWriter } from "../storage/types.js";
 import { drawPackIds, type PackIds } from "../backup/pack-ids.js";
 import { toHex } from "../util/bytes.js";
 
@@ -13,8 +13,10 @@ export interface PackWriterOptions {
   readonly sessionId: Uint8Array;
   readonly sessionKey: Secret;
   readonly packSize: number;
-  /** Pack uploads allowed in flight before add() waits (backpressure). */
+  /** Pack commits allowed in flight before add() waits (backpressure). */
   readonly maxInFlight?: number;
+  /** Bytes handed to the store in one write (the open pack is staged in buffers of this size). */
+  readonly stageBytes?: number;
   /** The random values of the next pack (drawn ahead, in a deterministic order); default: drawn from crypto.random when a pack opens. */
   readonly nextIds?: () => PackIds;
   /** Called once a pack is durable, in pack order. */
@@ -28,14 +30,35 @@ export interface BlobPlacement {
   readonly length: number;
 }
 
-/** Collects encrypted blobs into packs of about packSize and stores each atomically. */
+/** Staging buffers per writer: one filling, the others being written. */
+const STAGES = 3;
+const DEFAULT_STAGE_BYTES = 1024 * 1024;
+
+/** The pack being written: its store writer and the writes queued on it. */
+interface OpenPack {
+  readonly ids: PackIds;
+  readonly writer: Promise<ObjectWriter>;
+  /** The last queued write; writes run one after another. */
+  tail: Promise<void>;
+  /** Queued writes not yet done (each holds a staging buffer). */
+  pending: number;
+}
+
+/**
+ * Collects encrypted blobs into packs of about packSize and streams each to the store as it
+ * fills (prefix, blobs, then the trailer), committing it atomically at the end: a pack never
+ * sits whole in memory, only a few staging buffers do. Stores without incremental writes get
+ * the whole pack through putIfAbsent (see openWriter). The bytes are the same either way.
+ */
 export class PackWriter {
   readonly #o: PackWriterOptions;
-  #ids: PackIds | undefined;
-  /** The open pack, assembled in place as blobs arrive (so their batch buffers can go). */
-  #buf: Uint8Array | undefined;
-  /** Buffers of stored packs, reused for the next ones (a store does not keep data after putIfAbsent). */
-  readonly #spare: Uint8Array[] = [];
+  readonly #stageBytes: number;
+  #open: OpenPack | undefined;
+  #stage: Uint8Array | undefined;
+  #staged = 0;
+  readonly #freeStages: Uint8Array[] = [];
+  #stagesMade = 0;
+  readonly #stageWaiters: (() => void)[] = [];
   #entries: PackEntry[] = [];
   #size = PACK_PREFIX_BYTES;
   readonly #inFlight = new Set<Promise<void>>();
@@ -47,23 +70,19 @@ export class PackWriter {
 
   constructor(o: PackWriterOptions) {
     this.#o = o;
+    this.#stageBytes = Math.max(4096, o.stageBytes ?? DEFAULT_STAGE_BYTES);
   }
 
-  /** Appends a stored blob; waits when the pack it completes cannot be uploaded yet. */
+  /** Appends a stored blob (copied: the caller may reuse it); waits when the pack it completes cannot be committed yet. */
   async add(chunkId: Uint8Array, blob: Uint8Array, rawLength: number): Promise<BlobPlacement> {
     this.#throwIfFailed();
-    const ids = (this.#ids ??= this.#nextIds());
-    const placement = { packId: toHex(ids.packId), offset: this.#size, length: blob.length };
-    this.#ensure(this.#size + blob.length);
-    (this.#buf as Uint8Array).set(blob, this.#size);
+    const open = this.#open ?? (await this.#openPack());
+    const placement = { packId: toHex(open.ids.packId), offset: this.#size, length: blob.length };
+    await this.#append(open, blob);
     this.#entries.push({ chunkId, offset: this.#size, length: blob.length, rawLength });
     this.#size += blob.length;
     if (this.#size >= this.#o.packSize) await this.#seal();
     return placement;
-  }
-
-  #nextIds(): PackIds {
-    return this.#o.nextIds?.() ?? drawPackIds(this.#o.crypto.random);
   }
 
   /** Seals the open pack and waits until every pack is durable and announced. */
@@ -74,32 +93,112 @@ export class PackWriter {
     this.#throwIfFailed();
   }
 
+  /** Drops the open pack (after a failure elsewhere): nothing of it is stored. */
+  async abort(): Promise<void> {
+    const open = this.#open;
+    this.#open = undefined;
+    this.#entries = [];
+    this.#size = PACK_PREFIX_BYTES;
+    this.#staged = 0;
+    if (open === undefined) return;
+    await open.tail.catch(() => undefined);
+    await (await open.writer.catch(() => undefined))?.abort();
+  }
+
+  async #openPack(): Promise<OpenPack> {
+    const ids = this.#o.nextIds?.() ?? drawPackIds(this.#o.crypto.random);
+    const writer = openWriter(this.#o.store, packKey(toHex(ids.packId)));
+    writer.catch(() => undefined);
+    const open: OpenPack = { ids, writer, tail: Promise.resolve(), pending: 0 };
+    this.#open = open;
+    await this.#append(open, encodePackPrefix(this.#o.sessionId));
+    return open;
+  }
+
+  /** Copies bytes into the staging buffers, handing each full one to the store. */
+  async #append(open: OpenPack, bytes: Uint8Array): Promise<void> {
+    let at = 0;
+    while (at < bytes.length) {
+      const stage = this.#stage ?? (await this.#takeStage());
+      const n = Math.min(bytes.length - at, stage.length - this.#staged);
+      stage.set(bytes.subarray(at, at + n), this.#staged);
+      this.#staged += n;
+      at += n;
+      if (this.#staged === stage.length) this.#writeStage(open);
+    }
+  }
+
+  async #takeStage(): Promise<Uint8Array> {
+    for (;;) {
+      this.#throwIfFailed();
+      const free = this.#freeStages.pop();
+      if (free !== undefined) return (this.#stage = free);
+      if (this.#stagesMade < STAGES) {
+        this.#stagesMade++;
+        return (this.#stage = new Uint8Array(this.#stageBytes));
+      }
+      await new Promise<void>((resolve) => this.#stageWaiters.push(resolve));
+    }
+  }
+
+  /** Queues the staged bytes as the pack's next write; the buffer is free again once written. */
+  #writeStage(open: OpenPack): void {
+    const stage = this.#stage;
+    const n = this.#staged;
+    this.#stage = undefined;
+    this.#staged = 0;
+    if (stage === undefined || n === 0) {
+      if (stage !== undefined) this.#freeStages.push(stage);
+      return;
+    }
+    open.pending++;
+    open.tail = open.tail
+      .then(async () => {
+        this.#throwIfFailed();
+        await (await open.writer).write(stage.subarray(0, n));
+      })
+      .catch((e: unknown) => {
+        this.#failure ??= e;
+      })
+      .finally(() => {
+        open.pending--;
+        this.#freeStages.push(stage);
+        this.#stageWaiters.shift()?.();
+      });
+  }
+
   async #seal(): Promise<void> {
     const { crypto, sessionKey, sessionId } = this.#o;
-    const ids = this.#ids ?? this.#nextIds();
+    const open = this.#open ?? (await this.#openPack());
+    const { ids } = open;
     const packId = ids.packId;
     const entries = this.#entries;
     const header = encodePackHeader(packId, sessionId, entries);
     const sealed = crypto.encrypt(sessionKey, ids.trailerNonce, header, packTrailerAd(packId));
     const trailerLength = ids.trailerNonce.length + sealed.length;
     const total = this.#size + trailerLength + 4;
-    this.#ensure(total);
-    const bytes = (this.#buf as Uint8Array).subarray(0, total);
-    bytes.set(encodePackPrefix(sessionId), 0);
-    const at = this.#size;
-    bytes.set(ids.trailerNonce, at);
-    bytes.set(sealed, at + ids.trailerNonce.length);
-    new DataView(bytes.buffer, bytes.byteOffset, total).setUint32(total - 4, trailerLength, true);
-    this.#ids = undefined;
-    this.#buf = undefined;
+    const tail = new Uint8Array(trailerLength + 4);
+    tail.set(ids.trailerNonce, 0);
+    tail.set(sealed, ids.trailerNonce.length);
+    new DataView(tail.buffer).setUint32(trailerLength, trailerLength, true);
+    await this.#append(open, tail);
+    this.#writeStage(open);
+    this.#open = undefined;
     this.#entries = [];
     this.#size = PACK_PREFIX_BYTES;
-    const stored = this.#o.store.putIfAbsent(packKey(toHex(packId)), bytes).then(() => {
+    const stored = (async () => {
+      await open.tail;
+      const writer = await open.writer;
+      try {
+        this.#throwIfFailed();
+        await writer.commit();
+      } finally {
+        await writer.abort();
+      }
       this.packsWritten++;
       this.bytesWritten += total;
-      if (this.#spare.length < 2) this.#spare.push(new Uint8Array(bytes.buffer));
-    });
-    // Durable packs are announced (to the index writer) in pack order, whatever order uploads finish in.
+    })();
+    // Durable packs are announced (to the index writer) in pack order, whatever order commits finish in.
     const previous = this.#announced;
     const write = (async () => {
       await stored;
@@ -115,20 +214,6 @@ export class PackWriter {
     const limit = this.#o.maxInFlight ?? 2;
     while (this.#inFlight.size >= limit) await Promise.race(this.#inFlight);
     this.#throwIfFailed();
-  }
-
-  /** Room for n bytes in the open pack (allocated without zeroing: every byte handed on is written first). */
-  #ensure(n: number): void {
-    const have = this.#buf?.length ?? 0;
-    if (n <= have) return;
-    const spare = this.#buf === undefined ? this.#spare.pop() : undefined;
-    if (spare !== undefined && spare.length >= n) {
-      this.#buf = spare;
-      return;
-    }
-    const grown = new Uint8Array(Buffer.allocUnsafeSlow(Math.max(n, this.#o.packSize + (this.#o.packSize >> 4), have * 2)).buffer);
-    if (this.#buf !== undefined) grown.set(this.#buf.subarray(0, this.#size));
-    this.#buf = grown;
   }
 
   #throwIfFailed(): void {

@@ -123,6 +123,15 @@ export class ChunkIndex {
     return entry < 0 ? undefined : this.#location(entry);
   }
 
+  /** The pack number of a chunk with a location, or -1 (unknown ID, pending chunk, or an index without locations); allocates nothing. */
+  packOf(id: Uint8Array): number {
+    if (!this.#locations) return -1;
+    const entry = this.find(id);
+    if (entry < 0) return -1;
+    const packNo = (this.#meta[entry >>> BLOCK_SHIFT] as Uint32Array)[(entry & BLOCK_MASK) * META_WORDS] as number;
+    return packNo < this.packs.length ? packNo : -1;
+  }
+
   /** Every chunk, in insertion order. */
   *entries(): IterableIterator<{ id: Uint8Array; location: ChunkLocation }> {
     if (!this.#locations) return;

@@ -50,7 +50,10 @@ export function encodeSessionEnvelope(crypto: CryptoSuite, meta: SessionMeta, ke
 /** Opens and caches session keys; needs the data secret key of some epoch the session is sealed to. */
 export class SessionKeys {
   readonly #repo: Repository;
-  readonly #cache = new Map<string, OpenedSession>();
+  /** Opening or opened sessions: concurrent callers share one opening (and one key to dispose). */
+  readonly #cache = new Map<string, Promise<OpenedSession>>();
+  readonly #opened: OpenedSession[] = [];
+  #disposed = false;
 
   constructor(repo: Repository) {
     this.#repo = repo;
@@ -60,12 +63,23 @@ export class SessionKeys {
     return (await this.open(sessionId)).key;
   }
 
-  async open(sessionId: string): Promise<OpenedSession> {
+  open(sessionId: string): Promise<OpenedSession> {
     const cached = this.#cache.get(sessionId);
     if (cached !== undefined) return cached;
-    const opened = await this.#open(sessionId);
-    this.#cache.set(sessionId, opened);
-    return opened;
+    const opening = this.#open(sessionId).then(
+      (opened) => {
+        this.#opened.push(opened);
+        if (this.#disposed) this.dispose();
+        return opened;
+      },
+      (e: unknown) => {
+        // A failure is not remembered: the next caller tries again.
+        this.#cache.delete(sessionId);
+        throw e;
+      },
+    );
+    this.#cache.set(sessionId, opening);
+    return opening;
   }
 
   async #open(sessionId: string): Promise<OpenedSession> {
@@ -105,7 +119,8 @@ export class SessionKeys {
   }
 
   dispose(): void {
-    for (const s of this.#cache.values()) s.key.dispose();
+    this.#disposed = true;
+    for (const s of this.#opened.splice(0)) s.key.dispose();
     this.#cache.clear();
   }
 }

@@ -119,6 +119,7 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
   const lock = await acquireLock(repo, "re-encryption", false);
   let packsRewritten = 0;
   let snapshotsRewritten = 0;
+  let openPacks: PackWriter | undefined;
   try {
     const session = await sessions.open(state.sessionId);
     const zstd = new Zstd(repo.config.compressionLevel);
@@ -134,6 +135,7 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
     }
     const index = new SessionIndexWriter(repo, repo.store);
     const packs = new PackWriter({ store: repo.store, crypto: repo.crypto, sessionId: fromHex(state.sessionId), sessionKey: session.key, packSize: repo.config.packSize, onPack: (p) => index.add(p) });
+    openPacks = packs;
     const chunkKey = chunkKeyFor(repo, session.meta.chunkKeyEpoch);
     const putStored = async (id: Uint8Array, blob: Uint8Array, rawLength: number): Promise<void> => {
       if (written.has(id)) return;
@@ -201,6 +203,8 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
       state = await writeCheckpoint(repo, { ...state, phase: "cleanup" }, state.checkpoint);
     }
   } finally {
+    // After a failure, the open pack's partial bytes go; after success there is none.
+    await openPacks?.abort();
     sessions.dispose();
     await lock.release();
   }

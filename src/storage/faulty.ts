@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { StorageError } from "../errors.js";
-import type { ByteRange, ObjectInfo, Store } from "./types.js";
+import { openWriter, readInto, type ByteRange, type ObjectInfo, type ObjectWriter, type Store } from "./types.js";
 
 export interface FaultyStoreOptions {
   /** When true, the put fails the way a full disk does, and nothing is written. */
@@ -20,9 +20,9 @@ export interface FaultyStoreOptions {
  */
 export class FaultyStore implements Store {
   readonly location: string;
-  /** Keys of every putIfAbsent call, in call order. */
+  /** Keys of every putIfAbsent call and writer commit, in call order. */
   readonly puts: string[] = [];
-  /** Keys of every get call, in call order. */
+  /** Keys of every get and readInto call, in call order. */
   readonly gets: string[] = [];
   /** Keys of every delete call, in call order. */
   readonly deletes: string[] = [];
@@ -49,6 +49,24 @@ export class FaultyStore implements Store {
     }
     const data = await this.#inner.get(key, range);
     return this.#options.corruptGet?.(key) === true ? flipOneByte(data) : data;
+  }
+
+  async readInto(key: string, range: ByteRange, into: Uint8Array): Promise<number> {
+    this.gets.push(key);
+    if (this.#options.failGet?.(key) === true) {
+      throw new StorageError(`could not read ${key} in ${this.location}: injected read failure`);
+    }
+    const n = await readInto(this.#inner, key, range, into);
+    if (n > 0 && this.#options.corruptGet?.(key) === true) flipOneByte(into.subarray(0, n), true);
+    return n;
+  }
+
+  /**
+   * A writer whose bytes are collected and stored by this store's putIfAbsent on commit, so
+   * every fault, delay and record applies to it exactly as to a put.
+   */
+  createWriter(key: string): Promise<ObjectWriter> {
+    return openWriter({ putIfAbsent: (k, data) => this.putIfAbsent(k, data) }, key);
   }
 
   async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
@@ -85,10 +103,10 @@ export class FaultyStore implements Store {
   }
 }
 
-/** A copy with the middle byte inverted; empty data has no byte to flip and comes back as is. */
-function flipOneByte(data: Uint8Array): Uint8Array {
+/** A copy (or, in place, the data itself) with the middle byte inverted; empty data has no byte to flip. */
+function flipOneByte(data: Uint8Array, inPlace = false): Uint8Array {
   if (data.length === 0) return data;
-  const out = data.slice();
+  const out = inPlace ? data : data.slice();
   const at = Math.floor(out.length / 2);
   out[at] = (out[at] ?? 0) ^ 0xff;
   return out;

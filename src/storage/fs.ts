@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { NotFoundError, StorageError } from "../errors.js";
-import { assertValidKey, assertValidPrefix, type ByteRange, type ObjectInfo, type Store } from "./types.js";
+import { assertValidKey, assertValidPrefix, type ByteRange, type ObjectInfo, type ObjectWriter, type Store } from "./types.js";
 
 const TEMP_PREFIX = ".tmp-";
 /** Errors that mean "no object under this key" (a folder or a path through a file is not an object). */
@@ -32,56 +32,54 @@ export class FsStore implements Store {
     const file = this.#path(key);
     try {
       if (range === undefined) return new Uint8Array(await fsp.readFile(file));
-      const handle = await fsp.open(file, "r");
-      try {
-        const out = new Uint8Array(range.length);
-        let done = 0;
-        while (done < range.length) {
-          const { bytesRead } = await handle.read(out, done, range.length - done, range.offset + done);
-          if (bytesRead === 0) break;
-          done += bytesRead;
-        }
-        return done === range.length ? out : out.subarray(0, done);
-      } finally {
-        await handle.close();
-      }
+      const out = new Uint8Array(range.length);
+      const done = await readRange(file, range, out);
+      return done === range.length ? out : out.subarray(0, done);
+    } catch (e) {
+      throw this.#mapError(e, key, "read");
+    }
+  }
+
+  async readInto(key: string, range: ByteRange, into: Uint8Array): Promise<number> {
+    const file = this.#path(key);
+    if (into.length < range.length) throw new RangeError("buffer smaller than the range");
+    try {
+      return await readRange(file, range, into);
     } catch (e) {
       throw this.#mapError(e, key, "read");
     }
   }
 
   async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
+    const writer = await this.createWriter(key);
+    try {
+      await writer.write(data);
+      return await writer.commit();
+    } finally {
+      await writer.abort();
+    }
+  }
+
+  /**
+   * Writes to a temporary file in the object's folder; commit fsyncs it, hard-links it to the
+   * final name (the link fails if the name exists: put-if-absent), fsyncs the folder and removes
+   * the temporary name. Until then, and after any failure, nothing is under the final name.
+   */
+  async createWriter(key: string): Promise<ObjectWriter> {
     const file = this.#path(key);
     const dir = path.dirname(file);
     const temp = path.join(dir, `${TEMP_PREFIX}${randomBytes(8).toString("hex")}`);
+    let handle: fsp.FileHandle;
     try {
       await this.#ensureDir(dir);
-      const handle = await fsp.open(temp, "wx", 0o600);
-      try {
-        let done = 0;
-        while (done < data.length) {
-          const { bytesWritten } = await handle.write(data, done, data.length - done);
-          done += bytesWritten;
-        }
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
-      try {
-        await fsp.link(temp, file);
-      } catch (e) {
-        if (errno(e) !== "EEXIST") throw e;
-        const existing = await fsp.lstat(file);
-        if (!existing.isFile()) throw new StorageError(`cannot write ${key} in ${this.location}: a folder of other objects has that name`);
-        return false;
-      }
-      await syncDir(dir);
-      return true;
+      handle = await fsp.open(temp, "wx", 0o600);
     } catch (e) {
       throw this.#mapError(e, key, "write");
-    } finally {
-      await fsp.rm(temp, { force: true }).catch(() => undefined);
     }
+    return new FsObjectWriter(handle, temp, file, {
+      mapError: (e) => this.#mapError(e, key, "write"),
+      occupied: () => new StorageError(`cannot write ${key} in ${this.location}: a folder of other objects has that name`),
+    });
   }
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
@@ -158,6 +156,97 @@ export class FsStore implements Store {
 
 function errno(e: unknown): string | undefined {
   return typeof e === "object" && e !== null && "code" in e ? String((e as { code: unknown }).code) : undefined;
+}
+
+/** Reads range.length bytes at range.offset into out (fewer at the end of the file); returns how many. */
+async function readRange(file: string, range: ByteRange, out: Uint8Array): Promise<number> {
+  const handle = await fsp.open(file, "r");
+  try {
+    let done = 0;
+    while (done < range.length) {
+      const { bytesRead } = await handle.read(out, done, range.length - done, range.offset + done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    return done;
+  } finally {
+    await handle.close();
+  }
+}
+
+/** See FsStore.createWriter. */
+class FsObjectWriter implements ObjectWriter {
+  readonly #temp: string;
+  readonly #file: string;
+  readonly #errors: { mapError: (e: unknown) => Error; occupied: () => Error };
+  /** Open until commit, abort or a failed write; the temporary file exists exactly while it is set. */
+  #handle: fsp.FileHandle | undefined;
+  #busy = false;
+
+  constructor(handle: fsp.FileHandle, temp: string, file: string, errors: { mapError: (e: unknown) => Error; occupied: () => Error }) {
+    this.#handle = handle;
+    this.#temp = temp;
+    this.#file = file;
+    this.#errors = errors;
+  }
+
+  async write(bytes: Uint8Array): Promise<void> {
+    const handle = this.#enter();
+    try {
+      let done = 0;
+      while (done < bytes.length) {
+        const { bytesWritten } = await handle.write(bytes, done, bytes.length - done);
+        done += bytesWritten;
+      }
+    } catch (e) {
+      this.#busy = false;
+      await this.abort();
+      throw this.#errors.mapError(e);
+    }
+    this.#busy = false;
+  }
+
+  async commit(): Promise<boolean> {
+    const handle = this.#enter();
+    this.#handle = undefined;
+    try {
+      try {
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      try {
+        await fsp.link(this.#temp, this.#file);
+      } catch (e) {
+        if (errno(e) !== "EEXIST") throw e;
+        const existing = await fsp.lstat(this.#file);
+        if (!existing.isFile()) throw this.#errors.occupied();
+        return false;
+      }
+      await syncDir(path.dirname(this.#file));
+      return true;
+    } catch (e) {
+      throw e instanceof StorageError ? e : this.#errors.mapError(e);
+    } finally {
+      this.#busy = false;
+      await fsp.rm(this.#temp, { force: true }).catch(() => undefined);
+    }
+  }
+
+  async abort(): Promise<void> {
+    const handle = this.#handle;
+    if (handle === undefined) return;
+    this.#handle = undefined;
+    await handle.close().catch(() => undefined);
+    await fsp.rm(this.#temp, { force: true }).catch(() => undefined);
+  }
+
+  #enter(): fsp.FileHandle {
+    if (this.#handle === undefined) throw new Error("the object writer is finished (committed, aborted or failed)");
+    if (this.#busy) throw new Error("object writer calls must not overlap");
+    this.#busy = true;
+    return this.#handle;
+  }
 }
 
 async function syncDir(dir: string): Promise<void> {

@@ -1,5 +1,5 @@
 import { NotFoundError } from "../errors.js";
-import { assertValidKey, assertValidPrefix, type ByteRange, type ObjectInfo, type Store } from "./types.js";
+import { assertValidKey, assertValidPrefix, type ByteRange, type ObjectInfo, type ObjectWriter, type Store, openWriter } from "./types.js";
 
 /** An in-memory store for unit tests and library users who bring their own persistence. */
 export class MemoryStore implements Store {
@@ -18,11 +18,26 @@ export class MemoryStore implements Store {
     return data.slice(range.offset, range.offset + range.length);
   }
 
+  async readInto(key: string, range: ByteRange, into: Uint8Array): Promise<number> {
+    assertValidKey(key);
+    if (into.length < range.length) throw new RangeError("buffer smaller than the range");
+    const data = this.objects.get(key);
+    if (data === undefined) throw new NotFoundError(`object not found: ${key}`);
+    const part = data.subarray(Math.min(range.offset, data.length), Math.min(range.offset + range.length, data.length));
+    into.set(part);
+    return part.length;
+  }
+
   async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
     assertValidKey(key);
     if (this.objects.has(key)) return false;
     this.objects.set(key, data.slice());
     return true;
+  }
+
+  /** Collects the pieces; the object appears, whole, on commit (through putIfAbsent). */
+  async createWriter(key: string): Promise<ObjectWriter> {
+    return openWriter({ putIfAbsent: (k, data) => this.putIfAbsent(k, data) }, key);
   }
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
@@ -45,3 +60,4 @@ export class MemoryStore implements Store {
 
   async close(): Promise<void> {}
 }
+

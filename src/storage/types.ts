@@ -12,6 +12,22 @@ export interface ByteRange {
   readonly length: number;
 }
 
+/**
+ * One object written in pieces and stored atomically by commit: nothing is visible under its
+ * key before commit succeeds, and an abandoned or failed writer leaves no object.
+ */
+export interface ObjectWriter {
+  /** Appends bytes. The store keeps no reference to them once the promise settles. Calls must not overlap. */
+  write(bytes: Uint8Array): Promise<void>;
+  /**
+   * Makes the object durable under its key unless the key exists: false, and nothing written,
+   * when it exists (put-if-absent, like putIfAbsent). The writer is finished either way.
+   */
+  commit(): Promise<boolean>;
+  /** Discards what was written; nothing appears under the key. Harmless after commit or a failure. */
+  abort(): Promise<void>;
+}
+
 export interface Store {
   /** Where the store lives, for messages (a path or URL without credentials). */
   readonly location: string;
@@ -23,6 +39,18 @@ export interface Store {
    * The store keeps no reference to data once the promise settles (callers reuse buffers).
    */
   putIfAbsent(key: string, data: Uint8Array): Promise<boolean>;
+  /**
+   * Optional: a writer that stores one object incrementally, with the atomicity and
+   * put-if-absent guarantees of putIfAbsent (see ObjectWriter). Use openWriter(), which falls
+   * back to putIfAbsent for stores without it.
+   */
+  createWriter?(key: string): Promise<ObjectWriter>;
+  /**
+   * Optional: reads a byte range into the caller's buffer (at least range.length bytes) and
+   * returns how many bytes were read (fewer only at the end of the object). Throws NotFoundError
+   * when absent. Use readInto(), which falls back to get.
+   */
+  readInto?(key: string, range: ByteRange, into: Uint8Array): Promise<number>;
   /** Every object whose key starts with prefix, in no particular order. */
   list(prefix: string): AsyncIterable<ObjectInfo>;
   /** Removes the object; removing an absent object is not an error. */
@@ -32,7 +60,7 @@ export interface Store {
 }
 
 /** The narrow capability a backup session gets: it can add objects and read, never delete. */
-export type AppendOnlyStore = Pick<Store, "location" | "get" | "putIfAbsent" | "list" | "stat">;
+export type AppendOnlyStore = Pick<Store, "location" | "get" | "putIfAbsent" | "createWriter" | "readInto" | "list" | "stat">;
 
 const KEY_PATTERN = /^[a-z0-9][a-z0-9._-]{0,254}(?:\/[a-z0-9][a-z0-9._-]{0,254})*$/;
 
@@ -52,4 +80,56 @@ export async function listAll(store: Pick<Store, "list">, prefix: string): Promi
   for await (const info of store.list(prefix)) out.push(info);
   out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   return out;
+}
+
+/** A writer for one object: the store's own, or one that collects the bytes and stores them with putIfAbsent. */
+export async function openWriter(store: Pick<Store, "putIfAbsent" | "createWriter">, key: string): Promise<ObjectWriter> {
+  if (store.createWriter !== undefined) return store.createWriter(key);
+  assertValidKey(key);
+  return new BufferedWriter(store, key);
+}
+
+/** Reads a byte range into a caller's buffer, through the store's readInto when it has one. */
+export async function readInto(store: Pick<Store, "get" | "readInto">, key: string, range: ByteRange, into: Uint8Array): Promise<number> {
+  if (into.length < range.length) throw new RangeError("buffer smaller than the range");
+  if (store.readInto !== undefined) return store.readInto(key, range, into);
+  const bytes = await store.get(key, range);
+  into.set(bytes);
+  return bytes.length;
+}
+
+/** The fallback writer: the whole object in memory, stored by putIfAbsent on commit. */
+class BufferedWriter implements ObjectWriter {
+  readonly #store: Pick<Store, "putIfAbsent">;
+  readonly #key: string;
+  #parts: Uint8Array[] | undefined = [];
+
+  constructor(store: Pick<Store, "putIfAbsent">, key: string) {
+    this.#store = store;
+    this.#key = key;
+  }
+
+  async write(bytes: Uint8Array): Promise<void> {
+    if (this.#parts === undefined) throw new Error(`writer of ${this.#key} is finished`);
+    this.#parts.push(bytes.slice());
+  }
+
+  async commit(): Promise<boolean> {
+    const parts = this.#parts;
+    if (parts === undefined) throw new Error(`writer of ${this.#key} is finished`);
+    this.#parts = undefined;
+    let length = 0;
+    for (const p of parts) length += p.length;
+    const data = new Uint8Array(length);
+    let at = 0;
+    for (const p of parts) {
+      data.set(p, at);
+      at += p.length;
+    }
+    return this.#store.putIfAbsent(this.#key, data);
+  }
+
+  async abort(): Promise<void> {
+    this.#parts = undefined;
+  }
 }

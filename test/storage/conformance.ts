@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { afterEach, beforeEach, describe, expect, it as vitestIt } from "vitest";
 import { NotFoundError } from "../../src/errors.js";
-import { listAll, type Store } from "../../src/storage/types.js";
+import { listAll, openWriter, readInto, type Store } from "../../src/storage/types.js";
 
 export interface StoreFixture {
   readonly store: Store;
@@ -177,6 +177,122 @@ export function storeConformance(name: string, make: () => Promise<StoreFixture>
         expect(await read(10, 5)).toBe("");
         expect(await read(50, 5)).toBe("");
         expect(await store.get("r", { offset: 8, length: 100 })).toHaveLength(2);
+      });
+    });
+
+    describe("writers (openWriter: the store's createWriter, or the putIfAbsent fallback)", () => {
+      const parts = (): Uint8Array[] => [text("head|"), seeded("middle", 3 * 1024 * 1024 + 5), new Uint8Array(0), text("|tail")];
+      const joined = (list: readonly Uint8Array[]): Uint8Array => new Uint8Array(Buffer.concat(list));
+
+      it("shows nothing under the key before commit, then the whole object", async () => {
+        const w = await openWriter(store, "data/ab/streamed");
+        for (const p of parts()) await w.write(p);
+        expect(await store.stat("data/ab/streamed")).toBeUndefined();
+        expect(await rejection(store.get("data/ab/streamed"))).toBeInstanceOf(NotFoundError);
+        expect(await keysOf(store, "")).toEqual([]);
+        expect(await w.commit()).toBe(true);
+        const expected = joined(parts());
+        expect(Buffer.from(await store.get("data/ab/streamed")).equals(Buffer.from(expected))).toBe(true);
+        expect(await store.stat("data/ab/streamed")).toEqual({ key: "data/ab/streamed", size: expected.length });
+        expect(await keysOf(store, "")).toEqual(["data/ab/streamed"]);
+      });
+
+      it("commit is put-if-absent: false, and the object unchanged, when the key appeared while writing", async () => {
+        const w = await openWriter(store, "snapshots/one");
+        await w.write(text("second, longer"));
+        expect(await store.putIfAbsent("snapshots/one", text("first"))).toBe(true);
+        expect(await w.commit()).toBe(false);
+        expect(new TextDecoder().decode(await store.get("snapshots/one"))).toBe("first");
+        const late = await openWriter(store, "snapshots/one");
+        await late.write(text("third"));
+        expect(await late.commit()).toBe(false);
+        expect(new TextDecoder().decode(await store.get("snapshots/one"))).toBe("first");
+        expect(await keysOf(store, "")).toEqual(["snapshots/one"]);
+      });
+
+      it("exactly one of 5 concurrent writers of the same key commits, and its bytes are stored", async () => {
+        const data = Array.from({ length: 5 }, (_, i) => seeded(`writer-${i}`, 64 * 1024 + i));
+        const writers = await Promise.all(data.map(() => openWriter(store, "data/aa/same")));
+        await Promise.all(writers.map((w, i) => w.write(data[i] as Uint8Array)));
+        const results = await Promise.all(writers.map((w) => w.commit()));
+        expect(results.filter((r) => r)).toHaveLength(1);
+        expect(await store.get("data/aa/same")).toEqual(data[results.indexOf(true)]);
+        expect(await keysOf(store, "")).toEqual(["data/aa/same"]);
+      });
+
+      it("abort leaves no object, finishes the writer, and the key can be written afterwards", async () => {
+        const w = await openWriter(store, "data/ab/aborted");
+        await w.write(seeded("aborted", 100_000));
+        await w.abort();
+        await w.abort();
+        expect(await store.stat("data/ab/aborted")).toBeUndefined();
+        expect(await rejection(store.get("data/ab/aborted"))).toBeInstanceOf(NotFoundError);
+        expect(await keysOf(store, "")).toEqual([]);
+        expect(await rejection(w.write(text("more")))).toBeInstanceOf(Error);
+        expect(await rejection(w.commit())).toBeInstanceOf(Error);
+        expect(await keysOf(store, "")).toEqual([]);
+        expect(await store.putIfAbsent("data/ab/aborted", text("new"))).toBe(true);
+        expect(new TextDecoder().decode(await store.get("data/ab/aborted"))).toBe("new");
+      });
+
+      it("an interrupted writer (never committed) leaves no object, and another writer of the key succeeds", async () => {
+        const interrupted = await openWriter(store, "data/ab/cut");
+        await interrupted.write(seeded("cut", 200_000));
+        expect(await store.stat("data/ab/cut")).toBeUndefined();
+        expect(await keysOf(store, "data/")).toEqual([]);
+        const next = await openWriter(store, "data/ab/cut");
+        await next.write(text("whole"));
+        expect(await next.commit()).toBe(true);
+        expect(new TextDecoder().decode(await store.get("data/ab/cut"))).toBe("whole");
+        await interrupted.abort();
+        expect(new TextDecoder().decode(await store.get("data/ab/cut"))).toBe("whole");
+      });
+
+      it("keeps no reference to written bytes, and a commit finishes the writer", async () => {
+        const w = await openWriter(store, "k");
+        const buffer = text("original");
+        await w.write(buffer);
+        buffer.fill(0);
+        expect(await w.commit()).toBe(true);
+        expect(new TextDecoder().decode(await store.get("k"))).toBe("original");
+        expect(await rejection(w.write(text("x")))).toBeInstanceOf(Error);
+        expect(await rejection(w.commit())).toBeInstanceOf(Error);
+        expect(new TextDecoder().decode(await store.get("k"))).toBe("original");
+      });
+
+      it("stores a zero-length object", async () => {
+        const w = await openWriter(store, "locks/empty");
+        expect(await w.commit()).toBe(true);
+        expect(await store.stat("locks/empty")).toEqual({ key: "locks/empty", size: 0 });
+      });
+
+      it("rejects invalid keys with a TypeError and writes nothing", async () => {
+        for (const key of ["../x", "A", "a//b", "data/.tmp-0123", ""]) {
+          expect(await rejection(openWriter(store, key)), JSON.stringify(key)).toBeInstanceOf(TypeError);
+        }
+        expect(await keysOf(store, "")).toEqual([]);
+      });
+    });
+
+    describe("readInto (the store's, or the get fallback)", () => {
+      it("reads exactly the range into the caller's buffer, fewer bytes only at the end, nothing past them", async () => {
+        const data = seeded("into", 100_000);
+        await store.putIfAbsent("data/ab/into", data);
+        const into = new Uint8Array(70_000).fill(0xee);
+        expect(await readInto(store, "data/ab/into", { offset: 1000, length: 60_000 }, into)).toBe(60_000);
+        expect(Buffer.from(into.subarray(0, 60_000)).equals(Buffer.from(data.subarray(1000, 61_000)))).toBe(true);
+        expect(into[60_000]).toBe(0xee);
+        into.fill(0xee);
+        expect(await readInto(store, "data/ab/into", { offset: 90_000, length: 50_000 }, into)).toBe(10_000);
+        expect(Buffer.from(into.subarray(0, 10_000)).equals(Buffer.from(data.subarray(90_000)))).toBe(true);
+        expect(into.subarray(10_000).every((b) => b === 0xee)).toBe(true);
+        expect(await readInto(store, "data/ab/into", { offset: 200_000, length: 10 }, into)).toBe(0);
+      });
+
+      it("throws NotFoundError for a missing key and TypeError for an invalid one", async () => {
+        const into = new Uint8Array(10);
+        expect(await rejection(readInto(store, "data/ab/none", { offset: 0, length: 10 }, into))).toBeInstanceOf(NotFoundError);
+        expect(await rejection(readInto(store, "../x", { offset: 0, length: 10 }, into))).toBeInstanceOf(TypeError);
       });
     });
 

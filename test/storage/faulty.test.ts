@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { NotFoundError, StorageError } from "../../src/errors.js";
 import { FaultyStore } from "../../src/storage/faulty.js";
 import { MemoryStore } from "../../src/storage/memory.js";
-import { listAll } from "../../src/storage/types.js";
+import { listAll, readInto } from "../../src/storage/types.js";
 import { seeded, storeConformance } from "./conformance.js";
 
 const text = (s: string): Uint8Array => new TextEncoder().encode(s);
@@ -113,6 +113,45 @@ describe("FaultyStore", () => {
     expect(store.gets).toEqual(["a", "broken", "absent", "a"]);
     expect(store.deletes).toEqual(["a", "absent"]);
     expect(await store.stat("a")).toBeUndefined();
+  });
+
+  it("failGet and corruptGet apply to readInto as to get, and readInto is recorded as a get", async () => {
+    const inner = new MemoryStore();
+    const data = seeded("pack", 1000);
+    await inner.putIfAbsent("data/ab/abcd", data);
+    await inner.putIfAbsent("config", data);
+    const store = new FaultyStore(inner, { failGet: (key) => key === "config", corruptGet: (key) => key.startsWith("data/") });
+    const into = new Uint8Array(1000);
+    const e = await readInto(store, "config", { offset: 0, length: 10 }, into).catch((err: unknown) => err);
+    expect(e).toBeInstanceOf(StorageError);
+    expect(await readInto(store, "data/ab/abcd", { offset: 100, length: 500 }, into)).toBe(500);
+    expect([...into.subarray(0, 500).keys()].filter((i) => into[i] !== data[100 + i])).toHaveLength(1);
+    expect(await inner.get("data/ab/abcd")).toEqual(data);
+    expect(store.gets).toEqual(["config", "data/ab/abcd"]);
+  });
+
+  it("a writer's commit is a put: recorded, delayed, failed like one, and nothing is stored before it", async () => {
+    const inner = new MemoryStore();
+    const seen: Array<[string, number]> = [];
+    const store = new FaultyStore(inner, { putDelayMs: 5, failPut: (key, data) => (seen.push([key, data.length]), key.startsWith("data/")) });
+    const pack = await store.createWriter("data/ab/abcd");
+    await pack.write(text("pa"));
+    await pack.write(text("ck"));
+    expect(store.puts).toEqual([]);
+    const e = await pack.commit().catch((err: unknown) => err);
+    expect(e).toBeInstanceOf(StorageError);
+    expect((e as StorageError).message).toMatch(/^storage full while writing data\/ab\/abcd/);
+    expect(await inner.stat("data/ab/abcd")).toBeUndefined();
+    const index = await store.createWriter("index/0001");
+    await index.write(text("index"));
+    expect(await index.commit()).toBe(true);
+    expect(await inner.get("index/0001")).toEqual(text("index"));
+    expect(store.puts).toEqual(["data/ab/abcd", "index/0001"]);
+    expect(seen).toEqual([
+      ["data/ab/abcd", 4],
+      ["index/0001", 5],
+    ]);
+    expect(store.maxConcurrentPuts).toBe(1);
   });
 
   it("reports the wrapped store's location", () => {

@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { NotFoundError, StorageError } from "../../src/errors.js";
 import { FsStore } from "../../src/storage/fs.js";
 import { MemoryStore } from "../../src/storage/memory.js";
-import { listAll } from "../../src/storage/types.js";
+import { listAll, openWriter, type Store } from "../../src/storage/types.js";
 import { seeded, storeConformance } from "./conformance.js";
 
 const isRoot = process.getuid?.() === 0;
@@ -31,6 +31,31 @@ async function filesUnder(dir: string): Promise<string[]> {
 }
 
 storeConformance("MemoryStore", async () => ({ store: new MemoryStore(), cleanup: async () => {} }));
+
+/** A store with only the required methods: openWriter and readInto take their fallbacks. */
+function requiredOnly(inner: Store): Store {
+  return {
+    location: inner.location,
+    get: (key, range) => inner.get(key, range),
+    putIfAbsent: (key, data) => inner.putIfAbsent(key, data),
+    list: (prefix) => inner.list(prefix),
+    delete: (key) => inner.delete(key),
+    stat: (key) => inner.stat(key),
+    close: () => inner.close(),
+  };
+}
+
+storeConformance("A store without createWriter and readInto", async () => ({ store: requiredOnly(new MemoryStore()), cleanup: async () => {} }));
+
+describe("optional capabilities", () => {
+  it("FsStore and MemoryStore write objects incrementally and read into caller buffers themselves", () => {
+    for (const store of [new FsStore(os.tmpdir()), new MemoryStore()]) {
+      expect(typeof store.createWriter).toBe("function");
+      expect(typeof store.readInto).toBe("function");
+    }
+    expect(requiredOnly(new MemoryStore()).createWriter).toBeUndefined();
+  });
+});
 
 // Known FsStore bugs, reported to the lead; each entry turns red once src/storage/fs.ts is fixed.
 // - get/delete map EISDIR and ENOTDIR to StorageError instead of "absent", and putIfAbsent
@@ -148,6 +173,72 @@ describe("FsStore", () => {
     expect(results.filter((r) => r)).toHaveLength(1);
     expect(await store.putIfAbsent("data/ab/same", seeded("late", 10))).toBe(false);
     expect(await filesUnder(root)).toEqual([path.join("data", "ab", "same")]);
+  });
+
+  it("a writer keeps its bytes in a temporary file until commit, and commit or abort removes it", async () => {
+    const { root, store } = await fresh();
+    const w = await store.createWriter("data/ab/streamed");
+    await w.write(seeded("part 1", 5000));
+    const during = await filesUnder(root);
+    expect(during).toHaveLength(1);
+    expect(path.basename(during[0] as string)).toMatch(/^\.tmp-/);
+    await w.write(seeded("part 2", 7000));
+    expect(await w.commit()).toBe(true);
+    expect(await filesUnder(root)).toEqual([path.join("data", "ab", "streamed")]);
+    const lost = await store.createWriter("data/ab/streamed");
+    await lost.write(seeded("other", 10));
+    expect(await lost.commit()).toBe(false);
+    const dropped = await store.createWriter("data/ab/dropped");
+    await dropped.write(seeded("dropped", 10));
+    await dropped.abort();
+    expect(await filesUnder(root)).toEqual([path.join("data", "ab", "streamed")]);
+    expect(await store.get("data/ab/streamed")).toEqual(new Uint8Array(Buffer.concat([seeded("part 1", 5000), seeded("part 2", 7000)])));
+  });
+
+  it("a process that dies while writing leaves no object, only a temporary file list ignores", async () => {
+    const built = path.resolve(import.meta.dirname, "../../dist/storage/fs.js");
+    expect(existsSync(built), "dist/ is built by test/global-setup.ts").toBe(true);
+    const { root, store } = await fresh();
+    const script = `
+      const { FsStore } = await import(process.env.FS_MODULE);
+      const w = await new FsStore(process.env.STORE_ROOT).createWriter("data/ab/cut");
+      await w.write(new Uint8Array(1 << 20).fill(7));
+      process.exit(0);`;
+    await promisify(execFile)(process.execPath, ["--input-type=module", "-e", script], { env: { ...process.env, FS_MODULE: pathToFileURL(built).href, STORE_ROOT: root } });
+    const left = await filesUnder(root);
+    expect(left).toHaveLength(1);
+    expect(path.basename(left[0] as string)).toMatch(/^\.tmp-/);
+    expect(await store.stat("data/ab/cut")).toBeUndefined();
+    await expect(store.get("data/ab/cut")).rejects.toBeInstanceOf(NotFoundError);
+    expect(await listAll(store, "")).toEqual([]);
+    const data = seeded("whole", 1000);
+    const w = await openWriter(store, "data/ab/cut");
+    await w.write(data);
+    expect(await w.commit()).toBe(true);
+    expect(await store.get("data/ab/cut")).toEqual(data);
+  });
+
+  it("a writer whose write fails part-way leaves neither the object nor a temporary file", async () => {
+    const built = path.resolve(import.meta.dirname, "../../dist/storage/fs.js");
+    const { root, store } = await fresh();
+    const script = `
+      const { FsStore } = await import(process.env.FS_MODULE);
+      const w = await new FsStore(process.env.STORE_ROOT).createWriter("data/ab/big");
+      try {
+        await w.write(new Uint8Array(4096).fill(1));
+        await w.write(new Uint8Array(1 << 20).fill(7));
+        console.log(JSON.stringify({ result: await w.commit() }));
+      } catch (e) {
+        console.log(JSON.stringify({ code: e.code, cause: e.cause?.code, message: e.message, commit: await w.commit().then(() => "committed", () => "refused") }));
+      }`;
+    const { stdout } = await promisify(execFile)("sh", ["-c", 'ulimit -f 16 && exec "$0" --input-type=module -e "$1"', process.execPath, script], {
+      env: { ...process.env, FS_MODULE: pathToFileURL(built).href, STORE_ROOT: root },
+    });
+    const outcome = JSON.parse(stdout) as { result?: boolean; code?: string; cause?: string; message?: string; commit?: string };
+    expect(outcome).toMatchObject({ code: "E_STORAGE", cause: "EFBIG", commit: "refused" });
+    expect(outcome.message).toContain("data/ab/big");
+    expect(await store.stat("data/ab/big")).toBeUndefined();
+    expect(await filesUnder(root)).toEqual([]);
   });
 
   // Known bug: list() joins an unvalidated prefix onto the root, so "../" walks the parent folder.
