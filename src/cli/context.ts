@@ -37,6 +37,15 @@ export class CliContext {
     return n;
   }
 
+  /** Seconds to wait for a conflicting lock, from --lock-wait or VMVAULT_LOCK_WAIT (default 0), in ms. */
+  get lockWaitMs(): number {
+    const raw = this.globals.lockWait ?? process.env["VMVAULT_LOCK_WAIT"];
+    if (raw === undefined || raw === "") return 0;
+    const n = Number(raw);
+    if (!Number.isFinite(n) || n < 0 || n > 7 * 24 * 3600) throw new UsageError(`--lock-wait ${raw}: give a number of seconds from 0 to 604800`);
+    return Math.round(n * 1000);
+  }
+
   get progress(): ProgressSink | undefined {
     return this.#progress?.sink;
   }
@@ -112,7 +121,7 @@ export class CliContext {
     await probeRepository(store);
     const passphrase = await this.passphrase();
     try {
-      return await Vault.open({ store, user, passphrase, stateDir: this.stateDir, kdfTarget: this.kdfTarget });
+      return await Vault.open({ store, user, passphrase, stateDir: this.stateDir, kdfTarget: this.kdfTarget, lockWaitMs: this.lockWaitMs });
     } finally {
       passphrase.dispose();
     }

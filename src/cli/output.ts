@@ -39,7 +39,7 @@ export function progressRenderer(stream: NodeJS.WriteStream, now: () => number =
       const of = e.total !== undefined ? ` of ${formatBytes(e.total)}` : "";
       text = `${e.phase}:${pct} ${formatBytes(e.done)}${of}, ${formatBytes(e.done / seconds)}/s`;
     } else {
-      text = `${e.phase}: ${e.done}${e.total !== undefined ? `/${e.total}` : ""}`;
+      text = e.item !== undefined && e.total === undefined ? `${e.phase}: ${e.item}` : `${e.phase}: ${e.done}${e.total !== undefined ? `/${e.total}` : ""}`;
     }
     const width = stream.columns ?? 100;
     stream.write(`\r${text.slice(0, width - 1).padEnd(Math.min(width - 1, 79))}`);

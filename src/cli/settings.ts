@@ -14,6 +14,7 @@ export interface GlobalOptions {
   readonly debug?: boolean;
   readonly progress?: boolean;
   readonly workers?: string;
+  readonly lockWait?: string;
 }
 
 export interface Settings {

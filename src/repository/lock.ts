@@ -15,6 +15,43 @@ export interface Lock {
   release(): Promise<void>;
 }
 
+export interface LockOptions {
+  /**
+   * How long to keep trying while another live operation holds a conflicting lock, in
+   * milliseconds (default: the repository's `lockWaitMs`; 0 fails at once with E_LOCKED).
+   */
+  readonly waitMs?: number;
+  /** Told once, when the first attempt finds the repository busy and waiting begins. */
+  readonly onWait?: (holder: string) => void;
+}
+
+const RETRY_EVERY_MS = 250;
+const RETRY_AT_MOST_MS = 2000;
+
+/**
+ * Takes a lock like {@link tryLock}, retrying with a growing pause while a conflicting lock
+ * is held, until about `waitMs` has been spent waiting (counted in pauses, not by the
+ * injected clock, so a frozen test clock cannot make it wait forever).
+ */
+export async function acquireLock(repo: Repository, operation: string, exclusive: boolean, options: LockOptions = {}): Promise<Lock> {
+  const waitMs = options.waitMs ?? repo.env.lockWaitMs;
+  let waited = 0;
+  let pause = RETRY_EVERY_MS;
+  let told = false;
+  for (;;) {
+    try {
+      return await tryLock(repo, operation, exclusive);
+    } catch (e) {
+      if (!(e instanceof LockedError) || waited + pause > waitMs) throw e;
+      if (!told) options.onWait?.(e.message);
+      told = true;
+      await new Promise((resolve) => setTimeout(resolve, pause));
+      waited += pause;
+      pause = Math.min(pause * 2, RETRY_AT_MOST_MS);
+    }
+  }
+}
+
 function hostHash(repo: Repository): string {
   return toHex(repo.crypto.hash(utf8(`${repo.repoId}\0${repo.env.hostname}`), undefined, 16));
 }
@@ -32,7 +69,7 @@ function processAlive(pid: number): boolean {
  * Takes a shared (backup, restore, check) or exclusive (prune, re-encryption) lock. A lock
  * left by a dead process on this host, or not refreshed for 30 minutes, is removed.
  */
-export async function acquireLock(repo: Repository, operation: string, exclusive: boolean): Promise<Lock> {
+async function tryLock(repo: Repository, operation: string, exclusive: boolean): Promise<Lock> {
   const store = repo.store;
   const lockId = toHex(repo.crypto.random(16));
   const mine = hostHash(repo);

@@ -29,6 +29,11 @@ export interface CommonOptions {
    * it has seen, so a rolled-back or forked registry is caught. The CLI uses ~/.cache/vmvault.
    */
   readonly stateDir?: string;
+  /**
+   * How long to wait for another operation's conflicting lock before failing with E_LOCKED,
+   * in milliseconds (default 0).
+   */
+  readonly lockWaitMs?: number;
 }
 
 export interface InitOptions extends CommonOptions {
@@ -55,7 +60,7 @@ export const DEFAULT_CONFIG = {
 } as const;
 
 export function environment(o: CommonOptions): Environment {
-  return { clock: o.clock ?? (() => new Date()), hostname: o.hostname ?? os.hostname(), pid: process.pid };
+  return { clock: o.clock ?? (() => new Date()), hostname: o.hostname ?? os.hostname(), pid: process.pid, lockWaitMs: o.lockWaitMs ?? 0 };
 }
 
 export function fingerprintOf(crypto: CryptoSuite, signPublicKey: Uint8Array): string {

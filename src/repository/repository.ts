@@ -14,6 +14,8 @@ export interface Environment {
   readonly clock: () => Date;
   readonly hostname: string;
   readonly pid: number;
+  /** How long lock acquisition waits for a conflicting operation to finish (ms; 0 = fail at once). */
+  readonly lockWaitMs: number;
 }
 
 /**

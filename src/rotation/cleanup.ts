@@ -5,15 +5,27 @@ import { acquireLock } from "../repository/lock.js";
 import type { Repository } from "../repository/repository.js";
 import { listAll } from "../storage/types.js";
 import { appendRegistryVersion } from "../users/registry-update.js";
+import type { ProgressSink } from "../util/progress.js";
 import type { ReencryptState } from "./checkpoint.js";
 
 /**
- * The last phase of re-encryption, under an exclusive lock: every replacement is durable and
+ * Backups may run during a re-encryption; its cleanup waits for them rather than failing
+ * after hours of work. A dead holder's lock is cleared by the lock itself, so this bounds
+ * only the wait for live ones.
+ */
+const WAIT_FOR_BACKUPS_MS = 12 * 60 * 60 * 1000;
+
+/**
+ * The last phase of re-encryption, under an exclusive lock (waiting for running backups to
+ * finish): every replacement is durable and
  * indexed, so the old index files, packs (indexed or left over by interrupted backups) and
  * session keys are deleted, and the old epochs are marked destroyed with their grants removed.
  */
-export async function finishReencryption(repo: Repository, state: ReencryptState): Promise<number[]> {
-  const lock = await acquireLock(repo, "re-encryption cleanup", true);
+export async function finishReencryption(repo: Repository, state: ReencryptState, progress?: ProgressSink): Promise<number[]> {
+  const lock = await acquireLock(repo, "re-encryption cleanup", true, {
+    waitMs: WAIT_FOR_BACKUPS_MS,
+    onWait: (holder) => progress?.({ phase: "waiting for running operations to finish", done: 0, unit: "items", item: holder }),
+  });
   try {
     const oldPacks = new Set(state.oldPacks);
     const oldSessions = new Set(state.oldSessions);

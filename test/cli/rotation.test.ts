@@ -147,7 +147,8 @@ describe("key rotation and re-encryption", () => {
     }
     const image = path.join(tmp("src"), "during.raw");
     await fsp.writeFile(image, seededBytes("during", 3 * 1024 * 1024));
-    const during = await v(["--json", "backup", "--vm", "during", image]);
+    // The re-encryption's cleanup may already hold its short exclusive lock: wait for it.
+    const during = await v(["--json", "--lock-wait", "120", "backup", "--vm", "during", image]);
     expect(during.code, during.stderr).toBe(0);
     expect(await closed, stderr).toBe(0);
     const id = (JSON.parse(during.stdout) as { snapshotId: string }).snapshotId;
