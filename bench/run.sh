@@ -91,7 +91,7 @@ fi
 have node || die "node is missing (vmvault needs Node.js 20.19 or newer)"
 
 # ---- folders, corpus, build ----------------------------------------------------------------
-[ -n "$OUT" ] || OUT="$HERE/results/$(date -u +%Y-%m-%d-%H%M%S)$([ "$SMOKE" = 1 ] && echo -smoke)"
+[ -n "$OUT" ] || OUT="$HERE/results/$(date -u +%Y-%m-%d-%H%M%S)$([ "$SMOKE" = 1 ] && echo -smoke || :)"
 [ -n "$CORPUS" ] || CORPUS="$HERE/results/corpus/${SIZE_MIB}m-s$SEED"
 mkdir -p "$OUT/logs"
 OUT=$(cd "$OUT" && pwd)
