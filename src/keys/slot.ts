@@ -50,7 +50,12 @@ export interface UnwrappedSlot {
 }
 
 /** Opens a key slot. A wrong passphrase and a modified slot give the same error. */
-export async function unwrapSlot(crypto: CryptoSuite, bytes: Uint8Array, passphrase: Secret, objectName: string): Promise<UnwrappedSlot> {
+/**
+ * Opens a key slot with the passphrase. crypto may be a function that loads the suite: it is
+ * called after Argon2id has run and freed its memory, so the two never add up in a process's
+ * peak memory.
+ */
+export async function unwrapSlot(crypto: CryptoSuite | (() => Promise<CryptoSuite>), bytes: Uint8Array, passphrase: Secret, objectName: string): Promise<UnwrappedSlot> {
   let meta: SlotMeta;
   let sealed: Uint8Array;
   let metaBytes: Uint8Array;
@@ -67,7 +72,8 @@ export async function unwrapSlot(crypto: CryptoSuite, bytes: Uint8Array, passphr
   }
   const key = await deriveKey(passphrase, meta.kdf);
   try {
-    const plaintext = crypto.open(key, sealed, envelopeAd(ObjectKind.KeySlot, metaBytes));
+    const suite = typeof crypto === "function" ? await crypto() : crypto;
+    const plaintext = suite.open(key, sealed, envelopeAd(ObjectKind.KeySlot, metaBytes));
     try {
       return { meta, secrets: parseSlotSecrets(plaintext) };
     } finally {

@@ -57,6 +57,11 @@ export interface OpenTask {
   readonly keep: boolean;
   /** A buffer to write the plaintexts into when it is large enough (reused, transferred back as plain). */
   readonly out?: Uint8Array;
+  /**
+   * Where each plaintext goes in out (shared memory, which several tasks fill at once); without
+   * it the plaintexts follow one another.
+   */
+  readonly outOffsets?: Uint32Array;
 }
 export interface OpenResult {
   /**
@@ -79,7 +84,7 @@ export const CHUNK_ID_KEY = "chunkId";
 export interface InitMessage {
   readonly type: "init";
   readonly compressionLevel: number;
-  readonly backend: "native" | "wasm" | "auto";
+  readonly backend: "native" | "wasm" | "hybrid" | "auto";
 }
 /** Hands a key to a worker; the bytes are transferred and zeroed when the worker closes. */
 export interface KeyMessage {
@@ -98,7 +103,7 @@ export interface CloseMessage {
 export type ToWorker = InitMessage | KeyMessage | TaskMessage | CloseMessage;
 
 export type FromWorker =
-  | { readonly type: "ready"; readonly backend: "native" | "wasm" }
+  | { readonly type: "ready"; readonly backend: "native" | "wasm" | "hybrid" }
   | { readonly type: "done"; readonly id: number; readonly result: ScanResult | SealResult | OpenResult }
   | { readonly type: "failed"; readonly id: number; readonly message: string }
   | { readonly type: "closed" };
@@ -107,6 +112,7 @@ export type FromWorker =
 export function transferList(value: Task | ScanResult | SealResult | OpenResult): ArrayBuffer[] {
   const out = new Set<ArrayBuffer>();
   for (const v of Object.values(value)) {
+    // Views of shared memory are shared, not transferred.
     if (ArrayBuffer.isView(v) && v.buffer instanceof ArrayBuffer && v.buffer.byteLength > 0) out.add(v.buffer);
   }
   return [...out];

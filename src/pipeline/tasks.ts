@@ -1,4 +1,4 @@
-import type { BulkCrypto } from "../crypto/bulk.js";
+import type { BulkBackendName, BulkCrypto } from "../crypto/bulk.js";
 import { AEAD_NONCE_BYTES, HASH_BYTES } from "../crypto/suite.js";
 import { Zstd } from "../compress/zstd.js";
 import { BlobScratch, BlobStatus, maxBlobLength, openBlobInto, sealBlobInto } from "../pack/blob.js";
@@ -21,7 +21,7 @@ export class TaskRunner {
     this.#zstd = new Zstd(compressionLevel);
   }
 
-  get backend(): "native" | "wasm" {
+  get backend(): BulkBackendName {
     return this.#crypto.backend;
   }
 
@@ -77,7 +77,7 @@ export class TaskRunner {
     const n = t.ranges.length / 2;
     let bound = 0;
     for (let i = 0; i < n; i++) bound += maxBlobLength(t.ranges[2 * i + 1] as number);
-    const blobs = t.out !== undefined && t.out.buffer.byteLength >= bound ? new Uint8Array(t.out.buffer) : new Uint8Array(bound);
+    const blobs = t.out !== undefined && t.out.length >= bound ? t.out : new Uint8Array(bound);
     const lengths = new Uint32Array(n);
     const key = this.#key(t.key);
     let at = 0;
@@ -102,9 +102,16 @@ export class TaskRunner {
 
   #open(t: OpenTask): OpenResult {
     const n = t.entries.length / 3;
+    const placed = t.outOffsets;
     let total = 0;
-    if (t.keep) for (let i = 0; i < n; i++) total += t.entries[3 * i + 2] as number;
-    const plain = !t.keep ? new Uint8Array(0) : t.out !== undefined && t.out.buffer.byteLength >= total ? new Uint8Array(t.out.buffer, 0, total) : new Uint8Array(total);
+    if (t.keep) {
+      for (let i = 0; i < n; i++) {
+        const end = (placed === undefined ? total : (placed[i] as number)) + (t.entries[3 * i + 2] as number);
+        total = placed === undefined ? end : Math.max(total, end);
+      }
+    }
+    if (placed !== undefined && (t.out === undefined || t.out.length < total)) throw new RangeError("placed plaintexts do not fit the output buffer");
+    const plain = !t.keep ? new Uint8Array(0) : t.out !== undefined && t.out.length >= total ? (placed === undefined ? t.out.subarray(0, total) : t.out) : new Uint8Array(total);
     let single = new Uint8Array(0);
     const status = new Uint8Array(n);
     const key = this.#key(t.key);
@@ -115,7 +122,7 @@ export class TaskRunner {
       const length = t.entries[3 * i + 1] as number;
       const raw = t.entries[3 * i + 2] as number;
       let out: Uint8Array;
-      if (t.keep) out = plain.subarray(at, at + raw);
+      if (t.keep) out = placed === undefined ? plain.subarray(at, at + raw) : plain.subarray(placed[i] as number, (placed[i] as number) + raw);
       else {
         if (single.length < raw) single = new Uint8Array(raw);
         out = single.subarray(0, raw);

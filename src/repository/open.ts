@@ -208,7 +208,6 @@ async function readConfig(store: Store): Promise<{ config: RepoConfig; body: Uin
 /** Unlocks the user's key slot and verifies config, registry chain and grants. */
 export async function openRepository(o: OpenOptions): Promise<Repository> {
   const store = o.store;
-  const crypto = await CryptoSuite.create(o.random === undefined ? {} : { random: o.random });
   const { config, body, signature } = await readConfig(store);
   if (!USER_NAME_PATTERN.test(o.user)) throw new AuthError(`unknown user ${JSON.stringify(o.user)}`);
   const slots = await listAll(store, slotPrefix(o.user));
@@ -216,7 +215,11 @@ export async function openRepository(o: OpenOptions): Promise<Repository> {
   if (latestSlot === undefined) {
     throw new AuthError(`unknown user ${o.user} in the repository at ${store.location}`, "check --user / VMVAULT_USER; an admin can list users with `vmvault user list`");
   }
-  const slot = await unwrapSlot(crypto, await store.get(latestSlot.key), o.passphrase, latestSlot.key);
+  // libsodium (WASM) loads only after Argon2id has freed its memory: lower peak memory.
+  let suite: CryptoSuite | undefined;
+  const loadCrypto = async (): Promise<CryptoSuite> => (suite ??= await CryptoSuite.create(o.random === undefined ? {} : { random: o.random }));
+  const slot = await unwrapSlot(loadCrypto, await store.get(latestSlot.key), o.passphrase, latestSlot.key);
+  const crypto = await loadCrypto();
   const pinned = slot.secrets.rootPublicKey;
   if (slot.meta.repoId !== config.repoId || slot.meta.user !== o.user) {
     throw new AuthError(`the key slot ${latestSlot.key} belongs to another repository or user`);

@@ -55,13 +55,14 @@ async function readList(reader: BlobReader, listId: string, snapshotKey: string)
 export async function restoreDisk(disk: DiskSource, finalPath: string, reader: BlobReader, fetcher: ChunkFetcher, snapshotKey: string, progress: ProgressSink): Promise<number> {
   let file: PartialFile;
   try {
-    file = await PartialFile.create(finalPath, disk.size);
+    file = await PartialFile.create(finalPath, disk.size, { direct: true });
   } catch (e) {
     throw targetError(finalPath, e);
   }
   const write = async (run: { data: Uint8Array; position: number }): Promise<void> => {
     try {
-      await file.write(run.data, run.position);
+      if (fetcher.directWritable(run.data, run.position)) await file.writeDirect(run.data, run.position);
+      else await file.write(run.data, run.position);
     } catch (e) {
       throw targetError(finalPath, e);
     }

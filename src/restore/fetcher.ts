@@ -7,7 +7,10 @@ import type { Repository } from "../repository/repository.js";
 import type { SessionKeys } from "../repository/sessions.js";
 import type { WorkerPool } from "../pipeline/pool.js";
 import { PoolSessionKeys } from "../pipeline/session-keys.js";
+import { readInto } from "../storage/types.js";
+import { AlignedPool } from "../util/aligned.js";
 import { toHex } from "../util/bytes.js";
+import { ReadBuffers } from "./read-buffers.js";
 
 /** A chunk to read (id) or a marker that only keeps its place in the order (id null). */
 export interface ChunkRequest<T> {
@@ -22,23 +25,22 @@ export interface Fetched<T> {
 }
 
 export interface FetcherOptions {
-  /** Stored bytes fetched in one read (and raw bytes decoded in one task). */
+  /** Raw bytes per window (requests answered together), and the most stored bytes read at once. */
   readonly groupBytes?: number;
-  /** Groups fetched or being decoded ahead of the consumer. */
+  /** Windows fetched or being decoded ahead of the consumer. */
   readonly maxGroups?: number;
 }
 
 interface Item<T> {
   readonly tag: T;
-  readonly loc: ChunkLocation | undefined;
   readonly id: Uint8Array | null;
+  readonly loc: ChunkLocation | undefined;
+  /** Where its plaintext goes in the window's output. */
+  readonly out: number;
 }
 
-interface Group<T> {
+interface Window<T> {
   readonly items: Item<T>[];
-  packNo: number;
-  start: number;
-  end: number;
   raw: number;
 }
 
@@ -47,9 +49,12 @@ const MAX_GAP = 256 * 1024;
 const MAX_ITEMS = 8192;
 
 /**
- * Reads chunks in request order with read-ahead: consecutive chunks of a pack are fetched in
- * one range read, workers authenticate, decrypt, decompress and re-derive each ID, and the
- * answers come back in order. Bytes are handed out only after they were verified.
+ * Reads chunks in request order with read-ahead, a window of requests at a time: the chunks of
+ * a window are sorted by pack and offset, neighbours in a pack are fetched in one range read,
+ * workers authenticate, decrypt, decompress and re-derive each ID straight into the window's
+ * place in a page-aligned output slot, and windows come back in order. So an image whose
+ * changed blocks live in other packs still becomes a few large reads and one contiguous buffer
+ * per window. Bytes are handed out only after they were verified.
  */
 export class ChunkFetcher {
   readonly #repo: Repository;
@@ -58,7 +63,10 @@ export class ChunkFetcher {
   readonly #pool: WorkerPool;
   readonly #groupBytes: number;
   readonly #maxGroups: number;
-  readonly #spare: Uint8Array[] = [];
+  /** Output slots the workers write into: page-aligned, so disk images can be written with direct I/O. */
+  readonly #plainPool: AlignedPool;
+  /** Buffers for stored bytes, reused and bounded in total. */
+  readonly #readBuffers: ReadBuffers;
   #lastPlain: Uint8Array | undefined;
   bytesFetched = 0;
   maxGroupsInFlight = 0;
@@ -70,22 +78,30 @@ export class ChunkFetcher {
     this.#pool = pool;
     this.#groupBytes = o.groupBytes ?? 4 * 1024 * 1024;
     this.#maxGroups = o.maxGroups ?? 2 * pool.workers + 2;
+    // One slot per window in flight, one for the window being consumed, one spare.
+    this.#plainPool = new AlignedPool(this.#maxGroups + 2, this.#groupBytes);
+    this.#readBuffers = new ReadBuffers(Math.max(2, Math.ceil(this.#maxGroups / 2)) * this.#groupBytes);
+  }
+
+  /** True when an answer's bytes (a view as handed out) may be written at this position with direct I/O. */
+  directWritable(view: Uint8Array, position: number): boolean {
+    return this.#plainPool.directWritable(view, position);
   }
 
   /**
-   * Answers requests in order, one array per fetched group. The arrays' bytes stay valid until
-   * the next array is asked for (their buffers are then reused).
+   * Answers requests in order, one array per window. The arrays' bytes stay valid until the
+   * next array is asked for (their buffer is then reused).
    */
   async *read<T>(requests: AsyncIterable<readonly ChunkRequest<T>[]> | Iterable<readonly ChunkRequest<T>[]>): AsyncIterable<Fetched<T>[]> {
     const queue: Promise<{ out: Fetched<T>[]; plain: Uint8Array | undefined }>[] = [];
-    let group: Group<T> | undefined;
+    let window: Window<T> = { items: [], raw: 0 };
     const launch = (): void => {
-      if (group === undefined) return;
-      const p = this.#process(group);
+      if (window.items.length === 0) return;
+      const p = this.#process(window);
       p.catch(() => undefined);
       queue.push(p);
       this.maxGroupsInFlight = Math.max(this.maxGroupsInFlight, queue.length);
-      group = undefined;
+      window = { items: [], raw: 0 };
     };
     const next = async (): Promise<Fetched<T>[]> => {
       const done = await (queue.shift() as Promise<{ out: Fetched<T>[]; plain: Uint8Array | undefined }>);
@@ -95,40 +111,30 @@ export class ChunkFetcher {
     for await (const batch of requests) {
       for (const r of batch) {
         const loc = r.id === null ? undefined : this.#locate(r.id);
-        if (group !== undefined && !this.#fits(group, loc)) {
+        const raw = loc?.rawLength ?? 0;
+        if (window.items.length >= MAX_ITEMS || (window.raw > 0 && window.raw + raw > this.#groupBytes)) {
           launch();
           while (queue.length >= this.#maxGroups) {
-            const out = await next();
-            yield out;
+            yield await next();
             this.#recycle();
           }
         }
-        group ??= { items: [], packNo: -1, start: 0, end: 0, raw: 0 };
-        if (loc !== undefined) {
-          if (group.packNo === -1) {
-            group.packNo = loc.packNo;
-            group.start = loc.offset;
-            group.end = loc.offset;
-          }
-          group.end = Math.max(group.end, loc.offset + loc.length);
-          group.raw += loc.rawLength;
-        }
-        group.items.push({ tag: r.tag, loc, id: r.id });
+        window.items.push({ tag: r.tag, id: r.id, loc, out: window.raw });
+        window.raw += raw;
       }
     }
     launch();
     while (queue.length > 0) {
-      const out = await next();
-      yield out;
+      yield await next();
       this.#recycle();
     }
   }
 
-  /** The consumer is done with the last answers: their plaintext buffer can take the next group's. */
+  /** The consumer is done with the last answers: their output slot can take the next window's. */
   #recycle(): void {
     const plain = this.#lastPlain;
     this.#lastPlain = undefined;
-    if (plain !== undefined && plain.buffer.byteLength > 0 && this.#spare.length < 2) this.#spare.push(new Uint8Array(plain.buffer));
+    if (plain !== undefined && plain.length === this.#plainPool.slotBytes) this.#plainPool.give(plain);
   }
 
   #locate(id: Uint8Array): ChunkLocation {
@@ -137,57 +143,97 @@ export class ChunkFetcher {
     return loc;
   }
 
-  #fits<T>(g: Group<T>, loc: ChunkLocation | undefined): boolean {
-    if (g.items.length >= MAX_ITEMS) return false;
-    if (loc === undefined || g.packNo === -1) return true;
-    if (loc.packNo !== g.packNo || loc.offset < g.start || loc.offset > g.end + MAX_GAP) return false;
-    const end = Math.max(g.end, loc.offset + loc.length);
-    return end - g.start <= this.#groupBytes && g.raw + loc.rawLength <= this.#groupBytes;
+  async #process<T>(w: Window<T>): Promise<{ out: Fetched<T>[]; plain: Uint8Array | undefined }> {
+    if (w.raw === 0) return { out: w.items.map((i) => ({ tag: i.tag, data: null })), plain: undefined };
+    // A window larger than a slot (one chunk bigger than groupBytes) gets shared memory of its own.
+    const slot = (w.raw <= this.#plainPool.slotBytes ? this.#plainPool.take() : undefined) ?? new Uint8Array(new SharedArrayBuffer(w.raw));
+    // Every read settles before the slot is given back on a failure: no worker still writes into it.
+    const settled = await Promise.allSettled(this.#reads(w.items).map((items) => this.#decode(items, slot)));
+    const failed = settled.find((s): s is PromiseRejectedResult => s.status === "rejected");
+    if (failed !== undefined) {
+      if (slot.length === this.#plainPool.slotBytes) this.#plainPool.give(slot);
+      throw failed.reason;
+    }
+    const out = w.items.map((i) => ({ tag: i.tag, data: i.loc === undefined ? null : slot.subarray(i.out, i.out + i.loc.rawLength) }));
+    return { out, plain: slot };
   }
 
-  async #process<T>(g: Group<T>): Promise<{ out: Fetched<T>[]; plain: Uint8Array | undefined }> {
-    const withData = g.items.filter((i) => i.loc !== undefined);
-    if (withData.length === 0) return { out: g.items.map((i) => ({ tag: i.tag, data: null })), plain: undefined };
-    const pack = this.#index.packs[g.packNo];
+  /** The window's chunks by pack and offset, cut into range reads of neighbours. */
+  #reads<T>(items: readonly Item<T>[]): Item<T>[][] {
+    const byPack = new Map<number, Item<T>[]>();
+    for (const item of items) {
+      if (item.loc === undefined) continue;
+      const list = byPack.get(item.loc.packNo);
+      if (list === undefined) byPack.set(item.loc.packNo, [item]);
+      else list.push(item);
+    }
+    const reads: Item<T>[][] = [];
+    for (const list of byPack.values()) {
+      list.sort((a, b) => (a.loc as ChunkLocation).offset - (b.loc as ChunkLocation).offset);
+      let current: Item<T>[] = [];
+      let start = 0;
+      let end = 0;
+      for (const item of list) {
+        const loc = item.loc as ChunkLocation;
+        const joins = current.length > 0 && loc.offset <= end + MAX_GAP && Math.max(end, loc.offset + loc.length) - start <= this.#groupBytes;
+        if (!joins) {
+          if (current.length > 0) reads.push(current);
+          current = [];
+          start = loc.offset;
+          end = loc.offset;
+        }
+        current.push(item);
+        end = Math.max(end, loc.offset + loc.length);
+      }
+      if (current.length > 0) reads.push(current);
+    }
+    return reads;
+  }
+
+  /** One range read of one pack, decoded by a worker into the window's output. */
+  async #decode<T>(items: readonly Item<T>[], out: Uint8Array): Promise<void> {
+    const first = items[0]?.loc as ChunkLocation;
+    const pack = this.#index.packs[first.packNo];
     if (pack === undefined) throw new Error("chunk index names an unknown pack");
     const names = await this.#keys.names(pack.sessionId);
     const key = packKey(pack.packId);
-    let bytes: Uint8Array;
+    const start = first.offset;
+    let end = start;
+    for (const item of items) end = Math.max(end, (item.loc as ChunkLocation).offset + (item.loc as ChunkLocation).length);
+    const span = end - start;
+    let buffer = await this.#readBuffers.take(span);
+    const size = buffer.length;
     try {
-      bytes = await this.#repo.store.get(key, { offset: g.start, length: g.end - g.start });
-    } catch (e) {
-      if (e instanceof NotFoundError) throw IntegrityError.object(key, "pack is missing");
-      throw e;
-    }
-    this.bytesFetched += bytes.length;
-    if (bytes.length < g.end - g.start) throw IntegrityError.object(key, "pack is truncated");
-    const entries = new Uint32Array(withData.length * 3);
-    const ids = new Uint8Array(withData.length * HASH_BYTES);
-    withData.forEach((item, j) => {
-      const loc = item.loc as ChunkLocation;
-      entries[3 * j] = loc.offset - g.start;
-      entries[3 * j + 1] = loc.length;
-      entries[3 * j + 2] = loc.rawLength;
-      ids.set(item.id as Uint8Array, j * HASH_BYTES);
-    });
-    const spare = this.#spare.pop();
-    const result = await this.#pool.run({ kind: "open", data: bytes, entries, ids: ids.slice(), key: names.key, idKey: names.idKey, keep: true, ...(spare === undefined ? {} : { out: spare }) });
-    const out: Fetched<T>[] = [];
-    let j = 0;
-    let at = 0;
-    for (const item of g.items) {
-      if (item.loc === undefined) {
-        out.push({ tag: item.tag, data: null });
-        continue;
+      let got: number;
+      try {
+        got = await readInto(this.#repo.store, key, { offset: start, length: span }, buffer);
+      } catch (e) {
+        if (e instanceof NotFoundError) throw IntegrityError.object(key, "pack is missing");
+        throw e;
       }
-      const status = result.status[j] as BlobStatus;
-      if (status !== BlobStatus.Ok) {
-        throw IntegrityError.object(key, `${blobStatusMessage(status)} (chunk ${toHex(item.id as Uint8Array).slice(0, 16)}…)`);
-      }
-      out.push({ tag: item.tag, data: result.plain.subarray(at, at + item.loc.rawLength) });
-      at += item.loc.rawLength;
-      j++;
+      this.bytesFetched += got;
+      if (got < span) throw IntegrityError.object(key, "pack is truncated");
+      const entries = new Uint32Array(items.length * 3);
+      const outOffsets = new Uint32Array(items.length);
+      const ids = new Uint8Array(items.length * HASH_BYTES);
+      items.forEach((item, j) => {
+        const loc = item.loc as ChunkLocation;
+        entries[3 * j] = loc.offset - start;
+        entries[3 * j + 1] = loc.length;
+        entries[3 * j + 2] = loc.rawLength;
+        outOffsets[j] = item.out;
+        ids.set(item.id as Uint8Array, j * HASH_BYTES);
+      });
+      const result = await this.#pool.run({ kind: "open", data: buffer.subarray(0, span), entries, ids, key: names.key, idKey: names.idKey, keep: true, out, outOffsets });
+      buffer = new Uint8Array(result.data.buffer as ArrayBuffer);
+      result.status.forEach((status, j) => {
+        if (status !== BlobStatus.Ok) {
+          throw IntegrityError.object(key, `${blobStatusMessage(status as BlobStatus)} (chunk ${toHex(items[j]?.id as Uint8Array).slice(0, 16)}…)`);
+        }
+      });
+    } finally {
+      // A buffer lost to a failed task (transferred to a worker that did not answer) is not reused.
+      this.#readBuffers.give(buffer, size);
     }
-    return { out, plain: result.plain };
   }
 }

@@ -1,10 +1,24 @@
 import { randomBytes } from "node:crypto";
-import { promises as fsp } from "node:fs";
+import fs, { promises as fsp } from "node:fs";
+import { promisify } from "node:util";
 import path from "node:path";
 import { NotFoundError, StorageError } from "../errors.js";
 import { assertValidKey, assertValidPrefix, type ByteRange, type ObjectInfo, type ObjectWriter, type Store } from "./types.js";
 
 const TEMP_PREFIX = ".tmp-";
+/** Read descriptors kept open, so range reads of a pack do not open and close it each time. */
+const OPEN_READERS = 8;
+
+const openFd = promisify(fs.open);
+const closeFd = promisify(fs.close);
+const readFd = promisify(fs.read);
+
+/** A descriptor shared by concurrent reads of one object; closed when evicted and idle. */
+interface Reader {
+  readonly fd: Promise<number>;
+  users: number;
+  evicted: boolean;
+}
 /** Errors that mean "no object under this key" (a folder or a path through a file is not an object). */
 const ABSENT = new Set(["ENOENT", "ENOTDIR", "EISDIR"]);
 
@@ -17,6 +31,8 @@ export class FsStore implements Store {
   readonly location: string;
   readonly #root: string;
   readonly #knownDirs = new Set<string>();
+  /** Most recently used last. Objects never change once written, so a cached descriptor reads the same bytes. */
+  readonly #readers = new Map<string, Reader>();
 
   constructor(root: string) {
     this.#root = path.resolve(root);
@@ -43,11 +59,52 @@ export class FsStore implements Store {
   async readInto(key: string, range: ByteRange, into: Uint8Array): Promise<number> {
     const file = this.#path(key);
     if (into.length < range.length) throw new RangeError("buffer smaller than the range");
+    const reader = this.#reader(file);
     try {
-      return await readRange(file, range, into);
+      const fd = await reader.fd;
+      let done = 0;
+      while (done < range.length) {
+        const { bytesRead } = await readFd(fd, into, done, range.length - done, range.offset + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+      return done;
     } catch (e) {
+      this.#evict(file);
       throw this.#mapError(e, key, "read");
+    } finally {
+      this.#release(reader);
     }
+  }
+
+  /** A shared descriptor for reading file, opened on first use; the caller must release it. */
+  #reader(file: string): Reader {
+    let reader = this.#readers.get(file);
+    if (reader === undefined) {
+      const fd = openFd(file, "r");
+      fd.catch(() => undefined);
+      reader = { fd, users: 0, evicted: false };
+    } else this.#readers.delete(file);
+    this.#readers.set(file, reader);
+    reader.users++;
+    for (const [oldest] of this.#readers) {
+      if (this.#readers.size <= OPEN_READERS) break;
+      this.#evict(oldest);
+    }
+    return reader;
+  }
+
+  #evict(file: string): void {
+    const reader = this.#readers.get(file);
+    if (reader === undefined) return;
+    this.#readers.delete(file);
+    reader.evicted = true;
+    if (reader.users === 0) closeReader(reader);
+  }
+
+  #release(reader: Reader): void {
+    reader.users--;
+    if (reader.evicted && reader.users === 0) closeReader(reader);
   }
 
   async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
@@ -113,6 +170,7 @@ export class FsStore implements Store {
 
   async delete(key: string): Promise<void> {
     const file = this.#path(key);
+    this.#evict(file);
     try {
       const st = await fsp.lstat(file);
       if (!st.isFile()) return;
@@ -133,7 +191,9 @@ export class FsStore implements Store {
     }
   }
 
-  async close(): Promise<void> {}
+  async close(): Promise<void> {
+    for (const file of [...this.#readers.keys()]) this.#evict(file);
+  }
 
   async #ensureDir(dir: string): Promise<void> {
     if (this.#knownDirs.has(dir)) return;
@@ -172,6 +232,10 @@ async function readRange(file: string, range: ByteRange, out: Uint8Array): Promi
   } finally {
     await handle.close();
   }
+}
+
+function closeReader(reader: Reader): void {
+  void reader.fd.then((fd) => closeFd(fd)).catch(() => undefined);
 }
 
 /** See FsStore.createWriter. */

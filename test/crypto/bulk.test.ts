@@ -13,6 +13,8 @@ import { seededBytes } from "../helpers/fixtures.js";
 
 const native = await loadBulkCrypto("native");
 const wasm = await loadBulkCrypto("wasm");
+const hybrid = await loadBulkCrypto("hybrid");
+const all = [native, wasm, hybrid];
 const suite = await CryptoSuite.create();
 
 function sizes(): number[] {
@@ -26,9 +28,21 @@ function encrypt(b: BulkCrypto, key: Uint8Array, nonce: Uint8Array, pt: Uint8Arr
 }
 
 describe("bulk crypto backends", () => {
-  it("loads sodium-native here, and the WASM build on request", () => {
+  it("loads sodium-native here, the WASM build and the hybrid on request, and the hybrid by default", async () => {
     expect(native.backend).toBe("native");
     expect(wasm.backend).toBe("wasm");
+    expect(hybrid.backend).toBe("hybrid");
+    expect((await loadBulkCrypto()).backend).toBe("hybrid");
+  });
+
+  it("the hybrid's WASM hasher matches for chunks larger than its heap buffer, and after the heap grew", () => {
+    const key = seededBytes("grow key", 32);
+    for (const n of [16 * 1024, 64 * 1024, 64 * 1024 + 1, 3 << 20, 100, 5 << 20]) {
+      const data = seededBytes(`grow ${n}`, n);
+      const out = new Uint8Array(32);
+      hybrid.chunkId(key, data, out);
+      expect(toHex(out)).toBe(toHex(suite.hash(data, key)));
+    }
   });
 
   it("XChaCha20-Poly1305 gives the published vector (draft-irtf-cfrg-xchacha-03 A.3.1) through both", () => {
@@ -38,7 +52,7 @@ describe("bulk crypto backends", () => {
     const pt = utf8("Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.");
     const expected = toHex(suite.encrypt(key, nonce, pt, ad));
     expect(expected.endsWith("c0875924c1c7987947deafd8780acf49")).toBe(true);
-    for (const b of [native, wasm]) {
+    for (const b of all) {
       const ct = encrypt(b, key, nonce, pt, ad);
       expect(toHex(ct)).toBe(expected);
       const back = new Uint8Array(pt.length);
@@ -53,16 +67,16 @@ describe("bulk crypto backends", () => {
       const key = seededBytes(`key ${n}`, 32);
       const nonce = seededBytes(`nonce ${n}`, 24);
       const ad = seededBytes(`ad ${n}`, n % 40);
-      const ids = [native, wasm].map((b) => {
+      const ids = all.map((b) => {
         const out = new Uint8Array(32);
         b.chunkId(key, data, out);
         return toHex(out);
       });
       expect(ids[0]).toBe(toHex(suite.hash(data, key)));
-      expect(ids[1]).toBe(ids[0]);
-      const cts = [native, wasm].map((b) => toHex(encrypt(b, key, nonce, data, ad)));
+      expect(ids).toEqual([ids[0], ids[0], ids[0]]);
+      const cts = all.map((b) => toHex(encrypt(b, key, nonce, data, ad)));
       expect(cts[0]).toBe(toHex(suite.encrypt(key, nonce, data, ad)));
-      expect(cts[1]).toBe(cts[0]);
+      expect(cts).toEqual([cts[0], cts[0], cts[0]]);
     }
   });
 
@@ -71,7 +85,7 @@ describe("bulk crypto backends", () => {
     const nonce = seededBytes("n", 24);
     const ct = encrypt(native, key, nonce, utf8("secret chunk"), utf8("ad"));
     const out = new Uint8Array(ct.length - 16);
-    for (const b of [native, wasm]) {
+    for (const b of all) {
       expect(b.decryptInto(key, nonce, ct, utf8("ad"), out)).toBe(true);
       const bad = ct.slice();
       bad[3] = (bad[3] ?? 0) ^ 1;
@@ -89,7 +103,7 @@ describe("bulk crypto backends", () => {
     const text = utf8("The quick brown fox jumps over the lazy dog. ".repeat(400));
     for (const plain of [text, seededBytes("random chunk", 16 * 1024), new Uint8Array(0), utf8("x")]) {
       const nonce = seededBytes(`nonce ${plain.length}`, 24);
-      const blobs = [native, wasm].map((b) => {
+      const blobs = all.map((b) => {
         const id = new Uint8Array(32);
         b.chunkId(idKey, plain, id);
         const out = new Uint8Array(maxBlobLength(plain.length));
@@ -97,8 +111,9 @@ describe("bulk crypto backends", () => {
         return { id, blob: out.slice(0, n) };
       });
       expect(toHex(blobs[1]?.blob ?? new Uint8Array(0))).toBe(toHex(blobs[0]?.blob ?? new Uint8Array(1)));
+      expect(toHex(blobs[2]?.blob ?? new Uint8Array(0))).toBe(toHex(blobs[0]?.blob ?? new Uint8Array(1)));
       const { id, blob } = blobs[0] as { id: Uint8Array; blob: Uint8Array };
-      for (const b of [native, wasm]) {
+      for (const b of all) {
         const out = new Uint8Array(plain.length);
         expect(openBlobInto(b, key, idKey, id, blob, zstd, new BlobScratch(), out)).toBe(BlobStatus.Ok);
         expect(toHex(out)).toBe(toHex(plain));
@@ -118,7 +133,7 @@ describe("bulk crypto backends", () => {
     const liar = seededBytes("not the id of p", 32);
     const out = new Uint8Array(maxBlobLength(plain.length));
     const n = sealBlobInto(native, key, seededBytes("n", 24), liar, plain, zstd, new BlobScratch(), out);
-    for (const b of [native, wasm]) {
+    for (const b of all) {
       expect(openBlobInto(b, key, idKey, liar, out.subarray(0, n), zstd, new BlobScratch(), new Uint8Array(plain.length))).toBe(BlobStatus.Id);
     }
   });

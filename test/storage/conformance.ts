@@ -68,8 +68,9 @@ export function storeConformance(name: string, make: () => Promise<StoreFixture>
 
     describe("get", () => {
       it("throws NotFoundError with code E_NOT_FOUND for a missing key, with or without a range", async () => {
-        for (const p of [store.get("missing"), store.get("data/ab/missing"), store.get("missing", { offset: 0, length: 4 })]) {
-          const e = await rejection(p);
+        // Each rejection is handled from the start: none may go unhandled while another is awaited.
+        for (const p of [store.get("missing"), store.get("data/ab/missing"), store.get("missing", { offset: 0, length: 4 })].map(rejection)) {
+          const e = await p;
           expect(e).toBeInstanceOf(NotFoundError);
           expect((e as NotFoundError).code).toBe("E_NOT_FOUND");
         }
