@@ -171,7 +171,7 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
       index,
       packs,
       packIds,
-      maxBatches: o.maxBatches ?? pool.workers + 2,
+      maxBatches: o.maxBatches ?? pool.threads + 2,
     });
     const cdc = fileChunker(repo);
     const sources: SnapshotSource[] = [];

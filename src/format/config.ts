@@ -1,5 +1,5 @@
 import { FormatError } from "./codec.js";
-import { hexField, int, obj, oneOf, str, type Json } from "./fields.js";
+import { hexField, int, intIn, obj, oneOf, str, type Json } from "./fields.js";
 import { toHex } from "../util/bytes.js";
 
 /** Repository-wide settings fixed at init; signed by the genesis root key. */
@@ -17,10 +17,15 @@ export interface RepoConfig {
   /** Target pack size, bytes. */
   readonly packSize: number;
   readonly compression: "zstd";
+  /** zstd level writers use (negative: zstd's fast modes); any level decompresses the same way. */
   readonly compressionLevel: number;
 }
 
 export const REPO_ID_PATTERN = /^[0-9a-f]{32}$/;
+
+/** zstd levels a repository may name: negative levels are zstd's fast modes. Readers need no level. */
+export const COMPRESSION_LEVEL_MIN = -100;
+export const COMPRESSION_LEVEL_MAX = 19;
 
 export function encodeConfigMeta(c: RepoConfig): Json {
   return {
@@ -54,7 +59,7 @@ export function parseConfigMeta(value: unknown): RepoConfig {
     fileChunkMax: int(o, "fileChunkMax"),
     packSize: int(o, "packSize"),
     compression: oneOf(o, "compression", ["zstd"] as const),
-    compressionLevel: int(o, "compressionLevel"),
+    compressionLevel: intIn(o, "compressionLevel", COMPRESSION_LEVEL_MIN, COMPRESSION_LEVEL_MAX),
   };
   const pow2 = (n: number): boolean => n > 0 && (n & (n - 1)) === 0;
   if (!pow2(c.imageChunkSize) || c.imageChunkSize < 4096 || c.imageChunkSize > 1 << 24) throw new FormatError("bad image chunk size");

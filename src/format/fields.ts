@@ -34,6 +34,13 @@ export function int(o: Json, key: string): number {
   return v;
 }
 
+/** An integer within [min, max], negative values allowed. */
+export function intIn(o: Json, key: string, min: number, max: number): number {
+  const v = num(o, key);
+  if (!Number.isSafeInteger(v) || v < min || v > max) throw new FormatError(`field ${key} is not an integer from ${min} to ${max}`);
+  return v;
+}
+
 export function optInt(o: Json, key: string): number | undefined {
   return o[key] === undefined || o[key] === null ? undefined : int(o, key);
 }

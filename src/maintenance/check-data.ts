@@ -8,6 +8,7 @@ import { WorkerPool } from "../pipeline/pool.js";
 import { PoolSessionKeys } from "../pipeline/session-keys.js";
 import { IntegrityError, NotFoundError } from "../errors.js";
 import { readInto } from "../storage/types.js";
+import { ReadBuffers } from "../util/read-buffers.js";
 
 /** What reading one pack's data found. */
 export interface PackDataResult {
@@ -15,10 +16,14 @@ export interface PackDataResult {
   readonly bytesRead: number;
 }
 
+/** Stored bytes verified per task: packs are read and verified in pieces of about this size. */
+const PIECE_BYTES = 4 * 1024 * 1024;
+
 /**
- * check --read-data: reads whole packs and has workers decrypt every chunk and recompute its
- * ID, several packs at a time (bounded), while the caller goes on with the next pack. Packs are
- * read into a few reused buffers (handed to a worker and back), not a new buffer per pack.
+ * check --read-data: reads each pack in pieces of whole chunks and has workers decrypt every
+ * chunk and recompute its ID, several pieces at a time, while the caller goes on with the next
+ * pack. Pieces are read into a few reused buffers (handed to a worker and back), bounded in
+ * total, so memory does not depend on the pack size.
  */
 export class PackVerifier {
   readonly #repo: Repository;
@@ -26,8 +31,7 @@ export class PackVerifier {
   readonly #pool: WorkerPool;
   readonly #maxInFlight: number;
   readonly #inFlight = new Set<Promise<void>>();
-  /** Pack buffers not in use; at most one per pack in flight is ever made. */
-  readonly #free: Uint8Array[] = [];
+  readonly #buffers: ReadBuffers;
   readonly results = new Map<string, PackDataResult>();
   maxPacksInFlight = 0;
 
@@ -36,11 +40,12 @@ export class PackVerifier {
     this.#keys = new PoolSessionKeys(repo, sessions, pool);
     this.#pool = pool;
     this.#maxInFlight = maxInFlight;
+    this.#buffers = new ReadBuffers(maxInFlight * PIECE_BYTES);
   }
 
   static async create(repo: Repository, sessions: SessionKeys, workers?: number): Promise<PackVerifier> {
     const pool = await WorkerPool.create({ compressionLevel: repo.config.compressionLevel, ...(workers === undefined ? {} : { workers }) });
-    return new PackVerifier(repo, sessions, pool, pool.workers + 2);
+    return new PackVerifier(repo, sessions, pool, pool.threads + 2);
   }
 
   /** Starts verifying a pack; waits only while too many packs are in flight. */
@@ -67,35 +72,55 @@ export class PackVerifier {
 
   async #verify(packId: string, sessionId: string, packLength: number, entries: readonly PackEntry[]): Promise<PackDataResult> {
     const names = await this.#keys.names(sessionId);
-    let buffer = this.#takeBuffer(packLength);
+    const pieces: PackEntry[][] = [];
+    let piece: PackEntry[] = [];
+    for (const e of [...entries].sort((a, b) => a.offset - b.offset)) {
+      const first = piece[0];
+      if (first !== undefined && e.offset + e.length - first.offset > PIECE_BYTES) {
+        pieces.push(piece);
+        piece = [];
+      }
+      piece.push(e);
+    }
+    if (piece.length > 0) pieces.push(piece);
+    const results = await Promise.all(pieces.map((p) => this.#verifyPiece(packId, packLength, p, names)));
+    let bad = 0;
+    let bytesRead = 0;
+    for (const r of results) {
+      bad += r.bad;
+      bytesRead += r.bytesRead;
+    }
+    return { messages: bad > 0 ? [`${bad} of ${entries.length} chunks fail authentication or do not match their IDs`] : [], bytesRead };
+  }
+
+  /** One range of whole chunks: read, then verified by a worker; chunks past the end of the pack count as bad. */
+  async #verifyPiece(packId: string, packLength: number, entries: readonly PackEntry[], names: { key: string; idKey: string }): Promise<{ bad: number; bytesRead: number }> {
+    const start = (entries[0] as PackEntry).offset;
+    let end = start;
+    for (const e of entries) end = Math.max(end, e.offset + e.length);
+    const span = Math.max(0, Math.min(end, packLength) - start);
+    let buffer = await this.#buffers.take(span);
+    const size = buffer.length;
     try {
-      const bytesRead = await readInto(this.#repo.store, packKey(packId), { offset: 0, length: packLength }, buffer);
+      const bytesRead = await readInto(this.#repo.store, packKey(packId), { offset: start, length: span }, buffer);
       const n = entries.length;
       const table = new Uint32Array(n * 3);
       const ids = new Uint8Array(n * HASH_BYTES);
       entries.forEach((e, i) => {
-        table[3 * i] = e.offset;
+        table[3 * i] = e.offset - start;
         table[3 * i + 1] = e.length;
         table[3 * i + 2] = e.rawLength;
         ids.set(e.chunkId, i * HASH_BYTES);
       });
       const result = await this.#pool.run({ kind: "open", data: buffer.subarray(0, bytesRead), entries: table, ids, key: names.key, idKey: names.idKey, keep: false });
-      buffer = new Uint8Array(result.data.buffer);
+      buffer = new Uint8Array(result.data.buffer as ArrayBuffer);
       let bad = 0;
       for (const s of result.status) if (s !== BlobStatus.Ok) bad++;
-      return { messages: bad > 0 ? [`${bad} of ${n} chunks fail authentication or do not match their IDs`] : [], bytesRead };
+      return { bad, bytesRead };
     } finally {
       // A buffer lost to a failed task (transferred to a worker that did not answer) is not reused.
-      if (buffer.buffer.byteLength > 0) this.#free.push(buffer);
+      this.#buffers.give(buffer, size);
     }
-  }
-
-  /** A free buffer of at least n bytes (a smaller free one is dropped for a larger one). */
-  #takeBuffer(n: number): Uint8Array {
-    const fit = this.#free.findIndex((b) => b.length >= n);
-    if (fit >= 0) return this.#free.splice(fit, 1)[0] as Uint8Array;
-    this.#free.pop();
-    return new Uint8Array(Math.ceil(n / 1048576) * 1048576);
   }
 }
 

@@ -7,8 +7,14 @@ import { TaskRunner } from "./tasks.js";
 import { transferList, type FromWorker, type ResultOf, type Task, type ToWorker } from "./protocol.js";
 
 export interface PoolOptions {
-  /** Worker threads; 0 runs every task inline on the main thread. Default: the number of cores. */
+  /** Worker threads; 0 runs every task inline on the main thread. Default: one per core but one. */
   readonly workers?: number;
+  /**
+   * Whether the main thread also runs tasks while every worker is busy (between its own I/O
+   * and planning, which leave it mostly idle). Default: when workers + 1 fit the cores. It does
+   * the work of one more worker without one more thread's memory (~14 MiB each).
+   */
+  readonly mainThread?: boolean;
   readonly compressionLevel: number;
   readonly backend?: BulkBackend;
   /** Tasks handed to one worker before more wait in the pool's queue. */
@@ -21,9 +27,9 @@ export interface PoolStats {
   maxQueued: number;
 }
 
-/** The default worker count: one per core. */
+/** The default worker count: one per core but one, which the main thread fills (see PoolOptions.mainThread). */
 export function defaultWorkers(): number {
-  return Math.max(1, os.availableParallelism());
+  return Math.max(1, os.availableParallelism() - 1);
 }
 
 interface Pending {
@@ -43,7 +49,9 @@ interface Slot {
 export class WorkerPool {
   readonly stats: PoolStats = { tasks: 0, maxQueued: 0 };
   readonly #slots: Slot[];
+  /** Runs tasks on the main thread: all of them without workers, else those no worker can take. */
   readonly #inline: TaskRunner | undefined;
+  #inlineBusy = false;
   readonly #perWorker: number;
   readonly #queue: { task: Task; pending: Pending }[] = [];
   #nextId = 1;
@@ -61,6 +69,8 @@ export class WorkerPool {
     const count = o.workers ?? defaultWorkers();
     const backend = o.backend ?? "auto";
     if (count <= 0) return new WorkerPool([], new TaskRunner(await loadBulkCrypto(backend), o.compressionLevel), 1);
+    const mainThread = o.mainThread ?? count + 1 <= os.availableParallelism();
+    const helper = mainThread ? new TaskRunner(await loadBulkCrypto(backend), o.compressionLevel) : undefined;
     const url = workerUrl();
     const slots: Slot[] = [];
     const started: Promise<void>[] = [];
@@ -87,7 +97,7 @@ export class WorkerPool {
       await Promise.all(slots.map((s) => s.worker.terminate()));
       throw e;
     }
-    return new WorkerPool(slots, undefined, o.tasksPerWorker ?? 2);
+    return new WorkerPool(slots, helper, o.tasksPerWorker ?? 2);
   }
 
   /** Worker threads in the pool (0 when tasks run inline). */
@@ -95,12 +105,14 @@ export class WorkerPool {
     return this.#slots.length;
   }
 
+  /** Threads that run tasks: the workers, and the main thread when it helps. */
+  get threads(): number {
+    return this.#slots.length + (this.#inline !== undefined ? 1 : 0);
+  }
+
   /** Gives every worker its own copy of a key; the caller keeps (and disposes) the original. */
   setKey(name: string, bytes: Uint8Array): void {
-    if (this.#inline !== undefined) {
-      this.#inline.setKey(name, bytes.slice());
-      return;
-    }
+    this.#inline?.setKey(name, bytes.slice());
     for (const { worker } of this.#slots) {
       const copy = bytes.slice();
       worker.postMessage({ type: "key", name, bytes: copy } satisfies ToWorker, [copy.buffer]);
@@ -112,18 +124,6 @@ export class WorkerPool {
     if (this.#failure !== undefined) return Promise.reject(this.#failure);
     if (this.#closed) return Promise.reject(new Error("worker pool is closed"));
     this.stats.tasks++;
-    const inline = this.#inline;
-    if (inline !== undefined) {
-      return new Promise<ResultOf<T>>((resolve, reject) => {
-        setImmediate(() => {
-          try {
-            resolve(inline.run(task));
-          } catch (e) {
-            reject(e);
-          }
-        });
-      });
-    }
     return new Promise<ResultOf<T>>((resolve, reject) => {
       this.#queue.push({ task, pending: { resolve: resolve as (r: ResultOf<Task>) => void, reject } });
       this.stats.maxQueued = Math.max(this.stats.maxQueued, this.#queue.length);
@@ -131,17 +131,38 @@ export class WorkerPool {
     });
   }
 
+  /** Hands queued tasks to workers with room, then, when none has, one at a time to the main thread. */
   #dispatch(): void {
     while (this.#queue.length > 0) {
       let best: Slot | undefined;
       for (const s of this.#slots) if (s.pending.size < this.#perWorker && (best === undefined || s.pending.size < best.pending.size)) best = s;
-      if (best === undefined) return;
+      if (best === undefined) {
+        if (this.#inline !== undefined && !this.#inlineBusy) this.#runInline(this.#inline);
+        return;
+      }
       const next = this.#queue.shift();
       if (next === undefined) return;
       const id = this.#nextId++;
       best.pending.set(id, next.pending);
       best.worker.postMessage({ type: "task", id, task: next.task } satisfies ToWorker, transferList(next.task));
     }
+  }
+
+  /** Runs the next queued task on the main thread in its own turn of the event loop, so I/O callbacks run in between. */
+  #runInline(runner: TaskRunner): void {
+    this.#inlineBusy = true;
+    setImmediate(() => {
+      const next = this.#queue.shift();
+      if (next !== undefined) {
+        try {
+          next.pending.resolve(runner.run(next.task));
+        } catch (e) {
+          next.pending.reject(e);
+        }
+      }
+      this.#inlineBusy = false;
+      this.#dispatch();
+    });
   }
 
   #watch(slot: Slot): void {

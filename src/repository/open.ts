@@ -56,7 +56,7 @@ export const DEFAULT_CONFIG = {
   fileChunkAvg: 1024 * 1024,
   fileChunkMax: 4 * 1024 * 1024,
   packSize: 16 * 1024 * 1024,
-  compressionLevel: 1,
+  compressionLevel: -1,
 } as const;
 
 export function environment(o: CommonOptions): Environment {

@@ -10,7 +10,7 @@ import { PoolSessionKeys } from "../pipeline/session-keys.js";
 import { readInto } from "../storage/types.js";
 import { AlignedPool } from "../util/aligned.js";
 import { toHex } from "../util/bytes.js";
-import { ReadBuffers } from "./read-buffers.js";
+import { ReadBuffers } from "../util/read-buffers.js";
 
 /** A chunk to read (id) or a marker that only keeps its place in the order (id null). */
 export interface ChunkRequest<T> {
@@ -77,7 +77,7 @@ export class ChunkFetcher {
     this.#keys = new PoolSessionKeys(repo, sessions, pool);
     this.#pool = pool;
     this.#groupBytes = o.groupBytes ?? 4 * 1024 * 1024;
-    this.#maxGroups = o.maxGroups ?? 2 * pool.workers + 2;
+    this.#maxGroups = o.maxGroups ?? 2 * pool.threads + 2;
     // One slot per window in flight, one for the window being consumed, one spare.
     this.#plainPool = new AlignedPool(this.#maxGroups + 2, this.#groupBytes);
     this.#readBuffers = new ReadBuffers(Math.max(2, Math.ceil(this.#maxGroups / 2)) * this.#groupBytes);
