@@ -23,6 +23,8 @@ export interface PoolOptions {
 
 export interface PoolStats {
   tasks: number;
+  /** Tasks the main thread ran (all of them without workers). */
+  inline: number;
   /** The most tasks that waited in the pool's queue at once. */
   maxQueued: number;
 }
@@ -47,7 +49,7 @@ interface Slot {
  * worker once and zeroed there on close; task buffers are transferred, never cloned.
  */
 export class WorkerPool {
-  readonly stats: PoolStats = { tasks: 0, maxQueued: 0 };
+  readonly stats: PoolStats = { tasks: 0, inline: 0, maxQueued: 0 };
   readonly #slots: Slot[];
   /** Runs tasks on the main thread: all of them without workers, else those no worker can take. */
   readonly #inline: TaskRunner | undefined;
@@ -154,6 +156,7 @@ export class WorkerPool {
     setImmediate(() => {
       const next = this.#queue.shift();
       if (next !== undefined) {
+        this.stats.inline++;
         try {
           next.pending.resolve(runner.run(next.task));
         } catch (e) {

@@ -1,0 +1,192 @@
+/**
+ * The I/O building blocks of the fast paths: page-aligned shared slots, bounded read buffers,
+ * restore files written with direct I/O (and their fallback), cached read descriptors, and the
+ * main thread taking pipeline tasks while the workers are busy.
+ */
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { HASH_BYTES } from "../../src/crypto/suite.js";
+import { loadBulkCrypto } from "../../src/crypto/bulk.js";
+import { CHUNK_ID_KEY } from "../../src/pipeline/protocol.js";
+import { WorkerPool } from "../../src/pipeline/pool.js";
+import { PartialFile } from "../../src/restore/targets.js";
+import { FsStore } from "../../src/storage/fs.js";
+import { NotFoundError } from "../../src/errors.js";
+import { AlignedPool, DIRECT_IO_ALIGNMENT } from "../../src/util/aligned.js";
+import { ReadBuffers } from "../../src/util/read-buffers.js";
+import { toHex } from "../../src/util/bytes.js";
+import { seededBytes, tempDirs } from "../helpers/fixtures.js";
+
+const tmp = tempDirs();
+const KiB = 1024;
+
+describe("AlignedPool", () => {
+  it("hands out distinct page-aligned slots of one shared memory, and takes them back", () => {
+    const pool = new AlignedPool(3, 10_000);
+    expect(pool.slotBytes).toBe(12 * KiB);
+    const slots = [pool.take(), pool.take(), pool.take()].filter((s): s is Uint8Array => s !== undefined);
+    expect(slots).toHaveLength(3);
+    expect(pool.take()).toBeUndefined();
+    expect(new Set(slots.map((s) => s.byteOffset)).size).toBe(3);
+    for (const s of slots) {
+      expect(s.buffer).toBeInstanceOf(SharedArrayBuffer);
+      expect(s.byteOffset % DIRECT_IO_ALIGNMENT).toBe(0);
+      expect(s.length).toBe(pool.slotBytes);
+    }
+    // Writes to one slot do not touch another.
+    (slots[0] as Uint8Array).fill(7);
+    expect((slots[1] as Uint8Array).every((b) => b === 0)).toBe(true);
+    // A view inside a slot gives the whole slot back.
+    pool.give((slots[1] as Uint8Array).subarray(4096, 8192));
+    expect(pool.take()?.byteOffset).toBe((slots[1] as Uint8Array).byteOffset);
+  });
+
+  it("says which writes may use direct I/O: its own aligned views at aligned positions only", () => {
+    const pool = new AlignedPool(1, 64 * KiB);
+    const slot = pool.take() as Uint8Array;
+    expect(pool.directWritable(slot.subarray(0, 16 * KiB), 32 * KiB)).toBe(true);
+    expect(pool.directWritable(slot.subarray(4096, 8192), 0)).toBe(true);
+    expect(pool.directWritable(slot.subarray(0, 5000), 0)).toBe(false);
+    expect(pool.directWritable(slot.subarray(100, 4196), 0)).toBe(false);
+    expect(pool.directWritable(slot.subarray(0, 4096), 100)).toBe(false);
+    expect(pool.directWritable(new Uint8Array(4096), 0)).toBe(false);
+    expect(new AlignedPool(1, 4096).directWritable(slot.subarray(0, 4096), 0)).toBe(false);
+  });
+});
+
+describe("ReadBuffers", () => {
+  it("reuses returned buffers, waits at its limit, and serves one oversized read when nothing is held", async () => {
+    const buffers = new ReadBuffers(256 * KiB);
+    const a = await buffers.take(100 * KiB);
+    expect(a.length).toBe(128 * KiB);
+    const b = await buffers.take(128 * KiB);
+    let third: Uint8Array | undefined;
+    const waiting = buffers.take(64 * KiB).then((c) => (third = c));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(third).toBeUndefined();
+    buffers.give(a, a.length);
+    await waiting;
+    expect(third?.buffer).toBe(a.buffer);
+    expect(buffers.allocated).toBe(256 * KiB);
+    buffers.give(third as Uint8Array, 128 * KiB);
+    buffers.give(b, b.length);
+    // Larger than the limit: the free buffers make room, and it is served.
+    const huge = await buffers.take(1024 * KiB);
+    expect(huge.length).toBe(1024 * KiB);
+    expect(buffers.allocated).toBe(1024 * KiB);
+    // A buffer detached by a transfer is forgotten, and its bytes no longer count.
+    structuredClone(huge.buffer, { transfer: [huge.buffer as ArrayBuffer] });
+    buffers.give(huge, 1024 * KiB);
+    expect(buffers.allocated).toBe(0);
+  });
+});
+
+describe("PartialFile with direct I/O", () => {
+  async function writeImage(dir: string, direct: boolean): Promise<{ file: string; expected: Uint8Array; usedDirect: boolean }> {
+    const pool = new AlignedPool(1, 256 * KiB);
+    const slot = pool.take() as Uint8Array;
+    const data = seededBytes(`direct ${dir}`, 256 * KiB);
+    slot.set(data);
+    const size = 1024 * KiB + 3000;
+    const file = path.join(dir, "disk.raw");
+    const out = await PartialFile.create(file, size, { direct });
+    // Aligned pieces through the direct descriptor, an unaligned tail through the ordinary one.
+    await out.writeDirect(slot.subarray(0, 64 * KiB), 0);
+    await out.writeDirect(slot.subarray(64 * KiB, 256 * KiB), 512 * KiB);
+    await out.write(slot.subarray(0, 3000), 1024 * KiB);
+    const usedDirect = out.direct;
+    await out.commit(0o640);
+    const expected = new Uint8Array(size);
+    expected.set(data.subarray(0, 64 * KiB), 0);
+    expected.set(data.subarray(64 * KiB, 256 * KiB), 512 * KiB);
+    expected.set(data.subarray(0, 3000), 1024 * KiB);
+    return { file, expected, usedDirect };
+  }
+
+  it("writes the same bytes as ordinary writes, and leaves no partial file", async () => {
+    const dir = tmp("direct");
+    const { file, expected, usedDirect } = await writeImage(dir, true);
+    expect(toHex(await fsp.readFile(file))).toBe(toHex(expected));
+    expect(usedDirect).toBe(true);
+    expect((await fsp.stat(file)).mode & 0o777).toBe(0o640);
+    expect(await fsp.readdir(dir)).toEqual(["disk.raw"]);
+  });
+
+  it("falls back to ordinary writes, for good, when the file system refuses a direct write", async () => {
+    const dir = tmp("refused");
+    const pool = new AlignedPool(1, 64 * KiB);
+    const slot = pool.take() as Uint8Array;
+    const data = seededBytes("refused", 64 * KiB);
+    slot.set(data);
+    const file = path.join(dir, "disk.raw");
+    const out = await PartialFile.create(file, 128 * KiB, { direct: true });
+    expect(out.direct).toBe(true);
+    // An unaligned position: O_DIRECT refuses it (EINVAL), the ordinary descriptor takes it.
+    await out.writeDirect(slot.subarray(0, 4096), 100);
+    expect(out.direct).toBe(false);
+    await out.writeDirect(slot.subarray(4096, 64 * KiB), 64 * KiB + 4096);
+    await out.commit();
+    const expected = new Uint8Array(128 * KiB);
+    expected.set(data.subarray(0, 4096), 100);
+    expected.set(data.subarray(4096), 64 * KiB + 4096);
+    expect(toHex(await fsp.readFile(file))).toBe(toHex(expected));
+  });
+});
+
+describe("FsStore read descriptors", () => {
+  it("reads many objects through its bounded cache, and a deleted or replaced object is read afresh", async () => {
+    const store = new FsStore(tmp("repo"));
+    const objects = Array.from({ length: 20 }, (_, i) => ({ key: `data/${String(i).padStart(2, "0")}/obj`, bytes: seededBytes(`o${i}`, 5000 + i) }));
+    for (const o of objects) await store.putIfAbsent(o.key, o.bytes);
+    for (let round = 0; round < 2; round++) {
+      for (const o of objects) {
+        const into = new Uint8Array(100);
+        expect(await store.readInto(o.key, { offset: 4000, length: 100 }, into)).toBe(100);
+        expect(toHex(into)).toBe(toHex(o.bytes.subarray(4000, 4100)));
+      }
+    }
+    const last = objects[19] as { key: string; bytes: Uint8Array };
+    await store.delete(last.key);
+    await expect(store.readInto(last.key, { offset: 0, length: 10 }, new Uint8Array(10))).rejects.toBeInstanceOf(NotFoundError);
+    const replacement = seededBytes("new", 6000);
+    await store.putIfAbsent(last.key, replacement);
+    const into = new Uint8Array(10);
+    await store.readInto(last.key, { offset: 10, length: 10 }, into);
+    expect(toHex(into)).toBe(toHex(replacement.subarray(10, 20)));
+    await store.close();
+  });
+});
+
+describe("WorkerPool with the main thread helping", () => {
+  it("runs tasks on the main thread only while the workers are full, with the same results", async () => {
+    const key = seededBytes("chunk id key", 32);
+    const chunks = Array.from({ length: 64 }, (_, i) => seededBytes(`chunk ${i}`, 64 * KiB));
+    const bulk = await loadBulkCrypto();
+    const expected = chunks.map((c) => {
+      const id = new Uint8Array(HASH_BYTES);
+      bulk.chunkId(key, c, id);
+      return toHex(id);
+    });
+    const pool = await WorkerPool.create({ workers: 1, mainThread: true, compressionLevel: -1 });
+    try {
+      expect(pool.threads).toBe(2);
+      pool.setKey(CHUNK_ID_KEY, key);
+      const results = await Promise.all(chunks.map((data) => pool.run({ kind: "scan", data: data.slice(), ranges: Uint32Array.of(0, data.length), detectZero: true })));
+      expect(results.map((r) => toHex(r.ids))).toEqual(expected);
+      expect(pool.stats.inline).toBeGreaterThan(0);
+      expect(pool.stats.inline).toBeLessThan(chunks.length);
+    } finally {
+      await pool.close();
+    }
+    const alone = await WorkerPool.create({ workers: 1, mainThread: false, compressionLevel: -1 });
+    try {
+      alone.setKey(CHUNK_ID_KEY, key);
+      const results = await Promise.all(chunks.slice(0, 8).map((data) => alone.run({ kind: "scan", data: data.slice(), ranges: Uint32Array.of(0, data.length), detectZero: true })));
+      expect(results.map((r) => toHex(r.ids))).toEqual(expected.slice(0, 8));
+      expect(alone.stats.inline).toBe(0);
+    } finally {
+      await alone.close();
+    }
+  });
+});
