@@ -1,6 +1,6 @@
-import { ByteReader, ByteWriter } from "./codec.js";
+import { ByteReader, ByteWriter, FormatError } from "./codec.js";
 import { int, obj, str, type Json } from "./fields.js";
-import { encodeEntries, ID_BYTES, parseEntries, type PackEntry } from "./pack.js";
+import { CHUNK_ID_BYTES, encodeEntries, ENTRY_BYTES, ID_BYTES, parseEntries, type PackEntry } from "./pack.js";
 
 /** One pack as an index file describes it. */
 export interface IndexedPack {
@@ -44,6 +44,37 @@ export function encodeIndexBodyFromParts(parts: readonly Uint8Array[]): Uint8Arr
   w.u32(parts.length);
   for (const p of parts) w.raw(p);
   return w.finish();
+}
+
+/** Receives an index body's packs and entries as parseIndexBody reads them, without an object per entry. */
+export interface IndexBodyVisitor {
+  /** A pack; its entries follow. */
+  pack(packId: Uint8Array, sessionId: Uint8Array, packLength: number): void;
+  /** An entry of the last pack: its chunk ID is bytes[at, at + 32). */
+  entry(bytes: Uint8Array, at: number, offset: number, length: number, rawLength: number): void;
+}
+
+/**
+ * Walks an index body like parseIndexBody (same checks, same errors) but hands each entry to the
+ * visitor as numbers and a position in the body: loading a large index then allocates nothing
+ * per chunk.
+ */
+export function visitIndexBody(bytes: Uint8Array, visitor: IndexBodyVisitor): void {
+  const r = new ByteReader(bytes);
+  const n = r.u32();
+  for (let i = 0; i < n; i++) {
+    const packId = r.raw(ID_BYTES).slice();
+    const sessionId = r.raw(ID_BYTES).slice();
+    visitor.pack(packId, sessionId, r.u64());
+    const entries = r.u32();
+    if (entries * ENTRY_BYTES > r.remaining) throw new FormatError("truncated entry list");
+    for (let j = 0; j < entries; j++) {
+      const at = r.position;
+      r.raw(CHUNK_ID_BYTES);
+      visitor.entry(bytes, at, r.u32(), r.u32(), r.u32());
+    }
+  }
+  r.end();
 }
 
 export function parseIndexBody(bytes: Uint8Array): IndexedPack[] {

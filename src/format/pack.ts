@@ -3,6 +3,8 @@ import { encodeHeader, HEADER_BYTES, ObjectKind, parseHeader } from "./envelope.
 
 export const ID_BYTES = 16;
 export const CHUNK_ID_BYTES = 32;
+/** One entry: chunk ID, offset, stored length, raw length. */
+export const ENTRY_BYTES = CHUNK_ID_BYTES + 12;
 
 /** Where one chunk lives inside a pack. */
 export interface PackEntry {
@@ -49,7 +51,7 @@ export function encodePackEntries(entries: readonly PackEntry[]): Uint8Array {
 
 export function parseEntries(r: ByteReader): PackEntry[] {
   const n = r.u32();
-  if (n * 44 > r.remaining) throw new FormatError("truncated entry list");
+  if (n * ENTRY_BYTES > r.remaining) throw new FormatError("truncated entry list");
   const out: PackEntry[] = new Array<PackEntry>(n);
   for (let i = 0; i < n; i++) {
     // A view into the parsed bytes: one buffer per index or trailer, not one per chunk.

@@ -34,6 +34,9 @@ export function defaultWorkers(): number {
   return Math.max(1, os.availableParallelism() - 1);
 }
 
+/** Main-thread time per slice of an inline task before the event loop gets a turn. */
+const INLINE_SLICE_MS = 1;
+
 interface Pending {
   readonly resolve: (r: ResultOf<Task>) => void;
   readonly reject: (e: unknown) => void;
@@ -150,22 +153,39 @@ export class WorkerPool {
     }
   }
 
-  /** Runs the next queued task on the main thread in its own turn of the event loop, so I/O callbacks run in between. */
+  /**
+   * Runs the next queued task on the main thread in slices of about a millisecond, each in its
+   * own turn of the event loop: I/O callbacks and worker answers (and so new work for the
+   * workers) are handled in between.
+   */
   #runInline(runner: TaskRunner): void {
+    const next = this.#queue.shift();
+    if (next === undefined) return;
     this.#inlineBusy = true;
-    setImmediate(() => {
-      const next = this.#queue.shift();
-      if (next !== undefined) {
-        this.stats.inline++;
-        try {
-          next.pending.resolve(runner.run(next.task));
-        } catch (e) {
-          next.pending.reject(e);
-        }
-      }
+    this.stats.inline++;
+    const steps = runner.steps(next.task);
+    const finish = (): void => {
       this.#inlineBusy = false;
       this.#dispatch();
-    });
+    };
+    const slice = (): void => {
+      try {
+        const until = performance.now() + INLINE_SLICE_MS;
+        for (;;) {
+          const r = steps.next();
+          if (r.done === true) {
+            next.pending.resolve(r.value);
+            return finish();
+          }
+          if (performance.now() >= until) break;
+        }
+      } catch (e) {
+        next.pending.reject(e);
+        return finish();
+      }
+      setImmediate(slice);
+    };
+    setImmediate(slice);
   }
 
   #watch(slot: Slot): void {

@@ -4,6 +4,9 @@ import { Zstd } from "../compress/zstd.js";
 import { BlobScratch, BlobStatus, maxBlobLength, openBlobInto, sealBlobInto } from "../pack/blob.js";
 import { CHUNK_ID_KEY, type OpenResult, type OpenTask, type ScanResult, type ScanTask, type SealResult, type SealTask, type Task, type ResultOf } from "./protocol.js";
 
+/** Input bytes between pauses of a task run in steps (about 0.3 ms of work). */
+const SLICE_BYTES = 256 * 1024;
+
 /**
  * The per-chunk work of the pipeline, the same code in a worker thread and inline on the main
  * thread (workers = 0): scan (zero detection and chunk IDs), seal (compress and encrypt), open
@@ -15,6 +18,7 @@ export class TaskRunner {
   readonly #keys = new Map<string, Uint8Array>();
   readonly #scratch = new BlobScratch();
   #zero = new Uint8Array(16 * 1024);
+  #sliced = 0;
 
   constructor(crypto: BulkCrypto, compressionLevel: number) {
     this.#crypto = crypto;
@@ -37,15 +41,35 @@ export class TaskRunner {
   }
 
   run<T extends Task>(task: T): ResultOf<T> {
+    const steps = this.steps(task);
+    for (;;) {
+      const r = steps.next();
+      if (r.done === true) return r.value;
+    }
+  }
+
+  /**
+   * The task as steps: the generator pauses after about every SLICE_BYTES of input, so a thread
+   * with other duties (the main thread) can run a task in slices between its I/O callbacks.
+   */
+  steps<T extends Task>(task: T): Generator<void, ResultOf<T>> {
     switch (task.kind) {
       case "scan":
-        return this.#scan(task) as ResultOf<T>;
+        return this.#scan(task) as Generator<void, ResultOf<T>>;
       case "seal":
-        return this.#seal(task) as ResultOf<T>;
+        return this.#seal(task) as Generator<void, ResultOf<T>>;
       case "open":
-        return this.#open(task) as ResultOf<T>;
+        return this.#open(task) as Generator<void, ResultOf<T>>;
     }
     throw new Error("unknown task");
+  }
+
+  /** Counts processed bytes; true once a slice's worth has passed since the last pause. */
+  #slice(bytes: number): boolean {
+    this.#sliced += bytes;
+    if (this.#sliced < SLICE_BYTES) return false;
+    this.#sliced = 0;
+    return true;
   }
 
   #key(name: string): Uint8Array {
@@ -54,7 +78,7 @@ export class TaskRunner {
     return k;
   }
 
-  #scan(t: ScanTask): ScanResult {
+  *#scan(t: ScanTask): Generator<void, ScanResult> {
     const n = t.ranges.length / 2;
     const ids = new Uint8Array(n * HASH_BYTES);
     const zero = new Uint8Array(n);
@@ -64,6 +88,7 @@ export class TaskRunner {
       const chunk = data.subarray(t.ranges[2 * i] as number, (t.ranges[2 * i] as number) + (t.ranges[2 * i + 1] as number));
       if (t.detectZero && this.#isZero(chunk)) zero[i] = 1;
       else this.#crypto.chunkId(key, chunk, ids.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES));
+      if (this.#slice(chunk.length)) yield;
     }
     return { data, ids, zero };
   }
@@ -73,7 +98,7 @@ export class TaskRunner {
     return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength).equals(Buffer.from(this.#zero.buffer, 0, chunk.byteLength));
   }
 
-  #seal(t: SealTask): SealResult {
+  *#seal(t: SealTask): Generator<void, SealResult> {
     const n = t.ranges.length / 2;
     let bound = 0;
     for (let i = 0; i < n; i++) bound += maxBlobLength(t.ranges[2 * i + 1] as number);
@@ -96,11 +121,12 @@ export class TaskRunner {
       );
       lengths[i] = written;
       at += written;
+      if (this.#slice(length)) yield;
     }
     return { data: t.data, blobs: blobs.subarray(0, at), lengths };
   }
 
-  #open(t: OpenTask): OpenResult {
+  *#open(t: OpenTask): Generator<void, OpenResult> {
     const n = t.entries.length / 3;
     const placed = t.outOffsets;
     let total = 0;
@@ -132,6 +158,7 @@ export class TaskRunner {
       // Unauthenticated bytes never leave the runner.
       if (status[i] !== BlobStatus.Ok) out.fill(0);
       at += raw;
+      if (this.#slice(raw)) yield;
     }
     return { data: t.data, plain, status };
   }

@@ -74,20 +74,27 @@ export class ChunkIndex {
 
   /** Adds a chunk; returns false (and changes nothing) when the ID is already present. */
   add(id: Uint8Array, packNo: number, offset: number, length: number, rawLength: number): boolean {
-    if (this.find(id) >= 0) return false;
+    return this.addAt(id, 0, packNo, offset, length, rawLength);
+  }
+
+  /** add() for the ID at src[at, at + 32), so a caller walking encoded entries makes no view per chunk. */
+  addAt(src: Uint8Array, at: number, packNo: number, offset: number, length: number, rawLength: number): boolean {
+    if (this.#findAt(src, at) >= 0) return false;
     if (this.#count + 1 > this.#slots.length * MAX_LOAD) this.#grow();
     const entry = this.#count++;
     const block = entry >>> BLOCK_SHIFT;
-    const at = entry & BLOCK_MASK;
-    if (at === 0) {
+    const inBlock = entry & BLOCK_MASK;
+    if (inBlock === 0) {
       this.#ids.push(new Uint8Array(BLOCK_ENTRIES * this.#keyBytes));
       if (this.#locations) this.#meta.push(new Uint32Array(BLOCK_ENTRIES * META_WORDS));
     }
-    (this.#ids[block] as Uint8Array).set(id.subarray(0, this.#keyBytes), at * this.#keyBytes);
-    this.#insertSlot(id, entry);
+    const ids = this.#ids[block] as Uint8Array;
+    const base = inBlock * this.#keyBytes;
+    for (let i = 0; i < this.#keyBytes; i++) ids[base + i] = src[at + i] as number;
+    this.#insertSlot(src, at, entry);
     if (!this.#locations) return true;
     const meta = this.#meta[block] as Uint32Array;
-    const m = at * META_WORDS;
+    const m = inBlock * META_WORDS;
     meta[m] = packNo;
     meta[m + 1] = offset;
     meta[m + 2] = length;
@@ -102,13 +109,17 @@ export class ChunkIndex {
 
   /** Entry number of an ID, or -1. */
   find(id: Uint8Array): number {
+    return this.#findAt(id, 0);
+  }
+
+  #findAt(src: Uint8Array, at: number): number {
     const mask = this.#slots.length - 1;
-    let slot = hashOf(id) & mask;
+    let slot = hashOf(src, at) & mask;
     for (;;) {
       const v = this.#slots[slot] as number;
       if (v === 0) return -1;
       const entry = v - 1;
-      if (this.#sameId(entry, id)) return entry;
+      if (this.#sameId(entry, src, at)) return entry;
       slot = (slot + 1) & mask;
     }
   }
@@ -156,30 +167,32 @@ export class ChunkIndex {
     return (this.#ids[entry >>> BLOCK_SHIFT] as Uint8Array).subarray(at, at + this.#keyBytes);
   }
 
-  #sameId(entry: number, id: Uint8Array): boolean {
+  #sameId(entry: number, src: Uint8Array, at: number): boolean {
     const ids = this.#ids[entry >>> BLOCK_SHIFT] as Uint8Array;
     const n = this.#keyBytes;
     const base = (entry & BLOCK_MASK) * n;
-    for (let i = 0; i < n; i++) if (ids[base + i] !== id[i]) return false;
+    for (let i = 0; i < n; i++) if (ids[base + i] !== src[at + i]) return false;
     return true;
   }
 
-  #insertSlot(id: Uint8Array, entry: number): void {
+  #insertSlot(src: Uint8Array, at: number, entry: number): void {
     const mask = this.#slots.length - 1;
-    let slot = hashOf(id) & mask;
+    let slot = hashOf(src, at) & mask;
     while (this.#slots[slot] !== 0) slot = (slot + 1) & mask;
     this.#slots[slot] = entry + 1;
   }
 
   #grow(): void {
     this.#slots = new Int32Array(this.#slots.length * 2);
-    for (let entry = 0; entry < this.#count; entry++) this.#insertSlot(this.#id(entry), entry);
+    for (let entry = 0; entry < this.#count; entry++) {
+      this.#insertSlot(this.#ids[entry >>> BLOCK_SHIFT] as Uint8Array, (entry & BLOCK_MASK) * this.#keyBytes, entry);
+    }
   }
 }
 
 /** Chunk IDs are keyed hashes, so their first bytes are already uniform. */
-function hashOf(id: Uint8Array): number {
-  return ((id[0] as number) | ((id[1] as number) << 8) | ((id[2] as number) << 16) | ((id[3] as number) << 24)) >>> 0;
+function hashOf(src: Uint8Array, at: number): number {
+  return ((src[at] as number) | ((src[at + 1] as number) << 8) | ((src[at + 2] as number) << 16) | ((src[at + 3] as number) << 24)) >>> 0;
 }
 
 export function chunkIdHex(id: Uint8Array): string {

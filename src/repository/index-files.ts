@@ -2,11 +2,11 @@ import { IntegrityError, type Damage } from "../errors.js";
 import { CryptoFailure } from "../crypto/suite.js";
 import { FormatError } from "../format/codec.js";
 import { encodeEnvelope, envelopeAd, ObjectKind, parseEnvelope } from "../format/envelope.js";
-import { encodeIndexBody, encodeIndexMeta, parseIndexBody, parseIndexMeta, type IndexedPack } from "../format/index-file.js";
+import { encodeIndexBody, encodeIndexMeta, parseIndexBody, parseIndexMeta, visitIndexBody, type IndexBodyVisitor, type IndexedPack } from "../format/index-file.js";
 import { INDEX_PREFIX, indexKey } from "../format/layout.js";
 import { listAll, type AppendOnlyStore } from "../storage/types.js";
 import { concatBytes, toHex, utf8 } from "../util/bytes.js";
-import { ChunkIndex } from "./chunk-index.js";
+import { ChunkIndex, type PackRef } from "./chunk-index.js";
 import type { Repository } from "./repository.js";
 
 /** One index file as read from the repository. */
@@ -18,6 +18,17 @@ export interface IndexFile {
 }
 
 export async function readIndexFile(repo: Repository, key: string): Promise<IndexFile> {
+  const { indexId, epoch, body } = await readIndexBody(repo, key);
+  try {
+    return { key, indexId, epoch, packs: parseIndexBody(body) };
+  } catch (e) {
+    if (e instanceof FormatError) throw IntegrityError.object(key, "index does not authenticate (modified or corrupted)");
+    throw e;
+  }
+}
+
+/** An index file's decrypted, authenticated body, not yet parsed. */
+async function readIndexBody(repo: Repository, key: string): Promise<{ indexId: string; epoch: number; body: Uint8Array }> {
   const bytes = await repo.store.get(key);
   try {
     const env = parseEnvelope(ObjectKind.Index, bytes, false);
@@ -28,7 +39,7 @@ export async function readIndexFile(repo: Repository, key: string): Promise<Inde
     const sealed = env.payloads[0];
     if (sealed === undefined || env.payloads.length !== 1) throw new FormatError("bad payload count");
     const body = repo.crypto.open(secret, sealed, envelopeAd(ObjectKind.Index, env.metaBytes));
-    return { key, indexId: meta.indexId, epoch: meta.epoch, packs: parseIndexBody(body) };
+    return { indexId: meta.indexId, epoch: meta.epoch, body };
   } catch (e) {
     if (e instanceof FormatError || e instanceof CryptoFailure) throw IntegrityError.object(key, "index does not authenticate (modified or corrupted)");
     throw e;
@@ -47,9 +58,19 @@ export async function loadIndex(
 ): Promise<ChunkIndex> {
   const index = new ChunkIndex(o);
   for (const { key } of await listAll(repo.store, INDEX_PREFIX)) {
-    let file: IndexFile;
     try {
-      file = await readIndexFile(repo, key);
+      if (onFile !== undefined) {
+        const file = await readIndexFile(repo, key);
+        onFile(file);
+        for (const p of file.packs) {
+          const packNo = index.addPack({ packId: toHex(p.packId), sessionId: toHex(p.sessionId), packLength: p.packLength });
+          for (const e of p.entries) index.add(e.chunkId, packNo, e.offset, e.length, e.rawLength);
+        }
+      } else {
+        // No objects per entry: a large index loads without growing the heap.
+        const { body } = await readIndexBody(repo, key);
+        addIndexBody(index, key, body);
+      }
     } catch (e) {
       if (onDamage !== undefined && e instanceof IntegrityError) {
         for (const d of e.damage) onDamage(d);
@@ -57,13 +78,29 @@ export async function loadIndex(
       }
       throw e;
     }
-    onFile?.(file);
-    for (const p of file.packs) {
-      const packNo = index.addPack({ packId: toHex(p.packId), sessionId: toHex(p.sessionId), packLength: p.packLength });
-      for (const e of p.entries) index.add(e.chunkId, packNo, e.offset, e.length, e.rawLength);
-    }
   }
   return index;
+}
+
+/**
+ * Adds an index body's entries to the index. The body is checked whole first, so a malformed one
+ * adds nothing.
+ */
+function addIndexBody(index: ChunkIndex, key: string, body: Uint8Array): void {
+  const packs: PackRef[] = [];
+  const check: IndexBodyVisitor = { pack: (packId, sessionId, packLength) => void packs.push({ packId: toHex(packId), sessionId: toHex(sessionId), packLength }), entry: () => undefined };
+  try {
+    visitIndexBody(body, check);
+  } catch (e) {
+    if (e instanceof FormatError) throw IntegrityError.object(key, "index does not authenticate (modified or corrupted)");
+    throw e;
+  }
+  let packNo = -1;
+  let next = 0;
+  visitIndexBody(body, {
+    pack: () => void (packNo = index.addPack(packs[next++] as PackRef)),
+    entry: (bytes, at, offset, length, rawLength) => void index.addAt(bytes, at, packNo, offset, length, rawLength),
+  });
 }
 
 /** Encrypts packs' entries under the current epoch's index key and stores them as one index file. */

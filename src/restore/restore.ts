@@ -116,7 +116,9 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
 /** Everything after authorization and the "started" record: decrypts and writes. */
 async function restoreRecord(repo: Repository, sessions: SessionKeys, record: SnapshotRecord, target: string, o: RestoreOptions): Promise<RestoreResult> {
   // Workers start while the snapshot and the index load.
-  const starting = WorkerPool.create({ compressionLevel: repo.config.compressionLevel, ...(o.workers === undefined ? {} : { workers: o.workers }) });
+  // Restore keeps many windows in flight: a deeper queue per worker keeps the worker busy while
+  // the main thread, which also writes the target, takes the overflow.
+  const starting = WorkerPool.create({ compressionLevel: repo.config.compressionLevel, tasksPerWorker: 4, ...(o.workers === undefined ? {} : { workers: o.workers }) });
   starting.catch(() => undefined);
   try {
     return await restoreWith(repo, sessions, record, target, o, starting);
