@@ -1,4 +1,4 @@
-import { encodeChunkList, LIST_SPAN, type ChunkRef } from "../format/chunklist.js";
+import { ChunkListEncoder, LIST_SPAN, type ChunkRef } from "../format/chunklist.js";
 import { toHex } from "../util/bytes.js";
 import type { ChunkSink } from "./sink.js";
 
@@ -8,7 +8,8 @@ import type { ChunkSink } from "./sink.js";
  */
 export class ChunkListBuilder {
   readonly #sink: ChunkSink;
-  #refs: ChunkRef[] = [];
+  /** IDs are copied in as they come: no reference to a batch's buffers outlives its planning. */
+  readonly #encoder = new ChunkListEncoder();
   readonly lists: string[] = [];
   dataChunks = 0;
   zeroChunks = 0;
@@ -20,18 +21,16 @@ export class ChunkListBuilder {
   push(ref: ChunkRef): void {
     if (ref === null) this.zeroChunks++;
     else this.dataChunks++;
-    this.#refs.push(ref);
-    if (this.#refs.length === LIST_SPAN) this.#emit();
+    this.#encoder.push(ref);
+    if (this.#encoder.count === LIST_SPAN) this.#emit();
   }
 
   finish(): string[] {
-    if (this.#refs.length > 0) this.#emit();
+    if (this.#encoder.count > 0) this.#emit();
     return this.lists;
   }
 
   #emit(): void {
-    const bytes = encodeChunkList(this.#refs);
-    this.#refs = [];
-    this.lists.push(toHex(this.#sink.putSmall(bytes)));
+    this.lists.push(toHex(this.#sink.putSmall(this.#encoder.finish())));
   }
 }

@@ -115,12 +115,8 @@ export class ChunkSink {
           if (plan.seal !== undefined) {
             const sealed = await plan.seal;
             data = sealed.data;
-            let at = 0;
-            for (let i = 0; i < sealed.lengths.length; i++) {
-              const length = sealed.lengths[i] as number;
-              await this.#store({ id: plan.sealIds.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES), bytes: sealed.blobs.subarray(at, at + length), rawLength: plan.rawLengths[i] as number });
-              at += length;
-            }
+            this.stats.storedBytes += sealed.blobs.length;
+            await this.#o.packs.addAll(plan.sealIds, sealed.blobs, sealed.lengths, plan.rawLengths);
             // The pack writer copied the blobs: their buffer can take the next batch's.
             if (this.#spare.length < this.#o.maxBatches) this.#spare.push(new Uint8Array(sealed.blobs.buffer));
           }

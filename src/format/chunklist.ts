@@ -13,22 +13,50 @@ export type ChunkRef = Uint8Array | null;
 
 /** Encodes one span of chunk positions: zero runs as counts, data chunks as IDs. */
 export function encodeChunkList(refs: readonly ChunkRef[]): Uint8Array {
-  const w = new ByteWriter(16 + refs.length * (CHUNK_ID_BYTES + 1));
-  w.u8(LIST_VERSION).varint(refs.length);
-  let zeros = 0;
-  for (const ref of refs) {
-    if (ref === null) {
-      zeros++;
-      continue;
-    }
-    if (zeros > 0) {
-      w.u8(TAG_ZERO_RUN).varint(zeros);
-      zeros = 0;
-    }
-    w.u8(TAG_CHUNK).raw(ref);
+  const encoder = new ChunkListEncoder();
+  for (const ref of refs) encoder.push(ref);
+  return encoder.finish();
+}
+
+/**
+ * encodeChunkList position by position: each ID is copied in as it comes, so a caller building
+ * a long list keeps no reference to the buffers its IDs came from. Reusable after finish().
+ */
+export class ChunkListEncoder {
+  #body = new ByteWriter(16 + LIST_SPAN * (CHUNK_ID_BYTES + 1));
+  #count = 0;
+  #zeros = 0;
+
+  get count(): number {
+    return this.#count;
   }
-  if (zeros > 0) w.u8(TAG_ZERO_RUN).varint(zeros);
-  return w.finish();
+
+  push(ref: ChunkRef): void {
+    if (this.#count >= LIST_SPAN) throw new RangeError("chunk list span is full");
+    this.#count++;
+    if (ref === null) {
+      this.#zeros++;
+      return;
+    }
+    this.#flushZeros();
+    this.#body.u8(TAG_CHUNK).raw(ref.subarray(0, CHUNK_ID_BYTES));
+  }
+
+  finish(): Uint8Array {
+    this.#flushZeros();
+    const body = this.#body.finish();
+    const w = new ByteWriter(16 + body.length);
+    w.u8(LIST_VERSION).varint(this.#count).raw(body);
+    this.#body = new ByteWriter(16 + LIST_SPAN * (CHUNK_ID_BYTES + 1));
+    this.#count = 0;
+    return w.finish();
+  }
+
+  #flushZeros(): void {
+    if (this.#zeros === 0) return;
+    this.#body.u8(TAG_ZERO_RUN).varint(this.#zeros);
+    this.#zeros = 0;
+  }
 }
 
 export function parseChunkList(bytes: Uint8Array): ChunkRef[] {

@@ -78,11 +78,32 @@ export class PackWriter {
     this.#throwIfFailed();
     const open = this.#open ?? (await this.#openPack());
     const placement = { packId: toHex(open.ids.packId), offset: this.#size, length: blob.length };
-    await this.#append(open, blob);
+    const waiting = this.#append(open, blob);
+    if (waiting !== undefined) await waiting;
     this.#entries.push({ chunkId, offset: this.#size, length: blob.length, rawLength });
     this.#size += blob.length;
     if (this.#size >= this.#o.packSize) await this.#seal();
     return placement;
+  }
+
+  /**
+   * add() for a batch of blobs stored one after another in blobs (lengths[i] bytes each, chunk
+   * IDs 32 bytes each in ids, which the entries keep views of): one call and, unless a stage or
+   * a pack commit has to be waited for, no pause per blob.
+   */
+  async addAll(ids: Uint8Array, blobs: Uint8Array, lengths: Uint32Array, rawLengths: Uint32Array): Promise<void> {
+    let at = 0;
+    for (let i = 0; i < lengths.length; i++) {
+      this.#throwIfFailed();
+      const open = this.#open ?? (await this.#openPack());
+      const length = lengths[i] as number;
+      const waiting = this.#append(open, blobs.subarray(at, at + length));
+      if (waiting !== undefined) await waiting;
+      this.#entries.push({ chunkId: ids.subarray(i * 32, i * 32 + 32), offset: this.#size, length, rawLength: rawLengths[i] as number });
+      this.#size += length;
+      at += length;
+      if (this.#size >= this.#o.packSize) await this.#seal();
+    }
   }
 
   /** Seals the open pack and waits until every pack is durable and announced. */
@@ -111,32 +132,45 @@ export class PackWriter {
     writer.catch(() => undefined);
     const open: OpenPack = { ids, writer, tail: Promise.resolve(), pending: 0 };
     this.#open = open;
-    await this.#append(open, encodePackPrefix(this.#o.sessionId));
+    const waiting = this.#append(open, encodePackPrefix(this.#o.sessionId));
+    if (waiting !== undefined) await waiting;
     return open;
   }
 
-  /** Copies bytes into the staging buffers, handing each full one to the store. */
-  async #append(open: OpenPack, bytes: Uint8Array): Promise<void> {
+  /**
+   * Copies bytes into the staging buffers, handing each full one to the store. Synchronous
+   * while a staging buffer is free; otherwise returns a promise that finishes the copy.
+   */
+  #append(open: OpenPack, bytes: Uint8Array): Promise<void> | undefined {
     let at = 0;
     while (at < bytes.length) {
-      const stage = this.#stage ?? (await this.#takeStage());
+      const stage = this.#stage ?? (this.#stage = this.#freeStage());
+      if (stage === undefined) {
+        const rest = bytes.subarray(at);
+        return this.#takeStage().then(() => this.#append(open, rest));
+      }
       const n = Math.min(bytes.length - at, stage.length - this.#staged);
       stage.set(bytes.subarray(at, at + n), this.#staged);
       this.#staged += n;
       at += n;
       if (this.#staged === stage.length) this.#writeStage(open);
     }
+    return undefined;
+  }
+
+  /** A staging buffer not in use (one is made while fewer than STAGES exist), or undefined. */
+  #freeStage(): Uint8Array | undefined {
+    const free = this.#freeStages.pop();
+    if (free !== undefined || this.#stagesMade >= STAGES) return free;
+    this.#stagesMade++;
+    return new Uint8Array(this.#stageBytes);
   }
 
   async #takeStage(): Promise<Uint8Array> {
     for (;;) {
       this.#throwIfFailed();
-      const free = this.#freeStages.pop();
+      const free = this.#freeStage();
       if (free !== undefined) return (this.#stage = free);
-      if (this.#stagesMade < STAGES) {
-        this.#stagesMade++;
-        return (this.#stage = new Uint8Array(this.#stageBytes));
-      }
       await new Promise<void>((resolve) => this.#stageWaiters.push(resolve));
     }
   }
@@ -181,7 +215,8 @@ export class PackWriter {
     tail.set(ids.trailerNonce, 0);
     tail.set(sealed, ids.trailerNonce.length);
     new DataView(tail.buffer).setUint32(trailerLength, trailerLength, true);
-    await this.#append(open, tail);
+    const waiting = this.#append(open, tail);
+    if (waiting !== undefined) await waiting;
     this.#writeStage(open);
     this.#open = undefined;
     this.#entries = [];
