@@ -48,8 +48,8 @@ export function encodeIndexBodyFromParts(parts: readonly Uint8Array[]): Uint8Arr
 
 /** Receives an index body's packs and entries as parseIndexBody reads them, without an object per entry. */
 export interface IndexBodyVisitor {
-  /** A pack; its entries follow. */
-  pack(packId: Uint8Array, sessionId: Uint8Array, packLength: number): void;
+  /** A pack; its entries follow. entries is their encoding (count and entries, as encodePackEntries gives). */
+  pack(packId: Uint8Array, sessionId: Uint8Array, packLength: number, entries: Uint8Array): void;
   /** An entry of the last pack: its chunk ID is bytes[at, at + 32). */
   entry(bytes: Uint8Array, at: number, offset: number, length: number, rawLength: number): void;
 }
@@ -65,9 +65,11 @@ export function visitIndexBody(bytes: Uint8Array, visitor: IndexBodyVisitor): vo
   for (let i = 0; i < n; i++) {
     const packId = r.raw(ID_BYTES).slice();
     const sessionId = r.raw(ID_BYTES).slice();
-    visitor.pack(packId, sessionId, r.u64());
+    const packLength = r.u64();
+    const start = r.position;
     const entries = r.u32();
     if (entries * ENTRY_BYTES > r.remaining) throw new FormatError("truncated entry list");
+    visitor.pack(packId, sessionId, packLength, bytes.subarray(start, start + 4 + entries * ENTRY_BYTES));
     for (let j = 0; j < entries; j++) {
       const at = r.position;
       r.raw(CHUNK_ID_BYTES);

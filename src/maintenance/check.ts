@@ -91,13 +91,14 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
     await checkGrants(repo, report);
     const snapshots = await listSnapshots(repo, report);
     const indexedPacks = new Map<string, IndexedPackSummary>();
-    let indexFiles = 0;
-    const index = await loadIndex(repo, report, (file) => {
-      indexFiles++;
-      for (const p of file.packs) {
-        indexedPacks.set(toHex(p.packId), { sessionId: toHex(p.sessionId), packLength: p.packLength, indexKey: file.key, entriesDigest: entriesDigest(repo.crypto, p.entries) });
-      }
+    const files = new Set<string>();
+    const index = await loadIndex(repo, report, undefined, {
+      onPack: (p) => {
+        files.add(p.indexKey);
+        indexedPacks.set(toHex(p.packId), { sessionId: toHex(p.sessionId), packLength: p.packLength, indexKey: p.indexKey, entriesDigest: repo.crypto.hash(p.entries) });
+      },
     });
+    const indexFiles = files.size;
     const stored = new Map<string, number>();
     for (const o of await listAll(repo.store, PACK_PREFIX)) {
       const id = parsePackKey(o.key);

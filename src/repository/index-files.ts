@@ -50,11 +50,21 @@ async function readIndexBody(repo: Repository, key: string): Promise<{ indexId: 
  * Loads every index file into a ChunkIndex. A damaged file is reported to onDamage when given
  * (check collects), otherwise it stops the operation.
  */
+/** A pack as an index file lists it, its entries still encoded (see encodePackEntries). */
+export interface IndexedPackBytes {
+  readonly packId: Uint8Array;
+  readonly sessionId: Uint8Array;
+  readonly packLength: number;
+  readonly entries: Uint8Array;
+  /** The index file that lists it. */
+  readonly indexKey: string;
+}
+
 export async function loadIndex(
   repo: Repository,
   onDamage?: (d: Damage) => void,
   onFile?: (f: IndexFile) => void,
-  o: { locations?: boolean } = {},
+  o: { locations?: boolean; onPack?: (p: IndexedPackBytes) => void } = {},
 ): Promise<ChunkIndex> {
   const index = new ChunkIndex(o);
   for (const { key } of await listAll(repo.store, INDEX_PREFIX)) {
@@ -69,7 +79,7 @@ export async function loadIndex(
       } else {
         // No objects per entry: a large index loads without growing the heap.
         const { body } = await readIndexBody(repo, key);
-        addIndexBody(index, key, body);
+        addIndexBody(index, key, body, o.onPack);
       }
     } catch (e) {
       if (onDamage !== undefined && e instanceof IntegrityError) {
@@ -86,9 +96,16 @@ export async function loadIndex(
  * Adds an index body's entries to the index. The body is checked whole first, so a malformed one
  * adds nothing.
  */
-function addIndexBody(index: ChunkIndex, key: string, body: Uint8Array): void {
+function addIndexBody(index: ChunkIndex, key: string, body: Uint8Array, onPack?: (p: IndexedPackBytes) => void): void {
   const packs: PackRef[] = [];
-  const check: IndexBodyVisitor = { pack: (packId, sessionId, packLength) => void packs.push({ packId: toHex(packId), sessionId: toHex(sessionId), packLength }), entry: () => undefined };
+  const found: IndexedPackBytes[] = [];
+  const check: IndexBodyVisitor = {
+    pack: (packId, sessionId, packLength, entries) => {
+      packs.push({ packId: toHex(packId), sessionId: toHex(sessionId), packLength });
+      found.push({ packId, sessionId, packLength, entries, indexKey: key });
+    },
+    entry: () => undefined,
+  };
   try {
     visitIndexBody(body, check);
   } catch (e) {
@@ -101,6 +118,7 @@ function addIndexBody(index: ChunkIndex, key: string, body: Uint8Array): void {
     pack: () => void (packNo = index.addPack(packs[next++] as PackRef)),
     entry: (bytes, at, offset, length, rawLength) => void index.addAt(bytes, at, packNo, offset, length, rawLength),
   });
+  if (onPack !== undefined) for (const p of found) onPack(p);
 }
 
 /** Encrypts packs' entries under the current epoch's index key and stores them as one index file. */
