@@ -43,8 +43,15 @@ export class Vault {
     const repository = await openRepository(o);
     const target = o.kdfTarget;
     if (target !== undefined && repository.slotKdf !== undefined && isWeakerThan(repository.slotKdf, target)) {
+      const from = repository.slotKdf;
       await rewrapSlot(repository, o.passphrase, target);
       repository.slotKdf = target;
+      // The slot changed: the trail says so, like any passphrase change.
+      await appendAudit(repository, {
+        action: "user passwd",
+        result: "succeeded",
+        target: { user: repository.userName, kdfUpgrade: `${from.memoryKiB} KiB/${from.passes} passes -> ${target.memoryKiB} KiB/${target.passes} passes` },
+      });
     }
     return new Vault(repository);
   }

@@ -135,6 +135,11 @@ describe("rotation revokes for real", () => {
     expect(meta.kdf).toMatchObject({ memoryKiB: 2048, passes: 2 });
     // Same passphrase still opens it, and a second unlock does not rewrite again.
     const again = await Vault.open({ store: new FsStore(dir), user: "admin", passphrase: Secret.fromString("correct horse battery staple"), kdfTarget: stronger });
+    // The upgrade is in the audit trail, once.
+    const upgrades = (await again.auditLog({ action: "user passwd" })).filter((r) => JSON.stringify(r.target).includes("kdfUpgrade"));
+    expect(upgrades).toHaveLength(1);
+    expect(JSON.stringify(upgrades[0]?.target)).toContain("-> 2048 KiB/2 passes");
+    expect((await again.auditVerify()).ok).toBe(true);
     await again.close();
     expect((await listAll(new FsStore(dir), "keys/admin/")).map((o) => o.key)).toEqual(slots.map((o) => o.key));
   });

@@ -89,6 +89,7 @@ export class CliContext {
       {
         envVar: "VMVAULT_PASSPHRASE",
         file: this.settings.passphraseFile,
+        fileFromFlag: this.globals.passphraseFile !== undefined,
         prompt: `Passphrase for ${this.settings.user ?? "user"}: `,
         confirm,
         hint: "set VMVAULT_PASSPHRASE or pass --passphrase-file",
@@ -108,7 +109,7 @@ export class CliContext {
   /** The new passphrase for `user add` and `user passwd`. */
   async newPassphrase(file: string | undefined, who: string): Promise<Secret> {
     return obtainPassphrase(
-      { envVar: "VMVAULT_NEW_PASSPHRASE", file, prompt: `New passphrase for ${who}: `, confirm: true, hint: "set VMVAULT_NEW_PASSPHRASE or pass --new-passphrase-file" },
+      { envVar: "VMVAULT_NEW_PASSPHRASE", file, fileFromFlag: file !== undefined, prompt: `New passphrase for ${who}: `, confirm: true, hint: "set VMVAULT_NEW_PASSPHRASE or pass --new-passphrase-file" },
       (m) => this.warn(m),
     );
   }

@@ -71,10 +71,13 @@ export interface PassphraseSource {
   readonly confirm: boolean;
   /** What to set instead, said when there is no terminal to ask on. */
   readonly hint: string;
+  /** The file was named by a command-line flag, which beats the environment variable. */
+  readonly fileFromFlag?: boolean;
 }
 
-/** Environment variable, then file, then a prompt (only on a terminal). */
+/** A file named by a flag, then the environment variable, then a file named elsewhere, then a prompt (only on a terminal). */
 export async function obtainPassphrase(src: PassphraseSource, warn: (m: string) => void, env: Env = process.env): Promise<Secret> {
+  if (src.fileFromFlag === true && src.file !== undefined) return readPassphraseFile(src.file, warn);
   const fromEnv = env[src.envVar];
   if (fromEnv !== undefined && fromEnv !== "") return Secret.fromString(fromEnv);
   if (src.file !== undefined) return readPassphraseFile(src.file, warn);

@@ -20,6 +20,12 @@ export interface RemovedUser {
   readonly removedAt: string;
   /** Snapshots this user signed before removal; readers accept no others from them. */
   readonly snapshots: readonly string[];
+  /**
+   * Snapshot id → BLAKE2b-256 (hex) of the message the user signed for it, so a removed user
+   * cannot re-sign different content under an accepted id. Written by every removal; registry
+   * versions from before it was introduced lack it (ids alone are then checked).
+   */
+  readonly snapshotDigests?: Readonly<Record<string, string>>;
 }
 
 export interface EpochInfo {
@@ -89,6 +95,7 @@ export function encodeRegistryMeta(d: RegistryDoc): Json {
       removedBy: u.removedBy,
       removedAt: u.removedAt,
       snapshots: [...u.snapshots],
+      ...(u.snapshotDigests === undefined ? {} : { snapshotDigests: Object.fromEntries(Object.keys(u.snapshotDigests).sort().map((id) => [id, u.snapshotDigests?.[id] as string])) }),
     })),
     epochs: d.epochs.map((e) => ({
       id: e.id,
@@ -131,6 +138,7 @@ export function parseRegistryMeta(value: unknown): RegistryDoc {
         if (typeof s !== "string") throw new FormatError("bad snapshot id");
         return s;
       }),
+      ...(u["snapshotDigests"] === undefined ? {} : { snapshotDigests: digestMap(u["snapshotDigests"]) }),
     };
   });
   const epochs = arr(o, "epochs").map((v): EpochInfo => {
@@ -173,4 +181,15 @@ export function parseRegistryMeta(value: unknown): RegistryDoc {
   if ((doc.version === 1) !== (prevHash === null)) throw new FormatError("registry chain field is inconsistent");
   if (!epochs.some((e) => e.id === doc.currentEpoch)) throw new FormatError("current epoch is not listed");
   return doc;
+}
+
+/** A removed user's snapshot id → signed-message digest map: 64 hex digits per id. */
+function digestMap(value: unknown): Record<string, string> {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) throw new FormatError("bad snapshot digests");
+  const out: Record<string, string> = {};
+  for (const [id, digest] of Object.entries(value)) {
+    if (typeof digest !== "string" || !/^[0-9a-f]{64}$/.test(digest)) throw new FormatError("bad snapshot digest");
+    out[id] = digest;
+  }
+  return out;
 }

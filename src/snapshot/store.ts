@@ -22,7 +22,7 @@ import { mayWriteSnapshots } from "../keys/roles.js";
 import type { Repository } from "../repository/repository.js";
 import type { SessionKeys } from "../repository/sessions.js";
 import { listAll, type AppendOnlyStore } from "../storage/types.js";
-import { fromUtf8, toHex } from "../util/bytes.js";
+import { fromHex, fromUtf8, toHex } from "../util/bytes.js";
 
 /** A snapshot whose header opened and whose signature verified. */
 export interface SnapshotRecord {
@@ -137,6 +137,10 @@ function verifySigner(repo: Repository, key: string, header: SnapshotHeader, mes
   if (removed !== undefined && !removed.snapshots.includes(header.id)) {
     throw IntegrityError.object(key, `signed by removed user ${removed.name} and not among the snapshots accepted at removal`);
   }
+  const accepted = removed?.snapshotDigests?.[header.id];
+  if (removed?.snapshotDigests !== undefined && (accepted === undefined || !crypto.equal(fromHex(accepted), crypto.hash(message)))) {
+    throw IntegrityError.object(key, `signed by removed user ${removed.name} and not the content accepted at removal (re-signed after removal?)`);
+  }
 }
 
 /** Opens the body with the session key. */
@@ -244,4 +248,9 @@ export async function findSnapshot(repo: Repository, ref: string, vm?: string): 
   const record = await readSnapshot(repo, key);
   if (vm !== undefined && record.header.vm !== vm) throw new NotFoundError(`snapshot ${record.header.id} belongs to VM ${record.header.vm}, not ${vm}`);
   return record;
+}
+
+/** BLAKE2b-256 (hex) of the message a snapshot's creator signed: what a user's removal records. */
+export function signedDigest(repo: Repository, record: SnapshotRecord): string {
+  return toHex(repo.crypto.hash(snapshotSignedMessage(record.header.id, record.meta.sessionId, repo.crypto.hash(record.headerBytes), record.bodySealed)));
 }

@@ -9,7 +9,7 @@ import { isRole, type Role } from "../keys/roles.js";
 import { wrapSlot } from "../keys/slot.js";
 import { assertUserName, fingerprintOf } from "../repository/open.js";
 import type { Repository } from "../repository/repository.js";
-import { listSnapshots } from "../snapshot/store.js";
+import { listSnapshots, signedDigest } from "../snapshot/store.js";
 import { listAll } from "../storage/types.js";
 import { toHex } from "../util/bytes.js";
 import { appendRegistryVersion } from "./registry-update.js";
@@ -152,15 +152,14 @@ async function deleteUser(repo: Repository, name: string): Promise<RemovedUserSu
   if (user.role === "admin" && latest.users.filter((u) => u.role === "admin").length === 1) {
     throw new UsageError(`${name} is the last admin`, "add another admin first");
   }
-  const signed = (await listSnapshots(repo))
-    .filter((r) => r.header.creator === name && r.header.creatorKey === toHex(user.signPublicKey))
-    .map((r) => r.header.id)
-    .sort();
+  const records = (await listSnapshots(repo)).filter((r) => r.header.creator === name && r.header.creatorKey === toHex(user.signPublicKey));
+  const signed = records.map((r) => r.header.id).sort();
+  const snapshotDigests = Object.fromEntries(records.map((r) => [r.header.id, signedDigest(repo, r)]));
   const removedAt = repo.now();
   await appendRegistryVersion(repo, `user remove ${name}`, (doc) => ({
     ...doc,
     users: doc.users.filter((u) => u.name !== name),
-    removed: [...doc.removed, { name, role: user.role, signPublicKey: user.signPublicKey, removedBy: repo.userName, removedAt, snapshots: signed }],
+    removed: [...doc.removed, { name, role: user.role, signPublicKey: user.signPublicKey, removedBy: repo.userName, removedAt, snapshots: signed, snapshotDigests }],
   }));
   const fp = fingerprintOf(repo.crypto, user.signPublicKey);
   for (const epoch of latest.epochs.map((e) => e.id)) await repo.store.delete(grantKey(epoch, name, fp));

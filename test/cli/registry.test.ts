@@ -5,6 +5,8 @@ import { backup } from "../../src/backup/backup.js";
 import { CryptoSuite } from "../../src/crypto/suite.js";
 import { appendSignature, encodeEnvelope, ObjectKind, parseEnvelope } from "../../src/format/envelope.js";
 import { openRepository } from "../../src/repository/open.js";
+import { SessionKeys } from "../../src/repository/sessions.js";
+import { listSnapshots, readSnapshotBody, writeSnapshot } from "../../src/snapshot/store.js";
 import { FsStore, Secret } from "../../src/index.js";
 import { TEST_PASSPHRASE, vault } from "../helpers/cli.js";
 import { makeImage, tempDirs } from "../helpers/fixtures.js";
@@ -97,5 +99,31 @@ describe("registry integrity", () => {
     expect(r.stdout).toContain(`snapshots/${forged.snapshotId}`);
     expect(r.stdout).toMatch(/signed by removed user op and not among the snapshots accepted at removal/);
     void TEST_PASSPHRASE;
+  });
+
+  it("a removed user cannot re-sign other content under a snapshot id accepted at removal", async () => {
+    const { repo, image, admin } = await setup();
+    const op = vault(repo, "op", "op-pass");
+    const made = await op(["--json", "backup", "--vm", "vm", image]);
+    expect(made.code, made.stderr).toBe(0);
+    const id = (JSON.parse(made.stdout) as { snapshotId: string }).snapshotId;
+    const stale = await openRepository({ store: new FsStore(repo), user: "op", passphrase: Secret.fromString("op-pass") });
+    expect((await admin(["user", "remove", "op", "--no-rotate"])).code).toBe(0);
+    expect((await admin(["check"])).code).toBe(0);
+    // With the keys it kept, op writes a newer revision of its accepted snapshot: another host name.
+    const [record] = (await listSnapshots(stale)).filter((s) => s.header.id === id);
+    if (record === undefined) throw new Error("snapshot not found");
+    const sessions = new SessionKeys(stale);
+    const body = await readSnapshotBody(stale, sessions, record);
+    const sessionKey = await sessions.get(record.meta.sessionId);
+    await writeSnapshot(stale, stale.store, record.meta.sessionId, sessionKey, { ...record.header, host: "elsewhere" }, body, record.meta.revision + 1);
+    sessions.dispose();
+    await stale.close();
+    const r = await admin(["check"]);
+    expect(r.code).toBe(5);
+    expect(r.stdout).toContain(`snapshots/${id}`);
+    expect(r.stdout).toMatch(/signed by removed user op and not the content accepted at removal/);
+    const restore = await admin(["restore", id, "--target", path.join(tmp("out"), "t"), "--reason", "test"]);
+    expect(restore.code).toBe(5);
   });
 });

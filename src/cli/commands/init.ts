@@ -1,6 +1,8 @@
 import type { Command } from "commander";
 import { UsageError } from "../../errors.js";
 import { KDF_FLOOR } from "../../crypto/kdf.js";
+import { COMPRESSION_LEVEL_MAX, COMPRESSION_LEVEL_MIN } from "../../format/config.js";
+import { DEFAULT_CONFIG } from "../../repository/open.js";
 import { openStore } from "../../storage/open.js";
 import { Vault } from "../../vault.js";
 import { CliContext } from "../context.js";
@@ -12,7 +14,11 @@ export function registerInit(program: Command): void {
     .description("create a repository with its first user, an admin")
     .option("--kdf-memory <MiB>", `Argon2id memory for the admin's key slot (at least ${KDF_FLOOR.memoryKiB / 1024})`)
     .option("--kdf-passes <n>", `Argon2id passes (at least ${KDF_FLOOR.passes})`)
-    .action(async (opts: { kdfMemory?: string; kdfPasses?: string }, command: Command) => {
+    .option(
+      "--compression-level <n>",
+      `zstd level backups use, ${COMPRESSION_LEVEL_MIN} to ${COMPRESSION_LEVEL_MAX}; negative levels are faster and store more (default ${DEFAULT_CONFIG.compressionLevel})`,
+    )
+    .action(async (opts: { kdfMemory?: string; kdfPasses?: string; compressionLevel?: string }, command: Command) => {
       const ctx = new CliContext(command);
       const repo = requireRepo(ctx.settings);
       const user = requireUser(ctx.settings);
@@ -24,10 +30,22 @@ export function registerInit(program: Command): void {
         kdf = { memoryKiB: memoryMiB * 1024, passes, parallelism: kdf.parallelism };
         allowWeak = allowWeak && process.env["VMVAULT_INSECURE_TEST_KDF"] === "1";
       }
+      const level = opts.compressionLevel === undefined ? undefined : Number(opts.compressionLevel);
+      if (level !== undefined && (!Number.isInteger(level) || level < COMPRESSION_LEVEL_MIN || level > COMPRESSION_LEVEL_MAX)) {
+        throw new UsageError(`--compression-level ${opts.compressionLevel}: give a whole number from ${COMPRESSION_LEVEL_MIN} to ${COMPRESSION_LEVEL_MAX}`);
+      }
       const passphrase = await ctx.passphrase(true);
       let vault: Vault;
       try {
-        vault = await Vault.init({ store: openStore(repo), user, passphrase, kdf, allowWeakKdf: allowWeak, stateDir: ctx.stateDir });
+        vault = await Vault.init({
+          store: openStore(repo),
+          user,
+          passphrase,
+          kdf,
+          allowWeakKdf: allowWeak,
+          stateDir: ctx.stateDir,
+          ...(level === undefined ? {} : { config: { compressionLevel: level } }),
+        });
       } finally {
         passphrase.dispose();
       }

@@ -1,0 +1,164 @@
+/**
+ * User management end to end: listing, changing a passphrase, removing with and without
+ * rotation, the passphrase precedence, the Argon2id floor, and refusals in the library itself.
+ */
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { AccessDeniedError, FsStore, KDF_TEST, Secret, openVault } from "../../src/index.js";
+import { runCli, TEST_PASSPHRASE, vault } from "../helpers/cli.js";
+import { makeImage, readTree, sha256File, tempDirs } from "../helpers/fixtures.js";
+
+const tmp = tempDirs();
+
+async function repoWithOperator(): Promise<{ repo: string; admin: ReturnType<typeof vault> }> {
+  const repo = path.join(tmp("repo"), "r");
+  const admin = vault(repo);
+  expect((await admin(["init"])).code).toBe(0);
+  const add = await admin(["user", "add", "op", "--role", "operator"], { env: { VMVAULT_NEW_PASSPHRASE: "op-pass" } });
+  expect(add.code, add.stderr).toBe(0);
+  return { repo, admin };
+}
+
+async function files(dir: string): Promise<string[]> {
+  return [...(await readTree(dir)).entries()].map(([p, b]) => `${path.relative(dir, p)}:${b.toString("base64")}`).sort();
+}
+
+describe("users", () => {
+  it("user list --json gives name, role, fingerprint, added by and added at", async () => {
+    const { admin } = await repoWithOperator();
+    const r = await admin(["--json", "user", "list"]);
+    expect(r.code, r.stderr).toBe(0);
+    const users = JSON.parse(r.stdout) as { name: string; role: string; fingerprint: string; addedBy: string; addedAt: string }[];
+    expect(users.map((u) => [u.name, u.role, u.addedBy])).toEqual([
+      ["admin", "admin", "admin"],
+      ["op", "operator", "admin"],
+    ]);
+    for (const u of users) {
+      expect(u.fingerprint).toMatch(/^[0-9a-f]{16}$/);
+      expect(Number.isNaN(Date.parse(u.addedAt))).toBe(false);
+    }
+    expect(new Set(users.map((u) => u.fingerprint)).size).toBe(2);
+  });
+
+  it("user passwd: the new passphrase opens the repository, the old one no longer does", async () => {
+    const { repo } = await repoWithOperator();
+    const op = vault(repo, "op", "op-pass");
+    const keysBefore = (await fsp.readdir(path.join(repo, "keys", "op"))).sort();
+    const changed = await op(["user", "passwd"], { env: { VMVAULT_NEW_PASSPHRASE: "op-new-pass" } });
+    expect(changed.code, changed.stderr).toBe(0);
+    expect(changed.stdout).toMatch(/passphrase of op changed/);
+    // One slot rewritten: a new generation replaces the old one.
+    const keysAfter = (await fsp.readdir(path.join(repo, "keys", "op"))).sort();
+    expect(keysAfter).toHaveLength(1);
+    expect(keysAfter).not.toEqual(keysBefore);
+    const old = await op(["snapshots"]);
+    expect(old.code).toBe(3);
+    expect((await vault(repo, "op", "op-new-pass")(["snapshots"])).code).toBe(0);
+    // The admin's slot is untouched.
+    expect((await vault(repo)(["snapshots"])).code).toBe(0);
+  });
+
+  it("--passphrase-file beats VMVAULT_PASSPHRASE, and --new-passphrase-file beats VMVAULT_NEW_PASSPHRASE", async () => {
+    const { repo } = await repoWithOperator();
+    const dir = tmp("pass");
+    const file = path.join(dir, "op.pass");
+    await fsp.writeFile(file, "op-pass\n", { mode: 0o600 });
+    const viaFlag = await vault(repo, "op", "not it")(["--passphrase-file", file, "snapshots"]);
+    expect(viaFlag.code, viaFlag.stderr).toBe(0);
+    const newFile = path.join(dir, "new.pass");
+    await fsp.writeFile(newFile, "from-the-file\n", { mode: 0o600 });
+    const changed = await vault(repo, "op", "op-pass")(["user", "passwd", "--new-passphrase-file", newFile], { env: { VMVAULT_NEW_PASSPHRASE: "from-the-env" } });
+    expect(changed.code, changed.stderr).toBe(0);
+    expect((await vault(repo, "op", "from-the-file")(["snapshots"])).code).toBe(0);
+    expect((await vault(repo, "op", "from-the-env")(["snapshots"])).code).toBe(3);
+  });
+
+  it("user remove asks about rotation: without a terminal and without --rotate/--no-rotate it is a usage error, nothing removed", async () => {
+    const { repo, admin } = await repoWithOperator();
+    const r = await admin(["user", "remove", "op"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/--rotate or --no-rotate/);
+    expect((await vault(repo, "op", "op-pass")(["snapshots"])).code).toBe(0);
+  });
+
+  it("user remove --no-rotate says plainly what stays exposed; --rotate opens a new epoch without them", async () => {
+    const { repo, admin } = await repoWithOperator();
+    const no = await admin(["--json", "user", "remove", "op", "--no-rotate"]);
+    expect(no.code, no.stderr).toBe(0);
+    const noOut = JSON.parse(no.stdout) as { rotated: boolean; exposure: string };
+    expect(noOut.rotated).toBe(false);
+    expect(noOut.exposure).toMatch(/copied still decrypt every snapshot stored so far/);
+    let status = JSON.parse((await admin(["--json", "key", "status"])).stdout) as { current: number };
+    expect(status.current).toBe(1);
+
+    const add = await admin(["user", "add", "op2", "--role", "restorer"], { env: { VMVAULT_NEW_PASSPHRASE: "op2-pass" } });
+    expect(add.code).toBe(0);
+    const yes = await admin(["--json", "user", "remove", "op2", "--rotate"]);
+    expect(yes.code, yes.stderr).toBe(0);
+    const yesOut = JSON.parse(yes.stdout) as { rotated: boolean; exposure: string; rotation: { epoch: number } | null };
+    expect(yesOut.rotated).toBe(true);
+    expect(yesOut.rotation?.epoch).toBe(2);
+    expect(yesOut.exposure).toMatch(/open nothing written from now on/);
+    status = JSON.parse((await admin(["--json", "key", "status"])).stdout) as { current: number };
+    expect(status.current).toBe(2);
+    expect((await vault(repo, "op2", "op2-pass")(["snapshots"])).code).toBe(3);
+  });
+
+  it("init refuses Argon2id parameters below the floor outside tests, writing nothing", async () => {
+    const dir = path.join(tmp("repo"), "weak");
+    const r = await runCli(["--repo", dir, "--user", "admin", "init", "--kdf-memory", "32"], { env: { VMVAULT_INSECURE_TEST_KDF: undefined, VMVAULT_STATE_DIR: `${dir}-state` } });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/below the floor/);
+    expect(await fsp.readdir(dir).catch(() => [])).toEqual([]);
+    const passes = await runCli(["--repo", dir, "--user", "admin", "init", "--kdf-passes", "2"], { env: { VMVAULT_INSECURE_TEST_KDF: undefined, VMVAULT_STATE_DIR: `${dir}-state` } });
+    expect(passes.code).toBe(2);
+    const level = await runCli(["--repo", dir, "--user", "admin", "init", "--compression-level", "25"], { env: { VMVAULT_STATE_DIR: `${dir}-state` } });
+    expect(level.code).toBe(2);
+    expect(level.stderr).toMatch(/--compression-level 25/);
+  });
+
+  it("the library refuses a command outside the role before any work, and writes nothing", async () => {
+    const { repo, admin } = await repoWithOperator();
+    expect((await admin(["user", "add", "aud", "--role", "auditor"], { env: { VMVAULT_NEW_PASSPHRASE: "aud-pass" } })).code).toBe(0);
+    const image = path.join(tmp("src"), "vm.raw");
+    await makeImage(image, { sizeMiB: 1 });
+    const before = (await files(repo)).filter((f) => !f.startsWith("audit"));
+    const auditor = await openVault({ store: new FsStore(repo), user: "aud", passphrase: Secret.fromString("aud-pass") });
+    try {
+      await expect(auditor.backup({ vm: "vm", sources: [image] })).rejects.toBeInstanceOf(AccessDeniedError);
+      await expect(auditor.restore({ snapshot: "latest", target: tmp("out"), reason: "x" })).rejects.toThrow(/access denied: auditor may not/);
+      await expect(auditor.addUser({ name: "x", role: "admin", passphrase: Secret.fromString("x"), kdf: KDF_TEST, allowWeakKdf: true })).rejects.toBeInstanceOf(AccessDeniedError);
+    } finally {
+      await auditor.close();
+    }
+    expect((await files(repo)).filter((f) => !f.startsWith("audit"))).toEqual(before);
+  });
+});
+
+describe("backups across VMs", () => {
+  it("deduplicate against each other, and restore --vm picks that VM's latest snapshot", async () => {
+    const repo = path.join(tmp("repo"), "r");
+    const v = vault(repo);
+    expect((await v(["init"])).code).toBe(0);
+    const src = tmp("src");
+    const a = path.join(src, "a", "disk.raw");
+    const b = path.join(src, "b", "disk.raw");
+    await fsp.mkdir(path.dirname(a));
+    await fsp.mkdir(path.dirname(b));
+    await makeImage(a, { sizeMiB: 4, seed: "shared" });
+    await fsp.copyFile(a, b);
+    const first = JSON.parse((await v(["--json", "backup", "--vm", "web1", a])).stdout) as { newChunks: number; addedBytes: number };
+    expect(first.newChunks).toBeGreaterThan(0);
+    const second = JSON.parse((await v(["--json", "backup", "--vm", "web2", b])).stdout) as { newChunks: number };
+    // The other VM's identical disk adds only its own chunk list.
+    expect(second.newChunks).toBeLessThanOrEqual(1);
+    await makeImage(a, { sizeMiB: 4, seed: "changed" });
+    expect((await v(["backup", "--vm", "web1", a])).code).toBe(0);
+    const out = tmp("out");
+    const r = await v(["restore", "latest", "--vm", "web2", "--target", out, "--reason", "test"]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(await sha256File(path.join(out, "disk.raw"))).toBe(await sha256File(b));
+    void TEST_PASSPHRASE;
+  });
+});
