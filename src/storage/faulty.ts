@@ -11,6 +11,8 @@ export interface FaultyStoreOptions {
   readonly corruptGet?: (key: string) => boolean;
   /** Every put waits this long before it reaches the wrapped store: a slow store. */
   readonly putDelayMs?: number;
+  /** When true, the delete fails with a StorageError and nothing is removed (a crash or an outage mid-cleanup). */
+  readonly failDelete?: (key: string) => boolean;
 }
 
 /**
@@ -91,6 +93,9 @@ export class FaultyStore implements Store {
 
   async delete(key: string): Promise<void> {
     this.deletes.push(key);
+    if (this.#options.failDelete?.(key) === true) {
+      throw new StorageError(`could not delete ${key} in ${this.location}: injected delete failure`);
+    }
     await this.#inner.delete(key);
   }
 

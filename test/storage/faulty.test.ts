@@ -33,6 +33,20 @@ describe("FaultyStore", () => {
     ]);
   });
 
+  it("failDelete fails deletes of the chosen keys with E_STORAGE, removes nothing, and records the attempt", async () => {
+    const inner = new MemoryStore();
+    const store = new FaultyStore(inner, { failDelete: (key) => key.startsWith("data/") });
+    await inner.putIfAbsent("data/ab/abcd", text("pack"));
+    await inner.putIfAbsent("index/0001", text("index"));
+    const e = await store.delete("data/ab/abcd").catch((err: unknown) => err);
+    expect(e).toBeInstanceOf(StorageError);
+    expect((e as StorageError).message).toMatch(/could not delete data\/ab\/abcd in memory:?: injected delete failure/);
+    expect(await inner.get("data/ab/abcd")).toEqual(text("pack"));
+    await store.delete("index/0001");
+    expect(await inner.stat("index/0001")).toBeUndefined();
+    expect(store.deletes).toEqual(["data/ab/abcd", "index/0001"]);
+  });
+
   it("failGet fails reads of the chosen keys with E_STORAGE and leaves other reads alone", async () => {
     const store = new FaultyStore(new MemoryStore(), { failGet: (key) => key === "config" });
     await store.putIfAbsent("config", text("c"));
