@@ -1,3 +1,4 @@
+import fse from "fs-extra";
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { IntegrityError } from "../errors.js";
@@ -38,11 +39,11 @@ export class RegistryPin {
   async record(chain: RegistryChain): Promise<void> {
     const temp = `${this.#file}.${process.pid}.tmp`;
     try {
-      await fsp.mkdir(path.dirname(this.#file), { recursive: true, mode: 0o700 });
+      await fse.ensureDir(path.dirname(this.#file), 0o700);
       await fsp.writeFile(temp, JSON.stringify({ version: chain.latest.version, hash: chain.latestHash }), { mode: 0o600 });
       await fsp.rename(temp, this.#file);
     } catch {
-      await fsp.rm(temp, { force: true }).catch(() => undefined);
+      await fse.remove(temp).catch(() => undefined);
     }
   }
 }

@@ -1,3 +1,4 @@
+import fse from "fs-extra";
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { IntegrityError } from "../errors.js";
@@ -104,14 +105,14 @@ export async function restoreFolder(
     const dest = place(entry.path);
     try {
       if (entry.type === "dir") {
-        await fsp.mkdir(dest, { recursive: true, mode: 0o700 });
+        await fse.ensureDir(dest, 0o700);
         if (exact) dirs.push(entry);
       } else if (!exact) {
         return;
       } else if (entry.type === "symlink") {
         links.push(entry);
       } else {
-        await fsp.mkdir(path.dirname(dest), { recursive: true, mode: 0o700 });
+        await fse.ensureDir(path.dirname(dest), 0o700);
         open = { file: await PartialFile.create(dest, entry.size), entry, dest };
         return;
       }
@@ -131,8 +132,8 @@ export async function restoreFolder(
   for (const link of links) {
     const dest = place(link.path);
     try {
-      await fsp.mkdir(path.dirname(dest), { recursive: true, mode: 0o700 });
-      await fsp.rm(dest, { force: true });
+      await fse.ensureDir(path.dirname(dest), 0o700);
+      await fse.remove(dest);
       await fsp.symlink(link.target ?? "", dest);
       await fsp.lutimes(dest, link.mtimeMs / 1000, link.mtimeMs / 1000).catch(() => undefined);
     } catch (e) {

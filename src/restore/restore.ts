@@ -1,4 +1,4 @@
-import { promises as fsp } from "node:fs";
+import fse from "fs-extra";
 import path from "node:path";
 import { NotFoundError, UsageError } from "../errors.js";
 import { Zstd } from "../compress/zstd.js";
@@ -143,7 +143,7 @@ async function restoreWith(
     }
   }
   try {
-    await fsp.mkdir(target, { recursive: true });
+    await fse.ensureDir(target);
   } catch (e) {
     throw targetError(target, e);
   }

@@ -1,3 +1,4 @@
+import fse from "fs-extra";
 import { randomBytes } from "node:crypto";
 import { constants, promises as fsp } from "node:fs";
 import path from "node:path";
@@ -34,7 +35,7 @@ export class PartialFile {
       }
     } catch (e) {
       await handle.close();
-      await fsp.rm(tempPath, { force: true });
+      await fse.remove(tempPath);
       throw e;
     }
     return new PartialFile(finalPath, tempPath, handle, direct);
@@ -81,7 +82,7 @@ export class PartialFile {
     await this.#direct?.close().catch(() => undefined);
     this.#direct = undefined;
     await this.handle.close().catch(() => undefined);
-    await fsp.rm(this.tempPath, { force: true });
+    await fse.remove(this.tempPath);
   }
 }
 

@@ -1,3 +1,4 @@
+import fse from "fs-extra";
 import { randomBytes } from "node:crypto";
 import fs, { promises as fsp } from "node:fs";
 import { promisify } from "node:util";
@@ -197,7 +198,7 @@ export class FsStore implements Store {
 
   async #ensureDir(dir: string): Promise<void> {
     if (this.#knownDirs.has(dir)) return;
-    await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+    await fse.ensureDir(dir, 0o700);
     this.#knownDirs.add(dir);
   }
 

@@ -1,5 +1,6 @@
+import fse from "fs-extra";
 import { createHash } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync } from "node:fs";
 import { promises as fsp } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -10,7 +11,7 @@ import { FsStore, KDF_TEST, Secret, Vault, type RandomSource } from "../../src/i
 export function tempDirs(): (label?: string) => string {
   const made: string[] = [];
   afterEach(() => {
-    for (const d of made.splice(0)) rmSync(d, { recursive: true, force: true });
+    for (const d of made.splice(0)) fse.removeSync(d);
   });
   return (label = "t") => {
     const d = mkdtempSync(path.join(os.tmpdir(), `vmvault-${label}-`));
