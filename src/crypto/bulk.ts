@@ -17,6 +17,12 @@ export interface BulkCrypto {
   readonly backend: BulkBackendName;
   /** Keyed BLAKE2b-256 of data into out[0..32). */
   chunkId(key: Uint8Array, data: Uint8Array, out: Uint8Array): void;
+  /**
+   * Optional: a buffer of `length` bytes where data to be hashed next can be placed directly
+   * (the hasher's own memory, so chunkId of exactly this view copies nothing). Valid until the
+   * next call to either method.
+   */
+  hashInput?(length: number): Uint8Array;
   /** Encrypts plaintext into out (exactly plaintext.length + 16 bytes): ciphertext || tag. */
   encryptInto(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, ad: Uint8Array, out: Uint8Array): void;
   /** Decrypts ciphertext || tag into out (exactly ciphertext.length - 16 bytes); false when it does not authenticate. */
@@ -122,20 +128,27 @@ class WasmChunkHasher {
     this.#scratch = lib._malloc(96);
   }
 
-  chunkId(key: Uint8Array, data: Uint8Array, out: Uint8Array): void {
+  /** The input buffer, at least length bytes, as a view of the heap. */
+  input(length: number): Uint8Array {
     const lib = this.#lib;
-    if (data.length > this.#capacity) {
+    if (length > this.#capacity) {
       if (this.#input !== 0) lib._free(this.#input);
-      this.#capacity = Math.max(data.length, 64 * 1024);
+      this.#capacity = Math.max(length, 64 * 1024);
       this.#input = lib._malloc(this.#capacity);
       if (this.#input === 0) throw new RangeError("libsodium WASM heap exhausted");
     }
+    // Read the heap view after any malloc: a grown memory replaces it.
+    return lib.HEAPU8.subarray(this.#input, this.#input + length);
+  }
+
+  chunkId(key: Uint8Array, data: Uint8Array, out: Uint8Array): void {
+    const lib = this.#lib;
+    const inPlace = data.buffer === lib.HEAPU8.buffer && data.byteOffset === this.#input && data.length <= this.#capacity;
+    if (!inPlace) this.input(data.length).set(data);
     const keyAt = this.#scratch;
     const outAt = this.#scratch + 64;
-    // Read the heap view after any malloc: a grown memory replaces it.
     let heap = lib.HEAPU8;
     heap.set(key, keyAt);
-    heap.set(data, this.#input);
     const rc = lib._crypto_generichash(outAt, HASH_BYTES, this.#input, data.length, 0, keyAt, key.length);
     heap = lib.HEAPU8;
     heap.fill(0, keyAt, keyAt + 64);
@@ -156,6 +169,10 @@ class HybridBulk extends NativeBulk {
 
   override chunkId(key: Uint8Array, data: Uint8Array, out: Uint8Array): void {
     this.#hasher.chunkId(key, data, out);
+  }
+
+  hashInput(length: number): Uint8Array {
+    return this.#hasher.input(length);
   }
 }
 

@@ -149,7 +149,10 @@ export class TaskRunner {
       const raw = t.entries[3 * i + 2] as number;
       let out: Uint8Array;
       if (t.keep) out = placed === undefined ? plain.subarray(at, at + raw) : plain.subarray(placed[i] as number, (placed[i] as number) + raw);
-      else {
+      else if (this.#crypto.hashInput !== undefined) {
+        // Only verdicts are wanted: decompress straight into the hasher's memory.
+        out = this.#crypto.hashInput(raw);
+      } else {
         if (single.length < raw) single = new Uint8Array(raw);
         out = single.subarray(0, raw);
       }
