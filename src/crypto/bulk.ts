@@ -130,21 +130,27 @@ class WasmChunkHasher {
 
   /** The input buffer, at least length bytes, as a view of the heap. */
   input(length: number): Uint8Array {
+    this.#reserve(length);
+    return this.#lib.HEAPU8.subarray(this.#input, this.#input + length);
+  }
+
+  #reserve(length: number): void {
     const lib = this.#lib;
-    if (length > this.#capacity) {
-      if (this.#input !== 0) lib._free(this.#input);
-      this.#capacity = Math.max(length, 64 * 1024);
-      this.#input = lib._malloc(this.#capacity);
-      if (this.#input === 0) throw new RangeError("libsodium WASM heap exhausted");
-    }
-    // Read the heap view after any malloc: a grown memory replaces it.
-    return lib.HEAPU8.subarray(this.#input, this.#input + length);
+    if (length <= this.#capacity) return;
+    if (this.#input !== 0) lib._free(this.#input);
+    this.#capacity = Math.max(length, 64 * 1024);
+    this.#input = lib._malloc(this.#capacity);
+    if (this.#input === 0) throw new RangeError("libsodium WASM heap exhausted");
   }
 
   chunkId(key: Uint8Array, data: Uint8Array, out: Uint8Array): void {
     const lib = this.#lib;
     const inPlace = data.buffer === lib.HEAPU8.buffer && data.byteOffset === this.#input && data.length <= this.#capacity;
-    if (!inPlace) this.input(data.length).set(data);
+    if (!inPlace) {
+      this.#reserve(data.length);
+      // Read the heap view after any malloc: a grown memory replaces it.
+      lib.HEAPU8.set(data, this.#input);
+    }
     const keyAt = this.#scratch;
     const outAt = this.#scratch + 64;
     let heap = lib.HEAPU8;
