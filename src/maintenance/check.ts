@@ -93,6 +93,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
     const indexedPacks = new Map<string, IndexedPackSummary>();
     const files = new Set<string>();
     const index = await loadIndex(repo, report, undefined, {
+      idBytes: 16,
       onPack: (p) => {
         files.add(p.indexKey);
         indexedPacks.set(toHex(p.packId), { sessionId: toHex(p.sessionId), packLength: p.packLength, indexKey: p.indexKey, entriesDigest: repo.crypto.hash(p.entries) });

@@ -48,10 +48,14 @@ export class ChunkIndex {
    * the first 128 bits of each keyed 256-bit ID: two distinct chunks agree there with
    * probability about n²/2^129 (10^-27 for a million chunks), and such a match would only make a
    * backup skip storing a chunk, which restore and check report as missing, never as wrong data.
+   * Readers may keep 128 bits with locations too (`idBytes: 16`): every blob they fetch is
+   * authenticated with its full ID as associated data and its ID recomputed, so a match on the
+   * prefix alone could only fail a restore, never change its bytes. Full IDs (the default with
+   * locations) are for callers that list entries().
    */
-  constructor(o: { locations?: boolean } = {}) {
+  constructor(o: { locations?: boolean; idBytes?: 16 | 32 } = {}) {
     this.#locations = o.locations ?? true;
-    this.#keyBytes = this.#locations ? ID_BYTES : ID_BYTES / 2;
+    this.#keyBytes = o.idBytes ?? (this.#locations ? ID_BYTES : ID_BYTES / 2);
   }
 
   get size(): number {
@@ -143,9 +147,9 @@ export class ChunkIndex {
     return packNo < this.packs.length ? packNo : -1;
   }
 
-  /** Every chunk, in insertion order. */
+  /** Every chunk, in insertion order (with full IDs only when the index keeps them). */
   *entries(): IterableIterator<{ id: Uint8Array; location: ChunkLocation }> {
-    if (!this.#locations) return;
+    if (!this.#locations || this.#keyBytes !== ID_BYTES) return;
     for (let entry = 0; entry < this.#count; entry++) {
       const location = this.#location(entry);
       if (location === undefined) continue;

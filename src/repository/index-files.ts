@@ -64,7 +64,7 @@ export async function loadIndex(
   repo: Repository,
   onDamage?: (d: Damage) => void,
   onFile?: (f: IndexFile) => void,
-  o: { locations?: boolean; onPack?: (p: IndexedPackBytes) => void } = {},
+  o: { locations?: boolean; idBytes?: 16 | 32; onPack?: (p: IndexedPackBytes) => void } = {},
 ): Promise<ChunkIndex> {
   const index = new ChunkIndex(o);
   for (const { key } of await listAll(repo.store, INDEX_PREFIX)) {

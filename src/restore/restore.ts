@@ -147,7 +147,8 @@ async function restoreWith(
   } catch (e) {
     throw targetError(target, e);
   }
-  const index = await loadIndex(repo);
+  // 128-bit ID prefixes: every fetched blob is authenticated under its full ID anyway.
+  const index = await loadIndex(repo, undefined, undefined, { idBytes: 16 });
   const progress = throttled(o.progress);
   const reader = new BlobReader(repo, index, sessions, new Zstd(repo.config.compressionLevel));
   const fetcher = new ChunkFetcher(repo, index, sessions, await starting);

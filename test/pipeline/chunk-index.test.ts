@@ -23,6 +23,34 @@ describe("chunk index", () => {
     expect([...index.entries()].length).toBe(70_000);
   });
 
+  it("with 128-bit prefixes and locations (restore, check): finds every chunk's location from its full ID, through addAt too", () => {
+    const index = new ChunkIndex({ idBytes: 16 });
+    const pack = index.addPack({ packId: "p", sessionId: "s", packLength: 1 });
+    const known = ids("prefix", 40_000);
+    // Half added from their place in a larger buffer, as an index body walk does.
+    const body = seededBytes("body", 8);
+    known.forEach((id, i) => {
+      if (i % 2 === 0) expect(index.add(id, pack, i, 7, 9)).toBe(true);
+      else {
+        const buf = new Uint8Array(body.length + 32 + 5);
+        buf.set(id, body.length);
+        expect(index.addAt(buf, body.length, pack, i, 7, 9)).toBe(true);
+      }
+    });
+    for (const i of [0, 1, 20_001, 39_999]) expect(index.location(known[i] as Uint8Array)).toMatchObject({ offset: i, length: 7, rawLength: 9 });
+    // Another ID sharing only the first 16 bytes is (by design) taken for the same chunk;
+    // one differing in them is unknown.
+    const sameHead = (known[5] as Uint8Array).slice();
+    sameHead[31] = (sameHead[31] ?? 0) ^ 1;
+    expect(index.packOf(sameHead)).toBe(pack);
+    const otherHead = (known[5] as Uint8Array).slice();
+    otherHead[15] = (otherHead[15] ?? 0) ^ 1;
+    expect(index.has(otherHead)).toBe(false);
+    for (const id of ids("unknown prefix", 5000)) expect(index.has(id)).toBe(false);
+    // Without full IDs it cannot list entries.
+    expect([...index.entries()]).toEqual([]);
+  });
+
   it("membership only: knows IDs, pending ones too, and gives no locations", () => {
     const index = new ChunkIndex({ locations: false });
     const known = ids("m", 40_000);
