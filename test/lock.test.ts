@@ -117,6 +117,7 @@ describe("repository locks", () => {
     await lib.close();
     const ok = await waiting;
     expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.stderr).toMatch(/waiting up to 60 s: the repository is locked by another planted/);
     expect((await v(["snapshots", "--json"])).stdout).toMatch(/"vm": "web1"/);
   });
 });

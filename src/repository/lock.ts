@@ -43,7 +43,7 @@ export async function acquireLock(repo: Repository, operation: string, exclusive
       return await tryLock(repo, operation, exclusive);
     } catch (e) {
       if (!(e instanceof LockedError) || waited + pause > waitMs) throw e;
-      if (!told) options.onWait?.(e.message);
+      if (!told) (options.onWait ?? repo.env.onLockWait)?.(e.message);
       told = true;
       await new Promise((resolve) => setTimeout(resolve, pause));
       waited += pause;

@@ -34,6 +34,8 @@ export interface CommonOptions {
    * in milliseconds (default 0).
    */
   readonly lockWaitMs?: number;
+  /** Told when a command starts waiting for another's lock (see lockWaitMs). */
+  readonly onLockWait?: (holder: string) => void;
 }
 
 export interface InitOptions extends CommonOptions {
@@ -60,7 +62,7 @@ export const DEFAULT_CONFIG = {
 } as const;
 
 export function environment(o: CommonOptions): Environment {
-  return { clock: o.clock ?? (() => new Date()), hostname: o.hostname ?? os.hostname(), pid: process.pid, lockWaitMs: o.lockWaitMs ?? 0 };
+  return { clock: o.clock ?? (() => new Date()), hostname: o.hostname ?? os.hostname(), pid: process.pid, lockWaitMs: o.lockWaitMs ?? 0, ...(o.onLockWait === undefined ? {} : { onLockWait: o.onLockWait }) };
 }
 
 export function fingerprintOf(crypto: CryptoSuite, signPublicKey: Uint8Array): string {

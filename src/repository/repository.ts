@@ -16,6 +16,8 @@ export interface Environment {
   readonly pid: number;
   /** How long lock acquisition waits for a conflicting operation to finish (ms; 0 = fail at once). */
   readonly lockWaitMs: number;
+  /** Told when a lock acquisition starts waiting, with what holds the repository. */
+  readonly onLockWait?: (holder: string) => void;
 }
 
 /**
