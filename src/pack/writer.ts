@@ -78,11 +78,8 @@ export class PackWriter {
     this.#throwIfFailed();
     const open = this.#open ?? (await this.#openPack());
     const placement = { packId: toHex(open.ids.packId), offset: this.#size, length: blob.length };
-    const waiting = this.#append(open, blob);
+    const waiting = this.#put(open, chunkId, blob, rawLength);
     if (waiting !== undefined) await waiting;
-    this.#entries.push({ chunkId, offset: this.#size, length: blob.length, rawLength });
-    this.#size += blob.length;
-    if (this.#size >= this.#o.packSize) await this.#seal();
     return placement;
   }
 
@@ -97,13 +94,24 @@ export class PackWriter {
       this.#throwIfFailed();
       const open = this.#open ?? (await this.#openPack());
       const length = lengths[i] as number;
-      const waiting = this.#append(open, blobs.subarray(at, at + length));
+      const waiting = this.#put(open, ids.subarray(i * 32, i * 32 + 32), blobs.subarray(at, at + length), rawLengths[i] as number);
       if (waiting !== undefined) await waiting;
-      this.#entries.push({ chunkId: ids.subarray(i * 32, i * 32 + 32), offset: this.#size, length, rawLength: rawLengths[i] as number });
-      this.#size += length;
       at += length;
-      if (this.#size >= this.#o.packSize) await this.#seal();
     }
+  }
+
+  /**
+   * Appends one blob to the open pack and records its entry, sealing the pack when it is full.
+   * Synchronous unless a staging buffer or the seal has to be waited for.
+   */
+  #put(open: OpenPack, chunkId: Uint8Array, blob: Uint8Array, rawLength: number): Promise<void> | undefined {
+    const record = (): Promise<void> | undefined => {
+      this.#entries.push({ chunkId, offset: this.#size, length: blob.length, rawLength });
+      this.#size += blob.length;
+      return this.#size >= this.#o.packSize ? this.#seal() : undefined;
+    };
+    const waiting = this.#append(open, blob);
+    return waiting === undefined ? record() : waiting.then(record);
   }
 
   /** Seals the open pack and waits until every pack is durable and announced. */
