@@ -46,12 +46,14 @@ export class FsStore implements Store {
   }
 
   async get(key: string, range?: ByteRange): Promise<Uint8Array> {
+    if (range !== undefined) {
+      const out = new Uint8Array(range.length);
+      const done = await this.readInto(key, range, out);
+      return done === range.length ? out : out.subarray(0, done);
+    }
     const file = this.#path(key);
     try {
-      if (range === undefined) return new Uint8Array(await fsp.readFile(file));
-      const out = new Uint8Array(range.length);
-      const done = await readRange(file, range, out);
-      return done === range.length ? out : out.subarray(0, done);
+      return new Uint8Array(await fsp.readFile(file));
     } catch (e) {
       throw this.#mapError(e, key, "read");
     }
@@ -217,22 +219,6 @@ export class FsStore implements Store {
 
 function errno(e: unknown): string | undefined {
   return typeof e === "object" && e !== null && "code" in e ? String((e as { code: unknown }).code) : undefined;
-}
-
-/** Reads range.length bytes at range.offset into out (fewer at the end of the file); returns how many. */
-async function readRange(file: string, range: ByteRange, out: Uint8Array): Promise<number> {
-  const handle = await fsp.open(file, "r");
-  try {
-    let done = 0;
-    while (done < range.length) {
-      const { bytesRead } = await handle.read(out, done, range.length - done, range.offset + done);
-      if (bytesRead === 0) break;
-      done += bytesRead;
-    }
-    return done;
-  } finally {
-    await handle.close();
-  }
 }
 
 function closeReader(reader: Reader): void {
