@@ -7,7 +7,7 @@ import { ChunkListBuilder } from "./chunk-list.js";
 import type { ChunkSink } from "./sink.js";
 
 /** Bytes read and handed to the workers at a time (rounded down to whole chunks). */
-export const DEFAULT_SEGMENT_BYTES = 2 * 1024 * 1024;
+export const DEFAULT_SEGMENT_BYTES = 1024 * 1024;
 
 /**
  * Backs up a raw disk image: fixed-size chunks at fixed offsets (so a rewritten 4 KiB block

@@ -17,7 +17,7 @@ export interface PackDataResult {
 }
 
 /** Stored bytes verified per task: packs are read and verified in pieces of about this size. */
-const PIECE_BYTES = 4 * 1024 * 1024;
+const PIECE_BYTES = 2 * 1024 * 1024;
 
 /**
  * check --read-data: reads each pack in pieces of whole chunks and has workers decrypt every

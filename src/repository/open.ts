@@ -53,7 +53,7 @@ export interface OpenOptions extends CommonOptions {
 }
 
 export const DEFAULT_CONFIG = {
-  imageChunkSize: 16 * 1024,
+  imageChunkSize: 32 * 1024,
   fileChunkMin: 256 * 1024,
   fileChunkAvg: 1024 * 1024,
   fileChunkMax: 4 * 1024 * 1024,

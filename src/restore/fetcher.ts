@@ -76,7 +76,7 @@ export class ChunkFetcher {
     this.#index = index;
     this.#keys = new PoolSessionKeys(repo, sessions, pool);
     this.#pool = pool;
-    this.#groupBytes = o.groupBytes ?? 2 * 1024 * 1024;
+    this.#groupBytes = o.groupBytes ?? 1024 * 1024;
     this.#maxGroups = o.maxGroups ?? 4 * pool.threads + 2;
     // One slot per window in flight, one for the window being consumed, one spare.
     this.#plainPool = new AlignedPool(this.#maxGroups + 2, this.#groupBytes);

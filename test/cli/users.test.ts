@@ -7,7 +7,7 @@ import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { AccessDeniedError, FsStore, KDF_TEST, Secret, openVault } from "../../src/index.js";
 import { runCli, TEST_PASSPHRASE, vault } from "../helpers/cli.js";
-import { makeImage, readTree, sha256File, tempDirs } from "../helpers/fixtures.js";
+import { makeImage, readTree, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
 
@@ -116,6 +116,29 @@ describe("users", () => {
     const level = await runCli(["--repo", dir, "--user", "admin", "init", "--compression-level", "25"], { env: { VMVAULT_STATE_DIR: `${dir}-state` } });
     expect(level.code).toBe(2);
     expect(level.stderr).toMatch(/--compression-level 25/);
+    for (const bad of ["24", "2", "32768", "x"]) {
+      const size = await runCli(["--repo", dir, "--user", "admin", "init", "--image-chunk-size", bad], { env: { VMVAULT_STATE_DIR: `${dir}-state` } });
+      expect(size.code).toBe(2);
+      expect(size.stderr).toMatch(new RegExp(`--image-chunk-size ${bad}: give a power of two`));
+    }
+    expect(await fsp.readdir(dir).catch(() => [])).toEqual([]);
+  });
+
+  it("init --image-chunk-size sets the chunk size every backup of the repository uses", async () => {
+    const dir = tmp("repo");
+    const r = await runCli(["--repo", dir, "--user", "admin", "init", "--image-chunk-size", "16"], { env: { VMVAULT_STATE_DIR: `${dir}-state` } });
+    expect(r.code).toBe(0);
+    const image = path.join(tmp("src"), "vm.raw");
+    await fsp.writeFile(image, seededBytes("no holes", 1024 * 1024));
+    const v = await openVault({ store: new FsStore(dir), user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE) });
+    try {
+      expect(v.repository.config.imageChunkSize).toBe(16 * 1024);
+      const b = await v.backup({ vm: "vm", sources: [image] });
+      // 1 MiB without holes: 64 chunks of 16 KiB and the disk's list blob (the default, 32 KiB, gives 32 + 1).
+      expect(b.chunks).toBe(64 + 1);
+    } finally {
+      await v.close();
+    }
   });
 
   it("the library refuses a command outside the role before any work, and writes nothing", async () => {

@@ -72,7 +72,7 @@ async function runWith(workers: number, seed: string, image: string, folder: str
     random: seededRandom(`repo ${seed}`),
     clock: () => new Date("2025-01-01T00:00:00Z"),
     hostname: "host",
-    config: { packSize: 256 * KiB },
+    config: { packSize: 256 * KiB, imageChunkSize: 16 * KiB },
   });
   try {
     const result = await backup(repo, { vm: "vm", sources: [image, folder], workers, segmentBytes: 1 * MiB });

@@ -45,7 +45,7 @@ describe("restore windows across packs", () => {
         passphrase: Secret.fromString("p"),
         kdf: KDF_TEST,
         allowWeakKdf: true,
-        config: { packSize: 64 * KiB },
+        config: { packSize: 64 * KiB, imageChunkSize: 16 * KiB },
       });
       try {
         const first = await backup(repo, { vm: "vm", sources: [day1], workers });

@@ -18,7 +18,11 @@ export function registerInit(program: Command): void {
       "--compression-level <n>",
       `zstd level backups use, ${COMPRESSION_LEVEL_MIN} to ${COMPRESSION_LEVEL_MAX}; negative levels are faster and store more (default ${DEFAULT_CONFIG.compressionLevel})`,
     )
-    .action(async (opts: { kdfMemory?: string; kdfPasses?: string; compressionLevel?: string }, command: Command) => {
+    .option(
+      "--image-chunk-size <KiB>",
+      `fixed chunk size for disk images, a power of two from 4 to 16384 KiB; smaller stores less after small rewrites, larger is faster and uses less memory (default ${DEFAULT_CONFIG.imageChunkSize / 1024})`,
+    )
+    .action(async (opts: { kdfMemory?: string; kdfPasses?: string; compressionLevel?: string; imageChunkSize?: string }, command: Command) => {
       const ctx = new CliContext(command);
       const repo = requireRepo(ctx.settings);
       const user = requireUser(ctx.settings);
@@ -34,6 +38,14 @@ export function registerInit(program: Command): void {
       if (level !== undefined && (!Number.isInteger(level) || level < COMPRESSION_LEVEL_MIN || level > COMPRESSION_LEVEL_MAX)) {
         throw new UsageError(`--compression-level ${opts.compressionLevel}: give a whole number from ${COMPRESSION_LEVEL_MIN} to ${COMPRESSION_LEVEL_MAX}`);
       }
+      const chunkKiB = opts.imageChunkSize === undefined ? undefined : Number(opts.imageChunkSize);
+      if (chunkKiB !== undefined && !(Number.isInteger(chunkKiB) && chunkKiB >= 4 && chunkKiB <= 16384 && (chunkKiB & (chunkKiB - 1)) === 0)) {
+        throw new UsageError(`--image-chunk-size ${opts.imageChunkSize}: give a power of two from 4 to 16384 (KiB)`);
+      }
+      const config = {
+        ...(level === undefined ? {} : { compressionLevel: level }),
+        ...(chunkKiB === undefined ? {} : { imageChunkSize: chunkKiB * 1024 }),
+      };
       const passphrase = await ctx.passphrase(true);
       let vault: Vault;
       try {
@@ -44,7 +56,7 @@ export function registerInit(program: Command): void {
           kdf,
           allowWeakKdf: allowWeak,
           stateDir: ctx.stateDir,
-          ...(level === undefined ? {} : { config: { compressionLevel: level } }),
+          config,
         });
       } finally {
         passphrase.dispose();
