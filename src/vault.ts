@@ -1,22 +1,27 @@
 import type { Damage } from "./errors.js";
-import { backup, type BackupOptions, type BackupResult } from "./backup/backup.js";
-import { check, type CheckOptions, type CheckReport } from "./maintenance/check.js";
+import type { BackupOptions, BackupResult } from "./backup/backup.js";
+import type { CheckOptions, CheckReport } from "./maintenance/check.js";
 import { initRepository, openRepository, type InitOptions, type OpenOptions } from "./repository/open.js";
 import type { Repository } from "./repository/repository.js";
-import { restore, type RestoreOptions, type RestoreResult } from "./restore/restore.js";
-import { snapshotSummaries, type SnapshotSummary } from "./snapshot/list.js";
+import type { RestoreOptions, RestoreResult } from "./restore/restore.js";
+import type { SnapshotSummary } from "./snapshot/list.js";
 import type { Role } from "./keys/roles.js";
 import { UsageError } from "./errors.js";
 import type { ProgressSink } from "./util/progress.js";
-import { rotateKeys, type RotateResult } from "./rotation/rotate.js";
-import { reencrypt, type ReencryptResult } from "./rotation/reencrypt.js";
-import { keyStatus, type KeyStatus } from "./rotation/status.js";
-import { appendAudit } from "./audit/trail.js";
-import { auditAnchor, auditLog, auditVerify, type AuditLogEntry, type AuditLogFilter } from "./audit/log.js";
+import type { RotateResult } from "./rotation/rotate.js";
+import type { ReencryptResult } from "./rotation/reencrypt.js";
+import type { KeyStatus } from "./rotation/status.js";
+import type { AuditLogEntry, AuditLogFilter } from "./audit/log.js";
 import type { AuditVerifyReport } from "./audit/verify.js";
 import type { Secret } from "./crypto/secret.js";
 import { isWeakerThan, type KdfStrength } from "./crypto/kdf.js";
-import { addUser, changePassphrase, listUsers, removeUser, rewrapSlot, type AddUserOptions, type RemovedUserSummary, type UserSummary } from "./users/users.js";
+import type { AddUserOptions, RemovedUserSummary, UserSummary } from "./users/users.js";
+
+// The operations load on first use, after the unlock: Argon2id's 64 MiB then come on top of a
+// smaller process, which lowers every command's peak memory (docs/design.md §10).
+const users = (): Promise<typeof import("./users/users.js")> => import("./users/users.js");
+const trail = (): Promise<typeof import("./audit/trail.js")> => import("./audit/trail.js");
+const audit = (): Promise<typeof import("./audit/log.js")> => import("./audit/log.js");
 
 /**
  * The library's front door. Every method authorizes the unlocked user's role before it does
@@ -31,7 +36,7 @@ export class Vault {
 
   static async init(o: InitOptions): Promise<Vault> {
     const repository = await initRepository(o);
-    await appendAudit(repository, { action: "init", result: "succeeded", target: { repository: repository.repoId } });
+    await (await trail()).appendAudit(repository, { action: "init", result: "succeeded", target: { repository: repository.repoId } });
     return new Vault(repository);
   }
 
@@ -44,10 +49,10 @@ export class Vault {
     const target = o.kdfTarget;
     if (target !== undefined && repository.slotKdf !== undefined && isWeakerThan(repository.slotKdf, target)) {
       const from = repository.slotKdf;
-      await rewrapSlot(repository, o.passphrase, target);
+      await (await users()).rewrapSlot(repository, o.passphrase, target);
       repository.slotKdf = target;
       // The slot changed: the trail says so, like any passphrase change.
-      await appendAudit(repository, {
+      await (await trail()).appendAudit(repository, {
         action: "user passwd",
         result: "succeeded",
         target: { user: repository.userName, kdfUpgrade: `${from.memoryKiB} KiB/${from.passes} passes -> ${target.memoryKiB} KiB/${target.passes} passes` },
@@ -64,49 +69,49 @@ export class Vault {
     return this.repository.keyring.role;
   }
 
-  backup(o: BackupOptions): Promise<BackupResult> {
-    return backup(this.repository, o);
+  async backup(o: BackupOptions): Promise<BackupResult> {
+    return (await import("./backup/backup.js")).backup(this.repository, o);
   }
 
-  restore(o: RestoreOptions): Promise<RestoreResult> {
-    return restore(this.repository, o);
+  async restore(o: RestoreOptions): Promise<RestoreResult> {
+    return (await import("./restore/restore.js")).restore(this.repository, o);
   }
 
-  snapshots(o: { vm?: string; onDamage?: (d: Damage) => void } = {}): Promise<SnapshotSummary[]> {
-    return snapshotSummaries(this.repository, o);
+  async snapshots(o: { vm?: string; onDamage?: (d: Damage) => void } = {}): Promise<SnapshotSummary[]> {
+    return (await import("./snapshot/list.js")).snapshotSummaries(this.repository, o);
   }
 
-  check(o: CheckOptions = {}): Promise<CheckReport> {
-    return check(this.repository, o);
+  async check(o: CheckOptions = {}): Promise<CheckReport> {
+    return (await import("./maintenance/check.js")).check(this.repository, o);
   }
 
-  listUsers(): Promise<UserSummary[]> {
-    return listUsers(this.repository);
+  async listUsers(): Promise<UserSummary[]> {
+    return (await users()).listUsers(this.repository);
   }
 
-  addUser(o: AddUserOptions): Promise<UserSummary> {
-    return addUser(this.repository, o);
+  async addUser(o: AddUserOptions): Promise<UserSummary> {
+    return (await users()).addUser(this.repository, o);
   }
 
-  removeUser(name: string): Promise<RemovedUserSummary> {
-    return removeUser(this.repository, name);
+  async removeUser(name: string): Promise<RemovedUserSummary> {
+    return (await users()).removeUser(this.repository, name);
   }
 
   /** Rewraps this user's own key slot under a new passphrase. */
-  changePassphrase(newPassphrase: Secret, kdf: KdfStrength, allowWeakKdf = false): Promise<void> {
-    return changePassphrase(this.repository, newPassphrase, kdf, allowWeakKdf);
+  async changePassphrase(newPassphrase: Secret, kdf: KdfStrength, allowWeakKdf = false): Promise<void> {
+    return (await users()).changePassphrase(this.repository, newPassphrase, kdf, allowWeakKdf);
   }
 
-  auditLog(f: AuditLogFilter = {}): Promise<AuditLogEntry[]> {
-    return auditLog(this.repository, f);
+  async auditLog(f: AuditLogFilter = {}): Promise<AuditLogEntry[]> {
+    return (await audit()).auditLog(this.repository, f);
   }
 
-  auditVerify(anchor?: Uint8Array): Promise<AuditVerifyReport> {
-    return auditVerify(this.repository, anchor);
+  async auditVerify(anchor?: Uint8Array): Promise<AuditVerifyReport> {
+    return (await audit()).auditVerify(this.repository, anchor);
   }
 
-  auditAnchor(): Promise<{ bytes: Uint8Array; seq: number; hash: string }> {
-    return auditAnchor(this.repository);
+  async auditAnchor(): Promise<{ bytes: Uint8Array; seq: number; hash: string }> {
+    return (await audit()).auditAnchor(this.repository);
   }
 
   /**
@@ -118,12 +123,12 @@ export class Vault {
       throw new UsageError("--new-chunk-key needs --reencrypt: every stored chunk must be rewritten under the new chunk IDs");
     }
     const progress = o.progress === undefined ? {} : { progress: o.progress };
-    if (o.reencrypt === true) return reencrypt(this.repository, { newChunkKey: o.newChunkKey === true, ...progress });
-    return rotateKeys(this.repository, progress);
+    if (o.reencrypt === true) return (await import("./rotation/reencrypt.js")).reencrypt(this.repository, { newChunkKey: o.newChunkKey === true, ...progress });
+    return (await import("./rotation/rotate.js")).rotateKeys(this.repository, progress);
   }
 
-  keyStatus(): Promise<KeyStatus> {
-    return keyStatus(this.repository);
+  async keyStatus(): Promise<KeyStatus> {
+    return (await import("./rotation/status.js")).keyStatus(this.repository);
   }
 
   close(): Promise<void> {
