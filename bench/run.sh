@@ -181,13 +181,13 @@ run_tool() {
   place day1.raw
   case $tool in
     vmvault)
-      timed init -- node "$VMVAULT" init --repo "$repo" --user bench
-      timed open -- node "$VMVAULT" snapshots --repo "$repo" --user bench
-      timed backup1 -- node "$VMVAULT" backup --repo "$repo" --user bench --vm vm1 "$SRC"
+      timed init -- "$VMVAULT" init --repo "$repo" --user bench
+      timed open -- "$VMVAULT" snapshots --repo "$repo" --user bench
+      timed backup1 -- "$VMVAULT" backup --repo "$repo" --user bench --vm vm1 "$SRC"
       place day2.raw
-      timed backup2 -- node "$VMVAULT" backup --repo "$repo" --user bench --vm vm1 "$SRC"
-      timed restore -- node "$VMVAULT" restore latest --repo "$repo" --user bench --target "$target" --reason bench
-      timed check -- node "$VMVAULT" check --repo "$repo" --user bench --read-data ;;
+      timed backup2 -- "$VMVAULT" backup --repo "$repo" --user bench --vm vm1 "$SRC"
+      timed restore -- "$VMVAULT" restore latest --repo "$repo" --user bench --target "$target" --reason bench
+      timed check -- "$VMVAULT" check --repo "$repo" --user bench --read-data ;;
     restic)
       timed init -- restic init
       timed open -- restic snapshots
