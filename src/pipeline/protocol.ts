@@ -2,6 +2,7 @@
  * Messages between the main thread and pipeline workers. Byte arrays travel as views over
  * ArrayBuffers that are transferred, never copied: a sender must not touch a buffer it sent.
  */
+import type { BulkBackend, BulkBackendName } from "../crypto/bulk.js";
 
 /** Chunk IDs and zero flags for chunks of a batch (zero chunks get no ID). */
 export interface ScanTask {
@@ -84,7 +85,7 @@ export const CHUNK_ID_KEY = "chunkId";
 export interface InitMessage {
   readonly type: "init";
   readonly compressionLevel: number;
-  readonly backend: "native" | "wasm" | "hybrid" | "auto";
+  readonly backend: BulkBackend;
 }
 /** Hands a key to a worker; the bytes are transferred and zeroed when the worker closes. */
 export interface KeyMessage {
@@ -103,7 +104,7 @@ export interface CloseMessage {
 export type ToWorker = InitMessage | KeyMessage | TaskMessage | CloseMessage;
 
 export type FromWorker =
-  | { readonly type: "ready"; readonly backend: "native" | "wasm" | "hybrid" }
+  | { readonly type: "ready"; readonly backend: BulkBackendName }
   | { readonly type: "done"; readonly id: number; readonly result: ScanResult | SealResult | OpenResult }
   | { readonly type: "failed"; readonly id: number; readonly message: string }
   | { readonly type: "closed" };

@@ -9,6 +9,11 @@ import { concatBytes, toHex, utf8 } from "../util/bytes.js";
 import { ChunkIndex, type PackRef } from "./chunk-index.js";
 import type { Repository } from "./repository.js";
 
+/** An index file that cannot be decrypted, authenticated or parsed. */
+function unreadableIndex(key: string): IntegrityError {
+  return IntegrityError.object(key, "index does not authenticate (modified or corrupted)");
+}
+
 /** One index file as read from the repository. */
 export interface IndexFile {
   readonly key: string;
@@ -22,7 +27,7 @@ export async function readIndexFile(repo: Repository, key: string): Promise<Inde
   try {
     return { key, indexId, epoch, packs: parseIndexBody(body) };
   } catch (e) {
-    if (e instanceof FormatError) throw IntegrityError.object(key, "index does not authenticate (modified or corrupted)");
+    if (e instanceof FormatError) throw unreadableIndex(key);
     throw e;
   }
 }
@@ -41,15 +46,11 @@ async function readIndexBody(repo: Repository, key: string): Promise<{ indexId: 
     const body = repo.crypto.open(secret, sealed, envelopeAd(ObjectKind.Index, env.metaBytes));
     return { indexId: meta.indexId, epoch: meta.epoch, body };
   } catch (e) {
-    if (e instanceof FormatError || e instanceof CryptoFailure) throw IntegrityError.object(key, "index does not authenticate (modified or corrupted)");
+    if (e instanceof FormatError || e instanceof CryptoFailure) throw unreadableIndex(key);
     throw e;
   }
 }
 
-/**
- * Loads every index file into a ChunkIndex. A damaged file is reported to onDamage when given
- * (check collects), otherwise it stops the operation.
- */
 /** A pack as an index file lists it, its entries still encoded (see encodePackEntries). */
 export interface IndexedPackBytes {
   readonly packId: Uint8Array;
@@ -60,6 +61,10 @@ export interface IndexedPackBytes {
   readonly indexKey: string;
 }
 
+/**
+ * Loads every index file into a ChunkIndex. A damaged file is reported to onDamage when given
+ * (check collects), otherwise it stops the operation.
+ */
 export async function loadIndex(
   repo: Repository,
   onDamage?: (d: Damage) => void,
@@ -109,7 +114,7 @@ function addIndexBody(index: ChunkIndex, key: string, body: Uint8Array, onPack?:
   try {
     visitIndexBody(body, check);
   } catch (e) {
-    if (e instanceof FormatError) throw IntegrityError.object(key, "index does not authenticate (modified or corrupted)");
+    if (e instanceof FormatError) throw unreadableIndex(key);
     throw e;
   }
   let packNo = -1;
