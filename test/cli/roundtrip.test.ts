@@ -1,7 +1,8 @@
+import { execFile } from "node:child_process";
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { vault } from "../helpers/cli.js";
+import { BIN, cliEnv, ROOT, vault } from "../helpers/cli.js";
 import { allocatedBytes, makeImage, readTree, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
@@ -107,5 +108,18 @@ describe("vmvault CLI round trips", () => {
     const noDisk = await v(["restore", "latest", "--target", out, "--reason", "x", "--disk", "c.raw"]);
     expect(noDisk.code).toBe(1);
     expect(noDisk.stderr).toMatch(/no disk named c\.raw/);
+  });
+});
+
+describe("bin/vmvault as an executable", () => {
+  it("runs through its own #! line (env -S with the memory settings), not only as `node bin/vmvault`", async () => {
+    const pkg = JSON.parse(await fsp.readFile(path.join(ROOT, "package.json"), "utf8")) as { version: string };
+    // PATH must lead to the node running the tests: the #! line finds node through it.
+    const env = cliEnv({ PATH: `${path.dirname(process.execPath)}:${process.env["PATH"] ?? ""}` });
+    const out = await new Promise<{ code: number; stdout: string }>((resolve) => {
+      execFile(BIN, ["--version"], { env }, (e, stdout) => resolve({ code: e === null ? 0 : typeof e.code === "number" ? e.code : -1, stdout }));
+    });
+    expect(out.code).toBe(0);
+    expect(out.stdout.trim()).toBe(pkg.version);
   });
 });
