@@ -122,14 +122,15 @@ export class CliContext {
     await probeRepository(store);
     const passphrase = await this.passphrase();
     try {
+      const lockWaitMs = this.lockWaitMs;
       return await Vault.open({
         store,
         user,
         passphrase,
         stateDir: this.stateDir,
         kdfTarget: this.kdfTarget,
-        lockWaitMs: this.lockWaitMs,
-        onLockWait: (holder) => this.warn(`waiting up to ${this.lockWaitMs / 1000} s: ${holder}`),
+        lockWaitMs,
+        onLockWait: (holder) => this.warn(`waiting up to ${lockWaitMs / 1000} s: ${holder}`),
       });
     } finally {
       passphrase.dispose();

@@ -27,6 +27,18 @@ export const REPO_ID_PATTERN = /^[0-9a-f]{32}$/;
 export const COMPRESSION_LEVEL_MIN = -100;
 export const COMPRESSION_LEVEL_MAX = 19;
 
+/** Fixed image chunk sizes a repository may name: powers of two from 4 KiB to 16 MiB. */
+export const IMAGE_CHUNK_MIN = 4096;
+export const IMAGE_CHUNK_MAX = 1 << 24;
+
+function isPowerOfTwo(n: number): boolean {
+  return Number.isSafeInteger(n) && n > 0 && (n & (n - 1)) === 0;
+}
+
+export function isValidImageChunkSize(bytes: number): boolean {
+  return isPowerOfTwo(bytes) && bytes >= IMAGE_CHUNK_MIN && bytes <= IMAGE_CHUNK_MAX;
+}
+
 export function encodeConfigMeta(c: RepoConfig): Json {
   return {
     repoId: c.repoId,
@@ -61,12 +73,11 @@ export function parseConfigMeta(value: unknown): RepoConfig {
     compression: oneOf(o, "compression", ["zstd"] as const),
     compressionLevel: intIn(o, "compressionLevel", COMPRESSION_LEVEL_MIN, COMPRESSION_LEVEL_MAX),
   };
-  const pow2 = (n: number): boolean => n > 0 && (n & (n - 1)) === 0;
-  if (!pow2(c.imageChunkSize) || c.imageChunkSize < 4096 || c.imageChunkSize > 1 << 24) throw new FormatError("bad image chunk size");
+  if (!isValidImageChunkSize(c.imageChunkSize)) throw new FormatError("bad image chunk size");
   if (!(c.fileChunkMin > 0 && c.fileChunkMin <= c.fileChunkAvg && c.fileChunkAvg <= c.fileChunkMax && c.fileChunkMax <= 1 << 26)) {
     throw new FormatError("bad file chunker limits");
   }
-  if (!pow2(c.fileChunkAvg)) throw new FormatError("file chunk average must be a power of two");
+  if (!isPowerOfTwo(c.fileChunkAvg)) throw new FormatError("file chunk average must be a power of two");
   if (c.packSize < 1 << 16 || c.packSize > 1 << 30) throw new FormatError("bad pack size");
   return c;
 }

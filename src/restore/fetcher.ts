@@ -39,6 +39,13 @@ interface Item<T> {
   readonly out: number;
 }
 
+/** One range read: neighbouring chunks of one pack, sorted by offset, and the bytes they span. */
+interface RangeRead<T> {
+  readonly items: Item<T>[];
+  readonly start: number;
+  readonly end: number;
+}
+
 interface Window<T> {
   readonly items: Item<T>[];
   raw: number;
@@ -148,7 +155,7 @@ export class ChunkFetcher {
     // A window larger than a slot (one chunk bigger than groupBytes) gets shared memory of its own.
     const slot = (w.raw <= this.#plainPool.slotBytes ? this.#plainPool.take() : undefined) ?? new Uint8Array(new SharedArrayBuffer(w.raw));
     // Every read settles before the slot is given back on a failure: no worker still writes into it.
-    const settled = await Promise.allSettled(this.#reads(w.items).map((items) => this.#decode(items, slot)));
+    const settled = await Promise.allSettled(this.#reads(w.items).map((read) => this.#decode(read, slot)));
     const failed = settled.find((s): s is PromiseRejectedResult => s.status === "rejected");
     if (failed !== undefined) {
       if (slot.length === this.#plainPool.slotBytes) this.#plainPool.give(slot);
@@ -159,7 +166,7 @@ export class ChunkFetcher {
   }
 
   /** The window's chunks by pack and offset, cut into range reads of neighbours. */
-  #reads<T>(items: readonly Item<T>[]): Item<T>[][] {
+  #reads<T>(items: readonly Item<T>[]): RangeRead<T>[] {
     const byPack = new Map<number, Item<T>[]>();
     for (const item of items) {
       if (item.loc === undefined) continue;
@@ -167,7 +174,7 @@ export class ChunkFetcher {
       if (list === undefined) byPack.set(item.loc.packNo, [item]);
       else list.push(item);
     }
-    const reads: Item<T>[][] = [];
+    const reads: RangeRead<T>[] = [];
     for (const list of byPack.values()) {
       list.sort((a, b) => (a.loc as ChunkLocation).offset - (b.loc as ChunkLocation).offset);
       let current: Item<T>[] = [];
@@ -177,7 +184,7 @@ export class ChunkFetcher {
         const loc = item.loc as ChunkLocation;
         const joins = current.length > 0 && loc.offset <= end + MAX_GAP && Math.max(end, loc.offset + loc.length) - start <= this.#groupBytes;
         if (!joins) {
-          if (current.length > 0) reads.push(current);
+          if (current.length > 0) reads.push({ items: current, start, end });
           current = [];
           start = loc.offset;
           end = loc.offset;
@@ -185,21 +192,17 @@ export class ChunkFetcher {
         current.push(item);
         end = Math.max(end, loc.offset + loc.length);
       }
-      if (current.length > 0) reads.push(current);
+      if (current.length > 0) reads.push({ items: current, start, end });
     }
     return reads;
   }
 
   /** One range read of one pack, decoded by a worker into the window's output. */
-  async #decode<T>(items: readonly Item<T>[], out: Uint8Array): Promise<void> {
-    const first = items[0]?.loc as ChunkLocation;
-    const pack = this.#index.packs[first.packNo];
+  async #decode<T>({ items, start, end }: RangeRead<T>, out: Uint8Array): Promise<void> {
+    const pack = this.#index.packs[(items[0]?.loc as ChunkLocation).packNo];
     if (pack === undefined) throw new Error("chunk index names an unknown pack");
     const names = await this.#keys.names(pack.sessionId);
     const key = packKey(pack.packId);
-    const start = first.offset;
-    let end = start;
-    for (const item of items) end = Math.max(end, (item.loc as ChunkLocation).offset + (item.loc as ChunkLocation).length);
     const span = end - start;
     let buffer = await this.#readBuffers.take(span);
     const size = buffer.length;

@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import { UsageError } from "../../errors.js";
 import { KDF_FLOOR } from "../../crypto/kdf.js";
-import { COMPRESSION_LEVEL_MAX, COMPRESSION_LEVEL_MIN } from "../../format/config.js";
+import { COMPRESSION_LEVEL_MAX, COMPRESSION_LEVEL_MIN, IMAGE_CHUNK_MAX, IMAGE_CHUNK_MIN, isValidImageChunkSize } from "../../format/config.js";
 import { DEFAULT_CONFIG } from "../../repository/open.js";
 import { openStore } from "../../storage/open.js";
 import { Vault } from "../../vault.js";
@@ -20,7 +20,7 @@ export function registerInit(program: Command): void {
     )
     .option(
       "--image-chunk-size <KiB>",
-      `fixed chunk size for disk images, a power of two from 4 to 16384 KiB; smaller stores less after small rewrites, larger is faster and uses less memory (default ${DEFAULT_CONFIG.imageChunkSize / 1024})`,
+      `fixed chunk size for disk images, a power of two from ${IMAGE_CHUNK_MIN / 1024} to ${IMAGE_CHUNK_MAX / 1024} KiB; smaller stores less after small rewrites, larger is faster and uses less memory (default ${DEFAULT_CONFIG.imageChunkSize / 1024})`,
     )
     .action(async (opts: { kdfMemory?: string; kdfPasses?: string; compressionLevel?: string; imageChunkSize?: string }, command: Command) => {
       const ctx = new CliContext(command);
@@ -39,8 +39,8 @@ export function registerInit(program: Command): void {
         throw new UsageError(`--compression-level ${opts.compressionLevel}: give a whole number from ${COMPRESSION_LEVEL_MIN} to ${COMPRESSION_LEVEL_MAX}`);
       }
       const chunkKiB = opts.imageChunkSize === undefined ? undefined : Number(opts.imageChunkSize);
-      if (chunkKiB !== undefined && !(Number.isInteger(chunkKiB) && chunkKiB >= 4 && chunkKiB <= 16384 && (chunkKiB & (chunkKiB - 1)) === 0)) {
-        throw new UsageError(`--image-chunk-size ${opts.imageChunkSize}: give a power of two from 4 to 16384 (KiB)`);
+      if (chunkKiB !== undefined && !isValidImageChunkSize(chunkKiB * 1024)) {
+        throw new UsageError(`--image-chunk-size ${opts.imageChunkSize}: give a power of two from ${IMAGE_CHUNK_MIN / 1024} to ${IMAGE_CHUNK_MAX / 1024} (KiB)`);
       }
       const config = {
         ...(level === undefined ? {} : { compressionLevel: level }),
