@@ -8,6 +8,7 @@ import { probeRepository } from "../repository/open.js";
 import type { Secret } from "../crypto/secret.js";
 import type { ProgressSink } from "../util/progress.js";
 import { Vault } from "../vault.js";
+import { WorkerPool } from "../pipeline/pool.js";
 import { progressRenderer } from "./output.js";
 import { obtainPassphrase, requireRepo, requireUser, resolveSettings, type GlobalOptions, type Settings } from "./settings.js";
 
@@ -114,12 +115,16 @@ export class CliContext {
     );
   }
 
-  /** Unlocks the user's key slot and opens the repository. */
-  async openVault(): Promise<Vault> {
+  /**
+   * Unlocks the user's key slot and opens the repository. withWorkers: the command runs the
+   * pipeline (backup, restore, check --read-data), whose workers start as soon as the KDF is done.
+   */
+  async openVault(o: { withWorkers?: boolean } = {}): Promise<Vault> {
     const repo = requireRepo(this.settings);
     const user = requireUser(this.settings);
     const store = openStore(repo);
     await probeRepository(store);
+    const workers = o.withWorkers === true ? this.workers : 0;
     const passphrase = await this.passphrase();
     try {
       const lockWaitMs = this.lockWaitMs;
@@ -131,6 +136,7 @@ export class CliContext {
         kdfTarget: this.kdfTarget,
         lockWaitMs,
         onLockWait: (holder) => this.warn(`waiting up to ${lockWaitMs / 1000} s: ${holder}`),
+        ...(workers !== 0 ? { afterKdf: () => WorkerPool.prestart(workers) } : {}),
       });
     } finally {
       passphrase.dispose();

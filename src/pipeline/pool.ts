@@ -4,7 +4,7 @@ import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 import { loadBulkCrypto, type BulkBackend } from "../crypto/bulk.js";
 import { TaskRunner } from "./tasks.js";
-import { transferList, type FromWorker, type ResultOf, type Task, type ToWorker } from "./protocol.js";
+import { transferList, type FromWorker, type ResultOf, type Task, type ToWorker, type WorkerData } from "./protocol.js";
 
 export interface PoolOptions {
   /** Worker threads; 0 runs every task inline on the main thread. Default: one per core but one. */
@@ -45,6 +45,24 @@ interface Pending {
 interface Slot {
   readonly worker: Worker;
   readonly pending: Map<number, Pending>;
+  /** Set when the worker has loaded its crypto and compression; tasks go only to ready workers. */
+  ready: boolean;
+}
+
+/** Worker threads started by prestart(), not yet adopted by a pool. */
+const spares: { worker: Worker; failed: boolean }[] = [];
+
+/** A prestarted worker (default backend only), referenced again so it keeps the process alive. */
+function adoptSpare(backend: BulkBackend): Worker | undefined {
+  if (backend !== "auto") return undefined;
+  for (let spare = spares.shift(); spare !== undefined; spare = spares.shift()) {
+    if (!spare.failed) {
+      spare.worker.ref();
+      return spare.worker;
+    }
+    void spare.worker.terminate();
+  }
+  return undefined;
 }
 
 /**
@@ -62,47 +80,67 @@ export class WorkerPool {
   #nextId = 1;
   #failure: unknown;
   #closed = false;
+  readonly #started: Promise<void>;
 
   private constructor(slots: Slot[], inline: TaskRunner | undefined, perWorker: number) {
     this.#slots = slots;
     this.#inline = inline;
     this.#perWorker = perWorker;
     for (const slot of slots) this.#watch(slot);
+    this.#started = Promise.all(
+      slots.map((s) => new Promise<void>((resolve) => s.worker.on("message", (m: FromWorker) => m.type === "ready" && resolve()).once("exit", () => resolve()))),
+    ).then(() => undefined);
   }
 
+  /**
+   * Starts worker threads ahead of a pool, for the next create() to adopt (the CLI calls it as
+   * soon as Argon2id has freed its memory): a thread takes ~80 ms to boot and load its modules,
+   * time otherwise spent waiting between unlocking and the first task. Spare threads do not
+   * keep the process alive and hold no keys.
+   */
+  static prestart(workers?: number): void {
+    const count = workers ?? defaultWorkers();
+    while (spares.length < count) {
+      const spare = { worker: new Worker(workerUrl()), failed: false };
+      const failed = (): void => void (spare.failed = true);
+      spare.worker.on("error", failed).on("exit", failed).unref();
+      spares.push(spare);
+    }
+  }
+
+  /** Prestarted workers not yet adopted by a pool. */
+  static get spares(): number {
+    return spares.length;
+  }
+
+  /**
+   * Starts the workers and returns without waiting for them to boot: tasks go to a worker once
+   * it is ready, and meanwhile to the main thread when it helps.
+   */
   static async create(o: PoolOptions): Promise<WorkerPool> {
     const count = o.workers ?? defaultWorkers();
     const backend = o.backend ?? "auto";
     if (count <= 0) return new WorkerPool([], new TaskRunner(await loadBulkCrypto(backend), o.compressionLevel), 1);
-    const mainThread = o.mainThread ?? count + 1 <= os.availableParallelism();
-    const helper = mainThread ? new TaskRunner(await loadBulkCrypto(backend), o.compressionLevel) : undefined;
-    const url = workerUrl();
     const slots: Slot[] = [];
-    const started: Promise<void>[] = [];
     for (let i = 0; i < count; i++) {
-      const worker = new Worker(url);
-      slots.push({ worker, pending: new Map() });
-      started.push(
-        new Promise<void>((resolve, reject) => {
-          const onMessage = (m: FromWorker): void => {
-            if (m.type !== "ready") return;
-            worker.off("message", onMessage);
-            worker.off("error", reject);
-            resolve();
-          };
-          worker.on("message", onMessage);
-          worker.once("error", reject);
-        }),
-      );
-      worker.postMessage({ type: "init", compressionLevel: o.compressionLevel, backend } satisfies ToWorker);
+      const worker = adoptSpare(backend) ?? new Worker(workerUrl(), { workerData: { backend } satisfies WorkerData });
+      slots.push({ worker, pending: new Map(), ready: false });
+      worker.postMessage({ type: "init", compressionLevel: o.compressionLevel } satisfies ToWorker);
     }
+    const mainThread = o.mainThread ?? count + 1 <= os.availableParallelism();
+    let helper: TaskRunner | undefined;
     try {
-      await Promise.all(started);
+      helper = mainThread ? new TaskRunner(await loadBulkCrypto(backend), o.compressionLevel) : undefined;
     } catch (e) {
       await Promise.all(slots.map((s) => s.worker.terminate()));
       throw e;
     }
     return new WorkerPool(slots, helper, o.tasksPerWorker ?? 2);
+  }
+
+  /** Resolves when every worker has booted (or the pool has failed or closed). */
+  started(): Promise<void> {
+    return this.#started;
   }
 
   /** Worker threads in the pool (0 when tasks run inline). */
@@ -140,7 +178,7 @@ export class WorkerPool {
   #dispatch(): void {
     while (this.#queue.length > 0) {
       let best: Slot | undefined;
-      for (const s of this.#slots) if (s.pending.size < this.#perWorker && (best === undefined || s.pending.size < best.pending.size)) best = s;
+      for (const s of this.#slots) if (s.ready && s.pending.size < this.#perWorker && (best === undefined || s.pending.size < best.pending.size)) best = s;
       if (best === undefined) {
         if (this.#inline !== undefined && !this.#inlineBusy) this.#runInline(this.#inline);
         return;
@@ -190,13 +228,13 @@ export class WorkerPool {
 
   #watch(slot: Slot): void {
     slot.worker.on("message", (m: FromWorker) => {
-      if (m.type !== "done" && m.type !== "failed") return;
-      const p = slot.pending.get(m.id);
-      slot.pending.delete(m.id);
-      if (p !== undefined) {
-        if (m.type === "done") p.resolve(m.result);
-        else p.reject(new Error(`pipeline task failed: ${m.message}`));
-      }
+      if (m.type === "ready") slot.ready = true;
+      else if (m.type === "done" || m.type === "failed") {
+        const p = slot.pending.get(m.id);
+        slot.pending.delete(m.id);
+        if (m.type === "done") p?.resolve(m.result);
+        else p?.reject(new Error(`pipeline task failed: ${m.message}`));
+      } else return;
       this.#dispatch();
     });
     const fail = (e: unknown): void => {

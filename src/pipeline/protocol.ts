@@ -82,10 +82,13 @@ export type ResultOf<T extends Task> = T extends ScanTask ? ScanResult : T exten
 /** Name of the chunk-ID key a backup computes new chunk IDs with. */
 export const CHUNK_ID_KEY = "chunkId";
 
+/** What a worker is started with (absent for a prestarted worker: the default backend). */
+export interface WorkerData {
+  readonly backend: BulkBackend;
+}
 export interface InitMessage {
   readonly type: "init";
   readonly compressionLevel: number;
-  readonly backend: BulkBackend;
 }
 /** Hands a key to a worker; the bytes are transferred and zeroed when the worker closes. */
 export interface KeyMessage {

@@ -1,16 +1,18 @@
-import { parentPort } from "node:worker_threads";
+import { parentPort, workerData } from "node:worker_threads";
 import { loadBulkCrypto } from "../crypto/bulk.js";
 import { TaskRunner } from "./tasks.js";
-import { transferList, type FromWorker, type ToWorker } from "./protocol.js";
+import { transferList, type FromWorker, type ToWorker, type WorkerData } from "./protocol.js";
 
 /**
- * A pipeline worker thread: gets the compression level, then keys (transferred bytes, zeroed
- * on close), then tasks; answers each task with its result, transferring its buffers.
+ * A pipeline worker thread: loads its crypto at once (a prestarted worker does so before any
+ * pool exists), then gets the compression level, keys (transferred bytes, zeroed on close) and
+ * tasks; answers each task with its result, transferring its buffers.
  */
 const port = parentPort;
 if (port === null) throw new Error("pipeline worker started outside a worker thread");
 let runner: TaskRunner | undefined;
 const pendingKeys: { name: string; bytes: Uint8Array }[] = [];
+const crypto = loadBulkCrypto((workerData as WorkerData | null)?.backend ?? "auto");
 let ready: Promise<TaskRunner> | undefined;
 
 function send(message: FromWorker, transfer: ArrayBuffer[] = []): void {
@@ -20,8 +22,8 @@ function send(message: FromWorker, transfer: ArrayBuffer[] = []): void {
 port.on("message", (message: ToWorker) => {
   switch (message.type) {
     case "init":
-      ready = loadBulkCrypto(message.backend).then((crypto) => {
-        runner = new TaskRunner(crypto, message.compressionLevel);
+      ready = crypto.then((bulk) => {
+        runner = new TaskRunner(bulk, message.compressionLevel);
         for (const k of pendingKeys.splice(0)) runner.setKey(k.name, k.bytes);
         send({ type: "ready", backend: runner.backend });
         return runner;

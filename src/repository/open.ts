@@ -50,6 +50,12 @@ export interface InitOptions extends CommonOptions {
 export interface OpenOptions extends CommonOptions {
   readonly user: string;
   readonly passphrase: Secret;
+  /**
+   * Called once Argon2id has run and freed its memory, before the slot is opened (so also for a
+   * wrong passphrase): where the CLI starts pipeline workers, whose start-up then overlaps the
+   * rest of the open without adding to the KDF's peak memory.
+   */
+  readonly afterKdf?: () => void;
 }
 
 export const DEFAULT_CONFIG = {
@@ -219,7 +225,13 @@ export async function openRepository(o: OpenOptions): Promise<Repository> {
   }
   // libsodium (WASM) loads only after Argon2id has freed its memory: lower peak memory.
   let suite: CryptoSuite | undefined;
-  const loadCrypto = async (): Promise<CryptoSuite> => (suite ??= await CryptoSuite.create(o.random === undefined ? {} : { random: o.random }));
+  const loadCrypto = async (): Promise<CryptoSuite> => {
+    if (suite === undefined) {
+      o.afterKdf?.();
+      suite = await CryptoSuite.create(o.random === undefined ? {} : { random: o.random });
+    }
+    return suite;
+  };
   const slot = await unwrapSlot(loadCrypto, await store.get(latestSlot.key), o.passphrase, latestSlot.key);
   const crypto = await loadCrypto();
   const pinned = slot.secrets.rootPublicKey;

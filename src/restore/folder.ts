@@ -1,4 +1,4 @@
-import fse from "fs-extra";
+import * as fse from "../util/fsx.js";
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { IntegrityError } from "../errors.js";

@@ -1,4 +1,4 @@
-import fse from "fs-extra";
+import * as fse from "../util/fsx.js";
 import path from "node:path";
 import { NotFoundError, UsageError } from "../errors.js";
 import { Zstd } from "../compress/zstd.js";

@@ -1,4 +1,4 @@
-import fse from "fs-extra";
+import * as fse from "../util/fsx.js";
 import { randomBytes } from "node:crypto";
 import fs, { promises as fsp } from "node:fs";
 import { promisify } from "node:util";

@@ -170,6 +170,7 @@ describe("WorkerPool with the main thread helping", () => {
     });
     const pool = await WorkerPool.create({ workers: 1, mainThread: true, compressionLevel: -1 });
     try {
+      await pool.started();
       expect(pool.threads).toBe(2);
       pool.setKey(CHUNK_ID_KEY, key);
       const results = await Promise.all(chunks.map((data) => pool.run({ kind: "scan", data: data.slice(), ranges: Uint32Array.of(0, data.length), detectZero: true })));

@@ -10,7 +10,7 @@ export function registerBackup(program: Command): void {
     .argument("<source...>", "raw disk image files and folders")
     .action(async (sources: string[], opts: { vm: string }, command: Command) => {
       const ctx = new CliContext(command);
-      const vault = await ctx.openVault();
+      const vault = await ctx.openVault({ withWorkers: true });
       try {
         const progress = ctx.progress;
         const workers = ctx.workers;

@@ -10,7 +10,7 @@ export function registerCheck(program: Command): void {
     .option("--read-data", "decrypt and verify every chunk")
     .action(async (opts: { readData?: boolean }, command: Command) => {
       const ctx = new CliContext(command);
-      const vault = await ctx.openVault();
+      const vault = await ctx.openVault({ withWorkers: opts.readData === true });
       try {
         const progress = ctx.progress;
         const workers = ctx.workers;

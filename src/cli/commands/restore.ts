@@ -17,7 +17,7 @@ export function registerRestore(program: Command): void {
     .option("--force", "overwrite existing files")
     .action(async (snapshot: string, opts: { target: string; reason: string; vm?: string; disk?: string; include?: string[]; force?: boolean }, command: Command) => {
       const ctx = new CliContext(command);
-      const vault = await ctx.openVault();
+      const vault = await ctx.openVault({ withWorkers: true });
       try {
         const progress = ctx.progress;
         const workers = ctx.workers;
