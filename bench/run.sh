@@ -106,9 +106,9 @@ CORPUS=$(cd "$CORPUS" && pwd)
 DAY2_SHA=$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).day2.sha256)' "$CORPUS/corpus-info.json")
 
 if uses vmvault; then
-  echo "bench: building vmvault (npx tsc -p tsconfig.json)"
+  echo "bench: building vmvault (npm run build)"
   [ -d "$ROOT/node_modules" ] || (cd "$ROOT" && npm ci --no-audit --no-fund >/dev/null)
-  (cd "$ROOT" && npx tsc -p tsconfig.json)
+  (cd "$ROOT" && npm run --silent build)
 fi
 
 # ---- settings shared by every run ----------------------------------------------------------

@@ -53,7 +53,7 @@ START=$(now_ms)
 trap 'status=$?; [ "$status" = 0 ] || echo "demo: FAILED (exit $status); see the output above" >&2' EXIT
 
 export NPM_CONFIG_UPDATE_NOTIFIER=false # offline: npx asks no registry about npm updates
-step build npx tsc -p tsconfig.json
+step build npm run --silent build
 show rm -rf "$DEMO_DIR"
 rm -rf "$DEMO_DIR"
 show mkdir -p "$DEMO_DIR"

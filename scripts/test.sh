@@ -4,6 +4,6 @@
 set -eu
 cd "$(dirname "$0")/.."
 sh scripts/ci-deps.sh
-npx tsc -p tsconfig.json
+npm run --silent build
 npx tsc -p tsconfig.test.json
 npx vitest run "$@"

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Quick timings on /tmp/vmbench (not part of the test suite).
-# usage: sh bench/dev/run.sh [workers]   (needs a build: npx tsc -p tsconfig.json)
+# usage: sh bench/dev/run.sh [workers]   (needs a build: npm run build)
 set -eu
 W=${1:-}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)

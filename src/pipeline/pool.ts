@@ -272,9 +272,15 @@ export class WorkerPool {
   }
 }
 
-/** The built worker script; when running from TypeScript sources (tests) the build's copy. */
+/**
+ * The built worker script: next to this module in the build (dist/pipeline/), under pipeline/
+ * from the CLI bundle (dist/vmvault.mjs), and the build's copy when running from TypeScript
+ * sources (tests).
+ */
 function workerUrl(): URL {
-  const here = new URL("./worker.js", import.meta.url);
-  if (existsSync(fileURLToPath(here))) return here;
+  for (const candidate of ["./worker.js", "./pipeline/worker.js"]) {
+    const url = new URL(candidate, import.meta.url);
+    if (existsSync(fileURLToPath(url))) return url;
+  }
   return new URL("../../dist/pipeline/worker.js", import.meta.url);
 }
