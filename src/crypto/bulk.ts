@@ -221,6 +221,15 @@ export function nativeRandomBytes(): ((length: number) => Uint8Array) | undefine
   };
 }
 
+/**
+ * XChaCha20-Poly1305 through the native binding, when it loads: CryptoSuite's AEAD for metadata
+ * (index files, chunk lists, snapshots), 3-4 times the WASM build's speed with the same bytes.
+ */
+export function nativeAead(): Pick<BulkCrypto, "encryptInto" | "decryptInto"> | undefined {
+  const native = loadNative();
+  return native === undefined ? undefined : new NativeBulk(native);
+}
+
 function loadNative(): SodiumNative | undefined {
   try {
     return createRequire(import.meta.url)("sodium-native") as SodiumNative;

@@ -172,6 +172,12 @@ export class ByteReader {
     return out;
   }
 
+  /** Moves past n bytes without making a view of them. */
+  skip(n: number): void {
+    this.#need(n);
+    this.#pos += n;
+  }
+
   bytes(max = 1 << 30): Uint8Array {
     const n = this.u32();
     if (n > max) throw new FormatError("field too long");

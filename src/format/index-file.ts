@@ -72,7 +72,7 @@ export function visitIndexBody(bytes: Uint8Array, visitor: IndexBodyVisitor): vo
     visitor.pack(packId, sessionId, packLength, bytes.subarray(start, start + 4 + entries * ENTRY_BYTES));
     for (let j = 0; j < entries; j++) {
       const at = r.position;
-      r.raw(CHUNK_ID_BYTES);
+      r.skip(CHUNK_ID_BYTES);
       visitor.entry(bytes, at, r.u32(), r.u32(), r.u32());
     }
   }

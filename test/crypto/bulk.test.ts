@@ -94,6 +94,27 @@ describe("bulk crypto backends", () => {
     }
   });
 
+  it("CryptoSuite's AEAD (native binding) and a WASM-only suite seal, open and refuse the same way", async () => {
+    const wasmSuite = await CryptoSuite.create({ wasmOnly: true });
+    for (const n of [0, 1, 100, 64 * 1024 + 7]) {
+      const key = new Secret(seededBytes(`suite key ${n}`, 32));
+      const nonce = seededBytes(`suite nonce ${n}`, 24);
+      const data = seededBytes(`suite data ${n}`, n);
+      const ad = utf8(`ad ${n}`);
+      const ct = suite.encrypt(key, nonce, data, ad);
+      expect(toHex(ct)).toBe(toHex(wasmSuite.encrypt(key, nonce, data, ad)));
+      for (const [from, to] of [[suite, wasmSuite], [wasmSuite, suite]] as const) {
+        const sealed = from.seal(key, data, ad);
+        expect(toHex(to.open(key, sealed, ad))).toBe(toHex(data));
+        const bad = sealed.slice();
+        bad[bad.length - 1] = (bad[bad.length - 1] ?? 0) ^ 0x80;
+        expect(() => to.open(key, bad, ad)).toThrow(/authentication failed/);
+        expect(() => to.open(key, sealed, utf8("other ad"))).toThrow(/authentication failed/);
+        expect(() => to.open(key, sealed.subarray(0, 30), ad)).toThrow(/authentication failed/);
+      }
+    }
+  });
+
   it("both refuse a modified ciphertext, a wrong key and a wrong AD the same way", () => {
     const key = seededBytes("k", 32);
     const nonce = seededBytes("n", 24);
