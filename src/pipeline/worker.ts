@@ -12,7 +12,7 @@ const port = parentPort;
 if (port === null) throw new Error("pipeline worker started outside a worker thread");
 let runner: TaskRunner | undefined;
 const pendingKeys: { name: string; bytes: Uint8Array }[] = [];
-const crypto = loadBulkCrypto((workerData as WorkerData | null)?.backend ?? "auto");
+const bulkCrypto = loadBulkCrypto((workerData as WorkerData | null)?.backend ?? "auto");
 let ready: Promise<TaskRunner> | undefined;
 
 function send(message: FromWorker, transfer: ArrayBuffer[] = []): void {
@@ -22,7 +22,7 @@ function send(message: FromWorker, transfer: ArrayBuffer[] = []): void {
 port.on("message", (message: ToWorker) => {
   switch (message.type) {
     case "init":
-      ready = crypto.then((bulk) => {
+      ready = bulkCrypto.then((bulk) => {
         runner = new TaskRunner(bulk, message.compressionLevel);
         for (const k of pendingKeys.splice(0)) runner.setKey(k.name, k.bytes);
         send({ type: "ready", backend: runner.backend });
