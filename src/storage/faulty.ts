@@ -11,6 +11,8 @@ export interface FaultyStoreOptions {
   readonly corruptGet?: (key: string) => boolean;
   /** Every put waits this long before it reaches the wrapped store: a slow store. */
   readonly putDelayMs?: number;
+  /** A whole-object get of such a key waits this long before it reaches the wrapped store. */
+  readonly getDelayMs?: (key: string) => number;
   /** When true, the delete fails with a StorageError and nothing is removed (a crash or an outage mid-cleanup). */
   readonly failDelete?: (key: string) => boolean;
 }
@@ -49,6 +51,8 @@ export class FaultyStore implements Store {
     if (this.#options.failGet?.(key) === true) {
       throw new StorageError(`could not read ${key} in ${this.location}: injected read failure`);
     }
+    const delay = range === undefined ? (this.#options.getDelayMs?.(key) ?? 0) : 0;
+    if (delay > 0) await sleep(delay);
     const data = await this.#inner.get(key, range);
     return this.#options.corruptGet?.(key) === true ? flipOneByte(data) : data;
   }
