@@ -1,7 +1,7 @@
 import { loadSodium, type Sodium } from "./sodium.js";
 import { Secret } from "./secret.js";
 import { toHex } from "../util/bytes.js";
-import { nativeAead, nativeRandomBytes, type BulkCrypto } from "./bulk.js";
+import { nativeAead, nativeRandomBytes, type BulkAead } from "./bulk.js";
 
 /** Source of random bytes; injected so tests can be deterministic. */
 export type RandomSource = (length: number) => Uint8Array;
@@ -43,10 +43,10 @@ export interface BoxKeyPair {
 export class CryptoSuite {
   readonly #sodium: Sodium;
   /** The AEAD through the native binding when it loads (same bytes, 3-4 times the WASM speed). */
-  readonly #aead: Pick<BulkCrypto, "encryptInto" | "decryptInto"> | undefined;
+  readonly #aead: BulkAead | undefined;
   readonly random: RandomSource;
 
-  private constructor(sodium: Sodium, random: RandomSource | undefined, aead: Pick<BulkCrypto, "encryptInto" | "decryptInto"> | undefined) {
+  private constructor(sodium: Sodium, random: RandomSource | undefined, aead: BulkAead | undefined) {
     this.#sodium = sodium;
     this.#aead = aead;
     this.random = random ?? nativeRandomBytes() ?? ((n) => sodium.randombytes_buf(n));
