@@ -121,6 +121,33 @@ if (summary.vmvault) {
       out(`| ${TOOLS[p]} | ${cells.join(" | ")} | ${f2(r.rss)}× | ${f2(r.stored)}× (${mib(v.backup2.addedBytes)} vs ${mib(ps.backup2.addedBytes)} MiB) |`);
     }
   }
+  const targets = targetRows(ratios);
+  if (targets.length > 0) {
+    out();
+    out(`The performance targets vmvault is held to, from this run${c.sizeMiB === 2048 ? "" : ` (they are set for the 2048 MiB image; on ${c.sizeMiB} MiB they are only indicative)`}:`);
+    out();
+    out("| target | measured | |");
+    out("|---|---:|---|");
+    for (const t of targets) out(`| ${t.name} | ${t.value} | ${t.met ? "met" : "**missed**"} |`);
+  }
+}
+
+/** The targets of the performance work, for the peers this run measured. */
+function targetRows(r) {
+  const rows = [];
+  const speed = (peer, step, label, atLeast) => {
+    if (r[peer] !== undefined) rows.push({ name: `${label} at least ${atLeast}× ${TOOLS[peer]}`, value: `${f2(r[peer][step])}×`, met: r[peer][step] >= atLeast });
+  };
+  speed("restic", "backup1", "first backup", 2.5);
+  speed("borg-buzhash", "backup1", "first backup", 3);
+  speed("restic", "backup2", "second backup", 2.5);
+  if (r.restic !== undefined) rows.push({ name: "second backup stores at most a quarter of restic's bytes", value: `${f2(r.restic.stored)}×`, met: r.restic.stored <= 0.25 });
+  if (r["borg-fixed"] !== undefined) rows.push({ name: "second backup stores less than borg (fixed 64K)", value: `${f2(r["borg-fixed"].stored)}×`, met: r["borg-fixed"].stored < 1 });
+  speed("restic", "restore", "restore", 1.5);
+  speed("borg-buzhash", "restore", "restore", 3);
+  speed("restic", "check", "check reading all data", 2);
+  if (r.restic !== undefined) rows.push({ name: "peak memory below restic's", value: `${f2(r.restic.rss)}×`, met: r.restic.rss < 1 });
+  return rows;
 }
 out();
 out(
