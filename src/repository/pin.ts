@@ -11,6 +11,8 @@ import type { RegistryChain } from "../keys/registry.js";
  */
 export class RegistryPin {
   readonly #file: string;
+  /** What the pin file held when last read or written. */
+  #pinned: { version: number; hash: string } | undefined;
 
   constructor(stateDir: string, repoId: string) {
     this.#file = path.join(stateDir, `registry-${repoId}.json`);
@@ -24,6 +26,7 @@ export class RegistryPin {
       return;
     }
     if (typeof pinned.version !== "number" || typeof pinned.hash !== "string") return;
+    this.#pinned = pinned;
     if (chain.latest.version < pinned.version) {
       throw IntegrityError.object(
         "registry",
@@ -35,13 +38,19 @@ export class RegistryPin {
     }
   }
 
-  /** Best effort: an unwritable state folder weakens rollback detection but stops no command. */
+  /**
+   * Pins the chain's latest version, unless the pin already names it. Best effort: an
+   * unwritable state folder weakens rollback detection but stops no command.
+   */
   async record(chain: RegistryChain): Promise<void> {
+    const latest = { version: chain.latest.version, hash: chain.latestHash };
+    if (this.#pinned?.version === latest.version && this.#pinned.hash === latest.hash) return;
     const temp = `${this.#file}.${process.pid}.tmp`;
     try {
       await fse.ensureDir(path.dirname(this.#file), 0o700);
-      await fsp.writeFile(temp, JSON.stringify({ version: chain.latest.version, hash: chain.latestHash }), { mode: 0o600 });
+      await fsp.writeFile(temp, JSON.stringify(latest), { mode: 0o600 });
       await fsp.rename(temp, this.#file);
+      this.#pinned = latest;
     } catch {
       await fse.remove(temp).catch(() => undefined);
     }
