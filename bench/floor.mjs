@@ -9,7 +9,8 @@
 //
 // Usage: npm run build && node bench/floor.mjs [--image IMG] [--results DIR] [--cores N]
 //   --image    raw image (default: the 2 GiB corpus's day 1 under bench/results/corpus)
-//   --results  an output folder of bench/run.sh: compare the floors with the peers' times there
+//   --results  an output folder of bench/run.sh, or a report it printed (bench/reference/*.md):
+//              compare the floors with the peers' times there
 //   --cores    cores to divide the work by (default: this machine's)
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
@@ -155,6 +156,27 @@ try {
   fs.rmSync(tmp, { recursive: true, force: true });
 }
 
+/**
+ * tool -> step -> median wall seconds, from a run folder's results.json or from the first table
+ * of a report in markdown (the rows "| tool | step | wall s | ...").
+ */
+function peerWalls(where) {
+  if (fs.statSync(where).isDirectory()) {
+    const summary = JSON.parse(fs.readFileSync(path.join(where, "results.json"), "utf8")).summary ?? {};
+    return (tool, step) => summary[tool]?.[step]?.wall;
+  }
+  const tools = { vmvault: "vmvault", restic: "restic", borg: "borg-buzhash", "borg (fixed 64K)": "borg-fixed" };
+  const steps = { "backup day 1": "backup1", "backup day 2": "backup2", "restore day 2": "restore", "check (read all data)": "check" };
+  const walls = {};
+  for (const line of fs.readFileSync(where, "utf8").split("\n")) {
+    const cells = line.split("|").map((c) => c.trim());
+    const [tool, step] = [tools[cells[1]], steps[cells[2]]];
+    if (tool === undefined || step === undefined || !(Number(cells[3]) > 0)) continue;
+    (walls[tool] ??= {})[step] ??= Number(cells[3]);
+  }
+  return (tool, step) => walls[tool]?.[step];
+}
+
 /** Wall seconds of `vmvault snapshots` on a fresh repository with the production KDF (median of 3). */
 function startupSeconds() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmvault-floor-repo-"));
@@ -207,8 +229,7 @@ out("|---|---:|---:|");
 for (const step of Object.keys(work)) out(`| ${step} | ${f2(work[step])} | ${f2(floor(step))} |`);
 
 if (opts.results !== undefined) {
-  const results = JSON.parse(fs.readFileSync(path.join(opts.results, "results.json"), "utf8"));
-  const peerWall = (tool, step) => results.summary?.[tool]?.[step]?.wall;
+  const peerWall = peerWalls(opts.results);
   const targets = [
     ["backup1", "restic", 2.5],
     ["backup1", "borg-buzhash", 3],

@@ -6,7 +6,6 @@ import type { IndexedPack } from "../format/index-file.js";
 import { openWriter, type AppendOnlyStore, type ObjectWriter } from "../storage/types.js";
 import { drawPackIds, type PackIds } from "../backup/pack-ids.js";
 import { toHex } from "../util/bytes.js";
-import { AlignedPool, DIRECT_IO_ALIGNMENT } from "../util/aligned.js";
 
 export interface PackWriterOptions {
   readonly store: AppendOnlyStore;
@@ -16,11 +15,7 @@ export interface PackWriterOptions {
   readonly packSize: number;
   /** Pack commits allowed in flight before add() waits (backpressure). */
   readonly maxInFlight?: number;
-  /**
-   * Bytes handed to the store in one write (the open pack is staged in buffers of this size),
-   * rounded up to a multiple of 4096: the staging buffers are page-aligned, so a store can write
-   * them around the page cache (direct I/O).
-   */
+  /** Bytes handed to the store in one write (the open pack is staged in buffers of this size). */
   readonly stageBytes?: number;
   /** The random values of the next pack (drawn ahead, in a deterministic order); default: drawn from crypto.random when a pack opens. */
   readonly nextIds?: () => PackIds;
@@ -61,8 +56,8 @@ export class PackWriter {
   #open: OpenPack | undefined;
   #stage: Uint8Array | undefined;
   #staged = 0;
-  /** Page-aligned staging memory, touched only as it is used. */
-  readonly #stages: AlignedPool;
+  readonly #freeStages: Uint8Array[] = [];
+  #stagesMade = 0;
   readonly #stageWaiters: (() => void)[] = [];
   #entries: PackEntry[] = [];
   #size = PACK_PREFIX_BYTES;
@@ -75,8 +70,7 @@ export class PackWriter {
 
   constructor(o: PackWriterOptions) {
     this.#o = o;
-    this.#stageBytes = Math.max(1, Math.ceil((o.stageBytes ?? DEFAULT_STAGE_BYTES) / DIRECT_IO_ALIGNMENT)) * DIRECT_IO_ALIGNMENT;
-    this.#stages = new AlignedPool(STAGES, this.#stageBytes);
+    this.#stageBytes = Math.max(4096, o.stageBytes ?? DEFAULT_STAGE_BYTES);
   }
 
   /** Appends a stored blob (copied: the caller may reuse it); waits when the pack it completes cannot be committed yet. */
@@ -172,9 +166,12 @@ export class PackWriter {
     return undefined;
   }
 
-  /** A staging buffer not in use, or undefined. */
+  /** A staging buffer not in use (one is made while fewer than STAGES exist), or undefined. */
   #freeStage(): Uint8Array | undefined {
-    return this.#stages.take();
+    const free = this.#freeStages.pop();
+    if (free !== undefined || this.#stagesMade >= STAGES) return free;
+    this.#stagesMade++;
+    return new Uint8Array(this.#stageBytes);
   }
 
   async #takeStage(): Promise<Uint8Array> {
@@ -193,7 +190,7 @@ export class PackWriter {
     this.#stage = undefined;
     this.#staged = 0;
     if (stage === undefined || n === 0) {
-      if (stage !== undefined) this.#stages.give(stage);
+      if (stage !== undefined) this.#freeStages.push(stage);
       return;
     }
     open.pending++;
@@ -207,7 +204,7 @@ export class PackWriter {
       })
       .finally(() => {
         open.pending--;
-        this.#stages.give(stage);
+        this.#freeStages.push(stage);
         this.#stageWaiters.shift()?.();
       });
   }

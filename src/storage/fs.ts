@@ -4,7 +4,6 @@ import fs, { promises as fsp } from "node:fs";
 import { promisify } from "node:util";
 import path from "node:path";
 import { NotFoundError, StorageError } from "../errors.js";
-import { DIRECT_IO_ALIGNMENT, isPageAligned } from "../util/aligned.js";
 import { assertValidKey, assertValidPrefix, type ByteRange, type ObjectInfo, type ObjectWriter, type Store } from "./types.js";
 
 const TEMP_PREFIX = ".tmp-";
@@ -226,24 +225,13 @@ function closeReader(reader: Reader): void {
   void reader.fd.then((fd) => closeFd(fd)).catch(() => undefined);
 }
 
-/**
- * See FsStore.createWriter. Page-aligned bytes (an AlignedPool's, such as a pack writer's staging
- * buffers) at page-aligned positions go through a second descriptor opened with O_DIRECT: a pack
- * goes to the disk without passing through the page cache, which a backup of hundreds of
- * gigabytes would otherwise fill (evicting what the host's VMs use), and which costs the kernel
- * more than the copy when its pages are new (docs/design.md §10). The rest of a write, and
- * everything on file systems without direct I/O (tmpfs, EINVAL), goes through the page cache.
- */
+/** See FsStore.createWriter. */
 class FsObjectWriter implements ObjectWriter {
   readonly #temp: string;
   readonly #file: string;
   readonly #errors: { mapError: (e: unknown) => Error; occupied: () => Error };
   /** Open until commit, abort or a failed write; the temporary file exists exactly while it is set. */
   #handle: fsp.FileHandle | undefined;
-  /** The O_DIRECT descriptor: opened at the first aligned write; null once the file system refused it. */
-  #direct: fsp.FileHandle | null | undefined = fs.constants.O_DIRECT === undefined ? null : undefined;
-  /** Bytes written so far (writes are positioned: two descriptors share the file). */
-  #length = 0;
   #busy = false;
 
   constructor(handle: fsp.FileHandle, temp: string, file: string, errors: { mapError: (e: unknown) => Error; occupied: () => Error }) {
@@ -256,10 +244,11 @@ class FsObjectWriter implements ObjectWriter {
   async write(bytes: Uint8Array): Promise<void> {
     const handle = this.#enter();
     try {
-      const direct = bytes.length - (bytes.length % DIRECT_IO_ALIGNMENT);
-      const done = direct > 0 && this.#length % DIRECT_IO_ALIGNMENT === 0 && isPageAligned(bytes) ? await this.#writeDirect(bytes.subarray(0, direct)) : 0;
-      await writeAllAt(handle, bytes.subarray(done), this.#length + done);
-      this.#length += bytes.length;
+      let done = 0;
+      while (done < bytes.length) {
+        const { bytesWritten } = await handle.write(bytes, done, bytes.length - done);
+        done += bytesWritten;
+      }
     } catch (e) {
       this.#busy = false;
       await this.abort();
@@ -268,37 +257,11 @@ class FsObjectWriter implements ObjectWriter {
     this.#busy = false;
   }
 
-  /** Writes aligned bytes at the end of the file around the page cache; 0 when direct I/O is not to be had. */
-  async #writeDirect(bytes: Uint8Array): Promise<number> {
-    if (this.#direct === null) return 0;
-    try {
-      this.#direct ??= await fsp.open(this.#temp, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
-      await writeAllAt(this.#direct, bytes, this.#length);
-      return bytes.length;
-    } catch (e) {
-      if (errno(e) !== "EINVAL") throw e;
-      // No direct I/O here: this and later writes go through the page cache (positioned, so a
-      // partly done direct write is simply written again).
-      await this.#direct?.close().catch(() => undefined);
-      this.#direct = null;
-      return 0;
-    }
-  }
-
-  async #closeDirect(): Promise<void> {
-    const direct = this.#direct;
-    if (direct === undefined || direct === null) return;
-    this.#direct = null;
-    await direct.close();
-  }
-
   async commit(): Promise<boolean> {
     const handle = this.#enter();
     this.#handle = undefined;
     try {
       try {
-        // fsync covers the whole file, whichever descriptor wrote it.
-        await this.#closeDirect();
         await handle.sync();
       } finally {
         await handle.close();
@@ -325,7 +288,6 @@ class FsObjectWriter implements ObjectWriter {
     const handle = this.#handle;
     if (handle === undefined) return;
     this.#handle = undefined;
-    await this.#closeDirect().catch(() => undefined);
     await handle.close().catch(() => undefined);
     await fsp.rm(this.#temp, { force: true }).catch(() => undefined);
   }
@@ -335,14 +297,6 @@ class FsObjectWriter implements ObjectWriter {
     if (this.#busy) throw new Error("object writer calls must not overlap");
     this.#busy = true;
     return this.#handle;
-  }
-}
-
-async function writeAllAt(handle: fsp.FileHandle, bytes: Uint8Array, position: number): Promise<void> {
-  let done = 0;
-  while (done < bytes.length) {
-    const { bytesWritten } = await handle.write(bytes, done, bytes.length - done, position + done);
-    done += bytesWritten;
   }
 }
 

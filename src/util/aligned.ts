@@ -8,17 +8,6 @@ declare const WebAssembly: {
   Memory: new (descriptor: { initial: number; maximum: number; shared: true }) => { readonly buffer: SharedArrayBuffer };
 };
 
-/** The memories of every AlignedPool: their views are page-aligned wherever their offset is. */
-const alignedMemories = new WeakSet<SharedArrayBuffer>();
-
-/**
- * True when view starts on a page boundary of memory known to be page-aligned (an AlignedPool's):
- * direct I/O can then take it, given a length and file position that are multiples of 4096.
- */
-export function isPageAligned(view: Uint8Array): boolean {
-  return view.buffer instanceof SharedArrayBuffer && alignedMemories.has(view.buffer) && view.byteOffset % DIRECT_IO_ALIGNMENT === 0;
-}
-
 /**
  * A fixed set of equal, page-aligned buffers in one shared memory. JavaScript cannot learn the
  * address of an ordinary ArrayBuffer, but a WebAssembly.Memory starts on a page boundary, so a
@@ -36,7 +25,6 @@ export class AlignedPool {
     const pages = Math.max(1, Math.ceil((slots * this.slotBytes) / WASM_PAGE));
     const memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
     this.#buffer = memory.buffer;
-    alignedMemories.add(this.#buffer);
     for (let i = 0; i < slots; i++) this.#free.push(new Uint8Array(this.#buffer, i * this.slotBytes, this.slotBytes));
   }
 
@@ -45,7 +33,7 @@ export class AlignedPool {
    * alignment (address, length and position multiples of 4096).
    */
   directWritable(view: Uint8Array, position: number): boolean {
-    return view.buffer === this.#buffer && isPageAligned(view) && view.length % DIRECT_IO_ALIGNMENT === 0 && position % DIRECT_IO_ALIGNMENT === 0;
+    return view.buffer === this.#buffer && view.byteOffset % DIRECT_IO_ALIGNMENT === 0 && view.length % DIRECT_IO_ALIGNMENT === 0 && position % DIRECT_IO_ALIGNMENT === 0;
   }
 
   /** A free slot, or undefined when all are taken. */

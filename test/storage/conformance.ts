@@ -2,7 +2,6 @@ import { createHash } from "node:crypto";
 import { afterEach, beforeEach, describe, expect, it as vitestIt } from "vitest";
 import { NotFoundError } from "../../src/errors.js";
 import { listAll, openWriter, readInto, type Store } from "../../src/storage/types.js";
-import { AlignedPool } from "../../src/util/aligned.js";
 
 export interface StoreFixture {
   readonly store: Store;
@@ -248,29 +247,6 @@ export function storeConformance(name: string, make: () => Promise<StoreFixture>
         expect(new TextDecoder().decode(await store.get("data/ab/cut"))).toBe("whole");
         await interrupted.abort();
         expect(new TextDecoder().decode(await store.get("data/ab/cut"))).toBe("whole");
-      });
-
-      it("stores exactly the bytes of page-aligned writes (direct I/O where the store has it) mixed with ordinary ones", async () => {
-        const pool = new AlignedPool(4, 64 * 1024);
-        const slot = (seed: string, length: number): Uint8Array => {
-          const s = pool.take();
-          if (s === undefined) throw new Error("pool empty");
-          s.set(seeded(seed, length));
-          return s.subarray(0, length);
-        };
-        // Aligned at aligned positions; an aligned head with a short tail; then, the position no
-        // longer aligned, aligned memory again; an ordinary buffer; and a write starting unaligned.
-        const list = [slot("a", 64 * 1024), slot("b", 10_000), slot("c", 8192), seeded("d", 777)];
-        const w = await openWriter(store, "data/ab/aligned");
-        for (const part of list) await w.write(part);
-        expect(await w.commit()).toBe(true);
-        expect(Buffer.from(await store.get("data/ab/aligned")).equals(Buffer.concat(list))).toBe(true);
-
-        const odd = [seeded("e", 3), slot("f", 64 * 1024)];
-        const v = await openWriter(store, "data/ab/odd");
-        for (const part of odd) await v.write(part);
-        expect(await v.commit()).toBe(true);
-        expect(Buffer.from(await store.get("data/ab/odd")).equals(Buffer.concat(odd))).toBe(true);
       });
 
       it("keeps no reference to written bytes, and a commit finishes the writer", async () => {

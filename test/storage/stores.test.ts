@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import fs, { existsSync, promises as fsp } from "node:fs";
+import { existsSync, promises as fsp } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
@@ -9,7 +9,6 @@ import { NotFoundError, StorageError } from "../../src/errors.js";
 import { FsStore } from "../../src/storage/fs.js";
 import { MemoryStore } from "../../src/storage/memory.js";
 import { listAll, openWriter, type Store } from "../../src/storage/types.js";
-import { AlignedPool } from "../../src/util/aligned.js";
 import { seeded, storeConformance } from "./conformance.js";
 
 const isRoot = process.getuid?.() === 0;
@@ -74,19 +73,6 @@ storeConformance(
   { knownBugs: FS_STORE_BUGS },
 );
 
-// tmpfs: direct I/O may be refused (EINVAL), and writers fall back to the page cache.
-const shm = "/dev/shm";
-if (existsSync(shm)) {
-  storeConformance(
-    "FsStore on tmpfs",
-    async () => {
-      const dir = await fsp.mkdtemp(path.join(shm, "vmvault-store-"));
-      return { store: new FsStore(path.join(dir, "store")), cleanup: () => fsp.rm(dir, { recursive: true, force: true }) };
-    },
-    { knownBugs: FS_STORE_BUGS },
-  );
-}
-
 describe("FsStore", () => {
   const folders: Array<() => Promise<void>> = [];
   afterEach(async () => {
@@ -107,28 +93,6 @@ describe("FsStore", () => {
     const again = new FsStore(root);
     expect(await again.get("data/ab/abcd")).toEqual(data);
     expect(await again.putIfAbsent("data/ab/abcd", seeded("other", 300))).toBe(false);
-  });
-
-  // fincore (util-linux) tells how much of a file is in the page cache.
-  const hasFincore = existsSync("/usr/bin/fincore") || existsSync("/bin/fincore");
-  it.runIf(hasFincore && fs.constants.O_DIRECT !== undefined)("writes page-aligned buffers around the page cache; the rest through it", async () => {
-    const { root, store } = await fresh();
-    const pool = new AlignedPool(4, 1024 * 1024);
-    const w = await openWriter(store, "data/ab/direct");
-    for (let i = 0; i < 4; i++) {
-      const slot = pool.take() as Uint8Array;
-      slot.set(seeded(`direct-${i}`, slot.length));
-      await w.write(slot);
-    }
-    expect(await w.commit()).toBe(true);
-    expect(await store.putIfAbsent("data/ab/buffered", seeded("buffered", 4 * 1024 * 1024))).toBe(true);
-    const resident = async (key: string): Promise<number> => {
-      const { stdout } = await promisify(execFile)("fincore", ["--bytes", "--noheadings", "--raw", "-o", "RES", path.join(root, ...key.split("/"))]);
-      return Number(stdout.trim());
-    };
-    expect(await resident("data/ab/direct")).toBeLessThan(64 * 1024);
-    expect(await resident("data/ab/buffered")).toBeGreaterThan(1024 * 1024);
-    expect(Buffer.from(await store.get("data/ab/direct", { offset: 3 * 1024 * 1024, length: 16 })).equals(Buffer.from(seeded("direct-3", 16)))).toBe(true);
   });
 
   it("a refused write leaves neither the object nor a temporary file", async () => {
