@@ -1,5 +1,5 @@
 #!/bin/sh
-# CI smoke test of the benchmark harness: a 64 MiB image, one run, vmvault plus whichever of
+# CI smoke test of the benchmark harness and bench/floor.mjs: a 64 MiB image, one run, vmvault plus whichever of
 # restic and Borg are installed (sh bench/run.sh --smoke). Fails (non-zero) when the harness
 # fails, when any restore's sha256 differs from the day-2 image, or when nothing was restored.
 # Usage: sh bench/smoke.sh [run.sh options, e.g. --out DIR --tools vmvault]
@@ -19,3 +19,8 @@ node -e '
   }
   console.log(`smoke: ok, ${v.length} restore(s) match the day-2 image (${[...new Set(v.map((x) => x.tool))].join(", ")})`);
 ' "$OUT/results.json"
+# The floor tool on the same image, against this run.
+CORPUS=$(node -e 'console.log(require("path").dirname(JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).meta.corpusInfo))' "$OUT/results.json")
+node "$HERE/floor.mjs" --image "$CORPUS/day1.raw" --results "$OUT" > "$OUT/floor.md" || { echo "smoke: bench/floor.mjs failed" >&2; exit 1; }
+grep -q "| backup1 at least 2.5× restic\|| backup1 |" "$OUT/floor.md" || { echo "smoke: bench/floor.mjs printed no floors" >&2; exit 1; }
+echo "smoke: floor ok ($OUT/floor.md)"
