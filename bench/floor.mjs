@@ -48,6 +48,7 @@ const { loadBulkCrypto } = await import(dist("crypto/bulk.js"));
 const { Zstd } = await import(dist("compress/zstd.js"));
 const { DEFAULT_CONFIG } = await import(dist("repository/open.js"));
 const { blobAd } = await import(dist("format/pack.js"));
+const { compressionPays } = await import(dist("pack/blob.js"));
 
 const CHUNK = DEFAULT_CONFIG.imageChunkSize;
 const DEFAULT_PACK_SIZE = DEFAULT_CONFIG.packSize;
@@ -101,13 +102,13 @@ try {
     });
     if (chunks.length === 0) continue;
     const ids = timed("hash (chunk IDs)", () => chunks.map((c) => (bulk.chunkId(idKey, c, id), id.slice())));
-    // Compress, keeping zstd only when it saves 1/32 (as sealBlobInto does), then encrypt.
+    // Compress, keeping zstd only where sealBlobInto would (compressionPays), then encrypt.
     const lengths = [];
     let at = 0;
     chunks.forEach((c, i) => {
       let n = timed("compress (zstd)", () => zstd.compressInto(c, framed.subarray(1)));
       timed("encrypt (XChaCha20-Poly1305)", () => {
-        if (n + (c.length >> 5) >= c.length) {
+        if (!compressionPays(n, c.length)) {
           framed.set(c, 1);
           n = c.length;
         }

@@ -22,5 +22,5 @@ node -e '
 # The floor tool on the same image, against this run.
 CORPUS=$(node -e 'console.log(require("path").dirname(JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).meta.corpusInfo))' "$OUT/results.json")
 node "$HERE/floor.mjs" --image "$CORPUS/day1.raw" --results "$OUT" > "$OUT/floor.md" || { echo "smoke: bench/floor.mjs failed" >&2; exit 1; }
-grep -q "| backup1 at least 2.5× restic\|| backup1 |" "$OUT/floor.md" || { echo "smoke: bench/floor.mjs printed no floors" >&2; exit 1; }
+grep -q "^| backup1 |" "$OUT/floor.md" || { echo "smoke: bench/floor.mjs printed no floors" >&2; exit 1; }
 echo "smoke: floor ok ($OUT/floor.md)"

@@ -20,6 +20,11 @@ export class BlobScratch {
   }
 }
 
+/** True when a chunk is stored compressed: zstd must save at least 1/32 of it. */
+export function compressionPays(compressedLength: number, rawLength: number): boolean {
+  return compressedLength + (rawLength >> 5) < rawLength;
+}
+
 /** The most bytes sealBlobInto writes for a plaintext of this length. */
 export function maxBlobLength(plainLength: number): number {
   return plainLength + BLOB_OVERHEAD;
@@ -45,7 +50,7 @@ export function sealBlobInto(
   if (zstd !== undefined) {
     framed = scratch.frame(1 + zstd.compressBound(plain.length));
     const n = zstd.compressInto(plain, framed.subarray(1));
-    if (n + (plain.length >> 5) < plain.length) {
+    if (compressionPays(n, plain.length)) {
       framed[0] = Codec.Zstd;
       framedLength = 1 + n;
     } else framed = undefined;
@@ -119,8 +124,7 @@ export function encodeBlob(crypto: CryptoSuite, sessionKey: Secret, chunkId: Uin
   let payload = plaintext;
   if (zstd !== undefined) {
     const compressed = zstd.compress(plaintext);
-    // Keep the compressed form only when it saves at least 1/32 of the chunk.
-    if (compressed.length + (plaintext.length >> 5) < plaintext.length) {
+    if (compressionPays(compressed.length, plaintext.length)) {
       codec = Codec.Zstd;
       payload = compressed;
     }
