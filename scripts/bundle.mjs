@@ -12,7 +12,7 @@ await build({
   platform: "node",
   target: "node20",
   format: "esm",
-  external: ["argon2", "sodium-native", "zstd-napi", "libsodium-wrappers"],
+  external: ["argon2", "sodium-native", "zstd-napi", "lz4", "libsodium-wrappers"],
   // Bundled CommonJS packages (commander, fs-extra) require Node's built-in modules.
   banner: { js: 'import { createRequire as vmvaultCreateRequire } from "node:module";\nconst require = vmvaultCreateRequire(import.meta.url);' },
   logLevel: "warning",

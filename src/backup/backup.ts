@@ -2,7 +2,7 @@ import { constants as fsConstants, promises as fsp } from "node:fs";
 import path from "node:path";
 import { UsageError } from "../errors.js";
 import { FastCdc } from "../chunking/fastcdc.js";
-import { Zstd } from "../compress/zstd.js";
+import { Compressor } from "../compress/compressor.js";
 import type { SnapshotHeader, SnapshotSource } from "../format/snapshot.js";
 import { PackWriter } from "../pack/writer.js";
 import { loadIndex } from "../repository/index-files.js";
@@ -135,7 +135,7 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
 
 async function runBackup(repo: Repository, o: BackupOptions, planned: readonly PlannedSource[]): Promise<BackupResult> {
   // Workers start while the index loads.
-  const starting = WorkerPool.create({ compressionLevel: repo.config.compressionLevel, ...(o.workers === undefined ? {} : { workers: o.workers }) });
+  const starting = WorkerPool.create({ compression: repo.config, ...(o.workers === undefined ? {} : { workers: o.workers }) });
   starting.catch(() => undefined);
   let packs: PackWriter | undefined;
   try {
@@ -163,7 +163,7 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
     const sink = new ChunkSink({
       pool,
       crypto: await loadBulkCrypto(),
-      zstd: new Zstd(repo.config.compressionLevel),
+      compressor: new Compressor(repo.config),
       chunkIdKey: chunkIdKey.bytes,
       sessionKey: session.key.bytes,
       sessionKeyName: SESSION_KEY,

@@ -1,6 +1,6 @@
 import type { BulkCrypto } from "../crypto/bulk.js";
 import { AEAD_NONCE_BYTES, HASH_BYTES, type RandomSource } from "../crypto/suite.js";
-import type { Zstd } from "../compress/zstd.js";
+import type { Compressor } from "../compress/compressor.js";
 import type { ChunkRef } from "../format/chunklist.js";
 import { BlobScratch, maxBlobLength, sealBlobInto } from "../pack/blob.js";
 import type { PackWriter } from "../pack/writer.js";
@@ -29,9 +29,9 @@ export interface ChunkBatch {
 
 export interface ChunkSinkOptions {
   readonly pool: WorkerPool;
-  /** Main-thread crypto and zstd for small blobs (chunk lists, folder entries). */
+  /** Main-thread crypto and compression for small blobs (chunk lists, folder entries). */
   readonly crypto: BulkCrypto;
-  readonly zstd: Zstd;
+  readonly compressor: Compressor;
   readonly chunkIdKey: Uint8Array;
   readonly sessionKey: Uint8Array;
   /** The session key's name in the pool. */
@@ -166,7 +166,7 @@ export class ChunkSink {
     if (this.#o.index.addPending(id)) {
       this.#o.packIds.reserve(plain.length);
       const out = new Uint8Array(maxBlobLength(plain.length));
-      const n = sealBlobInto(this.#o.crypto, this.#o.sessionKey, this.#o.random(AEAD_NONCE_BYTES), id, plain, this.#o.zstd, this.#scratch, out);
+      const n = sealBlobInto(this.#o.crypto, this.#o.sessionKey, this.#o.random(AEAD_NONCE_BYTES), id, plain, this.#o.compressor, this.#scratch, out);
       small.push({ id, bytes: out.subarray(0, n), rawLength: plain.length });
       this.stats.newChunks++;
       this.stats.newRawBytes += plain.length;

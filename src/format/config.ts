@@ -16,8 +16,9 @@ export interface RepoConfig {
   readonly fileChunkMax: number;
   /** Target pack size, bytes. */
   readonly packSize: number;
-  readonly compression: "zstd";
-  /** zstd level writers use (negative: zstd's fast modes); any level decompresses the same way. */
+  /** How writers compress chunks (readers decode each blob by its codec byte, whatever this says). */
+  readonly compression: "lz4" | "zstd";
+  /** zstd's level writers use (negative: zstd's fast modes); always 1 for LZ4, which has one mode. */
   readonly compressionLevel: number;
 }
 
@@ -26,6 +27,10 @@ export const REPO_ID_PATTERN = /^[0-9a-f]{32}$/;
 /** zstd levels a repository may name: negative levels are zstd's fast modes. Readers need no level. */
 export const COMPRESSION_LEVEL_MIN = -100;
 export const COMPRESSION_LEVEL_MAX = 19;
+/** The zstd level of `init --compression zstd` without a level. */
+export const ZSTD_DEFAULT_LEVEL = -1;
+/** The level an LZ4 repository records: LZ4's one (default) mode. */
+export const LZ4_LEVEL = 1;
 
 /** Fixed image chunk sizes a repository may name: powers of two from 4 KiB to 16 MiB. */
 export const IMAGE_CHUNK_MIN = 4096;
@@ -70,9 +75,10 @@ export function parseConfigMeta(value: unknown): RepoConfig {
     fileChunkAvg: int(o, "fileChunkAvg"),
     fileChunkMax: int(o, "fileChunkMax"),
     packSize: int(o, "packSize"),
-    compression: oneOf(o, "compression", ["zstd"] as const),
+    compression: oneOf(o, "compression", ["lz4", "zstd"] as const),
     compressionLevel: intIn(o, "compressionLevel", COMPRESSION_LEVEL_MIN, COMPRESSION_LEVEL_MAX),
   };
+  if (c.compression === "lz4" && c.compressionLevel !== LZ4_LEVEL) throw new FormatError("LZ4 has no compression levels");
   if (!isValidImageChunkSize(c.imageChunkSize)) throw new FormatError("bad image chunk size");
   if (!(c.fileChunkMin > 0 && c.fileChunkMin <= c.fileChunkAvg && c.fileChunkAvg <= c.fileChunkMax && c.fileChunkMax <= 1 << 26)) {
     throw new FormatError("bad file chunker limits");

@@ -95,5 +95,5 @@ export function blobAd(chunkId: Uint8Array): Uint8Array {
   return out;
 }
 
-/** Codec byte that starts every blob plaintext. */
-export const Codec = { Raw: 0, Zstd: 1 } as const;
+/** Codec byte that starts every blob plaintext: raw bytes, a zstd frame, or an LZ4 block. */
+export const Codec = { Raw: 0, Zstd: 1, Lz4: 2 } as const;

@@ -44,7 +44,7 @@ export class PackVerifier {
   }
 
   static async create(repo: Repository, sessions: SessionKeys, workers?: number): Promise<PackVerifier> {
-    const pool = await WorkerPool.create({ compressionLevel: repo.config.compressionLevel, ...(workers === undefined ? {} : { workers }) });
+    const pool = await WorkerPool.create({ compression: repo.config, ...(workers === undefined ? {} : { workers }) });
     return new PackVerifier(repo, sessions, pool, pool.threads + 2);
   }
 

@@ -1,5 +1,5 @@
 import { IntegrityError, NotFoundError, type Damage } from "../errors.js";
-import { Zstd } from "../compress/zstd.js";
+import { Compressor } from "../compress/compressor.js";
 import { FormatError } from "../format/codec.js";
 import { parseChunkList } from "../format/chunklist.js";
 import { parseEntryBlob } from "../format/entries.js";
@@ -120,7 +120,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
       const verifier = await starting;
       // Snapshot references are walked on the main thread while the workers verify packs.
       const references = (async () => {
-        const reader = new BlobReader(repo, index, sessions, new Zstd(repo.config.compressionLevel));
+        const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
         for (const [i, snap] of snapshots.entries()) {
           progress({ phase: "check snapshots", done: i + 1, total: snapshots.length, unit: "items" });
           await checkReferences(repo, sessions, reader, index, snap, packSnapshots, report);

@@ -3,7 +3,7 @@ import type { CryptoSuite } from "../crypto/suite.js";
 import { AEAD_NONCE_BYTES, AEAD_TAG_BYTES, HASH_BYTES } from "../crypto/suite.js";
 import type { Secret } from "../crypto/secret.js";
 import { blobAd, Codec } from "../format/pack.js";
-import type { Zstd } from "../compress/zstd.js";
+import type { Compressor } from "../compress/compressor.js";
 
 /** Bytes a stored blob adds to its payload: nonce, codec byte, tag. */
 export const BLOB_OVERHEAD = AEAD_NONCE_BYTES + 1 + AEAD_TAG_BYTES;
@@ -20,7 +20,7 @@ export class BlobScratch {
   }
 }
 
-/** True when a chunk is stored compressed: zstd must save at least 1/32 of it. */
+/** True when a chunk is stored compressed: compression must save at least 1/32 of it. */
 export function compressionPays(compressedLength: number, rawLength: number): boolean {
   return compressedLength + (rawLength >> 5) < rawLength;
 }
@@ -32,7 +32,7 @@ export function maxBlobLength(plainLength: number): number {
 
 /**
  * Stored form of one chunk, written into out: nonce | XChaCha20-Poly1305(codec byte | payload),
- * the chunk ID as associated data. zstd is kept only when it saves at least 1/32 of the chunk.
+ * the chunk ID as associated data. Compression is kept only when it saves at least 1/32 of the chunk.
  * Returns the number of bytes written (at most maxBlobLength(plain.length)).
  */
 export function sealBlobInto(
@@ -41,17 +41,17 @@ export function sealBlobInto(
   nonce: Uint8Array,
   chunkId: Uint8Array,
   plain: Uint8Array,
-  zstd: Zstd | undefined,
+  compressor: Compressor | undefined,
   scratch: BlobScratch,
   out: Uint8Array,
 ): number {
   let framedLength = 1 + plain.length;
   let framed: Uint8Array | undefined;
-  if (zstd !== undefined) {
-    framed = scratch.frame(1 + zstd.compressBound(plain.length));
-    const n = zstd.compressInto(plain, framed.subarray(1));
+  if (compressor !== undefined) {
+    framed = scratch.frame(1 + compressor.compressBound(plain.length));
+    const n = compressor.compressInto(plain, framed.subarray(1));
     if (compressionPays(n, plain.length)) {
-      framed[0] = Codec.Zstd;
+      framed[0] = compressor.codec;
       framedLength = 1 + n;
     } else framed = undefined;
   }
@@ -93,7 +93,7 @@ export function openBlobInto(
   chunkIdKey: Uint8Array,
   chunkId: Uint8Array,
   stored: Uint8Array,
-  zstd: Zstd,
+  compressor: Compressor,
   scratch: BlobScratch,
   out: Uint8Array,
 ): BlobStatus {
@@ -105,10 +105,10 @@ export function openBlobInto(
   if (codec === Codec.Raw) {
     if (framedLength - 1 !== out.length) return BlobStatus.Length;
     out.set(framed.subarray(1));
-  } else if (codec === Codec.Zstd) {
+  } else if (codec === Codec.Zstd || codec === Codec.Lz4) {
     let n: number;
     try {
-      n = zstd.decompressInto(framed.subarray(1), out);
+      n = compressor.decompressInto(codec, framed.subarray(1), out);
     } catch {
       return BlobStatus.Decompress;
     }
@@ -119,13 +119,13 @@ export function openBlobInto(
 }
 
 /** Stored form of one chunk through the general CryptoSuite, under a fresh random nonce (small or rare blobs). */
-export function encodeBlob(crypto: CryptoSuite, sessionKey: Secret, chunkId: Uint8Array, plaintext: Uint8Array, zstd: Zstd | undefined): Uint8Array {
+export function encodeBlob(crypto: CryptoSuite, sessionKey: Secret, chunkId: Uint8Array, plaintext: Uint8Array, compressor: Compressor | undefined): Uint8Array {
   let codec: number = Codec.Raw;
   let payload = plaintext;
-  if (zstd !== undefined) {
-    const compressed = zstd.compress(plaintext);
+  if (compressor !== undefined) {
+    const compressed = compressor.compress(plaintext);
     if (compressionPays(compressed.length, plaintext.length)) {
-      codec = Codec.Zstd;
+      codec = compressor.codec;
       payload = compressed;
     }
   }
@@ -153,7 +153,7 @@ export function decodeBlob(
   chunkId: Uint8Array,
   stored: Uint8Array,
   rawLength: number,
-  zstd: Zstd,
+  compressor: Compressor,
 ): Uint8Array {
   let framed: Uint8Array;
   try {
@@ -164,11 +164,11 @@ export function decodeBlob(
   const codec = framed[0];
   let plain: Uint8Array;
   if (codec === Codec.Raw) plain = framed.subarray(1);
-  else if (codec === Codec.Zstd) {
+  else if (codec === Codec.Zstd || codec === Codec.Lz4) {
     plain = new Uint8Array(rawLength);
     let n: number;
     try {
-      n = zstd.decompressInto(framed.subarray(1), plain);
+      n = compressor.decompressInto(codec, framed.subarray(1), plain);
     } catch {
       throw new BlobError(STATUS_MESSAGES[BlobStatus.Decompress]);
     }
@@ -195,11 +195,11 @@ export function rewrapBlob(
   chunkId: Uint8Array,
   stored: Uint8Array,
   rawLength: number,
-  zstd: Zstd,
+  compressor: Compressor,
   scratch: BlobScratch,
 ): Rewrapped {
   const plain = new Uint8Array(rawLength);
-  const status = openBlobInto(crypto, from.sessionKey, from.chunkIdKey, chunkId, stored, zstd, scratch, plain);
+  const status = openBlobInto(crypto, from.sessionKey, from.chunkIdKey, chunkId, stored, compressor, scratch, plain);
   if (status !== BlobStatus.Ok) return { status };
   const framedLength = stored.length - AEAD_NONCE_BYTES - AEAD_TAG_BYTES;
   let newId = chunkId.slice();

@@ -4,6 +4,7 @@ import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 import { loadBulkCrypto, type BulkBackend } from "../crypto/bulk.js";
 import { TaskRunner } from "./tasks.js";
+import type { CompressionSetting } from "../compress/compressor.js";
 import { transferList, type FromWorker, type ResultOf, type Task, type ToWorker, type WorkerData } from "./protocol.js";
 
 export interface PoolOptions {
@@ -15,7 +16,8 @@ export interface PoolOptions {
    * the work of one more worker without one more thread's memory (~14 MiB each).
    */
   readonly mainThread?: boolean;
-  readonly compressionLevel: number;
+  /** The repository's compression (backups compress with it; any codec decompresses). */
+  readonly compression: CompressionSetting;
   readonly backend?: BulkBackend;
   /** Tasks handed to one worker before more wait in the pool's queue. */
   readonly tasksPerWorker?: number;
@@ -120,17 +122,18 @@ export class WorkerPool {
   static async create(o: PoolOptions): Promise<WorkerPool> {
     const count = o.workers ?? defaultWorkers();
     const backend = o.backend ?? "auto";
-    if (count <= 0) return new WorkerPool([], new TaskRunner(await loadBulkCrypto(backend), o.compressionLevel), 1);
+    if (count <= 0) return new WorkerPool([], new TaskRunner(await loadBulkCrypto(backend), o.compression), 1);
     const slots: Slot[] = [];
     for (let i = 0; i < count; i++) {
       const worker = adoptSpare(backend) ?? new Worker(workerUrl(), { workerData: { backend } satisfies WorkerData });
       slots.push({ worker, pending: new Map(), ready: false });
-      worker.postMessage({ type: "init", compressionLevel: o.compressionLevel } satisfies ToWorker);
+      // Only the two settings travel (the caller may pass a whole repository config).
+      worker.postMessage({ type: "init", compression: { compression: o.compression.compression, compressionLevel: o.compression.compressionLevel } } satisfies ToWorker);
     }
     const mainThread = o.mainThread ?? count + 1 <= os.availableParallelism();
     let helper: TaskRunner | undefined;
     try {
-      helper = mainThread ? new TaskRunner(await loadBulkCrypto(backend), o.compressionLevel) : undefined;
+      helper = mainThread ? new TaskRunner(await loadBulkCrypto(backend), o.compression) : undefined;
     } catch (e) {
       await Promise.all(slots.map((s) => s.worker.terminate()));
       throw e;

@@ -3,6 +3,7 @@
  * ArrayBuffers that are transferred, never copied: a sender must not touch a buffer it sent.
  */
 import type { BulkBackend, BulkBackendName } from "../crypto/bulk.js";
+import type { CompressionSetting } from "../compress/compressor.js";
 
 /** Chunk IDs and zero flags for chunks of a batch (zero chunks get no ID). */
 export interface ScanTask {
@@ -88,7 +89,7 @@ export interface WorkerData {
 }
 export interface InitMessage {
   readonly type: "init";
-  readonly compressionLevel: number;
+  readonly compression: CompressionSetting;
 }
 /** Hands a key to a worker; the bytes are transferred and zeroed when the worker closes. */
 export interface KeyMessage {

@@ -1,6 +1,6 @@
 import type { BulkBackendName, BulkCrypto } from "../crypto/bulk.js";
 import { AEAD_NONCE_BYTES, HASH_BYTES } from "../crypto/suite.js";
-import { Zstd } from "../compress/zstd.js";
+import { Compressor, type CompressionSetting } from "../compress/compressor.js";
 import { BlobScratch, BlobStatus, maxBlobLength, openBlobInto, sealBlobInto } from "../pack/blob.js";
 import { CHUNK_ID_KEY, type OpenResult, type OpenTask, type ScanResult, type ScanTask, type SealResult, type SealTask, type Task, type ResultOf } from "./protocol.js";
 
@@ -14,15 +14,15 @@ const SLICE_BYTES = 256 * 1024;
  */
 export class TaskRunner {
   readonly #crypto: BulkCrypto;
-  readonly #zstd: Zstd;
+  readonly #compressor: Compressor;
   readonly #keys = new Map<string, Uint8Array>();
   readonly #scratch = new BlobScratch();
   #zero = new Uint8Array(16 * 1024);
   #sliced = 0;
 
-  constructor(crypto: BulkCrypto, compressionLevel: number) {
+  constructor(crypto: BulkCrypto, compression: CompressionSetting) {
     this.#crypto = crypto;
-    this.#zstd = new Zstd(compressionLevel);
+    this.#compressor = new Compressor(compression);
   }
 
   get backend(): BulkBackendName {
@@ -115,7 +115,7 @@ export class TaskRunner {
         t.nonces.subarray(i * AEAD_NONCE_BYTES, (i + 1) * AEAD_NONCE_BYTES),
         t.ids.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES),
         t.data.subarray(offset, offset + length),
-        this.#zstd,
+        this.#compressor,
         this.#scratch,
         blobs.subarray(at, at + maxBlobLength(length)),
       );
@@ -157,7 +157,7 @@ export class TaskRunner {
         out = single.subarray(0, raw);
       }
       if (offset + length > t.data.length) status[i] = BlobStatus.Length;
-      else status[i] = openBlobInto(this.#crypto, key, chunkIdKey, t.ids.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES), t.data.subarray(offset, offset + length), this.#zstd, this.#scratch, out);
+      else status[i] = openBlobInto(this.#crypto, key, chunkIdKey, t.ids.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES), t.data.subarray(offset, offset + length), this.#compressor, this.#scratch, out);
       // Unauthenticated bytes never leave the runner.
       if (status[i] !== BlobStatus.Ok) out.fill(0);
       at += raw;

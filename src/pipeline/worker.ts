@@ -23,7 +23,7 @@ port.on("message", (message: ToWorker) => {
   switch (message.type) {
     case "init":
       ready = bulkCrypto.then((bulk) => {
-        runner = new TaskRunner(bulk, message.compressionLevel);
+        runner = new TaskRunner(bulk, message.compression);
         for (const k of pendingKeys.splice(0)) runner.setKey(k.name, k.bytes);
         send({ type: "ready", backend: runner.backend });
         return runner;

@@ -4,7 +4,7 @@ import { CryptoSuite, type RandomSource } from "../crypto/suite.js";
 import { assertKdfStrength, KDF_DEFAULT, type KdfStrength } from "../crypto/kdf.js";
 import { Secret } from "../crypto/secret.js";
 import { FormatError } from "../format/codec.js";
-import { parseConfigMeta, encodeConfigMeta, type RepoConfig } from "../format/config.js";
+import { parseConfigMeta, encodeConfigMeta, LZ4_LEVEL, ZSTD_DEFAULT_LEVEL, type RepoConfig } from "../format/config.js";
 import { appendSignature, encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { CONFIG_KEY, grantKey, registryKey, slotKey, slotPrefix } from "../format/layout.js";
 import { USER_NAME_PATTERN, type EpochInfo, type RegistryDoc, type RegistryUser } from "../format/registry.js";
@@ -44,7 +44,7 @@ export interface InitOptions extends CommonOptions {
   /** Argon2id strength for the admin's slot; below the floor only with allowWeakKdf (tests). */
   readonly kdf?: KdfStrength;
   readonly allowWeakKdf?: boolean;
-  readonly config?: Partial<Pick<RepoConfig, "imageChunkSize" | "fileChunkMin" | "fileChunkAvg" | "fileChunkMax" | "packSize" | "compressionLevel">>;
+  readonly config?: Partial<Pick<RepoConfig, "imageChunkSize" | "fileChunkMin" | "fileChunkAvg" | "fileChunkMax" | "packSize" | "compression" | "compressionLevel">>;
 }
 
 export interface OpenOptions extends CommonOptions {
@@ -64,8 +64,15 @@ export const DEFAULT_CONFIG = {
   fileChunkAvg: 1024 * 1024,
   fileChunkMax: 4 * 1024 * 1024,
   packSize: 16 * 1024 * 1024,
-  compressionLevel: -1,
-} as const;
+  compression: "lz4",
+  compressionLevel: 1,
+} as const satisfies Partial<RepoConfig>;
+
+/** The compression of a new repository: a zstd level alone chooses zstd; LZ4 by default. */
+function compressionChoice(c: InitOptions["config"]): Pick<RepoConfig, "compression" | "compressionLevel"> {
+  const compression = c?.compression ?? (c?.compressionLevel !== undefined ? "zstd" : DEFAULT_CONFIG.compression);
+  return { compression, compressionLevel: c?.compressionLevel ?? (compression === "lz4" ? LZ4_LEVEL : ZSTD_DEFAULT_LEVEL) };
+}
 
 export function environment(o: CommonOptions): Environment {
   return { clock: o.clock ?? (() => new Date()), hostname: o.hostname ?? os.hostname(), pid: process.pid, lockWaitMs: o.lockWaitMs ?? 0, ...(o.onLockWait === undefined ? {} : { onLockWait: o.onLockWait }) };
@@ -133,7 +140,7 @@ export async function initRepository(o: InitOptions): Promise<Repository> {
     rootPublicKey: root.publicKey,
     ...DEFAULT_CONFIG,
     ...o.config,
-    compression: "zstd",
+    ...compressionChoice(o.config),
   };
   // Validate the settings through the same parser readers use.
   parseConfigMeta(encodeConfigMeta(config));

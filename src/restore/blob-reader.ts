@@ -1,5 +1,5 @@
 import { IntegrityError, NotFoundError, VaultError } from "../errors.js";
-import type { Zstd } from "../compress/zstd.js";
+import type { Compressor } from "../compress/compressor.js";
 import { packKey } from "../format/layout.js";
 import { BlobError, decodeBlob } from "../pack/blob.js";
 import type { ChunkIndex, ChunkLocation } from "../repository/chunk-index.js";
@@ -22,15 +22,15 @@ export class BlobReader {
   readonly #repo: Repository;
   readonly #index: ChunkIndex;
   readonly #sessions: SessionKeys;
-  readonly #zstd: Zstd;
+  readonly #compressor: Compressor;
   #window: { packId: string; start: number; bytes: Uint8Array } | undefined;
   bytesFetched = 0;
 
-  constructor(repo: Repository, index: ChunkIndex, sessions: SessionKeys, zstd: Zstd) {
+  constructor(repo: Repository, index: ChunkIndex, sessions: SessionKeys, compressor: Compressor) {
     this.#repo = repo;
     this.#index = index;
     this.#sessions = sessions;
-    this.#zstd = zstd;
+    this.#compressor = compressor;
   }
 
   location(id: Uint8Array): ChunkLocation {
@@ -46,7 +46,7 @@ export class BlobReader {
     // Chunk IDs are verified with the chunk-ID key of the session that wrote them.
     const chunkIdKey = chunkKeyFor(this.#repo, session.meta.chunkKeyEpoch);
     try {
-      return decodeBlob(this.#repo.crypto, session.key, chunkIdKey, id, stored, loc.rawLength, this.#zstd);
+      return decodeBlob(this.#repo.crypto, session.key, chunkIdKey, id, stored, loc.rawLength, this.#compressor);
     } catch (e) {
       if (e instanceof BlobError) throw IntegrityError.object(packKey(loc.pack.packId), `${e.message} (chunk ${toHex(id).slice(0, 16)}…)`);
       throw e;

@@ -1,7 +1,7 @@
 import * as fse from "../util/fsx.js";
 import path from "node:path";
 import { NotFoundError, UsageError } from "../errors.js";
-import { Zstd } from "../compress/zstd.js";
+import { Compressor } from "../compress/compressor.js";
 import type { DiskSource, FolderSource } from "../format/snapshot.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
@@ -118,7 +118,7 @@ async function restoreRecord(repo: Repository, sessions: SessionKeys, record: Sn
   // Workers start while the snapshot and the index load.
   // Restore keeps many windows in flight: a deeper queue per worker keeps the worker busy while
   // the main thread, which also writes the target, takes the overflow.
-  const starting = WorkerPool.create({ compressionLevel: repo.config.compressionLevel, tasksPerWorker: 4, ...(o.workers === undefined ? {} : { workers: o.workers }) });
+  const starting = WorkerPool.create({ compression: repo.config, tasksPerWorker: 4, ...(o.workers === undefined ? {} : { workers: o.workers }) });
   starting.catch(() => undefined);
   try {
     return await restoreWith(repo, sessions, record, target, o, starting);
@@ -150,7 +150,7 @@ async function restoreWith(
   // 128-bit ID prefixes: every fetched blob is authenticated under its full ID anyway.
   const index = await loadIndex(repo, undefined, undefined, { idBytes: 16 });
   const progress = throttled(o.progress);
-  const reader = new BlobReader(repo, index, sessions, new Zstd(repo.config.compressionLevel));
+  const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
   const fetcher = new ChunkFetcher(repo, index, sessions, await starting);
   const restored: { name: string; kind: "disk" | "folder"; path: string; bytes: number }[] = [];
   for (const { disk, dest } of plan.disks) {

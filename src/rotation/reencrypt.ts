@@ -1,5 +1,5 @@
 import { IntegrityError, UsageError } from "../errors.js";
-import { Zstd } from "../compress/zstd.js";
+import { Compressor } from "../compress/compressor.js";
 import type { Secret } from "../crypto/secret.js";
 import { encodeChunkList, parseChunkList } from "../format/chunklist.js";
 import { encodeEntry, parseEntryBlob } from "../format/entries.js";
@@ -122,7 +122,7 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
   let openPacks: PackWriter | undefined;
   try {
     const session = await sessions.open(state.sessionId);
-    const zstd = new Zstd(repo.config.compressionLevel);
+    const compressor = new Compressor(repo.config);
     const indexed = new Map<string, IndexedPack>();
     await loadIndex(repo, undefined, (f) => {
       for (const p of f.packs) indexed.set(toHex(p.packId), p);
@@ -144,7 +144,7 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
     };
     const put = async (plain: Uint8Array): Promise<Uint8Array> => {
       const id = repo.crypto.hash(plain, chunkKey);
-      if (!written.has(id)) await putStored(id, encodeBlob(repo.crypto, session.key, id, plain, zstd), plain.length);
+      if (!written.has(id)) await putStored(id, encodeBlob(repo.crypto, session.key, id, plain, compressor), plain.length);
       return id;
     };
     const rw: Rewriter = { packs, index, written, chunkKey, sessionKey: session.key, put, putStored };
@@ -158,7 +158,7 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
       for (const [i, packId] of todo.entries()) {
         progress?.({ phase: "re-encrypt packs", done: i + 1, total: todo.length, unit: "items" });
         const p = indexed.get(packId);
-        if (p !== undefined) pairs.push(...(await rewritePack(repo, sessions, zstd, rw, packId, p, state.newChunkKey)));
+        if (p !== undefined) pairs.push(...(await rewritePack(repo, sessions, compressor, rw, packId, p, state.newChunkKey)));
         batch.push(packId);
         packsRewritten++;
         if (batch.length >= PACKS_PER_CHECKPOINT || i === todo.length - 1) {
@@ -176,7 +176,7 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
     if (state.phase === "snapshots") {
       const idMap = state.newChunkKey ? await readIdMap(repo) : undefined;
       const oldSessions = new Set(state.oldSessions);
-      const reader = new BlobReader(repo, await loadIndex(repo), sessions, new Zstd(repo.config.compressionLevel));
+      const reader = new BlobReader(repo, await loadIndex(repo), sessions, new Compressor(repo.config));
       const all = await listSnapshotKeys(repo);
       let n = 0;
       for (const [, keys] of all) {
@@ -214,7 +214,7 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
 }
 
 /** Decrypts and verifies every chunk of one old pack and writes it again under the new session. */
-async function rewritePack(repo: Repository, sessions: SessionKeys, zstd: Zstd, rw: Rewriter, packId: string, p: IndexedPack, newKey: boolean): Promise<[string, string][]> {
+async function rewritePack(repo: Repository, sessions: SessionKeys, compressor: Compressor, rw: Rewriter, packId: string, p: IndexedPack, newKey: boolean): Promise<[string, string][]> {
   const bulk = await loadBulkCrypto();
   const scratch = new BlobScratch();
   const pairs: [string, string][] = [];
@@ -234,7 +234,7 @@ async function rewritePack(repo: Repository, sessions: SessionKeys, zstd: Zstd, 
       e.chunkId,
       bytes.subarray(e.offset, e.offset + e.length),
       e.rawLength,
-      zstd,
+      compressor,
       scratch,
     );
     if (r.status !== BlobStatus.Ok) throw IntegrityError.object(packKey(packId), `${blobStatusMessage(r.status)}; repair the pack before re-encrypting`);

@@ -6,7 +6,7 @@ import { describe, expect, it } from "vitest";
 import { loadBulkCrypto, type BulkCrypto } from "../../src/crypto/bulk.js";
 import { CryptoSuite } from "../../src/crypto/suite.js";
 import { Secret } from "../../src/crypto/secret.js";
-import { Zstd } from "../../src/compress/zstd.js";
+import { Compressor } from "../../src/compress/compressor.js";
 import { BlobScratch, BlobStatus, decodeBlob, maxBlobLength, openBlobInto, sealBlobInto } from "../../src/pack/blob.js";
 import { fromHex, toHex, utf8 } from "../../src/util/bytes.js";
 import { seededBytes } from "../helpers/fixtures.js";
@@ -132,7 +132,7 @@ describe("bulk crypto backends", () => {
   });
 
   it("stored blobs are byte-identical and open through either backend and through the general suite", () => {
-    const zstd = new Zstd(1);
+    const zstd = new Compressor({ compression: "zstd", compressionLevel: 1 });
     const key = seededBytes("session", 32);
     const idKey = seededBytes("chunk id", 32);
     const text = utf8("The quick brown fox jumps over the lazy dog. ".repeat(400));
@@ -161,7 +161,7 @@ describe("bulk crypto backends", () => {
   });
 
   it("a blob whose plaintext does not match its ID is refused after decryption", () => {
-    const zstd = new Zstd(1);
+    const zstd = new Compressor({ compression: "zstd", compressionLevel: 1 });
     const key = seededBytes("session", 32);
     const idKey = seededBytes("chunk id", 32);
     const plain = seededBytes("p", 5000);

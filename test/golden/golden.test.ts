@@ -33,7 +33,7 @@ import os from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { auditVerify } from "../../src/audit/log.js";
-import { Zstd } from "../../src/compress/zstd.js";
+import { Compressor } from "../../src/compress/compressor.js";
 import { deriveKey } from "../../src/crypto/kdf.js";
 import { Secret } from "../../src/crypto/secret.js";
 import { AEAD_NONCE_BYTES, CryptoSuite } from "../../src/crypto/suite.js";
@@ -346,7 +346,7 @@ for (const version of VERSION_DIRS) {
       it("every pack trailer and blob decrypts, and every chunk ID recomputes", async () => {
         const crypto = await CryptoSuite.create();
         const indexed = indexedPacks(g, crypto);
-        const zstd = new Zstd(1);
+        const zstd = new Compressor({ compression: "zstd", compressionLevel: 1 });
         const codecs = new Set<number>();
         for (const { key, bytes } of g.all(ObjectKind.Pack)) {
           const packId = fromHex(parsePackKey(key) ?? "");

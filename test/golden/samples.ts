@@ -6,7 +6,7 @@ import { createHash } from "node:crypto";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { expect } from "vitest";
-import { Zstd } from "../../src/compress/zstd.js";
+import { Compressor } from "../../src/compress/compressor.js";
 import { Secret } from "../../src/crypto/secret.js";
 import type { CryptoSuite } from "../../src/crypto/suite.js";
 import type { AuditBody } from "../../src/format/audit.js";
@@ -206,7 +206,7 @@ export function indexedPacks(g: Golden, crypto: CryptoSuite): IndexedPack[] {
 
 /** Reads chunks out of the sample's packs with the recorded session and chunk-ID keys, without the repository code. */
 export function chunkReader(g: Golden, crypto: CryptoSuite): (id: Uint8Array) => Uint8Array {
-  const zstd = new Zstd(1);
+  const zstd = new Compressor({ compression: "zstd", compressionLevel: 1 });
   const where = new Map<string, { pack: Uint8Array; entry: PackEntry; sessionKey: Secret; chunkIdKey: Secret }>();
   for (const pack of g.all(ObjectKind.Pack)) {
     const { sessionId, trailer } = splitPack(pack.bytes);

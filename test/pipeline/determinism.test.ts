@@ -10,7 +10,7 @@ import { describe, expect, it } from "vitest";
 import { backup } from "../../src/backup/backup.js";
 import { KDF_TEST } from "../../src/crypto/kdf.js";
 import { Secret } from "../../src/crypto/secret.js";
-import { Zstd } from "../../src/compress/zstd.js";
+import { Compressor } from "../../src/compress/compressor.js";
 import { parseChunkList } from "../../src/format/chunklist.js";
 import { loadIndex } from "../../src/repository/index-files.js";
 import { initRepository } from "../../src/repository/open.js";
@@ -87,7 +87,7 @@ async function runWith(workers: number, seed: string, image: string, folder: str
       const [record] = await listSnapshots(repo);
       if (record === undefined) throw new Error("no snapshot");
       const body = await readSnapshotBody(repo, sessions, record);
-      const reader = new BlobReader(repo, await loadIndex(repo), sessions, new Zstd(1));
+      const reader = new BlobReader(repo, await loadIndex(repo), sessions, new Compressor({ compression: "zstd", compressionLevel: 1 }));
       const lists: string[] = [];
       for (const s of body.sources) {
         if (s.kind !== "disk") continue;

@@ -168,7 +168,7 @@ describe("WorkerPool with the main thread helping", () => {
       bulk.chunkId(key, c, id);
       return toHex(id);
     });
-    const pool = await WorkerPool.create({ workers: 1, mainThread: true, compressionLevel: -1 });
+    const pool = await WorkerPool.create({ workers: 1, mainThread: true, compression: { compression: "lz4", compressionLevel: 1 } });
     try {
       await pool.started();
       expect(pool.threads).toBe(2);
@@ -180,7 +180,7 @@ describe("WorkerPool with the main thread helping", () => {
     } finally {
       await pool.close();
     }
-    const alone = await WorkerPool.create({ workers: 1, mainThread: false, compressionLevel: -1 });
+    const alone = await WorkerPool.create({ workers: 1, mainThread: false, compression: { compression: "lz4", compressionLevel: 1 } });
     try {
       alone.setKey(CHUNK_ID_KEY, key);
       const results = await Promise.all(chunks.slice(0, 8).map((data) => alone.run({ kind: "scan", data: data.slice(), ranges: Uint32Array.of(0, data.length), detectZero: true })));

@@ -27,7 +27,7 @@ const scan = (data: Uint8Array): ScanTask => ({ kind: "scan", data: data.slice()
 describe("WorkerPool start-up", () => {
   it("returns before its workers have booted; the main thread runs tasks until one is ready", async () => {
     const expected = await expectedIds();
-    const pool = await WorkerPool.create({ workers: 1, mainThread: true, compressionLevel: -1 });
+    const pool = await WorkerPool.create({ workers: 1, mainThread: true, compression: { compression: "lz4", compressionLevel: 1 } });
     try {
       pool.setKey(CHUNK_ID_KEY, key);
       // A worker cannot have answered "ready" yet: nothing has run the event loop since create().
@@ -46,7 +46,7 @@ describe("WorkerPool start-up", () => {
 
   it("without the main thread, tasks wait for a worker to boot and then run there", async () => {
     const expected = await expectedIds();
-    const pool = await WorkerPool.create({ workers: 2, mainThread: false, compressionLevel: -1 });
+    const pool = await WorkerPool.create({ workers: 2, mainThread: false, compression: { compression: "lz4", compressionLevel: 1 } });
     try {
       pool.setKey(CHUNK_ID_KEY, key);
       const results = await Promise.all(chunks.map((c) => pool.run(scan(c))));
@@ -61,7 +61,7 @@ describe("WorkerPool start-up", () => {
     const expected = await expectedIds();
     WorkerPool.prestart(2);
     expect(WorkerPool.spares).toBe(2);
-    const pool = await WorkerPool.create({ workers: 2, mainThread: false, compressionLevel: -1 });
+    const pool = await WorkerPool.create({ workers: 2, mainThread: false, compression: { compression: "lz4", compressionLevel: 1 } });
     try {
       expect(WorkerPool.spares).toBe(0);
       pool.setKey(CHUNK_ID_KEY, key);
@@ -73,7 +73,7 @@ describe("WorkerPool start-up", () => {
   });
 
   it("closes cleanly before its workers have booted", async () => {
-    const pool = await WorkerPool.create({ workers: 2, mainThread: false, compressionLevel: -1 });
+    const pool = await WorkerPool.create({ workers: 2, mainThread: false, compression: { compression: "lz4", compressionLevel: 1 } });
     await pool.close();
     await expect(pool.run(scan(chunks[0] as Uint8Array))).rejects.toThrow(/closed/);
   });

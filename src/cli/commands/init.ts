@@ -1,12 +1,17 @@
 import type { Command } from "commander";
 import { UsageError } from "../../errors.js";
+import type { CompressionName } from "../../compress/compressor.js";
 import { KDF_FLOOR } from "../../crypto/kdf.js";
-import { COMPRESSION_LEVEL_MAX, COMPRESSION_LEVEL_MIN, IMAGE_CHUNK_MAX, IMAGE_CHUNK_MIN, isValidImageChunkSize } from "../../format/config.js";
+import { COMPRESSION_LEVEL_MAX, COMPRESSION_LEVEL_MIN, ZSTD_DEFAULT_LEVEL, IMAGE_CHUNK_MAX, IMAGE_CHUNK_MIN, isValidImageChunkSize } from "../../format/config.js";
 import { DEFAULT_CONFIG } from "../../repository/open.js";
 import { openStore } from "../../storage/open.js";
 import { Vault } from "../../vault.js";
 import { CliContext } from "../context.js";
 import { requireRepo, requireUser } from "../settings.js";
+
+function isCompressionName(name: string): name is CompressionName {
+  return name === "lz4" || name === "zstd";
+}
 
 export function registerInit(program: Command): void {
   program
@@ -14,15 +19,16 @@ export function registerInit(program: Command): void {
     .description("create a repository with its first user, an admin")
     .option("--kdf-memory <MiB>", `Argon2id memory for the admin's key slot (at least ${KDF_FLOOR.memoryKiB / 1024})`)
     .option("--kdf-passes <n>", `Argon2id passes (at least ${KDF_FLOOR.passes})`)
+    .option("--compression <codec>", `how backups compress chunks: lz4 (fastest) or zstd (smaller); default ${DEFAULT_CONFIG.compression}`)
     .option(
       "--compression-level <n>",
-      `zstd level backups use, ${COMPRESSION_LEVEL_MIN} to ${COMPRESSION_LEVEL_MAX}; negative levels are faster and store more (default ${DEFAULT_CONFIG.compressionLevel})`,
+      `zstd level, ${COMPRESSION_LEVEL_MIN} to ${COMPRESSION_LEVEL_MAX}; negative levels are faster and store more (implies --compression zstd; default ${ZSTD_DEFAULT_LEVEL})`,
     )
     .option(
       "--image-chunk-size <KiB>",
       `fixed chunk size for disk images, a power of two from ${IMAGE_CHUNK_MIN / 1024} to ${IMAGE_CHUNK_MAX / 1024} KiB; smaller stores less after small rewrites, larger is faster and uses less memory (default ${DEFAULT_CONFIG.imageChunkSize / 1024})`,
     )
-    .action(async (opts: { kdfMemory?: string; kdfPasses?: string; compressionLevel?: string; imageChunkSize?: string }, command: Command) => {
+    .action(async (opts: { kdfMemory?: string; kdfPasses?: string; compression?: string; compressionLevel?: string; imageChunkSize?: string }, command: Command) => {
       const ctx = new CliContext(command);
       const repo = requireRepo(ctx.settings);
       const user = requireUser(ctx.settings);
@@ -38,11 +44,15 @@ export function registerInit(program: Command): void {
       if (level !== undefined && (!Number.isInteger(level) || level < COMPRESSION_LEVEL_MIN || level > COMPRESSION_LEVEL_MAX)) {
         throw new UsageError(`--compression-level ${opts.compressionLevel}: give a whole number from ${COMPRESSION_LEVEL_MIN} to ${COMPRESSION_LEVEL_MAX}`);
       }
+      const compression = opts.compression;
+      if (compression !== undefined && !isCompressionName(compression)) throw new UsageError(`--compression ${compression}: give lz4 or zstd`);
+      if (compression === "lz4" && level !== undefined) throw new UsageError("--compression-level is for zstd; LZ4 has no levels");
       const chunkKiB = opts.imageChunkSize === undefined ? undefined : Number(opts.imageChunkSize);
       if (chunkKiB !== undefined && !isValidImageChunkSize(chunkKiB * 1024)) {
         throw new UsageError(`--image-chunk-size ${opts.imageChunkSize}: give a power of two from ${IMAGE_CHUNK_MIN / 1024} to ${IMAGE_CHUNK_MAX / 1024} (KiB)`);
       }
       const config = {
+        ...(compression === undefined ? {} : { compression }),
         ...(level === undefined ? {} : { compressionLevel: level }),
         ...(chunkKiB === undefined ? {} : { imageChunkSize: chunkKiB * 1024 }),
       };
