@@ -116,6 +116,12 @@ describe("users", () => {
     const level = await runCli(["--repo", dir, "--user", "admin", "init", "--compression-level", "25"], { env: { VMVAULT_STATE_DIR: `${dir}-state` } });
     expect(level.code).toBe(2);
     expect(level.stderr).toMatch(/--compression-level 25/);
+    const codec = await runCli(["--repo", dir, "--user", "admin", "init", "--compression", "gzip"], { env: { VMVAULT_STATE_DIR: `${dir}-state` } });
+    expect(codec.code).toBe(2);
+    expect(codec.stderr).toMatch(/--compression gzip: give lz4 or zstd/);
+    const lz4Level = await runCli(["--repo", dir, "--user", "admin", "init", "--compression", "lz4", "--compression-level", "3"], { env: { VMVAULT_STATE_DIR: `${dir}-state` } });
+    expect(lz4Level.code).toBe(2);
+    expect(lz4Level.stderr).toMatch(/LZ4 has no levels/);
     for (const bad of ["24", "2", "32768", "x"]) {
       const size = await runCli(["--repo", dir, "--user", "admin", "init", "--image-chunk-size", bad], { env: { VMVAULT_STATE_DIR: `${dir}-state` } });
       expect(size.code).toBe(2);
@@ -139,6 +145,39 @@ describe("users", () => {
     } finally {
       await v.close();
     }
+  });
+
+  it("init --compression chooses how every backup compresses (LZ4 by default); each repository restores its image", async () => {
+    // Random lowercase letters: no repeats for LZ4 (or zstd's fast levels) to find, while zstd's
+    // entropy coding of literals (level 1 and up) saves ~40%.
+    const image = path.join(tmp("src"), "letters.raw");
+    const letters = Buffer.from(seededBytes("letters", 2 * 1024 * 1024).map((b) => 97 + (b % 26)));
+    await fsp.writeFile(image, letters);
+    const stored = new Map<string, number>();
+    for (const [name, flags, expected] of [
+      ["default", [], { compression: "lz4", compressionLevel: 1 }],
+      ["zstd", ["--compression", "zstd"], { compression: "zstd", compressionLevel: -1 }],
+      ["level", ["--compression-level", "3"], { compression: "zstd", compressionLevel: 3 }],
+    ] as const) {
+      const dir = tmp("repo");
+      const v = vault(dir);
+      expect((await v(["init", ...flags])).code).toBe(0);
+      const opened = await openVault({ store: new FsStore(dir), user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE) });
+      try {
+        expect({ compression: opened.repository.config.compression, compressionLevel: opened.repository.config.compressionLevel }).toEqual(expected);
+      } finally {
+        await opened.close();
+      }
+      const b = await v(["--json", "backup", "--vm", "vm", image]);
+      expect(b.code, b.stderr).toBe(0);
+      stored.set(name, (JSON.parse(b.stdout) as { addedBytes: number }).addedBytes);
+      const out = tmp("out");
+      expect((await v(["restore", "latest", "--target", out, "--reason", "test"])).code).toBe(0);
+      expect(await sha256File(path.join(out, "letters.raw"))).toBe(await sha256File(image));
+      expect((await v(["check", "--read-data"])).code).toBe(0);
+    }
+    expect(stored.get("default")).toBeGreaterThan(letters.length);
+    expect(stored.get("level")).toBeLessThan(letters.length * 0.75);
   });
 
   it("the library refuses a command outside the role before any work, and writes nothing", async () => {
