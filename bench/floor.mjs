@@ -2,16 +2,17 @@
 // The lowest wall time vmvault's own work allows on this machine, step by step, and whether
 // the performance targets fit under it. Measures, on one thread and in CPU seconds, every stage
 // a backup, restore and check run over the image's non-zero chunks with vmvault's primitives
-// (keyed BLAKE2b, zstd at the default level, XChaCha20-Poly1305, the kernel's reads and pack
+// (keyed BLAKE2b, the default compression (or --compression's), XChaCha20-Poly1305, the kernel's reads and pack
 // writes with fsync), then divides by the cores and adds the start-up of a real command. A
 // pipeline can only approach this floor: orchestration, garbage collection and idle moments
 // come on top.
 //
-// Usage: npm run build && node bench/floor.mjs [--image IMG] [--results DIR] [--cores N]
+// Usage: npm run build && node bench/floor.mjs [--image IMG] [--results DIR] [--cores N] [--compression C]
 //   --image    raw image (default: the 2 GiB corpus's day 1 under bench/results/corpus)
 //   --results  an output folder of bench/run.sh, or a report it printed (bench/reference/*.md):
 //              compare the floors with the peers' times there
 //   --cores    cores to divide the work by (default: this machine's)
+//   --compression  lz4, zstd (its default level) or zstd:LEVEL (default: a new repository's, lz4)
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
@@ -22,14 +23,28 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.dirname(here);
 const dist = (p) => path.join(root, "dist", p);
 
+/** The --compression choice as a repository setting. */
+function compressionSetting(value) {
+  if (value === undefined) return { compression: DEFAULT_CONFIG.compression, compressionLevel: DEFAULT_CONFIG.compressionLevel };
+  const [name, level] = value.split(":");
+  if (name === "lz4" && level === undefined) return { compression: "lz4", compressionLevel: 1 };
+  if (name === "zstd" && (level === undefined || Number.isInteger(Number(level)))) return { compression: "zstd", compressionLevel: level === undefined ? ZSTD_DEFAULT_LEVEL : Number(level) };
+  fail(`--compression ${value}: give lz4, zstd or zstd:LEVEL`);
+}
+
+function describe(c) {
+  return c.compression === "lz4" ? "LZ4" : `zstd level ${c.compressionLevel}`;
+}
+
 function parseArgs(argv) {
-  const opts = { image: path.join(here, "results/corpus/2048m-s1/day1.raw"), results: undefined, cores: os.availableParallelism() };
+  const opts = { image: path.join(here, "results/corpus/2048m-s1/day1.raw"), results: undefined, cores: os.availableParallelism(), compression: undefined };
   for (let i = 0; i < argv.length; i += 2) {
     const [flag, value] = [argv[i], argv[i + 1]];
     if (value === undefined) fail(`${flag} needs a value`);
     if (flag === "--image") opts.image = value;
     else if (flag === "--results") opts.results = value;
     else if (flag === "--cores") opts.cores = Number(value);
+    else if (flag === "--compression") opts.compression = value;
     else fail(`unknown option ${flag}`);
   }
   if (!(opts.cores >= 1)) fail("--cores takes a positive number");
@@ -45,14 +60,16 @@ function fail(message) {
 
 const opts = parseArgs(process.argv.slice(2));
 const { loadBulkCrypto } = await import(dist("crypto/bulk.js"));
-const { Zstd } = await import(dist("compress/zstd.js"));
+const { Compressor } = await import(dist("compress/compressor.js"));
 const { DEFAULT_CONFIG } = await import(dist("repository/open.js"));
+const { ZSTD_DEFAULT_LEVEL } = await import(dist("format/config.js"));
 const { blobAd } = await import(dist("format/pack.js"));
 const { compressionPays } = await import(dist("pack/blob.js"));
 
 const CHUNK = DEFAULT_CONFIG.imageChunkSize;
 const DEFAULT_PACK_SIZE = DEFAULT_CONFIG.packSize;
-const DEFAULT_COMPRESSION_LEVEL = DEFAULT_CONFIG.compressionLevel;
+const COMPRESSION = compressionSetting(opts.compression);
+const COMPRESS = `compress (${COMPRESSION.compression})`;
 const SEGMENT = 1024 * 1024;
 const MB = 1e6;
 const MIB = 1024 * 1024;
@@ -68,17 +85,17 @@ function timed(stage, fn) {
 }
 
 const bulk = await loadBulkCrypto("auto");
-const zstd = new Zstd(DEFAULT_COMPRESSION_LEVEL);
+const compressor = new Compressor(COMPRESSION);
 const idKey = new Uint8Array(32).fill(1);
 const sessionKey = new Uint8Array(32).fill(2);
 const nonce = new Uint8Array(24).fill(3);
 const segment = new Uint8Array(SEGMENT);
 const zero = Buffer.alloc(CHUNK);
 const id = new Uint8Array(32);
-const framed = new Uint8Array(1 + zstd.compressBound(CHUNK));
-const sealed = new Uint8Array(SEGMENT + (SEGMENT / CHUNK) * 64 + zstd.compressBound(CHUNK));
+const framed = new Uint8Array(1 + compressor.compressBound(CHUNK));
+const sealed = new Uint8Array(SEGMENT + (SEGMENT / CHUNK) * 64 + compressor.compressBound(CHUNK));
 const readBack = new Uint8Array(sealed.length);
-const opened = new Uint8Array(1 + zstd.compressBound(CHUNK));
+const opened = new Uint8Array(1 + compressor.compressBound(CHUNK));
 const plain = new Uint8Array(CHUNK);
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "vmvault-floor-"));
@@ -102,11 +119,11 @@ try {
     });
     if (chunks.length === 0) continue;
     const ids = timed("hash (chunk IDs)", () => chunks.map((c) => (bulk.chunkId(idKey, c, id), id.slice())));
-    // Compress, keeping zstd only where sealBlobInto would (compressionPays), then encrypt.
+    // Compress, keeping the result only where sealBlobInto would (compressionPays), then encrypt.
     const lengths = [];
     let at = 0;
     chunks.forEach((c, i) => {
-      let n = timed("compress (zstd)", () => zstd.compressInto(c, framed.subarray(1)));
+      let n = timed(COMPRESS, () => compressor.compressInto(c, framed.subarray(1)));
       timed("encrypt (XChaCha20-Poly1305)", () => {
         if (!compressionPays(n, c.length)) {
           framed.set(c, 1);
@@ -144,7 +161,7 @@ try {
       const ok = timed("decrypt", () => bulk.decryptInto(sessionKey, nonce, readBack.subarray(from, from + length), blobAd(ids[i]), opened.subarray(0, length - 16)));
       if (!ok) throw new Error("a blob did not authenticate");
       const out = plain.subarray(0, c.length);
-      if (length - 17 < c.length) timed("decompress", () => zstd.decompressInto(opened.subarray(1, length - 16), out));
+      if (length - 17 < c.length) timed("decompress", () => compressor.decompressInto(compressor.codec, opened.subarray(1, length - 16), out));
       else out.set(opened.subarray(1, length - 16));
       timed("verify (chunk IDs again)", () => bulk.chunkId(idKey, out, id));
       if (!bulk.equal(id, ids[i])) throw new Error("a chunk did not verify");
@@ -202,7 +219,7 @@ function startupSeconds() {
 const startup = startupSeconds();
 const sum = (...stages) => stages.reduce((a, s) => a + (spent[s] ?? 0), 0);
 const work = {
-  backup1: sum("read image", "zero test", "hash (chunk IDs)", "compress (zstd)", "encrypt (XChaCha20-Poly1305)", "write packs + fsync"),
+  backup1: sum("read image", "zero test", "hash (chunk IDs)", COMPRESS, "encrypt (XChaCha20-Poly1305)", "write packs + fsync"),
   // Lower bound for the second backup: the whole image read and hashed; its new data is left out.
   backup2: sum("read image", "zero test", "hash (chunk IDs)"),
   // The restore's image writes (O_DIRECT, about 0.1 CPU s per GB here) are left out.
@@ -216,7 +233,7 @@ const lines = [];
 const out = (s = "") => lines.push(s);
 out(`# vmvault's floor on this machine`);
 out();
-out(`- **Image:** ${opts.image}: ${(size / MIB).toFixed(1)} MiB, ${(dataBytes / MIB).toFixed(1)} MiB in non-zero ${CHUNK / 1024} KiB chunks, ${(storedBytes / MIB).toFixed(1)} MiB once sealed (zstd level ${DEFAULT_COMPRESSION_LEVEL})`);
+out(`- **Image:** ${opts.image}: ${(size / MIB).toFixed(1)} MiB, ${(dataBytes / MIB).toFixed(1)} MiB in non-zero ${CHUNK / 1024} KiB chunks, ${(storedBytes / MIB).toFixed(1)} MiB once sealed (${describe(COMPRESSION)})`);
 out(`- **Machine:** ${os.availableParallelism()} cores (${os.cpus()[0]?.model ?? "unknown"}); floors divide the work by ${opts.cores}`);
 out(`- **Bulk crypto:** ${bulk.backend}; start-up = wall time of \`vmvault snapshots\` (Node.js, the CLI, production Argon2id, opening the repository), median of 3: ${f2(startup)} s`);
 out();

@@ -74,7 +74,7 @@ const otherCpu = records.reduce((a, r) => a + (r.otherCpu ?? 0), 0);
 out(`- **Runs:** ${meta.runs} per tool, each in a fresh repository; medians shown. Page cache warm (images read before each backup), \`sync\` before every step; the whole benchmark took ${meta.seconds} s`);
 out(`- **Noise:** other processes used ${f1(otherCpu)} CPU s during the ${f1(timedWall)} s of timed steps (${f1((100 * otherCpu) / Math.max(timedWall, 1e-9))}% of one core on average; per step in results.json, \`otherCpu\`)`);
 out(
-  "- **Settings:** all encrypted. vmvault: production Argon2id key slot (`VMVAULT_INSECURE_TEST_KDF` unset), its defaults otherwise (32 KiB fixed image chunks, zstd level -1, 1 worker thread plus the main thread on 2 cores, V8 heap flags of `bin/vmvault`, per the README). " +
+  "- **Settings:** all encrypted. vmvault: production Argon2id key slot (`VMVAULT_INSECURE_TEST_KDF` unset), its defaults otherwise (32 KiB fixed image chunks, LZ4 compression, 1 worker thread plus the main thread on 2 cores, V8 heap flags of `bin/vmvault`, per the README). " +
     `restic: \`init\` (its default repository version: v2 from 0.14 on), \`backup\` (\`--compression auto\`), ${meta.resticSparse ? "`restore --sparse`" : "`restore` writing zeros (no `--sparse` before restic 0.15)"}. ` +
     "borg: `init -e repokey-blake2`, `create --compression lz4` (buzhash default chunker); borg (fixed 64K) adds `--chunker-params fixed,65536`; `extract --sparse` for both",
 );
