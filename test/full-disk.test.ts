@@ -1,3 +1,5 @@
+import { execFileSync } from "node:child_process";
+import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { FaultyStore } from "../src/storage/faulty.js";
@@ -28,5 +30,52 @@ describe("a full repository disk", () => {
     const r = await ok.backup({ vm: "vm", sources: [image] });
     expect((await ok.snapshots()).map((s) => s.id)).toEqual([r.snapshotId]);
     await ok.close();
+  });
+});
+
+/** Mounts a tmpfs of sizeKiB at dir (root only); returns false when that is not possible here. */
+function mountTmpfs(dir: string, sizeKiB: number): boolean {
+  if (process.getuid?.() !== 0) return false;
+  try {
+    execFileSync("mount", ["-t", "tmpfs", "-o", `size=${sizeKiB}k`, "tmpfs", dir], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe("a full restore target", () => {
+  it("fails the restore with a clear error, leaves no file behind, and a restore with room succeeds", async (ctx) => {
+    const dir = tmp("repo");
+    const image = path.join(tmp("src"), "vm.raw");
+    // 24 MiB with ~10 MiB of data spread over it: many windows, so writes are in flight when the disk fills.
+    await makeImage(image, { sizeMiB: 24 });
+    const h = await fsp.open(image, "r+");
+    for (let at = 5; at < 24; at += 2) await h.write(Buffer.alloc(1024 * 1024, at), 0, 1024 * 1024, at * 1024 * 1024);
+    await h.close();
+    const v = await initTestVault(dir);
+    await v.backup({ vm: "vm", sources: [image] });
+    const small = tmp("small");
+    if (!mountTmpfs(small, 4096)) {
+      await v.close();
+      ctx.skip();
+      return;
+    }
+    try {
+      await expect(v.restore({ snapshot: "latest", target: path.join(small, "out"), reason: "test" })).rejects.toMatchObject({
+        code: "E_STORAGE",
+        message: expect.stringMatching(/no space left on the restore target/),
+      });
+      // Nothing under the final name, no partial file, and the space is free again.
+      expect(await fsp.readdir(path.join(small, "out")).catch(() => [])).toEqual([]);
+      const df = execFileSync("df", ["--output=used", "-k", small]).toString().trim().split("\n").pop();
+      expect(Number(df)).toBeLessThan(64);
+    } finally {
+      execFileSync("umount", [small]);
+    }
+    const out = tmp("out");
+    await v.restore({ snapshot: "latest", target: out, reason: "test" });
+    expect(Buffer.compare(await fsp.readFile(path.join(out, "vm.raw")), await fsp.readFile(image))).toBe(0);
+    await v.close();
   });
 });

@@ -48,9 +48,14 @@ async function readList(reader: BlobReader, listId: string, snapshotKey: string)
   }
 }
 
+/** Windows being written while the next ones are decoded. */
+const WRITES_IN_FLIGHT = 2;
+
 /**
  * Writes a disk image sparsely: holes stay holes, every data chunk is verified (by the
- * fetcher's workers) before it is written; adjacent chunks are written in one call.
+ * fetcher's workers) before it is written; adjacent chunks are written in one call. A window's
+ * writes run while the next windows are decoded (at most WRITES_IN_FLIGHT windows at once), so
+ * the disk's latency does not stall the decoding.
  */
 export async function restoreDisk(disk: DiskSource, finalPath: string, reader: BlobReader, fetcher: ChunkFetcher, snapshotKey: string, progress: ProgressSink): Promise<number> {
   let file: PartialFile;
@@ -67,9 +72,12 @@ export async function restoreDisk(disk: DiskSource, finalPath: string, reader: B
       throw targetError(finalPath, e);
     }
   };
+  const inFlight: Promise<void>[] = [];
+  let writes: Promise<void>[] = [];
   try {
     let written = 0;
     for await (const answers of fetcher.read(diskRequests(disk, reader, snapshotKey))) {
+      writes = [];
       let run: { data: Uint8Array; position: number } | undefined;
       for (const { tag: position, data } of answers) {
         if (data === null) continue;
@@ -78,17 +86,23 @@ export async function restoreDisk(disk: DiskSource, finalPath: string, reader: B
         if (run !== undefined && adjacent(run, data, position)) {
           run.data = new Uint8Array(run.data.buffer, run.data.byteOffset, run.data.length + data.length);
         } else {
-          if (run !== undefined) await write(run);
+          if (run !== undefined) writes.push(write(run));
           run = { data, position };
         }
         written += data.length;
       }
-      // Everything of this group is written before the next is asked for (its buffer is reused).
       if (run !== undefined) {
-        await write(run);
+        writes.push(write(run));
+        // The window's buffer stays the fetcher's until all its writes have settled.
+        const done = settleAll(writes);
+        done.catch(() => undefined);
+        fetcher.holdUntil(done);
+        inFlight.push(done);
+        while (inFlight.length > WRITES_IN_FLIGHT) await inFlight.shift();
         progress({ phase: `restore ${disk.name}`, done: run.position + run.data.length, total: disk.size, unit: "bytes" });
       }
     }
+    while (inFlight.length > 0) await inFlight.shift();
     try {
       await file.commit();
     } catch (e) {
@@ -97,9 +111,17 @@ export async function restoreDisk(disk: DiskSource, finalPath: string, reader: B
     progress({ phase: `restore ${disk.name}`, done: disk.size, total: disk.size, unit: "bytes" });
     return written;
   } catch (e) {
+    // No write may still be running when the partial file is closed and removed.
+    await Promise.allSettled([...inFlight, ...writes]);
     await file.abort();
     throw e;
   }
+}
+
+/** Resolves once every write has settled; rejects with the first failure. */
+async function settleAll(writes: Promise<void>[]): Promise<void> {
+  const failed = (await Promise.allSettled(writes)).find((r): r is PromiseRejectedResult => r.status === "rejected");
+  if (failed !== undefined) throw failed.reason;
 }
 
 /** True when data continues run both in the image and in memory. */

@@ -51,6 +51,9 @@ interface Window<T> {
   raw: number;
 }
 
+/** Windows a consumer may keep (holdUntil) besides those in flight, e.g. while it writes them. */
+const HELD_WINDOWS = 2;
+
 /** Gap between chunks of one pack still read in one request rather than two. */
 const MAX_GAP = 256 * 1024;
 const MAX_ITEMS = 8192;
@@ -75,6 +78,7 @@ export class ChunkFetcher {
   /** Buffers for stored bytes, reused and bounded in total. */
   readonly #readBuffers: ReadBuffers;
   #lastPlain: Uint8Array | undefined;
+  #held: Promise<unknown> | undefined;
   bytesFetched = 0;
   maxGroupsInFlight = 0;
 
@@ -85,8 +89,8 @@ export class ChunkFetcher {
     this.#pool = pool;
     this.#groupBytes = o.groupBytes ?? 1024 * 1024;
     this.#maxGroups = o.maxGroups ?? 4 * pool.threads + 2;
-    // One slot per window in flight, one for the window being consumed, one spare.
-    this.#plainPool = new AlignedPool(this.#maxGroups + 2, this.#groupBytes);
+    // One slot per window in flight, one for the window being consumed, one spare, and the held ones.
+    this.#plainPool = new AlignedPool(this.#maxGroups + 2 + HELD_WINDOWS, this.#groupBytes);
     this.#readBuffers = new ReadBuffers(Math.max(2, Math.ceil(this.#maxGroups / 2)) * this.#groupBytes);
   }
 
@@ -96,8 +100,17 @@ export class ChunkFetcher {
   }
 
   /**
+   * Keeps the bytes of the array read() handed out last until done settles, instead of only until
+   * the next array is asked for: a consumer can write a window while the next ones are decoded.
+   * At most HELD_WINDOWS (2) windows may be held at once; wait for the oldest before holding more.
+   */
+  holdUntil(done: Promise<unknown>): void {
+    this.#held = done;
+  }
+
+  /**
    * Answers requests in order, one array per window. The arrays' bytes stay valid until the
-   * next array is asked for (their buffer is then reused).
+   * next array is asked for (their buffer is then reused), or longer with holdUntil.
    */
   async *read<T>(requests: AsyncIterable<readonly ChunkRequest<T>[]> | Iterable<readonly ChunkRequest<T>[]>): AsyncIterable<Fetched<T>[]> {
     const queue: Promise<{ out: Fetched<T>[]; plain: Uint8Array | undefined }>[] = [];
@@ -140,8 +153,15 @@ export class ChunkFetcher {
   /** The consumer is done with the last answers: their output slot can take the next window's. */
   #recycle(): void {
     const plain = this.#lastPlain;
+    const held = this.#held;
     this.#lastPlain = undefined;
-    if (plain !== undefined && plain.length === this.#plainPool.slotBytes) this.#plainPool.give(plain);
+    this.#held = undefined;
+    if (plain === undefined || plain.length !== this.#plainPool.slotBytes) return;
+    if (held === undefined) this.#plainPool.give(plain);
+    else {
+      const give = (): void => this.#plainPool.give(plain);
+      held.then(give, give);
+    }
   }
 
   #locate(id: Uint8Array): ChunkLocation {
