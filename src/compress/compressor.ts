@@ -48,7 +48,7 @@ function lz4(): Lz4Binding {
 }
 
 /** The codec byte a blob compressed by this setting carries. */
-export function codecOf(name: CompressionName): number {
+function codecOf(name: CompressionName): number {
   return name === "lz4" ? Codec.Lz4 : Codec.Zstd;
 }
 
@@ -80,7 +80,7 @@ export class Compressor {
   /** Compresses into dest (at least compressBound(src.length) bytes); returns the compressed length. */
   compressInto(src: Uint8Array, dest: Uint8Array): number {
     if (this.codec === Codec.Lz4) {
-      const n = src.length === 0 ? 0 : lz4().compress(src, dest);
+      const n = lz4().compress(src, dest);
       if (n <= 0) throw new RangeError("LZ4 output buffer too small");
       return n;
     }

@@ -41,7 +41,7 @@ function sealFramed(id: Uint8Array, framed: Uint8Array): Uint8Array {
 
 describe("Compressor", () => {
   const text = utf8("a compressible chunk of a virtual machine's file system, ".repeat(600));
-  const inputs = [text, seededBytes("random", 32 * 1024), utf8("x"), new Uint8Array(32 * 1024)];
+  const inputs = [text, seededBytes("random", 32 * 1024), utf8("x"), new Uint8Array(32 * 1024), new Uint8Array(0)];
 
   for (const setting of [LZ4, ZSTD]) {
     it(`${setting.compression} round-trips, and any instance decodes either codec`, () => {
