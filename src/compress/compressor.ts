@@ -47,6 +47,11 @@ function lz4(): Lz4Binding {
   return lz4Binding;
 }
 
+/** True for the codec bytes decompressInto decodes (raw and unknown codecs are not). */
+export function isCompression(codec: number | undefined): codec is number {
+  return codec === Codec.Lz4 || codec === Codec.Zstd;
+}
+
 /** The codec byte a blob compressed by this setting carries. */
 function codecOf(name: CompressionName): number {
   return name === "lz4" ? Codec.Lz4 : Codec.Zstd;

@@ -3,7 +3,7 @@ import type { CryptoSuite } from "../crypto/suite.js";
 import { AEAD_NONCE_BYTES, AEAD_TAG_BYTES, HASH_BYTES } from "../crypto/suite.js";
 import type { Secret } from "../crypto/secret.js";
 import { blobAd, Codec } from "../format/pack.js";
-import type { Compressor } from "../compress/compressor.js";
+import { isCompression, type Compressor } from "../compress/compressor.js";
 
 /** Bytes a stored blob adds to its payload: nonce, codec byte, tag. */
 export const BLOB_OVERHEAD = AEAD_NONCE_BYTES + 1 + AEAD_TAG_BYTES;
@@ -105,7 +105,7 @@ export function openBlobInto(
   if (codec === Codec.Raw) {
     if (framedLength - 1 !== out.length) return BlobStatus.Length;
     out.set(framed.subarray(1));
-  } else if (codec === Codec.Zstd || codec === Codec.Lz4) {
+  } else if (isCompression(codec)) {
     let n: number;
     try {
       n = compressor.decompressInto(codec, framed.subarray(1), out);
@@ -164,7 +164,7 @@ export function decodeBlob(
   const codec = framed[0];
   let plain: Uint8Array;
   if (codec === Codec.Raw) plain = framed.subarray(1);
-  else if (codec === Codec.Zstd || codec === Codec.Lz4) {
+  else if (isCompression(codec)) {
     plain = new Uint8Array(rawLength);
     let n: number;
     try {

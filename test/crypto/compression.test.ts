@@ -11,6 +11,7 @@ import { Secret } from "../../src/crypto/secret.js";
 import { Compressor, type CompressionSetting } from "../../src/compress/compressor.js";
 import { encodeConfigMeta, parseConfigMeta, type RepoConfig } from "../../src/format/config.js";
 import { FormatError } from "../../src/format/codec.js";
+import { DEFAULT_CONFIG } from "../../src/repository/open.js";
 import { blobAd, Codec } from "../../src/format/pack.js";
 import { BlobScratch, BlobStatus, decodeBlob, encodeBlob, maxBlobLength, openBlobInto, sealBlobInto } from "../../src/pack/blob.js";
 import { fromHex, toHex, utf8 } from "../../src/util/bytes.js";
@@ -145,11 +146,7 @@ describe("repository config", () => {
     formatVersion: 1,
     createdAt: "2026-11-30T00:00:00.000Z",
     rootPublicKey: new Uint8Array(32),
-    imageChunkSize: 32 * 1024,
-    fileChunkMin: 256 * 1024,
-    fileChunkAvg: 1024 * 1024,
-    fileChunkMax: 4 * 1024 * 1024,
-    packSize: 16 * 1024 * 1024,
+    ...DEFAULT_CONFIG,
     compression: "lz4",
     compressionLevel: 1,
   };
