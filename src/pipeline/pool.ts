@@ -177,15 +177,20 @@ export class WorkerPool {
     });
   }
 
-  /** Hands queued tasks to workers with room, then, when none has, one at a time to the main thread. */
+  /**
+   * Hands queued tasks out: to the main thread, one at a time, when it is idle and every ready
+   * worker already has a task (so a task never waits in a worker's backlog while the main thread
+   * could run it, however few tasks are about), else to the least loaded ready worker with room.
+   */
   #dispatch(): void {
     while (this.#queue.length > 0) {
+      if (this.#inline !== undefined && !this.#inlineBusy && this.#slots.every((s) => !s.ready || s.pending.size > 0)) {
+        this.#runInline(this.#inline);
+        continue;
+      }
       let best: Slot | undefined;
       for (const s of this.#slots) if (s.ready && s.pending.size < this.#perWorker && (best === undefined || s.pending.size < best.pending.size)) best = s;
-      if (best === undefined) {
-        if (this.#inline !== undefined && !this.#inlineBusy) this.#runInline(this.#inline);
-        return;
-      }
+      if (best === undefined) return;
       const next = this.#queue.shift();
       if (next === undefined) return;
       const id = this.#nextId++;

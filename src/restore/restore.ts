@@ -116,8 +116,9 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
 /** Everything after authorization and the "started" record: decrypts and writes. */
 async function restoreRecord(repo: Repository, sessions: SessionKeys, record: SnapshotRecord, target: string, o: RestoreOptions): Promise<RestoreResult> {
   // Workers start while the snapshot and the index load.
-  // Restore keeps many windows in flight: a deeper queue per worker keeps the worker busy while
-  // the main thread, which also writes the target, takes the overflow.
+  // Restore keeps many windows in flight: a deeper queue per worker keeps the worker busy between
+  // the main thread's turns (it also reads packs and writes the target, and takes a task whenever
+  // the worker has one).
   const starting = WorkerPool.create({ compression: repo.config, tasksPerWorker: 4, ...(o.workers === undefined ? {} : { workers: o.workers }) });
   starting.catch(() => undefined);
   try {

@@ -159,7 +159,36 @@ describe("FsStore read descriptors", () => {
 });
 
 describe("WorkerPool with the main thread helping", () => {
-  it("runs tasks on the main thread only while the workers are full, with the same results", async () => {
+  it("gives the idle main thread a task as soon as every worker has one, not once their backlogs are full", async () => {
+    const key = seededBytes("chunk id key", 32);
+    const chunks = Array.from({ length: 3 }, (_, i) => seededBytes(`backlog chunk ${i}`, 64 * KiB));
+    const bulk = await loadBulkCrypto();
+    const expected = chunks.map((c) => {
+      const id = new Uint8Array(HASH_BYTES);
+      bulk.chunkId(key, c, id);
+      return toHex(id);
+    });
+    const pool = await WorkerPool.create({ workers: 1, mainThread: true, tasksPerWorker: 4, compression: { compression: "lz4", compressionLevel: 1 } });
+    try {
+      await pool.started();
+      pool.setKey(CHUNK_ID_KEY, key);
+      const scan = (data: Uint8Array) => pool.run({ kind: "scan", data: data.slice(), ranges: Uint32Array.of(0, data.length), detectZero: true });
+      // Tasks are handed out as they are submitted: the first to the idle worker, the second to
+      // the idle main thread (the worker still had room for three more), the third to the worker
+      // again while the main thread is busy.
+      const first = scan(chunks[0] as Uint8Array);
+      expect(pool.stats.inline).toBe(0);
+      const second = scan(chunks[1] as Uint8Array);
+      expect(pool.stats.inline).toBe(1);
+      const third = scan(chunks[2] as Uint8Array);
+      expect(pool.stats.inline).toBe(1);
+      expect((await Promise.all([first, second, third])).map((r) => toHex(r.ids))).toEqual(expected);
+    } finally {
+      await pool.close();
+    }
+  });
+
+  it("runs tasks on the main thread only while every worker is busy, with the same results", async () => {
     const key = seededBytes("chunk id key", 32);
     const chunks = Array.from({ length: 64 }, (_, i) => seededBytes(`chunk ${i}`, 64 * KiB));
     const bulk = await loadBulkCrypto();
