@@ -29,22 +29,20 @@ export class CliContext {
     return this.globals.json === true;
   }
 
-  /** Pipeline worker threads from --workers or VMVAULT_WORKERS (default: one per core). */
+  /** Pipeline worker threads from --workers or VMVAULT_WORKERS (default: one per core but one, plus the main thread). */
   get workers(): number | undefined {
-    const raw = this.globals.workers ?? process.env["VMVAULT_WORKERS"];
-    if (raw === undefined || raw === "") return undefined;
-    const n = Number(raw);
-    if (!Number.isInteger(n) || n < 0 || n > 256) throw new UsageError(`--workers ${raw}: give a whole number from 0 to 256`);
-    return n;
+    const o = numberSetting(this.globals.workers, "--workers", "VMVAULT_WORKERS");
+    if (o === undefined) return undefined;
+    if (!Number.isInteger(o.n) || o.n < 0 || o.n > 256) throw new UsageError(`${o.source}: give a whole number from 0 to 256`);
+    return o.n;
   }
 
   /** Seconds to wait for a conflicting lock, from --lock-wait or VMVAULT_LOCK_WAIT (default 0), in ms. */
   get lockWaitMs(): number {
-    const raw = this.globals.lockWait ?? process.env["VMVAULT_LOCK_WAIT"];
-    if (raw === undefined || raw === "") return 0;
-    const n = Number(raw);
-    if (!Number.isFinite(n) || n < 0 || n > 7 * 24 * 3600) throw new UsageError(`--lock-wait ${raw}: give a number of seconds from 0 to 604800`);
-    return Math.round(n * 1000);
+    const o = numberSetting(this.globals.lockWait, "--lock-wait", "VMVAULT_LOCK_WAIT");
+    if (o === undefined) return 0;
+    if (!Number.isFinite(o.n) || o.n < 0 || o.n > 7 * 24 * 3600) throw new UsageError(`${o.source}: give a number of seconds from 0 to 604800`);
+    return Math.round(o.n * 1000);
   }
 
   get progress(): ProgressSink | undefined {
@@ -142,4 +140,12 @@ export class CliContext {
       passphrase.dispose();
     }
   }
+}
+
+/** A numeric setting from its option or, failing that, its environment variable, with where it came from for errors. */
+function numberSetting(option: string | undefined, flag: string, envName: string): { n: number; source: string } | undefined {
+  if (option !== undefined && option !== "") return { n: Number(option), source: `${flag} ${option}` };
+  const env = process.env[envName];
+  if (env === undefined || env === "") return undefined;
+  return { n: Number(env), source: `${envName}=${env}` };
 }

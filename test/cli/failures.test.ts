@@ -86,6 +86,22 @@ describe("bad input gives a clear error, the documented exit code, and no partia
     expect(noRepo.stderr).toMatch(/no repository given/);
   });
 
+  it("a bad numeric setting names where it came from: the option, else its environment variable", async () => {
+    const { v } = await newRepo();
+    const flag = await v(["check", "--read-data", "--workers", "1.5"], { env: { VMVAULT_WORKERS: "2" } });
+    expect(flag.code, flag.stderr).toBe(2);
+    expect(flag.stderr).toMatch(/--workers 1\.5: give a whole number from 0 to 256/);
+    const env = await v(["check", "--read-data"], { env: { VMVAULT_WORKERS: "many" } });
+    expect(env.code, env.stderr).toBe(2);
+    expect(env.stderr).toMatch(/VMVAULT_WORKERS=many: give a whole number from 0 to 256/);
+    // The option wins over a bad environment value.
+    const both = await v(["check", "--read-data", "--workers", "1"], { env: { VMVAULT_WORKERS: "many" } });
+    expect(both.code, both.stderr).toBe(0);
+    const wait = await v(["snapshots"], { env: { VMVAULT_LOCK_WAIT: "soon" } });
+    expect(wait.code, wait.stderr).toBe(2);
+    expect(wait.stderr).toMatch(/VMVAULT_LOCK_WAIT=soon: give a number of seconds/);
+  });
+
   it("restore refuses an existing target unless --force, and leaves it untouched", async () => {
     const { src, v } = await newRepo();
     const image = path.join(src, "vm.raw");
