@@ -158,16 +158,21 @@ describe("FsStore read descriptors", () => {
   });
 });
 
+/** Each chunk's ID computed on this thread, in hex: what the pool must return. */
+async function chunkIds(key: Uint8Array, chunks: readonly Uint8Array[]): Promise<string[]> {
+  const bulk = await loadBulkCrypto();
+  return chunks.map((c) => {
+    const id = new Uint8Array(HASH_BYTES);
+    bulk.chunkId(key, c, id);
+    return toHex(id);
+  });
+}
+
 describe("WorkerPool with the main thread helping", () => {
   it("gives the idle main thread a task as soon as every worker has one, not once their backlogs are full", async () => {
     const key = seededBytes("chunk id key", 32);
     const chunks = Array.from({ length: 3 }, (_, i) => seededBytes(`backlog chunk ${i}`, 64 * KiB));
-    const bulk = await loadBulkCrypto();
-    const expected = chunks.map((c) => {
-      const id = new Uint8Array(HASH_BYTES);
-      bulk.chunkId(key, c, id);
-      return toHex(id);
-    });
+    const expected = await chunkIds(key, chunks);
     const pool = await WorkerPool.create({ workers: 1, mainThread: true, tasksPerWorker: 4, compression: { compression: "lz4", compressionLevel: 1 } });
     try {
       await pool.started();
@@ -191,12 +196,7 @@ describe("WorkerPool with the main thread helping", () => {
   it("runs tasks on the main thread only while every worker is busy, with the same results", async () => {
     const key = seededBytes("chunk id key", 32);
     const chunks = Array.from({ length: 64 }, (_, i) => seededBytes(`chunk ${i}`, 64 * KiB));
-    const bulk = await loadBulkCrypto();
-    const expected = chunks.map((c) => {
-      const id = new Uint8Array(HASH_BYTES);
-      bulk.chunkId(key, c, id);
-      return toHex(id);
-    });
+    const expected = await chunkIds(key, chunks);
     const pool = await WorkerPool.create({ workers: 1, mainThread: true, compression: { compression: "lz4", compressionLevel: 1 } });
     try {
       await pool.started();
