@@ -40,6 +40,8 @@ export interface BackupOptions {
   readonly maxBatches?: number;
   /** Pack uploads in flight before the pipeline waits. Default 2. */
   readonly maxPacksInFlight?: number;
+  /** Skip the unallocated extents of disk images without reading them (default true; false reads every byte). */
+  readonly sparse?: boolean;
 }
 
 /** How the pipeline behaved: the bounds it kept. */
@@ -59,7 +61,8 @@ export interface BackupResult {
   readonly chunks: number;
   readonly newChunks: number;
   readonly packs: number;
-  readonly sources: readonly { name: string; kind: "disk" | "folder"; size: number }[];
+  /** readBytes (disk images): bytes read; the rest of size were unallocated extents, not read. */
+  readonly sources: readonly { name: string; kind: "disk" | "folder"; size: number; readBytes?: number }[];
   readonly skipped: readonly string[];
   readonly pipeline: PipelineStats;
 }
@@ -175,10 +178,14 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
     });
     const cdc = fileChunker(repo);
     const sources: SnapshotSource[] = [];
+    const readBytes = new Map<SnapshotSource, number>();
     const skipped: string[] = [];
     for (const p of planned) {
-      if (p.kind === "disk") sources.push(await backupImage(p.path, p.name, repo.config.imageChunkSize, sink, progress, o.segmentBytes));
-      else {
+      if (p.kind === "disk") {
+        const r = await backupImage(p.path, p.name, repo.config.imageChunkSize, sink, progress, o.segmentBytes, o.sparse ?? true);
+        sources.push(r.source);
+        readBytes.set(r.source, r.readBytes);
+      } else {
         const r = await backupFolder(p.path, p.name, cdc, sink, progress);
         sources.push(r.source);
         skipped.push(...r.skipped.map((s) => `${p.name}/${s}`));
@@ -217,7 +224,10 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
       chunks: sink.stats.chunks,
       newChunks: sink.stats.newChunks,
       packs: packs.packsWritten,
-      sources: sources.map((s) => ({ name: s.name, kind: s.kind, size: s.size })),
+      sources: sources.map((s) => {
+        const read = readBytes.get(s);
+        return { name: s.name, kind: s.kind, size: s.size, ...(read === undefined ? {} : { readBytes: read }) };
+      }),
       skipped,
       pipeline: {
         workers: pool.workers,

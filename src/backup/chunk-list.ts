@@ -25,6 +25,17 @@ export class ChunkListBuilder {
     if (this.#encoder.count === LIST_SPAN) this.#emit();
   }
 
+  /** n holes in a row (a long run fills whole spans, which deduplicate to one stored list). */
+  pushZeros(n: number): void {
+    while (n > 0) {
+      const k = Math.min(n, LIST_SPAN - this.#encoder.count);
+      this.#encoder.pushZeros(k);
+      this.zeroChunks += k;
+      n -= k;
+      if (this.#encoder.count === LIST_SPAN) this.#emit();
+    }
+  }
+
   finish(): string[] {
     if (this.#encoder.count > 0) this.#emit();
     return this.lists;

@@ -1,6 +1,7 @@
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import type { DiskSource } from "../format/snapshot.js";
+import { DataExtents } from "../sources/extents.js";
 import { assertUnchanged, identityOf, sourceError } from "../sources/identity.js";
 import type { ProgressSink } from "../util/progress.js";
 import { ChunkListBuilder } from "./chunk-list.js";
@@ -9,10 +10,20 @@ import type { ChunkSink } from "./sink.js";
 /** Bytes read and handed to the workers at a time (rounded down to whole chunks). */
 export const DEFAULT_SEGMENT_BYTES = 1024 * 1024;
 
+export interface ImageBackup {
+  readonly source: DiskSource;
+  /** Bytes read from the image; the rest were unallocated extents, recorded as holes unread. */
+  readonly readBytes: number;
+}
+
 /**
  * Backs up a raw disk image: fixed-size chunks at fixed offsets (so a rewritten 4 KiB block
  * costs one chunk), all-zero chunks recorded as holes and never stored. Segments are read in
  * order and go through the sink's worker pipeline; their buffers are reused once released.
+ * With `sparse` (the default), chunks wholly inside extents the file system reports as
+ * unallocated (SEEK_DATA/SEEK_HOLE, through the native helper when it is built) are recorded
+ * as holes without being read, and reads stop at the end of each allocated extent: a thin
+ * image costs what its data costs, not its size.
  */
 export async function backupImage(
   file: string,
@@ -21,7 +32,8 @@ export async function backupImage(
   sink: ChunkSink,
   progress: ProgressSink,
   segmentBytes = DEFAULT_SEGMENT_BYTES,
-): Promise<DiskSource> {
+  sparse = true,
+): Promise<ImageBackup> {
   let handle;
   try {
     handle = await fsp.open(file, "r");
@@ -35,9 +47,22 @@ export async function backupImage(
     const segment = Math.max(chunkSize, Math.floor(segmentBytes / chunkSize) * chunkSize);
     const free: Uint8Array[] = [];
     const zero = new Uint8Array(segment);
+    const extents = sparse ? DataExtents.open(handle.fd, size) : undefined;
     let position = 0;
+    let readBytes = 0;
     while (position < size) {
-      const want = Math.min(segment, size - position);
+      const extent = extents?.next(position) ?? { start: position, end: size };
+      // Whole chunks before the next allocated extent are holes: recorded, not read.
+      const dataChunk = extent.start >= size ? size : Math.max(position, Math.floor(extent.start / chunkSize) * chunkSize);
+      if (dataChunk > position) {
+        const holes = Math.ceil((dataChunk - position) / chunkSize);
+        await sink.submit({ data: new Uint8Array(0), ranges: new Uint32Array(0), detectZero: true }, () => list.pushZeros(holes));
+        position = Math.min(size, position + holes * chunkSize);
+        progress({ phase: `backup ${path.basename(file)}`, done: position, total: size, unit: "bytes" });
+        continue;
+      }
+      // Read to the end of this extent's last chunk at most.
+      const want = Math.min(segment, size - position, Math.ceil(extent.end / chunkSize) * chunkSize - position);
       const buffer = free.pop() ?? new Uint8Array(segment);
       let got = 0;
       try {
@@ -51,13 +76,12 @@ export async function backupImage(
       }
       if (got < want) assertUnchanged(file, before, identityOf(await handle.stat()));
       if (got === 0) throw sourceError(file, new Error("unexpected end of file"));
+      readBytes += got;
       const count = Math.ceil(got / chunkSize);
       if (isZero(buffer.subarray(0, got), zero)) {
         // A hole: no worker needed.
         free.push(buffer);
-        await sink.submit({ data: new Uint8Array(0), ranges: new Uint32Array(0), detectZero: true }, () => {
-          for (let i = 0; i < count; i++) list.push(null);
-        });
+        await sink.submit({ data: new Uint8Array(0), ranges: new Uint32Array(0), detectZero: true }, () => list.pushZeros(count));
       } else {
         const ranges = new Uint32Array(count * 2);
         for (let i = 0; i < count; i++) {
@@ -77,7 +101,7 @@ export async function backupImage(
     }
     const lists = await sink.schedule(() => list.finish());
     assertUnchanged(file, before, identityOf(await handle.stat()));
-    return { kind: "disk", name, size, chunkSize, lists, dataChunks: list.dataChunks, zeroChunks: list.zeroChunks };
+    return { source: { kind: "disk", name, size, chunkSize, lists, dataChunks: list.dataChunks, zeroChunks: list.zeroChunks }, readBytes };
   } finally {
     await handle.close();
   }

@@ -42,6 +42,13 @@ export class ChunkListEncoder {
     this.#body.u8(TAG_CHUNK).raw(ref.subarray(0, CHUNK_ID_BYTES));
   }
 
+  /** n all-zero positions at once (n at most the room left in the span). */
+  pushZeros(n: number): void {
+    if (!Number.isInteger(n) || n < 0 || this.#count + n > LIST_SPAN) throw new RangeError("zero run does not fit the chunk list span");
+    this.#count += n;
+    this.#zeros += n;
+  }
+
   finish(): Uint8Array {
     this.#flushZeros();
     const body = this.#body.finish();

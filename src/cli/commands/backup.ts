@@ -20,7 +20,8 @@ export function registerBackup(program: Command): void {
         if (ctx.json) ctx.printJson(r);
         else {
           ctx.out(`snapshot ${r.snapshotId} of VM ${r.vm} saved`);
-          ctx.out(`  ${r.sources.map((s) => `${s.name} (${s.kind}, ${formatBytes(s.size)})`).join(", ")}`);
+          const read = (s: { size: number; readBytes?: number }): string => (s.readBytes !== undefined && s.readBytes < s.size ? `, ${formatBytes(s.readBytes)} read, the rest unallocated` : "");
+          ctx.out(`  ${r.sources.map((s) => `${s.name} (${s.kind}, ${formatBytes(s.size)}${read(s)})`).join(", ")}`);
           ctx.out(`  ${r.newChunks} new of ${r.chunks} chunks; ${formatBytes(r.addedBytes)} added to the repository in ${plural(r.packs, "pack")}`);
         }
       } finally {

@@ -1,0 +1,74 @@
+/*
+ * vmvault's one native helper: where a file's data and holes are (lseek SEEK_DATA and
+ * SEEK_HOLE), so a backup skips the unallocated extents of a sparse disk image instead of
+ * reading them. Node.js has no lseek; everything else stays in JavaScript.
+ *
+ *   seekData(fd, offset) -> the first data byte at or after offset, or -1 when none is left
+ *   seekHole(fd, offset) -> the first hole byte at or after offset (the end of the file counts)
+ *
+ * Errors other than "no data left" (ENXIO) throw an Error whose code is the errno name.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
+#include <node_api.h>
+
+static const char *errno_name(int e) {
+  switch (e) {
+    case EBADF: return "EBADF";
+    case EINVAL: return "EINVAL";
+    case ENXIO: return "ENXIO";
+    case EOVERFLOW: return "EOVERFLOW";
+    case ESPIPE: return "ESPIPE";
+#ifdef ENOTSUP
+    case ENOTSUP: return "ENOTSUP";
+#endif
+    default: return "EIO";
+  }
+}
+
+static napi_value seek(napi_env env, napi_callback_info info, int whence) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t fd;
+  int64_t offset;
+  napi_value result;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_value_int64(env, argv[1], &offset) != napi_ok || offset < 0) {
+    napi_throw_type_error(env, NULL, "expected a file descriptor and a non-negative offset");
+    return NULL;
+  }
+#if defined(SEEK_DATA) && defined(SEEK_HOLE)
+  off_t at = lseek(fd, (off_t)offset, whence == 0 ? SEEK_DATA : SEEK_HOLE);
+  if (at < 0) {
+    int e = errno;
+    if (e == ENXIO && whence == 0) {
+      napi_create_int64(env, -1, &result);
+      return result;
+    }
+    napi_throw_error(env, errno_name(e), strerror(e));
+    return NULL;
+  }
+  napi_create_int64(env, (int64_t)at, &result);
+  return result;
+#else
+  (void)fd;
+  (void)whence;
+  napi_throw_error(env, "ENOTSUP", "this system has no SEEK_DATA");
+  return NULL;
+#endif
+}
+
+static napi_value seek_data(napi_env env, napi_callback_info info) { return seek(env, info, 0); }
+static napi_value seek_hole(napi_env env, napi_callback_info info) { return seek(env, info, 1); }
+
+NAPI_MODULE_INIT() {
+  napi_value fn;
+  if (napi_create_function(env, "seekData", NAPI_AUTO_LENGTH, seek_data, NULL, &fn) != napi_ok) return NULL;
+  if (napi_set_named_property(env, exports, "seekData", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "seekHole", NAPI_AUTO_LENGTH, seek_hole, NULL, &fn) != napi_ok) return NULL;
+  if (napi_set_named_property(env, exports, "seekHole", fn) != napi_ok) return NULL;
+  return exports;
+}

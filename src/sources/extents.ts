@@ -1,0 +1,83 @@
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
+
+/** lseek(SEEK_DATA / SEEK_HOLE) from vmvault's native helper (native/extents.c). */
+interface ExtentsBinding {
+  /** The first data byte at or after offset, or -1 when no data is left. */
+  seekData(fd: number, offset: number): number;
+  /** The first hole byte at or after offset (the end of the file counts as a hole). */
+  seekHole(fd: number, offset: number): number;
+}
+
+/** Where `npm install` builds the helper, from this module in the sources, the library build or the CLI bundle. */
+const CANDIDATES = ["../../build/Release/vmvault_extents.node", "../build/Release/vmvault_extents.node"];
+
+let binding: ExtentsBinding | null | undefined;
+
+/** The native helper, or null when it was not built (every extent then counts as data). */
+export function extentsBinding(): ExtentsBinding | null {
+  if (binding !== undefined) return binding;
+  binding = null;
+  for (const candidate of CANDIDATES) {
+    const file = fileURLToPath(new URL(candidate, import.meta.url));
+    if (!existsSync(file)) continue;
+    try {
+      binding = createRequire(import.meta.url)(file) as ExtentsBinding;
+    } catch {
+      binding = null;
+    }
+    break;
+  }
+  return binding;
+}
+
+/**
+ * The allocated extents of an open file, asked of the file system as a reader moves forward
+ * (lseek SEEK_DATA and SEEK_HOLE; one pair of calls per extent, the last answer remembered). A
+ * file system that keeps no holes reports the whole file as data; one that refuses the calls
+ * (EINVAL and the like, a pipe, a device) gets the same answer from here on, so a caller reads
+ * everything, as it would without this.
+ */
+export class DataExtents {
+  readonly #binding: ExtentsBinding;
+  readonly #fd: number;
+  readonly #size: number;
+  /** The data extent found last: [start, end). */
+  #start = 0;
+  #end = 0;
+  #failed = false;
+
+  private constructor(b: ExtentsBinding, fd: number, size: number) {
+    this.#binding = b;
+    this.#fd = fd;
+    this.#size = size;
+  }
+
+  /** For an open file of this size; undefined without the native helper. */
+  static open(fd: number, size: number): DataExtents | undefined {
+    const b = extentsBinding();
+    return b === null ? undefined : new DataExtents(b, fd, size);
+  }
+
+  /**
+   * The data extent that holds `from` or comes next: start >= from (the file size when only
+   * holes are left) and end > start, both within the file.
+   */
+  next(from: number): { start: number; end: number } {
+    if (from >= this.#size) return { start: this.#size, end: this.#size };
+    if (this.#failed) return { start: from, end: this.#size };
+    if (from >= this.#start && from < this.#end) return { start: from, end: this.#end };
+    try {
+      const data = this.#binding.seekData(this.#fd, from);
+      const start = data < 0 ? this.#size : Math.min(Math.max(data, from), this.#size);
+      const end = start >= this.#size ? this.#size : Math.min(Math.max(this.#binding.seekHole(this.#fd, start), start + 1), this.#size);
+      this.#start = start;
+      this.#end = end;
+      return { start, end };
+    } catch {
+      this.#failed = true;
+      return { start: from, end: this.#size };
+    }
+  }
+}
