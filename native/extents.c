@@ -1,10 +1,13 @@
 /*
  * vmvault's one native helper: where a file's data and holes are (lseek SEEK_DATA and
  * SEEK_HOLE), so a backup skips the unallocated extents of a sparse disk image instead of
- * reading them. Node.js has no lseek; everything else stays in JavaScript.
+ * reading them, and how large a block device is. Node.js has no lseek; everything else stays
+ * in JavaScript.
  *
  *   seekData(fd, offset) -> the first data byte at or after offset, or -1 when none is left
  *   seekHole(fd, offset) -> the first hole byte at or after offset (the end of the file counts)
+ *   seekEnd(fd)          -> the size of what fd reads (lseek SEEK_END): a block device's size,
+ *                           which stat reports as 0
  *
  * Errors other than "no data left" (ENXIO) throw an Error whose code is the errno name.
  */
@@ -61,6 +64,25 @@ static napi_value seek(napi_env env, napi_callback_info info, int whence) {
 #endif
 }
 
+static napi_value seek_end(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd;
+  napi_value result;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 || napi_get_value_int32(env, argv[0], &fd) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected a file descriptor");
+    return NULL;
+  }
+  off_t end = lseek(fd, 0, SEEK_END);
+  if (end < 0) {
+    int e = errno;
+    napi_throw_error(env, errno_name(e), strerror(e));
+    return NULL;
+  }
+  napi_create_int64(env, (int64_t)end, &result);
+  return result;
+}
+
 static napi_value seek_data(napi_env env, napi_callback_info info) { return seek(env, info, 0); }
 static napi_value seek_hole(napi_env env, napi_callback_info info) { return seek(env, info, 1); }
 
@@ -70,5 +92,7 @@ NAPI_MODULE_INIT() {
   if (napi_set_named_property(env, exports, "seekData", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "seekHole", NAPI_AUTO_LENGTH, seek_hole, NULL, &fn) != napi_ok) return NULL;
   if (napi_set_named_property(env, exports, "seekHole", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "seekEnd", NAPI_AUTO_LENGTH, seek_end, NULL, &fn) != napi_ok) return NULL;
+  if (napi_set_named_property(env, exports, "seekEnd", fn) != napi_ok) return NULL;
   return exports;
 }

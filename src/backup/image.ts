@@ -1,7 +1,7 @@
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import type { DiskSource } from "../format/snapshot.js";
-import { DataExtents } from "../sources/extents.js";
+import { DataExtents, sourceSize } from "../sources/extents.js";
 import { assertUnchanged, identityOf, sourceError } from "../sources/identity.js";
 import type { ProgressSink } from "../util/progress.js";
 import { ChunkListBuilder } from "./chunk-list.js";
@@ -41,8 +41,14 @@ export async function backupImage(
     throw sourceError(file, e);
   }
   try {
-    const before = identityOf(await handle.stat());
-    const size = before.size;
+    const st = await handle.stat();
+    const before = identityOf(st);
+    let size: number;
+    try {
+      size = await sourceSize(handle.fd, st);
+    } catch (e) {
+      throw sourceError(file, e);
+    }
     const list = new ChunkListBuilder(sink);
     const segment = Math.max(chunkSize, Math.floor(segmentBytes / chunkSize) * chunkSize);
     const free: Uint8Array[] = [];

@@ -1,4 +1,4 @@
-import { existsSync } from "node:fs";
+import { existsSync, promises as fsp, type Stats } from "node:fs";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 
@@ -8,6 +8,8 @@ interface ExtentsBinding {
   seekData(fd: number, offset: number): number;
   /** The first hole byte at or after offset (the end of the file counts as a hole). */
   seekHole(fd: number, offset: number): number;
+  /** lseek(SEEK_END): the size of what fd reads, a block device's included. */
+  seekEnd(fd: number): number;
 }
 
 /** Where `npm install` builds the helper, from this module in the sources, the library build or the CLI bundle. */
@@ -79,5 +81,39 @@ export class DataExtents {
       this.#failed = true;
       return { start: from, end: this.#size };
     }
+  }
+}
+
+/**
+ * The number of bytes an open source reads: stat's size for a regular file; for a block device
+ * (an LVM volume, a disk), whose stat size is 0, its end through the native helper (lseek
+ * SEEK_END), else Linux's /sys/dev/block/MAJOR:MINOR/size. Throws when neither can tell, so a
+ * device is never taken for an empty disk.
+ */
+export async function sourceSize(fd: number, st: Stats): Promise<number> {
+  if (!st.isBlockDevice()) return st.size;
+  const b = extentsBinding();
+  if (b !== null) {
+    try {
+      return b.seekEnd(fd);
+    } catch {
+      // fall through to /sys
+    }
+  }
+  const fromSys = await sysBlockDeviceSize(st.rdev);
+  if (fromSys !== undefined) return fromSys;
+  throw new Error("cannot tell the size of this block device");
+}
+
+/** A block device's size from Linux's /sys/dev/block/MAJOR:MINOR/size (512-byte sectors), or undefined. */
+export async function sysBlockDeviceSize(rdev: number): Promise<number | undefined> {
+  const r = BigInt(rdev);
+  const major = ((r >> 8n) & 0xfffn) | ((r >> 32n) & ~0xfffn);
+  const minor = (r & 0xffn) | ((r >> 12n) & ~0xffn);
+  try {
+    const sectors = Number((await fsp.readFile(`/sys/dev/block/${major}:${minor}/size`, "utf8")).trim());
+    return Number.isSafeInteger(sectors) && sectors >= 0 ? sectors * 512 : undefined;
+  } catch {
+    return undefined;
   }
 }

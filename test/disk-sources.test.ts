@@ -1,8 +1,10 @@
 /**
- * Unallocated extents of a disk image are recorded as holes without being read (SEEK_DATA and
- * SEEK_HOLE through vmvault's native helper, built by `npm install`): a thin image costs what
- * its data costs. The repository and the restore are the same bytes as when every byte is read.
+ * Disk sources. Unallocated extents of a disk image are recorded as holes without being read
+ * (SEEK_DATA and SEEK_HOLE through vmvault's native helper, built by `npm install`): a thin image
+ * costs what its data costs, and the repository and the restore are the same bytes as when every
+ * byte is read. A block device (an LVM volume, a disk), whose stat size is 0, is backed up whole.
  */
+import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { promises as fsp } from "node:fs";
 import path from "node:path";
@@ -13,7 +15,7 @@ import { Secret } from "../src/crypto/secret.js";
 import { initRepository } from "../src/repository/open.js";
 import { restore } from "../src/restore/restore.js";
 import { ChunkListEncoder, encodeChunkList, LIST_SPAN, parseChunkList, type ChunkRef } from "../src/format/chunklist.js";
-import { DataExtents, extentsBinding } from "../src/sources/extents.js";
+import { DataExtents, extentsBinding, sourceSize, sysBlockDeviceSize } from "../src/sources/extents.js";
 import { MemoryStore } from "../src/storage/memory.js";
 import { toHex } from "../src/util/bytes.js";
 import { allocatedBytes, seededBytes, seededRandom, sha256File, tempDirs } from "./helpers/fixtures.js";
@@ -176,6 +178,56 @@ describe("sparse disk images", () => {
       expect(r.newChunks).toBeLessThanOrEqual(10);
     } finally {
       await repo.close();
+    }
+  });
+});
+
+/** A loop device over file (root and losetup needed), or undefined where this machine cannot make one. */
+function attachLoop(file: string): string | undefined {
+  if (process.getuid?.() !== 0) return undefined;
+  try {
+    return execFileSync("losetup", ["--find", "--show", file], { encoding: "utf8" }).trim();
+  } catch {
+    return undefined;
+  }
+}
+
+describe("block devices", () => {
+  const root = process.getuid?.() === 0;
+  it.runIf(root)("a block device is backed up whole (its stat size is 0) and restores as an image of the same bytes", async () => {
+    const src = tmp("dev");
+    const backing = path.join(src, "lv.img");
+    const bytes = new Uint8Array(6 * MiB);
+    bytes.set(seededBytes("lv data", 2 * MiB), 1 * MiB);
+    bytes.set(Buffer.from("the last block of the device"), 6 * MiB - 100);
+    await fsp.writeFile(backing, bytes);
+    const dev = attachLoop(backing);
+    if (dev === undefined) throw new Error("losetup could not attach a loop device (root, util-linux and /dev/loop-control are needed)");
+    try {
+      const st = await fsp.stat(dev);
+      expect(st.isBlockDevice()).toBe(true);
+      expect(st.size).toBe(0);
+      const h = await fsp.open(dev, "r");
+      try {
+        expect(await sourceSize(h.fd, st)).toBe(6 * MiB);
+      } finally {
+        await h.close();
+      }
+      // The fallback without the native helper reads the same size from /sys.
+      expect(await sysBlockDeviceSize(st.rdev)).toBe(6 * MiB);
+      const { repo } = await repoWith("dev");
+      try {
+        const r = await backup(repo, { vm: "vm", sources: [dev] });
+        expect(r.sources[0]).toMatchObject({ kind: "disk", size: 6 * MiB, readBytes: 6 * MiB });
+        const out = tmp("out");
+        await restore(repo, { snapshot: "latest", target: out, reason: "test" });
+        const restored = path.join(out, path.basename(dev));
+        expect(await sha256File(restored)).toBe(await sha256File(backing));
+      } finally {
+        await repo.close();
+      }
+    } finally {
+      execFileSync("losetup", ["--detach", dev]);
     }
   });
 });
