@@ -182,6 +182,43 @@ describe("sparse disk images", () => {
   });
 });
 
+describe("sparse files in folders", () => {
+  it("a sparse file's long holes are skipped, storing the same repository bytes as reading them, and restore as holes", async () => {
+    const src = tmp("fsrc");
+    const folder = path.join(src, "vmconf");
+    await fsp.mkdir(folder);
+    await fsp.writeFile(path.join(folder, "domain.xml"), "<domain><name>web1</name></domain>\n".repeat(50));
+    const thin = path.join(folder, "thin.img");
+    await fsp.writeFile(thin, "");
+    await fsp.truncate(thin, 64 * MiB + 777);
+    await writeAt(thin, 10 * MiB + 3000, seededBytes("f1", 100 * KiB));
+    await writeAt(thin, 40 * MiB, seededBytes("f2", 1 * MiB));
+    await writeAt(thin, 64 * MiB - 100, Buffer.from("end of the thin file"));
+    const runs: { objects: Map<string, string>; readBytes: number | undefined; size: number | undefined; restored: string; allocated: number }[] = [];
+    for (const sparse of [true, false]) {
+      const { store, repo } = await repoWith("folder");
+      try {
+        const r = await backup(repo, { vm: "vm", sources: [folder], sparse });
+        const objects = dataObjects(store);
+        const out = tmp("out");
+        await restore(repo, { snapshot: "latest", target: out, reason: "test" });
+        const restored = path.join(out, "vmconf", "thin.img");
+        runs.push({ objects, readBytes: r.sources[0]?.readBytes, size: r.sources[0]?.size, restored: await sha256File(restored), allocated: await allocatedBytes(restored) });
+      } finally {
+        await repo.close();
+      }
+    }
+    const [skipping, reading] = runs as [(typeof runs)[0], (typeof runs)[0]];
+    expect(skipping.objects).toEqual(reading.objects);
+    expect(reading.readBytes).toBe(reading.size);
+    // Not read: most of the 64 MiB of holes (a chunk's worth around each extent is still read).
+    expect(skipping.readBytes).toBeLessThan(24 * MiB);
+    expect(skipping.restored).toBe(await sha256File(thin));
+    expect(reading.restored).toBe(skipping.restored);
+    expect(skipping.allocated).toBeLessThan(16 * MiB);
+  });
+});
+
 /** A loop device over file (root and losetup needed), or undefined where this machine cannot make one. */
 function attachLoop(file: string): string | undefined {
   if (process.getuid?.() !== 0) return undefined;

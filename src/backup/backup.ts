@@ -40,7 +40,7 @@ export interface BackupOptions {
   readonly maxBatches?: number;
   /** Pack uploads in flight before the pipeline waits. Default 2. */
   readonly maxPacksInFlight?: number;
-  /** Skip the unallocated extents of disk images without reading them (default true; false reads every byte). */
+  /** Skip the unallocated extents of disk images and sparse files without reading them (default true; false reads every byte). */
   readonly sparse?: boolean;
 }
 
@@ -61,7 +61,7 @@ export interface BackupResult {
   readonly chunks: number;
   readonly newChunks: number;
   readonly packs: number;
-  /** readBytes (disk images): bytes read; the rest of size were unallocated extents, not read. */
+  /** readBytes: bytes read; the rest of size were unallocated extents, recorded as holes unread. */
   readonly sources: readonly { name: string; kind: "disk" | "folder"; size: number; readBytes?: number }[];
   readonly skipped: readonly string[];
   readonly pipeline: PipelineStats;
@@ -186,8 +186,9 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
         sources.push(r.source);
         readBytes.set(r.source, r.readBytes);
       } else {
-        const r = await backupFolder(p.path, p.name, cdc, sink, progress);
+        const r = await backupFolder(p.path, p.name, cdc, sink, progress, o.sparse ?? true);
         sources.push(r.source);
+        readBytes.set(r.source, r.readBytes);
         skipped.push(...r.skipped.map((s) => `${p.name}/${s}`));
       }
     }

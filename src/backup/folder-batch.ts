@@ -15,8 +15,10 @@ export class FolderBatcher {
   readonly #free: Uint8Array[] = [];
   #buf: Uint8Array | undefined;
   #used = 0;
+  /** Bytes of the open batch, holes included: batches end where they would if holes were read. */
+  #fill = 0;
   #ranges: number[] = [];
-  #steps: ({ kind: "ref"; target: RefTarget } | { kind: "action"; run: () => void })[] = [];
+  #steps: ({ kind: "ref"; target: RefTarget } | { kind: "hole"; target: RefTarget } | { kind: "action"; run: () => void })[] = [];
 
   constructor(sink: ChunkSink, batchBytes: number) {
     this.#sink = sink;
@@ -25,7 +27,7 @@ export class FolderBatcher {
 
   /** Copies a chunk into the batch; its ref goes to target. */
   async add(chunk: Uint8Array, target: RefTarget): Promise<void> {
-    if (this.#buf !== undefined && this.#used + chunk.length > this.#buf.length) await this.flush();
+    if (this.#fill > 0 && this.#fill + chunk.length > this.#size) await this.flush();
     if (this.#buf === undefined) {
       this.#buf = this.#free.pop() ?? new Uint8Array(Math.max(this.#size, chunk.length));
       if (this.#buf.length < chunk.length) this.#buf = new Uint8Array(chunk.length);
@@ -33,7 +35,19 @@ export class FolderBatcher {
     this.#buf.set(chunk, this.#used);
     this.#ranges.push(this.#used, chunk.length);
     this.#used += chunk.length;
+    this.#fill += chunk.length;
     this.#steps.push({ kind: "ref", target });
+  }
+
+  /**
+   * An all-zero chunk of this length that was not read (an unallocated extent): target gets a
+   * hole, in order, and the batch fills as if its zeros had been copied in, so batches, and with
+   * them the order randomness is drawn in, are the same as when the zeros are read.
+   */
+  async addHole(length: number, target: RefTarget): Promise<void> {
+    if (this.#fill > 0 && this.#fill + length > this.#size) await this.flush();
+    this.#fill += length;
+    this.#steps.push({ kind: "hole", target });
   }
 
   /** Runs action in order, after the refs of everything added so far. */
@@ -49,6 +63,7 @@ export class FolderBatcher {
     const data = this.#buf === undefined ? new Uint8Array(0) : this.#buf.subarray(0, this.#used);
     this.#buf = undefined;
     this.#used = 0;
+    this.#fill = 0;
     this.#ranges = [];
     this.#steps = [];
     await this.#sink.submit(
@@ -57,6 +72,7 @@ export class FolderBatcher {
         let r = 0;
         for (const step of steps) {
           if (step.kind === "ref") step.target(refs[r++] ?? null);
+          else if (step.kind === "hole") step.target(null);
           else step.run();
         }
       },
