@@ -5,6 +5,19 @@
 // pipeline worker (dist/pipeline/worker.js) stays unbundled, started before it is needed.
 import { build } from "esbuild";
 
+// commander requires child_process at load, for executable subcommands vmvault does not have;
+// loading it costs ~2.4 MiB while Argon2id runs. commander gets a stand-in that loads it on first use.
+const lazyChildProcess = {
+  name: "lazy-child-process",
+  setup(b) {
+    b.onResolve({ filter: /^(node:)?child_process$/ }, (args) => (args.importer.includes("/node_modules/commander/") ? { path: "child_process", namespace: "lazy-builtin" } : undefined));
+    b.onLoad({ filter: /.*/, namespace: "lazy-builtin" }, () => ({
+      contents: 'let real;\nmodule.exports = new Proxy({}, { get: (_, key) => (real ??= require("node:child_process"))[key] });\n',
+      loader: "js",
+    }));
+  },
+};
+
 await build({
   entryPoints: ["dist/cli/main.js"],
   outfile: "dist/vmvault.mjs",
@@ -15,5 +28,6 @@ await build({
   external: ["argon2", "sodium-native", "zstd-napi", "lz4", "libsodium-wrappers"],
   // Bundled CommonJS packages (commander, fs-extra) require Node's built-in modules.
   banner: { js: 'import { createRequire as vmvaultCreateRequire } from "node:module";\nconst require = vmvaultCreateRequire(import.meta.url);' },
+  plugins: [lazyChildProcess],
   logLevel: "warning",
 });

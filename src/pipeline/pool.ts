@@ -1,7 +1,7 @@
 import { existsSync } from "node:fs";
 import os from "node:os";
 import { fileURLToPath } from "node:url";
-import { Worker } from "node:worker_threads";
+import type { Worker } from "node:worker_threads";
 import { loadBulkCrypto, type BulkBackend } from "../crypto/bulk.js";
 import { TaskRunner } from "./tasks.js";
 import type { CompressionSetting } from "../compress/compressor.js";
@@ -49,6 +49,15 @@ interface Slot {
   readonly pending: Map<number, Pending>;
   /** Set when the worker has loaded its crypto and compression; tasks go only to ready workers. */
   ready: boolean;
+}
+
+/**
+ * A new pipeline worker thread. worker_threads loads on the first one (after the unlock), not
+ * with the CLI: ~1.8 MiB less in the process while Argon2id's memory is held (docs/design.md §10).
+ */
+function startWorker(options?: { workerData: WorkerData }): Worker {
+  const { Worker: WorkerThread } = process.getBuiltinModule("node:worker_threads");
+  return new WorkerThread(workerUrl(), options);
 }
 
 /** Worker threads started by prestart(), not yet adopted by a pool. */
@@ -103,7 +112,7 @@ export class WorkerPool {
   static prestart(workers?: number): void {
     const count = workers ?? defaultWorkers();
     while (spares.length < count) {
-      const spare = { worker: new Worker(workerUrl()), failed: false };
+      const spare = { worker: startWorker(), failed: false };
       const failed = (): void => void (spare.failed = true);
       spare.worker.on("error", failed).on("exit", failed).unref();
       spares.push(spare);
@@ -125,7 +134,7 @@ export class WorkerPool {
     if (count <= 0) return new WorkerPool([], new TaskRunner(await loadBulkCrypto(backend), o.compression), 1);
     const slots: Slot[] = [];
     for (let i = 0; i < count; i++) {
-      const worker = adoptSpare(backend) ?? new Worker(workerUrl(), { workerData: { backend } satisfies WorkerData });
+      const worker = adoptSpare(backend) ?? startWorker({ workerData: { backend } satisfies WorkerData });
       slots.push({ worker, pending: new Map(), ready: false });
       // Only the two settings travel (the caller may pass a whole repository config).
       worker.postMessage({ type: "init", compression: { compression: o.compression.compression, compressionLevel: o.compression.compressionLevel } } satisfies ToWorker);
