@@ -36,6 +36,14 @@ export function defaultWorkers(): number {
   return Math.max(1, os.availableParallelism() - 1);
 }
 
+/**
+ * Tasks every worker must hold before the idle main thread takes one. 1 starved the worker of a
+ * second backup (the main thread's slices delay the reads that make tasks: 1.35 -> 1.51 s); the
+ * worker's whole backlog (4 in a restore) left the main thread idle whenever fewer windows were
+ * ready (8 windows: 2.87 s instead of 2.1). docs/design.md §9.
+ */
+const MAIN_HELPS_AT = 2;
+
 /** Main-thread time per slice of an inline task before the event loop gets a turn. */
 const INLINE_SLICE_MS = 1;
 
@@ -188,12 +196,14 @@ export class WorkerPool {
 
   /**
    * Hands queued tasks out: to the main thread, one at a time, when it is idle and every ready
-   * worker already has a task (so a task never waits in a worker's backlog while the main thread
-   * could run it, however few tasks are about), else to the least loaded ready worker with room.
+   * worker holds MAIN_HELPS_AT tasks (one running, one waiting: a worker then never idles while
+   * the main thread is busy, and a deeper backlog never waits while the main thread could run
+   * it), else to the least loaded ready worker with room.
    */
   #dispatch(): void {
+    const helpsAt = Math.min(MAIN_HELPS_AT, this.#perWorker);
     while (this.#queue.length > 0) {
-      if (this.#inline !== undefined && !this.#inlineBusy && this.#slots.every((s) => !s.ready || s.pending.size > 0)) {
+      if (this.#inline !== undefined && !this.#inlineBusy && this.#slots.every((s) => !s.ready || s.pending.size >= helpsAt)) {
         this.#runInline(this.#inline);
         continue;
       }

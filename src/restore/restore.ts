@@ -117,8 +117,8 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
 async function restoreRecord(repo: Repository, sessions: SessionKeys, record: SnapshotRecord, target: string, o: RestoreOptions): Promise<RestoreResult> {
   // Workers start while the snapshot and the index load.
   // Restore keeps many windows in flight: a deeper queue per worker keeps the worker busy between
-  // the main thread's turns (it also reads packs and writes the target, and takes a task whenever
-  // the worker has one).
+  // the main thread's turns (it also reads packs and writes the target, and takes a task once
+  // the worker holds two).
   const starting = WorkerPool.create({ compression: repo.config, tasksPerWorker: 4, ...(o.workers === undefined ? {} : { workers: o.workers }) });
   starting.catch(() => undefined);
   try {

@@ -169,25 +169,25 @@ async function chunkIds(key: Uint8Array, chunks: readonly Uint8Array[]): Promise
 }
 
 describe("WorkerPool with the main thread helping", () => {
-  it("gives the idle main thread a task as soon as every worker has one, not once their backlogs are full", async () => {
+  it("gives the idle main thread a task once every worker holds two, not once their backlogs are full", async () => {
     const key = seededBytes("chunk id key", 32);
-    const chunks = Array.from({ length: 3 }, (_, i) => seededBytes(`backlog chunk ${i}`, 64 * KiB));
+    const chunks = Array.from({ length: 4 }, (_, i) => seededBytes(`backlog chunk ${i}`, 64 * KiB));
     const expected = await chunkIds(key, chunks);
     const pool = await WorkerPool.create({ workers: 1, mainThread: true, tasksPerWorker: 4, compression: { compression: "lz4", compressionLevel: 1 } });
     try {
       await pool.started();
       pool.setKey(CHUNK_ID_KEY, key);
       const scan = (data: Uint8Array) => pool.run({ kind: "scan", data: data.slice(), ranges: Uint32Array.of(0, data.length), detectZero: true });
-      // Tasks are handed out as they are submitted: the first to the idle worker, the second to
-      // the idle main thread (the worker still had room for three more), the third to the worker
-      // again while the main thread is busy.
-      const first = scan(chunks[0] as Uint8Array);
+      // Tasks are handed out as they are submitted: two to the worker (one to run, one waiting),
+      // the third to the idle main thread although the worker had room for two more, the fourth
+      // to the worker again while the main thread is busy.
+      const runs = [scan(chunks[0] as Uint8Array), scan(chunks[1] as Uint8Array)];
       expect(pool.stats.inline).toBe(0);
-      const second = scan(chunks[1] as Uint8Array);
+      runs.push(scan(chunks[2] as Uint8Array));
       expect(pool.stats.inline).toBe(1);
-      const third = scan(chunks[2] as Uint8Array);
+      runs.push(scan(chunks[3] as Uint8Array));
       expect(pool.stats.inline).toBe(1);
-      expect((await Promise.all([first, second, third])).map((r) => toHex(r.ids))).toEqual(expected);
+      expect((await Promise.all(runs)).map((r) => toHex(r.ids))).toEqual(expected);
     } finally {
       await pool.close();
     }
