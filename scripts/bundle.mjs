@@ -6,7 +6,8 @@
 import { build } from "esbuild";
 
 // commander requires child_process at load, for executable subcommands vmvault does not have;
-// loading it costs ~2.4 MiB while Argon2id runs. commander gets a stand-in that loads it on first use.
+// loading it costs 0.5 MiB while Argon2id runs (docs/design.md §10). commander gets a stand-in
+// that loads it on first use.
 const lazyChildProcess = {
   name: "lazy-child-process",
   setup(b) {

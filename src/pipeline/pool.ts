@@ -61,7 +61,7 @@ interface Slot {
 
 /**
  * A new pipeline worker thread. worker_threads loads on the first one (after the unlock), not
- * with the CLI: ~1.8 MiB less in the process while Argon2id's memory is held (docs/design.md §10).
+ * with the CLI: 0.2 MiB less in the process while Argon2id's memory is held (docs/design.md §10).
  */
 function startWorker(options?: { workerData: WorkerData }): Worker {
   const { Worker: WorkerThread } = process.getBuiltinModule("node:worker_threads");
