@@ -19,6 +19,26 @@ async function makeFolder(dir: string): Promise<void> {
 }
 
 describe("vmvault CLI round trips", () => {
+  it("backup skips an image's unallocated extents, and reads them with --no-sparse to the same chunks", async () => {
+    const repo = path.join(tmp("repo"), "r");
+    const image = path.join(tmp("src"), "thin.raw");
+    await makeImage(image, { sizeMiB: 32 });
+    const v = vault(repo);
+    expect((await v(["init"])).code).toBe(0);
+    const sparse = await v(["--json", "backup", "--vm", "thin", image]);
+    expect(sparse.code, sparse.stderr).toBe(0);
+    const first = JSON.parse(sparse.stdout) as { newChunks: number; sources: { size: number; readBytes?: number }[] };
+    expect(first.sources[0]?.readBytes).toBeLessThan(4 * 1024 * 1024);
+    const full = await v(["--json", "backup", "--no-sparse", "--vm", "thin", image]);
+    expect(full.code, full.stderr).toBe(0);
+    const second = JSON.parse(full.stdout) as { newChunks: number; sources: { size: number; readBytes?: number }[] };
+    expect(second.sources[0]?.readBytes).toBe(32 * 1024 * 1024);
+    // The holes read as zeros are the holes skipped: nothing new to store.
+    expect(second.newChunks).toBe(0);
+    const human = await v(["backup", "--vm", "thin", image]);
+    expect(human.stdout).toMatch(/thin\.raw \(disk, 32\.0 MiB, [\d.]+ (KiB|MiB) read, the rest unallocated\)/);
+  });
+
   it("backs up and restores an image and a folder, twice, byte-identically and sparsely", async () => {
     const repo = path.join(tmp("repo"), "r");
     const src = tmp("src");

@@ -7,14 +7,15 @@ export function registerBackup(program: Command): void {
     .command("backup")
     .description("back up disk images and folders of one VM as a new snapshot")
     .requiredOption("--vm <name>", "the VM the sources belong to")
-    .argument("<source...>", "raw disk image files and folders")
-    .action(async (sources: string[], opts: { vm: string }, command: Command) => {
+    .option("--no-sparse", "read every byte, holes included, instead of skipping the extents the file system reports as unallocated")
+    .argument("<source...>", "raw disk images (files or block devices) and folders")
+    .action(async (sources: string[], opts: { vm: string; sparse: boolean }, command: Command) => {
       const ctx = new CliContext(command);
       const vault = await ctx.openVault({ withWorkers: true });
       try {
         const progress = ctx.progress;
         const workers = ctx.workers;
-        const r = await vault.backup({ vm: opts.vm, sources, ...(progress === undefined ? {} : { progress }), ...(workers === undefined ? {} : { workers }) });
+        const r = await vault.backup({ vm: opts.vm, sources, sparse: opts.sparse, ...(progress === undefined ? {} : { progress }), ...(workers === undefined ? {} : { workers }) });
         ctx.endProgress();
         for (const s of r.skipped) ctx.warn(`warning: skipped ${s} (not a regular file, folder or symlink)`);
         if (ctx.json) ctx.printJson(r);
