@@ -5,20 +5,15 @@
  * byte is read. A block device (an LVM volume, a disk), whose stat size is 0, is backed up whole.
  */
 import { execFileSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { backup } from "../src/backup/backup.js";
-import { KDF_TEST } from "../src/crypto/kdf.js";
-import { Secret } from "../src/crypto/secret.js";
-import { initRepository } from "../src/repository/open.js";
 import { restore } from "../src/restore/restore.js";
 import { ChunkListEncoder, encodeChunkList, LIST_SPAN, parseChunkList, type ChunkRef } from "../src/format/chunklist.js";
 import { DataExtents, extentsBinding, sourceSize, sysBlockDeviceSize } from "../src/sources/extents.js";
-import { MemoryStore } from "../src/storage/memory.js";
 import { toHex } from "../src/util/bytes.js";
-import { allocatedBytes, seededBytes, seededRandom, sha256File, tempDirs } from "./helpers/fixtures.js";
+import { allocatedBytes, dataObjects, deterministicRepo, seededBytes, sha256File, tempDirs } from "./helpers/fixtures.js";
 
 const tmp = tempDirs();
 const KiB = 1024;
@@ -52,31 +47,6 @@ async function sparseImage(file: string, seed: string): Promise<number> {
   ];
   for (const [at, bytes] of parts) await writeAt(file, at, bytes);
   return parts.reduce((n, [, b]) => n + b.length, 0);
-}
-
-async function repoWith(seed: string): Promise<{ store: MemoryStore; repo: Awaited<ReturnType<typeof initRepository>> }> {
-  const store = new MemoryStore(`memory:${seed}`);
-  const repo = await initRepository({
-    store,
-    user: "admin",
-    passphrase: Secret.fromString("pass"),
-    kdf: KDF_TEST,
-    allowWeakKdf: true,
-    random: seededRandom("sparse repo"),
-    clock: () => new Date("2025-01-01T00:00:00Z"),
-    hostname: "host",
-    config: { packSize: 256 * KiB, imageChunkSize: CHUNK },
-  });
-  return { store, repo };
-}
-
-/** The repository's objects that depend only on the data (sealed boxes draw their own randomness). */
-function dataObjects(store: MemoryStore): Map<string, string> {
-  const out = new Map<string, string>();
-  for (const [key, bytes] of store.objects) {
-    if (!["sessions/", "snapshots/", "grants/", "locks/", "audit-bodies/"].some((p) => key.startsWith(p))) out.set(key, toHex(createHash("sha256").update(bytes).digest()));
-  }
-  return out;
 }
 
 describe("sparse disk images", () => {
@@ -137,7 +107,7 @@ describe("sparse disk images", () => {
     const size = (await fsp.stat(image)).size;
     const runs: { objects: Map<string, string>; readBytes: number | undefined; dataChunks: number; restored: string; allocated: number }[] = [];
     for (const sparse of [true, false]) {
-      const { store, repo } = await repoWith("one");
+      const { store, repo } = await deterministicRepo("one", "sparse repo");
       try {
         const r = await backup(repo, { vm: "vm", sources: [image], sparse, segmentBytes: 256 * KiB });
         const objects = dataObjects(store);
@@ -167,7 +137,7 @@ describe("sparse disk images", () => {
     await fsp.writeFile(image, "");
     await fsp.truncate(image, 8 * 1024 * MiB);
     await writeAt(image, 3 * 1024 * MiB + 5 * KiB, seededBytes("needle", 60 * KiB));
-    const { repo } = await repoWith("big");
+    const { repo } = await deterministicRepo("big", "sparse repo");
     try {
       const r = await backup(repo, { vm: "vm", sources: [image] });
       expect(r.sources[0]).toMatchObject({ size: 8 * 1024 * MiB });
@@ -196,7 +166,7 @@ describe("sparse files in folders", () => {
     await writeAt(thin, 64 * MiB - 100, Buffer.from("end of the thin file"));
     const runs: { objects: Map<string, string>; readBytes: number | undefined; size: number | undefined; restored: string; allocated: number }[] = [];
     for (const sparse of [true, false]) {
-      const { store, repo } = await repoWith("folder");
+      const { store, repo } = await deterministicRepo("folder", "sparse repo");
       try {
         const r = await backup(repo, { vm: "vm", sources: [folder], sparse });
         const objects = dataObjects(store);
@@ -252,7 +222,7 @@ describe("block devices", () => {
       }
       // The fallback without the native helper reads the same size from /sys.
       expect(await sysBlockDeviceSize(st.rdev)).toBe(6 * MiB);
-      const { repo } = await repoWith("dev");
+      const { repo } = await deterministicRepo("dev", "sparse repo");
       try {
         const r = await backup(repo, { vm: "vm", sources: [dev] });
         expect(r.sources[0]).toMatchObject({ kind: "disk", size: 6 * MiB, readBytes: 6 * MiB });

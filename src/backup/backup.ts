@@ -62,7 +62,7 @@ export interface BackupResult {
   readonly newChunks: number;
   readonly packs: number;
   /** readBytes: bytes read; the rest of size were unallocated extents, recorded as holes unread. */
-  readonly sources: readonly { name: string; kind: "disk" | "folder"; size: number; readBytes?: number }[];
+  readonly sources: readonly { name: string; kind: "disk" | "folder"; size: number; readBytes: number }[];
   readonly skipped: readonly string[];
   readonly pipeline: PipelineStats;
 }
@@ -178,19 +178,17 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
     });
     const cdc = fileChunker(repo);
     const sources: SnapshotSource[] = [];
-    const readBytes = new Map<SnapshotSource, number>();
+    /** Bytes read from each source, in the order of sources. */
+    const readBytes: number[] = [];
     const skipped: string[] = [];
     for (const p of planned) {
-      if (p.kind === "disk") {
-        const r = await backupImage(p.path, p.name, repo.config.imageChunkSize, sink, progress, o.segmentBytes, o.sparse ?? true);
-        sources.push(r.source);
-        readBytes.set(r.source, r.readBytes);
-      } else {
-        const r = await backupFolder(p.path, p.name, cdc, sink, progress, o.sparse ?? true);
-        sources.push(r.source);
-        readBytes.set(r.source, r.readBytes);
-        skipped.push(...r.skipped.map((s) => `${p.name}/${s}`));
-      }
+      const r =
+        p.kind === "disk"
+          ? await backupImage(p.path, p.name, repo.config.imageChunkSize, sink, progress, o.segmentBytes, o.sparse ?? true)
+          : await backupFolder(p.path, p.name, cdc, sink, progress, o.sparse ?? true);
+      sources.push(r.source);
+      readBytes.push(r.readBytes);
+      if ("skipped" in r) skipped.push(...r.skipped.map((s) => `${p.name}/${s}`));
     }
     await sink.finish();
     await packs.flush();
@@ -225,10 +223,7 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
       chunks: sink.stats.chunks,
       newChunks: sink.stats.newChunks,
       packs: packs.packsWritten,
-      sources: sources.map((s) => {
-        const read = readBytes.get(s);
-        return { name: s.name, kind: s.kind, size: s.size, ...(read === undefined ? {} : { readBytes: read }) };
-      }),
+      sources: sources.map((s, i) => ({ name: s.name, kind: s.kind, size: s.size, readBytes: readBytes[i] ?? s.size })),
       skipped,
       pipeline: {
         workers: pool.workers,

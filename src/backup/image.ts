@@ -54,6 +54,8 @@ export async function backupImage(
     const free: Uint8Array[] = [];
     const zero = new Uint8Array(segment);
     const extents = sparse ? DataExtents.open(handle.fd, size) : undefined;
+    // Holes need no worker: an empty batch keeps their place in the sink's order.
+    const submitHoles = (n: number): Promise<void> => sink.submit({ data: new Uint8Array(0), ranges: new Uint32Array(0), detectZero: true }, () => list.pushZeros(n));
     let position = 0;
     let readBytes = 0;
     while (position < size) {
@@ -62,7 +64,7 @@ export async function backupImage(
       const dataChunk = extent.start >= size ? size : Math.max(position, Math.floor(extent.start / chunkSize) * chunkSize);
       if (dataChunk > position) {
         const holes = Math.ceil((dataChunk - position) / chunkSize);
-        await sink.submit({ data: new Uint8Array(0), ranges: new Uint32Array(0), detectZero: true }, () => list.pushZeros(holes));
+        await submitHoles(holes);
         position = Math.min(size, position + holes * chunkSize);
         progress({ phase: `backup ${path.basename(file)}`, done: position, total: size, unit: "bytes" });
         continue;
@@ -85,9 +87,9 @@ export async function backupImage(
       readBytes += got;
       const count = Math.ceil(got / chunkSize);
       if (isZero(buffer.subarray(0, got), zero)) {
-        // A hole: no worker needed.
+        // An all-zero segment: holes.
         free.push(buffer);
-        await sink.submit({ data: new Uint8Array(0), ranges: new Uint32Array(0), detectZero: true }, () => list.pushZeros(count));
+        await submitHoles(count);
       } else {
         const ranges = new Uint32Array(count * 2);
         for (let i = 0; i < count; i++) {

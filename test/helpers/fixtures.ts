@@ -6,6 +6,9 @@ import os from "node:os";
 import path from "node:path";
 import { afterEach } from "vitest";
 import { FsStore, KDF_TEST, Secret, Vault, type RandomSource } from "../../src/index.js";
+import { initRepository } from "../../src/repository/open.js";
+import { MemoryStore } from "../../src/storage/memory.js";
+import { toHex } from "../../src/util/bytes.js";
 
 /** Temporary folders removed after each test. */
 export function tempDirs(): (label?: string) => string {
@@ -89,5 +92,38 @@ export async function readTree(dir: string): Promise<Map<string, Buffer>> {
     }
   };
   await walk(dir);
+  return out;
+}
+
+/**
+ * A repository in memory whose randomness (seeded by seed), clock and host name are fixed, with
+ * 256 KiB packs and 16 KiB image chunks: the same backups give the same bytes (see dataObjects).
+ */
+export async function deterministicRepo(label: string, seed: string): Promise<{ store: MemoryStore; repo: Awaited<ReturnType<typeof initRepository>> }> {
+  const store = new MemoryStore(`memory:${label}`);
+  const repo = await initRepository({
+    store,
+    user: "admin",
+    passphrase: Secret.fromString("pass"),
+    kdf: KDF_TEST,
+    allowWeakKdf: true,
+    random: seededRandom(seed),
+    clock: () => new Date("2025-01-01T00:00:00Z"),
+    hostname: "host",
+    config: { packSize: 256 * 1024, imageChunkSize: 16 * 1024 },
+  });
+  return { store, repo };
+}
+
+/**
+ * SHA-256 of each of a memory store's objects that depend only on what was stored: grants,
+ * session envelopes, snapshot headers and audit bodies are libsodium sealed boxes (internal
+ * randomness), and locks come and go.
+ */
+export function dataObjects(store: MemoryStore): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const [key, bytes] of store.objects) {
+    if (!["sessions/", "snapshots/", "grants/", "locks/", "audit-bodies/"].some((p) => key.startsWith(p))) out.set(key, toHex(createHash("sha256").update(bytes).digest()));
+  }
   return out;
 }

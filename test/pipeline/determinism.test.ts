@@ -8,20 +8,16 @@ import { promises as fsp, symlinkSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { backup } from "../../src/backup/backup.js";
-import { KDF_TEST } from "../../src/crypto/kdf.js";
-import { Secret } from "../../src/crypto/secret.js";
 import { Compressor } from "../../src/compress/compressor.js";
 import { parseChunkList } from "../../src/format/chunklist.js";
 import { loadIndex } from "../../src/repository/index-files.js";
-import { initRepository } from "../../src/repository/open.js";
 import { SessionKeys } from "../../src/repository/sessions.js";
 import { BlobReader } from "../../src/restore/blob-reader.js";
 import { restore } from "../../src/restore/restore.js";
 import { check } from "../../src/maintenance/check.js";
 import { listSnapshots, readSnapshotBody } from "../../src/snapshot/store.js";
-import { MemoryStore } from "../../src/storage/memory.js";
 import { fromHex, toHex } from "../../src/util/bytes.js";
-import { readTree, seededBytes, seededRandom, sha256File, tempDirs } from "../helpers/fixtures.js";
+import { dataObjects, deterministicRepo, readTree, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
 const KiB = 1024;
@@ -62,26 +58,11 @@ interface Run {
 }
 
 async function runWith(workers: number, seed: string, image: string, folder: string): Promise<Run> {
-  const store = new MemoryStore(`memory:${workers}`);
-  const repo = await initRepository({
-    store,
-    user: "admin",
-    passphrase: Secret.fromString("pass"),
-    kdf: KDF_TEST,
-    allowWeakKdf: true,
-    random: seededRandom(`repo ${seed}`),
-    clock: () => new Date("2025-01-01T00:00:00Z"),
-    hostname: "host",
-    config: { packSize: 256 * KiB, imageChunkSize: 16 * KiB },
-  });
+  const { store, repo } = await deterministicRepo(String(workers), `repo ${seed}`);
   try {
     const result = await backup(repo, { vm: "vm", sources: [image, folder], workers, segmentBytes: 1 * MiB });
     expect(result.pipeline.workers).toBe(workers);
-    const objects = new Map<string, string>();
-    for (const [key, bytes] of store.objects) {
-      // Grants, session envelopes, snapshot headers and audit bodies are libsodium sealed boxes (internal randomness).
-      if (!["sessions/", "snapshots/", "grants/", "locks/", "audit-bodies/"].some((p) => key.startsWith(p))) objects.set(key, toHex(createHash("sha256").update(bytes).digest()));
-    }
+    const objects = dataObjects(store);
     const sessions = new SessionKeys(repo);
     try {
       const [record] = await listSnapshots(repo);

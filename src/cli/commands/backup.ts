@@ -21,7 +21,7 @@ export function registerBackup(program: Command): void {
         if (ctx.json) ctx.printJson(r);
         else {
           ctx.out(`snapshot ${r.snapshotId} of VM ${r.vm} saved`);
-          const read = (s: { size: number; readBytes?: number }): string => (s.readBytes !== undefined && s.readBytes < s.size ? `, ${formatBytes(s.readBytes)} read, the rest unallocated` : "");
+          const read = (s: { size: number; readBytes: number }): string => (s.readBytes < s.size ? `, ${formatBytes(s.readBytes)} read, the rest unallocated` : "");
           ctx.out(`  ${r.sources.map((s) => `${s.name} (${s.kind}, ${formatBytes(s.size)}${read(s)})`).join(", ")}`);
           ctx.out(`  ${r.newChunks} new of ${r.chunks} chunks; ${formatBytes(r.addedBytes)} added to the repository in ${plural(r.packs, "pack")}`);
         }
