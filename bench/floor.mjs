@@ -5,7 +5,8 @@
 // (keyed BLAKE2b, the default compression (or --compression's), XChaCha20-Poly1305, the kernel's reads and pack
 // writes with fsync), then divides by the cores and adds the start-up of a real command. A
 // pipeline can only approach this floor: orchestration, garbage collection and idle moments
-// come on top.
+// come on top. Memory has a floor too: the peak RSS of a Node.js process that derives one key
+// with the production Argon2id parameters through the argon2 package and does nothing else.
 //
 // Usage: npm run build && node bench/floor.mjs [--image IMG] [--results DIR] [--cores N] [--compression C]
 //   --image    raw image (default: the 2 GiB corpus's day 1 under bench/results/corpus)
@@ -49,7 +50,7 @@ function parseArgs(argv) {
   }
   if (!(opts.cores >= 1)) fail("--cores takes a positive number");
   if (!fs.existsSync(opts.image)) fail(`no image at ${opts.image} (run sh bench/run.sh once to build the corpus, or give --image)`);
-  if (!fs.existsSync(dist("vmvault.mjs"))) fail("build first: npm run build");
+  if (!fs.existsSync(dist("vmvault.cjs"))) fail("build first: npm run build");
   return opts;
 }
 
@@ -65,6 +66,7 @@ const { DEFAULT_CONFIG } = await import(dist("repository/open.js"));
 const { ZSTD_DEFAULT_LEVEL } = await import(dist("format/config.js"));
 const { blobAd } = await import(dist("format/pack.js"));
 const { compressionPays } = await import(dist("pack/blob.js"));
+const { KDF_DEFAULT } = await import(dist("crypto/kdf.js"));
 
 const CHUNK = DEFAULT_CONFIG.imageChunkSize;
 const DEFAULT_PACK_SIZE = DEFAULT_CONFIG.packSize;
@@ -175,24 +177,27 @@ try {
 }
 
 /**
- * tool -> step -> median wall seconds, from a run folder's results.json or from the first table
- * of a report in markdown (the rows "| tool | step | wall s | ...").
+ * (tool, step) -> { wall, rssMiB } medians, from a run folder's results.json or from the first
+ * table of a report in markdown (the rows "| tool | step | wall s | MiB/s | ... | peak RSS MiB | ...").
  */
-function peerWalls(where) {
+function peerMedians(where) {
   if (fs.statSync(where).isDirectory()) {
     const summary = JSON.parse(fs.readFileSync(path.join(where, "results.json"), "utf8")).summary ?? {};
-    return (tool, step) => summary[tool]?.[step]?.wall;
+    return (tool, step) => {
+      const s = summary[tool]?.[step];
+      return s === undefined ? undefined : { wall: s.wall, rssMiB: s.rssKiB / 1024 };
+    };
   }
   const tools = { vmvault: "vmvault", restic: "restic", borg: "borg-buzhash", "borg (fixed 64K)": "borg-fixed" };
   const steps = { "backup day 1": "backup1", "backup day 2": "backup2", "restore day 2": "restore", "check (read all data)": "check" };
-  const walls = {};
+  const medians = {};
   for (const line of fs.readFileSync(where, "utf8").split("\n")) {
     const cells = line.split("|").map((c) => c.trim());
     const [tool, step] = [tools[cells[1]], steps[cells[2]]];
     if (tool === undefined || step === undefined || !(Number(cells[3]) > 0)) continue;
-    (walls[tool] ??= {})[step] ??= Number(cells[3]);
+    (medians[tool] ??= {})[step] ??= { wall: Number(cells[3]), rssMiB: Number(cells[6]) };
   }
-  return (tool, step) => walls[tool]?.[step];
+  return (tool, step) => medians[tool]?.[step];
 }
 
 /** Wall seconds of `vmvault snapshots` on a fresh repository with the production KDF (median of 3). */
@@ -216,7 +221,25 @@ function startupSeconds() {
   }
 }
 
+/**
+ * Peak RSS in MiB (VmHWM, what /usr/bin/time reports as maximum resident size) of a Node.js
+ * process that runs `script` and nothing else; the median of 3.
+ */
+function peakOf(script) {
+  const peaks = [0, 1, 2].map(() => {
+    const r = spawnSync(process.execPath, ["-e", `${script}.then(() => console.log(/VmHWM:\\s+(\\d+)/.exec(require("fs").readFileSync("/proc/self/status", "utf8"))[1]))`], { cwd: root, encoding: "utf8" });
+    if (r.status !== 0) fail(`measuring memory failed: ${r.stderr}`);
+    return Number(r.stdout.trim()) / 1024;
+  });
+  return peaks.sort((a, b) => a - b)[1];
+}
+
 const startup = startupSeconds();
+const nodeAlone = peakOf("Promise.resolve()");
+const { memoryKiB, passes, parallelism } = KDF_DEFAULT;
+const argon2Alone = peakOf(
+  `require("argon2").hash(Buffer.from("floor-passphrase"), { type: 2, raw: true, memoryCost: ${memoryKiB}, timeCost: ${passes}, parallelism: ${parallelism} })`,
+);
 const sum = (...stages) => stages.reduce((a, s) => a + (spent[s] ?? 0), 0);
 const work = {
   backup1: sum("read image", "zero test", "hash (chunk IDs)", COMPRESS, "encrypt (XChaCha20-Poly1305)", "write packs + fsync"),
@@ -236,6 +259,7 @@ out();
 out(`- **Image:** ${opts.image}: ${(size / MIB).toFixed(1)} MiB, ${(dataBytes / MIB).toFixed(1)} MiB in non-zero ${CHUNK / 1024} KiB chunks, ${(storedBytes / MIB).toFixed(1)} MiB once sealed (${describe(COMPRESSION)})`);
 out(`- **Machine:** ${os.availableParallelism()} cores (${os.cpus()[0]?.model ?? "unknown"}); floors divide the work by ${opts.cores}`);
 out(`- **Bulk crypto:** ${bulk.backend}; start-up = wall time of \`vmvault snapshots\` (Node.js, the CLI, production Argon2id, opening the repository), median of 3: ${f2(startup)} s`);
+out(`- **Memory:** peak RSS of Node.js doing nothing: ${nodeAlone.toFixed(1)} MiB; of Node.js deriving one key with the production Argon2id parameters (${memoryKiB / 1024} MiB, ${passes} passes, ${parallelism} lanes) through the argon2 package and nothing else: ${argon2Alone.toFixed(1)} MiB (medians of 3). No vmvault command that unlocks a key slot can peak lower.`);
 out();
 out("| stage (one thread) | CPU s | MB/s of its input |");
 out("|---|---:|---:|");
@@ -247,7 +271,8 @@ out("|---|---:|---:|");
 for (const step of Object.keys(work)) out(`| ${step} | ${f2(work[step])} | ${f2(floor(step))} |`);
 
 if (opts.results !== undefined) {
-  const peerWall = peerWalls(opts.results);
+  const peer = peerMedians(opts.results);
+  const peerWall = (tool, step) => peer(tool, step)?.wall;
   const targets = [
     ["backup1", "restic", 2.5],
     ["backup1", "borg-buzhash", 3],
@@ -268,6 +293,19 @@ if (opts.results !== undefined) {
     const mine = peerWall("vmvault", step);
     out(
       `| ${step} at least ${ratio}× ${peer} | ${f2(wall)} | ${f2(need)} | ${f2(floor(step))} | ${f2(wall / floor(step))}×${floor(step) > need ? " (**below the target**)" : ""} | ${mine === undefined ? "" : `${f2(mine)} s, ${f2(wall / mine)}×`} |`,
+    );
+  }
+  // Peak memory below restic's: the highest median over the data steps, as the report takes it.
+  const dataSteps = ["backup1", "backup2", "restore", "check"];
+  const peakRss = (tool) => Math.max(...dataSteps.map((s) => peer(tool, s)?.rssMiB ?? 0));
+  const resticPeak = peakRss("restic");
+  if (resticPeak > 0) {
+    const mine = peakRss("vmvault");
+    out();
+    out("| target | restic's peak RSS, MiB | memory floor, MiB | best ratio the floor allows | measured there |");
+    out("|---|---:|---:|---:|---|");
+    out(
+      `| peak memory below restic's | ${resticPeak.toFixed(1)} | ${argon2Alone.toFixed(1)} | ${f2(argon2Alone / resticPeak)}×${argon2Alone >= resticPeak ? " (**above the target**)" : ""} | ${mine > 0 ? `${mine.toFixed(1)} MiB, ${f2(mine / resticPeak)}×` : ""} |`,
     );
   }
 }

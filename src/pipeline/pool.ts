@@ -301,7 +301,7 @@ export class WorkerPool {
 
 /**
  * The built worker script: next to this module in the build (dist/pipeline/), under pipeline/
- * from the CLI bundle (dist/vmvault.mjs), and the build's copy when running from TypeScript
+ * from the CLI bundle (dist/vmvault.cjs), and the build's copy when running from TypeScript
  * sources (tests).
  */
 function workerUrl(): URL {
