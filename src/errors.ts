@@ -66,10 +66,8 @@ export interface Damage {
 /** Tampering or corruption detected. */
 export class IntegrityError extends VaultError {
   readonly damage: readonly Damage[];
-  constructor(message: string, damage: readonly Damage[] = []) {
-    super("E_INTEGRITY", message, {
-      hint: "the repository was modified or corrupted; run `vmvault check --read-data` to list every damaged object",
-    });
+  constructor(message: string, damage: readonly Damage[] = [], hint = "the repository was modified or corrupted; run `vmvault check --read-data` to list every damaged object") {
+    super("E_INTEGRITY", message, { hint });
     this.damage = damage;
   }
 

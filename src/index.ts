@@ -23,6 +23,7 @@ export { MemoryStore } from "./storage/memory.js";
 export type { BackupOptions, BackupResult } from "./backup/backup.js";
 export type { RestoreOptions, RestoreResult } from "./restore/restore.js";
 export type { CheckOptions, CheckReport } from "./maintenance/check.js";
+export type { RepairIndexOptions, RepairIndexResult } from "./maintenance/repair-index.js";
 export type { SnapshotSummary } from "./snapshot/list.js";
 export type { InitOptions, OpenOptions } from "./repository/open.js";
 export type { ProgressEvent, ProgressSink } from "./util/progress.js";

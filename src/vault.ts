@@ -1,6 +1,7 @@
 import type { Damage } from "./errors.js";
 import type { BackupOptions, BackupResult } from "./backup/backup.js";
 import type { CheckOptions, CheckReport } from "./maintenance/check.js";
+import type { RepairIndexOptions, RepairIndexResult } from "./maintenance/repair-index.js";
 import { initRepository, openRepository, type InitOptions, type OpenOptions } from "./repository/open.js";
 import type { Repository } from "./repository/repository.js";
 import type { RestoreOptions, RestoreResult } from "./restore/restore.js";
@@ -83,6 +84,11 @@ export class Vault {
 
   async check(o: CheckOptions = {}): Promise<CheckReport> {
     return (await import("./maintenance/check.js")).check(this.repository, o);
+  }
+
+  /** Indexes packs no readable index file lists, from their trailers (admin, operator). */
+  async repairIndex(o: RepairIndexOptions = {}): Promise<RepairIndexResult> {
+    return (await import("./maintenance/repair-index.js")).repairIndex(this.repository, o);
   }
 
   async listUsers(): Promise<UserSummary[]> {

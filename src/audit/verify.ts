@@ -41,6 +41,7 @@ const NEEDS: Partial<Record<AuditAction, Action>> = {
   "check --read-data": "checkData",
   forget: "forget",
   prune: "forget",
+  "repair index": "repair",
   snapshots: "listSnapshots",
   "audit verify": "readAudit",
   "audit log": "readAudit",

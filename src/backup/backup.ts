@@ -1,6 +1,6 @@
 import { constants as fsConstants, promises as fsp } from "node:fs";
 import path from "node:path";
-import { UsageError } from "../errors.js";
+import { UsageError, type Damage } from "../errors.js";
 import { FastCdc } from "../chunking/fastcdc.js";
 import { Compressor } from "../compress/compressor.js";
 import type { SnapshotHeader, SnapshotSource } from "../format/snapshot.js";
@@ -64,6 +64,11 @@ export interface BackupResult {
   /** readBytes: bytes read; the rest of size were unallocated extents, recorded as holes unread. */
   readonly sources: readonly { name: string; kind: "disk" | "folder"; size: number; readBytes: number }[];
   readonly skipped: readonly string[];
+  /**
+   * Index files left out because they did not authenticate: chunks only they listed are stored
+   * again, so this snapshot does not depend on them (`vmvault repair index` indexes their packs).
+   */
+  readonly damagedIndexes: readonly Damage[];
   readonly pipeline: PipelineStats;
 }
 
@@ -145,7 +150,7 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
     const store: AppendOnlyStore = repo.store;
     const progress = throttled(o.progress);
     // A backup only asks whether a chunk is known: no locations, less memory per chunk.
-    const index = await loadIndex(repo, undefined, undefined, { locations: false });
+    const index = await loadIndex(repo, undefined, undefined, { locations: false, skipDamaged: true });
     const session = await createSession(repo);
     const chunkIdKey = repo.currentSecret("chunkId");
     const pool = await starting;
@@ -225,6 +230,7 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
       packs: packs.packsWritten,
       sources: sources.map((s, i) => ({ name: s.name, kind: s.kind, size: s.size, readBytes: readBytes[i] ?? s.size })),
       skipped,
+      damagedIndexes: index.damaged,
       pipeline: {
         workers: pool.workers,
         maxBatchesInFlight: sink.stats.maxBatchesInFlight,

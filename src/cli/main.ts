@@ -7,6 +7,7 @@ import { registerSnapshots } from "./commands/snapshots.js";
 import { registerUser } from "./commands/user.js";
 import { registerAudit } from "./commands/audit.js";
 import { registerKey } from "./commands/key.js";
+import { registerRepair } from "./commands/repair.js";
 import { describeError, exitCodeOf } from "./exit.js";
 
 export const VERSION = "0.1.0";
@@ -33,6 +34,7 @@ export function buildProgram(): Command {
   registerSnapshots(program);
   registerRestore(program);
   registerCheck(program);
+  registerRepair(program);
   registerUser(program);
   registerAudit(program);
   registerKey(program);

@@ -1,3 +1,4 @@
+import type { Damage } from "../errors.js";
 import type { ProgressEvent, ProgressSink } from "../util/progress.js";
 
 export function formatBytes(n: number): string {
@@ -52,4 +53,9 @@ export function progressRenderer(stream: NodeJS.WriteStream, now: () => number =
       shown = false;
     },
   };
+}
+
+/** One warning per index file a backup or restore left out because it could not be read. */
+export function warnDamagedIndexes(ctx: { warn(text: string): void }, damaged: readonly Damage[]): void {
+  for (const d of damaged) ctx.warn(`warning: skipped ${d.object}: ${d.problem}; \`vmvault repair index\` indexes its packs again`);
 }

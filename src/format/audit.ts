@@ -14,6 +14,7 @@ export const AUDIT_ACTIONS = [
   "check --read-data",
   "forget",
   "prune",
+  "repair index",
   "key rotate",
   "export",
   "audit verify",

@@ -9,6 +9,7 @@ export const ACTIONS = {
   listSnapshots: "list snapshots",
   restore: "read snapshot contents or restore",
   forget: "forget or prune snapshots",
+  repair: "repair the repository index",
   checkStructure: "check the repository structure",
   checkData: "check data (decrypting)",
   readAudit: "read or verify the audit trail",
@@ -18,8 +19,8 @@ export type Action = keyof typeof ACTIONS;
 
 /** The roles table of the design brief, section 4. */
 const ALLOWED: Record<Role, readonly Action[]> = {
-  admin: ["backup", "listSnapshots", "restore", "forget", "checkStructure", "checkData", "readAudit", "admin"],
-  operator: ["backup", "listSnapshots", "restore", "forget", "checkStructure", "checkData"],
+  admin: ["backup", "listSnapshots", "restore", "forget", "repair", "checkStructure", "checkData", "readAudit", "admin"],
+  operator: ["backup", "listSnapshots", "restore", "forget", "repair", "checkStructure", "checkData"],
   backup: ["backup"],
   restorer: ["listSnapshots", "restore", "checkStructure", "checkData"],
   auditor: ["listSnapshots", "checkStructure", "readAudit"],

@@ -112,7 +112,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
       else if (size !== p.packLength) packDamage.set(packId, [`pack has ${size} bytes, the index says ${p.packLength} (truncated or modified)`]);
     }
     for (const packId of stored.keys()) {
-      if (!indexedPacks.has(packId)) warnings.push(`${packKey(packId)} is not indexed (left by an interrupted backup; harmless, prune removes it)`);
+      if (!indexedPacks.has(packId)) warnings.push(`${packKey(packId)} is not indexed (left by an interrupted backup, or listed only by an unreadable index file): \`vmvault repair index\` indexes it`);
     }
 
     const packSnapshots = new Map<number, Set<string>>();

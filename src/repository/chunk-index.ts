@@ -1,3 +1,4 @@
+import type { Damage } from "../errors.js";
 import { toHex } from "../util/bytes.js";
 
 /** A pack as the in-memory index knows it. */
@@ -34,6 +35,8 @@ const MAX_LOAD = 0.8;
  */
 export class ChunkIndex {
   readonly packs: PackRef[] = [];
+  /** Index files left out because they could not be read (loadIndex's skipDamaged). */
+  readonly damaged: Damage[] = [];
   readonly #packNumbers = new Map<string, number>();
   readonly #locations: boolean;
   /** Bytes of each ID kept: all 32, or the first 16 when only membership is asked (see constructor). */

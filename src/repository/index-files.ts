@@ -9,9 +9,11 @@ import { concatBytes, toHex, utf8 } from "../util/bytes.js";
 import { ChunkIndex, type PackRef } from "./chunk-index.js";
 import type { Repository } from "./repository.js";
 
-/** An index file that cannot be decrypted, authenticated or parsed. */
+/** The problem of an index file that cannot be decrypted, authenticated or parsed. */
+export const INDEX_DOES_NOT_AUTHENTICATE = "index does not authenticate (modified or corrupted)";
+
 function unreadableIndex(key: string): IntegrityError {
-  return IntegrityError.object(key, "index does not authenticate (modified or corrupted)");
+  return IntegrityError.object(key, INDEX_DOES_NOT_AUTHENTICATE);
 }
 
 /** One index file as read from the repository. */
@@ -63,13 +65,15 @@ export interface IndexedPackBytes {
 
 /**
  * Loads every index file into a ChunkIndex. A damaged file is reported to onDamage when given
- * (check collects), otherwise it stops the operation.
+ * (check collects); with skipDamaged it is left out and named in the index's `damaged` list
+ * (backup and restore: one damaged file must not stop work that does not need it; a chunk only
+ * it listed is then missing, see missingChunkError); otherwise it stops the operation.
  */
 export async function loadIndex(
   repo: Repository,
   onDamage?: (d: Damage) => void,
   onFile?: (f: IndexFile) => void,
-  o: { locations?: boolean; idBytes?: 16 | 32; onPack?: (p: IndexedPackBytes) => void } = {},
+  o: { locations?: boolean; idBytes?: 16 | 32; onPack?: (p: IndexedPackBytes) => void; skipDamaged?: boolean } = {},
 ): Promise<ChunkIndex> {
   const index = new ChunkIndex(o);
   for (const { key } of await listAll(repo.store, INDEX_PREFIX)) {
@@ -91,10 +95,21 @@ export async function loadIndex(
         for (const d of e.damage) onDamage(d);
         continue;
       }
+      if (o.skipDamaged === true && e instanceof IntegrityError) {
+        index.damaged.push(...e.damage);
+        continue;
+      }
       throw e;
     }
   }
   return index;
+}
+
+/** A chunk a snapshot references that no readable index lists, naming the index files skipped. */
+export function missingChunkError(index: ChunkIndex, id: Uint8Array): IntegrityError {
+  const n = index.damaged.length;
+  const skipped = n === 0 ? "" : `; ${n === 1 ? "an unreadable index file was" : `${n} unreadable index files were`} skipped (${index.damaged.map((d) => d.object).join(", ")}): \`vmvault repair index\` indexes the packs again`;
+  return IntegrityError.object(`chunk ${toHex(id)}`, `chunk is referenced but not in any index (missing data${skipped})`);
 }
 
 /**

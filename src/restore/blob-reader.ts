@@ -3,6 +3,7 @@ import type { Compressor } from "../compress/compressor.js";
 import { packKey } from "../format/layout.js";
 import { BlobError, decodeBlob } from "../pack/blob.js";
 import type { ChunkIndex, ChunkLocation } from "../repository/chunk-index.js";
+import { missingChunkError } from "../repository/index-files.js";
 import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import type { SessionKeys } from "../repository/sessions.js";
 import { toHex } from "../util/bytes.js";
@@ -35,7 +36,7 @@ export class BlobReader {
 
   location(id: Uint8Array): ChunkLocation {
     const loc = this.#index.location(id);
-    if (loc === undefined) throw IntegrityError.object(`chunk ${toHex(id)}`, "chunk is referenced but not in any index (missing data)");
+    if (loc === undefined) throw missingChunkError(this.#index, id);
     return loc;
   }
 

@@ -3,6 +3,7 @@ import { HASH_BYTES } from "../crypto/suite.js";
 import { packKey } from "../format/layout.js";
 import { blobStatusMessage, BlobStatus } from "../pack/blob.js";
 import type { ChunkIndex, ChunkLocation } from "../repository/chunk-index.js";
+import { missingChunkError } from "../repository/index-files.js";
 import type { Repository } from "../repository/repository.js";
 import type { SessionKeys } from "../repository/sessions.js";
 import type { WorkerPool } from "../pipeline/pool.js";
@@ -166,7 +167,7 @@ export class ChunkFetcher {
 
   #locate(id: Uint8Array): ChunkLocation {
     const loc = this.#index.location(id);
-    if (loc === undefined) throw IntegrityError.object(`chunk ${toHex(id)}`, "chunk is referenced but not in any index (missing data)");
+    if (loc === undefined) throw missingChunkError(this.#index, id);
     return loc;
   }
 

@@ -1,6 +1,6 @@
 import * as fse from "../util/fsx.js";
 import path from "node:path";
-import { NotFoundError, UsageError } from "../errors.js";
+import { NotFoundError, UsageError, type Damage } from "../errors.js";
 import { Compressor } from "../compress/compressor.js";
 import type { DiskSource, FolderSource } from "../format/snapshot.js";
 import { loadIndex } from "../repository/index-files.js";
@@ -40,6 +40,8 @@ export interface RestoreResult {
   readonly bytes: number;
   /** BLAKE2b commitment to the restored content (see contentDigest), kept in the audit trail. */
   readonly digest: string;
+  /** Index files left out because they did not authenticate (the restore did not need them). */
+  readonly damagedIndexes: readonly Damage[];
 }
 
 interface Plan {
@@ -149,7 +151,7 @@ async function restoreWith(
     throw targetError(target, e);
   }
   // 128-bit ID prefixes: every fetched blob is authenticated under its full ID anyway.
-  const index = await loadIndex(repo, undefined, undefined, { idBytes: 16 });
+  const index = await loadIndex(repo, undefined, undefined, { idBytes: 16, skipDamaged: true });
   const progress = throttled(o.progress);
   const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
   const fetcher = new ChunkFetcher(repo, index, sessions, await starting);
@@ -170,6 +172,7 @@ async function restoreWith(
     restored,
     bytes: restored.reduce((n, r) => n + r.bytes, 0),
     digest: contentDigest(repo, plan),
+    damagedIndexes: index.damaged,
   };
 }
 

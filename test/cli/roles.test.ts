@@ -55,6 +55,7 @@ const COMMANDS: readonly CommandCase[] = [
   { name: "restore", action: "restore", args: (t) => ["restore", "latest", "--target", t, "--reason", "matrix"] },
   { name: "check", action: "checkStructure", args: () => ["check"] },
   { name: "check --read-data", action: "checkData", args: () => ["check", "--read-data"] },
+  { name: "repair index", action: "repair", args: () => ["repair", "index"] },
   { name: "user list", action: "admin", args: () => ["user", "list"] },
   { name: "user add", action: "admin", args: () => ["user", "add", "newcomer", "--role", "restorer"], env: { VMVAULT_NEW_PASSPHRASE: "newcomer" } },
   { name: "user remove", action: "admin", args: () => ["user", "remove", "spare", "--no-rotate"] },

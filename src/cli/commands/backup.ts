@@ -1,6 +1,6 @@
 import type { Command } from "commander";
 import { CliContext } from "../context.js";
-import { formatBytes, plural } from "../output.js";
+import { formatBytes, plural, warnDamagedIndexes } from "../output.js";
 
 export function registerBackup(program: Command): void {
   program
@@ -18,6 +18,7 @@ export function registerBackup(program: Command): void {
         const r = await vault.backup({ vm: opts.vm, sources, sparse: opts.sparse, ...(progress === undefined ? {} : { progress }), ...(workers === undefined ? {} : { workers }) });
         ctx.endProgress();
         for (const s of r.skipped) ctx.warn(`warning: skipped ${s} (not a regular file, folder or symlink)`);
+        warnDamagedIndexes(ctx, r.damagedIndexes);
         if (ctx.json) ctx.printJson(r);
         else {
           ctx.out(`snapshot ${r.snapshotId} of VM ${r.vm} saved`);

@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import { IntegrityError } from "../../errors.js";
+import { INDEX_PREFIX } from "../../format/layout.js";
 import { CliContext } from "../context.js";
 import { formatBytes, plural } from "../output.js";
 
@@ -29,7 +30,10 @@ export function registerCheck(program: Command): void {
           );
         }
         if (!r.ok) {
-          throw new IntegrityError(`check found ${plural(r.damage.length, "problem")}; each damaged object is named ${ctx.json ? "in the report" : "above"}`);
+          const hint = r.damage.some((d) => d.object.startsWith(INDEX_PREFIX))
+            ? "`vmvault repair index` rebuilds what unreadable index files listed from the packs themselves"
+            : "the named objects were modified or corrupted; restore affected VMs from another copy of the repository if you keep one";
+          throw new IntegrityError(`check found ${plural(r.damage.length, "problem")}; each damaged object is named ${ctx.json ? "in the report" : "above"}`, [], hint);
         }
       } finally {
         ctx.endProgress();

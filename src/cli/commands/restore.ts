@@ -1,6 +1,6 @@
 import type { Command } from "commander";
 import { CliContext } from "../context.js";
-import { formatBytes } from "../output.js";
+import { formatBytes, warnDamagedIndexes } from "../output.js";
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 
@@ -33,6 +33,7 @@ export function registerRestore(program: Command): void {
           ...(progress === undefined ? {} : { progress }),
         });
         ctx.endProgress();
+        warnDamagedIndexes(ctx, r.damagedIndexes);
         if (ctx.json) ctx.printJson(r);
         else {
           ctx.out(`restored snapshot ${r.snapshotId} of VM ${r.vm} to ${r.target}`);
