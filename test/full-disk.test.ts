@@ -3,8 +3,9 @@ import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { FaultyStore } from "../src/storage/faulty.js";
-import { FsStore, Vault } from "../src/index.js";
-import { initTestVault, makeImage, passphrase, tempDirs } from "./helpers/fixtures.js";
+import { FsStore, KDF_TEST, Vault } from "../src/index.js";
+import { listAll } from "../src/storage/types.js";
+import { initTestVault, makeImage, openTestVault, passphrase, tempDirs } from "./helpers/fixtures.js";
 
 const tmp = tempDirs();
 
@@ -30,6 +31,21 @@ describe("a full repository disk", () => {
     const r = await ok.backup({ vm: "vm", sources: [image] });
     expect((await ok.snapshots()).map((s) => s.id)).toEqual([r.snapshotId]);
     await ok.close();
+  });
+});
+
+describe("a full disk during init", () => {
+  it("takes back what the init wrote, so running it again works", async () => {
+    const dir = tmp("repo");
+    const full = new FaultyStore(new FsStore(dir), { failPut: (key) => key.startsWith("grants/") });
+    await expect(Vault.init({ store: full, user: "admin", passphrase: passphrase(), kdf: KDF_TEST, allowWeakKdf: true })).rejects.toMatchObject({
+      code: "E_STORAGE",
+      message: expect.stringMatching(/storage full while writing grants\//),
+    });
+    // The key slot and the registry version written before the failure are gone again.
+    expect(await listAll(new FsStore(dir), "")).toEqual([]);
+    await (await initTestVault(dir)).close();
+    expect((await (await openTestVault(dir)).snapshots()).length).toBe(0);
   });
 });
 

@@ -1,4 +1,4 @@
-import { IntegrityError, NotFoundError } from "../errors.js";
+import { IntegrityError, NotFoundError, UsageError } from "../errors.js";
 import { FormatError } from "../format/codec.js";
 import { ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { parseAnchorMeta, type AuditAction } from "../format/audit.js";
@@ -132,15 +132,15 @@ export function parseAnchor(repo: Repository, bytes: Uint8Array): AuditHead {
   try {
     const env = parseEnvelope(ObjectKind.Anchor, bytes, true);
     const meta = parseAnchorMeta(env.meta);
-    if (meta.repoId !== repo.repoId) throw IntegrityError.object("the anchor", "belongs to another repository");
+    if (meta.repoId !== repo.repoId) throw new UsageError("the anchor belongs to another repository", "give the anchor exported from this repository");
     const signer = repo.chain.versions.flatMap((v) => v.users).find((u) => u.name === meta.signer && toHex(u.signPublicKey) === meta.signerKey);
     if (signer === undefined || env.signature === undefined || !repo.crypto.verify(signer.signPublicKey, env.body, env.signature)) {
       throw IntegrityError.object("the anchor", "is not signed by a user of this repository");
     }
     return { seq: meta.seq, hash: meta.hash };
   } catch (e) {
-    if (e instanceof FormatError) throw IntegrityError.object("the anchor", `is not a vmvault audit anchor (${e.message})`);
-    if (e instanceof NotFoundError) throw e;
+    // A file that is no anchor at all is a wrong argument, not damage to the repository.
+    if (e instanceof FormatError) throw new UsageError(`the anchor file is not a vmvault audit anchor (${e.message})`, "give a file written by `vmvault audit anchor --out`");
     throw e;
   }
 }

@@ -6,7 +6,7 @@ import { Secret } from "../crypto/secret.js";
 import { FormatError } from "../format/codec.js";
 import { parseConfigMeta, encodeConfigMeta, LZ4_LEVEL, ZSTD_DEFAULT_LEVEL, type RepoConfig } from "../format/config.js";
 import { appendSignature, encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
-import { CONFIG_KEY, grantKey, registryKey, slotKey, slotPrefix } from "../format/layout.js";
+import { AUDIT_BODY_PREFIX, AUDIT_PREFIX, CONFIG_KEY, grantKey, LOCK_PREFIX, REGISTRY_PREFIX, registryKey, slotKey, slotPrefix } from "../format/layout.js";
 import { USER_NAME_PATTERN, type EpochInfo, type RegistryDoc, type RegistryUser } from "../format/registry.js";
 import type { GrantSecrets } from "../format/grant.js";
 import { encodeGrant, openGrant } from "../keys/grant.js";
@@ -16,7 +16,7 @@ import { unwrapSlot, wrapSlot } from "../keys/slot.js";
 import { listAll, type Store } from "../storage/types.js";
 import { toHex } from "../util/bytes.js";
 import { Repository, type Environment } from "./repository.js";
-import { NotARepositoryError } from "./errors.js";
+import { NotARepositoryError, type NotARepositoryKind } from "./errors.js";
 import { RegistryPin } from "./pin.js";
 
 export interface CommonOptions {
@@ -181,11 +181,24 @@ export async function initRepository(o: InitOptions): Promise<Repository> {
     { ...epoch.secrets, root: root.secretKey.bytes },
     root.secretKey,
   );
-  await store.putIfAbsent(slotKey(o.user, 1), slot);
-  await store.putIfAbsent(registryKey(1), encodeRegistry(crypto, registry, root.secretKey));
-  await store.putIfAbsent(grantKey(1, o.user, fingerprintOf(crypto, user.signPublicKey)), grant);
   const configBody = encodeEnvelope(ObjectKind.Config, encodeConfigMeta(config));
-  await store.putIfAbsent(CONFIG_KEY, appendSignature(configBody, crypto.sign(root.secretKey, configBody)));
+  const objects: [string, Uint8Array][] = [
+    [slotKey(o.user, 1), slot],
+    [registryKey(1), encodeRegistry(crypto, registry, root.secretKey)],
+    [grantKey(1, o.user, fingerprintOf(crypto, user.signPublicKey)), grant],
+    [CONFIG_KEY, appendSignature(configBody, crypto.sign(root.secretKey, configBody))],
+  ];
+  const written: string[] = [];
+  try {
+    for (const [key, bytes] of objects) {
+      await store.putIfAbsent(key, bytes);
+      written.push(key);
+    }
+  } catch (e) {
+    // A failed init (a full disk, say) takes back what it wrote, so running it again works.
+    for (const key of written.reverse()) await store.delete(key).catch(() => undefined);
+    throw e;
+  }
   for (const s of Object.values(epoch.secrets)) s.fill(0);
   root.secretKey.dispose();
   sign.secretKey.dispose();
@@ -193,6 +206,15 @@ export async function initRepository(o: InitOptions): Promise<Repository> {
   return openRepository({ ...o, store });
 }
 
+
+/** Top-level names an init writes before its config object. */
+const INIT_PREFIXES = ["keys/", REGISTRY_PREFIX, "grants/", AUDIT_PREFIX, AUDIT_BODY_PREFIX, LOCK_PREFIX];
+
+async function whatIsThere(store: Store): Promise<NotARepositoryKind> {
+  const objects = await listAll(store, "");
+  if (objects.length === 0) return "empty";
+  return objects.every((o) => INIT_PREFIXES.some((p) => o.key.startsWith(p))) ? "interrupted init" : "other files";
+}
 
 /** Fails with a clear error when the store holds no repository (before any passphrase is asked). */
 export async function probeRepository(store: Store): Promise<void> {
@@ -205,8 +227,7 @@ async function readConfig(store: Store): Promise<{ config: RepoConfig; body: Uin
     bytes = await store.get(CONFIG_KEY);
   } catch (e) {
     if (e instanceof VaultError && e.code === "E_NOT_FOUND") {
-      const any = (await listAll(store, "")).length > 0;
-      throw new NotARepositoryError(store.location, any);
+      throw new NotARepositoryError(store.location, await whatIsThere(store));
     }
     throw e;
   }

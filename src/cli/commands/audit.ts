@@ -1,6 +1,8 @@
-import { readFileSync, writeFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import path from "node:path";
 import type { Command } from "commander";
-import { IntegrityError, UsageError } from "../../errors.js";
+import { IntegrityError, StorageError, UsageError } from "../../errors.js";
 import { CliContext } from "../context.js";
 import { plural, table } from "../output.js";
 
@@ -74,17 +76,38 @@ export function registerAudit(program: Command): void {
   audit
     .command("anchor")
     .description("export the signed trail head, to keep outside the repository")
-    .requiredOption("--out <file>", "where to write the anchor")
+    .requiredOption("--out <file>", "where to write the anchor (a newer anchor replaces an older one)")
     .action(async (opts: { out: string }, command: Command) => {
       const ctx = new CliContext(command);
+      assertAnchorFile(opts.out);
       const vault = await ctx.openVault();
       try {
         const a = await vault.auditAnchor();
-        writeFileSync(opts.out, a.bytes, { mode: 0o644 });
+        writeAnchor(opts.out, a.bytes);
         if (ctx.json) ctx.printJson({ file: opts.out, seq: a.seq, hash: a.hash });
         else ctx.out(`anchored audit record ${a.seq} (${a.hash}) in ${opts.out}`);
       } finally {
         await vault.close();
       }
     });
+}
+
+/** Refuses an --out that cannot name a file before the repository is opened. */
+function assertAnchorFile(out: string): void {
+  if (out === "") throw new UsageError("--out needs a file name");
+  const folder = path.dirname(path.resolve(out));
+  if (!statSync(folder, { throwIfNoEntry: false })?.isDirectory()) throw new UsageError(`cannot write the anchor to ${out}: folder ${folder} does not exist`);
+  if (statSync(out, { throwIfNoEntry: false })?.isDirectory() === true) throw new UsageError(`--out ${out} is a folder; give a file name`);
+}
+
+/** Writes the anchor under a temporary name and renames it: an older anchor is replaced whole or not at all. */
+function writeAnchor(out: string, bytes: Uint8Array): void {
+  const partial = path.join(path.dirname(out), `.${path.basename(out)}.vmvault-partial-${randomBytes(4).toString("hex")}`);
+  try {
+    writeFileSync(partial, bytes, { mode: 0o644, flag: "wx" });
+    renameSync(partial, out);
+  } catch (e) {
+    rmSync(partial, { force: true });
+    throw new StorageError(`cannot write the anchor to ${out}: ${(e as { code?: string }).code ?? String(e)}`, e);
+  }
 }
