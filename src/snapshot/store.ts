@@ -216,6 +216,13 @@ export async function listSnapshots(repo: Repository, onDamage?: (d: Damage) => 
   return out;
 }
 
+/** An id or id prefix as ids are written (lower-case hex; upper case is accepted), or a usage error. */
+function idPrefix(ref: string): string {
+  const id = ref.toLowerCase();
+  if (!/^[0-9a-f]{1,32}$/.test(id)) throw new UsageError(`invalid snapshot reference ${JSON.stringify(ref)}`, "use `latest`, an id, or a unique id prefix");
+  return id;
+}
+
 /** Resolves "latest", a full id or a unique prefix, optionally within one VM. */
 export function resolveSnapshot(records: readonly SnapshotRecord[], ref: string, vm?: string): SnapshotRecord {
   const pool = vm === undefined ? records : records.filter((r) => r.header.vm === vm);
@@ -224,10 +231,10 @@ export function resolveSnapshot(records: readonly SnapshotRecord[], ref: string,
     if (last === undefined) throw new NotFoundError(vm === undefined ? "the repository has no snapshots" : `no snapshot of VM ${vm}`);
     return last;
   }
-  if (!/^[0-9a-f]{1,32}$/.test(ref)) throw new UsageError(`invalid snapshot reference ${JSON.stringify(ref)}`, "use `latest`, an id, or a unique id prefix");
-  const matches = pool.filter((r) => r.header.id.startsWith(ref));
-  if (matches.length === 0) throw new NotFoundError(`no snapshot matches ${ref}`, "list snapshots with `vmvault snapshots`");
-  if (matches.length > 1) throw new UsageError(`snapshot prefix ${ref} is ambiguous (${matches.length} snapshots)`, "give more characters of the id");
+  const id = idPrefix(ref);
+  const matches = pool.filter((r) => r.header.id.startsWith(id));
+  if (matches.length === 0) throw new NotFoundError(`no snapshot matches ${ref}${vm === undefined ? "" : ` of VM ${vm}`}`, "list snapshots with `vmvault snapshots`");
+  if (matches.length > 1) throw ambiguous(ref, matches.length, vm);
   return matches[0] as SnapshotRecord;
 }
 
@@ -238,16 +245,29 @@ export function resolveSnapshot(records: readonly SnapshotRecord[], ref: string,
  */
 export async function findSnapshot(repo: Repository, ref: string, vm?: string): Promise<SnapshotRecord> {
   if (ref === "latest") return resolveSnapshot(await listSnapshots(repo), ref, vm);
-  if (!/^[0-9a-f]{1,32}$/.test(ref)) throw new UsageError(`invalid snapshot reference ${JSON.stringify(ref)}`, "use `latest`, an id, or a unique id prefix");
-  const ids = [...(await listSnapshotKeys(repo)).entries()].filter(([id]) => id.startsWith(ref));
+  const id = idPrefix(ref);
+  const ids = [...(await listSnapshotKeys(repo)).entries()].filter(([i]) => i.startsWith(id));
   if (ids.length === 0) throw new NotFoundError(`no snapshot matches ${ref}`, "list snapshots with `vmvault snapshots`");
-  if (ids.length > 1) throw new UsageError(`snapshot prefix ${ref} is ambiguous (${ids.length} snapshots)`, "give more characters of the id");
-  const keys = (ids[0] as [string, string[]])[1];
-  const key = await usableRevision(repo, keys);
-  if (key === undefined) throw new NotFoundError(`no snapshot matches ${ref}`);
-  const record = await readSnapshot(repo, key);
-  if (vm !== undefined && record.header.vm !== vm) throw new NotFoundError(`snapshot ${record.header.id} belongs to VM ${record.header.vm}, not ${vm}`);
+  if (ids.length > 1 && vm === undefined) throw ambiguous(ref, ids.length);
+  // With a VM, a prefix only needs to be unique among that VM's snapshots: read the candidates.
+  const records: SnapshotRecord[] = [];
+  for (const [, keys] of ids) {
+    const key = await usableRevision(repo, keys);
+    if (key !== undefined) records.push(await readSnapshot(repo, key));
+  }
+  if (records.length === 0) throw new NotFoundError(`no snapshot matches ${ref}`);
+  const mine = vm === undefined ? records : records.filter((r) => r.header.vm === vm);
+  if (mine.length > 1) throw ambiguous(ref, mine.length, vm);
+  const record = mine[0];
+  if (record === undefined) {
+    const only = records.length === 1 ? records[0] : undefined;
+    throw new NotFoundError(only === undefined ? `no snapshot of VM ${vm} matches ${ref}` : `snapshot ${only.header.id} belongs to VM ${only.header.vm}, not ${vm}`);
+  }
   return record;
+}
+
+function ambiguous(ref: string, n: number, vm?: string): UsageError {
+  return new UsageError(`snapshot prefix ${ref} is ambiguous (${n} snapshots${vm === undefined ? "" : ` of VM ${vm}`})`, vm === undefined ? "give more characters of the id, or --vm NAME" : "give more characters of the id");
 }
 
 /** BLAKE2b-256 (hex) of the message a snapshot's creator signed: what a user's removal records. */
