@@ -82,6 +82,8 @@ async function planSources(sources: readonly string[]): Promise<PlannedSource[]>
     const abs = path.resolve(src);
     let st;
     try {
+      // A source named by the caller is followed when it is a symlink, to a folder as to an
+      // image or block device (/dev/vg0/web1); it keeps the name it was given.
       st = await fsp.stat(abs);
     } catch (e) {
       throw sourceError(abs, e);

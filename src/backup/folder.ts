@@ -26,6 +26,7 @@ export interface FolderStats {
 
 /**
  * Backs up a folder: regular files (content-defined chunks), directories, symlinks, modes, mtimes.
+ * `root` may be a symlink to the folder (it is followed); symlinks below it are stored as such.
  * With `sparse` (the default), a sparse file's unallocated extents are not read where they
  * cover whole chunks (see CdcFileReader); readBytes counts the file bytes actually read.
  */
@@ -46,7 +47,9 @@ export async function backupFolder(
     const abs = rel === "" ? root : path.join(root, ...rel.split("/"));
     let st: Stats;
     try {
-      st = fs.lstatSync(abs);
+      // The folder itself was named by the caller: a symlink to it is followed (like tar -h);
+      // symlinks inside it are stored as symlinks.
+      st = rel === "" ? fs.statSync(abs) : fs.lstatSync(abs);
     } catch (e) {
       throw sourceError(abs, e);
     }
