@@ -16,7 +16,7 @@ import { toHex, utf8 } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import { readHead } from "../audit/trail.js";
-import { backupFolder } from "./folder.js";
+import { backupFolder, type SkippedEntry } from "./folder.js";
 import { backupImage } from "./image.js";
 import { SessionIndexWriter } from "./index-writer.js";
 import { ChunkSink } from "./sink.js";
@@ -63,7 +63,8 @@ export interface BackupResult {
   readonly packs: number;
   /** readBytes: bytes read; the rest of size were unallocated extents, recorded as holes unread. */
   readonly sources: readonly { name: string; kind: "disk" | "folder"; size: number; readBytes: number }[];
-  readonly skipped: readonly string[];
+  /** Entries of folder sources left out (special files, names that are not UTF-8), with the source's name first in each path. */
+  readonly skipped: readonly SkippedEntry[];
   readonly pipeline: PipelineStats;
 }
 
@@ -182,7 +183,7 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
     const sources: SnapshotSource[] = [];
     /** Bytes read from each source, in the order of sources. */
     const readBytes: number[] = [];
-    const skipped: string[] = [];
+    const skipped: SkippedEntry[] = [];
     for (const p of planned) {
       const r =
         p.kind === "disk"
@@ -190,7 +191,7 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
           : await backupFolder(p.path, p.name, cdc, sink, progress, o.sparse ?? true);
       sources.push(r.source);
       readBytes.push(r.readBytes);
-      if ("skipped" in r) skipped.push(...r.skipped.map((s) => `${p.name}/${s}`));
+      if ("skipped" in r) skipped.push(...r.skipped.map((s) => ({ ...s, path: `${p.name}/${s.path}` })));
     }
     await sink.finish();
     await packs.flush();

@@ -17,7 +17,7 @@ export function registerBackup(program: Command): void {
         const workers = ctx.workers;
         const r = await vault.backup({ vm: opts.vm, sources, sparse: opts.sparse, ...(progress === undefined ? {} : { progress }), ...(workers === undefined ? {} : { workers }) });
         ctx.endProgress();
-        for (const s of r.skipped) ctx.warn(`warning: skipped ${s} (not a regular file, folder or symlink)`);
+        for (const s of r.skipped) ctx.warn(`warning: skipped ${s.path} (${s.reason})`);
         if (ctx.json) ctx.printJson(r);
         else {
           ctx.out(`snapshot ${r.snapshotId} of VM ${r.vm} saved`);
