@@ -4,6 +4,7 @@ import { UsageError } from "../../errors.js";
 import { assertUserName } from "../../repository/open.js";
 import { runRotation } from "./key.js";
 import { CliContext } from "../context.js";
+import { refuseBothForms } from "../options.js";
 import { table } from "../output.js";
 import { promptYesNo } from "../prompt.js";
 import { authorizeAudited } from "../../audit/guard.js";
@@ -38,7 +39,7 @@ export function registerUser(program: Command): void {
       }
     });
 
-  user
+  const remove = user
     .command("remove")
     .description("remove a user (admin only); --rotate also opens a new key epoch without them")
     .argument("<name>", "the user to remove")
@@ -66,6 +67,7 @@ export function registerUser(program: Command): void {
         await vault.close();
       }
     });
+  refuseBothForms(remove, "rotate");
 
   user
     .command("list")
