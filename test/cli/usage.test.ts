@@ -1,3 +1,4 @@
+import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { vault } from "../helpers/cli.js";
@@ -25,10 +26,27 @@ describe("usage errors exit 2 before anything is done", () => {
     }
     const list = await v(["--json", "user", "list"]);
     expect((JSON.parse(list.stdout) as { name: string }[]).map((u) => u.name)).toContain("bob");
+    const removed = await v(["user", "remove", "bob", "--no-rotate"]);
+    expect(removed.code, removed.stderr).toBe(0);
+    expect(removed.stdout).toMatch(/^removed bob \(restorer\); 0 snapshots they signed stay valid$/m);
     for (const flags of [["--disk", "a.raw", "--include", "etc"], ["--include", "etc", "--disk", "a.raw"]]) {
       const r = await v(["restore", "latest", "--target", tmp("o"), "--reason", "x", ...flags]);
       expect(r.code, r.stderr).toBe(2);
       expect(r.stderr).toMatch(/option '--disk <name>' cannot be used with option '--include <path>'/);
     }
+  });
+
+  it("Argon2id parameters beyond Argon2id's limits name the maximum; counts read as English", async () => {
+    const dir = tmp("repo");
+    const memory = await vault(path.join(dir, "a"))(["init", "--kdf-memory", "1000000000"]);
+    expect(memory.code, memory.stderr).toBe(2);
+    expect(memory.stderr).toMatch(/--kdf-memory 1000000000: at most 4194303 MiB \(Argon2id's limit\)/);
+    const passes = await vault(path.join(dir, "b"))(["init", "--kdf-passes", String(2 ** 32)]);
+    expect(passes.code, passes.stderr).toBe(2);
+    expect(passes.stderr).toMatch(/--kdf-passes 4294967296: at most 4294967295 \(Argon2id's limit\)/);
+    const weak = await vault(path.join(dir, "c"))(["init", "--kdf-memory", "1", "--kdf-passes", "1"], { env: { VMVAULT_INSECURE_TEST_KDF: undefined } });
+    expect(weak.code, weak.stderr).toBe(2);
+    expect(weak.stderr).toMatch(/below the floor \(1024 KiB, 1 pass; at least 65536 KiB and 3 passes are required\)/);
+    expect(await fsp.readdir(dir)).toEqual([]);
   });
 });

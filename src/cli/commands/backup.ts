@@ -23,7 +23,7 @@ export function registerBackup(program: Command): void {
           ctx.out(`snapshot ${r.snapshotId} of VM ${r.vm} saved`);
           const read = (s: { size: number; readBytes: number }): string => (s.readBytes < s.size ? `, ${formatBytes(s.readBytes)} read, the rest unallocated` : "");
           ctx.out(`  ${r.sources.map((s) => `${s.name} (${s.kind}, ${formatBytes(s.size)}${read(s)})`).join(", ")}`);
-          ctx.out(`  ${r.newChunks} new of ${r.chunks} chunks; ${formatBytes(r.addedBytes)} added to the repository in ${plural(r.packs, "pack")}`);
+          ctx.out(`  ${r.newChunks} new of ${plural(r.chunks, "chunk")}; ${formatBytes(r.addedBytes)} added to the repository in ${plural(r.packs, "pack")}`);
         }
       } finally {
         ctx.endProgress();
