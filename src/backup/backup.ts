@@ -3,7 +3,7 @@ import path from "node:path";
 import { UsageError } from "../errors.js";
 import { FastCdc } from "../chunking/fastcdc.js";
 import { Compressor } from "../compress/compressor.js";
-import type { SnapshotHeader, SnapshotSource } from "../format/snapshot.js";
+import { assertVmName, type SnapshotHeader, type SnapshotSource } from "../format/snapshot.js";
 import { PackWriter } from "../pack/writer.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
@@ -68,8 +68,6 @@ export interface BackupResult {
   readonly pipeline: PipelineStats;
 }
 
-const VM_NAME = /^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$/;
-
 interface PlannedSource {
   readonly path: string;
   readonly name: string;
@@ -124,7 +122,7 @@ export function fileChunker(repo: Repository): FastCdc {
  */
 export async function backup(repo: Repository, o: BackupOptions): Promise<BackupResult> {
   await authorizeAudited(repo, "backup", "backup", { vm: o.vm });
-  if (!VM_NAME.test(o.vm)) throw new UsageError(`invalid VM name ${JSON.stringify(o.vm)}`, "use letters, digits and . _ : @ + - (up to 128)");
+  assertVmName(o.vm);
   const planned = await planSources(o.sources);
   const lock = await acquireLock(repo, "backup", false);
   try {

@@ -49,4 +49,26 @@ describe("usage errors exit 2 before anything is done", () => {
     expect(weak.stderr).toMatch(/below the floor \(1024 KiB, 1 pass; at least 65536 KiB and 3 passes are required\)/);
     expect(await fsp.readdir(dir)).toEqual([]);
   });
+
+  it("an empty or invalid VM name is refused wherever a VM is named, as backup always did", async () => {
+    const { v } = await newRepo();
+    for (const args of [["snapshots", "--vm", ""], ["snapshots", "--vm", "-x"], ["restore", "latest", "--vm", "", "--target", tmp("o"), "--reason", "x"], ["backup", "--vm", "", tmp("src")]]) {
+      const r = await v(args);
+      expect(r.code, `${args.join(" ")}: ${r.stderr}`).toBe(2);
+      expect(r.stderr).toMatch(/invalid VM name/);
+      expect(r.stdout).toBe("");
+    }
+  });
+
+  it("--workers and VMVAULT_WORKERS are checked whenever given, by commands that run no workers too", async () => {
+    const { v } = await newRepo();
+    const flag = await v(["--workers", "abc", "snapshots"]);
+    expect(flag.code, flag.stderr).toBe(2);
+    expect(flag.stderr).toMatch(/--workers abc: give a whole number from 0 to 256/);
+    const env = await v(["user", "list"], { env: { VMVAULT_WORKERS: "abc" } });
+    expect(env.code, env.stderr).toBe(2);
+    expect(env.stderr).toMatch(/VMVAULT_WORKERS=abc: give a whole number from 0 to 256/);
+    const good = await v(["--workers", "1", "snapshots"]);
+    expect(good.code, good.stderr).toBe(0);
+  });
 });
