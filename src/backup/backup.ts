@@ -3,7 +3,7 @@ import path from "node:path";
 import { UsageError, type Damage } from "../errors.js";
 import { FastCdc } from "../chunking/fastcdc.js";
 import { Compressor } from "../compress/compressor.js";
-import type { SnapshotHeader, SnapshotSource } from "../format/snapshot.js";
+import { assertVmName, type SnapshotHeader, type SnapshotSource } from "../format/snapshot.js";
 import { PackWriter } from "../pack/writer.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
@@ -16,7 +16,7 @@ import { toHex, utf8 } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import { readHead } from "../audit/trail.js";
-import { backupFolder } from "./folder.js";
+import { backupFolder, type SkippedEntry } from "./folder.js";
 import { backupImage } from "./image.js";
 import { SessionIndexWriter } from "./index-writer.js";
 import { ChunkSink } from "./sink.js";
@@ -63,7 +63,8 @@ export interface BackupResult {
   readonly packs: number;
   /** readBytes: bytes read; the rest of size were unallocated extents, recorded as holes unread. */
   readonly sources: readonly { name: string; kind: "disk" | "folder"; size: number; readBytes: number }[];
-  readonly skipped: readonly string[];
+  /** Entries of folder sources left out (special files, names that are not UTF-8), with the source's name first in each path. */
+  readonly skipped: readonly SkippedEntry[];
   /**
    * Index files left out because they did not authenticate: chunks only they listed are stored
    * again, so this snapshot does not depend on them (`vmvault repair index` indexes their packs).
@@ -71,8 +72,6 @@ export interface BackupResult {
   readonly damagedIndexes: readonly Damage[];
   readonly pipeline: PipelineStats;
 }
-
-const VM_NAME = /^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$/;
 
 interface PlannedSource {
   readonly path: string;
@@ -87,6 +86,8 @@ async function planSources(sources: readonly string[]): Promise<PlannedSource[]>
     const abs = path.resolve(src);
     let st;
     try {
+      // A source named by the caller is followed when it is a symlink, to a folder as to an
+      // image or block device (/dev/vg0/web1); it keeps the name it was given.
       st = await fsp.stat(abs);
     } catch (e) {
       throw sourceError(abs, e);
@@ -126,7 +127,7 @@ export function fileChunker(repo: Repository): FastCdc {
  */
 export async function backup(repo: Repository, o: BackupOptions): Promise<BackupResult> {
   await authorizeAudited(repo, "backup", "backup", { vm: o.vm });
-  if (!VM_NAME.test(o.vm)) throw new UsageError(`invalid VM name ${JSON.stringify(o.vm)}`, "use letters, digits and . _ : @ + - (up to 128)");
+  assertVmName(o.vm);
   const planned = await planSources(o.sources);
   const lock = await acquireLock(repo, "backup", false);
   try {
@@ -185,7 +186,7 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
     const sources: SnapshotSource[] = [];
     /** Bytes read from each source, in the order of sources. */
     const readBytes: number[] = [];
-    const skipped: string[] = [];
+    const skipped: SkippedEntry[] = [];
     for (const p of planned) {
       const r =
         p.kind === "disk"
@@ -193,7 +194,7 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
           : await backupFolder(p.path, p.name, cdc, sink, progress, o.sparse ?? true);
       sources.push(r.source);
       readBytes.push(r.readBytes);
-      if ("skipped" in r) skipped.push(...r.skipped.map((s) => `${p.name}/${s}`));
+      if ("skipped" in r) skipped.push(...r.skipped.map((s) => ({ ...s, path: `${p.name}/${s.path}` })));
     }
     await sink.finish();
     await packs.flush();

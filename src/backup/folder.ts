@@ -16,16 +16,24 @@ const ENTRY_BLOB_MAX = 256 * 1024;
 /** Bytes of file chunks handed to the workers at a time. */
 const BATCH_BYTES = 8 * 1024 * 1024;
 
+/** An entry a folder backup left out, and why (for the person running it). */
+export interface SkippedEntry {
+  /** Relative to the source folder; bytes of a name that is not UTF-8 are shown as \xNN. */
+  readonly path: string;
+  readonly reason: string;
+}
+
 export interface FolderStats {
   files: number;
   dirs: number;
   symlinks: number;
   size: number;
-  skipped: string[];
+  skipped: SkippedEntry[];
 }
 
 /**
  * Backs up a folder: regular files (content-defined chunks), directories, symlinks, modes, mtimes.
+ * `root` may be a symlink to the folder (it is followed); symlinks below it are stored as such.
  * With `sparse` (the default), a sparse file's unallocated extents are not read where they
  * cover whole chunks (see CdcFileReader); readBytes counts the file bytes actually read.
  */
@@ -36,7 +44,7 @@ export async function backupFolder(
   sink: ChunkSink,
   progress: ProgressSink,
   sparse = true,
-): Promise<{ source: FolderSource; skipped: string[]; readBytes: number }> {
+): Promise<{ source: FolderSource; skipped: SkippedEntry[]; readBytes: number }> {
   const stats: FolderStats = { files: 0, dirs: 0, symlinks: 0, size: 0, skipped: [] };
   const blobs = new EntryBlobWriter(sink);
   const batcher = new FolderBatcher(sink, Math.max(BATCH_BYTES, cdc.params.max));
@@ -46,7 +54,9 @@ export async function backupFolder(
     const abs = rel === "" ? root : path.join(root, ...rel.split("/"));
     let st: Stats;
     try {
-      st = fs.lstatSync(abs);
+      // The folder itself was named by the caller: a symlink to it is followed (like tar -h);
+      // symlinks inside it are stored as symlinks.
+      st = rel === "" ? fs.statSync(abs) : fs.lstatSync(abs);
     } catch (e) {
       throw sourceError(abs, e);
     }
@@ -54,22 +64,36 @@ export async function backupFolder(
     if (st.isDirectory()) {
       stats.dirs++;
       add({ ...base, type: "dir", size: 0 });
-      let names: string[];
+      let raw: Buffer[];
       try {
-        names = fs.readdirSync(abs);
+        raw = fs.readdirSync(abs, { encoding: "buffer" });
       } catch (e) {
         throw sourceError(abs, e);
       }
-      names.sort();
-      for (const n of names) await visit(rel === "" ? n : `${rel}/${n}`);
+      // Entries store names as UTF-8 text: a name that is not UTF-8 is skipped, never stored
+      // under a mangled name (see docs/design.md, 5.3). Sorted as the decoded names always were.
+      const names = raw.map((bytes) => ({ bytes, name: decodeName(bytes) })).sort((a, b) => compareNames(a.name ?? a.bytes.toString(), b.name ?? b.bytes.toString()));
+      for (const { bytes, name } of names) {
+        if (name !== undefined) await visit(rel === "" ? name : `${rel}/${name}`);
+        else {
+          const shown = escapeName(bytes);
+          const isDir = lstatRaw(abs, bytes)?.isDirectory() === true;
+          stats.skipped.push({ path: rel === "" ? shown : `${rel}/${shown}`, reason: `${isDir ? "folder" : "file"} name is not valid UTF-8: ${shown}${isDir ? ", nothing in it was backed up" : ""}; rename it to back it up` });
+        }
+      }
     } else if (st.isSymbolicLink()) {
-      stats.symlinks++;
-      let target: string;
+      let bytes: Buffer;
       try {
-        target = fs.readlinkSync(abs);
+        bytes = fs.readlinkSync(abs, { encoding: "buffer" });
       } catch (e) {
         throw sourceError(abs, e);
       }
+      const target = decodeName(bytes);
+      if (target === undefined) {
+        stats.skipped.push({ path: rel, reason: `symlink target is not valid UTF-8: ${escapeName(bytes)}` });
+        return;
+      }
+      stats.symlinks++;
       add({ ...base, type: "symlink", size: 0, target });
     } else if (st.isFile()) {
       stats.files++;
@@ -77,7 +101,7 @@ export async function backupFolder(
       stats.size += st.size;
       add({ ...base, type: "file", size: st.size, chunks });
     } else {
-      stats.skipped.push(rel);
+      stats.skipped.push({ path: rel, reason: "not a regular file, folder or symlink" });
     }
   };
   await visit("");
@@ -217,6 +241,48 @@ class EntryBlobWriter {
     this.#parts = [];
     this.#size = 0;
     this.#ids.push(toHex(this.#sink.putSmall(blob)));
+  }
+}
+
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+/** The name as text, or undefined when its bytes are not valid UTF-8. */
+function decodeName(bytes: Uint8Array): string | undefined {
+  try {
+    return strictUtf8.decode(bytes);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Array.prototype.sort's default order (UTF-16 code units), which folder walks have always used. */
+function compareNames(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** A name for messages: its valid UTF-8 sequences as text, every other byte (and backslash) as \xNN. */
+export function escapeName(bytes: Uint8Array): string {
+  let out = "";
+  for (let i = 0; i < bytes.length; ) {
+    const lead = bytes[i] ?? 0;
+    const length = lead < 0x80 ? 1 : lead >= 0xc2 && lead <= 0xdf ? 2 : lead >= 0xe0 && lead <= 0xef ? 3 : lead >= 0xf0 && lead <= 0xf4 ? 4 : 0;
+    const text = length === 0 ? undefined : decodeName(bytes.subarray(i, i + length));
+    if (text === undefined || text.length === 0 || text === "\\" || lead < 0x20 || lead === 0x7f) {
+      out += `\\x${lead.toString(16).padStart(2, "0")}`;
+      i++;
+    } else {
+      out += text;
+      i += length;
+    }
+  }
+  return out;
+}
+
+function lstatRaw(dir: string, name: Buffer): Stats | undefined {
+  try {
+    return fs.lstatSync(Buffer.concat([Buffer.from(`${dir}/`), name]));
+  } catch {
+    return undefined;
   }
 }
 

@@ -16,33 +16,24 @@ import { obtainPassphrase, requireRepo, requireUser, resolveSettings, type Globa
 export class CliContext {
   readonly globals: GlobalOptions;
   readonly settings: Settings;
+  /** Pipeline worker threads from --workers or VMVAULT_WORKERS (default: one per core but one, plus the main thread). */
+  readonly workers: number | undefined;
+  /** Seconds to wait for a conflicting lock, from --lock-wait or VMVAULT_LOCK_WAIT (default 0), in ms. */
+  readonly lockWaitMs: number;
   readonly #progress: { sink: ProgressSink; done: () => void } | undefined;
 
   constructor(command: Command) {
     this.globals = command.optsWithGlobals<GlobalOptions>();
     this.settings = resolveSettings(this.globals);
+    // Checked whenever given, by every command, whether or not it uses them: a typo never passes silently.
+    this.workers = workersSetting(this.globals.workers);
+    this.lockWaitMs = lockWaitSetting(this.globals.lockWait);
     const wantProgress = this.globals.progress === true || (process.stderr.isTTY === true && this.globals.json !== true);
     this.#progress = wantProgress ? progressRenderer(process.stderr) : undefined;
   }
 
   get json(): boolean {
     return this.globals.json === true;
-  }
-
-  /** Pipeline worker threads from --workers or VMVAULT_WORKERS (default: one per core but one, plus the main thread). */
-  get workers(): number | undefined {
-    const o = numberSetting(this.globals.workers, "--workers", "VMVAULT_WORKERS");
-    if (o === undefined) return undefined;
-    if (!Number.isInteger(o.n) || o.n < 0 || o.n > 256) throw new UsageError(`${o.source}: give a whole number from 0 to 256`);
-    return o.n;
-  }
-
-  /** Seconds to wait for a conflicting lock, from --lock-wait or VMVAULT_LOCK_WAIT (default 0), in ms. */
-  get lockWaitMs(): number {
-    const o = numberSetting(this.globals.lockWait, "--lock-wait", "VMVAULT_LOCK_WAIT");
-    if (o === undefined) return 0;
-    if (!Number.isFinite(o.n) || o.n < 0 || o.n > 7 * 24 * 3600) throw new UsageError(`${o.source}: give a number of seconds from 0 to 604800`);
-    return Math.round(o.n * 1000);
   }
 
   get progress(): ProgressSink | undefined {
@@ -140,6 +131,20 @@ export class CliContext {
       passphrase.dispose();
     }
   }
+}
+
+function workersSetting(option: string | undefined): number | undefined {
+  const o = numberSetting(option, "--workers", "VMVAULT_WORKERS");
+  if (o === undefined) return undefined;
+  if (!Number.isInteger(o.n) || o.n < 0 || o.n > 256) throw new UsageError(`${o.source}: give a whole number from 0 to 256`);
+  return o.n;
+}
+
+function lockWaitSetting(option: string | undefined): number {
+  const o = numberSetting(option, "--lock-wait", "VMVAULT_LOCK_WAIT");
+  if (o === undefined) return 0;
+  if (!Number.isFinite(o.n) || o.n < 0 || o.n > 7 * 24 * 3600) throw new UsageError(`${o.source}: give a number of seconds from 0 to 604800`);
+  return Math.round(o.n * 1000);
 }
 
 /** A numeric setting from its option or, failing that, its environment variable, with where it came from for errors. */

@@ -12,10 +12,7 @@ export function formatBytes(n: number): string {
   return u === 0 ? `${n} B` : `${v.toFixed(v >= 100 ? 0 : v >= 10 ? 1 : 2)} ${units[u]}`;
 }
 
-/** "1 pack", "3 packs". */
-export function plural(n: number, word: string, many = `${word}s`): string {
-  return `${n} ${n === 1 ? word : many}`;
-}
+export { noun, plural } from "../util/text.js";
 
 /** Left-aligned text table. */
 export function table(headers: readonly string[], rows: readonly (readonly string[])[]): string {

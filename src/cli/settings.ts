@@ -1,6 +1,7 @@
 import { readFileSync, statSync } from "node:fs";
 import { Secret } from "../crypto/secret.js";
 import { UsageError } from "../errors.js";
+import { assertUserName } from "../repository/open.js";
 import { readKeysFile, type KeysFileSetting } from "./keys-file.js";
 import { promptNewSecret, promptSecret } from "./prompt.js";
 
@@ -43,6 +44,7 @@ export function requireRepo(s: Settings): string {
 
 export function requireUser(s: Settings): string {
   if (s.user === undefined || s.user === "") throw new UsageError("no user given", "pass --user NAME, set VMVAULT_USER, or name it in a --keys file");
+  assertUserName(s.user);
   return s.user;
 }
 

@@ -1,5 +1,6 @@
 import argon2 from "argon2";
 import { UsageError } from "../errors.js";
+import { plural } from "../util/text.js";
 import { Secret } from "./secret.js";
 
 /** Argon2id parameters as stored in every key slot. */
@@ -23,6 +24,9 @@ export const KDF_FLOOR = { memoryKiB: 64 * 1024, passes: 3 } as const;
  */
 export const KDF_DEFAULT = { memoryKiB: 64 * 1024, passes: 3, parallelism: 4 } as const;
 
+/** libargon2's limits (argon2.h): memory (KiB) and passes are 32-bit, lanes 24-bit. */
+export const KDF_MAX = { memoryKiB: 2 ** 32 - 1, passes: 2 ** 32 - 1, parallelism: 2 ** 24 - 1 } as const;
+
 /** Weak parameters that tests pass explicitly; recorded in the slot like any others. */
 export const KDF_TEST = { memoryKiB: 1024, passes: 1, parallelism: 1 } as const;
 
@@ -43,12 +47,19 @@ export function isWeakerThan(params: KdfStrength, target: KdfStrength): boolean 
 export function assertKdfStrength(params: KdfStrength, allowWeak: boolean): void {
   if (!allowWeak && isBelowFloor(params)) {
     throw new UsageError(
-      `Argon2id parameters below the floor (${params.memoryKiB} KiB, ${params.passes} passes; ` +
-        `at least ${KDF_FLOOR.memoryKiB} KiB and ${KDF_FLOOR.passes} passes are required)`,
+      `Argon2id parameters below the floor (${params.memoryKiB} KiB, ${plural(params.passes, "pass", "passes")}; ` +
+        `at least ${KDF_FLOOR.memoryKiB} KiB and ${plural(KDF_FLOOR.passes, "pass", "passes")} are required)`,
     );
   }
   if (params.parallelism < 1 || params.memoryKiB < 8 * params.parallelism || params.passes < 1) {
     throw new UsageError("invalid Argon2id parameters");
+  }
+  for (const [what, value, max, unit] of [
+    ["memory", params.memoryKiB, KDF_MAX.memoryKiB, " KiB"],
+    ["passes", params.passes, KDF_MAX.passes, ""],
+    ["parallelism", params.parallelism, KDF_MAX.parallelism, ""],
+  ] as const) {
+    if (!Number.isSafeInteger(value) || value > max) throw new UsageError(`Argon2id ${what} ${value}${unit} is too large: Argon2id allows at most ${max}${unit}`);
   }
 }
 

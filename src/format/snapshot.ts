@@ -1,3 +1,4 @@
+import { UsageError } from "../errors.js";
 import { FormatError } from "./codec.js";
 import { arr, int, obj, optStr, str, type Json } from "./fields.js";
 import { concatBytes, fromHex, utf8 } from "../util/bytes.js";
@@ -27,6 +28,13 @@ export function parseSnapshotMeta(value: unknown): SnapshotMeta {
     sessionId: str(o, "sessionId"),
     epoch: int(o, "epoch"),
   };
+}
+
+/** What a VM may be called: the same rule for naming it in a backup and for picking its snapshots. */
+const VM_NAME = /^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$/;
+
+export function assertVmName(vm: string): void {
+  if (!VM_NAME.test(vm)) throw new UsageError(`invalid VM name ${JSON.stringify(vm)}`, "use letters, digits and . _ : @ + - (up to 128)");
 }
 
 /** Sealed to the metadata key: what `snapshots` lists. */

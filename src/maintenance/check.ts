@@ -17,6 +17,7 @@ import { BlobReader } from "../restore/blob-reader.js";
 import { listSnapshots, readSnapshotBody } from "../snapshot/store.js";
 import { listAll } from "../storage/types.js";
 import { bytesEqual, fromHex, toHex } from "../util/bytes.js";
+import { noun, plural } from "../util/text.js";
 import type { CryptoSuite } from "../crypto/suite.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
@@ -253,7 +254,7 @@ async function checkReferences(
       else throw e;
     }
   }
-  if (missing > 0) report({ object: snap.key, problem: `${missing} referenced chunk(s) are in no index (data missing)`, snapshots: [id] });
+  if (missing > 0) report({ object: snap.key, problem: `${plural(missing, "referenced chunk")} ${noun(missing, "is", "are")} in no index (data missing)`, snapshots: [id] });
 }
 
 /**

@@ -245,7 +245,8 @@ async function readConfig(store: Store): Promise<{ config: RepoConfig; body: Uin
 export async function openRepository(o: OpenOptions): Promise<Repository> {
   const store = o.store;
   const { config, body, signature } = await readConfig(store);
-  if (!USER_NAME_PATTERN.test(o.user)) throw new AuthError(`unknown user ${JSON.stringify(o.user)}`);
+  // No name outside the pattern can exist: a usage error, before any slot is looked up.
+  assertUserName(o.user);
   const slots = await listAll(store, slotPrefix(o.user));
   const latestSlot = slots[slots.length - 1];
   if (latestSlot === undefined) {

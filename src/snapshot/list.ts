@@ -1,5 +1,6 @@
 import type { Damage } from "../errors.js";
 import type { Repository } from "../repository/repository.js";
+import { assertVmName } from "../format/snapshot.js";
 import { listSnapshots } from "./store.js";
 import { authorizeAudited } from "../audit/guard.js";
 
@@ -19,6 +20,7 @@ export interface SnapshotSummary {
 
 export async function snapshotSummaries(repo: Repository, o: { vm?: string; onDamage?: (d: Damage) => void } = {}): Promise<SnapshotSummary[]> {
   await authorizeAudited(repo, "listSnapshots", "snapshots");
+  if (o.vm !== undefined) assertVmName(o.vm);
   const records = await listSnapshots(repo, o.onDamage);
   return records
     .filter((r) => o.vm === undefined || r.header.vm === o.vm)

@@ -5,6 +5,7 @@ import { FormatError } from "../format/codec.js";
 import { appendSignature, encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { parseVersionedKey, SNAPSHOT_PREFIX, snapshotKey } from "../format/layout.js";
 import {
+  assertVmName,
   encodeSnapshotBody,
   encodeSnapshotHeader,
   encodeSnapshotMeta,
@@ -244,6 +245,7 @@ export function resolveSnapshot(records: readonly SnapshotRecord[], ref: string,
  * the latest one).
  */
 export async function findSnapshot(repo: Repository, ref: string, vm?: string): Promise<SnapshotRecord> {
+  if (vm !== undefined) assertVmName(vm);
   if (ref === "latest") return resolveSnapshot(await listSnapshots(repo), ref, vm);
   const id = idPrefix(ref);
   const ids = [...(await listSnapshotKeys(repo)).entries()].filter(([i]) => i.startsWith(id));

@@ -31,6 +31,26 @@ describe("keys file", () => {
     expect(parseKeysFile('# c\n\nrepo = "/x y"\n')).toEqual({ repo: "/x y" });
   });
 
+  it("a `#` after a blank starts a comment; inside a word or in quotes it is part of the value", () => {
+    expect(parseKeysFile("user = admin # the nightly identity")).toEqual({ user: "admin" });
+    expect(parseKeysFile("user = admin\t#tab-separated")).toEqual({ user: "admin" });
+    expect(parseKeysFile("repo = /srv/vm#2 # second array")).toEqual({ repo: "/srv/vm#2" });
+    expect(parseKeysFile('repo = "/srv/a # b" # comment')).toEqual({ repo: "/srv/a # b" });
+    expect(parseKeysFile('repo = "/srv/#x"#comment')).toEqual({ repo: "/srv/#x" });
+    expect(parseKeysFile("user = # not set yet")).toEqual({ user: "" });
+    expect(() => parseKeysFile('repo = "/a" /b')).toThrow(/line 1: unexpected text after the closing quote/);
+  });
+
+  it("relative paths are relative to the keys file's folder, not the current one", async () => {
+    const dir = tmp("k");
+    const file = path.join(dir, "keys");
+    await fsp.writeFile(file, "repo = repo # next to this file\npassphrase-file = secrets/pass\nuser = ops\n");
+    const elsewhere = path.relative(process.cwd(), file);
+    expect(resolveSettings({ keys: elsewhere }, {})).toEqual({ repo: path.join(dir, "repo"), user: "ops", passphraseFile: path.join(dir, "secrets/pass") });
+    await fsp.writeFile(file, "repo = s3://bucket/prefix\n");
+    expect(resolveSettings({ keys: file }, {}).repo).toBe("s3://bucket/prefix");
+  });
+
   it("flags beat the environment, which beats the file", async () => {
     const dir = tmp("k");
     const file = path.join(dir, "keys");
@@ -55,5 +75,31 @@ describe("keys file", () => {
     await fsp.writeFile(pass, "wrong\n", { mode: 0o600 });
     const wrong = await runCli(["--keys", keys, "snapshots"], { env });
     expect(wrong.code).toBe(3);
+  });
+
+  it("drives the CLI from another folder with relative paths and inline comments, as cron does", async () => {
+    const dir = tmp("k");
+    await fsp.writeFile(path.join(dir, "pass"), "keys-file passphrase\n", { mode: 0o600 });
+    const keys = path.join(dir, "keys");
+    await fsp.writeFile(keys, "repo = repo   # next to this file\nuser = ops # the nightly identity\npassphrase-file = pass\n");
+    const o = { env: { VMVAULT_PASSPHRASE: undefined }, cwd: tmp("cwd") };
+    const init = await runCli(["--keys", keys, "init"], o);
+    expect(init.code, init.stderr).toBe(0);
+    expect(await fsp.readdir(path.join(dir, "repo"))).toContain("config");
+    const list = await runCli(["--keys", keys, "snapshots", "--json"], o);
+    expect(list.code, list.stderr).toBe(0);
+    expect(JSON.parse(list.stdout)).toEqual([]);
+  });
+
+  it("an invalid user name is a usage error (exit 2), before any lookup", async () => {
+    const dir = tmp("k");
+    const keys = path.join(dir, "keys");
+    await fsp.writeFile(keys, `repo = ${path.join(dir, "repo")}\nuser = ops\n`);
+    expect((await runCli(["--keys", keys, "init"])).code).toBe(0);
+    for (const user of ["admin # comment", "Ops", "-x"]) {
+      const r = await runCli(["--keys", keys, "--user", user, "snapshots"]);
+      expect(r.code, r.stderr).toBe(2);
+      expect(r.stderr).toContain(`invalid user name ${JSON.stringify(user)}`);
+    }
   });
 });

@@ -17,14 +17,14 @@ export function registerBackup(program: Command): void {
         const workers = ctx.workers;
         const r = await vault.backup({ vm: opts.vm, sources, sparse: opts.sparse, ...(progress === undefined ? {} : { progress }), ...(workers === undefined ? {} : { workers }) });
         ctx.endProgress();
-        for (const s of r.skipped) ctx.warn(`warning: skipped ${s} (not a regular file, folder or symlink)`);
+        for (const s of r.skipped) ctx.warn(`warning: skipped ${s.path} (${s.reason})`);
         warnDamagedIndexes(ctx, r.damagedIndexes);
         if (ctx.json) ctx.printJson(r);
         else {
           ctx.out(`snapshot ${r.snapshotId} of VM ${r.vm} saved`);
           const read = (s: { size: number; readBytes: number }): string => (s.readBytes < s.size ? `, ${formatBytes(s.readBytes)} read, the rest unallocated` : "");
           ctx.out(`  ${r.sources.map((s) => `${s.name} (${s.kind}, ${formatBytes(s.size)}${read(s)})`).join(", ")}`);
-          ctx.out(`  ${r.newChunks} new of ${r.chunks} chunks; ${formatBytes(r.addedBytes)} added to the repository in ${plural(r.packs, "pack")}`);
+          ctx.out(`  ${r.newChunks} new of ${plural(r.chunks, "chunk")}; ${formatBytes(r.addedBytes)} added to the repository in ${plural(r.packs, "pack")}`);
         }
       } finally {
         ctx.endProgress();

@@ -1,7 +1,8 @@
+import os from "node:os";
 import type { Command } from "commander";
 import { UsageError } from "../../errors.js";
 import type { CompressionName } from "../../compress/compressor.js";
-import { KDF_FLOOR } from "../../crypto/kdf.js";
+import { KDF_FLOOR, KDF_MAX } from "../../crypto/kdf.js";
 import { COMPRESSION_LEVEL_MAX, COMPRESSION_LEVEL_MIN, ZSTD_DEFAULT_LEVEL, IMAGE_CHUNK_MAX, IMAGE_CHUNK_MIN, isValidImageChunkSize } from "../../format/config.js";
 import { DEFAULT_CONFIG } from "../../repository/open.js";
 import { openStore } from "../../storage/open.js";
@@ -37,6 +38,13 @@ export function registerInit(program: Command): void {
         const memoryMiB = opts.kdfMemory === undefined ? kdf.memoryKiB / 1024 : Number(opts.kdfMemory);
         const passes = opts.kdfPasses === undefined ? kdf.passes : Number(opts.kdfPasses);
         if (!Number.isInteger(memoryMiB) || !Number.isInteger(passes)) throw new UsageError("--kdf-memory and --kdf-passes take whole numbers");
+        const argon2MaxMiB = Math.floor(KDF_MAX.memoryKiB / 1024);
+        if (memoryMiB > argon2MaxMiB) throw new UsageError(`--kdf-memory ${opts.kdfMemory}: at most ${argon2MaxMiB} MiB (Argon2id's limit)`);
+        const machineMiB = Math.floor(os.totalmem() / 2 ** 20);
+        if (memoryMiB > machineMiB) {
+          throw new UsageError(`--kdf-memory ${opts.kdfMemory}: more than this machine's ${machineMiB} MiB of memory`, "every unlock needs that much memory; give less");
+        }
+        if (passes > KDF_MAX.passes) throw new UsageError(`--kdf-passes ${opts.kdfPasses}: at most ${KDF_MAX.passes} (Argon2id's limit)`);
         kdf = { memoryKiB: memoryMiB * 1024, passes, parallelism: kdf.parallelism };
         allowWeak = allowWeak && process.env["VMVAULT_INSECURE_TEST_KDF"] === "1";
       }

@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import type { Vault } from "../../vault.js";
 import { CliContext } from "../context.js";
-import { formatBytes, table } from "../output.js";
+import { formatBytes, noun, plural, table } from "../output.js";
 
 /** Runs a rotation and prints what it did; shared by `key rotate` and `user remove --rotate`. */
 export async function runRotation(ctx: CliContext, vault: Vault, o: { reencrypt: boolean; newChunkKey: boolean }): Promise<unknown> {
@@ -11,12 +11,15 @@ export async function runRotation(ctx: CliContext, vault: Vault, o: { reencrypt:
   if (!ctx.json) {
     if ("resealed" in r) {
       const s = r.resealed;
-      ctx.out(`key epoch ${r.epoch} is current (was ${r.previousEpoch}); re-sealed ${s.sessions} session keys, ${s.snapshots} snapshot headers, ${s.indexFiles} index files, ${s.auditBodies} audit records; ${r.revokedGrants} old grants revoked`);
+      ctx.out(
+        `key epoch ${r.epoch} is current (was ${r.previousEpoch}); re-sealed ${plural(s.sessions, "session key")}, ${plural(s.snapshots, "snapshot header")}, ` +
+          `${plural(s.indexFiles, "index file")}, ${plural(s.auditBodies, "audit record")}; ${plural(r.revokedGrants, "old grant")} revoked`,
+      );
       for (const d of s.damaged) ctx.warn(`warning: ${d.object}: ${d.problem} (left as it was; old grants kept)`);
       ctx.out("data written before the rotation stays encrypted under its old session keys until `vmvault key rotate --reencrypt`");
     } else {
-      ctx.out(`re-encryption ${r.resumed ? "resumed and " : ""}finished: ${r.packsRewritten} packs and ${r.snapshotsRewritten} snapshots rewritten under epoch ${r.epoch}`);
-      if (r.destroyedEpochs.length > 0) ctx.out(`epochs ${r.destroyedEpochs.join(", ")} destroyed: no object is readable with their keys any more`);
+      ctx.out(`re-encryption ${r.resumed ? "resumed and " : ""}finished: ${plural(r.packsRewritten, "pack")} and ${plural(r.snapshotsRewritten, "snapshot")} rewritten under epoch ${r.epoch}`);
+      if (r.destroyedEpochs.length > 0) ctx.out(`${noun(r.destroyedEpochs.length, "epoch")} ${r.destroyedEpochs.join(", ")} destroyed: no object is readable with ${noun(r.destroyedEpochs.length, "its", "their")} keys any more`);
     }
   }
   return r;
@@ -62,12 +65,12 @@ export function registerKey(program: Command): void {
               e.current ? "current" : e.destroyed ? "destroyed" : "retired",
               e.createdAt,
               e.holders.join(",") || "-",
-              `${e.data.packs} packs, ${formatBytes(e.data.bytes)}`,
-              `${e.objects.sessions} sessions, ${e.objects.snapshots} snapshots, ${e.objects.indexFiles} index, ${e.objects.auditBodies} audit`,
+              `${plural(e.data.packs, "pack")}, ${formatBytes(e.data.bytes)}`,
+              `${plural(e.objects.sessions, "session")}, ${plural(e.objects.snapshots, "snapshot")}, ${e.objects.indexFiles} index, ${e.objects.auditBodies} audit`,
             ]),
           ),
         );
-        ctx.out(`data still under keys from before epoch ${s.current}: ${s.oldData.packs} packs, ${formatBytes(s.oldData.bytes)}`);
+        ctx.out(`data still under keys from before epoch ${s.current}: ${plural(s.oldData.packs, "pack")}, ${formatBytes(s.oldData.bytes)}`);
         const r = s.reencryption;
         ctx.out(
           r === null

@@ -1,4 +1,4 @@
-import type { Command } from "commander";
+import { Option, type Command } from "commander";
 import { CliContext } from "../context.js";
 import { formatBytes, warnDamagedIndexes } from "../output.js";
 
@@ -12,8 +12,8 @@ export function registerRestore(program: Command): void {
     .requiredOption("--target <dir>", "folder to restore into")
     .requiredOption("--reason <text>", "why (kept in the audit trail)")
     .option("--vm <name>", "pick among this VM's snapshots")
-    .option("--disk <name>", "restore only this disk")
-    .option("--include <path>", "restore only this file or folder (repeatable)", collect)
+    .addOption(new Option("--disk <name>", "restore only this disk").conflicts("include"))
+    .option("--include <path>", "restore only this file or folder of a folder source (repeatable)", collect)
     .option("--force", "overwrite existing files")
     .action(async (snapshot: string, opts: { target: string; reason: string; vm?: string; disk?: string; include?: string[]; force?: boolean }, command: Command) => {
       const ctx = new CliContext(command);

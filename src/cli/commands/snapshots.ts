@@ -1,6 +1,6 @@
 import type { Command } from "commander";
 import { CliContext } from "../context.js";
-import { formatBytes, table } from "../output.js";
+import { formatBytes, noun, plural, table } from "../output.js";
 import { IntegrityError, type Damage } from "../../errors.js";
 
 export function registerSnapshots(program: Command): void {
@@ -24,7 +24,7 @@ export function registerSnapshots(program: Command): void {
             ),
           );
         }
-        if (damage.length > 0) throw new IntegrityError(`${damage.length} snapshot object(s) failed verification and are not listed: ${damage.map((d) => `${d.object} (${d.problem})`).join("; ")}`, damage);
+        if (damage.length > 0) throw new IntegrityError(`${plural(damage.length, "snapshot object")} failed verification and ${noun(damage.length, "is", "are")} not listed: ${damage.map((d) => `${d.object} (${d.problem})`).join("; ")}`, damage);
       } finally {
         await vault.close();
       }

@@ -4,7 +4,8 @@ import { UsageError } from "../../errors.js";
 import { assertUserName } from "../../repository/open.js";
 import { runRotation } from "./key.js";
 import { CliContext } from "../context.js";
-import { table } from "../output.js";
+import { refuseBothForms } from "../options.js";
+import { noun, plural, table } from "../output.js";
 import { promptYesNo } from "../prompt.js";
 import { authorizeAudited } from "../../audit/guard.js";
 
@@ -38,7 +39,7 @@ export function registerUser(program: Command): void {
       }
     });
 
-  user
+  const remove = user
     .command("remove")
     .description("remove a user (admin only); --rotate also opens a new key epoch without them")
     .argument("<name>", "the user to remove")
@@ -58,7 +59,7 @@ export function registerUser(program: Command): void {
         }
         const removed = await vault.removeUser(name);
         const exposure = exposureAfterRemoval(name, removed.role, rotate);
-        if (!ctx.json) ctx.out(`removed ${name} (${removed.role}); ${removed.snapshots.length} snapshot(s) they signed stay valid`);
+        if (!ctx.json) ctx.out(`removed ${name} (${removed.role}); ${plural(removed.snapshots.length, "snapshot")} they signed ${noun(removed.snapshots.length, "stays", "stay")} valid`);
         const rotation = rotate ? await runRotation(ctx, vault, { reencrypt: false, newChunkKey: false }) : null;
         if (ctx.json) ctx.printJson({ ...removed, rotated: rotate, rotation, exposure });
         else ctx.warn(`note: ${exposure}`);
@@ -66,6 +67,7 @@ export function registerUser(program: Command): void {
         await vault.close();
       }
     });
+  refuseBothForms(remove, "rotate");
 
   user
     .command("list")

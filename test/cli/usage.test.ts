@@ -1,0 +1,74 @@
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { vault } from "../helpers/cli.js";
+import { tempDirs } from "../helpers/fixtures.js";
+
+const tmp = tempDirs();
+
+async function newRepo(): Promise<{ repo: string; v: ReturnType<typeof vault> }> {
+  const repo = path.join(tmp("repo"), "r");
+  const v = vault(repo);
+  const init = await v(["init"]);
+  expect(init.code, init.stderr).toBe(0);
+  return { repo, v };
+}
+
+describe("usage errors exit 2 before anything is done", () => {
+  it("conflicting flags: user remove --rotate --no-rotate, restore --disk with --include", async () => {
+    const { v } = await newRepo();
+    const add = await v(["user", "add", "bob", "--role", "restorer"], { env: { VMVAULT_NEW_PASSPHRASE: "bob pass" } });
+    expect(add.code, add.stderr).toBe(0);
+    for (const flags of [["--rotate", "--no-rotate"], ["--no-rotate", "--rotate"]]) {
+      const r = await v(["user", "remove", "bob", ...flags]);
+      expect(r.code, r.stderr).toBe(2);
+      expect(r.stderr).toMatch(/option '--rotate' cannot be used with option '--no-rotate'/);
+    }
+    const list = await v(["--json", "user", "list"]);
+    expect((JSON.parse(list.stdout) as { name: string }[]).map((u) => u.name)).toContain("bob");
+    const removed = await v(["user", "remove", "bob", "--no-rotate"]);
+    expect(removed.code, removed.stderr).toBe(0);
+    expect(removed.stdout).toMatch(/^removed bob \(restorer\); 0 snapshots they signed stay valid$/m);
+    for (const flags of [["--disk", "a.raw", "--include", "etc"], ["--include", "etc", "--disk", "a.raw"]]) {
+      const r = await v(["restore", "latest", "--target", tmp("o"), "--reason", "x", ...flags]);
+      expect(r.code, r.stderr).toBe(2);
+      expect(r.stderr).toMatch(/option '--disk <name>' cannot be used with option '--include <path>'/);
+    }
+  });
+
+  it("Argon2id parameters beyond Argon2id's limits name the maximum; counts read as English", async () => {
+    const dir = tmp("repo");
+    const memory = await vault(path.join(dir, "a"))(["init", "--kdf-memory", "1000000000"]);
+    expect(memory.code, memory.stderr).toBe(2);
+    expect(memory.stderr).toMatch(/--kdf-memory 1000000000: at most 4194303 MiB \(Argon2id's limit\)/);
+    const passes = await vault(path.join(dir, "b"))(["init", "--kdf-passes", String(2 ** 32)]);
+    expect(passes.code, passes.stderr).toBe(2);
+    expect(passes.stderr).toMatch(/--kdf-passes 4294967296: at most 4294967295 \(Argon2id's limit\)/);
+    const weak = await vault(path.join(dir, "c"))(["init", "--kdf-memory", "1", "--kdf-passes", "1"], { env: { VMVAULT_INSECURE_TEST_KDF: undefined } });
+    expect(weak.code, weak.stderr).toBe(2);
+    expect(weak.stderr).toMatch(/below the floor \(1024 KiB, 1 pass; at least 65536 KiB and 3 passes are required\)/);
+    expect(await fsp.readdir(dir)).toEqual([]);
+  });
+
+  it("an empty or invalid VM name is refused wherever a VM is named, as backup always did", async () => {
+    const { v } = await newRepo();
+    for (const args of [["snapshots", "--vm", ""], ["snapshots", "--vm", "-x"], ["restore", "latest", "--vm", "", "--target", tmp("o"), "--reason", "x"], ["backup", "--vm", "", tmp("src")]]) {
+      const r = await v(args);
+      expect(r.code, `${args.join(" ")}: ${r.stderr}`).toBe(2);
+      expect(r.stderr).toMatch(/invalid VM name/);
+      expect(r.stdout).toBe("");
+    }
+  });
+
+  it("--workers and VMVAULT_WORKERS are checked whenever given, by commands that run no workers too", async () => {
+    const { v } = await newRepo();
+    const flag = await v(["--workers", "abc", "snapshots"]);
+    expect(flag.code, flag.stderr).toBe(2);
+    expect(flag.stderr).toMatch(/--workers abc: give a whole number from 0 to 256/);
+    const env = await v(["user", "list"], { env: { VMVAULT_WORKERS: "abc" } });
+    expect(env.code, env.stderr).toBe(2);
+    expect(env.stderr).toMatch(/VMVAULT_WORKERS=abc: give a whole number from 0 to 256/);
+    const good = await v(["--workers", "1", "snapshots"]);
+    expect(good.code, good.stderr).toBe(0);
+  });
+});
