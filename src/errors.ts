@@ -15,7 +15,8 @@ export type ErrorCode =
   | "E_SOURCE"
   | "E_CHANGED"
   | "E_UNSUPPORTED"
-  | "E_AUDIT";
+  | "E_AUDIT"
+  | "E_INTERRUPTED";
 
 export class VaultError extends Error {
   readonly code: ErrorCode;
@@ -100,6 +101,17 @@ export class SourceError extends VaultError {
   }
 }
 
+/** The operation was stopped on request (SIGINT or SIGTERM in the CLI, an AbortSignal in the library). */
+export class InterruptedError extends VaultError {
+  /** The signal's name, when a signal stopped it. */
+  readonly signal: string | undefined;
+
+  constructor(message: string, signal?: string) {
+    super("E_INTERRUPTED", message);
+    this.signal = signal;
+  }
+}
+
 /** Exit codes of the command-line contract, per error code (1 for every other failure). */
 export function exitCodeFor(code: ErrorCode): number {
   switch (code) {
@@ -113,6 +125,8 @@ export function exitCodeFor(code: ErrorCode): number {
       return 5;
     case "E_LOCKED":
       return 6;
+    case "E_INTERRUPTED":
+      return 130;
     default:
       return 1;
   }

@@ -10,6 +10,7 @@ export {
   LockedError,
   StorageError,
   SourceError,
+  InterruptedError,
   type ErrorCode,
   type Damage,
 } from "./errors.js";

@@ -2,7 +2,7 @@ import { CommanderError } from "commander";
 import { exitCodeFor, isVaultError, IntegrityError } from "../errors.js";
 
 /** Exit codes of the command-line contract. */
-export const EXIT = { ok: 0, failure: 1, usage: 2, auth: 3, denied: 4, integrity: 5, locked: 6 } as const;
+export const EXIT = { ok: 0, failure: 1, usage: 2, auth: 3, denied: 4, integrity: 5, locked: 6, interrupted: 130 } as const;
 
 export function exitCodeOf(e: unknown): number {
   if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : EXIT.usage;

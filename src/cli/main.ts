@@ -9,10 +9,11 @@ import { registerAudit } from "./commands/audit.js";
 import { registerKey } from "./commands/key.js";
 import { registerRepair } from "./commands/repair.js";
 import { describeError, exitCodeOf } from "./exit.js";
+import { Interrupts } from "./interrupt.js";
 
 export const VERSION = "0.1.0";
 
-export function buildProgram(): Command {
+export function buildProgram(interrupts: Interrupts = new Interrupts()): Command {
   const program = new Command();
   program
     .name("vmvault")
@@ -30,9 +31,9 @@ export function buildProgram(): Command {
     .showHelpAfterError("(run `vmvault --help` for usage)")
     .exitOverride();
   registerInit(program);
-  registerBackup(program);
+  registerBackup(program, interrupts);
   registerSnapshots(program);
-  registerRestore(program);
+  registerRestore(program, interrupts);
   registerCheck(program);
   registerRepair(program);
   registerUser(program);
@@ -45,8 +46,10 @@ export function buildProgram(): Command {
 
 /** Runs the CLI; every error becomes one message and one exit code, here and nowhere else. */
 export async function main(argv: readonly string[]): Promise<number> {
-  const program = buildProgram();
+  const interrupts = new Interrupts();
+  const program = buildProgram(interrupts);
   const debug = argv.includes("--debug");
+  const uninstall = interrupts.install();
   try {
     await program.parseAsync([...argv], { from: "user" });
     return 0;
@@ -54,5 +57,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : exitCodeOf(e);
     process.stderr.write(`${describeError(e, debug)}\n`);
     return exitCodeOf(e);
+  } finally {
+    uninstall();
   }
 }

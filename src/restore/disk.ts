@@ -57,7 +57,15 @@ const WRITES_IN_FLIGHT = 2;
  * writes run while the next windows are decoded (at most WRITES_IN_FLIGHT windows at once), so
  * the disk's latency does not stall the decoding.
  */
-export async function restoreDisk(disk: DiskSource, finalPath: string, reader: BlobReader, fetcher: ChunkFetcher, snapshotKey: string, progress: ProgressSink): Promise<number> {
+export async function restoreDisk(
+  disk: DiskSource,
+  finalPath: string,
+  reader: BlobReader,
+  fetcher: ChunkFetcher,
+  snapshotKey: string,
+  progress: ProgressSink,
+  signal?: AbortSignal,
+): Promise<number> {
   let file: PartialFile;
   try {
     file = await PartialFile.create(finalPath, disk.size, { direct: true });
@@ -77,6 +85,7 @@ export async function restoreDisk(disk: DiskSource, finalPath: string, reader: B
   try {
     let written = 0;
     for await (const answers of fetcher.read(diskRequests(disk, reader, snapshotKey))) {
+      signal?.throwIfAborted();
       writes = [];
       let run: { data: Uint8Array; position: number } | undefined;
       for (const { tag: position, data } of answers) {
@@ -103,6 +112,7 @@ export async function restoreDisk(disk: DiskSource, finalPath: string, reader: B
       }
     }
     while (inFlight.length > 0) await inFlight.shift();
+    signal?.throwIfAborted();
     try {
       await file.commit();
     } catch (e) {

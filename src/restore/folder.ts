@@ -9,7 +9,8 @@ import { fromHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
 import type { BlobReader } from "./blob-reader.js";
 import type { ChunkFetcher, ChunkRequest } from "./fetcher.js";
-import { PartialFile, targetError } from "./targets.js";
+import { lstatOrNull, RestoreDirs } from "./dirs.js";
+import { findPartials, PartialFile, partialName, targetError, targetExistsError } from "./targets.js";
 
 /** Iterates a folder's entries from its entry blobs. */
 export async function* folderEntries(folder: FolderSource, reader: BlobReader, snapshotKey: string): AsyncIterable<FolderEntry> {
@@ -59,41 +60,109 @@ async function* folderRequests(folder: FolderSource, includes: readonly string[]
   }
 }
 
+export interface FolderRestoreOptions {
+  /** Replace existing files, and symlinks or files where a folder goes. */
+  readonly force: boolean;
+  readonly signal?: AbortSignal | undefined;
+  /** Called with each partial file or folder of an earlier restore found in a folder this one writes into. */
+  readonly onPartialFound?: (p: string) => void;
+}
+
 /**
- * Restores a folder under targetRoot. Files are written under temporary names and renamed
- * when complete; symlinks are created last so no write can pass through one; directory
- * modes and times are applied after their contents. Chunks are fetched and verified ahead
- * by the fetcher's workers, across files.
+ * Restores a folder to dest. When dest does not exist (or, with force, is a symlink or a file),
+ * the folder is restored under a hidden temporary name beside it and renamed into place once
+ * complete, so a failed or interrupted restore leaves nothing under dest. Into an existing
+ * folder (force, or --include) it restores in place: each file is written under a temporary
+ * name and renamed when complete. No symlink under dest is ever followed (RestoreDirs); the
+ * snapshot's symlinks are created last so no write can pass through one; directory modes and
+ * times are applied after their contents. Chunks are fetched and verified ahead by the
+ * fetcher's workers, across files.
  */
 export async function restoreFolder(
   folder: FolderSource,
-  targetRoot: string,
+  dest: string,
   includes: readonly string[] | undefined,
   reader: BlobReader,
   fetcher: ChunkFetcher,
   snapshotKey: string,
   progress: ProgressSink,
+  o: FolderRestoreOptions,
+): Promise<FolderRestoreResult> {
+  const existing = await lstatOrNull(dest).catch((e: unknown) => {
+    throw targetError(dest, e);
+  });
+  if (existing !== null && !existing.isDirectory() && !o.force) throw targetExistsError(dest);
+  const inPlace = existing?.isDirectory() === true;
+  const root = inPlace ? dest : path.join(path.dirname(dest), partialName(path.basename(dest)));
+  if (!inPlace) {
+    try {
+      await fsp.mkdir(root, 0o700);
+    } catch (e) {
+      throw targetError(dest, e);
+    }
+  }
+  const found = o.onPartialFound;
+  const dirs = new RestoreDirs(root, {
+    force: o.force,
+    ...(inPlace && found !== undefined ? { onEntered: async (dir: string) => (await findPartials(dir)).forEach(found) } : {}),
+  });
+  try {
+    const result = await restoreTree(folder, dirs, dest, includes, reader, fetcher, snapshotKey, progress, o.signal);
+    if (!inPlace) await moveIntoPlace(root, dest, o.force);
+    return result;
+  } catch (e) {
+    if (!inPlace) await fse.remove(root).catch(() => undefined);
+    throw e;
+  }
+}
+
+/** Renames the completed temporary folder to dest, replacing only a symlink or file there, and only with force. */
+async function moveIntoPlace(root: string, dest: string, force: boolean): Promise<void> {
+  try {
+    const now = await lstatOrNull(dest);
+    if (now !== null) {
+      if (now.isDirectory() || !force) throw targetExistsError(dest);
+      await fsp.unlink(dest);
+    }
+    await fsp.rename(root, dest);
+  } catch (e) {
+    throw targetError(dest, e);
+  }
+}
+
+async function restoreTree(
+  folder: FolderSource,
+  dirs: RestoreDirs,
+  dest: string,
+  includes: readonly string[] | undefined,
+  reader: BlobReader,
+  fetcher: ChunkFetcher,
+  snapshotKey: string,
+  progress: ProgressSink,
+  signal: AbortSignal | undefined,
 ): Promise<FolderRestoreResult> {
   const result: FolderRestoreResult = { files: 0, bytes: 0, matched: 0 };
-  const dirs: FolderEntry[] = [];
+  const made: FolderEntry[] = [];
   const links: FolderEntry[] = [];
-  const place = (rel: string): string => (rel === "" ? targetRoot : path.join(targetRoot, ...rel.split("/")));
-  let open: { file: PartialFile; entry: FolderEntry; dest: string } | undefined;
+  /** The final path, for messages (the work may happen under a temporary name). */
+  const shown = (rel: string): string => (rel === "" ? dest : path.join(dest, ...rel.split("/")));
+  const parentOf = (rel: string): string => (rel.includes("/") ? rel.slice(0, rel.lastIndexOf("/")) : "");
+  let open: { file: PartialFile; entry: FolderEntry } | undefined;
   const step = async (tag: Step, data: Uint8Array | null): Promise<void> => {
     if (tag.kind === "chunk") {
-      const o = open as { file: PartialFile; entry: FolderEntry; dest: string };
+      const o = open as { file: PartialFile; entry: FolderEntry };
       if (data === null || data.length !== tag.length) throw IntegrityError.object(snapshotKey, `file ${o.entry.path}: chunk has the wrong length`);
       await o.file.write(data, tag.position).catch((e: unknown) => {
-        throw targetError(o.dest, e);
+        throw targetError(shown(o.entry.path), e);
       });
       return;
     }
     if (tag.kind === "end") {
-      const o = open as { file: PartialFile; entry: FolderEntry; dest: string };
+      const o = open as { file: PartialFile; entry: FolderEntry };
       open = undefined;
       await finishFile(o, tag.size, snapshotKey).catch(async (e: unknown) => {
         await o.file.abort();
-        throw targetError(o.dest, e);
+        throw targetError(shown(o.entry.path), e);
       });
       result.bytes += tag.size;
       result.files++;
@@ -102,54 +171,51 @@ export async function restoreFolder(
       return;
     }
     const { entry, exact } = tag;
-    const dest = place(entry.path);
     try {
       if (entry.type === "dir") {
-        await fse.ensureDir(dest, 0o700);
-        if (exact) dirs.push(entry);
+        await dirs.ensure(entry.path);
+        if (exact) made.push(entry);
       } else if (!exact) {
         return;
       } else if (entry.type === "symlink") {
         links.push(entry);
       } else {
-        await fse.ensureDir(path.dirname(dest), 0o700);
-        open = { file: await PartialFile.create(dest, entry.size), entry, dest };
+        await dirs.ensure(parentOf(entry.path));
+        open = { file: await PartialFile.create(dirs.place(entry.path), entry.size), entry };
         return;
       }
     } catch (e) {
-      throw targetError(dest, e);
+      throw targetError(shown(entry.path), e);
     }
     if (exact) result.matched++;
   };
   try {
     for await (const answers of fetcher.read(folderRequests(folder, includes, reader, snapshotKey))) {
+      signal?.throwIfAborted();
       for (const { tag, data } of answers) await step(tag, data);
     }
+    signal?.throwIfAborted();
   } catch (e) {
     await open?.file.abort();
     throw e;
   }
   for (const link of links) {
-    const dest = place(link.path);
     try {
-      await fse.ensureDir(path.dirname(dest), 0o700);
-      await fse.remove(dest);
-      await fsp.symlink(link.target ?? "", dest);
-      await fsp.lutimes(dest, link.mtimeMs / 1000, link.mtimeMs / 1000).catch(() => undefined);
+      await dirs.ensure(parentOf(link.path));
+      const at = dirs.place(link.path);
+      // Whatever is there (with force) goes, a symlink as itself; nothing is followed.
+      await fse.remove(at);
+      await fsp.symlink(link.target ?? "", at);
+      await fsp.lutimes(at, link.mtimeMs / 1000, link.mtimeMs / 1000).catch(() => undefined);
     } catch (e) {
-      throw targetError(dest, e);
+      throw targetError(shown(link.path), e);
     }
   }
-  for (const dir of dirs.reverse()) {
-    const dest = place(dir.path);
-    await fsp.chmod(dest, dir.mode).catch(() => undefined);
-    await fsp.utimes(dest, dir.mtimeMs / 1000, dir.mtimeMs / 1000).catch(() => undefined);
-  }
+  for (const dir of made.reverse()) await dirs.finish(dir.path, dir.mode, dir.mtimeMs);
   return result;
 }
 
-async function finishFile(o: { file: PartialFile; entry: FolderEntry; dest: string }, size: number, snapshotKey: string): Promise<void> {
+async function finishFile(o: { file: PartialFile; entry: FolderEntry }, size: number, snapshotKey: string): Promise<void> {
   if (size !== o.entry.size) throw IntegrityError.object(snapshotKey, `file ${o.entry.path}: chunks cover ${size} of ${o.entry.size} bytes`);
-  await o.file.commit(o.entry.mode);
-  await fsp.utimes(o.dest, o.entry.mtimeMs / 1000, o.entry.mtimeMs / 1000);
+  await o.file.commit({ mode: o.entry.mode, mtimeMs: o.entry.mtimeMs });
 }

@@ -1,6 +1,6 @@
 import * as fse from "../util/fsx.js";
 import path from "node:path";
-import { NotFoundError, UsageError, type Damage } from "../errors.js";
+import { InterruptedError, NotFoundError, UsageError, type Damage } from "../errors.js";
 import { Compressor } from "../compress/compressor.js";
 import type { DiskSource, FolderSource } from "../format/snapshot.js";
 import { loadIndex } from "../repository/index-files.js";
@@ -14,10 +14,11 @@ import { throttled, type ProgressSink } from "../util/progress.js";
 import { BlobReader } from "./blob-reader.js";
 import { ChunkFetcher } from "./fetcher.js";
 import { WorkerPool } from "../pipeline/pool.js";
+import { existsBelow } from "./dirs.js";
 import { restoreDisk } from "./disk.js";
 import { folderEntries, restoreFolder } from "./folder.js";
 
-import { exists, targetError, targetExistsError } from "./targets.js";
+import { checkTarget, exists, findPartials, targetError, targetExistsError } from "./targets.js";
 
 export interface RestoreOptions {
   readonly snapshot: string;
@@ -30,6 +31,11 @@ export interface RestoreOptions {
   readonly progress?: ProgressSink;
   /** Worker threads that decrypt, decompress and verify chunks; 0 runs inline. Default: one per core. */
   readonly workers?: number;
+  /**
+   * Stops the restore: its partial files are removed, the failure is recorded in the audit
+   * trail, and it rejects with an InterruptedError.
+   */
+  readonly signal?: AbortSignal;
 }
 
 export interface RestoreResult {
@@ -42,6 +48,12 @@ export interface RestoreResult {
   readonly digest: string;
   /** Index files left out because they did not authenticate (the restore did not need them). */
   readonly damagedIndexes: readonly Damage[];
+  /**
+   * Partial files and folders (hidden, named `.NAME.vmvault-partial-XXXXXXXX` or
+   * `.vmvault-partial-` and 16 hex digits) found where this restore wrote: left by an earlier
+   * restore that was killed, or written by one still running. Reported, never removed.
+   */
+  readonly partialsFound: readonly string[];
 }
 
 interface Plan {
@@ -89,9 +101,11 @@ function planRestore(sources: readonly (DiskSource | FolderSource)[], target: st
  * under their final names only when complete.
  */
 export async function restore(repo: Repository, o: RestoreOptions): Promise<RestoreResult> {
+  o.signal?.throwIfAborted();
   const target = path.resolve(o.target);
   await authorizeAudited(repo, "restore", "restore", { snapshot: o.snapshot, destination: target });
   if (o.reason.trim() === "") throw new UsageError("a restore needs --reason TEXT (it is kept in the audit trail)");
+  await checkTarget(o.target, target);
   const record = await findSnapshot(repo, o.snapshot, o.vm);
   const lock = await acquireLock(repo, "restore", false);
   const sessions = new SessionKeys(repo);
@@ -123,8 +137,13 @@ async function restoreRecord(repo: Repository, sessions: SessionKeys, record: Sn
   // the worker holds two).
   const starting = WorkerPool.create({ compression: repo.config, tasksPerWorker: 4, ...(o.workers === undefined ? {} : { workers: o.workers }) });
   starting.catch(() => undefined);
+  const restored: Restored[] = [];
   try {
-    return await restoreWith(repo, sessions, record, target, o, starting);
+    return await restoreWith(repo, sessions, record, target, o, starting, restored);
+  } catch (e) {
+    // Partial files are gone by now: each source removes its own before it rethrows.
+    if (o.signal?.aborted === true) throw interrupted(o.signal.reason, restored);
+    throw e;
   } finally {
     await (await starting.catch(() => undefined))?.close();
   }
@@ -137,6 +156,7 @@ async function restoreWith(
   target: string,
   o: RestoreOptions,
   starting: Promise<WorkerPool>,
+  restored: Restored[],
 ): Promise<RestoreResult> {
   const body = await readSnapshotBody(repo, sessions, record);
   const plan = planRestore(body.sources, target, o);
@@ -150,19 +170,23 @@ async function restoreWith(
   } catch (e) {
     throw targetError(target, e);
   }
+  const partialsFound = await findPartials(target);
   // 128-bit ID prefixes: every fetched blob is authenticated under its full ID anyway.
   const index = await loadIndex(repo, undefined, undefined, { idBytes: 16, skipDamaged: true });
   const progress = throttled(o.progress);
   const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
   const fetcher = new ChunkFetcher(repo, index, sessions, await starting);
-  const restored: { name: string; kind: "disk" | "folder"; path: string; bytes: number }[] = [];
   for (const { disk, dest } of plan.disks) {
-    const bytes = await restoreDisk(disk, dest, reader, fetcher, record.key, progress);
+    const bytes = await restoreDisk(disk, dest, reader, fetcher, record.key, progress, o.signal);
     restored.push({ name: disk.name, kind: "disk", path: dest, bytes });
   }
   for (const { folder, dest, includes } of plan.folders) {
     if (includes !== undefined) await precheckIncludes(folder, dest, includes, reader, record.key, o.force === true);
-    const r = await restoreFolder(folder, dest, includes, reader, fetcher, record.key, progress);
+    const r = await restoreFolder(folder, dest, includes, reader, fetcher, record.key, progress, {
+      force: o.force === true,
+      signal: o.signal,
+      onPartialFound: (p) => partialsFound.push(p),
+    });
     restored.push({ name: folder.name, kind: "folder", path: dest, bytes: r.bytes });
   }
   return {
@@ -173,7 +197,17 @@ async function restoreWith(
     bytes: restored.reduce((n, r) => n + r.bytes, 0),
     digest: contentDigest(repo, plan),
     damagedIndexes: index.damaged,
+    partialsFound,
   };
+}
+
+type Restored = RestoreResult["restored"][number];
+
+/** The error an aborted restore ends with: which signal, and what it had completed (that stays). */
+function interrupted(reason: unknown, restored: readonly Restored[]): InterruptedError {
+  const signal = reason instanceof InterruptedError ? reason.signal : undefined;
+  const done = restored.length === 0 ? "" : `; restored before that: ${restored.map((r) => r.path).join(", ")}`;
+  return new InterruptedError(`restore interrupted${signal === undefined ? "" : ` (${signal})`}; its partial files were removed${done}`, signal);
 }
 
 /**
@@ -196,7 +230,7 @@ async function precheckIncludes(folder: FolderSource, dest: string, includes: re
     for (const inc of includes) {
       if (inc === "" || entry.path === inc || entry.path.startsWith(`${inc}/`)) {
         unmatched.delete(inc);
-        if (!force && entry.type !== "dir" && (await exists(path.join(dest, ...entry.path.split("/"))))) {
+        if (!force && entry.type !== "dir" && (await existsBelow(dest, entry.path))) {
           throw targetExistsError(path.join(dest, entry.path));
         }
       }

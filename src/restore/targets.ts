@@ -2,7 +2,35 @@ import * as fse from "../util/fsx.js";
 import { randomBytes } from "node:crypto";
 import { constants, promises as fsp } from "node:fs";
 import path from "node:path";
-import { VaultError } from "../errors.js";
+import { UsageError, VaultError } from "../errors.js";
+
+/** The longest file name Linux (and most file systems) accept, in bytes. */
+const NAME_MAX = 255;
+const PARTIAL = "vmvault-partial-";
+/** `.NAME.vmvault-partial-XXXXXXXX`, or `.vmvault-partial-XXXXXXXXXXXXXXXX` for a name too long for that. */
+const PARTIAL_NAME = /^\.(?:.+\.vmvault-partial-[0-9a-f]{8}|vmvault-partial-[0-9a-f]{16})$/s;
+
+/**
+ * The hidden temporary name a restore writes under before renaming into place, in the same
+ * folder: `.NAME.vmvault-partial-XXXXXXXX`, or, when that would exceed NAME_MAX bytes,
+ * `.vmvault-partial-` and 16 random hex digits.
+ */
+export function partialName(finalName: string): string {
+  const long = `.${finalName}.${PARTIAL}${randomBytes(4).toString("hex")}`;
+  if (Buffer.byteLength(long) <= NAME_MAX) return long;
+  return `.${PARTIAL}${randomBytes(8).toString("hex")}`;
+}
+
+/** True for a name partialName makes: a file or folder an interrupted restore may have left. */
+export function isPartialName(name: string): boolean {
+  return PARTIAL_NAME.test(name);
+}
+
+/** Partial files and folders of earlier restores in dir (none when it cannot be read). */
+export async function findPartials(dir: string): Promise<string[]> {
+  const names = await fsp.readdir(dir).catch(() => [] as string[]);
+  return names.filter(isPartialName).map((n) => path.join(dir, n));
+}
 
 /**
  * A file being restored: written under a temporary name, renamed into place only when complete.
@@ -25,13 +53,14 @@ export class PartialFile {
 
   static async create(finalPath: string, size: number, o: { direct?: boolean } = {}): Promise<PartialFile> {
     const dir = path.dirname(finalPath);
-    const tempPath = path.join(dir, `.${path.basename(finalPath)}.vmvault-partial-${randomBytes(4).toString("hex")}`);
+    const tempPath = path.join(dir, partialName(path.basename(finalPath)));
+    // O_EXCL: never through a symlink someone put there.
     const handle = await fsp.open(tempPath, "wx", 0o600);
     let direct: fsp.FileHandle | undefined;
     try {
       await handle.truncate(size);
       if (o.direct === true && constants.O_DIRECT !== undefined) {
-        direct = await fsp.open(tempPath, constants.O_WRONLY | constants.O_DIRECT).catch(() => undefined);
+        direct = await fsp.open(tempPath, constants.O_WRONLY | constants.O_DIRECT | constants.O_NOFOLLOW).catch(() => undefined);
       }
     } catch (e) {
       await handle.close();
@@ -68,9 +97,13 @@ export class PartialFile {
     }
   }
 
-  /** fsync, close, rename over the final name. */
-  async commit(mode?: number): Promise<void> {
-    if (mode !== undefined) await this.handle.chmod(mode);
+  /**
+   * Mode and time through the descriptor, fsync, close, rename over the final name (which
+   * replaces a symlink there; it is never followed).
+   */
+  async commit(o: { mode?: number; mtimeMs?: number } = {}): Promise<void> {
+    if (o.mode !== undefined) await this.handle.chmod(o.mode);
+    if (o.mtimeMs !== undefined) await this.handle.utimes(o.mtimeMs / 1000, o.mtimeMs / 1000);
     await this.#direct?.close();
     this.#direct = undefined;
     await this.handle.sync();
@@ -100,6 +133,18 @@ export async function exists(p: string): Promise<boolean> {
     return true;
   } catch {
     return false;
+  }
+}
+
+/**
+ * Refuses a --target that is empty or names something other than a folder; a symlink to a
+ * folder is the user's choice and is followed.
+ */
+export async function checkTarget(target: string, resolved: string): Promise<void> {
+  if (target === "") throw new UsageError("--target is empty", "name the folder to restore into (it is created if it does not exist)");
+  const st = await fsp.stat(resolved).catch(() => undefined);
+  if (st !== undefined && !st.isDirectory()) {
+    throw new UsageError(`restore target ${resolved} is not a folder`, "--target names the folder to restore into; choose a folder, or a path that does not exist yet");
   }
 }
 

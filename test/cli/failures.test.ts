@@ -195,4 +195,70 @@ describe("interruption", () => {
     const after = await v(["check", "--read-data"]);
     expect(after.code, after.stdout + after.stderr).toBe(0);
   });
+
+  it("a restore stopped with SIGINT removes its partial file, records the failure, says so in one line, and exits 130", async () => {
+    const { repo, src, v } = await newRepo();
+    const image = path.join(src, "big.raw");
+    await fsp.writeFile(image, seededBytes("interrupted restore", 64 * 1024 * 1024));
+    expect((await v(["backup", "--vm", "vm", image])).code).toBe(0);
+    const out = tmp("out");
+    const { code, stderr } = await interruptOnPartial(repo, out, "SIGINT");
+    expect(code).toBe(130);
+    expect(stderr.trim().split("\n")).toHaveLength(1);
+    expect(stderr).toMatch(/^vmvault: restore interrupted \(SIGINT\); its partial files were removed/);
+    expect(await fsp.readdir(out)).toEqual([]);
+    const log = await v(["audit", "log", "--json", "--action", "restore"]);
+    expect(log.code, log.stderr).toBe(0);
+    const records = (JSON.parse(log.stdout) as { result: string; code?: number }[]).map((r) => `${r.result}:${r.code ?? ""}`);
+    expect(records.slice(-2)).toEqual(["started:", "failed:130"]);
+  });
+
+  it("a restore killed with SIGKILL leaves a hidden partial file; the next restore into the folder names it and leaves it", async () => {
+    const { repo, src, v } = await newRepo();
+    const image = path.join(src, "big.raw");
+    await fsp.writeFile(image, seededBytes("killed restore", 64 * 1024 * 1024));
+    expect((await v(["backup", "--vm", "vm", image])).code).toBe(0);
+    const out = tmp("out");
+    expect((await interruptOnPartial(repo, out, "SIGKILL")).code).toBe(128);
+    const [left] = await fsp.readdir(out);
+    expect(left).toMatch(/^\.big\.raw\.vmvault-partial-[0-9a-f]{8}$/);
+    const next = await v(["--json", "restore", "latest", "--target", out, "--reason", "again", "--force"]);
+    expect(next.code, next.stderr).toBe(0);
+    expect(next.stderr).toContain(`warning: found ${path.join(out, left ?? "")}`);
+    expect((JSON.parse(next.stdout) as { partialsFound: string[] }).partialsFound).toEqual([path.join(out, left ?? "")]);
+    expect(await sha256File(path.join(out, "big.raw"))).toBe(await sha256File(image));
+  });
+
+  it("a backup stopped with SIGINT says in one line that the repository stays consistent, and exits 130", async () => {
+    const { repo, src, v } = await newRepo();
+    const image = path.join(src, "big.raw");
+    const h = await fsp.open(image, "w");
+    for (let i = 0; i < 8; i++) await h.write(seededBytes(`blk${i}`, 16 * 1024 * 1024));
+    await h.close();
+    const child = startCli(["--repo", repo, "--user", "admin", "backup", "--vm", "vm", image], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
+    let stderr = "";
+    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on("close", (c) => resolve(c)));
+    // Stop it once its first pack is stored.
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline && (await readTree(path.join(repo, "data")).catch(() => new Map())).size === 0) await new Promise((r) => setTimeout(r, 10));
+    child.kill("SIGINT");
+    expect(await exited).toBe(130);
+    const lines = stderr.trim().split("\n").filter((l) => !l.startsWith("warning: VMVAULT_INSECURE_TEST_KDF"));
+    expect(lines).toEqual([expect.stringMatching(/^vmvault: interrupted \(SIGINT\); the repository stays consistent/)]);
+    const check = await v(["check"]);
+    expect(check.code, check.stdout + check.stderr).toBe(0);
+  });
 });
+
+/** Starts a restore of the latest snapshot into out and sends signal once its partial file appears. */
+async function interruptOnPartial(repo: string, out: string, signal: NodeJS.Signals): Promise<{ code: number; stderr: string }> {
+  const child = startCli(["--repo", repo, "--user", "admin", "restore", "latest", "--target", out, "--reason", "interrupt me"], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
+  let stderr = "";
+  child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number>((resolve) => child.on("close", (code, sig) => resolve(code ?? (sig === null ? -1 : 128))));
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline && !(await fsp.readdir(out)).some((n) => n.includes(".vmvault-partial-"))) await new Promise((r) => setTimeout(r, 2));
+  child.kill(signal);
+  return { code: await exited, stderr };
+}

@@ -96,7 +96,7 @@ describe("PartialFile with direct I/O", () => {
     await out.writeDirect(slot.subarray(64 * KiB, 256 * KiB), 512 * KiB);
     await out.write(slot.subarray(0, 3000), 1024 * KiB);
     const usedDirect = out.direct;
-    await out.commit(0o640);
+    await out.commit({ mode: 0o640 });
     const expected = new Uint8Array(size);
     expected.set(data.subarray(0, 64 * KiB), 0);
     expected.set(data.subarray(64 * KiB, 256 * KiB), 512 * KiB);

@@ -1,8 +1,9 @@
 import type { Command } from "commander";
 import { CliContext } from "../context.js";
+import type { Interrupts } from "../interrupt.js";
 import { formatBytes, plural, warnDamagedIndexes } from "../output.js";
 
-export function registerBackup(program: Command): void {
+export function registerBackup(program: Command, interrupts: Interrupts): void {
   program
     .command("backup")
     .description("back up disk images and folders of one VM as a new snapshot")
@@ -11,6 +12,7 @@ export function registerBackup(program: Command): void {
     .argument("<source...>", "raw disk images (files or block devices) and folders")
     .action(async (sources: string[], opts: { vm: string; sparse: boolean }, command: Command) => {
       const ctx = new CliContext(command);
+      interrupts.note = "; the repository stays consistent: a snapshot appears only once complete, and the next backup reuses the data this one stored";
       const vault = await ctx.openVault({ withWorkers: true });
       try {
         const progress = ctx.progress;

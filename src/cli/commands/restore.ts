@@ -1,10 +1,11 @@
 import { Option, type Command } from "commander";
 import { CliContext } from "../context.js";
+import type { Interrupts } from "../interrupt.js";
 import { formatBytes, warnDamagedIndexes } from "../output.js";
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 
-export function registerRestore(program: Command): void {
+export function registerRestore(program: Command, interrupts: Interrupts): void {
   program
     .command("restore")
     .description("restore a snapshot, a disk or files to a folder (every restore needs a reason)")
@@ -31,9 +32,11 @@ export function registerRestore(program: Command): void {
           ...(opts.include === undefined ? {} : { include: opts.include }),
           force: opts.force === true,
           ...(progress === undefined ? {} : { progress }),
+          signal: interrupts.cancellable(),
         });
         ctx.endProgress();
         warnDamagedIndexes(ctx, r.damagedIndexes);
+        for (const p of r.partialsFound) ctx.warn(`warning: found ${p}, the partial file of a restore that was killed (or of one still running); remove it once no restore writes there`);
         if (ctx.json) ctx.printJson(r);
         else {
           ctx.out(`restored snapshot ${r.snapshotId} of VM ${r.vm} to ${r.target}`);

@@ -1,0 +1,48 @@
+import { EXIT } from "./exit.js";
+import { InterruptedError } from "../errors.js";
+
+const SIGNALS = ["SIGINT", "SIGTERM"] as const;
+
+/**
+ * SIGINT and SIGTERM, handled here and nowhere else. A command that can stop cleanly (restore)
+ * takes the signal with `cancellable()`: the first SIGINT or SIGTERM aborts it, and it removes
+ * its partial files, records the outcome and ends with an InterruptedError (exit 130). Any other
+ * command, or a second signal, ends the process at once with one line on stderr and exit 130:
+ * what it wrote is safe to abandon (a backup's repository stays consistent, as after a crash).
+ */
+export class Interrupts {
+  readonly #controller = new AbortController();
+  #cancellable = false;
+  #note = "";
+
+  /** The signal of a command that stops by itself once it aborts. */
+  cancellable(): AbortSignal {
+    this.#cancellable = true;
+    return this.#controller.signal;
+  }
+
+  /** What the line printed when the command is ended at once adds after "interrupted". */
+  set note(text: string) {
+    this.#note = text;
+  }
+
+  /** Installs the handlers; returns their removal. */
+  install(): () => void {
+    const handler = (signal: NodeJS.Signals): void => this.#receive(signal);
+    for (const s of SIGNALS) process.on(s, handler);
+    return () => {
+      for (const s of SIGNALS) process.off(s, handler);
+    };
+  }
+
+  #receive(signal: NodeJS.Signals): void {
+    if (this.#cancellable && !this.#controller.signal.aborted) {
+      this.#controller.abort(new InterruptedError(`interrupted (${signal})`, signal));
+      return;
+    }
+    const note = this.#cancellable ? "; stopped before its partial files were removed (the next restore into the same folder lists them)" : this.#note;
+    // On a terminal the line starts after the echoed ^C.
+    process.stderr.write(`${process.stderr.isTTY === true ? "\n" : ""}vmvault: interrupted (${signal})${note}\n`);
+    process.exit(EXIT.interrupted);
+  }
+}

@@ -1,0 +1,110 @@
+import { constants, promises as fsp, type Stats } from "node:fs";
+import path from "node:path";
+import { VaultError } from "../errors.js";
+
+/**
+ * The folders under one restore destination, created or entered without ever following a
+ * symlink. The destination's parent (the restore target the user named) is trusted, and may
+ * itself be a symlink; below it every component is checked with lstat: a folder is entered, a
+ * missing one is created (mode 0700 until its own mode is applied), and a symlink or file in
+ * the way is refused, or with force replaced (the link itself is removed, never what it points
+ * to).
+ */
+export class RestoreDirs {
+  readonly root: string;
+  readonly #force: boolean;
+  readonly #onEntered: (dir: string) => Promise<void>;
+  /** Folders (relative, "" for the root) already checked or created by this restore. */
+  readonly #ready = new Set<string>();
+
+  /** onEntered: called once for every folder that existed before this restore. */
+  constructor(root: string, o: { force: boolean; onEntered?: (dir: string) => Promise<void> }) {
+    this.root = root;
+    this.#force = o.force;
+    this.#onEntered = o.onEntered ?? (async () => undefined);
+  }
+
+  /** Where rel ("a/b", "" for the root) goes. */
+  place(rel: string): string {
+    return rel === "" ? this.root : path.join(this.root, ...rel.split("/"));
+  }
+
+  /** Makes rel and every folder above it (up to the root) a real folder; returns its path. */
+  async ensure(rel: string): Promise<string> {
+    const parts = rel === "" ? [] : rel.split("/");
+    for (let i = 0; i <= parts.length; i++) {
+      const sub = parts.slice(0, i).join("/");
+      if (this.#ready.has(sub)) continue;
+      const dir = this.place(sub);
+      if ((await realFolder(dir, this.#force)) === "existed") await this.#onEntered(dir);
+      this.#ready.add(sub);
+    }
+    return this.place(rel);
+  }
+
+  /** Applies a folder's mode and time through a descriptor opened without following a symlink. */
+  async finish(rel: string, mode: number, mtimeMs: number): Promise<void> {
+    const handle = await fsp.open(this.place(rel), constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW).catch(() => undefined);
+    if (handle === undefined) return;
+    try {
+      await handle.chmod(mode).catch(() => undefined);
+      await handle.utimes(mtimeMs / 1000, mtimeMs / 1000).catch(() => undefined);
+    } finally {
+      await handle.close();
+    }
+  }
+}
+
+/** Makes p a real folder: entered if it is one, created if missing, a symlink or file replaced only with force. */
+async function realFolder(p: string, force: boolean): Promise<"existed" | "created"> {
+  let st = await lstatOrNull(p);
+  if (st === null) {
+    try {
+      await fsp.mkdir(p, 0o700);
+      return "created";
+    } catch (e) {
+      if (errorCode(e) !== "EEXIST") throw e;
+      st = await fsp.lstat(p);
+    }
+  }
+  if (st.isDirectory()) return "existed";
+  if (!force) throw notAFolder(p, st);
+  await fsp.unlink(p);
+  await fsp.mkdir(p, 0o700);
+  return "created";
+}
+
+function notAFolder(p: string, st: Stats): VaultError {
+  return new VaultError("E_EXISTS", `${p} is ${st.isSymbolicLink() ? "a symlink" : "not a folder"}; restore does not write through or over it`, {
+    hint: "remove it, or pass --force to replace it with the backed-up folder",
+  });
+}
+
+/**
+ * True when rel (a/b/file) exists under root, looked up without following a symlink; a
+ * symlink or file where one of its folders goes is refused as restoreDirs would refuse it.
+ */
+export async function existsBelow(root: string, rel: string): Promise<boolean> {
+  const parts = rel.split("/");
+  for (let i = 0; i <= parts.length; i++) {
+    const p = path.join(root, ...parts.slice(0, i));
+    const st = await lstatOrNull(p);
+    if (st === null) return false;
+    if (i === parts.length) return true;
+    if (!st.isDirectory()) throw notAFolder(p, st);
+  }
+  return false;
+}
+
+export async function lstatOrNull(p: string): Promise<Stats | null> {
+  try {
+    return await fsp.lstat(p);
+  } catch (e) {
+    if (errorCode(e) === "ENOENT") return null;
+    throw e;
+  }
+}
+
+function errorCode(e: unknown): string {
+  return typeof e === "object" && e !== null && "code" in e ? String((e as { code: unknown }).code) : "";
+}
