@@ -2,7 +2,7 @@ import os from "node:os";
 import path from "node:path";
 import type { Command } from "commander";
 import { UsageError } from "../errors.js";
-import { KDF_DEFAULT, KDF_TEST, type KdfStrength } from "../crypto/kdf.js";
+import { KDF_DEFAULT, KDF_TEST, PASSPHRASE_MIN_CHARS, passphraseChars, type KdfStrength } from "../crypto/kdf.js";
 import { openStore } from "../storage/open.js";
 import { probeRepository } from "../repository/open.js";
 import type { Secret } from "../crypto/secret.js";
@@ -105,12 +105,24 @@ export class CliContext {
     return path.join(cache, "vmvault");
   }
 
-  /** The new passphrase for `user add` and `user passwd`. */
-  async newPassphrase(file: string | undefined, who: string): Promise<Secret> {
-    return obtainPassphrase(
+  /**
+   * The new passphrase for `user add` and `user passwd`. One shorter than PASSPHRASE_MIN_CHARS
+   * is refused by the library; with weak test parameters (allowWeak) it is announced instead.
+   */
+  async newPassphrase(file: string | undefined, who: string, allowWeak: boolean): Promise<Secret> {
+    const secret = await obtainPassphrase(
       { envVar: "VMVAULT_NEW_PASSPHRASE", file, fileFromFlag: file !== undefined, prompt: `New passphrase for ${who}: `, confirm: true, hint: "set VMVAULT_NEW_PASSPHRASE or pass --new-passphrase-file" },
       (m) => this.warn(m),
     );
+    this.warnShortPassphrase(secret, allowWeak);
+    return secret;
+  }
+
+  /** With test parameters a short new passphrase is allowed, and said so; otherwise the library refuses it. */
+  warnShortPassphrase(passphrase: Secret, allowWeak: boolean): void {
+    if (allowWeak && passphraseChars(passphrase) < PASSPHRASE_MIN_CHARS) {
+      this.warn(`warning: the new passphrase is shorter than ${PASSPHRASE_MIN_CHARS} characters; accepted only because VMVAULT_INSECURE_TEST_KDF=1`);
+    }
   }
 
   /**

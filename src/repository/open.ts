@@ -1,7 +1,7 @@
 import os from "node:os";
 import { AuthError, IntegrityError, UsageError, VaultError } from "../errors.js";
 import { CryptoSuite, type RandomSource } from "../crypto/suite.js";
-import { assertKdfStrength, KDF_DEFAULT, type KdfStrength } from "../crypto/kdf.js";
+import { assertKdfStrength, assertPassphraseStrength, KDF_DEFAULT, type KdfStrength } from "../crypto/kdf.js";
 import { Secret } from "../crypto/secret.js";
 import { FormatError } from "../format/codec.js";
 import { parseConfigMeta, encodeConfigMeta, LZ4_LEVEL, ZSTD_DEFAULT_LEVEL, type RepoConfig } from "../format/config.js";
@@ -118,6 +118,7 @@ export async function initRepository(o: InitOptions): Promise<Repository> {
   assertUserName(o.user);
   const kdf = o.kdf ?? KDF_DEFAULT;
   assertKdfStrength(kdf, o.allowWeakKdf === true);
+  assertPassphraseStrength(o.passphrase, o.allowWeakKdf === true);
   const store = o.store;
   if ((await store.stat(CONFIG_KEY)) !== undefined) {
     throw new VaultError("E_EXISTS", `a repository already exists at ${store.location}`);

@@ -1,5 +1,5 @@
 import { LockedError, UsageError, VaultError } from "../errors.js";
-import { assertKdfStrength, type KdfStrength } from "../crypto/kdf.js";
+import { assertKdfStrength, assertPassphraseStrength, type KdfStrength } from "../crypto/kdf.js";
 import type { Secret } from "../crypto/secret.js";
 import type { GrantSecrets } from "../format/grant.js";
 import { grantKey, grantPrefix, slotKey, slotPrefix } from "../format/layout.js";
@@ -143,6 +143,7 @@ async function createUser(repo: Repository, o: AddUserOptions): Promise<AddedUse
   assertNewUserName(repo, o.name);
   if (!isRole(o.role)) throw new UsageError(`unknown role ${JSON.stringify(o.role)}`, "roles: admin, operator, backup, restorer, auditor");
   assertKdfStrength(o.kdf, o.allowWeakKdf === true);
+  assertPassphraseStrength(o.passphrase, o.allowWeakKdf === true);
   const root = rootKeyOf(repo);
   const genesisRoot = repo.chain.versions[0]?.rootPublicKey;
   if (genesisRoot === undefined) throw new VaultError("E_INTEGRITY", "the registry has no first version");
@@ -233,6 +234,7 @@ async function deleteUser(repo: Repository, name: string): Promise<RemovedUserSu
 /** Any user: rewraps their own key slot under a new passphrase (one slot rewritten, old one deleted). */
 export async function changePassphrase(repo: Repository, newPassphrase: Secret, kdf: KdfStrength, allowWeakKdf = false): Promise<void> {
   assertKdfStrength(kdf, allowWeakKdf);
+  assertPassphraseStrength(newPassphrase, allowWeakKdf);
   await audited(repo, { entry: { action: "user passwd", target: { user: repo.userName } }, started: false, run: () => rewrapSlot(repo, newPassphrase, kdf) });
 }
 

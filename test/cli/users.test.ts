@@ -165,6 +165,28 @@ describe("users", () => {
     expect(r.stderr).not.toMatch(/NEW_PASSPHRASE/);
   });
 
+  it("a new passphrase shorter than 8 characters is refused outside tests, and only warned about with test parameters", async () => {
+    const { repo, admin } = await repoWithOperator();
+    const weak = await admin(["user", "add", "short", "--role", "backup"], { env: { VMVAULT_NEW_PASSPHRASE: "1234567" } });
+    expect(weak.code, weak.stderr).toBe(0);
+    expect(weak.stderr).toMatch(/warning: the new passphrase is shorter than 8 characters; accepted only because VMVAULT_INSECURE_TEST_KDF=1/);
+    const refused = await admin(["user", "add", "short2", "--role", "backup"], { env: { VMVAULT_INSECURE_TEST_KDF: undefined, VMVAULT_NEW_PASSPHRASE: "1234567" } });
+    expect(refused.code, refused.stderr).toBe(2);
+    expect(refused.stderr).toMatch(/the new passphrase is shorter than 8 characters/);
+    const passwd = await vault(repo, "op", "op-pass")(["user", "passwd"], { env: { VMVAULT_INSECURE_TEST_KDF: undefined, VMVAULT_NEW_PASSPHRASE: "ab" } });
+    expect(passwd.code, passwd.stderr).toBe(2);
+    expect((await files(repo)).filter((f) => f.startsWith("keys/short2"))).toEqual([]);
+    const dir = path.join(tmp("repo"), "short");
+    const init = await runCli(["--repo", dir, "--user", "admin", "init"], { env: { VMVAULT_INSECURE_TEST_KDF: undefined, VMVAULT_PASSPHRASE: "pw", VMVAULT_STATE_DIR: `${dir}-state` } });
+    expect(init.code, init.stderr).toBe(2);
+    expect(await fsp.readdir(dir).catch(() => [])).toEqual([]);
+    // Eight characters (not bytes: "é" is two) are enough.
+    const ok = await admin(["user", "add", "long", "--role", "backup"], { env: { VMVAULT_INSECURE_TEST_KDF: undefined, VMVAULT_NEW_PASSPHRASE: "ééééé123" } });
+    expect(ok.code, ok.stderr).toBe(0);
+    // The passphrase unlocks (a wrong one would be exit 3); listing is beyond a backup user's role.
+    expect((await vault(repo, "long", "ééééé123")(["snapshots"])).code).toBe(4);
+  });
+
   it("init refuses Argon2id parameters below the floor outside tests, writing nothing", async () => {
     const dir = path.join(tmp("repo"), "weak");
     const r = await runCli(["--repo", dir, "--user", "admin", "init", "--kdf-memory", "32"], { env: { VMVAULT_INSECURE_TEST_KDF: undefined, VMVAULT_STATE_DIR: `${dir}-state` } });

@@ -26,7 +26,7 @@ export function registerUser(program: Command): void {
         // A taken or invalid name is refused before a new passphrase is asked for.
         assertNewUserName(vault.repository, name);
         const { kdf, allowWeak } = ctx.newSlotKdf();
-        const passphrase = await ctx.newPassphrase(opts.newPassphraseFile, name);
+        const passphrase = await ctx.newPassphrase(opts.newPassphraseFile, name, allowWeak);
         try {
           const added = await vault.addUser({ name, role: opts.role, passphrase, kdf, allowWeakKdf: allowWeak });
           if (ctx.json) ctx.printJson(added);
@@ -97,7 +97,7 @@ export function registerUser(program: Command): void {
       const vault = await ctx.openVault();
       try {
         const { kdf, allowWeak } = ctx.newSlotKdf();
-        const passphrase = await ctx.newPassphrase(opts.newPassphraseFile, vault.user);
+        const passphrase = await ctx.newPassphrase(opts.newPassphraseFile, vault.user, allowWeak);
         try {
           await vault.changePassphrase(passphrase, kdf, allowWeak);
         } finally {
