@@ -37,10 +37,13 @@ export class CliContext {
     return o.n;
   }
 
-  /** Seconds to wait for a conflicting lock, from --lock-wait or VMVAULT_LOCK_WAIT (default 0), in ms. */
-  get lockWaitMs(): number {
+  /**
+   * Seconds to wait for a conflicting lock, from --lock-wait or VMVAULT_LOCK_WAIT, in ms;
+   * undefined when neither is set (the library's default: 0, an hour for re-encryption's cleanup).
+   */
+  get lockWaitMs(): number | undefined {
     const o = numberSetting(this.globals.lockWait, "--lock-wait", "VMVAULT_LOCK_WAIT");
-    if (o === undefined) return 0;
+    if (o === undefined) return undefined;
     if (!Number.isFinite(o.n) || o.n < 0 || o.n > 7 * 24 * 3600) throw new UsageError(`${o.source}: give a number of seconds from 0 to 604800`);
     return Math.round(o.n * 1000);
   }
@@ -144,8 +147,9 @@ export class CliContext {
         passphrase,
         stateDir: this.stateDir,
         kdfTarget: this.kdfTarget,
-        lockWaitMs,
-        onLockWait: (holder) => this.warn(`waiting up to ${lockWaitMs / 1000} s: ${holder}`),
+        ...(lockWaitMs === undefined ? {} : { lockWaitMs }),
+        // Always on stderr, terminal or not: a command that sits waiting says for whom and until when.
+        onLockWait: (notice) => this.warn(`vmvault: ${notice}`),
         ...(workers !== 0 ? { afterKdf: () => WorkerPool.prestart(workers) } : {}),
       });
     } finally {

@@ -208,7 +208,7 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
     sessions.dispose();
     await lock.release();
   }
-  const destroyedEpochs = await finishReencryption(repo, state, progress);
+  const destroyedEpochs = await finishReencryption(repo, state);
   await deleteCheckpoints(repo);
   return { epoch: state.targetEpoch, resumed, packsRewritten, snapshotsRewritten, destroyedEpochs };
 }
