@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import type { Vault } from "../../vault.js";
 import { CliContext } from "../context.js";
-import { formatBytes, table } from "../output.js";
+import { formatBytes, plural, table } from "../output.js";
 
 /** Runs a rotation and prints what it did; shared by `key rotate` and `user remove --rotate`. */
 export async function runRotation(ctx: CliContext, vault: Vault, o: { reencrypt: boolean; newChunkKey: boolean }): Promise<unknown> {
@@ -15,7 +15,8 @@ export async function runRotation(ctx: CliContext, vault: Vault, o: { reencrypt:
       for (const d of s.damaged) ctx.warn(`warning: ${d.object}: ${d.problem} (left as it was; old grants kept)`);
       ctx.out("data written before the rotation stays encrypted under its old session keys until `vmvault key rotate --reencrypt`");
     } else {
-      ctx.out(`re-encryption ${r.resumed ? "resumed and " : ""}finished: ${r.packsRewritten} packs and ${r.snapshotsRewritten} snapshots rewritten under epoch ${r.epoch}`);
+      const thisRun = r.resumed ? ` in all (${plural(r.thisRun.packs, "pack")} and ${plural(r.thisRun.snapshots, "snapshot")} by this run)` : "";
+      ctx.out(`re-encryption ${r.resumed ? "resumed and " : ""}finished: ${plural(r.packsRewritten, "pack")} and ${plural(r.snapshotsRewritten, "snapshot")} rewritten under epoch ${r.epoch}${thisRun}`);
       if (r.destroyedEpochs.length > 0) ctx.out(`epochs ${r.destroyedEpochs.join(", ")} destroyed: no object is readable with their keys any more`);
     }
   }
