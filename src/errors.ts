@@ -83,9 +83,29 @@ export class NotFoundError extends VaultError {
   }
 }
 
+/** Who holds a lock that another command ran into: what people need to wait for it or clear it. */
+export interface LockHolder {
+  /** The lock object, `locks/<id>`, relative to the repository. */
+  readonly key: string;
+  readonly operation: string;
+  readonly exclusive: boolean;
+  readonly pid: number;
+  /** Whether the holder runs on this host (its pid can then be checked, and a dead one is cleared). */
+  readonly thisHost: boolean;
+  /** Short id of the holder's host: its name is stored only hashed with the repository id. */
+  readonly hostId: string;
+  readonly createdAt: string;
+  readonly refreshedAt: string;
+  /** When the lock counts as abandoned unless its holder refreshes it meanwhile. */
+  readonly staleAt: string;
+}
+
 export class LockedError extends VaultError {
-  constructor(message: string, hint?: string) {
+  /** The conflicting lock, when a repository lock (not a lost race) is the cause. */
+  readonly holder: LockHolder | undefined;
+  constructor(message: string, hint?: string, holder?: LockHolder) {
     super("E_LOCKED", message, hint === undefined ? {} : { hint });
+    this.holder = holder;
   }
 }
 

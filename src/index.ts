@@ -29,7 +29,7 @@ export type { RepairIndexOptions, RepairIndexResult } from "./maintenance/repair
 export type { SnapshotSummary } from "./snapshot/list.js";
 export type { InitOptions, OpenOptions } from "./repository/open.js";
 export type { ProgressEvent, ProgressSink } from "./util/progress.js";
-export type { AddUserOptions, UserSummary, RemovedUserSummary } from "./users/users.js";
+export type { AddedUser, AddUserOptions, UserSummary, RemovedUserSummary } from "./users/users.js";
 export type { AuditLogEntry, AuditLogFilter } from "./audit/log.js";
 export type { AuditVerifyReport, AuditProblem } from "./audit/verify.js";
 export type { RotateResult } from "./rotation/rotate.js";

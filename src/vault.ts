@@ -16,7 +16,7 @@ import type { AuditLogEntry, AuditLogFilter } from "./audit/log.js";
 import type { AuditVerifyReport } from "./audit/verify.js";
 import type { Secret } from "./crypto/secret.js";
 import { isWeakerThan, type KdfStrength } from "./crypto/kdf.js";
-import type { AddUserOptions, RemovedUserSummary, UserSummary } from "./users/users.js";
+import type { AddedUser, AddUserOptions, RemovedUserSummary, UserSummary } from "./users/users.js";
 
 // The operations load on first use, after the unlock: Argon2id's 64 MiB then come on top of a
 // smaller process, which lowers every command's peak memory (docs/design.md §10).
@@ -95,7 +95,7 @@ export class Vault {
     return (await users()).listUsers(this.repository);
   }
 
-  async addUser(o: AddUserOptions): Promise<UserSummary> {
+  async addUser(o: AddUserOptions): Promise<AddedUser> {
     return (await users()).addUser(this.repository, o);
   }
 

@@ -10,6 +10,7 @@ import type { Repository } from "../src/repository/repository.js";
 import { listAll } from "../src/storage/types.js";
 import { openVault, Secret } from "../src/index.js";
 import { FsStore } from "../src/storage/fs.js";
+import { FaultyStore } from "../src/storage/faulty.js";
 import { runCli, TEST_PASSPHRASE, vault } from "./helpers/cli.js";
 import { initTestVault, makeImage, tempDirs } from "./helpers/fixtures.js";
 
@@ -21,15 +22,16 @@ function deadPid(): number {
   return Number(r.stdout);
 }
 
-/** Copies a lock this process holds into a second lock object that names another pid. */
-async function plantLock(repo: Repository, o: { pid: number; exclusive: boolean }): Promise<string> {
+/** Copies a lock this process holds into a second lock object that names another pid (and host, or operation). */
+async function plantLock(repo: Repository, o: { pid: number; exclusive: boolean; hostHash?: string; operation?: string }): Promise<string> {
   const held = await acquireLock(repo, "planted", o.exclusive);
   const [own] = await listAll(repo.store, LOCK_PREFIX);
   if (own === undefined) throw new Error("no lock object");
   const meta = parseLockMeta(parseEnvelope(ObjectKind.Lock, await repo.store.get(own.key), false).meta);
   await held.release();
   const lockId = "ab".repeat(16);
-  await repo.store.putIfAbsent(lockKey(lockId), encodeEnvelope(ObjectKind.Lock, encodeLockMeta({ ...meta, lockId, pid: o.pid })));
+  const other = { ...(o.hostHash === undefined ? {} : { hostHash: o.hostHash }), ...(o.operation === undefined ? {} : { operation: o.operation }) };
+  await repo.store.putIfAbsent(lockKey(lockId), encodeEnvelope(ObjectKind.Lock, encodeLockMeta({ ...meta, ...other, lockId, pid: o.pid })));
   return lockKey(lockId);
 }
 
@@ -64,7 +66,7 @@ describe("repository locks", () => {
     const exclusive = await acquireLock(repo, "re-encryption cleanup", true, { waitMs: 60_000, onWait: (h) => waits.push(h) });
     expect(releasedAt).toBeGreaterThan(0);
     expect(waits).toHaveLength(1);
-    expect(waits[0]).toMatch(/locked by another backup/);
+    expect(waits[0]).toMatch(/for the backup \(shared lock locks\/[0-9a-f]+\) of pid \d+ on this host/);
     await exclusive.release();
     await v.close();
   });
@@ -94,6 +96,63 @@ describe("repository locks", () => {
     await v.close();
   });
 
+  it("a lock held on another host names its holder, when it expires, --lock-wait, and which object to remove if the holder is dead", async () => {
+    const v = await initTestVault(tmp("repo"));
+    const repo = v.repository;
+    const key = await plantLock(repo, { pid: 4242, exclusive: false, hostHash: "9c".repeat(16), operation: "re-encryption" });
+    const err = (await acquireLock(repo, "prune", true).catch((e: unknown) => e)) as LockedError;
+    expect(err).toBeInstanceOf(LockedError);
+    expect(err.holder).toMatchObject({ key, operation: "re-encryption", exclusive: false, pid: 4242, thisHost: false, hostId: "9c9c9c9c" });
+    expect(Date.parse(err.holder?.staleAt ?? "") - Date.parse(err.holder?.refreshedAt ?? "")).toBe(30 * 60 * 1000);
+    expect(err.message).toMatch(/locked by another re-encryption \(shared lock since .*, held by pid 4242 on another host \(host id 9c9c9c9c; this host is [0-9a-f]{8}\), last refreshed \d+ s ago\)/);
+    expect(err.hint).toMatch(/--lock-wait SECONDS/);
+    expect(err.hint).toContain(`expires as stale at ${err.holder?.staleAt}`);
+    expect(err.hint).toContain(`if process 4242 on host 9c9c9c9c is known to be dead, remove ${key} from the repository (${repo.store.location})`);
+    // Waiting is told once, with the holder and the deadline.
+    const notices: string[] = [];
+    await expect(acquireLock(repo, "prune", true, { waitMs: 600, onWait: (n) => notices.push(n) })).rejects.toThrow(LockedError);
+    expect(notices).toHaveLength(1);
+    expect(notices[0]).toMatch(/^waiting up to 1 s \(until .*Z\) for the re-encryption \(shared lock locks\/[0-9a-f]+\) of pid 4242 on another host \(host id 9c9c9c9c\)/);
+    await repo.store.delete(key);
+    // A live process on this host is never to be removed by hand: the hint does not offer it.
+    const live = await plantLock(repo, { pid: process.ppid, exclusive: true });
+    const here = (await acquireLock(repo, "backup", false).catch((e: unknown) => e)) as LockedError;
+    expect(here.hint).toMatch(/is running on this host, so its lock stands until it ends/);
+    expect(here.hint).not.toMatch(/remove/);
+    await repo.store.delete(live);
+    await v.close();
+  });
+
+  it("re-encryption's cleanup waits only as long as lockWaitMs for a holder on another host, and resumes at the cleanup", async () => {
+    const dir = tmp("repo");
+    await (await initTestVault(dir)).close();
+    const image = `${tmp("src")}/web1.raw`;
+    await makeImage(image, { sizeMiB: 2 });
+    const notices: string[] = [];
+    // The first run stops at its cleanup (the store refuses to delete an old pack), as if killed there.
+    let failing = true;
+    const store = new FaultyStore(new FsStore(dir), { failDelete: (key) => failing && key.startsWith("data/") });
+    const v = await openVault({ store, user: "admin", passphrase: Secret.fromString("correct horse battery staple"), lockWaitMs: 500, onLockWait: (n) => notices.push(n) });
+    await v.backup({ vm: "web1", sources: [image] });
+    await expect(v.rotateKeys({ reencrypt: true })).rejects.toThrow(/injected delete failure/);
+    failing = false;
+    // A backup on another host, killed: its shared lock stays until it is stale.
+    const dead = await plantLock(v.repository, { pid: 4242, exclusive: false, hostHash: "9c".repeat(16), operation: "backup" });
+    const started = Date.now();
+    const err = (await v.rotateKeys({ reencrypt: true }).catch((e: unknown) => e)) as LockedError;
+    expect(Date.now() - started).toBeLessThan(30_000);
+    expect(err).toBeInstanceOf(LockedError);
+    expect(err.message).toMatch(/pid 4242 on another host .*only the cleanup \(deleting the old data and keys\) is left/);
+    expect(err.hint).toMatch(/remove locks\/[0-9a-f]+ .*`vmvault key rotate --reencrypt` resumes at the cleanup/);
+    expect(notices).toEqual([expect.stringMatching(/^waiting up to 1 s \(until .*\) for the backup .* of pid 4242 on another host/)]);
+    expect((await v.keyStatus()).reencryption?.phase).toBe("cleanup");
+    await v.repository.store.delete(dead);
+    const done = await v.rotateKeys({ reencrypt: true });
+    expect("resumed" in done && done.resumed).toBe(true);
+    expect((await v.keyStatus()).reencryption).toBeNull();
+    await v.close();
+  });
+
   it("the CLI exits 6 on a repository held exclusively by a live process, and runs once it is gone", async () => {
     const dir = tmp("repo");
     const init = await runCli(["--repo", dir, "--user", "admin", "init"], { env: { VMVAULT_STATE_DIR: `${dir}-state` } });
@@ -107,6 +166,8 @@ describe("repository locks", () => {
     expect(refused.code, refused.stderr).toBe(6);
     expect(refused.stderr).toMatch(/locked by another planted \(exclusive lock since .*\n.*next: wait for it to finish/);
     expect(refused.stderr).not.toMatch(/\n\s+at /);
+    expect(refused.stderr).toMatch(/held by pid \d+ on this host, last refreshed \d+ s ago\)/);
+    expect(refused.stderr).toMatch(/--lock-wait SECONDS/);
     const bad = await v(["--lock-wait", "soon", "backup", "--vm", "web1", image]);
     expect(bad.code, bad.stderr).toBe(2);
     expect(bad.stderr).toMatch(/--lock-wait soon: give a number of seconds/);
@@ -117,7 +178,9 @@ describe("repository locks", () => {
     await lib.close();
     const ok = await waiting;
     expect(ok.code, ok.stderr).toBe(0);
-    expect(ok.stderr).toMatch(/waiting up to 60 s: the repository is locked by another planted/);
+    // Said once on stderr, without a terminal: for whom and until when.
+    expect(ok.stderr).toMatch(/vmvault: waiting up to 1 min \(until \d{4}-.*Z\) for the planted \(exclusive lock locks\/[0-9a-f]+\) of pid \d+ on this host, since .* ago\)/);
+    expect(ok.stderr.match(/waiting up to/g)).toHaveLength(1);
     expect((await v(["snapshots", "--json"])).stdout).toMatch(/"vm": "web1"/);
   });
 });

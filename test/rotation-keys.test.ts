@@ -155,12 +155,55 @@ describe("rotation revokes for real", () => {
     failing = false;
     const resumed = await admin.rotateKeys({ reencrypt: true });
     expect("resumed" in resumed && resumed.resumed).toBe(true);
+    // The totals count what the interrupted run rewrote; this run only cleaned up.
+    expect(resumed).toMatchObject({ packsRewritten: packsBefore, snapshotsRewritten: 3, thisRun: { packs: 0, snapshots: 0 } });
     const done = await admin.keyStatus();
     expect(done.reencryption).toBeNull();
     expect(done.oldData.packs).toBe(0);
     expect((await listAll(store, "data/")).length).toBeLessThanOrEqual(packsBefore);
     expect((await admin.check({ readData: true })).damage).toEqual([]);
     await admin.close();
+  });
+
+  it("a user added while a re-encryption with a new chunk-ID key is under way gets the old epoch too, and reads old data", async () => {
+    const dir = tmp("repo");
+    const src = tmp("src");
+    await (await initTestVault(dir)).close();
+    let failing = true;
+    // The cleanup fails at its first pack deletion: the old epoch's grants are still in force.
+    const store = new FaultyStore(new FsStore(dir), { failDelete: (key) => failing && key.startsWith("data/") });
+    const admin = await Vault.open({ store, user: "admin", passphrase: Secret.fromString("correct horse battery staple") });
+    const image = path.join(src, "vm.raw");
+    await makeImage(image, { sizeMiB: 3 });
+    const old = await admin.backup({ vm: "vm", sources: [image] });
+    await expect(admin.rotateKeys({ reencrypt: true, newChunkKey: true })).rejects.toThrow(/injected delete failure/);
+    const added = await admin.addUser({ name: "late", role: "restorer", passphrase: Secret.fromString("late-pass"), kdf: KDF_TEST, allowWeakKdf: true });
+    expect([added.epochs, added.notGranted]).toEqual([[1, 2], []]);
+    const restoreAs = async (name: string, pass: string, label: string): Promise<void> => {
+      const v = await Vault.open({ store: new FsStore(dir), user: name, passphrase: Secret.fromString(pass) });
+      try {
+        const out = tmp("out");
+        await v.restore({ snapshot: old.snapshotId, target: out, reason: label });
+        expect(await sha256File(path.join(out, "vm.raw")), label).toBe(await sha256File(image));
+      } finally {
+        await v.close();
+      }
+    };
+    await restoreAs("late", "late-pass", "mid re-encryption");
+    await admin.close();
+    // An admin who lost the old epoch's grant still adds users, and is told what they lack.
+    await store.delete((await listAll(store, "grants/000001/admin-")).map((o) => o.key)[0] as string);
+    const partial = await Vault.open({ store: new FsStore(dir), user: "admin", passphrase: Secret.fromString("correct horse battery staple") });
+    const short = await partial.addUser({ name: "later", role: "restorer", passphrase: Secret.fromString("later-pass"), kdf: KDF_TEST, allowWeakKdf: true });
+    expect([short.epochs, short.notGranted]).toEqual([[2], [1]]);
+    await partial.close();
+    failing = false;
+    const finisher = await Vault.open({ store: new FsStore(dir), user: "admin", passphrase: Secret.fromString("correct horse battery staple") });
+    await finisher.rotateKeys({ reencrypt: true });
+    expect((await finisher.keyStatus()).epochs.map((e) => [e.id, e.destroyed])).toEqual([[1, true], [2, false]]);
+    await restoreAs("late", "late-pass", "after re-encryption");
+    await restoreAs("later", "later-pass", "after re-encryption");
+    await finisher.close();
   });
 
   it("a slot weaker than the target strength is re-wrapped on unlock", async () => {

@@ -2,7 +2,7 @@ import os from "node:os";
 import path from "node:path";
 import type { Command } from "commander";
 import { UsageError } from "../errors.js";
-import { KDF_DEFAULT, KDF_TEST, type KdfStrength } from "../crypto/kdf.js";
+import { KDF_DEFAULT, KDF_TEST, PASSPHRASE_MIN_CHARS, passphraseChars, type KdfStrength } from "../crypto/kdf.js";
 import { openStore } from "../storage/open.js";
 import { probeRepository } from "../repository/open.js";
 import type { Secret } from "../crypto/secret.js";
@@ -18,8 +18,11 @@ export class CliContext {
   readonly settings: Settings;
   /** Pipeline worker threads from --workers or VMVAULT_WORKERS (default: one per core but one, plus the main thread). */
   readonly workers: number | undefined;
-  /** Seconds to wait for a conflicting lock, from --lock-wait or VMVAULT_LOCK_WAIT (default 0), in ms. */
-  readonly lockWaitMs: number;
+  /**
+   * Seconds to wait for a conflicting lock, from --lock-wait or VMVAULT_LOCK_WAIT, in ms;
+   * undefined when neither is set (the library's default: 0, an hour for re-encryption's cleanup).
+   */
+  readonly lockWaitMs: number | undefined;
   readonly #progress: { sink: ProgressSink; done: () => void } | undefined;
 
   constructor(command: Command) {
@@ -96,12 +99,24 @@ export class CliContext {
     return path.join(cache, "vmvault");
   }
 
-  /** The new passphrase for `user add` and `user passwd`. */
-  async newPassphrase(file: string | undefined, who: string): Promise<Secret> {
-    return obtainPassphrase(
+  /**
+   * The new passphrase for `user add` and `user passwd`. One shorter than PASSPHRASE_MIN_CHARS
+   * is refused by the library; with weak test parameters (allowWeak) it is announced instead.
+   */
+  async newPassphrase(file: string | undefined, who: string, allowWeak: boolean): Promise<Secret> {
+    const secret = await obtainPassphrase(
       { envVar: "VMVAULT_NEW_PASSPHRASE", file, fileFromFlag: file !== undefined, prompt: `New passphrase for ${who}: `, confirm: true, hint: "set VMVAULT_NEW_PASSPHRASE or pass --new-passphrase-file" },
       (m) => this.warn(m),
     );
+    this.warnShortPassphrase(secret, allowWeak);
+    return secret;
+  }
+
+  /** With test parameters a short new passphrase is allowed, and said so; otherwise the library refuses it. */
+  warnShortPassphrase(passphrase: Secret, allowWeak: boolean): void {
+    if (allowWeak && passphraseChars(passphrase) < PASSPHRASE_MIN_CHARS) {
+      this.warn(`warning: the new passphrase is shorter than ${PASSPHRASE_MIN_CHARS} characters; accepted only because VMVAULT_INSECURE_TEST_KDF=1`);
+    }
   }
 
   /**
@@ -123,8 +138,9 @@ export class CliContext {
         passphrase,
         stateDir: this.stateDir,
         kdfTarget: this.kdfTarget,
-        lockWaitMs,
-        onLockWait: (holder) => this.warn(`waiting up to ${lockWaitMs / 1000} s: ${holder}`),
+        ...(lockWaitMs === undefined ? {} : { lockWaitMs }),
+        // Always on stderr, terminal or not: a command that sits waiting says for whom and until when.
+        onLockWait: (notice) => this.warn(`vmvault: ${notice}`),
         ...(workers !== 0 ? { afterKdf: () => WorkerPool.prestart(workers) } : {}),
       });
     } finally {
@@ -140,9 +156,9 @@ function workersSetting(option: string | undefined): number | undefined {
   return o.n;
 }
 
-function lockWaitSetting(option: string | undefined): number {
+function lockWaitSetting(option: string | undefined): number | undefined {
   const o = numberSetting(option, "--lock-wait", "VMVAULT_LOCK_WAIT");
-  if (o === undefined) return 0;
+  if (o === undefined) return undefined;
   if (!Number.isFinite(o.n) || o.n < 0 || o.n > 7 * 24 * 3600) throw new UsageError(`${o.source}: give a number of seconds from 0 to 604800`);
   return Math.round(o.n * 1000);
 }

@@ -63,6 +63,27 @@ export function assertKdfStrength(params: KdfStrength, allowWeak: boolean): void
   }
 }
 
+/** New passphrases shorter than this many characters are refused outside tests. */
+export const PASSPHRASE_MIN_CHARS = 8;
+
+/** Characters (Unicode code points) in a UTF-8 passphrase, without decoding it into a string. */
+export function passphraseChars(passphrase: Secret): number {
+  let n = 0;
+  for (const b of passphrase.bytes) if ((b & 0xc0) !== 0x80) n++;
+  return n;
+}
+
+/**
+ * Refuses a new passphrase shorter than {@link PASSPHRASE_MIN_CHARS} unless weak parameters are
+ * explicitly allowed (tests, which the CLI warns about instead). Argon2id slows guessing; it
+ * cannot make a one-word passphrase strong.
+ */
+export function assertPassphraseStrength(passphrase: Secret, allowWeak: boolean): void {
+  if (!allowWeak && passphraseChars(passphrase) < PASSPHRASE_MIN_CHARS) {
+    throw new UsageError(`the new passphrase is shorter than ${PASSPHRASE_MIN_CHARS} characters`, "choose a longer one, for example a few random words or `openssl rand -base64 32`");
+  }
+}
+
 /** Derives a 32-byte key from a passphrase with Argon2id. */
 export async function deriveKey(passphrase: Secret, params: KdfParams): Promise<Secret> {
   const input = Buffer.from(passphrase.bytes);

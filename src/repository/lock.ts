@@ -1,4 +1,4 @@
-import { LockedError } from "../errors.js";
+import { LockedError, type LockHolder } from "../errors.js";
 import { FormatError } from "../format/codec.js";
 import { encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { LOCK_PREFIX, lockKey } from "../format/layout.js";
@@ -8,8 +8,8 @@ import { toHex, utf8 } from "../util/bytes.js";
 import type { Repository } from "./repository.js";
 
 /** A lock not refreshed for this long is considered abandoned by a crashed host. */
-const STALE_AFTER_MS = 30 * 60 * 1000;
-const REFRESH_EVERY_MS = 5 * 60 * 1000;
+export const STALE_AFTER_MS = 30 * 60 * 1000;
+export const REFRESH_EVERY_MS = 5 * 60 * 1000;
 
 export interface Lock {
   release(): Promise<void>;
@@ -22,8 +22,18 @@ export interface LockOptions {
    */
   readonly waitMs?: number;
   /** Told once, when the first attempt finds the repository busy and waiting begins. */
-  readonly onWait?: (holder: string) => void;
+  readonly onWait?: LockWaitListener;
 }
+
+/** What a command waits for: who holds the repository, and until when it waits at most. */
+export interface LockWait {
+  readonly holder: LockHolder;
+  readonly waitMs: number;
+  readonly until: string;
+}
+
+/** `notice` is one line for people ("waiting up to … for …"); `wait` the same as data. */
+export type LockWaitListener = (notice: string, wait: LockWait) => void;
 
 const RETRY_EVERY_MS = 250;
 const RETRY_AT_MOST_MS = 2000;
@@ -34,7 +44,7 @@ const RETRY_AT_MOST_MS = 2000;
  * injected clock, so a frozen test clock cannot make it wait forever).
  */
 export async function acquireLock(repo: Repository, operation: string, exclusive: boolean, options: LockOptions = {}): Promise<Lock> {
-  const waitMs = options.waitMs ?? repo.env.lockWaitMs;
+  const waitMs = options.waitMs ?? repo.env.lockWaitMs ?? 0;
   let waited = 0;
   let pause = RETRY_EVERY_MS;
   let told = false;
@@ -43,13 +53,48 @@ export async function acquireLock(repo: Repository, operation: string, exclusive
       return await tryLock(repo, operation, exclusive);
     } catch (e) {
       if (!(e instanceof LockedError) || waited + pause > waitMs) throw e;
-      if (!told) (options.onWait ?? repo.env.onLockWait)?.(e.message);
+      if (!told && e.holder !== undefined) {
+        const now = repo.env.clock();
+        const until = new Date(now.getTime() + waitMs - waited).toISOString();
+        const notice = `waiting up to ${formatSeconds(waitMs)} (until ${until}) for ${describeHolder(e.holder, now)}; the lock expires as stale at ${e.holder.staleAt} unless its holder refreshes it`;
+        (options.onWait ?? repo.env.onLockWait)?.(notice, { holder: e.holder, waitMs, until });
+      }
       told = true;
       await new Promise((resolve) => setTimeout(resolve, pause));
       waited += pause;
       pause = Math.min(pause * 2, RETRY_AT_MOST_MS);
     }
   }
+}
+
+function formatSeconds(ms: number): string {
+  const s = Math.round(ms / 1000);
+  return s >= 3600 && s % 3600 === 0 ? `${s / 3600} h` : s >= 60 && s % 60 === 0 ? `${s / 60} min` : `${s} s`;
+}
+
+/** "3 s", "12 min", "2 h 5 min": how long ago, for people. */
+function formatAge(ms: number): string {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 120) return `${s} s`;
+  const min = Math.round(s / 60);
+  return min < 120 ? `${min} min` : `${Math.floor(min / 60)} h ${min % 60} min`;
+}
+
+/** "the re-encryption (shared lock locks/…) of pid 4242 on another host (host id 1a2b3c4d), since … (3 min ago), last refreshed …". */
+export function describeHolder(h: LockHolder, now: Date): string {
+  const host = h.thisHost ? "this host" : `another host (host id ${h.hostId})`;
+  const ago = (t: string): string => `${t} (${formatAge(now.getTime() - Date.parse(t))} ago)`;
+  return `the ${h.operation} (${h.exclusive ? "exclusive" : "shared"} lock ${h.key}) of pid ${h.pid} on ${host}, since ${ago(h.createdAt)}, last refreshed ${ago(h.refreshedAt)}`;
+}
+
+/** What to do about a conflicting lock: wait, or, for a holder known to be dead elsewhere, remove its lock. */
+function lockHint(repo: Repository, h: LockHolder): string {
+  const wait = "wait for it to finish and run the command again, or pass --lock-wait SECONDS (VMVAULT_LOCK_WAIT) to wait for it";
+  if (h.thisHost) return `${wait}; process ${h.pid} is running on this host, so its lock stands until it ends`;
+  return (
+    `${wait}; unless its holder refreshes it (a running one does every ${REFRESH_EVERY_MS / 60_000} minutes), the lock expires as stale at ${h.staleAt}; ` +
+    `if process ${h.pid} on host ${h.hostId} is known to be dead, remove ${h.key} from the repository (${repo.store.location}) and run the command again`
+  );
 }
 
 function hostHash(repo: Repository): string {
@@ -95,9 +140,22 @@ async function tryLock(repo: Repository, operation: string, exclusive: boolean):
     }
     if (exclusive || other.exclusive) {
       await store.delete(currentKey);
+      const holder: LockHolder = {
+        key,
+        operation: other.operation,
+        exclusive: other.exclusive,
+        pid: other.pid,
+        thisHost: other.hostHash === mine,
+        hostId: other.hostHash.slice(0, 8),
+        createdAt: other.createdAt,
+        refreshedAt: other.refreshedAt,
+        staleAt: new Date(Date.parse(other.refreshedAt) + STALE_AFTER_MS).toISOString(),
+      };
       throw new LockedError(
-        `the repository is locked by another ${other.operation} (${other.exclusive ? "exclusive" : "shared"} lock since ${other.createdAt})`,
-        "wait for it to finish and run the command again",
+        `the repository is locked by another ${other.operation} (${other.exclusive ? "exclusive" : "shared"} lock since ${other.createdAt}, ` +
+          `held by pid ${other.pid} on ${holder.thisHost ? "this host" : `another host (host id ${holder.hostId}; this host is ${mine.slice(0, 8)})`}, last refreshed ${formatAge(age)} ago)`,
+        lockHint(repo, holder),
+        holder,
       );
     }
   }

@@ -1,7 +1,7 @@
 import os from "node:os";
 import { AuthError, IntegrityError, UsageError, VaultError } from "../errors.js";
 import { CryptoSuite, type RandomSource } from "../crypto/suite.js";
-import { assertKdfStrength, KDF_DEFAULT, type KdfStrength } from "../crypto/kdf.js";
+import { assertKdfStrength, assertPassphraseStrength, KDF_DEFAULT, type KdfStrength } from "../crypto/kdf.js";
 import { Secret } from "../crypto/secret.js";
 import { FormatError } from "../format/codec.js";
 import { parseConfigMeta, encodeConfigMeta, LZ4_LEVEL, ZSTD_DEFAULT_LEVEL, type RepoConfig } from "../format/config.js";
@@ -18,6 +18,7 @@ import { toHex } from "../util/bytes.js";
 import { Repository, type Environment } from "./repository.js";
 import { NotARepositoryError, type NotARepositoryKind } from "./errors.js";
 import { RegistryPin } from "./pin.js";
+import type { LockWaitListener } from "./lock.js";
 
 export interface CommonOptions {
   readonly store: Store;
@@ -31,11 +32,11 @@ export interface CommonOptions {
   readonly stateDir?: string;
   /**
    * How long to wait for another operation's conflicting lock before failing with E_LOCKED,
-   * in milliseconds (default 0).
+   * in milliseconds (default 0; re-encryption's cleanup waits up to an hour unless it is given).
    */
   readonly lockWaitMs?: number;
-  /** Told when a command starts waiting for another's lock (see lockWaitMs). */
-  readonly onLockWait?: (holder: string) => void;
+  /** Told once when a command starts waiting for another's lock: who holds it, and until when it waits. */
+  readonly onLockWait?: LockWaitListener;
 }
 
 export interface InitOptions extends CommonOptions {
@@ -75,7 +76,13 @@ function compressionChoice(c: InitOptions["config"]): Pick<RepoConfig, "compress
 }
 
 export function environment(o: CommonOptions): Environment {
-  return { clock: o.clock ?? (() => new Date()), hostname: o.hostname ?? os.hostname(), pid: process.pid, lockWaitMs: o.lockWaitMs ?? 0, ...(o.onLockWait === undefined ? {} : { onLockWait: o.onLockWait }) };
+  return {
+    clock: o.clock ?? (() => new Date()),
+    hostname: o.hostname ?? os.hostname(),
+    pid: process.pid,
+    ...(o.lockWaitMs === undefined ? {} : { lockWaitMs: o.lockWaitMs }),
+    ...(o.onLockWait === undefined ? {} : { onLockWait: o.onLockWait }),
+  };
 }
 
 export function fingerprintOf(crypto: CryptoSuite, signPublicKey: Uint8Array): string {
@@ -118,6 +125,7 @@ export async function initRepository(o: InitOptions): Promise<Repository> {
   assertUserName(o.user);
   const kdf = o.kdf ?? KDF_DEFAULT;
   assertKdfStrength(kdf, o.allowWeakKdf === true);
+  assertPassphraseStrength(o.passphrase, o.allowWeakKdf === true);
   const store = o.store;
   if ((await store.stat(CONFIG_KEY)) !== undefined) {
     throw new VaultError("E_EXISTS", `a repository already exists at ${store.location}`);

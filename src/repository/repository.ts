@@ -8,16 +8,20 @@ import type { Secret } from "../crypto/secret.js";
 import { IntegrityError, VaultError } from "../errors.js";
 import type { RegistryPin } from "./pin.js";
 import type { KdfStrength } from "../crypto/kdf.js";
+import type { LockWaitListener } from "./lock.js";
 
 /** Injected environment: clock, host name, progress sink. */
 export interface Environment {
   readonly clock: () => Date;
   readonly hostname: string;
   readonly pid: number;
-  /** How long lock acquisition waits for a conflicting operation to finish (ms; 0 = fail at once). */
-  readonly lockWaitMs: number;
-  /** Told when a lock acquisition starts waiting, with what holds the repository. */
-  readonly onLockWait?: (holder: string) => void;
+  /**
+   * How long lock acquisition waits for a conflicting operation to finish (ms; 0 = fail at
+   * once). Unset: 0, except re-encryption's cleanup, which then waits up to an hour.
+   */
+  readonly lockWaitMs?: number;
+  /** Told when a lock acquisition starts waiting, with what holds the repository and until when. */
+  readonly onLockWait?: LockWaitListener;
 }
 
 /**

@@ -23,6 +23,8 @@ export interface ReencryptState {
   /** Packs that existed when re-encryption started (all under older session keys). */
   readonly oldPacks: readonly string[];
   readonly donePacks: readonly string[];
+  /** Snapshots rewritten in all, counted when the snapshot phase ends (absent before, and in older checkpoints). */
+  readonly doneSnapshots?: number;
   /** Sessions whose keys encrypted old data; deleted at the end. */
   readonly oldSessions: readonly string[];
   readonly checkpoint: number;
@@ -65,6 +67,7 @@ export async function readCheckpoint(repo: Repository): Promise<ReencryptState |
       phase,
       oldPacks: strings(o["oldPacks"], "oldPacks"),
       donePacks: strings(o["donePacks"], "donePacks"),
+      ...(o["doneSnapshots"] === undefined ? {} : { doneSnapshots: int(o, "doneSnapshots") }),
       oldSessions: strings(o["oldSessions"], "oldSessions"),
       checkpoint: int(meta, "checkpoint"),
     };

@@ -1,19 +1,20 @@
 import { grantPrefix, INDEX_PREFIX, PACK_PREFIX, packKey, parsePackKey, sessionPrefix } from "../format/layout.js";
 import { readPackSession } from "../pack/reader.js";
 import { readIndexFile } from "../repository/index-files.js";
-import { acquireLock } from "../repository/lock.js";
+import { LockedError } from "../errors.js";
+import { acquireLock, type Lock } from "../repository/lock.js";
 import type { Repository } from "../repository/repository.js";
 import { listAll } from "../storage/types.js";
 import { appendRegistryVersion } from "../users/registry-update.js";
-import type { ProgressSink } from "../util/progress.js";
 import type { ReencryptState } from "./checkpoint.js";
 
 /**
- * Backups may run during a re-encryption; its cleanup waits for them rather than failing
- * after hours of work. A dead holder's lock is cleared by the lock itself, so this bounds
- * only the wait for live ones.
+ * Backups may run during a re-encryption; its cleanup waits for them (this long unless the
+ * caller set lockWaitMs, `--lock-wait` in the CLI) rather than stopping as soon as rewriting is
+ * done. A lock not refreshed for 30 minutes (a dead holder on another host) expires meanwhile,
+ * and one of a dead process on this host is cleared at once.
  */
-const WAIT_FOR_BACKUPS_MS = 12 * 60 * 60 * 1000;
+export const CLEANUP_WAIT_MS = 60 * 60 * 1000;
 
 /**
  * The last phase of re-encryption, under an exclusive lock (waiting for running backups to
@@ -21,11 +22,18 @@ const WAIT_FOR_BACKUPS_MS = 12 * 60 * 60 * 1000;
  * indexed, so the old index files, packs (indexed or left over by interrupted backups) and
  * session keys are deleted, and the old epochs are marked destroyed with their grants removed.
  */
-export async function finishReencryption(repo: Repository, state: ReencryptState, progress?: ProgressSink): Promise<number[]> {
-  const lock = await acquireLock(repo, "re-encryption cleanup", true, {
-    waitMs: WAIT_FOR_BACKUPS_MS,
-    onWait: (holder) => progress?.({ phase: "waiting for running operations to finish", done: 0, unit: "items", item: holder }),
-  });
+export async function finishReencryption(repo: Repository, state: ReencryptState): Promise<number[]> {
+  let lock: Lock;
+  try {
+    lock = await acquireLock(repo, "re-encryption cleanup", true, { waitMs: repo.env.lockWaitMs ?? CLEANUP_WAIT_MS });
+  } catch (e) {
+    if (!(e instanceof LockedError) || e.holder === undefined) throw e;
+    throw new LockedError(
+      `${e.message}; every pack and snapshot is re-encrypted already, only the cleanup (deleting the old data and keys) is left`,
+      `${e.hint ?? "run the command again"} (\`vmvault key rotate --reencrypt\` resumes at the cleanup)`,
+      e.holder,
+    );
+  }
   try {
     const oldPacks = new Set(state.oldPacks);
     const oldSessions = new Set(state.oldSessions);

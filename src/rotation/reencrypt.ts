@@ -36,8 +36,12 @@ export interface ReencryptOptions {
 export interface ReencryptResult {
   readonly epoch: number;
   readonly resumed: boolean;
+  /** Old packs rewritten in all, by this run and any interrupted ones it resumed. */
   readonly packsRewritten: number;
+  /** Snapshots rewritten in all, likewise. */
   readonly snapshotsRewritten: number;
+  /** What this run itself rewrote (less than the totals when it resumed). */
+  readonly thisRun: { readonly packs: number; readonly snapshots: number };
   readonly destroyedEpochs: readonly number[];
 }
 
@@ -179,11 +183,13 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
       const reader = new BlobReader(repo, await loadIndex(repo), sessions, new Compressor(repo.config));
       const all = await listSnapshotKeys(repo);
       let n = 0;
+      let doneSnapshots = 0;
       for (const [, keys] of all) {
         progress?.({ phase: "re-encrypt snapshots", done: ++n, total: all.size, unit: "items" });
         const newest = keys[0];
         if (newest === undefined) continue;
         const rec = await readSnapshot(repo, newest);
+        if (rec.meta.sessionId === state.sessionId) doneSnapshots++;
         if (rec.meta.sessionId === state.sessionId || !oldSessions.has(rec.meta.sessionId)) continue;
         const body = await readSnapshotBody(repo, sessions, rec);
         let newBody: SnapshotBody = body;
@@ -197,10 +203,11 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
         await rewriteSnapshot(repo, rec, newBody, state.sessionId, session.key);
         for (const k of keys) await repo.store.delete(k);
         snapshotsRewritten++;
+        doneSnapshots++;
       }
       await packs.flush();
       await index.flush();
-      state = await writeCheckpoint(repo, { ...state, phase: "cleanup" }, state.checkpoint);
+      state = await writeCheckpoint(repo, { ...state, phase: "cleanup", doneSnapshots }, state.checkpoint);
     }
   } finally {
     // After a failure, the open pack's partial bytes go; after success there is none.
@@ -208,9 +215,16 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
     sessions.dispose();
     await lock.release();
   }
-  const destroyedEpochs = await finishReencryption(repo, state, progress);
+  const destroyedEpochs = await finishReencryption(repo, state);
   await deleteCheckpoints(repo);
-  return { epoch: state.targetEpoch, resumed, packsRewritten, snapshotsRewritten, destroyedEpochs };
+  return {
+    epoch: state.targetEpoch,
+    resumed,
+    packsRewritten: state.donePacks.length,
+    snapshotsRewritten: state.doneSnapshots ?? snapshotsRewritten,
+    thisRun: { packs: packsRewritten, snapshots: snapshotsRewritten },
+    destroyedEpochs,
+  };
 }
 
 /** Decrypts and verifies every chunk of one old pack and writes it again under the new session. */

@@ -1,8 +1,8 @@
-import { UsageError, VaultError } from "../errors.js";
-import { assertKdfStrength, type KdfStrength } from "../crypto/kdf.js";
+import { LockedError, UsageError, VaultError } from "../errors.js";
+import { assertKdfStrength, assertPassphraseStrength, type KdfStrength } from "../crypto/kdf.js";
 import type { Secret } from "../crypto/secret.js";
 import type { GrantSecrets } from "../format/grant.js";
-import { grantKey, slotKey, slotPrefix } from "../format/layout.js";
+import { grantKey, grantPrefix, slotKey, slotPrefix } from "../format/layout.js";
 import type { RegistryUser } from "../format/registry.js";
 import { encodeGrant } from "../keys/grant.js";
 import { isRole, type Role } from "../keys/roles.js";
@@ -38,7 +38,9 @@ export async function listUsers(repo: Repository): Promise<UserSummary[]> {
 /** The secrets of one epoch the admin holds, as grant parts. */
 function epochSecrets(repo: Repository, epoch: number): GrantSecrets {
   const e = repo.keyring.epoch(epoch);
-  if (e === undefined) throw new VaultError("E_INTEGRITY", `you hold no grant of key epoch ${epoch}`);
+  if (e === undefined) {
+    throw new VaultError("E_ACCESS_DENIED", `you hold no grant of key epoch ${epoch}`, { hint: "only an admin who holds that epoch can grant it; see `vmvault key status`" });
+  }
   const out: GrantSecrets = {};
   for (const [part, secret] of Object.entries(e.secrets)) out[part as keyof GrantSecrets] = secret.bytes;
   return out;
@@ -50,23 +52,51 @@ export function liveEpochs(repo: Repository): number[] {
   return latest.epochs.map((e) => e.id).filter((id) => !latest.destroyedEpochs.includes(id));
 }
 
-/** Seals one user's share of each live epoch and stores it (signed by the root key). */
-export async function writeGrants(repo: Repository, user: RegistryUser, epochs: readonly number[]): Promise<void> {
+/**
+ * The epochs a new user (or a user's new grants) should get: every live epoch whose grants are
+ * still in force, which the granting admin holds like every other current user. A rotation
+ * re-seals every envelope to the new epoch and then revokes the older epochs' grants, so a
+ * retired epoch nobody holds any more guards nothing the current one does not open; retired
+ * epochs are kept (and granted) only while re-encryption still needs them (with a new chunk-ID
+ * key, or after a rotation that left damaged objects). `notHeld`: live epochs other users still
+ * hold but this admin does not, which the new user cannot get from them.
+ */
+export async function grantableEpochs(repo: Repository): Promise<{ held: number[]; notHeld: number[] }> {
+  const held: number[] = [];
+  const notHeld: number[] = [];
+  for (const id of liveEpochs(repo)) {
+    if (repo.keyring.epoch(id) !== undefined) held.push(id);
+    else if ((await listAll(repo.store, grantPrefix(id))).length > 0) notHeld.push(id);
+  }
+  return { held, notHeld };
+}
+
+/** One user's share of one epoch, sealed and signed by the root key: what writeGrants stores. */
+function sealGrant(repo: Repository, user: RegistryUser, epoch: number, root: Secret): { key: string; bytes: Uint8Array } {
+  const all = epochSecrets(repo, epoch);
+  const secrets: GrantSecrets = { ...all, root: root.bytes };
+  const bytes = encodeGrant(
+    repo.crypto,
+    { repoId: repo.repoId, epoch, user: user.name, role: user.role, recipient: toHex(user.signPublicKey), grantedBy: repo.userName, grantedAt: repo.now() },
+    user.boxPublicKey,
+    secrets,
+    root,
+  );
+  return { key: grantKey(epoch, user.name, fingerprintOf(repo.crypto, user.signPublicKey)), bytes };
+}
+
+function rootKeyOf(repo: Repository): Secret {
   const root = repo.keyring.rootSecretKey;
   if (root === undefined) throw new VaultError("E_ACCESS_DENIED", "access denied: only an admin holds the root key");
-  const fp = fingerprintOf(repo.crypto, user.signPublicKey);
-  for (const epoch of epochs) {
-    const all = epochSecrets(repo, epoch);
-    const secrets: GrantSecrets = { ...all, root: root.bytes };
-    const bytes = encodeGrant(
-      repo.crypto,
-      { repoId: repo.repoId, epoch, user: user.name, role: user.role, recipient: toHex(user.signPublicKey), grantedBy: repo.userName, grantedAt: repo.now() },
-      user.boxPublicKey,
-      secrets,
-      root,
-    );
-    await repo.store.putIfAbsent(grantKey(epoch, user.name, fp), bytes);
-  }
+  return root;
+}
+
+/** Seals one user's share of each given epoch and stores it (signed by the root key). */
+export async function writeGrants(repo: Repository, user: RegistryUser, epochs: readonly number[]): Promise<void> {
+  const root = rootKeyOf(repo);
+  // Every grant is sealed before any is stored: an epoch the admin lacks writes nothing.
+  const grants = epochs.map((epoch) => sealGrant(repo, user, epoch, root));
+  for (const g of grants) await repo.store.putIfAbsent(g.key, g.bytes);
 }
 
 async function nextSlotGeneration(repo: Repository, name: string): Promise<number> {
@@ -83,20 +113,45 @@ export interface AddUserOptions {
   readonly allowWeakKdf?: boolean;
 }
 
+/** What `user add` reports: the new user, the key epochs granted to them, and any they could not get. */
+export interface AddedUser extends UserSummary {
+  readonly epochs: readonly number[];
+  /** Live epochs other users still hold but the adding admin does not (see {@link grantableEpochs}). */
+  readonly notGranted: readonly number[];
+}
+
 /** Admin only: creates the user's identity and key slot, seals their grants, then publishes a registry version. */
-export async function addUser(repo: Repository, o: AddUserOptions): Promise<UserSummary> {
+export async function addUser(repo: Repository, o: AddUserOptions): Promise<AddedUser> {
   await authorizeAudited(repo, "admin", "user add", { user: o.name, role: o.role });
   return audited(repo, { entry: { action: "user add", target: { user: o.name, role: o.role } }, started: false, run: () => createUser(repo, o) });
 }
 
-async function createUser(repo: Repository, o: AddUserOptions): Promise<UserSummary> {
-  assertUserName(o.name);
+/** Refuses a name that is not valid or already taken, before anything else is asked for. */
+export function assertNewUserName(repo: Repository, name: string): void {
+  assertUserName(name);
+  if (repo.chain.latest.users.some((u) => u.name === name)) {
+    throw new VaultError("E_EXISTS", `user ${name} already exists`, { hint: "pick another name, or see `vmvault user list`" });
+  }
+}
+
+/**
+ * Everything that can fail without writing (checks, sealing the slot and every grant) comes
+ * first; then the slot, the grants and the registry version are stored in that order, and if a
+ * later one fails the earlier ones are deleted again, so a failed `user add` leaves no key slot.
+ */
+async function createUser(repo: Repository, o: AddUserOptions): Promise<AddedUser> {
+  assertNewUserName(repo, o.name);
   if (!isRole(o.role)) throw new UsageError(`unknown role ${JSON.stringify(o.role)}`, "roles: admin, operator, backup, restorer, auditor");
   assertKdfStrength(o.kdf, o.allowWeakKdf === true);
-  if (repo.chain.latest.users.some((u) => u.name === o.name)) throw new VaultError("E_EXISTS", `user ${o.name} already exists`);
+  assertPassphraseStrength(o.passphrase, o.allowWeakKdf === true);
+  const root = rootKeyOf(repo);
+  const genesisRoot = repo.chain.versions[0]?.rootPublicKey;
+  if (genesisRoot === undefined) throw new VaultError("E_INTEGRITY", "the registry has no first version");
+  const { held, notHeld } = await grantableEpochs(repo);
   const crypto = repo.crypto;
   const sign = crypto.signKeyPair();
   const box = crypto.boxKeyPair();
+  const written: string[] = [];
   try {
     const now = repo.now();
     const user: RegistryUser = {
@@ -107,8 +162,7 @@ async function createUser(repo: Repository, o: AddUserOptions): Promise<UserSumm
       addedBy: repo.userName,
       addedAt: now,
     };
-    const genesisRoot = repo.chain.versions[0]?.rootPublicKey;
-    if (genesisRoot === undefined) throw new VaultError("E_INTEGRITY", "the registry has no first version");
+    const grants = held.map((epoch) => sealGrant(repo, user, epoch, root));
     const generation = await nextSlotGeneration(repo, o.name);
     const slot = await wrapSlot(
       crypto,
@@ -116,10 +170,17 @@ async function createUser(repo: Repository, o: AddUserOptions): Promise<UserSumm
       o.passphrase,
       { signSecretKey: sign.secretKey.bytes, boxSecretKey: box.secretKey.bytes, rootPublicKey: genesisRoot },
     );
-    await repo.store.putIfAbsent(slotKey(o.name, generation), slot);
-    await writeGrants(repo, user, liveEpochs(repo));
-    await appendRegistryVersion(repo, `user add ${o.name} (${o.role})`, (doc) => ({ ...doc, users: [...doc.users, user] }));
-    return { name: user.name, role: user.role, fingerprint: fingerprintOf(crypto, user.signPublicKey), addedBy: user.addedBy, addedAt: now };
+    try {
+      for (const { key, bytes } of [{ key: slotKey(o.name, generation), bytes: slot }, ...grants]) {
+        if (!(await repo.store.putIfAbsent(key, bytes))) throw new LockedError(`${key} was written by someone else meanwhile`, "run the command again");
+        written.push(key);
+      }
+      await appendRegistryVersion(repo, `user add ${o.name} (${o.role})`, (doc) => ({ ...doc, users: [...doc.users, user] }));
+    } catch (e) {
+      for (const key of written.reverse()) await repo.store.delete(key).catch(() => undefined);
+      throw e;
+    }
+    return { name: user.name, role: user.role, fingerprint: fingerprintOf(crypto, user.signPublicKey), addedBy: user.addedBy, addedAt: now, epochs: held, notGranted: notHeld };
   } finally {
     sign.secretKey.dispose();
     box.secretKey.dispose();
@@ -173,6 +234,7 @@ async function deleteUser(repo: Repository, name: string): Promise<RemovedUserSu
 /** Any user: rewraps their own key slot under a new passphrase (one slot rewritten, old one deleted). */
 export async function changePassphrase(repo: Repository, newPassphrase: Secret, kdf: KdfStrength, allowWeakKdf = false): Promise<void> {
   assertKdfStrength(kdf, allowWeakKdf);
+  assertPassphraseStrength(newPassphrase, allowWeakKdf);
   await audited(repo, { entry: { action: "user passwd", target: { user: repo.userName } }, started: false, run: () => rewrapSlot(repo, newPassphrase, kdf) });
 }
 

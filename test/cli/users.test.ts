@@ -105,6 +105,88 @@ describe("users", () => {
     expect((await vault(repo, "op2", "op2-pass")(["snapshots"])).code).toBe(3);
   });
 
+  it("user add after a rotation grants the current epoch, and the new restorer reads snapshots stored before it", async () => {
+    const repo = path.join(tmp("repo"), "r");
+    const admin = vault(repo);
+    expect((await admin(["init"])).code).toBe(0);
+    const image = path.join(tmp("src"), "vm.raw");
+    await makeImage(image, { sizeMiB: 1 });
+    expect((await admin(["backup", "--vm", "vm", image])).code).toBe(0);
+    const rotated = await admin(["key", "rotate"]);
+    expect(rotated.code, rotated.stderr).toBe(0);
+    const add = await admin(["--json", "user", "add", "late", "--role", "restorer"], { env: { VMVAULT_NEW_PASSPHRASE: "late-pass" } });
+    expect(add.code, add.stderr).toBe(0);
+    const added = JSON.parse(add.stdout) as { name: string; epochs: number[]; notGranted: number[] };
+    expect([added.name, added.epochs, added.notGranted]).toEqual(["late", [2], []]);
+    const late = vault(repo, "late", "late-pass");
+    const out = tmp("out");
+    const restored = await late(["restore", "latest", "--target", out, "--reason", "after rotation"]);
+    expect(restored.code, restored.stderr).toBe(0);
+    expect(await sha256File(path.join(out, "vm.raw"))).toBe(await sha256File(image));
+    // user remove --rotate: the same path, one epoch further.
+    expect((await admin(["user", "remove", "late", "--rotate"])).code).toBe(0);
+    const again = await admin(["user", "add", "late2", "--role", "backup"], { env: { VMVAULT_NEW_PASSPHRASE: "late2-pass" } });
+    expect(again.code, again.stderr).toBe(0);
+    expect((await vault(repo, "late2", "late2-pass")(["backup", "--vm", "vm", image])).code).toBe(0);
+  });
+
+  it("a user add that cannot finish leaves no key slot or grant behind, and a missing grant is not an integrity failure", async () => {
+    const { repo } = await repoWithOperator();
+    const lib = await openVault({ store: new FsStore(repo), user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE) });
+    const before = (await files(repo)).filter((f) => !f.startsWith("audit"));
+    try {
+      // Someone else claims the next registry version first: the add loses the race.
+      const store = lib.repository.store;
+      const putIfAbsent = store.putIfAbsent.bind(store);
+      store.putIfAbsent = async (key, bytes) => (key.startsWith("registry/") ? false : putIfAbsent(key, bytes));
+      const lost = await lib.addUser({ name: "racer", role: "backup", passphrase: Secret.fromString("racer-pass"), kdf: KDF_TEST, allowWeakKdf: true }).catch((e: unknown) => e);
+      expect(lost).toMatchObject({ code: "E_LOCKED" });
+      store.putIfAbsent = putIfAbsent;
+      expect((await files(repo)).filter((f) => !f.startsWith("audit"))).toEqual(before);
+      // An epoch this admin holds no grant of cannot be granted: access denied (exit 4), not exit 5.
+      const { writeGrants } = await import("../../src/users/users.js");
+      const op = lib.repository.chain.latest.users.find((u) => u.name === "op");
+      if (op === undefined) throw new Error("no op");
+      const missing = await writeGrants(lib.repository, op, [1, 7]).catch((e: unknown) => e);
+      expect(missing).toMatchObject({ code: "E_ACCESS_DENIED", message: "you hold no grant of key epoch 7" });
+      expect((await files(repo)).filter((f) => !f.startsWith("audit"))).toEqual(before);
+    } finally {
+      await lib.close();
+    }
+    expect((await files(repo)).filter((f) => f.startsWith("keys/racer") || f.includes("racer-"))).toEqual([]);
+  });
+
+  it("user add with a taken name says so before asking for a new passphrase", async () => {
+    const { admin } = await repoWithOperator();
+    // No VMVAULT_NEW_PASSPHRASE and no terminal: asking would be a usage error (exit 2).
+    const r = await admin(["user", "add", "op", "--role", "backup"], { env: { VMVAULT_NEW_PASSPHRASE: undefined } });
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toMatch(/user op already exists/);
+    expect(r.stderr).not.toMatch(/NEW_PASSPHRASE/);
+  });
+
+  it("a new passphrase shorter than 8 characters is refused outside tests, and only warned about with test parameters", async () => {
+    const { repo, admin } = await repoWithOperator();
+    const weak = await admin(["user", "add", "short", "--role", "backup"], { env: { VMVAULT_NEW_PASSPHRASE: "1234567" } });
+    expect(weak.code, weak.stderr).toBe(0);
+    expect(weak.stderr).toMatch(/warning: the new passphrase is shorter than 8 characters; accepted only because VMVAULT_INSECURE_TEST_KDF=1/);
+    const refused = await admin(["user", "add", "short2", "--role", "backup"], { env: { VMVAULT_INSECURE_TEST_KDF: undefined, VMVAULT_NEW_PASSPHRASE: "1234567" } });
+    expect(refused.code, refused.stderr).toBe(2);
+    expect(refused.stderr).toMatch(/the new passphrase is shorter than 8 characters/);
+    const passwd = await vault(repo, "op", "op-pass")(["user", "passwd"], { env: { VMVAULT_INSECURE_TEST_KDF: undefined, VMVAULT_NEW_PASSPHRASE: "ab" } });
+    expect(passwd.code, passwd.stderr).toBe(2);
+    expect((await files(repo)).filter((f) => f.startsWith("keys/short2"))).toEqual([]);
+    const dir = path.join(tmp("repo"), "short");
+    const init = await runCli(["--repo", dir, "--user", "admin", "init"], { env: { VMVAULT_INSECURE_TEST_KDF: undefined, VMVAULT_PASSPHRASE: "pw", VMVAULT_STATE_DIR: `${dir}-state` } });
+    expect(init.code, init.stderr).toBe(2);
+    expect(await fsp.readdir(dir).catch(() => [])).toEqual([]);
+    // Eight characters (not bytes: "é" is two) are enough.
+    const ok = await admin(["user", "add", "long", "--role", "backup"], { env: { VMVAULT_INSECURE_TEST_KDF: undefined, VMVAULT_NEW_PASSPHRASE: "ééééé123" } });
+    expect(ok.code, ok.stderr).toBe(0);
+    // The passphrase unlocks (a wrong one would be exit 3); listing is beyond a backup user's role.
+    expect((await vault(repo, "long", "ééééé123")(["snapshots"])).code).toBe(4);
+  });
+
   it("init refuses Argon2id parameters below the floor outside tests, writing nothing", async () => {
     const dir = path.join(tmp("repo"), "weak");
     const r = await runCli(["--repo", dir, "--user", "admin", "init", "--kdf-memory", "32"], { env: { VMVAULT_INSECURE_TEST_KDF: undefined, VMVAULT_STATE_DIR: `${dir}-state` } });

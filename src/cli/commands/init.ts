@@ -65,6 +65,7 @@ export function registerInit(program: Command): void {
         ...(chunkKiB === undefined ? {} : { imageChunkSize: chunkKiB * 1024 }),
       };
       const passphrase = await ctx.passphrase(true);
+      ctx.warnShortPassphrase(passphrase, allowWeak);
       let vault: Vault;
       try {
         vault = await Vault.init({

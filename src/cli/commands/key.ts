@@ -18,7 +18,8 @@ export async function runRotation(ctx: CliContext, vault: Vault, o: { reencrypt:
       for (const d of s.damaged) ctx.warn(`warning: ${d.object}: ${d.problem} (left as it was; old grants kept)`);
       ctx.out("data written before the rotation stays encrypted under its old session keys until `vmvault key rotate --reencrypt`");
     } else {
-      ctx.out(`re-encryption ${r.resumed ? "resumed and " : ""}finished: ${plural(r.packsRewritten, "pack")} and ${plural(r.snapshotsRewritten, "snapshot")} rewritten under epoch ${r.epoch}`);
+      const thisRun = r.resumed ? ` in all (${plural(r.thisRun.packs, "pack")} and ${plural(r.thisRun.snapshots, "snapshot")} by this run)` : "";
+      ctx.out(`re-encryption ${r.resumed ? "resumed and " : ""}finished: ${plural(r.packsRewritten, "pack")} and ${plural(r.snapshotsRewritten, "snapshot")} rewritten under epoch ${r.epoch}${thisRun}`);
       if (r.destroyedEpochs.length > 0) ctx.out(`${noun(r.destroyedEpochs.length, "epoch")} ${r.destroyedEpochs.join(", ")} destroyed: no object is readable with ${noun(r.destroyedEpochs.length, "its", "their")} keys any more`);
     }
   }

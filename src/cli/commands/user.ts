@@ -1,13 +1,13 @@
 import type { Command } from "commander";
 import { isRole, ROLES, type Role } from "../../keys/roles.js";
 import { UsageError } from "../../errors.js";
-import { assertUserName } from "../../repository/open.js";
 import { runRotation } from "./key.js";
 import { CliContext } from "../context.js";
 import { refuseBothForms } from "../options.js";
 import { noun, plural, table } from "../output.js";
 import { promptYesNo } from "../prompt.js";
 import { authorizeAudited } from "../../audit/guard.js";
+import { assertNewUserName } from "../../users/users.js";
 
 export function registerUser(program: Command): void {
   const user = program.command("user").description("manage users and roles (admin), or change your own passphrase");
@@ -24,13 +24,19 @@ export function registerUser(program: Command): void {
       try {
         await authorizeAudited(vault.repository, "admin", "user add", { user: name, role: opts.role });
         if (!isRole(opts.role)) throw new UsageError(`unknown role ${JSON.stringify(opts.role)}`, `roles: ${ROLES.join(", ")}`);
-        assertUserName(name);
+        // A taken or invalid name is refused before a new passphrase is asked for.
+        assertNewUserName(vault.repository, name);
         const { kdf, allowWeak } = ctx.newSlotKdf();
-        const passphrase = await ctx.newPassphrase(opts.newPassphraseFile, name);
+        const passphrase = await ctx.newPassphrase(opts.newPassphraseFile, name, allowWeak);
         try {
           const added = await vault.addUser({ name, role: opts.role, passphrase, kdf, allowWeakKdf: allowWeak });
           if (ctx.json) ctx.printJson(added);
           else ctx.out(`added ${added.name} as ${added.role} (key fingerprint ${added.fingerprint})`);
+          if (added.notGranted.length > 0) {
+            ctx.warn(
+              `warning: you hold no grant of key epoch ${added.notGranted.join(", ")}, which other users still hold: ${added.name} cannot read data still under ${added.notGranted.length === 1 ? "it" : "them"} until \`vmvault key rotate --reencrypt\` has finished`,
+            );
+          }
         } finally {
           passphrase.dispose();
         }
@@ -93,7 +99,7 @@ export function registerUser(program: Command): void {
       const vault = await ctx.openVault();
       try {
         const { kdf, allowWeak } = ctx.newSlotKdf();
-        const passphrase = await ctx.newPassphrase(opts.newPassphraseFile, vault.user);
+        const passphrase = await ctx.newPassphrase(opts.newPassphraseFile, vault.user, allowWeak);
         try {
           await vault.changePassphrase(passphrase, kdf, allowWeak);
         } finally {
