@@ -1,18 +1,12 @@
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { vault } from "../helpers/cli.js";
+import { initCliRepo, vault } from "../helpers/cli.js";
 import { tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
 
-async function newRepo(): Promise<{ repo: string; v: ReturnType<typeof vault> }> {
-  const repo = path.join(tmp("repo"), "r");
-  const v = vault(repo);
-  const init = await v(["init"]);
-  expect(init.code, init.stderr).toBe(0);
-  return { repo, v };
-}
+const newRepo = (): ReturnType<typeof initCliRepo> => initCliRepo(tmp("repo"));
 
 describe("usage errors exit 2 before anything is done", () => {
   it("conflicting flags: user remove --rotate --no-rotate, restore --disk with --include", async () => {

@@ -68,3 +68,12 @@ export function vault(repo: string, user = "admin", passphrase = TEST_PASSPHRASE
       env: { VMVAULT_STATE_DIR: `${repo}-state`, VMVAULT_PASSPHRASE: passphrase, ...o?.env },
     });
 }
+
+/** A new repository at DIR/r, initialised through the CLI as admin, and the runner for it. */
+export async function initCliRepo(dir: string): Promise<{ repo: string; v: ReturnType<typeof vault> }> {
+  const repo = path.join(dir, "r");
+  const v = vault(repo);
+  const init = await v(["init"]);
+  if (init.code !== 0) throw new Error(`vmvault init failed: ${init.stderr}`);
+  return { repo, v };
+}
