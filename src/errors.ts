@@ -132,6 +132,17 @@ export class InterruptedError extends VaultError {
   }
 }
 
+/** The shell's exit status for a process ended by a signal: 128 + its number (SIGINT 130, SIGTERM 143). */
+export function signalExitCode(signal: string | undefined): number {
+  const n = signal === "SIGTERM" ? 15 : 2;
+  return 128 + n;
+}
+
+/** An error's exit code: exitCodeFor its code, and for an interruption the signal's own. */
+export function exitCodeOfError(e: VaultError): number {
+  return e instanceof InterruptedError ? signalExitCode(e.signal) : exitCodeFor(e.code);
+}
+
 /** Exit codes of the command-line contract, per error code (1 for every other failure). */
 export function exitCodeFor(code: ErrorCode): number {
   switch (code) {

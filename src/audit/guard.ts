@@ -1,4 +1,4 @@
-import { AccessDeniedError, exitCodeFor, isVaultError } from "../errors.js";
+import { AccessDeniedError, exitCodeFor, exitCodeOfError, isVaultError } from "../errors.js";
 import type { AuditAction, AuditBody } from "../format/audit.js";
 import type { Action } from "../keys/roles.js";
 import type { Repository } from "../repository/repository.js";
@@ -35,7 +35,7 @@ export async function audited<T>(repo: Repository, o: AuditedRun<T>): Promise<T>
   try {
     result = await o.run();
   } catch (e) {
-    const code = isVaultError(e) ? exitCodeFor(e.code) : 1;
+    const code = isVaultError(e) ? exitCodeOfError(e) : 1;
     const message = e instanceof Error ? e.message : String(e);
     await appendAudit(repo, { ...o.entry, result: "failed", code, message }).catch(() => undefined);
     throw e;

@@ -1,12 +1,12 @@
 import { CommanderError } from "commander";
-import { exitCodeFor, isVaultError, IntegrityError } from "../errors.js";
+import { exitCodeOfError, isVaultError, IntegrityError } from "../errors.js";
 
-/** Exit codes of the command-line contract. */
-export const EXIT = { ok: 0, failure: 1, usage: 2, auth: 3, denied: 4, integrity: 5, locked: 6, interrupted: 130 } as const;
+/** Exit codes of the command-line contract; an interrupted command exits 128 + the signal's number (signalExitCode). */
+export const EXIT = { ok: 0, failure: 1, usage: 2, auth: 3, denied: 4, integrity: 5, locked: 6 } as const;
 
 export function exitCodeOf(e: unknown): number {
   if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : EXIT.usage;
-  if (isVaultError(e)) return exitCodeFor(e.code);
+  if (isVaultError(e)) return exitCodeOfError(e);
   return EXIT.failure;
 }
 

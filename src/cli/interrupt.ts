@@ -1,14 +1,14 @@
-import { EXIT } from "./exit.js";
-import { InterruptedError } from "../errors.js";
+import { InterruptedError, signalExitCode } from "../errors.js";
 
 const SIGNALS = ["SIGINT", "SIGTERM"] as const;
 
 /**
  * SIGINT and SIGTERM, handled here and nowhere else. A command that can stop cleanly (restore)
  * takes the signal with `cancellable()`: the first SIGINT or SIGTERM aborts it, and it removes
- * its partial files, records the outcome and ends with an InterruptedError (exit 130). Any other
- * command, or a second signal, ends the process at once with one line on stderr and exit 130:
- * what it wrote is safe to abandon (a backup's repository stays consistent, as after a crash).
+ * its partial files, records the outcome and ends with an InterruptedError. Any other command, or
+ * a second signal, ends the process at once with one line on stderr: what it wrote is safe to
+ * abandon (a backup's repository stays consistent, as after a crash). Either way the exit status
+ * is the shell's for that signal: 130 for SIGINT, 143 for SIGTERM.
  */
 export class Interrupts {
   readonly #controller = new AbortController();
@@ -43,6 +43,6 @@ export class Interrupts {
     const note = this.#cancellable ? "; stopped before its partial files were removed (the next restore into the same folder lists them)" : this.#note;
     // On a terminal the line starts after the echoed ^C.
     process.stderr.write(`${process.stderr.isTTY === true ? "\n" : ""}vmvault: interrupted (${signal})${note}\n`);
-    process.exit(EXIT.interrupted);
+    process.exit(signalExitCode(signal));
   }
 }

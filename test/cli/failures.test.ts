@@ -196,21 +196,24 @@ describe("interruption", () => {
     expect(after.code, after.stdout + after.stderr).toBe(0);
   });
 
-  it("a restore stopped with SIGINT removes its partial file, records the failure, says so in one line, and exits 130", async () => {
+  it.each([
+    ["SIGINT", 130],
+    ["SIGTERM", 143],
+  ] as const)("a restore stopped with %s removes its partial file, records the failure, says so in one line, and exits %i", async (signal, status) => {
     const { repo, src, v } = await newRepo();
     const image = path.join(src, "big.raw");
     await fsp.writeFile(image, seededBytes("interrupted restore", 64 * 1024 * 1024));
     expect((await v(["backup", "--vm", "vm", image])).code).toBe(0);
     const out = tmp("out");
-    const { code, stderr } = await interruptOnPartial(repo, out, "SIGINT");
-    expect(code).toBe(130);
+    const { code, stderr } = await interruptOnPartial(repo, out, signal);
+    expect(code).toBe(status);
     expect(stderr.trim().split("\n")).toHaveLength(1);
-    expect(stderr).toMatch(/^vmvault: restore interrupted \(SIGINT\); its partial files were removed/);
+    expect(stderr).toMatch(new RegExp(`^vmvault: restore interrupted \\(${signal}\\); its partial files were removed`));
     expect(await fsp.readdir(out)).toEqual([]);
     const log = await v(["audit", "log", "--json", "--action", "restore"]);
     expect(log.code, log.stderr).toBe(0);
     const records = (JSON.parse(log.stdout) as { result: string; code?: number }[]).map((r) => `${r.result}:${r.code ?? ""}`);
-    expect(records.slice(-2)).toEqual(["started:", "failed:130"]);
+    expect(records.slice(-2)).toEqual(["started:", `failed:${status}`]);
   });
 
   it("a restore killed with SIGKILL leaves a hidden partial file; the next restore into the folder names it and leaves it", async () => {
@@ -229,7 +232,10 @@ describe("interruption", () => {
     expect(await sha256File(path.join(out, "big.raw"))).toBe(await sha256File(image));
   });
 
-  it("a backup stopped with SIGINT says in one line that the repository stays consistent, and exits 130", async () => {
+  it.each([
+    ["SIGINT", 130],
+    ["SIGTERM", 143],
+  ] as const)("a backup stopped with %s says in one line that the repository stays consistent, and exits %i", async (signal, status) => {
     const { repo, src, v } = await newRepo();
     const image = path.join(src, "big.raw");
     const h = await fsp.open(image, "w");
@@ -242,10 +248,10 @@ describe("interruption", () => {
     // Stop it once its first pack is stored.
     const deadline = Date.now() + 30_000;
     while (Date.now() < deadline && (await readTree(path.join(repo, "data")).catch(() => new Map())).size === 0) await new Promise((r) => setTimeout(r, 10));
-    child.kill("SIGINT");
-    expect(await exited).toBe(130);
+    child.kill(signal);
+    expect(await exited).toBe(status);
     const lines = stderr.trim().split("\n").filter((l) => !l.startsWith("warning: VMVAULT_INSECURE_TEST_KDF"));
-    expect(lines).toEqual([expect.stringMatching(/^vmvault: interrupted \(SIGINT\); the repository stays consistent/)]);
+    expect(lines).toEqual([expect.stringMatching(new RegExp(`^vmvault: interrupted \\(${signal}\\); the repository stays consistent`))]);
     const check = await v(["check"]);
     expect(check.code, check.stdout + check.stderr).toBe(0);
   });

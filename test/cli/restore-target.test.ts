@@ -186,7 +186,7 @@ describe("an interrupted folder restore", () => {
     expect((e as Error).message).toMatch(/^restore interrupted \(SIGTERM\); its partial files were removed$/);
     expect(await fsp.readdir(out)).toEqual([]);
     const last = (await v.auditLog({ action: "restore" })).at(-1);
-    expect([last?.result, last?.code]).toEqual(["failed", 130]);
+    expect([last?.result, last?.code]).toEqual(["failed", 143]);
     await v.close();
   });
 });
