@@ -1,7 +1,8 @@
 import { spawnSync } from "node:child_process";
 import os from "node:os";
+import { promises as fsp } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { LockedError } from "../src/errors.js";
+import { InterruptedError, LockedError } from "../src/errors.js";
 import { encodeEnvelope, ObjectKind, parseEnvelope } from "../src/format/envelope.js";
 import { LOCK_PREFIX, lockKey } from "../src/format/layout.js";
 import { encodeLockMeta, parseLockMeta } from "../src/format/lock.js";
@@ -11,7 +12,7 @@ import { listAll } from "../src/storage/types.js";
 import { openVault, Secret } from "../src/index.js";
 import { FsStore } from "../src/storage/fs.js";
 import { FaultyStore } from "../src/storage/faulty.js";
-import { runCli, TEST_PASSPHRASE, vault } from "./helpers/cli.js";
+import { runCli, startCli, TEST_PASSPHRASE, vault } from "./helpers/cli.js";
 import { initTestVault, makeImage, tempDirs } from "./helpers/fixtures.js";
 
 const tmp = tempDirs();
@@ -151,6 +152,51 @@ describe("repository locks", () => {
     expect("resumed" in done && done.resumed).toBe(true);
     expect((await v.keyStatus()).reencryption).toBeNull();
     await v.close();
+  });
+
+  it("a wait for a lock ends at once when its signal aborts, and leaves no lock object behind", async () => {
+    const v = await initTestVault(tmp("repo"));
+    const repo = v.repository;
+    const held = await acquireLock(repo, "prune", true);
+    const stop = new AbortController();
+    const started = Date.now();
+    const waiting = acquireLock(repo, "restore", false, { waitMs: 600_000, signal: stop.signal, onWait: () => setTimeout(() => stop.abort(new InterruptedError("interrupted (SIGINT)", "SIGINT")), 300) }).catch((e: unknown) => e);
+    const err = await waiting;
+    expect(err).toBeInstanceOf(InterruptedError);
+    expect(Date.now() - started).toBeLessThan(5000);
+    expect((await listAll(repo.store, LOCK_PREFIX)).length).toBe(1);
+    await held.release();
+    // A signal aborted before the first attempt takes no lock at all.
+    await expect(acquireLock(repo, "restore", false, { signal: AbortSignal.abort(new InterruptedError("stop")) })).rejects.toThrow(InterruptedError);
+    expect(await listAll(repo.store, LOCK_PREFIX)).toEqual([]);
+    await v.close();
+  });
+
+  it("Ctrl-C ends a restore that waits for the repository lock at once: exit 130, nothing restored", async () => {
+    const dir = tmp("repo");
+    const v = vault(dir);
+    const init = await runCli(["--repo", dir, "--user", "admin", "init"], { env: { VMVAULT_STATE_DIR: `${dir}-state` } });
+    expect(init.code, init.stderr).toBe(0);
+    const image = `${tmp("src")}/web1.raw`;
+    await makeImage(image, { sizeMiB: 2 });
+    expect((await v(["backup", "--vm", "web1", image])).code).toBe(0);
+    const lib = await openVault({ store: new FsStore(dir), user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE), hostname: os.hostname() });
+    const live = await plantLock(lib.repository, { pid: process.pid, exclusive: true });
+    const out = tmp("out");
+    const child = startCli(["--repo", dir, "--user", "admin", "--lock-wait", "600", "restore", "latest", "--target", out, "--reason", "waits"], { env: { VMVAULT_STATE_DIR: `${dir}-state` } });
+    let stderr = "";
+    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on("close", (c) => resolve(c)));
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline && !stderr.includes("waiting up to")) await new Promise((r) => setTimeout(r, 20));
+    const signalled = Date.now();
+    child.kill("SIGINT");
+    expect(await exited).toBe(130);
+    expect(Date.now() - signalled).toBeLessThan(5000);
+    expect(stderr).toMatch(/vmvault: restore interrupted \(SIGINT\) while it waited for the repository lock; nothing was restored/);
+    expect(await fsp.readdir(out)).toEqual([]);
+    await lib.repository.store.delete(live);
+    await lib.close();
   });
 
   it("the CLI exits 6 on a repository held exclusively by a live process, and runs once it is gone", async () => {

@@ -23,6 +23,8 @@ export interface LockOptions {
   readonly waitMs?: number;
   /** Told once, when the first attempt finds the repository busy and waiting begins. */
   readonly onWait?: LockWaitListener;
+  /** Ends the wait at once when aborted, with its reason (a stop request during a long wait). */
+  readonly signal?: AbortSignal | undefined;
 }
 
 /** What a command waits for: who holds the repository, and until when it waits at most. */
@@ -49,6 +51,7 @@ export async function acquireLock(repo: Repository, operation: string, exclusive
   let pause = RETRY_EVERY_MS;
   let told = false;
   for (;;) {
+    options.signal?.throwIfAborted();
     try {
       return await tryLock(repo, operation, exclusive);
     } catch (e) {
@@ -60,11 +63,26 @@ export async function acquireLock(repo: Repository, operation: string, exclusive
         (options.onWait ?? repo.env.onLockWait)?.(notice, { holder: e.holder, waitMs, until });
       }
       told = true;
-      await new Promise((resolve) => setTimeout(resolve, pause));
+      await pauseFor(pause, options.signal);
       waited += pause;
       pause = Math.min(pause * 2, RETRY_AT_MOST_MS);
     }
   }
+}
+
+/** Resolves after ms, or rejects with the signal's reason as soon as it aborts. */
+function pauseFor(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const stop = (): void => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", stop);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", stop, { once: true });
+  });
 }
 
 function formatSeconds(ms: number): string {

@@ -107,7 +107,11 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
   if (o.reason.trim() === "") throw new UsageError("a restore needs --reason TEXT (it is kept in the audit trail)");
   await checkTarget(o.target, target);
   const record = await findSnapshot(repo, o.snapshot, o.vm);
-  const lock = await acquireLock(repo, "restore", false);
+  const lock = await acquireLock(repo, "restore", false, { signal: o.signal }).catch((e: unknown) => {
+    if (o.signal?.aborted !== true) throw e;
+    const signal = o.signal.reason instanceof InterruptedError ? o.signal.reason.signal : undefined;
+    throw new InterruptedError(`restore interrupted${signal === undefined ? "" : ` (${signal})`} while it waited for the repository lock; nothing was restored`, signal);
+  });
   const sessions = new SessionKeys(repo);
   try {
     const auditTarget = {
