@@ -244,9 +244,21 @@ async function readConfig(store: Store): Promise<{ config: RepoConfig; body: Uin
     if (env.signature === undefined) throw new FormatError("unsigned");
     return { config: parseConfigMeta(env.meta), body: env.body, signature: env.signature };
   } catch (e) {
-    if (e instanceof FormatError) throw IntegrityError.object(CONFIG_KEY, `unreadable configuration (${e.message})`);
+    if (e instanceof FormatError) throw configDamaged(`the configuration does not parse (${e.message}): it was damaged or altered`);
     throw e;
   }
+}
+
+/**
+ * A config object that fails its checks. Every command reads it first, `check` included, so the
+ * hint is to put it back: it is written once, at init, and never changes.
+ */
+function configDamaged(problem: string): IntegrityError {
+  return new IntegrityError(
+    `integrity failure: ${CONFIG_KEY}: ${problem}`,
+    [{ object: CONFIG_KEY, problem }],
+    `no command can open the repository without it, check included; copy the ${CONFIG_KEY} object back from a copy of the repository (it is written once, at init, and never changes)`,
+  );
 }
 
 /** Unlocks the user's key slot and verifies config, registry chain and grants. */
@@ -276,7 +288,7 @@ export async function openRepository(o: OpenOptions): Promise<Repository> {
     throw new AuthError(`the key slot ${latestSlot.key} belongs to another repository or user`);
   }
   if (!crypto.equal(config.rootPublicKey, pinned) || !crypto.verify(pinned, body, signature)) {
-    throw IntegrityError.object(CONFIG_KEY, "configuration is not signed by the root key pinned in your key slot");
+    throw configDamaged("the configuration is not signed by the root key pinned in your key slot: it was altered or replaced");
   }
   const chain = await loadRegistryChain(crypto, store, pinned, config.repoId);
   const pin = o.stateDir === undefined ? undefined : new RegistryPin(o.stateDir, config.repoId);

@@ -89,6 +89,28 @@ describe("tampering is detected and named", () => {
     });
   }
 
+  it("a damaged or altered config says so and how to recover, not to run check (which needs the config too)", async () => {
+    const repo = copyRepo();
+    const config = path.join(repo, "config");
+    const original = await fsp.readFile(config);
+    // A value that no longer parses (same length: the envelope's framing stays intact).
+    await fsp.writeFile(config, Buffer.from(original.toString("latin1").replace('"imageChunkSize":32768', '"imageChunkSize":"x76"'), "latin1"));
+    const garbled = await vault(repo)(["snapshots"]);
+    expect(garbled.code, garbled.stderr).toBe(5);
+    expect(garbled.stderr).toMatch(/^vmvault: integrity failure: config: the configuration does not parse \(.*imageChunkSize.*\): it was damaged or altered\n/);
+    expect(garbled.stderr).toMatch(/next: no command can open the repository without it, check included; copy the config object back from a copy of the repository/);
+    expect(garbled.stderr).not.toMatch(/check --read-data/);
+    // A value that parses but is not what the root key signed.
+    await fsp.writeFile(config, Buffer.from(original.toString("latin1").replace('"imageChunkSize":32768', '"imageChunkSize":65536'), "latin1"));
+    const altered = await vault(repo)(["check"]);
+    expect(altered.code, altered.stderr).toBe(5);
+    expect(altered.stderr).toMatch(/integrity failure: config: the configuration is not signed by the root key pinned in your key slot: it was altered or replaced/);
+    expect(altered.stderr).toMatch(/next: no command can open the repository without it/);
+    // Put back, everything works again.
+    await fsp.writeFile(config, original);
+    expect((await vault(repo)(["check"])).code).toBe(0);
+  });
+
   it("a restore from a tampered pack fails with exit 5 and leaves no file under its final name", async () => {
     const repo = copyRepo();
     for (const pack of await objects(repo, "data/")) await flipByte(pack, "middle");
