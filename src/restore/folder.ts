@@ -61,6 +61,13 @@ async function* folderRequests(folder: FolderSource, includes: readonly string[]
 }
 
 export interface FolderRestoreOptions {
+  /** Paths to restore, relative to the folder ("" or none: all of it). */
+  readonly includes: readonly string[] | undefined;
+  readonly reader: BlobReader;
+  readonly fetcher: ChunkFetcher;
+  /** The snapshot's store key, named in integrity errors. */
+  readonly snapshotKey: string;
+  readonly progress: ProgressSink;
   /** Replace existing files, and symlinks or files where a folder goes. */
   readonly force: boolean;
   readonly signal?: AbortSignal | undefined;
@@ -78,16 +85,7 @@ export interface FolderRestoreOptions {
  * times are applied after their contents. Chunks are fetched and verified ahead by the
  * fetcher's workers, across files.
  */
-export async function restoreFolder(
-  folder: FolderSource,
-  dest: string,
-  includes: readonly string[] | undefined,
-  reader: BlobReader,
-  fetcher: ChunkFetcher,
-  snapshotKey: string,
-  progress: ProgressSink,
-  o: FolderRestoreOptions,
-): Promise<FolderRestoreResult> {
+export async function restoreFolder(folder: FolderSource, dest: string, o: FolderRestoreOptions): Promise<FolderRestoreResult> {
   const existing = await lstatOrNull(dest).catch((e: unknown) => {
     throw targetError(dest, e);
   });
@@ -107,7 +105,7 @@ export async function restoreFolder(
     ...(inPlace && found !== undefined ? { onEntered: async (dir: string) => (await findPartials(dir)).forEach(found) } : {}),
   });
   try {
-    const result = await restoreTree(folder, dirs, dest, includes, reader, fetcher, snapshotKey, progress, o.signal);
+    const result = await restoreTree(folder, dirs, dest, o);
     if (!inPlace) await moveIntoPlace(root, dest, o.force);
     return result;
   } catch (e) {
@@ -130,17 +128,9 @@ async function moveIntoPlace(root: string, dest: string, force: boolean): Promis
   }
 }
 
-async function restoreTree(
-  folder: FolderSource,
-  dirs: RestoreDirs,
-  dest: string,
-  includes: readonly string[] | undefined,
-  reader: BlobReader,
-  fetcher: ChunkFetcher,
-  snapshotKey: string,
-  progress: ProgressSink,
-  signal: AbortSignal | undefined,
-): Promise<FolderRestoreResult> {
+/** Restores the folder's selected entries under dirs.root; dest is its final path, for messages. */
+async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string, o: FolderRestoreOptions): Promise<FolderRestoreResult> {
+  const { includes, reader, fetcher, snapshotKey, progress, signal } = o;
   const result: FolderRestoreResult = { files: 0, bytes: 0, matched: 0 };
   const made: FolderEntry[] = [];
   const links: FolderEntry[] = [];
@@ -150,24 +140,24 @@ async function restoreTree(
   let open: { file: PartialFile; entry: FolderEntry } | undefined;
   const step = async (tag: Step, data: Uint8Array | null): Promise<void> => {
     if (tag.kind === "chunk") {
-      const o = open as { file: PartialFile; entry: FolderEntry };
-      if (data === null || data.length !== tag.length) throw IntegrityError.object(snapshotKey, `file ${o.entry.path}: chunk has the wrong length`);
-      await o.file.write(data, tag.position).catch((e: unknown) => {
-        throw targetError(shown(o.entry.path), e);
+      const f = open as { file: PartialFile; entry: FolderEntry };
+      if (data === null || data.length !== tag.length) throw IntegrityError.object(snapshotKey, `file ${f.entry.path}: chunk has the wrong length`);
+      await f.file.write(data, tag.position).catch((e: unknown) => {
+        throw targetError(shown(f.entry.path), e);
       });
       return;
     }
     if (tag.kind === "end") {
-      const o = open as { file: PartialFile; entry: FolderEntry };
+      const f = open as { file: PartialFile; entry: FolderEntry };
       open = undefined;
-      await finishFile(o, tag.size, snapshotKey).catch(async (e: unknown) => {
-        await o.file.abort();
-        throw targetError(shown(o.entry.path), e);
+      await finishFile(f, tag.size, snapshotKey).catch(async (e: unknown) => {
+        await f.file.abort();
+        throw targetError(shown(f.entry.path), e);
       });
       result.bytes += tag.size;
       result.files++;
       result.matched++;
-      progress({ phase: `restore ${folder.name}`, done: result.bytes, total: folder.size, unit: "bytes", item: o.entry.path });
+      progress({ phase: `restore ${folder.name}`, done: result.bytes, total: folder.size, unit: "bytes", item: f.entry.path });
       return;
     }
     const { entry, exact } = tag;

@@ -182,7 +182,12 @@ async function restoreWith(
   }
   for (const { folder, dest, includes } of plan.folders) {
     if (includes !== undefined) await precheckIncludes(folder, dest, includes, reader, record.key, o.force === true);
-    const r = await restoreFolder(folder, dest, includes, reader, fetcher, record.key, progress, {
+    const r = await restoreFolder(folder, dest, {
+      includes,
+      reader,
+      fetcher,
+      snapshotKey: record.key,
+      progress,
       force: o.force === true,
       signal: o.signal,
       onPartialFound: (p) => partialsFound.push(p),
