@@ -136,9 +136,9 @@ export async function linkInto(existing: string, finalPath: string): Promise<boo
   }
   try {
     await fsp.rename(tempPath, finalPath);
-  } catch (e) {
-    await fse.remove(tempPath).catch(() => undefined);
-    throw e;
+  } finally {
+    // Gone after a rename, except when finalPath already was this file: rename(2) then leaves both names.
+    await fsp.rm(tempPath, { force: true }).catch(() => undefined);
   }
   return true;
 }
