@@ -126,8 +126,10 @@ export interface FolderRestoreOptions {
  * folder (force, or --include) it restores in place: each file is written under a temporary
  * name and renamed when complete. No symlink under dest is ever followed (RestoreDirs); the
  * snapshot's symlinks are created last so no write can pass through one; directory modes and
- * times are applied after their contents. Chunks are fetched and verified ahead by the
- * fetcher's workers, across files.
+ * times are applied after their contents. With `owners`, each entry's recorded owner and group
+ * are set before its mode. A later name of a file this restore wrote (hard link) is linked to
+ * it once it is complete, under a temporary name as well. Chunks are fetched and verified
+ * ahead by the fetcher's workers, across files.
  */
 export async function restoreFolder(folder: FolderSource, dest: string, o: FolderRestoreOptions): Promise<FolderRestoreResult> {
   const existing = await lstatOrNull(dest).catch((e: unknown) => {
