@@ -4,7 +4,7 @@ import { FastCdc } from "../chunking/fastcdc.js";
 import { encodeEntry, type FileChunk, type FolderEntry } from "../format/entries.js";
 import type { FolderSource } from "../format/snapshot.js";
 import { DataExtents } from "../sources/extents.js";
-import { assertUnchanged, identityOf, sourceError } from "../sources/identity.js";
+import { assertUnchanged, identityOf, sourceError, type FileIdentity } from "../sources/identity.js";
 import { toHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
 import { FolderBatcher } from "./folder-batch.js";
@@ -31,8 +31,20 @@ export interface FolderStats {
   skipped: SkippedEntry[];
 }
 
+/** A file with several names whose first name was read: what its later names record. */
+interface FirstName {
+  readonly path: string;
+  readonly identity: FileIdentity;
+  readonly chunks: readonly FileChunk[];
+  /** Names not met yet (the inode's link count, less those seen). */
+  remaining: number;
+}
+
 /**
- * Backs up a folder: regular files (content-defined chunks), directories, symlinks, modes, mtimes.
+ * Backs up a folder: regular files (content-defined chunks), directories, symlinks, modes, mtimes,
+ * owners and groups. A file with several names (hard links) in the folder is read once, under
+ * the first name the walk meets; each later name records that name (`hardLinkTo`) and the same
+ * chunk list, unless the file changed since it was read, when it is read again as a file of its own.
  * `root` may be a symlink to the folder (it is followed); symlinks below it are stored as such.
  * With `sparse` (the default), a sparse file's unallocated extents are not read where they
  * cover whole chunks (see CdcFileReader); readBytes counts the file bytes actually read.
@@ -50,6 +62,8 @@ export async function backupFolder(
   const batcher = new FolderBatcher(sink, Math.max(BATCH_BYTES, cdc.params.max));
   const reader = new CdcFileReader(cdc, batcher, sparse);
   const add = (entry: FolderEntry): void => batcher.then(() => blobs.add(entry));
+  /** Files with more than one link already read, by device and inode. */
+  const firstNames = new Map<string, FirstName>();
   const visit = async (rel: string): Promise<void> => {
     const abs = rel === "" ? root : path.join(root, ...rel.split("/"));
     let st: Stats;
@@ -60,7 +74,7 @@ export async function backupFolder(
     } catch (e) {
       throw sourceError(abs, e);
     }
-    const base = { path: rel, mode: st.mode & 0o7777, mtimeMs: st.mtimeMs };
+    const base = { path: rel, mode: st.mode & 0o7777, mtimeMs: st.mtimeMs, uid: st.uid, gid: st.gid };
     if (st.isDirectory()) {
       stats.dirs++;
       add({ ...base, type: "dir", size: 0 });
@@ -97,8 +111,17 @@ export async function backupFolder(
       add({ ...base, type: "symlink", size: 0, target });
     } else if (st.isFile()) {
       stats.files++;
+      const inode = st.nlink > 1 ? `${st.dev}:${st.ino}` : undefined;
+      const first = inode === undefined ? undefined : firstNames.get(inode);
+      if (inode !== undefined && first !== undefined && sameIdentity(first.identity, identityOf(st))) {
+        // Its content is stored once: the chunk list is the first name's (complete by the time this entry is written).
+        if (--first.remaining <= 0) firstNames.delete(inode);
+        add({ ...base, type: "file", size: st.size, hardLinkTo: first.path, chunks: first.chunks });
+        return;
+      }
       const chunks = await reader.read(abs, st, (done) => progress({ phase: `backup ${name}`, done: stats.size + done, unit: "bytes", item: rel }));
       stats.size += st.size;
+      if (inode !== undefined && first === undefined) firstNames.set(inode, { path: rel, identity: identityOf(st), chunks, remaining: st.nlink - 1 });
       add({ ...base, type: "file", size: st.size, chunks });
     } else {
       stats.skipped.push({ path: rel, reason: "not a regular file, folder or symlink" });
@@ -242,6 +265,10 @@ class EntryBlobWriter {
     this.#size = 0;
     this.#ids.push(toHex(this.#sink.putSmall(blob)));
   }
+}
+
+function sameIdentity(a: FileIdentity, b: FileIdentity): boolean {
+  return a.dev === b.dev && a.ino === b.ino && a.size === b.size && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs;
 }
 
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true });

@@ -1,5 +1,5 @@
 import { FormatError } from "./codec.js";
-import { arr, int, num, obj, oneOf, optStr, str } from "./fields.js";
+import { arr, int, intIn, num, obj, oneOf, optStr, str, type Json } from "./fields.js";
 import { fromUtf8, utf8 } from "../util/bytes.js";
 
 /** A file's content: data chunk IDs (hex) and holes ("z" + length). */
@@ -13,13 +13,28 @@ export interface FolderEntry {
   readonly mode: number;
   readonly mtimeMs: number;
   readonly size: number;
+  /** Owner and group (numeric); absent in entries written before they were recorded. */
+  readonly uid?: number;
+  readonly gid?: number;
   readonly target?: string;
+  /**
+   * A file only: the path of an earlier entry of the same folder that is the same file (a hard
+   * link to one inode). The entry keeps its own chunk list, the same as that entry's, so a
+   * reader that ignores this field restores the content as a file of its own.
+   */
+  readonly hardLinkTo?: string;
   readonly chunks?: readonly FileChunk[];
 }
 
+/** The largest owner or group ID: uid_t is 32 bits, and (uid_t)-1 means "no change" to chown. */
+export const MAX_OWNER_ID = 0xfffffffe;
+
 export function encodeEntry(e: FolderEntry): Uint8Array {
   const o: Record<string, unknown> = { p: e.path, t: e.type, m: e.mode, mt: e.mtimeMs, s: e.size };
+  if (e.uid !== undefined) o["u"] = e.uid;
+  if (e.gid !== undefined) o["g"] = e.gid;
   if (e.target !== undefined) o["l"] = e.target;
+  if (e.hardLinkTo !== undefined) o["h"] = e.hardLinkTo;
   if (e.chunks !== undefined) o["c"] = e.chunks.map((c) => (c.id === null ? `z${c.length}` : `${c.id}:${c.length}`));
   return utf8(`${JSON.stringify(o)}\n`);
 }
@@ -32,10 +47,16 @@ export function parseEntryLine(line: string): FolderEntry {
     throw new FormatError("folder entry is not valid JSON");
   }
   const o = obj(v, "folder entry");
-  const path = str(o, "p");
-  if (path.startsWith("/") || path.split("/").some((s) => s === ".." || s === ".")) throw new FormatError("unsafe path in folder entry");
+  const path = safePath(str(o, "p"));
   const type = oneOf(o, "t", ["file", "dir", "symlink"] as const);
   const target = optStr(o, "l");
+  const uid = optOwnerId(o, "u");
+  const gid = optOwnerId(o, "g");
+  const hardLinkTo = optStr(o, "h");
+  if (hardLinkTo !== undefined) {
+    if (type !== "file") throw new FormatError("field h on a folder entry that is not a file");
+    if (hardLinkTo === "" || safePath(hardLinkTo) === path) throw new FormatError("field h does not name another file");
+  }
   const base = { path, type, mode: int(o, "m"), mtimeMs: num(o, "mt"), size: int(o, "s") };
   const chunks =
     o["c"] === undefined
@@ -50,9 +71,22 @@ export function parseEntryLine(line: string): FolderEntry {
         });
   return {
     ...base,
+    ...(uid === undefined ? {} : { uid }),
+    ...(gid === undefined ? {} : { gid }),
     ...(target === undefined ? {} : { target }),
+    ...(hardLinkTo === undefined ? {} : { hardLinkTo }),
     ...(chunks === undefined ? {} : { chunks }),
   };
+}
+
+/** A path relative to the source folder: no leading "/", no "." or ".." component. */
+function safePath(p: string): string {
+  if (p.startsWith("/") || p.split("/").some((s) => s === ".." || s === ".")) throw new FormatError("unsafe path in folder entry");
+  return p;
+}
+
+function optOwnerId(o: Json, key: string): number | undefined {
+  return o[key] === undefined || o[key] === null ? undefined : intIn(o, key, 0, MAX_OWNER_ID);
 }
 
 /** Splits an entry blob (newline-separated JSON) into entries. */

@@ -2,6 +2,12 @@ import { constants, promises as fsp, type Stats } from "node:fs";
 import path from "node:path";
 import { VaultError } from "../errors.js";
 
+/** A recorded owner and group to set; an absent one is left as it is. */
+export interface Owner {
+  readonly uid?: number | undefined;
+  readonly gid?: number | undefined;
+}
+
 /**
  * The folders under one restore destination, created or entered without ever following a
  * symlink. The destination's parent (the restore target the user named) is trusted, and may
@@ -42,11 +48,17 @@ export class RestoreDirs {
     return this.place(rel);
   }
 
-  /** Applies a folder's mode and time through a descriptor opened without following a symlink. */
-  async finish(rel: string, mode: number, mtimeMs: number): Promise<void> {
+  /**
+   * Applies a folder's owner (when given), mode and time through a descriptor opened without
+   * following a symlink. The owner is set first (chown clears set-id bits); a failure to set it
+   * is thrown, the mode and time are best effort.
+   */
+  async finish(rel: string, o: { mode: number; mtimeMs: number; owner?: Owner | undefined }): Promise<void> {
+    const { mode, mtimeMs, owner } = o;
     const handle = await fsp.open(this.place(rel), constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW).catch(() => undefined);
     if (handle === undefined) return;
     try {
+      if (owner !== undefined) await handle.chown(owner.uid ?? -1, owner.gid ?? -1);
       await handle.chmod(mode).catch(() => undefined);
       await handle.utimes(mtimeMs / 1000, mtimeMs / 1000).catch(() => undefined);
     } finally {

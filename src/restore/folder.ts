@@ -9,8 +9,11 @@ import { fromHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
 import type { BlobReader } from "./blob-reader.js";
 import type { ChunkFetcher, ChunkRequest } from "./fetcher.js";
-import { lstatOrNull, RestoreDirs } from "./dirs.js";
-import { findPartials, PartialFile, partialName, targetError, targetExistsError } from "./targets.js";
+import { lstatOrNull, RestoreDirs, type Owner } from "./dirs.js";
+import { findPartials, linkInto, ownerError, PartialFile, partialName, targetError, targetExistsError } from "./targets.js";
+
+const S_ISUID = 0o4000;
+const S_ISGID = 0o2000;
 
 /** Iterates a folder's entries from its entry blobs. */
 export async function* folderEntries(folder: FolderSource, reader: BlobReader, snapshotKey: string): AsyncIterable<FolderEntry> {
@@ -32,37 +35,85 @@ export function selected(rel: string, includes: readonly string[] | undefined): 
 }
 
 export interface FolderRestoreResult {
+  /** Files restored, hard links included. */
   files: number;
   bytes: number;
   matched: number;
+  /** Files restored as a hard link to a file restored before them. */
+  hardlinks: number;
 }
 
 type Step =
-  | { readonly kind: "entry"; readonly entry: FolderEntry; readonly exact: boolean }
+  | { readonly kind: "entry"; readonly entry: FolderEntry; readonly exact: boolean; readonly linkTo?: string }
   | { readonly kind: "chunk"; readonly position: number; readonly length: number }
   | { readonly kind: "end"; readonly size: number };
 
-/** Every selected entry in order, with the data chunks of each selected file and its end. */
-async function* folderRequests(folder: FolderSource, includes: readonly string[] | undefined, reader: BlobReader, snapshotKey: string): AsyncIterable<ChunkRequest<Step>[]> {
+/** True when rel itself is restored (not only a folder on the way to an include). */
+function exactly(rel: string, includes: readonly string[] | undefined): boolean {
+  return includes === undefined || includes.length === 0 || includes.some((inc) => rel === inc || rel.startsWith(`${inc}/`) || inc === "");
+}
+
+/** A file's entry, its data chunks and its end. */
+function fileRequests(entry: FolderEntry): ChunkRequest<Step>[] {
+  const batch: ChunkRequest<Step>[] = [{ id: null, tag: { kind: "entry", entry, exact: true } }];
+  let position = 0;
+  for (const chunk of entry.chunks ?? []) {
+    if (chunk.id !== null) batch.push({ id: fromHex(chunk.id), tag: { kind: "chunk", position, length: chunk.length } });
+    position += chunk.length;
+  }
+  batch.push({ id: null, tag: { kind: "end", size: position } });
+  return batch;
+}
+
+/**
+ * Every selected entry in order, with the data chunks of each selected file and its end. A file
+ * entry recorded as another name of an earlier one (hardLinkTo) that this restore writes, with
+ * the same size and chunks, comes without chunks, marked to be linked to it. A first pass
+ * collects the names that later entries link to, so only those files are remembered.
+ */
+async function* folderRequests(folder: FolderSource, o: FolderRestoreOptions): AsyncIterable<ChunkRequest<Step>[]> {
+  const { includes, reader, snapshotKey } = o;
+  const linkedTo = new Set<string>();
+  for await (const entry of folderEntries(folder, reader, snapshotKey)) {
+    if (entry.hardLinkTo !== undefined && exactly(entry.path, includes)) linkedTo.add(entry.hardLinkTo);
+  }
+  /** Files written so far that a later entry links to, by path. */
+  const written = new Map<string, FolderEntry>();
   for await (const entry of folderEntries(folder, reader, snapshotKey)) {
     if (!selected(entry.path, includes)) continue;
-    const exact = includes === undefined || includes.length === 0 || includes.some((inc) => entry.path === inc || entry.path.startsWith(`${inc}/`) || inc === "");
-    const batch: ChunkRequest<Step>[] = [{ id: null, tag: { kind: "entry", entry, exact } }];
-    if (entry.type === "file" && exact) {
-      let position = 0;
-      for (const chunk of entry.chunks ?? []) {
-        if (chunk.id !== null) batch.push({ id: fromHex(chunk.id), tag: { kind: "chunk", position, length: chunk.length } });
-        position += chunk.length;
-      }
-      batch.push({ id: null, tag: { kind: "end", size: position } });
+    const exact = exactly(entry.path, includes);
+    if (entry.type !== "file" || !exact) {
+      yield [{ id: null, tag: { kind: "entry", entry, exact } }];
+      continue;
     }
-    yield batch;
+    const first = entry.hardLinkTo === undefined ? undefined : written.get(entry.hardLinkTo);
+    if (entry.hardLinkTo !== undefined && first !== undefined && sameContent(first, entry)) {
+      yield [{ id: null, tag: { kind: "entry", entry, exact, linkTo: entry.hardLinkTo } }];
+    } else {
+      yield fileRequests(entry);
+    }
+    if (linkedTo.has(entry.path)) written.set(entry.path, entry);
   }
 }
 
+function sameContent(a: FolderEntry, b: FolderEntry): boolean {
+  const x = a.chunks ?? [];
+  const y = b.chunks ?? [];
+  return a.size === b.size && x.length === y.length && x.every((c, i) => c.id === y[i]?.id && c.length === y[i]?.length);
+}
+
 export interface FolderRestoreOptions {
+  /** Paths to restore, relative to the folder ("" or none: all of it). */
+  readonly includes: readonly string[] | undefined;
+  readonly reader: BlobReader;
+  readonly fetcher: ChunkFetcher;
+  /** The snapshot's store key, named in integrity errors. */
+  readonly snapshotKey: string;
+  readonly progress: ProgressSink;
   /** Replace existing files, and symlinks or files where a folder goes. */
   readonly force: boolean;
+  /** Set each entry's recorded owner and group (only root can); entries without them keep the restoring user's. */
+  readonly owners: boolean;
   readonly signal?: AbortSignal | undefined;
   /** Called with each partial file or folder of an earlier restore found in a folder this one writes into. */
   readonly onPartialFound?: (p: string) => void;
@@ -75,19 +126,12 @@ export interface FolderRestoreOptions {
  * folder (force, or --include) it restores in place: each file is written under a temporary
  * name and renamed when complete. No symlink under dest is ever followed (RestoreDirs); the
  * snapshot's symlinks are created last so no write can pass through one; directory modes and
- * times are applied after their contents. Chunks are fetched and verified ahead by the
- * fetcher's workers, across files.
+ * times are applied after their contents. With `owners`, each entry's recorded owner and group
+ * are set before its mode. A later name of a file this restore wrote (hard link) is linked to
+ * it once it is complete, under a temporary name as well. Chunks are fetched and verified
+ * ahead by the fetcher's workers, across files.
  */
-export async function restoreFolder(
-  folder: FolderSource,
-  dest: string,
-  includes: readonly string[] | undefined,
-  reader: BlobReader,
-  fetcher: ChunkFetcher,
-  snapshotKey: string,
-  progress: ProgressSink,
-  o: FolderRestoreOptions,
-): Promise<FolderRestoreResult> {
+export async function restoreFolder(folder: FolderSource, dest: string, o: FolderRestoreOptions): Promise<FolderRestoreResult> {
   const existing = await lstatOrNull(dest).catch((e: unknown) => {
     throw targetError(dest, e);
   });
@@ -107,7 +151,7 @@ export async function restoreFolder(
     ...(inPlace && found !== undefined ? { onEntered: async (dir: string) => (await findPartials(dir)).forEach(found) } : {}),
   });
   try {
-    const result = await restoreTree(folder, dirs, dest, includes, reader, fetcher, snapshotKey, progress, o.signal);
+    const result = await restoreTree(folder, dirs, dest, o);
     if (!inPlace) await moveIntoPlace(root, dest, o.force);
     return result;
   } catch (e) {
@@ -130,44 +174,39 @@ async function moveIntoPlace(root: string, dest: string, force: boolean): Promis
   }
 }
 
-async function restoreTree(
-  folder: FolderSource,
-  dirs: RestoreDirs,
-  dest: string,
-  includes: readonly string[] | undefined,
-  reader: BlobReader,
-  fetcher: ChunkFetcher,
-  snapshotKey: string,
-  progress: ProgressSink,
-  signal: AbortSignal | undefined,
-): Promise<FolderRestoreResult> {
-  const result: FolderRestoreResult = { files: 0, bytes: 0, matched: 0 };
+/** Restores the folder's selected entries under dirs.root; dest is its final path, for messages. */
+async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string, o: FolderRestoreOptions): Promise<FolderRestoreResult> {
+  const { fetcher, snapshotKey, progress, signal } = o;
+  const result: FolderRestoreResult = { files: 0, bytes: 0, matched: 0, hardlinks: 0 };
   const made: FolderEntry[] = [];
-  const links: FolderEntry[] = [];
+  const symlinks: FolderEntry[] = [];
+  /** Files to be linked that could not be (another file system, no hard links there): written from their chunks after the rest. */
+  const unlinked: FolderEntry[] = [];
   /** The final path, for messages (the work may happen under a temporary name). */
   const shown = (rel: string): string => (rel === "" ? dest : path.join(dest, ...rel.split("/")));
   const parentOf = (rel: string): string => (rel.includes("/") ? rel.slice(0, rel.lastIndexOf("/")) : "");
+  const ownerOf = (e: FolderEntry): Owner | undefined => (o.owners && (e.uid !== undefined || e.gid !== undefined) ? { uid: e.uid, gid: e.gid } : undefined);
   let open: { file: PartialFile; entry: FolderEntry } | undefined;
   const step = async (tag: Step, data: Uint8Array | null): Promise<void> => {
     if (tag.kind === "chunk") {
-      const o = open as { file: PartialFile; entry: FolderEntry };
-      if (data === null || data.length !== tag.length) throw IntegrityError.object(snapshotKey, `file ${o.entry.path}: chunk has the wrong length`);
-      await o.file.write(data, tag.position).catch((e: unknown) => {
-        throw targetError(shown(o.entry.path), e);
+      const f = open as { file: PartialFile; entry: FolderEntry };
+      if (data === null || data.length !== tag.length) throw IntegrityError.object(snapshotKey, `file ${f.entry.path}: chunk has the wrong length`);
+      await f.file.write(data, tag.position).catch((e: unknown) => {
+        throw targetError(shown(f.entry.path), e);
       });
       return;
     }
     if (tag.kind === "end") {
-      const o = open as { file: PartialFile; entry: FolderEntry };
+      const f = open as { file: PartialFile; entry: FolderEntry };
       open = undefined;
-      await finishFile(o, tag.size, snapshotKey).catch(async (e: unknown) => {
-        await o.file.abort();
-        throw targetError(shown(o.entry.path), e);
+      await finishFile(f, tag.size, snapshotKey, ownerOf(f.entry), shown(f.entry.path)).catch(async (e: unknown) => {
+        await f.file.abort();
+        throw targetError(shown(f.entry.path), e);
       });
       result.bytes += tag.size;
       result.files++;
       result.matched++;
-      progress({ phase: `restore ${folder.name}`, done: result.bytes, total: folder.size, unit: "bytes", item: o.entry.path });
+      progress({ phase: `restore ${folder.name}`, done: result.bytes, total: folder.size, unit: "bytes", item: f.entry.path });
       return;
     }
     const { entry, exact } = tag;
@@ -178,7 +217,15 @@ async function restoreTree(
       } else if (!exact) {
         return;
       } else if (entry.type === "symlink") {
-        links.push(entry);
+        symlinks.push(entry);
+      } else if (tag.linkTo !== undefined) {
+        await dirs.ensure(parentOf(entry.path));
+        if (!(await linkInto(dirs.place(tag.linkTo), dirs.place(entry.path)))) {
+          unlinked.push(entry);
+          return;
+        }
+        result.files++;
+        result.hardlinks++;
       } else {
         await dirs.ensure(parentOf(entry.path));
         open = { file: await PartialFile.create(dirs.place(entry.path), entry.size), entry };
@@ -189,33 +236,60 @@ async function restoreTree(
     }
     if (exact) result.matched++;
   };
-  try {
-    for await (const answers of fetcher.read(folderRequests(folder, includes, reader, snapshotKey))) {
+  const run = async (requests: AsyncIterable<ChunkRequest<Step>[]> | Iterable<ChunkRequest<Step>[]>): Promise<void> => {
+    try {
+      for await (const answers of fetcher.read(requests)) {
+        signal?.throwIfAborted();
+        for (const { tag, data } of answers) await step(tag, data);
+      }
       signal?.throwIfAborted();
-      for (const { tag, data } of answers) await step(tag, data);
+    } catch (e) {
+      await open?.file.abort();
+      throw e;
     }
-    signal?.throwIfAborted();
-  } catch (e) {
-    await open?.file.abort();
-    throw e;
-  }
-  for (const link of links) {
+  };
+  await run(folderRequests(folder, o));
+  if (unlinked.length > 0) await run(unlinked.map(fileRequests));
+  for (const link of symlinks) {
     try {
       await dirs.ensure(parentOf(link.path));
       const at = dirs.place(link.path);
       // Whatever is there (with force) goes, a symlink as itself; nothing is followed.
       await fse.remove(at);
       await fsp.symlink(link.target ?? "", at);
+      const owner = ownerOf(link);
+      if (owner !== undefined) {
+        await fsp.lchown(at, owner.uid ?? -1, owner.gid ?? -1).catch((e: unknown) => {
+          throw ownerError(shown(link.path), owner.uid, owner.gid, e);
+        });
+      }
       await fsp.lutimes(at, link.mtimeMs / 1000, link.mtimeMs / 1000).catch(() => undefined);
     } catch (e) {
       throw targetError(shown(link.path), e);
     }
   }
-  for (const dir of made.reverse()) await dirs.finish(dir.path, dir.mode, dir.mtimeMs);
+  for (const dir of made.reverse()) {
+    const owner = ownerOf(dir);
+    await dirs.finish(dir.path, { mode: dir.mode, mtimeMs: dir.mtimeMs, owner }).catch((e: unknown) => {
+      throw owner === undefined ? targetError(shown(dir.path), e) : ownerError(shown(dir.path), owner.uid, owner.gid, e);
+    });
+  }
   return result;
 }
 
-async function finishFile(o: { file: PartialFile; entry: FolderEntry }, size: number, snapshotKey: string): Promise<void> {
-  if (size !== o.entry.size) throw IntegrityError.object(snapshotKey, `file ${o.entry.path}: chunks cover ${size} of ${o.entry.size} bytes`);
-  await o.file.commit({ mode: o.entry.mode, mtimeMs: o.entry.mtimeMs });
+/**
+ * Sets the owner first (chown clears set-id bits), then mode and time, and renames the file into
+ * place. A file's set-user-ID bit is kept only with its recorded owner, its set-group-ID bit only
+ * with its recorded group (as bsdtar does): a file given to whoever restores it (no owner
+ * recorded, --no-owner, not root) never runs as them.
+ */
+async function finishFile(f: { file: PartialFile; entry: FolderEntry }, size: number, snapshotKey: string, owner: Owner | undefined, shown: string): Promise<void> {
+  if (size !== f.entry.size) throw IntegrityError.object(snapshotKey, `file ${f.entry.path}: chunks cover ${size} of ${f.entry.size} bytes`);
+  if (owner !== undefined) {
+    await f.file.handle.chown(owner.uid ?? -1, owner.gid ?? -1).catch((e: unknown) => {
+      throw ownerError(shown, owner.uid, owner.gid, e);
+    });
+  }
+  const mode = f.entry.mode & ~(owner?.uid === undefined ? S_ISUID : 0) & ~(owner?.gid === undefined ? S_ISGID : 0);
+  await f.file.commit({ mode, mtimeMs: f.entry.mtimeMs });
 }

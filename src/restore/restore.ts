@@ -28,6 +28,12 @@ export interface RestoreOptions {
   readonly disk?: string;
   readonly include?: readonly string[];
   readonly force?: boolean;
+  /**
+   * Folder sources: set each file's, folder's and symlink's recorded owner and group when the
+   * restore runs as root (default true); false leaves them owned by root. Other users cannot
+   * give files away, so their restores never set owners.
+   */
+  readonly owners?: boolean;
   readonly progress?: ProgressSink;
   /** Worker threads that decrypt, decompress and verify chunks; 0 runs inline. Default: one per core. */
   readonly workers?: number;
@@ -42,8 +48,11 @@ export interface RestoreResult {
   readonly snapshotId: string;
   readonly vm: string;
   readonly target: string;
-  readonly restored: readonly { name: string; kind: "disk" | "folder"; path: string; bytes: number }[];
+  /** Each disk and folder restored; a folder's `hardlinks` counts its files restored as a hard link to another. */
+  readonly restored: readonly { name: string; kind: "disk" | "folder"; path: string; bytes: number; hardlinks?: number }[];
   readonly bytes: number;
+  /** Files restored as hard links, in all folders. */
+  readonly hardlinks: number;
   /** BLAKE2b commitment to the restored content (see contentDigest), kept in the audit trail. */
   readonly digest: string;
   /** Index files left out because they did not authenticate (the restore did not need them). */
@@ -186,12 +195,18 @@ async function restoreWith(
   }
   for (const { folder, dest, includes } of plan.folders) {
     if (includes !== undefined) await precheckIncludes(folder, dest, includes, reader, record.key, o.force === true);
-    const r = await restoreFolder(folder, dest, includes, reader, fetcher, record.key, progress, {
+    const r = await restoreFolder(folder, dest, {
+      includes,
+      reader,
+      fetcher,
+      snapshotKey: record.key,
+      progress,
       force: o.force === true,
+      owners: o.owners !== false && process.getuid?.() === 0,
       signal: o.signal,
       onPartialFound: (p) => partialsFound.push(p),
     });
-    restored.push({ name: folder.name, kind: "folder", path: dest, bytes: r.bytes });
+    restored.push({ name: folder.name, kind: "folder", path: dest, bytes: r.bytes, hardlinks: r.hardlinks });
   }
   return {
     snapshotId: record.header.id,
@@ -199,6 +214,7 @@ async function restoreWith(
     target,
     restored,
     bytes: restored.reduce((n, r) => n + r.bytes, 0),
+    hardlinks: restored.reduce((n, r) => n + (r.hardlinks ?? 0), 0),
     digest: contentDigest(repo, plan),
     damagedIndexes: index.damaged,
     partialsFound,

@@ -119,6 +119,30 @@ export class PartialFile {
   }
 }
 
+/**
+ * Makes finalPath another name of the complete file at existing: a hard link under a temporary
+ * name in finalPath's folder (link(2) creates it exclusively and does not follow a symlink),
+ * renamed into place. False, with nothing left behind, when the file system cannot link them
+ * (another file system, no hard links, too many links): the caller writes the content instead.
+ */
+export async function linkInto(existing: string, finalPath: string): Promise<boolean> {
+  const tempPath = path.join(path.dirname(finalPath), partialName(path.basename(finalPath)));
+  try {
+    await fsp.link(existing, tempPath);
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    if (code === "EXDEV" || code === "EPERM" || code === "EMLINK") return false;
+    throw e;
+  }
+  try {
+    await fsp.rename(tempPath, finalPath);
+  } finally {
+    // Gone after a rename, except when finalPath already was this file: rename(2) then leaves both names.
+    await fsp.rm(tempPath, { force: true }).catch(() => undefined);
+  }
+  return true;
+}
+
 async function writeAll(handle: fsp.FileHandle, data: Uint8Array, position: number): Promise<void> {
   let done = 0;
   while (done < data.length) {
@@ -151,6 +175,15 @@ export async function checkTarget(target: string, resolved: string): Promise<voi
 export function targetExistsError(p: string): VaultError {
   return new VaultError("E_EXISTS", `restore target ${p} already exists`, {
     hint: "choose another --target, or pass --force to overwrite",
+  });
+}
+
+/** A restored entry's recorded owner and group could not be set (as root: an ID the file system does not map, for example). */
+export function ownerError(p: string, uid: number | undefined, gid: number | undefined, e: unknown): VaultError {
+  const code = typeof e === "object" && e !== null && "code" in e ? ` (${String((e as { code: unknown }).code)})` : "";
+  return new VaultError("E_STORAGE", `cannot set the owner of restore target ${p} to uid ${uid ?? "unchanged"}, gid ${gid ?? "unchanged"}${code}`, {
+    hint: "restore with --no-owner to leave restored files owned by the user running the restore",
+    cause: e,
   });
 }
 

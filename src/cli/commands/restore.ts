@@ -16,7 +16,8 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
     .addOption(new Option("--disk <name>", "restore only this disk").conflicts("include"))
     .option("--include <path>", "restore only this file or folder of a folder source (repeatable)", collect)
     .option("--force", "overwrite existing files")
-    .action(async (snapshot: string, opts: { target: string; reason: string; vm?: string; disk?: string; include?: string[]; force?: boolean }, command: Command) => {
+    .option("--no-owner", "leave restored files owned by the user running the restore, even root (default as root: the recorded owners and groups)")
+    .action(async (snapshot: string, opts: { target: string; reason: string; vm?: string; disk?: string; include?: string[]; force?: boolean; owner: boolean }, command: Command) => {
       const ctx = new CliContext(command);
       const vault = await ctx.openVault({ withWorkers: true });
       try {
@@ -31,6 +32,7 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
           ...(opts.disk === undefined ? {} : { disk: opts.disk }),
           ...(opts.include === undefined ? {} : { include: opts.include }),
           force: opts.force === true,
+          owners: opts.owner,
           ...(progress === undefined ? {} : { progress }),
           signal: interrupts.cancellable(),
         });
@@ -40,7 +42,7 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
         if (ctx.json) ctx.printJson(r);
         else {
           ctx.out(`restored snapshot ${r.snapshotId} of VM ${r.vm} to ${r.target}`);
-          for (const x of r.restored) ctx.out(`  ${x.path} (${x.kind}, ${formatBytes(x.bytes)} written)`);
+          for (const x of r.restored) ctx.out(`  ${x.path} (${x.kind}, ${formatBytes(x.bytes)} written${x.hardlinks !== undefined && x.hardlinks > 0 ? `, ${x.hardlinks} hard link${x.hardlinks === 1 ? "" : "s"}` : ""})`);
         }
       } finally {
         ctx.endProgress();

@@ -1,0 +1,110 @@
+/**
+ * How a folder restore treats entries recorded as another name of an earlier file ("h"): a
+ * hard link to the file this restore wrote, and the entry's own chunks whenever that cannot be
+ * (a forward or missing name, other content, a file system that refuses the link). The entries
+ * are written by hand here, read through stand-ins for the repository's blob reader and fetcher.
+ */
+import { createHash } from "node:crypto";
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { encodeEntry, type FolderEntry } from "../src/format/entries.js";
+import type { FolderSource } from "../src/format/snapshot.js";
+import type { BlobReader } from "../src/restore/blob-reader.js";
+import type { ChunkFetcher, ChunkRequest, Fetched } from "../src/restore/fetcher.js";
+import { restoreFolder, type FolderRestoreResult } from "../src/restore/folder.js";
+import { isPartialName } from "../src/restore/targets.js";
+import { concatBytes, toHex, utf8 } from "../src/util/bytes.js";
+import { tempDirs } from "./helpers/fixtures.js";
+
+const tmp = tempDirs();
+afterEach(() => vi.restoreAllMocks());
+
+const X = utf8("content of the linked file\n");
+const Y = utf8("other content\n");
+const idOf = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
+const file = (p: string, content: Uint8Array, more: Partial<FolderEntry> = {}): FolderEntry => ({
+  path: p,
+  type: "file",
+  mode: 0o644,
+  mtimeMs: 1_700_000_000_000,
+  size: content.length,
+  chunks: [{ id: idOf(content), length: content.length }],
+  ...more,
+});
+
+/** Restores hand-written entries (one entry blob) to DIR/f and returns the result and the folder. */
+async function restoreEntries(entries: readonly FolderEntry[], includes?: string[]): Promise<{ r: FolderRestoreResult; out: string }> {
+  const blob = concatBytes(entries.map(encodeEntry));
+  const blobs = new Map([[idOf(blob), blob], ...[X, Y].map((c): [string, Uint8Array] => [idOf(c), c])]);
+  const reader = { read: async (id: Uint8Array) => blobs.get(toHex(id)) as Uint8Array } as unknown as BlobReader;
+  const fetcher = {
+    async *read<T>(requests: AsyncIterable<readonly ChunkRequest<T>[]> | Iterable<readonly ChunkRequest<T>[]>): AsyncIterable<Fetched<T>[]> {
+      for await (const batch of requests) yield batch.map((q) => ({ tag: q.tag, data: q.id === null ? null : (blobs.get(toHex(q.id)) ?? null) }));
+    },
+  } as unknown as ChunkFetcher;
+  const folder: FolderSource = { kind: "folder", name: "f", path: "/src/f", entries: [idOf(blob)], files: entries.length - 1, dirs: 1, symlinks: 0, size: 0 };
+  const out = path.join(tmp("out"), "f");
+  const r = await restoreFolder(folder, out, { includes, reader, fetcher, snapshotKey: "snapshots/test", progress: () => undefined, force: false, owners: false });
+  return { r, out };
+}
+
+const root: FolderEntry = { path: "", type: "dir", mode: 0o755, mtimeMs: 1_700_000_000_000, size: 0 };
+
+async function inode(p: string): Promise<{ ino: number; nlink: number; text: string }> {
+  const st = await fsp.lstat(p);
+  expect(st.isFile(), p).toBe(true);
+  return { ino: st.ino, nlink: st.nlink, text: await fsp.readFile(p, "utf8") };
+}
+
+describe("restoring hard-link entries", () => {
+  it("a name of an earlier restored file becomes a hard link to it; a forward, missing or different first name is written from its chunks", async () => {
+    const { r, out } = await restoreEntries([
+      root,
+      file("a", X),
+      file("b", X, { hardLinkTo: "a" }),
+      file("c", X, { hardLinkTo: "missing" }),
+      file("d", Y, { hardLinkTo: "e" }),
+      file("e", Y),
+      file("g", Y, { hardLinkTo: "a" }),
+    ]);
+    expect(r.hardlinks).toBe(1);
+    expect(r.files).toBe(6);
+    const [a, b, c, d, e, g] = await Promise.all(["a", "b", "c", "d", "e", "g"].map((n) => inode(path.join(out, n))));
+    expect(b?.ino).toBe(a?.ino);
+    expect(a?.nlink).toBe(2);
+    expect(a?.text).toBe("content of the linked file\n");
+    expect(c).toMatchObject({ nlink: 1, text: "content of the linked file\n" });
+    expect(c?.ino).not.toBe(a?.ino);
+    expect(d).toMatchObject({ nlink: 1, text: "other content\n" });
+    expect(e).toMatchObject({ nlink: 1, text: "other content\n" });
+    expect(g).toMatchObject({ nlink: 1, text: "other content\n" });
+    expect((await fsp.readdir(out)).filter(isPartialName)).toEqual([]);
+  });
+
+  it("when the file system refuses the link (EXDEV, EPERM), the name is written from its chunks and no temporary name stays", async () => {
+    for (const code of ["EXDEV", "EPERM"]) {
+      const link = vi.spyOn(fsp, "link").mockRejectedValue(Object.assign(new Error(`link: ${code}`), { code }));
+      const { r, out } = await restoreEntries([root, file("a", X), file("b", X, { hardLinkTo: "a" }), file("c", Y)]);
+      expect(link).toHaveBeenCalledTimes(1);
+      link.mockRestore();
+      expect(r.hardlinks).toBe(0);
+      expect(r.files).toBe(3);
+      const [a, b] = await Promise.all([inode(path.join(out, "a")), inode(path.join(out, "b"))]);
+      expect(a).toMatchObject({ nlink: 1, text: "content of the linked file\n" });
+      expect(b).toMatchObject({ nlink: 1, text: "content of the linked file\n" });
+      expect(await fsp.readdir(out)).toEqual(["a", "b", "c"]);
+    }
+  });
+
+  it("a chain of names (c names b, b names a) and --include of a later name only", async () => {
+    const entries = [root, file("a", X), file("b", X, { hardLinkTo: "a" }), file("c", X, { hardLinkTo: "b" })];
+    const all = await restoreEntries(entries);
+    expect(all.r.hardlinks).toBe(2);
+    expect((await inode(path.join(all.out, "c"))).nlink).toBe(3);
+    const some = await restoreEntries(entries, ["c"]);
+    expect(some.r.hardlinks).toBe(0);
+    expect(await inode(path.join(some.out, "c"))).toMatchObject({ nlink: 1, text: "content of the linked file\n" });
+    expect(await fsp.readdir(some.out)).toEqual(["c"]);
+  });
+});
