@@ -206,7 +206,8 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
       result.bytes += tag.size;
       result.files++;
       result.matched++;
-      progress({ phase: `restore ${folder.name}`, done: result.bytes, total: folder.size, unit: "bytes", item: f.entry.path });
+      // A hard-linked file is counted once in the folder size, but written again when it cannot be linked.
+      progress({ phase: `restore ${folder.name}`, done: result.bytes, total: Math.max(folder.size, result.bytes), unit: "bytes", item: f.entry.path });
       return;
     }
     const { entry, exact } = tag;
