@@ -133,6 +133,14 @@ export class Vault {
     return (await import("./rotation/rotate.js")).rotateKeys(this.repository, progress);
   }
 
+  /**
+   * Fails (E_USAGE) when a plain rotation is refused now: an interrupted re-encryption waits to
+   * be resumed. For callers that must know before they change anything (`user remove --rotate`).
+   */
+  async assertCanRotate(hint?: string): Promise<void> {
+    return (await import("./rotation/rotate.js")).assertNoReencryptionUnderWay(this.repository, ...(hint === undefined ? [] : [hint]));
+  }
+
   async keyStatus(): Promise<KeyStatus> {
     return (await import("./rotation/status.js")).keyStatus(this.repository);
   }

@@ -1,4 +1,4 @@
-import { VaultError } from "../errors.js";
+import { IntegrityError, UsageError, VaultError } from "../errors.js";
 import { grantPrefix } from "../format/layout.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import { newEpoch } from "../repository/open.js";
@@ -8,6 +8,7 @@ import { listAll } from "../storage/types.js";
 import { appendRegistryVersion } from "../users/registry-update.js";
 import { writeGrants } from "../users/users.js";
 import type { ProgressSink } from "../util/progress.js";
+import { CHECKPOINT_PREFIX, readCheckpoint } from "./checkpoint.js";
 import { resealAll, type ResealStats } from "./reseal.js";
 
 export interface RotateOptions {
@@ -33,6 +34,7 @@ export async function rotateKeys(repo: Repository, o: RotateOptions = {}): Promi
   await authorizeAudited(repo, "admin", "key rotate");
   const lock = await acquireLock(repo, "key rotate", true);
   try {
+    await assertNoReencryptionUnderWay(repo);
     return await audited(repo, {
       entry: { action: "key rotate", target: { from: repo.keyring.currentEpoch, newChunkKey: o.newChunkKey === true ? "yes" : "no" } },
       started: false,
@@ -42,6 +44,26 @@ export async function rotateKeys(repo: Repository, o: RotateOptions = {}): Promi
   } finally {
     await lock.release();
   }
+}
+
+/**
+ * Refuses a plain rotation while an interrupted re-encryption waits to be resumed: the new
+ * epoch would revoke the grants of the epoch its checkpoint and rewritten data are sealed to,
+ * and the re-encryption could then never resume. `hint` says what to do instead.
+ */
+export async function assertNoReencryptionUnderWay(
+  repo: Repository,
+  hint = "finish it first with `vmvault key rotate --reencrypt` (it resumes where it stopped), then rotate again",
+): Promise<void> {
+  if ((await listAll(repo.store, CHECKPOINT_PREFIX)).length === 0) return;
+  let detail = "";
+  try {
+    const state = await readCheckpoint(repo);
+    if (state !== null) detail = ` (to epoch ${state.targetEpoch}, started ${state.startedAt} by ${state.startedBy})`;
+  } catch (e) {
+    if (!(e instanceof IntegrityError)) throw e;
+  }
+  throw new UsageError(`a re-encryption${detail} is under way; a new key rotation now would revoke the keys it resumes with`, hint);
 }
 
 async function openEpochAndReseal(repo: Repository, o: RotateOptions): Promise<RotateResult> {

@@ -133,6 +133,45 @@ describe("key rotation and re-encryption", () => {
     expect(status.oldData.packs).toBe(0);
   });
 
+  it("a plain rotation (key rotate, user remove --rotate) is refused while an interrupted re-encryption waits, and writes nothing", async () => {
+    const f = await fixture();
+    const v = vault(f.repo);
+    const env = { VMVAULT_STATE_DIR: `${f.repo}-state`, VMVAULT_PASSPHRASE: TEST_PASSPHRASE };
+    expect((await v(["user", "add", "leaver", "--role", "restorer"], { env: { VMVAULT_NEW_PASSPHRASE: "leaver passphrase" } })).code).toBe(0);
+    const child = startCli(["--repo", f.repo, "--user", "admin", "key", "rotate", "--reencrypt"], { env });
+    const closed = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
+    let done = false;
+    void closed.then(() => (done = true));
+    while (!done && !(await fsp.readdir(path.join(f.repo, "checkpoints/reencrypt")).catch(() => [] as string[])).some((n) => /^\d+$/.test(n))) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    expect(done).toBe(false);
+    child.kill("SIGKILL");
+    await closed;
+    const before = JSON.parse((await v(["key", "status", "--json"])).stdout) as { current: number; reencryption: { targetEpoch: number } | null };
+    expect(before.reencryption).not.toBeNull();
+
+    // Was: a new epoch that revoked the one the checkpoint is sealed to; the re-encryption then
+    // never resumed ("no index key of epoch N is held", exit 5), and key status failed too.
+    const rotate = await v(["key", "rotate"]);
+    expect(rotate.code, rotate.stderr).toBe(2);
+    expect(rotate.stderr).toContain(`a re-encryption (to epoch ${before.current}, started `);
+    expect(rotate.stderr).toContain("vmvault key rotate --reencrypt");
+    const remove = await v(["user", "remove", "leaver", "--rotate"]);
+    expect(remove.code, remove.stderr).toBe(2);
+    expect(remove.stderr).toContain("--no-rotate");
+    const users = JSON.parse((await v(["user", "list", "--json"])).stdout) as { name: string }[];
+    expect(users.map((u) => u.name)).toContain("leaver");
+    const after = JSON.parse((await v(["key", "status", "--json"])).stdout) as { current: number };
+    expect(after.current).toBe(before.current);
+
+    const finish = await v(["key", "rotate", "--reencrypt"]);
+    expect(finish.code, finish.stderr).toBe(0);
+    await everythingReadable(f, "after the refused rotations");
+    // Once it has finished, rotating is allowed again.
+    expect((await v(["user", "remove", "leaver", "--rotate"])).code).toBe(0);
+  });
+
   it("backups go on while a re-encryption runs, and their snapshots survive it", async () => {
     const f = await fixture();
     const v = vault(f.repo);

@@ -63,6 +63,12 @@ export function registerUser(program: Command): void {
             "pass --rotate or --no-rotate",
           );
         }
+        // Refused before the removal, so nothing is written when the rotation could not follow.
+        if (rotate) {
+          await vault.assertCanRotate(
+            `finish it first with \`vmvault key rotate --reencrypt\`, then run this again; or remove ${name} now with --no-rotate and, once the re-encryption has finished, run \`vmvault key rotate\` (and \`--reencrypt\`)`,
+          );
+        }
         const removed = await vault.removeUser(name);
         const exposure = exposureAfterRemoval(name, removed.role, rotate);
         if (!ctx.json) ctx.out(`removed ${name} (${removed.role}); ${plural(removed.snapshots.length, "snapshot")} they signed ${noun(removed.snapshots.length, "stays", "stay")} valid`);
