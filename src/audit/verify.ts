@@ -6,7 +6,7 @@ import type { AuditHead } from "../format/registry.js";
 import { versionOf } from "../keys/registry.js";
 import { may, type Action, type Role } from "../keys/roles.js";
 import type { Repository } from "../repository/repository.js";
-import { listSnapshots } from "../snapshot/store.js";
+import { listSnapshotKeys, listSnapshots } from "../snapshot/store.js";
 import { toHex } from "../util/bytes.js";
 import { openRecord, readStoredRecord, type OpenedRecord } from "./read.js";
 import { listSeqs } from "./trail.js";
@@ -58,6 +58,8 @@ export async function verifyTrail(repo: Repository, anchor?: Uint8Array): Promis
   const problems: AuditProblem[] = [];
   const seqs = await listSeqs(repo);
   const bySeq = new Map<number, OpenedRecord>();
+  /** Snapshot id → the record of the backup that created it. */
+  const created = new Map<string, { seq: number; vm: string }>();
   let prevHash: string | null = null;
   const last = seqs.length === 0 ? 0 : (seqs[seqs.length - 1] as number);
   for (let seq = 1; seq <= last; seq++) {
@@ -86,6 +88,10 @@ export async function verifyTrail(repo: Repository, anchor?: Uint8Array): Promis
     } else if (seq === 1 && rec.meta.prevHash !== null) problems.push({ ...where, problem: "the first record names a predecessor (records removed from the start)" });
     const signer = signerProblem(repo, rec);
     if (signer !== undefined) problems.push({ ...where, problem: signer });
+    const t = rec.body.target;
+    if (rec.body.action === "backup" && rec.body.result === "succeeded" && typeof t["snapshot"] === "string") {
+      created.set(t["snapshot"], { seq, vm: typeof t["vm"] === "string" ? t["vm"] : "?" });
+    }
     prevHash = rec.hash;
   }
   let anchorsChecked = 0;
@@ -99,6 +105,12 @@ export async function verifyTrail(repo: Repository, anchor?: Uint8Array): Promis
   for (const doc of repo.chain.versions) checkHead(doc.auditHead, `registry version ${doc.version}`);
   for (const snap of await listSnapshots(repo, () => undefined)) checkHead(snap.header.auditHead, `snapshot ${snap.header.id}`);
   if (anchor !== undefined) checkHead(parseAnchor(repo, anchor), "the anchor");
+  // Nothing removes a snapshot yet (forget and prune do not exist): every snapshot a backup
+  // recorded must still be stored, or it was deleted behind the vault's back.
+  const stored = await listSnapshotKeys(repo);
+  for (const [id, c] of created) {
+    if (!stored.has(id)) problems.push({ seq: null, object: `snapshots/${id}`, problem: `snapshot ${id} of VM ${c.vm}, whose backup record ${c.seq} names it, is missing (deleted from the repository)` });
+  }
   problems.sort((a, b) => (a.seq ?? Infinity) - (b.seq ?? Infinity));
   const lastRec = bySeq.get(last);
   return { ok: problems.length === 0, records: last, head: lastRec === undefined ? null : { seq: last, hash: lastRec.hash }, problems, anchorsChecked };

@@ -88,6 +88,22 @@ describe("audit trail", () => {
     expect(r.stderr).toMatch(/record 3 is missing/);
   });
 
+  it("a snapshot deleted from the repository fails verification, naming it and its backup record", async () => {
+    const { repo, admin, aud } = await setup();
+    const [snap] = JSON.parse((await admin(["snapshots", "--json"])).stdout) as { id: string }[];
+    if (snap === undefined) throw new Error("no snapshot");
+    // Was: nothing noticed (check and audit verify both passed; the snapshot was simply gone).
+    await fsp.rm(path.join(repo, "snapshots", snap.id), { recursive: true });
+    const r = await aud(["--json", "audit", "verify"]);
+    expect(r.code, r.stderr).toBe(5);
+    const report = JSON.parse(r.stdout) as { ok: boolean; problems: { seq: number | null; object: string; problem: string }[] };
+    expect(report.ok).toBe(false);
+    const backup = (await log(aud)).find((x) => x.action === "backup" && x.result === "succeeded");
+    expect(report.problems).toEqual([
+      { seq: null, object: `snapshots/${snap.id}`, problem: `snapshot ${snap.id} of VM vm, whose backup record ${backup?.seq} names it, is missing (deleted from the repository)` },
+    ]);
+  });
+
   it("reordered records fail verification", async () => {
     const { repo, aud } = await setup();
     const a = await fsp.readFile(rec(repo, 3));
