@@ -147,7 +147,11 @@ export function parseAnchor(repo: Repository, bytes: Uint8Array): AuditHead {
     if (meta.repoId !== repo.repoId) throw new UsageError("the anchor belongs to another repository", "give the anchor exported from this repository");
     const signer = repo.chain.versions.flatMap((v) => v.users).find((u) => u.name === meta.signer && toHex(u.signPublicKey) === meta.signerKey);
     if (signer === undefined || env.signature === undefined || !repo.crypto.verify(signer.signPublicKey, env.body, env.signature)) {
-      throw IntegrityError.object("the anchor", "is not signed by a user of this repository");
+      throw new IntegrityError(
+        "integrity failure: the anchor file is not signed by a user of this repository (the file was modified, or its signature forged)",
+        [{ object: "the anchor", problem: "is not signed by a user of this repository" }],
+        "the anchor file, not the repository, failed: verify against an untouched copy of it (from the ticket, WORM store or log where you kept it)",
+      );
     }
     return { seq: meta.seq, hash: meta.hash };
   } catch (e) {

@@ -139,6 +139,25 @@ describe("audit trail", () => {
     const r = await aud(["audit", "verify", "--anchor", anchorFile]);
     expect(r.code).toBe(5);
     expect(r.stdout).toMatch(/the anchor was made when the trail had \d+ records; it now has \d+ \(records removed from the end\)/);
+    // Was: "run `vmvault check --read-data`", which does not look at the trail (and an auditor may not run it).
+    expect(r.stderr).not.toContain("check --read-data");
+    expect(r.stderr).toContain("next: the audit trail, or what it records, was changed in the repository's storage");
+  });
+
+  it("a modified anchor file is named as the culprit, not the repository", async () => {
+    const { aud } = await setup();
+    const anchorFile = path.join(tmp("anchor"), "head.anchor");
+    expect((await aud(["audit", "anchor", "--out", anchorFile])).code).toBe(0);
+    const bytes = await fsp.readFile(anchorFile);
+    const at = bytes.indexOf(Buffer.from('"seq":'));
+    bytes[at + 6] = bytes[at + 6] === "1".charCodeAt(0) ? "2".charCodeAt(0) : "1".charCodeAt(0);
+    await fsp.writeFile(anchorFile, bytes);
+    const r = await aud(["audit", "verify", "--anchor", anchorFile]);
+    expect(r.code).toBe(5);
+    // Was: "integrity failure: the anchor: is not signed ..." and "the repository was modified or corrupted; run `vmvault check --read-data`".
+    expect(r.stderr).toContain("vmvault: integrity failure: the anchor file is not signed by a user of this repository");
+    expect(r.stderr).toContain("next: the anchor file, not the repository, failed");
+    expect(r.stderr).not.toContain("check --read-data");
   });
 
   it("a restore whose audit record cannot be stored does not start and writes nothing", async () => {

@@ -66,7 +66,11 @@ export function registerAudit(program: Command): void {
         }
         if (!r.ok) {
           const first = r.problems[0];
-          throw new IntegrityError(`audit trail verification failed${first === undefined ? "" : `; first broken: ${first.object}: ${first.problem}`}`);
+          throw new IntegrityError(
+            `audit trail verification failed${first === undefined ? "" : `; first broken: ${first.object}: ${first.problem}`}`,
+            [],
+            "the audit trail, or what it records, was changed in the repository's storage: keep this report and the repository as they are for investigation; `vmvault audit log` shows the records that still open",
+          );
         }
       } finally {
         await vault.close();
