@@ -108,8 +108,9 @@ export class Vault {
     return (await users()).changePassphrase(this.repository, newPassphrase, kdf, allowWeakKdf);
   }
 
-  async auditLog(f: AuditLogFilter = {}): Promise<AuditLogEntry[]> {
-    return (await audit()).auditLog(this.repository, f);
+  /** With onDamage, records that are missing or do not open are reported there and left out instead of failing the call. */
+  async auditLog(f: AuditLogFilter = {}, onDamage?: (d: Damage) => void): Promise<AuditLogEntry[]> {
+    return (await audit()).auditLog(this.repository, f, onDamage);
   }
 
   async auditVerify(anchor?: Uint8Array): Promise<AuditVerifyReport> {

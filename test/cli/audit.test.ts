@@ -80,6 +80,34 @@ describe("audit trail", () => {
     expect(r.stdout + r.stderr).toMatch(/record 3/);
   });
 
+  it("audit log shows every record that still opens when some are damaged or missing, names those, and exits 5", async () => {
+    const { repo, aud } = await setup();
+    const all = await log(aud);
+    const bytes = await fsp.readFile(rec(repo, 3));
+    await fsp.writeFile(rec(repo, 3), bytes.subarray(0, 20));
+    await fsp.rm(rec(repo, 5));
+    // Was: exit 5 on the first damaged record and not one record shown, when an auditor needs them most.
+    const r = await aud(["--json", "audit", "log"]);
+    expect(r.code, r.stderr).toBe(5);
+    const shown = JSON.parse(r.stdout) as LogRecord[];
+    expect(shown.map((x) => x.seq)).toEqual(all.map((x) => x.seq).filter((s) => s !== 3 && s !== 5));
+    expect(r.stderr).toContain("warning: left out audit/000000000003: audit record 3 is malformed (truncated)");
+    expect(r.stderr).toContain("warning: left out audit/000000000005: record 5 is missing");
+    expect(r.stderr).toContain("vmvault: 2 audit records could not be read and were left out");
+  });
+
+  it("audit log --action with an action that does not exist is a usage error listing the actions", async () => {
+    const { aud } = await setup();
+    // Was: an empty list, as if no such record existed ("restores" for "restore").
+    const r = await aud(["audit", "log", "--action", "restores"]);
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toContain('vmvault: --action "restores" is not an audit action');
+    expect(r.stderr).toContain('backup, restore, check, "check --read-data"');
+    const ok = await aud(["--json", "audit", "log", "--action", "check --read-data"]);
+    expect(ok.code, ok.stderr).toBe(0);
+  });
+
   it("a record deleted from the middle fails verification", async () => {
     const { repo, aud } = await setup();
     await fsp.rm(rec(repo, 3));

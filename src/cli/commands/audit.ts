@@ -2,9 +2,9 @@ import { randomBytes } from "node:crypto";
 import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { Command } from "commander";
-import { IntegrityError, StorageError, UsageError } from "../../errors.js";
+import { IntegrityError, StorageError, UsageError, type Damage } from "../../errors.js";
 import { CliContext } from "../context.js";
-import { plural, table } from "../output.js";
+import { noun, plural, table } from "../output.js";
 
 export function registerAudit(program: Command): void {
   const audit = program.command("audit").description("read, verify and anchor the audit trail (admin and auditor)");
@@ -19,11 +19,15 @@ export function registerAudit(program: Command): void {
       const ctx = new CliContext(command);
       const vault = await ctx.openVault();
       try {
-        const records = await vault.auditLog({
-          ...(opts.since === undefined ? {} : { since: opts.since }),
-          ...(opts.actor === undefined ? {} : { actor: opts.actor }),
-          ...(opts.action === undefined ? {} : { action: opts.action }),
-        });
+        const damaged: Damage[] = [];
+        const records = await vault.auditLog(
+          {
+            ...(opts.since === undefined ? {} : { since: opts.since }),
+            ...(opts.actor === undefined ? {} : { actor: opts.actor }),
+            ...(opts.action === undefined ? {} : { action: opts.action }),
+          },
+          (d) => damaged.push(d),
+        );
         if (ctx.json) ctx.printJson(records);
         else {
           const target = (t: Record<string, unknown>): string =>
@@ -35,6 +39,15 @@ export function registerAudit(program: Command): void {
               ["SEQ", "TIME", "ACTOR", "ROLE", "ACTION", "RESULT", "TARGET", "REASON"],
               records.map((r) => [String(r.seq), r.time, r.actor, r.role, r.action, r.result + (r.code === undefined ? "" : ` (${r.code})`), target(r.target), r.reason ?? ""]),
             ),
+          );
+        }
+        // The records that open are shown; each one that does not is named, and the exit code says so.
+        for (const d of damaged) ctx.warn(`warning: left out ${d.object}: ${d.problem}`);
+        if (damaged.length > 0) {
+          throw new IntegrityError(
+            `${plural(damaged.length, "audit record")} could not be read and ${noun(damaged.length, "was", "were")} left out; the ${ctx.json ? "output holds" : "list above shows"} every other record`,
+            [],
+            "run `vmvault audit verify` for the full report; keep the repository as it is for investigation",
           );
         }
       } finally {
