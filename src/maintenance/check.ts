@@ -117,6 +117,8 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
     }
 
     const packSnapshots = new Map<number, Set<string>>();
+    /** Packs with chunks that failed --read-data, and those chunks' IDs (hex). */
+    const badChunks = new Map<string, Set<string>>();
     if (canDecrypt) {
       const verifier = await starting;
       // Snapshot references are walked on the main thread while the workers verify packs.
@@ -140,15 +142,18 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
         }
         for (const [packId, r] of (await verifier?.finish()) ?? []) {
           bytesRead += r.bytesRead;
+          if (r.badChunks !== undefined) badChunks.set(packId, new Set(r.badChunks.map(toHex)));
           if (r.messages.length > 0) packDamage.set(packId, [...(packDamage.get(packId) ?? []), ...r.messages]);
         }
       })();
       const failed = (await Promise.allSettled([references, packs])).find((r) => r.status === "rejected");
       if (failed !== undefined) throw failed.reason;
     }
+    const chunkSnapshots = await snapshotsUsingChunks(repo, sessions, index, snapshots, badChunks, packSnapshots);
     for (const [packId, problems] of packDamage) {
       const packNo = index.packNumber(packId);
-      const affected = packNo === undefined ? [] : [...(packSnapshots.get(packNo) ?? [])].sort();
+      // A pack with failed chunks affects the snapshots that use those chunks, not every one with data in it.
+      const affected = chunkSnapshots.get(packId) ?? (packNo === undefined ? [] : [...(packSnapshots.get(packNo) ?? [])].sort());
       for (const problem of problems) damage.push({ object: packKey(packId), problem, snapshots: affected });
     }
     return {
@@ -185,15 +190,55 @@ async function checkGrants(repo: Repository, report: (d: Damage) => void): Promi
   }
 }
 
-/** Walks one snapshot's lists and entries; every chunk it names must be indexed. */
+type SnapshotRecord = Awaited<ReturnType<typeof listSnapshots>>[number];
+
+/**
+ * For each pack with chunks that failed verification, the snapshots (sorted) that reference one of
+ * those chunks, found by walking again only the snapshots with data in such a pack.
+ */
+async function snapshotsUsingChunks(
+  repo: Repository,
+  sessions: SessionKeys,
+  index: ChunkIndex,
+  snapshots: readonly SnapshotRecord[],
+  badChunks: ReadonlyMap<string, ReadonlySet<string>>,
+  packSnapshots: ReadonlyMap<number, ReadonlySet<string>>,
+): Promise<Map<string, string[]>> {
+  const out = new Map<string, string[]>();
+  if (badChunks.size === 0) return out;
+  const packOfBad = new Map<string, string>();
+  const candidates = new Set<string>();
+  for (const [packId, ids] of badChunks) {
+    out.set(packId, []);
+    for (const id of ids) packOfBad.set(id, packId);
+    const packNo = index.packNumber(packId);
+    for (const snapshotId of (packNo === undefined ? undefined : packSnapshots.get(packNo)) ?? []) candidates.add(snapshotId);
+  }
+  const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
+  for (const snap of snapshots) {
+    if (!candidates.has(snap.header.id)) continue;
+    const hit = new Set<string>();
+    const visit = (chunk: Uint8Array): void => {
+      const packId = packOfBad.get(toHex(chunk));
+      if (packId !== undefined) hit.add(packId);
+    };
+    await checkReferences(repo, sessions, reader, index, snap, new Map(), () => undefined, visit);
+    for (const packId of hit) out.get(packId)?.push(snap.header.id);
+  }
+  for (const list of out.values()) list.sort();
+  return out;
+}
+
+/** Walks one snapshot's lists and entries; every chunk it names must be indexed. visit sees every chunk ID it references. */
 async function checkReferences(
   repo: Repository,
   sessions: SessionKeys,
   reader: BlobReader,
   index: ChunkIndex,
-  snap: Awaited<ReturnType<typeof listSnapshots>>[number],
+  snap: SnapshotRecord,
   packSnapshots: Map<number, Set<string>>,
   report: (d: Damage) => void,
+  visit?: (chunk: Uint8Array) => void,
 ): Promise<void> {
   const id = snap.header.id;
   let body: SnapshotBody;
@@ -209,6 +254,7 @@ async function checkReferences(
   let missing = 0;
   let lastPack = -1;
   const use = (chunk: Uint8Array): boolean => {
+    visit?.(chunk);
     const packNo = index.packOf(chunk);
     if (packNo < 0) {
       missing++;

@@ -110,6 +110,26 @@ describe("tampering is detected and named", () => {
     expect(r.stdout).toContain(`affects snapshots ${snapshotId}`);
   });
 
+  it("a damaged chunk is blamed on the snapshots that use it, not on every snapshot with data in its pack", async () => {
+    const repo = copyRepo();
+    const v = vault(repo);
+    const [first] = JSON.parse((await v(["snapshots", "--json"])).stdout) as { id: string }[];
+    // A second snapshot of the folder alone: all its data deduplicates into the first backup's pack.
+    const b = await v(["--json", "backup", "--vm", "vm2", path.join(src, "folder")]);
+    expect(b.code, b.stderr).toBe(0);
+    const second = JSON.parse(b.stdout) as { snapshotId: string; addedBytes: number };
+    const packs = await objects(repo, "data/");
+    expect(packs).toHaveLength(1);
+    await flipByte(packs[0] as string, "middle"); // inside the disk image's chunks
+    const r = await v(["--json", "check", "--read-data"]);
+    expect(r.code).toBe(5);
+    const report = JSON.parse(r.stdout) as { damage: { object: string; snapshots: string[] }[] };
+    // Was: both snapshots, though the folder-only one reads back intact.
+    expect(report.damage).toEqual([expect.objectContaining({ object: path.relative(repo, packs[0] as string), snapshots: [first?.id] })]);
+    const ok = await v(["restore", second.snapshotId, "--target", tmp("o"), "--reason", "x"]);
+    expect(ok.code, ok.stderr).toBe(0);
+  });
+
   it("a truncated pack is detected by a structure check", async () => {
     const repo = copyRepo();
     const pack = (await objects(repo, "data/"))[0] as string;
