@@ -112,8 +112,11 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
       if (size === undefined) packDamage.set(packId, ["pack is missing"]);
       else if (size !== p.packLength) packDamage.set(packId, [`pack has ${size} bytes, the index says ${p.packLength} (truncated or modified)`]);
     }
+    let unindexed = 0;
     for (const packId of stored.keys()) {
-      if (!indexedPacks.has(packId)) warnings.push(`${packKey(packId)} is not indexed (left by an interrupted backup, or listed only by an unreadable index file): \`vmvault repair index\` indexes it`);
+      if (indexedPacks.has(packId)) continue;
+      unindexed++;
+      warnings.push(`${packKey(packId)} is not indexed (left by an interrupted backup, or listed only by an unreadable index file): \`vmvault repair index\` indexes it`);
     }
 
     const packSnapshots = new Map<number, Set<string>>();
@@ -126,7 +129,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
         const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
         for (const [i, snap] of snapshots.entries()) {
           progress({ phase: "check snapshots", done: i + 1, total: snapshots.length, unit: "items" });
-          await checkReferences(repo, sessions, reader, index, snap, packSnapshots, report);
+          await checkReferences(repo, sessions, reader, index, snap, packSnapshots, report, undefined, unindexed);
         }
       })();
       const packs = (async () => {
@@ -239,6 +242,7 @@ async function checkReferences(
   packSnapshots: Map<number, Set<string>>,
   report: (d: Damage) => void,
   visit?: (chunk: Uint8Array) => void,
+  unindexedPacks = 0,
 ): Promise<void> {
   const id = snap.header.id;
   let body: SnapshotBody;
@@ -300,7 +304,14 @@ async function checkReferences(
       else throw e;
     }
   }
-  if (missing > 0) report({ object: snap.key, problem: `${plural(missing, "referenced chunk")} ${noun(missing, "is", "are")} in no index (data missing)`, snapshots: [id] });
+  if (missing > 0) {
+    // With packs no readable index lists, the chunks may well be stored: say so, not "missing".
+    const why =
+      unindexedPacks > 0
+        ? ` (the ${noun(unindexedPacks, "pack")} no readable index lists may hold them: run \`vmvault repair index\`, then check again)`
+        : " (data missing)";
+    report({ object: snap.key, problem: `${plural(missing, "referenced chunk")} ${noun(missing, "is", "are")} in no readable index${why}`, snapshots: [id] });
+  }
 }
 
 /**
