@@ -24,6 +24,12 @@ export interface AuditVerifyReport {
   /** Every problem found, the first broken record first. */
   readonly problems: readonly AuditProblem[];
   readonly anchorsChecked: number;
+  /**
+   * The newest record a registry version, snapshot or the given anchor binds: removing records
+   * up to it is detected; records after it could be removed from the end without a trace but
+   * for an anchor kept outside the repository. 0 when nothing binds the trail.
+   */
+  readonly boundThrough: number;
 }
 
 /** The role capability each audited action needs (denied attempts are valid for anyone). */
@@ -95,9 +101,11 @@ export async function verifyTrail(repo: Repository, anchor?: Uint8Array): Promis
     prevHash = rec.hash;
   }
   let anchorsChecked = 0;
+  let boundThrough = 0;
   const checkHead = (head: AuditHead | null, what: string): void => {
     if (head === null) return;
     anchorsChecked++;
+    boundThrough = Math.max(boundThrough, Math.min(head.seq, last));
     const rec = bySeq.get(head.seq);
     if (head.seq > last) problems.push({ seq: head.seq, object: what, problem: `${what} was made when the trail had ${head.seq} records; it now has ${last} (records removed from the end)` });
     else if (rec !== undefined && rec.hash !== head.hash) problems.push({ seq: head.seq, object: what, problem: `${what} names a different record ${head.seq} than the trail holds (trail rewritten)` });
@@ -113,7 +121,7 @@ export async function verifyTrail(repo: Repository, anchor?: Uint8Array): Promis
   }
   problems.sort((a, b) => (a.seq ?? Infinity) - (b.seq ?? Infinity));
   const lastRec = bySeq.get(last);
-  return { ok: problems.length === 0, records: last, head: lastRec === undefined ? null : { seq: last, hash: lastRec.hash }, problems, anchorsChecked };
+  return { ok: problems.length === 0, records: last, head: lastRec === undefined ? null : { seq: last, hash: lastRec.hash }, problems, anchorsChecked, boundThrough };
 }
 
 /** Why a record's signature or signer is not acceptable, or undefined when it is. */

@@ -156,6 +156,15 @@ describe("audit trail", () => {
 
   it("records removed from the end are caught against an exported anchor", async () => {
     const { repo, aud, op } = await setup();
+    // Without an anchor, "intact" says which newest records nothing binds (was: "intact" alone,
+    // though removing those records from the end goes unnoticed).
+    const plain = await aud(["audit", "verify"]);
+    expect(plain.code, plain.stderr).toBe(0);
+    const unbound = /note: the newest (\d+) records \(after record (\d+)\) are bound by no registry version, snapshot or anchor/.exec(plain.stderr);
+    expect(unbound, plain.stderr).not.toBeNull();
+    const json = JSON.parse((await aud(["--json", "audit", "verify"])).stdout) as { records: number; boundThrough: number };
+    expect(json.boundThrough).toBe(Number(unbound?.[2]));
+    expect(json.records).toBeGreaterThan(json.boundThrough);
     const anchorFile = path.join(tmp("anchor"), "head.anchor");
     const a = await aud(["audit", "anchor", "--out", anchorFile]);
     expect(a.code, a.stderr).toBe(0);

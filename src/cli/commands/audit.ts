@@ -76,6 +76,14 @@ export function registerAudit(program: Command): void {
         else {
           for (const p of r.problems) ctx.out(`BROKEN ${p.seq === null ? "" : `record ${p.seq} `}(${p.object}): ${p.problem}`);
           ctx.out(r.ok ? `audit trail intact: ${plural(r.records, "record")}, ${plural(r.anchorsChecked, "anchor")} checked` : `audit trail broken: ${plural(r.problems.length, "problem")}`);
+          // "Intact" cannot cover records nothing binds yet: their removal from the end leaves no trace.
+          const unbound = r.records - r.boundThrough;
+          if (r.ok && unbound > 0) {
+            ctx.warn(
+              `note: ${unbound === 1 ? `record ${r.records} is` : `the newest ${unbound} records (after record ${r.boundThrough}) are`} bound by no registry version, snapshot or anchor: ` +
+                `${noun(unbound, "its", "their")} removal from the end would go unnoticed; keep an anchor outside the repository (\`vmvault audit anchor --out FILE\`) and verify with --anchor FILE`,
+            );
+          }
         }
         if (!r.ok) {
           const first = r.problems[0];
