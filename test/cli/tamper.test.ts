@@ -130,6 +130,15 @@ describe("tampering is detected and named", () => {
     expect(ok.code, ok.stderr).toBe(0);
   });
 
+  it("a structure check of a repository with a damaged chunk says that it read no chunk data", async () => {
+    const repo = copyRepo();
+    await flipByte((await objects(repo, "data/"))[0] as string, "middle");
+    const r = await vault(repo)(["check"]);
+    expect(r.code, r.stderr).toBe(0);
+    // Was: "no errors found: 1 snapshot, ..." and nothing more.
+    expect(r.stdout).toMatch(/^no errors found: .*; structure only, chunk data not read \(`vmvault check --read-data` decrypts and verifies it\)$/m);
+  });
+
   it("a truncated pack is detected by a structure check", async () => {
     const repo = copyRepo();
     const pack = (await objects(repo, "data/"))[0] as string;
