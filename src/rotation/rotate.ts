@@ -1,4 +1,5 @@
-import { IntegrityError, UsageError, VaultError } from "../errors.js";
+import { IntegrityError, LockedError, UsageError, VaultError } from "../errors.js";
+import { loadRegistryChain } from "../keys/registry.js";
 import { grantPrefix } from "../format/layout.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import { newEpoch } from "../repository/open.js";
@@ -76,6 +77,16 @@ async function openEpochAndReseal(repo: Repository, o: RotateOptions): Promise<R
   const epoch = newEpoch(repo.crypto, id, repo.now(), o.newChunkKey === true ? undefined : { key: chunkKey.bytes, epoch: previous.info.chunkKeyEpoch });
   repo.keyring.addEpoch(repo.crypto, epoch.info, { ...epoch.secrets, root: root.bytes });
   for (const s of Object.values(epoch.secrets)) s.fill(0);
+  // Grants of an epoch no registry version names are leftovers of a rotation stopped before it
+  // registered the epoch: they seal other keys under the same epoch number, and grants are
+  // stored put-if-absent, so they would stay and open nothing. Removed first: under the
+  // exclusive lock, and only once the registry is known to be the newest (another admin's
+  // rotation that ended before this lock was taken registered its epoch with valid grants).
+  const newest = await loadRegistryChain(repo.crypto, repo.store, repo.chain.versions[0]?.rootPublicKey ?? latest.rootPublicKey, repo.repoId);
+  if (newest.latest.version !== latest.version) {
+    throw new LockedError(`the registry changed while this command waited (version ${newest.latest.version}, by ${newest.latest.actor}: ${newest.latest.change})`, "run the command again");
+  }
+  for (const { key } of await listAll(repo.store, grantPrefix(id))) await repo.store.delete(key);
   for (const user of latest.users) await writeGrants(repo, user, [id]);
   await appendRegistryVersion(repo, `key rotate: epoch ${id}`, (doc) => ({ ...doc, epochs: [...doc.epochs, epoch.info], currentEpoch: id }));
   repo.keyring.setCurrentEpoch(id);
