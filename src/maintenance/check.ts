@@ -54,6 +54,11 @@ export interface CheckReport {
   readonly chunks: number;
   readonly bytesRead: number;
   readonly readData: boolean;
+  /**
+   * Whether the checking user holds the current data key: pack trailers, session keys and the
+   * chunks snapshots reference are checked only then (an auditor holds no data key).
+   */
+  readonly dataKey: boolean;
 }
 
 /**
@@ -169,6 +174,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
       chunks: index.size,
       bytesRead,
       readData,
+      dataKey: canDecrypt,
     };
   } finally {
     await (await starting?.catch(() => undefined))?.close();

@@ -139,6 +139,20 @@ describe("tampering is detected and named", () => {
     expect(r.stdout).toMatch(/^no errors found: .*; structure only, chunk data not read \(`vmvault check --read-data` decrypts and verifies it\)$/m);
   });
 
+  it("an auditor's structure check says what it cannot check without a data key", async () => {
+    const repo = copyRepo();
+    const v = vault(repo);
+    expect((await v(["user", "add", "aud", "--role", "auditor"], { env: { VMVAULT_NEW_PASSPHRASE: "auditor-pass" } })).code).toBe(0);
+    await flipByte((await objects(repo, "data/"))[0] as string, "last"); // the pack trailer
+    expect((await v(["check"])).code).toBe(5);
+    const r = await vault(repo, "aud", "auditor-pass")(["check"]);
+    expect(r.code, r.stderr).toBe(0);
+    // Was: "no errors found: ..." alone, and a pointer to --read-data, which an auditor may not run.
+    expect(r.stdout).toMatch(/^no errors found: .*; structure only, without a data key: pack trailers, session keys and the chunks snapshots reference were not checked \(an admin, operator or restorer checks them\)$/m);
+    const json = JSON.parse((await vault(repo, "aud", "auditor-pass")(["--json", "check"])).stdout) as { dataKey: boolean };
+    expect(json.dataKey).toBe(false);
+  });
+
   it("a truncated pack is detected by a structure check", async () => {
     const repo = copyRepo();
     const pack = (await objects(repo, "data/"))[0] as string;
