@@ -82,6 +82,17 @@ describe("users", () => {
     expect((await vault(repo, "op", "op-pass")(["snapshots"])).code).toBe(0);
   });
 
+  it("removing an admin says that their copy of the root key is not withdrawn by any rotation", async () => {
+    const { admin } = await repoWithOperator();
+    expect((await admin(["user", "add", "second", "--role", "admin"], { env: { VMVAULT_NEW_PASSPHRASE: "second-pass" } })).code).toBe(0);
+    const r = await admin(["--json", "user", "remove", "second", "--rotate"]);
+    expect(r.code, r.stderr).toBe(0);
+    // Was: "second's copied keys open nothing written from now on", untrue for the root key they held.
+    expect((JSON.parse(r.stdout) as { exposure: string }).exposure).toMatch(/as an admin they held the repository root key, which no rotation replaces/);
+    const op = await admin(["--json", "user", "remove", "op", "--rotate"]);
+    expect((JSON.parse(op.stdout) as { exposure: string }).exposure).not.toMatch(/root key/);
+  });
+
   it("user remove --no-rotate says plainly what stays exposed; --rotate opens a new epoch without them", async () => {
     const { repo, admin } = await repoWithOperator();
     const no = await admin(["--json", "user", "remove", "op", "--no-rotate"]);

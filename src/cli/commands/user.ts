@@ -122,12 +122,21 @@ export function registerUser(program: Command): void {
 /** What a removed user's copied keys can still do, said plainly. */
 function exposureAfterRemoval(name: string, role: Role, rotated: boolean): string {
   const couldRead = role === "admin" || role === "operator" || role === "restorer";
+  // No rotation replaces the root key (SECURITY.md, known limits): say so for a removed admin.
+  const root =
+    role === "admin"
+      ? `; as an admin they held the repository root key, which no rotation replaces: with write access to the storage a copy of it still signs registry versions, so keep the storage out of ${name}'s reach`
+      : "";
   if (rotated) {
-    return couldRead
-      ? `${name}'s copied keys open nothing written from now on; data stored before the rotation stays readable with them until \`vmvault key rotate --reencrypt\``
-      : `${name}'s copied keys open nothing written from now on`;
+    return (
+      (couldRead
+        ? `${name}'s copied keys open nothing written from now on; data stored before the rotation stays readable with them until \`vmvault key rotate --reencrypt\``
+        : `${name}'s copied keys open nothing written from now on`) + root
+    );
   }
-  return couldRead
-    ? `${name} can no longer unlock the repository, but keys they may have copied still decrypt every snapshot stored so far and everything written until the keys are rotated (\`vmvault key rotate\`, then \`--reencrypt\` for old data)`
-    : `${name} can no longer unlock the repository; copied keys let them compute chunk IDs (test whether known data is stored) until the keys are rotated (\`vmvault key rotate\`)`;
+  return (
+    (couldRead
+      ? `${name} can no longer unlock the repository, but keys they may have copied still decrypt every snapshot stored so far and everything written until the keys are rotated (\`vmvault key rotate\`, then \`--reencrypt\` for old data)`
+      : `${name} can no longer unlock the repository; copied keys let them compute chunk IDs (test whether known data is stored) until the keys are rotated (\`vmvault key rotate\`)`) + root
+  );
 }
