@@ -63,13 +63,14 @@ const NEEDS: Partial<Record<AuditAction, Action>> = {
 export async function verifyTrail(repo: Repository, anchor?: Uint8Array): Promise<AuditVerifyReport> {
   const problems: AuditProblem[] = [];
   const seqs = await listSeqs(repo);
+  const present = new Set(seqs);
   const bySeq = new Map<number, OpenedRecord>();
   /** Snapshot id → the record of the backup that created it. */
   const created = new Map<string, { seq: number; vm: string }>();
   let prevHash: string | null = null;
   const last = seqs.length === 0 ? 0 : (seqs[seqs.length - 1] as number);
   for (let seq = 1; seq <= last; seq++) {
-    if (!seqs.includes(seq)) {
+    if (!present.has(seq)) {
       problems.push({ seq, object: `audit/${String(seq).padStart(12, "0")}`, problem: `record ${seq} is missing (deleted from the middle of the trail)` });
       prevHash = null;
       continue;
