@@ -7,6 +7,7 @@ import { audited, authorizeAudited } from "./guard.js";
 import { openRecord, readStoredRecord } from "./read.js";
 import { appendAudit, listSeqs, readHead } from "./trail.js";
 import { auditKey } from "../format/layout.js";
+import { USER_NAME_PATTERN } from "../format/registry.js";
 import { verifyTrail, type AuditVerifyReport } from "./verify.js";
 
 /** One record as `audit log` shows it (the --json shape scripts rely on). */
@@ -40,7 +41,10 @@ export async function auditLog(repo: Repository, f: AuditLogFilter = {}, onDamag
   await authorizeAudited(repo, "readAudit", "audit log");
   const since = f.since === undefined ? undefined : Date.parse(f.since);
   if (since !== undefined && Number.isNaN(since)) throw new UsageError(`--since ${f.since} is not a date`, "use ISO 8601, e.g. 2026-11-25 or 2026-11-25T10:00:00Z");
-  // A misspelt action would match nothing and look like "no such records".
+  // A name no user can have, or a misspelt action, would match nothing and look like "no such records".
+  if (f.actor !== undefined && !USER_NAME_PATTERN.test(f.actor)) {
+    throw new UsageError(`--actor ${JSON.stringify(f.actor)} is not a user name`, "user names are 1-64 characters: a-z, 0-9, '.', '_' or '-', starting with a letter or digit");
+  }
   if (f.action !== undefined && !(AUDIT_ACTIONS as readonly string[]).includes(f.action)) {
     throw new UsageError(`--action ${JSON.stringify(f.action)} is not an audit action`, `give one of: ${AUDIT_ACTIONS.map((a) => (a.includes(" ") ? `"${a}"` : a)).join(", ")}`);
   }

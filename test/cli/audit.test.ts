@@ -96,7 +96,7 @@ describe("audit trail", () => {
     expect(r.stderr).toContain("vmvault: 2 audit records could not be read and were left out");
   });
 
-  it("audit log --action with an action that does not exist is a usage error listing the actions", async () => {
+  it("audit log --action with an action that does not exist, or --actor with a name no user can have, is a usage error", async () => {
     const { aud } = await setup();
     // Was: an empty list, as if no such record existed ("restores" for "restore").
     const r = await aud(["audit", "log", "--action", "restores"]);
@@ -104,6 +104,9 @@ describe("audit trail", () => {
     expect(r.stdout).toBe("");
     expect(r.stderr).toContain('vmvault: --action "restores" is not an audit action');
     expect(r.stderr).toContain('backup, restore, check, "check --read-data"');
+    const actor = await aud(["audit", "log", "--actor", "Admin"]);
+    expect(actor.code).toBe(2);
+    expect(actor.stderr).toContain('vmvault: --actor "Admin" is not a user name');
     const ok = await aud(["--json", "audit", "log", "--action", "check --read-data"]);
     expect(ok.code, ok.stderr).toBe(0);
   });
