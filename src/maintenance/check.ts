@@ -5,7 +5,7 @@ import { parseChunkList } from "../format/chunklist.js";
 import { parseEntryBlob } from "../format/entries.js";
 import { ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { parseGrantMeta } from "../format/grant.js";
-import { PACK_PREFIX, packKey, parsePackKey } from "../format/layout.js";
+import { INDEX_PREFIX, PACK_PREFIX, packKey, parsePackKey } from "../format/layout.js";
 import { encodePackEntries, type PackEntry } from "../format/pack.js";
 import type { SnapshotBody } from "../format/snapshot.js";
 import { PackError, readPackTrailer } from "../pack/reader.js";
@@ -105,6 +105,8 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
         indexedPacks.set(toHex(p.packId), { sessionId: toHex(p.sessionId), packLength: p.packLength, indexKey: p.indexKey, entriesDigest: repo.crypto.hash(p.entries) });
       },
     });
+    // Damaged index files were checked too: count them (the summary said "0 index files" for one damaged file).
+    for (const d of damage) if (d.object.startsWith(INDEX_PREFIX)) files.add(d.object);
     const indexFiles = files.size;
     const stored = new Map<string, number>();
     for (const o of await listAll(repo.store, PACK_PREFIX)) {
