@@ -190,5 +190,10 @@ describe("damage to one snapshot", () => {
     const latest = await v(["restore", "latest", "--target", tmp("o2"), "--reason", "x"]);
     expect(latest.code).toBe(5);
     expect(latest.stderr).toContain(path.relative(repo, victim));
+    // An auditor listing snapshots is pointed at a check it may run (was: only `check --read-data`, denied to auditors).
+    expect((await v(["user", "add", "aud", "--role", "auditor"], { env: { VMVAULT_NEW_PASSPHRASE: "auditor-pass" } })).code).toBe(0);
+    const listed = await vault(repo, "aud", "auditor-pass")(["snapshots"]);
+    expect(listed.code).toBe(5);
+    expect(listed.stderr).toContain("next: the repository was modified or corrupted; `vmvault check` lists every damaged object it can see");
   });
 });
