@@ -117,8 +117,9 @@ export class Vault {
     return (await audit()).auditVerify(this.repository, anchor);
   }
 
-  async auditAnchor(): Promise<{ bytes: Uint8Array; seq: number; hash: string }> {
-    return (await audit()).auditAnchor(this.repository);
+  /** deliver (e.g. writing the anchor to a file) runs before the export is recorded in the trail. */
+  async auditAnchor(deliver?: (anchor: { bytes: Uint8Array; seq: number; hash: string }) => void | Promise<void>): Promise<{ bytes: Uint8Array; seq: number; hash: string }> {
+    return (await audit()).auditAnchor(this.repository, deliver);
   }
 
   /**

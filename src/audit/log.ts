@@ -94,8 +94,18 @@ export async function auditVerify(repo: Repository, anchor?: Uint8Array): Promis
   });
 }
 
-/** Admin and auditor: the current trail head, signed, to keep outside the repository. */
-export async function auditAnchor(repo: Repository): Promise<{ bytes: Uint8Array; seq: number; hash: string }> {
+export interface AuditAnchorExport {
+  readonly bytes: Uint8Array;
+  readonly seq: number;
+  readonly hash: string;
+}
+
+/**
+ * Admin and auditor: the current trail head, signed, to keep outside the repository. deliver
+ * (writing it somewhere) runs before the export is recorded: the record says "succeeded" only
+ * once it is delivered, and "failed" when delivering throws.
+ */
+export async function auditAnchor(repo: Repository, deliver?: (anchor: AuditAnchorExport) => void | Promise<void>): Promise<AuditAnchorExport> {
   await authorizeAudited(repo, "readAudit", "audit anchor");
   const head = await readHead(repo);
   if (head === null) throw new IntegrityError("the audit trail is empty");
@@ -109,7 +119,14 @@ export async function auditAnchor(repo: Repository): Promise<{ bytes: Uint8Array
   });
   const body = encodeEnvelope(ObjectKind.Anchor, meta);
   const bytes = appendSignature(body, repo.crypto.sign(repo.keyring.signSecretKey, body));
-  // The export itself is recorded after the head it names.
-  await appendAudit(repo, { action: "audit anchor", result: "succeeded", target: { seq: head.seq, hash: head.hash } });
-  return { bytes, seq: head.seq, hash: head.hash };
+  const anchor = { bytes, seq: head.seq, hash: head.hash };
+  // The export itself is recorded after the head it names, once delivered.
+  return audited(repo, {
+    entry: { action: "audit anchor", target: { seq: head.seq, hash: head.hash } },
+    started: false,
+    run: async () => {
+      await deliver?.(anchor);
+      return anchor;
+    },
+  });
 }

@@ -184,6 +184,17 @@ describe("audit trail", () => {
     expect(r.stderr).toContain("next: the audit trail, or what it records, was changed in the repository's storage");
   });
 
+  it("an anchor that cannot be written is recorded as failed, not as exported", async () => {
+    const { aud } = await setup();
+    // /proc/self exists, but no file can be created in it.
+    const r = await aud(["audit", "anchor", "--out", "/proc/self/head.anchor"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("cannot write the anchor to /proc/self/head.anchor");
+    const last = (await log(aud)).filter((x) => x.action === "audit anchor").at(-1);
+    // Was: "succeeded", recorded before the file was written.
+    expect(last?.result).toBe("failed");
+  });
+
   it("a modified anchor file is named as the culprit, not the repository", async () => {
     const { aud } = await setup();
     const anchorFile = path.join(tmp("anchor"), "head.anchor");

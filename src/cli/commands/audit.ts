@@ -107,8 +107,8 @@ export function registerAudit(program: Command): void {
       assertAnchorFile(opts.out);
       const vault = await ctx.openVault();
       try {
-        const a = await vault.auditAnchor();
-        writeAnchor(opts.out, a.bytes);
+        // Written before the export is recorded: a failed write is recorded as failed, not as succeeded.
+        const a = await vault.auditAnchor((x) => writeAnchor(opts.out, x.bytes));
         if (ctx.json) ctx.printJson({ file: opts.out, seq: a.seq, hash: a.hash });
         else ctx.out(`anchored audit record ${a.seq} (${a.hash}) in ${opts.out}`);
       } finally {
