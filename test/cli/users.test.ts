@@ -7,6 +7,8 @@ import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { AccessDeniedError, FsStore, KDF_TEST, Secret, openVault } from "../../src/index.js";
 import { runCli, TEST_PASSPHRASE, vault } from "../helpers/cli.js";
+import { openRepository } from "../../src/repository/open.js";
+import { acquireLock } from "../../src/repository/lock.js";
 import { makeImage, readTree, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
@@ -80,6 +82,24 @@ describe("users", () => {
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/--rotate or --no-rotate/);
     expect((await vault(repo, "op", "op-pass")(["snapshots"])).code).toBe(0);
+  });
+
+  it("user remove --rotate whose rotation is locked out says the user is removed and that key rotate finishes the job", async () => {
+    const { repo, admin } = await repoWithOperator();
+    // A running backup's shared lock, held by this (live) process.
+    const held = await openRepository({ store: new FsStore(repo), user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE) });
+    const lock = await acquireLock(held, "backup", false);
+    try {
+      const r = await admin(["user", "remove", "op", "--rotate"]);
+      expect(r.code).toBe(6);
+      // Was: the lock message with "run the command again", which then fails: op no longer exists.
+      expect(r.stderr).toContain("vmvault: op is removed, but the key rotation did not run: the repository is locked by another backup");
+      expect(r.stderr).toContain("next: run `vmvault key rotate` to finish (`--lock-wait SECONDS` waits for a running command); until then op can no longer unlock");
+    } finally {
+      await lock.release();
+      await held.close();
+    }
+    expect((await admin(["key", "rotate"])).code).toBe(0);
   });
 
   it("removing an admin says that their copy of the root key is not withdrawn by any rotation", async () => {

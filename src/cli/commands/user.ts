@@ -1,6 +1,6 @@
 import type { Command } from "commander";
 import { isRole, ROLES, type Role } from "../../keys/roles.js";
-import { UsageError } from "../../errors.js";
+import { isVaultError, UsageError, VaultError } from "../../errors.js";
 import { runRotation } from "./key.js";
 import { CliContext } from "../context.js";
 import { refuseBothForms } from "../options.js";
@@ -72,7 +72,19 @@ export function registerUser(program: Command): void {
         const removed = await vault.removeUser(name);
         const exposure = exposureAfterRemoval(name, removed.role, rotate);
         if (!ctx.json) ctx.out(`removed ${name} (${removed.role}); ${plural(removed.snapshots.length, "snapshot")} they signed ${noun(removed.snapshots.length, "stays", "stay")} valid`);
-        const rotation = rotate ? await runRotation(ctx, vault, { reencrypt: false, newChunkKey: false }) : null;
+        let rotation: unknown = null;
+        if (rotate) {
+          try {
+            rotation = await runRotation(ctx, vault, { reencrypt: false, newChunkKey: false });
+          } catch (e) {
+            if (!isVaultError(e)) throw e;
+            // The removal stands: running this command again finds no such user. Say so, and what is left to do.
+            throw new VaultError(e.code, `${name} is removed, but the key rotation did not run: ${e.message}`, {
+              hint: `run \`vmvault key rotate\` to finish (\`--lock-wait SECONDS\` waits for a running command); until then ${exposureAfterRemoval(name, removed.role, false)}`,
+              cause: e,
+            });
+          }
+        }
         if (ctx.json) ctx.printJson({ ...removed, rotated: rotate, rotation, exposure });
         else ctx.warn(`note: ${exposure}`);
       } finally {
