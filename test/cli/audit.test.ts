@@ -104,6 +104,11 @@ describe("audit trail", () => {
     expect(r.stdout).toBe("");
     expect(r.stderr).toContain('vmvault: --action "restores" is not an audit action');
     expect(r.stderr).toContain('backup, restore, check, "check --read-data"');
+    expect((await aud(["check"])).code).toBe(0);
+    const checks = await aud(["audit", "log", "--action", "check"]);
+    expect(checks.code, checks.stderr).toBe(0);
+    // Was: "ok=yes damaged=", as if the list had been cut off.
+    expect(checks.stdout).toMatch(/check\s+succeeded\s+ok=yes damaged=none/);
     const actor = await aud(["audit", "log", "--actor", "Admin"]);
     expect(actor.code).toBe(2);
     expect(actor.stderr).toContain('vmvault: --actor "Admin" is not a user name');

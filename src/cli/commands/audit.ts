@@ -32,7 +32,8 @@ export function registerAudit(program: Command): void {
         else {
           const target = (t: Record<string, unknown>): string =>
             Object.entries(t)
-              .map(([k, v]) => `${k}=${Array.isArray(v) ? v.join(",") : String(v)}`)
+              // An empty list reads "none", not "damaged=" (as if the value were cut off).
+              .map(([k, v]) => `${k}=${Array.isArray(v) ? (v.length === 0 ? "none" : v.join(",")) : String(v)}`)
               .join(" ");
           ctx.out(
             table(
