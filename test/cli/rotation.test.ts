@@ -169,6 +169,20 @@ describe("key rotation and re-encryption", () => {
     const after = JSON.parse((await v(["key", "status", "--json"])).stdout) as { current: number };
     expect(after.current).toBe(before.current);
 
+    // A damaged checkpoint is named with what it means, not with a pointer to `check` (which does not read it).
+    const dir = path.join(f.repo, "checkpoints/reencrypt");
+    const [cp] = (await fsp.readdir(dir)).filter((n) => /^\d+$/.test(n));
+    const saved = await fsp.readFile(path.join(dir, cp as string));
+    const bad = Buffer.from(saved);
+    bad[bad.length - 3] = (bad[bad.length - 3] ?? 0) ^ 1;
+    await fsp.writeFile(path.join(dir, cp as string), bad);
+    const damaged = await v(["key", "status"]);
+    expect(damaged.code).toBe(5);
+    expect(damaged.stderr).toContain(`checkpoints/reencrypt/${cp}: re-encryption checkpoint does not open (modified or corrupted)`);
+    expect(damaged.stderr).toContain("next: the re-encryption cannot resume from it, and no command repairs a checkpoint yet; every snapshot stays readable meanwhile");
+    await everythingReadable(f, "with a damaged checkpoint");
+    await fsp.writeFile(path.join(dir, cp as string), saved);
+
     const finish = await v(["key", "rotate", "--reencrypt"]);
     expect(finish.code, finish.stderr).toBe(0);
     await everythingReadable(f, "after the refused rotations");
