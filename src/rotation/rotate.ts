@@ -9,7 +9,7 @@ import { listAll } from "../storage/types.js";
 import { appendRegistryVersion } from "../users/registry-update.js";
 import { writeGrants } from "../users/users.js";
 import type { ProgressSink } from "../util/progress.js";
-import { CHECKPOINT_PREFIX, readCheckpoint } from "./checkpoint.js";
+import { readCheckpoint } from "./checkpoint.js";
 import { resealAll, type ResealStats } from "./reseal.js";
 
 export interface RotateOptions {
@@ -56,15 +56,19 @@ export async function assertNoReencryptionUnderWay(
   repo: Repository,
   hint = "finish it first with `vmvault key rotate --reencrypt` (it resumes where it stopped), then rotate again",
 ): Promise<void> {
-  if ((await listAll(repo.store, CHECKPOINT_PREFIX)).length === 0) return;
-  let detail = "";
+  let state;
   try {
-    const state = await readCheckpoint(repo);
-    if (state !== null) detail = ` (to epoch ${state.targetEpoch}, started ${state.startedAt} by ${state.startedBy})`;
+    state = await readCheckpoint(repo);
   } catch (e) {
-    if (!(e instanceof IntegrityError)) throw e;
+    // A checkpoint that does not open cannot be resumed anyway: refusing would only block revocation.
+    if (e instanceof IntegrityError) return;
+    throw e;
   }
-  throw new UsageError(`a re-encryption${detail} is under way; a new key rotation now would revoke the keys it resumes with`, hint);
+  if (state === null) return;
+  throw new UsageError(
+    `a re-encryption (to epoch ${state.targetEpoch}, started ${state.startedAt} by ${state.startedBy}) is under way; a new key rotation now would revoke the keys it resumes with`,
+    hint,
+  );
 }
 
 async function openEpochAndReseal(repo: Repository, o: RotateOptions): Promise<RotateResult> {
