@@ -5,7 +5,7 @@ import { parseChunkList } from "../format/chunklist.js";
 import { parseEntryBlob } from "../format/entries.js";
 import { ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { parseGrantMeta } from "../format/grant.js";
-import { INDEX_PREFIX, PACK_PREFIX, packKey, parsePackKey } from "../format/layout.js";
+import { AUDIT_PREFIX, INDEX_PREFIX, PACK_PREFIX, SNAPSHOT_PREFIX, packKey, parseNumberedKey, parsePackKey, parseVersionedKey } from "../format/layout.js";
 import { encodePackEntries, type PackEntry } from "../format/pack.js";
 import type { SnapshotBody } from "../format/snapshot.js";
 import { PackError, readPackTrailer } from "../pack/reader.js";
@@ -108,6 +108,15 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
     // Damaged index files were checked too: count them (the summary said "0 index files" for one damaged file).
     for (const d of damage) if (d.object.startsWith(INDEX_PREFIX)) files.add(d.object);
     const indexFiles = files.size;
+    // Objects where vmvault keeps its own, under names it never writes: ignored by every
+    // command, so named here rather than left unseen (data/ is listed below).
+    for (const [prefix, named] of [
+      [SNAPSHOT_PREFIX, (k: string) => parseVersionedKey(k, SNAPSHOT_PREFIX) !== undefined],
+      ["sessions/", (k: string) => parseVersionedKey(k, "sessions/") !== undefined],
+      [AUDIT_PREFIX, (k: string) => parseNumberedKey(k, AUDIT_PREFIX, 12) !== undefined],
+    ] as const) {
+      for (const o of await listAll(repo.store, prefix)) if (!named(o.key)) warnings.push(`unexpected object ${o.key} (not a name vmvault writes; every command ignores it)`);
+    }
     const stored = new Map<string, number>();
     for (const o of await listAll(repo.store, PACK_PREFIX)) {
       const id = parsePackKey(o.key);

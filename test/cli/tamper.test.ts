@@ -153,6 +153,21 @@ describe("tampering is detected and named", () => {
     expect(json.dataKey).toBe(false);
   });
 
+  it("check names objects under snapshots/, sessions/ and audit/ whose names vmvault never writes", async () => {
+    const repo = copyRepo();
+    await fsp.writeFile(path.join(repo, "snapshots", "junk"), "x");
+    await fsp.mkdir(path.join(repo, "snapshots", "not-an-id"));
+    await fsp.writeFile(path.join(repo, "snapshots", "not-an-id", "000001"), "x");
+    await fsp.writeFile(path.join(repo, "sessions", "junk"), "x");
+    await fsp.writeFile(path.join(repo, "audit", "000000000001.bak"), "x");
+    const r = await vault(repo)(["--json", "check"]);
+    expect(r.code, r.stderr).toBe(0);
+    // Was: not a word about them (only unexpected objects under data/ were named).
+    expect((JSON.parse(r.stdout) as { warnings: string[] }).warnings.sort()).toEqual(
+      ["audit/000000000001.bak", "sessions/junk", "snapshots/junk", "snapshots/not-an-id/000001"].map((k) => `unexpected object ${k} (not a name vmvault writes; every command ignores it)`),
+    );
+  });
+
   it("a truncated pack is detected by a structure check", async () => {
     const repo = copyRepo();
     const pack = (await objects(repo, "data/"))[0] as string;
