@@ -73,6 +73,12 @@ export async function assertNoReencryptionUnderWay(
 
 async function openEpochAndReseal(repo: Repository, o: RotateOptions): Promise<RotateResult> {
   const latest = repo.chain.latest;
+  // Another admin's rotation that ended before this lock was taken registered its epoch, with
+  // valid grants: the next epoch number must come from the newest registry, not from ours.
+  const newest = await loadRegistryChain(repo.crypto, repo.store, repo.chain.versions[0]?.rootPublicKey ?? latest.rootPublicKey, repo.repoId);
+  if (newest.latest.version !== latest.version) {
+    throw new LockedError(`the registry changed while this command waited (version ${newest.latest.version}, by ${newest.latest.actor}: ${newest.latest.change})`, "run the command again");
+  }
   const previous = repo.keyring.current();
   const root = repo.keyring.rootSecretKey;
   const chunkKey = previous.secrets.chunkId;
@@ -84,12 +90,7 @@ async function openEpochAndReseal(repo: Repository, o: RotateOptions): Promise<R
   // Grants of an epoch no registry version names are leftovers of a rotation stopped before it
   // registered the epoch: they seal other keys under the same epoch number, and grants are
   // stored put-if-absent, so they would stay and open nothing. Removed first: under the
-  // exclusive lock, and only once the registry is known to be the newest (another admin's
-  // rotation that ended before this lock was taken registered its epoch with valid grants).
-  const newest = await loadRegistryChain(repo.crypto, repo.store, repo.chain.versions[0]?.rootPublicKey ?? latest.rootPublicKey, repo.repoId);
-  if (newest.latest.version !== latest.version) {
-    throw new LockedError(`the registry changed while this command waited (version ${newest.latest.version}, by ${newest.latest.actor}: ${newest.latest.change})`, "run the command again");
-  }
+  // exclusive lock, and only since the registry is known to be the newest (checked above).
   for (const { key } of await listAll(repo.store, grantPrefix(id))) await repo.store.delete(key);
   for (const user of latest.users) await writeGrants(repo, user, [id]);
   await appendRegistryVersion(repo, `key rotate: epoch ${id}`, (doc) => ({ ...doc, epochs: [...doc.epochs, epoch.info], currentEpoch: id }));
