@@ -136,8 +136,8 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
     }
 
     const packSnapshots = new Map<number, Set<string>>();
-    /** Packs with chunks that failed --read-data, and those chunks' IDs (hex). */
-    const badChunks = new Map<string, Set<string>>();
+    /** Packs with chunks that failed --read-data: those chunks' IDs (hex), and the message that reports them. */
+    const badChunks = new Map<string, { ids: Set<string>; message: string | undefined }>();
     if (canDecrypt) {
       const verifier = await starting;
       // Snapshot references are walked on the main thread while the workers verify packs.
@@ -161,7 +161,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
         }
         for (const [packId, r] of (await verifier?.finish()) ?? []) {
           bytesRead += r.bytesRead;
-          if (r.badChunks !== undefined) badChunks.set(packId, new Set(r.badChunks.map(toHex)));
+          if (r.badChunks !== undefined) badChunks.set(packId, { ids: new Set(r.badChunks.map(toHex)), message: r.messages[0] });
           if (r.messages.length > 0) packDamage.set(packId, [...(packDamage.get(packId) ?? []), ...r.messages]);
         }
       })();
@@ -171,9 +171,13 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
     const chunkSnapshots = await snapshotsUsingChunks(repo, sessions, index, snapshots, badChunks, packSnapshots);
     for (const [packId, problems] of packDamage) {
       const packNo = index.packNumber(packId);
-      // A pack with failed chunks affects the snapshots that use those chunks, not every one with data in it.
-      const affected = chunkSnapshots.get(packId) ?? (packNo === undefined ? [] : [...(packSnapshots.get(packNo) ?? [])].sort());
-      for (const problem of problems) damage.push({ object: packKey(packId), problem, snapshots: affected });
+      const inPack = packNo === undefined ? [] : [...(packSnapshots.get(packNo) ?? [])].sort();
+      // Failed chunks affect the snapshots that use them, not every one with data in their pack.
+      const failedChunks = badChunks.get(packId);
+      for (const problem of problems) {
+        const affected = failedChunks !== undefined && problem === failedChunks.message ? (chunkSnapshots.get(packId) ?? inPack) : inPack;
+        damage.push({ object: packKey(packId), problem, snapshots: affected });
+      }
     }
     return {
       ok: damage.length === 0,
@@ -221,14 +225,14 @@ async function snapshotsUsingChunks(
   sessions: SessionKeys,
   index: ChunkIndex,
   snapshots: readonly SnapshotRecord[],
-  badChunks: ReadonlyMap<string, ReadonlySet<string>>,
+  badChunks: ReadonlyMap<string, { readonly ids: ReadonlySet<string> }>,
   packSnapshots: ReadonlyMap<number, ReadonlySet<string>>,
 ): Promise<Map<string, string[]>> {
   const out = new Map<string, string[]>();
   if (badChunks.size === 0) return out;
   const packOfBad = new Map<string, string>();
   const candidates = new Set<string>();
-  for (const [packId, ids] of badChunks) {
+  for (const [packId, { ids }] of badChunks) {
     out.set(packId, []);
     for (const id of ids) packOfBad.set(id, packId);
     const packNo = index.packNumber(packId);
