@@ -136,11 +136,12 @@ export class Vault {
   }
 
   /**
-   * Fails (E_USAGE) when a plain rotation is refused now: an interrupted re-encryption waits to
-   * be resumed. For callers that must know before they change anything (`user remove --rotate`).
+   * Fails when a plain rotation cannot run now: E_USAGE while an interrupted re-encryption waits
+   * to be resumed (`hint` says what to do then), E_LOCKED while another command holds the
+   * repository. For callers that must know before they change anything (`user remove --rotate`).
    */
   async assertCanRotate(hint?: string): Promise<void> {
-    return (await import("./rotation/rotate.js")).assertNoReencryptionUnderWay(this.repository, ...(hint === undefined ? [] : [hint]));
+    return (await import("./rotation/rotate.js")).assertRotationPossible(this.repository, hint);
   }
 
   async keyStatus(): Promise<KeyStatus> {

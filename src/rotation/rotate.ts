@@ -71,6 +71,18 @@ export async function assertNoReencryptionUnderWay(
   );
 }
 
+/**
+ * For a caller that must know before it changes anything (`user remove --rotate`): fails when a
+ * plain rotation would be refused (a re-encryption waits to be resumed) or could not take its
+ * exclusive lock now (waiting up to the configured lock wait). A command that takes the lock
+ * in between is still possible; the rotation then fails on its own.
+ */
+export async function assertRotationPossible(repo: Repository, reencryptionHint?: string): Promise<void> {
+  await assertNoReencryptionUnderWay(repo, ...(reencryptionHint === undefined ? [] : [reencryptionHint]));
+  const probe = await acquireLock(repo, "key rotate", true);
+  await probe.release();
+}
+
 async function openEpochAndReseal(repo: Repository, o: RotateOptions): Promise<RotateResult> {
   const latest = repo.chain.latest;
   // Another admin's rotation that ended before this lock was taken registered its epoch, with
