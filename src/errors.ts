@@ -67,7 +67,7 @@ export interface Damage {
 /** Tampering or corruption detected. */
 export class IntegrityError extends VaultError {
   readonly damage: readonly Damage[];
-  constructor(message: string, damage: readonly Damage[] = [], hint = "the repository was modified or corrupted; run `vmvault check --read-data` to list every damaged object") {
+  constructor(message: string, damage: readonly Damage[] = [], hint = "the repository was modified or corrupted; `vmvault check` lists every damaged object it can see, and `vmvault check --read-data` (admin, operator, restorer) every damaged chunk too") {
     super("E_INTEGRITY", message, { hint });
     this.damage = damage;
   }

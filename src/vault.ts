@@ -108,16 +108,18 @@ export class Vault {
     return (await users()).changePassphrase(this.repository, newPassphrase, kdf, allowWeakKdf);
   }
 
-  async auditLog(f: AuditLogFilter = {}): Promise<AuditLogEntry[]> {
-    return (await audit()).auditLog(this.repository, f);
+  /** With onDamage, records that are missing or do not open are reported there and left out instead of failing the call. */
+  async auditLog(f: AuditLogFilter = {}, onDamage?: (d: Damage) => void): Promise<AuditLogEntry[]> {
+    return (await audit()).auditLog(this.repository, f, onDamage);
   }
 
   async auditVerify(anchor?: Uint8Array): Promise<AuditVerifyReport> {
     return (await audit()).auditVerify(this.repository, anchor);
   }
 
-  async auditAnchor(): Promise<{ bytes: Uint8Array; seq: number; hash: string }> {
-    return (await audit()).auditAnchor(this.repository);
+  /** deliver (e.g. writing the anchor to a file) runs before the export is recorded in the trail. */
+  async auditAnchor(deliver?: (anchor: { bytes: Uint8Array; seq: number; hash: string }) => void | Promise<void>): Promise<{ bytes: Uint8Array; seq: number; hash: string }> {
+    return (await audit()).auditAnchor(this.repository, deliver);
   }
 
   /**
@@ -131,6 +133,15 @@ export class Vault {
     const progress = o.progress === undefined ? {} : { progress: o.progress };
     if (o.reencrypt === true) return (await import("./rotation/reencrypt.js")).reencrypt(this.repository, { newChunkKey: o.newChunkKey === true, ...progress });
     return (await import("./rotation/rotate.js")).rotateKeys(this.repository, progress);
+  }
+
+  /**
+   * Fails when a plain rotation cannot run now: E_USAGE while an interrupted re-encryption waits
+   * to be resumed (`hint` says what to do then), E_LOCKED while another command holds the
+   * repository. For callers that must know before they change anything (`user remove --rotate`).
+   */
+  async assertCanRotate(hint?: string): Promise<void> {
+    return (await import("./rotation/rotate.js")).assertRotationPossible(this.repository, hint);
   }
 
   async keyStatus(): Promise<KeyStatus> {

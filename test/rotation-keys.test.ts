@@ -121,6 +121,52 @@ describe("rotation revokes for real", () => {
     await admin.close();
   });
 
+  it("a rotation stopped after writing its grants but before registering its epoch leaves a repository the next rotation opens for everyone", async () => {
+    const dir = tmp("repo");
+    const src = tmp("src");
+    const image = path.join(src, "vm.raw");
+    await makeImage(image, { sizeMiB: 2 });
+    const first = await initTestVault(dir);
+    await first.addUser({ name: "reader", role: "restorer", passphrase: Secret.fromString("reader-pass"), kdf: KDF_TEST, allowWeakKdf: true });
+    const snap = await first.backup({ vm: "vm", sources: [image] });
+    await first.close();
+    // The registry version never lands: as if the process died between the grants and it.
+    const store = new FaultyStore(new FsStore(dir), { failPut: (key) => key.startsWith("registry/") });
+    const stopped = await Vault.open({ store, user: "admin", passphrase: Secret.fromString("correct horse battery staple") });
+    await expect(stopped.rotateKeys()).rejects.toThrow();
+    await stopped.close().catch(() => undefined);
+    expect((await listAll(new FsStore(dir), "grants/000002/")).length).toBeGreaterThan(0);
+
+    const admin = await Vault.open({ store: new FsStore(dir), user: "admin", passphrase: Secret.fromString("correct horse battery staple") });
+    await admin.rotateKeys();
+    await admin.close();
+    // Was: the stale grants of the abandoned epoch 2 stayed (grants are stored put-if-absent), so
+    // they did not match the epoch 2 the second rotation registered: nobody could open the repository.
+    for (const [user, pass] of [["admin", "correct horse battery staple"], ["reader", "reader-pass"]] as const) {
+      const v = await Vault.open({ store: new FsStore(dir), user, passphrase: Secret.fromString(pass) });
+      expect((await v.snapshots()).map((x) => x.id)).toEqual([snap.snapshotId]);
+      const out = tmp("out");
+      await v.restore({ snapshot: snap.snapshotId, target: out, reason: "after an interrupted rotation" });
+      expect(await sha256File(path.join(out, "vm.raw"))).toBe(await sha256File(image));
+      await v.close();
+    }
+  });
+
+  it("a rotation by an admin whose view of the registry is stale fails with E_LOCKED and leaves the other rotation's grants intact", async () => {
+    const dir = tmp("repo");
+    await (await initTestVault(dir)).close();
+    const open = (): Promise<Vault> => Vault.open({ store: new FsStore(dir), user: "admin", passphrase: Secret.fromString("correct horse battery staple") });
+    const a = await open();
+    const b = await open();
+    await a.rotateKeys();
+    await a.close();
+    await expect(b.rotateKeys()).rejects.toMatchObject({ code: "E_LOCKED" });
+    await b.close();
+    const v = await open();
+    expect((await v.keyStatus()).current).toBe(2);
+    await v.close();
+  });
+
   it("a re-encryption whose cleanup fails part-way leaves everything readable and finishes when run again", async () => {
     const dir = tmp("repo");
     const src = tmp("src");

@@ -1,11 +1,13 @@
-import { IntegrityError, UsageError } from "../errors.js";
+import { IntegrityError, UsageError, type Damage } from "../errors.js";
 import { appendSignature, encodeEnvelope, ObjectKind } from "../format/envelope.js";
-import { encodeAnchorMeta, type AuditBody } from "../format/audit.js";
+import { AUDIT_ACTIONS, encodeAnchorMeta, type AuditBody } from "../format/audit.js";
 import type { Repository } from "../repository/repository.js";
 import { toHex } from "../util/bytes.js";
 import { audited, authorizeAudited } from "./guard.js";
 import { openRecord, readStoredRecord } from "./read.js";
 import { appendAudit, listSeqs, readHead } from "./trail.js";
+import { auditKey } from "../format/layout.js";
+import { USER_NAME_PATTERN } from "../format/registry.js";
 import { verifyTrail, type AuditVerifyReport } from "./verify.js";
 
 /** One record as `audit log` shows it (the --json shape scripts rely on). */
@@ -30,14 +32,35 @@ export interface AuditLogFilter {
   readonly action?: string;
 }
 
-/** Admin and auditor: the trail's records, opened, oldest first, optionally filtered. */
-export async function auditLog(repo: Repository, f: AuditLogFilter = {}): Promise<AuditLogEntry[]> {
+/**
+ * Admin and auditor: the trail's records, opened, oldest first, optionally filtered. A record
+ * that is missing or does not open throws, unless onDamage is given: it is then reported there
+ * and left out, so the rest of a damaged trail can still be read.
+ */
+export async function auditLog(repo: Repository, f: AuditLogFilter = {}, onDamage?: (d: Damage) => void): Promise<AuditLogEntry[]> {
   await authorizeAudited(repo, "readAudit", "audit log");
   const since = f.since === undefined ? undefined : Date.parse(f.since);
   if (since !== undefined && Number.isNaN(since)) throw new UsageError(`--since ${f.since} is not a date`, "use ISO 8601, e.g. 2026-11-25 or 2026-11-25T10:00:00Z");
+  // A name no user can have, or a misspelt action, would match nothing and look like "no such records".
+  if (f.actor !== undefined && !USER_NAME_PATTERN.test(f.actor)) {
+    throw new UsageError(`--actor ${JSON.stringify(f.actor)} is not a user name`, "user names are 1-64 characters: a-z, 0-9, '.', '_' or '-', starting with a letter or digit");
+  }
+  if (f.action !== undefined && !(AUDIT_ACTIONS as readonly string[]).includes(f.action)) {
+    throw new UsageError(`--action ${JSON.stringify(f.action)} is not an audit action`, `give one of: ${AUDIT_ACTIONS.map((a) => (a.includes(" ") ? `"${a}"` : a)).join(", ")}`);
+  }
   const out: AuditLogEntry[] = [];
+  let expected = 1;
   for (const seq of await listSeqs(repo)) {
-    const rec = await openRecord(repo, await readStoredRecord(repo, seq));
+    for (; onDamage !== undefined && expected < seq; expected++) onDamage({ object: auditKey(expected), problem: `record ${expected} is missing` });
+    expected = seq + 1;
+    let rec;
+    try {
+      rec = await openRecord(repo, await readStoredRecord(repo, seq));
+    } catch (e) {
+      if (!(e instanceof IntegrityError) || onDamage === undefined) throw e;
+      for (const d of e.damage) onDamage(d);
+      continue;
+    }
     const b = rec.body;
     if (since !== undefined && Date.parse(b.time) < since) continue;
     if (f.actor !== undefined && b.actor !== f.actor) continue;
@@ -71,8 +94,18 @@ export async function auditVerify(repo: Repository, anchor?: Uint8Array): Promis
   });
 }
 
-/** Admin and auditor: the current trail head, signed, to keep outside the repository. */
-export async function auditAnchor(repo: Repository): Promise<{ bytes: Uint8Array; seq: number; hash: string }> {
+export interface AuditAnchorExport {
+  readonly bytes: Uint8Array;
+  readonly seq: number;
+  readonly hash: string;
+}
+
+/**
+ * Admin and auditor: the current trail head, signed, to keep outside the repository. deliver
+ * (writing it somewhere) runs before the export is recorded: the record says "succeeded" only
+ * once it is delivered, and "failed" when delivering throws.
+ */
+export async function auditAnchor(repo: Repository, deliver?: (anchor: AuditAnchorExport) => void | Promise<void>): Promise<AuditAnchorExport> {
   await authorizeAudited(repo, "readAudit", "audit anchor");
   const head = await readHead(repo);
   if (head === null) throw new IntegrityError("the audit trail is empty");
@@ -86,7 +119,14 @@ export async function auditAnchor(repo: Repository): Promise<{ bytes: Uint8Array
   });
   const body = encodeEnvelope(ObjectKind.Anchor, meta);
   const bytes = appendSignature(body, repo.crypto.sign(repo.keyring.signSecretKey, body));
-  // The export itself is recorded after the head it names.
-  await appendAudit(repo, { action: "audit anchor", result: "succeeded", target: { seq: head.seq, hash: head.hash } });
-  return { bytes, seq: head.seq, hash: head.hash };
+  const anchor = { bytes, seq: head.seq, hash: head.hash };
+  // The export itself is recorded after the head it names, once delivered.
+  return audited(repo, {
+    entry: { action: "audit anchor", target: { seq: head.seq, hash: head.hash } },
+    started: false,
+    run: async () => {
+      await deliver?.(anchor);
+      return anchor;
+    },
+  });
 }

@@ -6,7 +6,7 @@ import type { AuditHead } from "../format/registry.js";
 import { versionOf } from "../keys/registry.js";
 import { may, type Action, type Role } from "../keys/roles.js";
 import type { Repository } from "../repository/repository.js";
-import { listSnapshots } from "../snapshot/store.js";
+import { listSnapshotKeys, listSnapshots } from "../snapshot/store.js";
 import { toHex } from "../util/bytes.js";
 import { openRecord, readStoredRecord, type OpenedRecord } from "./read.js";
 import { listSeqs } from "./trail.js";
@@ -24,6 +24,12 @@ export interface AuditVerifyReport {
   /** Every problem found, the first broken record first. */
   readonly problems: readonly AuditProblem[];
   readonly anchorsChecked: number;
+  /**
+   * The newest record a registry version, snapshot or the given anchor binds: removing records
+   * up to it is detected; records after it could be removed from the end without a trace but
+   * for an anchor kept outside the repository. 0 when nothing binds the trail.
+   */
+  readonly boundThrough: number;
 }
 
 /** The role capability each audited action needs (denied attempts are valid for anyone). */
@@ -57,11 +63,14 @@ const NEEDS: Partial<Record<AuditAction, Action>> = {
 export async function verifyTrail(repo: Repository, anchor?: Uint8Array): Promise<AuditVerifyReport> {
   const problems: AuditProblem[] = [];
   const seqs = await listSeqs(repo);
+  const present = new Set(seqs);
   const bySeq = new Map<number, OpenedRecord>();
+  /** Snapshot id → the record of the backup that created it. */
+  const created = new Map<string, { seq: number; vm: string }>();
   let prevHash: string | null = null;
   const last = seqs.length === 0 ? 0 : (seqs[seqs.length - 1] as number);
   for (let seq = 1; seq <= last; seq++) {
-    if (!seqs.includes(seq)) {
+    if (!present.has(seq)) {
       problems.push({ seq, object: `audit/${String(seq).padStart(12, "0")}`, problem: `record ${seq} is missing (deleted from the middle of the trail)` });
       prevHash = null;
       continue;
@@ -86,12 +95,18 @@ export async function verifyTrail(repo: Repository, anchor?: Uint8Array): Promis
     } else if (seq === 1 && rec.meta.prevHash !== null) problems.push({ ...where, problem: "the first record names a predecessor (records removed from the start)" });
     const signer = signerProblem(repo, rec);
     if (signer !== undefined) problems.push({ ...where, problem: signer });
+    const t = rec.body.target;
+    if (rec.body.action === "backup" && rec.body.result === "succeeded" && typeof t["snapshot"] === "string") {
+      created.set(t["snapshot"], { seq, vm: typeof t["vm"] === "string" ? t["vm"] : "?" });
+    }
     prevHash = rec.hash;
   }
   let anchorsChecked = 0;
+  let boundThrough = 0;
   const checkHead = (head: AuditHead | null, what: string): void => {
     if (head === null) return;
     anchorsChecked++;
+    boundThrough = Math.max(boundThrough, Math.min(head.seq, last));
     const rec = bySeq.get(head.seq);
     if (head.seq > last) problems.push({ seq: head.seq, object: what, problem: `${what} was made when the trail had ${head.seq} records; it now has ${last} (records removed from the end)` });
     else if (rec !== undefined && rec.hash !== head.hash) problems.push({ seq: head.seq, object: what, problem: `${what} names a different record ${head.seq} than the trail holds (trail rewritten)` });
@@ -99,9 +114,15 @@ export async function verifyTrail(repo: Repository, anchor?: Uint8Array): Promis
   for (const doc of repo.chain.versions) checkHead(doc.auditHead, `registry version ${doc.version}`);
   for (const snap of await listSnapshots(repo, () => undefined)) checkHead(snap.header.auditHead, `snapshot ${snap.header.id}`);
   if (anchor !== undefined) checkHead(parseAnchor(repo, anchor), "the anchor");
+  // Nothing removes a snapshot yet (forget and prune do not exist): every snapshot a backup
+  // recorded must still be stored, or it was deleted behind the vault's back.
+  const stored = await listSnapshotKeys(repo);
+  for (const [id, c] of created) {
+    if (!stored.has(id)) problems.push({ seq: null, object: `snapshots/${id}`, problem: `snapshot ${id} of VM ${c.vm}, whose backup record ${c.seq} names it, is missing (deleted from the repository)` });
+  }
   problems.sort((a, b) => (a.seq ?? Infinity) - (b.seq ?? Infinity));
   const lastRec = bySeq.get(last);
-  return { ok: problems.length === 0, records: last, head: lastRec === undefined ? null : { seq: last, hash: lastRec.hash }, problems, anchorsChecked };
+  return { ok: problems.length === 0, records: last, head: lastRec === undefined ? null : { seq: last, hash: lastRec.hash }, problems, anchorsChecked, boundThrough };
 }
 
 /** Why a record's signature or signer is not acceptable, or undefined when it is. */
@@ -135,7 +156,11 @@ export function parseAnchor(repo: Repository, bytes: Uint8Array): AuditHead {
     if (meta.repoId !== repo.repoId) throw new UsageError("the anchor belongs to another repository", "give the anchor exported from this repository");
     const signer = repo.chain.versions.flatMap((v) => v.users).find((u) => u.name === meta.signer && toHex(u.signPublicKey) === meta.signerKey);
     if (signer === undefined || env.signature === undefined || !repo.crypto.verify(signer.signPublicKey, env.body, env.signature)) {
-      throw IntegrityError.object("the anchor", "is not signed by a user of this repository");
+      throw new IntegrityError(
+        "integrity failure: the anchor file is not signed by a user of this repository (the file was modified, or its signature forged)",
+        [{ object: "the anchor", problem: "is not signed by a user of this repository" }],
+        "the anchor file, not the repository, failed: verify against an untouched copy of it (from the ticket, WORM store or log where you kept it)",
+      );
     }
     return { seq: meta.seq, hash: meta.hash };
   } catch (e) {

@@ -38,7 +38,7 @@ export function buildProgram(interrupts: Interrupts = new Interrupts()): Command
   registerRepair(program);
   registerUser(program);
   registerAudit(program);
-  registerKey(program);
+  registerKey(program, interrupts);
   const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
   for (const c of all(program)) c.exitOverride();
   return program;

@@ -14,6 +14,8 @@ import { ReadBuffers } from "../util/read-buffers.js";
 export interface PackDataResult {
   readonly messages: string[];
   readonly bytesRead: number;
+  /** IDs of the chunks that failed, so the snapshots they affect can be named exactly. */
+  readonly badChunks?: readonly Uint8Array[];
 }
 
 /** Stored bytes verified per task: packs are read and verified in pieces of about this size. */
@@ -84,17 +86,18 @@ export class PackVerifier {
     }
     if (piece.length > 0) pieces.push(piece);
     const results = await Promise.all(pieces.map((p) => this.#verifyPiece(packId, packLength, p, names)));
-    let bad = 0;
+    const badChunks: Uint8Array[] = [];
     let bytesRead = 0;
     for (const r of results) {
-      bad += r.bad;
+      badChunks.push(...r.bad);
       bytesRead += r.bytesRead;
     }
-    return { messages: bad > 0 ? [`${bad} of ${entries.length} chunks fail authentication or do not match their IDs`] : [], bytesRead };
+    const bad = badChunks.length;
+    return bad > 0 ? { messages: [`${bad} of ${entries.length} chunks fail authentication or do not match their IDs`], bytesRead, badChunks } : { messages: [], bytesRead };
   }
 
   /** One range of whole chunks: read, then verified by a worker; chunks past the end of the pack count as bad. */
-  async #verifyPiece(packId: string, packLength: number, entries: readonly PackEntry[], names: { key: string; idKey: string }): Promise<{ bad: number; bytesRead: number }> {
+  async #verifyPiece(packId: string, packLength: number, entries: readonly PackEntry[], names: { key: string; idKey: string }): Promise<{ bad: Uint8Array[]; bytesRead: number }> {
     const start = (entries[0] as PackEntry).offset;
     let end = start;
     for (const e of entries) end = Math.max(end, e.offset + e.length);
@@ -114,8 +117,10 @@ export class PackVerifier {
       });
       const result = await this.#pool.run({ kind: "open", data: buffer.subarray(0, bytesRead), entries: table, ids, key: names.key, idKey: names.idKey, keep: false });
       buffer = new Uint8Array(result.data.buffer as ArrayBuffer);
-      let bad = 0;
-      for (const s of result.status) if (s !== BlobStatus.Ok) bad++;
+      const bad: Uint8Array[] = [];
+      result.status.forEach((s, i) => {
+        if (s !== BlobStatus.Ok) bad.push((entries[i] as PackEntry).chunkId);
+      });
       return { bad, bytesRead };
     } finally {
       // A buffer lost to a failed task (transferred to a worker that did not answer) is not reused.

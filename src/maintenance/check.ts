@@ -5,7 +5,7 @@ import { parseChunkList } from "../format/chunklist.js";
 import { parseEntryBlob } from "../format/entries.js";
 import { ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { parseGrantMeta } from "../format/grant.js";
-import { PACK_PREFIX, packKey, parsePackKey } from "../format/layout.js";
+import { AUDIT_PREFIX, INDEX_PREFIX, PACK_PREFIX, SNAPSHOT_PREFIX, packKey, parseNumberedKey, parsePackKey, parseVersionedKey } from "../format/layout.js";
 import { encodePackEntries, type PackEntry } from "../format/pack.js";
 import type { SnapshotBody } from "../format/snapshot.js";
 import { PackError, readPackTrailer } from "../pack/reader.js";
@@ -54,6 +54,11 @@ export interface CheckReport {
   readonly chunks: number;
   readonly bytesRead: number;
   readonly readData: boolean;
+  /**
+   * Whether the checking user holds the current data key: pack trailers, session keys and the
+   * chunks snapshots reference are checked only then (an auditor holds no data key).
+   */
+  readonly dataKey: boolean;
 }
 
 /**
@@ -100,7 +105,18 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
         indexedPacks.set(toHex(p.packId), { sessionId: toHex(p.sessionId), packLength: p.packLength, indexKey: p.indexKey, entriesDigest: repo.crypto.hash(p.entries) });
       },
     });
+    // Damaged index files were checked too: count them (the summary said "0 index files" for one damaged file).
+    for (const d of damage) if (d.object.startsWith(INDEX_PREFIX)) files.add(d.object);
     const indexFiles = files.size;
+    // Objects where vmvault keeps its own, under names it never writes: ignored by every
+    // command, so named here rather than left unseen (data/ is listed below).
+    for (const [prefix, named] of [
+      [SNAPSHOT_PREFIX, (k: string) => parseVersionedKey(k, SNAPSHOT_PREFIX) !== undefined],
+      ["sessions/", (k: string) => parseVersionedKey(k, "sessions/") !== undefined],
+      [AUDIT_PREFIX, (k: string) => parseNumberedKey(k, AUDIT_PREFIX, 12) !== undefined],
+    ] as const) {
+      for (const o of await listAll(repo.store, prefix)) if (!named(o.key)) warnings.push(`unexpected object ${o.key} (not a name vmvault writes; every command ignores it)`);
+    }
     const stored = new Map<string, number>();
     for (const o of await listAll(repo.store, PACK_PREFIX)) {
       const id = parsePackKey(o.key);
@@ -112,11 +128,16 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
       if (size === undefined) packDamage.set(packId, ["pack is missing"]);
       else if (size !== p.packLength) packDamage.set(packId, [`pack has ${size} bytes, the index says ${p.packLength} (truncated or modified)`]);
     }
+    let unindexed = 0;
     for (const packId of stored.keys()) {
-      if (!indexedPacks.has(packId)) warnings.push(`${packKey(packId)} is not indexed (left by an interrupted backup, or listed only by an unreadable index file): \`vmvault repair index\` indexes it`);
+      if (indexedPacks.has(packId)) continue;
+      unindexed++;
+      warnings.push(`${packKey(packId)} is not indexed (left by an interrupted backup, or listed only by an unreadable index file): \`vmvault repair index\` indexes it`);
     }
 
     const packSnapshots = new Map<number, Set<string>>();
+    /** Packs with chunks that failed --read-data: those chunks' IDs (hex), and the message that reports them. */
+    const badChunks = new Map<string, { ids: Set<string>; message: string | undefined }>();
     if (canDecrypt) {
       const verifier = await starting;
       // Snapshot references are walked on the main thread while the workers verify packs.
@@ -124,7 +145,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
         const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
         for (const [i, snap] of snapshots.entries()) {
           progress({ phase: "check snapshots", done: i + 1, total: snapshots.length, unit: "items" });
-          await checkReferences(repo, sessions, reader, index, snap, packSnapshots, report);
+          await checkReferences(repo, sessions, reader, index, snap, packSnapshots, report, undefined, unindexed);
         }
       })();
       const packs = (async () => {
@@ -140,16 +161,23 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
         }
         for (const [packId, r] of (await verifier?.finish()) ?? []) {
           bytesRead += r.bytesRead;
+          if (r.badChunks !== undefined) badChunks.set(packId, { ids: new Set(r.badChunks.map(toHex)), message: r.messages[0] });
           if (r.messages.length > 0) packDamage.set(packId, [...(packDamage.get(packId) ?? []), ...r.messages]);
         }
       })();
       const failed = (await Promise.allSettled([references, packs])).find((r) => r.status === "rejected");
       if (failed !== undefined) throw failed.reason;
     }
+    const chunkSnapshots = await snapshotsUsingChunks(repo, sessions, index, snapshots, badChunks, packSnapshots);
     for (const [packId, problems] of packDamage) {
       const packNo = index.packNumber(packId);
-      const affected = packNo === undefined ? [] : [...(packSnapshots.get(packNo) ?? [])].sort();
-      for (const problem of problems) damage.push({ object: packKey(packId), problem, snapshots: affected });
+      const inPack = packNo === undefined ? [] : [...(packSnapshots.get(packNo) ?? [])].sort();
+      // Failed chunks affect the snapshots that use them, not every one with data in their pack.
+      const failedChunks = badChunks.get(packId);
+      for (const problem of problems) {
+        const affected = failedChunks !== undefined && problem === failedChunks.message ? (chunkSnapshots.get(packId) ?? inPack) : inPack;
+        damage.push({ object: packKey(packId), problem, snapshots: affected });
+      }
     }
     return {
       ok: damage.length === 0,
@@ -161,6 +189,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
       chunks: index.size,
       bytesRead,
       readData,
+      dataKey: canDecrypt,
     };
   } finally {
     await (await starting?.catch(() => undefined))?.close();
@@ -185,15 +214,56 @@ async function checkGrants(repo: Repository, report: (d: Damage) => void): Promi
   }
 }
 
-/** Walks one snapshot's lists and entries; every chunk it names must be indexed. */
+type SnapshotRecord = Awaited<ReturnType<typeof listSnapshots>>[number];
+
+/**
+ * For each pack with chunks that failed verification, the snapshots (sorted) that reference one of
+ * those chunks, found by walking again only the snapshots with data in such a pack.
+ */
+async function snapshotsUsingChunks(
+  repo: Repository,
+  sessions: SessionKeys,
+  index: ChunkIndex,
+  snapshots: readonly SnapshotRecord[],
+  badChunks: ReadonlyMap<string, { readonly ids: ReadonlySet<string> }>,
+  packSnapshots: ReadonlyMap<number, ReadonlySet<string>>,
+): Promise<Map<string, string[]>> {
+  const out = new Map<string, string[]>();
+  if (badChunks.size === 0) return out;
+  const packOfBad = new Map<string, string>();
+  const candidates = new Set<string>();
+  for (const [packId, { ids }] of badChunks) {
+    out.set(packId, []);
+    for (const id of ids) packOfBad.set(id, packId);
+    const packNo = index.packNumber(packId);
+    for (const snapshotId of (packNo === undefined ? undefined : packSnapshots.get(packNo)) ?? []) candidates.add(snapshotId);
+  }
+  const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
+  for (const snap of snapshots) {
+    if (!candidates.has(snap.header.id)) continue;
+    const hit = new Set<string>();
+    const visit = (chunk: Uint8Array): void => {
+      const packId = packOfBad.get(toHex(chunk));
+      if (packId !== undefined) hit.add(packId);
+    };
+    await checkReferences(repo, sessions, reader, index, snap, new Map(), () => undefined, visit);
+    for (const packId of hit) out.get(packId)?.push(snap.header.id);
+  }
+  for (const list of out.values()) list.sort();
+  return out;
+}
+
+/** Walks one snapshot's lists and entries; every chunk it names must be indexed. visit sees every chunk ID it references. */
 async function checkReferences(
   repo: Repository,
   sessions: SessionKeys,
   reader: BlobReader,
   index: ChunkIndex,
-  snap: Awaited<ReturnType<typeof listSnapshots>>[number],
+  snap: SnapshotRecord,
   packSnapshots: Map<number, Set<string>>,
   report: (d: Damage) => void,
+  visit?: (chunk: Uint8Array) => void,
+  unindexedPacks = 0,
 ): Promise<void> {
   const id = snap.header.id;
   let body: SnapshotBody;
@@ -209,6 +279,7 @@ async function checkReferences(
   let missing = 0;
   let lastPack = -1;
   const use = (chunk: Uint8Array): boolean => {
+    visit?.(chunk);
     const packNo = index.packOf(chunk);
     if (packNo < 0) {
       missing++;
@@ -254,7 +325,14 @@ async function checkReferences(
       else throw e;
     }
   }
-  if (missing > 0) report({ object: snap.key, problem: `${plural(missing, "referenced chunk")} ${noun(missing, "is", "are")} in no index (data missing)`, snapshots: [id] });
+  if (missing > 0) {
+    // With packs no readable index lists, the chunks may well be stored: say so, not "missing".
+    const why =
+      unindexedPacks > 0
+        ? ` (the ${noun(unindexedPacks, "pack")} no readable index lists may hold them: run \`vmvault repair index\`, then check again)`
+        : " (data missing)";
+    report({ object: snap.key, problem: `${plural(missing, "referenced chunk")} ${noun(missing, "is", "are")} in no readable index${why}`, snapshots: [id] });
+  }
 }
 
 /**

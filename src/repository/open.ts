@@ -7,7 +7,7 @@ import { FormatError } from "../format/codec.js";
 import { parseConfigMeta, encodeConfigMeta, LZ4_LEVEL, ZSTD_DEFAULT_LEVEL, type RepoConfig } from "../format/config.js";
 import { appendSignature, encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { AUDIT_BODY_PREFIX, AUDIT_PREFIX, CONFIG_KEY, grantKey, LOCK_PREFIX, REGISTRY_PREFIX, registryKey, slotKey, slotPrefix } from "../format/layout.js";
-import { USER_NAME_PATTERN, type EpochInfo, type RegistryDoc, type RegistryUser } from "../format/registry.js";
+import { parseRegistryMeta, USER_NAME_PATTERN, type EpochInfo, type RegistryDoc, type RegistryUser } from "../format/registry.js";
 import type { GrantSecrets } from "../format/grant.js";
 import { encodeGrant, openGrant } from "../keys/grant.js";
 import { Keyring } from "../keys/keyring.js";
@@ -261,6 +261,27 @@ function configDamaged(problem: string): IntegrityError {
   );
 }
 
+/**
+ * The newest registry version's record of removing this user, for the message to someone with no
+ * key slot. Read without verification (there is no slot to pin the root key): it only words a
+ * refusal that happens either way, and is used only when it holds a user name and a time.
+ */
+async function removalOf(store: Store, user: string): Promise<{ removedBy: string; removedAt: string } | undefined> {
+  try {
+    const numbers = (await listAll(store, REGISTRY_PREFIX)).map((o) => o.key).sort();
+    const newest = numbers[numbers.length - 1];
+    if (newest === undefined) return undefined;
+    const doc = parseRegistryMeta(parseEnvelope(ObjectKind.Registry, await store.get(newest), true).meta);
+    if (findUser(doc, user) !== undefined) return undefined;
+    const removal = doc.removed.findLast((r) => r.name === user);
+    // Unverified text reaches a terminal: only a user name and a time, nothing else.
+    if (removal === undefined || !USER_NAME_PATTERN.test(removal.removedBy) || Number.isNaN(Date.parse(removal.removedAt)) || !/^[0-9T:.Z+-]+$/.test(removal.removedAt)) return undefined;
+    return removal;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Unlocks the user's key slot and verifies config, registry chain and grants. */
 export async function openRepository(o: OpenOptions): Promise<Repository> {
   const store = o.store;
@@ -270,6 +291,13 @@ export async function openRepository(o: OpenOptions): Promise<Repository> {
   const slots = await listAll(store, slotPrefix(o.user));
   const latestSlot = slots[slots.length - 1];
   if (latestSlot === undefined) {
+    const removal = await removalOf(store, o.user);
+    if (removal !== undefined) {
+      throw new AuthError(
+        `user ${o.user} was removed from the repository at ${store.location} (by ${removal.removedBy} at ${removal.removedAt})`,
+        "an admin can add them again with `vmvault user add`; check --user / VMVAULT_USER if you meant another user",
+      );
+    }
     throw new AuthError(`unknown user ${o.user} in the repository at ${store.location}`, "check --user / VMVAULT_USER; an admin can list users with `vmvault user list`");
   }
   // libsodium (WASM) loads only after Argon2id has freed its memory: lower peak memory.

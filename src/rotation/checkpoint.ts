@@ -30,9 +30,20 @@ export interface ReencryptState {
   readonly checkpoint: number;
 }
 
+/**
+ * What to do about a checkpoint that cannot be read (the default integrity hint points at
+ * `check`, which does not read checkpoints).
+ */
+const UNREADABLE_CHECKPOINT_HINT =
+  "the re-encryption cannot resume from it, and no command repairs a checkpoint yet; every snapshot stays readable meanwhile (a re-encryption deletes nothing before its replacement is durable): keep the repository as it is and report it";
+
+function checkpointError(object: string, problem: string): IntegrityError {
+  return new IntegrityError(`integrity failure: ${object}: ${problem}`, [{ object, problem }], UNREADABLE_CHECKPOINT_HINT);
+}
+
 function indexKeyOf(repo: Repository, epoch: number): Uint8Array {
   const k = repo.keyring.secret(epoch, "index");
-  if (k === undefined) throw IntegrityError.object(CHECKPOINT_PREFIX, `no index key of epoch ${epoch} is held`);
+  if (k === undefined) throw checkpointError(CHECKPOINT_PREFIX, `no index key of epoch ${epoch} is held`);
   return k.bytes;
 }
 
@@ -73,7 +84,7 @@ export async function readCheckpoint(repo: Repository): Promise<ReencryptState |
     };
   } catch (e) {
     if (e instanceof FormatError || e instanceof CryptoFailure || e instanceof SyntaxError) {
-      throw IntegrityError.object(newest.key, "re-encryption checkpoint does not open (modified or corrupted)");
+      throw checkpointError(newest.key, "re-encryption checkpoint does not open (modified or corrupted)");
     }
     throw e;
   }

@@ -1,4 +1,5 @@
-import { VaultError } from "../errors.js";
+import { IntegrityError, LockedError, UsageError, VaultError } from "../errors.js";
+import { loadRegistryChain } from "../keys/registry.js";
 import { grantPrefix } from "../format/layout.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import { newEpoch } from "../repository/open.js";
@@ -8,6 +9,7 @@ import { listAll } from "../storage/types.js";
 import { appendRegistryVersion } from "../users/registry-update.js";
 import { writeGrants } from "../users/users.js";
 import type { ProgressSink } from "../util/progress.js";
+import { readCheckpoint } from "./checkpoint.js";
 import { resealAll, type ResealStats } from "./reseal.js";
 
 export interface RotateOptions {
@@ -33,6 +35,7 @@ export async function rotateKeys(repo: Repository, o: RotateOptions = {}): Promi
   await authorizeAudited(repo, "admin", "key rotate");
   const lock = await acquireLock(repo, "key rotate", true);
   try {
+    await assertNoReencryptionUnderWay(repo);
     return await audited(repo, {
       entry: { action: "key rotate", target: { from: repo.keyring.currentEpoch, newChunkKey: o.newChunkKey === true ? "yes" : "no" } },
       started: false,
@@ -44,8 +47,50 @@ export async function rotateKeys(repo: Repository, o: RotateOptions = {}): Promi
   }
 }
 
+/**
+ * Refuses a plain rotation while an interrupted re-encryption waits to be resumed: the new
+ * epoch would revoke the grants of the epoch its checkpoint and rewritten data are sealed to,
+ * and the re-encryption could then never resume. `hint` says what to do instead.
+ */
+export async function assertNoReencryptionUnderWay(
+  repo: Repository,
+  hint = "finish it first with `vmvault key rotate --reencrypt` (it resumes where it stopped), then rotate again",
+): Promise<void> {
+  let state;
+  try {
+    state = await readCheckpoint(repo);
+  } catch (e) {
+    // A checkpoint that does not open cannot be resumed anyway: refusing would only block revocation.
+    if (e instanceof IntegrityError) return;
+    throw e;
+  }
+  if (state === null) return;
+  throw new UsageError(
+    `a re-encryption (to epoch ${state.targetEpoch}, started ${state.startedAt} by ${state.startedBy}) is under way; a new key rotation now would revoke the keys it resumes with`,
+    hint,
+  );
+}
+
+/**
+ * For a caller that must know before it changes anything (`user remove --rotate`): fails when a
+ * plain rotation would be refused (a re-encryption waits to be resumed) or could not take its
+ * exclusive lock now (waiting up to the configured lock wait). A command that takes the lock
+ * in between is still possible; the rotation then fails on its own.
+ */
+export async function assertRotationPossible(repo: Repository, reencryptionHint?: string): Promise<void> {
+  await assertNoReencryptionUnderWay(repo, ...(reencryptionHint === undefined ? [] : [reencryptionHint]));
+  const probe = await acquireLock(repo, "key rotate", true);
+  await probe.release();
+}
+
 async function openEpochAndReseal(repo: Repository, o: RotateOptions): Promise<RotateResult> {
   const latest = repo.chain.latest;
+  // Another admin's rotation that ended before this lock was taken registered its epoch, with
+  // valid grants: the next epoch number must come from the newest registry, not from ours.
+  const newest = await loadRegistryChain(repo.crypto, repo.store, repo.chain.versions[0]?.rootPublicKey ?? latest.rootPublicKey, repo.repoId);
+  if (newest.latest.version !== latest.version) {
+    throw new LockedError(`the registry changed while this command waited (version ${newest.latest.version}, by ${newest.latest.actor}: ${newest.latest.change})`, "run the command again");
+  }
   const previous = repo.keyring.current();
   const root = repo.keyring.rootSecretKey;
   const chunkKey = previous.secrets.chunkId;
@@ -54,6 +99,11 @@ async function openEpochAndReseal(repo: Repository, o: RotateOptions): Promise<R
   const epoch = newEpoch(repo.crypto, id, repo.now(), o.newChunkKey === true ? undefined : { key: chunkKey.bytes, epoch: previous.info.chunkKeyEpoch });
   repo.keyring.addEpoch(repo.crypto, epoch.info, { ...epoch.secrets, root: root.bytes });
   for (const s of Object.values(epoch.secrets)) s.fill(0);
+  // Grants of an epoch no registry version names are leftovers of a rotation stopped before it
+  // registered the epoch: they seal other keys under the same epoch number, and grants are
+  // stored put-if-absent, so they would stay and open nothing. Removed first: under the
+  // exclusive lock, and only since the registry is known to be the newest (checked above).
+  for (const { key } of await listAll(repo.store, grantPrefix(id))) await repo.store.delete(key);
   for (const user of latest.users) await writeGrants(repo, user, [id]);
   await appendRegistryVersion(repo, `key rotate: epoch ${id}`, (doc) => ({ ...doc, epochs: [...doc.epochs, epoch.info], currentEpoch: id }));
   repo.keyring.setCurrentEpoch(id);

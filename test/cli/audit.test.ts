@@ -80,12 +80,64 @@ describe("audit trail", () => {
     expect(r.stdout + r.stderr).toMatch(/record 3/);
   });
 
+  it("audit log shows every record that still opens when some are damaged or missing, names those, and exits 5", async () => {
+    const { repo, aud } = await setup();
+    const all = await log(aud);
+    const bytes = await fsp.readFile(rec(repo, 3));
+    await fsp.writeFile(rec(repo, 3), bytes.subarray(0, 20));
+    await fsp.rm(rec(repo, 5));
+    // Was: exit 5 on the first damaged record and not one record shown, when an auditor needs them most.
+    const r = await aud(["--json", "audit", "log"]);
+    expect(r.code, r.stderr).toBe(5);
+    const shown = JSON.parse(r.stdout) as LogRecord[];
+    expect(shown.map((x) => x.seq)).toEqual(all.map((x) => x.seq).filter((s) => s !== 3 && s !== 5));
+    expect(r.stderr).toContain("warning: left out audit/000000000003: audit record 3 is malformed (truncated)");
+    expect(r.stderr).toContain("warning: left out audit/000000000005: record 5 is missing");
+    expect(r.stderr).toContain("vmvault: 2 audit records could not be read and were left out");
+  });
+
+  it("audit log --action with an action that does not exist, or --actor with a name no user can have, is a usage error", async () => {
+    const { aud } = await setup();
+    // Was: an empty list, as if no such record existed ("restores" for "restore").
+    const r = await aud(["audit", "log", "--action", "restores"]);
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toContain('vmvault: --action "restores" is not an audit action');
+    expect(r.stderr).toContain('backup, restore, check, "check --read-data"');
+    expect((await aud(["check"])).code).toBe(0);
+    const checks = await aud(["audit", "log", "--action", "check"]);
+    expect(checks.code, checks.stderr).toBe(0);
+    // Was: "ok=yes damaged=", as if the list had been cut off.
+    expect(checks.stdout).toMatch(/check\s+succeeded\s+ok=yes damaged=none/);
+    const actor = await aud(["audit", "log", "--actor", "Admin"]);
+    expect(actor.code).toBe(2);
+    expect(actor.stderr).toContain('vmvault: --actor "Admin" is not a user name');
+    const ok = await aud(["--json", "audit", "log", "--action", "check --read-data"]);
+    expect(ok.code, ok.stderr).toBe(0);
+  });
+
   it("a record deleted from the middle fails verification", async () => {
     const { repo, aud } = await setup();
     await fsp.rm(rec(repo, 3));
     const r = await aud(["audit", "verify"]);
     expect(r.code).toBe(5);
     expect(r.stderr).toMatch(/record 3 is missing/);
+  });
+
+  it("a snapshot deleted from the repository fails verification, naming it and its backup record", async () => {
+    const { repo, admin, aud } = await setup();
+    const [snap] = JSON.parse((await admin(["snapshots", "--json"])).stdout) as { id: string }[];
+    if (snap === undefined) throw new Error("no snapshot");
+    // Was: nothing noticed (check and audit verify both passed; the snapshot was simply gone).
+    await fsp.rm(path.join(repo, "snapshots", snap.id), { recursive: true });
+    const r = await aud(["--json", "audit", "verify"]);
+    expect(r.code, r.stderr).toBe(5);
+    const report = JSON.parse(r.stdout) as { ok: boolean; problems: { seq: number | null; object: string; problem: string }[] };
+    expect(report.ok).toBe(false);
+    const backup = (await log(aud)).find((x) => x.action === "backup" && x.result === "succeeded");
+    expect(report.problems).toEqual([
+      { seq: null, object: `snapshots/${snap.id}`, problem: `snapshot ${snap.id} of VM vm, whose backup record ${backup?.seq} names it, is missing (deleted from the repository)` },
+    ]);
   });
 
   it("reordered records fail verification", async () => {
@@ -112,6 +164,15 @@ describe("audit trail", () => {
 
   it("records removed from the end are caught against an exported anchor", async () => {
     const { repo, aud, op } = await setup();
+    // Without an anchor, "intact" says which newest records nothing binds (was: "intact" alone,
+    // though removing those records from the end goes unnoticed).
+    const plain = await aud(["audit", "verify"]);
+    expect(plain.code, plain.stderr).toBe(0);
+    const unbound = /note: the newest (\d+) records \(after record (\d+)\) are bound by no registry version, snapshot or anchor/.exec(plain.stderr);
+    expect(unbound, plain.stderr).not.toBeNull();
+    const json = JSON.parse((await aud(["--json", "audit", "verify"])).stdout) as { records: number; boundThrough: number };
+    expect(json.boundThrough).toBe(Number(unbound?.[2]));
+    expect(json.records).toBeGreaterThan(json.boundThrough);
     const anchorFile = path.join(tmp("anchor"), "head.anchor");
     const a = await aud(["audit", "anchor", "--out", anchorFile]);
     expect(a.code, a.stderr).toBe(0);
@@ -123,6 +184,36 @@ describe("audit trail", () => {
     const r = await aud(["audit", "verify", "--anchor", anchorFile]);
     expect(r.code).toBe(5);
     expect(r.stdout).toMatch(/the anchor was made when the trail had \d+ records; it now has \d+ \(records removed from the end\)/);
+    // Was: "run `vmvault check --read-data`", which does not look at the trail (and an auditor may not run it).
+    expect(r.stderr).not.toContain("check --read-data");
+    expect(r.stderr).toContain("next: the audit trail, or what it records, was changed in the repository's storage");
+  });
+
+  it("an anchor that cannot be written is recorded as failed, not as exported", async () => {
+    const { aud } = await setup();
+    // /proc/self exists, but no file can be created in it.
+    const r = await aud(["audit", "anchor", "--out", "/proc/self/head.anchor"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("cannot write the anchor to /proc/self/head.anchor");
+    const last = (await log(aud)).filter((x) => x.action === "audit anchor").at(-1);
+    // Was: "succeeded", recorded before the file was written.
+    expect(last?.result).toBe("failed");
+  });
+
+  it("a modified anchor file is named as the culprit, not the repository", async () => {
+    const { aud } = await setup();
+    const anchorFile = path.join(tmp("anchor"), "head.anchor");
+    expect((await aud(["audit", "anchor", "--out", anchorFile])).code).toBe(0);
+    const bytes = await fsp.readFile(anchorFile);
+    const at = bytes.indexOf(Buffer.from('"seq":'));
+    bytes[at + 6] = bytes[at + 6] === "1".charCodeAt(0) ? "2".charCodeAt(0) : "1".charCodeAt(0);
+    await fsp.writeFile(anchorFile, bytes);
+    const r = await aud(["audit", "verify", "--anchor", anchorFile]);
+    expect(r.code).toBe(5);
+    // Was: "integrity failure: the anchor: is not signed ..." and "the repository was modified or corrupted; run `vmvault check --read-data`".
+    expect(r.stderr).toContain("vmvault: integrity failure: the anchor file is not signed by a user of this repository");
+    expect(r.stderr).toContain("next: the anchor file, not the repository, failed");
+    expect(r.stderr).not.toContain("check --read-data");
   });
 
   it("a restore whose audit record cannot be stored does not start and writes nothing", async () => {

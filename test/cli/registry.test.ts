@@ -75,7 +75,11 @@ describe("registry integrity", () => {
     expect(rm.code, rm.stderr).toBe(0);
     const after = await op(["snapshots"]);
     expect(after.code).toBe(3);
-    expect(after.stderr).toMatch(/unknown user op/);
+    // Was: "unknown user op ... check --user / VMVAULT_USER", as if the name were mistyped.
+    expect(after.stderr).toMatch(/vmvault: user op was removed from the repository at .* \(by admin at \d{4}-\d\d-\d\dT[\d:.]+Z\)\n  next: an admin can add them again with `vmvault user add`/);
+    const typo = await vault(repo, "opp", "op-pass")(["snapshots"]);
+    expect(typo.code).toBe(3);
+    expect(typo.stderr).toMatch(/unknown user opp/);
     for (const [n, b] of copies) await fsp.writeFile(path.join(slotDir, n), b);
     const putBack = await op(["snapshots"]);
     expect(putBack.code).toBe(3);

@@ -41,6 +41,11 @@ describe("a damaged index file", () => {
     expect(check.code).toBe(5);
     expect(check.stdout).toContain(`DAMAGED index/${indexOfA}: index does not authenticate`);
     expect(check.stderr).toContain("`vmvault repair index`");
+    // Was: "... in no index (data missing)", though the data sits in a pack only the damaged file listed.
+    expect(check.stdout).toMatch(/referenced chunks? (is|are) in no readable index \(the pack no readable index lists may hold them: run `vmvault repair index`, then check again\)/);
+    expect(check.stdout).not.toContain("data missing");
+    // Was: "1 index file": the damaged one was not counted as checked.
+    expect(check.stdout).toMatch(/found: 2 snapshots, 2 index files, /);
 
     // Snapshot b does not need the damaged file: it restores, with a warning naming the file.
     const rb = await v(["restore", "latest", "--vm", "b", "--target", tmp("rb"), "--reason", "test"]);

@@ -133,6 +133,63 @@ describe("key rotation and re-encryption", () => {
     expect(status.oldData.packs).toBe(0);
   });
 
+  it("a plain rotation (key rotate, user remove --rotate) is refused while an interrupted re-encryption waits, and writes nothing", async () => {
+    const f = await fixture();
+    const v = vault(f.repo);
+    const env = { VMVAULT_STATE_DIR: `${f.repo}-state`, VMVAULT_PASSPHRASE: TEST_PASSPHRASE };
+    expect((await v(["user", "add", "leaver", "--role", "restorer"], { env: { VMVAULT_NEW_PASSPHRASE: "leaver passphrase" } })).code).toBe(0);
+    const child = startCli(["--repo", f.repo, "--user", "admin", "key", "rotate", "--reencrypt"], { env });
+    let stderr = "";
+    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+    const closed = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
+    let done = false;
+    void closed.then(() => (done = true));
+    while (!done && !(await fsp.readdir(path.join(f.repo, "checkpoints/reencrypt")).catch(() => [] as string[])).some((n) => /^\d+$/.test(n))) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    expect(done).toBe(false);
+    child.kill("SIGTERM");
+    expect(await closed).toBe(130);
+    // Was: "vmvault: interrupted (SIGTERM)" alone; the way to resume is the next step.
+    expect(stderr).toContain("vmvault: interrupted (SIGTERM); run `vmvault key rotate --reencrypt` again: it resumes from its last checkpoint");
+    const before = JSON.parse((await v(["key", "status", "--json"])).stdout) as { current: number; reencryption: { targetEpoch: number } | null };
+    expect(before.reencryption).not.toBeNull();
+
+    // Was: a new epoch that revoked the one the checkpoint is sealed to; the re-encryption then
+    // never resumed ("no index key of epoch N is held", exit 5), and key status failed too.
+    const rotate = await v(["key", "rotate"]);
+    expect(rotate.code, rotate.stderr).toBe(2);
+    expect(rotate.stderr).toContain(`a re-encryption (to epoch ${before.current}, started `);
+    expect(rotate.stderr).toContain("vmvault key rotate --reencrypt");
+    const remove = await v(["user", "remove", "leaver", "--rotate"]);
+    expect(remove.code, remove.stderr).toBe(2);
+    expect(remove.stderr).toContain("--no-rotate");
+    const users = JSON.parse((await v(["user", "list", "--json"])).stdout) as { name: string }[];
+    expect(users.map((u) => u.name)).toContain("leaver");
+    const after = JSON.parse((await v(["key", "status", "--json"])).stdout) as { current: number };
+    expect(after.current).toBe(before.current);
+
+    // A damaged checkpoint is named with what it means, not with a pointer to `check` (which does not read it).
+    const dir = path.join(f.repo, "checkpoints/reencrypt");
+    const [cp] = (await fsp.readdir(dir)).filter((n) => /^\d+$/.test(n));
+    const saved = await fsp.readFile(path.join(dir, cp as string));
+    const bad = Buffer.from(saved);
+    bad[bad.length - 3] = (bad[bad.length - 3] ?? 0) ^ 1;
+    await fsp.writeFile(path.join(dir, cp as string), bad);
+    const damaged = await v(["key", "status"]);
+    expect(damaged.code).toBe(5);
+    expect(damaged.stderr).toContain(`checkpoints/reencrypt/${cp}: re-encryption checkpoint does not open (modified or corrupted)`);
+    expect(damaged.stderr).toContain("next: the re-encryption cannot resume from it, and no command repairs a checkpoint yet; every snapshot stays readable meanwhile");
+    await everythingReadable(f, "with a damaged checkpoint");
+    await fsp.writeFile(path.join(dir, cp as string), saved);
+
+    const finish = await v(["key", "rotate", "--reencrypt"]);
+    expect(finish.code, finish.stderr).toBe(0);
+    await everythingReadable(f, "after the refused rotations");
+    // Once it has finished, rotating is allowed again.
+    expect((await v(["user", "remove", "leaver", "--rotate"])).code).toBe(0);
+  });
+
   it("backups go on while a re-encryption runs, and their snapshots survive it", async () => {
     const f = await fixture();
     const v = vault(f.repo);

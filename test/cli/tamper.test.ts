@@ -132,6 +132,64 @@ describe("tampering is detected and named", () => {
     expect(r.stdout).toContain(`affects snapshots ${snapshotId}`);
   });
 
+  it("a damaged chunk is blamed on the snapshots that use it, not on every snapshot with data in its pack", async () => {
+    const repo = copyRepo();
+    const v = vault(repo);
+    const [first] = JSON.parse((await v(["snapshots", "--json"])).stdout) as { id: string }[];
+    // A second snapshot of the folder alone: all its data deduplicates into the first backup's pack.
+    const b = await v(["--json", "backup", "--vm", "vm2", path.join(src, "folder")]);
+    expect(b.code, b.stderr).toBe(0);
+    const second = JSON.parse(b.stdout) as { snapshotId: string; addedBytes: number };
+    const packs = await objects(repo, "data/");
+    expect(packs).toHaveLength(1);
+    await flipByte(packs[0] as string, "middle"); // inside the disk image's chunks
+    const r = await v(["--json", "check", "--read-data"]);
+    expect(r.code).toBe(5);
+    const report = JSON.parse(r.stdout) as { damage: { object: string; snapshots: string[] }[] };
+    // Was: both snapshots, though the folder-only one reads back intact.
+    expect(report.damage).toEqual([expect.objectContaining({ object: path.relative(repo, packs[0] as string), snapshots: [first?.id] })]);
+    const ok = await v(["restore", second.snapshotId, "--target", tmp("o"), "--reason", "x"]);
+    expect(ok.code, ok.stderr).toBe(0);
+  });
+
+  it("a structure check of a repository with a damaged chunk says that it read no chunk data", async () => {
+    const repo = copyRepo();
+    await flipByte((await objects(repo, "data/"))[0] as string, "middle");
+    const r = await vault(repo)(["check"]);
+    expect(r.code, r.stderr).toBe(0);
+    // Was: "no errors found: 1 snapshot, ..." and nothing more.
+    expect(r.stdout).toMatch(/^no errors found: .*; structure only, chunk data not read \(`vmvault check --read-data` decrypts and verifies it\)$/m);
+  });
+
+  it("an auditor's structure check says what it cannot check without a data key", async () => {
+    const repo = copyRepo();
+    const v = vault(repo);
+    expect((await v(["user", "add", "aud", "--role", "auditor"], { env: { VMVAULT_NEW_PASSPHRASE: "auditor-pass" } })).code).toBe(0);
+    await flipByte((await objects(repo, "data/"))[0] as string, "last"); // the pack trailer
+    expect((await v(["check"])).code).toBe(5);
+    const r = await vault(repo, "aud", "auditor-pass")(["check"]);
+    expect(r.code, r.stderr).toBe(0);
+    // Was: "no errors found: ..." alone, and a pointer to --read-data, which an auditor may not run.
+    expect(r.stdout).toMatch(/^no errors found: .*; structure only, without a data key: pack trailers, session keys and the chunks snapshots reference were not checked \(an admin, operator or restorer checks them\)$/m);
+    const json = JSON.parse((await vault(repo, "aud", "auditor-pass")(["--json", "check"])).stdout) as { dataKey: boolean };
+    expect(json.dataKey).toBe(false);
+  });
+
+  it("check names objects under snapshots/, sessions/ and audit/ whose names vmvault never writes", async () => {
+    const repo = copyRepo();
+    await fsp.writeFile(path.join(repo, "snapshots", "junk"), "x");
+    await fsp.mkdir(path.join(repo, "snapshots", "not-an-id"));
+    await fsp.writeFile(path.join(repo, "snapshots", "not-an-id", "000001"), "x");
+    await fsp.writeFile(path.join(repo, "sessions", "junk"), "x");
+    await fsp.writeFile(path.join(repo, "audit", "000000000001.bak"), "x");
+    const r = await vault(repo)(["--json", "check"]);
+    expect(r.code, r.stderr).toBe(0);
+    // Was: not a word about them (only unexpected objects under data/ were named).
+    expect((JSON.parse(r.stdout) as { warnings: string[] }).warnings.sort()).toEqual(
+      ["audit/000000000001.bak", "sessions/junk", "snapshots/junk", "snapshots/not-an-id/000001"].map((k) => `unexpected object ${k} (not a name vmvault writes; every command ignores it)`),
+    );
+  });
+
   it("a truncated pack is detected by a structure check", async () => {
     const repo = copyRepo();
     const pack = (await objects(repo, "data/"))[0] as string;
@@ -169,5 +227,10 @@ describe("damage to one snapshot", () => {
     const latest = await v(["restore", "latest", "--target", tmp("o2"), "--reason", "x"]);
     expect(latest.code).toBe(5);
     expect(latest.stderr).toContain(path.relative(repo, victim));
+    // An auditor listing snapshots is pointed at a check it may run (was: only `check --read-data`, denied to auditors).
+    expect((await v(["user", "add", "aud", "--role", "auditor"], { env: { VMVAULT_NEW_PASSPHRASE: "auditor-pass" } })).code).toBe(0);
+    const listed = await vault(repo, "aud", "auditor-pass")(["snapshots"]);
+    expect(listed.code).toBe(5);
+    expect(listed.stderr).toContain("next: the repository was modified or corrupted; `vmvault check` lists every damaged object it can see");
   });
 });

@@ -7,6 +7,8 @@ import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { AccessDeniedError, FsStore, KDF_TEST, Secret, openVault } from "../../src/index.js";
 import { runCli, TEST_PASSPHRASE, vault } from "../helpers/cli.js";
+import { openRepository } from "../../src/repository/open.js";
+import { acquireLock } from "../../src/repository/lock.js";
 import { makeImage, readTree, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
@@ -80,6 +82,38 @@ describe("users", () => {
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/--rotate or --no-rotate/);
     expect((await vault(repo, "op", "op-pass")(["snapshots"])).code).toBe(0);
+  });
+
+  it("user remove --rotate while another command holds the repository removes nobody and fails with exit 6", async () => {
+    const { repo, admin } = await repoWithOperator();
+    // A running backup's shared lock, held by this (live) process.
+    const held = await openRepository({ store: new FsStore(repo), user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE) });
+    const lock = await acquireLock(held, "backup", false);
+    try {
+      const r = await admin(["user", "remove", "op", "--rotate"]);
+      expect(r.code).toBe(6);
+      // Was: op removed, then the rotation's lock failure with "run the command again", which
+      // then failed because op no longer existed: removed without a rotation.
+      expect(r.stderr).toContain("vmvault: the repository is locked by another backup");
+      expect(r.stdout).toBe("");
+      const users = JSON.parse((await admin(["--json", "user", "list"])).stdout) as { name: string }[];
+      expect(users.map((u) => u.name)).toContain("op");
+    } finally {
+      await lock.release();
+      await held.close();
+    }
+    expect((await admin(["user", "remove", "op", "--rotate"])).code).toBe(0);
+  });
+
+  it("removing an admin says that their copy of the root key is not withdrawn by any rotation", async () => {
+    const { admin } = await repoWithOperator();
+    expect((await admin(["user", "add", "second", "--role", "admin"], { env: { VMVAULT_NEW_PASSPHRASE: "second-pass" } })).code).toBe(0);
+    const r = await admin(["--json", "user", "remove", "second", "--rotate"]);
+    expect(r.code, r.stderr).toBe(0);
+    // Was: "second's copied keys open nothing written from now on", untrue for the root key they held.
+    expect((JSON.parse(r.stdout) as { exposure: string }).exposure).toMatch(/as an admin they held the repository root key, which no rotation replaces/);
+    const op = await admin(["--json", "user", "remove", "op", "--rotate"]);
+    expect((JSON.parse(op.stdout) as { exposure: string }).exposure).not.toMatch(/root key/);
   });
 
   it("user remove --no-rotate says plainly what stays exposed; --rotate opens a new epoch without them", async () => {

@@ -2,9 +2,9 @@ import { randomBytes } from "node:crypto";
 import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { Command } from "commander";
-import { IntegrityError, StorageError, UsageError } from "../../errors.js";
+import { IntegrityError, StorageError, UsageError, type Damage } from "../../errors.js";
 import { CliContext } from "../context.js";
-import { plural, table } from "../output.js";
+import { noun, plural, table } from "../output.js";
 
 export function registerAudit(program: Command): void {
   const audit = program.command("audit").description("read, verify and anchor the audit trail (admin and auditor)");
@@ -19,22 +19,36 @@ export function registerAudit(program: Command): void {
       const ctx = new CliContext(command);
       const vault = await ctx.openVault();
       try {
-        const records = await vault.auditLog({
-          ...(opts.since === undefined ? {} : { since: opts.since }),
-          ...(opts.actor === undefined ? {} : { actor: opts.actor }),
-          ...(opts.action === undefined ? {} : { action: opts.action }),
-        });
+        const damaged: Damage[] = [];
+        const records = await vault.auditLog(
+          {
+            ...(opts.since === undefined ? {} : { since: opts.since }),
+            ...(opts.actor === undefined ? {} : { actor: opts.actor }),
+            ...(opts.action === undefined ? {} : { action: opts.action }),
+          },
+          (d) => damaged.push(d),
+        );
         if (ctx.json) ctx.printJson(records);
         else {
           const target = (t: Record<string, unknown>): string =>
             Object.entries(t)
-              .map(([k, v]) => `${k}=${Array.isArray(v) ? v.join(",") : String(v)}`)
+              // An empty list reads "none", not "damaged=" (as if the value were cut off).
+              .map(([k, v]) => `${k}=${Array.isArray(v) ? (v.length === 0 ? "none" : v.join(",")) : String(v)}`)
               .join(" ");
           ctx.out(
             table(
               ["SEQ", "TIME", "ACTOR", "ROLE", "ACTION", "RESULT", "TARGET", "REASON"],
               records.map((r) => [String(r.seq), r.time, r.actor, r.role, r.action, r.result + (r.code === undefined ? "" : ` (${r.code})`), target(r.target), r.reason ?? ""]),
             ),
+          );
+        }
+        // The records that open are shown; each one that does not is named, and the exit code says so.
+        for (const d of damaged) ctx.warn(`warning: left out ${d.object}: ${d.problem}`);
+        if (damaged.length > 0) {
+          throw new IntegrityError(
+            `${plural(damaged.length, "audit record")} could not be read and ${noun(damaged.length, "was", "were")} left out; the ${ctx.json ? "output holds" : "list above shows"} every other record`,
+            [],
+            "run `vmvault audit verify` for the full report; keep the repository as it is for investigation",
           );
         }
       } finally {
@@ -63,10 +77,22 @@ export function registerAudit(program: Command): void {
         else {
           for (const p of r.problems) ctx.out(`BROKEN ${p.seq === null ? "" : `record ${p.seq} `}(${p.object}): ${p.problem}`);
           ctx.out(r.ok ? `audit trail intact: ${plural(r.records, "record")}, ${plural(r.anchorsChecked, "anchor")} checked` : `audit trail broken: ${plural(r.problems.length, "problem")}`);
+          // "Intact" cannot cover records nothing binds yet: their removal from the end leaves no trace.
+          const unbound = r.records - r.boundThrough;
+          if (r.ok && unbound > 0) {
+            ctx.warn(
+              `note: ${unbound === 1 ? `record ${r.records} is` : `the newest ${unbound} records (after record ${r.boundThrough}) are`} bound by no registry version, snapshot or anchor: ` +
+                `${noun(unbound, "its", "their")} removal from the end would go unnoticed; keep an anchor outside the repository (\`vmvault audit anchor --out FILE\`) and verify with --anchor FILE`,
+            );
+          }
         }
         if (!r.ok) {
           const first = r.problems[0];
-          throw new IntegrityError(`audit trail verification failed${first === undefined ? "" : `; first broken: ${first.object}: ${first.problem}`}`);
+          throw new IntegrityError(
+            `audit trail verification failed${first === undefined ? "" : `; first broken: ${first.object}: ${first.problem}`}`,
+            [],
+            "the audit trail, or what it records, was changed in the repository's storage: keep this report and the repository as they are for investigation; `vmvault audit log` shows the records that still open",
+          );
         }
       } finally {
         await vault.close();
@@ -82,8 +108,8 @@ export function registerAudit(program: Command): void {
       assertAnchorFile(opts.out);
       const vault = await ctx.openVault();
       try {
-        const a = await vault.auditAnchor();
-        writeAnchor(opts.out, a.bytes);
+        // Written before the export is recorded: a failed write is recorded as failed, not as succeeded.
+        const a = await vault.auditAnchor((x) => writeAnchor(opts.out, x.bytes));
         if (ctx.json) ctx.printJson({ file: opts.out, seq: a.seq, hash: a.hash });
         else ctx.out(`anchored audit record ${a.seq} (${a.hash}) in ${opts.out}`);
       } finally {

@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 import type { Vault } from "../../vault.js";
 import { CliContext } from "../context.js";
+import type { Interrupts } from "../interrupt.js";
 import { formatBytes, noun, plural, table } from "../output.js";
 
 /** Runs a rotation and prints what it did; shared by `key rotate` and `user remove --rotate`. */
@@ -26,7 +27,7 @@ export async function runRotation(ctx: CliContext, vault: Vault, o: { reencrypt:
   return r;
 }
 
-export function registerKey(program: Command): void {
+export function registerKey(program: Command, interrupts: Interrupts): void {
   const key = program.command("key").description("key epochs: rotation, re-encryption and status (admin)");
 
   key
@@ -35,6 +36,10 @@ export function registerKey(program: Command): void {
     .option("--reencrypt", "rewrite all data under fresh keys, then destroy the old epochs (resumable)")
     .option("--new-chunk-key", "with --reencrypt: also draw a new chunk-ID key")
     .action(async (opts: { reencrypt?: boolean; newChunkKey?: boolean }, command: Command) => {
+      interrupts.note =
+        opts.reencrypt === true
+          ? "; run `vmvault key rotate --reencrypt` again: it resumes from its last checkpoint (until then `vmvault key status` shows its progress)"
+          : "; run `vmvault key rotate` again: it opens a new epoch and re-seals every envelope to it";
       const ctx = new CliContext(command);
       const vault = await ctx.openVault();
       try {

@@ -1,6 +1,6 @@
 import type { Command } from "commander";
 import { isRole, ROLES, type Role } from "../../keys/roles.js";
-import { UsageError } from "../../errors.js";
+import { isVaultError, UsageError, VaultError } from "../../errors.js";
 import { runRotation } from "./key.js";
 import { CliContext } from "../context.js";
 import { refuseBothForms } from "../options.js";
@@ -63,10 +63,28 @@ export function registerUser(program: Command): void {
             "pass --rotate or --no-rotate",
           );
         }
+        // Refused before the removal, so nothing is written when the rotation could not follow.
+        if (rotate) {
+          await vault.assertCanRotate(
+            `finish it first with \`vmvault key rotate --reencrypt\`, then run this again; or remove ${name} now with --no-rotate and, once the re-encryption has finished, run \`vmvault key rotate\` (and \`--reencrypt\`)`,
+          );
+        }
         const removed = await vault.removeUser(name);
         const exposure = exposureAfterRemoval(name, removed.role, rotate);
         if (!ctx.json) ctx.out(`removed ${name} (${removed.role}); ${plural(removed.snapshots.length, "snapshot")} they signed ${noun(removed.snapshots.length, "stays", "stay")} valid`);
-        const rotation = rotate ? await runRotation(ctx, vault, { reencrypt: false, newChunkKey: false }) : null;
+        let rotation: unknown = null;
+        if (rotate) {
+          try {
+            rotation = await runRotation(ctx, vault, { reencrypt: false, newChunkKey: false });
+          } catch (e) {
+            if (!isVaultError(e)) throw e;
+            // The removal stands: running this command again finds no such user. Say so, and what is left to do.
+            throw new VaultError(e.code, `${name} is removed, but the key rotation did not run: ${e.message}`, {
+              hint: `run \`vmvault key rotate\` to finish (\`--lock-wait SECONDS\` waits for a running command); until then ${exposureAfterRemoval(name, removed.role, false)}`,
+              cause: e,
+            });
+          }
+        }
         if (ctx.json) ctx.printJson({ ...removed, rotated: rotate, rotation, exposure });
         else ctx.warn(`note: ${exposure}`);
       } finally {
@@ -116,12 +134,21 @@ export function registerUser(program: Command): void {
 /** What a removed user's copied keys can still do, said plainly. */
 function exposureAfterRemoval(name: string, role: Role, rotated: boolean): string {
   const couldRead = role === "admin" || role === "operator" || role === "restorer";
+  // No rotation replaces the root key (SECURITY.md, known limits): say so for a removed admin.
+  const root =
+    role === "admin"
+      ? `; as an admin they held the repository root key, which no rotation replaces: with write access to the storage a copy of it still signs registry versions, so keep the storage out of ${name}'s reach`
+      : "";
   if (rotated) {
-    return couldRead
-      ? `${name}'s copied keys open nothing written from now on; data stored before the rotation stays readable with them until \`vmvault key rotate --reencrypt\``
-      : `${name}'s copied keys open nothing written from now on`;
+    return (
+      (couldRead
+        ? `${name}'s copied keys open nothing written from now on; data stored before the rotation stays readable with them until \`vmvault key rotate --reencrypt\``
+        : `${name}'s copied keys open nothing written from now on`) + root
+    );
   }
-  return couldRead
-    ? `${name} can no longer unlock the repository, but keys they may have copied still decrypt every snapshot stored so far and everything written until the keys are rotated (\`vmvault key rotate\`, then \`--reencrypt\` for old data)`
-    : `${name} can no longer unlock the repository; copied keys let them compute chunk IDs (test whether known data is stored) until the keys are rotated (\`vmvault key rotate\`)`;
+  return (
+    (couldRead
+      ? `${name} can no longer unlock the repository, but keys they may have copied still decrypt every snapshot stored so far and everything written until the keys are rotated (\`vmvault key rotate\`, then \`--reencrypt\` for old data)`
+      : `${name} can no longer unlock the repository; copied keys let them compute chunk IDs (test whether known data is stored) until the keys are rotated (\`vmvault key rotate\`)`) + root
+  );
 }
