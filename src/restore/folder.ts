@@ -12,6 +12,8 @@ import type { ChunkFetcher, ChunkRequest } from "./fetcher.js";
 import { lstatOrNull, RestoreDirs, type Owner } from "./dirs.js";
 import { findPartials, linkInto, ownerError, PartialFile, partialName, targetError, targetExistsError } from "./targets.js";
 
+/** Files finished (fsynced and renamed into place) at once while the next ones are written. */
+const FILES_FINISHING = 16;
 const S_ISUID = 0o4000;
 const S_ISGID = 0o2000;
 
@@ -187,6 +189,7 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
   const parentOf = (rel: string): string => (rel.includes("/") ? rel.slice(0, rel.lastIndexOf("/")) : "");
   const ownerOf = (e: FolderEntry): Owner | undefined => (o.owners && (e.uid !== undefined || e.gid !== undefined) ? { uid: e.uid, gid: e.gid } : undefined);
   let open: { file: PartialFile; entry: FolderEntry } | undefined;
+  const finishing = new Finishing(FILES_FINISHING);
   const step = async (tag: Step, data: Uint8Array | null): Promise<void> => {
     if (tag.kind === "chunk") {
       const f = open as { file: PartialFile; entry: FolderEntry };
@@ -199,10 +202,17 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
     if (tag.kind === "end") {
       const f = open as { file: PartialFile; entry: FolderEntry };
       open = undefined;
-      await finishFile(f, tag.size, snapshotKey, ownerOf(f.entry), shown(f.entry.path)).catch(async (e: unknown) => {
+      if (tag.size !== f.entry.size) {
         await f.file.abort();
-        throw targetError(shown(f.entry.path), e);
-      });
+        throw IntegrityError.object(snapshotKey, `file ${f.entry.path}: chunks cover ${tag.size} of ${f.entry.size} bytes`);
+      }
+      await finishing.add(
+        f.entry.path,
+        finishFile(f, ownerOf(f.entry), shown(f.entry.path)).catch(async (e: unknown) => {
+          await f.file.abort();
+          throw targetError(shown(f.entry.path), e);
+        }),
+      );
       result.bytes += tag.size;
       result.files++;
       result.matched++;
@@ -220,6 +230,7 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
       } else if (entry.type === "symlink") {
         symlinks.push(entry);
       } else if (tag.linkTo !== undefined) {
+        await finishing.settled(tag.linkTo);
         await dirs.ensure(parentOf(entry.path));
         if (!(await linkInto(dirs.place(tag.linkTo), dirs.place(entry.path)))) {
           unlinked.push(entry);
@@ -244,8 +255,11 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
         for (const { tag, data } of answers) await step(tag, data);
       }
       signal?.throwIfAborted();
+      await finishing.all();
     } catch (e) {
       await open?.file.abort();
+      // Nothing may still be writing when the caller cleans up.
+      await finishing.all().catch(() => undefined);
       throw e;
     }
   };
@@ -284,8 +298,7 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
  * with its recorded group (as bsdtar does): a file given to whoever restores it (no owner
  * recorded, --no-owner, not root) never runs as them.
  */
-async function finishFile(f: { file: PartialFile; entry: FolderEntry }, size: number, snapshotKey: string, owner: Owner | undefined, shown: string): Promise<void> {
-  if (size !== f.entry.size) throw IntegrityError.object(snapshotKey, `file ${f.entry.path}: chunks cover ${size} of ${f.entry.size} bytes`);
+async function finishFile(f: { file: PartialFile; entry: FolderEntry }, owner: Owner | undefined, shown: string): Promise<void> {
   if (owner !== undefined) {
     await f.file.handle.chown(owner.uid ?? -1, owner.gid ?? -1).catch((e: unknown) => {
       throw ownerError(shown, owner.uid, owner.gid, e);
@@ -293,4 +306,53 @@ async function finishFile(f: { file: PartialFile; entry: FolderEntry }, size: nu
   }
   const mode = f.entry.mode & ~(owner?.uid === undefined ? S_ISUID : 0) & ~(owner?.gid === undefined ? S_ISGID : 0);
   await f.file.commit({ mode, mtimeMs: f.entry.mtimeMs });
+}
+
+/**
+ * Files whose content is written and that are being finished (owner, mode, time, fsync, rename)
+ * while the next ones are written: up to `limit` at a time, so a folder of many small files
+ * does not wait for each file's fsync in turn. The first failure is thrown by the next call.
+ */
+class Finishing {
+  readonly #limit: number;
+  readonly #pending = new Map<string, Promise<void>>();
+  #failure: { error: unknown } | undefined;
+
+  constructor(limit: number) {
+    this.#limit = limit;
+  }
+
+  /** Starts tracking a file's finish; waits for the oldest one while `limit` are in flight. */
+  async add(rel: string, finish: Promise<void>): Promise<void> {
+    // Tracked before anything is thrown: all() must wait for it too before the caller cleans up.
+    const tracked = finish.then(
+      () => undefined,
+      (error: unknown) => {
+        this.#failure ??= { error };
+      },
+    );
+    this.#pending.set(rel, tracked);
+    void tracked.then(() => {
+      if (this.#pending.get(rel) === tracked) this.#pending.delete(rel);
+    });
+    this.#throwFailure();
+    while (this.#pending.size >= this.#limit) await this.#pending.values().next().value;
+    this.#throwFailure();
+  }
+
+  /** Waits until the file at rel, if it is being finished, is in place. */
+  async settled(rel: string): Promise<void> {
+    await this.#pending.get(rel);
+    this.#throwFailure();
+  }
+
+  /** Waits for every file being finished; throws the first failure. */
+  async all(): Promise<void> {
+    while (this.#pending.size > 0) await Promise.all([...this.#pending.values()]);
+    this.#throwFailure();
+  }
+
+  #throwFailure(): void {
+    if (this.#failure !== undefined) throw this.#failure.error;
+  }
 }

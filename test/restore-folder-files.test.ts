@@ -1,8 +1,10 @@
 /**
- * How a folder restore treats entries recorded as another name of an earlier file ("h"): a
- * hard link to the file this restore wrote, and the entry's own chunks whenever that cannot be
- * (a forward or missing name, other content, a file system that refuses the link). The entries
- * are written by hand here, read through stand-ins for the repository's blob reader and fetcher.
+ * How a folder restore writes files: entries recorded as another name of an earlier file ("h")
+ * become a hard link to the file this restore wrote, or the entry's own chunks whenever that
+ * cannot be (a forward or missing name, other content, a file system that refuses the link);
+ * files are finished (fsync, rename) while the next ones are written, and a failure there fails
+ * the restore cleanly. The entries are written by hand here, read through stand-ins for the
+ * repository's blob reader and fetcher.
  */
 import { createHash } from "node:crypto";
 import { promises as fsp } from "node:fs";
@@ -13,7 +15,7 @@ import type { FolderSource } from "../src/format/snapshot.js";
 import type { BlobReader } from "../src/restore/blob-reader.js";
 import type { ChunkFetcher, ChunkRequest, Fetched } from "../src/restore/fetcher.js";
 import { restoreFolder, type FolderRestoreResult } from "../src/restore/folder.js";
-import { isPartialName } from "../src/restore/targets.js";
+import { isPartialName, PartialFile } from "../src/restore/targets.js";
 import { concatBytes, toHex, utf8 } from "../src/util/bytes.js";
 import { tempDirs } from "./helpers/fixtures.js";
 
@@ -34,7 +36,7 @@ const file = (p: string, content: Uint8Array, more: Partial<FolderEntry> = {}): 
 });
 
 /** Restores hand-written entries (one entry blob) to DIR/f and returns the result and the folder. */
-async function restoreEntries(entries: readonly FolderEntry[], includes?: string[]): Promise<{ r: FolderRestoreResult; out: string }> {
+async function restoreEntries(entries: readonly FolderEntry[], includes?: string[], out = path.join(tmp("out"), "f")): Promise<{ r: FolderRestoreResult; out: string }> {
   const blob = concatBytes(entries.map(encodeEntry));
   const blobs = new Map([[idOf(blob), blob], ...[X, Y].map((c): [string, Uint8Array] => [idOf(c), c])]);
   const reader = { read: async (id: Uint8Array) => blobs.get(toHex(id)) as Uint8Array } as unknown as BlobReader;
@@ -44,7 +46,6 @@ async function restoreEntries(entries: readonly FolderEntry[], includes?: string
     },
   } as unknown as ChunkFetcher;
   const folder: FolderSource = { kind: "folder", name: "f", path: "/src/f", entries: [idOf(blob)], files: entries.length - 1, dirs: 1, symlinks: 0, size: 0 };
-  const out = path.join(tmp("out"), "f");
   const r = await restoreFolder(folder, out, { includes, reader, fetcher, snapshotKey: "snapshots/test", progress: () => undefined, force: false, owners: false });
   return { r, out };
 }
@@ -106,5 +107,37 @@ describe("restoring hard-link entries", () => {
     expect(some.r.hardlinks).toBe(0);
     expect(await inode(path.join(some.out, "c"))).toMatchObject({ nlink: 1, text: "content of the linked file\n" });
     expect(await fsp.readdir(some.out)).toEqual(["c"]);
+  });
+});
+
+describe("finishing files while the next ones are written", () => {
+  const many = (n: number): FolderEntry[] => Array.from({ length: n }, (_, i) => file(`f${String(i).padStart(3, "0")}`, i % 2 === 0 ? X : Y, { mode: 0o600 + (i % 8) }));
+
+  it("many more files than are finished at once all arrive complete, with their modes, and a later name links to an early file", async () => {
+    const entries = [root, ...many(60), file("link", X, { hardLinkTo: "f000" })];
+    const { r, out } = await restoreEntries(entries);
+    expect([r.files, r.hardlinks]).toEqual([61, 1]);
+    const names = (await fsp.readdir(out)).sort();
+    expect(names).toEqual([...entries.slice(1).map((e) => e.path)].sort());
+    for (const e of entries.slice(1, 61)) {
+      const st = await fsp.stat(path.join(out, e.path));
+      expect(st.mode & 0o7777, e.path).toBe(e.mode);
+      expect(await fsp.readFile(path.join(out, e.path), "utf8")).toBe(e.chunks?.[0]?.id === idOf(X) ? "content of the linked file\n" : "other content\n");
+    }
+    expect((await inode(path.join(out, "link"))).nlink).toBe(2);
+  });
+
+  it("a file that fails while it is finished fails the restore, naming it, and leaves neither the folder nor a temporary name", async () => {
+    const commit = PartialFile.prototype.commit;
+    vi.spyOn(PartialFile.prototype, "commit").mockImplementation(async function (this: PartialFile, o) {
+      if (path.basename(this.finalPath) === "f025") throw Object.assign(new Error("EIO: i/o error, fsync"), { code: "EIO" });
+      return commit.call(this, o);
+    });
+    const parent = tmp("out");
+    const err = await restoreEntries([root, ...many(60)], undefined, path.join(parent, "f")).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(Error);
+    expect((err as Error).message).toMatch(/f025/);
+    // Restored to a new folder: nothing of it, complete or partial, stays.
+    expect(await fsp.readdir(parent)).toEqual([]);
   });
 });
