@@ -149,7 +149,7 @@ describe("key rotation and re-encryption", () => {
     }
     expect(done).toBe(false);
     child.kill("SIGTERM");
-    expect(await closed).toBe(130);
+    expect(await closed).toBe(143);
     // Was: "vmvault: interrupted (SIGTERM)" alone; the way to resume is the next step.
     expect(stderr).toContain("vmvault: interrupted (SIGTERM); run `vmvault key rotate --reencrypt` again: it resumes from its last checkpoint");
     const before = JSON.parse((await v(["key", "status", "--json"])).stdout) as { current: number; reencryption: { targetEpoch: number } | null };
