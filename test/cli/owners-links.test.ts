@@ -23,6 +23,12 @@ async function owned(p: string): Promise<Owned> {
   return { uid: st.uid, gid: st.gid, mode: st.mode & 0o7777 };
 }
 
+/** Owner, group and mode of each entry of the tree ownedTree makes, restored under dir. */
+async function ownedEntries(dir: string): Promise<Record<string, Owned>> {
+  const names = ["run", "sub", "sub/notes.txt", "link", "plain.txt"];
+  return Object.fromEntries(await Promise.all(names.map(async (n) => [n, await owned(path.join(dir, n))] as const)));
+}
+
 /**
  * A folder `data`: run (mode 4755, owned 1234:5678), sub/ (owned 1234:5678) holding notes.txt
  * (4321:0), a symlink link -> run (1234:5678), and plain.txt left to root.
@@ -54,21 +60,25 @@ describe("owners and groups", () => {
     const r = await v(["restore", "latest", "--vm", "v", "--target", out, "--reason", "t"]);
     expect(r.code, r.stderr).toBe(0);
     const got = path.join(out, "data");
-    expect(await owned(path.join(got, "run"))).toEqual({ uid: 1234, gid: 5678, mode: 0o4755 });
-    expect(await owned(path.join(got, "sub"))).toEqual({ uid: 1234, gid: 5678, mode: 0o750 });
-    expect(await owned(path.join(got, "sub/notes.txt"))).toMatchObject({ uid: 4321, gid: 0 });
-    expect(await owned(path.join(got, "link"))).toMatchObject({ uid: 1234, gid: 5678 });
+    expect(await ownedEntries(got)).toMatchObject({
+      run: { uid: 1234, gid: 5678, mode: 0o4755 },
+      sub: { uid: 1234, gid: 5678, mode: 0o750 },
+      "sub/notes.txt": { uid: 4321, gid: 0 },
+      link: { uid: 1234, gid: 5678 },
+      "plain.txt": { uid: 0, gid: 0 },
+    });
     expect(await fsp.readlink(path.join(got, "link"))).toBe("run");
-    expect(await owned(path.join(got, "plain.txt"))).toMatchObject({ uid: 0, gid: 0 });
 
     const out2 = tmp("out");
     const n = await v(["restore", "latest", "--vm", "v", "--target", out2, "--reason", "t", "--no-owner"]);
     expect(n.code, n.stderr).toBe(0);
     const plain = path.join(out2, "data");
-    expect(await owned(path.join(plain, "run"))).toEqual({ uid: 0, gid: 0, mode: 0o755 });
-    expect(await owned(path.join(plain, "sub"))).toEqual({ uid: 0, gid: 0, mode: 0o750 });
-    expect(await owned(path.join(plain, "sub/notes.txt"))).toMatchObject({ uid: 0, gid: 0 });
-    expect(await owned(path.join(plain, "link"))).toMatchObject({ uid: 0, gid: 0 });
+    expect(await ownedEntries(plain)).toMatchObject({
+      run: { uid: 0, gid: 0, mode: 0o755 },
+      sub: { uid: 0, gid: 0, mode: 0o750 },
+      "sub/notes.txt": { uid: 0, gid: 0 },
+      link: { uid: 0, gid: 0 },
+    });
     expect(await fsp.readFile(path.join(plain, "run"), "utf8")).toBe("#!/bin/sh\necho hi\n");
   });
 
