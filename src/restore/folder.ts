@@ -269,7 +269,9 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
     try {
       await dirs.ensure(parentOf(link.path));
       const at = dirs.place(link.path);
-      // Whatever is there (with force) goes, a symlink as itself; nothing is followed.
+      // Whatever is there (with force) goes, a symlink as itself; nothing is followed. A folder
+      // it replaces is checked again should a later entry go below it.
+      dirs.replaced(link.path);
       await fse.remove(at);
       await fsp.symlink(link.target ?? "", at);
       const owner = ownerOf(link);
