@@ -172,3 +172,34 @@ describe("a hostile snapshot cannot reach outside the restored folder", () => {
     expect([after.mode & 0o7777, after.uid, after.gid, after.mtimeMs]).toEqual([0o700, before.uid, before.gid, before.mtimeMs]);
   });
 });
+
+describe("the same path more than once (a hostile or damaged snapshot)", () => {
+  /** Delays the finish of the first file committed to `name`, so later entries run while it is in flight. */
+  const slowFirstCommit = (name: string): void => {
+    const commit = PartialFile.prototype.commit;
+    let first = true;
+    vi.spyOn(PartialFile.prototype, "commit").mockImplementation(async function (this: PartialFile, o) {
+      if (first && path.basename(this.finalPath) === name) {
+        first = false;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      return commit.call(this, o);
+    });
+  };
+
+  it("a file entry repeated with other content ends as the later one, and the restore returns only once both are finished", async () => {
+    slowFirstCommit("a");
+    // In place, so a finish still running after the restore returned would show.
+    const { out } = await restoreEntries([root, file("a", X), file("a", Y), file("b", Y, { hardLinkTo: "a" })], undefined, tmp("out"));
+    await new Promise((r) => setTimeout(r, 200));
+    expect(await fsp.readFile(path.join(out, "a"), "utf8")).toBe("other content\n");
+    expect((await fsp.readdir(out)).sort()).toEqual(["a", "b"]);
+    expect((await inode(path.join(out, "b"))).ino).toBe((await inode(path.join(out, "a"))).ino);
+  });
+
+  it("with --force, a folder entry after a file of the same path replaces the file, even while the file is still being finished", async () => {
+    slowFirstCommit("a");
+    const { out } = await restoreEntries([root, file("a", X), dir("a"), file("a/b", Y)], undefined, undefined, { force: true });
+    expect(await fsp.readFile(path.join(out, "a/b"), "utf8")).toBe("other content\n");
+  });
+});
