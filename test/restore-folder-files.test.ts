@@ -161,6 +161,16 @@ describe("a hostile snapshot cannot reach outside the restored folder", () => {
     }
   });
 
+  it("a path spelled with an empty component (x//d for x/d) is refused before anything is written", async () => {
+    const outside = tmp("outside");
+    await fsp.writeFile(path.join(outside, "victim"), "keep\n");
+    const parent = tmp("out");
+    const err = await restoreEntries([root, dir("x"), dir("x/d"), symlink("x//d", outside), symlink("x/d/victim", "/nowhere")], undefined, path.join(parent, "f"), { force: true }).catch((e: unknown) => e);
+    expect((err as Error).message).toMatch(/malformed/);
+    expect(await fsp.readFile(path.join(outside, "victim"), "utf8")).toBe("keep\n");
+    expect(await fsp.readdir(parent)).toEqual([]);
+  });
+
   it("the mode, time and owner of a folder replaced by a symlink entry are not applied to what the symlink points to", async () => {
     const outside = tmp("outside");
     await fsp.mkdir(path.join(outside, "sub"), 0o700);
