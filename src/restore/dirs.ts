@@ -54,6 +54,9 @@ export class RestoreDirs {
    * symlink, and finish leaves it alone.
    */
   replaced(rel: string): void {
+    // A folder is ready only with every folder above it, so nothing below rel is when rel is not
+    // (the common case, a symlink where no folder was: no scan).
+    if (!this.#ready.has(rel)) return;
     for (const sub of this.#ready) if (rel === "" || sub === rel || sub.startsWith(`${rel}/`)) this.#ready.delete(sub);
   }
 
