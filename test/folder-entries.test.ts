@@ -53,6 +53,11 @@ describe("folder entries", () => {
     ["h with ..", { h: "a/../../x" }],
     ["h with .", { h: "./a/f.txt" }],
     ["h empty (the folder itself)", { h: "" }],
+    ["h with an empty component", { h: "a//f.txt" }],
+    ["h ending in /", { h: "a/f.txt/" }],
+    ["p with an empty component (another spelling of a/b)", { p: "a//b" }],
+    ["p ending in /", { p: "a/" }],
+    ["p starting with /", { p: "/a" }],
     ["h the entry itself", { h: "b" }],
   ])("a malformed field is a FormatError: %s", (_, bad) => {
     const line = JSON.stringify({ p: "b", t: "file", m: 420, mt: 1, s: 0, ...bad, c: [] });

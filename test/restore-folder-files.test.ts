@@ -36,7 +36,12 @@ const file = (p: string, content: Uint8Array, more: Partial<FolderEntry> = {}): 
 });
 
 /** Restores hand-written entries (one entry blob) to DIR/f and returns the result and the folder. */
-async function restoreEntries(entries: readonly FolderEntry[], includes?: string[], out = path.join(tmp("out"), "f")): Promise<{ r: FolderRestoreResult; out: string }> {
+async function restoreEntries(
+  entries: readonly FolderEntry[],
+  includes?: string[],
+  out = path.join(tmp("out"), "f"),
+  o: { force?: boolean; owners?: boolean } = {},
+): Promise<{ r: FolderRestoreResult; out: string }> {
   const blob = concatBytes(entries.map(encodeEntry));
   const blobs = new Map([[idOf(blob), blob], ...[X, Y].map((c): [string, Uint8Array] => [idOf(c), c])]);
   const reader = { read: async (id: Uint8Array) => blobs.get(toHex(id)) as Uint8Array } as unknown as BlobReader;
@@ -46,11 +51,13 @@ async function restoreEntries(entries: readonly FolderEntry[], includes?: string
     },
   } as unknown as ChunkFetcher;
   const folder: FolderSource = { kind: "folder", name: "f", path: "/src/f", entries: [idOf(blob)], files: entries.length - 1, dirs: 1, symlinks: 0, size: 0 };
-  const r = await restoreFolder(folder, out, { includes, reader, fetcher, snapshotKey: "snapshots/test", progress: () => undefined, force: false, owners: false });
+  const r = await restoreFolder(folder, out, { includes, reader, fetcher, snapshotKey: "snapshots/test", progress: () => undefined, force: o.force ?? false, owners: o.owners ?? false });
   return { r, out };
 }
 
 const root: FolderEntry = { path: "", type: "dir", mode: 0o755, mtimeMs: 1_700_000_000_000, size: 0 };
+const dir = (p: string, more: Partial<FolderEntry> = {}): FolderEntry => ({ ...root, path: p, ...more });
+const symlink = (p: string, target: string): FolderEntry => ({ path: p, type: "symlink", mode: 0o777, mtimeMs: 1_700_000_000_000, size: 0, target });
 
 async function inode(p: string): Promise<{ ino: number; nlink: number; text: string }> {
   const st = await fsp.lstat(p);
@@ -139,5 +146,70 @@ describe("finishing files while the next ones are written", () => {
     expect((err as Error).message).toMatch(/f025/);
     // Restored to a new folder: nothing of it, complete or partial, stays.
     expect(await fsp.readdir(parent)).toEqual([]);
+  });
+});
+
+describe("a hostile snapshot cannot reach outside the restored folder", () => {
+  it("a symlink entry that replaces a restored folder is not followed by a later symlink entry below it, with or without --force", async () => {
+    for (const force of [false, true]) {
+      const outside = tmp("outside");
+      await fsp.writeFile(path.join(outside, "victim"), "keep\n");
+      const done = await restoreEntries([root, dir("d"), symlink("d", outside), symlink("d/victim", "/nowhere")], undefined, undefined, { force }).catch((e: unknown) => e);
+      expect(await fsp.readFile(path.join(outside, "victim"), "utf8"), `force ${force}`).toBe("keep\n");
+      if (force) expect(await fsp.readlink(path.join((done as { out: string }).out, "d/victim"))).toBe("/nowhere");
+      else expect((done as Error).message).toMatch(/is a symlink/);
+    }
+  });
+
+  it("a path spelled with an empty component (x//d for x/d) is refused before anything is written", async () => {
+    const outside = tmp("outside");
+    await fsp.writeFile(path.join(outside, "victim"), "keep\n");
+    const parent = tmp("out");
+    const err = await restoreEntries([root, dir("x"), dir("x/d"), symlink("x//d", outside), symlink("x/d/victim", "/nowhere")], undefined, path.join(parent, "f"), { force: true }).catch((e: unknown) => e);
+    expect((err as Error).message).toMatch(/malformed/);
+    expect(await fsp.readFile(path.join(outside, "victim"), "utf8")).toBe("keep\n");
+    expect(await fsp.readdir(parent)).toEqual([]);
+  });
+
+  it("the mode, time and owner of a folder replaced by a symlink entry are not applied to what the symlink points to", async () => {
+    const outside = tmp("outside");
+    await fsp.mkdir(path.join(outside, "sub"), 0o700);
+    const before = await fsp.stat(path.join(outside, "sub"));
+    const owners = process.getuid?.() === 0;
+    const { out } = await restoreEntries([root, dir("d"), dir("d/sub", { mode: 0o777, uid: 4321, gid: 4321 }), symlink("d", outside)], undefined, undefined, { owners });
+    expect(await fsp.readlink(path.join(out, "d"))).toBe(outside);
+    const after = await fsp.stat(path.join(outside, "sub"));
+    expect([after.mode & 0o7777, after.uid, after.gid, after.mtimeMs]).toEqual([0o700, before.uid, before.gid, before.mtimeMs]);
+  });
+});
+
+describe("the same path more than once (a hostile or damaged snapshot)", () => {
+  /** Delays the finish of the first file committed to `name`, so later entries run while it is in flight. */
+  const slowFirstCommit = (name: string): void => {
+    const commit = PartialFile.prototype.commit;
+    let first = true;
+    vi.spyOn(PartialFile.prototype, "commit").mockImplementation(async function (this: PartialFile, o) {
+      if (first && path.basename(this.finalPath) === name) {
+        first = false;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      return commit.call(this, o);
+    });
+  };
+
+  it("a file entry repeated with other content ends as the later one, and the restore returns only once both are finished", async () => {
+    slowFirstCommit("a");
+    // In place, so a finish still running after the restore returned would show.
+    const { out } = await restoreEntries([root, file("a", X), file("a", Y), file("b", Y, { hardLinkTo: "a" })], undefined, tmp("out"));
+    await new Promise((r) => setTimeout(r, 200));
+    expect(await fsp.readFile(path.join(out, "a"), "utf8")).toBe("other content\n");
+    expect((await fsp.readdir(out)).sort()).toEqual(["a", "b"]);
+    expect((await inode(path.join(out, "b"))).ino).toBe((await inode(path.join(out, "a"))).ino);
+  });
+
+  it("with --force, a folder entry after a file of the same path replaces the file, even while the file is still being finished", async () => {
+    slowFirstCommit("a");
+    const { out } = await restoreEntries([root, file("a", X), dir("a"), file("a/b", Y)], undefined, undefined, { force: true });
+    expect(await fsp.readFile(path.join(out, "a/b"), "utf8")).toBe("other content\n");
   });
 });

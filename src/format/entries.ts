@@ -79,9 +79,14 @@ export function parseEntryLine(line: string): FolderEntry {
   };
 }
 
-/** A path relative to the source folder: no leading "/", no "." or ".." component. */
+/**
+ * A path relative to the source folder, in the one spelling a backup writes: "" (the folder
+ * itself), or names joined by "/" with no empty, "." or ".." component (so no leading,
+ * trailing or doubled "/"). A second spelling of a path (a//b for a/b) would let a hostile
+ * snapshot slip past what restore remembers about that path.
+ */
 function safePath(p: string): string {
-  if (p.startsWith("/") || p.split("/").some((s) => s === ".." || s === ".")) throw new FormatError("unsafe path in folder entry");
+  if (p !== "" && p.split("/").some((s) => s === "" || s === ".." || s === ".")) throw new FormatError("unsafe path in folder entry");
   return p;
 }
 

@@ -49,12 +49,27 @@ export class RestoreDirs {
   }
 
   /**
+   * Forgets rel and every folder below it, once something else (a symlink of the snapshot)
+   * takes its place: a later ensure checks the path again instead of writing through the
+   * symlink, and finish leaves it alone.
+   */
+  replaced(rel: string): void {
+    // A folder is ready only with every folder above it, so nothing below rel is when rel is not
+    // (the common case, a symlink where no folder was: no scan).
+    if (!this.#ready.has(rel)) return;
+    for (const sub of this.#ready) if (rel === "" || sub === rel || sub.startsWith(`${rel}/`)) this.#ready.delete(sub);
+  }
+
+  /**
    * Applies a folder's owner (when given), mode and time through a descriptor opened without
    * following a symlink. The owner is set first (chown clears set-id bits); a failure to set it
-   * is thrown, the mode and time are best effort.
+   * is thrown, the mode and time are best effort. A folder that is not (or no longer, see
+   * replaced) one this restore checked or created is left alone: a folder above it may now be
+   * a symlink, which opening the path would follow.
    */
   async finish(rel: string, o: { mode: number; mtimeMs: number; owner?: Owner | undefined }): Promise<void> {
     const { mode, mtimeMs, owner } = o;
+    if (!this.#ready.has(rel)) return;
     const handle = await fsp.open(this.place(rel), constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW).catch(() => undefined);
     if (handle === undefined) return;
     try {

@@ -222,6 +222,8 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
     }
     const { entry, exact } = tag;
     try {
+      // A file at this path, or where one of its folders goes, finishes first (a repeated path is the last entry's).
+      await finishing.settled(entry.path);
       if (entry.type === "dir") {
         await dirs.ensure(entry.path);
         if (exact) made.push(entry);
@@ -269,7 +271,9 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
     try {
       await dirs.ensure(parentOf(link.path));
       const at = dirs.place(link.path);
-      // Whatever is there (with force) goes, a symlink as itself; nothing is followed.
+      // Whatever is there (with force) goes, a symlink as itself; nothing is followed. A folder
+      // it replaces is checked again should a later entry go below it.
+      dirs.replaced(link.path);
       await fse.remove(at);
       await fsp.symlink(link.target ?? "", at);
       const owner = ownerOf(link);
@@ -315,7 +319,10 @@ async function finishFile(f: { file: PartialFile; entry: FolderEntry }, owner: O
  */
 class Finishing {
   readonly #limit: number;
-  readonly #pending = new Map<string, Promise<void>>();
+  /** Every finish in flight, oldest first. */
+  readonly #inFlight = new Set<Promise<void>>();
+  /** The latest finish in flight for each path. */
+  readonly #byPath = new Map<string, Promise<void>>();
   #failure: { error: unknown } | undefined;
 
   constructor(limit: number) {
@@ -331,24 +338,31 @@ class Finishing {
         this.#failure ??= { error };
       },
     );
-    this.#pending.set(rel, tracked);
+    this.#inFlight.add(tracked);
+    this.#byPath.set(rel, tracked);
     void tracked.then(() => {
-      if (this.#pending.get(rel) === tracked) this.#pending.delete(rel);
+      this.#inFlight.delete(tracked);
+      if (this.#byPath.get(rel) === tracked) this.#byPath.delete(rel);
     });
     this.#throwFailure();
-    while (this.#pending.size >= this.#limit) await this.#pending.values().next().value;
+    while (this.#inFlight.size >= this.#limit) await this.#inFlight.values().next().value;
     this.#throwFailure();
   }
 
-  /** Waits until the file at rel, if it is being finished, is in place. */
+  /**
+   * Waits until no file at rel or at a folder above it is being finished: an entry for that
+   * path (another file, a folder, a link to it) must find it in place, not have it renamed
+   * over its own work later.
+   */
   async settled(rel: string): Promise<void> {
-    await this.#pending.get(rel);
+    const parts = rel.split("/");
+    for (let i = 1; i <= parts.length; i++) await this.#byPath.get(parts.slice(0, i).join("/"));
     this.#throwFailure();
   }
 
   /** Waits for every file being finished; throws the first failure. */
   async all(): Promise<void> {
-    while (this.#pending.size > 0) await Promise.all([...this.#pending.values()]);
+    while (this.#inFlight.size > 0) await Promise.all([...this.#inFlight]);
     this.#throwFailure();
   }
 
