@@ -28,8 +28,9 @@ export interface RotateResult {
 /**
  * Admin only: opens a new key epoch (new data, metadata and audit key pairs, index key and
  * repository root key; the chunk-ID key is kept so deduplication with stored data survives),
- * grants it to the current users by role, re-seals every session key, snapshot header, index file and audit body to it,
- * then deletes every grant of older epochs: from then on no user holds an old secret.
+ * grants it to the current users by role, re-seals every session key, snapshot header, index
+ * file and audit body to it, then deletes every grant of older epochs: from then on no user
+ * holds an old secret.
  */
 export async function rotateKeys(repo: Repository, o: RotateOptions = {}): Promise<RotateResult> {
   await authorizeAudited(repo, "admin", "key rotate");
