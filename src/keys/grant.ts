@@ -37,18 +37,27 @@ export function encodeGrant(
   }
 }
 
-/** Verifies the root signature, then opens the sealed secrets with the user's box key. */
+/** Whether a grant body's signature verifies under one of the given root keys (see grantRootKeys). */
+export function signedByAnyRootKey(crypto: CryptoSuite, body: Uint8Array, signature: Uint8Array | undefined, rootPublicKeys: readonly Uint8Array[]): boolean {
+  return signature !== undefined && rootPublicKeys.some((k) => crypto.verify(k, body, signature));
+}
+
+/**
+ * Verifies the root signature (by one of `rootPublicKeys`: the keys allowed for the grant's
+ * epoch, see grantRootKeys), then opens the sealed secrets with the user's box key.
+ */
 export function openGrant(
   crypto: CryptoSuite,
   bytes: Uint8Array,
   objectName: string,
-  rootPublicKey: Uint8Array,
+  rootPublicKeys: Uint8Array | readonly Uint8Array[],
   boxPublicKey: Uint8Array,
   boxSecretKey: Secret,
 ): { meta: GrantMeta; secrets: GrantSecrets } {
+  const keys = rootPublicKeys instanceof Uint8Array ? [rootPublicKeys] : rootPublicKeys;
   try {
     const env = parseEnvelope(ObjectKind.Grant, bytes, true);
-    if (env.signature === undefined || !crypto.verify(rootPublicKey, env.body, env.signature)) {
+    if (!signedByAnyRootKey(crypto, env.body, env.signature, keys)) {
       throw IntegrityError.object(objectName, "grant is not signed by the repository root key");
     }
     const meta = parseGrantMeta(env.meta);

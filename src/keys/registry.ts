@@ -64,7 +64,12 @@ export async function loadRegistryChain(
       throw e;
     }
     if (signature === undefined || !crypto.verify(signer, body, signature)) {
-      throw IntegrityError.object(name, "signature is not by the repository root key pinned in your key slot (forged or modified registry)");
+      throw IntegrityError.object(
+        name,
+        version === 1
+          ? "signature is not by the repository root key pinned in your key slot (forged or modified registry)"
+          : `signature is not by the repository root key registry version ${version - 1} names (forged or modified registry, or signed with a retired root key)`,
+      );
     }
     if (doc.version !== version) throw IntegrityError.object(name, `claims to be version ${doc.version} (rollback or replay of an older registry)`);
     if (doc.repoId !== repoId) throw IntegrityError.object(name, "belongs to another repository");
@@ -80,6 +85,24 @@ export async function loadRegistryChain(
   const latestHash = hashes[hashes.length - 1];
   if (latest === undefined || latestHash === undefined) throw IntegrityError.object("registry", "empty chain");
   return { versions, hashes, latest, latestHash };
+}
+
+/**
+ * The root public keys that may sign a grant of `epoch`: the one named by the first registry
+ * version that lists the epoch and those named by every later version, oldest first. A rotation
+ * names a new root key in the same version that lists its new epoch, so a root key retired
+ * before an epoch existed (a removed admin's copy, say) never signs an acceptable grant of it,
+ * while grants of older epochs signed before a rotation stay valid. Empty when no version lists
+ * the epoch (leftovers of a rotation stopped before it registered its epoch).
+ */
+export function grantRootKeys(chain: RegistryChain, epoch: number): Uint8Array[] {
+  const first = chain.versions.findIndex((v) => v.epochs.some((e) => e.id === epoch));
+  if (first < 0) return [];
+  const keys: Uint8Array[] = [];
+  for (const v of chain.versions.slice(first)) {
+    if (!keys.some((k) => bytesEqual(k, v.rootPublicKey))) keys.push(v.rootPublicKey);
+  }
+  return keys;
 }
 
 export function findUser(doc: RegistryDoc, name: string): RegistryUser | undefined {

@@ -5,7 +5,9 @@ import { parseChunkList } from "../format/chunklist.js";
 import { parseEntryBlob } from "../format/entries.js";
 import { ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { parseGrantMeta } from "../format/grant.js";
-import { AUDIT_PREFIX, INDEX_PREFIX, PACK_PREFIX, SNAPSHOT_PREFIX, packKey, parseNumberedKey, parsePackKey, parseVersionedKey } from "../format/layout.js";
+import { signedByAnyRootKey } from "../keys/grant.js";
+import { grantRootKeys } from "../keys/registry.js";
+import { AUDIT_PREFIX, grantPrefix, INDEX_PREFIX, PACK_PREFIX, SNAPSHOT_PREFIX, packKey, parseNumberedKey, parsePackKey, parseVersionedKey } from "../format/layout.js";
 import { encodePackEntries, type PackEntry } from "../format/pack.js";
 import type { SnapshotBody } from "../format/snapshot.js";
 import { PackError, readPackTrailer } from "../pack/reader.js";
@@ -94,7 +96,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
   const report = (d: Damage): void => void damage.push(d);
   let bytesRead = 0;
   try {
-    await checkGrants(repo, report);
+    await checkGrants(repo, report, warnings);
     const snapshots = await listSnapshots(repo, report);
     const indexedPacks = new Map<string, IndexedPackSummary>();
     const files = new Set<string>();
@@ -198,14 +200,23 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
   }
 }
 
-/** Every grant must carry a valid root signature (their sealed contents are only the recipient's to open). */
-async function checkGrants(repo: Repository, report: (d: Damage) => void): Promise<void> {
+/**
+ * Every grant must carry a valid signature by a root key allowed for its epoch (their sealed
+ * contents are only the recipient's to open). Grants of an epoch no registry version lists are
+ * leftovers of a rotation stopped before it registered the epoch: no command reads them.
+ */
+async function checkGrants(repo: Repository, report: (d: Damage) => void, warnings: string[]): Promise<void> {
   for (const { key } of await listAll(repo.store, "grants/")) {
     try {
       const env = parseEnvelope(ObjectKind.Grant, await repo.store.get(key), true);
-      parseGrantMeta(env.meta);
-      if (env.signature === undefined || !repo.crypto.verify(repo.chain.latest.rootPublicKey, env.body, env.signature)) {
-        report({ object: key, problem: "grant is not signed by the repository root key" });
+      const meta = parseGrantMeta(env.meta);
+      const rootKeys = grantRootKeys(repo.chain, meta.epoch);
+      if (!key.startsWith(grantPrefix(meta.epoch))) {
+        report({ object: key, problem: `grant of key epoch ${meta.epoch} is stored under another epoch's name` });
+      } else if (rootKeys.length === 0) {
+        warnings.push(`${key} grants key epoch ${meta.epoch}, which no registry version lists (left by a key rotation stopped before it registered the epoch; no command reads it, and the next \`vmvault key rotate\` removes it)`);
+      } else if (!signedByAnyRootKey(repo.crypto, env.body, env.signature, rootKeys)) {
+        report({ object: key, problem: `grant is not signed by a repository root key in force since key epoch ${meta.epoch} was opened` });
       }
     } catch (e) {
       if (e instanceof FormatError) report({ object: key, problem: `grant is malformed (${e.message})` });

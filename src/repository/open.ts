@@ -11,7 +11,7 @@ import { parseRegistryMeta, USER_NAME_PATTERN, type EpochInfo, type RegistryDoc,
 import type { GrantSecrets } from "../format/grant.js";
 import { encodeGrant, openGrant } from "../keys/grant.js";
 import { Keyring } from "../keys/keyring.js";
-import { encodeRegistry, findUser, loadRegistryChain } from "../keys/registry.js";
+import { encodeRegistry, findUser, grantRootKeys, loadRegistryChain } from "../keys/registry.js";
 import { unwrapSlot, wrapSlot } from "../keys/slot.js";
 import { listAll, type Store } from "../storage/types.js";
 import { toHex } from "../util/bytes.js";
@@ -344,7 +344,7 @@ export async function openRepository(o: OpenOptions): Promise<Repository> {
       if (info.id === latest.currentEpoch) throw IntegrityError.object(name, "the grant of the current key epoch is missing");
       continue;
     }
-    const grant = openGrant(crypto, await store.get(name), name, latest.rootPublicKey, regUser.boxPublicKey, boxSecret);
+    const grant = openGrant(crypto, await store.get(name), name, grantRootKeys(chain, info.id), regUser.boxPublicKey, boxSecret);
     const g = grant.meta;
     if (g.epoch !== info.id || g.user !== o.user || g.role !== regUser.role || g.recipient !== toHex(regUser.signPublicKey) || g.repoId !== config.repoId) {
       throw IntegrityError.object(name, "grant does not match the registry (swapped or replayed)");

@@ -26,10 +26,11 @@ export interface RotateResult {
 }
 
 /**
- * Admin only: opens a new key epoch (new data, metadata and audit key pairs and index key; the
- * chunk-ID key is kept so deduplication with stored data survives), grants it to the current
- * users by role, re-seals every session key, snapshot header, index file and audit body to it,
- * then deletes every grant of older epochs: from then on no user holds an old secret.
+ * Admin only: opens a new key epoch (new data, metadata and audit key pairs, index key and
+ * repository root key; the chunk-ID key is kept so deduplication with stored data survives),
+ * grants it to the current users by role, re-seals every session key, snapshot header, index
+ * file and audit body to it, then deletes every grant of older epochs: from then on no user
+ * holds an old secret.
  */
 export async function rotateKeys(repo: Repository, o: RotateOptions = {}): Promise<RotateResult> {
   await authorizeAudited(repo, "admin", "key rotate");
@@ -92,20 +93,34 @@ async function openEpochAndReseal(repo: Repository, o: RotateOptions): Promise<R
     throw new LockedError(`the registry changed while this command waited (version ${newest.latest.version}, by ${newest.latest.actor}: ${newest.latest.change})`, "run the command again");
   }
   const previous = repo.keyring.current();
-  const root = repo.keyring.rootSecretKey;
   const chunkKey = previous.secrets.chunkId;
-  if (root === undefined || chunkKey === undefined) throw new VaultError("E_ACCESS_DENIED", "access denied: only an admin can rotate keys");
+  if (repo.keyring.rootSecretKey === undefined || chunkKey === undefined) throw new VaultError("E_ACCESS_DENIED", "access denied: only an admin can rotate keys");
   const id = Math.max(...latest.epochs.map((e) => e.id)) + 1;
   const epoch = newEpoch(repo.crypto, id, repo.now(), o.newChunkKey === true ? undefined : { key: chunkKey.bytes, epoch: previous.info.chunkKeyEpoch });
-  repo.keyring.addEpoch(repo.crypto, epoch.info, { ...epoch.secrets, root: root.bytes });
-  for (const s of Object.values(epoch.secrets)) s.fill(0);
+  // A new root key with every epoch: the registry version that lists the epoch is signed with
+  // the old root key and names the new one, which signs the epoch's grants and every later
+  // version. A removed admin's copy of the old root key then signs nothing readers accept.
+  const newRoot = repo.crypto.signKeyPair();
+  try {
+    repo.keyring.addEpoch(repo.crypto, epoch.info, { ...epoch.secrets, root: newRoot.secretKey.bytes });
+  } finally {
+    for (const s of Object.values(epoch.secrets)) s.fill(0);
+    newRoot.secretKey.dispose();
+  }
   // Grants of an epoch no registry version names are leftovers of a rotation stopped before it
   // registered the epoch: they seal other keys under the same epoch number, and grants are
   // stored put-if-absent, so they would stay and open nothing. Removed first: under the
   // exclusive lock, and only since the registry is known to be the newest (checked above).
   for (const { key } of await listAll(repo.store, grantPrefix(id))) await repo.store.delete(key);
-  for (const user of latest.users) await writeGrants(repo, user, [id]);
-  await appendRegistryVersion(repo, `key rotate: epoch ${id}`, (doc) => ({ ...doc, epochs: [...doc.epochs, epoch.info], currentEpoch: id }));
+  // Signed with the new root key, which no registry version names until the one written below.
+  for (const user of latest.users) await writeGrants(repo, user, [id], id);
+  // Signed with the current (old) root key, as the chain requires.
+  await appendRegistryVersion(repo, `key rotate: epoch ${id}`, (doc) => ({
+    ...doc,
+    rootPublicKey: newRoot.publicKey,
+    epochs: [...doc.epochs, epoch.info],
+    currentEpoch: id,
+  }));
   repo.keyring.setCurrentEpoch(id);
   const resealed = await resealAll(repo, id, o.progress);
   let revokedGrants = 0;

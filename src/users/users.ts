@@ -71,7 +71,10 @@ export async function grantableEpochs(repo: Repository): Promise<{ held: number[
   return { held, notHeld };
 }
 
-/** One user's share of one epoch, sealed and signed by the root key: what writeGrants stores. */
+/**
+ * One user's share of one epoch, sealed and signed by the given root key: what writeGrants
+ * stores. An admin's share carries that root key (the current one), whatever the epoch.
+ */
 function sealGrant(repo: Repository, user: RegistryUser, epoch: number, root: Secret): { key: string; bytes: Uint8Array } {
   const all = epochSecrets(repo, epoch);
   const secrets: GrantSecrets = { ...all, root: root.bytes };
@@ -85,15 +88,19 @@ function sealGrant(repo: Repository, user: RegistryUser, epoch: number, root: Se
   return { key: grantKey(epoch, user.name, fingerprintOf(repo.crypto, user.signPublicKey)), bytes };
 }
 
-function rootKeyOf(repo: Repository): Secret {
-  const root = repo.keyring.rootSecretKey;
+function rootKeyOf(repo: Repository, epoch = repo.keyring.currentEpoch): Secret {
+  const root = repo.keyring.secret(epoch, "root");
   if (root === undefined) throw new VaultError("E_ACCESS_DENIED", "access denied: only an admin holds the root key");
   return root;
 }
 
-/** Seals one user's share of each given epoch and stores it (signed by the root key). */
-export async function writeGrants(repo: Repository, user: RegistryUser, epochs: readonly number[]): Promise<void> {
-  const root = rootKeyOf(repo);
+/**
+ * Seals one user's share of each given epoch and stores it, signed with (and, for an admin,
+ * carrying) the root key of `rootEpoch`: by default the current epoch's; a rotation passes its
+ * new epoch, whose root key the registry names only from the version that lists that epoch.
+ */
+export async function writeGrants(repo: Repository, user: RegistryUser, epochs: readonly number[], rootEpoch = repo.keyring.currentEpoch): Promise<void> {
+  const root = rootKeyOf(repo, rootEpoch);
   // Every grant is sealed before any is stored: an epoch the admin lacks writes nothing.
   const grants = epochs.map((epoch) => sealGrant(repo, user, epoch, root));
   for (const g of grants) await repo.store.putIfAbsent(g.key, g.bytes);

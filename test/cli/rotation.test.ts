@@ -2,6 +2,9 @@ import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { FsStore, KDF_TEST, Secret, Vault } from "../../src/index.js";
+import { encodeRegistry } from "../../src/keys/registry.js";
+import { registryKey } from "../../src/format/layout.js";
+import { openRepository } from "../../src/repository/open.js";
 import { startCli, TEST_PASSPHRASE, vault } from "../helpers/cli.js";
 import { makeImage, readTree, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
@@ -211,5 +214,35 @@ describe("key rotation and re-encryption", () => {
     const id = (JSON.parse(during.stdout) as { snapshotId: string }).snapshotId;
     f.sources.push({ vm: "during", file: image, sha: await sha256File(image), id });
     await everythingReadable(f, "backup during re-encryption");
+  });
+
+  it("user remove ADMIN --rotate replaces the root key: a registry version signed with their copy fails every command, naming it; rotate, check and audit verify go on", async () => {
+    const f = await fixture();
+    const v = vault(f.repo);
+    expect((await v(["user", "add", "admin2", "--role", "admin"], { env: { VMVAULT_NEW_PASSPHRASE: "admin2 passphrase" } })).code).toBe(0);
+    const admin2 = await openRepository({ store: new FsStore(f.repo), user: "admin2", passphrase: Secret.fromString("admin2 passphrase") });
+    const stolenRoot = new Secret((admin2.keyring.rootSecretKey as Secret).bytes.slice());
+    await admin2.close();
+    const removed = await v(["user", "remove", "admin2", "--rotate"]);
+    expect(removed.code, removed.stderr).toBe(0);
+
+    const admin = await openRepository({ store: new FsStore(f.repo), user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE) });
+    const { latest, latestHash } = admin.chain;
+    const forged = encodeRegistry(admin.crypto, { ...latest, version: latest.version + 1, prevHash: latestHash, actor: "admin2", change: "key rotate: epoch 99" }, stolenRoot);
+    await admin.close();
+    const name = registryKey(latest.version + 1);
+    await new FsStore(f.repo).putIfAbsent(name, forged);
+    // Was: the root key never changed, so the forged version was accepted.
+    for (const args of [["snapshots"], ["check"], ["user", "list"]]) {
+      const r = await v(args);
+      expect(r.code, r.stderr).toBe(5);
+      expect(r.stderr).toContain(name);
+    }
+    await new FsStore(f.repo).delete(name);
+    const rotated = await v(["key", "rotate"]);
+    expect(rotated.code, rotated.stderr).toBe(0);
+    const audit = await v(["audit", "verify"]);
+    expect(audit.code, audit.stderr).toBe(0);
+    await everythingReadable(f, "after removing an admin");
   });
 });

@@ -134,11 +134,13 @@ export function registerUser(program: Command): void {
 /** What a removed user's copied keys can still do, said plainly. */
 function exposureAfterRemoval(name: string, role: Role, rotated: boolean): string {
   const couldRead = role === "admin" || role === "operator" || role === "restorer";
-  // No rotation replaces the root key (SECURITY.md, known limits): say so for a removed admin.
+  // A rotation replaces the root key; what a copy of the old one can still do (SECURITY.md, known limits).
   const root =
-    role === "admin"
-      ? `; as an admin they held the repository root key, which no rotation replaces: with write access to the storage a copy of it still signs registry versions, so keep the storage out of ${name}'s reach`
-      : "";
+    role !== "admin"
+      ? ""
+      : rotated
+        ? `; the rotation replaced the repository root key they held, so a copy of it signs no later registry version or grant that readers accept (with write access to the storage it could still replace this rotation's own registry version, which every machine that has seen it detects): keep the storage out of ${name}'s reach`
+        : `; as an admin they held the repository root key: with write access to the storage a copy of it signs registry versions (adds users, opens key epochs) until the keys are rotated (\`vmvault key rotate\`)`;
   if (rotated) {
     return (
       (couldRead
