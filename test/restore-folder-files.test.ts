@@ -105,6 +105,21 @@ describe("restoring hard-link entries", () => {
     }
   });
 
+  it("in a chain whose middle name cannot be linked (c names b, b names a), every name is written from its chunks", async () => {
+    const real = fsp.link.bind(fsp);
+    let calls = 0;
+    // The first link (b to a) is refused; later ones go to the real link(2), and b is not there yet then.
+    vi.spyOn(fsp, "link").mockImplementation(async (from, to) => {
+      if (calls++ === 0) throw Object.assign(new Error("link: EPERM"), { code: "EPERM" });
+      return real(from, to);
+    });
+    const { r, out } = await restoreEntries([root, file("a", X), file("b", X, { hardLinkTo: "a" }), file("c", X, { hardLinkTo: "b" })]);
+    expect(calls).toBe(2);
+    expect([r.files, r.hardlinks]).toEqual([3, 0]);
+    for (const n of ["a", "b", "c"]) expect(await inode(path.join(out, n))).toMatchObject({ nlink: 1, text: "content of the linked file\n" });
+    expect((await fsp.readdir(out)).filter(isPartialName)).toEqual([]);
+  });
+
   it("a chain of names (c names b, b names a) and --include of a later name only", async () => {
     const entries = [root, file("a", X), file("b", X, { hardLinkTo: "a" }), file("c", X, { hardLinkTo: "b" })];
     const all = await restoreEntries(entries);

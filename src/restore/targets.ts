@@ -123,7 +123,8 @@ export class PartialFile {
  * Makes finalPath another name of the complete file at existing: a hard link under a temporary
  * name in finalPath's folder (link(2) creates it exclusively and does not follow a symlink),
  * renamed into place. False, with nothing left behind, when the file system cannot link them
- * (another file system, no hard links, too many links): the caller writes the content instead.
+ * (another file system, no hard links, too many links) or existing is not there: the caller
+ * writes the content instead.
  */
 export async function linkInto(existing: string, finalPath: string): Promise<boolean> {
   const tempPath = path.join(path.dirname(finalPath), partialName(path.basename(finalPath)));
@@ -131,7 +132,8 @@ export async function linkInto(existing: string, finalPath: string): Promise<boo
     await fsp.link(existing, tempPath);
   } catch (e) {
     const code = (e as { code?: string }).code;
-    if (code === "EXDEV" || code === "EPERM" || code === "EMLINK") return false;
+    // ENOENT: the earlier name is not there (yet): it could not be linked itself and is written later.
+    if (code === "EXDEV" || code === "EPERM" || code === "EMLINK" || code === "ENOENT") return false;
     throw e;
   }
   try {
