@@ -1,3 +1,5 @@
+import os from "node:os";
+
 /**
  * Every error the vault raises on purpose is a VaultError with a stable string code.
  * Codes never change once released; the CLI maps them to exit codes in one place.
@@ -132,10 +134,13 @@ export class InterruptedError extends VaultError {
   }
 }
 
-/** The shell's exit status for a process ended by a signal: 128 + its number (SIGINT 130, SIGTERM 143). */
+/**
+ * The shell's exit status for a process ended by a signal: 128 + its number (SIGINT 130,
+ * SIGTERM 143); 130 when no signal is named (an AbortSignal in the library).
+ */
 export function signalExitCode(signal: string | undefined): number {
-  const n = signal === "SIGTERM" ? 15 : 2;
-  return 128 + n;
+  const signals = os.constants.signals as Readonly<Record<string, number>>;
+  return 128 + ((signal === undefined ? undefined : signals[signal]) ?? signals["SIGINT"] ?? 2);
 }
 
 /** An error's exit code: exitCodeFor its code, and for an interruption the signal's own. */

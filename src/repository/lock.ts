@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from "node:timers/promises";
 import { LockedError, type LockHolder } from "../errors.js";
 import { FormatError } from "../format/codec.js";
 import { encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
@@ -70,18 +71,11 @@ export async function acquireLock(repo: Repository, operation: string, exclusive
   }
 }
 
-/** Resolves after ms, or rejects with the signal's reason as soon as it aborts. */
-function pauseFor(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const stop = (): void => {
-      clearTimeout(timer);
-      reject(signal?.reason);
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener("abort", stop);
-      resolve();
-    }, ms);
-    signal?.addEventListener("abort", stop, { once: true });
+/** Resolves after ms, or rejects with the signal's own reason as soon as it aborts. */
+async function pauseFor(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  await sleep(ms, undefined, signal === undefined ? {} : { signal }).catch((e: unknown) => {
+    signal?.throwIfAborted();
+    throw e;
   });
 }
 

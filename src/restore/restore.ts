@@ -118,8 +118,7 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
   const record = await findSnapshot(repo, o.snapshot, o.vm);
   const lock = await acquireLock(repo, "restore", false, { signal: o.signal }).catch((e: unknown) => {
     if (o.signal?.aborted !== true) throw e;
-    const signal = o.signal.reason instanceof InterruptedError ? o.signal.reason.signal : undefined;
-    throw new InterruptedError(`restore interrupted${signal === undefined ? "" : ` (${signal})`} while it waited for the repository lock; nothing was restored`, signal);
+    throw restoreInterrupted(o.signal.reason, " while it waited for the repository lock; nothing was restored");
   });
   const sessions = new SessionKeys(repo);
   try {
@@ -225,9 +224,14 @@ type Restored = RestoreResult["restored"][number];
 
 /** The error an aborted restore ends with: which signal, and what it had completed (that stays). */
 function interrupted(reason: unknown, restored: readonly Restored[]): InterruptedError {
-  const signal = reason instanceof InterruptedError ? reason.signal : undefined;
   const done = restored.length === 0 ? "" : `; restored before that: ${restored.map((r) => r.path).join(", ")}`;
-  return new InterruptedError(`restore interrupted${signal === undefined ? "" : ` (${signal})`}; its partial files were removed${done}`, signal);
+  return restoreInterrupted(reason, `; its partial files were removed${done}`);
+}
+
+/** "restore interrupted (SIGNAL)" and what happened, carrying the signal of the stop request's reason. */
+function restoreInterrupted(reason: unknown, what: string): InterruptedError {
+  const signal = reason instanceof InterruptedError ? reason.signal : undefined;
+  return new InterruptedError(`restore interrupted${signal === undefined ? "" : ` (${signal})`}${what}`, signal);
 }
 
 /**
