@@ -168,6 +168,11 @@ export function exitCodeFor(code: ErrorCode): number {
   }
 }
 
+/** The `code` of a thrown value (a Node.js system error's "ENOENT", a VaultError's "E_…"), if it has one. */
+export function errorCodeOf(e: unknown): string | undefined {
+  return typeof e === "object" && e !== null && "code" in e ? String((e as { code: unknown }).code) : undefined;
+}
+
 export function isVaultError(e: unknown): e is VaultError {
   return e instanceof VaultError;
 }

@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
-import { UsageError } from "../errors.js";
+import { errorCodeOf, UsageError } from "../errors.js";
 
 /** Settings a keys file may hold; each has the same meaning as the flag of the same name. */
 export const KEYS_FILE_SETTINGS = [
@@ -78,7 +78,7 @@ export function readKeysFile(file: string): Partial<Record<KeysFileSetting, stri
   try {
     text = readFileSync(file, "utf8");
   } catch (e) {
-    throw new UsageError(`cannot read keys file ${file}: ${(e as { code?: string }).code ?? String(e)}`);
+    throw new UsageError(`cannot read keys file ${file}: ${errorCodeOf(e) ?? String(e)}`);
   }
   return resolveKeysFilePaths(parseKeysFile(text, file), path.dirname(path.resolve(file)));
 }

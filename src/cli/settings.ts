@@ -1,6 +1,6 @@
 import { readFileSync, statSync } from "node:fs";
 import { Secret } from "../crypto/secret.js";
-import { UsageError } from "../errors.js";
+import { errorCodeOf, UsageError } from "../errors.js";
 import { assertUserName } from "../repository/open.js";
 import { readKeysFile, type KeysFileSetting } from "./keys-file.js";
 import { promptNewSecret, promptSecret } from "./prompt.js";
@@ -55,7 +55,7 @@ export function readPassphraseFile(file: string, warn: (m: string) => void): Sec
     if ((statSync(file).mode & 0o077) !== 0) warn(`warning: passphrase file ${file} is readable by other users (chmod 600 it)`);
     bytes = readFileSync(file);
   } catch (e) {
-    throw new UsageError(`cannot read passphrase file ${file}: ${(e as { code?: string }).code ?? String(e)}`);
+    throw new UsageError(`cannot read passphrase file ${file}: ${errorCodeOf(e) ?? String(e)}`);
   }
   let end = bytes.indexOf(0x0a);
   if (end < 0) end = bytes.length;

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from "node:timers/promises";
-import { LockedError, type LockHolder } from "../errors.js";
+import { errorCodeOf, LockedError, type LockHolder } from "../errors.js";
 import { FormatError } from "../format/codec.js";
 import { encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { LOCK_PREFIX, lockKey } from "../format/layout.js";
@@ -118,7 +118,7 @@ function processAlive(pid: number): boolean {
     process.kill(pid, 0);
     return true;
   } catch (e) {
-    return (e as { code?: string }).code === "EPERM";
+    return errorCodeOf(e) === "EPERM";
   }
 }
 
@@ -141,7 +141,7 @@ async function tryLock(repo: Repository, operation: string, exclusive: boolean):
       other = parseLockMeta(parseEnvelope(ObjectKind.Lock, await store.get(key), false).meta);
     } catch (e) {
       if (e instanceof FormatError) continue;
-      if ((e as { code?: string }).code === "E_NOT_FOUND") continue;
+      if (errorCodeOf(e) === "E_NOT_FOUND") continue;
       throw e;
     }
     const age = repo.env.clock().getTime() - Date.parse(other.refreshedAt);

@@ -1,6 +1,6 @@
 import { constants, promises as fsp, type Stats } from "node:fs";
 import path from "node:path";
-import { VaultError } from "../errors.js";
+import { errorCodeOf, VaultError } from "../errors.js";
 
 /** A recorded owner and group to set; an absent one is left as it is. */
 export interface Owner {
@@ -90,7 +90,7 @@ async function realFolder(p: string, force: boolean): Promise<"existed" | "creat
       await fsp.mkdir(p, 0o700);
       return "created";
     } catch (e) {
-      if (errorCode(e) !== "EEXIST") throw e;
+      if (errorCodeOf(e) !== "EEXIST") throw e;
       st = await fsp.lstat(p);
     }
   }
@@ -127,11 +127,7 @@ export async function lstatOrNull(p: string): Promise<Stats | null> {
   try {
     return await fsp.lstat(p);
   } catch (e) {
-    if (errorCode(e) === "ENOENT") return null;
+    if (errorCodeOf(e) === "ENOENT") return null;
     throw e;
   }
-}
-
-function errorCode(e: unknown): string {
-  return typeof e === "object" && e !== null && "code" in e ? String((e as { code: unknown }).code) : "";
 }

@@ -2,7 +2,7 @@ import * as fse from "../util/fsx.js";
 import { randomBytes } from "node:crypto";
 import { constants, promises as fsp } from "node:fs";
 import path from "node:path";
-import { UsageError, VaultError } from "../errors.js";
+import { errorCodeOf, UsageError, VaultError } from "../errors.js";
 
 /** The longest file name Linux (and most file systems) accept, in bytes. */
 const NAME_MAX = 255;
@@ -90,7 +90,7 @@ export class PartialFile {
     try {
       await writeAll(direct, data, position);
     } catch (e) {
-      if ((e as { code?: string }).code !== "EINVAL") throw e;
+      if (errorCodeOf(e) !== "EINVAL") throw e;
       this.#direct = undefined;
       await direct.close().catch(() => undefined);
       await this.write(data, position);
@@ -131,7 +131,7 @@ export async function linkInto(existing: string, finalPath: string): Promise<boo
   try {
     await fsp.link(existing, tempPath);
   } catch (e) {
-    const code = (e as { code?: string }).code;
+    const code = errorCodeOf(e);
     // ENOENT: the earlier name is not there (yet): it could not be linked itself and is written later.
     if (code === "EXDEV" || code === "EPERM" || code === "EMLINK" || code === "ENOENT") return false;
     throw e;
@@ -182,7 +182,7 @@ export function targetExistsError(p: string): VaultError {
 
 /** A restored entry's recorded owner and group could not be set (as root: an ID the file system does not map, for example). */
 export function ownerError(p: string, uid: number | undefined, gid: number | undefined, e: unknown): VaultError {
-  const code = typeof e === "object" && e !== null && "code" in e ? ` (${String((e as { code: unknown }).code)})` : "";
+  const code = errorCodeOf(e) === undefined ? "" : ` (${errorCodeOf(e)})`;
   return new VaultError("E_STORAGE", `cannot set the owner of restore target ${p} to uid ${uid ?? "unchanged"}, gid ${gid ?? "unchanged"}${code}`, {
     hint: "restore with --no-owner to leave restored files owned by the user running the restore",
     cause: e,
@@ -192,7 +192,7 @@ export function ownerError(p: string, uid: number | undefined, gid: number | und
 /** Maps a write error on the restore target to a clear message. */
 export function targetError(p: string, e: unknown): VaultError {
   if (e instanceof VaultError) return e;
-  const code = typeof e === "object" && e !== null && "code" in e ? String((e as { code: unknown }).code) : "";
+  const code = errorCodeOf(e);
   if (code === "ENOSPC" || code === "EDQUOT") {
     return new VaultError("E_STORAGE", `no space left on the restore target while writing ${p}; nothing was left under a final name`, { hint: "free space or choose another --target" });
   }

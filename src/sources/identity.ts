@@ -1,5 +1,5 @@
 import type { Stats } from "node:fs";
-import { SourceError } from "../errors.js";
+import { errorCodeOf, SourceError } from "../errors.js";
 
 /** What must stay the same while a file is read; a difference means it changed under us. */
 export interface FileIdentity {
@@ -32,7 +32,7 @@ export function assertUnchanged(path: string, before: FileIdentity, after: FileI
 
 /** Maps an fs error on a source to a clear message. */
 export function sourceError(path: string, e: unknown): SourceError {
-  const code = typeof e === "object" && e !== null && "code" in e ? String((e as { code: unknown }).code) : "";
+  const code = errorCodeOf(e);
   if (code === "ENOENT") return new SourceError("E_SOURCE", `source ${path} does not exist`);
   if (code === "EACCES" || code === "EPERM") return new SourceError("E_SOURCE", `cannot read source ${path}: permission denied`, "run the backup as a user that can read it");
   if (code === "EIO") return new SourceError("E_SOURCE", `cannot read source ${path}: I/O error`);

@@ -3,7 +3,7 @@ import { randomBytes } from "node:crypto";
 import fs, { promises as fsp } from "node:fs";
 import { promisify } from "node:util";
 import path from "node:path";
-import { NotFoundError, StorageError } from "../errors.js";
+import { errorCodeOf, NotFoundError, StorageError } from "../errors.js";
 import { assertValidKey, assertValidPrefix, type ByteRange, type ObjectInfo, type ObjectWriter, type Store } from "./types.js";
 
 const TEMP_PREFIX = ".tmp-";
@@ -155,7 +155,7 @@ export class FsStore implements Store {
     try {
       entries = await fsp.readdir(dir, { withFileTypes: true });
     } catch (e) {
-      if (errno(e) === "ENOENT" || errno(e) === "ENOTDIR") return;
+      if (errorCodeOf(e) === "ENOENT" || errorCodeOf(e) === "ENOTDIR") return;
       throw this.#mapError(e, keyBase, "list");
     }
     entries.sort((a, b) => (a.name < b.name ? -1 : 1));
@@ -179,7 +179,7 @@ export class FsStore implements Store {
       if (!st.isFile()) return;
       await fsp.unlink(file);
     } catch (e) {
-      if (!ABSENT.has(errno(e) ?? "")) throw this.#mapError(e, key, "delete");
+      if (!ABSENT.has(errorCodeOf(e) ?? "")) throw this.#mapError(e, key, "delete");
     }
   }
 
@@ -189,7 +189,7 @@ export class FsStore implements Store {
       const st = await fsp.stat(file);
       return st.isFile() ? { key, size: st.size } : undefined;
     } catch (e) {
-      if (ABSENT.has(errno(e) ?? "")) return undefined;
+      if (ABSENT.has(errorCodeOf(e) ?? "")) return undefined;
       throw this.#mapError(e, key, "stat");
     }
   }
@@ -205,7 +205,7 @@ export class FsStore implements Store {
   }
 
   #mapError(e: unknown, key: string, op: string): Error {
-    const code = errno(e);
+    const code = errorCodeOf(e);
     if (ABSENT.has(code ?? "") && op !== "write") return new NotFoundError(`object not found: ${key}`);
     if (code === "ENOSPC" || code === "EDQUOT") {
       return new StorageError(`storage full while writing ${key} in ${this.location}: free some space and run the command again`, e);
@@ -217,9 +217,6 @@ export class FsStore implements Store {
   }
 }
 
-function errno(e: unknown): string | undefined {
-  return typeof e === "object" && e !== null && "code" in e ? String((e as { code: unknown }).code) : undefined;
-}
 
 function closeReader(reader: Reader): void {
   void reader.fd.then((fd) => closeFd(fd)).catch(() => undefined);
@@ -269,7 +266,7 @@ class FsObjectWriter implements ObjectWriter {
       try {
         await fsp.link(this.#temp, this.#file);
       } catch (e) {
-        if (errno(e) !== "EEXIST") throw e;
+        if (errorCodeOf(e) !== "EEXIST") throw e;
         const existing = await fsp.lstat(this.#file);
         if (!existing.isFile()) throw this.#errors.occupied();
         return false;

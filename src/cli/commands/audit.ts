@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { Command } from "commander";
-import { IntegrityError, StorageError, UsageError, type Damage } from "../../errors.js";
+import { errorCodeOf, IntegrityError, StorageError, UsageError, type Damage } from "../../errors.js";
 import { CliContext } from "../context.js";
 import { noun, plural, table } from "../output.js";
 
@@ -67,7 +67,7 @@ export function registerAudit(program: Command): void {
         try {
           anchor = readFileSync(opts.anchor);
         } catch (e) {
-          throw new UsageError(`cannot read anchor file ${opts.anchor}: ${(e as { code?: string }).code ?? String(e)}`);
+          throw new UsageError(`cannot read anchor file ${opts.anchor}: ${errorCodeOf(e) ?? String(e)}`);
         }
       }
       const vault = await ctx.openVault();
@@ -134,6 +134,6 @@ function writeAnchor(out: string, bytes: Uint8Array): void {
     renameSync(partial, out);
   } catch (e) {
     rmSync(partial, { force: true });
-    throw new StorageError(`cannot write the anchor to ${out}: ${(e as { code?: string }).code ?? String(e)}`, e);
+    throw new StorageError(`cannot write the anchor to ${out}: ${errorCodeOf(e) ?? String(e)}`, e);
   }
 }
