@@ -152,7 +152,7 @@ describe("finishing files while the next ones are written", () => {
   it("a file that fails while it is finished fails the restore, naming it, and leaves neither the folder nor a temporary name", async () => {
     const commit = PartialFile.prototype.commit;
     vi.spyOn(PartialFile.prototype, "commit").mockImplementation(async function (this: PartialFile, o) {
-      if (path.basename(this.finalPath) === "f025") throw Object.assign(new Error("EIO: i/o error, fsync"), { code: "EIO" });
+      if (path.basename(String(this.finalPath)) === "f025") throw Object.assign(new Error("EIO: i/o error, fsync"), { code: "EIO" });
       return commit.call(this, o);
     });
     const parent = tmp("out");
@@ -204,7 +204,7 @@ describe("the same path more than once (a hostile or damaged snapshot)", () => {
     const commit = PartialFile.prototype.commit;
     let first = true;
     vi.spyOn(PartialFile.prototype, "commit").mockImplementation(async function (this: PartialFile, o) {
-      if (first && path.basename(this.finalPath) === name) {
+      if (first && path.basename(String(this.finalPath)) === name) {
         first = false;
         await new Promise((r) => setTimeout(r, 100));
       }
