@@ -68,4 +68,58 @@ describe("folder entries", () => {
     expect(() => parseEntryLine(JSON.stringify({ p: "d", t: "dir", m: 493, mt: 1, s: 0, h: "a" }))).toThrow(FormatError);
     expect(() => parseEntryLine(JSON.stringify({ p: "l", t: "symlink", m: 511, mt: 1, s: 0, l: "a", h: "a" }))).toThrow(FormatError);
   });
+
+  it("a path, symlink target or hard-link path that is not UTF-8 keeps its bytes (pb, lb, hb in hex) beside its escaped text (p, l, h)", () => {
+    const raw = (latin1: string): string => `\0${latin1}`;
+    const entries: FolderEntry[] = [
+      { path: raw("d\xff"), type: "dir", mode: 0o755, mtimeMs: 1, size: 0, uid: 0, gid: 0 },
+      { ...file, path: `${raw("d\xff")}/caf${"\u00e9"}/${raw("na\xefve")}`, uid: 1, gid: 2 },
+      { ...file, path: "b", hardLinkTo: `${raw("d\xff")}/caf${"\u00e9"}/${raw("na\xefve")}` },
+      { path: "l", type: "symlink", mode: 0o777, mtimeMs: 2, size: 0, target: raw("../d\xff/x\x80") },
+    ];
+    const lines = entries.map((e) => fromUtf8(encodeEntry(e)));
+    expect(lines[0]).toBe(`{"p":"d\\\\xff","pb":"64ff","t":"dir","m":493,"mt":1,"s":0,"u":0,"g":0}\n`);
+    expect(lines[1]).toBe(`{"p":"d\\\\xff/café/na\\\\xefve","pb":"64ff2f636166c3a92f6e61ef7665","t":"file","m":420,"mt":1700000000123.5,"s":10,"u":1,"g":2,"c":["${ID}:6","z4"]}\n`);
+    expect(lines[2]).toBe(`{"p":"b","t":"file","m":420,"mt":1700000000123.5,"s":10,"h":"d\\\\xff/café/na\\\\xefve","hb":"64ff2f636166c3a92f6e61ef7665","c":["${ID}:6","z4"]}\n`);
+    expect(lines[3]).toBe(`{"p":"l","t":"symlink","m":511,"mt":2,"s":0,"l":"../d\\\\xff/x\\\\x80","lb":"2e2e2f64ff2f7880"}\n`);
+    for (const [i, e] of entries.entries()) expect(parseEntryLine(lines[i] as string)).toEqual(e);
+    // A UTF-8 name with a backslash is its own text, not an escape, and has no bytes field.
+    expect(fromUtf8(encodeEntry({ ...file, path: "caf\\xe9" }))).toMatch(/^\{"p":"caf\\\\xe9","t":"file"/);
+    expect(parseEntryLine(fromUtf8(encodeEntry({ ...file, path: "caf\\xe9" }))).path).toBe("caf\\xe9");
+  });
+
+  it.each([
+    ["pb spelling '..' (valid UTF-8 belongs in p)", { p: "..", pb: "2e2e" }],
+    ["pb with a '..' name", { p: "..\\xe9/..", pb: "2e2ee92f2e2e" }],
+    ["pb climbing out under an innocent p", { p: "b", pb: "e92f2e2e2f2e2e2f6574632f706173737764" }],
+    ["pb starting with '/'", { p: "/\\xe9", pb: "2fe9" }],
+    ["pb with an empty name", { p: "a//\\xe9", pb: "612f2fe9" }],
+    ["pb with a NUL byte", { p: "a\\x00\\xe9", pb: "6100e9" }],
+    ["pb that is valid UTF-8", { p: "café", pb: "636166c3a9" }],
+    ["pb beside a p that is not its escaped form", { p: "b", pb: "62e9" }],
+    ["pb in upper-case hex", { p: "b\\xe9", pb: "62E9" }],
+    ["pb of odd length", { p: "b", pb: "62e" }],
+    ["pb empty", { p: "", pb: "" }],
+    ["pb not a string", { p: "b", pb: 1 }],
+    ["p with a NUL", { p: "a\u0000b" }],
+    ["p with a lone surrogate (a second spelling of U+FFFD)", { p: "a\ud800" }],
+    ["hb climbing out", { h: "\\xe9/..", hb: "e92f2e2e" }],
+    ["hb without h", { hb: "e9" }],
+    ["hb naming the entry itself", { p: "\\xe9", pb: "e9", h: "\\xe9", hb: "e9" }],
+    ["h with a NUL", { h: "a\u0000" }],
+  ])("a hostile or malformed name is a FormatError: %s", (_, bad) => {
+    const line = JSON.stringify({ p: "b", t: "file", m: 420, mt: 1, s: 0, ...bad, c: [] });
+    expect(() => parseEntryLine(line)).toThrow(FormatError);
+  });
+
+  it.each([
+    ["lb with a NUL byte", { l: "a\\x00\\xe9", lb: "6100e9" }],
+    ["lb that is valid UTF-8", { l: "a", lb: "61" }],
+    ["lb beside an l that is not its escaped form", { l: "a", lb: "e9" }],
+    ["lb without l", { lb: "e9" }],
+    ["l with a NUL", { l: "a\u0000" }],
+  ])("a malformed symlink target is a FormatError: %s", (_, bad) => {
+    const line = JSON.stringify({ p: "l", t: "symlink", m: 511, mt: 1, s: 0, ...bad });
+    expect(() => parseEntryLine(line)).toThrow(FormatError);
+  });
 });
