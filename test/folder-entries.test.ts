@@ -1,10 +1,15 @@
 /**
  * Folder entry lines: owners (u, g) and hard links (h) are optional, so entries written before
  * them still parse as they always did, and the new fields are checked as strictly as the rest.
+ * Names that are not UTF-8 keep their bytes (pb, lb, hb) beside their escaped text, which is
+ * what a reader without those fields restores; unsafe or second spellings are refused.
  */
+import { readFileSync } from "node:fs";
+import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { FormatError } from "../src/format/codec.js";
 import { encodeEntry, parseEntryBlob, parseEntryLine, type FolderEntry } from "../src/format/entries.js";
+import { escapeName, isRaw, nameBytes, shownPath } from "../src/format/names.js";
 import { fromUtf8, utf8 } from "../src/util/bytes.js";
 
 const ID = "ab".repeat(32);
@@ -121,5 +126,21 @@ describe("folder entries", () => {
   ])("a malformed symlink target is a FormatError: %s", (_, bad) => {
     const line = JSON.stringify({ p: "l", t: "symlink", m: 511, mt: 1, s: 0, ...bad });
     expect(() => parseEntryLine(line)).toThrow(FormatError);
+  });
+
+  it("a reader without pb, lb and hb (as before them) finds a safe entry of escaped names in every line of the golden entry vectors", () => {
+    const blob = fromUtf8(readFileSync(path.join(import.meta.dirname, "golden/v1/entries/entries.jsonl")));
+    const lines = blob.trimEnd().split("\n");
+    const rawLines = lines.filter((l) => /"(?:pb|lb|hb)":/.test(l));
+    expect(rawLines.length).toBeGreaterThan(0);
+    for (const line of rawLines) {
+      const { pb: _p, lb: _l, hb: _h, ...older } = JSON.parse(line) as Record<string, unknown>;
+      const asOlder = parseEntryLine(JSON.stringify(older));
+      const current = parseEntryLine(line);
+      expect(asOlder.path).toBe(shownPath(current.path));
+      if (current.target !== undefined) expect(asOlder.target).toBe(escapeName(nameBytes(current.target)));
+      if (current.hardLinkTo !== undefined) expect(asOlder.hardLinkTo).toBe(shownPath(current.hardLinkTo));
+      for (const text of [asOlder.path, asOlder.target, asOlder.hardLinkTo]) if (text !== undefined) expect(isRaw(text)).toBe(false);
+    }
   });
 });
