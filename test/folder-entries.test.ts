@@ -100,6 +100,8 @@ describe("folder entries", () => {
     ["pb starting with '/'", { p: "/\\xe9", pb: "2fe9" }],
     ["pb with an empty name", { p: "a//\\xe9", pb: "612f2fe9" }],
     ["pb with a NUL byte", { p: "a\\x00\\xe9", pb: "6100e9" }],
+    ["pb with a name of NUL and '..' (not the name '..' in bytes)", { p: "\\x00../\\xe9", pb: "002e2e2fe9" }],
+    ["pb with a name of NUL and a UTF-8 name", { p: "\\x00abc/\\xe9", pb: "006162632fe9" }],
     ["pb that is valid UTF-8", { p: "café", pb: "636166c3a9" }],
     ["pb beside a p that is not its escaped form", { p: "b", pb: "62e9" }],
     ["pb in upper-case hex", { p: "b\\xe9", pb: "62E9" }],

@@ -141,16 +141,20 @@ function linkTarget(o: Json): string | undefined {
 /**
  * A path relative to the source folder in entry form, in the one spelling a backup writes: ""
  * (the folder itself), or names joined by "/" with no empty, "." or ".." name (so no leading,
- * trailing or doubled "/") and no NUL byte; a name's bytes, when it has them, go through the same
- * check as text (nameBytes cannot make "/", "." or ".." of bytes that are not UTF-8). A second
- * spelling of a path (a//b for a/b) would let a hostile snapshot slip past what restore
- * remembers about that path. The one check of every path restore writes under.
+ * trailing or doubled "/"). A name held as bytes (entry form, src/format/names.ts) is checked
+ * on the bytes restore will write: not empty, ".", "..", no "/" or NUL, and not valid UTF-8
+ * (that has one spelling, its text). A second spelling of a path (a//b for a/b, a name as bytes
+ * and as text) would let a hostile snapshot slip past what restore remembers about that path.
+ * The one check of every path restore writes under.
  */
 function safePath(p: string): string {
   if (p === "") return p;
   for (const name of p.split("/")) {
     if (name === "" || name === ".." || name === ".") throw new FormatError("unsafe path in folder entry");
-    if (isRaw(name) && (name.lastIndexOf("\0") !== 0 || name.length === 1 || nameBytes(name).includes(0x2f))) throw new FormatError("unsafe path in folder entry");
+    if (isRaw(name)) {
+      const bytes = nameBytes(name);
+      if (!/^\0[\x01-\xff]+$/.test(name) || bytes.includes(0) || bytes.includes(0x2f) || decodeName(bytes) !== undefined) throw new FormatError("unsafe path in folder entry");
+    }
   }
   return p;
 }

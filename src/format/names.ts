@@ -21,9 +21,14 @@ export function decodeName(bytes: Uint8Array): string | undefined {
   }
 }
 
-/** A name (or symlink target) in entry form: its text when its bytes are valid UTF-8, else NUL and one character per byte. */
+/**
+ * A name (or symlink target) in entry form: its text when its bytes are valid UTF-8 without NUL,
+ * else NUL and one character per byte (so text never holds a NUL, and bytes holding one, which
+ * no real name does, stay visible to the checks as bytes).
+ */
 export function nameFromBytes(bytes: Uint8Array): string {
-  return decodeName(bytes) ?? RAW + Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("latin1");
+  const text = bytes.includes(0) ? undefined : decodeName(bytes);
+  return text ?? RAW + Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("latin1");
 }
 
 /** True for a name, path or target in entry form that holds bytes that are not UTF-8. */
@@ -38,7 +43,7 @@ export function nameBytes(name: string): Buffer {
 
 /** A relative path's bytes ("/"-separated) in entry form. */
 export function pathFromBytes(bytes: Uint8Array): string {
-  const text = decodeName(bytes);
+  const text = bytes.includes(0) ? undefined : decodeName(bytes);
   if (text !== undefined) return text;
   const names: string[] = [];
   for (let start = 0; ; ) {
