@@ -118,7 +118,7 @@ function sameContent(a: FolderEntry, b: FolderEntry): boolean {
 }
 
 export interface FolderRestoreOptions {
-  /** Paths to restore, relative to the folder ("" or none: all of it). */
+  /** Paths to restore, relative to the folder, in entry form (includeSpellings; "" or none: all of it). */
   readonly includes: readonly string[] | undefined;
   readonly reader: BlobReader;
   readonly fetcher: ChunkFetcher;

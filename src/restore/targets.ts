@@ -17,19 +17,20 @@ const PARTIAL_NAME = /^\.(?:.+\.vmvault-partial-[0-9a-f]{8}|vmvault-partial-[0-9
  * `.vmvault-partial-` and 16 random hex digits.
  */
 export function partialName(finalName: string): string {
-  const long = `.${finalName}.${PARTIAL}${randomBytes(4).toString("hex")}`;
-  if (Buffer.byteLength(long) <= NAME_MAX) return long;
-  return `.${PARTIAL}${randomBytes(8).toString("hex")}`;
+  return partialNameBytes(Buffer.from(finalName)).toString();
 }
 
-/** The temporary name beside finalPath, text or bytes as finalPath is (the bytes of a name that is not UTF-8 kept as they are). */
+/** partialName of a name's bytes (which need not be UTF-8). */
+function partialNameBytes(finalName: Uint8Array): Buffer {
+  const long = Buffer.concat([Buffer.from("."), finalName, Buffer.from(`.${PARTIAL}${randomBytes(4).toString("hex")}`)]);
+  return long.length <= NAME_MAX ? long : Buffer.from(`.${PARTIAL}${randomBytes(8).toString("hex")}`);
+}
+
+/** The temporary name beside finalPath, text or bytes as finalPath is. */
 function partialBeside(finalPath: FsPath): FsPath {
   if (typeof finalPath === "string") return path.join(path.dirname(finalPath), partialName(path.basename(finalPath)));
   const slash = finalPath.lastIndexOf(0x2f);
-  const name = finalPath.subarray(slash + 1);
-  const long = Buffer.concat([Buffer.from("."), name, Buffer.from(`.${PARTIAL}${randomBytes(4).toString("hex")}`)]);
-  const partial = long.length <= NAME_MAX ? long : Buffer.from(`.${PARTIAL}${randomBytes(8).toString("hex")}`);
-  return Buffer.concat([finalPath.subarray(0, slash + 1), partial]);
+  return Buffer.concat([finalPath.subarray(0, slash + 1), partialNameBytes(finalPath.subarray(slash + 1))]);
 }
 
 /** True for a name partialName makes: a file or folder an interrupted restore may have left. */

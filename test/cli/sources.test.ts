@@ -80,6 +80,9 @@ describe("names that are not UTF-8", () => {
     await fsp.mkdir(raw("d\xff"));
     await fsp.writeFile(raw("d\xff/inside-\x80.txt"), "y");
     await fsp.writeFile(raw("d\xff/inside.txt"), "z");
+    await fsp.link(raw("d\xff/inside-\x80.txt"), raw("d\xff/second name \xe9"));
+    // 250 bytes: the temporary name for it would exceed NAME_MAX, so the short one is used.
+    await fsp.writeFile(raw("\xe9".repeat(250)), "long");
     await fsp.symlink(Buffer.from("target-\xfe", "latin1"), path.join(dir, "badlink"));
     await fsp.symlink(Buffer.from("d\xff/inside-\x80.txt", "latin1"), raw("link-\xe9"));
     // A UTF-8 name that is what the escaped form of caf<e9>.txt reads like: a different file.
@@ -102,6 +105,8 @@ describe("names that are not UTF-8", () => {
     expect(after.get("d\xff/inside-\x80.txt")).toEqual({ kind: "file", bytes: "y" });
     expect(after.get("link-\xe9")).toEqual({ kind: "symlink", bytes: "d\xff/inside-\x80.txt" });
     expect(after.get("badlink")).toEqual({ kind: "symlink", bytes: "target-\xfe" });
+    const restored = (latin1: string): Buffer => Buffer.concat([Buffer.from(`${out}/nu/`), Buffer.from(latin1, "latin1")]);
+    expect((await fsp.stat(restored("d\xff/second name \xe9"))).ino).toBe((await fsp.stat(restored("d\xff/inside-\x80.txt"))).ino);
 
     // Selected by the form vmvault shows; caf\xe9.txt spells both the file literally named so and caf<e9>.txt.
     const some = tmp("some");
