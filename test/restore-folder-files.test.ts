@@ -205,6 +205,22 @@ describe("a hostile snapshot cannot reach outside the restored folder", () => {
     }
   });
 
+  it("two lone surrogates (one file name, U+FFFD, on disk) are refused: a symlink at one cannot pass as the folder checked at the other", async () => {
+    for (const force of [false, true]) {
+      const outside = tmp("outside");
+      await fsp.mkdir(path.join(outside, "sub"), 0o700);
+      await fsp.writeFile(path.join(outside, "victim"), "keep\n");
+      const before = await fsp.stat(path.join(outside, "sub"));
+      const parent = tmp("out");
+      const entries = [root, dir("\ud800"), dir("\ud800/sub", { mode: 0o777 }), symlink("\udc00", outside), symlink("\ud800/victim", "/nowhere")];
+      const err = await restoreEntries(entries, undefined, path.join(parent, "f"), { force }).catch((e: unknown) => e);
+      expect((err as Error).message, `force ${force}`).toMatch(/malformed \(field p is not a name\)/);
+      expect(await fsp.readFile(path.join(outside, "victim"), "utf8")).toBe("keep\n");
+      expect((await fsp.stat(path.join(outside, "sub"))).mode & 0o7777).toBe(before.mode & 0o7777);
+      expect(await fsp.readdir(parent)).toEqual([]);
+    }
+  });
+
   it("an entry whose name bytes (pb, hb, lb) are unsafe is refused before anything is written, whatever its p says", async () => {
     const lines = [
       // ../x under the innocent p "b": an older reader restores b; this one refuses the list.
