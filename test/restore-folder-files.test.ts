@@ -35,14 +35,14 @@ const file = (p: string, content: Uint8Array, more: Partial<FolderEntry> = {}): 
   ...more,
 });
 
-/** Restores hand-written entries (one entry blob) to DIR/f and returns the result and the folder. */
+/** Restores hand-written entries (one entry blob; a string is a line as stored) to DIR/f and returns the result and the folder. */
 async function restoreEntries(
-  entries: readonly FolderEntry[],
+  entries: readonly (FolderEntry | string)[],
   includes?: string[],
   out = path.join(tmp("out"), "f"),
   o: { force?: boolean; owners?: boolean } = {},
 ): Promise<{ r: FolderRestoreResult; out: string }> {
-  const blob = concatBytes(entries.map(encodeEntry));
+  const blob = concatBytes(entries.map((e) => (typeof e === "string" ? utf8(`${e}\n`) : encodeEntry(e))));
   const blobs = new Map([[idOf(blob), blob], ...[X, Y].map((c): [string, Uint8Array] => [idOf(c), c])]);
   const reader = { read: async (id: Uint8Array) => blobs.get(toHex(id)) as Uint8Array } as unknown as BlobReader;
   const fetcher = {
@@ -152,7 +152,7 @@ describe("finishing files while the next ones are written", () => {
   it("a file that fails while it is finished fails the restore, naming it, and leaves neither the folder nor a temporary name", async () => {
     const commit = PartialFile.prototype.commit;
     vi.spyOn(PartialFile.prototype, "commit").mockImplementation(async function (this: PartialFile, o) {
-      if (path.basename(this.finalPath) === "f025") throw Object.assign(new Error("EIO: i/o error, fsync"), { code: "EIO" });
+      if (path.basename(String(this.finalPath)) === "f025") throw Object.assign(new Error("EIO: i/o error, fsync"), { code: "EIO" });
       return commit.call(this, o);
     });
     const parent = tmp("out");
@@ -186,6 +186,62 @@ describe("a hostile snapshot cannot reach outside the restored folder", () => {
     expect(await fsp.readdir(parent)).toEqual([]);
   });
 
+  it("with names that are not UTF-8 too: a symlink entry that replaces a restored folder is not followed by a later entry below it", async () => {
+    const d = "\0d\xff";
+    for (const force of [false, true]) {
+      const outside = tmp("outside");
+      await fsp.writeFile(path.join(outside, "victim"), "keep\n");
+      const done = await restoreEntries([root, dir(d), symlink(d, outside), symlink(`${d}/victim`, "/nowhere"), file(`${d}/\0\xe9`, X)], undefined, undefined, { force }).catch((e: unknown) => e);
+      expect(await fsp.readdir(outside), `force ${force}`).toEqual(["victim"]);
+      expect(await fsp.readFile(path.join(outside, "victim"), "utf8"), `force ${force}`).toBe("keep\n");
+      if (force) {
+        const out = Buffer.from((done as { out: string }).out);
+        const inD = Buffer.concat([out, Buffer.from("/d\xff", "latin1")]);
+        expect((await fsp.lstat(inD)).isDirectory()).toBe(true);
+        expect(await fsp.readlink(Buffer.concat([inD, Buffer.from("/victim")]), "utf8")).toBe("/nowhere");
+      } else {
+        expect((done as Error).message).toMatch(/d\\xff is a symlink/);
+      }
+    }
+  });
+
+  it("two lone surrogates (one file name, U+FFFD, on disk) are refused: a symlink at one cannot pass as the folder checked at the other", async () => {
+    for (const force of [false, true]) {
+      const outside = tmp("outside");
+      await fsp.mkdir(path.join(outside, "sub"), 0o700);
+      await fsp.writeFile(path.join(outside, "victim"), "keep\n");
+      const before = await fsp.stat(path.join(outside, "sub"));
+      const parent = tmp("out");
+      const entries = [root, dir("\ud800"), dir("\ud800/sub", { mode: 0o777 }), symlink("\udc00", outside), symlink("\ud800/victim", "/nowhere")];
+      const err = await restoreEntries(entries, undefined, path.join(parent, "f"), { force }).catch((e: unknown) => e);
+      expect((err as Error).message, `force ${force}`).toMatch(/malformed \(field p is not a name\)/);
+      expect(await fsp.readFile(path.join(outside, "victim"), "utf8")).toBe("keep\n");
+      expect((await fsp.stat(path.join(outside, "sub"))).mode & 0o7777).toBe(before.mode & 0o7777);
+      expect(await fsp.readdir(parent)).toEqual([]);
+    }
+  });
+
+  it("an entry whose name bytes (pb, hb, lb) are unsafe is refused before anything is written, whatever its p says", async () => {
+    const lines = [
+      // ../x under the innocent p "b": an older reader restores b; this one refuses the list.
+      `{"p":"b","pb":"2e2e2fe9","t":"file","m":420,"mt":1,"s":0,"c":[]}`,
+      // A name's bytes cannot hold "/": they are split there, and ".." is refused.
+      `{"p":"\\\\xe9/..","pb":"e92f2e2e","t":"dir","m":493,"mt":1,"s":0}`,
+      // ".." in bytes is UTF-8 and has one spelling: p.
+      `{"p":"..","pb":"2e2e","t":"dir","m":493,"mt":1,"s":0}`,
+      // NUL and ".." is not ".." as a name of bytes: the NUL is refused, never dropped.
+      `{"p":"\\\\x00../\\\\xe9","pb":"002e2e2fe9","t":"file","m":420,"mt":1,"s":0,"c":[]}`,
+      `{"p":"a","t":"file","m":420,"mt":1,"s":0,"h":"\\\\xe9/..","hb":"e92f2e2e","c":[]}`,
+      `{"p":"l","t":"symlink","m":511,"mt":1,"s":0,"l":"x\\\\x00\\\\xe9","lb":"7800e9"}`,
+    ];
+    for (const line of lines) {
+      const parent = tmp("out");
+      const err = await restoreEntries([root, file("a", X), line], undefined, path.join(parent, "f")).catch((e: unknown) => e);
+      expect((err as Error).message, line).toMatch(/malformed \((?:unsafe path|field [plh]b? )/);
+      expect(await fsp.readdir(parent), line).toEqual([]);
+    }
+  });
+
   it("the mode, time and owner of a folder replaced by a symlink entry are not applied to what the symlink points to", async () => {
     const outside = tmp("outside");
     await fsp.mkdir(path.join(outside, "sub"), 0o700);
@@ -204,7 +260,7 @@ describe("the same path more than once (a hostile or damaged snapshot)", () => {
     const commit = PartialFile.prototype.commit;
     let first = true;
     vi.spyOn(PartialFile.prototype, "commit").mockImplementation(async function (this: PartialFile, o) {
-      if (first && path.basename(this.finalPath) === name) {
+      if (first && path.basename(String(this.finalPath)) === name) {
         first = false;
         await new Promise((r) => setTimeout(r, 100));
       }

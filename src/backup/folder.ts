@@ -2,6 +2,7 @@ import fs, { type Stats } from "node:fs";
 import path from "node:path";
 import { FastCdc } from "../chunking/fastcdc.js";
 import { encodeEntry, type FileChunk, type FolderEntry } from "../format/entries.js";
+import { escapeName, isRaw, nameFromBytes, shownPath } from "../format/names.js";
 import type { FolderSource } from "../format/snapshot.js";
 import { DataExtents } from "../sources/extents.js";
 import { assertUnchanged, identityOf, sourceError, type FileIdentity } from "../sources/identity.js";
@@ -18,7 +19,7 @@ const BATCH_BYTES = 8 * 1024 * 1024;
 
 /** An entry a folder backup left out, and why (for the person running it). */
 export interface SkippedEntry {
-  /** Relative to the source folder; bytes of a name that is not UTF-8 are shown as \xNN. */
+  /** Relative to the source folder, as shownPath shows it (bytes that are not UTF-8 as \xNN). */
   readonly path: string;
   readonly reason: string;
 }
@@ -64,15 +65,15 @@ export async function backupFolder(
   const add = (entry: FolderEntry): void => batcher.then(() => blobs.add(entry));
   /** Files with more than one link already read, by device and inode. */
   const firstNames = new Map<string, FirstName>();
-  const visit = async (rel: string): Promise<void> => {
-    const abs = rel === "" ? root : path.join(root, ...rel.split("/"));
+  /** rel: the path in entry form; abs: where it is, text while every name on the way is UTF-8 (as fast as ever), else bytes. */
+  const visit = async (rel: string, abs: string | Buffer): Promise<void> => {
     let st: Stats;
     try {
       // The folder itself was named by the caller: a symlink to it is followed (like tar -h);
       // symlinks inside it are stored as symlinks.
       st = rel === "" ? fs.statSync(abs) : fs.lstatSync(abs);
     } catch (e) {
-      throw sourceError(abs, e);
+      throw sourceError(shownFsPath(abs), e);
     }
     const base = { path: rel, mode: st.mode & 0o7777, mtimeMs: st.mtimeMs, uid: st.uid, gid: st.gid };
     if (st.isDirectory()) {
@@ -82,33 +83,25 @@ export async function backupFolder(
       try {
         raw = fs.readdirSync(abs, { encoding: "buffer" });
       } catch (e) {
-        throw sourceError(abs, e);
+        throw sourceError(shownFsPath(abs), e);
       }
-      // Entries store names as UTF-8 text: a name that is not UTF-8 is skipped, never stored
-      // under a mangled name (see docs/design.md, 5.3). Sorted as the decoded names always were.
-      const names = raw.map((bytes) => ({ bytes, name: decodeName(bytes) })).sort((a, b) => compareNames(a.name ?? a.bytes.toString(), b.name ?? b.bytes.toString()));
+      // Names are kept exactly: UTF-8 ones as text, others as their bytes (entry form, see
+      // src/format/names.ts), in the order of their entry form (UTF-16 code units, as the
+      // decoded names always were; names that are not UTF-8 first).
+      const names = raw.map((bytes) => ({ bytes, name: nameFromBytes(bytes) })).sort((a, b) => compareNames(a.name, b.name));
       for (const { bytes, name } of names) {
-        if (name !== undefined) await visit(rel === "" ? name : `${rel}/${name}`);
-        else {
-          const shown = escapeName(bytes);
-          const isDir = lstatRaw(abs, bytes)?.isDirectory() === true;
-          stats.skipped.push({ path: rel === "" ? shown : `${rel}/${shown}`, reason: `${isDir ? "folder" : "file"} name is not valid UTF-8: ${shown}${isDir ? ", nothing in it was backed up" : ""}; rename it to back it up` });
-        }
+        const child = typeof abs === "string" && !isRaw(name) ? path.join(abs, name) : Buffer.concat([typeof abs === "string" ? Buffer.from(abs) : abs, SLASH, bytes]);
+        await visit(rel === "" ? name : `${rel}/${name}`, child);
       }
     } else if (st.isSymbolicLink()) {
       let bytes: Buffer;
       try {
         bytes = fs.readlinkSync(abs, { encoding: "buffer" });
       } catch (e) {
-        throw sourceError(abs, e);
-      }
-      const target = decodeName(bytes);
-      if (target === undefined) {
-        stats.skipped.push({ path: rel, reason: `symlink target is not valid UTF-8: ${escapeName(bytes)}` });
-        return;
+        throw sourceError(shownFsPath(abs), e);
       }
       stats.symlinks++;
-      add({ ...base, type: "symlink", size: 0, target });
+      add({ ...base, type: "symlink", size: 0, target: nameFromBytes(bytes) });
     } else if (st.isFile()) {
       stats.files++;
       const inode = st.nlink > 1 ? `${st.dev}:${st.ino}` : undefined;
@@ -119,15 +112,16 @@ export async function backupFolder(
         add({ ...base, type: "file", size: st.size, hardLinkTo: first.path, chunks: first.chunks });
         return;
       }
-      const chunks = await reader.read(abs, st, (done) => progress({ phase: `backup ${name}`, done: stats.size + done, unit: "bytes", item: rel }));
+      const shown = shownPath(rel);
+      const chunks = await reader.read(abs, shownFsPath(abs), st, (done) => progress({ phase: `backup ${name}`, done: stats.size + done, unit: "bytes", item: shown }));
       stats.size += st.size;
       if (inode !== undefined && first === undefined) firstNames.set(inode, { path: rel, identity: identityOf(st), chunks, remaining: st.nlink - 1 });
       add({ ...base, type: "file", size: st.size, chunks });
     } else {
-      stats.skipped.push({ path: rel, reason: "not a regular file, folder or symlink" });
+      stats.skipped.push({ path: shownPath(rel), reason: "not a regular file, folder or symlink" });
     }
   };
-  await visit("");
+  await visit("", root);
   await batcher.flush();
   const entries = await sink.schedule(() => blobs.finish());
   return {
@@ -167,10 +161,11 @@ class CdcFileReader {
     this.#zeroCut = cdc.cut(new Uint8Array(cdc.params.max), 0, cdc.params.max, false);
   }
 
-  async read(file: string, lst: Stats, onBytes: (done: number) => void): Promise<FileChunk[]> {
+  /** at: where the file is; file: the same path for messages. */
+  async read(at: string | Buffer, file: string, lst: Stats, onBytes: (done: number) => void): Promise<FileChunk[]> {
     let fd: number;
     try {
-      fd = fs.openSync(file, "r");
+      fd = fs.openSync(at, "r");
     } catch (e) {
       throw sourceError(file, e);
     }
@@ -271,46 +266,16 @@ function sameIdentity(a: FileIdentity, b: FileIdentity): boolean {
   return a.dev === b.dev && a.ino === b.ino && a.size === b.size && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs;
 }
 
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
-
-/** The name as text, or undefined when its bytes are not valid UTF-8. */
-function decodeName(bytes: Uint8Array): string | undefined {
-  try {
-    return strictUtf8.decode(bytes);
-  } catch {
-    return undefined;
-  }
-}
+const SLASH = Buffer.from("/");
 
 /** Array.prototype.sort's default order (UTF-16 code units), which folder walks have always used. */
 function compareNames(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
-/** A name for messages: its valid UTF-8 sequences as text, every other byte (and backslash) as \xNN. */
-export function escapeName(bytes: Uint8Array): string {
-  let out = "";
-  for (let i = 0; i < bytes.length; ) {
-    const lead = bytes[i] ?? 0;
-    const length = lead < 0x80 ? 1 : lead >= 0xc2 && lead <= 0xdf ? 2 : lead >= 0xe0 && lead <= 0xef ? 3 : lead >= 0xf0 && lead <= 0xf4 ? 4 : 0;
-    const text = length === 0 ? undefined : decodeName(bytes.subarray(i, i + length));
-    if (text === undefined || text.length === 0 || text === "\\" || lead < 0x20 || lead === 0x7f) {
-      out += `\\x${lead.toString(16).padStart(2, "0")}`;
-      i++;
-    } else {
-      out += text;
-      i += length;
-    }
-  }
-  return out;
-}
-
-function lstatRaw(dir: string, name: Buffer): Stats | undefined {
-  try {
-    return fs.lstatSync(Buffer.concat([Buffer.from(`${dir}/`), name]));
-  } catch {
-    return undefined;
-  }
+/** A file system path for messages: text as it is, bytes escaped where they are not UTF-8. */
+function shownFsPath(p: string | Buffer): string {
+  return typeof p === "string" ? p : escapeName(p);
 }
 
 function fnv1a(text: string): number {

@@ -1,13 +1,18 @@
 import { FormatError } from "./codec.js";
 import { arr, int, intIn, num, obj, oneOf, optStr, str, type Json } from "./fields.js";
-import { fromUtf8, utf8 } from "../util/bytes.js";
+import { decodeName, escapeName, isRaw, nameBytes, nameFromBytes, pathBytes, pathFromBytes } from "./names.js";
+import { fromUtf8, toHex, utf8 } from "../util/bytes.js";
 
 /** A file's content: data chunk IDs (hex) and holes ("z" + length). */
 export type FileChunk = { readonly id: string; readonly length: number } | { readonly id: null; readonly length: number };
 
-/** One folder entry, as stored in entry blobs (one JSON object per line). */
+/**
+ * One folder entry, as stored in entry blobs (one JSON object per line). Paths and the symlink
+ * target are in entry form (src/format/names.ts): the text of UTF-8 names, and NUL followed by one
+ * character per byte for a name that is not UTF-8 (stored as `pb`, `lb`, `hb`).
+ */
 export interface FolderEntry {
-  /** Path relative to the source folder, "/"-separated; "" is the folder itself. */
+  /** Path relative to the source folder, "/"-separated names in entry form; "" is the folder itself. */
   readonly path: string;
   readonly type: "file" | "dir" | "symlink";
   readonly mode: number;
@@ -29,12 +34,18 @@ export interface FolderEntry {
 /** The largest owner or group ID: uid_t is 32 bits, and (uid_t)-1 means "no change" to chown. */
 export const MAX_OWNER_ID = 0xfffffffe;
 
+/**
+ * One JSON line. A path, symlink target or hard-link path that is not UTF-8 is written as its
+ * escaped text (`p`, `l`, `h`: what a reader without `pb`, `lb`, `hb` restores, a readable
+ * name) followed by its exact bytes in lower-case hex; everything else encodes as it always did.
+ */
 export function encodeEntry(e: FolderEntry): Uint8Array {
-  const o: Record<string, unknown> = { p: e.path, t: e.type, m: e.mode, mt: e.mtimeMs, s: e.size };
+  const o: Record<string, unknown> = isRaw(e.path) ? rawField("p", pathBytes(e.path)) : { p: e.path };
+  Object.assign(o, { t: e.type, m: e.mode, mt: e.mtimeMs, s: e.size });
   if (e.uid !== undefined) o["u"] = e.uid;
   if (e.gid !== undefined) o["g"] = e.gid;
-  if (e.target !== undefined) o["l"] = e.target;
-  if (e.hardLinkTo !== undefined) o["h"] = e.hardLinkTo;
+  if (e.target !== undefined) Object.assign(o, isRaw(e.target) ? rawField("l", nameBytes(e.target)) : { l: e.target });
+  if (e.hardLinkTo !== undefined) Object.assign(o, isRaw(e.hardLinkTo) ? rawField("h", pathBytes(e.hardLinkTo)) : { h: e.hardLinkTo });
   if (e.chunks !== undefined) o["c"] = e.chunks.map((c) => (c.id === null ? `z${c.length}` : `${c.id}:${c.length}`));
   return utf8(`${JSON.stringify(o)}\n`);
 }
@@ -47,15 +58,16 @@ export function parseEntryLine(line: string): FolderEntry {
     throw new FormatError("folder entry is not valid JSON");
   }
   const o = obj(v, "folder entry");
-  const path = safePath(str(o, "p"));
+  const path = entryPath(o, "p");
   const type = oneOf(o, "t", ["file", "dir", "symlink"] as const);
-  const target = optStr(o, "l");
+  const target = linkTarget(o);
   const uid = optOwnerId(o, "u");
   const gid = optOwnerId(o, "g");
-  const hardLinkTo = optStr(o, "h");
+  if ((o["h"] === undefined || o["h"] === null) && o["hb"] !== undefined) throw new FormatError("field hb without h");
+  const hardLinkTo = o["h"] === undefined || o["h"] === null ? undefined : entryPath(o, "h");
   if (hardLinkTo !== undefined) {
     if (type !== "file") throw new FormatError("field h on a folder entry that is not a file");
-    if (hardLinkTo === "" || safePath(hardLinkTo) === path) throw new FormatError("field h does not name another file");
+    if (hardLinkTo === "" || hardLinkTo === path) throw new FormatError("field h does not name another file");
   }
   const base = { path, type, mode: int(o, "m"), mtimeMs: num(o, "mt"), size: int(o, "s") };
   const chunks =
@@ -79,14 +91,71 @@ export function parseEntryLine(line: string): FolderEntry {
   };
 }
 
+/** A field and its exact bytes: `key` the escaped text, `key`b the hex. */
+function rawField(key: string, bytes: Uint8Array): Record<string, string> {
+  return { [key]: escapeName(bytes), [`${key}b`]: toHex(bytes) };
+}
+
 /**
- * A path relative to the source folder, in the one spelling a backup writes: "" (the folder
- * itself), or names joined by "/" with no empty, "." or ".." component (so no leading,
- * trailing or doubled "/"). A second spelling of a path (a//b for a/b) would let a hostile
- * snapshot slip past what restore remembers about that path.
+ * The bytes of a field written with rawField: present only for bytes that are not UTF-8 (one
+ * spelling per name), and only beside the escaped text they stand for (what every reader shows
+ * and a reader without it restores).
+ */
+function rawBytes(o: Json, key: string): Uint8Array | undefined {
+  const hex = optStr(o, `${key}b`);
+  if (hex === undefined) return undefined;
+  if (!/^(?:[0-9a-f]{2})+$/.test(hex)) throw new FormatError(`field ${key}b is not lower-case hex`);
+  const bytes = Buffer.from(hex, "hex");
+  if (decodeName(bytes) !== undefined) throw new FormatError(`field ${key}b is valid UTF-8 (it belongs in ${key})`);
+  if (str(o, key) !== escapeName(bytes)) throw new FormatError(`field ${key} is not the escaped form of ${key}b`);
+  return bytes;
+}
+
+const LONE_SURROGATE = /\p{Cs}/u;
+
+/** Text fields must be well-formed (a lone surrogate would be a second spelling of U+FFFD) and hold no NUL. */
+function text(o: Json, key: string): string {
+  const t = str(o, key);
+  if (LONE_SURROGATE.test(t) || t.includes("\0")) throw new FormatError(`field ${key} is not a name`);
+  return t;
+}
+
+/** A path field (p, h) in entry form, from its bytes when it has them, checked by safePath. */
+function entryPath(o: Json, key: string): string {
+  const bytes = rawBytes(o, key);
+  return bytes === undefined ? safePath(text(o, key)) : safePath(pathFromBytes(bytes));
+}
+
+/** The symlink target (l, lb) in entry form: any bytes but NUL, not empty. */
+function linkTarget(o: Json): string | undefined {
+  if (o["l"] === undefined || o["l"] === null) {
+    if (o["lb"] !== undefined) throw new FormatError("field lb without l");
+    return undefined;
+  }
+  const bytes = rawBytes(o, "l");
+  if (bytes === undefined) return text(o, "l");
+  if (bytes.includes(0)) throw new FormatError("field lb is not a name");
+  return nameFromBytes(bytes);
+}
+
+/**
+ * A path relative to the source folder in entry form, in the one spelling a backup writes: ""
+ * (the folder itself), or names joined by "/" with no empty, "." or ".." name (so no leading,
+ * trailing or doubled "/"). A name held as bytes (entry form, src/format/names.ts) is checked
+ * on the bytes restore will write: not empty, ".", "..", no "/" or NUL, and not valid UTF-8
+ * (that has one spelling, its text). A second spelling of a path (a//b for a/b, a name as bytes
+ * and as text) would let a hostile snapshot slip past what restore remembers about that path.
+ * The one check of every path restore writes under.
  */
 function safePath(p: string): string {
-  if (p !== "" && p.split("/").some((s) => s === "" || s === ".." || s === ".")) throw new FormatError("unsafe path in folder entry");
+  if (p === "") return p;
+  for (const name of p.split("/")) {
+    if (name === "" || name === ".." || name === ".") throw new FormatError("unsafe path in folder entry");
+    if (isRaw(name)) {
+      const bytes = nameBytes(name);
+      if (!/^\0[\x01-\xff]+$/.test(name) || bytes.includes(0) || bytes.includes(0x2f) || decodeName(bytes) !== undefined) throw new FormatError("unsafe path in folder entry");
+    }
+  }
   return p;
 }
 

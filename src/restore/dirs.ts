@@ -1,6 +1,27 @@
 import { constants, promises as fsp, type Stats } from "node:fs";
 import path from "node:path";
 import { errorCodeOf, VaultError } from "../errors.js";
+import { escapeName, isRaw, nameBytes } from "../format/names.js";
+
+/** A path on the restore target: text, or bytes when a name on it is not UTF-8 (Node's fs takes both). */
+export type FsPath = string | Buffer;
+
+/**
+ * Where rel (a path of a folder entry in entry form, see src/format/names.ts; "" for root) goes
+ * under root: root and its names joined by "/", as text while they are all UTF-8, else as bytes.
+ * rel was checked when its entry was parsed (no empty, ".", ".." name, no "/" or NUL in a name).
+ */
+export function placeUnder(root: string, rel: string): FsPath {
+  if (rel === "") return root;
+  if (!isRaw(rel)) return path.join(root, ...rel.split("/"));
+  return Buffer.concat([Buffer.from(root), ...rel.split("/").flatMap((name) => [SLASH, nameBytes(name)])]);
+}
+const SLASH = Buffer.from("/");
+
+/** A restore target path for messages: text as it is, bytes that are not UTF-8 escaped. */
+export function shownFsPath(p: FsPath): string {
+  return typeof p === "string" ? p : escapeName(p);
+}
 
 /** A recorded owner and group to set; an absent one is left as it is. */
 export interface Owner {
@@ -19,24 +40,24 @@ export interface Owner {
 export class RestoreDirs {
   readonly root: string;
   readonly #force: boolean;
-  readonly #onEntered: (dir: string) => Promise<void>;
+  readonly #onEntered: (dir: FsPath) => Promise<void>;
   /** Folders (relative, "" for the root) already checked or created by this restore. */
   readonly #ready = new Set<string>();
 
   /** onEntered: called once for every folder that existed before this restore. */
-  constructor(root: string, o: { force: boolean; onEntered?: (dir: string) => Promise<void> }) {
+  constructor(root: string, o: { force: boolean; onEntered?: (dir: FsPath) => Promise<void> }) {
     this.root = root;
     this.#force = o.force;
     this.#onEntered = o.onEntered ?? (async () => undefined);
   }
 
-  /** Where rel ("a/b", "" for the root) goes. */
-  place(rel: string): string {
-    return rel === "" ? this.root : path.join(this.root, ...rel.split("/"));
+  /** Where rel ("a/b" in entry form, "" for the root) goes. */
+  place(rel: string): FsPath {
+    return placeUnder(this.root, rel);
   }
 
   /** Makes rel and every folder above it (up to the root) a real folder; returns its path. */
-  async ensure(rel: string): Promise<string> {
+  async ensure(rel: string): Promise<FsPath> {
     const parts = rel === "" ? [] : rel.split("/");
     for (let i = 0; i <= parts.length; i++) {
       const sub = parts.slice(0, i).join("/");
@@ -83,7 +104,7 @@ export class RestoreDirs {
 }
 
 /** Makes p a real folder: entered if it is one, created if missing, a symlink or file replaced only with force. */
-async function realFolder(p: string, force: boolean): Promise<"existed" | "created"> {
+async function realFolder(p: FsPath, force: boolean): Promise<"existed" | "created"> {
   let st = await lstatOrNull(p);
   if (st === null) {
     try {
@@ -101,20 +122,20 @@ async function realFolder(p: string, force: boolean): Promise<"existed" | "creat
   return "created";
 }
 
-function notAFolder(p: string, st: Stats): VaultError {
-  return new VaultError("E_EXISTS", `${p} is ${st.isSymbolicLink() ? "a symlink" : "not a folder"}; restore does not write through or over it`, {
+function notAFolder(p: FsPath, st: Stats): VaultError {
+  return new VaultError("E_EXISTS", `${shownFsPath(p)} is ${st.isSymbolicLink() ? "a symlink" : "not a folder"}; restore does not write through or over it`, {
     hint: "remove it, or pass --force to replace it with the backed-up folder",
   });
 }
 
 /**
- * True when rel (a/b/file) exists under root, looked up without following a symlink; a
- * symlink or file where one of its folders goes is refused as restoreDirs would refuse it.
+ * True when rel (a/b/file, entry form) exists under root, looked up without following a symlink;
+ * a symlink or file where one of its folders goes is refused as restoreDirs would refuse it.
  */
 export async function existsBelow(root: string, rel: string): Promise<boolean> {
   const parts = rel.split("/");
   for (let i = 0; i <= parts.length; i++) {
-    const p = path.join(root, ...parts.slice(0, i));
+    const p = placeUnder(root, parts.slice(0, i).join("/"));
     const st = await lstatOrNull(p);
     if (st === null) return false;
     if (i === parts.length) return true;
@@ -123,7 +144,7 @@ export async function existsBelow(root: string, rel: string): Promise<boolean> {
   return false;
 }
 
-export async function lstatOrNull(p: string): Promise<Stats | null> {
+export async function lstatOrNull(p: FsPath): Promise<Stats | null> {
   try {
     return await fsp.lstat(p);
   } catch (e) {

@@ -4,12 +4,13 @@ import path from "node:path";
 import { IntegrityError } from "../errors.js";
 import { FormatError } from "../format/codec.js";
 import { parseEntryBlob, type FolderEntry } from "../format/entries.js";
+import { nameBytes, pathFromBytes, shownPath, unescapeName } from "../format/names.js";
 import type { FolderSource } from "../format/snapshot.js";
 import { fromHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
 import type { BlobReader } from "./blob-reader.js";
 import type { ChunkFetcher, ChunkRequest } from "./fetcher.js";
-import { lstatOrNull, RestoreDirs, type Owner } from "./dirs.js";
+import { lstatOrNull, RestoreDirs, type FsPath, type Owner } from "./dirs.js";
 import { findPartials, linkInto, ownerError, PartialFile, partialName, targetError, targetExistsError } from "./targets.js";
 
 /** Files finished (fsynced and renamed into place) at once while the next ones are written. */
@@ -28,6 +29,18 @@ export async function* folderEntries(folder: FolderSource, reader: BlobReader, s
       throw e;
     }
   }
+}
+
+/**
+ * The paths (entry form) an include path given as text selects: the text itself, and, when it
+ * holds a backslash, the bytes it spells as vmvault shows names (\xNN for each byte that is not
+ * UTF-8, see escapeName), so a name that is not UTF-8 is selected by the form messages show.
+ */
+export function includeSpellings(include: string): string[] {
+  if (!include.includes("\\")) return [include];
+  const bytes = unescapeName(include);
+  const spelled = bytes === undefined ? undefined : pathFromBytes(bytes);
+  return spelled === undefined || spelled === include ? [include] : [include, spelled];
 }
 
 /** True when rel is selected by one of the include paths (the path itself, a parent, or below it). */
@@ -105,7 +118,7 @@ function sameContent(a: FolderEntry, b: FolderEntry): boolean {
 }
 
 export interface FolderRestoreOptions {
-  /** Paths to restore, relative to the folder ("" or none: all of it). */
+  /** Paths to restore, relative to the folder, in entry form (includeSpellings; "" or none: all of it). */
   readonly includes: readonly string[] | undefined;
   readonly reader: BlobReader;
   readonly fetcher: ChunkFetcher;
@@ -150,7 +163,7 @@ export async function restoreFolder(folder: FolderSource, dest: string, o: Folde
   const found = o.onPartialFound;
   const dirs = new RestoreDirs(root, {
     force: o.force,
-    ...(inPlace && found !== undefined ? { onEntered: async (dir: string) => (await findPartials(dir)).forEach(found) } : {}),
+    ...(inPlace && found !== undefined ? { onEntered: async (dir: FsPath) => (await findPartials(dir)).forEach(found) } : {}),
   });
   try {
     const result = await restoreTree(folder, dirs, dest, o);
@@ -185,7 +198,7 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
   /** Files to be linked that could not be (another file system, no hard links there): written from their chunks after the rest. */
   const unlinked: FolderEntry[] = [];
   /** The final path, for messages (the work may happen under a temporary name). */
-  const shown = (rel: string): string => (rel === "" ? dest : path.join(dest, ...rel.split("/")));
+  const shown = (rel: string): string => (rel === "" ? dest : path.join(dest, ...shownPath(rel).split("/")));
   const parentOf = (rel: string): string => (rel.includes("/") ? rel.slice(0, rel.lastIndexOf("/")) : "");
   const ownerOf = (e: FolderEntry): Owner | undefined => (o.owners && (e.uid !== undefined || e.gid !== undefined) ? { uid: e.uid, gid: e.gid } : undefined);
   let open: { file: PartialFile; entry: FolderEntry } | undefined;
@@ -193,7 +206,7 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
   const step = async (tag: Step, data: Uint8Array | null): Promise<void> => {
     if (tag.kind === "chunk") {
       const f = open as { file: PartialFile; entry: FolderEntry };
-      if (data === null || data.length !== tag.length) throw IntegrityError.object(snapshotKey, `file ${f.entry.path}: chunk has the wrong length`);
+      if (data === null || data.length !== tag.length) throw IntegrityError.object(snapshotKey, `file ${shownPath(f.entry.path)}: chunk has the wrong length`);
       await f.file.write(data, tag.position).catch((e: unknown) => {
         throw targetError(shown(f.entry.path), e);
       });
@@ -204,7 +217,7 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
       open = undefined;
       if (tag.size !== f.entry.size) {
         await f.file.abort();
-        throw IntegrityError.object(snapshotKey, `file ${f.entry.path}: chunks cover ${tag.size} of ${f.entry.size} bytes`);
+        throw IntegrityError.object(snapshotKey, `file ${shownPath(f.entry.path)}: chunks cover ${tag.size} of ${f.entry.size} bytes`);
       }
       await finishing.add(
         f.entry.path,
@@ -217,7 +230,7 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
       result.files++;
       result.matched++;
       // A hard-linked file is counted once in the folder size, but written again when it cannot be linked.
-      progress({ phase: `restore ${folder.name}`, done: result.bytes, total: Math.max(folder.size, result.bytes), unit: "bytes", item: f.entry.path });
+      progress({ phase: `restore ${folder.name}`, done: result.bytes, total: Math.max(folder.size, result.bytes), unit: "bytes", item: shownPath(f.entry.path) });
       return;
     }
     const { entry, exact } = tag;
@@ -274,8 +287,8 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
       // Whatever is there (with force) goes, a symlink as itself; nothing is followed. A folder
       // it replaces is checked again should a later entry go below it.
       dirs.replaced(link.path);
-      await fse.remove(at);
-      await fsp.symlink(link.target ?? "", at);
+      await fsp.rm(at, { recursive: true, force: true });
+      await fsp.symlink(nameBytes(link.target ?? ""), at);
       const owner = ownerOf(link);
       if (owner !== undefined) {
         await fsp.lchown(at, owner.uid ?? -1, owner.gid ?? -1).catch((e: unknown) => {

@@ -2,6 +2,7 @@ import * as fse from "../util/fsx.js";
 import path from "node:path";
 import { InterruptedError, NotFoundError, UsageError, type Damage } from "../errors.js";
 import { Compressor } from "../compress/compressor.js";
+import { shownPath } from "../format/names.js";
 import type { DiskSource, FolderSource } from "../format/snapshot.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
@@ -16,7 +17,7 @@ import { ChunkFetcher } from "./fetcher.js";
 import { WorkerPool } from "../pipeline/pool.js";
 import { existsBelow } from "./dirs.js";
 import { restoreDisk } from "./disk.js";
-import { folderEntries, restoreFolder } from "./folder.js";
+import { folderEntries, includeSpellings, restoreFolder } from "./folder.js";
 
 import { checkTarget, exists, findPartials, targetError, targetExistsError } from "./targets.js";
 
@@ -195,7 +196,7 @@ async function restoreWith(
   for (const { folder, dest, includes } of plan.folders) {
     if (includes !== undefined) await precheckIncludes(folder, dest, includes, reader, record.key, o.force === true);
     const r = await restoreFolder(folder, dest, {
-      includes,
+      includes: includes?.flatMap(includeSpellings),
       reader,
       fetcher,
       snapshotKey: record.key,
@@ -250,12 +251,13 @@ function contentDigest(repo: Repository, plan: Plan): string {
 /** Before writing anything: every include must match, and no selected file may exist unless force. */
 async function precheckIncludes(folder: FolderSource, dest: string, includes: readonly string[], reader: BlobReader, snapshotKey: string, force: boolean): Promise<void> {
   const unmatched = new Set(includes);
+  const spellings = includes.map((given) => ({ given, paths: includeSpellings(given) }));
   for await (const entry of folderEntries(folder, reader, snapshotKey)) {
-    for (const inc of includes) {
-      if (inc === "" || entry.path === inc || entry.path.startsWith(`${inc}/`)) {
-        unmatched.delete(inc);
+    for (const { given, paths } of spellings) {
+      if (paths.some((inc) => inc === "" || entry.path === inc || entry.path.startsWith(`${inc}/`))) {
+        unmatched.delete(given);
         if (!force && entry.type !== "dir" && (await existsBelow(dest, entry.path))) {
-          throw targetExistsError(path.join(dest, entry.path));
+          throw targetExistsError(path.join(dest, shownPath(entry.path)));
         }
       }
     }

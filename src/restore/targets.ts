@@ -1,8 +1,9 @@
-import * as fse from "../util/fsx.js";
 import { randomBytes } from "node:crypto";
 import { constants, promises as fsp } from "node:fs";
 import path from "node:path";
 import { errorCodeOf, UsageError, VaultError } from "../errors.js";
+import { escapeName } from "../format/names.js";
+import { shownFsPath, type FsPath } from "./dirs.js";
 
 /** The longest file name Linux (and most file systems) accept, in bytes. */
 const NAME_MAX = 255;
@@ -16,9 +17,20 @@ const PARTIAL_NAME = /^\.(?:.+\.vmvault-partial-[0-9a-f]{8}|vmvault-partial-[0-9
  * `.vmvault-partial-` and 16 random hex digits.
  */
 export function partialName(finalName: string): string {
-  const long = `.${finalName}.${PARTIAL}${randomBytes(4).toString("hex")}`;
-  if (Buffer.byteLength(long) <= NAME_MAX) return long;
-  return `.${PARTIAL}${randomBytes(8).toString("hex")}`;
+  return partialNameBytes(Buffer.from(finalName)).toString();
+}
+
+/** partialName of a name's bytes (which need not be UTF-8). */
+function partialNameBytes(finalName: Uint8Array): Buffer {
+  const long = Buffer.concat([Buffer.from("."), finalName, Buffer.from(`.${PARTIAL}${randomBytes(4).toString("hex")}`)]);
+  return long.length <= NAME_MAX ? long : Buffer.from(`.${PARTIAL}${randomBytes(8).toString("hex")}`);
+}
+
+/** The temporary name beside finalPath, text or bytes as finalPath is. */
+function partialBeside(finalPath: FsPath): FsPath {
+  if (typeof finalPath === "string") return path.join(path.dirname(finalPath), partialName(path.basename(finalPath)));
+  const slash = finalPath.lastIndexOf(0x2f);
+  return Buffer.concat([finalPath.subarray(0, slash + 1), partialNameBytes(finalPath.subarray(slash + 1))]);
 }
 
 /** True for a name partialName makes: a file or folder an interrupted restore may have left. */
@@ -26,10 +38,12 @@ export function isPartialName(name: string): boolean {
   return PARTIAL_NAME.test(name);
 }
 
-/** Partial files and folders of earlier restores in dir (none when it cannot be read). */
-export async function findPartials(dir: string): Promise<string[]> {
-  const names = await fsp.readdir(dir).catch(() => [] as string[]);
-  return names.filter(isPartialName).map((n) => path.join(dir, n));
+/** Partial files and folders of earlier restores in dir (none when it cannot be read), for messages (escaped where not UTF-8). */
+export async function findPartials(dir: FsPath): Promise<string[]> {
+  const names = await fsp.readdir(dir, { encoding: "buffer" }).catch(() => [] as Buffer[]);
+  const shownDir = shownFsPath(dir);
+  // latin1: one character per byte, so the pattern sees the name's bytes whatever they are.
+  return names.filter((n) => isPartialName(n.toString("latin1"))).map((n) => path.join(shownDir, escapeName(n)));
 }
 
 /**
@@ -39,21 +53,20 @@ export async function findPartials(dir: string): Promise<string[]> {
  * I/O (tmpfs) and unaligned pieces use the ordinary descriptor.
  */
 export class PartialFile {
-  readonly finalPath: string;
-  readonly tempPath: string;
+  readonly finalPath: FsPath;
+  readonly tempPath: FsPath;
   readonly handle: fsp.FileHandle;
   #direct: fsp.FileHandle | undefined;
 
-  private constructor(finalPath: string, tempPath: string, handle: fsp.FileHandle, direct: fsp.FileHandle | undefined) {
+  private constructor(finalPath: FsPath, tempPath: FsPath, handle: fsp.FileHandle, direct: fsp.FileHandle | undefined) {
     this.finalPath = finalPath;
     this.tempPath = tempPath;
     this.handle = handle;
     this.#direct = direct;
   }
 
-  static async create(finalPath: string, size: number, o: { direct?: boolean } = {}): Promise<PartialFile> {
-    const dir = path.dirname(finalPath);
-    const tempPath = path.join(dir, partialName(path.basename(finalPath)));
+  static async create(finalPath: FsPath, size: number, o: { direct?: boolean } = {}): Promise<PartialFile> {
+    const tempPath = partialBeside(finalPath);
     // O_EXCL: never through a symlink someone put there.
     const handle = await fsp.open(tempPath, "wx", 0o600);
     let direct: fsp.FileHandle | undefined;
@@ -64,7 +77,7 @@ export class PartialFile {
       }
     } catch (e) {
       await handle.close();
-      await fse.remove(tempPath);
+      await fsp.rm(tempPath, { force: true });
       throw e;
     }
     return new PartialFile(finalPath, tempPath, handle, direct);
@@ -115,7 +128,7 @@ export class PartialFile {
     await this.#direct?.close().catch(() => undefined);
     this.#direct = undefined;
     await this.handle.close().catch(() => undefined);
-    await fse.remove(this.tempPath);
+    await fsp.rm(this.tempPath, { force: true });
   }
 }
 
@@ -126,8 +139,8 @@ export class PartialFile {
  * (another file system, no hard links, too many links) or existing is not there: the caller
  * writes the content instead.
  */
-export async function linkInto(existing: string, finalPath: string): Promise<boolean> {
-  const tempPath = path.join(path.dirname(finalPath), partialName(path.basename(finalPath)));
+export async function linkInto(existing: FsPath, finalPath: FsPath): Promise<boolean> {
+  const tempPath = partialBeside(finalPath);
   try {
     await fsp.link(existing, tempPath);
   } catch (e) {

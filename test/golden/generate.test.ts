@@ -25,6 +25,12 @@
  *             re-encryption deletes its own, so these are copied out and removed again), and an
  *             anchor of the final trail head. Epochs 1 and 2 keep no grants, so secrets.json
  *             holds epoch 3's keys only.
+ * And entries/, folder entry vectors without a repository (written by their own test below, so
+ * `-t "entry vectors"` writes them alone): entries.jsonl, one entry blob as encodeEntry writes
+ * it, and entries.json, the fixed FolderEntry values it encodes (ENTRY_VECTORS, names as the hex
+ * of their bytes). They pin what the repositories' folder cannot: owners and groups (u, g) with
+ * fixed IDs instead of the generating user's, a hard link (h), and names, a symlink target and a
+ * hard-link path that are not UTF-8 (pb, lb, hb).
  * Why two: plain/ pins the objects as first written (revision 1, one epoch); rotated/ pins
  * what rotation and re-encryption rewrite (revisions, `rewrittenBy`, session epochs, several
  * registry versions, destroyed epochs) while staying small enough to replay as a whole.
@@ -53,9 +59,11 @@ import os from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { KDF_TEST } from "../../src/crypto/kdf.js";
+import { encodeEntry } from "../../src/format/entries.js";
 import { Secret } from "../../src/crypto/secret.js";
 import type { RandomSource } from "../../src/crypto/suite.js";
 import { kindName, MAGIC, ObjectKind, WRITE_VERSION } from "../../src/format/envelope.js";
+import { shownPath } from "../../src/format/names.js";
 import { LOCK_PREFIX, parseVersionedKey, SNAPSHOT_PREFIX } from "../../src/format/layout.js";
 import { KEY_PARTS } from "../../src/keys/roles.js";
 import { acquireLock } from "../../src/repository/lock.js";
@@ -63,8 +71,9 @@ import { SessionKeys } from "../../src/repository/sessions.js";
 import { deleteCheckpoints, writeCheckpoint, writeIdMapBatch, type ReencryptState } from "../../src/rotation/checkpoint.js";
 import { MemoryStore } from "../../src/storage/memory.js";
 import { listAll } from "../../src/storage/types.js";
-import { toHex, utf8 } from "../../src/util/bytes.js";
+import { concatBytes, toHex, utf8 } from "../../src/util/bytes.js";
 import { Vault } from "../../src/vault.js";
+import { ENTRY_VECTOR_DIR, entryOfVector, type EntryVector } from "./samples.js";
 
 const WRITE = process.env["VMVAULT_WRITE_GOLDEN"] === "1";
 const OUT = path.join(import.meta.dirname, `v${WRITE_VERSION}`);
@@ -172,6 +181,28 @@ async function writeFolder(root: string): Promise<void> {
     await fsp.utimes(dir, MTIME, MTIME);
   }
 }
+
+const hexOf = (latin1: string): string => Buffer.from(latin1, "latin1").toString("hex");
+const MTIME_MS = MTIME.getTime();
+const CHUNK_A = `${seededHex("entry chunk a", 32)}:3000`;
+const CHUNK_B = `${seededHex("entry chunk b", 32)}:38`;
+
+/**
+ * The entry vectors (fixed values, never lstat): a folder whose name is not UTF-8 holding a file
+ * whose name is not either and a second name of that file (h, hb), UTF-8 files with owners and a
+ * hard link (u, g, h), a symlink whose name and target are not UTF-8 (pb, lb) and a plain one.
+ * `shown` is filled in from the path.
+ */
+const ENTRY_VECTORS: readonly Omit<EntryVector, "shown">[] = [
+  { path: "", type: "dir", mode: 0o755, mtimeMs: MTIME_MS, size: 0, uid: 0, gid: 0 },
+  { path: hexOf("caf\xe9"), type: "dir", mode: 0o750, mtimeMs: MTIME_MS, size: 0, uid: 1000, gid: 1000 },
+  { path: hexOf("caf\xe9/na\xefve.txt"), type: "file", mode: 0o640, mtimeMs: MTIME_MS, size: 4024, uid: 1000, gid: 100, chunks: [CHUNK_A, "z1024"] },
+  { path: hexOf("caf\xe9/same file"), type: "file", mode: 0o640, mtimeMs: MTIME_MS, size: 4024, uid: 1000, gid: 100, hardLinkTo: hexOf("caf\xe9/na\xefve.txt"), chunks: [CHUNK_A, "z1024"] },
+  { path: hexOf("hello-again.txt"), type: "file", mode: 0o4755, mtimeMs: MTIME_MS + 0.5, size: 38, uid: 4294967294, gid: 0, chunks: [CHUNK_B] },
+  { path: hexOf("hello.txt"), type: "file", mode: 0o4755, mtimeMs: MTIME_MS + 0.5, size: 38, uid: 4294967294, gid: 0, hardLinkTo: hexOf("hello-again.txt"), chunks: [CHUNK_B] },
+  { path: hexOf("link-\xff"), type: "symlink", mode: 0o777, mtimeMs: MTIME_MS, size: 0, uid: 1000, gid: 100, target: hexOf("caf\xe9/na\xefve.txt") },
+  { path: hexOf("link-to-hello"), type: "symlink", mode: 0o777, mtimeMs: MTIME_MS, size: 0, uid: 0, gid: 0, target: hexOf("hello.txt") },
+];
 
 function sha256(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
@@ -419,10 +450,29 @@ describe.skipIf(!WRITE)("golden samples (VMVAULT_WRITE_GOLDEN=1)", () => {
       const kinds = new Set(first.flatMap((s) => [...s.repository, ...s.transient, ["anchor", s.anchor.bytes] as const].map(([k, bytes]) => kindOf(k, bytes))));
       expect([...kinds].sort((x, y) => x - y).map(kindName)).toEqual(Object.values(ObjectKind).sort((x, y) => x - y).map(kindName));
 
-      await fsp.rm(OUT, { recursive: true, force: true });
+      // Only the repositories: the entry vectors beside them are written by their own test.
+      for (const s of first) await fsp.rm(path.join(OUT, s.name), { recursive: true, force: true });
       for (const s of first) await writeSample(s);
     } finally {
       rmSync(WORK_DIR, { recursive: true, force: true });
     }
+  });
+});
+
+describe.skipIf(!WRITE)("golden entry vectors (VMVAULT_WRITE_GOLDEN=1)", () => {
+  it(`writes the entry vectors to test/golden/v${WRITE_VERSION}/${ENTRY_VECTOR_DIR}`, async () => {
+    const entries = ENTRY_VECTORS.map((v) => entryOfVector({ ...v, shown: "" }));
+    const vectors = entries.map((e, i) => ({ shown: shownPath(e.path), ...ENTRY_VECTORS[i] }));
+    const dir = path.join(OUT, ENTRY_VECTOR_DIR);
+    await fsp.rm(dir, { recursive: true, force: true });
+    await fsp.mkdir(dir, { recursive: true });
+    await fsp.writeFile(path.join(dir, "entries.jsonl"), concatBytes(entries.map(encodeEntry)));
+    const doc = {
+      note: "Folder entry vectors: entries.jsonl is one entry blob as encodeEntry writes it; entries are its fixed inputs, names as the hex of their bytes. See test/golden/generate.test.ts.",
+      generatedBy: 'VMVAULT_WRITE_GOLDEN=1 npx vitest run test/golden/generate.test.ts -t "entry vectors"',
+      writeVersion: WRITE_VERSION,
+      entries: vectors,
+    };
+    await fsp.writeFile(path.join(dir, "entries.json"), `${JSON.stringify(doc, null, 2)}\n`);
   });
 });

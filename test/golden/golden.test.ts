@@ -27,7 +27,7 @@
  * bodies (libsodium's crypto_box_seal draws its ephemeral key internally) and the lock (it
  * records process.pid); (c) pins everything about them that is deterministic.
  */
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { promises as fsp } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -105,7 +105,11 @@ import {
   chunkIdKeyFor,
   chunkReader,
   CURRENT,
+  ENTRY_VECTOR_DIR,
+  entryOfVector,
+  type EntryVector,
   epochInfo,
+  GOLDEN_ROOT,
   epochSecret,
   idMapKey,
   indexedPacks,
@@ -119,6 +123,7 @@ import {
   sha256,
   signedEnvelope,
   splitPack,
+  vectorOfEntry,
   VERSION_DIRS,
 } from "./samples.js";
 
@@ -606,7 +611,39 @@ for (const version of VERSION_DIRS) {
   }
 }
 
+/** The version folders that hold entry vectors (entries/, see generate.test.ts). */
+const ENTRY_VECTOR_VERSIONS = VERSION_DIRS.filter((v) => existsSync(path.join(GOLDEN_ROOT, v, ENTRY_VECTOR_DIR, "entries.jsonl")));
+
+function loadEntryVectors(version: string): { blob: Uint8Array; vectors: EntryVector[] } {
+  const dir = path.join(GOLDEN_ROOT, version, ENTRY_VECTOR_DIR);
+  const doc = JSON.parse(readFileSync(path.join(dir, "entries.json"), "utf8")) as { entries: EntryVector[] };
+  return { blob: new Uint8Array(readFileSync(path.join(dir, "entries.jsonl"))), vectors: doc.entries };
+}
+
+describe("(b) folder entry vectors open with the current code", () => {
+  it(`the write version's folder holds entry vectors`, () => {
+    expect(ENTRY_VECTOR_VERSIONS).toContain(CURRENT);
+  });
+  for (const version of ENTRY_VECTOR_VERSIONS) {
+    it(`${version}/${ENTRY_VECTOR_DIR}: the entry blob parses to the recorded entries, names byte for byte`, () => {
+      const { blob, vectors } = loadEntryVectors(version);
+      expect(parseEntryBlob(blob).map(vectorOfEntry)).toEqual(vectors);
+    });
+  }
+  it(`${CURRENT}/${ENTRY_VECTOR_DIR} pins every optional entry field: owners, a hard link, names and a target that are not UTF-8`, () => {
+    const lines = fromUtf8(loadEntryVectors(CURRENT).blob).trimEnd().split("\n").map((l) => obj(JSON.parse(l) as unknown));
+    for (const key of ["u", "g", "h", "l", "c", "pb", "lb", "hb"]) expect(lines.some((l) => l[key] !== undefined), key).toBe(true);
+    // A hard link between UTF-8 names, and one to a name that is not UTF-8.
+    expect(lines.some((l) => l["h"] !== undefined && l["hb"] === undefined)).toBe(true);
+  });
+});
+
 describe(`(c) re-encoding the ${CURRENT} samples reproduces their bytes`, () => {
+  it(`${ENTRY_VECTOR_DIR}: the recorded entries encode to the entry blob`, () => {
+    const { blob, vectors } = loadEntryVectors(CURRENT);
+    expect(fromUtf8(concatBytes(vectors.map(entryOfVector).map(encodeEntry)))).toBe(fromUtf8(blob));
+    expect(toHex(concatBytes(vectors.map(entryOfVector).map(encodeEntry)))).toBe(toHex(blob));
+  });
   for (const sampleName of VERSION_DIRS.includes(CURRENT) ? sampleNames(CURRENT) : []) {
     describe(sampleName, () => {
       const g = loadGolden(CURRENT, sampleName);

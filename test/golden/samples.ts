@@ -10,8 +10,10 @@ import { Compressor } from "../../src/compress/compressor.js";
 import { Secret } from "../../src/crypto/secret.js";
 import type { CryptoSuite } from "../../src/crypto/suite.js";
 import type { AuditBody } from "../../src/format/audit.js";
+import type { FileChunk, FolderEntry } from "../../src/format/entries.js";
 import { envelopeAd, ObjectKind, parseEnvelope, WRITE_VERSION, type Envelope } from "../../src/format/envelope.js";
 import { int, obj, str } from "../../src/format/fields.js";
+import { nameBytes, nameFromBytes, pathBytes, pathFromBytes, shownPath } from "../../src/format/names.js";
 import { parseIndexBody, parseIndexMeta, type IndexedPack } from "../../src/format/index-file.js";
 import { parsePackKey } from "../../src/format/layout.js";
 import { PACK_PREFIX_BYTES, packTrailerAd, parsePackHeader, parsePackPrefix, type PackEntry } from "../../src/format/pack.js";
@@ -250,4 +252,57 @@ export function openCheckpoint(g: Golden, crypto: CryptoSuite, bytes: Uint8Array
   const epoch = int(meta, "epoch");
   const plain = crypto.open(epochSecret(g, epoch, "index"), only(env.payloads, "payloads"), envelopeAd(ObjectKind.Checkpoint, env.metaBytes));
   return { meta, epoch, plain };
+}
+
+/**
+ * A folder entry of the entry vectors (v<N>/entries/entries.json): the fields of a FolderEntry
+ * with every name as the hex of its bytes (`path`, `target`, `hardLinkTo`), `shown` the path as
+ * messages show it, chunks as stored ("ID:length", "z" and a hole's length).
+ */
+export interface EntryVector {
+  readonly shown: string;
+  readonly path: string;
+  readonly type: "file" | "dir" | "symlink";
+  readonly mode: number;
+  readonly mtimeMs: number;
+  readonly size: number;
+  readonly uid?: number;
+  readonly gid?: number;
+  readonly target?: string;
+  readonly hardLinkTo?: string;
+  readonly chunks?: readonly string[];
+}
+
+export const ENTRY_VECTOR_DIR = "entries";
+
+export function entryOfVector(v: EntryVector): FolderEntry {
+  const chunks = v.chunks?.map((c): FileChunk => (c.startsWith("z") ? { id: null, length: Number(c.slice(1)) } : { id: c.slice(0, 64), length: Number(c.slice(65)) }));
+  return {
+    path: pathFromBytes(fromHex(v.path)),
+    type: v.type,
+    mode: v.mode,
+    mtimeMs: v.mtimeMs,
+    size: v.size,
+    ...(v.uid === undefined ? {} : { uid: v.uid }),
+    ...(v.gid === undefined ? {} : { gid: v.gid }),
+    ...(v.target === undefined ? {} : { target: nameFromBytes(fromHex(v.target)) }),
+    ...(v.hardLinkTo === undefined ? {} : { hardLinkTo: pathFromBytes(fromHex(v.hardLinkTo)) }),
+    ...(chunks === undefined ? {} : { chunks }),
+  };
+}
+
+export function vectorOfEntry(e: FolderEntry): EntryVector {
+  return {
+    shown: shownPath(e.path),
+    path: toHex(pathBytes(e.path)),
+    type: e.type,
+    mode: e.mode,
+    mtimeMs: e.mtimeMs,
+    size: e.size,
+    ...(e.uid === undefined ? {} : { uid: e.uid }),
+    ...(e.gid === undefined ? {} : { gid: e.gid }),
+    ...(e.target === undefined ? {} : { target: toHex(nameBytes(e.target)) }),
+    ...(e.hardLinkTo === undefined ? {} : { hardLinkTo: toHex(pathBytes(e.hardLinkTo)) }),
+    ...(e.chunks === undefined ? {} : { chunks: e.chunks.map((c) => (c.id === null ? `z${c.length}` : `${c.id}:${c.length}`)) }),
+  };
 }

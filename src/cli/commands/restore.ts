@@ -14,7 +14,7 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
     .requiredOption("--reason <text>", "why (kept in the audit trail)")
     .option("--vm <name>", "pick among this VM's snapshots")
     .addOption(new Option("--disk <name>", "restore only this disk").conflicts("include"))
-    .option("--include <path>", "restore only this file or folder of a folder source (repeatable)", collect)
+    .option("--include <path>", "restore only this file or folder of a folder source (repeatable); a name that is not UTF-8 as vmvault shows it, with \\xNN for each such byte", collect)
     .option("--force", "overwrite existing files")
     .option("--no-owner", "leave restored files owned by the user running the restore, even root (default as root: the recorded owners and groups)")
     .action(async (snapshot: string, opts: { target: string; reason: string; vm?: string; disk?: string; include?: string[]; force?: boolean; owner: boolean }, command: Command) => {
