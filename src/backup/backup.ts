@@ -3,7 +3,7 @@ import path from "node:path";
 import { UsageError, type Damage } from "../errors.js";
 import { FastCdc } from "../chunking/fastcdc.js";
 import { Compressor } from "../compress/compressor.js";
-import { assertVmName, type SnapshotHeader, type SnapshotSource } from "../format/snapshot.js";
+import { assertVmName, sourceNameProblem, type SnapshotHeader, type SnapshotSource } from "../format/snapshot.js";
 import { PackWriter } from "../pack/writer.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
@@ -93,6 +93,8 @@ async function planSources(sources: readonly string[]): Promise<PlannedSource[]>
       throw sourceError(abs, e);
     }
     const name = path.basename(abs);
+    // A restore writes DIR/<name>: the root folder has no name to write it under.
+    if (sourceNameProblem(name) !== undefined) throw new UsageError(`${abs} has no name a restore could write it under`, "back up the folders below it instead");
     if (st.isDirectory()) planned.push({ path: abs, name, kind: "folder" });
     else if (st.isFile() || st.isBlockDevice()) {
       await fsp.access(abs, fsConstants.R_OK).catch((e: unknown) => {

@@ -131,6 +131,19 @@ export interface FolderSource {
 
 export type SnapshotSource = DiskSource | FolderSource;
 
+/**
+ * Why a source name cannot be used, or undefined when it can. A restore writes each source to
+ * DIR/<name>, so a name must be exactly one file name: not empty, "." or "..", without "/" or
+ * NUL, and well-formed text (a lone surrogate reaches the file system as U+FFFD, a second
+ * spelling of another name). A backup takes the name from the source's own base name.
+ */
+export function sourceNameProblem(name: string): string | undefined {
+  if (name === "" || name === "." || name === "..") return "is not a file name";
+  if (name.includes("/") || name.includes("\0")) return "holds / or NUL";
+  if (/\p{Cs}/u.test(name)) return "is not well-formed text";
+  return undefined;
+}
+
 /** Encrypted under the session key: where the data is. */
 export interface SnapshotBody {
   readonly id: string;
@@ -171,6 +184,14 @@ export function parseSnapshotBody(value: unknown): SnapshotBody {
     }
     throw new FormatError(`unknown source kind ${JSON.stringify(kind)}`);
   });
+  // Restore writes DIR/<name> for each source: one file name each, no two alike.
+  const names = new Set<string>();
+  for (const { name } of sources) {
+    const problem = sourceNameProblem(name);
+    if (problem !== undefined) throw new FormatError(`source name ${JSON.stringify(name)} ${problem}`);
+    if (names.has(name)) throw new FormatError(`two sources are named ${JSON.stringify(name)}`);
+    names.add(name);
+  }
   return { id: str(o, "id"), sources };
 }
 

@@ -147,14 +147,22 @@ function verifySigner(repo: Repository, key: string, header: SnapshotHeader, mes
 /** Opens the body with the session key. */
 export async function readSnapshotBody(repo: Repository, sessions: SessionKeys, record: SnapshotRecord): Promise<SnapshotBody> {
   const key = await sessions.get(record.meta.sessionId);
+  let plain: Uint8Array;
   try {
-    const plain = repo.crypto.open(key, record.bodySealed, snapshotBodyAd(record.header.id, record.meta.sessionId));
+    plain = repo.crypto.open(key, record.bodySealed, snapshotBodyAd(record.header.id, record.meta.sessionId));
+  } catch (e) {
+    if (e instanceof CryptoFailure) throw IntegrityError.object(record.key, "snapshot body does not authenticate (modified or corrupted)");
+    throw e;
+  }
+  try {
     const body = parseSnapshotBody(JSON.parse(fromUtf8(plain)) as unknown);
     if (body.id !== record.header.id) throw new FormatError("body names another snapshot");
     return body;
   } catch (e) {
-    if (e instanceof FormatError || e instanceof CryptoFailure || e instanceof SyntaxError || e instanceof TypeError) {
-      throw IntegrityError.object(record.key, "snapshot body does not authenticate (modified or corrupted)");
+    // The body authenticated, so whoever held its session key wrote it this way: a tampering
+    // client (a source named "../x" would make a restore write outside its target).
+    if (e instanceof FormatError || e instanceof SyntaxError || e instanceof TypeError) {
+      throw IntegrityError.object(record.key, `snapshot body is not valid, as written by its signer: ${e instanceof FormatError ? e.message : "not a snapshot body"}`);
     }
     throw e;
   }
