@@ -32,6 +32,7 @@ export type { ProgressEvent, ProgressSink } from "./util/progress.js";
 export type { AddedUser, AddUserOptions, UserSummary, RemovedUserSummary } from "./users/users.js";
 export type { AuditLogEntry, AuditLogFilter } from "./audit/log.js";
 export type { AuditVerifyReport, AuditProblem } from "./audit/verify.js";
+export { BrokenTrailError } from "./audit/errors.js";
 export type { RotateResult } from "./rotation/rotate.js";
 export type { ReencryptResult } from "./rotation/reencrypt.js";
 export type { KeyStatus, EpochStatus } from "./rotation/status.js";

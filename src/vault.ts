@@ -117,7 +117,11 @@ export class Vault {
     return (await audit()).auditVerify(this.repository, anchor);
   }
 
-  /** deliver (e.g. writing the anchor to a file) runs before the export is recorded in the trail. */
+  /**
+   * Verifies the whole trail as auditVerify does and signs its newest record; a trail that does
+   * not verify is refused with BrokenTrailError (E_INTEGRITY) and deliver is not called. deliver
+   * (e.g. writing the anchor to a file) runs before the export is recorded in the trail.
+   */
   async auditAnchor(deliver?: (anchor: { bytes: Uint8Array; seq: number; hash: string }) => void | Promise<void>): Promise<{ bytes: Uint8Array; seq: number; hash: string }> {
     return (await audit()).auditAnchor(this.repository, deliver);
   }

@@ -5,9 +5,10 @@ import type { Repository } from "../repository/repository.js";
 import { toHex } from "../util/bytes.js";
 import { audited, authorizeAudited } from "./guard.js";
 import { openRecord, readStoredRecord } from "./read.js";
-import { appendAudit, listSeqs, readHead } from "./trail.js";
+import { listSeqs } from "./trail.js";
 import { auditKey } from "../format/layout.js";
-import { USER_NAME_PATTERN } from "../format/registry.js";
+import { USER_NAME_PATTERN, type AuditHead } from "../format/registry.js";
+import { BrokenTrailError } from "./errors.js";
 import { verifyTrail, type AuditVerifyReport } from "./verify.js";
 
 /** One record as `audit log` shows it (the --json shape scripts rely on). */
@@ -101,14 +102,32 @@ export interface AuditAnchorExport {
 }
 
 /**
- * Admin and auditor: the current trail head, signed, to keep outside the repository. deliver
- * (writing it somewhere) runs before the export is recorded: the record says "succeeded" only
- * once it is delivered, and "failed" when delivering throws.
+ * Admin and auditor: the trail head, signed, to keep outside the repository. The whole trail is
+ * verified first, as by `audit verify` (verifyTrail), and the head signed is the newest record
+ * that verification read: a trail that does not verify is refused with BrokenTrailError, and
+ * nothing is delivered. deliver (writing it somewhere) runs before the export is recorded: the
+ * record says "succeeded" only once it is delivered, and "failed" when verifying or delivering
+ * throws.
  */
 export async function auditAnchor(repo: Repository, deliver?: (anchor: AuditAnchorExport) => void | Promise<void>): Promise<AuditAnchorExport> {
   await authorizeAudited(repo, "readAudit", "audit anchor");
-  const head = await readHead(repo);
-  if (head === null) throw new IntegrityError("the audit trail is empty");
+  // The export itself is recorded after the head it names, once delivered.
+  return audited(repo, {
+    entry: { action: "audit anchor" },
+    started: false,
+    run: async () => {
+      const report = await verifyTrail(repo);
+      if (!report.ok) throw new BrokenTrailError(report);
+      if (report.head === null) throw new IntegrityError("the audit trail is empty");
+      const anchor = signAnchor(repo, report.head);
+      await deliver?.(anchor);
+      return anchor;
+    },
+    outcome: (a) => ({ seq: a.seq, hash: a.hash }),
+  });
+}
+
+function signAnchor(repo: Repository, head: AuditHead): AuditAnchorExport {
   const meta = encodeAnchorMeta({
     repoId: repo.repoId,
     seq: head.seq,
@@ -118,15 +137,5 @@ export async function auditAnchor(repo: Repository, deliver?: (anchor: AuditAnch
     signerKey: toHex(repo.keyring.user.signPublicKey),
   });
   const body = encodeEnvelope(ObjectKind.Anchor, meta);
-  const bytes = appendSignature(body, repo.crypto.sign(repo.keyring.signSecretKey, body));
-  const anchor = { bytes, seq: head.seq, hash: head.hash };
-  // The export itself is recorded after the head it names, once delivered.
-  return audited(repo, {
-    entry: { action: "audit anchor", target: { seq: head.seq, hash: head.hash } },
-    started: false,
-    run: async () => {
-      await deliver?.(anchor);
-      return anchor;
-    },
-  });
+  return { bytes: appendSignature(body, repo.crypto.sign(repo.keyring.signSecretKey, body)), seq: head.seq, hash: head.hash };
 }

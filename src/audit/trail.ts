@@ -1,8 +1,9 @@
 import { IntegrityError, LockedError, NotFoundError, VaultError } from "../errors.js";
 import { appendSignature, encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { encodeAuditBody, encodeAuditBodyMeta, encodeAuditMeta, parseAuditMeta, type AuditAction, type AuditBody, type AuditMeta, type AuditResult } from "../format/audit.js";
-import { AUDIT_PREFIX, auditBodyKey, auditKey, parseNumberedKey } from "../format/layout.js";
-import type { AuditHead } from "../format/registry.js";
+import { AUDIT_PREFIX, auditBodyKey, auditKey, parseNumberedKey, REGISTRY_PREFIX } from "../format/layout.js";
+import type { AuditHead, RegistryDoc } from "../format/registry.js";
+import { loadRegistryChain } from "../keys/registry.js";
 import { FormatError } from "../format/codec.js";
 import type { Repository } from "../repository/repository.js";
 import { listAll } from "../storage/types.js";
@@ -29,6 +30,8 @@ export class AuditWriteError extends VaultError {
 }
 
 const MAX_ATTEMPTS = 64;
+/** Key rotations one append follows before it gives up (each one a whole rotation registered meanwhile). */
+const MAX_RESEALS = 8;
 
 /** The newest record: its sequence number and the hash of its bytes (the next record's prevHash). */
 export async function readHead(repo: Repository): Promise<AuditHead | null> {
@@ -47,7 +50,8 @@ export async function readHead(repo: Repository): Promise<AuditHead | null> {
 
 /**
  * Appends one signed record. The body is sealed to the current epoch's audit key (only
- * admins and auditors can open it) and stored first; then the record claims the next
+ * admins and auditors can open it) and stored first, re-sealed to any epoch a rotation
+ * registered meanwhile (see storeBody); then the record claims the next
  * sequence number with put-if-absent, retrying on a lost race, so concurrent appenders all
  * land, in one order. Returns the new head. Throws AuditWriteError if it cannot be stored.
  */
@@ -55,8 +59,6 @@ export async function appendAudit(repo: Repository, entry: AuditEntry): Promise<
   try {
     const crypto = repo.crypto;
     const latest = repo.chain.latest;
-    const epoch = latest.epochs.find((e) => e.id === latest.currentEpoch);
-    if (epoch === undefined) throw new IntegrityError("the registry names no current epoch");
     const user = repo.keyring.user;
     const body: AuditBody = {
       time: repo.now(),
@@ -74,8 +76,7 @@ export async function appendAudit(repo: Repository, entry: AuditEntry): Promise<
     };
     const bodyBytes = encodeAuditBody(body);
     const bodyDigest = toHex(crypto.hash(bodyBytes));
-    const sealed = crypto.sealTo(epoch.auditPublicKey, bodyBytes);
-    await repo.store.putIfAbsent(auditBodyKey(bodyDigest, epoch.id), encodeEnvelope(ObjectKind.AuditBody, encodeAuditBodyMeta({ repoId: repo.repoId, bodyDigest, epoch: epoch.id }), [sealed]));
+    await storeBody(repo, bodyBytes, bodyDigest);
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const head = await readHead(repo);
       const meta: AuditMeta = { repoId: repo.repoId, seq: (head?.seq ?? 0) + 1, prevHash: head?.hash ?? null, bodyDigest };
@@ -88,6 +89,47 @@ export async function appendAudit(repo: Repository, entry: AuditEntry): Promise<
     if (e instanceof AuditWriteError) throw e;
     throw new AuditWriteError(entry.action, e);
   }
+}
+
+/**
+ * Stores the body sealed to the audit key of the current epoch, and makes sure a key rotation
+ * cannot leave it sealed only to an epoch whose grants it then revokes (no auditor could ever
+ * open it again). The caller's view of the registry was read when the repository was opened
+ * and may be stale (a command may have waited for a rotation's lock), so the stored registry
+ * names the epoch. A rotation registers its epoch before it lists the bodies it re-seals, so
+ * once the body is stored the registry is looked at again: if no newer epoch is registered
+ * by then, any rotation registers its epoch later and lists, hence re-seals, this body; if one
+ * is, the body is sealed to that epoch too and the check repeats. A copy under the older epoch
+ * stored in that window is left (a rotation may be re-sealing it): readers take the newest
+ * copy they can open, and the rotation that lists it removes it. No lock is taken, so no
+ * audit write waits behind a rotation; the cost is two listings of the registry per append
+ * (and a registry load only when it changed since the repository was opened).
+ */
+async function storeBody(repo: Repository, bodyBytes: Uint8Array, bodyDigest: string): Promise<void> {
+  let view = (await newerRegistryVersion(repo, repo.chain.latest.version)) ?? repo.chain.latest;
+  for (let attempt = 0; attempt < MAX_RESEALS; attempt++) {
+    const epoch = view.epochs.find((e) => e.id === view.currentEpoch);
+    if (epoch === undefined) throw new IntegrityError(`registry version ${view.version} names no current epoch`);
+    const sealed = repo.crypto.sealTo(epoch.auditPublicKey, bodyBytes);
+    await repo.store.putIfAbsent(auditBodyKey(bodyDigest, epoch.id), encodeEnvelope(ObjectKind.AuditBody, encodeAuditBodyMeta({ repoId: repo.repoId, bodyDigest, epoch: epoch.id }), [sealed]));
+    const newest = await newerRegistryVersion(repo, view.version);
+    if (newest === undefined || newest.currentEpoch === epoch.id) return;
+    view = newest;
+  }
+  throw new LockedError(`the keys were rotated ${MAX_RESEALS} times while one audit record was stored`, "run the command again once the key rotations have finished");
+}
+
+/**
+ * The newest registry version, verified from the genesis root key like any registry read, when
+ * one newer than `version` is stored; undefined otherwise (one listing, the common case).
+ */
+async function newerRegistryVersion(repo: Repository, version: number): Promise<RegistryDoc | undefined> {
+  const stored = (await listAll(repo.store, REGISTRY_PREFIX))
+    .map((o) => parseNumberedKey(o.key, REGISTRY_PREFIX, 10))
+    .filter((n): n is number => n !== undefined);
+  if (!stored.some((n) => n > version)) return undefined;
+  const genesis = repo.chain.versions[0]?.rootPublicKey ?? repo.chain.latest.rootPublicKey;
+  return (await loadRegistryChain(repo.crypto, repo.store, genesis, repo.repoId)).latest;
 }
 
 /** One record as stored: its meta, signature and bytes, without opening the body. */

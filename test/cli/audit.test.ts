@@ -1,10 +1,10 @@
-import { promises as fsp } from "node:fs";
+import { promises as fsp, statSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { appendAudit } from "../../src/audit/trail.js";
 import { openRepository } from "../../src/repository/open.js";
 import { FaultyStore } from "../../src/storage/faulty.js";
-import { FsStore, Secret, Vault } from "../../src/index.js";
+import { BrokenTrailError, FsStore, Secret, Vault } from "../../src/index.js";
 import { vault } from "../helpers/cli.js";
 import { makeImage, readTree, tempDirs } from "../helpers/fixtures.js";
 
@@ -198,6 +198,74 @@ describe("audit trail", () => {
     const last = (await log(aud)).filter((x) => x.action === "audit anchor").at(-1);
     // Was: "succeeded", recorded before the file was written.
     expect(last?.result).toBe("failed");
+  });
+
+  it("audit anchor refuses a trail that does not verify: exit 5, what is wrong, nothing written, an older anchor kept", async () => {
+    const { repo, aud } = await setup();
+    const folder = tmp("anchor");
+    const older = path.join(folder, "older.anchor");
+    expect((await aud(["audit", "anchor", "--out", older])).code).toBe(0);
+    const olderBytes = await fsp.readFile(older);
+    // A record modified in place (its sequence number changed), as in the test above.
+    const bytes = await fsp.readFile(rec(repo, 3));
+    const at = bytes.indexOf(Buffer.from('"seq":3'));
+    bytes[at + 6] = "4".charCodeAt(0);
+    await fsp.writeFile(rec(repo, 3), bytes);
+    const fresh = path.join(folder, "head.anchor");
+    // Was: exit 0, "anchored audit record N", a signed anchor vouching for the tampered trail.
+    const r = await aud(["audit", "anchor", "--out", fresh]);
+    expect(r.code, r.stderr).toBe(5);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toContain("vmvault: audit trail verification failed, so no anchor was written (it would vouch for a changed trail): ");
+    expect(r.stderr).toMatch(/first broken: audit\/000000000003: /);
+    expect(r.stderr).toContain("next: run `vmvault audit verify` for the full report");
+    expect(statSync(fresh, { throwIfNoEntry: false })).toBeUndefined();
+    // A record deleted from the middle; the anchor asked for replaces the older one: it stays as it was.
+    await fsp.rm(rec(repo, 5));
+    const j = await aud(["--json", "audit", "anchor", "--out", older]);
+    expect(j.code, j.stderr).toBe(5);
+    const refused = JSON.parse(j.stdout) as { file: string; written: boolean; ok: boolean; problems: { seq: number | null; problem: string }[] };
+    expect(refused).toMatchObject({ file: older, written: false, ok: false });
+    expect(refused.problems).toContainEqual(expect.objectContaining({ seq: 5, problem: "record 5 is missing (deleted from the middle of the trail)" }));
+    expect(await fsp.readFile(older)).toEqual(olderBytes);
+    // No partial file either.
+    expect((await fsp.readdir(folder)).sort()).toEqual(["older.anchor"]);
+    // The refusals are recorded as failed exports (exit code 5); the trail's readable records still show them.
+    const refusals = JSON.parse((await aud(["--json", "audit", "log", "--action", "audit anchor"])).stdout) as (LogRecord & { code?: number; message?: string })[];
+    expect(refusals.map((x) => [x.result, x.code])).toEqual([
+      ["succeeded", undefined],
+      ["failed", 5],
+      ["failed", 5],
+    ]);
+    expect(refusals[1]?.message).toContain("audit trail verification failed, so no anchor was written");
+    // The library refuses the same way, before delivering anything.
+    const v = await Vault.open({ store: new FsStore(repo), user: "aud", passphrase: Secret.fromString("aud-pass") });
+    let delivered = false;
+    const e: unknown = await v.auditAnchor(() => {
+      delivered = true;
+    }).catch((x: unknown) => x);
+    await v.close();
+    expect(e).toBeInstanceOf(BrokenTrailError);
+    expect(e).toMatchObject({ code: "E_INTEGRITY", report: { ok: false } });
+    expect(delivered).toBe(false);
+  });
+
+  it("audit anchor on a trail that verifies writes the anchor of its newest verified record", async () => {
+    const { aud } = await setup();
+    const anchorFile = path.join(tmp("anchor"), "head.anchor");
+    const r = await aud(["--json", "audit", "anchor", "--out", anchorFile]);
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as { file: string; written: boolean; seq: number; hash: string };
+    expect(out).toMatchObject({ file: anchorFile, written: true });
+    const records = await log(aud);
+    // The anchor names the record before its own export record, with that record's hash.
+    const exported = records.find((x) => x.action === "audit anchor");
+    expect(exported?.seq).toBe(out.seq + 1);
+    expect(exported?.prevHash).toBe(out.hash);
+    expect(exported?.target).toEqual({ seq: out.seq, hash: out.hash });
+    const v = await aud(["audit", "verify", "--anchor", anchorFile]);
+    expect(v.code, v.stderr).toBe(0);
+    expect(v.stdout).toMatch(/audit trail intact: \d+ records, [1-9]\d* anchors checked/);
   });
 
   it("a modified anchor file is named as the culprit, not the repository", async () => {

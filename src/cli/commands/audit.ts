@@ -3,6 +3,7 @@ import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:
 import path from "node:path";
 import type { Command } from "commander";
 import { errorCodeOf, IntegrityError, StorageError, UsageError, type Damage } from "../../errors.js";
+import { BrokenTrailError } from "../../audit/errors.js";
 import { CliContext } from "../context.js";
 import { noun, plural, table } from "../output.js";
 
@@ -108,9 +109,14 @@ export function registerAudit(program: Command): void {
       assertAnchorFile(opts.out);
       const vault = await ctx.openVault();
       try {
-        // Written before the export is recorded: a failed write is recorded as failed, not as succeeded.
-        const a = await vault.auditAnchor((x) => writeAnchor(opts.out, x.bytes));
-        if (ctx.json) ctx.printJson({ file: opts.out, seq: a.seq, hash: a.hash });
+        // Written only once the whole trail verifies, and before the export is recorded: a failed
+        // write is recorded as failed, not as succeeded.
+        const a = await vault.auditAnchor((x) => writeAnchor(opts.out, x.bytes)).catch((e: unknown) => {
+          // A refusal in --json is still one object: nothing written, and why (audit verify's problems).
+          if (ctx.json && e instanceof BrokenTrailError) ctx.printJson({ file: opts.out, written: false, ok: false, records: e.report.records, problems: e.report.problems });
+          throw e;
+        });
+        if (ctx.json) ctx.printJson({ file: opts.out, written: true, seq: a.seq, hash: a.hash });
         else ctx.out(`anchored audit record ${a.seq} (${a.hash}) in ${opts.out}`);
       } finally {
         await vault.close();
