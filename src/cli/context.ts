@@ -9,7 +9,7 @@ import type { Secret } from "../crypto/secret.js";
 import type { ProgressSink } from "../util/progress.js";
 import { Vault } from "../vault.js";
 import { WorkerPool } from "../pipeline/pool.js";
-import { progressRenderer } from "./output.js";
+import { progressRenderer, shownText, terminalJson } from "./output.js";
 import { obtainPassphrase, requireRepo, requireUser, resolveSettings, type GlobalOptions, type Settings } from "./settings.js";
 
 /** What every command handler gets: resolved settings, output channels, and a way to open the vault. */
@@ -47,17 +47,18 @@ export class CliContext {
     this.#progress?.done();
   }
 
+  /** A line (or lines) for people on stdout; values from the repository in it cannot act on the terminal (shownText). */
   out(text: string): void {
-    process.stdout.write(`${text}\n`);
+    process.stdout.write(`${shownText(text, { lines: true })}\n`);
   }
 
   printJson(value: unknown): void {
-    process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+    process.stdout.write(`${terminalJson(value)}\n`);
   }
 
   warn(text: string): void {
     this.endProgress();
-    process.stderr.write(`${text}\n`);
+    process.stderr.write(`${shownText(text, { lines: true })}\n`);
   }
 
   /**

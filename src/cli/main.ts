@@ -9,6 +9,7 @@ import { registerAudit } from "./commands/audit.js";
 import { registerKey } from "./commands/key.js";
 import { registerRepair } from "./commands/repair.js";
 import { describeError, exitCodeOf } from "./exit.js";
+import { shownText } from "./output.js";
 import { Interrupts } from "./interrupt.js";
 
 export const VERSION = "0.1.0";
@@ -55,7 +56,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     return 0;
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : exitCodeOf(e);
-    process.stderr.write(`${describeError(e, debug)}\n`);
+    process.stderr.write(`${shownText(describeError(e, debug), { lines: true })}\n`);
     return exitCodeOf(e);
   } finally {
     uninstall();

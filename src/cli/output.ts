@@ -14,8 +14,42 @@ export function formatBytes(n: number): string {
 
 export { noun, plural } from "../util/text.js";
 
-/** Left-aligned text table. */
-export function table(headers: readonly string[], rows: readonly (readonly string[])[]): string {
+/**
+ * Characters a terminal may act on instead of showing: C0 controls, DEL, C1 controls (U+0080 to
+ * U+009F, 8-bit escape sequences to some terminals), the Unicode bidirectional controls (which
+ * reorder what is shown), and lone surrogates.
+ */
+const ACTIVE = /[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]|\p{Cs}/gu;
+const ACTIVE_BUT_LINES = /[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]|\p{Cs}/gu;
+
+function escapeActive(c: string): string {
+  const code = c.charCodeAt(0);
+  return code < 0x80 ? `\\x${code.toString(16).padStart(2, "0")}` : `\\u{${code.toString(16)}}`;
+}
+
+/**
+ * Text for a terminal: host names, VM and disk names, audit reasons and everything else that
+ * comes from the repository or from another user may hold escape sequences or line breaks, so
+ * every active character is shown as \xNN (below U+0080) or \u{N}. With `lines`, line breaks
+ * and tabs stay (a whole message of our own with values inside); without, they are escaped too
+ * (one value, one table cell: a value cannot forge a line of its own). Printable text, accents
+ * and other scripts included, is unchanged.
+ */
+export function shownText(text: string, o: { lines?: boolean } = {}): string {
+  return text.replace(o.lines === true ? ACTIVE_BUT_LINES : ACTIVE, escapeActive);
+}
+
+/**
+ * JSON for stdout: JSON.stringify already escapes C0 controls and lone surrogates; DEL, the C1
+ * and the bidirectional controls are escaped too (\uXXXX, the same value to any JSON reader).
+ */
+export function terminalJson(value: unknown): string {
+  return JSON.stringify(value, null, 2).replace(/[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
+/** Left-aligned text table; every cell is shown with shownText (one line each). */
+export function table(headers: readonly string[], cells: readonly (readonly string[])[]): string {
+  const rows = cells.map((r) => r.map((c) => shownText(c)));
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
   const line = (cells: readonly string[]): string =>
     cells
@@ -39,6 +73,7 @@ export function progressRenderer(stream: NodeJS.WriteStream, now: () => number =
     } else {
       text = e.item !== undefined && e.total === undefined ? `${e.phase}: ${e.item}` : `${e.phase}: ${e.done}${e.total !== undefined ? `/${e.total}` : ""}`;
     }
+    text = shownText(text);
     const width = stream.columns ?? 100;
     stream.write(`\r${text.slice(0, width - 1).padEnd(Math.min(width - 1, 79))}`);
     shown = true;
