@@ -48,9 +48,9 @@ function checkpointError(object: string, problem: string): IntegrityError {
   return new IntegrityError(`integrity failure: ${object}: ${problem}`, [{ object, problem }], UNREADABLE_CHECKPOINT_HINT);
 }
 
-function indexKeyOf(repo: Repository, epoch: number): Uint8Array {
+function indexKeyOf(repo: Repository, epoch: number, object = CHECKPOINT_PREFIX): Uint8Array {
   const k = repo.keyring.secret(epoch, "index");
-  if (k === undefined) throw checkpointError(CHECKPOINT_PREFIX, `no index key of epoch ${epoch} is held`);
+  if (k === undefined) throw checkpointError(object, `sealed to epoch ${epoch}, whose index key you do not hold`);
   return k.bytes;
 }
 
@@ -78,7 +78,7 @@ export async function readCheckpoint(repo: Repository): Promise<ReencryptState |
     }
     const sealed = env.payloads[0];
     if (sealed === undefined) throw new FormatError("no payload");
-    const o = obj(JSON.parse(fromUtf8(repo.crypto.open(indexKeyOf(repo, epoch), sealed, envelopeAd(ObjectKind.Checkpoint, env.metaBytes)))) as unknown);
+    const o = obj(JSON.parse(fromUtf8(repo.crypto.open(indexKeyOf(repo, epoch, newest.key), sealed, envelopeAd(ObjectKind.Checkpoint, env.metaBytes)))) as unknown);
     const phase = str(o, "phase");
     if (phase !== "packs" && phase !== "snapshots" && phase !== "cleanup") throw new FormatError("bad phase");
     return {
@@ -130,7 +130,7 @@ export async function readIdMap(repo: Repository): Promise<Map<string, string>> 
       const epoch = int(obj(env.meta), "epoch");
       const sealed = env.payloads[0];
       if (sealed === undefined) throw new FormatError("no payload");
-      const pairs = JSON.parse(fromUtf8(repo.crypto.open(indexKeyOf(repo, epoch), sealed, envelopeAd(ObjectKind.Checkpoint, env.metaBytes)))) as unknown;
+      const pairs = JSON.parse(fromUtf8(repo.crypto.open(indexKeyOf(repo, epoch, key), sealed, envelopeAd(ObjectKind.Checkpoint, env.metaBytes)))) as unknown;
       if (!Array.isArray(pairs)) throw new FormatError("bad id map");
       for (const p of pairs) {
         if (!Array.isArray(p) || typeof p[0] !== "string" || typeof p[1] !== "string") throw new FormatError("bad id map entry");

@@ -3,6 +3,9 @@ import { Compressor } from "../compress/compressor.js";
 import { loadBulkCrypto } from "../crypto/bulk.js";
 import type { IndexedPack } from "../format/index-file.js";
 import { packKey } from "../format/layout.js";
+import { listAll } from "../storage/types.js";
+
+const SESSION_PREFIX = "sessions/";
 import { BlobScratch, BlobStatus, openBlobInto } from "../pack/blob.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import { loadIndex } from "../repository/index-files.js";
@@ -181,6 +184,23 @@ async function derive(repo: Repository, progress: ProgressSink): Promise<Derived
       if (newest === undefined) continue;
       const sid = (await readSnapshot(repo, newest)).meta.sessionId;
       const meta = (await sessions.open(sid)).meta;
+      sessionChunkKey.set(sid, meta.chunkKeyEpoch);
+      if (meta.createdEpoch < targetEpoch) oldSessions.add(sid);
+    }
+    // Every other session created before the target epoch is old too: one whose old packs a
+    // cleanup had already unindexed when the checkpoint was lost, or one an interrupted backup
+    // left. Its key goes at the end (with its unindexed packs), as the cleanup would have done.
+    for (const { key } of await listAll(repo.store, SESSION_PREFIX)) {
+      const sid = key.slice(SESSION_PREFIX.length).split("/")[0] ?? "";
+      if (!/^[0-9a-f]{32}$/.test(sid) || sessionChunkKey.has(sid)) continue;
+      let meta;
+      try {
+        meta = (await sessions.open(sid)).meta;
+      } catch (e) {
+        // Left as it is: a session key that does not open is neither judged old nor deleted.
+        if (e instanceof IntegrityError) continue;
+        throw e;
+      }
       sessionChunkKey.set(sid, meta.chunkKeyEpoch);
       if (meta.createdEpoch < targetEpoch) oldSessions.add(sid);
     }
