@@ -5,7 +5,7 @@ import { FsStore, KDF_TEST, Secret, Vault } from "../../src/index.js";
 import { ObjectKind, parseEnvelope } from "../../src/format/envelope.js";
 import { parseSessionMeta } from "../../src/format/session.js";
 import { FaultyStore, type FaultyStoreOptions } from "../../src/storage/faulty.js";
-import { TEST_PASSPHRASE, vault } from "../helpers/cli.js";
+import { startCli, TEST_PASSPHRASE, vault } from "../helpers/cli.js";
 import { readTree, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
@@ -252,5 +252,34 @@ describe("repair reencrypt", () => {
     expect(again.stdout).toContain("re-encryption finished");
     await finished(f, "after the repair was run again");
     await everythingReadable(f, "after the repair was run again");
+  });
+
+  it("a re-encryption and then its repair, each killed with SIGKILL, finish when the repair is run again", async () => {
+    const f = await fixture();
+    const v = vault(f.repo);
+    const env = { VMVAULT_STATE_DIR: `${f.repo}-state`, VMVAULT_PASSPHRASE: TEST_PASSPHRASE };
+    const cpDir = path.join(f.repo, "checkpoints/reencrypt");
+    /** Starts the command and kills it once ready() says so; returns whether it was killed before it ended. */
+    const killWhen = async (args: string[], ready: () => Promise<boolean>): Promise<boolean> => {
+      const child = startCli(["--repo", f.repo, "--user", "admin", ...args], { env });
+      const closed = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
+      let done = false;
+      void closed.then(() => (done = true));
+      while (!done && !(await ready())) await new Promise((r) => setTimeout(r, 5));
+      const killed = !done;
+      if (killed) child.kill("SIGKILL");
+      await closed;
+      return killed;
+    };
+    expect(await killWhen(["key", "rotate", "--reencrypt"], async () => (await numbered(cpDir)).some((n) => Number(n) >= 3))).toBe(true);
+    const damaged = await damageCheckpoint(f.repo, "flip");
+    // Killed once the rebuilt checkpoint is stored (or, if it is quick, while it goes on).
+    await killWhen(["repair", "reencrypt"], async () => (await numbered(cpDir)).some((n) => Number(n) > Number(path.basename(damaged))));
+    await everythingReadable(f, "repair killed");
+    const again = await v(["repair", "reencrypt"]);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stdout).toContain("re-encryption finished");
+    await finished(f, "after the killed repair was run again");
+    await everythingReadable(f, "after the killed repair was run again");
   });
 });
