@@ -9,7 +9,7 @@ import { listAll } from "../storage/types.js";
 import { appendRegistryVersion } from "../users/registry-update.js";
 import { writeGrants } from "../users/users.js";
 import type { ProgressSink } from "../util/progress.js";
-import { pendingChunkKeyEpochs, readCheckpoint } from "./checkpoint.js";
+import { pendingChunkKeyEpochs, readCheckpoint, readIdMap } from "./checkpoint.js";
 
 const REPAIR_FIRST = "run `vmvault repair reencrypt` (admin) first: it finishes the re-encryption from what the repository holds; then rotate again";
 import { resealAll, type ResealStats } from "./reseal.js";
@@ -62,6 +62,7 @@ export async function assertNoReencryptionUnderWay(
   let state;
   try {
     state = await readCheckpoint(repo);
+    if (state?.newChunkKey === true) await readIdMap(repo);
   } catch (e) {
     // A checkpoint that does not open is repaired, not overrun: a new epoch would revoke the
     // keys the repair resumes with (with a new chunk-ID key, the only keys that verify old chunks).

@@ -62,17 +62,23 @@ async function interrupted(f: Fixture, phase: Phase, newChunkKey: boolean, extra
 
 const numbered = async (dir: string): Promise<string[]> => (await fsp.readdir(dir).catch(() => [] as string[])).filter((n) => /^\d+$/.test(n)).sort();
 
-type Damage = "flip" | "truncate" | "delete" | "foreign epoch";
-const DAMAGED: Record<Damage, string> = { flip: "altered (one byte flipped)", truncate: "truncated", delete: "deleted (ID maps left)", "foreign epoch": "sealed to an epoch nobody holds" };
+type Damage = "flip" | "truncate" | "delete" | "foreign epoch" | "id map";
+const DAMAGED: Record<Damage, string> = {
+  flip: "altered (one byte flipped)",
+  truncate: "truncated",
+  delete: "deleted (ID maps left)",
+  "foreign epoch": "sealed to an epoch nobody holds",
+  "id map": "left intact but an ID-map batch altered",
+};
 
-/** Damages the newest checkpoint; returns its object name. */
+/** Damages the newest checkpoint (or ID-map batch); returns its object name. */
 async function damageCheckpoint(repo: string, how: Damage): Promise<string> {
-  const dir = path.join(repo, "checkpoints/reencrypt");
+  const dir = path.join(repo, how === "id map" ? "checkpoints/reencrypt-map" : "checkpoints/reencrypt");
   const name = (await numbered(dir)).at(-1);
   expect(name, "a checkpoint to damage").toBeDefined();
   const file = path.join(dir, name as string);
   const bytes = Buffer.from(await fsp.readFile(file));
-  if (how === "flip") {
+  if (how === "flip" || how === "id map") {
     bytes[bytes.length - 3] = (bytes[bytes.length - 3] ?? 0) ^ 1;
     await fsp.writeFile(file, bytes);
   } else if (how === "truncate") await fsp.writeFile(file, bytes.subarray(0, bytes.length >> 1));
@@ -85,7 +91,7 @@ async function damageCheckpoint(repo: string, how: Damage): Promise<string> {
     bytes[at + 8] = "9".charCodeAt(0);
     await fsp.writeFile(file, bytes);
   }
-  return `checkpoints/reencrypt/${name as string}`;
+  return `${path.relative(repo, dir)}/${name as string}`;
 }
 
 async function packBytes(repo: string): Promise<number> {
@@ -148,6 +154,7 @@ describe("repair reencrypt", () => {
     { phase: "packs", damage: "foreign epoch", newChunkKey: false },
     { phase: "packs", damage: "delete", newChunkKey: true },
     { phase: "snapshots", damage: "flip", newChunkKey: true },
+    { phase: "snapshots", damage: "id map", newChunkKey: true },
     { phase: "cleanup", damage: "truncate", newChunkKey: true },
   ];
   for (const c of cases) {
