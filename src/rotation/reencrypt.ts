@@ -84,7 +84,15 @@ async function start(repo: Repository, o: ReencryptOptions): Promise<ReencryptSt
       // A backup that finished since the rotation wrote its snapshot under the new epoch's keys:
       // its session is not old (deleting its key would lose packs no index listed yet here).
       const sessionId = (await readSnapshot(repo, newest)).meta.sessionId;
-      if ((await sessions.open(sessionId)).meta.createdEpoch < target) oldSessions.add(sessionId);
+      const created = await sessions.open(sessionId).then(
+        (s) => s.meta.createdEpoch,
+        (e: unknown) => {
+          // A session key that does not open is old data's, as before (its snapshot then fails to rewrite, naming it).
+          if (e instanceof IntegrityError) return undefined;
+          throw e;
+        },
+      );
+      if (created === undefined || created < target) oldSessions.add(sessionId);
     }
   } finally {
     sessions.dispose();

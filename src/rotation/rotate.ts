@@ -10,9 +10,9 @@ import { appendRegistryVersion } from "../users/registry-update.js";
 import { writeGrants } from "../users/users.js";
 import type { ProgressSink } from "../util/progress.js";
 import { pendingChunkKeyEpochs, readCheckpoint, readIdMap } from "./checkpoint.js";
+import { resealAll, type ResealStats } from "./reseal.js";
 
 const REPAIR_FIRST = "run `vmvault repair reencrypt` (admin) first: it finishes the re-encryption from what the repository holds; then rotate again";
-import { resealAll, type ResealStats } from "./reseal.js";
 
 export interface RotateOptions {
   /** Draw a new chunk-ID key (only together with re-encryption, which rewrites every chunk ID). */
