@@ -32,6 +32,8 @@ export interface ReencryptState {
    * verified: the rewrite deduplicates against them as against its own (absent unless repaired).
    */
   readonly verifiedPacks?: readonly string[];
+  /** ID-map batches numbered below this one are left from the run a repair replaced: not trusted, ignored. */
+  readonly idMapFrom?: number;
   /** Set when `repair reencrypt` rebuilt this state after the previous checkpoint was lost. */
   readonly repaired?: { readonly at: string; readonly by: string };
   readonly checkpoint: number;
@@ -93,6 +95,7 @@ export async function readCheckpoint(repo: Repository): Promise<ReencryptState |
       ...(o["doneSnapshots"] === undefined ? {} : { doneSnapshots: int(o, "doneSnapshots") }),
       oldSessions: strings(o["oldSessions"], "oldSessions"),
       ...(o["verifiedPacks"] === undefined ? {} : { verifiedPacks: strings(o["verifiedPacks"], "verifiedPacks") }),
+      ...(o["idMapFrom"] === undefined ? {} : { idMapFrom: int(o, "idMapFrom") }),
       ...(o["repaired"] === undefined ? {} : { repaired: repairedOf(o["repaired"]) }),
       checkpoint: int(meta, "checkpoint"),
     };
@@ -122,9 +125,11 @@ export async function writeIdMapBatch(repo: Repository, epoch: number, batch: nu
   await repo.store.putIfAbsent(`${MAP_PREFIX}${pad(batch)}`, encodeEnvelope(ObjectKind.Checkpoint, meta, [sealed]));
 }
 
-export async function readIdMap(repo: Repository): Promise<Map<string, string>> {
+/** The ID map of a re-encryption: its batches from number `from` on (all when absent), later batches overriding earlier ones. */
+export async function readIdMap(repo: Repository, from = 0): Promise<Map<string, string>> {
   const map = new Map<string, string>();
   for (const { key } of await listAll(repo.store, MAP_PREFIX)) {
+    if (batchNumber(key) < from) continue;
     try {
       const env = parseEnvelope(ObjectKind.Checkpoint, await repo.store.get(key), false);
       const epoch = int(obj(env.meta), "epoch");
@@ -144,14 +149,22 @@ export async function readIdMap(repo: Repository): Promise<Map<string, string>> 
   return map;
 }
 
+/** A batch's number from its name (-1 for a name that is not one). */
+function batchNumber(key: string): number {
+  const m = /^\d{6}$/.exec(key.slice(MAP_PREFIX.length));
+  return m === null ? -1 : Number(m[0]);
+}
+
 /** The highest ID-map batch number stored (0 for none): the next batch takes the one above. */
 export async function highestIdMapBatch(repo: Repository): Promise<number> {
   let n = 0;
-  for (const { key } of await listAll(repo.store, MAP_PREFIX)) {
-    const m = /^\d{6}$/.exec(key.slice(MAP_PREFIX.length));
-    if (m !== null) n = Math.max(n, Number(m[0]));
-  }
+  for (const { key } of await listAll(repo.store, MAP_PREFIX)) n = Math.max(n, batchNumber(key));
   return n;
+}
+
+/** Deletes the ID-map batches numbered below `from`. */
+export async function deleteIdMapBatchesBelow(repo: Repository, from: number): Promise<void> {
+  for (const { key } of await listAll(repo.store, MAP_PREFIX)) if (batchNumber(key) < from) await repo.store.delete(key);
 }
 
 /**

@@ -197,7 +197,7 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
     }
 
     if (state.phase === "snapshots") {
-      const idMap = state.newChunkKey ? await readIdMap(repo) : undefined;
+      const idMap = state.newChunkKey ? await readIdMap(repo, state.idMapFrom) : undefined;
       const oldSessions = new Set(state.oldSessions);
       const reader = new BlobReader(repo, await loadIndex(repo), sessions, new Compressor(repo.config));
       const all = await listSnapshotKeys(repo);

@@ -17,6 +17,7 @@ import { toHex } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 import {
   checkpointObjects,
+  deleteIdMapBatchesBelow,
   highestCheckpointNumber,
   highestIdMapBatch,
   pendingChunkKeyEpochs,
@@ -87,8 +88,12 @@ async function rebuild(repo: Repository, progress: ProgressSink | undefined): Pr
     }
     const intact = await readIntact(repo);
     if (intact !== null) {
-      // A checkpoint a repair rebuilt, left by an interrupted repair: resume it.
-      if (intact.repaired !== undefined) return { state: intact, rebuilt: null };
+      // A checkpoint a repair rebuilt, left by an interrupted repair: resume it, without the
+      // untrusted ID-map batches if that repair stopped before deleting them.
+      if (intact.repaired !== undefined) {
+        if (intact.idMapFrom !== undefined) await deleteIdMapBatchesBelow(repo, intact.idMapFrom);
+        return { state: intact, rebuilt: null };
+      }
       throw new UsageError(
         `the re-encryption checkpoint checkpoints/reencrypt/${String(intact.checkpoint).padStart(6, "0")} opens: there is nothing to repair`,
         "run `vmvault key rotate --reencrypt`: it resumes the re-encryption where it stopped",
@@ -98,8 +103,10 @@ async function rebuild(repo: Repository, progress: ProgressSink | undefined): Pr
     // Nothing is deleted before the new checkpoint is stored: until then the newest checkpoint
     // is still the damaged one (or none, with the old ID maps or an old chunk-ID key left), so
     // a repair interrupted here is simply run again. The rebuilt ID map goes into batches
-    // numbered above the untrusted ones, which go once the checkpoint that replaces them is stored.
-    let batch = await highestIdMapBatch(repo);
+    // numbered from idMapFrom, above the untrusted ones: the new checkpoint names that number,
+    // so readers ignore the untrusted ones until they are deleted once it is stored.
+    const idMapFrom = (await highestIdMapBatch(repo)) + 1;
+    let batch = idMapFrom - 1;
     for (let at = 0; at < derived.pairs.length; at += PAIRS_PER_BATCH) {
       await writeIdMapBatch(repo, derived.targetEpoch, ++batch, derived.pairs.slice(at, at + PAIRS_PER_BATCH));
     }
@@ -120,11 +127,12 @@ async function rebuild(repo: Repository, progress: ProgressSink | undefined): Pr
         donePacks: derived.donePacks,
         oldSessions: derived.oldSessions,
         verifiedPacks: derived.verifiedPacks,
+        idMapFrom,
         repaired: { at: now, by: repo.userName },
       },
       highestCheckpointNumber(stored.checkpoints),
     );
-    for (const key of stored.idMaps) await repo.store.delete(key);
+    await deleteIdMapBatchesBelow(repo, idMapFrom);
     const discarded = [...stored.checkpoints, ...stored.idMaps];
     return { state, rebuilt: { discarded, verifiedPacks: derived.verifiedPacks.length, coveredPacks: derived.donePacks.length, oldPacks: derived.oldPacks.length } };
   } finally {
@@ -136,7 +144,7 @@ async function rebuild(repo: Repository, progress: ProgressSink | undefined): Pr
 async function readIntact(repo: Repository): Promise<ReencryptState | null> {
   try {
     const state = await readCheckpoint(repo);
-    if (state?.newChunkKey === true) await readIdMap(repo);
+    if (state?.newChunkKey === true) await readIdMap(repo, state.idMapFrom);
     return state;
   } catch (e) {
     if (e instanceof IntegrityError) return null;

@@ -62,7 +62,7 @@ export async function assertNoReencryptionUnderWay(
   let state;
   try {
     state = await readCheckpoint(repo);
-    if (state?.newChunkKey === true) await readIdMap(repo);
+    if (state?.newChunkKey === true) await readIdMap(repo, state.idMapFrom);
   } catch (e) {
     // A checkpoint that does not open is repaired, not overrun: a new epoch would revoke the
     // keys the repair resumes with (with a new chunk-ID key, the only keys that verify old chunks).

@@ -238,10 +238,13 @@ describe("repair reencrypt", () => {
     const v = vault(f.repo);
     await interrupted(f, "packs", true);
     const damaged = await damageCheckpoint(f.repo, "flip");
+    const mapDir = path.join(f.repo, "checkpoints/reencrypt-map");
+    const untrusted = await numbered(mapDir);
+    expect(untrusted.length).toBeGreaterThan(0);
     const repairOn = async (faults: FaultyStoreOptions): Promise<void> => {
       const lib = await Vault.open({ store: new FaultyStore(new FsStore(f.repo), faults), user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE) });
       try {
-        await expect(lib.repairReencryption()).rejects.toThrow(/storage full/);
+        await expect(lib.repairReencryption()).rejects.toThrow(/storage full|injected delete failure/);
       } finally {
         await lib.close();
       }
@@ -251,12 +254,20 @@ describe("repair reencrypt", () => {
     expect(await numbered(path.join(f.repo, "checkpoints/reencrypt"))).toEqual([path.basename(damaged)]);
     expect((await v(["key", "rotate"])).code).toBe(2);
     await everythingReadable(f, "repair stopped before its checkpoint");
-    // Stopped after: the rebuilt checkpoint stands, the snapshot rewrite fails.
-    await repairOn({ failPut: (key) => key.startsWith("snapshots/") });
+    // Stopped just after: the rebuilt checkpoint stands, the untrusted ID-map batches could not be deleted.
+    await repairOn({ failDelete: (key) => key.startsWith("checkpoints/reencrypt-map/") });
     const rebuilt = await numbered(path.join(f.repo, "checkpoints/reencrypt"));
     expect(rebuilt.length).toBe(1);
     expect(Number(rebuilt[0])).toBeGreaterThan(Number(path.basename(damaged)));
+    expect(await numbered(mapDir)).toEqual(expect.arrayContaining(untrusted));
     await everythingReadable(f, "repair stopped after its checkpoint");
+    // Run again and stopped in the snapshot rewrite: it resumed the rebuilt checkpoint and dropped the untrusted batches.
+    await repairOn({ failPut: (key) => key.startsWith("snapshots/") });
+    const resumed = await numbered(path.join(f.repo, "checkpoints/reencrypt"));
+    expect(resumed.length).toBe(1);
+    expect(Number(resumed[0])).toBeGreaterThanOrEqual(Number(rebuilt[0]));
+    expect((await numbered(mapDir)).filter((n) => untrusted.includes(n))).toEqual([]);
+    await everythingReadable(f, "repair stopped in the rewrite");
 
     const again = await v(["repair", "reencrypt"]);
     expect(again.code, again.stderr).toBe(0);
