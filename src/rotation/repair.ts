@@ -3,6 +3,7 @@ import { Compressor } from "../compress/compressor.js";
 import { loadBulkCrypto } from "../crypto/bulk.js";
 import type { IndexedPack } from "../format/index-file.js";
 import { packKey } from "../format/layout.js";
+import type { SessionMeta } from "../format/session.js";
 import { listAll } from "../storage/types.js";
 
 const SESSION_PREFIX = "sessions/";
@@ -174,6 +175,11 @@ async function derive(repo: Repository, progress: ProgressSink): Promise<Derived
   await loadIndex(repo, undefined, (f) => packs.push(...f.packs));
   const sessions = new SessionKeys(repo);
   try {
+    // A session is old when it was created before the target epoch, or when its chunk IDs are
+    // under another chunk-ID key than the target's (the epochs the cleanup destroys hold that
+    // key). The envelope's readable meta is not authenticated: the second test keeps a session
+    // whose creation epoch was altered upwards from keeping chunks the cleanup would make unverifiable.
+    const isOld = (meta: SessionMeta): boolean => meta.createdEpoch < targetEpoch || meta.chunkKeyEpoch !== targetInfo.chunkKeyEpoch;
     const oldSessions = new Set<string>();
     const sessionChunkKey = new Map<string, number>();
     const oldPacks: IndexedPack[] = [];
@@ -182,7 +188,7 @@ async function derive(repo: Repository, progress: ProgressSink): Promise<Derived
       const sid = toHex(p.sessionId);
       const meta = (await sessions.open(sid)).meta;
       sessionChunkKey.set(sid, meta.chunkKeyEpoch);
-      if (meta.createdEpoch < targetEpoch) {
+      if (isOld(meta)) {
         oldSessions.add(sid);
         oldPacks.push(p);
       } else newPacks.push(p);
@@ -193,7 +199,7 @@ async function derive(repo: Repository, progress: ProgressSink): Promise<Derived
       const sid = (await readSnapshot(repo, newest)).meta.sessionId;
       const meta = (await sessions.open(sid)).meta;
       sessionChunkKey.set(sid, meta.chunkKeyEpoch);
-      if (meta.createdEpoch < targetEpoch) oldSessions.add(sid);
+      if (isOld(meta)) oldSessions.add(sid);
     }
     // Every other session created before the target epoch is old too: one whose old packs a
     // cleanup had already unindexed when the checkpoint was lost, or one an interrupted backup
@@ -210,7 +216,7 @@ async function derive(repo: Repository, progress: ProgressSink): Promise<Derived
         throw e;
       }
       sessionChunkKey.set(sid, meta.chunkKeyEpoch);
-      if (meta.createdEpoch < targetEpoch) oldSessions.add(sid);
+      if (isOld(meta)) oldSessions.add(sid);
     }
     const targetKeyEpoch = targetInfo.chunkKeyEpoch;
     const rekeyed = new Set<number>();
