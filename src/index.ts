@@ -35,4 +35,5 @@ export type { AuditVerifyReport, AuditProblem } from "./audit/verify.js";
 export { BrokenTrailError } from "./audit/errors.js";
 export type { RotateResult } from "./rotation/rotate.js";
 export type { ReencryptResult } from "./rotation/reencrypt.js";
+export type { RebuiltCheckpoint, RepairReencryptOptions, RepairReencryptResult } from "./rotation/repair.js";
 export type { KeyStatus, EpochStatus } from "./rotation/status.js";

@@ -12,6 +12,7 @@ import type { ProgressSink } from "./util/progress.js";
 import type { RotateResult } from "./rotation/rotate.js";
 import type { ReencryptResult } from "./rotation/reencrypt.js";
 import type { KeyStatus } from "./rotation/status.js";
+import type { RepairReencryptOptions, RepairReencryptResult } from "./rotation/repair.js";
 import type { AuditLogEntry, AuditLogFilter } from "./audit/log.js";
 import type { AuditVerifyReport } from "./audit/verify.js";
 import type { Secret } from "./crypto/secret.js";
@@ -89,6 +90,14 @@ export class Vault {
   /** Indexes packs no readable index file lists, from their trailers (admin, operator). */
   async repairIndex(o: RepairIndexOptions = {}): Promise<RepairIndexResult> {
     return (await import("./maintenance/repair-index.js")).repairIndex(this.repository, o);
+  }
+
+  /**
+   * Admin: finishes a re-encryption whose checkpoint is damaged, unreadable or missing,
+   * rebuilding its progress from the repository (`repair reencrypt`).
+   */
+  async repairReencryption(o: RepairReencryptOptions = {}): Promise<RepairReencryptResult> {
+    return (await import("./rotation/repair.js")).repairReencryption(this.repository, o);
   }
 
   async listUsers(): Promise<UserSummary[]> {

@@ -36,7 +36,7 @@ export function buildProgram(interrupts: Interrupts = new Interrupts()): Command
   registerSnapshots(program);
   registerRestore(program, interrupts);
   registerCheck(program);
-  registerRepair(program);
+  registerRepair(program, interrupts);
   registerUser(program);
   registerAudit(program);
   registerKey(program, interrupts);

@@ -22,7 +22,7 @@ import { listSnapshotKeys, readSnapshot, readSnapshotBody } from "../snapshot/st
 import { fromHex, toHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
 import { rotateKeys } from "./rotate.js";
-import { deleteCheckpoints, idMapBatches, readCheckpoint, readIdMap, writeCheckpoint, writeIdMapBatch, type ReencryptState } from "./checkpoint.js";
+import { deleteCheckpoints, highestIdMapBatch, readCheckpoint, readIdMap, writeCheckpoint, writeIdMapBatch, type ReencryptState } from "./checkpoint.js";
 import { rewriteSnapshot } from "./rewrite.js";
 import { finishReencryption } from "./cleanup.js";
 
@@ -80,7 +80,19 @@ async function start(repo: Repository, o: ReencryptOptions): Promise<ReencryptSt
     }
     for (const [, keys] of await listSnapshotKeys(repo)) {
       const newest = keys[0];
-      if (newest !== undefined) oldSessions.add((await readSnapshot(repo, newest)).meta.sessionId);
+      if (newest === undefined) continue;
+      // A backup that finished since the rotation wrote its snapshot under the new epoch's keys:
+      // its session is not old (deleting its key would lose packs no index listed yet here).
+      const sessionId = (await readSnapshot(repo, newest)).meta.sessionId;
+      const created = await sessions.open(sessionId).then(
+        (s) => s.meta.createdEpoch,
+        (e: unknown) => {
+          // A session key that does not open is old data's, as before (its snapshot then fails to rewrite, naming it).
+          if (e instanceof IntegrityError) return undefined;
+          throw e;
+        },
+      );
+      if (created === undefined || created < target) oldSessions.add(sessionId);
     }
   } finally {
     sessions.dispose();
@@ -117,6 +129,11 @@ interface Rewriter {
   readonly putStored: (id: Uint8Array, blob: Uint8Array, rawLength: number) => Promise<void>;
 }
 
+/** Resumes a re-encryption from a checkpoint (the one `repair reencrypt` rebuilt): the same run `key rotate --reencrypt` resumes. */
+export function resumeReencryption(repo: Repository, state: ReencryptState, progress?: ProgressSink): Promise<ReencryptResult> {
+  return run(repo, state, true, progress);
+}
+
 async function run(repo: Repository, initial: ReencryptState, resumed: boolean, progress?: ProgressSink): Promise<ReencryptResult> {
   let state = initial;
   const sessions = new SessionKeys(repo);
@@ -132,8 +149,10 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
       for (const p of f.packs) indexed.set(toHex(p.packId), p);
     });
     const written = new ChunkIndex();
+    // Its own packs, and after `repair reencrypt` the packs it verified chunk by chunk.
+    const reusable = new Set(state.verifiedPacks ?? []);
     for (const p of indexed.values()) {
-      if (toHex(p.sessionId) !== state.sessionId) continue;
+      if (toHex(p.sessionId) !== state.sessionId && !reusable.has(toHex(p.packId))) continue;
       const n = written.addPack({ packId: toHex(p.packId), sessionId: state.sessionId, packLength: p.packLength });
       for (const e of p.entries) written.add(e.chunkId, n, e.offset, e.length, e.rawLength);
     }
@@ -158,7 +177,7 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
       const todo = state.oldPacks.filter((p) => !done.has(p));
       let batch: string[] = [];
       let pairs: [string, string][] = [];
-      let mapBatch = await idMapBatches(repo);
+      let mapBatch = await highestIdMapBatch(repo);
       for (const [i, packId] of todo.entries()) {
         progress?.({ phase: "re-encrypt packs", done: i + 1, total: todo.length, unit: "items" });
         const p = indexed.get(packId);
@@ -178,7 +197,7 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
     }
 
     if (state.phase === "snapshots") {
-      const idMap = state.newChunkKey ? await readIdMap(repo) : undefined;
+      const idMap = state.newChunkKey ? await readIdMap(repo, state.idMapFrom) : undefined;
       const oldSessions = new Set(state.oldSessions);
       const reader = new BlobReader(repo, await loadIndex(repo), sessions, new Compressor(repo.config));
       const all = await listSnapshotKeys(repo);
@@ -190,7 +209,12 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
         if (newest === undefined) continue;
         const rec = await readSnapshot(repo, newest);
         if (rec.meta.sessionId === state.sessionId) doneSnapshots++;
-        if (rec.meta.sessionId === state.sessionId || !oldSessions.has(rec.meta.sessionId)) continue;
+        if (rec.meta.sessionId === state.sessionId || !oldSessions.has(rec.meta.sessionId)) {
+          // Rewritten by a run killed before it deleted the older revisions (their bodies are
+          // under old session keys, which the cleanup deletes): the newest verified, they go.
+          if (rec.header.rewrittenBy !== undefined) for (const k of keys.slice(1)) await repo.store.delete(k);
+          continue;
+        }
         const body = await readSnapshotBody(repo, sessions, rec);
         let newBody: SnapshotBody = body;
         if (idMap !== undefined) {

@@ -9,8 +9,10 @@ import { listAll } from "../storage/types.js";
 import { appendRegistryVersion } from "../users/registry-update.js";
 import { writeGrants } from "../users/users.js";
 import type { ProgressSink } from "../util/progress.js";
-import { readCheckpoint } from "./checkpoint.js";
+import { pendingChunkKeyEpochs, readCheckpoint, readIdMap } from "./checkpoint.js";
 import { resealAll, type ResealStats } from "./reseal.js";
+
+const REPAIR_FIRST = "run `vmvault repair reencrypt` (admin) first: it finishes the re-encryption from what the repository holds; then rotate again";
 
 export interface RotateOptions {
   /** Draw a new chunk-ID key (only together with re-encryption, which rewrites every chunk ID). */
@@ -60,12 +62,23 @@ export async function assertNoReencryptionUnderWay(
   let state;
   try {
     state = await readCheckpoint(repo);
+    if (state?.newChunkKey === true) await readIdMap(repo, state.idMapFrom);
   } catch (e) {
-    // A checkpoint that does not open cannot be resumed anyway: refusing would only block revocation.
-    if (e instanceof IntegrityError) return;
-    throw e;
+    // A checkpoint that does not open is repaired, not overrun: a new epoch would revoke the
+    // keys the repair resumes with (with a new chunk-ID key, the only keys that verify old chunks).
+    if (!(e instanceof IntegrityError)) throw e;
+    throw new UsageError(`a re-encryption is under way but its checkpoint does not open (${e.message}); a new key rotation now would revoke keys it still needs`, REPAIR_FIRST);
   }
-  if (state === null) return;
+  if (state === null) {
+    const pending = pendingChunkKeyEpochs(repo);
+    if (pending.length > 0) {
+      throw new UsageError(
+        `a re-encryption with a new chunk-ID key is unfinished and its checkpoint is missing: data may still carry chunk IDs under the key of epoch ${pending.join(", ")}, which a new key rotation would revoke`,
+        REPAIR_FIRST,
+      );
+    }
+    return;
+  }
   throw new UsageError(
     `a re-encryption (to epoch ${state.targetEpoch}, started ${state.startedAt} by ${state.startedBy}) is under way; a new key rotation now would revoke the keys it resumes with`,
     hint,

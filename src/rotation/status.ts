@@ -8,7 +8,7 @@ import { authorizeAudited } from "../audit/guard.js";
 import { loadIndex } from "../repository/index-files.js";
 import type { Repository } from "../repository/repository.js";
 import { listAll } from "../storage/types.js";
-import { readCheckpoint, type ReencryptState } from "./checkpoint.js";
+import { checkpointObjects, pendingChunkKeyEpochs, readCheckpoint, type ReencryptState } from "./checkpoint.js";
 
 export interface EpochStatus {
   readonly id: number;
@@ -32,6 +32,11 @@ export interface KeyStatus {
   /** Packs (and bytes) still encrypted under session keys from before the current epoch. */
   readonly oldData: { packs: number; bytes: number };
   readonly reencryption: ReencryptState | null;
+  /**
+   * No checkpoint, yet ID-map batches or an epoch's chunk-ID key still pending say a
+   * re-encryption is unfinished: its checkpoint was lost (`repair reencrypt` finishes it).
+   */
+  readonly checkpointMissing: boolean;
 }
 
 async function metaEpochs(repo: Repository, prefix: string, kind: ObjectKind, read: (meta: unknown) => number): Promise<number[]> {
@@ -95,5 +100,7 @@ export async function keyStatus(repo: Repository): Promise<KeyStatus> {
       oldData.bytes += d.bytes;
     }
   }
-  return { current: latest.currentEpoch, epochs, oldData, reencryption: await readCheckpoint(repo) };
+  const reencryption = await readCheckpoint(repo);
+  const checkpointMissing = reencryption === null && (pendingChunkKeyEpochs(repo).length > 0 || (await checkpointObjects(repo)).idMaps.length > 0);
+  return { current: latest.currentEpoch, epochs, oldData, reencryption, checkpointMissing };
 }

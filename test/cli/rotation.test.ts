@@ -182,7 +182,8 @@ describe("key rotation and re-encryption", () => {
     const damaged = await v(["key", "status"]);
     expect(damaged.code).toBe(5);
     expect(damaged.stderr).toContain(`checkpoints/reencrypt/${cp}: re-encryption checkpoint does not open (modified or corrupted)`);
-    expect(damaged.stderr).toContain("next: the re-encryption cannot resume from it, and no command repairs a checkpoint yet; every snapshot stays readable meanwhile");
+    expect(damaged.stderr).toContain("next: the re-encryption cannot resume from it: run `vmvault repair reencrypt` (admin)");
+    expect(damaged.stderr).toContain("every snapshot stays readable meanwhile");
     await everythingReadable(f, "with a damaged checkpoint");
     await fsp.writeFile(path.join(dir, cp as string), saved);
 

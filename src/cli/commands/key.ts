@@ -80,7 +80,9 @@ export function registerKey(program: Command, interrupts: Interrupts): void {
         const r = s.reencryption;
         ctx.out(
           r === null
-            ? "no re-encryption under way"
+            ? s.checkpointMissing
+              ? "a re-encryption is unfinished and its checkpoint is missing; run `vmvault repair reencrypt` to finish it"
+              : "no re-encryption under way"
             : `re-encryption to epoch ${r.targetEpoch} under way (started ${r.startedAt} by ${r.startedBy}): phase ${r.phase}, ${r.donePacks.length}/${r.oldPacks.length} packs rewritten; run \`vmvault key rotate --reencrypt\` to resume`,
         );
       } finally {

@@ -1,0 +1,304 @@
+import { IntegrityError, NotFoundError, UsageError } from "../errors.js";
+import { Compressor } from "../compress/compressor.js";
+import { loadBulkCrypto } from "../crypto/bulk.js";
+import type { IndexedPack } from "../format/index-file.js";
+import { packKey } from "../format/layout.js";
+import type { SessionMeta } from "../format/session.js";
+import { listAll } from "../storage/types.js";
+
+const SESSION_PREFIX = "sessions/";
+import { BlobScratch, BlobStatus, openBlobInto } from "../pack/blob.js";
+import { audited, authorizeAudited } from "../audit/guard.js";
+import { loadIndex } from "../repository/index-files.js";
+import { acquireLock } from "../repository/lock.js";
+import { chunkKeyFor, type Repository } from "../repository/repository.js";
+import { createSession, SessionKeys } from "../repository/sessions.js";
+import { listSnapshotKeys, readSnapshot } from "../snapshot/store.js";
+import { toHex } from "../util/bytes.js";
+import { throttled, type ProgressSink } from "../util/progress.js";
+import {
+  checkpointObjects,
+  deleteIdMapBatchesBelow,
+  highestCheckpointNumber,
+  highestIdMapBatch,
+  pendingChunkKeyEpochs,
+  readCheckpoint,
+  readIdMap,
+  writeCheckpoint,
+  writeIdMapBatch,
+  type ReencryptState,
+} from "./checkpoint.js";
+import { resumeReencryption, type ReencryptResult } from "./reencrypt.js";
+
+export interface RepairReencryptOptions {
+  readonly progress?: ProgressSink;
+}
+
+/** What rebuilding the lost checkpoint found (null when this run resumed a checkpoint a repair had rebuilt). */
+export interface RebuiltCheckpoint {
+  /** The checkpoint and ID-map objects discarded (damaged, unreadable, or no longer trusted). */
+  readonly discarded: readonly string[];
+  /** Packs under the target epoch's keys whose every chunk was decrypted and verified, kept for reuse. */
+  readonly verifiedPacks: number;
+  /** Old packs whose every chunk the verified packs hold already: not rewritten again. */
+  readonly coveredPacks: number;
+  readonly oldPacks: number;
+}
+
+export interface RepairReencryptResult extends ReencryptResult {
+  readonly rebuilt: RebuiltCheckpoint | null;
+}
+
+/** Old chunk ID -> new chunk ID pairs per ID-map batch (about 4.5 MB of JSON). */
+const PAIRS_PER_BATCH = 32_768;
+
+/**
+ * Admin only: the way out of a re-encryption whose newest checkpoint (or an ID-map batch) is
+ * damaged, unreadable or missing. Under the exclusive lock it rebuilds the progress from the
+ * repository itself, trusting nothing the lost checkpoint said: the re-encryption's target is
+ * the current epoch; old data is every indexed pack and newest snapshot revision of a session
+ * created before it; work already done is kept only where it verifies (every chunk of a pack
+ * under the target epoch's keys decrypted and its ID recomputed), everything else is redone.
+ * It then discards the old checkpoint and ID maps (a new checkpoint replaces them) and finishes
+ * the re-encryption as `key rotate --reencrypt` would. Interrupted, it is run again.
+ */
+export async function repairReencryption(repo: Repository, o: RepairReencryptOptions = {}): Promise<RepairReencryptResult> {
+  await authorizeAudited(repo, "admin", "key rotate", { reencrypt: "repair" });
+  return audited(repo, {
+    entry: { action: "key rotate", target: { reencrypt: "repair" } },
+    started: false,
+    run: async () => {
+      const { state, rebuilt } = await rebuild(repo, o.progress);
+      return { ...(await resumeReencryption(repo, state, o.progress)), rebuilt };
+    },
+    outcome: (r) => ({ epoch: r.epoch, packsRewritten: r.packsRewritten, snapshotsRewritten: r.snapshotsRewritten, ...(r.rebuilt === null ? {} : { discarded: [...r.rebuilt.discarded] }) }),
+  });
+}
+
+async function rebuild(repo: Repository, progress: ProgressSink | undefined): Promise<{ state: ReencryptState; rebuilt: RebuiltCheckpoint | null }> {
+  // Exclusive: no re-encryption resumes, and no other repair runs, while the state is judged and replaced.
+  const lock = await acquireLock(repo, "re-encryption repair", true);
+  try {
+    const stored = await checkpointObjects(repo);
+    const pending = pendingChunkKeyEpochs(repo);
+    if (stored.checkpoints.length === 0 && stored.idMaps.length === 0 && pending.length === 0) {
+      throw new UsageError(
+        "no re-encryption is under way: there is no re-encryption checkpoint to repair",
+        "`vmvault key status` shows the key epochs and any data still under old keys; `vmvault key rotate --reencrypt` starts a re-encryption",
+      );
+    }
+    const intact = await readIntact(repo);
+    if (intact !== null) {
+      // A checkpoint a repair rebuilt, left by an interrupted repair: resume it, without the
+      // untrusted ID-map batches if that repair stopped before deleting them.
+      if (intact.repaired !== undefined) {
+        if (intact.idMapFrom !== undefined) await deleteIdMapBatchesBelow(repo, intact.idMapFrom);
+        return { state: intact, rebuilt: null };
+      }
+      throw new UsageError(
+        `the re-encryption checkpoint checkpoints/reencrypt/${String(intact.checkpoint).padStart(6, "0")} opens: there is nothing to repair`,
+        "run `vmvault key rotate --reencrypt`: it resumes the re-encryption where it stopped",
+      );
+    }
+    const derived = await derive(repo, throttled(progress));
+    // Nothing is deleted before the new checkpoint is stored: until then the newest checkpoint
+    // is still the damaged one (or none, with the old ID maps or an old chunk-ID key left), so
+    // a repair interrupted here is simply run again. The rebuilt ID map goes into batches
+    // numbered from idMapFrom, above the untrusted ones: the new checkpoint names that number,
+    // so readers ignore the untrusted ones until they are deleted once it is stored.
+    const idMapFrom = (await highestIdMapBatch(repo)) + 1;
+    let batch = idMapFrom - 1;
+    for (let at = 0; at < derived.pairs.length; at += PAIRS_PER_BATCH) {
+      await writeIdMapBatch(repo, derived.targetEpoch, ++batch, derived.pairs.slice(at, at + PAIRS_PER_BATCH));
+    }
+    const session = await createSession(repo);
+    session.key.dispose();
+    const now = repo.now();
+    // Stored under a number above every stored checkpoint; the older ones (the damaged one among them) are then deleted.
+    const state = await writeCheckpoint(
+      repo,
+      {
+        startedAt: now,
+        startedBy: repo.userName,
+        targetEpoch: derived.targetEpoch,
+        newChunkKey: derived.newChunkKey,
+        sessionId: session.sessionId,
+        phase: "packs",
+        oldPacks: derived.oldPacks,
+        donePacks: derived.donePacks,
+        oldSessions: derived.oldSessions,
+        verifiedPacks: derived.verifiedPacks,
+        idMapFrom,
+        repaired: { at: now, by: repo.userName },
+      },
+      highestCheckpointNumber(stored.checkpoints),
+    );
+    await deleteIdMapBatchesBelow(repo, idMapFrom);
+    const discarded = [...stored.checkpoints, ...stored.idMaps];
+    return { state, rebuilt: { discarded, verifiedPacks: derived.verifiedPacks.length, coveredPacks: derived.donePacks.length, oldPacks: derived.oldPacks.length } };
+  } finally {
+    await lock.release();
+  }
+}
+
+/** The newest checkpoint and every ID-map batch it needs, or null when any of them does not open (or no checkpoint is left). */
+async function readIntact(repo: Repository): Promise<ReencryptState | null> {
+  try {
+    const state = await readCheckpoint(repo);
+    if (state?.newChunkKey === true) await readIdMap(repo, state.idMapFrom);
+    return state;
+  } catch (e) {
+    if (e instanceof IntegrityError) return null;
+    throw e;
+  }
+}
+
+interface Derived {
+  readonly targetEpoch: number;
+  readonly newChunkKey: boolean;
+  readonly oldPacks: string[];
+  readonly donePacks: string[];
+  readonly oldSessions: string[];
+  readonly verifiedPacks: string[];
+  /** ID-map pairs of every chunk of the done packs (with a new chunk-ID key; empty otherwise). */
+  readonly pairs: [string, string][];
+}
+
+/** Rebuilds the re-encryption's state from the registry, the index, the snapshots and the packs themselves. */
+async function derive(repo: Repository, progress: ProgressSink): Promise<Derived> {
+  const latest = repo.chain.latest;
+  const targetEpoch = latest.currentEpoch;
+  const targetInfo = latest.epochs.find((e) => e.id === targetEpoch);
+  if (targetInfo === undefined) throw new IntegrityError("the registry names no current epoch");
+  const packs: IndexedPack[] = [];
+  // A damaged index file stops the repair: the packs only it lists could not be judged.
+  await loadIndex(repo, undefined, (f) => packs.push(...f.packs));
+  const sessions = new SessionKeys(repo);
+  try {
+    // A session is old when it was created before the target epoch, or when its chunk IDs are
+    // under another chunk-ID key than the target's (the epochs the cleanup destroys hold that
+    // key). The envelope's readable meta is not authenticated: the second test keeps a session
+    // whose creation epoch was altered upwards from keeping chunks the cleanup would make unverifiable.
+    const isOld = (meta: SessionMeta): boolean => meta.createdEpoch < targetEpoch || meta.chunkKeyEpoch !== targetInfo.chunkKeyEpoch;
+    const oldSessions = new Set<string>();
+    const sessionChunkKey = new Map<string, number>();
+    const oldPacks: IndexedPack[] = [];
+    const newPacks: IndexedPack[] = [];
+    for (const p of packs) {
+      const sid = toHex(p.sessionId);
+      const meta = (await sessions.open(sid)).meta;
+      sessionChunkKey.set(sid, meta.chunkKeyEpoch);
+      if (isOld(meta)) {
+        oldSessions.add(sid);
+        oldPacks.push(p);
+      } else newPacks.push(p);
+    }
+    for (const [, keys] of await listSnapshotKeys(repo)) {
+      const newest = keys[0];
+      if (newest === undefined) continue;
+      const sid = (await readSnapshot(repo, newest)).meta.sessionId;
+      const meta = (await sessions.open(sid)).meta;
+      sessionChunkKey.set(sid, meta.chunkKeyEpoch);
+      if (isOld(meta)) oldSessions.add(sid);
+    }
+    // Every other session created before the target epoch is old too: one whose old packs a
+    // cleanup had already unindexed when the checkpoint was lost, or one an interrupted backup
+    // left. Its key goes at the end (with its unindexed packs), as the cleanup would have done.
+    for (const { key } of await listAll(repo.store, SESSION_PREFIX)) {
+      const sid = key.slice(SESSION_PREFIX.length).split("/")[0] ?? "";
+      if (!/^[0-9a-f]{32}$/.test(sid) || sessionChunkKey.has(sid)) continue;
+      let meta;
+      try {
+        meta = (await sessions.open(sid)).meta;
+      } catch (e) {
+        // Left as it is: a session key that does not open is neither judged old nor deleted.
+        if (e instanceof IntegrityError) continue;
+        throw e;
+      }
+      sessionChunkKey.set(sid, meta.chunkKeyEpoch);
+      if (isOld(meta)) oldSessions.add(sid);
+    }
+    const targetKeyEpoch = targetInfo.chunkKeyEpoch;
+    const rekeyed = new Set<number>();
+    for (const sid of oldSessions) {
+      const k = sessionChunkKey.get(sid);
+      if (k !== undefined && k !== targetKeyEpoch) rekeyed.add(k);
+    }
+    const newChunkKey = rekeyed.size > 0;
+    const oldIds = new Set<string>();
+    for (const p of oldPacks) for (const e of p.entries) oldIds.add(toHex(e.chunkId));
+
+    // Work already done: chunks under the target epoch's keys, each decrypted and its ID
+    // recomputed before it counts. With a new chunk-ID key, its plaintext also gives the old ID
+    // (under each old chunk-ID key), which is how the ID map is rebuilt without trusting one.
+    const verified = new Set<string>();
+    const map = new Map<string, string>();
+    const verifiedPacks: string[] = [];
+    const candidates = newChunkKey ? newPacks : newPacks.filter((p) => p.entries.some((e) => oldIds.has(toHex(e.chunkId))));
+    const oldKeys = [...rekeyed].map((k) => chunkKeyFor(repo, k));
+    const bulk = await loadBulkCrypto();
+    const scratch = new BlobScratch();
+    const compressor = new Compressor(repo.config);
+    for (const [i, p] of candidates.entries()) {
+      progress({ phase: "verify re-encrypted packs", done: i + 1, total: candidates.length, unit: "items" });
+      const packId = toHex(p.packId);
+      const sid = toHex(p.sessionId);
+      let bytes: Uint8Array;
+      try {
+        bytes = await repo.store.get(packKey(packId));
+      } catch (e) {
+        if (e instanceof NotFoundError) continue;
+        throw e;
+      }
+      const session = await sessions.open(sid);
+      const idKey = chunkKeyFor(repo, session.meta.chunkKeyEpoch);
+      const ids: string[] = [];
+      const pairs: [string, string][] = [];
+      let ok = true;
+      for (const e of p.entries) {
+        const plain = new Uint8Array(e.rawLength);
+        const status = openBlobInto(bulk, session.key.bytes, idKey.bytes, e.chunkId, bytes.subarray(e.offset, e.offset + e.length), compressor, scratch, plain);
+        if (status !== BlobStatus.Ok) {
+          // Not reused: the rewrite writes these chunks again.
+          ok = false;
+          break;
+        }
+        const id = toHex(e.chunkId);
+        ids.push(id);
+        for (const k of oldKeys) {
+          const oldId = toHex(repo.crypto.hash(plain, k));
+          if (oldIds.has(oldId)) pairs.push([oldId, id]);
+        }
+      }
+      if (!ok) continue;
+      verifiedPacks.push(packId);
+      for (const id of ids) verified.add(id);
+      for (const [from, to] of pairs) map.set(from, to);
+    }
+
+    // An old pack is done when every chunk of it is held, verified, under the new keys.
+    const donePacks: string[] = [];
+    const pairs: [string, string][] = [];
+    for (const p of oldPacks) {
+      const sameKey = sessionChunkKey.get(toHex(p.sessionId)) === targetKeyEpoch;
+      const to = p.entries.map((e) => {
+        const id = toHex(e.chunkId);
+        return sameKey ? (verified.has(id) ? id : undefined) : map.get(id);
+      });
+      if (!to.every((t) => t !== undefined)) continue;
+      donePacks.push(toHex(p.packId));
+      if (newChunkKey) p.entries.forEach((e, i) => pairs.push([toHex(e.chunkId), to[i] as string]));
+    }
+    return {
+      targetEpoch,
+      newChunkKey,
+      oldPacks: oldPacks.map((p) => toHex(p.packId)),
+      donePacks,
+      oldSessions: [...oldSessions],
+      verifiedPacks,
+      pairs,
+    };
+  } finally {
+    sessions.dispose();
+  }
+}
