@@ -6,6 +6,7 @@ import { INDEX_PREFIX, LOCK_PREFIX, SNAPSHOT_PREFIX } from "../src/format/layout
 import { parseSnapshotMeta } from "../src/format/snapshot.js";
 import { listAll, type ByteRange, type ObjectInfo, type Store } from "../src/storage/types.js";
 import { FsStore, KDF_TEST, Secret, Vault } from "../src/index.js";
+import { appendRegistryVersion } from "../src/users/registry-update.js";
 import { initTestVault, makeImage, sha256File, tempDirs } from "./helpers/fixtures.js";
 
 const tmp = tempDirs();
@@ -183,6 +184,24 @@ describe("a command whose view of the keys predates a rotation that ended before
     await expectCheckPasses(dir);
   });
 
+  it("a backup by a user whose role changed is refused (exit 4), and nothing is written", async () => {
+    const { dir } = await fixture();
+    const image = path.join(tmp("src"), "vm.raw");
+    await makeImage(image, { sizeMiB: 1, seed: "role" });
+    const bk = await open(new FsStore(dir), "bk");
+    // No command changes a role yet; an admin's registry version can.
+    const admin = await open(new FsStore(dir), "admin");
+    await appendRegistryVersion(admin.repository, "role change: bk is an auditor", (doc) => ({ ...doc, users: doc.users.map((u) => (u.name === "bk" ? { ...u, role: "auditor" as const } : u)) }));
+    await admin.close();
+    const before = await objectKeys(dir);
+    await expect(bk.backup({ vm: "vm", sources: [image] })).rejects.toMatchObject({
+      code: "E_ACCESS_DENIED",
+      message: "access denied: the role of bk changed from backup to auditor while this command waited for its lock; nothing was done",
+    });
+    await bk.close();
+    expect(await objectKeys(dir)).toEqual(before);
+  });
+
   it("a restore whose view predates the rotation restores byte for byte", async () => {
     const { dir, image, first } = await fixture();
     const rs = await open(new FsStore(dir), "rs");
@@ -195,7 +214,7 @@ describe("a command whose view of the keys predates a rotation that ended before
     expect(await sha256File(path.join(out, "vm.raw"))).toBe(await sha256File(image));
   });
 
-  it("a restore that resolved its snapshot, then took its lock after a whole rotation, restores byte for byte", async () => {
+  it("a restore that reaches its lock while a whole rotation runs (as with --lock-wait) restores byte for byte", async () => {
     const { dir, image, first } = await fixture();
     let epoch = -1;
     const store = new HookStore(new FsStore(dir), LOCK_PREFIX, async () => {
