@@ -178,7 +178,7 @@ describe("a command whose view of the keys predates a rotation that ended before
     );
     await bk.close();
     expect(err).toMatchObject({ code: "E_AUTH" });
-    expect(String(err)).toMatch(/user bk was removed from the repository \(by admin at .*\) while this command waited for its lock/);
+    expect(String(err)).toMatch(/user bk was removed from the repository \(by admin at .*\) after this command opened it; nothing was done/);
     expect(await objectKeys(dir)).toEqual(before);
     expect(await listAll(new FsStore(dir), LOCK_PREFIX)).toEqual([]);
     await expectCheckPasses(dir);
@@ -196,7 +196,7 @@ describe("a command whose view of the keys predates a rotation that ended before
     const before = await objectKeys(dir);
     await expect(bk.backup({ vm: "vm", sources: [image] })).rejects.toMatchObject({
       code: "E_ACCESS_DENIED",
-      message: "access denied: the role of bk changed from backup to auditor while this command waited for its lock; nothing was done",
+      message: "access denied: the role of bk changed from backup to auditor after this command opened the repository; nothing was done",
     });
     await bk.close();
     expect(await objectKeys(dir)).toEqual(before);
@@ -241,7 +241,7 @@ describe("a command whose view of the keys predates a rotation that ended before
     const out = path.join(tmp("out"), "target");
     await expect(rs.restore({ snapshot: first, target: out, reason: "removed meanwhile" })).rejects.toMatchObject({
       code: "E_AUTH",
-      message: expect.stringMatching(/user rs was removed from the repository .* while this command waited for its lock/) as unknown,
+      message: expect.stringMatching(/user rs was removed from the repository .* after this command opened it/) as unknown,
     });
     await rs.close();
     expect(store.ran).toBe(true);
@@ -274,6 +274,26 @@ describe("a command whose view of the keys predates a rotation that ended before
     expect(r.packsIndexed).toBeGreaterThan(0);
     expect((await sealedEpochs(dir, first)).index).toEqual([epoch]);
     expect(await restoreAsNewRestorer(dir, first, epoch)).toBe(await sha256File(image));
+    await expectCheckPasses(dir);
+  });
+
+  it("user add and user remove by an admin whose view is stale start from the newest registry: the new user gets only the new epoch, and the removal reads the snapshots", async () => {
+    const { dir, image, first } = await fixture();
+    const stale = await open(new FsStore(dir), "admin");
+    const epoch = await rotate(dir);
+    // Was: exit 5 ("no metadata key of epoch 2 is granted to you") reading the snapshots op signed.
+    const removed = await stale.removeUser("op");
+    expect(removed.snapshots).toEqual([]);
+    // Was: exit 6 after sealing grants of the revoked epoch 1 (then deleted again).
+    const added = await stale.addUser({ name: "rs2", role: "restorer", passphrase: Secret.fromString("rs2-pass"), kdf: KDF_TEST, allowWeakKdf: true });
+    await stale.close();
+    expect(added.epochs).toEqual([epoch]);
+    const rs2 = await open(new FsStore(dir), "rs2");
+    expect(rs2.repository.keyring.epochs.map((e) => e.info.id)).toEqual([epoch]);
+    const out = tmp("out");
+    await rs2.restore({ snapshot: first, target: out, reason: "added by a stale admin" });
+    await rs2.close();
+    expect(await sha256File(path.join(out, "vm.raw"))).toBe(await sha256File(image));
     await expectCheckPasses(dir);
   });
 

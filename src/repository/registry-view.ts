@@ -49,12 +49,12 @@ export async function refreshRegistryView(repo: Repository): Promise<boolean> {
     const removal = latest.removed.findLast((r) => r.name === me.name && repo.crypto.equal(r.signPublicKey, me.signPublicKey));
     const by = removal === undefined ? "" : ` (by ${removal.removedBy} at ${removal.removedAt})`;
     throw new RemovedWhileWaitingError(
-      `user ${me.name} was removed from the repository${by} while this command waited for its lock; nothing was done`,
+      `user ${me.name} was removed from the repository${by} after this command opened it; nothing was done`,
       "an admin can add them again with `vmvault user add`; the keys from before open nothing written from now on",
     );
   }
   if (now.role !== me.role) {
-    throw new VaultError("E_ACCESS_DENIED", `access denied: the role of ${me.name} changed from ${me.role} to ${now.role} while this command waited for its lock; nothing was done`, {
+    throw new VaultError("E_ACCESS_DENIED", `access denied: the role of ${me.name} changed from ${me.role} to ${now.role} after this command opened the repository; nothing was done`, {
       hint: "run the command again: it is then checked against the new role",
     });
   }
