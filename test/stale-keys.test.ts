@@ -4,6 +4,7 @@ import { ObjectKind, parseEnvelope } from "../src/format/envelope.js";
 import { parseIndexMeta } from "../src/format/index-file.js";
 import { INDEX_PREFIX, LOCK_PREFIX, SNAPSHOT_PREFIX } from "../src/format/layout.js";
 import { parseSnapshotMeta } from "../src/format/snapshot.js";
+import { FaultyStore } from "../src/storage/faulty.js";
 import { listAll, type ByteRange, type ObjectInfo, type Store } from "../src/storage/types.js";
 import { FsStore, KDF_TEST, Secret, Vault } from "../src/index.js";
 import { appendRegistryVersion } from "../src/users/registry-update.js";
@@ -306,6 +307,28 @@ describe("a command whose view of the keys predates a rotation that ended before
     expect(r.epoch).toBe(3);
     expect(await sealedEpochs(dir, first)).toEqual({ snapshot: [3], session: [3], index: [3] });
     expect(await restoreAsNewRestorer(dir, first, 3)).toBe(await sha256File(image));
+    await expectCheckPasses(dir);
+  });
+});
+
+describe("a re-encryption resumed by an admin whose view predates it", () => {
+  it("reads the checkpoint with the newest keys and finishes", async () => {
+    const { dir, image, first } = await fixture();
+    const stale = await open(new FsStore(dir), "admin");
+    // Another admin's re-encryption stops in its cleanup: the checkpoint is sealed to epoch 2.
+    let failing = true;
+    const faulty = new FaultyStore(new FsStore(dir), { failDelete: (key) => failing && key.startsWith("data/") });
+    const other = await open(faulty, "admin");
+    await expect(other.rotateKeys({ reencrypt: true })).rejects.toThrow(/injected delete failure/);
+    failing = false;
+    await other.close();
+    // Was: exit 5, "no index key of epoch 2 is held", for a checkpoint that is fine.
+    const r = await stale.rotateKeys({ reencrypt: true });
+    await stale.close();
+    expect("resumed" in r && r.resumed).toBe(true);
+    expect("destroyedEpochs" in r ? r.destroyedEpochs : []).toEqual([1]);
+    expect(await sealedEpochs(dir, first)).toEqual({ snapshot: [2], session: [2], index: [2] });
+    expect(await restoreAsNewRestorer(dir, first, 2)).toBe(await sha256File(image));
     await expectCheckPasses(dir);
   });
 });
