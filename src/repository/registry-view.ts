@@ -19,8 +19,11 @@ export async function newerRegistryChain(repo: Repository, version: number): Pro
   return loadRegistryChain(repo.crypto, repo.store, genesis, repo.repoId);
 }
 
-/** The user a command runs as was removed (or replaced under the same name) while the command waited for its lock. */
-export class RemovedWhileWaitingError extends AuthError {}
+/**
+ * The user a command runs as was removed (or replaced under the same name) after the command
+ * opened the repository, while it waited for its lock, say (E_AUTH, exit 3).
+ */
+export class UserRemovedError extends AuthError {}
 
 /**
  * Makes sure the registry a command opened the repository with is still the newest, once the
@@ -32,7 +35,7 @@ export class RemovedWhileWaitingError extends AuthError {}
  * user's grants are brought up to date (the new current epoch's opened, revoked epochs'
  * forgotten), and the command goes on with the current epoch: a backup then seals to the new
  * epoch, never to one whose grants a rotation revoked. A user the new registry no longer lists
- * under their key gets RemovedWhileWaitingError (E_AUTH, exit 3); one whose role changed,
+ * under their key gets UserRemovedError (E_AUTH, exit 3); one whose role changed,
  * E_ACCESS_DENIED (exit 4). Returns whether the view changed.
  */
 export async function refreshRegistryView(repo: Repository): Promise<boolean> {
@@ -48,9 +51,9 @@ export async function refreshRegistryView(repo: Repository): Promise<boolean> {
   if (now === undefined || !repo.crypto.equal(now.signPublicKey, me.signPublicKey)) {
     const removal = latest.removed.findLast((r) => r.name === me.name && repo.crypto.equal(r.signPublicKey, me.signPublicKey));
     const by = removal === undefined ? "" : ` (by ${removal.removedBy} at ${removal.removedAt})`;
-    throw new RemovedWhileWaitingError(
+    throw new UserRemovedError(
       `user ${me.name} was removed from the repository${by} after this command opened it; nothing was done`,
-      "an admin can add them again with `vmvault user add`; the keys from before open nothing written from now on",
+      "this user can no longer use the repository; an admin can add them again with `vmvault user add`",
     );
   }
   if (now.role !== me.role) {
