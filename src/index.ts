@@ -14,6 +14,7 @@ export {
   type ErrorCode,
   type Damage,
 } from "./errors.js";
+export { UserRemovedError } from "./repository/registry-view.js";
 export { Secret } from "./crypto/secret.js";
 export { KDF_DEFAULT, KDF_FLOOR, KDF_TEST, type KdfStrength } from "./crypto/kdf.js";
 export type { RandomSource } from "./crypto/suite.js";

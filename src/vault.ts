@@ -3,6 +3,7 @@ import type { BackupOptions, BackupResult } from "./backup/backup.js";
 import type { CheckOptions, CheckReport } from "./maintenance/check.js";
 import type { RepairIndexOptions, RepairIndexResult } from "./maintenance/repair-index.js";
 import { initRepository, openRepository, type InitOptions, type OpenOptions } from "./repository/open.js";
+import { refreshRegistryView } from "./repository/registry-view.js";
 import type { Repository } from "./repository/repository.js";
 import type { RestoreOptions, RestoreResult } from "./restore/restore.js";
 import type { SnapshotSummary } from "./snapshot/list.js";
@@ -144,7 +145,12 @@ export class Vault {
       throw new UsageError("--new-chunk-key needs --reencrypt: every stored chunk must be rewritten under the new chunk IDs");
     }
     const progress = o.progress === undefined ? {} : { progress: o.progress };
-    if (o.reencrypt === true) return (await import("./rotation/reencrypt.js")).reencrypt(this.repository, { newChunkKey: o.newChunkKey === true, ...progress });
+    if (o.reencrypt === true) {
+      // A re-encryption reads its checkpoint, sealed to the newest epoch, before it takes a lock:
+      // from the newest registry, so one started by another admin since this vault was opened resumes.
+      await refreshRegistryView(this.repository);
+      return (await import("./rotation/reencrypt.js")).reencrypt(this.repository, { newChunkKey: o.newChunkKey === true, ...progress });
+    }
     return (await import("./rotation/rotate.js")).rotateKeys(this.repository, progress);
   }
 

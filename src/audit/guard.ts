@@ -1,6 +1,7 @@
 import { AccessDeniedError, exitCodeFor, exitCodeOfError, isVaultError } from "../errors.js";
 import type { AuditAction, AuditBody } from "../format/audit.js";
 import type { Action } from "../keys/roles.js";
+import { UserRemovedError } from "../repository/registry-view.js";
 import type { Repository } from "../repository/repository.js";
 import { appendAudit, type AuditEntry } from "./trail.js";
 
@@ -35,6 +36,9 @@ export async function audited<T>(repo: Repository, o: AuditedRun<T>): Promise<T>
   try {
     result = await o.run();
   } catch (e) {
+    // A user removed after the command opened the repository is no user any more: a record they
+    // signed now would only show up as a break in the trail (their records stop at the removal).
+    if (e instanceof UserRemovedError) throw e;
     const code = isVaultError(e) ? exitCodeOfError(e) : 1;
     const message = e instanceof Error ? e.message : String(e);
     await appendAudit(repo, { ...o.entry, result: "failed", code, message }).catch(() => undefined);

@@ -1,10 +1,10 @@
 import { IntegrityError, LockedError, NotFoundError, VaultError } from "../errors.js";
 import { appendSignature, encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { encodeAuditBody, encodeAuditBodyMeta, encodeAuditMeta, parseAuditMeta, type AuditAction, type AuditBody, type AuditMeta, type AuditResult } from "../format/audit.js";
-import { AUDIT_PREFIX, auditBodyKey, auditKey, parseNumberedKey, REGISTRY_PREFIX } from "../format/layout.js";
+import { AUDIT_PREFIX, auditBodyKey, auditKey, parseNumberedKey } from "../format/layout.js";
 import type { AuditHead, RegistryDoc } from "../format/registry.js";
-import { loadRegistryChain } from "../keys/registry.js";
 import { FormatError } from "../format/codec.js";
+import { newerRegistryChain } from "../repository/registry-view.js";
 import type { Repository } from "../repository/repository.js";
 import { listAll } from "../storage/types.js";
 import { toHex } from "../util/bytes.js";
@@ -119,17 +119,9 @@ async function storeBody(repo: Repository, bodyBytes: Uint8Array, bodyDigest: st
   throw new LockedError(`the keys were rotated ${MAX_RESEALS} times while one audit record was stored`, "run the command again once the key rotations have finished");
 }
 
-/**
- * The newest registry version, verified from the genesis root key like any registry read, when
- * one newer than `version` is stored; undefined otherwise (one listing, the common case).
- */
+/** The newest registry version when one newer than `version` is stored (one listing otherwise). */
 async function newerRegistryVersion(repo: Repository, version: number): Promise<RegistryDoc | undefined> {
-  const stored = (await listAll(repo.store, REGISTRY_PREFIX))
-    .map((o) => parseNumberedKey(o.key, REGISTRY_PREFIX, 10))
-    .filter((n): n is number => n !== undefined);
-  if (!stored.some((n) => n > version)) return undefined;
-  const genesis = repo.chain.versions[0]?.rootPublicKey ?? repo.chain.latest.rootPublicKey;
-  return (await loadRegistryChain(repo.crypto, repo.store, genesis, repo.repoId)).latest;
+  return (await newerRegistryChain(repo, version))?.latest;
 }
 
 /** One record as stored: its meta, signature and bytes, without opening the body. */

@@ -6,6 +6,7 @@ import { LOCK_PREFIX, lockKey } from "../format/layout.js";
 import { encodeLockMeta, parseLockMeta, type LockMeta } from "../format/lock.js";
 import { listAll } from "../storage/types.js";
 import { toHex, utf8 } from "../util/bytes.js";
+import { refreshRegistryView } from "./registry-view.js";
 import type { Repository } from "./repository.js";
 
 /** A lock not refreshed for this long is considered abandoned by a crashed host. */
@@ -44,7 +45,10 @@ const RETRY_AT_MOST_MS = 2000;
 /**
  * Takes a lock like {@link tryLock}, retrying with a growing pause while a conflicting lock
  * is held, until about `waitMs` has been spent waiting (counted in pauses, not by the
- * injected clock, so a frozen test clock cannot make it wait forever).
+ * injected clock, so a frozen test clock cannot make it wait forever). Once it holds the lock,
+ * it brings the repository's view of the registry and keys up to date
+ * ({@link refreshRegistryView}: one registry listing when nothing changed); if that fails (the
+ * user was removed meanwhile, say), the lock is released and the error thrown.
  */
 export async function acquireLock(repo: Repository, operation: string, exclusive: boolean, options: LockOptions = {}): Promise<Lock> {
   const waitMs = options.waitMs ?? repo.env.lockWaitMs ?? 0;
@@ -53,8 +57,9 @@ export async function acquireLock(repo: Repository, operation: string, exclusive
   let told = false;
   for (;;) {
     options.signal?.throwIfAborted();
+    let lock: Lock;
     try {
-      return await tryLock(repo, operation, exclusive);
+      lock = await tryLock(repo, operation, exclusive);
     } catch (e) {
       if (!(e instanceof LockedError) || waited + pause > waitMs) throw e;
       if (!told && e.holder !== undefined) {
@@ -67,7 +72,18 @@ export async function acquireLock(repo: Repository, operation: string, exclusive
       await pauseFor(pause, options.signal);
       waited += pause;
       pause = Math.min(pause * 2, RETRY_AT_MOST_MS);
+      continue;
     }
+    // The registry this command opened with may predate a key rotation that ended before the
+    // lock was taken (while the command waited, or simply raced it): every locked command works
+    // from the newest one, whose current epoch no rotation can change while the lock is held.
+    try {
+      await refreshRegistryView(repo);
+    } catch (e) {
+      await lock.release().catch(() => undefined);
+      throw e;
+    }
+    return lock;
   }
 }
 

@@ -11,7 +11,7 @@ import { parseRegistryMeta, USER_NAME_PATTERN, type EpochInfo, type RegistryDoc,
 import type { GrantSecrets } from "../format/grant.js";
 import { encodeGrant, openGrant } from "../keys/grant.js";
 import { Keyring } from "../keys/keyring.js";
-import { encodeRegistry, findUser, grantRootKeys, loadRegistryChain } from "../keys/registry.js";
+import { encodeRegistry, findUser, grantRootKeys, loadRegistryChain, type RegistryChain } from "../keys/registry.js";
 import { unwrapSlot, wrapSlot } from "../keys/slot.js";
 import { listAll, type Store } from "../storage/types.js";
 import { toHex } from "../util/bytes.js";
@@ -335,25 +335,52 @@ export async function openRepository(o: OpenOptions): Promise<Repository> {
     );
   }
   const keyring = new Keyring(regUser, signSecret, boxSecret, latest.currentEpoch);
-  const fp = fingerprintOf(crypto, regUser.signPublicKey);
-  for (const info of latest.epochs) {
-    if (latest.destroyedEpochs.includes(info.id)) continue;
-    const name = grantKey(info.id, o.user, fp);
-    const stat = await store.stat(name);
-    if (stat === undefined) {
-      if (info.id === latest.currentEpoch) throw IntegrityError.object(name, "the grant of the current key epoch is missing");
-      continue;
-    }
-    const grant = openGrant(crypto, await store.get(name), name, grantRootKeys(chain, info.id), regUser.boxPublicKey, boxSecret);
-    const g = grant.meta;
-    if (g.epoch !== info.id || g.user !== o.user || g.role !== regUser.role || g.recipient !== toHex(regUser.signPublicKey) || g.repoId !== config.repoId) {
-      throw IntegrityError.object(name, "grant does not match the registry (swapped or replayed)");
-    }
-    keyring.addEpoch(crypto, info, grant.secrets);
-    for (const s of Object.values(grant.secrets)) s.fill(0);
+  try {
+    await syncGrants(crypto, store, config.repoId, chain, keyring);
+  } catch (e) {
+    keyring.dispose();
+    throw e;
   }
   await pin?.record(chain);
   const repo = new Repository(store, crypto, config, chain, keyring, environment(o), pin);
   repo.slotKdf = { memoryKiB: slot.meta.kdf.memoryKiB, passes: slot.meta.kdf.passes, parallelism: slot.meta.kdf.parallelism };
   return repo;
+}
+
+/**
+ * Brings a keyring to what the chain's newest version grants its user: opens and verifies the
+ * grant of every live epoch it does not hold yet, forgets the epochs that are destroyed or whose
+ * grant is gone (revoked by a rotation), and makes the registry's current epoch current. Used by
+ * open (an empty keyring) and when a command finds, once it holds its lock, that the registry
+ * changed since it opened the repository (see refreshRegistryView). The current epoch's grant
+ * must exist.
+ */
+export async function syncGrants(crypto: CryptoSuite, store: Store, repoId: string, chain: RegistryChain, keyring: Keyring): Promise<void> {
+  const latest = chain.latest;
+  const user = keyring.user;
+  const fp = fingerprintOf(crypto, user.signPublicKey);
+  const granted = new Set<number>();
+  for (const info of latest.epochs) {
+    if (latest.destroyedEpochs.includes(info.id)) continue;
+    const name = grantKey(info.id, user.name, fp);
+    const stat = await store.stat(name);
+    if (stat === undefined) {
+      if (info.id === latest.currentEpoch) throw IntegrityError.object(name, "the grant of the current key epoch is missing");
+      continue;
+    }
+    granted.add(info.id);
+    if (keyring.epoch(info.id) !== undefined) continue;
+    const grant = openGrant(crypto, await store.get(name), name, grantRootKeys(chain, info.id), user.boxPublicKey, keyring.boxSecretKey);
+    try {
+      const g = grant.meta;
+      if (g.epoch !== info.id || g.user !== user.name || g.role !== user.role || g.recipient !== toHex(user.signPublicKey) || g.repoId !== repoId) {
+        throw IntegrityError.object(name, "grant does not match the registry (swapped or replayed)");
+      }
+      keyring.addEpoch(crypto, info, grant.secrets);
+    } finally {
+      for (const s of Object.values(grant.secrets)) s.fill(0);
+    }
+  }
+  keyring.setCurrentEpoch(latest.currentEpoch);
+  for (const e of keyring.epochs) if (!granted.has(e.info.id)) keyring.dropEpoch(e.info.id);
 }

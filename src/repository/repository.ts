@@ -91,6 +91,17 @@ export class Repository {
     }
   }
 
+  /**
+   * Adopts a newer registry chain found after the repository was opened (refreshRegistryView):
+   * checked against this machine's pin first (rollback, fork), then `syncKeys` brings the
+   * keyring to it, then it is the view and the pin.
+   */
+  async adoptNewer(chain: RegistryChain, syncKeys: () => Promise<void>): Promise<void> {
+    await this.#pin?.check(chain);
+    await syncKeys();
+    await this.adopt(chain);
+  }
+
   async close(): Promise<void> {
     this.#keyring.dispose();
     await this.store.close();

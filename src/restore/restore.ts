@@ -116,13 +116,15 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
   await authorizeAudited(repo, "restore", "restore", { snapshot: o.snapshot, destination: target });
   if (o.reason.trim() === "") throw new UsageError("a restore needs --reason TEXT (it is kept in the audit trail)");
   await checkTarget(o.target, target);
-  const record = await findSnapshot(repo, o.snapshot, o.vm);
   const lock = await acquireLock(repo, "restore", false, { signal: o.signal }).catch((e: unknown) => {
     if (o.signal?.aborted !== true) throw e;
     throw restoreInterrupted(o.signal.reason, " while it waited for the repository lock; nothing was restored");
   });
   const sessions = new SessionKeys(repo);
   try {
+    // Resolved under the lock, with the keys it brought up to date: a rotation that ended while
+    // this restore waited re-sealed the snapshot's header and session key to its new epoch.
+    const record = await findSnapshot(repo, o.snapshot, o.vm);
     const auditTarget = {
       snapshot: record.header.id,
       vm: record.header.vm,

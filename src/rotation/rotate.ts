@@ -1,9 +1,9 @@
 import { IntegrityError, LockedError, UsageError, VaultError } from "../errors.js";
-import { loadRegistryChain } from "../keys/registry.js";
 import { grantPrefix } from "../format/layout.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import { newEpoch } from "../repository/open.js";
 import { acquireLock } from "../repository/lock.js";
+import { newerRegistryChain } from "../repository/registry-view.js";
 import type { Repository } from "../repository/repository.js";
 import { listAll } from "../storage/types.js";
 import { appendRegistryVersion } from "../users/registry-update.js";
@@ -100,10 +100,12 @@ export async function assertRotationPossible(repo: Repository, reencryptionHint?
 async function openEpochAndReseal(repo: Repository, o: RotateOptions): Promise<RotateResult> {
   const latest = repo.chain.latest;
   // Another admin's rotation that ended before this lock was taken registered its epoch, with
-  // valid grants: the next epoch number must come from the newest registry, not from ours.
-  const newest = await loadRegistryChain(repo.crypto, repo.store, repo.chain.versions[0]?.rootPublicKey ?? latest.rootPublicKey, repo.repoId);
-  if (newest.latest.version !== latest.version) {
-    throw new LockedError(`the registry changed while this command waited (version ${newest.latest.version}, by ${newest.latest.actor}: ${newest.latest.change})`, "run the command again");
+  // valid grants: the next epoch number must come from the newest registry. Taking the lock
+  // brought this view up to date (refreshRegistryView); a version written since then, by a
+  // command that takes no lock (user add, user remove), stops the rotation before it writes.
+  const newest = (await newerRegistryChain(repo, latest.version))?.latest;
+  if (newest !== undefined) {
+    throw new LockedError(`the registry changed while this command ran (version ${newest.version}, by ${newest.actor}: ${newest.change})`, "run the command again");
   }
   const previous = repo.keyring.current();
   const chunkKey = previous.secrets.chunkId;

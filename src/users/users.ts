@@ -8,6 +8,7 @@ import { encodeGrant } from "../keys/grant.js";
 import { isRole, type Role } from "../keys/roles.js";
 import { wrapSlot } from "../keys/slot.js";
 import { assertUserName, fingerprintOf } from "../repository/open.js";
+import { refreshRegistryView } from "../repository/registry-view.js";
 import type { Repository } from "../repository/repository.js";
 import { listSnapshots, signedDigest } from "../snapshot/store.js";
 import { listAll } from "../storage/types.js";
@@ -147,6 +148,10 @@ export function assertNewUserName(repo: Repository, name: string): void {
  * later one fails the earlier ones are deleted again, so a failed `user add` leaves no key slot.
  */
 async function createUser(repo: Repository, o: AddUserOptions): Promise<AddedUser> {
+  // No lock: start from the newest registry (the grants must be of the current epoch, not of
+  // one a rotation revoked since the repository was opened); a version written after this
+  // point makes the registry write below lose its put-if-absent race (E_LOCKED).
+  await refreshRegistryView(repo);
   assertNewUserName(repo, o.name);
   if (!isRole(o.role)) throw new UsageError(`unknown role ${JSON.stringify(o.role)}`, "roles: admin, operator, backup, restorer, auditor");
   assertKdfStrength(o.kdf, o.allowWeakKdf === true);
@@ -214,6 +219,8 @@ export async function removeUser(repo: Repository, name: string): Promise<Remove
 }
 
 async function deleteUser(repo: Repository, name: string): Promise<RemovedUserSummary> {
+  // As in createUser: the snapshots the user signed are read with the current epoch's keys.
+  await refreshRegistryView(repo);
   const latest = repo.chain.latest;
   const user = latest.users.find((u) => u.name === name);
   if (user === undefined) throw new VaultError("E_NOT_FOUND", `no user named ${name}`, { hint: "see `vmvault user list`" });

@@ -96,11 +96,20 @@ describe("registry integrity", () => {
     expect((await admin(["user", "remove", "op", "--no-rotate"])).code).toBe(0);
     const ok = await admin(["check"]);
     expect(ok.code, ok.stdout + ok.stderr).toBe(0);
-    const forged = await backup(stale, { vm: "vm", sources: [image] });
+    // vmvault itself refuses: its lock finds the newer registry that removed op.
+    await expect(backup(stale, { vm: "vm", sources: [image] })).rejects.toMatchObject({ code: "E_AUTH" });
+    // Someone who kept op's keys signs a snapshot anyway: op's last body under a new id.
+    const [record] = await listSnapshots(stale);
+    if (record === undefined) throw new Error("snapshot not found");
+    const sessions = new SessionKeys(stale);
+    const body = await readSnapshotBody(stale, sessions, record);
+    const forgedId = "f".repeat(32);
+    await writeSnapshot(stale, stale.store, record.meta.sessionId, await sessions.get(record.meta.sessionId), { ...record.header, id: forgedId }, { ...body, id: forgedId });
+    sessions.dispose();
     await stale.close();
     const r = await admin(["check"]);
     expect(r.code).toBe(5);
-    expect(r.stdout).toContain(`snapshots/${forged.snapshotId}`);
+    expect(r.stdout).toContain(`snapshots/${forgedId}`);
     expect(r.stdout).toMatch(/signed by removed user op and not among the snapshots accepted at removal/);
     void TEST_PASSPHRASE;
   });

@@ -1,0 +1,66 @@
+import { AuthError, IntegrityError, VaultError } from "../errors.js";
+import { parseNumberedKey, REGISTRY_PREFIX, registryKey } from "../format/layout.js";
+import { findUser, loadRegistryChain, type RegistryChain } from "../keys/registry.js";
+import { listAll } from "../storage/types.js";
+import { syncGrants } from "./open.js";
+import type { Repository } from "./repository.js";
+
+/**
+ * The whole registry chain, verified from the genesis root key like any registry read (the key
+ * the user's slot pins, checked at open), when a version newer than `version` is stored;
+ * undefined otherwise, at the cost of one listing (the common case).
+ */
+export async function newerRegistryChain(repo: Repository, version: number): Promise<RegistryChain | undefined> {
+  const stored = (await listAll(repo.store, REGISTRY_PREFIX))
+    .map((o) => parseNumberedKey(o.key, REGISTRY_PREFIX, 10))
+    .filter((n): n is number => n !== undefined);
+  if (!stored.some((n) => n > version)) return undefined;
+  const genesis = repo.chain.versions[0]?.rootPublicKey ?? repo.chain.latest.rootPublicKey;
+  return loadRegistryChain(repo.crypto, repo.store, genesis, repo.repoId);
+}
+
+/**
+ * The user a command runs as was removed (or replaced under the same name) after the command
+ * opened the repository, while it waited for its lock, say (E_AUTH, exit 3).
+ */
+export class UserRemovedError extends AuthError {}
+
+/**
+ * Makes sure the registry a command opened the repository with is still the newest, once the
+ * command holds its repository lock (acquireLock calls it, for shared and exclusive locks
+ * alike). A key rotation runs under an exclusive lock, so one that ended before this lock was
+ * taken is visible here, and none can start while it is held. If a newer version is stored,
+ * it is verified as open verifies the registry (chained from the pinned genesis root key, an
+ * extension of the version this command opened with, not older than this machine's pin), the
+ * user's grants are brought up to date (the new current epoch's opened, revoked epochs'
+ * forgotten), and the command goes on with the current epoch: a backup then seals to the new
+ * epoch, never to one whose grants a rotation revoked. A user the new registry no longer lists
+ * under their key gets UserRemovedError (E_AUTH, exit 3); one whose role changed,
+ * E_ACCESS_DENIED (exit 4). Returns whether the view changed.
+ */
+export async function refreshRegistryView(repo: Repository): Promise<boolean> {
+  const opened = repo.chain;
+  const chain = await newerRegistryChain(repo, opened.latest.version);
+  if (chain === undefined) return false;
+  if (chain.hashes[opened.latest.version - 1] !== opened.latestHash) {
+    throw IntegrityError.object(registryKey(opened.latest.version), "differs from the version this command opened the repository with (forked registry)");
+  }
+  const latest = chain.latest;
+  const me = repo.keyring.user;
+  const now = findUser(latest, me.name);
+  if (now === undefined || !repo.crypto.equal(now.signPublicKey, me.signPublicKey)) {
+    const removal = latest.removed.findLast((r) => r.name === me.name && repo.crypto.equal(r.signPublicKey, me.signPublicKey));
+    const by = removal === undefined ? "" : ` (by ${removal.removedBy} at ${removal.removedAt})`;
+    throw new UserRemovedError(
+      `user ${me.name} was removed from the repository${by} after this command opened it; nothing was done`,
+      "this user can no longer use the repository; an admin can add them again with `vmvault user add`",
+    );
+  }
+  if (now.role !== me.role) {
+    throw new VaultError("E_ACCESS_DENIED", `access denied: the role of ${me.name} changed from ${me.role} to ${now.role} after this command opened the repository; nothing was done`, {
+      hint: "run the command again: it is then checked against the new role",
+    });
+  }
+  await repo.adoptNewer(chain, () => syncGrants(repo.crypto, repo.store, repo.repoId, chain, repo.keyring));
+  return true;
+}
