@@ -1,62 +1,11 @@
 import { describe, expect, it } from "vitest";
 import { AUDIT_BODY_PREFIX, LOCK_PREFIX, REGISTRY_PREFIX } from "../src/format/layout.js";
-import { listAll, type ByteRange, type ObjectInfo, type Store } from "../src/storage/types.js";
+import { listAll, type Store } from "../src/storage/types.js";
+import { HookStore } from "./helpers/hook-store.js";
 import { FsStore, KDF_TEST, Secret, Vault, type AuditLogEntry } from "../src/index.js";
 import { initTestVault, makeImage, tempDirs } from "./helpers/fixtures.js";
 
 const tmp = tempDirs();
-
-/**
- * A store that runs `hook` once, at a fixed point of the operation using it: right after the
- * first complete listing of a prefix (`afterList`), or right before the first put of a key
- * under a prefix (`beforePut`). The interleaving is set by the call order, not by timing.
- */
-class HookStore implements Store {
-  readonly location: string;
-  ran = false;
-  readonly #inner: Store;
-  readonly #at: { readonly afterList?: string; readonly beforePut?: string };
-  readonly #hook: () => Promise<void>;
-
-  constructor(inner: Store, at: { readonly afterList?: string; readonly beforePut?: string }, hook: () => Promise<void>) {
-    this.#inner = inner;
-    this.#at = at;
-    this.#hook = hook;
-    this.location = inner.location;
-  }
-
-  async #fire(): Promise<void> {
-    if (this.ran) return;
-    this.ran = true;
-    await this.#hook();
-  }
-
-  get(key: string, range?: ByteRange): Promise<Uint8Array> {
-    return this.#inner.get(key, range);
-  }
-
-  async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
-    if (this.#at.beforePut !== undefined && key.startsWith(this.#at.beforePut)) await this.#fire();
-    return this.#inner.putIfAbsent(key, data);
-  }
-
-  async *list(prefix: string): AsyncIterable<ObjectInfo> {
-    yield* this.#inner.list(prefix);
-    if (prefix === this.#at.afterList) await this.#fire();
-  }
-
-  delete(key: string): Promise<void> {
-    return this.#inner.delete(key);
-  }
-
-  stat(key: string): Promise<ObjectInfo | undefined> {
-    return this.#inner.stat(key);
-  }
-
-  close(): Promise<void> {
-    return this.#inner.close();
-  }
-}
 
 const ADMIN_PASS = "correct horse battery staple";
 

@@ -5,7 +5,8 @@ import { parseIndexMeta } from "../src/format/index-file.js";
 import { INDEX_PREFIX, LOCK_PREFIX, SNAPSHOT_PREFIX } from "../src/format/layout.js";
 import { parseSnapshotMeta } from "../src/format/snapshot.js";
 import { FaultyStore } from "../src/storage/faulty.js";
-import { listAll, type ByteRange, type ObjectInfo, type Store } from "../src/storage/types.js";
+import { listAll, type Store } from "../src/storage/types.js";
+import { HookStore } from "./helpers/hook-store.js";
 import { FsStore, KDF_TEST, Secret, Vault } from "../src/index.js";
 import { appendRegistryVersion } from "../src/users/registry-update.js";
 import { initTestVault, makeImage, sha256File, tempDirs } from "./helpers/fixtures.js";
@@ -13,54 +14,6 @@ import { initTestVault, makeImage, sha256File, tempDirs } from "./helpers/fixtur
 const tmp = tempDirs();
 
 const ADMIN_PASS = "correct horse battery staple";
-
-/**
- * A store that runs `hook` once, right before the first put of a key under `beforePut`: the
- * interleaving is set by the call order, not by timing. With LOCK_PREFIX, the hook runs after
- * the command has done everything it does before its lock, and before it takes the lock.
- */
-class HookStore implements Store {
-  readonly location: string;
-  ran = false;
-  readonly #inner: Store;
-  readonly #beforePut: string;
-  readonly #hook: () => Promise<void>;
-
-  constructor(inner: Store, beforePut: string, hook: () => Promise<void>) {
-    this.#inner = inner;
-    this.#beforePut = beforePut;
-    this.#hook = hook;
-    this.location = inner.location;
-  }
-
-  get(key: string, range?: ByteRange): Promise<Uint8Array> {
-    return this.#inner.get(key, range);
-  }
-
-  async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
-    if (!this.ran && key.startsWith(this.#beforePut)) {
-      this.ran = true;
-      await this.#hook();
-    }
-    return this.#inner.putIfAbsent(key, data);
-  }
-
-  list(prefix: string): AsyncIterable<ObjectInfo> {
-    return this.#inner.list(prefix);
-  }
-
-  delete(key: string): Promise<void> {
-    return this.#inner.delete(key);
-  }
-
-  stat(key: string): Promise<ObjectInfo | undefined> {
-    return this.#inner.stat(key);
-  }
-
-  close(): Promise<void> {
-    return this.#inner.close();
-  }
-}
 
 const PASSES: Record<string, string> = { admin: ADMIN_PASS, bk: "bk-pass", rs: "rs-pass", op: "op-pass", rs2: "rs2-pass" };
 
@@ -218,7 +171,7 @@ describe("a command whose view of the keys predates a rotation that ended before
   it("a restore that reaches its lock while a whole rotation runs (as with --lock-wait) restores byte for byte", async () => {
     const { dir, image, first } = await fixture();
     let epoch = -1;
-    const store = new HookStore(new FsStore(dir), LOCK_PREFIX, async () => {
+    const store = new HookStore(new FsStore(dir), { beforePut: LOCK_PREFIX }, async () => {
       epoch = await rotate(dir, "op");
     });
     const rs = await open(store, "rs");
@@ -235,7 +188,7 @@ describe("a command whose view of the keys predates a rotation that ended before
 
   it("a restore by a restorer the rotation removed is refused (exit 3) before anything is restored", async () => {
     const { dir, first } = await fixture();
-    const store = new HookStore(new FsStore(dir), LOCK_PREFIX, async () => {
+    const store = new HookStore(new FsStore(dir), { beforePut: LOCK_PREFIX }, async () => {
       await rotate(dir, "rs");
     });
     const rs = await open(store, "rs");
@@ -340,7 +293,7 @@ describe("a backup that is running when a rotation starts", () => {
     await makeImage(image, { sizeMiB: 2, seed: "running" });
     let refused: unknown;
     // The rotation is tried right before the backup stores its snapshot (its last write).
-    const store = new HookStore(new FsStore(dir), SNAPSHOT_PREFIX, async () => {
+    const store = new HookStore(new FsStore(dir), { beforePut: SNAPSHOT_PREFIX }, async () => {
       refused = await rotate(dir).then(
         () => undefined,
         (e: unknown) => e,

@@ -5,7 +5,8 @@ import { ObjectKind, parseEnvelope } from "../../src/format/envelope.js";
 import { LOCK_PREFIX, SNAPSHOT_PREFIX } from "../../src/format/layout.js";
 import { parseSnapshotMeta } from "../../src/format/snapshot.js";
 import { acquireLock } from "../../src/repository/lock.js";
-import { listAll, type ByteRange, type ObjectInfo, type Store } from "../../src/storage/types.js";
+import { listAll, type Store } from "../../src/storage/types.js";
+import { HookStore } from "../helpers/hook-store.js";
 import { FsStore, KDF_TEST, Secret, Vault } from "../../src/index.js";
 import { startCli } from "../helpers/cli.js";
 import { initTestVault, makeImage, sha256File, tempDirs } from "../helpers/fixtures.js";
@@ -13,50 +14,6 @@ import { initTestVault, makeImage, sha256File, tempDirs } from "../helpers/fixtu
 const tmp = tempDirs();
 
 const ADMIN_PASS = "correct horse battery staple";
-
-/** Runs `hook` once, right before the first put of a key under `beforePut` (the order of calls, not timing, decides). */
-class HookStore implements Store {
-  readonly location: string;
-  ran = false;
-  readonly #inner: Store;
-  readonly #beforePut: string;
-  readonly #hook: () => Promise<void>;
-
-  constructor(inner: Store, beforePut: string, hook: () => Promise<void>) {
-    this.#inner = inner;
-    this.#beforePut = beforePut;
-    this.#hook = hook;
-    this.location = inner.location;
-  }
-
-  get(key: string, range?: ByteRange): Promise<Uint8Array> {
-    return this.#inner.get(key, range);
-  }
-
-  async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
-    if (!this.ran && key.startsWith(this.#beforePut)) {
-      this.ran = true;
-      await this.#hook();
-    }
-    return this.#inner.putIfAbsent(key, data);
-  }
-
-  list(prefix: string): AsyncIterable<ObjectInfo> {
-    return this.#inner.list(prefix);
-  }
-
-  delete(key: string): Promise<void> {
-    return this.#inner.delete(key);
-  }
-
-  stat(key: string): Promise<ObjectInfo | undefined> {
-    return this.#inner.stat(key);
-  }
-
-  close(): Promise<void> {
-    return this.#inner.close();
-  }
-}
 
 const open = (store: Store, user: string, pass: string): Promise<Vault> => Vault.open({ store, user, passphrase: Secret.fromString(pass) });
 
@@ -95,7 +52,7 @@ describe("vmvault backup --lock-wait, opened before a key rotation that holds th
     const { dir, image } = await fixture();
     let run: ReturnType<typeof backupThatWaits> | undefined;
     // The rotation holds its exclusive lock and has not registered its epoch yet when the backup starts.
-    const store = new HookStore(new FsStore(dir), "grants/", async () => {
+    const store = new HookStore(new FsStore(dir), { beforePut: "grants/" }, async () => {
       run = backupThatWaits(dir, image);
       await run.waiting;
     });
