@@ -168,6 +168,29 @@ describe("re-encryption checkpoints are signed by an admin", () => {
     });
   }
 
+  it("repair reencrypt does not resume a forged checkpoint that claims a repair rebuilt it: it discards it and rebuilds", async () => {
+    const f = await fixture();
+    await interrupted(f, true);
+    const mapsBefore = await numbered(path.join(f.repo, MAP));
+    expect(mapsBefore.length).toBeGreaterThan(0);
+    const forged = await as(f, "reader", async (repo) => {
+      const { checkpoint: _n, ...state } = (await readCheckpoint(repo)) as ReencryptState;
+      // Every pack done, at the cleanup, and every ID-map batch below 99 "untrusted" (a resumed repair deletes them).
+      const lie = { ...state, phase: "cleanup" as const, donePacks: state.oldPacks, doneSnapshots: 2, idMapFrom: 99, repaired: { at: state.startedAt, by: "admin" } };
+      await storeUnsigned(repo, `${CP}/000050`, { repoId: repo.repoId, checkpoint: 50, epoch: state.targetEpoch }, lie);
+      return `${CP}/000050`;
+    });
+    const v = vault(f.repo);
+    const repair = await v(["repair", "reencrypt", "--json"]);
+    expect(repair.code, `${repair.stdout}${repair.stderr}`).toBe(0);
+    const r = JSON.parse(repair.stdout) as { rebuilt: { discarded: string[] } | null };
+    // Was: resumed as "a checkpoint a repair rebuilt", deleting the old data before it was rewritten.
+    expect(r.rebuilt).not.toBeNull();
+    expect(r.rebuilt?.discarded).toContain(forged);
+    expect(await numbered(path.join(f.repo, CP))).toEqual([]);
+    await everythingReadable(f, "after repair");
+  });
+
   it("an ID-map batch forged by a backup user (swapping two new chunk IDs) is refused before any work; repair finishes", async () => {
     const f = await fixture();
     await interrupted(f, true);
