@@ -222,7 +222,7 @@ describe("re-encryption checkpoints are signed by an admin", () => {
     expect(resume.stderr).toContain("run `vmvault repair reencrypt`");
   });
 
-  it("a tampered signature, a signature for another repository id, and a signer removed since are refused", async () => {
+  it("a tampered signature, a signature for another repository id, and a registry version the repository does not hold are refused", async () => {
     const f = await fixture();
     await interrupted(f, false);
     const v = vault(f.repo);
@@ -256,6 +256,20 @@ describe("re-encryption checkpoints are signed by an admin", () => {
     expect(r.code, r.stderr).toBe(5);
     expect(r.stderr).toContain(`${CP}/${name}: re-encryption checkpoint: the signature by admin does not verify for this object of this repository`);
     expect(r.stderr).toContain("run `vmvault repair reencrypt`");
+
+    // Signed by the admin, but naming a registry version newer than any this repository holds.
+    await fsp.writeFile(file, original);
+    const ahead = await withAdmin(f, async (repo) => {
+      const { checkpoint: n, ...state } = (await readCheckpoint(repo)) as ReencryptState;
+      const latest = repo.chain.latest;
+      const future = { repoId: repo.repoId, store: repo.store, crypto: repo.crypto, keyring: repo.keyring, userName: repo.userName, chain: { ...repo.chain, latest: { ...latest, version: latest.version + 5 } } } as unknown as Repository;
+      await writeCheckpoint(future, state, n);
+      return { key: `${CP}/${String(n + 1).padStart(6, "0")}`, version: latest.version };
+    });
+    r = await v(["key", "rotate", "--reencrypt"]);
+    expect(r.code, r.stderr).toBe(5);
+    expect(r.stderr).toContain(`${ahead.key}: re-encryption checkpoint names registry version ${ahead.version + 5}, newer than the latest this repository holds (${ahead.version})`);
+    await fsp.rm(path.join(f.repo, ahead.key));
 
     // Intact again: it resumes.
     await fsp.writeFile(file, original);
