@@ -195,7 +195,7 @@ function openSigned(repo: Repository, object: CheckpointObject, key: string, byt
     throw checkpointError(key, `${what} is signed as ${signer.name}, who was not an admin in registry version ${signer.registryVersion}: not trusted (only an admin writes one)`);
   }
   if (!repo.crypto.verify(user.signPublicKey, checkpointSignedMessage(object, repo.repoId, key, env.body), env.signature)) {
-    throw checkpointError(key, `${what}: the signature by ${signer.name} does not verify for this object of this repository (forged, modified or copied)`);
+    throw checkpointError(key, `${what} does not open (modified or corrupted): the signature by ${signer.name} does not verify for this object of this repository (forged, or copied from another object or repository)`);
   }
   if (adminIn(chain, chain.latest.version, signer.name, toHex(user.signPublicKey)) === undefined) {
     const removed = chain.latest.removed.some((r) => repo.crypto.equal(r.signPublicKey, user.signPublicKey));

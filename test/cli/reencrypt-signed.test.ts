@@ -236,7 +236,7 @@ describe("re-encryption checkpoints are signed by an admin", () => {
     await fsp.writeFile(file, tampered);
     let r = await v(["key", "rotate", "--reencrypt"]);
     expect(r.code, r.stderr).toBe(5);
-    expect(r.stderr).toContain(`${CP}/${name}: re-encryption checkpoint: the signature by admin does not verify`);
+    expect(r.stderr).toContain(`${CP}/${name}: re-encryption checkpoint does not open (modified or corrupted): the signature by admin does not verify`);
 
     // The same admin's signature over the same bytes, but for another repository id (a twin
     // repository's copy): the meta names this repository, and everything else is as written.
@@ -254,7 +254,7 @@ describe("re-encryption checkpoints are signed by an admin", () => {
     });
     r = await v(["key", "rotate", "--reencrypt"]);
     expect(r.code, r.stderr).toBe(5);
-    expect(r.stderr).toContain(`${CP}/${name}: re-encryption checkpoint: the signature by admin does not verify for this object of this repository`);
+    expect(r.stderr).toContain(`${CP}/${name}: re-encryption checkpoint does not open (modified or corrupted): the signature by admin does not verify for this object of this repository`);
     expect(r.stderr).toContain("run `vmvault repair reencrypt`");
 
     // Signed by the admin, but naming a registry version newer than any this repository holds.
