@@ -112,3 +112,17 @@ export function findUser(doc: RegistryDoc, name: string): RegistryUser | undefin
 export function versionOf(chain: RegistryChain, version: number): RegistryDoc | undefined {
   return chain.versions[version - 1];
 }
+
+/**
+ * The user `name` if they were an admin in registry version `version` (with this signing key,
+ * when one is given); undefined when they were not a user then, not an admin, had another key,
+ * or the chain holds no such version (one newer than the latest the reader verified). The one
+ * check behind every object only an admin may write: rewritten snapshots, re-encryption
+ * checkpoints and ID-map batches.
+ */
+export function adminIn(chain: RegistryChain, version: number, name: string, signPublicKeyHex?: string): RegistryUser | undefined {
+  const user = versionOf(chain, version)?.users.find((u) => u.name === name);
+  if (user === undefined || user.role !== "admin") return undefined;
+  if (signPublicKeyHex !== undefined && toHex(user.signPublicKey) !== signPublicKeyHex) return undefined;
+  return user;
+}

@@ -1,11 +1,13 @@
 import { IntegrityError } from "../errors.js";
 import { CryptoFailure } from "../crypto/suite.js";
 import { FormatError } from "../format/codec.js";
-import { encodeEnvelope, envelopeAd, ObjectKind, parseEnvelope } from "../format/envelope.js";
-import { int, obj, str } from "../format/fields.js";
+import { checkpointSignedMessage, parseCheckpointSigner, type CheckpointObject, type CheckpointSigner } from "../format/checkpoint.js";
+import { appendSignature, encodeEnvelope, envelopeAd, ObjectKind, parseEnvelope, type Envelope } from "../format/envelope.js";
+import { int, obj, str, type Json } from "../format/fields.js";
+import { adminIn } from "../keys/registry.js";
 import type { Repository } from "../repository/repository.js";
 import { listAll } from "../storage/types.js";
-import { fromUtf8, utf8 } from "../util/bytes.js";
+import { fromUtf8, toHex, utf8 } from "../util/bytes.js";
 
 export const CHECKPOINT_PREFIX = "checkpoints/reencrypt/";
 export const MAP_PREFIX = "checkpoints/reencrypt-map/";
@@ -66,21 +68,15 @@ function repairedOf(v: unknown): { at: string; by: string } {
   return { at: str(o, "at"), by: str(o, "by") };
 }
 
-/** The newest checkpoint the user can open, or null when no re-encryption is under way. */
+/** The newest checkpoint, or null when no re-encryption is under way; refused unless an admin signed it (see openSigned). */
 export async function readCheckpoint(repo: Repository): Promise<ReencryptState | null> {
   const all = await listAll(repo.store, CHECKPOINT_PREFIX);
   const newest = all[all.length - 1];
   if (newest === undefined) return null;
   try {
-    const env = parseEnvelope(ObjectKind.Checkpoint, await repo.store.get(newest.key), false);
-    const meta = obj(env.meta);
-    const epoch = int(meta, "epoch");
-    if (str(meta, "repoId") !== repo.repoId || `${CHECKPOINT_PREFIX}${pad(int(meta, "checkpoint"))}` !== newest.key) {
-      throw new FormatError("checkpoint does not match its name or repository");
-    }
-    const sealed = env.payloads[0];
-    if (sealed === undefined) throw new FormatError("no payload");
-    const o = obj(JSON.parse(fromUtf8(repo.crypto.open(indexKeyOf(repo, epoch, newest.key), sealed, envelopeAd(ObjectKind.Checkpoint, env.metaBytes)))) as unknown);
+    const { meta, plain } = openSigned(repo, "checkpoint", newest.key, await repo.store.get(newest.key));
+    if (`${CHECKPOINT_PREFIX}${pad(int(meta, "checkpoint"))}` !== newest.key) throw new FormatError("checkpoint does not match its name");
+    const o = obj(JSON.parse(fromUtf8(plain)) as unknown);
     const phase = str(o, "phase");
     if (phase !== "packs" && phase !== "snapshots" && phase !== "cleanup") throw new FormatError("bad phase");
     return {
@@ -107,35 +103,34 @@ export async function readCheckpoint(repo: Repository): Promise<ReencryptState |
   }
 }
 
-/** Stores the next checkpoint durably, then removes the older ones. */
+/** Stores the next checkpoint durably (signed by this admin), then removes the older ones. */
 export async function writeCheckpoint(repo: Repository, next: Omit<ReencryptState, "checkpoint"> & { checkpoint?: number }, previous: number): Promise<ReencryptState> {
   const checkpoint = previous + 1;
   const { checkpoint: _counter, ...state } = next;
-  const meta = { repoId: repo.repoId, checkpoint, epoch: state.targetEpoch };
-  const sealed = repo.crypto.seal(indexKeyOf(repo, state.targetEpoch), utf8(JSON.stringify(state)), envelopeAd(ObjectKind.Checkpoint, utf8(JSON.stringify(meta))));
-  await repo.store.putIfAbsent(`${CHECKPOINT_PREFIX}${pad(checkpoint)}`, encodeEnvelope(ObjectKind.Checkpoint, meta, [sealed]));
-  for (const { key } of await listAll(repo.store, CHECKPOINT_PREFIX)) if (key !== `${CHECKPOINT_PREFIX}${pad(checkpoint)}`) await repo.store.delete(key);
+  const key = `${CHECKPOINT_PREFIX}${pad(checkpoint)}`;
+  await repo.store.putIfAbsent(key, sealSigned(repo, "checkpoint", key, { repoId: repo.repoId, checkpoint, epoch: state.targetEpoch }, utf8(JSON.stringify(state))));
+  for (const o of await listAll(repo.store, CHECKPOINT_PREFIX)) if (o.key !== key) await repo.store.delete(o.key);
   return { ...state, checkpoint };
 }
 
-/** Old chunk ID -> new chunk ID pairs (with a new chunk-ID key), stored in batches beside the checkpoint. */
+/** Old chunk ID -> new chunk ID pairs (with a new chunk-ID key), stored in batches beside the checkpoint, signed by this admin. */
 export async function writeIdMapBatch(repo: Repository, epoch: number, batch: number, pairs: readonly (readonly [string, string])[]): Promise<void> {
-  const meta = { repoId: repo.repoId, batch, epoch };
-  const sealed = repo.crypto.seal(indexKeyOf(repo, epoch), utf8(JSON.stringify(pairs)), envelopeAd(ObjectKind.Checkpoint, utf8(JSON.stringify(meta))));
-  await repo.store.putIfAbsent(`${MAP_PREFIX}${pad(batch)}`, encodeEnvelope(ObjectKind.Checkpoint, meta, [sealed]));
+  const key = `${MAP_PREFIX}${pad(batch)}`;
+  await repo.store.putIfAbsent(key, sealSigned(repo, "id-map", key, { repoId: repo.repoId, batch, epoch }, utf8(JSON.stringify(pairs))));
 }
 
-/** The ID map of a re-encryption: its batches from number `from` on (all when absent), later batches overriding earlier ones. */
+/**
+ * The ID map of a re-encryption: its batches from number `from` on (all when absent), later
+ * batches overriding earlier ones; any batch read is refused unless an admin signed it.
+ */
 export async function readIdMap(repo: Repository, from = 0): Promise<Map<string, string>> {
   const map = new Map<string, string>();
   for (const { key } of await listAll(repo.store, MAP_PREFIX)) {
     if (batchNumber(key) < from) continue;
     try {
-      const env = parseEnvelope(ObjectKind.Checkpoint, await repo.store.get(key), false);
-      const epoch = int(obj(env.meta), "epoch");
-      const sealed = env.payloads[0];
-      if (sealed === undefined) throw new FormatError("no payload");
-      const pairs = JSON.parse(fromUtf8(repo.crypto.open(indexKeyOf(repo, epoch, key), sealed, envelopeAd(ObjectKind.Checkpoint, env.metaBytes)))) as unknown;
+      const { meta, plain } = openSigned(repo, "id-map", key, await repo.store.get(key));
+      if (`${MAP_PREFIX}${pad(int(meta, "batch"))}` !== key) throw new FormatError("id-map batch does not match its name");
+      const pairs = JSON.parse(fromUtf8(plain)) as unknown;
       if (!Array.isArray(pairs)) throw new FormatError("bad id map");
       for (const p of pairs) {
         if (!Array.isArray(p) || typeof p[0] !== "string" || typeof p[1] !== "string") throw new FormatError("bad id map entry");
@@ -147,6 +142,88 @@ export async function readIdMap(repo: Repository, from = 0): Promise<Map<string,
     }
   }
   return map;
+}
+
+interface SealedMeta {
+  readonly repoId: string;
+  readonly epoch: number;
+  readonly checkpoint?: number;
+  readonly batch?: number;
+}
+
+/**
+ * A checkpoint or ID-map batch as stored: the state sealed with the epoch's index key (which
+ * every role but admin holds too, so it proves nothing about the writer), the meta naming the
+ * signer, and this admin's Ed25519 signature over checkpointSignedMessage.
+ */
+function sealSigned(repo: Repository, object: CheckpointObject, key: string, meta: SealedMeta, plain: Uint8Array): Uint8Array {
+  const signer: CheckpointSigner = { name: repo.userName, registryVersion: repo.chain.latest.version };
+  const full = { ...meta, signer };
+  const sealed = repo.crypto.seal(indexKeyOf(repo, meta.epoch, key), plain, envelopeAd(ObjectKind.Checkpoint, utf8(JSON.stringify(full))));
+  const body = encodeEnvelope(ObjectKind.Checkpoint, full, [sealed]);
+  return appendSignature(body, repo.crypto.sign(repo.keyring.signSecretKey, checkpointSignedMessage(object, repo.repoId, key, body)));
+}
+
+const OBJECT_NAMES: Record<CheckpointObject, string> = { checkpoint: "re-encryption checkpoint", "id-map": "re-encryption ID-map batch" };
+
+/**
+ * Opens a checkpoint or ID-map batch only when an admin signed it: the signer named in its meta
+ * was an admin in the registry version it names (one this repository's verified chain holds),
+ * is an admin with the same key in the latest version (not removed or demoted since), and the
+ * signature verifies over this kind, this repository, this name and these bytes. It must also
+ * be sealed to the current epoch (one left by an earlier re-encryption is not this one's).
+ * Anything else is an IntegrityError pointing to `vmvault repair reencrypt`, which trusts none of it.
+ */
+function openSigned(repo: Repository, object: CheckpointObject, key: string, bytes: Uint8Array): { meta: Json; plain: Uint8Array } {
+  const what = OBJECT_NAMES[object];
+  let env: Envelope;
+  try {
+    env = parseEnvelope(ObjectKind.Checkpoint, bytes, true);
+  } catch (e) {
+    if (e instanceof FormatError && isUnsigned(bytes)) throw unsignedError(key, what);
+    throw e;
+  }
+  const meta = obj(env.meta);
+  if (meta["signer"] === undefined || env.signature === undefined) throw unsignedError(key, what);
+  const signer = parseCheckpointSigner(meta);
+  const chain = repo.chain;
+  if (signer.registryVersion > chain.latest.version) {
+    throw checkpointError(key, `${what} names registry version ${signer.registryVersion}, newer than the latest this repository holds (${chain.latest.version}): not trusted`);
+  }
+  const user = adminIn(chain, signer.registryVersion, signer.name);
+  if (user === undefined) {
+    throw checkpointError(key, `${what} is signed as ${signer.name}, who was not an admin in registry version ${signer.registryVersion}: not trusted (only an admin writes one)`);
+  }
+  if (!repo.crypto.verify(user.signPublicKey, checkpointSignedMessage(object, repo.repoId, key, env.body), env.signature)) {
+    throw checkpointError(key, `${what} does not open (modified or corrupted): the signature by ${signer.name} does not verify for this object of this repository (forged, or copied from another object or repository)`);
+  }
+  if (adminIn(chain, chain.latest.version, signer.name, toHex(user.signPublicKey)) === undefined) {
+    const removed = chain.latest.removed.some((r) => repo.crypto.equal(r.signPublicKey, user.signPublicKey));
+    throw checkpointError(key, `${what} is signed by ${signer.name}, who ${removed ? "has been removed" : "is no longer an admin"} since registry version ${signer.registryVersion}: not trusted`);
+  }
+  if (str(meta, "repoId") !== repo.repoId) throw new FormatError("belongs to another repository");
+  const epoch = int(meta, "epoch");
+  if (epoch !== chain.latest.currentEpoch) {
+    throw checkpointError(key, `${what} is sealed to epoch ${epoch}, not the current epoch ${chain.latest.currentEpoch}: left by an earlier re-encryption, not trusted`);
+  }
+  const sealed = env.payloads[0];
+  if (env.payloads.length !== 1 || sealed === undefined) throw new FormatError("bad payload count");
+  return { meta, plain: repo.crypto.open(indexKeyOf(repo, epoch, key), sealed, envelopeAd(ObjectKind.Checkpoint, env.metaBytes)) };
+}
+
+/** True when the bytes parse as an envelope without a signature (what releases before signed checkpoints wrote, or a forgery). */
+function isUnsigned(bytes: Uint8Array): boolean {
+  try {
+    parseEnvelope(ObjectKind.Checkpoint, bytes, false);
+    return true;
+  } catch (e) {
+    if (e instanceof FormatError) return false;
+    throw e;
+  }
+}
+
+function unsignedError(key: string, what: string): IntegrityError {
+  return checkpointError(key, `${what} is not signed by an admin (written by a vmvault release before checkpoints were signed, or forged by someone who can write the storage): not trusted`);
 }
 
 /** A batch's number from its name (-1 for a name that is not one). */

@@ -54,6 +54,8 @@ export interface ReencryptResult {
 export async function reencrypt(repo: Repository, o: ReencryptOptions = {}): Promise<ReencryptResult> {
   await authorizeAudited(repo, "admin", "key rotate");
   let state = await readCheckpoint(repo);
+  // Every ID-map batch the resume would use is checked (signed by an admin) before any work.
+  if (state?.newChunkKey === true) await readIdMap(repo, state.idMapFrom);
   const resumed = state !== null;
   if (state !== null && o.newChunkKey === true && !state.newChunkKey) {
     throw new UsageError("a re-encryption without --new-chunk-key is under way; run `vmvault key rotate --reencrypt` to finish it first");

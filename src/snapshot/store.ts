@@ -18,7 +18,7 @@ import {
   type SnapshotHeader,
   type SnapshotMeta,
 } from "../format/snapshot.js";
-import { versionOf } from "../keys/registry.js";
+import { adminIn, versionOf } from "../keys/registry.js";
 import { mayWriteSnapshots } from "../keys/roles.js";
 import type { Repository } from "../repository/repository.js";
 import type { SessionKeys } from "../repository/sessions.js";
@@ -111,9 +111,8 @@ export async function readSnapshot(repo: Repository, key: string): Promise<Snaps
 
 /** A revision rewritten by an admin (re-encryption) is signed by that admin. */
 function verifyRewriter(repo: Repository, key: string, by: NonNullable<SnapshotHeader["rewrittenBy"]>, message: Uint8Array, signature: Uint8Array): void {
-  const doc = versionOf(repo.chain, by.registryVersion);
-  const user = doc?.users.find((u) => u.name === by.name);
-  if (doc === undefined || user === undefined || user.role !== "admin" || toHex(user.signPublicKey) !== by.key) {
+  const user = adminIn(repo.chain, by.registryVersion, by.name, by.key);
+  if (user === undefined) {
     throw IntegrityError.object(key, `rewritten by ${by.name}, who was not an admin in registry version ${by.registryVersion}`);
   }
   if (!repo.crypto.verify(user.signPublicKey, message, signature)) throw IntegrityError.object(key, `signature by ${by.name} does not verify`);
