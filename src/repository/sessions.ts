@@ -166,9 +166,9 @@ export class SessionKeys {
 
 /**
  * Opens one envelope under its epoch's keys. Version 2: the sealed epochs must equal the meta's
- * (else IntegrityError naming the object), the meta tag must open under the epoch's index key
- * and hold the digest of the sealed payload, and chunkKeyEpoch <= createdEpoch <= epoch.
- * Version 1: one 48-byte sealed payload, its epochs are the meta's, unauthenticated.
+ * (else IntegrityError naming the object), chunkKeyEpoch <= createdEpoch <= epoch, and the meta
+ * tag must open under the epoch's index key and hold the digest of the sealed payload.
+ * Version 1: one 48-byte sealed payload; its epochs are the meta's, unauthenticated.
  */
 function openEnvelope(repo: Repository, key: string, sessionId: string, epoch: number, dataSecret: Secret, dataPublicKey: Uint8Array, bytes: Uint8Array): OpenedSession {
   const env = parseEnvelope(ObjectKind.SessionKey, bytes, false);
@@ -195,7 +195,10 @@ function openEnvelope(repo: Repository, key: string, sessionId: string, epoch: n
         `session key envelope's readable epochs (created ${meta.createdEpoch}, chunk-ID key ${meta.chunkKeyEpoch}) differ from its sealed ones (created ${epochs.createdEpoch}, chunk-ID key ${epochs.chunkKeyEpoch}): its meta was modified`,
       );
     }
-    if (meta.chunkKeyEpoch > meta.createdEpoch || meta.createdEpoch > meta.epoch) {
+    // A session is created under the epoch it is first sealed to, with that epoch's chunk-ID key
+    // (its own or an earlier epoch's), and re-sealed only forwards. A version 1 envelope's
+    // epochs vouch for nothing and decide nothing, so they are not judged.
+    if (epochs !== undefined && (epochs.chunkKeyEpoch > epochs.createdEpoch || epochs.createdEpoch > meta.epoch)) {
       throw IntegrityError.object(key, `session key envelope names impossible epochs (chunk-ID key ${meta.chunkKeyEpoch}, created ${meta.createdEpoch}, sealed to ${meta.epoch}): it was modified`);
     }
     if (withEpochs) {
