@@ -412,6 +412,45 @@ describe("the epochs a session's handling depends on are authenticated", () => {
     await admin.close();
   });
 
+  it("repair reencrypt counts a version 1 session as old whatever its readable createdEpoch says: the removed operator's saved keys open nothing after it", async () => {
+    const dir = tmp("repo");
+    cpSync(path.join(GOLDEN_PLAIN, "repository"), dir, { recursive: true });
+    const secrets = JSON.parse(readFileSync(path.join(GOLDEN_PLAIN, "secrets.json"), "utf8")) as { user: string; passphrase: string };
+    const manifest = JSON.parse(readFileSync(path.join(GOLDEN_PLAIN, "manifest.json"), "utf8")) as { snapshotId: string; source: { name: string; sha256: string } };
+    let failing = true;
+    // The re-encryption stops at its first new pack: its checkpoint (packs phase) is stored.
+    const store = new FaultyStore(new FsStore(dir), { failPut: (key) => failing && key.startsWith("data/") });
+    const admin = await Vault.open({ store, user: secrets.user, passphrase: Secret.fromString(secrets.passphrase) });
+    const [sid] = (await listAll(store, "sessions/")).map((o) => o.key.split("/")[1] as string);
+    if (sid === undefined) throw new Error("no session");
+    const oldPacks = (await listAll(store, "data/")).map((o) => o.key);
+    const stolen = await stealOperatorKeys(admin, dir);
+    await admin.rotateKeys();
+    await expect(admin.rotateKeys({ reencrypt: true })).rejects.toThrow(/storage full while writing data\//);
+    failing = false;
+    // The checkpoint is damaged, and the removed operator makes the version 1 session (re-sealed to
+    // the target epoch 3) look created in it, so that a repair judging by the meta spares it.
+    const checkpoints = await listAll(store, "checkpoints/reencrypt/");
+    expect(checkpoints.length).toBeGreaterThan(0);
+    for (const { key } of checkpoints) {
+      const file = path.join(dir, ...key.split("/"));
+      const bytes = readFileSync(file);
+      bytes[bytes.length - 3] = (bytes[bytes.length - 3] ?? 0) ^ 1;
+      writeFileSync(file, bytes);
+    }
+    expect(await envelopesOf(admin.repository, sid)).toEqual([{ key: `sessions/${sid}/000003`, version: 1 }]);
+    rewriteSessionMeta(dir, `sessions/${sid}/000003`, { createdEpoch: 3 });
+    const repaired = await admin.repairReencryption();
+    expect(repaired).toMatchObject({ epoch: 3, packsRewritten: oldPacks.length, snapshotsRewritten: 1 });
+    expect((await listAll(store, "data/")).map((o) => o.key).filter((k) => oldPacks.includes(k))).toEqual([]);
+    expect(await envelopesOf(admin.repository, sid)).toEqual([]);
+    expect(await objectsOpenedBy(admin.repository, stolen)).toEqual([]);
+    const out = tmp("out");
+    await admin.restore({ snapshot: manifest.snapshotId, target: out, reason: "after repair reencrypt" });
+    expect(await sha256File(path.join(out, manifest.source.name))).toBe(manifest.source.sha256);
+    await admin.close();
+  });
+
   it("rotation re-seals a version 2 envelope with the sealed epochs; backup, rotation and re-encryption keep everything restorable", async () => {
     const dir = tmp("repo");
     const src = tmp("src");
