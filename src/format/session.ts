@@ -62,7 +62,7 @@ export function encodeSessionSecret(sessionId: Uint8Array, sessionKey: Uint8Arra
  * exactly 48 bytes (no epochs), version 2 and later exactly 56 (with epochs); anything else is
  * refused.
  */
-export function parseSessionSecret(bytes: Uint8Array, version = 1): { sessionId: Uint8Array; sessionKey: Uint8Array; epochs?: SessionEpochs } {
+export function parseSessionSecret(bytes: Uint8Array, version: number): { sessionId: Uint8Array; sessionKey: Uint8Array; epochs?: SessionEpochs } {
   const withEpochs = version >= SESSION_EPOCHS_VERSION;
   if (bytes.length !== (withEpochs ? SESSION_SECRET_BYTES : LEGACY_SESSION_SECRET_BYTES)) throw new FormatError(`sealed session key has ${bytes.length} bytes, not ${withEpochs ? SESSION_SECRET_BYTES : LEGACY_SESSION_SECRET_BYTES}`);
   const r = new ByteReader(bytes);
