@@ -28,6 +28,8 @@ export interface SessionEpochs {
  * only in the readable meta.
  */
 export const SESSION_EPOCHS_VERSION = 2;
+/** The envelope version before SESSION_EPOCHS_VERSION, still read and re-sealed as it is. */
+export const LEGACY_SESSION_VERSION = 1;
 export const LEGACY_SESSION_SECRET_BYTES = ID_BYTES + 32;
 export const SESSION_SECRET_BYTES = ID_BYTES + 32 + 8;
 

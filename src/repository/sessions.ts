@@ -9,6 +9,7 @@ import {
   encodeSessionSecret,
   parseSessionMeta,
   parseSessionSecret,
+  LEGACY_SESSION_VERSION,
   SESSION_EPOCHS_VERSION,
   type SessionEpochs,
   type SessionMeta,
@@ -86,7 +87,7 @@ export function sessionTagKey(repo: Repository, epoch: number): Secret {
 export function encodeLegacySessionEnvelope(crypto: CryptoSuite, meta: SessionMeta, key: Secret, dataPublicKey: Uint8Array): Uint8Array {
   const secret = encodeSessionSecret(fromHex(meta.sessionId), key.bytes);
   try {
-    return encodeEnvelope(ObjectKind.SessionKey, encodeSessionMeta(meta), [crypto.sealTo(dataPublicKey, secret)], 1);
+    return encodeEnvelope(ObjectKind.SessionKey, encodeSessionMeta(meta), [crypto.sealTo(dataPublicKey, secret)], LEGACY_SESSION_VERSION);
   } finally {
     secret.fill(0);
   }
