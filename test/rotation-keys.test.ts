@@ -1,8 +1,11 @@
+import { cpSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { CryptoFailure, type CryptoSuite } from "../src/crypto/suite.js";
 import { Secret } from "../src/crypto/secret.js";
-import { ObjectKind, parseEnvelope, envelopeAd, kindName } from "../src/format/envelope.js";
+import { IntegrityError } from "../src/errors.js";
+import { encodeEnvelope, ObjectKind, parseEnvelope, envelopeAd, kindName } from "../src/format/envelope.js";
+import { obj } from "../src/format/fields.js";
 import { blobAd, packTrailerAd, PACK_PREFIX_BYTES } from "../src/format/pack.js";
 import { parseSnapshotMeta, snapshotBodyAd } from "../src/format/snapshot.js";
 import { loadIndex } from "../src/repository/index-files.js";
@@ -281,5 +284,213 @@ describe("rotation revokes for real", () => {
     expect((await again.auditVerify()).ok).toBe(true);
     await again.close();
     expect((await listAll(new FsStore(dir), "keys/admin/")).map((o) => o.key)).toEqual(slots.map((o) => o.key));
+  });
+});
+
+/** With write access to the storage: replaces fields of a session envelope's readable meta, its payloads untouched. */
+function rewriteSessionMeta(dir: string, key: string, change: Record<string, number>): void {
+  const file = path.join(dir, ...key.split("/"));
+  const env = parseEnvelope(ObjectKind.SessionKey, new Uint8Array(readFileSync(file)), false);
+  writeFileSync(file, encodeEnvelope(ObjectKind.SessionKey, { ...obj(env.meta, "session"), ...change }, env.payloads, env.version));
+}
+
+/** The session envelopes stored for a session: store key and format version. */
+async function envelopesOf(repo: Repository, sessionId: string): Promise<{ key: string; version: number | undefined }[]> {
+  const out: { key: string; version: number | undefined }[] = [];
+  for (const { key } of await listAll(repo.store, `sessions/${sessionId}/`)) out.push({ key, version: (await repo.store.get(key))[5] });
+  return out;
+}
+
+/** The removed operator's saved keys, from a repository where they were added after `admin`'s backups. */
+async function stealOperatorKeys(admin: Vault, dir: string): Promise<Uint8Array[]> {
+  await admin.addUser({ name: "op", role: "operator", passphrase: Secret.fromString("op-pass"), kdf: KDF_TEST, allowWeakKdf: true });
+  const op = await openRepository({ store: new FsStore(dir), user: "op", passphrase: Secret.fromString("op-pass") });
+  const stolen = await everyKeyOf(op);
+  await op.close();
+  // Control: the saved keys open the stored data, so the searches below can find something.
+  expect((await objectsOpenedBy(admin.repository, stolen)).some((o) => o.startsWith("data/"))).toBe(true);
+  await admin.removeUser("op");
+  return stolen;
+}
+
+const GOLDEN_PLAIN = path.join(import.meta.dirname, "golden/v1/plain");
+
+describe("the epochs a session's handling depends on are authenticated", () => {
+  it("a raised createdEpoch in a session envelope's meta is refused, naming it: re-encryption stops instead of skipping the session, restore fails", async () => {
+    const dir = tmp("repo");
+    const src = tmp("src");
+    const admin = await initTestVault(dir);
+    const image = path.join(src, "vm.raw");
+    await makeImage(image, { sizeMiB: 4 });
+    const before = await admin.backup({ vm: "vm", sources: [image] });
+    const stolen = await stealOperatorKeys(admin, dir);
+    await admin.rotateKeys();
+    const [sid] = (await listAll(admin.repository.store, "sessions/")).map((o) => o.key.split("/")[1] as string);
+    if (sid === undefined) throw new Error("no session");
+
+    // The removed operator, who can still write the bucket, makes the session look new to the
+    // next re-encryption (epoch 3): before the fix it was skipped, its packs kept under keys they saved.
+    rewriteSessionMeta(dir, `sessions/${sid}/000002`, { createdEpoch: 3 });
+    const names = (e: unknown): boolean => e instanceof IntegrityError && e.damage.some((d) => d.object === `sessions/${sid}/000002` && /differ from its sealed ones/.test(d.problem));
+    await expect(admin.restore({ snapshot: before.snapshotId, target: tmp("out"), reason: "tampered" })).rejects.toSatisfy(names);
+    await expect(admin.rotateKeys({ reencrypt: true })).rejects.toSatisfy(names);
+    // Nothing was destroyed: the data is still there, and said to be under old keys.
+    expect((await admin.keyStatus()).reencryption).toBeNull();
+    expect((await objectsOpenedBy(admin.repository, stolen)).some((o) => o.startsWith("data/"))).toBe(true);
+
+    // A chunk-ID epoch changed in the meta is refused the same way (readers would verify with that key).
+    rewriteSessionMeta(dir, `sessions/${sid}/000002`, { createdEpoch: 1, chunkKeyEpoch: 2 });
+    await expect(admin.restore({ snapshot: before.snapshotId, target: tmp("out"), reason: "tampered" })).rejects.toSatisfy(names);
+    // Put back as it was, it opens again: the payloads were never touched. (In this same process:
+    // the rotation above kept epoch 2's grants because of the damage, and before rotate.ts copied
+    // the kept chunk-ID key, zeroing the new epoch's secrets had zeroed epoch 2's key in memory.)
+    rewriteSessionMeta(dir, `sessions/${sid}/000002`, { createdEpoch: 1, chunkKeyEpoch: 1 });
+    const out = tmp("out");
+    await admin.restore({ snapshot: before.snapshotId, target: out, reason: "restored meta" });
+    expect(await sha256File(path.join(out, "vm.raw"))).toBe(await sha256File(image));
+    expect(await envelopesOf(admin.repository, sid)).toEqual([{ key: `sessions/${sid}/000002`, version: 2 }]);
+    await admin.close();
+  });
+
+  it("an envelope without the meta tag, or whose tag is for another sealed payload, does not open", async () => {
+    const dir = tmp("repo");
+    const src = tmp("src");
+    const admin = await initTestVault(dir);
+    const image = path.join(src, "vm.raw");
+    await makeImage(image, { sizeMiB: 2 });
+    const first = await admin.backup({ vm: "a", sources: [image] });
+    const second = await admin.backup({ vm: "b", sources: [image] });
+    const keyOf = async (snapshotId: string): Promise<string> => {
+      for (const { key } of await listAll(admin.repository.store, `snapshots/${snapshotId}/`)) {
+        return `sessions/${parseSnapshotMeta(parseEnvelope(ObjectKind.Snapshot, await admin.repository.store.get(key), true).meta).sessionId}/000001`;
+      }
+      throw new Error("no snapshot");
+    };
+    const a = await keyOf(first.snapshotId);
+    const b = await keyOf(second.snapshotId);
+    const envA = parseEnvelope(ObjectKind.SessionKey, new Uint8Array(readFileSync(path.join(dir, a))), false);
+    const envB = parseEnvelope(ObjectKind.SessionKey, new Uint8Array(readFileSync(path.join(dir, b))), false);
+    // Dropping the tag but keeping version 2, and pairing a's tag with b's sealed payload.
+    writeFileSync(path.join(dir, a), encodeEnvelope(ObjectKind.SessionKey, envA.meta, [envA.payloads[0] as Uint8Array], 2));
+    writeFileSync(path.join(dir, b), encodeEnvelope(ObjectKind.SessionKey, envB.meta, [envB.payloads[0] as Uint8Array, envA.payloads[1] as Uint8Array], 2));
+    for (const [snapshotId, key] of [[first.snapshotId, a], [second.snapshotId, b]] as const) {
+      await expect(admin.restore({ snapshot: snapshotId, target: tmp("out"), reason: "tampered" })).rejects.toSatisfy(
+        (e: unknown) => e instanceof IntegrityError && e.damage.some((d) => d.object === key),
+      );
+    }
+    await admin.close();
+  });
+
+  it("an envelope written by the old format (version 1) is read, re-sealed as it was by a rotation, and re-encrypted whatever its readable createdEpoch says", async () => {
+    const dir = tmp("repo");
+    cpSync(path.join(GOLDEN_PLAIN, "repository"), dir, { recursive: true });
+    const secrets = JSON.parse(readFileSync(path.join(GOLDEN_PLAIN, "secrets.json"), "utf8")) as { user: string; passphrase: string };
+    const manifest = JSON.parse(readFileSync(path.join(GOLDEN_PLAIN, "manifest.json"), "utf8")) as { snapshotId: string; source: { name: string; sha256: string } };
+    const admin = await Vault.open({ store: new FsStore(dir), user: secrets.user, passphrase: Secret.fromString(secrets.passphrase) });
+    const [sid] = (await listAll(admin.repository.store, "sessions/")).map((o) => o.key.split("/")[1] as string);
+    if (sid === undefined) throw new Error("no session");
+    expect(await envelopesOf(admin.repository, sid)).toEqual([{ key: `sessions/${sid}/000001`, version: 1 }]);
+    const oldPacks = (await listAll(admin.repository.store, "data/")).map((o) => o.key);
+    expect(oldPacks.length).toBeGreaterThan(0);
+    const stolen = await stealOperatorKeys(admin, dir);
+    await admin.rotateKeys();
+    // Re-sealed to epoch 2 without gaining sealed epochs: nothing vouches for its meta.
+    expect(await envelopesOf(admin.repository, sid)).toEqual([{ key: `sessions/${sid}/000002`, version: 1 }]);
+    const mid = tmp("out");
+    await admin.restore({ snapshot: manifest.snapshotId, target: mid, reason: "old format after rotation" });
+    expect(await sha256File(path.join(mid, manifest.source.name))).toBe(manifest.source.sha256);
+
+    // The removed operator raises its createdEpoch to the next re-encryption's epoch; a version 1
+    // envelope's meta is all there is, so readers cannot tell, and the re-encryption must not care.
+    rewriteSessionMeta(dir, `sessions/${sid}/000002`, { createdEpoch: 3 });
+    const result = await admin.rotateKeys({ reencrypt: true });
+    expect(result).toMatchObject({ epoch: 3, packsRewritten: oldPacks.length, snapshotsRewritten: 1 });
+    // Its old packs and its key are gone; the snapshot is under a new session (version 2 envelope).
+    const left = (await listAll(admin.repository.store, "data/")).map((o) => o.key);
+    expect(left.filter((k) => oldPacks.includes(k))).toEqual([]);
+    expect(await envelopesOf(admin.repository, sid)).toEqual([]);
+    for (const { key } of await listAll(admin.repository.store, "sessions/")) expect((await admin.repository.store.get(key))[5], key).toBe(2);
+    // The removed operator's saved keys open nothing at all.
+    expect(await objectsOpenedBy(admin.repository, stolen)).toEqual([]);
+    const out = tmp("out");
+    await admin.restore({ snapshot: manifest.snapshotId, target: out, reason: "old format after re-encryption" });
+    expect(await sha256File(path.join(out, manifest.source.name))).toBe(manifest.source.sha256);
+    expect((await admin.check({ readData: true })).damage).toEqual([]);
+    await admin.close();
+  });
+
+  it("repair reencrypt counts a version 1 session as old whatever its readable createdEpoch says: the removed operator's saved keys open nothing after it", async () => {
+    const dir = tmp("repo");
+    cpSync(path.join(GOLDEN_PLAIN, "repository"), dir, { recursive: true });
+    const secrets = JSON.parse(readFileSync(path.join(GOLDEN_PLAIN, "secrets.json"), "utf8")) as { user: string; passphrase: string };
+    const manifest = JSON.parse(readFileSync(path.join(GOLDEN_PLAIN, "manifest.json"), "utf8")) as { snapshotId: string; source: { name: string; sha256: string } };
+    let failing = true;
+    // The re-encryption stops at its first new pack: its checkpoint (packs phase) is stored.
+    const store = new FaultyStore(new FsStore(dir), { failPut: (key) => failing && key.startsWith("data/") });
+    const admin = await Vault.open({ store, user: secrets.user, passphrase: Secret.fromString(secrets.passphrase) });
+    const [sid] = (await listAll(store, "sessions/")).map((o) => o.key.split("/")[1] as string);
+    if (sid === undefined) throw new Error("no session");
+    const oldPacks = (await listAll(store, "data/")).map((o) => o.key);
+    const stolen = await stealOperatorKeys(admin, dir);
+    await admin.rotateKeys();
+    await expect(admin.rotateKeys({ reencrypt: true })).rejects.toThrow(/storage full while writing data\//);
+    failing = false;
+    // The checkpoint is damaged, and the removed operator makes the version 1 session (re-sealed to
+    // the target epoch 3) look created in it, so that a repair judging by the meta spares it.
+    const checkpoints = await listAll(store, "checkpoints/reencrypt/");
+    expect(checkpoints.length).toBeGreaterThan(0);
+    for (const { key } of checkpoints) {
+      const file = path.join(dir, ...key.split("/"));
+      const bytes = readFileSync(file);
+      bytes[bytes.length - 3] = (bytes[bytes.length - 3] ?? 0) ^ 1;
+      writeFileSync(file, bytes);
+    }
+    expect(await envelopesOf(admin.repository, sid)).toEqual([{ key: `sessions/${sid}/000003`, version: 1 }]);
+    rewriteSessionMeta(dir, `sessions/${sid}/000003`, { createdEpoch: 3 });
+    const repaired = await admin.repairReencryption();
+    expect(repaired).toMatchObject({ epoch: 3, packsRewritten: oldPacks.length, snapshotsRewritten: 1 });
+    expect((await listAll(store, "data/")).map((o) => o.key).filter((k) => oldPacks.includes(k))).toEqual([]);
+    expect(await envelopesOf(admin.repository, sid)).toEqual([]);
+    expect(await objectsOpenedBy(admin.repository, stolen)).toEqual([]);
+    const out = tmp("out");
+    await admin.restore({ snapshot: manifest.snapshotId, target: out, reason: "after repair reencrypt" });
+    expect(await sha256File(path.join(out, manifest.source.name))).toBe(manifest.source.sha256);
+    await admin.close();
+  });
+
+  it("rotation re-seals a version 2 envelope with the sealed epochs; backup, rotation and re-encryption keep everything restorable", async () => {
+    const dir = tmp("repo");
+    const src = tmp("src");
+    const admin = await initTestVault(dir);
+    const image = path.join(src, "vm.raw");
+    await makeImage(image, { sizeMiB: 3 });
+    const first = await admin.backup({ vm: "vm", sources: [image] });
+    await admin.rotateKeys();
+    await makeImage(path.join(src, "two.raw"), { sizeMiB: 3, seed: "two" });
+    const second = await admin.backup({ vm: "two", sources: [path.join(src, "two.raw")] });
+    await admin.rotateKeys();
+    const sessions = new SessionKeys(admin.repository);
+    try {
+      const seen = [];
+      for (const { key } of await listAll(admin.repository.store, "sessions/")) {
+        expect(key.endsWith("/000003"), key).toBe(true);
+        seen.push((await sessions.open(key.split("/")[1] as string)).epochs);
+      }
+      expect(seen.sort((x, y) => (x?.createdEpoch ?? 0) - (y?.createdEpoch ?? 0))).toEqual([
+        { createdEpoch: 1, chunkKeyEpoch: 1 },
+        { createdEpoch: 2, chunkKeyEpoch: 1 },
+      ]);
+    } finally {
+      sessions.dispose();
+    }
+    const result = await admin.rotateKeys({ reencrypt: true, newChunkKey: true });
+    expect(result).toMatchObject({ epoch: 4, snapshotsRewritten: 2 });
+    for (const [id, file] of [[first.snapshotId, image], [second.snapshotId, path.join(src, "two.raw")]] as const) {
+      const out = tmp("out");
+      await admin.restore({ snapshot: id, target: out, reason: "after re-encryption" });
+      expect(await sha256File(path.join(out, path.basename(file)))).toBe(await sha256File(file));
+    }
+    expect((await admin.check({ readData: true })).damage).toEqual([]);
+    await admin.close();
   });
 });

@@ -24,9 +24,26 @@ export const ObjectKind = {
 } as const;
 export type ObjectKind = (typeof ObjectKind)[keyof typeof ObjectKind];
 
-/** The version this build writes, and the newest it can read, per object kind. */
+/** The version this build writes, and the newest it can read, of every kind but session keys. */
 export const WRITE_VERSION = 1;
 export const READ_VERSION = 1;
+
+/**
+ * Session keys moved past WRITE_VERSION on their own: version 2 seals the session's epochs with
+ * its key and authenticates the meta (src/format/session.ts); version 1 is still read.
+ */
+export const SESSION_KEY_WRITE_VERSION = 2;
+export const SESSION_KEY_READ_VERSION = 2;
+
+/** The version this build writes of a kind. */
+export function writeVersion(kind: ObjectKind): number {
+  return kind === ObjectKind.SessionKey ? SESSION_KEY_WRITE_VERSION : WRITE_VERSION;
+}
+
+/** The newest version of a kind this build reads. */
+export function readVersion(kind: ObjectKind): number {
+  return kind === ObjectKind.SessionKey ? SESSION_KEY_READ_VERSION : READ_VERSION;
+}
 
 export function kindName(kind: number): string {
   for (const [name, value] of Object.entries(ObjectKind)) if (value === kind) return name;
@@ -34,7 +51,7 @@ export function kindName(kind: number): string {
 }
 
 /** magic(4) | kind(1) | version(1) | reserved(2) */
-export function encodeHeader(kind: ObjectKind, version = WRITE_VERSION): Uint8Array {
+export function encodeHeader(kind: ObjectKind, version = writeVersion(kind)): Uint8Array {
   return Uint8Array.of(...MAGIC, kind, version, 0, 0);
 }
 
@@ -44,7 +61,7 @@ export function parseHeader(reader: ByteReader, kind: ObjectKind): number {
   const actual = reader.u8();
   if (actual !== kind) throw new FormatError(`expected a ${kindName(kind)} object, found ${kindName(actual)}`);
   const version = reader.u8();
-  if (version < 1 || version > READ_VERSION) throw new FormatError(`unsupported ${kindName(kind)} format version ${version}`);
+  if (version < 1 || version > readVersion(kind)) throw new FormatError(`unsupported ${kindName(kind)} format version ${version}`);
   if (reader.u16() !== 0) throw new FormatError("reserved header bytes are not zero");
   return version;
 }
@@ -64,17 +81,17 @@ export interface Envelope {
   readonly signature: Uint8Array | undefined;
 }
 
-export function encodeEnvelope(kind: ObjectKind, meta: unknown, payloads: readonly Uint8Array[] = []): Uint8Array {
+export function encodeEnvelope(kind: ObjectKind, meta: unknown, payloads: readonly Uint8Array[] = [], version = writeVersion(kind)): Uint8Array {
   const w = new ByteWriter(256 + payloads.reduce((n, p) => n + p.length + 4, 0));
-  w.raw(encodeHeader(kind)).bytes(utf8(JSON.stringify(meta))).u8(payloads.length);
+  w.raw(encodeHeader(kind, version)).bytes(utf8(JSON.stringify(meta))).u8(payloads.length);
   for (const p of payloads) w.bytes(p);
   return w.finish();
 }
 
 /** Associated data for an AEAD payload inside an envelope: header | meta. */
-export function envelopeAd(kind: ObjectKind, metaBytes: Uint8Array): Uint8Array {
+export function envelopeAd(kind: ObjectKind, metaBytes: Uint8Array, version = writeVersion(kind)): Uint8Array {
   const w = new ByteWriter(HEADER_BYTES + metaBytes.length + 4);
-  return w.raw(encodeHeader(kind)).bytes(metaBytes).finish();
+  return w.raw(encodeHeader(kind, version)).bytes(metaBytes).finish();
 }
 
 export function appendSignature(body: Uint8Array, signature: Uint8Array): Uint8Array {

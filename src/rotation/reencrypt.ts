@@ -16,7 +16,7 @@ import { ChunkIndex } from "../repository/chunk-index.js";
 import { loadIndex, readIndexFile } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
 import { chunkKeyFor, type Repository } from "../repository/repository.js";
-import { createSession, SessionKeys } from "../repository/sessions.js";
+import { createSession, SessionKeys, type OpenedSession } from "../repository/sessions.js";
 import { BlobReader } from "../restore/blob-reader.js";
 import { listSnapshotKeys, readSnapshot, readSnapshotBody } from "../snapshot/store.js";
 import { fromHex, toHex } from "../util/bytes.js";
@@ -77,8 +77,11 @@ async function start(repo: Repository, o: ReencryptOptions): Promise<ReencryptSt
   const sessions = new SessionKeys(repo);
   const oldSessions = new Set<string>();
   try {
+    // Old: created before the target epoch by its sealed epochs. An envelope without sealed
+    // epochs (version 1) is old whatever its readable meta says: rewriting costs only time.
+    const isOld = (s: OpenedSession): boolean => s.epochs === undefined || s.epochs.createdEpoch < target;
     for (const p of index.packs) {
-      if ((await sessions.open(p.sessionId)).meta.createdEpoch < target) oldSessions.add(p.sessionId);
+      if (isOld(await sessions.open(p.sessionId))) oldSessions.add(p.sessionId);
     }
     for (const [, keys] of await listSnapshotKeys(repo)) {
       const newest = keys[0];
@@ -86,15 +89,12 @@ async function start(repo: Repository, o: ReencryptOptions): Promise<ReencryptSt
       // A backup that finished since the rotation wrote its snapshot under the new epoch's keys:
       // its session is not old (deleting its key would lose packs no index listed yet here).
       const sessionId = (await readSnapshot(repo, newest)).meta.sessionId;
-      const created = await sessions.open(sessionId).then(
-        (s) => s.meta.createdEpoch,
-        (e: unknown) => {
-          // A session key that does not open is old data's, as before (its snapshot then fails to rewrite, naming it).
-          if (e instanceof IntegrityError) return undefined;
-          throw e;
-        },
-      );
-      if (created === undefined || created < target) oldSessions.add(sessionId);
+      const old = await sessions.open(sessionId).then(isOld, (e: unknown) => {
+        // A session key that does not open is old data's, as before (its snapshot then fails to rewrite, naming it).
+        if (e instanceof IntegrityError) return true;
+        throw e;
+      });
+      if (old) oldSessions.add(sessionId);
     }
   } finally {
     sessions.dispose();

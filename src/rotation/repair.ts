@@ -3,7 +3,6 @@ import { Compressor } from "../compress/compressor.js";
 import { loadBulkCrypto } from "../crypto/bulk.js";
 import type { IndexedPack } from "../format/index-file.js";
 import { packKey } from "../format/layout.js";
-import type { SessionMeta } from "../format/session.js";
 import { listAll } from "../storage/types.js";
 
 const SESSION_PREFIX = "sessions/";
@@ -12,7 +11,7 @@ import { audited, authorizeAudited } from "../audit/guard.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
 import { chunkKeyFor, type Repository } from "../repository/repository.js";
-import { createSession, SessionKeys } from "../repository/sessions.js";
+import { createSession, SessionKeys, type OpenedSession } from "../repository/sessions.js";
 import { listSnapshotKeys, readSnapshot } from "../snapshot/store.js";
 import { toHex } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
@@ -175,20 +174,20 @@ async function derive(repo: Repository, progress: ProgressSink): Promise<Derived
   await loadIndex(repo, undefined, (f) => packs.push(...f.packs));
   const sessions = new SessionKeys(repo);
   try {
-    // A session is old when it was created before the target epoch, or when its chunk IDs are
-    // under another chunk-ID key than the target's (the epochs the cleanup destroys hold that
-    // key). The envelope's readable meta is not authenticated: the second test keeps a session
-    // whose creation epoch was altered upwards from keeping chunks the cleanup would make unverifiable.
-    const isOld = (meta: SessionMeta): boolean => meta.createdEpoch < targetEpoch || meta.chunkKeyEpoch !== targetInfo.chunkKeyEpoch;
+    // A session is old when its envelope has no sealed epochs (version 1: its readable meta
+    // vouches for nothing), when it was created before the target epoch, or when its chunk IDs
+    // are under another chunk-ID key than the target's (the epochs the cleanup destroys hold
+    // that key).
+    const isOld = (s: OpenedSession): boolean => s.epochs === undefined || s.epochs.createdEpoch < targetEpoch || s.epochs.chunkKeyEpoch !== targetInfo.chunkKeyEpoch;
     const oldSessions = new Set<string>();
     const sessionChunkKey = new Map<string, number>();
     const oldPacks: IndexedPack[] = [];
     const newPacks: IndexedPack[] = [];
     for (const p of packs) {
       const sid = toHex(p.sessionId);
-      const meta = (await sessions.open(sid)).meta;
-      sessionChunkKey.set(sid, meta.chunkKeyEpoch);
-      if (isOld(meta)) {
+      const opened = await sessions.open(sid);
+      sessionChunkKey.set(sid, opened.meta.chunkKeyEpoch);
+      if (isOld(opened)) {
         oldSessions.add(sid);
         oldPacks.push(p);
       } else newPacks.push(p);
@@ -197,9 +196,9 @@ async function derive(repo: Repository, progress: ProgressSink): Promise<Derived
       const newest = keys[0];
       if (newest === undefined) continue;
       const sid = (await readSnapshot(repo, newest)).meta.sessionId;
-      const meta = (await sessions.open(sid)).meta;
-      sessionChunkKey.set(sid, meta.chunkKeyEpoch);
-      if (isOld(meta)) oldSessions.add(sid);
+      const opened = await sessions.open(sid);
+      sessionChunkKey.set(sid, opened.meta.chunkKeyEpoch);
+      if (isOld(opened)) oldSessions.add(sid);
     }
     // Every other session created before the target epoch is old too: one whose old packs a
     // cleanup had already unindexed when the checkpoint was lost, or one an interrupted backup
@@ -207,16 +206,16 @@ async function derive(repo: Repository, progress: ProgressSink): Promise<Derived
     for (const { key } of await listAll(repo.store, SESSION_PREFIX)) {
       const sid = key.slice(SESSION_PREFIX.length).split("/")[0] ?? "";
       if (!/^[0-9a-f]{32}$/.test(sid) || sessionChunkKey.has(sid)) continue;
-      let meta;
+      let opened;
       try {
-        meta = (await sessions.open(sid)).meta;
+        opened = await sessions.open(sid);
       } catch (e) {
         // Left as it is: a session key that does not open is neither judged old nor deleted.
         if (e instanceof IntegrityError) continue;
         throw e;
       }
-      sessionChunkKey.set(sid, meta.chunkKeyEpoch);
-      if (isOld(meta)) oldSessions.add(sid);
+      sessionChunkKey.set(sid, opened.meta.chunkKeyEpoch);
+      if (isOld(opened)) oldSessions.add(sid);
     }
     const targetKeyEpoch = targetInfo.chunkKeyEpoch;
     const rekeyed = new Set<number>();

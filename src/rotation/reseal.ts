@@ -6,7 +6,7 @@ import { AUDIT_BODY_PREFIX, auditBodyKey, INDEX_PREFIX, parseNumberedKey, sessio
 import { encodeAuditBodyMeta, parseAuditBodyMeta } from "../format/audit.js";
 import { readIndexFile, writeIndexFile } from "../repository/index-files.js";
 import type { Repository } from "../repository/repository.js";
-import { encodeSessionEnvelope, SessionKeys } from "../repository/sessions.js";
+import { encodeLegacySessionEnvelope, encodeSessionEnvelope, SessionKeys, sessionTagKey } from "../repository/sessions.js";
 import { listSnapshotKeys, readSnapshot, storeSnapshotRevision } from "../snapshot/store.js";
 import { listAll } from "../storage/types.js";
 import type { ProgressSink } from "../util/progress.js";
@@ -44,7 +44,12 @@ export async function resealAll(repo: Repository, target: number, progress?: Pro
       try {
         if (!entries.some((x) => x.number === target)) {
           const opened = await sessions.open(sid);
-          const bytes = encodeSessionEnvelope(repo.crypto, { ...opened.meta, epoch: target }, opened.key, info.dataPublicKey);
+          // The epochs come from the sealed payload, never from the readable meta; an envelope
+          // without sealed epochs (version 1) is re-sealed as it was, its epochs still unvouched.
+          const bytes =
+            opened.epochs === undefined
+              ? encodeLegacySessionEnvelope(repo.crypto, { ...opened.meta, epoch: target }, opened.key, info.dataPublicKey)
+              : encodeSessionEnvelope(repo.crypto, { repoId: repo.repoId, sessionId: sid, epoch: target, createdEpoch: opened.epochs.createdEpoch, chunkKeyEpoch: opened.epochs.chunkKeyEpoch }, opened.key, info.dataPublicKey, sessionTagKey(repo, target));
           await repo.store.putIfAbsent(sessionObjectKey(sid, target), bytes);
           stats.sessions++;
         }

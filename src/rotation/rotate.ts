@@ -111,7 +111,8 @@ async function openEpochAndReseal(repo: Repository, o: RotateOptions): Promise<R
   const chunkKey = previous.secrets.chunkId;
   if (repo.keyring.rootSecretKey === undefined || chunkKey === undefined) throw new VaultError("E_ACCESS_DENIED", "access denied: only an admin can rotate keys");
   const id = Math.max(...latest.epochs.map((e) => e.id)) + 1;
-  const epoch = newEpoch(repo.crypto, id, repo.now(), o.newChunkKey === true ? undefined : { key: chunkKey.bytes, epoch: previous.info.chunkKeyEpoch });
+  // A copy: the new epoch's secrets are zeroed below, and the previous epoch keeps its key.
+  const epoch = newEpoch(repo.crypto, id, repo.now(), o.newChunkKey === true ? undefined : { key: chunkKey.bytes.slice(), epoch: previous.info.chunkKeyEpoch });
   // A new root key with every epoch: the registry version that lists the epoch is signed with
   // the old root key and names the new one, which signs the epoch's grants and every later
   // version. A removed admin's copy of the old root key then signs nothing readers accept.

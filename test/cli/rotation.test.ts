@@ -5,6 +5,8 @@ import { FsStore, KDF_TEST, Secret, Vault } from "../../src/index.js";
 import { encodeRegistry } from "../../src/keys/registry.js";
 import { registryKey } from "../../src/format/layout.js";
 import { openRepository } from "../../src/repository/open.js";
+import { encodeEnvelope, ObjectKind, parseEnvelope } from "../../src/format/envelope.js";
+import { parseSnapshotMeta } from "../../src/format/snapshot.js";
 import { startCli, TEST_PASSPHRASE, vault } from "../helpers/cli.js";
 import { makeImage, readTree, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
@@ -89,6 +91,38 @@ describe("key rotation and re-encryption", () => {
     expect(log.filter((r) => r.result === "succeeded").length).toBeGreaterThanOrEqual(2);
     expect(log.some((r) => r.target["reencrypt"] === "yes")).toBe(true);
     expect((await v(["audit", "verify"])).code).toBe(0);
+  });
+
+  it("a session envelope whose readable createdEpoch disagrees with its sealed one: restore, check and key rotate --reencrypt exit 5 naming it; put back, everything works", async () => {
+    const f = await fixture();
+    const v = vault(f.repo);
+    const target = f.sources[0];
+    if (target === undefined) throw new Error("no source");
+    // The session of the first snapshot: the one envelope whose session wrote its packs first.
+    const snapshotFile = (await fsp.readdir(path.join(f.repo, "snapshots", target.id)))[0] as string;
+    const sid = parseSnapshotMeta(parseEnvelope(ObjectKind.Snapshot, new Uint8Array(await fsp.readFile(path.join(f.repo, "snapshots", target.id, snapshotFile))), true).meta).sessionId;
+    const file = path.join(f.repo, "sessions", sid, "000001");
+    const original = await fsp.readFile(file);
+    const env = parseEnvelope(ObjectKind.SessionKey, new Uint8Array(original), false);
+    // Raised to the epoch the next re-encryption would target: it would have been skipped.
+    await fsp.writeFile(file, encodeEnvelope(ObjectKind.SessionKey, { ...(env.meta as Record<string, unknown>), createdEpoch: 2 }, env.payloads, env.version));
+    const named = `sessions/${sid}/000001`;
+    const restored = await v(["restore", target.id, "--target", tmp("out"), "--reason", "tampered session meta"]);
+    expect(restored.code, restored.stderr).toBe(5);
+    expect(restored.stderr).toContain(named);
+    expect(restored.stderr).toContain("differ from its sealed ones");
+    const checked = await v(["check"]);
+    expect(checked.code, checked.stdout + checked.stderr).toBe(5);
+    expect(checked.stdout + checked.stderr).toContain(named);
+    const re = await v(["key", "rotate", "--reencrypt"]);
+    expect(re.code, re.stderr).toBe(5);
+    expect(re.stderr).toContain(named);
+    // Nothing was rewritten or destroyed: put back, every snapshot restores, and the re-encryption runs.
+    await fsp.writeFile(file, original);
+    await everythingReadable(f, "meta put back");
+    const again = await v(["key", "rotate", "--reencrypt"]);
+    expect(again.code, again.stderr).toBe(0);
+    await everythingReadable(f, "re-encrypted after the meta was put back");
   });
 
   it("--new-chunk-key rewrites every chunk ID; everything still restores", async () => {

@@ -31,6 +31,11 @@
  * of their bytes). They pin what the repositories' folder cannot: owners and groups (u, g) with
  * fixed IDs instead of the generating user's, a hard link (h), and names, a symlink target and a
  * hard-link path that are not UTF-8 (pb, lb, hb).
+ * And session-keys/, a session key envelope at its kind's own write version (2: the epochs
+ * sealed with the key, the meta tagged under the index key), which the repositories above,
+ * written at version 1, do not hold (written by its own test, `-t "session key vectors"`, so the
+ * version 1 repositories stay as they were written): envelope.bin and vector.json, its inputs
+ * and the test-only keys that open it, from seeded randomness (the sealed box aside).
  * Why two: plain/ pins the objects as first written (revision 1, one epoch); rotated/ pins
  * what rotation and re-encryption rewrite (revisions, `rewrittenBy`, session epochs, several
  * registry versions, destroyed epochs) while staying small enough to replay as a whole.
@@ -61,19 +66,19 @@ import { describe, expect, it } from "vitest";
 import { KDF_TEST } from "../../src/crypto/kdf.js";
 import { encodeEntry } from "../../src/format/entries.js";
 import { Secret } from "../../src/crypto/secret.js";
-import type { RandomSource } from "../../src/crypto/suite.js";
+import { CryptoSuite, type RandomSource } from "../../src/crypto/suite.js";
 import { kindName, MAGIC, ObjectKind, WRITE_VERSION } from "../../src/format/envelope.js";
 import { shownPath } from "../../src/format/names.js";
 import { LOCK_PREFIX, parseVersionedKey, SNAPSHOT_PREFIX } from "../../src/format/layout.js";
 import { KEY_PARTS } from "../../src/keys/roles.js";
 import { acquireLock } from "../../src/repository/lock.js";
-import { SessionKeys } from "../../src/repository/sessions.js";
+import { encodeSessionEnvelope, SessionKeys } from "../../src/repository/sessions.js";
 import { deleteCheckpoints, writeCheckpoint, writeIdMapBatch, type ReencryptState } from "../../src/rotation/checkpoint.js";
 import { MemoryStore } from "../../src/storage/memory.js";
 import { listAll } from "../../src/storage/types.js";
 import { concatBytes, toHex, utf8 } from "../../src/util/bytes.js";
 import { Vault } from "../../src/vault.js";
-import { ENTRY_VECTOR_DIR, entryOfVector, type EntryVector } from "./samples.js";
+import { ENTRY_VECTOR_DIR, entryOfVector, SESSION_KEY_VECTOR_DIR, type EntryVector, type SessionKeyVector } from "./samples.js";
 
 const WRITE = process.env["VMVAULT_WRITE_GOLDEN"] === "1";
 const OUT = path.join(import.meta.dirname, `v${WRITE_VERSION}`);
@@ -474,5 +479,34 @@ describe.skipIf(!WRITE)("golden entry vectors (VMVAULT_WRITE_GOLDEN=1)", () => {
       entries: vectors,
     };
     await fsp.writeFile(path.join(dir, "entries.json"), `${JSON.stringify(doc, null, 2)}\n`);
+  });
+});
+
+describe.skipIf(!WRITE)("golden session key vectors (VMVAULT_WRITE_GOLDEN=1)", () => {
+  it(`writes a session key envelope to test/golden/v${WRITE_VERSION}/${SESSION_KEY_VECTOR_DIR}`, async () => {
+    const crypto = await CryptoSuite.create({ random: seededRandom(`${SEED} session key vector`) });
+    const data = crypto.boxKeyPair();
+    const indexKey = crypto.randomSecret(32);
+    const sessionKey = crypto.randomSecret(32);
+    const repoId = toHex(crypto.random(16));
+    const sessionId = toHex(crypto.random(16));
+    // Three different epochs, as after a re-encryption and a later rotation (rotated/ above).
+    const meta = { repoId, sessionId, epoch: 3, createdEpoch: 2, chunkKeyEpoch: 1 };
+    const bytes = encodeSessionEnvelope(crypto, meta, sessionKey, data.publicKey, indexKey);
+    const dir = path.join(OUT, SESSION_KEY_VECTOR_DIR);
+    await fsp.rm(dir, { recursive: true, force: true });
+    await fsp.mkdir(dir, { recursive: true });
+    await fsp.writeFile(path.join(dir, "envelope.bin"), bytes);
+    const vector: SessionKeyVector & { note: string; generatedBy: string } = {
+      note: "A session key envelope as encodeSessionEnvelope writes it (envelope.bin), its inputs and the test-only keys that open it. See test/golden/generate.test.ts.",
+      generatedBy: 'VMVAULT_WRITE_GOLDEN=1 npx vitest run test/golden/generate.test.ts -t "session key vectors"',
+      version: bytes[5] ?? 0,
+      ...meta,
+      sessionKey: toHex(sessionKey.bytes),
+      dataPublicKey: toHex(data.publicKey),
+      dataSecretKey: toHex(data.secretKey.bytes),
+      indexKey: toHex(indexKey.bytes),
+    };
+    await fsp.writeFile(path.join(dir, "vector.json"), `${JSON.stringify(vector, null, 2)}\n`);
   });
 });

@@ -15,6 +15,8 @@
  *       check --read-data, audit verify with the anchor, restore and compare with the sources'
  *       SHA-256s, the checkpoint read back);
  *   (c) re-encodes the parsed structures of the current version and demands the exact bytes.
+ * Session key envelopes are written at their kind's own version (2) while the repositories'
+ * samples hold version 1 ones: v<N>/session-keys/ pins the newer layout (see generate.test.ts).
  *
  * Regenerate with
  *
@@ -49,6 +51,7 @@ import {
   ObjectKind,
   parseEnvelope,
   WRITE_VERSION,
+  writeVersion,
 } from "../../src/format/envelope.js";
 import { int, obj, str } from "../../src/format/fields.js";
 import { encodeGrantMeta, encodeGrantSecrets, parseGrantMeta, parseGrantSecrets } from "../../src/format/grant.js";
@@ -78,7 +81,7 @@ import {
   parsePackHeader,
   parsePackPrefix,
 } from "../../src/format/pack.js";
-import { encodeSessionMeta, encodeSessionSecret, parseSessionMeta, parseSessionSecret } from "../../src/format/session.js";
+import { encodeSessionMeta, encodeSessionSecret, parseSessionMeta, parseSessionSecret, SESSION_SECRET_BYTES } from "../../src/format/session.js";
 import { encodeSlotMeta, encodeSlotSecrets, parseSlotMeta, parseSlotSecrets } from "../../src/format/slot.js";
 import {
   encodeSnapshotBody,
@@ -120,6 +123,8 @@ import {
   openSnapshotHeader,
   sampleNames,
   secret,
+  SESSION_KEY_VECTOR_DIR,
+  type SessionKeyVector,
   sha256,
   signedEnvelope,
   splitPack,
@@ -327,8 +332,17 @@ for (const version of VERSION_DIRS) {
         for (const o of sessions) {
           const env = parseEnvelope(ObjectKind.SessionKey, o.bytes, false);
           const meta = parseSessionMeta(env.meta);
-          const plain = crypto.openSealed(epochInfo(g, meta.epoch).dataPublicKey, epochSecret(g, meta.epoch, "data"), only(env.payloads, "payloads"));
-          const opened = parseSessionSecret(plain);
+          // Version 1: one sealed payload of session id and key, the epochs only in the meta.
+          // Version 2: the epochs sealed too, and a meta tag under the epoch's index key.
+          expect(env.payloads).toHaveLength(env.version >= 2 ? 2 : 1);
+          const sealed = env.payloads[0] ?? new Uint8Array(0);
+          const plain = crypto.openSealed(epochInfo(g, meta.epoch).dataPublicKey, epochSecret(g, meta.epoch, "data"), sealed);
+          const opened = parseSessionSecret(plain, env.version);
+          if (env.version >= 2) {
+            expect(opened.epochs).toEqual({ createdEpoch: meta.createdEpoch, chunkKeyEpoch: meta.chunkKeyEpoch });
+            const tag = env.payloads[1] ?? new Uint8Array(0);
+            expect(toHex(crypto.open(epochSecret(g, meta.epoch, "index"), tag, envelopeAd(ObjectKind.SessionKey, env.metaBytes, env.version)))).toBe(toHex(crypto.hash(sealed)));
+          } else expect(opened.epochs).toBeUndefined();
           expect(toHex(opened.sessionId)).toBe(meta.sessionId);
           expect(toHex(opened.sessionKey)).toBe(g.secrets.sessions[meta.sessionId]);
           expect(meta.createdEpoch).toBeLessThanOrEqual(meta.epoch);
@@ -646,11 +660,64 @@ describe("(b) folder entry vectors open with the current code", () => {
   });
 });
 
+/** The version folders that hold a session key envelope vector (session-keys/, see generate.test.ts). */
+const SESSION_KEY_VECTOR_VERSIONS = VERSION_DIRS.filter((v) => existsSync(path.join(GOLDEN_ROOT, v, SESSION_KEY_VECTOR_DIR, "envelope.bin")));
+
+function loadSessionKeyVector(version: string): { bytes: Uint8Array; vector: SessionKeyVector } {
+  const dir = path.join(GOLDEN_ROOT, version, SESSION_KEY_VECTOR_DIR);
+  return { bytes: new Uint8Array(readFileSync(path.join(dir, "envelope.bin"))), vector: JSON.parse(readFileSync(path.join(dir, "vector.json"), "utf8")) as SessionKeyVector };
+}
+
+describe("(b) session key envelope vectors open with the current code", () => {
+  it(`the write version's folder holds a session key envelope at the session key kind's write version (${writeVersion(ObjectKind.SessionKey)})`, () => {
+    expect(SESSION_KEY_VECTOR_VERSIONS).toContain(CURRENT);
+    const { bytes, vector } = loadSessionKeyVector(CURRENT);
+    expect(bytes[5]).toBe(writeVersion(ObjectKind.SessionKey));
+    expect(vector.version).toBe(bytes[5]);
+  });
+  for (const version of SESSION_KEY_VECTOR_VERSIONS) {
+    it(`${version}/${SESSION_KEY_VECTOR_DIR}: meta, the sealed id, key and epochs, and the meta tag under the index key`, async () => {
+      const crypto = await CryptoSuite.create();
+      const { bytes, vector: v } = loadSessionKeyVector(version);
+      const env = parseEnvelope(ObjectKind.SessionKey, bytes, false);
+      expect(env.version).toBe(v.version);
+      expect(parseSessionMeta(env.meta)).toEqual({ repoId: v.repoId, sessionId: v.sessionId, epoch: v.epoch, createdEpoch: v.createdEpoch, chunkKeyEpoch: v.chunkKeyEpoch });
+      expect(env.payloads).toHaveLength(2);
+      const [sealed, tag] = env.payloads as [Uint8Array, Uint8Array];
+      expect(toHex(crypto.boxPublicKey(secret(v.dataSecretKey)))).toBe(v.dataPublicKey);
+      const plain = crypto.openSealed(fromHex(v.dataPublicKey), secret(v.dataSecretKey), sealed);
+      expect(plain.length).toBe(SESSION_SECRET_BYTES);
+      const opened = parseSessionSecret(plain, env.version);
+      expect(toHex(opened.sessionId)).toBe(v.sessionId);
+      expect(toHex(opened.sessionKey)).toBe(v.sessionKey);
+      expect(opened.epochs).toEqual({ createdEpoch: v.createdEpoch, chunkKeyEpoch: v.chunkKeyEpoch });
+      // session id(16) | session key(32) | createdEpoch u32 LE | chunkKeyEpoch u32 LE
+      expect(toHex(plain.subarray(48))).toBe(toHex(Uint8Array.of(v.createdEpoch, 0, 0, 0, v.chunkKeyEpoch, 0, 0, 0)));
+      const digest = crypto.open(secret(v.indexKey), tag, envelopeAd(ObjectKind.SessionKey, env.metaBytes, env.version));
+      expect(toHex(digest)).toBe(toHex(crypto.hash(sealed)));
+    });
+  }
+});
+
 describe(`(c) re-encoding the ${CURRENT} samples reproduces their bytes`, () => {
   it(`${ENTRY_VECTOR_DIR}: the recorded entries encode to the entry blob`, () => {
     const { blob, vectors } = loadEntryVectors(CURRENT);
     expect(fromUtf8(concatBytes(vectors.map(entryOfVector).map(encodeEntry)))).toBe(fromUtf8(blob));
     expect(toHex(concatBytes(vectors.map(entryOfVector).map(encodeEntry)))).toBe(toHex(blob));
+  });
+  it(`${SESSION_KEY_VECTOR_DIR}: meta, the sealed payload as recorded, and the meta tag under its recorded nonce reassemble the envelope; the sealed plaintext re-encodes`, async () => {
+    const crypto = await CryptoSuite.create();
+    const { bytes, vector: v } = loadSessionKeyVector(CURRENT);
+    const env = parseEnvelope(ObjectKind.SessionKey, bytes, false);
+    const [sealed, tag] = env.payloads as [Uint8Array, Uint8Array];
+    const meta = encodeSessionMeta(parseSessionMeta(env.meta));
+    const ad = envelopeAd(ObjectKind.SessionKey, utf8(JSON.stringify(meta)), v.version);
+    const nonce = tag.subarray(0, AEAD_NONCE_BYTES);
+    const reTag = concatBytes([nonce, crypto.encrypt(secret(v.indexKey), nonce, crypto.hash(sealed), ad)]);
+    expect(toHex(encodeEnvelope(ObjectKind.SessionKey, meta, [sealed, reTag], v.version))).toBe(toHex(bytes));
+    const plain = crypto.openSealed(fromHex(v.dataPublicKey), secret(v.dataSecretKey), sealed);
+    const s = parseSessionSecret(plain, v.version);
+    expect(toHex(encodeSessionSecret(s.sessionId, s.sessionKey, s.epochs))).toBe(toHex(plain));
   });
   for (const sampleName of VERSION_DIRS.includes(CURRENT) ? sampleNames(CURRENT) : []) {
     describe(sampleName, () => {
@@ -704,10 +771,11 @@ describe(`(c) re-encoding the ${CURRENT} samples reproduces their bytes`, () => 
         for (const { bytes } of g.all(ObjectKind.SessionKey)) {
           const env = parseEnvelope(ObjectKind.SessionKey, bytes, false);
           const meta = parseSessionMeta(env.meta);
-          expect(toHex(encodeEnvelope(ObjectKind.SessionKey, encodeSessionMeta(meta), env.payloads))).toBe(toHex(bytes));
+          // Version 1 envelopes (the session key kind is written at version 2 now: session-keys/ below).
+          expect(toHex(encodeEnvelope(ObjectKind.SessionKey, encodeSessionMeta(meta), env.payloads, env.version))).toBe(toHex(bytes));
           const plain = crypto.openSealed(epochInfo(g, meta.epoch).dataPublicKey, epochSecret(g, meta.epoch, "data"), only(env.payloads, "payloads"));
-          const s = parseSessionSecret(plain);
-          expect(toHex(encodeSessionSecret(s.sessionId, s.sessionKey))).toBe(toHex(plain));
+          const s = parseSessionSecret(plain, env.version);
+          expect(toHex(encodeSessionSecret(s.sessionId, s.sessionKey, s.epochs))).toBe(toHex(plain));
         }
       });
 

@@ -275,6 +275,26 @@ export interface EntryVector {
 
 export const ENTRY_VECTOR_DIR = "entries";
 
+/**
+ * Session key envelope vectors (v<N>/session-keys/, see generate.test.ts): envelope.bin, one
+ * envelope as encodeSessionEnvelope writes it at its kind's write version, and vector.json, its
+ * inputs and the test-only keys that open it (hex).
+ */
+export const SESSION_KEY_VECTOR_DIR = "session-keys";
+
+export interface SessionKeyVector {
+  readonly version: number;
+  readonly repoId: string;
+  readonly sessionId: string;
+  readonly epoch: number;
+  readonly createdEpoch: number;
+  readonly chunkKeyEpoch: number;
+  readonly sessionKey: string;
+  readonly dataPublicKey: string;
+  readonly dataSecretKey: string;
+  readonly indexKey: string;
+}
+
 export function entryOfVector(v: EntryVector): FolderEntry {
   const chunks = v.chunks?.map((c): FileChunk => (c.startsWith("z") ? { id: null, length: Number(c.slice(1)) } : { id: c.slice(0, 64), length: Number(c.slice(65)) }));
   return {
