@@ -7,7 +7,8 @@ import { int, obj, str, type Json } from "../format/fields.js";
 import { adminIn } from "../keys/registry.js";
 import type { Repository } from "../repository/repository.js";
 import { listAll } from "../storage/types.js";
-import { fromUtf8, toHex, utf8 } from "../util/bytes.js";
+import { fromHex, fromUtf8, toHex, utf8 } from "../util/bytes.js";
+import type { Secret } from "../crypto/secret.js";
 
 export const CHECKPOINT_PREFIX = "checkpoints/reencrypt/";
 export const MAP_PREFIX = "checkpoints/reencrypt-map/";
@@ -21,6 +22,12 @@ export interface ReencryptState {
   readonly newChunkKey: boolean;
   /** The session whose key encrypts every rewritten pack and snapshot body. */
   readonly sessionId: string;
+  /**
+   * sessionKeyPin of that session's key: a resume opens the key from its stored envelope, which
+   * anyone holding the current index key could replace with one sealing a key they chose (and
+   * then read everything rewritten after it); the signed checkpoint pins the key instead.
+   */
+  readonly sessionKeyPin: string;
   readonly phase: "packs" | "snapshots" | "cleanup";
   /** Packs that existed when re-encryption started (all under older session keys). */
   readonly oldPacks: readonly string[];
@@ -85,6 +92,7 @@ export async function readCheckpoint(repo: Repository): Promise<ReencryptState |
       targetEpoch: int(o, "targetEpoch"),
       newChunkKey: o["newChunkKey"] === true,
       sessionId: str(o, "sessionId"),
+      sessionKeyPin: str(o, "sessionKeyPin"),
       phase,
       oldPacks: strings(o["oldPacks"], "oldPacks"),
       donePacks: strings(o["donePacks"], "donePacks"),
@@ -100,6 +108,23 @@ export async function readCheckpoint(repo: Repository): Promise<ReencryptState |
       throw checkpointError(newest.key, "re-encryption checkpoint does not open (modified or corrupted)");
     }
     throw e;
+  }
+}
+
+/** A keyed BLAKE2b of a fixed text under the session key: names the key without revealing it. */
+export function sessionKeyPin(repo: Repository, key: Secret): string {
+  return toHex(repo.crypto.hash(utf8("vmvault re-encryption session key pin v1"), key));
+}
+
+/**
+ * The re-encryption's session key, opened from its envelope and checked against the pin in the
+ * signed checkpoint: a replaced envelope is refused (exit 5) before anything is written under it.
+ */
+export function checkSessionKeyPin(repo: Repository, state: ReencryptState, key: Secret): void {
+  if (!repo.crypto.equal(fromHex(state.sessionKeyPin), fromHex(sessionKeyPin(repo, key)))) {
+    const object = `sessions/${state.sessionId}`;
+    const problem = "the re-encryption's session key envelope holds another key than its signed checkpoint names (replaced in the storage)";
+    throw new IntegrityError(`integrity failure: ${object}: ${problem}`, [{ object, problem }], `nothing was rewritten under that key; put the session's original envelope back from a copy of the repository and run \`vmvault key rotate --reencrypt\` again (the packs this re-encryption wrote so far open only with the original key)`);
   }
 }
 

@@ -22,7 +22,7 @@ import { listSnapshotKeys, readSnapshot, readSnapshotBody } from "../snapshot/st
 import { fromHex, toHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
 import { rotateKeys } from "./rotate.js";
-import { deleteCheckpoints, highestIdMapBatch, readCheckpoint, readIdMap, writeCheckpoint, writeIdMapBatch, type ReencryptState } from "./checkpoint.js";
+import { checkSessionKeyPin, deleteCheckpoints, highestIdMapBatch, readCheckpoint, readIdMap, sessionKeyPin, writeCheckpoint, writeIdMapBatch, type ReencryptState } from "./checkpoint.js";
 import { rewriteSnapshot } from "./rewrite.js";
 import { finishReencryption } from "./cleanup.js";
 
@@ -100,6 +100,7 @@ async function start(repo: Repository, o: ReencryptOptions): Promise<ReencryptSt
     sessions.dispose();
   }
   const session = await createSession(repo);
+  const pin = sessionKeyPin(repo, session.key);
   session.key.dispose();
   return writeCheckpoint(
     repo,
@@ -109,6 +110,7 @@ async function start(repo: Repository, o: ReencryptOptions): Promise<ReencryptSt
       targetEpoch: target,
       newChunkKey: o.newChunkKey === true,
       sessionId: session.sessionId,
+      sessionKeyPin: pin,
       phase: "packs",
       oldPacks: index.packs.filter((p) => oldSessions.has(p.sessionId)).map((p) => p.packId),
       donePacks: [],
@@ -145,6 +147,7 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
   let openPacks: PackWriter | undefined;
   try {
     const session = await sessions.open(state.sessionId);
+    checkSessionKeyPin(repo, state, session.key);
     const compressor = new Compressor(repo.config);
     const indexed = new Map<string, IndexedPack>();
     await loadIndex(repo, undefined, (f) => {

@@ -4,8 +4,6 @@ import { loadBulkCrypto } from "../crypto/bulk.js";
 import type { IndexedPack } from "../format/index-file.js";
 import { packKey } from "../format/layout.js";
 import { listAll } from "../storage/types.js";
-
-const SESSION_PREFIX = "sessions/";
 import { BlobScratch, BlobStatus, openBlobInto } from "../pack/blob.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import { loadIndex } from "../repository/index-files.js";
@@ -22,12 +20,15 @@ import {
   highestIdMapBatch,
   pendingChunkKeyEpochs,
   readCheckpoint,
+  sessionKeyPin,
   readIdMap,
   writeCheckpoint,
   writeIdMapBatch,
   type ReencryptState,
 } from "./checkpoint.js";
 import { resumeReencryption, type ReencryptResult } from "./reencrypt.js";
+
+const SESSION_PREFIX = "sessions/";
 
 export interface RepairReencryptOptions {
   readonly progress?: ProgressSink;
@@ -111,6 +112,7 @@ async function rebuild(repo: Repository, progress: ProgressSink | undefined): Pr
       await writeIdMapBatch(repo, derived.targetEpoch, ++batch, derived.pairs.slice(at, at + PAIRS_PER_BATCH));
     }
     const session = await createSession(repo);
+    const pin = sessionKeyPin(repo, session.key);
     session.key.dispose();
     const now = repo.now();
     // Stored under a number above every stored checkpoint; the older ones (the damaged one among them) are then deleted.
@@ -122,6 +124,7 @@ async function rebuild(repo: Repository, progress: ProgressSink | undefined): Pr
         targetEpoch: derived.targetEpoch,
         newChunkKey: derived.newChunkKey,
         sessionId: session.sessionId,
+        sessionKeyPin: pin,
         phase: "packs",
         oldPacks: derived.oldPacks,
         donePacks: derived.donePacks,

@@ -8,6 +8,8 @@ import { openRepository } from "../../src/repository/open.js";
 import type { Repository } from "../../src/repository/repository.js";
 import { readCheckpoint, readIdMap, writeCheckpoint, writeIdMapBatch, type ReencryptState } from "../../src/rotation/checkpoint.js";
 import { FaultyStore } from "../../src/storage/faulty.js";
+import { sessionKey } from "../../src/format/layout.js";
+import { encodeSessionEnvelope, sessionTagKey } from "../../src/repository/sessions.js";
 import { listAll } from "../../src/storage/types.js";
 import { utf8 } from "../../src/util/bytes.js";
 import { TEST_PASSPHRASE, vault } from "../helpers/cli.js";
@@ -276,6 +278,38 @@ describe("re-encryption checkpoints are signed by an admin", () => {
     r = await v(["key", "rotate", "--reencrypt"]);
     expect(r.code, r.stderr).toBe(0);
     await everythingReadable(f, "after resume");
+  });
+
+  it("a session key envelope replaced in the storage (sealing a key the writer chose) is refused before anything is rewritten under it", async () => {
+    const f = await fixture();
+    await interrupted(f, false);
+    // The backup user holds the current index key and the data public key, and here can write
+    // the storage: it swaps the re-encryption's session key for one it knows, which would let it
+    // read everything the resumed run rewrites.
+    const swapped = await as(f, "hyp", async (repo) => {
+      const state = (await readCheckpoint(repo)) as ReencryptState;
+      const epoch = repo.chain.latest.epochs.find((e) => e.id === repo.chain.latest.currentEpoch);
+      if (epoch === undefined) throw new Error("no current epoch");
+      const key = sessionKey(state.sessionId, epoch.id);
+      const original = await fsp.readFile(path.join(f.repo, key));
+      await fsp.rm(path.join(f.repo, key));
+      const meta = { repoId: repo.repoId, sessionId: state.sessionId, epoch: epoch.id, createdEpoch: epoch.id, chunkKeyEpoch: epoch.chunkKeyEpoch };
+      expect(await repo.store.putIfAbsent(key, encodeSessionEnvelope(repo.crypto, meta, repo.crypto.randomSecret(32), epoch.dataPublicKey, sessionTagKey(repo, epoch.id)))).toBe(true);
+      return { key, original };
+    });
+    const v = vault(f.repo);
+    const before = await dataState(f.repo);
+    const resume = await v(["key", "rotate", "--reencrypt"]);
+    expect(resume.code, `${resume.stdout}${resume.stderr}`).toBe(5);
+    expect(resume.stderr).toContain("holds another key than its signed checkpoint names");
+    expect(resume.stderr).toContain("put the session's original envelope back");
+    expect(await dataState(f.repo), "nothing was written under the swapped key").toEqual(before);
+    // The envelope put back (from a copy of the storage), the re-encryption resumes and finishes.
+    await fsp.rm(path.join(f.repo, swapped.key));
+    await fsp.writeFile(path.join(f.repo, swapped.key), swapped.original);
+    const again = await v(["key", "rotate", "--reencrypt"]);
+    expect(again.code, again.stderr).toBe(0);
+    await everythingReadable(f, "after the resume");
   });
 
   it("a checkpoint signed by an admin who has been removed since is refused", async () => {

@@ -129,6 +129,7 @@ function checkpointState(targetEpoch: number): Omit<ReencryptState, "checkpoint"
     targetEpoch,
     newChunkKey: true,
     sessionId: seededHex("session", 16),
+    sessionKeyPin: seededHex("session key pin", 32),
     phase: "packs",
     oldPacks: [seededHex("old pack 1", 16), seededHex("old pack 2", 16)],
     donePacks: [seededHex("old pack 1", 16)],
