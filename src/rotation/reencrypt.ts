@@ -1,4 +1,4 @@
-import { IntegrityError, UsageError } from "../errors.js";
+import { IntegrityError, UsageError, type Damage } from "../errors.js";
 import { Compressor } from "../compress/compressor.js";
 import type { Secret } from "../crypto/secret.js";
 import { encodeChunkList, parseChunkList } from "../format/chunklist.js";
@@ -42,6 +42,12 @@ export interface ReencryptResult {
   readonly snapshotsRewritten: number;
   /** What this run itself rewrote (less than the totals when it resumed). */
   readonly thisRun: { readonly packs: number; readonly snapshots: number };
+  /**
+   * Snapshots this run did not rewrite because no reader accepts their body (it does not open, or
+   * is not valid as its signer wrote it): left as they were, unreadable once the old keys go, as
+   * they were unrestorable before.
+   */
+  readonly snapshotsLeftOut: readonly Damage[];
   readonly destroyedEpochs: readonly number[];
 }
 
@@ -142,6 +148,8 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
   const lock = await acquireLock(repo, "re-encryption", false);
   let packsRewritten = 0;
   let snapshotsRewritten = 0;
+  /** Snapshots phase 2 left as they were: their newest revision's body is refused by every reader. */
+  const leftOut: Damage[] = [];
   let openPacks: PackWriter | undefined;
   try {
     const session = await sessions.open(state.sessionId);
@@ -217,7 +225,18 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
           if (rec.header.rewrittenBy !== undefined) for (const k of keys.slice(1)) await repo.store.delete(k);
           continue;
         }
-        const body = await readSnapshotBody(repo, sessions, rec);
+        let body: SnapshotBody;
+        try {
+          body = await readSnapshotBody(repo, sessions, rec);
+        } catch (e) {
+          if (!(e instanceof IntegrityError)) throw e;
+          // No reader accepts this snapshot's body (it does not open, or its signer wrote one that
+          // is not valid: any user who may create snapshots can sign such a body), so nothing of it
+          // can be restored and nothing is lost by leaving it. Stopping here would let one such
+          // snapshot stop every re-encryption, and with it every later rotation.
+          leftOut.push(...e.damage);
+          continue;
+        }
         let newBody: SnapshotBody = body;
         if (idMap !== undefined) {
           const sources: SnapshotSource[] = [];
@@ -249,6 +268,7 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
     packsRewritten: state.donePacks.length,
     snapshotsRewritten: state.doneSnapshots ?? snapshotsRewritten,
     thisRun: { packs: packsRewritten, snapshots: snapshotsRewritten },
+    snapshotsLeftOut: leftOut,
     destroyedEpochs,
   };
 }
