@@ -65,7 +65,7 @@ describe("re-encryption and a snapshot no reader accepts", () => {
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout).toMatch(/re-encryption finished: .* 1 snapshot rewritten/);
       expect(r.stderr).toContain(`warning: snapshots/${id}/`);
-      expect(r.stderr).toMatch(/source name "\.\." is not a file name \(not re-encrypted: no reader accepts it; left as it was\)/);
+      expect(r.stderr).toMatch(/source name "\.\." is not a file name \(not re-encrypted: nothing could read it; left as it was\)/);
       // The repository is not wedged: a plain rotation runs again, and the other VM restores.
       expect((await admin(["key", "rotate"])).code).toBe(0);
       const restored = await admin(["restore", good, "--target", out, "--reason", "test"]);
