@@ -69,18 +69,27 @@ export function parseEntryLine(line: string): FolderEntry {
     if (type !== "file") throw new FormatError("field h on a folder entry that is not a file");
     if (hardLinkTo === "" || hardLinkTo === path) throw new FormatError("field h does not name another file");
   }
-  const base = { path, type, mode: int(o, "m"), mtimeMs: num(o, "mt"), size: int(o, "s") };
+  const base = { path, type, mode: intIn(o, "m", 0, MAX_MODE), mtimeMs: mtime(o), size: int(o, "s") };
+  if (path === "" && type !== "dir") throw new FormatError("the folder itself (path \"\") is not a folder entry");
+  if ((type === "symlink") !== (target !== undefined)) throw new FormatError(type === "symlink" ? "symlink entry without a target" : "field l on an entry that is not a symlink");
   const chunks =
     o["c"] === undefined
       ? undefined
       : arr(o, "c").map((c): FileChunk => {
           if (typeof c !== "string") throw new FormatError("bad chunk reference");
-          const zero = /^z(\d+)$/.exec(c);
-          if (zero) return { id: null, length: Number(zero[1]) };
-          const data = /^([0-9a-f]{64}):(\d+)$/.exec(c);
+          const zero = /^z([1-9]\d{0,15})$/.exec(c);
+          if (zero) return { id: null, length: chunkLength(zero[1]) };
+          const data = /^([0-9a-f]{64}):([1-9]\d{0,15})$/.exec(c);
           if (!data || data[1] === undefined) throw new FormatError("bad chunk reference");
-          return { id: data[1], length: Number(data[2]) };
+          return { id: data[1], length: chunkLength(data[2]) };
         });
+  if (chunks !== undefined && type !== "file") throw new FormatError("field c on an entry that is not a file");
+  if (type === "file") {
+    // What restore writes is the chunks, end to end: they must cover the recorded size exactly.
+    let covered = 0;
+    for (const c of chunks ?? []) covered += c.length;
+    if (covered !== base.size) throw new FormatError(`file chunks cover ${covered} of ${base.size} bytes`);
+  }
   return {
     ...base,
     ...(uid === undefined ? {} : { uid }),
@@ -89,6 +98,24 @@ export function parseEntryLine(line: string): FolderEntry {
     ...(hardLinkTo === undefined ? {} : { hardLinkTo }),
     ...(chunks === undefined ? {} : { chunks }),
   };
+}
+
+/** Permission bits, set-id and sticky bits: what a backup records (st_mode & 0o7777). */
+export const MAX_MODE = 0o7777;
+/** The widest modification time a restore can set: the range of a JavaScript Date, in milliseconds either side of 1970. */
+const MAX_MTIME_MS = 8.64e15;
+
+function mtime(o: Json): number {
+  const v = num(o, "mt");
+  if (Math.abs(v) > MAX_MTIME_MS) throw new FormatError("field mt is out of range");
+  return v;
+}
+
+/** A chunk length: positive, and small enough that a file's lengths add up exactly (a safe integer). */
+function chunkLength(digits: string | undefined): number {
+  const n = Number(digits);
+  if (!Number.isSafeInteger(n) || n < 1) throw new FormatError("bad chunk length");
+  return n;
 }
 
 /** A field and its exact bytes: `key` the escaped text, `key`b the hex. */

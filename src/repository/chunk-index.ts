@@ -44,6 +44,8 @@ export class ChunkIndex {
   readonly #ids: Uint8Array[] = [];
   readonly #meta: Uint32Array[] = [];
   #slots = new Int32Array(1024);
+  /** Further locations of IDs listed more than once, by entry number (few: see #addAlternate). */
+  readonly #alternates = new Map<number, { packNo: number; offset: number; length: number; rawLength: number }[]>();
   #count = 0;
 
   /**
@@ -86,7 +88,11 @@ export class ChunkIndex {
 
   /** add() for the ID at src[at, at + 32), so a caller walking encoded entries makes no view per chunk. */
   addAt(src: Uint8Array, at: number, packNo: number, offset: number, length: number, rawLength: number): boolean {
-    if (this.#findAt(src, at) >= 0) return false;
+    const known = this.#findAt(src, at);
+    if (known >= 0) {
+      if (this.#locations && packNo !== NO_PACK) this.#addAlternate(known, packNo, offset, length, rawLength);
+      return false;
+    }
     if (this.#count + 1 > this.#slots.length * MAX_LOAD) this.#grow();
     const entry = this.#count++;
     const block = entry >>> BLOCK_SHIFT;
@@ -107,6 +113,36 @@ export class ChunkIndex {
     meta[m + 2] = length;
     meta[m + 3] = rawLength;
     return true;
+  }
+
+  /**
+   * Keeps a second (third, ...) location of a known ID. Any role holding the index key can write
+   * an index file that lists another snapshot's chunk ID with bytes of its own, listed before the
+   * real one: readers try the next location when one does not verify (ChunkFetcher).
+   */
+  #addAlternate(entry: number, packNo: number, offset: number, length: number, rawLength: number): void {
+    const meta = this.#meta[entry >>> BLOCK_SHIFT] as Uint32Array;
+    const m = (entry & BLOCK_MASK) * META_WORDS;
+    const same = (l: { packNo: number; offset: number; length: number; rawLength: number }): boolean =>
+      l.packNo === packNo && l.offset === offset && l.length === length && l.rawLength === rawLength;
+    if (same({ packNo: meta[m] as number, offset: meta[m + 1] as number, length: meta[m + 2] as number, rawLength: meta[m + 3] as number })) return;
+    const list = this.#alternates.get(entry);
+    if (list === undefined) this.#alternates.set(entry, [{ packNo, offset, length, rawLength }]);
+    else if (!list.some(same)) list.push({ packNo, offset, length, rawLength });
+  }
+
+  /** Every location of an ID, the first one location() gives first; empty when unknown or without locations. */
+  locations(id: Uint8Array): ChunkLocation[] {
+    if (!this.#locations) return [];
+    const entry = this.find(id);
+    if (entry < 0) return [];
+    const first = this.#location(entry);
+    const out = first === undefined ? [] : [first];
+    for (const l of this.#alternates.get(entry) ?? []) {
+      const pack = this.packs[l.packNo];
+      if (pack !== undefined) out.push({ pack, packNo: l.packNo, offset: l.offset, length: l.length, rawLength: l.rawLength });
+    }
+    return out;
   }
 
   /** Marks an ID as present for a chunk of this session not yet in a pack; false when it was known already. */

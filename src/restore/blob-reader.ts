@@ -40,8 +40,27 @@ export class BlobReader {
     return loc;
   }
 
+  /**
+   * The verified plaintext of a blob. When its location does not verify, the next location the
+   * index holds for its ID is tried (see ChunkIndex.locations: an index file of any role holding
+   * the index key may list another snapshot's blob ID first); the first failure is thrown when
+   * none verifies.
+   */
   async read(id: Uint8Array): Promise<Uint8Array> {
-    const loc = this.location(id);
+    const first = this.location(id);
+    let failure: IntegrityError | undefined;
+    for (const loc of [first, ...this.#index.locations(id).slice(1)]) {
+      try {
+        return await this.#readAt(id, loc);
+      } catch (e) {
+        if (!(e instanceof IntegrityError)) throw e;
+        failure ??= e;
+      }
+    }
+    throw failure as IntegrityError;
+  }
+
+  async #readAt(id: Uint8Array, loc: ChunkLocation): Promise<Uint8Array> {
     const stored = await this.#fetch(loc);
     const session = await this.#sessions.open(loc.pack.sessionId);
     // Chunk IDs are verified with the chunk-ID key of the session that wrote them.

@@ -171,19 +171,55 @@ export class ChunkFetcher {
     return loc;
   }
 
+  /**
+   * Reads and decodes a window. A chunk whose location does not verify (its pack missing or
+   * short, its blob not authenticating under its ID, its ID not recomputing) is read again from
+   * the next location the index holds for its ID, if any: an index file written by any role
+   * holding the index key may list another snapshot's chunk ID first, with bytes of its own.
+   * Only when no location verifies is the first failure thrown.
+   */
   async #process<T>(w: Window<T>): Promise<{ out: Fetched<T>[]; plain: Uint8Array | undefined }> {
-    if (w.raw === 0) return { out: w.items.map((i) => ({ tag: i.tag, data: null })), plain: undefined };
-    // A window larger than a slot (one chunk bigger than groupBytes) gets shared memory of its own.
-    const slot = (w.raw <= this.#plainPool.slotBytes ? this.#plainPool.take() : undefined) ?? new Uint8Array(new SharedArrayBuffer(w.raw));
-    // Every read settles before the slot is given back on a failure: no worker still writes into it.
-    const settled = await Promise.allSettled(this.#reads(w.items).map((read) => this.#decode(read, slot)));
-    const failed = settled.find((s): s is PromiseRejectedResult => s.status === "rejected");
-    if (failed !== undefined) {
+    let items = w.items;
+    let raw = w.raw;
+    /** Per item, which of its ID's locations it is read from now (0: the first). */
+    let tried = new Map<Item<T>, number>();
+    let firstFailure: IntegrityError | undefined;
+    for (;;) {
+      if (raw === 0) return { out: items.map((i) => ({ tag: i.tag, data: null })), plain: undefined };
+      // A window larger than a slot (one chunk bigger than groupBytes) gets shared memory of its own.
+      const slot = (raw <= this.#plainPool.slotBytes ? this.#plainPool.take() : undefined) ?? new Uint8Array(new SharedArrayBuffer(raw));
+      // Every read settles before the slot is given back on a failure: no worker still writes into it.
+      const settled = await Promise.allSettled(this.#reads(items).map((read) => this.#decode(read, slot)));
+      const rejected = settled.find((s): s is PromiseRejectedResult => s.status === "rejected");
+      const failed = settled.flatMap((s) => (s.status === "fulfilled" ? s.value : []));
+      if (rejected === undefined && failed.length === 0) {
+        const out = items.map((i) => ({ tag: i.tag, data: i.loc === undefined ? null : slot.subarray(i.out, i.out + i.loc.rawLength) }));
+        return { out, plain: slot };
+      }
       if (slot.length === this.#plainPool.slotBytes) this.#plainPool.give(slot);
-      throw failed.reason;
+      if (rejected !== undefined) throw rejected.reason;
+      firstFailure ??= (failed[0] as { error: IntegrityError }).error;
+      const next = new Map<Item<T>, { loc: ChunkLocation; n: number }>();
+      for (const { item } of failed) {
+        const n = (tried.get(item) ?? 0) + 1;
+        const loc = this.#index.locations(item.id as Uint8Array)[n];
+        if (loc === undefined) throw firstFailure;
+        next.set(item, { loc, n });
+      }
+      // The window again, with each failed chunk at its next location, laid out anew.
+      const nextTried = new Map<Item<T>, number>();
+      raw = 0;
+      items = items.map((i) => {
+        const swap = next.get(i);
+        const loc = swap?.loc ?? i.loc;
+        const item: Item<T> = { tag: i.tag, id: i.id, loc, out: raw };
+        raw += loc?.rawLength ?? 0;
+        const n = swap?.n ?? tried.get(i);
+        if (n !== undefined) nextTried.set(item, n);
+        return item;
+      });
+      tried = nextTried;
     }
-    const out = w.items.map((i) => ({ tag: i.tag, data: i.loc === undefined ? null : slot.subarray(i.out, i.out + i.loc.rawLength) }));
-    return { out, plain: slot };
   }
 
   /** The window's chunks by pack and offset, cut into range reads of neighbours. */
@@ -218,12 +254,20 @@ export class ChunkFetcher {
     return reads;
   }
 
-  /** One range read of one pack, decoded by a worker into the window's output. */
-  async #decode<T>({ items, start, end }: RangeRead<T>, out: Uint8Array): Promise<void> {
+  /** One range read of one pack, decoded by a worker into the window's output; returns the items that did not verify, with why. */
+  async #decode<T>({ items, start, end }: RangeRead<T>, out: Uint8Array): Promise<{ item: Item<T>; error: IntegrityError }[]> {
     const pack = this.#index.packs[(items[0]?.loc as ChunkLocation).packNo];
     if (pack === undefined) throw new Error("chunk index names an unknown pack");
-    const names = await this.#keys.names(pack.sessionId);
     const key = packKey(pack.packId);
+    const all = (problem: string): { item: Item<T>; error: IntegrityError }[] => items.map((item) => ({ item, error: IntegrityError.object(key, problem) }));
+    let names;
+    try {
+      names = await this.#keys.names(pack.sessionId);
+    } catch (e) {
+      // A pack an index file names under a session whose key does not open: none of its chunks can verify.
+      if (e instanceof IntegrityError) return items.map((item) => ({ item, error: e }));
+      throw e;
+    }
     const span = end - start;
     let buffer = await this.#readBuffers.take(span);
     const size = buffer.length;
@@ -232,11 +276,11 @@ export class ChunkFetcher {
       try {
         got = await readInto(this.#repo.store, key, { offset: start, length: span }, buffer);
       } catch (e) {
-        if (e instanceof NotFoundError) throw IntegrityError.object(key, "pack is missing");
+        if (e instanceof NotFoundError) return all("pack is missing");
         throw e;
       }
       this.bytesFetched += got;
-      if (got < span) throw IntegrityError.object(key, "pack is truncated");
+      if (got < span) return all("pack is truncated");
       const entries = new Uint32Array(items.length * 3);
       const outOffsets = new Uint32Array(items.length);
       const ids = new Uint8Array(items.length * HASH_BYTES);
@@ -250,11 +294,14 @@ export class ChunkFetcher {
       });
       const result = await this.#pool.run({ kind: "open", data: buffer.subarray(0, span), entries, ids, key: names.key, idKey: names.idKey, keep: true, out, outOffsets });
       buffer = new Uint8Array(result.data.buffer as ArrayBuffer);
+      const failed: { item: Item<T>; error: IntegrityError }[] = [];
       result.status.forEach((status, j) => {
+        const item = items[j] as Item<T>;
         if (status !== BlobStatus.Ok) {
-          throw IntegrityError.object(key, `${blobStatusMessage(status as BlobStatus)} (chunk ${toHex(items[j]?.id as Uint8Array).slice(0, 16)}…)`);
+          failed.push({ item, error: IntegrityError.object(key, `${blobStatusMessage(status as BlobStatus)} (chunk ${toHex(item.id as Uint8Array).slice(0, 16)}…)`) });
         }
       });
+      return failed;
     } finally {
       // A buffer lost to a failed task (transferred to a worker that did not answer) is not reused.
       this.#readBuffers.give(buffer, size);

@@ -1,15 +1,17 @@
-import { IntegrityError, UsageError } from "../errors.js";
+import { IntegrityError, NotFoundError, UsageError, type Damage } from "../errors.js";
 import { Compressor } from "../compress/compressor.js";
 import type { Secret } from "../crypto/secret.js";
 import { encodeChunkList, parseChunkList } from "../format/chunklist.js";
 import { encodeEntry, parseEntryBlob } from "../format/entries.js";
 import type { IndexedPack } from "../format/index-file.js";
 import { packKey } from "../format/layout.js";
+import type { PackEntry } from "../format/pack.js";
 import type { SnapshotBody, SnapshotSource } from "../format/snapshot.js";
 import { BlobScratch, BlobStatus, blobStatusMessage, encodeBlob, rewrapBlob } from "../pack/blob.js";
 import { loadBulkCrypto } from "../crypto/bulk.js";
 import { AEAD_NONCE_BYTES } from "../crypto/suite.js";
 import { PackWriter } from "../pack/writer.js";
+import { PackError, readPackTrailer } from "../pack/reader.js";
 import { SessionIndexWriter } from "../backup/index-writer.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import { ChunkIndex } from "../repository/chunk-index.js";
@@ -42,6 +44,13 @@ export interface ReencryptResult {
   readonly snapshotsRewritten: number;
   /** What this run itself rewrote (less than the totals when it resumed). */
   readonly thisRun: { readonly packs: number; readonly snapshots: number };
+  /**
+   * What this run did not rewrite because nothing could read it: snapshots whose body no reader
+   * accepts (it does not open, or is not valid as its signer wrote it), chunks that do not verify
+   * where an index file places them, packs an index file names that are not there. Left as they
+   * were, unreadable once the old keys go, as they were before.
+   */
+  readonly leftOut: readonly Damage[];
   readonly destroyedEpochs: readonly number[];
 }
 
@@ -144,22 +153,39 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
   const lock = await acquireLock(repo, "re-encryption", false);
   let packsRewritten = 0;
   let snapshotsRewritten = 0;
+  /** What nothing could read, so this run left it as it was (ReencryptResult.leftOut). */
+  const leftOut: Damage[] = [];
   let openPacks: PackWriter | undefined;
   try {
     const session = await sessions.open(state.sessionId);
     checkSessionKeyPin(repo, state, session.key);
     const compressor = new Compressor(repo.config);
-    const indexed = new Map<string, IndexedPack>();
+    /** Every listing of each pack: any role holding the index key can add one, so none is taken alone. */
+    const indexed = new Map<string, IndexedPack[]>();
     await loadIndex(repo, undefined, (f) => {
-      for (const p of f.packs) indexed.set(toHex(p.packId), p);
+      for (const p of f.packs) {
+        const listings = indexed.get(toHex(p.packId));
+        if (listings === undefined) indexed.set(toHex(p.packId), [p]);
+        else listings.push(p);
+      }
     });
     const written = new ChunkIndex();
     // Its own packs, and after `repair reencrypt` the packs it verified chunk by chunk.
     const reusable = new Set(state.verifiedPacks ?? []);
-    for (const p of indexed.values()) {
-      if (toHex(p.sessionId) !== state.sessionId && !reusable.has(toHex(p.packId))) continue;
-      const n = written.addPack({ packId: toHex(p.packId), sessionId: state.sessionId, packLength: p.packLength });
-      for (const e of p.entries) written.add(e.chunkId, n, e.offset, e.length, e.rawLength);
+    for (const [packId, listings] of indexed) {
+      if (reusable.has(packId)) {
+        const n = written.addPack({ packId, sessionId: state.sessionId, packLength: 0 });
+        for (const p of listings) for (const e of p.entries) written.add(e.chunkId, n, e.offset, e.length, e.rawLength);
+        continue;
+      }
+      if (!listings.some((p) => toHex(p.sessionId) === state.sessionId)) continue;
+      // What a pack of its own session holds is what its trailer says, sealed under the session
+      // key only this re-encryption holds; an index file claiming more (another VM's chunks, so
+      // that they would be skipped here and their only copy deleted by the cleanup) is not it.
+      const entries = await ownPackEntries(repo, session.key, packId);
+      if (entries === undefined) continue;
+      const n = written.addPack({ packId, sessionId: state.sessionId, packLength: 0 });
+      for (const e of entries) written.add(e.chunkId, n, e.offset, e.length, e.rawLength);
     }
     const index = new SessionIndexWriter(repo, repo.store);
     const packs = new PackWriter({ store: repo.store, crypto: repo.crypto, sessionId: fromHex(state.sessionId), sessionKey: session.key, packSize: repo.config.packSize, onPack: (p) => index.add(p) });
@@ -185,8 +211,8 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
       let mapBatch = await highestIdMapBatch(repo);
       for (const [i, packId] of todo.entries()) {
         progress?.({ phase: "re-encrypt packs", done: i + 1, total: todo.length, unit: "items" });
-        const p = indexed.get(packId);
-        if (p !== undefined) pairs.push(...(await rewritePack(repo, sessions, compressor, rw, packId, p, state.newChunkKey)));
+        const listings = indexed.get(packId);
+        if (listings !== undefined) pairs.push(...(await rewritePack(repo, sessions, compressor, rw, packId, listings, state.newChunkKey, (d) => leftOut.push(d))));
         batch.push(packId);
         packsRewritten++;
         if (batch.length >= PACKS_PER_CHECKPOINT || i === todo.length - 1) {
@@ -220,7 +246,18 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
           if (rec.header.rewrittenBy !== undefined) for (const k of keys.slice(1)) await repo.store.delete(k);
           continue;
         }
-        const body = await readSnapshotBody(repo, sessions, rec);
+        let body: SnapshotBody;
+        try {
+          body = await readSnapshotBody(repo, sessions, rec);
+        } catch (e) {
+          if (!(e instanceof IntegrityError)) throw e;
+          // No reader accepts this snapshot's body (it does not open, or its signer wrote one that
+          // is not valid: any user who may create snapshots can sign such a body), so nothing of it
+          // can be restored and nothing is lost by leaving it. Stopping here would let one such
+          // snapshot stop every re-encryption, and with it every later rotation.
+          leftOut.push(...e.damage);
+          continue;
+        }
         let newBody: SnapshotBody = body;
         if (idMap !== undefined) {
           const sources: SnapshotSource[] = [];
@@ -252,21 +289,83 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
     packsRewritten: state.donePacks.length,
     snapshotsRewritten: state.doneSnapshots ?? snapshotsRewritten,
     thisRun: { packs: packsRewritten, snapshots: snapshotsRewritten },
+    leftOut,
     destroyedEpochs,
   };
 }
 
-/** Decrypts and verifies every chunk of one old pack and writes it again under the new session. */
-async function rewritePack(repo: Repository, sessions: SessionKeys, compressor: Compressor, rw: Rewriter, packId: string, p: IndexedPack, newKey: boolean): Promise<[string, string][]> {
-  const bulk = await loadBulkCrypto();
-  const scratch = new BlobScratch();
+/** The entries of a pack of the re-encryption's own session, as its authenticated trailer lists them; undefined when it is not one. */
+async function ownPackEntries(repo: Repository, sessionKey: Secret, packId: string): Promise<readonly PackEntry[] | undefined> {
+  const key = packKey(packId);
+  const info = await repo.store.stat(key);
+  if (info === undefined) return undefined;
+  try {
+    return (await readPackTrailer(repo.crypto, repo.store, key, packId, info.size, sessionKey)).entries;
+  } catch (e) {
+    if (e instanceof PackError) return undefined;
+    throw e;
+  }
+}
+
+/**
+ * Decrypts and verifies every chunk of one old pack and writes it again under the new session:
+ * the chunks every listing of the pack names (an index file written by any role holding the
+ * index key may list it with fewer entries, and the cleanup then deletes the pack), each listing
+ * read with the session key it names.
+ */
+async function rewritePack(
+  repo: Repository,
+  sessions: SessionKeys,
+  compressor: Compressor,
+  rw: Rewriter,
+  packId: string,
+  listings: readonly IndexedPack[],
+  newKey: boolean,
+  onDamage: (d: Damage) => void,
+): Promise<[string, string][]> {
   const pairs: [string, string][] = [];
   let bytes: Uint8Array;
   try {
     bytes = await repo.store.get(packKey(packId));
   } catch (e) {
+    // Nothing of a pack that is not there can be rewritten, or lost: an index file may name one that never was.
+    if (e instanceof NotFoundError) {
+      onDamage({ object: packKey(packId), problem: "pack is missing" });
+      return pairs;
+    }
     throw IntegrityError.object(packKey(packId), `cannot be read for re-encryption (${e instanceof Error ? e.message : String(e)})`);
   }
+  for (const p of listings) {
+    try {
+      pairs.push(...(await rewriteListing(repo, sessions, compressor, rw, packId, bytes, p, newKey, onDamage)));
+    } catch (e) {
+      // A listing under a session whose key does not open: none of its chunks can be read, so none is lost.
+      if (!(e instanceof IntegrityError)) throw e;
+      for (const d of e.damage) onDamage(d);
+    }
+  }
+  return pairs;
+}
+
+/**
+ * One listing's chunks. A chunk that does not verify (an index file may list any ID at any place)
+ * is reported to onDamage and left: nobody could read it, and the listing that names its real
+ * place, if any, rewrites it.
+ */
+async function rewriteListing(
+  repo: Repository,
+  sessions: SessionKeys,
+  compressor: Compressor,
+  rw: Rewriter,
+  packId: string,
+  bytes: Uint8Array,
+  p: IndexedPack,
+  newKey: boolean,
+  onDamage: (d: Damage) => void,
+): Promise<[string, string][]> {
+  const bulk = await loadBulkCrypto();
+  const scratch = new BlobScratch();
+  const pairs: [string, string][] = [];
   const old = await sessions.open(toHex(p.sessionId));
   const oldChunkKey = chunkKeyFor(repo, old.meta.chunkKeyEpoch);
   for (const e of p.entries) {
@@ -280,7 +379,10 @@ async function rewritePack(repo: Repository, sessions: SessionKeys, compressor: 
       compressor,
       scratch,
     );
-    if (r.status !== BlobStatus.Ok) throw IntegrityError.object(packKey(packId), `${blobStatusMessage(r.status)}; repair the pack before re-encrypting`);
+    if (r.status !== BlobStatus.Ok) {
+      onDamage({ object: packKey(packId), problem: `${blobStatusMessage(r.status)} (chunk ${toHex(e.chunkId).slice(0, 16)}…)` });
+      continue;
+    }
     await rw.putStored(r.chunkId, r.blob, e.rawLength);
     if (newKey) pairs.push([toHex(e.chunkId), toHex(r.chunkId)]);
   }

@@ -21,6 +21,7 @@ export async function runRotation(ctx: CliContext, vault: Vault, o: { reencrypt:
     } else {
       const thisRun = r.resumed ? ` in all (${plural(r.thisRun.packs, "pack")} and ${plural(r.thisRun.snapshots, "snapshot")} by this run)` : "";
       ctx.out(`re-encryption ${r.resumed ? "resumed and " : ""}finished: ${plural(r.packsRewritten, "pack")} and ${plural(r.snapshotsRewritten, "snapshot")} rewritten under epoch ${r.epoch}${thisRun}`);
+      for (const d of r.leftOut) ctx.warn(`warning: ${d.object}: ${d.problem} (not re-encrypted: nothing could read it; left as it was)`);
       if (r.destroyedEpochs.length > 0) ctx.out(`${noun(r.destroyedEpochs.length, "epoch")} ${r.destroyedEpochs.join(", ")} destroyed: no object is readable with ${noun(r.destroyedEpochs.length, "its", "their")} keys any more`);
     }
   }

@@ -50,6 +50,7 @@ export function registerRepair(program: Command, interrupts: Interrupts): void {
             );
           }
           ctx.out(`re-encryption finished: ${plural(r.packsRewritten, "pack")} and ${plural(r.snapshotsRewritten, "snapshot")} rewritten under epoch ${r.epoch} (${plural(r.thisRun.packs, "pack")} and ${plural(r.thisRun.snapshots, "snapshot")} by this run)`);
+          for (const d of r.leftOut) ctx.warn(`warning: ${d.object}: ${d.problem} (not re-encrypted: nothing could read it; left as it was)`);
           if (r.destroyedEpochs.length > 0) ctx.out(`${noun(r.destroyedEpochs.length, "epoch")} ${r.destroyedEpochs.join(", ")} destroyed: no object is readable with ${noun(r.destroyedEpochs.length, "its", "their")} keys any more`);
         }
       } finally {

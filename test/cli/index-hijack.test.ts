@@ -1,0 +1,70 @@
+/**
+ * Every role but auditor holds the index key, so a backup credential (from a compromised host)
+ * can read every index file and write index files of its own. One listed first that names
+ * another VM's chunk and blob IDs with bytes that are not theirs (another chunk's blob, a pack
+ * or session that does not exist) must not stop that VM's restore: readers try the ID's next
+ * location when one does not verify, and never write bytes that did not.
+ */
+import { createHash } from "node:crypto";
+import fsp from "node:fs/promises";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import type { PackEntry } from "../../src/format/pack.js";
+import type { IndexedPack } from "../../src/format/index-file.js";
+import { loadIndex, writeIndexFile } from "../../src/repository/index-files.js";
+import { openRepository } from "../../src/repository/open.js";
+import { FsStore, Secret } from "../../src/index.js";
+import { fromHex } from "../../src/util/bytes.js";
+import { vault } from "../helpers/cli.js";
+import { makeImage, tempDirs } from "../helpers/fixtures.js";
+
+const tmp = tempDirs();
+const sha = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
+
+describe("an index file that claims other snapshots' chunk IDs", () => {
+  it("does not stop their restore: each chunk and blob is read from a location that verifies", async () => {
+    const repo = path.join(tmp("repo"), "r");
+    const image = path.join(tmp("src"), "disk.raw");
+    const folder = path.join(tmp("src"), "etc");
+    await makeImage(image, { sizeMiB: 2, seed: "victim" });
+    await fsp.mkdir(folder);
+    await fsp.writeFile(path.join(folder, "hosts"), "10.0.0.1 db\n".repeat(5000));
+    const admin = vault(repo);
+    expect((await admin(["init"])).code).toBe(0);
+    expect((await admin(["user", "add", "host", "--role", "backup"], { env: { VMVAULT_NEW_PASSPHRASE: "host-pass" } })).code).toBe(0);
+    const made = await admin(["--json", "backup", "--vm", "victim", image, folder]);
+    expect(made.code, made.stderr).toBe(0);
+    const id = (JSON.parse(made.stdout) as { snapshotId: string }).snapshotId;
+
+    // The backup user lists every chunk ID the index holds and indexes each one elsewhere: at
+    // the next chunk's blob in the real pack, or in a pack of a session that does not exist.
+    const r = await openRepository({ store: new FsStore(repo), user: "host", passphrase: Secret.fromString("host-pass") });
+    try {
+      const all = [...(await loadIndex(r)).entries()];
+      expect(all.length).toBeGreaterThan(4);
+      const real: PackEntry[] = [];
+      const nowhere: PackEntry[] = [];
+      all.forEach(({ id: chunkId, location }, i) => {
+        const other = (all[(i + 1) % all.length] as (typeof all)[number]).location;
+        if (i % 2 === 0) real.push({ chunkId, offset: other.offset, length: other.length, rawLength: location.rawLength });
+        else nowhere.push({ chunkId, offset: 24, length: location.length, rawLength: location.rawLength });
+      });
+      const first = all[0]?.location.pack;
+      if (first === undefined) throw new Error("no pack");
+      const packs: IndexedPack[] = [
+        { packId: fromHex(first.packId), sessionId: fromHex(first.sessionId), packLength: first.packLength, entries: real },
+        { packId: new Uint8Array(16).fill(0xee), sessionId: new Uint8Array(16).fill(0xdd), packLength: 1 << 20, entries: nowhere },
+      ];
+      // Named to be listed before every other index file.
+      await writeIndexFile(r, r.store, packs, { indexId: new Uint8Array(16), nonce: r.crypto.random(24) });
+    } finally {
+      await r.close();
+    }
+
+    const out = tmp("out");
+    const restored = await admin(["restore", id, "--target", out, "--reason", "test"]);
+    expect(restored.code, restored.stderr).toBe(0);
+    expect(sha(await fsp.readFile(path.join(out, "disk.raw")))).toBe(sha(await fsp.readFile(image)));
+    expect(await fsp.readFile(path.join(out, "etc", "hosts"), "utf8")).toBe("10.0.0.1 db\n".repeat(5000));
+  }, 120_000);
+});
