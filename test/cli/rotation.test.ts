@@ -1,41 +1,20 @@
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { FsStore, KDF_TEST, Secret, Vault } from "../../src/index.js";
+import { FsStore, Secret } from "../../src/index.js";
 import { encodeRegistry } from "../../src/keys/registry.js";
 import { registryKey } from "../../src/format/layout.js";
 import { openRepository } from "../../src/repository/open.js";
 import { encodeEnvelope, ObjectKind, parseEnvelope } from "../../src/format/envelope.js";
 import { parseSnapshotMeta } from "../../src/format/snapshot.js";
 import { startCli, TEST_PASSPHRASE, vault } from "../helpers/cli.js";
+import { rotationFixture, type RotationFixture } from "../helpers/rotation-fixture.js";
 import { makeImage, readTree, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
 
-interface Fixture {
-  repo: string;
-  sources: { vm: string; file: string; sha: string; id: string }[];
-}
-
-/** A repository with small packs (many objects to rewrite) and three snapshots of different images. */
-async function fixture(): Promise<Fixture> {
-  const repo = path.join(tmp("repo"), "r");
-  const src = tmp("src");
-  const v = await Vault.init({ store: new FsStore(repo), user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE), kdf: KDF_TEST, allowWeakKdf: true, config: { packSize: 1 << 16 } });
-  const sources: Fixture["sources"] = [];
-  for (const vm of ["web", "db", "cache"]) {
-    const file = path.join(src, `${vm}.raw`);
-    const h = await fsp.open(file, "w");
-    await h.truncate(8 * 1024 * 1024);
-    await h.write(seededBytes(vm, 3 * 1024 * 1024), 0, 3 * 1024 * 1024, 1024 * 1024);
-    await h.write(seededBytes("shared", 1024 * 1024), 0, 1024 * 1024, 5 * 1024 * 1024);
-    await h.close();
-    const r = await v.backup({ vm, sources: [file] });
-    sources.push({ vm, file, sha: await sha256File(file), id: r.snapshotId });
-  }
-  await v.close();
-  return { repo, sources };
-}
+type Fixture = RotationFixture;
+const fixture = (): Promise<Fixture> => rotationFixture(tmp);
 
 async function packBytes(repo: string): Promise<number> {
   let n = 0;

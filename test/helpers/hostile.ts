@@ -1,0 +1,42 @@
+import fsp from "node:fs/promises";
+import path from "node:path";
+import { expect } from "vitest";
+import { openRepository } from "../../src/repository/open.js";
+import { SessionKeys } from "../../src/repository/sessions.js";
+import { listSnapshots, readSnapshotBody, writeSnapshot } from "../../src/snapshot/store.js";
+import type { SnapshotBody } from "../../src/format/snapshot.js";
+import { FsStore, Secret } from "../../src/index.js";
+import { TEST_PASSPHRASE, vault } from "./cli.js";
+import { makeImage } from "./fixtures.js";
+
+/**
+ * A user who may write snapshots (a backup credential taken from a compromised host, say) signs
+ * a revision whose body names its sources as it likes. Restore writes DIR/<source name>, so a
+ * name must be one safe path component, or the restore would write outside its target.
+ */
+export async function hostileRevision(tmp: (label?: string) => string, rename: (name: string, kind: string) => string): Promise<{ admin: ReturnType<typeof vault>; id: string; out: string }> {
+  const repo = path.join(tmp("repo"), "r");
+  const image = path.join(tmp("src"), "vm.raw");
+  const folder = path.join(tmp("src"), "etc");
+  await makeImage(image, { sizeMiB: 1 });
+  await fsp.mkdir(folder);
+  await fsp.writeFile(path.join(folder, "hosts"), "127.0.0.1 localhost\n");
+  const admin = vault(repo);
+  expect((await admin(["init"])).code).toBe(0);
+  const made = await admin(["--json", "backup", "--vm", "vm", image, folder]);
+  expect(made.code, made.stderr).toBe(0);
+  const id = (JSON.parse(made.stdout) as { snapshotId: string }).snapshotId;
+  const r = await openRepository({ store: new FsStore(repo), user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE) });
+  try {
+    const [record] = (await listSnapshots(r)).filter((s) => s.header.id === id);
+    if (record === undefined) throw new Error("snapshot not found");
+    const sessions = new SessionKeys(r);
+    const body = await readSnapshotBody(r, sessions, record);
+    const hostile: SnapshotBody = { ...body, sources: body.sources.map((s) => ({ ...s, name: rename(s.name, s.kind) })) };
+    await writeSnapshot(r, r.store, record.meta.sessionId, await sessions.get(record.meta.sessionId), record.header, hostile, record.meta.revision + 1);
+    sessions.dispose();
+  } finally {
+    await r.close();
+  }
+  return { admin, id, out: tmp("out") };
+}
