@@ -6,8 +6,8 @@ import { ObjectKind, parseEnvelope } from "../../src/format/envelope.js";
 import { parseSessionMeta } from "../../src/format/session.js";
 import { FaultyStore, type FaultyStoreOptions } from "../../src/storage/faulty.js";
 import { startCli, TEST_PASSPHRASE, vault } from "../helpers/cli.js";
-import { rotationFixture, type RotationFixture } from "../helpers/rotation-fixture.js";
-import { readTree, sha256File, tempDirs } from "../helpers/fixtures.js";
+import { everythingReadable as everythingReadableIn, packBytes, rotationFixture, type RotationFixture } from "../helpers/rotation-fixture.js";
+import { readTree, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
 
@@ -73,27 +73,7 @@ async function damageCheckpoint(repo: string, how: Damage): Promise<string> {
   return `${path.relative(repo, dir)}/${name as string}`;
 }
 
-async function packBytes(repo: string): Promise<number> {
-  let n = 0;
-  for (const [p, b] of await readTree(path.join(repo, "data"))) if (!path.basename(p).startsWith(".")) n += b.length;
-  return n;
-}
-
-/** Every snapshot lists, verifies and restores byte-identically. */
-async function everythingReadable(f: Fixture, label: string): Promise<void> {
-  const v = vault(f.repo);
-  const check = await v(["check", "--read-data"]);
-  expect(check.code, `${label}: ${check.stdout}${check.stderr}`).toBe(0);
-  const listed = await v(["snapshots", "--json"]);
-  expect(listed.code, `${label}: ${listed.stderr}`).toBe(0);
-  expect((JSON.parse(listed.stdout) as { id: string }[]).map((s) => s.id).sort(), label).toEqual(f.sources.map((s) => s.id).sort());
-  for (const s of f.sources) {
-    const out = tmp("out");
-    const r = await v(["restore", s.id, "--target", out, "--reason", label]);
-    expect(r.code, `${label}: ${r.stderr}`).toBe(0);
-    expect(await sha256File(path.join(out, `${s.vm}.raw`)), label).toBe(s.sha);
-  }
-}
+const everythingReadable = (f: Fixture, label: string): Promise<void> => everythingReadableIn(tmp, f, label);
 
 interface Status {
   current: number;

@@ -8,36 +8,15 @@ import { openRepository } from "../../src/repository/open.js";
 import { encodeEnvelope, ObjectKind, parseEnvelope } from "../../src/format/envelope.js";
 import { parseSnapshotMeta } from "../../src/format/snapshot.js";
 import { startCli, TEST_PASSPHRASE, vault } from "../helpers/cli.js";
-import { rotationFixture, type RotationFixture } from "../helpers/rotation-fixture.js";
-import { makeImage, readTree, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
+import { everythingReadable as everythingReadableIn, packBytes, rotationFixture, type RotationFixture } from "../helpers/rotation-fixture.js";
+import { makeImage, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
 
 type Fixture = RotationFixture;
 const fixture = (): Promise<Fixture> => rotationFixture(tmp);
 
-async function packBytes(repo: string): Promise<number> {
-  let n = 0;
-  for (const [p, b] of await readTree(path.join(repo, "data"))) if (!path.basename(p).startsWith(".")) n += b.length;
-  return n;
-}
-
-/** Every snapshot lists, verifies and restores byte-identically. */
-async function everythingReadable(f: Fixture, label: string): Promise<void> {
-  const v = vault(f.repo);
-  const check = await v(["check", "--read-data"]);
-  expect(check.code, `${label}: ${check.stdout}${check.stderr}`).toBe(0);
-  const listed = await v(["snapshots", "--json"]);
-  expect(listed.code, `${label}: ${listed.stderr}`).toBe(0);
-  const list = JSON.parse(listed.stdout) as { id: string }[];
-  expect(list.map((s) => s.id).sort(), label).toEqual(f.sources.map((s) => s.id).sort());
-  for (const s of f.sources) {
-    const out = tmp("out");
-    const r = await v(["restore", s.id, "--target", out, "--reason", label]);
-    expect(r.code, `${label}: ${r.stderr}`).toBe(0);
-    expect(await sha256File(path.join(out, `${s.vm}.raw`)), label).toBe(s.sha);
-  }
-}
+const everythingReadable = (f: Fixture, label: string): Promise<void> => everythingReadableIn(tmp, f, label);
 
 describe("key rotation and re-encryption", () => {
   it("rotate and reencrypt keep every snapshot restorable and deduplication unchanged, and are audited", async () => {

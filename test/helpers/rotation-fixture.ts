@@ -1,8 +1,9 @@
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { FsStore, KDF_TEST, Secret, Vault } from "../../src/index.js";
-import { TEST_PASSPHRASE } from "./cli.js";
-import { seededBytes, sha256File } from "./fixtures.js";
+import { expect } from "vitest";
+import { TEST_PASSPHRASE, vault } from "./cli.js";
+import { readTree, seededBytes, sha256File } from "./fixtures.js";
 
 export interface RotationFixture {
   repo: string;
@@ -27,4 +28,27 @@ export async function rotationFixture(tmp: (label?: string) => string): Promise<
   }
   await v.close();
   return { repo, sources };
+}
+
+/** Bytes of every pack file of the repository. */
+export async function packBytes(repo: string): Promise<number> {
+  let n = 0;
+  for (const [p, b] of await readTree(path.join(repo, "data"))) if (!path.basename(p).startsWith(".")) n += b.length;
+  return n;
+}
+
+/** Every snapshot lists, verifies (check --read-data) and restores byte-identically. */
+export async function everythingReadable(tmp: (label?: string) => string, f: RotationFixture, label: string): Promise<void> {
+  const v = vault(f.repo);
+  const check = await v(["check", "--read-data"]);
+  expect(check.code, `${label}: ${check.stdout}${check.stderr}`).toBe(0);
+  const listed = await v(["snapshots", "--json"]);
+  expect(listed.code, `${label}: ${listed.stderr}`).toBe(0);
+  expect((JSON.parse(listed.stdout) as { id: string }[]).map((s) => s.id).sort(), label).toEqual(f.sources.map((s) => s.id).sort());
+  for (const s of f.sources) {
+    const out = tmp("out");
+    const r = await v(["restore", s.id, "--target", out, "--reason", label]);
+    expect(r.code, `${label}: ${r.stderr}`).toBe(0);
+    expect(await sha256File(path.join(out, `${s.vm}.raw`)), label).toBe(s.sha);
+  }
 }
