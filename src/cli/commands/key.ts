@@ -21,11 +21,16 @@ export async function runRotation(ctx: CliContext, vault: Vault, o: { reencrypt:
     } else {
       const thisRun = r.resumed ? ` in all (${plural(r.thisRun.packs, "pack")} and ${plural(r.thisRun.snapshots, "snapshot")} by this run)` : "";
       ctx.out(`re-encryption ${r.resumed ? "resumed and " : ""}finished: ${plural(r.packsRewritten, "pack")} and ${plural(r.snapshotsRewritten, "snapshot")} rewritten under epoch ${r.epoch}${thisRun}`);
-      for (const d of r.leftOut) ctx.warn(`warning: ${d.object}: ${d.problem} (not re-encrypted: nothing could read it; left as it was)`);
-      if (r.destroyedEpochs.length > 0) ctx.out(`${noun(r.destroyedEpochs.length, "epoch")} ${r.destroyedEpochs.join(", ")} destroyed: no object is readable with ${noun(r.destroyedEpochs.length, "its", "their")} keys any more`);
+      reportReencryptionEnd(ctx, r);
     }
   }
   return r;
+}
+
+/** What every finished re-encryption reports last (`key rotate --reencrypt`, `repair reencrypt`): what it left out, which epochs it destroyed. */
+export function reportReencryptionEnd(ctx: CliContext, r: { readonly leftOut: readonly { object: string; problem: string }[]; readonly destroyedEpochs: readonly number[] }): void {
+  for (const d of r.leftOut) ctx.warn(`warning: ${d.object}: ${d.problem} (not re-encrypted: nothing could read it; left as it was)`);
+  if (r.destroyedEpochs.length > 0) ctx.out(`${noun(r.destroyedEpochs.length, "epoch")} ${r.destroyedEpochs.join(", ")} destroyed: no object is readable with ${noun(r.destroyedEpochs.length, "its", "their")} keys any more`);
 }
 
 export function registerKey(program: Command, interrupts: Interrupts): void {

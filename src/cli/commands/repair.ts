@@ -1,7 +1,8 @@
 import type { Command } from "commander";
 import { CliContext } from "../context.js";
 import type { Interrupts } from "../interrupt.js";
-import { noun, plural } from "../output.js";
+import { plural } from "../output.js";
+import { reportReencryptionEnd } from "./key.js";
 
 export function registerRepair(program: Command, interrupts: Interrupts): void {
   const repair = program.command("repair").description("repair the repository");
@@ -50,8 +51,7 @@ export function registerRepair(program: Command, interrupts: Interrupts): void {
             );
           }
           ctx.out(`re-encryption finished: ${plural(r.packsRewritten, "pack")} and ${plural(r.snapshotsRewritten, "snapshot")} rewritten under epoch ${r.epoch} (${plural(r.thisRun.packs, "pack")} and ${plural(r.thisRun.snapshots, "snapshot")} by this run)`);
-          for (const d of r.leftOut) ctx.warn(`warning: ${d.object}: ${d.problem} (not re-encrypted: nothing could read it; left as it was)`);
-          if (r.destroyedEpochs.length > 0) ctx.out(`${noun(r.destroyedEpochs.length, "epoch")} ${r.destroyedEpochs.join(", ")} destroyed: no object is readable with ${noun(r.destroyedEpochs.length, "its", "their")} keys any more`);
+          reportReencryptionEnd(ctx, r);
         }
       } finally {
         ctx.endProgress();
