@@ -278,23 +278,32 @@ async function derive(repo: Repository, progress: ProgressSink): Promise<Derived
       for (const [from, to] of pairs) map.set(from, to);
     }
 
-    // An old pack is done when every chunk of it is held, verified, under the new keys.
+    // An old pack is done when every chunk of it is held, verified, under the new keys: the
+    // chunks of every listing of it, since any role holding the index key can list a pack again
+    // with fewer chunks (or none), and a pack counted done is deleted by the cleanup.
+    const listings = new Map<string, IndexedPack[]>();
+    for (const p of oldPacks) listings.set(toHex(p.packId), [...(listings.get(toHex(p.packId)) ?? []), p]);
     const donePacks: string[] = [];
     const pairs: [string, string][] = [];
-    for (const p of oldPacks) {
-      const sameKey = sessionChunkKey.get(toHex(p.sessionId)) === targetKeyEpoch;
-      const to = p.entries.map((e) => {
-        const id = toHex(e.chunkId);
-        return sameKey ? (verified.has(id) ? id : undefined) : map.get(id);
+    for (const [packId, all] of listings) {
+      const mapped: [string, string][] = [];
+      const covered = all.every((p) => {
+        const sameKey = sessionChunkKey.get(toHex(p.sessionId)) === targetKeyEpoch;
+        return p.entries.every((e) => {
+          const id = toHex(e.chunkId);
+          const to = sameKey ? (verified.has(id) ? id : undefined) : map.get(id);
+          if (to !== undefined) mapped.push([id, to]);
+          return to !== undefined;
+        });
       });
-      if (!to.every((t) => t !== undefined)) continue;
-      donePacks.push(toHex(p.packId));
-      if (newChunkKey) p.entries.forEach((e, i) => pairs.push([toHex(e.chunkId), to[i] as string]));
+      if (!covered) continue;
+      donePacks.push(packId);
+      if (newChunkKey) pairs.push(...mapped);
     }
     return {
       targetEpoch,
       newChunkKey,
-      oldPacks: oldPacks.map((p) => toHex(p.packId)),
+      oldPacks: [...listings.keys()],
       donePacks,
       oldSessions: [...oldSessions],
       verifiedPacks,

@@ -60,6 +60,42 @@ describe("a resumed re-encryption and index files naming its session", () => {
     }, 180_000);
   }
 
+  it("repair reencrypt: an index file listing an old pack again with no chunks does not make it count as done", async () => {
+    const repo = path.join(tmp("repo"), "r");
+    const file = path.join(tmp("src"), "vm.raw");
+    await fsp.writeFile(file, seededBytes("victim", 2 * 1024 * 1024));
+    const v = await Vault.init({ store: new FsStore(repo), user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE), kdf: KDF_TEST, allowWeakKdf: true, config: { packSize: 1 << 16 } });
+    const id = (await v.backup({ vm: "victim", sources: [file] })).snapshotId;
+    await v.close();
+    const admin = vault(repo);
+    expect((await admin(["user", "add", "host", "--role", "backup"], { env: { VMVAULT_NEW_PASSPHRASE: "host-pass" } })).code).toBe(0);
+    // The admin's re-encryption stops after its first batch, and its checkpoint is then lost.
+    const faulty = new FaultyStore(new FsStore(repo), { failPut: (key) => key === "checkpoints/reencrypt/000003" });
+    const a = await Vault.open({ store: faulty, user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE) });
+    await expect(a.rotateKeys({ reencrypt: true })).rejects.toThrow(/storage full/);
+    await a.close();
+    const cpDir = path.join(repo, "checkpoints", "reencrypt");
+    const cp = path.join(cpDir, (await fsp.readdir(cpDir)).sort().at(-1) as string);
+    const damaged = await fsp.readFile(cp);
+    damaged[damaged.length - 70] = (damaged[damaged.length - 70] as number) ^ 1;
+    await fsp.writeFile(cp, damaged);
+    // The backup user lists every old pack again, empty, in an index file of its own.
+    const r = await openRepository({ store: new FsStore(repo), user: "host", passphrase: Secret.fromString("host-pass") });
+    try {
+      const index = await loadIndex(r);
+      const packs: IndexedPack[] = index.packs.map((p) => ({ packId: fromHex(p.packId), sessionId: fromHex(p.sessionId), packLength: p.packLength, entries: [] }));
+      await writeIndexFile(r, r.store, packs, { indexId: new Uint8Array(16).fill(0xff), nonce: r.crypto.random(24) });
+    } finally {
+      await r.close();
+    }
+    const repaired = await admin(["repair", "reencrypt"]);
+    expect(repaired.code, repaired.stderr).toBe(0);
+    const out = tmp("out");
+    const restored = await admin(["restore", id, "--target", out, "--reason", "test"]);
+    expect(restored.code, restored.stderr).toBe(0);
+    expect(await sha256File(path.join(out, "vm.raw"))).toBe(await sha256File(file));
+  }, 180_000);
+
   it("an index file listing an old pack again with fewer chunks does not make the cleanup delete the rest", async () => {
     const repo = path.join(tmp("repo"), "r");
     const file = path.join(tmp("src"), "vm.raw");
