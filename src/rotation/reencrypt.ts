@@ -27,6 +27,7 @@ import { rotateKeys } from "./rotate.js";
 import { checkSessionKeyPin, deleteCheckpoints, highestIdMapBatch, readCheckpoint, readIdMap, sessionKeyPin, writeCheckpoint, writeIdMapBatch, type ReencryptState } from "./checkpoint.js";
 import { rewriteSnapshot } from "./rewrite.js";
 import { finishReencryption } from "./cleanup.js";
+import { verifyListedChunks } from "./verify-pack.js";
 
 const PACKS_PER_CHECKPOINT = 8;
 
@@ -174,8 +175,11 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
     const reusable = new Set(state.verifiedPacks ?? []);
     for (const [packId, listings] of indexed) {
       if (reusable.has(packId)) {
+        // Verified by the repair, and again here: a listing added since (an index file of any
+        // role holding the index key) could claim chunks the pack does not hold.
+        const checked = await verifyListedChunks(repo, sessions, packId, listings);
         const n = written.addPack({ packId, sessionId: state.sessionId, packLength: 0 });
-        for (const p of listings) for (const e of p.entries) written.add(e.chunkId, n, e.offset, e.length, e.rawLength);
+        for (const e of checked?.verified ?? []) written.add(e.chunkId, n, e.offset, e.length, e.rawLength);
         continue;
       }
       if (!listings.some((p) => toHex(p.sessionId) === state.sessionId)) continue;

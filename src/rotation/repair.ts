@@ -1,10 +1,6 @@
-import { IntegrityError, NotFoundError, UsageError } from "../errors.js";
-import { Compressor } from "../compress/compressor.js";
-import { loadBulkCrypto } from "../crypto/bulk.js";
+import { IntegrityError, UsageError } from "../errors.js";
 import type { IndexedPack } from "../format/index-file.js";
-import { packKey } from "../format/layout.js";
 import { listAll } from "../storage/types.js";
-import { BlobScratch, BlobStatus, openBlobInto } from "../pack/blob.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
@@ -27,6 +23,7 @@ import {
   type ReencryptState,
 } from "./checkpoint.js";
 import { resumeReencryption, type ReencryptResult } from "./reencrypt.js";
+import { verifyListedChunks } from "./verify-pack.js";
 
 const SESSION_PREFIX = "sessions/";
 
@@ -236,45 +233,25 @@ async function derive(repo: Repository, progress: ProgressSink): Promise<Derived
     const verified = new Set<string>();
     const map = new Map<string, string>();
     const verifiedPacks: string[] = [];
-    const candidates = newChunkKey ? newPacks : newPacks.filter((p) => p.entries.some((e) => oldIds.has(toHex(e.chunkId))));
+    const candidates = new Map<string, IndexedPack[]>();
+    for (const p of newChunkKey ? newPacks : newPacks.filter((p) => p.entries.some((e) => oldIds.has(toHex(e.chunkId))))) {
+      candidates.set(toHex(p.packId), [...(candidates.get(toHex(p.packId)) ?? []), p]);
+    }
     const oldKeys = [...rekeyed].map((k) => chunkKeyFor(repo, k));
-    const bulk = await loadBulkCrypto();
-    const scratch = new BlobScratch();
-    const compressor = new Compressor(repo.config);
-    for (const [i, p] of candidates.entries()) {
-      progress({ phase: "verify re-encrypted packs", done: i + 1, total: candidates.length, unit: "items" });
-      const packId = toHex(p.packId);
-      const sid = toHex(p.sessionId);
-      let bytes: Uint8Array;
-      try {
-        bytes = await repo.store.get(packKey(packId));
-      } catch (e) {
-        if (e instanceof NotFoundError) continue;
-        throw e;
-      }
-      const session = await sessions.open(sid);
-      const idKey = chunkKeyFor(repo, session.meta.chunkKeyEpoch);
-      const ids: string[] = [];
+    let done = 0;
+    for (const [packId, listings] of candidates) {
+      progress({ phase: "verify re-encrypted packs", done: ++done, total: candidates.size, unit: "items" });
       const pairs: [string, string][] = [];
-      let ok = true;
-      for (const e of p.entries) {
-        const plain = new Uint8Array(e.rawLength);
-        const status = openBlobInto(bulk, session.key.bytes, idKey.bytes, e.chunkId, bytes.subarray(e.offset, e.offset + e.length), compressor, scratch, plain);
-        if (status !== BlobStatus.Ok) {
-          // Not reused: the rewrite writes these chunks again.
-          ok = false;
-          break;
-        }
-        const id = toHex(e.chunkId);
-        ids.push(id);
+      const checked = await verifyListedChunks(repo, sessions, packId, listings, (e, plain) => {
         for (const k of oldKeys) {
           const oldId = toHex(repo.crypto.hash(plain, k));
-          if (oldIds.has(oldId)) pairs.push([oldId, id]);
+          if (oldIds.has(oldId)) pairs.push([oldId, toHex(e.chunkId)]);
         }
-      }
-      if (!ok) continue;
+      });
+      // A pack with one chunk that does not verify is not reused: the rewrite writes its chunks again.
+      if (checked === undefined || !checked.all) continue;
       verifiedPacks.push(packId);
-      for (const id of ids) verified.add(id);
+      for (const e of checked.verified) verified.add(toHex(e.chunkId));
       for (const [from, to] of pairs) map.set(from, to);
     }
 

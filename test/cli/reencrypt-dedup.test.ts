@@ -96,6 +96,57 @@ describe("a resumed re-encryption and index files naming its session", () => {
     expect(await sha256File(path.join(out, "vm.raw"))).toBe(await sha256File(file));
   }, 180_000);
 
+  it("a resumed repair does not take an index file's word for what the packs it verified hold", async () => {
+    const repo = path.join(tmp("repo"), "r");
+    const file = path.join(tmp("src"), "vm.raw");
+    await fsp.writeFile(file, seededBytes("victim", 2 * 1024 * 1024));
+    const v = await Vault.init({ store: new FsStore(repo), user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE), kdf: KDF_TEST, allowWeakKdf: true, config: { packSize: 1 << 16 } });
+    const id = (await v.backup({ vm: "victim", sources: [file] })).snapshotId;
+    await v.close();
+    const admin = vault(repo);
+    expect((await admin(["user", "add", "host", "--role", "backup"], { env: { VMVAULT_NEW_PASSPHRASE: "host-pass" } })).code).toBe(0);
+    const faulty = new FaultyStore(new FsStore(repo), { failPut: (key) => key === "checkpoints/reencrypt/000003" });
+    const a = await Vault.open({ store: faulty, user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE) });
+    await expect(a.rotateKeys({ reencrypt: true })).rejects.toThrow(/storage full/);
+    await a.close();
+    const cpDir = path.join(repo, "checkpoints", "reencrypt");
+    const cp = path.join(cpDir, (await fsp.readdir(cpDir)).sort().at(-1) as string);
+    const damaged = await fsp.readFile(cp);
+    damaged[damaged.length - 70] = (damaged[damaged.length - 70] as number) ^ 1;
+    await fsp.writeFile(cp, damaged);
+    // The repair rebuilds its checkpoint (naming the packs it verified) and stops at its first new pack.
+    let armed = false;
+    const stops = new FaultyStore(new FsStore(repo), {
+      failPut: (key) => {
+        if (key.startsWith("checkpoints/reencrypt/")) armed = true;
+        return armed && key.startsWith("data/");
+      },
+    });
+    const b = await Vault.open({ store: stops, user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE) });
+    await expect(b.repairReencryption()).rejects.toThrow(/storage full/);
+    await b.close();
+    // The backup user claims, for one of those verified packs, every chunk of the repository.
+    const r = await openRepository({ store: new FsStore(repo), user: "host", passphrase: Secret.fromString("host-pass") });
+    try {
+      const state = await readCheckpoint(r);
+      const reused = state?.verifiedPacks?.[0];
+      expect(reused, "the repair verified a pack of the lost run").toBeDefined();
+      const index = await loadIndex(r);
+      const owner = index.packs.find((p) => p.packId === reused);
+      if (owner === undefined) throw new Error("verified pack not indexed");
+      const entries: PackEntry[] = [...index.entries()].map(({ id: chunkId, location }) => ({ chunkId, offset: 24, length: location.length, rawLength: location.rawLength }));
+      await writeIndexFile(r, r.store, [{ packId: fromHex(owner.packId), sessionId: fromHex(owner.sessionId), packLength: owner.packLength, entries }], { indexId: new Uint8Array(16).fill(0xfe), nonce: r.crypto.random(24) });
+    } finally {
+      await r.close();
+    }
+    const resumed = await admin(["repair", "reencrypt"]);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    const out = tmp("out");
+    const restored = await admin(["restore", id, "--target", out, "--reason", "test"]);
+    expect(restored.code, restored.stderr).toBe(0);
+    expect(await sha256File(path.join(out, "vm.raw"))).toBe(await sha256File(file));
+  }, 180_000);
+
   it("an index file listing an old pack again with fewer chunks does not make the cleanup delete the rest", async () => {
     const repo = path.join(tmp("repo"), "r");
     const file = path.join(tmp("src"), "vm.raw");
