@@ -21,6 +21,32 @@ import { seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
 
+/**
+ * A victim's backup, a backup user "host", and the admin's re-encryption stopped (as a crash
+ * would) after its first batch with its newest checkpoint then damaged: `repair reencrypt` is due.
+ */
+async function damagedReencryption(): Promise<{ repo: string; file: string; id: string; admin: ReturnType<typeof vault> }> {
+  const repo = path.join(tmp("repo"), "r");
+  const file = path.join(tmp("src"), "vm.raw");
+  await fsp.writeFile(file, seededBytes("victim", 2 * 1024 * 1024));
+  const v = await Vault.init({ store: new FsStore(repo), user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE), kdf: KDF_TEST, allowWeakKdf: true, config: { packSize: 1 << 16 } });
+  const id = (await v.backup({ vm: "victim", sources: [file] })).snapshotId;
+  await v.close();
+  const admin = vault(repo);
+  expect((await admin(["user", "add", "host", "--role", "backup"], { env: { VMVAULT_NEW_PASSPHRASE: "host-pass" } })).code).toBe(0);
+  // The admin's re-encryption stops after its first batch, and its checkpoint is then lost.
+  const faulty = new FaultyStore(new FsStore(repo), { failPut: (key) => key === "checkpoints/reencrypt/000003" });
+  const a = await Vault.open({ store: faulty, user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE) });
+  await expect(a.rotateKeys({ reencrypt: true })).rejects.toThrow(/storage full/);
+  await a.close();
+  const cpDir = path.join(repo, "checkpoints", "reencrypt");
+  const cp = path.join(cpDir, (await fsp.readdir(cpDir)).sort().at(-1) as string);
+  const damaged = await fsp.readFile(cp);
+  damaged[damaged.length - 70] = (damaged[damaged.length - 70] as number) ^ 1;
+  await fsp.writeFile(cp, damaged);
+  return { repo, file, id, admin };
+}
+
 describe("a resumed re-encryption and index files naming its session", () => {
   for (const newChunkKey of [false, true]) {
     it(`rewrites every chunk a snapshot needs${newChunkKey ? " (new chunk-ID key)" : ""}`, async () => {
@@ -61,24 +87,7 @@ describe("a resumed re-encryption and index files naming its session", () => {
   }
 
   it("repair reencrypt: an index file listing an old pack again with no chunks does not make it count as done", async () => {
-    const repo = path.join(tmp("repo"), "r");
-    const file = path.join(tmp("src"), "vm.raw");
-    await fsp.writeFile(file, seededBytes("victim", 2 * 1024 * 1024));
-    const v = await Vault.init({ store: new FsStore(repo), user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE), kdf: KDF_TEST, allowWeakKdf: true, config: { packSize: 1 << 16 } });
-    const id = (await v.backup({ vm: "victim", sources: [file] })).snapshotId;
-    await v.close();
-    const admin = vault(repo);
-    expect((await admin(["user", "add", "host", "--role", "backup"], { env: { VMVAULT_NEW_PASSPHRASE: "host-pass" } })).code).toBe(0);
-    // The admin's re-encryption stops after its first batch, and its checkpoint is then lost.
-    const faulty = new FaultyStore(new FsStore(repo), { failPut: (key) => key === "checkpoints/reencrypt/000003" });
-    const a = await Vault.open({ store: faulty, user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE) });
-    await expect(a.rotateKeys({ reencrypt: true })).rejects.toThrow(/storage full/);
-    await a.close();
-    const cpDir = path.join(repo, "checkpoints", "reencrypt");
-    const cp = path.join(cpDir, (await fsp.readdir(cpDir)).sort().at(-1) as string);
-    const damaged = await fsp.readFile(cp);
-    damaged[damaged.length - 70] = (damaged[damaged.length - 70] as number) ^ 1;
-    await fsp.writeFile(cp, damaged);
+    const { repo, file, id, admin } = await damagedReencryption();
     // The backup user lists every old pack again, empty, in an index file of its own.
     const r = await openRepository({ store: new FsStore(repo), user: "host", passphrase: Secret.fromString("host-pass") });
     try {
@@ -97,23 +106,7 @@ describe("a resumed re-encryption and index files naming its session", () => {
   }, 180_000);
 
   it("a resumed repair does not take an index file's word for what the packs it verified hold", async () => {
-    const repo = path.join(tmp("repo"), "r");
-    const file = path.join(tmp("src"), "vm.raw");
-    await fsp.writeFile(file, seededBytes("victim", 2 * 1024 * 1024));
-    const v = await Vault.init({ store: new FsStore(repo), user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE), kdf: KDF_TEST, allowWeakKdf: true, config: { packSize: 1 << 16 } });
-    const id = (await v.backup({ vm: "victim", sources: [file] })).snapshotId;
-    await v.close();
-    const admin = vault(repo);
-    expect((await admin(["user", "add", "host", "--role", "backup"], { env: { VMVAULT_NEW_PASSPHRASE: "host-pass" } })).code).toBe(0);
-    const faulty = new FaultyStore(new FsStore(repo), { failPut: (key) => key === "checkpoints/reencrypt/000003" });
-    const a = await Vault.open({ store: faulty, user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE) });
-    await expect(a.rotateKeys({ reencrypt: true })).rejects.toThrow(/storage full/);
-    await a.close();
-    const cpDir = path.join(repo, "checkpoints", "reencrypt");
-    const cp = path.join(cpDir, (await fsp.readdir(cpDir)).sort().at(-1) as string);
-    const damaged = await fsp.readFile(cp);
-    damaged[damaged.length - 70] = (damaged[damaged.length - 70] as number) ^ 1;
-    await fsp.writeFile(cp, damaged);
+    const { repo, file, id, admin } = await damagedReencryption();
     // The repair rebuilds its checkpoint (naming the packs it verified) and stops at its first new pack.
     let armed = false;
     const stops = new FaultyStore(new FsStore(repo), {
