@@ -21,49 +21,56 @@ import { seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
 
-/**
- * A victim's backup, a backup user "host", and the admin's re-encryption stopped (as a crash
- * would) after its first batch with its newest checkpoint then damaged: `repair reencrypt` is due.
- */
-async function damagedReencryption(): Promise<{ repo: string; file: string; id: string; admin: ReturnType<typeof vault> }> {
+/** A victim VM's backup in a repository of small packs, and a backup user "host" beside the admin. */
+async function victim(mib: number): Promise<{ repo: string; file: string; id: string; admin: ReturnType<typeof vault> }> {
   const repo = path.join(tmp("repo"), "r");
   const file = path.join(tmp("src"), "vm.raw");
-  await fsp.writeFile(file, seededBytes("victim", 2 * 1024 * 1024));
+  await fsp.writeFile(file, seededBytes("victim", mib * 1024 * 1024));
   const v = await Vault.init({ store: new FsStore(repo), user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE), kdf: KDF_TEST, allowWeakKdf: true, config: { packSize: 1 << 16 } });
   const id = (await v.backup({ vm: "victim", sources: [file] })).snapshotId;
   await v.close();
   const admin = vault(repo);
   expect((await admin(["user", "add", "host", "--role", "backup"], { env: { VMVAULT_NEW_PASSPHRASE: "host-pass" } })).code).toBe(0);
-  // The admin's re-encryption stops after its first batch, and its checkpoint is then lost.
+  return { repo, file, id, admin };
+}
+
+/** The admin's re-encryption, stopped as a crash would after its first batch of packs (two checkpoints stored). */
+async function interruptedReencryption(repo: string, newChunkKey = false): Promise<void> {
   const faulty = new FaultyStore(new FsStore(repo), { failPut: (key) => key === "checkpoints/reencrypt/000003" });
   const a = await Vault.open({ store: faulty, user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE) });
-  await expect(a.rotateKeys({ reencrypt: true })).rejects.toThrow(/storage full/);
+  await expect(a.rotateKeys({ reencrypt: true, newChunkKey })).rejects.toThrow(/storage full/);
   await a.close();
-  const cpDir = path.join(repo, "checkpoints", "reencrypt");
+}
+
+/** The victim's snapshot restores byte for byte. */
+async function restoresIntact(admin: ReturnType<typeof vault>, id: string, file: string): Promise<void> {
+  const out = tmp("out");
+  const restored = await admin(["restore", id, "--target", out, "--reason", "test"]);
+  expect(restored.code, restored.stderr).toBe(0);
+  expect(await sha256File(path.join(out, "vm.raw"))).toBe(await sha256File(file));
+}
+
+/**
+ * A victim's backup, a backup user "host", and the admin's re-encryption stopped (as a crash
+ * would) after its first batch with its newest checkpoint then damaged: `repair reencrypt` is due.
+ */
+async function damagedReencryption(): Promise<{ repo: string; file: string; id: string; admin: ReturnType<typeof vault> }> {
+  const v = await victim(2);
+  // The admin's re-encryption stops after its first batch, and its checkpoint is then lost.
+  await interruptedReencryption(v.repo);
+  const cpDir = path.join(v.repo, "checkpoints", "reencrypt");
   const cp = path.join(cpDir, (await fsp.readdir(cpDir)).sort().at(-1) as string);
   const damaged = await fsp.readFile(cp);
   damaged[damaged.length - 70] = (damaged[damaged.length - 70] as number) ^ 1;
   await fsp.writeFile(cp, damaged);
-  return { repo, file, id, admin };
+  return v;
 }
 
 describe("a resumed re-encryption and index files naming its session", () => {
   for (const newChunkKey of [false, true]) {
     it(`rewrites every chunk a snapshot needs${newChunkKey ? " (new chunk-ID key)" : ""}`, async () => {
-      const repo = path.join(tmp("repo"), "r");
-      const file = path.join(tmp("src"), "vm.raw");
-      await fsp.writeFile(file, seededBytes("victim", 3 * 1024 * 1024));
-      const v = await Vault.init({ store: new FsStore(repo), user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE), kdf: KDF_TEST, allowWeakKdf: true, config: { packSize: 1 << 16 } });
-      const id = (await v.backup({ vm: "victim", sources: [file] })).snapshotId;
-      await v.close();
-      const admin = vault(repo);
-      expect((await admin(["user", "add", "host", "--role", "backup"], { env: { VMVAULT_NEW_PASSPHRASE: "host-pass" } })).code).toBe(0);
-
-      // The admin's re-encryption stops (as a crash would) after its first batch of packs.
-      const faulty = new FaultyStore(new FsStore(repo), { failPut: (key) => key === "checkpoints/reencrypt/000003" });
-      const a = await Vault.open({ store: faulty, user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE) });
-      await expect(a.rotateKeys({ reencrypt: true, newChunkKey })).rejects.toThrow(/storage full/);
-      await a.close();
+      const { repo, file, id, admin } = await victim(3);
+      await interruptedReencryption(repo, newChunkKey);
 
       // The backup user reads the checkpoint's session and claims every chunk for a pack of it.
       const r = await openRepository({ store: new FsStore(repo), user: "host", passphrase: Secret.fromString("host-pass") });
@@ -79,10 +86,7 @@ describe("a resumed re-encryption and index files naming its session", () => {
 
       const resumed = await admin(["key", "rotate", "--reencrypt"]);
       expect(resumed.code, resumed.stderr).toBe(0);
-      const out = tmp("out");
-      const restored = await admin(["restore", id, "--target", out, "--reason", "test"]);
-      expect(restored.code, restored.stderr).toBe(0);
-      expect(await sha256File(path.join(out, "vm.raw"))).toBe(await sha256File(file));
+      await restoresIntact(admin, id, file);
     }, 180_000);
   }
 
@@ -99,10 +103,7 @@ describe("a resumed re-encryption and index files naming its session", () => {
     }
     const repaired = await admin(["repair", "reencrypt"]);
     expect(repaired.code, repaired.stderr).toBe(0);
-    const out = tmp("out");
-    const restored = await admin(["restore", id, "--target", out, "--reason", "test"]);
-    expect(restored.code, restored.stderr).toBe(0);
-    expect(await sha256File(path.join(out, "vm.raw"))).toBe(await sha256File(file));
+    await restoresIntact(admin, id, file);
   }, 180_000);
 
   it("a resumed repair does not take an index file's word for what the packs it verified hold", async () => {
@@ -134,21 +135,11 @@ describe("a resumed re-encryption and index files naming its session", () => {
     }
     const resumed = await admin(["repair", "reencrypt"]);
     expect(resumed.code, resumed.stderr).toBe(0);
-    const out = tmp("out");
-    const restored = await admin(["restore", id, "--target", out, "--reason", "test"]);
-    expect(restored.code, restored.stderr).toBe(0);
-    expect(await sha256File(path.join(out, "vm.raw"))).toBe(await sha256File(file));
+    await restoresIntact(admin, id, file);
   }, 180_000);
 
   it("an index file listing an old pack again with fewer chunks does not make the cleanup delete the rest", async () => {
-    const repo = path.join(tmp("repo"), "r");
-    const file = path.join(tmp("src"), "vm.raw");
-    await fsp.writeFile(file, seededBytes("victim", 2 * 1024 * 1024));
-    const v = await Vault.init({ store: new FsStore(repo), user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE), kdf: KDF_TEST, allowWeakKdf: true, config: { packSize: 1 << 16 } });
-    const id = (await v.backup({ vm: "victim", sources: [file] })).snapshotId;
-    await v.close();
-    const admin = vault(repo);
-    expect((await admin(["user", "add", "host", "--role", "backup"], { env: { VMVAULT_NEW_PASSPHRASE: "host-pass" } })).code).toBe(0);
+    const { repo, file, id, admin } = await victim(2);
     const r = await openRepository({ store: new FsStore(repo), user: "host", passphrase: Secret.fromString("host-pass") });
     try {
       const index = await loadIndex(r);
@@ -166,10 +157,7 @@ describe("a resumed re-encryption and index files naming its session", () => {
     const done = await admin(["key", "rotate", "--reencrypt"]);
     expect(done.code, done.stderr).toBe(0);
     expect(done.stderr).toMatch(/warning: data\/\S+: .* \(chunk [0-9a-f]{16}…\) \(not re-encrypted: nothing could read it; left as it was\)/);
-    const out = tmp("out");
-    const restored = await admin(["restore", id, "--target", out, "--reason", "test"]);
-    expect(restored.code, restored.stderr).toBe(0);
-    expect(await sha256File(path.join(out, "vm.raw"))).toBe(await sha256File(file));
+    await restoresIntact(admin, id, file);
   }, 180_000);
 });
 
