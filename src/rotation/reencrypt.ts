@@ -27,7 +27,7 @@ import { rotateKeys } from "./rotate.js";
 import { checkSessionKeyPin, deleteCheckpoints, highestIdMapBatch, readCheckpoint, readIdMap, sessionKeyPin, writeCheckpoint, writeIdMapBatch, type ReencryptState } from "./checkpoint.js";
 import { rewriteSnapshot } from "./rewrite.js";
 import { finishReencryption } from "./cleanup.js";
-import { verifyListedChunks } from "./verify-pack.js";
+import { listingsByPack, verifyListedChunks } from "./verify-pack.js";
 
 const PACKS_PER_CHECKPOINT = 8;
 
@@ -163,13 +163,7 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
     const compressor = new Compressor(repo.config);
     /** Every listing of each pack: any role holding the index key can add one, so none is taken alone. */
     const indexed = new Map<string, IndexedPack[]>();
-    await loadIndex(repo, undefined, (f) => {
-      for (const p of f.packs) {
-        const listings = indexed.get(toHex(p.packId));
-        if (listings === undefined) indexed.set(toHex(p.packId), [p]);
-        else listings.push(p);
-      }
-    });
+    await loadIndex(repo, undefined, (f) => listingsByPack(f.packs, indexed));
     const written = new ChunkIndex();
     // Its own packs, and after `repair reencrypt` the packs it verified chunk by chunk.
     const reusable = new Set(state.verifiedPacks ?? []);

@@ -23,7 +23,7 @@ import {
   type ReencryptState,
 } from "./checkpoint.js";
 import { resumeReencryption, type ReencryptResult } from "./reencrypt.js";
-import { verifyListedChunks } from "./verify-pack.js";
+import { listingsByPack, verifyListedChunks } from "./verify-pack.js";
 
 const SESSION_PREFIX = "sessions/";
 
@@ -233,10 +233,7 @@ async function derive(repo: Repository, progress: ProgressSink): Promise<Derived
     const verified = new Set<string>();
     const map = new Map<string, string>();
     const verifiedPacks: string[] = [];
-    const candidates = new Map<string, IndexedPack[]>();
-    for (const p of newChunkKey ? newPacks : newPacks.filter((p) => p.entries.some((e) => oldIds.has(toHex(e.chunkId))))) {
-      candidates.set(toHex(p.packId), [...(candidates.get(toHex(p.packId)) ?? []), p]);
-    }
+    const candidates = listingsByPack(newChunkKey ? newPacks : newPacks.filter((p) => p.entries.some((e) => oldIds.has(toHex(e.chunkId)))));
     const oldKeys = [...rekeyed].map((k) => chunkKeyFor(repo, k));
     let done = 0;
     for (const [packId, listings] of candidates) {
@@ -258,8 +255,7 @@ async function derive(repo: Repository, progress: ProgressSink): Promise<Derived
     // An old pack is done when every chunk of it is held, verified, under the new keys: the
     // chunks of every listing of it, since any role holding the index key can list a pack again
     // with fewer chunks (or none), and a pack counted done is deleted by the cleanup.
-    const listings = new Map<string, IndexedPack[]>();
-    for (const p of oldPacks) listings.set(toHex(p.packId), [...(listings.get(toHex(p.packId)) ?? []), p]);
+    const listings = listingsByPack(oldPacks);
     const donePacks: string[] = [];
     const pairs: [string, string][] = [];
     for (const [packId, all] of listings) {

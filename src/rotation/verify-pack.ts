@@ -9,6 +9,20 @@ import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import type { SessionKeys } from "../repository/sessions.js";
 import { toHex } from "../util/bytes.js";
 
+/**
+ * Index listings grouped by pack (hex pack id), in first-seen order: any role holding the index
+ * key can list a pack again, with fewer or other chunks, so no listing is taken alone.
+ */
+export function listingsByPack(packs: Iterable<IndexedPack>, into = new Map<string, IndexedPack[]>()): Map<string, IndexedPack[]> {
+  for (const p of packs) {
+    const id = toHex(p.packId);
+    const listings = into.get(id);
+    if (listings === undefined) into.set(id, [p]);
+    else listings.push(p);
+  }
+  return into;
+}
+
 /** What verifyListedChunks found in one pack. */
 export interface VerifiedChunks {
   /** The listed chunks that decrypted under the session key their listing names and whose ID recomputed. */
