@@ -16,7 +16,7 @@ import { SessionIndexWriter } from "../backup/index-writer.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import { ChunkIndex } from "../repository/chunk-index.js";
 import { loadIndex, readIndexFile } from "../repository/index-files.js";
-import { acquireLock } from "../repository/lock.js";
+import { acquireLock, acquireReencryptionLock } from "../repository/lock.js";
 import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import { createSession, SessionKeys, type OpenedSession } from "../repository/sessions.js";
 import { BlobReader } from "../restore/blob-reader.js";
@@ -63,21 +63,28 @@ export interface ReencryptResult {
  */
 export async function reencrypt(repo: Repository, o: ReencryptOptions = {}): Promise<ReencryptResult> {
   await authorizeAudited(repo, "admin", "key rotate");
-  let state = await readCheckpoint(repo);
-  // Every ID-map batch the resume would use is checked (signed by an admin) before any work.
-  if (state?.newChunkKey === true) await readIdMap(repo, state.idMapFrom);
-  const resumed = state !== null;
-  if (state !== null && o.newChunkKey === true && !state.newChunkKey) {
-    throw new UsageError("a re-encryption without --new-chunk-key is under way; run `vmvault key rotate --reencrypt` to finish it first");
+  // Held from before the checkpoint is read to after the cleanup: one that waited for another
+  // run reads the checkpoint that run left (and, if it finished, starts a re-encryption anew).
+  const lock = await acquireReencryptionLock(repo, "re-encryption");
+  try {
+    let state = await readCheckpoint(repo);
+    // Every ID-map batch the resume would use is checked (signed by an admin) before any work.
+    if (state?.newChunkKey === true) await readIdMap(repo, state.idMapFrom);
+    const resumed = state !== null;
+    if (state !== null && o.newChunkKey === true && !state.newChunkKey) {
+      throw new UsageError("a re-encryption without --new-chunk-key is under way; run `vmvault key rotate --reencrypt` to finish it first");
+    }
+    if (state === null) state = await start(repo, o);
+    const started = state;
+    return await audited(repo, {
+      entry: { action: "key rotate", target: { reencrypt: "yes", epoch: started.targetEpoch, resumed: resumed ? "yes" : "no" } },
+      started: false,
+      run: () => run(repo, started, resumed, o.progress),
+      outcome: (r) => ({ packsRewritten: r.packsRewritten, snapshotsRewritten: r.snapshotsRewritten }),
+    });
+  } finally {
+    await lock.release();
   }
-  if (state === null) state = await start(repo, o);
-  const started = state;
-  return audited(repo, {
-    entry: { action: "key rotate", target: { reencrypt: "yes", epoch: started.targetEpoch, resumed: resumed ? "yes" : "no" } },
-    started: false,
-    run: () => run(repo, started, resumed, o.progress),
-    outcome: (r) => ({ packsRewritten: r.packsRewritten, snapshotsRewritten: r.snapshotsRewritten }),
-  });
 }
 
 async function start(repo: Repository, o: ReencryptOptions): Promise<ReencryptState> {
@@ -143,7 +150,10 @@ interface Rewriter {
   readonly putStored: (id: Uint8Array, blob: Uint8Array, rawLength: number) => Promise<void>;
 }
 
-/** Resumes a re-encryption from a checkpoint (the one `repair reencrypt` rebuilt): the same run `key rotate --reencrypt` resumes. */
+/**
+ * Resumes a re-encryption from a checkpoint (the one `repair reencrypt` rebuilt): the same run
+ * `key rotate --reencrypt` resumes. The caller holds the re-encryption lock.
+ */
 export function resumeReencryption(repo: Repository, state: ReencryptState, progress?: ProgressSink): Promise<ReencryptResult> {
   return run(repo, state, true, progress);
 }

@@ -3,7 +3,7 @@ import type { IndexedPack } from "../format/index-file.js";
 import { listAll } from "../storage/types.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import { loadIndex } from "../repository/index-files.js";
-import { acquireLock } from "../repository/lock.js";
+import { acquireLock, acquireReencryptionLock } from "../repository/lock.js";
 import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import { createSession, SessionKeys, type OpenedSession } from "../repository/sessions.js";
 import { listSnapshotKeys, readSnapshot } from "../snapshot/store.js";
@@ -65,15 +65,23 @@ export async function repairReencryption(repo: Repository, o: RepairReencryptOpt
     entry: { action: "key rotate", target: { reencrypt: "repair" } },
     started: false,
     run: async () => {
-      const { state, rebuilt } = await rebuild(repo, o.progress);
-      return { ...(await resumeReencryption(repo, state, o.progress)), rebuilt };
+      // Held from the judging of the checkpoint to the end of the resume it hands over to: no
+      // `key rotate --reencrypt` resumes (and no other repair runs) in between.
+      const lock = await acquireReencryptionLock(repo, "re-encryption repair");
+      try {
+        const { state, rebuilt } = await rebuild(repo, o.progress);
+        return { ...(await resumeReencryption(repo, state, o.progress)), rebuilt };
+      } finally {
+        await lock.release();
+      }
     },
     outcome: (r) => ({ epoch: r.epoch, packsRewritten: r.packsRewritten, snapshotsRewritten: r.snapshotsRewritten, ...(r.rebuilt === null ? {} : { discarded: [...r.rebuilt.discarded] }) }),
   });
 }
 
 async function rebuild(repo: Repository, progress: ProgressSink | undefined): Promise<{ state: ReencryptState; rebuilt: RebuiltCheckpoint | null }> {
-  // Exclusive: no re-encryption resumes, and no other repair runs, while the state is judged and replaced.
+  // Exclusive: nothing is written while the state is judged and replaced (no re-encryption or
+  // other repair runs at all: the caller holds the re-encryption lock).
   const lock = await acquireLock(repo, "re-encryption repair", true);
   try {
     const stored = await checkpointObjects(repo);
