@@ -153,3 +153,37 @@ describe("one re-encryption at a time", () => {
     }
   }, 180_000);
 });
+
+describe("the start of a re-encryption", () => {
+  it("a plain rotation by another admin between the re-encryption's rotation and its first checkpoint is refused; the re-encryption finishes", async () => {
+    const dir = tmp("repo");
+    const v = await Vault.init({ store: new FsStore(dir), user: "admin", passphrase: passphrase(), kdf: KDF_TEST, allowWeakKdf: true, config: { packSize: 1 << 16 } });
+    const f: Fixture = { dir, images: [] };
+    const file = path.join(tmp("src"), "a.raw");
+    await fsp.writeFile(file, seededBytes("a", 512 * 1024));
+    f.images.push({ file, id: (await v.backup({ vm: "a", sources: [file] })).snapshotId });
+    await v.close();
+    const other = await open(dir, { lockWaitMs: 0 });
+    let competing: unknown;
+    // Another admin's `key rotate` runs just before the re-encryption stores its first checkpoint.
+    const store = new HookStore(new FsStore(dir), { beforePut: "checkpoints/reencrypt/" }, async () => {
+      competing = await other.rotateKeys().then(
+        (r) => r,
+        (e: unknown) => e,
+      );
+    });
+    const first = await Vault.open({ store, user: "admin", passphrase: passphrase() });
+    const done = await first.rotateKeys({ reencrypt: true });
+    expect(store.ran).toBe(true);
+    // Was: the rotation's lock was released before the checkpoint was stored, so the other
+    // rotation found none, opened epoch 3 and revoked the grants of epoch 2, to which the
+    // re-encryption's checkpoint is sealed.
+    expect(competing).toBeInstanceOf(LockedError);
+    expect(done).toMatchObject({ epoch: 2, resumed: false, destroyedEpochs: [1] });
+    const status = await first.keyStatus();
+    expect([status.current, status.reencryption]).toEqual([2, null]);
+    await first.close();
+    await other.close();
+    await restoresIntact(f, "after a competing rotation");
+  }, 120_000);
+});

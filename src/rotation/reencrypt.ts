@@ -23,7 +23,7 @@ import { BlobReader } from "../restore/blob-reader.js";
 import { listSnapshotKeys, readSnapshot, readSnapshotBody } from "../snapshot/store.js";
 import { fromHex, toHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
-import { rotateKeys } from "./rotate.js";
+import { rotateKeysThen } from "./rotate.js";
 import { checkSessionKeyPin, deleteCheckpoints, highestIdMapBatch, readCheckpoint, readIdMap, sessionKeyPin, writeCheckpoint, writeIdMapBatch, type ReencryptState } from "./checkpoint.js";
 import { rewriteSnapshot } from "./rewrite.js";
 import { finishReencryption } from "./cleanup.js";
@@ -87,9 +87,14 @@ export async function reencrypt(repo: Repository, o: ReencryptOptions = {}): Pro
   }
 }
 
-async function start(repo: Repository, o: ReencryptOptions): Promise<ReencryptState> {
-  const rotated = await rotateKeys(repo, { newChunkKey: o.newChunkKey === true, ...(o.progress === undefined ? {} : { progress: o.progress }) });
-  const target = rotated.epoch;
+/** Rotates and stores the first checkpoint under the rotation's exclusive lock (see rotateKeysThen). */
+function start(repo: Repository, o: ReencryptOptions): Promise<ReencryptState> {
+  const rotation = { newChunkKey: o.newChunkKey === true, ...(o.progress === undefined ? {} : { progress: o.progress }) };
+  return rotateKeysThen(repo, rotation, (rotated) => firstCheckpoint(repo, rotated.epoch, o));
+}
+
+/** Judges which sessions and packs are old for a re-encryption to `target`, and stores its first checkpoint. */
+async function firstCheckpoint(repo: Repository, target: number, o: ReencryptOptions): Promise<ReencryptState> {
   const index = await loadIndex(repo);
   const sessions = new SessionKeys(repo);
   const oldSessions = new Set<string>();
