@@ -4,7 +4,7 @@ import type { Secret } from "../crypto/secret.js";
 import { encodeChunkList, parseChunkList } from "../format/chunklist.js";
 import { encodeEntry, parseEntryBlob } from "../format/entries.js";
 import type { IndexedPack } from "../format/index-file.js";
-import { packKey } from "../format/layout.js";
+import { packKey, sessionPrefix } from "../format/layout.js";
 import type { PackEntry } from "../format/pack.js";
 import type { SnapshotBody, SnapshotSource } from "../format/snapshot.js";
 import { BlobScratch, BlobStatus, blobStatusMessage, encodeBlob, rewrapBlob } from "../pack/blob.js";
@@ -21,6 +21,7 @@ import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import { createSession, SessionKeys, type OpenedSession } from "../repository/sessions.js";
 import { BlobReader } from "../restore/blob-reader.js";
 import { listSnapshotKeys, readSnapshot, readSnapshotBody } from "../snapshot/store.js";
+import { listAll } from "../storage/types.js";
 import { fromHex, toHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
 import { rotateKeysThen } from "./rotate.js";
@@ -74,8 +75,7 @@ export async function reencrypt(repo: Repository, o: ReencryptOptions = {}): Pro
     if (state !== null && o.newChunkKey === true && !state.newChunkKey) {
       throw new UsageError("a re-encryption without --new-chunk-key is under way; run `vmvault key rotate --reencrypt` to finish it first");
     }
-    if (state === null) state = await start(repo, o);
-    const started = state;
+    const started = state ?? (await start(repo, o));
     return await audited(repo, {
       entry: { action: "key rotate", target: { reencrypt: "yes", epoch: started.targetEpoch, resumed: resumed ? "yes" : "no" } },
       started: false,
@@ -95,15 +95,33 @@ function start(repo: Repository, o: ReencryptOptions): Promise<ReencryptState> {
 
 /** Judges which sessions and packs are old for a re-encryption to `target`, and stores its first checkpoint. */
 async function firstCheckpoint(repo: Repository, target: number, o: ReencryptOptions): Promise<ReencryptState> {
-  const index = await loadIndex(repo);
+  /** The sessions every listing of each pack names: any role holding the index key can add a listing. */
+  const listings = new Map<string, Set<string>>();
+  await loadIndex(repo, undefined, (f) => {
+    for (const p of f.packs) {
+      const packId = toHex(p.packId);
+      const named = listings.get(packId) ?? new Set<string>();
+      listings.set(packId, named.add(toHex(p.sessionId)));
+    }
+  });
   const sessions = new SessionKeys(repo);
   const oldSessions = new Set<string>();
   try {
     // Old: created before the target epoch by its sealed epochs. An envelope without sealed
     // epochs (version 1) is old whatever its readable meta says: rewriting costs only time.
     const isOld = (s: OpenedSession): boolean => s.epochs === undefined || s.epochs.createdEpoch < target;
-    for (const p of index.packs) {
-      if (isOld(await sessions.open(p.sessionId))) oldSessions.add(p.sessionId);
+    for (const sessionId of new Set([...listings.values()].flatMap((named) => [...named]))) {
+      const old = await sessions.open(sessionId).then(isOld, async (e: unknown) => {
+        // A session with no key envelope at all, which any role holding the index key can name
+        // in an index file: nothing listed under it can be read, so it counts as old and phase 1
+        // leaves what it lists with a warning (as any listing whose session does not open), and
+        // the cleanup deletes the index files that list only old packs. An envelope that is
+        // there but refused still stops the re-encryption: it may be real data's, readable
+        // again once the envelope is put back.
+        if (e instanceof IntegrityError && (await listAll(repo.store, sessionPrefix(sessionId))).length === 0) return true;
+        throw e;
+      });
+      if (old) oldSessions.add(sessionId);
     }
     for (const [, keys] of await listSnapshotKeys(repo)) {
       const newest = keys[0];
@@ -121,6 +139,10 @@ async function firstCheckpoint(repo: Repository, target: number, o: ReencryptOpt
   } finally {
     sessions.dispose();
   }
+  // Old when any listing names an old session, not only the first one read: phase 1 rewrites
+  // the chunks of every listing, and a pack judged by another listing alone would be left
+  // while the cleanup deletes its old session's key.
+  const oldPacks = [...listings].filter(([, named]) => [...named].some((sid) => oldSessions.has(sid))).map(([packId]) => packId);
   const session = await createSession(repo);
   const pin = sessionKeyPin(repo, session.key);
   session.key.dispose();
@@ -134,7 +156,7 @@ async function firstCheckpoint(repo: Repository, target: number, o: ReencryptOpt
       sessionId: session.sessionId,
       sessionKeyPin: pin,
       phase: "packs",
-      oldPacks: index.packs.filter((p) => oldSessions.has(p.sessionId)).map((p) => p.packId),
+      oldPacks,
       donePacks: [],
       oldSessions: [...oldSessions],
     },
@@ -302,7 +324,8 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
     packsRewritten: state.donePacks.length,
     snapshotsRewritten: state.doneSnapshots ?? snapshotsRewritten,
     thisRun: { packs: packsRewritten, snapshots: snapshotsRewritten },
-    leftOut,
+    // Each once: index files can list the same unreadable place many times.
+    leftOut: [...new Map(leftOut.map((d) => [`${d.object}\0${d.problem}`, d])).values()],
     destroyedEpochs,
   };
 }

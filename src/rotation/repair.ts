@@ -191,14 +191,35 @@ async function derive(repo: Repository, progress: ProgressSink): Promise<Derived
     const sessionChunkKey = new Map<string, number>();
     const oldPacks: IndexedPack[] = [];
     const newPacks: IndexedPack[] = [];
+    const keyless: IndexedPack[] = [];
     for (const p of packs) {
       const sid = toHex(p.sessionId);
-      const opened = await sessions.open(sid);
+      const opened = await sessions.open(sid).catch(async (e: unknown) => {
+        // A session with no key envelope at all (any role holding the index key can name one in
+        // an index file): nothing listed under it can be read, so the listing does not judge its
+        // pack (listed under it, a verified pack of the lost run would count as old, and the
+        // cleanup would delete it while the resume counts on its chunks). See keyless below.
+        if (e instanceof IntegrityError && (await listAll(repo.store, `${SESSION_PREFIX}${sid}/`)).length === 0) return undefined;
+        throw e;
+      });
+      if (opened === undefined) {
+        keyless.push(p);
+        continue;
+      }
       sessionChunkKey.set(sid, opened.meta.chunkKeyEpoch);
       if (isOld(opened)) {
         oldSessions.add(sid);
         oldPacks.push(p);
       } else newPacks.push(p);
+    }
+    // A pack no keyed listing names is old: nothing can read it, nothing verified counts on it,
+    // and the index files listing only old packs then go at the cleanup. Its listings are warned
+    // about by the resume's phase 1.
+    const judged = new Set([...oldPacks, ...newPacks].map((p) => toHex(p.packId)));
+    for (const p of keyless) {
+      if (judged.has(toHex(p.packId))) continue;
+      oldSessions.add(toHex(p.sessionId));
+      oldPacks.push(p);
     }
     for (const [, keys] of await listSnapshotKeys(repo)) {
       const newest = keys[0];

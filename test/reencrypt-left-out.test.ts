@@ -1,0 +1,121 @@
+/**
+ * What nothing can read is left out of a re-encryption, named, instead of stopping it: any role
+ * holding the index key can write an index file, and any user who may create snapshots can sign
+ * one, so anything that stops a re-encryption at it stops every re-encryption (each resume meets
+ * it again) and, through the checkpoint it leaves, every later rotation.
+ */
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { loadIndex, writeIndexFile } from "../src/repository/index-files.js";
+import { FaultyStore } from "../src/storage/faulty.js";
+import { openRepository } from "../src/repository/open.js";
+import type { Repository } from "../src/repository/repository.js";
+import type { ReencryptResult } from "../src/rotation/reencrypt.js";
+import { FsStore, KDF_TEST, Secret, Vault } from "../src/index.js";
+import { fromHex } from "../src/util/bytes.js";
+import { passphrase, seededBytes, sha256File, tempDirs } from "./helpers/fixtures.js";
+
+const tmp = tempDirs();
+
+const open = (dir: string, store: FsStore | FaultyStore = new FsStore(dir)): Promise<Vault> => Vault.open({ store, user: "admin", passphrase: passphrase() });
+
+/** A victim VM's backup in small packs, and a backup user "host" beside the admin. */
+async function victim(): Promise<{ dir: string; file: string; id: string }> {
+  const dir = tmp("repo");
+  const file = path.join(tmp("src"), "vm.raw");
+  await fsp.writeFile(file, seededBytes("victim", 1024 * 1024));
+  const v = await Vault.init({ store: new FsStore(dir), user: "admin", passphrase: passphrase(), kdf: KDF_TEST, allowWeakKdf: true, config: { packSize: 1 << 16 } });
+  const id = (await v.backup({ vm: "victim", sources: [file] })).snapshotId;
+  await v.addUser({ name: "host", role: "backup", passphrase: Secret.fromString("host-pass"), kdf: KDF_TEST, allowWeakKdf: true });
+  await v.close();
+  return { dir, file, id };
+}
+
+async function as<T>(dir: string, user: string, pass: string, fn: (r: Repository) => Promise<T>): Promise<T> {
+  const r = await openRepository({ store: new FsStore(dir), user, passphrase: Secret.fromString(pass) });
+  try {
+    return await fn(r);
+  } finally {
+    await r.close();
+  }
+}
+
+async function restoresIntact(v: Vault, id: string, file: string, label: string): Promise<void> {
+  const out = tmp("out");
+  await v.restore({ snapshot: id, target: out, reason: label });
+  expect(await sha256File(path.join(out, path.basename(file))), label).toBe(await sha256File(file));
+}
+
+/**
+ * The backup user lists every indexed pack again, and a pack that does not exist, under a
+ * session no key exists for, in index files of its own. A rotation re-seals every index file
+ * under a new name, so which listing of a pack is read first is chance: three such files make
+ * it theirs most times.
+ */
+async function keylessListings(dir: string, keyless: string, fake: string): Promise<void> {
+  await as(dir, "host", "host-pass", async (r) => {
+    const index = await loadIndex(r);
+    expect(index.packs.length).toBeGreaterThan(4);
+    const entries = [...index.entries()];
+    const packs = [...index.packs.map((p) => ({ packId: p.packId, packLength: p.packLength })), { packId: fake, packLength: 1 << 16 }].map((p) => ({
+      packId: fromHex(p.packId),
+      sessionId: fromHex(keyless),
+      packLength: p.packLength,
+      entries: entries.filter((e) => e.location.pack.packId === p.packId).map(({ id: chunkId, location }) => ({ chunkId, offset: location.offset, length: location.length, rawLength: location.rawLength })),
+    }));
+    for (let i = 0; i < 3; i++) await writeIndexFile(r, r.store, packs);
+  });
+}
+
+describe("an index file naming a session that has no key", () => {
+  for (const newChunkKey of [false, true]) {
+    it(`is left out, named; the re-encryption finishes and deletes nothing readable${newChunkKey ? " (new chunk-ID key)" : ""}`, async () => {
+      const { dir, file, id } = await victim();
+      const keyless = "5e".repeat(16);
+      const fake = "fa".repeat(16);
+      await keylessListings(dir, keyless, fake);
+      const admin = await open(dir);
+      // Was: integrity failure: sessions/5e5e…: the session key envelope is missing (exit 5, before anything was rewritten).
+      const done = (await admin.rotateKeys({ reencrypt: true, newChunkKey })) as ReencryptResult;
+      // Each named once, however many listings name it.
+      expect(done.leftOut).toEqual(
+        expect.arrayContaining([
+          { object: `data/fa/${fake}`, problem: "pack is missing" },
+          { object: `sessions/${keyless}`, problem: "the session key envelope is missing" },
+        ]),
+      );
+      expect(done.leftOut).toHaveLength(2);
+      expect(done.destroyedEpochs).toEqual([1]);
+      // Every old pack was rewritten and deleted with the index files that listed only old packs
+      // (the backup user's among them): the victim restores from the new ones, and nothing is left to check.
+      expect((await admin.keyStatus()).oldData.packs).toBe(0);
+      await restoresIntact(admin, id, file, "after re-encryption");
+      expect((await admin.check({ readData: true })).damage).toEqual([]);
+      await admin.close();
+    }, 120_000);
+  }
+
+  it("is left out by repair reencrypt too, which finishes", async () => {
+    const { dir, file, id } = await victim();
+    await keylessListings(dir, "5e".repeat(16), "fa".repeat(16));
+    // The admin's re-encryption stops after its first batch (as a crash would), and its newest checkpoint is then damaged.
+    const faulty = new FaultyStore(new FsStore(dir), { failPut: (key) => key === "checkpoints/reencrypt/000003" });
+    const stopped = await open(dir, faulty);
+    await expect(stopped.rotateKeys({ reencrypt: true })).rejects.toThrow(/storage full/);
+    await stopped.close();
+    const cp = path.join(dir, "checkpoints", "reencrypt", "000002");
+    const damaged = await fsp.readFile(cp);
+    damaged[damaged.length - 70] = (damaged[damaged.length - 70] as number) ^ 1;
+    await fsp.writeFile(cp, damaged);
+    const admin = await open(dir);
+    // Was: integrity failure: sessions/5e5e…: the session key envelope is missing.
+    const done = await admin.repairReencryption();
+    expect(done.rebuilt).not.toBeNull();
+    expect(done.leftOut).toContainEqual({ object: `sessions/${"5e".repeat(16)}`, problem: "the session key envelope is missing" });
+    expect(done.destroyedEpochs).toEqual([1]);
+    await restoresIntact(admin, id, file, "after repair");
+    expect((await admin.check({ readData: true })).damage).toEqual([]);
+    await admin.close();
+  }, 120_000);
+});
