@@ -7,14 +7,19 @@
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
+import type { SnapshotBody } from "../src/format/snapshot.js";
 import { loadIndex, writeIndexFile } from "../src/repository/index-files.js";
 import { FaultyStore } from "../src/storage/faulty.js";
+import { listAll } from "../src/storage/types.js";
 import { openRepository } from "../src/repository/open.js";
 import type { Repository } from "../src/repository/repository.js";
+import { SessionKeys } from "../src/repository/sessions.js";
 import type { ReencryptResult } from "../src/rotation/reencrypt.js";
+import { listSnapshots, readSnapshotBody, writeSnapshot } from "../src/snapshot/store.js";
+import { StorageError } from "../src/errors.js";
 import { FsStore, KDF_TEST, Secret, Vault } from "../src/index.js";
 import { fromHex } from "../src/util/bytes.js";
-import { passphrase, seededBytes, sha256File, tempDirs } from "./helpers/fixtures.js";
+import { PASS, passphrase, seededBytes, sha256File, tempDirs } from "./helpers/fixtures.js";
 
 const tmp = tempDirs();
 
@@ -118,4 +123,73 @@ describe("an index file naming a session that has no key", () => {
     expect((await admin.check({ readData: true })).damage).toEqual([]);
     await admin.close();
   }, 120_000);
+});
+
+/**
+ * Snapshots whose body opens and is valid, but whose chunk-list or entry blobs nothing can read
+ * as such: a list that is an entry blob, entries that are a chunk list, a list no pack holds.
+ */
+async function malformedSnapshots(dir: string): Promise<string[]> {
+  const src = tmp("src");
+  const ids: string[] = [];
+  const v = await open(dir);
+  for (const vm of ["bad1", "bad2", "bad3"]) {
+    const image = path.join(src, `${vm}.raw`);
+    const folder = path.join(src, `${vm}-etc`);
+    await fsp.writeFile(image, seededBytes(vm, 128 * 1024));
+    await fsp.mkdir(folder);
+    await fsp.writeFile(path.join(folder, "hosts"), `${vm}\n`);
+    ids.push((await v.backup({ vm, sources: [image, folder] })).snapshotId);
+  }
+  await v.close();
+  await as(dir, "admin", PASS, async (r) => {
+    const sessions = new SessionKeys(r);
+    try {
+      for (const [i, id] of ids.entries()) {
+        const [record] = (await listSnapshots(r)).filter((s) => s.header.id === id);
+        if (record === undefined) throw new Error("snapshot not found");
+        const body = await readSnapshotBody(r, sessions, record);
+        const disk = body.sources.find((s) => s.kind === "disk");
+        const dir = body.sources.find((s) => s.kind === "folder");
+        if (disk?.kind !== "disk" || dir?.kind !== "folder") throw new Error("sources not found");
+        const swapped = body.sources.map((s) =>
+          i === 0 && s.kind === "disk" ? { ...s, lists: dir.entries } : i === 1 && s.kind === "disk" ? { ...s, lists: ["00".repeat(32)] } : i === 2 && s.kind === "folder" ? { ...s, entries: disk.lists } : s,
+        );
+        const hostile: SnapshotBody = { ...body, sources: swapped };
+        await writeSnapshot(r, r.store, record.meta.sessionId, await sessions.get(record.meta.sessionId), record.header, hostile, record.meta.revision + 1);
+      }
+    } finally {
+      sessions.dispose();
+    }
+  });
+  return ids;
+}
+
+describe("re-encryption with a new chunk-ID key and snapshots whose lists or entries nothing can read", () => {
+  it("leaves those snapshots out, naming each, and finishes; a read failure of the storage still stops it, and the resume finishes", async () => {
+    const { dir, file, id } = await victim();
+    const bad = await malformedSnapshots(dir);
+    const oldPacks = new Set((await listAll(new FsStore(dir), "data/")).map((o) => o.key));
+    // The storage fails every read of a pack the re-encryption wrote: its snapshot phase cannot read lists.
+    const failing = await open(dir, new FaultyStore(new FsStore(dir), { failGet: (key) => key.startsWith("data/") && !oldPacks.has(key) }));
+    const err = await failing.rotateKeys({ reencrypt: true, newChunkKey: true }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(StorageError);
+    expect((await failing.keyStatus()).reencryption?.phase).toBe("snapshots");
+    await failing.close();
+
+    const admin = await open(dir);
+    // Was: stopped at the first of them (exit 5, or a FormatError), at every resume.
+    const done = (await admin.rotateKeys({ reencrypt: true, newChunkKey: true })) as ReencryptResult;
+    expect(done.resumed).toBe(true);
+    const named = done.leftOut.map((d) => d.object);
+    for (const b of bad) expect(named.filter((o) => o.startsWith(`snapshots/${b}/`)), b).toHaveLength(1);
+    expect(done.leftOut.map((d) => d.problem).join("\n")).toMatch(/chunk list [0-9a-f]{16}…: .*unsupported chunk list version/);
+    expect(done.leftOut.map((d) => d.problem).join("\n")).toMatch(/entries [0-9a-f]{16}…: /);
+    expect(done.leftOut.map((d) => d.problem).join("\n")).toMatch(/chunk 0{64}: has no re-encrypted copy/);
+    expect(done.destroyedEpochs).toEqual([1]);
+    await restoresIntact(admin, id, file, "after re-encryption");
+    // The repository is not wedged: a plain rotation runs again.
+    expect(await admin.rotateKeys()).toMatchObject({ epoch: 3 });
+    await admin.close();
+  }, 180_000);
 });

@@ -1,6 +1,7 @@
 import { IntegrityError, NotFoundError, UsageError, type Damage } from "../errors.js";
 import { Compressor } from "../compress/compressor.js";
 import type { Secret } from "../crypto/secret.js";
+import { FormatError } from "../format/codec.js";
 import { encodeChunkList, parseChunkList } from "../format/chunklist.js";
 import { encodeEntry, parseEntryBlob } from "../format/entries.js";
 import type { IndexedPack } from "../format/index-file.js";
@@ -296,7 +297,17 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
         let newBody: SnapshotBody = body;
         if (idMap !== undefined) {
           const sources: SnapshotSource[] = [];
-          for (const s of body.sources) sources.push(await remapSource(s, idMap, reader, rw));
+          try {
+            for (const s of body.sources) sources.push(await remapSource(s, idMap, reader, rw));
+          } catch (e) {
+            if (!(e instanceof IntegrityError)) throw e;
+            // A chunk list or entry blob nothing reads as one (malformed, or naming a chunk no
+            // pack held): as for a body no reader accepts, its creator could otherwise stop every
+            // re-encryption. It goes with the old keys; what of it was restorable (another disk
+            // of the snapshot, say) only from a copy of the snapshot taken before this.
+            leftOut.push(...e.damage.map((d) => ({ object: newest, problem: `${d.object}: ${d.problem}` })));
+            continue;
+          }
           newBody = { ...body, sources };
         }
         await packs.flush();
@@ -425,24 +436,37 @@ async function rewriteListing(
   return pairs;
 }
 
-/** With a new chunk-ID key: rewrites a source's chunk lists or entries with the new IDs. */
+/**
+ * With a new chunk-ID key: rewrites a source's chunk lists or entries with the new IDs. A blob
+ * that cannot be read, or parsed as what it is named for, fails with IntegrityError; storage
+ * errors are thrown as they are.
+ */
 async function remapSource(source: SnapshotSource, idMap: Map<string, string>, reader: BlobReader, rw: Rewriter): Promise<SnapshotSource> {
   const map = (id: string): string => {
     const to = idMap.get(id);
     if (to === undefined) throw IntegrityError.object(`chunk ${id}`, "has no re-encrypted copy");
     return to;
   };
+  const readAs = async <T>(what: string, id: string, parse: (bytes: Uint8Array) => T): Promise<T> => {
+    const bytes = await reader.read(fromHex(map(id)));
+    try {
+      return parse(bytes);
+    } catch (e) {
+      if (e instanceof FormatError) throw IntegrityError.object(`${what} ${id.slice(0, 16)}…`, e.message);
+      throw e;
+    }
+  };
   if (source.kind === "disk") {
     const lists: string[] = [];
     for (const listId of source.lists) {
-      const refs = parseChunkList(await reader.read(fromHex(map(listId)))).map((r) => (r === null ? null : fromHex(map(toHex(r)))));
+      const refs = (await readAs("chunk list", listId, parseChunkList)).map((r) => (r === null ? null : fromHex(map(toHex(r)))));
       lists.push(toHex(await rw.put(encodeChunkList(refs))));
     }
     return { ...source, lists };
   }
   const entries: string[] = [];
   for (const blobId of source.entries) {
-    const parsed = parseEntryBlob(await reader.read(fromHex(map(blobId))));
+    const parsed = await readAs("entries", blobId, parseEntryBlob);
     const lines = parsed.map((e) => encodeEntry(e.chunks === undefined ? e : { ...e, chunks: e.chunks.map((c) => (c.id === null ? c : { id: map(c.id), length: c.length })) }));
     entries.push(toHex(await rw.put(Buffer.concat(lines))));
   }
