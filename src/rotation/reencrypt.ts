@@ -69,7 +69,7 @@ export async function reencrypt(repo: Repository, o: ReencryptOptions = {}): Pro
   // run reads the checkpoint that run left (and, if it finished, starts a re-encryption anew).
   const lock = await acquireReencryptionLock(repo, "re-encryption");
   try {
-    let state = await readCheckpoint(repo);
+    const state = await readCheckpoint(repo);
     // Every ID-map batch the resume would use is checked (signed by an admin) before any work.
     if (state?.newChunkKey === true) await readIdMap(repo, state.idMapFrom);
     const resumed = state !== null;
