@@ -14,9 +14,10 @@ import { listAll } from "../src/storage/types.js";
 import { openRepository } from "../src/repository/open.js";
 import type { Repository } from "../src/repository/repository.js";
 import { SessionKeys } from "../src/repository/sessions.js";
+import { readCheckpoint } from "../src/rotation/checkpoint.js";
 import type { ReencryptResult } from "../src/rotation/reencrypt.js";
 import { listSnapshots, readSnapshotBody, writeSnapshot } from "../src/snapshot/store.js";
-import { StorageError } from "../src/errors.js";
+import { IntegrityError, StorageError } from "../src/errors.js";
 import { FsStore, KDF_TEST, Secret, Vault } from "../src/index.js";
 import { fromHex } from "../src/util/bytes.js";
 import { PASS, passphrase, seededBytes, sha256File, tempDirs } from "./helpers/fixtures.js";
@@ -192,4 +193,42 @@ describe("re-encryption with a new chunk-ID key and snapshots whose lists or ent
     expect(await admin.rotateKeys()).toMatchObject({ epoch: 3 });
     await admin.close();
   }, 180_000);
+
+  it("a re-encrypted list listed under another session in an index file read first stops the resume instead of leaving the snapshot out", async () => {
+    const { dir, file, id } = await victim();
+    // The re-encryption stops as it stores its first rewritten snapshot: phase 1 is done.
+    let started = false;
+    const stops = new FaultyStore(new FsStore(dir), {
+      failPut: (key) => {
+        started ||= key.startsWith("checkpoints/reencrypt/");
+        return started && key.startsWith("snapshots/");
+      },
+    });
+    const first = await open(dir, stops);
+    await expect(first.rotateKeys({ reencrypt: true, newChunkKey: true })).rejects.toThrow(/storage full/);
+    await first.close();
+    // The backup user lists every pack of the re-encryption again, under a session with no key,
+    // in an index file read first: readers then open those packs with no key.
+    await as(dir, "host", "host-pass", async (r) => {
+      const state = await readCheckpoint(r);
+      if (state === null) throw new Error("no checkpoint");
+      const index = await loadIndex(r);
+      const own = index.packs.filter((p) => p.sessionId === state.sessionId);
+      expect(own.length).toBeGreaterThan(0);
+      const entries = [...index.entries()];
+      const packs = own.map((p) => ({
+        packId: fromHex(p.packId),
+        sessionId: fromHex("5e".repeat(16)),
+        packLength: p.packLength,
+        entries: entries.filter((e) => e.location.pack.packId === p.packId).map(({ id: chunkId, location }) => ({ chunkId, offset: location.offset, length: location.length, rawLength: location.rawLength })),
+      }));
+      await writeIndexFile(r, r.store, packs, { indexId: new Uint8Array(16), nonce: r.crypto.random(24) });
+    });
+    const admin = await open(dir);
+    // Was: the victim's snapshot was left out as unreadable, and the cleanup destroyed the only keys that open it.
+    await expect(admin.rotateKeys({ reencrypt: true, newChunkKey: true })).rejects.toThrow(IntegrityError);
+    await restoresIntact(admin, id, file, "after the refused resume");
+    expect((await admin.keyStatus()).reencryption?.phase).toBe("snapshots");
+    await admin.close();
+  }, 120_000);
 });

@@ -300,7 +300,7 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
           try {
             for (const s of body.sources) sources.push(await remapSource(s, idMap, reader, rw));
           } catch (e) {
-            if (!(e instanceof IntegrityError)) throw e;
+            if (!(e instanceof UnreadableBlob)) throw e;
             // A chunk list or entry blob nothing reads as one (malformed, or naming a chunk no
             // pack held): as for a body no reader accepts, its creator could otherwise stop every
             // re-encryption. It goes with the old keys; what of it was restorable (another disk
@@ -437,14 +437,26 @@ async function rewriteListing(
 }
 
 /**
- * With a new chunk-ID key: rewrites a source's chunk lists or entries with the new IDs. A blob
- * that cannot be read, or parsed as what it is named for, fails with IntegrityError; storage
- * errors are thrown as they are.
+ * What of a snapshot's lists or entries nothing can read, whatever any index file says: a chunk
+ * phase 1 found no copy of under any listing (the ID map is signed), or a blob that authenticated
+ * under its keyed ID and does not parse as what it is named for.
+ */
+class UnreadableBlob extends IntegrityError {
+  constructor(object: string, problem: string) {
+    super(`integrity failure: ${object}: ${problem}`, [{ object, problem }]);
+  }
+}
+
+/**
+ * With a new chunk-ID key: rewrites a source's chunk lists or entries with the new IDs. What
+ * nothing can read fails with UnreadableBlob. A re-encrypted copy that does not read (storage
+ * damage, or an index file listing its pack under another session, read first) fails as the
+ * reader reports it: the copy is there, and leaving the snapshot out would lose it.
  */
 async function remapSource(source: SnapshotSource, idMap: Map<string, string>, reader: BlobReader, rw: Rewriter): Promise<SnapshotSource> {
   const map = (id: string): string => {
     const to = idMap.get(id);
-    if (to === undefined) throw IntegrityError.object(`chunk ${id}`, "has no re-encrypted copy");
+    if (to === undefined) throw new UnreadableBlob(`chunk ${id}`, "has no re-encrypted copy");
     return to;
   };
   const readAs = async <T>(what: string, id: string, parse: (bytes: Uint8Array) => T): Promise<T> => {
@@ -452,7 +464,7 @@ async function remapSource(source: SnapshotSource, idMap: Map<string, string>, r
     try {
       return parse(bytes);
     } catch (e) {
-      if (e instanceof FormatError) throw IntegrityError.object(`${what} ${id.slice(0, 16)}…`, e.message);
+      if (e instanceof FormatError) throw new UnreadableBlob(`${what} ${id.slice(0, 16)}…`, e.message);
       throw e;
     }
   };
