@@ -87,7 +87,7 @@ export class NotFoundError extends VaultError {
 
 /** Who holds a lock that another command ran into: what people need to wait for it or clear it. */
 export interface LockHolder {
-  /** The lock object, `locks/<id>`, relative to the repository. */
+  /** The lock object, `locks/<id>` (or `locks-reencrypt/<id>`, the re-encryption lock), relative to the repository. */
   readonly key: string;
   readonly operation: string;
   readonly exclusive: boolean;

@@ -28,6 +28,8 @@ export const snapshotKey = (snapshotId: string, revision: number): string => `sn
 export const LOCK_PREFIX = "locks/";
 export const lockKey = (lockId: string): string => `locks/${lockId}`;
 
+export const REENCRYPTION_LOCK_PREFIX = "locks-reencrypt/";
+
 export const AUDIT_PREFIX = "audit/";
 export const auditKey = (seq: number): string => `audit/${pad(seq, 12)}`;
 

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { errorCodeOf, LockedError, type LockHolder } from "../errors.js";
 import { FormatError } from "../format/codec.js";
 import { encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
-import { LOCK_PREFIX, lockKey } from "../format/layout.js";
+import { LOCK_PREFIX, REENCRYPTION_LOCK_PREFIX } from "../format/layout.js";
 import { encodeLockMeta, parseLockMeta, type LockMeta } from "../format/lock.js";
 import { listAll } from "../storage/types.js";
 import { toHex, utf8 } from "../util/bytes.js";
@@ -50,7 +50,23 @@ const RETRY_AT_MOST_MS = 2000;
  * ({@link refreshRegistryView}: one registry listing when nothing changed); if that fails (the
  * user was removed meanwhile, say), the lock is released and the error thrown.
  */
-export async function acquireLock(repo: Repository, operation: string, exclusive: boolean, options: LockOptions = {}): Promise<Lock> {
+export function acquireLock(repo: Repository, operation: string, exclusive: boolean, options: LockOptions = {}): Promise<Lock> {
+  return acquire(repo, LOCK_PREFIX, operation, exclusive, options);
+}
+
+/**
+ * Takes the re-encryption lock: one re-encryption (start, resume or repair) at a time, since
+ * two would rewrite the same packs under two sessions, each store checkpoints the other
+ * overwrites, and each cleanup delete what the other still counts on. Its objects live apart
+ * from the repository's locks (`locks-reencrypt/`), so backups, restores and checks never see
+ * it and go on beside a re-encryption; the re-encryption takes repository locks as well.
+ * Waiting, refreshing and stale locks (a crashed holder) work as for {@link acquireLock}.
+ */
+export function acquireReencryptionLock(repo: Repository, operation: string, options: LockOptions = {}): Promise<Lock> {
+  return acquire(repo, REENCRYPTION_LOCK_PREFIX, operation, true, options);
+}
+
+async function acquire(repo: Repository, prefix: string, operation: string, exclusive: boolean, options: LockOptions): Promise<Lock> {
   const waitMs = options.waitMs ?? repo.env.lockWaitMs ?? 0;
   let waited = 0;
   let pause = RETRY_EVERY_MS;
@@ -59,7 +75,7 @@ export async function acquireLock(repo: Repository, operation: string, exclusive
     options.signal?.throwIfAborted();
     let lock: Lock;
     try {
-      lock = await tryLock(repo, operation, exclusive);
+      lock = await tryLock(repo, prefix, operation, exclusive);
     } catch (e) {
       if (!(e instanceof LockedError) || waited + pause > waitMs) throw e;
       if (!told && e.holder !== undefined) {
@@ -142,15 +158,15 @@ function processAlive(pid: number): boolean {
  * Takes a shared (backup, restore, check) or exclusive (prune, re-encryption) lock. A lock
  * left by a dead process on this host, or not refreshed for 30 minutes, is removed.
  */
-async function tryLock(repo: Repository, operation: string, exclusive: boolean): Promise<Lock> {
+async function tryLock(repo: Repository, prefix: string, operation: string, exclusive: boolean): Promise<Lock> {
   const store = repo.store;
   const lockId = toHex(repo.crypto.random(16));
   const mine = hostHash(repo);
   const now = repo.now();
   const meta: LockMeta = { repoId: repo.repoId, lockId, exclusive, hostHash: mine, pid: repo.env.pid, operation, createdAt: now, refreshedAt: now };
-  let currentKey = lockKey(lockId);
+  let currentKey = `${prefix}${lockId}`;
   await store.putIfAbsent(currentKey, encodeEnvelope(ObjectKind.Lock, encodeLockMeta(meta)));
-  for (const { key } of await listAll(store, LOCK_PREFIX)) {
+  for (const { key } of await listAll(store, prefix)) {
     if (key === currentKey) continue;
     let other: LockMeta;
     try {
@@ -191,7 +207,7 @@ async function tryLock(repo: Repository, operation: string, exclusive: boolean):
   const timer = setInterval(() => {
     void (async () => {
       const next = { ...meta, lockId: toHex(repo.crypto.random(16)), refreshedAt: repo.now() };
-      const nextKey = lockKey(next.lockId);
+      const nextKey = `${prefix}${next.lockId}`;
       await store.putIfAbsent(nextKey, encodeEnvelope(ObjectKind.Lock, encodeLockMeta(next)));
       const old = currentKey;
       currentKey = nextKey;

@@ -1,10 +1,11 @@
 import { IntegrityError, NotFoundError, UsageError, type Damage } from "../errors.js";
 import { Compressor } from "../compress/compressor.js";
 import type { Secret } from "../crypto/secret.js";
+import { FormatError } from "../format/codec.js";
 import { encodeChunkList, parseChunkList } from "../format/chunklist.js";
 import { encodeEntry, parseEntryBlob } from "../format/entries.js";
 import type { IndexedPack } from "../format/index-file.js";
-import { packKey } from "../format/layout.js";
+import { packKey, sessionPrefix } from "../format/layout.js";
 import type { PackEntry } from "../format/pack.js";
 import type { SnapshotBody, SnapshotSource } from "../format/snapshot.js";
 import { BlobScratch, BlobStatus, blobStatusMessage, encodeBlob, rewrapBlob } from "../pack/blob.js";
@@ -16,14 +17,15 @@ import { SessionIndexWriter } from "../backup/index-writer.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import { ChunkIndex } from "../repository/chunk-index.js";
 import { loadIndex, readIndexFile } from "../repository/index-files.js";
-import { acquireLock } from "../repository/lock.js";
+import { acquireLock, acquireReencryptionLock } from "../repository/lock.js";
 import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import { createSession, SessionKeys, type OpenedSession } from "../repository/sessions.js";
 import { BlobReader } from "../restore/blob-reader.js";
 import { listSnapshotKeys, readSnapshot, readSnapshotBody } from "../snapshot/store.js";
+import { listAll } from "../storage/types.js";
 import { fromHex, toHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
-import { rotateKeys } from "./rotate.js";
+import { rotateKeysThen } from "./rotate.js";
 import { checkSessionKeyPin, deleteCheckpoints, highestIdMapBatch, readCheckpoint, readIdMap, sessionKeyPin, writeCheckpoint, writeIdMapBatch, type ReencryptState } from "./checkpoint.js";
 import { rewriteSnapshot } from "./rewrite.js";
 import { finishReencryption } from "./cleanup.js";
@@ -63,35 +65,64 @@ export interface ReencryptResult {
  */
 export async function reencrypt(repo: Repository, o: ReencryptOptions = {}): Promise<ReencryptResult> {
   await authorizeAudited(repo, "admin", "key rotate");
-  let state = await readCheckpoint(repo);
-  // Every ID-map batch the resume would use is checked (signed by an admin) before any work.
-  if (state?.newChunkKey === true) await readIdMap(repo, state.idMapFrom);
-  const resumed = state !== null;
-  if (state !== null && o.newChunkKey === true && !state.newChunkKey) {
-    throw new UsageError("a re-encryption without --new-chunk-key is under way; run `vmvault key rotate --reencrypt` to finish it first");
+  // Held from before the checkpoint is read to after the cleanup: one that waited for another
+  // run reads the checkpoint that run left (and, if it finished, starts a re-encryption anew).
+  const lock = await acquireReencryptionLock(repo, "re-encryption");
+  try {
+    const state = await readCheckpoint(repo);
+    // Every ID-map batch the resume would use is checked (signed by an admin) before any work.
+    if (state?.newChunkKey === true) await readIdMap(repo, state.idMapFrom);
+    const resumed = state !== null;
+    if (state !== null && o.newChunkKey === true && !state.newChunkKey) {
+      throw new UsageError("a re-encryption without --new-chunk-key is under way; run `vmvault key rotate --reencrypt` to finish it first");
+    }
+    const started = state ?? (await start(repo, o));
+    return await audited(repo, {
+      entry: { action: "key rotate", target: { reencrypt: "yes", epoch: started.targetEpoch, resumed: resumed ? "yes" : "no" } },
+      started: false,
+      run: () => run(repo, started, resumed, o.progress),
+      outcome: (r) => ({ packsRewritten: r.packsRewritten, snapshotsRewritten: r.snapshotsRewritten }),
+    });
+  } finally {
+    await lock.release();
   }
-  if (state === null) state = await start(repo, o);
-  const started = state;
-  return audited(repo, {
-    entry: { action: "key rotate", target: { reencrypt: "yes", epoch: started.targetEpoch, resumed: resumed ? "yes" : "no" } },
-    started: false,
-    run: () => run(repo, started, resumed, o.progress),
-    outcome: (r) => ({ packsRewritten: r.packsRewritten, snapshotsRewritten: r.snapshotsRewritten }),
-  });
 }
 
-async function start(repo: Repository, o: ReencryptOptions): Promise<ReencryptState> {
-  const rotated = await rotateKeys(repo, { newChunkKey: o.newChunkKey === true, ...(o.progress === undefined ? {} : { progress: o.progress }) });
-  const target = rotated.epoch;
-  const index = await loadIndex(repo);
+/** Rotates and stores the first checkpoint under the rotation's exclusive lock (see rotateKeysThen). */
+function start(repo: Repository, o: ReencryptOptions): Promise<ReencryptState> {
+  const rotation = { newChunkKey: o.newChunkKey === true, ...(o.progress === undefined ? {} : { progress: o.progress }) };
+  return rotateKeysThen(repo, rotation, (rotated) => firstCheckpoint(repo, rotated.epoch, o));
+}
+
+/** Judges which sessions and packs are old for a re-encryption to `target`, and stores its first checkpoint. */
+async function firstCheckpoint(repo: Repository, target: number, o: ReencryptOptions): Promise<ReencryptState> {
+  /** The sessions every listing of each pack names: any role holding the index key can add a listing. */
+  const listings = new Map<string, Set<string>>();
+  await loadIndex(repo, undefined, (f) => {
+    for (const p of f.packs) {
+      const packId = toHex(p.packId);
+      const named = listings.get(packId) ?? new Set<string>();
+      listings.set(packId, named.add(toHex(p.sessionId)));
+    }
+  });
   const sessions = new SessionKeys(repo);
   const oldSessions = new Set<string>();
   try {
     // Old: created before the target epoch by its sealed epochs. An envelope without sealed
     // epochs (version 1) is old whatever its readable meta says: rewriting costs only time.
     const isOld = (s: OpenedSession): boolean => s.epochs === undefined || s.epochs.createdEpoch < target;
-    for (const p of index.packs) {
-      if (isOld(await sessions.open(p.sessionId))) oldSessions.add(p.sessionId);
+    for (const sessionId of new Set([...listings.values()].flatMap((named) => [...named]))) {
+      const old = await sessions.open(sessionId).then(isOld, async (e: unknown) => {
+        // A session with no key envelope at all, which any role holding the index key can name
+        // in an index file: nothing listed under it can be read, so it counts as old and phase 1
+        // leaves what it lists with a warning (as any listing whose session does not open), and
+        // the cleanup deletes the index files that list only old packs. An envelope that is
+        // there but refused still stops the re-encryption: it may be real data's, readable
+        // again once the envelope is put back.
+        if (e instanceof IntegrityError && (await listAll(repo.store, sessionPrefix(sessionId))).length === 0) return true;
+        throw e;
+      });
+      if (old) oldSessions.add(sessionId);
     }
     for (const [, keys] of await listSnapshotKeys(repo)) {
       const newest = keys[0];
@@ -109,6 +140,10 @@ async function start(repo: Repository, o: ReencryptOptions): Promise<ReencryptSt
   } finally {
     sessions.dispose();
   }
+  // Old when any listing names an old session, not only the first one read: phase 1 rewrites
+  // the chunks of every listing, and a pack judged by another listing alone would be left
+  // while the cleanup deletes its old session's key.
+  const oldPacks = [...listings].filter(([, named]) => [...named].some((sid) => oldSessions.has(sid))).map(([packId]) => packId);
   const session = await createSession(repo);
   const pin = sessionKeyPin(repo, session.key);
   session.key.dispose();
@@ -122,7 +157,7 @@ async function start(repo: Repository, o: ReencryptOptions): Promise<ReencryptSt
       sessionId: session.sessionId,
       sessionKeyPin: pin,
       phase: "packs",
-      oldPacks: index.packs.filter((p) => oldSessions.has(p.sessionId)).map((p) => p.packId),
+      oldPacks,
       donePacks: [],
       oldSessions: [...oldSessions],
     },
@@ -143,7 +178,10 @@ interface Rewriter {
   readonly putStored: (id: Uint8Array, blob: Uint8Array, rawLength: number) => Promise<void>;
 }
 
-/** Resumes a re-encryption from a checkpoint (the one `repair reencrypt` rebuilt): the same run `key rotate --reencrypt` resumes. */
+/**
+ * Resumes a re-encryption from a checkpoint (the one `repair reencrypt` rebuilt): the same run
+ * `key rotate --reencrypt` resumes. The caller holds the re-encryption lock.
+ */
 export function resumeReencryption(repo: Repository, state: ReencryptState, progress?: ProgressSink): Promise<ReencryptResult> {
   return run(repo, state, true, progress);
 }
@@ -259,7 +297,17 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
         let newBody: SnapshotBody = body;
         if (idMap !== undefined) {
           const sources: SnapshotSource[] = [];
-          for (const s of body.sources) sources.push(await remapSource(s, idMap, reader, rw));
+          try {
+            for (const s of body.sources) sources.push(await remapSource(s, idMap, reader, rw));
+          } catch (e) {
+            if (!(e instanceof UnreadableBlob)) throw e;
+            // A chunk list or entry blob nothing reads as one (malformed, or naming a chunk no
+            // pack held): as for a body no reader accepts, its creator could otherwise stop every
+            // re-encryption. It goes with the old keys; what of it was restorable (another disk
+            // of the snapshot, say) only from a copy of the snapshot taken before this.
+            leftOut.push(...e.damage.map((d) => ({ object: newest, problem: `${d.object}: ${d.problem}` })));
+            continue;
+          }
           newBody = { ...body, sources };
         }
         await packs.flush();
@@ -287,7 +335,8 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
     packsRewritten: state.donePacks.length,
     snapshotsRewritten: state.doneSnapshots ?? snapshotsRewritten,
     thisRun: { packs: packsRewritten, snapshots: snapshotsRewritten },
-    leftOut,
+    // Each once: index files can list the same unreadable place many times.
+    leftOut: [...new Map(leftOut.map((d) => [`${d.object}\0${d.problem}`, d])).values()],
     destroyedEpochs,
   };
 }
@@ -387,24 +436,49 @@ async function rewriteListing(
   return pairs;
 }
 
-/** With a new chunk-ID key: rewrites a source's chunk lists or entries with the new IDs. */
+/**
+ * What of a snapshot's lists or entries nothing can read, whatever any index file says: a chunk
+ * phase 1 found no copy of under any listing (the ID map is signed), or a blob that authenticated
+ * under its keyed ID and does not parse as what it is named for.
+ */
+class UnreadableBlob extends IntegrityError {
+  constructor(object: string, problem: string) {
+    super(`integrity failure: ${object}: ${problem}`, [{ object, problem }]);
+  }
+}
+
+/**
+ * With a new chunk-ID key: rewrites a source's chunk lists or entries with the new IDs. What
+ * nothing can read fails with UnreadableBlob. A re-encrypted copy that does not read (storage
+ * damage, or an index file listing its pack under another session, read first) fails as the
+ * reader reports it: the copy is there, and leaving the snapshot out would lose it.
+ */
 async function remapSource(source: SnapshotSource, idMap: Map<string, string>, reader: BlobReader, rw: Rewriter): Promise<SnapshotSource> {
   const map = (id: string): string => {
     const to = idMap.get(id);
-    if (to === undefined) throw IntegrityError.object(`chunk ${id}`, "has no re-encrypted copy");
+    if (to === undefined) throw new UnreadableBlob(`chunk ${id}`, "has no re-encrypted copy");
     return to;
+  };
+  const readAs = async <T>(what: string, id: string, parse: (bytes: Uint8Array) => T): Promise<T> => {
+    const bytes = await reader.read(fromHex(map(id)));
+    try {
+      return parse(bytes);
+    } catch (e) {
+      if (e instanceof FormatError) throw new UnreadableBlob(`${what} ${id.slice(0, 16)}…`, e.message);
+      throw e;
+    }
   };
   if (source.kind === "disk") {
     const lists: string[] = [];
     for (const listId of source.lists) {
-      const refs = parseChunkList(await reader.read(fromHex(map(listId)))).map((r) => (r === null ? null : fromHex(map(toHex(r)))));
+      const refs = (await readAs("chunk list", listId, parseChunkList)).map((r) => (r === null ? null : fromHex(map(toHex(r)))));
       lists.push(toHex(await rw.put(encodeChunkList(refs))));
     }
     return { ...source, lists };
   }
   const entries: string[] = [];
   for (const blobId of source.entries) {
-    const parsed = parseEntryBlob(await reader.read(fromHex(map(blobId))));
+    const parsed = await readAs("entries", blobId, parseEntryBlob);
     const lines = parsed.map((e) => encodeEntry(e.chunks === undefined ? e : { ...e, chunks: e.chunks.map((c) => (c.id === null ? c : { id: map(c.id), length: c.length })) }));
     entries.push(toHex(await rw.put(Buffer.concat(lines))));
   }

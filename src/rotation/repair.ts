@@ -3,7 +3,7 @@ import type { IndexedPack } from "../format/index-file.js";
 import { listAll } from "../storage/types.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import { loadIndex } from "../repository/index-files.js";
-import { acquireLock } from "../repository/lock.js";
+import { acquireLock, acquireReencryptionLock } from "../repository/lock.js";
 import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import { createSession, SessionKeys, type OpenedSession } from "../repository/sessions.js";
 import { listSnapshotKeys, readSnapshot } from "../snapshot/store.js";
@@ -65,15 +65,23 @@ export async function repairReencryption(repo: Repository, o: RepairReencryptOpt
     entry: { action: "key rotate", target: { reencrypt: "repair" } },
     started: false,
     run: async () => {
-      const { state, rebuilt } = await rebuild(repo, o.progress);
-      return { ...(await resumeReencryption(repo, state, o.progress)), rebuilt };
+      // Held from the judging of the checkpoint to the end of the resume it hands over to: no
+      // `key rotate --reencrypt` resumes (and no other repair runs) in between.
+      const lock = await acquireReencryptionLock(repo, "re-encryption repair");
+      try {
+        const { state, rebuilt } = await rebuild(repo, o.progress);
+        return { ...(await resumeReencryption(repo, state, o.progress)), rebuilt };
+      } finally {
+        await lock.release();
+      }
     },
     outcome: (r) => ({ epoch: r.epoch, packsRewritten: r.packsRewritten, snapshotsRewritten: r.snapshotsRewritten, ...(r.rebuilt === null ? {} : { discarded: [...r.rebuilt.discarded] }) }),
   });
 }
 
 async function rebuild(repo: Repository, progress: ProgressSink | undefined): Promise<{ state: ReencryptState; rebuilt: RebuiltCheckpoint | null }> {
-  // Exclusive: no re-encryption resumes, and no other repair runs, while the state is judged and replaced.
+  // Exclusive: nothing is written while the state is judged and replaced (no re-encryption or
+  // other repair runs at all: the caller holds the re-encryption lock).
   const lock = await acquireLock(repo, "re-encryption repair", true);
   try {
     const stored = await checkpointObjects(repo);
@@ -183,14 +191,35 @@ async function derive(repo: Repository, progress: ProgressSink): Promise<Derived
     const sessionChunkKey = new Map<string, number>();
     const oldPacks: IndexedPack[] = [];
     const newPacks: IndexedPack[] = [];
+    const keyless: IndexedPack[] = [];
     for (const p of packs) {
       const sid = toHex(p.sessionId);
-      const opened = await sessions.open(sid);
+      const opened = await sessions.open(sid).catch(async (e: unknown) => {
+        // A session with no key envelope at all (any role holding the index key can name one in
+        // an index file): nothing listed under it can be read, so the listing does not judge its
+        // pack (listed under it, a verified pack of the lost run would count as old, and the
+        // cleanup would delete it while the resume counts on its chunks). See keyless below.
+        if (e instanceof IntegrityError && (await listAll(repo.store, `${SESSION_PREFIX}${sid}/`)).length === 0) return undefined;
+        throw e;
+      });
+      if (opened === undefined) {
+        keyless.push(p);
+        continue;
+      }
       sessionChunkKey.set(sid, opened.meta.chunkKeyEpoch);
       if (isOld(opened)) {
         oldSessions.add(sid);
         oldPacks.push(p);
       } else newPacks.push(p);
+    }
+    // A pack no keyed listing names is old: nothing can read it, nothing verified counts on it,
+    // and the index files listing only old packs then go at the cleanup. Its listings are warned
+    // about by the resume's phase 1.
+    const judged = new Set([...oldPacks, ...newPacks].map((p) => toHex(p.packId)));
+    for (const p of keyless) {
+      if (judged.has(toHex(p.packId))) continue;
+      oldSessions.add(toHex(p.sessionId));
+      oldPacks.push(p);
     }
     for (const [, keys] of await listSnapshotKeys(repo)) {
       const newest = keys[0];

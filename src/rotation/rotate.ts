@@ -34,17 +34,28 @@ export interface RotateResult {
  * file and audit body to it, then deletes every grant of older epochs: from then on no user
  * holds an old secret.
  */
-export async function rotateKeys(repo: Repository, o: RotateOptions = {}): Promise<RotateResult> {
+export function rotateKeys(repo: Repository, o: RotateOptions = {}): Promise<RotateResult> {
+  return rotateKeysThen(repo, o, (r) => Promise.resolve(r));
+}
+
+/**
+ * rotateKeys, then `then` while the rotation's exclusive lock is still held: a re-encryption
+ * stores its first checkpoint there, since once the lock is released another admin's plain
+ * rotation that finds no checkpoint opens the next epoch and revokes the one the re-encryption
+ * was started for (its checkpoint is sealed to it).
+ */
+export async function rotateKeysThen<T>(repo: Repository, o: RotateOptions, then: (rotated: RotateResult) => Promise<T>): Promise<T> {
   await authorizeAudited(repo, "admin", "key rotate");
   const lock = await acquireLock(repo, "key rotate", true);
   try {
     await assertNoReencryptionUnderWay(repo);
-    return await audited(repo, {
+    const rotated = await audited(repo, {
       entry: { action: "key rotate", target: { from: repo.keyring.currentEpoch, newChunkKey: o.newChunkKey === true ? "yes" : "no" } },
       started: false,
       run: () => openEpochAndReseal(repo, o),
       outcome: (r) => ({ epoch: r.epoch, resealed: r.resealed.sessions + r.resealed.snapshots + r.resealed.indexFiles + r.resealed.auditBodies }),
     });
+    return await then(rotated);
   } finally {
     await lock.release();
   }
