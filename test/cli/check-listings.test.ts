@@ -1,0 +1,133 @@
+/**
+ * A backup credential holds the index key, so it can write an index file that lists another
+ * snapshot's chunk IDs at wrong places: at wrong offsets of a real pack, or in a pack (and
+ * session) that does not exist. Restore reads each chunk from a location that verifies
+ * (index-hijack.test.ts). `check` must name such listings, verify every listing of a pack, and
+ * count a snapshot as affected only when some chunk it needs has no location that is good.
+ */
+import { cpSync, mkdtempSync, promises as fsp, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { PackEntry } from "../../src/format/pack.js";
+import type { IndexedPack } from "../../src/format/index-file.js";
+import { indexKey, packKey } from "../../src/format/layout.js";
+import { loadIndex, writeIndexFile } from "../../src/repository/index-files.js";
+import { openRepository } from "../../src/repository/open.js";
+import { FsStore, Secret } from "../../src/index.js";
+import { fromHex, toHex } from "../../src/util/bytes.js";
+import { vault } from "../helpers/cli.js";
+import { makeImage, tempDirs } from "../helpers/fixtures.js";
+
+const tmp = tempDirs();
+const BOGUS_PACK = toHex(new Uint8Array(16).fill(0xee));
+
+interface Report {
+  ok: boolean;
+  damage: { object: string; problem: string; snapshots?: string[] }[];
+}
+
+let root: string;
+let base: string;
+let victim: string;
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+beforeAll(async () => {
+  root = mkdtempSync(path.join(os.tmpdir(), "vmvault-check-listings-"));
+  base = path.join(root, "repo");
+  const image = path.join(root, "disk.raw");
+  const folder = path.join(root, "etc");
+  await makeImage(image, { sizeMiB: 2, seed: "victim" });
+  await fsp.mkdir(folder);
+  await fsp.writeFile(path.join(folder, "hosts"), "10.0.0.1 db\n".repeat(5000));
+  const admin = vault(base);
+  expect((await admin(["init"])).code).toBe(0);
+  expect((await admin(["user", "add", "host", "--role", "backup"], { env: { VMVAULT_NEW_PASSPHRASE: "host-pass" } })).code).toBe(0);
+  const made = await admin(["--json", "backup", "--vm", "victim", image, folder]);
+  expect(made.code, made.stderr).toBe(0);
+  victim = (JSON.parse(made.stdout) as { snapshotId: string }).snapshotId;
+}, 120_000);
+
+/**
+ * A copy of the victim's repository in which the backup user has stored an index file (id
+ * `fill` repeated, so listed first with 0x00 and last with 0xff) that lists every chunk ID again:
+ * half at the next chunk's offset in the real pack, half in a pack of a session that does not
+ * exist. Returns the repository, the index file's key and the real pack's id.
+ */
+async function hijacked(fill: number): Promise<{ repo: string; bogusIndex: string; realPack: string }> {
+  const repo = path.join(tmp("copy"), "r");
+  cpSync(base, repo, { recursive: true });
+  const r = await openRepository({ store: new FsStore(repo), user: "host", passphrase: Secret.fromString("host-pass") });
+  try {
+    const all = [...(await loadIndex(r)).entries()];
+    expect(all.length).toBeGreaterThan(4);
+    const real: PackEntry[] = [];
+    const nowhere: PackEntry[] = [];
+    all.forEach(({ id: chunkId, location }, i) => {
+      const other = (all[(i + 1) % all.length] as (typeof all)[number]).location;
+      if (i % 2 === 0) real.push({ chunkId, offset: other.offset, length: other.length, rawLength: location.rawLength });
+      else nowhere.push({ chunkId, offset: 24, length: location.length, rawLength: location.rawLength });
+    });
+    const first = all[0]?.location.pack;
+    if (first === undefined) throw new Error("no pack");
+    const packs: IndexedPack[] = [
+      { packId: fromHex(first.packId), sessionId: fromHex(first.sessionId), packLength: first.packLength, entries: real },
+      { packId: fromHex(BOGUS_PACK), sessionId: new Uint8Array(16).fill(0xdd), packLength: 1 << 20, entries: nowhere },
+    ];
+    const indexId = new Uint8Array(16).fill(fill);
+    await writeIndexFile(r, r.store, packs, { indexId, nonce: r.crypto.random(24) });
+    return { repo, bogusIndex: indexKey(toHex(indexId)), realPack: first.packId };
+  } finally {
+    await r.close();
+  }
+}
+
+async function check(repo: string, readData: boolean): Promise<{ code: number; report: Report }> {
+  const r = await vault(repo)(["--json", "check", ...(readData ? ["--read-data"] : [])]);
+  return { code: r.code, report: JSON.parse(r.stdout) as Report };
+}
+
+describe("check after a backup user listed the victim's chunks at wrong places", () => {
+  for (const readData of [false, true]) {
+    const command = readData ? "check --read-data" : "check";
+    for (const [order, fill] of [["first", 0x00], ["last", 0xff]] as const) {
+      it(`${command} names the bogus listings (index file listed ${order}) and counts no snapshot of the victim as affected`, async () => {
+        const { repo, bogusIndex, realPack } = await hijacked(fill);
+        const { code, report } = await check(repo, readData);
+        expect(code).toBe(5);
+        expect(report.ok).toBe(false);
+        // Every chunk the victim needs verifies at another location: nothing of it is lost.
+        for (const d of report.damage) expect(d.snapshots ?? [], `${d.object}: ${d.problem}`).toEqual([]);
+        // The pack that does not exist, and the bogus listing of the real pack, named by the index file that lists it.
+        expect(report.damage).toContainEqual(expect.objectContaining({ object: packKey(BOGUS_PACK), problem: "pack is missing" }));
+        const listing = report.damage.filter((d) => d.object === bogusIndex);
+        expect(listing).toHaveLength(1);
+        expect(listing[0]?.problem).toContain(packKey(realPack));
+        expect(listing[0]?.problem).toMatch(/readers fall back to other listings/);
+        // The real pack itself is intact: its trailer and its own listing verify.
+        expect(report.damage.filter((d) => d.object === packKey(realPack))).toEqual([]);
+      }, 120_000);
+    }
+  }
+
+  it("check still counts the victim as affected when its real pack is truncated", async () => {
+    const { repo, realPack } = await hijacked(0x00);
+    const file = path.join(repo, packKey(realPack));
+    await fsp.truncate(file, (await fsp.stat(file)).size - 100);
+    const { code, report } = await check(repo, false);
+    expect(code).toBe(5);
+    expect(report.damage).toContainEqual(expect.objectContaining({ object: packKey(realPack), snapshots: [victim] }));
+  }, 120_000);
+
+  it("check --read-data still counts the victim as affected when a chunk of its real pack is damaged", async () => {
+    const { repo, realPack } = await hijacked(0x00);
+    const file = path.join(repo, packKey(realPack));
+    const bytes = await fsp.readFile(file);
+    const middle = Math.floor(bytes.length / 2);
+    bytes[middle] = (bytes[middle] ?? 0) ^ 0x01;
+    await fsp.writeFile(file, bytes);
+    const { code, report } = await check(repo, true);
+    expect(code).toBe(5);
+    expect(report.damage).toContainEqual(expect.objectContaining({ object: packKey(realPack), snapshots: [victim] }));
+  }, 120_000);
+});
