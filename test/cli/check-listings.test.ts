@@ -131,3 +131,56 @@ describe("check after a backup user listed the victim's chunks at wrong places",
     expect(report.damage).toContainEqual(expect.objectContaining({ object: packKey(realPack), snapshots: [victim] }));
   }, 120_000);
 });
+
+describe("check after a backup user listed chunk IDs of content not yet stored", () => {
+  for (const readData of [false, true]) {
+    it(`${readData ? "check --read-data" : "check"} counts the later snapshot that deduplicated against the bogus listing as affected, and only it`, async () => {
+      // The chunk IDs of an image nobody has backed up yet, from a throwaway copy of the repository (same keys).
+      const later = path.join(tmp("src"), "later.raw");
+      await makeImage(later, { sizeMiB: 1, seed: "later" });
+      const scratch = path.join(tmp("scratch"), "r");
+      cpSync(base, scratch, { recursive: true });
+      expect((await vault(scratch)(["backup", "--vm", "later", later])).code).toBe(0);
+      const s = await openRepository({ store: new FsStore(scratch), user: "host", passphrase: Secret.fromString("host-pass") });
+      const basePacks = (await fsp.readdir(path.join(base, "data"), { recursive: true })).map((f) => path.basename(f));
+      let ids: Uint8Array[];
+      try {
+        // The new image's chunks only (32 KiB of plaintext each, in packs the base does not have), not its chunk list.
+        ids = [...(await loadIndex(s)).entries()].filter((e) => e.location.rawLength === 32 * 1024 && !basePacks.includes(e.location.pack.packId)).map((e) => e.id);
+      } finally {
+        await s.close();
+      }
+      expect(ids.length).toBeGreaterThan(4);
+      // The backup user lists them at the victim's chunks' places in the victim's real pack.
+      const repo = path.join(tmp("copy"), "r");
+      cpSync(base, repo, { recursive: true });
+      const r = await openRepository({ store: new FsStore(repo), user: "host", passphrase: Secret.fromString("host-pass") });
+      const bogusIndex = indexKey("00".repeat(16));
+      let realPack: string;
+      try {
+        const victims = [...(await loadIndex(r)).entries()];
+        const pack = victims[0]?.location.pack;
+        if (pack === undefined) throw new Error("no pack");
+        realPack = pack.packId;
+        const entries = ids.map((chunkId, i) => {
+          const at = (victims[i % victims.length] as (typeof victims)[number]).location;
+          return { chunkId, offset: at.offset, length: at.length, rawLength: 32 * 1024 };
+        });
+        await writeIndexFile(r, r.store, [{ packId: fromHex(pack.packId), sessionId: fromHex(pack.sessionId), packLength: pack.packLength, entries }], { indexId: new Uint8Array(16), nonce: r.crypto.random(24) });
+      } finally {
+        await r.close();
+      }
+      // The image is backed up now: its chunks count as stored, so only the bogus listing has them.
+      const made = await vault(repo)(["--json", "backup", "--vm", "later", later]);
+      expect(made.code, made.stderr).toBe(0);
+      const lost = (JSON.parse(made.stdout) as { snapshotId: string }).snapshotId;
+      expect((await vault(repo)(["restore", lost, "--target", tmp("out"), "--reason", "test"])).code).toBe(5);
+
+      const { code, report } = await check(repo, readData);
+      expect(code).toBe(5);
+      // Was: no error at all (the bogus listing was never checked).
+      expect(report.damage).toEqual([expect.objectContaining({ object: bogusIndex, snapshots: [lost] })]);
+      expect(report.damage[0]?.problem).toContain(`${packKey(realPack)} as this index file lists it: ${ids.length} of its ${ids.length} chunks there`);
+    }, 120_000);
+  }
+});
