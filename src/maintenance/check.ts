@@ -211,14 +211,14 @@ async function snapshotsLosingData(
   if (bad.size === 0) return;
   const candidates = new Set<string>();
   for (const [packNo, ids] of packSnapshots) {
-    const pack = index.packs[packNo];
+    const pack = index.refs[packNo];
     if (pack !== undefined && bad.touches(pack.packId)) for (const id of ids) candidates.add(id);
   }
   const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
   for (const snap of snapshots) {
     if (!candidates.has(snap.header.id)) continue;
     const visit = (chunk: Uint8Array): void => {
-      const pack = index.packs[index.packOf(chunk)];
+      const pack = index.refs[index.packOf(chunk)];
       if (pack === undefined || !bad.touches(pack.packId)) return;
       for (const f of bad.lost(chunk, index.locations(chunk))) f.snapshots.add(snap.header.id);
     };
