@@ -1,6 +1,6 @@
 import { IntegrityError, NotFoundError } from "../errors.js";
 import type { CryptoSuite } from "../crypto/suite.js";
-import { packKey } from "../format/layout.js";
+import { INDEX_PREFIX, packKey } from "../format/layout.js";
 import { encodePackEntries, type PackEntry } from "../format/pack.js";
 import { PackError, readPackTrailer } from "../pack/reader.js";
 import { readIndexFile } from "../repository/index-files.js";
@@ -22,6 +22,14 @@ export interface Listing {
   readonly sessionId: string;
   readonly packLength: number;
   readonly entriesDigest: Uint8Array;
+}
+
+/** How the problem of a listing that does not match its pack ends: readers try an ID's other locations. */
+const FALLBACK = "(readers fall back to other listings of those chunk IDs)";
+
+/** Whether check reported an index file for a listing of a pack that does not match the pack (not for being unreadable). */
+export function isListingDamage(d: { readonly object: string; readonly problem: string }): boolean {
+  return d.object.startsWith(INDEX_PREFIX) && d.problem.endsWith(FALLBACK);
 }
 
 /** A damaged pack or listing; snapshots are those that lose data through it (see BadLocations). */
@@ -117,7 +125,7 @@ export class PackChecks {
       problem:
         f.listed === undefined
           ? (f.notes[0] as string)
-          : `${packKey(f.listed)} as this index file lists it: ${f.notes.join("; ")} (readers fall back to other listings of those chunk IDs)`,
+          : `${packKey(f.listed)} as this index file lists it: ${f.notes.join("; ")} ${FALLBACK}`,
       snapshots: f.snapshots,
     }));
   }

@@ -52,9 +52,10 @@ beforeAll(async () => {
  * A copy of the victim's repository in which the backup user has stored an index file (id
  * `fill` repeated, so listed first with 0x00 and last with 0xff) that lists every chunk ID again:
  * half at the next chunk's offset in the real pack, half in a pack of a session that does not
- * exist. Returns the repository, the index file's key and the real pack's id.
+ * exist (unless missingPack is false). Returns the repository, the index file's key and the real
+ * pack's id.
  */
-async function hijacked(fill: number): Promise<{ repo: string; bogusIndex: string; realPack: string }> {
+async function hijacked(fill: number, o: { missingPack?: boolean } = {}): Promise<{ repo: string; bogusIndex: string; realPack: string }> {
   const repo = path.join(tmp("copy"), "r");
   cpSync(base, repo, { recursive: true });
   const r = await openRepository({ store: new FsStore(repo), user: "host", passphrase: Secret.fromString("host-pass") });
@@ -73,7 +74,7 @@ async function hijacked(fill: number): Promise<{ repo: string; bogusIndex: strin
     const packs: IndexedPack[] = [
       { packId: fromHex(first.packId), sessionId: fromHex(first.sessionId), packLength: first.packLength, entries: real },
       { packId: fromHex(BOGUS_PACK), sessionId: new Uint8Array(16).fill(0xdd), packLength: 1 << 20, entries: nowhere },
-    ];
+    ].slice(0, o.missingPack === false ? 1 : 2);
     const indexId = new Uint8Array(16).fill(fill);
     await writeIndexFile(r, r.store, packs, { indexId, nonce: r.crypto.random(24) });
     return { repo, bogusIndex: indexKey(toHex(indexId)), realPack: first.packId };
@@ -109,6 +110,16 @@ describe("check after a backup user listed the victim's chunks at wrong places",
       }, 120_000);
     }
   }
+
+  it("check says what a bogus listing of a real pack costs, not to repair the index (which rebuilds only what unreadable index files listed)", async () => {
+    const { repo, bogusIndex } = await hijacked(0x00, { missingPack: false });
+    const r = await vault(repo)(["check"]);
+    expect(r.code).toBe(5);
+    expect(r.stdout).toMatch(new RegExp(`^DAMAGED ${bogusIndex}: data/.* as this index file lists it: \\d+ of its \\d+ chunks there are not in the pack's trailer \\(readers fall back to other listings of those chunk IDs\\)$`, "m"));
+    expect(r.stdout).not.toContain("affects snapshots");
+    // Was: "`vmvault repair index` rebuilds what unreadable index files listed", which changes nothing here.
+    expect(r.stderr).toMatch(/next: index files list chunks where their packs do not hold them .*only snapshots named as affected lose data/);
+  }, 120_000);
 
   it("check still counts the victim as affected when its real pack is truncated", async () => {
     const { repo, realPack } = await hijacked(0x00);
