@@ -133,6 +133,8 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
     }
 
     const packSnapshots = new Map<number, Set<string>>();
+    // Lists and entries no location of which verifies, reported once the packs are checked.
+    const unreadable: { blob: Uint8Array; damage: Damage[] }[] = [];
     if (canDecrypt) {
       const verifier = await starting;
       // Snapshot references are walked on the main thread while the workers verify packs.
@@ -140,13 +142,17 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
         const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
         for (const [i, snap] of snapshots.entries()) {
           progress({ phase: "check snapshots", done: i + 1, total: snapshots.length, unit: "items" });
-          await checkReferences(repo, sessions, reader, index, snap, packSnapshots, report, undefined, unindexed);
+          await checkReferences(repo, sessions, reader, index, snap, packSnapshots, report, undefined, unindexed, (blob, d) => void unreadable.push({ blob, damage: d }));
         }
       })();
       const contents = packs.checkContents(verifier, progress);
       const failed = (await Promise.allSettled([references, contents])).find((r) => r.status === "rejected");
       if (failed !== undefined) throw failed.reason;
       await snapshotsLosingData(repo, sessions, index, snapshots, packs.bad, packSnapshots);
+      // The reader names the first location that failed, which need not be the damaged one (any
+      // role holding the index key can add locations): a loss the damage found at its locations
+      // explains is reported there, with the snapshot; only the rest as the reader saw it.
+      for (const u of unreadable) if (packs.bad.lost(u.blob, index.locations(u.blob)).length === 0) damage.push(...u.damage);
     }
     for (const f of packs.findings()) damage.push({ object: f.object, problem: f.problem, snapshots: [...f.snapshots].sort() });
     return {
@@ -226,7 +232,11 @@ async function snapshotsLosingData(
   }
 }
 
-/** Walks one snapshot's lists and entries; every chunk it names must be indexed. visit sees every chunk ID it references. */
+/**
+ * Walks one snapshot's lists and entries; every chunk it names must be indexed. visit sees every
+ * chunk ID it references; unreadable, when given, gets the damage of a list or entry blob that
+ * verifies at none of its locations instead of report.
+ */
 async function checkReferences(
   repo: Repository,
   sessions: SessionKeys,
@@ -237,6 +247,7 @@ async function checkReferences(
   report: (d: Damage) => void,
   visit?: (chunk: Uint8Array) => void,
   unindexedPacks = 0,
+  unreadable?: (blob: Uint8Array, damage: Damage[]) => void,
 ): Promise<void> {
   const id = snap.header.id;
   let body: SnapshotBody;
@@ -273,11 +284,10 @@ async function checkReferences(
     try {
       return await reader.read(bytes);
     } catch (e) {
-      if (e instanceof IntegrityError) {
-        for (const d of e.damage) report({ ...d, snapshots: [id] });
-        return undefined;
-      }
-      throw e;
+      if (!(e instanceof IntegrityError)) throw e;
+      if (unreadable !== undefined) unreadable(bytes, e.damage.map((d) => ({ ...d, snapshots: [id] })));
+      else for (const d of e.damage) report({ ...d, snapshots: [id] });
+      return undefined;
     }
   };
   for (const source of body.sources) {

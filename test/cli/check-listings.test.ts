@@ -144,8 +144,9 @@ describe("check after a backup user listed the victim's chunks at wrong places",
 });
 
 describe("check after a backup user listed chunk IDs of content not yet stored", () => {
-  for (const readData of [false, true]) {
-    it(`${readData ? "check --read-data" : "check"} counts the later snapshot that deduplicated against the bogus listing as affected, and only it`, async () => {
+  for (const [readData, withList] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+    const what = withList ? " (its chunk list too: not blamed on the intact pack)" : "";
+    it(`${readData ? "check --read-data" : "check"} counts the later snapshot that deduplicated against the bogus listing as affected, and only it${what}`, async () => {
       // The chunk IDs of an image nobody has backed up yet, from a throwaway copy of the repository (same keys).
       const later = path.join(tmp("src"), "later.raw");
       await makeImage(later, { sizeMiB: 1, seed: "later" });
@@ -156,8 +157,8 @@ describe("check after a backup user listed chunk IDs of content not yet stored",
       const basePacks = (await fsp.readdir(path.join(base, "data"), { recursive: true })).map((f) => path.basename(f));
       let ids: Uint8Array[];
       try {
-        // The new image's chunks only (32 KiB of plaintext each, in packs the base does not have), not its chunk list.
-        ids = [...(await loadIndex(s)).entries()].filter((e) => e.location.rawLength === 32 * 1024 && !basePacks.includes(e.location.pack.packId)).map((e) => e.id);
+        // The new image's chunks (32 KiB of plaintext each, in packs the base does not have), and with withList its chunk list.
+        ids = [...(await loadIndex(s)).entries()].filter((e) => (withList || e.location.rawLength === 32 * 1024) && !basePacks.includes(e.location.pack.packId)).map((e) => e.id);
       } finally {
         await s.close();
       }
@@ -190,8 +191,12 @@ describe("check after a backup user listed chunk IDs of content not yet stored",
       const { code, report } = await check(repo, readData);
       expect(code).toBe(5);
       // Was: no error at all (the bogus listing was never checked).
-      expect(report.damage).toEqual([expect.objectContaining({ object: bogusIndex, snapshots: [lost] })]);
-      expect(report.damage[0]?.problem).toContain(`${packKey(realPack)} as this index file lists it: ${ids.length} of its ${ids.length} chunks there`);
+      const listing = report.damage.filter((d) => d.object === bogusIndex);
+      expect(listing).toEqual([expect.objectContaining({ object: bogusIndex, snapshots: [lost] })]);
+      expect(listing[0]?.problem).toContain(`${packKey(realPack)} as this index file lists it: ${ids.length} of its ${ids.length} chunks there`);
+      // With its chunk list listed only there, the snapshot's data cannot even be walked: that too is
+      // that index file's damage (was: reported on the real pack, which is intact, as the reader saw it).
+      expect(report.damage.filter((d) => d.object !== bogusIndex)).toEqual([]);
     }, 120_000);
   }
 });
