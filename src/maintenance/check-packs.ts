@@ -82,8 +82,12 @@ export class PackChecks {
     this.#stored = stored;
   }
 
-  /** Every pack must be stored with the length a listing gives (any user may check this: no key needed). */
-  checkPresence(): void {
+  /**
+   * Every pack must be stored with the length a listing gives (any user may check this: no key
+   * needed). Which listing is wrong about it is decided with the trailer when it is read
+   * (withTrailers): a listing can claim a truncated pack's new length.
+   */
+  checkPresence(withTrailers: boolean): void {
     for (const [packId, ls] of this.#listings) {
       const size = this.#stored.get(packId);
       const last = ls[ls.length - 1] as Listing;
@@ -93,8 +97,8 @@ export class PackChecks {
       } else if (!ls.some((l) => l.packLength === size)) {
         this.#whole.add(packId);
         this.bad.markPack(packId, this.#packFinding(packId, `pack has ${size} bytes, the index says ${last.packLength} (truncated or modified)`));
-      } else {
-        for (const l of ls) if (l.packLength !== size) this.#listingFinding(l, packId, `it gives its length as ${l.packLength} bytes, the pack has ${size}`);
+      } else if (!withTrailers) {
+        for (const l of ls) if (l.packLength !== size) this.#listingFinding(l, packId, lengthNote(l, size));
       }
     }
   }
@@ -161,6 +165,7 @@ export class PackChecks {
     const added = new Map<Listing, { extra: readonly PackEntry[]; total: number }>();
     const union = new Map<string, PackEntry>();
     for (const l of others) {
+      if (l.packLength !== size) this.#listingFinding(l, packId, lengthNote(l, size));
       let entries: readonly PackEntry[];
       try {
         entries = await listedEntries(this.#repo, l, packId);
@@ -207,6 +212,14 @@ export class PackChecks {
     for (const t of trailers.values()) {
       if ("entries" in t) this.#packFinding(packId, "pack trailer does not match the index");
       else if (!t.session) for (const p of t.problems) this.#packFinding(packId, p);
+    }
+    // A listing of another length is not shown wrong by a trailer that matches none: the pack may
+    // be truncated (and another listing claim its new length). Without --read-data every location
+    // in it is then bad, as for a pack of a length no listing gives.
+    for (const l of ls) {
+      if (l.packLength === size) continue;
+      const f = this.#packFinding(packId, `pack has ${size} bytes, the index says ${l.packLength} (truncated or modified)`);
+      if (verifier === undefined) this.bad.markPack(packId, f);
     }
     const bySession = new Map<string, Map<string, PackEntry>>();
     for (const l of ls) {
@@ -291,6 +304,10 @@ export class PackChecks {
     f.notes.push(note);
     return f;
   }
+}
+
+function lengthNote(l: Listing, size: number): string {
+  return `it gives its length as ${l.packLength} bytes, the pack has ${size}`;
 }
 
 /** Where an entry places a chunk, and which: two listings may place one ID at different offsets. */

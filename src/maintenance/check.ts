@@ -124,7 +124,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
       else stored.set(id, o.size);
     }
     const packs = new PackChecks(repo, sessions, listings, stored);
-    packs.checkPresence();
+    packs.checkPresence(canDecrypt);
     let unindexed = 0;
     for (const packId of stored.keys()) {
       if (listings.has(packId)) continue;

@@ -52,10 +52,10 @@ beforeAll(async () => {
  * A copy of the victim's repository in which the backup user has stored an index file (id
  * `fill` repeated, so listed first with 0x00 and last with 0xff) that lists every chunk ID again:
  * half at the next chunk's offset in the real pack, half in a pack of a session that does not
- * exist (unless missingPack is false). Returns the repository, the index file's key and the real
- * pack's id.
+ * exist (unless missingPack is false); claimedLength gives the real pack's length in that listing.
+ * Returns the repository, the index file's key and the real pack's id.
  */
-async function hijacked(fill: number, o: { missingPack?: boolean } = {}): Promise<{ repo: string; bogusIndex: string; realPack: string }> {
+async function hijacked(fill: number, o: { missingPack?: boolean; claimedLength?: (real: number) => number } = {}): Promise<{ repo: string; bogusIndex: string; realPack: string }> {
   const repo = path.join(tmp("copy"), "r");
   cpSync(base, repo, { recursive: true });
   const r = await openRepository({ store: new FsStore(repo), user: "host", passphrase: Secret.fromString("host-pass") });
@@ -72,7 +72,7 @@ async function hijacked(fill: number, o: { missingPack?: boolean } = {}): Promis
     const first = all[0]?.location.pack;
     if (first === undefined) throw new Error("no pack");
     const packs: IndexedPack[] = [
-      { packId: fromHex(first.packId), sessionId: fromHex(first.sessionId), packLength: first.packLength, entries: real },
+      { packId: fromHex(first.packId), sessionId: fromHex(first.sessionId), packLength: o.claimedLength?.(first.packLength) ?? first.packLength, entries: real },
       { packId: fromHex(BOGUS_PACK), sessionId: new Uint8Array(16).fill(0xdd), packLength: 1 << 20, entries: nowhere },
     ].slice(0, o.missingPack === false ? 1 : 2);
     const indexId = new Uint8Array(16).fill(fill);
@@ -129,6 +129,27 @@ describe("check after a backup user listed the victim's chunks at wrong places",
     expect(code).toBe(5);
     expect(report.damage).toContainEqual(expect.objectContaining({ object: packKey(realPack), snapshots: [victim] }));
   }, 120_000);
+
+  for (const readData of [false, true]) {
+    it(`${readData ? "check --read-data" : "check"} blames a truncated pack, not its own listing, when a bogus listing claims the truncated length`, async () => {
+      const { repo, bogusIndex, realPack } = await hijacked(0x00, { missingPack: false, claimedLength: (real) => real - 100 });
+      const file = path.join(repo, packKey(realPack));
+      await fsp.truncate(file, (await fsp.stat(file)).size - 100);
+      const { code, report } = await check(repo, readData);
+      expect(code).toBe(5);
+      expect(report.damage).toContainEqual(expect.objectContaining({ object: packKey(realPack), problem: expect.stringMatching(/truncated or modified/) }));
+      if (readData) {
+        // Only the trailer was cut off: every chunk of the victim verifies, and its restore succeeds.
+        for (const d of report.damage) expect(d.snapshots ?? [], `${d.object}: ${d.problem}`).toEqual([]);
+        expect((await vault(repo)(["restore", victim, "--target", tmp("out"), "--reason", "test"])).code).toBe(0);
+      } else {
+        // Without reading the chunks, a truncated pack's are counted lost.
+        expect(report.damage).toContainEqual(expect.objectContaining({ object: packKey(realPack), snapshots: [victim] }));
+      }
+      // Was: the victim's own index file, for giving the pack's real length.
+      expect(report.damage.filter((d) => d.object.startsWith("index/") && d.object !== bogusIndex)).toEqual([]);
+    }, 120_000);
+  }
 
   it("check --read-data still counts the victim as affected when a chunk of its real pack is damaged", async () => {
     const { repo, realPack } = await hijacked(0x00);
