@@ -14,8 +14,11 @@ import { ReadBuffers } from "../util/read-buffers.js";
 export interface PackDataResult {
   readonly messages: string[];
   readonly bytesRead: number;
-  /** IDs of the chunks that failed, so the snapshots they affect can be named exactly. */
-  readonly badChunks?: readonly Uint8Array[];
+  /**
+   * The entries that failed (their place, not only their ID: two listings may place one ID at
+   * different offsets), so the snapshots they affect can be named exactly.
+   */
+  readonly badEntries?: readonly PackEntry[];
 }
 
 /** Stored bytes verified per task: packs are read and verified in pieces of about this size. */
@@ -50,19 +53,23 @@ export class PackVerifier {
     return new PackVerifier(repo, sessions, pool, pool.threads + 2);
   }
 
-  /** Starts verifying a pack; waits only while too many packs are in flight. */
-  async submit(packId: string, sessionId: string, packLength: number, entries: readonly PackEntry[]): Promise<void> {
+  /**
+   * Starts verifying entries of a pack under a session key; waits only while too many packs are
+   * in flight. Its result is kept under job (a pack may be submitted more than once: its own
+   * entries, and those other listings of it add).
+   */
+  async submit(job: string, packId: string, sessionId: string, packLength: number, entries: readonly PackEntry[]): Promise<void> {
     while (this.#inFlight.size >= this.#maxInFlight) await Promise.race(this.#inFlight);
     const run = this.#verify(packId, sessionId, packLength, entries).then(
-      (r) => void this.results.set(packId, r),
-      (e: unknown) => void this.results.set(packId, { messages: [failureMessage(e)], bytesRead: 0 }),
+      (r) => void this.results.set(job, r),
+      (e: unknown) => void this.results.set(job, { messages: [failureMessage(e)], bytesRead: 0 }),
     );
     const tracked = run.finally(() => this.#inFlight.delete(tracked));
     this.#inFlight.add(tracked);
     this.maxPacksInFlight = Math.max(this.maxPacksInFlight, this.#inFlight.size);
   }
 
-  /** Waits for every submitted pack. */
+  /** Waits for every submitted job. */
   async finish(): Promise<Map<string, PackDataResult>> {
     while (this.#inFlight.size > 0) await Promise.race(this.#inFlight);
     return this.results;
@@ -86,18 +93,18 @@ export class PackVerifier {
     }
     if (piece.length > 0) pieces.push(piece);
     const results = await Promise.all(pieces.map((p) => this.#verifyPiece(packId, packLength, p, names)));
-    const badChunks: Uint8Array[] = [];
+    const badEntries: PackEntry[] = [];
     let bytesRead = 0;
     for (const r of results) {
-      badChunks.push(...r.bad);
+      badEntries.push(...r.bad);
       bytesRead += r.bytesRead;
     }
-    const bad = badChunks.length;
-    return bad > 0 ? { messages: [`${bad} of ${entries.length} chunks fail authentication or do not match their IDs`], bytesRead, badChunks } : { messages: [], bytesRead };
+    const bad = badEntries.length;
+    return bad > 0 ? { messages: [`${bad} of ${entries.length} chunks fail authentication or do not match their IDs`], bytesRead, badEntries } : { messages: [], bytesRead, badEntries };
   }
 
   /** One range of whole chunks: read, then verified by a worker; chunks past the end of the pack count as bad. */
-  async #verifyPiece(packId: string, packLength: number, entries: readonly PackEntry[], names: { key: string; idKey: string }): Promise<{ bad: Uint8Array[]; bytesRead: number }> {
+  async #verifyPiece(packId: string, packLength: number, entries: readonly PackEntry[], names: { key: string; idKey: string }): Promise<{ bad: PackEntry[]; bytesRead: number }> {
     const start = (entries[0] as PackEntry).offset;
     let end = start;
     for (const e of entries) end = Math.max(end, e.offset + e.length);
@@ -117,9 +124,9 @@ export class PackVerifier {
       });
       const result = await this.#pool.run({ kind: "open", data: buffer.subarray(0, bytesRead), entries: table, ids, key: names.key, idKey: names.idKey, keep: false });
       buffer = new Uint8Array(result.data.buffer as ArrayBuffer);
-      const bad: Uint8Array[] = [];
+      const bad: PackEntry[] = [];
       result.status.forEach((s, i) => {
-        if (s !== BlobStatus.Ok) bad.push((entries[i] as PackEntry).chunkId);
+        if (s !== BlobStatus.Ok) bad.push(entries[i] as PackEntry);
       });
       return { bad, bytesRead };
     } finally {

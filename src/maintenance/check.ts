@@ -1,4 +1,4 @@
-import { IntegrityError, NotFoundError, type Damage } from "../errors.js";
+import { IntegrityError, type Damage } from "../errors.js";
 import { Compressor } from "../compress/compressor.js";
 import { FormatError } from "../format/codec.js";
 import { parseChunkList } from "../format/chunklist.js";
@@ -8,42 +8,28 @@ import { parseGrantMeta } from "../format/grant.js";
 import { signedByAnyRootKey } from "../keys/grant.js";
 import { grantRootKeys } from "../keys/registry.js";
 import { AUDIT_PREFIX, grantPrefix, INDEX_PREFIX, PACK_PREFIX, SNAPSHOT_PREFIX, packKey, parseNumberedKey, parsePackKey, parseVersionedKey } from "../format/layout.js";
-import { encodePackEntries, type PackEntry } from "../format/pack.js";
 import type { SnapshotBody } from "../format/snapshot.js";
-import { PackError, readPackTrailer } from "../pack/reader.js";
-import { loadIndex, readIndexFile } from "../repository/index-files.js";
+import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
-import { chunkKeyFor, type Repository } from "../repository/repository.js";
+import type { Repository } from "../repository/repository.js";
 import { SessionKeys } from "../repository/sessions.js";
 import { BlobReader } from "../restore/blob-reader.js";
 import { listSnapshots, readSnapshotBody } from "../snapshot/store.js";
 import { listAll } from "../storage/types.js";
-import { bytesEqual, fromHex, toHex } from "../util/bytes.js";
+import { fromHex, toHex } from "../util/bytes.js";
 import { noun, plural } from "../util/text.js";
-import type { CryptoSuite } from "../crypto/suite.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import type { ChunkIndex } from "../repository/chunk-index.js";
+import type { BadLocations } from "./check-attribution.js";
 import { PackVerifier } from "./check-data.js";
+import { PackChecks, type Listing } from "./check-packs.js";
 
 export interface CheckOptions {
   readonly readData?: boolean;
   readonly progress?: ProgressSink;
   /** Worker threads for --read-data; 0 runs inline. Default: one per core. */
   readonly workers?: number;
-}
-
-/**
- * A pack as the index files describe it, without one object per chunk: its entries are kept as
- * a digest (compared with the pack's trailer) and read again from the index file only when the
- * trailer does not match.
- */
-interface IndexedPackSummary {
-  readonly sessionId: string;
-  readonly packLength: number;
-  /** The index file that described it last (a later file's description wins, as in the chunk index). */
-  readonly indexKey: string;
-  readonly entriesDigest: Uint8Array;
 }
 
 export interface CheckReport {
@@ -92,19 +78,31 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
   starting?.catch(() => undefined);
   const damage: Damage[] = [];
   const warnings: string[] = [];
-  const packDamage = new Map<string, string[]>();
   const report = (d: Damage): void => void damage.push(d);
-  let bytesRead = 0;
   try {
     await checkGrants(repo, report, warnings);
     const snapshots = await listSnapshots(repo, report);
-    const indexedPacks = new Map<string, IndexedPackSummary>();
+    // Every listing of every pack: any role holding the index key can list a pack again, so
+    // keeping one per pack would leave the others unchecked (or let one hide the pack's own).
+    const listings = new Map<string, Listing[]>();
     const files = new Set<string>();
+    let file = "";
+    let listedInFile = new Map<string, number>();
     const index = await loadIndex(repo, report, undefined, {
       idBytes: 16,
       onPack: (p) => {
         files.add(p.indexKey);
-        indexedPacks.set(toHex(p.packId), { sessionId: toHex(p.sessionId), packLength: p.packLength, indexKey: p.indexKey, entriesDigest: repo.crypto.hash(p.entries) });
+        if (p.indexKey !== file) {
+          file = p.indexKey;
+          listedInFile = new Map();
+        }
+        const packId = toHex(p.packId);
+        const nth = listedInFile.get(packId) ?? 0;
+        listedInFile.set(packId, nth + 1);
+        const listing: Listing = { indexKey: p.indexKey, nth, sessionId: toHex(p.sessionId), packLength: p.packLength, entriesDigest: repo.crypto.hash(p.entries) };
+        const known = listings.get(packId);
+        if (known === undefined) listings.set(packId, [listing]);
+        else known.push(listing);
       },
     });
     // Damaged index files were checked too: count them (the summary said "0 index files" for one damaged file).
@@ -125,21 +123,18 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
       if (id === undefined) warnings.push(`unexpected object ${o.key}`);
       else stored.set(id, o.size);
     }
-    for (const [packId, p] of indexedPacks) {
-      const size = stored.get(packId);
-      if (size === undefined) packDamage.set(packId, ["pack is missing"]);
-      else if (size !== p.packLength) packDamage.set(packId, [`pack has ${size} bytes, the index says ${p.packLength} (truncated or modified)`]);
-    }
+    const packs = new PackChecks(repo, sessions, listings, stored);
+    packs.checkPresence(canDecrypt);
     let unindexed = 0;
     for (const packId of stored.keys()) {
-      if (indexedPacks.has(packId)) continue;
+      if (listings.has(packId)) continue;
       unindexed++;
       warnings.push(`${packKey(packId)} is not indexed (left by an interrupted backup, or listed only by an unreadable index file): \`vmvault repair index\` indexes it`);
     }
 
     const packSnapshots = new Map<number, Set<string>>();
-    /** Packs with chunks that failed --read-data: those chunks' IDs (hex), and the message that reports them. */
-    const badChunks = new Map<string, { ids: Set<string>; message: string | undefined }>();
+    // Lists and entries no location of which verifies, reported once the packs are checked.
+    const unreadable: { blob: Uint8Array; damage: Damage[] }[] = [];
     if (canDecrypt) {
       const verifier = await starting;
       // Snapshot references are walked on the main thread while the workers verify packs.
@@ -147,40 +142,19 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
         const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
         for (const [i, snap] of snapshots.entries()) {
           progress({ phase: "check snapshots", done: i + 1, total: snapshots.length, unit: "items" });
-          await checkReferences(repo, sessions, reader, index, snap, packSnapshots, report, undefined, unindexed);
+          await checkReferences(repo, sessions, reader, index, snap, packSnapshots, report, undefined, unindexed, (blob, d) => void unreadable.push({ blob, damage: d }));
         }
       })();
-      const packs = (async () => {
-        let n = 0;
-        for (const [packId, p] of indexedPacks) {
-          n++;
-          progress({ phase: readData ? "check data" : "check packs", done: n, total: indexedPacks.size, unit: "items" });
-          const size = stored.get(packId);
-          if (size === undefined || packDamage.has(packId)) continue;
-          const problems = await checkPack(repo, sessions, packId, p, size, verifier);
-          bytesRead += problems.bytesRead;
-          if (problems.messages.length > 0) packDamage.set(packId, problems.messages);
-        }
-        for (const [packId, r] of (await verifier?.finish()) ?? []) {
-          bytesRead += r.bytesRead;
-          if (r.badChunks !== undefined) badChunks.set(packId, { ids: new Set(r.badChunks.map(toHex)), message: r.messages[0] });
-          if (r.messages.length > 0) packDamage.set(packId, [...(packDamage.get(packId) ?? []), ...r.messages]);
-        }
-      })();
-      const failed = (await Promise.allSettled([references, packs])).find((r) => r.status === "rejected");
+      const contents = packs.checkContents(verifier, progress);
+      const failed = (await Promise.allSettled([references, contents])).find((r) => r.status === "rejected");
       if (failed !== undefined) throw failed.reason;
+      await snapshotsLosingData(repo, sessions, index, snapshots, packs.bad, packSnapshots);
+      // The reader names the first location that failed, which need not be the damaged one (any
+      // role holding the index key can add locations): a loss the damage found at its locations
+      // explains is reported there, with the snapshot; only the rest as the reader saw it.
+      for (const u of unreadable) if (packs.bad.lost(u.blob, index.locations(u.blob)).length === 0) damage.push(...u.damage);
     }
-    const chunkSnapshots = await snapshotsUsingChunks(repo, sessions, index, snapshots, badChunks, packSnapshots);
-    for (const [packId, problems] of packDamage) {
-      const packNo = index.packNumber(packId);
-      const inPack = packNo === undefined ? [] : [...(packSnapshots.get(packNo) ?? [])].sort();
-      // Failed chunks affect the snapshots that use them, not every one with data in their pack.
-      const failedChunks = badChunks.get(packId);
-      for (const problem of problems) {
-        const affected = failedChunks !== undefined && problem === failedChunks.message ? (chunkSnapshots.get(packId) ?? inPack) : inPack;
-        damage.push({ object: packKey(packId), problem, snapshots: affected });
-      }
-    }
+    for (const f of packs.findings()) damage.push({ object: f.object, problem: f.problem, snapshots: [...f.snapshots].sort() });
     return {
       ok: damage.length === 0,
       damage,
@@ -189,7 +163,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
       indexFiles,
       packs: stored.size,
       chunks: index.size,
-      bytesRead,
+      bytesRead: packs.bytesRead,
       readData,
       dataKey: canDecrypt,
     };
@@ -228,43 +202,41 @@ async function checkGrants(repo: Repository, report: (d: Damage) => void, warnin
 type SnapshotRecord = Awaited<ReturnType<typeof listSnapshots>>[number];
 
 /**
- * For each pack with chunks that failed verification, the snapshots (sorted) that reference one of
- * those chunks, found by walking again only the snapshots with data in such a pack.
+ * Adds each snapshot that loses data to the damage that loses it: a snapshot with a chunk none
+ * of whose locations is good (restore tries each in turn). Only snapshots whose chunks have
+ * their first location in a pack with a bad location can lose any, so only those are walked again.
  */
-async function snapshotsUsingChunks(
+async function snapshotsLosingData(
   repo: Repository,
   sessions: SessionKeys,
   index: ChunkIndex,
   snapshots: readonly SnapshotRecord[],
-  badChunks: ReadonlyMap<string, { readonly ids: ReadonlySet<string> }>,
+  bad: BadLocations<{ readonly snapshots: Set<string> }>,
   packSnapshots: ReadonlyMap<number, ReadonlySet<string>>,
-): Promise<Map<string, string[]>> {
-  const out = new Map<string, string[]>();
-  if (badChunks.size === 0) return out;
-  const packOfBad = new Map<string, string>();
+): Promise<void> {
+  if (bad.size === 0) return;
   const candidates = new Set<string>();
-  for (const [packId, { ids }] of badChunks) {
-    out.set(packId, []);
-    for (const id of ids) packOfBad.set(id, packId);
-    const packNo = index.packNumber(packId);
-    for (const snapshotId of (packNo === undefined ? undefined : packSnapshots.get(packNo)) ?? []) candidates.add(snapshotId);
+  for (const [packNo, ids] of packSnapshots) {
+    const pack = index.refs[packNo];
+    if (pack !== undefined && bad.touches(pack.packId)) for (const id of ids) candidates.add(id);
   }
   const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
   for (const snap of snapshots) {
     if (!candidates.has(snap.header.id)) continue;
-    const hit = new Set<string>();
     const visit = (chunk: Uint8Array): void => {
-      const packId = packOfBad.get(toHex(chunk));
-      if (packId !== undefined) hit.add(packId);
+      const pack = index.refs[index.packOf(chunk)];
+      if (pack === undefined || !bad.touches(pack.packId)) return;
+      for (const f of bad.lost(chunk, index.locations(chunk))) f.snapshots.add(snap.header.id);
     };
     await checkReferences(repo, sessions, reader, index, snap, new Map(), () => undefined, visit);
-    for (const packId of hit) out.get(packId)?.push(snap.header.id);
   }
-  for (const list of out.values()) list.sort();
-  return out;
 }
 
-/** Walks one snapshot's lists and entries; every chunk it names must be indexed. visit sees every chunk ID it references. */
+/**
+ * Walks one snapshot's lists and entries; every chunk it names must be indexed. visit sees every
+ * chunk ID it references; unreadable, when given, gets the damage of a list or entry blob that
+ * verifies at none of its locations instead of report.
+ */
 async function checkReferences(
   repo: Repository,
   sessions: SessionKeys,
@@ -275,6 +247,7 @@ async function checkReferences(
   report: (d: Damage) => void,
   visit?: (chunk: Uint8Array) => void,
   unindexedPacks = 0,
+  unreadable?: (blob: Uint8Array, damage: Damage[]) => void,
 ): Promise<void> {
   const id = snap.header.id;
   let body: SnapshotBody;
@@ -311,11 +284,10 @@ async function checkReferences(
     try {
       return await reader.read(bytes);
     } catch (e) {
-      if (e instanceof IntegrityError) {
-        for (const d of e.damage) report({ ...d, snapshots: [id] });
-        return undefined;
-      }
-      throw e;
+      if (!(e instanceof IntegrityError)) throw e;
+      if (unreadable !== undefined) unreadable(bytes, e.damage.map((d) => ({ ...d, snapshots: [id] })));
+      else for (const d of e.damage) report({ ...d, snapshots: [id] });
+      return undefined;
     }
   };
   for (const source of body.sources) {
@@ -344,66 +316,4 @@ async function checkReferences(
         : " (data missing)";
     report({ object: snap.key, problem: `${plural(missing, "referenced chunk")} ${noun(missing, "is", "are")} in no readable index${why}`, snapshots: [id] });
   }
-}
-
-/**
- * Compares the pack trailer with the index and, with a verifier (--read-data), hands the pack
- * to it to decrypt and verify every chunk the index lists (the trailer's entries when they are
- * the index's, else the index file's, read again).
- */
-async function checkPack(
-  repo: Repository,
-  sessions: SessionKeys,
-  packId: string,
-  p: IndexedPackSummary,
-  size: number,
-  verifier: PackVerifier | undefined,
-): Promise<{ messages: string[]; bytesRead: number }> {
-  const key = packKey(packId);
-  const messages: string[] = [];
-  let sessionKey;
-  try {
-    const session = await sessions.open(p.sessionId);
-    sessionKey = session.key;
-    // The verifier needs this session's chunk-ID key: a missing one is this pack's damage.
-    if (verifier !== undefined) chunkKeyFor(repo, session.meta.chunkKeyEpoch);
-  } catch (e) {
-    if (e instanceof IntegrityError) return { messages: e.damage.map((d) => `${d.object}: ${d.problem}`), bytesRead: 0 };
-    throw e;
-  }
-  let entries: readonly PackEntry[] | undefined;
-  try {
-    const trailer = await readPackTrailer(repo.crypto, repo.store, key, packId, size, sessionKey);
-    if (trailer.sessionId !== p.sessionId || !bytesEqual(entriesDigest(repo.crypto, trailer.entries), p.entriesDigest)) {
-      messages.push("pack trailer does not match the index");
-    } else entries = trailer.entries;
-  } catch (e) {
-    if (e instanceof PackError) messages.push(e.message);
-    else if (e instanceof NotFoundError) messages.push("pack is missing");
-    else throw e;
-  }
-  if (verifier !== undefined) {
-    try {
-      entries ??= await indexedEntries(repo, p.indexKey, packId);
-    } catch (e) {
-      if (!(e instanceof IntegrityError)) throw e;
-      messages.push(...e.damage.map((d) => `${d.object}: ${d.problem}`));
-      return { messages, bytesRead: 0 };
-    }
-    await verifier.submit(packId, p.sessionId, p.packLength, entries);
-  }
-  return { messages, bytesRead: 0 };
-}
-
-/** Digest of an entry list as index files and trailers encode it: equal digests, equal lists. */
-function entriesDigest(crypto: CryptoSuite, entries: readonly PackEntry[]): Uint8Array {
-  return crypto.hash(encodePackEntries(entries));
-}
-
-/** A pack's entries as the index file that described it lists them. */
-async function indexedEntries(repo: Repository, indexKey: string, packId: string): Promise<readonly PackEntry[]> {
-  const file = await readIndexFile(repo, indexKey);
-  const p = file.packs.find((x) => toHex(x.packId) === packId);
-  if (p === undefined) throw IntegrityError.object(indexKey, `index no longer lists ${packKey(packId)} (changed while checking)`);
-  return p.entries;
 }

@@ -34,10 +34,20 @@ const MAX_LOAD = 0.8;
  * Entries live in fixed-size blocks, so growing never holds two copies of the table.
  */
 export class ChunkIndex {
+  /** Every pack once, as the first listing of it describes it. */
   readonly packs: PackRef[] = [];
+  /**
+   * Pack references by pack number: one per pack, session and length that a listing gives. A
+   * location's chunk is read with the session of its own reference: any role holding the index
+   * key can list a real pack again, first, under a session that does not open it, and with one
+   * reference per pack that listing's session would have been used for every location in it.
+   */
+  readonly refs: PackRef[] = [];
   /** Index files left out because they could not be read (loadIndex's skipDamaged). */
   readonly damaged: Damage[] = [];
+  /** Pack number by pack id, session id and length. */
   readonly #packNumbers = new Map<string, number>();
+  readonly #listedPacks = new Set<string>();
   readonly #locations: boolean;
   /** Bytes of each ID kept: all 32, or the first 16 when only membership is asked (see constructor). */
   readonly #keyBytes: number;
@@ -67,18 +77,19 @@ export class ChunkIndex {
     return this.#count;
   }
 
-  /** Registers a pack (idempotent) and returns its number. */
+  /** Registers a pack as a listing describes it (idempotent) and returns its number (see refs). */
   addPack(ref: PackRef): number {
-    const known = this.#packNumbers.get(ref.packId);
+    const key = `${ref.packId}/${ref.sessionId}/${ref.packLength}`;
+    const known = this.#packNumbers.get(key);
     if (known !== undefined) return known;
-    const n = this.packs.length;
-    this.packs.push(ref);
-    this.#packNumbers.set(ref.packId, n);
+    const n = this.refs.length;
+    this.refs.push(ref);
+    this.#packNumbers.set(key, n);
+    if (!this.#listedPacks.has(ref.packId)) {
+      this.#listedPacks.add(ref.packId);
+      this.packs.push(ref);
+    }
     return n;
-  }
-
-  packNumber(packId: string): number | undefined {
-    return this.#packNumbers.get(packId);
   }
 
   /** Adds a chunk; returns false (and changes nothing) when the ID is already present. */
@@ -139,7 +150,7 @@ export class ChunkIndex {
     const first = this.#location(entry);
     const out = first === undefined ? [] : [first];
     for (const l of this.#alternates.get(entry) ?? []) {
-      const pack = this.packs[l.packNo];
+      const pack = this.refs[l.packNo];
       if (pack !== undefined) out.push({ pack, packNo: l.packNo, offset: l.offset, length: l.length, rawLength: l.rawLength });
     }
     return out;
@@ -183,7 +194,7 @@ export class ChunkIndex {
     const entry = this.find(id);
     if (entry < 0) return -1;
     const packNo = (this.#meta[entry >>> BLOCK_SHIFT] as Uint32Array)[(entry & BLOCK_MASK) * META_WORDS] as number;
-    return packNo < this.packs.length ? packNo : -1;
+    return packNo < this.refs.length ? packNo : -1;
   }
 
   /** Every chunk, in insertion order (with full IDs only when the index keeps them). */
@@ -200,7 +211,7 @@ export class ChunkIndex {
     const meta = this.#meta[entry >>> BLOCK_SHIFT] as Uint32Array;
     const m = (entry & BLOCK_MASK) * META_WORDS;
     const packNo = meta[m] as number;
-    const pack = this.packs[packNo];
+    const pack = this.refs[packNo];
     if (pack === undefined) return undefined;
     return { pack, packNo, offset: meta[m + 1] as number, length: meta[m + 2] as number, rawLength: meta[m + 3] as number };
   }

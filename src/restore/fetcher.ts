@@ -256,7 +256,7 @@ export class ChunkFetcher {
 
   /** One range read of one pack, decoded by a worker into the window's output; returns the items that did not verify, with why. */
   async #decode<T>({ items, start, end }: RangeRead<T>, out: Uint8Array): Promise<{ item: Item<T>; error: IntegrityError }[]> {
-    const pack = this.#index.packs[(items[0]?.loc as ChunkLocation).packNo];
+    const pack = this.#index.refs[(items[0]?.loc as ChunkLocation).packNo];
     if (pack === undefined) throw new Error("chunk index names an unknown pack");
     const key = packKey(pack.packId);
     const all = (problem: string): { item: Item<T>; error: IntegrityError }[] => items.map((item) => ({ item, error: IntegrityError.object(key, problem) }));

@@ -22,7 +22,8 @@ const tmp = tempDirs();
 const sha = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
 
 describe("an index file that claims other snapshots' chunk IDs", () => {
-  it("does not stop their restore: each chunk and blob is read from a location that verifies", async () => {
+  for (const session of ["its own session", "a session that does not exist"] as const) {
+  it(`does not stop their restore: each chunk and blob is read from a location that verifies (real pack listed under ${session})`, async () => {
     const repo = path.join(tmp("repo"), "r");
     const image = path.join(tmp("src"), "disk.raw");
     const folder = path.join(tmp("src"), "etc");
@@ -52,7 +53,8 @@ describe("an index file that claims other snapshots' chunk IDs", () => {
       const first = all[0]?.location.pack;
       if (first === undefined) throw new Error("no pack");
       const packs: IndexedPack[] = [
-        { packId: fromHex(first.packId), sessionId: fromHex(first.sessionId), packLength: first.packLength, entries: real },
+        // Under another session, every chunk of the real pack would fail if the pack took the session of its first listing.
+        { packId: fromHex(first.packId), sessionId: session === "its own session" ? fromHex(first.sessionId) : new Uint8Array(16).fill(0xcc), packLength: first.packLength, entries: real },
         { packId: new Uint8Array(16).fill(0xee), sessionId: new Uint8Array(16).fill(0xdd), packLength: 1 << 20, entries: nowhere },
       ];
       // Named to be listed before every other index file.
@@ -66,5 +68,12 @@ describe("an index file that claims other snapshots' chunk IDs", () => {
     expect(restored.code, restored.stderr).toBe(0);
     expect(sha(await fsp.readFile(path.join(out, "disk.raw")))).toBe(sha(await fsp.readFile(image)));
     expect(await fsp.readFile(path.join(out, "etc", "hosts"), "utf8")).toBe("10.0.0.1 db\n".repeat(5000));
+    // And check, which names the bogus listings, counts the snapshot as losing nothing.
+    const checked = await admin(["--json", "check", "--read-data"]);
+    expect(checked.code).toBe(5);
+    const report = JSON.parse(checked.stdout) as { damage: { object: string; problem: string; snapshots?: string[] }[] };
+    expect(report.damage.length).toBeGreaterThan(0);
+    for (const d of report.damage) expect(d.snapshots ?? [], `${d.object}: ${d.problem}`).toEqual([]);
   }, 120_000);
+  }
 });

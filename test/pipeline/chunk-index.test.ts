@@ -60,4 +60,23 @@ describe("chunk index", () => {
     expect(index.location(known[0] as Uint8Array)).toBeUndefined();
     expect(index.has(seededBytes("other", 32))).toBe(false);
   });
+
+  it("a pack listed again under another session keeps its own session for its own locations", () => {
+    const index = new ChunkIndex({ idBytes: 16 });
+    const [a, b] = ids("two listings", 2) as [Uint8Array, Uint8Array];
+    // A hostile listing first, naming a session that does not open the pack; then the pack's own.
+    const bogus = index.addPack({ packId: "p", sessionId: "nowhere", packLength: 100 });
+    index.add(a, bogus, 50, 10, 10);
+    const own = index.addPack({ packId: "p", sessionId: "s", packLength: 100 });
+    expect(own).not.toBe(bogus);
+    expect(index.addPack({ packId: "p", sessionId: "s", packLength: 100 })).toBe(own);
+    index.add(a, own, 24, 10, 10);
+    index.add(b, own, 34, 10, 10);
+    // Was: every location took the first listing's session, so none in the pack could be read.
+    expect(index.locations(a).map((l) => [l.pack.sessionId, l.offset])).toEqual([["nowhere", 50], ["s", 24]]);
+    expect(index.location(b)?.pack.sessionId).toBe("s");
+    // Packs are still counted once (key status, re-encryption), as the first listing gives them.
+    expect(index.packs.map((p) => [p.packId, p.sessionId])).toEqual([["p", "nowhere"]]);
+    expect(index.refs).toHaveLength(2);
+  });
 });

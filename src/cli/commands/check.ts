@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 import { IntegrityError } from "../../errors.js";
 import { INDEX_PREFIX } from "../../format/layout.js";
+import { isListingDamage } from "../../index.js";
 import { CliContext } from "../context.js";
 import { formatBytes, plural } from "../output.js";
 
@@ -35,9 +36,12 @@ export function registerCheck(program: Command): void {
           );
         }
         if (!r.ok) {
-          const hint = r.damage.some((d) => d.object.startsWith(INDEX_PREFIX))
+          const hint = r.damage.some((d) => d.object.startsWith(INDEX_PREFIX) && !isListingDamage(d))
             ? "`vmvault repair index` rebuilds what unreadable index files listed from the packs themselves"
-            : "the named objects were modified or corrupted; restore affected VMs from another copy of the repository if you keep one";
+            : r.damage.every(isListingDamage)
+              ? // Only a user holding the index key writes such a file: it costs only the snapshots named as affected.
+                "index files list chunks where their packs do not hold them (written by a user holding the index key: a backup credential may be compromised); restores read those chunks from their other listings, and only snapshots named as affected lose data"
+              : "the named objects were modified or corrupted; restore affected VMs from another copy of the repository if you keep one";
           throw new IntegrityError(`check found ${plural(r.damage.length, "problem")}; each damaged object is named ${ctx.json ? "in the report" : "above"}`, [], hint);
         }
       } finally {
