@@ -8,7 +8,9 @@ import { describe, expect, it } from "vitest";
 import type { RegistryChain } from "../src/keys/registry.js";
 import type { RegistryDoc } from "../src/format/registry.js";
 import { RegistryPin } from "../src/repository/pin.js";
-import { tempDirs } from "./helpers/fixtures.js";
+import { FsStore, KDF_TEST, Vault } from "../src/index.js";
+import { HookStore } from "./helpers/hook-store.js";
+import { initTestVault, passphrase, tempDirs } from "./helpers/fixtures.js";
 
 const tmp = tempDirs();
 
@@ -49,5 +51,41 @@ describe("RegistryPin", () => {
     await expect(new RegistryPin(dir, "r2").check(chain(2))).rejects.toThrow(/rolled back/);
     await expect(new RegistryPin(dir, "r2").check(chain(3, "other-"))).rejects.toThrow(/forked/);
     await expect(new RegistryPin(dir, "r2").check(chain(4))).resolves.toBeUndefined();
+  });
+
+  it("a version another command on this machine pinned after the registry was read is no rollback, and an older chain never lowers the pin", async () => {
+    const dir = tmp("state");
+    const file = path.join(dir, "registry-r3.json");
+    await new RegistryPin(dir, "r3").record(chain(2));
+    const opening = new RegistryPin(dir, "r3");
+    await opening.read();
+    // Another command stores version 3 and pins it after this one read its pin and listed the
+    // registry (still at version 2). Was: "rolled back: ... latest registry version is 2, but
+    // this machine has seen version 3" (the pin was read after the listing).
+    await new RegistryPin(dir, "r3").record(chain(3));
+    await expect(opening.check(chain(2))).resolves.toBeUndefined();
+    await opening.record(chain(2));
+    expect(JSON.parse(await fsp.readFile(file, "utf8"))).toEqual({ version: 3, hash: "hash-3" });
+    // The next command reads the pin first, and a chain still at version 2 is a rollback.
+    await expect(new RegistryPin(dir, "r3").check(chain(2))).rejects.toThrow(/rolled back/);
+  });
+
+  it("opening the repository while another command on this machine adds a registry version succeeds", async () => {
+    const repoDir = tmp("repo");
+    const stateDir = tmp("state");
+    await (await initTestVault(repoDir)).close();
+    const other = await Vault.open({ store: new FsStore(repoDir), user: "admin", passphrase: passphrase(), stateDir });
+    // Right after this open lists the registry, the other command appends a version (and pins it).
+    const store = new HookStore(new FsStore(repoDir), { afterList: "registry/" }, async () => {
+      await other.addUser({ name: "late", role: "backup", passphrase: passphrase("late pass"), kdf: KDF_TEST, allowWeakKdf: true });
+    });
+    const opened = await Vault.open({ store, user: "admin", passphrase: passphrase(), stateDir });
+    expect(store.ran).toBe(true);
+    await opened.close();
+    await other.close();
+    // Opened again, it sees the new version; the pin names it.
+    const again = await Vault.open({ store: new FsStore(repoDir), user: "admin", passphrase: passphrase(), stateDir });
+    expect((await again.listUsers()).map((u) => u.name)).toContain("late");
+    await again.close();
   });
 });

@@ -318,8 +318,9 @@ export async function openRepository(o: OpenOptions): Promise<Repository> {
   if (!crypto.equal(config.rootPublicKey, pinned) || !crypto.verify(pinned, body, signature)) {
     throw configDamaged("the configuration is not signed by the root key pinned in your key slot: it was altered or replaced");
   }
-  const chain = await loadRegistryChain(crypto, store, pinned, config.repoId);
   const pin = o.stateDir === undefined ? undefined : new RegistryPin(o.stateDir, config.repoId);
+  await pin?.read();
+  const chain = await loadRegistryChain(crypto, store, pinned, config.repoId);
   await pin?.check(chain);
   const latest = chain.latest;
   const signSecret = new Secret(slot.secrets.signSecretKey);

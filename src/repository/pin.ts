@@ -13,20 +13,27 @@ export class RegistryPin {
   readonly #file: string;
   /** What the pin file held when last read or written. */
   #pinned: { version: number; hash: string } | undefined;
+  #read = false;
 
   constructor(stateDir: string, repoId: string) {
     this.#file = path.join(stateDir, `registry-${repoId}.json`);
   }
 
+  /**
+   * Reads the pin file. Call it before listing the registry that check() is given: a version
+   * pinned by then (by another command on this machine) was stored by then, so the listing holds
+   * it. Read after the listing, the pin of a version stored in between looked like a rollback.
+   */
+  async read(): Promise<void> {
+    this.#read = true;
+    this.#pinned = await this.#load();
+  }
+
+  /** Refuses a chain older than the pin read last (read() now, if never), or that differs at the pinned version. */
   async check(chain: RegistryChain): Promise<void> {
-    let pinned: { version: number; hash: string } | undefined;
-    try {
-      pinned = JSON.parse(await fsp.readFile(this.#file, "utf8")) as { version: number; hash: string };
-    } catch {
-      return;
-    }
-    if (typeof pinned.version !== "number" || typeof pinned.hash !== "string") return;
-    this.#pinned = pinned;
+    if (!this.#read) await this.read();
+    const pinned = this.#pinned;
+    if (pinned === undefined) return;
     if (chain.latest.version < pinned.version) {
       throw IntegrityError.object(
         "registry",
@@ -39,12 +46,15 @@ export class RegistryPin {
   }
 
   /**
-   * Pins the chain's latest version, unless the pin already names it. Best effort: an
-   * unwritable state folder weakens rollback detection but stops no command.
+   * Pins the chain's latest version, unless the pin already names it or, written meanwhile by
+   * another command on this machine, a later one. Best effort: an unwritable state folder
+   * weakens rollback detection but stops no command.
    */
   async record(chain: RegistryChain): Promise<void> {
     const latest = { version: chain.latest.version, hash: chain.latestHash };
     if (this.#pinned?.version === latest.version && this.#pinned.hash === latest.hash) return;
+    const now = await this.#load();
+    if (now !== undefined && now.version >= latest.version) return;
     const temp = `${this.#file}.${process.pid}.tmp`;
     try {
       await fse.ensureDir(path.dirname(this.#file), 0o700);
@@ -53,6 +63,15 @@ export class RegistryPin {
       this.#pinned = latest;
     } catch {
       await fse.remove(temp).catch(() => undefined);
+    }
+  }
+
+  async #load(): Promise<{ version: number; hash: string } | undefined> {
+    try {
+      const pinned = JSON.parse(await fsp.readFile(this.#file, "utf8")) as { version: number; hash: string };
+      return typeof pinned.version === "number" && typeof pinned.hash === "string" ? pinned : undefined;
+    } catch {
+      return undefined;
     }
   }
 }

@@ -40,6 +40,7 @@ export class UserRemovedError extends AuthError {}
  */
 export async function refreshRegistryView(repo: Repository): Promise<boolean> {
   const opened = repo.chain;
+  await repo.readPin();
   const chain = await newerRegistryChain(repo, opened.latest.version);
   if (chain === undefined) return false;
   if (chain.hashes[opened.latest.version - 1] !== opened.latestHash) {
