@@ -228,7 +228,7 @@ describe("re-encryption with a new chunk-ID key and snapshots whose lists or ent
     // Was: the victim's snapshot was left out as unreadable, and the cleanup destroyed the only
     // keys that open it. Readers try each listing under its own session: the resume reads the
     // re-encrypted lists through their real listing, rewrites the snapshot and finishes.
-    const done = await admin.rotateKeys({ reencrypt: true, newChunkKey: true });
+    const done = (await admin.rotateKeys({ reencrypt: true, newChunkKey: true })) as ReencryptResult;
     expect(done).toMatchObject({ resumed: true, leftOut: [], destroyedEpochs: [1] });
     expect(done.thisRun.snapshots).toBeGreaterThan(0);
     expect((await admin.keyStatus()).reencryption).toBeNull();
