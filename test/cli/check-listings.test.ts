@@ -9,7 +9,6 @@ import { cpSync, mkdtempSync, promises as fsp, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { PackEntry } from "../../src/format/pack.js";
 import type { IndexedPack } from "../../src/format/index-file.js";
 import { indexKey, packKey } from "../../src/format/layout.js";
 import { loadIndex, writeIndexFile } from "../../src/repository/index-files.js";
@@ -17,6 +16,7 @@ import { openRepository } from "../../src/repository/open.js";
 import { FsStore, Secret } from "../../src/index.js";
 import { fromHex, toHex } from "../../src/util/bytes.js";
 import { vault } from "../helpers/cli.js";
+import { claimedElsewhere } from "../helpers/hostile.js";
 import { makeImage, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
@@ -60,17 +60,7 @@ async function hijacked(fill: number, o: { missingPack?: boolean; claimedLength?
   cpSync(base, repo, { recursive: true });
   const r = await openRepository({ store: new FsStore(repo), user: "host", passphrase: Secret.fromString("host-pass") });
   try {
-    const all = [...(await loadIndex(r)).entries()];
-    expect(all.length).toBeGreaterThan(4);
-    const real: PackEntry[] = [];
-    const nowhere: PackEntry[] = [];
-    all.forEach(({ id: chunkId, location }, i) => {
-      const other = (all[(i + 1) % all.length] as (typeof all)[number]).location;
-      if (i % 2 === 0) real.push({ chunkId, offset: other.offset, length: other.length, rawLength: location.rawLength });
-      else nowhere.push({ chunkId, offset: 24, length: location.length, rawLength: location.rawLength });
-    });
-    const first = all[0]?.location.pack;
-    if (first === undefined) throw new Error("no pack");
+    const { first, real, nowhere } = await claimedElsewhere(r);
     const packs: IndexedPack[] = [
       { packId: fromHex(first.packId), sessionId: fromHex(first.sessionId), packLength: o.claimedLength?.(first.packLength) ?? first.packLength, entries: real },
       { packId: fromHex(BOGUS_PACK), sessionId: new Uint8Array(16).fill(0xdd), packLength: 1 << 20, entries: nowhere },

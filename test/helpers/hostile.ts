@@ -1,7 +1,10 @@
 import fsp from "node:fs/promises";
 import path from "node:path";
 import { expect } from "vitest";
+import type { PackEntry } from "../../src/format/pack.js";
+import { loadIndex } from "../../src/repository/index-files.js";
 import { openRepository } from "../../src/repository/open.js";
+import type { Repository } from "../../src/repository/repository.js";
 import { SessionKeys } from "../../src/repository/sessions.js";
 import { listSnapshots, readSnapshotBody, writeSnapshot } from "../../src/snapshot/store.js";
 import type { SnapshotBody } from "../../src/format/snapshot.js";
@@ -39,4 +42,24 @@ export async function hostileRevision(tmp: (label?: string) => string, rename: (
     await r.close();
   }
   return { admin, id, out: tmp("out") };
+}
+
+/**
+ * What a backup user (who holds the index key) can claim about every chunk ID the index holds:
+ * every other one at the next chunk's place in the real first pack (`real`), the rest in a pack
+ * that does not exist (`nowhere`). `first` is the real first pack, as the index lists it.
+ */
+export async function claimedElsewhere(r: Repository): Promise<{ first: { packId: string; sessionId: string; packLength: number }; real: PackEntry[]; nowhere: PackEntry[] }> {
+  const all = [...(await loadIndex(r)).entries()];
+  expect(all.length).toBeGreaterThan(4);
+  const real: PackEntry[] = [];
+  const nowhere: PackEntry[] = [];
+  all.forEach(({ id: chunkId, location }, i) => {
+    const other = (all[(i + 1) % all.length] as (typeof all)[number]).location;
+    if (i % 2 === 0) real.push({ chunkId, offset: other.offset, length: other.length, rawLength: location.rawLength });
+    else nowhere.push({ chunkId, offset: 24, length: location.length, rawLength: location.rawLength });
+  });
+  const first = all[0]?.location.pack;
+  if (first === undefined) throw new Error("no pack");
+  return { first, real, nowhere };
 }
