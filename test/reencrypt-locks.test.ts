@@ -104,6 +104,8 @@ describe("one re-encryption at a time", () => {
     expect(refused).toBeInstanceOf(LockedError);
     expect((refused as LockedError).holder).toMatchObject({ operation: "re-encryption", exclusive: true, thisHost: true });
     expect((refused as LockedError).holder?.key.startsWith(REENCRYPTION_LOCKS)).toBe(true);
+    // It names the re-encryption, not a locked repository: backups go on beside it.
+    expect((refused as LockedError).message).toMatch(/^another re-encryption is running; one re-encryption runs at a time, backups, restores and checks go on/);
     expect(written.filter((k) => !k.startsWith("locks-reencrypt/") && !k.startsWith("audit"))).toEqual([]);
     expect(done).toMatchObject({ resumed: true, leftOut: [] });
     expect((await first.keyStatus()).reencryption).toBeNull();

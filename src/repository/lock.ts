@@ -195,8 +195,13 @@ async function tryLock(repo: Repository, prefix: string, operation: string, excl
         refreshedAt: other.refreshedAt,
         staleAt: new Date(Date.parse(other.refreshedAt) + STALE_AFTER_MS).toISOString(),
       };
+      // The re-encryption lock stops only another re-encryption: say so, not that the repository is locked.
+      const what =
+        prefix === REENCRYPTION_LOCK_PREFIX
+          ? `another ${other.operation} is running; one re-encryption runs at a time, backups, restores and checks go on (re-encryption lock since ${other.createdAt}, `
+          : `the repository is locked by another ${other.operation} (${other.exclusive ? "exclusive" : "shared"} lock since ${other.createdAt}, `;
       throw new LockedError(
-        `the repository is locked by another ${other.operation} (${other.exclusive ? "exclusive" : "shared"} lock since ${other.createdAt}, ` +
+        what +
           `held by pid ${other.pid} on ${holder.thisHost ? "this host" : `another host (host id ${holder.hostId}; this host is ${mine.slice(0, 8)})`}, last refreshed ${formatAge(age)} ago)`,
         lockHint(repo, holder),
         holder,
