@@ -93,6 +93,20 @@ export function encodeLegacySessionEnvelope(crypto: CryptoSuite, meta: SessionMe
   }
 }
 
+/**
+ * Nothing at all is stored under the session's prefix: no key envelope of it exists, so nothing
+ * sealed under it can be read. Any role holding the index key can name such a session in an
+ * index file; an envelope that is there but refused is another matter (a plain IntegrityError:
+ * it may be real data's, readable again once the envelope is put back).
+ */
+export class SessionKeyMissing extends IntegrityError {
+  constructor(sessionId: string) {
+    const object = `sessions/${sessionId}`;
+    const problem = "the session key envelope is missing";
+    super(`integrity failure: ${object}: ${problem}`, [{ object, problem }]);
+  }
+}
+
 /** Opens and caches session keys; needs the data secret key of some epoch the session is sealed to. */
 export class SessionKeys {
   readonly #repo: Repository;
@@ -130,7 +144,9 @@ export class SessionKeys {
 
   async #open(sessionId: string): Promise<OpenedSession> {
     const repo = this.#repo;
-    const envelopes = (await listAll(repo.store, sessionPrefix(sessionId)))
+    const stored = await listAll(repo.store, sessionPrefix(sessionId));
+    if (stored.length === 0) throw new SessionKeyMissing(sessionId);
+    const envelopes = stored
       .map((o) => ({ key: o.key, parsed: parseVersionedKey(o.key, "sessions/") }))
       .filter((o) => o.parsed !== undefined)
       .sort((a, b) => (b.parsed?.number ?? 0) - (a.parsed?.number ?? 0));

@@ -5,7 +5,7 @@ import { FormatError } from "../format/codec.js";
 import { encodeChunkList, parseChunkList } from "../format/chunklist.js";
 import { encodeEntry, parseEntryBlob } from "../format/entries.js";
 import type { IndexedPack } from "../format/index-file.js";
-import { packKey, sessionPrefix } from "../format/layout.js";
+import { packKey } from "../format/layout.js";
 import type { PackEntry } from "../format/pack.js";
 import type { SnapshotBody, SnapshotSource } from "../format/snapshot.js";
 import { BlobScratch, BlobStatus, blobStatusMessage, encodeBlob, rewrapBlob } from "../pack/blob.js";
@@ -19,10 +19,9 @@ import { ChunkIndex } from "../repository/chunk-index.js";
 import { loadIndex, readIndexFile } from "../repository/index-files.js";
 import { acquireLock, acquireReencryptionLock } from "../repository/lock.js";
 import { chunkKeyFor, type Repository } from "../repository/repository.js";
-import { createSession, SessionKeys, type OpenedSession } from "../repository/sessions.js";
+import { createSession, SessionKeyMissing, SessionKeys, type OpenedSession } from "../repository/sessions.js";
 import { BlobReader } from "../restore/blob-reader.js";
 import { listSnapshotKeys, readSnapshot, readSnapshotBody } from "../snapshot/store.js";
-import { listAll } from "../storage/types.js";
 import { fromHex, toHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
 import { rotateKeysThen } from "./rotate.js";
@@ -112,14 +111,14 @@ async function firstCheckpoint(repo: Repository, target: number, o: ReencryptOpt
     // epochs (version 1) is old whatever its readable meta says: rewriting costs only time.
     const isOld = (s: OpenedSession): boolean => s.epochs === undefined || s.epochs.createdEpoch < target;
     for (const sessionId of new Set([...listings.values()].flatMap((named) => [...named]))) {
-      const old = await sessions.open(sessionId).then(isOld, async (e: unknown) => {
+      const old = await sessions.open(sessionId).then(isOld, (e: unknown) => {
         // A session with no key envelope at all, which any role holding the index key can name
         // in an index file: nothing listed under it can be read, so it counts as old and phase 1
         // leaves what it lists with a warning (as any listing whose session does not open), and
         // the cleanup deletes the index files that list only old packs. An envelope that is
         // there but refused still stops the re-encryption: it may be real data's, readable
         // again once the envelope is put back.
-        if (e instanceof IntegrityError && (await listAll(repo.store, sessionPrefix(sessionId))).length === 0) return true;
+        if (e instanceof SessionKeyMissing) return true;
         throw e;
       });
       if (old) oldSessions.add(sessionId);

@@ -5,7 +5,7 @@ import { audited, authorizeAudited } from "../audit/guard.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock, acquireReencryptionLock } from "../repository/lock.js";
 import { chunkKeyFor, type Repository } from "../repository/repository.js";
-import { createSession, SessionKeys, type OpenedSession } from "../repository/sessions.js";
+import { createSession, SessionKeyMissing, SessionKeys, type OpenedSession } from "../repository/sessions.js";
 import { listSnapshotKeys, readSnapshot } from "../snapshot/store.js";
 import { toHex } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
@@ -194,12 +194,12 @@ async function derive(repo: Repository, progress: ProgressSink): Promise<Derived
     const keyless: IndexedPack[] = [];
     for (const p of packs) {
       const sid = toHex(p.sessionId);
-      const opened = await sessions.open(sid).catch(async (e: unknown) => {
+      const opened = await sessions.open(sid).catch((e: unknown) => {
         // A session with no key envelope at all (any role holding the index key can name one in
         // an index file): nothing listed under it can be read, so the listing does not judge its
         // pack (listed under it, a verified pack of the lost run would count as old, and the
         // cleanup would delete it while the resume counts on its chunks). See keyless below.
-        if (e instanceof IntegrityError && (await listAll(repo.store, `${SESSION_PREFIX}${sid}/`)).length === 0) return undefined;
+        if (e instanceof SessionKeyMissing) return undefined;
         throw e;
       });
       if (opened === undefined) {
