@@ -2,9 +2,14 @@ import type { PackEntry } from "../format/pack.js";
 import type { ChunkLocation } from "../repository/chunk-index.js";
 import { toHex } from "../util/bytes.js";
 
-/** A chunk at one place: pack, offset, length, raw length and ID (two listings may place one ID at different offsets). */
+/** Where an entry places a chunk in its pack, and which: two listings may place one ID at different offsets. */
+export function place(offset: number, length: number, rawLength: number, id: Uint8Array): string {
+  return `${offset}:${length}:${rawLength}:${toHex(id)}`;
+}
+
+/** A chunk at one place of one pack. */
 function locationKey(packId: string, offset: number, length: number, rawLength: number, id: Uint8Array): string {
-  return `${packId}:${offset}:${length}:${rawLength}:${toHex(id)}`;
+  return `${packId}:${place(offset, length, rawLength, id)}`;
 }
 
 /**

@@ -8,7 +8,7 @@ import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import type { SessionKeys } from "../repository/sessions.js";
 import { bytesEqual, toHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
-import { BadLocations } from "./check-attribution.js";
+import { BadLocations, place } from "./check-attribution.js";
 import type { PackDataResult, PackVerifier } from "./check-data.js";
 
 /**
@@ -161,7 +161,7 @@ export class PackChecks {
     const others = ls.filter((l) => !own.includes(l));
     if (others.length === 0) return;
     // What other listings place in the pack beyond its own entries, verified once per place.
-    const ownPlaces = new Set(trailer.entries.map(place));
+    const ownPlaces = new Set(trailer.entries.map(placeOf));
     const added = new Map<Listing, { extra: readonly PackEntry[]; total: number }>();
     const union = new Map<string, PackEntry>();
     for (const l of others) {
@@ -174,7 +174,7 @@ export class PackChecks {
         for (const d of e.damage) this.#listingFinding(l, packId, `${d.object}: ${d.problem}`);
         continue;
       }
-      const extra = entries.filter((e) => !ownPlaces.has(place(e)));
+      const extra = entries.filter((e) => !ownPlaces.has(placeOf(e)));
       if (l.sessionId !== first.sessionId) {
         // The trailer, authenticated under the pack's session key, names that session: nothing sealed under another opens here.
         const f = this.#listingFinding(l, packId, `it names session ${l.sessionId}, the pack's trailer session ${first.sessionId}, so ${extra.length} of its ${entries.length} chunks there cannot verify`);
@@ -186,14 +186,14 @@ export class PackChecks {
         for (const e of extra) this.bad.markEntry(packId, e, f);
       } else {
         added.set(l, { extra, total: entries.length });
-        for (const e of extra) union.set(place(e), e);
+        for (const e of extra) union.set(placeOf(e), e);
       }
     }
     if (verifier === undefined || union.size === 0) return;
     await this.#submit(verifier, `${packId} listed`, packId, first.sessionId, size, [...union.values()], (r) => {
-      const failed = r.badEntries === undefined ? undefined : new Set(r.badEntries.map(place));
+      const failed = r.badEntries === undefined ? undefined : new Set(r.badEntries.map(placeOf));
       for (const [l, { extra, total }] of added) {
-        const bad = failed === undefined ? extra : extra.filter((e) => failed.has(place(e)));
+        const bad = failed === undefined ? extra : extra.filter((e) => failed.has(placeOf(e)));
         if (bad.length === 0) continue;
         const why = failed === undefined ? ` (${r.messages.join("; ")})` : "";
         const f = this.#listingFinding(l, packId, `${bad.length} of its ${total} chunks there do not verify${why}`);
@@ -233,7 +233,7 @@ export class PackChecks {
       }
       const group = bySession.get(l.sessionId) ?? new Map<string, PackEntry>();
       bySession.set(l.sessionId, group);
-      for (const e of entries) group.set(place(e), e);
+      for (const e of entries) group.set(placeOf(e), e);
     }
     for (const [sessionId, group] of bySession) {
       const entries = [...group.values()];
@@ -310,9 +310,8 @@ function lengthNote(l: Listing, size: number): string {
   return `it gives its length as ${l.packLength} bytes, the pack has ${size}`;
 }
 
-/** Where an entry places a chunk, and which: two listings may place one ID at different offsets. */
-function place(e: PackEntry): string {
-  return `${e.offset}:${e.length}:${e.rawLength}:${toHex(e.chunkId)}`;
+function placeOf(e: PackEntry): string {
+  return place(e.offset, e.length, e.rawLength, e.chunkId);
 }
 
 /** Digest of an entry list as index files and trailers encode it: equal digests, equal lists. */
