@@ -26,7 +26,7 @@ export type { BackupOptions, BackupResult } from "./backup/backup.js";
 export type { SkippedEntry } from "./backup/folder.js";
 export type { RestoreOptions, RestoreResult } from "./restore/restore.js";
 export type { CheckOptions, CheckReport } from "./maintenance/check.js";
-export { isListingDamage } from "./maintenance/check-packs.js";
+export { isListingDamage } from "./maintenance/check-attribution.js";
 export type { RepairIndexOptions, RepairIndexResult } from "./maintenance/repair-index.js";
 export type { SnapshotSummary } from "./snapshot/list.js";
 export type { InitOptions, OpenOptions } from "./repository/open.js";

@@ -1,6 +1,18 @@
+import { INDEX_PREFIX } from "../format/layout.js";
 import type { PackEntry } from "../format/pack.js";
 import type { ChunkLocation } from "../repository/chunk-index.js";
 import { toHex } from "../util/bytes.js";
+
+/** How the problem of a listing that does not match its pack ends: readers try an ID's other locations. */
+export const FALLBACK = "(readers fall back to other listings of those chunk IDs)";
+
+/**
+ * Whether check reported an index file for a listing of a pack that does not match the pack (not
+ * for being unreadable). Kept here, away from the pack checks' imports, for the CLI to load.
+ */
+export function isListingDamage(d: { readonly object: string; readonly problem: string }): boolean {
+  return d.object.startsWith(INDEX_PREFIX) && d.problem.endsWith(FALLBACK);
+}
 
 /** Where an entry places a chunk in its pack, and which: two listings may place one ID at different offsets. */
 export function place(offset: number, length: number, rawLength: number, id: Uint8Array): string {

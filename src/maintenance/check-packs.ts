@@ -1,6 +1,6 @@
 import { IntegrityError, NotFoundError } from "../errors.js";
 import type { CryptoSuite } from "../crypto/suite.js";
-import { INDEX_PREFIX, packKey } from "../format/layout.js";
+import { packKey } from "../format/layout.js";
 import { encodePackEntries, type PackEntry } from "../format/pack.js";
 import { PackError, readPackTrailer } from "../pack/reader.js";
 import { readIndexFile } from "../repository/index-files.js";
@@ -8,7 +8,7 @@ import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import type { SessionKeys } from "../repository/sessions.js";
 import { bytesEqual, toHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
-import { BadLocations, place } from "./check-attribution.js";
+import { BadLocations, FALLBACK, place } from "./check-attribution.js";
 import type { PackDataResult, PackVerifier } from "./check-data.js";
 
 /**
@@ -22,14 +22,6 @@ export interface Listing {
   readonly sessionId: string;
   readonly packLength: number;
   readonly entriesDigest: Uint8Array;
-}
-
-/** How the problem of a listing that does not match its pack ends: readers try an ID's other locations. */
-const FALLBACK = "(readers fall back to other listings of those chunk IDs)";
-
-/** Whether check reported an index file for a listing of a pack that does not match the pack (not for being unreadable). */
-export function isListingDamage(d: { readonly object: string; readonly problem: string }): boolean {
-  return d.object.startsWith(INDEX_PREFIX) && d.problem.endsWith(FALLBACK);
 }
 
 /** A damaged pack or listing; snapshots are those that lose data through it (see BadLocations). */

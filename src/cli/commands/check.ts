@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import { IntegrityError } from "../../errors.js";
 import { INDEX_PREFIX } from "../../format/layout.js";
-import { isListingDamage } from "../../index.js";
+import { isListingDamage } from "../../maintenance/check-attribution.js";
 import { CliContext } from "../context.js";
 import { formatBytes, plural } from "../output.js";
 
