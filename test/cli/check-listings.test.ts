@@ -16,7 +16,7 @@ import { openRepository } from "../../src/repository/open.js";
 import { FsStore, Secret } from "../../src/index.js";
 import { fromHex, toHex } from "../../src/util/bytes.js";
 import { vault } from "../helpers/cli.js";
-import { claimedElsewhere } from "../helpers/hostile.js";
+import { claimedElsewhere, victimRepository } from "../helpers/hostile.js";
 import { makeImage, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
@@ -35,17 +35,7 @@ afterAll(() => rmSync(root, { recursive: true, force: true }));
 beforeAll(async () => {
   root = mkdtempSync(path.join(os.tmpdir(), "vmvault-check-listings-"));
   base = path.join(root, "repo");
-  const image = path.join(root, "disk.raw");
-  const folder = path.join(root, "etc");
-  await makeImage(image, { sizeMiB: 2, seed: "victim" });
-  await fsp.mkdir(folder);
-  await fsp.writeFile(path.join(folder, "hosts"), "10.0.0.1 db\n".repeat(5000));
-  const admin = vault(base);
-  expect((await admin(["init"])).code).toBe(0);
-  expect((await admin(["user", "add", "host", "--role", "backup"], { env: { VMVAULT_NEW_PASSPHRASE: "host-pass" } })).code).toBe(0);
-  const made = await admin(["--json", "backup", "--vm", "victim", image, folder]);
-  expect(made.code, made.stderr).toBe(0);
-  victim = (JSON.parse(made.stdout) as { snapshotId: string }).snapshotId;
+  victim = (await victimRepository(base, root)).id;
 }, 120_000);
 
 /**

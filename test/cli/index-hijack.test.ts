@@ -14,9 +14,8 @@ import { writeIndexFile } from "../../src/repository/index-files.js";
 import { openRepository } from "../../src/repository/open.js";
 import { FsStore, Secret } from "../../src/index.js";
 import { fromHex } from "../../src/util/bytes.js";
-import { vault } from "../helpers/cli.js";
-import { claimedElsewhere } from "../helpers/hostile.js";
-import { makeImage, tempDirs } from "../helpers/fixtures.js";
+import { claimedElsewhere, victimRepository } from "../helpers/hostile.js";
+import { tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
 const sha = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
@@ -25,17 +24,7 @@ describe("an index file that claims other snapshots' chunk IDs", () => {
   for (const session of ["its own session", "a session that does not exist"] as const) {
   it(`does not stop their restore: each chunk and blob is read from a location that verifies (real pack listed under ${session})`, async () => {
     const repo = path.join(tmp("repo"), "r");
-    const image = path.join(tmp("src"), "disk.raw");
-    const folder = path.join(tmp("src"), "etc");
-    await makeImage(image, { sizeMiB: 2, seed: "victim" });
-    await fsp.mkdir(folder);
-    await fsp.writeFile(path.join(folder, "hosts"), "10.0.0.1 db\n".repeat(5000));
-    const admin = vault(repo);
-    expect((await admin(["init"])).code).toBe(0);
-    expect((await admin(["user", "add", "host", "--role", "backup"], { env: { VMVAULT_NEW_PASSPHRASE: "host-pass" } })).code).toBe(0);
-    const made = await admin(["--json", "backup", "--vm", "victim", image, folder]);
-    expect(made.code, made.stderr).toBe(0);
-    const id = (JSON.parse(made.stdout) as { snapshotId: string }).snapshotId;
+    const { admin, id, image } = await victimRepository(repo, tmp("src"));
 
     // The backup user lists every chunk ID the index holds and indexes each one elsewhere: at
     // the next chunk's blob in the real pack, or in a pack of a session that does not exist.

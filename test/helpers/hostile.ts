@@ -63,3 +63,22 @@ export async function claimedElsewhere(r: Repository): Promise<{ first: { packId
   if (first === undefined) throw new Error("no pack");
   return { first, real, nowhere };
 }
+
+/**
+ * A victim's repository at `repo`: an admin, a backup user "host" (passphrase "host-pass": the
+ * credential a compromised host holds) and one snapshot of VM "victim", a 2 MiB image and a
+ * folder holding `hosts`, "10.0.0.1 db" 5000 times (both written under `src`).
+ */
+export async function victimRepository(repo: string, src: string): Promise<{ admin: ReturnType<typeof vault>; id: string; image: string }> {
+  const image = path.join(src, "disk.raw");
+  const folder = path.join(src, "etc");
+  await makeImage(image, { sizeMiB: 2, seed: "victim" });
+  await fsp.mkdir(folder);
+  await fsp.writeFile(path.join(folder, "hosts"), "10.0.0.1 db\n".repeat(5000));
+  const admin = vault(repo);
+  expect((await admin(["init"])).code).toBe(0);
+  expect((await admin(["user", "add", "host", "--role", "backup"], { env: { VMVAULT_NEW_PASSPHRASE: "host-pass" } })).code).toBe(0);
+  const made = await admin(["--json", "backup", "--vm", "victim", image, folder]);
+  expect(made.code, made.stderr).toBe(0);
+  return { admin, id: (JSON.parse(made.stdout) as { snapshotId: string }).snapshotId, image };
+}
