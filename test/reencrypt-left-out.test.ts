@@ -8,7 +8,10 @@ import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import type { SnapshotBody } from "../src/format/snapshot.js";
+import type { IndexedPack } from "../src/format/index-file.js";
 import { loadIndex, writeIndexFile } from "../src/repository/index-files.js";
+import type { ChunkIndex, PackRef } from "../src/repository/chunk-index.js";
+import { packKey } from "../src/format/layout.js";
 import { FaultyStore } from "../src/storage/faulty.js";
 import { listAll } from "../src/storage/types.js";
 import { openRepository } from "../src/repository/open.js";
@@ -19,7 +22,7 @@ import type { ReencryptResult } from "../src/rotation/reencrypt.js";
 import { listSnapshots, readSnapshotBody, writeSnapshot } from "../src/snapshot/store.js";
 import { StorageError } from "../src/errors.js";
 import { FsStore, KDF_TEST, Secret, Vault } from "../src/index.js";
-import { fromHex } from "../src/util/bytes.js";
+import { fromHex, toHex } from "../src/util/bytes.js";
 import { PASS, passphrase, seededBytes, sha256File, tempDirs } from "./helpers/fixtures.js";
 
 const tmp = tempDirs();
@@ -53,6 +56,18 @@ async function restoresIntact(v: Vault, id: string, file: string, label: string)
   expect(await sha256File(path.join(out, path.basename(file))), label).toBe(await sha256File(file));
 }
 
+/** The listing of pack `p` the index holds, as an index file writes it, under `sessionId` (its own unless given). */
+function listingOf(index: ChunkIndex, p: PackRef, sessionId = p.sessionId): IndexedPack {
+  const entries = [...index.entries()].filter((e) => e.location.pack === p);
+  return {
+    packId: fromHex(p.packId),
+    sessionId: fromHex(sessionId),
+    packLength: p.packLength,
+    entries: entries.map(({ id: chunkId, location }) => ({ chunkId, offset: location.offset, length: location.length, rawLength: location.rawLength })),
+  };
+}
+
+
 /**
  * The backup user lists every indexed pack again, and a pack that does not exist, under a
  * session no key exists for, in index files of its own. A rotation re-seals every index file
@@ -63,15 +78,20 @@ async function keylessListings(dir: string, keyless: string, fake: string): Prom
   await as(dir, "host", "host-pass", async (r) => {
     const index = await loadIndex(r);
     expect(index.packs.length).toBeGreaterThan(4);
-    const entries = [...index.entries()];
-    const packs = [...index.packs.map((p) => ({ packId: p.packId, packLength: p.packLength })), { packId: fake, packLength: 1 << 16 }].map((p) => ({
-      packId: fromHex(p.packId),
-      sessionId: fromHex(keyless),
-      packLength: p.packLength,
-      entries: entries.filter((e) => e.location.pack.packId === p.packId).map(({ id: chunkId, location }) => ({ chunkId, offset: location.offset, length: location.length, rawLength: location.rawLength })),
-    }));
+    const packs = [...index.packs.map((p) => listingOf(index, p, keyless)), { packId: fromHex(fake), sessionId: fromHex(keyless), packLength: 1 << 16, entries: [] }];
     for (let i = 0; i < 3; i++) await writeIndexFile(r, r.store, packs);
   });
+}
+
+/** The admin's re-encryption stops after its first batch (as a crash would), and its newest checkpoint is then damaged. */
+async function stopWithDamagedCheckpoint(dir: string): Promise<void> {
+  const stopped = await open(dir, new FaultyStore(new FsStore(dir), { failPut: (key) => key === "checkpoints/reencrypt/000003" }));
+  await expect(stopped.rotateKeys({ reencrypt: true })).rejects.toThrow(/storage full/);
+  await stopped.close();
+  const cp = path.join(dir, "checkpoints", "reencrypt", "000002");
+  const damaged = await fsp.readFile(cp);
+  damaged[damaged.length - 70] = (damaged[damaged.length - 70] as number) ^ 1;
+  await fsp.writeFile(cp, damaged);
 }
 
 describe("an index file naming a session that has no key", () => {
@@ -105,15 +125,7 @@ describe("an index file naming a session that has no key", () => {
   it("is left out by repair reencrypt too, which finishes", async () => {
     const { dir, file, id } = await victim();
     await keylessListings(dir, "5e".repeat(16), "fa".repeat(16));
-    // The admin's re-encryption stops after its first batch (as a crash would), and its newest checkpoint is then damaged.
-    const faulty = new FaultyStore(new FsStore(dir), { failPut: (key) => key === "checkpoints/reencrypt/000003" });
-    const stopped = await open(dir, faulty);
-    await expect(stopped.rotateKeys({ reencrypt: true })).rejects.toThrow(/storage full/);
-    await stopped.close();
-    const cp = path.join(dir, "checkpoints", "reencrypt", "000002");
-    const damaged = await fsp.readFile(cp);
-    damaged[damaged.length - 70] = (damaged[damaged.length - 70] as number) ^ 1;
-    await fsp.writeFile(cp, damaged);
+    await stopWithDamagedCheckpoint(dir);
     const admin = await open(dir);
     // Was: integrity failure: sessions/5e5e…: the session key envelope is missing.
     const done = await admin.repairReencryption();
@@ -215,13 +227,7 @@ describe("re-encryption with a new chunk-ID key and snapshots whose lists or ent
       const index = await loadIndex(r);
       const own = index.packs.filter((p) => p.sessionId === state.sessionId);
       expect(own.length).toBeGreaterThan(0);
-      const entries = [...index.entries()];
-      const packs = own.map((p) => ({
-        packId: fromHex(p.packId),
-        sessionId: fromHex("5e".repeat(16)),
-        packLength: p.packLength,
-        entries: entries.filter((e) => e.location.pack.packId === p.packId).map(({ id: chunkId, location }) => ({ chunkId, offset: location.offset, length: location.length, rawLength: location.rawLength })),
-      }));
+      const packs = own.map((p) => listingOf(index, p, "5e".repeat(16)));
       await writeIndexFile(r, r.store, packs, { indexId: new Uint8Array(16), nonce: r.crypto.random(24) });
     });
     const admin = await open(dir);
@@ -233,6 +239,77 @@ describe("re-encryption with a new chunk-ID key and snapshots whose lists or ent
     expect(done.thisRun.snapshots).toBeGreaterThan(0);
     expect((await admin.keyStatus()).reencryption).toBeNull();
     await restoresIntact(admin, id, file, "after the resume");
+    await admin.close();
+  }, 120_000);
+});
+
+describe("the cleanup and an index file listing old packs beside newer ones", () => {
+  it("deletes every pack written under an old session, whoever lists it, and writes that file again without them; the newer packs and every snapshot stay", async () => {
+    const { dir, file, id } = await victim();
+    const oldPacks = (await listAll(new FsStore(dir), "data/")).map((o) => o.key);
+    // The admin's re-encryption stops after its first batch of packs (as a crash would).
+    const stopped = await open(dir, new FaultyStore(new FsStore(dir), { failPut: (key) => key === "checkpoints/reencrypt/000003" }));
+    await expect(stopped.rotateKeys({ reencrypt: true })).rejects.toThrow(/storage full/);
+    await stopped.close();
+    // Meanwhile the backup user backs up a VM of its own under the new epoch, then lists every
+    // pack the index holds, old and new, each under its own session, in one index file.
+    const image = path.join(tmp("src"), "host.raw");
+    await fsp.writeFile(image, seededBytes("host", 256 * 1024));
+    const host = await Vault.open({ store: new FsStore(dir), user: "host", passphrase: Secret.fromString("host-pass") });
+    const hostId = (await host.backup({ vm: "host-vm", sources: [image] })).snapshotId;
+    await host.close();
+    await as(dir, "host", "host-pass", async (r) => {
+      const index = await loadIndex(r);
+      const listed = index.packs.map((p) => listingOf(index, p));
+      expect(listed.filter((p) => oldPacks.includes(packKey(toHex(p.packId)))).length).toBeGreaterThan(0);
+      expect(listed.filter((p) => !oldPacks.includes(packKey(toHex(p.packId)))).length).toBeGreaterThan(0);
+      await writeIndexFile(r, r.store, listed);
+    });
+    const admin = await open(dir);
+    const done = (await admin.rotateKeys({ reencrypt: true })) as ReencryptResult;
+    expect(done).toMatchObject({ resumed: true, leftOut: [], destroyedEpochs: [1] });
+    // Was: every old pack stayed, because the backup user's file also listed newer packs; its
+    // session key was deleted, but a revoked user who kept that key could still read it.
+    const left = new Set((await listAll(new FsStore(dir), "data/")).map((o) => o.key));
+    expect(oldPacks.filter((k) => left.has(k))).toEqual([]);
+    expect((await admin.keyStatus()).oldData.packs).toBe(0);
+    await restoresIntact(admin, id, file, "victim after the re-encryption");
+    await restoresIntact(admin, hostId, image, "the backup user's VM after the re-encryption");
+    // The backup user's file was written again without its listings under the old session, so nothing lists a pack that is gone.
+    expect((await admin.check({ readData: true })).damage).toEqual([]);
+    await admin.close();
+  }, 120_000);
+});
+
+describe("a snapshot naming a session that has no key", () => {
+  it("is left out by repair reencrypt, named, which finishes; the other snapshots stay restorable", async () => {
+    const { dir, file, id } = await victim();
+    const image = path.join(tmp("src"), "host.raw");
+    await fsp.writeFile(image, seededBytes("host", 256 * 1024));
+    const host = await Vault.open({ store: new FsStore(dir), user: "host", passphrase: Secret.fromString("host-pass") });
+    const hostId = (await host.backup({ vm: "host-vm", sources: [image] })).snapshotId;
+    await host.close();
+    // The backup user signs a newer revision of its own snapshot whose body it sealed under a
+    // session no key envelope exists for.
+    const record = await as(dir, "admin", PASS, async (r) => (await listSnapshots(r)).find((s) => s.header.id === hostId));
+    if (record === undefined) throw new Error("snapshot not found");
+    const body = await as(dir, "admin", PASS, async (r) => {
+      const sessions = new SessionKeys(r);
+      try {
+        return await readSnapshotBody(r, sessions, record);
+      } finally {
+        sessions.dispose();
+      }
+    });
+    await as(dir, "host", "host-pass", (r) => writeSnapshot(r, r.store, "5e".repeat(16), new Secret(r.crypto.random(32)), record.header, body, record.meta.revision + 1));
+    await stopWithDamagedCheckpoint(dir);
+    const admin = await open(dir);
+    // Was: integrity failure: sessions/5e5e…: the session key envelope is missing (exit 5, at every repair).
+    const done = await admin.repairReencryption();
+    expect(done.rebuilt).not.toBeNull();
+    expect(done.leftOut).toContainEqual({ object: expect.stringMatching(new RegExp(`^snapshots/${hostId}/`)), problem: `sessions/${"5e".repeat(16)}: the session key envelope is missing` });
+    expect(done.destroyedEpochs).toEqual([1]);
+    await restoresIntact(admin, id, file, "after repair");
     await admin.close();
   }, 120_000);
 });

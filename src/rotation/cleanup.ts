@@ -1,10 +1,11 @@
 import { grantPrefix, INDEX_PREFIX, PACK_PREFIX, packKey, parsePackKey, sessionPrefix } from "../format/layout.js";
 import { readPackSession } from "../pack/reader.js";
-import { readIndexFile } from "../repository/index-files.js";
+import { readIndexFile, writeIndexFile } from "../repository/index-files.js";
 import { LockedError } from "../errors.js";
 import { acquireLock, type Lock } from "../repository/lock.js";
 import type { Repository } from "../repository/repository.js";
 import { listAll } from "../storage/types.js";
+import { toHex } from "../util/bytes.js";
 import { appendRegistryVersion } from "../users/registry-update.js";
 import type { ReencryptState } from "./checkpoint.js";
 
@@ -35,16 +36,29 @@ export async function finishReencryption(repo: Repository, state: ReencryptState
     );
   }
   try {
-    const oldPacks = new Set(state.oldPacks);
     const oldSessions = new Set(state.oldSessions);
     const indexed = new Set<string>();
     for (const { key } of await listAll(repo.store, INDEX_PREFIX)) {
       const file = await readIndexFile(repo, key);
-      const ids = file.packs.map((p) => Buffer.from(p.packId).toString("hex"));
-      if (ids.length > 0 && ids.every((id) => oldPacks.has(id))) await repo.store.delete(key);
-      else for (const id of ids) indexed.add(id);
+      // Listings under old sessions go with their keys. A file that also lists packs under newer
+      // sessions (any role holding the index key can write one) is written again with those
+      // alone before it goes, so what it lists under an old session is judged below by the pack
+      // itself, not kept for being listed. Interrupted in between, the next cleanup does it again.
+      const kept = file.packs.filter((p) => !oldSessions.has(toHex(p.sessionId)));
+      if (kept.length < file.packs.length) {
+        if (kept.length > 0) await writeIndexFile(repo, repo.store, kept);
+        await repo.store.delete(key);
+      }
+      for (const p of kept) indexed.add(toHex(p.packId));
     }
-    for (const id of oldPacks) if (!indexed.has(id)) await repo.store.delete(packKey(id));
+    for (const id of state.oldPacks) {
+      // Phase 1 rewrote every chunk any listing of an old pack names that verifies, so a pack
+      // written under an old session goes whoever lists it (its session key goes below, but a
+      // revoked user may have kept that key). A pack judged old only by some listing naming an
+      // old session, whose own prefix names a newer one, stays while a kept index file lists it.
+      const session = await readPackSession(repo.store, packKey(id)).catch(() => undefined);
+      if (session === undefined || oldSessions.has(session) || !indexed.has(id)) await repo.store.delete(packKey(id));
+    }
     for (const { key } of await listAll(repo.store, PACK_PREFIX)) {
       const id = parsePackKey(key);
       if (id === undefined || indexed.has(id)) continue;

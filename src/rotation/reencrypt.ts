@@ -5,7 +5,7 @@ import { FormatError } from "../format/codec.js";
 import { encodeChunkList, parseChunkList } from "../format/chunklist.js";
 import { encodeEntry, parseEntryBlob } from "../format/entries.js";
 import type { IndexedPack } from "../format/index-file.js";
-import { packKey } from "../format/layout.js";
+import { packKey, SNAPSHOT_PREFIX } from "../format/layout.js";
 import type { PackEntry } from "../format/pack.js";
 import type { SnapshotBody, SnapshotSource } from "../format/snapshot.js";
 import { BlobScratch, BlobStatus, blobStatusMessage, encodeBlob, rewrapBlob } from "../pack/blob.js";
@@ -115,7 +115,7 @@ async function firstCheckpoint(repo: Repository, target: number, o: ReencryptOpt
         // A session with no key envelope at all, which any role holding the index key can name
         // in an index file: nothing listed under it can be read, so it counts as old and phase 1
         // leaves what it lists with a warning (as any listing whose session does not open), and
-        // the cleanup deletes the index files that list only old packs. An envelope that is
+        // the cleanup deletes every listing under an old session. An envelope that is
         // there but refused still stops the re-encryption: it may be real data's, readable
         // again once the envelope is put back.
         if (e instanceof SessionKeyMissing) return true;
@@ -289,8 +289,9 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
           // No reader accepts this snapshot's body (it does not open, or its signer wrote one that
           // is not valid: any user who may create snapshots can sign such a body), so nothing of it
           // can be restored and nothing is lost by leaving it. Stopping here would let one such
-          // snapshot stop every re-encryption, and with it every later rotation.
-          leftOut.push(...e.damage);
+          // snapshot stop every re-encryption, and with it every later rotation. Named by the
+          // snapshot, also when what failed was its session's key.
+          leftOut.push(...e.damage.map((d) => (d.object.startsWith(SNAPSHOT_PREFIX) ? d : { object: newest, problem: `${d.object}: ${d.problem}` })));
           continue;
         }
         let newBody: SnapshotBody = body;

@@ -213,7 +213,7 @@ async function derive(repo: Repository, progress: ProgressSink): Promise<Derived
       } else newPacks.push(p);
     }
     // A pack no keyed listing names is old: nothing can read it, nothing verified counts on it,
-    // and the index files listing only old packs then go at the cleanup. Its listings are warned
+    // and every listing under an old session goes at the cleanup. Its listings are warned
     // about by the resume's phase 1.
     const judged = new Set([...oldPacks, ...newPacks].map((p) => toHex(p.packId)));
     for (const p of keyless) {
@@ -225,7 +225,17 @@ async function derive(repo: Repository, progress: ProgressSink): Promise<Derived
       const newest = keys[0];
       if (newest === undefined) continue;
       const sid = (await readSnapshot(repo, newest)).meta.sessionId;
-      const opened = await sessions.open(sid);
+      const opened = await sessions.open(sid).catch((e: unknown) => {
+        // As when the re-encryption started: a snapshot whose session key does not open (or has
+        // no envelope at all: any user who may create snapshots can name one) is old data's, and
+        // the resume leaves it out, named, since no reader accepts its body.
+        if (e instanceof IntegrityError) return undefined;
+        throw e;
+      });
+      if (opened === undefined) {
+        oldSessions.add(sid);
+        continue;
+      }
       sessionChunkKey.set(sid, opened.meta.chunkKeyEpoch);
       if (isOld(opened)) oldSessions.add(sid);
     }
