@@ -46,6 +46,9 @@ export async function findPartials(dir: FsPath): Promise<string[]> {
   return names.filter((n) => isPartialName(n.toString("latin1"))).map((n) => path.join(shownDir, escapeName(n)));
 }
 
+/** Bytes written to a restored file between background fdatasyncs (PartialFile's sync-behind). */
+const SYNC_BEHIND_BYTES = 128 * 1024 * 1024;
+
 /**
  * A file being restored: written under a temporary name, renamed into place only when complete.
  * With `direct`, a second descriptor opened with O_DIRECT takes aligned writes (writeDirect), so
@@ -57,15 +60,21 @@ export class PartialFile {
   readonly tempPath: FsPath;
   readonly handle: fsp.FileHandle;
   #direct: fsp.FileHandle | undefined;
+  readonly #syncBehindBytes: number;
+  #unsynced = 0;
+  #syncing: Promise<void> | undefined;
+  #syncFailure: { readonly error: unknown } | undefined;
 
-  private constructor(finalPath: FsPath, tempPath: FsPath, handle: fsp.FileHandle, direct: fsp.FileHandle | undefined) {
+  private constructor(finalPath: FsPath, tempPath: FsPath, handle: fsp.FileHandle, direct: fsp.FileHandle | undefined, syncBehindBytes: number) {
     this.finalPath = finalPath;
     this.tempPath = tempPath;
     this.handle = handle;
     this.#direct = direct;
+    this.#syncBehindBytes = syncBehindBytes;
   }
 
-  static async create(finalPath: FsPath, size: number, o: { direct?: boolean } = {}): Promise<PartialFile> {
+  /** `syncBehindBytes`: bytes written between background fdatasyncs (default SYNC_BEHIND_BYTES). */
+  static async create(finalPath: FsPath, size: number, o: { direct?: boolean; syncBehindBytes?: number } = {}): Promise<PartialFile> {
     const tempPath = partialBeside(finalPath);
     // O_EXCL: never through a symlink someone put there.
     const handle = await fsp.open(tempPath, "wx", 0o600);
@@ -80,7 +89,7 @@ export class PartialFile {
       await fsp.rm(tempPath, { force: true });
       throw e;
     }
-    return new PartialFile(finalPath, tempPath, handle, direct);
+    return new PartialFile(finalPath, tempPath, handle, direct, o.syncBehindBytes ?? SYNC_BEHIND_BYTES);
   }
 
   /** True when aligned writes go around the page cache. */
@@ -90,6 +99,31 @@ export class PartialFile {
 
   async write(data: Uint8Array, position: number): Promise<void> {
     await writeAll(this.handle, data, position);
+    this.#syncBehind(data.length);
+  }
+
+  /**
+   * Starts an fdatasync in the background once syncBehindBytes were written since the last one
+   * began (one at a time), so the storage makes the file durable while the restore goes on and
+   * the fsync in commit finds little left. A failure is thrown by commit.
+   */
+  #syncBehind(bytes: number): void {
+    this.#unsynced += bytes;
+    if (this.#unsynced < this.#syncBehindBytes || this.#syncing !== undefined) return;
+    this.#unsynced = 0;
+    this.#syncing = this.handle.datasync().then(
+      () => void (this.#syncing = undefined),
+      (e: unknown) => {
+        this.#syncing = undefined;
+        this.#syncFailure ??= { error: e };
+      },
+    );
+  }
+
+  /** Waits for a background fdatasync to end; throws its failure, if any. */
+  async #synced(): Promise<void> {
+    await this.#syncing;
+    if (this.#syncFailure !== undefined) throw this.#syncFailure.error;
   }
 
   /**
@@ -102,6 +136,7 @@ export class PartialFile {
     if (direct === undefined) return this.write(data, position);
     try {
       await writeAll(direct, data, position);
+      this.#syncBehind(data.length);
     } catch (e) {
       if (errorCodeOf(e) !== "EINVAL") throw e;
       this.#direct = undefined;
@@ -119,12 +154,14 @@ export class PartialFile {
     if (o.mtimeMs !== undefined) await this.handle.utimes(o.mtimeMs / 1000, o.mtimeMs / 1000);
     await this.#direct?.close();
     this.#direct = undefined;
+    await this.#synced();
     await this.handle.sync();
     await this.handle.close();
     await fsp.rename(this.tempPath, this.finalPath);
   }
 
   async abort(): Promise<void> {
+    await this.#syncing;
     await this.#direct?.close().catch(() => undefined);
     this.#direct = undefined;
     await this.handle.close().catch(() => undefined);

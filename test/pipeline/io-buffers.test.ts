@@ -113,6 +113,37 @@ describe("PartialFile with direct I/O", () => {
     expect(await fsp.readdir(dir)).toEqual(["disk.raw"]);
   });
 
+  it("makes what it wrote durable in the background as it goes, and fails the commit when that failed", async () => {
+    const dir = tmp("sync-behind");
+    const pool = new AlignedPool(1, 64 * KiB);
+    const slot = pool.take() as Uint8Array;
+    slot.set(seededBytes("sync-behind", 64 * KiB));
+    for (const fails of [false, true]) {
+      const file = path.join(dir, `disk-${fails}.raw`);
+      const out = await PartialFile.create(file, 512 * KiB, { direct: true, syncBehindBytes: 128 * KiB });
+      const datasync = out.handle.datasync.bind(out.handle);
+      let syncs = 0;
+      out.handle.datasync = async () => {
+        syncs++;
+        if (fails) throw Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO" });
+        return datasync();
+      };
+      for (let at = 0; at < 512 * KiB; at += 64 * KiB) await out.writeDirect(slot, at);
+      // 512 KiB in 64 KiB writes: at least one background sync (at most four: one runs at a time).
+      expect(syncs).toBeGreaterThan(0);
+      expect(syncs).toBeLessThanOrEqual(4);
+      if (!fails) {
+        await out.commit();
+        expect((await fsp.readFile(file)).subarray(448 * KiB)).toEqual(Buffer.from(slot));
+        continue;
+      }
+      // A write that may not have reached the disk fails the restore, and nothing is left.
+      await expect(out.commit()).rejects.toThrow(/EIO/);
+      await out.abort();
+      expect(await fsp.readdir(dir)).toEqual(["disk-false.raw"]);
+    }
+  });
+
   it("falls back to ordinary writes, for good, when the file system refuses a direct write", async () => {
     const dir = tmp("refused");
     const pool = new AlignedPool(1, 64 * KiB);
