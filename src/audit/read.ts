@@ -5,7 +5,7 @@ import { ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { parseAuditBody, parseAuditBodyMeta, type AuditBody } from "../format/audit.js";
 import { auditBodyPrefix, auditKey, parseNumberedKey } from "../format/layout.js";
 import type { Repository } from "../repository/repository.js";
-import { listAll } from "../storage/types.js";
+import { listKeys } from "../storage/types.js";
 import { fromUtf8, toHex } from "../util/bytes.js";
 import { parseRecord, type StoredRecord } from "./trail.js";
 
@@ -23,8 +23,8 @@ export async function readStoredRecord(repo: Repository, seq: number): Promise<S
 /** Opens a record's body with the newest epoch's audit key the user holds; checks its digest. */
 export async function openBody(repo: Repository, record: StoredRecord): Promise<AuditBody> {
   const digest = record.meta.bodyDigest;
-  const candidates = (await listAll(repo.store, auditBodyPrefix(digest)))
-    .map((o) => ({ key: o.key, epoch: parseNumberedKey(o.key, auditBodyPrefix(digest), 6) }))
+  const candidates = (await listKeys(repo.store, auditBodyPrefix(digest)))
+    .map((key) => ({ key, epoch: parseNumberedKey(key, auditBodyPrefix(digest), 6) }))
     .filter((c): c is { key: string; epoch: number } => c.epoch !== undefined)
     .sort((a, b) => b.epoch - a.epoch);
   if (candidates.length === 0) throw IntegrityError.object(record.key, `audit record ${record.seq}: its body is missing`);

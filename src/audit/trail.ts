@@ -6,7 +6,7 @@ import type { AuditHead, RegistryDoc } from "../format/registry.js";
 import { FormatError } from "../format/codec.js";
 import { newerRegistryChain } from "../repository/registry-view.js";
 import type { Repository } from "../repository/repository.js";
-import { listAll } from "../storage/types.js";
+import { listKeys } from "../storage/types.js";
 import { toHex } from "../util/bytes.js";
 
 export interface AuditEntry {
@@ -35,8 +35,8 @@ const MAX_RESEALS = 8;
 
 /** The newest record: its sequence number and the hash of its bytes (the next record's prevHash). */
 export async function readHead(repo: Repository): Promise<AuditHead | null> {
-  const seqs = (await listAll(repo.store, AUDIT_PREFIX))
-    .map((o) => parseNumberedKey(o.key, AUDIT_PREFIX, 12))
+  const seqs = (await listKeys(repo.store, AUDIT_PREFIX))
+    .map((key) => parseNumberedKey(key, AUDIT_PREFIX, 12))
     .filter((n): n is number => n !== undefined);
   if (seqs.length === 0) return null;
   const seq = Math.max(...seqs);
@@ -147,8 +147,8 @@ export function parseRecord(key: string, seq: number, bytes: Uint8Array): Stored
 
 /** Sequence numbers present in the trail, ascending. */
 export async function listSeqs(repo: Repository): Promise<number[]> {
-  return (await listAll(repo.store, AUDIT_PREFIX))
-    .map((o) => parseNumberedKey(o.key, AUDIT_PREFIX, 12))
+  return (await listKeys(repo.store, AUDIT_PREFIX))
+    .map((key) => parseNumberedKey(key, AUDIT_PREFIX, 12))
     .filter((n): n is number => n !== undefined)
     .sort((a, b) => a - b);
 }

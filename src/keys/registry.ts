@@ -4,7 +4,7 @@ import type { Secret } from "../crypto/secret.js";
 import { FormatError } from "../format/codec.js";
 import { appendSignature, encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { encodeRegistryMeta, parseRegistryMeta, type RegistryDoc, type RegistryUser } from "../format/registry.js";
-import { listAll, type Store } from "../storage/types.js";
+import { listKeys, type Store } from "../storage/types.js";
 import { parseNumberedKey, REGISTRY_PREFIX, registryKey } from "../format/layout.js";
 import { bytesEqual, toHex } from "../util/bytes.js";
 
@@ -36,9 +36,8 @@ export async function loadRegistryChain(
   pinnedRootKey: Uint8Array,
   repoId: string,
 ): Promise<RegistryChain> {
-  const listed = await listAll(store, REGISTRY_PREFIX);
-  const numbers = listed
-    .map((o) => parseNumberedKey(o.key, REGISTRY_PREFIX, 10))
+  const numbers = (await listKeys(store, REGISTRY_PREFIX))
+    .map((key) => parseNumberedKey(key, REGISTRY_PREFIX, 10))
     .filter((n): n is number => n !== undefined)
     .sort((a, b) => a - b);
   if (numbers.length === 0) throw IntegrityError.object("registry", "no registry version found");

@@ -15,7 +15,7 @@ import type { Repository } from "../repository/repository.js";
 import { SessionKeys } from "../repository/sessions.js";
 import { BlobReader } from "../restore/blob-reader.js";
 import { listSnapshots, readSnapshotBody } from "../snapshot/store.js";
-import { listAll } from "../storage/types.js";
+import { listAll, listKeys } from "../storage/types.js";
 import { fromHex, toHex } from "../util/bytes.js";
 import { noun, plural } from "../util/text.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
@@ -115,7 +115,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
       ["sessions/", (k: string) => parseVersionedKey(k, "sessions/") !== undefined],
       [AUDIT_PREFIX, (k: string) => parseNumberedKey(k, AUDIT_PREFIX, 12) !== undefined],
     ] as const) {
-      for (const o of await listAll(repo.store, prefix)) if (!named(o.key)) warnings.push(`unexpected object ${o.key} (not a name vmvault writes; every command ignores it)`);
+      for (const key of await listKeys(repo.store, prefix)) if (!named(key)) warnings.push(`unexpected object ${key} (not a name vmvault writes; every command ignores it)`);
     }
     const stored = new Map<string, number>();
     for (const o of await listAll(repo.store, PACK_PREFIX)) {

@@ -4,7 +4,7 @@ import { FormatError } from "../format/codec.js";
 import { encodeEnvelope, envelopeAd, ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { encodeIndexBody, encodeIndexMeta, parseIndexBody, parseIndexMeta, visitIndexBody, type IndexBodyVisitor, type IndexedPack } from "../format/index-file.js";
 import { INDEX_PREFIX, indexKey } from "../format/layout.js";
-import { listAll, type AppendOnlyStore } from "../storage/types.js";
+import { type AppendOnlyStore, listKeys } from "../storage/types.js";
 import { concatBytes, toHex, utf8 } from "../util/bytes.js";
 import { ChunkIndex, type PackRef } from "./chunk-index.js";
 import type { Repository } from "./repository.js";
@@ -76,7 +76,7 @@ export async function loadIndex(
   o: { locations?: boolean; idBytes?: 16 | 32; onPack?: (p: IndexedPackBytes) => void; skipDamaged?: boolean } = {},
 ): Promise<ChunkIndex> {
   const index = new ChunkIndex(o);
-  for (const { key } of await listAll(repo.store, INDEX_PREFIX)) {
+  for (const key of await listKeys(repo.store, INDEX_PREFIX)) {
     try {
       if (onFile !== undefined) {
         const file = await readIndexFile(repo, key);

@@ -4,7 +4,7 @@ import { FormatError } from "../format/codec.js";
 import { encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { LOCK_PREFIX, REENCRYPTION_LOCK_PREFIX } from "../format/layout.js";
 import { encodeLockMeta, parseLockMeta, type LockMeta } from "../format/lock.js";
-import { listAll } from "../storage/types.js";
+import { listKeys } from "../storage/types.js";
 import { toHex, utf8 } from "../util/bytes.js";
 import { refreshRegistryView } from "./registry-view.js";
 import type { Repository } from "./repository.js";
@@ -166,7 +166,7 @@ async function tryLock(repo: Repository, prefix: string, operation: string, excl
   const meta: LockMeta = { repoId: repo.repoId, lockId, exclusive, hostHash: mine, pid: repo.env.pid, operation, createdAt: now, refreshedAt: now };
   let currentKey = `${prefix}${lockId}`;
   await store.putIfAbsent(currentKey, encodeEnvelope(ObjectKind.Lock, encodeLockMeta(meta)));
-  for (const { key } of await listAll(store, prefix)) {
+  for (const key of await listKeys(store, prefix)) {
     if (key === currentKey) continue;
     let other: LockMeta;
     try {

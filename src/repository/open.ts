@@ -13,7 +13,7 @@ import { encodeGrant, openGrant } from "../keys/grant.js";
 import { Keyring } from "../keys/keyring.js";
 import { encodeRegistry, findUser, grantRootKeys, loadRegistryChain, type RegistryChain } from "../keys/registry.js";
 import { unwrapSlot, wrapSlot } from "../keys/slot.js";
-import { listAll, type Store } from "../storage/types.js";
+import { listAll, listKeys, type Store } from "../storage/types.js";
 import { toHex } from "../util/bytes.js";
 import { Repository, type Environment } from "./repository.js";
 import { NotARepositoryError, type NotARepositoryKind } from "./errors.js";
@@ -268,7 +268,7 @@ function configDamaged(problem: string): IntegrityError {
  */
 async function removalOf(store: Store, user: string): Promise<{ removedBy: string; removedAt: string } | undefined> {
   try {
-    const numbers = (await listAll(store, REGISTRY_PREFIX)).map((o) => o.key).sort();
+    const numbers = (await listKeys(store, REGISTRY_PREFIX)).sort();
     const newest = numbers[numbers.length - 1];
     if (newest === undefined) return undefined;
     const doc = parseRegistryMeta(parseEnvelope(ObjectKind.Registry, await store.get(newest), true).meta);

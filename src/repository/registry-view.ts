@@ -1,7 +1,7 @@
 import { AuthError, IntegrityError, VaultError } from "../errors.js";
 import { parseNumberedKey, REGISTRY_PREFIX, registryKey } from "../format/layout.js";
 import { findUser, loadRegistryChain, type RegistryChain } from "../keys/registry.js";
-import { listAll } from "../storage/types.js";
+import { listKeys } from "../storage/types.js";
 import { syncGrants } from "./open.js";
 import type { Repository } from "./repository.js";
 
@@ -11,8 +11,8 @@ import type { Repository } from "./repository.js";
  * undefined otherwise, at the cost of one listing (the common case).
  */
 export async function newerRegistryChain(repo: Repository, version: number): Promise<RegistryChain | undefined> {
-  const stored = (await listAll(repo.store, REGISTRY_PREFIX))
-    .map((o) => parseNumberedKey(o.key, REGISTRY_PREFIX, 10))
+  const stored = (await listKeys(repo.store, REGISTRY_PREFIX))
+    .map((key) => parseNumberedKey(key, REGISTRY_PREFIX, 10))
     .filter((n): n is number => n !== undefined);
   if (!stored.some((n) => n > version)) return undefined;
   const genesis = repo.chain.versions[0]?.rootPublicKey ?? repo.chain.latest.rootPublicKey;

@@ -15,7 +15,7 @@ import {
   type SessionMeta,
 } from "../format/session.js";
 import type { CryptoSuite } from "../crypto/suite.js";
-import { listAll } from "../storage/types.js";
+import { listKeys } from "../storage/types.js";
 import { bytesEqual, fromHex, toHex, utf8 } from "../util/bytes.js";
 import type { Repository } from "./repository.js";
 
@@ -144,10 +144,10 @@ export class SessionKeys {
 
   async #open(sessionId: string): Promise<OpenedSession> {
     const repo = this.#repo;
-    const stored = await listAll(repo.store, sessionPrefix(sessionId));
+    const stored = await listKeys(repo.store, sessionPrefix(sessionId));
     if (stored.length === 0) throw new SessionKeyMissing(sessionId);
     const envelopes = stored
-      .map((o) => ({ key: o.key, parsed: parseVersionedKey(o.key, "sessions/") }))
+      .map((key) => ({ key, parsed: parseVersionedKey(key, "sessions/") }))
       .filter((o) => o.parsed !== undefined)
       .sort((a, b) => (b.parsed?.number ?? 0) - (a.parsed?.number ?? 0));
     if (envelopes.length === 0) throw IntegrityError.object(`sessions/${sessionId}`, "the session key envelope is missing");

@@ -69,12 +69,19 @@ export async function keyStatus(repo: Repository): Promise<KeyStatus> {
   const indexFiles = await metaEpochs(repo, INDEX_PREFIX, ObjectKind.Index, (m) => parseIndexMeta(m).epoch);
   const auditBodies = (await listAll(repo.store, AUDIT_BODY_PREFIX)).map((o) => Number(o.key.slice(o.key.lastIndexOf("/") + 1)));
   const index = await loadIndex(repo);
-  const dataBy = new Map<number, { packs: number; bytes: number }>();
+  // A pack counts once, under the oldest epoch any of its listings names (any role holding the
+  // index key can list a pack again, under another session): a re-encryption judges it old so.
+  const byPack = new Map<string, { created: number; bytes: number }>();
   for (const pack of index.packs) {
     const created = sessionMetas.get(pack.sessionId)?.createdEpoch ?? 0;
+    const seen = byPack.get(pack.packId);
+    if (seen === undefined || created < seen.created) byPack.set(pack.packId, { created, bytes: pack.packLength });
+  }
+  const dataBy = new Map<number, { packs: number; bytes: number }>();
+  for (const { created, bytes } of byPack.values()) {
     const d = dataBy.get(created) ?? { packs: 0, bytes: 0 };
     d.packs++;
-    d.bytes += pack.packLength;
+    d.bytes += bytes;
     dataBy.set(created, d);
   }
   const count = (list: readonly number[], id: number): number => list.filter((e) => e === id).length;

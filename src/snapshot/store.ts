@@ -22,7 +22,7 @@ import { adminIn, versionOf } from "../keys/registry.js";
 import { mayWriteSnapshots } from "../keys/roles.js";
 import type { Repository } from "../repository/repository.js";
 import type { SessionKeys } from "../repository/sessions.js";
-import { listAll, type AppendOnlyStore } from "../storage/types.js";
+import { type AppendOnlyStore, listKeys } from "../storage/types.js";
 import { fromHex, fromUtf8, toHex } from "../util/bytes.js";
 
 /** A snapshot whose header opened and whose signature verified. */
@@ -170,11 +170,11 @@ export async function readSnapshotBody(repo: Repository, sessions: SessionKeys, 
 /** Snapshot object keys grouped by id, newest revision first. */
 export async function listSnapshotKeys(repo: Repository): Promise<Map<string, string[]>> {
   const byId = new Map<string, { key: string; revision: number }[]>();
-  for (const o of await listAll(repo.store, SNAPSHOT_PREFIX)) {
-    const p = parseVersionedKey(o.key, SNAPSHOT_PREFIX);
+  for (const key of await listKeys(repo.store, SNAPSHOT_PREFIX)) {
+    const p = parseVersionedKey(key, SNAPSHOT_PREFIX);
     if (p === undefined) continue;
     const list = byId.get(p.name) ?? [];
-    list.push({ key: o.key, revision: p.number });
+    list.push({ key, revision: p.number });
     byId.set(p.name, list);
   }
   const out = new Map<string, string[]>();

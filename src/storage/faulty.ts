@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { StorageError } from "../errors.js";
-import { openWriter, readInto, type ByteRange, type ObjectInfo, type ObjectWriter, type Store } from "./types.js";
+import { listKeys, openWriter, readInto, type ByteRange, type ObjectInfo, type ObjectWriter, type Store } from "./types.js";
 
 export interface FaultyStoreOptions {
   /** When true, the put fails the way a full disk does, and nothing is written. */
@@ -93,6 +93,10 @@ export class FaultyStore implements Store {
 
   list(prefix: string): AsyncIterable<ObjectInfo> {
     return this.#inner.list(prefix);
+  }
+
+  async *listKeys(prefix: string): AsyncIterable<string> {
+    yield* await listKeys(this.#inner, prefix);
   }
 
   async delete(key: string): Promise<void> {

@@ -143,14 +143,26 @@ export class FsStore implements Store {
   }
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    for await (const { key, file } of this.#files(prefix)) {
+      const st = await fsp.stat(file).catch(() => undefined);
+      if (st !== undefined) yield { key, size: st.size };
+    }
+  }
+
+  /** list() without a stat per object: a folder of 10,000 audit records is one readdir. */
+  async *listKeys(prefix: string): AsyncIterable<string> {
+    for await (const { key } of this.#files(prefix)) yield key;
+  }
+
+  #files(prefix: string): AsyncIterable<{ key: string; file: string }> {
     assertValidPrefix(prefix);
     const slash = prefix.lastIndexOf("/");
     const base = slash < 0 ? "" : prefix.slice(0, slash);
     const start = base === "" ? this.#root : path.join(this.#root, ...base.split("/"));
-    yield* this.#walk(start, base, prefix);
+    return this.#walk(start, base, prefix);
   }
 
-  async *#walk(dir: string, keyBase: string, prefix: string): AsyncIterable<ObjectInfo> {
+  async *#walk(dir: string, keyBase: string, prefix: string): AsyncIterable<{ key: string; file: string }> {
     let entries;
     try {
       entries = await fsp.readdir(dir, { withFileTypes: true });
@@ -165,8 +177,7 @@ export class FsStore implements Store {
       if (entry.isDirectory()) {
         if (prefix.startsWith(`${key}/`) || key.startsWith(prefix)) yield* this.#walk(path.join(dir, entry.name), key, prefix);
       } else if (entry.isFile() && key.startsWith(prefix)) {
-        const st = await fsp.stat(path.join(dir, entry.name)).catch(() => undefined);
-        if (st !== undefined) yield { key, size: st.size };
+        yield { key, file: path.join(dir, entry.name) };
       }
     }
   }

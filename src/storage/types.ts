@@ -53,6 +53,11 @@ export interface Store {
   readInto?(key: string, range: ByteRange, into: Uint8Array): Promise<number>;
   /** Every object whose key starts with prefix, in no particular order. */
   list(prefix: string): AsyncIterable<ObjectInfo>;
+  /**
+   * Optional: the keys list() gives, without sizes, for stores where a size costs a call per
+   * object (a local folder). Use listKeys(), which falls back to list.
+   */
+  listKeys?(prefix: string): AsyncIterable<string>;
   /** Removes the object; removing an absent object is not an error. */
   delete(key: string): Promise<void>;
   stat(key: string): Promise<ObjectInfo | undefined>;
@@ -60,7 +65,7 @@ export interface Store {
 }
 
 /** The narrow capability a backup session gets: it can add objects and read, never delete. */
-export type AppendOnlyStore = Pick<Store, "location" | "get" | "putIfAbsent" | "createWriter" | "readInto" | "list" | "stat">;
+export type AppendOnlyStore = Pick<Store, "location" | "get" | "putIfAbsent" | "createWriter" | "readInto" | "list" | "listKeys" | "stat">;
 
 const KEY_PATTERN = /^[a-z0-9][a-z0-9._-]{0,254}(?:\/[a-z0-9][a-z0-9._-]{0,254})*$/;
 
@@ -73,6 +78,17 @@ export function assertValidKey(key: string): void {
 /** A list prefix: empty, or a valid key optionally followed by "/". */
 export function assertValidPrefix(prefix: string): void {
   if (prefix !== "") assertValidKey(prefix.endsWith("/") ? prefix.slice(0, -1) : prefix);
+}
+
+/**
+ * The keys of every object whose key starts with prefix, in no particular order: for callers
+ * that need no sizes (a repository's audit trail, index files and snapshots grow with its age).
+ */
+export async function listKeys(store: Pick<Store, "list" | "listKeys">, prefix: string): Promise<string[]> {
+  const out: string[] = [];
+  if (store.listKeys !== undefined) for await (const key of store.listKeys(prefix)) out.push(key);
+  else for await (const info of store.list(prefix)) out.push(info.key);
+  return out;
 }
 
 export async function listAll(store: Pick<Store, "list">, prefix: string): Promise<ObjectInfo[]> {

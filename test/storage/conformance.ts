@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { afterEach, beforeEach, describe, expect, it as vitestIt } from "vitest";
 import { NotFoundError } from "../../src/errors.js";
-import { listAll, openWriter, readInto, type Store } from "../../src/storage/types.js";
+import { listAll, listKeys, openWriter, readInto, type Store } from "../../src/storage/types.js";
 
 export interface StoreFixture {
   readonly store: Store;
@@ -20,8 +20,11 @@ export function seeded(seed: string, length: number): Uint8Array {
 
 const text = (s: string): Uint8Array => new TextEncoder().encode(s);
 
+/** The keys list() gives; listKeys (the store's own, or its fallback to list) must give the same. */
 async function keysOf(store: Store, prefix: string): Promise<string[]> {
-  return (await listAll(store, prefix)).map((o) => o.key);
+  const keys = (await listAll(store, prefix)).map((o) => o.key);
+  expect((await listKeys(store, prefix)).sort(), `listKeys("${prefix}")`).toEqual([...keys].sort());
+  return keys;
 }
 
 /** The rejection of a promise, or "resolved" when it did not reject. */
