@@ -172,6 +172,14 @@ interface Derived {
 }
 
 /** Rebuilds the re-encryption's state from the registry, the index, the snapshots and the packs themselves. */
+/** The session opened, or undefined when opening fails with an error of that kind (any other is thrown). */
+function openUnless(sessions: SessionKeys, sessionId: string, kind: abstract new (...args: never[]) => Error): Promise<OpenedSession | undefined> {
+  return sessions.open(sessionId).catch((e: unknown) => {
+    if (e instanceof kind) return undefined;
+    throw e;
+  });
+}
+
 async function derive(repo: Repository, progress: ProgressSink): Promise<Derived> {
   const latest = repo.chain.latest;
   const targetEpoch = latest.currentEpoch;
@@ -194,14 +202,11 @@ async function derive(repo: Repository, progress: ProgressSink): Promise<Derived
     const keyless: IndexedPack[] = [];
     for (const p of packs) {
       const sid = toHex(p.sessionId);
-      const opened = await sessions.open(sid).catch((e: unknown) => {
-        // A session with no key envelope at all (any role holding the index key can name one in
-        // an index file): nothing listed under it can be read, so the listing does not judge its
-        // pack (listed under it, a verified pack of the lost run would count as old, and the
-        // cleanup would delete it while the resume counts on its chunks). See keyless below.
-        if (e instanceof SessionKeyMissing) return undefined;
-        throw e;
-      });
+      // A session with no key envelope at all (any role holding the index key can name one in
+      // an index file): nothing listed under it can be read, so the listing does not judge its
+      // pack (listed under it, a verified pack of the lost run would count as old, and the
+      // cleanup would delete it while the resume counts on its chunks). See keyless below.
+      const opened = await openUnless(sessions, sid, SessionKeyMissing);
       if (opened === undefined) {
         keyless.push(p);
         continue;
@@ -225,13 +230,10 @@ async function derive(repo: Repository, progress: ProgressSink): Promise<Derived
       const newest = keys[0];
       if (newest === undefined) continue;
       const sid = (await readSnapshot(repo, newest)).meta.sessionId;
-      const opened = await sessions.open(sid).catch((e: unknown) => {
-        // As when the re-encryption started: a snapshot whose session key does not open (or has
-        // no envelope at all: any user who may create snapshots can name one) is old data's, and
-        // the resume leaves it out, named, since no reader accepts its body.
-        if (e instanceof IntegrityError) return undefined;
-        throw e;
-      });
+      // As when the re-encryption started: a snapshot whose session key does not open (or has
+      // no envelope at all: any user who may create snapshots can name one) is old data's, and
+      // the resume leaves it out, named, since no reader accepts its body.
+      const opened = await openUnless(sessions, sid, IntegrityError);
       if (opened === undefined) {
         oldSessions.add(sid);
         continue;
@@ -245,14 +247,9 @@ async function derive(repo: Repository, progress: ProgressSink): Promise<Derived
     for (const { key } of await listAll(repo.store, SESSION_PREFIX)) {
       const sid = key.slice(SESSION_PREFIX.length).split("/")[0] ?? "";
       if (!/^[0-9a-f]{32}$/.test(sid) || sessionChunkKey.has(sid)) continue;
-      let opened;
-      try {
-        opened = await sessions.open(sid);
-      } catch (e) {
-        // Left as it is: a session key that does not open is neither judged old nor deleted.
-        if (e instanceof IntegrityError) continue;
-        throw e;
-      }
+      // Left as it is: a session key that does not open is neither judged old nor deleted.
+      const opened = await openUnless(sessions, sid, IntegrityError);
+      if (opened === undefined) continue;
       sessionChunkKey.set(sid, opened.meta.chunkKeyEpoch);
       if (isOld(opened)) oldSessions.add(sid);
     }
