@@ -56,6 +56,8 @@ type Trailer =
 export class PackChecks {
   readonly bad = new BadLocations<PackFinding>();
   bytesRead = 0;
+  /** Most verification jobs submitted and not yet settled at once. */
+  maxUnsettled = 0;
   readonly #repo: Repository;
   readonly #sessions: SessionKeys;
   readonly #listings: ReadonlyMap<string, readonly Listing[]>;
@@ -64,7 +66,11 @@ export class PackChecks {
   readonly #listingFindings = new Map<Listing, PackFinding>();
   /** Packs damaged as a whole (missing, or of a length no listing gives): not read further. */
   readonly #whole = new Set<string>();
-  /** Verification jobs, settled once the verifier has finished them all. */
+  /**
+   * Verification jobs not yet settled, in the order submitted. Each is settled (and its result
+   * dropped) as soon as it and every job before it have finished, so what they hold stays
+   * bounded by the jobs in flight, not the size of the repository.
+   */
   readonly #jobs: { job: string; settle: (r: PackDataResult) => void }[] = [];
 
   constructor(repo: Repository, sessions: SessionKeys, listings: ReadonlyMap<string, readonly Listing[]>, stored: ReadonlyMap<string, number>) {
@@ -106,11 +112,19 @@ export class PackChecks {
       await this.#checkPack(packId, ls, size, verifier);
     }
     if (verifier === undefined) return;
-    const results = await verifier.finish();
-    for (const r of results.values()) this.bytesRead += r.bytesRead;
-    for (const { job, settle } of this.#jobs) {
-      const r = results.get(job);
-      if (r !== undefined) settle(r);
+    await verifier.finish();
+    this.#settle(verifier);
+  }
+
+  /** Settles the finished jobs at the head of the queue, in the order they were submitted. */
+  #settle(verifier: PackVerifier): void {
+    for (let next = this.#jobs[0]; next !== undefined; next = this.#jobs[0]) {
+      const r = verifier.results.get(next.job);
+      if (r === undefined) return;
+      verifier.results.delete(next.job);
+      this.#jobs.shift();
+      this.bytesRead += r.bytesRead;
+      next.settle(r);
     }
   }
 
@@ -272,6 +286,8 @@ export class PackChecks {
   async #submit(verifier: PackVerifier, job: string, packId: string, sessionId: string, size: number, entries: readonly PackEntry[], settle: (r: PackDataResult) => void): Promise<void> {
     await verifier.submit(job, packId, sessionId, size, entries);
     this.#jobs.push({ job, settle });
+    this.#settle(verifier);
+    this.maxUnsettled = Math.max(this.maxUnsettled, this.#jobs.length);
   }
 
   /** The pack's finding with this problem (one per problem, as check always reported them). */

@@ -47,6 +47,11 @@ export interface CheckReport {
    * chunks snapshots reference are checked only then (an auditor holds no data key).
    */
   readonly dataKey: boolean;
+  /**
+   * With --read-data: most packs being verified at once, and most verification jobs submitted
+   * but not yet settled (both bounded, whatever the repository's size).
+   */
+  readonly pipeline?: { readonly maxPacksInFlight: number; readonly maxUnsettled: number };
 }
 
 /**
@@ -135,6 +140,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
     const packSnapshots = new Map<number, Set<string>>();
     // Lists and entries no location of which verifies, reported once the packs are checked.
     const unreadable: { blob: Uint8Array; damage: Damage[] }[] = [];
+    let pipeline: CheckReport["pipeline"];
     if (canDecrypt) {
       const verifier = await starting;
       // Snapshot references are walked on the main thread while the workers verify packs.
@@ -153,6 +159,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
       // role holding the index key can add locations): a loss the damage found at its locations
       // explains is reported there, with the snapshot; only the rest as the reader saw it.
       for (const u of unreadable) if (packs.bad.lost(u.blob, index.locations(u.blob)).length === 0) damage.push(...u.damage);
+      if (verifier !== undefined) pipeline = { maxPacksInFlight: verifier.maxPacksInFlight, maxUnsettled: packs.maxUnsettled };
     }
     for (const f of packs.findings()) damage.push({ object: f.object, problem: f.problem, snapshots: [...f.snapshots].sort() });
     return {
@@ -166,6 +173,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
       bytesRead: packs.bytesRead,
       readData,
       dataKey: canDecrypt,
+      ...(pipeline === undefined ? {} : { pipeline }),
     };
   } finally {
     await (await starting?.catch(() => undefined))?.close();

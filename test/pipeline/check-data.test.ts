@@ -37,6 +37,29 @@ function flip(store: MemoryStore, key: string, at: number): void {
   bytes[at] = (bytes[at] ?? 0) ^ 0x01;
 }
 
+describe("check --read-data on many packs", () => {
+  for (const workers of [0, 1]) {
+    it(`settles each pack's verification as it finishes: what it holds does not grow with the repository (workers ${workers})`, async () => {
+      const image = path.join(tmp("src"), "many.raw");
+      await fsp.writeFile(image, seededBytes("many packs", 3 * 1024 * KiB));
+      const store = new MemoryStore();
+      const repo = await initRepository({ store, user: "admin", passphrase: Secret.fromString("p"), kdf: KDF_TEST, allowWeakKdf: true, config: { packSize: 64 * KiB } });
+      try {
+        await backup(repo, { vm: "vm", sources: [image], workers: 0 });
+        expect((await listAll(store, "data/")).length).toBeGreaterThan(40);
+        const r = await check(repo, { readData: true, workers });
+        expect(r.ok).toBe(true);
+        expect(r.bytesRead).toBeGreaterThan(3 * 1024 * KiB);
+        // Was: every pack's job (and, through it, the pack's trailer) was kept until the end.
+        expect(r.pipeline?.maxPacksInFlight).toBeLessThanOrEqual(workers + 3);
+        expect(r.pipeline?.maxUnsettled).toBeLessThanOrEqual(2 * (workers + 3));
+      } finally {
+        await repo.close();
+      }
+    });
+  }
+});
+
 describe("check with per-pack summaries", () => {
   for (const workers of [0, 2]) {
     it(`with a damaged trailer, --read-data still verifies the chunks the index lists (workers ${workers})`, async () => {
