@@ -127,6 +127,12 @@ describe("one re-encryption at a time", () => {
       expect((err as LockedError).holder).toMatchObject({ key: held, operation: "re-encryption", exclusive: true, pid: process.ppid });
     }
     expect(await objects()).toEqual(before);
+    // Both refusals are in the audit trail as failed attempts (exit 6). Was: the resume's was not.
+    const refusals = (await v.auditLog()).filter((e) => e.result === "failed" && e.code === 6).map((e) => ({ action: e.action, target: e.target }));
+    expect(refusals).toEqual([
+      { action: "key rotate", target: { reencrypt: "yes" } },
+      { action: "key rotate", target: { reencrypt: "repair" } },
+    ]);
     // Backups are not held up by it.
     const extra = path.join(tmp("src"), "c.raw");
     await fsp.writeFile(extra, seededBytes("c", 256 * 1024));

@@ -1,4 +1,4 @@
-import { AccessDeniedError, exitCodeFor, exitCodeOfError, isVaultError } from "../errors.js";
+import { AccessDeniedError, exitCodeFor, exitCodeOfError, isVaultError, LockedError } from "../errors.js";
 import type { AuditAction, AuditBody } from "../format/audit.js";
 import type { Action } from "../keys/roles.js";
 import { UserRemovedError } from "../repository/registry-view.js";
@@ -16,6 +16,19 @@ export async function authorizeAudited(repo: Repository, action: Action, auditAc
     if (e instanceof AccessDeniedError) {
       await appendAudit(repo, { action: auditAction, result: "denied", target, code: exitCodeFor(e.code), message: e.message }).catch(() => undefined);
     }
+    throw e;
+  }
+}
+
+/**
+ * Takes a lock for an audited operation; a refusal (another command holds it) is recorded as the
+ * operation's failed attempt, best effort as for a denied one, before it is thrown.
+ */
+export async function lockAudited<L>(repo: Repository, entry: Omit<AuditEntry, "result">, acquire: () => Promise<L>): Promise<L> {
+  try {
+    return await acquire();
+  } catch (e) {
+    if (e instanceof LockedError) await appendAudit(repo, { ...entry, result: "failed", code: exitCodeOfError(e), message: e.message }).catch(() => undefined);
     throw e;
   }
 }

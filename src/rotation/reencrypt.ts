@@ -14,7 +14,7 @@ import { AEAD_NONCE_BYTES } from "../crypto/suite.js";
 import { PackWriter } from "../pack/writer.js";
 import { PackError, readPackTrailer } from "../pack/reader.js";
 import { SessionIndexWriter } from "../backup/index-writer.js";
-import { audited, authorizeAudited } from "../audit/guard.js";
+import { audited, authorizeAudited, lockAudited } from "../audit/guard.js";
 import { ChunkIndex } from "../repository/chunk-index.js";
 import { loadIndex, readIndexFile } from "../repository/index-files.js";
 import { acquireLock, acquireReencryptionLock } from "../repository/lock.js";
@@ -66,7 +66,7 @@ export async function reencrypt(repo: Repository, o: ReencryptOptions = {}): Pro
   await authorizeAudited(repo, "admin", "key rotate");
   // Held from before the checkpoint is read to after the cleanup: one that waited for another
   // run reads the checkpoint that run left (and, if it finished, starts a re-encryption anew).
-  const lock = await acquireReencryptionLock(repo, "re-encryption");
+  const lock = await lockAudited(repo, { action: "key rotate", target: { reencrypt: "yes" } }, () => acquireReencryptionLock(repo, "re-encryption"));
   try {
     const state = await readCheckpoint(repo);
     // Every ID-map batch the resume would use is checked (signed by an admin) before any work.

@@ -1,6 +1,6 @@
 import { IntegrityError, LockedError, UsageError, VaultError } from "../errors.js";
 import { grantPrefix } from "../format/layout.js";
-import { audited, authorizeAudited } from "../audit/guard.js";
+import { audited, authorizeAudited, lockAudited } from "../audit/guard.js";
 import { newEpoch } from "../repository/open.js";
 import { acquireLock } from "../repository/lock.js";
 import { newerRegistryChain } from "../repository/registry-view.js";
@@ -46,11 +46,13 @@ export function rotateKeys(repo: Repository, o: RotateOptions = {}): Promise<Rot
  */
 export async function rotateKeysThen<T>(repo: Repository, o: RotateOptions, then: (rotated: RotateResult) => Promise<T>): Promise<T> {
   await authorizeAudited(repo, "admin", "key rotate");
-  const lock = await acquireLock(repo, "key rotate", true);
+  const newChunkKey = o.newChunkKey === true ? "yes" : "no";
+  const lock = await lockAudited(repo, { action: "key rotate", target: { newChunkKey } }, () => acquireLock(repo, "key rotate", true));
   try {
     await assertNoReencryptionUnderWay(repo);
     const rotated = await audited(repo, {
-      entry: { action: "key rotate", target: { from: repo.keyring.currentEpoch, newChunkKey: o.newChunkKey === true ? "yes" : "no" } },
+      // The epoch as the lock's refresh of the registry left it: another admin may have rotated meanwhile.
+      entry: { action: "key rotate", target: { from: repo.keyring.currentEpoch, newChunkKey } },
       started: false,
       run: () => openEpochAndReseal(repo, o),
       outcome: (r) => ({ epoch: r.epoch, resealed: r.resealed.sessions + r.resealed.snapshots + r.resealed.indexFiles + r.resealed.auditBodies }),
