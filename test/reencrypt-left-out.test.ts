@@ -83,6 +83,18 @@ async function keylessListings(dir: string, keyless: string, fake: string): Prom
   });
 }
 
+/** The backup user "host" backs up a VM of its own (a 256 KiB image), as of the repository's current epoch. */
+async function hostBackup(dir: string): Promise<{ image: string; id: string }> {
+  const image = path.join(tmp("src"), "host.raw");
+  await fsp.writeFile(image, seededBytes("host", 256 * 1024));
+  const host = await Vault.open({ store: new FsStore(dir), user: "host", passphrase: Secret.fromString("host-pass") });
+  try {
+    return { image, id: (await host.backup({ vm: "host-vm", sources: [image] })).snapshotId };
+  } finally {
+    await host.close();
+  }
+}
+
 /** The admin's re-encryption stops after its first batch (as a crash would), and its newest checkpoint is then damaged. */
 async function stopWithDamagedCheckpoint(dir: string): Promise<void> {
   const stopped = await open(dir, new FaultyStore(new FsStore(dir), { failPut: (key) => key === "checkpoints/reencrypt/000003" }));
@@ -253,11 +265,7 @@ describe("the cleanup and an index file listing old packs beside newer ones", ()
     await stopped.close();
     // Meanwhile the backup user backs up a VM of its own under the new epoch, then lists every
     // pack the index holds, old and new, each under its own session, in one index file.
-    const image = path.join(tmp("src"), "host.raw");
-    await fsp.writeFile(image, seededBytes("host", 256 * 1024));
-    const host = await Vault.open({ store: new FsStore(dir), user: "host", passphrase: Secret.fromString("host-pass") });
-    const hostId = (await host.backup({ vm: "host-vm", sources: [image] })).snapshotId;
-    await host.close();
+    const { image, id: hostId } = await hostBackup(dir);
     await as(dir, "host", "host-pass", async (r) => {
       const index = await loadIndex(r);
       const listed = index.packs.map((p) => listingOf(index, p));
@@ -286,11 +294,7 @@ describe("the cleanup and an index file listing old packs beside newer ones", ()
 describe("a snapshot naming a session that has no key", () => {
   it("is left out by repair reencrypt, named, which finishes; the other snapshots stay restorable", async () => {
     const { dir, file, id } = await victim();
-    const image = path.join(tmp("src"), "host.raw");
-    await fsp.writeFile(image, seededBytes("host", 256 * 1024));
-    const host = await Vault.open({ store: new FsStore(dir), user: "host", passphrase: Secret.fromString("host-pass") });
-    const hostId = (await host.backup({ vm: "host-vm", sources: [image] })).snapshotId;
-    await host.close();
+    const { image, id: hostId } = await hostBackup(dir);
     // The backup user signs a newer revision of its own snapshot whose body it sealed under a
     // session no key envelope exists for.
     const record = await as(dir, "admin", PASS, async (r) => (await listSnapshots(r)).find((s) => s.header.id === hostId));

@@ -91,16 +91,16 @@ export class Repository {
     }
   }
 
-  /**
-   * Adopts a newer registry chain found after the repository was opened (refreshRegistryView):
-   * checked against this machine's pin first (rollback, fork), then `syncKeys` brings the
-   * keyring to it, then it is the view and the pin.
-   */
   /** Reads this machine's pin again: before listing the registry for adoptNewer (see RegistryPin.read). */
   async readPin(): Promise<void> {
     await this.#pin?.read();
   }
 
+  /**
+   * Adopts a newer registry chain found after the repository was opened (refreshRegistryView):
+   * checked against this machine's pin first (rollback, fork), then `syncKeys` brings the
+   * keyring to it, then it is the view and the pin.
+   */
   async adoptNewer(chain: RegistryChain, syncKeys: () => Promise<void>): Promise<void> {
     await this.#pin?.check(chain);
     await syncKeys();

@@ -171,7 +171,6 @@ interface Derived {
   readonly pairs: [string, string][];
 }
 
-/** Rebuilds the re-encryption's state from the registry, the index, the snapshots and the packs themselves. */
 /** The session opened, or undefined when opening fails with an error of that kind (any other is thrown). */
 function openUnless(sessions: SessionKeys, sessionId: string, kind: abstract new (...args: never[]) => Error): Promise<OpenedSession | undefined> {
   return sessions.open(sessionId).catch((e: unknown) => {
@@ -180,6 +179,7 @@ function openUnless(sessions: SessionKeys, sessionId: string, kind: abstract new
   });
 }
 
+/** Rebuilds the re-encryption's state from the registry, the index, the snapshots and the packs themselves. */
 async function derive(repo: Repository, progress: ProgressSink): Promise<Derived> {
   const latest = repo.chain.latest;
   const targetEpoch = latest.currentEpoch;
