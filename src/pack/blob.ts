@@ -85,7 +85,10 @@ export function blobStatusMessage(status: BlobStatus): string {
 
 /**
  * Authenticates, decrypts and decompresses a stored blob into out (exactly its raw length),
- * then recomputes its keyed ID. Nothing in out may be used unless the result is Ok.
+ * then recomputes its keyed ID. Nothing in out may be used unless the result is Ok. Where the
+ * hasher offers its own memory (BulkCrypto.hashInput), the plaintext is made there, hashed in
+ * place while it is still in the cache, and copied into out only once it verified: one copy
+ * instead of two (into out, then into the hasher), and no unverified byte reaches out.
  */
 export function openBlobInto(
   crypto: BulkCrypto,
@@ -101,21 +104,29 @@ export function openBlobInto(
   const framedLength = stored.length - AEAD_NONCE_BYTES - AEAD_TAG_BYTES;
   const framed = scratch.frame(framedLength).subarray(0, framedLength);
   if (!crypto.decryptInto(sessionKey, stored.subarray(0, AEAD_NONCE_BYTES), stored.subarray(AEAD_NONCE_BYTES), blobAd(chunkId), framed)) return BlobStatus.Auth;
+  const staged = crypto.hashInput?.(out.length);
+  const plain = staged === undefined || sameView(staged, out) ? out : staged;
   const codec = framed[0];
   if (codec === Codec.Raw) {
-    if (framedLength - 1 !== out.length) return BlobStatus.Length;
-    out.set(framed.subarray(1));
+    if (framedLength - 1 !== plain.length) return BlobStatus.Length;
+    plain.set(framed.subarray(1));
   } else if (isCompression(codec)) {
     let n: number;
     try {
-      n = compressor.decompressInto(codec, framed.subarray(1), out);
+      n = compressor.decompressInto(codec, framed.subarray(1), plain);
     } catch {
       return BlobStatus.Decompress;
     }
-    if (n !== out.length) return BlobStatus.Length;
+    if (n !== plain.length) return BlobStatus.Length;
   } else return BlobStatus.Codec;
-  crypto.chunkId(chunkIdKey, out, scratch.id);
-  return crypto.equal(scratch.id, chunkId) ? BlobStatus.Ok : BlobStatus.Id;
+  crypto.chunkId(chunkIdKey, plain, scratch.id);
+  if (!crypto.equal(scratch.id, chunkId)) return BlobStatus.Id;
+  if (plain !== out) out.set(plain);
+  return BlobStatus.Ok;
+}
+
+function sameView(a: Uint8Array, b: Uint8Array): boolean {
+  return a.buffer === b.buffer && a.byteOffset === b.byteOffset && a.length === b.length;
 }
 
 /** Stored form of one chunk through the general CryptoSuite, under a fresh random nonce (small or rare blobs). */
