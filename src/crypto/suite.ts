@@ -1,7 +1,7 @@
 import { loadSodium, type Sodium } from "./sodium.js";
 import { Secret } from "./secret.js";
 import { toHex } from "../util/bytes.js";
-import { nativeAead, nativeRandomBytes, type BulkAead } from "./bulk.js";
+import { nativeAead, nativePublicKeyOps, nativeRandomBytes, type BulkAead, type PublicKeyOps } from "./bulk.js";
 
 /** Source of random bytes; injected so tests can be deterministic. */
 export type RandomSource = (length: number) => Uint8Array;
@@ -44,17 +44,21 @@ export class CryptoSuite {
   readonly #sodium: Sodium;
   /** The AEAD through the native binding when it loads (same bytes, 3-4 times the WASM speed). */
   readonly #aead: BulkAead | undefined;
+  /** Sealed-box opening and signature checks through the native binding when it loads (about 2.5 times the WASM speed). */
+  readonly #publicKey: PublicKeyOps | undefined;
   readonly random: RandomSource;
 
-  private constructor(sodium: Sodium, random: RandomSource | undefined, aead: BulkAead | undefined) {
+  private constructor(sodium: Sodium, random: RandomSource | undefined, aead: BulkAead | undefined, publicKey: PublicKeyOps | undefined) {
     this.#sodium = sodium;
     this.#aead = aead;
+    this.#publicKey = publicKey;
     this.random = random ?? nativeRandomBytes() ?? ((n) => sodium.randombytes_buf(n));
   }
 
   /** wasmOnly: every primitive through libsodium's WASM build (tests compare the two). */
   static async create(options: { random?: RandomSource; wasmOnly?: boolean } = {}): Promise<CryptoSuite> {
-    return new CryptoSuite(await loadSodium(), options.random, options.wasmOnly === true ? undefined : nativeAead());
+    const wasmOnly = options.wasmOnly === true;
+    return new CryptoSuite(await loadSodium(), options.random, wasmOnly ? undefined : nativeAead(), wasmOnly ? undefined : nativePublicKeyOps());
   }
 
   randomSecret(length = AEAD_KEY_BYTES): Secret {
@@ -128,6 +132,11 @@ export class CryptoSuite {
 
   openSealed(publicKey: Uint8Array, secretKey: Secret, sealed: Uint8Array): Uint8Array {
     if (sealed.length < SEAL_OVERHEAD) throw new CryptoFailure();
+    if (this.#publicKey !== undefined) {
+      const opened = this.#publicKey.openSealed(publicKey, secretKey.bytes, sealed, SEAL_OVERHEAD);
+      if (opened === undefined) throw new CryptoFailure();
+      return opened;
+    }
     try {
       return this.#sodium.crypto_box_seal_open(sealed, publicKey, secretKey.bytes);
     } catch {
@@ -149,6 +158,7 @@ export class CryptoSuite {
 
   verify(publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): boolean {
     if (signature.length !== SIGNATURE_BYTES || publicKey.length !== SIGN_PUBLIC_BYTES) return false;
+    if (this.#publicKey !== undefined) return this.#publicKey.verify(publicKey, message, signature);
     try {
       return this.#sodium.crypto_sign_verify_detached(signature, message, publicKey);
     } catch {

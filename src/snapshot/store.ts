@@ -24,6 +24,7 @@ import type { Repository } from "../repository/repository.js";
 import type { SessionKeys } from "../repository/sessions.js";
 import { type AppendOnlyStore, listKeys } from "../storage/types.js";
 import { fromHex, fromUtf8, toHex } from "../util/bytes.js";
+import { mapOrdered } from "../util/ordered.js";
 
 /** A snapshot whose header opened and whose signature verified. */
 export interface SnapshotRecord {
@@ -72,9 +73,12 @@ export async function storeSnapshotRevision(
   return key;
 }
 
-/** Opens the header and checks the creator's signature against the registry version in force. */
-export async function readSnapshot(repo: Repository, key: string): Promise<SnapshotRecord> {
-  const bytes = await repo.store.get(key);
+/**
+ * Opens the header and checks the creator's signature against the registry version in force
+ * (bytes: the object as already read from the store, if it was).
+ */
+export async function readSnapshot(repo: Repository, key: string, stored?: Uint8Array): Promise<SnapshotRecord> {
+  const bytes = stored ?? (await repo.store.get(key));
   const crypto = repo.crypto;
   let meta: SnapshotMeta;
   let header: SnapshotHeader;
@@ -183,42 +187,54 @@ export async function listSnapshotKeys(repo: Repository): Promise<Map<string, st
 }
 
 /** The epoch a snapshot revision's header is sealed to, from its readable meta (undefined if unreadable). */
-async function revisionEpoch(repo: Repository, key: string): Promise<number | undefined> {
+function revisionEpoch(bytes: Uint8Array): number | undefined {
   try {
-    return parseSnapshotMeta(parseEnvelope(ObjectKind.Snapshot, await repo.store.get(key), true).meta).epoch;
+    return parseSnapshotMeta(parseEnvelope(ObjectKind.Snapshot, bytes, true).meta).epoch;
   } catch (e) {
     if (e instanceof FormatError) return undefined;
     throw e;
   }
 }
 
-/** The newest revision whose header the user holds a key for (or the newest, to report it). */
-async function usableRevision(repo: Repository, keys: readonly string[]): Promise<string | undefined> {
+/** The newest revision whose header the user holds a key for (or the newest, to report it), with its bytes: each is read once. */
+async function usableRevision(repo: Repository, keys: readonly string[]): Promise<{ key: string; bytes: Uint8Array } | undefined> {
+  let newest: { key: string; bytes: Uint8Array } | undefined;
   for (const key of keys) {
-    const epoch = await revisionEpoch(repo, key);
-    if (epoch !== undefined && repo.keyring.secret(epoch, "meta") !== undefined) return key;
+    const bytes = await repo.store.get(key);
+    newest ??= { key, bytes };
+    const epoch = revisionEpoch(bytes);
+    if (epoch !== undefined && repo.keyring.secret(epoch, "meta") !== undefined) return { key, bytes };
   }
-  return keys[0];
+  return newest;
 }
 
 /**
+ * Snapshot headers read at once: each costs a few store round trips and well under a
+ * millisecond of work, so a repository with thousands of snapshots is listed in the time of its
+ * reads spread over this many, not of all of them one after another.
+ */
+const SNAPSHOT_READS = 16;
+
+/**
  * Every snapshot, verified. Damaged ones go to onDamage when given (listing and check go on),
- * otherwise the first stops the call.
+ * otherwise the first stops the call. Headers are read several at a time; damage is reported,
+ * and the first one thrown, in the order the store lists the snapshots, as when read one by one.
  */
 export async function listSnapshots(repo: Repository, onDamage?: (d: Damage) => void): Promise<SnapshotRecord[]> {
   const out: SnapshotRecord[] = [];
-  for (const [id, keys] of await listSnapshotKeys(repo)) {
-    const key = await usableRevision(repo, keys);
-    if (key === undefined) continue;
+  const read = async ([id, keys]: [string, string[]]): Promise<{ id: string; record?: SnapshotRecord; damage?: IntegrityError }> => {
+    const usable = await usableRevision(repo, keys);
+    if (usable === undefined) return { id };
     try {
-      out.push(await readSnapshot(repo, key));
+      return { id, record: await readSnapshot(repo, usable.key, usable.bytes) };
     } catch (e) {
-      if (onDamage !== undefined && e instanceof IntegrityError) {
-        for (const d of e.damage) onDamage({ ...d, snapshots: [id] });
-        continue;
-      }
+      if (onDamage !== undefined && e instanceof IntegrityError) return { id, damage: e };
       throw e;
     }
+  };
+  for await (const { id, record, damage } of mapOrdered(await listSnapshotKeys(repo), SNAPSHOT_READS, read)) {
+    if (record !== undefined) out.push(record);
+    else if (damage !== undefined && onDamage !== undefined) for (const d of damage.damage) onDamage({ ...d, snapshots: [id] });
   }
   out.sort((a, b) => (a.header.time < b.header.time ? -1 : a.header.time > b.header.time ? 1 : a.header.id < b.header.id ? -1 : 1));
   return out;
@@ -261,8 +277,8 @@ export async function findSnapshot(repo: Repository, ref: string, vm?: string): 
   // With a VM, a prefix only needs to be unique among that VM's snapshots: read the candidates.
   const records: SnapshotRecord[] = [];
   for (const [, keys] of ids) {
-    const key = await usableRevision(repo, keys);
-    if (key !== undefined) records.push(await readSnapshot(repo, key));
+    const usable = await usableRevision(repo, keys);
+    if (usable !== undefined) records.push(await readSnapshot(repo, usable.key, usable.bytes));
   }
   if (records.length === 0) throw new NotFoundError(`no snapshot matches ${ref}`);
   const mine = vm === undefined ? records : records.filter((r) => r.header.vm === vm);

@@ -115,6 +115,34 @@ describe("bulk crypto backends", () => {
     }
   });
 
+  it("sealed boxes and signatures: the native binding's suite and a WASM-only one open, verify and refuse the same", async () => {
+    const wasmSuite = await CryptoSuite.create({ wasmOnly: true });
+    for (const n of [0, 1, 300, 70 * 1024]) {
+      const message = seededBytes(`sealed message ${n}`, n);
+      const box = suite.boxKeyPair();
+      const other = suite.boxKeyPair();
+      const signer = suite.signKeyPair();
+      const signature = suite.sign(signer.secretKey, message);
+      expect(toHex(wasmSuite.sign(signer.secretKey, message))).toBe(toHex(signature));
+      for (const [from, to] of [[suite, wasmSuite], [wasmSuite, suite]] as const) {
+        const sealed = from.sealTo(box.publicKey, message);
+        expect(toHex(to.openSealed(box.publicKey, box.secretKey, sealed))).toBe(toHex(message));
+        const bad = sealed.slice();
+        bad[bad.length - 1] = (bad[bad.length - 1] ?? 0) ^ 0x01;
+        expect(() => to.openSealed(box.publicKey, box.secretKey, bad)).toThrow(/authentication failed/);
+        expect(() => to.openSealed(other.publicKey, other.secretKey, sealed)).toThrow(/authentication failed/);
+        expect(() => to.openSealed(box.publicKey, box.secretKey, sealed.subarray(0, 47))).toThrow(/authentication failed/);
+        expect(to.verify(signer.publicKey, message, signature)).toBe(true);
+        const forged = signature.slice();
+        forged[0] = (forged[0] ?? 0) ^ 0x01;
+        expect(to.verify(signer.publicKey, message, forged)).toBe(false);
+        expect(to.verify(signer.publicKey, utf8("another message"), signature)).toBe(false);
+        expect(to.verify(signer.publicKey, message, signature.subarray(0, 63))).toBe(false);
+        expect(to.verify(other.publicKey, message, signature)).toBe(false);
+      }
+    }
+  });
+
   it("both refuse a modified ciphertext, a wrong key and a wrong AD the same way", () => {
     const key = seededBytes("k", 32);
     const nonce = seededBytes("n", 24);

@@ -1,0 +1,65 @@
+import { describe, expect, it } from "vitest";
+import { mapOrdered } from "../../src/util/ordered.js";
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function collect<R>(g: AsyncIterable<R>): Promise<R[]> {
+  const out: R[] = [];
+  for await (const r of g) out.push(r);
+  return out;
+}
+
+describe("mapOrdered", () => {
+  it("yields results in the items' order with at most `limit` calls running, and reaches the limit", async () => {
+    let running = 0;
+    let most = 0;
+    const delays = [9, 1, 7, 3, 0, 5, 2, 8, 4, 6, 1, 1, 9, 0, 3];
+    const results = await collect(
+      mapOrdered(delays.keys(), 4, async (i) => {
+        running++;
+        most = Math.max(most, running);
+        await sleep(delays[i] as number);
+        running--;
+        return i * 10;
+      }),
+    );
+    expect(results).toEqual(delays.map((_, i) => i * 10));
+    expect(most).toBe(4);
+  });
+
+  it("throws a rejection at its turn, after the results before it, like a sequential loop", async () => {
+    const seen: number[] = [];
+    const failing = mapOrdered([0, 1, 2, 3, 4, 5], 3, async (i) => {
+      await sleep(i === 2 ? 1 : 5 - i);
+      if (i === 2 || i === 4) throw new Error(`item ${i} failed`);
+      return i;
+    });
+    await expect(
+      (async () => {
+        for await (const r of failing) seen.push(r);
+      })(),
+    ).rejects.toThrow("item 2 failed");
+    expect(seen).toEqual([0, 1]);
+    // Calls started before the consumer stopped end unobserved: no unhandled rejection fails this run.
+    await sleep(20);
+  });
+
+  it("runs one call at a time with a limit of 1 (or less), and nothing for no items", async () => {
+    for (const limit of [1, 0, -3]) {
+      let running = 0;
+      let most = 0;
+      const results = await collect(
+        mapOrdered(["a", "b", "c"], limit, async (s) => {
+          running++;
+          most = Math.max(most, running);
+          await sleep(1);
+          running--;
+          return s.toUpperCase();
+        }),
+      );
+      expect(results).toEqual(["A", "B", "C"]);
+      expect(most).toBe(1);
+    }
+    expect(await collect(mapOrdered([], 4, async () => 1))).toEqual([]);
+  });
+});
