@@ -205,7 +205,7 @@ describe("bulk crypto backends", () => {
     const key = seededBytes("session", 32);
     const idKey = seededBytes("chunk id", 32);
     const text = utf8("compressible text, compressible text. ".repeat(900));
-    for (const codec of [new Compressor({ compression: "lz4" }), new Compressor({ compression: "zstd", compressionLevel: 1 })]) {
+    for (const codec of [new Compressor({ compression: "lz4", compressionLevel: 1 }), new Compressor({ compression: "zstd", compressionLevel: 1 })]) {
       for (const plain of [text, seededBytes("incompressible", 32 * 1024)]) {
         const id = new Uint8Array(32);
         hybrid.chunkId(idKey, plain, id);
