@@ -4,7 +4,8 @@ import { FormatError } from "../format/codec.js";
 import { encodeEnvelope, envelopeAd, ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { encodeIndexBody, encodeIndexMeta, parseIndexBody, parseIndexMeta, visitIndexBody, type IndexBodyVisitor, type IndexedPack } from "../format/index-file.js";
 import { INDEX_PREFIX, indexKey } from "../format/layout.js";
-import { type AppendOnlyStore, listKeys } from "../storage/types.js";
+import { type AppendOnlyStore, listAll, type ObjectInfo } from "../storage/types.js";
+import { mapOrdered } from "../util/ordered.js";
 import { concatBytes, toHex, utf8 } from "../util/bytes.js";
 import { ChunkIndex, type PackRef } from "./chunk-index.js";
 import type { Repository } from "./repository.js";
@@ -64,6 +65,15 @@ export interface IndexedPackBytes {
 }
 
 /**
+ * Index files read at once by loadIndex, and the most stored bytes among them: an old
+ * repository holds thousands of small index files (one or more per backup), whose reading one
+ * after another is the store's latency each time; a large one (up to about 2 MiB as backups
+ * write them) is read with fewer beside it, so loading stays within a few MiB of buffers.
+ */
+const INDEX_READS = 8;
+const INDEX_READ_BYTES = 4 * 1024 * 1024;
+
+/**
  * Loads every index file into a ChunkIndex. A damaged file is reported to onDamage when given
  * (check collects); with skipDamaged it is left out and named in the index's `damaged` list
  * (backup and restore: one damaged file must not stop work that does not need it; a chunk only
@@ -76,18 +86,27 @@ export async function loadIndex(
   o: { locations?: boolean; idBytes?: 16 | 32; onPack?: (p: IndexedPackBytes) => void; skipDamaged?: boolean } = {},
 ): Promise<ChunkIndex> {
   const index = new ChunkIndex(o);
-  for (const key of await listKeys(repo.store, INDEX_PREFIX)) {
+  // Index files are read several at a time (a repository's age is thousands of small ones),
+  // their stored bytes in flight bounded; each is added, or its damage handled, in listing order.
+  const read = async ({ key }: ObjectInfo): Promise<{ key: string; file?: IndexFile; body?: Uint8Array; error?: unknown }> => {
     try {
-      if (onFile !== undefined) {
-        const file = await readIndexFile(repo, key);
+      return onFile !== undefined ? { key, file: await readIndexFile(repo, key) } : { key, body: (await readIndexBody(repo, key)).body };
+    } catch (error) {
+      return { key, error };
+    }
+  };
+  const listing = await listAll(repo.store, INDEX_PREFIX);
+  for await (const { key, file, body, error } of mapOrdered(listing, { limit: INDEX_READS, budget: INDEX_READ_BYTES, weight: (f) => f.size }, read)) {
+    try {
+      if (error !== undefined) throw error;
+      if (file !== undefined && onFile !== undefined) {
         onFile(file);
         for (const p of file.packs) {
           const packNo = index.addPack({ packId: toHex(p.packId), sessionId: toHex(p.sessionId), packLength: p.packLength });
           for (const e of p.entries) index.add(e.chunkId, packNo, e.offset, e.length, e.rawLength);
         }
-      } else {
+      } else if (body !== undefined) {
         // No objects per entry: a large index loads without growing the heap.
-        const { body } = await readIndexBody(repo, key);
         addIndexBody(index, key, body, o.onPack);
       }
     } catch (e) {

@@ -44,6 +44,36 @@ describe("mapOrdered", () => {
     await sleep(20);
   });
 
+  it("with a budget, starts a call only while the running ones weigh less than it allows; a heavier one runs alone", async () => {
+    const weights = [1, 1, 1, 1, 6, 1, 3, 3, 1, 10, 1, 1];
+    let running = 0;
+    let weighing = 0;
+    let most = 0;
+    let heaviest = 0;
+    let heaviestShared = 0;
+    const alone: number[] = [];
+    const results = await collect(
+      mapOrdered(weights.keys(), { limit: 8, budget: 4, weight: (i) => weights[i] as number }, async (i) => {
+        running++;
+        weighing += weights[i] as number;
+        most = Math.max(most, running);
+        heaviest = Math.max(heaviest, weighing);
+        if (running > 1) heaviestShared = Math.max(heaviestShared, weighing);
+        if ((weights[i] as number) > 4) alone.push(running);
+        await sleep(2);
+        running--;
+        weighing -= weights[i] as number;
+        return i;
+      }),
+    );
+    expect(results).toEqual([...weights.keys()]);
+    expect(most).toBe(4);
+    // Within the budget whenever calls ran together; an item heavier than it ran by itself.
+    expect(heaviestShared).toBe(4);
+    expect(heaviest).toBe(10);
+    expect(alone).toEqual([1, 1]);
+  });
+
   it("runs one call at a time with a limit of 1 (or less), and nothing for no items", async () => {
     for (const limit of [1, 0, -3]) {
       let running = 0;
