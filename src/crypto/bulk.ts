@@ -1,6 +1,6 @@
 import { createRequire } from "node:module";
 import { loadSodium, type Sodium } from "./sodium.js";
-import { AEAD_TAG_BYTES, HASH_BYTES } from "./suite.js";
+import { AEAD_TAG_BYTES, HASH_BYTES, SEAL_OVERHEAD } from "./suite.js";
 import { Secret } from "./secret.js";
 
 /**
@@ -238,7 +238,7 @@ export function nativeAead(): BulkAead | undefined {
 /** Opening X25519 sealed boxes and verifying Ed25519 signatures: what reading metadata does once per object. */
 export interface PublicKeyOps {
   /** The message, or undefined when the box does not open. */
-  openSealed(publicKey: Uint8Array, secretKey: Uint8Array, sealed: Uint8Array, overhead: number): Uint8Array | undefined;
+  openSealed(publicKey: Uint8Array, secretKey: Uint8Array, sealed: Uint8Array): Uint8Array | undefined;
   verify(publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): boolean;
 }
 
@@ -251,9 +251,9 @@ export function nativePublicKeyOps(): PublicKeyOps | undefined {
   const native = loadNative();
   if (native === undefined) return undefined;
   return {
-    openSealed(publicKey, secretKey, sealed, overhead) {
-      if (sealed.length < overhead) return undefined;
-      const out = new Uint8Array(sealed.length - overhead);
+    openSealed(publicKey, secretKey, sealed) {
+      if (sealed.length < SEAL_OVERHEAD) return undefined;
+      const out = new Uint8Array(sealed.length - SEAL_OVERHEAD);
       try {
         return native.crypto_box_seal_open(out, sealed, publicKey, secretKey) ? out : undefined;
       } catch {

@@ -133,7 +133,7 @@ export class CryptoSuite {
   openSealed(publicKey: Uint8Array, secretKey: Secret, sealed: Uint8Array): Uint8Array {
     if (sealed.length < SEAL_OVERHEAD) throw new CryptoFailure();
     if (this.#publicKey !== undefined) {
-      const opened = this.#publicKey.openSealed(publicKey, secretKey.bytes, sealed, SEAL_OVERHEAD);
+      const opened = this.#publicKey.openSealed(publicKey, secretKey.bytes, sealed);
       if (opened === undefined) throw new CryptoFailure();
       return opened;
     }

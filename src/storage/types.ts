@@ -82,7 +82,7 @@ export function assertValidPrefix(prefix: string): void {
 
 /**
  * The keys of every object whose key starts with prefix, in no particular order: for callers
- * that need no sizes (a repository's audit trail, index files and snapshots grow with its age).
+ * that need no sizes (a repository's audit trail and snapshots grow with its age).
  */
 export async function listKeys(store: Pick<Store, "list" | "listKeys">, prefix: string): Promise<string[]> {
   const out: string[] = [];
