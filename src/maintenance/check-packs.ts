@@ -7,9 +7,13 @@ import { readIndexFile } from "../repository/index-files.js";
 import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import type { SessionKeys } from "../repository/sessions.js";
 import { bytesEqual, toHex } from "../util/bytes.js";
+import { mapOrdered } from "../util/ordered.js";
 import type { ProgressSink } from "../util/progress.js";
 import { BadLocations, FALLBACK, place } from "./check-attribution.js";
 import type { PackDataResult, PackVerifier } from "./check-data.js";
+
+/** Packs whose trailers are read ahead of the one being checked. */
+const TRAILER_READS = 8;
 
 /**
  * One index file's listing of a pack, without one object per chunk: its entries are kept as a
@@ -104,12 +108,18 @@ export class PackChecks {
   /** Trailers, and with a verifier (--read-data) the chunks of every listing, of every pack not damaged as a whole. */
   async checkContents(verifier: PackVerifier | undefined, progress: ProgressSink): Promise<void> {
     let n = 0;
+    const packs: { packId: string; ls: readonly Listing[]; size: number }[] = [];
     for (const [packId, ls] of this.#listings) {
-      n++;
-      progress({ phase: verifier !== undefined ? "check data" : "check packs", done: n, total: this.#listings.size, unit: "items" });
       const size = this.#stored.get(packId);
-      if (size === undefined || this.#whole.has(packId)) continue;
-      await this.#checkPack(packId, ls, size, verifier);
+      if (size !== undefined && !this.#whole.has(packId)) packs.push({ packId, ls, size });
+    }
+    // Trailers are read TRAILER_READS packs ahead (reading one is a round trip to the store, and
+    // has no effect on what is found); each pack is then checked in turn, as before.
+    const withTrailers = async (p: (typeof packs)[number]) => ({ ...p, trailers: await this.#trailers(p.packId, p.ls, p.size, verifier !== undefined) });
+    for await (const { packId, ls, size, trailers } of mapOrdered(packs, TRAILER_READS, withTrailers)) {
+      n++;
+      progress({ phase: verifier !== undefined ? "check data" : "check packs", done: n, total: packs.length, unit: "items" });
+      await this.#checkPack(packId, ls, size, trailers, verifier);
     }
     if (verifier === undefined) return;
     await verifier.finish();
@@ -140,12 +150,16 @@ export class PackChecks {
     }));
   }
 
-  async #checkPack(packId: string, ls: readonly Listing[], size: number, verifier: PackVerifier | undefined): Promise<void> {
-    // The trailer, read under each session a listing of the right length names (normally one).
+  /** The pack's trailer, read under each session a listing of the right length names (normally one). */
+  async #trailers(packId: string, ls: readonly Listing[], size: number, forVerifier: boolean): Promise<Map<string, Trailer>> {
     const trailers = new Map<string, Trailer>();
     for (const l of ls) {
-      if (l.packLength === size && !trailers.has(l.sessionId)) trailers.set(l.sessionId, await this.#trailer(packId, l.sessionId, size, verifier !== undefined));
+      if (l.packLength === size && !trailers.has(l.sessionId)) trailers.set(l.sessionId, await this.#trailer(packId, l.sessionId, size, forVerifier));
     }
+    return trailers;
+  }
+
+  async #checkPack(packId: string, ls: readonly Listing[], size: number, trailers: ReadonlyMap<string, Trailer>, verifier: PackVerifier | undefined): Promise<void> {
     const own = ls.filter((l) => {
       const t = trailers.get(l.sessionId);
       return l.packLength === size && t !== undefined && "entries" in t && t.sessionId === l.sessionId && bytesEqual(t.digest, l.entriesDigest);

@@ -18,6 +18,7 @@ import { listSnapshots, readSnapshotBody } from "../snapshot/store.js";
 import { listAll, listKeys } from "../storage/types.js";
 import { fromHex, toHex } from "../util/bytes.js";
 import { noun, plural } from "../util/text.js";
+import { mapOrdered } from "../util/ordered.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import type { ChunkIndex } from "../repository/chunk-index.js";
@@ -146,9 +147,16 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
       // Snapshot references are walked on the main thread while the workers verify packs.
       const references = (async () => {
         const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
-        for (const [i, snap] of snapshots.entries()) {
-          progress({ phase: "check snapshots", done: i + 1, total: snapshots.length, unit: "items" });
-          await checkReferences(repo, sessions, reader, index, snap, packSnapshots, report, undefined, unindexed, (blob, d) => void unreadable.push({ blob, damage: d }));
+        const walk = async (snap: SnapshotRecord): Promise<Found> => {
+          const found: Found = { damage: [], unreadable: [] };
+          await checkReferences(repo, sessions, reader, index, snap, packSnapshots, (d) => void found.damage.push(d), undefined, unindexed, (blob, d) => void found.unreadable.push({ blob, damage: d }));
+          return found;
+        };
+        let done = 0;
+        for await (const found of mapOrdered(snapshots, REFERENCE_WALKS, walk)) {
+          progress({ phase: "check snapshots", done: ++done, total: snapshots.length, unit: "items" });
+          damage.push(...found.damage);
+          unreadable.push(...found.unreadable);
         }
       })();
       const contents = packs.checkContents(verifier, progress);
@@ -210,6 +218,19 @@ async function checkGrants(repo: Repository, report: (d: Damage) => void, warnin
 type SnapshotRecord = Awaited<ReturnType<typeof listSnapshots>>[number];
 
 /**
+ * Snapshots whose references are walked at once. A walk reads one metadata blob at a time, so
+ * its time is the store's latency; what each finds is reported in the snapshots' order, as
+ * when walked one by one.
+ */
+const REFERENCE_WALKS = 4;
+
+/** What one snapshot's walk found: its damage, and the blobs none of whose locations verified. */
+interface Found {
+  readonly damage: Damage[];
+  readonly unreadable: { blob: Uint8Array; damage: Damage[] }[];
+}
+
+/**
  * Adds each snapshot that loses data to the damage that loses it: a snapshot with a chunk none
  * of whose locations is good (restore tries each in turn). Only snapshots whose chunks have
  * their first location in a pack with a bad location can lose any, so only those are walked again.
@@ -229,15 +250,16 @@ async function snapshotsLosingData(
     if (pack !== undefined && bad.touches(pack.packId)) for (const id of ids) candidates.add(id);
   }
   const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
-  for (const snap of snapshots) {
-    if (!candidates.has(snap.header.id)) continue;
+  const walk = async (snap: SnapshotRecord): Promise<void> => {
     const visit = (chunk: Uint8Array): void => {
       const pack = index.refs[index.packOf(chunk)];
       if (pack === undefined || !bad.touches(pack.packId)) return;
       for (const f of bad.lost(chunk, index.locations(chunk))) f.snapshots.add(snap.header.id);
     };
     await checkReferences(repo, sessions, reader, index, snap, new Map(), () => undefined, visit);
-  }
+  };
+  // Each walk only adds to sets: the order they finish in changes nothing.
+  for await (const _ of mapOrdered(snapshots.filter((s) => candidates.has(s.header.id)), REFERENCE_WALKS, walk));
 }
 
 /**

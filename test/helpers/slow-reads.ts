@@ -10,6 +10,8 @@ export class SlowReads implements Store {
   readonly inner = new MemoryStore();
   readonly reads = new Map<string, number>();
   prefix: string;
+  /** Keys whose reads take this many milliseconds more. */
+  readonly slower = new Map<string, number>();
   running = 0;
   most = 0;
   #bytes = 0;
@@ -29,6 +31,7 @@ export class SlowReads implements Store {
     this.most = 0;
     this.#bytes = 0;
     this.mostBytes = 0;
+    this.slower.clear();
     this.#generation++;
   }
 
@@ -42,7 +45,7 @@ export class SlowReads implements Store {
     this.most = Math.max(this.most, this.running);
     this.mostBytes = Math.max(this.mostBytes, this.#bytes);
     try {
-      await new Promise((resolve) => setTimeout(resolve, 3));
+      await new Promise((resolve) => setTimeout(resolve, 3 + (this.slower.get(key) ?? 0)));
       return await this.inner.get(key, range);
     } finally {
       if (generation === this.#generation) {

@@ -4,11 +4,11 @@ import os from "node:os";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { promisify } from "node:util";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { NotFoundError, StorageError } from "../../src/errors.js";
 import { FsStore } from "../../src/storage/fs.js";
 import { MemoryStore } from "../../src/storage/memory.js";
-import { listAll, openWriter, type Store } from "../../src/storage/types.js";
+import { listAll, listKeys, openWriter, type Store } from "../../src/storage/types.js";
 import { seeded, storeConformance } from "./conformance.js";
 
 const isRoot = process.getuid?.() === 0;
@@ -92,6 +92,8 @@ describe("FsStore", () => {
     expect(await filesUnder(root)).toEqual([path.join("data", "ab", "abcd")]);
     const again = new FsStore(root);
     expect(await again.get("data/ab/abcd")).toEqual(data);
+    // A plain Uint8Array: a Buffer's slice() shares memory where callers expect a copy.
+    expect(Buffer.isBuffer(await again.get("data/ab/abcd"))).toBe(false);
     expect(await again.putIfAbsent("data/ab/abcd", seeded("other", 300))).toBe(false);
   });
 
@@ -256,5 +258,54 @@ describe("FsStore", () => {
     );
     if (outcome !== "listed") expect(outcome).toBeInstanceOf(TypeError);
     expect(found).toEqual([]);
+  });
+
+  it("lists folders several at a time ahead of the walk, in name order, and fails at an unreadable folder in its turn", async () => {
+    const { store } = await fresh();
+    // Snapshots keep their revisions in a folder each: one readdir per snapshot.
+    const keys: string[] = [];
+    for (let i = 0; i < 40; i++) {
+      const key = `snapshots/${(i * 7919).toString(16).padStart(8, "0")}/000001`;
+      keys.push(key);
+      await store.putIfAbsent(key, seeded(key, 10));
+    }
+    keys.sort();
+    const real = fsp.readdir.bind(fsp) as (dir: string, o: object) => Promise<unknown>;
+    let running = 0;
+    let most = 0;
+    let failing = "";
+    const spy = vi.spyOn(fsp, "readdir").mockImplementation((async (dir: string, o: object) => {
+      running++;
+      most = Math.max(most, running);
+      try {
+        await new Promise((resolve) => setTimeout(resolve, 2));
+        if (failing !== "" && dir.endsWith(failing)) throw Object.assign(new Error(`EIO: i/o error, scandir '${dir}'`), { code: "EIO" });
+        return await real(dir, o);
+      } finally {
+        running--;
+      }
+    }) as never);
+    try {
+      expect(await listKeys(store, "snapshots/")).toEqual(keys);
+      expect(most).toBeGreaterThan(1);
+      expect(most).toBeLessThanOrEqual(16);
+
+      // The 21st folder cannot be read: the 20 keys before it are listed, then the error.
+      failing = (keys[20] as string).split("/")[1] as string;
+      const seen: string[] = [];
+      const e = await (async () => {
+        for await (const key of store.listKeys("snapshots/")) seen.push(key);
+      })().catch((err: unknown) => err);
+      expect(e).toBeInstanceOf(StorageError);
+      expect(seen).toEqual(keys.slice(0, 20));
+
+      // A caller that stops early leaves nothing running and nothing unhandled.
+      failing = "";
+      for await (const key of store.listKeys("snapshots/")) if (key === keys[3]) break;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(running).toBe(0);
+    } finally {
+      spy.mockRestore();
+    }
   });
 });

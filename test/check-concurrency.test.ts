@@ -1,0 +1,79 @@
+/**
+ * A structural check of an old repository walks every snapshot's references and reads every
+ * pack's trailer, each a round trip to the store. Several run at once, and what they find is
+ * reported in the snapshots' order, as when walked one by one.
+ */
+import path from "node:path";
+import { beforeAll, describe, expect, it } from "vitest";
+import { backup } from "../src/backup/backup.js";
+import { KDF_TEST } from "../src/crypto/kdf.js";
+import { Secret } from "../src/crypto/secret.js";
+import { sessionPrefix } from "../src/format/layout.js";
+import { check } from "../src/maintenance/check.js";
+import { initRepository, openRepository } from "../src/repository/open.js";
+import type { Repository } from "../src/repository/repository.js";
+import { listSnapshots } from "../src/snapshot/store.js";
+import { makeImage, tempDirs } from "./helpers/fixtures.js";
+import { SlowReads } from "./helpers/slow-reads.js";
+
+const tmp = tempDirs();
+const store = new SlowReads("data/");
+const passphrase = (): Secret => Secret.fromString("check pass");
+let repo: Repository;
+
+beforeAll(async () => {
+  const admin = await initRepository({ store, user: "admin", passphrase: passphrase(), kdf: KDF_TEST, allowWeakKdf: true });
+  const image = path.join(tmp("src"), "small.raw");
+  // A different image each time: every snapshot has its own session, pack and chunk list.
+  for (let i = 0; i < 24; i++) {
+    await makeImage(image, { sizeMiB: 1, seed: `check ${i}` });
+    await backup(admin, { vm: `vm${i % 3}`, sources: [image], workers: 0 });
+  }
+  repo = await openRepository({ store, user: "admin", passphrase: passphrase() });
+}, 120_000);
+
+/** The keys of a snapshot's session envelopes. */
+function sessionKeys(sessionId: string): string[] {
+  return [...store.inner.objects.keys()].filter((k) => k.startsWith(sessionPrefix(sessionId)));
+}
+
+describe("check of a repository with many snapshots", () => {
+  it("walks several snapshots' references and reads several packs' trailers at once", async () => {
+    store.reset("data/");
+    const report = await check(repo);
+    expect(report.damage).toEqual([]);
+    expect(report.ok).toBe(true);
+    expect(report.snapshots).toBe(24);
+    expect(report.packs).toBe(24);
+    // One by one, at most one list read and one trailer read ran at once (the two phases overlap).
+    expect(store.most).toBeGreaterThan(2);
+    expect(store.most).toBeLessThanOrEqual(4 + 8);
+  });
+
+  it("reports each snapshot's damage in the snapshots' order, whichever walk finishes first", async () => {
+    const snapshots = await listSnapshots(repo);
+    const [first, second] = [snapshots[5], snapshots[6]];
+    if (first === undefined || second === undefined) throw new Error("expected 24 snapshots");
+    const originals = new Map<string, Uint8Array>();
+    for (const s of [first, second]) {
+      for (const key of sessionKeys(s.meta.sessionId)) {
+        const bytes = store.inner.objects.get(key) as Uint8Array;
+        originals.set(key, bytes.slice());
+        bytes[bytes.length - 40] = (bytes[bytes.length - 40] as number) ^ 0x10;
+      }
+    }
+    try {
+      // The first damaged snapshot's session comes back last, after the second's walk has ended.
+      store.reset("sessions/");
+      for (const key of sessionKeys(first.meta.sessionId)) store.slower.set(key, 80);
+      const report = await check(repo);
+      expect(report.ok).toBe(false);
+      const walked = report.damage.filter((d) => d.object.startsWith("sessions/"));
+      expect(walked.map((d) => d.snapshots)).toEqual([[first.header.id], [second.header.id]]);
+      expect(walked.map((d) => d.object)).toEqual([...sessionKeys(first.meta.sessionId), ...sessionKeys(second.meta.sessionId)]);
+    } finally {
+      for (const [key, bytes] of originals) store.inner.objects.set(key, bytes);
+    }
+    expect((await check(repo)).ok).toBe(true);
+  });
+});
