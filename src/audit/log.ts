@@ -4,7 +4,7 @@ import { AUDIT_ACTIONS, encodeAnchorMeta, type AuditBody } from "../format/audit
 import type { Repository } from "../repository/repository.js";
 import { toHex } from "../util/bytes.js";
 import { audited, authorizeAudited } from "./guard.js";
-import { openRecord, readStoredRecord } from "./read.js";
+import { openRecords } from "./read.js";
 import { listSeqs } from "./trail.js";
 import { auditKey } from "../format/layout.js";
 import { USER_NAME_PATTERN, type AuditHead } from "../format/registry.js";
@@ -51,15 +51,12 @@ export async function auditLog(repo: Repository, f: AuditLogFilter = {}, onDamag
   }
   const out: AuditLogEntry[] = [];
   let expected = 1;
-  for (const seq of await listSeqs(repo)) {
+  for await (const { seq, record: rec, damage } of openRecords(repo, await listSeqs(repo))) {
     for (; onDamage !== undefined && expected < seq; expected++) onDamage({ object: auditKey(expected), problem: `record ${expected} is missing` });
     expected = seq + 1;
-    let rec;
-    try {
-      rec = await openRecord(repo, await readStoredRecord(repo, seq));
-    } catch (e) {
-      if (!(e instanceof IntegrityError) || onDamage === undefined) throw e;
-      for (const d of e.damage) onDamage(d);
+    if (rec === undefined) {
+      if (onDamage === undefined) throw damage;
+      for (const d of damage?.damage ?? []) onDamage(d);
       continue;
     }
     const b = rec.body;

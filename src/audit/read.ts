@@ -7,6 +7,7 @@ import { auditBodyPrefix, auditKey, parseNumberedKey } from "../format/layout.js
 import type { Repository } from "../repository/repository.js";
 import { listKeys } from "../storage/types.js";
 import { fromUtf8, toHex } from "../util/bytes.js";
+import { mapOrdered } from "../util/ordered.js";
 import { parseRecord, type StoredRecord } from "./trail.js";
 
 /** A record with its body opened (admins and auditors only). */
@@ -53,6 +54,30 @@ export async function openBody(repo: Repository, record: StoredRecord): Promise<
 
 export async function openRecord(repo: Repository, record: StoredRecord): Promise<OpenedRecord> {
   return { ...record, hash: toHex(repo.crypto.hash(record.bytes)), body: await openBody(repo, record) };
+}
+
+/**
+ * Records read and opened at once. Each is three round trips to the store (the record, its
+ * body's folder, the body): one by one, verifying a trail of 4,000 records idled most of its
+ * 2.5 s on them.
+ */
+const RECORD_READS = 16;
+
+/**
+ * The records with these numbers, read and opened several at a time, in the order given. A
+ * record that does not open comes as its IntegrityError, in its turn; any other failure is
+ * thrown in its turn, as reading them one by one would.
+ */
+export async function* openRecords(repo: Repository, seqs: readonly number[]): AsyncGenerator<{ seq: number; record?: OpenedRecord; damage?: IntegrityError }> {
+  const open = async (seq: number): Promise<{ seq: number; record?: OpenedRecord; damage?: IntegrityError }> => {
+    try {
+      return { seq, record: await openRecord(repo, await readStoredRecord(repo, seq)) };
+    } catch (e) {
+      if (e instanceof IntegrityError) return { seq, damage: e };
+      throw e;
+    }
+  };
+  yield* mapOrdered(seqs, RECORD_READS, open);
 }
 
 export function seqOfKey(key: string): number | undefined {

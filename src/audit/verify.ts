@@ -8,7 +8,8 @@ import { may, type Action, type Role } from "../keys/roles.js";
 import type { Repository } from "../repository/repository.js";
 import { listSnapshotKeys, listSnapshots } from "../snapshot/store.js";
 import { toHex } from "../util/bytes.js";
-import { openRecord, readStoredRecord, type OpenedRecord } from "./read.js";
+import { auditKey } from "../format/layout.js";
+import { openRecords, type OpenedRecord } from "./read.js";
 import { listSeqs } from "./trail.js";
 
 export interface AuditProblem {
@@ -63,30 +64,25 @@ const NEEDS: Partial<Record<AuditAction, Action>> = {
 export async function verifyTrail(repo: Repository, anchor?: Uint8Array): Promise<AuditVerifyReport> {
   const problems: AuditProblem[] = [];
   const seqs = await listSeqs(repo);
-  const present = new Set(seqs);
-  const bySeq = new Map<number, OpenedRecord>();
+  /** Each record's hash, by number (not the records: a trail can hold many thousands). */
+  const hashes = new Map<number, string>();
   /** Snapshot id → the record of the backup that created it. */
   const created = new Map<string, { seq: number; vm: string }>();
   let prevHash: string | null = null;
   const last = seqs.length === 0 ? 0 : (seqs[seqs.length - 1] as number);
-  for (let seq = 1; seq <= last; seq++) {
-    if (!present.has(seq)) {
-      problems.push({ seq, object: `audit/${String(seq).padStart(12, "0")}`, problem: `record ${seq} is missing (deleted from the middle of the trail)` });
+  let expected = 1;
+  for await (const { seq, record: rec, damage } of openRecords(repo, seqs)) {
+    for (; expected < seq; expected++) {
+      problems.push({ seq: expected, object: auditKey(expected), problem: `record ${expected} is missing (deleted from the middle of the trail)` });
+      prevHash = null;
+    }
+    expected = seq + 1;
+    if (rec === undefined) {
+      for (const d of damage?.damage ?? []) problems.push({ seq, object: d.object, problem: d.problem });
       prevHash = null;
       continue;
     }
-    let rec: OpenedRecord;
-    try {
-      rec = await openRecord(repo, await readStoredRecord(repo, seq));
-    } catch (e) {
-      if (e instanceof IntegrityError) {
-        for (const d of e.damage) problems.push({ seq, object: d.object, problem: d.problem });
-        prevHash = null;
-        continue;
-      }
-      throw e;
-    }
-    bySeq.set(seq, rec);
+    hashes.set(seq, rec.hash);
     const where = { seq, object: rec.key };
     if (rec.meta.seq !== seq) problems.push({ ...where, problem: `record says it is number ${rec.meta.seq} (records reordered or replaced)` });
     else if (rec.meta.repoId !== repo.repoId) problems.push({ ...where, problem: "record belongs to another repository" });
@@ -107,9 +103,9 @@ export async function verifyTrail(repo: Repository, anchor?: Uint8Array): Promis
     if (head === null) return;
     anchorsChecked++;
     boundThrough = Math.max(boundThrough, Math.min(head.seq, last));
-    const rec = bySeq.get(head.seq);
+    const hash = hashes.get(head.seq);
     if (head.seq > last) problems.push({ seq: head.seq, object: what, problem: `${what} was made when the trail had ${head.seq} records; it now has ${last} (records removed from the end)` });
-    else if (rec !== undefined && rec.hash !== head.hash) problems.push({ seq: head.seq, object: what, problem: `${what} names a different record ${head.seq} than the trail holds (trail rewritten)` });
+    else if (hash !== undefined && hash !== head.hash) problems.push({ seq: head.seq, object: what, problem: `${what} names a different record ${head.seq} than the trail holds (trail rewritten)` });
   };
   for (const doc of repo.chain.versions) checkHead(doc.auditHead, `registry version ${doc.version}`);
   for (const snap of await listSnapshots(repo, () => undefined)) checkHead(snap.header.auditHead, `snapshot ${snap.header.id}`);
@@ -121,8 +117,8 @@ export async function verifyTrail(repo: Repository, anchor?: Uint8Array): Promis
     if (!stored.has(id)) problems.push({ seq: null, object: `snapshots/${id}`, problem: `snapshot ${id} of VM ${c.vm}, whose backup record ${c.seq} names it, is missing (deleted from the repository)` });
   }
   problems.sort((a, b) => (a.seq ?? Infinity) - (b.seq ?? Infinity));
-  const lastRec = bySeq.get(last);
-  return { ok: problems.length === 0, records: last, head: lastRec === undefined ? null : { seq: last, hash: lastRec.hash }, problems, anchorsChecked, boundThrough };
+  const lastHash = hashes.get(last);
+  return { ok: problems.length === 0, records: last, head: lastHash === undefined ? null : { seq: last, hash: lastHash }, problems, anchorsChecked, boundThrough };
 }
 
 /** Why a record's signature or signer is not acceptable, or undefined when it is. */

@@ -1,14 +1,18 @@
 /**
- * A structural check of an old repository walks every snapshot's references and reads every
- * pack's trailer, each a round trip to the store. Several run at once, and what they find is
- * reported in the snapshots' order, as when walked one by one.
+ * An old repository: a structural check walks every snapshot's references and reads every
+ * pack's trailer, and the audit trail holds records of every command, each a round trip to the
+ * store. Several run at once, and what they find is reported in order, as one by one.
  */
 import path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { backup } from "../src/backup/backup.js";
 import { KDF_TEST } from "../src/crypto/kdf.js";
 import { Secret } from "../src/crypto/secret.js";
-import { sessionPrefix } from "../src/format/layout.js";
+import { auditBodyPrefix, auditKey, sessionPrefix } from "../src/format/layout.js";
+import { auditLog } from "../src/audit/log.js";
+import { readStoredRecord } from "../src/audit/read.js";
+import { verifyTrail } from "../src/audit/verify.js";
+import type { Damage } from "../src/errors.js";
 import { check } from "../src/maintenance/check.js";
 import { initRepository, openRepository } from "../src/repository/open.js";
 import type { Repository } from "../src/repository/repository.js";
@@ -75,5 +79,42 @@ describe("check of a repository with many snapshots", () => {
       for (const [key, bytes] of originals) store.inner.objects.set(key, bytes);
     }
     expect((await check(repo)).ok).toBe(true);
+  });
+
+  it("verifies and lists the audit trail reading several records at once, with damage in record order", async () => {
+    store.reset("audit/");
+    const clean = await verifyTrail(repo);
+    expect(clean.ok).toBe(true);
+    expect(clean.records).toBeGreaterThan(24);
+    // One by one, a single record was read at a time.
+    expect(store.most).toBeGreaterThan(1);
+    expect(store.most).toBeLessThanOrEqual(16);
+    expect([...store.reads.values()].every((n) => n === 1)).toBe(true);
+    expect(store.reads.size).toBe(clean.records);
+
+    // The bodies of records 10 and 11 no longer open; record 10 comes back last.
+    const digests = [(await readStoredRecord(repo, 10)).meta.bodyDigest, (await readStoredRecord(repo, 11)).meta.bodyDigest];
+    const keys = digests.map((digest) => [...store.inner.objects.keys()].filter((k) => k.startsWith(auditBodyPrefix(digest))));
+    const originals = new Map<string, Uint8Array>();
+    for (const key of keys.flat()) {
+      const bytes = store.inner.objects.get(key) as Uint8Array;
+      originals.set(key, bytes.slice());
+      bytes[bytes.length - 30] = (bytes[bytes.length - 30] as number) ^ 0x08;
+    }
+    try {
+      store.reset("audit/");
+      store.slower.set(auditKey(10), 60);
+      const found: Damage[] = [];
+      const entries = await auditLog(repo, {}, (d) => void found.push(d));
+      expect(found.map((d) => d.object)).toEqual(keys.flat());
+      expect(entries.map((e) => e.seq)).not.toContain(10);
+      expect(entries.map((e) => e.seq)).toContain(12);
+      store.slower.set(auditKey(10), 60);
+      const report = await verifyTrail(repo);
+      expect(report.ok).toBe(false);
+      expect(report.problems.map((p) => p.seq)).toEqual([10, 11]);
+    } finally {
+      for (const [key, bytes] of originals) store.inner.objects.set(key, bytes);
+    }
   });
 });
