@@ -1,8 +1,8 @@
 {
   "targets": [
     {
-      "target_name": "vmvault_extents",
-      "sources": ["native/extents.c"],
+      "target_name": "vmvault_native",
+      "sources": ["native/extents.c", "native/readfile.c"],
       "cflags": ["-O2", "-Wall", "-Wextra"]
     }
   ]

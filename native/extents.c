@@ -1,8 +1,8 @@
 /*
- * vmvault's one native helper: where a file's data and holes are (lseek SEEK_DATA and
- * SEEK_HOLE), so a backup skips the unallocated extents of a sparse disk image instead of
- * reading them, and how large a block device is. Node.js has no lseek; everything else stays
- * in JavaScript.
+ * vmvault's native helper, part one (part two, native/readfile.c, reads small files): where a
+ * file's data and holes are (lseek SEEK_DATA and SEEK_HOLE), so a backup skips the unallocated
+ * extents of a sparse disk image instead of reading them, and how large a block device is.
+ * Node.js has no lseek; everything else stays in JavaScript.
  *
  *   seekData(fd, offset) -> the first data byte at or after offset, or -1 when none is left
  *   seekHole(fd, offset) -> the first hole byte at or after offset (the end of the file counts)
@@ -17,6 +17,8 @@
 #include <sys/types.h>
 #include <unistd.h>
 #include <node_api.h>
+
+#include "native.h"
 
 static const char *errno_name(int e) {
   switch (e) {
@@ -94,5 +96,6 @@ NAPI_MODULE_INIT() {
   if (napi_set_named_property(env, exports, "seekHole", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "seekEnd", NAPI_AUTO_LENGTH, seek_end, NULL, &fn) != napi_ok) return NULL;
   if (napi_set_named_property(env, exports, "seekEnd", fn) != napi_ok) return NULL;
+  if (vmvault_register_readfile(env, exports) != napi_ok) return NULL;
   return exports;
 }

@@ -66,7 +66,7 @@ describe("sparse disk images", () => {
   });
 
   it("the native helper is built and finds a sparse file's allocated extents", async () => {
-    expect(extentsBinding(), "build/Release/vmvault_extents.node is missing: run npm install").not.toBeNull();
+    expect(extentsBinding(), "build/Release/vmvault_native.node is missing: run npm install").not.toBeNull();
     const file = path.join(tmp("ext"), "thin.raw");
     await fsp.writeFile(file, "");
     await fsp.truncate(file, 16 * MiB);

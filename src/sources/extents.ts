@@ -1,37 +1,12 @@
-import { existsSync, promises as fsp, type Stats } from "node:fs";
-import { createRequire } from "node:module";
-import { fileURLToPath } from "node:url";
+import { promises as fsp, type Stats } from "node:fs";
+import { nativeHelper, type NativeHelper } from "../util/native.js";
 
 /** lseek(SEEK_DATA / SEEK_HOLE) from vmvault's native helper (native/extents.c). */
-interface ExtentsBinding {
-  /** The first data byte at or after offset, or -1 when no data is left. */
-  seekData(fd: number, offset: number): number;
-  /** The first hole byte at or after offset (the end of the file counts as a hole). */
-  seekHole(fd: number, offset: number): number;
-  /** lseek(SEEK_END): the size of what fd reads, a block device's included. */
-  seekEnd(fd: number): number;
-}
-
-/** Where `npm install` builds the helper, from this module in the sources, the library build or the CLI bundle. */
-const CANDIDATES = ["../../build/Release/vmvault_extents.node", "../build/Release/vmvault_extents.node"];
-
-let binding: ExtentsBinding | null | undefined;
+type ExtentsBinding = Pick<NativeHelper, "seekData" | "seekHole" | "seekEnd">;
 
 /** The native helper, or null when it was not built (every extent then counts as data). */
 export function extentsBinding(): ExtentsBinding | null {
-  if (binding !== undefined) return binding;
-  binding = null;
-  for (const candidate of CANDIDATES) {
-    const file = fileURLToPath(new URL(candidate, import.meta.url));
-    if (!existsSync(file)) continue;
-    try {
-      binding = createRequire(import.meta.url)(file) as ExtentsBinding;
-    } catch {
-      binding = null;
-    }
-    break;
-  }
-  return binding;
+  return nativeHelper();
 }
 
 /**

@@ -9,6 +9,7 @@ import { NotFoundError, StorageError } from "../../src/errors.js";
 import { FsStore } from "../../src/storage/fs.js";
 import { MemoryStore } from "../../src/storage/memory.js";
 import { listAll, listKeys, openWriter, type Store } from "../../src/storage/types.js";
+import { nativeHelper } from "../../src/util/native.js";
 import { seeded, storeConformance } from "./conformance.js";
 
 const isRoot = process.getuid?.() === 0;
@@ -307,5 +308,26 @@ describe("FsStore", () => {
     } finally {
       spy.mockRestore();
     }
+  });
+
+  it("reads whole objects through the native helper in one trip, with fs's error codes", async () => {
+    const native = nativeHelper();
+    expect(native, "build/Release/vmvault_native.node is missing: run npm install").not.toBeNull();
+    if (native === null) return;
+    const { root, store } = await fresh();
+    for (const size of [0, 1, 4096, 3 * 1024 * 1024 + 17]) {
+      const data = seeded(`native ${size}`, size);
+      await store.putIfAbsent(`index/${size}`, data);
+      expect(new Uint8Array(await native.readFile(path.join(root, "index", String(size))))).toEqual(data);
+      expect(await store.get(`index/${size}`)).toEqual(data);
+    }
+    const missing = await native.readFile(path.join(root, "index", "none")).catch((e: unknown) => e);
+    expect((missing as NodeJS.ErrnoException).code).toBe("ENOENT");
+    expect((missing as Error).message).toContain(path.join(root, "index", "none"));
+    expect(((await native.readFile(path.join(root, "index")).catch((e: unknown) => e)) as NodeJS.ErrnoException).code).toBe("EISDIR");
+    expect(((await native.readFile(path.join(root, "index", "0", "x")).catch((e: unknown) => e)) as NodeJS.ErrnoException).code).toBe("ENOTDIR");
+    expect(() => native.readFile("")).toThrow(TypeError);
+    expect(() => native.readFile("a\0b")).toThrow(TypeError);
+    await expect(store.get("index/none")).rejects.toBeInstanceOf(NotFoundError);
   });
 });

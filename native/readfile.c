@@ -1,0 +1,180 @@
+/*
+ * Reading a whole small file in one trip to libuv's thread pool: open, fstat, read and close
+ * run together on a pool thread, and the promise settles once on the main thread. Node.js's own
+ * fs.readFile makes each of those four calls a separate trip (a hand-off to a pool thread and a
+ * wake-up of the main thread each), which is most of what listing an old repository costs: its
+ * snapshot headers, index files, session envelopes and audit records are thousands of small files.
+ *
+ *   readFile(path) -> Promise<ArrayBuffer>   the file's bytes
+ *
+ * A failure rejects with an Error whose code is the errno name (ENOENT, EISDIR, EACCES, ...)
+ * and whose message names the path, as Node.js's fs errors do.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+#include <node_api.h>
+
+#include "native.h"
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  char *path;
+  unsigned char *data;
+  size_t size;
+  int err;
+} read_job;
+
+static const char *errno_code(int e) {
+  switch (e) {
+    case ENOENT: return "ENOENT";
+    case ENOTDIR: return "ENOTDIR";
+    case EISDIR: return "EISDIR";
+    case EACCES: return "EACCES";
+    case EPERM: return "EPERM";
+    case ELOOP: return "ELOOP";
+    case ENAMETOOLONG: return "ENAMETOOLONG";
+    case EMFILE: return "EMFILE";
+    case ENFILE: return "ENFILE";
+    case ENOMEM: return "ENOMEM";
+    case EFBIG: return "EFBIG";
+    case EOVERFLOW: return "EOVERFLOW";
+    case EINVAL: return "EINVAL";
+    case ESTALE: return "ESTALE";
+    default: return "EIO";
+  }
+}
+
+static void read_execute(napi_env env, void *arg) {
+  (void)env;
+  read_job *job = arg;
+  int fd;
+  do fd = open(job->path, O_RDONLY | O_CLOEXEC);
+  while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    job->err = errno;
+    return;
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    job->err = errno;
+  } else if (S_ISDIR(st.st_mode)) {
+    job->err = EISDIR;
+  } else if (!S_ISREG(st.st_mode) || st.st_size < 0) {
+    job->err = EINVAL;
+  } else {
+    size_t want = (size_t)st.st_size;
+    job->data = malloc(want > 0 ? want : 1);
+    if (job->data == NULL) {
+      job->err = ENOMEM;
+    } else {
+      size_t done = 0;
+      while (done < want) {
+        ssize_t n = read(fd, job->data + done, want - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+          job->err = errno;
+          break;
+        }
+        if (n == 0) break;
+        done += (size_t)n;
+      }
+      job->size = done;
+    }
+  }
+  close(fd);
+}
+
+static void free_data(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  free(data);
+}
+
+static void read_complete(napi_env env, napi_status status, void *arg) {
+  read_job *job = arg;
+  napi_value result;
+  if (status == napi_ok && job->err == 0) {
+    if (napi_create_external_arraybuffer(env, job->data, job->size, free_data, NULL, &result) == napi_ok) {
+      job->data = NULL;
+      napi_resolve_deferred(env, job->deferred, result);
+    } else {
+      napi_value copy;
+      void *bytes;
+      if (napi_create_arraybuffer(env, job->size, &bytes, &copy) == napi_ok) {
+        if (job->size > 0) memcpy(bytes, job->data, job->size);
+        napi_resolve_deferred(env, job->deferred, copy);
+      } else {
+        job->err = ENOMEM;
+      }
+    }
+  }
+  if (status != napi_ok || job->err != 0) {
+    int e = status != napi_ok ? EIO : job->err;
+    const char *code = errno_code(e);
+    char message[4200];
+    snprintf(message, sizeof message, "%s: %s, open '%s'", code, strerror(e), job->path);
+    napi_value code_value, message_value, error;
+    napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &code_value);
+    napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &message_value);
+    napi_create_error(env, code_value, message_value, &error);
+    napi_reject_deferred(env, job->deferred, error);
+  }
+  napi_delete_async_work(env, job->work);
+  free(job->data);
+  free(job->path);
+  free(job);
+}
+
+static napi_value read_file(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  size_t length;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+      napi_get_value_string_utf8(env, argv[0], NULL, 0, &length) != napi_ok || length == 0 || length > 4096) {
+    napi_throw_type_error(env, NULL, "expected a path");
+    return NULL;
+  }
+  read_job *job = calloc(1, sizeof *job);
+  char *path = malloc(length + 1);
+  if (job == NULL || path == NULL) {
+    free(job);
+    free(path);
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return NULL;
+  }
+  job->path = path;
+  size_t copied;
+  napi_get_value_string_utf8(env, argv[0], path, length + 1, &copied);
+  if (strlen(path) != copied) {
+    free(path);
+    free(job);
+    napi_throw_type_error(env, NULL, "the path holds a NUL character");
+    return NULL;
+  }
+  napi_value promise, name;
+  napi_create_string_utf8(env, "vmvault readFile", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
+      napi_create_async_work(env, NULL, name, read_execute, read_complete, job, &job->work) != napi_ok ||
+      napi_queue_async_work(env, job->work) != napi_ok) {
+    free(path);
+    free(job);
+    napi_throw_error(env, "EIO", "could not start the read");
+    return NULL;
+  }
+  return promise;
+}
+
+napi_status vmvault_register_readfile(napi_env env, napi_value exports) {
+  napi_value fn;
+  napi_status s = napi_create_function(env, "readFile", NAPI_AUTO_LENGTH, read_file, NULL, &fn);
+  if (s != napi_ok) return s;
+  return napi_set_named_property(env, exports, "readFile", fn);
+}

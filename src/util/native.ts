@@ -1,0 +1,40 @@
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
+
+/** vmvault's native helper (native/*.c), which `npm install` builds. */
+export interface NativeHelper {
+  /** lseek(SEEK_DATA): the first data byte at or after offset, or -1 when no data is left. */
+  seekData(fd: number, offset: number): number;
+  /** lseek(SEEK_HOLE): the first hole byte at or after offset (the end of the file counts as a hole). */
+  seekHole(fd: number, offset: number): number;
+  /** lseek(SEEK_END): the size of what fd reads, a block device's included. */
+  seekEnd(fd: number): number;
+  /**
+   * A whole file, opened, read and closed in one trip to libuv's thread pool (fs.readFile makes
+   * four). Rejects with an Error whose code is the errno name, as fs does.
+   */
+  readFile(path: string): Promise<ArrayBuffer>;
+}
+
+/** Where `npm install` builds the helper, from this module in the sources, the library build or the CLI bundle. */
+const CANDIDATES = ["../../build/Release/vmvault_native.node", "../build/Release/vmvault_native.node"];
+
+let helper: NativeHelper | null | undefined;
+
+/** The native helper, or null when it was not built (callers then do without it). */
+export function nativeHelper(): NativeHelper | null {
+  if (helper !== undefined) return helper;
+  helper = null;
+  for (const candidate of CANDIDATES) {
+    const file = fileURLToPath(new URL(candidate, import.meta.url));
+    if (!existsSync(file)) continue;
+    try {
+      helper = createRequire(import.meta.url)(file) as NativeHelper;
+    } catch {
+      helper = null;
+    }
+    break;
+  }
+  return helper;
+}
