@@ -1,11 +1,13 @@
 /*
- * Reading a whole small file in one trip to libuv's thread pool: open, fstat, read and close
- * run together on a pool thread, and the promise settles once on the main thread. Node.js's own
+ * Reading a whole small file, or a range of one, in one trip to libuv's thread pool: open,
+ * fstat, read and close run together on a pool thread, and the promise settles once on the main thread. Node.js's own
  * fs.readFile makes each of those four calls a separate trip (a hand-off to a pool thread and a
  * wake-up of the main thread each), which is most of what listing an old repository costs: its
  * snapshot headers, index files, session envelopes and audit records are thousands of small files.
  *
- *   readFile(path) -> Promise<ArrayBuffer>   the file's bytes
+ *   readFile(path) -> Promise<ArrayBuffer>                    the file's bytes
+ *   readRange(path, offset, length) -> Promise<ArrayBuffer>   up to length bytes from offset
+ *                                                             (fewer where the file ends)
  *
  * A failure rejects with an Error whose code is the errno name (ENOENT, EISDIR, EACCES, ...)
  * and whose message names the path, as Node.js's fs errors do.
@@ -13,6 +15,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +30,10 @@ typedef struct {
   napi_async_work work;
   napi_deferred deferred;
   char *path;
+  /* A range read (readRange) or the whole file (readFile). */
+  int ranged;
+  int64_t offset;
+  size_t length;
   unsigned char *data;
   size_t size;
   int err;
@@ -70,14 +77,19 @@ static void read_execute(napi_env env, void *arg) {
   } else if (!S_ISREG(st.st_mode) || st.st_size < 0) {
     job->err = EINVAL;
   } else {
-    size_t want = (size_t)st.st_size;
+    int64_t start = job->ranged ? job->offset : 0;
+    size_t want = 0;
+    if (start < (int64_t)st.st_size) {
+      size_t left = (size_t)((int64_t)st.st_size - start);
+      want = job->ranged && job->length < left ? job->length : left;
+    }
     job->data = malloc(want > 0 ? want : 1);
     if (job->data == NULL) {
       job->err = ENOMEM;
     } else {
       size_t done = 0;
       while (done < want) {
-        ssize_t n = read(fd, job->data + done, want - done);
+        ssize_t n = pread(fd, job->data + done, want - done, (off_t)(start + (int64_t)done));
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) {
           job->err = errno;
@@ -133,13 +145,20 @@ static void read_complete(napi_env env, napi_status status, void *arg) {
   free(job);
 }
 
-static napi_value read_file(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
+/* readFile(path) when ranged is 0, readRange(path, offset, length) when it is 1. */
+static napi_value start_read(napi_env env, napi_callback_info info, int ranged) {
+  size_t argc = 3;
+  napi_value argv[3];
   size_t length;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+  int64_t offset = 0, count = 0;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < (ranged ? 3u : 1u) ||
       napi_get_value_string_utf8(env, argv[0], NULL, 0, &length) != napi_ok || length == 0 || length > 4096) {
     napi_throw_type_error(env, NULL, "expected a path");
+    return NULL;
+  }
+  if (ranged && (napi_get_value_int64(env, argv[1], &offset) != napi_ok || napi_get_value_int64(env, argv[2], &count) != napi_ok ||
+                 offset < 0 || count < 0 || count > ((int64_t)1 << 32))) {
+    napi_throw_type_error(env, NULL, "expected a non-negative offset and a length of at most 4 GiB");
     return NULL;
   }
   read_job *job = calloc(1, sizeof *job);
@@ -151,6 +170,9 @@ static napi_value read_file(napi_env env, napi_callback_info info) {
     return NULL;
   }
   job->path = path;
+  job->ranged = ranged;
+  job->offset = offset;
+  job->length = (size_t)count;
   size_t copied;
   napi_get_value_string_utf8(env, argv[0], path, length + 1, &copied);
   if (strlen(path) != copied) {
@@ -160,7 +182,7 @@ static napi_value read_file(napi_env env, napi_callback_info info) {
     return NULL;
   }
   napi_value promise, name;
-  napi_create_string_utf8(env, "vmvault readFile", NAPI_AUTO_LENGTH, &name);
+  napi_create_string_utf8(env, "vmvault read", NAPI_AUTO_LENGTH, &name);
   if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
       napi_create_async_work(env, NULL, name, read_execute, read_complete, job, &job->work) != napi_ok ||
       napi_queue_async_work(env, job->work) != napi_ok) {
@@ -172,9 +194,14 @@ static napi_value read_file(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+static napi_value read_file(napi_env env, napi_callback_info info) { return start_read(env, info, 0); }
+static napi_value read_range(napi_env env, napi_callback_info info) { return start_read(env, info, 1); }
+
 napi_status vmvault_register_readfile(napi_env env, napi_value exports) {
   napi_value fn;
   napi_status s = napi_create_function(env, "readFile", NAPI_AUTO_LENGTH, read_file, NULL, &fn);
-  if (s != napi_ok) return s;
-  return napi_set_named_property(env, exports, "readFile", fn);
+  if (s == napi_ok) s = napi_set_named_property(env, exports, "readFile", fn);
+  if (s == napi_ok) s = napi_create_function(env, "readRange", NAPI_AUTO_LENGTH, read_range, NULL, &fn);
+  if (s == napi_ok) s = napi_set_named_property(env, exports, "readRange", fn);
+  return s;
 }

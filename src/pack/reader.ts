@@ -12,6 +12,9 @@ export class PackError extends Error {
   }
 }
 
+/** Bytes read from a pack's end for its trailer: one read for the trailers backups write. */
+const TAIL_READ = 128 * 1024;
+
 /** The session id a pack names in its clear prefix. */
 export async function readPackSession(store: Store, key: string): Promise<string> {
   const prefix = await store.get(key, { offset: 0, length: PACK_PREFIX_BYTES });
@@ -33,11 +36,15 @@ export async function readPackTrailer(
   sessionKey: Secret,
 ): Promise<{ sessionId: string; entries: PackEntry[] }> {
   if (size < PACK_PREFIX_BYTES + 4) throw new PackError("pack is truncated");
-  const tail = await store.get(key, { offset: size - 4, length: 4 });
-  if (tail.length !== 4) throw new PackError("pack is truncated");
-  const trailerLength = new DataView(tail.buffer, tail.byteOffset, 4).getUint32(0, true);
+  // The pack's end, in one read when the trailer fits in it (a 16 MiB pack's is about 40 KiB).
+  const span = Math.min(size - PACK_PREFIX_BYTES, TAIL_READ);
+  const end = await store.get(key, { offset: size - span, length: span });
+  if (end.length !== span) throw new PackError("pack is truncated");
+  const trailerLength = new DataView(end.buffer, end.byteOffset + span - 4, 4).getUint32(0, true);
   if (trailerLength > size - PACK_PREFIX_BYTES - 4) throw new PackError("pack trailer length is out of range");
-  const trailer = await store.get(key, { offset: size - 4 - trailerLength, length: trailerLength });
+  const trailer =
+    trailerLength + 4 <= span ? end.subarray(span - 4 - trailerLength, span - 4) : await store.get(key, { offset: size - 4 - trailerLength, length: trailerLength });
+  if (trailer.length !== trailerLength) throw new PackError("pack is truncated");
   let plain: Uint8Array;
   try {
     plain = crypto.open(sessionKey, trailer, packTrailerAd(fromHex(packId)));

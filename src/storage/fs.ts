@@ -59,6 +59,17 @@ export class FsStore implements Store {
   }
 
   async get(key: string, range?: ByteRange): Promise<Uint8Array> {
+    const native = nativeHelper();
+    if (range !== undefined && native !== null) {
+      // One trip to the thread pool (a pack's trailer, a window of metadata blobs); readInto,
+      // for the restore's and the check's pieces, keeps its descriptors open.
+      const file = this.#path(key);
+      try {
+        return new Uint8Array(await native.readRange(file, range.offset, range.length));
+      } catch (e) {
+        throw this.#mapError(e, key, "read");
+      }
+    }
     if (range !== undefined) {
       const out = new Uint8Array(range.length);
       const done = await this.readInto(key, range, out);
@@ -66,7 +77,6 @@ export class FsStore implements Store {
     }
     const file = this.#path(key);
     try {
-      const native = nativeHelper();
       if (native !== null) return new Uint8Array(await native.readFile(file));
       const bytes = await readWhole(file);
       // A plain Uint8Array over the same memory: a Buffer's slice() would not copy.

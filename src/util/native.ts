@@ -15,6 +15,8 @@ export interface NativeHelper {
    * four). Rejects with an Error whose code is the errno name, as fs does.
    */
   readFile(path: string): Promise<ArrayBuffer>;
+  /** Up to length bytes of a file from offset (fewer where it ends), in one trip the same way. */
+  readRange(path: string, offset: number, length: number): Promise<ArrayBuffer>;
 }
 
 /** Where `npm install` builds the helper, from this module in the sources, the library build or the CLI bundle. */

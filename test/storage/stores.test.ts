@@ -310,17 +310,28 @@ describe("FsStore", () => {
     }
   });
 
-  it("reads whole objects through the native helper in one trip, with fs's error codes", async () => {
+  it("reads whole objects and ranges through the native helper in one trip, with fs's error codes", async () => {
     const native = nativeHelper();
     expect(native, "build/Release/vmvault_native.node is missing: run npm install").not.toBeNull();
     if (native === null) return;
     const { root, store } = await fresh();
-    for (const size of [0, 1, 4096, 3 * 1024 * 1024 + 17]) {
+    for (const size of [0, 1, 4096, 300 * 1024 + 17]) {
       const data = seeded(`native ${size}`, size);
       await store.putIfAbsent(`index/${size}`, data);
       expect(new Uint8Array(await native.readFile(path.join(root, "index", String(size))))).toEqual(data);
       expect(await store.get(`index/${size}`)).toEqual(data);
     }
+    // Ranges: within, running past the end (fewer bytes), starting past it (none).
+    const big = seeded(`native ${300 * 1024 + 17}`, 300 * 1024 + 17);
+    const bigFile = path.join(root, "index", String(big.length));
+    expect(new Uint8Array(await native.readRange(bigFile, 1000, 70_000))).toEqual(big.subarray(1000, 71_000));
+    expect(new Uint8Array(await native.readRange(bigFile, big.length - 5, 100))).toEqual(big.subarray(big.length - 5));
+    expect((await native.readRange(bigFile, big.length + 1, 100)).byteLength).toBe(0);
+    expect(await store.get(`index/${big.length}`, { offset: 7, length: 9 })).toEqual(big.subarray(7, 16));
+    expect(() => native.readRange(bigFile, -1, 10)).toThrow(TypeError);
+    expect(() => native.readRange(bigFile, 0, -1)).toThrow(TypeError);
+    expect(((await native.readRange(path.join(root, "index", "none"), 0, 1).catch((e: unknown) => e)) as NodeJS.ErrnoException).code).toBe("ENOENT");
+    await expect(store.get("index/none", { offset: 0, length: 1 })).rejects.toBeInstanceOf(NotFoundError);
     const missing = await native.readFile(path.join(root, "index", "none")).catch((e: unknown) => e);
     expect((missing as NodeJS.ErrnoException).code).toBe("ENOENT");
     expect((missing as Error).message).toContain(path.join(root, "index", "none"));
