@@ -16,6 +16,7 @@ import type { Damage } from "../src/errors.js";
 import { check } from "../src/maintenance/check.js";
 import { initRepository, openRepository } from "../src/repository/open.js";
 import type { Repository } from "../src/repository/repository.js";
+import { SessionKeys } from "../src/repository/sessions.js";
 import { listSnapshots } from "../src/snapshot/store.js";
 import { makeImage, tempDirs } from "./helpers/fixtures.js";
 import { SlowReads } from "./helpers/slow-reads.js";
@@ -52,6 +53,30 @@ describe("check of a repository with many snapshots", () => {
     // One by one, at most one list read and one trailer read ran at once (the two phases overlap).
     expect(store.most).toBeGreaterThan(2);
     expect(store.most).toBeLessThanOrEqual(4 + 8);
+    // snapshots/ and sessions/ are listed once, for what is read and for the names checked;
+    // no session's folder is listed again to open it.
+    expect(store.lists.get("snapshots/")).toBe(1);
+    expect(store.lists.get("sessions/")).toBe(1);
+    expect([...store.lists.keys()].filter((p) => p.startsWith("sessions/") && p !== "sessions/")).toEqual([]);
+  });
+
+  it("opens a session from a listing already made, and lists its folder afresh when that listing is stale", async () => {
+    const snapshots = await listSnapshots(repo);
+    const sessionId = (snapshots[3] as (typeof snapshots)[number]).meta.sessionId;
+    const keys = sessionKeys(sessionId);
+    store.reset("data/");
+    const hinted = new SessionKeys(repo);
+    hinted.know(keys);
+    await hinted.open(sessionId);
+    expect(store.lists.size).toBe(0);
+    hinted.dispose();
+    // The listing names an envelope that is no longer there (a rotation's cleanup, say): listed afresh.
+    const stale = new SessionKeys(repo);
+    stale.know([`${sessionPrefix(sessionId)}000099`]);
+    const opened = await stale.open(sessionId);
+    expect(opened.key.bytes.length).toBe(32);
+    expect(store.lists.get(sessionPrefix(sessionId))).toBe(1);
+    stale.dispose();
   });
 
   it("reports each snapshot's damage in the snapshots' order, whichever walk finishes first", async () => {
@@ -85,6 +110,8 @@ describe("check of a repository with many snapshots", () => {
     store.reset("audit/");
     const clean = await verifyTrail(repo);
     expect(clean.ok).toBe(true);
+    // snapshots/ is listed once, for the heads snapshots bind and for the snapshots records name.
+    expect(store.lists.get("snapshots/")).toBe(1);
     expect(clean.records).toBeGreaterThan(24);
     // One by one, a single record was read at a time.
     expect(store.most).toBeGreaterThan(1);

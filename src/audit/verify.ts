@@ -8,7 +8,8 @@ import { may, type Action, type Role } from "../keys/roles.js";
 import type { Repository } from "../repository/repository.js";
 import { listSnapshotKeys, listSnapshots } from "../snapshot/store.js";
 import { toHex } from "../util/bytes.js";
-import { auditKey } from "../format/layout.js";
+import { auditKey, SNAPSHOT_PREFIX } from "../format/layout.js";
+import { listKeys } from "../storage/types.js";
 import { openRecords, type OpenedRecord } from "./read.js";
 import { listSeqs } from "./trail.js";
 
@@ -108,11 +109,12 @@ export async function verifyTrail(repo: Repository, anchor?: Uint8Array): Promis
     else if (hash !== undefined && hash !== head.hash) problems.push({ seq: head.seq, object: what, problem: `${what} names a different record ${head.seq} than the trail holds (trail rewritten)` });
   };
   for (const doc of repo.chain.versions) checkHead(doc.auditHead, `registry version ${doc.version}`);
-  for (const snap of await listSnapshots(repo, () => undefined)) checkHead(snap.header.auditHead, `snapshot ${snap.header.id}`);
+  const snapshotKeys = await listKeys(repo.store, SNAPSHOT_PREFIX);
+  for (const snap of await listSnapshots(repo, () => undefined, snapshotKeys)) checkHead(snap.header.auditHead, `snapshot ${snap.header.id}`);
   if (anchor !== undefined) checkHead(parseAnchor(repo, anchor), "the anchor");
   // Nothing removes a snapshot yet (forget and prune do not exist): every snapshot a backup
   // recorded must still be stored, or it was deleted behind the vault's back.
-  const stored = await listSnapshotKeys(repo);
+  const stored = await listSnapshotKeys(repo, snapshotKeys);
   for (const [id, c] of created) {
     if (!stored.has(id)) problems.push({ seq: null, object: `snapshots/${id}`, problem: `snapshot ${id} of VM ${c.vm}, whose backup record ${c.seq} names it, is missing (deleted from the repository)` });
   }

@@ -87,7 +87,11 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
   const report = (d: Damage): void => void damage.push(d);
   try {
     await checkGrants(repo, report, warnings);
-    const snapshots = await listSnapshots(repo, report);
+    // Listed once each: for the snapshots and sessions read below, and for the names checked.
+    const snapshotKeys = await listKeys(repo.store, SNAPSHOT_PREFIX);
+    const sessionKeys = await listKeys(repo.store, "sessions/");
+    sessions.know(sessionKeys);
+    const snapshots = await listSnapshots(repo, report, snapshotKeys);
     // Every listing of every pack: any role holding the index key can list a pack again, so
     // keeping one per pack would leave the others unchecked (or let one hide the pack's own).
     const listings = new Map<string, Listing[]>();
@@ -116,12 +120,12 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
     const indexFiles = files.size;
     // Objects where vmvault keeps its own, under names it never writes: ignored by every
     // command, so named here rather than left unseen (data/ is listed below).
-    for (const [prefix, named] of [
-      [SNAPSHOT_PREFIX, (k: string) => parseVersionedKey(k, SNAPSHOT_PREFIX) !== undefined],
-      ["sessions/", (k: string) => parseVersionedKey(k, "sessions/") !== undefined],
-      [AUDIT_PREFIX, (k: string) => parseNumberedKey(k, AUDIT_PREFIX, 12) !== undefined],
+    for (const [keys, named] of [
+      [snapshotKeys, (k: string) => parseVersionedKey(k, SNAPSHOT_PREFIX) !== undefined],
+      [sessionKeys, (k: string) => parseVersionedKey(k, "sessions/") !== undefined],
+      [await listKeys(repo.store, AUDIT_PREFIX), (k: string) => parseNumberedKey(k, AUDIT_PREFIX, 12) !== undefined],
     ] as const) {
-      for (const key of await listKeys(repo.store, prefix)) if (!named(key)) warnings.push(`unexpected object ${key} (not a name vmvault writes; every command ignores it)`);
+      for (const key of keys) if (!named(key)) warnings.push(`unexpected object ${key} (not a name vmvault writes; every command ignores it)`);
     }
     const stored = new Map<string, number>();
     for (const o of await listAll(repo.store, PACK_PREFIX)) {

@@ -1,4 +1,4 @@
-import { IntegrityError, VaultError } from "../errors.js";
+import { IntegrityError, NotFoundError, VaultError } from "../errors.js";
 import { CryptoFailure } from "../crypto/suite.js";
 import { Secret } from "../crypto/secret.js";
 import { FormatError } from "../format/codec.js";
@@ -113,6 +113,8 @@ export class SessionKeys {
   /** Opening or opened sessions: concurrent callers share one opening (and one key to dispose). */
   readonly #cache = new Map<string, Promise<OpenedSession>>();
   readonly #opened: OpenedSession[] = [];
+  /** Envelope keys by session id, from know(); each used once. */
+  readonly #listed = new Map<string, string[]>();
   #disposed = false;
 
   constructor(repo: Repository) {
@@ -142,9 +144,37 @@ export class SessionKeys {
     return opening;
   }
 
+  /**
+   * Session envelope keys from a listing of sessions/ the caller already made (check lists them
+   * all to check their names), so opening a session need not list its folder again. A hint:
+   * a session it lacks, or one that does not open from it, is listed afresh.
+   */
+  know(keys: readonly string[]): void {
+    for (const key of keys) {
+      const parsed = parseVersionedKey(key, "sessions/");
+      if (parsed === undefined) continue;
+      const known = this.#listed.get(parsed.name);
+      if (known === undefined) this.#listed.set(parsed.name, [key]);
+      else known.push(key);
+    }
+  }
+
   async #open(sessionId: string): Promise<OpenedSession> {
+    const listed = this.#listed.get(sessionId);
+    if (listed !== undefined) {
+      this.#listed.delete(sessionId);
+      try {
+        return await this.#openFrom(sessionId, listed);
+      } catch (e) {
+        // Changed since the listing (or damaged: then listing again finds the same).
+        if (!(e instanceof IntegrityError) && !(e instanceof NotFoundError)) throw e;
+      }
+    }
+    return this.#openFrom(sessionId, await listKeys(this.#repo.store, sessionPrefix(sessionId)));
+  }
+
+  async #openFrom(sessionId: string, stored: readonly string[]): Promise<OpenedSession> {
     const repo = this.#repo;
-    const stored = await listKeys(repo.store, sessionPrefix(sessionId));
     if (stored.length === 0) throw new SessionKeyMissing(sessionId);
     const envelopes = stored
       .map((key) => ({ key, parsed: parseVersionedKey(key, "sessions/") }))

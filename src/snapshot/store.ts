@@ -171,10 +171,10 @@ export async function readSnapshotBody(repo: Repository, sessions: SessionKeys, 
   }
 }
 
-/** Snapshot object keys grouped by id, newest revision first. */
-export async function listSnapshotKeys(repo: Repository): Promise<Map<string, string[]>> {
+/** Snapshot object keys grouped by id, newest revision first (from `listed`, a listing of snapshots/ already made, when given). */
+export async function listSnapshotKeys(repo: Repository, listed?: readonly string[]): Promise<Map<string, string[]>> {
   const byId = new Map<string, { key: string; revision: number }[]>();
-  for (const key of await listKeys(repo.store, SNAPSHOT_PREFIX)) {
+  for (const key of listed ?? (await listKeys(repo.store, SNAPSHOT_PREFIX))) {
     const p = parseVersionedKey(key, SNAPSHOT_PREFIX);
     if (p === undefined) continue;
     const list = byId.get(p.name) ?? [];
@@ -219,8 +219,10 @@ const SNAPSHOT_READS = 16;
  * Every snapshot, verified. Damaged ones go to onDamage when given (listing and check go on),
  * otherwise the first stops the call. Headers are read several at a time; damage is reported,
  * and the first one thrown, in the order the store lists the snapshots, as when read one by one.
+ * `listed` is a listing of snapshots/ the caller already made (check and audit verify use it
+ * twice), so the store is not listed again.
  */
-export async function listSnapshots(repo: Repository, onDamage?: (d: Damage) => void): Promise<SnapshotRecord[]> {
+export async function listSnapshots(repo: Repository, onDamage?: (d: Damage) => void, listed?: readonly string[]): Promise<SnapshotRecord[]> {
   const out: SnapshotRecord[] = [];
   const read = async ([id, keys]: [string, string[]]): Promise<{ id: string; record?: SnapshotRecord; damage?: IntegrityError }> => {
     const usable = await usableRevision(repo, keys);
@@ -232,7 +234,7 @@ export async function listSnapshots(repo: Repository, onDamage?: (d: Damage) => 
       throw e;
     }
   };
-  for await (const { id, record, damage } of mapOrdered(await listSnapshotKeys(repo), SNAPSHOT_READS, read)) {
+  for await (const { id, record, damage } of mapOrdered(await listSnapshotKeys(repo, listed), SNAPSHOT_READS, read)) {
     if (record !== undefined) out.push(record);
     else if (damage !== undefined && onDamage !== undefined) for (const d of damage.damage) onDamage({ ...d, snapshots: [id] });
   }

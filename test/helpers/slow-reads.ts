@@ -9,6 +9,8 @@ export class SlowReads implements Store {
   readonly location = "memory:slow-reads";
   readonly inner = new MemoryStore();
   readonly reads = new Map<string, number>();
+  /** Listings made, by prefix. */
+  readonly lists = new Map<string, number>();
   prefix: string;
   /** Keys whose reads take this many milliseconds more. */
   readonly slower = new Map<string, number>();
@@ -27,6 +29,7 @@ export class SlowReads implements Store {
   reset(prefix = this.prefix): void {
     this.prefix = prefix;
     this.reads.clear();
+    this.lists.clear();
     this.running = 0;
     this.most = 0;
     this.#bytes = 0;
@@ -60,6 +63,7 @@ export class SlowReads implements Store {
   }
 
   list(prefix: string): AsyncIterable<ObjectInfo> {
+    this.lists.set(prefix, (this.lists.get(prefix) ?? 0) + 1);
     return this.inner.list(prefix);
   }
 
