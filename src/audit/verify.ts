@@ -72,7 +72,8 @@ export async function verifyTrail(repo: Repository, anchor?: Uint8Array): Promis
   let prevHash: string | null = null;
   const last = seqs.length === 0 ? 0 : (seqs[seqs.length - 1] as number);
   let expected = 1;
-  for await (const { seq, record: rec, damage } of openRecords(repo, seqs)) {
+  // Records are numbered from 1: a number 0 is no record vmvault writes, and was never read here.
+  for await (const { seq, record: rec, damage } of openRecords(repo, seqs.filter((n) => n >= 1))) {
     for (; expected < seq; expected++) {
       problems.push({ seq: expected, object: auditKey(expected), problem: `record ${expected} is missing (deleted from the middle of the trail)` });
       prevHash = null;
