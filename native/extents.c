@@ -20,20 +20,6 @@
 
 #include "native.h"
 
-static const char *errno_name(int e) {
-  switch (e) {
-    case EBADF: return "EBADF";
-    case EINVAL: return "EINVAL";
-    case ENXIO: return "ENXIO";
-    case EOVERFLOW: return "EOVERFLOW";
-    case ESPIPE: return "ESPIPE";
-#ifdef ENOTSUP
-    case ENOTSUP: return "ENOTSUP";
-#endif
-    default: return "EIO";
-  }
-}
-
 static napi_value seek(napi_env env, napi_callback_info info, int whence) {
   size_t argc = 2;
   napi_value argv[2];
@@ -53,7 +39,7 @@ static napi_value seek(napi_env env, napi_callback_info info, int whence) {
       napi_create_int64(env, -1, &result);
       return result;
     }
-    napi_throw_error(env, errno_name(e), strerror(e));
+    napi_throw_error(env, vmvault_errno_name(e), strerror(e));
     return NULL;
   }
   napi_create_int64(env, (int64_t)at, &result);
@@ -78,7 +64,7 @@ static napi_value seek_end(napi_env env, napi_callback_info info) {
   off_t end = lseek(fd, 0, SEEK_END);
   if (end < 0) {
     int e = errno;
-    napi_throw_error(env, errno_name(e), strerror(e));
+    napi_throw_error(env, vmvault_errno_name(e), strerror(e));
     return NULL;
   }
   napi_create_int64(env, (int64_t)end, &result);

@@ -1,7 +1,35 @@
 /* vmvault's native helper: one module, built by `npm install` (binding.gyp). */
 #ifndef VMVAULT_NATIVE_H
 #define VMVAULT_NATIVE_H
+#include <errno.h>
 #include <node_api.h>
+
+/* The errno name an Error's code carries, as Node.js's fs errors have it; EIO for any other. */
+static inline const char *vmvault_errno_name(int e) {
+  switch (e) {
+    case ENOENT: return "ENOENT";
+    case ENOTDIR: return "ENOTDIR";
+    case EISDIR: return "EISDIR";
+    case EACCES: return "EACCES";
+    case EPERM: return "EPERM";
+    case ELOOP: return "ELOOP";
+    case ENAMETOOLONG: return "ENAMETOOLONG";
+    case EMFILE: return "EMFILE";
+    case ENFILE: return "ENFILE";
+    case ENOMEM: return "ENOMEM";
+    case EFBIG: return "EFBIG";
+    case EOVERFLOW: return "EOVERFLOW";
+    case EINVAL: return "EINVAL";
+    case ESTALE: return "ESTALE";
+    case EBADF: return "EBADF";
+    case ENXIO: return "ENXIO";
+    case ESPIPE: return "ESPIPE";
+#ifdef ENOTSUP
+    case ENOTSUP: return "ENOTSUP";
+#endif
+    default: return "EIO";
+  }
+}
 
 /* native/readfile.c: readFile(path) and readRange(path, offset, length) -> Promise<ArrayBuffer>, one trip to the thread pool each. */
 napi_status vmvault_register_readfile(napi_env env, napi_value exports);

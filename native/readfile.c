@@ -39,26 +39,6 @@ typedef struct {
   int err;
 } read_job;
 
-static const char *errno_code(int e) {
-  switch (e) {
-    case ENOENT: return "ENOENT";
-    case ENOTDIR: return "ENOTDIR";
-    case EISDIR: return "EISDIR";
-    case EACCES: return "EACCES";
-    case EPERM: return "EPERM";
-    case ELOOP: return "ELOOP";
-    case ENAMETOOLONG: return "ENAMETOOLONG";
-    case EMFILE: return "EMFILE";
-    case ENFILE: return "ENFILE";
-    case ENOMEM: return "ENOMEM";
-    case EFBIG: return "EFBIG";
-    case EOVERFLOW: return "EOVERFLOW";
-    case EINVAL: return "EINVAL";
-    case ESTALE: return "ESTALE";
-    default: return "EIO";
-  }
-}
-
 static void read_execute(napi_env env, void *arg) {
   (void)env;
   read_job *job = arg;
@@ -130,7 +110,7 @@ static void read_complete(napi_env env, napi_status status, void *arg) {
   }
   if (status != napi_ok || job->err != 0) {
     int e = status != napi_ok ? EIO : job->err;
-    const char *code = errno_code(e);
+    const char *code = vmvault_errno_name(e);
     char message[4200];
     snprintf(message, sizeof message, "%s: %s, open '%s'", code, strerror(e), job->path);
     napi_value code_value, message_value, error;
