@@ -17,6 +17,7 @@ import { randomBytes } from "node:crypto";
 import os from "node:os";
 import path from "node:path";
 import { FsStore, Secret, Vault } from "../dist/index.js";
+import { median } from "./stats.mjs";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
 const CLI = path.join(ROOT, "bin", "vmvault");
@@ -70,12 +71,6 @@ function timed(cliArgs) {
   const [wall, rssKiB, user, sys] = readFileSync(out, "utf8").trim().split(/\s+/).map(Number);
   return { wall, cpu: user + sys, rss: rssKiB / 1024 };
 }
-
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
 
 const store = new FsStore(repoDir);
 const passphrase = () => Secret.fromString(PASS);

@@ -7,6 +7,7 @@
 // the markdown. Exits 3 when a restore did not verify or none was verified.
 import fs from "node:fs";
 import path from "node:path";
+import { median } from "./stats.mjs";
 
 const outDir = process.argv[2];
 if (!outDir) {
@@ -23,12 +24,6 @@ const TOOLS = { vmvault: "vmvault", restic: "restic", "borg-buzhash": "borg", "b
 const STEPS = { init: "init", open: "open (list empty repo)", backup1: "backup day 1", backup2: "backup day 2", restore: "restore day 2", check: "check (read all data)" };
 const DATA_STEPS = ["backup1", "backup2", "restore", "check"];
 const imageBytes = corpus.day1.stats.size;
-
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
 
 const verifies = records.filter((r) => r.step === "verify");
 const failed = verifies.filter((r) => !r.sha256ok);
