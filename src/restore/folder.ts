@@ -1,4 +1,3 @@
-import * as fse from "../util/fsx.js";
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { IntegrityError } from "../errors.js";
@@ -10,7 +9,7 @@ import { fromHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
 import type { BlobReader } from "./blob-reader.js";
 import type { ChunkFetcher, ChunkRequest } from "./fetcher.js";
-import { lstatOrNull, RestoreDirs, type FsPath, type Owner } from "./dirs.js";
+import { lstatOrNull, removeEntry, RestoreDirs, type FsPath, type Owner } from "./dirs.js";
 import { findPartials, linkInto, ownerError, PartialFile, partialName, targetError, targetExistsError } from "./targets.js";
 
 /** Files finished (fsynced and renamed into place) at once while the next ones are written. */
@@ -161,16 +160,23 @@ export async function restoreFolder(folder: FolderSource, dest: string, o: Folde
     }
   }
   const found = o.onPartialFound;
-  const dirs = new RestoreDirs(root, {
-    force: o.force,
-    ...(inPlace && found !== undefined ? { onEntered: async (dir: FsPath) => (await findPartials(dir)).forEach(found) } : {}),
-  });
   try {
-    const result = await restoreTree(folder, dirs, dest, o);
+    const dirs = await RestoreDirs.open(root, {
+      force: o.force,
+      ...(inPlace && found !== undefined ? { onEntered: async (dir: FsPath, shown: FsPath) => (await findPartials(dir, shown)).forEach(found) } : {}),
+    }).catch((e: unknown) => {
+      throw targetError(dest, e);
+    });
+    let result: FolderRestoreResult;
+    try {
+      result = await restoreTree(folder, dirs, dest, o);
+    } finally {
+      await dirs.close();
+    }
     if (!inPlace) await moveIntoPlace(root, dest, o.force);
     return result;
   } catch (e) {
-    if (!inPlace) await fse.remove(root).catch(() => undefined);
+    if (!inPlace) await removeEntry(root).catch(() => undefined);
     throw e;
   }
 }
@@ -200,6 +206,7 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
   /** The final path, for messages (the work may happen under a temporary name). */
   const shown = (rel: string): string => (rel === "" ? dest : path.join(dest, ...shownPath(rel).split("/")));
   const parentOf = (rel: string): string => (rel.includes("/") ? rel.slice(0, rel.lastIndexOf("/")) : "");
+  const nameOf = (rel: string): string => rel.slice(rel.lastIndexOf("/") + 1);
   const ownerOf = (e: FolderEntry): Owner | undefined => (o.owners && (e.uid !== undefined || e.gid !== undefined) ? { uid: e.uid, gid: e.gid } : undefined);
   let open: { file: PartialFile; entry: FolderEntry } | undefined;
   const finishing = new Finishing(FILES_FINISHING);
@@ -246,16 +253,27 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
         symlinks.push(entry);
       } else if (tag.linkTo !== undefined) {
         await finishing.settled(tag.linkTo);
-        await dirs.ensure(parentOf(entry.path));
-        if (!(await linkInto(dirs.place(tag.linkTo), dirs.place(entry.path)))) {
+        const from = await dirs.enter(parentOf(tag.linkTo));
+        let linked: boolean;
+        try {
+          const to = await dirs.enter(parentOf(entry.path));
+          try {
+            linked = await linkInto(from.at(nameOf(tag.linkTo)), to.at(nameOf(entry.path)));
+          } finally {
+            to.release();
+          }
+        } finally {
+          from.release();
+        }
+        if (!linked) {
           unlinked.push(entry);
           return;
         }
         result.files++;
         result.hardlinks++;
       } else {
-        await dirs.ensure(parentOf(entry.path));
-        open = { file: await PartialFile.create(dirs.place(entry.path), entry.size), entry };
+        const pin = await dirs.enter(parentOf(entry.path));
+        open = { file: await PartialFile.create(pin.at(nameOf(entry.path)), entry.size, { pin }), entry };
         return;
       }
     } catch (e) {
@@ -282,20 +300,24 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
   if (unlinked.length > 0) await run(unlinked.map(fileRequests));
   for (const link of symlinks) {
     try {
-      await dirs.ensure(parentOf(link.path));
-      const at = dirs.place(link.path);
-      // Whatever is there (with force) goes, a symlink as itself; nothing is followed. A folder
-      // it replaces is checked again should a later entry go below it.
-      dirs.replaced(link.path);
-      await fsp.rm(at, { recursive: true, force: true });
-      await fsp.symlink(nameBytes(link.target ?? ""), at);
-      const owner = ownerOf(link);
-      if (owner !== undefined) {
-        await fsp.lchown(at, owner.uid ?? -1, owner.gid ?? -1).catch((e: unknown) => {
-          throw ownerError(shown(link.path), owner.uid, owner.gid, e);
-        });
+      const pin = await dirs.enter(parentOf(link.path));
+      try {
+        const at = pin.at(nameOf(link.path));
+        // Whatever is there (with force) goes, a symlink as itself; nothing is followed. A folder
+        // it replaces is checked again should a later entry go below it.
+        dirs.replaced(link.path);
+        await removeEntry(at);
+        await fsp.symlink(nameBytes(link.target ?? ""), at);
+        const owner = ownerOf(link);
+        if (owner !== undefined) {
+          await fsp.lchown(at, owner.uid ?? -1, owner.gid ?? -1).catch((e: unknown) => {
+            throw ownerError(shown(link.path), owner.uid, owner.gid, e);
+          });
+        }
+        await fsp.lutimes(at, link.mtimeMs / 1000, link.mtimeMs / 1000).catch(() => undefined);
+      } finally {
+        pin.release();
       }
-      await fsp.lutimes(at, link.mtimeMs / 1000, link.mtimeMs / 1000).catch(() => undefined);
     } catch (e) {
       throw targetError(shown(link.path), e);
     }

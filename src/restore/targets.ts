@@ -38,10 +38,13 @@ export function isPartialName(name: string): boolean {
   return PARTIAL_NAME.test(name);
 }
 
-/** Partial files and folders of earlier restores in dir (none when it cannot be read), for messages (escaped where not UTF-8). */
-export async function findPartials(dir: FsPath): Promise<string[]> {
+/**
+ * Partial files and folders of earlier restores in dir (none when it cannot be read), for
+ * messages (escaped where not UTF-8), under shown (dir unless given).
+ */
+export async function findPartials(dir: FsPath, shown: FsPath = dir): Promise<string[]> {
   const names = await fsp.readdir(dir, { encoding: "buffer" }).catch(() => [] as Buffer[]);
-  const shownDir = shownFsPath(dir);
+  const shownDir = shownFsPath(shown);
   // latin1: one character per byte, so the pattern sees the name's bytes whatever they are.
   return names.filter((n) => isPartialName(n.toString("latin1"))).map((n) => path.join(shownDir, escapeName(n)));
 }
@@ -64,20 +67,32 @@ export class PartialFile {
   #unsynced = 0;
   #syncing: Promise<void> | undefined;
   #syncFailure: { readonly error: unknown } | undefined;
+  readonly #pin: { release(): void } | undefined;
 
-  private constructor(finalPath: FsPath, tempPath: FsPath, handle: fsp.FileHandle, direct: fsp.FileHandle | undefined, syncBehindBytes: number) {
+  private constructor(finalPath: FsPath, tempPath: FsPath, handle: fsp.FileHandle, direct: fsp.FileHandle | undefined, syncBehindBytes: number, pin: { release(): void } | undefined) {
     this.finalPath = finalPath;
     this.tempPath = tempPath;
     this.handle = handle;
     this.#direct = direct;
     this.#syncBehindBytes = syncBehindBytes;
+    this.#pin = pin;
   }
 
-  /** `syncBehindBytes`: bytes written between background fdatasyncs (default SYNC_BEHIND_BYTES). */
-  static async create(finalPath: FsPath, size: number, o: { direct?: boolean; syncBehindBytes?: number } = {}): Promise<PartialFile> {
+  /**
+   * `syncBehindBytes`: bytes written between background fdatasyncs (default SYNC_BEHIND_BYTES);
+   * `pin`: the folder the paths are looked up in (see DirPin), released once the file is renamed
+   * into place or aborted, and by create itself when it fails.
+   */
+  static async create(finalPath: FsPath, size: number, o: { direct?: boolean; syncBehindBytes?: number; pin?: { release(): void } } = {}): Promise<PartialFile> {
     const tempPath = partialBeside(finalPath);
-    // O_EXCL: never through a symlink someone put there.
-    const handle = await fsp.open(tempPath, "wx", 0o600);
+    let handle: fsp.FileHandle;
+    try {
+      // O_EXCL: never through a symlink someone put there.
+      handle = await fsp.open(tempPath, "wx", 0o600);
+    } catch (e) {
+      o.pin?.release();
+      throw e;
+    }
     let direct: fsp.FileHandle | undefined;
     try {
       await handle.truncate(size);
@@ -87,9 +102,10 @@ export class PartialFile {
     } catch (e) {
       await handle.close();
       await fsp.rm(tempPath, { force: true });
+      o.pin?.release();
       throw e;
     }
-    return new PartialFile(finalPath, tempPath, handle, direct, o.syncBehindBytes ?? SYNC_BEHIND_BYTES);
+    return new PartialFile(finalPath, tempPath, handle, direct, o.syncBehindBytes ?? SYNC_BEHIND_BYTES, o.pin);
   }
 
   /** True when aligned writes go around the page cache. */
@@ -158,14 +174,27 @@ export class PartialFile {
     await this.handle.sync();
     await this.handle.close();
     await fsp.rename(this.tempPath, this.finalPath);
+    this.#release();
   }
 
+  /** Closes and removes the temporary file; after a failed commit too. */
   async abort(): Promise<void> {
-    await this.#syncing;
-    await this.#direct?.close().catch(() => undefined);
-    this.#direct = undefined;
-    await this.handle.close().catch(() => undefined);
-    await fsp.rm(this.tempPath, { force: true });
+    try {
+      await this.#syncing;
+      await this.#direct?.close().catch(() => undefined);
+      this.#direct = undefined;
+      await this.handle.close().catch(() => undefined);
+      await fsp.rm(this.tempPath, { force: true });
+    } finally {
+      this.#release();
+    }
+  }
+
+  #released = false;
+  #release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    this.#pin?.release();
   }
 }
 
