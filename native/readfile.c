@@ -37,6 +37,8 @@ typedef struct {
   unsigned char *data;
   size_t size;
   int err;
+  /* The call that failed, for the message ("open", "fstat", "read"). */
+  const char *op;
 } read_job;
 
 static void read_execute(napi_env env, void *arg) {
@@ -47,11 +49,15 @@ static void read_execute(napi_env env, void *arg) {
   while (fd < 0 && errno == EINTR);
   if (fd < 0) {
     job->err = errno;
+    job->op = "open";
     return;
   }
+  /* Every failure after the open is reported as the read's, as Node.js's readFile does. */
+  job->op = "read";
   struct stat st;
   if (fstat(fd, &st) != 0) {
     job->err = errno;
+    job->op = "fstat";
   } else if (S_ISDIR(st.st_mode)) {
     job->err = EISDIR;
   } else if (!S_ISREG(st.st_mode) || st.st_size < 0) {
@@ -112,7 +118,7 @@ static void read_complete(napi_env env, napi_status status, void *arg) {
     int e = status != napi_ok ? EIO : job->err;
     const char *code = vmvault_errno_name(e);
     char message[4200];
-    snprintf(message, sizeof message, "%s: %s, open '%s'", code, strerror(e), job->path);
+    snprintf(message, sizeof message, "%s: %s, %s '%s'", code, strerror(e), job->op != NULL ? job->op : "read", job->path);
     napi_value code_value, message_value, error;
     napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &code_value);
     napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &message_value);

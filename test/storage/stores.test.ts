@@ -335,7 +335,11 @@ describe("FsStore", () => {
     const missing = await native.readFile(path.join(root, "index", "none")).catch((e: unknown) => e);
     expect((missing as NodeJS.ErrnoException).code).toBe("ENOENT");
     expect((missing as Error).message).toContain(path.join(root, "index", "none"));
-    expect(((await native.readFile(path.join(root, "index")).catch((e: unknown) => e)) as NodeJS.ErrnoException).code).toBe("EISDIR");
+    // The message names the call that failed, as Node.js's do: the open, or the read after it.
+    expect((missing as Error).message.endsWith(`, open '${path.join(root, "index", "none")}'`)).toBe(true);
+    const folder = (await native.readFile(path.join(root, "index")).catch((e: unknown) => e)) as NodeJS.ErrnoException;
+    expect(folder.code).toBe("EISDIR");
+    expect(folder.message.endsWith(`, read '${path.join(root, "index")}'`), folder.message).toBe(true);
     expect(((await native.readFile(path.join(root, "index", "0", "x")).catch((e: unknown) => e)) as NodeJS.ErrnoException).code).toBe("ENOTDIR");
     expect(() => native.readFile("")).toThrow(TypeError);
     expect(() => native.readFile("a\0b")).toThrow(TypeError);
