@@ -5,34 +5,21 @@
  * when the entry is parsed, so a hostile entry list is refused (integrity error naming the
  * snapshot) before restore writes anything, not half-way through as a target error.
  */
-import { createHash } from "node:crypto";
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { IntegrityError } from "../src/errors.js";
 import { FormatError } from "../src/format/codec.js";
 import { encodeEntry, parseEntryLine, type FolderEntry } from "../src/format/entries.js";
-import type { FolderSource } from "../src/format/snapshot.js";
-import type { BlobReader } from "../src/restore/blob-reader.js";
-import type { ChunkFetcher, ChunkRequest, Fetched } from "../src/restore/fetcher.js";
-import { restoreFolder } from "../src/restore/folder.js";
-import { concatBytes, toHex, utf8 } from "../src/util/bytes.js";
+import { concatBytes, utf8 } from "../src/util/bytes.js";
 import { tempDirs } from "./helpers/fixtures.js";
+import { fileEntry, idOf, restoreEntryBlob, rootEntry } from "./helpers/folder-restore.js";
 
 const tmp = tempDirs();
 
 const X = utf8("content\n");
-const idOf = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
-const root: FolderEntry = { path: "", type: "dir", mode: 0o755, mtimeMs: 1_700_000_000_000, size: 0 };
-const file = (p: string, more: Partial<FolderEntry> = {}): FolderEntry => ({
-  path: p,
-  type: "file",
-  mode: 0o644,
-  mtimeMs: 1_700_000_000_000,
-  size: X.length,
-  chunks: [{ id: idOf(X), length: X.length }],
-  ...more,
-});
+const root: FolderEntry = rootEntry;
+const file = (p: string, more: Partial<FolderEntry> = {}): FolderEntry => fileEntry(p, X, more);
 const line = (e: FolderEntry): string => new TextDecoder().decode(encodeEntry(e)).trimEnd();
 /** An entry as stored, with some fields replaced by hand (what encodeEntry would never write). */
 const edited = (e: FolderEntry, fields: Record<string, unknown>): string => JSON.stringify({ ...(JSON.parse(line(e)) as object), ...fields });
@@ -40,15 +27,7 @@ const edited = (e: FolderEntry, fields: Record<string, unknown>): string => JSON
 /** Restores one entry blob (lines as stored) to out, through stand-ins for the blob reader and fetcher. */
 async function restoreLines(lines: readonly string[], out: string, force = false): Promise<unknown> {
   const blob = concatBytes(lines.map((l) => utf8(`${l}\n`)));
-  const blobs = new Map([[idOf(blob), blob], [idOf(X), X]]);
-  const reader = { read: async (id: Uint8Array) => blobs.get(toHex(id)) as Uint8Array } as unknown as BlobReader;
-  const fetcher = {
-    async *read<T>(requests: AsyncIterable<readonly ChunkRequest<T>[]> | Iterable<readonly ChunkRequest<T>[]>): AsyncIterable<Fetched<T>[]> {
-      for await (const batch of requests) yield batch.map((q) => ({ tag: q.tag, data: q.id === null ? null : (blobs.get(toHex(q.id)) ?? null) }));
-    },
-  } as unknown as ChunkFetcher;
-  const folder: FolderSource = { kind: "folder", name: "f", path: "/src/f", entries: [idOf(blob)], files: lines.length - 1, dirs: 1, symlinks: 0, size: 0 };
-  return restoreFolder(folder, out, { includes: undefined, reader, fetcher, snapshotKey: "snapshots/hostile", progress: () => undefined, force, owners: false }).catch((e: unknown) => e);
+  return restoreEntryBlob(blob, out, { contents: [X], force, snapshotKey: "snapshots/hostile" }).catch((e: unknown) => e);
 }
 
 const hostile: [string, string][] = [

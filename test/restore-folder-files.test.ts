@@ -6,34 +6,22 @@
  * the restore cleanly. The entries are written by hand here, read through stand-ins for the
  * repository's blob reader and fetcher.
  */
-import { createHash } from "node:crypto";
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { encodeEntry, type FolderEntry } from "../src/format/entries.js";
-import type { FolderSource } from "../src/format/snapshot.js";
-import type { BlobReader } from "../src/restore/blob-reader.js";
-import type { ChunkFetcher, ChunkRequest, Fetched } from "../src/restore/fetcher.js";
-import { restoreFolder, type FolderRestoreResult } from "../src/restore/folder.js";
+import type { FolderRestoreResult } from "../src/restore/folder.js";
 import { isPartialName, PartialFile } from "../src/restore/targets.js";
-import { concatBytes, toHex, utf8 } from "../src/util/bytes.js";
+import { concatBytes, utf8 } from "../src/util/bytes.js";
 import { tempDirs } from "./helpers/fixtures.js";
+import { dirEntry, fileEntry, idOf, restoreEntryBlob, rootEntry, symlinkEntry } from "./helpers/folder-restore.js";
 
 const tmp = tempDirs();
 afterEach(() => vi.restoreAllMocks());
 
 const X = utf8("content of the linked file\n");
 const Y = utf8("other content\n");
-const idOf = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
-const file = (p: string, content: Uint8Array, more: Partial<FolderEntry> = {}): FolderEntry => ({
-  path: p,
-  type: "file",
-  mode: 0o644,
-  mtimeMs: 1_700_000_000_000,
-  size: content.length,
-  chunks: [{ id: idOf(content), length: content.length }],
-  ...more,
-});
+const file = fileEntry;
 
 /** Restores hand-written entries (one entry blob; a string is a line as stored) to DIR/f and returns the result and the folder. */
 async function restoreEntries(
@@ -43,21 +31,13 @@ async function restoreEntries(
   o: { force?: boolean; owners?: boolean } = {},
 ): Promise<{ r: FolderRestoreResult; out: string }> {
   const blob = concatBytes(entries.map((e) => (typeof e === "string" ? utf8(`${e}\n`) : encodeEntry(e))));
-  const blobs = new Map([[idOf(blob), blob], ...[X, Y].map((c): [string, Uint8Array] => [idOf(c), c])]);
-  const reader = { read: async (id: Uint8Array) => blobs.get(toHex(id)) as Uint8Array } as unknown as BlobReader;
-  const fetcher = {
-    async *read<T>(requests: AsyncIterable<readonly ChunkRequest<T>[]> | Iterable<readonly ChunkRequest<T>[]>): AsyncIterable<Fetched<T>[]> {
-      for await (const batch of requests) yield batch.map((q) => ({ tag: q.tag, data: q.id === null ? null : (blobs.get(toHex(q.id)) ?? null) }));
-    },
-  } as unknown as ChunkFetcher;
-  const folder: FolderSource = { kind: "folder", name: "f", path: "/src/f", entries: [idOf(blob)], files: entries.length - 1, dirs: 1, symlinks: 0, size: 0 };
-  const r = await restoreFolder(folder, out, { includes, reader, fetcher, snapshotKey: "snapshots/test", progress: () => undefined, force: o.force ?? false, owners: o.owners ?? false });
+  const r = await restoreEntryBlob(blob, out, { contents: [X, Y], includes, force: o.force ?? false, owners: o.owners ?? false });
   return { r, out };
 }
 
-const root: FolderEntry = { path: "", type: "dir", mode: 0o755, mtimeMs: 1_700_000_000_000, size: 0 };
-const dir = (p: string, more: Partial<FolderEntry> = {}): FolderEntry => ({ ...root, path: p, ...more });
-const symlink = (p: string, target: string): FolderEntry => ({ path: p, type: "symlink", mode: 0o777, mtimeMs: 1_700_000_000_000, size: 0, target });
+const root = rootEntry;
+const dir = dirEntry;
+const symlink = symlinkEntry;
 
 async function inode(p: string): Promise<{ ino: number; nlink: number; text: string }> {
   const st = await fsp.lstat(p);

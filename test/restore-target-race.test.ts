@@ -5,43 +5,28 @@
  * it, for a symlink sends nothing outside the target. Swaps are made from a stand-in fetcher at
  * a chosen entry, between the check of a folder and later writes in it.
  */
-import { createHash } from "node:crypto";
 import { constants, promises as fsp, readdirSync } from "node:fs";
 import path from "node:path";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { encodeEntry, type FolderEntry } from "../src/format/entries.js";
-import type { FolderSource } from "../src/format/snapshot.js";
-import type { BlobReader } from "../src/restore/blob-reader.js";
 import { removeEntry, RestoreDirs } from "../src/restore/dirs.js";
-import type { ChunkFetcher, ChunkRequest, Fetched } from "../src/restore/fetcher.js";
-import { restoreFolder, type FolderRestoreResult } from "../src/restore/folder.js";
+import type { FolderRestoreResult } from "../src/restore/folder.js";
 import { isPartialName } from "../src/restore/targets.js";
-import { concatBytes, toHex, utf8 } from "../src/util/bytes.js";
+import { concatBytes, utf8 } from "../src/util/bytes.js";
 import { tempDirs } from "./helpers/fixtures.js";
+import { dirEntry as dir, fileEntry, restoreEntryBlob, rootEntry as root, symlinkEntry as symlink } from "./helpers/folder-restore.js";
 
 const tmp = tempDirs();
 afterEach(() => vi.restoreAllMocks());
 
 const X = utf8("restored content\n");
-const idOf = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
-const root: FolderEntry = { path: "", type: "dir", mode: 0o755, mtimeMs: 1_700_000_000_000, size: 0 };
-const dir = (p: string): FolderEntry => ({ ...root, path: p });
-const file = (p: string, more: Partial<FolderEntry> = {}): FolderEntry => ({
-  path: p,
-  type: "file",
-  mode: 0o644,
-  mtimeMs: 1_700_000_000_000,
-  size: X.length,
-  chunks: [{ id: idOf(X), length: X.length }],
-  ...more,
-});
-const symlink = (p: string, target: string): FolderEntry => ({ path: p, type: "symlink", mode: 0o777, mtimeMs: 1_700_000_000_000, size: 0, target });
+const file = (p: string, more: Partial<FolderEntry> = {}): FolderEntry => fileEntry(p, X, more);
 
 /** Open descriptors of this process. */
 const openFds = (): number => readdirSync("/proc/self/fd").length;
 
 /**
- * Restores entries into out (an existing folder: in place, with force) and calls before(path)
+ * Restores entries into out (an existing folder: in place, with force) and calls before[path]
  * just before the fetcher hands over the entry of that path, and onBatch after every batch.
  */
 async function restoreRacing(
@@ -51,25 +36,7 @@ async function restoreRacing(
   onBatch: () => void = () => undefined,
 ): Promise<FolderRestoreResult> {
   const blob = concatBytes(entries.map((e) => encodeEntry(e)));
-  const blobs = new Map([
-    [idOf(blob), blob],
-    [idOf(X), X],
-  ]);
-  const reader = { read: async (id: Uint8Array) => blobs.get(toHex(id)) as Uint8Array } as unknown as BlobReader;
-  const fetcher = {
-    async *read<T>(requests: AsyncIterable<readonly ChunkRequest<T>[]> | Iterable<readonly ChunkRequest<T>[]>): AsyncIterable<Fetched<T>[]> {
-      for await (const batch of requests) {
-        for (const q of batch) {
-          const tag = q.tag as { kind: string; entry?: FolderEntry };
-          if (tag.kind === "entry" && tag.entry !== undefined) await before[tag.entry.path]?.();
-        }
-        yield batch.map((q) => ({ tag: q.tag, data: q.id === null ? null : (blobs.get(toHex(q.id)) ?? null) }));
-        onBatch();
-      }
-    },
-  } as unknown as ChunkFetcher;
-  const folder: FolderSource = { kind: "folder", name: "f", path: "/src/f", entries: [idOf(blob)], files: entries.length - 1, dirs: 1, symlinks: 0, size: 0 };
-  return restoreFolder(folder, out, { includes: undefined, reader, fetcher, snapshotKey: "snapshots/test", progress: () => undefined, force: true, owners: false });
+  return restoreEntryBlob(blob, out, { contents: [X], force: true, beforeEntry: async (p) => before[p]?.(), afterBatch: onBatch });
 }
 
 /** Moves dir aside (to dir + ".moved") and puts a symlink to target in its place. */
