@@ -8,6 +8,9 @@
  *   readFile(path) -> Promise<ArrayBuffer>                    the file's bytes
  *   readRange(path, offset, length) -> Promise<ArrayBuffer>   up to length bytes from offset
  *                                                             (fewer where the file ends)
+ *   statSizes(paths) -> Promise<Float64Array>                 each file's size, -1 where stat
+ *                                                             fails (a listing's sizes: one trip
+ *                                                             for many files)
  *
  * A failure rejects with an Error whose code is the errno name (ENOENT, EISDIR, EACCES, ...)
  * and whose message names the path, as Node.js's fs errors do.
@@ -17,6 +20,7 @@
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -183,11 +187,113 @@ static napi_value start_read(napi_env env, napi_callback_info info, int ranged) 
 static napi_value read_file(napi_env env, napi_callback_info info) { return start_read(env, info, 0); }
 static napi_value read_range(napi_env env, napi_callback_info info) { return start_read(env, info, 1); }
 
+/* The sizes of up to STAT_MAX files, stat'ed one after another on one thread-pool thread. */
+#define STAT_MAX 4096
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  size_t count;
+  char **paths;
+  double *sizes;
+} stat_job;
+
+static void stat_execute(napi_env env, void *arg) {
+  (void)env;
+  stat_job *job = arg;
+  for (size_t i = 0; i < job->count; i++) {
+    struct stat st;
+    job->sizes[i] = stat(job->paths[i], &st) == 0 ? (double)st.st_size : -1;
+  }
+}
+
+static void stat_free(stat_job *job) {
+  if (job->paths != NULL)
+    for (size_t i = 0; i < job->count; i++) free(job->paths[i]);
+  free(job->paths);
+  free(job->sizes);
+  free(job);
+}
+
+static void stat_complete(napi_env env, napi_status status, void *arg) {
+  stat_job *job = arg;
+  napi_value buffer, array;
+  void *bytes;
+  if (status == napi_ok && napi_create_arraybuffer(env, job->count * sizeof(double), &bytes, &buffer) == napi_ok &&
+      napi_create_typedarray(env, napi_float64_array, job->count, buffer, 0, &array) == napi_ok) {
+    if (job->count > 0) memcpy(bytes, job->sizes, job->count * sizeof(double));
+    napi_resolve_deferred(env, job->deferred, array);
+  } else {
+    napi_value code, message, error;
+    napi_create_string_utf8(env, "EIO", NAPI_AUTO_LENGTH, &code);
+    napi_create_string_utf8(env, "EIO: the sizes could not be read", NAPI_AUTO_LENGTH, &message);
+    napi_create_error(env, code, message, &error);
+    napi_reject_deferred(env, job->deferred, error);
+  }
+  napi_delete_async_work(env, job->work);
+  stat_free(job);
+}
+
+/* statSizes(paths): each file's size (stat, as fs.stat), or -1 where stat fails. */
+static napi_value stat_sizes(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  bool is_array = false;
+  uint32_t count = 0;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 || napi_is_array(env, argv[0], &is_array) != napi_ok ||
+      !is_array || napi_get_array_length(env, argv[0], &count) != napi_ok || count > STAT_MAX) {
+    napi_throw_type_error(env, NULL, "expected an array of at most 4096 paths");
+    return NULL;
+  }
+  stat_job *job = calloc(1, sizeof *job);
+  if (job == NULL || (job->paths = calloc(count > 0 ? count : 1, sizeof(char *))) == NULL ||
+      (job->sizes = calloc(count > 0 ? count : 1, sizeof(double))) == NULL) {
+    if (job != NULL) stat_free(job);
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return NULL;
+  }
+  for (uint32_t i = 0; i < count; i++) {
+    napi_value item;
+    size_t length, copied;
+    if (napi_get_element(env, argv[0], i, &item) != napi_ok || napi_get_value_string_utf8(env, item, NULL, 0, &length) != napi_ok ||
+        length == 0 || length > 4096) {
+      stat_free(job);
+      napi_throw_type_error(env, NULL, "expected an array of paths");
+      return NULL;
+    }
+    job->count = i + 1;
+    if ((job->paths[i] = malloc(length + 1)) == NULL) {
+      stat_free(job);
+      napi_throw_error(env, "ENOMEM", "out of memory");
+      return NULL;
+    }
+    napi_get_value_string_utf8(env, item, job->paths[i], length + 1, &copied);
+    if (strlen(job->paths[i]) != copied) {
+      stat_free(job);
+      napi_throw_type_error(env, NULL, "a path holds a NUL character");
+      return NULL;
+    }
+  }
+  job->count = count;
+  napi_value promise, name;
+  napi_create_string_utf8(env, "vmvault stat", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
+      napi_create_async_work(env, NULL, name, stat_execute, stat_complete, job, &job->work) != napi_ok ||
+      napi_queue_async_work(env, job->work) != napi_ok) {
+    stat_free(job);
+    napi_throw_error(env, "EIO", "could not start the stat");
+    return NULL;
+  }
+  return promise;
+}
+
 napi_status vmvault_register_readfile(napi_env env, napi_value exports) {
   napi_value fn;
   napi_status s = napi_create_function(env, "readFile", NAPI_AUTO_LENGTH, read_file, NULL, &fn);
   if (s == napi_ok) s = napi_set_named_property(env, exports, "readFile", fn);
   if (s == napi_ok) s = napi_create_function(env, "readRange", NAPI_AUTO_LENGTH, read_range, NULL, &fn);
   if (s == napi_ok) s = napi_set_named_property(env, exports, "readRange", fn);
+  if (s == napi_ok) s = napi_create_function(env, "statSizes", NAPI_AUTO_LENGTH, stat_sizes, NULL, &fn);
+  if (s == napi_ok) s = napi_set_named_property(env, exports, "statSizes", fn);
   return s;
 }

@@ -11,8 +11,10 @@ import { assertValidKey, assertValidPrefix, type ByteRange, type ObjectInfo, typ
 const TEMP_PREFIX = ".tmp-";
 /** Read descriptors kept open, so range reads of a pack do not open and close it each time. */
 const OPEN_READERS = 8;
-/** Files list() stats at once for their sizes. */
+/** Files list() stats at once for their sizes (through fs.stat; see NATIVE_LIST_STATS). */
 const LIST_STATS = 32;
+/** Files list() stats in one trip to the thread pool through the native helper. */
+const NATIVE_LIST_STATS = 256;
 /** Folders a listing reads ahead of the one it is walking. */
 const WALK_AHEAD = 16;
 
@@ -170,19 +172,25 @@ export class FsStore implements Store {
   }
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
-    // Sizes come from a stat per file, LIST_STATS at a time (one after another, listing 20,000
-    // packs took 1.05 s on the slower host, 0.40 s so); objects come out in the walk's order.
+    // Sizes come from a stat per file: NATIVE_LIST_STATS files in one trip to the thread pool
+    // through the native helper (2,005 index files: 41-110 ms -> 12-20 ms on the slower host),
+    // else LIST_STATS fs.stat calls at a time (one after another, listing 20,000 packs took
+    // 1.05 s there, 0.40 s so). A file gone since the walk is left out; objects come out in the
+    // walk's order.
+    const native = nativeHelper();
+    const batchSize = native === null ? LIST_STATS : NATIVE_LIST_STATS;
     let batch: { key: string; file: string }[] = [];
     const sized = async (files: { key: string; file: string }[]): Promise<ObjectInfo[]> => {
-      const stats = await Promise.all(files.map((f) => fsp.stat(f.file).catch(() => undefined)));
+      if (files.length === 0) return [];
+      const sizes = native !== null ? await native.statSizes(files.map((f) => f.file)) : await Promise.all(files.map((f) => fsp.stat(f.file).then((st) => st.size, () => -1)));
       return files.flatMap((f, i) => {
-        const st = stats[i];
-        return st === undefined ? [] : [{ key: f.key, size: st.size }];
+        const size = sizes[i] ?? -1;
+        return size < 0 ? [] : [{ key: f.key, size }];
       });
     };
     for await (const f of this.#files(prefix)) {
       batch.push(f);
-      if (batch.length < LIST_STATS) continue;
+      if (batch.length < batchSize) continue;
       yield* await sized(batch);
       batch = [];
     }

@@ -17,6 +17,8 @@ export interface NativeHelper {
   readFile(path: string): Promise<ArrayBuffer>;
   /** Up to length bytes of a file from offset (fewer where it ends), in one trip the same way. */
   readRange(path: string, offset: number, length: number): Promise<ArrayBuffer>;
+  /** Each file's size (stat, following symlinks as fs.stat does), -1 where stat fails; at most 4096 paths, one trip. */
+  statSizes(paths: readonly string[]): Promise<Float64Array>;
 }
 
 /** Where `npm install` builds the helper, from this module in the sources, the library build or the CLI bundle. */

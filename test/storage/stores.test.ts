@@ -310,6 +310,41 @@ describe("FsStore", () => {
     }
   });
 
+  it("lists sizes through the native helper, many files a trip, the same as fs.stat gives", async () => {
+    const native = nativeHelper();
+    expect(native, "build/Release/vmvault_native.node is missing: run npm install").not.toBeNull();
+    if (native === null) return;
+    const { root, store } = await fresh();
+    const keys = Array.from({ length: 600 }, (_, i) => `index/${String(i).padStart(4, "0")}`);
+    for (const [i, key] of keys.entries()) await store.putIfAbsent(key, seeded(key, (i * 37) % 5000));
+    const files = keys.map((k) => path.join(root, ...k.split("/")));
+    const sizes = await native.statSizes([...files, path.join(root, "index", "none"), path.join(root, "index")]);
+    expect([...sizes.slice(0, 600)]).toEqual(await Promise.all(files.map(async (f) => (await fsp.stat(f)).size)));
+    // Missing: -1; a folder stats as fs.stat would (list() walks files only).
+    expect(sizes[600]).toBe(-1);
+    expect(sizes[601]).toBe((await fsp.stat(path.join(root, "index"))).size);
+    expect((await native.statSizes([])).length).toBe(0);
+    expect(() => native.statSizes(["a", 7] as unknown as string[])).toThrow(TypeError);
+    expect(() => native.statSizes(["a\0b"])).toThrow(TypeError);
+    expect(() => native.statSizes(Array.from({ length: 4097 }, () => "a"))).toThrow(TypeError);
+    // list() asks for 256 sizes a trip, and a file removed after the walk saw it is left out.
+    const real = native.statSizes.bind(native);
+    const statSizes = vi.spyOn(native, "statSizes");
+    let removed = false;
+    statSizes.mockImplementation(async (paths) => {
+      if (!removed) {
+        removed = true;
+        await fsp.rm(files[5] as string);
+      }
+      return real(paths);
+    });
+    const listed: { key: string; size: number }[] = [];
+    for await (const o of store.list("index/")) listed.push(o);
+    expect(statSizes).toHaveBeenCalledTimes(3);
+    expect(listed.map((o) => o.key)).toEqual(keys.filter((_, i) => i !== 5));
+    expect(listed.map((o) => o.size)).toEqual(keys.flatMap((k, i) => (i === 5 ? [] : [(i * 37) % 5000])));
+  });
+
   it("reads whole objects and ranges through the native helper in one trip, with fs's error codes", async () => {
     const native = nativeHelper();
     expect(native, "build/Release/vmvault_native.node is missing: run npm install").not.toBeNull();
