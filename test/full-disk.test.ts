@@ -5,7 +5,7 @@ import { describe, expect, it } from "vitest";
 import { FaultyStore } from "../src/storage/faulty.js";
 import { FsStore, KDF_TEST, Vault } from "../src/index.js";
 import { listAll } from "../src/storage/types.js";
-import { initTestVault, makeImage, openTestVault, passphrase, tempDirs } from "./helpers/fixtures.js";
+import { initTestVault, makeImage, openTestVault, passphrase, seededBytes, tempDirs } from "./helpers/fixtures.js";
 
 const tmp = tempDirs();
 
@@ -92,6 +92,37 @@ describe("a full restore target", () => {
     const out = tmp("out");
     await v.restore({ snapshot: "latest", target: out, reason: "test" });
     expect(Buffer.compare(await fsp.readFile(path.join(out, "vm.raw")), await fsp.readFile(image))).toBe(0);
+    await v.close();
+  });
+
+  it("fails a folder restore with a clear error and removes its temporary folder, files and subfolders", async (ctx) => {
+    const dir = tmp("repo");
+    const folder = path.join(tmp("src"), "etc");
+    // 12 MiB in files over three levels of folders: the 4 MiB target fills partway through.
+    for (let i = 0; i < 12; i++) {
+      const sub = path.join(folder, `d${i % 3}`, `e${i % 2}`);
+      await fsp.mkdir(sub, { recursive: true });
+      await fsp.writeFile(path.join(sub, `f${i}`), seededBytes(`file ${i}`, 1024 * 1024));
+    }
+    const v = await initTestVault(dir);
+    await v.backup({ vm: "vm", sources: [folder] });
+    const small = tmp("small");
+    if (!mountTmpfs(small, 4096)) {
+      await v.close();
+      ctx.skip();
+      return;
+    }
+    try {
+      await expect(v.restore({ snapshot: "latest", target: path.join(small, "out"), reason: "test" })).rejects.toMatchObject({
+        code: "E_STORAGE",
+        message: expect.stringMatching(/no space left on the restore target/),
+      });
+      expect(await fsp.readdir(path.join(small, "out"))).toEqual([]);
+      const df = execFileSync("df", ["--output=used", "-k", small]).toString().trim().split("\n").pop();
+      expect(Number(df)).toBeLessThan(64);
+    } finally {
+      execFileSync("umount", [small]);
+    }
     await v.close();
   });
 });
