@@ -150,7 +150,7 @@ describe("removing what a symlink entry replaces (--force)", () => {
     const pin = await dirs.enter("");
     try {
       expect(dirs.pinned).toBe(true);
-      await removeEntry(pin.at("x"));
+      await removeEntry(pin.at("x"), dirs.pinned);
     } finally {
       pin.release();
       await dirs.close();

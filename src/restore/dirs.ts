@@ -290,11 +290,12 @@ export class RestoreDirs {
 
 /**
  * Removes what is at p (a name in a pinned folder, see DirPin.at) and, when it is a folder,
- * everything in it, never following a symlink: each folder is opened without following one and
- * emptied through its own descriptor, so swapping a folder being emptied for a symlink cannot
- * make this remove anything elsewhere. Without /proc/self/fd, Node.js's recursive removal by path.
+ * everything in it, never following a symlink. With fdPaths (RestoreDirs.pinned), each folder is
+ * opened without following one and emptied through its own descriptor, so swapping a folder
+ * being emptied for a symlink cannot make this remove anything elsewhere; without, Node.js's
+ * recursive removal by path.
  */
-export async function removeEntry(p: FsPath): Promise<void> {
+export async function removeEntry(p: FsPath, fdPaths: boolean): Promise<void> {
   const st = await lstatOrNull(p);
   if (st === null) return;
   if (!st.isDirectory()) {
@@ -310,14 +311,14 @@ export async function removeEntry(p: FsPath): Promise<void> {
     throw e;
   });
   if (handle === null) return;
-  if (handle === undefined) return removeEntry(p);
+  if (handle === undefined) return removeEntry(p, fdPaths);
   try {
-    if (!(await canUseFdPaths(handle))) {
+    if (!fdPaths) {
       await fsp.rm(p, { recursive: true, force: true });
       return;
     }
     const inside = fdPath(handle.fd);
-    for (const name of await fsp.readdir(inside, { encoding: "buffer" })) await removeEntry(joinName(inside, name));
+    for (const name of await fsp.readdir(inside, { encoding: "buffer" })) await removeEntry(joinName(inside, name), fdPaths);
   } finally {
     await handle.close();
   }

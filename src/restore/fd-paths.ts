@@ -5,20 +5,15 @@ export function fdPath(fd: number): string {
   return `/proc/self/fd/${fd}`;
 }
 
-let works: Promise<boolean> | undefined;
-
 /**
- * Whether lookups through fdPath reach the folder a descriptor names (Linux with /proc mounted),
- * tested once with the first folder's descriptor.
+ * Whether lookups through fdPath reach the folder a descriptor names (Linux with /proc mounted):
+ * the folder looked up through its descriptor's path must be that folder.
  */
 export async function canUseFdPaths(folder: fsp.FileHandle): Promise<boolean> {
-  works ??= (async () => {
-    try {
-      const [viaFd, own] = await Promise.all([fsp.stat(`${fdPath(folder.fd)}/.`), folder.stat()]);
-      return viaFd.ino === own.ino && viaFd.dev === own.dev;
-    } catch {
-      return false;
-    }
-  })();
-  return works;
+  try {
+    const [viaFd, own] = await Promise.all([fsp.stat(`${fdPath(folder.fd)}/.`), folder.stat()]);
+    return viaFd.ino === own.ino && viaFd.dev === own.dev;
+  } catch {
+    return false;
+  }
 }

@@ -160,8 +160,9 @@ export async function restoreFolder(folder: FolderSource, dest: string, o: Folde
     }
   }
   const found = o.onPartialFound;
+  let dirs: RestoreDirs | undefined;
   try {
-    const dirs = await RestoreDirs.open(root, {
+    dirs = await RestoreDirs.open(root, {
       force: o.force,
       ...(inPlace && found !== undefined ? { onEntered: async (dir: FsPath, shown: FsPath) => (await findPartials(dir, shown)).forEach(found) } : {}),
     }).catch((e: unknown) => {
@@ -176,7 +177,8 @@ export async function restoreFolder(folder: FolderSource, dest: string, o: Folde
     if (!inPlace) await moveIntoPlace(root, dest, o.force);
     return result;
   } catch (e) {
-    if (!inPlace) await removeEntry(root).catch(() => undefined);
+    // The temporary folder is this restore's own (mode 0700 until the modes are applied last).
+    if (!inPlace) await removeEntry(root, dirs?.pinned ?? false).catch(() => undefined);
     throw e;
   }
 }
@@ -306,7 +308,7 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
         // Whatever is there (with force) goes, a symlink as itself; nothing is followed. A folder
         // it replaces is checked again should a later entry go below it.
         dirs.replaced(link.path);
-        await removeEntry(at);
+        await removeEntry(at, dirs.pinned);
         await fsp.symlink(nameBytes(link.target ?? ""), at);
         const owner = ownerOf(link);
         if (owner !== undefined) {
