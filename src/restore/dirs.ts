@@ -262,7 +262,7 @@ export class RestoreDirs {
     const { mode, mtimeMs, owner } = o;
     if (!this.#ready.has(rel)) return;
     const slash = rel.lastIndexOf("/");
-    const parent = await this.enter(rel === "" ? "" : slash < 0 ? "" : rel.slice(0, slash)).catch(() => undefined);
+    const parent = await this.enter(slash < 0 ? "" : rel.slice(0, slash)).catch(() => undefined);
     if (parent === undefined) return;
     try {
       const at = rel === "" ? parent.at(".") : parent.at(rel.slice(slash + 1));
