@@ -135,14 +135,33 @@ static void read_complete(napi_env env, napi_status status, void *arg) {
   free(job);
 }
 
+/* A path argument as a new C string, or NULL with a TypeError (or out of memory) thrown. */
+static char *path_arg(napi_env env, napi_value value) {
+  size_t length, copied;
+  if (napi_get_value_string_utf8(env, value, NULL, 0, &length) != napi_ok || length == 0 || length > 4096) {
+    napi_throw_type_error(env, NULL, "expected a path");
+    return NULL;
+  }
+  char *path = malloc(length + 1);
+  if (path == NULL) {
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return NULL;
+  }
+  napi_get_value_string_utf8(env, value, path, length + 1, &copied);
+  if (strlen(path) != copied) {
+    free(path);
+    napi_throw_type_error(env, NULL, "the path holds a NUL character");
+    return NULL;
+  }
+  return path;
+}
+
 /* readFile(path) when ranged is 0, readRange(path, offset, length) when it is 1. */
 static napi_value start_read(napi_env env, napi_callback_info info, int ranged) {
   size_t argc = 3;
   napi_value argv[3];
-  size_t length;
   int64_t offset = 0, count = 0;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < (ranged ? 3u : 1u) ||
-      napi_get_value_string_utf8(env, argv[0], NULL, 0, &length) != napi_ok || length == 0 || length > 4096) {
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < (ranged ? 3u : 1u)) {
     napi_throw_type_error(env, NULL, "expected a path");
     return NULL;
   }
@@ -151,10 +170,10 @@ static napi_value start_read(napi_env env, napi_callback_info info, int ranged) 
     napi_throw_type_error(env, NULL, "expected a non-negative offset and a length of at most 4 GiB");
     return NULL;
   }
+  char *path = path_arg(env, argv[0]);
+  if (path == NULL) return NULL;
   read_job *job = calloc(1, sizeof *job);
-  char *path = malloc(length + 1);
-  if (job == NULL || path == NULL) {
-    free(job);
+  if (job == NULL) {
     free(path);
     napi_throw_error(env, "ENOMEM", "out of memory");
     return NULL;
@@ -163,14 +182,6 @@ static napi_value start_read(napi_env env, napi_callback_info info, int ranged) 
   job->ranged = ranged;
   job->offset = offset;
   job->length = (size_t)count;
-  size_t copied;
-  napi_get_value_string_utf8(env, argv[0], path, length + 1, &copied);
-  if (strlen(path) != copied) {
-    free(path);
-    free(job);
-    napi_throw_type_error(env, NULL, "the path holds a NUL character");
-    return NULL;
-  }
   napi_value promise, name;
   napi_create_string_utf8(env, "vmvault read", NAPI_AUTO_LENGTH, &name);
   if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
@@ -254,27 +265,18 @@ static napi_value stat_sizes(napi_env env, napi_callback_info info) {
   }
   for (uint32_t i = 0; i < count; i++) {
     napi_value item;
-    size_t length, copied;
-    if (napi_get_element(env, argv[0], i, &item) != napi_ok || napi_get_value_string_utf8(env, item, NULL, 0, &length) != napi_ok ||
-        length == 0 || length > 4096) {
+    if (napi_get_element(env, argv[0], i, &item) != napi_ok) {
       stat_free(job);
       napi_throw_type_error(env, NULL, "expected an array of paths");
       return NULL;
     }
+    /* path_arg throws for a missing, empty, too long or NUL-holding path. */
+    if ((job->paths[i] = path_arg(env, item)) == NULL) {
+      stat_free(job);
+      return NULL;
+    }
     job->count = i + 1;
-    if ((job->paths[i] = malloc(length + 1)) == NULL) {
-      stat_free(job);
-      napi_throw_error(env, "ENOMEM", "out of memory");
-      return NULL;
-    }
-    napi_get_value_string_utf8(env, item, job->paths[i], length + 1, &copied);
-    if (strlen(job->paths[i]) != copied) {
-      stat_free(job);
-      napi_throw_type_error(env, NULL, "a path holds a NUL character");
-      return NULL;
-    }
   }
-  job->count = count;
   napi_value promise, name;
   napi_create_string_utf8(env, "vmvault stat", NAPI_AUTO_LENGTH, &name);
   if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||

@@ -61,16 +61,16 @@ function joinName(dir: FsPath, name: string | Buffer): FsPath {
  * the recently used.
  */
 export class DirPin {
-  readonly rel: string;
   /** The folder's path for messages. */
   readonly shown: FsPath;
   readonly #base: FsPath;
   readonly #handle: fsp.FileHandle | undefined;
   #refs = 0;
+  /** Dropped by its folders (closeWhenFree): closed once no one holds it. */
+  #dropped = false;
   #closed = false;
 
-  constructor(rel: string, shown: FsPath, handle: fsp.FileHandle | undefined) {
-    this.rel = rel;
+  constructor(shown: FsPath, handle: fsp.FileHandle | undefined) {
     this.shown = shown;
     this.#handle = handle;
     this.#base = handle === undefined ? shown : fdPath(handle.fd);
@@ -98,7 +98,6 @@ export class DirPin {
     if (this.#refs === 0 && this.#dropped) void this.close();
   }
 
-  #dropped = false;
   /** Closes now when no one holds it, else when the last hold is released. */
   closeWhenFree(): void {
     this.#dropped = true;
@@ -152,7 +151,7 @@ export class RestoreDirs {
     });
     const fdPaths = await canUseFdPaths(handle);
     if (!fdPaths) await handle.close();
-    const dirs = new RestoreDirs(root, new DirPin("", root, fdPaths ? handle : undefined), fdPaths, o);
+    const dirs = new RestoreDirs(root, new DirPin(root, fdPaths ? handle : undefined), fdPaths, o);
     dirs.#ready.add("");
     return dirs;
   }
@@ -199,7 +198,7 @@ export class RestoreDirs {
           throw notAFolder(shown, await fsp.lstat(parent.at(name)).catch(() => undefined));
         });
       }
-      const pin = new DirPin(rel, shown, handle).hold();
+      const pin = new DirPin(shown, handle).hold();
       this.#pins.set(rel, pin);
       this.#closeIdle();
       if (existed) {
@@ -214,10 +213,9 @@ export class RestoreDirs {
     }
   }
 
-  /** Makes rel and every folder above it a real folder; returns its path, for messages. */
-  async ensure(rel: string): Promise<FsPath> {
+  /** Makes rel and every folder above it a real folder. */
+  async ensure(rel: string): Promise<void> {
     (await this.enter(rel)).release();
-    return this.place(rel);
   }
 
   /** Closes the least recently used pins no one holds beyond IDLE_PINS (never the root's). */
