@@ -5,6 +5,8 @@
 // loader in the main thread, another 1.7 MiB and 10 ms (docs/design.md §10). Native addons and
 // libsodium's WASM build stay separate packages, loaded with require(); the pipeline worker
 // (dist/pipeline/worker.js) stays unbundled, started before it is needed.
+import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { build } from "esbuild";
 
 // commander requires child_process at load, for executable subcommands vmvault does not have;
@@ -21,6 +23,13 @@ const lazyChildProcess = {
   },
 };
 
+// The modules find their neighbours (the worker, the native helper, the code caches) from
+// import.meta.url, which a CommonJS file spells as its own file name.
+const moduleUrl = {
+  define: { "import.meta.url": "vmvaultModuleUrl" },
+  banner: { js: 'const vmvaultModuleUrl = require("node:url").pathToFileURL(__filename).href;' },
+};
+
 await build({
   entryPoints: ["dist/cli/main.js"],
   outfile: "dist/vmvault.cjs",
@@ -31,10 +40,26 @@ await build({
   external: ["argon2", "sodium-native", "zstd-napi", "lz4", "libsodium-wrappers"],
   // import("libsodium-wrappers") becomes require(): an import() would start the ES module loader.
   supported: { "dynamic-import": false },
-  // The modules find their neighbours (the worker, the native helper) from import.meta.url,
-  // which a CommonJS file spells as its own file name.
-  define: { "import.meta.url": "vmvaultModuleUrl" },
-  banner: { js: 'const vmvaultModuleUrl = require("node:url").pathToFileURL(__filename).href;' },
+  ...moduleUrl,
   plugins: [lazyChildProcess],
   logLevel: "warning",
 });
+
+// bin/vmvault loads the bundle through its code cache with this (src/util/code-cache.ts).
+await build({
+  entryPoints: ["dist/util/code-cache.js"],
+  outfile: "dist/cached-require.cjs",
+  bundle: true,
+  platform: "node",
+  target: "node20",
+  format: "cjs",
+  ...moduleUrl,
+  logLevel: "warning",
+});
+
+// The code caches, made under bin/vmvault's V8 flags (its first line: node and the flags after it).
+const shebang = readFileSync("bin/vmvault", "utf8").split("\n", 1)[0] ?? "";
+const words = shebang.split(/\s+/);
+const flags = words.slice(words.indexOf("node") + 1).filter((w) => w.startsWith("--"));
+const made = spawnSync(process.execPath, [...flags, "scripts/code-cache.mjs"], { stdio: "inherit" });
+if (made.status !== 0) throw new Error(`scripts/code-cache.mjs failed (${made.status ?? made.signal})`);

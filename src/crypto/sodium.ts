@@ -1,13 +1,20 @@
 import type sodiumModule from "libsodium-wrappers";
+import { createRequire } from "node:module";
+import { requireCached } from "../util/code-cache.js";
 
 export type Sodium = typeof sodiumModule;
 
 /**
- * Resolves to the initialised libsodium (WASM) module, loaded on first use: a pipeline worker
- * with the native binding never loads it (its WASM memory costs ~10 MiB per thread).
+ * Resolves to the initialised libsodium (WASM) module, loaded on first use (its WASM memory
+ * costs ~10 MiB per thread). Both of its scripts load through the code cache `npm run build`
+ * makes (util/code-cache.ts): compiling libsodium's 900 KB script from source costs each
+ * thread 40-60 ms.
  */
 export async function loadSodium(): Promise<Sodium> {
-  const sodium = (await import("libsodium-wrappers")).default;
+  const wrappers = createRequire(import.meta.url).resolve("libsodium-wrappers");
+  // libsodium-wrappers requires libsodium, which then comes from require's cache.
+  requireCached(createRequire(wrappers).resolve("libsodium"));
+  const sodium = requireCached(wrappers).exports as Sodium;
   await sodium.ready;
   return sodium;
 }

@@ -1,0 +1,163 @@
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import Module, { createRequire } from "node:module";
+import { basename, dirname, join, relative } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Script } from "node:vm";
+
+/**
+ * V8 code caches for the large CommonJS files every command loads: the CLI bundle and
+ * libsodium's WASM build (a 900 KB script, most of it the WebAssembly module in base64).
+ * Compiling them from source costs each thread that loads them 40-60 ms of V8's parsing; a
+ * cache written by `npm run build` (`scripts/code-cache.mjs`) lets V8 deserialize what it
+ * compiled instead. A cache is used only for the exact source it was made from (SHA-256 of
+ * the file) and Node.js version; V8 itself refuses one made under other flags, and then the
+ * file is compiled from source as without a cache. The caches sit beside the code they belong
+ * to (dist/code-cache/), written by the same build, and are trusted as that code is.
+ */
+
+/** Where the build writes the manifest, from this module in the library build (dist/util/) or a bundle in dist/. */
+const MANIFEST_CANDIDATES = ["../code-cache/manifest.json", "./code-cache/manifest.json"];
+
+/** The manifest's own format version. */
+const MANIFEST_VERSION = 1;
+
+interface ManifestEntry {
+  /** SHA-256 (hex) of the file the cache was made from. */
+  readonly sha256: string;
+  /** The cache file, in the manifest's folder. */
+  readonly cache: string;
+  /** SHA-256 (hex) of the cache file: V8 checks a cache's header, not what it holds. */
+  readonly cacheSha256: string;
+}
+
+interface Manifest {
+  readonly version: number;
+  /** `process.version` of the Node.js that made the caches. */
+  readonly node: string;
+  /** By the file's path relative to the manifest's folder. */
+  readonly files: Readonly<Record<string, ManifestEntry>>;
+}
+
+/** How a file was loaded: from its cache, compiled from source because V8 refused the cache, compiled without one, or already loaded. */
+export type CacheUse = "used" | "rejected" | "none" | "loaded";
+
+export interface CachedLoad {
+  readonly exports: unknown;
+  readonly cache: CacheUse;
+}
+
+/** A file loaded to have its cache made (`writeCodeCache`). */
+export interface LoadedScript {
+  readonly file: string;
+  readonly exports: unknown;
+  /** SHA-256 (hex) of the file's bytes. */
+  readonly sha256: string;
+  readonly script: Script;
+}
+
+/**
+ * require(file) for a CommonJS file, through its code cache when the build made one for this
+ * very source. The module goes into require's cache, so later require() calls of it, and of it
+ * from other modules, get the same exports.
+ */
+export function requireCached(file: string, manifestFile: string | undefined = findManifest()): CachedLoad {
+  const req = createRequire(file);
+  const loaded = req.cache[file];
+  if (loaded !== undefined) return { exports: loaded.exports, cache: "loaded" };
+  const found = manifestFile === undefined ? undefined : cacheFor(file, manifestFile);
+  if (found === undefined) return { exports: req(file), cache: "none" };
+  const { exports, script } = evaluate(file, found.source, found.cachedData);
+  return { exports, cache: script.cachedDataRejected === true ? "rejected" : "used" };
+}
+
+/** Loads a file as requireCached does but without a cache, keeping what a cache is made from. */
+export function loadForCache(file: string): LoadedScript {
+  const bytes = readFileSync(file);
+  const source = bytes.toString("utf8");
+  const { exports, script } = evaluate(file, source, undefined);
+  return { file, exports, sha256: sha256(bytes), script };
+}
+
+/**
+ * Writes each loaded file's code cache and the manifest into dir (made if missing), and removes
+ * the caches of earlier builds. Made after the files ran, a cache also holds the functions
+ * compiled while they did.
+ */
+export function writeCodeCache(dir: string, loaded: readonly LoadedScript[]): void {
+  mkdirSync(dir, { recursive: true });
+  const files: Record<string, ManifestEntry> = {};
+  for (const l of loaded) {
+    const cache = `${basename(l.file)}.${l.sha256.slice(0, 16)}.v8cache`;
+    const data = l.script.createCachedData();
+    writeAtomic(join(dir, cache), data);
+    files[relative(dir, l.file)] = { sha256: l.sha256, cache, cacheSha256: sha256(data) };
+  }
+  const manifest: Manifest = { version: MANIFEST_VERSION, node: process.version, files };
+  writeAtomic(join(dir, "manifest.json"), Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`));
+  const kept = new Set(Object.values(files).map((f) => f.cache));
+  for (const name of readdirSync(dir)) if (name.endsWith(".v8cache") && !kept.has(name)) rmSync(join(dir, name));
+}
+
+/** The file's source and its cache, when the manifest has one for this source and Node.js. */
+function cacheFor(file: string, manifestFile: string): { source: string; cachedData: Buffer } | undefined {
+  let manifest: Manifest;
+  try {
+    manifest = JSON.parse(readFileSync(manifestFile, "utf8")) as Manifest;
+  } catch {
+    return undefined;
+  }
+  if (manifest.version !== MANIFEST_VERSION || manifest.node !== process.version || typeof manifest.files !== "object") return undefined;
+  const dir = dirname(manifestFile);
+  const entry = manifest.files[relative(dir, file)];
+  if (entry === undefined) return undefined;
+  let bytes: Buffer;
+  let cachedData: Buffer;
+  try {
+    bytes = readFileSync(file);
+    if (sha256(bytes) !== entry.sha256) return undefined;
+    cachedData = readFileSync(join(dir, basename(entry.cache)));
+    if (sha256(cachedData) !== entry.cacheSha256) return undefined;
+  } catch {
+    return undefined;
+  }
+  return { source: bytes.toString("utf8"), cachedData };
+}
+
+/** The manifest of the build this module belongs to, if it has one. */
+export function findManifest(): string | undefined {
+  for (const candidate of MANIFEST_CANDIDATES) {
+    const file = fileURLToPath(new URL(candidate, import.meta.url));
+    if (existsSync(file)) return file;
+  }
+  return undefined;
+}
+
+/** Compiles and runs source as Node.js runs a CommonJS file, and registers it in require's cache. */
+function evaluate(file: string, source: string, cachedData: Buffer | undefined): { exports: unknown; script: Script } {
+  const script = new Script(Module.wrap(source), cachedData === undefined ? { filename: file } : { filename: file, cachedData });
+  const req = createRequire(file);
+  const mod = new Module(file);
+  mod.filename = file;
+  mod.paths = req.resolve.paths("") ?? [];
+  const wrapper = script.runInThisContext() as (exports: unknown, require: NodeJS.Require, module: Module, filename: string, dirname: string) => void;
+  req.cache[file] = mod;
+  try {
+    wrapper.call(mod.exports, mod.exports, req, mod, file, dirname(file));
+  } catch (e) {
+    delete req.cache[file];
+    throw e;
+  }
+  mod.loaded = true;
+  return { exports: mod.exports, script };
+}
+
+function sha256(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+function writeAtomic(file: string, bytes: Uint8Array): void {
+  const partial = `${file}.partial`;
+  writeFileSync(partial, bytes);
+  renameSync(partial, file);
+}

@@ -1,0 +1,176 @@
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { loadForCache, requireCached, writeCodeCache } from "../../src/util/code-cache.js";
+import { BIN, ROOT } from "../helpers/cli.js";
+
+const require = createRequire(import.meta.url);
+
+/** A module big enough to have something to cache; `value` tells which source ran. */
+function moduleSource(value: string): string {
+  const helpers = Array.from({ length: 200 }, (_, i) => `function helper${i}(x) { return x * ${i} + ${i}; }`).join("\n");
+  const fail = `if (globalThis.vmvaultCodeCacheFail === true) throw new Error("failed at load");`;
+  return `"use strict";\n${helpers}\n${fail}\nmodule.exports = { value: "${value}", sum: () => helper3(2) + helper199(1), dir: __dirname };\n`;
+}
+
+/** bin/vmvault's V8 flags, from its first line, as `npm run build` reads them. */
+function binFlags(): string[] {
+  const words = (readFileSync(BIN, "utf8").split("\n", 1)[0] ?? "").split(/\s+/);
+  return words.slice(words.indexOf("node") + 1).filter((w) => w.startsWith("--"));
+}
+
+let dir: string;
+let file: string;
+let cacheDir: string;
+let manifest: string;
+
+/** Writes the module, makes its cache in this process, and forgets the module again. */
+function build(value: string): void {
+  writeFileSync(file, moduleSource(value));
+  const loaded = loadForCache(file);
+  expect((loaded.exports as { value: string }).value).toBe(value);
+  writeCodeCache(cacheDir, [loaded]);
+  delete require.cache[file];
+}
+
+beforeEach(() => {
+  dir = mkdtempSync(path.join(tmpdir(), "vmvault-code-cache-"));
+  file = path.join(dir, "lib.cjs");
+  cacheDir = path.join(dir, "code-cache");
+  manifest = path.join(cacheDir, "manifest.json");
+});
+
+afterEach(() => {
+  delete require.cache[file];
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe("requireCached", () => {
+  it("loads a module through the cache made for its source, into require's cache", () => {
+    build("one");
+    const r = requireCached(file, manifest);
+    expect(r.cache).toBe("used");
+    const m = r.exports as { value: string; sum: () => number; dir: string };
+    expect(m.value).toBe("one");
+    expect(m.sum()).toBe(2 * 3 + 3 + 199 + 199);
+    expect(m.dir).toBe(dir);
+    // Later loads, by either path, get the same module.
+    expect(require(file)).toBe(m);
+    const again = requireCached(file, manifest);
+    expect(again.cache).toBe("loaded");
+    expect(again.exports).toBe(m);
+  });
+
+  it("compiles a changed source from the source, even when its length is the same", () => {
+    build("one");
+    // Same length: V8's own check of a cache (the source's length) would take it.
+    writeFileSync(file, moduleSource("two"));
+    const r = requireCached(file, manifest);
+    expect(r.cache).toBe("none");
+    expect((r.exports as { value: string }).value).toBe("two");
+  });
+
+  it("does not use a cache file whose bytes changed", () => {
+    build("one");
+    const name = readdirSync(cacheDir).find((n) => n.endsWith(".v8cache"));
+    expect(name).toBeDefined();
+    const cacheFile = path.join(cacheDir, name as string);
+    const bytes = readFileSync(cacheFile);
+    const at = bytes.length - 100;
+    bytes[at] = (bytes[at] as number) ^ 0xff;
+    writeFileSync(cacheFile, bytes);
+    const r = requireCached(file, manifest);
+    expect(r.cache).toBe("none");
+    expect((r.exports as { value: string }).value).toBe("one");
+  });
+
+  it("does without a cache when the manifest is missing, damaged, from another Node.js, or does not name the file", () => {
+    const cases: Array<[string, () => void]> = [
+      ["no manifest", () => rmSync(manifest)],
+      ["damaged", () => writeFileSync(manifest, "{ not json")],
+      [
+        "another Node.js",
+        () => {
+          const m = JSON.parse(readFileSync(manifest, "utf8")) as { node: string };
+          writeFileSync(manifest, JSON.stringify({ ...m, node: "v0.0.1" }));
+        },
+      ],
+      [
+        "not named",
+        () => {
+          const m = JSON.parse(readFileSync(manifest, "utf8")) as { files: object };
+          writeFileSync(manifest, JSON.stringify({ ...m, files: {} }));
+        },
+      ],
+    ];
+    for (const [what, spoil] of cases) {
+      build(what);
+      spoil();
+      const r = requireCached(file, manifest);
+      expect(r.cache, what).toBe("none");
+      expect((r.exports as { value: string }).value, what).toBe(what);
+      delete require.cache[file];
+    }
+    expect(requireCached(file, undefined).cache).toBe("none");
+  });
+
+  it("leaves a module that throws while loading out of require's cache", () => {
+    build("one");
+    const g = globalThis as { vmvaultCodeCacheFail?: boolean };
+    g.vmvaultCodeCacheFail = true;
+    try {
+      expect(() => requireCached(file, manifest)).toThrow("failed at load");
+      expect(require.cache[file]).toBeUndefined();
+      expect(() => loadForCache(file)).toThrow("failed at load");
+      expect(require.cache[file]).toBeUndefined();
+    } finally {
+      delete g.vmvaultCodeCacheFail;
+    }
+    const r = requireCached(file, manifest);
+    expect(r.cache).toBe("used");
+    expect((r.exports as { value: string }).value).toBe("one");
+  });
+
+  it("a new build's manifest replaces the old one and its cache files go", () => {
+    build("one");
+    const first = readdirSync(cacheDir).filter((n) => n.endsWith(".v8cache"));
+    build("a different source");
+    const second = readdirSync(cacheDir).filter((n) => n.endsWith(".v8cache"));
+    expect(first).toHaveLength(1);
+    expect(second).toHaveLength(1);
+    expect(second[0]).not.toBe(first[0]);
+    expect(requireCached(file, manifest).cache).toBe("used");
+  });
+});
+
+describe("the build's code caches", () => {
+  const loader = path.join(ROOT, "dist/cached-require.cjs");
+  const wrappers = require.resolve("libsodium-wrappers");
+  const files = [path.join(ROOT, "dist/vmvault.cjs"), createRequire(wrappers).resolve("libsodium"), wrappers];
+  // Loads each file through requireCached in a fresh process, in its main thread and in a worker thread.
+  const probe = `
+    const { requireCached } = require(${JSON.stringify(loader)});
+    const files = ${JSON.stringify(files)};
+    const uses = () => files.map((f) => requireCached(f).cache).join(" ");
+    const { Worker } = require("node:worker_threads");
+    const main = uses();
+    const w = new Worker(${JSON.stringify(`const { requireCached } = require(${JSON.stringify(loader)}); const files = ${JSON.stringify(files)}; require("node:worker_threads").parentPort.postMessage(files.map((f) => requireCached(f).cache).join(" "));`)}, { eval: true });
+    w.on("message", (m) => { console.log(main + "|" + m); w.terminate(); });
+  `;
+
+  it("are used under bin/vmvault's V8 flags, in the main thread and in a worker", () => {
+    const out = execFileSync(process.execPath, [...binFlags(), "-e", probe], { encoding: "utf8" }).trim();
+    expect(out).toBe("used used used|used used used");
+  });
+
+  it("are refused by V8 under other flags, and the files then compile from source", () => {
+    const out = execFileSync(process.execPath, ["--max-semi-space-size=2", "-e", probe], { encoding: "utf8" }).trim();
+    expect(out).toBe("rejected rejected rejected|rejected rejected rejected");
+    // The CLI runs all the same.
+    const help = execFileSync(process.execPath, ["--max-semi-space-size=2", BIN, "--help"], { encoding: "utf8" });
+    expect(help).toContain("Usage: vmvault");
+  });
+});
