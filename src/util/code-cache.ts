@@ -157,7 +157,8 @@ function sha256(bytes: Uint8Array): string {
 }
 
 function writeAtomic(file: string, bytes: Uint8Array): void {
-  const partial = `${file}.partial`;
+  // Named per process: two builds at once each rename a whole file of their own into place.
+  const partial = `${file}.${process.pid}.partial`;
   writeFileSync(partial, bytes);
   renameSync(partial, file);
 }
