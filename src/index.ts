@@ -23,6 +23,8 @@ export type { Store, ObjectInfo, ByteRange } from "./storage/types.js";
 export { FsStore } from "./storage/fs.js";
 export { MemoryStore } from "./storage/memory.js";
 export type { BackupOptions, BackupResult } from "./backup/backup.js";
+export { backupRunsInline } from "./backup/size.js";
+export { INLINE_JOB_BYTES } from "./pipeline/pool.js";
 export type { SkippedEntry } from "./backup/folder.js";
 export type { RestoreOptions, RestoreResult } from "./restore/restore.js";
 export type { CheckOptions, CheckReport } from "./maintenance/check.js";

@@ -18,11 +18,12 @@ import { audited, authorizeAudited } from "../audit/guard.js";
 import { readHead } from "../audit/trail.js";
 import { backupFolder, type SkippedEntry } from "./folder.js";
 import { backupImage } from "./image.js";
+import { readBoundOf } from "./size.js";
 import { SessionIndexWriter } from "./index-writer.js";
 import { ChunkSink } from "./sink.js";
 import { PackIdPool } from "./pack-ids.js";
 import { loadBulkCrypto } from "../crypto/bulk.js";
-import { WorkerPool } from "../pipeline/pool.js";
+import { INLINE_JOB_BYTES, WorkerPool } from "../pipeline/pool.js";
 import { CHUNK_ID_KEY } from "../pipeline/protocol.js";
 
 /** The session key's name in the worker pool. */
@@ -32,7 +33,10 @@ export interface BackupOptions {
   readonly vm: string;
   readonly sources: readonly string[];
   readonly progress?: ProgressSink;
-  /** Worker threads for hashing, compression and encryption; 0 runs inline. Default: one per core. */
+  /**
+   * Worker threads for hashing, compression and encryption; 0 runs inline. Default: one per
+   * core but one, and none for image files with less than INLINE_JOB_BYTES to read.
+   */
   readonly workers?: number;
   /** Bytes of a disk image read and handed to the workers at a time. */
   readonly segmentBytes?: number;
@@ -77,9 +81,11 @@ interface PlannedSource {
   readonly path: string;
   readonly name: string;
   readonly kind: "disk" | "folder";
+  /** The most bytes reading it takes (size.ts: readBoundOf). */
+  readonly readBound: number;
 }
 
-async function planSources(sources: readonly string[]): Promise<PlannedSource[]> {
+async function planSources(sources: readonly string[], sparse: boolean): Promise<PlannedSource[]> {
   if (sources.length === 0) throw new UsageError("nothing to back up: give at least one disk image or folder");
   const planned: PlannedSource[] = [];
   for (const src of sources) {
@@ -95,12 +101,12 @@ async function planSources(sources: readonly string[]): Promise<PlannedSource[]>
     const name = path.basename(abs);
     // A restore writes DIR/<name>: the root folder has no name to write it under.
     if (sourceNameProblem(name) !== undefined) throw new UsageError(`${abs} has no name a restore could write it under`, "back up the folders below it instead");
-    if (st.isDirectory()) planned.push({ path: abs, name, kind: "folder" });
+    if (st.isDirectory()) planned.push({ path: abs, name, kind: "folder", readBound: readBoundOf(st, sparse) });
     else if (st.isFile() || st.isBlockDevice()) {
       await fsp.access(abs, fsConstants.R_OK).catch((e: unknown) => {
         throw sourceError(abs, e);
       });
-      planned.push({ path: abs, name, kind: "disk" });
+      planned.push({ path: abs, name, kind: "disk", readBound: readBoundOf(st, sparse) });
     } else throw new UsageError(`${abs} is neither a disk image file nor a folder`);
   }
   const names = new Set<string>();
@@ -130,7 +136,7 @@ export function fileChunker(repo: Repository): FastCdc {
 export async function backup(repo: Repository, o: BackupOptions): Promise<BackupResult> {
   await authorizeAudited(repo, "backup", "backup", { vm: o.vm });
   assertVmName(o.vm);
-  const planned = await planSources(o.sources);
+  const planned = await planSources(o.sources, o.sparse ?? true);
   const lock = await acquireLock(repo, "backup", false);
   try {
     return await audited(repo, {
@@ -145,8 +151,10 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
 }
 
 async function runBackup(repo: Repository, o: BackupOptions, planned: readonly PlannedSource[]): Promise<BackupResult> {
-  // Workers start while the index loads.
-  const starting = WorkerPool.create({ compression: repo.config, ...(o.workers === undefined ? {} : { workers: o.workers }) });
+  // Workers start while the index loads; a small backup of image files runs inline (size.ts).
+  const small = planned.reduce((n, p) => n + p.readBound, 0) < INLINE_JOB_BYTES;
+  const workers = o.workers ?? (small ? 0 : undefined);
+  const starting = WorkerPool.create({ compression: repo.config, ...(workers === undefined ? {} : { workers }) });
   starting.catch(() => undefined);
   let packs: PackWriter | undefined;
   try {

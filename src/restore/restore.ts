@@ -14,7 +14,7 @@ import { toHex, utf8 } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 import { BlobReader } from "./blob-reader.js";
 import { ChunkFetcher } from "./fetcher.js";
-import { WorkerPool } from "../pipeline/pool.js";
+import { INLINE_JOB_BYTES, WorkerPool } from "../pipeline/pool.js";
 import { existsBelow } from "./dirs.js";
 import { restoreDisk } from "./disk.js";
 import { folderEntries, includeSpellings, restoreFolder } from "./folder.js";
@@ -36,7 +36,10 @@ export interface RestoreOptions {
    */
   readonly owners?: boolean;
   readonly progress?: ProgressSink;
-  /** Worker threads that decrypt, decompress and verify chunks; 0 runs inline. Default: one per core. */
+  /**
+   * Worker threads that decrypt, decompress and verify chunks; 0 runs inline. Default: one per
+   * core but one, and none for a snapshot smaller than INLINE_JOB_BYTES (pipeline/pool.ts).
+   */
   readonly workers?: number;
   /**
    * Stops the restore: its partial files are removed, the failure is recorded in the audit
@@ -64,6 +67,8 @@ export interface RestoreResult {
    * restore that was killed, or written by one still running. Reported, never removed.
    */
   readonly partialsFound: readonly string[];
+  /** The pipeline's worker threads (0: it ran on the main thread alone). */
+  readonly pipeline: { readonly workers: number };
 }
 
 interface Plan {
@@ -150,7 +155,9 @@ async function restoreRecord(repo: Repository, sessions: SessionKeys, record: Sn
   // Restore keeps many windows in flight: a deeper queue per worker keeps the worker busy between
   // the main thread's turns (it also reads packs and writes the target, and takes a task once
   // the worker holds two).
-  const starting = WorkerPool.create({ compression: repo.config, tasksPerWorker: 4, ...(o.workers === undefined ? {} : { workers: o.workers }) });
+  // A snapshot smaller than INLINE_JOB_BYTES (holes included) restores inline.
+  const workers = o.workers ?? (record.header.size < INLINE_JOB_BYTES ? 0 : undefined);
+  const starting = WorkerPool.create({ compression: repo.config, tasksPerWorker: 4, ...(workers === undefined ? {} : { workers }) });
   starting.catch(() => undefined);
   const restored: Restored[] = [];
   try {
@@ -190,7 +197,8 @@ async function restoreWith(
   const index = await loadIndex(repo, undefined, undefined, { idBytes: 16, skipDamaged: true });
   const progress = throttled(o.progress);
   const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
-  const fetcher = new ChunkFetcher(repo, index, sessions, await starting);
+  const pool = await starting;
+  const fetcher = new ChunkFetcher(repo, index, sessions, pool);
   for (const { disk, dest } of plan.disks) {
     const bytes = await restoreDisk(disk, dest, reader, fetcher, record.key, progress, o.signal);
     restored.push({ name: disk.name, kind: "disk", path: dest, bytes });
@@ -220,6 +228,7 @@ async function restoreWith(
     digest: contentDigest(repo, plan),
     damagedIndexes: index.damaged,
     partialsFound,
+    pipeline: { workers: pool.workers },
   };
 }
 

@@ -19,7 +19,9 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
     .option("--no-owner", "leave restored files owned by the user running the restore, even root (default as root: the recorded owners and groups)")
     .action(async (snapshot: string, opts: { target: string; reason: string; vm?: string; disk?: string; include?: string[]; force?: boolean; owner: boolean }, command: Command) => {
       const ctx = new CliContext(command);
-      const vault = await ctx.openVault({ withWorkers: true });
+      // Without --workers no worker starts ahead: a snapshot smaller than INLINE_JOB_BYTES
+      // restores inline, which the restore knows once it has found the snapshot.
+      const vault = await ctx.openVault({ withWorkers: ctx.workers !== undefined });
       try {
         const progress = ctx.progress;
         const workers = ctx.workers;

@@ -1,0 +1,30 @@
+import { promises as fsp, type Stats } from "node:fs";
+import path from "node:path";
+import { INLINE_JOB_BYTES } from "../pipeline/pool.js";
+
+/**
+ * The most bytes a backup reads of one source: an image file's allocated bytes (its whole size
+ * when holes are read too). Infinity where that is not known without reading: a folder or a
+ * block device.
+ */
+export function readBoundOf(st: Stats, sparse: boolean): number {
+  if (!st.isFile()) return Number.POSITIVE_INFINITY;
+  return sparse ? Math.min(st.size, st.blocks * 512) : st.size;
+}
+
+/**
+ * Whether a backup of these sources runs inline (no worker threads) when no worker count is
+ * given: every source an image file, together below INLINE_JOB_BYTES (pipeline/pool.ts). A source that cannot
+ * be examined counts as large (the backup itself then says what is wrong with it).
+ */
+export async function backupRunsInline(sources: readonly string[], sparse = true): Promise<boolean> {
+  let bound = 0;
+  for (const src of sources) {
+    try {
+      bound += readBoundOf(await fsp.stat(path.resolve(src)), sparse);
+    } catch {
+      return false;
+    }
+  }
+  return sources.length > 0 && bound < INLINE_JOB_BYTES;
+}
