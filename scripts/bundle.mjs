@@ -3,8 +3,8 @@
 // One file instead of ~100 ES modules: each command starts ~25 ms sooner and holds ~4 MiB less
 // while Argon2id runs; CommonJS instead of an ES module: Node.js never starts its ES module
 // loader in the main thread, another 1.7 MiB and 10 ms (docs/design.md §10). Native addons and
-// libsodium's WASM build stay separate packages, loaded with require(); the pipeline worker
-// (dist/pipeline/worker.js) stays unbundled, started before it is needed.
+// libsodium's WASM build stay separate packages, loaded with require(); the pipeline worker is
+// bundled the same way into dist/worker.cjs.
 import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { build } from "esbuild";
@@ -42,6 +42,20 @@ await build({
   supported: { "dynamic-import": false },
   ...moduleUrl,
   plugins: [lazyChildProcess],
+  logLevel: "warning",
+});
+
+// The pipeline worker as one CommonJS file too, which the CLI bundle starts (src/pipeline/pool.ts):
+// a worker loading ~15 ES modules through the ES module loader took 25 ms longer to be ready.
+await build({
+  entryPoints: ["dist/pipeline/worker.js"],
+  outfile: "dist/worker.cjs",
+  bundle: true,
+  platform: "node",
+  target: "node20",
+  format: "cjs",
+  external: ["argon2", "sodium-native", "zstd-napi", "lz4", "libsodium-wrappers"],
+  ...moduleUrl,
   logLevel: "warning",
 });
 

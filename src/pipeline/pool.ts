@@ -309,12 +309,12 @@ export class WorkerPool {
 }
 
 /**
- * The built worker script: next to this module in the build (dist/pipeline/), under pipeline/
- * from the CLI bundle (dist/vmvault.cjs), and the build's copy when running from TypeScript
- * sources (tests).
+ * The built worker script: the bundled one beside the CLI bundle (dist/worker.cjs, one file
+ * loaded without the ES module loader), next to this module in the build (dist/pipeline/), and
+ * the build's copy when running from TypeScript sources (tests).
  */
 function workerUrl(): URL {
-  for (const candidate of ["./worker.js", "./pipeline/worker.js"]) {
+  for (const candidate of ["./worker.cjs", "./worker.js", "./pipeline/worker.js"]) {
     const url = new URL(candidate, import.meta.url);
     if (existsSync(fileURLToPath(url))) return url;
   }
