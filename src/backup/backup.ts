@@ -18,12 +18,12 @@ import { audited, authorizeAudited } from "../audit/guard.js";
 import { readHead } from "../audit/trail.js";
 import { backupFolder, type SkippedEntry } from "./folder.js";
 import { backupImage } from "./image.js";
-import { readBoundOf } from "./size.js";
+import { readBoundOf, runsInline } from "./size.js";
 import { SessionIndexWriter } from "./index-writer.js";
 import { ChunkSink } from "./sink.js";
 import { PackIdPool } from "./pack-ids.js";
 import { loadBulkCrypto } from "../crypto/bulk.js";
-import { INLINE_JOB_BYTES, WorkerPool } from "../pipeline/pool.js";
+import { WorkerPool } from "../pipeline/pool.js";
 import { CHUNK_ID_KEY } from "../pipeline/protocol.js";
 
 /** The session key's name in the worker pool. */
@@ -152,8 +152,7 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
 
 async function runBackup(repo: Repository, o: BackupOptions, planned: readonly PlannedSource[]): Promise<BackupResult> {
   // Workers start while the index loads; a small backup of image files runs inline (size.ts).
-  const small = planned.reduce((n, p) => n + p.readBound, 0) < INLINE_JOB_BYTES;
-  const workers = o.workers ?? (small ? 0 : undefined);
+  const workers = o.workers ?? (runsInline(planned.map((p) => p.readBound)) ? 0 : undefined);
   const starting = WorkerPool.create({ compression: repo.config, ...(workers === undefined ? {} : { workers }) });
   starting.catch(() => undefined);
   let packs: PackWriter | undefined;

@@ -12,19 +12,24 @@ export function readBoundOf(st: Stats, sparse: boolean): number {
   return sparse ? Math.min(st.size, st.blocks * 512) : st.size;
 }
 
+/** Whether reading sources with these bounds (readBoundOf) is small enough to run inline. */
+export function runsInline(bounds: readonly number[]): boolean {
+  return bounds.length > 0 && bounds.reduce((n, b) => n + b, 0) < INLINE_JOB_BYTES;
+}
+
 /**
  * Whether a backup of these sources runs inline (no worker threads) when no worker count is
- * given: every source an image file, together below INLINE_JOB_BYTES (pipeline/pool.ts). A source that cannot
- * be examined counts as large (the backup itself then says what is wrong with it).
+ * given: every source an image file, together below INLINE_JOB_BYTES (pipeline/pool.ts). A
+ * source that cannot be examined counts as large (the backup itself then says what is wrong).
  */
 export async function backupRunsInline(sources: readonly string[], sparse = true): Promise<boolean> {
-  let bound = 0;
+  const bounds: number[] = [];
   for (const src of sources) {
     try {
-      bound += readBoundOf(await fsp.stat(path.resolve(src)), sparse);
+      bounds.push(readBoundOf(await fsp.stat(path.resolve(src)), sparse));
     } catch {
       return false;
     }
   }
-  return sources.length > 0 && bound < INLINE_JOB_BYTES;
+  return runsInline(bounds);
 }

@@ -14,12 +14,12 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
     .action(async (sources: string[], opts: { vm: string; sparse: boolean }, command: Command) => {
       const ctx = new CliContext(command);
       interrupts.note = "; the repository stays consistent: a snapshot appears only once complete, and the next backup reuses the data this one stored";
-      // A small backup of image files runs inline: no worker thread is started for it.
+      // A small backup of image files runs inline (the library decides): no worker starts ahead for it.
       const inline = ctx.workers === undefined && (await backupRunsInline(sources, opts.sparse));
       const vault = await ctx.openVault({ withWorkers: !inline });
       try {
         const progress = ctx.progress;
-        const workers = inline ? 0 : ctx.workers;
+        const workers = ctx.workers;
         const r = await vault.backup({ vm: opts.vm, sources, sparse: opts.sparse, ...(progress === undefined ? {} : { progress }), ...(workers === undefined ? {} : { workers }) });
         ctx.endProgress();
         for (const s of r.skipped) ctx.warn(`warning: skipped ${s.path} (${s.reason})`);
