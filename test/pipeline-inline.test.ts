@@ -61,10 +61,14 @@ describe("backup's worker threads", () => {
     await sparseImage(small, 8 * MiB, 2 * MiB);
     await sparseImage(large, INLINE_JOB_BYTES + 8 * MiB, INLINE_JOB_BYTES + 4 * MiB);
     const { repo } = await deterministicRepo("inline", "inline backups");
-    expect((await backup(repo, { vm: "vm", sources: [small] })).pipeline.workers).toBe(0);
-    expect((await backup(repo, { vm: "vm", sources: [small], workers: 1 })).pipeline.workers).toBe(1);
-    expect((await backup(repo, { vm: "vm", sources: [large] })).pipeline.workers).toBe(defaultWorkers());
-    expect((await backup(repo, { vm: "vm", sources: [small, dir] })).pipeline.workers).toBe(defaultWorkers());
+    try {
+      expect((await backup(repo, { vm: "vm", sources: [small] })).pipeline.workers).toBe(0);
+      expect((await backup(repo, { vm: "vm", sources: [small], workers: 1 })).pipeline.workers).toBe(1);
+      expect((await backup(repo, { vm: "vm", sources: [large] })).pipeline.workers).toBe(defaultWorkers());
+      expect((await backup(repo, { vm: "vm", sources: [small, dir] })).pipeline.workers).toBe(defaultWorkers());
+    } finally {
+      await repo.close();
+    }
   });
 
   it("a restore: none for a snapshot below the bound unless asked for, the default above it", async () => {
@@ -75,15 +79,19 @@ describe("backup's worker threads", () => {
     // Its size counts, holes included: 1 MiB of data in an image just above the bound.
     await sparseImage(large, INLINE_JOB_BYTES + MiB, 1 * MiB);
     const { repo } = await deterministicRepo("inline restore", "inline restores");
-    const smallId = (await backup(repo, { vm: "small", sources: [small] })).snapshotId;
-    const largeId = (await backup(repo, { vm: "large", sources: [large] })).snapshotId;
-    const restored = async (snapshot: string, workers?: number): Promise<number> => {
-      const r = await restore(repo, { snapshot, target: tmp("out"), reason: "test", ...(workers === undefined ? {} : { workers }) });
-      return r.pipeline.workers;
-    };
-    expect(await restored(smallId)).toBe(0);
-    expect(await restored(smallId, 1)).toBe(1);
-    expect(await restored(largeId)).toBe(defaultWorkers());
+    try {
+      const smallId = (await backup(repo, { vm: "small", sources: [small] })).snapshotId;
+      const largeId = (await backup(repo, { vm: "large", sources: [large] })).snapshotId;
+      const restored = async (snapshot: string, workers?: number): Promise<number> => {
+        const r = await restore(repo, { snapshot, target: tmp("out"), reason: "test", ...(workers === undefined ? {} : { workers }) });
+        return r.pipeline.workers;
+      };
+      expect(await restored(smallId)).toBe(0);
+      expect(await restored(smallId, 1)).toBe(1);
+      expect(await restored(largeId)).toBe(defaultWorkers());
+    } finally {
+      await repo.close();
+    }
   });
 
   it("the CLI starts none for a small image or snapshot, and the default or --workers otherwise", async () => {
