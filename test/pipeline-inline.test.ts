@@ -4,11 +4,11 @@
  * they end); larger ones, folders and block devices get the default worker threads, and a given
  * worker count always wins.
  */
-import { promises as fsp } from "node:fs";
+import { promises as fsp, type Stats } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { backup } from "../src/backup/backup.js";
-import { backupRunsInline } from "../src/backup/size.js";
+import { backupRunsInline, readBoundOf } from "../src/backup/size.js";
 import { defaultWorkers, INLINE_JOB_BYTES } from "../src/pipeline/pool.js";
 import { restore } from "../src/restore/restore.js";
 import { initCliRepo } from "./helpers/cli.js";
@@ -50,6 +50,13 @@ describe("which backups run inline", () => {
     expect(await backupRunsInline([small, dir])).toBe(false);
     expect(await backupRunsInline(["/dev/null"])).toBe(false);
     expect(await backupRunsInline([])).toBe(false);
+  });
+
+  it("a file whose file system reports no blocks counts at its whole size", () => {
+    const stats = (blocks: number): Stats => ({ isFile: () => true, size: 64 * MiB, blocks }) as unknown as Stats;
+    expect(readBoundOf(stats(0), true)).toBe(64 * MiB);
+    expect(readBoundOf(stats(2048), true)).toBe(MiB);
+    expect(readBoundOf(stats(2048), false)).toBe(64 * MiB);
   });
 });
 

@@ -4,12 +4,14 @@ import { INLINE_JOB_BYTES } from "../pipeline/pool.js";
 
 /**
  * The most bytes a backup reads of one source: an image file's allocated bytes (its whole size
- * when holes are read too). Infinity where that is not known without reading: a folder or a
- * block device.
+ * when holes are read too, or when the file system reports no blocks at all, as some network
+ * and FUSE file systems do). Infinity where that is not known without reading: a folder or a
+ * block device. Only a hint for how many threads to use: a file system that counts compressed
+ * blocks (ZFS) makes a compressible image look smaller than what is read.
  */
 export function readBoundOf(st: Stats, sparse: boolean): number {
   if (!st.isFile()) return Number.POSITIVE_INFINITY;
-  return sparse ? Math.min(st.size, st.blocks * 512) : st.size;
+  return sparse && st.blocks > 0 ? Math.min(st.size, st.blocks * 512) : st.size;
 }
 
 /** Whether reading sources with these bounds (readBoundOf) is small enough to run inline. */
