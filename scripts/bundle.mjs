@@ -23,26 +23,30 @@ const lazyChildProcess = {
   },
 };
 
-// The modules find their neighbours (the worker, the native helper, the code caches) from
-// import.meta.url, which a CommonJS file spells as its own file name.
-const moduleUrl = {
-  define: { "import.meta.url": "vmvaultModuleUrl" },
-  banner: { js: 'const vmvaultModuleUrl = require("node:url").pathToFileURL(__filename).href;' },
-};
-
-await build({
-  entryPoints: ["dist/cli/main.js"],
-  outfile: "dist/vmvault.cjs",
+// Every bundle: one CommonJS file for Node.js 20. The modules find their neighbours (the worker,
+// the native helper, the code caches) from import.meta.url, which a CommonJS file spells as its
+// own file name.
+const cjsBundle = {
   bundle: true,
   platform: "node",
   target: "node20",
   format: "cjs",
-  external: ["argon2", "sodium-native", "zstd-napi", "lz4", "libsodium-wrappers"],
-  // import("libsodium-wrappers") becomes require(): an import() would start the ES module loader.
-  supported: { "dynamic-import": false },
-  ...moduleUrl,
-  plugins: [lazyChildProcess],
+  define: { "import.meta.url": "vmvaultModuleUrl" },
+  banner: { js: 'const vmvaultModuleUrl = require("node:url").pathToFileURL(__filename).href;' },
   logLevel: "warning",
+};
+
+// Native addons and libsodium's WASM build stay packages of their own.
+const external = ["argon2", "sodium-native", "zstd-napi", "lz4", "libsodium-wrappers"];
+
+await build({
+  entryPoints: ["dist/cli/main.js"],
+  outfile: "dist/vmvault.cjs",
+  ...cjsBundle,
+  external,
+  // import() becomes require(): an import() would start the ES module loader.
+  supported: { "dynamic-import": false },
+  plugins: [lazyChildProcess],
 });
 
 // The pipeline worker as one CommonJS file too, which the CLI bundle starts (src/pipeline/pool.ts):
@@ -50,25 +54,15 @@ await build({
 await build({
   entryPoints: ["dist/pipeline/worker.js"],
   outfile: "dist/worker.cjs",
-  bundle: true,
-  platform: "node",
-  target: "node20",
-  format: "cjs",
-  external: ["argon2", "sodium-native", "zstd-napi", "lz4", "libsodium-wrappers"],
-  ...moduleUrl,
-  logLevel: "warning",
+  ...cjsBundle,
+  external,
 });
 
 // bin/vmvault loads the bundle through its code cache with this (src/util/code-cache.ts).
 await build({
   entryPoints: ["dist/util/code-cache.js"],
   outfile: "dist/cached-require.cjs",
-  bundle: true,
-  platform: "node",
-  target: "node20",
-  format: "cjs",
-  ...moduleUrl,
-  logLevel: "warning",
+  ...cjsBundle,
 });
 
 // The code caches, made under bin/vmvault's V8 flags (its first line: node and the flags after it).
