@@ -1,5 +1,6 @@
 /*
- * vmvault's native helper, part one (part two, native/readfile.c, reads small files): where a
+ * vmvault's native helper, part one (part two, native/readfile.c, reads small files; part
+ * three, native/memory.c, asks for huge pages behind the restore's output slots): where a
  * file's data and holes are (lseek SEEK_DATA and SEEK_HOLE), so a backup skips the unallocated
  * extents of a sparse disk image instead of reading them, and how large a block device is.
  * Node.js has no lseek; everything else stays in JavaScript.
@@ -83,5 +84,6 @@ NAPI_MODULE_INIT() {
   if (napi_create_function(env, "seekEnd", NAPI_AUTO_LENGTH, seek_end, NULL, &fn) != napi_ok) return NULL;
   if (napi_set_named_property(env, exports, "seekEnd", fn) != napi_ok) return NULL;
   if (vmvault_register_readfile(env, exports) != napi_ok) return NULL;
+  if (vmvault_register_memory(env, exports) != napi_ok) return NULL;
   return exports;
 }

@@ -34,4 +34,7 @@ static inline const char *vmvault_errno_name(int e) {
 /* native/readfile.c: readFile(path) and readRange(path, offset, length) -> Promise<ArrayBuffer>, one trip to the thread pool each. */
 napi_status vmvault_register_readfile(napi_env env, napi_value exports);
 
+/* native/memory.c: adviseHugePages(view) -> bytes advised (madvise MADV_HUGEPAGE). */
+napi_status vmvault_register_memory(napi_env env, napi_value exports);
+
 #endif

@@ -1,3 +1,5 @@
+import { nativeHelper } from "./native.js";
+
 /** Alignment that direct I/O (O_DIRECT) asks of buffer addresses, file offsets and lengths. */
 export const DIRECT_IO_ALIGNMENT = 4096;
 
@@ -13,10 +15,15 @@ declare const WebAssembly: {
  * address of an ordinary ArrayBuffer, but a WebAssembly.Memory starts on a page boundary, so a
  * slot's address is aligned whenever its offset is: direct I/O can write from it. The memory is
  * shared, so worker threads write into slots without transfers. Pages are allocated by the
- * kernel only when first touched.
+ * kernel only when first touched, as transparent huge pages where the native helper can ask
+ * for them (a WebAssembly memory is mapped by V8, not malloc, so glibc's huge-page setting of
+ * bin/vmvault does not reach it): fewer page faults, and a direct write pins one 2 MiB page
+ * instead of 512 small ones (docs/design.md §9).
  */
 export class AlignedPool {
   readonly slotBytes: number;
+  /** Bytes of the pool the kernel was asked to back with huge pages (0 without the native helper). */
+  readonly hugePageBytes: number;
   readonly #buffer: SharedArrayBuffer;
   readonly #free: Uint8Array[] = [];
 
@@ -25,6 +32,7 @@ export class AlignedPool {
     const pages = Math.max(1, Math.ceil((slots * this.slotBytes) / WASM_PAGE));
     const memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
     this.#buffer = memory.buffer;
+    this.hugePageBytes = nativeHelper()?.adviseHugePages?.(new Uint8Array(this.#buffer)) ?? 0;
     for (let i = 0; i < slots; i++) this.#free.push(new Uint8Array(this.#buffer, i * this.slotBytes, this.slotBytes));
   }
 

@@ -19,6 +19,12 @@ export interface NativeHelper {
   readRange(path: string, offset: number, length: number): Promise<ArrayBuffer>;
   /** Each file's size (stat, following symlinks as fs.stat does), -1 where stat fails; at most 4096 paths, one trip. */
   statSizes(paths: readonly string[]): Promise<Float64Array>;
+  /**
+   * madvise(MADV_HUGEPAGE) over the whole 2 MiB pages inside view's bytes, for pages touched
+   * after it; returns the bytes advised (0 where none fit or the kernel refuses). Absent from a
+   * helper built before it.
+   */
+  adviseHugePages?(view: Uint8Array): number;
 }
 
 /** Where `npm install` builds the helper, from this module in the sources, the library build or the CLI bundle. */

@@ -14,6 +14,7 @@ import { PartialFile } from "../../src/restore/targets.js";
 import { FsStore } from "../../src/storage/fs.js";
 import { NotFoundError } from "../../src/errors.js";
 import { AlignedPool, DIRECT_IO_ALIGNMENT } from "../../src/util/aligned.js";
+import { nativeHelper } from "../../src/util/native.js";
 import { ReadBuffers } from "../../src/util/read-buffers.js";
 import { toHex } from "../../src/util/bytes.js";
 import { seededBytes, tempDirs } from "../helpers/fixtures.js";
@@ -53,7 +54,56 @@ describe("AlignedPool", () => {
     expect(pool.directWritable(new Uint8Array(4096), 0)).toBe(false);
     expect(new AlignedPool(1, 4096).directWritable(slot.subarray(0, 4096), 0)).toBe(false);
   });
+
+  // The kernel marks an advised range with "hg" in /proc/PID/smaps; a WebAssembly memory is
+  // mapped by V8, so nothing else advises it.
+  it.runIf(process.platform === "linux" && nativeHelper()?.adviseHugePages !== undefined)(
+    "asks the kernel for huge pages over every whole 2 MiB page of its memory",
+    async () => {
+      const MiB = 1024 * KiB;
+      const before = await advisedBytes();
+      const pool = new AlignedPool(14, MiB);
+      expect(pool.hugePageBytes % (2 * MiB)).toBe(0);
+      expect(pool.hugePageBytes).toBeGreaterThanOrEqual(12 * MiB);
+      expect(pool.hugePageBytes).toBeLessThanOrEqual(14 * MiB);
+      expect((await advisedBytes()) - before).toBeGreaterThanOrEqual(pool.hugePageBytes);
+      // Slots work as before.
+      const slot = pool.take() as Uint8Array;
+      slot.fill(3);
+      expect(slot.every((b) => b === 3)).toBe(true);
+      // Less than one whole huge page: nothing to advise.
+      expect(new AlignedPool(4, 256 * KiB).hugePageBytes).toBe(0);
+    },
+  );
+
+  it.runIf(nativeHelper()?.adviseHugePages !== undefined)("the native advice takes only a Uint8Array and advises only whole huge pages inside it", () => {
+    const advise = (nativeHelper()?.adviseHugePages as (view: unknown) => number).bind(nativeHelper());
+    expect(() => advise(new Uint16Array(4))).toThrow(TypeError);
+    expect(() => advise("x")).toThrow(TypeError);
+    expect(() => advise(undefined)).toThrow(TypeError);
+    expect(advise(new Uint8Array(1000))).toBe(0);
+    const big = new Uint8Array(8 * 1024 * KiB);
+    const advised = advise(big);
+    expect(advised % (2 * 1024 * KiB)).toBe(0);
+    expect(advised).toBeLessThanOrEqual(big.length);
+    // A view of 2 MiB that does not start on a huge page holds no whole one.
+    const offset = advise(big.subarray(0, 2 * 1024 * KiB)) === 0 ? 0 : 4096;
+    expect(advise(big.subarray(offset, offset + 2 * 1024 * KiB - 4096))).toBe(0);
+  });
 });
+
+/** Bytes of this process's mappings the kernel holds huge-page advice for ("hg" in VmFlags). */
+async function advisedBytes(): Promise<number> {
+  const smaps = await fsp.readFile("/proc/self/smaps", "utf8");
+  let total = 0;
+  let size = 0;
+  for (const line of smaps.split("\n")) {
+    const range = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
+    if (range !== null) size = parseInt(range[2] as string, 16) - parseInt(range[1] as string, 16);
+    else if (line.startsWith("VmFlags:") && line.split(" ").includes("hg")) total += size;
+  }
+  return total;
+}
 
 describe("ReadBuffers", () => {
   it("reuses returned buffers, waits at its limit, and serves one oversized read when nothing is held", async () => {
