@@ -149,4 +149,18 @@ describe("bin/vmvault as an executable", () => {
     expect(out.code).toBe(0);
     expect(out.stdout.trim()).toBe(pkg.version);
   });
+
+  it("starts without reading NODE_EXTRA_CA_CERTS (Node.js would load that file before any script runs)", async () => {
+    const env = cliEnv({ PATH: `${path.dirname(process.execPath)}:${process.env["PATH"] ?? ""}`, NODE_EXTRA_CA_CERTS: "/nonexistent/vmvault-test-ca.pem" });
+    const run = (file: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> =>
+      new Promise((resolve) => {
+        execFile(file, args, { env }, (e, stdout, stderr) => resolve({ code: e === null ? 0 : typeof e.code === "number" ? e.code : -1, stdout, stderr }));
+      });
+    // Plain node, with the same environment, does read it (and warns that it cannot).
+    const plain = await run(process.execPath, ["-e", "0"]);
+    expect(plain.stderr).toMatch(/vmvault-test-ca\.pem/);
+    const out = await run(BIN, ["--version"]);
+    expect(out.code).toBe(0);
+    expect(out.stderr).not.toMatch(/vmvault-test-ca|extra certs/);
+  });
 });
