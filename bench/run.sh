@@ -16,7 +16,8 @@
 # cost of unlocking the key), backup day 1, backup day 2 (same path, so restic uses the day-1
 # snapshot as parent and Borg's files cache applies; the content is read in full), restore of
 # day 2 (sha256-verified against the image: a mismatch stops the run with exit 3), full data
-# check. Every step runs under /usr/bin/time with the images in the page cache and a sync
+# check. Within a run the tools take turns step by step (every tool's first backup, then every
+# tool's second, ...), in an order that turns by one tool each run. Every step runs under /usr/bin/time with the images in the page cache and a sync
 # before it; the repository's apparent size is recorded after it. A restore is followed at once
 # by a timed sync (how long until the restored image is on the disk). The report shows medians.
 set -eu
@@ -180,52 +181,84 @@ verify_restore() {
   fi
 }
 
-run_tool() {
+# tool_env TOOL RUN: the folders and environment of TOOL's repository in run RUN
+tool_env() {
   tool=$1 run=$2
   dir="$WORK/$tool-r$run"
   repo="$dir/repo" target="$dir/restore"
-  rm -rf "$dir" && mkdir -p "$dir" "$target"
   export VMVAULT_STATE_DIR="$dir/state" RESTIC_REPOSITORY="$repo" RESTIC_CACHE_DIR="$dir/cache" BORG_BASE_DIR="$dir/home"
-  place day1.raw
+}
+
+# step TOOL RUN STEP: one step of TOOL in run RUN (init open backup1 backup2 restore check); a
+# backup reads the image placed at $SRC, warmed in the page cache first
+step() {
+  tool_env "$1" "$2"
+  case $3 in backup1|backup2) cat "$SRC" > /dev/null ;; esac
   case $tool in
     vmvault)
-      timed init -- "$VMVAULT" init --repo "$repo" --user bench
-      timed open -- "$VMVAULT" snapshots --repo "$repo" --user bench
-      timed backup1 -- "$VMVAULT" backup --repo "$repo" --user bench --vm vm1 "$SRC"
-      place day2.raw
-      timed backup2 -- "$VMVAULT" backup --repo "$repo" --user bench --vm vm1 "$SRC"
-      timed restore -- "$VMVAULT" restore latest --repo "$repo" --user bench --target "$target" --reason bench
-      timed check -- "$VMVAULT" check --repo "$repo" --user bench --read-data ;;
+      case $3 in
+        init) timed init -- "$VMVAULT" init --repo "$repo" --user bench ;;
+        open) timed open -- "$VMVAULT" snapshots --repo "$repo" --user bench ;;
+        backup1|backup2) timed "$3" -- "$VMVAULT" backup --repo "$repo" --user bench --vm vm1 "$SRC" ;;
+        restore) timed restore -- "$VMVAULT" restore latest --repo "$repo" --user bench --target "$target" --reason bench ;;
+        check) timed check -- "$VMVAULT" check --repo "$repo" --user bench --read-data ;;
+      esac ;;
     restic)
-      timed init -- restic init
-      timed open -- restic snapshots
-      timed backup1 -- restic backup "$SRC"
-      place day2.raw
-      timed backup2 -- restic backup "$SRC"
-      grep -q "using parent snapshot" "$OUT/logs/$tool-r$run-backup2.log" || die "restic did not use the day-1 snapshot as parent"
-      timed restore -- restic restore latest --target "$target" $RESTIC_SPARSE
-      timed check -- restic check --read-data ;;
+      case $3 in
+        init) timed init -- restic init ;;
+        open) timed open -- restic snapshots ;;
+        backup1) timed backup1 -- restic backup "$SRC" ;;
+        backup2)
+          timed backup2 -- restic backup "$SRC"
+          grep -q "using parent snapshot" "$OUT/logs/$tool-r$run-backup2.log" || die "restic did not use the day-1 snapshot as parent" ;;
+        restore) timed restore -- restic restore latest --target "$target" $RESTIC_SPARSE ;;
+        check) timed check -- restic check --read-data ;;
+      esac ;;
     borg-buzhash|borg-fixed)
       chunker="" # word-split on purpose below: zero or two arguments
       [ "$tool" = borg-fixed ] && chunker="--chunker-params fixed,65536"
-      timed init -- borg init -e repokey-blake2 "$repo"
-      timed open -- borg list "$repo"
-      # shellcheck disable=SC2086
-      timed backup1 -- borg create --compression lz4 $chunker "$repo::vm1-day1" "$SRC"
-      place day2.raw
-      # shellcheck disable=SC2086
-      timed backup2 -- borg create --compression lz4 $chunker "$repo::vm1-day2" "$SRC"
-      timed restore -- env -C "$target" borg extract --sparse "$repo::vm1-day2"
-      timed check -- borg check --verify-data "$repo" ;;
+      case $3 in
+        init) timed init -- borg init -e repokey-blake2 "$repo" ;;
+        open) timed open -- borg list "$repo" ;;
+        # shellcheck disable=SC2086
+        backup1) timed backup1 -- borg create --compression lz4 $chunker "$repo::vm1-day1" "$SRC" ;;
+        # shellcheck disable=SC2086
+        backup2) timed backup2 -- borg create --compression lz4 $chunker "$repo::vm1-day2" "$SRC" ;;
+        restore) timed restore -- env -C "$target" borg extract --sparse "$repo::vm1-day2" ;;
+        check) timed check -- borg check --verify-data "$repo" ;;
+      esac ;;
   esac
-  [ "$KEEP" = 1 ] || rm -rf "$dir"
+}
+
+# rotated N: the tool list turned by N places (run 1 starts with the first tool, run 2 with the
+# second, ...), so no tool always goes first or last in a round
+rotated() {
+  r_n=$1
+  # shellcheck disable=SC2086 # the list, word by word
+  set -- $TOOL_LIST
+  r_n=$((r_n % $#))
+  r_i=0
+  while [ "$r_i" -lt "$r_n" ]; do r_first=$1; shift; set -- "$@" "$r_first"; r_i=$((r_i + 1)); done
+  echo "$@"
 }
 
 # ---- the runs ---------------------------------------------------------------------------------
+# Each run takes every tool through each step before the next step (tools in turn, the order
+# turning by one each run), so the tools a ratio compares ran minutes apart at most: this
+# shared host's speed drifts by more than 10% within a benchmark.
 echo "bench: $SIZE_MIB MiB image, $RUNS run(s), tools:$TOOL_LIST; results in $OUT"
 run=1
 while [ "$run" -le "$RUNS" ]; do
-  for tool in $TOOL_LIST; do run_tool "$tool" "$run"; done
+  tools=$(rotated $((run - 1)))
+  for t in $tools; do
+    tool_env "$t" "$run"
+    rm -rf "$dir" && mkdir -p "$dir" "$target"
+  done
+  place day1.raw
+  for s in init open backup1; do for t in $tools; do step "$t" "$run" "$s"; done; done
+  place day2.raw
+  for s in backup2 restore check; do for t in $tools; do step "$t" "$run" "$s"; done; done
+  if [ "$KEEP" != 1 ]; then for t in $tools; do tool_env "$t" "$run"; rm -rf "$dir"; done; fi
   run=$((run + 1))
 done
 rm -f "$SRC" "$WORK/time.out"
