@@ -1,15 +1,19 @@
 /**
- * A backup of image files with less than INLINE_JOB_BYTES to read, and a restore of a snapshot
- * smaller than that, run on the main thread alone (a worker thread would still be booting when
- * they end); larger ones, folders and block devices get the default worker threads, and a given
- * worker count always wins.
+ * A backup of image files with less than INLINE_JOB_BYTES to read, a restore of a snapshot
+ * smaller than that, and check --read-data of packs smaller than that together, run on the
+ * main thread alone (a worker thread would still be booting when they end); larger ones,
+ * folders and block devices get the default worker threads, and a given worker count always
+ * wins.
  */
 import { promises as fsp, type Stats } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { backup } from "../src/backup/backup.js";
 import { backupRunsInline, readBoundOf } from "../src/backup/size.js";
+import { check } from "../src/maintenance/check.js";
+import { readDataRunsInline } from "../src/maintenance/check-data.js";
 import { defaultWorkers, INLINE_JOB_BYTES } from "../src/pipeline/pool.js";
+import type { ObjectInfo } from "../src/storage/types.js";
 import { restore } from "../src/restore/restore.js";
 import { initCliRepo } from "./helpers/cli.js";
 import { deterministicRepo, seededBytes, tempDirs } from "./helpers/fixtures.js";
@@ -52,6 +56,24 @@ describe("which backups run inline", () => {
     expect(await backupRunsInline([])).toBe(false);
   });
 
+  it("check --read-data: packs below the bound together, listing no further than the bound", async () => {
+    let listed = 0;
+    const store = (sizes: number[]) => ({
+      async *list(prefix: string): AsyncIterable<ObjectInfo> {
+        expect(prefix).toBe("data/");
+        for (const [i, size] of sizes.entries()) {
+          listed++;
+          yield { key: `data/00/${String(i).padStart(64, "0")}`, size };
+        }
+      },
+    });
+    expect(await readDataRunsInline(store([]))).toBe(true);
+    expect(await readDataRunsInline(store([16 * MiB, INLINE_JOB_BYTES - 16 * MiB - 1]))).toBe(true);
+    listed = 0;
+    expect(await readDataRunsInline(store([16 * MiB, 16 * MiB, 16 * MiB, 16 * MiB]))).toBe(false);
+    expect(listed).toBe(2);
+  });
+
   it("a file whose file system reports no blocks counts at its whole size", () => {
     const stats = (blocks: number): Stats => ({ isFile: () => true, size: 64 * MiB, blocks }) as unknown as Stats;
     expect(readBoundOf(stats(0), true)).toBe(64 * MiB);
@@ -71,7 +93,17 @@ describe("backup's worker threads", () => {
     try {
       expect((await backup(repo, { vm: "vm", sources: [small] })).pipeline.workers).toBe(0);
       expect((await backup(repo, { vm: "vm", sources: [small], workers: 1 })).pipeline.workers).toBe(1);
+      // check --read-data: its packs hold less than the bound so far.
+      const checkWorkers = async (workers?: number): Promise<number | undefined> => {
+        const r = await check(repo, { readData: true, ...(workers === undefined ? {} : { workers }) });
+        expect(r.ok).toBe(true);
+        return r.pipeline?.workers;
+      };
+      expect(await checkWorkers()).toBe(0);
+      expect(await checkWorkers(1)).toBe(1);
       expect((await backup(repo, { vm: "vm", sources: [large] })).pipeline.workers).toBe(defaultWorkers());
+      expect(await checkWorkers()).toBe(defaultWorkers());
+      expect(await checkWorkers(0)).toBe(0);
       expect((await backup(repo, { vm: "vm", sources: [small, dir] })).pipeline.workers).toBe(defaultWorkers());
     } finally {
       await repo.close();
@@ -123,8 +155,31 @@ describe("backup's worker threads", () => {
       return (JSON.parse(r.stdout) as { pipeline: { workers: number } }).pipeline.workers;
     };
     expect(await restoreWorkers([])).toBe(defaultWorkers());
+    const checkWorkers = async (args: string[]): Promise<number> => {
+      const r = await v(["--json", "check", "--read-data", ...args]);
+      expect(r.code, r.stderr).toBe(0);
+      return (JSON.parse(r.stdout) as { pipeline: { workers: number } }).pipeline.workers;
+    };
+    expect(await checkWorkers([])).toBe(defaultWorkers());
+    expect(await checkWorkers(["--workers", "0"])).toBe(0);
     expect(await workersOf([small])).toBe(0);
     expect(await restoreWorkers([])).toBe(0);
     expect(await restoreWorkers(["--workers", "1"])).toBe(1);
+  });
+
+  it("the CLI verifies a repository with small packs inline, and starts the worker count given", async () => {
+    const dir = tmp("cli-check");
+    const { v } = await initCliRepo(dir);
+    const small = path.join(dir, "small.raw");
+    await sparseImage(small, 8 * MiB, 2 * MiB);
+    expect((await v(["backup", "--vm", "vm", small])).code).toBe(0);
+    const checkWorkers = async (args: string[], env: Record<string, string> = {}): Promise<number> => {
+      const r = await v(["--json", "check", "--read-data", ...args], { env });
+      expect(r.code, r.stderr).toBe(0);
+      return (JSON.parse(r.stdout) as { pipeline: { workers: number } }).pipeline.workers;
+    };
+    expect(await checkWorkers([])).toBe(0);
+    expect(await checkWorkers(["--workers", "1"])).toBe(1);
+    expect(await checkWorkers([], { VMVAULT_WORKERS: "1" })).toBe(1);
   });
 });

@@ -4,6 +4,7 @@ import type { Command } from "commander";
 import { UsageError } from "../errors.js";
 import { KDF_DEFAULT, KDF_TEST, PASSPHRASE_MIN_CHARS, passphraseChars, type KdfStrength } from "../crypto/kdf.js";
 import { openStore } from "../storage/open.js";
+import type { Store } from "../storage/types.js";
 import { probeRepository } from "../repository/open.js";
 import type { Secret } from "../crypto/secret.js";
 import type { ProgressSink } from "../util/progress.js";
@@ -122,14 +123,18 @@ export class CliContext {
 
   /**
    * Unlocks the user's key slot and opens the repository. withWorkers: the command runs the
-   * pipeline (backup, restore, check --read-data), whose workers start as soon as the KDF is done.
+   * pipeline (backup, restore, check --read-data), whose workers start as soon as the KDF is done;
+   * or a function that tells from the store, before the unlock, whether it needs them.
    */
-  async openVault(o: { withWorkers?: boolean } = {}): Promise<Vault> {
+  async openVault(o: { withWorkers?: boolean | ((store: Store) => Promise<boolean>) } = {}): Promise<Vault> {
     const repo = requireRepo(this.settings);
     const user = requireUser(this.settings);
     const store = openStore(repo);
     await probeRepository(store);
-    const workers = o.withWorkers === true ? this.workers : 0;
+    // A function decides from the store (no key needed) when no worker count was given; a store
+    // it cannot read counts as needing them (the command itself then says what is wrong).
+    const withWorkers = typeof o.withWorkers === "function" ? this.workers !== undefined || (await o.withWorkers(store).catch(() => true)) : o.withWorkers === true;
+    const workers = withWorkers ? this.workers : 0;
     const passphrase = await this.passphrase();
     try {
       const lockWaitMs = this.lockWaitMs;

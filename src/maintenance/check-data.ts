@@ -1,13 +1,13 @@
 import { HASH_BYTES } from "../crypto/suite.js";
-import { packKey } from "../format/layout.js";
+import { PACK_PREFIX, packKey } from "../format/layout.js";
 import type { PackEntry } from "../format/pack.js";
 import { BlobStatus } from "../pack/blob.js";
 import type { Repository } from "../repository/repository.js";
 import type { SessionKeys } from "../repository/sessions.js";
-import { WorkerPool } from "../pipeline/pool.js";
+import { INLINE_JOB_BYTES, WorkerPool } from "../pipeline/pool.js";
 import { PoolSessionKeys } from "../pipeline/session-keys.js";
 import { IntegrityError, NotFoundError } from "../errors.js";
-import { readInto } from "../storage/types.js";
+import { readInto, type Store } from "../storage/types.js";
 import { ReadBuffers } from "../util/read-buffers.js";
 
 /** What reading one pack's data found. */
@@ -19,6 +19,21 @@ export interface PackDataResult {
    * different offsets), so the snapshots they affect can be named exactly.
    */
   readonly badEntries?: readonly PackEntry[];
+}
+
+/**
+ * Whether check --read-data runs inline (no worker threads) when no worker count is given: the
+ * packs hold less than INLINE_JOB_BYTES (pipeline/pool.ts) together, so a worker's boot would
+ * cost more than it takes over. Lists data/ only until the packs reach that size; needs no key.
+ * A pack a concurrent backup adds later is still verified, inline.
+ */
+export async function readDataRunsInline(store: Pick<Store, "list">): Promise<boolean> {
+  let bytes = 0;
+  for await (const info of store.list(PACK_PREFIX)) {
+    bytes += info.size;
+    if (bytes >= INLINE_JOB_BYTES) return false;
+  }
+  return true;
 }
 
 /** Stored bytes verified per task: packs are read and verified in pieces of about this size. */
@@ -46,6 +61,11 @@ export class PackVerifier {
     this.#pool = pool;
     this.#maxInFlight = maxInFlight;
     this.#buffers = new ReadBuffers(maxInFlight * PIECE_BYTES);
+  }
+
+  /** Worker threads verifying (0: all on the main thread). */
+  get workers(): number {
+    return this.#pool.workers;
   }
 
   static async create(repo: Repository, sessions: SessionKeys, workers?: number): Promise<PackVerifier> {

@@ -23,13 +23,16 @@ import { throttled, type ProgressSink } from "../util/progress.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import type { ChunkIndex } from "../repository/chunk-index.js";
 import type { BadLocations } from "./check-attribution.js";
-import { PackVerifier } from "./check-data.js";
+import { PackVerifier, readDataRunsInline } from "./check-data.js";
 import { PackChecks, type Listing } from "./check-packs.js";
 
 export interface CheckOptions {
   readonly readData?: boolean;
   readonly progress?: ProgressSink;
-  /** Worker threads for --read-data; 0 runs inline. Default: one per core. */
+  /**
+   * Worker threads for --read-data; 0 runs inline. Default: one per core but one, and none when
+   * the packs hold less than INLINE_JOB_BYTES together (pipeline/pool.ts).
+   */
   readonly workers?: number;
 }
 
@@ -49,10 +52,11 @@ export interface CheckReport {
    */
   readonly dataKey: boolean;
   /**
-   * With --read-data: most packs being verified at once, and most verification jobs submitted
-   * but not yet settled (both bounded, whatever the repository's size).
+   * With --read-data: the worker threads verifying (0: inline), most packs being verified at
+   * once, and most verification jobs submitted but not yet settled (both bounded, whatever the
+   * repository's size).
    */
-  readonly pipeline?: { readonly maxPacksInFlight: number; readonly maxUnsettled: number };
+  readonly pipeline?: { readonly workers: number; readonly maxPacksInFlight: number; readonly maxUnsettled: number };
 }
 
 /**
@@ -79,8 +83,11 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
   const progress = throttled(o.progress);
   const lock = await acquireLock(repo, "check", false);
   const sessions = new SessionKeys(repo);
-  // Workers start while the structure is checked.
-  const starting = readData && canDecrypt ? PackVerifier.create(repo, sessions, o.workers) : undefined;
+  // Workers start while the structure is checked; none for packs below INLINE_JOB_BYTES in all
+  // unless a count is given.
+  const verifying = readData && canDecrypt;
+  const workers = o.workers ?? (verifying && (await readDataRunsInline(repo.store).catch(() => false)) ? 0 : undefined);
+  const starting = verifying ? PackVerifier.create(repo, sessions, workers) : undefined;
   starting?.catch(() => undefined);
   const damage: Damage[] = [];
   const warnings: string[] = [];
@@ -171,7 +178,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
       // role holding the index key can add locations): a loss the damage found at its locations
       // explains is reported there, with the snapshot; only the rest as the reader saw it.
       for (const u of unreadable) if (packs.bad.lost(u.blob, index.locations(u.blob)).length === 0) damage.push(...u.damage);
-      if (verifier !== undefined) pipeline = { maxPacksInFlight: verifier.maxPacksInFlight, maxUnsettled: packs.maxUnsettled };
+      if (verifier !== undefined) pipeline = { workers: verifier.workers, maxPacksInFlight: verifier.maxPacksInFlight, maxUnsettled: packs.maxUnsettled };
     }
     for (const f of packs.findings()) damage.push({ object: f.object, problem: f.problem, snapshots: [...f.snapshots].sort() });
     return {

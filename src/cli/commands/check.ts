@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import { IntegrityError } from "../../errors.js";
 import { INDEX_PREFIX } from "../../format/layout.js";
 import { isListingDamage } from "../../maintenance/check-attribution.js";
+import { readDataRunsInline } from "../../maintenance/check-data.js";
 import { CliContext } from "../context.js";
 import { formatBytes, plural } from "../output.js";
 
@@ -12,7 +13,8 @@ export function registerCheck(program: Command): void {
     .option("--read-data", "decrypt and verify every chunk")
     .action(async (opts: { readData?: boolean }, command: Command) => {
       const ctx = new CliContext(command);
-      const vault = await ctx.openVault({ withWorkers: opts.readData === true });
+      // A repository whose packs are small is verified inline (the library decides): no worker starts ahead for it.
+      const vault = await ctx.openVault({ withWorkers: opts.readData === true ? async (store) => !(await readDataRunsInline(store)) : false });
       try {
         const progress = ctx.progress;
         const workers = ctx.workers;
