@@ -1,4 +1,4 @@
-import argon2 from "argon2";
+import { createRequire } from "node:module";
 import { UsageError } from "../errors.js";
 import { plural } from "../util/text.js";
 import { Secret } from "./secret.js";
@@ -84,18 +84,69 @@ export function assertPassphraseStrength(passphrase: Secret, allowWeak: boolean)
   }
 }
 
-/** Derives a 32-byte key from a passphrase with Argon2id. */
+/** What the argon2 package's native binding takes (its argon2.cjs calls it the same way). */
+interface Argon2Binding {
+  hash(args: {
+    password: Buffer;
+    salt: Buffer;
+    secret: Buffer;
+    data: Buffer;
+    hashLength: number;
+    m: number;
+    t: number;
+    p: number;
+    type: number;
+    version: number;
+  }): Promise<Buffer>;
+}
+
+const ARGON2ID = 2;
+const ARGON2_VERSION = 0x13;
+const require = createRequire(import.meta.url);
+let binding: Argon2Binding | undefined;
+
+/**
+ * The argon2 package's native binding, loaded directly where `npm install` built it: the
+ * package's own entry point also loads node:crypto, @phc/format and node-gyp-build (about 11 ms
+ * and 2.3 MiB more, held while Argon2id runs, which is every command's peak) and copies the
+ * passphrase into a buffer it never wipes. Where it was not built (an install that took the
+ * package's prebuilt binary), the package's own entry point is used.
+ */
+function argon2Binding(): Argon2Binding {
+  if (binding !== undefined) return binding;
+  let found: Argon2Binding;
+  try {
+    found = require("argon2/build/Release/argon2.node") as Argon2Binding;
+  } catch {
+    const pkg = require("argon2") as { hash(password: Buffer, options: object): Promise<Buffer> };
+    found = {
+      hash: (a) =>
+        pkg.hash(a.password, { raw: true, salt: a.salt, secret: a.secret, associatedData: a.data, hashLength: a.hashLength, memoryCost: a.m, timeCost: a.t, parallelism: a.p, type: a.type, version: a.version }),
+    };
+  }
+  if (typeof found.hash !== "function") throw new Error("the argon2 package's binding has no hash function");
+  binding = found;
+  return found;
+}
+
+/** Derives a 32-byte key from a passphrase with Argon2id (version 0x13, raw output). */
 export async function deriveKey(passphrase: Secret, params: KdfParams): Promise<Secret> {
-  const input = Buffer.from(passphrase.bytes);
-  const raw = await argon2.hash(input, {
-    type: argon2.argon2id,
-    raw: true,
-    salt: Buffer.from(params.salt),
-    memoryCost: params.memoryKiB,
-    timeCost: params.passes,
-    parallelism: params.parallelism,
-    hashLength: KDF_KEY_BYTES,
-  }).finally(() => input.fill(0));
+  // The binding copies the passphrase and libargon2 wipes that copy; this one is wiped here.
+  const password = Buffer.from(passphrase.bytes);
+  const raw = await argon2Binding()
+    .hash({
+      password,
+      salt: Buffer.from(params.salt),
+      secret: Buffer.alloc(0),
+      data: Buffer.alloc(0),
+      hashLength: KDF_KEY_BYTES,
+      m: params.memoryKiB,
+      t: params.passes,
+      p: params.parallelism,
+      type: ARGON2ID,
+      version: ARGON2_VERSION,
+    })
+    .finally(() => password.fill(0));
   const key = new Uint8Array(raw);
   raw.fill(0);
   return new Secret(key);

@@ -321,6 +321,22 @@ describe("Argon2id (RFC 9106 §5.3; deriveKey)", () => {
     expect(toHex(second.bytes)).toBe(pinned);
   });
 
+  it("deriveKey calls the argon2 binding as the package's own hash would (raw Argon2id, version 0x13)", async () => {
+    for (const p of [params, { ...params, memoryKiB: 2048, passes: 2, parallelism: 2 }, { ...params, parallelism: 3, salt: counting(32, 0x40) }]) {
+      const viaPackage = await argon2.hash(Buffer.from("correct horse battery staple"), {
+        type: argon2.argon2id,
+        raw: true,
+        version: 0x13,
+        salt: Buffer.from(p.salt),
+        memoryCost: p.memoryKiB,
+        timeCost: p.passes,
+        parallelism: p.parallelism,
+        hashLength: 32,
+      });
+      expect(toHex((await deriveKey(pass(), p)).bytes)).toBe(viaPackage.toString("hex"));
+    }
+  });
+
   it("salt, every parameter and the passphrase change the output", async () => {
     const variants: [Secret, KdfParams][] = [
       [pass(), { ...params, salt: flip(params.salt, 15) }],
