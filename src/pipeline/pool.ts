@@ -37,8 +37,8 @@ export function defaultWorkers(): number {
 }
 
 /**
- * Data below which a backup or restore runs on the main thread alone unless a worker count is
- * given. A worker takes about 0.25 s to boot and load its crypto on the slower host
+ * Data below which a backup, a restore or check --read-data runs on the main thread alone
+ * unless a worker count is given. A worker takes about 0.25 s to boot and load its crypto on the slower host
  * (docs/design.md §9), in which the main thread alone hashes, compresses and seals about
  * 50 MiB: a smaller job is done before a worker could help, and the worker's boot only takes
  * CPU time from it (a 1 MiB image into an old repository: backup 0.80 -> 0.69 s).

@@ -15,8 +15,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
       const ctx = new CliContext(command);
       interrupts.note = "; the repository stays consistent: a snapshot appears only once complete, and the next backup reuses the data this one stored";
       // A small backup of image files runs inline (the library decides): no worker starts ahead for it.
-      const inline = ctx.workers === undefined && (await backupRunsInline(sources, opts.sparse));
-      const vault = await ctx.openVault({ withWorkers: !inline });
+      const vault = await ctx.openVault({ withWorkers: async () => !(await backupRunsInline(sources, opts.sparse)) });
       try {
         const progress = ctx.progress;
         const workers = ctx.workers;
