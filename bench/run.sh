@@ -17,8 +17,9 @@
 # snapshot as parent and Borg's files cache applies; the content is read in full), restore of
 # day 2 (sha256-verified against the image: a mismatch stops the run with exit 3), full data
 # check. Within a run the tools take turns step by step (every tool's first backup, then every
-# tool's second, ...), in an order that turns by one tool each run. Every step runs under /usr/bin/time with the images in the page cache and a sync
-# before it; the repository's apparent size is recorded after it. A restore is followed at once
+# tool's second, ...), in an order that turns by one tool each run. Every step runs under
+# /usr/bin/time with the images in the page cache and a sync before it; the repository's
+# apparent size is recorded after it. A restore is followed at once
 # by a timed sync (how long until the restored image is on the disk). The report shows medians.
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -125,11 +126,11 @@ VMVAULT="$ROOT/bin/vmvault"
 RESTIC_SPARSE=""
 have restic && restic restore --help 2>/dev/null | grep -q -- --sparse && RESTIC_SPARSE=--sparse
 
-# place IMG at $SRC (a hard link when the corpus is on the same file system: no copy)
+# place IMG at $SRC (a hard link when the corpus is on the same file system: no copy); each
+# backup step warms it in the page cache
 place() {
   rm -f "$SRC"
   ln "$CORPUS/$1" "$SRC" 2>/dev/null || cp --sparse=always "$CORPUS/$1" "$SRC"
-  cat "$SRC" > /dev/null # warm the page cache
 }
 
 # busy CPU ticks of the whole machine so far (user nice system irq softirq steal)
