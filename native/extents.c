@@ -1,6 +1,7 @@
 /*
  * vmvault's native helper, part one (part two, native/readfile.c, reads small files; part
- * three, native/memory.c, asks for huge pages behind the restore's output slots): where a
+ * three, native/memory.c, asks for huge pages behind the restore's output slots; part four,
+ * native/pagecache.c, finds and drops what a backup brought into the page cache): where a
  * file's data and holes are (lseek SEEK_DATA and SEEK_HOLE), so a backup skips the unallocated
  * extents of a sparse disk image instead of reading them, and how large a block device is.
  * Node.js has no lseek; everything else stays in JavaScript.
@@ -85,5 +86,6 @@ NAPI_MODULE_INIT() {
   if (napi_set_named_property(env, exports, "seekEnd", fn) != napi_ok) return NULL;
   if (vmvault_register_readfile(env, exports) != napi_ok) return NULL;
   if (vmvault_register_memory(env, exports) != napi_ok) return NULL;
+  if (vmvault_register_pagecache(env, exports) != napi_ok) return NULL;
   return exports;
 }

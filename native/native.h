@@ -37,4 +37,7 @@ napi_status vmvault_register_readfile(napi_env env, napi_value exports);
 /* native/memory.c: adviseHugePages(view) -> bytes advised (madvise MADV_HUGEPAGE). */
 napi_status vmvault_register_memory(napi_env env, napi_value exports);
 
+/* native/pagecache.c: cacheResidency(fd, offset, length) (mincore) and dropCache(fd, offset, length) (POSIX_FADV_DONTNEED). */
+napi_status vmvault_register_pagecache(napi_env env, napi_value exports);
+
 #endif

@@ -46,6 +46,11 @@ export interface BackupOptions {
   readonly maxPacksInFlight?: number;
   /** Skip the unallocated extents of disk images and sparse files without reading them (default true; false reads every byte). */
   readonly sparse?: boolean;
+  /**
+   * Leave the pages a disk image's reads bring into the page cache there (default false: they
+   * are dropped once read, and pages cached before stay; docs/design.md §9).
+   */
+  readonly keepCache?: boolean;
 }
 
 /** How the pipeline behaved: the bounds it kept. */
@@ -65,8 +70,11 @@ export interface BackupResult {
   readonly chunks: number;
   readonly newChunks: number;
   readonly packs: number;
-  /** readBytes: bytes read; the rest of size were unallocated extents, recorded as holes unread. */
-  readonly sources: readonly { name: string; kind: "disk" | "folder"; size: number; readBytes: number }[];
+  /**
+   * readBytes: bytes read; the rest of size were unallocated extents, recorded as holes unread.
+   * cacheDroppedBytes: page cache a disk image's reads filled and the backup dropped again.
+   */
+  readonly sources: readonly { name: string; kind: "disk" | "folder"; size: number; readBytes: number; cacheDroppedBytes: number }[];
   /** Entries of folder sources left out (special files, names that are not UTF-8), with the source's name first in each path. */
   readonly skipped: readonly SkippedEntry[];
   /**
@@ -195,14 +203,17 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
     const sources: SnapshotSource[] = [];
     /** Bytes read from each source, in the order of sources. */
     const readBytes: number[] = [];
+    /** Page cache each source's reads filled and the backup dropped again, in the same order. */
+    const dropped: number[] = [];
     const skipped: SkippedEntry[] = [];
     for (const p of planned) {
       const r =
         p.kind === "disk"
-          ? await backupImage(p.path, p.name, repo.config.imageChunkSize, sink, progress, o.segmentBytes, o.sparse ?? true)
+          ? await backupImage(p.path, p.name, repo.config.imageChunkSize, sink, progress, o.segmentBytes, o.sparse ?? true, o.keepCache ?? false)
           : await backupFolder(p.path, p.name, cdc, sink, progress, o.sparse ?? true);
       sources.push(r.source);
       readBytes.push(r.readBytes);
+      dropped.push("cacheDroppedBytes" in r ? r.cacheDroppedBytes : 0);
       if ("skipped" in r) skipped.push(...r.skipped.map((s) => ({ ...s, path: `${p.name}/${s.path}` })));
     }
     await sink.finish();
@@ -238,7 +249,7 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
       chunks: sink.stats.chunks,
       newChunks: sink.stats.newChunks,
       packs: packs.packsWritten,
-      sources: sources.map((s, i) => ({ name: s.name, kind: s.kind, size: s.size, readBytes: readBytes[i] ?? s.size })),
+      sources: sources.map((s, i) => ({ name: s.name, kind: s.kind, size: s.size, readBytes: readBytes[i] ?? s.size, cacheDroppedBytes: dropped[i] ?? 0 })),
       skipped,
       damagedIndexes: index.damaged,
       pipeline: {

@@ -3,6 +3,7 @@ import path from "node:path";
 import type { DiskSource } from "../format/snapshot.js";
 import { DataExtents, sourceSize } from "../sources/extents.js";
 import { assertUnchanged, identityOf, sourceError } from "../sources/identity.js";
+import { PageCacheFootprint } from "../sources/page-cache.js";
 import type { ProgressSink } from "../util/progress.js";
 import { ChunkListBuilder } from "./chunk-list.js";
 import type { ChunkSink } from "./sink.js";
@@ -14,6 +15,8 @@ export interface ImageBackup {
   readonly source: DiskSource;
   /** Bytes read from the image; the rest were unallocated extents, recorded as holes unread. */
   readonly readBytes: number;
+  /** Bytes of page cache the reads filled and the backup then dropped (0 with keepCache). */
+  readonly cacheDroppedBytes: number;
 }
 
 /**
@@ -23,7 +26,9 @@ export interface ImageBackup {
  * With `sparse` (the default), chunks wholly inside extents the file system reports as
  * unallocated (SEEK_DATA/SEEK_HOLE, through the native helper when it is built) are recorded
  * as holes without being read, and reads stop at the end of each allocated extent: a thin
- * image costs what its data costs, not its size.
+ * image costs what its data costs, not its size. Unless `keepCache` is set, the pages the reads
+ * bring into the page cache are dropped behind them, and those cached before stay
+ * (PageCacheFootprint).
  */
 export async function backupImage(
   file: string,
@@ -33,8 +38,10 @@ export async function backupImage(
   progress: ProgressSink,
   segmentBytes = DEFAULT_SEGMENT_BYTES,
   sparse = true,
+  keepCache = false,
 ): Promise<ImageBackup> {
   let handle;
+  let cache: PageCacheFootprint | undefined;
   try {
     handle = await fsp.open(file, "r");
   } catch (e) {
@@ -54,6 +61,7 @@ export async function backupImage(
     const free: Uint8Array[] = [];
     const zero = new Uint8Array(segment);
     const extents = sparse ? DataExtents.open(handle.fd, size) : undefined;
+    cache = keepCache ? undefined : PageCacheFootprint.open(handle.fd, size);
     // Holes need no worker: an empty batch keeps their place in the sink's order.
     const submitHoles = (n: number): Promise<void> => sink.submit({ data: new Uint8Array(0), ranges: new Uint32Array(0), detectZero: true }, () => list.pushZeros(n));
     let position = 0;
@@ -73,6 +81,7 @@ export async function backupImage(
       const want = Math.min(segment, size - position, Math.ceil(extent.end / chunkSize) * chunkSize - position);
       const buffer = free.pop() ?? new Uint8Array(segment);
       let got = 0;
+      cache?.beforeRead(position, position + want);
       try {
         while (got < want) {
           const { bytesRead } = await handle.read(buffer, got, want - got, position + got);
@@ -84,6 +93,7 @@ export async function backupImage(
       }
       if (got < want) assertUnchanged(file, before, identityOf(await handle.stat()));
       if (got === 0) throw sourceError(file, new Error("unexpected end of file"));
+      cache?.afterRead(position + got);
       readBytes += got;
       const count = Math.ceil(got / chunkSize);
       if (isZero(buffer.subarray(0, got), zero)) {
@@ -109,8 +119,14 @@ export async function backupImage(
     }
     const lists = await sink.schedule(() => list.finish());
     assertUnchanged(file, before, identityOf(await handle.stat()));
-    return { source: { kind: "disk", name, size, chunkSize, lists, dataChunks: list.dataChunks, zeroChunks: list.zeroChunks }, readBytes };
+    cache?.finish();
+    return {
+      source: { kind: "disk", name, size, chunkSize, lists, dataChunks: list.dataChunks, zeroChunks: list.zeroChunks },
+      readBytes,
+      cacheDroppedBytes: cache?.droppedBytes ?? 0,
+    };
   } finally {
+    cache?.finish();
     await handle.close();
   }
 }

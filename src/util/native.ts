@@ -25,6 +25,18 @@ export interface NativeHelper {
    * helper built before it.
    */
   adviseHugePages?(view: Uint8Array): number;
+  /**
+   * One byte per page of [offset, offset + length) (offset a multiple of pageSize, length up to
+   * 64 MiB): 1 where the page cache holds the page, 0 where not (mincore over a mapping that is
+   * never touched); null where the file cannot be mapped or the kernel refuses. For a file the
+   * caller may neither write nor owns, the kernel answers 1 for every page. Absent from a helper
+   * built before it.
+   */
+  cacheResidency?(fd: number, offset: number, length: number): Uint8Array | null;
+  /** posix_fadvise(POSIX_FADV_DONTNEED) over the range: 0, or the errno. Absent from a helper built before it. */
+  dropCache?(fd: number, offset: number, length: number): number;
+  /** The page size cacheResidency counts in. */
+  readonly pageSize?: number;
 }
 
 /** Where `npm install` builds the helper, from this module in the sources, the library build or the CLI bundle. */

@@ -10,8 +10,9 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
     .description("back up disk images and folders of one VM as a new snapshot")
     .requiredOption("--vm <name>", "the VM the sources belong to")
     .option("--no-sparse", "read every byte, holes included, instead of skipping the extents the file system reports as unallocated")
+    .option("--keep-cache", "leave the pages a disk image's reads bring into the page cache there, instead of dropping them once read")
     .argument("<source...>", "raw disk images (files or block devices) and folders")
-    .action(async (sources: string[], opts: { vm: string; sparse: boolean }, command: Command) => {
+    .action(async (sources: string[], opts: { vm: string; sparse: boolean; keepCache?: boolean }, command: Command) => {
       const ctx = new CliContext(command);
       interrupts.note = "; the repository stays consistent: a snapshot appears only once complete, and the next backup reuses the data this one stored";
       // A small backup of image files runs inline (the library decides): no worker starts ahead for it.
@@ -19,7 +20,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
       try {
         const progress = ctx.progress;
         const workers = ctx.workers;
-        const r = await vault.backup({ vm: opts.vm, sources, sparse: opts.sparse, ...(progress === undefined ? {} : { progress }), ...(workers === undefined ? {} : { workers }) });
+        const r = await vault.backup({ vm: opts.vm, sources, sparse: opts.sparse, keepCache: opts.keepCache === true, ...(progress === undefined ? {} : { progress }), ...(workers === undefined ? {} : { workers }) });
         ctx.endProgress();
         for (const s of r.skipped) ctx.warn(`warning: skipped ${s.path} (${s.reason})`);
         warnDamagedIndexes(ctx, r.damagedIndexes);

@@ -1,0 +1,101 @@
+/*
+ * What of a file is in the kernel's page cache, and dropping what a reader brought in, so a
+ * backup leaves the host's page cache as it found it (src/sources/page-cache.ts).
+ *
+ *   cacheResidency(fd, offset, length) -> a Uint8Array, one byte per page of [offset, offset +
+ *       length) (offset a multiple of the page size): 1 where the page is cached, 0 where not;
+ *       null where the file cannot be mapped (a pipe, a file system without mmap) or mincore
+ *       refuses. The kernel answers "cached" for every page of a file the caller may neither
+ *       write nor owns (mincore's rule since Linux 5.0), so such a file's pages are never dropped.
+ *   dropCache(fd, offset, length) -> 0, or the errno of posix_fadvise(POSIX_FADV_DONTNEED): the
+ *       kernel drops the clean, unmapped cached pages of the range; dirty or mapped ones stay.
+ *       A length of 0 drops nothing (not, as for posix_fadvise, everything to the end).
+ *   pageSize -> the page size the answers count in.
+ *
+ * Mapping a file does not read it: mincore looks the pages up without touching them.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <node_api.h>
+
+#include "native.h"
+
+/* A mapping's largest length: 64 MiB, 16,384 bytes of answer on 4 KiB pages. */
+#define MAX_RESIDENCY_BYTES ((int64_t)64 * 1024 * 1024)
+
+static int read_range_args(napi_env env, napi_callback_info info, int32_t *fd, int64_t *offset, int64_t *length) {
+  size_t argc = 3;
+  napi_value argv[3];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 || napi_get_value_int32(env, argv[0], fd) != napi_ok ||
+      napi_get_value_int64(env, argv[1], offset) != napi_ok || napi_get_value_int64(env, argv[2], length) != napi_ok || *fd < 0 ||
+      *offset < 0 || *length < 0) {
+    napi_throw_type_error(env, NULL, "expected a file descriptor, a non-negative offset and a non-negative length");
+    return 0;
+  }
+  return 1;
+}
+
+static napi_value cache_residency(napi_env env, napi_callback_info info) {
+  int32_t fd;
+  int64_t offset, length;
+  napi_value result;
+  if (!read_range_args(env, info, &fd, &offset, &length)) return NULL;
+  long page = sysconf(_SC_PAGESIZE);
+  if (page <= 0 || offset % page != 0 || length == 0 || length > MAX_RESIDENCY_BYTES) {
+    napi_throw_range_error(env, NULL, "the offset must be a multiple of the page size and the length between 1 byte and 64 MiB");
+    return NULL;
+  }
+  size_t pages = (size_t)((length + page - 1) / page);
+  void *array_data = NULL;
+  napi_value buffer;
+  void *map = mmap(NULL, pages * (size_t)page, PROT_READ, MAP_SHARED, fd, (off_t)offset);
+  if (map == MAP_FAILED) {
+    napi_get_null(env, &result);
+    return result;
+  }
+  if (napi_create_arraybuffer(env, pages, &array_data, &buffer) != napi_ok) {
+    munmap(map, pages * (size_t)page);
+    return NULL;
+  }
+  int ok = mincore(map, pages * (size_t)page, (unsigned char *)array_data) == 0;
+  munmap(map, pages * (size_t)page);
+  if (!ok) {
+    napi_get_null(env, &result);
+    return result;
+  }
+  unsigned char *vec = (unsigned char *)array_data;
+  for (size_t i = 0; i < pages; i++) vec[i] &= 1;
+  napi_create_typedarray(env, napi_uint8_array, pages, buffer, 0, &result);
+  return result;
+}
+
+static napi_value drop_cache(napi_env env, napi_callback_info info) {
+  int32_t fd;
+  int64_t offset, length;
+  napi_value result;
+  if (!read_range_args(env, info, &fd, &offset, &length)) return NULL;
+  int e = 0;
+#ifdef POSIX_FADV_DONTNEED
+  if (length > 0) e = posix_fadvise(fd, (off_t)offset, (off_t)length, POSIX_FADV_DONTNEED);
+#else
+  e = ENOTSUP;
+#endif
+  napi_create_int32(env, e, &result);
+  return result;
+}
+
+napi_status vmvault_register_pagecache(napi_env env, napi_value exports) {
+  napi_value fn, page;
+  napi_status s = napi_create_int32(env, (int32_t)sysconf(_SC_PAGESIZE), &page);
+  if (s == napi_ok) s = napi_set_named_property(env, exports, "pageSize", page);
+  if (s == napi_ok) s = napi_create_function(env, "cacheResidency", NAPI_AUTO_LENGTH, cache_residency, NULL, &fn);
+  if (s == napi_ok) s = napi_set_named_property(env, exports, "cacheResidency", fn);
+  if (s == napi_ok) s = napi_create_function(env, "dropCache", NAPI_AUTO_LENGTH, drop_cache, NULL, &fn);
+  if (s == napi_ok) s = napi_set_named_property(env, exports, "dropCache", fn);
+  return s;
+}

@@ -1,0 +1,290 @@
+/**
+ * A backup leaves the page cache as it found it: the pages a disk image's reads (and the
+ * kernel's readahead) bring in are dropped once read, pages cached before stay, and
+ * `keepCache` leaves everything. The rule is tested against a recording binding; the kernel's
+ * side with real files (where the file system drops clean pages at all: not on tmpfs).
+ */
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { closeSync, fstatSync, fsyncSync, openSync, promises as fsp, writeSync } from "node:fs";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { backup } from "../../src/backup/backup.js";
+import { restore } from "../../src/restore/restore.js";
+import { CACHE_LOOKAHEAD_BYTES, CACHE_WINDOW_BYTES, PageCacheFootprint, pageCacheBinding, type PageCacheBinding } from "../../src/sources/page-cache.js";
+import { vault } from "../helpers/cli.js";
+import { deterministicRepo, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
+
+const tmp = tempDirs();
+const MiB = 1024 * 1024;
+const PAGE = 4096;
+const W = CACHE_WINDOW_BYTES;
+
+/**
+ * A binding over a simulated cache: `cached` holds page numbers; a read through `read` caches
+ * its pages and `ahead` bytes of readahead past it; drops are recorded and uncache pages.
+ */
+function simulated(initial: Iterable<number>, ahead = 0) {
+  const cached = new Set(initial);
+  const asked: [number, number][] = [];
+  const dropped: [number, number][] = [];
+  const binding: PageCacheBinding = {
+    pageSize: PAGE,
+    cacheResidency: (_fd, offset, length) => {
+      asked.push([offset, length]);
+      const out = new Uint8Array(Math.ceil(length / PAGE));
+      for (let i = 0; i < out.length; i++) out[i] = cached.has(offset / PAGE + i) ? 1 : 0;
+      return out;
+    },
+    dropCache: (_fd, offset, length) => {
+      dropped.push([offset, length]);
+      for (let p = offset / PAGE; p < (offset + length) / PAGE; p++) cached.delete(p);
+      return 0;
+    },
+  };
+  const read = (from: number, to: number, size: number): void => {
+    for (let p = from / PAGE; p < Math.min(size, to + ahead) / PAGE; p++) cached.add(p);
+  };
+  return { binding, cached, asked, dropped, read };
+}
+
+/** Reads a footprint's file the way backupImage does: segments in order, windows dropped behind. */
+function readAll(f: PageCacheFootprint, sim: ReturnType<typeof simulated>, size: number, segment: number, skip: [number, number][] = []): void {
+  for (let at = 0; at < size; at += segment) {
+    const end = Math.min(size, at + segment);
+    if (skip.some(([a, b]) => at >= a && end <= b)) continue;
+    f.beforeRead(at, end);
+    sim.read(at, end, size);
+    f.afterRead(end);
+  }
+  f.finish();
+}
+
+describe("PageCacheFootprint", () => {
+  it("drops what a cold read brought in, readahead included, and counts it", () => {
+    const size = 3 * W + 5 * PAGE;
+    const sim = simulated([], 6 * MiB);
+    const f = PageCacheFootprint.open(3, size, sim.binding);
+    if (f === undefined) throw new Error("no footprint");
+    readAll(f, sim, size, MiB);
+    expect(sim.cached.size).toBe(0);
+    expect(f.droppedBytes).toBe(size);
+    // one drop per window (each wholly cold), in order
+    expect(sim.dropped.map(([o]) => o)).toEqual([0, W, 2 * W, 3 * W]);
+  });
+
+  it("keeps pages cached before the read, readahead into them included, and drops only the runs around them", () => {
+    const size = 2 * W;
+    const warm = [...Array(64).keys()].map((i) => 100 + i); // pages 100-163 cached before
+    const sim = simulated(warm, 2 * MiB);
+    const f = PageCacheFootprint.open(3, size, sim.binding);
+    if (f === undefined) throw new Error("no footprint");
+    readAll(f, sim, size, MiB);
+    expect([...sim.cached].sort((a, b) => a - b)).toEqual(warm);
+    expect(f.droppedBytes).toBe(size - 64 * PAGE);
+    expect(sim.dropped[0]).toEqual([0, 100 * PAGE]);
+    expect(sim.dropped[1]).toEqual([164 * PAGE, W - 164 * PAGE]);
+  });
+
+  it("a wholly cached file is asked about but nothing is dropped", () => {
+    const size = 4 * W;
+    const all = [...Array(size / PAGE).keys()];
+    const sim = simulated(all, 8 * MiB);
+    const f = PageCacheFootprint.open(3, size, sim.binding);
+    if (f === undefined) throw new Error("no footprint");
+    readAll(f, sim, size, MiB);
+    expect(sim.dropped).toEqual([]);
+    expect(f.droppedBytes).toBe(0);
+    expect(sim.cached.size).toBe(all.length);
+    // every window asked about once
+    expect(sim.asked.map(([o]) => o)).toEqual([0, W, 2 * W, 3 * W]);
+  });
+
+  it("takes each window's state before any read or readahead reaches it", () => {
+    const size = 10 * W;
+    const sim = simulated([], CACHE_LOOKAHEAD_BYTES);
+    const f = PageCacheFootprint.open(3, size, sim.binding);
+    if (f === undefined) throw new Error("no footprint");
+    f.beforeRead(0, MiB);
+    // the first read's window and every window its readahead can reach
+    expect(sim.asked.map(([o]) => o / W)).toEqual([0, 1, 2, 3, 4]);
+    sim.read(0, MiB, size);
+    f.afterRead(MiB);
+    expect(sim.dropped).toEqual([]);
+    readAll(f, sim, size, MiB);
+    expect(sim.cached.size).toBe(0);
+    expect(f.droppedBytes).toBe(size);
+  });
+
+  it("skipped extents are never asked about beyond the lookahead, and a jump past them drops what readahead left", () => {
+    const size = 40 * W;
+    const sim = simulated([], 2 * MiB);
+    const f = PageCacheFootprint.open(3, size, sim.binding);
+    if (f === undefined) throw new Error("no footprint");
+    readAll(f, sim, size, MiB, [[2 * W, 36 * W]]);
+    const windows = new Set(sim.asked.map(([o]) => o / W));
+    for (let w = 7; w < 32; w++) expect(windows.has(w)).toBe(false);
+    expect(sim.cached.size).toBe(0);
+  });
+
+  it("a window the kernel would not answer for is never dropped", () => {
+    const size = 2 * W;
+    const sim = simulated([]);
+    const binding: PageCacheBinding = { ...sim.binding, cacheResidency: (fd, offset, length) => (offset === 0 ? null : sim.binding.cacheResidency(fd, offset, length)) };
+    const f = PageCacheFootprint.open(3, size, binding);
+    if (f === undefined) throw new Error("no footprint");
+    readAll(f, sim, size, MiB);
+    expect(sim.dropped.map(([o]) => o)).toEqual([W]);
+    expect([...sim.cached].every((p) => p < W / PAGE)).toBe(true);
+  });
+
+  it("without the helper's calls, or for an empty file, there is no footprint", () => {
+    expect(PageCacheFootprint.open(3, 10, null)).toBeUndefined();
+    expect(PageCacheFootprint.open(3, 0, simulated([]).binding)).toBeUndefined();
+  });
+});
+
+// ---- the kernel's side ------------------------------------------------------------------------
+
+const binding = pageCacheBinding();
+
+/** Pages of a file in the page cache. */
+function cachedPages(file: string): number {
+  if (binding === null) throw new Error("no helper");
+  const fd = openSync(file, "r");
+  try {
+    let n = 0;
+    const size = Math.max(1, fstatSync(fd).size);
+    for (let at = 0; at < size; at += 64 * MiB) for (const b of binding.cacheResidency(fd, at, Math.min(64 * MiB, size - at)) ?? []) n += b;
+    return n;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Drops a whole file from the page cache. */
+function evict(file: string): void {
+  if (binding === null) throw new Error("no helper");
+  const fd = openSync(file, "r");
+  try {
+    expect(binding.dropCache(fd, 0, fstatSync(fd).size)).toBe(0);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * A 40 MiB image of random data, written, synced and evicted; false where the file system keeps
+ * its pages (tmpfs), where there is nothing to drop.
+ */
+function coldImage(file: string): boolean {
+  const fd = openSync(file, "w");
+  try {
+    for (let i = 0; i < 40; i++) writeSync(fd, randomBytes(MiB));
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  evict(file);
+  return cachedPages(file) === 0;
+}
+
+describe("a backup's page-cache footprint", () => {
+  it("the native helper answers page by page, checks its arguments and declines what it cannot map", async () => {
+    expect(binding, "build/Release/vmvault_native.node is missing or old: run npm install").not.toBeNull();
+    if (binding === null) return;
+    expect(binding.pageSize).toBeGreaterThanOrEqual(4096);
+    const file = path.join(tmp("pc"), "f");
+    await fsp.writeFile(file, seededBytes("f", 3 * binding.pageSize + 10));
+    const fd = openSync(file, "r");
+    try {
+      const answer = binding.cacheResidency(fd, 0, 3 * binding.pageSize + 10);
+      expect(answer).toBeInstanceOf(Uint8Array);
+      expect(answer?.length).toBe(4);
+      expect([...(answer ?? [])].every((b) => b === 0 || b === 1)).toBe(true);
+      expect(() => binding.cacheResidency(fd, 1, 10)).toThrow(RangeError);
+      expect(() => binding.cacheResidency(fd, 0, 0)).toThrow(RangeError);
+      expect(() => binding.cacheResidency(fd, 0, 65 * MiB)).toThrow(RangeError);
+      expect(() => binding.cacheResidency(fd, -4096, 10)).toThrow(TypeError);
+      expect(() => binding.dropCache(fd, -1, 10)).toThrow(TypeError);
+      expect(binding.dropCache(fd, 0, 10)).toBe(0);
+    } finally {
+      closeSync(fd);
+    }
+    expect(binding.dropCache(12345, 0, 10)).not.toBe(0); // EBADF, as an errno, not a throw
+    const pipe = await fsp.open("/proc/self/status", "r");
+    try {
+      expect(binding.cacheResidency(pipe.fd, 0, 4096)).toBeNull();
+    } finally {
+      await pipe.close();
+    }
+  });
+
+  it("a cold image is read and dropped again; a cached one stays; keepCache keeps what it read", async () => {
+    const dir = tmp("pc");
+    const image = path.join(dir, "vm.raw");
+    if (!coldImage(image)) {
+      expect(execFileSync("stat", ["-f", "-c", "%T", dir], { encoding: "utf8" }).trim()).toBe("tmpfs");
+      return;
+    }
+    const { repo } = await deterministicRepo("page-cache", "seed");
+
+    const cold = await backup(repo, { vm: "vm", sources: [image], workers: 0 });
+    expect(cachedPages(image)).toBe(0);
+    expect(cold.sources[0]?.cacheDroppedBytes).toBeGreaterThanOrEqual(40 * MiB);
+
+    // read into the cache first (as a running VM's reads would): the backup leaves it there
+    await fsp.readFile(image);
+    const warmPages = cachedPages(image);
+    expect(warmPages).toBe((40 * MiB) / (binding?.pageSize ?? 4096));
+    const warm = await backup(repo, { vm: "vm", sources: [image], workers: 0 });
+    expect(warm.sources[0]?.cacheDroppedBytes).toBe(0);
+    expect(cachedPages(image)).toBe(warmPages);
+
+    // half cached: that half stays, the rest is dropped
+    evict(image);
+    const h = await fsp.open(image, "r");
+    try {
+      await h.read(Buffer.alloc(20 * MiB), 0, 20 * MiB, 0);
+    } finally {
+      await h.close();
+    }
+    const half = cachedPages(image);
+    expect(half).toBeGreaterThanOrEqual((20 * MiB) / (binding?.pageSize ?? 4096));
+    const partly = await backup(repo, { vm: "vm", sources: [image], workers: 0 });
+    expect(cachedPages(image)).toBe(half);
+    expect(partly.sources[0]?.cacheDroppedBytes).toBeGreaterThan(0);
+
+    evict(image);
+    const kept = await backup(repo, { vm: "vm", sources: [image], workers: 0, keepCache: true });
+    expect(kept.sources[0]?.cacheDroppedBytes).toBe(0);
+    expect(cachedPages(image)).toBeGreaterThan(0);
+
+    // and the snapshot of the cold read restores the same bytes
+    const target = path.join(dir, "out");
+    await restore(repo, { snapshot: cold.snapshotId, target, reason: "test" });
+    expect(await sha256File(path.join(target, "vm.raw"))).toBe(await sha256File(image));
+  });
+});
+
+describe("the CLI's backup and the page cache", () => {
+  it("drops what it read by default, keeps it with --keep-cache, and reports both in --json", async () => {
+    const dir = tmp("pc-cli");
+    const image = path.join(dir, "vm.raw");
+    if (!coldImage(image)) {
+      expect(execFileSync("stat", ["-f", "-c", "%T", dir], { encoding: "utf8" }).trim()).toBe("tmpfs");
+      return;
+    }
+    const v = vault(path.join(dir, "repo"));
+    expect((await v(["init"])).code).toBe(0);
+    const dropped = await v(["--json", "backup", "--vm", "vm", image]);
+    expect(dropped.code, dropped.stderr).toBe(0);
+    const first = JSON.parse(dropped.stdout) as { sources: { cacheDroppedBytes: number }[] };
+    expect(first.sources[0]?.cacheDroppedBytes).toBeGreaterThanOrEqual(40 * MiB);
+    expect(cachedPages(image)).toBe(0);
+    const kept = await v(["--json", "backup", "--keep-cache", "--vm", "vm", image]);
+    expect(kept.code, kept.stderr).toBe(0);
+    expect((JSON.parse(kept.stdout) as { sources: { cacheDroppedBytes: number }[] }).sources[0]?.cacheDroppedBytes).toBe(0);
+    expect(cachedPages(image)).toBe((40 * MiB) / (binding?.pageSize ?? 4096));
+  });
+});
