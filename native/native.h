@@ -40,4 +40,15 @@ napi_status vmvault_register_memory(napi_env env, napi_value exports);
 /* native/pagecache.c: cacheResidency(fd, offset, length) (mincore) and dropCache(fd, offset, length) (POSIX_FADV_DONTNEED). */
 napi_status vmvault_register_pagecache(napi_env env, napi_value exports);
 
+/*
+ * For a reader on a pool thread (readRange): which pages of [offset, offset + length), rounded out
+ * to whole pages, the page cache holds (a malloc'd vector of *pages bytes from *base; NULL where
+ * unknown or the range is over 64 MiB), and afterwards dropping the runs that were not held
+ * (freeing the vector; nothing for NULL).
+ */
+#include <stddef.h>
+#include <stdint.h>
+unsigned char *vmvault_cache_before(int fd, int64_t offset, size_t length, int64_t *base, size_t *pages);
+void vmvault_cache_restore(int fd, int64_t base, unsigned char *before, size_t pages);
+
 #endif

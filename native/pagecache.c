@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -27,6 +28,47 @@
 
 /* A mapping's largest length: 64 MiB, 16,384 bytes of answer on 4 KiB pages. */
 #define MAX_RESIDENCY_BYTES ((int64_t)64 * 1024 * 1024)
+
+unsigned char *vmvault_cache_before(int fd, int64_t offset, size_t length, int64_t *base, size_t *pages) {
+  long page = sysconf(_SC_PAGESIZE);
+  if (page <= 0 || offset < 0 || length == 0 || (int64_t)length > MAX_RESIDENCY_BYTES) return NULL;
+  int64_t first = offset - offset % page;
+  size_t n = (size_t)((offset + (int64_t)length - first + page - 1) / page);
+  unsigned char *vec = malloc(n);
+  if (vec == NULL) return NULL;
+  void *map = mmap(NULL, n * (size_t)page, PROT_READ, MAP_SHARED, fd, (off_t)first);
+  if (map == MAP_FAILED) {
+    free(vec);
+    return NULL;
+  }
+  int ok = mincore(map, n * (size_t)page, vec) == 0;
+  munmap(map, n * (size_t)page);
+  if (!ok) {
+    free(vec);
+    return NULL;
+  }
+  *base = first;
+  *pages = n;
+  return vec;
+}
+
+void vmvault_cache_restore(int fd, int64_t base, unsigned char *before, size_t pages) {
+  if (before == NULL) return;
+  long page = sysconf(_SC_PAGESIZE);
+  for (size_t i = 0; i < pages;) {
+    if (before[i] & 1) {
+      i++;
+      continue;
+    }
+    size_t j = i;
+    while (j < pages && !(before[j] & 1)) j++;
+#ifdef POSIX_FADV_DONTNEED
+    posix_fadvise(fd, (off_t)(base + (int64_t)i * page), (off_t)((j - i) * (size_t)page), POSIX_FADV_DONTNEED);
+#endif
+    i = j;
+  }
+  free(before);
+}
 
 static int read_range_args(napi_env env, napi_callback_info info, int32_t *fd, int64_t *offset, int64_t *length) {
   size_t argc = 3;

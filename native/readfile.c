@@ -6,8 +6,12 @@
  * snapshot headers, index files, session envelopes and audit records are thousands of small files.
  *
  *   readFile(path) -> Promise<ArrayBuffer>                    the file's bytes
- *   readRange(path, offset, length) -> Promise<ArrayBuffer>   up to length bytes from offset
- *                                                             (fewer where the file ends)
+ *   readRange(path, offset, length[, leaveCache]) -> Promise<ArrayBuffer>
+ *                                                             up to length bytes from offset
+ *                                                             (fewer where the file ends); with
+ *                                                             leaveCache, without readahead and
+ *                                                             with the pages it brought into the
+ *                                                             page cache dropped again
  *   statSizes(paths) -> Promise<Float64Array>                 each file's size, -1 where stat
  *                                                             fails (a listing's sizes: one trip
  *                                                             for many files)
@@ -36,6 +40,8 @@ typedef struct {
   char *path;
   /* A range read (readRange) or the whole file (readFile). */
   int ranged;
+  /* Leave the page cache as found (readRange's leaveCache). */
+  int leave_cache;
   int64_t offset;
   size_t length;
   unsigned char *data;
@@ -74,6 +80,15 @@ static void read_execute(napi_env env, void *arg) {
       want = job->ranged && job->length < left ? job->length : left;
     }
     job->data = malloc(want > 0 ? want : 1);
+    unsigned char *before = NULL;
+    int64_t base = 0;
+    size_t pages = 0;
+    if (job->leave_cache && want > 0) {
+#ifdef POSIX_FADV_RANDOM
+      posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+#endif
+      before = vmvault_cache_before(fd, start, want, &base, &pages);
+    }
     if (job->data == NULL) {
       job->err = ENOMEM;
     } else {
@@ -90,6 +105,7 @@ static void read_execute(napi_env env, void *arg) {
       }
       job->size = done;
     }
+    vmvault_cache_restore(fd, base, before, pages);
   }
   close(fd);
 }
@@ -158,9 +174,10 @@ static char *path_arg(napi_env env, napi_value value) {
 
 /* readFile(path) when ranged is 0, readRange(path, offset, length) when it is 1. */
 static napi_value start_read(napi_env env, napi_callback_info info, int ranged) {
-  size_t argc = 3;
-  napi_value argv[3];
+  size_t argc = 4;
+  napi_value argv[4];
   int64_t offset = 0, count = 0;
+  bool leave_cache = false;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < (ranged ? 3u : 1u)) {
     napi_throw_type_error(env, NULL, "expected a path");
     return NULL;
@@ -168,6 +185,10 @@ static napi_value start_read(napi_env env, napi_callback_info info, int ranged) 
   if (ranged && (napi_get_value_int64(env, argv[1], &offset) != napi_ok || napi_get_value_int64(env, argv[2], &count) != napi_ok ||
                  offset < 0 || count < 0 || count > ((int64_t)1 << 32))) {
     napi_throw_type_error(env, NULL, "expected a non-negative offset and a length of at most 4 GiB");
+    return NULL;
+  }
+  if (ranged && argc >= 4 && napi_get_value_bool(env, argv[3], &leave_cache) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected leaveCache to be a boolean");
     return NULL;
   }
   char *path = path_arg(env, argv[0]);
@@ -180,6 +201,7 @@ static napi_value start_read(napi_env env, napi_callback_info info, int ranged) 
   }
   job->path = path;
   job->ranged = ranged;
+  job->leave_cache = leave_cache;
   job->offset = offset;
   job->length = (size_t)count;
   napi_value promise, name;

@@ -3,7 +3,7 @@ import path from "node:path";
 import type { DiskSource } from "../format/snapshot.js";
 import { DataExtents, sourceSize } from "../sources/extents.js";
 import { assertUnchanged, identityOf, sourceError } from "../sources/identity.js";
-import { PageCacheFootprint } from "../sources/page-cache.js";
+import { PageCacheFootprint } from "../util/page-cache.js";
 import type { ProgressSink } from "../util/progress.js";
 import { ChunkListBuilder } from "./chunk-list.js";
 import type { ChunkSink } from "./sink.js";

@@ -5,6 +5,7 @@ import { promisify } from "node:util";
 import path from "node:path";
 import { errorCodeOf, NotFoundError, StorageError } from "../errors.js";
 import { nativeHelper, type NativeHelper } from "../util/native.js";
+import { PageCacheFootprint } from "../util/page-cache.js";
 import { mapOrdered } from "../util/ordered.js";
 import { assertValidKey, assertValidPrefix, type ByteRange, type ObjectInfo, type ObjectWriter, type Store } from "./types.js";
 
@@ -39,6 +40,19 @@ interface Reader {
   readonly fd: Promise<number>;
   users: number;
   evicted: boolean;
+  /** What the reads brought into the page cache, dropped when the descriptor closes; null: kept. */
+  footprint?: PageCacheFootprint | null;
+}
+
+export interface FsStoreOptions {
+  /**
+   * Leave the pages range reads (the restore's and the check's reads of packs and their
+   * trailers) bring into the page cache there. Default false: they are dropped again, when the
+   * file's shared descriptor closes (readInto, PageCacheFootprint) or right after the read (a
+   * range get, without readahead), and pages cached before stay. Whole objects (keys, snapshot
+   * headers, index files) are read as usual.
+   */
+  readonly keepCache?: boolean;
 }
 /** Errors that mean "no object under this key" (a folder or a path through a file is not an object). */
 const ABSENT = new Set(["ENOENT", "ENOTDIR", "EISDIR"]);
@@ -54,10 +68,12 @@ export class FsStore implements Store {
   readonly #knownDirs = new Set<string>();
   /** Most recently used last. Objects never change once written, so a cached descriptor reads the same bytes. */
   readonly #readers = new Map<string, Reader>();
+  readonly #keepCache: boolean;
 
-  constructor(root: string) {
+  constructor(root: string, o: FsStoreOptions = {}) {
     this.#root = path.resolve(root);
     this.location = this.#root;
+    this.#keepCache = o.keepCache ?? false;
   }
 
   #path(key: string): string {
@@ -72,7 +88,7 @@ export class FsStore implements Store {
       // for the restore's and the check's pieces, keeps its descriptors open.
       const file = this.#path(key);
       try {
-        return new Uint8Array(await native.readRange(file, range.offset, range.length));
+        return new Uint8Array(await native.readRange(file, range.offset, range.length, !this.#keepCache));
       } catch (e) {
         throw this.#mapError(e, key, "read");
       }
@@ -99,6 +115,8 @@ export class FsStore implements Store {
     const reader = this.#reader(file);
     try {
       const fd = await reader.fd;
+      if (reader.footprint === undefined) reader.footprint = this.#keepCache ? null : (PageCacheFootprint.open(fd, fs.fstatSync(fd).size) ?? null);
+      reader.footprint?.beforeRead(range.offset, range.offset + range.length);
       let done = 0;
       while (done < range.length) {
         const { bytesRead } = await readFd(fd, into, done, range.length - done, range.offset + done);
@@ -107,7 +125,7 @@ export class FsStore implements Store {
       }
       return done;
     } catch (e) {
-      this.#evict(file);
+      void this.#evict(file);
       throw this.#mapError(e, key, "read");
     } finally {
       this.#release(reader);
@@ -126,22 +144,23 @@ export class FsStore implements Store {
     reader.users++;
     for (const [oldest] of this.#readers) {
       if (this.#readers.size <= OPEN_READERS) break;
-      this.#evict(oldest);
+      void this.#evict(oldest);
     }
     return reader;
   }
 
-  #evict(file: string): void {
+  /** Closes file's shared descriptor now if no read is using it, else when the last one ends. */
+  #evict(file: string): Promise<void> | undefined {
     const reader = this.#readers.get(file);
-    if (reader === undefined) return;
+    if (reader === undefined) return undefined;
     this.#readers.delete(file);
     reader.evicted = true;
-    if (reader.users === 0) closeReader(reader);
+    return reader.users === 0 ? closeReader(reader) : undefined;
   }
 
   #release(reader: Reader): void {
     reader.users--;
-    if (reader.evicted && reader.users === 0) closeReader(reader);
+    if (reader.evicted && reader.users === 0) void closeReader(reader);
   }
 
   async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
@@ -254,7 +273,7 @@ export class FsStore implements Store {
 
   async delete(key: string): Promise<void> {
     const file = this.#path(key);
-    this.#evict(file);
+    void this.#evict(file);
     try {
       const st = await fsp.lstat(file);
       if (!st.isFile()) return;
@@ -276,7 +295,7 @@ export class FsStore implements Store {
   }
 
   async close(): Promise<void> {
-    for (const file of [...this.#readers.keys()]) this.#evict(file);
+    await Promise.all([...this.#readers.keys()].map((file) => this.#evict(file)));
   }
 
   async #ensureDir(dir: string): Promise<void> {
@@ -299,8 +318,14 @@ export class FsStore implements Store {
 }
 
 
-function closeReader(reader: Reader): void {
-  void reader.fd.then((fd) => closeFd(fd)).catch(() => undefined);
+/** Drops what the descriptor's reads brought into the page cache, then closes it; never rejects. */
+function closeReader(reader: Reader): Promise<void> {
+  return reader.fd
+    .then((fd) => {
+      reader.footprint?.finish();
+      return closeFd(fd);
+    })
+    .catch(() => undefined);
 }
 
 /** See FsStore.createWriter. */

@@ -15,8 +15,12 @@ export interface NativeHelper {
    * four). Rejects with an Error whose code is the errno name, as fs does.
    */
   readFile(path: string): Promise<ArrayBuffer>;
-  /** Up to length bytes of a file from offset (fewer where it ends), in one trip the same way. */
-  readRange(path: string, offset: number, length: number): Promise<ArrayBuffer>;
+  /**
+   * Up to length bytes of a file from offset (fewer where it ends), in one trip the same way;
+   * with leaveCache, without readahead, and the pages the read brought into the page cache are
+   * dropped again (a helper built before leaveCache ignores it).
+   */
+  readRange(path: string, offset: number, length: number, leaveCache?: boolean): Promise<ArrayBuffer>;
   /** Each file's size (stat, following symlinks as fs.stat does), -1 where stat fails; at most 4096 paths, one trip. */
   statSizes(paths: readonly string[]): Promise<Float64Array>;
   /**

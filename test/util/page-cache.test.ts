@@ -1,19 +1,23 @@
 /**
  * A backup leaves the page cache as it found it: the pages a disk image's reads (and the
  * kernel's readahead) bring in are dropped once read, pages cached before stay, and
- * `keepCache` leaves everything. The rule is tested against a recording binding; the kernel's
- * side with real files (where the file system drops clean pages at all: not on tmpfs).
+ * `keepCache` leaves everything; a local repository's range reads (the check's and the restore's
+ * reads of packs) do the same. The rule is tested against a simulated cache; the kernel's side
+ * with real files (where the file system drops clean pages at all: not on tmpfs).
  */
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { closeSync, fstatSync, fsyncSync, openSync, promises as fsp, writeSync } from "node:fs";
+import { closeSync, fstatSync, fsyncSync, openSync, promises as fsp, statSync, writeSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { backup } from "../../src/backup/backup.js";
 import { restore } from "../../src/restore/restore.js";
-import { CACHE_LOOKAHEAD_BYTES, CACHE_WINDOW_BYTES, PageCacheFootprint, pageCacheBinding, type PageCacheBinding } from "../../src/sources/page-cache.js";
+import { CACHE_LOOKAHEAD_BYTES, CACHE_WINDOW_BYTES, PageCacheFootprint, pageCacheBinding, type PageCacheBinding } from "../../src/util/page-cache.js";
 import { vault } from "../helpers/cli.js";
-import { deterministicRepo, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
+import { FsStore } from "../../src/storage/fs.js";
+import { nativeHelper } from "../../src/util/native.js";
+import { Vault } from "../../src/vault.js";
+import { deterministicRepo, initTestVault, openTestVault, passphrase, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
 const MiB = 1024 * 1024;
@@ -220,6 +224,23 @@ describe("a backup's page-cache footprint", () => {
     }
   });
 
+  it("readRange with leaveCache reads the same bytes and leaves a cold file uncached; without it, the range stays cached", async () => {
+    const native = nativeHelper();
+    if (native === null) throw new Error("no helper");
+    const dir = tmp("pc-range");
+    const file = path.join(dir, "f");
+    if (!coldImage(file)) {
+      expect(execFileSync("stat", ["-f", "-c", "%T", dir], { encoding: "utf8" }).trim()).toBe("tmpfs");
+      return;
+    }
+    const left = new Uint8Array(await native.readRange(file, 3 * MiB + 100, 2 * MiB, true));
+    expect(cachedPages(file)).toBe(0);
+    const plain = new Uint8Array(await native.readRange(file, 3 * MiB + 100, 2 * MiB));
+    expect(Buffer.compare(left, plain)).toBe(0);
+    expect(cachedPages(file)).toBeGreaterThanOrEqual((2 * MiB) / (binding?.pageSize ?? 4096));
+    expect(() => native.readRange(file, 0, 10, "yes" as unknown as boolean)).toThrow(TypeError);
+  });
+
   it("a cold image is read and dropped again; a cached one stays; keepCache keeps what it read", async () => {
     const dir = tmp("pc");
     const image = path.join(dir, "vm.raw");
@@ -286,5 +307,62 @@ describe("the CLI's backup and the page cache", () => {
     expect(kept.code, kept.stderr).toBe(0);
     expect((JSON.parse(kept.stdout) as { sources: { cacheDroppedBytes: number }[] }).sources[0]?.cacheDroppedBytes).toBe(0);
     expect(cachedPages(image)).toBe((40 * MiB) / (binding?.pageSize ?? 4096));
+  });
+});
+
+describe("a local repository's packs and the page cache", () => {
+  /** The repository's pack files. */
+  async function packFiles(repo: string): Promise<string[]> {
+    const out: string[] = [];
+    for (const d of await fsp.readdir(path.join(repo, "data"))) for (const f of await fsp.readdir(path.join(repo, "data", d))) out.push(path.join(repo, "data", d, f));
+    return out;
+  }
+  const cachedOf = (files: string[]): number => files.reduce((n, f) => n + cachedPages(f), 0);
+
+  it("a check that reads them cold leaves them uncached, warm ones stay cached, and keepCache keeps what it read", async () => {
+    const dir = tmp("pc-repo");
+    const image = path.join(dir, "vm.raw");
+    if (!coldImage(image)) {
+      expect(execFileSync("stat", ["-f", "-c", "%T", dir], { encoding: "utf8" }).trim()).toBe("tmpfs");
+      return;
+    }
+    const repo = path.join(dir, "repo");
+    const v = await initTestVault(repo);
+    try {
+      await v.backup({ vm: "vm", sources: [image], workers: 0 });
+    } finally {
+      await v.close();
+    }
+    const packs = await packFiles(repo);
+    expect(packs.length).toBeGreaterThan(0);
+    const pagesOf = packs.reduce((n, f) => n + Math.ceil(statSync(f).size / (binding?.pageSize ?? 4096)), 0);
+
+    for (const f of packs) evict(f);
+    const cold = await openTestVault(repo);
+    try {
+      expect((await cold.check({ readData: true, workers: 0 })).ok).toBe(true);
+    } finally {
+      await cold.close();
+    }
+    expect(cachedOf(packs)).toBe(0);
+
+    for (const f of packs) await fsp.readFile(f);
+    expect(cachedOf(packs)).toBe(pagesOf);
+    const warm = await openTestVault(repo);
+    try {
+      expect((await warm.check({ readData: true, workers: 0 })).ok).toBe(true);
+    } finally {
+      await warm.close();
+    }
+    expect(cachedOf(packs)).toBe(pagesOf);
+
+    for (const f of packs) evict(f);
+    const keeping = await Vault.open({ store: new FsStore(repo, { keepCache: true }), user: "admin", passphrase: passphrase() });
+    try {
+      expect((await keeping.check({ readData: true, workers: 0 })).ok).toBe(true);
+    } finally {
+      await keeping.close();
+    }
+    expect(cachedOf(packs)).toBeGreaterThan(pagesOf / 2);
   });
 });
