@@ -71,7 +71,7 @@ out(
 );
 const timedWall = records.reduce((a, r) => a + (r.wall ?? 0), 0);
 const otherCpu = records.reduce((a, r) => a + (r.otherCpu ?? 0), 0);
-out(`- **Runs:** ${meta.runs} per tool, each in a fresh repository, the tools taking turns step by step (the order turning by one tool each run); medians shown. Page cache warm (images read before each backup), \`sync\` before every step; the whole benchmark took ${meta.seconds} s`);
+out(`- **Runs:** ${meta.runs} per tool, each in a fresh repository, the tools taking turns step by step (the order turning by one tool each run); medians shown. ${meta.cold === "1" ? "Page cache cold (`--cold`: the image dropped from it before each backup, the tool's repository before each restore and check)" : "Page cache warm (images read before each backup)"}, \`sync\` before every step; the whole benchmark took ${meta.seconds} s`);
 out(`- **Noise:** other processes used ${f1(otherCpu)} CPU s during the ${f1(timedWall)} s of timed steps (${f1((100 * otherCpu) / Math.max(timedWall, 1e-9))}% of one core on average; per step in results.json, \`otherCpu\`)`);
 out(
   "- **Settings:** all encrypted. vmvault: production Argon2id key slot (`VMVAULT_INSECURE_TEST_KDF` unset), its defaults otherwise (32 KiB fixed image chunks, LZ4 compression, 1 worker thread plus the main thread on 2 cores, V8 heap flags of `bin/vmvault`, per the README). " +

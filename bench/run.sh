@@ -3,7 +3,7 @@
 # "next day" (see bench/corpus/make-corpus.sh), all with encryption on.
 #
 # Usage: sh bench/run.sh [--size-gib N] [--runs 3] [--out DIR] [--tools vmvault,restic,borg]
-#                        [--keep] [--seed 1] [--corpus DIR] [--size-mib N] [--smoke]
+#                        [--keep] [--seed 1] [--corpus DIR] [--size-mib N] [--smoke] [--cold]
 #
 #   --tools   any of vmvault, restic, borg (both Borg variants), borg-buzhash, borg-fixed
 #   --out     results folder (default bench/results/<date>): results.md, results.json,
@@ -11,6 +11,9 @@
 #   --corpus  where the images are built and cached (default bench/results/corpus/<size>m-s<seed>)
 #   --keep    keep the repositories and restored images (in OUT/work)
 #   --smoke   64 MiB image, 1 run, vmvault plus whichever peers are installed (no apt)
+#   --cold    start every step with a cold page cache instead of a warm one: the image is
+#             dropped from it before a backup (not read in), the tool's repository before a
+#             restore or check (dd iflag=nocache), as on a host that backs up at night
 #
 # Each run of each tool uses a fresh repository: init, open (list the empty repository: the
 # cost of unlocking the key), backup day 1, backup day 2 (same path, so restic uses the day-1
@@ -18,7 +21,7 @@
 # day 2 (sha256-verified against the image: a mismatch stops the run with exit 3), full data
 # check. Within a run the tools take turns step by step (every tool's first backup, then every
 # tool's second, ...), in an order that turns by one tool each run. Every step runs under
-# /usr/bin/time with the images in the page cache and a sync before it; the repository's
+# /usr/bin/time with the images in the page cache (out of it with --cold) and a sync before it; the repository's
 # apparent size is recorded after it. A restore is followed at once
 # by a timed sync (how long until the restored image is on the disk). The report shows medians.
 set -eu
@@ -28,7 +31,7 @@ ROOT=$(cd "$HERE/.." && pwd)
 die() { echo "bench: $*" >&2; exit 1; }
 have() { command -v "$1" >/dev/null 2>&1; }
 
-SIZE_MIB=2048 RUNS=3 OUT="" TOOLS="" KEEP=0 SEED=1 CORPUS="" SMOKE=0
+SIZE_MIB=2048 RUNS=3 OUT="" TOOLS="" KEEP=0 SEED=1 CORPUS="" SMOKE=0 COLD=0
 while [ $# -gt 0 ]; do
   case $1 in
     --size-gib) SIZE_MIB=$(awk -v g="${2:?}" 'BEGIN { printf "%d", g * 1024 }'); shift 2 ;;
@@ -40,7 +43,8 @@ while [ $# -gt 0 ]; do
     --corpus) CORPUS=${2:?}; shift 2 ;;
     --keep) KEEP=1; shift ;;
     --smoke) SMOKE=1; shift ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --cold) COLD=1; shift ;;
+    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see sh bench/run.sh --help)" ;;
   esac
 done
@@ -190,11 +194,23 @@ tool_env() {
   export VMVAULT_STATE_DIR="$dir/state" RESTIC_REPOSITORY="$repo" RESTIC_CACHE_DIR="$dir/cache" BORG_BASE_DIR="$dir/home"
 }
 
+# uncache FILE...: drops the files' clean pages from the page cache
+uncache() { for u_f in "$@"; do dd if="$u_f" iflag=nocache count=0 status=none; done; }
+
 # step TOOL RUN STEP: one step of TOOL in run RUN (init open backup1 backup2 restore check); a
-# backup reads the image placed at $SRC, warmed in the page cache first
+# backup reads the image placed at $SRC, warmed in the page cache first (with --cold, the image
+# is dropped from the cache instead, and before a restore or check the tool's repository)
 step() {
   tool_env "$1" "$2"
-  case $3 in backup1|backup2) cat "$SRC" > /dev/null ;; esac
+  if [ "$COLD" = 1 ]; then
+    sync
+    case $3 in
+      backup1|backup2) uncache "$SRC" ;;
+      restore|check) find "$repo" -type f -exec dd iflag=nocache count=0 status=none if={} \; ;;
+    esac
+  else
+    case $3 in backup1|backup2) cat "$SRC" > /dev/null ;; esac
+  fi
   case $tool in
     vmvault)
       case $3 in
@@ -279,6 +295,7 @@ version() { have "$1" && "$@" 2>/dev/null | head -n 1 || echo "not installed"; }
   echo "borg=$(version borg --version)"
   echo "resticSparse=$RESTIC_SPARSE"
   echo "runs=$RUNS"
+  echo "cold=$COLD"
   echo "seed=$SEED"
   echo "tools=$(echo "$TOOL_LIST" | sed 's/^ //' | tr ' ' ',')"
   echo "seconds=$(( $(date +%s) - START ))"
