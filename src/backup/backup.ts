@@ -47,8 +47,9 @@ export interface BackupOptions {
   /** Skip the unallocated extents of disk images and sparse files without reading them (default true; false reads every byte). */
   readonly sparse?: boolean;
   /**
-   * Leave the pages a disk image's reads bring into the page cache there (default false: they
-   * are dropped once read, and pages cached before stay; docs/design.md §9).
+   * Leave the pages the reads of disk images and of folders' files of 1 MiB and more bring into
+   * the page cache there (default false: they are dropped once read, and pages cached before
+   * stay; docs/design.md §9).
    */
   readonly keepCache?: boolean;
 }
@@ -72,7 +73,7 @@ export interface BackupResult {
   readonly packs: number;
   /**
    * readBytes: bytes read; the rest of size were unallocated extents, recorded as holes unread.
-   * cacheDroppedBytes: page cache a disk image's reads filled and the backup dropped again.
+   * cacheDroppedBytes: page cache the source's reads filled and the backup dropped again.
    */
   readonly sources: readonly { name: string; kind: "disk" | "folder"; size: number; readBytes: number; cacheDroppedBytes: number }[];
   /** Entries of folder sources left out (special files, names that are not UTF-8), with the source's name first in each path. */
@@ -210,10 +211,10 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
       const r =
         p.kind === "disk"
           ? await backupImage(p.path, p.name, repo.config.imageChunkSize, sink, progress, o.segmentBytes, o.sparse ?? true, o.keepCache ?? false)
-          : await backupFolder(p.path, p.name, cdc, sink, progress, o.sparse ?? true);
+          : await backupFolder(p.path, p.name, cdc, sink, progress, o.sparse ?? true, o.keepCache ?? false);
       sources.push(r.source);
       readBytes.push(r.readBytes);
-      dropped.push("cacheDroppedBytes" in r ? r.cacheDroppedBytes : 0);
+      dropped.push(r.cacheDroppedBytes);
       if ("skipped" in r) skipped.push(...r.skipped.map((s) => ({ ...s, path: `${p.name}/${s.path}` })));
     }
     await sink.finish();

@@ -178,13 +178,13 @@ function evict(file: string): void {
 }
 
 /**
- * A 40 MiB image of random data, written, synced and evicted; false where the file system keeps
+ * A file of random data (40 MiB unless told), written, synced and evicted; false where the file system keeps
  * its pages (tmpfs), where there is nothing to drop.
  */
-function coldImage(file: string): boolean {
+function coldImage(file: string, bytes = 40 * MiB): boolean {
   const fd = openSync(file, "w");
   try {
-    for (let i = 0; i < 40; i++) writeSync(fd, randomBytes(MiB));
+    for (let at = 0; at < bytes; at += MiB) writeSync(fd, randomBytes(Math.min(MiB, bytes - at)));
     fsyncSync(fd);
   } finally {
     closeSync(fd);
@@ -285,6 +285,30 @@ describe("a backup's page-cache footprint", () => {
     const target = path.join(dir, "out");
     await restore(repo, { snapshot: cold.snapshotId, target, reason: "test" });
     expect(await sha256File(path.join(target, "vm.raw"))).toBe(await sha256File(image));
+  });
+});
+
+describe("a folder backup and the page cache", () => {
+  it("files of 1 MiB and more are dropped again, smaller ones are read as usual, keepCache keeps both", async () => {
+    const dir = tmp("pc-folder");
+    const folder = path.join(dir, "config");
+    await fsp.mkdir(folder);
+    const big = path.join(folder, "disk.bin");
+    const small = path.join(folder, "small.xml");
+    if (!coldImage(big, 6 * MiB + 5) || !coldImage(small, 100 * 1024)) {
+      expect(execFileSync("stat", ["-f", "-c", "%T", dir], { encoding: "utf8" }).trim()).toBe("tmpfs");
+      return;
+    }
+    const { repo } = await deterministicRepo("page-cache-folder", "seed");
+    const r = await backup(repo, { vm: "vm", sources: [folder], workers: 0 });
+    expect(cachedPages(big)).toBe(0);
+    expect(cachedPages(small)).toBeGreaterThan(0);
+    expect(r.sources[0]?.cacheDroppedBytes).toBeGreaterThanOrEqual(6 * MiB);
+    evict(big);
+    evict(small);
+    const kept = await backup(repo, { vm: "vm", sources: [folder], workers: 0, keepCache: true });
+    expect(kept.sources[0]?.cacheDroppedBytes).toBe(0);
+    expect(cachedPages(big)).toBeGreaterThan(0);
   });
 });
 
