@@ -1,6 +1,6 @@
 /*
  * What of a file is in the kernel's page cache, and dropping what a reader brought in, so a
- * backup leaves the host's page cache as it found it (src/sources/page-cache.ts).
+ * reader leaves the host's page cache as it found it (src/util/page-cache.ts).
  *
  *   cacheResidency(fd, offset, length) -> a Uint8Array, one byte per page of [offset, offset +
  *       length) (offset a multiple of the page size): 1 where the page is cached, 0 where not;
@@ -29,6 +29,16 @@
 /* A mapping's largest length: 64 MiB, 16,384 bytes of answer on 4 KiB pages. */
 #define MAX_RESIDENCY_BYTES ((int64_t)64 * 1024 * 1024)
 
+/* mincore over pages [first, first + pages * page) of fd, mapped and never touched: 1 on success. */
+static int page_residency(int fd, int64_t first, size_t pages, long page, unsigned char *vec) {
+  void *map = mmap(NULL, pages * (size_t)page, PROT_READ, MAP_SHARED, fd, (off_t)first);
+  if (map == MAP_FAILED) return 0;
+  int ok = mincore(map, pages * (size_t)page, vec) == 0;
+  munmap(map, pages * (size_t)page);
+  for (size_t i = 0; ok && i < pages; i++) vec[i] &= 1;
+  return ok;
+}
+
 unsigned char *vmvault_cache_before(int fd, int64_t offset, size_t length, int64_t *base, size_t *pages) {
   long page = sysconf(_SC_PAGESIZE);
   if (page <= 0 || offset < 0 || length == 0 || (int64_t)length > MAX_RESIDENCY_BYTES) return NULL;
@@ -36,14 +46,7 @@ unsigned char *vmvault_cache_before(int fd, int64_t offset, size_t length, int64
   size_t n = (size_t)((offset + (int64_t)length - first + page - 1) / page);
   unsigned char *vec = malloc(n);
   if (vec == NULL) return NULL;
-  void *map = mmap(NULL, n * (size_t)page, PROT_READ, MAP_SHARED, fd, (off_t)first);
-  if (map == MAP_FAILED) {
-    free(vec);
-    return NULL;
-  }
-  int ok = mincore(map, n * (size_t)page, vec) == 0;
-  munmap(map, n * (size_t)page);
-  if (!ok) {
+  if (!page_residency(fd, first, n, page, vec)) {
     free(vec);
     return NULL;
   }
@@ -56,12 +59,12 @@ void vmvault_cache_restore(int fd, int64_t base, unsigned char *before, size_t p
   if (before == NULL) return;
   long page = sysconf(_SC_PAGESIZE);
   for (size_t i = 0; i < pages;) {
-    if (before[i] & 1) {
+    if (before[i]) {
       i++;
       continue;
     }
     size_t j = i;
-    while (j < pages && !(before[j] & 1)) j++;
+    while (j < pages && !before[j]) j++;
 #ifdef POSIX_FADV_DONTNEED
     posix_fadvise(fd, (off_t)(base + (int64_t)i * page), (off_t)((j - i) * (size_t)page), POSIX_FADV_DONTNEED);
 #endif
@@ -95,23 +98,11 @@ static napi_value cache_residency(napi_env env, napi_callback_info info) {
   size_t pages = (size_t)((length + page - 1) / page);
   void *array_data = NULL;
   napi_value buffer;
-  void *map = mmap(NULL, pages * (size_t)page, PROT_READ, MAP_SHARED, fd, (off_t)offset);
-  if (map == MAP_FAILED) {
+  if (napi_create_arraybuffer(env, pages, &array_data, &buffer) != napi_ok) return NULL;
+  if (!page_residency(fd, offset, pages, page, (unsigned char *)array_data)) {
     napi_get_null(env, &result);
     return result;
   }
-  if (napi_create_arraybuffer(env, pages, &array_data, &buffer) != napi_ok) {
-    munmap(map, pages * (size_t)page);
-    return NULL;
-  }
-  int ok = mincore(map, pages * (size_t)page, (unsigned char *)array_data) == 0;
-  munmap(map, pages * (size_t)page);
-  if (!ok) {
-    napi_get_null(env, &result);
-    return result;
-  }
-  unsigned char *vec = (unsigned char *)array_data;
-  for (size_t i = 0; i < pages; i++) vec[i] &= 1;
   napi_create_typedarray(env, napi_uint8_array, pages, buffer, 0, &result);
   return result;
 }
