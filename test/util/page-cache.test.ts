@@ -178,8 +178,9 @@ function evict(file: string): void {
 }
 
 /**
- * A file of random data (40 MiB unless told), written, synced and evicted; false where the file system keeps
- * its pages (tmpfs), where there is nothing to drop.
+ * A file of random data (40 MiB unless told), written, synced and dropped from the page cache.
+ * False where the file system keeps its pages (tmpfs, where there is nothing to drop: checked
+ * here), and the caller's test then has nothing to show.
  */
 function coldImage(file: string, bytes = 40 * MiB): boolean {
   const fd = openSync(file, "w");
@@ -190,7 +191,9 @@ function coldImage(file: string, bytes = 40 * MiB): boolean {
     closeSync(fd);
   }
   evict(file);
-  return cachedPages(file) === 0;
+  if (cachedPages(file) === 0) return true;
+  expect(execFileSync("stat", ["-f", "-c", "%T", path.dirname(file)], { encoding: "utf8" }).trim()).toBe("tmpfs");
+  return false;
 }
 
 describe("a backup's page-cache footprint", () => {
@@ -229,10 +232,7 @@ describe("a backup's page-cache footprint", () => {
     if (native === null) throw new Error("no helper");
     const dir = tmp("pc-range");
     const file = path.join(dir, "f");
-    if (!coldImage(file)) {
-      expect(execFileSync("stat", ["-f", "-c", "%T", dir], { encoding: "utf8" }).trim()).toBe("tmpfs");
-      return;
-    }
+    if (!coldImage(file)) return;
     const left = new Uint8Array(await native.readRange(file, 3 * MiB + 100, 2 * MiB, true));
     expect(cachedPages(file)).toBe(0);
     const plain = new Uint8Array(await native.readRange(file, 3 * MiB + 100, 2 * MiB));
@@ -244,10 +244,7 @@ describe("a backup's page-cache footprint", () => {
   it("a cold image is read and dropped again; a cached one stays; keepCache keeps what it read", async () => {
     const dir = tmp("pc");
     const image = path.join(dir, "vm.raw");
-    if (!coldImage(image)) {
-      expect(execFileSync("stat", ["-f", "-c", "%T", dir], { encoding: "utf8" }).trim()).toBe("tmpfs");
-      return;
-    }
+    if (!coldImage(image)) return;
     const { repo } = await deterministicRepo("page-cache", "seed");
 
     const cold = await backup(repo, { vm: "vm", sources: [image], workers: 0 });
@@ -295,10 +292,7 @@ describe("a folder backup and the page cache", () => {
     await fsp.mkdir(folder);
     const big = path.join(folder, "disk.bin");
     const small = path.join(folder, "small.xml");
-    if (!coldImage(big, 6 * MiB + 5) || !coldImage(small, 100 * 1024)) {
-      expect(execFileSync("stat", ["-f", "-c", "%T", dir], { encoding: "utf8" }).trim()).toBe("tmpfs");
-      return;
-    }
+    if (!coldImage(big, 6 * MiB + 5) || !coldImage(small, 100 * 1024)) return;
     const { repo } = await deterministicRepo("page-cache-folder", "seed");
     const r = await backup(repo, { vm: "vm", sources: [folder], workers: 0 });
     expect(cachedPages(big)).toBe(0);
@@ -316,10 +310,7 @@ describe("the CLI's backup and the page cache", () => {
   it("drops what it read by default, keeps it with --keep-cache, and reports both in --json", async () => {
     const dir = tmp("pc-cli");
     const image = path.join(dir, "vm.raw");
-    if (!coldImage(image)) {
-      expect(execFileSync("stat", ["-f", "-c", "%T", dir], { encoding: "utf8" }).trim()).toBe("tmpfs");
-      return;
-    }
+    if (!coldImage(image)) return;
     const v = vault(path.join(dir, "repo"));
     expect((await v(["init"])).code).toBe(0);
     const dropped = await v(["--json", "backup", "--vm", "vm", image]);
@@ -346,10 +337,7 @@ describe("a local repository's packs and the page cache", () => {
   it("a check that reads them cold leaves them uncached, warm ones stay cached, and keepCache keeps what it read", async () => {
     const dir = tmp("pc-repo");
     const image = path.join(dir, "vm.raw");
-    if (!coldImage(image)) {
-      expect(execFileSync("stat", ["-f", "-c", "%T", dir], { encoding: "utf8" }).trim()).toBe("tmpfs");
-      return;
-    }
+    if (!coldImage(image)) return;
     const repo = path.join(dir, "repo");
     const v = await initTestVault(repo);
     try {
