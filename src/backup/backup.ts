@@ -202,10 +202,8 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
     });
     const cdc = fileChunker(repo);
     const sources: SnapshotSource[] = [];
-    /** Bytes read from each source, in the order of sources. */
-    const readBytes: number[] = [];
-    /** Page cache each source's reads filled and the backup dropped again, in the same order. */
-    const dropped: number[] = [];
+    /** What reading each source took, in the order of sources: bytes read, page cache filled and dropped again. */
+    const reads: { readBytes: number; cacheDroppedBytes: number }[] = [];
     const skipped: SkippedEntry[] = [];
     for (const p of planned) {
       const r =
@@ -213,8 +211,7 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
           ? await backupImage(p.path, p.name, repo.config.imageChunkSize, sink, progress, o.segmentBytes, o.sparse ?? true, o.keepCache ?? false)
           : await backupFolder(p.path, p.name, cdc, sink, progress, o.sparse ?? true, o.keepCache ?? false);
       sources.push(r.source);
-      readBytes.push(r.readBytes);
-      dropped.push(r.cacheDroppedBytes);
+      reads.push({ readBytes: r.readBytes, cacheDroppedBytes: r.cacheDroppedBytes });
       if ("skipped" in r) skipped.push(...r.skipped.map((s) => ({ ...s, path: `${p.name}/${s.path}` })));
     }
     await sink.finish();
@@ -250,7 +247,7 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
       chunks: sink.stats.chunks,
       newChunks: sink.stats.newChunks,
       packs: packs.packsWritten,
-      sources: sources.map((s, i) => ({ name: s.name, kind: s.kind, size: s.size, readBytes: readBytes[i] ?? s.size, cacheDroppedBytes: dropped[i] ?? 0 })),
+      sources: sources.map((s, i) => ({ name: s.name, kind: s.kind, size: s.size, readBytes: reads[i]?.readBytes ?? s.size, cacheDroppedBytes: reads[i]?.cacheDroppedBytes ?? 0 })),
       skipped,
       damagedIndexes: index.damaged,
       pipeline: {
