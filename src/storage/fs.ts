@@ -78,7 +78,7 @@ export class FsStore implements Store {
 
   #path(key: string): string {
     assertValidKey(key);
-    return path.join(this.#root, ...key.split("/"));
+    return below(this.#root, key);
   }
 
   async get(key: string, range?: ByteRange): Promise<Uint8Array> {
@@ -230,7 +230,7 @@ export class FsStore implements Store {
     assertValidPrefix(prefix);
     const slash = prefix.lastIndexOf("/");
     const base = slash < 0 ? "" : prefix.slice(0, slash);
-    const start = base === "" ? this.#root : path.join(this.#root, ...base.split("/"));
+    const start = base === "" ? this.#root : below(this.#root, base);
     return this.#walk(start, base, prefix);
   }
 
@@ -252,12 +252,12 @@ export class FsStore implements Store {
       }
     }
     wanted.sort((a, b) => (a.name < b.name ? -1 : 1));
-    const listFolder = async (w: (typeof wanted)[number]): Promise<fs.Dirent[] | undefined> => (w.folder ? this.#readdir(path.join(dir, w.name), w.key) : undefined);
+    const listFolder = async (w: (typeof wanted)[number]): Promise<fs.Dirent[] | undefined> => (w.folder ? this.#readdir(below(dir, w.name), w.key) : undefined);
     let i = 0;
     for await (const sub of mapOrdered(wanted, WALK_AHEAD, listFolder)) {
       const w = wanted[i++] as (typeof wanted)[number];
-      if (sub !== undefined) yield* this.#walk(path.join(dir, w.name), w.key, prefix, sub);
-      else yield { key: w.key, file: path.join(dir, w.name) };
+      if (sub !== undefined) yield* this.#walk(below(dir, w.name), w.key, prefix, sub);
+      else yield { key: w.key, file: below(dir, w.name) };
     }
   }
 
@@ -418,4 +418,15 @@ async function nativeSizes(native: NativeHelper, files: readonly { file: string 
   const parts: Promise<Float64Array>[] = [];
   for (let i = 0; i < files.length; i += share) parts.push(native.statSizes(files.slice(i, i + share).map((f) => f.file)));
   return (await Promise.all(parts)).flatMap((sizes) => [...sizes]);
+}
+
+/**
+ * A name below a folder path. The root is absolute and normalized (path.resolve) and keys are
+ * validated (no empty, "." or ".." segments), so plain joining gives what path.join would:
+ * path.join's normalizing loop, called for every file of a listing, was hot enough that V8
+ * compiled it with TurboFan, paging in 4 MiB of the compiler before the unlock (check --read-data
+ * lists data/ then), which added to the Argon2id peak.
+ */
+function below(dir: string, name: string): string {
+  return dir.endsWith("/") ? dir + name : `${dir}/${name}`;
 }
