@@ -48,8 +48,9 @@ export interface BackupOptions {
   readonly sparse?: boolean;
   /**
    * Leave the pages the reads of disk images and of folders' files of 1 MiB and more bring into
-   * the page cache there (default false: they are dropped once read, and pages cached before
-   * stay; docs/design.md §9).
+   * the page cache there, and those of the packs the backup writes to a local folder (default
+   * false: the reads' are dropped once read, pages cached before staying, and each pack's once
+   * it is durable; docs/design.md §9).
    */
   readonly keepCache?: boolean;
 }
@@ -184,6 +185,7 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
       sessionKey: session.key,
       packSize: repo.config.packSize,
       maxInFlight: o.maxPacksInFlight ?? 2,
+      keepCache: o.keepCache === true,
       nextIds: () => packIds.next(),
       onPack: (p, ids) => indexWriter.add(p, ids),
     });

@@ -19,6 +19,8 @@ export interface PackWriterOptions {
   readonly stageBytes?: number;
   /** The random values of the next pack (drawn ahead, in a deterministic order); default: drawn from crypto.random when a pack opens. */
   readonly nextIds?: () => PackIds;
+  /** Keep each pack's pages in the page cache once it is durable (a local folder drops them otherwise; WriterOptions). */
+  readonly keepCache?: boolean;
   /** Called once a pack is durable, in pack order. */
   readonly onPack: (pack: IndexedPack, ids: PackIds) => void | Promise<void>;
 }
@@ -136,7 +138,7 @@ export class PackWriter {
 
   async #openPack(): Promise<OpenPack> {
     const ids = this.#o.nextIds?.() ?? drawPackIds(this.#o.crypto.random);
-    const writer = openWriter(this.#o.store, packKey(toHex(ids.packId)));
+    const writer = openWriter(this.#o.store, packKey(toHex(ids.packId)), { keepCache: this.#o.keepCache === true });
     writer.catch(() => undefined);
     const open: OpenPack = { ids, writer, tail: Promise.resolve(), pending: 0 };
     this.#open = open;

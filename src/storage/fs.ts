@@ -7,7 +7,7 @@ import { errorCodeOf, NotFoundError, StorageError } from "../errors.js";
 import { nativeHelper, type NativeHelper } from "../util/native.js";
 import { PageCacheFootprint } from "../util/page-cache.js";
 import { mapOrdered } from "../util/ordered.js";
-import { assertValidKey, assertValidPrefix, type ByteRange, type ObjectInfo, type ObjectWriter, type Store } from "./types.js";
+import { assertValidKey, assertValidPrefix, type ByteRange, type ObjectInfo, type ObjectWriter, type Store, type WriterOptions } from "./types.js";
 
 const TEMP_PREFIX = ".tmp-";
 /** Read descriptors kept open, so range reads of a pack do not open and close it each time. */
@@ -50,7 +50,8 @@ export interface FsStoreOptions {
    * trailers) bring into the page cache there. Default false: they are dropped again, when the
    * file's shared descriptor closes (readInto, PageCacheFootprint) or right after the read (a
    * range get, without readahead), and pages cached before stay. Whole objects (keys, snapshot
-   * headers, index files) are read as usual.
+   * headers, index files) are read as usual. Also keeps the pages of streamed objects (packs:
+   * createWriter), which are otherwise dropped once durable.
    */
   readonly keepCache?: boolean;
 }
@@ -164,7 +165,8 @@ export class FsStore implements Store {
   }
 
   async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
-    const writer = await this.createWriter(key);
+    // Small objects read again soon (index files, snapshots, keys) stay in the page cache.
+    const writer = await this.#writer(key, false);
     try {
       await writer.write(data);
       return await writer.commit();
@@ -177,8 +179,15 @@ export class FsStore implements Store {
    * Writes to a temporary file in the object's folder; commit fsyncs it, hard-links it to the
    * final name (the link fails if the name exists: put-if-absent), fsyncs the folder and removes
    * the temporary name. Until then, and after any failure, nothing is under the final name.
+   * Once fsynced, the object's pages are dropped from the page cache (clean by then, so nothing
+   * is written again) unless o.keepCache or the store's keepCache is set: the cache is left as
+   * found, and the next object's writes reuse those pages instead of growing the cache.
    */
-  async createWriter(key: string): Promise<ObjectWriter> {
+  createWriter(key: string, o: WriterOptions = {}): Promise<ObjectWriter> {
+    return this.#writer(key, !(this.#keepCache || o.keepCache === true));
+  }
+
+  async #writer(key: string, dropWhenDurable: boolean): Promise<ObjectWriter> {
     const file = this.#path(key);
     const dir = path.dirname(file);
     const temp = path.join(dir, `${TEMP_PREFIX}${randomBytes(8).toString("hex")}`);
@@ -189,7 +198,7 @@ export class FsStore implements Store {
     } catch (e) {
       throw this.#mapError(e, key, "write");
     }
-    return new FsObjectWriter(handle, temp, file, {
+    return new FsObjectWriter(handle, temp, file, dropWhenDurable, {
       mapError: (e) => this.#mapError(e, key, "write"),
       occupied: () => new StorageError(`cannot write ${key} in ${this.location}: a folder of other objects has that name`),
     });
@@ -336,9 +345,13 @@ class FsObjectWriter implements ObjectWriter {
   /** Open until commit, abort or a failed write; the temporary file exists exactly while it is set. */
   #handle: fsp.FileHandle | undefined;
   #busy = false;
+  /** Drop the object's pages from the page cache once it is fsynced. */
+  readonly #dropWhenDurable: boolean;
+  #written = 0;
 
-  constructor(handle: fsp.FileHandle, temp: string, file: string, errors: { mapError: (e: unknown) => Error; occupied: () => Error }) {
+  constructor(handle: fsp.FileHandle, temp: string, file: string, dropWhenDurable: boolean, errors: { mapError: (e: unknown) => Error; occupied: () => Error }) {
     this.#handle = handle;
+    this.#dropWhenDurable = dropWhenDurable;
     this.#temp = temp;
     this.#file = file;
     this.#errors = errors;
@@ -352,6 +365,7 @@ class FsObjectWriter implements ObjectWriter {
         const { bytesWritten } = await handle.write(bytes, done, bytes.length - done);
         done += bytesWritten;
       }
+      this.#written += done;
     } catch (e) {
       this.#busy = false;
       await this.abort();
@@ -366,6 +380,7 @@ class FsObjectWriter implements ObjectWriter {
     try {
       try {
         await handle.sync();
+        if (this.#dropWhenDurable && this.#written > 0) nativeHelper()?.dropCache?.(handle.fd, 0, this.#written);
       } finally {
         await handle.close();
       }

@@ -28,6 +28,16 @@ export interface ObjectWriter {
   abort(): Promise<void>;
 }
 
+/** How a streamed object is written (createWriter, openWriter). */
+export interface WriterOptions {
+  /**
+   * A local folder drops a streamed object's pages from the page cache once the object is
+   * durable (a pack is written once and read again only by a restore or a check, usually days
+   * later), unless this is set or the store was opened with keepCache. Other stores ignore it.
+   */
+  readonly keepCache?: boolean;
+}
+
 export interface Store {
   /** Where the store lives, for messages (a path or URL without credentials). */
   readonly location: string;
@@ -44,7 +54,7 @@ export interface Store {
    * put-if-absent guarantees of putIfAbsent (see ObjectWriter). Use openWriter(), which falls
    * back to putIfAbsent for stores without it.
    */
-  createWriter?(key: string): Promise<ObjectWriter>;
+  createWriter?(key: string, o?: WriterOptions): Promise<ObjectWriter>;
   /**
    * Optional: reads a byte range into the caller's buffer (at least range.length bytes) and
    * returns how many bytes were read (fewer only at the end of the object). Throws NotFoundError
@@ -99,8 +109,8 @@ export async function listAll(store: Pick<Store, "list">, prefix: string): Promi
 }
 
 /** A writer for one object: the store's own, or one that collects the bytes and stores them with putIfAbsent. */
-export async function openWriter(store: Pick<Store, "putIfAbsent" | "createWriter">, key: string): Promise<ObjectWriter> {
-  if (store.createWriter !== undefined) return store.createWriter(key);
+export async function openWriter(store: Pick<Store, "putIfAbsent" | "createWriter">, key: string, o?: WriterOptions): Promise<ObjectWriter> {
+  if (store.createWriter !== undefined) return store.createWriter(key, o);
   assertValidKey(key);
   return new BufferedWriter(store, key);
 }

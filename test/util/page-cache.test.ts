@@ -2,7 +2,7 @@
  * A backup leaves the page cache as it found it: the pages a disk image's reads (and the
  * kernel's readahead) bring in are dropped once read, pages cached before stay, and
  * `keepCache` leaves everything; a local repository's range reads (the check's and the restore's
- * reads of packs) do the same. The rule is tested against a simulated cache; the kernel's side
+ * reads of packs) do the same, and the packs a backup writes leave the cache once durable. The rule is tested against a simulated cache; the kernel's side
  * with real files (where the file system drops clean pages at all: not on tmpfs).
  */
 import { execFileSync } from "node:child_process";
@@ -335,17 +335,63 @@ describe("the CLI's backup and the page cache", () => {
     expect(kept.code, kept.stderr).toBe(0);
     expect((JSON.parse(kept.stdout) as { sources: { cacheDroppedBytes: number }[] }).sources[0]?.cacheDroppedBytes).toBe(0);
     expect(cachedPages(image)).toBe((40 * MiB) / (binding?.pageSize ?? 4096));
+
+    // the packs it writes: dropped once durable, kept with --keep-cache (new data, so new packs)
+    const packs = async (): Promise<string[]> => (await packFiles(path.join(dir, "repo"))).sort();
+    const firstPacks = await packs();
+    expect(firstPacks.length).toBeGreaterThan(0);
+    expect(cachedOf(firstPacks)).toBe(0);
+    const other = path.join(dir, "other.raw");
+    expect(coldImage(other, 8 * MiB)).toBe(true);
+    expect((await v(["backup", "--keep-cache", "--vm", "vm", other])).code).toBe(0);
+    const added = (await packs()).filter((f) => !firstPacks.includes(f));
+    expect(added.length).toBeGreaterThan(0);
+    expect(cachedOf(added)).toBe(pagesOf(added));
+  });
+});
+
+/** The repository's pack files. */
+async function packFiles(repo: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const d of await fsp.readdir(path.join(repo, "data"))) for (const f of await fsp.readdir(path.join(repo, "data", d))) out.push(path.join(repo, "data", d, f));
+  return out;
+}
+
+/** Pages the page cache holds of these files, and pages they have. */
+const cachedOf = (files: string[]): number => files.reduce((n, f) => n + cachedPages(f), 0);
+const pagesOf = (files: string[]): number => files.reduce((n, f) => n + Math.ceil(statSync(f).size / (binding?.pageSize ?? 4096)), 0);
+
+describe("objects a local repository writes and the page cache", () => {
+  it("a streamed object (a pack) is dropped once durable unless kept; a put object stays", async () => {
+    const dir = tmp("pc-write");
+    if (!coldImage(path.join(dir, "probe"), MiB)) return;
+    const bytes = randomBytes(4 * MiB + 100);
+    const store = new FsStore(path.join(dir, "repo"));
+    /** Streams the bytes in two writes and returns how many of the file's pages stay cached. */
+    const streamed = async (s: FsStore, key: string, o?: { keepCache?: boolean }): Promise<{ file: string; cached: number }> => {
+      const w = await s.createWriter(key, o);
+      await w.write(bytes.subarray(0, MiB));
+      await w.write(bytes.subarray(MiB));
+      expect(await w.commit()).toBe(true);
+      const file = path.join(dir, "repo", ...key.split("/"));
+      return { file, cached: cachedPages(file) };
+    };
+    const dropped = await streamed(store, "data/aa/dropped");
+    expect(dropped.cached).toBe(0);
+    expect(await fsp.readFile(dropped.file)).toEqual(bytes);
+    const byWriter = await streamed(store, "data/aa/kept-by-writer", { keepCache: true });
+    expect(byWriter.cached).toBe(pagesOf([byWriter.file]));
+    const byStore = await streamed(new FsStore(path.join(dir, "repo"), { keepCache: true }), "data/aa/kept-by-store");
+    expect(byStore.cached).toBe(pagesOf([byStore.file]));
+
+    // putIfAbsent (index files, snapshots, keys: small, read again soon) keeps its pages
+    expect(await store.putIfAbsent("index/put", bytes)).toBe(true);
+    const put = path.join(dir, "repo", "index", "put");
+    expect(cachedPages(put)).toBe(pagesOf([put]));
   });
 });
 
 describe("a local repository's packs and the page cache", () => {
-  /** The repository's pack files. */
-  async function packFiles(repo: string): Promise<string[]> {
-    const out: string[] = [];
-    for (const d of await fsp.readdir(path.join(repo, "data"))) for (const f of await fsp.readdir(path.join(repo, "data", d))) out.push(path.join(repo, "data", d, f));
-    return out;
-  }
-  const cachedOf = (files: string[]): number => files.reduce((n, f) => n + cachedPages(f), 0);
 
   it("a check that reads them cold leaves them uncached, warm ones stay cached, and keepCache keeps what it read", async () => {
     const dir = tmp("pc-repo");

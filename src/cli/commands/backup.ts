@@ -10,7 +10,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
     .description("back up disk images and folders of one VM as a new snapshot")
     .requiredOption("--vm <name>", "the VM the sources belong to")
     .option("--no-sparse", "read every byte, holes included, instead of skipping the extents the file system reports as unallocated")
-    .option("--keep-cache", "leave the pages the backup's reads bring into the page cache there, instead of dropping them once read")
+    .option("--keep-cache", "leave the pages the backup's reads and the packs it writes bring into the page cache there, instead of dropping them")
     .argument("<source...>", "raw disk images (files or block devices) and folders")
     .action(async (sources: string[], opts: { vm: string; sparse: boolean; keepCache?: boolean }, command: Command) => {
       const ctx = new CliContext(command);
