@@ -2,8 +2,9 @@
  * A backup leaves the page cache as it found it: the pages a disk image's reads (and the
  * kernel's readahead) bring in are dropped once read, pages cached before stay, and
  * `keepCache` leaves everything; a local repository's range reads (the check's and the restore's
- * reads of packs) do the same, and the packs a backup writes leave the cache once durable. The rule is tested against a simulated cache; the kernel's side
- * with real files (where the file system drops clean pages at all: not on tmpfs).
+ * reads of packs) do the same, and the packs a backup writes leave the cache once durable. The
+ * rule is tested against a simulated cache; the kernel's side with real files (where the file
+ * system drops clean pages at all: not on tmpfs).
  */
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
