@@ -124,17 +124,15 @@ export class CliContext {
   /**
    * Unlocks the user's key slot and opens the repository. withWorkers: the command runs the
    * pipeline (backup, restore, check --read-data), whose workers start as soon as the KDF is done;
-   * or a function that tells from the store, before the unlock, whether it needs them.
+   * or a function that tells from the store (no key needed) whether it needs them, asked once the
+   * KDF is done.
    */
   async openVault(o: { withWorkers?: boolean | ((store: Store) => Promise<boolean>) } = {}): Promise<Vault> {
     const repo = requireRepo(this.settings);
     const user = requireUser(this.settings);
     const store = openStore(repo);
     await probeRepository(store);
-    // A function decides from the store (no key needed) when no worker count was given; a store
-    // it cannot read counts as needing them (the command itself then says what is wrong).
-    const withWorkers = typeof o.withWorkers === "function" ? this.workers !== undefined || (await o.withWorkers(store).catch(() => true)) : o.withWorkers === true;
-    const workers = withWorkers ? this.workers : 0;
+    const afterKdf = this.#prestartAfterKdf(store, o.withWorkers);
     const passphrase = await this.passphrase();
     try {
       const lockWaitMs = this.lockWaitMs;
@@ -147,11 +145,34 @@ export class CliContext {
         ...(lockWaitMs === undefined ? {} : { lockWaitMs }),
         // Always on stderr, terminal or not: a command that sits waiting says for whom and until when.
         onLockWait: (notice) => this.warn(`vmvault: ${notice}`),
-        ...(workers !== 0 ? { afterKdf: () => WorkerPool.prestart(workers) } : {}),
+        ...(afterKdf === undefined ? {} : { afterKdf }),
       });
     } finally {
       passphrase.dispose();
     }
+  }
+
+  /**
+   * What starts the workers once the KDF is done, if anything. A function decides from the store
+   * when no worker count was given (a store it cannot read counts as needing them: the command
+   * then says what is wrong), after the KDF and without waiting for it: asked before, its work
+   * (check --read-data lists data/, hot enough for V8 to compile the listing with TurboFan and
+   * page in 4 MiB of the compiler) added to the peak that Argon2id's memory makes. A pool the
+   * command created before the answer came starts its own workers, and no spare is added then.
+   */
+  #prestartAfterKdf(store: Store, withWorkers: boolean | ((store: Store) => Promise<boolean>) | undefined): (() => void) | undefined {
+    if (typeof withWorkers === "function" && this.workers === undefined) {
+      return () => {
+        const pools = WorkerPool.created;
+        void withWorkers(store)
+          .catch(() => true)
+          .then((needed) => {
+            if (needed && WorkerPool.created === pools) WorkerPool.prestart();
+          });
+      };
+    }
+    const workers = withWorkers === undefined || withWorkers === false ? 0 : this.workers;
+    return workers !== 0 ? () => WorkerPool.prestart(workers) : undefined;
   }
 }
 

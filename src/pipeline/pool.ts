@@ -79,6 +79,8 @@ function startWorker(options?: { workerData: WorkerData }): Worker {
 
 /** Worker threads started by prestart(), not yet adopted by a pool. */
 const spares: { worker: Worker; failed: boolean }[] = [];
+/** Pools created so far (WorkerPool.created). */
+let poolsCreated = 0;
 
 /** A prestarted worker (default backend only), referenced again so it keeps the process alive. */
 function adoptSpare(backend: BulkBackend): Worker | undefined {
@@ -142,10 +144,19 @@ export class WorkerPool {
   }
 
   /**
+   * Pools created so far in this process: a prestart decided late (the CLI decides after the
+   * unlock) is skipped once a pool was created meanwhile, whose workers no spare would join.
+   */
+  static get created(): number {
+    return poolsCreated;
+  }
+
+  /**
    * Starts the workers and returns without waiting for them to boot: tasks go to a worker once
    * it is ready, and meanwhile to the main thread when it helps.
    */
   static async create(o: PoolOptions): Promise<WorkerPool> {
+    poolsCreated++;
     const count = o.workers ?? defaultWorkers();
     const backend = o.backend ?? "auto";
     if (count <= 0) return new WorkerPool([], new TaskRunner(await loadBulkCrypto(backend), o.compression), 1);

@@ -72,6 +72,17 @@ describe("WorkerPool start-up", () => {
     }
   });
 
+  it("counts every pool created, inline ones too (a prestart decided after one is skipped)", async () => {
+    const before = WorkerPool.created;
+    const inline = await WorkerPool.create({ workers: 0, compression: { compression: "lz4", compressionLevel: 1 } });
+    await inline.close();
+    expect(WorkerPool.created).toBe(before + 1);
+    const threaded = await WorkerPool.create({ workers: 1, mainThread: false, compression: { compression: "lz4", compressionLevel: 1 } });
+    await threaded.close();
+    expect(WorkerPool.created).toBe(before + 2);
+    expect(WorkerPool.spares).toBe(0);
+  });
+
   it("closes cleanly before its workers have booted", async () => {
     const pool = await WorkerPool.create({ workers: 2, mainThread: false, compression: { compression: "lz4", compressionLevel: 1 } });
     await pool.close();
