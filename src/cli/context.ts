@@ -168,7 +168,9 @@ export class CliContext {
           .catch(() => true)
           .then((needed) => {
             if (needed && WorkerPool.created === pools) WorkerPool.prestart();
-          });
+          })
+          // A worker that cannot start fails the command's own pool, which says so.
+          .catch(() => undefined);
       };
     }
     const workers = withWorkers === undefined || withWorkers === false ? 0 : this.workers;
