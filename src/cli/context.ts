@@ -127,7 +127,7 @@ export class CliContext {
    * or a function that tells from the store (no key needed) whether it needs them, asked once the
    * KDF is done.
    */
-  async openVault(o: { withWorkers?: boolean | ((store: Store) => Promise<boolean>) } = {}): Promise<Vault> {
+  async openVault(o: { withWorkers?: WorkersWanted } = {}): Promise<Vault> {
     const repo = requireRepo(this.settings);
     const user = requireUser(this.settings);
     const store = openStore(repo);
@@ -160,7 +160,7 @@ export class CliContext {
    * page in 4 MiB of the compiler) added to the peak that Argon2id's memory makes. A pool the
    * command created before the answer came starts its own workers, and no spare is added then.
    */
-  #prestartAfterKdf(store: Store, withWorkers: boolean | ((store: Store) => Promise<boolean>) | undefined): (() => void) | undefined {
+  #prestartAfterKdf(store: Store, withWorkers: WorkersWanted | undefined): (() => void) | undefined {
     if (typeof withWorkers === "function" && this.workers === undefined) {
       return () => {
         const pools = WorkerPool.created;
@@ -177,6 +177,9 @@ export class CliContext {
     return workers !== 0 ? () => WorkerPool.prestart(workers) : undefined;
   }
 }
+
+/** Whether a command runs the pipeline: known, or told by a function from the store (no key needed). */
+type WorkersWanted = boolean | ((store: Store) => Promise<boolean>);
 
 function workersSetting(option: string | undefined): number | undefined {
   const o = numberSetting(option, "--workers", "VMVAULT_WORKERS");

@@ -438,9 +438,9 @@ async function nativeSizes(native: NativeHelper, files: readonly { file: string 
 /**
  * A name below a folder path. The root is absolute and normalized (path.resolve) and keys are
  * validated (no empty, "." or ".." segments), so plain joining gives what path.join would:
- * path.join's normalizing loop, called for every file of a listing, was hot enough that V8
- * compiled it with TurboFan, paging in 4 MiB of the compiler before the unlock (check --read-data
- * lists data/ then), which added to the Argon2id peak.
+ * path.join's normalizing loop, called for every file of a listing, ran hot enough over a few
+ * dozen names that V8 compiled it with TurboFan (4 MiB of the compiler paged in; while the CLI
+ * still listed data/ before the unlock, on top of Argon2id's peak).
  */
 function below(dir: string, name: string): string {
   return dir.endsWith("/") ? dir + name : `${dir}/${name}`;

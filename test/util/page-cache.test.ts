@@ -393,7 +393,6 @@ describe("objects a local repository writes and the page cache", () => {
 });
 
 describe("a local repository's packs and the page cache", () => {
-
   it("a check that reads them cold leaves them uncached, warm ones stay cached, and keepCache keeps what it read", async () => {
     const dir = tmp("pc-repo");
     const image = path.join(dir, "vm.raw");
@@ -407,7 +406,7 @@ describe("a local repository's packs and the page cache", () => {
     }
     const packs = await packFiles(repo);
     expect(packs.length).toBeGreaterThan(0);
-    const pagesOf = packs.reduce((n, f) => n + Math.ceil(statSync(f).size / (binding?.pageSize ?? 4096)), 0);
+    const pages = pagesOf(packs);
 
     for (const f of packs) evict(f);
     const cold = await openTestVault(repo);
@@ -419,14 +418,14 @@ describe("a local repository's packs and the page cache", () => {
     expect(cachedOf(packs)).toBe(0);
 
     for (const f of packs) await fsp.readFile(f);
-    expect(cachedOf(packs)).toBe(pagesOf);
+    expect(cachedOf(packs)).toBe(pages);
     const warm = await openTestVault(repo);
     try {
       expect((await warm.check({ readData: true, workers: 0 })).ok).toBe(true);
     } finally {
       await warm.close();
     }
-    expect(cachedOf(packs)).toBe(pagesOf);
+    expect(cachedOf(packs)).toBe(pages);
 
     for (const f of packs) evict(f);
     const keeping = await Vault.open({ store: new FsStore(repo, { keepCache: true }), user: "admin", passphrase: passphrase() });
@@ -435,6 +434,6 @@ describe("a local repository's packs and the page cache", () => {
     } finally {
       await keeping.close();
     }
-    expect(cachedOf(packs)).toBeGreaterThan(pagesOf / 2);
+    expect(cachedOf(packs)).toBeGreaterThan(pages / 2);
   });
 });
