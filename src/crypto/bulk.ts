@@ -1,4 +1,5 @@
 import { createRequire } from "node:module";
+import { FasterChoice } from "./faster.js";
 import { loadSodium, type Sodium } from "./sodium.js";
 import { AEAD_TAG_BYTES, HASH_BYTES, SEAL_OVERHEAD } from "./suite.js";
 import { Secret } from "./secret.js";
@@ -6,21 +7,24 @@ import { Secret } from "./secret.js";
 /**
  * Bulk per-chunk cryptography: keyed BLAKE2b-256 chunk IDs and XChaCha20-Poly1305-IETF with a
  * caller-provided nonce, writing into caller-provided buffers. By default ("hybrid") the AEAD
- * runs in libsodium's native binding (sodium-native) and BLAKE2b in libsodium's WASM build
- * (libsodium-wrappers), the faster of the two for each primitive on the machines measured
- * (docs/design.md §10); without the native binding everything runs in WASM. All are the same
+ * runs in libsodium's native binding (sodium-native) and BLAKE2b in whichever of the native
+ * binding and libsodium's WASM build (libsodium-wrappers) is faster on this processor, measured
+ * on the first chunks (FasterChoice; docs/design.md §10); without the native binding everything
+ * runs in WASM. All are the same
  * library and give byte-identical output (test/crypto/bulk.test.ts).
  */
 export type BulkBackendName = "native" | "wasm" | "hybrid";
 
 export interface BulkCrypto {
   readonly backend: BulkBackendName;
+  /** The library computing chunk IDs; undefined while a hybrid is still measuring both. */
+  readonly chunkHasher: ChunkHasherName | undefined;
   /** Keyed BLAKE2b-256 of data into out[0..32). */
   chunkId(key: Uint8Array, data: Uint8Array, out: Uint8Array): void;
   /**
    * Optional: a buffer of `length` bytes where data to be hashed next can be placed directly
-   * (the hasher's own memory, so chunkId of exactly this view copies nothing). Valid until the
-   * next call to either method.
+   * (the hasher's own memory, so chunkId of exactly this view copies nothing; private memory
+   * where the hasher cannot read shared memory). Valid until the next call to either method.
    */
   hashInput?(length: number): Uint8Array;
   /** Encrypts plaintext into out (exactly plaintext.length + 16 bytes): ciphertext || tag. */
@@ -30,6 +34,12 @@ export interface BulkCrypto {
   /** Constant-time equality. */
   equal(a: Uint8Array, b: Uint8Array): boolean;
 }
+
+/** Which library computes chunk IDs. */
+export type ChunkHasherName = "native" | "wasm";
+
+/** A hybrid's chunk-ID hasher: the faster on this processor, measured on live calls ("auto"), or fixed. */
+export type ChunkHashChoice = "auto" | ChunkHasherName;
 
 /** The AEAD half of a BulkCrypto. */
 export type BulkAead = Pick<BulkCrypto, "encryptInto" | "decryptInto">;
@@ -46,6 +56,9 @@ interface SodiumNative {
 
 class NativeBulk implements BulkCrypto {
   readonly backend: BulkBackendName = "native";
+  get chunkHasher(): ChunkHasherName | undefined {
+    return "native";
+  }
   readonly #s: SodiumNative;
 
   constructor(s: SodiumNative) {
@@ -78,6 +91,7 @@ class NativeBulk implements BulkCrypto {
 
 class WasmBulk implements BulkCrypto {
   readonly backend: BulkBackendName = "wasm";
+  readonly chunkHasher: ChunkHasherName = "wasm";
   readonly #s: Sodium;
 
   constructor(s: Sodium) {
@@ -168,22 +182,55 @@ class WasmChunkHasher {
   }
 }
 
-/** Native AEAD (about 3.5x the WASM speed) with WASM BLAKE2b (about 1.4x the native binding's speed here). */
+/**
+ * Native AEAD (about 3.5x the WASM speed) with keyed BLAKE2b from whichever of the WASM build
+ * and the native binding is faster here: the WASM build on the processors first measured (about
+ * 1.6x the native binding's speed, copy into its heap included), the native binding on others
+ * (about 1.4x the WASM build's). Both compute the same bytes, so the choice, made per thread on
+ * its first chunks, changes no ID.
+ */
 class HybridBulk extends NativeBulk {
   override readonly backend = "hybrid";
   readonly #hasher: WasmChunkHasher;
+  /** 0: the WASM build, 1: the native binding. */
+  readonly #choice = new FasterChoice();
+  #input = new Uint8Array(0);
 
-  constructor(native: SodiumNative, hasher: WasmChunkHasher) {
+  constructor(native: SodiumNative, hasher: WasmChunkHasher, choice: ChunkHashChoice) {
     super(native);
     this.#hasher = hasher;
+    if (choice !== "auto") this.#choice.decided = choice === "native" ? 1 : 0;
+  }
+
+  override get chunkHasher(): ChunkHasherName | undefined {
+    const d = this.#choice.decided;
+    return d === undefined ? undefined : d === 1 ? "native" : "wasm";
   }
 
   override chunkId(key: Uint8Array, data: Uint8Array, out: Uint8Array): void {
-    this.#hasher.chunkId(key, data, out);
+    // The native binding cannot read shared memory (a restore's slots); the WASM build copies from it.
+    if (data.buffer instanceof SharedArrayBuffer) return this.#hasher.chunkId(key, data, out);
+    const choice = this.#choice;
+    const which = choice.next(data.length);
+    if (choice.decided !== undefined) {
+      if (which === 1) super.chunkId(key, data, out);
+      else this.#hasher.chunkId(key, data, out);
+      return;
+    }
+    const start = performance.now();
+    if (which === 1) super.chunkId(key, data, out);
+    else this.#hasher.chunkId(key, data, out);
+    choice.record(which, data.length, performance.now() - start);
   }
 
+  /**
+   * Where to place data to be hashed next: the WASM heap while the WASM build may hash it, a
+   * private buffer of this thread once the native binding hashes (which reads it in place).
+   */
   hashInput(length: number): Uint8Array {
-    return this.#hasher.input(length);
+    if (this.#choice.decided !== 1) return this.#hasher.input(length);
+    if (this.#input.length < length) this.#input = new Uint8Array(Math.max(length, 64 * 1024));
+    return this.#input.subarray(0, length);
   }
 }
 
@@ -197,9 +244,10 @@ export type BulkBackend = "native" | "wasm" | "hybrid" | "auto";
 
 /**
  * "auto": hybrid when the native binding loads, else WASM. "native", "wasm" and "hybrid" ask
- * for one backend (tests and benchmarks) and fail when it is not available.
+ * for one backend (tests and benchmarks) and fail when it is not available. chunkHash fixes a
+ * hybrid's chunk-ID hasher instead of measuring (tests and benchmarks).
  */
-export async function loadBulkCrypto(backend: BulkBackend = "auto"): Promise<BulkCrypto> {
+export async function loadBulkCrypto(backend: BulkBackend = "auto", o: { chunkHash?: ChunkHashChoice } = {}): Promise<BulkCrypto> {
   if (backend === "wasm") return new WasmBulk(await loadSodium());
   const native = loadNative();
   if (native === undefined) {
@@ -212,7 +260,7 @@ export async function loadBulkCrypto(backend: BulkBackend = "auto"): Promise<Bul
     if (backend === "hybrid") throw new Error("the WASM build of libsodium does not expose its raw exports");
     return new NativeBulk(native);
   }
-  return new HybridBulk(native, new WasmChunkHasher(lib));
+  return new HybridBulk(native, new WasmChunkHasher(lib), o.chunkHash ?? "auto");
 }
 
 /** libsodium's randombytes_buf through the native binding, when it loads (the WASM build draws 4 bytes per call). */
