@@ -9,9 +9,9 @@ import { Secret } from "./secret.js";
  * caller-provided nonce, writing into caller-provided buffers. By default ("hybrid") the AEAD
  * runs in libsodium's native binding (sodium-native) and BLAKE2b in whichever of the native
  * binding and libsodium's WASM build (libsodium-wrappers) is faster on this processor, measured
- * on the first chunks (FasterChoice; docs/design.md §10); without the native binding everything
- * runs in WASM. All are the same
- * library and give byte-identical output (test/crypto/bulk.test.ts).
+ * on the first chunks (FasterChoice; docs/design.md §9); without the native binding everything
+ * runs in WASM. All are the same library and give byte-identical output
+ * (test/crypto/bulk.test.ts).
  */
 export type BulkBackendName = "native" | "wasm" | "hybrid";
 
@@ -56,17 +56,25 @@ interface SodiumNative {
 
 class NativeBulk implements BulkCrypto {
   readonly backend: BulkBackendName = "native";
-  get chunkHasher(): ChunkHasherName | undefined {
-    return "native";
-  }
   readonly #s: SodiumNative;
+  #input = new Uint8Array(0);
 
   constructor(s: SodiumNative) {
     this.#s = s;
   }
 
+  get chunkHasher(): ChunkHasherName | undefined {
+    return "native";
+  }
+
   chunkId(key: Uint8Array, data: Uint8Array, out: Uint8Array): void {
     this.#s.crypto_generichash(out.subarray(0, HASH_BYTES), data, key);
+  }
+
+  /** A private buffer of this thread: the binding hashes in place but cannot read shared memory (a restore's slots). */
+  hashInput(length: number): Uint8Array {
+    if (this.#input.length < length) this.#input = new Uint8Array(Math.max(length, 64 * 1024));
+    return this.#input.subarray(0, length);
   }
 
   encryptInto(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, ad: Uint8Array, out: Uint8Array): void {
@@ -194,7 +202,6 @@ class HybridBulk extends NativeBulk {
   readonly #hasher: WasmChunkHasher;
   /** 0: the WASM build, 1: the native binding. */
   readonly #choice = new FasterChoice();
-  #input = new Uint8Array(0);
 
   constructor(native: SodiumNative, hasher: WasmChunkHasher, choice: ChunkHashChoice) {
     super(native);
@@ -227,10 +234,8 @@ class HybridBulk extends NativeBulk {
    * Where to place data to be hashed next: the WASM heap while the WASM build may hash it, a
    * private buffer of this thread once the native binding hashes (which reads it in place).
    */
-  hashInput(length: number): Uint8Array {
-    if (this.#choice.decided !== 1) return this.#hasher.input(length);
-    if (this.#input.length < length) this.#input = new Uint8Array(Math.max(length, 64 * 1024));
-    return this.#input.subarray(0, length);
+  override hashInput(length: number): Uint8Array {
+    return this.#choice.decided === 1 ? super.hashInput(length) : this.#hasher.input(length);
   }
 }
 
