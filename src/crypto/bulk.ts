@@ -219,15 +219,11 @@ class HybridBulk extends NativeBulk {
     if (data.buffer instanceof SharedArrayBuffer) return this.#hasher.chunkId(key, data, out);
     const choice = this.#choice;
     const which = choice.next(data.length);
-    if (choice.decided !== undefined) {
-      if (which === 1) super.chunkId(key, data, out);
-      else this.#hasher.chunkId(key, data, out);
-      return;
-    }
-    const start = performance.now();
+    // Only the calls before the verdict are timed.
+    const start = choice.decided === undefined ? performance.now() : -1;
     if (which === 1) super.chunkId(key, data, out);
     else this.#hasher.chunkId(key, data, out);
-    choice.record(which, data.length, performance.now() - start);
+    if (start >= 0) choice.record(which, data.length, performance.now() - start);
   }
 
   /**

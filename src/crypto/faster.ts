@@ -3,7 +3,7 @@
  * timing live calls: the caller runs whichever `next` names, reports its time to `record`,
  * and once both have enough measured calls, `decided` names the faster for good. Used for the
  * keyed BLAKE2b of chunk IDs, where libsodium's WASM build is 1.6 times its native binding on
- * some processors and 0.7 times on others (docs/design.md §10), so no fixed choice is right.
+ * some processors and 0.7 times on others (docs/design.md §9, Crypto), so no fixed choice is right.
  *
  * The first calls of each are not measured (V8 runs a WASM function in its baseline tier until
  * it is hot, and caches and clocks settle), nor are short inputs (the clock's resolution and
