@@ -5,7 +5,7 @@
 # or a copy of this checkout); the builds take turns run by run, so a slow minute costs each
 # about the same.
 #
-# usage: sh bench/dev/ab.sh [--rounds 6] [--step backup1|backup2|restore|check] [--warm]
+# usage: sh bench/dev/ab.sh [--rounds 6] [--step backup1|backup2|restore|check] [--warm] [--cold]
 #                           [--day1 IMG] [--day2 IMG] [--work DIR] BUILD_DIR BUILD_DIR...
 #
 #   --step    backup1: first backup into a new repository (made before each run);
@@ -15,6 +15,8 @@
 #             check: check --read-data
 #   --warm    leave the packs in the page cache before a restore or check (default: dropped
 #             first, as in bench/run.sh, where the backups before them drop what they wrote)
+#   --cold    drop the images from the page cache before a backup (default: read into it first,
+#             as in bench/run.sh without --cold)
 #   --day1/2  images (default: the 2 GiB corpus of bench/run.sh under bench/results/corpus)
 #
 # Prints one line per run (wall and CPU seconds, context switches voluntary/involuntary, peak
@@ -23,7 +25,7 @@
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-ROUNDS=6 STEP=backup1 WARM=0 WORK=/tmp/vmvault-ab
+ROUNDS=6 STEP=backup1 WARM=0 COLD=0 WORK=/tmp/vmvault-ab
 DAY1="$ROOT/bench/results/corpus/2048m-s1/day1.raw" DAY2="$ROOT/bench/results/corpus/2048m-s1/day2.raw"
 die() { echo "ab: $*" >&2; exit 1; }
 while [ $# -gt 0 ]; do
@@ -31,6 +33,7 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS=${2:?}; shift 2 ;;
     --step) STEP=${2:?}; shift 2 ;;
     --warm) WARM=1; shift ;;
+    --cold) COLD=1; shift ;;
     --day1) DAY1=${2:?}; shift 2 ;;
     --day2) DAY2=${2:?}; shift 2 ;;
     --work) WORK=${2:?}; shift 2 ;;
@@ -86,7 +89,9 @@ while [ "$r" -lt "$ROUNDS" ]; do
       *) repo=$WORK/base$i ;;
     esac
     case $STEP in
-      backup1|backup2) cat "$DAY1" "$DAY2" >/dev/null 2>&1 || true ;;
+      backup1|backup2)
+        if [ "$COLD" = 1 ]; then for f in "$DAY1" "$DAY2"; do [ -f "$f" ] && dd if="$f" iflag=nocache count=0 status=none; done
+        else cat "$DAY1" "$DAY2" >/dev/null 2>&1 || true; fi ;;
       *) [ "$WARM" = 1 ] && cat "$repo"/data/*/* >/dev/null || drop "$repo/data" ;;
     esac
     sync

@@ -1,4 +1,4 @@
-import { promises as fsp } from "node:fs";
+import { promises as fsp, readSync } from "node:fs";
 import path from "node:path";
 import type { DiskSource } from "../format/snapshot.js";
 import { DataExtents, sourceSize } from "../sources/extents.js";
@@ -82,9 +82,14 @@ export async function backupImage(
       const buffer = free.pop() ?? new Uint8Array(segment);
       let got = 0;
       cache?.beforeRead(position, position + want);
+      // A range the page cache held before is a copy from memory: read at once on this thread.
+      // Handing it to libuv's pool costs two thread wake-ups, which a virtual machine whose idle
+      // vCPUs sleep makes dear (docs/design.md §10); a range that needs the disk goes to the
+      // pool, so its latency overlaps the hashing.
+      const fromCache = cache?.cachedBefore(position, position + want) === true;
       try {
         while (got < want) {
-          const { bytesRead } = await handle.read(buffer, got, want - got, position + got);
+          const bytesRead = fromCache ? readSync(handle.fd, buffer, got, want - got, position + got) : (await handle.read(buffer, got, want - got, position + got)).bytesRead;
           if (bytesRead === 0) break;
           got += bytesRead;
         }

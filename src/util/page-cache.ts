@@ -73,6 +73,25 @@ export class PageCacheFootprint {
   }
 
   /**
+   * Whether every page of [start, end) was cached when its window's state was taken (beforeRead
+   * takes it): a read of the range is then a copy from memory. False where a window's state was
+   * not taken or the kernel did not tell.
+   */
+  cachedBefore(start: number, end: number): boolean {
+    if (end <= start) return true;
+    const page = this.#binding.pageSize;
+    for (let w = Math.floor(start / CACHE_WINDOW_BYTES); w * CACHE_WINDOW_BYTES < end; w++) {
+      const before = this.#before.get(w);
+      if (before === undefined || before === null) return false;
+      const base = w * CACHE_WINDOW_BYTES;
+      const from = Math.floor((Math.max(start, base) - base) / page);
+      const to = Math.ceil((Math.min(end, base + CACHE_WINDOW_BYTES) - base) / page);
+      if (before.subarray(from, to).indexOf(0) >= 0) return false;
+    }
+    return true;
+  }
+
+  /**
    * For a sequential reader, after a read that ended at end: drops the windows wholly before it
    * (no later read, nor readahead, reaches them).
    */

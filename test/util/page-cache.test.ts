@@ -8,9 +8,10 @@
  */
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { closeSync, fstatSync, fsyncSync, openSync, promises as fsp, statSync, writeSync } from "node:fs";
+import fs, { closeSync, fstatSync, fsyncSync, openSync, promises as fsp, statSync, writeSync } from "node:fs";
+import { syncBuiltinESMExports } from "node:module";
 import path from "node:path";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { backup } from "../../src/backup/backup.js";
 import { restore } from "../../src/restore/restore.js";
 import { CACHE_LOOKAHEAD_BYTES, CACHE_WINDOW_BYTES, PageCacheFootprint, pageCacheBinding, type PageCacheBinding } from "../../src/util/page-cache.js";
@@ -21,6 +22,7 @@ import { Vault } from "../../src/vault.js";
 import { deterministicRepo, initTestVault, openTestVault, passphrase, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
+const realReadSync = fs.readSync;
 const MiB = 1024 * 1024;
 const PAGE = 4096;
 const W = CACHE_WINDOW_BYTES;
@@ -141,6 +143,36 @@ describe("PageCacheFootprint", () => {
     readAll(f, sim, size, MiB);
     expect(sim.dropped.map(([o]) => o)).toEqual([W]);
     expect([...sim.cached].every((p) => p < W / PAGE)).toBe(true);
+  });
+
+  it("tells a range wholly cached before the reads from one that needs the disk, by the state taken before reading", () => {
+    const size = 6 * W + 3 * PAGE;
+    // cached before: all of window 0, the first ten pages of window 1, and the short last window (6)
+    const sim = simulated([...Array(W / PAGE + 10).keys(), ...[0, 1, 2].map((p) => (6 * W) / PAGE + p)], 8 * MiB);
+    const f = PageCacheFootprint.open(3, size, sim.binding);
+    if (f === undefined) throw new Error("no footprint");
+    // nothing taken yet: not known to be cached
+    expect(f.cachedBefore(0, MiB)).toBe(false);
+    f.beforeRead(0, MiB);
+    expect(f.cachedBefore(0, MiB)).toBe(true);
+    expect(f.cachedBefore(0, W)).toBe(true);
+    expect(f.cachedBefore(W - 100, W + 10 * PAGE)).toBe(true);
+    expect(f.cachedBefore(W - 100, W + 10 * PAGE + 1)).toBe(false);
+    expect(f.cachedBefore(W + 11 * PAGE, W + 12 * PAGE)).toBe(false);
+    expect(f.cachedBefore(5, 5)).toBe(true);
+    // the state is the one taken before the reads: what a read (or its readahead) brings in later does not count
+    sim.read(0, 2 * W, size);
+    expect(f.cachedBefore(W, 2 * W)).toBe(false);
+    // a window past the lookahead is not taken yet; once taken, the short last one is judged to the file's end
+    expect(f.cachedBefore(6 * W, size)).toBe(false);
+    f.beforeRead(6 * W, size);
+    expect(f.cachedBefore(6 * W, size)).toBe(true);
+    // a window whose state the kernel would not give is never taken for cached
+    const blind: PageCacheBinding = { ...sim.binding, cacheResidency: () => null };
+    const g = PageCacheFootprint.open(3, size, blind);
+    if (g === undefined) throw new Error("no footprint");
+    g.beforeRead(0, MiB);
+    expect(g.cachedBefore(0, MiB)).toBe(false);
   });
 
   it("without the helper's calls, or for an empty file, there is no footprint", () => {
@@ -295,6 +327,59 @@ describe("a backup's page-cache footprint", () => {
     // and the snapshot of the cold read restores the same bytes
     const target = path.join(dir, "out");
     await restore(repo, { snapshot: cold.snapshotId, target, reason: "test" });
+    expect(await sha256File(path.join(target, "vm.raw"))).toBe(await sha256File(image));
+  });
+});
+
+describe("how a backup reads an image", () => {
+  it("a range cached before is read at once on the calling thread, a cold one through the thread pool, the same bytes either way", async () => {
+    const dir = tmp("pc-sync");
+    const image = path.join(dir, "vm.raw");
+    if (!coldImage(image)) return;
+    const ino = statSync(image).ino;
+    const { repo } = await deterministicRepo("page-cache-sync", "seed");
+    // bytes the image's synchronous reads returned (the thread pool's reads are not readSync)
+    let syncBytes = 0;
+    const spy = vi.spyOn(fs, "readSync").mockImplementation(function (this: unknown, ...args: unknown[]) {
+      const n = (realReadSync as (...a: unknown[]) => number)(...args);
+      if (typeof args[0] === "number" && fstatSync(args[0]).ino === ino) syncBytes += n;
+      return n;
+    } as typeof fs.readSync);
+    syncBuiltinESMExports();
+    try {
+      const cold = await backup(repo, { vm: "vm", sources: [image], workers: 0 });
+      expect(syncBytes).toBe(0);
+      expect(cold.sources[0]?.readBytes).toBe(40 * MiB);
+
+      await fsp.readFile(image);
+      const warm = await backup(repo, { vm: "vm", sources: [image], workers: 0 });
+      expect(syncBytes).toBe(40 * MiB);
+      expect(warm.newChunks).toBe(0);
+      expect(warm.chunks).toBe(cold.chunks);
+
+      // half cached: the first half at once, the rest through the pool
+      evict(image);
+      syncBytes = 0;
+      const h = await fsp.open(image, "r");
+      try {
+        await h.read(Buffer.alloc(20 * MiB), 0, 20 * MiB, 0);
+      } finally {
+        await h.close();
+      }
+      await backup(repo, { vm: "vm", sources: [image], workers: 0 });
+      expect(syncBytes).toBeGreaterThanOrEqual(16 * MiB);
+      expect(syncBytes).toBeLessThan(40 * MiB);
+
+      // with keepCache there is no footprint: every read goes through the pool
+      syncBytes = 0;
+      await backup(repo, { vm: "vm", sources: [image], workers: 0, keepCache: true });
+      expect(syncBytes).toBe(0);
+    } finally {
+      spy.mockRestore();
+      syncBuiltinESMExports();
+    }
+    const target = path.join(dir, "out");
+    await restore(repo, { snapshot: "latest", target, reason: "test" });
     expect(await sha256File(path.join(target, "vm.raw"))).toBe(await sha256File(image));
   });
 });
