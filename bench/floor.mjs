@@ -19,6 +19,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { processor } from "./machine.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.dirname(here);
@@ -251,31 +252,13 @@ const work = {
 };
 const floor = (step) => startup + work[step] / opts.cores;
 
-/**
- * The processor with its family and model where /proc/cpuinfo tells them (a virtual machine's
- * brand alone hides which generation it is) and the extensions the primitives' speeds depend on.
- */
-function processor() {
-  const model = os.cpus()[0]?.model ?? "unknown";
-  let info;
-  try {
-    info = fs.readFileSync("/proc/cpuinfo", "utf8");
-  } catch {
-    return model;
-  }
-  const field = (name) => info.match(new RegExp(`^${name}\\s*: (.*)$`, "m"))?.[1]?.trim();
-  const flags = new Set((field("flags") ?? "").split(" "));
-  const ext = ["avx2", "avx512f", "sha_ni", "vaes"].filter((f) => flags.has(f));
-  return `${model}, family ${field("cpu family") ?? "?"}, model ${field("model") ?? "?"}${ext.length > 0 ? `; ${ext.join(" ")}` : ""}`;
-}
-
 const f2 = (x) => x.toFixed(2);
 const lines = [];
 const out = (s = "") => lines.push(s);
 out(`# vmvault's floor on this machine`);
 out();
 out(`- **Image:** ${opts.image}: ${(size / MIB).toFixed(1)} MiB, ${(dataBytes / MIB).toFixed(1)} MiB in non-zero ${CHUNK / 1024} KiB chunks, ${(storedBytes / MIB).toFixed(1)} MiB once sealed (${describe(COMPRESSION)})`);
-out(`- **Machine:** ${os.availableParallelism()} cores (${processor()}); floors divide the work by ${opts.cores}`);
+out(`- **Machine:** ${os.availableParallelism()} cores, ${processor()}; floors divide the work by ${opts.cores}`);
 out(`- **Bulk crypto:** ${bulk.backend}${bulk.chunkHasher === undefined ? "" : ` (chunk IDs through the ${bulk.chunkHasher === "native" ? "native binding" : "WASM build"}, the faster here)`}; start-up = wall time of \`vmvault snapshots\` (Node.js, the CLI, production Argon2id, opening the repository), median of 3: ${f2(startup)} s`);
 out(`- **Memory:** peak RSS of Node.js doing nothing: ${nodeAlone.toFixed(1)} MiB; of Node.js deriving one key with the production Argon2id parameters (${memoryKiB / 1024} MiB, ${passes} passes, ${parallelism} lanes) through the argon2 package and nothing else: ${argon2Alone.toFixed(1)} MiB (medians of 3). No vmvault command that unlocks a key slot can peak lower.`);
 out();

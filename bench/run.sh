@@ -283,23 +283,10 @@ rm -f "$SRC" "$WORK/time.out"
 
 # ---- machine, versions, settings (OUT/meta.env); then the report ------------------------------
 version() { have "$1" && "$@" 2>/dev/null | head -n 1 || echo "not installed"; }
-# The processor as /proc/cpuinfo names it, with its family and model (virtual machines often
-# report only a brand, and hosts of one brand differ a lot) and the vector and hash extensions
-# the primitives' speeds depend on.
-cpu_description() {
-  awk -F': ' '
-    /^model name/ && !name { name = $2 } /^cpu family/ && !fam { fam = $2 } /^model[ \t]*:/ && !mod { mod = $2 }
-    /^flags/ && !flags { flags = " " $2 " " }
-    END {
-      ext = ""; n = split("avx2 avx512f sha_ni vaes", want, " ")
-      for (i = 1; i <= n; i++) if (index(flags, " " want[i] " ")) ext = ext (ext == "" ? "" : " ") want[i]
-      printf "%s (family %s, model %s%s)", name, fam, mod, ext == "" ? "" : "; " ext
-    }' /proc/cpuinfo
-}
 {
   echo "corpusInfo=$CORPUS/corpus-info.json"
   echo "nproc=$(nproc)"
-  echo "cpu=$(cpu_description)"
+  echo "cpu=$(node "$HERE/machine.mjs")"
   echo "ramKiB=$(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)"
   echo "kernel=$(uname -r)"
   echo "node=$(node --version)"
