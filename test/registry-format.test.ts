@@ -1,7 +1,8 @@
 /**
  * The registry's record of a removed user: the snapshots accepted at removal and, since they
  * were introduced, the digests of what the user signed for each. Older versions without
- * digests still parse and re-encode to the same fields.
+ * digests still parse and re-encode to the same fields. And the config object each version
+ * names (configHash), absent from versions written before it was introduced.
  */
 import { describe, expect, it } from "vitest";
 import { FormatError } from "../src/format/codec.js";
@@ -53,6 +54,30 @@ describe("registry: removed users", () => {
       const json = JSON.parse(JSON.stringify(encodeRegistryMeta(doc([op])))) as { removed: Record<string, unknown>[] };
       (json.removed[0] as Record<string, unknown>)["snapshotDigests"] = bad;
       expect(() => parseRegistryMeta(json)).toThrow(FormatError);
+    }
+  });
+});
+
+describe("registry: the configuration a version names", () => {
+  it("keeps configHash when a version names one, and writes a version without it (older versions) back unchanged", () => {
+    const named = JSON.stringify(encodeRegistryMeta({ ...doc([]), configHash: "cd".repeat(32) }));
+    expect(named).toContain(`"configHash":"${"cd".repeat(32)}"`);
+    const back = parseRegistryMeta(JSON.parse(named) as unknown);
+    expect(back.configHash).toBe("cd".repeat(32));
+    expect(JSON.stringify(encodeRegistryMeta(back))).toBe(named);
+
+    const older = JSON.stringify(encodeRegistryMeta(doc([])));
+    expect(older).not.toContain("configHash");
+    const old = parseRegistryMeta(JSON.parse(older) as unknown);
+    expect(old.configHash).toBeUndefined();
+    expect(JSON.stringify(encodeRegistryMeta(old))).toBe(older);
+  });
+
+  it("rejects a configHash that is not 64 lower-case hex digits", () => {
+    for (const bad of ["cd", "CD".repeat(32), "zz".repeat(32), 5, null, ["cd".repeat(32)]]) {
+      const json = JSON.parse(JSON.stringify(encodeRegistryMeta(doc([])))) as Record<string, unknown>;
+      json["configHash"] = bad;
+      expect(() => parseRegistryMeta(json), JSON.stringify(bad)).toThrow(FormatError);
     }
   });
 });

@@ -1,8 +1,9 @@
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { Secret } from "../src/crypto/secret.js";
-import { appendSignature, ObjectKind, parseEnvelope } from "../src/format/envelope.js";
-import { grantPrefix, registryKey } from "../src/format/layout.js";
+import { appendSignature, encodeEnvelope, ObjectKind, parseEnvelope } from "../src/format/envelope.js";
+import type { Json } from "../src/format/fields.js";
+import { CONFIG_KEY, grantPrefix, registryKey } from "../src/format/layout.js";
 import { encodeRegistry } from "../src/keys/registry.js";
 import { openRepository } from "../src/repository/open.js";
 import { FaultyStore } from "../src/storage/faulty.js";
@@ -106,6 +107,30 @@ describe("the root key is rotated with every key rotation", () => {
     const admin = await openTestVault(f.dir);
     const report = await admin.check();
     expect(report.damage.map((d) => d.object)).toEqual([key]);
+    await admin.close();
+  });
+
+  it("a config signed again by the removed admin with their copy of the genesis root key is refused by every open, naming the config", async () => {
+    const f = await removedAdminFixture();
+    const crypto = f.admin.repository.crypto;
+    await f.admin.close();
+    const store = new FsStore(f.dir);
+    const original = await store.get(CONFIG_KEY);
+    // What admin2 could write: the config every key slot pins the signer of, with 1 GiB packs and zstd's slowest level.
+    const meta = parseEnvelope(ObjectKind.Config, original, true).meta as Record<string, Json>;
+    const body = encodeEnvelope(ObjectKind.Config, { ...meta, packSize: 1 << 30, compression: "zstd", compressionLevel: 19 });
+    await store.delete(CONFIG_KEY);
+    await store.putIfAbsent(CONFIG_KEY, appendSignature(body, crypto.sign(new Secret(f.stolenRoot.slice()), body)));
+    // Was: it verified under the genesis root key, and every later backup used those settings.
+    for (const [user, , pass] of USERS.filter(([u]) => u !== "admin2")) {
+      const opening = openAs(f.dir, user, pass);
+      await expect(opening, user).rejects.toMatchObject({ code: "E_INTEGRITY", damage: [{ object: CONFIG_KEY }] });
+      await expect(opening, user).rejects.toThrow("integrity failure: config: the configuration is not the one registry version 1 names");
+    }
+    await store.delete(CONFIG_KEY);
+    await store.putIfAbsent(CONFIG_KEY, original);
+    const admin = await openTestVault(f.dir);
+    expect(admin.repository.config.packSize).not.toBe(1 << 30);
     await admin.close();
   });
 

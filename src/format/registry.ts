@@ -61,7 +61,17 @@ export interface RegistryDoc {
   /** Epochs whose secrets have been destroyed (nothing in the repository depends on them). */
   readonly destroyedEpochs: readonly number[];
   readonly auditHead: AuditHead | null;
+  /**
+   * objectHash of the config object's bytes (signature included): the configuration this
+   * version was written under. The config never changes after init, so a config object whose
+   * hash differs was replaced (re-signed by someone holding the genesis root key, which signs it).
+   * Written by every version; versions written before it was introduced lack it.
+   */
+  readonly configHash?: string;
 }
+
+/** A configHash: BLAKE2b-256 in lower-case hex. */
+const CONFIG_HASH_PATTERN = /^[0-9a-f]{64}$/;
 
 export const USER_NAME_PATTERN = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 
@@ -108,6 +118,7 @@ export function encodeRegistryMeta(d: RegistryDoc): Json {
     currentEpoch: d.currentEpoch,
     destroyedEpochs: [...d.destroyedEpochs],
     auditHead: d.auditHead,
+    ...(d.configHash === undefined ? {} : { configHash: d.configHash }),
   };
 }
 
@@ -159,7 +170,7 @@ export function parseRegistryMeta(value: unknown): RegistryDoc {
     auditHead = { seq: int(h, "seq"), hash: str(h, "hash") };
   }
   const prevHash = optStr(o, "prevHash") ?? null;
-  const doc: RegistryDoc = {
+  let doc: RegistryDoc = {
     repoId: str(o, "repoId"),
     version: int(o, "version"),
     prevHash,
@@ -177,6 +188,11 @@ export function parseRegistryMeta(value: unknown): RegistryDoc {
     }),
     auditHead,
   };
+  const configHash = o["configHash"];
+  if (configHash !== undefined) {
+    if (typeof configHash !== "string" || !CONFIG_HASH_PATTERN.test(configHash)) throw new FormatError("bad configuration hash");
+    doc = { ...doc, configHash };
+  }
   if (doc.version < 1) throw new FormatError("bad registry version");
   if ((doc.version === 1) !== (prevHash === null)) throw new FormatError("registry chain field is inconsistent");
   if (!epochs.some((e) => e.id === doc.currentEpoch)) throw new FormatError("current epoch is not listed");

@@ -7,6 +7,7 @@ import { encodeRegistryMeta, parseRegistryMeta, type RegistryDoc, type RegistryU
 import { listKeys, type Store } from "../storage/types.js";
 import { parseNumberedKey, REGISTRY_PREFIX, registryKey } from "../format/layout.js";
 import { bytesEqual, toHex } from "../util/bytes.js";
+import { configDamaged } from "../repository/errors.js";
 
 /** The whole verified chain of registry versions, oldest first. */
 export interface RegistryChain {
@@ -28,13 +29,17 @@ export function objectHash(crypto: CryptoSuite, bytes: Uint8Array): string {
 /**
  * Loads and verifies every registry version: contiguous from 1, each signed by the root key
  * its predecessor names (version 1 by the root key pinned in the user's slot), each carrying
- * its predecessor's hash. Any break is an integrity failure naming the version.
+ * its predecessor's hash. Any break is an integrity failure naming the version. Every version
+ * that names a configuration (configHash) must name the config object in hand (configHash, its
+ * objectHash): one that differs was replaced after init, which only someone holding the genesis
+ * root key can sign, and is refused as a damaged config.
  */
 export async function loadRegistryChain(
   crypto: CryptoSuite,
   store: Store,
   pinnedRootKey: Uint8Array,
   repoId: string,
+  configHash: string,
 ): Promise<RegistryChain> {
   const numbers = (await listKeys(store, REGISTRY_PREFIX))
     .map((key) => parseNumberedKey(key, REGISTRY_PREFIX, 10))
@@ -74,6 +79,9 @@ export async function loadRegistryChain(
     if (doc.repoId !== repoId) throw IntegrityError.object(name, "belongs to another repository");
     if (doc.prevHash !== prevHash) throw IntegrityError.object(name, "does not chain to the previous registry version (rollback or fork)");
     if (version === 1 && !bytesEqual(doc.rootPublicKey, pinnedRootKey)) throw IntegrityError.object(name, "names a root key other than the pinned one");
+    if (doc.configHash !== undefined && doc.configHash !== configHash) {
+      throw configDamaged(`the configuration is not the one registry version ${version} names: it was altered or replaced and signed again with the genesis root key`);
+    }
     versions.push(doc);
     const hash = objectHash(crypto, bytes);
     hashes.push(hash);

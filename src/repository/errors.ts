@@ -1,4 +1,5 @@
-import { VaultError } from "../errors.js";
+import { IntegrityError, VaultError } from "../errors.js";
+import { CONFIG_KEY } from "../format/layout.js";
 
 /** What a folder without a config object holds: nothing, the start of a repository, or other files. */
 export type NotARepositoryKind = "empty" | "interrupted init" | "other files";
@@ -22,4 +23,16 @@ export class NotARepositoryError extends VaultError {
       },
     );
   }
+}
+
+/**
+ * A config object that fails its checks. Every command reads it first, `check` included, so the
+ * hint is to put it back: it is written once, at init, and never changes.
+ */
+export function configDamaged(problem: string): IntegrityError {
+  return new IntegrityError(
+    `integrity failure: ${CONFIG_KEY}: ${problem}`,
+    [{ object: CONFIG_KEY, problem }],
+    `no command can open the repository without it, check included; copy the ${CONFIG_KEY} object back from a copy of the repository (it is written once, at init, and never changes)`,
+  );
 }

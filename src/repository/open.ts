@@ -11,12 +11,12 @@ import { parseRegistryMeta, USER_NAME_PATTERN, type EpochInfo, type RegistryDoc,
 import type { GrantSecrets } from "../format/grant.js";
 import { encodeGrant, openGrant } from "../keys/grant.js";
 import { Keyring } from "../keys/keyring.js";
-import { encodeRegistry, findUser, grantRootKeys, loadRegistryChain, type RegistryChain } from "../keys/registry.js";
+import { encodeRegistry, findUser, grantRootKeys, loadRegistryChain, objectHash, type RegistryChain } from "../keys/registry.js";
 import { unwrapSlot, wrapSlot } from "../keys/slot.js";
 import { listAll, listKeys, type Store } from "../storage/types.js";
 import { toHex } from "../util/bytes.js";
 import { Repository, type Environment } from "./repository.js";
-import { NotARepositoryError, type NotARepositoryKind } from "./errors.js";
+import { configDamaged, NotARepositoryError, type NotARepositoryKind } from "./errors.js";
 import { RegistryPin } from "./pin.js";
 import type { LockWaitListener } from "./lock.js";
 
@@ -152,6 +152,8 @@ export async function initRepository(o: InitOptions): Promise<Repository> {
   };
   // Validate the settings through the same parser readers use.
   parseConfigMeta(encodeConfigMeta(config));
+  const configBody = encodeEnvelope(ObjectKind.Config, encodeConfigMeta(config));
+  const configObject = appendSignature(configBody, crypto.sign(root.secretKey, configBody));
 
   const user: RegistryUser = {
     name: o.user,
@@ -175,6 +177,7 @@ export async function initRepository(o: InitOptions): Promise<Repository> {
     currentEpoch: 1,
     destroyedEpochs: [],
     auditHead: null,
+    configHash: objectHash(crypto, configObject),
   };
   const slot = await wrapSlot(
     crypto,
@@ -189,12 +192,11 @@ export async function initRepository(o: InitOptions): Promise<Repository> {
     { ...epoch.secrets, root: root.secretKey.bytes },
     root.secretKey,
   );
-  const configBody = encodeEnvelope(ObjectKind.Config, encodeConfigMeta(config));
   const objects: [string, Uint8Array][] = [
     [slotKey(o.user, 1), slot],
     [registryKey(1), encodeRegistry(crypto, registry, root.secretKey)],
     [grantKey(1, o.user, fingerprintOf(crypto, user.signPublicKey)), grant],
-    [CONFIG_KEY, appendSignature(configBody, crypto.sign(root.secretKey, configBody))],
+    [CONFIG_KEY, configObject],
   ];
   const written: string[] = [];
   try {
@@ -229,7 +231,7 @@ export async function probeRepository(store: Store): Promise<void> {
   await readConfig(store);
 }
 
-async function readConfig(store: Store): Promise<{ config: RepoConfig; body: Uint8Array; signature: Uint8Array }> {
+async function readConfig(store: Store): Promise<{ config: RepoConfig; bytes: Uint8Array; body: Uint8Array; signature: Uint8Array }> {
   let bytes: Uint8Array;
   try {
     bytes = await store.get(CONFIG_KEY);
@@ -242,23 +244,11 @@ async function readConfig(store: Store): Promise<{ config: RepoConfig; body: Uin
   try {
     const env = parseEnvelope(ObjectKind.Config, bytes, true);
     if (env.signature === undefined) throw new FormatError("unsigned");
-    return { config: parseConfigMeta(env.meta), body: env.body, signature: env.signature };
+    return { config: parseConfigMeta(env.meta), bytes, body: env.body, signature: env.signature };
   } catch (e) {
     if (e instanceof FormatError) throw configDamaged(`the configuration does not parse (${e.message}): it was damaged or altered`);
     throw e;
   }
-}
-
-/**
- * A config object that fails its checks. Every command reads it first, `check` included, so the
- * hint is to put it back: it is written once, at init, and never changes.
- */
-function configDamaged(problem: string): IntegrityError {
-  return new IntegrityError(
-    `integrity failure: ${CONFIG_KEY}: ${problem}`,
-    [{ object: CONFIG_KEY, problem }],
-    `no command can open the repository without it, check included; copy the ${CONFIG_KEY} object back from a copy of the repository (it is written once, at init, and never changes)`,
-  );
 }
 
 /**
@@ -285,7 +275,7 @@ async function removalOf(store: Store, user: string): Promise<{ removedBy: strin
 /** Unlocks the user's key slot and verifies config, registry chain and grants. */
 export async function openRepository(o: OpenOptions): Promise<Repository> {
   const store = o.store;
-  const { config, body, signature } = await readConfig(store);
+  const { config, bytes: configBytes, body, signature } = await readConfig(store);
   // No name outside the pattern can exist: a usage error, before any slot is looked up.
   assertUserName(o.user);
   const slots = await listAll(store, slotPrefix(o.user));
@@ -320,7 +310,8 @@ export async function openRepository(o: OpenOptions): Promise<Repository> {
   }
   const pin = o.stateDir === undefined ? undefined : new RegistryPin(o.stateDir, config.repoId);
   await pin?.read();
-  const chain = await loadRegistryChain(crypto, store, pinned, config.repoId);
+  const configHash = objectHash(crypto, configBytes);
+  const chain = await loadRegistryChain(crypto, store, pinned, config.repoId, configHash);
   await pin?.check(chain);
   const latest = chain.latest;
   const signSecret = new Secret(slot.secrets.signSecretKey);
@@ -343,7 +334,7 @@ export async function openRepository(o: OpenOptions): Promise<Repository> {
     throw e;
   }
   await pin?.record(chain);
-  const repo = new Repository(store, crypto, config, chain, keyring, environment(o), pin);
+  const repo = new Repository(store, crypto, config, configHash, chain, keyring, environment(o), pin);
   repo.slotKdf = { memoryKiB: slot.meta.kdf.memoryKiB, passes: slot.meta.kdf.passes, parallelism: slot.meta.kdf.parallelism };
   return repo;
 }

@@ -16,7 +16,7 @@ export async function newerRegistryChain(repo: Repository, version: number): Pro
     .filter((n): n is number => n !== undefined);
   if (!stored.some((n) => n > version)) return undefined;
   const genesis = repo.chain.versions[0]?.rootPublicKey ?? repo.chain.latest.rootPublicKey;
-  return loadRegistryChain(repo.crypto, repo.store, genesis, repo.repoId);
+  return loadRegistryChain(repo.crypto, repo.store, genesis, repo.repoId, repo.configHash);
 }
 
 /**

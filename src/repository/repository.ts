@@ -32,6 +32,8 @@ export class Repository {
   readonly store: Store;
   readonly crypto: CryptoSuite;
   readonly config: RepoConfig;
+  /** objectHash of the config object as stored, which every registry version written since names. */
+  readonly configHash: string;
   readonly env: Environment;
   #chain: RegistryChain;
   #keyring: Keyring;
@@ -39,11 +41,12 @@ export class Repository {
   /** Argon2id strength of the key slot this user unlocked with. */
   slotKdf: KdfStrength | undefined;
 
-  constructor(store: Store, crypto: CryptoSuite, config: RepoConfig, chain: RegistryChain, keyring: Keyring, env: Environment, pin?: RegistryPin) {
+  constructor(store: Store, crypto: CryptoSuite, config: RepoConfig, configHash: string, chain: RegistryChain, keyring: Keyring, env: Environment, pin?: RegistryPin) {
     this.#pin = pin;
     this.store = store;
     this.crypto = crypto;
     this.config = config;
+    this.configHash = configHash;
     this.#chain = chain;
     this.#keyring = keyring;
     this.env = env;

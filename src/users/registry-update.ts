@@ -5,11 +5,12 @@ import { encodeRegistry, loadRegistryChain, type RegistryChain } from "../keys/r
 import type { Repository } from "../repository/repository.js";
 import { readHead } from "../audit/trail.js";
 
-export type RegistryContent = Omit<RegistryDoc, "repoId" | "version" | "prevHash" | "time" | "actor" | "change" | "auditHead">;
+export type RegistryContent = Omit<RegistryDoc, "repoId" | "version" | "prevHash" | "time" | "actor" | "change" | "auditHead" | "configHash">;
 
 /**
  * Writes the next registry version: signed with the root key the admin holds, chained to the
- * latest version's hash. Two admins racing for the same version number: one wins, the other
+ * latest version's hash, naming the config object this command verified (a chain from before
+ * versions named one names it from this version on). Two admins racing for the same version number: one wins, the other
  * gets E_LOCKED and changes nothing.
  */
 export async function appendRegistryVersion(
@@ -30,13 +31,14 @@ export async function appendRegistryVersion(
     actor: repo.userName,
     change,
     auditHead: auditHead === undefined ? await readHead(repo) : auditHead,
+    configHash: repo.configHash,
   };
   const written = await repo.store.putIfAbsent(registryKey(next.version), encodeRegistry(repo.crypto, next, root));
   if (!written) {
     throw new LockedError(`registry version ${next.version} was written by someone else meanwhile`, "run the command again");
   }
   const genesis = repo.chain.versions[0]?.rootPublicKey ?? latest.rootPublicKey;
-  const chain = await loadRegistryChain(repo.crypto, repo.store, genesis, repo.repoId);
+  const chain = await loadRegistryChain(repo.crypto, repo.store, genesis, repo.repoId, repo.configHash);
   await repo.adopt(chain);
   return chain;
 }
