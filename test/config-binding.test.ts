@@ -7,8 +7,6 @@
  */
 import { describe, expect, it } from "vitest";
 import { Secret } from "../src/crypto/secret.js";
-import { appendSignature, encodeEnvelope, ObjectKind, parseEnvelope } from "../src/format/envelope.js";
-import type { Json } from "../src/format/fields.js";
 import { CONFIG_KEY } from "../src/format/layout.js";
 import { objectHash } from "../src/keys/registry.js";
 import { openRepository } from "../src/repository/open.js";
@@ -16,17 +14,11 @@ import type { Repository } from "../src/repository/repository.js";
 import { MemoryStore } from "../src/storage/memory.js";
 import { addUser } from "../src/users/users.js";
 import { FsStore, KDF_TEST } from "../src/index.js";
-import { loadGolden, secret } from "./golden/samples.js";
-import { initTestVault, tempDirs } from "./helpers/fixtures.js";
+import { fromHex } from "../src/util/bytes.js";
+import { loadGolden } from "./golden/samples.js";
+import { initTestVault, resignedConfig, tempDirs } from "./helpers/fixtures.js";
 
 const tmp = tempDirs();
-
-/** The config object with other settings (a 1 GiB pack size, zstd at its slowest level), signed with rootSecretKey. */
-function resignedConfig(original: Uint8Array, rootSecretKey: Secret, sign: (key: Secret, body: Uint8Array) => Uint8Array): Uint8Array {
-  const meta = parseEnvelope(ObjectKind.Config, original, true).meta as Record<string, Json>;
-  const body = encodeEnvelope(ObjectKind.Config, { ...meta, packSize: 1 << 30, compression: "zstd", compressionLevel: 19 });
-  return appendSignature(body, sign(rootSecretKey, body));
-}
 
 describe("the registry names the config object", () => {
   it("every version a repository writes (init, user add, rotation) names the config object as stored", async () => {
@@ -49,7 +41,7 @@ describe("the registry names the config object", () => {
     const open = (): Promise<Repository> => openRepository({ store, user: g.secrets.user, passphrase: Secret.fromString(g.secrets.passphrase) });
     const original = g.get(CONFIG_KEY);
     const first = await open();
-    const resigned = resignedConfig(original, secret(g.secrets.rootSecretKey), (k, b) => first.crypto.sign(k, b));
+    const resigned = resignedConfig(first.crypto, original, fromHex(g.secrets.rootSecretKey));
     await first.close();
 
     // Unbound: the genesis root key's signature is all a reader can check.

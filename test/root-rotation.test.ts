@@ -1,15 +1,14 @@
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { Secret } from "../src/crypto/secret.js";
-import { appendSignature, encodeEnvelope, ObjectKind, parseEnvelope } from "../src/format/envelope.js";
-import type { Json } from "../src/format/fields.js";
+import { appendSignature, ObjectKind, parseEnvelope } from "../src/format/envelope.js";
 import { CONFIG_KEY, grantPrefix, registryKey } from "../src/format/layout.js";
 import { encodeRegistry } from "../src/keys/registry.js";
 import { openRepository } from "../src/repository/open.js";
 import { FaultyStore } from "../src/storage/faulty.js";
 import { listAll } from "../src/storage/types.js";
 import { FsStore, KDF_TEST, Vault } from "../src/index.js";
-import { initTestVault, makeImage, openTestVault, PASS, sha256File, tempDirs } from "./helpers/fixtures.js";
+import { initTestVault, makeImage, openTestVault, PASS, resignedConfig, sha256File, tempDirs } from "./helpers/fixtures.js";
 
 const tmp = tempDirs();
 
@@ -116,11 +115,9 @@ describe("the root key is rotated with every key rotation", () => {
     await f.admin.close();
     const store = new FsStore(f.dir);
     const original = await store.get(CONFIG_KEY);
-    // What admin2 could write: the config every key slot pins the signer of, with 1 GiB packs and zstd's slowest level.
-    const meta = parseEnvelope(ObjectKind.Config, original, true).meta as Record<string, Json>;
-    const body = encodeEnvelope(ObjectKind.Config, { ...meta, packSize: 1 << 30, compression: "zstd", compressionLevel: 19 });
+    // What admin2 could write with their copy of the genesis root key (every key slot pins its signature).
     await store.delete(CONFIG_KEY);
-    await store.putIfAbsent(CONFIG_KEY, appendSignature(body, crypto.sign(new Secret(f.stolenRoot.slice()), body)));
+    await store.putIfAbsent(CONFIG_KEY, resignedConfig(crypto, original, f.stolenRoot));
     // Was: it verified under the genesis root key, and every later backup used those settings.
     for (const [user, , pass] of USERS.filter(([u]) => u !== "admin2")) {
       const opening = openAs(f.dir, user, pass);

@@ -10,8 +10,8 @@ export type RegistryContent = Omit<RegistryDoc, "repoId" | "version" | "prevHash
 /**
  * Writes the next registry version: signed with the root key the admin holds, chained to the
  * latest version's hash, naming the config object this command verified (a chain from before
- * versions named one names it from this version on). Two admins racing for the same version number: one wins, the other
- * gets E_LOCKED and changes nothing.
+ * versions named one names it from this version on). Two admins racing for the same version
+ * number: one wins, the other gets E_LOCKED and changes nothing.
  */
 export async function appendRegistryVersion(
   repo: Repository,

@@ -6,6 +6,9 @@ import os from "node:os";
 import path from "node:path";
 import { afterEach } from "vitest";
 import { FsStore, KDF_TEST, Secret, Vault, type RandomSource } from "../../src/index.js";
+import type { CryptoSuite } from "../../src/crypto/suite.js";
+import { appendSignature, encodeEnvelope, ObjectKind, parseEnvelope } from "../../src/format/envelope.js";
+import type { Json } from "../../src/format/fields.js";
 import { initRepository } from "../../src/repository/open.js";
 import { MemoryStore } from "../../src/storage/memory.js";
 import { toHex } from "../../src/util/bytes.js";
@@ -126,4 +129,14 @@ export function dataObjects(store: MemoryStore): Map<string, string> {
     if (!["sessions/", "snapshots/", "grants/", "locks/", "audit-bodies/"].some((p) => key.startsWith(p))) out.set(key, toHex(createHash("sha256").update(bytes).digest()));
   }
   return out;
+}
+
+/**
+ * What someone holding the genesis root key could write: the config object with other settings
+ * (1 GiB packs, zstd at its slowest level), signed with that key.
+ */
+export function resignedConfig(crypto: CryptoSuite, original: Uint8Array, genesisRootKey: Uint8Array): Uint8Array {
+  const meta = parseEnvelope(ObjectKind.Config, original, true).meta as Record<string, Json>;
+  const body = encodeEnvelope(ObjectKind.Config, { ...meta, packSize: 1 << 30, compression: "zstd", compressionLevel: 19 });
+  return appendSignature(body, crypto.sign(new Secret(genesisRootKey.slice()), body));
 }
