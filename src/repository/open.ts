@@ -151,8 +151,9 @@ export async function initRepository(o: InitOptions): Promise<Repository> {
     ...compressionChoice(o.config),
   };
   // Validate the settings through the same parser readers use.
-  parseConfigMeta(encodeConfigMeta(config));
-  const configBody = encodeEnvelope(ObjectKind.Config, encodeConfigMeta(config));
+  const configMeta = encodeConfigMeta(config);
+  parseConfigMeta(configMeta);
+  const configBody = encodeEnvelope(ObjectKind.Config, configMeta);
   const configObject = appendSignature(configBody, crypto.sign(root.secretKey, configBody));
 
   const user: RegistryUser = {
