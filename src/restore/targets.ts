@@ -51,6 +51,13 @@ export async function findPartials(dir: FsPath, shown: FsPath = dir): Promise<st
 
 /** Bytes written to a restored file between background fdatasyncs (PartialFile's sync-behind). */
 const SYNC_BEHIND_BYTES = 128 * 1024 * 1024;
+/**
+ * The same for a file written with direct I/O (a disk image). A cache flush holds every write
+ * the storage is given until it ends, and it lasts about as long as the data it makes durable
+ * takes to write: flushing 16 MiB at a time keeps each flush shorter than what the restore has
+ * decoded ahead, so the decoding does not stop for it (docs/design.md, "restore durability").
+ */
+const DIRECT_SYNC_BEHIND_BYTES = 16 * 1024 * 1024;
 
 /**
  * A file being restored: written under a temporary name, renamed into place only when complete.
@@ -79,7 +86,8 @@ export class PartialFile {
   }
 
   /**
-   * `syncBehindBytes`: bytes written between background fdatasyncs (default SYNC_BEHIND_BYTES);
+   * `syncBehindBytes`: bytes written between background fdatasyncs (default DIRECT_SYNC_BEHIND_BYTES
+   * when the file takes direct writes, SYNC_BEHIND_BYTES otherwise);
    * `pin`: the folder the paths are looked up in (see DirPin), released once the file is renamed
    * into place or aborted, and by create itself when it fails.
    */
@@ -105,7 +113,8 @@ export class PartialFile {
       o.pin?.release();
       throw e;
     }
-    return new PartialFile(finalPath, tempPath, handle, direct, o.syncBehindBytes ?? SYNC_BEHIND_BYTES, o.pin);
+    const syncBehindBytes = o.syncBehindBytes ?? (direct !== undefined ? DIRECT_SYNC_BEHIND_BYTES : SYNC_BEHIND_BYTES);
+    return new PartialFile(finalPath, tempPath, handle, direct, syncBehindBytes, o.pin);
   }
 
   /** True when aligned writes go around the page cache. */

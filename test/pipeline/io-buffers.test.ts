@@ -194,6 +194,34 @@ describe("PartialFile with direct I/O", () => {
     }
   });
 
+  it("syncs a file taking direct writes every 16 MiB by default, an ordinary one every 128 MiB", async () => {
+    const dir = tmp("sync-defaults");
+    const pool = new AlignedPool(1, 1024 * KiB);
+    const slot = pool.take() as Uint8Array;
+    slot.set(seededBytes("sync-defaults", 1024 * KiB));
+    const counted = async (name: string, direct: boolean, mib: number): Promise<{ syncs: number; direct: boolean }> => {
+      const out = await PartialFile.create(path.join(dir, name), mib * 1024 * KiB, { direct });
+      const datasync = out.handle.datasync.bind(out.handle);
+      let syncs = 0;
+      out.handle.datasync = async () => {
+        syncs++;
+        return datasync();
+      };
+      for (let mb = 0; mb < mib; mb++) await out.writeDirect(slot, mb * 1024 * KiB);
+      const used = out.direct;
+      await out.commit();
+      return { syncs, direct: used };
+    };
+    // 40 MiB: one sync at 16 MiB, and one at 32 MiB unless the first still runs (one at a time).
+    const direct = await counted("direct.raw", true, 40);
+    // A file system without direct I/O (tmpfs) gets the ordinary interval.
+    if (direct.direct) {
+      expect(direct.syncs).toBeGreaterThanOrEqual(1);
+      expect(direct.syncs).toBeLessThanOrEqual(2);
+    } else expect(direct.syncs).toBe(0);
+    expect((await counted("ordinary.raw", false, 40)).syncs).toBe(0);
+  });
+
   it("falls back to ordinary writes, for good, when the file system refuses a direct write", async () => {
     const dir = tmp("refused");
     const pool = new AlignedPool(1, 64 * KiB);
