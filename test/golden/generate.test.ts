@@ -36,6 +36,12 @@
  * written at version 1, do not hold (written by its own test, `-t "session key vectors"`, so the
  * version 1 repositories stay as they were written): envelope.bin and vector.json, its inputs
  * and the test-only keys that open it, from seeded randomness (the sealed box aside).
+ * And registry/, one signed registry version with every field versions have gained since the
+ * repositories above were written (the config's hash, configHash; a removed user's
+ * snapshotDigests), which no version of theirs holds (written by its own test, `-t "registry
+ * vectors"`): registry.bin and vector.json, its meta, object hash and the test-only root key
+ * pair that signs it, from seeded randomness (Ed25519 signatures are deterministic, so every
+ * byte is reproducible).
  * Why two: plain/ pins the objects as first written (revision 1, one epoch); rotated/ pins
  * what rotation and re-encryption rewrite (revisions, `rewrittenBy`, session epochs, several
  * registry versions, destroyed epochs) while staying small enough to replay as a whole.
@@ -68,6 +74,8 @@ import { encodeEntry } from "../../src/format/entries.js";
 import { Secret } from "../../src/crypto/secret.js";
 import { CryptoSuite, type RandomSource } from "../../src/crypto/suite.js";
 import { kindName, MAGIC, ObjectKind, WRITE_VERSION } from "../../src/format/envelope.js";
+import { encodeRegistryMeta, type EpochInfo, type RegistryDoc } from "../../src/format/registry.js";
+import { encodeRegistry, objectHash } from "../../src/keys/registry.js";
 import { shownPath } from "../../src/format/names.js";
 import { LOCK_PREFIX, parseVersionedKey, SNAPSHOT_PREFIX } from "../../src/format/layout.js";
 import { KEY_PARTS } from "../../src/keys/roles.js";
@@ -78,7 +86,7 @@ import { MemoryStore } from "../../src/storage/memory.js";
 import { listAll } from "../../src/storage/types.js";
 import { concatBytes, toHex, utf8 } from "../../src/util/bytes.js";
 import { Vault } from "../../src/vault.js";
-import { ENTRY_VECTOR_DIR, entryOfVector, SESSION_KEY_VECTOR_DIR, type EntryVector, type SessionKeyVector } from "./samples.js";
+import { ENTRY_VECTOR_DIR, entryOfVector, REGISTRY_VECTOR_DIR, SESSION_KEY_VECTOR_DIR, type EntryVector, type RegistryVector, type SessionKeyVector } from "./samples.js";
 
 const WRITE = process.env["VMVAULT_WRITE_GOLDEN"] === "1";
 const OUT = path.join(import.meta.dirname, `v${WRITE_VERSION}`);
@@ -507,6 +515,62 @@ describe.skipIf(!WRITE)("golden session key vectors (VMVAULT_WRITE_GOLDEN=1)", (
       dataPublicKey: toHex(data.publicKey),
       dataSecretKey: toHex(data.secretKey.bytes),
       indexKey: toHex(indexKey.bytes),
+    };
+    await fsp.writeFile(path.join(dir, "vector.json"), `${JSON.stringify(vector, null, 2)}\n`);
+  });
+});
+
+describe.skipIf(!WRITE)("golden registry vectors (VMVAULT_WRITE_GOLDEN=1)", () => {
+  it(`writes a registry version naming its config to test/golden/v${WRITE_VERSION}/${REGISTRY_VECTOR_DIR}`, async () => {
+    const crypto = await CryptoSuite.create({ random: seededRandom(`${SEED} registry vector`) });
+    const root = crypto.signKeyPair();
+    const nextRoot = crypto.signKeyPair();
+    const admin = { sign: crypto.signKeyPair(), box: crypto.boxKeyPair() };
+    const host = { sign: crypto.signKeyPair(), box: crypto.boxKeyPair() };
+    const gone = crypto.signKeyPair();
+    const epoch = (id: number, chunkKeyEpoch: number): EpochInfo => ({
+      id,
+      createdAt: CLOCK,
+      dataPublicKey: crypto.boxKeyPair().publicKey,
+      metaPublicKey: crypto.boxKeyPair().publicKey,
+      auditPublicKey: crypto.boxKeyPair().publicKey,
+      chunkKeyEpoch,
+    });
+    const snapshot = toHex(crypto.random(16));
+    // Version 3 of a repository: a user removed with a rotation (epoch 2 shares epoch 1's chunk-ID
+    // key, epoch 1 destroyed), naming the next root key and the config it was written under.
+    const doc: RegistryDoc = {
+      repoId: toHex(crypto.random(16)),
+      version: 3,
+      prevHash: toHex(crypto.random(32)),
+      time: CLOCK,
+      actor: USER,
+      change: "user remove old-host (rotated)",
+      rootPublicKey: nextRoot.publicKey,
+      users: [
+        { name: USER, role: "admin", signPublicKey: admin.sign.publicKey, boxPublicKey: admin.box.publicKey, addedBy: USER, addedAt: CLOCK },
+        { name: "backup-host", role: "backup", signPublicKey: host.sign.publicKey, boxPublicKey: host.box.publicKey, addedBy: USER, addedAt: CLOCK },
+      ],
+      removed: [{ name: "old-host", role: "backup", signPublicKey: gone.publicKey, removedBy: USER, removedAt: CLOCK, snapshots: [snapshot], snapshotDigests: { [snapshot]: toHex(crypto.random(32)) } }],
+      epochs: [epoch(1, 1), epoch(2, 1)],
+      currentEpoch: 2,
+      destroyedEpochs: [1],
+      auditHead: { seq: 7, hash: toHex(crypto.random(32)) },
+      configHash: toHex(crypto.random(32)),
+    };
+    const bytes = encodeRegistry(crypto, doc, root.secretKey);
+    const dir = path.join(OUT, REGISTRY_VECTOR_DIR);
+    await fsp.rm(dir, { recursive: true, force: true });
+    await fsp.mkdir(dir, { recursive: true });
+    await fsp.writeFile(path.join(dir, "registry.bin"), bytes);
+    const vector: RegistryVector & { note: string; generatedBy: string } = {
+      note: "A registry version as encodeRegistry writes it (registry.bin), signed by the previous root key (rootPublicKey here; the version names the next one), its meta and object hash, and the test-only key that signs it. See test/golden/generate.test.ts.",
+      generatedBy: 'VMVAULT_WRITE_GOLDEN=1 npx vitest run test/golden/generate.test.ts -t "registry vectors"',
+      version: bytes[5] ?? 0,
+      rootPublicKey: toHex(root.publicKey),
+      rootSecretKey: toHex(root.secretKey.bytes),
+      objectHash: objectHash(crypto, bytes),
+      meta: encodeRegistryMeta(doc) as Record<string, unknown>,
     };
     await fsp.writeFile(path.join(dir, "vector.json"), `${JSON.stringify(vector, null, 2)}\n`);
   });

@@ -17,6 +17,8 @@
  *   (c) re-encodes the parsed structures of the current version and demands the exact bytes.
  * Session key envelopes are written at their kind's own version (2) while the repositories'
  * samples hold version 1 ones: v<N>/session-keys/ pins the newer layout (see generate.test.ts).
+ * Registry versions gained fields after the repositories were written (configHash, a removed
+ * user's snapshotDigests): v<N>/registry/ pins a version that holds them all.
  *
  * Regenerate with
  *
@@ -95,7 +97,8 @@ import {
 import { check } from "../../src/maintenance/check.js";
 import { decodeBlob } from "../../src/pack/blob.js";
 import { openGrant } from "../../src/keys/grant.js";
-import { encodeRegistry } from "../../src/keys/registry.js";
+import { encodeRegistryMeta, parseRegistryMeta } from "../../src/format/registry.js";
+import { encodeRegistry, objectHash } from "../../src/keys/registry.js";
 import { unwrapSlot } from "../../src/keys/slot.js";
 import { fingerprintOf, openRepository } from "../../src/repository/open.js";
 import { restore } from "../../src/restore/restore.js";
@@ -121,6 +124,8 @@ import {
   openAuditBody,
   openCheckpoint,
   openSnapshotHeader,
+  REGISTRY_VECTOR_DIR,
+  type RegistryVector,
   sampleNames,
   secret,
   SESSION_KEY_VECTOR_DIR,
@@ -912,6 +917,44 @@ describe(`(c) re-encoding the ${CURRENT} samples reproduces their bytes`, () => 
           expect(toHex(encodeEnvelope(ObjectKind.Lock, encodeLockMeta(meta)))).toBe(toHex(bytes));
         }
       });
+    });
+  }
+});
+
+/** The version folders that hold a registry version vector (registry/, see generate.test.ts). */
+const REGISTRY_VECTOR_VERSIONS = VERSION_DIRS.filter((v) => existsSync(path.join(GOLDEN_ROOT, v, REGISTRY_VECTOR_DIR, "registry.bin")));
+
+function loadRegistryVector(version: string): { bytes: Uint8Array; vector: RegistryVector } {
+  const dir = path.join(GOLDEN_ROOT, version, REGISTRY_VECTOR_DIR);
+  return { bytes: new Uint8Array(readFileSync(path.join(dir, "registry.bin"))), vector: JSON.parse(readFileSync(path.join(dir, "vector.json"), "utf8")) as RegistryVector };
+}
+
+describe("(b) registry version vectors open with the current code, (c) re-encode exactly", () => {
+  it("the write version's folder holds a registry version with every optional field", () => {
+    expect(REGISTRY_VECTOR_VERSIONS).toContain(CURRENT);
+    const { bytes, vector } = loadRegistryVector(CURRENT);
+    expect(bytes[5]).toBe(writeVersion(ObjectKind.Registry));
+    expect(vector.version).toBe(bytes[5]);
+    const doc = parseRegistryMeta(parseEnvelope(ObjectKind.Registry, bytes, true).meta);
+    expect(doc.configHash).toMatch(/^[0-9a-f]{64}$/);
+    expect(doc.auditHead).not.toBeNull();
+    expect(doc.removed.some((u) => u.snapshotDigests !== undefined && Object.keys(u.snapshotDigests).length > 0)).toBe(true);
+    expect(doc.destroyedEpochs.length).toBeGreaterThan(0);
+  });
+  for (const version of REGISTRY_VECTOR_VERSIONS) {
+    it(`${version}/${REGISTRY_VECTOR_DIR}: signature, meta, object hash, and the same bytes again`, async () => {
+      const crypto = await CryptoSuite.create();
+      const { bytes, vector: v } = loadRegistryVector(version);
+      const env = parseEnvelope(ObjectKind.Registry, bytes, true);
+      expect(env.version).toBe(v.version);
+      expect(env.signature).toBeDefined();
+      expect(crypto.verify(fromHex(v.rootPublicKey), env.body, env.signature as Uint8Array)).toBe(true);
+      expect(toHex(crypto.signPublicKey(secret(v.rootSecretKey)))).toBe(v.rootPublicKey);
+      const doc = parseRegistryMeta(env.meta);
+      expect(encodeRegistryMeta(doc)).toEqual(v.meta);
+      expect(objectHash(crypto, bytes)).toBe(v.objectHash);
+      // (c): the parsed version, signed again with the same key (Ed25519 is deterministic), is the same bytes.
+      expect(toHex(encodeRegistry(crypto, doc, secret(v.rootSecretKey)))).toBe(toHex(bytes));
     });
   }
 });

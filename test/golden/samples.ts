@@ -326,3 +326,19 @@ export function vectorOfEntry(e: FolderEntry): EntryVector {
     ...(e.chunks === undefined ? {} : { chunks: e.chunks.map((c) => (c.id === null ? `z${c.length}` : `${c.id}:${c.length}`)) }),
   };
 }
+
+/**
+ * Registry version vectors (v<N>/registry/, see generate.test.ts): registry.bin, one signed
+ * registry version as encodeRegistry writes it, with every optional field (configHash, a removed
+ * user's snapshotDigests, an audit head), and vector.json, its meta as encodeRegistryMeta gives
+ * it, its object hash and the test-only root key pair that signs it (hex).
+ */
+export const REGISTRY_VECTOR_DIR = "registry";
+
+export interface RegistryVector {
+  readonly version: number;
+  readonly rootPublicKey: string;
+  readonly rootSecretKey: string;
+  readonly objectHash: string;
+  readonly meta: Record<string, unknown>;
+}
