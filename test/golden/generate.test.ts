@@ -42,6 +42,13 @@
  * vectors"`): registry.bin and vector.json, its meta, object hash and the test-only root key
  * pair that signs it, from seeded randomness (Ed25519 signatures are deterministic, so every
  * byte is reproducible).
+ * And signed-checkpoint/, a re-encryption checkpoint (rotated/'s recorded state and the
+ * sessionKeyPin checkpoints gained since) and ID-map batch as the product writes them now,
+ * signed by the sample's admin (rotated/ holds them as first written, before checkpoints were
+ * signed, and the product refuses those now): written
+ * by its own test, `-t "signed checkpoint vectors"`, through writeCheckpoint and
+ * writeIdMapBatch on the rotated/ repository opened from its folder, under
+ * transient/<store key>, with vector.json naming the sample, the signer and the keys.
  * Why two: plain/ pins the objects as first written (revision 1, one epoch); rotated/ pins
  * what rotation and re-encryption rewrite (revisions, `rewrittenBy`, session epochs, several
  * registry versions, destroyed epochs) while staying small enough to replay as a whole.
@@ -80,13 +87,27 @@ import { shownPath } from "../../src/format/names.js";
 import { LOCK_PREFIX, parseVersionedKey, SNAPSHOT_PREFIX } from "../../src/format/layout.js";
 import { KEY_PARTS } from "../../src/keys/roles.js";
 import { acquireLock } from "../../src/repository/lock.js";
+import { openRepository } from "../../src/repository/open.js";
 import { encodeSessionEnvelope, SessionKeys } from "../../src/repository/sessions.js";
-import { deleteCheckpoints, writeCheckpoint, writeIdMapBatch, type ReencryptState } from "../../src/rotation/checkpoint.js";
+import { deleteCheckpoints, sessionKeyPin, writeCheckpoint, writeIdMapBatch, type ReencryptState } from "../../src/rotation/checkpoint.js";
 import { MemoryStore } from "../../src/storage/memory.js";
 import { listAll } from "../../src/storage/types.js";
 import { concatBytes, toHex, utf8 } from "../../src/util/bytes.js";
 import { Vault } from "../../src/vault.js";
-import { ENTRY_VECTOR_DIR, entryOfVector, REGISTRY_VECTOR_DIR, SESSION_KEY_VECTOR_DIR, type EntryVector, type RegistryVector, type SessionKeyVector } from "./samples.js";
+import {
+  checkpointKey,
+  ENTRY_VECTOR_DIR,
+  entryOfVector,
+  idMapKey,
+  loadGolden,
+  REGISTRY_VECTOR_DIR,
+  SESSION_KEY_VECTOR_DIR,
+  SIGNED_CHECKPOINT_DIR,
+  type EntryVector,
+  type RegistryVector,
+  type SessionKeyVector,
+  type SignedCheckpointVector,
+} from "./samples.js";
 
 const WRITE = process.env["VMVAULT_WRITE_GOLDEN"] === "1";
 const OUT = path.join(import.meta.dirname, `v${WRITE_VERSION}`);
@@ -573,5 +594,43 @@ describe.skipIf(!WRITE)("golden registry vectors (VMVAULT_WRITE_GOLDEN=1)", () =
       meta: encodeRegistryMeta(doc) as Record<string, unknown>,
     };
     await fsp.writeFile(path.join(dir, "vector.json"), `${JSON.stringify(vector, null, 2)}\n`);
+  });
+});
+
+describe.skipIf(!WRITE)("golden signed checkpoint vectors (VMVAULT_WRITE_GOLDEN=1)", () => {
+  it(`writes rotated/'s checkpoint and ID-map batch, signed, to test/golden/v${WRITE_VERSION}/${SIGNED_CHECKPOINT_DIR}`, async () => {
+    const g = loadGolden(`v${WRITE_VERSION}`, "rotated");
+    const recorded = g.manifest.checkpoint;
+    if (recorded === undefined) throw new Error("rotated/ records no checkpoint state");
+    const store = new MemoryStore("memory:golden-signed-checkpoint");
+    for (const o of g.repository) store.objects.set(o.key, o.bytes.slice());
+    const repo = await openRepository({ store, user: g.secrets.user, passphrase: Secret.fromString(g.secrets.passphrase), clock: () => new Date(g.manifest.clock), hostname: g.manifest.hostname });
+    try {
+      // The recorded state predates sessionKeyPin, which every checkpoint holds now: the pin of a sample key.
+      const pin = sessionKeyPin(repo, new Secret(seededBytes(`${SEED} checkpoint session key`, 32)));
+      const state = { ...recorded.state, sessionKeyPin: pin } as unknown as Omit<ReencryptState, "checkpoint">;
+      await writeCheckpoint(repo, state, 0);
+      await writeIdMapBatch(repo, recorded.idMap.epoch, recorded.idMap.batch, recorded.idMap.pairs);
+      const dir = path.join(OUT, SIGNED_CHECKPOINT_DIR);
+      await fsp.rm(dir, { recursive: true, force: true });
+      const keys = [checkpointKey(1), idMapKey(recorded.idMap.batch)];
+      for (const key of keys) {
+        await fsp.mkdir(path.dirname(path.join(dir, "transient", key)), { recursive: true });
+        await fsp.writeFile(path.join(dir, "transient", key), await store.get(key));
+      }
+      const vector: SignedCheckpointVector & { note: string; generatedBy: string } = {
+        note: "A re-encryption checkpoint (the rotated/ sample's recorded state with a sessionKeyPin, which checkpoints gained after that sample was written) and ID-map batch of the rotated/ sample, as writeCheckpoint and writeIdMapBatch write them, signed by its admin. See test/golden/generate.test.ts.",
+        generatedBy: 'VMVAULT_WRITE_GOLDEN=1 npx vitest run test/golden/generate.test.ts -t "signed checkpoint vectors"',
+        sample: "rotated",
+        signer: { name: repo.userName, registryVersion: repo.chain.latest.version },
+        checkpointKey: keys[0] as string,
+        idMapKey: keys[1] as string,
+        state: state as unknown as SignedCheckpointVector["state"],
+        idMap: recorded.idMap,
+      };
+      await fsp.writeFile(path.join(dir, "vector.json"), `${JSON.stringify(vector, null, 2)}\n`);
+    } finally {
+      await repo.close();
+    }
   });
 });

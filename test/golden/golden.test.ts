@@ -19,6 +19,8 @@
  * samples hold version 1 ones: v<N>/session-keys/ pins the newer layout (see generate.test.ts).
  * Registry versions gained fields after the repositories were written (configHash, a removed
  * user's snapshotDigests): v<N>/registry/ pins a version that holds them all.
+ * Checkpoints are signed now; rotated/ holds them as first written (unsigned, refused):
+ * v<N>/signed-checkpoint/ pins the signed layout on rotated/'s own state and keys.
  *
  * Regenerate with
  *
@@ -97,6 +99,7 @@ import {
 import { check } from "../../src/maintenance/check.js";
 import { decodeBlob } from "../../src/pack/blob.js";
 import { openGrant } from "../../src/keys/grant.js";
+import { checkpointSignedMessage } from "../../src/format/checkpoint.js";
 import { encodeRegistryMeta, parseRegistryMeta } from "../../src/format/registry.js";
 import { encodeRegistry, objectHash } from "../../src/keys/registry.js";
 import { unwrapSlot } from "../../src/keys/slot.js";
@@ -126,6 +129,8 @@ import {
   openSnapshotHeader,
   REGISTRY_VECTOR_DIR,
   type RegistryVector,
+  SIGNED_CHECKPOINT_DIR,
+  type SignedCheckpointVector,
   sampleNames,
   secret,
   SESSION_KEY_VECTOR_DIR,
@@ -955,6 +960,53 @@ describe("(b) registry version vectors open with the current code, (c) re-encode
       expect(objectHash(crypto, bytes)).toBe(v.objectHash);
       // (c): the parsed version, signed again with the same key (Ed25519 is deterministic), is the same bytes.
       expect(toHex(encodeRegistry(crypto, doc, secret(v.rootSecretKey)))).toBe(toHex(bytes));
+    });
+  }
+});
+
+/** The version folders that hold signed checkpoint vectors (signed-checkpoint/, see generate.test.ts). */
+const SIGNED_CHECKPOINT_VERSIONS = VERSION_DIRS.filter((v) => existsSync(path.join(GOLDEN_ROOT, v, SIGNED_CHECKPOINT_DIR, "vector.json")));
+
+describe("(b) signed checkpoint vectors read back through the product code, (c) re-encode exactly", () => {
+  it("the write version's folder holds signed checkpoint vectors", () => {
+    expect(SIGNED_CHECKPOINT_VERSIONS).toContain(CURRENT);
+  });
+  for (const version of SIGNED_CHECKPOINT_VERSIONS) {
+    const dir = path.join(GOLDEN_ROOT, version, SIGNED_CHECKPOINT_DIR);
+    const v = JSON.parse(readFileSync(path.join(dir, "vector.json"), "utf8")) as SignedCheckpointVector;
+    const objects = new Map([v.checkpointKey, v.idMapKey].map((key) => [key, new Uint8Array(readFileSync(path.join(dir, "transient", ...key.split("/"))))]));
+    const g = loadGolden(version, v.sample);
+
+    it(`${version}/${SIGNED_CHECKPOINT_DIR}: readCheckpoint and readIdMap give the recorded state and pairs; a changed byte is refused`, async () => {
+      const store = new MemoryStore("memory:golden-signed-checkpoint");
+      for (const o of g.repository) store.objects.set(o.key, o.bytes.slice());
+      const repo = await openRepository({ store, user: g.secrets.user, passphrase: Secret.fromString(g.secrets.passphrase), clock: () => new Date(g.manifest.clock), hostname: g.manifest.hostname });
+      try {
+        for (const [key, bytes] of objects) store.objects.set(key, bytes.slice());
+        expect(await readCheckpoint(repo)).toEqual({ ...v.state, checkpoint: 1 });
+        expect([...(await readIdMap(repo))]).toEqual(v.idMap.pairs);
+        const forged = (objects.get(v.checkpointKey) as Uint8Array).slice();
+        forged[forged.length - 1] = (forged[forged.length - 1] as number) ^ 1;
+        store.objects.set(v.checkpointKey, forged);
+        await expect(readCheckpoint(repo)).rejects.toThrow(/re-encryption checkpoint does not open/);
+      } finally {
+        await repo.close();
+      }
+    });
+
+    it(`${version}/${SIGNED_CHECKPOINT_DIR}: the whole objects from the recorded state, under the recorded nonces, signed again`, async () => {
+      const crypto = await CryptoSuite.create();
+      const reencode = (object: "checkpoint" | "id-map", key: string, meta: Record<string, unknown>, plain: unknown): void => {
+        const bytes = objects.get(key) as Uint8Array;
+        const full = { ...meta, signer: v.signer };
+        const nonce = only(parseEnvelope(ObjectKind.Checkpoint, bytes, true).payloads, "payloads").subarray(0, AEAD_NONCE_BYTES);
+        const sealed = concatBytes([nonce, crypto.encrypt(epochSecret(g, int(meta, "epoch"), "index"), nonce, utf8(JSON.stringify(plain)), envelopeAd(ObjectKind.Checkpoint, utf8(JSON.stringify(full))))]);
+        const body = encodeEnvelope(ObjectKind.Checkpoint, full, [sealed]);
+        const signature = crypto.sign(secret(g.secrets.signSecretKey), checkpointSignedMessage(object, g.manifest.repoId, key, body));
+        expect(toHex(appendSignature(body, signature)), key).toBe(toHex(bytes));
+      };
+      reencode("checkpoint", v.checkpointKey, { repoId: g.manifest.repoId, checkpoint: 1, epoch: v.state.targetEpoch }, v.state);
+      reencode("id-map", v.idMapKey, { repoId: g.manifest.repoId, batch: v.idMap.batch, epoch: v.idMap.epoch }, v.idMap.pairs);
     });
   }
 });

@@ -342,3 +342,21 @@ export interface RegistryVector {
   readonly objectHash: string;
   readonly meta: Record<string, unknown>;
 }
+
+/**
+ * Signed re-encryption checkpoint vectors (v<N>/signed-checkpoint/, see generate.test.ts): a
+ * checkpoint and an ID-map batch of the rotated/ sample, as writeCheckpoint and writeIdMapBatch
+ * write them now (signed by the sample's admin), under transient/<store key>, and vector.json
+ * naming the sample, the signer, the store keys and the state and pairs they hold.
+ */
+export const SIGNED_CHECKPOINT_DIR = "signed-checkpoint";
+
+export interface SignedCheckpointVector {
+  readonly sample: string;
+  readonly signer: { readonly name: string; readonly registryVersion: number };
+  readonly checkpointKey: string;
+  readonly idMapKey: string;
+  /** The sample's recorded state with the field checkpoints gained since (sessionKeyPin). */
+  readonly state: Readonly<Record<string, unknown>> & { readonly targetEpoch: number };
+  readonly idMap: { readonly epoch: number; readonly batch: number; readonly pairs: readonly (readonly [string, string])[] };
+}
