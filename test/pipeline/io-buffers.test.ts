@@ -222,6 +222,40 @@ describe("PartialFile with direct I/O", () => {
     expect((await counted("ordinary.raw", false, 40)).syncs).toBe(0);
   });
 
+  it("widens the interval to 128 MiB after a sync slower than 100 ms (a slow disk)", async () => {
+    const dir = tmp("sync-slow");
+    const pool = new AlignedPool(1, 1024 * KiB);
+    const slot = pool.take() as Uint8Array;
+    slot.set(seededBytes("sync-slow", 1024 * KiB));
+    const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+    // Each sync takes syncMs (a stand-in for the storage); the writes pause after 20 MiB until the first has ended.
+    const counted = async (name: string, syncMs: number): Promise<{ syncs: number; direct: boolean }> => {
+      const out = await PartialFile.create(path.join(dir, name), 40 * 1024 * KiB, { direct: true });
+      let syncs = 0;
+      out.handle.datasync = async () => {
+        syncs++;
+        await sleep(syncMs);
+      };
+      for (let mb = 0; mb < 40; mb++) {
+        if (mb === 20) await sleep(syncMs + 50);
+        await out.writeDirect(slot, mb * 1024 * KiB);
+      }
+      const direct = out.direct;
+      await out.commit();
+      return { syncs, direct };
+    };
+    const fast = await counted("fast.raw", 1);
+    const slow = await counted("slow.raw", 150);
+    if (!fast.direct) {
+      // A file system without direct I/O (tmpfs): the ordinary interval, no sync within 40 MiB.
+      expect([fast.syncs, slow.syncs]).toEqual([0, 0]);
+      return;
+    }
+    // At 16 and at 32 MiB; after a slow first sync, none at 32 MiB.
+    expect(fast.syncs).toBe(2);
+    expect(slow.syncs).toBe(1);
+  });
+
   it("falls back to ordinary writes, for good, when the file system refuses a direct write", async () => {
     const dir = tmp("refused");
     const pool = new AlignedPool(1, 64 * KiB);
