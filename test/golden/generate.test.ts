@@ -145,6 +145,18 @@ function seededRandom(seed: string): RandomSource {
   return (length) => seededBytes(`${seed}#${draw++}`, length);
 }
 
+/** Writes a vector folder under OUT afresh: its binary files, then vector.json. */
+async function writeVector(name: string, files: Readonly<Record<string, Uint8Array>>, vector: object): Promise<void> {
+  const dir = path.join(OUT, name);
+  await fsp.rm(dir, { recursive: true, force: true });
+  for (const [file, bytes] of Object.entries(files)) {
+    await fsp.mkdir(path.dirname(path.join(dir, file)), { recursive: true });
+    await fsp.writeFile(path.join(dir, file), bytes);
+  }
+  await fsp.mkdir(dir, { recursive: true });
+  await fsp.writeFile(path.join(dir, "vector.json"), `${JSON.stringify(vector, null, 2)}\n`);
+}
+
 const seededHex = (label: string, length: number): string => toHex(seededBytes(`golden checkpoint ${label}`, length));
 
 /**
@@ -523,10 +535,6 @@ describe.skipIf(!WRITE)("golden session key vectors (VMVAULT_WRITE_GOLDEN=1)", (
     // Three different epochs, as after a re-encryption and a later rotation (rotated/ above).
     const meta = { repoId, sessionId, epoch: 3, createdEpoch: 2, chunkKeyEpoch: 1 };
     const bytes = encodeSessionEnvelope(crypto, meta, sessionKey, data.publicKey, indexKey);
-    const dir = path.join(OUT, SESSION_KEY_VECTOR_DIR);
-    await fsp.rm(dir, { recursive: true, force: true });
-    await fsp.mkdir(dir, { recursive: true });
-    await fsp.writeFile(path.join(dir, "envelope.bin"), bytes);
     const vector: SessionKeyVector & { note: string; generatedBy: string } = {
       note: "A session key envelope as encodeSessionEnvelope writes it (envelope.bin), its inputs and the test-only keys that open it. See test/golden/generate.test.ts.",
       generatedBy: 'VMVAULT_WRITE_GOLDEN=1 npx vitest run test/golden/generate.test.ts -t "session key vectors"',
@@ -537,7 +545,7 @@ describe.skipIf(!WRITE)("golden session key vectors (VMVAULT_WRITE_GOLDEN=1)", (
       dataSecretKey: toHex(data.secretKey.bytes),
       indexKey: toHex(indexKey.bytes),
     };
-    await fsp.writeFile(path.join(dir, "vector.json"), `${JSON.stringify(vector, null, 2)}\n`);
+    await writeVector(SESSION_KEY_VECTOR_DIR, { "envelope.bin": bytes }, vector);
   });
 });
 
@@ -580,10 +588,6 @@ describe.skipIf(!WRITE)("golden registry vectors (VMVAULT_WRITE_GOLDEN=1)", () =
       configHash: toHex(crypto.random(32)),
     };
     const bytes = encodeRegistry(crypto, doc, root.secretKey);
-    const dir = path.join(OUT, REGISTRY_VECTOR_DIR);
-    await fsp.rm(dir, { recursive: true, force: true });
-    await fsp.mkdir(dir, { recursive: true });
-    await fsp.writeFile(path.join(dir, "registry.bin"), bytes);
     const vector: RegistryVector & { note: string; generatedBy: string } = {
       note: "A registry version as encodeRegistry writes it (registry.bin), signed by the previous root key (rootPublicKey here; the version names the next one), its meta and object hash, and the test-only key that signs it. See test/golden/generate.test.ts.",
       generatedBy: 'VMVAULT_WRITE_GOLDEN=1 npx vitest run test/golden/generate.test.ts -t "registry vectors"',
@@ -593,7 +597,7 @@ describe.skipIf(!WRITE)("golden registry vectors (VMVAULT_WRITE_GOLDEN=1)", () =
       objectHash: objectHash(crypto, bytes),
       meta: encodeRegistryMeta(doc) as Record<string, unknown>,
     };
-    await fsp.writeFile(path.join(dir, "vector.json"), `${JSON.stringify(vector, null, 2)}\n`);
+    await writeVector(REGISTRY_VECTOR_DIR, { "registry.bin": bytes }, vector);
   });
 });
 
@@ -611,13 +615,9 @@ describe.skipIf(!WRITE)("golden signed checkpoint vectors (VMVAULT_WRITE_GOLDEN=
       const state = { ...recorded.state, sessionKeyPin: pin } as unknown as Omit<ReencryptState, "checkpoint">;
       await writeCheckpoint(repo, state, 0);
       await writeIdMapBatch(repo, recorded.idMap.epoch, recorded.idMap.batch, recorded.idMap.pairs);
-      const dir = path.join(OUT, SIGNED_CHECKPOINT_DIR);
-      await fsp.rm(dir, { recursive: true, force: true });
       const keys = [checkpointKey(1), idMapKey(recorded.idMap.batch)];
-      for (const key of keys) {
-        await fsp.mkdir(path.dirname(path.join(dir, "transient", key)), { recursive: true });
-        await fsp.writeFile(path.join(dir, "transient", key), await store.get(key));
-      }
+      const files: Record<string, Uint8Array> = {};
+      for (const key of keys) files[`transient/${key}`] = await store.get(key);
       const vector: SignedCheckpointVector & { note: string; generatedBy: string } = {
         note: "A re-encryption checkpoint (the rotated/ sample's recorded state with a sessionKeyPin, which checkpoints gained after that sample was written) and ID-map batch of the rotated/ sample, as writeCheckpoint and writeIdMapBatch write them, signed by its admin. See test/golden/generate.test.ts.",
         generatedBy: 'VMVAULT_WRITE_GOLDEN=1 npx vitest run test/golden/generate.test.ts -t "signed checkpoint vectors"',
@@ -628,7 +628,7 @@ describe.skipIf(!WRITE)("golden signed checkpoint vectors (VMVAULT_WRITE_GOLDEN=
         state: state as unknown as SignedCheckpointVector["state"],
         idMap: recorded.idMap,
       };
-      await fsp.writeFile(path.join(dir, "vector.json"), `${JSON.stringify(vector, null, 2)}\n`);
+      await writeVector(SIGNED_CHECKPOINT_DIR, files, vector);
     } finally {
       await repo.close();
     }
