@@ -87,7 +87,6 @@ import { shownPath } from "../../src/format/names.js";
 import { LOCK_PREFIX, parseVersionedKey, SNAPSHOT_PREFIX } from "../../src/format/layout.js";
 import { KEY_PARTS } from "../../src/keys/roles.js";
 import { acquireLock } from "../../src/repository/lock.js";
-import { openRepository } from "../../src/repository/open.js";
 import { encodeSessionEnvelope, SessionKeys } from "../../src/repository/sessions.js";
 import { deleteCheckpoints, sessionKeyPin, writeCheckpoint, writeIdMapBatch, type ReencryptState } from "../../src/rotation/checkpoint.js";
 import { MemoryStore } from "../../src/storage/memory.js";
@@ -100,6 +99,7 @@ import {
   entryOfVector,
   idMapKey,
   loadGolden,
+  openGolden,
   REGISTRY_VECTOR_DIR,
   SESSION_KEY_VECTOR_DIR,
   SIGNED_CHECKPOINT_DIR,
@@ -606,9 +606,7 @@ describe.skipIf(!WRITE)("golden signed checkpoint vectors (VMVAULT_WRITE_GOLDEN=
     const g = loadGolden(`v${WRITE_VERSION}`, "rotated");
     const recorded = g.manifest.checkpoint;
     if (recorded === undefined) throw new Error("rotated/ records no checkpoint state");
-    const store = new MemoryStore("memory:golden-signed-checkpoint");
-    for (const o of g.repository) store.objects.set(o.key, o.bytes.slice());
-    const repo = await openRepository({ store, user: g.secrets.user, passphrase: Secret.fromString(g.secrets.passphrase), clock: () => new Date(g.manifest.clock), hostname: g.manifest.hostname });
+    const { store, repo } = await openGolden(g, "golden-signed-checkpoint");
     try {
       // The recorded state predates sessionKeyPin, which every checkpoint holds now: the pin of a sample key.
       const pin = sessionKeyPin(repo, new Secret(seededBytes(`${SEED} checkpoint session key`, 32)));

@@ -103,13 +103,13 @@ import { checkpointSignedMessage } from "../../src/format/checkpoint.js";
 import { encodeRegistryMeta, parseRegistryMeta } from "../../src/format/registry.js";
 import { encodeRegistry, objectHash } from "../../src/keys/registry.js";
 import { unwrapSlot } from "../../src/keys/slot.js";
-import { fingerprintOf, openRepository } from "../../src/repository/open.js";
+import { fingerprintOf } from "../../src/repository/open.js";
 import { restore } from "../../src/restore/restore.js";
 import { readCheckpoint, readIdMap } from "../../src/rotation/checkpoint.js";
-import { MemoryStore } from "../../src/storage/memory.js";
 import { concatBytes, fromHex, fromUtf8, toHex, utf8 } from "../../src/util/bytes.js";
 import {
   blobOf,
+  checkpointBody,
   checkpointKey,
   chunkIdKeyFor,
   chunkReader,
@@ -125,6 +125,7 @@ import {
   loadGolden,
   only,
   openAuditBody,
+  openGolden,
   openCheckpoint,
   openSnapshotHeader,
   REGISTRY_VECTOR_DIR,
@@ -575,15 +576,7 @@ for (const version of VERSION_DIRS) {
       });
 
       it("opens as a repository: check --read-data finds nothing, audit verify is clean with the anchor, restore gives back the sources' bytes", async () => {
-        const store = new MemoryStore("memory:golden-replay");
-        for (const o of g.repository) store.objects.set(o.key, o.bytes.slice());
-        const repo = await openRepository({
-          store,
-          user: g.secrets.user,
-          passphrase: Secret.fromString(g.secrets.passphrase),
-          clock: () => new Date(g.manifest.clock),
-          hostname: g.manifest.hostname,
-        });
+        const { store, repo } = await openGolden(g, "golden-replay");
         const target = mkdtempSync(path.join(os.tmpdir(), "vmvault-golden-restore-"));
         try {
           expect(repo.repoId).toBe(g.manifest.repoId);
@@ -906,10 +899,7 @@ describe(`(c) re-encoding the ${CURRENT} samples reproduces their bytes`, () => 
         }
         const reencode = (key: string, meta: Record<string, unknown>, plain: unknown): void => {
           const bytes = g.get(key);
-          const metaBytes = utf8(JSON.stringify(meta));
-          const nonce = only(parseEnvelope(ObjectKind.Checkpoint, bytes, false).payloads, "payloads").subarray(0, AEAD_NONCE_BYTES);
-          const sealed = concatBytes([nonce, crypto.encrypt(epochSecret(g, int(meta, "epoch"), "index"), nonce, utf8(JSON.stringify(plain)), envelopeAd(ObjectKind.Checkpoint, metaBytes))]);
-          expect(toHex(encodeEnvelope(ObjectKind.Checkpoint, meta, [sealed])), key).toBe(toHex(bytes));
+          expect(toHex(checkpointBody(g, crypto, bytes, false, meta, plain)), key).toBe(toHex(bytes));
         };
         // The meta and state layouts live in src/rotation/checkpoint.ts (no format/ encoder): pinned here.
         reencode(checkpointKey(1), { repoId: g.manifest.repoId, checkpoint: 1, epoch: recorded.state.targetEpoch }, recorded.state);
@@ -978,9 +968,7 @@ describe("(b) signed checkpoint vectors read back through the product code, (c) 
     const g = loadGolden(version, v.sample);
 
     it(`${version}/${SIGNED_CHECKPOINT_DIR}: readCheckpoint and readIdMap give the recorded state and pairs; a changed byte is refused`, async () => {
-      const store = new MemoryStore("memory:golden-signed-checkpoint");
-      for (const o of g.repository) store.objects.set(o.key, o.bytes.slice());
-      const repo = await openRepository({ store, user: g.secrets.user, passphrase: Secret.fromString(g.secrets.passphrase), clock: () => new Date(g.manifest.clock), hostname: g.manifest.hostname });
+      const { store, repo } = await openGolden(g, "golden-signed-checkpoint");
       try {
         for (const [key, bytes] of objects) store.objects.set(key, bytes.slice());
         expect(await readCheckpoint(repo)).toEqual({ ...v.state, checkpoint: 1 });
@@ -998,10 +986,7 @@ describe("(b) signed checkpoint vectors read back through the product code, (c) 
       const crypto = await CryptoSuite.create();
       const reencode = (object: "checkpoint" | "id-map", key: string, meta: Record<string, unknown>, plain: unknown): void => {
         const bytes = objects.get(key) as Uint8Array;
-        const full = { ...meta, signer: v.signer };
-        const nonce = only(parseEnvelope(ObjectKind.Checkpoint, bytes, true).payloads, "payloads").subarray(0, AEAD_NONCE_BYTES);
-        const sealed = concatBytes([nonce, crypto.encrypt(epochSecret(g, int(meta, "epoch"), "index"), nonce, utf8(JSON.stringify(plain)), envelopeAd(ObjectKind.Checkpoint, utf8(JSON.stringify(full))))]);
-        const body = encodeEnvelope(ObjectKind.Checkpoint, full, [sealed]);
+        const body = checkpointBody(g, crypto, bytes, true, { ...meta, signer: v.signer }, plain);
         const signature = crypto.sign(secret(g.secrets.signSecretKey), checkpointSignedMessage(object, g.manifest.repoId, key, body));
         expect(toHex(appendSignature(body, signature)), key).toBe(toHex(bytes));
       };

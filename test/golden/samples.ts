@@ -1,6 +1,7 @@
 /**
  * Loading and opening the golden sample repositories (see generate.test.ts for their layout),
- * with the recorded keys and without the repository code: shared by golden.test.ts.
+ * with the recorded keys and without the repository code: shared by golden.test.ts. Only
+ * openGolden, for the tests that replay a sample as a whole, opens one through the product.
  */
 import { createHash } from "node:crypto";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
@@ -8,10 +9,10 @@ import path from "node:path";
 import { expect } from "vitest";
 import { Compressor } from "../../src/compress/compressor.js";
 import { Secret } from "../../src/crypto/secret.js";
-import type { CryptoSuite } from "../../src/crypto/suite.js";
+import { AEAD_NONCE_BYTES, type CryptoSuite } from "../../src/crypto/suite.js";
 import type { AuditBody } from "../../src/format/audit.js";
 import type { FileChunk, FolderEntry } from "../../src/format/entries.js";
-import { envelopeAd, ObjectKind, parseEnvelope, WRITE_VERSION, type Envelope } from "../../src/format/envelope.js";
+import { encodeEnvelope, envelopeAd, ObjectKind, parseEnvelope, WRITE_VERSION, type Envelope } from "../../src/format/envelope.js";
 import { int, obj, str } from "../../src/format/fields.js";
 import { nameBytes, nameFromBytes, pathBytes, pathFromBytes, shownPath } from "../../src/format/names.js";
 import { parseIndexBody, parseIndexMeta, type IndexedPack } from "../../src/format/index-file.js";
@@ -21,7 +22,10 @@ import { parseRegistryMeta, type EpochInfo, type RegistryDoc } from "../../src/f
 import { parseSessionMeta } from "../../src/format/session.js";
 import { parseSnapshotHeader, parseSnapshotMeta, type SnapshotHeader } from "../../src/format/snapshot.js";
 import { decodeBlob } from "../../src/pack/blob.js";
-import { fromHex, fromUtf8, toHex } from "../../src/util/bytes.js";
+import { openRepository } from "../../src/repository/open.js";
+import type { Repository } from "../../src/repository/repository.js";
+import { MemoryStore } from "../../src/storage/memory.js";
+import { concatBytes, fromHex, fromUtf8, toHex, utf8 } from "../../src/util/bytes.js";
 
 /** Store keys of re-encryption checkpoints and id-map batches (src/rotation/checkpoint.ts). */
 export const checkpointKey = (n: number): string => `checkpoints/reencrypt/${String(n).padStart(6, "0")}`;
@@ -243,6 +247,32 @@ export function openAuditBody(g: Golden, crypto: CryptoSuite, bytes: Uint8Array)
   const epoch = int(meta, "epoch");
   const plain = crypto.openSealed(epochInfo(g, epoch).auditPublicKey, epochSecret(g, epoch, "audit"), only(env.payloads, "payloads"));
   return { epoch, bodyDigest: str(meta, "bodyDigest"), plain };
+}
+
+/**
+ * A checkpoint or id-map batch's envelope body (signature aside) rebuilt from its meta and
+ * plaintext, encrypted with the recorded index key of the meta's epoch under the nonce the
+ * stored bytes hold: the bytes before any signature when the layout is unchanged.
+ */
+export function checkpointBody(g: Golden, crypto: CryptoSuite, stored: Uint8Array, signed: boolean, meta: Record<string, unknown>, plain: unknown): Uint8Array {
+  const nonce = only(parseEnvelope(ObjectKind.Checkpoint, stored, signed).payloads, "payloads").subarray(0, AEAD_NONCE_BYTES);
+  const ad = envelopeAd(ObjectKind.Checkpoint, utf8(JSON.stringify(meta)));
+  const sealed = concatBytes([nonce, crypto.encrypt(epochSecret(g, int(meta, "epoch"), "index"), nonce, utf8(JSON.stringify(plain)), ad)]);
+  return encodeEnvelope(ObjectKind.Checkpoint, meta, [sealed]);
+}
+
+/** A sample's repository at rest, in a memory store, opened through the product with its recorded user and passphrase. */
+export async function openGolden(g: Golden, label: string): Promise<{ store: MemoryStore; repo: Repository }> {
+  const store = new MemoryStore(`memory:${label}`);
+  for (const o of g.repository) store.objects.set(o.key, o.bytes.slice());
+  const repo = await openRepository({
+    store,
+    user: g.secrets.user,
+    passphrase: Secret.fromString(g.secrets.passphrase),
+    clock: () => new Date(g.manifest.clock),
+    hostname: g.manifest.hostname,
+  });
+  return { store, repo };
 }
 
 /** Opens a checkpoint or id-map batch with the recorded index key of its epoch. */
