@@ -194,58 +194,49 @@ describe("PartialFile with direct I/O", () => {
     }
   });
 
-  it("syncs a file taking direct writes every 16 MiB by default, an ordinary one every 128 MiB", async () => {
-    const dir = tmp("sync-defaults");
+  /**
+   * Writes mib MiB in 1 MiB pieces to a new PartialFile, counting its background syncs. With
+   * syncMs each sync is a stand-in taking that long (else the real fdatasync), and the writes
+   * pause after 20 MiB until a first sync has ended.
+   */
+  async function countSyncs(file: string, o: { direct: boolean; mib: number; syncMs?: number }): Promise<{ syncs: number; direct: boolean }> {
     const pool = new AlignedPool(1, 1024 * KiB);
     const slot = pool.take() as Uint8Array;
-    slot.set(seededBytes("sync-defaults", 1024 * KiB));
-    const counted = async (name: string, direct: boolean, mib: number): Promise<{ syncs: number; direct: boolean }> => {
-      const out = await PartialFile.create(path.join(dir, name), mib * 1024 * KiB, { direct });
-      const datasync = out.handle.datasync.bind(out.handle);
-      let syncs = 0;
-      out.handle.datasync = async () => {
-        syncs++;
-        return datasync();
-      };
-      for (let mb = 0; mb < mib; mb++) await out.writeDirect(slot, mb * 1024 * KiB);
-      const used = out.direct;
-      await out.commit();
-      return { syncs, direct: used };
+    slot.set(seededBytes(file, 1024 * KiB));
+    const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+    const out = await PartialFile.create(file, o.mib * 1024 * KiB, { direct: o.direct });
+    const datasync = out.handle.datasync.bind(out.handle);
+    let syncs = 0;
+    out.handle.datasync = async () => {
+      syncs++;
+      if (o.syncMs === undefined) return datasync();
+      await sleep(o.syncMs);
     };
+    for (let mb = 0; mb < o.mib; mb++) {
+      if (mb === 20 && o.syncMs !== undefined) await sleep(o.syncMs + 50);
+      await out.writeDirect(slot, mb * 1024 * KiB);
+    }
+    const direct = out.direct;
+    await out.commit();
+    return { syncs, direct };
+  }
+
+  it("syncs a file taking direct writes every 16 MiB by default, an ordinary one every 128 MiB", async () => {
+    const dir = tmp("sync-defaults");
     // 40 MiB: one sync at 16 MiB, and one at 32 MiB unless the first still runs (one at a time).
-    const direct = await counted("direct.raw", true, 40);
+    const direct = await countSyncs(path.join(dir, "direct.raw"), { direct: true, mib: 40 });
     // A file system without direct I/O (tmpfs) gets the ordinary interval.
     if (direct.direct) {
       expect(direct.syncs).toBeGreaterThanOrEqual(1);
       expect(direct.syncs).toBeLessThanOrEqual(2);
     } else expect(direct.syncs).toBe(0);
-    expect((await counted("ordinary.raw", false, 40)).syncs).toBe(0);
+    expect((await countSyncs(path.join(dir, "ordinary.raw"), { direct: false, mib: 40 })).syncs).toBe(0);
   });
 
   it("widens the interval to 128 MiB after a sync slower than 100 ms (a slow disk)", async () => {
     const dir = tmp("sync-slow");
-    const pool = new AlignedPool(1, 1024 * KiB);
-    const slot = pool.take() as Uint8Array;
-    slot.set(seededBytes("sync-slow", 1024 * KiB));
-    const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-    // Each sync takes syncMs (a stand-in for the storage); the writes pause after 20 MiB until the first has ended.
-    const counted = async (name: string, syncMs: number): Promise<{ syncs: number; direct: boolean }> => {
-      const out = await PartialFile.create(path.join(dir, name), 40 * 1024 * KiB, { direct: true });
-      let syncs = 0;
-      out.handle.datasync = async () => {
-        syncs++;
-        await sleep(syncMs);
-      };
-      for (let mb = 0; mb < 40; mb++) {
-        if (mb === 20) await sleep(syncMs + 50);
-        await out.writeDirect(slot, mb * 1024 * KiB);
-      }
-      const direct = out.direct;
-      await out.commit();
-      return { syncs, direct };
-    };
-    const fast = await counted("fast.raw", 1);
-    const slow = await counted("slow.raw", 150);
+    const fast = await countSyncs(path.join(dir, "fast.raw"), { direct: true, mib: 40, syncMs: 1 });
+    const slow = await countSyncs(path.join(dir, "slow.raw"), { direct: true, mib: 40, syncMs: 150 });
     if (!fast.direct) {
       // A file system without direct I/O (tmpfs): the ordinary interval, no sync within 40 MiB.
       expect([fast.syncs, slow.syncs]).toEqual([0, 0]);
