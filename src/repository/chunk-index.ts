@@ -28,9 +28,10 @@ const BLOCK_MASK = BLOCK_ENTRIES - 1;
 const MAX_LOAD = 0.8;
 
 /**
- * Chunk ID -> location, as an open-addressing hash table over typed arrays: about 53 bytes per
- * chunk and no per-entry JavaScript objects, so a large repository does not strain the heap.
- * Without locations (a backup only asks whether an ID is known) it is about 21 bytes per chunk.
+ * Chunk ID -> location, as an open-addressing hash table over typed arrays: about 54 bytes per
+ * chunk with full IDs (38 with 128-bit prefixes, 30 with 64-bit ones) and no per-entry JavaScript
+ * objects, so a large repository does not strain the heap. Without locations (a backup only asks
+ * whether an ID is known) it is about 22 bytes per chunk.
  * Entries live in fixed-size blocks, so growing never holds two copies of the table.
  */
 export class ChunkIndex {
@@ -65,10 +66,14 @@ export class ChunkIndex {
    * backup skip storing a chunk, which restore and check report as missing, never as wrong data.
    * Readers may keep 128 bits with locations too (`idBytes: 16`): every blob they fetch is
    * authenticated with its full ID as associated data and its ID recomputed, so a match on the
-   * prefix alone could only fail a restore, never change its bytes. Full IDs (the default with
-   * locations) are for callers that list entries().
+   * prefix alone could only fail a restore, never change its bytes. A restore keeps 64 bits
+   * (`idBytes: 8`, 8 bytes less per chunk): a second chunk whose ID shares them (about n²/2^65,
+   * 4·10^-9 for 370,000 chunks) becomes another location of the first (see #addAlternate), and
+   * a fetch that does not verify at the first location is tried at the next, so even then the
+   * restore reads the right bytes, one read later. Full IDs (the default with locations) are for
+   * callers that list entries().
    */
-  constructor(o: { locations?: boolean; idBytes?: 16 | 32 } = {}) {
+  constructor(o: { locations?: boolean; idBytes?: 8 | 16 | 32 } = {}) {
     this.#locations = o.locations ?? true;
     this.#keyBytes = o.idBytes ?? (this.#locations ? ID_BYTES : ID_BYTES / 2);
   }

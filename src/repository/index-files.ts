@@ -83,7 +83,7 @@ export async function loadIndex(
   repo: Repository,
   onDamage?: (d: Damage) => void,
   onFile?: (f: IndexFile) => void,
-  o: { locations?: boolean; idBytes?: 16 | 32; onPack?: (p: IndexedPackBytes) => void; skipDamaged?: boolean } = {},
+  o: { locations?: boolean; idBytes?: 8 | 16 | 32; onPack?: (p: IndexedPackBytes) => void; skipDamaged?: boolean } = {},
 ): Promise<ChunkIndex> {
   const index = new ChunkIndex(o);
   // Index files are read several at a time (a repository's age is thousands of small ones),

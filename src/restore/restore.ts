@@ -193,8 +193,9 @@ async function restoreWith(
     throw targetError(target, e);
   }
   const partialsFound = await findPartials(target);
-  // 128-bit ID prefixes: every fetched blob is authenticated under its full ID anyway.
-  const index = await loadIndex(repo, undefined, undefined, { idBytes: 16, skipDamaged: true });
+  // 64-bit ID prefixes: every fetched blob is authenticated under its full ID anyway, and a
+  // chunk sharing a prefix is read from its own location next (ChunkIndex's constructor).
+  const index = await loadIndex(repo, undefined, undefined, { idBytes: 8, skipDamaged: true });
   const progress = throttled(o.progress);
   const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
   const pool = await starting;

@@ -21,8 +21,15 @@ const tmp = tempDirs();
 const sha = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
 
 describe("an index file that claims other snapshots' chunk IDs", () => {
-  for (const session of ["its own session", "a session that does not exist"] as const) {
-  it(`does not stop their restore: each chunk and blob is read from a location that verifies (real pack listed under ${session})`, async () => {
+  const cases = [
+    { session: "its own session", twins: false },
+    { session: "a session that does not exist", twins: false },
+    // A restore's index keys chunks by their first 8 bytes: IDs sharing them are read from each location in turn.
+    { session: "its own session", twins: true },
+  ] as const;
+  for (const { session, twins } of cases) {
+  const claimed = twins ? "IDs sharing only their first 8 bytes" : "their IDs";
+  it(`does not stop their restore: each chunk and blob is read from a location that verifies (${claimed}, real pack listed under ${session})`, async () => {
     const repo = path.join(tmp("repo"), "r");
     const { admin, id, image } = await victimRepository(repo, tmp("src"));
 
@@ -30,7 +37,7 @@ describe("an index file that claims other snapshots' chunk IDs", () => {
     // the next chunk's blob in the real pack, or in a pack of a session that does not exist.
     const r = await openRepository({ store: new FsStore(repo), user: "host", passphrase: Secret.fromString("host-pass") });
     try {
-      const { first, real, nowhere } = await claimedElsewhere(r);
+      const { first, real, nowhere } = await claimedElsewhere(r, { twins });
       const packs: IndexedPack[] = [
         // Under another session, every chunk of the real pack would fail if the pack took the session of its first listing.
         { packId: fromHex(first.packId), sessionId: session === "its own session" ? fromHex(first.sessionId) : new Uint8Array(16).fill(0xcc), packLength: first.packLength, entries: real },

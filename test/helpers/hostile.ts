@@ -48,13 +48,15 @@ export async function hostileRevision(tmp: (label?: string) => string, rename: (
  * What a backup user (who holds the index key) can claim about every chunk ID the index holds:
  * every other one at the next chunk's place in the real first pack (`real`), the rest in a pack
  * that does not exist (`nowhere`). `first` is the real first pack, as the index lists it.
+ * With `twins`, the claims name IDs that share only the first 8 bytes of the real ones.
  */
-export async function claimedElsewhere(r: Repository): Promise<{ first: { packId: string; sessionId: string; packLength: number }; real: PackEntry[]; nowhere: PackEntry[] }> {
+export async function claimedElsewhere(r: Repository, o: { twins?: boolean } = {}): Promise<{ first: { packId: string; sessionId: string; packLength: number }; real: PackEntry[]; nowhere: PackEntry[] }> {
   const all = [...(await loadIndex(r)).entries()];
   expect(all.length).toBeGreaterThan(4);
   const real: PackEntry[] = [];
   const nowhere: PackEntry[] = [];
-  all.forEach(({ id: chunkId, location }, i) => {
+  all.forEach(({ id, location }, i) => {
+    const chunkId = o.twins === true ? id.map((b, j) => (j < 8 ? b : b ^ 0xff)) : id;
     const other = (all[(i + 1) % all.length] as (typeof all)[number]).location;
     if (i % 2 === 0) real.push({ chunkId, offset: other.offset, length: other.length, rawLength: location.rawLength });
     else nowhere.push({ chunkId, offset: 24, length: location.length, rawLength: location.rawLength });

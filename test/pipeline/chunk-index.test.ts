@@ -51,6 +51,21 @@ describe("chunk index", () => {
     expect([...index.entries()]).toEqual([]);
   });
 
+  it("with 64-bit prefixes (restore): a second ID sharing them becomes a further location, tried after the first", () => {
+    const index = new ChunkIndex({ idBytes: 8 });
+    const pack = index.addPack({ packId: "p", sessionId: "s", packLength: 1 });
+    const known = ids("short prefix", 40_000);
+    known.forEach((id, i) => expect(index.add(id, pack, i, 7, 9)).toBe(true));
+    for (const i of [0, 32_768, 39_999]) expect(index.location(known[i] as Uint8Array)).toMatchObject({ offset: i, length: 7, rawLength: 9 });
+    const twin = (known[5] as Uint8Array).map((b, j) => (j < 8 ? b : b ^ 0xff));
+    expect(index.add(twin, pack, 500_000, 11, 13)).toBe(false);
+    expect(index.locations(twin).map((l) => l.offset)).toEqual([5, 500_000]);
+    const otherHead = (known[5] as Uint8Array).slice();
+    otherHead[7] = (otherHead[7] ?? 0) ^ 1;
+    expect(index.has(otherHead)).toBe(false);
+    for (const id of ids("unknown short prefix", 5000)) expect(index.has(id)).toBe(false);
+  });
+
   it("membership only: knows IDs, pending ones too, and gives no locations", () => {
     const index = new ChunkIndex({ locations: false });
     const known = ids("m", 40_000);
