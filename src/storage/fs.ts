@@ -69,6 +69,8 @@ export class FsStore implements Store {
   readonly #knownDirs = new Set<string>();
   /** Most recently used last. Objects never change once written, so a cached descriptor reads the same bytes. */
   readonly #readers = new Map<string, Reader>();
+  /** Descriptors being closed (closeReader), until they are. */
+  readonly #closing = new Set<Promise<void>>();
   readonly #keepCache: boolean;
 
   constructor(root: string, o: FsStoreOptions = {}) {
@@ -156,12 +158,20 @@ export class FsStore implements Store {
     if (reader === undefined) return undefined;
     this.#readers.delete(file);
     reader.evicted = true;
-    return reader.users === 0 ? closeReader(reader) : undefined;
+    return reader.users === 0 ? this.#close(reader) : undefined;
   }
 
   #release(reader: Reader): void {
     reader.users--;
-    if (reader.evicted && reader.users === 0) void closeReader(reader);
+    if (reader.evicted && reader.users === 0) void this.#close(reader);
+  }
+
+  /** closeReader, tracked until it is done: close() waits for every drop of the page cache, retries included. */
+  #close(reader: Reader): Promise<void> {
+    const closing = closeReader(reader);
+    this.#closing.add(closing);
+    void closing.then(() => this.#closing.delete(closing));
+    return closing;
   }
 
   async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
@@ -305,6 +315,7 @@ export class FsStore implements Store {
 
   async close(): Promise<void> {
     await Promise.all([...this.#readers.keys()].map((file) => this.#evict(file)));
+    await Promise.all([...this.#closing]);
   }
 
   async #ensureDir(dir: string): Promise<void> {
@@ -327,14 +338,24 @@ export class FsStore implements Store {
 }
 
 
+/** Times a drop that left pages (still being read ahead) is tried again, LINGER_MS apart. */
+const LINGER_RETRIES = 3;
+const LINGER_MS = 10;
+
 /** Drops what the descriptor's reads brought into the page cache, then closes it; never rejects. */
-function closeReader(reader: Reader): Promise<void> {
-  return reader.fd
-    .then((fd) => {
-      reader.footprint?.finish();
-      return closeFd(fd);
-    })
-    .catch(() => undefined);
+async function closeReader(reader: Reader): Promise<void> {
+  try {
+    const fd = await reader.fd;
+    const footprint = reader.footprint;
+    footprint?.finish();
+    for (let i = 0; i < LINGER_RETRIES && footprint?.lingering === true; i++) {
+      await new Promise((resolve) => setTimeout(resolve, LINGER_MS));
+      footprint.retry();
+    }
+    await closeFd(fd);
+  } catch {
+    // Closing is best effort: the descriptor is gone either way.
+  }
 }
 
 /** See FsStore.createWriter. */

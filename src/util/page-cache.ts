@@ -46,6 +46,8 @@ export class PageCacheFootprint {
   /** Windows below this index were dropped (a sequential reader moved past them): never taken again. */
   #passed = 0;
   #dropped = 0;
+  /** Dropped windows where pages not cached before were still cached after the drop (see retry). */
+  readonly #lingering = new Map<number, Uint8Array>();
 
   private constructor(binding: PageCacheBinding, fd: number, size: number) {
     this.#binding = binding;
@@ -106,12 +108,36 @@ export class PageCacheFootprint {
     for (const w of this.#before.keys()) this.#drop(w);
   }
 
+  /**
+   * True when a drop left pages the reads brought in: the kernel skips pages still locked for a
+   * read, such as its asynchronous readahead past the last read, which lands after the drop.
+   */
+  get lingering(): boolean {
+    return this.#lingering.size > 0;
+  }
+
+  /** Drops again the windows a drop left pages in (lingering), once those reads may be done. */
+  retry(): void {
+    const windows = [...this.#lingering];
+    this.#lingering.clear();
+    for (const [w, before] of windows) this.#dropRuns(w, before);
+  }
+
   #drop(w: number): void {
     const before = this.#before.get(w);
     this.#before.delete(w);
     if (before === undefined || before === null || before.indexOf(0) < 0) return;
+    this.#dropRuns(w, before);
+  }
+
+  /**
+   * Drops the runs of window w's pages that were not cached before, counts the pages that left
+   * the cache, and notes the window (lingering) when some of those stayed.
+   */
+  #dropRuns(w: number, before: Uint8Array): void {
     const base = w * CACHE_WINDOW_BYTES;
-    const now = this.#residency(base, Math.min(CACHE_WINDOW_BYTES, this.#size - base));
+    const length = Math.min(CACHE_WINDOW_BYTES, this.#size - base);
+    const now = this.#residency(base, length);
     const page = this.#binding.pageSize;
     for (let i = 0; i < before.length; ) {
       if (before[i] !== 0) {
@@ -119,12 +145,20 @@ export class PageCacheFootprint {
         continue;
       }
       let j = i;
-      let filled = 0;
-      for (; j < before.length && before[j] === 0; j++) filled += now === null ? 0 : (now[j] ?? 0);
+      while (j < before.length && before[j] === 0) j++;
       const from = base + i * page;
-      if (this.#binding.dropCache(this.#fd, from, Math.min((j - i) * page, this.#size - from)) === 0) this.#dropped += Math.min(filled * page, this.#size - from);
+      this.#binding.dropCache(this.#fd, from, Math.min((j - i) * page, this.#size - from));
       i = j;
     }
+    if (now === null) return;
+    const after = this.#residency(base, length);
+    let stayed = false;
+    for (let k = 0; k < before.length; k++) {
+      if (before[k] !== 0 || now[k] !== 1) continue;
+      if (after !== null && after[k] === 1) stayed = true;
+      else this.#dropped += Math.min(page, length - k * page);
+    }
+    if (stayed) this.#lingering.set(w, before);
   }
 
   #residency(offset: number, length: number): Uint8Array | null {

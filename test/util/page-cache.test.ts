@@ -33,6 +33,8 @@ const W = CACHE_WINDOW_BYTES;
  */
 function simulated(initial: Iterable<number>, ahead = 0) {
   const cached = new Set(initial);
+  /** Pages a drop skips (the kernel's, while a read into them is in flight). */
+  const locked = new Set<number>();
   const asked: [number, number][] = [];
   const dropped: [number, number][] = [];
   const binding: PageCacheBinding = {
@@ -45,14 +47,14 @@ function simulated(initial: Iterable<number>, ahead = 0) {
     },
     dropCache: (_fd, offset, length) => {
       dropped.push([offset, length]);
-      for (let p = offset / PAGE; p < (offset + length) / PAGE; p++) cached.delete(p);
+      for (let p = offset / PAGE; p < (offset + length) / PAGE; p++) if (!locked.has(p)) cached.delete(p);
       return 0;
     },
   };
   const read = (from: number, to: number, size: number): void => {
     for (let p = from / PAGE; p < Math.min(size, to + ahead) / PAGE; p++) cached.add(p);
   };
-  return { binding, cached, asked, dropped, read };
+  return { binding, cached, locked, asked, dropped, read };
 }
 
 /** Reads a footprint's file the way backupImage does: segments in order, windows dropped behind. */
@@ -78,6 +80,39 @@ describe("PageCacheFootprint", () => {
     expect(f.droppedBytes).toBe(size);
     // one drop per window (each wholly cold), in order
     expect(sim.dropped.map(([o]) => o)).toEqual([0, W, 2 * W, 3 * W]);
+  });
+
+  it("pages a drop had to leave (readahead still in flight) are noted and dropped by a retry once their read is done", () => {
+    const size = 2 * W;
+    const sim = simulated([], MiB);
+    const f = PageCacheFootprint.open(3, size, sim.binding);
+    if (f === undefined) throw new Error("no footprint");
+    f.beforeRead(0, MiB);
+    sim.read(0, MiB, size);
+    // The readahead past the read (pages 256-511) is still being read when the footprint drops.
+    for (let p = 256; p < 512; p++) sim.locked.add(p);
+    f.finish();
+    expect(sim.cached.size).toBe(256);
+    expect(f.lingering).toBe(true);
+    // Counted as dropped: only the pages that left the cache.
+    expect(f.droppedBytes).toBe(MiB);
+    f.retry();
+    expect(sim.cached.size).toBe(256);
+    expect(f.lingering).toBe(true);
+    sim.locked.clear();
+    f.retry();
+    expect(sim.cached.size).toBe(0);
+    expect(f.lingering).toBe(false);
+    expect(f.droppedBytes).toBe(2 * MiB);
+    // A drop that leaves nothing notes nothing, and pages cached before never linger.
+    const warm = simulated([0, 1, 2], MiB);
+    const g = PageCacheFootprint.open(3, size, warm.binding);
+    if (g === undefined) throw new Error("no footprint");
+    g.beforeRead(0, MiB);
+    warm.read(0, MiB, size);
+    g.finish();
+    expect([...warm.cached]).toEqual([0, 1, 2]);
+    expect(g.lingering).toBe(false);
   });
 
   it("keeps pages cached before the read, readahead into them included, and drops only the runs around them", () => {
@@ -208,6 +243,17 @@ function cachedPages(file: string): number {
   return cachedByPage(file).reduce((n, b) => n + b, 0);
 }
 
+/**
+ * That pages stayed (or came) into the page cache: cached, expected in all. The kernel may page
+ * out a few on its own meanwhile (a host reclaiming memory it samples as idle, as DAMON's pageout
+ * scheme does, now and then takes a page just read), so up to 1% (at least 8 pages) may be
+ * missing: far fewer than dropping them would take.
+ */
+function expectCached(cached: number, expected: number): void {
+  expect(cached).toBeLessThanOrEqual(expected);
+  expect(cached).toBeGreaterThanOrEqual(expected - Math.max(8, Math.ceil(expected / 100)));
+}
+
 /** Drops a whole file from the page cache. */
 function evict(file: string): void {
   if (binding === null) throw new Error("no helper");
@@ -296,10 +342,10 @@ describe("a backup's page-cache footprint", () => {
     // read into the cache first (as a running VM's reads would): the backup leaves it there
     await fsp.readFile(image);
     const warmPages = cachedPages(image);
-    expect(warmPages).toBe((40 * MiB) / (binding?.pageSize ?? 4096));
+    expectCached(warmPages, (40 * MiB) / (binding?.pageSize ?? 4096));
     const warm = await backup(repo, { vm: "vm", sources: [image], workers: 0 });
     expect(warm.sources[0]?.cacheDroppedBytes).toBe(0);
-    expect(cachedPages(image)).toBe(warmPages);
+    expectCached(cachedPages(image), warmPages);
 
     // half cached: that half stays, the rest is dropped
     evict(image);
@@ -310,12 +356,12 @@ describe("a backup's page-cache footprint", () => {
       await h.close();
     }
     const page = binding?.pageSize ?? 4096;
-    expect(cachedPages(image)).toBeGreaterThanOrEqual((20 * MiB) / page);
+    expectCached(cachedByPage(image).subarray(0, (20 * MiB) / page).reduce((n, b) => n + b, 0), (20 * MiB) / page);
     const partly = await backup(repo, { vm: "vm", sources: [image], workers: 0 });
     // The half read before stays cached; past it and the kernel's readahead for that read
     // (which may still have been in flight, up to read_ahead_kb: at most 16 MiB here), nothing is.
     const after = cachedByPage(image);
-    expect(after.subarray(0, (20 * MiB) / page).every((b) => b === 1)).toBe(true);
+    expectCached(after.subarray(0, (20 * MiB) / page).reduce((n, b) => n + b, 0), (20 * MiB) / page);
     expect(after.subarray((36 * MiB) / page).every((b) => b === 0)).toBe(true);
     expect(partly.sources[0]?.cacheDroppedBytes).toBeGreaterThan(0);
 
@@ -420,7 +466,7 @@ describe("the CLI's backup and the page cache", () => {
     const kept = await v(["--json", "backup", "--keep-cache", "--vm", "vm", image]);
     expect(kept.code, kept.stderr).toBe(0);
     expect((JSON.parse(kept.stdout) as { sources: { cacheDroppedBytes: number }[] }).sources[0]?.cacheDroppedBytes).toBe(0);
-    expect(cachedPages(image)).toBe((40 * MiB) / (binding?.pageSize ?? 4096));
+    expectCached(cachedPages(image), (40 * MiB) / (binding?.pageSize ?? 4096));
 
     // the packs it writes: dropped once durable, kept with --keep-cache (new data, so new packs)
     const packs = async (): Promise<string[]> => (await packFiles(path.join(dir, "repo"))).sort();
@@ -432,7 +478,7 @@ describe("the CLI's backup and the page cache", () => {
     expect((await v(["backup", "--keep-cache", "--vm", "vm", other])).code).toBe(0);
     const added = (await packs()).filter((f) => !firstPacks.includes(f));
     expect(added.length).toBeGreaterThan(0);
-    expect(cachedOf(added)).toBe(pagesOf(added));
+    expectCached(cachedOf(added), pagesOf(added));
   });
 });
 
@@ -466,14 +512,14 @@ describe("objects a local repository writes and the page cache", () => {
     expect(dropped.cached).toBe(0);
     expect(await fsp.readFile(dropped.file)).toEqual(bytes);
     const byWriter = await streamed(store, "data/aa/kept-by-writer", { keepCache: true });
-    expect(byWriter.cached).toBe(pagesOf([byWriter.file]));
+    expectCached(byWriter.cached, pagesOf([byWriter.file]));
     const byStore = await streamed(new FsStore(path.join(dir, "repo"), { keepCache: true }), "data/aa/kept-by-store");
-    expect(byStore.cached).toBe(pagesOf([byStore.file]));
+    expectCached(byStore.cached, pagesOf([byStore.file]));
 
     // putIfAbsent (index files, snapshots, keys: small, read again soon) keeps its pages
     expect(await store.putIfAbsent("index/put", bytes)).toBe(true);
     const put = path.join(dir, "repo", "index", "put");
-    expect(cachedPages(put)).toBe(pagesOf([put]));
+    expectCached(cachedPages(put), pagesOf([put]));
   });
 });
 
@@ -503,14 +549,14 @@ describe("a local repository's packs and the page cache", () => {
     expect(cachedOf(packs)).toBe(0);
 
     for (const f of packs) await fsp.readFile(f);
-    expect(cachedOf(packs)).toBe(pages);
+    expectCached(cachedOf(packs), pages);
     const warm = await openTestVault(repo);
     try {
       expect((await warm.check({ readData: true, workers: 0 })).ok).toBe(true);
     } finally {
       await warm.close();
     }
-    expect(cachedOf(packs)).toBe(pages);
+    expectCached(cachedOf(packs), pages);
 
     for (const f of packs) evict(f);
     const keeping = await Vault.open({ store: new FsStore(repo, { keepCache: true }), user: "admin", passphrase: passphrase() });
