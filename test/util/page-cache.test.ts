@@ -57,6 +57,13 @@ function simulated(initial: Iterable<number>, ahead = 0) {
   return { binding, cached, locked, asked, dropped, read };
 }
 
+/** A footprint over a file of this size on fd 3, through the given binding. */
+function footprintOver(size: number, binding: PageCacheBinding): PageCacheFootprint {
+  const f = PageCacheFootprint.open(3, size, binding);
+  if (f === undefined) throw new Error("no footprint");
+  return f;
+}
+
 /** Reads a footprint's file the way backupImage does: segments in order, windows dropped behind. */
 function readAll(f: PageCacheFootprint, sim: ReturnType<typeof simulated>, size: number, segment: number, skip: [number, number][] = []): void {
   for (let at = 0; at < size; at += segment) {
@@ -73,8 +80,7 @@ describe("PageCacheFootprint", () => {
   it("drops what a cold read brought in, readahead included, and counts it", () => {
     const size = 3 * W + 5 * PAGE;
     const sim = simulated([], 6 * MiB);
-    const f = PageCacheFootprint.open(3, size, sim.binding);
-    if (f === undefined) throw new Error("no footprint");
+    const f = footprintOver(size, sim.binding);
     readAll(f, sim, size, MiB);
     expect(sim.cached.size).toBe(0);
     expect(f.droppedBytes).toBe(size);
@@ -85,8 +91,7 @@ describe("PageCacheFootprint", () => {
   it("pages a drop had to leave (readahead still in flight) are noted and dropped by a retry once their read is done", () => {
     const size = 2 * W;
     const sim = simulated([], MiB);
-    const f = PageCacheFootprint.open(3, size, sim.binding);
-    if (f === undefined) throw new Error("no footprint");
+    const f = footprintOver(size, sim.binding);
     f.beforeRead(0, MiB);
     sim.read(0, MiB, size);
     // The readahead past the read (pages 256-511) is still being read when the footprint drops.
@@ -106,8 +111,7 @@ describe("PageCacheFootprint", () => {
     expect(f.droppedBytes).toBe(2 * MiB);
     // A drop that leaves nothing notes nothing, and pages cached before never linger.
     const warm = simulated([0, 1, 2], MiB);
-    const g = PageCacheFootprint.open(3, size, warm.binding);
-    if (g === undefined) throw new Error("no footprint");
+    const g = footprintOver(size, warm.binding);
     g.beforeRead(0, MiB);
     warm.read(0, MiB, size);
     g.finish();
@@ -119,8 +123,7 @@ describe("PageCacheFootprint", () => {
     const size = 2 * W;
     const warm = [...Array(64).keys()].map((i) => 100 + i); // pages 100-163 cached before
     const sim = simulated(warm, 2 * MiB);
-    const f = PageCacheFootprint.open(3, size, sim.binding);
-    if (f === undefined) throw new Error("no footprint");
+    const f = footprintOver(size, sim.binding);
     readAll(f, sim, size, MiB);
     expect([...sim.cached].sort((a, b) => a - b)).toEqual(warm);
     expect(f.droppedBytes).toBe(size - 64 * PAGE);
@@ -132,8 +135,7 @@ describe("PageCacheFootprint", () => {
     const size = 4 * W;
     const all = [...Array(size / PAGE).keys()];
     const sim = simulated(all, 8 * MiB);
-    const f = PageCacheFootprint.open(3, size, sim.binding);
-    if (f === undefined) throw new Error("no footprint");
+    const f = footprintOver(size, sim.binding);
     readAll(f, sim, size, MiB);
     expect(sim.dropped).toEqual([]);
     expect(f.droppedBytes).toBe(0);
@@ -145,8 +147,7 @@ describe("PageCacheFootprint", () => {
   it("takes each window's state before any read or readahead reaches it", () => {
     const size = 10 * W;
     const sim = simulated([], CACHE_LOOKAHEAD_BYTES);
-    const f = PageCacheFootprint.open(3, size, sim.binding);
-    if (f === undefined) throw new Error("no footprint");
+    const f = footprintOver(size, sim.binding);
     f.beforeRead(0, MiB);
     // the first read's window and every window its readahead can reach
     expect(sim.asked.map(([o]) => o / W)).toEqual([0, 1, 2, 3, 4]);
@@ -161,8 +162,7 @@ describe("PageCacheFootprint", () => {
   it("skipped extents are never asked about beyond the lookahead, and a jump past them drops what readahead left", () => {
     const size = 40 * W;
     const sim = simulated([], 2 * MiB);
-    const f = PageCacheFootprint.open(3, size, sim.binding);
-    if (f === undefined) throw new Error("no footprint");
+    const f = footprintOver(size, sim.binding);
     readAll(f, sim, size, MiB, [[2 * W, 36 * W]]);
     const windows = new Set(sim.asked.map(([o]) => o / W));
     for (let w = 7; w < 32; w++) expect(windows.has(w)).toBe(false);
@@ -173,8 +173,7 @@ describe("PageCacheFootprint", () => {
     const size = 2 * W;
     const sim = simulated([]);
     const binding: PageCacheBinding = { ...sim.binding, cacheResidency: (fd, offset, length) => (offset === 0 ? null : sim.binding.cacheResidency(fd, offset, length)) };
-    const f = PageCacheFootprint.open(3, size, binding);
-    if (f === undefined) throw new Error("no footprint");
+    const f = footprintOver(size, binding);
     readAll(f, sim, size, MiB);
     expect(sim.dropped.map(([o]) => o)).toEqual([W]);
     expect([...sim.cached].every((p) => p < W / PAGE)).toBe(true);
@@ -184,8 +183,7 @@ describe("PageCacheFootprint", () => {
     const size = 6 * W + 3 * PAGE;
     // cached before: all of window 0, the first ten pages of window 1, and the short last window (6)
     const sim = simulated([...Array(W / PAGE + 10).keys(), ...[0, 1, 2].map((p) => (6 * W) / PAGE + p)], 8 * MiB);
-    const f = PageCacheFootprint.open(3, size, sim.binding);
-    if (f === undefined) throw new Error("no footprint");
+    const f = footprintOver(size, sim.binding);
     // nothing taken yet: not known to be cached
     expect(f.cachedBefore(0, MiB)).toBe(false);
     f.beforeRead(0, MiB);
@@ -204,8 +202,7 @@ describe("PageCacheFootprint", () => {
     expect(f.cachedBefore(6 * W, size)).toBe(true);
     // a window whose state the kernel would not give is never taken for cached
     const blind: PageCacheBinding = { ...sim.binding, cacheResidency: () => null };
-    const g = PageCacheFootprint.open(3, size, blind);
-    if (g === undefined) throw new Error("no footprint");
+    const g = footprintOver(size, blind);
     g.beforeRead(0, MiB);
     expect(g.cachedBefore(0, MiB)).toBe(false);
   });
