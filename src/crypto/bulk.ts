@@ -19,6 +19,11 @@ export interface BulkCrypto {
   readonly backend: BulkBackendName;
   /** The library computing chunk IDs; undefined while a hybrid is still measuring both. */
   readonly chunkHasher: ChunkHasherName | undefined;
+  /**
+   * Optional (a hybrid's): computes chunk IDs with this library from now on, as another thread
+   * of the process measured it faster, instead of its own verdict.
+   */
+  adoptChunkHasher?(name: ChunkHasherName): void;
   /** Keyed BLAKE2b-256 of data into out[0..32). */
   chunkId(key: Uint8Array, data: Uint8Array, out: Uint8Array): void;
   /**
@@ -212,6 +217,10 @@ class HybridBulk extends NativeBulk {
   override get chunkHasher(): ChunkHasherName | undefined {
     const d = this.#choice.decided;
     return d === undefined ? undefined : d === 1 ? "native" : "wasm";
+  }
+
+  adoptChunkHasher(name: ChunkHasherName): void {
+    this.#choice.decided = name === "native" ? 1 : 0;
   }
 
   override chunkId(key: Uint8Array, data: Uint8Array, out: Uint8Array): void {

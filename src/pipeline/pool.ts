@@ -2,7 +2,7 @@ import { existsSync } from "node:fs";
 import os from "node:os";
 import { fileURLToPath } from "node:url";
 import type { Worker } from "node:worker_threads";
-import { loadBulkCrypto, type BulkBackend } from "../crypto/bulk.js";
+import { loadBulkCrypto, type BulkBackend, type ChunkHashChoice, type ChunkHasherName } from "../crypto/bulk.js";
 import { TaskRunner } from "./tasks.js";
 import type { CompressionSetting } from "../compress/compressor.js";
 import { transferList, type FromWorker, type ResultOf, type Task, type ToWorker, type WorkerData } from "./protocol.js";
@@ -19,6 +19,8 @@ export interface PoolOptions {
   /** The repository's compression (backups compress with it; any codec decompresses). */
   readonly compression: CompressionSetting;
   readonly backend?: BulkBackend;
+  /** Fixes the workers' chunk-ID hasher instead of measuring (tests; the main thread adopts theirs). */
+  readonly workerChunkHash?: ChunkHashChoice;
   /** Tasks handed to one worker before more wait in the pool's queue. */
   readonly tasksPerWorker?: number;
 }
@@ -105,6 +107,8 @@ export class WorkerPool {
   /** Runs tasks on the main thread: all of them without workers, else those no worker can take. */
   readonly #inline: TaskRunner | undefined;
   #inlineBusy = false;
+  /** Whether the main thread took a worker's chunk-ID hasher. */
+  #hasherAdopted = false;
   readonly #perWorker: number;
   readonly #queue: { task: Task; pending: Pending }[] = [];
   #nextId = 1;
@@ -162,7 +166,8 @@ export class WorkerPool {
     if (count <= 0) return new WorkerPool([], new TaskRunner(await loadBulkCrypto(backend), o.compression), 1);
     const slots: Slot[] = [];
     for (let i = 0; i < count; i++) {
-      const worker = adoptSpare(backend) ?? startWorker({ workerData: { backend } satisfies WorkerData });
+      const spare = o.workerChunkHash === undefined ? adoptSpare(backend) : undefined;
+      const worker = spare ?? startWorker({ workerData: { backend, ...(o.workerChunkHash === undefined ? {} : { chunkHash: o.workerChunkHash }) } satisfies WorkerData });
       slots.push({ worker, pending: new Map(), ready: false });
       // Only the two settings travel (the caller may pass a whole repository config).
       worker.postMessage({ type: "init", compression: { compression: o.compression.compression, compressionLevel: o.compression.compressionLevel } } satisfies ToWorker);
@@ -186,6 +191,11 @@ export class WorkerPool {
   /** Worker threads in the pool (0 when tasks run inline). */
   get workers(): number {
     return this.#slots.length;
+  }
+
+  /** The main thread's chunk-ID hasher (a worker's choice once one answered); undefined without one or while measuring. */
+  get chunkHasher(): ChunkHasherName | undefined {
+    return this.#inline?.chunkHasher;
   }
 
   /** Threads that run tasks: the workers, and the main thread when it helps. */
@@ -279,8 +289,14 @@ export class WorkerPool {
       else if (m.type === "done" || m.type === "failed") {
         const p = slot.pending.get(m.id);
         slot.pending.delete(m.id);
-        if (m.type === "done") p?.resolve(m.result);
-        else p?.reject(new Error(`pipeline task failed: ${m.message}`));
+        if (m.type === "done") {
+          // One choice of chunk-ID hasher per process: the first worker's (see worker.ts).
+          if (m.hasher !== undefined && !this.#hasherAdopted) {
+            this.#hasherAdopted = true;
+            this.#inline?.adoptChunkHasher(m.hasher);
+          }
+          p?.resolve(m.result);
+        } else p?.reject(new Error(`pipeline task failed: ${m.message}`));
       } else return;
       this.#dispatch();
     });

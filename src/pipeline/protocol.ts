@@ -2,7 +2,7 @@
  * Messages between the main thread and pipeline workers. Byte arrays travel as views over
  * ArrayBuffers that are transferred, never copied: a sender must not touch a buffer it sent.
  */
-import type { BulkBackend, BulkBackendName } from "../crypto/bulk.js";
+import type { BulkBackend, BulkBackendName, ChunkHashChoice, ChunkHasherName } from "../crypto/bulk.js";
 import type { CompressionSetting } from "../compress/compressor.js";
 
 /** Chunk IDs and zero flags for chunks of a batch (zero chunks get no ID). */
@@ -86,6 +86,8 @@ export const CHUNK_ID_KEY = "chunkId";
 /** What a worker is started with (absent for a prestarted worker: the default backend). */
 export interface WorkerData {
   readonly backend: BulkBackend;
+  /** Fixes a hybrid's chunk-ID hasher instead of measuring (tests). */
+  readonly chunkHash?: ChunkHashChoice;
 }
 export interface InitMessage {
   readonly type: "init";
@@ -109,7 +111,8 @@ export type ToWorker = InitMessage | KeyMessage | TaskMessage | CloseMessage;
 
 export type FromWorker =
   | { readonly type: "ready"; readonly backend: BulkBackendName }
-  | { readonly type: "done"; readonly id: number; readonly result: ScanResult | SealResult | OpenResult }
+  /** hasher: with the first answer after the worker chose its chunk-ID hasher, that choice. */
+  | { readonly type: "done"; readonly id: number; readonly result: ScanResult | SealResult | OpenResult; readonly hasher?: ChunkHasherName }
   | { readonly type: "failed"; readonly id: number; readonly message: string }
   | { readonly type: "closed" };
 

@@ -1,4 +1,4 @@
-import type { BulkBackendName, BulkCrypto } from "../crypto/bulk.js";
+import type { BulkBackendName, BulkCrypto, ChunkHasherName } from "../crypto/bulk.js";
 import { AEAD_NONCE_BYTES, HASH_BYTES } from "../crypto/suite.js";
 import { Compressor, type CompressionSetting } from "../compress/compressor.js";
 import { BlobScratch, BlobStatus, maxBlobLength, openBlobInto, sealBlobInto } from "../pack/blob.js";
@@ -27,6 +27,16 @@ export class TaskRunner {
 
   get backend(): BulkBackendName {
     return this.#crypto.backend;
+  }
+
+  /** The library computing chunk IDs; undefined while still measuring (BulkCrypto.chunkHasher). */
+  get chunkHasher(): ChunkHasherName | undefined {
+    return this.#crypto.chunkHasher;
+  }
+
+  /** Computes chunk IDs with this library from now on (a hybrid's; see BulkCrypto.adoptChunkHasher). */
+  adoptChunkHasher(name: ChunkHasherName): void {
+    this.#crypto.adoptChunkHasher?.(name);
   }
 
   setKey(name: string, bytes: Uint8Array): void {

@@ -6,6 +6,7 @@
 import { describe, expect, it } from "vitest";
 import { loadBulkCrypto, type BulkCrypto } from "../../src/crypto/bulk.js";
 import { BlobStatus } from "../../src/pack/blob.js";
+import { WorkerPool } from "../../src/pipeline/pool.js";
 import { CHUNK_ID_KEY } from "../../src/pipeline/protocol.js";
 import { TaskRunner } from "../../src/pipeline/tasks.js";
 import { toHex } from "../../src/util/bytes.js";
@@ -86,5 +87,24 @@ describe("pipeline tasks with either chunk-ID hasher, and with the native bindin
       r.dispose();
     }
     expect(idsBy).toEqual([idsBy[0], idsBy[0], idsBy[0]]);
+  });
+
+  it("the main thread computes chunk IDs with the library its worker chose, from the worker's first answer on", async () => {
+    const plain = chunks();
+    for (const chosen of ["native", "wasm"] as const) {
+      const pool = await WorkerPool.create({ workers: 1, mainThread: true, backend: "hybrid", workerChunkHash: chosen, compression: { compression: "lz4", compressionLevel: 1 } });
+      try {
+        pool.setKey(CHUNK_ID_KEY, seededBytes("choice id key", 32));
+        await pool.started();
+        // The main thread has measured nothing yet.
+        expect(pool.chunkHasher).toBeUndefined();
+        const scanned = await pool.run({ kind: "scan", data: plain.slice(), ranges: ranges(), detectZero: true });
+        expect(pool.stats.inline).toBe(0);
+        expect(pool.chunkHasher).toBe(chosen);
+        expect(scanned.ids.length).toBe(COUNT * 32);
+      } finally {
+        await pool.close();
+      }
+    }
   });
 });
