@@ -99,13 +99,14 @@ export class PageCacheFootprint {
    */
   afterRead(end: number): void {
     const window = Math.floor(end / CACHE_WINDOW_BYTES);
-    for (const w of this.#before.keys()) if (w < window) this.#drop(w);
+    // Behind the reads: no read into these pages is still in flight, so nothing is left to check.
+    for (const w of this.#before.keys()) if (w < window) this.#drop(w, false);
     this.#passed = Math.max(this.#passed, window);
   }
 
   /** When reading is over (or failed): drops every window left, readahead past the last read included. */
   finish(): void {
-    for (const w of this.#before.keys()) this.#drop(w);
+    for (const w of this.#before.keys()) this.#drop(w, true);
   }
 
   /**
@@ -120,21 +121,22 @@ export class PageCacheFootprint {
   retry(): void {
     const windows = [...this.#lingering];
     this.#lingering.clear();
-    for (const [w, before] of windows) this.#dropRuns(w, before);
+    for (const [w, before] of windows) this.#dropRuns(w, before, true);
   }
 
-  #drop(w: number): void {
+  #drop(w: number, checkAfter: boolean): void {
     const before = this.#before.get(w);
     this.#before.delete(w);
     if (before === undefined || before === null || before.indexOf(0) < 0) return;
-    this.#dropRuns(w, before);
+    this.#dropRuns(w, before, checkAfter);
   }
 
   /**
-   * Drops the runs of window w's pages that were not cached before, counts the pages that left
-   * the cache, and notes the window (lingering) when some of those stayed.
+   * Drops the runs of window w's pages that were not cached before and counts the pages that
+   * left the cache; with checkAfter, asks the kernel again and notes the window (lingering) when
+   * some of those stayed (without, they count as gone).
    */
-  #dropRuns(w: number, before: Uint8Array): void {
+  #dropRuns(w: number, before: Uint8Array, checkAfter: boolean): void {
     const base = w * CACHE_WINDOW_BYTES;
     const length = Math.min(CACHE_WINDOW_BYTES, this.#size - base);
     const now = this.#residency(base, length);
@@ -151,7 +153,7 @@ export class PageCacheFootprint {
       i = j;
     }
     if (now === null) return;
-    const after = this.#residency(base, length);
+    const after = checkAfter ? this.#residency(base, length) : null;
     let stayed = false;
     for (let k = 0; k < before.length; k++) {
       if (before[k] !== 0 || now[k] !== 1) continue;
