@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from "node:timers/promises";
 import * as fse from "../util/fsx.js";
 import { randomBytes } from "node:crypto";
 import fs, { promises as fsp } from "node:fs";
@@ -349,7 +350,7 @@ async function closeReader(reader: Reader): Promise<void> {
     const footprint = reader.footprint;
     footprint?.finish();
     for (let i = 0; i < LINGER_RETRIES && footprint?.lingering === true; i++) {
-      await new Promise((resolve) => setTimeout(resolve, LINGER_MS));
+      await sleep(LINGER_MS);
       footprint.retry();
     }
     await closeFd(fd);

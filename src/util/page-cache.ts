@@ -149,7 +149,8 @@ export class PageCacheFootprint {
       let j = i;
       while (j < before.length && before[j] === 0) j++;
       const from = base + i * page;
-      this.#binding.dropCache(this.#fd, from, Math.min((j - i) * page, this.#size - from));
+      // Pages of a run the kernel would not drop are not counted, nor asked about again.
+      if (this.#binding.dropCache(this.#fd, from, Math.min((j - i) * page, this.#size - from)) !== 0) now?.fill(0, i, j);
       i = j;
     }
     if (now === null) return;

@@ -117,6 +117,14 @@ describe("PageCacheFootprint", () => {
     g.finish();
     expect([...warm.cached]).toEqual([0, 1, 2]);
     expect(g.lingering).toBe(false);
+    // A drop the kernel refuses (an errno) counts nothing as dropped and is not tried again.
+    const refusing = simulated([], MiB);
+    const h = footprintOver(size, { ...refusing.binding, dropCache: () => 22 });
+    h.beforeRead(0, MiB);
+    refusing.read(0, MiB, size);
+    h.finish();
+    expect(h.droppedBytes).toBe(0);
+    expect(h.lingering).toBe(false);
   });
 
   it("keeps pages cached before the read, readahead into them included, and drops only the runs around them", () => {
