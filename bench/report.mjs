@@ -69,10 +69,25 @@ out(
     `(${c.stage.files} files from /usr, ${mib(c.stage.bytes)} MiB; ${c.randomFiles.count} random files, ${mib(c.randomFiles.bytes)} MiB; the rest sparse); ` +
     `day 2 (${mib(c.day2.stats.nonzero)} MiB non-zero) rewrites ${c.day2Rewrites.changedBlocks} of its 4 KiB blocks (${f1(c.day2Rewrites.fraction * 100)}%, ${mib(c.day2Rewrites.changedBytes)} MiB in ${c.day2Rewrites.writes} writes) and adds a ${mib(c.day2NewFileBytes)} MiB random file`,
 );
+/**
+ * What the hypervisor withheld from this machine's CPUs during the timed steps (steal time, from
+ * /proc/stat), in all and during each tool's steps: a guest whose CPUs are shared with other
+ * guests loses wall time to it, and a tool whose steps met more of it looks slower than it is.
+ * Empty for records made before bench/run.sh counted it apart (it was in otherCpu then).
+ */
+function stealNote() {
+  const timed = records.filter((r) => r.stolenCpu !== undefined);
+  if (timed.length === 0) return "";
+  const cores = Number(meta.nproc) || 1;
+  const share = (recs) => (100 * recs.reduce((a, r) => a + r.stolenCpu, 0)) / Math.max(cores * recs.reduce((a, r) => a + r.wall, 0), 1e-9);
+  const stolen = timed.reduce((a, r) => a + r.stolenCpu, 0);
+  const perTool = tools.map((t) => `${TOOLS[t]} ${f1(share(timed.filter((r) => r.tool === t)))}%`).join(", ");
+  return `; the hypervisor withheld ${f1(stolen)} CPU s from this machine's ${cores} CPUs meanwhile (steal: ${f1(share(timed))}% of their time; during each tool's steps: ${perTool}; per step, \`stolenCpu\`)`;
+}
 const timedWall = records.reduce((a, r) => a + (r.wall ?? 0), 0);
 const otherCpu = records.reduce((a, r) => a + (r.otherCpu ?? 0), 0);
 out(`- **Runs:** ${meta.runs} per tool, each in a fresh repository, the tools taking turns step by step (the order turning by one tool each run); medians shown. ${meta.cold === "1" ? "Page cache cold (`--cold`: the image dropped from it before each backup, the tool's repository before each restore and check)" : "Page cache warm (images read before each backup)"}, \`sync\` before every step; the whole benchmark took ${meta.seconds} s`);
-out(`- **Noise:** other processes used ${f1(otherCpu)} CPU s during the ${f1(timedWall)} s of timed steps (${f1((100 * otherCpu) / Math.max(timedWall, 1e-9))}% of one core on average; per step in results.json, \`otherCpu\`)`);
+out(`- **Noise:** other processes used ${f1(otherCpu)} CPU s during the ${f1(timedWall)} s of timed steps (${f1((100 * otherCpu) / Math.max(timedWall, 1e-9))}% of one core on average; per step in results.json, \`otherCpu\`)${stealNote()}`);
 out(
   "- **Settings:** all encrypted. vmvault: production Argon2id key slot (`VMVAULT_INSECURE_TEST_KDF` unset), its defaults otherwise (32 KiB fixed image chunks, LZ4 compression, 1 worker thread plus the main thread on 2 cores, V8 heap flags of `bin/vmvault`, per the README). " +
     `restic: \`init\` (its default repository version: v2 from 0.14 on), \`backup\` (\`--compression auto\`), ${meta.resticSparse ? "`restore --sparse`" : "`restore` writing zeros (no `--sparse` before restic 0.15)"}. ` +

@@ -137,8 +137,10 @@ place() {
   ln "$CORPUS/$1" "$SRC" 2>/dev/null || cp --sparse=always "$CORPUS/$1" "$SRC"
 }
 
-# busy CPU ticks of the whole machine so far (user nice system irq softirq steal)
-busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
+# busy CPU ticks of the whole machine so far (user nice system irq softirq), and the ticks its
+# hypervisor gave its CPUs to other guests (steal: time this machine was ready to run and did not)
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat; }
+steal_ticks() { awk '/^cpu / { print $9 + 0; exit }' /proc/stat; }
 
 # timed STEP -- CMD...: runs CMD for $tool (run $run, repository $repo) under /usr/bin/time
 # after a sync, stops the benchmark when it fails, and appends one JSON record to raw.jsonl
@@ -146,18 +148,20 @@ timed() {
   t_step=$1; shift 2
   t_log="$OUT/logs/$tool-r$run-$t_step.log"
   sync
-  t_busy=$(busy_ticks)
+  t_busy=$(busy_ticks) t_steal=$(steal_ticks)
   if ! /usr/bin/time -f '%e %M %U %S' -o "$WORK/time.out" "$@" > "$t_log" 2>&1; then
     tail -n 20 "$t_log" >&2
     die "$tool $t_step failed in run $run: $* (log: $t_log)"
   fi
   read -r t_wall t_rss t_user t_sys < "$WORK/time.out"
-  # CPU time the rest of the machine used meanwhile (other work skews timings on few cores)
+  # CPU time the rest of the machine used meanwhile (other work skews timings on few cores), and
+  # what the hypervisor withheld (a guest whose CPUs are shared loses wall time to it)
   t_other=$(awk -v b="$(( $(busy_ticks) - t_busy ))" -v hz="$(getconf CLK_TCK)" -v u="$t_user" -v s="$t_sys" \
     'BEGIN { o = b / hz - u - s; printf "%.2f", o < 0 ? 0 : o }')
+  t_stolen=$(awk -v b="$(( $(steal_ticks) - t_steal ))" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", b / hz }')
   t_bytes=$(du --apparent-size -sb "$repo" | cut -f1)
-  printf '{"tool":"%s","run":%s,"step":"%s","wall":%s,"rssKiB":%s,"user":%s,"sys":%s,"repoBytes":%s,"otherCpu":%s}\n' \
-    "$tool" "$run" "$t_step" "$t_wall" "$t_rss" "$t_user" "$t_sys" "$t_bytes" "$t_other" >> "$RAW"
+  printf '{"tool":"%s","run":%s,"step":"%s","wall":%s,"rssKiB":%s,"user":%s,"sys":%s,"repoBytes":%s,"otherCpu":%s,"stolenCpu":%s}\n' \
+    "$tool" "$run" "$t_step" "$t_wall" "$t_rss" "$t_user" "$t_sys" "$t_bytes" "$t_other" "$t_stolen" >> "$RAW"
   printf '  %-12s run %s  %-8s %7s s  %6s MiB RSS  repo %s bytes\n' "$tool" "$run" "$t_step" "$t_wall" $((t_rss / 1024)) "$t_bytes"
   if [ "$t_step" = restore ]; then
     # Until the restored image is on the disk: vmvault's restore returns once it is (it syncs
