@@ -48,7 +48,11 @@ case $ROUNDS in ''|*[!0-9]*|0) die "--rounds takes a positive whole number" ;; e
 [ -x /usr/bin/time ] || die "needs GNU time at /usr/bin/time (Debian package time)"
 [ -f "$DAY1" ] || die "no image $DAY1 (build the corpus: sh bench/run.sh --smoke, or give --day1)"
 [ "$STEP" = backup1 ] || [ -f "$DAY2" ] || die "no image $DAY2 (give --day2)"
-for b in "$@"; do [ -x "$b/bin/vmvault" ] && [ -d "$b/dist" ] || die "$b has no built bin/vmvault (npm run build there)"; done
+for b in "$@"; do
+  [ -x "$b/bin/vmvault" ] && [ -d "$b/dist" ] || die "$b has no built bin/vmvault (npm run build there)"
+  # Without its native helper vmvault leaves packs and images in the page cache: not what npm ci installs.
+  [ -f "$b/build/Release/vmvault_native.node" ] || die "$b has no native helper build/Release/vmvault_native.node (npm ci, or npm run install, there; or copy build/ from a checkout that has it)"
+done
 [ "$(for b in "$@"; do basename "$b"; done | sort | uniq -d)" = "" ] || die "give build folders different names: runs are labelled by folder name"
 
 export VMVAULT_PASSPHRASE=ab-passphrase-0123 VMVAULT_USER=admin
