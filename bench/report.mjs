@@ -84,12 +84,22 @@ function stealNote() {
   const perTool = tools.map((t) => `${TOOLS[t]} ${f1(share(timed.filter((r) => r.tool === t)))}%`).join(", ");
   return `; the hypervisor withheld ${f1(stolen)} CPU s from this machine's ${cores} CPUs meanwhile (steal: ${f1(share(timed))}% of their time; during each tool's steps: ${perTool}; per step, \`stolenCpu\`)`;
 }
+/** Whether vmvault ran with its native helper (recorded by bench/run.sh since 2026-12-03). */
+function nativeNote() {
+  if (meta.vmvaultNative === "yes") return "; its native helper built, as npm ci builds it";
+  if (meta.vmvaultNative === "no") {
+    return "; **without its native helper** (build/Release/vmvault_native.node not built: packs and images stay in the page cache, extents are found without SEEK_DATA): not vmvault as npm ci installs it";
+  }
+  return "";
+}
 const timedWall = records.reduce((a, r) => a + (r.wall ?? 0), 0);
 const otherCpu = records.reduce((a, r) => a + (r.otherCpu ?? 0), 0);
 out(`- **Runs:** ${meta.runs} per tool, each in a fresh repository, the tools taking turns step by step (the order turning by one tool each run); medians shown. ${meta.cold === "1" ? "Page cache cold (`--cold`: the image dropped from it before each backup, the tool's repository before each restore and check)" : "Page cache warm (images read before each backup)"}, \`sync\` before every step; the whole benchmark took ${meta.seconds} s`);
 out(`- **Noise:** other processes used ${f1(otherCpu)} CPU s during the ${f1(timedWall)} s of timed steps (${f1((100 * otherCpu) / Math.max(timedWall, 1e-9))}% of one core on average; per step in results.json, \`otherCpu\`)${stealNote()}`);
 out(
-  "- **Settings:** all encrypted. vmvault: production Argon2id key slot (`VMVAULT_INSECURE_TEST_KDF` unset), its defaults otherwise (32 KiB fixed image chunks, LZ4 compression, 1 worker thread plus the main thread on 2 cores, V8 heap flags of `bin/vmvault`, per the README${meta.vmvaultNative === "no" ? "; **without its native helper** (build/Release/vmvault_native.node not built: packs and images stay in the page cache, extents are found without SEEK_DATA): not vmvault as npm ci installs it" : meta.vmvaultNative === "yes" ? "; its native helper built, as npm ci builds it" : ""}). " +
+  "- **Settings:** all encrypted. vmvault: production Argon2id key slot (`VMVAULT_INSECURE_TEST_KDF` unset), its defaults otherwise (32 KiB fixed image chunks, LZ4 compression, 1 worker thread plus the main thread on 2 cores, V8 heap flags of `bin/vmvault`, per the README" +
+    nativeNote() +
+    "). " +
     `restic: \`init\` (its default repository version: v2 from 0.14 on), \`backup\` (\`--compression auto\`), ${meta.resticSparse ? "`restore --sparse`" : "`restore` writing zeros (no `--sparse` before restic 0.15)"}. ` +
     "borg: `init -e repokey-blake2`, `create --compression lz4` (buzhash default chunker); borg (fixed 64K) adds `--chunker-params fixed,65536`; `extract --sparse` for both",
 );
