@@ -211,7 +211,7 @@ class HybridBulk extends NativeBulk {
   constructor(native: SodiumNative, hasher: WasmChunkHasher, choice: ChunkHashChoice) {
     super(native);
     this.#hasher = hasher;
-    if (choice !== "auto") this.#choice.decided = choice === "native" ? 1 : 0;
+    if (choice !== "auto") this.adoptChunkHasher(choice);
   }
 
   override get chunkHasher(): ChunkHasherName | undefined {
