@@ -112,6 +112,7 @@ sh "$HERE/corpus/make-corpus.sh" "$CORPUS" "$SIZE_MIB" "$SEED" | tail -n 1
 CORPUS=$(cd "$CORPUS" && pwd)
 DAY2_SHA=$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).day2.sha256)' "$CORPUS/corpus-info.json")
 
+NATIVE_HELPER="$ROOT/build/Release/vmvault_native.node"
 if uses vmvault; then
   echo "bench: building vmvault (npm run build)"
   [ -d "$ROOT/node_modules" ] || (cd "$ROOT" && npm ci --no-audit --no-fund >/dev/null)
@@ -119,9 +120,9 @@ if uses vmvault; then
   # The native helper (page-cache residency and drops, sparse extents, one-trip reads) is built
   # by npm ci; a checkout that skipped it would measure a vmvault nobody installs (its backups
   # then leave every pack in the page cache, which on some guests costs seconds of system time).
-  if [ ! -f "$ROOT/build/Release/vmvault_native.node" ]; then
+  if [ ! -f "$NATIVE_HELPER" ]; then
     echo "bench: building vmvault's native helper (npm run install)"
-    (cd "$ROOT" && npm run --silent install >/dev/null 2>&1) || die "vmvault's native helper did not build (build/Release/vmvault_native.node; npm ci builds it with node-gyp, python3 and a C compiler)"
+    (cd "$ROOT" && npm run --silent install >/dev/null 2>&1) || die "vmvault's native helper did not build ($NATIVE_HELPER; npm ci builds it with node-gyp, python3 and a C compiler)"
   fi
 fi
 
@@ -301,7 +302,7 @@ version() { have "$1" && "$@" 2>/dev/null | head -n 1 || echo "not installed"; }
   echo "ramKiB=$(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)"
   echo "kernel=$(uname -r)"
   echo "node=$(node --version)"
-  echo "vmvaultNative=$([ -f "$ROOT/build/Release/vmvault_native.node" ] && echo yes || echo no)"
+  echo "vmvaultNative=$([ -f "$NATIVE_HELPER" ] && echo yes || echo no)"
   echo "vmvault=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown) ($(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo no git))"
   echo "restic=$(version restic version)"
   echo "borg=$(version borg --version)"
