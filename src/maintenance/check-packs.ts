@@ -2,7 +2,7 @@ import { IntegrityError, NotFoundError } from "../errors.js";
 import type { CryptoSuite } from "../crypto/suite.js";
 import { packKey } from "../format/layout.js";
 import { encodePackEntries, type PackEntry } from "../format/pack.js";
-import { PackError, readPackTrailer } from "../pack/reader.js";
+import { PackError, readPackSession, readPackTrailer } from "../pack/reader.js";
 import { readIndexFile } from "../repository/index-files.js";
 import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import type { SessionKeys } from "../repository/sessions.js";
@@ -49,7 +49,13 @@ interface PackFinding {
 }
 
 type Trailer =
-  | { readonly sessionId: string; readonly entries: readonly PackEntry[]; readonly digest: Uint8Array }
+  | {
+      readonly sessionId: string;
+      readonly entries: readonly PackEntry[];
+      readonly digest: Uint8Array;
+      /** With --read-data: what is wrong with the pack's clear prefix, if anything. */
+      readonly prefixProblem?: string;
+    }
   | { readonly problems: readonly string[]; readonly session: boolean };
 
 /**
@@ -124,6 +130,9 @@ export class PackChecks {
     for await (const { packId, ls, size, trailers } of mapOrdered(packs, verifier !== undefined ? TRAILER_READS.data : TRAILER_READS.structure, withTrailers)) {
       n++;
       progress({ phase: verifier !== undefined ? "check data" : "check packs", done: n, total: packs.length, unit: "items" });
+      // Damage that loses no chunk (they are read by the index's locations), but leaves a pack
+      // `repair index` could not index again: named, with no location marked bad.
+      for (const t of trailers.values()) if ("entries" in t && t.prefixProblem !== undefined) this.#packFinding(packId, t.prefixProblem);
       await this.#checkPack(packId, ls, size, trailers, verifier);
     }
     if (verifier === undefined) return;
@@ -294,7 +303,11 @@ export class PackChecks {
     }
     try {
       const t = await readPackTrailer(this.#repo.crypto, this.#repo.store, packKey(packId), packId, size, sessionKey);
-      return { sessionId: t.sessionId, entries: t.entries, digest: entriesDigest(this.#repo.crypto, t.entries) };
+      const digest = entriesDigest(this.#repo.crypto, t.entries);
+      // --read-data reads every byte: the prefix too, which names the session in clear (what
+      // `repair index` reads a pack's session from) and which nothing else authenticates.
+      const prefixProblem = forVerifier ? await prefixProblemOf(this.#repo, packId, t.sessionId) : undefined;
+      return { sessionId: t.sessionId, entries: t.entries, digest, ...(prefixProblem === undefined ? {} : { prefixProblem }) };
     } catch (e) {
       if (e instanceof PackError) return { problems: [e.message], session: false };
       if (e instanceof NotFoundError) return { problems: ["pack is missing"], session: false };
@@ -344,6 +357,22 @@ function placeOf(e: PackEntry): string {
 /** Digest of an entry list as index files and trailers encode it: equal digests, equal lists. */
 function entriesDigest(crypto: CryptoSuite, entries: readonly PackEntry[]): Uint8Array {
   return crypto.hash(encodePackEntries(entries));
+}
+
+/**
+ * What is wrong with a pack's clear prefix (its object header and the session it names), given
+ * the session its authenticated trailer names; undefined when nothing is.
+ */
+async function prefixProblemOf(repo: Repository, packId: string, trailerSession: string): Promise<string | undefined> {
+  let named: string;
+  try {
+    named = await readPackSession(repo.store, packKey(packId));
+  } catch (e) {
+    if (e instanceof PackError) return `${e.message}: its chunks are intact, but \`vmvault repair index\` could not index this pack again`;
+    throw e;
+  }
+  if (named === trailerSession) return undefined;
+  return `pack prefix names session ${named}, its authenticated trailer ${trailerSession} (modified): its chunks are intact, but \`vmvault repair index\` could not index this pack again`;
 }
 
 /** A pack's entries as one listing of it gives them, read again from its index file. */
