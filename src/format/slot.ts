@@ -63,6 +63,9 @@ export function parseSlotMeta(value: unknown): SlotMeta {
 
 const SLOT_SECRETS_VERSION = 1;
 
+/** Bytes of encoded slot secrets: version, Ed25519 secret key, X25519 secret key, root public key. */
+export const SLOT_SECRETS_BYTES = 1 + 64 + 32 + 32;
+
 export function encodeSlotSecrets(s: SlotSecrets): Uint8Array {
   return new ByteWriter(160).u8(SLOT_SECRETS_VERSION).raw(s.signSecretKey).raw(s.boxSecretKey).raw(s.rootPublicKey).finish();
 }

@@ -1,5 +1,5 @@
 import { AuthError } from "../errors.js";
-import { CryptoFailure, type CryptoSuite } from "../crypto/suite.js";
+import { AEAD_NONCE_BYTES, AEAD_TAG_BYTES, CryptoFailure, type CryptoSuite } from "../crypto/suite.js";
 import { deriveKey, KDF_SALT_BYTES, type KdfStrength } from "../crypto/kdf.js";
 import type { Secret } from "../crypto/secret.js";
 import { FormatError } from "../format/codec.js";
@@ -9,6 +9,7 @@ import {
   encodeSlotSecrets,
   parseSlotMeta,
   parseSlotSecrets,
+  SLOT_SECRETS_BYTES,
   type SlotMeta,
   type SlotSecrets,
 } from "../format/slot.js";
@@ -85,6 +86,31 @@ export async function unwrapSlot(crypto: CryptoSuite | (() => Promise<CryptoSuit
   } finally {
     key.dispose();
   }
+}
+
+/**
+ * What anyone can tell is wrong with a key slot without its passphrase, or undefined: it must
+ * parse, name the user, repository and generation its key names, and seal exactly one set of
+ * secrets. A slot that passes may still not open: its sealed part and metadata are
+ * authenticated only under the passphrase, so a modification there looks like a wrong one.
+ */
+export function slotStructureProblem(bytes: Uint8Array, expected: { readonly user: string; readonly repoId: string; readonly generation: number }): string | undefined {
+  let meta: SlotMeta;
+  let payloads: readonly Uint8Array[];
+  try {
+    const env = parseEnvelope(ObjectKind.KeySlot, bytes, false);
+    meta = parseSlotMeta(env.meta);
+    payloads = env.payloads;
+  } catch (e) {
+    if (e instanceof FormatError) return `key slot is malformed (${e.message})`;
+    throw e;
+  }
+  if (meta.user !== expected.user) return `key slot names user ${JSON.stringify(meta.user)}, not ${expected.user}`;
+  if (meta.repoId !== expected.repoId) return `key slot names repository ${meta.repoId}, not this one (${expected.repoId})`;
+  if (meta.generation !== expected.generation) return `key slot names generation ${meta.generation}, its name ${expected.generation}`;
+  const sealed = payloads.length === 1 ? payloads[0] : undefined;
+  if (sealed?.length !== AEAD_NONCE_BYTES + SLOT_SECRETS_BYTES + AEAD_TAG_BYTES) return "key slot does not hold one sealed set of keys of the right size";
+  return undefined;
 }
 
 function slotError(objectName: string): AuthError {

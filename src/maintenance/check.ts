@@ -7,7 +7,8 @@ import { ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { parseGrantMeta } from "../format/grant.js";
 import { signedByAnyRootKey } from "../keys/grant.js";
 import { grantRootKeys } from "../keys/registry.js";
-import { AUDIT_PREFIX, grantPrefix, INDEX_PREFIX, PACK_PREFIX, SNAPSHOT_PREFIX, packKey, parseNumberedKey, parsePackKey, parseVersionedKey } from "../format/layout.js";
+import { slotStructureProblem } from "../keys/slot.js";
+import { AUDIT_PREFIX, grantPrefix, INDEX_PREFIX, PACK_PREFIX, SNAPSHOT_PREFIX, packKey, parseNumberedKey, parsePackKey, parseVersionedKey, slotPrefix } from "../format/layout.js";
 import type { SnapshotBody } from "../format/snapshot.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
@@ -94,6 +95,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
   const report = (d: Damage): void => void damage.push(d);
   try {
     await checkGrants(repo, report, warnings);
+    await checkKeySlots(repo, report);
     // Listed once each: for the snapshots and sessions read below, and for the names checked.
     const snapshotKeys = await listKeys(repo.store, SNAPSHOT_PREFIX);
     const sessionKeys = await listKeys(repo.store, "sessions/");
@@ -223,6 +225,29 @@ async function checkGrants(repo: Repository, report: (d: Damage) => void, warnin
       if (e instanceof FormatError) report({ object: key, problem: `grant is malformed (${e.message})` });
       else throw e;
     }
+  }
+}
+
+/**
+ * Every user the registry lists must have a key slot whose structure is sound (what can be
+ * seen without their passphrase, slotStructureProblem): a damaged one leaves them unable to
+ * unlock, which they would otherwise find out only when they next need the repository.
+ */
+async function checkKeySlots(repo: Repository, report: (d: Damage) => void): Promise<void> {
+  for (const user of repo.chain.latest.users) {
+    const prefix = slotPrefix(user.name);
+    const slots = await listAll(repo.store, prefix);
+    const latest = slots[slots.length - 1];
+    const lost = `${user.name} can no longer unlock; an admin removes them (\`vmvault user remove ${user.name} --no-rotate\`) and adds them again`;
+    if (latest === undefined) {
+      report({ object: prefix, problem: `user ${user.name} is in the registry but has no key slot: ${lost}` });
+      continue;
+    }
+    const generation = /^\d{6}$/.test(latest.key.slice(prefix.length)) ? Number(latest.key.slice(prefix.length)) : Number.NaN;
+    const problem = Number.isNaN(generation)
+      ? "not a name vmvault gives a key slot"
+      : slotStructureProblem(await repo.store.get(latest.key), { user: user.name, repoId: repo.repoId, generation });
+    if (problem !== undefined) report({ object: latest.key, problem: `${problem}: ${lost}` });
   }
 }
 

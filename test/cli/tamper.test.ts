@@ -210,6 +210,39 @@ describe("tampering is detected and named", () => {
     expect(r.stdout).toMatch(/pack is missing/);
   });
 
+  it("check names another user's key slot that is damaged or missing, which an admin puts right by adding them again", async () => {
+    const repo = copyRepo();
+    const v = vault(repo);
+    const aud = vault(repo, "aud", "auditor-pass");
+    expect((await v(["user", "add", "aud", "--role", "auditor"], { env: { VMVAULT_NEW_PASSPHRASE: "auditor-pass" } })).code).toBe(0);
+    const slot = path.join(repo, "keys", "aud", "000001");
+    const bytes = await fsp.readFile(slot);
+    const damageOf = async () => {
+      const r = await v(["--json", "check"]);
+      return { code: r.code, damage: (JSON.parse(r.stdout) as { damage: { object: string; problem: string }[] }).damage };
+    };
+    const lost = "aud can no longer unlock; an admin removes them (`vmvault user remove aud --no-rotate`) and adds them again";
+    // Was: check passed, and the auditor found out at their next login.
+    await fsp.writeFile(slot, bytes.subarray(0, bytes.length >> 1));
+    expect(await damageOf()).toEqual({ code: 5, damage: [{ object: "keys/aud/000001", problem: `key slot is malformed (truncated): ${lost}` }] });
+    expect((await aud(["audit", "verify"])).code).toBe(3);
+    await fsp.writeFile(slot, Buffer.concat([bytes, Buffer.from([0])]));
+    expect((await damageOf()).damage.map((d) => d.problem)).toEqual([`key slot is malformed (trailing bytes): ${lost}`]);
+    await fsp.rm(slot);
+    expect(await damageOf()).toEqual({ code: 5, damage: [{ object: "keys/aud/", problem: `user aud is in the registry but has no key slot: ${lost}` }] });
+    // What only the passphrase authenticates looks like a wrong passphrase, to the user and to check.
+    const sealedEnd = Buffer.from(bytes);
+    sealedEnd[sealedEnd.length - 1] = (sealedEnd[sealedEnd.length - 1] ?? 0) ^ 0x01;
+    await fsp.writeFile(slot, sealedEnd);
+    expect(await damageOf()).toEqual({ code: 0, damage: [] });
+    expect((await aud(["audit", "verify"])).code).toBe(3);
+    // The way back that the message names.
+    expect((await v(["user", "remove", "aud", "--no-rotate"])).code).toBe(0);
+    expect((await v(["user", "add", "aud", "--role", "auditor"], { env: { VMVAULT_NEW_PASSPHRASE: "auditor-pass" } })).code).toBe(0);
+    expect(await damageOf()).toEqual({ code: 0, damage: [] });
+    expect((await aud(["audit", "verify"])).code).toBe(0);
+  });
+
   // The prefix (object header, then the session id in clear) is what `repair index` reads a
   // pack's session from; nothing else authenticates it. Was: check --read-data passed.
   for (const c of [
