@@ -368,12 +368,15 @@ async function prefixProblemOf(repo: Repository, packId: string, trailerSession:
   try {
     named = await readPackSession(repo.store, packKey(packId));
   } catch (e) {
-    if (e instanceof PackError) return `${e.message}: its chunks are intact, but \`vmvault repair index\` could not index this pack again`;
+    if (e instanceof PackError) return `${e.message}; ${PREFIX_LOSES_NOTHING}`;
     throw e;
   }
   if (named === trailerSession) return undefined;
-  return `pack prefix names session ${named}, its authenticated trailer ${trailerSession} (modified): its chunks are intact, but \`vmvault repair index\` could not index this pack again`;
+  return `pack prefix names session ${named}, its authenticated trailer ${trailerSession}; ${PREFIX_LOSES_NOTHING}`;
 }
+
+/** Why a damaged prefix costs nothing: what a reader uses, it takes from elsewhere. */
+const PREFIX_LOSES_NOTHING = "no chunk is lost: readers go by the index and the pack's authenticated trailer, and `vmvault repair index` finds the pack's session without the prefix";
 
 /** A pack's entries as one listing of it gives them, read again from its index file. */
 async function listedEntries(repo: Repository, l: Listing, packId: string): Promise<readonly PackEntry[]> {

@@ -1,12 +1,13 @@
 import { IntegrityError, NotFoundError, type Damage } from "../errors.js";
 import type { IndexedPack } from "../format/index-file.js";
-import { PACK_PREFIX, parsePackKey } from "../format/layout.js";
-import { PackError, readPackSession, readPackTrailer } from "../pack/reader.js";
+import { PACK_PREFIX, parsePackKey, parseVersionedKey } from "../format/layout.js";
+import type { PackEntry } from "../format/pack.js";
+import { PackError, readPackSession, readPackTrailer, TRAILER_DOES_NOT_AUTHENTICATE } from "../pack/reader.js";
 import { INDEX_DOES_NOT_AUTHENTICATE, loadIndex, writeIndexFile } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
 import type { Repository } from "../repository/repository.js";
 import { SessionKeys } from "../repository/sessions.js";
-import { listAll } from "../storage/types.js";
+import { listAll, listKeys } from "../storage/types.js";
 import { fromHex, toHex } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
@@ -29,6 +30,47 @@ export interface RepairIndexResult {
   readonly unreadableIndexes: readonly Damage[];
   /** Packs whose trailer could not be read: not indexed (`check` names them). */
   readonly unreadablePacks: readonly Damage[];
+}
+
+/**
+ * A pack's trailer, opened under the session its clear prefix names. The prefix is not
+ * authenticated: where it does not parse, names a session that does not open, or one whose key
+ * does not open the trailer, every session of the repository is tried in turn, and the one
+ * whose key opens the trailer, which names that same session, is the pack's (a damaged prefix
+ * costs a search, not the pack). Otherwise the first failure stands.
+ */
+async function trailerOf(
+  repo: Repository,
+  sessions: SessionKeys,
+  p: { readonly packId: string; readonly key: string; readonly size: number },
+  candidates: () => Promise<string[]>,
+): Promise<{ sessionId: string; entries: PackEntry[] }> {
+  let named: string | undefined;
+  try {
+    named = await readPackSession(repo.store, p.key);
+    const session = await sessions.open(named);
+    return await readPackTrailer(repo.crypto, repo.store, p.key, p.packId, p.size, session.key);
+  } catch (first) {
+    const search = first instanceof IntegrityError || (first instanceof PackError && (named === undefined || first.message === TRAILER_DOES_NOT_AUTHENTICATE));
+    if (!search) throw first;
+    for (const id of await candidates()) {
+      if (id === named) continue;
+      let key;
+      try {
+        key = (await sessions.open(id)).key;
+      } catch (e) {
+        if (e instanceof IntegrityError || e instanceof NotFoundError) continue;
+        throw e;
+      }
+      try {
+        const trailer = await readPackTrailer(repo.crypto, repo.store, p.key, p.packId, p.size, key);
+        if (trailer.sessionId === id) return trailer;
+      } catch (e) {
+        if (!(e instanceof PackError)) throw e;
+      }
+    }
+    throw first;
+  }
 }
 
 /** Packs per index file written: index files stay around the size a backup writes. */
@@ -66,12 +108,20 @@ async function runRepair(repo: Repository, o: RepairIndexOptions): Promise<Repai
     }
     const found: IndexedPack[] = [];
     const unreadablePacks: Damage[] = [];
+    let sessionIds: Promise<string[]> | undefined;
+    // Listed once, and only if a pack's prefix does not lead to its session (trailerOf).
+    const candidates = (): Promise<string[]> => {
+      sessionIds ??= listKeys(repo.store, "sessions/").then((keys) => {
+        sessions.know(keys);
+        return [...new Set(keys.map((k) => parseVersionedKey(k, "sessions/")?.name).filter((id) => id !== undefined))];
+      });
+      return sessionIds;
+    };
     const missing = stored.filter((p) => !indexed.has(p.packId));
     for (const [i, p] of missing.entries()) {
       progress({ phase: "read pack trailers", done: i + 1, total: missing.length, unit: "items" });
       try {
-        const session = await sessions.open(await readPackSession(repo.store, p.key));
-        const trailer = await readPackTrailer(repo.crypto, repo.store, p.key, p.packId, p.size, session.key);
+        const trailer = await trailerOf(repo, sessions, p, candidates);
         found.push({ packId: fromHex(p.packId), sessionId: fromHex(trailer.sessionId), packLength: p.size, entries: trailer.entries });
       } catch (e) {
         if (e instanceof PackError) unreadablePacks.push({ object: p.key, problem: e.message });

@@ -12,6 +12,9 @@ export class PackError extends Error {
   }
 }
 
+/** The PackError message of a trailer its session key does not open (a wrong key, or damage). */
+export const TRAILER_DOES_NOT_AUTHENTICATE = "pack trailer does not authenticate";
+
 /** Bytes read from a pack's end for its trailer: one read for the trailers backups write. */
 const TAIL_READ = 128 * 1024;
 
@@ -50,7 +53,7 @@ export async function readPackTrailer(
   try {
     plain = crypto.open(sessionKey, trailer, packTrailerAd(fromHex(packId)));
   } catch (e) {
-    if (e instanceof CryptoFailure) throw new PackError("pack trailer does not authenticate");
+    if (e instanceof CryptoFailure) throw new PackError(TRAILER_DOES_NOT_AUTHENTICATE);
     throw e;
   }
   try {

@@ -98,6 +98,38 @@ describe("a damaged index file", () => {
     expect((await v(["check", "--read-data"])).code).toBe(0);
   }, 60_000);
 
+  // The clear prefix names the pack's session, unauthenticated. Was: such a pack stayed unindexed.
+  for (const c of [
+    { damage: "is zeroed", prefix: (_original: Buffer, _otherSession: Buffer) => Buffer.alloc(24) },
+    { damage: "names another session", prefix: (original: Buffer, otherSession: Buffer) => Buffer.concat([original.subarray(0, 8), otherSession]) },
+  ]) {
+    it(`indexes an unindexed pack whose clear prefix ${c.damage}, finding its session by its trailer`, async () => {
+      const { repo, src, v, indexOfB } = await twoSnapshots();
+      await fsp.rm(path.join(repo, "index", indexOfB));
+      const unindexed = /(data\/[0-9a-f]{2}\/[0-9a-f]{32}) is not indexed/.exec((await v(["check"])).stderr)?.[1];
+      if (unindexed === undefined) throw new Error("expected check to name the unindexed pack");
+      const pack = path.join(repo, unindexed);
+      const packs: string[] = [];
+      for (const dir of await fsp.readdir(path.join(repo, "data"))) for (const f of await fsp.readdir(path.join(repo, "data", dir))) packs.push(path.join(repo, "data", dir, f));
+      const other = packs.find((p) => p !== pack) as string;
+      const original = await fsp.readFile(pack);
+      const damaged = Buffer.from(original);
+      c.prefix(original, (await fsp.readFile(other)).subarray(8, 24)).copy(damaged, 0);
+      await fsp.writeFile(pack, damaged);
+
+      const repair = await v(["repair", "index"]);
+      expect(repair.code, repair.stderr).toBe(0);
+      expect(repair.stdout).toMatch(/^1 pack of 2 indexed again \(\d+ chunks\) in 1 new index file$/m);
+      const out = tmp("out");
+      const restored = await v(["restore", "latest", "--vm", "b", "--target", out, "--reason", "repair test"]);
+      expect(restored.code, restored.stderr).toBe(0);
+      expect(await sha256File(path.join(out, "b.raw"))).toBe(await sha256File(path.join(src, "b.raw")));
+      const check = await v(["--json", "check", "--read-data"]);
+      expect(check.code, check.stderr).toBe(5);
+      expect(JSON.parse(check.stdout)).toMatchObject({ damage: [{ object: unindexed, problem: expect.stringMatching(/; no chunk is lost: /), snapshots: [] }] });
+    }, 60_000);
+  }
+
   it("leaves a pack whose trailer does not authenticate unindexed, and removes no index file", async () => {
     const { repo, v, indexOfA, indexOfB } = await twoSnapshots();
     await fsp.rm(path.join(repo, "index", indexOfB));
