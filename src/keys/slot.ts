@@ -14,6 +14,7 @@ import {
   type SlotSecrets,
 } from "../format/slot.js";
 import { utf8 } from "../util/bytes.js";
+import { slotPrefix } from "../format/layout.js";
 
 export interface NewSlot {
   readonly user: string;
@@ -94,7 +95,7 @@ export async function unwrapSlot(crypto: CryptoSuite | (() => Promise<CryptoSuit
  * secrets. A slot that passes may still not open: its sealed part and metadata are
  * authenticated only under the passphrase, so a modification there looks like a wrong one.
  */
-export function slotStructureProblem(bytes: Uint8Array, expected: { readonly user: string; readonly repoId: string; readonly generation: number }): string | undefined {
+export function slotStructureProblem(bytes: Uint8Array, expected: { readonly user: string; readonly repoId: string; readonly generation?: number }): string | undefined {
   let meta: SlotMeta;
   let payloads: readonly Uint8Array[];
   try {
@@ -107,10 +108,16 @@ export function slotStructureProblem(bytes: Uint8Array, expected: { readonly use
   }
   if (meta.user !== expected.user) return `key slot names user ${JSON.stringify(meta.user)}, not ${expected.user}`;
   if (meta.repoId !== expected.repoId) return `key slot names repository ${meta.repoId}, not this one (${expected.repoId})`;
-  if (meta.generation !== expected.generation) return `key slot names generation ${meta.generation}, its name ${expected.generation}`;
+  if (expected.generation !== undefined && meta.generation !== expected.generation) return `key slot names generation ${meta.generation}, its name ${expected.generation}`;
   const sealed = payloads.length === 1 ? payloads[0] : undefined;
   if (sealed?.length !== AEAD_NONCE_BYTES + SLOT_SECRETS_BYTES + AEAD_TAG_BYTES) return "key slot does not hold one sealed set of keys of the right size";
   return undefined;
+}
+
+/** The generation a key slot's name gives (`keys/<user>/000001` is 1), or undefined for a name vmvault does not write. */
+export function slotGeneration(key: string, user: string): number | undefined {
+  const suffix = key.slice(slotPrefix(user).length);
+  return key.startsWith(slotPrefix(user)) && /^\d{6}$/.test(suffix) ? Number(suffix) : undefined;
 }
 
 function slotError(objectName: string): AuthError {

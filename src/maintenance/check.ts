@@ -7,7 +7,7 @@ import { ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { parseGrantMeta } from "../format/grant.js";
 import { signedByAnyRootKey } from "../keys/grant.js";
 import { grantRootKeys } from "../keys/registry.js";
-import { slotStructureProblem } from "../keys/slot.js";
+import { slotGeneration, slotStructureProblem } from "../keys/slot.js";
 import { AUDIT_PREFIX, grantPrefix, INDEX_PREFIX, PACK_PREFIX, SNAPSHOT_PREFIX, packKey, parseNumberedKey, parsePackKey, parseVersionedKey, slotPrefix } from "../format/layout.js";
 import type { SnapshotBody } from "../format/snapshot.js";
 import { loadIndex } from "../repository/index-files.js";
@@ -243,10 +243,9 @@ async function checkKeySlots(repo: Repository, report: (d: Damage) => void): Pro
       report({ object: prefix, problem: `user ${user.name} is in the registry but has no key slot: ${lost}` });
       continue;
     }
-    const generation = /^\d{6}$/.test(latest.key.slice(prefix.length)) ? Number(latest.key.slice(prefix.length)) : Number.NaN;
-    const problem = Number.isNaN(generation)
-      ? "not a name vmvault gives a key slot"
-      : slotStructureProblem(await repo.store.get(latest.key), { user: user.name, repoId: repo.repoId, generation });
+    const generation = slotGeneration(latest.key, user.name);
+    const problem =
+      generation === undefined ? "not a name vmvault gives a key slot" : slotStructureProblem(await repo.store.get(latest.key), { user: user.name, repoId: repo.repoId, generation });
     if (problem !== undefined) report({ object: latest.key, problem: `${problem}: ${lost}` });
   }
 }

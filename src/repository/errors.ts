@@ -36,3 +36,12 @@ export function configDamaged(problem: string): IntegrityError {
     `no command can open the repository without it, check included; copy the ${CONFIG_KEY} object back from a copy of the repository (it is written once, at init, and never changes)`,
   );
 }
+
+/** The user's own key slot, damaged where anyone can see it: no passphrase opens it. */
+export function slotDamaged(key: string, user: string, problem: string): IntegrityError {
+  return new IntegrityError(
+    `integrity failure: ${key}: ${problem}; no passphrase opens it`,
+    [{ object: key, problem }],
+    `an admin removes you (\`vmvault user remove ${user} --no-rotate\`) and adds you again, or puts ${key} back from a copy of the repository`,
+  );
+}

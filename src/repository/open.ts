@@ -12,11 +12,11 @@ import type { GrantSecrets } from "../format/grant.js";
 import { encodeGrant, openGrant } from "../keys/grant.js";
 import { Keyring } from "../keys/keyring.js";
 import { encodeRegistry, findUser, grantRootKeys, loadRegistryChain, objectHash, type RegistryChain } from "../keys/registry.js";
-import { unwrapSlot, wrapSlot } from "../keys/slot.js";
+import { slotGeneration, slotStructureProblem, unwrapSlot, wrapSlot } from "../keys/slot.js";
 import { listAll, listKeys, type Store } from "../storage/types.js";
 import { toHex } from "../util/bytes.js";
 import { Repository, type Environment } from "./repository.js";
-import { configDamaged, NotARepositoryError, type NotARepositoryKind } from "./errors.js";
+import { configDamaged, NotARepositoryError, slotDamaged, type NotARepositoryKind } from "./errors.js";
 import { RegistryPin } from "./pin.js";
 import type { LockWaitListener } from "./lock.js";
 
@@ -300,7 +300,12 @@ export async function openRepository(o: OpenOptions): Promise<Repository> {
     }
     return suite;
   };
-  const slot = await unwrapSlot(loadCrypto, await store.get(latestSlot.key), o.passphrase, latestSlot.key);
+  const slotBytes = await store.get(latestSlot.key);
+  // What shows without the passphrase is told apart from a wrong one, before Argon2id runs.
+  const generation = slotGeneration(latestSlot.key, o.user);
+  const slotProblem = slotStructureProblem(slotBytes, { user: o.user, repoId: config.repoId, ...(generation === undefined ? {} : { generation }) });
+  if (slotProblem !== undefined) throw slotDamaged(latestSlot.key, o.user, slotProblem);
+  const slot = await unwrapSlot(loadCrypto, slotBytes, o.passphrase, latestSlot.key);
   const crypto = await loadCrypto();
   const pinned = slot.secrets.rootPublicKey;
   if (slot.meta.repoId !== config.repoId || slot.meta.user !== o.user) {

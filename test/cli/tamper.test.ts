@@ -225,7 +225,12 @@ describe("tampering is detected and named", () => {
     // Was: check passed, and the auditor found out at their next login.
     await fsp.writeFile(slot, bytes.subarray(0, bytes.length >> 1));
     expect(await damageOf()).toEqual({ code: 5, damage: [{ object: "keys/aud/000001", problem: `key slot is malformed (truncated): ${lost}` }] });
-    expect((await aud(["audit", "verify"])).code).toBe(3);
+    // And the user is told what it is, before Argon2id runs (was: exit 3, "wrong passphrase, or the key slot ... was modified").
+    const told = await aud(["audit", "verify"]);
+    expect(told.code).toBe(5);
+    expect(told.stderr).toMatch(
+      /^vmvault: integrity failure: keys\/aud\/000001: key slot is malformed \(truncated\); no passphrase opens it\n  next: an admin removes you \(`vmvault user remove aud --no-rotate`\) and adds you again, or puts keys\/aud\/000001 back from a copy of the repository\n$/,
+    );
     await fsp.writeFile(slot, Buffer.concat([bytes, Buffer.from([0])]));
     expect((await damageOf()).damage.map((d) => d.problem)).toEqual([`key slot is malformed (trailing bytes): ${lost}`]);
     await fsp.rm(slot);
@@ -241,6 +246,18 @@ describe("tampering is detected and named", () => {
     expect((await v(["user", "add", "aud", "--role", "auditor"], { env: { VMVAULT_NEW_PASSPHRASE: "auditor-pass" } })).code).toBe(0);
     expect(await damageOf()).toEqual({ code: 0, damage: [] });
     expect((await aud(["audit", "verify"])).code).toBe(0);
+  });
+
+  it("a key slot swapped for another user's is named as such, not taken for a wrong passphrase", async () => {
+    const repo = copyRepo();
+    const v = vault(repo);
+    expect((await v(["user", "add", "aud", "--role", "auditor"], { env: { VMVAULT_NEW_PASSPHRASE: "auditor-pass" } })).code).toBe(0);
+    const mine = path.join(repo, "keys", "admin", "000001");
+    await fsp.copyFile(path.join(repo, "keys", "aud", "000001"), mine);
+    const r = await v(["snapshots"]);
+    // Was: exit 3, "wrong passphrase, or the key slot keys/admin/000001 was modified".
+    expect(r.code).toBe(5);
+    expect(r.stderr).toMatch(/^vmvault: integrity failure: keys\/admin\/000001: key slot names user "aud", not admin; no passphrase opens it\n/);
   });
 
   // The prefix (object header, then the session id in clear) is where `repair index` looks for a
