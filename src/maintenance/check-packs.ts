@@ -130,8 +130,8 @@ export class PackChecks {
     for await (const { packId, ls, size, trailers } of mapOrdered(packs, verifier !== undefined ? TRAILER_READS.data : TRAILER_READS.structure, withTrailers)) {
       n++;
       progress({ phase: verifier !== undefined ? "check data" : "check packs", done: n, total: packs.length, unit: "items" });
-      // Damage that loses no chunk (they are read by the index's locations), but leaves a pack
-      // `repair index` could not index again: named, with no location marked bad.
+      // Damage that loses no chunk (readers go by the index and the authenticated trailer):
+      // named, with no location marked bad.
       for (const t of trailers.values()) if ("entries" in t && t.prefixProblem !== undefined) this.#packFinding(packId, t.prefixProblem);
       await this.#checkPack(packId, ls, size, trailers, verifier);
     }
@@ -304,8 +304,8 @@ export class PackChecks {
     try {
       const t = await readPackTrailer(this.#repo.crypto, this.#repo.store, packKey(packId), packId, size, sessionKey);
       const digest = entriesDigest(this.#repo.crypto, t.entries);
-      // --read-data reads every byte: the prefix too, which names the session in clear (what
-      // `repair index` reads a pack's session from) and which nothing else authenticates.
+      // --read-data reads every byte: the prefix too, which names the session in clear (where
+      // `repair index` looks for a pack's session first) and which nothing authenticates.
       const prefixProblem = forVerifier ? await prefixProblemOf(this.#repo, packId, t.sessionId) : undefined;
       return { sessionId: t.sessionId, entries: t.entries, digest, ...(prefixProblem === undefined ? {} : { prefixProblem }) };
     } catch (e) {
