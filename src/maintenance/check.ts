@@ -1,4 +1,4 @@
-import { IntegrityError, type Damage } from "../errors.js";
+import { IntegrityError, NotFoundError, type Damage } from "../errors.js";
 import { Compressor } from "../compress/compressor.js";
 import { FormatError } from "../format/codec.js";
 import { parseChunkList } from "../format/chunklist.js";
@@ -8,7 +8,21 @@ import { parseGrantMeta } from "../format/grant.js";
 import { signedByAnyRootKey } from "../keys/grant.js";
 import { grantRootKeys } from "../keys/registry.js";
 import { slotGeneration, slotStructureProblem } from "../keys/slot.js";
-import { AUDIT_PREFIX, grantPrefix, INDEX_PREFIX, PACK_PREFIX, SNAPSHOT_PREFIX, packKey, parseNumberedKey, parsePackKey, parseVersionedKey, slotPrefix } from "../format/layout.js";
+import {
+  AUDIT_PREFIX,
+  grantPrefix,
+  INDEX_PREFIX,
+  LOCK_PREFIX,
+  PACK_PREFIX,
+  REENCRYPTION_LOCK_PREFIX,
+  SNAPSHOT_PREFIX,
+  packKey,
+  parseNumberedKey,
+  parsePackKey,
+  parseVersionedKey,
+  slotPrefix,
+} from "../format/layout.js";
+import { parseLockMeta } from "../format/lock.js";
 import type { SnapshotBody } from "../format/snapshot.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
@@ -96,6 +110,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
   try {
     await checkGrants(repo, report, warnings);
     await checkKeySlots(repo, report);
+    await checkLocks(repo, warnings);
     // Listed once each: for the snapshots and sessions read below, and for the names checked.
     const snapshotKeys = await listKeys(repo.store, SNAPSHOT_PREFIX);
     const sessionKeys = await listKeys(repo.store, "sessions/");
@@ -247,6 +262,23 @@ async function checkKeySlots(repo: Repository, report: (d: Damage) => void): Pro
     const problem =
       generation === undefined ? "not a name vmvault gives a key slot" : slotStructureProblem(await repo.store.get(latest.key), { user: user.name, repoId: repo.repoId, generation });
     if (problem !== undefined) report({ object: latest.key, problem: `${problem}: ${lost}` });
+  }
+}
+
+/**
+ * Lock objects that do not parse: every command passes over them (they say nothing of a holder),
+ * so they would stay for good unnamed. Named, not reported as damage: no data depends on them.
+ */
+async function checkLocks(repo: Repository, warnings: string[]): Promise<void> {
+  for (const prefix of [LOCK_PREFIX, REENCRYPTION_LOCK_PREFIX]) {
+    for (const key of await listKeys(repo.store, prefix)) {
+      try {
+        parseLockMeta(parseEnvelope(ObjectKind.Lock, await repo.store.get(key), false).meta);
+      } catch (e) {
+        if (e instanceof FormatError) warnings.push(`${key} is not a lock vmvault can read (${e.message}); every command ignores it: remove it`);
+        else if (!(e instanceof NotFoundError)) throw e;
+      }
+    }
   }
 }
 

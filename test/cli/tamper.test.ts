@@ -190,6 +190,23 @@ describe("tampering is detected and named", () => {
     );
   });
 
+  it("check names lock objects that do not parse, which every command passes over", async () => {
+    const repo = copyRepo();
+    await fsp.mkdir(path.join(repo, "locks"), { recursive: true });
+    await fsp.mkdir(path.join(repo, "locks-reencrypt"), { recursive: true });
+    await fsp.writeFile(path.join(repo, "locks", "0123456789abcdef0123456789abcdef"), "junk");
+    await fsp.writeFile(path.join(repo, "locks-reencrypt", "00112233445566778899aabbccddeeff"), "");
+    const r = await vault(repo)(["--json", "check"]);
+    // Was: not a word, while every command ignored them for good.
+    expect(r.code, r.stderr).toBe(0);
+    expect((JSON.parse(r.stdout) as { warnings: string[] }).warnings.sort()).toEqual([
+      "locks-reencrypt/00112233445566778899aabbccddeeff is not a lock vmvault can read (truncated); every command ignores it: remove it",
+      "locks/0123456789abcdef0123456789abcdef is not a lock vmvault can read (not a vmvault object (bad magic)); every command ignores it: remove it",
+    ]);
+    // Its own lock, held while it runs, is not among them; a backup runs past them.
+    expect((await vault(repo)(["backup", "--vm", "vm1", path.join(src, "folder")])).code).toBe(0);
+  });
+
   it("a truncated pack is detected by a structure check", async () => {
     const repo = copyRepo();
     const pack = (await objects(repo, "data/"))[0] as string;
