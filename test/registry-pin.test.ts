@@ -53,6 +53,27 @@ describe("RegistryPin", () => {
     await expect(new RegistryPin(dir, "r2").check(chain(4))).resolves.toBeUndefined();
   });
 
+  it("a pin file that does not parse is told once, written again, and catches rollbacks from then on; a missing one is not told", async () => {
+    const dir = tmp("state");
+    const file = path.join(dir, "registry-r4.json");
+    const heard: string[] = [];
+    const listen = (m: string): void => void heard.push(m);
+    await new RegistryPin(dir, "r4", listen).check(chain(3));
+    expect(heard).toEqual([]);
+    for (const damaged of ["{", "null", JSON.stringify({ version: "3", hash: "hash-3" }), JSON.stringify({ version: 3 })]) {
+      heard.length = 0;
+      await fsp.writeFile(file, damaged);
+      const pin = new RegistryPin(dir, "r4", listen);
+      // Was: taken for no pin at all, without a word (rollback detection silently started over).
+      await pin.check(chain(3));
+      await pin.record(chain(3));
+      expect(heard).toEqual([`${file} does not parse: this machine no longer knows the newest registry version it saw of this repository, so a rollback of it before now would go unnoticed; it is written again from the current registry`]);
+      expect(JSON.parse(await fsp.readFile(file, "utf8"))).toEqual({ version: 3, hash: "hash-3" });
+      await expect(new RegistryPin(dir, "r4", listen).check(chain(2))).rejects.toThrow(/rolled back/);
+      expect(heard).toHaveLength(1);
+    }
+  });
+
   it("a version another command on this machine pinned after the registry was read is no rollback, and an older chain never lowers the pin", async () => {
     const dir = tmp("state");
     const file = path.join(dir, "registry-r3.json");

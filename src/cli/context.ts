@@ -145,6 +145,7 @@ export class CliContext {
         ...(lockWaitMs === undefined ? {} : { lockWaitMs }),
         // Always on stderr, terminal or not: a command that sits waiting says for whom and until when.
         onLockWait: (notice) => this.warn(`vmvault: ${notice}`),
+        onWarning: (message) => this.warn(`warning: ${message}`),
         ...(afterKdf === undefined ? {} : { afterKdf }),
       });
     } finally {

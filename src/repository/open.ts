@@ -37,6 +37,8 @@ export interface CommonOptions {
   readonly lockWaitMs?: number;
   /** Told once when a command starts waiting for another's lock: who holds it, and until when it waits. */
   readonly onLockWait?: LockWaitListener;
+  /** Hears what the open found wrong outside the repository that stops nothing (a damaged registry pin in the state folder). */
+  readonly onWarning?: (message: string) => void;
 }
 
 export interface InitOptions extends CommonOptions {
@@ -314,7 +316,7 @@ export async function openRepository(o: OpenOptions): Promise<Repository> {
   if (!crypto.equal(config.rootPublicKey, pinned) || !crypto.verify(pinned, body, signature)) {
     throw configDamaged("the configuration is not signed by the root key pinned in your key slot: it was altered or replaced");
   }
-  const pin = o.stateDir === undefined ? undefined : new RegistryPin(o.stateDir, config.repoId);
+  const pin = o.stateDir === undefined ? undefined : new RegistryPin(o.stateDir, config.repoId, o.onWarning);
   await pin?.read();
   const configHash = objectHash(crypto, configBytes);
   const chain = await loadRegistryChain(crypto, store, pinned, config.repoId, configHash);

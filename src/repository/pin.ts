@@ -14,9 +14,13 @@ export class RegistryPin {
   /** What the pin file held when last read or written. */
   #pinned: { version: number; hash: string } | undefined;
   #read = false;
+  readonly #onDamaged: ((message: string) => void) | undefined;
+  #damageTold = false;
 
-  constructor(stateDir: string, repoId: string) {
+  /** onDamaged hears, once, of a pin file that is there but does not parse (it is then written again). */
+  constructor(stateDir: string, repoId: string, onDamaged?: (message: string) => void) {
     this.#file = path.join(stateDir, `registry-${repoId}.json`);
+    this.#onDamaged = onDamaged;
   }
 
   /**
@@ -67,11 +71,24 @@ export class RegistryPin {
   }
 
   async #load(): Promise<{ version: number; hash: string } | undefined> {
+    let text: string;
     try {
-      const pinned = JSON.parse(await fsp.readFile(this.#file, "utf8")) as { version: number; hash: string };
-      return typeof pinned.version === "number" && typeof pinned.hash === "string" ? pinned : undefined;
+      text = await fsp.readFile(this.#file, "utf8");
     } catch {
       return undefined;
     }
+    try {
+      const pinned = JSON.parse(text) as { version?: unknown; hash?: unknown } | null;
+      if (Number.isSafeInteger(pinned?.version) && typeof pinned?.hash === "string") return pinned as { version: number; hash: string };
+    } catch {
+      // Reported below.
+    }
+    if (!this.#damageTold) {
+      this.#damageTold = true;
+      this.#onDamaged?.(
+        `${this.#file} does not parse: this machine no longer knows the newest registry version it saw of this repository, so a rollback of it before now would go unnoticed; it is written again from the current registry`,
+      );
+    }
+    return undefined;
   }
 }
