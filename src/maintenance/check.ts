@@ -26,6 +26,7 @@ import { parseLockMeta } from "../format/lock.js";
 import type { SnapshotBody } from "../format/snapshot.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
+import { refreshRegistryView } from "../repository/registry-view.js";
 import type { Repository } from "../repository/repository.js";
 import { SessionKeys } from "../repository/sessions.js";
 import { BlobReader } from "../restore/blob-reader.js";
@@ -238,7 +239,8 @@ async function checkGrants(repo: Repository, report: (d: Damage) => void, warnin
       }
     } catch (e) {
       if (e instanceof FormatError) report({ object: key, problem: `grant is malformed (${e.message})` });
-      else throw e;
+      // Removed since the listing (a user removal or a rotation's cleanup, which take no lock).
+      else if (!(e instanceof NotFoundError)) throw e;
     }
   }
 }
@@ -246,23 +248,45 @@ async function checkGrants(repo: Repository, report: (d: Damage) => void, warnin
 /**
  * Every user the registry lists must have a key slot whose structure is sound (what can be
  * seen without their passphrase, slotStructureProblem): a damaged one leaves them unable to
- * unlock, which they would otherwise find out only when they next need the repository.
+ * unlock, which they would otherwise find out only when they next need the repository. User
+ * removal and passphrase changes take no lock: what looks wrong is judged again on the registry
+ * as it is then (a removal lists the user no more before it deletes their slot; a passphrase
+ * change writes the new slot before it deletes the old).
  */
 async function checkKeySlots(repo: Repository, report: (d: Damage) => void): Promise<void> {
+  let found = await keySlotDamage(repo);
+  if (found.length > 0) {
+    await refreshRegistryView(repo);
+    found = await keySlotDamage(repo);
+  }
+  for (const d of found) report(d);
+}
+
+async function keySlotDamage(repo: Repository): Promise<Damage[]> {
+  const found: Damage[] = [];
   for (const user of repo.chain.latest.users) {
     const prefix = slotPrefix(user.name);
     const slots = await listAll(repo.store, prefix);
     const latest = slots[slots.length - 1];
     const lost = `${user.name} can no longer unlock; an admin removes them (\`vmvault user remove ${user.name} --no-rotate\`) and adds them again`;
     if (latest === undefined) {
-      report({ object: prefix, problem: `user ${user.name} is in the registry but has no key slot: ${lost}` });
+      found.push({ object: prefix, problem: `user ${user.name} is in the registry but has no key slot: ${lost}` });
       continue;
     }
     const generation = slotGeneration(latest.key, user.name);
-    const problem =
-      generation === undefined ? "not a name vmvault gives a key slot" : slotStructureProblem(await repo.store.get(latest.key), { user: user.name, repoId: repo.repoId, generation });
-    if (problem !== undefined) report({ object: latest.key, problem: `${problem}: ${lost}` });
+    let problem: string | undefined;
+    if (generation === undefined) problem = "not a name vmvault gives a key slot";
+    else {
+      try {
+        problem = slotStructureProblem(await repo.store.get(latest.key), { user: user.name, repoId: repo.repoId, generation });
+      } catch (e) {
+        if (!(e instanceof NotFoundError)) throw e;
+        problem = "key slot disappeared while it was checked";
+      }
+    }
+    if (problem !== undefined) found.push({ object: latest.key, problem: `${problem}: ${lost}` });
   }
+  return found;
 }
 
 /**
