@@ -14,7 +14,6 @@ import {
   type SlotSecrets,
 } from "../format/slot.js";
 import { utf8 } from "../util/bytes.js";
-import { slotPrefix } from "../format/layout.js";
 
 export interface NewSlot {
   readonly user: string;
@@ -112,12 +111,6 @@ export function slotStructureProblem(bytes: Uint8Array, expected: { readonly use
   const sealed = payloads.length === 1 ? payloads[0] : undefined;
   if (sealed?.length !== AEAD_NONCE_BYTES + SLOT_SECRETS_BYTES + AEAD_TAG_BYTES) return "key slot does not hold one sealed set of keys of the right size";
   return undefined;
-}
-
-/** The generation a key slot's name gives (`keys/<user>/000001` is 1), or undefined for a name vmvault does not write. */
-export function slotGeneration(key: string, user: string): number | undefined {
-  const suffix = key.slice(slotPrefix(user).length);
-  return key.startsWith(slotPrefix(user)) && /^\d{6}$/.test(suffix) ? Number(suffix) : undefined;
 }
 
 function slotError(objectName: string): AuthError {

@@ -7,7 +7,7 @@ import { ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { parseGrantMeta } from "../format/grant.js";
 import { signedByAnyRootKey } from "../keys/grant.js";
 import { grantRootKeys } from "../keys/registry.js";
-import { slotGeneration, slotStructureProblem } from "../keys/slot.js";
+import { slotStructureProblem } from "../keys/slot.js";
 import {
   AUDIT_PREFIX,
   grantPrefix,
@@ -273,7 +273,7 @@ async function keySlotDamage(repo: Repository): Promise<Damage[]> {
       found.push({ object: prefix, problem: `user ${user.name} is in the registry but has no key slot: ${lost}` });
       continue;
     }
-    const generation = slotGeneration(latest.key, user.name);
+    const generation = parseNumberedKey(latest.key, prefix, 6);
     let problem: string | undefined;
     if (generation === undefined) problem = "not a name vmvault gives a key slot";
     else {
