@@ -310,9 +310,6 @@ export async function openRepository(o: OpenOptions): Promise<Repository> {
   const slot = await unwrapSlot(loadCrypto, slotBytes, o.passphrase, latestSlot.key);
   const crypto = await loadCrypto();
   const pinned = slot.secrets.rootPublicKey;
-  if (slot.meta.repoId !== config.repoId || slot.meta.user !== o.user) {
-    throw new AuthError(`the key slot ${latestSlot.key} belongs to another repository or user`);
-  }
   if (!crypto.equal(config.rootPublicKey, pinned) || !crypto.verify(pinned, body, signature)) {
     throw configDamaged("the configuration is not signed by the root key pinned in your key slot: it was altered or replaced");
   }
