@@ -51,6 +51,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   const program = buildProgram(interrupts);
   const debug = argv.includes("--debug");
   const uninstall = interrupts.install();
+  dropOutputToClosedPipes();
   try {
     await program.parseAsync([...argv], { from: "user" });
     return 0;
@@ -62,3 +63,24 @@ export async function main(argv: readonly string[]): Promise<number> {
     uninstall();
   }
 }
+
+/**
+ * A reader that stops reading (`vmvault snapshots | head -1`, a closed terminal) makes writes to
+ * stdout or stderr fail with EPIPE, which Node.js raises as an 'error' event: unhandled, it ended
+ * the process with a stack trace and exit 1 wherever the command was. What no one reads any more
+ * is dropped instead, and the command finishes its work and exits with its own code. Any other
+ * write error still ends the process as before. Installed once per process and kept: the event
+ * comes after the write, often once main() has returned.
+ */
+function dropOutputToClosedPipes(): void {
+  if (closedPipesWatched) return;
+  closedPipesWatched = true;
+  const onError = (e: NodeJS.ErrnoException): void => {
+    // After the first EPIPE the stream is destroyed, and later writes fail with ERR_STREAM_DESTROYED.
+    if (e.code === "EPIPE" || e.code === "ERR_STREAM_DESTROYED") return;
+    throw e;
+  };
+  process.stdout.on("error", onError);
+  process.stderr.on("error", onError);
+}
+let closedPipesWatched = false;
