@@ -4,7 +4,7 @@ import { encodeAuditBody, encodeAuditBodyMeta, encodeAuditMeta, parseAuditMeta, 
 import { AUDIT_PREFIX, auditBodyKey, auditKey, parseNumberedKey } from "../format/layout.js";
 import type { AuditHead, RegistryDoc } from "../format/registry.js";
 import { FormatError } from "../format/codec.js";
-import { newerRegistryChain } from "../repository/registry-view.js";
+import { newerRegistryChain, removedIn, UserRemovedError } from "../repository/registry-view.js";
 import type { Repository } from "../repository/repository.js";
 import { listKeys } from "../storage/types.js";
 import { toHex } from "../util/bytes.js";
@@ -76,7 +76,7 @@ export async function appendAudit(repo: Repository, entry: AuditEntry): Promise<
     };
     const bodyBytes = encodeAuditBody(body);
     const bodyDigest = toHex(crypto.hash(bodyBytes));
-    await storeBody(repo, bodyBytes, bodyDigest);
+    await storeBody(repo, bodyBytes, bodyDigest, entry);
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const head = await readHead(repo);
       const meta: AuditMeta = { repoId: repo.repoId, seq: (head?.seq ?? 0) + 1, prevHash: head?.hash ?? null, bodyDigest };
@@ -86,7 +86,7 @@ export async function appendAudit(repo: Repository, entry: AuditEntry): Promise<
     }
     throw new LockedError("the audit trail is too busy: could not claim a sequence number");
   } catch (e) {
-    if (e instanceof AuditWriteError) throw e;
+    if (e instanceof AuditWriteError || e instanceof UserRemovedError) throw e;
     throw new AuditWriteError(entry.action, e);
   }
 }
@@ -105,18 +105,32 @@ export async function appendAudit(repo: Repository, entry: AuditEntry): Promise<
  * audit write waits behind a rotation; the cost is two listings of the registry per append
  * (and a registry load only when it changed since the repository was opened).
  */
-async function storeBody(repo: Repository, bodyBytes: Uint8Array, bodyDigest: string): Promise<void> {
+async function storeBody(repo: Repository, bodyBytes: Uint8Array, bodyDigest: string, entry: AuditEntry): Promise<void> {
   let view = (await newerRegistryVersion(repo, repo.chain.latest.version)) ?? repo.chain.latest;
   for (let attempt = 0; attempt < MAX_RESEALS; attempt++) {
+    assertSignerListed(repo, view, entry);
     const epoch = view.epochs.find((e) => e.id === view.currentEpoch);
     if (epoch === undefined) throw new IntegrityError(`registry version ${view.version} names no current epoch`);
     const sealed = repo.crypto.sealTo(epoch.auditPublicKey, bodyBytes);
     await repo.store.putIfAbsent(auditBodyKey(bodyDigest, epoch.id), encodeEnvelope(ObjectKind.AuditBody, encodeAuditBodyMeta({ repoId: repo.repoId, bodyDigest, epoch: epoch.id }), [sealed]));
     const newest = await newerRegistryVersion(repo, view.version);
+    if (newest !== undefined) assertSignerListed(repo, newest, entry);
     if (newest === undefined || newest.currentEpoch === epoch.id) return;
     view = newest;
   }
   throw new LockedError(`the keys were rotated ${MAX_RESEALS} times while one audit record was stored`, "run the command again once the key rotations have finished");
+}
+
+/**
+ * Refuses to sign for a user the registry no longer lists (removed while the command ran):
+ * verification reports a record a removed user signed after their removal as a break in the
+ * trail, since anyone who kept their keys could sign one. The listings storeBody makes anyway
+ * tell; a removal published between the last of them and the record's put still gets through.
+ */
+function assertSignerListed(repo: Repository, view: RegistryDoc, entry: AuditEntry): void {
+  if (view === repo.chain.latest) return;
+  const removed = removedIn(repo, view, `while this command ran; its audit record (${entry.action}, ${entry.result}) was not stored: the trail takes none from a removed user`);
+  if (removed !== undefined) throw removed;
 }
 
 /** The newest registry version when one newer than `version` is stored (one listing otherwise). */
