@@ -227,7 +227,8 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
     // their removal off), so one removed while this backup ran would sign a snapshot that every
     // reader rejects, not being among those accepted at the removal: the registry is read again
     // first (one listing when nothing changed). A removal published after this read and before
-    // the snapshot below is stored still gets that far (see docs/design.md, Users).
+    // the snapshot below is stored still gets that far (docs/design.md, "A user removed while
+    // their command runs").
     await refreshRegistryView(repo, "no snapshot was saved (the data this backup stored stays in the repository, referenced by no snapshot)");
     const header: SnapshotHeader = {
       id,
