@@ -98,3 +98,17 @@ describe("a restore whose user is removed while it runs", () => {
     expect(log.filter((r) => r.actor === "rita").map((r) => `${r.action} ${r.result}`)).toEqual(["restore started"]);
   });
 });
+
+describe("an admin who asks to remove themselves", () => {
+  it("is refused with nothing removed, and the trail verifies", async () => {
+    const dir = tmp("repo");
+    const admin = await initTestVault(dir);
+    await admin.addUser({ name: "other", role: "admin", passphrase: Secret.fromString("other-passphrase"), kdf: KDF_TEST, allowWeakKdf: true });
+    // Was: removed, with the removal's own record signed after the registry version that removed
+    // them (and, with --rotate, the rotation's too): `audit verify` reported a break.
+    await expect(admin.removeUser("admin")).rejects.toThrow("admin cannot remove themselves");
+    const after = await openTestVault(dir);
+    expect((await after.listUsers()).map((u) => u.name).sort()).toEqual(["admin", "other"]);
+    expect((await after.auditVerify()).problems).toEqual([]);
+  });
+});

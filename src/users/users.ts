@@ -219,6 +219,11 @@ export async function removeUser(repo: Repository, name: string): Promise<Remove
 }
 
 async function deleteUser(repo: Repository, name: string): Promise<RemovedUserSummary> {
+  // An admin removed by their own command would go on signing after the registry version that
+  // removed them (the removal's own record, a rotation asked for with it), which verification
+  // rightly reports as a break in the trail; and a removal is better answered for by an admin
+  // who stays.
+  if (name === repo.userName) throw new UsageError(`${name} cannot remove themselves`, "another admin removes them: `vmvault user remove NAME`, run as that admin");
   // As in createUser: the snapshots the user signed are read with the current epoch's keys.
   await refreshRegistryView(repo);
   const latest = repo.chain.latest;
