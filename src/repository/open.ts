@@ -132,7 +132,13 @@ export async function initRepository(o: InitOptions): Promise<Repository> {
   if ((await store.stat(CONFIG_KEY)) !== undefined) {
     throw new VaultError("E_EXISTS", `a repository already exists at ${store.location}`);
   }
-  if ((await listAll(store, "")).length > 0) {
+  const there = await whatIsThere(store);
+  if (there === "interrupted init") {
+    throw new VaultError("E_EXISTS", `${store.location} holds the start of a repository but no config object (an interrupted init leaves this state)`, {
+      hint: "if that init was yours, remove the folder and run `vmvault init` again",
+    });
+  }
+  if (there !== "empty") {
     throw new VaultError("E_EXISTS", `${store.location} is not empty`, { hint: "initialize a new repository in an empty or new folder" });
   }
   const crypto = await CryptoSuite.create(o.random === undefined ? {} : { random: o.random });

@@ -71,6 +71,20 @@ describe("bad input gives a clear error, the documented exit code, and no partia
     void repo;
   });
 
+  it("init names the start of a repository an interrupted init left, and the way out", async () => {
+    const { repo } = await newRepo();
+    // What an init killed before its config object leaves: its registry, slot and grants.
+    const half = path.join(tmp("half"), "r");
+    await fsp.mkdir(half);
+    for (const d of ["registry", "keys", "grants"]) await fsp.cp(path.join(repo, d), path.join(half, d), { recursive: true });
+    const r = await vault(half)(["init"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/holds the start of a repository but no config object \(an interrupted init leaves this state\)/);
+    expect(r.stderr).toMatch(/remove the folder and run `vmvault init` again/);
+    await fsp.rm(half, { recursive: true });
+    expect((await vault(half)(["init"])).code).toBe(0);
+  });
+
   it("usage errors exit 2: no reason, no passphrase without a terminal, unknown option", async () => {
     const { repo, v } = await newRepo();
     const noReason = await v(["restore", "latest", "--target", tmp("o")]);
