@@ -112,3 +112,19 @@ describe("an admin who asks to remove themselves", () => {
     expect((await after.auditVerify()).problems).toEqual([]);
   });
 });
+
+describe("a passphrase change whose user is removed while it runs", () => {
+  it("writes no key slot for the removed user", async () => {
+    const { dir } = await setup();
+    const admin = await openTestVault(dir);
+    // Opening lists bob's slots once; passwd lists them again, then runs Argon2id for the new
+    // one: the removal lands there.
+    const store = new HookStore(new FsStore(dir), { afterList: "keys/bob/", skip: 1 }, async () => void (await admin.removeUser("bob")));
+    const bob = await Vault.open({ store, user: "bob", passphrase: Secret.fromString(BOB) });
+    await expect(bob.changePassphrase(Secret.fromString("bob-new-passphrase"), KDF_TEST, true)).rejects.toThrow(/user bob was removed .*; no key slot was written/);
+    expect(store.ran).toBe(true);
+    // Was: a new slot generation of bob, written after the removal deleted his slots.
+    expect(await listKeys(new FsStore(dir), "keys/bob/")).toEqual([]);
+    expect((await (await openTestVault(dir)).auditVerify()).problems).toEqual([]);
+  });
+});

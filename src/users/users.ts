@@ -218,12 +218,18 @@ export async function removeUser(repo: Repository, name: string): Promise<Remove
   });
 }
 
-async function deleteUser(repo: Repository, name: string): Promise<RemovedUserSummary> {
-  // An admin removed by their own command would go on signing after the registry version that
-  // removed them (the removal's own record, a rotation asked for with it), which verification
-  // rightly reports as a break in the trail; and a removal is better answered for by an admin
-  // who stays.
+/**
+ * Refuses an admin's removal of themselves: their own command would go on signing after the
+ * registry version that removed them (the removal's own record, a rotation asked for with it),
+ * which verification rightly reports as a break in the trail; and a removal is better answered
+ * for by an admin who stays. The CLI asks this before it asks about rotating.
+ */
+export function assertNotSelf(repo: Repository, name: string): void {
   if (name === repo.userName) throw new UsageError(`${name} cannot remove themselves`, "another admin removes them: `vmvault user remove NAME`, run as that admin");
+}
+
+async function deleteUser(repo: Repository, name: string): Promise<RemovedUserSummary> {
+  assertNotSelf(repo, name);
   // As in createUser: the snapshots the user signed are read with the current epoch's keys.
   await refreshRegistryView(repo);
   const latest = repo.chain.latest;
@@ -271,6 +277,9 @@ export async function rewrapSlot(repo: Repository, passphrase: Secret, kdf: KdfS
     { signSecretKey: repo.keyring.signSecretKey.bytes, boxSecretKey: repo.keyring.boxSecretKey.bytes, rootPublicKey: genesisRoot },
   );
   const key = slotKey(name, generation);
+  // No lock (as for a removal): a removal published while Argon2id ran would leave this new slot
+  // behind for a user the registry no longer lists.
+  await refreshRegistryView(repo, "no key slot was written");
   if (!(await repo.store.putIfAbsent(key, bytes))) throw new VaultError("E_LOCKED", "the key slot changed meanwhile; run the command again");
   for (const o of old) await repo.store.delete(o.key);
   return key;

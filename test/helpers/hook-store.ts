@@ -3,16 +3,18 @@ import type { ByteRange, ObjectInfo, Store } from "../../src/storage/types.js";
 /**
  * A store that runs `hook` once, at a fixed point of the operation using it: right after the
  * first complete listing of a prefix (`afterList`), or right before the first put of a key
- * under a prefix (`beforePut`). The interleaving is set by the call order, not by timing.
+ * under a prefix (`beforePut`); with `skip`, that many such points pass first. The
+ * interleaving is set by the call order, not by timing.
  */
 export class HookStore implements Store {
   readonly location: string;
   ran = false;
   readonly #inner: Store;
-  readonly #at: { readonly afterList?: string; readonly beforePut?: string };
+  readonly #at: { readonly afterList?: string; readonly beforePut?: string; readonly skip?: number };
+  #skipped = 0;
   readonly #hook: () => Promise<void>;
 
-  constructor(inner: Store, at: { readonly afterList?: string; readonly beforePut?: string }, hook: () => Promise<void>) {
+  constructor(inner: Store, at: { readonly afterList?: string; readonly beforePut?: string; readonly skip?: number }, hook: () => Promise<void>) {
     this.#inner = inner;
     this.#at = at;
     this.#hook = hook;
@@ -21,6 +23,10 @@ export class HookStore implements Store {
 
   async #fire(): Promise<void> {
     if (this.ran) return;
+    if (this.#skipped < (this.#at.skip ?? 0)) {
+      this.#skipped++;
+      return;
+    }
     this.ran = true;
     await this.#hook();
   }

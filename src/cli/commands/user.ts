@@ -7,7 +7,7 @@ import { refuseBothForms } from "../options.js";
 import { noun, plural, table } from "../output.js";
 import { promptYesNo } from "../prompt.js";
 import { authorizeAudited } from "../../audit/guard.js";
-import { assertNewUserName } from "../../users/users.js";
+import { assertNewUserName, assertNotSelf } from "../../users/users.js";
 
 export function registerUser(program: Command): void {
   const user = program.command("user").description("manage users and roles (admin), or change your own passphrase");
@@ -56,6 +56,7 @@ export function registerUser(program: Command): void {
       const vault = await ctx.openVault();
       try {
         await authorizeAudited(vault.repository, "admin", "user remove", { user: name });
+        assertNotSelf(vault.repository, name);
         let rotate = opts.rotate;
         if (rotate === undefined) {
           rotate = await promptYesNo(
