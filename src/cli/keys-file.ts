@@ -72,13 +72,23 @@ export function resolveKeysFilePaths(settings: Partial<Record<KeysFileSetting, s
   return out;
 }
 
+/** Why a settings file (keys file, passphrase file) could not be read, in words. */
+export function fileProblem(e: unknown): string {
+  const code = errorCodeOf(e);
+  if (code === "ENOENT") return "it does not exist";
+  if (code === "EISDIR") return "it is a folder, not a file";
+  if (code === "ENOTDIR") return "a part of its path is not a folder";
+  if (code === "EACCES" || code === "EPERM") return "permission denied";
+  return code ?? (e instanceof Error ? e.message : String(e));
+}
+
 /** Reads and parses a keys file; relative paths in it are relative to its own folder, not the current one. */
 export function readKeysFile(file: string): Partial<Record<KeysFileSetting, string>> {
   let text: string;
   try {
     text = readFileSync(file, "utf8");
   } catch (e) {
-    throw new UsageError(`cannot read keys file ${file}: ${errorCodeOf(e) ?? String(e)}`);
+    throw new UsageError(`cannot read keys file ${file}: ${fileProblem(e)}`);
   }
   return resolveKeysFilePaths(parseKeysFile(text, file), path.dirname(path.resolve(file)));
 }

@@ -1,8 +1,8 @@
 import { readFileSync, statSync } from "node:fs";
 import { Secret } from "../crypto/secret.js";
-import { errorCodeOf, UsageError } from "../errors.js";
+import { UsageError } from "../errors.js";
 import { assertUserName } from "../repository/open.js";
-import { readKeysFile, type KeysFileSetting } from "./keys-file.js";
+import { fileProblem, readKeysFile, type KeysFileSetting } from "./keys-file.js";
 import { promptNewSecret, promptSecret } from "./prompt.js";
 
 /** Global options every command accepts. */
@@ -52,10 +52,11 @@ export function requireUser(s: Settings): string {
 export function readPassphraseFile(file: string, warn: (m: string) => void): Secret {
   let bytes: Buffer;
   try {
-    if ((statSync(file).mode & 0o077) !== 0) warn(`warning: passphrase file ${file} is readable by other users (chmod 600 it)`);
+    const st = statSync(file);
+    if (st.isFile() && (st.mode & 0o077) !== 0) warn(`warning: passphrase file ${file} is readable by other users (chmod 600 it)`);
     bytes = readFileSync(file);
   } catch (e) {
-    throw new UsageError(`cannot read passphrase file ${file}: ${errorCodeOf(e) ?? String(e)}`);
+    throw new UsageError(`cannot read passphrase file ${file}: ${fileProblem(e)}`);
   }
   let end = bytes.indexOf(0x0a);
   if (end < 0) end = bytes.length;

@@ -102,4 +102,22 @@ describe("keys file", () => {
       expect(r.stderr).toContain(`invalid user name ${JSON.stringify(user)}`);
     }
   });
+
+  it("a keys or passphrase file that cannot be read is named with the reason in words (exit 2)", async () => {
+    const dir = tmp("k");
+    const repo = path.join(dir, "repo");
+    expect((await runCli(["--repo", repo, "--user", "ops", "init"])).code).toBe(0);
+    const cases: Array<[string[], string]> = [
+      [["--keys", dir], `cannot read keys file ${dir}: it is a folder, not a file`],
+      [["--keys", path.join(dir, "none")], `cannot read keys file ${path.join(dir, "none")}: it does not exist`],
+      [["--repo", repo, "--user", "ops", "--passphrase-file", dir], `cannot read passphrase file ${dir}: it is a folder, not a file`],
+      [["--repo", repo, "--user", "ops", "--passphrase-file", path.join(dir, "none", "pass")], `cannot read passphrase file ${path.join(dir, "none", "pass")}: it does not exist`],
+    ];
+    for (const [args, message] of cases) {
+      const r = await runCli([...args, "snapshots"], { env: { VMVAULT_PASSPHRASE: undefined } });
+      expect(r.code, r.stderr).toBe(2);
+      // Was the bare error code (EISDIR, ENOENT), and for a folder a warning that others can read it.
+      expect(r.stderr.trim().split("\n")[0]).toBe(`vmvault: ${message}`);
+    }
+  });
 });
