@@ -22,10 +22,9 @@ import {
   parseVersionedKey,
   slotPrefix,
 } from "../format/layout.js";
-import { parseLockMeta } from "../format/lock.js";
 import type { SnapshotBody } from "../format/snapshot.js";
 import { loadIndex } from "../repository/index-files.js";
-import { acquireLock } from "../repository/lock.js";
+import { acquireLock, parseLock } from "../repository/lock.js";
 import { refreshRegistryView } from "../repository/registry-view.js";
 import type { Repository } from "../repository/repository.js";
 import { SessionKeys } from "../repository/sessions.js";
@@ -297,7 +296,7 @@ async function checkLocks(repo: Repository, warnings: string[]): Promise<void> {
   for (const prefix of [LOCK_PREFIX, REENCRYPTION_LOCK_PREFIX]) {
     for (const key of await listKeys(repo.store, prefix)) {
       try {
-        parseLockMeta(parseEnvelope(ObjectKind.Lock, await repo.store.get(key), false).meta);
+        parseLock(await repo.store.get(key));
       } catch (e) {
         if (e instanceof FormatError) warnings.push(`${key} is not a lock vmvault can read (${e.message}); every command ignores it: remove it`);
         else if (!(e instanceof NotFoundError)) throw e;

@@ -154,6 +154,11 @@ function processAlive(pid: number): boolean {
   }
 }
 
+/** A stored lock object's holder; FormatError when the bytes are no lock (every command passes over those). */
+export function parseLock(bytes: Uint8Array): LockMeta {
+  return parseLockMeta(parseEnvelope(ObjectKind.Lock, bytes, false).meta);
+}
+
 /**
  * Takes a shared (backup, restore, check) or exclusive (prune, re-encryption) lock. A lock
  * left by a dead process on this host, or not refreshed for 30 minutes, is removed.
@@ -170,7 +175,7 @@ async function tryLock(repo: Repository, prefix: string, operation: string, excl
     if (key === currentKey) continue;
     let other: LockMeta;
     try {
-      other = parseLockMeta(parseEnvelope(ObjectKind.Lock, await store.get(key), false).meta);
+      other = parseLock(await store.get(key));
     } catch (e) {
       if (e instanceof FormatError) continue;
       if (errorCodeOf(e) === "E_NOT_FOUND") continue;
