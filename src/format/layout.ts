@@ -4,7 +4,8 @@ const pad = (n: number, width: number): string => String(n).padStart(width, "0")
 export const CONFIG_KEY = "config";
 
 export const slotPrefix = (user: string): string => `keys/${user}/`;
-export const slotKey = (user: string, generation: number): string => `keys/${user}/${pad(generation, 6)}`;
+export const slotKey = (user: string, generation: number): string => `keys/${user}/${pad(generation, SLOT_DIGITS)}`;
+const SLOT_DIGITS = 6;
 
 export const REGISTRY_PREFIX = "registry/";
 export const registryKey = (version: number): string => `registry/${pad(version, 10)}`;
@@ -50,6 +51,11 @@ export function parseNumberedKey(key: string, prefix: string, width: number): nu
   const rest = key.slice(prefix.length);
   if (rest.length !== width || !/^\d+$/.test(rest)) return undefined;
   return Number(rest);
+}
+
+/** The generation a key slot's object key names, or undefined for a name vmvault never gives one. */
+export function parseSlotKey(key: string, user: string): number | undefined {
+  return parseNumberedKey(key, slotPrefix(user), SLOT_DIGITS);
 }
 
 export function parsePackKey(key: string): string | undefined {

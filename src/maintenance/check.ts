@@ -18,6 +18,7 @@ import {
   SNAPSHOT_PREFIX,
   packKey,
   parseNumberedKey,
+  parseSlotKey,
   parsePackKey,
   parseVersionedKey,
   slotPrefix,
@@ -272,7 +273,7 @@ async function keySlotDamage(repo: Repository): Promise<Damage[]> {
       found.push({ object: prefix, problem: `user ${user.name} is in the registry but has no key slot: ${lost}` });
       continue;
     }
-    const generation = parseNumberedKey(latest.key, prefix, 6);
+    const generation = parseSlotKey(latest.key, user.name);
     let problem: string | undefined;
     if (generation === undefined) problem = "not a name vmvault gives a key slot";
     else {

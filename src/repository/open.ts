@@ -6,7 +6,7 @@ import { Secret } from "../crypto/secret.js";
 import { FormatError } from "../format/codec.js";
 import { parseConfigMeta, encodeConfigMeta, LZ4_LEVEL, ZSTD_DEFAULT_LEVEL, type RepoConfig } from "../format/config.js";
 import { appendSignature, encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
-import { AUDIT_BODY_PREFIX, AUDIT_PREFIX, CONFIG_KEY, grantKey, LOCK_PREFIX, parseNumberedKey, REGISTRY_PREFIX, registryKey, slotKey, slotPrefix } from "../format/layout.js";
+import { AUDIT_BODY_PREFIX, AUDIT_PREFIX, CONFIG_KEY, grantKey, LOCK_PREFIX, parseSlotKey, REGISTRY_PREFIX, registryKey, slotKey, slotPrefix } from "../format/layout.js";
 import { parseRegistryMeta, USER_NAME_PATTERN, type EpochInfo, type RegistryDoc, type RegistryUser } from "../format/registry.js";
 import type { GrantSecrets } from "../format/grant.js";
 import { encodeGrant, openGrant } from "../keys/grant.js";
@@ -310,7 +310,7 @@ export async function openRepository(o: OpenOptions): Promise<Repository> {
   };
   const slotBytes = await store.get(latestSlot.key);
   // What shows without the passphrase is told apart from a wrong one, before Argon2id runs.
-  const generation = parseNumberedKey(latestSlot.key, slotPrefix(o.user), 6);
+  const generation = parseSlotKey(latestSlot.key, o.user);
   const slotProblem = slotStructureProblem(slotBytes, { user: o.user, repoId: config.repoId, ...(generation === undefined ? {} : { generation }) });
   if (slotProblem !== undefined) throw slotDamaged(latestSlot.key, o.user, slotProblem);
   const slot = await unwrapSlot(loadCrypto, slotBytes, o.passphrase, latestSlot.key);

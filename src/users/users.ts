@@ -1,8 +1,8 @@
-import { LockedError, UsageError, VaultError } from "../errors.js";
+import { IntegrityError, LockedError, UsageError, VaultError } from "../errors.js";
 import { assertKdfStrength, assertPassphraseStrength, type KdfStrength } from "../crypto/kdf.js";
 import type { Secret } from "../crypto/secret.js";
 import type { GrantSecrets } from "../format/grant.js";
-import { grantKey, grantPrefix, slotKey, slotPrefix } from "../format/layout.js";
+import { grantKey, grantPrefix, parseSlotKey, slotKey, slotPrefix } from "../format/layout.js";
 import type { RegistryUser } from "../format/registry.js";
 import { encodeGrant } from "../keys/grant.js";
 import { isRole, type Role } from "../keys/roles.js";
@@ -110,7 +110,10 @@ export async function writeGrants(repo: Repository, user: RegistryUser, epochs: 
 async function nextSlotGeneration(repo: Repository, name: string): Promise<number> {
   const slots = await listAll(repo.store, slotPrefix(name));
   const last = slots[slots.length - 1];
-  return last === undefined ? 1 : Number(last.key.slice(slotPrefix(name).length)) + 1;
+  if (last === undefined) return 1;
+  const generation = parseSlotKey(last.key, name);
+  if (generation === undefined) throw IntegrityError.object(last.key, "not a name vmvault gives a key slot");
+  return generation + 1;
 }
 
 export interface AddUserOptions {

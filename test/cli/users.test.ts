@@ -192,6 +192,26 @@ describe("users", () => {
     expect((await files(repo)).filter((f) => f.startsWith("keys/racer") || f.includes("racer-"))).toEqual([]);
   });
 
+  it("user add over key slots an earlier user of the name left numbers the new slot after them, and refuses an object it cannot number", async () => {
+    const { repo, admin } = await repoWithOperator();
+    const names = async (prefix: string): Promise<string[]> => (await files(repo)).map((f) => f.slice(0, f.indexOf(":"))).filter((f) => f.startsWith(prefix));
+    // A removal that stopped before deleting the slots leaves them under keys/NAME/.
+    await fsp.mkdir(path.join(repo, "keys", "left"), { recursive: true });
+    await fsp.writeFile(path.join(repo, "keys", "left", "000004"), "old slot");
+    const added = await admin(["user", "add", "left", "--role", "restorer"], { env: { VMVAULT_NEW_PASSPHRASE: "left-pass" } });
+    expect(added.code, added.stderr).toBe(0);
+    expect(await names("keys/left/")).toEqual(["keys/left/000004", "keys/left/000005"]);
+    expect((await vault(repo, "left", "left-pass")(["snapshots"])).code).toBe(0);
+
+    await fsp.mkdir(path.join(repo, "keys", "odd"), { recursive: true });
+    await fsp.writeFile(path.join(repo, "keys", "odd", "zz"), "not a slot");
+    const refused = await admin(["user", "add", "odd", "--role", "backup"], { env: { VMVAULT_NEW_PASSPHRASE: "odd-pass" } });
+    expect(refused.code, refused.stderr).toBe(5);
+    expect(refused.stderr).toMatch(/keys\/odd\/zz: not a name vmvault gives a key slot/);
+    expect(await names("keys/odd/")).toEqual(["keys/odd/zz"]);
+    expect((await admin(["user", "list"])).stdout).not.toMatch(/\bodd\b/);
+  });
+
   it("user add with a taken name says so before asking for a new passphrase", async () => {
     const { admin } = await repoWithOperator();
     // No VMVAULT_NEW_PASSPHRASE and no terminal: asking would be a usage error (exit 2).
