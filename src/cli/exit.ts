@@ -1,5 +1,6 @@
 import { CommanderError } from "commander";
 import { exitCodeOfError, isVaultError, IntegrityError } from "../errors.js";
+import { terminalJson } from "./output.js";
 
 /** Exit codes of the command-line contract; an interrupted command exits 128 + the signal's number (signalExitCode). */
 export const EXIT = { ok: 0, failure: 1, usage: 2, auth: 3, denied: 4, integrity: 5, locked: 6 } as const;
@@ -23,4 +24,24 @@ export function describeError(e: unknown, debug: boolean): string {
   } else lines.push(`vmvault: unexpected error: ${String(e)}`);
   if (debug && e instanceof Error && e.stack !== undefined) lines.push(e.stack);
   return lines.join("\n");
+}
+
+/**
+ * The same error for scripts (`--json`): one line of JSON on stderr, so stdout holds only a
+ * command's result. `code` is the stable error code (docs/design.md), `exit` the exit code,
+ * `next` the hint and `damaged` every damaged object named, when there are any.
+ */
+export function errorJson(e: unknown): string {
+  const exit = exitCodeOf(e);
+  let error: Record<string, unknown>;
+  if (e instanceof CommanderError) {
+    error = { exit, code: "E_USAGE", message: e.message.replace(/^error: /, ""), next: "run `vmvault --help` for usage" };
+  } else if (isVaultError(e)) {
+    error = { exit, code: e.code, message: e.message };
+    if (e.hint !== undefined) error.next = e.hint;
+    if (e instanceof IntegrityError && e.damage.length > 0) error.damaged = e.damage;
+  } else {
+    error = { exit, code: "E_UNEXPECTED", message: e instanceof Error ? e.message : String(e), next: "run again with --debug for details, and report it if it persists" };
+  }
+  return terminalJson({ error }, 0);
 }

@@ -1,4 +1,5 @@
 import { InterruptedError, signalExitCode } from "../errors.js";
+import { terminalJson } from "./output.js";
 
 const SIGNALS = ["SIGINT", "SIGTERM"] as const;
 
@@ -14,6 +15,8 @@ export class Interrupts {
   readonly #controller = new AbortController();
   #cancellable = false;
   #note = "";
+  /** The line is JSON (--json), as main() reports every other error. */
+  json = false;
 
   /** The signal of a command that stops by itself once it aborts. */
   cancellable(): AbortSignal {
@@ -41,8 +44,9 @@ export class Interrupts {
       return;
     }
     const note = this.#cancellable ? "; stopped before its partial files were removed (the next restore into the same folder lists them)" : this.#note;
+    if (this.json) process.stderr.write(`${terminalJson({ error: { exit: signalExitCode(signal), code: "E_INTERRUPTED", message: `interrupted (${signal})${note}` } }, 0)}\n`);
     // On a terminal the line starts after the echoed ^C.
-    process.stderr.write(`${process.stderr.isTTY === true ? "\n" : ""}vmvault: interrupted (${signal})${note}\n`);
+    else process.stderr.write(`${process.stderr.isTTY === true ? "\n" : ""}vmvault: interrupted (${signal})${note}\n`);
     process.exit(signalExitCode(signal));
   }
 }

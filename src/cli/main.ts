@@ -8,13 +8,13 @@ import { registerUser } from "./commands/user.js";
 import { registerAudit } from "./commands/audit.js";
 import { registerKey } from "./commands/key.js";
 import { registerRepair } from "./commands/repair.js";
-import { describeError, exitCodeOf } from "./exit.js";
+import { describeError, errorJson, exitCodeOf } from "./exit.js";
 import { shownText } from "./output.js";
 import { Interrupts } from "./interrupt.js";
 
 export const VERSION = "0.1.0";
 
-export function buildProgram(interrupts: Interrupts = new Interrupts()): Command {
+export function buildProgram(interrupts: Interrupts = new Interrupts(), json = false): Command {
   const program = new Command();
   program
     .name("vmvault")
@@ -41,14 +41,21 @@ export function buildProgram(interrupts: Interrupts = new Interrupts()): Command
   registerAudit(program);
   registerKey(program, interrupts);
   const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
-  for (const c of all(program)) c.exitOverride();
+  for (const c of all(program)) {
+    c.exitOverride();
+    // With --json a usage error is reported once, as JSON, by main().
+    if (json) c.showHelpAfterError(false).configureOutput({ outputError: () => undefined });
+  }
   return program;
 }
 
 /** Runs the CLI; every error becomes one message and one exit code, here and nowhere else. */
 export async function main(argv: readonly string[]): Promise<number> {
   const interrupts = new Interrupts();
-  const program = buildProgram(interrupts);
+  // Known before parsing: a usage error is found while parsing.
+  const json = argv.includes("--json");
+  interrupts.json = json;
+  const program = buildProgram(interrupts, json);
   const debug = argv.includes("--debug");
   const uninstall = interrupts.install();
   dropOutputToClosedPipes();
@@ -56,8 +63,11 @@ export async function main(argv: readonly string[]): Promise<number> {
     await program.parseAsync([...argv], { from: "user" });
     return 0;
   } catch (e) {
-    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : exitCodeOf(e);
-    process.stderr.write(`${shownText(describeError(e, debug), { lines: true })}\n`);
+    if (e instanceof CommanderError && e.exitCode === 0) return 0;
+    if (json) process.stderr.write(`${errorJson(e)}\n`);
+    if (e instanceof CommanderError) return exitCodeOf(e);
+    // With --json and --debug, the message for people (and its stack) follows the JSON line.
+    if (!json || debug) process.stderr.write(`${shownText(describeError(e, debug), { lines: true })}\n`);
     return exitCodeOf(e);
   } finally {
     uninstall();

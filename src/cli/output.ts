@@ -40,11 +40,11 @@ export function shownText(text: string, o: { lines?: boolean } = {}): string {
 }
 
 /**
- * JSON for stdout: JSON.stringify already escapes C0 controls and lone surrogates; DEL, the C1
+ * JSON for stdout (and, one line, for --json's error on stderr): JSON.stringify already escapes C0 controls and lone surrogates; DEL, the C1
  * and the bidirectional controls are escaped too (\uXXXX, the same value to any JSON reader).
  */
-export function terminalJson(value: unknown): string {
-  return JSON.stringify(value, null, 2).replace(/[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+export function terminalJson(value: unknown, indent = 2): string {
+  return JSON.stringify(value, null, indent).replace(/[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
 /** Left-aligned text table; every cell is shown with shownText (one line each). */

@@ -93,7 +93,9 @@ describe("audit trail", () => {
     expect(shown.map((x) => x.seq)).toEqual(all.map((x) => x.seq).filter((s) => s !== 3 && s !== 5));
     expect(r.stderr).toContain("warning: left out audit/000000000003: audit record 3 is malformed (truncated)");
     expect(r.stderr).toContain("warning: left out audit/000000000005: record 5 is missing");
-    expect(r.stderr).toContain("vmvault: 2 audit records could not be read and were left out");
+    // --json: the error is the last line, as JSON.
+    const last = JSON.parse(r.stderr.trim().split("\n").pop() ?? "") as { error: { exit: number; code: string; message: string } };
+    expect(last.error).toMatchObject({ exit: 5, code: "E_INTEGRITY", message: expect.stringMatching(/^2 audit records could not be read and were left out/) });
   });
 
   it("audit log --action with an action that does not exist, or --actor with a name no user can have, is a usage error", async () => {

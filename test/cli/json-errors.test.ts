@@ -1,0 +1,98 @@
+// With --json an error is one line of JSON on stderr (the only line but warnings), with the
+// stable code, the exit code, the message and the next step; stdout stays empty.
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { startCli, vault } from "../helpers/cli.js";
+import { readTree, seededBytes, tempDirs } from "../helpers/fixtures.js";
+
+const tmp = tempDirs();
+
+interface JsonError {
+  error: { exit: number; code: string; message: string; next?: string; damaged?: { object: string; problem: string }[] };
+}
+
+/** stderr's lines but the warnings, each parsed as JSON. */
+function errorLines(stderr: string): JsonError[] {
+  return stderr
+    .trim()
+    .split("\n")
+    .filter((l) => !l.startsWith("warning: "))
+    .map((l) => JSON.parse(l) as JsonError);
+}
+
+async function newRepo(): Promise<{ repo: string; v: ReturnType<typeof vault> }> {
+  const repo = path.join(tmp("repo"), "r");
+  const v = vault(repo);
+  const init = await v(["init"]);
+  expect(init.code, init.stderr).toBe(0);
+  return { repo, v };
+}
+
+describe("--json errors", () => {
+  it("a usage error, a wrong passphrase, a missing source and a denied role: one JSON line each with code and exit code", async () => {
+    const { repo, v } = await newRepo();
+    const usage = await v(["--json", "check", "--bogus"]);
+    expect(usage.code).toBe(2);
+    expect(usage.stdout).toBe("");
+    expect(errorLines(usage.stderr)).toEqual([{ error: { exit: 2, code: "E_USAGE", message: "unknown option '--bogus'", next: "run `vmvault --help` for usage" } }]);
+    // The same error for people when --json is not given.
+    const plain = await v(["check", "--bogus"]);
+    expect(plain.stderr).toMatch(/^error: unknown option '--bogus'\n\(run `vmvault --help` for usage\)/);
+
+    const wrong = await v(["--json", "snapshots"], { env: { VMVAULT_PASSPHRASE: "not the passphrase" } });
+    expect(wrong.code).toBe(3);
+    expect(wrong.stdout).toBe("");
+    const [auth] = errorLines(wrong.stderr);
+    expect(auth?.error).toMatchObject({ exit: 3, code: "E_AUTH", message: expect.stringMatching(/^wrong passphrase/), next: expect.any(String) });
+
+    const missing = await v(["--json", "backup", "--vm", "vm", path.join(repo, "no-such.raw")]);
+    expect(missing.code).toBe(1);
+    expect(errorLines(missing.stderr)).toEqual([{ error: { exit: 1, code: "E_SOURCE", message: expect.stringMatching(/no-such\.raw does not exist$/) } }]);
+
+    const add = await v(["user", "add", "bk", "--role", "backup"], { env: { VMVAULT_NEW_PASSPHRASE: "bk-pass-123" } });
+    expect(add.code, add.stderr).toBe(0);
+    const denied = await vault(repo, "bk", "bk-pass-123")(["--json", "snapshots"]);
+    expect(denied.code).toBe(4);
+    expect(errorLines(denied.stderr)).toEqual([{ error: { exit: 4, code: "E_ACCESS_DENIED", message: "access denied: backup may not list snapshots", next: expect.any(String) } }]);
+  });
+
+  it("damage is named in the JSON (exit 5), and a control character in a message stays escaped", async () => {
+    const { repo, v } = await newRepo();
+    const config = path.join(repo, "config");
+    const bytes = await fsp.readFile(config);
+    bytes[bytes.length - 1] = (bytes[bytes.length - 1] ?? 0) ^ 1;
+    await fsp.writeFile(config, bytes);
+    const r = await v(["--json", "snapshots"]);
+    expect(r.code).toBe(5);
+    const [damaged] = errorLines(r.stderr);
+    expect(damaged?.error).toMatchObject({ exit: 5, code: "E_INTEGRITY", damaged: [{ object: "config", problem: expect.any(String) }] });
+
+    const other = await newRepo();
+    const odd = await other.v(["--json", "backup", "--vm", "vm", path.join(other.repo, "a\u202eb.raw")]);
+    expect(odd.code).toBe(1);
+    expect(odd.stderr).toContain("a\\u202eb.raw");
+    expect(odd.stderr).not.toContain("\u202e");
+    expect(errorLines(odd.stderr)[0]?.error.message).toContain("a\u202eb.raw");
+  });
+
+  it("an interrupted backup says so in one JSON line and exits 130", async () => {
+    const { repo } = await newRepo();
+    const image = path.join(tmp("src"), "big.raw");
+    const h = await fsp.open(image, "w");
+    for (let i = 0; i < 8; i++) await h.write(seededBytes(`blk${i}`, 16 * 1024 * 1024));
+    await h.close();
+    const child = startCli(["--json", "--repo", repo, "--user", "admin", "backup", "--vm", "vm", image], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
+    let stderr = "";
+    let stdout = "";
+    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+    child.stdout?.on("data", (d: Buffer) => (stdout += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on("close", (c) => resolve(c)));
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline && (await readTree(path.join(repo, "data")).catch(() => new Map())).size === 0) await new Promise((r) => setTimeout(r, 10));
+    child.kill("SIGINT");
+    expect(await exited).toBe(130);
+    expect(stdout).toBe("");
+    expect(errorLines(stderr)).toEqual([{ error: { exit: 130, code: "E_INTERRUPTED", message: expect.stringMatching(/^interrupted \(SIGINT\); the repository stays consistent/) } }]);
+  });
+});
