@@ -11,6 +11,7 @@ import { registerRepair } from "./commands/repair.js";
 import { describeError, errorJson, exitCodeOf } from "./exit.js";
 import { shownText } from "./output.js";
 import { Interrupts } from "./interrupt.js";
+import { assertUtf8Arguments } from "./raw-arguments.js";
 
 export const VERSION = "0.1.0";
 
@@ -60,6 +61,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   const uninstall = interrupts.install();
   dropOutputToClosedPipes();
   try {
+    assertUtf8Arguments(argv);
     await program.parseAsync([...argv], { from: "user" });
     return 0;
   } catch (e) {
