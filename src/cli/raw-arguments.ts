@@ -27,7 +27,7 @@ export function assertUtf8Arguments(argv: readonly string[], read: (file: string
         if (!isUtf8(bytes)) {
           throw new UsageError(
             `argument ${i + 1} (${escapeName(bytes)}, each byte that is not UTF-8 shown as \\xNN) is not valid UTF-8: vmvault receives its arguments as UTF-8 text and would name another path`,
-            "rename the file or folder to a UTF-8 name, or pass a symbolic link with a UTF-8 name to it",
+            "for a path, rename it to a UTF-8 name or pass a symbolic link with a UTF-8 name to it; a name in a snapshot (restore --include) is given as vmvault shows it, with \\xNN for each such byte",
           );
         }
       });

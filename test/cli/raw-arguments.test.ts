@@ -37,7 +37,7 @@ describe("arguments that are not UTF-8", () => {
     const source = await viaShell(`${env} exec "$0" backup --vm vm "$(printf 'b\\377.raw')"`, dir);
     expect(source.code, source.stderr).toBe(2);
     expect(source.stderr).toMatch(/vmvault: argument 4 \(b\\xff\.raw, each byte that is not UTF-8 shown as \\xNN\) is not valid UTF-8/);
-    expect(source.stderr).toMatch(/next: rename the file or folder to a UTF-8 name, or pass a symbolic link/);
+    expect(source.stderr).toMatch(/next: for a path, rename it to a UTF-8 name or pass a symbolic link with a UTF-8 name to it; a name in a snapshot \(restore --include\) is given as vmvault shows it/);
 
     expect((await v(["backup", "--vm", "vm", path.join(dir, "a.raw")])).code).toBe(0);
     const before = (await fsp.readdir(dir)).sort();
