@@ -85,6 +85,7 @@ NAPI_MODULE_INIT() {
   if (napi_create_function(env, "seekEnd", NAPI_AUTO_LENGTH, seek_end, NULL, &fn) != napi_ok) return NULL;
   if (napi_set_named_property(env, exports, "seekEnd", fn) != napi_ok) return NULL;
   if (vmvault_register_readfile(env, exports) != napi_ok) return NULL;
+  if (vmvault_register_writefile(env, exports) != napi_ok) return NULL;
   if (vmvault_register_memory(env, exports) != napi_ok) return NULL;
   if (vmvault_register_pagecache(env, exports) != napi_ok) return NULL;
   return exports;

@@ -24,6 +24,13 @@ static inline const char *vmvault_errno_name(int e) {
     case EBADF: return "EBADF";
     case ENXIO: return "ENXIO";
     case ESPIPE: return "ESPIPE";
+    case ENOSPC: return "ENOSPC";
+    case EDQUOT: return "EDQUOT";
+    case EROFS: return "EROFS";
+    case EEXIST: return "EEXIST";
+    case EXDEV: return "EXDEV";
+    case EMLINK: return "EMLINK";
+    case ENOTEMPTY: return "ENOTEMPTY";
 #ifdef ENOTSUP
     case ENOTSUP: return "ENOTSUP";
 #endif
@@ -33,6 +40,9 @@ static inline const char *vmvault_errno_name(int e) {
 
 /* native/readfile.c: readFile(path) and readRange(path, offset, length) -> Promise<ArrayBuffer>, one trip to the thread pool each. */
 napi_status vmvault_register_readfile(napi_env env, napi_value exports);
+
+/* native/writefile.c: writeFileWhole(...) -> Promise<void>: a small restored file created, written, finished and renamed into place in one trip to the thread pool. */
+napi_status vmvault_register_writefile(napi_env env, napi_value exports);
 
 /* native/memory.c: adviseHugePages(view) -> bytes advised (madvise MADV_HUGEPAGE). */
 napi_status vmvault_register_memory(napi_env env, napi_value exports);

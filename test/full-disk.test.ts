@@ -119,4 +119,20 @@ describe("a full restore target", () => {
     await v.close();
     if (!ran) ctx.skip();
   });
+
+  it("fails a restore of many small files (written in one trip each) the same way", async (ctx) => {
+    const dir = tmp("repo");
+    const folder = path.join(tmp("src"), "small");
+    // 200 files of 64 KiB: the 4 MiB target fills after about 60 of them.
+    for (let i = 0; i < 200; i++) {
+      const sub = path.join(folder, `d${i % 4}`);
+      await fsp.mkdir(sub, { recursive: true });
+      await fsp.writeFile(path.join(sub, `f${i}`), seededBytes(`small ${i}`, 64 * 1024));
+    }
+    const v = await initTestVault(dir);
+    await v.backup({ vm: "vm", sources: [folder] });
+    const ran = await restoreOntoFullTarget(v);
+    await v.close();
+    if (!ran) ctx.skip();
+  });
 });

@@ -11,7 +11,8 @@ import path from "node:path";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { encodeEntry, type FolderEntry } from "../src/format/entries.js";
 import type { FolderRestoreResult } from "../src/restore/folder.js";
-import { isPartialName, PartialFile } from "../src/restore/targets.js";
+import { canWriteWholeFiles, isPartialName, PartialFile } from "../src/restore/targets.js";
+import { nativeHelper } from "../src/util/native.js";
 import { concatBytes, utf8 } from "../src/util/bytes.js";
 import { tempDirs } from "./helpers/fixtures.js";
 import { dirEntry, fileEntry, idOf, restoreEntryBlob, rootEntry, symlinkEntry } from "./helpers/folder-restore.js";
@@ -135,12 +136,50 @@ describe("finishing files while the next ones are written", () => {
       if (path.basename(String(this.finalPath)) === "f025") throw Object.assign(new Error("EIO: i/o error, fsync"), { code: "EIO" });
       return commit.call(this, o);
     });
+    const helper = nativeHelper();
+    const writeWhole = helper?.writeFileWhole;
+    if (helper !== null && writeWhole !== undefined) {
+      // Small files are written in one trip by the native helper: it fails the same way there (after removing its temporary file).
+      vi.spyOn(helper, "writeFileWhole").mockImplementation(async (temp, final, ...rest) => {
+        if (path.basename(final.toString()) === "f025") throw Object.assign(new Error("EIO: i/o error, fsync"), { code: "EIO", syscall: "fsync" });
+        return writeWhole.call(helper, temp, final, ...rest);
+      });
+    }
     const parent = tmp("out");
     const err = await restoreEntries([root, ...many(60)], undefined, path.join(parent, "f")).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(Error);
     expect((err as Error).message).toMatch(/f025/);
     // Restored to a new folder: nothing of it, complete or partial, stays.
     expect(await fsp.readdir(parent)).toEqual([]);
+  });
+
+  it("small files are written in one trip where the native helper can, and through PartialFile where it cannot: the same files, modes and times", async () => {
+    const helper = nativeHelper();
+    const writeWhole = helper?.writeFileWhole;
+    if (helper === null || writeWhole === undefined) return expect(canWriteWholeFiles()).toBe(false);
+    const entries = [root, ...many(20).map((e, i) => ({ ...e, mtimeMs: 1_700_000_000_123.456 + i * 1000.5 }))];
+    const calls = vi.spyOn(helper, "writeFileWhole");
+    const native = await restoreEntries(entries);
+    expect(calls).toHaveBeenCalledTimes(20);
+    calls.mockRestore();
+    const commits = vi.spyOn(PartialFile.prototype, "commit");
+    const plain = await (async () => {
+      delete helper.writeFileWhole;
+      try {
+        expect(canWriteWholeFiles()).toBe(false);
+        return await restoreEntries(entries);
+      } finally {
+        helper.writeFileWhole = writeWhole;
+      }
+    })();
+    expect(commits).toHaveBeenCalledTimes(20);
+    expect(native.r).toEqual(plain.r);
+    for (const e of entries.slice(1)) {
+      const [a, b] = await Promise.all([fsp.stat(path.join(native.out, e.path)), fsp.stat(path.join(plain.out, e.path))]);
+      expect([a.mode, a.size, a.mtimeMs, a.atimeMs], e.path).toEqual([b.mode, b.size, b.mtimeMs, b.atimeMs]);
+      expect(a.mode & 0o7777).toBe(e.mode);
+      expect(await fsp.readFile(path.join(native.out, e.path))).toEqual(await fsp.readFile(path.join(plain.out, e.path)));
+    }
   });
 });
 

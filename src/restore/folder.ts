@@ -10,7 +10,7 @@ import type { ProgressSink } from "../util/progress.js";
 import type { BlobReader } from "./blob-reader.js";
 import type { ChunkFetcher, ChunkRequest } from "./fetcher.js";
 import { lstatOrNull, removeEntry, RestoreDirs, type FsPath, type Owner } from "./dirs.js";
-import { findPartials, linkInto, ownerError, PartialFile, partialName, targetError, targetExistsError } from "./targets.js";
+import { canWriteWholeFiles, findPartials, linkInto, ownerError, PartialFile, partialName, targetError, targetExistsError, WHOLE_FILE_BYTES, writeWholeFile } from "./targets.js";
 
 /** Files finished (fsynced and renamed into place) at once while the next ones are written. */
 const FILES_FINISHING = 16;
@@ -210,30 +210,41 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
   const parentOf = (rel: string): string => (rel.includes("/") ? rel.slice(0, rel.lastIndexOf("/")) : "");
   const nameOf = (rel: string): string => rel.slice(rel.lastIndexOf("/") + 1);
   const ownerOf = (e: FolderEntry): Owner | undefined => (o.owners && (e.uid !== undefined || e.gid !== undefined) ? { uid: e.uid, gid: e.gid } : undefined);
-  let open: { file: PartialFile; entry: FolderEntry } | undefined;
+  let open: OpenFile | undefined;
+  const whole = canWriteWholeFiles();
   const finishing = new Finishing(FILES_FINISHING);
   const step = async (tag: Step, data: Uint8Array | null): Promise<void> => {
     if (tag.kind === "chunk") {
-      const f = open as { file: PartialFile; entry: FolderEntry };
+      const f = open as OpenFile;
       if (data === null || data.length !== tag.length) throw IntegrityError.object(snapshotKey, `file ${shownPath(f.entry.path)}: chunk has the wrong length`);
+      // A copy: the fetcher reuses its buffers once this returns.
+      if (f.file === undefined) return void f.whole.segments.push({ offset: tag.position, bytes: data.slice() });
       await f.file.write(data, tag.position).catch((e: unknown) => {
         throw targetError(shown(f.entry.path), e);
       });
       return;
     }
     if (tag.kind === "end") {
-      const f = open as { file: PartialFile; entry: FolderEntry };
+      const f = open as OpenFile;
       open = undefined;
       if (tag.size !== f.entry.size) {
-        await f.file.abort();
+        await abandon(f);
         throw IntegrityError.object(snapshotKey, `file ${shownPath(f.entry.path)}: chunks cover ${tag.size} of ${f.entry.size} bytes`);
       }
+      const owner = ownerOf(f.entry);
+      const file = f.file;
       await finishing.add(
         f.entry.path,
-        finishFile(f, ownerOf(f.entry), shown(f.entry.path)).catch(async (e: unknown) => {
-          await f.file.abort();
-          throw targetError(shown(f.entry.path), e);
-        }),
+        file === undefined
+          ? writeWholeFile(f.whole.final, f.entry.size, f.whole.segments, { owner, mode: restoredMode(f.entry.mode, owner), mtimeMs: f.entry.mtimeMs, shown: shown(f.entry.path) })
+              .catch((e: unknown) => {
+                throw targetError(shown(f.entry.path), e);
+              })
+              .finally(() => f.whole.pin.release())
+          : finishFile({ file, entry: f.entry }, owner, shown(f.entry.path)).catch(async (e: unknown) => {
+              await file.abort();
+              throw targetError(shown(f.entry.path), e);
+            }),
       );
       result.bytes += tag.size;
       result.files++;
@@ -275,7 +286,9 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
         result.hardlinks++;
       } else {
         const pin = await dirs.enter(parentOf(entry.path));
-        open = { file: await PartialFile.create(pin.at(nameOf(entry.path)), entry.size, { pin }), entry };
+        // A small file is held until complete and written in one trip (writeWholeFile).
+        if (whole && entry.size <= WHOLE_FILE_BYTES) open = { whole: { final: pin.at(nameOf(entry.path)), pin, segments: [] }, entry };
+        else open = { file: await PartialFile.create(pin.at(nameOf(entry.path)), entry.size, { pin }), entry };
         return;
       }
     } catch (e) {
@@ -292,7 +305,7 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
       signal?.throwIfAborted();
       await finishing.all();
     } catch (e) {
-      await open?.file.abort();
+      if (open !== undefined) await abandon(open);
       // Nothing may still be writing when the caller cleans up.
       await finishing.all().catch(() => undefined);
       throw e;
@@ -345,8 +358,23 @@ async function finishFile(f: { file: PartialFile; entry: FolderEntry }, owner: O
       throw ownerError(shown, owner.uid, owner.gid, e);
     });
   }
-  const mode = f.entry.mode & ~(owner?.uid === undefined ? S_ISUID : 0) & ~(owner?.gid === undefined ? S_ISGID : 0);
-  await f.file.commit({ mode, mtimeMs: f.entry.mtimeMs });
+  await f.file.commit({ mode: restoredMode(f.entry.mode, owner), mtimeMs: f.entry.mtimeMs });
+}
+
+/** The mode a file is given: set-user-ID only with its recorded owner, set-group-ID only with its recorded group. */
+function restoredMode(mode: number, owner: Owner | undefined): number {
+  return mode & ~(owner?.uid === undefined ? S_ISUID : 0) & ~(owner?.gid === undefined ? S_ISGID : 0);
+}
+
+/** A file being restored: written as its chunks come (PartialFile), or held whole until its end (writeWholeFile). */
+type OpenFile =
+  | { readonly file: PartialFile; readonly entry: FolderEntry; readonly whole?: undefined }
+  | { readonly file?: undefined; readonly entry: FolderEntry; readonly whole: { readonly final: FsPath; readonly pin: { release(): void }; readonly segments: { offset: number; bytes: Uint8Array }[] } };
+
+/** Drops a file that will not be finished: its temporary file removed, or its held bytes let go. */
+async function abandon(f: OpenFile): Promise<void> {
+  if (f.file !== undefined) await f.file.abort();
+  else f.whole.pin.release();
 }
 
 /**

@@ -3,7 +3,8 @@ import { constants, promises as fsp } from "node:fs";
 import path from "node:path";
 import { errorCodeOf, UsageError, VaultError } from "../errors.js";
 import { escapeName } from "../format/names.js";
-import { shownFsPath, type FsPath } from "./dirs.js";
+import { nativeHelper } from "../util/native.js";
+import { shownFsPath, type FsPath, type Owner } from "./dirs.js";
 
 /** The longest file name Linux (and most file systems) accept, in bytes. */
 const NAME_MAX = 255;
@@ -27,7 +28,7 @@ function partialNameBytes(finalName: Uint8Array): Buffer {
 }
 
 /** The temporary name beside finalPath, text or bytes as finalPath is. */
-function partialBeside(finalPath: FsPath): FsPath {
+export function partialBeside(finalPath: FsPath): FsPath {
   if (typeof finalPath === "string") return path.join(path.dirname(finalPath), partialName(path.basename(finalPath)));
   const slash = finalPath.lastIndexOf(0x2f);
   return Buffer.concat([finalPath.subarray(0, slash + 1), partialNameBytes(finalPath.subarray(slash + 1))]);
@@ -278,6 +279,45 @@ export function targetExistsError(p: string): VaultError {
   return new VaultError("E_EXISTS", `restore target ${p} already exists`, {
     hint: "choose another --target, or pass --force to overwrite",
   });
+}
+
+/** The largest file restored in one trip to the thread pool (writeWholeFile): its bytes are held until it is complete. */
+export const WHOLE_FILE_BYTES = 256 * 1024;
+
+/** Whether writeWholeFile can run here (the native helper is built with it). */
+export function canWriteWholeFiles(): boolean {
+  return nativeHelper()?.writeFileWhole !== undefined;
+}
+
+/**
+ * A small file restored in one trip to the thread pool (native/writefile.c), as PartialFile's
+ * create, writes and commit do in nine: under partialBeside(finalPath), then renamed into place.
+ * `segments` are the file's chunks (offset and bytes); what they leave out stays a hole. The
+ * owner is set first (chown clears set-id bits), then the mode and time. A failure leaves
+ * nothing behind; a failed chown is an ownerError, anything else as the file system said.
+ */
+export async function writeWholeFile(finalPath: FsPath, size: number, segments: readonly { offset: number; bytes: Uint8Array }[], o: { owner: Owner | undefined; mode: number; mtimeMs: number; shown: string }): Promise<void> {
+  const helper = nativeHelper();
+  if (helper?.writeFileWhole === undefined) throw new Error("writeWholeFile needs the native helper");
+  let length = 0;
+  for (const s of segments) length += s.bytes.length;
+  // One chunk (most small files) is passed as it is; the helper copies what it is given.
+  const data = segments.length === 1 ? (segments[0] as { bytes: Uint8Array }).bytes : new Uint8Array(length);
+  const pairs = new Float64Array(segments.length * 2);
+  let at = 0;
+  segments.forEach((s, i) => {
+    if (data !== s.bytes) data.set(s.bytes, at);
+    at += s.bytes.length;
+    pairs[2 * i] = s.offset;
+    pairs[2 * i + 1] = s.bytes.length;
+  });
+  const bytes = (p: FsPath): Buffer => (typeof p === "string" ? Buffer.from(p) : p);
+  try {
+    await helper.writeFileWhole(bytes(partialBeside(finalPath)), bytes(finalPath), data, pairs, size, o.owner?.uid ?? -1, o.owner?.gid ?? -1, o.mode, o.mtimeMs / 1000);
+  } catch (e) {
+    if ((e as { syscall?: string }).syscall === "fchown") throw ownerError(o.shown, o.owner?.uid, o.owner?.gid, e);
+    throw e;
+  }
 }
 
 /** A restored entry's recorded owner and group could not be set (as root: an ID the file system does not map, for example). */

@@ -39,6 +39,15 @@ export interface NativeHelper {
   cacheResidency?(fd: number, offset: number, length: number): Uint8Array | null;
   /** posix_fadvise(POSIX_FADV_DONTNEED) over the range: 0, or the errno. Absent from a helper built before it. */
   dropCache?(fd: number, offset: number, length: number): number;
+  /**
+   * A small restored file in one trip to the thread pool (native/writefile.c): created at
+   * tempPath (O_EXCL | O_NOFOLLOW, mode 0600), sized, its segments (offset and length pairs;
+   * data holds their bytes in turn) written, then fchown (unless both IDs are -1), fchmod,
+   * futimens (both times), fsync, close and rename to finalPath; a failure removes the temporary
+   * file and rejects with the errno name as code and the failed step as syscall. Absent from a
+   * helper built before it.
+   */
+  writeFileWhole?(tempPath: Buffer, finalPath: Buffer, data: Uint8Array, segments: Float64Array, size: number, uid: number, gid: number, mode: number, timeSeconds: number): Promise<void>;
   /** The page size cacheResidency counts in. */
   readonly pageSize?: number;
 }
