@@ -4,10 +4,16 @@ import type { ChunkSink } from "./sink.js";
 /** Where a chunk's ref goes once the pipeline has planned it. */
 export type RefTarget = (ref: ChunkRef) => void;
 
+/** Chunks, holes and actions a batch holds at most: what a batch keeps in memory besides its bytes. */
+export const BATCH_STEPS = 4096;
+
 /**
  * Packs chunks of many files into one batch buffer, so small files do not cost a worker
  * message each. Actions queued with then() run in order after the refs of every chunk added
  * before them are known (inside the sink's ordered planning, so they may store small blobs).
+ * A batch ends at batchBytes of chunks or at maxSteps chunks, holes and actions, whichever comes
+ * first: a folder of many tiny files would otherwise hold hundreds of thousands of entries (and
+ * their chunk lists) in one batch, hundreds of MiB.
  */
 export class FolderBatcher {
   readonly #sink: ChunkSink;
@@ -20,14 +26,22 @@ export class FolderBatcher {
   #ranges: number[] = [];
   #steps: ({ kind: "ref"; target: RefTarget } | { kind: "hole"; target: RefTarget } | { kind: "action"; run: () => void })[] = [];
 
-  constructor(sink: ChunkSink, batchBytes: number) {
+  readonly #maxSteps: number;
+
+  constructor(sink: ChunkSink, batchBytes: number, maxSteps = BATCH_STEPS) {
     this.#sink = sink;
     this.#size = batchBytes;
+    this.#maxSteps = maxSteps;
+  }
+
+  /** True once the open batch holds maxSteps steps: the caller flushes before queueing more actions. */
+  get full(): boolean {
+    return this.#steps.length >= this.#maxSteps;
   }
 
   /** Copies a chunk into the batch; its ref goes to target. */
   async add(chunk: Uint8Array, target: RefTarget): Promise<void> {
-    if (this.#fill > 0 && this.#fill + chunk.length > this.#size) await this.flush();
+    if ((this.#fill > 0 && this.#fill + chunk.length > this.#size) || this.full) await this.flush();
     if (this.#buf === undefined) {
       this.#buf = this.#free.pop() ?? new Uint8Array(Math.max(this.#size, chunk.length));
       if (this.#buf.length < chunk.length) this.#buf = new Uint8Array(chunk.length);
@@ -45,7 +59,7 @@ export class FolderBatcher {
    * them the order randomness is drawn in, are the same as when the zeros are read.
    */
   async addHole(length: number, target: RefTarget): Promise<void> {
-    if (this.#fill > 0 && this.#fill + length > this.#size) await this.flush();
+    if ((this.#fill > 0 && this.#fill + length > this.#size) || this.full) await this.flush();
     this.#fill += length;
     this.#steps.push({ kind: "hole", target });
   }

@@ -72,7 +72,10 @@ export async function backupFolder(
   const blobs = new EntryBlobWriter(sink);
   const batcher = new FolderBatcher(sink, Math.max(BATCH_BYTES, cdc.params.max));
   const reader = new CdcFileReader(cdc, batcher, sparse, keepCache);
-  const add = (entry: FolderEntry): void => batcher.then(() => blobs.add(entry));
+  const add = async (entry: FolderEntry): Promise<void> => {
+    batcher.then(() => blobs.add(entry));
+    if (batcher.full) await batcher.flush();
+  };
   /** Files with more than one link already read, by device and inode. */
   const firstNames = new Map<string, FirstName>();
   /** rel: the path in entry form; abs: where it is, text while every name on the way is UTF-8 (as fast as ever), else bytes. */
@@ -88,7 +91,7 @@ export async function backupFolder(
     const base = { path: rel, mode: st.mode & 0o7777, mtimeMs: st.mtimeMs, uid: st.uid, gid: st.gid };
     if (st.isDirectory()) {
       stats.dirs++;
-      add({ ...base, type: "dir", size: 0 });
+      await add({ ...base, type: "dir", size: 0 });
       let raw: Buffer[];
       try {
         raw = fs.readdirSync(abs, { encoding: "buffer" });
@@ -111,7 +114,7 @@ export async function backupFolder(
         throw sourceError(shownFsPath(abs), e);
       }
       stats.symlinks++;
-      add({ ...base, type: "symlink", size: 0, target: nameFromBytes(bytes) });
+      await add({ ...base, type: "symlink", size: 0, target: nameFromBytes(bytes) });
     } else if (st.isFile()) {
       stats.files++;
       const inode = st.nlink > 1 ? `${st.dev}:${st.ino}` : undefined;
@@ -119,14 +122,14 @@ export async function backupFolder(
       if (inode !== undefined && first !== undefined && sameIdentity(first.identity, identityOf(st))) {
         // Its content is stored once: the chunk list is the first name's (complete by the time this entry is written).
         if (--first.remaining <= 0) firstNames.delete(inode);
-        add({ ...base, type: "file", size: st.size, hardLinkTo: first.path, chunks: first.chunks });
+        await add({ ...base, type: "file", size: st.size, hardLinkTo: first.path, chunks: first.chunks });
         return;
       }
       const shown = shownPath(rel);
       const chunks = await reader.read(abs, shownFsPath(abs), st, (done) => progress({ phase: `backup ${name}`, done: stats.size + done, unit: "bytes", item: shown }));
       stats.size += st.size;
       if (inode !== undefined && first === undefined) firstNames.set(inode, { path: rel, identity: identityOf(st), chunks, remaining: st.nlink - 1 });
-      add({ ...base, type: "file", size: st.size, chunks });
+      await add({ ...base, type: "file", size: st.size, chunks });
     } else {
       stats.skipped.push({ path: shownPath(rel), reason: "not a regular file, folder or symlink" });
     }
