@@ -77,13 +77,9 @@ static napi_value seek_data(napi_env env, napi_callback_info info) { return seek
 static napi_value seek_hole(napi_env env, napi_callback_info info) { return seek(env, info, 1); }
 
 NAPI_MODULE_INIT() {
-  napi_value fn;
-  if (napi_create_function(env, "seekData", NAPI_AUTO_LENGTH, seek_data, NULL, &fn) != napi_ok) return NULL;
-  if (napi_set_named_property(env, exports, "seekData", fn) != napi_ok) return NULL;
-  if (napi_create_function(env, "seekHole", NAPI_AUTO_LENGTH, seek_hole, NULL, &fn) != napi_ok) return NULL;
-  if (napi_set_named_property(env, exports, "seekHole", fn) != napi_ok) return NULL;
-  if (napi_create_function(env, "seekEnd", NAPI_AUTO_LENGTH, seek_end, NULL, &fn) != napi_ok) return NULL;
-  if (napi_set_named_property(env, exports, "seekEnd", fn) != napi_ok) return NULL;
+  if (vmvault_export(env, exports, "seekData", seek_data) != napi_ok) return NULL;
+  if (vmvault_export(env, exports, "seekHole", seek_hole) != napi_ok) return NULL;
+  if (vmvault_export(env, exports, "seekEnd", seek_end) != napi_ok) return NULL;
   if (vmvault_register_readfile(env, exports) != napi_ok) return NULL;
   if (vmvault_register_writefile(env, exports) != napi_ok) return NULL;
   if (vmvault_register_memory(env, exports) != napi_ok) return NULL;

@@ -35,8 +35,5 @@ static napi_value advise_huge_pages(napi_env env, napi_callback_info info) {
 }
 
 napi_status vmvault_register_memory(napi_env env, napi_value exports) {
-  napi_value fn;
-  napi_status s = napi_create_function(env, "adviseHugePages", NAPI_AUTO_LENGTH, advise_huge_pages, NULL, &fn);
-  if (s != napi_ok) return s;
-  return napi_set_named_property(env, exports, "adviseHugePages", fn);
+  return vmvault_export(env, exports, "adviseHugePages", advise_huge_pages);
 }

@@ -38,6 +38,13 @@ static inline const char *vmvault_errno_name(int e) {
   }
 }
 
+/* Sets exports[name] to a new function calling cb. */
+static inline napi_status vmvault_export(napi_env env, napi_value exports, const char *name, napi_callback cb) {
+  napi_value fn;
+  napi_status s = napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, NULL, &fn);
+  return s == napi_ok ? napi_set_named_property(env, exports, name, fn) : s;
+}
+
 /* native/readfile.c: readFile(path) and readRange(path, offset, length) -> Promise<ArrayBuffer>, one trip to the thread pool each. */
 napi_status vmvault_register_readfile(napi_env env, napi_value exports);
 

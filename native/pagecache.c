@@ -123,12 +123,10 @@ static napi_value drop_cache(napi_env env, napi_callback_info info) {
 }
 
 napi_status vmvault_register_pagecache(napi_env env, napi_value exports) {
-  napi_value fn, page;
+  napi_value page;
   napi_status s = napi_create_int32(env, (int32_t)sysconf(_SC_PAGESIZE), &page);
   if (s == napi_ok) s = napi_set_named_property(env, exports, "pageSize", page);
-  if (s == napi_ok) s = napi_create_function(env, "cacheResidency", NAPI_AUTO_LENGTH, cache_residency, NULL, &fn);
-  if (s == napi_ok) s = napi_set_named_property(env, exports, "cacheResidency", fn);
-  if (s == napi_ok) s = napi_create_function(env, "dropCache", NAPI_AUTO_LENGTH, drop_cache, NULL, &fn);
-  if (s == napi_ok) s = napi_set_named_property(env, exports, "dropCache", fn);
+  if (s == napi_ok) s = vmvault_export(env, exports, "cacheResidency", cache_residency);
+  if (s == napi_ok) s = vmvault_export(env, exports, "dropCache", drop_cache);
   return s;
 }

@@ -312,12 +312,8 @@ static napi_value stat_sizes(napi_env env, napi_callback_info info) {
 }
 
 napi_status vmvault_register_readfile(napi_env env, napi_value exports) {
-  napi_value fn;
-  napi_status s = napi_create_function(env, "readFile", NAPI_AUTO_LENGTH, read_file, NULL, &fn);
-  if (s == napi_ok) s = napi_set_named_property(env, exports, "readFile", fn);
-  if (s == napi_ok) s = napi_create_function(env, "readRange", NAPI_AUTO_LENGTH, read_range, NULL, &fn);
-  if (s == napi_ok) s = napi_set_named_property(env, exports, "readRange", fn);
-  if (s == napi_ok) s = napi_create_function(env, "statSizes", NAPI_AUTO_LENGTH, stat_sizes, NULL, &fn);
-  if (s == napi_ok) s = napi_set_named_property(env, exports, "statSizes", fn);
+  napi_status s = vmvault_export(env, exports, "readFile", read_file);
+  if (s == napi_ok) s = vmvault_export(env, exports, "readRange", read_range);
+  if (s == napi_ok) s = vmvault_export(env, exports, "statSizes", stat_sizes);
   return s;
 }

@@ -251,8 +251,5 @@ static napi_value write_file_whole(napi_env env, napi_callback_info info) {
 }
 
 napi_status vmvault_register_writefile(napi_env env, napi_value exports) {
-  napi_value fn;
-  napi_status s = napi_create_function(env, "writeFileWhole", NAPI_AUTO_LENGTH, write_file_whole, NULL, &fn);
-  if (s != napi_ok) return s;
-  return napi_set_named_property(env, exports, "writeFileWhole", fn);
+  return vmvault_export(env, exports, "writeFileWhole", write_file_whole);
 }
