@@ -1,5 +1,5 @@
 import { InterruptedError, signalExitCode } from "../errors.js";
-import { terminalJson } from "./output.js";
+import { errorJson } from "./exit.js";
 
 const SIGNALS = ["SIGINT", "SIGTERM"] as const;
 
@@ -44,9 +44,10 @@ export class Interrupts {
       return;
     }
     const note = this.#cancellable ? "; stopped before its partial files were removed (the next restore into the same folder lists them)" : this.#note;
-    if (this.json) process.stderr.write(`${terminalJson({ error: { exit: signalExitCode(signal), code: "E_INTERRUPTED", message: `interrupted (${signal})${note}` } }, 0)}\n`);
+    const message = `interrupted (${signal})${note}`;
+    if (this.json) process.stderr.write(`${errorJson(new InterruptedError(message, signal))}\n`);
     // On a terminal the line starts after the echoed ^C.
-    else process.stderr.write(`${process.stderr.isTTY === true ? "\n" : ""}vmvault: interrupted (${signal})${note}\n`);
+    else process.stderr.write(`${process.stderr.isTTY === true ? "\n" : ""}vmvault: ${message}\n`);
     process.exit(signalExitCode(signal));
   }
 }

@@ -4,8 +4,8 @@ const pad = (n: number, width: number): string => String(n).padStart(width, "0")
 export const CONFIG_KEY = "config";
 
 export const slotPrefix = (user: string): string => `keys/${user}/`;
-export const slotKey = (user: string, generation: number): string => `keys/${user}/${pad(generation, SLOT_DIGITS)}`;
 const SLOT_DIGITS = 6;
+export const slotKey = (user: string, generation: number): string => `keys/${user}/${pad(generation, SLOT_DIGITS)}`;
 
 export const REGISTRY_PREFIX = "registry/";
 export const registryKey = (version: number): string => `registry/${pad(version, 10)}`;
