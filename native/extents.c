@@ -84,5 +84,6 @@ NAPI_MODULE_INIT() {
   if (vmvault_register_writefile(env, exports) != napi_ok) return NULL;
   if (vmvault_register_memory(env, exports) != napi_ok) return NULL;
   if (vmvault_register_pagecache(env, exports) != napi_ok) return NULL;
+  if (vmvault_register_xattr(env, exports) != napi_ok) return NULL;
   return exports;
 }

@@ -31,6 +31,10 @@ static inline const char *vmvault_errno_name(int e) {
     case EXDEV: return "EXDEV";
     case EMLINK: return "EMLINK";
     case ENOTEMPTY: return "ENOTEMPTY";
+    case ENODATA: return "ENODATA";
+    case E2BIG: return "E2BIG";
+    case ERANGE: return "ERANGE";
+    case EFAULT: return "EFAULT";
 #ifdef ENOTSUP
     case ENOTSUP: return "ENOTSUP";
 #endif
@@ -57,6 +61,9 @@ napi_status vmvault_register_memory(napi_env env, napi_value exports);
 /* native/pagecache.c: cacheResidency(fd, offset, length) (mincore) and dropCache(fd, offset, length) (POSIX_FADV_DONTNEED). */
 napi_status vmvault_register_pagecache(napi_env env, napi_value exports);
 
+/* native/xattr.c: listXattrs(path, follow) and setXattrs(fdOrPath, packed): extended attributes. */
+napi_status vmvault_register_xattr(napi_env env, napi_value exports);
+
 /*
  * For a reader on a pool thread (readRange): which pages of [offset, offset + length), rounded out
  * to whole pages, the page cache holds (a malloc'd vector of *pages bytes from *base; NULL where
@@ -67,5 +74,17 @@ napi_status vmvault_register_pagecache(napi_env env, napi_value exports);
 #include <stdint.h>
 unsigned char *vmvault_cache_before(int fd, int64_t offset, size_t length, int64_t *base, size_t *pages);
 void vmvault_cache_restore(int fd, int64_t base, unsigned char *before, size_t pages);
+
+/*
+ * Packed extended attributes (native/xattr.c): 0 when packed[0..length) is well formed, with
+ * *count attributes; -1 otherwise. vmvault_apply_xattrs sets them on fd (or, when fd is -1, on
+ * path without following a symlink) and stores each one's errno (0: set) in errors; it stops and
+ * returns the errno of a failure that is not about the attribute (vmvault_xattr_fatal: a
+ * read-only or failing file system), else 0.
+ */
+#include <stdbool.h>
+int vmvault_check_xattrs(const unsigned char *packed, size_t length, size_t *count);
+int vmvault_apply_xattrs(int fd, const char *path, const unsigned char *packed, size_t length, int *errors);
+bool vmvault_xattr_fatal(int e);
 
 #endif

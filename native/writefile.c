@@ -5,18 +5,20 @@
  * of those nine calls is a trip of its own (a hand-off to a pool thread and a wake-up of the
  * main thread each), which is most of what restoring a folder of many small files costs.
  *
- *   writeFileWhole(tempPath, finalPath, data, segments, size, uid, gid, mode, timeSeconds)
- *       -> Promise<void>
+ *   writeFileWhole(tempPath, finalPath, data, segments, size, uid, gid, mode, timeSeconds[, xattrs])
+ *       -> Promise<void | string[]>
  *
  * tempPath and finalPath are Buffers (a path's bytes, any but NUL). segments holds pairs of
  * (file offset, length): data holds their bytes one after the other. The file is created with
  * O_CREAT | O_EXCL | O_NOFOLLOW (never through a symlink someone put there) and mode 0600, set to
  * size bytes (what no segment covers stays a hole), written, then: fchown(uid, gid) unless both
- * are -1, fchmod(mode), futimens(timeSeconds for both times, microseconds as libuv rounds them
+ * are -1, fchmod(mode), the extended attributes xattrs packs (native/xattr.c; the promise then
+ * resolves with one string per attribute: "" where it was set, else the errno name it was
+ * refused with; a failure not about the attribute fails the file), futimens(timeSeconds for both times, microseconds as libuv rounds them
  * for fs.futimes), fsync, close, rename(tempPath, finalPath). A failure after the create closes
  * and removes the temporary file; the promise rejects with an Error whose code is the errno name
  * and whose `syscall` names the step that failed (open, ftruncate, write, fchown, fchmod,
- * futime, fsync, close, rename), as Node.js's fs errors do.
+ * fsetxattr, futime, fsync, close, rename), as Node.js's fs errors do.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -48,6 +50,10 @@ typedef struct {
   int64_t gid;
   uint32_t mode;
   double time_seconds;
+  unsigned char *xattrs;
+  size_t xattrs_length;
+  size_t xattr_count;
+  int *xattr_errors;
   int err;
   const char *op;
 } write_job;
@@ -100,6 +106,14 @@ static void write_execute(napi_env env, void *arg) {
   if ((job->uid != -1 || job->gid != -1) && fchown(fd, (uid_t)job->uid, (gid_t)job->gid) != 0) goto failed;
   job->op = "fchmod";
   if (fchmod(fd, (mode_t)job->mode) != 0) goto failed;
+  if (job->xattrs != NULL) {
+    job->op = "fsetxattr";
+    int fatal = vmvault_apply_xattrs(fd, NULL, job->xattrs, job->xattrs_length, job->xattr_errors);
+    if (fatal != 0) {
+      errno = fatal;
+      goto failed;
+    }
+  }
   job->op = "futime";
   struct timespec times[2];
   times[0] = to_timespec(job->time_seconds);
@@ -123,9 +137,18 @@ failed:
 static void write_complete(napi_env env, napi_status status, void *arg) {
   write_job *job = arg;
   if (status == napi_ok && job->err == 0) {
-    napi_value undefined;
-    napi_get_undefined(env, &undefined);
-    napi_resolve_deferred(env, job->deferred, undefined);
+    napi_value value;
+    if (job->xattrs == NULL) {
+      napi_get_undefined(env, &value);
+    } else {
+      napi_create_array_with_length(env, job->xattr_count, &value);
+      for (size_t i = 0; i < job->xattr_count; i++) {
+        napi_value name;
+        napi_create_string_utf8(env, job->xattr_errors[i] == 0 ? "" : vmvault_errno_name(job->xattr_errors[i]), NAPI_AUTO_LENGTH, &name);
+        napi_set_element(env, value, (uint32_t)i, name);
+      }
+    }
+    napi_resolve_deferred(env, job->deferred, value);
   } else {
     int e = status != napi_ok ? EIO : job->err;
     const char *code = vmvault_errno_name(e);
@@ -145,6 +168,8 @@ static void write_complete(napi_env env, napi_status status, void *arg) {
   free(job->final_path);
   free(job->data);
   free(job->segments);
+  free(job->xattrs);
+  free(job->xattr_errors);
   free(job);
 }
 
@@ -169,8 +194,8 @@ static char *buffer_path(napi_env env, napi_value value) {
 }
 
 static napi_value write_file_whole(napi_env env, napi_callback_info info) {
-  size_t argc = 9;
-  napi_value argv[9];
+  size_t argc = 10;
+  napi_value argv[10];
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 9) {
     napi_throw_type_error(env, NULL, "expected tempPath, finalPath, data, segments, size, uid, gid, mode, timeSeconds");
     return NULL;
@@ -207,10 +232,36 @@ static napi_value write_file_whole(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "the segments do not cover the data given");
     return NULL;
   }
+  void *xattr_bytes = NULL;
+  size_t xattrs_length = 0, xattr_count = 0;
+  napi_valuetype xattrs_type = napi_undefined;
+  if (argc >= 10) napi_typeof(env, argv[9], &xattrs_type);
+  if (xattrs_type != napi_undefined) {
+    napi_typedarray_type type;
+    if (napi_get_typedarray_info(env, argv[9], &type, &xattrs_length, &xattr_bytes, NULL, NULL) != napi_ok || type != napi_uint8_array ||
+        vmvault_check_xattrs(xattr_bytes, xattrs_length, &xattr_count) != 0) {
+      napi_throw_type_error(env, NULL, "expected packed extended attributes as a Uint8Array");
+      return NULL;
+    }
+  }
   write_job *job = calloc(1, sizeof *job);
   if (job == NULL) {
     napi_throw_error(env, "ENOMEM", "out of memory");
     return NULL;
+  }
+  if (xattrs_type != napi_undefined) {
+    job->xattrs = malloc(xattrs_length > 0 ? xattrs_length : 1);
+    job->xattr_errors = calloc(xattr_count > 0 ? xattr_count : 1, sizeof *job->xattr_errors);
+    if (job->xattrs == NULL || job->xattr_errors == NULL) {
+      free(job->xattrs);
+      free(job->xattr_errors);
+      free(job);
+      napi_throw_error(env, "ENOMEM", "out of memory");
+      return NULL;
+    }
+    if (xattrs_length > 0) memcpy(job->xattrs, xattr_bytes, xattrs_length);
+    job->xattrs_length = xattrs_length;
+    job->xattr_count = xattr_count;
   }
   job->temp_path = buffer_path(env, argv[0]);
   job->final_path = job->temp_path == NULL ? NULL : buffer_path(env, argv[1]);
@@ -225,6 +276,8 @@ static napi_value write_file_whole(napi_env env, napi_callback_info info) {
     free(job->final_path);
     free(job->data);
     free(job->segments);
+    free(job->xattrs);
+    free(job->xattr_errors);
     free(job);
     return NULL;
   }
@@ -243,6 +296,8 @@ static napi_value write_file_whole(napi_env env, napi_callback_info info) {
     free(job->final_path);
     free(job->data);
     free(job->segments);
+    free(job->xattrs);
+    free(job->xattr_errors);
     free(job);
     napi_throw_error(env, NULL, "cannot queue the write");
     return NULL;

@@ -215,7 +215,7 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
           : await backupFolder(p.path, p.name, cdc, sink, progress, o.sparse ?? true, o.keepCache ?? false);
       sources.push(r.source);
       reads.push({ readBytes: r.readBytes, cacheDroppedBytes: r.cacheDroppedBytes });
-      if ("skipped" in r) skipped.push(...r.skipped.map((s) => ({ ...s, path: `${p.name}/${s.path}` })));
+      if ("skipped" in r) skipped.push(...r.skipped.map((s) => ({ ...s, path: s.path === "" ? p.name : `${p.name}/${s.path}` })));
     }
     await sink.finish();
     await packs.flush();

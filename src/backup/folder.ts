@@ -8,6 +8,7 @@ import { DataExtents } from "../sources/extents.js";
 import { assertUnchanged, identityOf, sourceError, type FileIdentity } from "../sources/identity.js";
 import { toHex } from "../util/bytes.js";
 import { PageCacheFootprint } from "../util/page-cache.js";
+import { canUseXattrs, readXattrs, type Xattr } from "../util/xattrs.js";
 import type { ProgressSink } from "../util/progress.js";
 import { FolderBatcher } from "./folder-batch.js";
 import type { ChunkSink } from "./sink.js";
@@ -50,7 +51,8 @@ interface FirstName {
 
 /**
  * Backs up a folder: regular files (content-defined chunks), directories, symlinks, modes, mtimes,
- * owners and groups. A file with several names (hard links) in the folder is read once, under
+ * owners, groups and extended attributes (with the native helper; an attribute whose name is not
+ * UTF-8 is left out and reported). A file with several names (hard links) in the folder is read once, under
  * the first name the walk meets; each later name records that name (`hardLinkTo`) and the same
  * chunk list, unless the file changed since it was read, when it is read again as a file of its own.
  * `root` may be a symlink to the folder (it is followed); symlinks below it are stored as such.
@@ -76,6 +78,20 @@ export async function backupFolder(
     batcher.then(() => blobs.add(entry));
     if (batcher.full) await batcher.flush();
   };
+  const xattrsKept = canUseXattrs();
+  if (!xattrsKept) stats.skipped.push({ path: "", reason: "extended attributes of everything in it: vmvault's native helper is not built (npm run install)" });
+  /** The entry's extended attributes (none without the native helper). */
+  const xattrsOf = (rel: string, abs: string | Buffer): { xattrs?: Xattr[] } => {
+    if (!xattrsKept) return {};
+    let read;
+    try {
+      read = readXattrs(abs, rel === "");
+    } catch (e) {
+      throw sourceError(shownFsPath(abs), e);
+    }
+    for (const name of read?.unnamed ?? []) stats.skipped.push({ path: shownPath(rel), reason: `extended attribute ${escapeName(name)} left out: its name is not UTF-8` });
+    return read === undefined || read.xattrs.length === 0 ? {} : { xattrs: read.xattrs };
+  };
   /** Files with more than one link already read, by device and inode. */
   const firstNames = new Map<string, FirstName>();
   /** rel: the path in entry form; abs: where it is, text while every name on the way is UTF-8 (as fast as ever), else bytes. */
@@ -88,7 +104,7 @@ export async function backupFolder(
     } catch (e) {
       throw sourceError(shownFsPath(abs), e);
     }
-    const base = { path: rel, mode: st.mode & 0o7777, mtimeMs: st.mtimeMs, uid: st.uid, gid: st.gid };
+    const base = { path: rel, mode: st.mode & 0o7777, mtimeMs: st.mtimeMs, uid: st.uid, gid: st.gid, ...(st.isFile() || st.isDirectory() || st.isSymbolicLink() ? xattrsOf(rel, abs) : {}) };
     if (st.isDirectory()) {
       stats.dirs++;
       await add({ ...base, type: "dir", size: 0 });

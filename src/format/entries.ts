@@ -2,6 +2,7 @@ import { FormatError } from "./codec.js";
 import { arr, int, intIn, num, obj, oneOf, optStr, str, type Json } from "./fields.js";
 import { decodeName, escapeName, isRaw, nameBytes, nameFromBytes, pathBytes, pathFromBytes } from "./names.js";
 import { fromUtf8, toHex, utf8 } from "../util/bytes.js";
+import { XATTR_NAME_MAX, XATTR_VALUE_MAX, type Xattr } from "../util/xattrs.js";
 
 /** A file's content: data chunk IDs (hex) and holes ("z" + length). */
 export type FileChunk = { readonly id: string; readonly length: number } | { readonly id: null; readonly length: number };
@@ -29,6 +30,11 @@ export interface FolderEntry {
    */
   readonly hardLinkTo?: string;
   readonly chunks?: readonly FileChunk[];
+  /**
+   * Extended attributes (ACLs, SELinux labels and file capabilities among them), sorted by
+   * name; absent where there are none, and in entries written before they were recorded.
+   */
+  readonly xattrs?: readonly Xattr[];
 }
 
 /** The largest owner or group ID: uid_t is 32 bits, and (uid_t)-1 means "no change" to chown. */
@@ -47,6 +53,7 @@ export function encodeEntry(e: FolderEntry): Uint8Array {
   if (e.target !== undefined) Object.assign(o, isRaw(e.target) ? rawField("l", nameBytes(e.target)) : { l: e.target });
   if (e.hardLinkTo !== undefined) Object.assign(o, isRaw(e.hardLinkTo) ? rawField("h", pathBytes(e.hardLinkTo)) : { h: e.hardLinkTo });
   if (e.chunks !== undefined) o["c"] = e.chunks.map((c) => (c.id === null ? `z${c.length}` : `${c.id}:${c.length}`));
+  if (e.xattrs !== undefined && e.xattrs.length > 0) o["x"] = e.xattrs.map((x) => [x.name, toHex(x.value)]);
   return utf8(`${JSON.stringify(o)}\n`);
 }
 
@@ -62,6 +69,7 @@ export function parseEntryLine(line: string): FolderEntry {
   const type = oneOf(o, "t", ["file", "dir", "symlink"] as const);
   const target = linkTarget(o);
   const uid = optOwnerId(o, "u");
+  const xattrs = optXattrs(o);
   const gid = optOwnerId(o, "g");
   if ((o["h"] === undefined || o["h"] === null) && o["hb"] !== undefined) throw new FormatError("field hb without h");
   const hardLinkTo = o["h"] === undefined || o["h"] === null ? undefined : entryPath(o, "h");
@@ -97,7 +105,29 @@ export function parseEntryLine(line: string): FolderEntry {
     ...(target === undefined ? {} : { target }),
     ...(hardLinkTo === undefined ? {} : { hardLinkTo }),
     ...(chunks === undefined ? {} : { chunks }),
+    ...(xattrs === undefined ? {} : { xattrs }),
   };
+}
+
+/**
+ * Field x: [name, value in lower-case hex] pairs, names in ascending order (so each attribute
+ * has one place and one spelling), each 1-255 bytes of UTF-8 text, values of up to 64 KiB.
+ */
+function optXattrs(o: Json): Xattr[] | undefined {
+  if (o["x"] === undefined || o["x"] === null) return undefined;
+  const list = arr(o, "x");
+  if (list.length === 0) throw new FormatError("field x is empty");
+  let previous: string | undefined;
+  return list.map((pair): Xattr => {
+    if (!Array.isArray(pair) || pair.length !== 2 || typeof pair[0] !== "string" || typeof pair[1] !== "string") throw new FormatError("bad extended attribute in field x");
+    const [name, hex] = pair as [string, string];
+    const bytes = utf8(name).length;
+    if (bytes === 0 || bytes > XATTR_NAME_MAX || LONE_SURROGATE.test(name) || name.includes("\0")) throw new FormatError("bad extended attribute name in field x");
+    if (previous !== undefined && !(previous < name)) throw new FormatError("extended attributes in field x are not in ascending order of name");
+    previous = name;
+    if (!/^(?:[0-9a-f]{2})*$/.test(hex) || hex.length > 2 * XATTR_VALUE_MAX) throw new FormatError("bad extended attribute value in field x");
+    return { name, value: Uint8Array.from(Buffer.from(hex, "hex")) };
+  });
 }
 
 /** Permission bits, set-id and sticky bits: what a backup records (st_mode & 0o7777). */

@@ -3,6 +3,7 @@ import path from "node:path";
 import { errorCodeOf, VaultError } from "../errors.js";
 import { escapeName, isRaw, nameBytes } from "../format/names.js";
 import { canUseFdPaths, fdPath } from "./fd-paths.js";
+import { applyXattrs, type Xattr } from "../util/xattrs.js";
 
 /** A path on the restore target: text, or bytes when a name on it is not UTF-8 (Node's fs takes both). */
 export type FsPath = string | Buffer;
@@ -251,25 +252,29 @@ export class RestoreDirs {
   }
 
   /**
-   * Applies a folder's owner (when given), mode and time through a descriptor opened without
-   * following a symlink, in its pinned parent. The owner is set first (chown clears set-id
-   * bits); a failure to set it is thrown, the mode and time are best effort. A folder that is
-   * not (or no longer, see replaced) one this restore checked or created is left alone.
+   * Applies a folder's owner (when given), mode, extended attributes and time through a
+   * descriptor opened without following a symlink, in its pinned parent. The owner is set first
+   * (chown clears set-id bits); a failure to set it is thrown, the mode and time are best effort;
+   * returns what applyXattrs answered. A folder that is not (or no longer, see replaced) one
+   * this restore checked or created is left alone (undefined).
    */
-  async finish(rel: string, o: { mode: number; mtimeMs: number; owner?: Owner | undefined }): Promise<void> {
+  async finish(rel: string, o: { mode: number; mtimeMs: number; owner?: Owner | undefined; xattrs?: readonly Xattr[] }): Promise<string[] | undefined> {
     const { mode, mtimeMs, owner } = o;
-    if (!this.#ready.has(rel)) return;
+    if (!this.#ready.has(rel)) return undefined;
     const slash = rel.lastIndexOf("/");
     const parent = await this.enter(slash < 0 ? "" : rel.slice(0, slash)).catch(() => undefined);
-    if (parent === undefined) return;
+    if (parent === undefined) return undefined;
     try {
       const at = rel === "" ? parent.at(".") : parent.at(rel.slice(slash + 1));
       const handle = await fsp.open(at, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW).catch(() => undefined);
-      if (handle === undefined) return;
+      if (handle === undefined) return undefined;
       try {
         if (owner !== undefined) await handle.chown(owner.uid ?? -1, owner.gid ?? -1);
         await handle.chmod(mode).catch(() => undefined);
+        // After the mode: a default ACL or an access ACL sets the group bits its own way.
+        const answers = applyXattrs(handle.fd, o.xattrs ?? []);
         await handle.utimes(mtimeMs / 1000, mtimeMs / 1000).catch(() => undefined);
+        return answers;
       } finally {
         await handle.close();
       }

@@ -7,6 +7,7 @@ import { nameBytes, pathFromBytes, shownPath, unescapeName } from "../format/nam
 import type { FolderSource } from "../format/snapshot.js";
 import { fromHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
+import { applyXattrs, restorableXattrs, XattrTally, type Xattr } from "../util/xattrs.js";
 import type { BlobReader } from "./blob-reader.js";
 import type { ChunkFetcher, ChunkRequest } from "./fetcher.js";
 import { lstatOrNull, removeEntry, RestoreDirs, type FsPath, type Owner } from "./dirs.js";
@@ -55,6 +56,8 @@ export interface FolderRestoreResult {
   matched: number;
   /** Files restored as a hard link to a file restored before them. */
   hardlinks: number;
+  /** Extended attributes set, and those not set (see XattrTally). */
+  xattrs: XattrTally;
 }
 
 type Step =
@@ -200,7 +203,8 @@ async function moveIntoPlace(root: string, dest: string, force: boolean): Promis
 /** Restores the folder's selected entries under dirs.root; dest is its final path, for messages. */
 async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string, o: FolderRestoreOptions): Promise<FolderRestoreResult> {
   const { fetcher, snapshotKey, progress, signal } = o;
-  const result: FolderRestoreResult = { files: 0, bytes: 0, matched: 0, hardlinks: 0 };
+  const result: FolderRestoreResult = { files: 0, bytes: 0, matched: 0, hardlinks: 0, xattrs: new XattrTally() };
+  const tally = result.xattrs;
   const made: FolderEntry[] = [];
   const symlinks: FolderEntry[] = [];
   /** Files to be linked that could not be (another file system, no hard links there): written from their chunks after the rest. */
@@ -210,6 +214,12 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
   const parentOf = (rel: string): string => (rel.includes("/") ? rel.slice(0, rel.lastIndexOf("/")) : "");
   const nameOf = (rel: string): string => rel.slice(rel.lastIndexOf("/") + 1);
   const ownerOf = (e: FolderEntry): Owner | undefined => (o.owners && (e.uid !== undefined || e.gid !== undefined) ? { uid: e.uid, gid: e.gid } : undefined);
+  /** The entry's extended attributes to set; file capabilities held back (and counted) unless its recorded owner is set. */
+  const xattrsOf = (e: FolderEntry, owner: Owner | undefined): Xattr[] => {
+    const { set, held } = restorableXattrs(e.xattrs, owner?.uid !== undefined);
+    for (const x of held) tally.skip(shown(e.path), x.name, "restored only with the file's recorded owner (as root, without --no-owner)");
+    return set;
+  };
   let open: OpenFile | undefined;
   const whole = canWriteWholeFiles();
   const finishing = new Finishing(FILES_FINISHING);
@@ -233,18 +243,21 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
       }
       const owner = ownerOf(f.entry);
       const file = f.file;
+      const xattrs = xattrsOf(f.entry, owner);
+      const at = shown(f.entry.path);
       await finishing.add(
         f.entry.path,
-        file === undefined
-          ? writeWholeFile(f.whole.final, f.entry.size, f.whole.segments, { owner, mode: restoredMode(f.entry.mode, owner), mtimeMs: f.entry.mtimeMs, shown: shown(f.entry.path) })
+        (file === undefined
+          ? writeWholeFile(f.whole.final, f.entry.size, f.whole.segments, { owner, mode: restoredMode(f.entry.mode, owner), mtimeMs: f.entry.mtimeMs, shown: at, xattrs })
               .catch((e: unknown) => {
-                throw targetError(shown(f.entry.path), e);
+                throw targetError(at, e);
               })
               .finally(() => f.whole.pin.release())
-          : finishFile({ file, entry: f.entry }, owner, shown(f.entry.path)).catch(async (e: unknown) => {
+          : finishFile({ file, entry: f.entry }, owner, xattrs, at).catch(async (e: unknown) => {
               await file.abort();
-              throw targetError(shown(f.entry.path), e);
-            }),
+              throw targetError(at, e);
+            })
+        ).then((answers) => tally.count(at, xattrs, answers)),
       );
       result.bytes += tag.size;
       result.files++;
@@ -329,6 +342,9 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
             throw ownerError(shown(link.path), owner.uid, owner.gid, e);
           });
         }
+        // Set on the link itself (not followed); the kernel refuses user.* attributes on a symlink (EPERM).
+        const xattrs = xattrsOf(link, owner);
+        tally.count(shown(link.path), xattrs, applyXattrs(at, xattrs));
         await fsp.lutimes(at, link.mtimeMs / 1000, link.mtimeMs / 1000).catch(() => undefined);
       } finally {
         pin.release();
@@ -339,26 +355,29 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
   }
   for (const dir of made.reverse()) {
     const owner = ownerOf(dir);
-    await dirs.finish(dir.path, { mode: dir.mode, mtimeMs: dir.mtimeMs, owner }).catch((e: unknown) => {
+    const xattrs = xattrsOf(dir, owner);
+    const answers = await dirs.finish(dir.path, { mode: dir.mode, mtimeMs: dir.mtimeMs, owner, xattrs }).catch((e: unknown) => {
       throw owner === undefined ? targetError(shown(dir.path), e) : ownerError(shown(dir.path), owner.uid, owner.gid, e);
     });
+    if (answers !== undefined) tally.count(shown(dir.path), xattrs, answers);
   }
   return result;
 }
 
 /**
- * Sets the owner first (chown clears set-id bits), then mode and time, and renames the file into
- * place. A file's set-user-ID bit is kept only with its recorded owner, its set-group-ID bit only
+ * Sets the owner first (chown clears set-id bits, and the kernel drops file capabilities), then
+ * mode, extended attributes and time, and renames the file into place; returns what applyXattrs
+ * answered. A file's set-user-ID bit is kept only with its recorded owner, its set-group-ID bit only
  * with its recorded group (as bsdtar does): a file given to whoever restores it (no owner
  * recorded, --no-owner, not root) never runs as them.
  */
-async function finishFile(f: { file: PartialFile; entry: FolderEntry }, owner: Owner | undefined, shown: string): Promise<void> {
+async function finishFile(f: { file: PartialFile; entry: FolderEntry }, owner: Owner | undefined, xattrs: readonly Xattr[], shown: string): Promise<string[]> {
   if (owner !== undefined) {
     await f.file.handle.chown(owner.uid ?? -1, owner.gid ?? -1).catch((e: unknown) => {
       throw ownerError(shown, owner.uid, owner.gid, e);
     });
   }
-  await f.file.commit({ mode: restoredMode(f.entry.mode, owner), mtimeMs: f.entry.mtimeMs });
+  return await f.file.commit({ mode: restoredMode(f.entry.mode, owner), mtimeMs: f.entry.mtimeMs, xattrs });
 }
 
 /** The mode a file is given: set-user-ID only with its recorded owner, set-group-ID only with its recorded group. */

@@ -20,6 +20,7 @@ import { restoreDisk } from "./disk.js";
 import { folderEntries, includeSpellings, restoreFolder } from "./folder.js";
 
 import { checkTarget, exists, findPartials, targetError, targetExistsError } from "./targets.js";
+import { XattrTally, type XattrSkip } from "../util/xattrs.js";
 
 export interface RestoreOptions {
   readonly snapshot: string;
@@ -57,6 +58,11 @@ export interface RestoreResult {
   readonly bytes: number;
   /** Files restored as hard links, in all folders. */
   readonly hardlinks: number;
+  /**
+   * Extended attributes of folder entries: how many were set, how many were not (the file system
+   * or the kernel refused them, or vmvault held them back), and the first XattrTally.KEEP of those.
+   */
+  readonly xattrs: { readonly restored: number; readonly skipped: number; readonly skips: readonly XattrSkip[] };
   /** BLAKE2b commitment to the restored content (see contentDigest), kept in the audit trail. */
   readonly digest: string;
   /** Index files left out because they did not authenticate (the restore did not need them). */
@@ -180,6 +186,7 @@ async function restoreWith(
   starting: Promise<WorkerPool>,
   restored: Restored[],
 ): Promise<RestoreResult> {
+  const xattrs = { restored: 0, skipped: 0, skips: [] as XattrSkip[] };
   const body = await readSnapshotBody(repo, sessions, record);
   const plan = planRestore(body.sources, target, o);
   if (o.force !== true) {
@@ -218,6 +225,9 @@ async function restoreWith(
       onPartialFound: (p) => partialsFound.push(p),
     });
     restored.push({ name: folder.name, kind: "folder", path: dest, bytes: r.bytes, hardlinks: r.hardlinks });
+    xattrs.restored += r.xattrs.restored;
+    xattrs.skipped += r.xattrs.skippedCount;
+    xattrs.skips.push(...r.xattrs.skipped.slice(0, XattrTally.KEEP - xattrs.skips.length));
   }
   return {
     snapshotId: record.header.id,
@@ -226,6 +236,7 @@ async function restoreWith(
     restored,
     bytes: restored.reduce((n, r) => n + r.bytes, 0),
     hardlinks: restored.reduce((n, r) => n + (r.hardlinks ?? 0), 0),
+    xattrs,
     digest: contentDigest(repo, plan),
     damagedIndexes: index.damaged,
     partialsFound,

@@ -4,6 +4,7 @@ import path from "node:path";
 import { errorCodeOf, UsageError, VaultError } from "../errors.js";
 import { escapeName } from "../format/names.js";
 import { nativeHelper } from "../util/native.js";
+import { applyXattrs, NO_HELPER, packXattrs, type Xattr } from "../util/xattrs.js";
 import { shownFsPath, type FsPath, type Owner } from "./dirs.js";
 
 /** The longest file name Linux (and most file systems) accept, in bytes. */
@@ -184,11 +185,13 @@ export class PartialFile {
   }
 
   /**
-   * Mode and time through the descriptor, fsync, close, rename over the final name (which
-   * replaces a symlink there; it is never followed).
+   * Mode, extended attributes (after the mode: an ACL sets the group bits its own way) and time
+   * through the descriptor, fsync, close, rename over the final name (which replaces a symlink
+   * there; it is never followed). Returns what applyXattrs answered for xattrs.
    */
-  async commit(o: { mode?: number; mtimeMs?: number } = {}): Promise<void> {
+  async commit(o: { mode?: number; mtimeMs?: number; xattrs?: readonly Xattr[] } = {}): Promise<string[]> {
     if (o.mode !== undefined) await this.handle.chmod(o.mode);
+    const answers = applyXattrs(this.handle.fd, o.xattrs ?? []);
     if (o.mtimeMs !== undefined) await this.handle.utimes(o.mtimeMs / 1000, o.mtimeMs / 1000);
     await this.#direct?.close();
     this.#direct = undefined;
@@ -197,6 +200,7 @@ export class PartialFile {
     await this.handle.close();
     await fsp.rename(this.tempPath, this.finalPath);
     this.#release();
+    return answers;
   }
 
   /** Closes and removes the temporary file; after a failed commit too. */
@@ -293,10 +297,16 @@ export function canWriteWholeFiles(): boolean {
  * A small file restored in one trip to the thread pool (native/writefile.c), as PartialFile's
  * create, writes and commit do in nine: under partialBeside(finalPath), then renamed into place.
  * `segments` are the file's chunks (offset and bytes); what they leave out stays a hole. The
- * owner is set first (chown clears set-id bits), then the mode and time. A failure leaves
- * nothing behind; a failed chown is an ownerError, anything else as the file system said.
+ * owner is set first (chown clears set-id bits), then the mode, the extended attributes and the
+ * time. A failure leaves nothing behind; a failed chown is an ownerError, anything else as the
+ * file system said. Returns what the helper answered for xattrs, as applyXattrs does.
  */
-export async function writeWholeFile(finalPath: FsPath, size: number, segments: readonly { offset: number; bytes: Uint8Array }[], o: { owner: Owner | undefined; mode: number; mtimeMs: number; shown: string }): Promise<void> {
+export async function writeWholeFile(
+  finalPath: FsPath,
+  size: number,
+  segments: readonly { offset: number; bytes: Uint8Array }[],
+  o: { owner: Owner | undefined; mode: number; mtimeMs: number; shown: string; xattrs?: readonly Xattr[] },
+): Promise<string[]> {
   const helper = nativeHelper();
   if (helper?.writeFileWhole === undefined) throw new Error("writeWholeFile needs the native helper");
   let length = 0;
@@ -313,7 +323,11 @@ export async function writeWholeFile(finalPath: FsPath, size: number, segments: 
   });
   const bytes = (p: FsPath): Buffer => (typeof p === "string" ? Buffer.from(p) : p);
   try {
-    await helper.writeFileWhole(bytes(partialBeside(finalPath)), bytes(finalPath), data, pairs, size, o.owner?.uid ?? -1, o.owner?.gid ?? -1, o.mode, o.mtimeMs / 1000);
+    const xattrs = o.xattrs ?? [];
+    const packed = xattrs.length === 0 ? undefined : packXattrs(xattrs);
+    const answers = await helper.writeFileWhole(bytes(partialBeside(finalPath)), bytes(finalPath), data, pairs, size, o.owner?.uid ?? -1, o.owner?.gid ?? -1, o.mode, o.mtimeMs / 1000, packed);
+    // A helper built before extended attributes ignores them.
+    return Array.isArray(answers) ? answers : xattrs.map(() => NO_HELPER);
   } catch (e) {
     if ((e as { syscall?: string }).syscall === "fchown") throw ownerError(o.shown, o.owner?.uid, o.owner?.gid, e);
     throw e;

@@ -47,7 +47,16 @@ export interface NativeHelper {
    * file and rejects with the errno name as code and the failed step as syscall. Absent from a
    * helper built before it.
    */
-  writeFileWhole?(tempPath: Buffer, finalPath: Buffer, data: Uint8Array, segments: Float64Array, size: number, uid: number, gid: number, mode: number, timeSeconds: number): Promise<void>;
+  writeFileWhole?(tempPath: Buffer, finalPath: Buffer, data: Uint8Array, segments: Float64Array, size: number, uid: number, gid: number, mode: number, timeSeconds: number, xattrs?: Uint8Array): Promise<void | string[]>;
+  /**
+   * Extended attributes of the file at path (native/xattr.c), packed (src/util/xattrs.ts), or
+   * null where it has none; the last name is followed only with follow. Absent from a helper
+   * built before it. writeFileWhole's xattrs, set after fchmod, are packed the same way; it then
+   * resolves with one string per attribute, "" where set, else the errno name it was refused with.
+   */
+  listXattrs?(path: Buffer, follow: boolean): Buffer | null;
+  /** Sets packed attributes on a file descriptor, or on a path without following it; answers as writeFileWhole does. */
+  setXattrs?(target: number | Buffer, packed: Uint8Array): string[];
   /** The page size cacheResidency counts in. */
   readonly pageSize?: number;
 }

@@ -2,6 +2,8 @@ import { Option, type Command } from "commander";
 import { CliContext } from "../context.js";
 import type { Interrupts } from "../interrupt.js";
 import { formatBytes, warnDamagedIndexes } from "../output.js";
+import type { RestoreResult } from "../../restore/restore.js";
+import { XattrTally } from "../../util/xattrs.js";
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 
@@ -40,6 +42,7 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
         });
         ctx.endProgress();
         warnDamagedIndexes(ctx, r.damagedIndexes);
+        warnXattrs(ctx, r.xattrs);
         for (const p of r.partialsFound) ctx.warn(`warning: found ${p}, the partial file of a restore that was killed (or of one still running); remove it once no restore writes there`);
         if (ctx.json) ctx.printJson(r);
         else {
@@ -52,3 +55,14 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
       }
     });
 }
+
+/** Extended attributes not restored: a count, and the first few with why. */
+function warnXattrs(ctx: CliContext, x: RestoreResult["xattrs"]): void {
+  if (x.skipped === 0) return;
+  ctx.warn(`warning: ${x.skipped} extended attribute${x.skipped === 1 ? " was" : "s were"} not restored (${x.restored} ${x.restored === 1 ? "was" : "were"})`);
+  const shownSkips = x.skips.slice(0, XATTR_SKIPS_SHOWN);
+  for (const s of shownSkips) ctx.warn(`  ${s.path}: ${s.name}: ${s.reason === "EPERM" ? "EPERM (only root may set it, or not on a symlink)" : s.reason === "ENOTSUP" ? "ENOTSUP (the target's file system does not keep it)" : s.reason === "ENOSPC" ? "ENOSPC (no room for it beside the file's other attributes)" : s.reason}`);
+  if (x.skipped > shownSkips.length) ctx.warn(`  and ${x.skipped - shownSkips.length} more (--json lists up to ${XattrTally.KEEP})`);
+}
+
+const XATTR_SKIPS_SHOWN = 5;

@@ -1,0 +1,252 @@
+/*
+ * Extended attributes (Node.js has no API for them): read for a backup, set for a restore.
+ *
+ *   listXattrs(path, follow) -> Buffer | null
+ *       Every extended attribute of the file at path (a Buffer of its bytes; the last name is
+ *       not followed unless follow), packed as below, or null when it has none or its file system
+ *       keeps none. An attribute removed between the listing and its read is left out. Throws an
+ *       Error whose code is the errno name and whose syscall names the call, as Node.js's fs does.
+ *   setXattrs(target, packed) -> string[]
+ *       Sets each packed attribute on target: a file descriptor (fsetxattr) or a path as a Buffer
+ *       (lsetxattr: a symlink gets the attribute itself). One string per attribute: "" where it
+ *       was set, else the errno name the kernel refused it with. A failure that is not about the
+ *       attribute (a read-only or failing file system) throws as listXattrs does.
+ *
+ * Packed attributes: one after another, each its name's bytes, a NUL, its value's length as 4
+ * bytes little-endian and the value. writefile.c applies the same packing through
+ * vmvault_apply_xattrs, on its pool thread.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/xattr.h>
+#include <node_api.h>
+
+#include "native.h"
+
+/* The kernel's limits (linux/limits.h): a name of up to 255 bytes, a value of up to 64 KiB. */
+#define NAME_MAX_BYTES 255
+#define VALUE_MAX_BYTES 65536
+
+/* ENOSPC is not among them: ext4 answers it for a value that does not fit beside the inode's others. */
+bool vmvault_xattr_fatal(int e) {
+  return e == EIO || e == EROFS || e == ENOMEM || e == EBADF || e == EFAULT;
+}
+
+int vmvault_check_xattrs(const unsigned char *packed, size_t length, size_t *count) {
+  size_t at = 0, n = 0;
+  while (at < length) {
+    const unsigned char *nul = memchr(packed + at, 0, length - at);
+    if (nul == NULL) return -1;
+    size_t name_length = (size_t)(nul - (packed + at));
+    if (name_length == 0 || name_length > NAME_MAX_BYTES) return -1;
+    at += name_length + 1;
+    if (length - at < 4) return -1;
+    uint32_t value_length = (uint32_t)packed[at] | (uint32_t)packed[at + 1] << 8 | (uint32_t)packed[at + 2] << 16 | (uint32_t)packed[at + 3] << 24;
+    at += 4;
+    if (value_length > VALUE_MAX_BYTES || length - at < value_length) return -1;
+    at += value_length;
+    n++;
+  }
+  *count = n;
+  return 0;
+}
+
+int vmvault_apply_xattrs(int fd, const char *path, const unsigned char *packed, size_t length, int *errors) {
+  size_t at = 0, i = 0;
+  while (at < length) {
+    const char *name = (const char *)packed + at;
+    at += strlen(name) + 1;
+    size_t value_length = (size_t)packed[at] | (size_t)packed[at + 1] << 8 | (size_t)packed[at + 2] << 16 | (size_t)packed[at + 3] << 24;
+    at += 4;
+    int r = fd >= 0 ? fsetxattr(fd, name, packed + at, value_length, 0) : lsetxattr(path, name, packed + at, value_length, 0);
+    int e = r == 0 ? 0 : errno;
+    if (e != 0 && vmvault_xattr_fatal(e)) return e;
+    errors[i++] = e;
+    at += value_length;
+  }
+  return 0;
+}
+
+static napi_value throw_errno(napi_env env, int e, const char *syscall) {
+  const char *code = vmvault_errno_name(e);
+  char message[256];
+  snprintf(message, sizeof message, "%s: %s, %s", code, strerror(e), syscall);
+  napi_value code_value, message_value, syscall_value, error;
+  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &code_value);
+  napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &message_value);
+  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &syscall_value);
+  napi_create_error(env, code_value, message_value, &error);
+  napi_set_named_property(env, error, "syscall", syscall_value);
+  napi_throw(env, error);
+  return NULL;
+}
+
+/* A path given as a Buffer, copied NUL-terminated into out (PATH_MAX bytes); false with a TypeError thrown. */
+static bool path_arg(napi_env env, napi_value value, char *out, size_t room) {
+  void *bytes;
+  size_t length;
+  bool is_buffer = false;
+  if (napi_is_buffer(env, value, &is_buffer) != napi_ok || !is_buffer || napi_get_buffer_info(env, value, &bytes, &length) != napi_ok || length == 0 || length >= room ||
+      memchr(bytes, 0, length) != NULL) {
+    napi_throw_type_error(env, NULL, "expected a path as a Buffer without NUL bytes");
+    return false;
+  }
+  memcpy(out, bytes, length);
+  out[length] = 0;
+  return true;
+}
+
+static napi_value list_xattrs(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  bool follow = false;
+  char path[4097];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 || napi_get_value_bool(env, argv[1], &follow) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected a path and whether to follow a symlink");
+    return NULL;
+  }
+  if (!path_arg(env, argv[0], path, sizeof path)) return NULL;
+  char *names = NULL;
+  ssize_t names_length;
+  /* The list may grow between asking its size and reading it: ask again. */
+  for (int attempt = 0;; attempt++) {
+    names_length = follow ? listxattr(path, NULL, 0) : llistxattr(path, NULL, 0);
+    if (names_length < 0 && (errno == ENOTSUP || errno == ENODATA)) names_length = 0;
+    if (names_length < 0) return throw_errno(env, errno, follow ? "listxattr" : "llistxattr");
+    if (names_length == 0) break;
+    free(names);
+    names = malloc((size_t)names_length);
+    if (names == NULL) return throw_errno(env, ENOMEM, "listxattr");
+    ssize_t got = follow ? listxattr(path, names, (size_t)names_length) : llistxattr(path, names, (size_t)names_length);
+    if (got >= 0) {
+      names_length = got;
+      break;
+    }
+    if (errno != ERANGE || attempt >= 8) {
+      int e = errno;
+      free(names);
+      return throw_errno(env, e, follow ? "listxattr" : "llistxattr");
+    }
+  }
+  napi_value result;
+  if (names_length == 0) {
+    free(names);
+    napi_get_null(env, &result);
+    return result;
+  }
+  /* Packed: for each name, name NUL length value; built in a growing buffer. */
+  size_t room = (size_t)names_length + 4096, used = 0;
+  unsigned char *packed = malloc(room);
+  unsigned char *value = malloc(VALUE_MAX_BYTES);
+  if (packed == NULL || value == NULL) {
+    free(names);
+    free(packed);
+    free(value);
+    return throw_errno(env, ENOMEM, "getxattr");
+  }
+  int failed = 0;
+  for (size_t at = 0; at < (size_t)names_length; at += strlen(names + at) + 1) {
+    const char *name = names + at;
+    size_t name_length = strlen(name);
+    if (name_length == 0 || name_length > NAME_MAX_BYTES) continue;
+    ssize_t value_length = follow ? getxattr(path, name, value, VALUE_MAX_BYTES) : lgetxattr(path, name, value, VALUE_MAX_BYTES);
+    if (value_length < 0 && errno == ENODATA) continue; /* removed meanwhile */
+    if (value_length < 0) {
+      failed = errno;
+      break;
+    }
+    size_t need = name_length + 1 + 4 + (size_t)value_length;
+    if (used + need > room) {
+      size_t grown = (used + need) * 2;
+      unsigned char *bigger = realloc(packed, grown);
+      if (bigger == NULL) {
+        failed = ENOMEM;
+        break;
+      }
+      packed = bigger;
+      room = grown;
+    }
+    memcpy(packed + used, name, name_length + 1);
+    used += name_length + 1;
+    uint32_t n = (uint32_t)value_length;
+    packed[used] = (unsigned char)n;
+    packed[used + 1] = (unsigned char)(n >> 8);
+    packed[used + 2] = (unsigned char)(n >> 16);
+    packed[used + 3] = (unsigned char)(n >> 24);
+    used += 4;
+    memcpy(packed + used, value, (size_t)value_length);
+    used += (size_t)value_length;
+  }
+  free(names);
+  free(value);
+  if (failed != 0) {
+    free(packed);
+    return throw_errno(env, failed, follow ? "getxattr" : "lgetxattr");
+  }
+  if (used == 0) {
+    free(packed);
+    napi_get_null(env, &result);
+    return result;
+  }
+  void *copy;
+  napi_status s = napi_create_buffer_copy(env, used, packed, &copy, &result);
+  free(packed);
+  if (s != napi_ok) return throw_errno(env, ENOMEM, "getxattr");
+  return result;
+}
+
+static napi_value set_xattrs(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2) {
+    napi_throw_type_error(env, NULL, "expected a file descriptor or path, and packed attributes");
+    return NULL;
+  }
+  napi_valuetype target_type;
+  napi_typeof(env, argv[0], &target_type);
+  int32_t fd = -1;
+  char path[4097];
+  if (target_type == napi_number) {
+    if (napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
+      napi_throw_type_error(env, NULL, "expected a file descriptor");
+      return NULL;
+    }
+  } else if (!path_arg(env, argv[0], path, sizeof path)) {
+    return NULL;
+  }
+  napi_typedarray_type type;
+  size_t length;
+  void *bytes;
+  size_t count = 0;
+  if (napi_get_typedarray_info(env, argv[1], &type, &length, &bytes, NULL, NULL) != napi_ok || type != napi_uint8_array || vmvault_check_xattrs(bytes, length, &count) != 0) {
+    napi_throw_type_error(env, NULL, "expected packed extended attributes as a Uint8Array");
+    return NULL;
+  }
+  int *errors = calloc(count > 0 ? count : 1, sizeof *errors);
+  if (errors == NULL) return throw_errno(env, ENOMEM, "setxattr");
+  int fatal = vmvault_apply_xattrs(fd, fd >= 0 ? NULL : path, bytes, length, errors);
+  if (fatal != 0) {
+    free(errors);
+    return throw_errno(env, fatal, fd >= 0 ? "fsetxattr" : "lsetxattr");
+  }
+  napi_value result;
+  napi_create_array_with_length(env, count, &result);
+  for (size_t i = 0; i < count; i++) {
+    napi_value name;
+    napi_create_string_utf8(env, errors[i] == 0 ? "" : vmvault_errno_name(errors[i]), NAPI_AUTO_LENGTH, &name);
+    napi_set_element(env, result, (uint32_t)i, name);
+  }
+  free(errors);
+  return result;
+}
+
+napi_status vmvault_register_xattr(napi_env env, napi_value exports) {
+  napi_status s = vmvault_export(env, exports, "listXattrs", list_xattrs);
+  return s == napi_ok ? vmvault_export(env, exports, "setXattrs", set_xattrs) : s;
+}
