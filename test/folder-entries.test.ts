@@ -44,6 +44,53 @@ describe("folder entries", () => {
     expect(fromUtf8(encodeEntry(entries[2] as FolderEntry))).toBe(`{"p":"b","t":"file","m":420,"mt":1700000000123.5,"s":10,"u":4294967294,"g":1,"h":"a/f.txt","c":["${ID}:6","z4"]}\n`);
   });
 
+  it("extended attributes of every type round-trip as [name, hex value] pairs; none is no field at all", () => {
+    const x = [
+      { name: "security.selinux", value: utf8("system_u:object_r:virt_image_t:s0\0") },
+      { name: "user.empty", value: new Uint8Array(0) },
+      { name: "user.z", value: Uint8Array.from([0, 255, 1]) },
+    ];
+    const entries: FolderEntry[] = [
+      { path: "", type: "dir", mode: 0o755, mtimeMs: 1, size: 0, xattrs: x },
+      { ...file, xattrs: x },
+      { path: "l", type: "symlink", mode: 0o777, mtimeMs: 2, size: 0, target: "b", xattrs: [{ name: "trusted.t", value: utf8("t") }] },
+    ];
+    for (const e of entries) expect(parseEntryLine(fromUtf8(encodeEntry(e)))).toEqual(e);
+    expect(fromUtf8(encodeEntry({ ...file, xattrs: [{ name: "user.a", value: utf8("hi") }] }))).toBe(
+      `{"p":"a/f.txt","t":"file","m":420,"mt":1700000000123.5,"s":10,"c":["${ID}:6","z4"],"x":[["user.a","6869"]]}\n`,
+    );
+    expect(fromUtf8(encodeEntry({ ...file, xattrs: [] }))).toBe(fromUtf8(encodeEntry(file)));
+    expect(parseEntryLine(fromUtf8(encodeEntry(file))).xattrs).toBeUndefined();
+  });
+
+  it.each([
+    ["x empty", { x: [] }],
+    ["x not a list", { x: { "user.a": "00" } }],
+    ["a pair of three", { x: [["user.a", "00", "00"]] }],
+    ["a name not a string", { x: [[1, "00"]] }],
+    ["an empty name", { x: [["", "00"]] }],
+    ["a name of 256 bytes", { x: [[`user.${"n".repeat(251)}`, "00"]] }],
+    ["a name with NUL", { x: [["user.a\u0000b", "00"]] }],
+    ["a name with a lone surrogate", { x: [["user.\udcff", "00"]] }],
+    ["names out of order", { x: [["user.b", "00"], ["user.a", "00"]] }],
+    ["a name twice", { x: [["user.a", "00"], ["user.a", "01"]] }],
+    ["a value in upper-case hex", { x: [["user.a", "AB"]] }],
+    ["a value of odd length", { x: [["user.a", "abc"]] }],
+    ["a value not hex", { x: [["user.a", "zz"]] }],
+    ["a value over 64 KiB", { x: [["user.a", "00".repeat(65537)]] }],
+  ])("malformed extended attributes are a FormatError: %s", (_, bad) => {
+    const line = JSON.stringify({ p: "b", t: "file", m: 420, mt: 1, s: 0, c: [], ...bad });
+    expect(() => parseEntryLine(line)).toThrow(FormatError);
+  });
+
+  it("the longest name and value the kernel allows parse", () => {
+    const name = `user.${"n".repeat(250)}`;
+    const line = JSON.stringify({ p: "b", t: "file", m: 420, mt: 1, s: 0, c: [], x: [[name, "ab".repeat(65536)]] });
+    const e = parseEntryLine(line);
+    expect(e.xattrs?.[0]?.name).toBe(name);
+    expect(e.xattrs?.[0]?.value.length).toBe(65536);
+  });
+
   it.each([
     ["u negative", { u: -1 }],
     ["u fractional", { u: 1.5 }],
