@@ -42,6 +42,15 @@ static inline const char *vmvault_errno_name(int e) {
   }
 }
 
+/*
+ * native/writefile.c, for every file of the helper: an Error as Node.js's fs makes them (code the
+ * errno name, syscall, and a message naming the path where one is given), and a path argument
+ * given as a Buffer as a new NUL-terminated string (NULL with a TypeError thrown for an empty,
+ * over-long or NUL-holding one; free it).
+ */
+napi_value vmvault_errno_error(napi_env env, int e, const char *syscall, const char *path);
+char *vmvault_buffer_path(napi_env env, napi_value value);
+
 /* Sets exports[name] to a new function calling cb. */
 static inline napi_status vmvault_export(napi_env env, napi_value exports, const char *name, napi_callback cb) {
   napi_value fn;
@@ -86,5 +95,7 @@ void vmvault_cache_restore(int fd, int64_t base, unsigned char *before, size_t p
 int vmvault_check_xattrs(const unsigned char *packed, size_t length, size_t *count);
 int vmvault_apply_xattrs(int fd, const char *path, const unsigned char *packed, size_t length, int *errors);
 bool vmvault_xattr_fatal(int e);
+/* The answers of vmvault_apply_xattrs as JavaScript has them: one string per attribute, "" where set, else the errno name. */
+napi_value vmvault_xattr_answers(napi_env env, const int *errors, size_t count);
 
 #endif

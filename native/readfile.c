@@ -135,15 +135,7 @@ static void read_complete(napi_env env, napi_status status, void *arg) {
     }
   }
   if (status != napi_ok || job->err != 0) {
-    int e = status != napi_ok ? EIO : job->err;
-    const char *code = vmvault_errno_name(e);
-    char message[4200];
-    snprintf(message, sizeof message, "%s: %s, %s '%s'", code, strerror(e), job->op != NULL ? job->op : "read", job->path);
-    napi_value code_value, message_value, error;
-    napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &code_value);
-    napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &message_value);
-    napi_create_error(env, code_value, message_value, &error);
-    napi_reject_deferred(env, job->deferred, error);
+    napi_reject_deferred(env, job->deferred, vmvault_errno_error(env, status != napi_ok ? EIO : job->err, job->op != NULL ? job->op : "read", job->path));
   }
   napi_delete_async_work(env, job->work);
   free(job->data);

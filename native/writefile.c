@@ -141,27 +141,12 @@ static void write_complete(napi_env env, napi_status status, void *arg) {
     if (job->xattrs == NULL) {
       napi_get_undefined(env, &value);
     } else {
-      napi_create_array_with_length(env, job->xattr_count, &value);
-      for (size_t i = 0; i < job->xattr_count; i++) {
-        napi_value name;
-        napi_create_string_utf8(env, job->xattr_errors[i] == 0 ? "" : vmvault_errno_name(job->xattr_errors[i]), NAPI_AUTO_LENGTH, &name);
-        napi_set_element(env, value, (uint32_t)i, name);
-      }
+      value = vmvault_xattr_answers(env, job->xattr_errors, job->xattr_count);
     }
     napi_resolve_deferred(env, job->deferred, value);
   } else {
-    int e = status != napi_ok ? EIO : job->err;
-    const char *code = vmvault_errno_name(e);
     const char *op = job->op != NULL ? job->op : "write";
-    char message[4400];
-    snprintf(message, sizeof message, "%s: %s, %s '%s'", code, strerror(e), op, strcmp(op, "rename") == 0 ? job->final_path : job->temp_path);
-    napi_value code_value, message_value, op_value, error;
-    napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &code_value);
-    napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &message_value);
-    napi_create_string_utf8(env, op, NAPI_AUTO_LENGTH, &op_value);
-    napi_create_error(env, code_value, message_value, &error);
-    napi_set_named_property(env, error, "syscall", op_value);
-    napi_reject_deferred(env, job->deferred, error);
+    napi_reject_deferred(env, job->deferred, vmvault_errno_error(env, status != napi_ok ? EIO : job->err, op, strcmp(op, "rename") == 0 ? job->final_path : job->temp_path));
   }
   napi_delete_async_work(env, job->work);
   free(job->temp_path);
@@ -173,8 +158,21 @@ static void write_complete(napi_env env, napi_status status, void *arg) {
   free(job);
 }
 
-/* A path given as a Buffer, as a new NUL-terminated string; NULL with a TypeError thrown. */
-static char *buffer_path(napi_env env, napi_value value) {
+napi_value vmvault_errno_error(napi_env env, int e, const char *syscall, const char *path) {
+  const char *code = vmvault_errno_name(e);
+  char message[4400];
+  if (path != NULL) snprintf(message, sizeof message, "%s: %s, %s '%s'", code, strerror(e), syscall, path);
+  else snprintf(message, sizeof message, "%s: %s, %s", code, strerror(e), syscall);
+  napi_value code_value, message_value, syscall_value, error;
+  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &code_value);
+  napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &message_value);
+  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &syscall_value);
+  napi_create_error(env, code_value, message_value, &error);
+  napi_set_named_property(env, error, "syscall", syscall_value);
+  return error;
+}
+
+char *vmvault_buffer_path(napi_env env, napi_value value) {
   void *bytes;
   size_t length;
   bool is_buffer = false;
@@ -263,8 +261,8 @@ static napi_value write_file_whole(napi_env env, napi_callback_info info) {
     job->xattrs_length = xattrs_length;
     job->xattr_count = xattr_count;
   }
-  job->temp_path = buffer_path(env, argv[0]);
-  job->final_path = job->temp_path == NULL ? NULL : buffer_path(env, argv[1]);
+  job->temp_path = vmvault_buffer_path(env, argv[0]);
+  job->final_path = job->temp_path == NULL ? NULL : vmvault_buffer_path(env, argv[1]);
   /* The bytes are copied: the caller's buffers may be reused once this returns. */
   job->data = malloc(data_length > 0 ? data_length : 1);
   job->segments = malloc(segments_length > 0 ? segments_length * sizeof(double) : 1);

@@ -73,56 +73,58 @@ int vmvault_apply_xattrs(int fd, const char *path, const unsigned char *packed, 
   return 0;
 }
 
-static napi_value throw_errno(napi_env env, int e, const char *syscall) {
-  const char *code = vmvault_errno_name(e);
-  char message[256];
-  snprintf(message, sizeof message, "%s: %s, %s", code, strerror(e), syscall);
-  napi_value code_value, message_value, syscall_value, error;
-  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &code_value);
-  napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &message_value);
-  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &syscall_value);
-  napi_create_error(env, code_value, message_value, &error);
-  napi_set_named_property(env, error, "syscall", syscall_value);
-  napi_throw(env, error);
-  return NULL;
+napi_value vmvault_xattr_answers(napi_env env, const int *errors, size_t count) {
+  napi_value result;
+  napi_create_array_with_length(env, count, &result);
+  for (size_t i = 0; i < count; i++) {
+    napi_value name;
+    napi_create_string_utf8(env, errors[i] == 0 ? "" : vmvault_errno_name(errors[i]), NAPI_AUTO_LENGTH, &name);
+    napi_set_element(env, result, (uint32_t)i, name);
+  }
+  return result;
 }
 
-/* A path given as a Buffer, copied NUL-terminated into out (PATH_MAX bytes); false with a TypeError thrown. */
-static bool path_arg(napi_env env, napi_value value, char *out, size_t room) {
-  void *bytes;
-  size_t length;
-  bool is_buffer = false;
-  if (napi_is_buffer(env, value, &is_buffer) != napi_ok || !is_buffer || napi_get_buffer_info(env, value, &bytes, &length) != napi_ok || length == 0 || length >= room ||
-      memchr(bytes, 0, length) != NULL) {
-    napi_throw_type_error(env, NULL, "expected a path as a Buffer without NUL bytes");
-    return false;
+/* Appends name NUL length value to *packed (grown as needed); false when out of memory. */
+static bool append(unsigned char **packed, size_t *used, size_t *room, const char *name, const unsigned char *value, size_t value_length) {
+  size_t name_length = strlen(name);
+  size_t need = name_length + 1 + 4 + value_length;
+  if (*used + need > *room) {
+    size_t grown = (*used + need) * 2;
+    unsigned char *bigger = realloc(*packed, grown);
+    if (bigger == NULL) return false;
+    *packed = bigger;
+    *room = grown;
   }
-  memcpy(out, bytes, length);
-  out[length] = 0;
+  unsigned char *at = *packed + *used;
+  memcpy(at, name, name_length + 1);
+  at += name_length + 1;
+  at[0] = (unsigned char)value_length;
+  at[1] = (unsigned char)(value_length >> 8);
+  at[2] = (unsigned char)(value_length >> 16);
+  at[3] = (unsigned char)(value_length >> 24);
+  memcpy(at + 4, value, value_length);
+  *used += need;
   return true;
 }
 
-static napi_value list_xattrs(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  bool follow = false;
-  char path[4097];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 || napi_get_value_bool(env, argv[1], &follow) != napi_ok) {
-    napi_throw_type_error(env, NULL, "expected a path and whether to follow a symlink");
-    return NULL;
-  }
-  if (!path_arg(env, argv[0], path, sizeof path)) return NULL;
+/*
+ * Every attribute of path, packed into *packed (malloc'd; NULL and *used 0 where there are none
+ * or the file system keeps none): 0, or the errno with *syscall naming the call that failed.
+ */
+static int read_xattrs(const char *path, bool follow, unsigned char **packed, size_t *used, const char **syscall) {
+  *packed = NULL;
+  *used = 0;
+  *syscall = follow ? "listxattr" : "llistxattr";
   char *names = NULL;
   ssize_t names_length;
   /* The list may grow between asking its size and reading it: ask again. */
   for (int attempt = 0;; attempt++) {
     names_length = follow ? listxattr(path, NULL, 0) : llistxattr(path, NULL, 0);
-    if (names_length < 0 && (errno == ENOTSUP || errno == ENODATA)) names_length = 0;
-    if (names_length < 0) return throw_errno(env, errno, follow ? "listxattr" : "llistxattr");
-    if (names_length == 0) break;
+    if (names_length < 0) return errno == ENOTSUP || errno == ENODATA ? 0 : errno;
+    if (names_length == 0) return 0;
     free(names);
     names = malloc((size_t)names_length);
-    if (names == NULL) return throw_errno(env, ENOMEM, "listxattr");
+    if (names == NULL) return ENOMEM;
     ssize_t got = follow ? listxattr(path, names, (size_t)names_length) : llistxattr(path, names, (size_t)names_length);
     if (got >= 0) {
       names_length = got;
@@ -131,73 +133,53 @@ static napi_value list_xattrs(napi_env env, napi_callback_info info) {
     if (errno != ERANGE || attempt >= 8) {
       int e = errno;
       free(names);
-      return throw_errno(env, e, follow ? "listxattr" : "llistxattr");
+      return e;
     }
   }
-  napi_value result;
-  if (names_length == 0) {
-    free(names);
-    napi_get_null(env, &result);
-    return result;
-  }
-  /* Packed: for each name, name NUL length value; built in a growing buffer. */
-  size_t room = (size_t)names_length + 4096, used = 0;
-  unsigned char *packed = malloc(room);
+  size_t room = (size_t)names_length + 4096;
   unsigned char *value = malloc(VALUE_MAX_BYTES);
-  if (packed == NULL || value == NULL) {
-    free(names);
-    free(packed);
-    free(value);
-    return throw_errno(env, ENOMEM, "getxattr");
-  }
-  int failed = 0;
-  for (size_t at = 0; at < (size_t)names_length; at += strlen(names + at) + 1) {
+  *packed = malloc(room);
+  int failed = *packed == NULL || value == NULL ? ENOMEM : 0;
+  *syscall = follow ? "getxattr" : "lgetxattr";
+  for (size_t at = 0; failed == 0 && at < (size_t)names_length; at += strlen(names + at) + 1) {
     const char *name = names + at;
-    size_t name_length = strlen(name);
-    if (name_length == 0 || name_length > NAME_MAX_BYTES) continue;
+    if (name[0] == 0 || strlen(name) > NAME_MAX_BYTES) continue;
     ssize_t value_length = follow ? getxattr(path, name, value, VALUE_MAX_BYTES) : lgetxattr(path, name, value, VALUE_MAX_BYTES);
     if (value_length < 0 && errno == ENODATA) continue; /* removed meanwhile */
-    if (value_length < 0) {
-      failed = errno;
-      break;
-    }
-    size_t need = name_length + 1 + 4 + (size_t)value_length;
-    if (used + need > room) {
-      size_t grown = (used + need) * 2;
-      unsigned char *bigger = realloc(packed, grown);
-      if (bigger == NULL) {
-        failed = ENOMEM;
-        break;
-      }
-      packed = bigger;
-      room = grown;
-    }
-    memcpy(packed + used, name, name_length + 1);
-    used += name_length + 1;
-    uint32_t n = (uint32_t)value_length;
-    packed[used] = (unsigned char)n;
-    packed[used + 1] = (unsigned char)(n >> 8);
-    packed[used + 2] = (unsigned char)(n >> 16);
-    packed[used + 3] = (unsigned char)(n >> 24);
-    used += 4;
-    memcpy(packed + used, value, (size_t)value_length);
-    used += (size_t)value_length;
+    if (value_length < 0) failed = errno;
+    else if (!append(packed, used, &room, name, value, (size_t)value_length)) failed = ENOMEM;
   }
   free(names);
   free(value);
-  if (failed != 0) {
-    free(packed);
-    return throw_errno(env, failed, follow ? "getxattr" : "lgetxattr");
+  if (failed != 0 || *used == 0) {
+    free(*packed);
+    *packed = NULL;
+    *used = 0;
   }
-  if (used == 0) {
-    free(packed);
-    napi_get_null(env, &result);
-    return result;
+  return failed;
+}
+
+static napi_value list_xattrs(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  bool follow = false;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 || napi_get_value_bool(env, argv[1], &follow) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected a path and whether to follow a symlink");
+    return NULL;
   }
+  char *path = vmvault_buffer_path(env, argv[0]);
+  if (path == NULL) return NULL;
+  unsigned char *packed;
+  size_t used;
+  const char *syscall;
+  int e = read_xattrs(path, follow, &packed, &used, &syscall);
+  napi_value result = NULL;
   void *copy;
-  napi_status s = napi_create_buffer_copy(env, used, packed, &copy, &result);
+  if (e != 0) napi_throw(env, vmvault_errno_error(env, e, syscall, path));
+  else if (used == 0) napi_get_null(env, &result);
+  else if (napi_create_buffer_copy(env, used, packed, &copy, &result) != napi_ok) result = NULL;
   free(packed);
-  if (s != napi_ok) return throw_errno(env, ENOMEM, "getxattr");
+  free(path);
   return result;
 }
 
@@ -208,18 +190,6 @@ static napi_value set_xattrs(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, NULL, "expected a file descriptor or path, and packed attributes");
     return NULL;
   }
-  napi_valuetype target_type;
-  napi_typeof(env, argv[0], &target_type);
-  int32_t fd = -1;
-  char path[4097];
-  if (target_type == napi_number) {
-    if (napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
-      napi_throw_type_error(env, NULL, "expected a file descriptor");
-      return NULL;
-    }
-  } else if (!path_arg(env, argv[0], path, sizeof path)) {
-    return NULL;
-  }
   napi_typedarray_type type;
   size_t length;
   void *bytes;
@@ -228,21 +198,25 @@ static napi_value set_xattrs(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, NULL, "expected packed extended attributes as a Uint8Array");
     return NULL;
   }
+  napi_valuetype target_type;
+  napi_typeof(env, argv[0], &target_type);
+  int32_t fd = -1;
+  char *path = NULL;
+  if (target_type == napi_number) {
+    if (napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
+      napi_throw_type_error(env, NULL, "expected a file descriptor");
+      return NULL;
+    }
+  } else if ((path = vmvault_buffer_path(env, argv[0])) == NULL) {
+    return NULL;
+  }
   int *errors = calloc(count > 0 ? count : 1, sizeof *errors);
-  if (errors == NULL) return throw_errno(env, ENOMEM, "setxattr");
-  int fatal = vmvault_apply_xattrs(fd, fd >= 0 ? NULL : path, bytes, length, errors);
-  if (fatal != 0) {
-    free(errors);
-    return throw_errno(env, fatal, fd >= 0 ? "fsetxattr" : "lsetxattr");
-  }
-  napi_value result;
-  napi_create_array_with_length(env, count, &result);
-  for (size_t i = 0; i < count; i++) {
-    napi_value name;
-    napi_create_string_utf8(env, errors[i] == 0 ? "" : vmvault_errno_name(errors[i]), NAPI_AUTO_LENGTH, &name);
-    napi_set_element(env, result, (uint32_t)i, name);
-  }
+  int fatal = errors == NULL ? ENOMEM : vmvault_apply_xattrs(fd, path, bytes, length, errors);
+  napi_value result = NULL;
+  if (fatal != 0) napi_throw(env, vmvault_errno_error(env, fatal, fd >= 0 ? "fsetxattr" : "lsetxattr", path));
+  else result = vmvault_xattr_answers(env, errors, count);
   free(errors);
+  free(path);
   return result;
 }
 
