@@ -1,9 +1,13 @@
 import { promises as fsp, readSync } from "node:fs";
 import path from "node:path";
+import type { Stats } from "node:fs";
+import type { FileMeta } from "../format/entries.js";
+import { escapeName } from "../format/names.js";
 import type { DiskSource } from "../format/snapshot.js";
 import { DataExtents, sourceSize } from "../sources/extents.js";
 import { assertUnchanged, identityOf, sourceError } from "../sources/identity.js";
 import { PageCacheFootprint } from "../util/page-cache.js";
+import { readXattrs } from "../util/xattrs.js";
 import type { ProgressSink } from "../util/progress.js";
 import { ChunkListBuilder } from "./chunk-list.js";
 import type { ChunkSink } from "./sink.js";
@@ -17,6 +21,8 @@ export interface ImageBackup {
   readonly readBytes: number;
   /** Bytes of page cache the reads filled and the backup then dropped (0 with keepCache). */
   readonly cacheDroppedBytes: number;
+  /** What the image's own metadata left out, and why (its path is the source's name). */
+  readonly skipped: readonly { readonly path: string; readonly reason: string }[];
 }
 
 /**
@@ -28,7 +34,8 @@ export interface ImageBackup {
  * as holes without being read, and reads stop at the end of each allocated extent: a thin
  * image costs what its data costs, not its size. Unless `keepCache` is set, the pages the reads
  * bring into the page cache are dropped behind them, and those cached before stay
- * (PageCacheFootprint).
+ * (PageCacheFootprint). An image file's mode, time, owner, group and extended attributes are
+ * recorded (fileMeta); a block device's are not.
  */
 export async function backupImage(
   file: string,
@@ -50,6 +57,7 @@ export async function backupImage(
   try {
     const st = await handle.stat();
     const before = identityOf(st);
+    const meta = st.isFile() ? fileMeta(file, st) : undefined;
     let size: number;
     try {
       size = await sourceSize(handle.fd, st);
@@ -126,14 +134,31 @@ export async function backupImage(
     assertUnchanged(file, before, identityOf(await handle.stat()));
     cache?.finish();
     return {
-      source: { kind: "disk", name, size, chunkSize, lists, dataChunks: list.dataChunks, zeroChunks: list.zeroChunks },
+      source: { kind: "disk", name, size, chunkSize, lists, dataChunks: list.dataChunks, zeroChunks: list.zeroChunks, ...(meta === undefined ? {} : { file: meta.file }) },
       readBytes,
       cacheDroppedBytes: cache?.droppedBytes ?? 0,
+      skipped: meta?.skipped ?? [],
     };
   } finally {
     cache?.finish();
     await handle.close();
   }
+}
+
+/** An image file's metadata as a folder entry records a file's; its attributes through the native helper (followed, as the image is opened). */
+function fileMeta(file: string, st: Stats): { file: FileMeta; skipped: { path: string; reason: string }[] } {
+  let read;
+  try {
+    read = readXattrs(file, true);
+  } catch (e) {
+    throw sourceError(file, e);
+  }
+  const skipped =
+    read === undefined
+      ? [{ path: "", reason: "its extended attributes: vmvault's native helper is not built (npm run install)" }]
+      : read.unnamed.map((n) => ({ path: "", reason: `extended attribute ${escapeName(n)} left out: its name is not UTF-8` }));
+  const xattrs = read?.xattrs ?? [];
+  return { file: { mode: st.mode & 0o7777, mtimeMs: st.mtimeMs, uid: st.uid, gid: st.gid, ...(xattrs.length === 0 ? {} : { xattrs }) }, skipped };
 }
 
 export function isZero(chunk: Uint8Array, zero: Uint8Array): boolean {

@@ -53,7 +53,7 @@ export function encodeEntry(e: FolderEntry): Uint8Array {
   if (e.target !== undefined) Object.assign(o, isRaw(e.target) ? rawField("l", nameBytes(e.target)) : { l: e.target });
   if (e.hardLinkTo !== undefined) Object.assign(o, isRaw(e.hardLinkTo) ? rawField("h", pathBytes(e.hardLinkTo)) : { h: e.hardLinkTo });
   if (e.chunks !== undefined) o["c"] = e.chunks.map((c) => (c.id === null ? `z${c.length}` : `${c.id}:${c.length}`));
-  if (e.xattrs !== undefined && e.xattrs.length > 0) o["x"] = e.xattrs.map((x) => [x.name, toHex(x.value)]);
+  if (e.xattrs !== undefined && e.xattrs.length > 0) o["x"] = xattrPairs(e.xattrs);
   return utf8(`${JSON.stringify(o)}\n`);
 }
 
@@ -109,11 +109,16 @@ export function parseEntryLine(line: string): FolderEntry {
   };
 }
 
+/** Extended attributes as stored (entries' and disk files' field x): [name, value in lower-case hex] pairs. */
+export function xattrPairs(xattrs: readonly Xattr[]): [string, string][] {
+  return xattrs.map((x) => [x.name, toHex(x.value)]);
+}
+
 /**
  * Field x: [name, value in lower-case hex] pairs, names in ascending order (so each attribute
  * has one place and one spelling), each 1-255 bytes of UTF-8 text, values of up to 64 KiB.
  */
-function optXattrs(o: Json): Xattr[] | undefined {
+export function optXattrs(o: Json): Xattr[] | undefined {
   if (o["x"] === undefined || o["x"] === null) return undefined;
   const list = arr(o, "x");
   if (list.length === 0) throw new FormatError("field x is empty");
@@ -128,6 +133,28 @@ function optXattrs(o: Json): Xattr[] | undefined {
     if (!/^(?:[0-9a-f]{2})*$/.test(hex) || hex.length > 2 * XATTR_VALUE_MAX) throw new FormatError("bad extended attribute value in field x");
     return { name, value: Uint8Array.from(Buffer.from(hex, "hex")) };
   });
+}
+
+/**
+ * A disk image file's own metadata, as a folder entry's: mode, time, owner, group and extended
+ * attributes (stored in the snapshot body's disk source as `file`, fields m, mt, u, g, x).
+ */
+export interface FileMeta {
+  readonly mode: number;
+  readonly mtimeMs: number;
+  readonly uid: number;
+  readonly gid: number;
+  readonly xattrs?: readonly Xattr[];
+}
+
+export function encodeFileMeta(f: FileMeta): Record<string, unknown> {
+  return { m: f.mode, mt: f.mtimeMs, u: f.uid, g: f.gid, ...(f.xattrs !== undefined && f.xattrs.length > 0 ? { x: xattrPairs(f.xattrs) } : {}) };
+}
+
+/** FileMeta from its stored fields, checked as an entry's are. */
+export function parseFileMeta(o: Json): FileMeta {
+  const xattrs = optXattrs(o);
+  return { mode: intIn(o, "m", 0, MAX_MODE), mtimeMs: mtime(o), uid: intIn(o, "u", 0, MAX_OWNER_ID), gid: intIn(o, "g", 0, MAX_OWNER_ID), ...(xattrs === undefined ? {} : { xattrs }) };
 }
 
 /** Permission bits, set-id and sticky bits: what a backup records (st_mode & 0o7777). */

@@ -2,6 +2,7 @@ import { UsageError } from "../errors.js";
 import { FormatError } from "./codec.js";
 import { arr, int, obj, optStr, str, type Json } from "./fields.js";
 import { concatBytes, fromHex, utf8 } from "../util/bytes.js";
+import { encodeFileMeta, parseFileMeta, type FileMeta } from "./entries.js";
 import type { AuditHead } from "./registry.js";
 
 /** Readable part of a snapshot object (no secrets, nothing about the VM). */
@@ -115,6 +116,12 @@ export interface DiskSource {
   readonly lists: readonly string[];
   readonly dataChunks: number;
   readonly zeroChunks: number;
+  /**
+   * The image file's mode, time, owner, group and extended attributes, restored with it; absent
+   * for a block device (what its node's mode means does not carry over to a file) and in
+   * snapshots written before they were recorded.
+   */
+  readonly file?: FileMeta;
 }
 
 /** A folder source: its entries (paths, modes, chunk lists) live in entry blobs. */
@@ -151,7 +158,8 @@ export interface SnapshotBody {
 }
 
 export function encodeSnapshotBody(b: SnapshotBody): Uint8Array {
-  return utf8(JSON.stringify(b));
+  const sources = b.sources.map((s) => (s.kind === "disk" && s.file !== undefined ? { ...s, file: encodeFileMeta(s.file) } : s));
+  return utf8(JSON.stringify({ ...b, sources }));
 }
 
 export function parseSnapshotBody(value: unknown): SnapshotBody {
@@ -168,6 +176,7 @@ export function parseSnapshotBody(value: unknown): SnapshotBody {
         lists: strings(s, "lists"),
         dataChunks: int(s, "dataChunks"),
         zeroChunks: int(s, "zeroChunks"),
+        ...(s["file"] === undefined || s["file"] === null ? {} : { file: parseFileMeta(obj(s["file"], "disk file")) }),
       };
     }
     if (kind === "folder") {

@@ -6,7 +6,8 @@ import { fromHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
 import type { BlobReader } from "./blob-reader.js";
 import type { ChunkFetcher, ChunkRequest } from "./fetcher.js";
-import { PartialFile, targetError } from "./targets.js";
+import { XattrTally } from "../util/xattrs.js";
+import { finishRestored, PartialFile, targetError } from "./targets.js";
 
 /** Iterates a disk's chunk positions from its list blobs, authenticating each list. */
 export async function* diskChunks(disk: DiskSource, reader: BlobReader, snapshotKey: string): AsyncIterable<Uint8Array | null> {
@@ -64,8 +65,9 @@ export async function restoreDisk(
   fetcher: ChunkFetcher,
   snapshotKey: string,
   progress: ProgressSink,
-  signal?: AbortSignal,
-): Promise<number> {
+  signal: AbortSignal | undefined,
+  owners: boolean,
+): Promise<{ bytes: number; xattrs: XattrTally }> {
   let file: PartialFile;
   try {
     file = await PartialFile.create(finalPath, disk.size, { direct: true });
@@ -113,13 +115,22 @@ export async function restoreDisk(
     }
     while (inFlight.length > 0) await inFlight.shift();
     signal?.throwIfAborted();
+    // The image file's own metadata, as a folder's files get theirs; none recorded (a block
+    // device, an older snapshot): mode 0600, owned by whoever restores it.
+    const xattrs = new XattrTally();
+    const meta = disk.file;
     try {
-      await file.commit();
+      if (meta === undefined) await file.commit();
+      else {
+        const owner = owners ? { uid: meta.uid, gid: meta.gid } : undefined;
+        const set = xattrs.settable(finalPath, meta.xattrs, owner !== undefined);
+        xattrs.count(finalPath, set, await finishRestored(file, meta, owner, set, finalPath));
+      }
     } catch (e) {
       throw targetError(finalPath, e);
     }
     progress({ phase: `restore ${disk.name}`, done: disk.size, total: disk.size, unit: "bytes" });
-    return written;
+    return { bytes: written, xattrs };
   } catch (e) {
     // No write may still be running when the partial file is closed and removed.
     await Promise.allSettled([...inFlight, ...writes]);

@@ -7,16 +7,14 @@ import { nameBytes, pathFromBytes, shownPath, unescapeName } from "../format/nam
 import type { FolderSource } from "../format/snapshot.js";
 import { fromHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
-import { applyXattrs, restorableXattrs, XattrTally, type Xattr } from "../util/xattrs.js";
+import { applyXattrs, XattrTally, type Xattr } from "../util/xattrs.js";
 import type { BlobReader } from "./blob-reader.js";
 import type { ChunkFetcher, ChunkRequest } from "./fetcher.js";
 import { lstatOrNull, removeEntry, RestoreDirs, type FsPath, type Owner } from "./dirs.js";
-import { canWriteWholeFiles, findPartials, linkInto, ownerError, PartialFile, partialName, targetError, targetExistsError, WHOLE_FILE_BYTES, writeWholeFile } from "./targets.js";
+import { canWriteWholeFiles, findPartials, finishRestored, linkInto, ownerError, PartialFile, partialName, restoredMode, targetError, targetExistsError, WHOLE_FILE_BYTES, writeWholeFile } from "./targets.js";
 
 /** Files finished (fsynced and renamed into place) at once while the next ones are written. */
 const FILES_FINISHING = 16;
-const S_ISUID = 0o4000;
-const S_ISGID = 0o2000;
 
 /** Iterates a folder's entries from its entry blobs. */
 export async function* folderEntries(folder: FolderSource, reader: BlobReader, snapshotKey: string): AsyncIterable<FolderEntry> {
@@ -214,12 +212,7 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
   const parentOf = (rel: string): string => (rel.includes("/") ? rel.slice(0, rel.lastIndexOf("/")) : "");
   const nameOf = (rel: string): string => rel.slice(rel.lastIndexOf("/") + 1);
   const ownerOf = (e: FolderEntry): Owner | undefined => (o.owners && (e.uid !== undefined || e.gid !== undefined) ? { uid: e.uid, gid: e.gid } : undefined);
-  /** The entry's extended attributes to set; file capabilities held back (and counted) unless its recorded owner is set. */
-  const xattrsOf = (e: FolderEntry, owner: Owner | undefined): Xattr[] => {
-    const { set, held } = restorableXattrs(e.xattrs, owner?.uid !== undefined);
-    for (const x of held) tally.skip(shown(e.path), x.name, "restored only with the file's recorded owner (as root, without --no-owner)");
-    return set;
-  };
+  const xattrsOf = (e: FolderEntry, owner: Owner | undefined): Xattr[] => tally.settable(shown(e.path), e.xattrs, owner?.uid !== undefined);
   let open: OpenFile | undefined;
   const whole = canWriteWholeFiles();
   const finishing = new Finishing(FILES_FINISHING);
@@ -253,7 +246,7 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
                 throw targetError(at, e);
               })
               .finally(() => f.whole.pin.release())
-          : finishFile({ file, entry: f.entry }, owner, xattrs, at).catch(async (e: unknown) => {
+          : finishRestored(file, f.entry, owner, xattrs, at).catch(async (e: unknown) => {
               await file.abort();
               throw targetError(at, e);
             })
@@ -362,27 +355,6 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
     if (answers !== undefined) tally.count(shown(dir.path), xattrs, answers);
   }
   return result;
-}
-
-/**
- * Sets the owner first (chown clears set-id bits, and the kernel drops file capabilities), then
- * mode, extended attributes and time, and renames the file into place; returns what applyXattrs
- * answered. A file's set-user-ID bit is kept only with its recorded owner, its set-group-ID bit only
- * with its recorded group (as bsdtar does): a file given to whoever restores it (no owner
- * recorded, --no-owner, not root) never runs as them.
- */
-async function finishFile(f: { file: PartialFile; entry: FolderEntry }, owner: Owner | undefined, xattrs: readonly Xattr[], shown: string): Promise<string[]> {
-  if (owner !== undefined) {
-    await f.file.handle.chown(owner.uid ?? -1, owner.gid ?? -1).catch((e: unknown) => {
-      throw ownerError(shown, owner.uid, owner.gid, e);
-    });
-  }
-  return await f.file.commit({ mode: restoredMode(f.entry.mode, owner), mtimeMs: f.entry.mtimeMs, xattrs });
-}
-
-/** The mode a file is given: set-user-ID only with its recorded owner, set-group-ID only with its recorded group. */
-function restoredMode(mode: number, owner: Owner | undefined): number {
-  return mode & ~(owner?.uid === undefined ? S_ISUID : 0) & ~(owner?.gid === undefined ? S_ISGID : 0);
 }
 
 /** A file being restored: written as its chunks come (PartialFile), or held whole until its end (writeWholeFile). */

@@ -186,7 +186,8 @@ async function restoreWith(
   starting: Promise<WorkerPool>,
   restored: Restored[],
 ): Promise<RestoreResult> {
-  const xattrs = { restored: 0, skipped: 0, skips: [] as XattrSkip[] };
+  const xattrs = new XattrTally();
+  const owners = o.owners !== false && process.getuid?.() === 0;
   const body = await readSnapshotBody(repo, sessions, record);
   const plan = planRestore(body.sources, target, o);
   if (o.force !== true) {
@@ -208,8 +209,9 @@ async function restoreWith(
   const pool = await starting;
   const fetcher = new ChunkFetcher(repo, index, sessions, pool);
   for (const { disk, dest } of plan.disks) {
-    const bytes = await restoreDisk(disk, dest, reader, fetcher, record.key, progress, o.signal);
-    restored.push({ name: disk.name, kind: "disk", path: dest, bytes });
+    const r = await restoreDisk(disk, dest, reader, fetcher, record.key, progress, o.signal, owners);
+    restored.push({ name: disk.name, kind: "disk", path: dest, bytes: r.bytes });
+    xattrs.add(r.xattrs);
   }
   for (const { folder, dest, includes } of plan.folders) {
     if (includes !== undefined) await precheckIncludes(folder, dest, includes, reader, record.key, o.force === true);
@@ -220,14 +222,12 @@ async function restoreWith(
       snapshotKey: record.key,
       progress,
       force: o.force === true,
-      owners: o.owners !== false && process.getuid?.() === 0,
+      owners,
       signal: o.signal,
       onPartialFound: (p) => partialsFound.push(p),
     });
     restored.push({ name: folder.name, kind: "folder", path: dest, bytes: r.bytes, hardlinks: r.hardlinks });
-    xattrs.restored += r.xattrs.restored;
-    xattrs.skipped += r.xattrs.skippedCount;
-    xattrs.skips.push(...r.xattrs.skipped.slice(0, XattrTally.KEEP - xattrs.skips.length));
+    xattrs.add(r.xattrs);
   }
   return {
     snapshotId: record.header.id,
@@ -236,7 +236,7 @@ async function restoreWith(
     restored,
     bytes: restored.reduce((n, r) => n + r.bytes, 0),
     hardlinks: restored.reduce((n, r) => n + (r.hardlinks ?? 0), 0),
-    xattrs,
+    xattrs: { restored: xattrs.restored, skipped: xattrs.skippedCount, skips: xattrs.skipped },
     digest: contentDigest(repo, plan),
     damagedIndexes: index.damaged,
     partialsFound,

@@ -334,6 +334,29 @@ export async function writeWholeFile(
   }
 }
 
+/**
+ * Finishes a restored file as recorded: the owner first when given (chown clears set-id bits,
+ * and the kernel drops file capabilities), then the mode (restoredMode), the extended
+ * attributes and the time, fsync, and the rename into place (PartialFile.commit); returns what
+ * applyXattrs answered. A failed chown is an ownerError.
+ */
+export async function finishRestored(file: PartialFile, recorded: { mode: number; mtimeMs: number }, owner: Owner | undefined, xattrs: readonly Xattr[], shown: string): Promise<string[]> {
+  if (owner !== undefined) {
+    await file.handle.chown(owner.uid ?? -1, owner.gid ?? -1).catch((e: unknown) => {
+      throw ownerError(shown, owner.uid, owner.gid, e);
+    });
+  }
+  return await file.commit({ mode: restoredMode(recorded.mode, owner), mtimeMs: recorded.mtimeMs, xattrs });
+}
+
+const S_ISUID = 0o4000;
+const S_ISGID = 0o2000;
+
+/** The mode a file is given: set-user-ID only with its recorded owner, set-group-ID only with its recorded group. */
+export function restoredMode(mode: number, owner: Owner | undefined): number {
+  return mode & ~(owner?.uid === undefined ? S_ISUID : 0) & ~(owner?.gid === undefined ? S_ISGID : 0);
+}
+
 /** A restored entry's recorded owner and group could not be set (as root: an ID the file system does not map, for example). */
 export function ownerError(p: string, uid: number | undefined, gid: number | undefined, e: unknown): VaultError {
   const code = errorCodeOf(e) === undefined ? "" : ` (${errorCodeOf(e)})`;

@@ -101,6 +101,27 @@ export class XattrTally {
     if (this.skipped.length < XattrTally.KEEP) this.skipped.push({ path, name, reason });
   }
 
+  /**
+   * The attributes to set on the file at path: all but file capabilities (security.capability),
+   * which are held back and counted unless the file's recorded owner is set, as its set-user-ID
+   * bit is.
+   */
+  settable(path: string, xattrs: readonly Xattr[] | undefined, ownerSet: boolean): Xattr[] {
+    const set: Xattr[] = [];
+    for (const x of xattrs ?? []) {
+      if (x.name === CAPABILITY_XATTR && !ownerSet) this.skip(path, x.name, "restored only with the file's recorded owner (as root, without --no-owner)");
+      else set.push(x);
+    }
+    return set;
+  }
+
+  /** Adds another tally's counts and kept skips. */
+  add(other: XattrTally): void {
+    this.restored += other.restored;
+    this.skippedCount += other.skippedCount;
+    this.skipped.push(...other.skipped.slice(0, XattrTally.KEEP - this.skipped.length));
+  }
+
   /** Counts a native setXattrs answer for xattrs (one errno name or "" each). */
   count(path: string, xattrs: readonly Xattr[], answers: readonly string[] | undefined): void {
     xattrs.forEach((x, i) => {
@@ -109,17 +130,6 @@ export class XattrTally {
       else this.skip(path, x.name, a);
     });
   }
-}
-
-/**
- * The attributes a restore sets on a file and those it holds back: file capabilities
- * (security.capability) only with the file's recorded owner set, as its set-user-ID bit.
- */
-export function restorableXattrs(xattrs: readonly Xattr[] | undefined, ownerSet: boolean): { set: Xattr[]; held: Xattr[] } {
-  const set: Xattr[] = [];
-  const held: Xattr[] = [];
-  for (const x of xattrs ?? []) (x.name === CAPABILITY_XATTR && !ownerSet ? held : set).push(x);
-  return { set, held };
 }
 
 /**
