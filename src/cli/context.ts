@@ -10,7 +10,7 @@ import type { Secret } from "../crypto/secret.js";
 import type { ProgressSink } from "../util/progress.js";
 import { Vault } from "../vault.js";
 import { WorkerPool } from "../pipeline/pool.js";
-import { progressRenderer, shownText, terminalJson } from "./output.js";
+import { progressRenderer, shownText, terminalJson, warningJson } from "./output.js";
 import { obtainPassphrase, requireRepo, requireUser, resolveSettings, type GlobalOptions, type Settings } from "./settings.js";
 
 /** What every command handler gets: resolved settings, output channels, and a way to open the vault. */
@@ -57,9 +57,14 @@ export class CliContext {
     process.stdout.write(`${terminalJson(value)}\n`);
   }
 
+  /**
+   * A warning (text starting "warning: ") or a notice for people on stderr; with --json, one
+   * line of JSON instead, as errors are: {"warning":{"message":…}} or {"notice":{"message":…}}.
+   */
   warn(text: string): void {
     this.endProgress();
-    process.stderr.write(`${shownText(text, { lines: true })}\n`);
+    if (this.json) process.stderr.write(`${warningJson(text)}\n`);
+    else process.stderr.write(`${shownText(text, { lines: true })}\n`);
   }
 
   /**

@@ -43,6 +43,12 @@ export function shownText(text: string, o: { lines?: boolean } = {}): string {
  * JSON for stdout (and, one line, for --json's error on stderr): JSON.stringify already escapes C0 controls and lone surrogates; DEL, the C1
  * and the bidirectional controls are escaped too (\uXXXX, the same value to any JSON reader).
  */
+/** A warning line ("warning: …") as {"warning":{"message":…}}, any other line for people (a lock wait, say) as {"notice":{"message":…}}. */
+export function warningJson(text: string): string {
+  const warning = /^warning: /.exec(text);
+  return terminalJson(warning === null ? { notice: { message: text.replace(/^vmvault: /, "") } } : { warning: { message: text.slice(warning[0].length) } }, 0);
+}
+
 export function terminalJson(value: unknown, indent = 2): string {
   return JSON.stringify(value, null, indent).replace(/[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }

@@ -91,10 +91,16 @@ describe("audit trail", () => {
     expect(r.code, r.stderr).toBe(5);
     const shown = JSON.parse(r.stdout) as LogRecord[];
     expect(shown.map((x) => x.seq)).toEqual(all.map((x) => x.seq).filter((s) => s !== 3 && s !== 5));
-    expect(r.stderr).toContain("warning: left out audit/000000000003: audit record 3 is malformed (truncated)");
-    expect(r.stderr).toContain("warning: left out audit/000000000005: record 5 is missing");
-    // --json: the error is the last line, as JSON.
-    const last = JSON.parse(r.stderr.trim().split("\n").pop() ?? "") as { error: { exit: number; code: string; message: string } };
+    // --json: each warning is a line of JSON, and the error is the last line.
+    const lines = r.stderr
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { warning?: { message: string }; error?: { exit: number; code: string; message: string } });
+    expect(lines.slice(0, -1)).toEqual([
+      { warning: { message: "left out audit/000000000003: audit record 3 is malformed (truncated)" } },
+      { warning: { message: "left out audit/000000000005: record 5 is missing" } },
+    ]);
+    const last = lines[lines.length - 1] as { error: { exit: number; code: string; message: string } };
     expect(last.error).toMatchObject({ exit: 5, code: "E_INTEGRITY", message: expect.stringMatching(/^2 audit records could not be read and were left out/) });
   });
 

@@ -241,7 +241,9 @@ describe("interruption", () => {
     expect(left).toMatch(/^\.big\.raw\.vmvault-partial-[0-9a-f]{8}$/);
     const next = await v(["--json", "restore", "latest", "--target", out, "--reason", "again", "--force"]);
     expect(next.code, next.stderr).toBe(0);
-    expect(next.stderr).toContain(`warning: found ${path.join(out, left ?? "")}`);
+    expect(next.stderr.trim().split("\n").map((l) => JSON.parse(l) as unknown)).toEqual([
+      { warning: { message: expect.stringContaining(`found ${path.join(out, left ?? "")}, the partial file of a restore that was killed`) as string } },
+    ]);
     expect((JSON.parse(next.stdout) as { partialsFound: string[] }).partialsFound).toEqual([path.join(out, left ?? "")]);
     expect(await sha256File(path.join(out, "big.raw"))).toBe(await sha256File(image));
   });

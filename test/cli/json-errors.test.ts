@@ -1,5 +1,6 @@
 // With --json an error is one line of JSON on stderr (the only line but warnings), with the
 // stable code, the exit code, the message and the next step; stdout stays empty.
+import { execFileSync } from "node:child_process";
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
@@ -12,13 +13,13 @@ interface JsonError {
   error: { exit: number; code: string; message: string; next?: string; damaged?: { object: string; problem: string }[] };
 }
 
-/** stderr's lines but the warnings, each parsed as JSON. */
+/** stderr's lines, each parsed as JSON, but the warnings and notices. */
 function errorLines(stderr: string): JsonError[] {
   return stderr
     .trim()
     .split("\n")
-    .filter((l) => !l.startsWith("warning: "))
-    .map((l) => JSON.parse(l) as JsonError);
+    .map((l) => JSON.parse(l) as JsonError & { warning?: unknown; notice?: unknown })
+    .filter((l) => l.warning === undefined && l.notice === undefined);
 }
 
 async function newRepo(): Promise<{ repo: string; v: ReturnType<typeof vault> }> {
@@ -55,6 +56,20 @@ describe("--json errors", () => {
     const denied = await vault(repo, "bk", "bk-pass-123")(["--json", "snapshots"]);
     expect(denied.code).toBe(4);
     expect(errorLines(denied.stderr)).toEqual([{ error: { exit: 4, code: "E_ACCESS_DENIED", message: "access denied: backup may not list snapshots", next: expect.any(String) } }]);
+  });
+
+  it("a warning is a line of JSON too, beside the result on stdout; without --json a line for people", async () => {
+    const { v } = await newRepo();
+    const dir = path.join(tmp("src"), "cfg");
+    await fsp.mkdir(dir);
+    await fsp.writeFile(path.join(dir, "f"), "f\n");
+    execFileSync("mkfifo", [path.join(dir, "pipe")]);
+    const json = await v(["--json", "backup", "--vm", "vm", dir]);
+    expect(json.code, json.stderr).toBe(0);
+    expect(json.stderr.trim().split("\n").map((l) => JSON.parse(l) as unknown)).toEqual([{ warning: { message: "skipped cfg/pipe (not a regular file, folder or symlink)" } }]);
+    expect(JSON.parse(json.stdout)).toMatchObject({ skipped: [{ path: "cfg/pipe", reason: "not a regular file, folder or symlink" }] });
+    const plain = await v(["backup", "--vm", "vm", dir]);
+    expect(plain.stderr).toBe("warning: skipped cfg/pipe (not a regular file, folder or symlink)\n");
   });
 
   it("damage is named in the JSON (exit 5), and a control character in a message stays escaped", async () => {

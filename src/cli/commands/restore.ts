@@ -60,6 +60,8 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
 function warnXattrs(ctx: CliContext, x: RestoreResult["xattrs"]): void {
   if (x.skipped === 0) return;
   ctx.warn(`warning: ${x.skipped} extended attribute${x.skipped === 1 ? " was" : "s were"} not restored (${x.restored} ${x.restored === 1 ? "was" : "were"})`);
+  // With --json the result's xattrs.skips name them.
+  if (ctx.json) return;
   const shownSkips = x.skips.slice(0, XATTR_SKIPS_SHOWN);
   for (const s of shownSkips) ctx.warn(`  ${s.path}: ${s.name}: ${s.reason === "EPERM" ? "EPERM (only root may set it, or not on a symlink)" : s.reason === "ENOTSUP" ? "ENOTSUP (the target's file system does not keep it)" : s.reason === "ENOSPC" ? "ENOSPC (no room for it beside the file's other attributes)" : s.reason}`);
   if (x.skipped > shownSkips.length) ctx.warn(`  and ${x.skipped - shownSkips.length} more (--json lists up to ${XattrTally.KEEP})`);
