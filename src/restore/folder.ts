@@ -212,7 +212,7 @@ async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string
   const parentOf = (rel: string): string => (rel.includes("/") ? rel.slice(0, rel.lastIndexOf("/")) : "");
   const nameOf = (rel: string): string => rel.slice(rel.lastIndexOf("/") + 1);
   const ownerOf = (e: FolderEntry): Owner | undefined => (o.owners && (e.uid !== undefined || e.gid !== undefined) ? { uid: e.uid, gid: e.gid } : undefined);
-  const xattrsOf = (e: FolderEntry, owner: Owner | undefined): Xattr[] => tally.settable(shown(e.path), e.xattrs, owner?.uid !== undefined);
+  const xattrsOf = (e: FolderEntry, owner: Owner | undefined): Xattr[] => (e.xattrs === undefined ? [] : tally.settable(shown(e.path), e.xattrs, owner?.uid !== undefined));
   let open: OpenFile | undefined;
   const whole = canWriteWholeFiles();
   const finishing = new Finishing(FILES_FINISHING);
