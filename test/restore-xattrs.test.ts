@@ -17,7 +17,7 @@ describe.skipIf(!canUseXattrs())("extended attributes the target refuses", () =>
   it("are counted and named with the kernel's answer; the others are set and every file is whole", async () => {
     const { out, r } = await restoreRefused(path.join(tmp("out"), "f"));
     expect(await fsp.readFile(path.join(out, "d", "small"))).toEqual(Buffer.from(SMALL));
-    expect(await fsp.readFile(path.join(out, "large"))).toEqual(Buffer.from(LARGE));
+    expect((await fsp.readFile(path.join(out, "large"))).equals(LARGE), "large's content").toBe(true);
     expect(await fsp.readlink(path.join(out, "link"))).toBe("large");
     expect(listXattrsPy(out)).toEqual({ "user.root": Buffer.from("r").toString("hex") });
     expect(listXattrsPy(path.join(out, "d"))).toEqual({ "user.d": Buffer.from("d").toString("hex") });
