@@ -33,6 +33,18 @@
 #define NAME_MAX_BYTES 255
 #define VALUE_MAX_BYTES 65536
 
+/* A value's length in the packing: 4 bytes, little-endian. */
+static uint32_t get_length(const unsigned char *at) {
+  return (uint32_t)at[0] | (uint32_t)at[1] << 8 | (uint32_t)at[2] << 16 | (uint32_t)at[3] << 24;
+}
+
+static void put_length(unsigned char *at, uint32_t length) {
+  at[0] = (unsigned char)length;
+  at[1] = (unsigned char)(length >> 8);
+  at[2] = (unsigned char)(length >> 16);
+  at[3] = (unsigned char)(length >> 24);
+}
+
 /* ENOSPC is not among them: ext4 answers it for a value that does not fit beside the inode's others. */
 bool vmvault_xattr_fatal(int e) {
   return e == EIO || e == EROFS || e == ENOMEM || e == EBADF || e == EFAULT;
@@ -47,7 +59,7 @@ int vmvault_check_xattrs(const unsigned char *packed, size_t length, size_t *cou
     if (name_length == 0 || name_length > NAME_MAX_BYTES) return -1;
     at += name_length + 1;
     if (length - at < 4) return -1;
-    uint32_t value_length = (uint32_t)packed[at] | (uint32_t)packed[at + 1] << 8 | (uint32_t)packed[at + 2] << 16 | (uint32_t)packed[at + 3] << 24;
+    uint32_t value_length = get_length(packed + at);
     at += 4;
     if (value_length > VALUE_MAX_BYTES || length - at < value_length) return -1;
     at += value_length;
@@ -62,7 +74,7 @@ int vmvault_apply_xattrs(int fd, const char *path, const unsigned char *packed, 
   while (at < length) {
     const char *name = (const char *)packed + at;
     at += strlen(name) + 1;
-    size_t value_length = (size_t)packed[at] | (size_t)packed[at + 1] << 8 | (size_t)packed[at + 2] << 16 | (size_t)packed[at + 3] << 24;
+    size_t value_length = get_length(packed + at);
     at += 4;
     int r = fd >= 0 ? fsetxattr(fd, name, packed + at, value_length, 0) : lsetxattr(path, name, packed + at, value_length, 0);
     int e = r == 0 ? 0 : errno;
@@ -98,10 +110,7 @@ static bool append(unsigned char **packed, size_t *used, size_t *room, const cha
   unsigned char *at = *packed + *used;
   memcpy(at, name, name_length + 1);
   at += name_length + 1;
-  at[0] = (unsigned char)value_length;
-  at[1] = (unsigned char)(value_length >> 8);
-  at[2] = (unsigned char)(value_length >> 16);
-  at[3] = (unsigned char)(value_length >> 24);
+  put_length(at, (uint32_t)value_length);
   memcpy(at + 4, value, value_length);
   *used += need;
   return true;

@@ -8,7 +8,8 @@ import { DataExtents } from "../sources/extents.js";
 import { assertUnchanged, identityOf, sourceError, type FileIdentity } from "../sources/identity.js";
 import { toHex } from "../util/bytes.js";
 import { PageCacheFootprint } from "../util/page-cache.js";
-import { canUseXattrs, readXattrs, type Xattr } from "../util/xattrs.js";
+import { sourceXattrs, XATTRS_NOT_RECORDED } from "../sources/xattrs.js";
+import { canUseXattrs, type Xattr } from "../util/xattrs.js";
 import type { ProgressSink } from "../util/progress.js";
 import { FolderBatcher } from "./folder-batch.js";
 import type { ChunkSink } from "./sink.js";
@@ -79,17 +80,11 @@ export async function backupFolder(
     if (batcher.full) await batcher.flush();
   };
   const xattrsKept = canUseXattrs();
-  if (!xattrsKept) stats.skipped.push({ path: "", reason: "extended attributes of everything in it: vmvault's native helper is not built (npm run install)" });
+  if (!xattrsKept) stats.skipped.push({ path: "", reason: `extended attributes of everything in it: ${XATTRS_NOT_RECORDED}` });
   /** The entry's extended attributes (none without the native helper). */
   const xattrsOf = (rel: string, abs: string | Buffer): { xattrs?: Xattr[] } => {
-    if (!xattrsKept) return {};
-    let read;
-    try {
-      read = readXattrs(abs, rel === "");
-    } catch (e) {
-      throw sourceError(shownFsPath(abs), e);
-    }
-    for (const name of read?.unnamed ?? []) stats.skipped.push({ path: shownPath(rel), reason: `extended attribute ${escapeName(name)} left out: its name is not UTF-8` });
+    const read = xattrsKept ? sourceXattrs(abs, rel === "", shownFsPath(abs)) : undefined;
+    for (const reason of read?.leftOut ?? []) stats.skipped.push({ path: shownPath(rel), reason });
     return read === undefined || read.xattrs.length === 0 ? {} : { xattrs: read.xattrs };
   };
   /** Files with more than one link already read, by device and inode. */

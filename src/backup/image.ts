@@ -2,12 +2,11 @@ import { promises as fsp, readSync } from "node:fs";
 import path from "node:path";
 import type { Stats } from "node:fs";
 import type { FileMeta } from "../format/entries.js";
-import { escapeName } from "../format/names.js";
 import type { DiskSource } from "../format/snapshot.js";
 import { DataExtents, sourceSize } from "../sources/extents.js";
 import { assertUnchanged, identityOf, sourceError } from "../sources/identity.js";
+import { sourceXattrs, XATTRS_NOT_RECORDED } from "../sources/xattrs.js";
 import { PageCacheFootprint } from "../util/page-cache.js";
-import { readXattrs } from "../util/xattrs.js";
 import type { ProgressSink } from "../util/progress.js";
 import { ChunkListBuilder } from "./chunk-list.js";
 import type { ChunkSink } from "./sink.js";
@@ -147,16 +146,8 @@ export async function backupImage(
 
 /** An image file's metadata as a folder entry records a file's; its attributes through the native helper (followed, as the image is opened). */
 function fileMeta(file: string, st: Stats): { file: FileMeta; skipped: { path: string; reason: string }[] } {
-  let read;
-  try {
-    read = readXattrs(file, true);
-  } catch (e) {
-    throw sourceError(file, e);
-  }
-  const skipped =
-    read === undefined
-      ? [{ path: "", reason: "its extended attributes: vmvault's native helper is not built (npm run install)" }]
-      : read.unnamed.map((n) => ({ path: "", reason: `extended attribute ${escapeName(n)} left out: its name is not UTF-8` }));
+  const read = sourceXattrs(file, true, file);
+  const skipped = (read === undefined ? [`its extended attributes: ${XATTRS_NOT_RECORDED}`] : read.leftOut).map((reason) => ({ path: "", reason }));
   const xattrs = read?.xattrs ?? [];
   return { file: { mode: st.mode & 0o7777, mtimeMs: st.mtimeMs, uid: st.uid, gid: st.gid, ...(xattrs.length === 0 ? {} : { xattrs }) }, skipped };
 }
