@@ -6,6 +6,7 @@ import { initRepository, openRepository, type InitOptions, type OpenOptions } fr
 import { refreshRegistryView } from "./repository/registry-view.js";
 import type { Repository } from "./repository/repository.js";
 import type { RestoreOptions, RestoreResult } from "./restore/restore.js";
+import type { ListedItem, ListOptions, ListResult } from "./restore/list.js";
 import type { SnapshotSummary } from "./snapshot/list.js";
 import type { Role } from "./keys/roles.js";
 import { UsageError } from "./errors.js";
@@ -78,6 +79,14 @@ export class Vault {
 
   async restore(o: RestoreOptions): Promise<RestoreResult> {
     return (await import("./restore/restore.js")).restore(this.repository, o);
+  }
+
+  /**
+   * Lists a snapshot's disk images and its folders' files, folders and symlinks, one item at a
+   * time through onItem (admin, operator, restorer; recorded in the audit trail as `ls`).
+   */
+  async list(o: ListOptions, onItem: (item: ListedItem) => void): Promise<ListResult> {
+    return (await import("./restore/list.js")).listSnapshot(this.repository, o, onItem);
   }
 
   async snapshots(o: { vm?: string; onDamage?: (d: Damage) => void } = {}): Promise<SnapshotSummary[]> {

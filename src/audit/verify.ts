@@ -44,6 +44,7 @@ const NEEDS: Partial<Record<AuditAction, Action>> = {
   "key status": "admin",
   backup: "backup",
   restore: "restore",
+  ls: "restore",
   export: "restore",
   check: "checkStructure",
   "check --read-data": "checkData",

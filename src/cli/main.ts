@@ -3,6 +3,7 @@ import { registerBackup } from "./commands/backup.js";
 import { registerCheck } from "./commands/check.js";
 import { registerInit } from "./commands/init.js";
 import { registerRestore } from "./commands/restore.js";
+import { registerLs } from "./commands/ls.js";
 import { registerSnapshots } from "./commands/snapshots.js";
 import { registerUser } from "./commands/user.js";
 import { registerAudit } from "./commands/audit.js";
@@ -36,6 +37,7 @@ export function buildProgram(interrupts: Interrupts = new Interrupts(), json = f
   registerBackup(program, interrupts);
   registerSnapshots(program);
   registerRestore(program, interrupts);
+  registerLs(program, interrupts);
   registerCheck(program);
   registerRepair(program, interrupts);
   registerUser(program);

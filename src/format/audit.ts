@@ -23,6 +23,7 @@ export const AUDIT_ACTIONS = [
   "snapshots",
   "user list",
   "key status",
+  "ls",
 ] as const;
 export type AuditAction = (typeof AUDIT_ACTIONS)[number];
 

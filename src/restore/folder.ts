@@ -1,6 +1,6 @@
 import { promises as fsp } from "node:fs";
 import path from "node:path";
-import { IntegrityError } from "../errors.js";
+import { IntegrityError, UsageError } from "../errors.js";
 import { FormatError } from "../format/codec.js";
 import { parseEntryBlob, type FolderEntry } from "../format/entries.js";
 import { nameBytes, pathFromBytes, shownPath, unescapeName } from "../format/names.js";
@@ -39,6 +39,34 @@ export function includeSpellings(include: string): string[] {
   const bytes = unescapeName(include);
   const spelled = bytes === undefined ? undefined : pathFromBytes(bytes);
   return spelled === undefined || spelled === include ? [include] : [include, spelled];
+}
+
+/**
+ * The folder each given path (`restore --include`, `ls PATH`) selects, with the paths relative to
+ * it: a path starts with a folder's name, or, in a snapshot of one folder, may leave it out.
+ * `label` names a given path in errors ("--include x").
+ */
+export function selectInFolders(folders: readonly FolderSource[], given: readonly string[], label: (raw: string) => string): Map<FolderSource, { given: string; rel: string }[]> {
+  const byFolder = new Map<FolderSource, { given: string; rel: string }[]>();
+  for (const raw of given) {
+    const inc = raw.replace(/^\/+|\/+$/g, "");
+    const first = inc.split("/")[0] ?? "";
+    let folder = folders.find((f) => f.name === first);
+    let rel = folder === undefined ? inc : inc.slice(first.length).replace(/^\/+/, "");
+    if (folder === undefined) {
+      if (folders.length !== 1) throw new UsageError(`${label(raw)}: start the path with one of the folder names (${folders.map((f) => f.name).join(", ")})`);
+      folder = folders[0] as FolderSource;
+      rel = inc;
+    }
+    if (rel.split("/").some((s) => s === "..")) throw new UsageError(`${label(raw)}: '..' is not allowed`);
+    byFolder.set(folder, [...(byFolder.get(folder) ?? []), { given: raw, rel }]);
+  }
+  return byFolder;
+}
+
+/** True when rel is one of the paths (entry form; "" is the whole folder) or below one. */
+export function includeMatches(rel: string, paths: readonly string[]): boolean {
+  return paths.some((inc) => inc === "" || rel === inc || rel.startsWith(`${inc}/`));
 }
 
 /** True when rel is selected by one of the include paths (the path itself, a parent, or below it). */

@@ -17,7 +17,7 @@ import { ChunkFetcher } from "./fetcher.js";
 import { INLINE_JOB_BYTES, WorkerPool } from "../pipeline/pool.js";
 import { existsBelow } from "./dirs.js";
 import { restoreDisk } from "./disk.js";
-import { folderEntries, includeSpellings, restoreFolder } from "./folder.js";
+import { folderEntries, includeMatches, includeSpellings, restoreFolder, selectInFolders } from "./folder.js";
 
 import { checkTarget, exists, findPartials, targetError, targetExistsError } from "./targets.js";
 import { XattrTally, type XattrSkip } from "../util/xattrs.js";
@@ -94,21 +94,7 @@ function planRestore(sources: readonly (DiskSource | FolderSource)[], target: st
   }
   if (o.include !== undefined && o.include.length > 0) {
     if (folders.length === 0) throw new UsageError("--include selects files of folder sources; this snapshot holds only disk images", "restore the disk and mount it, or use --disk");
-    const byFolder = new Map<FolderSource, string[]>();
-    for (const raw of o.include) {
-      const inc = raw.replace(/^\/+|\/+$/g, "");
-      const first = inc.split("/")[0] ?? "";
-      let folder = folders.find((f) => f.name === first);
-      let rel = folder === undefined ? inc : inc.slice(first.length).replace(/^\/+/, "");
-      if (folder === undefined) {
-        if (folders.length !== 1) throw new UsageError(`--include ${raw}: start the path with one of the folder names (${folders.map((f) => f.name).join(", ")})`);
-        folder = folders[0] as FolderSource;
-        rel = inc;
-      }
-      if (rel.split("/").some((s) => s === "..")) throw new UsageError(`--include ${raw}: '..' is not allowed`);
-      byFolder.set(folder, [...(byFolder.get(folder) ?? []), rel]);
-    }
-    for (const [folder, includes] of byFolder) plan.folders.push({ folder, dest: path.join(target, folder.name), includes });
+    for (const [folder, includes] of selectInFolders(folders, o.include, (raw) => `--include ${raw}`)) plan.folders.push({ folder, dest: path.join(target, folder.name), includes: includes.map((i) => i.rel) });
     return plan;
   }
   for (const d of disks) plan.disks.push({ disk: d, dest: path.join(target, d.name) });
@@ -277,7 +263,7 @@ async function precheckIncludes(folder: FolderSource, dest: string, includes: re
   const spellings = includes.map((given) => ({ given, paths: includeSpellings(given) }));
   for await (const entry of folderEntries(folder, reader, snapshotKey)) {
     for (const { given, paths } of spellings) {
-      if (paths.some((inc) => inc === "" || entry.path === inc || entry.path.startsWith(`${inc}/`))) {
+      if (includeMatches(entry.path, paths)) {
         unmatched.delete(given);
         if (!force && entry.type !== "dir" && (await existsBelow(dest, entry.path))) {
           throw targetExistsError(path.join(dest, shownPath(entry.path)));

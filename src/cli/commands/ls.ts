@@ -1,0 +1,86 @@
+import type { Command } from "commander";
+import type { ListedItem } from "../../restore/list.js";
+import { CliContext } from "../context.js";
+import type { Interrupts } from "../interrupt.js";
+import { terminalJson, warnDamagedIndexes } from "../output.js";
+
+export function registerLs(program: Command, interrupts: Interrupts): void {
+  program
+    .command("ls")
+    .description("list a snapshot's disk images and its folders' files, as restore --disk and --include name them")
+    .argument("<snapshot>", "snapshot id, unique id prefix, or `latest`")
+    .argument("[path...]", "only these disks, or files and folders of a folder source (with what is below them)")
+    .option("--vm <name>", "pick among this VM's snapshots")
+    .option("-l, --long", "mode, owner:group, size in bytes and time before each path")
+    .option("--reason <text>", "why (kept in the audit trail with the listing)")
+    .action(async (snapshot: string, paths: string[], opts: { vm?: string; long?: boolean; reason?: string }, command: Command) => {
+      const ctx = new CliContext(command);
+      const vault = await ctx.openVault();
+      // Items are written as they come (a folder of millions of files is never held): with
+      // --json one array, closed even when the listing fails part way, so stdout stays JSON.
+      const json = ctx.json ? new JsonArrayWriter() : undefined;
+      try {
+        const r = await vault.list(
+          {
+            snapshot,
+            paths,
+            ...(opts.vm === undefined ? {} : { vm: opts.vm }),
+            ...(opts.reason === undefined ? {} : { reason: opts.reason }),
+            signal: interrupts.cancellable(),
+          },
+          (item) => (json !== undefined ? json.add(item) : ctx.out(opts.long === true ? longLine(item) : shortLine(item))),
+        );
+        json?.close(true);
+        warnDamagedIndexes(ctx, r.damagedIndexes);
+      } finally {
+        // A listing that failed before its first item leaves stdout empty, as every command's error does.
+        json?.close(false);
+        await vault.close();
+      }
+    });
+}
+
+/** A JSON array written one element at a time. */
+class JsonArrayWriter {
+  #count = 0;
+  #closed = false;
+
+  add(value: unknown): void {
+    process.stdout.write(`${this.#count === 0 ? "[\n" : ",\n"}${terminalJson(value, 0)}`);
+    this.#count++;
+  }
+
+  /** Ends the array; with nothing written, writes "[]" only when the listing succeeded. */
+  close(succeeded: boolean): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#count > 0) process.stdout.write("\n]\n");
+    else if (succeeded) process.stdout.write("[]\n");
+  }
+}
+
+/** The path as restore takes it: a folder with "/" after it, a symlink with its target. */
+function shortLine(item: ListedItem): string {
+  return `${item.path}${item.type === "dir" ? "/" : ""}${item.target === undefined ? "" : ` -> ${item.target}`}`;
+}
+
+/** As `ls -l`: mode, owner:group, size, time (UTC), path; "?" where the snapshot recorded none. */
+function longLine(item: ListedItem): string {
+  const owner = item.uid === undefined ? "?" : `${item.uid}:${item.gid ?? "?"}`;
+  const time = item.mtime === undefined ? "?".padEnd(20) : item.mtime.replace(/\.\d+Z$/, "Z");
+  return `${modeString(item)} ${owner.padEnd(11)} ${String(item.size).padStart(13)} ${time} ${shortLine(item)}${item.hardLinkTo === undefined ? "" : ` (hard link of ${item.hardLinkTo})`}`;
+}
+
+const TYPE_CHARS: Record<ListedItem["type"], string> = { disk: "-", file: "-", dir: "d", symlink: "l" };
+
+/** `-rwxr-x---` with s/S, t/T for the set-ID and sticky bits, and "+" after it when extended attributes were recorded. */
+export function modeString(item: ListedItem): string {
+  if (item.mode === undefined) return "?--------- ";
+  const m = item.mode;
+  const bit = (mask: number, c: string): string => ((m & mask) !== 0 ? c : "-");
+  const special = (exec: number, flag: number, on: string): string => ((m & flag) !== 0 ? ((m & exec) !== 0 ? on : on.toUpperCase()) : bit(exec, "x"));
+  const user = `${bit(0o400, "r")}${bit(0o200, "w")}${special(0o100, 0o4000, "s")}`;
+  const group = `${bit(0o040, "r")}${bit(0o020, "w")}${special(0o010, 0o2000, "s")}`;
+  const other = `${bit(0o004, "r")}${bit(0o002, "w")}${special(0o001, 0o1000, "t")}`;
+  return `${TYPE_CHARS[item.type]}${user}${group}${other}${item.xattrs === undefined ? " " : "+"}`;
+}
