@@ -77,7 +77,7 @@ export function parseEntryLine(line: string): FolderEntry {
     if (type !== "file") throw new FormatError("field h on a folder entry that is not a file");
     if (hardLinkTo === "" || hardLinkTo === path) throw new FormatError("field h does not name another file");
   }
-  const base = { path, type, mode: intIn(o, "m", 0, MAX_MODE), mtimeMs: mtime(o), size: int(o, "s") };
+  const base: Mutable<FolderEntry> = { path, type, mode: intIn(o, "m", 0, MAX_MODE), mtimeMs: mtime(o), size: int(o, "s") };
   if (path === "" && type !== "dir") throw new FormatError("the folder itself (path \"\") is not a folder entry");
   if ((type === "symlink") !== (target !== undefined)) throw new FormatError(type === "symlink" ? "symlink entry without a target" : "field l on an entry that is not a symlink");
   const chunks =
@@ -98,16 +98,19 @@ export function parseEntryLine(line: string): FolderEntry {
     for (const c of chunks ?? []) covered += c.length;
     if (covered !== base.size) throw new FormatError(`file chunks cover ${covered} of ${base.size} bytes`);
   }
-  return {
-    ...base,
-    ...(uid === undefined ? {} : { uid }),
-    ...(gid === undefined ? {} : { gid }),
-    ...(target === undefined ? {} : { target }),
-    ...(hardLinkTo === undefined ? {} : { hardLinkTo }),
-    ...(chunks === undefined ? {} : { chunks }),
-    ...(xattrs === undefined ? {} : { xattrs }),
-  };
+  // Fields assigned one by one, not spread in: spreading an object per optional field cost
+  // about a microsecond per entry in a listing of 200,000 files.
+  const entry: Mutable<FolderEntry> = base;
+  if (uid !== undefined) entry.uid = uid;
+  if (gid !== undefined) entry.gid = gid;
+  if (target !== undefined) entry.target = target;
+  if (hardLinkTo !== undefined) entry.hardLinkTo = hardLinkTo;
+  if (chunks !== undefined) entry.chunks = chunks;
+  if (xattrs !== undefined) entry.xattrs = xattrs;
+  return entry;
 }
+
+type Mutable<T> = { -readonly [K in keyof T]: T[K] };
 
 /** Extended attributes as stored (entries' and disk files' field x): [name, value in lower-case hex] pairs. */
 export function xattrPairs(xattrs: readonly Xattr[]): [string, string][] {

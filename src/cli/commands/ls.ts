@@ -2,7 +2,7 @@ import type { Command } from "commander";
 import type { ListedItem } from "../../restore/list.js";
 import { CliContext } from "../context.js";
 import type { Interrupts } from "../interrupt.js";
-import { terminalJson, warnDamagedIndexes } from "../output.js";
+import { shownText, terminalJson, warnDamagedIndexes } from "../output.js";
 
 export function registerLs(program: Command, interrupts: Interrupts): void {
   program
@@ -18,7 +18,8 @@ export function registerLs(program: Command, interrupts: Interrupts): void {
       const vault = await ctx.openVault();
       // Items are written as they come (a folder of millions of files is never held): with
       // --json one array, closed even when the listing fails part way, so stdout stays JSON.
-      const json = ctx.json ? new JsonArrayWriter() : undefined;
+      const out = new BufferedOut();
+      const json = ctx.json ? new JsonArrayWriter(out) : undefined;
       try {
         const r = await vault.list(
           {
@@ -28,25 +29,51 @@ export function registerLs(program: Command, interrupts: Interrupts): void {
             ...(opts.reason === undefined ? {} : { reason: opts.reason }),
             signal: interrupts.cancellable(),
           },
-          (item) => (json !== undefined ? json.add(item) : ctx.out(opts.long === true ? longLine(item) : shortLine(item))),
+          (item) => (json !== undefined ? json.add(item) : out.write(`${shownText(opts.long === true ? longLine(item) : shortLine(item))}\n`)),
         );
         json?.close(true);
+        out.flush();
         warnDamagedIndexes(ctx, r.damagedIndexes);
       } finally {
         // A listing that failed before its first item leaves stdout empty, as every command's error does.
         json?.close(false);
+        out.flush();
         await vault.close();
       }
     });
 }
 
+/** stdout in pieces of up to 64 KiB: one write per line would make a listing of 200,000 files 200,000 system calls. */
+class BufferedOut {
+  #parts: string[] = [];
+  #length = 0;
+
+  write(text: string): void {
+    this.#parts.push(text);
+    this.#length += text.length;
+    if (this.#length >= 65536) this.flush();
+  }
+
+  flush(): void {
+    if (this.#length === 0) return;
+    process.stdout.write(this.#parts.join(""));
+    this.#parts = [];
+    this.#length = 0;
+  }
+}
+
 /** A JSON array written one element at a time. */
 class JsonArrayWriter {
+  readonly #out: BufferedOut;
   #count = 0;
   #closed = false;
 
+  constructor(out: BufferedOut) {
+    this.#out = out;
+  }
+
   add(value: unknown): void {
-    process.stdout.write(`${this.#count === 0 ? "[\n" : ",\n"}${terminalJson(value, 0)}`);
+    this.#out.write(`${this.#count === 0 ? "[\n" : ",\n"}${terminalJson(value, 0)}`);
     this.#count++;
   }
 
@@ -54,8 +81,8 @@ class JsonArrayWriter {
   close(succeeded: boolean): void {
     if (this.#closed) return;
     this.#closed = true;
-    if (this.#count > 0) process.stdout.write("\n]\n");
-    else if (succeeded) process.stdout.write("[]\n");
+    if (this.#count > 0) this.#out.write("\n]\n");
+    else if (succeeded) this.#out.write("[]\n");
   }
 }
 
