@@ -11,6 +11,7 @@ import { refreshRegistryView } from "../repository/registry-view.js";
 import type { Repository } from "../repository/repository.js";
 import { createSession } from "../repository/sessions.js";
 import { writeSnapshot } from "../snapshot/store.js";
+import { Excludes } from "../sources/exclude.js";
 import { sourceError } from "../sources/identity.js";
 import type { AppendOnlyStore } from "../storage/types.js";
 import { toHex, utf8 } from "../util/bytes.js";
@@ -54,6 +55,13 @@ export interface BackupOptions {
    * it is durable; docs/design.md §9).
    */
   readonly keepCache?: boolean;
+  /**
+   * Patterns of entries in folder sources to leave out (src/sources/exclude.ts: by name, by the
+   * path in the snapshot, or by absolute path); the sources named themselves are always backed up.
+   */
+  readonly exclude?: readonly string[];
+  /** File names whose presence in a folder of a folder source leaves that folder out, whole. */
+  readonly excludeIfPresent?: readonly string[];
 }
 
 /** How the pipeline behaved: the bounds it kept. */
@@ -77,9 +85,11 @@ export interface BackupResult {
    * readBytes: bytes read; the rest of size were unallocated extents, recorded as holes unread.
    * cacheDroppedBytes: page cache the source's reads filled and the backup dropped again.
    */
-  readonly sources: readonly { name: string; kind: "disk" | "folder"; size: number; readBytes: number; cacheDroppedBytes: number }[];
+  readonly sources: readonly { name: string; kind: "disk" | "folder"; size: number; readBytes: number; cacheDroppedBytes: number; excluded?: number }[];
   /** Entries of folder sources left out (special files, names that are not UTF-8), with the source's name first in each path. */
   readonly skipped: readonly SkippedEntry[];
+  /** Entries of folder sources the excludes left out (a folder counts once, not what is below it). */
+  readonly excluded: number;
   /**
    * Index files left out because they did not authenticate: chunks only they listed are stored
    * again, so this snapshot does not depend on them (`vmvault repair index` indexes their packs).
@@ -147,13 +157,22 @@ export function fileChunker(repo: Repository): FastCdc {
 export async function backup(repo: Repository, o: BackupOptions): Promise<BackupResult> {
   await authorizeAudited(repo, "backup", "backup", { vm: o.vm });
   assertVmName(o.vm);
+  const excludes = new Excludes(o.exclude, o.excludeIfPresent);
   const planned = await planSources(o.sources, o.sparse ?? true);
   const lock = await acquireLock(repo, "backup", false);
   try {
     return await audited(repo, {
-      entry: { action: "backup", target: { vm: o.vm, sources: planned.map((p) => p.name) } },
+      entry: {
+        action: "backup",
+        target: {
+          vm: o.vm,
+          sources: planned.map((p) => p.name),
+          ...(excludes.patterns.length === 0 ? {} : { exclude: excludes.patterns }),
+          ...(excludes.markers.size === 0 ? {} : { excludeIfPresent: [...excludes.markers] }),
+        },
+      },
       started: false,
-      run: () => runBackup(repo, o, planned),
+      run: () => runBackup(repo, o, planned, excludes),
       outcome: (r) => ({ snapshot: r.snapshotId, bytes: r.size, addedBytes: r.addedBytes }),
     });
   } finally {
@@ -161,7 +180,7 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
   }
 }
 
-async function runBackup(repo: Repository, o: BackupOptions, planned: readonly PlannedSource[]): Promise<BackupResult> {
+async function runBackup(repo: Repository, o: BackupOptions, planned: readonly PlannedSource[], excludes: Excludes): Promise<BackupResult> {
   // Workers start while the index loads; a small backup of image files runs inline (size.ts).
   const workers = o.workers ?? (runsInline(planned.map((p) => p.readBound)) ? 0 : undefined);
   const starting = WorkerPool.create({ compression: repo.config, ...(workers === undefined ? {} : { workers }) });
@@ -206,15 +225,15 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
     const cdc = fileChunker(repo);
     const sources: SnapshotSource[] = [];
     /** What reading each source took, in the order of sources: bytes read, page cache filled and dropped again. */
-    const reads: { readBytes: number; cacheDroppedBytes: number }[] = [];
+    const reads: { readBytes: number; cacheDroppedBytes: number; excluded?: number }[] = [];
     const skipped: SkippedEntry[] = [];
     for (const p of planned) {
       const r =
         p.kind === "disk"
           ? await backupImage(p.path, p.name, repo.config.imageChunkSize, sink, progress, o.segmentBytes, o.sparse ?? true, o.keepCache ?? false)
-          : await backupFolder(p.path, p.name, cdc, sink, progress, o.sparse ?? true, o.keepCache ?? false);
+          : await backupFolder(p.path, p.name, cdc, sink, progress, { sparse: o.sparse ?? true, keepCache: o.keepCache ?? false, excludes });
       sources.push(r.source);
-      reads.push({ readBytes: r.readBytes, cacheDroppedBytes: r.cacheDroppedBytes });
+      reads.push({ readBytes: r.readBytes, cacheDroppedBytes: r.cacheDroppedBytes, ...("excluded" in r ? { excluded: r.excluded } : {}) });
       if ("skipped" in r) skipped.push(...r.skipped.map((s) => ({ ...s, path: s.path === "" ? p.name : `${p.name}/${s.path}` })));
     }
     await sink.finish();
@@ -257,8 +276,12 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
       chunks: sink.stats.chunks,
       newChunks: sink.stats.newChunks,
       packs: packs.packsWritten,
-      sources: sources.map((s, i) => ({ name: s.name, kind: s.kind, size: s.size, readBytes: reads[i]?.readBytes ?? s.size, cacheDroppedBytes: reads[i]?.cacheDroppedBytes ?? 0 })),
+      sources: sources.map((s, i) => {
+        const read = reads[i];
+        return { name: s.name, kind: s.kind, size: s.size, readBytes: read?.readBytes ?? s.size, cacheDroppedBytes: read?.cacheDroppedBytes ?? 0, ...(read?.excluded === undefined ? {} : { excluded: read.excluded }) };
+      }),
       skipped,
+      excluded: reads.reduce((n, r) => n + (r.excluded ?? 0), 0),
       damagedIndexes: index.damaged,
       pipeline: {
         workers: pool.workers,

@@ -8,6 +8,7 @@ import { DataExtents } from "../sources/extents.js";
 import { assertUnchanged, identityOf, sourceError, type FileIdentity } from "../sources/identity.js";
 import { toHex } from "../util/bytes.js";
 import { PageCacheFootprint } from "../util/page-cache.js";
+import type { Excludes } from "../sources/exclude.js";
 import { sourceXattrs, XATTRS_NOT_RECORDED } from "../sources/xattrs.js";
 import { canUseXattrs, type Xattr } from "../util/xattrs.js";
 import type { ProgressSink } from "../util/progress.js";
@@ -39,6 +40,17 @@ export interface FolderStats {
   symlinks: number;
   size: number;
   skipped: SkippedEntry[];
+  /** Entries left out by the excludes (an excluded folder counts once, what is below it not at all). */
+  excluded: number;
+}
+
+export interface FolderBackupOptions {
+  /** Skip unallocated extents of sparse files where they cover whole chunks (default true). */
+  readonly sparse?: boolean;
+  /** Leave the pages the reads bring into the page cache there (default false). */
+  readonly keepCache?: boolean;
+  /** Entries to leave out (the folder itself never is). */
+  readonly excludes?: Excludes;
 }
 
 /** A file with several names whose first name was read: what its later names record. */
@@ -60,7 +72,8 @@ interface FirstName {
  * With `sparse` (the default), a sparse file's unallocated extents are not read where they
  * cover whole chunks (see CdcFileReader); readBytes counts the file bytes actually read. Unless
  * `keepCache` is set, files of at least FOOTPRINT_MIN_FILE_BYTES leave the page cache as they
- * found it (PageCacheFootprint); cacheDroppedBytes counts what they dropped.
+ * found it (PageCacheFootprint); cacheDroppedBytes counts what they dropped. Entries the
+ * excludes match are not read and not recorded (src/sources/exclude.ts); `excluded` counts them.
  */
 export async function backupFolder(
   root: string,
@@ -68,10 +81,12 @@ export async function backupFolder(
   cdc: FastCdc,
   sink: ChunkSink,
   progress: ProgressSink,
-  sparse = true,
-  keepCache = false,
-): Promise<{ source: FolderSource; skipped: SkippedEntry[]; readBytes: number; cacheDroppedBytes: number }> {
-  const stats: FolderStats = { files: 0, dirs: 0, symlinks: 0, size: 0, skipped: [] };
+  o: FolderBackupOptions = {},
+): Promise<{ source: FolderSource; skipped: SkippedEntry[]; excluded: number; readBytes: number; cacheDroppedBytes: number }> {
+  const sparse = o.sparse ?? true;
+  const keepCache = o.keepCache ?? false;
+  const excludes = o.excludes === undefined || o.excludes.empty ? undefined : o.excludes;
+  const stats: FolderStats = { files: 0, dirs: 0, symlinks: 0, size: 0, skipped: [], excluded: 0 };
   const blobs = new EntryBlobWriter(sink);
   const batcher = new FolderBatcher(sink, Math.max(BATCH_BYTES, cdc.params.max));
   const reader = new CdcFileReader(cdc, batcher, sparse, keepCache);
@@ -99,16 +114,25 @@ export async function backupFolder(
     } catch (e) {
       throw sourceError(shownFsPath(abs), e);
     }
+    if (excludes !== undefined && rel !== "" && isExcluded(excludes, name, rel, abs, st.isDirectory())) {
+      stats.excluded++;
+      return;
+    }
     const base = { path: rel, mode: st.mode & 0o7777, mtimeMs: st.mtimeMs, uid: st.uid, gid: st.gid, ...(st.isFile() || st.isDirectory() || st.isSymbolicLink() ? xattrsOf(rel, abs) : {}) };
     if (st.isDirectory()) {
-      stats.dirs++;
-      await add({ ...base, type: "dir", size: 0 });
       let raw: Buffer[];
       try {
         raw = fs.readdirSync(abs, { encoding: "buffer" });
       } catch (e) {
         throw sourceError(shownFsPath(abs), e);
       }
+      // A folder holding a marker file (--exclude-if-present) is left out whole; the source folder never is.
+      if (excludes !== undefined && rel !== "" && excludes.markers.size > 0 && raw.some((bytes) => excludes.markers.has(nameFromBytes(bytes)))) {
+        stats.excluded++;
+        return;
+      }
+      stats.dirs++;
+      await add({ ...base, type: "dir", size: 0 });
       // Names are kept exactly: UTF-8 ones as text, others as their bytes (entry form, see
       // src/format/names.ts), in the order of their entry form (UTF-16 code units, as the
       // decoded names always were; names that are not UTF-8 first).
@@ -151,6 +175,7 @@ export async function backupFolder(
   return {
     source: { kind: "folder", name, path: path.resolve(root), entries, files: stats.files, dirs: stats.dirs, symlinks: stats.symlinks, size: stats.size },
     skipped: stats.skipped,
+    excluded: stats.excluded,
     readBytes: reader.readBytes,
     cacheDroppedBytes: reader.cacheDroppedBytes,
   };
@@ -311,6 +336,13 @@ function compareNames(a: string, b: string): number {
 }
 
 /** A file system path for messages: text as it is, bytes escaped where they are not UTF-8. */
+/** Whether the entry at rel (entry form) is excluded: by its name, its path in the snapshot (under folder), or where it is. */
+function isExcluded(excludes: Excludes, folder: string, rel: string, abs: string | Buffer, isFolder: boolean): boolean {
+  const shown = shownPath(rel);
+  const slash = shown.lastIndexOf("/");
+  return excludes.excludes(slash < 0 ? shown : shown.slice(slash + 1), `${folder}/${shown}`, shownFsPath(abs), isFolder);
+}
+
 function shownFsPath(p: string | Buffer): string {
   return typeof p === "string" ? p : escapeName(p);
 }

@@ -11,3 +11,6 @@ export function refuseBothForms(command: Command, name: string): Command {
     if (seen.size === 2) command.error(`error: option '--${name}' cannot be used with option '--no-${name}'`, { exitCode: 2, code: "vmvault.conflictingOption" });
   });
 }
+
+/** A repeatable option's parser: every value given, in order. */
+export const collect = (value: string, previous: string[] = []): string[] => [...previous, value];

@@ -37,7 +37,7 @@ describe("backup sources", () => {
       const r = JSON.parse(b.stdout) as BackupJson;
       expect(r.sources).toEqual([
         // just written, so in the page cache before the backup: nothing of it is dropped
-        { name: "linkdir", kind: "folder", size: 6, readBytes: 6, cacheDroppedBytes: 0 },
+        { name: "linkdir", kind: "folder", size: 6, readBytes: 6, cacheDroppedBytes: 0, excluded: 0 },
         { name: "linkdisk", kind: "disk", size: 64 * 1024, readBytes: 64 * 1024, cacheDroppedBytes: 0 },
       ]);
       const out = tmp("out");

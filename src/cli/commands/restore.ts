@@ -1,11 +1,11 @@
 import { Option, type Command } from "commander";
 import { CliContext } from "../context.js";
+import { collect } from "../options.js";
 import type { Interrupts } from "../interrupt.js";
 import { formatBytes, warnDamagedIndexes } from "../output.js";
 import type { RestoreResult } from "../../restore/restore.js";
 import { XattrTally } from "../../util/xattrs.js";
 
-const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 
 export function registerRestore(program: Command, interrupts: Interrupts): void {
   program

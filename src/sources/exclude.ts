@@ -1,0 +1,112 @@
+import { UsageError } from "../errors.js";
+
+/**
+ * What a folder backup leaves out (`backup --exclude`, `--exclude-file`, `--exclude-if-present`).
+ *
+ * A pattern is matched against names as vmvault shows them (shownPath: \xNN for a byte that is
+ * not UTF-8, a control character or a backslash), so what `ls` prints is what a pattern sees:
+ * - without "/" (a trailing one aside), against the entry's own name at any depth: `*.log`,
+ *   `lost+found`, `.cache`;
+ * - starting with "/", against the entry's absolute path on this host: `/srv/vm1/tmp`;
+ * - with "/" elsewhere, against the entry's path in the snapshot, the folder's name first, as
+ *   `ls` and `restore --include` write it: `etc/ssl/private`, `*\/cache`.
+ * `*` matches any run of characters but "/", `?` one character but "/", `[abc]`, `[a-z]` and
+ * `[!abc]` one of (or none of) a set, and `**` any run of characters, "/" included (`a/**\/b`
+ * matches `a/b`, `a/x/b`, `a/x/y/b`). A backslash is an ordinary character (it starts vmvault's
+ * \xNN form of a name); `[*]` matches a literal `*`. A pattern ending in "/" matches folders
+ * only. An excluded folder is left out with everything below it.
+ */
+export class Excludes {
+  readonly #byName: RegExp[] = [];
+  readonly #byAbsolute: RegExp[] = [];
+  readonly #bySnapshotPath: RegExp[] = [];
+  readonly #foldersOnly = new Set<RegExp>();
+  /** File names whose presence in a folder leaves the folder out (`--exclude-if-present`). */
+  readonly markers: ReadonlySet<string>;
+  readonly patterns: readonly string[];
+
+  constructor(patterns: readonly string[] = [], markers: readonly string[] = []) {
+    this.patterns = [...patterns];
+    for (const given of patterns) {
+      const foldersOnly = given.length > 1 && given.endsWith("/");
+      const pattern = foldersOnly ? given.replace(/\/+$/, "") : given;
+      if (pattern === "" || pattern === "/") throw new UsageError(`--exclude ${JSON.stringify(given)}: an empty pattern would match nothing`);
+      const re = globToRegExp(pattern, given);
+      if (foldersOnly) this.#foldersOnly.add(re);
+      if (pattern.startsWith("/")) this.#byAbsolute.push(re);
+      else if (pattern.includes("/")) this.#bySnapshotPath.push(re);
+      else this.#byName.push(re);
+    }
+    for (const m of markers) {
+      if (m === "" || m.includes("/") || m === "." || m === "..") throw new UsageError(`--exclude-if-present ${JSON.stringify(m)}: give a file name, without "/"`);
+    }
+    this.markers = new Set(markers);
+  }
+
+  get empty(): boolean {
+    return this.patterns.length === 0 && this.markers.size === 0;
+  }
+
+  /**
+   * True when the entry is left out. name: its own name, shown; snapshotPath: the folder's name
+   * and the entry's path below it, shown; absolute: where it is on this host, shown.
+   */
+  excludes(name: string, snapshotPath: string, absolute: string, isFolder: boolean): boolean {
+    const hit = (list: readonly RegExp[], text: string): boolean => list.some((re) => re.test(text) && (isFolder || !this.#foldersOnly.has(re)));
+    return hit(this.#byName, name) || hit(this.#bySnapshotPath, snapshotPath) || hit(this.#byAbsolute, absolute);
+  }
+}
+
+/**
+ * Patterns from a file (`--exclude-file`): one per line; blank lines and lines starting with "#"
+ * are skipped, and spaces at either end of a line are not part of its pattern.
+ */
+export function parseExcludeFile(text: string): string[] {
+  return text
+    .split("\n")
+    .map((line) => line.replace(/\r$/, "").trim())
+    .filter((line) => line !== "" && !line.startsWith("#"));
+}
+
+/** The whole-string regular expression for a pattern (see Excludes). */
+export function globToRegExp(pattern: string, given = pattern): RegExp {
+  let out = "";
+  for (let i = 0; i < pattern.length; ) {
+    const c = pattern[i] as string;
+    if (c === "*") {
+      if (pattern[i + 1] === "*") {
+        // "**/" is any number of whole folders, none included; any other "**" any run of characters.
+        if (pattern[i + 2] === "/" && (i === 0 || pattern[i - 1] === "/")) {
+          out += "(?:.*/)?";
+          i += 3;
+        } else {
+          out += ".*";
+          i += 2;
+        }
+      } else {
+        out += "[^/]*";
+        i++;
+      }
+    } else if (c === "?") {
+      out += "[^/]";
+      i++;
+    } else if (c === "[") {
+      const end = pattern.indexOf("]", pattern[i + 1] === "!" || pattern[i + 1] === "^" ? i + 3 : i + 2);
+      if (end < 0) throw new UsageError(`--exclude ${JSON.stringify(given)}: "[" without its "]"`, "write [[] for a literal [");
+      let set = pattern.slice(i + 1, end);
+      const negate = set.startsWith("!") || set.startsWith("^");
+      if (negate) set = set.slice(1);
+      const body = set.replace(/[\\\]^]/g, (x) => `\\${x}`);
+      out += negate ? `[^/${body}]` : `[${body}]`;
+      i = end + 1;
+    } else {
+      out += c.replace(/[.+^${}()|\\/\]]/g, (x) => `\\${x}`);
+      i++;
+    }
+  }
+  try {
+    return new RegExp(`^${out}$`, "u");
+  } catch {
+    throw new UsageError(`--exclude ${JSON.stringify(given)}: not a pattern vmvault can match`, "a set such as [z-a] runs backwards");
+  }
+}
