@@ -28,6 +28,7 @@ export { INLINE_JOB_BYTES } from "./pipeline/pool.js";
 export type { SkippedEntry } from "./backup/folder.js";
 export type { RestoreOptions, RestoreResult } from "./restore/restore.js";
 export type { ListedItem, ListOptions, ListResult } from "./restore/list.js";
+export type { Change, DiffOptions, DiffResult } from "./restore/diff.js";
 export type { CheckOptions, CheckReport } from "./maintenance/check.js";
 export { isListingDamage } from "./maintenance/check-attribution.js";
 export type { RepairIndexOptions, RepairIndexResult } from "./maintenance/repair-index.js";

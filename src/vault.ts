@@ -7,6 +7,7 @@ import { refreshRegistryView } from "./repository/registry-view.js";
 import type { Repository } from "./repository/repository.js";
 import type { RestoreOptions, RestoreResult } from "./restore/restore.js";
 import type { ListedItem, ListOptions, ListResult } from "./restore/list.js";
+import type { Change, DiffOptions, DiffResult } from "./restore/diff.js";
 import type { SnapshotSummary } from "./snapshot/list.js";
 import type { Role } from "./keys/roles.js";
 import { UsageError } from "./errors.js";
@@ -87,6 +88,14 @@ export class Vault {
    */
   async list(o: ListOptions, onItem: (item: ListedItem) => void): Promise<ListResult> {
     return (await import("./restore/list.js")).listSnapshot(this.repository, o, onItem);
+  }
+
+  /**
+   * What changed from one snapshot to another, one change at a time through onChange (admin,
+   * operator, restorer; recorded in the audit trail as `diff`).
+   */
+  async diff(o: DiffOptions, onChange: (change: Change) => void): Promise<DiffResult> {
+    return (await import("./restore/diff.js")).diffSnapshots(this.repository, o, onChange);
   }
 
   async snapshots(o: { vm?: string; onDamage?: (d: Damage) => void } = {}): Promise<SnapshotSummary[]> {

@@ -45,6 +45,7 @@ const NEEDS: Partial<Record<AuditAction, Action>> = {
   backup: "backup",
   restore: "restore",
   ls: "restore",
+  diff: "restore",
   export: "restore",
   check: "checkStructure",
   "check --read-data": "checkData",

@@ -4,6 +4,7 @@ import { registerCheck } from "./commands/check.js";
 import { registerInit } from "./commands/init.js";
 import { registerRestore } from "./commands/restore.js";
 import { registerLs } from "./commands/ls.js";
+import { registerDiff } from "./commands/diff.js";
 import { registerSnapshots } from "./commands/snapshots.js";
 import { registerUser } from "./commands/user.js";
 import { registerAudit } from "./commands/audit.js";
@@ -38,6 +39,7 @@ export function buildProgram(interrupts: Interrupts = new Interrupts(), json = f
   registerSnapshots(program);
   registerRestore(program, interrupts);
   registerLs(program, interrupts);
+  registerDiff(program, interrupts);
   registerCheck(program);
   registerRepair(program, interrupts);
   registerUser(program);

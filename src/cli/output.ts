@@ -97,3 +97,46 @@ export function progressRenderer(stream: NodeJS.WriteStream, now: () => number =
 export function warnDamagedIndexes(ctx: { warn(text: string): void }, damaged: readonly Damage[]): void {
   for (const d of damaged) ctx.warn(`warning: skipped ${d.object}: ${d.problem}; \`vmvault repair index\` indexes its packs again`);
 }
+
+/** stdout in pieces of up to 64 KiB: one write per line would make a listing of 200,000 files 200,000 system calls. */
+export class BufferedOut {
+  #parts: string[] = [];
+  #length = 0;
+
+  write(text: string): void {
+    this.#parts.push(text);
+    this.#length += text.length;
+    if (this.#length >= 65536) this.flush();
+  }
+
+  flush(): void {
+    if (this.#length === 0) return;
+    process.stdout.write(this.#parts.join(""));
+    this.#parts = [];
+    this.#length = 0;
+  }
+}
+
+/** A JSON array written one element at a time. */
+export class JsonArrayWriter {
+  readonly #out: BufferedOut;
+  #count = 0;
+  #closed = false;
+
+  constructor(out: BufferedOut) {
+    this.#out = out;
+  }
+
+  add(value: unknown): void {
+    this.#out.write(`${this.#count === 0 ? "[\n" : ",\n"}${terminalJson(value, 0)}`);
+    this.#count++;
+  }
+
+  /** Ends the array; with nothing written, writes "[]" only when the listing succeeded. */
+  close(succeeded: boolean): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#count > 0) this.#out.write("\n]\n");
+    else if (succeeded) this.#out.write("[]\n");
+  }
+}

@@ -24,6 +24,7 @@ export const AUDIT_ACTIONS = [
   "user list",
   "key status",
   "ls",
+  "diff",
 ] as const;
 export type AuditAction = (typeof AUDIT_ACTIONS)[number];
 

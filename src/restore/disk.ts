@@ -11,17 +11,7 @@ import { finishRestored, PartialFile, targetError } from "./targets.js";
 
 /** Iterates a disk's chunk positions from its list blobs, authenticating each list. */
 export async function* diskChunks(disk: DiskSource, reader: BlobReader, snapshotKey: string): AsyncIterable<Uint8Array | null> {
-  for (const listId of disk.lists) {
-    const bytes = await reader.read(fromHex(listId));
-    let refs;
-    try {
-      refs = parseChunkList(bytes);
-    } catch (e) {
-      if (e instanceof FormatError) throw IntegrityError.object(snapshotKey, `chunk list ${listId.slice(0, 16)}… is malformed`);
-      throw e;
-    }
-    yield* refs;
-  }
+  for (const listId of disk.lists) yield* await readList(reader, listId, snapshotKey);
 }
 
 /** The data chunks of a disk with their positions, one array per list blob; holes are skipped, positions checked against the size. */
@@ -39,7 +29,8 @@ async function* diskRequests(disk: DiskSource, reader: BlobReader, snapshotKey: 
   if (position !== disk.size) throw IntegrityError.object(snapshotKey, `disk ${disk.name}: chunk list covers ${position} of ${disk.size} bytes`);
 }
 
-async function readList(reader: BlobReader, listId: string, snapshotKey: string): Promise<(Uint8Array | null)[]> {
+/** One list blob's chunk positions, authenticated; a malformed list is damage to the snapshot. */
+export async function readList(reader: BlobReader, listId: string, snapshotKey: string): Promise<(Uint8Array | null)[]> {
   const bytes = await reader.read(fromHex(listId));
   try {
     return parseChunkList(bytes);

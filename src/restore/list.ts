@@ -1,16 +1,10 @@
-import { NotFoundError, type Damage } from "../errors.js";
-import { Compressor } from "../compress/compressor.js";
+import type { Damage } from "../errors.js";
 import type { FolderEntry } from "../format/entries.js";
 import { shownName, shownPath } from "../format/names.js";
-import type { DiskSource, FolderSource } from "../format/snapshot.js";
-import { audited, authorizeAudited } from "../audit/guard.js";
-import { loadIndex } from "../repository/index-files.js";
-import { acquireLock } from "../repository/lock.js";
+import type { DiskSource, FolderSource, SnapshotBody } from "../format/snapshot.js";
 import type { Repository } from "../repository/repository.js";
-import { SessionKeys } from "../repository/sessions.js";
-import { findSnapshot, readSnapshotBody, type SnapshotRecord } from "../snapshot/store.js";
-import { BlobReader } from "./blob-reader.js";
-import { folderEntries, includeMatches, includeSpellings, selectInFolders } from "./folder.js";
+import type { SnapshotRecord } from "../snapshot/store.js";
+import { planContents, readContents, selectedEntries, unmatchedPaths, type OpenedContents } from "./contents.js";
 
 export interface ListOptions {
   readonly snapshot: string;
@@ -70,83 +64,28 @@ export interface ListResult {
  * the first item is shown and after the last.
  */
 export async function listSnapshot(repo: Repository, o: ListOptions, onItem: (item: ListedItem) => void): Promise<ListResult> {
-  o.signal?.throwIfAborted();
   const paths = o.paths ?? [];
-  await authorizeAudited(repo, "restore", "ls", { snapshot: o.snapshot, ...(paths.length === 0 ? {} : { paths: [...paths] }) });
-  const lock = await acquireLock(repo, "ls", false, { signal: o.signal });
-  const sessions = new SessionKeys(repo);
-  try {
-    const record = await findSnapshot(repo, o.snapshot, o.vm);
-    const reason = o.reason === undefined || o.reason.trim() === "" ? {} : { reason: o.reason };
-    return await audited(repo, {
-      entry: { action: "ls", target: { snapshot: record.header.id, vm: record.header.vm, ...(paths.length === 0 ? {} : { paths: [...paths] }) }, ...reason },
-      started: true,
-      run: () => listRecord(repo, sessions, record, paths, onItem, o.signal),
-      outcome: (r) => ({ items: r.items }),
-    });
-  } finally {
-    sessions.dispose();
-    await lock.release();
-  }
+  const request = { snapshots: [o.snapshot], paths, ...(o.vm === undefined ? {} : { vm: o.vm }), ...(o.reason === undefined ? {} : { reason: o.reason }), ...(o.signal === undefined ? {} : { signal: o.signal }) };
+  return readContents(repo, "ls", request, (opened) => listOpened(opened, paths, onItem, o.signal), (r) => ({ items: r.items }));
 }
 
-async function listRecord(repo: Repository, sessions: SessionKeys, record: SnapshotRecord, paths: readonly string[], onItem: (item: ListedItem) => void, signal: AbortSignal | undefined): Promise<ListResult> {
-  const body = await readSnapshotBody(repo, sessions, record);
-  const plan = planListing(body.sources, paths);
+async function listOpened(opened: OpenedContents, paths: readonly string[], onItem: (item: ListedItem) => void, signal: AbortSignal | undefined): Promise<ListResult> {
+  const record = opened.records[0] as SnapshotRecord;
+  const plan = planContents((opened.bodies[0] as SnapshotBody).sources, paths);
+  const matched = new Set(plan.diskPaths);
   let items = 0;
   const emit = (item: ListedItem): void => {
     items++;
     onItem(item);
   };
   for (const disk of plan.disks) emit(diskItem(disk));
-  let damagedIndexes: readonly Damage[] = [];
-  if (plan.folders.length > 0) {
-    // Entry blobs are found through the index (64-bit ID prefixes, as a restore: every blob read
-    // is authenticated under its full ID).
-    const index = await loadIndex(repo, undefined, undefined, { idBytes: 8, skipDamaged: true });
-    damagedIndexes = index.damaged;
-    const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
-    const unmatched: string[] = [];
-    for (const { folder, selections } of plan.folders) {
-      const left = new Set(selections?.map((s) => s.given));
-      for await (const entry of folderEntries(folder, reader, record.key)) {
-        signal?.throwIfAborted();
-        if (selections !== undefined) {
-          const hits = selections.filter((s) => includeMatches(entry.path, s.paths));
-          if (hits.length === 0) continue;
-          for (const hit of hits) left.delete(hit.given);
-        }
-        emit(entryItem(folder, entry));
-      }
-      unmatched.push(...left);
-    }
-    if (unmatched.length > 0) throw new NotFoundError(`no disk, folder or file of the snapshot matches ${unmatched.join(", ")}`, "a path is relative to the backed-up folder, optionally starting with the folder's name; `vmvault ls SNAPSHOT` lists them all");
+  for (const sel of plan.folders) {
+    const reader = await opened.reader();
+    for await (const entry of selectedEntries(sel, reader, record.key, matched, signal)) emit(entryItem(sel.folder, entry));
   }
-  return { snapshotId: record.header.id, vm: record.header.vm, time: record.header.time, items, damagedIndexes };
-}
-
-interface ListPlan {
-  readonly disks: readonly DiskSource[];
-  /** selections undefined: the whole folder. */
-  readonly folders: readonly { folder: FolderSource; selections: { given: string; paths: string[] }[] | undefined }[];
-}
-
-/** What the given paths select: a disk by its name, otherwise paths in folders as restore --include. */
-function planListing(sources: readonly (DiskSource | FolderSource)[], paths: readonly string[]): ListPlan {
-  const disks = sources.filter((s): s is DiskSource => s.kind === "disk");
-  const folders = sources.filter((s): s is FolderSource => s.kind === "folder");
-  if (paths.length === 0) return { disks, folders: folders.map((folder) => ({ folder, selections: undefined })) };
-  const diskNamed = (p: string): DiskSource | undefined => disks.find((d) => d.name === p.replace(/^\/+|\/+$/g, ""));
-  const inFolders = paths.filter((p) => diskNamed(p) === undefined);
-  const pickedDisks = disks.filter((d) => paths.some((p) => diskNamed(p) === d));
-  if (inFolders.length > 0 && folders.length === 0) {
-    throw new NotFoundError(`the snapshot has no disk named ${inFolders.join(", ")}`, `its disks: ${disks.map((d) => d.name).join(", ") || "none"}`);
-  }
-  const byFolder = selectInFolders(folders, inFolders, (raw) => `path ${raw}`);
-  const planned = folders
-    .filter((f) => byFolder.has(f))
-    .map((folder) => ({ folder, selections: (byFolder.get(folder) ?? []).map(({ given, rel }) => ({ given, paths: includeSpellings(rel) })) }));
-  return { disks: pickedDisks, folders: planned };
+  const unmatched = unmatchedPaths(paths, matched);
+  if (unmatched !== undefined) throw unmatched;
+  return { snapshotId: record.header.id, vm: record.header.vm, time: record.header.time, items, damagedIndexes: opened.damagedIndexes() };
 }
 
 function diskItem(d: DiskSource): ListedItem {

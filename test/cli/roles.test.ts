@@ -54,6 +54,7 @@ const COMMANDS: readonly CommandCase[] = [
   { name: "snapshots", action: "listSnapshots", args: () => ["snapshots", "--json"] },
   { name: "restore", action: "restore", args: (t) => ["restore", "latest", "--target", t, "--reason", "matrix"] },
   { name: "ls", action: "restore", args: () => ["ls", "latest", "--json"] },
+  { name: "diff", action: "restore", args: () => ["diff", "latest", "latest", "--json"] },
   { name: "check", action: "checkStructure", args: () => ["check"] },
   { name: "check --read-data", action: "checkData", args: () => ["check", "--read-data"] },
   { name: "repair index", action: "repair", args: () => ["repair", "index"] },

@@ -2,7 +2,7 @@ import type { Command } from "commander";
 import type { ListedItem } from "../../restore/list.js";
 import { CliContext } from "../context.js";
 import type { Interrupts } from "../interrupt.js";
-import { shownText, terminalJson, warnDamagedIndexes } from "../output.js";
+import { BufferedOut, JsonArrayWriter, shownText, warnDamagedIndexes } from "../output.js";
 
 export function registerLs(program: Command, interrupts: Interrupts): void {
   program
@@ -41,49 +41,6 @@ export function registerLs(program: Command, interrupts: Interrupts): void {
         await vault.close();
       }
     });
-}
-
-/** stdout in pieces of up to 64 KiB: one write per line would make a listing of 200,000 files 200,000 system calls. */
-class BufferedOut {
-  #parts: string[] = [];
-  #length = 0;
-
-  write(text: string): void {
-    this.#parts.push(text);
-    this.#length += text.length;
-    if (this.#length >= 65536) this.flush();
-  }
-
-  flush(): void {
-    if (this.#length === 0) return;
-    process.stdout.write(this.#parts.join(""));
-    this.#parts = [];
-    this.#length = 0;
-  }
-}
-
-/** A JSON array written one element at a time. */
-class JsonArrayWriter {
-  readonly #out: BufferedOut;
-  #count = 0;
-  #closed = false;
-
-  constructor(out: BufferedOut) {
-    this.#out = out;
-  }
-
-  add(value: unknown): void {
-    this.#out.write(`${this.#count === 0 ? "[\n" : ",\n"}${terminalJson(value, 0)}`);
-    this.#count++;
-  }
-
-  /** Ends the array; with nothing written, writes "[]" only when the listing succeeded. */
-  close(succeeded: boolean): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    if (this.#count > 0) this.#out.write("\n]\n");
-    else if (succeeded) this.#out.write("[]\n");
-  }
 }
 
 /** The path as restore takes it: a folder with "/" after it, a symlink with its target. */

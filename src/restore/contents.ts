@@ -1,0 +1,162 @@
+import { IntegrityError, NotFoundError, type Damage } from "../errors.js";
+import { Compressor } from "../compress/compressor.js";
+import type { FolderEntry } from "../format/entries.js";
+import type { AuditAction, AuditBody } from "../format/audit.js";
+import type { DiskSource, FolderSource, SnapshotBody } from "../format/snapshot.js";
+import { audited, authorizeAudited } from "../audit/guard.js";
+import { loadIndex } from "../repository/index-files.js";
+import { acquireLock } from "../repository/lock.js";
+import type { Repository } from "../repository/repository.js";
+import { SessionKeys } from "../repository/sessions.js";
+import { findSnapshot, readSnapshotBody, type SnapshotRecord } from "../snapshot/store.js";
+import { BlobReader } from "./blob-reader.js";
+import { folderEntries, includeMatches, includeSpellings, selectInFolders } from "./folder.js";
+
+/** What reading a snapshot's contents for a person (`ls`, `diff`) takes from the caller. */
+export interface ContentsRequest {
+  /** Snapshot references (id, unique prefix, `latest`), each resolved with vm. */
+  readonly snapshots: readonly string[];
+  readonly vm?: string;
+  readonly paths: readonly string[];
+  readonly reason?: string;
+  readonly signal?: AbortSignal;
+}
+
+/** The resolved snapshots, opened: their records and bodies, and blobs read on demand. */
+export interface OpenedContents {
+  readonly records: readonly SnapshotRecord[];
+  readonly bodies: readonly SnapshotBody[];
+  /** The blob reader (the index loads on first use: a listing of disks alone needs none). */
+  reader(): Promise<BlobReader>;
+  /** Index files left out because they did not authenticate, once the index was loaded. */
+  damagedIndexes(): readonly Damage[];
+}
+
+/**
+ * Reads snapshot contents for a person: authorizes the restore capability (admin, operator,
+ * restorer), takes a shared lock, resolves and verifies the snapshots, stores the "started"
+ * record of `action` before `run` shows anything (fail closed), and the outcome after.
+ */
+export async function readContents<T>(repo: Repository, action: AuditAction, req: ContentsRequest, run: (opened: OpenedContents) => Promise<T>, outcome: (r: T) => AuditBody["target"]): Promise<T> {
+  req.signal?.throwIfAborted();
+  const paths = req.paths.length === 0 ? {} : { paths: [...req.paths] };
+  const refs = req.snapshots.length === 1 ? { snapshot: req.snapshots[0] ?? "" } : { snapshots: [...req.snapshots] };
+  await authorizeAudited(repo, "restore", action, { ...refs, ...paths });
+  const lock = await acquireLock(repo, action, false, { signal: req.signal });
+  const sessions = new SessionKeys(repo);
+  try {
+    const records: SnapshotRecord[] = [];
+    for (const ref of req.snapshots) records.push(await findSnapshot(repo, ref, req.vm));
+    const ids = records.length === 1 ? { snapshot: records[0]?.header.id ?? "" } : { snapshots: records.map((r) => r.header.id) };
+    const vms = [...new Set(records.map((r) => r.header.vm))];
+    const reason = req.reason === undefined || req.reason.trim() === "" ? {} : { reason: req.reason };
+    return await audited(repo, {
+      entry: { action, target: { ...ids, vm: vms.length === 1 ? (vms[0] ?? "") : vms, ...paths }, ...reason },
+      started: true,
+      run: async () => {
+        const bodies: SnapshotBody[] = [];
+        for (const r of records) bodies.push(await readSnapshotBody(repo, sessions, r));
+        let reader: Promise<BlobReader> | undefined;
+        let damaged: readonly Damage[] = [];
+        return await run({
+          records,
+          bodies,
+          reader: () =>
+            (reader ??= loadIndex(repo, undefined, undefined, { idBytes: 8, skipDamaged: true }).then((index) => {
+              // 64-bit ID prefixes, as a restore: every blob read is authenticated under its full ID.
+              damaged = index.damaged;
+              return new BlobReader(repo, index, sessions, new Compressor(repo.config));
+            })),
+          damagedIndexes: () => damaged,
+        });
+      },
+      outcome,
+    });
+  } finally {
+    sessions.dispose();
+    await lock.release();
+  }
+}
+
+/** A folder of a snapshot and which of its paths were asked for (undefined: all of it). */
+export interface FolderSelection {
+  readonly folder: FolderSource;
+  readonly selections: readonly { readonly given: string; readonly paths: readonly string[] }[] | undefined;
+}
+
+export interface ContentsPlan {
+  readonly disks: readonly DiskSource[];
+  readonly folders: readonly FolderSelection[];
+  /** The given paths that named a disk. */
+  readonly diskPaths: readonly string[];
+}
+
+/**
+ * What the given paths select in a snapshot's sources: a disk by its name, otherwise paths in
+ * folders as restore --include takes them. Paths that name nothing here are returned in
+ * `elsewhere` when `lenient` (another snapshot may hold them), else refused.
+ */
+export function planContents(sources: readonly (DiskSource | FolderSource)[], paths: readonly string[], lenient = false): ContentsPlan {
+  const disks = sources.filter((s): s is DiskSource => s.kind === "disk");
+  const folders = sources.filter((s): s is FolderSource => s.kind === "folder");
+  if (paths.length === 0) return { disks, folders: folders.map((folder) => ({ folder, selections: undefined })), diskPaths: [] };
+  const diskNamed = (p: string): DiskSource | undefined => disks.find((d) => d.name === p.replace(/^\/+|\/+$/g, ""));
+  const inFolders = paths.filter((p) => diskNamed(p) === undefined);
+  const pickedDisks = disks.filter((d) => paths.some((p) => diskNamed(p) === d));
+  const diskPaths = paths.filter((p) => diskNamed(p) !== undefined);
+  if (inFolders.length > 0 && folders.length === 0) {
+    if (lenient) return { disks: pickedDisks, folders: [], diskPaths };
+    throw new NotFoundError(`the snapshot has no disk named ${inFolders.join(", ")}`, `its disks: ${disks.map((d) => d.name).join(", ") || "none"}`);
+  }
+  const byFolder = selectInFolders(folders, inFolders, (raw) => `path ${raw}`);
+  const planned = folders
+    .filter((f) => byFolder.has(f))
+    .map((folder) => ({ folder, selections: (byFolder.get(folder) ?? []).map(({ given, rel }) => ({ given, paths: includeSpellings(rel) })) }));
+  return { disks: pickedDisks, folders: planned, diskPaths };
+}
+
+/**
+ * A folder's entries as selected, in the order the backup walked them (checked: a merge of two
+ * snapshots' entries relies on it); `matched` collects the given paths that selected something.
+ */
+export async function* selectedEntries(sel: FolderSelection, reader: BlobReader, snapshotKey: string, matched: Set<string>, signal?: AbortSignal): AsyncIterable<FolderEntry> {
+  let previous: string | undefined;
+  for await (const entry of folderEntries(sel.folder, reader, snapshotKey)) {
+    signal?.throwIfAborted();
+    if (previous !== undefined && comparePaths(previous, entry.path) >= 0) {
+      throw IntegrityError.object(snapshotKey, `entry list of ${sel.folder.name} is not in the order vmvault writes it`);
+    }
+    previous = entry.path;
+    if (sel.selections !== undefined) {
+      const hits = sel.selections.filter((s) => includeMatches(entry.path, s.paths));
+      if (hits.length === 0) continue;
+      for (const hit of hits) matched.add(hit.given);
+    }
+    yield entry;
+  }
+}
+
+/**
+ * The order of a folder walk (a folder before what is in it, names in a folder in the order of
+ * their entry form): entry paths compared name by name, a path before the paths below it.
+ */
+export function comparePaths(a: string, b: string): number {
+  if (a === b) return 0;
+  if (a === "") return -1;
+  if (b === "") return 1;
+  const x = a.split("/");
+  const y = b.split("/");
+  for (let i = 0; i < Math.min(x.length, y.length); i++) {
+    const p = x[i] as string;
+    const q = y[i] as string;
+    if (p !== q) return p < q ? -1 : 1;
+  }
+  return x.length - y.length;
+}
+
+/** The error for given paths that selected nothing in any snapshot read. */
+export function unmatchedPaths(paths: readonly string[], matched: ReadonlySet<string>): NotFoundError | undefined {
+  const left = paths.filter((p) => !matched.has(p));
+  if (left.length === 0) return undefined;
+  return new NotFoundError(`no disk, folder or file of the snapshot matches ${left.join(", ")}`, "a path is relative to the backed-up folder, optionally starting with the folder's name; `vmvault ls SNAPSHOT` lists them all");
+}
