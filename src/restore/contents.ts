@@ -22,6 +22,11 @@ export interface ContentsRequest {
   readonly signal?: AbortSignal;
 }
 
+/** The request for snapshots, from a command's options (absent ones left out). */
+export function contentsRequest(snapshots: readonly string[], o: { readonly vm?: string; readonly paths?: readonly string[]; readonly reason?: string; readonly signal?: AbortSignal }): ContentsRequest {
+  return { snapshots, paths: o.paths ?? [], ...(o.vm === undefined ? {} : { vm: o.vm }), ...(o.reason === undefined ? {} : { reason: o.reason }), ...(o.signal === undefined ? {} : { signal: o.signal }) };
+}
+
 /** The resolved snapshots, opened: their records and bodies, and blobs read on demand. */
 export interface OpenedContents {
   readonly records: readonly SnapshotRecord[];

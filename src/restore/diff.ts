@@ -6,7 +6,7 @@ import type { Repository } from "../repository/repository.js";
 import type { SnapshotRecord } from "../snapshot/store.js";
 import type { Xattr } from "../util/xattrs.js";
 import type { BlobReader } from "./blob-reader.js";
-import { comparePaths, planContents, readContents, selectedEntries, unmatchedPaths, type OpenedContents } from "./contents.js";
+import { comparePaths, contentsRequest, planContents, readContents, selectedEntries, unmatchedPaths, type OpenedContents } from "./contents.js";
 import { readList } from "./disk.js";
 import { shownPath } from "../format/names.js";
 
@@ -65,13 +65,12 @@ export interface DiffResult {
  * restore capability, recorded in the audit trail as `diff` before the first change is shown.
  */
 export async function diffSnapshots(repo: Repository, o: DiffOptions, onChange: (c: Change) => void): Promise<DiffResult> {
-  const paths = o.paths ?? [];
-  const request = { snapshots: [o.from, o.to], paths, ...(o.vm === undefined ? {} : { vm: o.vm }), ...(o.reason === undefined ? {} : { reason: o.reason }), ...(o.signal === undefined ? {} : { signal: o.signal }) };
+  const request = contentsRequest([o.from, o.to], o);
   return readContents(
     repo,
     "diff",
     request,
-    (opened) => diffOpened(opened, paths, onChange, o.signal),
+    (opened) => diffOpened(opened, request.paths, onChange, o.signal),
     (r) => ({ added: r.added, removed: r.removed, modified: r.modified, metadata: r.metadata, typeChanged: r.typeChanged }),
   );
 }

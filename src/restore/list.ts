@@ -4,7 +4,7 @@ import { shownName, shownPath } from "../format/names.js";
 import type { DiskSource, FolderSource, SnapshotBody } from "../format/snapshot.js";
 import type { Repository } from "../repository/repository.js";
 import type { SnapshotRecord } from "../snapshot/store.js";
-import { planContents, readContents, selectedEntries, unmatchedPaths, type OpenedContents } from "./contents.js";
+import { contentsRequest, planContents, readContents, selectedEntries, unmatchedPaths, type OpenedContents } from "./contents.js";
 
 export interface ListOptions {
   readonly snapshot: string;
@@ -64,9 +64,8 @@ export interface ListResult {
  * the first item is shown and after the last.
  */
 export async function listSnapshot(repo: Repository, o: ListOptions, onItem: (item: ListedItem) => void): Promise<ListResult> {
-  const paths = o.paths ?? [];
-  const request = { snapshots: [o.snapshot], paths, ...(o.vm === undefined ? {} : { vm: o.vm }), ...(o.reason === undefined ? {} : { reason: o.reason }), ...(o.signal === undefined ? {} : { signal: o.signal }) };
-  return readContents(repo, "ls", request, (opened) => listOpened(opened, paths, onItem, o.signal), (r) => ({ items: r.items }));
+  const request = contentsRequest([o.snapshot], o);
+  return readContents(repo, "ls", request, (opened) => listOpened(opened, request.paths, onItem, o.signal), (r) => ({ items: r.items }));
 }
 
 async function listOpened(opened: OpenedContents, paths: readonly string[], onItem: (item: ListedItem) => void, signal: AbortSignal | undefined): Promise<ListResult> {

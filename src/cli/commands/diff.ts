@@ -1,8 +1,9 @@
 import type { Command } from "commander";
-import type { Change } from "../../restore/diff.js";
+import type { Change, DiffResult } from "../../restore/diff.js";
 import { CliContext } from "../context.js";
 import type { Interrupts } from "../interrupt.js";
-import { BufferedOut, formatBytes, JsonArrayWriter, plural, shownText, warnDamagedIndexes } from "../output.js";
+import { formatBytes, plural } from "../output.js";
+import { streamItems } from "../stream.js";
 
 export function registerDiff(program: Command, interrupts: Interrupts): void {
   program
@@ -16,38 +17,24 @@ export function registerDiff(program: Command, interrupts: Interrupts): void {
     .action(async (from: string, to: string, paths: string[], opts: { vm?: string; reason?: string }, command: Command) => {
       const ctx = new CliContext(command);
       const vault = await ctx.openVault();
-      // Changes are written as they are found; with --json one array, closed even when the
-      // comparison fails part way.
-      const out = new BufferedOut();
-      const json = ctx.json ? new JsonArrayWriter(out) : undefined;
-      try {
-        const r = await vault.diff(
-          {
-            from,
-            to,
-            paths,
-            ...(opts.vm === undefined ? {} : { vm: opts.vm }),
-            ...(opts.reason === undefined ? {} : { reason: opts.reason }),
-            signal: interrupts.cancellable(),
-          },
-          (c) => (json !== undefined ? json.add(c) : out.write(`${shownText(changeLine(c))}\n`)),
-        );
-        json?.close(true);
-        if (json === undefined) {
-          const total = r.added + r.removed + r.modified + r.metadata + r.typeChanged;
-          out.write(
-            total === 0
-              ? `no changes from ${r.from.id.slice(0, 12)} to ${r.to.id.slice(0, 12)}\n`
-              : `${r.added} added, ${r.removed} removed, ${r.modified} modified, ${r.metadata} with metadata changes only, ${plural(r.typeChanged, "type change")} (${r.from.id.slice(0, 12)} -> ${r.to.id.slice(0, 12)})\n`,
-          );
-        }
-        out.flush();
-        warnDamagedIndexes(ctx, r.damagedIndexes);
-      } finally {
-        json?.close(false);
-        out.flush();
-        await vault.close();
-      }
+      await streamItems(
+        ctx,
+        vault,
+        (emit) =>
+          vault.diff(
+            {
+              from,
+              to,
+              paths,
+              ...(opts.vm === undefined ? {} : { vm: opts.vm }),
+              ...(opts.reason === undefined ? {} : { reason: opts.reason }),
+              signal: interrupts.cancellable(),
+            },
+            emit,
+          ),
+        changeLine,
+        summaryLine,
+      );
     });
 }
 
@@ -65,4 +52,11 @@ function changeLine(c: Change): string {
           ? ` (${c.details.join(", ")})`
           : "";
   return `${MARKS[c.change]} ${shown}${what}`;
+}
+
+/** The count of each kind of change, or that there are none. */
+function summaryLine(r: DiffResult): string {
+  const ids = `${r.from.id.slice(0, 12)} -> ${r.to.id.slice(0, 12)}`;
+  if (r.added + r.removed + r.modified + r.metadata + r.typeChanged === 0) return `no changes (${ids})`;
+  return `${r.added} added, ${r.removed} removed, ${r.modified} modified, ${r.metadata} with metadata changes only, ${plural(r.typeChanged, "type change")} (${ids})`;
 }

@@ -1,8 +1,8 @@
 import type { Command } from "commander";
-import type { ListedItem } from "../../restore/list.js";
+import type { ListedItem, ListResult } from "../../restore/list.js";
 import { CliContext } from "../context.js";
 import type { Interrupts } from "../interrupt.js";
-import { BufferedOut, JsonArrayWriter, shownText, warnDamagedIndexes } from "../output.js";
+import { streamItems } from "../stream.js";
 
 export function registerLs(program: Command, interrupts: Interrupts): void {
   program
@@ -16,30 +16,22 @@ export function registerLs(program: Command, interrupts: Interrupts): void {
     .action(async (snapshot: string, paths: string[], opts: { vm?: string; long?: boolean; reason?: string }, command: Command) => {
       const ctx = new CliContext(command);
       const vault = await ctx.openVault();
-      // Items are written as they come (a folder of millions of files is never held): with
-      // --json one array, closed even when the listing fails part way, so stdout stays JSON.
-      const out = new BufferedOut();
-      const json = ctx.json ? new JsonArrayWriter(out) : undefined;
-      try {
-        const r = await vault.list(
-          {
-            snapshot,
-            paths,
-            ...(opts.vm === undefined ? {} : { vm: opts.vm }),
-            ...(opts.reason === undefined ? {} : { reason: opts.reason }),
-            signal: interrupts.cancellable(),
-          },
-          (item) => (json !== undefined ? json.add(item) : out.write(`${shownText(opts.long === true ? longLine(item) : shortLine(item))}\n`)),
-        );
-        json?.close(true);
-        out.flush();
-        warnDamagedIndexes(ctx, r.damagedIndexes);
-      } finally {
-        // A listing that failed before its first item leaves stdout empty, as every command's error does.
-        json?.close(false);
-        out.flush();
-        await vault.close();
-      }
+      await streamItems<ListedItem, ListResult>(
+        ctx,
+        vault,
+        (emit) =>
+          vault.list(
+            {
+              snapshot,
+              paths,
+              ...(opts.vm === undefined ? {} : { vm: opts.vm }),
+              ...(opts.reason === undefined ? {} : { reason: opts.reason }),
+              signal: interrupts.cancellable(),
+            },
+            emit,
+          ),
+        (item) => (opts.long === true ? longLine(item) : shortLine(item)),
+      );
     });
 }
 
