@@ -30,6 +30,7 @@ export type { RestoreOptions, RestoreResult } from "./restore/restore.js";
 export type { ListedItem, ListOptions, ListResult } from "./restore/list.js";
 export type { Change, DiffOptions, DiffResult } from "./restore/diff.js";
 export type { CheckOptions, CheckReport } from "./maintenance/check.js";
+export { parseDataSubset, type DataSubset } from "./maintenance/subset.js";
 export { isListingDamage } from "./maintenance/check-attribution.js";
 export type { RepairIndexOptions, RepairIndexResult } from "./maintenance/repair-index.js";
 export type { SnapshotSummary } from "./snapshot/list.js";

@@ -71,6 +71,8 @@ type Trailer =
 export class PackChecks {
   readonly bad = new BadLocations<PackFinding>();
   bytesRead = 0;
+  /** Packs whose chunks were decrypted and verified. */
+  packsRead = 0;
   /** Most verification jobs submitted and not yet settled at once. */
   maxUnsettled = 0;
   readonly #repo: Repository;
@@ -117,7 +119,12 @@ export class PackChecks {
   }
 
   /** Trailers, and with a verifier (--read-data) the chunks of every listing, of every pack not damaged as a whole. */
-  async checkContents(verifier: PackVerifier | undefined, progress: ProgressSink): Promise<void> {
+  /**
+   * Checks every stored pack a listing names; with a verifier, decrypts and verifies the chunks
+   * of those `reads` selects (all without it: `check --read-data-subset` reads some), and checks
+   * the others' structure as a check without --read-data does.
+   */
+  async checkContents(verifier: PackVerifier | undefined, progress: ProgressSink, reads?: (packId: string) => boolean): Promise<void> {
     let n = 0;
     const packs: { packId: string; ls: readonly Listing[]; size: number }[] = [];
     for (const [packId, ls] of this.#listings) {
@@ -126,14 +133,17 @@ export class PackChecks {
     }
     // Trailers are read a few packs ahead (reading one is a round trip to the store, and has no
     // effect on what is found); each pack is then checked in turn, as before.
-    const withTrailers = async (p: (typeof packs)[number]) => ({ ...p, trailers: await this.#trailers(p.packId, p.ls, p.size, verifier !== undefined) });
+    const verifierFor = (packId: string): PackVerifier | undefined => (reads === undefined || reads(packId) ? verifier : undefined);
+    const withTrailers = async (p: (typeof packs)[number]) => ({ ...p, trailers: await this.#trailers(p.packId, p.ls, p.size, verifierFor(p.packId) !== undefined) });
     for await (const { packId, ls, size, trailers } of mapOrdered(packs, verifier !== undefined ? TRAILER_READS.data : TRAILER_READS.structure, withTrailers)) {
       n++;
       progress({ phase: verifier !== undefined ? "check data" : "check packs", done: n, total: packs.length, unit: "items" });
       // Damage that loses no chunk (readers go by the index and the authenticated trailer):
       // named, with no location marked bad.
       for (const t of trailers.values()) if ("entries" in t && t.prefixProblem !== undefined) this.#packFinding(packId, t.prefixProblem);
-      await this.#checkPack(packId, ls, size, trailers, verifier);
+      const v = verifierFor(packId);
+      if (v !== undefined) this.packsRead++;
+      await this.#checkPack(packId, ls, size, trailers, v);
     }
     if (verifier === undefined) return;
     await verifier.finish();

@@ -1,4 +1,5 @@
 import { IntegrityError, NotFoundError, type Damage } from "../errors.js";
+import { inSubset, type DataSubset } from "./subset.js";
 import { Compressor } from "../compress/compressor.js";
 import { FormatError } from "../format/codec.js";
 import { parseChunkList } from "../format/chunklist.js";
@@ -44,6 +45,11 @@ import { PackChecks, type Listing } from "./check-packs.js";
 
 export interface CheckOptions {
   readonly readData?: boolean;
+  /**
+   * With readData: decrypt and verify only the packs of this part (the others' structure is
+   * checked as without readData).
+   */
+  readonly readDataSubset?: DataSubset;
   readonly progress?: ProgressSink;
   /**
    * Worker threads for --read-data; 0 runs inline. Default: one per core but one, and none when
@@ -62,6 +68,8 @@ export interface CheckReport {
   readonly chunks: number;
   readonly bytesRead: number;
   readonly readData: boolean;
+  /** With a subset: which part ("n/m"), and how many packs' data it read (of `packs`). */
+  readonly readDataSubset?: { readonly part: string; readonly packsRead: number };
   /**
    * Whether the checking user holds the current data key: pack trailers, session keys and the
    * chunks snapshots reference are checked only then (an auditor holds no data key).
@@ -81,12 +89,13 @@ export interface CheckReport {
  * snapshots it affects.
  */
 export async function check(repo: Repository, o: CheckOptions = {}): Promise<CheckReport> {
-  const readData = o.readData === true;
+  const readData = o.readData === true || o.readDataSubset !== undefined;
   const action = readData ? "check --read-data" : "check";
-  await authorizeAudited(repo, "checkStructure", action);
-  if (readData) await authorizeAudited(repo, "checkData", action);
+  const subset = o.readDataSubset === undefined ? {} : { subset: `${o.readDataSubset.n}/${o.readDataSubset.m}` };
+  await authorizeAudited(repo, "checkStructure", action, subset);
+  if (readData) await authorizeAudited(repo, "checkData", action, subset);
   const report = await audited(repo, {
-    entry: { action },
+    entry: { action, target: subset },
     started: readData,
     run: () => runCheck(repo, o, readData),
     outcome: (r) => ({ ok: r.ok ? "yes" : "no", damaged: r.damage.map((d) => d.object) }),
@@ -188,7 +197,8 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
           unreadable.push(...found.unreadable);
         }
       })();
-      const contents = packs.checkContents(verifier, progress);
+      const part = o.readDataSubset;
+      const contents = packs.checkContents(verifier, progress, part === undefined ? undefined : (packId) => inSubset(packId, part));
       const failed = (await Promise.allSettled([references, contents])).find((r) => r.status === "rejected");
       if (failed !== undefined) throw failed.reason;
       await snapshotsLosingData(repo, sessions, index, snapshots, packs.bad, packSnapshots);
@@ -209,6 +219,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
       chunks: index.size,
       bytesRead: packs.bytesRead,
       readData,
+      ...(o.readDataSubset === undefined ? {} : { readDataSubset: { part: `${o.readDataSubset.n}/${o.readDataSubset.m}`, packsRead: packs.packsRead } }),
       dataKey: canDecrypt,
       ...(pipeline === undefined ? {} : { pipeline }),
     };
