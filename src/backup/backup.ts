@@ -62,6 +62,8 @@ export interface BackupOptions {
   readonly exclude?: readonly string[];
   /** File names whose presence in a folder of a folder source leaves that folder out, whole. */
   readonly excludeIfPresent?: readonly string[];
+  /** Stay on each folder source's own file system: mount points below it are kept as empty folders. */
+  readonly oneFileSystem?: boolean;
 }
 
 /** How the pipeline behaved: the bounds it kept. */
@@ -88,7 +90,7 @@ export interface BackupResult {
   readonly sources: readonly { name: string; kind: "disk" | "folder"; size: number; readBytes: number; cacheDroppedBytes: number; excluded?: number }[];
   /** Entries of folder sources left out (special files, names that are not UTF-8), with the source's name first in each path. */
   readonly skipped: readonly SkippedEntry[];
-  /** Entries of folder sources the excludes left out (a folder counts once, not what is below it). */
+  /** Entries of folder sources the excludes and oneFileSystem left out (a folder counts once, not what is below it). */
   readonly excluded: number;
   /**
    * Index files left out because they did not authenticate: chunks only they listed are stored
@@ -169,6 +171,7 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
           sources: planned.map((p) => p.name),
           ...(excludes.patterns.length === 0 ? {} : { exclude: excludes.patterns }),
           ...(excludes.markers.size === 0 ? {} : { excludeIfPresent: [...excludes.markers] }),
+          ...(o.oneFileSystem === true ? { oneFileSystem: "yes" } : {}),
         },
       },
       started: false,
@@ -231,7 +234,7 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
       const r =
         p.kind === "disk"
           ? await backupImage(p.path, p.name, repo.config.imageChunkSize, sink, progress, o.segmentBytes, o.sparse ?? true, o.keepCache ?? false)
-          : await backupFolder(p.path, p.name, cdc, sink, progress, { sparse: o.sparse ?? true, keepCache: o.keepCache ?? false, excludes });
+          : await backupFolder(p.path, p.name, cdc, sink, progress, { sparse: o.sparse ?? true, keepCache: o.keepCache ?? false, excludes, oneFileSystem: o.oneFileSystem === true });
       sources.push(r.source);
       reads.push({ readBytes: r.readBytes, cacheDroppedBytes: r.cacheDroppedBytes, ...("excluded" in r ? { excluded: r.excluded } : {}) });
       if ("skipped" in r) skipped.push(...r.skipped.map((s) => ({ ...s, path: s.path === "" ? p.name : `${p.name}/${s.path}` })));

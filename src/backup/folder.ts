@@ -51,6 +51,11 @@ export interface FolderBackupOptions {
   readonly keepCache?: boolean;
   /** Entries to leave out (the folder itself never is). */
   readonly excludes?: Excludes;
+  /**
+   * Stay on the folder's own file system: a folder on another one (a mount point) is recorded
+   * as an empty folder, anything else on another one is left out; both count as excluded.
+   */
+  readonly oneFileSystem?: boolean;
 }
 
 /** A file with several names whose first name was read: what its later names record. */
@@ -104,6 +109,8 @@ export async function backupFolder(
   };
   /** Files with more than one link already read, by device and inode. */
   const firstNames = new Map<string, FirstName>();
+  /** The folder's own file system, with oneFileSystem. */
+  let device: number | undefined;
   /** rel: the path in entry form; abs: where it is, text while every name on the way is UTF-8 (as fast as ever), else bytes. */
   const visit = async (rel: string, abs: string | Buffer): Promise<void> => {
     let st: Stats;
@@ -118,8 +125,19 @@ export async function backupFolder(
       stats.excluded++;
       return;
     }
+    if (o.oneFileSystem === true) device ??= st.dev;
+    const elsewhere = device !== undefined && st.dev !== device;
+    if (elsewhere && !st.isDirectory()) {
+      stats.excluded++;
+      return;
+    }
     const base = { path: rel, mode: st.mode & 0o7777, mtimeMs: st.mtimeMs, uid: st.uid, gid: st.gid, ...(st.isFile() || st.isDirectory() || st.isSymbolicLink() ? xattrsOf(rel, abs) : {}) };
-    if (st.isDirectory()) {
+    if (st.isDirectory() && elsewhere) {
+      // A mount point: kept, so a restore has the folder to mount on; not entered.
+      stats.dirs++;
+      stats.excluded++;
+      await add({ ...base, type: "dir", size: 0 });
+    } else if (st.isDirectory()) {
       let raw: Buffer[];
       try {
         raw = fs.readdirSync(abs, { encoding: "buffer" });

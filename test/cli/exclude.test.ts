@@ -3,6 +3,7 @@
  * end to end (ls and restore show it is not in the snapshot), what it never leaves out, and bad
  * patterns refused before the unlock.
  */
+import { execFileSync } from "node:child_process";
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
@@ -129,5 +130,40 @@ describe("backup --exclude", () => {
       expect(r.stderr).toMatch(message);
     }
     expect([...(await readTree(repo)).keys()].sort()).toEqual(before);
+  });
+});
+
+describe("backup --one-file-system", () => {
+  it.skipIf(process.getuid?.() !== 0)("keeps a mount point below a folder source as an empty folder, and backs up a mounted source itself whole", async (ctx) => {
+    const { v } = await initCliRepo(tmp("repo"));
+    const src = await vmFolder();
+    const mnt = path.join(src, "mnt");
+    await fsp.mkdir(mnt);
+    try {
+      execFileSync("mount", ["-t", "tmpfs", "-o", "size=1024k", "tmpfs", mnt], { stdio: "ignore" });
+    } catch {
+      ctx.skip();
+      return;
+    }
+    try {
+      await fsp.mkdir(path.join(mnt, "inner"));
+      await fsp.writeFile(path.join(mnt, "inner", "file"), "on the other file system\n");
+      const x = await v(["backup", "--vm", "vm1", src, "-x", "--json"]);
+      expect(x.code, x.stderr).toBe(0);
+      expect(JSON.parse(x.stdout).excluded).toBe(1);
+      const listed1 = listed((await v(["ls", "latest", "--json", "vm1/mnt"])).stdout);
+      expect(listed1).toEqual(["vm1/mnt"]);
+      // Without it, the mount's contents are part of the folder.
+      const all = await v(["backup", "--vm", "vm1", src, "--json"]);
+      expect(all.code, all.stderr).toBe(0);
+      expect(listed((await v(["ls", "latest", "--json", "vm1/mnt"])).stdout)).toEqual(["vm1/mnt", "vm1/mnt/inner", "vm1/mnt/inner/file"]);
+      // The mounted folder named as the source: its own file system, backed up whole.
+      const own = await v(["backup", "--vm", "vm2", mnt, "--one-file-system", "--json"]);
+      expect(own.code, own.stderr).toBe(0);
+      expect(JSON.parse(own.stdout).excluded).toBe(0);
+      expect(listed((await v(["ls", "latest", "--vm", "vm2", "--json"])).stdout)).toEqual(["mnt", "mnt/inner", "mnt/inner/file"]);
+    } finally {
+      execFileSync("umount", [mnt]);
+    }
   });
 });

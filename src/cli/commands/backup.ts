@@ -28,9 +28,10 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
     .option("--keep-cache", "leave the pages the backup's reads and the packs it writes bring into the page cache there, instead of dropping them")
     .option("--exclude <pattern>", "leave out entries of folder sources matching this pattern: a name (*.log), a path in the snapshot (etc/ssl/private) or an absolute path (/srv/vm1/tmp); repeatable", collect)
     .option("--exclude-file <file>", "read --exclude patterns from a file, one per line (# starts a comment line); repeatable", collect)
+    .option("-x, --one-file-system", "do not cross into other file systems below a folder source: a mount point is kept as an empty folder")
     .option("--exclude-if-present <name>", "leave out a folder of a folder source that holds a file of this name (.nobackup); repeatable", collect)
     .argument("<source...>", "raw disk images (files or block devices) and folders")
-    .action(async (sources: string[], opts: { vm: string; sparse: boolean; keepCache?: boolean; exclude?: string[]; excludeFile?: string[]; excludeIfPresent?: string[] }, command: Command) => {
+    .action(async (sources: string[], opts: { vm: string; sparse: boolean; keepCache?: boolean; exclude?: string[]; excludeFile?: string[]; excludeIfPresent?: string[]; oneFileSystem?: boolean }, command: Command) => {
       const ctx = new CliContext(command);
       // Read before the unlock: a missing or unreadable file is a usage error that costs no Argon2id.
       const exclude = [...(opts.exclude ?? []), ...(opts.excludeFile ?? []).flatMap(readExcludeFile)];
@@ -48,6 +49,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
           keepCache: opts.keepCache === true,
           exclude,
           excludeIfPresent: opts.excludeIfPresent ?? [],
+          oneFileSystem: opts.oneFileSystem === true,
           ...(progress === undefined ? {} : { progress }),
           ...(workers === undefined ? {} : { workers }),
         });
@@ -60,7 +62,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
           const read = (s: { size: number; readBytes: number }): string => (s.readBytes < s.size ? `, ${formatBytes(s.readBytes)} read, the rest unallocated` : "");
           ctx.out(`  ${r.sources.map((s) => `${s.name} (${s.kind}, ${formatBytes(s.size)}${read(s)})`).join(", ")}`);
           ctx.out(`  ${r.newChunks} new of ${plural(r.chunks, "chunk")}; ${formatBytes(r.addedBytes)} added to the repository in ${plural(r.packs, "pack")}`);
-          if (r.excluded > 0) ctx.out(`  ${plural(r.excluded, "entry", "entries")} of folders left out by the excludes`);
+          if (r.excluded > 0) ctx.out(`  ${plural(r.excluded, "entry", "entries")} of folders left out by the excludes${opts.oneFileSystem === true ? " and --one-file-system" : ""}`);
         }
       } finally {
         ctx.endProgress();
