@@ -1,7 +1,7 @@
 import { IntegrityError, NotFoundError, UsageError } from "../errors.js";
 import { FormatError } from "../format/codec.js";
 import { ObjectKind, parseEnvelope } from "../format/envelope.js";
-import { parseAnchorMeta, type AuditAction } from "../format/audit.js";
+import { isAuditAction, parseAnchorMeta, type AuditAction } from "../format/audit.js";
 import type { AuditHead } from "../format/registry.js";
 import { versionOf } from "../keys/registry.js";
 import { may, type Action, type Role } from "../keys/roles.js";
@@ -32,6 +32,12 @@ export interface AuditVerifyReport {
    * for an anchor kept outside the repository. 0 when nothing binds the trail.
    */
   readonly boundThrough: number;
+  /**
+   * Records of actions this version does not know (recorded by a newer vmvault): verified as
+   * every record is (chain, signature, digest), but not whether the actor's role allowed them.
+   * How many, and the actions' names.
+   */
+  readonly laterActions: { readonly records: number; readonly actions: readonly string[] };
 }
 
 /** The role capability each audited action needs (denied attempts are valid for anyone). */
@@ -74,6 +80,8 @@ export async function verifyTrail(repo: Repository, anchor?: Uint8Array): Promis
   let prevHash: string | null = null;
   const last = seqs.length === 0 ? 0 : (seqs[seqs.length - 1] as number);
   let expected = 1;
+  let laterRecords = 0;
+  const laterNames = new Set<string>();
   // Records are numbered from 1: a number 0 is no record vmvault writes, and was never read here.
   for await (const { seq, record: rec, damage } of openRecords(repo, seqs.filter((n) => n >= 1))) {
     for (; expected < seq; expected++) {
@@ -93,6 +101,10 @@ export async function verifyTrail(repo: Repository, anchor?: Uint8Array): Promis
     else if (seq > 1 && prevHash !== null && rec.meta.prevHash !== prevHash) {
       problems.push({ ...where, problem: `record ${seq} does not chain to record ${seq - 1} (a record was modified, reordered or replaced)` });
     } else if (seq === 1 && rec.meta.prevHash !== null) problems.push({ ...where, problem: "the first record names a predecessor (records removed from the start)" });
+    if (!isAuditAction(rec.body.action)) {
+      laterRecords++;
+      laterNames.add(rec.body.action);
+    }
     const signer = signerProblem(repo, rec);
     if (signer !== undefined) problems.push({ ...where, problem: signer });
     const t = rec.body.target;
@@ -123,7 +135,7 @@ export async function verifyTrail(repo: Repository, anchor?: Uint8Array): Promis
   }
   problems.sort((a, b) => (a.seq ?? Infinity) - (b.seq ?? Infinity));
   const lastHash = hashes.get(last);
-  return { ok: problems.length === 0, records: last, head: lastHash === undefined ? null : { seq: last, hash: lastHash }, problems, anchorsChecked, boundThrough };
+  return { ok: problems.length === 0, records: last, head: lastHash === undefined ? null : { seq: last, hash: lastHash }, problems, anchorsChecked, boundThrough, laterActions: { records: laterRecords, actions: [...laterNames].sort() } };
 }
 
 /** Why a record's signature or signer is not acceptable, or undefined when it is. */
@@ -137,7 +149,7 @@ function signerProblem(repo: Repository, rec: OpenedRecord): string | undefined 
   if (toHex(user.signPublicKey) !== b.actorKey) return `signed with a key that was not ${b.actor}'s in registry version ${b.registryVersion}`;
   if (!repo.crypto.verify(user.signPublicKey, rec.signed, rec.signature)) return `signature by ${b.actor} does not verify`;
   if (b.role !== user.role) return `claims role ${b.role}, but ${b.actor} was ${user.role}`;
-  const needs = NEEDS[b.action];
+  const needs = isAuditAction(b.action) ? NEEDS[b.action] : undefined;
   if (b.result !== "denied" && needs !== undefined && !may(user.role as Role, needs)) return `${b.actor} (${user.role}) was not authorized to ${b.action}`;
   const removed = repo.chain.latest.removed.find((r) => repo.crypto.equal(r.signPublicKey, user.signPublicKey));
   if (removed !== undefined) {

@@ -28,6 +28,17 @@ export const AUDIT_ACTIONS = [
 ] as const;
 export type AuditAction = (typeof AUDIT_ACTIONS)[number];
 
+export function isAuditAction(action: string): action is AuditAction {
+  return (AUDIT_ACTIONS as readonly string[]).includes(action);
+}
+
+/**
+ * What a record's action may be beyond AUDIT_ACTIONS: one a newer vmvault records (`ls` and
+ * `diff` were added after the first release). Read, shown and chained like any other, and
+ * named by `audit verify`, which cannot tell whether the actor's role allowed it.
+ */
+const LATER_ACTION = /^[a-z][a-z0-9 -]{0,63}$/;
+
 export const AUDIT_RESULTS = ["started", "succeeded", "failed", "denied"] as const;
 export type AuditResult = (typeof AUDIT_RESULTS)[number];
 
@@ -66,7 +77,8 @@ export interface AuditBody {
   readonly actorKey: string;
   /** The registry version in force for the actor when the record was made. */
   readonly registryVersion: number;
-  readonly action: AuditAction;
+  /** An AuditAction, or one a newer vmvault records (isAuditAction tells). */
+  readonly action: string;
   readonly target: Readonly<Record<string, string | number | readonly string[]>>;
   readonly reason: string | null;
   readonly result: AuditResult;
@@ -84,7 +96,7 @@ export function parseAuditBody(value: unknown): AuditBody {
   const o = obj(value, "audit body");
   const action = str(o, "action");
   const result = str(o, "result");
-  if (!(AUDIT_ACTIONS as readonly string[]).includes(action)) throw new FormatError(`unknown audit action ${JSON.stringify(action)}`);
+  if (!isAuditAction(action) && !LATER_ACTION.test(action)) throw new FormatError(`bad audit action ${JSON.stringify(action)}`);
   if (!(AUDIT_RESULTS as readonly string[]).includes(result)) throw new FormatError(`unknown audit result ${JSON.stringify(result)}`);
   const target = obj(o["target"], "audit target");
   for (const v of Object.values(target)) {
@@ -99,7 +111,7 @@ export function parseAuditBody(value: unknown): AuditBody {
     role: str(o, "role"),
     actorKey: str(o, "actorKey"),
     registryVersion: int(o, "registryVersion"),
-    action: action as AuditAction,
+    action,
     target: target as AuditBody["target"],
     reason: optStr(o, "reason") ?? null,
     result: result as AuditResult,

@@ -78,6 +78,12 @@ export function registerAudit(program: Command): void {
         else {
           for (const p of r.problems) ctx.out(`BROKEN ${p.seq === null ? "" : `record ${p.seq} `}(${p.object}): ${p.problem}`);
           ctx.out(r.ok ? `audit trail intact: ${plural(r.records, "record")}, ${plural(r.anchorsChecked, "anchor")} checked` : `audit trail broken: ${plural(r.problems.length, "problem")}`);
+          if (r.laterActions.records > 0) {
+            ctx.warn(
+              `note: ${plural(r.laterActions.records, "record")} of ${noun(r.laterActions.actions.length, "an action", "actions")} this vmvault does not know (${r.laterActions.actions.join(", ")}; recorded by a newer version): ` +
+                "chain, signatures and contents verified, but not whether each actor's role allowed the action; verify with the newer version for that",
+            );
+          }
           // "Intact" cannot cover records nothing binds yet: their removal from the end leaves no trace.
           const unbound = r.records - r.boundThrough;
           if (r.ok && unbound > 0) {
