@@ -40,7 +40,7 @@ export interface FolderStats {
   symlinks: number;
   size: number;
   skipped: SkippedEntry[];
-  /** Entries left out by the excludes (an excluded folder counts once, what is below it not at all). */
+  /** Entries left out by the excludes and oneFileSystem (an excluded folder counts once, what is below it not at all). */
   excluded: number;
 }
 
@@ -353,7 +353,6 @@ function compareNames(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
-/** A file system path for messages: text as it is, bytes escaped where they are not UTF-8. */
 /** Whether the entry at rel (entry form) is excluded: by its name, its path in the snapshot (under folder), or where it is. */
 function isExcluded(excludes: Excludes, folder: string, rel: string, abs: string | Buffer, isFolder: boolean): boolean {
   const shown = shownPath(rel);
@@ -361,6 +360,7 @@ function isExcluded(excludes: Excludes, folder: string, rel: string, abs: string
   return excludes.excludes(slash < 0 ? shown : shown.slice(slash + 1), `${folder}/${shown}`, shownFsPath(abs), isFolder);
 }
 
+/** A file system path for messages: text as it is, bytes escaped where they are not UTF-8. */
 function shownFsPath(p: string | Buffer): string {
   return typeof p === "string" ? p : escapeName(p);
 }
