@@ -58,6 +58,7 @@ export async function restoreDisk(
   progress: ProgressSink,
   signal: AbortSignal | undefined,
   owners: boolean,
+  excludeXattr?: (name: string) => boolean,
 ): Promise<{ bytes: number; xattrs: XattrTally }> {
   let file: PartialFile;
   try {
@@ -108,7 +109,7 @@ export async function restoreDisk(
     signal?.throwIfAborted();
     // The image file's own metadata, as a folder's files get theirs; none recorded (a block
     // device, an older snapshot): mode 0600, owned by whoever restores it.
-    const xattrs = new XattrTally();
+    const xattrs = new XattrTally(excludeXattr);
     const meta = disk.file;
     try {
       if (meta === undefined) await file.commit();

@@ -160,6 +160,8 @@ export interface FolderRestoreOptions {
   readonly signal?: AbortSignal | undefined;
   /** Called with each partial file or folder of an earlier restore found in a folder this one writes into. */
   readonly onPartialFound?: (p: string) => void;
+  /** Extended attribute names not to set (`--exclude-xattr`). */
+  readonly excludeXattr?: ((name: string) => boolean) | undefined;
 }
 
 /**
@@ -229,7 +231,7 @@ async function moveIntoPlace(root: string, dest: string, force: boolean): Promis
 /** Restores the folder's selected entries under dirs.root; dest is its final path, for messages. */
 async function restoreTree(folder: FolderSource, dirs: RestoreDirs, dest: string, o: FolderRestoreOptions): Promise<FolderRestoreResult> {
   const { fetcher, snapshotKey, progress, signal } = o;
-  const result: FolderRestoreResult = { files: 0, bytes: 0, matched: 0, hardlinks: 0, xattrs: new XattrTally() };
+  const result: FolderRestoreResult = { files: 0, bytes: 0, matched: 0, hardlinks: 0, xattrs: new XattrTally(o.excludeXattr) };
   const tally = result.xattrs;
   const made: FolderEntry[] = [];
   const symlinks: FolderEntry[] = [];

@@ -21,6 +21,7 @@ import { folderEntries, includeMatches, includeSpellings, restoreFolder, selectI
 
 import { checkTarget, exists, findPartials, targetError, targetExistsError } from "./targets.js";
 import { XattrTally, type XattrSkip } from "../util/xattrs.js";
+import { xattrExcluder } from "../sources/exclude.js";
 
 export interface RestoreOptions {
   readonly snapshot: string;
@@ -36,6 +37,11 @@ export interface RestoreOptions {
    * give files away, so their restores never set owners.
    */
   readonly owners?: boolean;
+  /**
+   * Extended attributes not to set, by name pattern (`security.selinux`, `trusted.*`, `*` for
+   * all; src/sources/exclude.ts xattrExcluder): counted as excluded, not as skipped.
+   */
+  readonly excludeXattrs?: readonly string[];
   readonly progress?: ProgressSink;
   /**
    * Worker threads that decrypt, decompress and verify chunks; 0 runs inline. Default: one per
@@ -62,7 +68,7 @@ export interface RestoreResult {
    * Extended attributes of folder entries: how many were set, how many were not (the file system
    * or the kernel refused them, or vmvault held them back), and the first XattrTally.KEEP of those.
    */
-  readonly xattrs: { readonly restored: number; readonly skipped: number; readonly skips: readonly XattrSkip[] };
+  readonly xattrs: { readonly restored: number; readonly skipped: number; readonly excluded: number; readonly skips: readonly XattrSkip[] };
   /** BLAKE2b commitment to the restored content (see contentDigest), kept in the audit trail. */
   readonly digest: string;
   /** Index files left out because they did not authenticate (the restore did not need them). */
@@ -112,6 +118,7 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
   const target = path.resolve(o.target);
   await authorizeAudited(repo, "restore", "restore", { snapshot: o.snapshot, destination: target });
   if (o.reason.trim() === "") throw new UsageError("a restore needs --reason TEXT (it is kept in the audit trail)");
+  xattrExcluder(o.excludeXattrs);
   await checkTarget(o.target, target);
   const lock = await acquireLock(repo, "restore", false, { signal: o.signal }).catch((e: unknown) => {
     if (o.signal?.aborted !== true) throw e;
@@ -128,6 +135,7 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
       destination: target,
       ...(o.disk === undefined ? {} : { disk: o.disk }),
       ...(o.include === undefined || o.include.length === 0 ? {} : { files: [...o.include] }),
+      ...(o.excludeXattrs === undefined || o.excludeXattrs.length === 0 ? {} : { excludeXattrs: [...o.excludeXattrs] }),
     };
     return await audited(repo, {
       entry: { action: "restore", target: auditTarget, reason: o.reason },
@@ -172,6 +180,7 @@ async function restoreWith(
   starting: Promise<WorkerPool>,
   restored: Restored[],
 ): Promise<RestoreResult> {
+  const excludeXattr = xattrExcluder(o.excludeXattrs);
   const xattrs = new XattrTally();
   const owners = o.owners !== false && process.getuid?.() === 0;
   const body = await readSnapshotBody(repo, sessions, record);
@@ -195,7 +204,7 @@ async function restoreWith(
   const pool = await starting;
   const fetcher = new ChunkFetcher(repo, index, sessions, pool);
   for (const { disk, dest } of plan.disks) {
-    const r = await restoreDisk(disk, dest, reader, fetcher, record.key, progress, o.signal, owners);
+    const r = await restoreDisk(disk, dest, reader, fetcher, record.key, progress, o.signal, owners, excludeXattr);
     restored.push({ name: disk.name, kind: "disk", path: dest, bytes: r.bytes });
     xattrs.add(r.xattrs);
   }
@@ -210,6 +219,7 @@ async function restoreWith(
       force: o.force === true,
       owners,
       signal: o.signal,
+      excludeXattr,
       onPartialFound: (p) => partialsFound.push(p),
     });
     restored.push({ name: folder.name, kind: "folder", path: dest, bytes: r.bytes, hardlinks: r.hardlinks });
@@ -222,7 +232,7 @@ async function restoreWith(
     restored,
     bytes: restored.reduce((n, r) => n + r.bytes, 0),
     hardlinks: restored.reduce((n, r) => n + (r.hardlinks ?? 0), 0),
-    xattrs: { restored: xattrs.restored, skipped: xattrs.skippedCount, skips: xattrs.skipped },
+    xattrs: { restored: xattrs.restored, skipped: xattrs.skippedCount, excluded: xattrs.excluded, skips: xattrs.skipped },
     digest: contentDigest(repo, plan),
     damagedIndexes: index.damaged,
     partialsFound,

@@ -68,8 +68,11 @@ export function parseExcludeFile(text: string): string[] {
     .filter((line) => line !== "" && !line.startsWith("#"));
 }
 
-/** The whole-string regular expression for a pattern (see Excludes). */
-export function globToRegExp(pattern: string, given = pattern): RegExp {
+/**
+ * The whole-string regular expression for a pattern (see Excludes). `label` names the pattern in
+ * errors (`--exclude "x"`).
+ */
+export function globToRegExp(pattern: string, given = pattern, label = "--exclude"): RegExp {
   let out = "";
   for (let i = 0; i < pattern.length; ) {
     const c = pattern[i] as string;
@@ -92,7 +95,7 @@ export function globToRegExp(pattern: string, given = pattern): RegExp {
       i++;
     } else if (c === "[") {
       const end = pattern.indexOf("]", pattern[i + 1] === "!" || pattern[i + 1] === "^" ? i + 3 : i + 2);
-      if (end < 0) throw new UsageError(`--exclude ${JSON.stringify(given)}: "[" without its "]"`, "write [[] for a literal [");
+      if (end < 0) throw new UsageError(`${label} ${JSON.stringify(given)}: "[" without its "]"`, "write [[] for a literal [");
       let set = pattern.slice(i + 1, end);
       const negate = set.startsWith("!") || set.startsWith("^");
       if (negate) set = set.slice(1);
@@ -107,6 +110,20 @@ export function globToRegExp(pattern: string, given = pattern): RegExp {
   try {
     return new RegExp(`^${out}$`, "u");
   } catch {
-    throw new UsageError(`--exclude ${JSON.stringify(given)}: not a pattern vmvault can match`, "a set such as [z-a] runs backwards");
+    throw new UsageError(`${label} ${JSON.stringify(given)}: not a pattern vmvault can match`, "a set such as [z-a] runs backwards");
   }
+}
+
+/**
+ * Extended attributes a restore leaves unset (`restore --exclude-xattr`): names matching any of
+ * the patterns (`security.selinux`, `trusted.*`, `*` for all; `*` and `?` match any character of
+ * a name, which holds no "/"). Undefined without patterns.
+ */
+export function xattrExcluder(patterns: readonly string[] | undefined): ((name: string) => boolean) | undefined {
+  if (patterns === undefined || patterns.length === 0) return undefined;
+  const res = patterns.map((p) => {
+    if (p === "") throw new UsageError(`--exclude-xattr "": an empty pattern would match nothing`);
+    return globToRegExp(p, p, "--exclude-xattr");
+  });
+  return (name) => res.some((re) => re.test(name));
 }

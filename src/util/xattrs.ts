@@ -91,6 +91,14 @@ export interface XattrSkip {
  */
 export class XattrTally {
   restored = 0;
+  /** Attributes left unset because a pattern of the restore excluded them (not skips). */
+  excluded = 0;
+  readonly #exclude: ((name: string) => boolean) | undefined;
+
+  /** exclude: names the restore was asked not to set (`--exclude-xattr`). */
+  constructor(exclude?: (name: string) => boolean) {
+    this.#exclude = exclude;
+  }
   readonly skipped: XattrSkip[] = [];
   /** Skips beyond this many are counted, not kept. */
   static readonly KEEP = 100;
@@ -104,12 +112,13 @@ export class XattrTally {
   /**
    * The attributes to set on the file at path: all but file capabilities (security.capability),
    * which are held back and counted unless the file's recorded owner is set, as its set-user-ID
-   * bit is.
+   * bit is; and none the restore excludes (counted as excluded).
    */
   settable(path: string, xattrs: readonly Xattr[] | undefined, ownerSet: boolean): Xattr[] {
     const set: Xattr[] = [];
     for (const x of xattrs ?? []) {
-      if (x.name === CAPABILITY_XATTR && !ownerSet) this.skip(path, x.name, "restored only with the file's recorded owner (as root, without --no-owner)");
+      if (this.#exclude?.(x.name) === true) this.excluded++;
+      else if (x.name === CAPABILITY_XATTR && !ownerSet) this.skip(path, x.name, "restored only with the file's recorded owner (as root, without --no-owner)");
       else set.push(x);
     }
     return set;
@@ -118,6 +127,7 @@ export class XattrTally {
   /** Adds another tally's counts and kept skips. */
   add(other: XattrTally): void {
     this.restored += other.restored;
+    this.excluded += other.excluded;
     this.skippedCount += other.skippedCount;
     this.skipped.push(...other.skipped.slice(0, XattrTally.KEEP - this.skipped.length));
   }

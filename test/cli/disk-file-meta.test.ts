@@ -46,7 +46,7 @@ describe("a disk image file's own metadata", () => {
       expect(st.uid).toBe(isRoot ? 1234 : process.getuid?.());
       expect(st.gid).toBe(isRoot ? 5678 : process.getgid?.());
       expect(listXattrsPy(got)).toEqual(attrs);
-      expect(JSON.parse(r.stdout).xattrs).toEqual({ restored: Object.keys(attrs).length, skipped: 0, skips: [] });
+      expect(JSON.parse(r.stdout).xattrs).toEqual({ restored: Object.keys(attrs).length, skipped: 0, excluded: 0, skips: [] });
       expect(await sha256File(got)).toBe(await sha256File(file));
     }
   });

@@ -5,6 +5,7 @@ import type { Interrupts } from "../interrupt.js";
 import { formatBytes, warnDamagedIndexes } from "../output.js";
 import type { RestoreResult } from "../../restore/restore.js";
 import { XattrTally } from "../../util/xattrs.js";
+import { xattrExcluder } from "../../sources/exclude.js";
 
 
 export function registerRestore(program: Command, interrupts: Interrupts): void {
@@ -18,9 +19,12 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
     .addOption(new Option("--disk <name>", "restore only this disk").conflicts("include"))
     .option("--include <path>", "restore only this file or folder of a folder source (repeatable); a name that is not UTF-8 as vmvault shows it, with \\xNN for each such byte", collect)
     .option("--force", "overwrite existing files")
+    .option("--exclude-xattr <pattern>", "do not set extended attributes with names matching this pattern (security.selinux, trusted.*, * for all); repeatable", collect)
     .option("--no-owner", "leave restored files owned by the user running the restore, even root (default as root: the recorded owners and groups)")
-    .action(async (snapshot: string, opts: { target: string; reason: string; vm?: string; disk?: string; include?: string[]; force?: boolean; owner: boolean }, command: Command) => {
+    .action(async (snapshot: string, opts: { target: string; reason: string; vm?: string; disk?: string; include?: string[]; force?: boolean; owner: boolean; excludeXattr?: string[] }, command: Command) => {
       const ctx = new CliContext(command);
+      // Before the unlock: a pattern that cannot be read costs no Argon2id.
+      xattrExcluder(opts.excludeXattr);
       // Without --workers no worker starts ahead: a snapshot smaller than INLINE_JOB_BYTES
       // restores inline, which the restore knows once it has found the snapshot.
       const vault = await ctx.openVault({ withWorkers: ctx.workers !== undefined });
@@ -37,6 +41,7 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
           ...(opts.include === undefined ? {} : { include: opts.include }),
           force: opts.force === true,
           owners: opts.owner,
+          ...(opts.excludeXattr === undefined ? {} : { excludeXattrs: opts.excludeXattr }),
           ...(progress === undefined ? {} : { progress }),
           signal: interrupts.cancellable(),
         });
