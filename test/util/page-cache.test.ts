@@ -256,7 +256,12 @@ function cachedPages(file: string): number {
  */
 function expectCached(cached: number, expected: number): void {
   expect(cached).toBeLessThanOrEqual(expected);
-  expect(cached).toBeGreaterThanOrEqual(expected - Math.max(8, Math.ceil(expected / 100)));
+  expect(cached).toBeGreaterThanOrEqual(expected - pagesAllowedOut(expected));
+}
+
+/** The few of `expected` cached pages this host's kernel may page out on its own between two looks. */
+function pagesAllowedOut(expected: number): number {
+  return Math.max(8, Math.ceil(expected / 100));
 }
 
 /** Drops a whole file from the page cache. */
@@ -349,7 +354,9 @@ describe("a backup's page-cache footprint", () => {
     const warmPages = cachedPages(image);
     expectCached(warmPages, (40 * MiB) / (binding?.pageSize ?? 4096));
     const warm = await backup(repo, { vm: "vm", sources: [image], workers: 0 });
-    expect(warm.sources[0]?.cacheDroppedBytes).toBe(0);
+    // Nothing it found cached is dropped; pages the kernel paged out on its own meanwhile (as
+    // expectCached allows) are read cold and dropped again, as they should be.
+    expect(warm.sources[0]?.cacheDroppedBytes).toBeLessThanOrEqual(pagesAllowedOut((40 * MiB) / (binding?.pageSize ?? 4096)) * (binding?.pageSize ?? 4096));
     expectCached(cachedPages(image), warmPages);
 
     // half cached: that half stays, the rest is dropped
