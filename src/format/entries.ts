@@ -77,7 +77,7 @@ export function parseEntryLine(line: string): FolderEntry {
     if (type !== "file") throw new FormatError("field h on a folder entry that is not a file");
     if (hardLinkTo === "" || hardLinkTo === path) throw new FormatError("field h does not name another file");
   }
-  const base: Mutable<FolderEntry> = { path, type, mode: intIn(o, "m", 0, MAX_MODE), mtimeMs: mtime(o), size: int(o, "s") };
+  const entry: Mutable<FolderEntry> = { path, type, mode: intIn(o, "m", 0, MAX_MODE), mtimeMs: mtime(o), size: int(o, "s") };
   if (path === "" && type !== "dir") throw new FormatError("the folder itself (path \"\") is not a folder entry");
   if ((type === "symlink") !== (target !== undefined)) throw new FormatError(type === "symlink" ? "symlink entry without a target" : "field l on an entry that is not a symlink");
   const chunks =
@@ -96,11 +96,10 @@ export function parseEntryLine(line: string): FolderEntry {
     // What restore writes is the chunks, end to end: they must cover the recorded size exactly.
     let covered = 0;
     for (const c of chunks ?? []) covered += c.length;
-    if (covered !== base.size) throw new FormatError(`file chunks cover ${covered} of ${base.size} bytes`);
+    if (covered !== entry.size) throw new FormatError(`file chunks cover ${covered} of ${entry.size} bytes`);
   }
   // Fields assigned one by one, not spread in: spreading an object per optional field cost
   // about a microsecond per entry in a listing of 200,000 files.
-  const entry: Mutable<FolderEntry> = base;
   if (uid !== undefined) entry.uid = uid;
   if (gid !== undefined) entry.gid = gid;
   if (target !== undefined) entry.target = target;

@@ -118,11 +118,10 @@ export class PackChecks {
     }
   }
 
-  /** Trailers, and with a verifier (--read-data) the chunks of every listing, of every pack not damaged as a whole. */
   /**
-   * Checks every stored pack a listing names; with a verifier, decrypts and verifies the chunks
-   * of those `reads` selects (all without it: `check --read-data-subset` reads some), and checks
-   * the others' structure as a check without --read-data does.
+   * Trailers, and with a verifier (--read-data) the chunks of every listing, of every pack not
+   * damaged as a whole; with `reads`, only the chunks of the packs it selects (`check
+   * --read-data-subset`), the others' trailers and listings checked as without --read-data.
    */
   async checkContents(verifier: PackVerifier | undefined, progress: ProgressSink, reads?: (packId: string) => boolean): Promise<void> {
     let n = 0;

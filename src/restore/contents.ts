@@ -98,8 +98,8 @@ export interface ContentsPlan {
 
 /**
  * What the given paths select in a snapshot's sources: a disk by its name, otherwise paths in
- * folders as restore --include takes them. Paths that name nothing here are returned in
- * `elsewhere` when `lenient` (another snapshot may hold them), else refused.
+ * folders as restore --include takes them. In a snapshot without folders, paths that name no
+ * disk are refused, unless `lenient` (`diff`: the other snapshot may hold them).
  */
 export function planContents(sources: readonly (DiskSource | FolderSource)[], paths: readonly string[], lenient = false): ContentsPlan {
   const disks = sources.filter((s): s is DiskSource => s.kind === "disk");

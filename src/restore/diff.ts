@@ -9,6 +9,7 @@ import type { BlobReader } from "./blob-reader.js";
 import { comparePaths, contentsRequest, planContents, readContents, selectedEntries, unmatchedPaths, type OpenedContents } from "./contents.js";
 import { readList } from "./disk.js";
 import { shownPath } from "../format/names.js";
+import type { ItemType } from "./list.js";
 
 export interface DiffOptions {
   /** The older snapshot (id, unique prefix or `latest`). */
@@ -22,8 +23,6 @@ export interface DiffOptions {
   readonly reason?: string;
   readonly signal?: AbortSignal;
 }
-
-export type ItemType = "disk" | "file" | "dir" | "symlink";
 
 /** One difference between the two snapshots, for a path as `ls` and `restore` write it. */
 export interface Change {
@@ -83,7 +82,7 @@ async function diffOpened(opened: OpenedContents, paths: readonly string[], onCh
   const matched = new Set([...planA.diskPaths, ...planB.diskPaths]);
   const counts = { added: 0, removed: 0, modified: 0, metadata: 0, type: 0 };
   const emit = (c: Change): void => {
-    counts[c.change === "type" ? "type" : c.change]++;
+    counts[c.change]++;
     onChange(c);
   };
   // Disks: the newer snapshot's in its order, then those only the older one has.
@@ -202,12 +201,11 @@ async function diskChange(a: DiskSource, b: DiskSource, opened: OpenedContents, 
     changedBytes = Math.max(a.size, b.size);
   } else {
     let chunks = 0;
-    const reader = a.lists.some((id, i) => id !== b.lists[i]) || a.lists.length !== b.lists.length ? await opened.reader() : undefined;
     for (let i = 0; i < Math.max(a.lists.length, b.lists.length); i++) {
       const x = a.lists[i];
       const y = b.lists[i];
-      if (x === y) continue;
-      chunks += await differingPositions(reader as BlobReader, x, y, keyA, keyB);
+      // The index loads at the first span that differs (opened.reader() loads it once).
+      if (x !== y) chunks += await differingPositions(await opened.reader(), x, y, keyA, keyB);
     }
     changedBytes = Math.min(chunks * b.chunkSize, Math.max(a.size, b.size));
   }

@@ -72,7 +72,7 @@ export function includeMatches(rel: string, paths: readonly string[]): boolean {
 /** True when rel is selected by one of the include paths (the path itself, a parent, or below it). */
 export function selected(rel: string, includes: readonly string[] | undefined): boolean {
   if (includes === undefined || includes.length === 0) return true;
-  return includes.some((inc) => inc === "" || rel === inc || rel.startsWith(`${inc}/`) || inc.startsWith(rel === "" ? "" : `${rel}/`));
+  return includeMatches(rel, includes) || includes.some((inc) => inc.startsWith(rel === "" ? "" : `${rel}/`));
 }
 
 export interface FolderRestoreResult {

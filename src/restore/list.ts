@@ -27,9 +27,12 @@ export interface ListOptions {
  * `--disk`, a folder's name and the entry's path below it for `--include`, each shown as vmvault
  * shows names (\xNN for a byte that is not UTF-8, a control character or a backslash).
  */
+/** What a listed or compared path is. */
+export type ItemType = "disk" | "file" | "dir" | "symlink";
+
 export interface ListedItem {
   readonly path: string;
-  readonly type: "disk" | "file" | "dir" | "symlink";
+  readonly type: ItemType;
   /** Bytes: a disk image's size (holes included), a file's size, a symlink's target length. */
   readonly size: number;
   /** Permission bits (with set-ID and sticky bits); absent for a disk image whose file's were not recorded (a block device, an older snapshot). */

@@ -118,7 +118,8 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
   const target = path.resolve(o.target);
   await authorizeAudited(repo, "restore", "restore", { snapshot: o.snapshot, destination: target });
   if (o.reason.trim() === "") throw new UsageError("a restore needs --reason TEXT (it is kept in the audit trail)");
-  xattrExcluder(o.excludeXattrs);
+  // Compiled before the lock and the "started" record: a pattern that cannot be read restores nothing.
+  const excludeXattr = xattrExcluder(o.excludeXattrs);
   await checkTarget(o.target, target);
   const lock = await acquireLock(repo, "restore", false, { signal: o.signal }).catch((e: unknown) => {
     if (o.signal?.aborted !== true) throw e;
@@ -140,7 +141,7 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
     return await audited(repo, {
       entry: { action: "restore", target: auditTarget, reason: o.reason },
       started: true,
-      run: () => restoreRecord(repo, sessions, record, target, o),
+      run: () => restoreRecord(repo, sessions, record, target, o, excludeXattr),
       outcome: (r) => ({ bytes: r.bytes, digest: r.digest }),
     });
   } finally {
@@ -150,7 +151,7 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
 }
 
 /** Everything after authorization and the "started" record: decrypts and writes. */
-async function restoreRecord(repo: Repository, sessions: SessionKeys, record: SnapshotRecord, target: string, o: RestoreOptions): Promise<RestoreResult> {
+async function restoreRecord(repo: Repository, sessions: SessionKeys, record: SnapshotRecord, target: string, o: RestoreOptions, excludeXattr: ((name: string) => boolean) | undefined): Promise<RestoreResult> {
   // Workers start while the snapshot and the index load.
   // Restore keeps many windows in flight: a deeper queue per worker keeps the worker busy between
   // the main thread's turns (it also reads packs and writes the target, and takes a task once
@@ -161,7 +162,7 @@ async function restoreRecord(repo: Repository, sessions: SessionKeys, record: Sn
   starting.catch(() => undefined);
   const restored: Restored[] = [];
   try {
-    return await restoreWith(repo, sessions, record, target, o, starting, restored);
+    return await restoreWith(repo, sessions, record, target, o, excludeXattr, starting, restored);
   } catch (e) {
     // Partial files are gone by now: each source removes its own before it rethrows.
     if (o.signal?.aborted === true) throw interrupted(o.signal.reason, restored);
@@ -177,10 +178,10 @@ async function restoreWith(
   record: SnapshotRecord,
   target: string,
   o: RestoreOptions,
+  excludeXattr: ((name: string) => boolean) | undefined,
   starting: Promise<WorkerPool>,
   restored: Restored[],
 ): Promise<RestoreResult> {
-  const excludeXattr = xattrExcluder(o.excludeXattrs);
   const xattrs = new XattrTally();
   const owners = o.owners !== false && process.getuid?.() === 0;
   const body = await readSnapshotBody(repo, sessions, record);

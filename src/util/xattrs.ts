@@ -93,16 +93,16 @@ export class XattrTally {
   restored = 0;
   /** Attributes left unset because a pattern of the restore excluded them (not skips). */
   excluded = 0;
+  readonly skipped: XattrSkip[] = [];
+  /** Skips beyond this many are counted, not kept. */
+  static readonly KEEP = 100;
+  skippedCount = 0;
   readonly #exclude: ((name: string) => boolean) | undefined;
 
   /** exclude: names the restore was asked not to set (`--exclude-xattr`). */
   constructor(exclude?: (name: string) => boolean) {
     this.#exclude = exclude;
   }
-  readonly skipped: XattrSkip[] = [];
-  /** Skips beyond this many are counted, not kept. */
-  static readonly KEEP = 100;
-  skippedCount = 0;
 
   skip(path: string, name: string, reason: string): void {
     this.skippedCount++;

@@ -9,7 +9,6 @@ import { fileProblem } from "../keys-file.js";
 import { UsageError } from "../../errors.js";
 import { Excludes, parseExcludeFile } from "../../sources/exclude.js";
 
-
 /** The patterns of an --exclude-file. */
 function readExcludeFile(file: string): string[] {
   try {

@@ -7,7 +7,6 @@ import type { RestoreResult } from "../../restore/restore.js";
 import { XattrTally } from "../../util/xattrs.js";
 import { xattrExcluder } from "../../sources/exclude.js";
 
-
 export function registerRestore(program: Command, interrupts: Interrupts): void {
   program
     .command("restore")
