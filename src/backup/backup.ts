@@ -100,7 +100,7 @@ export interface BackupResult {
   readonly pipeline: PipelineStats;
 }
 
-interface PlannedSource {
+export interface PlannedSource {
   readonly path: string;
   readonly name: string;
   readonly kind: "disk" | "folder";
@@ -108,7 +108,8 @@ interface PlannedSource {
   readonly readBound: number;
 }
 
-async function planSources(sources: readonly string[], sparse: boolean): Promise<PlannedSource[]> {
+/** The sources as a backup takes them: each a folder or a disk image (a file or block device), named by its base name; refused before any work when one cannot be. */
+export async function planSources(sources: readonly string[], sparse: boolean): Promise<PlannedSource[]> {
   if (sources.length === 0) throw new UsageError("nothing to back up: give at least one disk image or folder");
   const planned: PlannedSource[] = [];
   for (const src of sources) {

@@ -44,18 +44,11 @@ export interface FolderStats {
   excluded: number;
 }
 
-export interface FolderBackupOptions {
+export interface FolderBackupOptions extends FolderWalkOptions {
   /** Skip unallocated extents of sparse files where they cover whole chunks (default true). */
   readonly sparse?: boolean;
   /** Leave the pages the reads bring into the page cache there (default false). */
   readonly keepCache?: boolean;
-  /** Entries to leave out (the folder itself never is). */
-  readonly excludes?: Excludes;
-  /**
-   * Stay on the folder's own file system: a folder on another one (a mount point) is recorded
-   * as an empty folder, anything else on another one is left out; both count as excluded.
-   */
-  readonly oneFileSystem?: boolean;
 }
 
 /** A file with several names whose first name was read: what its later names record. */
@@ -67,38 +60,38 @@ interface FirstName {
   remaining: number;
 }
 
+/** What a folder walk leaves out, and how (src/backup/preview.ts shows it; a backup only counts it). */
+export interface FolderWalkOptions {
+  /** Entries to leave out (the folder itself never is). */
+  readonly excludes?: Excludes | undefined;
+  /**
+   * Stay on the folder's own file system: a folder on another one (a mount point) is recorded
+   * as an empty folder, anything else on another one is left out; both count as excluded.
+   */
+  readonly oneFileSystem?: boolean | undefined;
+}
+
+/** What a folder walk hands on, in walk order: entries to record, files to read, entries left out. */
+export interface FolderWalker {
+  /** An entry to record; keptEmpty: a folder on another file system (oneFileSystem), recorded empty and not entered. */
+  add(entry: FolderEntry, keptEmpty: boolean): Promise<void>;
+  /** A regular file's content: its chunk list. */
+  read(rel: string, abs: string | Buffer, st: Stats): Promise<FileChunk[]>;
+  /** An entry left out with what is below it, and why: `--exclude PATTERN`, `--exclude-if-present NAME`, `--one-file-system`. */
+  leftOut?(entry: FolderEntry, reason: string): void;
+}
+
 /**
- * Backs up a folder: regular files (content-defined chunks), directories, symlinks, modes, mtimes,
- * owners, groups and extended attributes (with the native helper; an attribute whose name is not
- * UTF-8 is left out and reported). A file with several names (hard links) in the folder is read once, under
- * the first name the walk meets; each later name records that name (`hardLinkTo`) and the same
- * chunk list, unless the file changed since it was read, when it is read again as a file of its own.
- * `root` may be a symlink to the folder (it is followed); symlinks below it are stored as such.
- * With `sparse` (the default), a sparse file's unallocated extents are not read where they
- * cover whole chunks (see CdcFileReader); readBytes counts the file bytes actually read. Unless
- * `keepCache` is set, files of at least FOOTPRINT_MIN_FILE_BYTES leave the page cache as they
- * found it (PageCacheFootprint); cacheDroppedBytes counts what they dropped. Entries the
- * excludes match are not read and not recorded (src/sources/exclude.ts); `excluded` counts them.
+ * Walks a folder as a backup records it: the folder itself (a symlink to it is followed), then
+ * every entry below it in the order of their entry form, with mode, time, owner, group and
+ * extended attributes (read with the native helper; an attribute whose name is not UTF-8 is left
+ * out and reported in stats.skipped). Files are read through walker.read, once per inode: a
+ * later name of a file with several names (hard links) records the first name (`hardLinkTo`)
+ * and its chunk list, unless the file changed since it was read. Entries the excludes match are
+ * neither read nor recorded; stats counts what was recorded and left out.
  */
-export async function backupFolder(
-  root: string,
-  name: string,
-  cdc: FastCdc,
-  sink: ChunkSink,
-  progress: ProgressSink,
-  o: FolderBackupOptions = {},
-): Promise<{ source: FolderSource; skipped: SkippedEntry[]; excluded: number; readBytes: number; cacheDroppedBytes: number }> {
-  const sparse = o.sparse ?? true;
-  const keepCache = o.keepCache ?? false;
+export async function walkFolder(root: string, name: string, o: FolderWalkOptions, walker: FolderWalker, stats: FolderStats): Promise<void> {
   const excludes = o.excludes === undefined || o.excludes.empty ? undefined : o.excludes;
-  const stats: FolderStats = { files: 0, dirs: 0, symlinks: 0, size: 0, skipped: [], excluded: 0 };
-  const blobs = new EntryBlobWriter(sink);
-  const batcher = new FolderBatcher(sink, Math.max(BATCH_BYTES, cdc.params.max));
-  const reader = new CdcFileReader(cdc, batcher, sparse, keepCache);
-  const add = async (entry: FolderEntry): Promise<void> => {
-    batcher.then(() => blobs.add(entry));
-    if (batcher.full) await batcher.flush();
-  };
   const xattrsKept = canUseXattrs();
   if (!xattrsKept) stats.skipped.push({ path: "", reason: `extended attributes of everything in it: ${XATTRS_NOT_RECORDED}` });
   /** The entry's extended attributes (none without the native helper). */
@@ -106,6 +99,10 @@ export async function backupFolder(
     const read = xattrsKept ? sourceXattrs(abs, rel === "", shownFsPath(abs)) : undefined;
     for (const reason of read?.leftOut ?? []) stats.skipped.push({ path: shownPath(rel), reason });
     return read === undefined || read.xattrs.length === 0 ? {} : { xattrs: read.xattrs };
+  };
+  const leftOut = (rel: string, st: Stats, reason: string): void => {
+    stats.excluded++;
+    walker.leftOut?.({ path: rel, type: st.isDirectory() ? "dir" : st.isSymbolicLink() ? "symlink" : "file", mode: st.mode & 0o7777, mtimeMs: st.mtimeMs, uid: st.uid, gid: st.gid, size: st.isFile() ? st.size : 0 }, reason);
   };
   /** Files with more than one link already read, by device and inode. */
   const firstNames = new Map<string, FirstName>();
@@ -121,22 +118,17 @@ export async function backupFolder(
     } catch (e) {
       throw sourceError(shownFsPath(abs), e);
     }
-    if (excludes !== undefined && rel !== "" && isExcluded(excludes, name, rel, abs, st.isDirectory())) {
-      stats.excluded++;
-      return;
-    }
+    const pattern = excludes !== undefined && rel !== "" ? excludedBy(excludes, name, rel, abs, st.isDirectory()) : undefined;
+    if (pattern !== undefined) return leftOut(rel, st, `--exclude ${pattern}`);
     if (o.oneFileSystem === true) device ??= st.dev;
     const elsewhere = device !== undefined && st.dev !== device;
-    if (elsewhere && !st.isDirectory()) {
-      stats.excluded++;
-      return;
-    }
+    if (elsewhere && !st.isDirectory()) return leftOut(rel, st, "--one-file-system");
     const base = { path: rel, mode: st.mode & 0o7777, mtimeMs: st.mtimeMs, uid: st.uid, gid: st.gid, ...(st.isFile() || st.isDirectory() || st.isSymbolicLink() ? xattrsOf(rel, abs) : {}) };
     if (st.isDirectory() && elsewhere) {
       // A mount point: kept, so a restore has the folder to mount on; not entered.
       stats.dirs++;
       stats.excluded++;
-      await add({ ...base, type: "dir", size: 0 });
+      await walker.add({ ...base, type: "dir", size: 0 }, true);
     } else if (st.isDirectory()) {
       let raw: Buffer[];
       try {
@@ -145,12 +137,10 @@ export async function backupFolder(
         throw sourceError(shownFsPath(abs), e);
       }
       // A folder holding a marker file (--exclude-if-present) is left out whole; the source folder never is.
-      if (excludes !== undefined && rel !== "" && excludes.markers.size > 0 && raw.some((bytes) => excludes.markers.has(nameFromBytes(bytes)))) {
-        stats.excluded++;
-        return;
-      }
+      const marker = excludes !== undefined && rel !== "" && excludes.markers.size > 0 ? raw.map((bytes) => nameFromBytes(bytes)).find((n) => excludes.markers.has(n)) : undefined;
+      if (marker !== undefined) return leftOut(rel, st, `--exclude-if-present ${marker}`);
       stats.dirs++;
-      await add({ ...base, type: "dir", size: 0 });
+      await walker.add({ ...base, type: "dir", size: 0 }, false);
       // Names are kept exactly: UTF-8 ones as text, others as their bytes (entry form, see
       // src/format/names.ts), in the order of their entry form (UTF-16 code units, as the
       // decoded names always were; names that are not UTF-8 first).
@@ -167,7 +157,7 @@ export async function backupFolder(
         throw sourceError(shownFsPath(abs), e);
       }
       stats.symlinks++;
-      await add({ ...base, type: "symlink", size: 0, target: nameFromBytes(bytes) });
+      await walker.add({ ...base, type: "symlink", size: 0, target: nameFromBytes(bytes) }, false);
     } else if (st.isFile()) {
       stats.files++;
       const inode = st.nlink > 1 ? `${st.dev}:${st.ino}` : undefined;
@@ -175,19 +165,52 @@ export async function backupFolder(
       if (inode !== undefined && first !== undefined && sameIdentity(first.identity, identityOf(st))) {
         // Its content is stored once: the chunk list is the first name's (complete by the time this entry is written).
         if (--first.remaining <= 0) firstNames.delete(inode);
-        await add({ ...base, type: "file", size: st.size, hardLinkTo: first.path, chunks: first.chunks });
+        await walker.add({ ...base, type: "file", size: st.size, hardLinkTo: first.path, chunks: first.chunks }, false);
         return;
       }
-      const shown = shownPath(rel);
-      const chunks = await reader.read(abs, shownFsPath(abs), st, (done) => progress({ phase: `backup ${name}`, done: stats.size + done, unit: "bytes", item: shown }));
+      const chunks = await walker.read(rel, abs, st);
       stats.size += st.size;
       if (inode !== undefined && first === undefined) firstNames.set(inode, { path: rel, identity: identityOf(st), chunks, remaining: st.nlink - 1 });
-      await add({ ...base, type: "file", size: st.size, chunks });
+      await walker.add({ ...base, type: "file", size: st.size, chunks }, false);
     } else {
       stats.skipped.push({ path: shownPath(rel), reason: "not a regular file, folder or symlink" });
     }
   };
   await visit("", root);
+}
+
+/**
+ * Backs up a folder (walkFolder): regular files in content-defined chunks, and every entry,
+ * serialized into entry blobs. `root` may be a symlink to the folder (it is followed); symlinks
+ * below it are stored as such. With `sparse` (the default), a sparse file's unallocated extents
+ * are not read where they cover whole chunks (see CdcFileReader); readBytes counts the file
+ * bytes actually read. Unless `keepCache` is set, files of at least FOOTPRINT_MIN_FILE_BYTES
+ * leave the page cache as they found it (PageCacheFootprint); cacheDroppedBytes counts what they
+ * dropped. Entries the excludes match are not read and not recorded (src/sources/exclude.ts);
+ * `excluded` counts them.
+ */
+export async function backupFolder(
+  root: string,
+  name: string,
+  cdc: FastCdc,
+  sink: ChunkSink,
+  progress: ProgressSink,
+  o: FolderBackupOptions = {},
+): Promise<{ source: FolderSource; skipped: SkippedEntry[]; excluded: number; readBytes: number; cacheDroppedBytes: number }> {
+  const stats: FolderStats = { files: 0, dirs: 0, symlinks: 0, size: 0, skipped: [], excluded: 0 };
+  const blobs = new EntryBlobWriter(sink);
+  const batcher = new FolderBatcher(sink, Math.max(BATCH_BYTES, cdc.params.max));
+  const reader = new CdcFileReader(cdc, batcher, o.sparse ?? true, o.keepCache ?? false);
+  await walkFolder(root, name, o, {
+    add: async (entry) => {
+      batcher.then(() => blobs.add(entry));
+      if (batcher.full) await batcher.flush();
+    },
+    read: (rel, abs, st) => {
+      const shown = shownPath(rel);
+      return reader.read(abs, shownFsPath(abs), st, (done) => progress({ phase: `backup ${name}`, done: stats.size + done, unit: "bytes", item: shown }));
+    },
+  }, stats);
   await batcher.flush();
   const entries = await sink.schedule(() => blobs.finish());
   return {
@@ -353,11 +376,11 @@ function compareNames(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
-/** Whether the entry at rel (entry form) is excluded: by its name, its path in the snapshot (under folder), or where it is. */
-function isExcluded(excludes: Excludes, folder: string, rel: string, abs: string | Buffer, isFolder: boolean): boolean {
+/** The pattern that excludes the entry at rel (entry form), if one does: by its name, its path in the snapshot (under folder), or where it is. */
+function excludedBy(excludes: Excludes, folder: string, rel: string, abs: string | Buffer, isFolder: boolean): string | undefined {
   const shown = shownPath(rel);
   const slash = shown.lastIndexOf("/");
-  return excludes.excludes(slash < 0 ? shown : shown.slice(slash + 1), `${folder}/${shown}`, shownFsPath(abs), isFolder);
+  return excludes.match(slash < 0 ? shown : shown.slice(slash + 1), `${folder}/${shown}`, shownFsPath(abs), isFolder);
 }
 
 /** A file system path for messages: text as it is, bytes escaped where they are not UTF-8. */

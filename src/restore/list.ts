@@ -102,7 +102,8 @@ function diskItem(d: DiskSource): ListedItem {
   };
 }
 
-function entryItem(folder: FolderSource, e: FolderEntry): ListedItem {
+/** A folder entry as listed (and as `backup --dry-run` shows what a backup would record). */
+export function entryItem(folder: Pick<FolderSource, "name">, e: FolderEntry): ListedItem {
   // Assigned field by field (a listing makes one per entry; spreads cost a microsecond each).
   const item: { -readonly [K in keyof ListedItem]: ListedItem[K] } = { path: inFolder(folder, e.path), type: e.type, size: e.size, mode: e.mode, mtime: new Date(e.mtimeMs).toISOString() };
   if (e.uid !== undefined) item.uid = e.uid;
@@ -114,6 +115,6 @@ function entryItem(folder: FolderSource, e: FolderEntry): ListedItem {
 }
 
 /** An entry path as listed: under the folder's name, shown as vmvault shows names. */
-function inFolder(folder: FolderSource, p: string): string {
+function inFolder(folder: Pick<FolderSource, "name">, p: string): string {
   return p === "" ? folder.name : `${folder.name}/${shownPath(p)}`;
 }

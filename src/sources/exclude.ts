@@ -17,10 +17,9 @@ import { UsageError } from "../errors.js";
  * only. An excluded folder is left out with everything below it.
  */
 export class Excludes {
-  readonly #byName: RegExp[] = [];
-  readonly #byAbsolute: RegExp[] = [];
-  readonly #bySnapshotPath: RegExp[] = [];
-  readonly #foldersOnly = new Set<RegExp>();
+  readonly #byName: Pattern[] = [];
+  readonly #byAbsolute: Pattern[] = [];
+  readonly #bySnapshotPath: Pattern[] = [];
   /** File names whose presence in a folder leaves the folder out (`--exclude-if-present`). */
   readonly markers: ReadonlySet<string>;
   readonly patterns: readonly string[];
@@ -31,11 +30,10 @@ export class Excludes {
       const foldersOnly = given.length > 1 && given.endsWith("/");
       const pattern = foldersOnly ? given.replace(/\/+$/, "") : given;
       if (pattern === "" || pattern === "/") throw new UsageError(`--exclude ${JSON.stringify(given)}: an empty pattern would match nothing`);
-      const re = globToRegExp(pattern, given);
-      if (foldersOnly) this.#foldersOnly.add(re);
-      if (pattern.startsWith("/")) this.#byAbsolute.push(re);
-      else if (pattern.includes("/")) this.#bySnapshotPath.push(re);
-      else this.#byName.push(re);
+      const compiled = { re: globToRegExp(pattern, given), given, foldersOnly };
+      if (pattern.startsWith("/")) this.#byAbsolute.push(compiled);
+      else if (pattern.includes("/")) this.#bySnapshotPath.push(compiled);
+      else this.#byName.push(compiled);
     }
     for (const m of markers) {
       if (m === "" || m.includes("/") || m === "." || m === "..") throw new UsageError(`--exclude-if-present ${JSON.stringify(m)}: give a file name, without "/"`);
@@ -52,9 +50,21 @@ export class Excludes {
    * and the entry's path below it, shown; absolute: where it is on this host, shown.
    */
   excludes(name: string, snapshotPath: string, absolute: string, isFolder: boolean): boolean {
-    const hit = (list: readonly RegExp[], text: string): boolean => list.some((re) => re.test(text) && (isFolder || !this.#foldersOnly.has(re)));
-    return hit(this.#byName, name) || hit(this.#bySnapshotPath, snapshotPath) || hit(this.#byAbsolute, absolute);
+    return this.match(name, snapshotPath, absolute, isFolder) !== undefined;
   }
+
+  /** The first pattern (as given) that leaves the entry out, or undefined; arguments as for excludes. */
+  match(name: string, snapshotPath: string, absolute: string, isFolder: boolean): string | undefined {
+    const hit = (list: readonly Pattern[], text: string): Pattern | undefined => list.find((p) => p.re.test(text) && (isFolder || !p.foldersOnly));
+    return (hit(this.#byName, name) ?? hit(this.#bySnapshotPath, snapshotPath) ?? hit(this.#byAbsolute, absolute))?.given;
+  }
+}
+
+/** One --exclude pattern: compiled, as given, and whether it matches folders only (a trailing "/"). */
+interface Pattern {
+  readonly re: RegExp;
+  readonly given: string;
+  readonly foldersOnly: boolean;
 }
 
 /**

@@ -4,10 +4,12 @@ import { backupRunsInline } from "../../backup/size.js";
 import { CliContext } from "../context.js";
 import { collect } from "../options.js";
 import type { Interrupts } from "../interrupt.js";
-import { formatBytes, plural, warnDamagedIndexes } from "../output.js";
+import { BufferedOut, formatBytes, plural, shownText, terminalJson, warnDamagedIndexes } from "../output.js";
 import { fileProblem } from "../keys-file.js";
 import { UsageError } from "../../errors.js";
 import { Excludes, parseExcludeFile } from "../../sources/exclude.js";
+import { previewBackup, type PreviewItem, type PreviewOptions, type PreviewResult } from "../../backup/preview.js";
+import { shortLine } from "./ls.js";
 
 /** The patterns of an --exclude-file. */
 function readExcludeFile(file: string): string[] {
@@ -16,6 +18,18 @@ function readExcludeFile(file: string): string[] {
   } catch (e) {
     throw new UsageError(`cannot read exclude file ${file}: ${fileProblem(e)}`);
   }
+}
+
+interface BackupCliOptions {
+  vm: string;
+  sparse: boolean;
+  keepCache?: boolean;
+  exclude?: string[];
+  excludeFile?: string[];
+  excludeIfPresent?: string[];
+  oneFileSystem?: boolean;
+  dryRun?: boolean;
+  list?: boolean;
 }
 
 export function registerBackup(program: Command, interrupts: Interrupts): void {
@@ -29,12 +43,21 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
     .option("--exclude-file <file>", "read --exclude patterns from a file, one per line (# starts a comment line); repeatable", collect)
     .option("-x, --one-file-system", "do not cross into other file systems below a folder source: a mount point is kept as an empty folder")
     .option("--exclude-if-present <name>", "leave out a folder of a folder source that holds a file of this name (.nobackup); repeatable", collect)
+    .option("-n, --dry-run", "show what a backup of these sources would take and leave out, without reading file contents or opening a repository (no passphrase)")
+    .option("--list", "with --dry-run: list every disk and entry a backup would record (+), not only those it would leave out (-)")
     .argument("<source...>", "raw disk images (files or block devices) and folders")
-    .action(async (sources: string[], opts: { vm: string; sparse: boolean; keepCache?: boolean; exclude?: string[]; excludeFile?: string[]; excludeIfPresent?: string[]; oneFileSystem?: boolean }, command: Command) => {
+    .action(async (sources: string[], opts: BackupCliOptions, command: Command) => {
       const ctx = new CliContext(command);
+      if (opts.list === true && opts.dryRun !== true) throw new UsageError("--list goes with --dry-run", "add --dry-run to see what a backup would take");
       // Read before the unlock: a missing or unreadable file is a usage error that costs no Argon2id.
       const exclude = [...(opts.exclude ?? []), ...(opts.excludeFile ?? []).flatMap(readExcludeFile)];
       new Excludes(exclude, opts.excludeIfPresent);
+      if (opts.dryRun === true) {
+        interrupts.note = "; a dry run writes nothing";
+        const preview = { vm: opts.vm, sources, sparse: opts.sparse, exclude, excludeIfPresent: opts.excludeIfPresent ?? [], oneFileSystem: opts.oneFileSystem === true, list: opts.list === true };
+        await dryRun(ctx, preview);
+        return;
+      }
       interrupts.note = "; the repository stays consistent: a snapshot appears only once complete, and the next backup reuses the data this one stored";
       // A small backup of image files runs inline (the library decides): no worker starts ahead for it.
       const vault = await ctx.openVault({ withWorkers: async () => !(await backupRunsInline(sources, opts.sparse)) });
@@ -68,4 +91,50 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
         await vault.close();
       }
     });
+}
+
+/**
+ * backup --dry-run: each entry left out (and with --list each one recorded) as it is met, then
+ * what the backup would take. With --json one object, its "entries" array written item by item
+ * (a folder of millions of files is never held) and closed, with the object, even when the walk
+ * fails part way, so stdout stays JSON; empty when it fails before the first item.
+ */
+async function dryRun(ctx: CliContext, o: PreviewOptions): Promise<void> {
+  const out = new BufferedOut();
+  let entries = 0;
+  const emit = (item: PreviewItem): void => {
+    if (ctx.json) out.write(`${entries === 0 ? '{\n"entries": [\n' : ",\n"}${terminalJson(item, 0)}`);
+    else out.write(`${shownText(previewLine(item))}\n`);
+    entries++;
+  };
+  let r: PreviewResult | undefined;
+  try {
+    const progress = ctx.progress;
+    r = await previewBackup({ ...o, ...(progress === undefined ? {} : { progress }) }, emit);
+    ctx.endProgress();
+    for (const s of r.skipped) ctx.warn(`warning: a backup would skip ${s.path} (${s.reason})`);
+    if (!ctx.json) {
+      out.write(`${shownText(`dry run: a backup of VM ${r.vm} would take ${formatBytes(r.size)} (no file content was read, no repository opened)`)}\n`);
+      for (const s of r.sources) out.write(`${shownText(`  ${s.name} (${previewSourceLine(s)})`)}\n`);
+    }
+  } finally {
+    ctx.endProgress();
+    if (ctx.json && (entries > 0 || r !== undefined)) {
+      out.write(entries === 0 ? '{\n"entries": []' : "\n]");
+      out.write(r === undefined ? "\n}\n" : `,${terminalJson(r).slice(1)}\n`);
+    }
+    out.flush();
+  }
+}
+
+/** "+ path" for what a backup would record, "- path  (why)" for what it would leave out. */
+function previewLine(item: PreviewItem): string {
+  if (item.excluded !== undefined) return `- ${shortLine(item)}  (${item.excluded})`;
+  return `+ ${shortLine(item)}${item.emptied === undefined ? "" : `  (${item.emptied}: recorded as an empty folder)`}`;
+}
+
+function previewSourceLine(s: PreviewResult["sources"][number]): string {
+  if (s.kind === "disk") return `disk, ${formatBytes(s.size)}${s.dataBytes !== undefined && s.dataBytes < s.size ? `, ${formatBytes(s.dataBytes)} allocated` : ""}`;
+  const left = (s.excluded ?? 0) > 0 ? `; ${plural(s.excluded ?? 0, "entry", "entries")} left out` : "";
+  return `folder, ${plural(s.files ?? 0, "file")} of ${formatBytes(s.size)}, ${plural(s.dirs ?? 0, "folder")}, ${plural(s.symlinks ?? 0, "symlink")}${left}`;
 }

@@ -36,7 +36,7 @@ export function registerLs(program: Command, interrupts: Interrupts): void {
 }
 
 /** The path as restore takes it: a folder with "/" after it, a symlink with its target. */
-function shortLine(item: ListedItem): string {
+export function shortLine(item: ListedItem): string {
   return `${item.path}${item.type === "dir" ? "/" : ""}${item.target === undefined ? "" : ` -> ${item.target}`}`;
 }
 
