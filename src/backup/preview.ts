@@ -89,7 +89,7 @@ export async function previewBackup(o: PreviewOptions, onItem: (item: PreviewIte
     let seen = 0;
     const seeing = (entry: FolderEntry): void => {
       if (++seen % 256 === 0) o.signal?.throwIfAborted();
-      progress({ phase: `walk ${p.name}`, done: seen, unit: "items", item: entry.path });
+      progress({ phase: `walk ${p.name}`, done: seen, unit: "items" });
     };
     const folder = { name: p.name };
     await walkFolder(
