@@ -1,5 +1,5 @@
 /** vmvault: encrypted, deduplicating, access-controlled backup vault for VM data. */
-export { Vault, openVault, initVault } from "./vault.js";
+export { Vault, openVault, initVault, previewBackup } from "./vault.js";
 export {
   VaultError,
   UsageError,
@@ -24,11 +24,13 @@ export { FsStore } from "./storage/fs.js";
 export { MemoryStore } from "./storage/memory.js";
 export type { BackupOptions, BackupResult } from "./backup/backup.js";
 export { backupRunsInline } from "./backup/size.js";
+export type { PreviewItem, PreviewOptions, PreviewResult, PreviewSource } from "./backup/preview.js";
 export { INLINE_JOB_BYTES } from "./pipeline/pool.js";
 export type { SkippedEntry } from "./backup/folder.js";
 export type { RestoreOptions, RestoreResult } from "./restore/restore.js";
 export type { ListedItem, ListOptions, ListResult } from "./restore/list.js";
 export type { Change, DiffOptions, DiffResult } from "./restore/diff.js";
+export type { FindOptions, FindResult, FoundItem } from "./restore/find.js";
 export type { CheckOptions, CheckReport } from "./maintenance/check.js";
 export { parseDataSubset, type DataSubset } from "./maintenance/subset.js";
 export { isListingDamage } from "./maintenance/check-attribution.js";

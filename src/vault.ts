@@ -8,6 +8,8 @@ import type { Repository } from "./repository/repository.js";
 import type { RestoreOptions, RestoreResult } from "./restore/restore.js";
 import type { ListedItem, ListOptions, ListResult } from "./restore/list.js";
 import type { Change, DiffOptions, DiffResult } from "./restore/diff.js";
+import type { FindOptions, FindResult, FoundItem } from "./restore/find.js";
+import type { PreviewItem, PreviewOptions, PreviewResult } from "./backup/preview.js";
 import type { SnapshotSummary } from "./snapshot/list.js";
 import type { Role } from "./keys/roles.js";
 import { UsageError } from "./errors.js";
@@ -96,6 +98,15 @@ export class Vault {
    */
   async diff(o: DiffOptions, onChange: (change: Change) => void): Promise<DiffResult> {
     return (await import("./restore/diff.js")).diffSnapshots(this.repository, o, onChange);
+  }
+
+  /**
+   * Finds disks, files, folders and symlinks by name or path in every snapshot (of a VM) or in
+   * those named, one item at a time through onItem (admin, operator, restorer; recorded in the
+   * audit trail as `find`).
+   */
+  async find(o: FindOptions, onItem: (item: FoundItem) => void): Promise<FindResult> {
+    return (await import("./restore/find.js")).findInSnapshots(this.repository, o, onItem);
   }
 
   async snapshots(o: { vm?: string; onDamage?: (d: Damage) => void } = {}): Promise<SnapshotSummary[]> {
@@ -196,4 +207,12 @@ export function openVault(o: OpenOptions): Promise<Vault> {
 
 export function initVault(o: InitOptions): Promise<Vault> {
   return Vault.init(o);
+}
+
+/**
+ * What a backup of these sources would take and leave out (`backup --dry-run`): the backup's own
+ * walk and excludes, no file content read and no repository opened, so no vault is needed.
+ */
+export async function previewBackup(o: PreviewOptions, onItem: (item: PreviewItem) => void): Promise<PreviewResult> {
+  return (await import("./backup/preview.js")).previewBackup(o, onItem);
 }

@@ -51,6 +51,7 @@ const NEEDS: Partial<Record<AuditAction, Action>> = {
   backup: "backup",
   restore: "restore",
   ls: "restore",
+  find: "restore",
   diff: "restore",
   export: "restore",
   check: "checkStructure",

@@ -5,6 +5,7 @@ import { registerInit } from "./commands/init.js";
 import { registerRestore } from "./commands/restore.js";
 import { registerLs } from "./commands/ls.js";
 import { registerDiff } from "./commands/diff.js";
+import { registerFind } from "./commands/find.js";
 import { registerSnapshots } from "./commands/snapshots.js";
 import { registerUser } from "./commands/user.js";
 import { registerAudit } from "./commands/audit.js";
@@ -40,6 +41,7 @@ export function buildProgram(interrupts: Interrupts = new Interrupts(), json = f
   registerRestore(program, interrupts);
   registerLs(program, interrupts);
   registerDiff(program, interrupts);
+  registerFind(program, interrupts);
   registerCheck(program);
   registerRepair(program, interrupts);
   registerUser(program);

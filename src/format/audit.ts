@@ -25,6 +25,7 @@ export const AUDIT_ACTIONS = [
   "key status",
   "ls",
   "diff",
+  "find",
 ] as const;
 export type AuditAction = (typeof AUDIT_ACTIONS)[number];
 
@@ -33,8 +34,8 @@ export function isAuditAction(action: string): action is AuditAction {
 }
 
 /**
- * What a record's action may be beyond AUDIT_ACTIONS: one a newer vmvault records (`ls` and
- * `diff` were added after the first release). Read, shown and chained like any other, and
+ * What a record's action may be beyond AUDIT_ACTIONS: one a newer vmvault records (`ls`,
+ * `diff` and `find` were added after the first release). Read, shown and chained like any other, and
  * named by `audit verify`, which cannot tell whether the actor's role allowed it.
  */
 const LATER_ACTION = /^[a-z][a-z0-9 -]{0,63}$/;

@@ -2,24 +2,31 @@ import { IntegrityError, NotFoundError, type Damage } from "../errors.js";
 import { Compressor } from "../compress/compressor.js";
 import type { FolderEntry } from "../format/entries.js";
 import type { AuditAction, AuditBody } from "../format/audit.js";
-import type { DiskSource, FolderSource, SnapshotBody } from "../format/snapshot.js";
+import { assertVmName, type DiskSource, type FolderSource, type SnapshotBody } from "../format/snapshot.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
 import type { Repository } from "../repository/repository.js";
 import { SessionKeys } from "../repository/sessions.js";
-import { findSnapshot, readSnapshotBody, type SnapshotRecord } from "../snapshot/store.js";
+import { findSnapshot, listSnapshots, readSnapshotBody, type SnapshotRecord } from "../snapshot/store.js";
 import { BlobReader } from "./blob-reader.js";
 import { folderEntries, includeMatches, includeSpellings, selectInFolders } from "./folder.js";
 
 /** What reading a snapshot's contents for a person (`ls`, `diff`) takes from the caller. */
 export interface ContentsRequest {
-  /** Snapshot references (id, unique prefix, `latest`), each resolved with vm. */
-  readonly snapshots: readonly string[];
+  /**
+   * Snapshot references (id, unique prefix, `latest`), each resolved with vm; or "all": every
+   * snapshot (of vm), oldest first, those that fail verification left out and handed to onDamage.
+   */
+  readonly snapshots: readonly string[] | "all";
   readonly vm?: string;
   readonly paths: readonly string[];
   readonly reason?: string;
   readonly signal?: AbortSignal;
+  /** What the audit records' target holds besides the snapshots and the VM: the paths given, unless this. */
+  readonly target?: AuditBody["target"];
+  /** With "all": each snapshot object that fails verification (it is then left out). */
+  readonly onDamage?: (d: Damage) => void;
 }
 
 /** The request for snapshots, from a command's options (absent ones left out). */
@@ -44,14 +51,16 @@ export interface OpenedContents {
  */
 export async function readContents<T>(repo: Repository, action: AuditAction, req: ContentsRequest, run: (opened: OpenedContents) => Promise<T>, outcome: (r: T) => AuditBody["target"]): Promise<T> {
   req.signal?.throwIfAborted();
-  const paths = req.paths.length === 0 ? {} : { paths: [...req.paths] };
-  const refs = req.snapshots.length === 1 ? { snapshot: req.snapshots[0] ?? "" } : { snapshots: [...req.snapshots] };
+  const paths = req.target ?? (req.paths.length === 0 ? {} : { paths: [...req.paths] });
+  const refs = req.snapshots === "all" ? { snapshots: "all", ...(req.vm === undefined ? {} : { vm: req.vm }) } : req.snapshots.length === 1 ? { snapshot: req.snapshots[0] ?? "" } : { snapshots: [...req.snapshots] };
   await authorizeAudited(repo, "restore", action, { ...refs, ...paths });
+  if (req.vm !== undefined) assertVmName(req.vm);
   const lock = await acquireLock(repo, action, false, { signal: req.signal });
   const sessions = new SessionKeys(repo);
   try {
     const records: SnapshotRecord[] = [];
-    for (const ref of req.snapshots) records.push(await findSnapshot(repo, ref, req.vm));
+    if (req.snapshots === "all") records.push(...(await listSnapshots(repo, req.onDamage)).filter((r) => req.vm === undefined || r.header.vm === req.vm));
+    else for (const ref of req.snapshots) records.push(await findSnapshot(repo, ref, req.vm));
     const ids = records.length === 1 ? { snapshot: records[0]?.header.id ?? "" } : { snapshots: records.map((r) => r.header.id) };
     const vms = [...new Set(records.map((r) => r.header.vm))];
     const reason = req.reason === undefined || req.reason.trim() === "" ? {} : { reason: req.reason };

@@ -18,14 +18,17 @@ const FILES_FINISHING = 16;
 
 /** Iterates a folder's entries from its entry blobs. */
 export async function* folderEntries(folder: FolderSource, reader: BlobReader, snapshotKey: string): AsyncIterable<FolderEntry> {
-  for (const blobId of folder.entries) {
-    const bytes = await reader.read(fromHex(blobId));
-    try {
-      yield* parseEntryBlob(bytes);
-    } catch (e) {
-      if (e instanceof FormatError) throw IntegrityError.object(snapshotKey, `entry list of ${folder.name} is malformed (${e.message})`);
-      throw e;
-    }
+  for (const blobId of folder.entries) yield* await readEntryBlob(folder, reader, snapshotKey, blobId);
+}
+
+/** The entries of one of a folder's entry blobs (read and authenticated); a malformed one is damage to the snapshot. */
+export async function readEntryBlob(folder: FolderSource, reader: BlobReader, snapshotKey: string, blobId: string): Promise<FolderEntry[]> {
+  const bytes = await reader.read(fromHex(blobId));
+  try {
+    return parseEntryBlob(bytes);
+  } catch (e) {
+    if (e instanceof FormatError) throw IntegrityError.object(snapshotKey, `entry list of ${folder.name} is malformed (${e.message})`);
+    throw e;
   }
 }
 

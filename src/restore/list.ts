@@ -90,7 +90,8 @@ async function listOpened(opened: OpenedContents, paths: readonly string[], onIt
   return { snapshotId: record.header.id, vm: record.header.vm, time: record.header.time, items, damagedIndexes: opened.damagedIndexes() };
 }
 
-function diskItem(d: DiskSource): ListedItem {
+/** A disk image as listed. */
+export function diskItem(d: DiskSource): ListedItem {
   const f = d.file;
   return {
     path: d.name,

@@ -24,13 +24,14 @@ export class Excludes {
   readonly markers: ReadonlySet<string>;
   readonly patterns: readonly string[];
 
-  constructor(patterns: readonly string[] = [], markers: readonly string[] = []) {
+  /** label: how errors name a pattern (`--exclude`; `find` matches paths with the same patterns). */
+  constructor(patterns: readonly string[] = [], markers: readonly string[] = [], label = "--exclude") {
     this.patterns = [...patterns];
     for (const given of patterns) {
       const foldersOnly = given.length > 1 && given.endsWith("/");
       const pattern = foldersOnly ? given.replace(/\/+$/, "") : given;
-      if (pattern === "" || pattern === "/") throw new UsageError(`--exclude ${JSON.stringify(given)}: an empty pattern would match nothing`);
-      const compiled = { re: globToRegExp(pattern, given), given, foldersOnly };
+      if (pattern === "" || pattern === "/") throw new UsageError(`${label} ${JSON.stringify(given)}: an empty pattern would match nothing`);
+      const compiled = { re: globToRegExp(pattern, given, label), given, foldersOnly };
       if (pattern.startsWith("/")) this.#byAbsolute.push(compiled);
       else if (pattern.includes("/")) this.#bySnapshotPath.push(compiled);
       else this.#byName.push(compiled);

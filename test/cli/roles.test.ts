@@ -55,6 +55,7 @@ const COMMANDS: readonly CommandCase[] = [
   { name: "restore", action: "restore", args: (t) => ["restore", "latest", "--target", t, "--reason", "matrix"] },
   { name: "ls", action: "restore", args: () => ["ls", "latest", "--json"] },
   { name: "diff", action: "restore", args: () => ["diff", "latest", "latest", "--json"] },
+  { name: "find", action: "restore", args: () => ["find", "*.raw", "--json"] },
   { name: "check", action: "checkStructure", args: () => ["check"] },
   { name: "check --read-data", action: "checkData", args: () => ["check", "--read-data"] },
   { name: "check --read-data-subset", action: "checkData", args: () => ["check", "--read-data-subset", "1/2"] },

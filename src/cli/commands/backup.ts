@@ -8,7 +8,8 @@ import { BufferedOut, formatBytes, plural, shownText, terminalJson, warnDamagedI
 import { fileProblem } from "../keys-file.js";
 import { UsageError } from "../../errors.js";
 import { Excludes, parseExcludeFile } from "../../sources/exclude.js";
-import { previewBackup, type PreviewItem, type PreviewOptions, type PreviewResult } from "../../backup/preview.js";
+import type { PreviewItem, PreviewOptions, PreviewResult } from "../../backup/preview.js";
+import { previewBackup } from "../../vault.js";
 import { shortLine } from "./ls.js";
 
 /** The patterns of an --exclude-file. */

@@ -41,7 +41,7 @@ export function shortLine(item: ListedItem): string {
 }
 
 /** As `ls -l`: mode, owner:group, size, time (UTC), path; "?" where the snapshot recorded none. */
-function longLine(item: ListedItem): string {
+export function longLine(item: ListedItem): string {
   const owner = item.uid === undefined ? "?" : `${item.uid}:${item.gid ?? "?"}`;
   const time = item.mtime === undefined ? "?".padEnd(20) : item.mtime.replace(/\.\d+Z$/, "Z");
   return `${modeString(item)} ${owner.padEnd(11)} ${String(item.size).padStart(13)} ${time} ${shortLine(item)}${item.hardLinkTo === undefined ? "" : ` (hard link of ${item.hardLinkTo})`}`;

@@ -1,0 +1,115 @@
+import { UsageError, type Damage } from "../errors.js";
+import type { FolderEntry } from "../format/entries.js";
+import { shownPath } from "../format/names.js";
+import type { FolderSource } from "../format/snapshot.js";
+import type { Repository } from "../repository/repository.js";
+import { Excludes } from "../sources/exclude.js";
+import { readContents, type OpenedContents } from "./contents.js";
+import { readEntryBlob } from "./folder.js";
+import { diskItem, entryItem, type ListedItem } from "./list.js";
+
+export interface FindOptions {
+  /**
+   * What to look for, as `backup --exclude` patterns (src/sources/exclude.ts): without "/", a
+   * disk's or an entry's own name (`*.conf`); with "/", the path in the snapshot, the folder's
+   * name first, as `ls` prints it (`vm1/etc/**`); starting with "/", where the entry was on the
+   * host it was backed up from (`/srv/vm1/etc/hosts`). A trailing "/" matches folders only.
+   */
+  readonly patterns: readonly string[];
+  /** Only this VM's snapshots. */
+  readonly vm?: string;
+  /** Only these snapshots (id, unique prefix, `latest`, resolved with vm); none: every snapshot. */
+  readonly snapshots?: readonly string[];
+  /** Why, kept in the audit trail with the search. */
+  readonly reason?: string;
+  readonly signal?: AbortSignal;
+  /** A snapshot object that fails verification while every snapshot is searched (it is left out). */
+  readonly onDamage?: (d: Damage) => void;
+}
+
+/** A disk or folder entry that matches, as `ls` lists it, with the snapshot it is in. */
+export interface FoundItem extends ListedItem {
+  readonly snapshot: string;
+  readonly vm: string;
+  /** The snapshot's time (ISO 8601). */
+  readonly time: string;
+}
+
+export interface FindResult {
+  /** Snapshots searched. */
+  readonly snapshots: number;
+  /** Items found, in all of them. */
+  readonly matches: number;
+  readonly damagedIndexes: readonly Damage[];
+}
+
+/**
+ * An entry blob's matches are kept for a later snapshot holding the same blob (an unchanged part
+ * of a folder: entry blobs are cut where the entries' paths say, so they recur) when they are at
+ * most this many; a blob with more is read again.
+ */
+const REMEMBERED_MATCHES = 16;
+
+/**
+ * Finds disks and folder entries whose names or paths match, in every snapshot (of a VM) or in
+ * those named, oldest first, item by item through onItem. Reading file names is reading
+ * contents: the restore capability (admin, operator, restorer), authorized first and recorded in
+ * the audit trail (action `find`, with the patterns and the snapshots searched) before the first
+ * item. An entry blob a snapshot shares with one searched before is not read again.
+ */
+export async function findInSnapshots(repo: Repository, o: FindOptions, onItem: (item: FoundItem) => void): Promise<FindResult> {
+  if (o.patterns.length === 0) throw new UsageError("nothing to find: give at least one pattern");
+  const patterns = new Excludes(o.patterns, [], "find");
+  const request = {
+    snapshots: o.snapshots === undefined || o.snapshots.length === 0 ? ("all" as const) : o.snapshots,
+    paths: [],
+    target: { patterns: [...o.patterns] },
+    ...(o.vm === undefined ? {} : { vm: o.vm }),
+    ...(o.reason === undefined ? {} : { reason: o.reason }),
+    ...(o.signal === undefined ? {} : { signal: o.signal }),
+    ...(o.onDamage === undefined ? {} : { onDamage: o.onDamage }),
+  };
+  return readContents(repo, "find", request, (opened) => findOpened(opened, patterns, onItem, o.signal), (r) => ({ snapshots: r.snapshots, matches: r.matches }));
+}
+
+async function findOpened(opened: OpenedContents, patterns: Excludes, onItem: (item: FoundItem) => void, signal: AbortSignal | undefined): Promise<FindResult> {
+  /** Matches of entry blobs read, by folder name, folder path and blob ID (what they are matched against). */
+  const remembered = new Map<string, readonly FolderEntry[]>();
+  let matches = 0;
+  for (const [i, record] of opened.records.entries()) {
+    const h = record.header;
+    const emit = (item: ListedItem): void => {
+      matches++;
+      onItem({ snapshot: h.id, vm: h.vm, time: h.time, ...item });
+    };
+    for (const source of opened.bodies[i]?.sources ?? []) {
+      signal?.throwIfAborted();
+      if (source.kind === "disk") {
+        if (patterns.match(source.name, source.name, source.name, false) !== undefined) emit(diskItem(source));
+        continue;
+      }
+      for (const blobId of source.entries) {
+        const key = `${source.name}\0${source.path}\0${blobId}`;
+        let found = remembered.get(key);
+        if (found === undefined) {
+          signal?.throwIfAborted();
+          const entries = await readEntryBlob(source, await opened.reader(), record.key, blobId);
+          found = entries.filter((e) => entryMatches(patterns, source, e));
+          if (found.length <= REMEMBERED_MATCHES) remembered.set(key, found.length === 0 ? NONE : found);
+        }
+        for (const e of found) emit(entryItem(source, e));
+      }
+    }
+  }
+  return { snapshots: opened.records.length, matches, damagedIndexes: opened.damagedIndexes() };
+}
+
+const NONE: readonly FolderEntry[] = [];
+
+/** Whether a pattern matches the entry's name, its path in the snapshot, or where it was on the host. */
+function entryMatches(patterns: Excludes, folder: FolderSource, e: FolderEntry): boolean {
+  if (e.path === "") return patterns.match(folder.name, folder.name, folder.path, true) !== undefined;
+  const shown = shownPath(e.path);
+  const slash = shown.lastIndexOf("/");
+  return patterns.match(slash < 0 ? shown : shown.slice(slash + 1), `${folder.name}/${shown}`, `${folder.path}/${shown}`, e.type === "dir") !== undefined;
+}
