@@ -32,6 +32,7 @@ export type { ListedItem, ListOptions, ListResult } from "./restore/list.js";
 export type { Change, DiffOptions, DiffResult } from "./restore/diff.js";
 export type { FindOptions, FindResult, FoundItem } from "./restore/find.js";
 export type { CheckOptions, CheckReport } from "./maintenance/check.js";
+export type { SnapshotCheckOptions, SnapshotCheckReport, VerifiedSnapshot } from "./maintenance/check-snapshots.js";
 export { parseDataSubset, type DataSubset } from "./maintenance/subset.js";
 export { isListingDamage } from "./maintenance/check-attribution.js";
 export type { RepairIndexOptions, RepairIndexResult } from "./maintenance/repair-index.js";

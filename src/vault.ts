@@ -9,6 +9,7 @@ import type { RestoreOptions, RestoreResult } from "./restore/restore.js";
 import type { ListedItem, ListOptions, ListResult } from "./restore/list.js";
 import type { Change, DiffOptions, DiffResult } from "./restore/diff.js";
 import type { FindOptions, FindResult, FoundItem } from "./restore/find.js";
+import type { SnapshotCheckOptions, SnapshotCheckReport } from "./maintenance/check-snapshots.js";
 import type { PreviewItem, PreviewOptions, PreviewResult } from "./backup/preview.js";
 import type { SnapshotSummary } from "./snapshot/list.js";
 import type { Role } from "./keys/roles.js";
@@ -111,6 +112,15 @@ export class Vault {
 
   async snapshots(o: { vm?: string; onDamage?: (d: Damage) => void } = {}): Promise<SnapshotSummary[]> {
     return (await import("./snapshot/list.js")).snapshotSummaries(this.repository, o);
+  }
+
+  /**
+   * Verifies that snapshots restore, byte for byte, without writing them (`check --snapshot`):
+   * every object and data chunk they need, decrypted and re-hashed (admin, operator, restorer;
+   * recorded in the audit trail as `check --read-data`).
+   */
+  async checkSnapshots(o: SnapshotCheckOptions): Promise<SnapshotCheckReport> {
+    return (await import("./maintenance/check-snapshots.js")).checkSnapshots(this.repository, o);
   }
 
   async check(o: CheckOptions = {}): Promise<CheckReport> {

@@ -1,7 +1,7 @@
 import { promises as fsp } from "node:fs";
 import type { FolderEntry } from "../format/entries.js";
 import { assertVmName } from "../format/snapshot.js";
-import { entryItem, type ListedItem } from "../restore/list.js";
+import { entryItem, type ListedItem } from "../snapshot/items.js";
 import { DataExtents, sourceSize } from "../sources/extents.js";
 import { Excludes } from "../sources/exclude.js";
 import { sourceError } from "../sources/identity.js";

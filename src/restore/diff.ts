@@ -9,7 +9,7 @@ import type { BlobReader } from "./blob-reader.js";
 import { comparePaths, contentsRequest, planContents, readContents, selectedEntries, unmatchedPaths, type OpenedContents } from "./contents.js";
 import { readList } from "./disk.js";
 import { shownPath } from "../format/names.js";
-import type { ItemType } from "./list.js";
+import type { ItemType } from "../snapshot/items.js";
 
 export interface DiffOptions {
   /** The older snapshot (id, unique prefix or `latest`). */

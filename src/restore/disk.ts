@@ -15,7 +15,7 @@ export async function* diskChunks(disk: DiskSource, reader: BlobReader, snapshot
 }
 
 /** The data chunks of a disk with their positions, one array per list blob; holes are skipped, positions checked against the size. */
-async function* diskRequests(disk: DiskSource, reader: BlobReader, snapshotKey: string): AsyncIterable<ChunkRequest<number>[]> {
+export async function* diskRequests(disk: DiskSource, reader: BlobReader, snapshotKey: string): AsyncIterable<ChunkRequest<number>[]> {
   let position = 0;
   for (const listId of disk.lists) {
     const batch: ChunkRequest<number>[] = [];

@@ -6,7 +6,7 @@ import type { Repository } from "../repository/repository.js";
 import { Excludes } from "../sources/exclude.js";
 import { readContents, type OpenedContents } from "./contents.js";
 import { readEntryBlob } from "./folder.js";
-import { diskItem, entryItem, type ListedItem } from "./list.js";
+import { diskItem, entryItem, type ListedItem } from "../snapshot/items.js";
 
 export interface FindOptions {
   /**

@@ -59,6 +59,7 @@ const COMMANDS: readonly CommandCase[] = [
   { name: "check", action: "checkStructure", args: () => ["check"] },
   { name: "check --read-data", action: "checkData", args: () => ["check", "--read-data"] },
   { name: "check --read-data-subset", action: "checkData", args: () => ["check", "--read-data-subset", "1/2"] },
+  { name: "check --snapshot", action: "checkData", args: () => ["check", "--snapshot", "latest"] },
   { name: "repair index", action: "repair", args: () => ["repair", "index"] },
   { name: "user list", action: "admin", args: () => ["user", "list"] },
   { name: "user add", action: "admin", args: () => ["user", "add", "newcomer", "--role", "restorer"], env: { VMVAULT_NEW_PASSPHRASE: "newcomer" } },

@@ -5,7 +5,9 @@ import { isListingDamage } from "../../maintenance/check-attribution.js";
 import { readDataRunsInline } from "../../maintenance/check-data.js";
 import { parseDataSubset } from "../../maintenance/subset.js";
 import { CliContext } from "../context.js";
-import { formatBytes, plural } from "../output.js";
+import { formatBytes, plural, warnDamagedIndexes } from "../output.js";
+import { collect } from "../options.js";
+import { UsageError } from "../../errors.js";
 
 export function registerCheck(program: Command): void {
   program
@@ -13,8 +15,16 @@ export function registerCheck(program: Command): void {
     .description("verify the repository: structure, signatures, index against packs; --read-data decrypts everything")
     .option("--read-data", "decrypt and verify every chunk")
     .option("--read-data-subset <n/m>", "decrypt and verify the chunks of part n of m of the packs (m checks with 1/m to m/m read them all once); the rest as without --read-data")
-    .action(async (opts: { readData?: boolean; readDataSubset?: string }, command: Command) => {
+    .option("--snapshot <id>", "verify only this snapshot, and that it restores: every chunk it needs, decrypted and re-hashed, nothing written (id, unique id prefix, or `latest`); repeatable", collect)
+    .option("--vm <name>", "with --snapshot: pick among this VM's snapshots")
+    .action(async (opts: { readData?: boolean; readDataSubset?: string; snapshot?: string[]; vm?: string }, command: Command) => {
       const ctx = new CliContext(command);
+      if (opts.snapshot !== undefined) {
+        if (opts.readDataSubset !== undefined) throw new UsageError("--snapshot reads all of each snapshot's data; it does not go with --read-data-subset");
+        await checkSnapshots(ctx, opts.snapshot, opts.vm);
+        return;
+      }
+      if (opts.vm !== undefined) throw new UsageError("--vm goes with --snapshot", "check --snapshot latest --vm NAME verifies that VM's newest snapshot");
       // Before the unlock: a bad value costs no Argon2id.
       const subset = opts.readDataSubset === undefined ? undefined : parseDataSubset(opts.readDataSubset);
       const readData = opts.readData === true || subset !== undefined;
@@ -58,4 +68,26 @@ export function registerCheck(program: Command): void {
         await vault.close();
       }
     });
+}
+
+/** check --snapshot: each snapshot verified as a restore would read it, then the verdict. */
+async function checkSnapshots(ctx: CliContext, snapshots: readonly string[], vm: string | undefined): Promise<void> {
+  const vault = await ctx.openVault();
+  try {
+    const progress = ctx.progress;
+    const workers = ctx.workers;
+    const r = await vault.checkSnapshots({ snapshots, ...(vm === undefined ? {} : { vm }), ...(progress === undefined ? {} : { progress }), ...(workers === undefined ? {} : { workers }) });
+    ctx.endProgress();
+    warnDamagedIndexes(ctx, r.damagedIndexes);
+    if (ctx.json) ctx.printJson(r);
+    else {
+      for (const d of r.damage) ctx.out(`DAMAGED ${d.object}: ${d.problem}${d.snapshots === undefined ? "" : ` (affects snapshot ${d.snapshots.join(", ")})`}`);
+      for (const s of r.snapshots) ctx.out(`${s.ok ? "verified" : "FAILED  "} ${s.id.slice(0, 12)} ${s.vm} ${s.time.replace(/\.\d+Z$/, "Z")}: ${formatBytes(s.bytes)} in ${plural(s.chunks, "chunk")} read and verified${s.ok ? "" : " before the damage"}`);
+      ctx.out(`${r.ok ? "no errors found" : `${plural(r.damage.length, "problem")} found`}: ${plural(r.snapshots.length, "snapshot")}, ${formatBytes(r.bytes)} of data read and verified as a restore reads it, nothing written`);
+    }
+    if (!r.ok) throw new IntegrityError(`check found ${plural(r.damage.length, "problem")}; each damaged object is named ${ctx.json ? "in the report" : "above"}`, [], "the named snapshots cannot be restored whole; restore them from another copy of the repository if you keep one");
+  } finally {
+    ctx.endProgress();
+    await vault.close();
+  }
 }
