@@ -29,15 +29,15 @@ export interface Change {
   readonly path: string;
   /**
    * added, removed; modified: the content (a file's chunks, a symlink's target, a disk's
-   * chunks); metadata: only mode, owner, time or extended attributes; type: a file became a
-   * folder, a folder a symlink, and so on.
+   * chunks); metadata: only mode, owner, time, extended attributes or hard links; type: a file
+   * became a folder, a folder a symlink, and so on.
    */
   readonly change: "added" | "removed" | "modified" | "metadata" | "type";
   /** The type in the newer snapshot (the older one's for a removed path). */
   readonly type: ItemType;
   /** For a type change: the type in the older snapshot. */
   readonly from?: ItemType;
-  /** For modified and metadata: what differs (content, size, target, mode, owner, mtime, xattrs). */
+  /** For modified and metadata: what differs (content, size, target, link, mode, owner, mtime, xattrs). */
   readonly details?: readonly string[];
   /** For a disk image: bytes of it in chunks that differ (the chunk size times their number, at most the larger size). */
   readonly changedBytes?: number;
@@ -160,6 +160,8 @@ function entryChange(folder: string, a: FolderEntry, b: FolderEntry): Change | u
   if (a.size !== b.size) details.push("size");
   if (b.type === "symlink" && a.target !== b.target) details.push("target");
   const content = details.length > 0;
+  // A name that became, or stopped being, another name of one file (or of another one).
+  if (b.type === "file" && a.hardLinkTo !== b.hardLinkTo) details.push("link");
   details.push(...metaDetails(a, b));
   if (details.length === 0) return undefined;
   return { path, change: content ? "modified" : "metadata", type: b.type, details, size: b.size };

@@ -153,6 +153,39 @@ describe("vmvault diff", () => {
   });
 });
 
+describe("vmvault diff and hard links", () => {
+  it("names a file that became another name of one file, or stopped being one, as a link change", async () => {
+    const { v } = await initCliRepo(tmp("repo"));
+    const vm = path.join(tmp("src"), "vm1");
+    await fsp.mkdir(vm);
+    await fsp.writeFile(path.join(vm, "a.conf"), "same bytes\n");
+    await fsp.writeFile(path.join(vm, "b.conf"), "same bytes\n");
+    await fsp.writeFile(path.join(vm, "c.conf"), "linked\n");
+    await fsp.link(path.join(vm, "c.conf"), path.join(vm, "d.conf"));
+    const times = async (): Promise<void> => {
+      for (const f of ["a.conf", "b.conf", "c.conf"]) await fsp.utimes(path.join(vm, f), 1_700_000_000, 1_700_000_000);
+    };
+    await times();
+    expect((await v(["backup", "--vm", "vm1", vm])).code).toBe(0);
+    // b.conf becomes a second name of a.conf (same bytes, same time); d.conf a file of its own.
+    await fsp.rm(path.join(vm, "b.conf"));
+    await fsp.link(path.join(vm, "a.conf"), path.join(vm, "b.conf"));
+    await fsp.rm(path.join(vm, "d.conf"));
+    await fsp.copyFile(path.join(vm, "c.conf"), path.join(vm, "d.conf"));
+    await fsp.utimes(path.join(vm, "d.conf"), 1_700_000_000, 1_700_000_000);
+    await times();
+    expect((await v(["backup", "--vm", "vm1", vm])).code).toBe(0);
+    const [first, second] = await ids(v);
+    const found = changes(await v(["diff", first ?? "", second ?? "", "--json", "a.conf", "b.conf", "c.conf", "d.conf"]));
+    expect(found).toEqual([
+      { path: "vm1/b.conf", change: "metadata", type: "file", details: ["link"], size: 11 },
+      { path: "vm1/d.conf", change: "metadata", type: "file", details: ["link"], size: 7 },
+    ]);
+    const text = await v(["diff", first ?? "", second ?? "", "b.conf"]);
+    expect(text.stdout).toMatch(/^U vm1\/b\.conf \(link\)$/m);
+  });
+});
+
 describe("comparePaths", () => {
   it("orders a folder before what is in it, and names in a folder by their entry form", () => {
     const sorted = ["", "a", "a/b", "a/b/x", "a b", "a b/y", "a-b", "ab", "etc", "etc/hosts"];
