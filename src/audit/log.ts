@@ -1,17 +1,20 @@
-import { IntegrityError, UsageError, type Damage } from "../errors.js";
+import { IntegrityError, type Damage } from "../errors.js";
 import { appendSignature, encodeEnvelope, ObjectKind } from "../format/envelope.js";
-import { AUDIT_ACTIONS, encodeAnchorMeta, type AuditBody } from "../format/audit.js";
+import { encodeAnchorMeta, type AuditBody } from "../format/audit.js";
+import { checkAuditLogFilter, targetNames, type AuditLogFilter } from "./log-filter.js";
 import type { Repository } from "../repository/repository.js";
 import { toHex } from "../util/bytes.js";
 import { audited, authorizeAudited } from "./guard.js";
 import { openRecords } from "./read.js";
 import { listSeqs } from "./trail.js";
 import { auditKey } from "../format/layout.js";
-import { USER_NAME_PATTERN, type AuditHead } from "../format/registry.js";
+import type { AuditHead } from "../format/registry.js";
 import { BrokenTrailError } from "./errors.js";
 import { verifyTrail, type AuditVerifyReport } from "./verify.js";
 
 /** One record as `audit log` shows it (the --json shape scripts rely on). */
+export type { AuditLogFilter } from "./log-filter.js";
+
 export interface AuditLogEntry {
   readonly seq: number;
   readonly time: string;
@@ -27,12 +30,6 @@ export interface AuditLogEntry {
   readonly hash: string;
 }
 
-export interface AuditLogFilter {
-  readonly since?: string;
-  readonly actor?: string;
-  readonly action?: string;
-}
-
 /**
  * Admin and auditor: the trail's records, opened, oldest first, optionally filtered. A record
  * that is missing or does not open throws, unless onDamage is given: it is then reported there
@@ -40,15 +37,8 @@ export interface AuditLogFilter {
  */
 export async function auditLog(repo: Repository, f: AuditLogFilter = {}, onDamage?: (d: Damage) => void): Promise<AuditLogEntry[]> {
   await authorizeAudited(repo, "readAudit", "audit log");
-  const since = f.since === undefined ? undefined : Date.parse(f.since);
-  if (since !== undefined && Number.isNaN(since)) throw new UsageError(`--since ${f.since} is not a date`, "use ISO 8601, e.g. 2026-11-25 or 2026-11-25T10:00:00Z");
-  // A name no user can have, or a misspelt action, would match nothing and look like "no such records".
-  if (f.actor !== undefined && !USER_NAME_PATTERN.test(f.actor)) {
-    throw new UsageError(`--actor ${JSON.stringify(f.actor)} is not a user name`, "user names are 1-64 characters: a-z, 0-9, '.', '_' or '-', starting with a letter or digit");
-  }
-  if (f.action !== undefined && !(AUDIT_ACTIONS as readonly string[]).includes(f.action)) {
-    throw new UsageError(`--action ${JSON.stringify(f.action)} is not an audit action`, `give one of: ${AUDIT_ACTIONS.map((a) => (a.includes(" ") ? `"${a}"` : a)).join(", ")}`);
-  }
+  const { since, until } = checkAuditLogFilter(f);
+  const snapshot = f.snapshot?.toLowerCase();
   const out: AuditLogEntry[] = [];
   let expected = 1;
   for await (const { seq, record: rec, damage } of openRecords(repo, await listSeqs(repo))) {
@@ -61,8 +51,12 @@ export async function auditLog(repo: Repository, f: AuditLogFilter = {}, onDamag
     }
     const b = rec.body;
     if (since !== undefined && Date.parse(b.time) < since) continue;
+    if (until !== undefined && Date.parse(b.time) >= until) continue;
     if (f.actor !== undefined && b.actor !== f.actor) continue;
     if (f.action !== undefined && b.action !== f.action) continue;
+    if (f.result !== undefined && b.result !== f.result) continue;
+    if (f.vm !== undefined && !targetNames(b.target, "vm", (v) => v === f.vm)) continue;
+    if (snapshot !== undefined && !targetNames(b.target, "snapshot", (v) => v.startsWith(snapshot))) continue;
     out.push({
       seq,
       time: b.time,

@@ -124,6 +124,46 @@ describe("audit trail", () => {
     expect(ok.code, ok.stderr).toBe(0);
   });
 
+  it("audit log selects by time window, result, VM and snapshot, as an auditor asks: who read this VM's data, who was refused", async () => {
+    const { aud, op, image } = await setup();
+    // A second VM, and a refusal: the auditor tries to restore.
+    expect((await op(["backup", "--vm", "db", image])).code).toBe(0);
+    expect((await aud(["restore", "latest", "--vm", "db", "--target", tmp("o"), "--reason", "curious"])).code).toBe(4);
+    const all = await log(aud);
+    const select = async (...args: string[]): Promise<LogRecord[]> => {
+      const r = await aud(["audit", "log", "--json", ...args]);
+      expect(r.code, r.stderr).toBe(0);
+      return JSON.parse(r.stdout) as LogRecord[];
+    };
+    const denied = await select("--result", "denied");
+    expect(denied.map((r) => `${r.actor} ${r.action}`)).toEqual(["aud restore"]);
+    const vmRecords = await select("--vm", "vm");
+    expect(vmRecords.length).toBeGreaterThan(0);
+    expect(vmRecords.map((r) => r.seq)).toEqual(all.filter((r) => r.target["vm"] === "vm").map((r) => r.seq));
+    expect(new Set(vmRecords.map((r) => r.action))).toEqual(new Set(["backup", "restore"]));
+    const snapshot = all.find((r) => r.action === "restore" && r.result === "succeeded")?.target["snapshot"] as string;
+    const bySnapshot = await select("--snapshot", snapshot.slice(0, 8), "--action", "restore");
+    expect(bySnapshot.map((r) => r.result)).toEqual(["started", "succeeded"]);
+    // The window: records at or after --since, before --until.
+    const times = all.map((r) => (r as unknown as { time: string }).time);
+    const middle = times[Math.floor(times.length / 2)] ?? "";
+    const before = await select("--until", middle);
+    const after = await select("--since", middle);
+    expect(before.length + after.length).toBe(all.length);
+    expect(before.every((r) => (r as unknown as { time: string }).time < middle)).toBe(true);
+    // Values that could match nothing are refused, before the passphrase is asked for.
+    for (const [args, message] of [
+      [["--result", "ok"], /--result "ok" is not an audit result/],
+      [["--until", "yesterday"], /--until yesterday is not a date/],
+      [["--vm", "bad/name"], /VM name/i],
+      [["--snapshot", "latest"], /--snapshot "latest" is not a snapshot id/],
+    ] as const) {
+      const r = await aud(["audit", "log", ...args], { env: { VMVAULT_PASSPHRASE: undefined } });
+      expect(r.code, `${args.join(" ")}: ${r.stderr}`).toBe(2);
+      expect(r.stderr).toMatch(message);
+    }
+  });
+
   it("a record deleted from the middle fails verification", async () => {
     const { repo, aud } = await setup();
     await fsp.rm(rec(repo, 3));

@@ -4,6 +4,7 @@ import path from "node:path";
 import type { Command } from "commander";
 import { errorCodeOf, IntegrityError, StorageError, UsageError, type Damage } from "../../errors.js";
 import { BrokenTrailError } from "../../audit/errors.js";
+import { checkAuditLogFilter, type AuditLogFilter } from "../../audit/log-filter.js";
 import { CliContext } from "../context.js";
 import { noun, plural, table } from "../output.js";
 
@@ -14,21 +15,20 @@ export function registerAudit(program: Command): void {
     .command("log")
     .description("show audit records")
     .option("--since <time>", "only records at or after this time (ISO 8601)")
+    .option("--until <time>", "only records before this time (ISO 8601)")
     .option("--actor <name>", "only records by this user")
     .option("--action <action>", "only this action, e.g. restore")
-    .action(async (opts: { since?: string; actor?: string; action?: string }, command: Command) => {
+    .option("--result <result>", "only records with this result: started, succeeded, failed or denied")
+    .option("--vm <name>", "only records whose target names this VM")
+    .option("--snapshot <id>", "only records whose target names this snapshot (id or id prefix)")
+    .action(async (opts: AuditLogFilter, command: Command) => {
       const ctx = new CliContext(command);
+      // Before the unlock: a value that could match nothing costs no Argon2id.
+      checkAuditLogFilter(opts);
       const vault = await ctx.openVault();
       try {
         const damaged: Damage[] = [];
-        const records = await vault.auditLog(
-          {
-            ...(opts.since === undefined ? {} : { since: opts.since }),
-            ...(opts.actor === undefined ? {} : { actor: opts.actor }),
-            ...(opts.action === undefined ? {} : { action: opts.action }),
-          },
-          (d) => damaged.push(d),
-        );
+        const records = await vault.auditLog(opts, (d) => damaged.push(d));
         if (ctx.json) ctx.printJson(records);
         else {
           const target = (t: Record<string, unknown>): string =>
