@@ -70,7 +70,7 @@ export async function checkSnapshots(repo: Repository, o: SnapshotCheckOptions):
       if (!records.some((x) => x.header.id === r.header.id)) records.push(r);
     }
     return await audited(repo, {
-      entry: { action: "check --read-data", target: { snapshots: records.map((r) => r.header.id) } },
+      entry: { action: "check --read-data", target: { snapshots: records.map((r) => r.header.id), vm: vmsOf(records) } },
       started: true,
       run: () => verifyAll(repo, sessions, records, o),
       outcome: (r) => ({ ok: r.ok ? "yes" : "no", damaged: r.damage.map((d) => d.object), bytes: r.bytes }),
@@ -79,6 +79,12 @@ export async function checkSnapshots(repo: Repository, o: SnapshotCheckOptions):
     sessions.dispose();
     await lock.release();
   }
+}
+
+/** The VM of the records, or their VMs when they are several (as `audit log --vm` finds them). */
+function vmsOf(records: readonly SnapshotRecord[]): string | string[] {
+  const vms = [...new Set(records.map((r) => r.header.vm))];
+  return vms.length === 1 ? (vms[0] ?? "") : vms;
 }
 
 async function verifyAll(repo: Repository, sessions: SessionKeys, records: readonly SnapshotRecord[], o: SnapshotCheckOptions): Promise<SnapshotCheckReport> {

@@ -101,8 +101,10 @@ describe("check --snapshot", () => {
     expect((await v(["check", "--snapshot", web1])).code).toBe(0);
     const log = JSON.parse((await v(["audit", "log", "--json", "--action", "check --read-data"])).stdout) as { result: string; target: Record<string, unknown> }[];
     expect(log.map((x) => x.result)).toEqual(["started", "succeeded"]);
-    expect(log[0]?.target).toEqual({ snapshots: [web1] });
-    expect(log[1]?.target).toMatchObject({ snapshots: [web1], ok: "yes" });
+    expect(log[0]?.target).toEqual({ snapshots: [web1], vm: "web1" });
+    expect(log[1]?.target).toMatchObject({ snapshots: [web1], vm: "web1", ok: "yes" });
+    const byVm = JSON.parse((await v(["audit", "log", "--json", "--vm", "web1", "--action", "check --read-data"])).stdout) as unknown[];
+    expect(byVm).toHaveLength(2);
   });
 
   it("refuses --read-data-subset with it, --vm without it, and a snapshot that does not exist", async () => {
