@@ -1,7 +1,7 @@
 /** Exclude patterns (src/sources/exclude.ts): what each kind of pattern matches, and what is refused. */
 import { describe, expect, it } from "vitest";
 import { VaultError } from "../src/errors.js";
-import { Excludes, globToRegExp, parseExcludeFile } from "../src/sources/exclude.js";
+import { byteSizeText, Excludes, globToRegExp, parseByteSize, parseExcludeFile } from "../src/sources/exclude.js";
 
 const matches = (pattern: string, text: string): boolean => globToRegExp(pattern).test(text);
 
@@ -89,5 +89,35 @@ describe("parseExcludeFile", () => {
   it("one pattern per line; blank lines and # lines skipped; spaces at the ends and CR dropped", () => {
     expect(parseExcludeFile("# caches\n*.tmp\r\n\n   \n  /srv/x/scratch  \n#*.log\nvm1/a b/c\n")).toEqual(["*.tmp", "/srv/x/scratch", "vm1/a b/c"]);
     expect(parseExcludeFile("")).toEqual([]);
+  });
+});
+
+describe("parseByteSize and byteSizeText", () => {
+  it("reads bytes and 1024-based K, M, G, T (B and iB allowed, any case), and writes them back", () => {
+    expect(parseByteSize("4096")).toBe(4096);
+    expect(parseByteSize("500M")).toBe(500 * 1024 ** 2);
+    expect(parseByteSize("1.5GiB")).toBe(1.5 * 1024 ** 3);
+    expect(parseByteSize(" 2 tb ")).toBe(2 * 1024 ** 4);
+    expect(parseByteSize("10k")).toBe(10240);
+    expect(parseByteSize("0")).toBe(0);
+    for (const n of [0, 100, 1024, 1536 * 1024 ** 2, 1024 ** 3, 3 * 1024 ** 4 + 1]) expect(parseByteSize(byteSizeText(n))).toBe(n);
+    expect(byteSizeText(1024 ** 3)).toBe("1G");
+    expect(byteSizeText(1536 * 1024 ** 2)).toBe("1536M");
+  });
+
+  it("refuses what is not a size, as a usage error naming the option", () => {
+    for (const bad of ["", "G", "-1", "1X", "1.2.3", "1e3", "99999999999999999T"]) {
+      const e = (() => {
+        try {
+          parseByteSize(bad);
+        } catch (x) {
+          return x;
+        }
+        return undefined;
+      })();
+      expect(e, bad).toBeInstanceOf(VaultError);
+      expect((e as VaultError).code).toBe("E_USAGE");
+      expect((e as Error).message).toContain("--exclude-larger-than");
+    }
   });
 });

@@ -62,6 +62,8 @@ export interface BackupOptions {
   readonly exclude?: readonly string[];
   /** File names whose presence in a folder of a folder source leaves that folder out, whole. */
   readonly excludeIfPresent?: readonly string[];
+  /** Regular files of folder sources larger than this many bytes are left out. */
+  readonly excludeLargerThan?: number;
   /** Stay on each folder source's own file system: mount points below it are kept as empty folders. */
   readonly oneFileSystem?: boolean;
 }
@@ -160,7 +162,7 @@ export function fileChunker(repo: Repository): FastCdc {
 export async function backup(repo: Repository, o: BackupOptions): Promise<BackupResult> {
   await authorizeAudited(repo, "backup", "backup", { vm: o.vm });
   assertVmName(o.vm);
-  const excludes = new Excludes(o.exclude, o.excludeIfPresent);
+  const excludes = new Excludes(o.exclude, o.excludeIfPresent, { largerThan: o.excludeLargerThan });
   const planned = await planSources(o.sources, o.sparse ?? true);
   const lock = await acquireLock(repo, "backup", false);
   try {
@@ -172,6 +174,7 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
           sources: planned.map((p) => p.name),
           ...(excludes.patterns.length === 0 ? {} : { exclude: excludes.patterns }),
           ...(excludes.markers.size === 0 ? {} : { excludeIfPresent: [...excludes.markers] }),
+          ...(excludes.largerThan === undefined ? {} : { excludeLargerThan: excludes.largerThan }),
           ...(o.oneFileSystem === true ? { oneFileSystem: "yes" } : {}),
         },
       },

@@ -8,7 +8,7 @@ import { DataExtents } from "../sources/extents.js";
 import { assertUnchanged, identityOf, sourceError, type FileIdentity } from "../sources/identity.js";
 import { toHex } from "../util/bytes.js";
 import { PageCacheFootprint } from "../util/page-cache.js";
-import type { Excludes } from "../sources/exclude.js";
+import { byteSizeText, type Excludes } from "../sources/exclude.js";
 import { sourceXattrs, XATTRS_NOT_RECORDED } from "../sources/xattrs.js";
 import { canUseXattrs, type Xattr } from "../util/xattrs.js";
 import type { ProgressSink } from "../util/progress.js";
@@ -77,7 +77,7 @@ export interface FolderWalker {
   add(entry: FolderEntry, keptEmpty: boolean): Promise<void>;
   /** A regular file's content: its chunk list. */
   read(rel: string, abs: string | Buffer, st: Stats): Promise<FileChunk[]>;
-  /** An entry left out with what is below it, and why: `--exclude PATTERN`, `--exclude-if-present NAME`, `--one-file-system`. */
+  /** An entry left out with what is below it, and why: `--exclude PATTERN`, `--exclude-if-present NAME`, `--exclude-larger-than SIZE`, `--one-file-system`. */
   leftOut?(entry: FolderEntry, reason: string): void;
 }
 
@@ -120,6 +120,7 @@ export async function walkFolder(root: string, name: string, o: FolderWalkOption
     }
     const pattern = excludes !== undefined && rel !== "" ? excludedBy(excludes, name, rel, abs, st.isDirectory()) : undefined;
     if (pattern !== undefined) return leftOut(rel, st, `--exclude ${pattern}`);
+    if (excludes?.largerThan !== undefined && st.isFile() && st.size > excludes.largerThan) return leftOut(rel, st, `--exclude-larger-than ${byteSizeText(excludes.largerThan)}`);
     if (o.oneFileSystem === true) device ??= st.dev;
     const elsewhere = device !== undefined && st.dev !== device;
     if (elsewhere && !st.isDirectory()) return leftOut(rel, st, "--one-file-system");

@@ -16,6 +16,7 @@ export interface PreviewOptions {
   readonly sparse?: boolean;
   readonly exclude?: readonly string[];
   readonly excludeIfPresent?: readonly string[];
+  readonly excludeLargerThan?: number;
   readonly oneFileSystem?: boolean;
   /** Hand every disk and entry to onItem, not only the entries left out. */
   readonly list?: boolean;
@@ -28,7 +29,7 @@ export interface PreviewOptions {
  * it would leave out with what is below it.
  */
 export interface PreviewItem extends ListedItem {
-  /** Left out, and why: the option and its value (`--exclude *.log`, `--exclude-if-present .nobackup`, `--one-file-system`). */
+  /** Left out, and why: the option and its value (`--exclude *.log`, `--exclude-if-present .nobackup`, `--exclude-larger-than 1G`, `--one-file-system`). */
   readonly excluded?: string;
   /** A folder on another file system, recorded as an empty folder and not entered: `--one-file-system`. */
   readonly emptied?: string;
@@ -71,7 +72,7 @@ export interface PreviewResult {
  */
 export async function previewBackup(o: PreviewOptions, onItem: (item: PreviewItem) => void): Promise<PreviewResult> {
   assertVmName(o.vm);
-  const excludes = new Excludes(o.exclude, o.excludeIfPresent);
+  const excludes = new Excludes(o.exclude, o.excludeIfPresent, { largerThan: o.excludeLargerThan });
   const sparse = o.sparse ?? true;
   const planned = await planSources(o.sources, sparse);
   const progress = throttled(o.progress);

@@ -59,7 +59,7 @@ const REMEMBERED_MATCHES = 16;
  */
 export async function findInSnapshots(repo: Repository, o: FindOptions, onItem: (item: FoundItem) => void): Promise<FindResult> {
   if (o.patterns.length === 0) throw new UsageError("nothing to find: give at least one pattern");
-  const patterns = new Excludes(o.patterns, [], "find");
+  const patterns = new Excludes(o.patterns, [], { label: "find" });
   const request = {
     snapshots: o.snapshots === undefined || o.snapshots.length === 0 ? ("all" as const) : o.snapshots,
     paths: [],

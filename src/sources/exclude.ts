@@ -24,8 +24,17 @@ export class Excludes {
   readonly markers: ReadonlySet<string>;
   readonly patterns: readonly string[];
 
-  /** label: how errors name a pattern (`--exclude`; `find` matches paths with the same patterns). */
-  constructor(patterns: readonly string[] = [], markers: readonly string[] = [], label = "--exclude") {
+  /** Regular files larger than this many bytes are left out (`--exclude-larger-than`). */
+  readonly largerThan: number | undefined;
+
+  /**
+   * o.label: how errors name a pattern (`--exclude`; `find` matches paths with the same
+   * patterns); o.largerThan: see largerThan.
+   */
+  constructor(patterns: readonly string[] = [], markers: readonly string[] = [], o: { label?: string; largerThan?: number | undefined } = {}) {
+    const label = o.label ?? "--exclude";
+    if (o.largerThan !== undefined && !(Number.isSafeInteger(o.largerThan) && o.largerThan >= 0)) throw new UsageError(`--exclude-larger-than ${o.largerThan}: not a number of bytes`);
+    this.largerThan = o.largerThan;
     this.patterns = [...patterns];
     for (const given of patterns) {
       const foldersOnly = given.length > 1 && given.endsWith("/");
@@ -43,7 +52,7 @@ export class Excludes {
   }
 
   get empty(): boolean {
-    return this.patterns.length === 0 && this.markers.size === 0;
+    return this.patterns.length === 0 && this.markers.size === 0 && this.largerThan === undefined;
   }
 
   /**
@@ -66,6 +75,29 @@ interface Pattern {
   readonly re: RegExp;
   readonly given: string;
   readonly foldersOnly: boolean;
+}
+
+const SIZE_UNITS = "KMGT";
+
+/**
+ * A size as `--exclude-larger-than` takes it: bytes, or a number with K, M, G or T (1024-based;
+ * `B`, `iB` after it allowed, any case): `4096`, `500M`, `1.5GiB`. Whole bytes (rounded down).
+ */
+export function parseByteSize(text: string, label = "--exclude-larger-than"): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?$/i.exec(text.trim());
+  const unit = (m?.[2] ?? "").toUpperCase();
+  const bytes = m === null ? NaN : Math.floor(Number(m[1]) * 1024 ** (unit === "" ? 0 : SIZE_UNITS.indexOf(unit) + 1));
+  if (!Number.isSafeInteger(bytes)) throw new UsageError(`${label} ${JSON.stringify(text)}: not a size`, "give bytes, or a number with K, M, G or T (1024-based): 500M, 1.5G");
+  return bytes;
+}
+
+/** A number of bytes in the largest unit that holds it whole (`1G`, `1536M`, `100`): what parseByteSize reads back. */
+export function byteSizeText(bytes: number): string {
+  for (let i = SIZE_UNITS.length; i > 0; i--) {
+    const unit = 1024 ** i;
+    if (bytes > 0 && bytes % unit === 0) return `${bytes / unit}${SIZE_UNITS[i - 1] ?? ""}`;
+  }
+  return String(bytes);
 }
 
 /**

@@ -112,6 +112,29 @@ describe("backup --exclude", () => {
     expect(listed(ls.stdout)).toHaveLength(23);
   });
 
+  it("--exclude-larger-than leaves out files above the size, every name of them, and says so in a dry run and the audit record", async () => {
+    const { v } = await initCliRepo(tmp("repo"));
+    const src = await vmFolder();
+    await fsp.writeFile(path.join(src, "data", "disk.iso"), Buffer.alloc(300 * 1024, 7));
+    await fsp.link(path.join(src, "data", "disk.iso"), path.join(src, "keep", "disk-link.iso"));
+    await fsp.writeFile(path.join(src, "data", "edge.bin"), Buffer.alloc(200 * 1024, 1));
+    const dry = await v(["backup", "-n", "--vm", "vm1", src, "--exclude-larger-than", "200K"], { env: { VMVAULT_PASSPHRASE: undefined } });
+    expect(dry.code, dry.stderr).toBe(0);
+    expect(dry.stdout.split("\n").filter((l) => l.startsWith("-"))).toEqual(["- vm1/data/disk.iso  (--exclude-larger-than 200K)", "- vm1/keep/disk-link.iso  (--exclude-larger-than 200K)"]);
+    const b = await v(["backup", "--vm", "vm1", src, "--exclude-larger-than", "200k", "--json"]);
+    expect(b.code, b.stderr).toBe(0);
+    expect(JSON.parse(b.stdout).excluded).toBe(2);
+    const paths = listed((await v(["ls", "latest", "--json"])).stdout);
+    expect(paths).toContain("vm1/data/edge.bin");
+    expect(paths).not.toContain("vm1/data/disk.iso");
+    expect(paths).not.toContain("vm1/keep/disk-link.iso");
+    const log = await v(["audit", "log", "--json", "--action", "backup", "--result", "succeeded"]);
+    expect((JSON.parse(log.stdout) as { target: Record<string, unknown> }[])[0]?.target).toMatchObject({ excludeLargerThan: 200 * 1024 });
+    const bad = await v(["backup", "--vm", "vm1", src, "--exclude-larger-than", "big"], { env: { VMVAULT_PASSPHRASE: undefined } });
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/--exclude-larger-than "big": not a size/);
+  });
+
   it("refuses bad patterns and unreadable pattern files before asking for the passphrase, writing nothing", async () => {
     const { v, repo } = await initCliRepo(tmp("repo"));
     const src = await vmFolder();

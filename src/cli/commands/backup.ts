@@ -7,7 +7,7 @@ import type { Interrupts } from "../interrupt.js";
 import { BufferedOut, formatBytes, plural, shownText, terminalJson, warnDamagedIndexes } from "../output.js";
 import { fileProblem } from "../keys-file.js";
 import { UsageError } from "../../errors.js";
-import { Excludes, parseExcludeFile } from "../../sources/exclude.js";
+import { Excludes, parseByteSize, parseExcludeFile } from "../../sources/exclude.js";
 import type { PreviewItem, PreviewOptions, PreviewResult } from "../../backup/preview.js";
 import { previewBackup } from "../../vault.js";
 import { shortLine } from "./ls.js";
@@ -28,6 +28,7 @@ interface BackupCliOptions {
   exclude?: string[];
   excludeFile?: string[];
   excludeIfPresent?: string[];
+  excludeLargerThan?: string;
   oneFileSystem?: boolean;
   dryRun?: boolean;
   list?: boolean;
@@ -44,6 +45,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
     .option("--exclude-file <file>", "read --exclude patterns from a file, one per line (# starts a comment line); repeatable", collect)
     .option("-x, --one-file-system", "do not cross into other file systems below a folder source: a mount point is kept as an empty folder")
     .option("--exclude-if-present <name>", "leave out a folder of a folder source that holds a file of this name (.nobackup); repeatable", collect)
+    .option("--exclude-larger-than <size>", "leave out files of folder sources larger than this: bytes, or with K, M, G, T (1024-based): 500M, 2G")
     .option("-n, --dry-run", "show what a backup of these sources would take and leave out, without reading file contents or opening a repository (no passphrase)")
     .option("--list", "with --dry-run: list every disk and entry a backup would record (+), not only those it would leave out (-)")
     .argument("<source...>", "raw disk images (files or block devices) and folders")
@@ -52,10 +54,11 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
       if (opts.list === true && opts.dryRun !== true) throw new UsageError("--list goes with --dry-run", "add --dry-run to see what a backup would take");
       // Read before the unlock: a missing or unreadable file is a usage error that costs no Argon2id.
       const exclude = [...(opts.exclude ?? []), ...(opts.excludeFile ?? []).flatMap(readExcludeFile)];
-      new Excludes(exclude, opts.excludeIfPresent);
+      const largerThan = opts.excludeLargerThan === undefined ? {} : { excludeLargerThan: parseByteSize(opts.excludeLargerThan) };
+      new Excludes(exclude, opts.excludeIfPresent, { largerThan: largerThan.excludeLargerThan });
       if (opts.dryRun === true) {
         interrupts.note = "; a dry run writes nothing";
-        const preview = { vm: opts.vm, sources, sparse: opts.sparse, exclude, excludeIfPresent: opts.excludeIfPresent ?? [], oneFileSystem: opts.oneFileSystem === true, list: opts.list === true };
+        const preview = { vm: opts.vm, sources, sparse: opts.sparse, exclude, excludeIfPresent: opts.excludeIfPresent ?? [], ...largerThan, oneFileSystem: opts.oneFileSystem === true, list: opts.list === true };
         await dryRun(ctx, preview);
         return;
       }
@@ -72,6 +75,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
           keepCache: opts.keepCache === true,
           exclude,
           excludeIfPresent: opts.excludeIfPresent ?? [],
+          ...largerThan,
           oneFileSystem: opts.oneFileSystem === true,
           ...(progress === undefined ? {} : { progress }),
           ...(workers === undefined ? {} : { workers }),

@@ -21,7 +21,7 @@ export function registerFind(program: Command, interrupts: Interrupts): void {
     .action(async (patterns: string[], opts: { vm?: string; snapshot?: string[]; long?: boolean; reason?: string }, command: Command) => {
       const ctx = new CliContext(command);
       // Checked before the unlock: a pattern that cannot be read costs no Argon2id.
-      new Excludes(patterns, [], "find");
+      new Excludes(patterns, [], { label: "find" });
       const vault = await ctx.openVault();
       const damage: Damage[] = [];
       await streamItems<FoundItem, FindResult>(
