@@ -27,6 +27,8 @@ export interface ContentsRequest {
   readonly target?: AuditBody["target"];
   /** With "all": each snapshot object that fails verification (it is then left out). */
   readonly onDamage?: (d: Damage) => void;
+  /** Leave `bodies` empty: the caller opens each body when it comes to it (`body`), holding one at a time. */
+  readonly lazyBodies?: boolean;
 }
 
 /** The request for snapshots, from a command's options (absent ones left out). */
@@ -37,7 +39,10 @@ export function contentsRequest(snapshots: readonly string[], o: { readonly vm?:
 /** The resolved snapshots, opened: their records and bodies, and blobs read on demand. */
 export interface OpenedContents {
   readonly records: readonly SnapshotRecord[];
+  /** The records' bodies, in their order (empty with lazyBodies). */
   readonly bodies: readonly SnapshotBody[];
+  /** Opens one record's body. */
+  body(record: SnapshotRecord): Promise<SnapshotBody>;
   /** The blob reader (the index loads on first use: a listing of disks alone needs none). */
   reader(): Promise<BlobReader>;
   /** Index files left out because they did not authenticate, once the index was loaded. */
@@ -68,13 +73,15 @@ export async function readContents<T>(repo: Repository, action: AuditAction, req
       entry: { action, target: { ...ids, vm: vms.length === 1 ? (vms[0] ?? "") : vms, ...paths }, ...reason },
       started: true,
       run: async () => {
+        const body = (r: SnapshotRecord): Promise<SnapshotBody> => readSnapshotBody(repo, sessions, r);
         const bodies: SnapshotBody[] = [];
-        for (const r of records) bodies.push(await readSnapshotBody(repo, sessions, r));
+        if (req.lazyBodies !== true) for (const r of records) bodies.push(await body(r));
         let reader: Promise<BlobReader> | undefined;
         let damaged: readonly Damage[] = [];
         return await run({
           records,
           bodies,
+          body,
           reader: () =>
             (reader ??= loadIndex(repo, undefined, undefined, { idBytes: 8, skipDamaged: true }).then((index) => {
               // 64-bit ID prefixes, as a restore: every blob read is authenticated under its full ID.

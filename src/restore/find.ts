@@ -68,6 +68,8 @@ export async function findInSnapshots(repo: Repository, o: FindOptions, onItem: 
     ...(o.reason === undefined ? {} : { reason: o.reason }),
     ...(o.signal === undefined ? {} : { signal: o.signal }),
     ...(o.onDamage === undefined ? {} : { onDamage: o.onDamage }),
+    // A year of snapshots of a large folder: one body held at a time.
+    lazyBodies: true,
   };
   return readContents(repo, "find", request, (opened) => findOpened(opened, patterns, onItem, o.signal), (r) => ({ snapshots: r.snapshots, matches: r.matches }));
 }
@@ -76,13 +78,13 @@ async function findOpened(opened: OpenedContents, patterns: Excludes, onItem: (i
   /** Matches of entry blobs read, by folder name, folder path and blob ID (what they are matched against). */
   const remembered = new Map<string, readonly FolderEntry[]>();
   let matches = 0;
-  for (const [i, record] of opened.records.entries()) {
+  for (const record of opened.records) {
     const h = record.header;
     const emit = (item: ListedItem): void => {
       matches++;
       onItem({ snapshot: h.id, vm: h.vm, time: h.time, ...item });
     };
-    for (const source of opened.bodies[i]?.sources ?? []) {
+    for (const source of (await opened.body(record)).sources) {
       signal?.throwIfAborted();
       if (source.kind === "disk") {
         if (patterns.match(source.name, source.name, source.name, false) !== undefined) emit(diskItem(source));
