@@ -37,6 +37,7 @@ export { parseDataSubset, type DataSubset } from "./maintenance/subset.js";
 export { isListingDamage } from "./maintenance/check-attribution.js";
 export type { RepairIndexOptions, RepairIndexResult } from "./maintenance/repair-index.js";
 export type { SnapshotSummary } from "./snapshot/list.js";
+export type { SnapshotFilter } from "./snapshot/filter.js";
 export type { InitOptions, OpenOptions } from "./repository/open.js";
 export type { ProgressEvent, ProgressSink } from "./util/progress.js";
 export type { AddedUser, AddUserOptions, UserSummary, RemovedUserSummary } from "./users/users.js";

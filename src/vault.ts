@@ -10,6 +10,7 @@ import type { ListedItem, ListOptions, ListResult } from "./restore/list.js";
 import type { Change, DiffOptions, DiffResult } from "./restore/diff.js";
 import type { FindOptions, FindResult, FoundItem } from "./restore/find.js";
 import type { SnapshotCheckOptions, SnapshotCheckReport } from "./maintenance/check-snapshots.js";
+import type { SnapshotFilter } from "./snapshot/filter.js";
 import type { PreviewItem, PreviewOptions, PreviewResult } from "./backup/preview.js";
 import type { SnapshotSummary } from "./snapshot/list.js";
 import type { Role } from "./keys/roles.js";
@@ -110,7 +111,7 @@ export class Vault {
     return (await import("./restore/find.js")).findInSnapshots(this.repository, o, onItem);
   }
 
-  async snapshots(o: { vm?: string; onDamage?: (d: Damage) => void } = {}): Promise<SnapshotSummary[]> {
+  async snapshots(o: SnapshotFilter & { onDamage?: (d: Damage) => void } = {}): Promise<SnapshotSummary[]> {
     return (await import("./snapshot/list.js")).snapshotSummaries(this.repository, o);
   }
 

@@ -1,6 +1,6 @@
 import type { Damage } from "../errors.js";
 import type { Repository } from "../repository/repository.js";
-import { assertVmName } from "../format/snapshot.js";
+import { checkSnapshotFilter, filterSnapshots, type SnapshotFilter } from "./filter.js";
 import { listSnapshots } from "./store.js";
 import { authorizeAudited } from "../audit/guard.js";
 
@@ -18,22 +18,22 @@ export interface SnapshotSummary {
   readonly epoch: number;
 }
 
-export async function snapshotSummaries(repo: Repository, o: { vm?: string; onDamage?: (d: Damage) => void } = {}): Promise<SnapshotSummary[]> {
+/** Snapshots as `snapshots` lists them, oldest first, filtered (src/snapshot/filter.ts). */
+export async function snapshotSummaries(repo: Repository, o: SnapshotFilter & { onDamage?: (d: Damage) => void } = {}): Promise<SnapshotSummary[]> {
   await authorizeAudited(repo, "listSnapshots", "snapshots");
-  if (o.vm !== undefined) assertVmName(o.vm);
+  checkSnapshotFilter(o);
   const records = await listSnapshots(repo, o.onDamage);
-  return records
-    .filter((r) => o.vm === undefined || r.header.vm === o.vm)
-    .map((r) => ({
-      id: r.header.id,
-      vm: r.header.vm,
-      host: r.header.host,
-      time: r.header.time,
-      size: r.header.size,
-      addedBytes: r.header.addedBytes,
-      creator: r.header.creator,
-      disks: r.header.disks,
-      folders: r.header.folders,
-      epoch: r.meta.epoch,
-    }));
+  const all = records.map((r) => ({
+    id: r.header.id,
+    vm: r.header.vm,
+    host: r.header.host,
+    time: r.header.time,
+    size: r.header.size,
+    addedBytes: r.header.addedBytes,
+    creator: r.header.creator,
+    disks: r.header.disks,
+    folders: r.header.folders,
+    epoch: r.meta.epoch,
+  }));
+  return filterSnapshots(all, o);
 }

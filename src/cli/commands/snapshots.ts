@@ -1,21 +1,28 @@
 import type { Command } from "commander";
 import { CliContext } from "../context.js";
 import { formatBytes, noun, plural, table } from "../output.js";
-import { IntegrityError, type Damage } from "../../errors.js";
+import { IntegrityError, UsageError, type Damage } from "../../errors.js";
+import { checkSnapshotFilter, type SnapshotFilter } from "../../snapshot/filter.js";
 
 export function registerSnapshots(program: Command): void {
   program
     .command("snapshots")
     .description("list snapshots")
     .option("--vm <name>", "only this VM's snapshots")
-    .action(async (opts: { vm?: string }, command: Command) => {
+    .option("--host <name>", "only snapshots made on this host")
+    .option("--since <time>", "only snapshots taken at or after this time (ISO 8601)")
+    .option("--until <time>", "only snapshots taken before this time (ISO 8601)")
+    .option("--last <n>", "only the newest n of each VM (1: when each VM was last backed up)", lastCount)
+    .action(async (opts: SnapshotFilter, command: Command) => {
       const ctx = new CliContext(command);
+      // Before the unlock: a value that could match nothing costs no Argon2id.
+      checkSnapshotFilter(opts);
       const vault = await ctx.openVault();
       try {
         const damage: Damage[] = [];
-        const list = await vault.snapshots({ ...(opts.vm === undefined ? {} : { vm: opts.vm }), onDamage: (d) => damage.push(d) });
+        const list = await vault.snapshots({ ...opts, onDamage: (d) => damage.push(d) });
         if (ctx.json) ctx.printJson(list);
-        else if (list.length === 0) ctx.out(opts.vm === undefined ? "no snapshots" : `no snapshots of VM ${opts.vm}`);
+        else if (list.length === 0) ctx.out(`no snapshots${opts.vm === undefined ? "" : ` of VM ${opts.vm}`}${Object.keys(opts).some((k) => k !== "vm") ? " match" : ""}`);
         else {
           ctx.out(
             table(
@@ -29,4 +36,10 @@ export function registerSnapshots(program: Command): void {
         await vault.close();
       }
     });
+}
+
+/** --last N: a whole number of snapshots, 1 or more. */
+function lastCount(text: string): number {
+  if (!/^[1-9]\d{0,8}$/.test(text)) throw new UsageError(`--last ${JSON.stringify(text)}: give a whole number of snapshots, 1 or more`);
+  return Number(text);
 }
