@@ -72,7 +72,8 @@ export function registerCheck(program: Command): void {
 
 /** check --snapshot: each snapshot verified as a restore would read it, then the verdict. */
 async function checkSnapshots(ctx: CliContext, snapshots: readonly string[], vm: string | undefined): Promise<void> {
-  const vault = await ctx.openVault();
+  // As a restore: how much it reads is known only from the snapshots, so workers start ahead only when asked for.
+  const vault = await ctx.openVault({ withWorkers: ctx.workers !== undefined });
   try {
     const progress = ctx.progress;
     const workers = ctx.workers;
