@@ -9,6 +9,7 @@ import { acquireLock } from "../repository/lock.js";
 import type { Repository } from "../repository/repository.js";
 import { SessionKeys } from "../repository/sessions.js";
 import { findSnapshot, listSnapshots, readSnapshotBody, type SnapshotRecord } from "../snapshot/store.js";
+import { filterSnapshots, type SnapshotFilter } from "../snapshot/filter.js";
 import { BlobReader } from "./blob-reader.js";
 import { folderEntries, includeMatches, includeSpellings, selectInFolders } from "./folder.js";
 
@@ -29,6 +30,8 @@ export interface ContentsRequest {
   readonly onDamage?: (d: Damage) => void;
   /** Leave `bodies` empty: the caller opens each body when it comes to it (`body`), holding one at a time. */
   readonly lazyBodies?: boolean;
+  /** With "all": only the snapshots this selects (host, time window, the newest N of each VM). */
+  readonly select?: Omit<SnapshotFilter, "vm">;
 }
 
 /** The request for snapshots, from a command's options (absent ones left out). */
@@ -64,7 +67,10 @@ export async function readContents<T>(repo: Repository, action: AuditAction, req
   const sessions = new SessionKeys(repo);
   try {
     const records: SnapshotRecord[] = [];
-    if (req.snapshots === "all") records.push(...(await listSnapshots(repo, req.onDamage)).filter((r) => req.vm === undefined || r.header.vm === req.vm));
+    if (req.snapshots === "all") {
+      const select = { ...req.select, ...(req.vm === undefined ? {} : { vm: req.vm }) };
+      records.push(...filterSnapshots(await listSnapshots(repo, req.onDamage), select, (r) => r.header));
+    }
     else for (const ref of req.snapshots) records.push(await findSnapshot(repo, ref, req.vm));
     const ids = records.length === 1 ? { snapshot: records[0]?.header.id ?? "" } : { snapshots: records.map((r) => r.header.id) };
     const vms = [...new Set(records.map((r) => r.header.vm))];

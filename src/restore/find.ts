@@ -4,6 +4,7 @@ import { shownPath } from "../format/names.js";
 import type { FolderSource } from "../format/snapshot.js";
 import type { Repository } from "../repository/repository.js";
 import { Excludes } from "../sources/exclude.js";
+import { checkSnapshotFilter, type SnapshotFilter } from "../snapshot/filter.js";
 import { readContents, type OpenedContents } from "./contents.js";
 import { readEntryBlob } from "./folder.js";
 import { diskItem, entryItem, type ListedItem } from "../snapshot/items.js";
@@ -18,8 +19,10 @@ export interface FindOptions {
   readonly patterns: readonly string[];
   /** Only this VM's snapshots. */
   readonly vm?: string;
-  /** Only these snapshots (id, unique prefix, `latest`, resolved with vm); none: every snapshot. */
+  /** Only these snapshots (id, unique prefix, `latest`, resolved with vm); none: every snapshot, or those `select` selects. */
   readonly snapshots?: readonly string[];
+  /** Without snapshots: only those made on a host, in a time window, or the newest N of each VM (src/snapshot/filter.ts). */
+  readonly select?: Omit<SnapshotFilter, "vm">;
   /** Why, kept in the audit trail with the search. */
   readonly reason?: string;
   readonly signal?: AbortSignal;
@@ -60,6 +63,9 @@ const REMEMBERED_MATCHES = 16;
 export async function findInSnapshots(repo: Repository, o: FindOptions, onItem: (item: FoundItem) => void): Promise<FindResult> {
   if (o.patterns.length === 0) throw new UsageError("nothing to find: give at least one pattern");
   const patterns = new Excludes(o.patterns, [], { label: "find" });
+  const select = o.select === undefined || Object.keys(o.select).length === 0 ? undefined : o.select;
+  if (select !== undefined && o.snapshots !== undefined && o.snapshots.length > 0) throw new UsageError("--snapshot names the snapshots to search; --host, --since, --until and --last select among all of them", "give one or the other");
+  if (select !== undefined) checkSnapshotFilter(select);
   const request = {
     snapshots: o.snapshots === undefined || o.snapshots.length === 0 ? ("all" as const) : o.snapshots,
     paths: [],
@@ -68,6 +74,7 @@ export async function findInSnapshots(repo: Repository, o: FindOptions, onItem: 
     ...(o.reason === undefined ? {} : { reason: o.reason }),
     ...(o.signal === undefined ? {} : { signal: o.signal }),
     ...(o.onDamage === undefined ? {} : { onDamage: o.onDamage }),
+    ...(select === undefined ? {} : { select, target: { patterns: [...o.patterns], ...select } }),
     // A year of snapshots of a large folder: one body held at a time.
     lazyBodies: true,
   };

@@ -30,16 +30,28 @@ export function checkSnapshotFilter(f: SnapshotFilter): { since?: number; until?
   return { ...(since === undefined ? {} : { since }), ...(until === undefined ? {} : { until }) };
 }
 
-/** Applies the filter to snapshots in time order (oldest first), keeping that order. */
-export function filterSnapshots<T extends { readonly vm: string; readonly host: string; readonly time: string }>(list: readonly T[], f: SnapshotFilter): T[] {
+/** What a filter looks at of a snapshot. */
+export interface FilteredSnapshot {
+  readonly vm: string;
+  readonly host: string;
+  readonly time: string;
+}
+
+/**
+ * Applies the filter to snapshots in time order (oldest first), keeping that order; `of` gives
+ * what it looks at of each (a summary, or a record's header).
+ */
+export function filterSnapshots<T>(list: readonly T[], f: SnapshotFilter, of: (item: T) => FilteredSnapshot): T[] {
   const { since, until } = checkSnapshotFilter(f);
-  const kept = list.filter(
-    (s) =>
+  const kept = list.filter((item) => {
+    const s = of(item);
+    return (
       (f.vm === undefined || s.vm === f.vm) &&
       (f.host === undefined || s.host === f.host) &&
       (since === undefined || Date.parse(s.time) >= since) &&
-      (until === undefined || Date.parse(s.time) < until),
-  );
+      (until === undefined || Date.parse(s.time) < until)
+    );
+  });
   if (f.last === undefined) return kept;
   const last = f.last;
   // The newest `last` of each VM: counted from the end.
@@ -47,9 +59,10 @@ export function filterSnapshots<T extends { readonly vm: string; readonly host: 
   const keep = new Set<T>();
   for (let i = kept.length - 1; i >= 0; i--) {
     const s = kept[i] as T;
-    const n = seen.get(s.vm) ?? 0;
+    const vm = of(s).vm;
+    const n = seen.get(vm) ?? 0;
     if (n < last) keep.add(s);
-    seen.set(s.vm, n + 1);
+    seen.set(vm, n + 1);
   }
   return kept.filter((s) => keep.has(s));
 }

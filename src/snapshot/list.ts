@@ -35,5 +35,5 @@ export async function snapshotSummaries(repo: Repository, o: SnapshotFilter & { 
     folders: r.header.folders,
     epoch: r.meta.epoch,
   }));
-  return filterSnapshots(all, o);
+  return filterSnapshots(all, o, (s) => s);
 }

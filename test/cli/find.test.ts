@@ -113,6 +113,26 @@ describe("vmvault find", () => {
     expect(none.stdout).toBe("no match in 3 snapshots\n");
   });
 
+  it("selects the snapshots to search as snapshots does: the newest N of each VM, a time window, a host", async () => {
+    expect(where(found(await v(["find", "hosts", "--last", "1", "--json"])))).toEqual(["1 etc/hosts", "2 etc/hosts"]);
+    const times = (JSON.parse((await v(["snapshots", "--json"])).stdout) as { time: string; host: string }[]);
+    expect(where(found(await v(["find", "hosts", "--since", times[1]?.time ?? "", "--json"])))).toEqual(["1 etc/hosts", "2 etc/hosts"]);
+    expect(where(found(await v(["find", "hosts", "--until", times[1]?.time ?? "", "--json"])))).toEqual(["0 etc/hosts"]);
+    expect(where(found(await v(["find", "hosts", "--host", times[0]?.host ?? "", "--vm", "db", "--json"])))).toEqual(["2 etc/hosts"]);
+    expect(found(await v(["find", "hosts", "--host", "elsewhere", "--json"]))).toEqual([]);
+    const log = JSON.parse((await v(["audit", "log", "--json", "--action", "find"])).stdout) as { target: Record<string, unknown> }[];
+    expect(log.at(-1)?.target).toMatchObject({ snapshots: [], host: "elsewhere", matches: 0 });
+    for (const [args, message] of [
+      [["--snapshot", "latest", "--last", "1"], /--snapshot names the snapshots to search/],
+      [["--last", "0"], /--last "0": give a whole number/],
+      [["--since", "then"], /--since then is not a date/],
+    ] as const) {
+      const r = await v(["find", "hosts", ...args], { env: { VMVAULT_PASSPHRASE: undefined } });
+      expect(r.code, `${args.join(" ")}: ${r.stderr}`).toBe(2);
+      expect(r.stderr).toMatch(message);
+    }
+  });
+
   it("refuses a bad pattern before asking for the passphrase, and needs a pattern", async () => {
     const bad = await v(["find", "[ab"], { env: { VMVAULT_PASSPHRASE: undefined } });
     expect(bad.code, bad.stderr).toBe(2);

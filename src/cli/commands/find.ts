@@ -1,5 +1,6 @@
 import type { Command } from "commander";
-import { IntegrityError, type Damage } from "../../errors.js";
+import { IntegrityError, UsageError, type Damage } from "../../errors.js";
+import { checkSnapshotFilter } from "../../snapshot/filter.js";
 import { Excludes } from "../../sources/exclude.js";
 import type { FindResult, FoundItem } from "../../restore/find.js";
 import { CliContext } from "../context.js";
@@ -8,6 +9,7 @@ import type { Interrupts } from "../interrupt.js";
 import { noun, plural } from "../output.js";
 import { streamItems } from "../stream.js";
 import { longLine, shortLine } from "./ls.js";
+import { lastCount } from "./snapshots.js";
 
 export function registerFind(program: Command, interrupts: Interrupts): void {
   program
@@ -16,12 +18,19 @@ export function registerFind(program: Command, interrupts: Interrupts): void {
     .argument("<pattern...>", "a name (*.conf), a path in the snapshot (vm1/etc/**), or where it was on the host (/srv/vm1/etc/hosts); patterns as for backup --exclude")
     .option("--vm <name>", "only this VM's snapshots")
     .option("--snapshot <id>", "only this snapshot (id, unique id prefix, or `latest`); repeatable", collect)
+    .option("--host <name>", "only snapshots made on this host")
+    .option("--since <time>", "only snapshots taken at or after this time (ISO 8601)")
+    .option("--until <time>", "only snapshots taken before this time (ISO 8601)")
+    .option("--last <n>", "only the newest n snapshots of each VM", lastCount)
     .option("-l, --long", "mode, owner:group, size in bytes and time before each path")
     .option("--reason <text>", "why (kept in the audit trail with the search)")
-    .action(async (patterns: string[], opts: { vm?: string; snapshot?: string[]; long?: boolean; reason?: string }, command: Command) => {
+    .action(async (patterns: string[], opts: { vm?: string; snapshot?: string[]; long?: boolean; reason?: string; host?: string; since?: string; until?: string; last?: number }, command: Command) => {
       const ctx = new CliContext(command);
-      // Checked before the unlock: a pattern that cannot be read costs no Argon2id.
+      const { vm, snapshot, long, reason, ...select } = opts;
+      // Checked before the unlock: a pattern or a selection that cannot be read costs no Argon2id.
       new Excludes(patterns, [], { label: "find" });
+      checkSnapshotFilter(select);
+      if (snapshot !== undefined && Object.keys(select).length > 0) throw new UsageError("--snapshot names the snapshots to search; --host, --since, --until and --last select among all of them", "give one or the other");
       const vault = await ctx.openVault();
       const damage: Damage[] = [];
       await streamItems<FoundItem, FindResult>(
@@ -31,9 +40,10 @@ export function registerFind(program: Command, interrupts: Interrupts): void {
           vault.find(
             {
               patterns,
-              ...(opts.vm === undefined ? {} : { vm: opts.vm }),
-              ...(opts.snapshot === undefined ? {} : { snapshots: opts.snapshot }),
-              ...(opts.reason === undefined ? {} : { reason: opts.reason }),
+              ...(vm === undefined ? {} : { vm }),
+              ...(snapshot === undefined ? {} : { snapshots: snapshot }),
+              ...(reason === undefined ? {} : { reason }),
+              select,
               signal: interrupts.cancellable(),
               onDamage: (d) => damage.push(d),
             },

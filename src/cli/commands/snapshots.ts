@@ -39,7 +39,7 @@ export function registerSnapshots(program: Command): void {
 }
 
 /** --last N: a whole number of snapshots, 1 or more. */
-function lastCount(text: string): number {
+export function lastCount(text: string): number {
   if (!/^[1-9]\d{0,8}$/.test(text)) throw new UsageError(`--last ${JSON.stringify(text)}: give a whole number of snapshots, 1 or more`);
   return Number(text);
 }
