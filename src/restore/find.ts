@@ -78,7 +78,7 @@ export async function findInSnapshots(repo: Repository, o: FindOptions, onItem: 
     // A year of snapshots of a large folder: one body held at a time.
     lazyBodies: true,
   };
-  return readContents(repo, "find", request, (opened) => findOpened(opened, patterns, onItem, o.signal), (r) => ({ snapshots: r.snapshots, matches: r.matches }));
+  return readContents(repo, "find", request, (opened) => findOpened(opened, patterns, onItem, o.signal), (r) => ({ searched: r.snapshots, matches: r.matches }));
 }
 
 async function findOpened(opened: OpenedContents, patterns: Excludes, onItem: (item: FoundItem) => void, signal: AbortSignal | undefined): Promise<FindResult> {

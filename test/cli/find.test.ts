@@ -121,7 +121,7 @@ describe("vmvault find", () => {
     expect(where(found(await v(["find", "hosts", "--host", times[0]?.host ?? "", "--vm", "db", "--json"])))).toEqual(["2 etc/hosts"]);
     expect(found(await v(["find", "hosts", "--host", "elsewhere", "--json"]))).toEqual([]);
     const log = JSON.parse((await v(["audit", "log", "--json", "--action", "find"])).stdout) as { target: Record<string, unknown> }[];
-    expect(log.at(-1)?.target).toMatchObject({ snapshots: [], host: "elsewhere", matches: 0 });
+    expect(log.at(-1)?.target).toMatchObject({ snapshots: [], host: "elsewhere", searched: 0, matches: 0 });
     for (const [args, message] of [
       [["--snapshot", "latest", "--last", "1"], /--snapshot names the snapshots to search/],
       [["--last", "0"], /--last "0": give a whole number/],
@@ -149,7 +149,8 @@ describe("vmvault find", () => {
     const last = log.slice(-2);
     expect(last.map((x) => x.result)).toEqual(["started", "succeeded"]);
     expect(last[0]).toMatchObject({ action: "find", reason: "which day did new.conf appear", target: { snapshots: [ids[0], ids[1]], vm: "web1", patterns: ["*.conf"] } });
-    expect(last[1]?.target).toMatchObject({ matches: 6 });
+    // The outcome keeps the snapshot IDs (audit log --snapshot finds it) and counts them apart.
+    expect(last[1]?.target).toMatchObject({ snapshots: [ids[0], ids[1]], searched: 2, matches: 6 });
     expect((await v(["audit", "verify"])).code).toBe(0);
   });
 });
