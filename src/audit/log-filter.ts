@@ -2,6 +2,7 @@ import { UsageError } from "../errors.js";
 import { AUDIT_ACTIONS, AUDIT_RESULTS, type AuditBody } from "../format/audit.js";
 import { USER_NAME_PATTERN } from "../format/registry.js";
 import { assertVmName } from "../format/snapshot.js";
+import { parseTimeWindow } from "../util/time-window.js";
 
 // What `audit log` selects: kept apart from the trail's reading, so the CLI checks a filter before the unlock without loading it.
 
@@ -22,14 +23,7 @@ export interface AuditLogFilter {
 
 /** A filter's values, checked (a usage error for one that would silently match nothing), with its times parsed. */
 export function checkAuditLogFilter(f: AuditLogFilter): { since?: number; until?: number } {
-  const time = (option: string, value: string | undefined): number | undefined => {
-    if (value === undefined) return undefined;
-    const t = Date.parse(value);
-    if (Number.isNaN(t)) throw new UsageError(`${option} ${value} is not a date`, "use ISO 8601, e.g. 2026-11-25 or 2026-11-25T10:00:00Z");
-    return t;
-  };
-  const since = time("--since", f.since);
-  const until = time("--until", f.until);
+  const window = parseTimeWindow(f);
   // A name no user can have, or a misspelt action, would match nothing and look like "no such records".
   if (f.actor !== undefined && !USER_NAME_PATTERN.test(f.actor)) {
     throw new UsageError(`--actor ${JSON.stringify(f.actor)} is not a user name`, "user names are 1-64 characters: a-z, 0-9, '.', '_' or '-', starting with a letter or digit");
@@ -42,7 +36,7 @@ export function checkAuditLogFilter(f: AuditLogFilter): { since?: number; until?
   }
   if (f.vm !== undefined) assertVmName(f.vm);
   if (f.snapshot !== undefined && !/^[0-9a-fA-F]{1,32}$/.test(f.snapshot)) throw new UsageError(`--snapshot ${JSON.stringify(f.snapshot)} is not a snapshot id or id prefix`, "give hex digits of the id, as `vmvault snapshots` shows it");
-  return { ...(since === undefined ? {} : { since }), ...(until === undefined ? {} : { until }) };
+  return window;
 }
 
 /** Whether a record's target names the VM (`vm`, one or a list) or a snapshot with this id prefix (`snapshot`, `snapshots`). */

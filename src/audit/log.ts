@@ -2,6 +2,7 @@ import { IntegrityError, type Damage } from "../errors.js";
 import { appendSignature, encodeEnvelope, ObjectKind } from "../format/envelope.js";
 import { encodeAnchorMeta, type AuditBody } from "../format/audit.js";
 import { checkAuditLogFilter, targetNames, type AuditLogFilter } from "./log-filter.js";
+import { inTimeWindow } from "../util/time-window.js";
 import type { Repository } from "../repository/repository.js";
 import { toHex } from "../util/bytes.js";
 import { audited, authorizeAudited } from "./guard.js";
@@ -37,7 +38,7 @@ export interface AuditLogEntry {
  */
 export async function auditLog(repo: Repository, f: AuditLogFilter = {}, onDamage?: (d: Damage) => void): Promise<AuditLogEntry[]> {
   await authorizeAudited(repo, "readAudit", "audit log");
-  const { since, until } = checkAuditLogFilter(f);
+  const window = checkAuditLogFilter(f);
   const snapshot = f.snapshot?.toLowerCase();
   const out: AuditLogEntry[] = [];
   let expected = 1;
@@ -50,8 +51,7 @@ export async function auditLog(repo: Repository, f: AuditLogFilter = {}, onDamag
       continue;
     }
     const b = rec.body;
-    if (since !== undefined && Date.parse(b.time) < since) continue;
-    if (until !== undefined && Date.parse(b.time) >= until) continue;
+    if (!inTimeWindow(b.time, window)) continue;
     if (f.actor !== undefined && b.actor !== f.actor) continue;
     if (f.action !== undefined && b.action !== f.action) continue;
     if (f.result !== undefined && b.result !== f.result) continue;

@@ -1,5 +1,6 @@
 import { UsageError } from "../errors.js";
 import { assertVmName } from "../format/snapshot.js";
+import { inTimeWindow, parseTimeWindow } from "../util/time-window.js";
 
 /** Which snapshots `snapshots` lists (the library's snapshotSummaries takes the same). */
 export interface SnapshotFilter {
@@ -19,15 +20,7 @@ export function checkSnapshotFilter(f: SnapshotFilter): { since?: number; until?
   if (f.vm !== undefined) assertVmName(f.vm);
   if (f.host !== undefined && f.host.trim() === "") throw new UsageError("--host needs a host name");
   if (f.last !== undefined && !(Number.isSafeInteger(f.last) && f.last >= 1)) throw new UsageError(`--last ${f.last}: give a whole number of snapshots, 1 or more`);
-  const time = (option: string, value: string | undefined): number | undefined => {
-    if (value === undefined) return undefined;
-    const t = Date.parse(value);
-    if (Number.isNaN(t)) throw new UsageError(`${option} ${value} is not a date`, "use ISO 8601, e.g. 2026-11-25 or 2026-11-25T10:00:00Z");
-    return t;
-  };
-  const since = time("--since", f.since);
-  const until = time("--until", f.until);
-  return { ...(since === undefined ? {} : { since }), ...(until === undefined ? {} : { until }) };
+  return parseTimeWindow(f);
 }
 
 /** What a filter looks at of a snapshot. */
@@ -42,15 +35,10 @@ export interface FilteredSnapshot {
  * what it looks at of each (a summary, or a record's header).
  */
 export function filterSnapshots<T>(list: readonly T[], f: SnapshotFilter, of: (item: T) => FilteredSnapshot): T[] {
-  const { since, until } = checkSnapshotFilter(f);
+  const window = checkSnapshotFilter(f);
   const kept = list.filter((item) => {
     const s = of(item);
-    return (
-      (f.vm === undefined || s.vm === f.vm) &&
-      (f.host === undefined || s.host === f.host) &&
-      (since === undefined || Date.parse(s.time) >= since) &&
-      (until === undefined || Date.parse(s.time) < until)
-    );
+    return (f.vm === undefined || s.vm === f.vm) && (f.host === undefined || s.host === f.host) && inTimeWindow(s.time, window);
   });
   if (f.last === undefined) return kept;
   const last = f.last;
