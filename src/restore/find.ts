@@ -85,8 +85,12 @@ async function findOpened(opened: OpenedContents, patterns: Excludes, onItem: (i
   /** Matches of entry blobs read, by folder name, folder path and blob ID (what they are matched against). */
   const remembered = new Map<string, readonly FolderEntry[]>();
   let matches = 0;
+  const searched = new Set<string>();
   for (const record of opened.records) {
     const h = record.header;
+    // A snapshot named twice (`--snapshot latest --snapshot 3f2a…`) is searched once.
+    if (searched.has(h.id)) continue;
+    searched.add(h.id);
     const emit = (item: ListedItem): void => {
       matches++;
       onItem({ snapshot: h.id, vm: h.vm, time: h.time, ...item });
@@ -110,7 +114,7 @@ async function findOpened(opened: OpenedContents, patterns: Excludes, onItem: (i
       }
     }
   }
-  return { snapshots: opened.records.length, matches, damagedIndexes: opened.damagedIndexes() };
+  return { snapshots: searched.size, matches, damagedIndexes: opened.damagedIndexes() };
 }
 
 const NONE: readonly FolderEntry[] = [];

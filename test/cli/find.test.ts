@@ -107,6 +107,9 @@ describe("vmvault find", () => {
   it("limits the search to a VM or to named snapshots, and says when nothing matches", async () => {
     expect(where(found(await v(["find", "hosts", "--vm", "db", "--json"])))).toEqual(["2 etc/hosts"]);
     expect(where(found(await v(["find", "*.conf", "--snapshot", ids[0] ?? "", "--snapshot", "latest", "--json"])))).toEqual(["0 etc/nginx/nginx.conf", "0 etc/nginx/sites/default.conf", "0 etc/old.conf", "2 etc/pg.conf"]);
+    // A snapshot named twice is searched once.
+    const twice = await v(["find", "pg.conf", "--snapshot", "latest", "--snapshot", ids[2]?.slice(0, 10) ?? ""]);
+    expect(twice.stdout).toMatch(/etc\/pg\.conf\n1 match in 1 snapshot\n$/);
     expect(found(await v(["find", "nothing-like-this", "--json"]))).toEqual([]);
     const none = await v(["find", "nothing-like-this"]);
     expect(none.code, none.stderr).toBe(0);
