@@ -44,4 +44,3 @@ export function targetNames(target: AuditBody["target"], key: "vm" | "snapshot",
   const values = key === "vm" ? [target["vm"]] : [target["snapshot"], target["snapshots"]];
   return values.some((v) => (typeof v === "string" ? matches(v) : Array.isArray(v) && v.some((x) => typeof x === "string" && matches(x))));
 }
-

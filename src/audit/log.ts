@@ -13,9 +13,9 @@ import type { AuditHead } from "../format/registry.js";
 import { BrokenTrailError } from "./errors.js";
 import { verifyTrail, type AuditVerifyReport } from "./verify.js";
 
-/** One record as `audit log` shows it (the --json shape scripts rely on). */
 export type { AuditLogFilter } from "./log-filter.js";
 
+/** One record as `audit log` shows it (the --json shape scripts rely on). */
 export interface AuditLogEntry {
   readonly seq: number;
   readonly time: string;

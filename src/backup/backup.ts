@@ -18,7 +18,7 @@ import { toHex, utf8 } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import { readHead } from "../audit/trail.js";
-import { backupFolder, type SkippedEntry } from "./folder.js";
+import { backupFolder, skippedIn, type SkippedEntry } from "./folder.js";
 import { backupImage } from "./image.js";
 import { readBoundOf, runsInline } from "./size.js";
 import { SessionIndexWriter } from "./index-writer.js";
@@ -241,7 +241,7 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
           : await backupFolder(p.path, p.name, cdc, sink, progress, { sparse: o.sparse ?? true, keepCache: o.keepCache ?? false, excludes, oneFileSystem: o.oneFileSystem === true });
       sources.push(r.source);
       reads.push({ readBytes: r.readBytes, cacheDroppedBytes: r.cacheDroppedBytes, ...("excluded" in r ? { excluded: r.excluded } : {}) });
-      if ("skipped" in r) skipped.push(...r.skipped.map((s) => ({ ...s, path: s.path === "" ? p.name : `${p.name}/${s.path}` })));
+      if ("skipped" in r) skipped.push(...skippedIn(p.name, r.skipped));
     }
     await sink.finish();
     await packs.flush();

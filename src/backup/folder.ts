@@ -44,6 +44,16 @@ export interface FolderStats {
   excluded: number;
 }
 
+/** Stats of a walk not begun. */
+export function newFolderStats(): FolderStats {
+  return { files: 0, dirs: 0, symlinks: 0, size: 0, skipped: [], excluded: 0 };
+}
+
+/** Skipped entries of a source, named with the source's name first (the source itself by its name). */
+export function skippedIn(source: string, skipped: readonly SkippedEntry[]): SkippedEntry[] {
+  return skipped.map((s) => ({ ...s, path: s.path === "" ? source : `${source}/${s.path}` }));
+}
+
 export interface FolderBackupOptions extends FolderWalkOptions {
   /** Skip unallocated extents of sparse files where they cover whole chunks (default true). */
   readonly sparse?: boolean;
@@ -118,7 +128,7 @@ export async function walkFolder(root: string, name: string, o: FolderWalkOption
     } catch (e) {
       throw sourceError(shownFsPath(abs), e);
     }
-    const pattern = excludes !== undefined && rel !== "" ? excludedBy(excludes, name, rel, abs, st.isDirectory()) : undefined;
+    const pattern = excludes !== undefined && rel !== "" ? excludes.matchEntry(name, shownPath(rel), shownFsPath(abs), st.isDirectory()) : undefined;
     if (pattern !== undefined) return leftOut(rel, st, `--exclude ${pattern}`);
     if (excludes?.largerThan !== undefined && st.isFile() && st.size > excludes.largerThan) return leftOut(rel, st, `--exclude-larger-than ${byteSizeText(excludes.largerThan)}`);
     if (o.oneFileSystem === true) device ??= st.dev;
@@ -198,7 +208,7 @@ export async function backupFolder(
   progress: ProgressSink,
   o: FolderBackupOptions = {},
 ): Promise<{ source: FolderSource; skipped: SkippedEntry[]; excluded: number; readBytes: number; cacheDroppedBytes: number }> {
-  const stats: FolderStats = { files: 0, dirs: 0, symlinks: 0, size: 0, skipped: [], excluded: 0 };
+  const stats = newFolderStats();
   const blobs = new EntryBlobWriter(sink);
   const batcher = new FolderBatcher(sink, Math.max(BATCH_BYTES, cdc.params.max));
   const reader = new CdcFileReader(cdc, batcher, o.sparse ?? true, o.keepCache ?? false);
@@ -375,13 +385,6 @@ const SLASH = Buffer.from("/");
 /** Array.prototype.sort's default order (UTF-16 code units), which folder walks have always used. */
 function compareNames(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
-}
-
-/** The pattern that excludes the entry at rel (entry form), if one does: by its name, its path in the snapshot (under folder), or where it is. */
-function excludedBy(excludes: Excludes, folder: string, rel: string, abs: string | Buffer, isFolder: boolean): string | undefined {
-  const shown = shownPath(rel);
-  const slash = shown.lastIndexOf("/");
-  return excludes.match(slash < 0 ? shown : shown.slice(slash + 1), `${folder}/${shown}`, shownFsPath(abs), isFolder);
 }
 
 /** A file system path for messages: text as it is, bytes escaped where they are not UTF-8. */

@@ -1,5 +1,4 @@
 import { promises as fsp } from "node:fs";
-import type { FolderEntry } from "../format/entries.js";
 import { assertVmName } from "../format/snapshot.js";
 import { entryItem, type ListedItem } from "../snapshot/items.js";
 import { DataExtents, sourceSize } from "../sources/extents.js";
@@ -7,7 +6,7 @@ import { Excludes } from "../sources/exclude.js";
 import { sourceError } from "../sources/identity.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 import { planSources, type PlannedSource } from "./backup.js";
-import { walkFolder, type FolderStats, type SkippedEntry } from "./folder.js";
+import { newFolderStats, skippedIn, walkFolder, type SkippedEntry } from "./folder.js";
 
 export interface PreviewOptions {
   readonly vm: string;
@@ -86,9 +85,9 @@ export async function previewBackup(o: PreviewOptions, onItem: (item: PreviewIte
       if (o.list === true) onItem({ path: p.name, type: "disk", size: disk.size });
       continue;
     }
-    const stats: FolderStats = { files: 0, dirs: 0, symlinks: 0, size: 0, skipped: [], excluded: 0 };
+    const stats = newFolderStats();
     let seen = 0;
-    const seeing = (entry: FolderEntry): void => {
+    const seeing = (): void => {
       if (++seen % 256 === 0) o.signal?.throwIfAborted();
       progress({ phase: `walk ${p.name}`, done: seen, unit: "items" });
     };
@@ -99,21 +98,21 @@ export async function previewBackup(o: PreviewOptions, onItem: (item: PreviewIte
       { excludes, oneFileSystem: o.oneFileSystem === true },
       {
         add: async (entry, keptEmpty) => {
-          seeing(entry);
+          seeing();
           if (keptEmpty) onItem({ ...entryItem(folder, entry), emptied: "--one-file-system" });
           else if (o.list === true) onItem(entryItem(folder, entry));
         },
         // Contents are not read: a file's chunks are what a backup would find in it.
         read: async () => [],
         leftOut: (entry, reason) => {
-          seeing(entry);
+          seeing();
           onItem({ ...entryItem(folder, entry), excluded: reason });
         },
       },
       stats,
     );
     sources.push({ name: p.name, kind: "folder", size: stats.size, files: stats.files, dirs: stats.dirs, symlinks: stats.symlinks, excluded: stats.excluded });
-    skipped.push(...stats.skipped.map((s) => ({ ...s, path: s.path === "" ? p.name : `${p.name}/${s.path}` })));
+    skipped.push(...skippedIn(p.name, stats.skipped));
   }
   return {
     dryRun: true,

@@ -11,7 +11,7 @@ import { BlobReader } from "../restore/blob-reader.js";
 import { diskRequests } from "../restore/disk.js";
 import { ChunkFetcher, type ChunkRequest } from "../restore/fetcher.js";
 import { readEntryBlob } from "../restore/folder.js";
-import { findSnapshot, readSnapshotBody, type SnapshotRecord } from "../snapshot/store.js";
+import { findSnapshot, readSnapshotBody, vmsOf, type SnapshotRecord } from "../snapshot/store.js";
 import { fromHex } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 
@@ -79,12 +79,6 @@ export async function checkSnapshots(repo: Repository, o: SnapshotCheckOptions):
     sessions.dispose();
     await lock.release();
   }
-}
-
-/** The VM of the records, or their VMs when they are several (as `audit log --vm` finds them). */
-function vmsOf(records: readonly SnapshotRecord[]): string | string[] {
-  const vms = [...new Set(records.map((r) => r.header.vm))];
-  return vms.length === 1 ? (vms[0] ?? "") : vms;
 }
 
 async function verifyAll(repo: Repository, sessions: SessionKeys, records: readonly SnapshotRecord[], o: SnapshotCheckOptions): Promise<SnapshotCheckReport> {

@@ -8,7 +8,7 @@ import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
 import type { Repository } from "../repository/repository.js";
 import { SessionKeys } from "../repository/sessions.js";
-import { findSnapshot, listSnapshots, readSnapshotBody, type SnapshotRecord } from "../snapshot/store.js";
+import { findSnapshot, listSnapshots, readSnapshotBody, vmsOf, type SnapshotRecord } from "../snapshot/store.js";
 import { filterSnapshots, type SnapshotFilter } from "../snapshot/filter.js";
 import { BlobReader } from "./blob-reader.js";
 import { folderEntries, includeMatches, includeSpellings, selectInFolders } from "./folder.js";
@@ -70,13 +70,11 @@ export async function readContents<T>(repo: Repository, action: AuditAction, req
     if (req.snapshots === "all") {
       const select = { ...req.select, ...(req.vm === undefined ? {} : { vm: req.vm }) };
       records.push(...filterSnapshots(await listSnapshots(repo, req.onDamage), select, (r) => r.header));
-    }
-    else for (const ref of req.snapshots) records.push(await findSnapshot(repo, ref, req.vm));
+    } else for (const ref of req.snapshots) records.push(await findSnapshot(repo, ref, req.vm));
     const ids = records.length === 1 ? { snapshot: records[0]?.header.id ?? "" } : { snapshots: records.map((r) => r.header.id) };
-    const vms = [...new Set(records.map((r) => r.header.vm))];
     const reason = req.reason === undefined || req.reason.trim() === "" ? {} : { reason: req.reason };
     return await audited(repo, {
-      entry: { action, target: { ...ids, vm: vms.length === 1 ? (vms[0] ?? "") : vms, ...paths }, ...reason },
+      entry: { action, target: { ...ids, vm: vmsOf(records), ...paths }, ...reason },
       started: true,
       run: async () => {
         const body = (r: SnapshotRecord): Promise<SnapshotBody> => readSnapshotBody(repo, sessions, r);

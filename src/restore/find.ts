@@ -4,7 +4,7 @@ import { shownPath } from "../format/names.js";
 import type { FolderSource } from "../format/snapshot.js";
 import type { Repository } from "../repository/repository.js";
 import { Excludes } from "../sources/exclude.js";
-import { checkSnapshotFilter, type SnapshotFilter } from "../snapshot/filter.js";
+import { checkSnapshotSelection, type SnapshotFilter } from "../snapshot/filter.js";
 import { readContents, type OpenedContents } from "./contents.js";
 import { readEntryBlob } from "./folder.js";
 import { diskItem, entryItem, type ListedItem } from "../snapshot/items.js";
@@ -63,18 +63,16 @@ const REMEMBERED_MATCHES = 16;
 export async function findInSnapshots(repo: Repository, o: FindOptions, onItem: (item: FoundItem) => void): Promise<FindResult> {
   if (o.patterns.length === 0) throw new UsageError("nothing to find: give at least one pattern");
   const patterns = new Excludes(o.patterns, [], { label: "find" });
-  const select = o.select === undefined || Object.keys(o.select).length === 0 ? undefined : o.select;
-  if (select !== undefined && o.snapshots !== undefined && o.snapshots.length > 0) throw new UsageError("--snapshot names the snapshots to search; --host, --since, --until and --last select among all of them", "give one or the other");
-  if (select !== undefined) checkSnapshotFilter(select);
+  const select = checkSnapshotSelection(o.snapshots, o.select);
   const request = {
     snapshots: o.snapshots === undefined || o.snapshots.length === 0 ? ("all" as const) : o.snapshots,
     paths: [],
-    target: { patterns: [...o.patterns] },
+    target: { patterns: [...o.patterns], ...select },
     ...(o.vm === undefined ? {} : { vm: o.vm }),
     ...(o.reason === undefined ? {} : { reason: o.reason }),
     ...(o.signal === undefined ? {} : { signal: o.signal }),
     ...(o.onDamage === undefined ? {} : { onDamage: o.onDamage }),
-    ...(select === undefined ? {} : { select, target: { patterns: [...o.patterns], ...select } }),
+    ...(select === undefined ? {} : { select }),
     // A year of snapshots of a large folder: one body held at a time.
     lazyBodies: true,
   };
@@ -121,8 +119,6 @@ const NONE: readonly FolderEntry[] = [];
 
 /** Whether a pattern matches the entry's name, its path in the snapshot, or where it was on the host. */
 function entryMatches(patterns: Excludes, folder: FolderSource, e: FolderEntry): boolean {
-  if (e.path === "") return patterns.match(folder.name, folder.name, folder.path, true) !== undefined;
-  const shown = shownPath(e.path);
-  const slash = shown.lastIndexOf("/");
-  return patterns.match(slash < 0 ? shown : shown.slice(slash + 1), `${folder.name}/${shown}`, `${folder.path}/${shown}`, e.type === "dir") !== undefined;
+  const shown = e.path === "" ? "" : shownPath(e.path);
+  return patterns.matchEntry(folder.name, shown, shown === "" ? folder.path : `${folder.path}/${shown}`, e.type === "dir") !== undefined;
 }

@@ -23,6 +23,18 @@ export function checkSnapshotFilter(f: SnapshotFilter): { since?: number; until?
   return parseTimeWindow(f);
 }
 
+/**
+ * The snapshots a command that takes both names (`--snapshot`) and a selection (`find`) will
+ * read: the selection, checked, or undefined when it selects nothing in particular; named
+ * snapshots and a selection together are a usage error.
+ */
+export function checkSnapshotSelection(named: readonly string[] | undefined, select: Omit<SnapshotFilter, "vm"> | undefined): Omit<SnapshotFilter, "vm"> | undefined {
+  if (select === undefined || Object.keys(select).length === 0) return undefined;
+  if (named !== undefined && named.length > 0) throw new UsageError("--snapshot names the snapshots to search; --host, --since, --until and --last select among all of them", "give one or the other");
+  checkSnapshotFilter(select);
+  return select;
+}
+
 /** What a filter looks at of a snapshot. */
 export interface FilteredSnapshot {
   readonly vm: string;

@@ -301,3 +301,9 @@ function ambiguous(ref: string, n: number, vm?: string): UsageError {
 export function signedDigest(repo: Repository, record: SnapshotRecord): string {
   return toHex(repo.crypto.hash(snapshotSignedMessage(record.header.id, record.meta.sessionId, repo.crypto.hash(record.headerBytes), record.bodySealed)));
 }
+
+/** The VM of the records, or their VMs when they are several: how audit records name them (`audit log --vm` finds either). */
+export function vmsOf(records: readonly SnapshotRecord[]): string | string[] {
+  const vms = [...new Set(records.map((r) => r.header.vm))];
+  return vms.length === 1 ? (vms[0] ?? "") : vms;
+}

@@ -68,6 +68,17 @@ export class Excludes {
     const hit = (list: readonly Pattern[], text: string): Pattern | undefined => list.find((p) => p.re.test(text) && (isFolder || !p.foldersOnly));
     return (hit(this.#byName, name) ?? hit(this.#bySnapshotPath, snapshotPath) ?? hit(this.#byAbsolute, absolute))?.given;
   }
+
+  /**
+   * match for an entry of a folder source: folder, the source's name; shown, the entry's path
+   * below it as shownPath shows it ("" for the folder itself, matched by its name); absolute,
+   * where it is (or was) on the host, shown.
+   */
+  matchEntry(folder: string, shown: string, absolute: string, isFolder: boolean): string | undefined {
+    if (shown === "") return this.match(folder, folder, absolute, isFolder);
+    const slash = shown.lastIndexOf("/");
+    return this.match(slash < 0 ? shown : shown.slice(slash + 1), `${folder}/${shown}`, absolute, isFolder);
+  }
 }
 
 /** One --exclude pattern: compiled, as given, and whether it matches folders only (a trailing "/"). */

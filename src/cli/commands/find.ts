@@ -1,6 +1,6 @@
 import type { Command } from "commander";
-import { IntegrityError, UsageError, type Damage } from "../../errors.js";
-import { checkSnapshotFilter } from "../../snapshot/filter.js";
+import { IntegrityError, type Damage } from "../../errors.js";
+import { checkSnapshotSelection } from "../../snapshot/filter.js";
 import { Excludes } from "../../sources/exclude.js";
 import type { FindResult, FoundItem } from "../../restore/find.js";
 import { CliContext } from "../context.js";
@@ -29,8 +29,7 @@ export function registerFind(program: Command, interrupts: Interrupts): void {
       const { vm, snapshot, long, reason, ...select } = opts;
       // Checked before the unlock: a pattern or a selection that cannot be read costs no Argon2id.
       new Excludes(patterns, [], { label: "find" });
-      checkSnapshotFilter(select);
-      if (snapshot !== undefined && Object.keys(select).length > 0) throw new UsageError("--snapshot names the snapshots to search; --host, --since, --until and --last select among all of them", "give one or the other");
+      checkSnapshotSelection(snapshot, select);
       const vault = await ctx.openVault();
       const damage: Damage[] = [];
       await streamItems<FoundItem, FindResult>(
@@ -49,7 +48,7 @@ export function registerFind(program: Command, interrupts: Interrupts): void {
             },
             emit,
           ),
-        (item) => `${item.snapshot.slice(0, 12)} ${item.time.replace(/\.\d+Z$/, "Z")} ${opts.long === true ? longLine(item) : shortLine(item)}`,
+        (item) => `${item.snapshot.slice(0, 12)} ${item.time.replace(/\.\d+Z$/, "Z")} ${long === true ? longLine(item) : shortLine(item)}`,
         (r) => `${r.matches === 0 ? "no match" : plural(r.matches, "match", "matches")} in ${plural(r.snapshots, "snapshot")}`,
       );
       if (damage.length > 0) throw new IntegrityError(`${plural(damage.length, "snapshot object")} failed verification and ${noun(damage.length, "was", "were")} not searched: ${damage.map((d) => `${d.object} (${d.problem})`).join("; ")}`, damage);
