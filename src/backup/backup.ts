@@ -3,7 +3,9 @@ import path from "node:path";
 import { UsageError, type Damage } from "../errors.js";
 import { FastCdc } from "../chunking/fastcdc.js";
 import { Compressor } from "../compress/compressor.js";
-import { assertVmName, sourceNameProblem, type SnapshotHeader, type SnapshotSource } from "../format/snapshot.js";
+import { assertVmName, domainFileName, sourceNameProblem, type SnapshotHeader, type SnapshotSource } from "../format/snapshot.js";
+import type { DomainDefinition, DomainDeviceLeftOut } from "../sources/domain.js";
+import { backupDomain } from "../sources/libvirt.js";
 import { PackWriter } from "../pack/writer.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
@@ -32,8 +34,19 @@ import { CHUNK_ID_KEY } from "../pipeline/protocol.js";
 const SESSION_KEY = "session";
 
 export interface BackupOptions {
-  readonly vm: string;
+  /** The VM's name; with a domain it defaults to the domain's. */
+  readonly vm?: string;
+  /** Disk images and folders; with a domain, more sources beside its disks (may be empty). */
   readonly sources: readonly string[];
+  /**
+   * A libvirt domain definition (`virsh dumpxml`): its disks are backed up, named after their
+   * target devices, and the definition is kept with the snapshot (src/sources/domain.ts).
+   */
+  readonly domainXml?: string;
+  /** A domain to ask libvirt for (through virsh), instead of domainXml: it must be shut off or paused. */
+  readonly libvirtDomain?: string;
+  /** libvirt's connection URI for libvirtDomain (default: virsh's, LIBVIRT_DEFAULT_URI included). */
+  readonly libvirtUri?: string;
   readonly progress?: ProgressSink;
   /**
    * Worker threads for hashing, compression and encryption; 0 runs inline. Default: one per
@@ -79,6 +92,8 @@ export interface PipelineStats {
 export interface BackupResult {
   readonly snapshotId: string;
   readonly vm: string;
+  /** The libvirt domain kept with the snapshot, and its devices left out (CD-ROM and floppy drives). */
+  readonly domain?: { readonly name: string; readonly leftOut: readonly DomainDeviceLeftOut[] };
   readonly time: string;
   readonly size: number;
   readonly addedBytes: number;
@@ -110,10 +125,29 @@ export interface PlannedSource {
   readonly readBound: number;
 }
 
-/** The sources as a backup takes them: each a folder or a disk image (a file or block device), named by its base name; refused before any work when one cannot be. */
-export async function planSources(sources: readonly string[], sparse: boolean): Promise<PlannedSource[]> {
-  if (sources.length === 0) throw new UsageError("nothing to back up: give at least one disk image or folder");
+/**
+ * The sources as a backup takes them: a domain's disks first, named by their target devices, then
+ * each source given, a folder or a disk image (a file or block device) named by its base name;
+ * refused before any work when one cannot be.
+ */
+export async function planSources(sources: readonly string[], sparse: boolean, domain?: DomainDefinition): Promise<PlannedSource[]> {
+  if (sources.length === 0 && (domain === undefined || domain.disks.length === 0)) {
+    throw new UsageError(domain === undefined ? "nothing to back up: give at least one disk image or folder" : `domain ${domain.name} has no disk a backup can read`, domain === undefined ? undefined : "give its disk images as SOURCEs");
+  }
   const planned: PlannedSource[] = [];
+  for (const disk of domain?.disks ?? []) {
+    let st;
+    try {
+      st = await fsp.stat(disk.path);
+    } catch (e) {
+      throw sourceError(disk.path, e);
+    }
+    if (!st.isFile() && !st.isBlockDevice()) throw new UsageError(`disk ${disk.target} of domain ${domain?.name}: ${disk.path} is neither an image file nor a block device`);
+    await fsp.access(disk.path, fsConstants.R_OK).catch((e: unknown) => {
+      throw sourceError(disk.path, e);
+    });
+    planned.push({ path: disk.path, name: disk.target, kind: "disk", readBound: readBoundOf(st, sparse) });
+  }
   for (const src of sources) {
     const abs = path.resolve(src);
     let st;
@@ -140,6 +174,8 @@ export async function planSources(sources: readonly string[], sparse: boolean): 
     if (names.has(p.name)) throw new UsageError(`two sources are both named ${p.name}`, "back them up in separate runs or rename one");
     names.add(p.name);
   }
+  // A restore writes the definition beside the sources.
+  if (domain !== undefined && names.has(domainFileName(domain.name))) throw new UsageError(`a source is named ${domainFileName(domain.name)}, as domain ${domain.name}'s definition is restored`, "back that source up in a separate run");
   return planned;
 }
 
@@ -160,17 +196,20 @@ export function fileChunker(repo: Repository): FastCdc {
  * index files as they fill; the snapshot is written only after every pack and index is durable.
  */
 export async function backup(repo: Repository, o: BackupOptions): Promise<BackupResult> {
-  await authorizeAudited(repo, "backup", "backup", { vm: o.vm });
-  assertVmName(o.vm);
+  const named = o.vm ?? o.libvirtDomain;
+  await authorizeAudited(repo, "backup", "backup", named === undefined ? {} : { vm: named });
+  const domain = await backupDomain(o);
+  const vm = backupVmName(o, domain);
   const excludes = new Excludes(o.exclude, o.excludeIfPresent, { largerThan: o.excludeLargerThan });
-  const planned = await planSources(o.sources, o.sparse ?? true);
+  const planned = await planSources(o.sources, o.sparse ?? true, domain);
   const lock = await acquireLock(repo, "backup", false);
   try {
     return await audited(repo, {
       entry: {
         action: "backup",
         target: {
-          vm: o.vm,
+          vm,
+          ...(domain === undefined ? {} : { domain: domain.name }),
           sources: planned.map((p) => p.name),
           ...(excludes.patterns.length === 0 ? {} : { exclude: excludes.patterns }),
           ...(excludes.markers.size === 0 ? {} : { excludeIfPresent: [...excludes.markers] }),
@@ -179,7 +218,7 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
         },
       },
       started: false,
-      run: () => runBackup(repo, o, planned, excludes),
+      run: () => runBackup(repo, o, vm, planned, excludes, domain),
       outcome: (r) => ({ snapshot: r.snapshotId, bytes: r.size, addedBytes: r.addedBytes }),
     });
   } finally {
@@ -187,7 +226,15 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
   }
 }
 
-async function runBackup(repo: Repository, o: BackupOptions, planned: readonly PlannedSource[], excludes: Excludes): Promise<BackupResult> {
+/** The VM a backup names: the one given, else the domain's name. */
+export function backupVmName(o: Pick<BackupOptions, "vm">, domain: DomainDefinition | undefined): string {
+  const vm = o.vm ?? domain?.name;
+  if (vm === undefined) throw new UsageError("a backup needs the VM's name", "give --vm NAME");
+  assertVmName(vm);
+  return vm;
+}
+
+async function runBackup(repo: Repository, o: BackupOptions, vm: string, planned: readonly PlannedSource[], excludes: Excludes, domain: DomainDefinition | undefined): Promise<BackupResult> {
   // Workers start while the index loads; a small backup of image files runs inline (size.ts).
   const workers = o.workers ?? (runsInline(planned.map((p) => p.readBound)) ? 0 : undefined);
   const starting = WorkerPool.create({ compression: repo.config, ...(workers === undefined ? {} : { workers }) });
@@ -258,7 +305,7 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
     await refreshRegistryView(repo, "no snapshot was saved (the data this backup stored stays in the repository, referenced by no snapshot)");
     const header: SnapshotHeader = {
       id,
-      vm: o.vm,
+      vm,
       host: repo.env.hostname,
       time,
       creator: repo.userName,
@@ -272,11 +319,12 @@ async function runBackup(repo: Repository, o: BackupOptions, planned: readonly P
       auditHead: await readHead(repo),
       salt: toHex(repo.crypto.random(16)),
     };
-    await writeSnapshot(repo, store, session.sessionId, session.key, header, { id, sources });
+    await writeSnapshot(repo, store, session.sessionId, session.key, header, { id, sources, ...(domain === undefined ? {} : { domain: { name: domain.name, xml: domain.xml } }) });
     session.key.dispose();
     return {
       snapshotId: id,
-      vm: o.vm,
+      vm,
+      ...(domain === undefined ? {} : { domain: { name: domain.name, leftOut: domain.leftOut } }),
       time,
       size,
       addedBytes: packs.bytesWritten,

@@ -1,16 +1,22 @@
 import { promises as fsp } from "node:fs";
-import { assertVmName } from "../format/snapshot.js";
+import type { DomainDeviceLeftOut } from "../sources/domain.js";
 import { entryItem, type ListedItem } from "../snapshot/items.js";
 import { DataExtents, sourceSize } from "../sources/extents.js";
 import { Excludes } from "../sources/exclude.js";
 import { sourceError } from "../sources/identity.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
-import { planSources, type PlannedSource } from "./backup.js";
+import { backupVmName, planSources, type PlannedSource } from "./backup.js";
+import { backupDomain } from "../sources/libvirt.js";
 import { newFolderStats, skippedIn, walkFolder, type SkippedEntry } from "./folder.js";
 
 export interface PreviewOptions {
-  readonly vm: string;
+  /** As for a backup: with a domain it defaults to the domain's name. */
+  readonly vm?: string;
   readonly sources: readonly string[];
+  /** As for a backup (BackupOptions): a domain whose disks a backup would take. */
+  readonly domainXml?: string;
+  readonly libvirtDomain?: string;
+  readonly libvirtUri?: string;
   /** As for a backup: false counts a disk image's holes as data to read. */
   readonly sparse?: boolean;
   readonly exclude?: readonly string[];
@@ -52,6 +58,8 @@ export interface PreviewSource {
 export interface PreviewResult {
   readonly dryRun: true;
   readonly vm: string;
+  /** The domain a backup would keep with the snapshot, and its devices it would leave out. */
+  readonly domain?: { readonly name: string; readonly leftOut: readonly DomainDeviceLeftOut[] };
   /** Bytes of all sources, as a backup's snapshot would record its size. */
   readonly size: number;
   readonly sources: readonly PreviewSource[];
@@ -70,10 +78,12 @@ export interface PreviewResult {
  * role and leaves no audit record: it shows what this host would hand a backup.
  */
 export async function previewBackup(o: PreviewOptions, onItem: (item: PreviewItem) => void): Promise<PreviewResult> {
-  assertVmName(o.vm);
+  const domain = await backupDomain(o);
+  const vm = backupVmName(o, domain);
   const excludes = new Excludes(o.exclude, o.excludeIfPresent, { largerThan: o.excludeLargerThan });
   const sparse = o.sparse ?? true;
-  const planned = await planSources(o.sources, sparse);
+  const planned = await planSources(o.sources, sparse, domain);
+  for (const d of domain?.leftOut ?? []) onItem({ path: d.target, type: "disk", size: 0, excluded: d.reason });
   const progress = throttled(o.progress);
   const sources: PreviewSource[] = [];
   const skipped: SkippedEntry[] = [];
@@ -116,7 +126,8 @@ export async function previewBackup(o: PreviewOptions, onItem: (item: PreviewIte
   }
   return {
     dryRun: true,
-    vm: o.vm,
+    vm,
+    ...(domain === undefined ? {} : { domain: { name: domain.name, leftOut: domain.leftOut } }),
     size: sources.reduce((n, s) => n + s.size, 0),
     sources,
     excluded: sources.reduce((n, s) => n + (s.excluded ?? 0), 0),

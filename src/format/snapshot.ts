@@ -151,10 +151,27 @@ export function sourceNameProblem(name: string): string | undefined {
   return undefined;
 }
 
+/**
+ * A VM's libvirt domain definition, kept with the snapshot of its disks (whose names are the
+ * definition's target devices). A restore writes it to DIR/<name>.xml.
+ */
+export interface SnapshotDomain {
+  readonly name: string;
+  /** The definition as libvirt gave it (`virsh dumpxml --inactive --security-info`). */
+  readonly xml: string;
+}
+
 /** Encrypted under the session key: where the data is. */
 export interface SnapshotBody {
   readonly id: string;
   readonly sources: readonly SnapshotSource[];
+  /** Absent in snapshots of sources named one by one, and in those written before domains were kept. */
+  readonly domain?: SnapshotDomain;
+}
+
+/** The file a restore writes a snapshot's domain definition to, beside its sources. */
+export function domainFileName(name: string): string {
+  return `${name}.xml`;
 }
 
 export function encodeSnapshotBody(b: SnapshotBody): Uint8Array {
@@ -201,7 +218,16 @@ export function parseSnapshotBody(value: unknown): SnapshotBody {
     if (names.has(name)) throw new FormatError(`two sources are named ${JSON.stringify(name)}`);
     names.add(name);
   }
-  return { id: str(o, "id"), sources };
+  let domain: SnapshotDomain | undefined;
+  if (o["domain"] !== undefined && o["domain"] !== null) {
+    const d = obj(o["domain"], "domain");
+    domain = { name: str(d, "name"), xml: str(d, "xml") };
+    const file = domainFileName(domain.name);
+    const problem = sourceNameProblem(file);
+    if (problem !== undefined) throw new FormatError(`domain file name ${JSON.stringify(file)} ${problem}`);
+    if (names.has(file)) throw new FormatError(`a source and the domain definition are both named ${JSON.stringify(file)}`);
+  }
+  return { id: str(o, "id"), sources, ...(domain === undefined ? {} : { domain }) };
 }
 
 /** Associated data of the body: binds it to its snapshot and session. */

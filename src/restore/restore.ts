@@ -1,9 +1,12 @@
 import * as fse from "../util/fsx.js";
 import path from "node:path";
-import { InterruptedError, NotFoundError, UsageError, type Damage } from "../errors.js";
+import { promises as fsp } from "node:fs";
+import { IntegrityError, InterruptedError, NotFoundError, UsageError, type Damage } from "../errors.js";
 import { Compressor } from "../compress/compressor.js";
 import { shownPath } from "../format/names.js";
-import type { DiskSource, FolderSource } from "../format/snapshot.js";
+import { domainFileName, sourceNameProblem, type DiskSource, type FolderSource, type SnapshotBody, type SnapshotDomain } from "../format/snapshot.js";
+import { rewriteDomain } from "../sources/domain.js";
+import { XmlError } from "../sources/xml.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
 import type { Repository } from "../repository/repository.js";
@@ -19,7 +22,7 @@ import { existsBelow } from "./dirs.js";
 import { restoreDisk } from "./disk.js";
 import { folderEntries, includeMatches, includeSpellings, restoreFolder, selectInFolders } from "./folder.js";
 
-import { checkTarget, exists, findPartials, targetError, targetExistsError } from "./targets.js";
+import { checkTarget, exists, findPartials, partialBeside, targetError, targetExistsError } from "./targets.js";
 import { XattrTally, type XattrSkip } from "../util/xattrs.js";
 import { xattrExcluder } from "../sources/exclude.js";
 
@@ -37,6 +40,12 @@ export interface RestoreOptions {
    * give files away, so their restores never set owners.
    */
   readonly owners?: boolean;
+  /**
+   * For a snapshot that keeps a libvirt domain definition: the name the restored definition
+   * gets, with its UUID and MAC addresses removed, so it can be defined beside the original.
+   * Default: the definition keeps its name, UUID and MACs (defining it replaces the original's).
+   */
+  readonly domainName?: string;
   /**
    * Extended attributes not to set, by name pattern (`security.selinux`, `trusted.*`, `*` for
    * all; src/sources/exclude.ts xattrExcluder): counted as excluded, not as skipped.
@@ -61,6 +70,11 @@ export interface RestoreResult {
   readonly target: string;
   /** Each disk and folder restored; a folder's `hardlinks` counts its files restored as a hard link to another. */
   readonly restored: readonly { name: string; kind: "disk" | "folder"; path: string; bytes: number; hardlinks?: number }[];
+  /**
+   * The snapshot's libvirt domain definition, restored beside its disks (whole restores only) and
+   * naming the restored images: `virsh define PATH` defines the VM.
+   */
+  readonly domain?: { readonly name: string; readonly path: string };
   readonly bytes: number;
   /** Files restored as hard links, in all folders. */
   readonly hardlinks: number;
@@ -86,12 +100,17 @@ export interface RestoreResult {
 interface Plan {
   disks: { disk: DiskSource; dest: string }[];
   folders: { folder: FolderSource; dest: string; includes: string[] | undefined }[];
+  domain?: { domain: SnapshotDomain; name: string; dest: string };
 }
 
-function planRestore(sources: readonly (DiskSource | FolderSource)[], target: string, o: RestoreOptions): Plan {
-  const disks = sources.filter((s): s is DiskSource => s.kind === "disk");
-  const folders = sources.filter((s): s is FolderSource => s.kind === "folder");
+function planRestore(body: SnapshotBody, target: string, o: RestoreOptions): Plan {
+  const disks = body.sources.filter((s): s is DiskSource => s.kind === "disk");
+  const folders = body.sources.filter((s): s is FolderSource => s.kind === "folder");
   const plan: Plan = { disks: [], folders: [] };
+  if (o.domainName !== undefined) {
+    if (body.domain === undefined) throw new UsageError("--domain-name renames a restored libvirt domain; this snapshot keeps no domain definition");
+    if (o.disk !== undefined || (o.include !== undefined && o.include.length > 0)) throw new UsageError("--domain-name goes with a restore of the whole snapshot (the definition names every disk)");
+  }
   if (o.disk !== undefined) {
     const d = disks.find((x) => x.name === o.disk);
     if (d === undefined) throw new NotFoundError(`the snapshot has no disk named ${o.disk}`, `its disks: ${disks.map((x) => x.name).join(", ") || "none"}`);
@@ -105,6 +124,10 @@ function planRestore(sources: readonly (DiskSource | FolderSource)[], target: st
   }
   for (const d of disks) plan.disks.push({ disk: d, dest: path.join(target, d.name) });
   for (const f of folders) plan.folders.push({ folder: f, dest: path.join(target, f.name), includes: undefined });
+  if (body.domain !== undefined) {
+    const name = o.domainName ?? body.domain.name;
+    plan.domain = { domain: body.domain, name, dest: path.join(target, domainFileName(name)) };
+  }
   return plan;
 }
 
@@ -120,6 +143,10 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
   if (o.reason.trim() === "") throw new UsageError("a restore needs --reason TEXT (it is kept in the audit trail)");
   // Compiled before the lock and the "started" record: a pattern that cannot be read restores nothing.
   const excludeXattr = xattrExcluder(o.excludeXattrs);
+  if (o.domainName !== undefined) {
+    const problem = o.domainName.trim() === "" ? "is empty" : sourceNameProblem(domainFileName(o.domainName));
+    if (problem !== undefined) throw new UsageError(`the domain name ${JSON.stringify(o.domainName)} ${problem}`);
+  }
   await checkTarget(o.target, target);
   const lock = await acquireLock(repo, "restore", false, { signal: o.signal }).catch((e: unknown) => {
     if (o.signal?.aborted !== true) throw e;
@@ -135,6 +162,7 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
       vm: record.header.vm,
       destination: target,
       ...(o.disk === undefined ? {} : { disk: o.disk }),
+      ...(o.domainName === undefined ? {} : { domainName: o.domainName }),
       ...(o.include === undefined || o.include.length === 0 ? {} : { files: [...o.include] }),
       ...(o.excludeXattrs === undefined || o.excludeXattrs.length === 0 ? {} : { excludeXattrs: [...o.excludeXattrs] }),
     };
@@ -185,9 +213,11 @@ async function restoreWith(
   const xattrs = new XattrTally();
   const owners = o.owners !== false && process.getuid?.() === 0;
   const body = await readSnapshotBody(repo, sessions, record);
-  const plan = planRestore(body.sources, target, o);
+  const plan = planRestore(body, target, o);
+  // Made before anything is written: a definition that cannot be rewritten restores nothing.
+  const domainXml = plan.domain === undefined ? undefined : restoredDomainXml(record, plan);
   if (o.force !== true) {
-    for (const p of [...plan.disks.map((d) => d.dest), ...plan.folders.filter((f) => f.includes === undefined).map((f) => f.dest)]) {
+    for (const p of [...plan.disks.map((d) => d.dest), ...plan.folders.filter((f) => f.includes === undefined).map((f) => f.dest), ...(plan.domain === undefined ? [] : [plan.domain.dest])]) {
       if (await exists(p)) throw targetExistsError(p);
     }
   }
@@ -226,11 +256,14 @@ async function restoreWith(
     restored.push({ name: folder.name, kind: "folder", path: dest, bytes: r.bytes, hardlinks: r.hardlinks });
     xattrs.add(r.xattrs);
   }
+  // Last: the definition appears once every disk it names is in place.
+  if (plan.domain !== undefined && domainXml !== undefined) await writeDomainFile(plan.domain.dest, domainXml);
   return {
     snapshotId: record.header.id,
     vm: record.header.vm,
     target,
     restored,
+    ...(plan.domain === undefined ? {} : { domain: { name: plan.domain.name, path: plan.domain.dest } }),
     bytes: restored.reduce((n, r) => n + r.bytes, 0),
     hardlinks: restored.reduce((n, r) => n + (r.hardlinks ?? 0), 0),
     xattrs: { restored: xattrs.restored, skipped: xattrs.skippedCount, excluded: xattrs.excluded, skips: xattrs.skipped },
@@ -265,7 +298,39 @@ function contentDigest(repo: Repository, plan: Plan): string {
   for (const { folder, includes } of plan.folders) {
     parts.push(utf8(`folder\0${folder.name}\0${folder.entries.join(",")}\0${(includes ?? []).join(",")}\n`));
   }
+  if (plan.domain !== undefined) parts.push(utf8(`domain\0${plan.domain.domain.name}\0${plan.domain.name}\0`), utf8(plan.domain.domain.xml));
   return toHex(repo.crypto.hashParts(parts));
+}
+
+/** The snapshot's domain definition naming the restored images (and renamed, when asked). */
+function restoredDomainXml(record: SnapshotRecord, plan: Plan): string {
+  const p = plan.domain;
+  if (p === undefined) throw new Error("no domain to restore");
+  const disks = new Map(plan.disks.map(({ disk, dest }) => [disk.name, dest]));
+  try {
+    return rewriteDomain(p.domain.xml, { disks, ...(p.name === p.domain.name ? {} : { name: p.name }) });
+  } catch (e) {
+    if (!(e instanceof XmlError)) throw e;
+    throw IntegrityError.object(`snapshot ${record.header.id}`, `its domain definition does not read: ${e.message}`);
+  }
+}
+
+/** Writes the definition under a temporary name, makes it durable, then renames it into place (mode 0600: it may hold graphics passwords). */
+async function writeDomainFile(dest: string, xml: string): Promise<void> {
+  const temp = partialBeside(dest) as string;
+  try {
+    const handle = await fsp.open(temp, "wx", 0o600);
+    try {
+      await handle.writeFile(xml, "utf8");
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await fsp.rename(temp, dest);
+  } catch (e) {
+    await fsp.rm(temp, { force: true });
+    throw targetError(dest, e);
+  }
 }
 
 /** Before writing anything: every include must match, and no selected file may exist unless force. */

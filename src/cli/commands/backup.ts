@@ -10,6 +10,7 @@ import { UsageError } from "../../errors.js";
 import { Excludes, parseByteSize, parseExcludeFile } from "../../sources/exclude.js";
 import type { PreviewItem, PreviewOptions, PreviewResult } from "../../backup/preview.js";
 import { previewBackup } from "../../vault.js";
+import { backupDomain } from "../../sources/libvirt.js";
 import { shortLine } from "./ls.js";
 
 /** The patterns of an --exclude-file. */
@@ -21,8 +22,20 @@ function readExcludeFile(file: string): string[] {
   }
 }
 
+/** The text of a --domain-xml file. */
+function readDomainFile(file: string): string {
+  try {
+    return readFileSync(file, "utf8");
+  } catch (e) {
+    throw new UsageError(`cannot read domain definition ${file}: ${fileProblem(e)}`);
+  }
+}
+
 interface BackupCliOptions {
-  vm: string;
+  vm?: string;
+  domainXml?: string;
+  libvirtDomain?: string;
+  libvirtUri?: string;
   sparse: boolean;
   keepCache?: boolean;
   exclude?: string[];
@@ -37,8 +50,11 @@ interface BackupCliOptions {
 export function registerBackup(program: Command, interrupts: Interrupts): void {
   program
     .command("backup")
-    .description("back up disk images and folders of one VM as a new snapshot")
-    .requiredOption("--vm <name>", "the VM the sources belong to")
+    .description("back up disk images and folders of one VM, or a libvirt domain's disks and definition, as a new snapshot")
+    .option("--vm <name>", "the VM the sources belong to (default with a domain: the domain's name)")
+    .option("--libvirt-domain <name>", "back up this libvirt domain (shut off or paused): its raw disks, named by target device (vda), and its definition, which a restore writes beside them (asks virsh)")
+    .option("--libvirt-uri <uri>", "with --libvirt-domain: libvirt's connection URI (default: virsh's own, LIBVIRT_DEFAULT_URI included)")
+    .option("--domain-xml <file>", "as --libvirt-domain, from a definition `virsh dumpxml` wrote to this file (libvirt is not asked)")
     .option("--no-sparse", "read every byte, holes included, instead of skipping the extents the file system reports as unallocated")
     .option("--keep-cache", "leave the pages the backup's reads and the packs it writes bring into the page cache there, instead of dropping them")
     .option("--exclude <pattern>", "leave out entries of folder sources matching this pattern: a name (*.log), a path in the snapshot (etc/ssl/private) or an absolute path (/srv/vm1/tmp); repeatable", collect)
@@ -48,9 +64,16 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
     .option("--exclude-larger-than <size>", "leave out files of folder sources larger than this: bytes, or with K, M, G, T (1024-based): 500M, 2G")
     .option("-n, --dry-run", "show what a backup of these sources would take and leave out, without reading file contents or opening a repository (no passphrase)")
     .option("--list", "with --dry-run: list every disk and entry a backup would record (+), not only those it would leave out (-)")
-    .argument("<source...>", "raw disk images (files or block devices) and folders")
+    .argument("[source...]", "raw disk images (files or block devices) and folders (with a domain, more sources beside its disks)")
     .action(async (sources: string[], opts: BackupCliOptions, command: Command) => {
       const ctx = new CliContext(command);
+      if (opts.domainXml !== undefined && opts.libvirtDomain !== undefined) throw new UsageError("give --libvirt-domain or --domain-xml, not both");
+      // Asked before the unlock: a domain that is missing, running or not readable costs no Argon2id.
+      const domain = await backupDomain({ domainXml: opts.domainXml === undefined ? undefined : readDomainFile(opts.domainXml), libvirtDomain: opts.libvirtDomain, libvirtUri: opts.libvirtUri });
+      const vm = opts.vm ?? domain?.name;
+      if (vm === undefined) throw new UsageError("a backup needs --vm NAME (or a domain: --libvirt-domain, --domain-xml)");
+      if (sources.length === 0 && domain === undefined) throw new UsageError("nothing to back up: give at least one disk image or folder, or a domain");
+      const domainXml = domain === undefined ? {} : { domainXml: domain.xml };
       if (opts.list === true && opts.dryRun !== true) throw new UsageError("--list goes with --dry-run", "add --dry-run to see what a backup would take");
       // Read before the unlock: a missing or unreadable file is a usage error that costs no Argon2id.
       const exclude = [...(opts.exclude ?? []), ...(opts.excludeFile ?? []).flatMap(readExcludeFile)];
@@ -58,7 +81,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
       new Excludes(exclude, opts.excludeIfPresent, { largerThan: largerThan.excludeLargerThan });
       if (opts.dryRun === true) {
         interrupts.note = "; a dry run writes nothing";
-        const preview = { vm: opts.vm, sources, sparse: opts.sparse, exclude, excludeIfPresent: opts.excludeIfPresent ?? [], ...largerThan, oneFileSystem: opts.oneFileSystem === true, list: opts.list === true };
+        const preview = { vm, ...domainXml, sources, sparse: opts.sparse, exclude, excludeIfPresent: opts.excludeIfPresent ?? [], ...largerThan, oneFileSystem: opts.oneFileSystem === true, list: opts.list === true };
         await dryRun(ctx, preview);
         return;
       }
@@ -69,7 +92,8 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
         const progress = ctx.progress;
         const workers = ctx.workers;
         const r = await vault.backup({
-          vm: opts.vm,
+          vm,
+          ...domainXml,
           sources,
           sparse: opts.sparse,
           keepCache: opts.keepCache === true,
@@ -85,7 +109,8 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
         warnDamagedIndexes(ctx, r.damagedIndexes);
         if (ctx.json) ctx.printJson(r);
         else {
-          ctx.out(`snapshot ${r.snapshotId} of VM ${r.vm} saved`);
+          ctx.out(`snapshot ${r.snapshotId} of VM ${r.vm} saved${r.domain === undefined ? "" : `, with libvirt domain ${r.domain.name}'s definition`}`);
+          for (const d of r.domain?.leftOut ?? []) ctx.out(`  left out ${d.target === "" ? d.device : d.target} (${d.reason})`);
           const read = (s: { size: number; readBytes: number }): string => (s.readBytes < s.size ? `, ${formatBytes(s.readBytes)} read, the rest unallocated` : "");
           ctx.out(`  ${r.sources.map((s) => `${s.name} (${s.kind}, ${formatBytes(s.size)}${read(s)})`).join(", ")}`);
           ctx.out(`  ${r.newChunks} new of ${plural(r.chunks, "chunk")}; ${formatBytes(r.addedBytes)} added to the repository in ${plural(r.packs, "pack")}`);
@@ -119,7 +144,7 @@ async function dryRun(ctx: CliContext, o: PreviewOptions): Promise<void> {
     ctx.endProgress();
     for (const s of r.skipped) ctx.warn(`warning: a backup would skip ${s.path} (${s.reason})`);
     if (!ctx.json) {
-      out.write(`${shownText(`dry run: a backup of VM ${r.vm} would take ${formatBytes(r.size)} (no file content was read, no repository opened)`)}\n`);
+      out.write(`${shownText(`dry run: a backup of VM ${r.vm} would take ${formatBytes(r.size)}${r.domain === undefined ? "" : ` and libvirt domain ${r.domain.name}'s definition`} (no file content was read, no repository opened)`)}\n`);
       for (const s of r.sources) out.write(`${shownText(`  ${s.name} (${previewSourceLine(s)})`)}\n`);
     }
   } finally {

@@ -19,8 +19,9 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
     .option("--include <path>", "restore only this file or folder of a folder source (repeatable); a name that is not UTF-8 as vmvault shows it, with \\xNN for each such byte", collect)
     .option("--force", "overwrite existing files")
     .option("--exclude-xattr <pattern>", "do not set extended attributes with names matching this pattern (security.selinux, trusted.*, * for all); repeatable", collect)
+    .option("--domain-name <name>", "for a VM backed up with its libvirt domain: name the restored definition so, without its UUID and MAC addresses, to define it beside the original")
     .option("--no-owner", "leave restored files owned by the user running the restore, even root (default as root: the recorded owners and groups)")
-    .action(async (snapshot: string, opts: { target: string; reason: string; vm?: string; disk?: string; include?: string[]; force?: boolean; owner: boolean; excludeXattr?: string[] }, command: Command) => {
+    .action(async (snapshot: string, opts: { target: string; reason: string; vm?: string; disk?: string; include?: string[]; force?: boolean; owner: boolean; excludeXattr?: string[]; domainName?: string }, command: Command) => {
       const ctx = new CliContext(command);
       // Before the unlock: a pattern that cannot be read costs no Argon2id.
       xattrExcluder(opts.excludeXattr);
@@ -37,6 +38,7 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
           reason: opts.reason,
           ...(opts.vm === undefined ? {} : { vm: opts.vm }),
           ...(opts.disk === undefined ? {} : { disk: opts.disk }),
+          ...(opts.domainName === undefined ? {} : { domainName: opts.domainName }),
           ...(opts.include === undefined ? {} : { include: opts.include }),
           force: opts.force === true,
           owners: opts.owner,
@@ -52,6 +54,7 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
         else {
           ctx.out(`restored snapshot ${r.snapshotId} of VM ${r.vm} to ${r.target}`);
           for (const x of r.restored) ctx.out(`  ${x.path} (${x.kind}, ${formatBytes(x.bytes)} written${x.hardlinks !== undefined && x.hardlinks > 0 ? `, ${x.hardlinks} hard link${x.hardlinks === 1 ? "" : "s"}` : ""})`);
+          if (r.domain !== undefined) ctx.out(`  ${r.domain.path} (libvirt domain ${r.domain.name}, naming the restored disks: virsh define ${r.domain.path})`);
         }
       } finally {
         ctx.endProgress();
