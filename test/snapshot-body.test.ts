@@ -42,3 +42,24 @@ describe("a disk source's file metadata", () => {
     expect(() => parseSnapshotBody(body)).toThrow(FormatError);
   });
 });
+
+describe("a snapshot body's libvirt domain", () => {
+  const domain = { name: "web1", xml: "<domain type='kvm'><name>web1</name></domain>\n" };
+
+  it("round-trips, and is absent where none was kept", () => {
+    expect(roundTrip({ id: ID, sources: [disk], domain }).domain).toEqual(domain);
+    expect(roundTrip({ id: ID, sources: [disk] }).domain).toBeUndefined();
+  });
+
+  it.each([
+    ["a name that is no file name", { name: "a/b", xml: "<domain/>" }, /domain file name/],
+    ["a name whose file a source already has", { name: "vm", xml: "<domain/>" }, /a source and the domain definition are both named "vm.xml"/],
+    ["no definition", { name: "web1" }, /xml/],
+    ["not an object", "web1", /domain/],
+  ])("is refused when malformed: %s", (_, value, message) => {
+    const body = JSON.parse(fromUtf8(encodeSnapshotBody({ id: ID, sources: [{ ...disk, name: "vm.xml" }] }))) as Record<string, unknown>;
+    body["domain"] = value;
+    expect(() => parseSnapshotBody(body)).toThrow(FormatError);
+    expect(() => parseSnapshotBody(body)).toThrow(message);
+  });
+});

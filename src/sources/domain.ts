@@ -68,7 +68,8 @@ export function parseDomain(xml: string, given = "the domain definition"): Domai
   for (const disk of devicesOf(root, "disk")) {
     const device = attribute(disk, "device") ?? "disk";
     const type = attribute(disk, "type") ?? "file";
-    const targetDev = attribute(child(disk, "target") ?? disk, "dev");
+    const targetElement = child(disk, "target");
+    const targetDev = targetElement === undefined ? undefined : attribute(targetElement, "dev");
     const target = targetDev ?? "";
     const shown = targetDev === undefined ? `a ${device} of domain ${name}` : `disk ${target} of domain ${name}`;
     if (device === "cdrom" || device === "floppy") {
@@ -77,7 +78,9 @@ export function parseDomain(xml: string, given = "the domain definition"): Domai
     }
     if (device !== "disk") throw new UsageError(`${shown} is a ${device} device, which a backup cannot read as an image`, "back the device up by its path as a SOURCE, or remove it from the definition");
     if (targetDev === undefined || sourceNameProblem(target) !== undefined) throw new UsageError(`${shown} has no usable <target dev=...>`);
-    const format = attribute(child(disk, "driver") ?? disk, "type") ?? "raw";
+    const driver = child(disk, "driver");
+    // No driver type: libvirt's default for a disk is raw.
+    const format = (driver === undefined ? undefined : attribute(driver, "type")) ?? "raw";
     if (format !== "raw") {
       throw new UsageError(
         `${shown} is a ${format} image; vmvault backs up raw images (qcow2 sources are planned)`,
@@ -114,7 +117,8 @@ export function rewriteDomain(xml: string, r: DomainRewrite): string {
   const root = parseRoot(xml);
   const edits = new XmlEdits();
   for (const disk of devicesOf(root, "disk")) {
-    const target = attribute(child(disk, "target") ?? disk, "dev");
+    const targetElement = child(disk, "target");
+    const target = targetElement === undefined ? undefined : attribute(targetElement, "dev");
     const restored = target === undefined ? undefined : r.disks.get(target);
     if (restored === undefined) continue;
     const type = disk.attributes.find((a) => a.name === "type");

@@ -1,0 +1,230 @@
+/**
+ * Backing up a libvirt domain: its raw disks, named by target device, and its definition, asked
+ * of libvirt through a real virsh (libvirt's test driver, which reads domains from a node file and
+ * needs no daemon) or given as a file; a restore writes the definition naming the restored images,
+ * and libvirt itself accepts it. Refused before any work: running domains, qcow2 disks, unknown
+ * domains, a missing virsh.
+ */
+import { execFileSync } from "node:child_process";
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { initCliRepo } from "../helpers/cli.js";
+import { makeImage, readTree, seededBytes, tempDirs } from "../helpers/fixtures.js";
+
+const tmp = tempDirs();
+
+function hasVirsh(): boolean {
+  try {
+    execFileSync("virsh", ["--version"], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function virsh(uri: string, command: string): string {
+  return execFileSync("virsh", ["--connect", uri, "--quiet", command], { encoding: "utf8" });
+}
+
+/** libvirt's test driver state: 5 shut off, 1 running, 3 paused. */
+const SHUT_OFF = 5;
+const RUNNING = 1;
+
+interface Host {
+  dir: string;
+  uri: string;
+  vda: string;
+  vdb: string;
+}
+
+/** A host with domain web1 (a raw file disk, a "block" disk, a CD-ROM, a NIC, a VNC password) in a test-driver node file. */
+async function host(o: { state?: number; vdaFormat?: string; extraDomain?: string } = {}): Promise<Host> {
+  const dir = tmp("host");
+  const vda = path.join(dir, "images", "web1-root.raw");
+  const vdb = path.join(dir, "images", "web1-data.img");
+  await fsp.mkdir(path.dirname(vda), { recursive: true });
+  await makeImage(vda, { sizeMiB: 4, seed: "domain vda" });
+  await fsp.writeFile(vdb, seededBytes("domain vdb", 768 * 1024));
+  const node = `<node>
+<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+  <name>web1</name>
+  <uuid>6695eb01-f6a4-8304-79aa-97f2502e193f</uuid>
+  <memory unit='MiB'>512</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='${o.vdaFormat ?? "raw"}'/>
+      <source file='${vda}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='block' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source dev='${vdb}'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+    <disk type='file' device='cdrom'>
+      <source file='${dir}/install.iso'/>
+      <target dev='sda' bus='sata'/>
+      <readonly/>
+    </disk>
+    <interface type='network'><mac address='52:54:00:aa:bb:cc'/><source network='default'/></interface>
+    <graphics type='vnc' port='-1' passwd='vnc-s3cret-4711'/>
+  </devices>
+  <test:runstate>${o.state ?? SHUT_OFF}</test:runstate>
+</domain>
+${o.extraDomain ?? ""}
+</node>
+`;
+  await fsp.writeFile(path.join(dir, "node.xml"), node);
+  return { dir, uri: `test://${path.join(dir, "node.xml")}`, vda, vdb };
+}
+
+interface Backup {
+  snapshotId: string;
+  vm: string;
+  domain?: { name: string; leftOut: { target: string; device: string; reason: string }[] };
+  sources: { name: string; kind: string; size: number }[];
+}
+
+describe.skipIf(!hasVirsh())("backup --libvirt-domain", () => {
+  it("backs up the domain's disks by target device with its definition; the restore's definition names the restored images and libvirt defines it", async () => {
+    const h = await host();
+    const { v, repo } = await initCliRepo(tmp("repo"));
+    const r = await v(["backup", "--libvirt-domain", "web1", "--libvirt-uri", h.uri, "--json"]);
+    expect(r.code, r.stderr).toBe(0);
+    const b = JSON.parse(r.stdout) as Backup;
+    expect(b.vm).toBe("web1");
+    expect(b.domain).toEqual({ name: "web1", leftOut: [{ target: "sda", device: "cdrom", reason: "cdrom: removable media are not backed up" }] });
+    expect(b.sources.map((s) => [s.name, s.kind, s.size])).toEqual([
+      ["vda", "disk", 4 * 1024 * 1024],
+      ["vdb", "disk", 768 * 1024],
+    ]);
+    const listed = JSON.parse((await v(["snapshots", "--json"])).stdout) as { id: string; disks: string[] }[];
+    expect(listed).toMatchObject([{ id: b.snapshotId, disks: ["vda", "vdb"] }]);
+
+    // The definition, its VNC password included, is stored encrypted: no repository file holds it in the clear.
+    for (const [file, bytes] of await readTree(repo)) {
+      expect(bytes.includes("vnc-s3cret-4711"), file).toBe(false);
+      expect(bytes.includes("web1-root.raw"), file).toBe(false);
+    }
+
+    const out = tmp("restore");
+    const restored = await v(["restore", "latest", "--vm", "web1", "--target", out, "--reason", "rebuild web1", "--json"]);
+    expect(restored.code, restored.stderr).toBe(0);
+    const rr = JSON.parse(restored.stdout) as { domain: { name: string; path: string } };
+    expect(rr.domain).toEqual({ name: "web1", path: path.join(out, "web1.xml") });
+    expect(Buffer.compare(await fsp.readFile(path.join(out, "vda")), await fsp.readFile(h.vda))).toBe(0);
+    expect(Buffer.compare(await fsp.readFile(path.join(out, "vdb")), await fsp.readFile(h.vdb))).toBe(0);
+    const file = path.join(out, "web1.xml");
+    expect((await fsp.stat(file)).mode & 0o777).toBe(0o600);
+    const xml = await fsp.readFile(file, "utf8");
+    // As libvirt gave it, but for the disks' sources (the block disk became a file disk).
+    const original = virsh(h.uri, "dumpxml --inactive --security-info web1").trim() + "\n";
+    expect(xml).toBe(
+      original
+        .replace(`<source file='${h.vda}'/>`, `<source file='${path.join(out, "vda")}'/>`)
+        .replace("<disk type='block' device='disk'>", "<disk type='file' device='disk'>")
+        .replace(`<source dev='${h.vdb}'/>`, `<source file='${path.join(out, "vdb")}'/>`),
+    );
+    // libvirt takes it back: defined over the original (same name and UUID), it names the restored images.
+    const defined = virsh(h.uri, `define ${file}; dumpxml web1; list --all --name`);
+    expect(defined).toContain(`<source file='${path.join(out, "vda")}'/>`);
+    expect(defined).toContain(`<source file='${path.join(out, "vdb")}'/>`);
+    expect(defined).toContain("6695eb01-f6a4-8304-79aa-97f2502e193f");
+
+    // The audit trail names the domain of the backup.
+    const log = JSON.parse((await v(["audit", "log", "--json"])).stdout) as { action: string; result: string; target: Record<string, unknown> }[];
+    expect(log.find((e) => e.action === "backup" && e.result === "succeeded")?.target).toMatchObject({ vm: "web1", domain: "web1", sources: ["vda", "vdb"] });
+  });
+
+  it("--domain-name restores a clone libvirt defines beside the original: new name, no UUID, no MAC address", async () => {
+    const h = await host();
+    const { v } = await initCliRepo(tmp("repo"));
+    expect((await v(["backup", "--libvirt-domain", "web1", "--libvirt-uri", h.uri])).code).toBe(0);
+    const out = tmp("clone");
+    const r = await v(["restore", "latest", "--target", out, "--reason", "test clone", "--domain-name", "web1-test"]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain(`${path.join(out, "web1-test.xml")} (libvirt domain web1-test, naming the restored disks: virsh define`);
+    const xml = await fsp.readFile(path.join(out, "web1-test.xml"), "utf8");
+    expect(xml).toContain("<name>web1-test</name>");
+    expect(xml).not.toContain("<uuid>");
+    expect(xml).not.toContain("52:54:00:aa:bb:cc");
+    const both = virsh(h.uri, `define ${path.join(out, "web1-test.xml")}; list --all --name; domuuid web1; domuuid web1-test`).split("\n").filter((l) => l.trim() !== "");
+    expect(both.slice(0, 2).sort()).toEqual(["web1", "web1-test"]);
+    expect(both[2]).toBe("6695eb01-f6a4-8304-79aa-97f2502e193f");
+    expect(both[3]).not.toBe(both[2]);
+    // A name that cannot be a file name is refused before anything is written.
+    const bad = await v(["restore", "latest", "--target", tmp("bad"), "--reason", "x", "--domain-name", "a/b"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain(`the domain name "a/b"`);
+  });
+
+  it("a restore of one disk writes no definition; an existing definition is not overwritten without --force", async () => {
+    const h = await host();
+    const { v } = await initCliRepo(tmp("repo"));
+    expect((await v(["backup", "--libvirt-domain", "web1", "--libvirt-uri", h.uri])).code).toBe(0);
+    const one = tmp("one");
+    expect((await v(["restore", "latest", "--target", one, "--reason", "disk only", "--disk", "vdb"])).code).toBe(0);
+    expect((await fsp.readdir(one)).sort()).toEqual(["vdb"]);
+    expect((await v(["restore", "latest", "--target", tmp("x"), "--reason", "x", "--disk", "vdb", "--domain-name", "c"])).code).toBe(2);
+
+    const out = tmp("existing");
+    await fsp.writeFile(path.join(out, "web1.xml"), "mine\n");
+    const refused = await v(["restore", "latest", "--target", out, "--reason", "x"]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain(path.join(out, "web1.xml"));
+    expect(await fsp.readdir(out)).toEqual(["web1.xml"]);
+    expect(await fsp.readFile(path.join(out, "web1.xml"), "utf8")).toBe("mine\n");
+    expect((await v(["restore", "latest", "--target", out, "--reason", "x", "--force"])).code).toBe(0);
+    expect(await fsp.readFile(path.join(out, "web1.xml"), "utf8")).toContain("<name>web1</name>");
+  });
+
+  it("--domain-xml takes a definition from a file, beside other sources, under another VM name; the dry run shows what is left out", async () => {
+    const h = await host();
+    const { v } = await initCliRepo(tmp("repo"));
+    const def = path.join(h.dir, "web1.xml");
+    await fsp.writeFile(def, virsh(h.uri, "dumpxml --inactive web1"));
+    const etc = path.join(h.dir, "etc");
+    await fsp.mkdir(etc);
+    await fsp.writeFile(path.join(etc, "hosts"), "127.0.0.1 localhost\n");
+    const dry = await v(["backup", "--domain-xml", def, "--vm", "web1-prod", etc, "--dry-run"]);
+    expect(dry.code, dry.stderr).toBe(0);
+    expect(dry.stdout).toContain("- sda  (cdrom: removable media are not backed up)");
+    expect(dry.stdout).toContain("dry run: a backup of VM web1-prod would take");
+    expect(dry.stdout).toContain("and libvirt domain web1's definition");
+    const r = await v(["backup", "--domain-xml", def, "--vm", "web1-prod", etc, "--json"]);
+    expect(r.code, r.stderr).toBe(0);
+    const b = JSON.parse(r.stdout) as Backup;
+    expect(b.vm).toBe("web1-prod");
+    expect(b.sources.map((s) => s.name)).toEqual(["vda", "vdb", "etc"]);
+    const out = tmp("out");
+    expect((await v(["restore", "latest", "--target", out, "--reason", "x"])).code).toBe(0);
+    expect((await fsp.readdir(out)).sort()).toEqual(["etc", "vda", "vdb", "web1.xml"]);
+  });
+
+  it.each([
+    ["a running domain", { state: RUNNING }, ["--libvirt-domain", "web1"], 2, /domain web1 is running: its disks may change while they are read/],
+    ["a qcow2 disk", { vdaFormat: "qcow2" }, ["--libvirt-domain", "web1"], 2, /disk vda of domain web1 is a qcow2 image/],
+    ["an unknown domain", {}, ["--libvirt-domain", "db9"], 1, /libvirt has no domain named db9/],
+    ["a libvirt URI without a domain", {}, ["--vm", "x", "/nonexistent"], 2, /a libvirt URI goes with a libvirt domain/],
+  ])("refuses %s before the unlock, writing nothing", async (_, hostOptions, args, code, message) => {
+    const h = await host(hostOptions);
+    const { v, repo } = await initCliRepo(tmp("repo"));
+    const before = [...(await readTree(repo)).keys()].sort();
+    // A wrong passphrase proves it: the refusal comes before the passphrase is tried.
+    const r = await v(["backup", ...args, "--libvirt-uri", h.uri], { env: { VMVAULT_PASSPHRASE: "not the passphrase" } });
+    expect(r.code, r.stderr).toBe(code);
+    expect(r.stderr).toMatch(message);
+    expect([...(await readTree(repo)).keys()].sort()).toEqual(before);
+  });
+
+  it("says how to go on without virsh", async () => {
+    const { v } = await initCliRepo(tmp("repo"));
+    const r = await v(["backup", "--libvirt-domain", "web1"], { env: { PATH: "/nonexistent" } });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("virsh was not found");
+    expect(r.stderr).toContain("--domain-xml FILE");
+  });
+});
