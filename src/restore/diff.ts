@@ -1,7 +1,7 @@
 import type { Damage } from "../errors.js";
 import { LIST_SPAN } from "../format/chunklist.js";
 import type { FileChunk, FileMeta, FolderEntry } from "../format/entries.js";
-import type { DiskSource, SnapshotBody } from "../format/snapshot.js";
+import { domainFileName, type DiskSource, type SnapshotBody, type SnapshotDomain } from "../format/snapshot.js";
 import type { Repository } from "../repository/repository.js";
 import type { SnapshotRecord } from "../snapshot/store.js";
 import type { Xattr } from "../util/xattrs.js";
@@ -63,6 +63,19 @@ export interface DiffResult {
  * the backups wrote them (nothing is held but an entry blob of each). Reading contents: the
  * restore capability, recorded in the audit trail as `diff` before the first change is shown.
  */
+/** The domain definitions' change: added, removed, or modified (its text); a renamed domain is one removed and one added. */
+function domainChanges(a: SnapshotBody, b: SnapshotBody): Change[] {
+  const [da, db] = [a.domain, b.domain];
+  if (da === undefined && db === undefined) return [];
+  const item = (d: SnapshotDomain): { path: string; type: "domain"; size: number } => ({ path: domainFileName(d.name), type: "domain", size: Buffer.byteLength(d.xml) });
+  if (da === undefined || db === undefined || da.name !== db.name) {
+    return [...(da === undefined ? [] : [{ ...item(da), change: "removed" as const }]), ...(db === undefined ? [] : [{ ...item(db), change: "added" as const }])];
+  }
+  if (da.xml === db.xml) return [];
+  const size = Buffer.byteLength(db.xml) === Buffer.byteLength(da.xml) ? [] : ["size"];
+  return [{ ...item(db), change: "modified", details: ["content", ...size] }];
+}
+
 export async function diffSnapshots(repo: Repository, o: DiffOptions, onChange: (c: Change) => void): Promise<DiffResult> {
   const request = contentsRequest([o.from, o.to], o);
   return readContents(
@@ -96,6 +109,10 @@ async function diffOpened(opened: OpenedContents, paths: readonly string[], onCh
   }
   for (const a of planA.disks) {
     if (!planB.disks.some((d) => d.name === a.name)) emit({ path: a.name, change: "removed", type: "disk", size: a.size });
+  }
+  if (paths.length === 0) {
+    const c = domainChanges(bodyA, bodyB);
+    for (const change of c) emit(change);
   }
   // Folders likewise, entry by entry.
   const folderNames = [...new Set([...planB.folders, ...planA.folders].map((s) => s.folder.name))];

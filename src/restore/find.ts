@@ -7,7 +7,7 @@ import { Excludes } from "../sources/exclude.js";
 import { checkSnapshotSelection, type SnapshotFilter } from "../snapshot/filter.js";
 import { readContents, type OpenedContents } from "./contents.js";
 import { readEntryBlob } from "./folder.js";
-import { diskItem, entryItem, type ListedItem } from "../snapshot/items.js";
+import { diskItem, domainItem, entryItem, type ListedItem } from "../snapshot/items.js";
 
 export interface FindOptions {
   /**
@@ -93,7 +93,8 @@ async function findOpened(opened: OpenedContents, patterns: Excludes, onItem: (i
       matches++;
       onItem({ snapshot: h.id, vm: h.vm, time: h.time, ...item });
     };
-    for (const source of (await opened.body(record)).sources) {
+    const body = await opened.body(record);
+    for (const source of body.sources) {
       signal?.throwIfAborted();
       if (source.kind === "disk") {
         if (patterns.match(source.name, source.name, source.name, false) !== undefined) emit(diskItem(source));
@@ -110,6 +111,11 @@ async function findOpened(opened: OpenedContents, patterns: Excludes, onItem: (i
         }
         for (const e of found) emit(entryItem(source, e));
       }
+    }
+    // The domain definition by its file name (web1.xml), as `ls` lists it.
+    if (body.domain !== undefined) {
+      const item = domainItem(body.domain);
+      if (patterns.match(item.path, item.path, item.path, false) !== undefined) emit(item);
     }
   }
   return { snapshots: searched.size, matches, damagedIndexes: opened.damagedIndexes() };

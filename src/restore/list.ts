@@ -2,7 +2,7 @@ import type { Damage } from "../errors.js";
 import type { SnapshotBody } from "../format/snapshot.js";
 import type { Repository } from "../repository/repository.js";
 import type { SnapshotRecord } from "../snapshot/store.js";
-import { diskItem, entryItem, type ListedItem } from "../snapshot/items.js";
+import { diskItem, domainItem, entryItem, type ListedItem } from "../snapshot/items.js";
 import { contentsRequest, planContents, readContents, selectedEntries, unmatchedPaths, type OpenedContents } from "./contents.js";
 
 export type { ItemType, ListedItem } from "../snapshot/items.js";
@@ -47,7 +47,8 @@ export async function listSnapshot(repo: Repository, o: ListOptions, onItem: (it
 
 async function listOpened(opened: OpenedContents, paths: readonly string[], onItem: (item: ListedItem) => void, signal: AbortSignal | undefined): Promise<ListResult> {
   const record = opened.records[0] as SnapshotRecord;
-  const plan = planContents((opened.bodies[0] as SnapshotBody).sources, paths);
+  const body = opened.bodies[0] as SnapshotBody;
+  const plan = planContents(body.sources, paths);
   const matched = new Set(plan.diskPaths);
   let items = 0;
   const emit = (item: ListedItem): void => {
@@ -55,6 +56,8 @@ async function listOpened(opened: OpenedContents, paths: readonly string[], onIt
     onItem(item);
   };
   for (const disk of plan.disks) emit(diskItem(disk));
+  // The domain definition with the whole snapshot (paths select disks and folders' entries).
+  if (body.domain !== undefined && paths.length === 0) emit(domainItem(body.domain));
   for (const sel of plan.folders) {
     const reader = await opened.reader();
     for await (const entry of selectedEntries(sel, reader, record.key, matched, signal)) emit(entryItem(sel.folder, entry));

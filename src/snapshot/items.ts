@@ -1,11 +1,11 @@
 import type { FolderEntry } from "../format/entries.js";
 import { shownName, shownPath } from "../format/names.js";
-import type { DiskSource, FolderSource } from "../format/snapshot.js";
+import { domainFileName, type DiskSource, type FolderSource, type SnapshotDomain } from "../format/snapshot.js";
 
 // Disks and folder entries as people and scripts see them: `ls`, `diff`, `find` and `backup --dry-run` show the same items.
 
 /** What a listed or compared path is. */
-export type ItemType = "disk" | "file" | "dir" | "symlink";
+export type ItemType = "disk" | "file" | "dir" | "symlink" | "domain";
 
 /**
  * One listed disk image or folder entry. `path` is what `restore` takes: a disk's name for
@@ -42,6 +42,11 @@ export function diskItem(d: DiskSource): ListedItem {
       ? {}
       : { mode: f.mode, mtime: new Date(f.mtimeMs).toISOString(), uid: f.uid, gid: f.gid, ...(f.xattrs === undefined || f.xattrs.length === 0 ? {} : { xattrs: f.xattrs.map((x) => x.name) }) }),
   };
+}
+
+/** A libvirt domain definition kept with the snapshot, as listed: the file a restore writes it to (mode 0600). */
+export function domainItem(d: SnapshotDomain): ListedItem {
+  return { path: domainFileName(d.name), type: "domain", size: Buffer.byteLength(d.xml), mode: 0o600 };
 }
 
 /** A folder entry as listed (and as `backup --dry-run` shows what a backup would record). */

@@ -204,6 +204,42 @@ describe.skipIf(!hasVirsh())("backup --libvirt-domain", () => {
     expect((await fsp.readdir(out)).sort()).toEqual(["etc", "vda", "vdb", "web1.xml"]);
   });
 
+  it("ls lists the definition with the disks, find finds it by name, diff names a changed definition", async () => {
+    const h = await host();
+    const { v } = await initCliRepo(tmp("repo"));
+    expect((await v(["backup", "--libvirt-domain", "web1", "--libvirt-uri", h.uri])).code).toBe(0);
+    const xml = virsh(h.uri, "dumpxml --inactive --security-info web1").trim() + "\n";
+    const items = JSON.parse((await v(["ls", "latest", "--json"])).stdout) as { path: string; type: string; size: number; mode?: number }[];
+    expect(items.map((i) => [i.path, i.type])).toEqual([
+      ["vda", "disk"],
+      ["vdb", "disk"],
+      ["web1.xml", "domain"],
+    ]);
+    expect(items[2]).toMatchObject({ size: Buffer.byteLength(xml), mode: 0o600 });
+    // A selection of paths lists what it names only.
+    expect((JSON.parse((await v(["ls", "latest", "vda", "--json"])).stdout) as unknown[]).length).toBe(1);
+    const first = (JSON.parse((await v(["snapshots", "--json"])).stdout) as { id: string }[])[0]?.id ?? "";
+
+    // The same definition again: no change. Another vCPU count: the definition modified.
+    expect((await v(["backup", "--libvirt-domain", "web1", "--libvirt-uri", h.uri])).code).toBe(0);
+    expect(JSON.parse((await v(["diff", first, "latest", "--json"])).stdout)).toEqual([]);
+    const node = path.join(h.dir, "node.xml");
+    await fsp.writeFile(node, (await fsp.readFile(node, "utf8")).replace("<vcpu>1</vcpu>", "<vcpu>2</vcpu>"));
+    expect((await v(["backup", "--libvirt-domain", "web1", "--libvirt-uri", h.uri])).code).toBe(0);
+    const diff = await v(["diff", first, "latest"]);
+    expect(diff.code, diff.stderr).toBe(0);
+    expect(diff.stdout).toContain("M web1.xml (content)");
+    expect(diff.stdout).toContain("0 added, 0 removed, 1 modified");
+    // Backed up as plain disks, the VM has no definition: the diff says it was removed.
+    expect((await v(["backup", "--vm", "web1", h.vda])).code).toBe(0);
+    const removed = JSON.parse((await v(["diff", first, "latest", "--json"])).stdout) as { path: string; change: string; type: string }[];
+    expect(removed).toEqual(expect.arrayContaining([expect.objectContaining({ path: "web1.xml", change: "removed", type: "domain" })]));
+
+    const found = JSON.parse((await v(["find", "web1.xml", "--json"])).stdout) as { snapshot: string; path: string; type: string }[];
+    expect(found.map((f) => f.type)).toEqual(["domain", "domain", "domain"]);
+    expect(found[0]?.snapshot).toBe(first);
+  });
+
   it.each([
     ["a running domain", { state: RUNNING }, ["--libvirt-domain", "web1"], 2, /domain web1 is running: its disks may change while they are read/],
     ["a qcow2 disk", { vdaFormat: "qcow2" }, ["--libvirt-domain", "web1"], 2, /disk vda of domain web1 is a qcow2 image/],
