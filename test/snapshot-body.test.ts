@@ -46,6 +46,12 @@ describe("a disk source's file metadata", () => {
 describe("a snapshot body's libvirt domain", () => {
   const domain = { name: "web1", xml: "<domain type='kvm'><name>web1</name></domain>\n" };
 
+  it("is written after the sources, as a name and the definition's text", () => {
+    expect(fromUtf8(encodeSnapshotBody({ id: ID, sources: [disk], domain }))).toBe(
+      `{"id":"${ID}","sources":[{"kind":"disk","name":"vm.raw","size":1048576,"chunkSize":32768,"lists":["${"ab".repeat(32)}"],"dataChunks":3,"zeroChunks":29}],"domain":{"name":"web1","xml":"<domain type='kvm'><name>web1</name></domain>\\n"}}`,
+    );
+  });
+
   it("round-trips, and is absent where none was kept", () => {
     expect(roundTrip({ id: ID, sources: [disk], domain }).domain).toEqual(domain);
     expect(roundTrip({ id: ID, sources: [disk] }).domain).toBeUndefined();

@@ -204,6 +204,20 @@ describe.skipIf(!hasVirsh())("backup --libvirt-domain", () => {
     expect((await fsp.readdir(out)).sort()).toEqual(["etc", "vda", "vdb", "web1.xml"]);
   });
 
+  it("a re-encrypted snapshot keeps its definition", async () => {
+    const h = await host();
+    const { v } = await initCliRepo(tmp("repo"));
+    expect((await v(["backup", "--libvirt-domain", "web1", "--libvirt-uri", h.uri])).code).toBe(0);
+    const re = await v(["key", "rotate", "--reencrypt"]);
+    expect(re.code, re.stderr).toBe(0);
+    const out = tmp("out");
+    expect((await v(["restore", "latest", "--target", out, "--reason", "after re-encryption"])).code).toBe(0);
+    const xml = await fsp.readFile(path.join(out, "web1.xml"), "utf8");
+    expect(xml).toContain("passwd='vnc-s3cret-4711'");
+    expect(xml).toContain(`<source file='${path.join(out, "vda")}'/>`);
+    expect(Buffer.compare(await fsp.readFile(path.join(out, "vda")), await fsp.readFile(h.vda))).toBe(0);
+  });
+
   it("ls lists the definition with the disks, find finds it by name, diff names a changed definition", async () => {
     const h = await host();
     const { v } = await initCliRepo(tmp("repo"));
