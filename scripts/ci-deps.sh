@@ -8,13 +8,24 @@ command -v mkfs.ext4 >/dev/null 2>&1 || need="$need e2fsprogs"
 command -v sfdisk >/dev/null 2>&1 || need="$need fdisk"
 # virsh: backups of libvirt domains ask it, and their tests run it against libvirt's test driver.
 command -v virsh >/dev/null 2>&1 || need="$need libvirt-clients"
+# libvirtd and QEMU: the live-backup tests run a real VM (TCG) under a private libvirtd.
+[ -x /usr/sbin/libvirtd ] || need="$need libvirt-daemon-system"
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need="$need qemu-system-x86"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing Debian packages:$need" >&2
   export DEBIAN_FRONTEND=noninteractive
+  # Packages' own services (the system libvirtd) are not started: the tests start their own.
+  made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
   apt-get update -qq >/dev/null
   # shellcheck disable=SC2086
   apt-get install -y -qq --no-install-recommends $need >/dev/null
+  if [ $made_policy = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 else
   echo "note: missing Debian packages (not root, not installing):$need" >&2
 fi

@@ -1,11 +1,11 @@
 import { constants as fsConstants, promises as fsp } from "node:fs";
 import path from "node:path";
-import { UsageError, type Damage } from "../errors.js";
+import { UsageError, VaultError, type Damage } from "../errors.js";
 import { FastCdc } from "../chunking/fastcdc.js";
 import { Compressor } from "../compress/compressor.js";
 import { assertVmName, domainFileName, sourceNameProblem, type SnapshotHeader, type SnapshotSource } from "../format/snapshot.js";
 import type { DomainDefinition, DomainDeviceLeftOut } from "../sources/domain.js";
-import { backupDomain } from "../sources/libvirt.js";
+import { backupDomain, LiveSnapshot, type ChosenDomain } from "../sources/libvirt.js";
 import { PackWriter } from "../pack/writer.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
@@ -43,10 +43,16 @@ export interface BackupOptions {
    * target devices, and the definition is kept with the snapshot (src/sources/domain.ts).
    */
   readonly domainXml?: string;
-  /** A domain to ask libvirt for (through virsh), instead of domainXml: it must be shut off or paused. */
+  /**
+   * A domain to ask libvirt for (through virsh), instead of domainXml: shut off, paused, or
+   * running, when the backup reads each disk behind an overlay the domain writes to meanwhile
+   * (src/sources/libvirt.ts, LiveSnapshot), committed back once the disks are read.
+   */
   readonly libvirtDomain?: string;
   /** libvirt's connection URI for libvirtDomain (default: virsh's, LIBVIRT_DEFAULT_URI included). */
   readonly libvirtUri?: string;
+  /** A running domain's overlays are taken with its file systems frozen by the QEMU guest agent. */
+  readonly quiesce?: boolean;
   readonly progress?: ProgressSink;
   /**
    * Worker threads for hashing, compression and encryption; 0 runs inline. Default: one per
@@ -92,8 +98,19 @@ export interface PipelineStats {
 export interface BackupResult {
   readonly snapshotId: string;
   readonly vm: string;
-  /** The libvirt domain kept with the snapshot, and its devices left out (CD-ROM and floppy drives). */
-  readonly domain?: { readonly name: string; readonly leftOut: readonly DomainDeviceLeftOut[] };
+  /**
+   * The libvirt domain kept with the snapshot, and its devices left out (CD-ROM and floppy
+   * drives); live: it ran, and its disks were read behind overlays; recovered: targets whose
+   * overlay an interrupted backup had left, committed first; overlayLeft: why an overlay of this
+   * backup could not be committed back (the snapshot is saved; the next backup commits it).
+   */
+  readonly domain?: {
+    readonly name: string;
+    readonly leftOut: readonly DomainDeviceLeftOut[];
+    readonly live?: boolean;
+    readonly recovered?: readonly string[];
+    readonly overlayLeft?: string;
+  };
   readonly time: string;
   readonly size: number;
   readonly addedBytes: number;
@@ -200,6 +217,7 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
   await authorizeAudited(repo, "backup", "backup", named === undefined ? {} : { vm: named });
   const domain = await backupDomain(o);
   const vm = backupVmName(o, domain);
+  if (o.quiesce === true && domain?.libvirt?.running !== true) throw new UsageError("--quiesce goes with a running libvirt domain (--libvirt-domain)");
   const excludes = new Excludes(o.exclude, o.excludeIfPresent, { largerThan: o.excludeLargerThan });
   const planned = await planSources(o.sources, o.sparse ?? true, domain);
   const lock = await acquireLock(repo, "backup", false);
@@ -210,6 +228,7 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
         target: {
           vm,
           ...(domain === undefined ? {} : { domain: domain.name }),
+          ...(domain?.libvirt?.running === true ? { live: "yes" } : {}),
           sources: planned.map((p) => p.name),
           ...(excludes.patterns.length === 0 ? {} : { exclude: excludes.patterns }),
           ...(excludes.markers.size === 0 ? {} : { excludeIfPresent: [...excludes.markers] }),
@@ -218,12 +237,39 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
         },
       },
       started: false,
-      run: () => runBackup(repo, o, vm, planned, excludes, domain),
+      run: () => (domain?.libvirt?.running === true ? backupLive(repo, o, vm, planned, excludes, domain) : runBackup(repo, o, vm, planned, excludes, domain)),
       outcome: (r) => ({ snapshot: r.snapshotId, bytes: r.size, addedBytes: r.addedBytes }),
     });
   } finally {
     await lock.release();
   }
+}
+
+/**
+ * A backup of a running domain: overlays in front of its disks (one atomic snapshot) while they
+ * are read, committed back afterwards whether the backup succeeded or not.
+ */
+async function backupLive(repo: Repository, o: BackupOptions, vm: string, planned: readonly PlannedSource[], excludes: Excludes, domain: ChosenDomain): Promise<BackupResult> {
+  const libvirt = domain.libvirt;
+  if (libvirt === undefined) throw new Error("not a libvirt domain");
+  const images = new Map(domain.disks.map((d) => [d.target, d.path]));
+  const live = await LiveSnapshot.create(libvirt.name, libvirt.uri, images, toHex(repo.crypto.random(4)), { quiesce: o.quiesce === true });
+  let result: BackupResult;
+  try {
+    result = await runBackup(repo, o, vm, planned, excludes, domain);
+  } catch (e) {
+    await live.release().catch((released: unknown) => {
+      if (e instanceof Error && released instanceof Error) e.message += `; and ${released.message}`;
+    });
+    throw e;
+  }
+  try {
+    await live.release();
+  } catch (e) {
+    if (!(e instanceof VaultError)) throw e;
+    return { ...result, domain: { ...(result.domain ?? { name: domain.name, leftOut: domain.leftOut }), overlayLeft: `${e.message} (${e.hint ?? ""})` } };
+  }
+  return result;
 }
 
 /** The VM a backup names: the one given, else the domain's name. */
@@ -234,7 +280,7 @@ export function backupVmName(o: Pick<BackupOptions, "vm">, domain: DomainDefinit
   return vm;
 }
 
-async function runBackup(repo: Repository, o: BackupOptions, vm: string, planned: readonly PlannedSource[], excludes: Excludes, domain: DomainDefinition | undefined): Promise<BackupResult> {
+async function runBackup(repo: Repository, o: BackupOptions, vm: string, planned: readonly PlannedSource[], excludes: Excludes, domain: ChosenDomain | undefined): Promise<BackupResult> {
   // Workers start while the index loads; a small backup of image files runs inline (size.ts).
   const workers = o.workers ?? (runsInline(planned.map((p) => p.readBound)) ? 0 : undefined);
   const starting = WorkerPool.create({ compression: repo.config, ...(workers === undefined ? {} : { workers }) });
@@ -324,7 +370,7 @@ async function runBackup(repo: Repository, o: BackupOptions, vm: string, planned
     return {
       snapshotId: id,
       vm,
-      ...(domain === undefined ? {} : { domain: { name: domain.name, leftOut: domain.leftOut } }),
+      ...(domain === undefined ? {} : { domain: domainResult(domain) }),
       time,
       size,
       addedBytes: packs.bytesWritten,
@@ -352,4 +398,10 @@ async function runBackup(repo: Repository, o: BackupOptions, vm: string, planned
   } finally {
     await (await starting.catch(() => undefined))?.close();
   }
+}
+
+/** What a backup's result says of its domain. */
+export function domainResult(domain: ChosenDomain): NonNullable<BackupResult["domain"]> {
+  const recovered = domain.libvirt?.recovered ?? [];
+  return { name: domain.name, leftOut: domain.leftOut, ...(domain.libvirt?.running === true ? { live: true } : {}), ...(recovered.length === 0 ? {} : { recovered }) };
 }

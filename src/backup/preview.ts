@@ -5,7 +5,7 @@ import { DataExtents, sourceSize } from "../sources/extents.js";
 import { Excludes } from "../sources/exclude.js";
 import { sourceError } from "../sources/identity.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
-import { backupVmName, planSources, type PlannedSource } from "./backup.js";
+import { backupVmName, domainResult, planSources, type PlannedSource } from "./backup.js";
 import { backupDomain } from "../sources/libvirt.js";
 import { newFolderStats, skippedIn, walkFolder, type SkippedEntry } from "./folder.js";
 
@@ -58,8 +58,8 @@ export interface PreviewSource {
 export interface PreviewResult {
   readonly dryRun: true;
   readonly vm: string;
-  /** The domain a backup would keep with the snapshot, and its devices it would leave out. */
-  readonly domain?: { readonly name: string; readonly leftOut: readonly DomainDeviceLeftOut[] };
+  /** The domain a backup would keep with the snapshot, its devices it would leave out, and whether it runs (a live backup). */
+  readonly domain?: { readonly name: string; readonly leftOut: readonly DomainDeviceLeftOut[]; readonly live?: boolean; readonly recovered?: readonly string[] };
   /** Bytes of all sources, as a backup's snapshot would record its size. */
   readonly size: number;
   readonly sources: readonly PreviewSource[];
@@ -127,7 +127,7 @@ export async function previewBackup(o: PreviewOptions, onItem: (item: PreviewIte
   return {
     dryRun: true,
     vm,
-    ...(domain === undefined ? {} : { domain: { name: domain.name, leftOut: domain.leftOut } }),
+    ...(domain === undefined ? {} : { domain: domainResult(domain) }),
     size: sources.reduce((n, s) => n + s.size, 0),
     sources,
     excluded: sources.reduce((n, s) => n + (s.excluded ?? 0), 0),

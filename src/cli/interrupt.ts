@@ -17,6 +17,11 @@ export class Interrupts {
   #note = "";
   /** The line is JSON (--json), as main() reports every other error. */
   json = false;
+  /**
+   * Work that must not be left half done when the process is ended at once (a live backup's
+   * overlays, committed back into the VM's disks): run before the exit, up to a minute.
+   */
+  beforeExit: (() => Promise<unknown>) | undefined;
 
   /** The signal of a command that stops by itself once it aborts. */
   cancellable(): AbortSignal {
@@ -43,6 +48,18 @@ export class Interrupts {
       this.#controller.abort(new InterruptedError(`interrupted (${signal})`, signal));
       return;
     }
+    const before = this.beforeExit;
+    if (before !== undefined) {
+      // A second signal ends the process without waiting.
+      this.beforeExit = undefined;
+      const limit = new Promise((resolve) => setTimeout(resolve, 60_000).unref());
+      void Promise.race([before().catch(() => undefined), limit]).then(() => this.#exit(signal));
+      return;
+    }
+    this.#exit(signal);
+  }
+
+  #exit(signal: NodeJS.Signals): void {
     const note = this.#cancellable ? "; stopped before its partial files were removed (the next restore into the same folder lists them)" : this.#note;
     const message = `interrupted (${signal})${note}`;
     if (this.json) process.stderr.write(`${errorJson(new InterruptedError(message, signal))}\n`);

@@ -1,4 +1,4 @@
-import { NotFoundError, SourceError, UsageError } from "../errors.js";
+import { NotFoundError, SourceError, UsageError, VaultError } from "../errors.js";
 import { parseDomain, type DomainDefinition } from "./domain.js";
 
 /**
@@ -9,12 +9,26 @@ import { parseDomain, type DomainDefinition } from "./domain.js";
 export interface LibvirtDomain {
   /** `virsh dumpxml --inactive --security-info`: the persistent definition, as `virsh define` takes it. */
   readonly xml: string;
-  /** `virsh domstate`: "shut off", "paused", "running", ... */
+  /** `virsh domstate`: "shut off", "paused", "running". */
   readonly state: string;
+  /** Targets whose overlay an interrupted backup had left, committed back into their images first. */
+  readonly recovered: readonly string[];
 }
 
 /** States in which a domain's disks do not change while a backup reads them. */
 const QUIET_STATES = new Set(["shut off", "paused"]);
+/** States with a QEMU process: block jobs (commits of overlays) can run. */
+const ACTIVE_STATES = new Set(["running", "paused"]);
+
+/**
+ * The overlay a live backup puts in front of a disk image while it reads the image: beside it,
+ * named after the image, the backup's process and a random token.
+ */
+const OVERLAY = /\.vmvault-overlay-([1-9][0-9]*)-[0-9a-f]{8}$/;
+
+export function overlayPath(image: string, pid: number, token: string): string {
+  return `${image}.vmvault-overlay-${pid}-${token}`;
+}
 
 /** Runs virsh; its standard output, or the error it ended with. */
 async function virsh(args: readonly string[], uri: string | undefined): Promise<string> {
@@ -38,26 +52,88 @@ async function virsh(args: readonly string[], uri: string | undefined): Promise<
 
 class VirshError extends Error {}
 
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+interface BlockDevice {
+  readonly device: string;
+  readonly target: string;
+  /** The file or device in use, "-" for an empty drive. */
+  readonly source: string;
+}
+
+/** The block devices of a domain as it runs (`virsh domblklist --details`). */
+async function blockDevices(name: string, uri: string | undefined): Promise<BlockDevice[]> {
+  const out = await virsh(["domblklist", "--details", "--", name], uri);
+  const devices: BlockDevice[] = [];
+  for (const line of out.split("\n")) {
+    const m = /^\s*(\S+)\s+(\S+)\s+(\S+)\s+(.*?)\s*$/.exec(line);
+    if (m === null || (m[1] === "Type" && m[2] === "Device") || /^-+$/.test(line.trim())) continue;
+    devices.push({ device: m[2] as string, target: m[3] as string, source: m[4] as string });
+  }
+  return devices;
+}
+
+/** A disk's overlay committed into its image and the domain pivoted back onto the image; the overlay file removed. */
+async function commitOverlay(name: string, uri: string | undefined, target: string, overlay: string): Promise<void> {
+  await virsh(["blockcommit", "--domain", name, "--path", target, "--active", "--pivot", "--wait", "--delete"], uri);
+  // --delete removes it where the hypervisor can; never leave it behind.
+  const { rm } = process.getBuiltinModule("node:fs/promises");
+  await rm(overlay, { force: true });
+}
+
 /**
- * The domain's persistent definition and its state. Refuses a domain whose disks may be written
- * while a backup reads them (running): the copy would mix moments, which no check could tell.
+ * Commits the overlays that live backups no longer running left on a running or paused domain
+ * (killed, or the host lost power), so the domain runs on its own images again; refuses while
+ * another live backup of the domain runs. With own, also this process's (after a signal).
+ * Returns the targets committed.
+ */
+export async function commitLeftOverlays(name: string, uri: string | undefined, o: { own?: boolean } = {}): Promise<string[]> {
+  const left = (await blockDevices(name, uri)).filter((d) => OVERLAY.test(d.source));
+  // Nothing is committed while a backup that owns an overlay still runs.
+  for (const d of left) {
+    const pid = Number(OVERLAY.exec(d.source)?.[1]);
+    if (pid === process.pid ? o.own !== true : processAlive(pid)) {
+      throw new VaultError("E_LOCKED", `another backup of domain ${name} is running (pid ${pid}): disk ${d.target} is on its overlay ${d.source}`, { hint: "wait for it to finish and run the backup again" });
+    }
+  }
+  for (const d of left) await commitOverlay(name, uri, d.target, d.source);
+  return left.map((d) => d.target);
+}
+
+/**
+ * The domain's persistent definition and its state. A running domain is backed up live (the
+ * backup puts an overlay in front of each disk it reads: LiveSnapshot); one that is neither
+ * running, paused nor shut off is refused. Overlays an interrupted live backup left are
+ * committed back first.
  */
 export async function readLibvirtDomain(name: string, uri?: string): Promise<LibvirtDomain> {
+  const at = uri === undefined ? "" : ` at ${uri}`;
   let state: string;
   try {
     state = (await virsh(["domstate", "--", name], uri)).trim();
   } catch (e) {
     if (!(e instanceof VirshError)) throw e;
     if (/failed to get domain|domain not found|no domain with matching name/i.test(e.message)) {
-      throw new NotFoundError(`libvirt has no domain named ${name}${uri === undefined ? "" : ` at ${uri}`}`, "list them with virsh list --all");
+      throw new NotFoundError(`libvirt has no domain named ${name}${at}`, "list them with virsh list --all");
     }
-    throw new SourceError("E_SOURCE", `cannot ask libvirt${uri === undefined ? "" : ` at ${uri}`} about domain ${name}: ${e.message}`, "check the connection URI (--libvirt-uri) and that libvirtd runs");
+    throw new SourceError("E_SOURCE", `cannot ask libvirt${at} about domain ${name}: ${e.message}`, "check the connection URI (--libvirt-uri) and that libvirtd runs");
   }
-  if (!QUIET_STATES.has(state)) {
-    throw new UsageError(
-      `domain ${name} is ${state}: its disks may change while they are read`,
-      `shut it down or pause it for the backup (virsh suspend ${name}, then virsh resume ${name})`,
-    );
+  if (!QUIET_STATES.has(state) && state !== "running") {
+    throw new UsageError(`domain ${name} is ${state}: a backup reads a domain that is running, paused or shut off`, `wait until it runs or is shut off (virsh domstate ${name})`);
+  }
+  let recovered: string[] = [];
+  try {
+    if (ACTIVE_STATES.has(state)) recovered = await commitLeftOverlays(name, uri);
+  } catch (e) {
+    if (!(e instanceof VirshError)) throw e;
+    throw new SourceError("E_SOURCE", `cannot commit the overlay an interrupted backup left on domain ${name}: ${e.message}`, `commit it with virsh blockcommit ${name} TARGET --active --pivot, then run the backup again`);
   }
   let xml: string;
   try {
@@ -66,7 +142,91 @@ export async function readLibvirtDomain(name: string, uri?: string): Promise<Lib
     if (!(e instanceof VirshError)) throw e;
     throw new SourceError("E_SOURCE", `cannot read the definition of domain ${name}: ${e.message}`);
   }
-  return { xml: xml.trim() + "\n", state };
+  const left = OVERLAY.exec(xml.match(/<source [^>]*vmvault-overlay-[^'"]*/)?.[0] ?? "");
+  if (left !== null) {
+    throw new UsageError(
+      `domain ${name} is shut off on the overlay of an interrupted live backup`,
+      `start it (virsh start ${name}) and run the backup again, which commits the overlay back into the image first`,
+    );
+  }
+  return { xml: xml.trim() + "\n", state, recovered };
+}
+
+/** virsh's --diskspec value: commas in a field are doubled. */
+function diskspec(fields: readonly string[]): string {
+  return fields.map((f) => f.replaceAll(",", ",,")).join(",");
+}
+
+/**
+ * A live backup's external disk-only snapshot: from create() on, the running domain writes to
+ * an overlay in front of each disk the backup reads (taken atomically across disks), so each
+ * image stays as it was at that instant while it is read; release() commits the overlays back
+ * into the images and pivots the domain onto them. Other drives (CD-ROMs) are left as they are.
+ */
+export class LiveSnapshot {
+  readonly #name: string;
+  readonly #uri: string | undefined;
+  readonly #overlays: readonly { readonly target: string; readonly path: string }[];
+
+  private constructor(name: string, uri: string | undefined, overlays: readonly { target: string; path: string }[]) {
+    this.#name = name;
+    this.#uri = uri;
+    this.#overlays = overlays;
+  }
+
+  /**
+   * Overlays in front of the disks with these targets, in one atomic snapshot; each must run on
+   * the image its definition names (images: by target), which is what the backup reads. token:
+   * random hex, 8 digits.
+   */
+  static async create(name: string, uri: string | undefined, images: ReadonlyMap<string, string>, token: string, o: { quiesce?: boolean } = {}): Promise<LiveSnapshot> {
+    const overlays: { target: string; path: string }[] = [];
+    const args = ["snapshot-create-as", "--domain", name, "--name", `vmvault-${process.pid}-${token}`, "--disk-only", "--atomic", "--no-metadata", ...(o.quiesce === true ? ["--quiesce"] : [])];
+    try {
+      for (const d of await blockDevices(name, uri)) {
+        const image = images.get(d.target);
+        if (image !== undefined) {
+          if (d.source !== image) throw new SourceError("E_SOURCE", `disk ${d.target} of domain ${name} runs on ${d.source}, its definition names ${image}`, "back it up once the running domain and its definition agree (virsh domblklist, virsh dumpxml --inactive)");
+          const path = overlayPath(d.source, process.pid, token);
+          overlays.push({ target: d.target, path });
+          args.push("--diskspec", diskspec([d.target, "snapshot=external", `file=${path}`]));
+        } else args.push("--diskspec", diskspec([d.target, "snapshot=no"]));
+      }
+      const missing = [...images.keys()].filter((t) => !overlays.some((x) => x.target === t));
+      if (missing.length > 0) throw new SourceError("E_SOURCE", `domain ${name} runs without disk ${missing.join(", ")} of its definition`, "back it up once its running devices match its definition (virsh domblklist)");
+      await virsh(args, uri);
+    } catch (e) {
+      if (!(e instanceof VirshError)) throw e;
+      const quiesce = o.quiesce === true ? "; --quiesce needs the QEMU guest agent running in the guest" : "";
+      throw new SourceError("E_SOURCE", `cannot take a live snapshot of domain ${name}: ${e.message}`, `pause the domain (virsh suspend ${name}) or shut it down for the backup${quiesce}`);
+    }
+    return new LiveSnapshot(name, uri, overlays);
+  }
+
+  /** The overlays' paths, by target. */
+  get overlays(): readonly { readonly target: string; readonly path: string }[] {
+    return this.#overlays;
+  }
+
+  /** Commits every overlay back; throws naming each one it could not. */
+  async release(): Promise<void> {
+    const failed: string[] = [];
+    for (const { target, path } of this.#overlays) {
+      try {
+        await commitOverlay(this.#name, this.#uri, target, path);
+      } catch (e) {
+        if (!(e instanceof VirshError)) throw e;
+        failed.push(`${target} (${path}): ${e.message}`);
+      }
+    }
+    if (failed.length > 0) {
+      throw new SourceError(
+        "E_SOURCE",
+        `domain ${this.#name} still runs on the backup's overlay of ${failed.join("; ")}`,
+        `commit it with virsh blockcommit ${this.#name} TARGET --active --pivot --delete; the next backup of the domain also commits it first`,
+      );
+    }
+  }
 }
 
 /** Where a backup's domain definition comes from (BackupOptions): given, or asked of libvirt. */
@@ -76,12 +236,19 @@ export interface DomainChoice {
   readonly libvirtUri?: string | undefined;
 }
 
+/** A domain a backup takes: its definition, and for one asked of libvirt, how. */
+export interface ChosenDomain extends DomainDefinition {
+  /** Asked of libvirt: the domain, where, whether it runs (a live backup) and what was recovered. */
+  readonly libvirt?: { readonly name: string; readonly uri: string | undefined; readonly running: boolean; readonly recovered: readonly string[] };
+}
+
 /** The domain a backup takes, if any. */
-export async function backupDomain(o: DomainChoice): Promise<DomainDefinition | undefined> {
+export async function backupDomain(o: DomainChoice): Promise<ChosenDomain | undefined> {
   if (o.domainXml !== undefined && o.libvirtDomain !== undefined) throw new UsageError("give a domain definition or a libvirt domain, not both");
   if (o.libvirtUri !== undefined && o.libvirtDomain === undefined) throw new UsageError("a libvirt URI goes with a libvirt domain");
   if (o.domainXml !== undefined) return parseDomain(o.domainXml);
   if (o.libvirtDomain === undefined) return undefined;
-  const { xml } = await readLibvirtDomain(o.libvirtDomain, o.libvirtUri);
-  return parseDomain(xml, `libvirt's definition of ${o.libvirtDomain}`);
+  const d = await readLibvirtDomain(o.libvirtDomain, o.libvirtUri);
+  const definition = parseDomain(d.xml, `libvirt's definition of ${o.libvirtDomain}`);
+  return { ...definition, libvirt: { name: o.libvirtDomain, uri: o.libvirtUri, running: d.state === "running", recovered: d.recovered } };
 }

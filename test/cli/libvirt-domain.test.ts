@@ -2,8 +2,8 @@
  * Backing up a libvirt domain: its raw disks, named by target device, and its definition, asked
  * of libvirt through a real virsh (libvirt's test driver, which reads domains from a node file and
  * needs no daemon) or given as a file; a restore writes the definition naming the restored images,
- * and libvirt itself accepts it. Refused before any work: running domains, qcow2 disks, unknown
- * domains, a missing virsh.
+ * and libvirt itself accepts it. Refused before any work: crashed domains, qcow2 disks, unknown
+ * domains, a missing virsh. Running domains (live backups) are test/cli/libvirt-live.test.ts's.
  */
 import { execFileSync } from "node:child_process";
 import { promises as fsp } from "node:fs";
@@ -27,9 +27,9 @@ function virsh(uri: string, command: string): string {
   return execFileSync("virsh", ["--connect", uri, "--quiet", command], { encoding: "utf8" });
 }
 
-/** libvirt's test driver state: 5 shut off, 1 running, 3 paused. */
+/** libvirt's test driver state: 5 shut off, 6 crashed. */
 const SHUT_OFF = 5;
-const RUNNING = 1;
+const CRASHED = 6;
 
 interface Host {
   dir: string;
@@ -255,7 +255,7 @@ describe.skipIf(!hasVirsh())("backup --libvirt-domain", () => {
   });
 
   it.each([
-    ["a running domain", { state: RUNNING }, ["--libvirt-domain", "web1"], 2, /domain web1 is running: its disks may change while they are read/],
+    ["a crashed domain", { state: CRASHED }, ["--libvirt-domain", "web1"], 2, /domain web1 is crashed: a backup reads a domain that is running, paused or shut off/],
     ["a qcow2 disk", { vdaFormat: "qcow2" }, ["--libvirt-domain", "web1"], 2, /disk vda of domain web1 is a qcow2 image/],
     ["an unknown domain", {}, ["--libvirt-domain", "db9"], 1, /libvirt has no domain named db9/],
     ["a libvirt URI without a domain", {}, ["--vm", "x", "/nonexistent"], 2, /a libvirt URI goes with a libvirt domain/],

@@ -36,6 +36,7 @@ interface BackupCliOptions {
   domainXml?: string;
   libvirtDomain?: string;
   libvirtUri?: string;
+  quiesce?: boolean;
   sparse: boolean;
   keepCache?: boolean;
   exclude?: string[];
@@ -52,8 +53,9 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
     .command("backup")
     .description("back up disk images and folders of one VM, or a libvirt domain's disks and definition, as a new snapshot")
     .option("--vm <name>", "the VM the sources belong to (default with a domain: the domain's name)")
-    .option("--libvirt-domain <name>", "back up this libvirt domain (shut off or paused): its raw disks, named by target device (vda), and its definition, which a restore writes beside them (asks virsh)")
+    .option("--libvirt-domain <name>", "back up this libvirt domain: its raw disks, named by target device (vda), and its definition, which a restore writes beside them (asks virsh); a running domain is backed up live, its disks read behind overlays it writes to meanwhile")
     .option("--libvirt-uri <uri>", "with --libvirt-domain: libvirt's connection URI (default: virsh's own, LIBVIRT_DEFAULT_URI included)")
+    .option("--quiesce", "with a running --libvirt-domain: freeze the guest's file systems for the instant the overlays are taken (needs the QEMU guest agent in the guest)")
     .option("--domain-xml <file>", "as --libvirt-domain, from a definition `virsh dumpxml` wrote to this file (libvirt is not asked)")
     .option("--no-sparse", "read every byte, holes included, instead of skipping the extents the file system reports as unallocated")
     .option("--keep-cache", "leave the pages the backup's reads and the packs it writes bring into the page cache there, instead of dropping them")
@@ -73,7 +75,9 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
       const vm = opts.vm ?? domain?.name;
       if (vm === undefined) throw new UsageError("a backup needs --vm NAME (or a domain: --libvirt-domain, --domain-xml)");
       if (sources.length === 0 && domain === undefined) throw new UsageError("nothing to back up: give at least one disk image or folder, or a domain");
-      const domainXml = domain === undefined ? {} : { domainXml: domain.xml };
+      // The library asks libvirt again under the lock, where a running domain's overlays are taken.
+      const domainXml = opts.libvirtDomain !== undefined ? { libvirtDomain: opts.libvirtDomain, ...(opts.libvirtUri === undefined ? {} : { libvirtUri: opts.libvirtUri }) } : domain === undefined ? {} : { domainXml: domain.xml };
+      for (const t of domain?.libvirt?.recovered ?? []) ctx.warn(`warning: committed the overlay an interrupted backup had left on disk ${t} of domain ${domain?.name} back into its image`);
       if (opts.list === true && opts.dryRun !== true) throw new UsageError("--list goes with --dry-run", "add --dry-run to see what a backup would take");
       // Read before the unlock: a missing or unreadable file is a usage error that costs no Argon2id.
       const exclude = [...(opts.exclude ?? []), ...(opts.excludeFile ?? []).flatMap(readExcludeFile)];
@@ -81,19 +85,28 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
       new Excludes(exclude, opts.excludeIfPresent, { largerThan: largerThan.excludeLargerThan });
       if (opts.dryRun === true) {
         interrupts.note = "; a dry run writes nothing";
-        const preview = { vm, ...domainXml, sources, sparse: opts.sparse, exclude, excludeIfPresent: opts.excludeIfPresent ?? [], ...largerThan, oneFileSystem: opts.oneFileSystem === true, list: opts.list === true };
+        const preview = { vm, ...(domain === undefined ? {} : { domainXml: domain.xml }), sources, sparse: opts.sparse, exclude, excludeIfPresent: opts.excludeIfPresent ?? [], ...largerThan, oneFileSystem: opts.oneFileSystem === true, list: opts.list === true };
         await dryRun(ctx, preview);
+        if (domain?.libvirt?.running === true && !ctx.json) ctx.out(`  domain ${domain.name} runs: a backup would read its disks behind overlays (a live backup)`);
         return;
       }
       interrupts.note = "; the repository stays consistent: a snapshot appears only once complete, and the next backup reuses the data this one stored";
       // A small backup of image files runs inline (the library decides): no worker starts ahead for it.
+      const live = domain?.libvirt?.running === true ? domain.libvirt : undefined;
+      if (opts.quiesce === true && live === undefined) throw new UsageError("--quiesce goes with a running libvirt domain (--libvirt-domain)");
+      if (live !== undefined) {
+        interrupts.note = "; the overlays of the live backup were committed back into the domain's disks, and the repository stays consistent";
+        // Ended by a signal: the domain goes back onto its own disks before the process ends.
+        interrupts.beforeExit = async () => (await import("../../sources/libvirt.js")).commitLeftOverlays(live.name, live.uri, { own: true });
+      }
       const vault = await ctx.openVault({ withWorkers: async () => !(await backupRunsInline(sources, opts.sparse)) });
       try {
         const progress = ctx.progress;
         const workers = ctx.workers;
-        const r = await vault.backup({
+        const backedUp = await vault.backup({
           vm,
           ...domainXml,
+          ...(opts.quiesce === true ? { quiesce: true } : {}),
           sources,
           sparse: opts.sparse,
           keepCache: opts.keepCache === true,
@@ -104,12 +117,16 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
           ...(progress === undefined ? {} : { progress }),
           ...(workers === undefined ? {} : { workers }),
         });
+        // Overlays left by an interrupted backup were committed before the unlock (above), so the library found none.
+        const recovered = [...(domain?.libvirt?.recovered ?? []), ...(backedUp.domain?.recovered ?? [])];
+        const r = backedUp.domain === undefined || recovered.length === 0 ? backedUp : { ...backedUp, domain: { ...backedUp.domain, recovered } };
         ctx.endProgress();
+        if (r.domain?.overlayLeft !== undefined) ctx.warn(`warning: ${r.domain.overlayLeft}`);
         for (const s of r.skipped) ctx.warn(`warning: skipped ${s.path} (${s.reason})`);
         warnDamagedIndexes(ctx, r.damagedIndexes);
         if (ctx.json) ctx.printJson(r);
         else {
-          ctx.out(`snapshot ${r.snapshotId} of VM ${r.vm} saved${r.domain === undefined ? "" : `, with libvirt domain ${r.domain.name}'s definition`}`);
+          ctx.out(`snapshot ${r.snapshotId} of VM ${r.vm} saved${r.domain === undefined ? "" : `, with libvirt domain ${r.domain.name}'s definition${r.domain.live === true ? " (live: its disks were read behind overlays, committed back)" : ""}`}`);
           for (const d of r.domain?.leftOut ?? []) ctx.out(`  left out ${d.target === "" ? d.device : d.target} (${d.reason})`);
           const read = (s: { size: number; readBytes: number }): string => (s.readBytes < s.size ? `, ${formatBytes(s.readBytes)} read, the rest unallocated` : "");
           ctx.out(`  ${r.sources.map((s) => `${s.name} (${s.kind}, ${formatBytes(s.size)}${read(s)})`).join(", ")}`);

@@ -1,0 +1,235 @@
+/**
+ * Live backup of a running libvirt domain, against a real libvirtd running a real QEMU (TCG):
+ * the disks are read behind an atomic external snapshot's overlays while the guest keeps
+ * writing, and the overlays are committed back afterwards (and after SIGINT, and by the next
+ * backup when a backup was killed). Guest writes are made through QEMU's own block layer
+ * (`qemu-io` on the running disk's device), as a guest's would be.
+ */
+import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdtempSync, promises as fsp, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { initCliRepo, ROOT, startCli } from "../helpers/cli.js";
+import { seededBytes, tempDirs } from "../helpers/fixtures.js";
+
+const tmp = tempDirs();
+const MiB = 1024 * 1024;
+
+function canRunLibvirtd(): boolean {
+  return process.getuid?.() === 0 && existsSync("/usr/sbin/libvirtd") && existsSync("/usr/bin/qemu-system-x86_64");
+}
+
+let stateDir = "";
+let uri = "";
+const defined: string[] = [];
+
+function virsh(...args: string[]): string {
+  return execFileSync("virsh", ["--connect", uri, "--quiet", ...args], { encoding: "utf8" });
+}
+
+/** A guest write through QEMU's block layer into the running disk (what a guest's write does). */
+function guestWrite(domain: string, disk: number, pattern: number, offset: number, length: number): void {
+  virsh("qemu-monitor-command", domain, "--hmp", `qemu-io -d /machine/peripheral/virtio-disk${disk}/virtio-backend "write -P ${pattern} ${offset} ${length}"`);
+}
+
+/** The disks in use, by target (`virsh domblklist`). */
+function inUse(domain: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of virsh("domblklist", domain).split("\n")) {
+    const m = /^\s*(vd[a-z])\s+(\S.*?)\s*$/.exec(line);
+    if (m !== null) out[m[1] as string] = m[2] as string;
+  }
+  return out;
+}
+
+interface Vm {
+  name: string;
+  dir: string;
+  vda: string;
+  vdb: string;
+}
+
+/** A running domain with two raw disks (vda with dataMiB of data) and an empty CD-ROM drive. */
+async function runningVm(dataMiB = 8): Promise<Vm> {
+  const dir = tmp("vm");
+  // QEMU runs as libvirt's own user, which must reach the images.
+  await fsp.chmod(dir, 0o755);
+  const name = `vmvault-live-${randomBytes(4).toString("hex")}`;
+  const vda = path.join(dir, "root.raw");
+  const vdb = path.join(dir, "data.raw");
+  const h = await fsp.open(vda, "w");
+  await h.truncate(dataMiB * 2 * MiB);
+  for (let at = 0; at < dataMiB; at += 8) await h.write(randomBytes(8 * MiB), 0, 8 * MiB, at * MiB);
+  await h.close();
+  await fsp.writeFile(vdb, seededBytes("live vdb", 4 * MiB));
+  const xml = `<domain type='qemu'>
+  <name>${name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${vda}'/><target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${vdb}'/><target dev='vdb' bus='virtio'/></disk>
+    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><target dev='sda' bus='sata'/><readonly/></disk>
+  </devices>
+</domain>
+`;
+  await fsp.writeFile(path.join(dir, "domain.xml"), xml);
+  virsh("define", path.join(dir, "domain.xml"));
+  defined.push(name);
+  virsh("start", name);
+  return { name, dir, vda, vdb };
+}
+
+async function filesIn(dir: string): Promise<string[]> {
+  return (await fsp.readdir(dir)).sort();
+}
+
+describe.skipIf(!canRunLibvirtd())("backup --libvirt-domain of a running domain (live)", () => {
+  beforeAll(() => {
+    // Not a tempDirs folder: those go after each test, and the daemons' sockets and PID files live here.
+    stateDir = mkdtempSync(path.join(os.tmpdir(), "vmvault-libvirtd-"));
+    const out = execFileSync("sh", [path.join(ROOT, "scripts/libvirtd.sh"), "start", stateDir], { encoding: "utf8" }).trim().split("\n");
+    uri = out[out.length - 1] ?? "";
+    expect(uri).toMatch(/^qemu:\/\/\/system\?socket=/);
+  }, 60_000);
+
+  afterAll(() => {
+    // Destroyed where still running, then undefined (libvirtd keeps definitions in the system's folders).
+    for (const name of defined) {
+      for (const command of ["destroy", "undefine"]) spawnSync("virsh", ["--connect", uri, "--quiet", command, name], { stdio: "ignore" });
+    }
+    execFileSync("sh", [path.join(ROOT, "scripts/libvirtd.sh"), "stop", stateDir]);
+    rmSync(stateDir, { recursive: true, force: true });
+  }, 60_000);
+
+  it("reads the disks behind overlays while the guest writes, then commits the writes back into the images", async () => {
+    const vm = await runningVm(192);
+    guestWrite(vm.name, 0, 0xaa, 1 * MiB, 64 * 1024);
+    const repoDir = tmp("repo");
+    const r2 = await initCliRepo(repoDir);
+    // The backup runs while the guest writes: each write lands in the overlay, not in the image being read.
+    const child = startCli(["--repo", path.join(repoDir, "r"), "--user", "admin", "backup", "--libvirt-domain", vm.name, "--libvirt-uri", uri, "--json"], { env: { VMVAULT_STATE_DIR: `${path.join(repoDir, "r")}-state` } });
+    let stdout = "";
+    let stderr = "";
+    child.stdout?.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+    const done = new Promise<number>((resolve) => child.on("close", (code) => resolve(code ?? -1)));
+    let finished = false;
+    void done.then(() => (finished = true));
+    const writesBehindOverlay: number[] = [];
+    for (let i = 0; !finished && i < 400; i++) {
+      const disks = inUse(vm.name);
+      if (disks["vda"]?.includes(".vmvault-overlay-") === true) {
+        // Each write a pattern of its own, at an offset of its own, past the image's data.
+        const pattern = 0x10 + writesBehindOverlay.length;
+        guestWrite(vm.name, 0, pattern, (200 + writesBehindOverlay.length) * MiB, 4096);
+        writesBehindOverlay.push(pattern);
+        if (writesBehindOverlay.length >= 3) break;
+      } else await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    const code = await done;
+    expect(code, stderr).toBe(0);
+    expect(writesBehindOverlay.length, "writes made while the overlay was in place").toBeGreaterThan(0);
+    const result = JSON.parse(stdout) as { snapshotId: string; domain: { name: string; live: boolean } };
+    expect(result.domain).toMatchObject({ name: vm.name, live: true });
+    // Back on its own images, overlays gone, the definition as it was.
+    expect(inUse(vm.name)).toEqual({ vda: vm.vda, vdb: vm.vdb });
+    expect(await filesIn(vm.dir)).toEqual(["data.raw", "domain.xml", "root.raw"]);
+    expect(virsh("dumpxml", "--inactive", vm.name)).toContain(`<source file='${vm.vda}'/>`);
+    // The guest's writes made behind the overlay are in the image now.
+    const image = await fsp.readFile(vm.vda);
+    writesBehindOverlay.forEach((pattern, i) => expect(image[(200 + i) * MiB], `write ${i}`).toBe(pattern));
+    // The snapshot holds the image as it was when the overlays were taken: the earlier write, none of the later ones.
+    const out = tmp("restore");
+    const restored = await r2.v(["restore", "latest", "--target", out, "--reason", "live backup test"]);
+    expect(restored.code, restored.stderr).toBe(0);
+    const back = await fsp.readFile(path.join(out, "vda"));
+    expect(back[1 * MiB]).toBe(0xaa);
+    writesBehindOverlay.forEach((_, i) => expect(back[(200 + i) * MiB], `write ${i}`).toBe(0));
+    expect(Buffer.compare(back.subarray(0, 192 * MiB), image.subarray(0, 192 * MiB))).toBe(0);
+    expect(Buffer.compare(await fsp.readFile(path.join(out, "vdb")), await fsp.readFile(vm.vdb))).toBe(0);
+    const xml = await fsp.readFile(path.join(out, `${vm.name}.xml`), "utf8");
+    expect(xml).toContain(`<source file='${path.join(out, "vda")}'/>`);
+    expect(xml).not.toContain("vmvault-overlay");
+    // And the guest writes to its image again.
+    guestWrite(vm.name, 1, 0xbb, 0, 4096);
+    expect((await fsp.readFile(vm.vdb))[0]).toBe(0xbb);
+  }, 120_000);
+
+  it("commits the overlay a killed backup left before backing up; refuses while the backup that owns it runs", async () => {
+    const vm = await runningVm();
+    // What a backup killed with SIGKILL leaves: the domain on an overlay named after a process that is gone.
+    const gone = spawn("true");
+    await new Promise((resolve) => gone.on("close", resolve));
+    const overlay = `${vm.vda}.vmvault-overlay-${gone.pid}-0badc0de`;
+    virsh("snapshot-create-as", "--domain", vm.name, "--name", "left", "--disk-only", "--atomic", "--no-metadata", "--diskspec", `vda,snapshot=external,file=${overlay}`, "--diskspec", "vdb,snapshot=no", "--diskspec", "sda,snapshot=no");
+    guestWrite(vm.name, 0, 0xcd, 3 * MiB, 4096);
+    expect(inUse(vm.name)["vda"]).toBe(overlay);
+    const { v } = await initCliRepo(tmp("repo"));
+
+    // An overlay of a process that still runs (this test's) belongs to a backup in progress: exit 6.
+    const owned = `${vm.vdb}.vmvault-overlay-${process.pid}-0badc0de`;
+    virsh("snapshot-create-as", "--domain", vm.name, "--name", "owned", "--disk-only", "--atomic", "--no-metadata", "--diskspec", "vda,snapshot=no", "--diskspec", `vdb,snapshot=external,file=${owned}`, "--diskspec", "sda,snapshot=no");
+    const busy = await v(["backup", "--libvirt-domain", vm.name, "--libvirt-uri", uri]);
+    expect(busy.code).toBe(6);
+    expect(busy.stderr).toContain(`another backup of domain ${vm.name} is running (pid ${process.pid})`);
+    virsh("blockcommit", vm.name, "vdb", "--active", "--pivot", "--wait", "--delete");
+
+    const r = await v(["backup", "--libvirt-domain", vm.name, "--libvirt-uri", uri, "--json"]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain(`committed the overlay an interrupted backup had left on disk vda of domain ${vm.name}`);
+    expect((JSON.parse(r.stdout) as { domain: { recovered: string[] } }).domain.recovered).toEqual(["vda"]);
+    expect(inUse(vm.name)).toEqual({ vda: vm.vda, vdb: vm.vdb });
+    expect(existsSync(overlay)).toBe(false);
+    // The write made on the overlay is in the image, and in the snapshot.
+    expect((await fsp.readFile(vm.vda))[3 * MiB]).toBe(0xcd);
+    const out = tmp("out");
+    expect((await v(["restore", "latest", "--target", out, "--reason", "x", "--disk", "vda"])).code).toBe(0);
+    expect((await fsp.readFile(path.join(out, "vda")))[3 * MiB]).toBe(0xcd);
+
+    // Shut off on such an overlay, the domain is refused until it runs again.
+    virsh("snapshot-create-as", "--domain", vm.name, "--name", "left2", "--disk-only", "--atomic", "--no-metadata", "--diskspec", `vda,snapshot=external,file=${overlay}`, "--diskspec", "vdb,snapshot=no", "--diskspec", "sda,snapshot=no");
+    virsh("destroy", vm.name);
+    const off = await v(["backup", "--libvirt-domain", vm.name, "--libvirt-uri", uri]);
+    expect(off.code).toBe(2);
+    expect(off.stderr).toContain(`domain ${vm.name} is shut off on the overlay of an interrupted live backup`);
+  }, 120_000);
+
+  it("SIGINT during a live backup commits the overlays before the process ends", async () => {
+    const vm = await runningVm(256);
+    const repoDir = tmp("repo");
+    await initCliRepo(repoDir);
+    const child = startCli(["--repo", path.join(repoDir, "r"), "--user", "admin", "backup", "--libvirt-domain", vm.name, "--libvirt-uri", uri], { env: { VMVAULT_STATE_DIR: `${path.join(repoDir, "r")}-state` } });
+    let stderr = "";
+    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+    const done = new Promise<number>((resolve) => child.on("close", (code) => resolve(code ?? -1)));
+    let signalled = false;
+    for (let i = 0; i < 500 && !signalled; i++) {
+      if (inUse(vm.name)["vda"]?.includes(".vmvault-overlay-") === true) {
+        child.kill("SIGINT");
+        signalled = true;
+      } else await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    expect(signalled, "the overlay was seen").toBe(true);
+    expect(await done, stderr).toBe(130);
+    expect(stderr).toContain("the overlays of the live backup were committed back");
+    expect(inUse(vm.name)).toEqual({ vda: vm.vda, vdb: vm.vdb });
+    expect(await filesIn(vm.dir)).toEqual(["data.raw", "domain.xml", "root.raw"]);
+  }, 120_000);
+
+  it("--quiesce without a guest agent fails naming it, and leaves the domain on its own disks", async () => {
+    const vm = await runningVm();
+    const { v } = await initCliRepo(tmp("repo"));
+    const r = await v(["backup", "--libvirt-domain", vm.name, "--libvirt-uri", uri, "--quiesce"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`cannot take a live snapshot of domain ${vm.name}`);
+    expect(r.stderr).toContain("--quiesce needs the QEMU guest agent");
+    expect(inUse(vm.name)).toEqual({ vda: vm.vda, vdb: vm.vdb });
+    expect(await filesIn(vm.dir)).toEqual(["data.raw", "domain.xml", "root.raw"]);
+    expect(JSON.parse((await v(["snapshots", "--json"])).stdout)).toEqual([]);
+  }, 60_000);
+});
