@@ -1,4 +1,4 @@
-import { constants as fsConstants, promises as fsp } from "node:fs";
+import { constants as fsConstants, promises as fsp, type Stats } from "node:fs";
 import path from "node:path";
 import { UsageError, VaultError, type Damage } from "../errors.js";
 import { FastCdc } from "../chunking/fastcdc.js";
@@ -153,36 +153,22 @@ export async function planSources(sources: readonly string[], sparse: boolean, d
   }
   const planned: PlannedSource[] = [];
   for (const disk of domain?.disks ?? []) {
-    let st;
-    try {
-      st = await fsp.stat(disk.path);
-    } catch (e) {
-      throw sourceError(disk.path, e);
-    }
+    const st = await statSource(disk.path);
     if (!st.isFile() && !st.isBlockDevice()) throw new UsageError(`disk ${disk.target} of domain ${domain?.name}: ${disk.path} is neither an image file nor a block device`);
-    await fsp.access(disk.path, fsConstants.R_OK).catch((e: unknown) => {
-      throw sourceError(disk.path, e);
-    });
+    await assertReadable(disk.path);
     planned.push({ path: disk.path, name: disk.target, kind: "disk", readBound: readBoundOf(st, sparse) });
   }
   for (const src of sources) {
     const abs = path.resolve(src);
-    let st;
-    try {
-      // A source named by the caller is followed when it is a symlink, to a folder as to an
-      // image or block device (/dev/vg0/web1); it keeps the name it was given.
-      st = await fsp.stat(abs);
-    } catch (e) {
-      throw sourceError(abs, e);
-    }
+    // A source named by the caller is followed when it is a symlink, to a folder as to an
+    // image or block device (/dev/vg0/web1); it keeps the name it was given.
+    const st = await statSource(abs);
     const name = path.basename(abs);
     // A restore writes DIR/<name>: the root folder has no name to write it under.
     if (sourceNameProblem(name) !== undefined) throw new UsageError(`${abs} has no name a restore could write it under`, "back up the folders below it instead");
     if (st.isDirectory()) planned.push({ path: abs, name, kind: "folder", readBound: readBoundOf(st, sparse) });
     else if (st.isFile() || st.isBlockDevice()) {
-      await fsp.access(abs, fsConstants.R_OK).catch((e: unknown) => {
-        throw sourceError(abs, e);
-      });
+      await assertReadable(abs);
       planned.push({ path: abs, name, kind: "disk", readBound: readBoundOf(st, sparse) });
     } else throw new UsageError(`${abs} is neither a disk image file nor a folder`);
   }
@@ -194,6 +180,20 @@ export async function planSources(sources: readonly string[], sparse: boolean, d
   // A restore writes the definition beside the sources.
   if (domain !== undefined && names.has(domainFileName(domain.name))) throw new UsageError(`a source is named ${domainFileName(domain.name)}, as domain ${domain.name}'s definition is restored`, "back that source up in a separate run");
   return planned;
+}
+
+async function statSource(file: string): Promise<Stats> {
+  try {
+    return await fsp.stat(file);
+  } catch (e) {
+    throw sourceError(file, e);
+  }
+}
+
+async function assertReadable(file: string): Promise<void> {
+  await fsp.access(file, fsConstants.R_OK).catch((e: unknown) => {
+    throw sourceError(file, e);
+  });
 }
 
 /** The chunker for files, with a gear table derived from the chunk-ID key. */

@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { errorCodeOf, LockedError, type LockHolder } from "../errors.js";
+import { processAlive } from "../util/process.js";
 import { FormatError } from "../format/codec.js";
 import { encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { LOCK_PREFIX, REENCRYPTION_LOCK_PREFIX } from "../format/layout.js";
@@ -143,15 +144,6 @@ function lockHint(repo: Repository, h: LockHolder): string {
 
 function hostHash(repo: Repository): string {
   return toHex(repo.crypto.hash(utf8(`${repo.repoId}\0${repo.env.hostname}`), undefined, 16));
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return errorCodeOf(e) === "EPERM";
-  }
 }
 
 /** A stored lock object's holder; FormatError when the bytes are no lock (every command passes over those). */

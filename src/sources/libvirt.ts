@@ -1,4 +1,5 @@
 import { NotFoundError, SourceError, UsageError, VaultError } from "../errors.js";
+import { processAlive } from "../util/process.js";
 import { parseDomain, type DomainDefinition } from "./domain.js";
 
 /**
@@ -26,7 +27,7 @@ const ACTIVE_STATES = new Set(["running", "paused"]);
  */
 const OVERLAY = /\.vmvault-overlay-([1-9][0-9]*)-[0-9a-f]{8}$/;
 
-export function overlayPath(image: string, pid: number, token: string): string {
+function overlayPath(image: string, pid: number, token: string): string {
   return `${image}.vmvault-overlay-${pid}-${token}`;
 }
 
@@ -35,7 +36,7 @@ async function virsh(args: readonly string[], uri: string | undefined): Promise<
   const { execFile } = process.getBuiltinModule("node:child_process");
   const argv = [...(uri === undefined ? [] : ["--connect", uri]), "--quiet", ...args];
   return new Promise((resolve, reject) => {
-    execFile("virsh", argv, { encoding: "utf8", maxBuffer: 16 * 1024 * 1024, env: { ...process.env, LC_ALL: "C" } }, (error, stdout, stderr) => {
+    execFile("virsh", argv, { encoding: "utf8", maxBuffer: 16 * 1024 * 1024, env: virshEnv() }, (error, stdout, stderr) => {
       if (error === null) {
         resolve(stdout);
         return;
@@ -52,13 +53,11 @@ async function virsh(args: readonly string[], uri: string | undefined): Promise<
 
 class VirshError extends Error {}
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
-  }
+/** virsh's environment: this one without vmvault's own settings (a passphrase among them), in the C locale (its messages are matched). */
+function virshEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { LC_ALL: "C" };
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("VMVAULT_") && k !== "LC_ALL") env[k] = v;
+  return env;
 }
 
 interface BlockDevice {

@@ -270,6 +270,21 @@ describe.skipIf(!hasVirsh())("backup --libvirt-domain", () => {
     expect([...(await readTree(repo)).keys()].sort()).toEqual(before);
   });
 
+  it("runs virsh without vmvault's own settings in its environment (the passphrase among them)", async () => {
+    const { v } = await initCliRepo(tmp("repo"));
+    // A stand-in that records its environment and answers as virsh does for an unknown domain.
+    const bin = tmp("bin");
+    const seen = path.join(bin, "env.txt");
+    await fsp.writeFile(path.join(bin, "virsh"), `#!/bin/sh\nenv > '${seen}'\necho "error: failed to get domain 'web1'" >&2\nexit 1\n`, { mode: 0o755 });
+    const r = await v(["backup", "--libvirt-domain", "web1"], { env: { PATH: `${bin}:${process.env["PATH"] ?? ""}`, VMVAULT_PASSPHRASE_FILE: undefined } });
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toContain("libvirt has no domain named web1");
+    const env = await fsp.readFile(seen, "utf8");
+    expect(env).toContain("LC_ALL=C");
+    expect(env).not.toMatch(/^VMVAULT_/m);
+    expect(env).not.toContain("cli test passphrase");
+  });
+
   it("says how to go on without virsh", async () => {
     const { v } = await initCliRepo(tmp("repo"));
     const r = await v(["backup", "--libvirt-domain", "web1"], { env: { PATH: "/nonexistent" } });
