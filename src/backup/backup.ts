@@ -53,6 +53,11 @@ export interface BackupOptions {
   readonly libvirtUri?: string;
   /** A running domain's overlays are taken with its file systems frozen by the QEMU guest agent. */
   readonly quiesce?: boolean;
+  /**
+   * Where a running domain's overlays go (an existing folder the hypervisor may write), instead
+   * of beside each image; a block device's disk needs it.
+   */
+  readonly overlayDir?: string;
   readonly progress?: ProgressSink;
   /**
    * Worker threads for hashing, compression and encryption; 0 runs inline. Default: one per
@@ -182,6 +187,13 @@ export async function planSources(sources: readonly string[], sparse: boolean, d
   return planned;
 }
 
+/** An overlay folder: an existing folder, as an absolute path. */
+export async function checkOverlayDir(dir: string): Promise<string> {
+  const abs = path.resolve(dir);
+  if (!(await statSource(abs)).isDirectory()) throw new UsageError(`--overlay-dir ${abs} is not a folder`);
+  return abs;
+}
+
 async function statSource(file: string): Promise<Stats> {
   try {
     return await fsp.stat(file);
@@ -218,6 +230,7 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
   const domain = await backupDomain(o);
   const vm = backupVmName(o, domain);
   if (o.quiesce === true && domain?.libvirt?.running !== true) throw new UsageError("--quiesce goes with a running libvirt domain (--libvirt-domain)");
+  const overlayDir = o.overlayDir === undefined ? undefined : await checkOverlayDir(o.overlayDir);
   const excludes = new Excludes(o.exclude, o.excludeIfPresent, { largerThan: o.excludeLargerThan });
   const planned = await planSources(o.sources, o.sparse ?? true, domain);
   const lock = await acquireLock(repo, "backup", false);
@@ -237,7 +250,7 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
         },
       },
       started: false,
-      run: () => (domain?.libvirt?.running === true ? backupLive(repo, o, vm, planned, excludes, domain) : runBackup(repo, o, vm, planned, excludes, domain)),
+      run: () => (domain?.libvirt?.running === true ? backupLive(repo, { ...o, ...(overlayDir === undefined ? {} : { overlayDir }) }, vm, planned, excludes, domain) : runBackup(repo, o, vm, planned, excludes, domain)),
       outcome: (r) => ({ snapshot: r.snapshotId, bytes: r.size, addedBytes: r.addedBytes }),
     });
   } finally {
@@ -253,7 +266,7 @@ async function backupLive(repo: Repository, o: BackupOptions, vm: string, planne
   const libvirt = domain.libvirt;
   if (libvirt === undefined) throw new Error("not a libvirt domain");
   const images = new Map(domain.disks.map((d) => [d.target, d.path]));
-  const live = await LiveSnapshot.create(libvirt.name, libvirt.uri, images, toHex(repo.crypto.random(4)), { quiesce: o.quiesce === true });
+  const live = await LiveSnapshot.create(libvirt.name, libvirt.uri, images, toHex(repo.crypto.random(4)), { quiesce: o.quiesce === true, overlayDir: o.overlayDir });
   let result: BackupResult;
   try {
     result = await runBackup(repo, o, vm, planned, excludes, domain);

@@ -27,8 +27,10 @@ const ACTIVE_STATES = new Set(["running", "paused"]);
  */
 const OVERLAY = /\.vmvault-overlay-([1-9][0-9]*)-[0-9a-f]{8}$/;
 
-function overlayPath(image: string, pid: number, token: string): string {
-  return `${image}.vmvault-overlay-${pid}-${token}`;
+/** Beside the image, or in overlayDir named after the domain and the disk's target. */
+function overlayPath(d: { target: string; source: string }, o: { domain: string; pid: number; token: string; overlayDir: string | undefined }): string {
+  const suffix = `.vmvault-overlay-${o.pid}-${o.token}`;
+  return o.overlayDir === undefined ? `${d.source}${suffix}` : `${o.overlayDir.replace(/\/+$/, "")}/${o.domain}-${d.target}${suffix}`;
 }
 
 /** Runs virsh; its standard output, or the error it ended with. */
@@ -61,6 +63,8 @@ function virshEnv(): NodeJS.ProcessEnv {
 }
 
 interface BlockDevice {
+  /** file, block, network, ... */
+  readonly type: string;
   readonly device: string;
   readonly target: string;
   /** The file or device in use, "-" for an empty drive. */
@@ -74,7 +78,7 @@ async function blockDevices(name: string, uri: string | undefined): Promise<Bloc
   for (const line of out.split("\n")) {
     const m = /^\s*(\S+)\s+(\S+)\s+(\S+)\s+(.*?)\s*$/.exec(line);
     if (m === null || (m[1] === "Type" && m[2] === "Device") || /^-+$/.test(line.trim())) continue;
-    devices.push({ device: m[2] as string, target: m[3] as string, source: m[4] as string });
+    devices.push({ type: m[1] as string, device: m[2] as string, target: m[3] as string, source: m[4] as string });
   }
   return devices;
 }
@@ -175,10 +179,11 @@ export class LiveSnapshot {
 
   /**
    * Overlays in front of the disks with these targets, in one atomic snapshot; each must run on
-   * the image its definition names (images: by target), which is what the backup reads. token:
-   * random hex, 8 digits.
+   * the image its definition names (images: by target), which is what the backup reads. Each
+   * overlay is made beside its image, or in overlayDir (an absolute path), which a block device's
+   * needs. token: random hex, 8 digits.
    */
-  static async create(name: string, uri: string | undefined, images: ReadonlyMap<string, string>, token: string, o: { quiesce?: boolean } = {}): Promise<LiveSnapshot> {
+  static async create(name: string, uri: string | undefined, images: ReadonlyMap<string, string>, token: string, o: { quiesce?: boolean; overlayDir?: string | undefined } = {}): Promise<LiveSnapshot> {
     const overlays: { target: string; path: string }[] = [];
     const args = ["snapshot-create-as", "--domain", name, "--name", `vmvault-${process.pid}-${token}`, "--disk-only", "--atomic", "--no-metadata", ...(o.quiesce === true ? ["--quiesce"] : [])];
     try {
@@ -186,7 +191,10 @@ export class LiveSnapshot {
         const image = images.get(d.target);
         if (image !== undefined) {
           if (d.source !== image) throw new SourceError("E_SOURCE", `disk ${d.target} of domain ${name} runs on ${d.source}, its definition names ${image}`, "back it up once the running domain and its definition agree (virsh domblklist, virsh dumpxml --inactive)");
-          const path = overlayPath(d.source, process.pid, token);
+          if (d.type !== "file" && o.overlayDir === undefined) {
+            throw new UsageError(`disk ${d.target} of domain ${name} is a ${d.type} device: its overlay cannot go beside it`, "give --overlay-dir DIR, a folder the hypervisor may write, with room for what the VM writes during the backup");
+          }
+          const path = overlayPath(d, { domain: name, pid: process.pid, token, overlayDir: o.overlayDir });
           overlays.push({ target: d.target, path });
           args.push("--diskspec", diskspec([d.target, "snapshot=external", `file=${path}`]));
         } else args.push("--diskspec", diskspec([d.target, "snapshot=no"]));

@@ -51,8 +51,8 @@ interface Vm {
   vdb: string;
 }
 
-/** A running domain with two raw disks (vda with dataMiB of data) and an empty CD-ROM drive. */
-async function runningVm(dataMiB = 8): Promise<Vm> {
+/** A running domain with two raw disks (vda with dataMiB of data; vdb a file, or the block device given) and an empty CD-ROM drive. */
+async function runningVm(dataMiB = 8, o: { blockVdb?: string } = {}): Promise<Vm> {
   const dir = tmp("vm");
   // QEMU runs as libvirt's own user, which must reach the images.
   await fsp.chmod(dir, 0o755);
@@ -63,7 +63,7 @@ async function runningVm(dataMiB = 8): Promise<Vm> {
   await h.truncate(dataMiB * 2 * MiB);
   for (let at = 0; at < dataMiB; at += 8) await h.write(randomBytes(8 * MiB), 0, 8 * MiB, at * MiB);
   await h.close();
-  await fsp.writeFile(vdb, seededBytes("live vdb", 4 * MiB));
+  if (o.blockVdb === undefined) await fsp.writeFile(vdb, seededBytes("live vdb", 4 * MiB));
   const xml = `<domain type='qemu'>
   <name>${name}</name>
   <memory unit='MiB'>64</memory>
@@ -72,7 +72,7 @@ async function runningVm(dataMiB = 8): Promise<Vm> {
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
     <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${vda}'/><target dev='vda' bus='virtio'/></disk>
-    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${vdb}'/><target dev='vdb' bus='virtio'/></disk>
+    ${o.blockVdb === undefined ? `<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${vdb}'/>` : `<disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='${o.blockVdb}'/>`}<target dev='vdb' bus='virtio'/></disk>
     <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><target dev='sda' bus='sata'/><readonly/></disk>
   </devices>
 </domain>
@@ -81,7 +81,7 @@ async function runningVm(dataMiB = 8): Promise<Vm> {
   virsh("define", path.join(dir, "domain.xml"));
   defined.push(name);
   virsh("start", name);
-  return { name, dir, vda, vdb };
+  return { name, dir, vda, vdb: o.blockVdb ?? vdb };
 }
 
 async function filesIn(dir: string): Promise<string[]> {
@@ -219,6 +219,42 @@ describe.skipIf(!canRunLibvirtd())("backup --libvirt-domain of a running domain 
     expect(stderr).toContain("the overlays of the live backup were committed back");
     expect(inUse(vm.name)).toEqual({ vda: vm.vda, vdb: vm.vdb });
     expect(await filesIn(vm.dir)).toEqual(["data.raw", "domain.xml", "root.raw"]);
+  }, 120_000);
+
+  it("a block device's overlay goes in --overlay-dir; without it the backup says so and reads nothing", async (ctx) => {
+    const backing = path.join(tmp("loop"), "vdb.img");
+    await fsp.writeFile(backing, seededBytes("live block vdb", 8 * MiB));
+    let loop: string;
+    try {
+      loop = execFileSync("losetup", ["--find", "--show", backing], { encoding: "utf8" }).trim();
+    } catch {
+      ctx.skip();
+      return;
+    }
+    try {
+      const vm = await runningVm(8, { blockVdb: loop });
+      const { v } = await initCliRepo(tmp("repo"));
+      const refused = await v(["backup", "--libvirt-domain", vm.name, "--libvirt-uri", uri]);
+      expect(refused.code).toBe(2);
+      expect(refused.stderr).toContain(`disk vdb of domain ${vm.name} is a block device: its overlay cannot go beside it`);
+      expect(refused.stderr).toContain("--overlay-dir DIR");
+      expect(inUse(vm.name)).toEqual({ vda: vm.vda, vdb: loop });
+      expect(JSON.parse((await v(["snapshots", "--json"])).stdout)).toEqual([]);
+
+      const overlays = tmp("overlays");
+      await fsp.chmod(overlays, 0o755);
+      const r = await v(["backup", "--libvirt-domain", vm.name, "--libvirt-uri", uri, "--overlay-dir", overlays, "--json"]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(inUse(vm.name)).toEqual({ vda: vm.vda, vdb: loop });
+      expect(await fsp.readdir(overlays)).toEqual([]);
+      const out = tmp("out");
+      expect((await v(["restore", "latest", "--target", out, "--reason", "block device"])).code).toBe(0);
+      expect(Buffer.compare(await fsp.readFile(path.join(out, "vdb")), await fsp.readFile(backing))).toBe(0);
+      expect(Buffer.compare(await fsp.readFile(path.join(out, "vda")), await fsp.readFile(vm.vda))).toBe(0);
+      virsh("destroy", vm.name);
+    } finally {
+      spawnSync("losetup", ["--detach", loop], { stdio: "ignore" });
+    }
   }, 120_000);
 
   it("--quiesce without a guest agent fails naming it, and leaves the domain on its own disks", async () => {

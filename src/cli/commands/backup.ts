@@ -37,6 +37,7 @@ interface BackupCliOptions {
   libvirtDomain?: string;
   libvirtUri?: string;
   quiesce?: boolean;
+  overlayDir?: string;
   sparse: boolean;
   keepCache?: boolean;
   exclude?: string[];
@@ -56,6 +57,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
     .option("--libvirt-domain <name>", "back up this libvirt domain: its raw disks, named by target device (vda), and its definition, which a restore writes beside them (asks virsh); a running domain is backed up live, its disks read behind overlays it writes to meanwhile")
     .option("--libvirt-uri <uri>", "with --libvirt-domain: libvirt's connection URI (default: virsh's own, LIBVIRT_DEFAULT_URI included)")
     .option("--quiesce", "with a running --libvirt-domain: freeze the guest's file systems for the instant the overlays are taken (needs the QEMU guest agent in the guest)")
+    .option("--overlay-dir <dir>", "with a running --libvirt-domain: put the overlays the VM writes to during the backup in this folder instead of beside each image (a block device's disk needs it)")
     .option("--domain-xml <file>", "as --libvirt-domain, from a definition `virsh dumpxml` wrote to this file (libvirt is not asked)")
     .option("--no-sparse", "read every byte, holes included, instead of skipping the extents the file system reports as unallocated")
     .option("--keep-cache", "leave the pages the backup's reads and the packs it writes bring into the page cache there, instead of dropping them")
@@ -94,6 +96,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
       // A small backup of image files runs inline (the library decides): no worker starts ahead for it.
       const live = domain?.libvirt?.running === true ? domain.libvirt : undefined;
       if (opts.quiesce === true && live === undefined) throw new UsageError("--quiesce goes with a running libvirt domain (--libvirt-domain)");
+      if (opts.overlayDir !== undefined && opts.libvirtDomain === undefined) throw new UsageError("--overlay-dir goes with --libvirt-domain");
       if (live !== undefined) {
         interrupts.note = "; the overlays of the live backup were committed back into the domain's disks, and the repository stays consistent";
         // Ended by a signal: the domain goes back onto its own disks before the process ends.
@@ -107,6 +110,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
           vm,
           ...domainXml,
           ...(opts.quiesce === true ? { quiesce: true } : {}),
+          ...(opts.overlayDir === undefined ? {} : { overlayDir: opts.overlayDir }),
           sources,
           sparse: opts.sparse,
           keepCache: opts.keepCache === true,
