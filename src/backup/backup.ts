@@ -51,7 +51,7 @@ export interface BackupOptions {
   readonly libvirtDomain?: string;
   /** libvirt's connection URI for libvirtDomain (default: virsh's, LIBVIRT_DEFAULT_URI included). */
   readonly libvirtUri?: string;
-  /** A running domain's overlays are taken with its file systems frozen by the QEMU guest agent. */
+  /** A running domain's overlays are taken with its file systems frozen by the QEMU guest agent (ignored for one that does not run). */
   readonly quiesce?: boolean;
   /**
    * Where a running domain's overlays go (an existing folder the hypervisor may write), instead
@@ -229,7 +229,8 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
   await authorizeAudited(repo, "backup", "backup", named === undefined ? {} : { vm: named });
   const domain = await backupDomain(o);
   const vm = backupVmName(o, domain);
-  if (o.quiesce === true && domain?.libvirt?.running !== true) throw new UsageError("--quiesce goes with a running libvirt domain (--libvirt-domain)");
+  // A domain that is not running has nothing to freeze: its disks are read as they are.
+  if (o.quiesce === true && domain?.libvirt === undefined) throw new UsageError("--quiesce goes with a libvirt domain (--libvirt-domain)");
   const overlayDir = o.overlayDir === undefined ? undefined : await checkOverlayDir(o.overlayDir);
   const excludes = new Excludes(o.exclude, o.excludeIfPresent, { largerThan: o.excludeLargerThan });
   const planned = await planSources(o.sources, o.sparse ?? true, domain);

@@ -155,6 +155,20 @@ export async function readLibvirtDomain(name: string, uri?: string): Promise<Lib
   return { xml: xml.trim() + "\n", state, recovered };
 }
 
+/** Every domain libvirt defines or runs there, by name, sorted (`virsh list --all --name`). */
+export async function listLibvirtDomains(uri?: string): Promise<string[]> {
+  try {
+    return (await virsh(["list", "--all", "--name"], uri))
+      .split("\n")
+      .map((l) => l.trim())
+      .filter((l) => l !== "")
+      .sort();
+  } catch (e) {
+    if (!(e instanceof VirshError)) throw e;
+    throw new SourceError("E_SOURCE", `cannot list libvirt's domains${uri === undefined ? "" : ` at ${uri}`}: ${e.message}`, "check the connection URI (--libvirt-uri) and that libvirtd runs");
+  }
+}
+
 /** virsh's --diskspec value: commas in a field are doubled. */
 function diskspec(fields: readonly string[]): string {
   return fields.map((f) => f.replaceAll(",", ",,")).join(",");

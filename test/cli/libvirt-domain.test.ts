@@ -9,7 +9,7 @@ import { execFileSync } from "node:child_process";
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { initCliRepo } from "../helpers/cli.js";
+import { initCliRepo, vault } from "../helpers/cli.js";
 import { makeImage, readTree, seededBytes, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
@@ -268,6 +268,65 @@ describe.skipIf(!hasVirsh())("backup --libvirt-domain", () => {
     expect(r.code, r.stderr).toBe(code);
     expect(r.stderr).toMatch(message);
     expect([...(await readTree(repo)).keys()].sort()).toEqual(before);
+  });
+
+  it("--libvirt-all backs up every domain, one snapshot each, going on past one that fails; exit 1 naming it", async () => {
+    const h = await host({
+      extraDomain: ["app1", "db1"]
+        .map(
+          (name) => `<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+  <name>${name}</name><memory unit='MiB'>64</memory><os><type>hvm</type></os>
+  <devices><disk type='file' device='disk'><driver name='qemu' type='${name === "db1" ? "qcow2" : "raw"}'/><source file='${path.join("HOST", `${name}.img`)}'/><target dev='vda'/></disk></devices>
+  <test:runstate>5</test:runstate>
+</domain>`,
+        )
+        .join("\n"),
+    });
+    const node = path.join(h.dir, "node.xml");
+    await fsp.writeFile(node, (await fsp.readFile(node, "utf8")).replaceAll("HOST/", `${h.dir}/`));
+    await fsp.writeFile(path.join(h.dir, "app1.img"), seededBytes("app1", 256 * 1024));
+    await fsp.writeFile(path.join(h.dir, "db1.img"), seededBytes("db1", 256 * 1024));
+    const { v, repo } = await initCliRepo(tmp("repo"));
+
+    const r = await v(["backup", "--libvirt-all", "--libvirt-uri", h.uri]);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toContain("snapshot ");
+    expect(r.stdout).toContain("backed up 2 of 3 domains; not backed up: db1");
+    expect(r.stderr).toContain("domain db1: not backed up");
+    expect(r.stderr).toContain("disk vda of domain db1 is a qcow2 image");
+    const snaps = JSON.parse((await v(["snapshots", "--json"])).stdout) as { vm: string; disks: string[] }[];
+    expect(snaps.map((s) => [s.vm, s.disks]).sort()).toEqual([
+      ["app1", ["vda"]],
+      ["web1", ["vda", "vdb"]],
+    ]);
+
+    const j = await v(["backup", "--libvirt-all", "--libvirt-uri", h.uri, "--exclude-domain", "db1", "--exclude-domain", "nope", "--json"]);
+    expect(j.code, j.stderr).toBe(0);
+    expect(j.stderr).toContain("--exclude-domain nope: libvirt has no such domain");
+    const out = JSON.parse(j.stdout) as { domains: { domain: string; ok: boolean; backup?: { vm: string } }[]; backedUp: number; failed: number };
+    expect(out).toMatchObject({ backedUp: 2, failed: 0 });
+    expect(out.domains.map((d) => [d.domain, d.ok, d.backup?.vm])).toEqual([
+      ["app1", true, "app1"],
+      ["web1", true, "web1"],
+    ]);
+
+    // A role that may not back up ends it at once (exit 4), as every domain would fail the same way.
+    expect((await v(["user", "add", "rs", "--role", "restorer"], { env: { VMVAULT_NEW_PASSPHRASE: "rs-pass-123" } })).code).toBe(0);
+    const denied = await vault(repo, "rs", "rs-pass-123")(["backup", "--libvirt-all", "--libvirt-uri", h.uri]);
+    expect(denied.code).toBe(4);
+    expect(denied.stderr).toContain("access denied");
+    expect(denied.stderr).not.toContain("not backed up");
+
+    for (const [args, message] of [
+      [["--libvirt-all", h.vda], /--libvirt-all backs up domains only/],
+      [["--libvirt-all", "--vm", "x"], /--vm does not go with --libvirt-all/],
+      [["--libvirt-all", "--dry-run"], /--dry-run does not go with --libvirt-all/],
+      [["--libvirt-domain", "web1", "--exclude-domain", "db1"], /--exclude-domain goes with --libvirt-all/],
+    ] as const) {
+      const u = await v(["backup", ...args, "--libvirt-uri", h.uri]);
+      expect(u.code, u.stderr).toBe(2);
+      expect(u.stderr).toMatch(message);
+    }
   });
 
   it("runs virsh without vmvault's own settings in its environment (the passphrase among them)", async () => {

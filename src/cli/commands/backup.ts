@@ -12,6 +12,7 @@ import type { PreviewItem, PreviewOptions, PreviewResult } from "../../backup/pr
 import { previewBackup } from "../../vault.js";
 import { backupDomain } from "../../sources/libvirt.js";
 import { shortLine } from "./ls.js";
+import type { BackupResult } from "../../backup/backup.js";
 
 /** The patterns of an --exclude-file. */
 function readExcludeFile(file: string): string[] {
@@ -31,13 +32,15 @@ function readDomainFile(file: string): string {
   }
 }
 
-interface BackupCliOptions {
+export interface BackupCliOptions {
   vm?: string;
   domainXml?: string;
   libvirtDomain?: string;
   libvirtUri?: string;
   quiesce?: boolean;
   overlayDir?: string;
+  libvirtAll?: boolean;
+  excludeDomain?: string[];
   sparse: boolean;
   keepCache?: boolean;
   exclude?: string[];
@@ -55,6 +58,8 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
     .description("back up disk images and folders of one VM, or a libvirt domain's disks and definition, as a new snapshot")
     .option("--vm <name>", "the VM the sources belong to (default with a domain: the domain's name)")
     .option("--libvirt-domain <name>", "back up this libvirt domain: its raw disks, named by target device (vda), and its definition, which a restore writes beside them (asks virsh); a running domain is backed up live, its disks read behind overlays it writes to meanwhile")
+    .option("--libvirt-all", "back up every domain libvirt has (at --libvirt-uri), one snapshot each, going on past a domain that fails; exit 1 when any failed")
+    .option("--exclude-domain <name>", "with --libvirt-all: leave this domain out; repeatable", collect)
     .option("--libvirt-uri <uri>", "with --libvirt-domain: libvirt's connection URI (default: virsh's own, LIBVIRT_DEFAULT_URI included)")
     .option("--quiesce", "with a running --libvirt-domain: freeze the guest's file systems for the instant the overlays are taken (needs the QEMU guest agent in the guest)")
     .option("--overlay-dir <dir>", "with a running --libvirt-domain: put the overlays the VM writes to during the backup in this folder instead of beside each image (a block device's disk needs it)")
@@ -71,6 +76,11 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
     .argument("[source...]", "raw disk images (files or block devices) and folders (with a domain, more sources beside its disks)")
     .action(async (sources: string[], opts: BackupCliOptions, command: Command) => {
       const ctx = new CliContext(command);
+      if (opts.libvirtAll === true) {
+        await (await import("./backup-all.js")).backupAllDomains(ctx, interrupts, sources, opts);
+        return;
+      }
+      if (opts.excludeDomain !== undefined) throw new UsageError("--exclude-domain goes with --libvirt-all");
       if (opts.domainXml !== undefined && opts.libvirtDomain !== undefined) throw new UsageError("give --libvirt-domain or --domain-xml, not both");
       // Asked before the unlock: a domain that is missing, running or not readable costs no Argon2id.
       const domain = await backupDomain({ domainXml: opts.domainXml === undefined ? undefined : readDomainFile(opts.domainXml), libvirtDomain: opts.libvirtDomain, libvirtUri: opts.libvirtUri });
@@ -81,10 +91,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
       const domainXml = opts.libvirtDomain !== undefined ? { libvirtDomain: opts.libvirtDomain, ...(opts.libvirtUri === undefined ? {} : { libvirtUri: opts.libvirtUri }) } : domain === undefined ? {} : { domainXml: domain.xml };
       for (const t of domain?.libvirt?.recovered ?? []) ctx.warn(`warning: committed the overlay an interrupted backup had left on disk ${t} of domain ${domain?.name} back into its image`);
       if (opts.list === true && opts.dryRun !== true) throw new UsageError("--list goes with --dry-run", "add --dry-run to see what a backup would take");
-      // Read before the unlock: a missing or unreadable file is a usage error that costs no Argon2id.
-      const exclude = [...(opts.exclude ?? []), ...(opts.excludeFile ?? []).flatMap(readExcludeFile)];
-      const largerThan = opts.excludeLargerThan === undefined ? {} : { excludeLargerThan: parseByteSize(opts.excludeLargerThan) };
-      new Excludes(exclude, opts.excludeIfPresent, { largerThan: largerThan.excludeLargerThan });
+      const { exclude, largerThan } = backupExcludes(opts);
       if (opts.dryRun === true) {
         interrupts.note = "; a dry run writes nothing";
         const preview = { vm, ...(domain === undefined ? {} : { domainXml: domain.xml }), sources, sparse: opts.sparse, exclude, excludeIfPresent: opts.excludeIfPresent ?? [], ...largerThan, oneFileSystem: opts.oneFileSystem === true, list: opts.list === true };
@@ -95,7 +102,8 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
       interrupts.note = "; the repository stays consistent: a snapshot appears only once complete, and the next backup reuses the data this one stored";
       // A small backup of image files runs inline (the library decides): no worker starts ahead for it.
       const live = domain?.libvirt?.running === true ? domain.libvirt : undefined;
-      if (opts.quiesce === true && live === undefined) throw new UsageError("--quiesce goes with a running libvirt domain (--libvirt-domain)");
+      if (opts.quiesce === true && opts.libvirtDomain === undefined) throw new UsageError("--quiesce goes with --libvirt-domain");
+      if (opts.quiesce === true && live === undefined) ctx.warn(`note: domain ${domain?.name} is not running: --quiesce has nothing to freeze, its disks are read as they are`);
       if (opts.overlayDir !== undefined && opts.libvirtDomain === undefined) throw new UsageError("--overlay-dir goes with --libvirt-domain");
       if (live !== undefined) {
         interrupts.note = "; the overlays of the live backup were committed back into the domain's disks, and the repository stays consistent";
@@ -129,19 +137,33 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
         for (const s of r.skipped) ctx.warn(`warning: skipped ${s.path} (${s.reason})`);
         warnDamagedIndexes(ctx, r.damagedIndexes);
         if (ctx.json) ctx.printJson(r);
-        else {
-          ctx.out(`snapshot ${r.snapshotId} of VM ${r.vm} saved${r.domain === undefined ? "" : `, with libvirt domain ${r.domain.name}'s definition${r.domain.live === true ? " (live: its disks were read behind overlays, committed back)" : ""}`}`);
-          for (const d of r.domain?.leftOut ?? []) ctx.out(`  left out ${d.target === "" ? d.device : d.target} (${d.reason})`);
-          const read = (s: { size: number; readBytes: number }): string => (s.readBytes < s.size ? `, ${formatBytes(s.readBytes)} read, the rest unallocated` : "");
-          ctx.out(`  ${r.sources.map((s) => `${s.name} (${s.kind}, ${formatBytes(s.size)}${read(s)})`).join(", ")}`);
-          ctx.out(`  ${r.newChunks} new of ${plural(r.chunks, "chunk")}; ${formatBytes(r.addedBytes)} added to the repository in ${plural(r.packs, "pack")}`);
-          if (r.excluded > 0) ctx.out(`  ${plural(r.excluded, "entry", "entries")} of folders left out by the excludes${opts.oneFileSystem === true ? " and --one-file-system" : ""}`);
-        }
+        else printBackup(ctx, r, opts.oneFileSystem === true);
       } finally {
         ctx.endProgress();
         await vault.close();
       }
     });
+}
+
+/**
+ * The backup's excludes, checked: read before the unlock, so a missing or unreadable file or a
+ * pattern that cannot be read is a usage error that costs no Argon2id.
+ */
+export function backupExcludes(opts: BackupCliOptions): { exclude: string[]; largerThan: { excludeLargerThan?: number } } {
+  const exclude = [...(opts.exclude ?? []), ...(opts.excludeFile ?? []).flatMap(readExcludeFile)];
+  const largerThan = opts.excludeLargerThan === undefined ? {} : { excludeLargerThan: parseByteSize(opts.excludeLargerThan) };
+  new Excludes(exclude, opts.excludeIfPresent, { largerThan: largerThan.excludeLargerThan });
+  return { exclude, largerThan };
+}
+
+/** What a backup saved, for people. */
+export function printBackup(ctx: CliContext, r: BackupResult, oneFileSystem: boolean): void {
+  ctx.out(`snapshot ${r.snapshotId} of VM ${r.vm} saved${r.domain === undefined ? "" : `, with libvirt domain ${r.domain.name}'s definition${r.domain.live === true ? " (live: its disks were read behind overlays, committed back)" : ""}`}`);
+  for (const d of r.domain?.leftOut ?? []) ctx.out(`  left out ${d.target === "" ? d.device : d.target} (${d.reason})`);
+  const read = (s: { size: number; readBytes: number }): string => (s.readBytes < s.size ? `, ${formatBytes(s.readBytes)} read, the rest unallocated` : "");
+  ctx.out(`  ${r.sources.map((s) => `${s.name} (${s.kind}, ${formatBytes(s.size)}${read(s)})`).join(", ")}`);
+  ctx.out(`  ${r.newChunks} new of ${plural(r.chunks, "chunk")}; ${formatBytes(r.addedBytes)} added to the repository in ${plural(r.packs, "pack")}`);
+  if (r.excluded > 0) ctx.out(`  ${plural(r.excluded, "entry", "entries")} of folders left out by the excludes${oneFileSystem ? " and --one-file-system" : ""}`);
 }
 
 /**

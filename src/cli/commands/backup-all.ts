@@ -1,0 +1,92 @@
+import { AccessDeniedError, AuthError, UsageError, VaultError } from "../../errors.js";
+import type { BackupResult } from "../../backup/backup.js";
+import { commitLeftOverlays, listLibvirtDomains } from "../../sources/libvirt.js";
+import type { CliContext } from "../context.js";
+import { describeError, errorJson } from "../exit.js";
+import type { Interrupts } from "../interrupt.js";
+import { plural, warnDamagedIndexes } from "../output.js";
+import { backupExcludes, printBackup, type BackupCliOptions } from "./backup.js";
+
+/** One domain's outcome in `backup --libvirt-all --json`. */
+type DomainOutcome = { domain: string; ok: true; backup: BackupResult } | { domain: string; ok: false; error: unknown };
+
+/**
+ * `backup --libvirt-all`: every domain libvirt has, one snapshot each, under one unlock. A domain
+ * that fails (a qcow2 disk, another backup's overlay, a disk that changed) is named and the next
+ * one is backed up; a wrong passphrase or a role that may not back up ends it at once, as every
+ * domain would fail the same way. Exit 1 when any domain failed.
+ */
+export async function backupAllDomains(ctx: CliContext, interrupts: Interrupts, sources: readonly string[], opts: BackupCliOptions): Promise<void> {
+  if (sources.length > 0) throw new UsageError("--libvirt-all backs up domains only", "back other sources up in a backup of their own");
+  for (const [given, name] of [
+    [opts.vm, "--vm"],
+    [opts.libvirtDomain, "--libvirt-domain"],
+    [opts.domainXml, "--domain-xml"],
+    [opts.dryRun, "--dry-run"],
+  ] as const) {
+    if (given !== undefined && given !== false) throw new UsageError(`${name} does not go with --libvirt-all`, name === "--dry-run" ? "a dry run takes one domain: --libvirt-domain NAME --dry-run" : "each domain is backed up as the VM of its own name");
+  }
+  const { exclude, largerThan } = backupExcludes(opts);
+  const all = await listLibvirtDomains(opts.libvirtUri);
+  const left = new Set(opts.excludeDomain ?? []);
+  for (const name of left) if (!all.includes(name)) ctx.warn(`warning: --exclude-domain ${name}: libvirt has no such domain`);
+  const domains = all.filter((d) => !left.has(d));
+  if (domains.length === 0) {
+    if (ctx.json) ctx.printJson({ domains: [], backedUp: 0, failed: 0 });
+    else ctx.out(`libvirt has no domain to back up${opts.libvirtUri === undefined ? "" : ` at ${opts.libvirtUri}`}`);
+    return;
+  }
+  interrupts.note = "; the overlays of a live backup were committed back into the domain's disks, and the repository stays consistent";
+  const vault = await ctx.openVault({ withWorkers: true });
+  const outcomes: DomainOutcome[] = [];
+  try {
+    for (const domain of domains) {
+      // Ended by a signal: the domain being read goes back onto its own disks first.
+      interrupts.beforeExit = async () => commitLeftOverlays(domain, opts.libvirtUri, { own: true });
+      const progress = ctx.progress;
+      const workers = ctx.workers;
+      try {
+        const r = await vault.backup({
+          libvirtDomain: domain,
+          ...(opts.libvirtUri === undefined ? {} : { libvirtUri: opts.libvirtUri }),
+          ...(opts.quiesce === true ? { quiesce: true } : {}),
+          ...(opts.overlayDir === undefined ? {} : { overlayDir: opts.overlayDir }),
+          sources: [],
+          sparse: opts.sparse,
+          keepCache: opts.keepCache === true,
+          exclude,
+          excludeIfPresent: opts.excludeIfPresent ?? [],
+          ...largerThan,
+          ...(progress === undefined ? {} : { progress }),
+          ...(workers === undefined ? {} : { workers }),
+        });
+        ctx.endProgress();
+        outcomes.push({ domain, ok: true, backup: r });
+        for (const t of r.domain?.recovered ?? []) ctx.warn(`warning: committed the overlay an interrupted backup had left on disk ${t} of domain ${domain} back into its image`);
+        if (r.domain?.overlayLeft !== undefined) ctx.warn(`warning: ${r.domain.overlayLeft}`);
+        warnDamagedIndexes(ctx, r.damagedIndexes);
+        if (!ctx.json) printBackup(ctx, r, false);
+      } catch (e) {
+        ctx.endProgress();
+        // Every domain would fail the same way.
+        if (e instanceof AuthError || e instanceof AccessDeniedError) throw e;
+        outcomes.push({ domain, ok: false, error: e });
+        if (ctx.json) process.stderr.write(`${errorJson(e)}\n`);
+        else ctx.warn(`domain ${domain}: not backed up\n${describeError(e, false)}`);
+      }
+    }
+  } finally {
+    interrupts.beforeExit = undefined;
+    ctx.endProgress();
+    await vault.close();
+  }
+  const failed = outcomes.filter((o) => !o.ok).map((o) => o.domain);
+  if (ctx.json) {
+    ctx.printJson({
+      domains: outcomes.map((o) => (o.ok ? { domain: o.domain, ok: true, backup: o.backup } : { domain: o.domain, ok: false, error: JSON.parse(errorJson(o.error)).error as unknown })),
+      backedUp: outcomes.length - failed.length,
+      failed: failed.length,
+    });
+  } else ctx.out(`backed up ${outcomes.length - failed.length} of ${plural(outcomes.length, "domain")}${failed.length === 0 ? "" : `; not backed up: ${failed.join(", ")}`}`);
+  if (failed.length > 0) throw new VaultError("E_SOURCE", `${failed.length} of ${plural(outcomes.length, "domain")} ${failed.length === 1 ? "was" : "were"} not backed up: ${failed.join(", ")}`, { hint: "each one's error is above; back them up again with --libvirt-domain NAME once it is fixed" });
+}
