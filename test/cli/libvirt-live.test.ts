@@ -12,7 +12,9 @@ import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { initCliRepo, ROOT, startCli } from "../helpers/cli.js";
-import { seededBytes, tempDirs } from "../helpers/fixtures.js";
+import { initTestVault, openTestVault, passphrase, seededBytes, tempDirs } from "../helpers/fixtures.js";
+import { FsStore, Vault } from "../../src/index.js";
+import { FaultyStore } from "../../src/storage/faulty.js";
 
 const tmp = tempDirs();
 const MiB = 1024 * 1024;
@@ -256,6 +258,29 @@ describe.skipIf(!canRunLibvirtd())("backup --libvirt-domain of a running domain 
       spawnSync("losetup", ["--detach", loop], { stdio: "ignore" });
     }
   }, 120_000);
+
+  it("a backup that fails while reading (the repository's disk is full) still puts the domain back on its own disks", async () => {
+    const vm = await runningVm();
+    const dir = tmp("repo");
+    await (await initTestVault(dir)).close();
+    const full = new FaultyStore(new FsStore(dir), { failPut: (key) => key.startsWith("data/") });
+    const v = await Vault.open({ store: full, user: "admin", passphrase: passphrase() });
+    try {
+      await expect(v.backup({ libvirtDomain: vm.name, libvirtUri: uri, sources: [] })).rejects.toMatchObject({ code: "E_STORAGE" });
+    } finally {
+      await v.close();
+    }
+    expect(inUse(vm.name)).toEqual({ vda: vm.vda, vdb: vm.vdb });
+    expect(await filesIn(vm.dir)).toEqual(["data.raw", "domain.xml", "root.raw"]);
+    // The audit trail has the failed live backup.
+    const ok = await openTestVault(dir);
+    try {
+      const log = await ok.auditLog({ action: "backup" });
+      expect(log.map((r) => [r.result, r.target["live"], r.target["domain"]])).toEqual([["failed", "yes", vm.name]]);
+    } finally {
+      await ok.close();
+    }
+  }, 60_000);
 
   it("--quiesce without a guest agent fails naming it, and leaves the domain on its own disks", async () => {
     const vm = await runningVm();
