@@ -6,6 +6,7 @@ import { Compressor } from "../compress/compressor.js";
 import { shownPath } from "../format/names.js";
 import { domainFileName, sourceNameProblem, type DiskSource, type FolderSource, type SnapshotBody, type SnapshotDomain } from "../format/snapshot.js";
 import { rewriteDomain } from "../sources/domain.js";
+import { defineLibvirtDomain } from "../sources/libvirt.js";
 import { XmlError } from "../sources/xml.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
@@ -47,6 +48,13 @@ export interface RestoreOptions {
    */
   readonly domainName?: string;
   /**
+   * Defines the restored domain in libvirt (`virsh define`) once its definition is written, at
+   * libvirtUri (default: virsh's). Under its own name it replaces the original's definition (the
+   * VM then runs on the restored disks from its next start); with domainName it is a new domain.
+   */
+  readonly define?: boolean;
+  readonly libvirtUri?: string;
+  /**
    * Extended attributes not to set, by name pattern (`security.selinux`, `trusted.*`, `*` for
    * all; src/sources/exclude.ts xattrExcluder): counted as excluded, not as skipped.
    */
@@ -74,7 +82,7 @@ export interface RestoreResult {
    * The snapshot's libvirt domain definition, restored beside its disks (whole restores only) and
    * naming the restored images: `virsh define PATH` defines the VM.
    */
-  readonly domain?: { readonly name: string; readonly path: string };
+  readonly domain?: { readonly name: string; readonly path: string; readonly defined?: boolean };
   readonly bytes: number;
   /** Files restored as hard links, in all folders. */
   readonly hardlinks: number;
@@ -107,9 +115,13 @@ function planRestore(body: SnapshotBody, target: string, o: RestoreOptions): Pla
   const disks = body.sources.filter((s): s is DiskSource => s.kind === "disk");
   const folders = body.sources.filter((s): s is FolderSource => s.kind === "folder");
   const plan: Plan = { disks: [], folders: [] };
-  if (o.domainName !== undefined) {
-    if (body.domain === undefined) throw new UsageError("--domain-name renames a restored libvirt domain; this snapshot keeps no domain definition");
-    if (o.disk !== undefined || (o.include !== undefined && o.include.length > 0)) throw new UsageError("--domain-name goes with a restore of the whole snapshot (the definition names every disk)");
+  for (const [given, option] of [
+    [o.domainName !== undefined, "--domain-name"],
+    [o.define === true, "--define"],
+  ] as const) {
+    if (!given) continue;
+    if (body.domain === undefined) throw new UsageError(`${option} goes with a libvirt domain's snapshot; this snapshot keeps no domain definition`);
+    if (o.disk !== undefined || (o.include !== undefined && o.include.length > 0)) throw new UsageError(`${option} goes with a restore of the whole snapshot (the definition names every disk)`);
   }
   if (o.disk !== undefined) {
     const d = disks.find((x) => x.name === o.disk);
@@ -143,6 +155,7 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
   if (o.reason.trim() === "") throw new UsageError("a restore needs --reason TEXT (it is kept in the audit trail)");
   // Compiled before the lock and the "started" record: a pattern that cannot be read restores nothing.
   const excludeXattr = xattrExcluder(o.excludeXattrs);
+  if (o.libvirtUri !== undefined && o.define !== true) throw new UsageError("a libvirt URI goes with defining the restored domain (--define)");
   if (o.domainName !== undefined) {
     const problem = o.domainName.trim() === "" ? "is empty" : sourceNameProblem(domainFileName(o.domainName));
     if (problem !== undefined) throw new UsageError(`the domain name ${JSON.stringify(o.domainName)} ${problem}`);
@@ -163,6 +176,7 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
       destination: target,
       ...(o.disk === undefined ? {} : { disk: o.disk }),
       ...(o.domainName === undefined ? {} : { domainName: o.domainName }),
+      ...(o.define === true ? { define: "yes" } : {}),
       ...(o.include === undefined || o.include.length === 0 ? {} : { files: [...o.include] }),
       ...(o.excludeXattrs === undefined || o.excludeXattrs.length === 0 ? {} : { excludeXattrs: [...o.excludeXattrs] }),
     };
@@ -257,13 +271,16 @@ async function restoreWith(
     xattrs.add(r.xattrs);
   }
   // Last: the definition appears once every disk it names is in place.
-  if (plan.domain !== undefined && domainXml !== undefined) await writeDomainFile(plan.domain.dest, domainXml);
+  if (plan.domain !== undefined && domainXml !== undefined) {
+    await writeDomainFile(plan.domain.dest, domainXml);
+    if (o.define === true) await defineLibvirtDomain(plan.domain.dest, o.libvirtUri);
+  }
   return {
     snapshotId: record.header.id,
     vm: record.header.vm,
     target,
     restored,
-    ...(plan.domain === undefined ? {} : { domain: { name: plan.domain.name, path: plan.domain.dest } }),
+    ...(plan.domain === undefined ? {} : { domain: { name: plan.domain.name, path: plan.domain.dest, ...(o.define === true ? { defined: true } : {}) } }),
     bytes: restored.reduce((n, r) => n + r.bytes, 0),
     hardlinks: restored.reduce((n, r) => n + (r.hardlinks ?? 0), 0),
     xattrs: { restored: xattrs.restored, skipped: xattrs.skippedCount, excluded: xattrs.excluded, skips: xattrs.skipped },

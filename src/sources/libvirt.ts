@@ -155,6 +155,16 @@ export async function readLibvirtDomain(name: string, uri?: string): Promise<Lib
   return { xml: xml.trim() + "\n", state, recovered };
 }
 
+/** Defines a domain from a definition file (`virsh define`): a restored VM. */
+export async function defineLibvirtDomain(file: string, uri?: string): Promise<void> {
+  try {
+    await virsh(["define", "--file", file], uri);
+  } catch (e) {
+    if (!(e instanceof VirshError)) throw e;
+    throw new SourceError("E_SOURCE", `the restore is complete, but libvirt${uri === undefined ? "" : ` at ${uri}`} did not define the domain: ${e.message}`, `fix what it names and run virsh define ${file}`);
+  }
+}
+
 /** Every domain libvirt defines or runs there, by name, sorted (`virsh list --all --name`). */
 export async function listLibvirtDomains(uri?: string): Promise<string[]> {
   try {

@@ -156,6 +156,14 @@ describe.skipIf(!hasVirsh())("backup --libvirt-domain", () => {
     expect(both[2]).toBe("6695eb01-f6a4-8304-79aa-97f2502e193f");
     expect(both[3]).not.toBe(both[2]);
     // A name that cannot be a file name is refused before anything is written.
+    // --define asks libvirt to define it (the test driver keeps it for that connection only).
+    const def = await v(["restore", "latest", "--target", tmp("def"), "--reason", "x", "--domain-name", "web1-def", "--define", "--libvirt-uri", h.uri]);
+    expect(def.code, def.stderr).toBe(0);
+    expect(def.stdout).toContain("defined in libvirt: virsh start web1-def");
+    const undefinable = await v(["restore", "latest", "--target", tmp("def2"), "--reason", "x", "--define", "--libvirt-uri", "test:///nonexistent.xml"]);
+    expect(undefinable.code).toBe(1);
+    expect(undefinable.stderr).toContain("the restore is complete, but libvirt at test:///nonexistent.xml did not define the domain");
+    expect((await v(["restore", "latest", "--target", tmp("u"), "--reason", "x", "--libvirt-uri", h.uri])).code).toBe(2);
     const bad = await v(["restore", "latest", "--target", tmp("bad"), "--reason", "x", "--domain-name", "a/b"]);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toContain(`the domain name "a/b"`);
@@ -169,6 +177,9 @@ describe.skipIf(!hasVirsh())("backup --libvirt-domain", () => {
     expect((await v(["restore", "latest", "--target", one, "--reason", "disk only", "--disk", "vdb"])).code).toBe(0);
     expect((await fsp.readdir(one)).sort()).toEqual(["vdb"]);
     expect((await v(["restore", "latest", "--target", tmp("x"), "--reason", "x", "--disk", "vdb", "--domain-name", "c"])).code).toBe(2);
+    const partial = await v(["restore", "latest", "--target", tmp("x"), "--reason", "x", "--disk", "vdb", "--define"]);
+    expect(partial.code).toBe(2);
+    expect(partial.stderr).toContain("--define goes with a restore of the whole snapshot");
 
     const out = tmp("existing");
     await fsp.writeFile(path.join(out, "web1.xml"), "mine\n");

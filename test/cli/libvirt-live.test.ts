@@ -157,6 +157,18 @@ describe.skipIf(!canRunLibvirtd())("backup --libvirt-domain of a running domain 
     const xml = await fsp.readFile(path.join(out, `${vm.name}.xml`), "utf8");
     expect(xml).toContain(`<source file='${path.join(out, "vda")}'/>`);
     expect(xml).not.toContain("vmvault-overlay");
+    // Restored as a clone and defined in libvirt, it starts on the restored disks beside the original.
+    const clone = `${vm.name}-clone`;
+    const cloneDir = tmp("clone");
+    await fsp.chmod(cloneDir, 0o755);
+    const defined_ = await r2.v(["restore", "latest", "--target", cloneDir, "--reason", "clone", "--domain-name", clone, "--define", "--libvirt-uri", uri]);
+    expect(defined_.code, defined_.stderr).toBe(0);
+    defined.push(clone);
+    expect(defined_.stdout).toContain(`defined in libvirt: virsh start ${clone}`);
+    expect(inUse(clone)).toEqual({ vda: path.join(cloneDir, "vda"), vdb: path.join(cloneDir, "vdb") });
+    virsh("start", clone);
+    expect(virsh("domstate", clone).trim()).toBe("running");
+    virsh("destroy", clone);
     // And the guest writes to its image again.
     guestWrite(vm.name, 1, 0xbb, 0, 4096);
     expect((await fsp.readFile(vm.vdb))[0]).toBe(0xbb);

@@ -1,5 +1,6 @@
 import { Option, type Command } from "commander";
 import { CliContext } from "../context.js";
+import { UsageError } from "../../errors.js";
 import { collect } from "../options.js";
 import type { Interrupts } from "../interrupt.js";
 import { formatBytes, warnDamagedIndexes } from "../output.js";
@@ -20,9 +21,12 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
     .option("--force", "overwrite existing files")
     .option("--exclude-xattr <pattern>", "do not set extended attributes with names matching this pattern (security.selinux, trusted.*, * for all); repeatable", collect)
     .option("--domain-name <name>", "for a VM backed up with its libvirt domain: name the restored definition so, without its UUID and MAC addresses, to define it beside the original")
+    .option("--define", "for a VM backed up with its libvirt domain: define the restored domain in libvirt (virsh define) once restored; under its own name it replaces the original's definition")
+    .option("--libvirt-uri <uri>", "with --define: libvirt's connection URI (default: virsh's own)")
     .option("--no-owner", "leave restored files owned by the user running the restore, even root (default as root: the recorded owners and groups)")
-    .action(async (snapshot: string, opts: { target: string; reason: string; vm?: string; disk?: string; include?: string[]; force?: boolean; owner: boolean; excludeXattr?: string[]; domainName?: string }, command: Command) => {
+    .action(async (snapshot: string, opts: { target: string; reason: string; vm?: string; disk?: string; include?: string[]; force?: boolean; owner: boolean; excludeXattr?: string[]; domainName?: string; define?: boolean; libvirtUri?: string }, command: Command) => {
       const ctx = new CliContext(command);
+      if (opts.libvirtUri !== undefined && opts.define !== true) throw new UsageError("--libvirt-uri goes with --define");
       // Before the unlock: a pattern that cannot be read costs no Argon2id.
       xattrExcluder(opts.excludeXattr);
       // Without --workers no worker starts ahead: a snapshot smaller than INLINE_JOB_BYTES
@@ -39,6 +43,8 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
           ...(opts.vm === undefined ? {} : { vm: opts.vm }),
           ...(opts.disk === undefined ? {} : { disk: opts.disk }),
           ...(opts.domainName === undefined ? {} : { domainName: opts.domainName }),
+          ...(opts.define === true ? { define: true } : {}),
+          ...(opts.libvirtUri === undefined ? {} : { libvirtUri: opts.libvirtUri }),
           ...(opts.include === undefined ? {} : { include: opts.include }),
           force: opts.force === true,
           owners: opts.owner,
@@ -54,7 +60,8 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
         else {
           ctx.out(`restored snapshot ${r.snapshotId} of VM ${r.vm} to ${r.target}`);
           for (const x of r.restored) ctx.out(`  ${x.path} (${x.kind}, ${formatBytes(x.bytes)} written${x.hardlinks !== undefined && x.hardlinks > 0 ? `, ${x.hardlinks} hard link${x.hardlinks === 1 ? "" : "s"}` : ""})`);
-          if (r.domain !== undefined) ctx.out(`  ${r.domain.path} (libvirt domain ${r.domain.name}, naming the restored disks: virsh define ${r.domain.path})`);
+          if (r.domain?.defined === true) ctx.out(`  ${r.domain.path} (libvirt domain ${r.domain.name}, naming the restored disks; defined in libvirt: virsh start ${r.domain.name})`);
+          else if (r.domain !== undefined) ctx.out(`  ${r.domain.path} (libvirt domain ${r.domain.name}, naming the restored disks: virsh define ${r.domain.path})`);
         }
       } finally {
         ctx.endProgress();
