@@ -145,14 +145,23 @@ export async function readLibvirtDomain(name: string, uri?: string): Promise<Lib
     if (!(e instanceof VirshError)) throw e;
     throw new SourceError("E_SOURCE", `cannot read the definition of domain ${name}: ${e.message}`);
   }
-  const left = OVERLAY.exec(xml.match(/<source [^>]*vmvault-overlay-[^'"]*/)?.[0] ?? "");
-  if (left !== null) {
+  if (!ACTIVE_STATES.has(state) && (await shutOffOnOverlay(name, uri))) {
     throw new UsageError(
       `domain ${name} is shut off on the overlay of an interrupted live backup`,
       `start it (virsh start ${name}) and run the backup again, which commits the overlay back into the image first`,
     );
   }
   return { xml: xml.trim() + "\n", state, recovered };
+}
+
+/** A domain shut down while on an overlay: its definition, which domblklist lists when it is off, still names it. */
+async function shutOffOnOverlay(name: string, uri: string | undefined): Promise<boolean> {
+  try {
+    return (await blockDevices(name, uri)).some((d) => OVERLAY.test(d.source));
+  } catch (e) {
+    if (!(e instanceof VirshError)) throw e;
+    throw new SourceError("E_SOURCE", `cannot list the disks of domain ${name}: ${e.message}`);
+  }
 }
 
 /** Defines a domain from a definition file (`virsh define`): a restored VM. */

@@ -5,7 +5,7 @@ import type { CliContext } from "../context.js";
 import { describeError, errorJson } from "../exit.js";
 import type { Interrupts } from "../interrupt.js";
 import { plural, warnDamagedIndexes } from "../output.js";
-import { backupExcludes, printBackup, type BackupCliOptions } from "./backup.js";
+import { backupExcludes, backupSettings, printBackup, warnOverlayLeft, warnRecovered, type BackupCliOptions } from "./backup.js";
 
 /** One domain's outcome in `backup --libvirt-all --json`. */
 type DomainOutcome = { domain: string; ok: true; backup: BackupResult } | { domain: string; ok: false; error: unknown };
@@ -43,27 +43,17 @@ export async function backupAllDomains(ctx: CliContext, interrupts: Interrupts, 
     for (const domain of domains) {
       // Ended by a signal: the domain being read goes back onto its own disks first.
       interrupts.beforeExit = async () => commitLeftOverlays(domain, opts.libvirtUri, { own: true });
-      const progress = ctx.progress;
-      const workers = ctx.workers;
       try {
         const r = await vault.backup({
           libvirtDomain: domain,
           ...(opts.libvirtUri === undefined ? {} : { libvirtUri: opts.libvirtUri }),
-          ...(opts.quiesce === true ? { quiesce: true } : {}),
-          ...(opts.overlayDir === undefined ? {} : { overlayDir: opts.overlayDir }),
           sources: [],
-          sparse: opts.sparse,
-          keepCache: opts.keepCache === true,
-          exclude,
-          excludeIfPresent: opts.excludeIfPresent ?? [],
-          ...largerThan,
-          ...(progress === undefined ? {} : { progress }),
-          ...(workers === undefined ? {} : { workers }),
+          ...backupSettings(ctx, opts, exclude, largerThan),
         });
         ctx.endProgress();
         outcomes.push({ domain, ok: true, backup: r });
-        for (const t of r.domain?.recovered ?? []) ctx.warn(`warning: committed the overlay an interrupted backup had left on disk ${t} of domain ${domain} back into its image`);
-        if (r.domain?.overlayLeft !== undefined) ctx.warn(`warning: ${r.domain.overlayLeft}`);
+        warnRecovered(ctx, domain, r.domain?.recovered);
+        warnOverlayLeft(ctx, r);
         warnDamagedIndexes(ctx, r.damagedIndexes);
         if (!ctx.json) printBackup(ctx, r, false);
       } catch (e) {

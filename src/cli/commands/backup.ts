@@ -10,9 +10,9 @@ import { UsageError } from "../../errors.js";
 import { Excludes, parseByteSize, parseExcludeFile } from "../../sources/exclude.js";
 import type { PreviewItem, PreviewOptions, PreviewResult } from "../../backup/preview.js";
 import { previewBackup } from "../../vault.js";
-import { backupDomain } from "../../sources/libvirt.js";
+import { backupDomain, commitLeftOverlays } from "../../sources/libvirt.js";
 import { shortLine } from "./ls.js";
-import type { BackupResult } from "../../backup/backup.js";
+import type { BackupOptions, BackupResult } from "../../backup/backup.js";
 
 /** The patterns of an --exclude-file. */
 function readExcludeFile(file: string): string[] {
@@ -89,7 +89,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
       if (sources.length === 0 && domain === undefined) throw new UsageError("nothing to back up: give at least one disk image or folder, or a domain");
       // The library asks libvirt again under the lock, where a running domain's overlays are taken.
       const domainXml = opts.libvirtDomain !== undefined ? { libvirtDomain: opts.libvirtDomain, ...(opts.libvirtUri === undefined ? {} : { libvirtUri: opts.libvirtUri }) } : domain === undefined ? {} : { domainXml: domain.xml };
-      for (const t of domain?.libvirt?.recovered ?? []) ctx.warn(`warning: committed the overlay an interrupted backup had left on disk ${t} of domain ${domain?.name} back into its image`);
+      if (domain !== undefined) warnRecovered(ctx, domain.name, domain.libvirt?.recovered);
       if (opts.list === true && opts.dryRun !== true) throw new UsageError("--list goes with --dry-run", "add --dry-run to see what a backup would take");
       const { exclude, largerThan } = backupExcludes(opts);
       if (opts.dryRun === true) {
@@ -108,32 +108,16 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
       if (live !== undefined) {
         interrupts.note = "; the overlays of the live backup were committed back into the domain's disks, and the repository stays consistent";
         // Ended by a signal: the domain goes back onto its own disks before the process ends.
-        interrupts.beforeExit = async () => (await import("../../sources/libvirt.js")).commitLeftOverlays(live.name, live.uri, { own: true });
+        interrupts.beforeExit = async () => commitLeftOverlays(live.name, live.uri, { own: true });
       }
       const vault = await ctx.openVault({ withWorkers: async () => !(await backupRunsInline(sources, opts.sparse)) });
       try {
-        const progress = ctx.progress;
-        const workers = ctx.workers;
-        const backedUp = await vault.backup({
-          vm,
-          ...domainXml,
-          ...(opts.quiesce === true ? { quiesce: true } : {}),
-          ...(opts.overlayDir === undefined ? {} : { overlayDir: opts.overlayDir }),
-          sources,
-          sparse: opts.sparse,
-          keepCache: opts.keepCache === true,
-          exclude,
-          excludeIfPresent: opts.excludeIfPresent ?? [],
-          ...largerThan,
-          oneFileSystem: opts.oneFileSystem === true,
-          ...(progress === undefined ? {} : { progress }),
-          ...(workers === undefined ? {} : { workers }),
-        });
+        const backedUp = await vault.backup({ vm, ...domainXml, sources, ...backupSettings(ctx, opts, exclude, largerThan), oneFileSystem: opts.oneFileSystem === true });
         // Overlays left by an interrupted backup were committed before the unlock (above), so the library found none.
         const recovered = [...(domain?.libvirt?.recovered ?? []), ...(backedUp.domain?.recovered ?? [])];
         const r = backedUp.domain === undefined || recovered.length === 0 ? backedUp : { ...backedUp, domain: { ...backedUp.domain, recovered } };
         ctx.endProgress();
-        if (r.domain?.overlayLeft !== undefined) ctx.warn(`warning: ${r.domain.overlayLeft}`);
+        warnOverlayLeft(ctx, r);
         for (const s of r.skipped) ctx.warn(`warning: skipped ${s.path} (${s.reason})`);
         warnDamagedIndexes(ctx, r.damagedIndexes);
         if (ctx.json) ctx.printJson(r);
@@ -154,6 +138,33 @@ export function backupExcludes(opts: BackupCliOptions): { exclude: string[]; lar
   const largerThan = opts.excludeLargerThan === undefined ? {} : { excludeLargerThan: parseByteSize(opts.excludeLargerThan) };
   new Excludes(exclude, opts.excludeIfPresent, { largerThan: largerThan.excludeLargerThan });
   return { exclude, largerThan };
+}
+
+/** The settings of a backup that come from the command line alike for one source list or one domain of many (`--libvirt-all`). */
+export function backupSettings(ctx: CliContext, opts: BackupCliOptions, exclude: string[], largerThan: { excludeLargerThan?: number }): Omit<BackupOptions, "vm" | "sources"> {
+  const progress = ctx.progress;
+  const workers = ctx.workers;
+  return {
+    ...(opts.quiesce === true ? { quiesce: true } : {}),
+    ...(opts.overlayDir === undefined ? {} : { overlayDir: opts.overlayDir }),
+    sparse: opts.sparse,
+    keepCache: opts.keepCache === true,
+    exclude,
+    excludeIfPresent: opts.excludeIfPresent ?? [],
+    ...largerThan,
+    ...(progress === undefined ? {} : { progress }),
+    ...(workers === undefined ? {} : { workers }),
+  };
+}
+
+/** Names the disks whose overlay, left by an interrupted live backup, was committed back. */
+export function warnRecovered(ctx: CliContext, domain: string, targets: readonly string[] | undefined): void {
+  for (const t of targets ?? []) ctx.warn(`warning: committed the overlay an interrupted backup had left on disk ${t} of domain ${domain} back into its image`);
+}
+
+/** A live backup's overlay that could not be committed back (the snapshot is saved). */
+export function warnOverlayLeft(ctx: CliContext, r: BackupResult): void {
+  if (r.domain?.overlayLeft !== undefined) ctx.warn(`warning: ${r.domain.overlayLeft}`);
 }
 
 /** What a backup saved, for people. */
