@@ -36,6 +36,9 @@ export type { SnapshotCheckOptions, SnapshotCheckReport, VerifiedSnapshot } from
 export { parseDataSubset, type DataSubset } from "./maintenance/subset.js";
 export { isListingDamage } from "./maintenance/check-attribution.js";
 export type { RepairIndexOptions, RepairIndexResult } from "./maintenance/repair-index.js";
+export type { ForgetItem, ForgetOptions, ForgetResult, KeptItem } from "./maintenance/forget.js";
+export type { PruneOptions, PruneResult } from "./maintenance/prune.js";
+export type { KeepPolicy, PolicyZone } from "./maintenance/policy.js";
 export type { SnapshotSummary } from "./snapshot/list.js";
 export type { SnapshotFilter } from "./snapshot/filter.js";
 export type { InitOptions, OpenOptions } from "./repository/open.js";

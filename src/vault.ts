@@ -2,6 +2,8 @@ import type { Damage } from "./errors.js";
 import type { BackupOptions, BackupResult } from "./backup/backup.js";
 import type { CheckOptions, CheckReport } from "./maintenance/check.js";
 import type { RepairIndexOptions, RepairIndexResult } from "./maintenance/repair-index.js";
+import type { ForgetOptions, ForgetResult } from "./maintenance/forget.js";
+import type { PruneOptions, PruneResult } from "./maintenance/prune.js";
 import { initRepository, openRepository, type InitOptions, type OpenOptions } from "./repository/open.js";
 import { refreshRegistryView } from "./repository/registry-view.js";
 import type { Repository } from "./repository/repository.js";
@@ -126,6 +128,19 @@ export class Vault {
 
   async check(o: CheckOptions = {}): Promise<CheckReport> {
     return (await import("./maintenance/check.js")).check(this.repository, o);
+  }
+
+  /**
+   * Removes snapshots, named or those keep rules do not keep (admin, operator); their data stays
+   * until prune. Audited with the ids removed.
+   */
+  async forget(o: ForgetOptions): Promise<ForgetResult> {
+    return (await import("./maintenance/forget.js")).forget(this.repository, o);
+  }
+
+  /** Deletes and repacks data no snapshot references, when no backup runs (admin, operator). */
+  async prune(o: PruneOptions = {}): Promise<PruneResult> {
+    return (await import("./maintenance/prune.js")).prune(this.repository, o);
   }
 
   /** Indexes packs no readable index file lists, from their trailers (admin, operator). */

@@ -78,6 +78,8 @@ export async function verifyTrail(repo: Repository, anchor?: Uint8Array): Promis
   const hashes = new Map<number, string>();
   /** Snapshot id → the record of the backup that created it. */
   const created = new Map<string, { seq: number; vm: string }>();
+  /** Snapshot ids a forget record names: removed by the vault, not behind its back. */
+  const forgotten = new Set<string>();
   let prevHash: string | null = null;
   const last = seqs.length === 0 ? 0 : (seqs[seqs.length - 1] as number);
   let expected = 1;
@@ -112,6 +114,11 @@ export async function verifyTrail(repo: Repository, anchor?: Uint8Array): Promis
     if (rec.body.action === "backup" && rec.body.result === "succeeded" && typeof t["snapshot"] === "string") {
       created.set(t["snapshot"], { seq, vm: typeof t["vm"] === "string" ? t["vm"] : "?" });
     }
+    // forget stores its "started" record, naming every snapshot it removes, before the first goes.
+    const named = t["snapshots"];
+    if (rec.body.action === "forget" && (rec.body.result === "started" || rec.body.result === "succeeded") && Array.isArray(named) && signer === undefined) {
+      for (const id of named) forgotten.add(id);
+    }
     prevHash = rec.hash;
   }
   let anchorsChecked = 0;
@@ -128,11 +135,12 @@ export async function verifyTrail(repo: Repository, anchor?: Uint8Array): Promis
   const snapshotKeys = await listKeys(repo.store, SNAPSHOT_PREFIX);
   for (const snap of await listSnapshots(repo, () => undefined, snapshotKeys)) checkHead(snap.header.auditHead, `snapshot ${snap.header.id}`);
   if (anchor !== undefined) checkHead(parseAnchor(repo, anchor), "the anchor");
-  // Nothing removes a snapshot yet (forget and prune do not exist): every snapshot a backup
-  // recorded must still be stored, or it was deleted behind the vault's back.
+  // Only forget removes a snapshot: every snapshot a backup recorded must still be stored or be
+  // named by a forget record (signed by a user whose role may forget), or it was deleted behind
+  // the vault's back.
   const stored = await listSnapshotKeys(repo, snapshotKeys);
   for (const [id, c] of created) {
-    if (!stored.has(id)) problems.push({ seq: null, object: `snapshots/${id}`, problem: `snapshot ${id} of VM ${c.vm}, whose backup record ${c.seq} names it, is missing (deleted from the repository)` });
+    if (!stored.has(id) && !forgotten.has(id)) problems.push({ seq: null, object: `snapshots/${id}`, problem: `snapshot ${id} of VM ${c.vm}, whose backup record ${c.seq} names it, is missing (deleted from the repository)` });
   }
   problems.sort((a, b) => (a.seq ?? Infinity) - (b.seq ?? Infinity));
   const lastHash = hashes.get(last);

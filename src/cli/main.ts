@@ -11,6 +11,8 @@ import { registerUser } from "./commands/user.js";
 import { registerAudit } from "./commands/audit.js";
 import { registerKey } from "./commands/key.js";
 import { registerRepair } from "./commands/repair.js";
+import { registerForget } from "./commands/forget.js";
+import { registerPrune } from "./commands/prune.js";
 import { describeError, errorJson, exitCodeOf } from "./exit.js";
 import { shownText } from "./output.js";
 import { Interrupts } from "./interrupt.js";
@@ -43,6 +45,8 @@ export function buildProgram(interrupts: Interrupts = new Interrupts(), json = f
   registerDiff(program, interrupts);
   registerFind(program, interrupts);
   registerCheck(program);
+  registerForget(program);
+  registerPrune(program);
   registerRepair(program, interrupts);
   registerUser(program);
   registerAudit(program);

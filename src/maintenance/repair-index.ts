@@ -39,7 +39,7 @@ export interface RepairIndexResult {
  * whose key opens the trailer, which names that same session, is the pack's (a damaged prefix
  * costs a search, not the pack). Otherwise the first failure stands.
  */
-async function trailerOf(
+export async function trailerOf(
   repo: Repository,
   sessions: SessionKeys,
   p: { readonly packId: string; readonly key: string; readonly size: number },

@@ -1,0 +1,429 @@
+import { IntegrityError, NotFoundError, UsageError, type Damage } from "../errors.js";
+import { SessionIndexWriter } from "../backup/index-writer.js";
+import { Compressor } from "../compress/compressor.js";
+import { loadBulkCrypto } from "../crypto/bulk.js";
+import { AEAD_NONCE_BYTES } from "../crypto/suite.js";
+import type { IndexedPack } from "../format/index-file.js";
+import { INDEX_PREFIX, PACK_PREFIX, parsePackKey, parseVersionedKey } from "../format/layout.js";
+import type { PackEntry } from "../format/pack.js";
+import { BlobScratch, BlobStatus, blobStatusMessage, rewrapBlob } from "../pack/blob.js";
+import { PackError, readPackTrailer } from "../pack/reader.js";
+import { PackWriter } from "../pack/writer.js";
+import { ChunkIndex } from "../repository/chunk-index.js";
+import { loadIndex, readIndexFile, writeIndexFile } from "../repository/index-files.js";
+import { acquireLock } from "../repository/lock.js";
+import { chunkKeyFor, type Repository } from "../repository/repository.js";
+import { createSession, SessionKeys } from "../repository/sessions.js";
+import { BlobReader } from "../restore/blob-reader.js";
+import { pendingChunkKeyEpochs, readCheckpoint } from "../rotation/checkpoint.js";
+import { listSnapshots } from "../snapshot/store.js";
+import { listAll, listKeys } from "../storage/types.js";
+import { fromHex, toHex } from "../util/bytes.js";
+import { throttled, type ProgressSink } from "../util/progress.js";
+import { audited, authorizeAudited, lockAudited } from "../audit/guard.js";
+import { addReferences } from "./references.js";
+import { trailerOf } from "./repair-index.js";
+
+export interface PruneOptions {
+  /** Say what would be deleted and rewritten, and change nothing (a shared lock, no audit record). */
+  readonly dryRun?: boolean;
+  /** A pack partly in use is rewritten once at least this percentage of its bytes is unused (0–100, default 10). */
+  readonly repackUnused?: number;
+  readonly progress?: ProgressSink;
+}
+
+export interface PruneResult {
+  readonly dryRun: boolean;
+  /** Snapshots whose references were read. */
+  readonly snapshots: number;
+  /** Packs stored when prune began, and their bytes. */
+  readonly packs: number;
+  readonly bytesBefore: number;
+  /** Packs no snapshot uses any chunk of: deleted. */
+  readonly packsDeleted: number;
+  /** Packs partly in use beyond the threshold: their used chunks rewritten into new packs, then deleted. */
+  readonly packsRepacked: number;
+  /** Packs left as they are (wholly in use, or unused below the threshold). */
+  readonly packsKept: number;
+  /** New packs written by the repacking, and the chunks rewritten into them. */
+  readonly packsWritten: number;
+  readonly chunksRewritten: number;
+  /** Bytes stored in packs afterwards, and how many of them are unused chunks left in kept packs. */
+  readonly bytesAfter: number;
+  readonly unusedBytesKept: number;
+  /** Index files written again without the deleted packs (or removed, when they listed nothing else). */
+  readonly indexFilesRewritten: number;
+  /** Kept packs no index file listed (left by an interrupted backup or prune), indexed from their trailers. */
+  readonly packsIndexed: number;
+  /** Backup sessions whose key no pack or snapshot needs any more, deleted. */
+  readonly sessionsDeleted: number;
+  /** Chunks that did not verify while being rewritten: their packs are kept, nothing of them is lost by this run. */
+  readonly damaged: readonly Damage[];
+}
+
+export const DEFAULT_REPACK_UNUSED = 10;
+
+/** What prune decided for one pack, with only the numbers it needs (the entries are read again to repack). */
+interface PackPlan {
+  readonly packId: string;
+  readonly key: string;
+  readonly size: number;
+  readonly sessionId: string;
+  readonly usedBytes: number;
+  readonly unusedBytes: number;
+  readonly action: "keep" | "delete" | "repack";
+  /** The trailer's entries of a kept pack no index file lists (it is indexed from them). */
+  readonly unindexed?: readonly PackEntry[];
+}
+
+const REPAIR_HINT = "run `vmvault check` to see what is damaged; forget a snapshot that cannot be read, or `vmvault repair index` an index file that does not open, then prune again";
+
+/**
+ * Reclaims the space of data no snapshot references: packs none of whose chunks a snapshot uses
+ * are deleted; packs partly in use, once their unused share reaches `repackUnused`, have their
+ * used chunks decrypted, verified and written again (under a new session key) into new packs,
+ * and are deleted; index files are rewritten without the packs deleted; session keys no pack or
+ * snapshot needs go last. It runs under the exclusive lock, so no backup runs meanwhile, and
+ * deletes nothing unless every snapshot, index file and pack could be read: otherwise what the
+ * unreadable part references or holds is unknown (IntegrityError, nothing changed).
+ */
+export async function prune(repo: Repository, o: PruneOptions = {}): Promise<PruneResult> {
+  const threshold = o.repackUnused ?? DEFAULT_REPACK_UNUSED;
+  if (!Number.isFinite(threshold) || threshold < 0 || threshold > 100) throw new UsageError(`--repack-unused ${threshold}: give a percentage from 0 to 100`);
+  await authorizeAudited(repo, "forget", "prune");
+  const dryRun = o.dryRun === true;
+  const entry = { action: "prune" as const, target: { repackUnused: threshold } };
+  if (dryRun) {
+    const lock = await acquireLock(repo, "prune --dry-run", false);
+    try {
+      await assertNoReencryption(repo);
+      return (await plan(repo, threshold, throttled(o.progress))).result(true);
+    } finally {
+      await lock.release();
+    }
+  }
+  const lock = await lockAudited(repo, entry, () => acquireLock(repo, "prune", true));
+  try {
+    await assertNoReencryption(repo);
+    return await audited(repo, {
+      entry,
+      started: true,
+      run: () => runPrune(repo, threshold, throttled(o.progress)),
+      outcome: (r) => ({ packsDeleted: r.packsDeleted, packsRepacked: r.packsRepacked, packsWritten: r.packsWritten, bytesFreed: r.bytesBefore - r.bytesAfter }),
+    });
+  } finally {
+    await lock.release();
+  }
+}
+
+/**
+ * Prune deletes packs and session keys a re-encryption counts on (its checkpoint lists the packs
+ * it has still to rewrite and the sessions it will delete), so it waits for one to finish.
+ */
+async function assertNoReencryption(repo: Repository): Promise<void> {
+  let state;
+  try {
+    state = await readCheckpoint(repo);
+  } catch (e) {
+    if (!(e instanceof IntegrityError)) throw e;
+    throw new UsageError(`a re-encryption is under way and its checkpoint does not open (${e.message}); prune deletes nothing until it is finished`, "finish it with `vmvault repair reencrypt` (admin), then prune");
+  }
+  if (state !== null) {
+    throw new UsageError(`a re-encryption (to epoch ${state.targetEpoch}, started ${state.startedAt} by ${state.startedBy}) is under way; prune deletes nothing until it is finished`, "finish it with `vmvault key rotate --reencrypt` (admin), then prune");
+  }
+  if (pendingChunkKeyEpochs(repo).length > 0) {
+    throw new UsageError("a re-encryption with a new chunk-ID key is unfinished; prune deletes nothing until it is finished", "finish it with `vmvault repair reencrypt` (admin), then prune");
+  }
+}
+
+interface Plan {
+  readonly snapshots: number;
+  readonly packs: readonly PackPlan[];
+  /** Packs an index file lists that are not stored: their listings go with the rewrite. */
+  readonly missingPacks: ReadonlySet<string>;
+  readonly used: ChunkIndex;
+  /** Sessions the snapshots' bodies are sealed under. */
+  readonly snapshotSessions: ReadonlySet<string>;
+  readonly sessions: SessionKeys;
+  result(dryRun: boolean, done?: Partial<PruneResult>): PruneResult;
+}
+
+/** Reads every snapshot's references and every pack's trailer, and decides each pack's fate. */
+async function plan(repo: Repository, threshold: number, progress: ProgressSink): Promise<Plan> {
+  const sessions = new SessionKeys(repo);
+  let index: ChunkIndex;
+  try {
+    index = await loadIndex(repo);
+  } catch (e) {
+    if (e instanceof IntegrityError) throw stop(e, "an index file does not open");
+    throw e;
+  }
+  let snapshots;
+  try {
+    snapshots = await listSnapshots(repo);
+  } catch (e) {
+    if (e instanceof IntegrityError) throw stop(e, "a snapshot does not verify");
+    throw e;
+  }
+  const current = repo.chain.latest.epochs.find((e) => e.id === repo.chain.latest.currentEpoch);
+  if (current === undefined) throw new IntegrityError("the registry names no current epoch");
+  const chunkKeyEpoch = current.chunkKeyEpoch;
+  const used = new ChunkIndex({ locations: false });
+  const snapshotSessions = new Set<string>();
+  const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
+  for (const [i, snap] of snapshots.entries()) {
+    progress({ phase: "read snapshots", done: i + 1, total: snapshots.length, unit: "items" });
+    snapshotSessions.add(snap.meta.sessionId);
+    try {
+      await addReferences(repo, sessions, reader, snap, used);
+    } catch (e) {
+      if (e instanceof IntegrityError) throw stop(e, `what snapshot ${snap.header.id} references cannot be read`);
+      throw e;
+    }
+  }
+
+  const indexed = new Set(index.packs.map((p) => p.packId));
+  const stored: { packId: string; key: string; size: number }[] = [];
+  for (const obj of await listAll(repo.store, PACK_PREFIX)) {
+    const packId = parsePackKey(obj.key);
+    if (packId !== undefined) stored.push({ packId, key: obj.key, size: obj.size });
+  }
+  const storedIds = new Set(stored.map((p) => p.packId));
+  const missingPacks = new Set([...indexed].filter((p) => !storedIds.has(p)));
+  let sessionIds: Promise<string[]> | undefined;
+  const candidates = (): Promise<string[]> => {
+    sessionIds ??= listKeys(repo.store, "sessions/").then((keys) => [...new Set(keys.map((k) => parseVersionedKey(k, "sessions/")?.name).filter((id) => id !== undefined))]);
+    return sessionIds;
+  };
+  /** The used chunks found in some pack's trailer: every used chunk must be. */
+  const found = new ChunkIndex({ locations: false });
+  const packs: PackPlan[] = [];
+  for (const [i, p] of stored.entries()) {
+    progress({ phase: "read pack trailers", done: i + 1, total: stored.length, unit: "items" });
+    let trailer;
+    try {
+      trailer = await trailerOf(repo, sessions, p, candidates);
+    } catch (e) {
+      const problem = e instanceof PackError ? e.message : e instanceof IntegrityError ? e.message : e instanceof NotFoundError ? "pack disappeared while pruning" : undefined;
+      if (problem === undefined) throw e;
+      throw new IntegrityError(
+        `integrity failure: ${p.key}: ${problem}; prune deletes nothing while a pack cannot be read (what it holds is unknown)`,
+        [{ object: p.key, problem }],
+        REPAIR_HINT,
+      );
+    }
+    let usedBytes = 0;
+    let unusedBytes = 0;
+    let usedChunks = 0;
+    for (const e of trailer.entries) {
+      if (used.has(e.chunkId)) {
+        usedBytes += e.length;
+        usedChunks++;
+        found.addPending(e.chunkId);
+      } else unusedBytes += e.length;
+    }
+    let action: PackPlan["action"] = usedChunks === 0 ? "delete" : unusedBytes > 0 && unusedBytes * 100 >= threshold * p.size ? "repack" : "keep";
+    // Rewritten chunks keep their IDs, which must be under the chunk-ID key new sessions use
+    // (another one only while a re-encryption with a new key is unfinished, refused above).
+    if (action === "repack" && (await sessions.open(trailer.sessionId)).meta.chunkKeyEpoch !== chunkKeyEpoch) action = "keep";
+    packs.push({
+      ...p,
+      sessionId: trailer.sessionId,
+      usedBytes,
+      unusedBytes,
+      action,
+      ...(action === "keep" && !indexed.has(p.packId) ? { unindexed: trailer.entries } : {}),
+    });
+  }
+  if (found.size < used.size) {
+    const n = used.size - found.size;
+    throw new IntegrityError(
+      `${n} chunk${n === 1 ? "" : "s"} the snapshots reference ${n === 1 ? "is" : "are"} in no pack (data missing); prune deletes nothing until every snapshot's data is accounted for`,
+      [],
+      "`vmvault check` names the snapshots that lose data; forget them (or run `vmvault repair index` if it says packs are unindexed), then prune again",
+    );
+  }
+  const bytesBefore = stored.reduce((n, p) => n + p.size, 0);
+  return {
+    snapshots: snapshots.length,
+    packs,
+    missingPacks,
+    used,
+    snapshotSessions,
+    sessions,
+    result: (dryRun, done = {}) => {
+      const count = (a: PackPlan["action"]): number => packs.filter((p) => p.action === a).length;
+      const kept = packs.filter((p) => p.action === "keep");
+      const repackedBytes = packs.filter((p) => p.action === "repack").reduce((n, p) => n + p.usedBytes, 0);
+      return {
+        dryRun,
+        snapshots: snapshots.length,
+        packs: stored.length,
+        bytesBefore,
+        packsDeleted: count("delete"),
+        packsRepacked: count("repack"),
+        packsKept: kept.length,
+        packsWritten: 0,
+        chunksRewritten: 0,
+        // A dry run's estimate: the used chunks of repacked packs, without their new packs' overhead.
+        bytesAfter: kept.reduce((n, p) => n + p.size, 0) + repackedBytes,
+        unusedBytesKept: kept.reduce((n, p) => n + p.unusedBytes, 0),
+        indexFilesRewritten: 0,
+        packsIndexed: 0,
+        sessionsDeleted: 0,
+        damaged: [],
+        ...done,
+      };
+    },
+  };
+}
+
+/** An IntegrityError that stops prune before it changes anything, saying why and what to do. */
+function stop(e: IntegrityError, what: string): IntegrityError {
+  return new IntegrityError(`${e.message}; ${what}, so prune deletes nothing (what it references or holds is unknown)`, e.damage, REPAIR_HINT);
+}
+
+async function runPrune(repo: Repository, threshold: number, progress: ProgressSink): Promise<PruneResult> {
+  const p = await plan(repo, threshold, progress);
+  try {
+    // The index files there are now: the ones written below list only kept or new packs.
+    const oldIndexFiles = (await listAll(repo.store, INDEX_PREFIX)).map((f) => f.key);
+    const repack = p.packs.filter((x) => x.action === "repack");
+    const rewritten = repack.length === 0 ? undefined : await repackChunks(repo, p, repack, progress);
+    const damaged = rewritten?.damaged ?? [];
+    const failed = new Set(damaged.map((d) => d.object));
+    // Kept packs no index file lists get listings of their own, before anything is deleted.
+    const unindexed: IndexedPack[] = p.packs.flatMap((x) =>
+      x.unindexed === undefined ? [] : [{ packId: fromHex(x.packId), sessionId: fromHex(x.sessionId), packLength: x.size, entries: x.unindexed }],
+    );
+    for (let at = 0; at < unindexed.length; at += 64) await writeIndexFile(repo, repo.store, unindexed.slice(at, at + 64));
+    // A repacked pack with a chunk that did not verify stays: nothing of it is lost by this run.
+    const gone = p.packs.filter((x) => x.action === "delete" || (x.action === "repack" && !failed.has(x.key)));
+    const goneIds = new Set([...gone.map((x) => x.packId), ...p.missingPacks]);
+    const indexFilesRewritten = await rewriteIndexFiles(repo, oldIndexFiles, goneIds, progress);
+    for (const [i, x] of gone.entries()) {
+      progress({ phase: "delete packs", done: i + 1, total: gone.length, unit: "items" });
+      await repo.store.delete(x.key);
+    }
+    const remaining = p.packs.filter((x) => !goneIds.has(x.packId));
+    const needed = new Set([...remaining.map((x) => x.sessionId), ...p.snapshotSessions, ...(rewritten === undefined ? [] : [rewritten.sessionId])]);
+    const sessionsDeleted = await deleteUnneededSessions(repo, needed);
+    const newBytes = rewritten?.bytes ?? 0;
+    return p.result(false, {
+      packsRepacked: repack.length - failed.size,
+      packsKept: remaining.length,
+      packsWritten: rewritten?.packs ?? 0,
+      chunksRewritten: rewritten?.chunks ?? 0,
+      bytesAfter: remaining.reduce((n, x) => n + x.size, 0) + newBytes,
+      unusedBytesKept: remaining.reduce((n, x) => n + x.unusedBytes, 0),
+      indexFilesRewritten,
+      packsIndexed: unindexed.length,
+      sessionsDeleted,
+      damaged,
+    });
+  } finally {
+    p.sessions.dispose();
+  }
+}
+
+/**
+ * Writes the used chunks of the packs to repack into new packs under a new session key, each
+ * decrypted and its ID recomputed first (rewrapBlob), so nothing that does not verify is carried
+ * over: a pack with such a chunk is reported and kept. New packs are indexed as they become
+ * durable, and all of them are before this returns.
+ */
+async function repackChunks(
+  repo: Repository,
+  p: Plan,
+  repack: readonly PackPlan[],
+  progress: ProgressSink,
+): Promise<{ sessionId: string; packs: number; chunks: number; bytes: number; damaged: Damage[] }> {
+  const session = await createSession(repo);
+  const bulk = await loadBulkCrypto();
+  const compressor = new Compressor(repo.config);
+  const scratch = new BlobScratch();
+  const index = new SessionIndexWriter(repo, repo.store);
+  let bytes = 0;
+  const writer = new PackWriter({
+    store: repo.store,
+    crypto: repo.crypto,
+    sessionId: session.sessionIdBytes,
+    sessionKey: session.key,
+    packSize: repo.config.packSize,
+    onPack: (pack) => {
+      bytes += pack.packLength;
+      return index.add(pack);
+    },
+  });
+  const written = new ChunkIndex({ locations: false });
+  const damaged: Damage[] = [];
+  let chunks = 0;
+  try {
+    for (const [i, x] of repack.entries()) {
+      progress({ phase: "repack", done: i + 1, total: repack.length, unit: "items" });
+      const old = await p.sessions.open(x.sessionId);
+      const oldChunkKey = chunkKeyFor(repo, old.meta.chunkKeyEpoch);
+      const packBytes = await repo.store.get(x.key);
+      const { entries } = await readPackTrailer(repo.crypto, repo.store, x.key, x.packId, x.size, old.key);
+      for (const e of entries) {
+        if (!p.used.has(e.chunkId) || written.has(e.chunkId)) continue;
+        const r = rewrapBlob(
+          bulk,
+          { sessionKey: old.key.bytes, chunkIdKey: oldChunkKey.bytes },
+          { sessionKey: session.key.bytes, chunkIdKey: undefined, nonce: repo.crypto.random(AEAD_NONCE_BYTES) },
+          e.chunkId,
+          packBytes.subarray(e.offset, e.offset + e.length),
+          e.rawLength,
+          compressor,
+          scratch,
+        );
+        if (r.status !== BlobStatus.Ok) {
+          damaged.push({ object: x.key, problem: `${blobStatusMessage(r.status)} (chunk ${toHex(e.chunkId).slice(0, 16)}…); the pack is kept` });
+          continue;
+        }
+        await writer.add(r.chunkId, r.blob, e.rawLength);
+        written.addPending(r.chunkId);
+        chunks++;
+      }
+    }
+    await writer.flush();
+    await index.flush();
+  } catch (e) {
+    await writer.abort();
+    throw e;
+  } finally {
+    session.key.dispose();
+  }
+  return { sessionId: session.sessionId, packs: writer.packsWritten, chunks, bytes, damaged: [...new Map(damaged.map((d) => [d.object, d])).values()] };
+}
+
+/**
+ * Writes each index file that lists a deleted (or missing) pack again without it, then removes
+ * the old file; one that listed nothing else is only removed. New files are stored before old
+ * ones go, so a run stopped between the two leaves listings twice, never none.
+ */
+async function rewriteIndexFiles(repo: Repository, keys: readonly string[], gone: ReadonlySet<string>, progress: ProgressSink): Promise<number> {
+  let n = 0;
+  for (const [i, key] of keys.entries()) {
+    progress({ phase: "rewrite index files", done: i + 1, total: keys.length, unit: "items" });
+    const file = await readIndexFile(repo, key);
+    const kept = file.packs.filter((x) => !gone.has(toHex(x.packId)));
+    if (kept.length === file.packs.length) continue;
+    if (kept.length > 0) await writeIndexFile(repo, repo.store, kept);
+    await repo.store.delete(key);
+    n++;
+  }
+  return n;
+}
+
+/** Deletes the key envelopes of sessions not in `needed`: no remaining pack is under them and no snapshot body sealed with them. */
+async function deleteUnneededSessions(repo: Repository, needed: ReadonlySet<string>): Promise<number> {
+  const bySession = new Map<string, string[]>();
+  for (const key of await listKeys(repo.store, "sessions/")) {
+    const id = parseVersionedKey(key, "sessions/")?.name;
+    if (id === undefined || needed.has(id)) continue;
+    bySession.set(id, [...(bySession.get(id) ?? []), key]);
+  }
+  for (const keys of bySession.values()) for (const key of keys) await repo.store.delete(key);
+  return bySession.size;
+}
