@@ -25,7 +25,7 @@ import { addReferences } from "./references.js";
 import { trailerOf } from "./repair-index.js";
 
 export interface PruneOptions {
-  /** Say what would be deleted and rewritten, and change nothing (a shared lock, no audit record). */
+  /** Say what would be deleted and rewritten, and change nothing (a shared lock; audited, as it reads what prune reads). */
   readonly dryRun?: boolean;
   /** A pack partly in use is rewritten once at least this percentage of its bytes is unused (0–100, default 10). */
   readonly repackUnused?: number;
@@ -92,23 +92,22 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
   if (!Number.isFinite(threshold) || threshold < 0 || threshold > 100) throw new UsageError(`--repack-unused ${threshold}: give a percentage from 0 to 100`);
   await authorizeAudited(repo, "forget", "prune");
   const dryRun = o.dryRun === true;
-  const entry = { action: "prune" as const, target: { repackUnused: threshold } };
-  if (dryRun) {
-    const lock = await acquireLock(repo, "prune --dry-run", false);
-    try {
-      await assertNoReencryption(repo);
-      return (await plan(repo, threshold, throttled(o.progress))).result(true);
-    } finally {
-      await lock.release();
-    }
-  }
-  const lock = await lockAudited(repo, entry, () => acquireLock(repo, "prune", true));
+  // A dry run reads what a prune reads (chunk lists and entries, so file names) and is audited
+  // as one; it takes a shared lock, as a check does.
+  const entry = { action: "prune" as const, target: { repackUnused: threshold, ...(dryRun ? { dryRun: "yes" } : {}) } };
+  const lock = await lockAudited(repo, entry, () => acquireLock(repo, dryRun ? "prune --dry-run" : "prune", !dryRun));
   try {
     await assertNoReencryption(repo);
+    const progress = throttled(o.progress);
     return await audited(repo, {
       entry,
       started: true,
-      run: () => runPrune(repo, threshold, throttled(o.progress)),
+      run: async () => {
+        if (!dryRun) return runPrune(repo, threshold, progress);
+        const p = await plan(repo, threshold, progress);
+        p.sessions.dispose();
+        return p.result(true);
+      },
       outcome: (r) => ({ packsDeleted: r.packsDeleted, packsRepacked: r.packsRepacked, packsWritten: r.packsWritten, bytesFreed: r.bytesBefore - r.bytesAfter }),
     });
   } finally {
@@ -151,6 +150,15 @@ interface Plan {
 /** Reads every snapshot's references and every pack's trailer, and decides each pack's fate. */
 async function plan(repo: Repository, threshold: number, progress: ProgressSink): Promise<Plan> {
   const sessions = new SessionKeys(repo);
+  try {
+    return await planWith(repo, sessions, threshold, progress);
+  } catch (e) {
+    sessions.dispose();
+    throw e;
+  }
+}
+
+async function planWith(repo: Repository, sessions: SessionKeys, threshold: number, progress: ProgressSink): Promise<Plan> {
   let index: ChunkIndex;
   try {
     index = await loadIndex(repo);
