@@ -4,12 +4,12 @@ import { Compressor } from "../compress/compressor.js";
 import { loadBulkCrypto } from "../crypto/bulk.js";
 import { AEAD_NONCE_BYTES } from "../crypto/suite.js";
 import type { IndexedPack } from "../format/index-file.js";
-import { INDEX_PREFIX, PACK_PREFIX, parsePackKey, parseVersionedKey } from "../format/layout.js";
+import { INDEX_PREFIX, PACK_PREFIX, packKey, parsePackKey, parseVersionedKey } from "../format/layout.js";
 import type { PackEntry } from "../format/pack.js";
-import { BlobScratch, BlobStatus, blobStatusMessage, rewrapBlob } from "../pack/blob.js";
+import { BlobError, BlobScratch, BlobStatus, blobStatusMessage, decodeBlob, rewrapBlob } from "../pack/blob.js";
 import { PackError, readPackTrailer } from "../pack/reader.js";
 import { PackWriter } from "../pack/writer.js";
-import { ChunkIndex } from "../repository/chunk-index.js";
+import { ChunkIndex, type ChunkLocation } from "../repository/chunk-index.js";
 import { loadIndex, readIndexFile, writeIndexFile } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
 import { chunkKeyFor, type Repository } from "../repository/repository.js";
@@ -74,6 +74,36 @@ interface PackPlan {
   readonly action: "keep" | "delete" | "repack";
   /** The trailer's entries of a kept pack no index file lists (it is indexed from them). */
   readonly unindexed?: readonly PackEntry[];
+  /** Offsets of used chunks whose first copy, elsewhere, verified: a repack leaves them out. */
+  readonly drop: ReadonlySet<number>;
+}
+
+/** One pack's trailer, tallied: used chunks (first copies), later copies of used chunks, the rest unused. */
+interface Tally {
+  readonly packId: string;
+  readonly key: string;
+  readonly size: number;
+  readonly sessionId: string;
+  usedBytes: number;
+  unusedBytes: number;
+  usedChunks: number;
+  readonly copies: PackEntry[];
+  readonly drop: Set<number>;
+  readonly entries: readonly PackEntry[] | undefined;
+}
+
+/** Whether a chunk's stored copy at this place decrypts and hashes to its full ID. */
+async function copyVerifies(repo: Repository, sessions: SessionKeys, compressor: Compressor, id: Uint8Array, at: ChunkLocation): Promise<boolean> {
+  try {
+    const session = await sessions.open(at.pack.sessionId);
+    const stored = await repo.store.get(packKey(at.pack.packId), { offset: at.offset, length: at.length });
+    if (stored.length !== at.length) return false;
+    decodeBlob(repo.crypto, session.key, chunkKeyFor(repo, session.meta.chunkKeyEpoch), id, stored, at.rawLength, compressor);
+    return true;
+  } catch (e) {
+    if (e instanceof BlobError || e instanceof IntegrityError || e instanceof NotFoundError) return false;
+    throw e;
+  }
 }
 
 const REPAIR_HINT = "run `vmvault check` to see what is damaged; forget a snapshot that cannot be read, or `vmvault repair index` an index file that does not open, then prune again";
@@ -203,9 +233,13 @@ async function planWith(repo: Repository, sessions: SessionKeys, threshold: numb
     sessionIds ??= listKeys(repo.store, "sessions/").then((keys) => [...new Set(keys.map((k) => parseVersionedKey(k, "sessions/")?.name).filter((id) => id !== undefined))]);
     return sessionIds;
   };
-  /** The used chunks found in some pack's trailer: every used chunk must be. */
-  const found = new ChunkIndex({ locations: false });
-  const packs: PackPlan[] = [];
+  /**
+   * The first copy found of each used chunk, with its place (128-bit ID prefixes: a later chunk
+   * sharing one is taken for a copy, whose check below then fails, so it is kept). Every used
+   * chunk must be in some pack.
+   */
+  const found = new ChunkIndex({ locations: true, idBytes: 16 });
+  const tallies: Tally[] = [];
   for (const [i, p] of stored.entries()) {
     progress({ phase: "read pack trailers", done: i + 1, total: stored.length, unit: "items" });
     let trailer;
@@ -220,28 +254,16 @@ async function planWith(repo: Repository, sessions: SessionKeys, threshold: numb
         REPAIR_HINT,
       );
     }
-    let usedBytes = 0;
-    let unusedBytes = 0;
-    let usedChunks = 0;
+    const packNo = found.addPack({ packId: p.packId, sessionId: trailer.sessionId, packLength: p.size });
+    const t: Tally = { ...p, sessionId: trailer.sessionId, usedBytes: 0, unusedBytes: 0, usedChunks: 0, copies: [], drop: new Set(), entries: indexed.has(p.packId) ? undefined : trailer.entries };
     for (const e of trailer.entries) {
-      if (used.has(e.chunkId)) {
-        usedBytes += e.length;
-        usedChunks++;
-        found.addPending(e.chunkId);
-      } else unusedBytes += e.length;
+      if (!used.has(e.chunkId)) t.unusedBytes += e.length;
+      else if (found.add(e.chunkId, packNo, e.offset, e.length, e.rawLength)) {
+        t.usedBytes += e.length;
+        t.usedChunks++;
+      } else t.copies.push(e);
     }
-    let action: PackPlan["action"] = usedChunks === 0 ? "delete" : unusedBytes > 0 && unusedBytes * 100 >= threshold * p.size ? "repack" : "keep";
-    // Rewritten chunks keep their IDs, which must be under the chunk-ID key new sessions use
-    // (another one only while a re-encryption with a new key is unfinished, refused above).
-    if (action === "repack" && (await sessions.open(trailer.sessionId)).meta.chunkKeyEpoch !== chunkKeyEpoch) action = "keep";
-    packs.push({
-      ...p,
-      sessionId: trailer.sessionId,
-      usedBytes,
-      unusedBytes,
-      action,
-      ...(action === "keep" && !indexed.has(p.packId) ? { unindexed: trailer.entries } : {}),
-    });
+    tallies.push(t);
   }
   if (found.size < used.size) {
     const n = used.size - found.size;
@@ -250,6 +272,46 @@ async function planWith(repo: Repository, sessions: SessionKeys, threshold: numb
       [],
       "`vmvault check` names the snapshots that lose data; forget them (or run `vmvault repair index` if it says packs are unindexed), then prune again",
     );
+  }
+  // A second copy of a used chunk (two backups stored it at once, or an interrupted prune left
+  // the pack it had copied from) counts as unused only once the first copy is decrypted and its
+  // ID recomputed: a writer holding a session key could have stored a pack whose trailer names
+  // the chunk over other bytes, and the real copy must not go on that pack's word.
+  const compressor = new Compressor(repo.config);
+  const checked = new Map<string, boolean>();
+  for (const t of tallies) {
+    for (const e of t.copies) {
+      const first = found.location(e.chunkId);
+      if (first === undefined || (first.pack.packId === t.packId && first.offset === e.offset)) continue;
+      const hex = toHex(e.chunkId);
+      const good = checked.get(hex) ?? (await copyVerifies(repo, sessions, compressor, e.chunkId, first));
+      checked.set(hex, good);
+      if (good) {
+        t.drop.add(e.offset);
+        t.unusedBytes += e.length;
+      } else {
+        t.usedBytes += e.length;
+        t.usedChunks++;
+      }
+    }
+  }
+  const packs: PackPlan[] = [];
+  for (const t of tallies) {
+    let action: PackPlan["action"] = t.usedChunks === 0 ? "delete" : t.unusedBytes > 0 && t.unusedBytes * 100 >= threshold * t.size ? "repack" : "keep";
+    // Rewritten chunks keep their IDs, which must be under the chunk-ID key new sessions use
+    // (another one only while a re-encryption with a new key is unfinished, refused above).
+    if (action === "repack" && (await sessions.open(t.sessionId)).meta.chunkKeyEpoch !== chunkKeyEpoch) action = "keep";
+    packs.push({
+      packId: t.packId,
+      key: t.key,
+      size: t.size,
+      sessionId: t.sessionId,
+      usedBytes: t.usedBytes,
+      unusedBytes: t.unusedBytes,
+      action,
+      drop: t.drop,
+      ...(action === "keep" && t.entries !== undefined ? { unindexed: t.entries } : {}),
+    });
   }
   const bytesBefore = stored.reduce((n, p) => n + p.size, 0);
   return {
@@ -374,7 +436,7 @@ async function repackChunks(
       const packBytes = await repo.store.get(x.key);
       const { entries } = await readPackTrailer(repo.crypto, repo.store, x.key, x.packId, x.size, old.key);
       for (const e of entries) {
-        if (!p.used.has(e.chunkId) || written.has(e.chunkId)) continue;
+        if (!p.used.has(e.chunkId) || written.has(e.chunkId) || x.drop.has(e.offset)) continue;
         const r = rewrapBlob(
           bulk,
           { sessionKey: old.key.bytes, chunkIdKey: oldChunkKey.bytes },
