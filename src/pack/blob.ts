@@ -13,10 +13,25 @@ export class BlobScratch {
   framed = new Uint8Array(0);
   readonly id = new Uint8Array(HASH_BYTES);
 
+  #plain = new Uint8Array(0);
+  #blob = new Uint8Array(0);
+
   /** A framing buffer of at least n bytes. */
   frame(n: number): Uint8Array {
     if (this.framed.length < n) this.framed = new Uint8Array(Math.max(n, this.framed.length * 2));
     return this.framed;
+  }
+
+  /** n bytes for a plaintext, reused by the next call (rewrapBlob). */
+  plain(n: number): Uint8Array {
+    if (this.#plain.length < n) this.#plain = new Uint8Array(Math.max(n, this.#plain.length * 2));
+    return this.#plain.subarray(0, n);
+  }
+
+  /** n bytes for a blob, reused by the next call (rewrapBlob). */
+  blob(n: number): Uint8Array {
+    if (this.#blob.length < n) this.#blob = new Uint8Array(Math.max(n, this.#blob.length * 2));
+    return this.#blob.subarray(0, n);
   }
 }
 
@@ -197,7 +212,8 @@ export type Rewrapped = { readonly status: typeof BlobStatus.Ok; readonly chunkI
  * Re-encryption of one stored chunk without recompressing it: authenticate and verify it
  * (decompress, recompute its ID) like openBlobInto, then seal the same codec-framed bytes under
  * the new session key, bound to the chunk's ID under the new chunk-ID key (the same ID when the
- * key is unchanged).
+ * key is unchanged). The blob returned lives in the scratch's memory: valid until its next use
+ * (PackWriter.add copies it).
  */
 export function rewrapBlob(
   crypto: BulkCrypto,
@@ -209,7 +225,7 @@ export function rewrapBlob(
   compressor: Compressor,
   scratch: BlobScratch,
 ): Rewrapped {
-  const plain = new Uint8Array(rawLength);
+  const plain = scratch.plain(rawLength);
   const status = openBlobInto(crypto, from.sessionKey, from.chunkIdKey, chunkId, stored, compressor, scratch, plain);
   if (status !== BlobStatus.Ok) return { status };
   const framedLength = stored.length - AEAD_NONCE_BYTES - AEAD_TAG_BYTES;
@@ -218,7 +234,7 @@ export function rewrapBlob(
     newId = new Uint8Array(HASH_BYTES);
     crypto.chunkId(to.chunkIdKey, plain, newId);
   }
-  const blob = new Uint8Array(stored.length);
+  const blob = scratch.blob(stored.length);
   blob.set(to.nonce, 0);
   crypto.encryptInto(to.sessionKey, to.nonce, scratch.framed.subarray(0, framedLength), blobAd(newId), blob.subarray(AEAD_NONCE_BYTES));
   return { status: BlobStatus.Ok, chunkId: newId, blob };
