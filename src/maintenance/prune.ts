@@ -1,12 +1,10 @@
 import { IntegrityError, NotFoundError, UsageError, type Damage } from "../errors.js";
 import { SessionIndexWriter } from "../backup/index-writer.js";
 import { Compressor } from "../compress/compressor.js";
-import { loadBulkCrypto } from "../crypto/bulk.js";
-import { AEAD_NONCE_BYTES } from "../crypto/suite.js";
 import type { IndexedPack } from "../format/index-file.js";
 import { INDEX_PREFIX, PACK_PREFIX, packKey, parsePackKey, parseVersionedKey } from "../format/layout.js";
 import type { PackEntry } from "../format/pack.js";
-import { BlobError, BlobScratch, BlobStatus, blobStatusMessage, decodeBlob, rewrapBlob } from "../pack/blob.js";
+import { BlobError, decodeBlob } from "../pack/blob.js";
 import { PackError, readPackTrailer } from "../pack/reader.js";
 import { PackWriter } from "../pack/writer.js";
 import { ChunkIndex, type ChunkLocation } from "../repository/chunk-index.js";
@@ -22,6 +20,7 @@ import { fromHex, toHex } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 import { audited, authorizeAudited, lockAudited } from "../audit/guard.js";
 import { addReferences } from "./references.js";
+import { Repacker } from "./repack.js";
 import { trailerOf } from "./repair-index.js";
 
 export interface PruneOptions {
@@ -29,6 +28,8 @@ export interface PruneOptions {
   readonly dryRun?: boolean;
   /** A pack partly in use is rewritten once at least this percentage of its bytes is unused (0–100, default 10). */
   readonly repackUnused?: number;
+  /** Worker threads that move chunks when packs are repacked (default: one per core but one; 0: all on the main thread). */
+  readonly workers?: number;
   readonly progress?: ProgressSink;
 }
 
@@ -133,7 +134,7 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
       entry,
       started: true,
       run: async () => {
-        if (!dryRun) return runPrune(repo, threshold, progress);
+        if (!dryRun) return runPrune(repo, threshold, progress, o.workers);
         const p = await plan(repo, threshold, progress);
         p.sessions.dispose();
         return p.result(true);
@@ -353,13 +354,13 @@ function stop(e: IntegrityError, what: string): IntegrityError {
   return new IntegrityError(`${e.message}; ${what}, so prune deletes nothing (what it references or holds is unknown)`, e.damage, REPAIR_HINT);
 }
 
-async function runPrune(repo: Repository, threshold: number, progress: ProgressSink): Promise<PruneResult> {
+async function runPrune(repo: Repository, threshold: number, progress: ProgressSink, workers: number | undefined): Promise<PruneResult> {
   const p = await plan(repo, threshold, progress);
   try {
     // The index files there are now: the ones written below list only kept or new packs.
     const oldIndexFiles = (await listAll(repo.store, INDEX_PREFIX)).map((f) => f.key);
     const repack = p.packs.filter((x) => x.action === "repack");
-    const rewritten = repack.length === 0 ? undefined : await repackChunks(repo, p, repack, progress);
+    const rewritten = repack.length === 0 ? undefined : await repackChunks(repo, p, repack, progress, workers);
     const damaged = rewritten?.damaged ?? [];
     const failed = new Set(damaged.map((d) => d.object));
     // Kept packs no index file lists get listings of their own, before anything is deleted.
@@ -407,11 +408,9 @@ async function repackChunks(
   p: Plan,
   repack: readonly PackPlan[],
   progress: ProgressSink,
+  workers: number | undefined,
 ): Promise<{ sessionId: string; packs: number; chunks: number; bytes: number; damaged: Damage[] }> {
   const session = await createSession(repo);
-  const bulk = await loadBulkCrypto();
-  const compressor = new Compressor(repo.config);
-  const scratch = new BlobScratch();
   const index = new SessionIndexWriter(repo, repo.store);
   let bytes = 0;
   const writer = new PackWriter({
@@ -426,47 +425,27 @@ async function repackChunks(
     },
   });
   const written = new ChunkIndex({ locations: false });
-  const damaged: Damage[] = [];
-  let chunks = 0;
+  let repacker: Repacker | undefined;
   try {
+    repacker = await Repacker.create(repo, p.sessions, session, writer, written, workers);
     for (const [i, x] of repack.entries()) {
       progress({ phase: "repack", done: i + 1, total: repack.length, unit: "items" });
       const old = await p.sessions.open(x.sessionId);
-      const oldChunkKey = chunkKeyFor(repo, old.meta.chunkKeyEpoch);
-      const packBytes = await repo.store.get(x.key);
       const { entries } = await readPackTrailer(repo.crypto, repo.store, x.key, x.packId, x.size, old.key);
-      // One draw for the pack's nonces: a call per chunk cost 11 µs each (0.5 s for 42,000 chunks).
-      const nonces = repo.crypto.random(AEAD_NONCE_BYTES * entries.length);
-      for (const [i, e] of entries.entries()) {
-        if (!p.used.has(e.chunkId) || written.has(e.chunkId) || x.drop.has(e.offset)) continue;
-        const r = rewrapBlob(
-          bulk,
-          { sessionKey: old.key.bytes, chunkIdKey: oldChunkKey.bytes },
-          { sessionKey: session.key.bytes, chunkIdKey: undefined, nonce: nonces.subarray(i * AEAD_NONCE_BYTES, (i + 1) * AEAD_NONCE_BYTES) },
-          e.chunkId,
-          packBytes.subarray(e.offset, e.offset + e.length),
-          e.rawLength,
-          compressor,
-          scratch,
-        );
-        if (r.status !== BlobStatus.Ok) {
-          damaged.push({ object: x.key, problem: `${blobStatusMessage(r.status)} (chunk ${toHex(e.chunkId).slice(0, 16)}…); the pack is kept` });
-          continue;
-        }
-        await writer.add(r.chunkId, r.blob, e.rawLength);
-        written.addPending(r.chunkId);
-        chunks++;
-      }
+      await repacker.submit(x.packId, x.sessionId, x.size, entries.filter((e) => p.used.has(e.chunkId) && !written.has(e.chunkId) && !x.drop.has(e.offset)));
     }
+    await repacker.finish();
     await writer.flush();
     await index.flush();
   } catch (e) {
     await writer.abort();
     throw e;
   } finally {
+    await repacker?.close();
     session.key.dispose();
   }
-  return { sessionId: session.sessionId, packs: writer.packsWritten, chunks, bytes, damaged: [...new Map(damaged.map((d) => [d.object, d])).values()] };
+  const damaged = repacker.damaged;
+  return { sessionId: session.sessionId, packs: writer.packsWritten, chunks: repacker.chunks, bytes, damaged: [...new Map(damaged.map((d) => [d.object, d])).values()] };
 }
 
 /**

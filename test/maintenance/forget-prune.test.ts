@@ -512,6 +512,26 @@ describe("who may forget and prune", () => {
   });
 });
 
+describe("prune's repacking with any number of workers", () => {
+  for (const workers of [0, 1, 2]) {
+    it(`moves the same chunks with ${workers} worker${workers === 1 ? "" : "s"}: the same counts, every snapshot restores`, async () => {
+      const dir = tmp("repo");
+      const { v, a1, a2, b1, b2, b3 } = await twoSharingVms(dir);
+      await v.forget({ snapshots: [a1.id, b1.id] });
+      const r = await v.prune({ repackUnused: 0, workers });
+      expect(r.damaged).toEqual([]);
+      // Every chunk the remaining snapshots use, once; the same for every worker count.
+      const copies = await indexedCopies(v);
+      expect(copies.copies).toBe(copies.distinct);
+      expect(r.packsRepacked).toBe(2);
+      expect(r.chunksRewritten).toBe(8);
+      for (const m of [a2, b2, b3]) await expectRestores(v, m);
+      await expectCheckOk(v);
+      await v.close();
+    });
+  }
+});
+
 describe("prune and chunks stored twice", () => {
   /**
    * One image backed up twice with its index file deleted in between, so the second backup

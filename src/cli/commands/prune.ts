@@ -30,7 +30,13 @@ export function registerPrune(program: Command): void {
 /** Runs prune and prints its result (also for `forget --prune`); damage found while repacking fails the command (exit 5) once it is printed. */
 export async function runPrune(ctx: CliContext, vault: Vault, o: PruneFlags & { dryRun: boolean }, json = ctx.json): Promise<PruneResult> {
   const progress = ctx.progress;
-  const r = await vault.prune({ dryRun: o.dryRun, ...(o.repackUnused === undefined ? {} : { repackUnused: o.repackUnused }), ...(progress === undefined ? {} : { progress }) });
+  const workers = ctx.workers;
+  const r = await vault.prune({
+    dryRun: o.dryRun,
+    ...(o.repackUnused === undefined ? {} : { repackUnused: o.repackUnused }),
+    ...(progress === undefined ? {} : { progress }),
+    ...(workers === undefined ? {} : { workers }),
+  });
   ctx.endProgress();
   for (const d of r.damaged) ctx.warn(`warning: ${d.object}: ${d.problem}`);
   if (json) ctx.printJson(r);
