@@ -9,7 +9,9 @@ import { PoolSessionKeys } from "../pipeline/session-keys.js";
 import type { ChunkIndex } from "../repository/chunk-index.js";
 import type { Repository } from "../repository/repository.js";
 import type { Session, SessionKeys } from "../repository/sessions.js";
+import { readInto } from "../storage/types.js";
 import { toHex } from "../util/bytes.js";
+import { ReadBuffers } from "../util/read-buffers.js";
 
 /** Stored bytes read and handed to the workers at once: a piece of a pack, whole chunks. */
 const PIECE_BYTES = 2 * 1024 * 1024;
@@ -33,6 +35,11 @@ export class Repacker {
   readonly #maxInFlight: number;
   readonly #inFlight = new Set<Promise<void>>();
   #appendTail: Promise<void> = Promise.resolve();
+  /**
+   * The pieces' buffers, reused: a new 2 MiB buffer per piece is a fresh mapping the kernel
+   * zeroes page by page.
+   */
+  readonly #reads: ReadBuffers;
   #failure: unknown;
   readonly damaged: Damage[] = [];
   chunks = 0;
@@ -46,6 +53,7 @@ export class Repacker {
     this.#newKey = `session:${session.sessionId}`;
     pool.setKey(this.#newKey, session.key.bytes);
     this.#maxInFlight = pool.threads + 2;
+    this.#reads = new ReadBuffers(this.#maxInFlight * PIECE_BYTES);
   }
 
   static async create(repo: Repository, sessions: SessionKeys, session: Session, writer: PackWriter, written: ChunkIndex, workers?: number): Promise<Repacker> {
@@ -92,65 +100,51 @@ export class Repacker {
     const start = (entries[0] as PackEntry).offset;
     let end = start;
     for (const e of entries) end = Math.max(end, e.offset + e.length);
-    const data = await this.#repo.store.get(packKey(packId), { offset: start, length: Math.max(0, Math.min(end, packLength) - start) });
-    const n = entries.length;
-    const table = new Uint32Array(n * 3);
-    const ids = new Uint8Array(n * HASH_BYTES);
-    entries.forEach((e, i) => {
-      table[3 * i] = e.offset - start;
-      table[3 * i + 1] = e.length;
-      table[3 * i + 2] = e.rawLength;
-      ids.set(e.chunkId, i * HASH_BYTES);
-    });
-    const opened = await this.#pool.run({ kind: "open", data, entries: table, ids, key: names.key, idKey: names.idKey, keep: true });
-    // The plaintexts lie one after another in entry order; only those that verified are sealed.
-    const good: number[] = [];
-    const ranges: number[] = [];
-    let at = 0;
-    entries.forEach((e, i) => {
-      const status = opened.status[i] as BlobStatus;
-      if (status === BlobStatus.Ok) {
-        good.push(i);
-        ranges.push(at, e.rawLength);
-      } else {
-        this.damaged.push({ object: packKey(packId), problem: `${blobStatusMessage(status)} (chunk ${toHex(e.chunkId).slice(0, 16)}…); the pack is kept` });
-      }
-      at += e.rawLength;
-    });
-    if (good.length === 0) return;
-    const sealIds = new Uint8Array(good.length * HASH_BYTES);
-    const rawLengths = new Uint32Array(good.length);
-    good.forEach((i, j) => {
-      sealIds.set((entries[i] as PackEntry).chunkId, j * HASH_BYTES);
-      rawLengths[j] = (entries[i] as PackEntry).rawLength;
-    });
-    const sealed = await this.#pool.run({
-      kind: "seal",
-      data: opened.plain,
-      ranges: Uint32Array.from(ranges),
-      ids: sealIds.slice(),
-      nonces: this.#repo.crypto.random(good.length * AEAD_NONCE_BYTES),
-      key: this.#newKey,
-    });
-    // One piece at a time into the writer, and each chunk once: two pieces in flight may both
-    // hold a chunk (a second copy kept in use), the later one is left out here.
-    const append = this.#appendTail.then(async () => {
-      let blobAt = 0;
-      for (let j = 0; j < good.length; j++) {
-        const id = sealIds.subarray(j * HASH_BYTES, (j + 1) * HASH_BYTES);
-        const length = sealed.lengths[j] as number;
-        if (this.#written.addPending(id)) {
-          await this.#writer.add(id, sealed.blobs.subarray(blobAt, blobAt + length), rawLengths[j] as number);
+    const span = Math.max(0, Math.min(end, packLength) - start);
+    let buffer = await this.#reads.take(span);
+    const size = buffer.length;
+    let result;
+    try {
+      const read = await readInto(this.#repo.store, packKey(packId), { offset: start, length: span }, buffer);
+      const n = entries.length;
+      const table = new Uint32Array(n * 3);
+      const ids = new Uint8Array(n * HASH_BYTES);
+      entries.forEach((e, i) => {
+        table[3 * i] = e.offset - start;
+        table[3 * i + 1] = e.length;
+        table[3 * i + 2] = e.rawLength;
+        ids.set(e.chunkId, i * HASH_BYTES);
+      });
+      const nonces = this.#repo.crypto.random(n * AEAD_NONCE_BYTES);
+      result = await this.#pool.run({ kind: "rewrap", data: buffer.subarray(0, read), entries: table, ids, key: names.key, idKey: names.idKey, newKey: this.#newKey, nonces });
+      buffer = new Uint8Array(result.data.buffer as ArrayBuffer);
+      const data = result.data;
+      const status = result.status;
+      // One piece at a time into the writer (it copies the blobs), and each chunk once: two
+      // pieces in flight may both hold a chunk (a second copy kept in use); the later is left out.
+      const append = this.#appendTail.then(async () => {
+        for (const [i, e] of entries.entries()) {
+          const s = status[i] as BlobStatus;
+          if (s !== BlobStatus.Ok) {
+            this.damaged.push({ object: packKey(packId), problem: `${blobStatusMessage(s)} (chunk ${toHex(e.chunkId).slice(0, 16)}…); the pack is kept` });
+            continue;
+          }
+          if (!this.#written.addPending(e.chunkId)) continue;
+          const at = e.offset - start;
+          await this.#writer.add(e.chunkId, data.subarray(at, at + e.length), e.rawLength);
           this.chunks++;
         }
-        blobAt += length;
-      }
-    });
-    this.#appendTail = append.catch(() => undefined);
-    await append;
+      });
+      this.#appendTail = append.catch(() => undefined);
+      await append;
+    } finally {
+      // A buffer lost to a failed task (transferred to a worker that did not answer) is not reused.
+      this.#reads.give(buffer, size);
+    }
   }
 
   #throwIfFailed(): void {
     if (this.#failure !== undefined) throw this.#failure;
   }
 }
+

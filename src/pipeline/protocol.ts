@@ -77,8 +77,36 @@ export interface OpenResult {
   readonly status: Uint8Array;
 }
 
-export type Task = ScanTask | SealTask | OpenTask;
-export type ResultOf<T extends Task> = T extends ScanTask ? ScanResult : T extends SealTask ? SealResult : OpenResult;
+/**
+ * Moves stored blobs to another session key without recompressing them (prune's repack): each is
+ * authenticated, decrypted, decompressed and its ID recomputed as by open, then its framed bytes
+ * sealed again under the new key with a new nonce and the same ID, in place: a blob keeps its
+ * length.
+ */
+export interface RewrapTask {
+  readonly kind: "rewrap";
+  readonly data: Uint8Array;
+  /** offset, stored length, raw length triples into data. */
+  readonly entries: Uint32Array;
+  /** 32 bytes per entry. */
+  readonly ids: Uint8Array;
+  /** Names of the session key the blobs are under and of the chunk-ID key their IDs were computed with. */
+  readonly key: string;
+  readonly idKey: string;
+  /** Name of the session key to seal them under. */
+  readonly newKey: string;
+  /** 24 bytes per entry. */
+  readonly nonces: Uint8Array;
+}
+export interface RewrapResult {
+  /** The bytes, each entry that verified now its new blob (others zeroed). */
+  readonly data: Uint8Array;
+  /** BlobStatus per entry. */
+  readonly status: Uint8Array;
+}
+
+export type Task = ScanTask | SealTask | OpenTask | RewrapTask;
+export type ResultOf<T extends Task> = T extends ScanTask ? ScanResult : T extends SealTask ? SealResult : T extends OpenTask ? OpenResult : RewrapResult;
 
 /** Name of the chunk-ID key a backup computes new chunk IDs with. */
 export const CHUNK_ID_KEY = "chunkId";
@@ -112,12 +140,12 @@ export type ToWorker = InitMessage | KeyMessage | TaskMessage | CloseMessage;
 export type FromWorker =
   | { readonly type: "ready"; readonly backend: BulkBackendName }
   /** hasher: with the first answer after the worker chose its chunk-ID hasher, that choice. */
-  | { readonly type: "done"; readonly id: number; readonly result: ScanResult | SealResult | OpenResult; readonly hasher?: ChunkHasherName }
+  | { readonly type: "done"; readonly id: number; readonly result: ScanResult | SealResult | OpenResult | RewrapResult; readonly hasher?: ChunkHasherName }
   | { readonly type: "failed"; readonly id: number; readonly message: string }
   | { readonly type: "closed" };
 
 /** The ArrayBuffers a message can give away. */
-export function transferList(value: Task | ScanResult | SealResult | OpenResult): ArrayBuffer[] {
+export function transferList(value: Task | ScanResult | SealResult | OpenResult | RewrapResult): ArrayBuffer[] {
   const out = new Set<ArrayBuffer>();
   for (const v of Object.values(value)) {
     // Views of shared memory are shared, not transferred.

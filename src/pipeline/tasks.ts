@@ -1,8 +1,8 @@
 import type { BulkBackendName, BulkCrypto, ChunkHasherName } from "../crypto/bulk.js";
 import { AEAD_NONCE_BYTES, HASH_BYTES } from "../crypto/suite.js";
 import { Compressor, type CompressionSetting } from "../compress/compressor.js";
-import { BlobScratch, BlobStatus, maxBlobLength, openBlobInto, sealBlobInto } from "../pack/blob.js";
-import { CHUNK_ID_KEY, type OpenResult, type OpenTask, type ScanResult, type ScanTask, type SealResult, type SealTask, type Task, type ResultOf } from "./protocol.js";
+import { BlobScratch, BlobStatus, maxBlobLength, openBlobInto, rewrapBlob, sealBlobInto } from "../pack/blob.js";
+import { CHUNK_ID_KEY, type OpenResult, type OpenTask, type RewrapResult, type RewrapTask, type ScanResult, type ScanTask, type SealResult, type SealTask, type Task, type ResultOf } from "./protocol.js";
 
 /** Input bytes between pauses of a task run in steps (about 0.3 ms of work). */
 const SLICE_BYTES = 256 * 1024;
@@ -70,6 +70,8 @@ export class TaskRunner {
         return this.#seal(task) as Generator<void, ResultOf<T>>;
       case "open":
         return this.#open(task) as Generator<void, ResultOf<T>>;
+      case "rewrap":
+        return this.#rewrap(task) as Generator<void, ResultOf<T>>;
     }
     throw new Error("unknown task");
   }
@@ -174,5 +176,30 @@ export class TaskRunner {
       if (this.#slice(raw)) yield;
     }
     return { data: t.data, plain, status };
+  }
+
+  *#rewrap(t: RewrapTask): Generator<void, RewrapResult> {
+    const n = t.entries.length / 3;
+    const status = new Uint8Array(n);
+    const from = { sessionKey: this.#key(t.key), chunkIdKey: this.#key(t.idKey) };
+    const key = this.#key(t.newKey);
+    for (let i = 0; i < n; i++) {
+      const offset = t.entries[3 * i] as number;
+      const length = t.entries[3 * i + 1] as number;
+      const raw = t.entries[3 * i + 2] as number;
+      if (offset + length > t.data.length) {
+        status[i] = BlobStatus.Length;
+        continue;
+      }
+      const stored = t.data.subarray(offset, offset + length);
+      const nonce = t.nonces.subarray(i * AEAD_NONCE_BYTES, (i + 1) * AEAD_NONCE_BYTES);
+      const r = rewrapBlob(this.#crypto, from, { sessionKey: key, chunkIdKey: undefined, nonce }, t.ids.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES), stored, raw, this.#compressor, this.#scratch);
+      status[i] = r.status;
+      // Bytes that did not authenticate never leave the runner.
+      if (r.status === BlobStatus.Ok) stored.set(r.blob);
+      else stored.fill(0);
+      if (this.#slice(raw)) yield;
+    }
+    return { data: t.data, status };
   }
 }
