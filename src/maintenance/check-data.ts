@@ -1,4 +1,3 @@
-import { HASH_BYTES } from "../crypto/suite.js";
 import { PACK_PREFIX, packKey } from "../format/layout.js";
 import type { PackEntry } from "../format/pack.js";
 import { BlobStatus } from "../pack/blob.js";
@@ -9,6 +8,7 @@ import { PoolSessionKeys } from "../pipeline/session-keys.js";
 import { IntegrityError, NotFoundError } from "../errors.js";
 import { readInto, type Store } from "../storage/types.js";
 import { ReadBuffers } from "../util/read-buffers.js";
+import { packPieces, pieceSpan, pieceTable, PIECE_BYTES } from "../pack/pieces.js";
 
 /** What reading one pack's data found. */
 export interface PackDataResult {
@@ -36,8 +36,6 @@ export async function readDataRunsInline(store: Pick<Store, "list">): Promise<bo
   return true;
 }
 
-/** Stored bytes verified per task: packs are read and verified in pieces of about this size. */
-const PIECE_BYTES = 2 * 1024 * 1024;
 
 /**
  * check --read-data: reads each pack in pieces of whole chunks and has workers decrypt every
@@ -101,17 +99,7 @@ export class PackVerifier {
 
   async #verify(packId: string, sessionId: string, packLength: number, entries: readonly PackEntry[]): Promise<PackDataResult> {
     const names = await this.#keys.names(sessionId);
-    const pieces: PackEntry[][] = [];
-    let piece: PackEntry[] = [];
-    for (const e of [...entries].sort((a, b) => a.offset - b.offset)) {
-      const first = piece[0];
-      if (first !== undefined && e.offset + e.length - first.offset > PIECE_BYTES) {
-        pieces.push(piece);
-        piece = [];
-      }
-      piece.push(e);
-    }
-    if (piece.length > 0) pieces.push(piece);
+    const pieces = packPieces(entries);
     const results = await Promise.all(pieces.map((p) => this.#verifyPiece(packId, packLength, p, names)));
     const badEntries: PackEntry[] = [];
     let bytesRead = 0;
@@ -125,23 +113,12 @@ export class PackVerifier {
 
   /** One range of whole chunks: read, then verified by a worker; chunks past the end of the pack count as bad. */
   async #verifyPiece(packId: string, packLength: number, entries: readonly PackEntry[], names: { key: string; idKey: string }): Promise<{ bad: PackEntry[]; bytesRead: number }> {
-    const start = (entries[0] as PackEntry).offset;
-    let end = start;
-    for (const e of entries) end = Math.max(end, e.offset + e.length);
-    const span = Math.max(0, Math.min(end, packLength) - start);
+    const { start, span } = pieceSpan(entries, packLength);
     let buffer = await this.#buffers.take(span);
     const size = buffer.length;
     try {
       const bytesRead = await readInto(this.#repo.store, packKey(packId), { offset: start, length: span }, buffer);
-      const n = entries.length;
-      const table = new Uint32Array(n * 3);
-      const ids = new Uint8Array(n * HASH_BYTES);
-      entries.forEach((e, i) => {
-        table[3 * i] = e.offset - start;
-        table[3 * i + 1] = e.length;
-        table[3 * i + 2] = e.rawLength;
-        ids.set(e.chunkId, i * HASH_BYTES);
-      });
+      const { table, ids } = pieceTable(entries, start);
       const result = await this.#pool.run({ kind: "open", data: buffer.subarray(0, bytesRead), entries: table, ids, key: names.key, idKey: names.idKey, keep: false });
       buffer = new Uint8Array(result.data.buffer as ArrayBuffer);
       const bad: PackEntry[] = [];

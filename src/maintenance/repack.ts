@@ -1,5 +1,5 @@
 import type { Damage } from "../errors.js";
-import { AEAD_NONCE_BYTES, HASH_BYTES } from "../crypto/suite.js";
+import { AEAD_NONCE_BYTES } from "../crypto/suite.js";
 import { packKey } from "../format/layout.js";
 import type { PackEntry } from "../format/pack.js";
 import { BlobStatus, blobStatusMessage } from "../pack/blob.js";
@@ -12,9 +12,8 @@ import type { Session, SessionKeys } from "../repository/sessions.js";
 import { readInto } from "../storage/types.js";
 import { toHex } from "../util/bytes.js";
 import { ReadBuffers } from "../util/read-buffers.js";
+import { packPieces, pieceSpan, pieceTable, PIECE_BYTES } from "../pack/pieces.js";
 
-/** Stored bytes read and handed to the workers at once: a piece of a pack, whole chunks. */
-const PIECE_BYTES = 2 * 1024 * 1024;
 
 /**
  * Moves chunks into new packs through the worker pool: each piece of a pack is read, opened by a
@@ -63,18 +62,7 @@ export class Repacker {
 
   /** Queues the chunks of one pack to move (those the caller chose); waits while too many pieces are in flight. */
   async submit(packId: string, sessionId: string, packLength: number, entries: readonly PackEntry[]): Promise<void> {
-    const sorted = [...entries].sort((a, b) => a.offset - b.offset);
-    let piece: PackEntry[] = [];
-    const pieces: PackEntry[][] = [];
-    for (const e of sorted) {
-      const first = piece[0];
-      if (first !== undefined && e.offset + e.length - first.offset > PIECE_BYTES) {
-        pieces.push(piece);
-        piece = [];
-      }
-      piece.push(e);
-    }
-    if (piece.length > 0) pieces.push(piece);
+    const pieces = packPieces(entries);
     for (const p of pieces) {
       this.#throwIfFailed();
       while (this.#inFlight.size >= this.#maxInFlight) await Promise.race(this.#inFlight);
@@ -97,26 +85,15 @@ export class Repacker {
 
   async #move(packId: string, sessionId: string, packLength: number, entries: readonly PackEntry[]): Promise<void> {
     const names = await this.#keys.names(sessionId);
-    const start = (entries[0] as PackEntry).offset;
-    let end = start;
-    for (const e of entries) end = Math.max(end, e.offset + e.length);
-    const span = Math.max(0, Math.min(end, packLength) - start);
+    const { start, span } = pieceSpan(entries, packLength);
     let buffer = await this.#reads.take(span);
     const size = buffer.length;
-    let result;
     try {
       const read = await readInto(this.#repo.store, packKey(packId), { offset: start, length: span }, buffer);
       const n = entries.length;
-      const table = new Uint32Array(n * 3);
-      const ids = new Uint8Array(n * HASH_BYTES);
-      entries.forEach((e, i) => {
-        table[3 * i] = e.offset - start;
-        table[3 * i + 1] = e.length;
-        table[3 * i + 2] = e.rawLength;
-        ids.set(e.chunkId, i * HASH_BYTES);
-      });
+      const { table, ids } = pieceTable(entries, start);
       const nonces = this.#repo.crypto.random(n * AEAD_NONCE_BYTES);
-      result = await this.#pool.run({ kind: "rewrap", data: buffer.subarray(0, read), entries: table, ids, key: names.key, idKey: names.idKey, newKey: this.#newKey, nonces });
+      const result = await this.#pool.run({ kind: "rewrap", data: buffer.subarray(0, read), entries: table, ids, key: names.key, idKey: names.idKey, newKey: this.#newKey, nonces });
       buffer = new Uint8Array(result.data.buffer as ArrayBuffer);
       const data = result.data;
       const status = result.status;
