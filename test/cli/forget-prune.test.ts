@@ -3,6 +3,7 @@ import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { Secret } from "../../src/crypto/secret.js";
 import { acquireLock } from "../../src/repository/lock.js";
+import { FaultyStore } from "../../src/storage/faulty.js";
 import { FsStore } from "../../src/storage/fs.js";
 import { Vault } from "../../src/vault.js";
 import { TEST_PASSPHRASE, vault, type CliResult } from "../helpers/cli.js";
@@ -266,5 +267,33 @@ describe("forget and prune on the command line", () => {
     const after = await objects(repo);
     // Only the registry/grants of the added users were written before; nothing since.
     expect(after).toEqual(before);
+  });
+
+  it("waits for an unfinished re-encryption (exit 2, nothing deleted), and runs once it is finished", async () => {
+    const { repo, v, web } = await repository();
+    expect((await v(["forget", (web[0] as Listed).id])).code).toBe(0);
+    // A re-encryption stopped in its pack phase: its checkpoint lists packs and sessions by name.
+    const store = new FaultyStore(new FsStore(repo), { failPut: (key) => key.startsWith("data/") });
+    const admin = await Vault.open({ store, user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE) });
+    try {
+      await expect(admin.rotateKeys({ reencrypt: true })).rejects.toThrow();
+    } finally {
+      await admin.close();
+    }
+    const before = await objects(repo);
+    for (const args of [["prune"], ["prune", "--dry-run"], ["forget", "--keep-last", "1", "--prune"]]) {
+      const r = await v(args);
+      expect(r.code, `${args.join(" ")}: ${r.stderr}`).toBe(2);
+      expect(r.stderr).toMatch(/a re-encryption \(to epoch \d+, started .* by admin\) is under way; prune deletes nothing until it is finished/);
+      expect(r.stderr).toContain("vmvault key rotate --reencrypt");
+    }
+    // forget --prune forgot before it pruned: only snapshots went.
+    const after = await objects(repo);
+    for (const [key, size] of before) if (!key.startsWith("snapshots/")) expect(after.get(key), key).toBe(size);
+    const resumed = await v(["key", "rotate", "--reencrypt"]);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    const pruned = await v(["prune"]);
+    expect(pruned.code, pruned.stderr).toBe(0);
+    expect((await v(["check", "--read-data"])).code).toBe(0);
   });
 });
