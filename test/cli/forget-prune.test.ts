@@ -296,4 +296,14 @@ describe("forget and prune on the command line", () => {
     expect(pruned.code, pruned.stderr).toBe(0);
     expect((await v(["check", "--read-data"])).code).toBe(0);
   });
+
+  it("forget --prune --json prints one document holding both results", async () => {
+    const { v, web } = await repository();
+    const out = json<{ removed: Listed[]; prune: { dryRun: boolean; packsRepacked: number; packsDeleted: number; bytesBefore: number; bytesAfter: number } }>(
+      await v(["forget", "--keep-last", "1", "--vm", "web1", "--prune", "--json"]),
+    );
+    expect(out.removed.map((s) => s.id).sort()).toEqual([web[0], web[1]].map((s) => (s as Listed).id).sort());
+    expect(out.prune.dryRun).toBe(false);
+    expect(out.prune.bytesAfter).toBeLessThan(out.prune.bytesBefore);
+  });
 });

@@ -79,6 +79,7 @@ export function registerForget(program: Command): void {
         if (opts.prune === true) {
           if (!ctx.json) printForget(ctx, r, rules);
           const pruned = await runPrune(ctx, vault, { dryRun: false, ...(opts.repackUnused === undefined ? {} : { repackUnused: opts.repackUnused }) }, false);
+          // One JSON document for both (prune's damage, if any, was warned about on stderr).
           if (ctx.json) ctx.printJson({ ...r, prune: pruned });
         } else if (ctx.json) ctx.printJson(r);
         else printForget(ctx, r, rules);

@@ -27,8 +27,11 @@ export function registerPrune(program: Command): void {
     });
 }
 
-/** Runs prune and prints its result (also for `forget --prune`); damage found while repacking fails the command (exit 5) once it is printed. */
-export async function runPrune(ctx: CliContext, vault: Vault, o: PruneFlags & { dryRun: boolean }, json = ctx.json): Promise<PruneResult> {
+/**
+ * Runs prune and prints its result (also for `forget --prune`, which prints the JSON of both
+ * itself: `print` false); damage found while repacking fails the command (exit 5) once it is printed.
+ */
+export async function runPrune(ctx: CliContext, vault: Vault, o: PruneFlags & { dryRun: boolean }, print = true): Promise<PruneResult> {
   const progress = ctx.progress;
   const workers = ctx.workers;
   const r = await vault.prune({
@@ -39,8 +42,8 @@ export async function runPrune(ctx: CliContext, vault: Vault, o: PruneFlags & { 
   });
   ctx.endProgress();
   for (const d of r.damaged) ctx.warn(`warning: ${d.object}: ${d.problem}`);
-  if (json) ctx.printJson(r);
-  else printPrune(ctx, r);
+  if (print && ctx.json) ctx.printJson(r);
+  else if (print || !ctx.json) printPrune(ctx, r);
   if (r.damaged.length > 0) {
     throw new IntegrityError(`${plural(r.damaged.length, "pack")} held chunks that did not verify and ${r.damaged.length === 1 ? "was" : "were"} kept: ${r.damaged.map((d) => d.object).join(", ")}`, r.damaged);
   }
