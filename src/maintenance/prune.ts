@@ -7,7 +7,7 @@ import type { PackEntry } from "../format/pack.js";
 import { BlobError, decodeBlob } from "../pack/blob.js";
 import { PackError, readPackTrailer } from "../pack/reader.js";
 import { PackWriter } from "../pack/writer.js";
-import { ChunkIndex, type ChunkLocation } from "../repository/chunk-index.js";
+import { ChunkIndex } from "../repository/chunk-index.js";
 import { loadIndex, readIndexFile, writeIndexFile } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
 import { chunkKeyFor, type Repository } from "../repository/repository.js";
@@ -93,11 +93,42 @@ interface Tally {
   readonly entries: readonly PackEntry[] | undefined;
 }
 
+/** Where a chunk's copy is stored. */
+interface CopyPlace {
+  readonly packId: string;
+  readonly sessionId: string;
+  readonly offset: number;
+  readonly length: number;
+  readonly rawLength: number;
+}
+
+/** The 128-bit prefix of a chunk ID, in hex: how `used` and `found` tell chunks apart. */
+const prefixOf = (id: Uint8Array): string => toHex(id.subarray(0, 16));
+
+/**
+ * Where the first copy (in the order the first pass met them) of each chunk with a second copy
+ * is: the trailers read again, in the same order, until every one is found. Only this pass
+ * holds places, and only for those chunks, so a repository without second copies costs no
+ * memory for them.
+ */
+async function firstCopies(repo: Repository, sessions: SessionKeys, tallies: readonly Tally[], copied: ReadonlySet<string>): Promise<Map<string, CopyPlace>> {
+  const first = new Map<string, CopyPlace>();
+  for (const t of tallies) {
+    if (first.size === copied.size) break;
+    const { entries } = await readPackTrailer(repo.crypto, repo.store, t.key, t.packId, t.size, (await sessions.open(t.sessionId)).key);
+    for (const e of entries) {
+      const prefix = prefixOf(e.chunkId);
+      if (copied.has(prefix) && !first.has(prefix)) first.set(prefix, { packId: t.packId, sessionId: t.sessionId, offset: e.offset, length: e.length, rawLength: e.rawLength });
+    }
+  }
+  return first;
+}
+
 /** Whether a chunk's stored copy at this place decrypts and hashes to its full ID. */
-async function copyVerifies(repo: Repository, sessions: SessionKeys, compressor: Compressor, id: Uint8Array, at: ChunkLocation): Promise<boolean> {
+async function copyVerifies(repo: Repository, sessions: SessionKeys, compressor: Compressor, id: Uint8Array, at: CopyPlace): Promise<boolean> {
   try {
-    const session = await sessions.open(at.pack.sessionId);
-    const stored = await repo.store.get(packKey(at.pack.packId), { offset: at.offset, length: at.length });
+    const session = await sessions.open(at.sessionId);
+    const stored = await repo.store.get(packKey(at.packId), { offset: at.offset, length: at.length });
     if (stored.length !== at.length) return false;
     decodeBlob(repo.crypto, session.key, chunkKeyFor(repo, session.meta.chunkKeyEpoch), id, stored, at.rawLength, compressor);
     return true;
@@ -235,12 +266,14 @@ async function planWith(repo: Repository, sessions: SessionKeys, threshold: numb
     return sessionIds;
   };
   /**
-   * The first copy found of each used chunk, with its place (128-bit ID prefixes: a later chunk
-   * sharing one is taken for a copy, whose check below then fails, so it is kept). Every used
-   * chunk must be in some pack.
+   * The used chunks found in some pack (128-bit ID prefixes, as `used`): every used chunk must
+   * be. A later entry whose prefix is already here is a second copy (or, past all odds, another
+   * chunk sharing the prefix: its check below then fails, so it is kept).
    */
-  const found = new ChunkIndex({ locations: true, idBytes: 16 });
+  const found = new ChunkIndex({ locations: false });
   const tallies: Tally[] = [];
+  /** Prefixes (hex) of the chunks that have a second copy: their first copies are located in a second pass. */
+  const copied = new Set<string>();
   for (const [i, p] of stored.entries()) {
     progress({ phase: "read pack trailers", done: i + 1, total: stored.length, unit: "items" });
     let trailer;
@@ -255,14 +288,16 @@ async function planWith(repo: Repository, sessions: SessionKeys, threshold: numb
         REPAIR_HINT,
       );
     }
-    const packNo = found.addPack({ packId: p.packId, sessionId: trailer.sessionId, packLength: p.size });
     const t: Tally = { ...p, sessionId: trailer.sessionId, usedBytes: 0, unusedBytes: 0, usedChunks: 0, copies: [], drop: new Set(), entries: indexed.has(p.packId) ? undefined : trailer.entries };
     for (const e of trailer.entries) {
       if (!used.has(e.chunkId)) t.unusedBytes += e.length;
-      else if (found.add(e.chunkId, packNo, e.offset, e.length, e.rawLength)) {
+      else if (found.addPending(e.chunkId)) {
         t.usedBytes += e.length;
         t.usedChunks++;
-      } else t.copies.push(e);
+      } else {
+        t.copies.push(e);
+        copied.add(prefixOf(e.chunkId));
+      }
     }
     tallies.push(t);
   }
@@ -278,14 +313,15 @@ async function planWith(repo: Repository, sessions: SessionKeys, threshold: numb
   // the pack it had copied from) counts as unused only once the first copy is decrypted and its
   // ID recomputed: a writer holding a session key could have stored a pack whose trailer names
   // the chunk over other bytes, and the real copy must not go on that pack's word.
+  const first = copied.size === 0 ? new Map<string, CopyPlace>() : await firstCopies(repo, sessions, tallies, copied);
   const compressor = new Compressor(repo.config);
   const checked = new Map<string, boolean>();
   for (const t of tallies) {
     for (const e of t.copies) {
-      const first = found.location(e.chunkId);
-      if (first === undefined || (first.pack.packId === t.packId && first.offset === e.offset)) continue;
+      const at = first.get(prefixOf(e.chunkId));
+      if (at === undefined || (at.packId === t.packId && at.offset === e.offset)) continue;
       const hex = toHex(e.chunkId);
-      const good = checked.get(hex) ?? (await copyVerifies(repo, sessions, compressor, e.chunkId, first));
+      const good = checked.get(hex) ?? (await copyVerifies(repo, sessions, compressor, e.chunkId, at));
       checked.set(hex, good);
       if (good) {
         t.drop.add(e.offset);
