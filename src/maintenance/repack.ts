@@ -39,6 +39,8 @@ export class Repacker {
    * zeroes page by page.
    */
   readonly #reads: ReadBuffers;
+  /** Buffers of new blobs handed back by the workers, for later pieces (the same reason). */
+  readonly #spare: Uint8Array[] = [];
   #failure: unknown;
   readonly damaged: Damage[] = [];
   chunks = 0;
@@ -93,9 +95,10 @@ export class Repacker {
       const n = entries.length;
       const { table, ids } = pieceTable(entries, start);
       const nonces = this.#repo.crypto.random(n * AEAD_NONCE_BYTES);
-      const result = await this.#pool.run({ kind: "rewrap", data: buffer.subarray(0, read), entries: table, ids, key: names.key, idKey: names.idKey, newKey: this.#newKey, nonces });
+      const out = this.#spare.pop();
+      const result = await this.#pool.run({ kind: "rewrap", data: buffer.subarray(0, read), entries: table, ids, key: names.key, idKey: names.idKey, newKey: this.#newKey, nonces, ...(out === undefined ? {} : { out }) });
       buffer = new Uint8Array(result.data.buffer as ArrayBuffer);
-      const data = result.data;
+      const blobs = result.blobs;
       const status = result.status;
       // One piece at a time into the writer (it copies the blobs), and each chunk once: two
       // pieces in flight may both hold a chunk (a second copy kept in use); the later is left out.
@@ -108,12 +111,14 @@ export class Repacker {
           }
           if (!this.#written.addPending(e.chunkId)) continue;
           const at = e.offset - start;
-          await this.#writer.add(e.chunkId, data.subarray(at, at + e.length), e.rawLength);
+          await this.#writer.add(e.chunkId, blobs.subarray(at, at + e.length), e.rawLength);
           this.chunks++;
         }
       });
       this.#appendTail = append.catch(() => undefined);
       await append;
+      // The pack writer copied the blobs: their buffer takes a later piece's.
+      if (blobs.buffer.byteLength > 0 && this.#spare.length < this.#maxInFlight) this.#spare.push(new Uint8Array(blobs.buffer as ArrayBuffer));
     } finally {
       // A buffer lost to a failed task (transferred to a worker that did not answer) is not reused.
       this.#reads.give(buffer, size);

@@ -78,10 +78,12 @@ export interface OpenResult {
 }
 
 /**
- * Moves stored blobs to another session key without recompressing them (prune's repack): each is
- * authenticated, decrypted, decompressed and its ID recomputed as by open, then its framed bytes
- * sealed again under the new key with a new nonce and the same ID, in place: a blob keeps its
- * length.
+ * Moves stored blobs to another session key without recompressing them (prune's repack,
+ * re-encryption): each is authenticated, decrypted, decompressed and its ID recomputed as by
+ * open, then its framed bytes sealed again under the new key with a new nonce, bound to the same
+ * ID or, with newIdKey, to the ID of the plaintext under that key. A blob keeps its length and
+ * its place: the new one is written into blobs at the offset the old one has in data, which is
+ * not changed (entries of a hostile listing may overlap; none may spoil another's bytes).
  */
 export interface RewrapTask {
   readonly kind: "rewrap";
@@ -95,14 +97,21 @@ export interface RewrapTask {
   readonly idKey: string;
   /** Name of the session key to seal them under. */
   readonly newKey: string;
+  /** Name of a new chunk-ID key: the new blobs are bound to their IDs under it (returned as newIds). */
+  readonly newIdKey?: string;
   /** 24 bytes per entry. */
   readonly nonces: Uint8Array;
+  /** A buffer for the new blobs when it is at least as long as data (reused, transferred back as blobs). */
+  readonly out?: Uint8Array;
 }
 export interface RewrapResult {
-  /** The bytes, each entry that verified now its new blob (others zeroed). */
   readonly data: Uint8Array;
+  /** As long as data: each entry that verified has its new blob at its own offset. */
+  readonly blobs: Uint8Array;
   /** BlobStatus per entry. */
   readonly status: Uint8Array;
+  /** With newIdKey: 32 bytes per entry, the new IDs of those that verified. */
+  readonly newIds?: Uint8Array;
 }
 
 export type Task = ScanTask | SealTask | OpenTask | RewrapTask;

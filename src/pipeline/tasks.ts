@@ -181,25 +181,26 @@ export class TaskRunner {
   *#rewrap(t: RewrapTask): Generator<void, RewrapResult> {
     const n = t.entries.length / 3;
     const status = new Uint8Array(n);
+    const blobs = t.out !== undefined && t.out.length >= t.data.length ? t.out.subarray(0, t.data.length) : new Uint8Array(t.data.length);
+    const newIds = t.newIdKey === undefined ? undefined : new Uint8Array(n * HASH_BYTES);
     const from = { sessionKey: this.#key(t.key), chunkIdKey: this.#key(t.idKey) };
     const key = this.#key(t.newKey);
+    const chunkIdKey = t.newIdKey === undefined ? undefined : this.#key(t.newIdKey);
     for (let i = 0; i < n; i++) {
       const offset = t.entries[3 * i] as number;
       const length = t.entries[3 * i + 1] as number;
       const raw = t.entries[3 * i + 2] as number;
-      if (offset + length > t.data.length) {
-        status[i] = BlobStatus.Length;
-        continue;
-      }
+      // An entry past the end gets its bytes short, and fails like any that does not authenticate.
       const stored = t.data.subarray(offset, offset + length);
       const nonce = t.nonces.subarray(i * AEAD_NONCE_BYTES, (i + 1) * AEAD_NONCE_BYTES);
-      const r = rewrapBlob(this.#crypto, from, { sessionKey: key, chunkIdKey: undefined, nonce }, t.ids.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES), stored, raw, this.#compressor, this.#scratch);
+      const r = rewrapBlob(this.#crypto, from, { sessionKey: key, chunkIdKey, nonce }, t.ids.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES), stored, raw, this.#compressor, this.#scratch);
       status[i] = r.status;
-      // Bytes that did not authenticate never leave the runner.
-      if (r.status === BlobStatus.Ok) stored.set(r.blob);
-      else stored.fill(0);
+      if (r.status === BlobStatus.Ok) {
+        blobs.set(r.blob, offset);
+        newIds?.set(r.chunkId, i * HASH_BYTES);
+      }
       if (this.#slice(raw)) yield;
     }
-    return { data: t.data, status };
+    return { data: t.data, blobs, status, ...(newIds === undefined ? {} : { newIds }) };
   }
 }
