@@ -8,11 +8,9 @@ import type { IndexedPack } from "../format/index-file.js";
 import { packKey, SNAPSHOT_PREFIX } from "../format/layout.js";
 import type { PackEntry } from "../format/pack.js";
 import type { SnapshotBody, SnapshotSource } from "../format/snapshot.js";
-import { BlobStatus, blobStatusMessage, encodeBlob } from "../pack/blob.js";
-import { packPieces, pieceSpan, pieceTable } from "../pack/pieces.js";
-import { WorkerPool } from "../pipeline/pool.js";
-import { PoolSessionKeys } from "../pipeline/session-keys.js";
-import { AEAD_NONCE_BYTES, HASH_BYTES } from "../crypto/suite.js";
+import { BlobScratch, BlobStatus, blobStatusMessage, encodeBlob, rewrapBlob } from "../pack/blob.js";
+import { loadBulkCrypto } from "../crypto/bulk.js";
+import { AEAD_NONCE_BYTES } from "../crypto/suite.js";
 import { PackWriter } from "../pack/writer.js";
 import { PackError, readPackTrailer } from "../pack/reader.js";
 import { SessionIndexWriter } from "../backup/index-writer.js";
@@ -167,17 +165,6 @@ async function firstCheckpoint(repo: Repository, target: number, o: ReencryptOpt
 }
 
 /** The writer side of a re-encryption: new packs under the re-encryption session, indexed as they fill. */
-/** The worker pool moving old chunks under the re-encryption's session key (and new chunk-ID key). */
-interface Mover {
-  readonly pool: WorkerPool;
-  readonly keys: PoolSessionKeys;
-  readonly newKey: string;
-  readonly newIdKey: string;
-}
-
-const MOVER_SESSION_KEY = "reencrypt:session";
-const MOVER_CHUNK_ID_KEY = "reencrypt:chunkId";
-
 interface Rewriter {
   readonly packs: PackWriter;
   readonly index: SessionIndexWriter;
@@ -252,36 +239,27 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
     const rw: Rewriter = { packs, index, written, chunkKey, sessionKey: session.key, put, putStored };
 
     if (state.phase === "packs") {
-      // The chunks are moved by the worker pool (the rewrap task), each listing's pieces a few at a time.
-      const pool = await WorkerPool.create({ compression: repo.config });
-      try {
-        pool.setKey(MOVER_SESSION_KEY, session.key.bytes);
-        if (state.newChunkKey) pool.setKey(MOVER_CHUNK_ID_KEY, chunkKey.bytes);
-        const mover: Mover = { pool, keys: new PoolSessionKeys(repo, sessions, pool), newKey: MOVER_SESSION_KEY, newIdKey: MOVER_CHUNK_ID_KEY };
-        const done = new Set(state.donePacks);
-        const todo = state.oldPacks.filter((p) => !done.has(p));
-        let batch: string[] = [];
-        let pairs: [string, string][] = [];
-        let mapBatch = await highestIdMapBatch(repo);
-        for (const [i, packId] of todo.entries()) {
-          progress?.({ phase: "re-encrypt packs", done: i + 1, total: todo.length, unit: "items" });
-          const listings = indexed.get(packId);
-          if (listings !== undefined) pairs.push(...(await rewritePack(repo, mover, rw, packId, listings, state.newChunkKey, (d) => leftOut.push(d))));
-          batch.push(packId);
-          packsRewritten++;
-          if (batch.length >= PACKS_PER_CHECKPOINT || i === todo.length - 1) {
-            await packs.flush();
-            await index.flush();
-            if (pairs.length > 0) await writeIdMapBatch(repo, state.targetEpoch, ++mapBatch, pairs);
-            state = await writeCheckpoint(repo, { ...state, donePacks: [...state.donePacks, ...batch] }, state.checkpoint);
-            batch = [];
-            pairs = [];
-          }
+      const done = new Set(state.donePacks);
+      const todo = state.oldPacks.filter((p) => !done.has(p));
+      let batch: string[] = [];
+      let pairs: [string, string][] = [];
+      let mapBatch = await highestIdMapBatch(repo);
+      for (const [i, packId] of todo.entries()) {
+        progress?.({ phase: "re-encrypt packs", done: i + 1, total: todo.length, unit: "items" });
+        const listings = indexed.get(packId);
+        if (listings !== undefined) pairs.push(...(await rewritePack(repo, sessions, compressor, rw, packId, listings, state.newChunkKey, (d) => leftOut.push(d))));
+        batch.push(packId);
+        packsRewritten++;
+        if (batch.length >= PACKS_PER_CHECKPOINT || i === todo.length - 1) {
+          await packs.flush();
+          await index.flush();
+          if (pairs.length > 0) await writeIdMapBatch(repo, state.targetEpoch, ++mapBatch, pairs);
+          state = await writeCheckpoint(repo, { ...state, donePacks: [...state.donePacks, ...batch] }, state.checkpoint);
+          batch = [];
+          pairs = [];
         }
-        state = await writeCheckpoint(repo, { ...state, phase: "snapshots" }, state.checkpoint);
-      } finally {
-        await pool.close();
       }
+      state = await writeCheckpoint(repo, { ...state, phase: "snapshots" }, state.checkpoint);
     }
 
     if (state.phase === "snapshots") {
@@ -384,7 +362,8 @@ async function ownPackEntries(repo: Repository, sessionKey: Secret, packId: stri
  */
 async function rewritePack(
   repo: Repository,
-  mover: Mover,
+  sessions: SessionKeys,
+  compressor: Compressor,
   rw: Rewriter,
   packId: string,
   listings: readonly IndexedPack[],
@@ -405,7 +384,7 @@ async function rewritePack(
   }
   for (const p of listings) {
     try {
-      pairs.push(...(await rewriteListing(repo, mover, rw, packId, bytes, p, newKey, onDamage)));
+      pairs.push(...(await rewriteListing(repo, sessions, compressor, rw, packId, bytes, p, newKey, onDamage)));
     } catch (e) {
       // A listing under a session whose key does not open: none of its chunks can be read, so none is lost.
       if (!(e instanceof IntegrityError)) throw e;
@@ -420,49 +399,39 @@ async function rewritePack(
  * is reported to onDamage and left: nobody could read it, and the listing that names its real
  * place, if any, rewrites it.
  */
-async function rewriteListing(repo: Repository, mover: Mover, rw: Rewriter, packId: string, bytes: Uint8Array, p: IndexedPack, newKey: boolean, onDamage: (d: Damage) => void): Promise<[string, string][]> {
+async function rewriteListing(
+  repo: Repository,
+  sessions: SessionKeys,
+  compressor: Compressor,
+  rw: Rewriter,
+  packId: string,
+  bytes: Uint8Array,
+  p: IndexedPack,
+  newKey: boolean,
+  onDamage: (d: Damage) => void,
+): Promise<[string, string][]> {
+  const bulk = await loadBulkCrypto();
+  const scratch = new BlobScratch();
   const pairs: [string, string][] = [];
-  const names = await mover.keys.names(toHex(p.sessionId));
-  /** What the workers made of each entry: its new blob (a view into its piece's result) and ID, or why not. */
-  const outcome = new Map<PackEntry, { status: BlobStatus; blob?: Uint8Array; id?: Uint8Array }>();
-  const pieces = packPieces(p.entries);
-  // A few pieces at a time: the pack is held whole already, and each piece is copied for its task.
-  for (let at = 0; at < pieces.length; at += mover.pool.threads + 2) {
-    await Promise.all(
-      pieces.slice(at, at + mover.pool.threads + 2).map(async (piece) => {
-        const { start, span } = pieceSpan(piece, bytes.length);
-        const { table, ids } = pieceTable(piece, start);
-        const r = await mover.pool.run({
-          kind: "rewrap",
-          data: bytes.slice(start, start + span),
-          entries: table,
-          ids,
-          key: names.key,
-          idKey: names.idKey,
-          newKey: mover.newKey,
-          ...(newKey ? { newIdKey: mover.newIdKey } : {}),
-          nonces: repo.crypto.random(piece.length * AEAD_NONCE_BYTES),
-        });
-        piece.forEach((e, i) => {
-          const status = r.status[i] as BlobStatus;
-          if (status !== BlobStatus.Ok) outcome.set(e, { status });
-          else {
-            const id = r.newIds === undefined ? e.chunkId : r.newIds.slice(i * HASH_BYTES, (i + 1) * HASH_BYTES);
-            outcome.set(e, { status, blob: r.blobs.subarray(e.offset - start, e.offset - start + e.length), id });
-          }
-        });
-      }),
-    );
-  }
-  // In the listing's order, as one chunk at a time did it.
+  const old = await sessions.open(toHex(p.sessionId));
+  const oldChunkKey = chunkKeyFor(repo, old.meta.chunkKeyEpoch);
   for (const e of p.entries) {
-    const o = outcome.get(e);
-    if (o === undefined || o.blob === undefined || o.id === undefined) {
-      onDamage({ object: packKey(packId), problem: `${blobStatusMessage(o?.status ?? BlobStatus.Auth)} (chunk ${toHex(e.chunkId).slice(0, 16)}…)` });
+    const r = rewrapBlob(
+      bulk,
+      { sessionKey: old.key.bytes, chunkIdKey: oldChunkKey.bytes },
+      { sessionKey: rw.sessionKey.bytes, chunkIdKey: newKey ? rw.chunkKey.bytes : undefined, nonce: repo.crypto.random(AEAD_NONCE_BYTES) },
+      e.chunkId,
+      bytes.subarray(e.offset, e.offset + e.length),
+      e.rawLength,
+      compressor,
+      scratch,
+    );
+    if (r.status !== BlobStatus.Ok) {
+      onDamage({ object: packKey(packId), problem: `${blobStatusMessage(r.status)} (chunk ${toHex(e.chunkId).slice(0, 16)}…)` });
       continue;
     }
-    await rw.putStored(o.id, o.blob, e.rawLength);
-    if (newKey) pairs.push([toHex(e.chunkId), toHex(o.id)]);
+    await rw.putStored(r.chunkId, r.blob, e.rawLength);
+    if (newKey) pairs.push([toHex(e.chunkId), toHex(r.chunkId)]);
   }
   return pairs;
 }
