@@ -13,7 +13,7 @@ import { acquireLock } from "../repository/lock.js";
 import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import { createSession, SessionKeys } from "../repository/sessions.js";
 import { BlobReader } from "../restore/blob-reader.js";
-import { pendingChunkKeyEpochs, readCheckpoint } from "../rotation/checkpoint.js";
+import { unfinishedReencryption } from "../rotation/checkpoint.js";
 import { listSnapshots } from "../snapshot/store.js";
 import { listAll, listKeys } from "../storage/types.js";
 import { fromHex, toHex } from "../util/bytes.js";
@@ -182,18 +182,18 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
  * it has still to rewrite and the sessions it will delete), so it waits for one to finish.
  */
 async function assertNoReencryption(repo: Repository): Promise<void> {
-  let state;
-  try {
-    state = await readCheckpoint(repo);
-  } catch (e) {
-    if (!(e instanceof IntegrityError)) throw e;
-    throw new UsageError(`a re-encryption is under way and its checkpoint does not open (${e.message}); prune deletes nothing until it is finished`, "finish it with `vmvault repair reencrypt` (admin), then prune");
-  }
-  if (state !== null) {
-    throw new UsageError(`a re-encryption (to epoch ${state.targetEpoch}, started ${state.startedAt} by ${state.startedBy}) is under way; prune deletes nothing until it is finished`, "finish it with `vmvault key rotate --reencrypt` (admin), then prune");
-  }
-  if (pendingChunkKeyEpochs(repo).length > 0) {
-    throw new UsageError("a re-encryption with a new chunk-ID key is unfinished; prune deletes nothing until it is finished", "finish it with `vmvault repair reencrypt` (admin), then prune");
+  const unfinished = await unfinishedReencryption(repo);
+  switch (unfinished?.kind) {
+    case undefined:
+      return;
+    case "unreadable":
+      throw new UsageError(`a re-encryption is under way and its checkpoint does not open (${unfinished.error.message}); prune deletes nothing until it is finished`, "finish it with `vmvault repair reencrypt` (admin), then prune");
+    case "checkpoint": {
+      const state = unfinished.state;
+      throw new UsageError(`a re-encryption (to epoch ${state.targetEpoch}, started ${state.startedAt} by ${state.startedBy}) is under way; prune deletes nothing until it is finished`, "finish it with `vmvault key rotate --reencrypt` (admin), then prune");
+    }
+    case "pending chunk key":
+      throw new UsageError("a re-encryption with a new chunk-ID key is unfinished; prune deletes nothing until it is finished", "finish it with `vmvault repair reencrypt` (admin), then prune");
   }
 }
 

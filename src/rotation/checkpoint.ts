@@ -281,6 +281,33 @@ export function pendingChunkKeyEpochs(repo: Repository): number[] {
   return latest.epochs.filter((e) => !latest.destroyedEpochs.includes(e.id) && e.chunkKeyEpoch !== current.chunkKeyEpoch).map((e) => e.id);
 }
 
+/** How an unfinished re-encryption shows (each caller words its own refusal). */
+export type UnfinishedReencryption =
+  /** Its checkpoint, or an ID-map batch it needs, does not open: `repair reencrypt` finishes it. */
+  | { readonly kind: "unreadable"; readonly error: IntegrityError }
+  /** Its checkpoint: `key rotate --reencrypt` resumes it. */
+  | { readonly kind: "checkpoint"; readonly state: ReencryptState }
+  /** No checkpoint, but epochs not destroyed with another chunk-ID key (pendingChunkKeyEpochs). */
+  | { readonly kind: "pending chunk key"; readonly epochs: readonly number[] };
+
+/**
+ * Whether a re-encryption is unfinished: what a plain rotation (which would revoke the keys it
+ * resumes with) and prune (which would delete packs and sessions its checkpoint names) refuse.
+ */
+export async function unfinishedReencryption(repo: Repository): Promise<UnfinishedReencryption | null> {
+  let state;
+  try {
+    state = await readCheckpoint(repo);
+    if (state?.newChunkKey === true) await readIdMap(repo, state.idMapFrom);
+  } catch (e) {
+    if (!(e instanceof IntegrityError)) throw e;
+    return { kind: "unreadable", error: e };
+  }
+  if (state !== null) return { kind: "checkpoint", state };
+  const epochs = pendingChunkKeyEpochs(repo);
+  return epochs.length > 0 ? { kind: "pending chunk key", epochs } : null;
+}
+
 /** The checkpoint and ID-map objects stored, unread (what `repair reencrypt` judges). */
 export async function checkpointObjects(repo: Repository): Promise<{ checkpoints: string[]; idMaps: string[] }> {
   return { checkpoints: (await listAll(repo.store, CHECKPOINT_PREFIX)).map((o) => o.key), idMaps: (await listAll(repo.store, MAP_PREFIX)).map((o) => o.key) };

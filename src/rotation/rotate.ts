@@ -1,4 +1,4 @@
-import { IntegrityError, LockedError, UsageError, VaultError } from "../errors.js";
+import { LockedError, UsageError, VaultError } from "../errors.js";
 import { grantPrefix } from "../format/layout.js";
 import { audited, authorizeAudited, lockAudited } from "../audit/guard.js";
 import { newEpoch } from "../repository/open.js";
@@ -9,7 +9,7 @@ import { listAll } from "../storage/types.js";
 import { appendRegistryVersion } from "../users/registry-update.js";
 import { writeGrants } from "../users/users.js";
 import type { ProgressSink } from "../util/progress.js";
-import { pendingChunkKeyEpochs, readCheckpoint, readIdMap } from "./checkpoint.js";
+import { unfinishedReencryption } from "./checkpoint.js";
 import { resealAll, type ResealStats } from "./reseal.js";
 
 const REPAIR_FIRST = "run `vmvault repair reencrypt` (admin) first: it finishes the re-encryption from what the repository holds; then rotate again";
@@ -72,30 +72,27 @@ export async function assertNoReencryptionUnderWay(
   repo: Repository,
   hint = "finish it first with `vmvault key rotate --reencrypt` (it resumes where it stopped), then rotate again",
 ): Promise<void> {
-  let state;
-  try {
-    state = await readCheckpoint(repo);
-    if (state?.newChunkKey === true) await readIdMap(repo, state.idMapFrom);
-  } catch (e) {
-    // A checkpoint that does not open is repaired, not overrun: a new epoch would revoke the
-    // keys the repair resumes with (with a new chunk-ID key, the only keys that verify old chunks).
-    if (!(e instanceof IntegrityError)) throw e;
-    throw new UsageError(`a re-encryption is under way but its checkpoint does not open (${e.message}); a new key rotation now would revoke keys it still needs`, REPAIR_FIRST);
-  }
-  if (state === null) {
-    const pending = pendingChunkKeyEpochs(repo);
-    if (pending.length > 0) {
+  const unfinished = await unfinishedReencryption(repo);
+  switch (unfinished?.kind) {
+    case undefined:
+      return;
+    case "unreadable":
+      // A checkpoint that does not open is repaired, not overrun: a new epoch would revoke the
+      // keys the repair resumes with (with a new chunk-ID key, the only keys that verify old chunks).
+      throw new UsageError(`a re-encryption is under way but its checkpoint does not open (${unfinished.error.message}); a new key rotation now would revoke keys it still needs`, REPAIR_FIRST);
+    case "pending chunk key":
       throw new UsageError(
-        `a re-encryption with a new chunk-ID key is unfinished and its checkpoint is missing: data may still carry chunk IDs under the key of epoch ${pending.join(", ")}, which a new key rotation would revoke`,
+        `a re-encryption with a new chunk-ID key is unfinished and its checkpoint is missing: data may still carry chunk IDs under the key of epoch ${unfinished.epochs.join(", ")}, which a new key rotation would revoke`,
         REPAIR_FIRST,
       );
+    case "checkpoint": {
+      const state = unfinished.state;
+      throw new UsageError(
+        `a re-encryption (to epoch ${state.targetEpoch}, started ${state.startedAt} by ${state.startedBy}) is under way; a new key rotation now would revoke the keys it resumes with`,
+        hint,
+      );
     }
-    return;
   }
-  throw new UsageError(
-    `a re-encryption (to epoch ${state.targetEpoch}, started ${state.startedAt} by ${state.startedBy}) is under way; a new key rotation now would revoke the keys it resumes with`,
-    hint,
-  );
 }
 
 /**
