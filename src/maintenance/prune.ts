@@ -21,7 +21,7 @@ import { throttled, type ProgressSink } from "../util/progress.js";
 import { audited, authorizeAudited, lockAudited } from "../audit/guard.js";
 import { addReferences } from "./references.js";
 import { Repacker } from "./repack.js";
-import { trailerOf } from "./repair-index.js";
+import { sessionCandidates, trailerOf } from "./repair-index.js";
 
 export interface PruneOptions {
   /** Say what would be deleted and rewritten, and change nothing (a shared lock; audited, as it reads what prune reads). */
@@ -260,11 +260,7 @@ async function planWith(repo: Repository, sessions: SessionKeys, threshold: numb
   }
   const storedIds = new Set(stored.map((p) => p.packId));
   const missingPacks = new Set([...indexed].filter((p) => !storedIds.has(p)));
-  let sessionIds: Promise<string[]> | undefined;
-  const candidates = (): Promise<string[]> => {
-    sessionIds ??= listKeys(repo.store, "sessions/").then((keys) => [...new Set(keys.map((k) => parseVersionedKey(k, "sessions/")?.name).filter((id) => id !== undefined))]);
-    return sessionIds;
-  };
+  const candidates = sessionCandidates(repo, sessions);
   /**
    * The used chunks found in some pack (128-bit ID prefixes, as `used`): every used chunk must
    * be. A later entry whose prefix is already here is a second copy (or, past all odds, another

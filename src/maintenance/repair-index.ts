@@ -73,6 +73,21 @@ export async function trailerOf(
   }
 }
 
+/**
+ * The sessions trailerOf tries for a pack whose prefix does not lead to its session: listed
+ * once, on first need, and then known to `sessions` (no listing per envelope opened).
+ */
+export function sessionCandidates(repo: Repository, sessions: SessionKeys): () => Promise<string[]> {
+  let sessionIds: Promise<string[]> | undefined;
+  return () => {
+    sessionIds ??= listKeys(repo.store, "sessions/").then((keys) => {
+      sessions.know(keys);
+      return [...new Set(keys.map((k) => parseVersionedKey(k, "sessions/")?.name).filter((id) => id !== undefined))];
+    });
+    return sessionIds;
+  };
+}
+
 /** Packs per index file written: index files stay around the size a backup writes. */
 const PACKS_PER_INDEX_FILE = 64;
 
@@ -108,15 +123,7 @@ async function runRepair(repo: Repository, o: RepairIndexOptions): Promise<Repai
     }
     const found: IndexedPack[] = [];
     const unreadablePacks: Damage[] = [];
-    let sessionIds: Promise<string[]> | undefined;
-    // Listed once, and only if a pack's prefix does not lead to its session (trailerOf).
-    const candidates = (): Promise<string[]> => {
-      sessionIds ??= listKeys(repo.store, "sessions/").then((keys) => {
-        sessions.know(keys);
-        return [...new Set(keys.map((k) => parseVersionedKey(k, "sessions/")?.name).filter((id) => id !== undefined))];
-      });
-      return sessionIds;
-    };
+    const candidates = sessionCandidates(repo, sessions);
     const missing = stored.filter((p) => !indexed.has(p.packId));
     for (const [i, p] of missing.entries()) {
       progress({ phase: "read pack trailers", done: i + 1, total: missing.length, unit: "items" });
