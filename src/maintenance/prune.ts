@@ -2,7 +2,7 @@ import { IntegrityError, NotFoundError, UsageError, type Damage } from "../error
 import { SessionIndexWriter } from "../backup/index-writer.js";
 import { Compressor } from "../compress/compressor.js";
 import type { IndexedPack } from "../format/index-file.js";
-import { INDEX_PREFIX, PACK_PREFIX, packKey, parsePackKey, parseVersionedKey } from "../format/layout.js";
+import { PACK_PREFIX, packKey, parsePackKey, parseVersionedKey } from "../format/layout.js";
 import type { PackEntry } from "../format/pack.js";
 import { BlobError, decodeBlob } from "../pack/blob.js";
 import { PackError, readPackTrailer } from "../pack/reader.js";
@@ -64,21 +64,6 @@ export interface PruneResult {
 
 export const DEFAULT_REPACK_UNUSED = 10;
 
-/** What prune decided for one pack, with only the numbers it needs (the entries are read again to repack). */
-interface PackPlan {
-  readonly packId: string;
-  readonly key: string;
-  readonly size: number;
-  readonly sessionId: string;
-  readonly usedBytes: number;
-  readonly unusedBytes: number;
-  readonly action: "keep" | "delete" | "repack";
-  /** The trailer's entries of a kept pack no index file lists (it is indexed from them). */
-  readonly unindexed?: readonly PackEntry[];
-  /** Offsets of used chunks whose first copy, elsewhere, verified: a repack leaves them out. */
-  readonly drop: ReadonlySet<number>;
-}
-
 /** One pack's trailer, tallied: used chunks (first copies), later copies of used chunks, the rest unused. */
 interface Tally {
   readonly packId: string;
@@ -89,9 +74,14 @@ interface Tally {
   unusedBytes: number;
   usedChunks: number;
   readonly copies: PackEntry[];
+  /** Offsets of used chunks whose first copy, elsewhere, verified: a repack leaves them out. */
   readonly drop: Set<number>;
-  readonly entries: readonly PackEntry[] | undefined;
+  /** The trailer's entries of a pack no index file lists (a kept one is indexed from them). */
+  readonly unindexed: readonly PackEntry[] | undefined;
 }
+
+/** What prune decided for one pack, with only the numbers it needs (the entries are read again to repack). */
+type PackPlan = Readonly<Tally> & { readonly action: "keep" | "delete" | "repack" };
 
 /** Where a chunk's copy is stored. */
 interface CopyPlace {
@@ -198,8 +188,9 @@ async function assertNoReencryption(repo: Repository): Promise<void> {
 }
 
 interface Plan {
-  readonly snapshots: number;
   readonly packs: readonly PackPlan[];
+  /** The index files that list each pack (by pack id), as loaded: those of deleted packs are rewritten. */
+  readonly listedIn: ReadonlyMap<string, readonly string[]>;
   /** Packs an index file lists that are not stored: their listings go with the rewrite. */
   readonly missingPacks: ReadonlySet<string>;
   readonly used: ChunkIndex;
@@ -222,8 +213,16 @@ async function plan(repo: Repository, threshold: number, progress: ProgressSink)
 
 async function planWith(repo: Repository, sessions: SessionKeys, threshold: number, progress: ProgressSink): Promise<Plan> {
   let index: ChunkIndex;
+  const listedIn = new Map<string, string[]>();
   try {
-    index = await loadIndex(repo);
+    index = await loadIndex(repo, undefined, undefined, {
+      onPack: (p) => {
+        const packId = toHex(p.packId);
+        const files = listedIn.get(packId);
+        if (files === undefined) listedIn.set(packId, [p.indexKey]);
+        else if (!files.includes(p.indexKey)) files.push(p.indexKey);
+      },
+    });
   } catch (e) {
     if (e instanceof IntegrityError) throw stop(e, "an index file does not open");
     throw e;
@@ -252,7 +251,7 @@ async function planWith(repo: Repository, sessions: SessionKeys, threshold: numb
     }
   }
 
-  const indexed = new Set(index.packs.map((p) => p.packId));
+  const indexed = new Set(listedIn.keys());
   const stored: { packId: string; key: string; size: number }[] = [];
   for (const obj of await listAll(repo.store, PACK_PREFIX)) {
     const packId = parsePackKey(obj.key);
@@ -284,7 +283,7 @@ async function planWith(repo: Repository, sessions: SessionKeys, threshold: numb
         REPAIR_HINT,
       );
     }
-    const t: Tally = { ...p, sessionId: trailer.sessionId, usedBytes: 0, unusedBytes: 0, usedChunks: 0, copies: [], drop: new Set(), entries: indexed.has(p.packId) ? undefined : trailer.entries };
+    const t: Tally = { ...p, sessionId: trailer.sessionId, usedBytes: 0, unusedBytes: 0, usedChunks: 0, copies: [], drop: new Set(), unindexed: indexed.has(p.packId) ? undefined : trailer.entries };
     for (const e of trailer.entries) {
       if (!used.has(e.chunkId)) t.unusedBytes += e.length;
       else if (found.addPending(e.chunkId)) {
@@ -334,22 +333,12 @@ async function planWith(repo: Repository, sessions: SessionKeys, threshold: numb
     // Rewritten chunks keep their IDs, which must be under the chunk-ID key new sessions use
     // (another one only while a re-encryption with a new key is unfinished, refused above).
     if (action === "repack" && (await sessions.open(t.sessionId)).meta.chunkKeyEpoch !== chunkKeyEpoch) action = "keep";
-    packs.push({
-      packId: t.packId,
-      key: t.key,
-      size: t.size,
-      sessionId: t.sessionId,
-      usedBytes: t.usedBytes,
-      unusedBytes: t.unusedBytes,
-      action,
-      drop: t.drop,
-      ...(action === "keep" && t.entries !== undefined ? { unindexed: t.entries } : {}),
-    });
+    packs.push({ ...t, action });
   }
   const bytesBefore = stored.reduce((n, p) => n + p.size, 0);
   return {
-    snapshots: snapshots.length,
     packs,
+    listedIn,
     missingPacks,
     used,
     snapshotSessions,
@@ -389,21 +378,19 @@ function stop(e: IntegrityError, what: string): IntegrityError {
 async function runPrune(repo: Repository, threshold: number, progress: ProgressSink, workers: number | undefined): Promise<PruneResult> {
   const p = await plan(repo, threshold, progress);
   try {
-    // The index files there are now: the ones written below list only kept or new packs.
-    const oldIndexFiles = (await listAll(repo.store, INDEX_PREFIX)).map((f) => f.key);
     const repack = p.packs.filter((x) => x.action === "repack");
     const rewritten = repack.length === 0 ? undefined : await repackChunks(repo, p, repack, progress, workers);
     const damaged = rewritten?.damaged ?? [];
     const failed = new Set(damaged.map((d) => d.object));
     // Kept packs no index file lists get listings of their own, before anything is deleted.
     const unindexed: IndexedPack[] = p.packs.flatMap((x) =>
-      x.unindexed === undefined ? [] : [{ packId: fromHex(x.packId), sessionId: fromHex(x.sessionId), packLength: x.size, entries: x.unindexed }],
+      x.action !== "keep" || x.unindexed === undefined ? [] : [{ packId: fromHex(x.packId), sessionId: fromHex(x.sessionId), packLength: x.size, entries: x.unindexed }],
     );
     for (let at = 0; at < unindexed.length; at += 64) await writeIndexFile(repo, repo.store, unindexed.slice(at, at + 64));
     // A repacked pack with a chunk that did not verify stays: nothing of it is lost by this run.
     const gone = p.packs.filter((x) => x.action === "delete" || (x.action === "repack" && !failed.has(x.key)));
     const goneIds = new Set([...gone.map((x) => x.packId), ...p.missingPacks]);
-    const indexFilesRewritten = await rewriteIndexFiles(repo, oldIndexFiles, goneIds, progress);
+    const indexFilesRewritten = await rewriteIndexFiles(repo, [...new Set([...goneIds].flatMap((id) => p.listedIn.get(id) ?? []))], goneIds, progress);
     for (const [i, x] of gone.entries()) {
       progress({ phase: "delete packs", done: i + 1, total: gone.length, unit: "items" });
       await repo.store.delete(x.key);
@@ -431,8 +418,8 @@ async function runPrune(repo: Repository, threshold: number, progress: ProgressS
 
 /**
  * Writes the used chunks of the packs to repack into new packs under a new session key, each
- * decrypted and its ID recomputed first (rewrapBlob), so nothing that does not verify is carried
- * over: a pack with such a chunk is reported and kept. New packs are indexed as they become
+ * decrypted and its ID recomputed first (the worker pool's rewrap task, src/maintenance/repack.ts),
+ * so nothing that does not verify is carried over: a pack with such a chunk is reported and kept. New packs are indexed as they become
  * durable, and all of them are before this returns.
  */
 async function repackChunks(
@@ -481,22 +468,19 @@ async function repackChunks(
 }
 
 /**
- * Writes each index file that lists a deleted (or missing) pack again without it, then removes
- * the old file; one that listed nothing else is only removed. New files are stored before old
- * ones go, so a run stopped between the two leaves listings twice, never none.
+ * Writes each index file that lists a deleted (or missing) pack (`keys`, from the loaded index)
+ * again without those packs, then removes the old file; one that listed nothing else is only
+ * removed. New files are stored before old ones go, so a run stopped between the two leaves
+ * listings twice, never none.
  */
 async function rewriteIndexFiles(repo: Repository, keys: readonly string[], gone: ReadonlySet<string>, progress: ProgressSink): Promise<number> {
-  let n = 0;
   for (const [i, key] of keys.entries()) {
     progress({ phase: "rewrite index files", done: i + 1, total: keys.length, unit: "items" });
-    const file = await readIndexFile(repo, key);
-    const kept = file.packs.filter((x) => !gone.has(toHex(x.packId)));
-    if (kept.length === file.packs.length) continue;
+    const kept = (await readIndexFile(repo, key)).packs.filter((x) => !gone.has(toHex(x.packId)));
     if (kept.length > 0) await writeIndexFile(repo, repo.store, kept);
     await repo.store.delete(key);
-    n++;
   }
-  return n;
+  return keys.length;
 }
 
 /** Deletes the key envelopes of sessions not in `needed`: no remaining pack is under them and no snapshot body sealed with them. */
