@@ -2,9 +2,10 @@ import { NotFoundError, UsageError, type Damage } from "../errors.js";
 import { acquireLock } from "../repository/lock.js";
 import type { Repository } from "../repository/repository.js";
 import { listSnapshotKeys, listSnapshots, resolveSnapshot, type SnapshotRecord } from "../snapshot/store.js";
-import { assertVmName } from "../format/snapshot.js";
+import { SNAPSHOT_PREFIX } from "../format/layout.js";
+import { listKeys } from "../storage/types.js";
 import { audited, authorizeAudited, lockAudited } from "../audit/guard.js";
-import { applyPolicy, isEmptyPolicy, type KeepPolicy, type PolicyZone } from "./policy.js";
+import { applyPolicy, checkForgetRequest, type KeepPolicy, type PolicyZone } from "./policy.js";
 import type { ProgressSink } from "../util/progress.js";
 
 export interface ForgetOptions {
@@ -59,14 +60,14 @@ const item = (r: SnapshotRecord): ForgetItem => ({ id: r.header.id, vm: r.header
  */
 export async function forget(repo: Repository, o: ForgetOptions): Promise<ForgetResult> {
   const keepMin = o.keepMin ?? DEFAULT_KEEP_MIN;
-  checkForgetOptions(o, keepMin);
+  checkForgetRequest({ named: o.snapshots?.length ?? 0, policy: o.policy, vm: o.vm, keepMin });
   const target = { ...(o.vm === undefined ? {} : { vm: o.vm }), ...(o.policy === undefined ? {} : { policy: describePolicy(o.policy, keepMin) }) };
   await authorizeAudited(repo, "forget", "forget", target);
-  if (o.dryRun === true) return decide(repo, o, keepMin);
+  if (o.dryRun === true) return (await decide(repo, o, keepMin)).result;
   const entry = { action: "forget" as const, target, reason: o.reason ?? null };
   const lock = await lockAudited(repo, entry, () => acquireLock(repo, "forget", true));
   try {
-    const decided = await decide(repo, o, keepMin);
+    const { result: decided, keys } = await decide(repo, o, keepMin);
     if (decided.removed.length === 0) return decided;
     const ids = decided.removed.map((r) => r.id);
     const vms = [...new Set(decided.removed.map((r) => r.vm))].sort();
@@ -74,7 +75,6 @@ export async function forget(repo: Repository, o: ForgetOptions): Promise<Forget
       entry: { ...entry, target: { ...target, snapshots: ids, vm: vms.length === 1 ? (vms[0] as string) : vms } },
       started: true,
       run: async () => {
-        const keys = await listSnapshotKeys(repo);
         for (const [i, id] of ids.entries()) {
           o.progress?.({ phase: "forget snapshots", done: i + 1, total: ids.length, unit: "items" });
           // Oldest revision first: stopped half way, the newest readable one is still there.
@@ -89,24 +89,20 @@ export async function forget(repo: Repository, o: ForgetOptions): Promise<Forget
   }
 }
 
-function checkForgetOptions(o: ForgetOptions, keepMin: number): void {
-  if (o.vm !== undefined) assertVmName(o.vm);
-  if (!Number.isSafeInteger(keepMin) || keepMin < 0) throw new UsageError(`--keep-min ${keepMin}: give a whole number, 0 or more`);
-  const named = o.snapshots !== undefined && o.snapshots.length > 0;
-  const rules = o.policy !== undefined && !isEmptyPolicy(o.policy);
-  if (named && rules) throw new UsageError("give snapshots to forget or --keep-* rules, not both");
-  if (!named && !rules) throw new UsageError("nothing to forget: give snapshot ids, or --keep-* rules for what to keep", "e.g. `vmvault forget --keep-daily 7 --keep-weekly 4`");
-}
-
-/** What the options remove and keep, read under the caller's lock. */
-async function decide(repo: Repository, o: ForgetOptions, keepMin: number): Promise<ForgetResult> {
+/**
+ * What the options remove and keep, read under the caller's lock, with the snapshots' object keys
+ * by id (one listing of snapshots/ serves the headers, the ids named and the deletion).
+ */
+async function decide(repo: Repository, o: ForgetOptions, keepMin: number): Promise<{ result: ForgetResult; keys: Map<string, string[]> }> {
+  const listed = await listKeys(repo.store, SNAPSHOT_PREFIX);
+  const keys = await listSnapshotKeys(repo, listed);
   const damaged: Damage[] = [];
-  const records = await listSnapshots(repo, (d) => damaged.push(d));
+  const records = await listSnapshots(repo, (d) => damaged.push(d), listed);
   const byTime = (a: ForgetItem, b: ForgetItem): number => (a.time < b.time ? -1 : a.time > b.time ? 1 : a.id < b.id ? -1 : 1);
   if (o.snapshots !== undefined && o.snapshots.length > 0) {
-    const removed = await named(repo, records, damaged, o.snapshots, o.vm);
+    const removed = named(records, damaged, [...keys.keys()], o.snapshots, o.vm);
     if (o.force !== true) assertKeepsMin(records, removed, keepMin);
-    return { dryRun: o.dryRun === true, removed: removed.sort(byTime), kept: [], damaged };
+    return { result: { dryRun: o.dryRun === true, removed: removed.sort(byTime), kept: [], damaged }, keys };
   }
   const pool = o.vm === undefined ? records : records.filter((r) => r.header.vm === o.vm);
   const byId = new Map(pool.map((r) => [r.header.id, r]));
@@ -124,17 +120,16 @@ async function decide(repo: Repository, o: ForgetOptions, keepMin: number): Prom
       else removed.push(item(r));
     }
   }
-  return { dryRun: o.dryRun === true, removed: removed.sort(byTime), kept: kept.sort(byTime), damaged };
+  return { result: { dryRun: o.dryRun === true, removed: removed.sort(byTime), kept: kept.sort(byTime), damaged }, keys };
 }
 
 /**
  * The snapshots the references name. A snapshot whose header does not verify can be named by its
  * id (or a unique prefix of it): forgetting it is how a damaged snapshot stops blocking prune.
  */
-async function named(repo: Repository, records: readonly SnapshotRecord[], damaged: readonly Damage[], refs: readonly string[], vm?: string): Promise<ForgetItem[]> {
+function named(records: readonly SnapshotRecord[], damaged: readonly Damage[], storedIds: readonly string[], refs: readonly string[], vm?: string): ForgetItem[] {
   const out = new Map<string, ForgetItem>();
   const damagedIds = new Set(damaged.flatMap((d) => d.snapshots ?? []));
-  const storedIds = [...(await listSnapshotKeys(repo)).keys()];
   for (const ref of refs) {
     try {
       const r = resolveSnapshot(records, ref, vm);

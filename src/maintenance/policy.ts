@@ -1,4 +1,5 @@
 import { UsageError } from "../errors.js";
+import { assertVmName } from "../format/snapshot.js";
 
 /** What the retention policy needs of a snapshot header. */
 export interface PolicySnapshot {
@@ -262,4 +263,17 @@ function isoWeek(time: CalendarTime): { weekYear: number; week: number } {
 /** Midnight UTC of a calendar date (month 1 to 12), for any year (Date.UTC maps years 0 to 99 to 1900s). */
 function utcDay(year: number, month: number, day: number): number {
   return new Date(0).setUTCFullYear(year, month - 1, day);
+}
+
+/**
+ * What a forget asks for makes sense: snapshots named or keep rules (one of the two), a valid VM
+ * name, a whole --keep-min. The library checks it, and the CLI before the unlock (a command that
+ * can do nothing costs no Argon2id).
+ */
+export function checkForgetRequest(r: { readonly named: number; readonly policy?: KeepPolicy | undefined; readonly vm?: string | undefined; readonly keepMin: number }): void {
+  if (r.vm !== undefined) assertVmName(r.vm);
+  if (!Number.isSafeInteger(r.keepMin) || r.keepMin < 0) throw new UsageError(`--keep-min ${r.keepMin}: give a whole number, 0 or more`);
+  const rules = r.policy !== undefined && !isEmptyPolicy(r.policy);
+  if (r.named > 0 && rules) throw new UsageError("give snapshots to forget or --keep-* rules, not both");
+  if (r.named === 0 && !rules) throw new UsageError("nothing to forget: give snapshot ids, or --keep-* rules for what to keep", "e.g. `vmvault forget --keep-daily 7 --keep-weekly 4 --prune`");
 }

@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import { IntegrityError, UsageError } from "../../errors.js";
 import type { ForgetItem, ForgetResult } from "../../maintenance/forget.js";
-import { isEmptyPolicy, parseDuration, type KeepPolicy } from "../../maintenance/policy.js";
+import { checkForgetRequest, isEmptyPolicy, parseDuration, type KeepPolicy } from "../../maintenance/policy.js";
 import { CliContext } from "../context.js";
 import { noun, plural, table } from "../output.js";
 import { repackPercent, runPrune, type PruneFlags } from "./prune.js";
@@ -55,9 +55,8 @@ export function registerForget(program: Command): void {
         ...(opts.keepWithin === undefined ? {} : { withinMs: opts.keepWithin }),
       };
       // Before the unlock: a command that can do nothing costs no Argon2id.
+      checkForgetRequest({ named: refs.length, policy, vm: opts.vm, keepMin: opts.keepMin ?? 0 });
       const rules = !isEmptyPolicy(policy);
-      if (refs.length > 0 && rules) throw new UsageError("give snapshots to forget or --keep-* rules, not both");
-      if (refs.length === 0 && !rules) throw new UsageError("nothing to forget: give snapshot ids, or --keep-* rules for what to keep", "e.g. `vmvault forget --keep-daily 7 --keep-weekly 4 --prune`");
       if (opts.utc === true && !rules) throw new UsageError("--utc goes with --keep-* rules");
       if (opts.prune === true && opts.dryRun === true) throw new UsageError("--dry-run does not go with --prune", "run `vmvault prune --dry-run` after a real forget to see what it would free");
       if (opts.repackUnused !== undefined && opts.prune !== true) throw new UsageError("--repack-unused goes with --prune");
