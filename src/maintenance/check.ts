@@ -2,8 +2,6 @@ import { IntegrityError, NotFoundError, type Damage } from "../errors.js";
 import { inSubset, type DataSubset } from "./subset.js";
 import { Compressor } from "../compress/compressor.js";
 import { FormatError } from "../format/codec.js";
-import { parseChunkList } from "../format/chunklist.js";
-import { parseEntryBlob } from "../format/entries.js";
 import { ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { parseGrantMeta } from "../format/grant.js";
 import { signedByAnyRootKey } from "../keys/grant.js";
@@ -42,6 +40,7 @@ import type { ChunkIndex } from "../repository/chunk-index.js";
 import type { BadLocations } from "./check-attribution.js";
 import { PackVerifier, readDataRunsInline } from "./check-data.js";
 import { PackChecks, type Listing } from "./check-packs.js";
+import { visitReferences } from "./references.js";
 
 export interface CheckOptions {
   readonly readData?: boolean;
@@ -424,24 +423,7 @@ async function checkReferences(
       return undefined;
     }
   };
-  for (const source of body.sources) {
-    try {
-      if (source.kind === "disk") {
-        for (const listId of source.lists) {
-          const bytes = await readMeta(listId);
-          if (bytes !== undefined) for (const ref of parseChunkList(bytes)) if (ref !== null) use(ref);
-        }
-      } else {
-        for (const blobId of source.entries) {
-          const bytes = await readMeta(blobId);
-          if (bytes !== undefined) for (const e of parseEntryBlob(bytes)) for (const c of e.chunks ?? []) if (c.id !== null) use(fromHex(c.id));
-        }
-      }
-    } catch (e) {
-      if (e instanceof FormatError) report({ object: snap.key, problem: `metadata of ${source.name} is malformed`, snapshots: [id] });
-      else throw e;
-    }
-  }
+  await visitReferences(body, readMeta, (chunk) => void use(chunk), (source) => report({ object: snap.key, problem: `metadata of ${source.name} is malformed`, snapshots: [id] }));
   if (missing > 0) {
     // With packs no readable index lists, the chunks may well be stored: say so, not "missing".
     const why =

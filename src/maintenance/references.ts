@@ -6,6 +6,7 @@ import type { ChunkIndex } from "../repository/chunk-index.js";
 import type { Repository } from "../repository/repository.js";
 import type { SessionKeys } from "../repository/sessions.js";
 import type { BlobReader } from "../restore/blob-reader.js";
+import type { SnapshotBody, SnapshotSource } from "../format/snapshot.js";
 import { readSnapshotBody, type SnapshotRecord } from "../snapshot/store.js";
 import { fromHex } from "../util/bytes.js";
 
@@ -36,20 +37,44 @@ export async function addReferences(repo: Repository, sessions: SessionKeys, rea
       throw e;
     }
   };
+  await visitReferences(
+    body,
+    readBlob,
+    (id) => void used.addPending(id),
+    (source) => {
+      throw fail(`metadata of ${source.name} is malformed`);
+    },
+  );
+}
+
+/**
+ * Every chunk a snapshot body's sources reference, blob by blob (check and prune walk them so):
+ * `read` gives a chunk-list or entry blob's bytes, or undefined to pass over it; `use` sees each
+ * chunk ID they name; a blob that does not parse goes to onMalformed with its source, and the
+ * next source follows.
+ */
+export async function visitReferences(
+  body: SnapshotBody,
+  read: (blobId: string, what: string) => Promise<Uint8Array | undefined>,
+  use: (id: Uint8Array) => void,
+  onMalformed: (source: SnapshotSource) => void,
+): Promise<void> {
   for (const source of body.sources) {
     try {
       if (source.kind === "disk") {
         for (const listId of source.lists) {
-          for (const ref of parseChunkList(await readBlob(listId, `the chunk list of ${source.name}`))) if (ref !== null) used.addPending(ref);
+          const bytes = await read(listId, `the chunk list of ${source.name}`);
+          if (bytes !== undefined) for (const ref of parseChunkList(bytes)) if (ref !== null) use(ref);
         }
       } else {
         for (const blobId of source.entries) {
-          for (const e of parseEntryBlob(await readBlob(blobId, `the entries of ${source.name}`))) for (const c of e.chunks ?? []) if (c.id !== null) used.addPending(fromHex(c.id));
+          const bytes = await read(blobId, `the entries of ${source.name}`);
+          if (bytes !== undefined) for (const e of parseEntryBlob(bytes)) for (const c of e.chunks ?? []) if (c.id !== null) use(fromHex(c.id));
         }
       }
     } catch (e) {
-      if (e instanceof FormatError) throw fail(`metadata of ${source.name} is malformed`);
-      throw e;
+      if (e instanceof FormatError) onMalformed(source);
+      else throw e;
     }
   }
 }
