@@ -8,6 +8,7 @@ import { PoolSessionKeys } from "../pipeline/session-keys.js";
 import { IntegrityError, NotFoundError } from "../errors.js";
 import { readInto, type Store } from "../storage/types.js";
 import { ReadBuffers } from "../util/read-buffers.js";
+import { InFlight } from "../util/in-flight.js";
 import { packPieces, pieceSpan, pieceTable, PIECE_BYTES } from "../pack/pieces.js";
 
 /** What reading one pack's data found. */
@@ -48,7 +49,7 @@ export class PackVerifier {
   readonly #keys: PoolSessionKeys;
   readonly #pool: WorkerPool;
   readonly #maxInFlight: number;
-  readonly #inFlight = new Set<Promise<void>>();
+  readonly #inFlight = new InFlight();
   readonly #buffers: ReadBuffers;
   readonly results = new Map<string, PackDataResult>();
   maxPacksInFlight = 0;
@@ -77,19 +78,19 @@ export class PackVerifier {
    * entries, and those other listings of it add).
    */
   async submit(job: string, packId: string, sessionId: string, packLength: number, entries: readonly PackEntry[]): Promise<void> {
-    while (this.#inFlight.size >= this.#maxInFlight) await Promise.race(this.#inFlight);
-    const run = this.#verify(packId, sessionId, packLength, entries).then(
-      (r) => void this.results.set(job, r),
-      (e: unknown) => void this.results.set(job, { messages: [failureMessage(e)], bytesRead: 0 }),
+    await this.#inFlight.room(this.#maxInFlight);
+    this.#inFlight.add(
+      this.#verify(packId, sessionId, packLength, entries).then(
+        (r) => void this.results.set(job, r),
+        (e: unknown) => void this.results.set(job, { messages: [failureMessage(e)], bytesRead: 0 }),
+      ),
     );
-    const tracked = run.finally(() => this.#inFlight.delete(tracked));
-    this.#inFlight.add(tracked);
     this.maxPacksInFlight = Math.max(this.maxPacksInFlight, this.#inFlight.size);
   }
 
   /** Waits for every submitted job. */
   async finish(): Promise<Map<string, PackDataResult>> {
-    while (this.#inFlight.size > 0) await Promise.race(this.#inFlight);
+    await this.#inFlight.drained();
     return this.results;
   }
 

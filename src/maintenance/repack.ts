@@ -12,17 +12,18 @@ import type { Session, SessionKeys } from "../repository/sessions.js";
 import { readInto } from "../storage/types.js";
 import { toHex } from "../util/bytes.js";
 import { ReadBuffers } from "../util/read-buffers.js";
+import { InFlight } from "../util/in-flight.js";
 import { packPieces, pieceSpan, pieceTable, PIECE_BYTES } from "../pack/pieces.js";
 
 
 /**
- * Moves chunks into new packs through the worker pool: each piece of a pack is read, opened by a
- * worker (authenticated, decrypted, decompressed, its keyed ID recomputed, as a restore opens
- * it), and the plaintexts that verify are sealed again by a worker under the new session key
- * with their IDs unchanged; the blobs go to the pack writer one piece after another. A few pieces
- * are in flight, so memory is bounded whatever the number of packs. A chunk is counted as
- * written (and skipped by later pieces) only once its blob is in the pack writer: one that does
- * not verify here may still be written from another copy.
+ * Moves chunks into new packs through the worker pool: each piece of a pack is read into a
+ * reused buffer and handed to the rewrap task (each blob authenticated, decrypted, decompressed
+ * and its keyed ID recomputed as a restore opens it, then its framed bytes sealed again under the
+ * new session key with the same ID, not compressed again); the new blobs go to the pack writer
+ * one piece after another. A few pieces are in flight, so memory is bounded whatever the number
+ * of packs. A chunk is counted as written (and skipped by later pieces) only once its blob is in
+ * the pack writer: one that does not verify here may still be written from another copy.
  */
 export class Repacker {
   readonly #repo: Repository;
@@ -32,7 +33,7 @@ export class Repacker {
   readonly #written: ChunkIndex;
   readonly #newKey: string;
   readonly #maxInFlight: number;
-  readonly #inFlight = new Set<Promise<void>>();
+  readonly #inFlight = new InFlight();
   #appendTail: Promise<void> = Promise.resolve();
   /**
    * The pieces' buffers, reused: a new 2 MiB buffer per piece is a fresh mapping the kernel
@@ -67,16 +68,14 @@ export class Repacker {
     const pieces = packPieces(entries);
     for (const p of pieces) {
       this.#throwIfFailed();
-      while (this.#inFlight.size >= this.#maxInFlight) await Promise.race(this.#inFlight);
-      const run = this.#move(packId, sessionId, packLength, p).catch((e: unknown) => void (this.#failure ??= e));
-      const tracked = run.finally(() => this.#inFlight.delete(tracked));
-      this.#inFlight.add(tracked);
+      await this.#inFlight.room(this.#maxInFlight);
+      this.#inFlight.add(this.#move(packId, sessionId, packLength, p).catch((e: unknown) => void (this.#failure ??= e)));
     }
   }
 
   /** Waits until every queued chunk is in the pack writer (not yet flushed). */
   async finish(): Promise<void> {
-    while (this.#inFlight.size > 0) await Promise.race(this.#inFlight);
+    await this.#inFlight.drained();
     await this.#appendTail;
     this.#throwIfFailed();
   }

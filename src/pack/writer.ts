@@ -6,6 +6,7 @@ import type { IndexedPack } from "../format/index-file.js";
 import { openWriter, type AppendOnlyStore, type ObjectWriter } from "../storage/types.js";
 import { drawPackIds, type PackIds } from "../backup/pack-ids.js";
 import { toHex } from "../util/bytes.js";
+import { InFlight } from "../util/in-flight.js";
 
 export interface PackWriterOptions {
   readonly store: AppendOnlyStore;
@@ -63,7 +64,7 @@ export class PackWriter {
   readonly #stageWaiters: (() => void)[] = [];
   #entries: PackEntry[] = [];
   #size = PACK_PREFIX_BYTES;
-  readonly #inFlight = new Set<Promise<void>>();
+  readonly #inFlight = new InFlight();
   #announced: Promise<void> = Promise.resolve();
   #failure: unknown;
   packsWritten = 0;
@@ -119,7 +120,7 @@ export class PackWriter {
   /** Seals the open pack and waits until every pack is durable and announced. */
   async flush(): Promise<void> {
     if (this.#entries.length > 0) await this.#seal();
-    while (this.#inFlight.size > 0) await Promise.race(this.#inFlight);
+    await this.#inFlight.drained();
     await this.#announced;
     this.#throwIfFailed();
   }
@@ -253,11 +254,9 @@ export class PackWriter {
       this.#failure ??= e;
     });
     this.#announced = write;
-    const tracked = write.finally(() => this.#inFlight.delete(tracked));
-    this.#inFlight.add(tracked);
+    this.#inFlight.add(write);
     this.maxInFlightSeen = Math.max(this.maxInFlightSeen, this.#inFlight.size);
-    const limit = this.#o.maxInFlight ?? 2;
-    while (this.#inFlight.size >= limit) await Promise.race(this.#inFlight);
+    await this.#inFlight.room(this.#o.maxInFlight ?? 2);
     this.#throwIfFailed();
   }
 
