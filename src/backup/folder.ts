@@ -14,6 +14,7 @@ import { canUseXattrs, type Xattr } from "../util/xattrs.js";
 import type { ProgressSink } from "../util/progress.js";
 import { FolderBatcher } from "./folder-batch.js";
 import type { ChunkSink } from "./sink.js";
+import { compareCodeUnits } from "../util/text.js";
 
 /** Entry blobs end after an entry whose path hashes to 0 mod this (about 64 entries) or at the size cap. */
 const ENTRY_CUT_MODULUS = 64;
@@ -383,9 +384,7 @@ function sameIdentity(a: FileIdentity, b: FileIdentity): boolean {
 const SLASH = Buffer.from("/");
 
 /** Array.prototype.sort's default order (UTF-16 code units), which folder walks have always used. */
-function compareNames(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
-}
+const compareNames = compareCodeUnits;
 
 /** A file system path for messages: text as it is, bytes escaped where they are not UTF-8. */
 function shownFsPath(p: string | Buffer): string {

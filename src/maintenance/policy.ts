@@ -1,4 +1,5 @@
 import { UsageError } from "../errors.js";
+import { compareCodeUnits } from "../util/text.js";
 import { assertVmName } from "../format/snapshot.js";
 
 /** What the retention policy needs of a snapshot header. */
@@ -140,7 +141,7 @@ function groupByVm(snapshots: readonly PolicySnapshot[]): [string, PolicySnapsho
     if (group === undefined) groups.set(snapshot.vm, [snapshot]);
     else group.push(snapshot);
   }
-  return [...groups].sort(([a], [b]) => compareText(a, b));
+  return [...groups].sort(([a], [b]) => compareCodeUnits(a, b));
 }
 
 /** The decisions for one VM's snapshots, newest first. */
@@ -216,13 +217,9 @@ function timedSnapshot(snapshot: PolicySnapshot): TimedSnapshot {
 
 /** Orders snapshots newest first, equal times by id descending. */
 function newestFirst(a: TimedSnapshot, b: TimedSnapshot): number {
-  return b.ms - a.ms || compareText(b.snapshot.id, a.snapshot.id);
+  return b.ms - a.ms || compareCodeUnits(b.snapshot.id, a.snapshot.id);
 }
 
-/** Compares strings by UTF-16 code units, the same on every host (unlike localeCompare). */
-function compareText(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
-}
 
 /** The calendar date and hour of a time, in this host's time zone or in UTC. */
 function calendarTime(ms: number, zone: PolicyZone): CalendarTime {

@@ -7,3 +7,8 @@ export function noun(n: number, word: string, many = `${word}s`): string {
 export function plural(n: number, word: string, many = `${word}s`): string {
   return `${n} ${noun(n, word, many)}`;
 }
+
+/** Orders strings by their UTF-16 code units (Array.prototype.sort's default), the same on every host, unlike localeCompare. */
+export function compareCodeUnits(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
