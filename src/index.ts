@@ -28,6 +28,8 @@ export type { PreviewItem, PreviewOptions, PreviewResult, PreviewSource } from "
 export { INLINE_JOB_BYTES } from "./pipeline/pool.js";
 export type { SkippedEntry } from "./backup/folder.js";
 export type { RestoreOptions, RestoreResult } from "./restore/restore.js";
+export type { ExportAddress, ExportListening, ExportOptions, ExportResult } from "./restore/export.js";
+export type { NbdEvent } from "./restore/nbd-server.js";
 export type { ListedItem, ListOptions, ListResult } from "./restore/list.js";
 export type { Change, DiffOptions, DiffResult } from "./restore/diff.js";
 export type { FindOptions, FindResult, FoundItem } from "./restore/find.js";

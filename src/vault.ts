@@ -8,6 +8,7 @@ import { initRepository, openRepository, type InitOptions, type OpenOptions } fr
 import { refreshRegistryView } from "./repository/registry-view.js";
 import type { Repository } from "./repository/repository.js";
 import type { RestoreOptions, RestoreResult } from "./restore/restore.js";
+import type { ExportOptions, ExportResult } from "./restore/export.js";
 import type { ListedItem, ListOptions, ListResult } from "./restore/list.js";
 import type { Change, DiffOptions, DiffResult } from "./restore/diff.js";
 import type { FindOptions, FindResult, FoundItem } from "./restore/find.js";
@@ -86,6 +87,15 @@ export class Vault {
 
   async restore(o: RestoreOptions): Promise<RestoreResult> {
     return (await import("./restore/restore.js")).restore(this.repository, o);
+  }
+
+  /**
+   * Serves a snapshot's disks read-only over NBD (a VM boots from them, `qemu-img convert` or
+   * `nbdcopy` copies them) until o.signal stops it (admin, operator, restorer; needs a reason;
+   * recorded in the audit trail as `export` before it listens and when it stops).
+   */
+  async exportNbd(o: ExportOptions): Promise<ExportResult> {
+    return (await import("./restore/export.js")).exportNbd(this.repository, o);
   }
 
   /**

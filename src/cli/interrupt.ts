@@ -14,6 +14,7 @@ const SIGNALS = ["SIGINT", "SIGTERM"] as const;
 export class Interrupts {
   readonly #controller = new AbortController();
   #cancellable = false;
+  #cancellableNote = "; stopped before its partial files were removed (the next restore into the same folder lists them)";
   #note = "";
   /** The line is JSON (--json), as main() reports every other error. */
   json = false;
@@ -23,9 +24,13 @@ export class Interrupts {
    */
   beforeExit: (() => Promise<unknown>) | undefined;
 
-  /** The signal of a command that stops by itself once it aborts. */
-  cancellable(): AbortSignal {
+  /**
+   * The signal of a command that stops by itself once it aborts; note: what the line printed
+   * adds when a second signal ends it at once (default: a restore's partial files).
+   */
+  cancellable(note?: string): AbortSignal {
     this.#cancellable = true;
+    if (note !== undefined) this.#cancellableNote = note;
     return this.#controller.signal;
   }
 
@@ -60,7 +65,7 @@ export class Interrupts {
   }
 
   #exit(signal: NodeJS.Signals): void {
-    const note = this.#cancellable ? "; stopped before its partial files were removed (the next restore into the same folder lists them)" : this.#note;
+    const note = this.#cancellable ? this.#cancellableNote : this.#note;
     const message = `interrupted (${signal})${note}`;
     if (this.json) process.stderr.write(`${errorJson(new InterruptedError(message, signal))}\n`);
     // On a terminal the line starts after the echoed ^C.

@@ -13,6 +13,7 @@ import { registerKey } from "./commands/key.js";
 import { registerRepair } from "./commands/repair.js";
 import { registerForget } from "./commands/forget.js";
 import { registerPrune } from "./commands/prune.js";
+import { registerExport } from "./commands/export.js";
 import { describeError, errorJson, exitCodeOf } from "./exit.js";
 import { shownText } from "./output.js";
 import { Interrupts } from "./interrupt.js";
@@ -44,6 +45,7 @@ export function buildProgram(interrupts: Interrupts = new Interrupts(), json = f
   registerLs(program, interrupts);
   registerDiff(program, interrupts);
   registerFind(program, interrupts);
+  registerExport(program, interrupts);
   registerCheck(program);
   registerForget(program);
   registerPrune(program);

@@ -1,0 +1,88 @@
+import type { Command } from "commander";
+import { UsageError } from "../../errors.js";
+import type { ExportAddress, ExportListening } from "../../restore/export.js";
+import type { NbdEvent } from "../../restore/nbd-server.js";
+import { CliContext } from "../context.js";
+import type { Interrupts } from "../interrupt.js";
+import { formatBytes, plural, terminalJson } from "../output.js";
+
+/** NBD's own port (IANA), as in the library; repeated here so the CLI checks arguments before loading it. */
+const NBD_PORT = 10809;
+
+export function registerExport(program: Command, interrupts: Interrupts): void {
+  const exp = program.command("export").description("serve a snapshot to other programs (every export needs a reason)");
+  exp
+    .command("nbd")
+    .description("serve a snapshot's disks read-only over NBD until stopped (Ctrl-C or SIGTERM): boot a VM from them, or copy them with qemu-img or nbdcopy")
+    .argument("<snapshot>", "snapshot id, unique id prefix, or `latest`")
+    .requiredOption("--reason <text>", "why (kept in the audit trail)")
+    .option("--vm <name>", "pick among this VM's snapshots")
+    .option("--disk <name>", "export only this disk (default: every disk, each under its name)")
+    .option("--listen <address>", `IP address and port to listen on, as HOST:PORT, [IPv6]:PORT or HOST (default 127.0.0.1:${NBD_PORT}; port 0 picks a free one)`)
+    .option("--socket <path>", "listen on this Unix socket instead (made with mode 0600: only this user, and root, may connect)")
+    .option("--allow-remote", "allow a --listen address other than loopback (NBD sends the disks as plaintext, to anyone who can connect)")
+    .option("--once", "stop once the first client has disconnected")
+    .action(async (snapshot: string, opts: { reason: string; vm?: string; disk?: string; listen?: string; socket?: string; allowRemote?: boolean; once?: boolean }, command: Command) => {
+      const ctx = new CliContext(command);
+      // Checked before the unlock: a bad address costs no Argon2id.
+      if (opts.reason.trim() === "") throw new UsageError("an export needs --reason TEXT (it is kept in the audit trail)");
+      if (opts.listen !== undefined && opts.socket !== undefined) throw new UsageError("give --listen or --socket, not both");
+      const listen: ExportAddress = opts.socket !== undefined ? { socket: opts.socket } : parseListen(opts.listen ?? `127.0.0.1:${NBD_PORT}`);
+      const vault = await ctx.openVault();
+      try {
+        const r = await vault.exportNbd({
+          snapshot,
+          reason: opts.reason,
+          listen,
+          ...(opts.vm === undefined ? {} : { vm: opts.vm }),
+          ...(opts.disk === undefined ? {} : { disk: opts.disk }),
+          allowRemote: opts.allowRemote === true,
+          once: opts.once === true,
+          signal: interrupts.cancellable("; the export stopped without recording its outcome"),
+          onListening: (l) => printListening(ctx, l, opts.once === true),
+          onEvent: (e) => ctx.warn(eventLine(e)),
+        });
+        if (ctx.json) process.stdout.write(`${terminalJson(r, 0)}\n`);
+        else ctx.out(`export stopped: ${plural(r.connections, "connection")}, ${plural(r.reads, "read")}, ${formatBytes(r.bytes)} served`);
+      } finally {
+        await vault.close();
+      }
+    });
+}
+
+/** HOST:PORT, [IPv6]:PORT, or a host alone (NBD's port). */
+export function parseListen(text: string): ExportAddress {
+  const v6 = /^\[([^\]]+)\](?::(\d+))?$/.exec(text);
+  const v4 = /^([^:]+)(?::(\d+))?$/.exec(text);
+  const m = v6 ?? v4;
+  if (m === null) throw new UsageError(`--listen ${text}: give HOST:PORT, [IPv6]:PORT or HOST`);
+  const port = m[2] === undefined ? NBD_PORT : Number(m[2]);
+  if (!Number.isInteger(port) || port > 65535) throw new UsageError(`--listen ${text}: the port must be a number from 0 to 65535`);
+  return { host: m[1] as string, port };
+}
+
+/** What the export serves and where: for people, or one line of JSON (the result follows as another when it stops). */
+function printListening(ctx: CliContext, l: ExportListening, once: boolean): void {
+  if (ctx.json) {
+    process.stdout.write(`${terminalJson(l, 0)}\n`);
+    return;
+  }
+  const until = once ? "until its first client disconnects" : "until stopped (Ctrl-C or SIGTERM)";
+  ctx.out(`exporting snapshot ${l.snapshotId} of VM ${l.vm} read-only over NBD at ${l.address}, ${until}`);
+  for (const x of l.exports) ctx.out(`  ${x.name}  ${formatBytes(x.size)}  ${x.uri}`);
+}
+
+function eventLine(e: NbdEvent): string {
+  switch (e.kind) {
+    case "connected":
+      return `client ${e.client} connected`;
+    case "opened":
+      return `client ${e.client} reads ${e.disk}`;
+    case "closed":
+      return `client ${e.client} disconnected after ${plural(e.reads, "read")} (${formatBytes(e.bytes)})${e.error === undefined ? "" : `: ${e.error}`}`;
+    case "refused":
+      return `client ${e.client} turned away: ${e.reason}`;
+    case "read failed":
+      return `warning: a read of ${e.disk} (${e.length} bytes at ${e.offset}) by ${e.client} failed and was answered with EIO: ${e.error.message}`;
+  }
+}

@@ -1,0 +1,182 @@
+import { IntegrityError } from "../errors.js";
+import { LIST_SPAN, type ChunkRef } from "../format/chunklist.js";
+import type { DiskSource } from "../format/snapshot.js";
+import type { BlobReader } from "./blob-reader.js";
+import { readList } from "./disk.js";
+
+/** A piece of a read, in order: verified bytes, or a run of zeros (a hole) that costs no read. */
+export type DiskPiece = { readonly offset: number; readonly data: Uint8Array } | { readonly offset: number; readonly zeros: number };
+
+/** A run of the disk that is all data or all holes. */
+export interface Extent {
+  readonly length: number;
+  readonly hole: boolean;
+}
+
+/** What an NBD export serves: a disk's size, its bytes at any offset, and where its holes are. */
+export interface ExportedDisk {
+  readonly name: string;
+  readonly size: number;
+  /** The disk's chunk size: reads aligned to it decode no chunk twice. */
+  readonly blockSize: number;
+  /**
+   * Hands [offset, offset + length) to emit piece by piece, in order, waiting for each (so a
+   * slow client slows the reading, and memory stays at one piece). Bytes are handed out only
+   * once verified; a chunk that does not verify rejects with an IntegrityError.
+   */
+  read(offset: number, length: number, emit: (piece: DiskPiece) => Promise<void>): Promise<void>;
+  /** Data and hole runs from offset, covering at most length bytes and at most maxExtents runs. */
+  extents(offset: number, length: number, maxExtents: number): Promise<Extent[]>;
+}
+
+/** Decoded chunk lists kept: each covers LIST_SPAN chunks (128 MiB of disk at 32 KiB chunks). */
+const LISTS_KEPT = 8;
+
+/**
+ * Random access to a snapshot's disk image: the position of a byte gives its chunk list (every
+ * list but the last covers exactly LIST_SPAN chunks) and its chunk; chunks are read through the
+ * BlobReader (authenticated, decrypted, ID recomputed) and the most recent ones kept, up to
+ * cacheBytes, so a client reading 4 KiB at a time decodes each chunk once. Memory does not grow
+ * with the disk: a few lists and the cache.
+ */
+export class SnapshotDisk implements ExportedDisk {
+  readonly name: string;
+  readonly size: number;
+  readonly blockSize: number;
+  readonly #disk: DiskSource;
+  readonly #reader: BlobReader;
+  readonly #snapshotKey: string;
+  readonly #chunkCount: number;
+  readonly #lists = new Map<number, Promise<ChunkRef[]>>();
+  readonly #chunks = new Map<number, Uint8Array>();
+  readonly #chunksKept: number;
+  /** Chunks read from the repository (cache misses). */
+  chunksRead = 0;
+
+  constructor(disk: DiskSource, reader: BlobReader, snapshotKey: string, o: { cacheBytes?: number } = {}) {
+    this.#disk = disk;
+    this.#reader = reader;
+    this.#snapshotKey = snapshotKey;
+    this.name = disk.name;
+    this.size = disk.size;
+    this.blockSize = disk.chunkSize;
+    if (!Number.isSafeInteger(disk.chunkSize) || disk.chunkSize <= 0) throw this.#damage(`has chunk size ${disk.chunkSize}`);
+    this.#chunkCount = Math.ceil(disk.size / disk.chunkSize);
+    const listsNeeded = Math.ceil(this.#chunkCount / LIST_SPAN);
+    if (disk.lists.length !== listsNeeded && !(this.#chunkCount === 0 && disk.lists.length <= 1)) {
+      throw this.#damage(`has ${disk.lists.length} chunk lists for ${this.#chunkCount} chunks`);
+    }
+    this.#chunksKept = Math.max(1, Math.floor((o.cacheBytes ?? 32 * 1024 * 1024) / disk.chunkSize));
+  }
+
+  async read(offset: number, length: number, emit: (piece: DiskPiece) => Promise<void>): Promise<void> {
+    this.#checkRange(offset, length);
+    const cs = this.#disk.chunkSize;
+    let at = offset;
+    const end = offset + length;
+    while (at < end) {
+      const index = Math.floor(at / cs);
+      const chunkStart = index * cs;
+      const within = at - chunkStart;
+      const take = Math.min(end, chunkStart + this.#chunkLength(index)) - at;
+      const ref = await this.#ref(index);
+      if (ref === null) {
+        // A run of holes becomes one piece.
+        let zeros = take;
+        let next = index + 1;
+        while (at + zeros < end && (await this.#ref(next)) === null) {
+          zeros += Math.min(end - (at + zeros), this.#chunkLength(next));
+          next++;
+        }
+        await emit({ offset: at, zeros });
+        at += zeros;
+        continue;
+      }
+      const chunk = await this.#chunk(index, ref);
+      await emit({ offset: at, data: chunk.subarray(within, within + take) });
+      at += take;
+    }
+  }
+
+  async extents(offset: number, length: number, maxExtents: number): Promise<Extent[]> {
+    this.#checkRange(offset, length);
+    const cs = this.#disk.chunkSize;
+    const out: { length: number; hole: boolean }[] = [];
+    let at = offset;
+    const end = offset + length;
+    while (at < end) {
+      const index = Math.floor(at / cs);
+      const take = Math.min(end, index * cs + this.#chunkLength(index)) - at;
+      const hole = (await this.#ref(index)) === null;
+      const last = out[out.length - 1];
+      if (last !== undefined && last.hole === hole) last.length += take;
+      else {
+        if (out.length === maxExtents) break;
+        out.push({ length: take, hole });
+      }
+      at += take;
+    }
+    return out;
+  }
+
+  #checkRange(offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
+      throw new RangeError(`range ${offset}+${length} is outside the disk (${this.size} bytes)`);
+    }
+  }
+
+  #chunkLength(index: number): number {
+    return Math.min(this.#disk.chunkSize, this.size - index * this.#disk.chunkSize);
+  }
+
+  async #ref(index: number): Promise<ChunkRef> {
+    const listNo = Math.floor(index / LIST_SPAN);
+    const list = await this.#list(listNo);
+    const ref = list[index - listNo * LIST_SPAN];
+    if (ref === undefined) throw this.#damage(`chunk list ${listNo} ends before chunk ${index}`);
+    return ref;
+  }
+
+  async #list(listNo: number): Promise<ChunkRef[]> {
+    let list = this.#lists.get(listNo);
+    if (list !== undefined) {
+      this.#lists.delete(listNo);
+      this.#lists.set(listNo, list);
+      return list;
+    }
+    list = this.#loadList(listNo);
+    this.#lists.set(listNo, list);
+    // A list that failed to load is asked for again next time, not kept as a failure.
+    list.catch(() => this.#lists.delete(listNo));
+    if (this.#lists.size > LISTS_KEPT) this.#lists.delete(this.#lists.keys().next().value as number);
+    return list;
+  }
+
+  async #loadList(listNo: number): Promise<ChunkRef[]> {
+    const id = this.#disk.lists[listNo];
+    if (id === undefined) throw this.#damage(`has no chunk list ${listNo}`);
+    const refs = await readList(this.#reader, id, this.#snapshotKey);
+    const expected = Math.min(LIST_SPAN, this.#chunkCount - listNo * LIST_SPAN);
+    if (refs.length !== Math.max(0, expected)) throw this.#damage(`chunk list ${listNo} has ${refs.length} positions, not ${expected}`);
+    return refs;
+  }
+
+  async #chunk(index: number, id: Uint8Array): Promise<Uint8Array> {
+    const kept = this.#chunks.get(index);
+    if (kept !== undefined) {
+      this.#chunks.delete(index);
+      this.#chunks.set(index, kept);
+      return kept;
+    }
+    const data = await this.#reader.read(id);
+    this.chunksRead++;
+    if (data.length !== this.#chunkLength(index)) throw this.#damage(`chunk at ${index * this.#disk.chunkSize} has the wrong length`);
+    this.#chunks.set(index, data);
+    if (this.#chunks.size > this.#chunksKept) this.#chunks.delete(this.#chunks.keys().next().value as number);
+    return data;
+  }
+
+  #damage(what: string): IntegrityError {
+    return IntegrityError.object(this.#snapshotKey, `disk ${this.#disk.name} ${what}`);
+  }
+}

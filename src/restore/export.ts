@@ -1,0 +1,178 @@
+import net from "node:net";
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import { IntegrityError, NotFoundError, StorageError, UsageError, type Damage } from "../errors.js";
+import type { DiskSource } from "../format/snapshot.js";
+import type { SnapshotRecord } from "../snapshot/store.js";
+import type { Repository } from "../repository/repository.js";
+import { contentsRequest, readContents, type OpenedContents } from "./contents.js";
+import { SnapshotDisk } from "./disk-reader.js";
+import { NbdServer, type NbdEvent } from "./nbd-server.js";
+
+/** Where the export listens: a TCP address, or a Unix socket (made with mode 0600). */
+export type ExportAddress = { readonly host: string; readonly port: number } | { readonly socket: string };
+
+/** The IANA port of NBD, which clients assume when a URI gives none. */
+export const NBD_PORT = 10809;
+
+export interface ExportOptions {
+  readonly snapshot: string;
+  /** Why, kept in the audit trail (required: an export decrypts a VM's disks for a person). */
+  readonly reason: string;
+  readonly vm?: string;
+  /** Export only this disk (default: every disk of the snapshot, each under its name). */
+  readonly disk?: string;
+  /** Default: 127.0.0.1, port 10809. */
+  readonly listen?: ExportAddress;
+  /**
+   * Allow a TCP address other than loopback. NBD has no authentication here and the bytes cross
+   * the network as plaintext: anyone who can reach the address reads the disks (SECURITY.md).
+   */
+  readonly allowRemote?: boolean;
+  /** Stop once the first client has disconnected (and no other is connected). */
+  readonly once?: boolean;
+  /** Decrypted chunks kept for clients that read a chunk piece by piece (default 32 MiB). */
+  readonly cacheBytes?: number;
+  /** Connections served at once (default 16). */
+  readonly maxConnections?: number;
+  /** Told once the export listens: what it serves and where. */
+  readonly onListening?: (info: ExportListening) => void;
+  /** Connections opened and closed, reads that failed. */
+  readonly onEvent?: (e: NbdEvent) => void;
+  /** Stops the export: connections end after their current request, and the outcome is recorded. */
+  readonly signal?: AbortSignal;
+}
+
+export interface ExportListening {
+  readonly snapshotId: string;
+  readonly vm: string;
+  /** "127.0.0.1:10809" or the socket's path. */
+  readonly address: string;
+  readonly exports: readonly { readonly name: string; readonly size: number; readonly uri: string }[];
+}
+
+export interface ExportResult extends ExportListening {
+  readonly connections: number;
+  readonly reads: number;
+  /** Bytes of the disks served (holes counted by their length). */
+  readonly bytes: number;
+  /** Index files left out because they did not authenticate (the export did not need them). */
+  readonly damagedIndexes: readonly Damage[];
+}
+
+/**
+ * Serves a snapshot's disks read-only over NBD until the signal stops it (or, with once, its
+ * first client leaves). Reading a snapshot's contents is the restore capability (admin,
+ * operator, restorer): authorized first, with a reason; a shared lock is held throughout (no
+ * prune deletes what is being served); the "started" record is stored before the export
+ * listens, and the outcome (connections, reads, bytes) when it stops. Every chunk is verified
+ * before a byte of it is sent; a chunk that does not verify is answered with EIO, and the
+ * export then ends with E_INTEGRITY.
+ */
+export async function exportNbd(repo: Repository, o: ExportOptions): Promise<ExportResult> {
+  if (o.reason.trim() === "") throw new UsageError("an export needs --reason TEXT (it is kept in the audit trail)");
+  const listen = o.listen ?? { host: "127.0.0.1", port: NBD_PORT };
+  checkAddress(listen, o.allowRemote === true);
+  const request = contentsRequest([o.snapshot], { ...o, paths: [] });
+  const target = { address: shownAddress(listen), ...(o.disk === undefined ? {} : { disk: o.disk }) };
+  return readContents(repo, "export", { ...request, target }, (opened) => serve(opened, listen, o), (r) => ({ connections: r.connections, reads: r.reads, bytes: r.bytes }));
+}
+
+async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOptions): Promise<ExportResult> {
+  o.signal?.throwIfAborted();
+  const record = opened.records[0] as SnapshotRecord;
+  const body = opened.bodies[0];
+  const all = (body?.sources ?? []).filter((s): s is DiskSource => s.kind === "disk");
+  if (all.length === 0) throw new UsageError(`snapshot ${record.header.id} holds no disk image to export`, "restore its folders instead");
+  const chosen = o.disk === undefined ? all : all.filter((d) => d.name === o.disk);
+  if (chosen.length === 0) throw new NotFoundError(`the snapshot has no disk named ${o.disk}`, `its disks: ${all.map((d) => d.name).join(", ")}`);
+  const reader = await opened.reader();
+  const disks = chosen.map((d) => new SnapshotDisk(d, reader, record.key, o.cacheBytes === undefined ? {} : { cacheBytes: o.cacheBytes }));
+  const server = new NbdServer(disks, {
+    ...(o.maxConnections === undefined ? {} : { maxConnections: o.maxConnections }),
+    ...(o.onEvent === undefined ? {} : { onEvent: o.onEvent }),
+    describe: (d) => `disk ${d.name} of VM ${record.header.vm}, snapshot ${record.header.id} (${record.header.time}), read-only`,
+  });
+  const address = await listenOn(server, listen);
+  const listening: ExportListening = {
+    snapshotId: record.header.id,
+    vm: record.header.vm,
+    address,
+    exports: disks.map((d) => ({ name: d.name, size: d.size, uri: exportUri(listen, address, d.name) })),
+  };
+  try {
+    o.onListening?.(listening);
+    await new Promise<void>((resolve) => {
+      if (o.signal?.aborted === true) return resolve();
+      o.signal?.addEventListener("abort", () => resolve(), { once: true });
+      if (o.once === true) server.onIdle = resolve;
+    });
+  } finally {
+    await server.close();
+    if ("socket" in listen) await fsp.rm(listen.socket, { force: true });
+  }
+  const s = server.stats;
+  if (s.failedReads > 0) {
+    const first = s.firstFailure;
+    const damage = first instanceof IntegrityError ? first.damage : [];
+    throw new IntegrityError(`${s.failedReads} read${s.failedReads === 1 ? "" : "s"} of the export failed, the first with: ${first?.message ?? "an unknown error"}`, damage);
+  }
+  return { ...listening, connections: s.connections, reads: s.reads, bytes: s.bytes, damagedIndexes: opened.damagedIndexes() };
+}
+
+/** Loopback unless allowRemote; a port from 0 (any free one) to 65535. */
+function checkAddress(a: ExportAddress, allowRemote: boolean): void {
+  if ("socket" in a) {
+    if (a.socket === "") throw new UsageError("give the export's Unix socket a path");
+    return;
+  }
+  if (!Number.isInteger(a.port) || a.port < 0 || a.port > 65535) throw new UsageError(`port ${a.port} is not a port number (0 to 65535; 0 picks a free one)`);
+  if (net.isIP(a.host) === 0 && a.host !== "localhost") throw new UsageError(`${a.host} is not an IP address to listen on`, "give an address such as 127.0.0.1 or ::1");
+  if (!allowRemote && !isLoopback(a.host)) {
+    throw new UsageError(`${a.host} is not a loopback address: an NBD export has no authentication and sends the disks as plaintext`, "listen on 127.0.0.1 or a Unix socket (--socket) and reach it through an SSH tunnel, or pass --allow-remote on a network you trust");
+  }
+}
+
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+async function listenOn(server: NbdServer, at: ExportAddress): Promise<string> {
+  try {
+    if ("socket" in at) {
+      const where = path.resolve(at.socket);
+      // Only the user running the export may connect: the socket is made with mode 0600.
+      const mask = process.umask(0o177);
+      let bound: Promise<unknown>;
+      try {
+        bound = server.listen({ path: where });
+      } finally {
+        process.umask(mask);
+      }
+      await bound;
+      await fsp.chmod(where, 0o600);
+      return where;
+    }
+    const a = await server.listen({ host: at.host, port: at.port });
+    if (typeof a === "string") return a;
+    return a.family === "IPv6" ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const where = "socket" in at ? at.socket : shownAddress(at);
+    if (code === "EADDRINUSE") throw new StorageError(`cannot listen on ${where}: it is in use`, e);
+    if (code === "EACCES") throw new StorageError(`cannot listen on ${where}: permission denied`, e);
+    throw new StorageError(`cannot listen on ${where}: ${(e as Error).message}`, e);
+  }
+}
+
+function shownAddress(a: ExportAddress): string {
+  if ("socket" in a) return path.resolve(a.socket);
+  return a.host.includes(":") ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
+}
+
+/** The URI a client such as qemu-img or nbdinfo takes for one export. */
+function exportUri(at: ExportAddress, bound: string, name: string): string {
+  const exportName = encodeURIComponent(name);
+  if ("socket" in at) return `nbd+unix:///${exportName}?socket=${encodeURIComponent(bound)}`;
+  return `nbd://${bound}/${exportName}`;
+}
