@@ -11,6 +11,9 @@ command -v virsh >/dev/null 2>&1 || need="$need libvirt-clients"
 # libvirtd and QEMU: the live-backup tests run a real VM (TCG) under a private libvirtd.
 [ -x /usr/sbin/libvirtd ] || need="$need libvirt-daemon-system"
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need="$need qemu-system-x86"
+# qemu-img, qemu-io and nbdinfo/nbdcopy: the NBD export's tests read it with real NBD clients.
+command -v qemu-img >/dev/null 2>&1 || need="$need qemu-utils"
+command -v nbdinfo >/dev/null 2>&1 || need="$need libnbd-bin"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing Debian packages:$need" >&2

@@ -75,7 +75,7 @@ export async function exportNbd(repo: Repository, o: ExportOptions): Promise<Exp
   checkAddress(listen, o.allowRemote === true);
   const request = contentsRequest([o.snapshot], { ...o, paths: [] });
   const target = { address: shownAddress(listen), ...(o.disk === undefined ? {} : { disk: o.disk }) };
-  return readContents(repo, "export", { ...request, target }, (opened) => serve(opened, listen, o), (r) => ({ connections: r.connections, reads: r.reads, bytes: r.bytes }));
+  return readContents(repo, "export", { ...request, target }, (opened) => serve(opened, listen, o), (r) => ({ address: r.address, connections: r.connections, reads: r.reads, bytes: r.bytes }));
 }
 
 async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOptions): Promise<ExportResult> {
