@@ -1,0 +1,216 @@
+/**
+ * Random access to a backed-up disk image (what the NBD export serves): any range reads back as
+ * the image's bytes, holes as zeros that cost no read, across a chunk list's boundary and a last
+ * chunk shorter than the others; chunks are decoded once while kept; damage is an
+ * IntegrityError, never bytes.
+ */
+import { mkdtempSync, promises as fsp, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import fc from "fast-check";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { FsStore, KDF_TEST, Vault } from "../../src/index.js";
+import { IntegrityError } from "../../src/errors.js";
+import { Compressor } from "../../src/compress/compressor.js";
+import { LIST_SPAN } from "../../src/format/chunklist.js";
+import type { DiskSource } from "../../src/format/snapshot.js";
+import { loadIndex } from "../../src/repository/index-files.js";
+import { SessionKeys } from "../../src/repository/sessions.js";
+import { BlobReader } from "../../src/restore/blob-reader.js";
+import { SnapshotDisk, type DiskPiece } from "../../src/restore/disk-reader.js";
+import { findSnapshot, readSnapshotBody } from "../../src/snapshot/store.js";
+import { passphrase, seededBytes } from "../helpers/fixtures.js";
+
+const KiB = 1024;
+const CHUNK = 16 * KiB;
+/** Two chunk lists and a short last chunk. */
+const SIZE = (LIST_SPAN + 100) * CHUNK + 1000;
+/** Where the image has data (offset, length): the rest is holes. */
+const DATA: [number, number][] = [
+  [0, 5000],
+  [3 * CHUNK + 100, 2 * CHUNK],
+  [LIST_SPAN * CHUNK - 3 * KiB, 6 * KiB],
+  [SIZE - 20_000, 20_000],
+];
+
+let dir: string;
+let image: Uint8Array;
+let vault: Vault;
+let sessions: SessionKeys;
+let reader: BlobReader;
+let disk: DiskSource;
+let key: string;
+
+beforeAll(async () => {
+  // Kept for every test (tempDirs would remove it after the first).
+  dir = mkdtempSync(path.join(os.tmpdir(), "vmvault-disk-reader-"));
+  image = new Uint8Array(SIZE);
+  for (const [at, n] of DATA) image.set(seededBytes(`data ${at}`, n), at);
+  const file = path.join(dir, "vda.raw");
+  const h = await fsp.open(file, "w");
+  await h.truncate(SIZE);
+  for (const [at, n] of DATA) await h.write(image, at, n, at);
+  await h.close();
+  const repo = path.join(dir, "repo");
+  vault = await Vault.init({ store: new FsStore(repo), user: "admin", passphrase: passphrase(), kdf: KDF_TEST, allowWeakKdf: true, config: { imageChunkSize: CHUNK } });
+  await vault.backup({ vm: "vm", sources: [file] });
+  const r = vault.repository;
+  sessions = new SessionKeys(r);
+  const index = await loadIndex(r, undefined, undefined, { idBytes: 8 });
+  reader = new BlobReader(r, index, sessions, new Compressor(r.config));
+  const record = await findSnapshot(r, "latest");
+  key = record.key;
+  disk = (await readSnapshotBody(r, sessions, record)).sources[0] as DiskSource;
+}, 60_000);
+
+afterAll(async () => {
+  sessions.dispose();
+  await vault.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** The pieces of a read, checked to follow each other, and the bytes they make. */
+async function readRange(d: SnapshotDisk, offset: number, length: number): Promise<{ bytes: Uint8Array; pieces: DiskPiece[] }> {
+  const bytes = new Uint8Array(length);
+  const pieces: DiskPiece[] = [];
+  let at = offset;
+  await d.read(offset, length, async (p) => {
+    expect(p.offset).toBe(at);
+    pieces.push(p);
+    const n = "data" in p ? p.data.length : p.zeros;
+    if ("data" in p) bytes.set(p.data, p.offset - offset);
+    at += n;
+  });
+  expect(at).toBe(offset + length);
+  return { bytes, pieces };
+}
+
+describe("SnapshotDisk", () => {
+  it("holds two chunk lists and a short last chunk (the fixture is what the tests say)", () => {
+    expect(disk.lists.length).toBe(2);
+    expect(disk.size % CHUNK).toBe(1000);
+  });
+
+  it("reads any range back as the image's bytes", async () => {
+    const d = new SnapshotDisk(disk, reader, key);
+    await fc.assert(
+      fc.asyncProperty(fc.integer({ min: 0, max: SIZE - 1 }), fc.integer({ min: 1, max: 200 * KiB }), async (offset, wanted) => {
+        const length = Math.min(wanted, SIZE - offset);
+        const { bytes } = await readRange(d, offset, length);
+        expect(Buffer.compare(bytes, image.subarray(offset, offset + length))).toBe(0);
+      }),
+      { numRuns: 150 },
+    );
+    // The ranges that matter most, always: across the lists' boundary, the very end, all of it.
+    for (const [offset, length] of [
+      [LIST_SPAN * CHUNK - 5 * KiB, 10 * KiB],
+      [SIZE - 1500, 1500],
+      [0, SIZE],
+    ] as const) {
+      const { bytes } = await readRange(d, offset, length);
+      expect(Buffer.compare(bytes, image.subarray(offset, offset + length))).toBe(0);
+    }
+  });
+
+  it("hands out a run of holes as one piece that reads nothing", async () => {
+    const d = new SnapshotDisk(disk, reader, key);
+    const before = reader.bytesFetched;
+    const { pieces } = await readRange(d, 6 * CHUNK, 100 * CHUNK);
+    expect(pieces).toEqual([{ offset: 6 * CHUNK, zeros: 100 * CHUNK }]);
+    // Only the chunk list was read.
+    expect(d.chunksRead).toBe(0);
+    expect(reader.bytesFetched - before).toBeLessThan(256 * KiB);
+  });
+
+  it("maps data and holes chunk by chunk, runs merged", async () => {
+    const d = new SnapshotDisk(disk, reader, key);
+    const expected: { length: number; hole: boolean }[] = [];
+    for (let at = 0; at < SIZE; at += CHUNK) {
+      const n = Math.min(CHUNK, SIZE - at);
+      const hole = image.subarray(at, at + n).every((b) => b === 0);
+      const last = expected[expected.length - 1];
+      if (last !== undefined && last.hole === hole) last.length += n;
+      else expected.push({ length: n, hole });
+    }
+    expect(await d.extents(0, SIZE, 10_000)).toEqual(expected);
+    // At most as many runs as asked for, from any offset, never past the range.
+    const two = await d.extents(100, SIZE - 100, 2);
+    expect(two).toEqual([
+      { length: (expected[0]?.length ?? 0) - 100, hole: false },
+      { length: expected[1]?.length, hole: true },
+    ]);
+    const mid = await d.extents(4 * CHUNK, 10, 5);
+    expect(mid).toEqual([{ length: 10, hole: false }]);
+  });
+
+  it("decodes a chunk once for many small reads while it is kept, and again once it was dropped", async () => {
+    const d = new SnapshotDisk(disk, reader, key);
+    for (let at = 0; at < CHUNK; at += 4 * KiB) await readRange(d, 3 * CHUNK + at, 4 * KiB);
+    expect(d.chunksRead).toBe(1);
+    const small = new SnapshotDisk(disk, reader, key, { cacheBytes: CHUNK });
+    await readRange(small, 3 * CHUNK, 10);
+    await readRange(small, 4 * CHUNK, 10);
+    await readRange(small, 3 * CHUNK, 10);
+    expect(small.chunksRead).toBe(3);
+  });
+
+  it("refuses ranges outside the disk", async () => {
+    const d = new SnapshotDisk(disk, reader, key);
+    await expect(d.read(SIZE - 10, 11, async () => undefined)).rejects.toThrow(RangeError);
+    await expect(d.read(-1, 10, async () => undefined)).rejects.toThrow(RangeError);
+    await expect(d.extents(SIZE, 1, 1)).rejects.toThrow(RangeError);
+  });
+
+  it("reports damage as IntegrityError: too few lists, a list of the wrong length, a chunk that does not verify", async () => {
+    expect(() => new SnapshotDisk({ ...disk, lists: disk.lists.slice(0, 1) }, reader, key)).toThrow(IntegrityError);
+    // The short last list where a full one belongs.
+    const swapped = new SnapshotDisk({ ...disk, lists: [disk.lists[1] as string, disk.lists[1] as string] }, reader, key);
+    await expect(swapped.read(0, 10, async () => undefined)).rejects.toThrow(/chunk list 0 has 101 positions, not 4096/);
+    // A disk whose size says one chunk more than its lists hold.
+    const longer = new SnapshotDisk({ ...disk, size: disk.size + CHUNK }, reader, key);
+    await expect(longer.read(disk.size, 10, async () => undefined)).rejects.toThrow(IntegrityError);
+  });
+
+  it("never hands out the bytes of a chunk that does not verify", async () => {
+    // A copy of the repository whose data pack has one byte flipped in every blob's region.
+    const copy = path.join(dir, "tampered");
+    await fsp.cp(path.join(dir, "repo"), copy, { recursive: true });
+    const packs: string[] = [];
+    for (const sub of await fsp.readdir(path.join(copy, "data"))) for (const f of await fsp.readdir(path.join(copy, "data", sub))) packs.push(path.join(copy, "data", sub, f));
+    const opened = await Vault.open({ store: new FsStore(copy), user: "admin", passphrase: passphrase() });
+    const r = opened.repository;
+    const s = new SessionKeys(r);
+    try {
+      const index = await loadIndex(r, undefined, undefined, { idBytes: 8 });
+      const blobs = new BlobReader(r, index, s, new Compressor(r.config));
+      const record = await findSnapshot(r, "latest");
+      const source = (await readSnapshotBody(r, s, record)).sources[0] as DiskSource;
+      const d = new SnapshotDisk(source, blobs, record.key);
+      // The lists load before the damage, so only the data chunk is hit.
+      await d.extents(0, SIZE, 1);
+      await d.extents(LIST_SPAN * CHUNK, CHUNK, 1);
+      const loc = blobs.location(firstDataId(await listOf(blobs, source, record.key)));
+      const pack = packs.find((p) => p.endsWith(loc.pack.packId)) as string;
+      const bytes = await fsp.readFile(pack);
+      bytes[loc.offset + 40] = (bytes[loc.offset + 40] as number) ^ 1;
+      await fsp.writeFile(pack, bytes);
+      const handed: DiskPiece[] = [];
+      await expect(d.read(0, 100, async (p) => void handed.push(p))).rejects.toThrow(IntegrityError);
+      expect(handed).toEqual([]);
+    } finally {
+      s.dispose();
+      await opened.close();
+    }
+  });
+});
+
+async function listOf(blobs: BlobReader, source: DiskSource, snapshotKey: string): Promise<(Uint8Array | null)[]> {
+  const { readList } = await import("../../src/restore/disk.js");
+  return readList(blobs, source.lists[0] as string, snapshotKey);
+}
+
+function firstDataId(list: readonly (Uint8Array | null)[]): Uint8Array {
+  const id = list.find((x): x is Uint8Array => x !== null);
+  if (id === undefined) throw new Error("no data chunk");
+  return id;
+}
