@@ -1,0 +1,588 @@
+/**
+ * The export's NBD server at the wire level: a hand-written client on a real TCP socket talks
+ * to NbdServer serving an in-memory disk of 16 blocks of 64 KiB, some of them data, some holes,
+ * one that fails verification. The handshake (greeting, options, NBD_OPT_GO and
+ * NBD_OPT_EXPORT_NAME), simple and structured replies, block status, the connection limit and
+ * the server's close are each checked byte for byte.
+ */
+import type { AddressInfo } from "node:net";
+import { afterEach, describe, expect, it } from "vitest";
+import { IntegrityError } from "../../src/errors.js";
+import type { DiskPiece, ExportedDisk, Extent } from "../../src/restore/disk-reader.js";
+import { NbdServer, type NbdEvent, type NbdServerOptions } from "../../src/restore/nbd-server.js";
+import { seededBytes } from "../helpers/fixtures.js";
+import { goData, IHAVEOPT, metaContextData, NBDMAGIC, NbdClient, REPLY_FLAG_DONE, type Chunk, type OptionReply } from "../helpers/nbd-client.js";
+
+const KiB = 1024;
+const BLOCK = 64 * KiB;
+const SIZE = 16 * BLOCK;
+/** Blocks that are holes, and the block whose read fails verification. */
+const HOLES = new Set([2, 5, 6, 7, 11, 15]);
+const BAD = 13;
+
+/** The disk's bytes as a client must see them: seeded data, zeros in the holes. */
+const IMAGE = ((): Uint8Array => {
+  const b = seededBytes("nbd-server-disk", SIZE);
+  for (const h of HOLES) b.fill(0, h * BLOCK, (h + 1) * BLOCK);
+  return b;
+})();
+
+// Numbers from the NBD protocol document.
+const Opt = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, STARTTLS: 5, INFO: 6, GO: 7, STRUCTURED_REPLY: 8, LIST_META_CONTEXT: 9, SET_META_CONTEXT: 10 };
+const Rep = { ACK: 1, SERVER: 2, INFO: 3, META_CONTEXT: 4, ERR_UNSUP: 0x80000001, ERR_INVALID: 0x80000003, ERR_UNKNOWN: 0x80000006 };
+const Info = { EXPORT: 0, NAME: 1, DESCRIPTION: 2, BLOCK_SIZE: 3 };
+const Cmd = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, WRITE_ZEROES: 6, BLOCK_STATUS: 7 };
+const ChunkType = { OFFSET_DATA: 1, OFFSET_HOLE: 2, BLOCK_STATUS: 5, ERROR: 0x8001 };
+const TX_HAS_FLAGS = 1 << 0;
+const TX_READ_ONLY = 1 << 1;
+const REQ_ONE = 1 << 3;
+const EPERM = 1;
+const EIO = 5;
+const EINVAL = 22;
+
+/** An in-memory ExportedDisk: pieces block by block (a run of holes as one piece), block BAD failing. */
+class FakeDisk implements ExportedDisk {
+  readonly size = SIZE;
+  readonly blockSize = BLOCK;
+  readonly name: string;
+  /** When set, every read waits for it before its first piece. */
+  gate: Promise<void> | undefined;
+  /** Called as each read starts. */
+  onRead: (() => void) | undefined;
+
+  constructor(name: string) {
+    this.name = name;
+  }
+
+  async read(offset: number, length: number, emit: (piece: DiskPiece) => Promise<void>): Promise<void> {
+    if (offset < 0 || length < 0 || offset + length > SIZE) throw new RangeError(`range ${offset}+${length} outside the disk`);
+    this.onRead?.();
+    if (this.gate !== undefined) await this.gate;
+    const end = offset + length;
+    let at = offset;
+    while (at < end) {
+      const block = Math.floor(at / BLOCK);
+      if (block === BAD) throw IntegrityError.object("obj", "bad");
+      let stop = Math.min(end, (block + 1) * BLOCK);
+      if (HOLES.has(block)) {
+        while (stop < end && HOLES.has(stop / BLOCK)) stop = Math.min(end, stop + BLOCK);
+        await emit({ offset: at, zeros: stop - at });
+      } else {
+        await emit({ offset: at, data: IMAGE.slice(at, stop) });
+      }
+      at = stop;
+    }
+  }
+
+  async extents(offset: number, length: number, maxExtents: number): Promise<Extent[]> {
+    const out: { length: number; hole: boolean }[] = [];
+    const end = offset + length;
+    for (let at = offset; at < end; ) {
+      const block = Math.floor(at / BLOCK);
+      const take = Math.min(end, (block + 1) * BLOCK) - at;
+      const hole = HOLES.has(block);
+      const last = out[out.length - 1];
+      if (last !== undefined && last.hole === hole) last.length += take;
+      else if (out.length === maxExtents) break;
+      else out.push({ length: take, hole });
+      at += take;
+    }
+    return out;
+  }
+}
+
+const servers: NbdServer[] = [];
+const clients: NbdClient[] = [];
+
+afterEach(async () => {
+  for (const c of clients.splice(0)) c.destroy();
+  await Promise.all(servers.splice(0).map((s) => s.close()));
+});
+
+interface Served {
+  readonly server: NbdServer;
+  readonly port: number;
+  readonly events: NbdEvent[];
+  readonly disks: FakeDisk[];
+}
+
+async function serve(names: readonly string[] = ["vda"], o: NbdServerOptions = {}): Promise<Served> {
+  const events: NbdEvent[] = [];
+  const disks = names.map((n) => new FakeDisk(n));
+  const server = new NbdServer(disks, { ...o, onEvent: (e) => events.push(e) });
+  servers.push(server);
+  const address = (await server.listen({ host: "127.0.0.1", port: 0 })) as AddressInfo;
+  return { server, port: address.port, events, disks };
+}
+
+async function connect(port: number): Promise<NbdClient> {
+  const c = await NbdClient.connect(port);
+  clients.push(c);
+  return c;
+}
+
+/** A client in the transmission phase on export name (structured replies and base:allocation first, when asked). */
+async function opened(port: number, o: { structured?: boolean; allocation?: boolean; name?: string } = {}): Promise<NbdClient> {
+  const c = await connect(port);
+  await c.start();
+  if (o.structured === true) expect(types(await c.option(Opt.STRUCTURED_REPLY))).toEqual([Rep.ACK]);
+  if (o.allocation === true) expect(types(await c.option(Opt.SET_META_CONTEXT, metaContextData(o.name ?? "vda", ["base:allocation"])))).toEqual([Rep.META_CONTEXT, Rep.ACK]);
+  expect(types(await c.option(Opt.GO, goData(o.name ?? "vda"))).at(-1)).toBe(Rep.ACK);
+  return c;
+}
+
+function types(replies: readonly OptionReply[]): number[] {
+  return replies.map((r) => r.type);
+}
+
+/** The info replies of an NBD_OPT_INFO or NBD_OPT_GO, by information type. */
+function infos(replies: readonly OptionReply[]): Map<number, Buffer> {
+  const m = new Map<number, Buffer>();
+  for (const r of replies) if (r.type === Rep.INFO) m.set(r.data.readUInt16BE(0), r.data.subarray(2));
+  return m;
+}
+
+async function readSimple(c: NbdClient, offset: number, length: number): Promise<Buffer> {
+  const handle = c.request(Cmd.READ, offset, length);
+  const r = await c.readSimpleReply(length);
+  expect(r.handle).toEqual(handle);
+  expect(r.error).toBe(0);
+  return r.data;
+}
+
+/** Until cond holds, polling (for events the server emits after the client sees the socket close). */
+async function until(cond: () => boolean, ms = 2000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error("timed out waiting");
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** Byte equality without an element-by-element deep comparison (slow on large arrays), naming the first difference. */
+function expectBytes(actual: Uint8Array, expected: Uint8Array, what: string): void {
+  const a = Buffer.from(actual.buffer, actual.byteOffset, actual.byteLength);
+  const e = Buffer.from(expected.buffer, expected.byteOffset, expected.byteLength);
+  if (a.equals(e)) return;
+  let i = 0;
+  while (i < a.length && i < e.length && a[i] === e[i]) i++;
+  expect.fail(`${what}: ${a.length} bytes where ${e.length} were expected, first difference at byte ${i}`);
+}
+
+/** A structured error chunk's errno and message. */
+function chunkError(c: Chunk): { errno: number; message: string } {
+  expect(c.type).toBe(ChunkType.ERROR);
+  const length = c.payload.readUInt16BE(4);
+  expect(c.payload.length).toBe(6 + length);
+  return { errno: c.payload.readUInt32BE(0), message: c.payload.subarray(6).toString("utf8") };
+}
+
+describe("NbdServer handshake", () => {
+  it("greets with NBDMAGIC, IHAVEOPT and FIXED_NEWSTYLE|NO_ZEROES, and closes on unknown client flags", async () => {
+    const { port, events } = await serve();
+    const c = await connect(port);
+    const greeting = await c.read(18);
+    expect(greeting).toEqual(Buffer.concat([NBDMAGIC, IHAVEOPT, Buffer.from([0, 3])]));
+    c.write(Buffer.from([0, 0, 0, 0x4 | 1]));
+    expect(await c.closesWithin()).toBe(true);
+    expect(c.buffered).toBe(0);
+    await until(() => events.some((e) => e.kind === "closed"));
+    expect(events.some((e) => e.kind === "opened")).toBe(false);
+  });
+
+  it("lists the exports, refuses bad and unknown options, and carries on to a GO", async () => {
+    const { port } = await serve(["vda", "vdb"], { describe: (d) => `disk ${d.name}` });
+    const c = await connect(port);
+    await c.start();
+    const list = await c.option(Opt.LIST);
+    expect(types(list)).toEqual([Rep.SERVER, Rep.SERVER, Rep.ACK]);
+    expect(list.every((r) => r.option === Opt.LIST)).toBe(true);
+    const names = list.slice(0, 2).map((r) => r.data.subarray(4, 4 + r.data.readUInt32BE(0)).toString("utf8"));
+    expect(names).toEqual(["vda", "vdb"]);
+    expect(list[0]?.data.subarray(4 + 3).toString("utf8")).toBe("disk vda");
+    expect(types(await c.option(Opt.LIST, Buffer.from("x")))).toEqual([Rep.ERR_INVALID]);
+    const unknown = await c.option(99);
+    expect(unknown).toHaveLength(1);
+    expect(unknown[0]).toMatchObject({ option: 99, type: Rep.ERR_UNSUP });
+    expect(types(await c.option(Opt.STARTTLS))).toEqual([Rep.ERR_UNSUP]);
+    const go = await c.option(Opt.GO, goData("vdb"));
+    expect(types(go).at(-1)).toBe(Rep.ACK);
+    expect(await readSimple(c, 0, 100)).toEqual(Buffer.from(IMAGE.subarray(0, 100)));
+  });
+
+  it("answers INFO and GO with the size, read-only flags, block sizes and the name when asked", async () => {
+    const { port } = await serve(["vda", "vdb"]);
+    const c = await connect(port);
+    await c.start();
+    const info = await c.option(Opt.INFO, goData("vdb", [Info.NAME, Info.BLOCK_SIZE]));
+    expect(types(info).at(-1)).toBe(Rep.ACK);
+    expect(info.every((r) => r.option === Opt.INFO)).toBe(true);
+    const byType = infos(info);
+    const exp = byType.get(Info.EXPORT);
+    expect(exp?.length).toBe(10);
+    expect(exp?.readBigUInt64BE(0)).toBe(BigInt(SIZE));
+    const flags = exp?.readUInt16BE(8) ?? 0;
+    expect(flags & TX_HAS_FLAGS).toBe(TX_HAS_FLAGS);
+    expect(flags & TX_READ_ONLY).toBe(TX_READ_ONLY);
+    expect(byType.get(Info.NAME)?.toString("utf8")).toBe("vdb");
+    const sizes = byType.get(Info.BLOCK_SIZE);
+    expect(sizes?.length).toBe(12);
+    expect([sizes?.readUInt32BE(0), sizes?.readUInt32BE(4), sizes?.readUInt32BE(8)]).toEqual([1, BLOCK, 32 * 1024 * 1024]);
+
+    // Not asked for, the name is not sent; INFO left the session in option haggling.
+    const go = await c.option(Opt.GO, goData("vda"));
+    expect(types(go).at(-1)).toBe(Rep.ACK);
+    expect(infos(go).has(Info.NAME)).toBe(false);
+    expect(infos(go).get(Info.EXPORT)?.readBigUInt64BE(0)).toBe(BigInt(SIZE));
+    expect(await readSimple(c, BLOCK, 10)).toEqual(Buffer.from(IMAGE.subarray(BLOCK, BLOCK + 10)));
+  });
+
+  it("refuses unknown and malformed names with GO, and lets the empty name pick the only disk", async () => {
+    const two = await serve(["vda", "vdb"]);
+    const c = await connect(two.port);
+    await c.start();
+    const unknown = await c.option(Opt.GO, goData("nope"));
+    expect(types(unknown)).toEqual([Rep.ERR_UNKNOWN]);
+    const message = unknown[0]?.data.toString("utf8") ?? "";
+    expect(message).toContain("vda");
+    expect(message).toContain("vdb");
+    // A name length past the end of the option's data.
+    const malformed = Buffer.from([0, 0, 0, 100, 0x61, 0x62]);
+    expect(types(await c.option(Opt.GO, malformed))).toEqual([Rep.ERR_INVALID]);
+    expect(types(await c.option(Opt.INFO, malformed))).toEqual([Rep.ERR_INVALID]);
+    // With two disks the empty name names none.
+    expect(types(await c.option(Opt.GO, goData("")))).toEqual([Rep.ERR_UNKNOWN]);
+    expect(types(await c.option(Opt.GO, goData("vda"))).at(-1)).toBe(Rep.ACK);
+
+    const one = await serve(["only"]);
+    const d = await connect(one.port);
+    await d.start();
+    const go = await d.option(Opt.GO, goData("", [Info.NAME]));
+    expect(types(go).at(-1)).toBe(Rep.ACK);
+    expect(infos(go).get(Info.NAME)?.toString("utf8")).toBe("only");
+    expect(await readSimple(d, 3 * BLOCK - 5, 10)).toEqual(Buffer.from(IMAGE.subarray(3 * BLOCK - 5, 3 * BLOCK + 5)));
+  });
+
+  it("answers EXPORT_NAME with size and flags, 124 zeros only without NO_ZEROES, and closes on an unknown name", async () => {
+    const { port } = await serve();
+    for (const noZeroes of [false, true]) {
+      const c = await connect(port);
+      await c.start(noZeroes ? 3 : 1);
+      c.sendOption(Opt.EXPORT_NAME, Buffer.from("vda"));
+      const reply = await c.read(noZeroes ? 10 : 134);
+      expect(reply.readBigUInt64BE(0)).toBe(BigInt(SIZE));
+      expect(reply.readUInt16BE(8) & (TX_HAS_FLAGS | TX_READ_ONLY)).toBe(TX_HAS_FLAGS | TX_READ_ONLY);
+      if (!noZeroes) expect(reply.subarray(10).every((b) => b === 0)).toBe(true);
+      // The next bytes are the read's reply: nothing more came with the export's answer.
+      expect(await readSimple(c, 0, 16)).toEqual(Buffer.from(IMAGE.subarray(0, 16)));
+    }
+    const c = await connect(port);
+    await c.start();
+    c.sendOption(Opt.EXPORT_NAME, Buffer.from("nope"));
+    expect(await c.closesWithin()).toBe(true);
+    expect(c.buffered).toBe(0);
+  });
+});
+
+describe("NbdServer simple replies", () => {
+  it("reads exactly the disk's bytes across block boundaries and holes", async () => {
+    const { port, server } = await serve();
+    const c = await opened(port);
+    const ranges: [number, number][] = [
+      [0, 4096],
+      [BLOCK - 10, 20],
+      [2 * BLOCK - 5, BLOCK + 10],
+      [0, 2 * BLOCK + 1],
+      [3 * BLOCK, 1],
+      [4 * BLOCK + 7, 5 * BLOCK],
+      [5 * BLOCK, 3 * BLOCK],
+      [SIZE - 4096, 4096],
+      [11 * BLOCK - 1, 2 * BLOCK + 1],
+      [14 * BLOCK + 5, 2 * BLOCK - 5],
+      [0, BAD * BLOCK],
+    ];
+    for (const [offset, length] of ranges) expectBytes(await readSimple(c, offset, length), IMAGE.subarray(offset, offset + length), `read ${offset}+${length}`);
+    expect(server.stats.reads).toBe(ranges.length);
+    expect(server.stats.bytes).toBe(ranges.reduce((s, [, l]) => s + l, 0));
+  });
+
+  it("refuses reads past the end and of nothing with EINVAL and no data, and carries on", async () => {
+    const { port } = await serve();
+    const c = await opened(port);
+    for (const [offset, length] of [[SIZE - 10, 11], [SIZE, 1], [0, 0], [2n ** 63n, 1]] as const) {
+      const handle = c.request(Cmd.READ, offset, length);
+      const r = await c.readSimpleReply();
+      expect(r.error, `${offset}+${length}`).toBe(EINVAL);
+      expect(r.handle).toEqual(handle);
+    }
+    // The next reply starts right after the error replies (readSimpleReply checks its magic).
+    expect(await readSimple(c, SIZE - 10, 10)).toEqual(Buffer.from(IMAGE.subarray(SIZE - 10)));
+  });
+
+  it("refuses writes, trims and write-zeroes with EPERM, flushes, refuses unknown commands, and ends on DISC", async () => {
+    const { port } = await serve();
+    const c = await opened(port);
+    const handle = c.request(Cmd.WRITE, 0, 4096, { payload: new Uint8Array(4096).fill(0x25) });
+    expect(await c.readSimpleReply()).toMatchObject({ error: EPERM, handle });
+    // The payload was consumed, not taken for requests, and nothing was written.
+    expect(await readSimple(c, 0, 4096)).toEqual(Buffer.from(IMAGE.subarray(0, 4096)));
+    c.request(Cmd.TRIM, 0, 4096);
+    expect((await c.readSimpleReply()).error).toBe(EPERM);
+    c.request(Cmd.WRITE_ZEROES, 0, 4096);
+    expect((await c.readSimpleReply()).error).toBe(EPERM);
+    const flush = c.request(Cmd.FLUSH, 0, 0);
+    expect(await c.readSimpleReply()).toMatchObject({ error: 0, handle: flush });
+    c.request(42, 0, 4096);
+    expect((await c.readSimpleReply()).error).toBe(EINVAL);
+    expect(await readSimple(c, BLOCK, 8)).toEqual(Buffer.from(IMAGE.subarray(BLOCK, BLOCK + 8)));
+    c.request(Cmd.DISC, 0, 0);
+    expect(await c.closesWithin()).toBe(true);
+    expect(c.buffered).toBe(0);
+  });
+
+  it("answers a read of a block that fails verification with EIO and counts it", async () => {
+    const { port, server, events } = await serve();
+    const c = await opened(port);
+    const handle = c.request(Cmd.READ, BAD * BLOCK + 100, 4096);
+    expect(await c.readSimpleReply(4096)).toMatchObject({ error: EIO, handle, data: Buffer.alloc(0) });
+    expect(server.stats.failedReads).toBe(1);
+    expect(server.stats.firstFailure).toBeInstanceOf(IntegrityError);
+    expect(events.filter((e) => e.kind === "read failed")).toMatchObject([{ disk: "vda", offset: BAD * BLOCK + 100, length: 4096 }]);
+    // The session goes on.
+    expectBytes(await readSimple(c, (BAD - 1) * BLOCK, BLOCK), IMAGE.subarray((BAD - 1) * BLOCK, BAD * BLOCK), "the block before the bad one");
+  });
+
+  it("ends the session when a simple read fails after its header went out, never sending unverified bytes", async () => {
+    const { port, server } = await serve();
+    const c = await opened(port);
+    c.request(Cmd.READ, (BAD - 1) * BLOCK, 2 * BLOCK);
+    const header = await c.read(16);
+    expect(header.readUInt32BE(4)).toBe(0);
+    expect(await c.closesWithin()).toBe(true);
+    // The good block came, and nothing of the bad one.
+    expect(c.buffered).toBe(BLOCK);
+    expectBytes(await c.read(BLOCK), IMAGE.subarray((BAD - 1) * BLOCK, BAD * BLOCK), "the good block");
+    expect(server.stats.failedReads).toBe(1);
+  });
+});
+
+describe("NbdServer structured replies", () => {
+  it("sends data and hole chunks that reassemble to the disk, the last one marked done", async () => {
+    const { port } = await serve();
+    const c = await opened(port, { structured: true });
+    const offset = BLOCK + 100;
+    const length = 6 * BLOCK;
+    const handle = c.request(Cmd.READ, offset, length);
+    const chunks = await c.readChunks();
+    const got = new Uint8Array(length).fill(0xee);
+    let covered = 0;
+    for (const [i, ch] of chunks.entries()) {
+      expect(ch.handle).toEqual(handle);
+      expect(ch.flags & REPLY_FLAG_DONE).toBe(i === chunks.length - 1 ? REPLY_FLAG_DONE : 0);
+      const at = Number(ch.payload.readBigUInt64BE(0)) - offset;
+      if (ch.type === ChunkType.OFFSET_DATA) {
+        got.set(ch.payload.subarray(8), at);
+        covered += ch.payload.length - 8;
+      } else {
+        expect(ch.type).toBe(ChunkType.OFFSET_HOLE);
+        expect(ch.payload.length).toBe(12);
+        got.fill(0, at, at + ch.payload.readUInt32BE(8));
+        covered += ch.payload.readUInt32BE(8);
+      }
+    }
+    expect(new Set(chunks.map((ch) => ch.type))).toEqual(new Set([ChunkType.OFFSET_DATA, ChunkType.OFFSET_HOLE]));
+    expect(covered).toBe(length);
+    expectBytes(got, IMAGE.subarray(offset, offset + length), "reassembled chunks");
+    expect(c.buffered).toBe(0);
+  });
+
+  it("answers a failed read with an EIO error chunk, after the good pieces, and a bad range with EINVAL", async () => {
+    const { port, server } = await serve();
+    const c = await opened(port, { structured: true });
+    const handle = c.request(Cmd.READ, BAD * BLOCK, 4096);
+    const failed = await c.readChunks();
+    expect(failed).toHaveLength(1);
+    expect(failed[0]?.handle).toEqual(handle);
+    expect(failed[0]?.flags).toBe(REPLY_FLAG_DONE);
+    const e = chunkError(failed[0] as Chunk);
+    expect(e.errno).toBe(EIO);
+    expect(e.message.length).toBeGreaterThan(0);
+
+    c.request(Cmd.READ, (BAD - 1) * BLOCK, 2 * BLOCK);
+    const partial = await c.readChunks();
+    expect(partial.map((ch) => [ch.type, ch.flags])).toEqual([
+      [ChunkType.OFFSET_DATA, 0],
+      [ChunkType.ERROR, REPLY_FLAG_DONE],
+    ]);
+    expectBytes(partial[0]?.payload.subarray(8) ?? Buffer.alloc(0), IMAGE.subarray((BAD - 1) * BLOCK, BAD * BLOCK), "the good block");
+    expect(chunkError(partial[1] as Chunk).errno).toBe(EIO);
+    expect(server.stats.failedReads).toBe(2);
+
+    c.request(Cmd.READ, SIZE - 1, 2);
+    const range = await c.readChunks();
+    expect(range).toHaveLength(1);
+    expect(chunkError(range[0] as Chunk).errno).toBe(EINVAL);
+    expect(server.stats.failedReads).toBe(2);
+  });
+});
+
+describe("NbdServer block status", () => {
+  it("needs structured replies for SET_META_CONTEXT, and lists base:allocation", async () => {
+    const { port } = await serve();
+    const c = await connect(port);
+    await c.start();
+    expect(types(await c.option(Opt.SET_META_CONTEXT, metaContextData("vda", ["base:allocation"])))).toEqual([Rep.ERR_INVALID]);
+    const list = await c.option(Opt.LIST_META_CONTEXT, metaContextData("vda", []));
+    expect(types(list)).toEqual([Rep.META_CONTEXT, Rep.ACK]);
+    expect(list[0]?.data.subarray(4).toString("utf8")).toBe("base:allocation");
+    expect(types(await c.option(Opt.STRUCTURED_REPLY))).toEqual([Rep.ACK]);
+    // An unknown context selects nothing.
+    expect(types(await c.option(Opt.SET_META_CONTEXT, metaContextData("vda", ["qemu:dirty-bitmap:x"])))).toEqual([Rep.ACK]);
+    const set = await c.option(Opt.SET_META_CONTEXT, metaContextData("vda", ["base:allocation"]));
+    expect(types(set)).toEqual([Rep.META_CONTEXT, Rep.ACK]);
+    expect(set[0]?.data.subarray(4).toString("utf8")).toBe("base:allocation");
+    expect(set[0]?.data.length).toBe(4 + "base:allocation".length);
+  });
+
+  it("reports data and hole extents with the selected context, one with REQ_ONE", async () => {
+    const { port } = await serve();
+    const c = await connect(port);
+    await c.start();
+    expect(types(await c.option(Opt.STRUCTURED_REPLY))).toEqual([Rep.ACK]);
+    const set = await c.option(Opt.SET_META_CONTEXT, metaContextData("vda", ["base:allocation"]));
+    expect(types(set)).toEqual([Rep.META_CONTEXT, Rep.ACK]);
+    const contextId = set[0]?.data.readUInt32BE(0);
+    expect(types(await c.option(Opt.GO, goData("vda"))).at(-1)).toBe(Rep.ACK);
+
+    const extents = async (offset: number, length: number, flags = 0): Promise<[number, number][]> => {
+      const handle = c.request(Cmd.BLOCK_STATUS, offset, length, { flags });
+      const chunks = await c.readChunks();
+      expect(chunks).toHaveLength(1);
+      const ch = chunks[0] as Chunk;
+      expect(ch).toMatchObject({ type: ChunkType.BLOCK_STATUS, flags: REPLY_FLAG_DONE, handle });
+      expect(ch.payload.readUInt32BE(0)).toBe(contextId);
+      expect((ch.payload.length - 4) % 8).toBe(0);
+      const out: [number, number][] = [];
+      for (let at = 4; at < ch.payload.length; at += 8) out.push([ch.payload.readUInt32BE(at), ch.payload.readUInt32BE(at + 4)]);
+      expect(out.reduce((s, [l]) => s + l, 0)).toBeLessThanOrEqual(length);
+      return out;
+    };
+    // Blocks 1 (from 4 KiB in), 2 hole, 3-4, 5-7 holes, the first 4 KiB of 8.
+    expect(await extents(BLOCK + 4096, 7 * BLOCK)).toEqual([
+      [BLOCK - 4096, 0],
+      [BLOCK, 3],
+      [2 * BLOCK, 0],
+      [3 * BLOCK, 3],
+      [4096, 0],
+    ]);
+    expect(await extents(0, SIZE)).toEqual([
+      [2 * BLOCK, 0],
+      [BLOCK, 3],
+      [2 * BLOCK, 0],
+      [3 * BLOCK, 3],
+      [3 * BLOCK, 0],
+      [BLOCK, 3],
+      [3 * BLOCK, 0],
+      [BLOCK, 3],
+    ]);
+    expect(await extents(5 * BLOCK, 4 * BLOCK, REQ_ONE)).toEqual([[3 * BLOCK, 3]]);
+    expect(await extents(0, 4 * BLOCK, REQ_ONE)).toEqual([[2 * BLOCK, 0]]);
+    // Out of range.
+    c.request(Cmd.BLOCK_STATUS, SIZE - 10, 11);
+    const range = await c.readChunks();
+    expect(chunkError(range[0] as Chunk).errno).toBe(EINVAL);
+  });
+
+  it("refuses BLOCK_STATUS with EINVAL when no context was selected", async () => {
+    const { port } = await serve();
+    const structured = await opened(port, { structured: true });
+    const handle = structured.request(Cmd.BLOCK_STATUS, 0, BLOCK);
+    const chunks = await structured.readChunks();
+    expect(chunks).toHaveLength(1);
+    expect(chunks[0]?.handle).toEqual(handle);
+    expect(chunkError(chunks[0] as Chunk).errno).toBe(EINVAL);
+    expect(await readSimpleStructured(structured, 0, 10)).toEqual(Buffer.from(IMAGE.subarray(0, 10)));
+
+    const simple = await opened(port);
+    simple.request(Cmd.BLOCK_STATUS, 0, BLOCK);
+    expect((await simple.readSimpleReply()).error).toBe(EINVAL);
+  });
+});
+
+/** A small structured read (one data chunk expected). */
+async function readSimpleStructured(c: NbdClient, offset: number, length: number): Promise<Buffer> {
+  c.request(Cmd.READ, offset, length);
+  const chunks = await c.readChunks();
+  expect(chunks.map((ch) => ch.type)).toEqual([ChunkType.OFFSET_DATA]);
+  return (chunks[0] as Chunk).payload.subarray(8);
+}
+
+describe("NbdServer connections", () => {
+  it("refuses connections past maxConnections and reports each connection's life", async () => {
+    const { port, server, events } = await serve(["vda"], { maxConnections: 1 });
+    const a = await connect(port);
+    await a.read(18);
+    const b = await connect(port);
+    expect(await b.closesWithin()).toBe(true);
+    expect(b.buffered).toBe(0);
+    await until(() => events.some((e) => e.kind === "refused"));
+    expect(events.find((e) => e.kind === "refused")).toMatchObject({ reason: "too many connections" });
+    expect(server.stats.connections).toBe(1);
+
+    a.write(Buffer.from([0, 0, 0, 3]));
+    expect(types(await a.option(Opt.GO, goData("vda"))).at(-1)).toBe(Rep.ACK);
+    await readSimple(a, 0, 4096);
+    await readSimple(a, 2 * BLOCK, BLOCK);
+    a.request(Cmd.DISC, 0, 0);
+    expect(await a.closesWithin()).toBe(true);
+    await until(() => events.some((e) => e.kind === "closed"));
+    const mine = events.filter((e) => e.kind !== "refused");
+    expect(mine.map((e) => e.kind)).toEqual(["connected", "opened", "closed"]);
+    expect(mine[1]).toMatchObject({ kind: "opened", disk: "vda" });
+    expect(mine[2]).toMatchObject({ kind: "closed", reads: 2, bytes: 4096 + BLOCK });
+    expect(mine[2]).not.toHaveProperty("error");
+    expect(new Set(mine.map((e) => e.client)).size).toBe(1);
+
+    // The slot is free again.
+    const c = await connect(port);
+    expect((await c.read(18)).subarray(0, 8)).toEqual(NBDMAGIC);
+    expect(server.stats.connections).toBe(2);
+  });
+});
+
+describe("NbdServer close", () => {
+  it("disconnects an idle client and resolves", async () => {
+    const { port, server } = await serve();
+    const c = await opened(port);
+    const handshaking = await connect(port);
+    await handshaking.read(18);
+    await server.close();
+    expect(await c.closesWithin()).toBe(true);
+    expect(await handshaking.closesWithin()).toBe(true);
+    expect(c.buffered).toBe(0);
+  });
+
+  it("lets a read in flight finish its reply before closing the socket, and resolves only then", async () => {
+    const { port, server, disks } = await serve();
+    const disk = disks[0] as FakeDisk;
+    const c = await opened(port);
+    let release = (): void => undefined;
+    disk.gate = new Promise((r) => (release = r));
+    const started = new Promise<void>((r) => (disk.onRead = r));
+    const handle = c.request(Cmd.READ, 0, 2 * BLOCK);
+    await started;
+    let closed = false;
+    const closing = server.close().then(() => (closed = true));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(closed).toBe(false);
+    expect(c.buffered).toBe(0);
+    expect(await c.closesWithin(50)).toBe(false);
+    release();
+    await closing;
+    const reply = await c.readSimpleReply(2 * BLOCK);
+    expect(reply).toMatchObject({ error: 0, handle });
+    expectBytes(reply.data, IMAGE.subarray(0, 2 * BLOCK), "the read in flight");
+    expect(await c.closesWithin()).toBe(true);
+    expect(c.buffered).toBe(0);
+  });
+});
