@@ -225,13 +225,8 @@ class Connection {
   }
 
   async #go(option: number, data: Buffer): Promise<ExportedDisk | undefined> {
-    let request: { name: string; requests: number[] };
-    try {
-      request = P.parseGoOption(data);
-    } catch (e) {
-      if (e instanceof P.OptionDataError) return this.#reply(option, P.Rep.ERR_INVALID, e.message);
-      throw e;
-    }
+    const request = await this.#parse(option, data, P.parseGoOption);
+    if (request === undefined) return undefined;
     const disk = this.#server.find(request.name);
     if (disk === undefined) return this.#reply(option, P.Rep.ERR_UNKNOWN, `no export named ${JSON.stringify(request.name)}; exports: ${this.#server.disks.map((d) => d.name).join(", ")}`);
     const infos = [P.encodeInfoExport(disk.size, transmissionFlags())];
@@ -249,13 +244,8 @@ class Connection {
 
   async #metaContext(option: number, data: Buffer): Promise<undefined> {
     if (option === P.Opt.SET_META_CONTEXT && !this.#structured) return this.#reply(option, P.Rep.ERR_INVALID, "meta contexts need structured replies first");
-    let request: { name: string; queries: string[] };
-    try {
-      request = P.parseMetaContextOption(data);
-    } catch (e) {
-      if (e instanceof P.OptionDataError) return this.#reply(option, P.Rep.ERR_INVALID, e.message);
-      throw e;
-    }
+    const request = await this.#parse(option, data, P.parseMetaContextOption);
+    if (request === undefined) return undefined;
     if (this.#server.find(request.name) === undefined) return this.#reply(option, P.Rep.ERR_UNKNOWN, `no export named ${JSON.stringify(request.name)}`);
     if (option === P.Opt.SET_META_CONTEXT) this.#allocationFor = undefined;
     const listAll = option === P.Opt.LIST_META_CONTEXT && request.queries.length === 0;
@@ -264,6 +254,17 @@ class Connection {
       if (option === P.Opt.SET_META_CONTEXT) this.#allocationFor = request.name;
     }
     return this.#reply(option, P.Rep.ACK);
+  }
+
+  /** The option's data parsed, or undefined once NBD_REP_ERR_INVALID has answered it. */
+  async #parse<T>(option: number, data: Buffer, parse: (data: Uint8Array) => T): Promise<T | undefined> {
+    try {
+      return parse(data);
+    } catch (e) {
+      if (!(e instanceof P.OptionDataError)) throw e;
+      await this.#reply(option, P.Rep.ERR_INVALID, e.message);
+      return undefined;
+    }
   }
 
   async #reply(option: number, type: number, message?: string): Promise<undefined> {
