@@ -14,6 +14,13 @@ command -v qemu-system-x86_64 >/dev/null 2>&1 || need="$need qemu-system-x86"
 # qemu-img, qemu-io and nbdinfo/nbdcopy: the NBD export's tests read it with real NBD clients.
 command -v qemu-img >/dev/null 2>&1 || need="$need qemu-utils"
 command -v nbdinfo >/dev/null 2>&1 || need="$need libnbd-bin"
+# busybox-static, syslinux, mtools, dosfstools and cpio: scripts/tiny-vm.sh builds the tiny VM that the
+# export's boot test boots over NBD (busybox's own /bin/busybox is linked dynamically: the static one is needed).
+dpkg -s busybox-static >/dev/null 2>&1 || need="$need busybox-static"
+command -v syslinux >/dev/null 2>&1 || need="$need syslinux"
+command -v mcopy >/dev/null 2>&1 || need="$need mtools"
+command -v mkfs.vfat >/dev/null 2>&1 || need="$need dosfstools"
+command -v cpio >/dev/null 2>&1 || need="$need cpio"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing Debian packages:$need" >&2

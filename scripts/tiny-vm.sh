@@ -92,33 +92,41 @@ unpack() {
   esac
 }
 
-# The module files (as file names, decompressed: virtio.ko) that give a kernel its virtio disk:
-# virtio_pci (the transport) and virtio_blk (the disk), each after the modules it depends on
-# (their modinfo's depends=; the packages ship no modules.dep, which depmod makes on install).
-# Modules built into the kernel (modules.builtin) are left out. Fails when one is in neither.
+# The module files (as file names, decompressed: virtio.ko) that give a kernel under $1 (its
+# lib/modules/KV) its virtio disk: virtio_pci (the transport) and virtio_blk (the disk), each after
+# the modules it depends on (their modinfo's depends=; the packages ship no modules.dep, which
+# depmod makes on install). Modules built into the kernel (modules.builtin) are left out. Fails
+# when one is in neither.
 load_order() {
-  for f in $(find "$1/kernel" -name '*.ko*'); do
-    n=$(basename "$f"); n=${n%%.ko*}
-    printf '%s %s %s\n' "$(echo "$n" | tr - _)" "$n.ko" "$(unpack "$f" | tr '\0' '\n' | sed -n 's/^depends=//p' | head -n 1 | tr ',-' ' _')"
-  done | awk -v want="virtio_pci virtio_blk" -v builtin="$1/modules.builtin" '
+  lo_mods=$1 lo_todo="virtio_pci virtio_blk" lo_seen=" " lo_table=""
+  while [ -n "$lo_todo" ]; do
+    # shellcheck disable=SC2086
+    set -- $lo_todo; lo_m=$1; shift; lo_todo="$*"
+    case $lo_seen in *" $lo_m "*) continue ;; esac
+    lo_seen="$lo_seen$lo_m "
+    lo_f=$(find "$lo_mods/kernel" \( -name "$lo_m.ko*" -o -name "$(echo "$lo_m" | tr _ -).ko*" \) 2>/dev/null | head -n 1)
+    if [ -z "$lo_f" ]; then
+      sed -e 's|.*/||' -e 's|\.ko.*||' "$lo_mods/modules.builtin" 2>/dev/null | tr - _ | grep -qx "$lo_m" && continue
+      echo "tiny-vm.sh: no module $lo_m" >&2
+      return 1
+    fi
+    lo_deps=$(unpack "$lo_f" | tr '\0' '\n' | sed -n 's/^depends=//p' | head -n 1 | tr ',-' ' _')
+    lo_n=$(basename "$lo_f")
+    lo_table="$lo_table$lo_m ${lo_n%%.ko*}.ko $lo_deps
+"
+    lo_todo="$lo_todo $lo_deps"
+  done
+  # Each module after those it depends on (built-in ones are not in the table: nothing to load).
+  printf '%s' "$lo_table" | awk -v want="virtio_pci virtio_blk" '
     function visit(m,   n, i, d) {
-      if (m in seen) return
+      if ((m in seen) || !(m in file)) return
       seen[m] = 1
-      if (!(m in file)) {
-        if (m in isbuiltin) return
-        print "no module " m > "/dev/stderr"; bad = 1; return
-      }
       n = split(deps[m], d, " ")
       for (i = 1; i <= n; i++) visit(d[i])
       print file[m]
     }
     { m = $1; file[m] = $2; d = ""; for (i = 3; i <= NF; i++) d = d " " $i; deps[m] = d }
-    END {
-      while ((getline line < builtin) > 0) { sub(/.*\//, "", line); sub(/\.ko.*$/, "", line); gsub(/-/, "_", line); isbuiltin[line] = 1 }
-      n = split(want, w, " ")
-      for (j = 1; j <= n; j++) visit(w[j])
-      exit bad
-    }'
+    END { n = split(want, w, " "); for (j = 1; j <= n; j++) visit(w[j]) }'
 }
 
 # CACHE/kernel-KV/{vmlinuz, modules/*.ko, load-order}: the kernel and the modules the guest loads
@@ -175,7 +183,10 @@ build() {
   else
     # apt knows no kernel (no package lists, no network): a cached one will do.
     kdir=$(ls -d "$CACHE"/kernel-* 2>/dev/null | tail -n 1)
-    [ -n "$kdir" ] && [ -f "$kdir/complete" ] || die "apt-cache knows no linux-image-amd64 and $CACHE holds no kernel (run apt-get update)"
+    if [ -z "$kdir" ] || [ ! -f "$kdir/complete" ]; then
+      apt-cache depends linux-image-amd64 >/dev/null || true
+      die "apt-cache names no kernel package for linux-image-amd64 and $CACHE holds no kernel (as root: apt-get update)"
+    fi
     kv=${kdir##*/kernel-}
   fi
 

@@ -12,6 +12,12 @@ const MAX_OPTION_BYTES = 64 * 1024;
 const MAX_EXTENTS = 1024;
 /** The meta context id of base:allocation on every connection. */
 const ALLOCATION_CONTEXT = 1;
+/**
+ * How long a stop waits for connections to finish their request, and a closing connection for
+ * its last reply to reach the client, before the socket is destroyed (a client that stalls
+ * mid-request or stops reading cannot hold the export open).
+ */
+const GRACE_MS = 5000;
 
 export interface NbdServerOptions {
   /** Connections served at once; more are closed as they come (default 16). */
@@ -77,12 +83,20 @@ export class NbdServer {
     });
   }
 
-  /** Stops accepting, ends every connection once its current request is answered, and resolves when all are gone. */
-  async close(): Promise<void> {
+  /**
+   * Stops accepting, ends every connection once its current request is answered (one still busy
+   * after graceMs is cut off), and resolves when all are gone.
+   */
+  async close(graceMs = GRACE_MS): Promise<void> {
     this.#closing = true;
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     for (const c of this.#live) c.stop();
-    await Promise.all([...this.#live].map((c) => c.done));
+    const all = Promise.all([...this.#live].map((c) => c.done));
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), graceMs)));
+    if ((await Promise.race([all, late])) === "late") for (const c of this.#live) c.kill();
+    clearTimeout(timer);
+    await all;
     await closed;
   }
 
@@ -153,6 +167,11 @@ class Connection {
     if (!this.#busy) this.#socket.destroy();
   }
 
+  /** Ends the session at once, mid-request or not. */
+  kill(): void {
+    this.#socket.destroy();
+  }
+
   async #run(): Promise<void> {
     let error: string | undefined;
     try {
@@ -164,9 +183,29 @@ class Connection {
     } catch (e) {
       if (!(e instanceof ConnectionClosed)) error = e instanceof Error ? e.message : String(e);
     } finally {
-      this.#socket.destroy();
+      await this.#finish();
     }
     this.#server.event({ kind: "closed", client: this.#client, reads: this.#reads, bytes: this.#bytes, ...(error === undefined ? {} : { error }) });
+  }
+
+  /**
+   * Closes the socket once what was written has reached the client (a reply still queued in
+   * Node.js would be lost to a plain destroy), or after GRACE_MS for a client that stopped reading.
+   */
+  async #finish(): Promise<void> {
+    const s = this.#socket;
+    if (!s.destroyed && s.writableLength > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, GRACE_MS);
+        const done = (): void => {
+          clearTimeout(timer);
+          resolve();
+        };
+        s.once("close", done);
+        s.end(done);
+      });
+    }
+    s.destroy();
   }
 
   /** The fixed newstyle handshake; the disk chosen, or undefined when the client left without one. */

@@ -14,25 +14,12 @@ const SIMPLE_REPLY_MAGIC = 0x67446698;
 const STRUCTURED_REPLY_MAGIC = 0x668e33ef;
 export const REP_ACK = 1;
 export const REPLY_FLAG_DONE = 1;
+/** A reply that does not come fails the test quickly, not at the test's timeout. */
+const READ_TIMEOUT_MS = 5000;
 
-export interface OptionReply {
-  readonly option: number;
-  readonly type: number;
-  readonly data: Buffer;
-}
-
-export interface SimpleReply {
-  readonly error: number;
-  readonly handle: Buffer;
-  readonly data: Buffer;
-}
-
-export interface Chunk {
-  readonly flags: number;
-  readonly type: number;
-  readonly handle: Buffer;
-  readonly payload: Buffer;
-}
+export type OptionReply = { readonly option: number; readonly type: number; readonly data: Buffer };
+export type SimpleReply = { readonly error: number; readonly handle: Buffer; readonly data: Buffer };
+export type Chunk = { readonly flags: number; readonly type: number; readonly handle: Buffer; readonly payload: Buffer };
 
 export class NbdClient {
   readonly socket: net.Socket;
@@ -51,19 +38,10 @@ export class NbdClient {
       this.#buffered += d.length;
       this.#notify();
     });
+    socket.on("end", () => this.#end());
     // A reset from a server that closed at once is a close like any other here.
     socket.on("error", () => undefined);
-    this.closed = new Promise((resolve) =>
-      socket.once("close", () => {
-        this.#ended = true;
-        this.#notify();
-        resolve();
-      }),
-    );
-    socket.on("end", () => {
-      this.#ended = true;
-      this.#notify();
-    });
+    this.closed = new Promise((resolve) => socket.once("close", () => resolve(this.#end())));
   }
 
   static async connect(port: number, host = "127.0.0.1"): Promise<NbdClient> {
@@ -76,11 +54,17 @@ export class NbdClient {
     return client;
   }
 
-  /** Exactly n bytes; rejects if the connection ends first. */
+  /** Exactly n bytes; rejects if the connection ends first, or if they take more than READ_TIMEOUT_MS. */
   async read(n: number): Promise<Buffer> {
     while (this.#buffered < n) {
       if (this.#ended) throw new Error(`the connection closed with ${this.#buffered} of ${n} bytes`);
-      await new Promise<void>((resolve) => (this.#wake = resolve));
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`${this.#buffered} of ${n} bytes after ${READ_TIMEOUT_MS} ms`)), READ_TIMEOUT_MS);
+        this.#wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
     }
     const all = Buffer.concat(this.#parts);
     this.#parts = [all.subarray(n)];
@@ -175,8 +159,9 @@ export class NbdClient {
     return result;
   }
 
-  destroy(): void {
-    this.socket.destroy();
+  #end(): void {
+    this.#ended = true;
+    this.#notify();
   }
 
   #notify(): void {
@@ -194,13 +179,8 @@ export function u32(n: number): Buffer {
 
 /** NBD_OPT_INFO and NBD_OPT_GO's data: the name and the information requests. */
 export function goData(name: string, infos: readonly number[] = []): Buffer {
-  const n = Buffer.from(name, "utf8");
-  const b = Buffer.alloc(4 + n.length + 2 + 2 * infos.length);
-  b.writeUInt32BE(n.length, 0);
-  n.copy(b, 4);
-  b.writeUInt16BE(infos.length, 4 + n.length);
-  infos.forEach((t, i) => b.writeUInt16BE(t, 6 + n.length + 2 * i));
-  return b;
+  const u16 = (n: number): Buffer => Buffer.from([n >> 8, n & 0xff]);
+  return Buffer.concat([u32(Buffer.byteLength(name)), Buffer.from(name, "utf8"), u16(infos.length), ...infos.map(u16)]);
 }
 
 /** NBD_OPT_{LIST,SET}_META_CONTEXT's data: the name and the queries. */

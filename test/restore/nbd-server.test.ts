@@ -95,7 +95,7 @@ const servers: NbdServer[] = [];
 const clients: NbdClient[] = [];
 
 afterEach(async () => {
-  for (const c of clients.splice(0)) c.destroy();
+  for (const c of clients.splice(0)) c.socket.destroy();
   await Promise.all(servers.splice(0).map((s) => s.close()));
 });
 
