@@ -7,6 +7,7 @@ import type { SnapshotRecord } from "../snapshot/store.js";
 import type { Repository } from "../repository/repository.js";
 import { contentsRequest, readContents, type OpenedContents } from "./contents.js";
 import { SnapshotDisk } from "./disk-reader.js";
+import { checkOverlayRequest, makeOverlays, planOverlays, type MadeOverlays, type OverlayRequest } from "./export-overlays.js";
 import { NbdServer, type NbdEvent } from "./nbd-server.js";
 
 /** Where the export listens: a TCP address, or a Unix socket (made with mode 0600). */
@@ -35,6 +36,18 @@ export interface ExportOptions {
   readonly cacheBytes?: number;
   /** Connections served at once (default 16). */
   readonly maxConnections?: number;
+  /**
+   * An existing folder where a qcow2 overlay backed by the export is made for each disk
+   * (`<disk>.qcow2`), for a VM to run on (its writes stay in the overlays); for a whole snapshot
+   * that keeps a libvirt domain definition, also the definition naming them (`<domain>.xml`).
+   * They are left when the export stops: they hold what the VM wrote.
+   */
+  readonly overlayDir?: string;
+  /** With overlayDir: the definition renamed, without its UUID and MAC addresses, to run beside the original. */
+  readonly domainName?: string;
+  /** With overlayDir: the definition defined in libvirt (`virsh define`), at libvirtUri (default: virsh's). */
+  readonly define?: boolean;
+  readonly libvirtUri?: string;
   /** Told once the export listens: what it serves and where. */
   readonly onListening?: (info: ExportListening) => void;
   /** Connections opened and closed, reads that failed. */
@@ -49,6 +62,9 @@ export interface ExportListening {
   /** "127.0.0.1:10809" or the socket's path. */
   readonly address: string;
   readonly exports: readonly { readonly name: string; readonly size: number; readonly uri: string }[];
+  /** With overlayDir: the overlays made, and the domain definition naming them. */
+  readonly overlays?: MadeOverlays["overlays"];
+  readonly domain?: MadeOverlays["domain"];
 }
 
 export interface ExportResult extends ExportListening {
@@ -73,8 +89,15 @@ export async function exportNbd(repo: Repository, o: ExportOptions): Promise<Exp
   if (o.reason.trim() === "") throw new UsageError("an export needs --reason TEXT (it is kept in the audit trail)");
   const listen = o.listen ?? { host: "127.0.0.1", port: NBD_PORT };
   checkAddress(listen, o.allowRemote === true);
+  checkOverlayRequest(overlayRequest(o), o);
   const request = contentsRequest([o.snapshot], { ...o, paths: [] });
-  const target = { address: shownAddress(listen), ...(o.disk === undefined ? {} : { disk: o.disk }) };
+  const target = {
+    address: shownAddress(listen),
+    ...(o.disk === undefined ? {} : { disk: o.disk }),
+    ...(o.overlayDir === undefined ? {} : { overlayDir: path.resolve(o.overlayDir) }),
+    ...(o.domainName === undefined ? {} : { domainName: o.domainName }),
+    ...(o.define === true ? { define: "yes" } : {}),
+  };
   return readContents(repo, "export", { ...request, target }, (opened) => serve(opened, listen, o), (r) => ({ address: r.address, connections: r.connections, reads: r.reads, bytes: r.bytes }));
 }
 
@@ -86,6 +109,8 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
   if (all.length === 0) throw new UsageError(`snapshot ${record.header.id} holds no disk image to export`, "restore its folders instead");
   const chosen = o.disk === undefined ? all : all.filter((d) => d.name === o.disk);
   if (chosen.length === 0) throw new NotFoundError(`the snapshot has no disk named ${o.disk}`, `its disks: ${all.map((d) => d.name).join(", ")}`);
+  const overlays = overlayRequest(o);
+  const planned = overlays === undefined ? undefined : await planOverlays(overlays, chosen, chosen.length === all.length, body?.domain);
   const reader = await opened.reader();
   const disks = chosen.map((d) => new SnapshotDisk(d, reader, record.key, o.cacheBytes === undefined ? {} : { cacheBytes: o.cacheBytes }));
   const server = new NbdServer(disks, {
@@ -94,13 +119,17 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
     describe: (d) => `disk ${d.name} of VM ${record.header.vm}, snapshot ${record.header.id} (${record.header.time}), read-only`,
   });
   const address = await listenOn(server, listen);
-  const listening: ExportListening = {
+  let listening: ExportListening = {
     snapshotId: record.header.id,
     vm: record.header.vm,
     address,
     exports: disks.map((d) => ({ name: d.name, size: d.size, uri: exportUri(listen, address, d.name) })),
   };
   try {
+    if (planned !== undefined && overlays !== undefined) {
+      const made = await makeOverlays(planned, overlays, new Map(listening.exports.map((x) => [x.name, x.uri])), record.key);
+      listening = { ...listening, ...made };
+    }
     o.onListening?.(listening);
     await new Promise<void>((resolve) => {
       if (o.signal?.aborted === true) return resolve();
@@ -175,4 +204,14 @@ function exportUri(at: ExportAddress, bound: string, name: string): string {
   const exportName = encodeURIComponent(name);
   if ("socket" in at) return `nbd+unix:///${exportName}?socket=${encodeURIComponent(bound)}`;
   return `nbd://${bound}/${exportName}`;
+}
+
+function overlayRequest(o: ExportOptions): OverlayRequest | undefined {
+  if (o.overlayDir === undefined) return undefined;
+  return {
+    overlayDir: o.overlayDir,
+    ...(o.domainName === undefined ? {} : { domainName: o.domainName }),
+    ...(o.define === true ? { define: true } : {}),
+    ...(o.libvirtUri === undefined ? {} : { libvirtUri: o.libvirtUri }),
+  };
 }

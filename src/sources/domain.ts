@@ -106,12 +106,17 @@ export interface DomainRewrite {
    * and the network interfaces' MAC addresses are removed as well, and libvirt makes new ones.
    */
   readonly name?: string;
+  /**
+   * The rewritten disks' image format, when not raw: `qcow2` for overlays (`export nbd
+   * --overlay-dir`), set in each one's `<driver type=…>`.
+   */
+  readonly format?: "qcow2";
 }
 
 /**
  * The definition with each restored disk pointing at its restored image (a raw file: a block
- * device's disk becomes a file disk), and renamed when asked. Everything else is left exactly
- * as written.
+ * device's disk becomes a file disk; or the format given), and renamed when asked. Everything
+ * else is left exactly as written.
  */
 export function rewriteDomain(xml: string, r: DomainRewrite): string {
   const root = parseRoot(xml);
@@ -128,6 +133,7 @@ export function rewriteDomain(xml: string, r: DomainRewrite): string {
     if (from === undefined) throw new XmlError(`disk ${target} has no source to rewrite`);
     if (from.name === "file") edits.setAttribute(from, restored);
     else edits.renameAttribute(from, "file", restored);
+    if (r.format !== undefined) setDriverType(edits, disk, r.format);
   }
   if (r.name !== undefined) {
     const name = child(root, "name");
@@ -141,4 +147,13 @@ export function rewriteDomain(xml: string, r: DomainRewrite): string {
     }
   }
   return edits.apply(xml);
+}
+
+/** A disk's `<driver type=…>` set to format: the attribute changed, added, or a driver element added. */
+function setDriverType(edits: XmlEdits, disk: XmlElement, format: string): void {
+  const driver = child(disk, "driver");
+  const type = driver?.attributes.find((a) => a.name === "type");
+  if (type !== undefined) edits.setAttribute(type, format);
+  else if (driver !== undefined) edits.replace(driver.start + "<driver".length, driver.start + "<driver".length, ` type='${format}'`);
+  else edits.replace(disk.contentStart, disk.contentStart, `<driver name='qemu' type='${format}'/>`);
 }

@@ -38,7 +38,7 @@ async function virsh(args: readonly string[], uri: string | undefined): Promise<
   const { execFile } = process.getBuiltinModule("node:child_process");
   const argv = [...(uri === undefined ? [] : ["--connect", uri]), "--quiet", ...args];
   return new Promise((resolve, reject) => {
-    execFile("virsh", argv, { encoding: "utf8", maxBuffer: 16 * 1024 * 1024, env: virshEnv() }, (error, stdout, stderr) => {
+    execFile("virsh", argv, { encoding: "utf8", maxBuffer: 16 * 1024 * 1024, env: toolEnv() }, (error, stdout, stderr) => {
       if (error === null) {
         resolve(stdout);
         return;
@@ -55,8 +55,11 @@ async function virsh(args: readonly string[], uri: string | undefined): Promise<
 
 class VirshError extends Error {}
 
-/** virsh's environment: this one without vmvault's own settings (a passphrase among them), in the C locale (its messages are matched). */
-function virshEnv(): NodeJS.ProcessEnv {
+/**
+ * The environment of a tool vmvault runs (virsh, qemu-img): this one without vmvault's own
+ * settings (a passphrase among them), in the C locale (its messages are matched).
+ */
+export function toolEnv(): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { LC_ALL: "C" };
   for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("VMVAULT_") && k !== "LC_ALL") env[k] = v;
   return env;
@@ -165,12 +168,12 @@ async function shutOffOnOverlay(name: string, uri: string | undefined): Promise<
 }
 
 /** Defines a domain from a definition file (`virsh define`): a restored VM. */
-export async function defineLibvirtDomain(file: string, uri?: string): Promise<void> {
+export async function defineLibvirtDomain(file: string, uri?: string, before = "the restore is complete, but "): Promise<void> {
   try {
     await virsh(["define", "--file", file], uri);
   } catch (e) {
     if (!(e instanceof VirshError)) throw e;
-    throw new SourceError("E_SOURCE", `the restore is complete, but libvirt${uri === undefined ? "" : ` at ${uri}`} did not define the domain: ${e.message}`, `fix what it names and run virsh define ${file}`);
+    throw new SourceError("E_SOURCE", `${before}libvirt${uri === undefined ? "" : ` at ${uri}`} did not define the domain: ${e.message}`, `fix what it names and run virsh define ${file}`);
   }
 }
 

@@ -174,6 +174,76 @@ describe.skipIf(!canRunLibvirtd())("backup --libvirt-domain of a running domain 
     expect((await fsp.readFile(vm.vdb))[0]).toBe(0xbb);
   }, 120_000);
 
+  it("runs a domain straight from its backup: export nbd makes overlays and defines the clone, it starts, block-pull frees it from the export", async () => {
+    const vm = await runningVm(8);
+    guestWrite(vm.name, 0, 0x5a, 2 * MiB, 64 * 1024);
+    const repoDir = tmp("repo");
+    const { repo, v } = await initCliRepo(repoDir);
+    const backup = await v(["backup", "--libvirt-domain", vm.name, "--libvirt-uri", uri]);
+    expect(backup.code, backup.stderr).toBe(0);
+    const original = { vda: await fsp.readFile(vm.vda), vdb: await fsp.readFile(vm.vdb) };
+
+    const dir = tmp("instant");
+    // The clone's QEMU runs as libvirt's own user: it must reach the overlays.
+    await fsp.chmod(dir, 0o755);
+    const clone = `${vm.name}-instant`;
+    const child = startCli(
+      ["--repo", repo, "--user", "admin", "--json", "export", "nbd", "latest", "--reason", "instant recovery", "--listen", "127.0.0.1:0", "--overlay-dir", dir, "--domain-name", clone, "--define", "--libvirt-uri", uri],
+      { env: { VMVAULT_STATE_DIR: `${repo}-state` } },
+    );
+    let stdout = "";
+    let stderr = "";
+    child.stdout?.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number>((resolve) => child.on("close", (code) => resolve(code ?? -1)));
+    try {
+      for (let i = 0; i < 300 && !stdout.includes("\n"); i++) await new Promise((resolve) => setTimeout(resolve, 50));
+      const listening = JSON.parse(stdout.split("\n")[0] ?? "") as { overlays: { disk: string; path: string }[]; domain: { name: string; path: string; defined: boolean } };
+      defined.push(clone);
+      expect(listening.overlays).toEqual([
+        { disk: "vda", path: path.join(dir, "vda.qcow2") },
+        { disk: "vdb", path: path.join(dir, "vdb.qcow2") },
+      ]);
+      expect(listening.domain).toEqual({ name: clone, path: path.join(dir, `${clone}.xml`), defined: true });
+      // Defined on the overlays, beside the original (which keeps running on its own images).
+      expect(inUse(clone)).toEqual({ vda: path.join(dir, "vda.qcow2"), vdb: path.join(dir, "vdb.qcow2") });
+      expect(virsh("dumpxml", "--inactive", clone)).toContain("type='qcow2'");
+      virsh("start", clone);
+      expect(virsh("domstate", clone).trim()).toBe("running");
+      // The clone writes: into its overlay, not into the backup or the original.
+      guestWrite(clone, 0, 0xee, 0, 4096);
+      // Block-pull copies what the overlays still read from the export into them: the clone then needs the export no more.
+      for (const disk of ["vda", "vdb"]) virsh("blockpull", clone, disk, "--wait");
+      child.kill("SIGTERM");
+      expect(await exited, stderr).toBe(0);
+      expect(virsh("domstate", clone).trim()).toBe("running");
+      // Stopped (QEMU writes out the qcow2 metadata it holds), the overlays stand alone and hold
+      // the whole disks: the backup's bytes and the clone's one write.
+      virsh("destroy", clone);
+      for (const disk of ["vda", "vdb"] as const) {
+        const info = execFileSync("qemu-img", ["info", "--output=json", path.join(dir, `${disk}.qcow2`)], { encoding: "utf8" });
+        expect(JSON.parse(info)["backing-filename"], disk).toBeUndefined();
+      }
+      const vdb = path.join(dir, "vdb.raw");
+      execFileSync("qemu-img", ["convert", "-f", "qcow2", "-O", "raw", path.join(dir, "vdb.qcow2"), vdb]);
+      expect(Buffer.compare(await fsp.readFile(vdb), original.vdb)).toBe(0);
+      const raw = path.join(dir, "vda.raw");
+      execFileSync("qemu-img", ["convert", "-f", "qcow2", "-O", "raw", path.join(dir, "vda.qcow2"), raw]);
+      const pulled = await fsp.readFile(raw);
+      expect(pulled.subarray(0, 4096).every((b) => b === 0xee)).toBe(true);
+      expect(Buffer.compare(pulled.subarray(4096), original.vda.subarray(4096))).toBe(0);
+      expect(pulled[2 * MiB]).toBe(0x5a);
+      // The original never saw the clone's write.
+      expect((await fsp.readFile(vm.vda))[0]).not.toBe(0xee);
+      const log = await v(["audit", "log", "--json", "--action", "export"]);
+      const records = JSON.parse(log.stdout) as { result: string; target: Record<string, unknown> }[];
+      expect(records.map((r) => r.result)).toEqual(["started", "succeeded"]);
+      expect(records[0]?.target).toMatchObject({ overlayDir: dir, domainName: clone, define: "yes" });
+    } finally {
+      if (child.exitCode === null) child.kill("SIGKILL");
+    }
+  }, 120_000);
+
   it("commits the overlay a killed backup left before backing up; refuses while the backup that owns it runs", async () => {
     const vm = await runningVm();
     // What a backup killed with SIGKILL leaves: the domain on an overlay named after a process that is gone.

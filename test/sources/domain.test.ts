@@ -120,6 +120,20 @@ describe("rewriteDomain", () => {
     expect(out.split("\n").length).toBe(xml.split("\n").length - 2);
   });
 
+  it("sets the rewritten disks' format for overlays: the driver's type changed, added, or a driver added", () => {
+    const noType = FILE_DISK.replace("<driver name='qemu' type='raw' cache='none'/>", "<driver name='qemu' cache='none'/>").replace("vda", "vdc");
+    const noDriver = BLOCK_DISK.replace("      <driver name='qemu' type='raw'/>\n", "").replace("vdb", "vdd");
+    const all = domain([FILE_DISK, BLOCK_DISK, noType, noDriver, CDROM].join("\n"));
+    const out = rewriteDomain(all, { disks: new Map([["vda", "/o/vda.qcow2"], ["vdc", "/o/vdc.qcow2"], ["vdd", "/o/vdd.qcow2"]]), format: "qcow2" });
+    expect(out).toContain("<driver name='qemu' type='qcow2' cache='none'/>\n      <source file='/o/vda.qcow2'/>");
+    expect(out).toContain("<driver type='qcow2' name='qemu' cache='none'/>\n      <source file='/o/vdc.qcow2'/>");
+    expect(out).toContain("<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\n      <source file='/o/vdd.qcow2'/>");
+    // vdb and the CD-ROM were not rewritten: still raw.
+    expect(out).toContain("<driver name='qemu' type='raw'/>\n      <source dev='/dev/vg0/web1-data'/>");
+    expect(out).toContain("<driver name='qemu' type='raw'/>\n      <source file='/srv/iso/debian.iso'/>");
+    expect(parseDomain(out.replaceAll("type='qcow2'", "type='raw'")).disks.map((d) => d.target)).toEqual(["vda", "vdb", "vdc", "vdd"]);
+  });
+
   it("refuses text that is not a definition", () => {
     expect(() => rewriteDomain("<domain><name>x</name>", { disks: new Map() })).toThrow(XmlError);
   });

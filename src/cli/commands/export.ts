@@ -22,11 +22,17 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
     .option("--socket <path>", "listen on this Unix socket instead (made with mode 0600: only this user, and root, may connect)")
     .option("--allow-remote", "allow a --listen address other than loopback (NBD sends the disks as plaintext, to anyone who can connect)")
     .option("--once", "stop once the first client has disconnected")
-    .action(async (snapshot: string, opts: { reason: string; vm?: string; disk?: string; listen?: string; socket?: string; allowRemote?: boolean; once?: boolean }, command: Command) => {
+    .option("--overlay-dir <dir>", "make a qcow2 overlay backed by the export for each disk in this folder (DISK.qcow2), for a VM to run on: its writes stay there; for a libvirt domain's snapshot, also the domain's definition naming them (DOMAIN.xml)")
+    .option("--domain-name <name>", "with --overlay-dir: name the definition so, without its UUID and MAC addresses, to run it beside the original")
+    .option("--define", "with --overlay-dir: define the domain in libvirt (virsh define), ready to start")
+    .option("--libvirt-uri <uri>", "with --define: libvirt's connection URI (default: virsh's own)")
+    .action(async (snapshot: string, opts: ExportCliOptions, command: Command) => {
       const ctx = new CliContext(command);
       // Checked before the unlock: a bad address costs no Argon2id.
       if (opts.reason.trim() === "") throw new UsageError("an export needs --reason TEXT (it is kept in the audit trail)");
       if (opts.listen !== undefined && opts.socket !== undefined) throw new UsageError("give --listen or --socket, not both");
+      if (opts.overlayDir === undefined && (opts.domainName !== undefined || opts.define === true)) throw new UsageError("--domain-name and --define go with --overlay-dir (the domain runs on the overlays)");
+      if (opts.libvirtUri !== undefined && opts.define !== true) throw new UsageError("--libvirt-uri goes with --define");
       const listen: ExportAddress = opts.socket !== undefined ? { socket: opts.socket } : parseListen(opts.listen ?? `127.0.0.1:${NBD_PORT}`);
       const vault = await ctx.openVault();
       try {
@@ -38,12 +44,19 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
           ...(opts.disk === undefined ? {} : { disk: opts.disk }),
           allowRemote: opts.allowRemote === true,
           once: opts.once === true,
+          ...(opts.overlayDir === undefined ? {} : { overlayDir: opts.overlayDir }),
+          ...(opts.domainName === undefined ? {} : { domainName: opts.domainName }),
+          ...(opts.define === true ? { define: true } : {}),
+          ...(opts.libvirtUri === undefined ? {} : { libvirtUri: opts.libvirtUri }),
           signal: interrupts.cancellable("; the export stopped without recording its outcome"),
           onListening: (l) => printListening(ctx, l, opts.once === true),
           onEvent: (e) => ctx.warn(eventLine(e)),
         });
         if (ctx.json) process.stdout.write(`${terminalJson(r, 0)}\n`);
-        else ctx.out(`export stopped: ${plural(r.connections, "connection")}, ${plural(r.reads, "read")}, ${formatBytes(r.bytes)} served`);
+        else {
+          ctx.out(`export stopped: ${plural(r.connections, "connection")}, ${plural(r.reads, "read")}, ${formatBytes(r.bytes)} served`);
+          if (r.overlays !== undefined && r.overlays.length > 0) ctx.out(`the overlays (${r.overlays.map((x) => x.path).join(", ")}) hold what the VM wrote and read the rest from the export: export the same snapshot on the same address to run the VM again`);
+        }
       } finally {
         await vault.close();
       }
@@ -70,6 +83,23 @@ function printListening(ctx: CliContext, l: ExportListening, once: boolean): voi
   const until = once ? "until its first client disconnects" : "until stopped (Ctrl-C or SIGTERM)";
   ctx.out(`exporting snapshot ${l.snapshotId} of VM ${l.vm} read-only over NBD at ${l.address}, ${until}`);
   for (const x of l.exports) ctx.out(`  ${x.name}  ${formatBytes(x.size)}  ${x.uri}`);
+  for (const x of l.overlays ?? []) ctx.out(`  ${x.path}  (qcow2 overlay of ${x.disk}: the VM's writes go there)`);
+  const d = l.domain;
+  if (d !== undefined) ctx.out(d.defined ? `  ${d.path}  (libvirt domain ${d.name} on the overlays, defined: virsh start ${d.name})` : `  ${d.path}  (libvirt domain ${d.name} on the overlays: virsh define ${d.path})`);
+}
+
+interface ExportCliOptions {
+  reason: string;
+  vm?: string;
+  disk?: string;
+  listen?: string;
+  socket?: string;
+  allowRemote?: boolean;
+  once?: boolean;
+  overlayDir?: string;
+  domainName?: string;
+  define?: boolean;
+  libvirtUri?: string;
 }
 
 function eventLine(e: NbdEvent): string {

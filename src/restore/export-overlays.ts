@@ -1,0 +1,117 @@
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import { IntegrityError, SourceError, UsageError } from "../errors.js";
+import { domainFileName, sourceNameProblem, type DiskSource, type SnapshotDomain } from "../format/snapshot.js";
+import { rewriteDomain } from "../sources/domain.js";
+import { defineLibvirtDomain, toolEnv } from "../sources/libvirt.js";
+import { XmlError } from "../sources/xml.js";
+
+/** What `export nbd --overlay-dir` makes besides the export: a qcow2 overlay per disk, and the domain that runs on them. */
+export interface OverlayRequest {
+  /** An existing folder for the overlays (and the domain definition). */
+  readonly overlayDir: string;
+  /** The definition's new name, without its UUID and MAC addresses, so it runs beside the original. */
+  readonly domainName?: string;
+  /** Define the domain in libvirt (`virsh define`) at libvirtUri (default: virsh's). */
+  readonly define?: boolean;
+  readonly libvirtUri?: string;
+}
+
+export interface MadeOverlays {
+  /** Each exported disk's overlay: a qcow2 image backed by the disk's NBD URI. */
+  readonly overlays: readonly { readonly disk: string; readonly path: string }[];
+  /** The snapshot's domain definition naming the overlays (a whole snapshot that keeps one). */
+  readonly domain?: { readonly name: string; readonly path: string; readonly defined: boolean };
+}
+
+interface Planned {
+  readonly dir: string;
+  readonly overlays: readonly { readonly disk: DiskSource; readonly path: string }[];
+  readonly domain?: { readonly source: SnapshotDomain; readonly name: string; readonly path: string };
+}
+
+/** Checks that go with the options alone, before anything is opened. */
+export function checkOverlayRequest(o: OverlayRequest | undefined, domainOptions: { domainName?: string; define?: boolean; libvirtUri?: string }): void {
+  if (o === undefined) {
+    if (domainOptions.domainName !== undefined || domainOptions.define === true || domainOptions.libvirtUri !== undefined) {
+      throw new UsageError("--domain-name, --define and --libvirt-uri go with --overlay-dir (the domain runs on the overlays)");
+    }
+    return;
+  }
+  if (o.libvirtUri !== undefined && o.define !== true) throw new UsageError("a libvirt URI goes with defining the domain (--define)");
+  if (o.domainName !== undefined) {
+    const problem = o.domainName.trim() === "" ? "is empty" : sourceNameProblem(domainFileName(o.domainName));
+    if (problem !== undefined) throw new UsageError(`the domain name ${JSON.stringify(o.domainName)} ${problem}`);
+  }
+}
+
+/**
+ * Where the overlays and the definition go, checked before the export listens: the folder
+ * exists, nothing there has their names, and a renamed or defined domain needs the snapshot's
+ * definition and all its disks.
+ */
+export async function planOverlays(o: OverlayRequest, disks: readonly DiskSource[], whole: boolean, domain: SnapshotDomain | undefined): Promise<Planned> {
+  const dir = path.resolve(o.overlayDir);
+  const stat = await fsp.stat(dir).catch(() => undefined);
+  if (stat?.isDirectory() !== true) throw new UsageError(`--overlay-dir ${o.overlayDir} is not a folder`, "create it first (the VM's QEMU must be able to reach it)");
+  if ((o.domainName !== undefined || o.define === true) && (domain === undefined || !whole)) {
+    throw new UsageError(domain === undefined ? "--domain-name and --define go with a libvirt domain's snapshot; this snapshot keeps no domain definition" : "--domain-name and --define go with an export of every disk (the definition names them all)");
+  }
+  const overlays = disks.map((disk) => ({ disk, path: path.join(dir, `${disk.name}.qcow2`) }));
+  const planned: Planned = {
+    dir,
+    overlays,
+    ...(domain === undefined || !whole ? {} : { domain: { source: domain, name: o.domainName ?? domain.name, path: path.join(dir, domainFileName(o.domainName ?? domain.name)) } }),
+  };
+  for (const p of [...overlays.map((x) => x.path), ...(planned.domain === undefined ? [] : [planned.domain.path])]) {
+    if (await fsp.lstat(p).then(() => true, () => false)) throw new UsageError(`${p} exists`, "remove it, or give another --overlay-dir");
+  }
+  return planned;
+}
+
+/**
+ * Makes the overlays (qcow2, backed by each disk's NBD URI, so the VM's writes stay in them and
+ * the backup is left as it was) and the definition naming them, defined in libvirt when asked.
+ * What it made is removed again when a step fails.
+ */
+export async function makeOverlays(planned: Planned, o: OverlayRequest, uris: ReadonlyMap<string, string>, snapshotKey: string): Promise<MadeOverlays> {
+  const made: string[] = [];
+  try {
+    for (const { disk, path: file } of planned.overlays) {
+      const uri = uris.get(disk.name);
+      if (uri === undefined) throw new Error(`no URI for disk ${disk.name}`);
+      // -u: qemu-img does not open the backing image (the size is given).
+      await qemuImg(["create", "-q", "-f", "qcow2", "-u", "-b", uri, "-F", "raw", file, String(disk.size)]);
+      made.push(file);
+      // The VM's writes land here: the owner's alone (libvirt gives its QEMU the file when it starts the VM).
+      await fsp.chmod(file, 0o600);
+    }
+    if (planned.domain === undefined) return { overlays: planned.overlays.map((x) => ({ disk: x.disk.name, path: x.path })) };
+    const d = planned.domain;
+    let xml: string;
+    try {
+      xml = rewriteDomain(d.source.xml, { disks: new Map(planned.overlays.map((x) => [x.disk.name, x.path])), format: "qcow2", ...(d.name === d.source.name ? {} : { name: d.name }) });
+    } catch (e) {
+      if (!(e instanceof XmlError)) throw e;
+      throw IntegrityError.object(snapshotKey, `its domain definition does not read: ${e.message}`);
+    }
+    await fsp.writeFile(d.path, xml, { mode: 0o600, flag: "wx" });
+    made.push(d.path);
+    if (o.define === true) await defineLibvirtDomain(d.path, o.libvirtUri, "the export did not start: ");
+    return { overlays: planned.overlays.map((x) => ({ disk: x.disk.name, path: x.path })), domain: { name: d.name, path: d.path, defined: o.define === true } };
+  } catch (e) {
+    await Promise.all(made.map((f) => fsp.rm(f, { force: true })));
+    throw e;
+  }
+}
+
+async function qemuImg(args: readonly string[]): Promise<void> {
+  const { execFile } = process.getBuiltinModule("node:child_process");
+  await new Promise<void>((resolve, reject) => {
+    execFile("qemu-img", args, { encoding: "utf8", env: toolEnv() }, (error, _stdout, stderr) => {
+      if (error === null) return resolve();
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return reject(new UsageError("qemu-img was not found", "install it (Debian: qemu-utils) to make overlays, or export without --overlay-dir"));
+      reject(new SourceError("E_SOURCE", `qemu-img could not make an overlay: ${stderr.trim() || error.message}`));
+    });
+  });
+}
