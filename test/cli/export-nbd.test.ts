@@ -183,11 +183,19 @@ describe.skipIf(!haveClients)("export nbd", () => {
 
   it("lets a VM write to a qcow2 overlay backed by the export, and the backup stays as it was", async () => {
     const { dir, repo, a } = await fixture();
-    const e = await startExport(repo, ["latest", "--disk", "a.raw", "--reason", "boot a copy", "--listen", "127.0.0.1:0"]);
+    const overlays = path.join(dir, "overlays");
+    await fsp.mkdir(overlays);
+    const e = await startExport(repo, ["latest", "--disk", "a.raw", "--reason", "boot a copy", "--listen", "127.0.0.1:0", "--overlay-dir", overlays]);
     const uri = e.listening.exports[0]?.uri ?? "";
-    const overlay = path.join(dir, "overlay.qcow2");
-    const create = run("qemu-img", ["create", "-f", "qcow2", "-b", uri, "-F", "raw", overlay]);
-    expect(create.status, create.stderr).toBe(0);
+    const overlay = path.join(overlays, "a.raw.qcow2");
+    expect((e.listening as Listening & { overlays: unknown }).overlays).toEqual([{ disk: "a.raw", path: overlay }]);
+    expect(statSync(overlay).mode & 0o777).toBe(0o600);
+    const info = JSON.parse(run("qemu-img", ["info", "--output=json", overlay]).stdout) as { "backing-filename": string; "virtual-size": number };
+    expect(info).toMatchObject({ "backing-filename": uri, "virtual-size": 8 * MiB });
+    // A second export into the same folder would overwrite the overlay: refused, nothing served.
+    const again = await vault(repo)(["export", "nbd", "latest", "--disk", "a.raw", "--reason", "again", "--listen", "127.0.0.1:0", "--overlay-dir", overlays]);
+    expect(again.code).toBe(2);
+    expect(again.stderr).toContain(`${overlay} exists`);
     const write = run("qemu-io", ["-c", "write -P 0xab 1M 64k", overlay]);
     expect(write.status, write.stderr + write.stdout).toBe(0);
     const readBack = run("qemu-io", ["-c", "read -P 0xab 1M 64k", "-c", "read -P 0 0 64k", overlay]);
@@ -241,6 +249,10 @@ describe.skipIf(!haveClients)("export nbd", () => {
       [["latest", "--reason", "r", "--listen", "127.0.0.1:0", "--disk", "c.raw"], 1, /no disk named c\.raw.*|its disks: a\.raw, b\.raw/s],
       [["nosuchsnapshot", "--reason", "r", "--listen", "127.0.0.1:0"], 2, /invalid snapshot reference/],
       [["ffffffffffff", "--reason", "r", "--listen", "127.0.0.1:0"], 1, /no snapshot/],
+      [["latest", "--reason", "r", "--listen", "127.0.0.1:0", "--define"], 2, /go with --overlay-dir/],
+      [["latest", "--reason", "r", "--listen", "127.0.0.1:0", "--overlay-dir", "/nonexistent-folder"], 2, /is not a folder/],
+      [["latest", "--reason", "r", "--listen", "127.0.0.1:0", "--overlay-dir", "/tmp", "--domain-name", "clone"], 2, /keeps no domain definition/],
+      [["latest", "--reason", "r", "--listen", "127.0.0.1:0", "--overlay-dir", "/tmp", "--libvirt-uri", "test:///default"], 2, /--libvirt-uri goes with --define/],
     ];
     for (const [args, code, message] of cases) {
       const r = await v(["export", "nbd", ...args]);
