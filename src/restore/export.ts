@@ -188,6 +188,7 @@ async function listenOn(server: NbdServer, at: ExportAddress): Promise<string> {
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     const where = "socket" in at ? at.socket : shownAddress(at);
+    if (code === "EADDRINUSE" && "socket" in at) throw new UsageError(`cannot listen on ${where}: it exists`, "another export may be using it; if none is (one killed left it), remove it");
     if (code === "EADDRINUSE") throw new StorageError(`cannot listen on ${where}: it is in use`, e);
     if (code === "EACCES") throw new StorageError(`cannot listen on ${where}: permission denied`, e);
     throw new StorageError(`cannot listen on ${where}: ${(e as Error).message}`, e);

@@ -75,6 +75,8 @@ export class NbdServer {
       this.#server.once("error", failed);
       const ready = (): void => {
         this.#server.off("error", failed);
+        // Accepting can fail later (out of file descriptors): said, and the export goes on.
+        this.#server.on("error", (e) => this.event({ kind: "refused", client: "a client", reason: e.message }));
         const a = this.#server.address();
         resolve(a === null ? "" : a);
       };

@@ -179,6 +179,11 @@ describe.skipIf(!haveClients)("export nbd", () => {
     // nbdcopy opens a second connection beside its first (the export allows several).
     expect(resultOf(done).connections).toBeGreaterThanOrEqual(1);
     expect(existsSync(socket)).toBe(false);
+    // A file where the socket goes (one a killed export left, say) is not taken over.
+    await fsp.writeFile(socket, "");
+    const taken = await vault(repo)(["export", "nbd", "latest", "--reason", "socket", "--socket", socket]);
+    expect(taken.code, taken.stderr).toBe(2);
+    expect(taken.stderr).toContain(`cannot listen on ${socket}: it exists`);
   });
 
   it("lets a VM write to a qcow2 overlay backed by the export, and the backup stays as it was", async () => {
