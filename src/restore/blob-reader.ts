@@ -13,6 +13,11 @@ import { toHex } from "../util/bytes.js";
  * file and image data go through the fetcher, so a large window would mostly read data twice.
  */
 const WINDOW_BYTES = 1024 * 1024;
+/**
+ * Windows kept with a minWindow (random access; with one, two streams of reads in order would
+ * each break the other's). Without, one: a restore's metadata reads are one stream.
+ */
+const WINDOWS_KEPT = 4;
 
 /**
  * Reads single blobs by ID (chunk lists, folder entries) on the main thread: finds the pack in
@@ -24,14 +29,25 @@ export class BlobReader {
   readonly #index: ChunkIndex;
   readonly #sessions: SessionKeys;
   readonly #compressor: Compressor;
-  #window: { packId: string; start: number; bytes: Uint8Array } | undefined;
+  /** The windows read last, newest last: one per stream of reads in order (an NBD client may run several). */
+  readonly #windows: Window[] = [];
+  readonly #minWindow: number;
   bytesFetched = 0;
+  /** Reads from the store (one per window). */
+  fetches = 0;
 
-  constructor(repo: Repository, index: ChunkIndex, sessions: SessionKeys, compressor: Compressor) {
+  /**
+   * o.minWindow: read that much around a blob that does not follow the last window, doubling
+   * up to WINDOW_BYTES while reads go on where the last one ended (random access, as an NBD
+   * export serves a VM, then reads little; a copy in order still reads large). Default: always
+   * WINDOW_BYTES.
+   */
+  constructor(repo: Repository, index: ChunkIndex, sessions: SessionKeys, compressor: Compressor, o: { minWindow?: number } = {}) {
     this.#repo = repo;
     this.#index = index;
     this.#sessions = sessions;
     this.#compressor = compressor;
+    this.#minWindow = Math.min(WINDOW_BYTES, o.minWindow ?? WINDOW_BYTES);
   }
 
   location(id: Uint8Array): ChunkLocation {
@@ -74,13 +90,14 @@ export class BlobReader {
   }
 
   async #fetch(loc: ChunkLocation): Promise<Uint8Array> {
-    const w = this.#window;
-    if (w !== undefined && w.packId === loc.pack.packId && loc.offset >= w.start && loc.offset + loc.length <= w.start + w.bytes.length) {
-      return w.bytes.subarray(loc.offset - w.start, loc.offset - w.start + loc.length);
-    }
+    const inside = this.#windows.find((w) => w.packId === loc.pack.packId && loc.offset >= w.start && loc.offset + loc.length <= w.start + w.bytes.length);
+    if (inside !== undefined) return inside.bytes.subarray(loc.offset - inside.start, loc.offset - inside.start + loc.length);
     const key = packKey(loc.pack.packId);
     const limit = loc.pack.packLength > 0 ? loc.pack.packLength : loc.offset + loc.length;
-    const length = Math.max(loc.length, Math.min(WINDOW_BYTES, limit - loc.offset));
+    // Reading on from a window's end: twice that window, up to WINDOW_BYTES; that window is replaced.
+    const followed = this.#windows.findIndex((w) => w.packId === loc.pack.packId && loc.offset >= w.start + w.bytes.length && loc.offset - (w.start + w.bytes.length) < this.#minWindow);
+    const window = followed >= 0 ? Math.min(WINDOW_BYTES, Math.max(this.#minWindow, 2 * (this.#windows[followed] as Window).bytes.length)) : this.#minWindow;
+    const length = Math.max(loc.length, Math.min(window, limit - loc.offset));
     let bytes: Uint8Array;
     try {
       bytes = await this.#repo.store.get(key, { offset: loc.offset, length });
@@ -90,8 +107,17 @@ export class BlobReader {
       throw e;
     }
     this.bytesFetched += bytes.length;
+    this.fetches++;
     if (bytes.length < loc.length) throw IntegrityError.object(key, "pack is truncated");
-    this.#window = { packId: loc.pack.packId, start: loc.offset, bytes };
+    if (followed >= 0) this.#windows.splice(followed, 1);
+    this.#windows.push({ packId: loc.pack.packId, start: loc.offset, bytes });
+    if (this.#windows.length > (this.#minWindow < WINDOW_BYTES ? WINDOWS_KEPT : 1)) this.#windows.shift();
     return bytes.subarray(0, loc.length);
   }
+}
+
+interface Window {
+  readonly packId: string;
+  readonly start: number;
+  readonly bytes: Uint8Array;
 }

@@ -32,6 +32,8 @@ export interface ContentsRequest {
   readonly lazyBodies?: boolean;
   /** With "all": only the snapshots this selects (host, time window, the newest N of each VM). */
   readonly select?: Omit<SnapshotFilter, "vm">;
+  /** The blob reader's smallest window (BlobReader's minWindow): for random access. */
+  readonly minWindow?: number;
 }
 
 /** The request for snapshots, from a command's options (absent ones left out). */
@@ -90,7 +92,7 @@ export async function readContents<T>(repo: Repository, action: AuditAction, req
             (reader ??= loadIndex(repo, undefined, undefined, { idBytes: 8, skipDamaged: true }).then((index) => {
               // 64-bit ID prefixes, as a restore: every blob read is authenticated under its full ID.
               damaged = index.damaged;
-              return new BlobReader(repo, index, sessions, new Compressor(repo.config));
+              return new BlobReader(repo, index, sessions, new Compressor(repo.config), req.minWindow === undefined ? {} : { minWindow: req.minWindow });
             })),
           damagedIndexes: () => damaged,
         });

@@ -1,5 +1,6 @@
 import { IntegrityError } from "../errors.js";
 import { LIST_SPAN, type ChunkRef } from "../format/chunklist.js";
+import { CHUNK_ID_BYTES } from "../format/pack.js";
 import type { DiskSource } from "../format/snapshot.js";
 import type { BlobReader } from "./blob-reader.js";
 import { readList } from "./disk.js";
@@ -29,8 +30,17 @@ export interface ExportedDisk {
   extents(offset: number, length: number, maxExtents: number): Promise<Extent[]>;
 }
 
-/** Decoded chunk lists kept: each covers LIST_SPAN chunks (128 MiB of disk at 32 KiB chunks). */
-const LISTS_KEPT = 8;
+/**
+ * Chunk lists kept, each as its IDs and a table of where each position's ID is (at most 144 KiB
+ * for LIST_SPAN chunks, 128 MiB of disk at 32 KiB chunks): 32 cover 4 GiB of disk.
+ */
+const LISTS_KEPT = 32;
+
+/** A chunk list as kept: its chunk IDs one after another, and each position's ID offset in them (-1: a hole). */
+interface KeptList {
+  readonly bytes: Uint8Array;
+  readonly at: Int32Array;
+}
 
 /**
  * Random access to a snapshot's disk image: the position of a byte gives its chunk list (every
@@ -47,7 +57,7 @@ export class SnapshotDisk implements ExportedDisk {
   readonly #reader: BlobReader;
   readonly #snapshotKey: string;
   readonly #chunkCount: number;
-  readonly #lists = new Map<number, Promise<ChunkRef[]>>();
+  readonly #lists = new Map<number, Promise<KeptList>>();
   readonly #chunks = new Map<number, Uint8Array>();
   readonly #chunksKept: number;
   /** Chunks read from the repository (cache misses). */
@@ -132,12 +142,12 @@ export class SnapshotDisk implements ExportedDisk {
   async #ref(index: number): Promise<ChunkRef> {
     const listNo = Math.floor(index / LIST_SPAN);
     const list = await this.#list(listNo);
-    const ref = list[index - listNo * LIST_SPAN];
-    if (ref === undefined) throw this.#damage(`chunk list ${listNo} ends before chunk ${index}`);
-    return ref;
+    const at = list.at[index - listNo * LIST_SPAN];
+    if (at === undefined) throw this.#damage(`chunk list ${listNo} ends before chunk ${index}`);
+    return at < 0 ? null : list.bytes.subarray(at, at + CHUNK_ID_BYTES);
   }
 
-  async #list(listNo: number): Promise<ChunkRef[]> {
+  async #list(listNo: number): Promise<KeptList> {
     let list = this.#lists.get(listNo);
     if (list !== undefined) {
       this.#lists.delete(listNo);
@@ -152,13 +162,25 @@ export class SnapshotDisk implements ExportedDisk {
     return list;
   }
 
-  async #loadList(listNo: number): Promise<ChunkRef[]> {
+  async #loadList(listNo: number): Promise<KeptList> {
     const id = this.#disk.lists[listNo];
     if (id === undefined) throw this.#damage(`has no chunk list ${listNo}`);
     const refs = await readList(this.#reader, id, this.#snapshotKey);
     const expected = Math.min(LIST_SPAN, this.#chunkCount - listNo * LIST_SPAN);
     if (refs.length !== Math.max(0, expected)) throw this.#damage(`chunk list ${listNo} has ${refs.length} positions, not ${expected}`);
-    return refs;
+    // Kept as one buffer of IDs and a table, not as thousands of views.
+    const bytes = new Uint8Array(refs.filter((r) => r !== null).length * CHUNK_ID_BYTES);
+    const at = new Int32Array(refs.length);
+    let next = 0;
+    refs.forEach((r, i) => {
+      if (r === null) at[i] = -1;
+      else {
+        bytes.set(r, next);
+        at[i] = next;
+        next += CHUNK_ID_BYTES;
+      }
+    });
+    return { bytes, at };
   }
 
   async #chunk(index: number, id: Uint8Array): Promise<Uint8Array> {

@@ -98,7 +98,8 @@ export async function exportNbd(repo: Repository, o: ExportOptions): Promise<Exp
     ...(o.domainName === undefined ? {} : { domainName: o.domainName }),
     ...(o.define === true ? { define: "yes" } : {}),
   };
-  return readContents(repo, "export", { ...request, target }, (opened) => serve(opened, listen, o), (r) => ({ address: r.address, connections: r.connections, reads: r.reads, bytes: r.bytes }));
+  // A VM reads a little here and there: windows of 64 KiB unless it reads on in order.
+  return readContents(repo, "export", { ...request, target, minWindow: 64 * 1024 }, (opened) => serve(opened, listen, o), (r) => ({ address: r.address, connections: r.connections, reads: r.reads, bytes: r.bytes }));
 }
 
 async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOptions): Promise<ExportResult> {

@@ -30,6 +30,8 @@ const DATA: [number, number][] = [
   [0, 5000],
   [3 * CHUNK + 100, 2 * CHUNK],
   [LIST_SPAN * CHUNK - 3 * KiB, 6 * KiB],
+  /** Incompressible: as many stored bytes as chunk bytes. */
+  [200 * CHUNK, 2 * 1024 * KiB],
   [SIZE - 20_000, 20_000],
 ];
 
@@ -152,6 +154,28 @@ describe("SnapshotDisk", () => {
     await readRange(small, 4 * CHUNK, 10);
     await readRange(small, 3 * CHUNK, 10);
     expect(small.chunksRead).toBe(3);
+  });
+
+  it("with a small window, reads little around a chunk read out of order, and more and more while reads go on in order", async () => {
+    const r = vault.repository;
+    const index = await loadIndex(r, undefined, undefined, { idBytes: 8 });
+    const random = new BlobReader(r, index, sessions, new Compressor(r.config), { minWindow: 16 * KiB });
+    const d = new SnapshotDisk(disk, random, key);
+    await d.extents(0, SIZE, 1);
+    const before = { bytes: random.bytesFetched, fetches: random.fetches };
+    const { bytes } = await readRange(d, 200 * CHUNK + 1024 * KiB + 100, 4 * KiB);
+    expect(Buffer.compare(bytes, image.subarray(200 * CHUNK + 1024 * KiB + 100, 200 * CHUNK + 1024 * KiB + 100 + 4 * KiB))).toBe(0);
+    expect(random.fetches - before.fetches).toBe(1);
+    // The chunk (stored whole: random bytes do not compress) and no 1 MiB window around it.
+    expect(random.bytesFetched - before.bytes).toBeLessThan(CHUNK + 16 * KiB + 1024);
+    // In order, 64 KiB at a time across the 2 MiB: windows double (16 KiB up to 1 MiB), so a few reads, not one per chunk.
+    const ordered = new BlobReader(r, index, sessions, new Compressor(r.config), { minWindow: 16 * KiB });
+    const o = new SnapshotDisk(disk, ordered, key);
+    await o.extents(0, SIZE, 1);
+    const start = ordered.fetches;
+    for (let at = 200 * CHUNK; at < 200 * CHUNK + 2048 * KiB; at += 64 * KiB) await readRange(o, at, 64 * KiB);
+    expect(ordered.fetches - start).toBeLessThanOrEqual(10);
+    expect(ordered.fetches - start).toBeGreaterThanOrEqual(4);
   });
 
   it("refuses ranges outside the disk", async () => {
