@@ -23,7 +23,8 @@ const reads = Number(values.reads);
 const bin = path.resolve(import.meta.dirname, "../bin/vmvault");
 const dir = mkdtempSync(path.join(os.tmpdir(), "vmvault-bench-export-"));
 const env = { ...process.env, VMVAULT_INSECURE_TEST_KDF: "1", VMVAULT_PASSPHRASE: "bench", VMVAULT_REPO: path.join(dir, "repo"), VMVAULT_USER: "bench", VMVAULT_STATE_DIR: path.join(dir, "state") };
-const vmvault = (...args) => execFileSync(process.execPath, [bin, ...args], { env, stdio: ["ignore", "pipe", "pipe"] });
+// bin/vmvault run as itself, so its shebang's V8 and malloc settings apply (as for a user).
+const vmvault = (...args) => execFileSync(bin, args, { env, stdio: ["ignore", "pipe", "pipe"] });
 const seconds = (f) => {
   const t = performance.now();
   f();
@@ -34,7 +35,7 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /** Starts an export; resolves with its URI and a stop function that returns its peak RSS in KiB. */
 function startExport() {
-  const child = spawn(process.execPath, [bin, "--json", "export", "nbd", "latest", "--reason", "bench", "--listen", "127.0.0.1:0"], { env, stdio: ["ignore", "pipe", "ignore"] });
+  const child = spawn(bin, ["--json", "export", "nbd", "latest", "--reason", "bench", "--listen", "127.0.0.1:0"], { env, stdio: ["ignore", "pipe", "ignore"] });
   let out = "";
   return new Promise((resolve, reject) => {
     child.on("error", reject);
