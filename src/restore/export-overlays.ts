@@ -1,10 +1,9 @@
 import { promises as fsp } from "node:fs";
 import path from "node:path";
-import { IntegrityError, SourceError, UsageError } from "../errors.js";
-import { domainFileName, sourceNameProblem, type DiskSource, type SnapshotDomain } from "../format/snapshot.js";
-import { rewriteDomain } from "../sources/domain.js";
+import { SourceError, UsageError } from "../errors.js";
+import { domainFileName, type DiskSource, type SnapshotDomain } from "../format/snapshot.js";
+import { assertDomainName, rewriteKeptDomain } from "../sources/domain.js";
 import { defineLibvirtDomain, toolEnv } from "../sources/libvirt.js";
-import { XmlError } from "../sources/xml.js";
 
 /** What `export nbd --overlay-dir` makes besides the export: a qcow2 overlay per disk, and the domain that runs on them. */
 export interface OverlayRequest {
@@ -25,24 +24,17 @@ export interface MadeOverlays {
 }
 
 interface Planned {
-  readonly dir: string;
   readonly overlays: readonly { readonly disk: DiskSource; readonly path: string }[];
   readonly domain?: { readonly source: SnapshotDomain; readonly name: string; readonly path: string };
 }
 
 /** Checks that go with the options alone, before anything is opened. */
-export function checkOverlayRequest(o: OverlayRequest | undefined, domainOptions: { domainName?: string; define?: boolean; libvirtUri?: string }): void {
-  if (o === undefined) {
-    if (domainOptions.domainName !== undefined || domainOptions.define === true || domainOptions.libvirtUri !== undefined) {
-      throw new UsageError("--domain-name, --define and --libvirt-uri go with --overlay-dir (the domain runs on the overlays)");
-    }
-    return;
+export function checkOverlayRequest(o: Partial<OverlayRequest>): void {
+  if (o.overlayDir === undefined && (o.domainName !== undefined || o.define === true || o.libvirtUri !== undefined)) {
+    throw new UsageError("--domain-name, --define and --libvirt-uri go with --overlay-dir (the domain runs on the overlays)");
   }
   if (o.libvirtUri !== undefined && o.define !== true) throw new UsageError("a libvirt URI goes with defining the domain (--define)");
-  if (o.domainName !== undefined) {
-    const problem = o.domainName.trim() === "" ? "is empty" : sourceNameProblem(domainFileName(o.domainName));
-    if (problem !== undefined) throw new UsageError(`the domain name ${JSON.stringify(o.domainName)} ${problem}`);
-  }
+  if (o.domainName !== undefined) assertDomainName(o.domainName);
 }
 
 /**
@@ -59,7 +51,6 @@ export async function planOverlays(o: OverlayRequest, disks: readonly DiskSource
   }
   const overlays = disks.map((disk) => ({ disk, path: path.join(dir, `${disk.name}.qcow2`) }));
   const planned: Planned = {
-    dir,
     overlays,
     ...(domain === undefined || !whole ? {} : { domain: { source: domain, name: o.domainName ?? domain.name, path: path.join(dir, domainFileName(o.domainName ?? domain.name)) } }),
   };
@@ -74,8 +65,9 @@ export async function planOverlays(o: OverlayRequest, disks: readonly DiskSource
  * the backup is left as it was) and the definition naming them, defined in libvirt when asked.
  * What it made is removed again when a step fails.
  */
-export async function makeOverlays(planned: Planned, o: OverlayRequest, uris: ReadonlyMap<string, string>, snapshotKey: string): Promise<MadeOverlays> {
+export async function makeOverlays(planned: Planned, o: Pick<OverlayRequest, "define" | "libvirtUri">, uris: ReadonlyMap<string, string>, snapshotKey: string): Promise<MadeOverlays> {
   const made: string[] = [];
+  const overlays = planned.overlays.map((x) => ({ disk: x.disk.name, path: x.path }));
   try {
     for (const { disk, path: file } of planned.overlays) {
       const uri = uris.get(disk.name);
@@ -86,19 +78,13 @@ export async function makeOverlays(planned: Planned, o: OverlayRequest, uris: Re
       // The VM's writes land here: the owner's alone (libvirt gives its QEMU the file when it starts the VM).
       await fsp.chmod(file, 0o600);
     }
-    if (planned.domain === undefined) return { overlays: planned.overlays.map((x) => ({ disk: x.disk.name, path: x.path })) };
+    if (planned.domain === undefined) return { overlays };
     const d = planned.domain;
-    let xml: string;
-    try {
-      xml = rewriteDomain(d.source.xml, { disks: new Map(planned.overlays.map((x) => [x.disk.name, x.path])), format: "qcow2", ...(d.name === d.source.name ? {} : { name: d.name }) });
-    } catch (e) {
-      if (!(e instanceof XmlError)) throw e;
-      throw IntegrityError.object(snapshotKey, `its domain definition does not read: ${e.message}`);
-    }
+    const xml = rewriteKeptDomain(snapshotKey, d.source.xml, { disks: new Map(overlays.map((x) => [x.disk, x.path])), format: "qcow2", ...(d.name === d.source.name ? {} : { name: d.name }) });
     await fsp.writeFile(d.path, xml, { mode: 0o600, flag: "wx" });
     made.push(d.path);
     if (o.define === true) await defineLibvirtDomain(d.path, o.libvirtUri, "the export did not start: ");
-    return { overlays: planned.overlays.map((x) => ({ disk: x.disk.name, path: x.path })), domain: { name: d.name, path: d.path, defined: o.define === true } };
+    return { overlays, domain: { name: d.name, path: d.path, defined: o.define === true } };
   } catch (e) {
     await Promise.all(made.map((f) => fsp.rm(f, { force: true })));
     throw e;

@@ -7,7 +7,7 @@ import type { SnapshotRecord } from "../snapshot/store.js";
 import type { Repository } from "../repository/repository.js";
 import { contentsRequest, readContents, type OpenedContents } from "./contents.js";
 import { SnapshotDisk } from "./disk-reader.js";
-import { checkOverlayRequest, makeOverlays, planOverlays, type MadeOverlays, type OverlayRequest } from "./export-overlays.js";
+import { checkOverlayRequest, makeOverlays, planOverlays, type MadeOverlays } from "./export-overlays.js";
 import { NbdServer, type NbdEvent } from "./nbd-server.js";
 
 /** Where the export listens: a TCP address, or a Unix socket (made with mode 0600). */
@@ -89,7 +89,7 @@ export async function exportNbd(repo: Repository, o: ExportOptions): Promise<Exp
   if (o.reason.trim() === "") throw new UsageError("an export needs --reason TEXT (it is kept in the audit trail)");
   const listen = o.listen ?? { host: "127.0.0.1", port: NBD_PORT };
   checkAddress(listen, o.allowRemote === true);
-  checkOverlayRequest(overlayRequest(o), o);
+  checkOverlayRequest(o);
   const request = contentsRequest([o.snapshot], { ...o, paths: [] });
   const target = {
     address: shownAddress(listen),
@@ -110,8 +110,8 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
   if (all.length === 0) throw new UsageError(`snapshot ${record.header.id} holds no disk image to export`, "restore its folders instead");
   const chosen = o.disk === undefined ? all : all.filter((d) => d.name === o.disk);
   if (chosen.length === 0) throw new NotFoundError(`the snapshot has no disk named ${o.disk}`, `its disks: ${all.map((d) => d.name).join(", ")}`);
-  const overlays = overlayRequest(o);
-  const planned = overlays === undefined ? undefined : await planOverlays(overlays, chosen, chosen.length === all.length, body?.domain);
+  const overlayDir = o.overlayDir;
+  const planned = overlayDir === undefined ? undefined : await planOverlays({ ...o, overlayDir }, chosen, chosen.length === all.length, body?.domain);
   const reader = await opened.reader();
   const disks = chosen.map((d) => new SnapshotDisk(d, reader, record.key, o.cacheBytes === undefined ? {} : { cacheBytes: o.cacheBytes }));
   const server = new NbdServer(disks, {
@@ -127,8 +127,8 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
     exports: disks.map((d) => ({ name: d.name, size: d.size, uri: exportUri(listen, address, d.name) })),
   };
   try {
-    if (planned !== undefined && overlays !== undefined) {
-      const made = await makeOverlays(planned, overlays, new Map(listening.exports.map((x) => [x.name, x.uri])), record.key);
+    if (planned !== undefined) {
+      const made = await makeOverlays(planned, o, new Map(listening.exports.map((x) => [x.name, x.uri])), record.key);
       listening = { ...listening, ...made };
     }
     o.onListening?.(listening);
@@ -206,14 +206,4 @@ function exportUri(at: ExportAddress, bound: string, name: string): string {
   const exportName = encodeURIComponent(name);
   if ("socket" in at) return `nbd+unix:///${exportName}?socket=${encodeURIComponent(bound)}`;
   return `nbd://${bound}/${exportName}`;
-}
-
-function overlayRequest(o: ExportOptions): OverlayRequest | undefined {
-  if (o.overlayDir === undefined) return undefined;
-  return {
-    overlayDir: o.overlayDir,
-    ...(o.domainName === undefined ? {} : { domainName: o.domainName }),
-    ...(o.define === true ? { define: true } : {}),
-    ...(o.libvirtUri === undefined ? {} : { libvirtUri: o.libvirtUri }),
-  };
 }

@@ -1,13 +1,12 @@
 import * as fse from "../util/fsx.js";
 import path from "node:path";
 import { promises as fsp } from "node:fs";
-import { IntegrityError, InterruptedError, NotFoundError, UsageError, type Damage } from "../errors.js";
+import { InterruptedError, NotFoundError, UsageError, type Damage } from "../errors.js";
 import { Compressor } from "../compress/compressor.js";
 import { shownPath } from "../format/names.js";
-import { domainFileName, sourceNameProblem, type DiskSource, type FolderSource, type SnapshotBody, type SnapshotDomain } from "../format/snapshot.js";
-import { rewriteDomain } from "../sources/domain.js";
+import { domainFileName, type DiskSource, type FolderSource, type SnapshotBody, type SnapshotDomain } from "../format/snapshot.js";
+import { assertDomainName, rewriteKeptDomain } from "../sources/domain.js";
 import { defineLibvirtDomain } from "../sources/libvirt.js";
-import { XmlError } from "../sources/xml.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
 import type { Repository } from "../repository/repository.js";
@@ -156,10 +155,7 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
   // Compiled before the lock and the "started" record: a pattern that cannot be read restores nothing.
   const excludeXattr = xattrExcluder(o.excludeXattrs);
   if (o.libvirtUri !== undefined && o.define !== true) throw new UsageError("a libvirt URI goes with defining the restored domain (--define)");
-  if (o.domainName !== undefined) {
-    const problem = o.domainName.trim() === "" ? "is empty" : sourceNameProblem(domainFileName(o.domainName));
-    if (problem !== undefined) throw new UsageError(`the domain name ${JSON.stringify(o.domainName)} ${problem}`);
-  }
+  if (o.domainName !== undefined) assertDomainName(o.domainName);
   await checkTarget(o.target, target);
   const lock = await acquireLock(repo, "restore", false, { signal: o.signal }).catch((e: unknown) => {
     if (o.signal?.aborted !== true) throw e;
@@ -324,12 +320,7 @@ function restoredDomainXml(record: SnapshotRecord, plan: Plan): string {
   const p = plan.domain;
   if (p === undefined) throw new Error("no domain to restore");
   const disks = new Map(plan.disks.map(({ disk, dest }) => [disk.name, dest]));
-  try {
-    return rewriteDomain(p.domain.xml, { disks, ...(p.name === p.domain.name ? {} : { name: p.name }) });
-  } catch (e) {
-    if (!(e instanceof XmlError)) throw e;
-    throw IntegrityError.object(`snapshot ${record.header.id}`, `its domain definition does not read: ${e.message}`);
-  }
+  return rewriteKeptDomain(`snapshot ${record.header.id}`, p.domain.xml, { disks, ...(p.name === p.domain.name ? {} : { name: p.name }) });
 }
 
 /** Writes the definition under a temporary name, makes it durable, then renames it into place (mode 0600: it may hold graphics passwords). */

@@ -1,4 +1,4 @@
-import { UsageError } from "../errors.js";
+import { IntegrityError, UsageError } from "../errors.js";
 import { domainFileName, sourceNameProblem } from "../format/snapshot.js";
 import { attribute, child, childrenNamed, escapeText, parseXml, XmlEdits, XmlError, type XmlElement } from "./xml.js";
 
@@ -156,4 +156,23 @@ function setDriverType(edits: XmlEdits, disk: XmlElement, format: string): void 
   if (type !== undefined) edits.setAttribute(type, format);
   else if (driver !== undefined) edits.replace(driver.start + "<driver".length, driver.start + "<driver".length, ` type='${format}'`);
   else edits.replace(disk.contentStart, disk.contentStart, `<driver name='qemu' type='${format}'/>`);
+}
+
+/** Refuses a name for a restored or exported domain's definition that cannot name its file (`<name>.xml`). */
+export function assertDomainName(name: string): void {
+  const problem = name.trim() === "" ? "is empty" : sourceNameProblem(domainFileName(name));
+  if (problem !== undefined) throw new UsageError(`the domain name ${JSON.stringify(name)} ${problem}`);
+}
+
+/**
+ * rewriteDomain for a definition a snapshot kept: one that does not read is damage to the
+ * snapshot (named object), not the caller's mistake.
+ */
+export function rewriteKeptDomain(object: string, xml: string, r: DomainRewrite): string {
+  try {
+    return rewriteDomain(xml, r);
+  } catch (e) {
+    if (!(e instanceof XmlError)) throw e;
+    throw IntegrityError.object(object, `its domain definition does not read: ${e.message}`);
+  }
 }
