@@ -8,13 +8,12 @@ import type { Repository } from "../repository/repository.js";
 import { contentsRequest, readContents, type OpenedContents } from "./contents.js";
 import { SnapshotDisk } from "./disk-reader.js";
 import { checkOverlayRequest, makeOverlays, planOverlays, type MadeOverlays } from "./export-overlays.js";
+import { NBD_PORT } from "./nbd-protocol.js";
 import { NbdServer, type NbdEvent } from "./nbd-server.js";
 
 /** Where the export listens: a TCP address, or a Unix socket (made with mode 0600). */
 export type ExportAddress = { readonly host: string; readonly port: number } | { readonly socket: string };
 
-/** The IANA port of NBD, which clients assume when a URI gives none. */
-export const NBD_PORT = 10809;
 
 export interface ExportOptions {
   readonly snapshot: string;

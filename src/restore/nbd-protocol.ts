@@ -5,6 +5,9 @@
  * drives a connection with them. Every number is big-endian on the wire.
  */
 
+/** The IANA port of NBD, which clients assume when a URI gives none. */
+export const NBD_PORT = 10809;
+
 export const NBD_MAGIC = 0x4e42444d41474943n; // "NBDMAGIC"
 export const IHAVEOPT = 0x49484156454f5054n; // "IHAVEOPT"
 export const OPTION_REPLY_MAGIC = 0x3e889045565a9n;

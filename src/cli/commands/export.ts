@@ -1,13 +1,12 @@
 import type { Command } from "commander";
 import { UsageError } from "../../errors.js";
 import type { ExportAddress, ExportListening } from "../../restore/export.js";
+import { NBD_PORT } from "../../restore/nbd-protocol.js";
 import type { NbdEvent } from "../../restore/nbd-server.js";
 import { CliContext } from "../context.js";
 import type { Interrupts } from "../interrupt.js";
 import { formatBytes, plural, terminalJson } from "../output.js";
 
-/** NBD's own port (IANA), as in the library; repeated here so the CLI checks arguments before loading it. */
-const NBD_PORT = 10809;
 
 export function registerExport(program: Command, interrupts: Interrupts): void {
   const exp = program.command("export").description("serve a snapshot to other programs (every export needs a reason)");
