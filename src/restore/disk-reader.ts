@@ -1,6 +1,7 @@
 import { IntegrityError } from "../errors.js";
 import { LIST_SPAN, type ChunkRef } from "../format/chunklist.js";
 import { CHUNK_ID_BYTES } from "../format/pack.js";
+import { RecentlyUsed } from "../util/recent.js";
 import type { DiskSource } from "../format/snapshot.js";
 import type { BlobReader } from "./blob-reader.js";
 import { readList } from "./disk.js";
@@ -57,9 +58,8 @@ export class SnapshotDisk implements ExportedDisk {
   readonly #reader: BlobReader;
   readonly #snapshotKey: string;
   readonly #chunkCount: number;
-  readonly #lists = new Map<number, Promise<KeptList>>();
-  readonly #chunks = new Map<number, Uint8Array>();
-  readonly #chunksKept: number;
+  readonly #lists = new RecentlyUsed<number, Promise<KeptList>>(LISTS_KEPT);
+  readonly #chunks: RecentlyUsed<number, Uint8Array>;
   /** Chunks read from the repository (cache misses). */
   chunksRead = 0;
 
@@ -76,7 +76,7 @@ export class SnapshotDisk implements ExportedDisk {
     if (disk.lists.length !== listsNeeded && !(this.#chunkCount === 0 && disk.lists.length <= 1)) {
       throw this.#damage(`has ${disk.lists.length} chunk lists for ${this.#chunkCount} chunks`);
     }
-    this.#chunksKept = Math.max(1, Math.floor((o.cacheBytes ?? 32 * 1024 * 1024) / disk.chunkSize));
+    this.#chunks = new RecentlyUsed(Math.floor((o.cacheBytes ?? 32 * 1024 * 1024) / disk.chunkSize));
   }
 
   async read(offset: number, length: number, emit: (piece: DiskPiece) => Promise<void>): Promise<void> {
@@ -148,17 +148,12 @@ export class SnapshotDisk implements ExportedDisk {
   }
 
   async #list(listNo: number): Promise<KeptList> {
-    let list = this.#lists.get(listNo);
-    if (list !== undefined) {
-      this.#lists.delete(listNo);
-      this.#lists.set(listNo, list);
-      return list;
-    }
-    list = this.#loadList(listNo);
+    const kept = this.#lists.get(listNo);
+    if (kept !== undefined) return kept;
+    const list = this.#loadList(listNo);
     this.#lists.set(listNo, list);
     // A list that failed to load is asked for again next time, not kept as a failure.
-    list.catch(() => this.#lists.delete(listNo));
-    if (this.#lists.size > LISTS_KEPT) this.#lists.delete(this.#lists.keys().next().value as number);
+    list.catch(() => this.#lists.deleteIf(listNo, list));
     return list;
   }
 
@@ -185,16 +180,11 @@ export class SnapshotDisk implements ExportedDisk {
 
   async #chunk(index: number, id: Uint8Array): Promise<Uint8Array> {
     const kept = this.#chunks.get(index);
-    if (kept !== undefined) {
-      this.#chunks.delete(index);
-      this.#chunks.set(index, kept);
-      return kept;
-    }
+    if (kept !== undefined) return kept;
     const data = await this.#reader.read(id);
     this.chunksRead++;
     if (data.length !== this.#chunkLength(index)) throw this.#damage(`chunk at ${index * this.#disk.chunkSize} has the wrong length`);
     this.#chunks.set(index, data);
-    if (this.#chunks.size > this.#chunksKept) this.#chunks.delete(this.#chunks.keys().next().value as number);
     return data;
   }
 
