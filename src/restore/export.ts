@@ -144,7 +144,7 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
   if (s.failedReads > 0) {
     const first = s.firstFailure;
     const damage = first instanceof IntegrityError ? first.damage : [];
-    throw new IntegrityError(`${s.failedReads} read${s.failedReads === 1 ? "" : "s"} of the export failed, the first with: ${first?.message ?? "an unknown error"}`, damage);
+    throw new IntegrityError(`${s.failedReads} request${s.failedReads === 1 ? "" : "s"} to the export failed, the first with: ${first?.message ?? "an unknown error"}`, damage);
   }
   return { ...listening, connections: s.connections, reads: s.reads, bytes: s.bytes, damagedIndexes: opened.damagedIndexes() };
 }

@@ -40,7 +40,7 @@ export interface NbdStats {
   reads: number;
   /** Bytes of the disks sent, holes included (a hole is sent as its length, not its bytes). */
   bytes: number;
-  /** Reads answered with EIO because a chunk did not verify or could not be read. */
+  /** Reads and block-status requests answered with EIO: a chunk or chunk list did not verify or could not be read. */
   failedReads: number;
   /** The first read failure, for the outcome. */
   firstFailure?: Error;
@@ -406,11 +406,7 @@ class Connection {
       await flush(true);
       return true;
     } catch (e) {
-      if (e instanceof ConnectionClosed) throw e;
-      const error = e instanceof Error ? e : new Error(String(e));
-      this.#server.stats.failedReads++;
-      this.#server.stats.firstFailure ??= error;
-      this.#server.event({ kind: "read failed", client: this.#client, disk: disk.name, offset: r.offset, length: r.length, error });
+      this.#failed(disk, r, e);
       const message = e instanceof IntegrityError ? "data failed verification (see the export's log)" : "the repository could not be read (see the export's log)";
       if (this.#structured) {
         await flush(false);
@@ -428,12 +424,22 @@ class Connection {
       const extents = await disk.extents(r.offset, r.length, (r.flags & P.CMD_FLAG_REQ_ONE) !== 0 ? 1 : MAX_EXTENTS);
       await writeAll(this.#socket, P.encodeBlockStatus(r.handle, ALLOCATION_CONTEXT, extents.map((x) => ({ length: x.length, flags: x.hole ? P.STATE_HOLE | P.STATE_ZERO : 0 }))));
     } catch (e) {
-      if (e instanceof ConnectionClosed) throw e;
-      const error = e instanceof Error ? e : new Error(String(e));
-      this.#server.event({ kind: "read failed", client: this.#client, disk: disk.name, offset: r.offset, length: r.length, error });
+      this.#failed(disk, r, e);
       await writeAll(this.#socket, P.encodeStructuredError(r.handle, P.Errno.EIO, "the disk's chunk list could not be read (see the export's log)"));
     }
     return true;
+  }
+
+  /**
+   * A request the disk could not answer (a closed connection is rethrown): counted, the first
+   * failure kept for the outcome, and told as an event; the caller answers it with EIO.
+   */
+  #failed(disk: ExportedDisk, r: P.Request, e: unknown): void {
+    if (e instanceof ConnectionClosed) throw e;
+    const error = e instanceof Error ? e : new Error(String(e));
+    this.#server.stats.failedReads++;
+    this.#server.stats.firstFailure ??= error;
+    this.#server.event({ kind: "read failed", client: this.#client, disk: disk.name, offset: r.offset, length: r.length, error });
   }
 
   /** An error reply: structured when negotiated (with a message for the person at the client), simple otherwise. */

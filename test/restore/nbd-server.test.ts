@@ -49,6 +49,8 @@ class FakeDisk implements ExportedDisk {
   gate: Promise<void> | undefined;
   /** Called as each read starts. */
   onRead: (() => void) | undefined;
+  /** When set, extents rejects with it (a chunk list that does not verify). */
+  extentsFailure: Error | undefined;
 
   constructor(name: string) {
     this.name = name;
@@ -75,6 +77,7 @@ class FakeDisk implements ExportedDisk {
   }
 
   async extents(offset: number, length: number, maxExtents: number): Promise<Extent[]> {
+    if (this.extentsFailure !== undefined) throw this.extentsFailure;
     const out: { length: number; hole: boolean }[] = [];
     const end = offset + length;
     for (let at = offset; at < end; ) {
@@ -491,6 +494,21 @@ describe("NbdServer block status", () => {
     c.request(Cmd.BLOCK_STATUS, SIZE - 10, 11);
     const range = await c.readChunks();
     expect(chunkError(range[0] as Chunk).errno).toBe(EINVAL);
+  });
+
+  it("answers BLOCK_STATUS the disk cannot answer with an EIO chunk, counts it as a failure, and carries on", async () => {
+    const { server, port, events, disks } = await serve();
+    (disks[0] as FakeDisk).extentsFailure = IntegrityError.object("list", "bad");
+    const c = await opened(port, { structured: true, allocation: true });
+    const handle = c.request(Cmd.BLOCK_STATUS, 0, BLOCK);
+    const chunks = await c.readChunks();
+    expect(chunks).toHaveLength(1);
+    expect(chunks[0]).toMatchObject({ handle, flags: REPLY_FLAG_DONE });
+    expect(chunkError(chunks[0] as Chunk).errno).toBe(EIO);
+    expect(server.stats.failedReads).toBe(1);
+    expect(server.stats.firstFailure).toBeInstanceOf(IntegrityError);
+    expect(events.filter((e) => e.kind === "read failed")).toHaveLength(1);
+    expect(await readSimpleStructured(c, 0, 10)).toEqual(Buffer.from(IMAGE.subarray(0, 10)));
   });
 
   it("refuses BLOCK_STATUS with EINVAL when no context was selected", async () => {
