@@ -32,6 +32,7 @@ export class BlobReader {
   /** The windows read last, newest last: one per stream of reads in order (an NBD client may run several). */
   readonly #windows: Window[] = [];
   readonly #minWindow: number;
+  readonly #windowsKept: number;
   bytesFetched = 0;
   /** Reads from the store (one per window). */
   fetches = 0;
@@ -48,6 +49,7 @@ export class BlobReader {
     this.#sessions = sessions;
     this.#compressor = compressor;
     this.#minWindow = Math.min(WINDOW_BYTES, o.minWindow ?? WINDOW_BYTES);
+    this.#windowsKept = this.#minWindow < WINDOW_BYTES ? WINDOWS_KEPT : 1;
   }
 
   location(id: Uint8Array): ChunkLocation {
@@ -111,7 +113,7 @@ export class BlobReader {
     if (bytes.length < loc.length) throw IntegrityError.object(key, "pack is truncated");
     if (followed >= 0) this.#windows.splice(followed, 1);
     this.#windows.push({ packId: loc.pack.packId, start: loc.offset, bytes });
-    if (this.#windows.length > (this.#minWindow < WINDOW_BYTES ? WINDOWS_KEPT : 1)) this.#windows.shift();
+    if (this.#windows.length > this.#windowsKept) this.#windows.shift();
     return bytes.subarray(0, loc.length);
   }
 }
