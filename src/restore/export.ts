@@ -8,7 +8,7 @@ import type { Repository } from "../repository/repository.js";
 import { contentsRequest, readContents, type OpenedContents } from "./contents.js";
 import { SnapshotDisk } from "./disk-reader.js";
 import { checkOverlayRequest, makeOverlays, planOverlays, type MadeOverlays } from "./export-overlays.js";
-import { NBD_PORT } from "./nbd-protocol.js";
+import { NBD_PORT } from "../sources/nbd-protocol.js";
 import { NbdServer, type NbdEvent } from "./nbd-server.js";
 
 /** Where the export listens: a TCP address, or a Unix socket (made with mode 0600). */

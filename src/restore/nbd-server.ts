@@ -1,8 +1,8 @@
 import net from "node:net";
 import { IntegrityError } from "../errors.js";
 import type { ExportedDisk } from "./disk-reader.js";
-import * as P from "./nbd-protocol.js";
-import { ConnectionClosed, SocketInput, writeAll } from "./socket-io.js";
+import * as P from "../sources/nbd-protocol.js";
+import { ConnectionClosed, SocketInput, writeAll } from "../util/socket-io.js";
 
 /** The largest read served in one request (the protocol's customary limit; larger ones get EINVAL). */
 export const MAX_REQUEST_BYTES = 32 * 1024 * 1024;

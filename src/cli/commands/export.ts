@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import { UsageError } from "../../errors.js";
 import type { ExportAddress, ExportListening } from "../../restore/export.js";
-import { NBD_PORT } from "../../restore/nbd-protocol.js";
+import { NBD_PORT } from "../../sources/nbd-protocol.js";
 import type { NbdEvent } from "../../restore/nbd-server.js";
 import { CliContext } from "../context.js";
 import type { Interrupts } from "../interrupt.js";

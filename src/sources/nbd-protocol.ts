@@ -1,8 +1,9 @@
 /**
- * The NBD wire protocol, the parts a read-only server speaks (the fixed newstyle handshake,
- * option haggling with NBD_OPT_GO, simple and structured replies, block status for
- * `base:allocation`): constants and pure encoders and parsers. No I/O here; nbd-server.ts
- * drives a connection with them. Every number is big-endian on the wire.
+ * The NBD wire protocol, the parts vmvault speaks: as a read-only server (`export nbd`,
+ * restore/nbd-server.ts) and as a client of qemu-nbd (qcow2 sources, nbd-client.ts). The fixed
+ * newstyle handshake, option haggling with NBD_OPT_GO, simple and structured replies, block
+ * status for `base:allocation`: constants and pure encoders and parsers, no I/O. Every number
+ * is big-endian on the wire.
  */
 
 /** The IANA port of NBD, which clients assume when a URI gives none. */
