@@ -21,6 +21,7 @@ import { throttled, type ProgressSink } from "../util/progress.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
 import { readHead } from "../audit/trail.js";
 import { backupFolder, skippedIn, type SkippedEntry } from "./folder.js";
+import { inspectQcow2, probeImageFormat, type ImageFormat, type ImageFormatChoice } from "../sources/qcow2.js";
 import { backupImage } from "./image.js";
 import { readBoundOf, runsInline } from "./size.js";
 import { SessionIndexWriter } from "./index-writer.js";
@@ -64,6 +65,12 @@ export interface BackupOptions {
    * core but one, and none for image files with less than INLINE_JOB_BYTES to read.
    */
   readonly workers?: number;
+  /**
+   * How disk images given as sources are read: `auto` (the default) reads one that starts with
+   * a qcow2 header as qcow2, refusing one that names other files (a backing file), and any
+   * other as raw; `raw` or `qcow2` say so. A domain's disks are read as its definition says.
+   */
+  readonly imageFormat?: ImageFormatChoice;
   /** Bytes of a disk image read and handed to the workers at a time. */
   readonly segmentBytes?: number;
   /** Segments or batches in flight (read, not yet in packs) before reading waits. Default: workers + 2. */
@@ -126,7 +133,7 @@ export interface BackupResult {
    * readBytes: bytes read; the rest of size were unallocated extents, recorded as holes unread.
    * cacheDroppedBytes: page cache the source's reads filled and the backup dropped again.
    */
-  readonly sources: readonly { name: string; kind: "disk" | "folder"; size: number; readBytes: number; cacheDroppedBytes: number; excluded?: number }[];
+  readonly sources: readonly { name: string; kind: "disk" | "folder"; size: number; readBytes: number; cacheDroppedBytes: number; excluded?: number; format?: string }[];
   /** Entries of folder sources left out (special files, names that are not UTF-8), with the source's name first in each path. */
   readonly skipped: readonly SkippedEntry[];
   /** Entries of folder sources the excludes and oneFileSystem left out (a folder counts once, not what is below it). */
@@ -143,6 +150,8 @@ export interface PlannedSource {
   readonly path: string;
   readonly name: string;
   readonly kind: "disk" | "folder";
+  /** A disk's image format. */
+  readonly format?: ImageFormat;
   /** The most bytes reading it takes (size.ts: readBoundOf). */
   readonly readBound: number;
 }
@@ -152,7 +161,7 @@ export interface PlannedSource {
  * each source given, a folder or a disk image (a file or block device) named by its base name;
  * refused before any work when one cannot be.
  */
-export async function planSources(sources: readonly string[], sparse: boolean, domain?: DomainDefinition): Promise<PlannedSource[]> {
+export async function planSources(sources: readonly string[], sparse: boolean, domain?: DomainDefinition, imageFormat: ImageFormatChoice = "auto"): Promise<PlannedSource[]> {
   if (sources.length === 0 && (domain === undefined || domain.disks.length === 0)) {
     throw new UsageError(domain === undefined ? "nothing to back up: give at least one disk image or folder" : `domain ${domain.name} has no disk a backup can read`, domain === undefined ? undefined : "give its disk images as SOURCEs");
   }
@@ -161,7 +170,7 @@ export async function planSources(sources: readonly string[], sparse: boolean, d
     const st = await statSource(disk.path);
     if (!st.isFile() && !st.isBlockDevice()) throw new UsageError(`disk ${disk.target} of domain ${domain?.name}: ${disk.path} is neither an image file nor a block device`);
     await assertReadable(disk.path);
-    planned.push({ path: disk.path, name: disk.target, kind: "disk", readBound: readBoundOf(st, sparse) });
+    planned.push(await planDisk(disk.path, disk.target, st, sparse, disk.format, false));
   }
   for (const src of sources) {
     const abs = path.resolve(src);
@@ -174,7 +183,9 @@ export async function planSources(sources: readonly string[], sparse: boolean, d
     if (st.isDirectory()) planned.push({ path: abs, name, kind: "folder", readBound: readBoundOf(st, sparse) });
     else if (st.isFile() || st.isBlockDevice()) {
       await assertReadable(abs);
-      planned.push({ path: abs, name, kind: "disk", readBound: readBoundOf(st, sparse) });
+      const probed = imageFormat === "auto";
+      const format = probed ? await probeImageFormat(abs).catch((e: unknown) => Promise.reject(sourceError(abs, e))) : imageFormat;
+      planned.push(await planDisk(abs, name, st, sparse, format, probed));
     } else throw new UsageError(`${abs} is neither a disk image file nor a folder`);
   }
   const names = new Set<string>();
@@ -185,6 +196,14 @@ export async function planSources(sources: readonly string[], sparse: boolean, d
   // A restore writes the definition beside the sources.
   if (domain !== undefined && names.has(domainFileName(domain.name))) throw new UsageError(`a source is named ${domainFileName(domain.name)}, as domain ${domain.name}'s definition is restored`, "back that source up in a separate run");
   return planned;
+}
+
+/** A disk image as the backup will read it; a qcow2 image is asked of qemu-img first (sources/qcow2.ts: inspectQcow2). */
+async function planDisk(file: string, name: string, st: Stats, sparse: boolean, format: ImageFormat, probed: boolean): Promise<PlannedSource> {
+  if (format === "raw") return { path: file, name, kind: "disk", readBound: readBoundOf(st, sparse) };
+  const facts = await inspectQcow2(file, st, probed);
+  // A backing chain or compressed clusters: the disk the guest sees is the bound.
+  return { path: file, name, kind: "disk", format, readBound: facts.virtualSize };
 }
 
 /** An overlay folder: an existing folder, as an absolute path. */
@@ -233,7 +252,7 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
   if (o.quiesce === true && domain?.libvirt === undefined) throw new UsageError("--quiesce goes with a libvirt domain (--libvirt-domain)");
   const overlayDir = o.overlayDir === undefined ? undefined : await checkOverlayDir(o.overlayDir);
   const excludes = new Excludes(o.exclude, o.excludeIfPresent, { largerThan: o.excludeLargerThan });
-  const planned = await planSources(o.sources, o.sparse ?? true, domain);
+  const planned = await planSources(o.sources, o.sparse ?? true, domain, o.imageFormat);
   const lock = await acquireLock(repo, "backup", false);
   try {
     return await audited(repo, {
@@ -344,7 +363,7 @@ async function runBackup(repo: Repository, o: BackupOptions, vm: string, planned
     for (const p of planned) {
       const r =
         p.kind === "disk"
-          ? await backupImage(p.path, p.name, repo.config.imageChunkSize, sink, progress, o.segmentBytes, o.sparse ?? true, o.keepCache ?? false)
+          ? await backupImage(p.path, p.name, repo.config.imageChunkSize, sink, progress, { segmentBytes: o.segmentBytes, sparse: o.sparse ?? true, keepCache: o.keepCache ?? false, format: p.format ?? "raw" })
           : await backupFolder(p.path, p.name, cdc, sink, progress, { sparse: o.sparse ?? true, keepCache: o.keepCache ?? false, excludes, oneFileSystem: o.oneFileSystem === true });
       sources.push(r.source);
       reads.push({ readBytes: r.readBytes, cacheDroppedBytes: r.cacheDroppedBytes, ...("excluded" in r ? { excluded: r.excluded } : {}) });
@@ -393,7 +412,8 @@ async function runBackup(repo: Repository, o: BackupOptions, vm: string, planned
       packs: packs.packsWritten,
       sources: sources.map((s, i) => {
         const read = reads[i];
-        return { name: s.name, kind: s.kind, size: s.size, readBytes: read?.readBytes ?? s.size, cacheDroppedBytes: read?.cacheDroppedBytes ?? 0, ...(read?.excluded === undefined ? {} : { excluded: read.excluded }) };
+        const format = s.kind === "disk" && s.format !== undefined ? { format: s.format } : {};
+        return { name: s.name, kind: s.kind, ...format, size: s.size, readBytes: read?.readBytes ?? s.size, cacheDroppedBytes: read?.cacheDroppedBytes ?? 0, ...(read?.excluded === undefined ? {} : { excluded: read.excluded }) };
       }),
       skipped,
       excluded: reads.reduce((n, r) => n + (r.excluded ?? 0), 0),

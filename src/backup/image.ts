@@ -1,12 +1,13 @@
-import { promises as fsp, readSync } from "node:fs";
+import { promises as fsp } from "node:fs";
 import path from "node:path";
 import type { Stats } from "node:fs";
 import type { FileMeta } from "../format/entries.js";
 import type { DiskSource } from "../format/snapshot.js";
-import { DataExtents, sourceSize } from "../sources/extents.js";
+import { VaultError } from "../errors.js";
+import { openDiskInput, type DiskInput } from "../sources/disk-input.js";
+import type { ImageFormat } from "../sources/qcow2.js";
 import { assertUnchanged, identityOf, sourceError } from "../sources/identity.js";
 import { sourceXattrs, XATTRS_NOT_RECORDED } from "../sources/xattrs.js";
-import { PageCacheFootprint } from "../util/page-cache.js";
 import type { ProgressSink } from "../util/progress.js";
 import { ChunkListBuilder } from "./chunk-list.js";
 import type { ChunkSink } from "./sink.js";
@@ -24,30 +25,31 @@ export interface ImageBackup {
   readonly skipped: readonly { readonly path: string; readonly reason: string }[];
 }
 
+/** How backupImage reads an image. */
+export interface ImageReadOptions {
+  /** Bytes read and handed to the workers at a time (DEFAULT_SEGMENT_BYTES). */
+  readonly segmentBytes?: number | undefined;
+  /** Unallocated extents are recorded as holes unread (default true). */
+  readonly sparse?: boolean;
+  /** The page cache the reads fill is kept (default false: dropped behind the reads). */
+  readonly keepCache?: boolean;
+  /** raw (default), or qcow2 read through qemu-nbd (src/sources/qcow2.ts). */
+  readonly format?: ImageFormat;
+}
+
 /**
- * Backs up a raw disk image: fixed-size chunks at fixed offsets (so a rewritten 4 KiB block
- * costs one chunk), all-zero chunks recorded as holes and never stored. Segments are read in
- * order and go through the sink's worker pipeline; their buffers are reused once released.
- * With `sparse` (the default), chunks wholly inside extents the file system reports as
- * unallocated (SEEK_DATA/SEEK_HOLE, through the native helper when it is built) are recorded
- * as holes without being read, and reads stop at the end of each allocated extent: a thin
- * image costs what its data costs, not its size. Unless `keepCache` is set, the pages the reads
- * bring into the page cache are dropped behind them, and those cached before stay
- * (PageCacheFootprint). An image file's mode, time, owner, group and extended attributes are
- * recorded (fileMeta); a block device's are not.
+ * Backs up a disk image: fixed-size chunks at fixed offsets of the disk the guest sees (so a
+ * rewritten 4 KiB block costs one chunk), all-zero chunks recorded as holes and never stored.
+ * Segments are read in order and go through the sink's worker pipeline; their buffers are
+ * reused once released. Chunks wholly inside extents that hold no data (sources/raw.ts: the
+ * file system's holes; sources/qcow2.ts: unallocated and zero clusters) are recorded as holes
+ * without being read, and reads stop at the end of each data extent: a thin image costs what
+ * its data costs, not its size. An image file's mode, time, owner, group and extended
+ * attributes are recorded (fileMeta); a block device's are not.
  */
-export async function backupImage(
-  file: string,
-  name: string,
-  chunkSize: number,
-  sink: ChunkSink,
-  progress: ProgressSink,
-  segmentBytes = DEFAULT_SEGMENT_BYTES,
-  sparse = true,
-  keepCache = false,
-): Promise<ImageBackup> {
+export async function backupImage(file: string, name: string, chunkSize: number, sink: ChunkSink, progress: ProgressSink, o: ImageReadOptions = {}): Promise<ImageBackup> {
   let handle;
-  let cache: PageCacheFootprint | undefined;
+  let input: DiskInput | undefined;
   try {
     handle = await fsp.open(file, "r");
   } catch (e) {
@@ -57,25 +59,20 @@ export async function backupImage(
     const st = await handle.stat();
     const before = identityOf(st);
     const meta = st.isFile() ? fileMeta(file, st) : undefined;
-    let size: number;
-    try {
-      size = await sourceSize(handle.fd, st);
-    } catch (e) {
-      throw sourceError(file, e);
-    }
+    const format = o.format ?? "raw";
+    input = await openDiskInput(file, handle, st, format, { sparse: o.sparse ?? true, keepCache: o.keepCache ?? false });
+    const size = input.size;
     const list = new ChunkListBuilder(sink);
-    const segment = Math.max(chunkSize, Math.floor(segmentBytes / chunkSize) * chunkSize);
+    const segment = Math.max(chunkSize, Math.floor((o.segmentBytes ?? DEFAULT_SEGMENT_BYTES) / chunkSize) * chunkSize);
     const free: Uint8Array[] = [];
     const zero = new Uint8Array(segment);
-    const extents = sparse ? DataExtents.open(handle.fd, size) : undefined;
-    cache = keepCache ? undefined : PageCacheFootprint.open(handle.fd, size);
     // Holes need no worker: an empty batch keeps their place in the sink's order.
     const submitHoles = (n: number): Promise<void> => sink.submit({ data: new Uint8Array(0), ranges: new Uint32Array(0), detectZero: true }, () => list.pushZeros(n));
     let position = 0;
     let readBytes = 0;
     while (position < size) {
-      const extent = extents?.next(position) ?? { start: position, end: size };
-      // Whole chunks before the next allocated extent are holes: recorded, not read.
+      const extent = await input.next(position);
+      // Whole chunks before the next data extent are holes: recorded, not read.
       const dataChunk = extent.start >= size ? size : Math.max(position, Math.floor(extent.start / chunkSize) * chunkSize);
       if (dataChunk > position) {
         const holes = Math.ceil((dataChunk - position) / chunkSize);
@@ -87,25 +84,14 @@ export async function backupImage(
       // Read to the end of this extent's last chunk at most.
       const want = Math.min(segment, size - position, Math.ceil(extent.end / chunkSize) * chunkSize - position);
       const buffer = free.pop() ?? new Uint8Array(segment);
-      let got = 0;
-      cache?.beforeRead(position, position + want);
-      // A range the page cache held before is a copy from memory: read at once on this thread.
-      // Handing it to libuv's pool costs two thread wake-ups, which a virtual machine whose idle
-      // vCPUs sleep makes dear (docs/design.md §10); a range that needs the disk goes to the
-      // pool, so its latency overlaps the hashing.
-      const fromCache = cache?.cachedBefore(position, position + want) === true;
+      let got: number;
       try {
-        while (got < want) {
-          const bytesRead = fromCache ? readSync(handle.fd, buffer, got, want - got, position + got) : (await handle.read(buffer, got, want - got, position + got)).bytesRead;
-          if (bytesRead === 0) break;
-          got += bytesRead;
-        }
+        got = await input.read(buffer.subarray(0, want), position);
       } catch (e) {
-        throw sourceError(file, e);
+        throw e instanceof VaultError ? e : sourceError(file, e);
       }
       if (got < want) assertUnchanged(file, before, identityOf(await handle.stat()));
       if (got === 0) throw sourceError(file, new Error("unexpected end of file"));
-      cache?.afterRead(position + got);
       readBytes += got;
       const count = Math.ceil(got / chunkSize);
       if (isZero(buffer.subarray(0, got), zero)) {
@@ -131,15 +117,25 @@ export async function backupImage(
     }
     const lists = await sink.schedule(() => list.finish());
     assertUnchanged(file, before, identityOf(await handle.stat()));
-    cache?.finish();
+    await input.close();
     return {
-      source: { kind: "disk", name, size, chunkSize, lists, dataChunks: list.dataChunks, zeroChunks: list.zeroChunks, ...(meta === undefined ? {} : { file: meta.file }) },
+      source: {
+        kind: "disk",
+        name,
+        size,
+        chunkSize,
+        lists,
+        dataChunks: list.dataChunks,
+        zeroChunks: list.zeroChunks,
+        ...(format === "raw" ? {} : { format }),
+        ...(meta === undefined ? {} : { file: meta.file }),
+      },
       readBytes,
-      cacheDroppedBytes: cache?.droppedBytes ?? 0,
+      cacheDroppedBytes: input.cacheDroppedBytes,
       skipped: meta?.skipped ?? [],
     };
   } finally {
-    cache?.finish();
+    await input?.close();
     await handle.close();
   }
 }

@@ -1,7 +1,8 @@
 import { promises as fsp } from "node:fs";
 import type { DomainDeviceLeftOut } from "../sources/domain.js";
 import { entryItem, type ListedItem } from "../snapshot/items.js";
-import { DataExtents, sourceSize } from "../sources/extents.js";
+import { openDiskInput, type DiskInput } from "../sources/disk-input.js";
+import type { ImageFormatChoice } from "../sources/qcow2.js";
 import { Excludes } from "../sources/exclude.js";
 import { sourceError } from "../sources/identity.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
@@ -19,6 +20,8 @@ export interface PreviewOptions {
   readonly libvirtUri?: string;
   /** As for a backup: false counts a disk image's holes as data to read. */
   readonly sparse?: boolean;
+  /** As for a backup: how disk image sources are read (auto, raw, qcow2). */
+  readonly imageFormat?: ImageFormatChoice;
   readonly exclude?: readonly string[];
   readonly excludeIfPresent?: readonly string[];
   readonly excludeLargerThan?: number;
@@ -48,6 +51,8 @@ export interface PreviewSource {
   readonly size: number;
   /** A disk: the bytes of its allocated extents, which a backup reads (all of size with sparse false, or where the file system tells no holes). */
   readonly dataBytes?: number;
+  /** A disk read through qemu-nbd: its image format (qcow2). */
+  readonly format?: string;
   readonly files?: number;
   readonly dirs?: number;
   readonly symlinks?: number;
@@ -82,7 +87,7 @@ export async function previewBackup(o: PreviewOptions, onItem: (item: PreviewIte
   const vm = backupVmName(o, domain);
   const excludes = new Excludes(o.exclude, o.excludeIfPresent, { largerThan: o.excludeLargerThan });
   const sparse = o.sparse ?? true;
-  const planned = await planSources(o.sources, sparse, domain);
+  const planned = await planSources(o.sources, sparse, domain, o.imageFormat);
   for (const d of domain?.leftOut ?? []) onItem({ path: d.target, type: "disk", size: 0, excluded: d.reason });
   const progress = throttled(o.progress);
   const sources: PreviewSource[] = [];
@@ -143,23 +148,19 @@ async function previewDisk(p: PlannedSource, sparse: boolean): Promise<PreviewSo
   } catch (e) {
     throw sourceError(p.path, e);
   }
+  let input: DiskInput | undefined;
   try {
-    const st = await handle.stat();
-    let size: number;
-    try {
-      size = await sourceSize(handle.fd, st);
-    } catch (e) {
-      throw sourceError(p.path, e);
-    }
-    const extents = sparse ? DataExtents.open(handle.fd, size) : undefined;
+    input = await openDiskInput(p.path, handle, await handle.stat(), p.format ?? "raw", { sparse, keepCache: true });
+    const size = input.size;
     let dataBytes = 0;
     for (let at = 0; at < size; ) {
-      const extent = extents?.next(at) ?? { start: at, end: size };
+      const extent = await input.next(at);
       dataBytes += extent.end - extent.start;
       at = extent.end;
     }
-    return { name: p.name, kind: "disk", size, dataBytes };
+    return { name: p.name, kind: "disk", size, dataBytes, ...(p.format === undefined || p.format === "raw" ? {} : { format: p.format }) };
   } finally {
+    await input?.close();
     await handle.close();
   }
 }

@@ -122,6 +122,12 @@ export interface DiskSource {
    * snapshots written before they were recorded.
    */
   readonly file?: FileMeta;
+  /**
+   * The source image's format, as QEMU names it, when it was not raw (`qcow2`): what the
+   * backup read through qemu-nbd. The chunks hold the disk as the guest sees it either way, so
+   * this only says what the image was; a restore writes the format it is asked for.
+   */
+  readonly format?: string;
 }
 
 /** A folder source: its entries (paths, modes, chunk lists) live in entry blobs. */
@@ -194,6 +200,7 @@ export function parseSnapshotBody(value: unknown): SnapshotBody {
         dataChunks: int(s, "dataChunks"),
         zeroChunks: int(s, "zeroChunks"),
         ...(s["file"] === undefined || s["file"] === null ? {} : { file: parseFileMeta(obj(s["file"], "disk file")) }),
+        ...(s["format"] === undefined || s["format"] === null ? {} : { format: str(s, "format") }),
       };
     }
     if (kind === "folder") {

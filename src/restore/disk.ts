@@ -1,3 +1,4 @@
+import path from "node:path";
 import { parseChunkList } from "../format/chunklist.js";
 import type { DiskSource } from "../format/snapshot.js";
 import { FormatError } from "../format/codec.js";
@@ -8,6 +9,7 @@ import type { BlobReader } from "./blob-reader.js";
 import type { ChunkFetcher, ChunkRequest } from "./fetcher.js";
 import { XattrTally } from "../util/xattrs.js";
 import { finishRestored, PartialFile, targetError } from "./targets.js";
+import { Qcow2Target } from "./qcow2-target.js";
 
 /** Iterates a disk's chunk positions from its list blobs, authenticating each list. */
 export async function* diskChunks(disk: DiskSource, reader: BlobReader, snapshotKey: string): AsyncIterable<Uint8Array | null> {
@@ -47,7 +49,8 @@ const WRITES_IN_FLIGHT = 2;
  * Writes a disk image sparsely: holes stay holes, every data chunk is verified (by the
  * fetcher's workers) before it is written; adjacent chunks are written in one call. A window's
  * writes run while the next windows are decoded (at most WRITES_IN_FLIGHT windows at once), so
- * the disk's latency does not stall the decoding.
+ * the disk's latency does not stall the decoding. As a raw image by default; with format
+ * qcow2, into a new qcow2 image through qemu-nbd (Qcow2Target), whose holes stay unallocated.
  */
 export async function restoreDisk(
   disk: DiskSource,
@@ -59,16 +62,25 @@ export async function restoreDisk(
   signal: AbortSignal | undefined,
   owners: boolean,
   excludeXattr?: (name: string) => boolean,
+  format: "raw" | "qcow2" = "raw",
 ): Promise<{ bytes: number; xattrs: XattrTally }> {
   let file: PartialFile;
+  let qcow2: Qcow2Target | undefined;
   try {
-    file = await PartialFile.create(finalPath, disk.size, { direct: true });
+    file = await PartialFile.create(finalPath, format === "raw" ? disk.size : 0, { direct: format === "raw" });
   } catch (e) {
+    throw targetError(finalPath, e);
+  }
+  try {
+    if (format === "qcow2") qcow2 = await Qcow2Target.create(path.resolve(file.tempPath.toString()), disk.size);
+  } catch (e) {
+    await file.abort();
     throw targetError(finalPath, e);
   }
   const write = async (run: { data: Uint8Array; position: number }): Promise<void> => {
     try {
-      if (fetcher.directWritable(run.data, run.position)) await file.writeDirect(run.data, run.position);
+      if (qcow2 !== undefined) await qcow2.write(run.data, run.position);
+      else if (fetcher.directWritable(run.data, run.position)) await file.writeDirect(run.data, run.position);
       else await file.write(run.data, run.position);
     } catch (e) {
       throw targetError(finalPath, e);
@@ -107,6 +119,11 @@ export async function restoreDisk(
     }
     while (inFlight.length > 0) await inFlight.shift();
     signal?.throwIfAborted();
+    try {
+      await qcow2?.finish();
+    } catch (e) {
+      throw targetError(finalPath, e);
+    }
     // The image file's own metadata, as a folder's files get theirs; none recorded (a block
     // device, an older snapshot): mode 0600, owned by whoever restores it.
     const xattrs = new XattrTally(excludeXattr);
@@ -126,6 +143,7 @@ export async function restoreDisk(
   } catch (e) {
     // No write may still be running when the partial file is closed and removed.
     await Promise.allSettled([...inFlight, ...writes]);
+    await qcow2?.abort();
     await file.abort();
     throw e;
   }

@@ -3,7 +3,8 @@ import path from "node:path";
 import { SourceError, UsageError } from "../errors.js";
 import { domainFileName, type DiskSource, type SnapshotDomain } from "../format/snapshot.js";
 import { assertDomainName, rewriteKeptDomain } from "../sources/domain.js";
-import { defineLibvirtDomain, toolEnv } from "../sources/libvirt.js";
+import { defineLibvirtDomain } from "../sources/libvirt.js";
+import { runTool, ToolFailed } from "../sources/tools.js";
 
 /** What `export nbd --overlay-dir` makes besides the export: a qcow2 overlay per disk, and the domain that runs on them. */
 export interface OverlayRequest {
@@ -92,12 +93,10 @@ export async function makeOverlays(planned: Planned, o: Pick<OverlayRequest, "de
 }
 
 async function qemuImg(args: readonly string[]): Promise<void> {
-  const { execFile } = process.getBuiltinModule("node:child_process");
-  await new Promise<void>((resolve, reject) => {
-    execFile("qemu-img", args, { encoding: "utf8", env: toolEnv() }, (error, _stdout, stderr) => {
-      if (error === null) return resolve();
-      if ((error as NodeJS.ErrnoException).code === "ENOENT") return reject(new UsageError("qemu-img was not found", "install it (Debian: qemu-utils) to make overlays, or export without --overlay-dir"));
-      reject(new SourceError("E_SOURCE", `qemu-img could not make an overlay: ${stderr.trim() || error.message}`));
-    });
-  });
+  try {
+    await runTool("qemu-img", args, () => new UsageError("qemu-img was not found", "install it (Debian: qemu-utils) to make overlays, or export without --overlay-dir"));
+  } catch (e) {
+    if (!(e instanceof ToolFailed)) throw e;
+    throw new SourceError("E_SOURCE", `qemu-img could not make an overlay: ${e.message}`);
+  }
 }

@@ -54,6 +54,12 @@ export interface RestoreOptions {
   readonly define?: boolean;
   readonly libvirtUri?: string;
   /**
+   * The format disks are restored in: raw (the default) or qcow2 (a new qcow2 image written
+   * through qemu-nbd, its holes unallocated). A restored domain definition names it in each
+   * restored disk's `<driver type=…>`.
+   */
+  readonly format?: "raw" | "qcow2";
+  /**
    * Extended attributes not to set, by name pattern (`security.selinux`, `trusted.*`, `*` for
    * all; src/sources/exclude.ts xattrExcluder): counted as excluded, not as skipped.
    */
@@ -75,8 +81,12 @@ export interface RestoreResult {
   readonly snapshotId: string;
   readonly vm: string;
   readonly target: string;
-  /** Each disk and folder restored; a folder's `hardlinks` counts its files restored as a hard link to another. */
-  readonly restored: readonly { name: string; kind: "disk" | "folder"; path: string; bytes: number; hardlinks?: number }[];
+  /**
+   * Each disk and folder restored; a folder's `hardlinks` counts its files restored as a hard
+   * link to another; a disk's `format` is the image format written, its `sourceFormat` the one
+   * it was backed up from when that was not raw.
+   */
+  readonly restored: readonly { name: string; kind: "disk" | "folder"; path: string; bytes: number; hardlinks?: number; format?: "raw" | "qcow2"; sourceFormat?: string }[];
   /**
    * The snapshot's libvirt domain definition, restored beside its disks (whole restores only) and
    * naming the restored images: `virsh define PATH` defines the VM.
@@ -225,7 +235,7 @@ async function restoreWith(
   const body = await readSnapshotBody(repo, sessions, record);
   const plan = planRestore(body, target, o);
   // Made before anything is written: a definition that cannot be rewritten restores nothing.
-  const domainXml = plan.domain === undefined ? undefined : restoredDomainXml(record, plan);
+  const domainXml = plan.domain === undefined ? undefined : restoredDomainXml(record, plan, o.format ?? "raw");
   if (o.force !== true) {
     for (const p of [...plan.disks.map((d) => d.dest), ...plan.folders.filter((f) => f.includes === undefined).map((f) => f.dest), ...(plan.domain === undefined ? [] : [plan.domain.dest])]) {
       if (await exists(p)) throw targetExistsError(p);
@@ -245,8 +255,8 @@ async function restoreWith(
   const pool = await starting;
   const fetcher = new ChunkFetcher(repo, index, sessions, pool);
   for (const { disk, dest } of plan.disks) {
-    const r = await restoreDisk(disk, dest, reader, fetcher, record.key, progress, o.signal, owners, excludeXattr);
-    restored.push({ name: disk.name, kind: "disk", path: dest, bytes: r.bytes });
+    const r = await restoreDisk(disk, dest, reader, fetcher, record.key, progress, o.signal, owners, excludeXattr, o.format ?? "raw");
+    restored.push({ name: disk.name, kind: "disk", path: dest, bytes: r.bytes, format: o.format ?? "raw", ...(disk.format === undefined ? {} : { sourceFormat: disk.format }) });
     xattrs.add(r.xattrs);
   }
   for (const { folder, dest, includes } of plan.folders) {
@@ -316,11 +326,11 @@ function contentDigest(repo: Repository, plan: Plan): string {
 }
 
 /** The snapshot's domain definition naming the restored images (and renamed, when asked). */
-function restoredDomainXml(record: SnapshotRecord, plan: Plan): string {
+function restoredDomainXml(record: SnapshotRecord, plan: Plan, format: "raw" | "qcow2"): string {
   const p = plan.domain;
   if (p === undefined) throw new Error("no domain to restore");
   const disks = new Map(plan.disks.map(({ disk, dest }) => [disk.name, dest]));
-  return rewriteKeptDomain(`snapshot ${record.header.id}`, p.domain.xml, { disks, ...(p.name === p.domain.name ? {} : { name: p.name }) });
+  return rewriteKeptDomain(`snapshot ${record.header.id}`, p.domain.xml, { disks, format, ...(p.name === p.domain.name ? {} : { name: p.name }) });
 }
 
 /** Writes the definition under a temporary name, makes it durable, then renames it into place (mode 0600: it may hold graphics passwords). */

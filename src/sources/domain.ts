@@ -14,6 +14,8 @@ export interface DomainDisk {
   /** The image file or block device. */
   readonly path: string;
   readonly type: "file" | "block";
+  /** The image's format, from the disk's `<driver type=…>` (libvirt's default: raw). */
+  readonly format: "raw" | "qcow2";
 }
 
 /** A device of the domain a backup leaves out, and why. */
@@ -81,11 +83,8 @@ export function parseDomain(xml: string, given = "the domain definition"): Domai
     const driver = child(disk, "driver");
     // No driver type: libvirt's default for a disk is raw.
     const format = (driver === undefined ? undefined : attribute(driver, "type")) ?? "raw";
-    if (format !== "raw") {
-      throw new UsageError(
-        `${shown} is a ${format} image; vmvault backs up raw images (qcow2 sources are planned)`,
-        `convert it (qemu-img convert -O raw) or back up the VM's raw disks as SOURCEs with --vm`,
-      );
+    if (format !== "raw" && format !== "qcow2") {
+      throw new UsageError(`${shown} is a ${format} image; vmvault backs up raw and qcow2 images`, `convert it (qemu-img convert -O qcow2), or back up the VM's other disks as SOURCEs with --vm`);
     }
     if (type !== "file" && type !== "block") throw new UsageError(`${shown} is a ${type} disk; vmvault reads disks that are files or block devices`, "back up the volume's file or device path as a SOURCE instead");
     const source = child(disk, "source");
@@ -93,7 +92,7 @@ export function parseDomain(xml: string, given = "the domain definition"): Domai
     if (path === undefined || path === "") throw new UsageError(`${shown} has no source ${type === "file" ? "file" : "device"}`);
     if (!path.startsWith("/")) throw new UsageError(`${shown} names its source by a relative path (${path})`, "libvirt definitions name absolute paths; give the one virsh dumpxml prints");
     if (disks.some((d) => d.target === target)) throw new UsageError(`two disks of domain ${name} have target ${target}`);
-    disks.push({ target, path, type });
+    disks.push({ target, path, type, format });
   }
   return { name, uuid: child(root, "uuid")?.text.trim(), disks, leftOut, xml };
 }
@@ -107,10 +106,12 @@ export interface DomainRewrite {
    */
   readonly name?: string;
   /**
-   * The rewritten disks' image format, when not raw: `qcow2` for overlays (`export nbd
-   * --overlay-dir`), set in each one's `<driver type=…>`.
+   * The rewritten disks' image format, named in each one's `<driver type=…>`: `qcow2` for
+   * overlays (`export nbd --overlay-dir`) and qcow2 restores, set, or added where no type is
+   * named; `raw` replaces another type named there (a qcow2 disk restored as raw) and adds none
+   * (libvirt's default is raw). Absent: drivers are left as written.
    */
-  readonly format?: "qcow2";
+  readonly format?: "raw" | "qcow2";
 }
 
 /**
@@ -133,7 +134,11 @@ export function rewriteDomain(xml: string, r: DomainRewrite): string {
     if (from === undefined) throw new XmlError(`disk ${target} has no source to rewrite`);
     if (from.name === "file") edits.setAttribute(from, restored);
     else edits.renameAttribute(from, "file", restored);
-    if (r.format !== undefined) setDriverType(edits, disk, r.format);
+    if (r.format === "qcow2") setDriverType(edits, disk, r.format);
+    else if (r.format === "raw") {
+      const named = child(disk, "driver")?.attributes.find((a) => a.name === "type");
+      if (named !== undefined && named.value !== "raw") edits.setAttribute(named, "raw");
+    }
   }
   if (r.name !== undefined) {
     const name = child(root, "name");

@@ -1,6 +1,7 @@
 import { NotFoundError, SourceError, UsageError, VaultError } from "../errors.js";
 import { processAlive } from "../util/process.js";
 import { parseDomain, type DomainDefinition } from "./domain.js";
+import { toolEnv } from "./tools.js";
 
 /**
  * A domain's definition and state from libvirt, through `virsh` (libvirt's own client, so every
@@ -54,16 +55,6 @@ async function virsh(args: readonly string[], uri: string | undefined): Promise<
 }
 
 class VirshError extends Error {}
-
-/**
- * The environment of a tool vmvault runs (virsh, qemu-img): this one without vmvault's own
- * settings (a passphrase among them), in the C locale (its messages are matched).
- */
-export function toolEnv(): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { LC_ALL: "C" };
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("VMVAULT_") && k !== "LC_ALL") env[k] = v;
-  return env;
-}
 
 interface BlockDevice {
   /** file, block, network, ... */

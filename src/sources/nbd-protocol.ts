@@ -300,3 +300,178 @@ function view(b: Uint8Array): DataView {
 function text(b: Uint8Array): string {
   return Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString("utf8");
 }
+
+// ---- The client's side: what vmvault sends to qemu-nbd and parses from it. ----
+
+/** The second magic of an oldstyle greeting, which vmvault's client refuses. */
+export const OLDSTYLE_MAGIC = 0x00420281861253n;
+
+/** More transmission flags: what the server lets the client send. */
+export const TX_SEND_FLUSH = 1 << 2;
+export const TX_SEND_FUA = 1 << 3;
+export const TX_SEND_WRITE_ZEROES = 1 << 6;
+
+/** Command flags: forced unit access (writes), and "do not punch a hole" (write zeroes). */
+export const CMD_FLAG_FUA = 1 << 0;
+export const CMD_FLAG_NO_HOLE = 1 << 1;
+
+/** Structured reply types past ReplyType's: an error at an offset; bit 15 marks every error type. */
+export const REPLY_TYPE_ERROR_OFFSET = 0x8002;
+export const REPLY_TYPE_ERROR_BIT = 0x8000;
+
+/** Option reply types past Rep's; bit 31 marks every error reply. */
+export const REP_ERR_TLS_REQD = 0x80000005;
+export const REP_ERR_BLOCK_SIZE_REQD = 0x80000008;
+export const REP_ERR_BIT = 0x80000000;
+
+/** Bytes of a simple reply's header, of an option reply's header. */
+export const SIMPLE_REPLY_BYTES = 16;
+export const OPTION_REPLY_HEADER_BYTES = 20;
+
+/** The wire's errno values by name: Errno's and ENOSPC, which a write past the space left gets. */
+const ERRNO_NAMES: ReadonlyMap<number, string> = new Map([
+  ...Object.entries(Errno).map(([name, n]) => [n, name] as const),
+  [28, "ENOSPC"],
+]);
+
+/** "EIO" for 5; "E<number>" for a value the protocol does not name. */
+export function errnoName(errno: number): string {
+  return ERRNO_NAMES.get(errno) ?? `E${errno}`;
+}
+
+/** An option as the client sends it: IHAVEOPT, the option, its data's length, its data. */
+export function encodeOptionRequest(option: number, data: Uint8Array = new Uint8Array(0)): Uint8Array {
+  const b = Buffer.alloc(OPTION_HEADER_BYTES + data.length);
+  b.writeBigUInt64BE(IHAVEOPT, 0);
+  b.writeUInt32BE(option, 8);
+  b.writeUInt32BE(data.length, 12);
+  b.set(data, OPTION_HEADER_BYTES);
+  return b;
+}
+
+/** NBD_OPT_GO's (and NBD_OPT_INFO's) data: the export's name and the information requests. */
+export function encodeGoOption(name: string, requests: readonly number[]): Uint8Array {
+  const n = Buffer.from(name, "utf8");
+  const b = Buffer.alloc(4 + n.length + 2 + 2 * requests.length);
+  b.writeUInt32BE(n.length, 0);
+  b.set(n, 4);
+  b.writeUInt16BE(requests.length, 4 + n.length);
+  requests.forEach((r, i) => b.writeUInt16BE(r, 6 + n.length + 2 * i));
+  return b;
+}
+
+/** NBD_OPT_SET_META_CONTEXT's (and NBD_OPT_LIST_META_CONTEXT's) data: the export's name and the queries. */
+export function encodeMetaContextOption(name: string, queries: readonly string[]): Uint8Array {
+  const parts = [u32(Buffer.byteLength(name)), Buffer.from(name, "utf8"), u32(queries.length)];
+  for (const q of queries) parts.push(u32(Buffer.byteLength(q)), Buffer.from(q, "utf8"));
+  return Buffer.concat(parts);
+}
+
+export interface OptionReplyHeader {
+  readonly magicOk: boolean;
+  readonly option: number;
+  readonly type: number;
+  readonly length: number;
+}
+
+export function parseOptionReplyHeader(b: Uint8Array): OptionReplyHeader {
+  const v = view(b);
+  return { magicOk: v.getBigUint64(0) === OPTION_REPLY_MAGIC, option: v.getUint32(8), type: v.getUint32(12), length: v.getUint32(16) };
+}
+
+/** NBD_REP_INFO's data, the kinds the client uses; size is a bigint, as it came (up to 2^64 - 1). */
+export type ExportInformation =
+  | { readonly type: typeof Info.EXPORT; readonly size: bigint; readonly flags: number }
+  | { readonly type: typeof Info.BLOCK_SIZE; readonly minimum: number; readonly preferred: number; readonly maximum: number }
+  | { readonly type: "other"; readonly info: number };
+
+/** Throws OptionDataError when a known kind's data has the wrong length. */
+export function parseInfoReply(data: Uint8Array): ExportInformation {
+  if (data.length < 2) throw new OptionDataError("information reply too short");
+  const v = view(data);
+  const info = v.getUint16(0);
+  if (info === Info.EXPORT) {
+    if (data.length !== 12) throw new OptionDataError(`NBD_INFO_EXPORT of ${data.length} bytes, not 12`);
+    return { type: Info.EXPORT, size: v.getBigUint64(2), flags: v.getUint16(10) };
+  }
+  if (info === Info.BLOCK_SIZE) {
+    if (data.length !== 14) throw new OptionDataError(`NBD_INFO_BLOCK_SIZE of ${data.length} bytes, not 14`);
+    return { type: Info.BLOCK_SIZE, minimum: v.getUint32(2), preferred: v.getUint32(6), maximum: v.getUint32(10) };
+  }
+  return { type: "other", info };
+}
+
+/** NBD_REP_META_CONTEXT's data: the context's ID for this connection and its name. */
+export function parseMetaContextReply(data: Uint8Array): { id: number; name: string } {
+  if (data.length < 4) throw new OptionDataError("metadata context reply too short");
+  return { id: view(data).getUint32(0), name: text(data.subarray(4)) };
+}
+
+/** NBD_OPT_EXPORT_NAME's answer (its first 10 bytes): the size and the transmission flags. */
+export function parseExportNameReply(b: Uint8Array): { size: bigint; flags: number } {
+  const v = view(b);
+  return { size: v.getBigUint64(0), flags: v.getUint16(8) };
+}
+
+/** A request header; a write's data follows it. The handle is the client's own 64-bit cookie. */
+export function encodeRequest(flags: number, type: number, handle: bigint, offset: number, length: number): Uint8Array {
+  const b = Buffer.alloc(REQUEST_BYTES);
+  b.writeUInt32BE(REQUEST_MAGIC, 0);
+  b.writeUInt16BE(flags, 4);
+  b.writeUInt16BE(type, 6);
+  b.writeBigUInt64BE(handle, 8);
+  b.writeBigUInt64BE(BigInt(offset), 16);
+  b.writeUInt32BE(length, 24);
+  return b;
+}
+
+/** A reply's header, simple (the first 16 bytes) or a structured chunk's (20 bytes); which one the magic tells. */
+export type ReplyHeader =
+  | { readonly kind: "simple"; readonly error: number; readonly handle: bigint }
+  | { readonly kind: "structured"; readonly flags: number; readonly type: number; readonly handle: bigint; readonly length: number }
+  | { readonly kind: "bad magic"; readonly magic: number };
+
+/** The magic, from a header's first 4 bytes: how many bytes the header has (16, 20), or 0 for a bad magic. */
+export function replyHeaderBytes(b: Uint8Array): number {
+  const magic = view(b).getUint32(0);
+  return magic === SIMPLE_REPLY_MAGIC ? SIMPLE_REPLY_BYTES : magic === STRUCTURED_REPLY_MAGIC ? STRUCTURED_HEADER_BYTES : 0;
+}
+
+export function parseReplyHeader(b: Uint8Array): ReplyHeader {
+  const v = view(b);
+  const magic = v.getUint32(0);
+  if (magic === SIMPLE_REPLY_MAGIC && b.length >= SIMPLE_REPLY_BYTES) return { kind: "simple", error: v.getUint32(4), handle: v.getBigUint64(8) };
+  if (magic === STRUCTURED_REPLY_MAGIC && b.length >= STRUCTURED_HEADER_BYTES) {
+    return { kind: "structured", flags: v.getUint16(4), type: v.getUint16(6), handle: v.getBigUint64(8), length: v.getUint32(16) };
+  }
+  return { kind: "bad magic", magic };
+}
+
+/** A structured error chunk's payload (ERROR, ERROR_OFFSET, or an unknown type with bit 15 set); undefined when it does not parse. */
+export function parseErrorPayload(type: number, b: Uint8Array): { errno: number; message: string; offset: number | undefined } | undefined {
+  if (b.length < 6) return undefined;
+  const v = view(b);
+  const errno = v.getUint32(0);
+  const messageLength = v.getUint16(4);
+  if (6 + messageLength > b.length) return undefined;
+  const message = text(b.subarray(6, 6 + messageLength));
+  if (type !== REPLY_TYPE_ERROR_OFFSET) return { errno, message, offset: undefined };
+  if (b.length !== 6 + messageLength + 8) return undefined;
+  const offset = v.getBigUint64(6 + messageLength);
+  return { errno, message, offset: offset > BigInt(Number.MAX_SAFE_INTEGER) ? Infinity : Number(offset) };
+}
+
+/** A BLOCK_STATUS chunk's payload: the context's ID and its descriptors; undefined when the length is not 4 + 8n with n >= 1. */
+export function parseBlockStatusPayload(b: Uint8Array): { contextId: number; extents: { length: number; flags: number }[] } | undefined {
+  if (b.length < 12 || (b.length - 4) % 8 !== 0) return undefined;
+  const v = view(b);
+  const extents: { length: number; flags: number }[] = [];
+  for (let at = 4; at < b.length; at += 8) extents.push({ length: v.getUint32(at), flags: v.getUint32(at + 4) });
+  return { contextId: v.getUint32(0), extents };
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n, 0);
+  return b;
+}

@@ -45,19 +45,24 @@ const CDROM = `    <disk type='file' device='cdrom'>
     </disk>`;
 
 describe("parseDomain", () => {
-  it("takes raw file and block disks by target device and leaves CD-ROMs out; an interface's target is not a disk", () => {
-    const d = parseDomain(domain([FILE_DISK, BLOCK_DISK, CDROM].join("\n")));
+  it("takes raw and qcow2 file and block disks by target device and leaves CD-ROMs out; an interface's target is not a disk", () => {
+    const qcow2 = FILE_DISK.replace("type='raw'", "type='qcow2'").replace("web1.raw", "web1-os.qcow2").replace("vda", "vdc");
+    const noDriver = BLOCK_DISK.replace("      <driver name='qemu' type='raw'/>\n", "").replace("vdb", "vdd");
+    const d = parseDomain(domain([FILE_DISK, BLOCK_DISK, qcow2, noDriver, CDROM].join("\n")));
     expect(d.name).toBe("web1");
     expect(d.uuid).toBe("6695eb01-f6a4-8304-79aa-97f2502e193f");
     expect(d.disks).toEqual([
-      { target: "vda", path: "/var/lib/libvirt/images/web1.raw", type: "file" },
-      { target: "vdb", path: "/dev/vg0/web1-data", type: "block" },
+      { target: "vda", path: "/var/lib/libvirt/images/web1.raw", type: "file", format: "raw" },
+      { target: "vdb", path: "/dev/vg0/web1-data", type: "block", format: "raw" },
+      { target: "vdc", path: "/var/lib/libvirt/images/web1-os.qcow2", type: "file", format: "qcow2" },
+      // No driver type: libvirt's default, raw.
+      { target: "vdd", path: "/dev/vg0/web1-data", type: "block", format: "raw" },
     ]);
     expect(d.leftOut).toEqual([{ target: "sda", device: "cdrom", reason: "cdrom: removable media are not backed up" }]);
   });
 
   it.each([
-    ["a qcow2 disk", FILE_DISK.replace("type='raw'", "type='qcow2'"), /disk vda of domain web1 is a qcow2 image/],
+    ["a vmdk disk", FILE_DISK.replace("type='raw'", "type='vmdk'"), /disk vda of domain web1 is a vmdk image; vmvault backs up raw and qcow2 images/],
     ["a network disk", `<disk type='network' device='disk'><driver type='raw'/><source protocol='nbd' name='x'><host name='127.0.0.1' port='10809'/></source><target dev='vdc'/></disk>`, /is a network disk/],
     ["a pool volume", `<disk type='volume' device='disk'><driver type='raw'/><source pool='default' volume='web1.raw'/><target dev='vdc'/></disk>`, /is a volume disk/],
     ["a disk without a target", `<disk type='file' device='disk'><source file='/a.raw'/></disk>`, /no usable <target dev=/],
@@ -97,8 +102,8 @@ describe("rewriteDomain", () => {
     expect(out).toBe(expected);
     const again = parseDomain(out);
     expect(again.disks).toEqual([
-      { target: "vda", path: "/restore/vda", type: "file" },
-      { target: "vdb", path: "/restore/vd'b", type: "file" },
+      { target: "vda", path: "/restore/vda", type: "file", format: "raw" },
+      { target: "vdb", path: "/restore/vd'b", type: "file", format: "raw" },
     ]);
     expect(again.leftOut).toEqual(parseDomain(xml).leftOut);
   });
@@ -132,6 +137,18 @@ describe("rewriteDomain", () => {
     expect(out).toContain("<driver name='qemu' type='raw'/>\n      <source dev='/dev/vg0/web1-data'/>");
     expect(out).toContain("<driver name='qemu' type='raw'/>\n      <source file='/srv/iso/debian.iso'/>");
     expect(parseDomain(out.replaceAll("type='qcow2'", "type='raw'")).disks.map((d) => d.target)).toEqual(["vda", "vdb", "vdc", "vdd"]);
+  });
+
+  it("names raw for a qcow2 disk restored as raw, and adds no driver type where none was named", () => {
+    const qcow2 = FILE_DISK.replace("type='raw'", "type='qcow2'");
+    const noDriver = BLOCK_DISK.replace("      <driver name='qemu' type='raw'/>\n", "");
+    const all = domain([qcow2, noDriver].join("\n"));
+    const out = rewriteDomain(all, { disks: new Map([["vda", "/r/vda"], ["vdb", "/r/vdb"]]), format: "raw" });
+    expect(out).toContain("<driver name='qemu' type='raw' cache='none'/>\n      <source file='/r/vda'/>");
+    expect(out).not.toContain("qcow2");
+    // The block disk without a driver became a file disk and got no driver.
+    expect(out).toContain("<disk type='file' device='disk'>\n      <source file='/r/vdb'/>");
+    expect(parseDomain(out).disks.map((d) => d.format)).toEqual(["raw", "raw"]);
   });
 
   it("refuses text that is not a definition", () => {

@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import type { Command } from "commander";
+import { Option, type Command } from "commander";
 import { backupRunsInline } from "../../backup/size.js";
 import { CliContext } from "../context.js";
 import { collect } from "../options.js";
@@ -42,6 +42,7 @@ export interface BackupCliOptions {
   libvirtAll?: boolean;
   excludeDomain?: string[];
   sparse: boolean;
+  imageFormat?: "auto" | "raw" | "qcow2";
   keepCache?: boolean;
   exclude?: string[];
   excludeFile?: string[];
@@ -57,13 +58,14 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
     .command("backup")
     .description("back up disk images and folders of one VM, or a libvirt domain's disks and definition, as a new snapshot")
     .option("--vm <name>", "the VM the sources belong to (default with a domain: the domain's name)")
-    .option("--libvirt-domain <name>", "back up this libvirt domain: its raw disks, named by target device (vda), and its definition, which a restore writes beside them (asks virsh); a running domain is backed up live, its disks read behind overlays it writes to meanwhile")
+    .option("--libvirt-domain <name>", "back up this libvirt domain: its raw and qcow2 disks, named by target device (vda), and its definition, which a restore writes beside them (asks virsh); a running domain is backed up live, its disks read behind overlays it writes to meanwhile")
     .option("--libvirt-all", "back up every domain libvirt has (at --libvirt-uri), one snapshot each, going on past a domain that fails; exit 1 when any failed")
     .option("--exclude-domain <name>", "with --libvirt-all: leave this domain out; repeatable", collect)
     .option("--libvirt-uri <uri>", "with --libvirt-domain: libvirt's connection URI (default: virsh's own, LIBVIRT_DEFAULT_URI included)")
     .option("--quiesce", "with a running --libvirt-domain: freeze the guest's file systems for the instant the overlays are taken (needs the QEMU guest agent in the guest)")
     .option("--overlay-dir <dir>", "with a running --libvirt-domain: put the overlays the VM writes to during the backup in this folder instead of beside each image (a block device's disk needs it)")
     .option("--domain-xml <file>", "as --libvirt-domain, from a definition `virsh dumpxml` wrote to this file (libvirt is not asked)")
+    .addOption(new Option("--image-format <format>", "how disk image SOURCEs are read: auto (a file with a qcow2 header as qcow2, through qemu-nbd, refusing one that names a backing file; any other as raw), raw or qcow2 (with its backing chain); a domain's disks are read as its definition says").choices(["auto", "raw", "qcow2"]).default("auto"))
     .option("--no-sparse", "read every byte, holes included, instead of skipping the extents the file system reports as unallocated")
     .option("--keep-cache", "leave the pages the backup's reads and the packs it writes bring into the page cache there, instead of dropping them")
     .option("--exclude <pattern>", "leave out entries of folder sources matching this pattern: a name (*.log), a path in the snapshot (etc/ssl/private) or an absolute path (/srv/vm1/tmp); repeatable", collect)
@@ -73,7 +75,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
     .option("--exclude-larger-than <size>", "leave out files of folder sources larger than this: bytes, or with K, M, G, T (1024-based): 500M, 2G")
     .option("-n, --dry-run", "show what a backup of these sources would take and leave out, without reading file contents or opening a repository (no passphrase)")
     .option("--list", "with --dry-run: list every disk and entry a backup would record (+), not only those it would leave out (-)")
-    .argument("[source...]", "raw disk images (files or block devices) and folders (with a domain, more sources beside its disks)")
+    .argument("[source...]", "disk images (raw or qcow2; files or block devices) and folders (with a domain, more sources beside its disks)")
     .action(async (sources: string[], opts: BackupCliOptions, command: Command) => {
       const ctx = new CliContext(command);
       if (opts.libvirtAll === true) {
@@ -94,7 +96,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
       const { exclude, largerThan } = backupExcludes(opts);
       if (opts.dryRun === true) {
         interrupts.note = "; a dry run writes nothing";
-        const preview = { vm, ...(domain === undefined ? {} : { domainXml: domain.xml }), sources, sparse: opts.sparse, exclude, excludeIfPresent: opts.excludeIfPresent ?? [], ...largerThan, oneFileSystem: opts.oneFileSystem === true, list: opts.list === true };
+        const preview = { vm, ...(domain === undefined ? {} : { domainXml: domain.xml }), sources, sparse: opts.sparse, imageFormat: opts.imageFormat ?? "auto", exclude, excludeIfPresent: opts.excludeIfPresent ?? [], ...largerThan, oneFileSystem: opts.oneFileSystem === true, list: opts.list === true };
         await dryRun(ctx, preview);
         if (domain?.libvirt?.running === true && !ctx.json) ctx.out(`  domain ${domain.name} runs: a backup would read its disks behind overlays (a live backup)`);
         return;
@@ -148,6 +150,7 @@ export function backupSettings(ctx: CliContext, opts: BackupCliOptions, exclude:
     ...(opts.quiesce === true ? { quiesce: true } : {}),
     ...(opts.overlayDir === undefined ? {} : { overlayDir: opts.overlayDir }),
     sparse: opts.sparse,
+    imageFormat: opts.imageFormat ?? "auto",
     keepCache: opts.keepCache === true,
     exclude,
     excludeIfPresent: opts.excludeIfPresent ?? [],
@@ -172,7 +175,7 @@ export function printBackup(ctx: CliContext, r: BackupResult, oneFileSystem: boo
   ctx.out(`snapshot ${r.snapshotId} of VM ${r.vm} saved${r.domain === undefined ? "" : `, with libvirt domain ${r.domain.name}'s definition${r.domain.live === true ? " (live: its disks were read behind overlays, committed back)" : ""}`}`);
   for (const d of r.domain?.leftOut ?? []) ctx.out(`  left out ${d.target === "" ? d.device : d.target} (${d.reason})`);
   const read = (s: { size: number; readBytes: number }): string => (s.readBytes < s.size ? `, ${formatBytes(s.readBytes)} read, the rest unallocated` : "");
-  ctx.out(`  ${r.sources.map((s) => `${s.name} (${s.kind}, ${formatBytes(s.size)}${read(s)})`).join(", ")}`);
+  ctx.out(`  ${r.sources.map((s) => `${s.name} (${s.kind}${s.format === undefined ? "" : `, ${s.format}`}, ${formatBytes(s.size)}${read(s)})`).join(", ")}`);
   ctx.out(`  ${r.newChunks} new of ${plural(r.chunks, "chunk")}; ${formatBytes(r.addedBytes)} added to the repository in ${plural(r.packs, "pack")}`);
   if (r.excluded > 0) ctx.out(`  ${plural(r.excluded, "entry", "entries")} of folders left out by the excludes${oneFileSystem ? " and --one-file-system" : ""}`);
 }
@@ -218,7 +221,7 @@ function previewLine(item: PreviewItem): string {
 }
 
 function previewSourceLine(s: PreviewResult["sources"][number]): string {
-  if (s.kind === "disk") return `disk, ${formatBytes(s.size)}${s.dataBytes !== undefined && s.dataBytes < s.size ? `, ${formatBytes(s.dataBytes)} allocated` : ""}`;
+  if (s.kind === "disk") return `disk${s.format === undefined ? "" : `, ${s.format}`}, ${formatBytes(s.size)}${s.dataBytes !== undefined && s.dataBytes < s.size ? `, ${formatBytes(s.dataBytes)} allocated` : ""}`;
   const left = (s.excluded ?? 0) > 0 ? `; ${plural(s.excluded ?? 0, "entry", "entries")} left out` : "";
   return `folder, ${plural(s.files ?? 0, "file")} of ${formatBytes(s.size)}, ${plural(s.dirs ?? 0, "folder")}, ${plural(s.symlinks ?? 0, "symlink")}${left}`;
 }

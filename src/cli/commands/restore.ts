@@ -23,8 +23,9 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
     .option("--domain-name <name>", "for a VM backed up with its libvirt domain: name the restored definition so, without its UUID and MAC addresses, to define it beside the original")
     .option("--define", "for a VM backed up with its libvirt domain: define the restored domain in libvirt (virsh define) once restored; under its own name it replaces the original's definition")
     .option("--libvirt-uri <uri>", "with --define: libvirt's connection URI (default: virsh's own)")
+    .addOption(new Option("--format <format>", "write disks as raw images (the default) or as qcow2 images (through qemu-nbd; holes stay unallocated); a restored domain definition names the format").choices(["raw", "qcow2"]).default("raw"))
     .option("--no-owner", "leave restored files owned by the user running the restore, even root (default as root: the recorded owners and groups)")
-    .action(async (snapshot: string, opts: { target: string; reason: string; vm?: string; disk?: string; include?: string[]; force?: boolean; owner: boolean; excludeXattr?: string[]; domainName?: string; define?: boolean; libvirtUri?: string }, command: Command) => {
+    .action(async (snapshot: string, opts: { target: string; reason: string; vm?: string; disk?: string; include?: string[]; force?: boolean; owner: boolean; excludeXattr?: string[]; domainName?: string; define?: boolean; libvirtUri?: string; format: "raw" | "qcow2" }, command: Command) => {
       const ctx = new CliContext(command);
       if (opts.libvirtUri !== undefined && opts.define !== true) throw new UsageError("--libvirt-uri goes with --define");
       // Before the unlock: a pattern that cannot be read costs no Argon2id.
@@ -46,6 +47,7 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
           ...(opts.define === true ? { define: true } : {}),
           ...(opts.libvirtUri === undefined ? {} : { libvirtUri: opts.libvirtUri }),
           ...(opts.include === undefined ? {} : { include: opts.include }),
+          ...(opts.format === "qcow2" ? { format: "qcow2" as const } : {}),
           force: opts.force === true,
           owners: opts.owner,
           ...(opts.excludeXattr === undefined ? {} : { excludeXattrs: opts.excludeXattr }),
@@ -55,11 +57,13 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
         ctx.endProgress();
         warnDamagedIndexes(ctx, r.damagedIndexes);
         warnXattrs(ctx, r.xattrs);
+        const wasQcow2 = r.restored.filter((x) => x.sourceFormat === "qcow2" && x.format === "raw").map((x) => x.name);
+        if (wasQcow2.length > 0) ctx.warn(`note: ${wasQcow2.join(", ")} ${wasQcow2.length === 1 ? "was a qcow2 image" : "were qcow2 images"}, restored as raw (give --format qcow2 to restore qcow2 images)`);
         for (const p of r.partialsFound) ctx.warn(`warning: found ${p}, the partial file of a restore that was killed (or of one still running); remove it once no restore writes there`);
         if (ctx.json) ctx.printJson(r);
         else {
           ctx.out(`restored snapshot ${r.snapshotId} of VM ${r.vm} to ${r.target}`);
-          for (const x of r.restored) ctx.out(`  ${x.path} (${x.kind}, ${formatBytes(x.bytes)} written${x.hardlinks !== undefined && x.hardlinks > 0 ? `, ${x.hardlinks} hard link${x.hardlinks === 1 ? "" : "s"}` : ""})`);
+          for (const x of r.restored) ctx.out(`  ${x.path} (${x.kind}${x.format === "qcow2" ? ", qcow2" : ""}, ${formatBytes(x.bytes)} written${x.hardlinks !== undefined && x.hardlinks > 0 ? `, ${x.hardlinks} hard link${x.hardlinks === 1 ? "" : "s"}` : ""})`);
           if (r.domain?.defined === true) ctx.out(`  ${r.domain.path} (libvirt domain ${r.domain.name}, naming the restored disks; defined in libvirt: virsh start ${r.domain.name})`);
           else if (r.domain !== undefined) ctx.out(`  ${r.domain.path} (libvirt domain ${r.domain.name}, naming the restored disks: virsh define ${r.domain.path})`);
         }

@@ -1,0 +1,87 @@
+import { promises as fsp } from "node:fs";
+import { UsageError } from "../errors.js";
+import { NbdError, type NbdClient } from "../sources/nbd-client.js";
+import { QemuNbd } from "../sources/qcow2.js";
+import { runTool, ToolFailed } from "../sources/tools.js";
+
+/**
+ * A disk restored as a qcow2 image (`restore --format qcow2`): the partial file is made a new,
+ * empty qcow2 image of the disk's size (`qemu-img create`), and the restore writes its data
+ * chunks into it through a writable qemu-nbd of its own, so only the clusters that hold data
+ * are allocated and QEMU's own code writes the format. finish() flushes and lets qemu-nbd end;
+ * the partial file is then committed (fsync, rename) as a raw one is.
+ */
+export class Qcow2Target {
+  readonly #file: string;
+  readonly #client: NbdClient;
+  readonly #server: QemuNbd;
+  #ended = false;
+
+  private constructor(file: string, client: NbdClient, server: QemuNbd) {
+    this.#file = file;
+    this.#client = client;
+    this.#server = server;
+  }
+
+  /** Makes file (an absolute path, the restore's partial file) an empty qcow2 image of size bytes and opens it for writing. */
+  static async create(file: string, size: number): Promise<Qcow2Target> {
+    try {
+      await runTool("qemu-img", ["create", "-q", "-f", "qcow2", file, String(size)], () => new UsageError("qemu-img was not found: a restore with --format qcow2 writes the image with QEMU's tools", "install them (Debian: qemu-utils), or restore as raw"));
+    } catch (e) {
+      if (!(e instanceof ToolFailed)) throw e;
+      throw new Error(`qemu-img could not make a qcow2 image: ${e.message}`);
+    }
+    const server = await QemuNbd.start(file, await fsp.stat(file), { writable: true });
+    try {
+      return new Qcow2Target(file, await server.connect(), server);
+    } catch (e) {
+      await server.stop();
+      throw e;
+    }
+  }
+
+  /** Writes data at position of the disk, in pieces the server takes. */
+  async write(data: Uint8Array, position: number): Promise<void> {
+    const max = this.#client.info.maxRequest;
+    const parts: Promise<void>[] = [];
+    for (let at = 0; at < data.length; at += max) parts.push(this.#client.write(position + at, data.subarray(at, Math.min(data.length, at + max))));
+    try {
+      await Promise.all(parts);
+    } catch (e) {
+      throw this.#error(e);
+    }
+  }
+
+  /** Flushes what was written and waits for qemu-nbd to end, which it does once the client leaves. */
+  async finish(): Promise<void> {
+    this.#ended = true;
+    try {
+      await this.#client.flush();
+      await this.#client.close();
+    } catch (e) {
+      this.#client.destroy();
+      await this.#server.stop();
+      throw this.#error(e);
+    }
+    if (!(await this.#server.stop())) throw new Error(`qemu-nbd did not finish the qcow2 image${this.#said()}`);
+  }
+
+  /** Ends the connection and qemu-nbd at once (the caller removes the partial file). */
+  async abort(): Promise<void> {
+    if (this.#ended) return;
+    this.#ended = true;
+    this.#client.destroy();
+    await this.#server.stop();
+  }
+
+  #said(): string {
+    const said = this.#server.said();
+    return said === undefined ? "" : ` (qemu-nbd: ${said})`;
+  }
+
+  /** What went wrong, for targetError: a server's errno as the error's code (ENOSPC: no space left). */
+  #error(e: unknown): Error {
+    const how = e instanceof NbdError ? `qemu-nbd answered ${e.code}` : e instanceof Error ? e.message : String(e);
+    return Object.assign(new Error(`qcow2 image: ${how}${this.#said()}`), e instanceof NbdError ? { code: e.code } : {});
+  }
+}

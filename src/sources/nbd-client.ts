@@ -1,0 +1,751 @@
+/**
+ * A client of an NBD server (qemu-nbd in practice): the fixed newstyle handshake, with structured
+ * replies and `base:allocation` block status when the server agrees, then many requests in
+ * flight on one connection, replies matched to requests by handle in whatever order they come.
+ * Reads land in the caller's buffer straight from the socket's buffers. Anything the server
+ * sends that breaks the protocol ends the connection: every request in flight and every later
+ * call rejects with an NbdProtocolError that names the problem. An error the server answers
+ * one request with (an errno) rejects that request alone, with an NbdError.
+ */
+import net from "node:net";
+import { writeAll } from "../util/socket-io.js";
+import {
+  BASE_ALLOCATION, Cmd, CMD_FLAG_FUA, encodeGoOption, encodeMetaContextOption, encodeOptionRequest, encodeRequest, errnoName, Errno,
+  FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, Info, NBD_MAGIC, OLDSTYLE_MAGIC, Opt, OPTION_REPLY_HEADER_BYTES, parseBlockStatusPayload,
+  parseErrorPayload, parseExportNameReply, parseInfoReply, parseMetaContextReply, parseOptionReplyHeader, parseReplyHeader, Rep,
+  REP_ERR_BIT, REP_ERR_TLS_REQD, REPLY_FLAG_DONE, REPLY_TYPE_ERROR_BIT, REPLY_TYPE_ERROR_OFFSET, ReplyType, replyHeaderBytes,
+  SIMPLE_REPLY_BYTES, STATE_HOLE, STATE_ZERO, TX_HAS_FLAGS, TX_READ_ONLY, TX_SEND_FLUSH, TX_SEND_FUA, TX_SEND_WRITE_ZEROES,
+  type ReplyHeader,
+} from "./nbd-protocol.js";
+
+export type NbdAddress = { readonly path: string } | { readonly host: string; readonly port: number };
+
+export interface NbdExportInfo {
+  /** Bytes, a safe integer. */
+  readonly size: number;
+  readonly readOnly: boolean;
+  readonly canFlush: boolean;
+  readonly canWriteZeroes: boolean;
+  /** Structured replies negotiated. */
+  readonly structuredReplies: boolean;
+  /** `base:allocation` negotiated: blockStatus asks the server. */
+  readonly blockStatus: boolean;
+  /** The largest read or write to send: the server's maximum block size if it gave one, at most 32 MiB. */
+  readonly maxRequest: number;
+}
+
+export interface NbdExtent {
+  readonly offset: number;
+  readonly length: number;
+  /** Not allocated on the server (NBD_STATE_HOLE). */
+  readonly hole: boolean;
+  /** Reads as zeros (NBD_STATE_ZERO). */
+  readonly zero: boolean;
+}
+
+export interface NbdConnectOptions {
+  /** The export to open; "" (the default) is the server's default export. */
+  readonly exportName?: string;
+  /** Ask for structured replies (default true). */
+  readonly structuredReplies?: boolean;
+  /** Ask for `base:allocation` block status (default true; needs structured replies). */
+  readonly blockStatus?: boolean;
+  /** Aborts connecting and the handshake; no effect once connected. */
+  readonly signal?: AbortSignal;
+}
+
+/** The server answered one request with an error; the connection stays usable. */
+export class NbdError extends Error {
+  /** The errno on the wire (the protocol's own numbering). */
+  readonly errno: number;
+  /** "EIO", "EINVAL", "ENOSPC", "EPERM", … or "E<number>" for one the protocol does not name. */
+  readonly code: string;
+  constructor(errno: number, message: string) {
+    super(message);
+    this.name = "NbdError";
+    this.errno = errno;
+    this.code = errnoName(errno);
+  }
+}
+
+/** The server broke the NBD protocol, or refused the handshake (no such export, oldstyle only, TLS only…). */
+export class NbdProtocolError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "NbdProtocolError";
+  }
+}
+
+/** Connecting failed, or the connection closed (the server's side or ours) with requests left to answer. */
+export class NbdConnectionError extends Error {
+  /** The system's code when a socket call failed ("ENOENT", "ECONNREFUSED", "ECONNRESET", …). */
+  readonly code: string | undefined;
+  constructor(message: string, options: { code?: string | undefined; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = "NbdConnectionError";
+    this.code = options.code;
+  }
+}
+
+/** The protocol's advice for a server that gives no maximum block size. */
+const DEFAULT_MAX_REQUEST = 32 * 1024 * 1024;
+/** The most one block status or write zeroes request covers (a power of two: aligned for any minimum block size). */
+const MAX_EFFECT = 2 ** 30;
+/** Option replies are small (names, messages of at most 4 KiB, a few numbers); a larger one is refused. */
+const MAX_OPTION_REPLY = 64 * 1024;
+/** Error chunks carry a message of at most 4 KiB; block status a descriptor for every extent. */
+const MAX_ERROR_CHUNK = 64 * 1024;
+const MAX_STATUS_CHUNK = 16 * 1024 * 1024;
+/** Bytes buffered from the server before the socket is paused (unless a read waits for more). */
+const HIGH_WATER = 1024 * 1024;
+/** How long close() waits for the server to close the connection after NBD_CMD_DISC. */
+const CLOSE_MS = 5000;
+
+/** A request waiting for its reply. */
+interface Pending {
+  readonly type: number;
+  readonly offset: number;
+  readonly length: number;
+  /** Reads: where the data goes (exactly `length` bytes). */
+  readonly into: Uint8Array | undefined;
+  readonly resolve: (extents: NbdExtent[] | undefined) => void;
+  readonly reject: (e: Error) => void;
+  /** Reads: bytes covered by data and hole chunks so far, and the ranges they cover (sorted, joined). */
+  covered: number;
+  ranges: [number, number][];
+  extents: NbdExtent[] | undefined;
+  /** The first error chunk; the request rejects with it once its reply is done. */
+  error: NbdError | undefined;
+}
+
+/** What the handshake agreed. */
+interface Negotiated {
+  readonly info: NbdExportInfo;
+  readonly minimumBlock: number;
+  readonly contextId: number | undefined;
+  readonly canFua: boolean;
+}
+
+export class NbdClient {
+  readonly info: NbdExportInfo;
+  readonly #socket: net.Socket;
+  readonly #input: SocketReader;
+  readonly #minimumBlock: number;
+  readonly #contextId: number | undefined;
+  readonly #canFua: boolean;
+  readonly #pending = new Map<bigint, Pending>();
+  #nextHandle = 1n;
+  /** Set once the connection is unusable: why, for every later call. */
+  #failure: Error | undefined;
+  #closing: Promise<void> | undefined;
+  #drained: (() => void) | undefined;
+
+  private constructor(socket: net.Socket, input: SocketReader, n: Negotiated) {
+    this.#socket = socket;
+    this.#input = input;
+    this.info = n.info;
+    this.#minimumBlock = n.minimumBlock;
+    this.#contextId = n.contextId;
+    this.#canFua = n.canFua;
+    void this.#receive();
+  }
+
+  static async connect(address: NbdAddress, o: NbdConnectOptions = {}): Promise<NbdClient> {
+    const { signal } = o;
+    signal?.throwIfAborted();
+    const socket = "path" in address ? net.connect({ path: address.path }) : net.connect({ host: address.host, port: address.port });
+    const input = new SocketReader(socket);
+    const where = "path" in address ? address.path : `${address.host}:${address.port}`;
+    const exportName = o.exportName ?? "";
+    const work = (async () => {
+      await connected(socket, where);
+      const n = await handshake(socket, input, exportName, o.structuredReplies ?? true, o.blockStatus ?? true);
+      return new NbdClient(socket, input, n);
+    })();
+    let onAbort: (() => void) | undefined;
+    const aborted = new Promise<never>((_, reject) => {
+      if (signal === undefined) return;
+      onAbort = () => reject(signal.reason);
+      signal.addEventListener("abort", onAbort, { once: true });
+    });
+    try {
+      return await Promise.race([work, aborted]);
+    } catch (e) {
+      // A refusal ends the connection softly (handshake()); an abort or anything else at once.
+      if (signal?.aborted === true || !socket.writableEnded) socket.destroy();
+      work.catch(() => undefined);
+      throw e;
+    } finally {
+      if (onAbort !== undefined) signal?.removeEventListener("abort", onAbort);
+    }
+  }
+
+  /** Reads exactly length bytes at offset into `into` (or a new Uint8Array); holes read as zeros. length <= info.maxRequest. */
+  async read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
+    this.#checkRange("read", offset, length, this.info.maxRequest);
+    if (into !== undefined && into.length < length) throw new RangeError(`NBD read of ${length} bytes into a buffer of ${into.length}`);
+    const dest = into === undefined ? new Uint8Array(length) : into.subarray(0, length);
+    if (length === 0) return dest;
+    await this.#request(Cmd.READ, 0, offset, length, undefined, dest);
+    return dest;
+  }
+
+  /**
+   * base:allocation extents from offset, covering at most length bytes (a long range is asked
+   * for in part), at least one extent; without negotiated block status, one data extent.
+   */
+  async blockStatus(offset: number, length: number): Promise<NbdExtent[]> {
+    this.#checkRange("block status", offset, length, Number.MAX_SAFE_INTEGER);
+    if (length === 0) throw new RangeError("NBD block status of 0 bytes");
+    if (this.#contextId === undefined) return [{ offset, length, hole: false, zero: false }];
+    return (await this.#request(Cmd.BLOCK_STATUS, 0, offset, Math.min(length, MAX_EFFECT))) ?? [];
+  }
+
+  /** Writes data at offset; data must stay unchanged until the promise settles. data.length <= info.maxRequest. */
+  async write(offset: number, data: Uint8Array, o: { fua?: boolean } = {}): Promise<void> {
+    this.#checkWritable("write");
+    this.#checkRange("write", offset, data.length, this.info.maxRequest);
+    if (data.length === 0) return;
+    const fua = o.fua === true && this.#canFua;
+    await this.#request(Cmd.WRITE, fua ? CMD_FLAG_FUA : 0, offset, data.length, data);
+    if (o.fua === true && !fua) await this.flush();
+  }
+
+  /**
+   * Zeros length bytes at offset: NBD_CMD_WRITE_ZEROES when the server takes it (without
+   * NBD_CMD_FLAG_NO_HOLE, so the server may punch holes), written zeros when not. Any length
+   * within the export; a long range is sent in parts.
+   */
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    this.#checkWritable("write zeroes");
+    this.#checkRange("write zeroes", offset, length, Number.MAX_SAFE_INTEGER);
+    if (this.info.canWriteZeroes) {
+      const parts: Promise<unknown>[] = [];
+      for (let at = 0; at < length; at += MAX_EFFECT) parts.push(this.#request(Cmd.WRITE_ZEROES, 0, offset + at, Math.min(MAX_EFFECT, length - at)));
+      await Promise.all(parts);
+      return;
+    }
+    const zeros = new Uint8Array(Math.min(length, this.info.maxRequest));
+    for (let at = 0; at < length; at += zeros.length) await this.write(offset + at, zeros.subarray(0, Math.min(zeros.length, length - at)));
+  }
+
+  /** Asks the server to persist the writes it has answered; nothing to do when it offers no flush. */
+  async flush(): Promise<void> {
+    this.#checkUsable();
+    if (this.info.canFlush) await this.#request(Cmd.FLUSH, 0, 0, 0);
+  }
+
+  /** Waits for requests in flight, sends NBD_CMD_DISC and ends the socket; idempotent. */
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  /** Ends the connection at once; requests in flight reject. */
+  destroy(): void {
+    this.#fail(new NbdConnectionError("the NBD connection was destroyed"));
+  }
+
+  async #close(): Promise<void> {
+    if (this.#pending.size > 0) await new Promise<void>((resolve) => (this.#drained = resolve));
+    if (this.#failure !== undefined) return;
+    const closed = new Promise<void>((resolve) => {
+      if (this.#socket.closed) resolve();
+      this.#socket.once("close", () => resolve());
+    });
+    try {
+      await writeAll(this.#socket, encodeRequest(0, Cmd.DISC, this.#nextHandle++, 0, 0));
+      this.#socket.end();
+    } catch {
+      // The server left first: nothing more to say to it.
+    }
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([closed, new Promise<void>((resolve) => (timer = setTimeout(resolve, CLOSE_MS)))]);
+    clearTimeout(timer);
+    this.#fail(new NbdConnectionError("the NBD connection is closed"));
+  }
+
+  #checkUsable(): void {
+    if (this.#closing !== undefined) throw new NbdConnectionError("the NBD connection is closed");
+    const f = this.#failure;
+    if (f !== undefined) throw f instanceof NbdProtocolError ? new NbdProtocolError(`the NBD connection is broken: ${f.message}`, { cause: f }) : new NbdConnectionError(`the NBD connection is broken: ${f.message}`, { cause: f });
+  }
+
+  #checkWritable(what: string): void {
+    if (this.info.readOnly) throw new NbdError(Errno.EPERM, `NBD ${what} refused: the export is read-only (nothing was sent)`);
+  }
+
+  #checkRange(what: string, offset: number, length: number, max: number): void {
+    if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError(`NBD ${what} at offset ${offset}: not a non-negative integer`);
+    if (!Number.isSafeInteger(length) || length < 0) throw new RangeError(`NBD ${what} of length ${length}: not a non-negative integer`);
+    if (offset + length > this.info.size) throw new RangeError(`NBD ${what} of ${length} bytes at ${offset} ends past the export's ${this.info.size} bytes`);
+    if (length > max) throw new RangeError(`NBD ${what} of ${length} bytes is more than the ${max} bytes one request may carry`);
+    const m = this.#minimumBlock;
+    if (m > 1 && (offset % m !== 0 || (length % m !== 0 && offset + length !== this.info.size))) {
+      throw new RangeError(`NBD ${what} of ${length} bytes at ${offset} is not aligned to the server's ${m}-byte blocks`);
+    }
+  }
+
+  /**
+   * Sends one request; settles with its reply (block status: the extents). The header and a
+   * write's data are queued on the socket together, without waiting for it to drain: the
+   * caller's buffers are what is queued (no copy), and the caller waits for the reply anyway.
+   * A failed write fails the socket, which ends the connection through the reader.
+   */
+  #request(type: number, flags: number, offset: number, length: number, payload?: Uint8Array, into?: Uint8Array): Promise<NbdExtent[] | undefined> {
+    this.#checkUsable();
+    const handle = this.#nextHandle++;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(handle, { type, offset, length, into, resolve, reject, covered: 0, ranges: [], extents: undefined, error: undefined });
+      this.#socket.write(encodeRequest(flags, type, handle, offset, length));
+      if (payload !== undefined) this.#socket.write(payload);
+    });
+  }
+
+  /** Reads replies until the connection ends; never rejects. */
+  async #receive(): Promise<void> {
+    try {
+      for (;;) {
+        const start = await this.#input.read(SIMPLE_REPLY_BYTES);
+        const bytes = replyHeaderBytes(start);
+        if (bytes === 0) throw new NbdProtocolError(`the NBD server sent a reply with the bad magic 0x${start.subarray(0, 4).toString("hex")}`);
+        const h = parseReplyHeader(bytes === SIMPLE_REPLY_BYTES ? start : Buffer.concat([start, await this.#input.read(bytes - SIMPLE_REPLY_BYTES)]));
+        if (h.kind === "simple") await this.#simpleReply(h.handle, h.error);
+        else if (h.kind === "structured") await this.#chunk(h);
+      }
+    } catch (e) {
+      this.#fail(e instanceof Error ? e : new Error(String(e)));
+    }
+  }
+
+  #pendingFor(handle: bigint): Pending {
+    const p = this.#pending.get(handle);
+    if (p === undefined) throw new NbdProtocolError(`the NBD server sent a reply for handle 0x${handle.toString(16)}, which no request in flight has`);
+    return p;
+  }
+
+  async #simpleReply(handle: bigint, error: number): Promise<void> {
+    const p = this.#pendingFor(handle);
+    if (p.type === Cmd.READ && this.info.structuredReplies) throw new NbdProtocolError("the NBD server sent a simple reply to a read after agreeing to structured replies");
+    if (error !== 0) return this.#settle(handle, p, new NbdError(error, `the NBD server answered ${describe(p)} with ${errnoName(error)}`));
+    if (p.type === Cmd.BLOCK_STATUS) throw new NbdProtocolError("the NBD server sent a simple reply to block status, which needs a structured one");
+    if (p.type === Cmd.READ && p.into !== undefined) await this.#input.readInto(p.into);
+    p.covered = p.length;
+    this.#settle(handle, p);
+  }
+
+  async #chunk(h: Extract<ReplyHeader, { kind: "structured" }>): Promise<void> {
+    const p = this.#pendingFor(h.handle);
+    if (!this.info.structuredReplies) throw new NbdProtocolError("the NBD server sent a structured reply without agreeing to structured replies");
+    const done = (h.flags & REPLY_FLAG_DONE) !== 0;
+    if (h.type === ReplyType.NONE) {
+      if (h.length !== 0 || !done) throw new NbdProtocolError(`the NBD server sent a NONE chunk of ${h.length} bytes${done ? "" : " not marked done"}`);
+    } else if (h.type === ReplyType.OFFSET_DATA) {
+      if (p.type !== Cmd.READ || p.into === undefined) throw new NbdProtocolError(`the NBD server sent data in its reply to ${describe(p)}`);
+      if (h.length < 9) throw new NbdProtocolError(`the NBD server sent a data chunk of ${h.length} bytes (at least 9)`);
+      const at = u64(await this.#input.read(8), 0);
+      const length = h.length - 8;
+      this.#claim(p, at, length, "data");
+      await this.#input.readInto(p.into.subarray(at - p.offset, at - p.offset + length));
+    } else if (h.type === ReplyType.OFFSET_HOLE) {
+      if (p.type !== Cmd.READ || p.into === undefined) throw new NbdProtocolError(`the NBD server sent a hole in its reply to ${describe(p)}`);
+      if (h.length !== 12) throw new NbdProtocolError(`the NBD server sent a hole chunk of ${h.length} bytes (12)`);
+      const b = await this.#input.read(12);
+      const at = u64(b, 0);
+      const length = b.readUInt32BE(8);
+      if (length === 0) throw new NbdProtocolError("the NBD server sent a hole of 0 bytes");
+      this.#claim(p, at, length, "hole");
+      p.into.fill(0, at - p.offset, at - p.offset + length);
+    } else if (h.type === ReplyType.BLOCK_STATUS) {
+      if (p.type !== Cmd.BLOCK_STATUS) throw new NbdProtocolError(`the NBD server sent block status in its reply to ${describe(p)}`);
+      if (h.length > MAX_STATUS_CHUNK) throw new NbdProtocolError(`the NBD server sent a block status chunk of ${h.length} bytes`);
+      p.extents = this.#extents(p, await this.#input.read(h.length));
+    } else if ((h.type & REPLY_TYPE_ERROR_BIT) !== 0) {
+      if (h.length > MAX_ERROR_CHUNK) throw new NbdProtocolError(`the NBD server sent an error chunk of ${h.length} bytes`);
+      const e = parseErrorPayload(h.type, await this.#input.read(h.length));
+      if (e === undefined) throw new NbdProtocolError(`the NBD server sent an error chunk (type 0x${h.type.toString(16)}) that does not parse`);
+      if (e.errno === 0) throw new NbdProtocolError("the NBD server sent an error chunk with error 0");
+      if (e.offset !== undefined && (e.offset < p.offset || e.offset >= p.offset + Math.max(p.length, 1))) {
+        throw new NbdProtocolError(`the NBD server reported an error at ${e.offset}, outside ${describe(p)}`);
+      }
+      const where = h.type === REPLY_TYPE_ERROR_OFFSET ? ` at ${e.offset}` : "";
+      p.error ??= new NbdError(e.errno, `the NBD server answered ${describe(p)} with ${errnoName(e.errno)}${where}${e.message === "" ? "" : `: ${e.message}`}`);
+    } else {
+      throw new NbdProtocolError(`the NBD server sent a chunk of unknown type ${h.type}`);
+    }
+    if (done) this.#settle(h.handle, p);
+  }
+
+  /** A data or hole chunk: inside the read, overlapping nothing before it. */
+  #claim(p: Pending, at: number, length: number, what: string): void {
+    const end = at + length;
+    if (at < p.offset || end > p.offset + p.length) throw new NbdProtocolError(`the NBD server sent a ${what} chunk of ${length} bytes at ${at}, outside ${describe(p)}`);
+    const r = p.ranges;
+    let i = r.length;
+    while (i > 0 && (r[i - 1] as [number, number])[0] > at) i--;
+    const before = r[i - 1];
+    const after = r[i];
+    if ((before !== undefined && before[1] > at) || (after !== undefined && after[0] < end)) {
+      throw new NbdProtocolError(`the NBD server sent a ${what} chunk of ${length} bytes at ${at} that overlaps an earlier chunk of ${describe(p)}`);
+    }
+    if (before !== undefined && before[1] === at) {
+      before[1] = end;
+      if (after !== undefined && after[0] === end) {
+        before[1] = after[1];
+        r.splice(i, 1);
+      }
+    } else if (after !== undefined && after[0] === end) after[0] = at;
+    else r.splice(i, 0, [at, end]);
+    p.covered += length;
+  }
+
+  /** A block status chunk's descriptors as extents from the request's offset, cut at its end. */
+  #extents(p: Pending, payload: Buffer): NbdExtent[] {
+    if (p.extents !== undefined) throw new NbdProtocolError(`the NBD server sent two block status chunks for ${describe(p)}`);
+    const s = parseBlockStatusPayload(payload);
+    if (s === undefined) throw new NbdProtocolError(`the NBD server sent a block status chunk of ${payload.length} bytes (4 + 8 per extent)`);
+    if (s.contextId !== this.#contextId) throw new NbdProtocolError(`the NBD server sent block status for context ${s.contextId}, not the ${this.#contextId} it gave base:allocation`);
+    const extents: NbdExtent[] = [];
+    const end = p.offset + p.length;
+    let at = p.offset;
+    for (const d of s.extents) {
+      if (at >= end) break;
+      if (d.length === 0) throw new NbdProtocolError("the NBD server sent a block status extent of 0 bytes");
+      const length = Math.min(d.length, end - at);
+      extents.push({ offset: at, length, hole: (d.flags & STATE_HOLE) !== 0, zero: (d.flags & STATE_ZERO) !== 0 });
+      at += length;
+    }
+    return extents;
+  }
+
+  /** A reply is done: its request resolves, or rejects with its error. */
+  #settle(handle: bigint, p: Pending, error?: NbdError): void {
+    const e = error ?? p.error;
+    if (e === undefined && p.type === Cmd.READ && p.covered !== p.length) {
+      throw new NbdProtocolError(`the NBD server's reply to ${describe(p)} covered ${p.covered} of its ${p.length} bytes`);
+    }
+    if (e === undefined && p.type === Cmd.BLOCK_STATUS && p.extents === undefined) {
+      throw new NbdProtocolError(`the NBD server's reply to ${describe(p)} had no block status chunk`);
+    }
+    this.#pending.delete(handle);
+    if (e === undefined) p.resolve(p.extents);
+    else p.reject(e);
+    this.#wakeIfDrained();
+  }
+
+  /** The connection is over: every request in flight and every later call rejects with why. */
+  #fail(e: Error): void {
+    if (this.#failure !== undefined) return;
+    this.#failure = e;
+    this.#socket.destroy();
+    for (const p of this.#pending.values()) p.reject(this.#failure);
+    this.#pending.clear();
+    this.#wakeIfDrained();
+  }
+
+  #wakeIfDrained(): void {
+    if (this.#pending.size > 0) return;
+    const w = this.#drained;
+    this.#drained = undefined;
+    w?.();
+  }
+}
+
+function describe(p: Pending): string {
+  const what = p.type === Cmd.READ ? "read" : p.type === Cmd.WRITE ? "write" : p.type === Cmd.WRITE_ZEROES ? "write zeroes" : p.type === Cmd.BLOCK_STATUS ? "block status" : p.type === Cmd.FLUSH ? "flush" : `command ${p.type}`;
+  return p.type === Cmd.FLUSH ? "a flush" : `the ${what} of ${p.length} bytes at ${p.offset}`;
+}
+
+/** An unsigned 64-bit number; past Number.MAX_SAFE_INTEGER it is Infinity (outside anything). */
+function u64(b: Buffer, at: number): number {
+  const n = b.readBigUInt64BE(at);
+  return n > BigInt(Number.MAX_SAFE_INTEGER) ? Infinity : Number(n);
+}
+
+function connectionFailure(e: unknown): NbdConnectionError {
+  if (e instanceof NbdConnectionError) return e;
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  if (code === "ECONNRESET" || code === "EPIPE") return new NbdConnectionError(`the NBD server closed the connection (${code})`, { code, cause: e });
+  return new NbdConnectionError(`the connection to the NBD server failed: ${e instanceof Error ? e.message : String(e)}`, { code, cause: e });
+}
+
+/** Resolves once the socket connects; rejects with what went wrong (the system's code kept). */
+function connected(socket: net.Socket, where: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = (e?: Error): void => {
+      socket.off("connect", onConnect);
+      socket.off("error", onError);
+      socket.off("close", onClose);
+      if (e === undefined) resolve();
+      else reject(e);
+    };
+    const onConnect = (): void => done();
+    const onError = (e: NodeJS.ErrnoException): void => done(new NbdConnectionError(`cannot connect to the NBD server at ${where}: ${e.message}`, { code: e.code, cause: e }));
+    const onClose = (): void => done(new NbdConnectionError(`cannot connect to the NBD server at ${where}: the connection closed`));
+    socket.once("connect", onConnect);
+    socket.once("error", onError);
+    socket.once("close", onClose);
+  });
+}
+
+/**
+ * The fixed newstyle handshake: structured replies and base:allocation if asked for (and the
+ * server agrees), then NBD_OPT_GO asking for the block sizes, or NBD_OPT_EXPORT_NAME for a
+ * server that does not know NBD_OPT_GO.
+ */
+async function handshake(socket: net.Socket, input: SocketReader, name: string, wantStructured: boolean, wantStatus: boolean): Promise<Negotiated> {
+  const greeting = await input.read(16);
+  if (greeting.readBigUInt64BE(0) !== NBD_MAGIC) throw new NbdProtocolError("the peer is not an NBD server: its greeting does not start with NBDMAGIC");
+  const style = greeting.readBigUInt64BE(8);
+  if (style === OLDSTYLE_MAGIC) throw new NbdProtocolError("the NBD server speaks only the oldstyle handshake, which vmvault does not support; serve the export with the fixed newstyle handshake (qemu-nbd does by default)");
+  if (style !== IHAVEOPT) throw new NbdProtocolError(`the NBD server's greeting has the unknown magic 0x${style.toString(16)}`);
+  const serverFlags = (await input.read(2)).readUInt16BE(0);
+  if ((serverFlags & FLAG_FIXED_NEWSTYLE) === 0) throw new NbdProtocolError("the NBD server does not offer the fixed newstyle handshake, which vmvault needs");
+  const noZeroes = (serverFlags & FLAG_NO_ZEROES) !== 0;
+  const clientFlags = Buffer.alloc(4);
+  clientFlags.writeUInt32BE(FLAG_FIXED_NEWSTYLE | (noZeroes ? FLAG_NO_ZEROES : 0), 0);
+  await writeAll(socket, clientFlags);
+  const haggle = new Options(socket, input, name);
+  let transmission = false;
+  try {
+    let structured = false;
+    if (wantStructured) {
+      const r = await haggle.ask(Opt.STRUCTURED_REPLY);
+      structured = r.final.type === Rep.ACK;
+    }
+    let contextId: number | undefined;
+    if (structured && wantStatus) {
+      const r = await haggle.ask(Opt.SET_META_CONTEXT, encodeMetaContextOption(name, [BASE_ALLOCATION]));
+      for (const d of r.replies) {
+        if (d.type !== Rep.META_CONTEXT) throw new NbdProtocolError(`the NBD server answered NBD_OPT_SET_META_CONTEXT with reply type ${d.type}`);
+        const c = parseMetaContextReply(d.data);
+        if (c.name === BASE_ALLOCATION) contextId = c.id;
+      }
+      if (r.final.type !== Rep.ACK) contextId = undefined;
+    }
+    const go = await haggle.ask(Opt.GO, encodeGoOption(name, [Info.BLOCK_SIZE]), [Rep.ERR_UNSUP]);
+    let size: bigint | undefined;
+    let flags = 0;
+    let block: { minimum: number; preferred: number; maximum: number } | undefined;
+    if (go.final.type === Rep.ACK) {
+      for (const d of go.replies) {
+        if (d.type !== Rep.INFO) throw new NbdProtocolError(`the NBD server answered NBD_OPT_GO with reply type ${d.type}`);
+        const info = parseInfoReply(d.data);
+        if (info.type === Info.EXPORT) ({ size, flags } = info);
+        else if (info.type === Info.BLOCK_SIZE) block = info;
+      }
+      transmission = true;
+      if (size === undefined) throw new NbdProtocolError("the NBD server accepted NBD_OPT_GO without giving the export's size");
+    } else {
+      // A server that does not know NBD_OPT_GO: NBD_OPT_EXPORT_NAME, which it answers by closing the connection if it has no such export.
+      await writeAll(socket, encodeOptionRequest(Opt.EXPORT_NAME, Buffer.from(name, "utf8")));
+      const reply = await input.read(10 + (noZeroes ? 0 : 124)).catch((e: unknown) => {
+        haggle.usable = false;
+        throw new NbdProtocolError(`the NBD server closed the connection when asked for the export "${name}": it has no such export or refuses it`, { cause: e });
+      });
+      ({ size, flags } = parseExportNameReply(reply));
+      transmission = true;
+    }
+    return negotiated(name, size, flags, block, structured, contextId);
+  } catch (e) {
+    // A soft disconnect where the protocol still holds: NBD_CMD_DISC once in transmission, NBD_OPT_ABORT before.
+    if (transmission) endSoftly(socket, encodeRequest(0, Cmd.DISC, 0n, 0, 0));
+    else if (haggle.usable) endSoftly(socket, encodeOptionRequest(Opt.ABORT));
+    throw e;
+  }
+}
+
+/** Sends the last bytes and ends the socket, closing it once they are out (or after CLOSE_MS). */
+function endSoftly(socket: net.Socket, last: Uint8Array): void {
+  socket.end(last, () => socket.destroy());
+  setTimeout(() => socket.destroy(), CLOSE_MS).unref();
+}
+
+function negotiated(
+  name: string,
+  size: bigint,
+  rawFlags: number,
+  block: { minimum: number; preferred: number; maximum: number } | undefined,
+  structuredReplies: boolean,
+  contextId: number | undefined,
+): Negotiated {
+  if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new NbdProtocolError(`the NBD export "${name}" has ${size} bytes, more than vmvault can address (2^53 - 1)`);
+  // Without NBD_FLAG_HAS_FLAGS, no other flag means anything.
+  const flags = (rawFlags & TX_HAS_FLAGS) === 0 ? 0 : rawFlags;
+  let minimumBlock = 1;
+  let maxRequest = DEFAULT_MAX_REQUEST;
+  if (block !== undefined) {
+    const { minimum, preferred, maximum } = block;
+    const powerOfTwo = (n: number): boolean => n > 0 && (n & (n - 1)) === 0;
+    if (!powerOfTwo(minimum) || minimum > 65536 || !powerOfTwo(preferred) || preferred < minimum || maximum < minimum || (maximum !== 0xffffffff && maximum % minimum !== 0)) {
+      throw new NbdProtocolError(`the NBD server gave impossible block sizes (minimum ${minimum}, preferred ${preferred}, maximum ${maximum})`);
+    }
+    minimumBlock = minimum;
+    maxRequest = Math.min(maximum, DEFAULT_MAX_REQUEST);
+  }
+  const info: NbdExportInfo = Object.freeze({
+    size: Number(size),
+    readOnly: (flags & TX_READ_ONLY) !== 0,
+    canFlush: (flags & TX_SEND_FLUSH) !== 0,
+    canWriteZeroes: (flags & TX_SEND_WRITE_ZEROES) !== 0,
+    structuredReplies,
+    blockStatus: contextId !== undefined,
+    maxRequest,
+  });
+  return { info, minimumBlock, contextId, canFua: (flags & TX_SEND_FUA) !== 0 };
+}
+
+interface OptionReply {
+  readonly type: number;
+  readonly data: Buffer;
+}
+
+/** Option haggling: one option at a time, its replies read up to the final one (an ACK or an error). */
+class Options {
+  readonly #socket: net.Socket;
+  readonly #input: SocketReader;
+  readonly #name: string;
+  /** False once the server broke the protocol: no soft disconnect then. */
+  usable = true;
+
+  constructor(socket: net.Socket, input: SocketReader, name: string) {
+    this.#socket = socket;
+    this.#input = input;
+    this.#name = name;
+  }
+
+  /**
+   * Sends an option; its replies before the final one, and the final one. An error reply is
+   * the final one when the option may do without it (structured replies, meta contexts) or it
+   * is listed in `allowed`; any other error rejects with the server's message.
+   */
+  async ask(option: number, data?: Uint8Array, allowed: readonly number[] = []): Promise<{ replies: OptionReply[]; final: OptionReply }> {
+    await writeAll(this.#socket, encodeOptionRequest(option, data));
+    const replies: OptionReply[] = [];
+    for (;;) {
+      const r = await this.#read(option);
+      if (r.type === Rep.ACK) return { replies, final: r };
+      if ((r.type & REP_ERR_BIT) === 0) {
+        replies.push(r);
+        continue;
+      }
+      const optional = option === Opt.STRUCTURED_REPLY || option === Opt.SET_META_CONTEXT;
+      const fatal = r.type === Rep.ERR_SHUTDOWN || r.type === REP_ERR_TLS_REQD;
+      if (allowed.includes(r.type) || (optional && !fatal)) return { replies, final: r };
+      throw this.#refusal(option, r);
+    }
+  }
+
+  async #read(option: number): Promise<OptionReply> {
+    try {
+      const h = parseOptionReplyHeader(await this.#input.read(OPTION_REPLY_HEADER_BYTES));
+      if (!h.magicOk) throw new NbdProtocolError("the NBD server sent an option reply with a bad magic");
+      if (h.option !== option) throw new NbdProtocolError(`the NBD server answered option ${option} with a reply to option ${h.option}`);
+      if (h.length > MAX_OPTION_REPLY) throw new NbdProtocolError(`the NBD server sent an option reply of ${h.length} bytes`);
+      return { type: h.type, data: await this.#input.read(h.length) };
+    } catch (e) {
+      this.usable = false;
+      if (e instanceof NbdConnectionError) throw new NbdConnectionError(`the NBD server closed the connection during the handshake (${e.message})`, { code: e.code, cause: e });
+      throw e;
+    }
+  }
+
+  #refusal(option: number, r: OptionReply): Error {
+    const said = r.data.length > 0 ? ` (the server said: ${r.data.toString("utf8")})` : "";
+    if (r.type === Rep.ERR_UNKNOWN) return new NbdProtocolError(`the NBD server has no export named "${this.#name}"${said}`);
+    if (r.type === REP_ERR_TLS_REQD) return new NbdProtocolError(`the NBD server requires TLS, which vmvault's NBD client does not speak${said}`);
+    if (r.type === Rep.ERR_SHUTDOWN) return new NbdProtocolError(`the NBD server is shutting down${said}`);
+    return new NbdProtocolError(`the NBD server refused option ${option} for the export "${this.#name}" (reply type 0x${r.type.toString(16)})${said}`);
+  }
+}
+
+/**
+ * Exact byte counts from the server, as they arrive: read() hands out whole pieces (a copy only
+ * when one spans two of the socket's buffers), readInto() copies straight into the caller's
+ * buffer. The socket pauses past HIGH_WATER bytes buffered, unless a read waits for more.
+ * One reader at a time.
+ */
+class SocketReader {
+  readonly #socket: net.Socket;
+  readonly #parts: Buffer[] = [];
+  #buffered = 0;
+  #need = 0;
+  #ended: NbdConnectionError | undefined;
+  #wake: (() => void) | undefined;
+
+  constructor(socket: net.Socket) {
+    this.#socket = socket;
+    socket.on("data", (d: Buffer) => {
+      this.#parts.push(d);
+      this.#buffered += d.length;
+      if (this.#buffered > HIGH_WATER && this.#buffered >= this.#need) socket.pause();
+      if (this.#buffered >= this.#need) this.#notify();
+    });
+    socket.on("end", () => this.#end(new NbdConnectionError("the NBD server closed the connection")));
+    socket.on("error", (e) => this.#end(connectionFailure(e)));
+    socket.on("close", () => this.#end(new NbdConnectionError("the NBD connection closed")));
+  }
+
+  async read(n: number): Promise<Buffer> {
+    if (n === 0) return Buffer.alloc(0);
+    while (this.#buffered < n) await this.#wait(n);
+    const first = this.#parts[0] as Buffer;
+    let out: Buffer;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      this.#drop(n);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      this.#copyInto(out);
+    }
+    return out;
+  }
+
+  async readInto(dest: Uint8Array): Promise<void> {
+    let at = 0;
+    while (at < dest.length) {
+      if (this.#buffered === 0) await this.#wait(1);
+      at += this.#copyInto(dest.subarray(at));
+    }
+  }
+
+  /** Copies what is buffered, up to dest's length, into dest; how many bytes. */
+  #copyInto(dest: Uint8Array): number {
+    let at = 0;
+    while (at < dest.length && this.#parts.length > 0) {
+      const part = this.#parts[0] as Buffer;
+      const k = Math.min(part.length, dest.length - at);
+      dest.set(k === part.length ? part : part.subarray(0, k), at);
+      at += k;
+      this.#drop(k);
+    }
+    return at;
+  }
+
+  #drop(n: number): void {
+    const first = this.#parts[0] as Buffer;
+    if (first.length === n) this.#parts.shift();
+    else this.#parts[0] = first.subarray(n);
+    this.#buffered -= n;
+    if (this.#buffered <= HIGH_WATER && this.#socket.isPaused()) this.#socket.resume();
+  }
+
+  async #wait(need: number): Promise<void> {
+    if (this.#ended !== undefined) throw this.#ended;
+    this.#need = need;
+    if (this.#socket.isPaused()) this.#socket.resume();
+    await new Promise<void>((resolve) => (this.#wake = resolve));
+    this.#need = 0;
+  }
+
+  #end(e: NbdConnectionError): void {
+    this.#ended ??= e;
+    this.#notify();
+  }
+
+  #notify(): void {
+    const w = this.#wake;
+    this.#wake = undefined;
+    w?.();
+  }
+}

@@ -1,0 +1,338 @@
+import type { Stats } from "node:fs";
+import { SourceError, UsageError, VaultError } from "../errors.js";
+import { NbdClient, NbdError, type NbdExtent } from "./nbd-client.js";
+import type { DiskInput } from "./disk-input.js";
+import { runTool, ToolFailed, toolEnv, toolMessage } from "./tools.js";
+
+/**
+ * qcow2 disk images as sources: read through a real `qemu-nbd` (QEMU's own qcow2 code, with
+ * its backing chains, compressed and zero clusters), as the guest sees the disk. vmvault asks
+ * qemu-img what the image is, starts qemu-nbd read-only on a Unix socket in a private folder,
+ * and reads the disk with its NBD client: which ranges hold data (block status), then the data.
+ */
+
+/** How an image source is read. */
+export type ImageFormat = "raw" | "qcow2";
+/** How a backup chooses it for a path given as a SOURCE: auto probes for the qcow2 header. */
+export type ImageFormatChoice = ImageFormat | "auto";
+
+export const IMAGE_FORMATS: readonly ImageFormatChoice[] = ["auto", "raw", "qcow2"];
+
+/** The first bytes of every qcow2 image: "QFI" and 0xfb. */
+const QCOW2_MAGIC = Buffer.from([0x51, 0x46, 0x49, 0xfb]);
+
+/** The format of a source whose format was not given: qcow2 when it starts with qcow2's magic. */
+export async function probeImageFormat(file: string): Promise<ImageFormat> {
+  const { open } = process.getBuiltinModule("node:fs/promises");
+  const handle = await open(file, "r");
+  try {
+    const head = Buffer.alloc(4);
+    const { bytesRead } = await handle.read(head, 0, 4, 0);
+    return bytesRead === 4 && head.equals(QCOW2_MAGIC) ? "qcow2" : "raw";
+  } finally {
+    await handle.close();
+  }
+}
+
+export interface Qcow2Facts {
+  readonly virtualSize: number;
+  /** The backing chain, top first: each backing file as the image names it. */
+  readonly backing: readonly string[];
+}
+
+/**
+ * QEMU's options naming one qcow2 image on a file or block device (`--image-opts`), so a path
+ * is never taken for a protocol ("nbd:…", "file:…"); commas doubled, as QEMU's option syntax asks.
+ */
+function imageOpts(file: string, st: Stats, o: { locking: boolean }): string {
+  const locking = o.locking ? "" : ",file.locking=off";
+  return `driver=qcow2,file.driver=${st.isBlockDevice() ? "host_device" : "file"},file.filename=${file.replaceAll(",", ",,")}${locking}`;
+}
+
+const missingQemu = (tool: string) => (): VaultError => new UsageError(`${tool} was not found: backing up a qcow2 image reads it through QEMU's tools`, "install them (Debian: qemu-utils), or convert the image to raw (qemu-img convert -O raw)");
+
+/**
+ * What qemu-img says of a qcow2 image (`qemu-img info --backing-chain`), refused when vmvault
+ * cannot read it as the guest sees it: encrypted, marked corrupt, or not qcow2 at all. A probed
+ * image (its format not given, only its first bytes seen) is refused when it names other files
+ * (a backing file or an external data file): a raw disk whose guest wrote a qcow2 header there
+ * would otherwise make the backup read any file the host can (QEMU's own reason not to probe).
+ */
+export async function inspectQcow2(file: string, st: Stats, probed: boolean): Promise<Qcow2Facts> {
+  let out: string;
+  try {
+    out = await runTool("qemu-img", ["info", "--output=json", "--backing-chain", "--force-share", "--image-opts", imageOpts(file, st, { locking: true })], missingQemu("qemu-img"));
+  } catch (e) {
+    if (!(e instanceof ToolFailed)) throw e;
+    throw new SourceError("E_SOURCE", `${file} is not a qcow2 image vmvault can read: ${e.message}`, probed ? "give --image-format raw if it is a raw image" : undefined);
+  }
+  const chain = parseInfo(file, out);
+  const top = chain[0];
+  if (top === undefined) throw new SourceError("E_SOURCE", `qemu-img said nothing about ${file}`);
+  for (const layer of chain) {
+    const name = layer.filename ?? file;
+    if (layer.encrypted) throw new UsageError(`${name} is an encrypted qcow2 image, which vmvault cannot open`, "decrypt it with qemu-img convert (--object secret,... --image-opts) first");
+    if (layer.corrupt) throw new SourceError("E_SOURCE", `${name} is marked corrupt by QEMU`, `repair it with qemu-img check -r all ${name}, then back it up again`);
+  }
+  const backing = chain.slice(1).map((l) => l.filename ?? "?");
+  if (probed && (backing.length > 0 || top.dataFile !== undefined)) {
+    const other = top.dataFile !== undefined ? `its data in ${top.dataFile}` : `the backing file ${backing[0]}`;
+    throw new UsageError(
+      `${file} starts with a qcow2 header that names ${other}; vmvault does not follow a probed image to other files`,
+      "if it is a qcow2 image you trust, give --image-format qcow2 to back it up with its backing chain; if it is a raw disk, give --image-format raw",
+    );
+  }
+  return { virtualSize: top.virtualSize, backing };
+}
+
+interface InfoLayer {
+  readonly filename: string | undefined;
+  readonly virtualSize: number;
+  readonly encrypted: boolean;
+  readonly corrupt: boolean;
+  readonly dataFile: string | undefined;
+}
+
+/** qemu-img info's JSON: one object, or with --backing-chain an array of them, top first. */
+function parseInfo(file: string, out: string): InfoLayer[] {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(out);
+  } catch {
+    throw new SourceError("E_SOURCE", `qemu-img's description of ${file} does not read as JSON`);
+  }
+  const layers = Array.isArray(parsed) ? parsed : [parsed];
+  return layers.map((l: unknown) => {
+    const o = (typeof l === "object" && l !== null ? l : {}) as Record<string, unknown>;
+    const specific = (o["format-specific"] as { data?: Record<string, unknown> } | undefined)?.data ?? {};
+    const size = o["virtual-size"];
+    if (typeof size !== "number" || !Number.isSafeInteger(size) || size < 0) throw new SourceError("E_SOURCE", `qemu-img gives no size for ${file}`);
+    return {
+      filename: typeof o["filename"] === "string" ? o["filename"] : undefined,
+      virtualSize: size,
+      encrypted: o["encrypted"] === true,
+      corrupt: specific["corrupt"] === true,
+      dataFile: typeof specific["data-file"] === "string" ? specific["data-file"] : undefined,
+    };
+  });
+}
+
+/** How long qemu-nbd may take to listen, and to end once asked. */
+const START_MS = 10_000;
+const STOP_MS = 3_000;
+/** Block status asked for at a time. */
+const STATUS_SPAN = 1024 * 1024 * 1024;
+
+/**
+ * A qcow2 image open for reading, as the guest sees it: a qemu-nbd of its own (read-only,
+ * taking no lock on the image, which a paused domain's QEMU holds), on a Unix socket in a
+ * folder only this user can enter, stopped by close().
+ */
+export class Qcow2Image implements DiskInput {
+  readonly file: string;
+  readonly size: number;
+  /** qemu-nbd reads the image through the page cache as it does for QEMU: nothing of it is dropped. */
+  readonly cacheDroppedBytes = 0;
+  readonly #client: NbdClient;
+  readonly #server: QemuNbd;
+  /** Extents asked of block status and not yet passed, in order. */
+  #extents: NbdExtent[] = [];
+  #closed = false;
+
+  private constructor(file: string, client: NbdClient, server: QemuNbd) {
+    this.file = file;
+    this.size = client.info.size;
+    this.#client = client;
+    this.#server = server;
+  }
+
+  static async open(file: string, st: Stats): Promise<Qcow2Image> {
+    const server = await QemuNbd.start(file, st);
+    try {
+      const client = await server.connect();
+      return new Qcow2Image(file, client, server);
+    } catch (e) {
+      await server.stop();
+      throw e;
+    }
+  }
+
+  /**
+   * The data extent that holds `from` or comes next (start >= from, the size when only holes are
+   * left): what block status reports neither as a hole nor as reading zeros, adjacent extents
+   * joined.
+   */
+  async next(from: number): Promise<{ start: number; end: number }> {
+    let at = from;
+    for (;;) {
+      if (at >= this.size) return { start: this.size, end: this.size };
+      const e = await this.#extentAt(at);
+      if (e.hole || e.zero) {
+        at = e.offset + e.length;
+        continue;
+      }
+      let end = e.offset + e.length;
+      // Join the data extents that follow, as far as they are known already.
+      for (const x of this.#extents) if (x.offset === end && !x.hole && !x.zero) end += x.length;
+      return { start: at, end: Math.min(end, this.size) };
+    }
+  }
+
+  async #extentAt(at: number): Promise<NbdExtent> {
+    for (;;) {
+      while (this.#extents.length > 0 && (this.#extents[0] as NbdExtent).offset + (this.#extents[0] as NbdExtent).length <= at) this.#extents.shift();
+      const first = this.#extents[0];
+      if (first !== undefined && first.offset <= at) return first;
+      this.#extents = await this.#status(at);
+    }
+  }
+
+  async #status(at: number): Promise<NbdExtent[]> {
+    try {
+      const extents = await this.#client.blockStatus(at, Math.min(STATUS_SPAN, this.size - at));
+      if (extents.length === 0 || (extents[0] as NbdExtent).offset !== at) throw new SourceError("E_SOURCE", `qemu-nbd answered block status for ${this.file} at ${at} with no extent there`);
+      return extents;
+    } catch (e) {
+      throw this.#readError(e);
+    }
+  }
+
+  /** Fills buffer from position (a range within the disk). */
+  async read(buffer: Uint8Array, position: number): Promise<number> {
+    const max = this.#client.info.maxRequest;
+    try {
+      const parts: Promise<Uint8Array>[] = [];
+      for (let at = 0; at < buffer.length; at += max) parts.push(this.#client.read(position + at, Math.min(max, buffer.length - at), buffer.subarray(at, Math.min(buffer.length, at + max))));
+      await Promise.all(parts);
+    } catch (e) {
+      throw this.#readError(e);
+    }
+    return buffer.length;
+  }
+
+  #readError(e: unknown): unknown {
+    if (e instanceof VaultError) return e;
+    const said = this.#server.said();
+    const how = e instanceof NbdError ? `qemu-nbd answered ${e.code}` : e instanceof Error ? e.message : String(e);
+    return new SourceError("E_SOURCE", `cannot read source ${this.file}: ${how}${said === undefined ? "" : ` (qemu-nbd: ${said})`}`);
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      await this.#client.close();
+    } catch {
+      this.#client.destroy();
+    }
+    await this.#server.stop();
+  }
+}
+
+/**
+ * A qemu-nbd child serving one qcow2 image on a Unix socket in a private folder: read-only
+ * (sharing the image with whoever else has it open), or writable for a restore into a new image.
+ * It ends by itself once its one client leaves.
+ */
+export class QemuNbd {
+  readonly #child: import("node:child_process").ChildProcess;
+  readonly #dir: string;
+  readonly #socket: string;
+  readonly #file: string;
+  readonly #exited: Promise<void>;
+  #stderr = "";
+  #exitedWith: string | undefined;
+  #connected = false;
+
+  private constructor(child: import("node:child_process").ChildProcess, dir: string, socket: string, file: string) {
+    this.#child = child;
+    this.#dir = dir;
+    this.#socket = socket;
+    this.#file = file;
+    child.stderr?.setEncoding("utf8");
+    child.stderr?.on("data", (d: string) => {
+      if (this.#stderr.length < 64 * 1024) this.#stderr += d;
+    });
+    this.#exited = new Promise((resolve) => {
+      child.once("exit", (code, signal) => {
+        this.#exitedWith = signal === null ? `exit code ${code}` : `signal ${signal}`;
+        resolve();
+      });
+      child.once("error", (e) => {
+        this.#exitedWith = e.message;
+        resolve();
+      });
+    });
+  }
+
+  static async start(file: string, st: Stats, o: { writable?: boolean } = {}): Promise<QemuNbd> {
+    const { mkdtemp, rm } = process.getBuiltinModule("node:fs/promises");
+    const { tmpdir } = process.getBuiltinModule("node:os");
+    const { join } = process.getBuiltinModule("node:path");
+    const { spawn } = process.getBuiltinModule("node:child_process");
+    // mkdtemp makes the folder 0700: nobody else reaches the socket.
+    const dir = await mkdtemp(join(tmpdir(), "vmvault-qemu-nbd-"));
+    const socket = join(dir, "nbd.sock");
+    // Read-only, it takes no lock: a paused domain's QEMU holds the image's (qemu-nbd has no
+    // --force-share); a backup notices an image written meanwhile by its time (E_CHANGED).
+    const writable = o.writable === true;
+    const access = writable ? ["--cache=writeback", "--discard=unmap"] : ["--read-only"];
+    const args = [...access, "--shared=1", `--socket=${socket}`, "--image-opts", imageOpts(file, st, { locking: writable })];
+    const child = spawn("qemu-nbd", args, { stdio: ["ignore", "ignore", "pipe"], env: toolEnv() });
+    const server = new QemuNbd(child, dir, socket, file);
+    await new Promise<void>((resolve) => {
+      child.once("spawn", resolve);
+      child.once("error", () => resolve());
+    });
+    if (child.pid === undefined) {
+      await rm(dir, { recursive: true, force: true });
+      throw missingQemu("qemu-nbd")();
+    }
+    return server;
+  }
+
+  /** qemu-nbd's last words on stderr, if it said anything. */
+  said(): string | undefined {
+    return toolMessage("qemu-nbd", this.#stderr);
+  }
+
+  /** Connects once qemu-nbd listens; fails with what it said if it ends first. */
+  async connect(): Promise<NbdClient> {
+    const started = Date.now();
+    for (;;) {
+      if (this.#exitedWith !== undefined) {
+        throw new SourceError("E_SOURCE", `qemu-nbd could not open ${this.#file}: ${this.said() ?? this.#exitedWith}`);
+      }
+      try {
+        const client = await NbdClient.connect({ path: this.#socket });
+        this.#connected = true;
+        return client;
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== "ENOENT" && code !== "ECONNREFUSED") throw new SourceError("E_SOURCE", `cannot reach qemu-nbd for ${this.#file}: ${e instanceof Error ? e.message : String(e)}`);
+      }
+      if (Date.now() - started > START_MS) throw new SourceError("E_SOURCE", `qemu-nbd did not start serving ${this.#file} within ${START_MS / 1000} s`);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  }
+
+  /**
+   * Ends qemu-nbd (it ends by itself once its one client leaves; SIGTERM, then SIGKILL, if not)
+   * and removes its folder. True when it ended by itself with exit code 0.
+   */
+  async stop(): Promise<boolean> {
+    const { rm } = process.getBuiltinModule("node:fs/promises");
+    let signalled = false;
+    // Without a client it would wait for one.
+    for (const signal of this.#connected ? ([undefined, "SIGTERM", "SIGKILL"] as const) : (["SIGTERM", "SIGKILL"] as const)) {
+      if (this.#exitedWith !== undefined) break;
+      if (signal !== undefined) {
+        signalled = true;
+        this.#child.kill(signal);
+      }
+      await Promise.race([this.#exited, new Promise((resolve) => setTimeout(resolve, STOP_MS).unref())]);
+    }
+    await rm(this.#dir, { recursive: true, force: true });
+    return !signalled && this.#exitedWith === "exit code 0";
+  }
+}

@@ -1,0 +1,38 @@
+import { VaultError } from "../errors.js";
+
+/**
+ * The environment of a tool vmvault runs (virsh, qemu-img, qemu-nbd): this one without
+ * vmvault's own settings (a passphrase among them), in the C locale (its messages are matched).
+ */
+export function toolEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { LC_ALL: "C" };
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("VMVAULT_") && k !== "LC_ALL") env[k] = v;
+  return env;
+}
+
+/** A tool ran and failed; its message is what it printed on stderr (its last lines), or how it ended. */
+export class ToolFailed extends Error {}
+
+/**
+ * Runs a tool to its end (its own environment: toolEnv); resolves with its standard output.
+ * A tool that is not installed rejects with missing(), one that fails with ToolFailed.
+ */
+export async function runTool(command: string, args: readonly string[], missing: () => VaultError): Promise<string> {
+  const { execFile } = process.getBuiltinModule("node:child_process");
+  return new Promise((resolve, reject) => {
+    execFile(command, args, { encoding: "utf8", maxBuffer: 16 * 1024 * 1024, env: toolEnv() }, (error, stdout, stderr) => {
+      if (error === null) return resolve(stdout);
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return reject(missing());
+      reject(new ToolFailed(toolMessage(command, stderr) ?? error.message));
+    });
+  });
+}
+
+/** What a tool said on stderr, without its own name in front, on one line; undefined for nothing. */
+export function toolMessage(command: string, stderr: string): string | undefined {
+  const lines = stderr
+    .split("\n")
+    .map((l) => l.trim().replace(new RegExp(`^${command}:\\s*`), "").replace(/^error:\s*/, ""))
+    .filter((l) => l !== "");
+  return lines.length === 0 ? undefined : lines.slice(-3).join("; ");
+}
