@@ -201,7 +201,11 @@ export class NbdClient {
     return (await this.#request(Cmd.BLOCK_STATUS, 0, offset, Math.min(length, MAX_EFFECT))) ?? [];
   }
 
-  /** Writes data at offset; data must stay unchanged until the promise settles. data.length <= info.maxRequest. */
+  /**
+   * Writes data at offset; data must stay unchanged until the promise settles. data.length <=
+   * info.maxRequest. fua: the server persists the data before it answers (NBD_CMD_FLAG_FUA, or
+   * a flush after the write from a server that offers flush but not FUA).
+   */
   async write(offset: number, data: Uint8Array, o: { fua?: boolean } = {}): Promise<void> {
     this.#checkWritable("write");
     this.#checkRange("write", offset, data.length, this.info.maxRequest);
@@ -528,13 +532,13 @@ async function handshake(socket: net.Socket, input: SocketReader, name: string, 
     let flags = 0;
     let block: { minimum: number; preferred: number; maximum: number } | undefined;
     if (go.final.type === Rep.ACK) {
+      transmission = true;
       for (const d of go.replies) {
         if (d.type !== Rep.INFO) throw new NbdProtocolError(`the NBD server answered NBD_OPT_GO with reply type ${d.type}`);
         const info = parseInfoReply(d.data);
         if (info.type === Info.EXPORT) ({ size, flags } = info);
         else if (info.type === Info.BLOCK_SIZE) block = info;
       }
-      transmission = true;
       if (size === undefined) throw new NbdProtocolError("the NBD server accepted NBD_OPT_GO without giving the export's size");
     } else {
       // A server that does not know NBD_OPT_GO: NBD_OPT_EXPORT_NAME, which it answers by closing the connection if it has no such export.
