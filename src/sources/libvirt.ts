@@ -77,9 +77,14 @@ async function blockDevices(name: string, uri: string | undefined): Promise<Bloc
   return devices;
 }
 
-/** A disk's overlay committed into its image and the domain pivoted back onto the image; the overlay file removed. */
+/**
+ * A disk's overlay committed into its image and the domain pivoted back onto the image; the
+ * overlay file removed. Shallow: into the overlay's own backing file only, the disk's image; a
+ * qcow2 image's backing chain below stays as it was (without it, libvirt commits into the
+ * chain's base and leaves the domain running on that).
+ */
 async function commitOverlay(name: string, uri: string | undefined, target: string, overlay: string): Promise<void> {
-  await virsh(["blockcommit", "--domain", name, "--path", target, "--active", "--pivot", "--wait", "--delete"], uri);
+  await virsh(["blockcommit", "--domain", name, "--path", target, "--shallow", "--active", "--pivot", "--wait", "--delete"], uri);
   // --delete removes it where the hypervisor can; never leave it behind.
   const { rm } = process.getBuiltinModule("node:fs/promises");
   await rm(overlay, { force: true });
@@ -130,7 +135,7 @@ export async function readLibvirtDomain(name: string, uri?: string): Promise<Lib
     if (ACTIVE_STATES.has(state)) recovered = await commitLeftOverlays(name, uri);
   } catch (e) {
     if (!(e instanceof VirshError)) throw e;
-    throw new SourceError("E_SOURCE", `cannot commit the overlay an interrupted backup left on domain ${name}: ${e.message}`, `commit it with virsh blockcommit ${name} TARGET --active --pivot, then run the backup again`);
+    throw new SourceError("E_SOURCE", `cannot commit the overlay an interrupted backup left on domain ${name}: ${e.message}`, `commit it with virsh blockcommit ${name} TARGET --shallow --active --pivot, then run the backup again`);
   }
   let xml: string;
   try {
@@ -257,7 +262,7 @@ export class LiveSnapshot {
       throw new SourceError(
         "E_SOURCE",
         `domain ${this.#name} still runs on the backup's overlay of ${failed.join("; ")}`,
-        `commit it with virsh blockcommit ${this.#name} TARGET --active --pivot --delete; the next backup of the domain also commits it first`,
+        `commit it with virsh blockcommit ${this.#name} TARGET --shallow --active --pivot --delete; the next backup of the domain also commits it first`,
       );
     }
   }

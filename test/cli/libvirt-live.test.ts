@@ -244,6 +244,73 @@ describe.skipIf(!canRunLibvirtd())("backup --libvirt-domain of a running domain 
     }
   }, 120_000);
 
+  it("backs up a running domain's qcow2 disk with its backing chain live, and again paused, and restores it as qcow2 for a clone that starts", async () => {
+    const dir = tmp("vm-qcow2");
+    await fsp.chmod(dir, 0o755);
+    const base = path.join(dir, "base.qcow2");
+    const vda = path.join(dir, "root.qcow2");
+    const qemu = (tool: string, ...args: string[]): string => execFileSync(tool, args, { encoding: "utf8" });
+    qemu("qemu-img", "create", "-q", "-f", "qcow2", base, "64M");
+    qemu("qemu-io", "-f", "qcow2", "-c", "write -P 0x33 0 1M", base);
+    qemu("qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", vda);
+    qemu("qemu-io", "-f", "qcow2", "-c", "write -P 0x44 2M 1M", vda);
+    const name = `vmvault-live-${randomBytes(4).toString("hex")}`;
+    await fsp.writeFile(
+      path.join(dir, "domain.xml"),
+      `<domain type='qemu'><name>${name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${vda}'/><target dev='vda' bus='virtio'/></disk>
+  </devices></domain>
+`,
+    );
+    virsh("define", path.join(dir, "domain.xml"));
+    defined.push(name);
+    virsh("start", name);
+    // Before the backup: in the snapshot.
+    guestWrite(name, 0, 0x55, 4 * MiB, 64 * 1024);
+
+    const repoDir = tmp("repo");
+    const r2 = await initCliRepo(repoDir);
+    const live = await r2.v(["--json", "backup", "--libvirt-domain", name, "--libvirt-uri", uri]);
+    expect(live.code, live.stderr).toBe(0);
+    const result = JSON.parse(live.stdout) as { domain: { live: boolean }; sources: { name: string; format?: string; size: number }[] };
+    expect(result.domain.live).toBe(true);
+    expect(result.sources).toMatchObject([{ name: "vda", format: "qcow2", size: 64 * MiB }]);
+    // Back on its own image, which still has its backing file; no overlay left.
+    expect(inUse(name)).toEqual({ vda });
+    expect(await filesIn(dir)).toEqual(["base.qcow2", "domain.xml", "root.qcow2"]);
+
+    const out = tmp("restore");
+    const restored = await r2.v(["restore", "latest", "--target", out, "--reason", "qcow2 live"]);
+    expect(restored.code, restored.stderr).toBe(0);
+    const disk = await fsp.readFile(path.join(out, "vda"));
+    expect(disk.length).toBe(64 * MiB);
+    expect([disk[0], disk[MiB - 1], disk[MiB], disk[2 * MiB], disk[4 * MiB], disk[4 * MiB + 65536]]).toEqual([0x33, 0x33, 0, 0x44, 0x55, 0]);
+
+    // Paused, QEMU holds the image's lock: the backup reads it as it is, without an overlay.
+    virsh("suspend", name);
+    try {
+      const paused = await r2.v(["--json", "backup", "--libvirt-domain", name, "--libvirt-uri", uri]);
+      expect(paused.code, paused.stderr).toBe(0);
+      expect((JSON.parse(paused.stdout) as { domain: { live?: boolean }; newChunks: number }).newChunks).toBe(0);
+    } finally {
+      virsh("resume", name);
+    }
+
+    // As qcow2, defined as a clone beside the original: it starts on the restored image.
+    const clone = `${name}-clone`;
+    const cloneDir = tmp("clone");
+    await fsp.chmod(cloneDir, 0o755);
+    const c = await r2.v(["restore", "latest", "--target", cloneDir, "--reason", "qcow2 clone", "--format", "qcow2", "--domain-name", clone, "--define", "--libvirt-uri", uri]);
+    expect(c.code, c.stderr).toBe(0);
+    defined.push(clone);
+    expect(virsh("dumpxml", "--inactive", clone)).toMatch(new RegExp(`<driver name='qemu' type='qcow2'/>\\s*<source file='${path.join(cloneDir, "vda")}'/>`));
+    expect(execFileSync("qemu-img", ["compare", "-f", "raw", "-F", "qcow2", path.join(out, "vda"), path.join(cloneDir, "vda")]).toString()).toContain("identical");
+    virsh("start", clone);
+    expect(virsh("domstate", clone).trim()).toBe("running");
+    virsh("destroy", clone);
+  }, 120_000);
+
   it("commits the overlay a killed backup left before backing up; refuses while the backup that owns it runs", async () => {
     const vm = await runningVm();
     // What a backup killed with SIGKILL leaves: the domain on an overlay named after a process that is gone.
