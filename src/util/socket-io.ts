@@ -30,10 +30,11 @@ export class SocketInput {
     socket.on("error", (e) => this.#end(new ConnectionClosed(`the connection failed: ${e.message}`)));
   }
 
-  /** Exactly n bytes, once they have arrived. */
+  /** Exactly n bytes, once they have arrived (more than HIGH_WATER too: the socket is resumed for them). */
   async read(n: number): Promise<Buffer> {
     while (this.#buffered < n) {
       if (this.#ended !== undefined) throw this.#ended;
+      if (this.#socket.isPaused()) this.#socket.resume();
       await new Promise<void>((resolve) => (this.#waiting = resolve));
     }
     const out = this.#take(n);
