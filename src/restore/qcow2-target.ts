@@ -1,8 +1,11 @@
-import { promises as fsp } from "node:fs";
+import { constants as fsConstants, promises as fsp } from "node:fs";
 import { UsageError } from "../errors.js";
 import { NbdError, type NbdClient } from "../sources/nbd-client.js";
 import { QemuNbd } from "../sources/qcow2.js";
 import { runTool, ToolFailed } from "../sources/tools.js";
+
+/** The largest write sent to qemu-nbd at once, for the reason sources/qcow2.ts reads in pieces this size (READ_PIECE). */
+const WRITE_PIECE = 256 * 1024;
 
 /**
  * A disk restored as a qcow2 image (`restore --format qcow2`): the partial file is made a new,
@@ -31,7 +34,7 @@ export class Qcow2Target {
       if (!(e instanceof ToolFailed)) throw e;
       throw new Error(`qemu-img could not make a qcow2 image: ${e.message}`);
     }
-    const server = await QemuNbd.start(file, await fsp.stat(file), { writable: true });
+    const server = await QemuNbd.start(file, await fsp.stat(file), { writable: true, direct: await takesDirectIo(file) });
     try {
       return new Qcow2Target(file, await server.connect(), server);
     } catch (e) {
@@ -42,7 +45,7 @@ export class Qcow2Target {
 
   /** Writes data at position of the disk, in pieces the server takes. */
   async write(data: Uint8Array, position: number): Promise<void> {
-    const max = this.#client.info.maxRequest;
+    const max = Math.min(WRITE_PIECE, this.#client.info.maxRequest);
     const parts: Promise<void>[] = [];
     for (let at = 0; at < data.length; at += max) parts.push(this.#client.write(position + at, data.subarray(at, Math.min(data.length, at + max))));
     try {
@@ -83,5 +86,16 @@ export class Qcow2Target {
   #error(e: unknown): Error {
     const how = e instanceof NbdError ? `qemu-nbd answered ${e.code}` : e instanceof Error ? e.message : String(e);
     return Object.assign(new Error(`qcow2 image: ${how}${this.#said()}`), e instanceof NbdError ? { code: e.code } : {});
+  }
+}
+
+/** Whether the file system holding file opens it with O_DIRECT (tmpfs does not). */
+async function takesDirectIo(file: string): Promise<boolean> {
+  if (fsConstants.O_DIRECT === undefined) return false;
+  try {
+    await (await fsp.open(file, fsConstants.O_WRONLY | fsConstants.O_DIRECT | fsConstants.O_NOFOLLOW)).close();
+    return true;
+  } catch {
+    return false;
   }
 }

@@ -122,12 +122,17 @@ const START_MS = 10_000;
 const STOP_MS = 3_000;
 /**
  * The largest read asked of qemu-nbd at once; a segment is read as several, all in flight.
- * qemu-nbd takes a buffer of each request's size, and one of 1 MiB is a fresh mapping every
- * time, faulted in page by page: a qcow2 backup of the 2 GiB corpus image took 10–11 s with
- * 1 MiB requests (5–6 CPU-seconds of qemu-nbd's page faults) and 5.9 s with 256 KiB ones
- * (qemu-nbd: 1 CPU-second); a raw backup of the same disk 3.3 s (docs/design.md §10).
+ * qemu-nbd takes a buffer of each request's size; with 1 MiB requests each was a fresh mapping
+ * faulted in page by page (5–6 CPU-seconds of a 2 GiB qcow2 backup, docs/design.md §10).
  */
 const READ_PIECE = 256 * 1024;
+/**
+ * glibc's mmap threshold for qemu-nbd, above its largest request (READ_PIECE, the restore's
+ * WRITE_PIECE), with a trim threshold above it: its request buffers then come from a heap it
+ * keeps, not from fresh mappings. A 2 GiB qcow2 restore: 9 s with glibc's defaults (qemu-nbd
+ * faulted in every page it wrote), 5.4 s with these.
+ */
+const QEMU_NBD_MMAP_THRESHOLD = 4 * 1024 * 1024;
 /** Block status asked for at a time. */
 const STATUS_SPAN = 1024 * 1024 * 1024;
 
@@ -273,7 +278,8 @@ export class QemuNbd {
     });
   }
 
-  static async start(file: string, st: Stats, o: { writable?: boolean } = {}): Promise<QemuNbd> {
+  /** writable: for a restore; direct: its writes around the page cache (a file system that takes O_DIRECT). */
+  static async start(file: string, st: Stats, o: { writable?: boolean; direct?: boolean } = {}): Promise<QemuNbd> {
     const { mkdtemp, rm } = process.getBuiltinModule("node:fs/promises");
     const { tmpdir } = process.getBuiltinModule("node:os");
     const { join } = process.getBuiltinModule("node:path");
@@ -284,9 +290,11 @@ export class QemuNbd {
     // Read-only, it takes no lock: a paused domain's QEMU holds the image's (qemu-nbd has no
     // --force-share); a backup notices an image written meanwhile by its time (E_CHANGED).
     const writable = o.writable === true;
-    const access = writable ? ["--cache=writeback", "--discard=unmap"] : ["--read-only"];
+    // Direct writes go around the page cache (filling new page-cache pages is dear on virtual
+    // machines: docs/design.md §10); the restore commits the file with fsync either way.
+    const access = writable ? [o.direct === true ? "--cache=none" : "--cache=writeback", "--discard=unmap"] : ["--read-only"];
     const args = [...access, "--shared=1", `--socket=${socket}`, "--image-opts", imageOpts(file, st, { locking: writable })];
-    const child = spawn("qemu-nbd", args, { stdio: ["ignore", "ignore", "pipe"], env: toolEnv() });
+    const child = spawn("qemu-nbd", args, { stdio: ["ignore", "ignore", "pipe"], env: { ...toolEnv(), MALLOC_MMAP_THRESHOLD_: String(QEMU_NBD_MMAP_THRESHOLD), MALLOC_TRIM_THRESHOLD_: String(4 * QEMU_NBD_MMAP_THRESHOLD) } });
     const server = new QemuNbd(child, dir, socket, file);
     await new Promise<void>((resolve) => {
       child.once("spawn", resolve);

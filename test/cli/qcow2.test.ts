@@ -127,6 +127,22 @@ describe.skipIf(!haveQemu)("qcow2 images", () => {
     expect(readdirSync(qTarget)).toEqual(["web.qcow2"]);
   });
 
+  it.skipIf(!existsSync("/dev/shm"))("restores as qcow2 onto a file system without direct I/O (tmpfs)", async () => {
+    const dir = tmp("qcow2-tmpfs");
+    const { repo } = await initCliRepo(dir);
+    const image = await qcow2Image(dir);
+    const b = await cli(repo, ["--json", "backup", "--vm", "web", image]);
+    expect(b.code, b.stderr).toBe(0);
+    const target = await fsp.mkdtemp("/dev/shm/vmvault-qcow2-");
+    try {
+      const q = await cli(repo, ["restore", "latest", "--target", target, "--reason", "tmpfs", "--format", "qcow2"]);
+      expect(q.code, q.stderr).toBe(0);
+      expect(run("qemu-img", ["compare", "-f", "raw", "-F", "qcow2", rawOf(image, path.join(dir, "ref.raw")), path.join(target, "web.qcow2")]).status).toBe(0);
+    } finally {
+      await fsp.rm(target, { recursive: true, force: true });
+    }
+  });
+
   it("follows a backing chain only when told the image is qcow2, and reads the chain as the guest does", async () => {
     const dir = tmp("qcow2-backing");
     const { repo } = await initCliRepo(dir);
