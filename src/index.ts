@@ -23,6 +23,7 @@ export type { Store, ObjectInfo, ByteRange } from "./storage/types.js";
 export { FsStore } from "./storage/fs.js";
 export { MemoryStore } from "./storage/memory.js";
 export type { BackupOptions, BackupResult } from "./backup/backup.js";
+export type { ImageFormat, ImageFormatChoice } from "./sources/qcow2.js";
 export { backupRunsInline } from "./backup/size.js";
 export type { PreviewItem, PreviewOptions, PreviewResult, PreviewSource } from "./backup/preview.js";
 export { INLINE_JOB_BYTES } from "./pipeline/pool.js";
