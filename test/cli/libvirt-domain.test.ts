@@ -2,7 +2,7 @@
  * Backing up a libvirt domain: its raw disks, named by target device, and its definition, asked
  * of libvirt through a real virsh (libvirt's test driver, which reads domains from a node file and
  * needs no daemon) or given as a file; a restore writes the definition naming the restored images,
- * and libvirt itself accepts it. Refused before any work: crashed domains, qcow2 disks, unknown
+ * and libvirt itself accepts it. Refused before any work: crashed domains, vmdk disks, unknown
  * domains, a missing virsh. Running domains (live backups) are test/cli/libvirt-live.test.ts's.
  */
 import { execFileSync } from "node:child_process";
@@ -267,7 +267,7 @@ describe.skipIf(!hasVirsh())("backup --libvirt-domain", () => {
 
   it.each([
     ["a crashed domain", { state: CRASHED }, ["--libvirt-domain", "web1"], 2, /domain web1 is crashed: a backup reads a domain that is running, paused or shut off/],
-    ["a qcow2 disk", { vdaFormat: "qcow2" }, ["--libvirt-domain", "web1"], 2, /disk vda of domain web1 is a qcow2 image/],
+    ["a vmdk disk", { vdaFormat: "vmdk" }, ["--libvirt-domain", "web1"], 2, /disk vda of domain web1 is a vmdk image/],
     ["an unknown domain", {}, ["--libvirt-domain", "db9"], 1, /libvirt has no domain named db9/],
     ["a libvirt URI without a domain", {}, ["--vm", "x", "/nonexistent"], 2, /a libvirt URI goes with a libvirt domain/],
   ])("refuses %s before the unlock, writing nothing", async (_, hostOptions, args, code, message) => {
@@ -287,7 +287,7 @@ describe.skipIf(!hasVirsh())("backup --libvirt-domain", () => {
         .map(
           (name) => `<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
   <name>${name}</name><memory unit='MiB'>64</memory><os><type>hvm</type></os>
-  <devices><disk type='file' device='disk'><driver name='qemu' type='${name === "db1" ? "qcow2" : "raw"}'/><source file='${path.join("HOST", `${name}.img`)}'/><target dev='vda'/></disk></devices>
+  <devices><disk type='file' device='disk'><driver name='qemu' type='${name === "db1" ? "vmdk" : "raw"}'/><source file='${path.join("HOST", `${name}.img`)}'/><target dev='vda'/></disk></devices>
   <test:runstate>5</test:runstate>
 </domain>`,
         )
@@ -304,7 +304,7 @@ describe.skipIf(!hasVirsh())("backup --libvirt-domain", () => {
     expect(r.stdout).toContain("snapshot ");
     expect(r.stdout).toContain("backed up 2 of 3 domains; not backed up: db1");
     expect(r.stderr).toContain("domain db1: not backed up");
-    expect(r.stderr).toContain("disk vda of domain db1 is a qcow2 image");
+    expect(r.stderr).toContain("disk vda of domain db1 is a vmdk image");
     const snaps = JSON.parse((await v(["snapshots", "--json"])).stdout) as { vm: string; disks: string[] }[];
     expect(snaps.map((s) => [s.vm, s.disks]).sort()).toEqual([
       ["app1", ["vda"]],
