@@ -1,22 +1,23 @@
-import type { Stats } from "node:fs";
+import { promises as fsp, type Stats } from "node:fs";
 import { SourceError, UsageError, VaultError } from "../errors.js";
-import { NbdClient, NbdError, type NbdExtent } from "./nbd-client.js";
+import type { FileHandle } from "node:fs/promises";
+import { NbdClient, NbdError } from "./nbd-client.js";
+import { Qcow2Map } from "./qcow2-map.js";
 import type { DiskInput } from "./disk-input.js";
 import { runTool, ToolFailed, toolEnv, toolMessage } from "./tools.js";
 
 /**
- * qcow2 disk images as sources: read through a real `qemu-nbd` (QEMU's own qcow2 code, with
- * its backing chains, compressed and zero clusters), as the guest sees the disk. vmvault asks
- * qemu-img what the image is, starts qemu-nbd read-only on a Unix socket in a private folder,
- * and reads the disk with its NBD client: which ranges hold data (block status), then the data.
+ * qcow2 disk images as sources, as the guest sees the disk, through QEMU's own qcow2 code (its
+ * backing chains, compressed and zero clusters): qemu-img says what the image is and where each
+ * cluster lies (qemu-img map); clusters stored as they are are read straight from the chain's
+ * files, and what only QEMU can decode through a real `qemu-nbd` read-only on a Unix socket in
+ * a private folder, with vmvault's NBD client.
  */
 
 /** How an image source is read. */
 export type ImageFormat = "raw" | "qcow2";
 /** How a backup chooses it for a path given as a SOURCE: auto probes for the qcow2 header. */
 export type ImageFormatChoice = ImageFormat | "auto";
-
-export const IMAGE_FORMATS: readonly ImageFormatChoice[] = ["auto", "raw", "qcow2"];
 
 /** The first bytes of every qcow2 image: "QFI" and 0xfb. */
 const QCOW2_MAGIC = Buffer.from([0x51, 0x46, 0x49, 0xfb]);
@@ -38,6 +39,12 @@ export interface Qcow2Facts {
   readonly virtualSize: number;
   /** The backing chain, top first: each backing file as the image names it. */
   readonly backing: readonly string[];
+  /**
+   * The files of the chain by depth (0: the image), as far as their clusters can be read
+   * straight from them: up to the first layer that is not a plain file or keeps its data in an
+   * external data file (whose clusters are read through qemu-nbd).
+   */
+  readonly layers: readonly string[];
 }
 
 /**
@@ -82,7 +89,12 @@ export async function inspectQcow2(file: string, st: Stats, probed: boolean): Pr
       "if it is a qcow2 image you trust, give --image-format qcow2 to back it up with its backing chain; if it is a raw disk, give --image-format raw",
     );
   }
-  return { virtualSize: top.virtualSize, backing };
+  const layers: string[] = [];
+  for (const layer of chain) {
+    if (layer.dataFile !== undefined || layer.filename === undefined || !layer.filename.startsWith("/")) break;
+    layers.push(layer.filename);
+  }
+  return { virtualSize: top.virtualSize, backing, layers };
 }
 
 interface InfoLayer {
@@ -133,112 +145,136 @@ const READ_PIECE = 256 * 1024;
  * faulted in every page it wrote), 5.4 s with these.
  */
 const QEMU_NBD_MMAP_THRESHOLD = 4 * 1024 * 1024;
-/** Block status asked for at a time. */
-const STATUS_SPAN = 1024 * 1024 * 1024;
 
 /**
- * A qcow2 image open for reading, as the guest sees it: a qemu-nbd of its own (read-only,
- * taking no lock on the image, which a paused domain's QEMU holds), on a Unix socket in a
- * folder only this user can enter, stopped by close().
+ * A qcow2 image open for reading, as the guest sees it. Its map (qemu-img map, a window at a
+ * time: Qcow2Map) says where each range is: zeros are not read, clusters stored as they are
+ * are read straight from the chain's files, and only what QEMU must decode (compressed
+ * clusters, an external data file) through a qemu-nbd of its own, started when first needed
+ * (read-only, taking no lock on the image, which a paused domain's QEMU holds), on a Unix socket
+ * in a folder only this user can enter, stopped by close().
  */
 export class Qcow2Image implements DiskInput {
   readonly file: string;
   readonly size: number;
-  /** qemu-nbd reads the image through the page cache as it does for QEMU: nothing of it is dropped. */
+  /** The image's files are read through the page cache, as QEMU reads them: nothing of it is dropped. */
   readonly cacheDroppedBytes = 0;
-  readonly #client: NbdClient;
-  readonly #server: QemuNbd;
-  /** Extents asked of block status and not yet passed, in order. */
-  #extents: NbdExtent[] = [];
+  readonly #st: Stats;
+  readonly #map: Qcow2Map;
+  readonly #layers: readonly string[];
+  readonly #handles = new Map<number, Promise<FileHandle>>();
+  #nbd: Promise<{ client: NbdClient; server: QemuNbd }> | undefined;
   #closed = false;
 
-  private constructor(file: string, client: NbdClient, server: QemuNbd) {
+  private constructor(file: string, st: Stats, facts: Qcow2Facts) {
     this.file = file;
-    this.size = client.info.size;
-    this.#client = client;
-    this.#server = server;
+    this.#st = st;
+    this.size = facts.virtualSize;
+    this.#layers = facts.layers;
+    this.#map = new Qcow2Map(file, facts.virtualSize, facts.layers.length, (from, length) =>
+      runTool("qemu-img", ["map", "--output=json", "--force-share", "--image-opts", imageOpts(file, st, { locking: true }), `--start-offset=${from}`, `--max-length=${length}`], missingQemu("qemu-img")).catch((e: unknown) => {
+        throw e instanceof ToolFailed ? new SourceError("E_SOURCE", `cannot map qcow2 image ${file}: ${e.message}`) : e;
+      }),
+    );
   }
 
+  /** A qcow2 image the backup planned (inspectQcow2 refused what it could not read). */
   static async open(file: string, st: Stats): Promise<Qcow2Image> {
-    const server = await QemuNbd.start(file, st);
-    try {
-      const client = await server.connect();
-      return new Qcow2Image(file, client, server);
-    } catch (e) {
-      await server.stop();
-      throw e;
-    }
+    return new Qcow2Image(file, st, await inspectQcow2(file, st, false));
   }
 
-  /**
-   * The data extent that holds `from` or comes next (start >= from, the size when only holes are
-   * left): what block status reports neither as a hole nor as reading zeros, adjacent extents
-   * joined.
-   */
+  /** The data extent that holds `from` or comes next (start >= from, the size when only zeros are left), adjacent data joined. */
   async next(from: number): Promise<{ start: number; end: number }> {
     let at = from;
-    for (;;) {
-      if (at >= this.size) return { start: this.size, end: this.size };
-      const e = await this.#extentAt(at);
-      if (e.hole || e.zero) {
-        at = e.offset + e.length;
-        continue;
-      }
-      let end = e.offset + e.length;
-      // Join the data extents that follow, as far as they are known already.
-      for (const x of this.#extents) if (x.offset === end && !x.hole && !x.zero) end += x.length;
-      return { start: at, end: Math.min(end, this.size) };
+    while (at < this.size) {
+      const s = await this.#map.at(at);
+      if (s.kind !== "zero") return { start: at, end: await this.#map.dataEnd(at) };
+      at = s.end;
     }
-  }
-
-  async #extentAt(at: number): Promise<NbdExtent> {
-    for (;;) {
-      while (this.#extents.length > 0 && (this.#extents[0] as NbdExtent).offset + (this.#extents[0] as NbdExtent).length <= at) this.#extents.shift();
-      const first = this.#extents[0];
-      if (first !== undefined && first.offset <= at) return first;
-      this.#extents = await this.#status(at);
-    }
-  }
-
-  async #status(at: number): Promise<NbdExtent[]> {
-    try {
-      const extents = await this.#client.blockStatus(at, Math.min(STATUS_SPAN, this.size - at));
-      if (extents.length === 0 || (extents[0] as NbdExtent).offset !== at) throw new SourceError("E_SOURCE", `qemu-nbd answered block status for ${this.file} at ${at} with no extent there`);
-      return extents;
-    } catch (e) {
-      throw this.#readError(e);
-    }
+    return { start: this.size, end: this.size };
   }
 
   /** Fills buffer from position (a range within the disk). */
   async read(buffer: Uint8Array, position: number): Promise<number> {
-    const max = Math.min(READ_PIECE, this.#client.info.maxRequest);
+    const end = position + buffer.length;
+    const parts: Promise<void>[] = [];
     try {
-      const parts: Promise<Uint8Array>[] = [];
-      for (let at = 0; at < buffer.length; at += max) parts.push(this.#client.read(position + at, Math.min(max, buffer.length - at), buffer.subarray(at, Math.min(buffer.length, at + max))));
-      await Promise.all(parts);
-    } catch (e) {
-      throw this.#readError(e);
+      for (let at = position; at < end; ) {
+        const s = await this.#map.at(at);
+        const n = Math.min(s.end, end) - at;
+        const into = buffer.subarray(at - position, at - position + n);
+        if (s.kind === "zero") into.fill(0);
+        else if (s.kind === "file") parts.push(this.#readFile(s.depth, s.offset + (at - s.start), into));
+        else parts.push(this.#readNbd(at, into));
+        at += n;
+      }
+    } finally {
+      // Every read settles before the buffer is handed on or the error goes up.
+      const failed = (await Promise.allSettled(parts)).find((r): r is PromiseRejectedResult => r.status === "rejected");
+      if (failed !== undefined) throw this.#readError(failed.reason);
     }
     return buffer.length;
   }
 
+  async #readFile(depth: number, offset: number, into: Uint8Array): Promise<void> {
+    const file = this.#layers[depth];
+    if (file === undefined) throw new Error(`no file for layer ${depth}`);
+    let h = this.#handles.get(depth);
+    if (h === undefined) {
+      h = fsp.open(file, "r");
+      this.#handles.set(depth, h);
+    }
+    const handle = await h;
+    for (let got = 0; got < into.length; ) {
+      const { bytesRead } = await handle.read(into, got, into.length - got, offset + got);
+      if (bytesRead === 0) throw new Error(`${file} ends before its cluster at ${offset + got}`);
+      got += bytesRead;
+    }
+  }
+
+  async #readNbd(position: number, into: Uint8Array): Promise<void> {
+    this.#nbd ??= (async () => {
+      const server = await QemuNbd.start(this.file, this.#st);
+      this.#server = server;
+      try {
+        return { client: await server.connect(), server };
+      } catch (e) {
+        await server.stop();
+        throw e;
+      }
+    })();
+    const { client } = await this.#nbd;
+    const max = Math.min(READ_PIECE, client.info.maxRequest);
+    const parts: Promise<Uint8Array>[] = [];
+    for (let at = 0; at < into.length; at += max) parts.push(client.read(position + at, Math.min(max, into.length - at), into.subarray(at, Math.min(into.length, at + max))));
+    await Promise.all(parts);
+  }
+
   #readError(e: unknown): unknown {
     if (e instanceof VaultError) return e;
-    const said = this.#server.said();
     const how = e instanceof NbdError ? `qemu-nbd answered ${e.code}` : e instanceof Error ? e.message : String(e);
-    return new SourceError("E_SOURCE", `cannot read source ${this.file}: ${how}${said === undefined ? "" : ` (qemu-nbd: ${said})`}`);
+    return new SourceError("E_SOURCE", `cannot read source ${this.file}: ${how}${this.#said()}`);
   }
+
+  #said(): string {
+    const said = this.#server?.said();
+    return said === undefined ? "" : ` (qemu-nbd: ${said})`;
+  }
+
+  #server: QemuNbd | undefined;
 
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    for (const h of this.#handles.values()) await (await h.catch(() => undefined))?.close();
+    const nbd = await this.#nbd?.catch(() => undefined);
+    if (nbd === undefined) return;
     try {
-      await this.#client.close();
+      await nbd.client.close();
     } catch {
-      this.#client.destroy();
+      nbd.client.destroy();
     }
-    await this.#server.stop();
+    await nbd.server.stop();
   }
 }
 

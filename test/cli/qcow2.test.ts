@@ -100,6 +100,14 @@ describe.skipIf(!haveQemu)("qcow2 images", () => {
     expect(second.chunks).toBe(backup.chunks);
     expect(second.newChunks).toBe(0);
 
+    // Compressed throughout (every cluster decoded by qemu-nbd): the same disk, the same chunks.
+    const compressed = path.join(dir, "compressed.qcow2");
+    ok("qemu-img", ["convert", "-c", "-O", "qcow2", image, compressed]);
+    const c = await cli(repo, ["--json", "backup", "--vm", "web-c", compressed]);
+    expect(c.code, c.stderr).toBe(0);
+    expect(c.tmpLeft).toEqual([]);
+    expect(JSON.parse(c.stdout)).toMatchObject({ chunks: backup.chunks, newChunks: 0 });
+
     // Raw by default, under the disk's name, with a note that it was qcow2.
     const rawTarget = path.join(dir, "raw-out");
     const r = await cli(repo, ["restore", backup.snapshotId, "--target", rawTarget, "--reason", "qcow2 test"]);
