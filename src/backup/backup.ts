@@ -150,8 +150,9 @@ export interface PlannedSource {
   readonly path: string;
   readonly name: string;
   readonly kind: "disk" | "folder";
-  /** A disk's image format. */
+  /** A disk's image format, and whether it was probed (qcow2.ts: inspectQcow2). */
   readonly format?: ImageFormat;
+  readonly probed?: boolean;
   /** The most bytes reading it takes (size.ts: readBoundOf). */
   readonly readBound: number;
 }
@@ -203,7 +204,7 @@ async function planDisk(file: string, name: string, st: Stats, sparse: boolean, 
   if (format === "raw") return { path: file, name, kind: "disk", readBound: readBoundOf(st, sparse) };
   const facts = await inspectQcow2(file, st, probed);
   // A backing chain or compressed clusters: the disk the guest sees is the bound.
-  return { path: file, name, kind: "disk", format, readBound: facts.virtualSize };
+  return { path: file, name, kind: "disk", format, probed, readBound: facts.virtualSize };
 }
 
 /** An overlay folder: an existing folder, as an absolute path. */
@@ -363,7 +364,7 @@ async function runBackup(repo: Repository, o: BackupOptions, vm: string, planned
     for (const p of planned) {
       const r =
         p.kind === "disk"
-          ? await backupImage(p.path, p.name, repo.config.imageChunkSize, sink, progress, { segmentBytes: o.segmentBytes, sparse: o.sparse ?? true, keepCache: o.keepCache ?? false, format: p.format ?? "raw" })
+          ? await backupImage(p.path, p.name, repo.config.imageChunkSize, sink, progress, { segmentBytes: o.segmentBytes, sparse: o.sparse ?? true, keepCache: o.keepCache ?? false, format: p.format ?? "raw", probed: p.probed === true })
           : await backupFolder(p.path, p.name, cdc, sink, progress, { sparse: o.sparse ?? true, keepCache: o.keepCache ?? false, excludes, oneFileSystem: o.oneFileSystem === true });
       sources.push(r.source);
       reads.push({ readBytes: r.readBytes, cacheDroppedBytes: r.cacheDroppedBytes, ...("excluded" in r ? { excluded: r.excluded } : {}) });

@@ -33,8 +33,10 @@ export interface ImageReadOptions {
   readonly sparse?: boolean;
   /** The page cache the reads fill is kept (default false: dropped behind the reads). */
   readonly keepCache?: boolean;
-  /** raw (default), or qcow2 read through qemu-nbd (src/sources/qcow2.ts). */
+  /** raw (default), or qcow2 read through QEMU's tools (src/sources/qcow2.ts). */
   readonly format?: ImageFormat;
+  /** The format was probed: a qcow2 image naming other files is refused (again, as it is opened). */
+  readonly probed?: boolean;
 }
 
 /**
@@ -60,7 +62,7 @@ export async function backupImage(file: string, name: string, chunkSize: number,
     const before = identityOf(st);
     const meta = st.isFile() ? fileMeta(file, st) : undefined;
     const format = o.format ?? "raw";
-    input = await openDiskInput(file, handle, st, format, { sparse: o.sparse ?? true, keepCache: o.keepCache ?? false });
+    input = await openDiskInput(file, handle, st, format, { sparse: o.sparse ?? true, keepCache: o.keepCache ?? false, probed: o.probed === true });
     const size = input.size;
     const list = new ChunkListBuilder(sink);
     const segment = Math.max(chunkSize, Math.floor((o.segmentBytes ?? DEFAULT_SEGMENT_BYTES) / chunkSize) * chunkSize);

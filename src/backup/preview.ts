@@ -150,7 +150,7 @@ async function previewDisk(p: PlannedSource, sparse: boolean): Promise<PreviewSo
   }
   let input: DiskInput | undefined;
   try {
-    input = await openDiskInput(p.path, handle, await handle.stat(), p.format ?? "raw", { sparse, keepCache: true });
+    input = await openDiskInput(p.path, handle, await handle.stat(), p.format ?? "raw", { sparse, keepCache: true, probed: p.probed === true });
     const size = input.size;
     let dataBytes = 0;
     for (let at = 0; at < size; ) {

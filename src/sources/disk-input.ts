@@ -25,8 +25,8 @@ export interface DiskInput {
  * (sparse, keepCache: RawImage), a qcow2 image through qemu-nbd (Qcow2Image). The handle stays
  * the caller's; close() the input before it.
  */
-export async function openDiskInput(file: string, handle: FileHandle, st: Stats, format: ImageFormat, o: { sparse: boolean; keepCache: boolean }): Promise<DiskInput> {
-  if (format === "qcow2") return await Qcow2Image.open(file, st);
+export async function openDiskInput(file: string, handle: FileHandle, st: Stats, format: ImageFormat, o: { sparse: boolean; keepCache: boolean; probed?: boolean }): Promise<DiskInput> {
+  if (format === "qcow2") return await Qcow2Image.open(file, st, o.probed === true);
   let size: number;
   try {
     size = await sourceSize(handle.fd, st);

@@ -178,9 +178,12 @@ export class Qcow2Image implements DiskInput {
     );
   }
 
-  /** A qcow2 image the backup planned (inspectQcow2 refused what it could not read). */
-  static async open(file: string, st: Stats): Promise<Qcow2Image> {
-    return new Qcow2Image(file, st, await inspectQcow2(file, st, false));
+  /**
+   * A qcow2 image as inspectQcow2 finds it now: refused as when the backup was planned, so an
+   * image changed since (a probed one that names a backing file now) is not followed.
+   */
+  static async open(file: string, st: Stats, probed: boolean): Promise<Qcow2Image> {
+    return new Qcow2Image(file, st, await inspectQcow2(file, st, probed));
   }
 
   /** The data extent that holds `from` or comes next (start >= from, the size when only zeros are left), adjacent data joined. */
