@@ -5,6 +5,7 @@ import { NbdClient, NbdError } from "./nbd-client.js";
 import { Qcow2Map } from "./qcow2-map.js";
 import type { DiskInput } from "./disk-input.js";
 import { runTool, ToolFailed, toolEnv, toolMessage } from "./tools.js";
+import { nativeHelper } from "../util/native.js";
 
 /**
  * qcow2 disk images as sources, as the guest sees the disk, through QEMU's own qcow2 code (its
@@ -22,17 +23,26 @@ export type ImageFormatChoice = ImageFormat | "auto";
 /** The first bytes of every qcow2 image: "QFI" and 0xfb. */
 const QCOW2_MAGIC = Buffer.from([0x51, 0x46, 0x49, 0xfb]);
 
-/** The format of a source whose format was not given: qcow2 when it starts with qcow2's magic. */
+/**
+ * The format of a source whose format was not given: qcow2 when it starts with qcow2's magic.
+ * Through the native helper the four bytes are read without readahead and the page they bring
+ * into the page cache is dropped again, so the probe leaves the cache as the backup's own reads
+ * do (sources/raw.ts).
+ */
 export async function probeImageFormat(file: string): Promise<ImageFormat> {
-  const { open } = process.getBuiltinModule("node:fs/promises");
-  const handle = await open(file, "r");
-  try {
-    const head = Buffer.alloc(4);
-    const { bytesRead } = await handle.read(head, 0, 4, 0);
-    return bytesRead === 4 && head.equals(QCOW2_MAGIC) ? "qcow2" : "raw";
-  } finally {
-    await handle.close();
+  const helper = nativeHelper();
+  let head: Uint8Array;
+  if (helper !== null) head = new Uint8Array(await helper.readRange(file, 0, 4, true));
+  else {
+    const handle = await fsp.open(file, "r");
+    try {
+      const b = Buffer.alloc(4);
+      head = b.subarray(0, (await handle.read(b, 0, 4, 0)).bytesRead);
+    } finally {
+      await handle.close();
+    }
   }
+  return head.length === 4 && Buffer.from(head).equals(QCOW2_MAGIC) ? "qcow2" : "raw";
 }
 
 export interface Qcow2Facts {
