@@ -185,7 +185,7 @@ export async function planSources(sources: readonly string[], sparse: boolean, d
     else if (st.isFile() || st.isBlockDevice()) {
       await assertReadable(abs);
       const probed = imageFormat === "auto";
-      const format = probed ? await probeImageFormat(abs).catch((e: unknown) => Promise.reject(sourceError(abs, e))) : imageFormat;
+      const format = probed ? await probeImageFormat(abs, st).catch((e: unknown) => Promise.reject(sourceError(abs, e))) : imageFormat;
       planned.push(await planDisk(abs, name, st, sparse, format, probed));
     } else throw new UsageError(`${abs} is neither a disk image file nor a folder`);
   }

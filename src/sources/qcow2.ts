@@ -27,12 +27,13 @@ const QCOW2_MAGIC = Buffer.from([0x51, 0x46, 0x49, 0xfb]);
  * The format of a source whose format was not given: qcow2 when it starts with qcow2's magic.
  * Through the native helper the four bytes are read without readahead and the page they bring
  * into the page cache is dropped again, so the probe leaves the cache as the backup's own reads
- * do (sources/raw.ts).
+ * do (sources/raw.ts) for an image file.
  */
-export async function probeImageFormat(file: string): Promise<ImageFormat> {
+export async function probeImageFormat(file: string, st: Stats): Promise<ImageFormat> {
   const helper = nativeHelper();
   let head: Uint8Array;
-  if (helper !== null) head = new Uint8Array(await helper.readRange(file, 0, 4, true));
+  // A block device is read as it is (the helper's read declines one: EINVAL).
+  if (helper !== null && st.isFile()) head = new Uint8Array(await helper.readRange(file, 0, 4, true));
   else {
     const handle = await fsp.open(file, "r");
     try {
