@@ -51,7 +51,7 @@ export interface PreviewSource {
   readonly size: number;
   /** A disk: the bytes of its allocated extents, which a backup reads (all of size with sparse false, or where the file system tells no holes). */
   readonly dataBytes?: number;
-  /** A disk read through qemu-nbd: its image format (qcow2). */
+  /** A disk image that is not raw: its format (qcow2). */
   readonly format?: string;
   readonly files?: number;
   readonly dirs?: number;

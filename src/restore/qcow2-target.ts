@@ -1,11 +1,8 @@
 import { constants as fsConstants, promises as fsp } from "node:fs";
 import { UsageError } from "../errors.js";
 import { NbdError, type NbdClient } from "../sources/nbd-client.js";
-import { QemuNbd } from "../sources/qcow2.js";
+import { inPieces, QemuNbd } from "../sources/qcow2.js";
 import { runTool, ToolFailed } from "../sources/tools.js";
-
-/** The largest write sent to qemu-nbd at once, for the reason sources/qcow2.ts reads in pieces this size (READ_PIECE). */
-const WRITE_PIECE = 256 * 1024;
 
 /**
  * A disk restored as a qcow2 image (`restore --format qcow2`): the partial file is made a new,
@@ -34,22 +31,14 @@ export class Qcow2Target {
       if (!(e instanceof ToolFailed)) throw e;
       throw new Error(`qemu-img could not make a qcow2 image: ${e.message}`);
     }
-    const server = await QemuNbd.start(file, await fsp.stat(file), { writable: true, direct: await takesDirectIo(file) });
-    try {
-      return new Qcow2Target(file, await server.connect(), server);
-    } catch (e) {
-      await server.stop();
-      throw e;
-    }
+    const { client, server } = await QemuNbd.open(file, await fsp.stat(file), { writable: true, direct: await takesDirectIo(file) });
+    return new Qcow2Target(file, client, server);
   }
 
   /** Writes data at position of the disk, in pieces the server takes. */
   async write(data: Uint8Array, position: number): Promise<void> {
-    const max = Math.min(WRITE_PIECE, this.#client.info.maxRequest);
-    const parts: Promise<void>[] = [];
-    for (let at = 0; at < data.length; at += max) parts.push(this.#client.write(position + at, data.subarray(at, Math.min(data.length, at + max))));
     try {
-      await Promise.all(parts);
+      await inPieces(this.#client, data.length, (at, n) => this.#client.write(position + at, data.subarray(at, at + n)));
     } catch (e) {
       throw this.#error(e);
     }

@@ -48,8 +48,6 @@ export async function probeImageFormat(file: string, st: Stats): Promise<ImageFo
 
 export interface Qcow2Facts {
   readonly virtualSize: number;
-  /** The backing chain, top first: each backing file as the image names it. */
-  readonly backing: readonly string[];
   /**
    * The files of the chain by depth (0: the image), as far as their clusters can be read
    * straight from them: up to the first layer that is not a plain file or keeps its data in an
@@ -105,7 +103,7 @@ export async function inspectQcow2(file: string, st: Stats, probed: boolean): Pr
     if (layer.dataFile !== undefined || layer.filename === undefined || !layer.filename.startsWith("/")) break;
     layers.push(layer.filename);
   }
-  return { virtualSize: top.virtualSize, backing, layers };
+  return { virtualSize: top.virtualSize, layers };
 }
 
 interface InfoLayer {
@@ -144,18 +142,31 @@ function parseInfo(file: string, out: string): InfoLayer[] {
 const START_MS = 10_000;
 const STOP_MS = 3_000;
 /**
- * The largest read asked of qemu-nbd at once; a segment is read as several, all in flight.
- * qemu-nbd takes a buffer of each request's size; with 1 MiB requests each was a fresh mapping
- * faulted in page by page (5–6 CPU-seconds of a 2 GiB qcow2 backup, docs/design.md §10).
+ * The largest read or write asked of qemu-nbd at once; a range goes as several, all in flight
+ * (inPieces). qemu-nbd takes a buffer of each request's size; with 1 MiB requests each was a
+ * fresh mapping faulted in page by page (5–6 CPU-seconds of a 2 GiB qcow2 backup, and 1 MiB
+ * writes made a qcow2 restore slower too: docs/design.md §10).
  */
-const READ_PIECE = 256 * 1024;
+const QEMU_NBD_REQUEST_BYTES = 256 * 1024;
 /**
- * glibc's mmap threshold for qemu-nbd, above its largest request (READ_PIECE, the restore's
- * WRITE_PIECE), with a trim threshold above it: its request buffers then come from a heap it
- * keeps, not from fresh mappings. A 2 GiB qcow2 restore: 9 s with glibc's defaults (qemu-nbd
- * faulted in every page it wrote), 5.4 s with these.
+ * glibc's mmap threshold for qemu-nbd, above its largest request, with a trim threshold above
+ * it: its request buffers then come from a heap it keeps, not from fresh mappings. A 2 GiB
+ * qcow2 restore: 9 s with glibc's defaults (qemu-nbd faulted in every page it wrote), 5.4 s
+ * with these.
  */
 const QEMU_NBD_MMAP_THRESHOLD = 4 * 1024 * 1024;
+
+/**
+ * A range of length bytes as requests to a qemu-nbd (QEMU_NBD_REQUEST_BYTES at most, and no
+ * more than the client's largest), all in flight: request(at, n) for each piece at offset at
+ * of the range.
+ */
+export async function inPieces(client: NbdClient, length: number, request: (at: number, n: number) => Promise<unknown>): Promise<void> {
+  const max = Math.min(QEMU_NBD_REQUEST_BYTES, client.info.maxRequest);
+  const parts: Promise<unknown>[] = [];
+  for (let at = 0; at < length; at += max) parts.push(request(at, Math.min(max, length - at)));
+  await Promise.all(parts);
+}
 
 /**
  * A qcow2 image open for reading, as the guest sees it. Its map (qemu-img map, a window at a
@@ -175,6 +186,8 @@ export class Qcow2Image implements DiskInput {
   readonly #layers: readonly string[];
   readonly #handles = new Map<number, Promise<FileHandle>>();
   #nbd: Promise<{ client: NbdClient; server: QemuNbd }> | undefined;
+  /** The qemu-nbd started, for its words in an error (known before it answers). */
+  #server: QemuNbd | undefined;
   #closed = false;
 
   private constructor(file: string, st: Stats, facts: Qcow2Facts) {
@@ -247,21 +260,9 @@ export class Qcow2Image implements DiskInput {
   }
 
   async #readNbd(position: number, into: Uint8Array): Promise<void> {
-    this.#nbd ??= (async () => {
-      const server = await QemuNbd.start(this.file, this.#st);
-      this.#server = server;
-      try {
-        return { client: await server.connect(), server };
-      } catch (e) {
-        await server.stop();
-        throw e;
-      }
-    })();
+    this.#nbd ??= QemuNbd.open(this.file, this.#st, {}, (server) => (this.#server = server));
     const { client } = await this.#nbd;
-    const max = Math.min(READ_PIECE, client.info.maxRequest);
-    const parts: Promise<Uint8Array>[] = [];
-    for (let at = 0; at < into.length; at += max) parts.push(client.read(position + at, Math.min(max, into.length - at), into.subarray(at, Math.min(into.length, at + max))));
-    await Promise.all(parts);
+    await inPieces(client, into.length, (at, n) => client.read(position + at, n, into.subarray(at, at + n)));
   }
 
   #readError(e: unknown): unknown {
@@ -274,8 +275,6 @@ export class Qcow2Image implements DiskInput {
     const said = this.#server?.said();
     return said === undefined ? "" : ` (qemu-nbd: ${said})`;
   }
-
-  #server: QemuNbd | undefined;
 
   async close(): Promise<void> {
     if (this.#closed) return;
@@ -355,6 +354,21 @@ export class QemuNbd {
       throw missingQemu("qemu-nbd")();
     }
     return server;
+  }
+
+  /**
+   * start, then connect: the server and its client, the server stopped again when no client
+   * connects. started is told of the server as soon as it runs.
+   */
+  static async open(file: string, st: Stats, o: { writable?: boolean; direct?: boolean }, started?: (server: QemuNbd) => void): Promise<{ client: NbdClient; server: QemuNbd }> {
+    const server = await QemuNbd.start(file, st, o);
+    started?.(server);
+    try {
+      return { client: await server.connect(), server };
+    } catch (e) {
+      await server.stop();
+      throw e;
+    }
   }
 
   /** qemu-nbd's last words on stderr, if it said anything. */
