@@ -112,8 +112,8 @@ export class LockedError extends VaultError {
 }
 
 export class StorageError extends VaultError {
-  constructor(message: string, cause?: unknown) {
-    super("E_STORAGE", message, cause === undefined ? {} : { cause });
+  constructor(message: string, cause?: unknown, hint?: string) {
+    super("E_STORAGE", message, { ...(cause === undefined ? {} : { cause }), ...(hint === undefined ? {} : { hint }) });
   }
 }
 

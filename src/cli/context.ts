@@ -11,7 +11,7 @@ import type { ProgressSink } from "../util/progress.js";
 import { Vault } from "../vault.js";
 import { WorkerPool } from "../pipeline/pool.js";
 import { progressRenderer, shownText, terminalJson, warningJson } from "./output.js";
-import { obtainPassphrase, requireRepo, requireUser, resolveSettings, type GlobalOptions, type Settings } from "./settings.js";
+import { obtainPassphrase, requireRepo, requireUser, resolveSettings, storeAccess, type GlobalOptions, type Settings } from "./settings.js";
 
 /** What every command handler gets: resolved settings, output channels, and a way to open the vault. */
 export class CliContext {
@@ -135,7 +135,7 @@ export class CliContext {
   async openVault(o: { withWorkers?: WorkersWanted } = {}): Promise<Vault> {
     const repo = requireRepo(this.settings);
     const user = requireUser(this.settings);
-    const store = openStore(repo);
+    const store = openStore(repo, storeAccess(this.settings));
     await probeRepository(store);
     const afterKdf = this.#prestartAfterKdf(store, o.withWorkers);
     const passphrase = await this.passphrase();

@@ -2,6 +2,7 @@ import { readFileSync, statSync } from "node:fs";
 import { Secret } from "../crypto/secret.js";
 import { UsageError } from "../errors.js";
 import { assertUserName } from "../repository/open.js";
+import type { StoreAccess } from "../storage/open.js";
 import { fileProblem, readKeysFile, type KeysFileSetting } from "./keys-file.js";
 import { promptNewSecret, promptSecret } from "./prompt.js";
 
@@ -16,12 +17,17 @@ export interface GlobalOptions {
   readonly progress?: boolean;
   readonly workers?: string;
   readonly lockWait?: string;
+  readonly sftpIdentity?: string;
+  readonly sftpKnownHosts?: string;
 }
 
 export interface Settings {
   readonly repo: string | undefined;
   readonly user: string | undefined;
   readonly passphraseFile: string | undefined;
+  /** An sftp:// repository's login key and known_hosts file (src/storage/sftp-session.ts). */
+  readonly sftpIdentity: string | undefined;
+  readonly sftpKnownHosts: string | undefined;
 }
 
 type Env = Record<string, string | undefined>;
@@ -34,6 +40,20 @@ export function resolveSettings(o: GlobalOptions, env: Env = process.env): Setti
     repo: o.repo ?? env["VMVAULT_REPO"] ?? file.repo,
     user: o.user ?? env["VMVAULT_USER"] ?? file.user,
     passphraseFile: o.passphraseFile ?? env["VMVAULT_PASSPHRASE_FILE"] ?? file["passphrase-file"],
+    sftpIdentity: nonEmpty(o.sftpIdentity ?? env["VMVAULT_SFTP_IDENTITY"] ?? file["sftp-identity"]),
+    sftpKnownHosts: nonEmpty(o.sftpKnownHosts ?? env["VMVAULT_SFTP_KNOWN_HOSTS"] ?? file["sftp-known-hosts"]),
+  };
+}
+
+function nonEmpty(s: string | undefined): string | undefined {
+  return s === "" ? undefined : s;
+}
+
+/** What the repository's backend needs besides its location. */
+export function storeAccess(s: Settings): StoreAccess {
+  return {
+    ...(s.sftpIdentity === undefined ? {} : { identity: s.sftpIdentity }),
+    ...(s.sftpKnownHosts === undefined ? {} : { knownHosts: s.sftpKnownHosts }),
   };
 }
 

@@ -1,14 +1,23 @@
 import { VaultError } from "../errors.js";
 import { FsStore } from "./fs.js";
+import { SftpStore } from "./sftp.js";
+import type { SftpAccess } from "./sftp-session.js";
 import type { Store } from "./types.js";
 
-/** Opens the store a --repo value names: a local path, s3://bucket/prefix or sftp://user@host/path. */
-export function openStore(repo: string): Store {
-  if (/^s3:\/\//.test(repo) || /^sftp:\/\//.test(repo)) {
-    throw new VaultError("E_UNSUPPORTED", `remote repositories (${repo.split(":")[0]}://) are not available in this version`, {
-      hint: "use a local folder repository; S3 and SFTP backends are planned",
+/** Settings of the remote backends (the CLI's --sftp-* flags, their variables and keys-file names). */
+export type StoreAccess = SftpAccess;
+
+/**
+ * Opens the store a --repo value names: a local path, or sftp://user@host[:port]/path (S3 is
+ * planned). An SFTP store connects on first use.
+ */
+export function openStore(repo: string, access: StoreAccess = {}): Store {
+  if (/^sftp:\/\//i.test(repo)) return new SftpStore(repo, access);
+  if (/^s3:\/\//i.test(repo)) {
+    throw new VaultError("E_UNSUPPORTED", `S3 repositories (${repo}) are not available in this version`, {
+      hint: "use a local folder or an sftp:// repository; the S3 backend is planned",
     });
   }
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(repo)) throw new VaultError("E_USAGE", `unknown repository scheme in ${repo}`);
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(repo)) throw new VaultError("E_USAGE", `unknown repository scheme in ${repo}`, { hint: "give a folder, or sftp://USER@HOST[:PORT]/PATH" });
   return new FsStore(repo);
 }

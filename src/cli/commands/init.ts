@@ -8,7 +8,7 @@ import { DEFAULT_CONFIG } from "../../repository/open.js";
 import { openStore } from "../../storage/open.js";
 import { Vault } from "../../vault.js";
 import { CliContext } from "../context.js";
-import { requireRepo, requireUser } from "../settings.js";
+import { requireRepo, requireUser, storeAccess } from "../settings.js";
 
 function isCompressionName(name: string): name is CompressionName {
   return name === "lz4" || name === "zstd";
@@ -69,7 +69,7 @@ export function registerInit(program: Command): void {
       let vault: Vault;
       try {
         vault = await Vault.init({
-          store: openStore(repo),
+          store: openStore(repo, storeAccess(ctx.settings)),
           user,
           passphrase,
           kdf,

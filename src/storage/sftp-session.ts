@@ -1,0 +1,181 @@
+import { createRequire } from "node:module";
+import { existsSync, readFileSync, statSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import type { Client, ConnectConfig, ParsedKey, SFTPWrapper } from "ssh2";
+import { errorCodeOf, StorageError, UsageError, VaultError } from "../errors.js";
+import { fingerprintOf, hostKeyAlgorithms, hostKeysFor, judgeHostKey, keyTypeOf, knownHostsName, type HostKeyVerdict, type KnownHostKey } from "./known-hosts.js";
+import type { SftpLocation } from "./sftp-location.js";
+
+/** How an SFTP repository's server is reached and trusted (the CLI's --sftp-identity and --sftp-known-hosts). */
+export interface SftpAccess {
+  /**
+   * The private key to log in with (OpenSSH format, no passphrase: an unattended backup has
+   * no one to type it). Default: the SSH agent at SSH_AUTH_SOCK, else ~/.ssh/id_ed25519,
+   * id_ecdsa or id_rsa, the first that exists.
+   */
+  readonly identity?: string | undefined;
+  /**
+   * The known_hosts file that must hold the server's host key. Default: ~/.ssh/known_hosts
+   * and /etc/ssh/ssh_known_hosts. A server whose key is not there is refused; one whose key
+   * differs from the one there is refused as a possible interception (exit 5).
+   */
+  readonly knownHosts?: string | undefined;
+}
+
+/** One SSH connection and its SFTP channel. */
+export interface SftpSession {
+  readonly client: Client;
+  readonly sftp: SFTPWrapper;
+  /** Largest read and write a request may carry (the server's limits, or SFTP's safe size). */
+  readonly maxRead: number;
+  readonly maxWrite: number;
+}
+
+/** Ciphers offered, fastest first where the CPU has AES instructions (OpenSSL's AES-GCM). */
+const CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr", "aes256-ctr"] as const;
+/** Sizes every SFTP server takes (draft-ietf-secsh-filexfer: at least 32768 bytes of data). */
+const SAFE_IO = 32 * 1024;
+
+type Ssh2 = typeof import("ssh2");
+let ssh2: Ssh2 | undefined;
+
+/** The ssh2 package, loaded on first use: only SFTP repositories need it. */
+function loadSsh2(): Ssh2 {
+  ssh2 ??= createRequire(import.meta.url)("ssh2") as Ssh2;
+  return ssh2;
+}
+
+/** Opens a session: connects, checks the host key against known_hosts, logs in, starts SFTP. */
+export async function openSftpSession(at: SftpLocation, access: SftpAccess): Promise<SftpSession> {
+  const { Client } = loadSsh2();
+  const known = readKnownHosts(at, access.knownHosts);
+  const login = loginMethod(access.identity);
+  const username = at.user ?? os.userInfo().username;
+  const where = `${username}@${knownHostsName(at.host, at.port)}`;
+  let verdict: HostKeyVerdict | undefined;
+  let presented: Buffer | undefined;
+  const client = new Client();
+  const config: ConnectConfig = {
+    host: at.host,
+    port: at.port,
+    username,
+    readyTimeout: 20_000,
+    keepaliveInterval: 15_000,
+    keepaliveCountMax: 4,
+    algorithms: { cipher: [...CIPHERS], compress: ["none"], serverHostKey: hostKeyAlgorithms(known.keys) as never },
+    hostVerifier: (key: Buffer): boolean => {
+      presented = key;
+      verdict = judgeHostKey(known.keys, key);
+      return verdict.verdict === "known";
+    },
+    ...login.config,
+  };
+  if (known.keys.every((k) => k.revoked)) delete config.algorithms?.serverHostKey;
+  await new Promise<void>((resolve, reject) => {
+    const fail = (e: Error): void => {
+      client.end();
+      reject(connectError(e, at, where, { verdict, presented, known, login: login.describe }));
+    };
+    client.once("ready", () => {
+      client.off("error", fail);
+      resolve();
+    });
+    client.once("error", fail);
+    client.connect(config);
+  });
+  // Errors after the login fail the requests in flight; an unhandled one would end the process.
+  client.on("error", () => undefined);
+  const sftp = await new Promise<SFTPWrapper>((resolve, reject) => {
+    client.sftp((e, s) => (e === undefined || e === null ? resolve(s) : reject(new StorageError(`the SSH server at ${where} has no SFTP: ${e.message}`, e))));
+  }).catch((e: unknown) => {
+    client.end();
+    throw e;
+  });
+  // ssh2 sizes requests by the server's limits@openssh.com answer (OpenSSH: 255 KiB and more).
+  const limits = sftp as unknown as { _maxReadLen?: number; _maxWriteLen?: number };
+  const size = (n: number | undefined): number => (typeof n === "number" && n >= SAFE_IO ? Math.min(n, 256 * 1024) : SAFE_IO);
+  return { client, sftp, maxRead: size(limits._maxReadLen), maxWrite: size(limits._maxWriteLen) };
+}
+
+interface KnownHosts {
+  readonly keys: KnownHostKey[];
+  readonly files: readonly string[];
+}
+
+function readKnownHosts(at: SftpLocation, file: string | undefined): KnownHosts {
+  const home = os.homedir();
+  const files = file !== undefined ? [file] : [path.join(home, ".ssh", "known_hosts"), "/etc/ssh/ssh_known_hosts"].filter((f) => existsSync(f));
+  const texts = files.map((name) => {
+    try {
+      return { name, text: readFileSync(name, "utf8") };
+    } catch (e) {
+      throw new UsageError(`cannot read the known_hosts file ${name}: ${errorCodeOf(e) === "ENOENT" ? "it does not exist" : (errorCodeOf(e) ?? String(e))}`, "give the file that holds the SFTP server's host key with --sftp-known-hosts (or VMVAULT_SFTP_KNOWN_HOSTS)");
+    }
+  });
+  return { keys: hostKeysFor(texts, at.host, at.port), files };
+}
+
+/** How the login authenticates: a key file, or the SSH agent. */
+function loginMethod(identity: string | undefined): { config: Partial<ConnectConfig>; describe: string } {
+  if (identity === undefined) {
+    const agent = process.env["SSH_AUTH_SOCK"];
+    if (agent !== undefined && agent !== "") return { config: { agent }, describe: `the keys of the SSH agent at ${agent}` };
+    const found = ["id_ed25519", "id_ecdsa", "id_rsa"].map((n) => path.join(os.homedir(), ".ssh", n)).find((f) => existsSync(f));
+    if (found === undefined) {
+      throw new UsageError("no SSH identity for the SFTP repository", "give the private key to log in with: --sftp-identity FILE (or VMVAULT_SFTP_IDENTITY, or sftp-identity in a --keys file)");
+    }
+    identity = found;
+  }
+  let key: Buffer;
+  try {
+    const st = statSync(identity);
+    if (st.isFile() && (st.mode & 0o077) !== 0) {
+      throw new UsageError(`the SSH identity ${identity} is readable by other users`, `chmod 600 ${identity}: ssh refuses such a key too`);
+    }
+    key = readFileSync(identity);
+  } catch (e) {
+    if (e instanceof VaultError) throw e;
+    throw new UsageError(`cannot read the SSH identity ${identity}: ${errorCodeOf(e) === "ENOENT" ? "it does not exist" : (errorCodeOf(e) ?? String(e))}`);
+  }
+  const parsed: ParsedKey | ParsedKey[] | Error = loadSsh2().utils.parseKey(key);
+  if (parsed instanceof Error) {
+    const encrypted = /encrypted|passphrase/i.test(parsed.message);
+    throw new UsageError(
+      `the SSH identity ${identity} ${encrypted ? "is protected by a passphrase" : `is not a private key vmvault can read (${parsed.message})`}`,
+      encrypted ? "an unattended backup cannot type it: use a key without a passphrase, readable only by the backup's user, or load it into an SSH agent (SSH_AUTH_SOCK)" : "give an OpenSSH private key (ssh-keygen -t ed25519)",
+    );
+  }
+  const first = Array.isArray(parsed) ? parsed[0] : parsed;
+  if (first === undefined || !first.isPrivateKey()) throw new UsageError(`the SSH identity ${identity} holds no private key`, "give the private half of the key pair, not the .pub file");
+  return { config: { privateKey: key }, describe: `the identity ${identity}` };
+}
+
+/** An error of the connection or the login, in words, with the next step. */
+function connectError(e: Error, at: SftpLocation, where: string, o: { verdict: HostKeyVerdict | undefined; presented: Buffer | undefined; known: KnownHosts; login: string }): Error {
+  const v = o.verdict;
+  const files = o.known.files.length === 0 ? "no known_hosts file (~/.ssh/known_hosts does not exist)" : o.known.files.join(", ");
+  if (v !== undefined && v.verdict !== "known" && o.presented !== undefined) {
+    const key = `${keyTypeOf(o.presented)} key ${fingerprintOf(o.presented)}`;
+    const name = knownHostsName(at.host, at.port);
+    if (v.verdict === "unknown") {
+      return new StorageError(
+        `the SFTP server ${where} is not known: its ${key} is not in ${files}`,
+        undefined,
+        `check that fingerprint with the server's administrator, then add the key: ssh-keyscan${at.port === 22 ? "" : ` -p ${at.port}`} ${at.host} >> ${o.known.files[0] ?? "~/.ssh/known_hosts"} (or give --sftp-known-hosts FILE)`,
+      );
+    }
+    if (v.verdict === "revoked") return new VaultError("E_INTEGRITY", `the SFTP server ${where} presented a revoked ${key} (${v.where}): refused`, { hint: "ask the server's administrator; do not use this server until its key is replaced" });
+    return new VaultError("E_INTEGRITY", `the SFTP server ${where} presented a ${key}, not the key ${v.expected.map((k) => `${k.type} ${fingerprintOf(k.blob)} (${k.where})`).join(", ")} known for ${name}: someone may be intercepting the connection, or the server's key was replaced`, {
+      hint: "ask the server's administrator whether its key changed; if it did, replace its line in the known_hosts file",
+    });
+  }
+  const code = errorCodeOf(e);
+  if (code === "ECONNREFUSED" || code === "EHOSTUNREACH" || code === "ENETUNREACH" || code === "ENOTFOUND" || code === "EAI_AGAIN" || code === "ETIMEDOUT") {
+    return new StorageError(`cannot reach the SFTP server ${where}: ${code}`, e, "check the repository's host and port, and that its SSH server runs");
+  }
+  const level = (e as { level?: string }).level;
+  if (level === "client-authentication") return new StorageError(`the SFTP server ${where} refused the login with ${o.login}`, e, "add the key's public half (the .pub file) to that user's authorized_keys on the server, or give another --sftp-identity");
+  if (level === "client-timeout") return new StorageError(`the SFTP server ${where} did not complete the SSH handshake within 20 s`, e);
+  return new StorageError(`cannot connect to the SFTP server ${where}: ${e.message}`, e);
+}

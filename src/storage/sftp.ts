@@ -1,0 +1,498 @@
+import { randomBytes } from "node:crypto";
+import type { FileEntryWithStats, SFTPWrapper, Stats } from "ssh2";
+import { NotFoundError, StorageError } from "../errors.js";
+import { mapOrdered } from "../util/ordered.js";
+import { openSftpSession, type SftpAccess, type SftpSession } from "./sftp-session.js";
+import { parseSftpUrl, type SftpLocation } from "./sftp-location.js";
+import { assertValidKey, assertValidPrefix, type ByteRange, type ObjectInfo, type ObjectWriter, type Store } from "./types.js";
+
+/** SFTP status codes (draft-ietf-secsh-filexfer-02, SSH_FX_*). */
+const NO_SUCH_FILE = 2;
+const PERMISSION_DENIED = 3;
+const FAILURE = 4;
+const TEMP_PREFIX = ".tmp-";
+/** Open read handles kept, so a restore's many range reads of one pack open it once. */
+const OPEN_READERS = 8;
+/** Folders a listing reads ahead of the one it is walking (each readdir is a round trip). */
+const WALK_AHEAD = 16;
+/** Bytes of one object's writes sent and not yet acknowledged, at most. */
+const WRITES_IN_FLIGHT = 4 * 1024 * 1024;
+const S_IFMT = 0o170000;
+const S_IFDIR = 0o040000;
+const S_IFREG = 0o100000;
+
+/** A read handle shared by concurrent reads of one object; closed when evicted and idle. */
+interface Reader {
+  readonly session: SftpSession;
+  readonly handle: Promise<Buffer>;
+  users: number;
+  evicted: boolean;
+}
+
+/**
+ * A repository on an SFTP server (OpenSSH's, or any that implements SFTP version 3 with
+ * rename failing onto an existing name, as the protocol says it must). Objects are files under
+ * the repository's folder, keys their relative paths. A write goes to a hidden temporary file
+ * in the object's folder, which is fsynced (fsync@openssh.com, where the server has it) and
+ * then renamed to its name: SFTP's rename refuses an existing name, which makes
+ * put-if-absent atomic, and readers never see a half-written object. One SSH connection
+ * carries every request, many in flight; it is opened on first use, and again after it was lost.
+ */
+export class SftpStore implements Store {
+  readonly location: string;
+  readonly #at: SftpLocation;
+  readonly #access: SftpAccess;
+  #session: Promise<SftpSession> | undefined;
+  readonly #knownDirs = new Set<string>();
+  readonly #readers = new Map<string, Reader>();
+  #closed = false;
+
+  constructor(url: string, access: SftpAccess = {}) {
+    this.#at = parseSftpUrl(url);
+    this.#access = access;
+    this.location = url;
+  }
+
+  /** The connection, opened on first use and again once it was lost. */
+  #connect(): Promise<SftpSession> {
+    if (this.#closed) return Promise.reject(new StorageError(`the SFTP repository ${this.location} is closed`));
+    if (this.#session === undefined) {
+      const session = openSftpSession(this.#at, this.#access);
+      this.#session = session;
+      session.then(
+        (s) => {
+          const lost = (): void => {
+            if (this.#session === session) this.#session = undefined;
+            this.#knownDirs.clear();
+            for (const [key, r] of this.#readers) if (r.session === s) this.#readers.delete(key);
+          };
+          s.client.once("close", lost);
+          s.sftp.once("close", lost);
+        },
+        () => {
+          if (this.#session === session) this.#session = undefined;
+        },
+      );
+    }
+    return this.#session;
+  }
+
+  #path(key: string): string {
+    assertValidKey(key);
+    return this.#below(key);
+  }
+
+  #below(name: string): string {
+    return name === "" ? this.#at.path : `${this.#at.path}/${name}`;
+  }
+
+  async get(key: string, range?: ByteRange): Promise<Uint8Array> {
+    if (range !== undefined) {
+      const out = new Uint8Array(range.length);
+      const n = await this.readInto(key, range, out);
+      return n === range.length ? out : out.subarray(0, n);
+    }
+    const file = this.#path(key);
+    const s = await this.#connect();
+    let handle: Buffer;
+    try {
+      handle = await call<Buffer>((cb) => s.sftp.open(file, "r", cb));
+    } catch (e) {
+      throw this.#mapError(e, key, "read");
+    }
+    try {
+      const st = await call<Stats>((cb) => s.sftp.fstat(handle, cb));
+      const out = new Uint8Array(st.size);
+      const n = await readRange(s, handle, 0, out, st.size);
+      return n === st.size ? out : out.subarray(0, n);
+    } catch (e) {
+      throw this.#mapError(e, key, "read");
+    } finally {
+      s.sftp.close(handle, () => undefined);
+    }
+  }
+
+  async readInto(key: string, range: ByteRange, into: Uint8Array): Promise<number> {
+    if (into.length < range.length) throw new RangeError("buffer smaller than the range");
+    const file = this.#path(key);
+    const reader = await this.#reader(file);
+    try {
+      const handle = await reader.handle;
+      return await readRange(reader.session, handle, range.offset, into, range.length);
+    } catch (e) {
+      this.#evict(file);
+      throw this.#mapError(e, key, "read");
+    } finally {
+      this.#release(reader);
+    }
+  }
+
+  async #reader(file: string): Promise<Reader> {
+    let reader = this.#readers.get(file);
+    if (reader === undefined) {
+      const session = await this.#connect();
+      reader = this.#readers.get(file);
+      if (reader === undefined) {
+        const handle = call<Buffer>((cb) => session.sftp.open(file, "r", cb));
+        handle.catch(() => undefined);
+        reader = { session, handle, users: 0, evicted: false };
+      }
+    }
+    this.#readers.delete(file);
+    this.#readers.set(file, reader);
+    reader.users++;
+    for (const [oldest] of this.#readers) {
+      if (this.#readers.size <= OPEN_READERS) break;
+      this.#evict(oldest);
+    }
+    return reader;
+  }
+
+  #evict(file: string): void {
+    const reader = this.#readers.get(file);
+    if (reader === undefined) return;
+    this.#readers.delete(file);
+    reader.evicted = true;
+    if (reader.users === 0) closeReader(reader);
+  }
+
+  #release(reader: Reader): void {
+    reader.users--;
+    if (reader.evicted && reader.users === 0) closeReader(reader);
+  }
+
+  async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
+    const writer = await this.createWriter(key);
+    try {
+      await writer.write(data);
+      return await writer.commit();
+    } finally {
+      await writer.abort();
+    }
+  }
+
+  /**
+   * Writes to a hidden temporary file beside the object (folders made as needed, mode 0700,
+   * files 0600); commit waits for every write's acknowledgement, fsyncs the file, closes it and
+   * renames it to the object's name, which fails when the name exists: then the temporary file
+   * is removed and commit answers false. The server's folder cannot be fsynced over SFTP: the
+   * new name is as durable as the server's file system makes a rename of a synced file.
+   */
+  async createWriter(key: string): Promise<ObjectWriter> {
+    const file = this.#path(key);
+    const slash = file.lastIndexOf("/");
+    const dir = slash < 0 ? "." : file.slice(0, slash);
+    const temp = `${slash < 0 ? "" : `${dir}/`}${TEMP_PREFIX}${randomBytes(8).toString("hex")}`;
+    const s = await this.#connect();
+    const open = (): Promise<Buffer> => call<Buffer>((cb) => s.sftp.open(temp, "wx", { mode: 0o600 }, cb));
+    let handle: Buffer;
+    try {
+      if (!this.#knownDirs.has(dir)) await this.#mkdirs(s.sftp, dir);
+      handle = await open();
+    } catch (e) {
+      if (statusOf(e) !== NO_SUCH_FILE) throw this.#mapError(e, key, "write");
+      // A folder made known was removed meanwhile (by prune, say): make it again.
+      this.#knownDirs.delete(dir);
+      try {
+        await this.#mkdirs(s.sftp, dir);
+        handle = await open();
+      } catch (again) {
+        throw this.#mapError(again, key, "write");
+      }
+    }
+    this.#knownDirs.add(dir);
+    return new SftpObjectWriter(s, handle, temp, file, {
+      mapError: (e) => this.#mapError(e, key, "write"),
+      occupied: () => new StorageError(`cannot write ${key} in ${this.location}: something other than an object has that name`),
+    });
+  }
+
+  /** Makes dir and the folders above it that are missing (the repository's own folder included). */
+  async #mkdirs(sftp: SFTPWrapper, dir: string): Promise<void> {
+    const parts = dir.split("/");
+    const missing: string[] = [];
+    for (let n = parts.length; n > 0; n--) {
+      const d = parts.slice(0, n).join("/");
+      if (d === "" || d === "." || this.#knownDirs.has(d)) break;
+      try {
+        const st = await call<Stats>((cb) => sftp.stat(d, cb));
+        if ((st.mode & S_IFMT) !== S_IFDIR) throw new StorageError(`cannot use ${d} on the SFTP server as a folder of ${this.location}: it is a file`);
+        this.#knownDirs.add(d);
+        break;
+      } catch (e) {
+        if (statusOf(e) !== NO_SUCH_FILE) throw e;
+        missing.unshift(d);
+      }
+    }
+    for (const d of missing) {
+      try {
+        await call<void>((cb) => sftp.mkdir(d, { mode: 0o700 }, cb));
+      } catch (e) {
+        // Another writer made it meanwhile.
+        const st = await call<Stats>((cb) => sftp.stat(d, cb)).catch(() => undefined);
+        if (st === undefined || (st.mode & S_IFMT) !== S_IFDIR) throw e;
+      }
+      this.#knownDirs.add(d);
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    assertValidPrefix(prefix);
+    const slash = prefix.lastIndexOf("/");
+    const base = slash < 0 ? "" : prefix.slice(0, slash);
+    const s = await this.#connect();
+    yield* this.#walk(s.sftp, base, prefix);
+  }
+
+  /** The objects under the folder of keyBase whose keys start with prefix, in name order. */
+  async *#walk(sftp: SFTPWrapper, keyBase: string, prefix: string, listed?: FileEntryWithStats[]): AsyncIterable<ObjectInfo> {
+    const entries = listed ?? (await this.#readdir(sftp, keyBase));
+    const wanted: { key: string; folder: boolean; size: number }[] = [];
+    for (const e of entries) {
+      if (e.filename.startsWith(".")) continue;
+      const key = keyBase === "" ? e.filename : `${keyBase}/${e.filename}`;
+      const type = e.attrs.mode & S_IFMT;
+      if (type === S_IFDIR) {
+        if (prefix.startsWith(`${key}/`) || key.startsWith(prefix)) wanted.push({ key, folder: true, size: 0 });
+      } else if (type === S_IFREG && key.startsWith(prefix)) wanted.push({ key, folder: false, size: e.attrs.size });
+    }
+    wanted.sort((a, b) => (a.key < b.key ? -1 : 1));
+    const listFolder = async (w: (typeof wanted)[number]): Promise<FileEntryWithStats[] | undefined> => (w.folder ? this.#readdir(sftp, w.key) : undefined);
+    let i = 0;
+    for await (const sub of mapOrdered(wanted, WALK_AHEAD, listFolder)) {
+      const w = wanted[i++] as (typeof wanted)[number];
+      if (sub !== undefined) yield* this.#walk(sftp, w.key, prefix, sub);
+      else yield { key: w.key, size: w.size };
+    }
+  }
+
+  /** A folder's entries; none when it does not exist. */
+  async #readdir(sftp: SFTPWrapper, keyBase: string): Promise<FileEntryWithStats[]> {
+    try {
+      return await call<FileEntryWithStats[]>((cb) => sftp.readdir(this.#below(keyBase), cb));
+    } catch (e) {
+      if (statusOf(e) === NO_SUCH_FILE) return [];
+      throw this.#mapError(e, keyBase === "" ? "the repository's folder" : keyBase, "list");
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    const file = this.#path(key);
+    this.#evict(file);
+    const s = await this.#connect();
+    try {
+      const st = await call<Stats>((cb) => s.sftp.lstat(file, cb));
+      if ((st.mode & S_IFMT) !== S_IFREG) return;
+      await call<void>((cb) => s.sftp.unlink(file, cb));
+    } catch (e) {
+      if (statusOf(e) !== NO_SUCH_FILE) throw this.#mapError(e, key, "delete");
+    }
+  }
+
+  async stat(key: string): Promise<ObjectInfo | undefined> {
+    const file = this.#path(key);
+    const s = await this.#connect();
+    try {
+      const st = await call<Stats>((cb) => s.sftp.stat(file, cb));
+      return (st.mode & S_IFMT) === S_IFREG ? { key, size: st.size } : undefined;
+    } catch (e) {
+      if (statusOf(e) === NO_SUCH_FILE) return undefined;
+      throw this.#mapError(e, key, "stat");
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    const session = this.#session;
+    this.#session = undefined;
+    this.#readers.clear();
+    if (session === undefined) return;
+    const s = await session.catch(() => undefined);
+    if (s === undefined) return;
+    await new Promise<void>((resolve) => {
+      s.client.once("close", () => resolve());
+      s.client.end();
+      setTimeout(resolve, 2000).unref();
+    });
+  }
+
+  #mapError(e: unknown, key: string, op: string): Error {
+    if (e instanceof StorageError || e instanceof NotFoundError) return e;
+    const status = statusOf(e);
+    const said = e instanceof Error ? e.message : String(e);
+    if (status === NO_SUCH_FILE && op !== "write") return new NotFoundError(`object not found: ${key}`);
+    if (status === PERMISSION_DENIED) return new StorageError(`permission denied to ${op} ${key} in ${this.location}`, e);
+    if (status === FAILURE && op === "write") {
+      return new StorageError(`the SFTP server could not write ${key} in ${this.location} ("${said}"): its disk may be full or over quota`, e, "free some space on the server and run the command again");
+    }
+    if (status === undefined) return new StorageError(`could not ${op} ${key} in ${this.location}: the connection failed (${said})`, e, "check the server and the network, and run the command again: what was written in full is kept");
+    return new StorageError(`could not ${op} ${key} in ${this.location}: ${said}`, e);
+  }
+}
+
+/** See SftpStore.createWriter. */
+class SftpObjectWriter implements ObjectWriter {
+  readonly #s: SftpSession;
+  readonly #temp: string;
+  readonly #file: string;
+  readonly #errors: { mapError: (e: unknown) => Error; occupied: () => Error };
+  /** Open until commit, abort or a failed write; the temporary file exists while it is set. */
+  #handle: Buffer | undefined;
+  #position = 0;
+  /** Writes sent and not acknowledged yet, oldest first, with their sizes. */
+  readonly #pending: { done: Promise<void>; bytes: number }[] = [];
+  #pendingBytes = 0;
+  #busy = false;
+
+  constructor(s: SftpSession, handle: Buffer, temp: string, file: string, errors: { mapError: (e: unknown) => Error; occupied: () => Error }) {
+    this.#s = s;
+    this.#handle = handle;
+    this.#temp = temp;
+    this.#file = file;
+    this.#errors = errors;
+  }
+
+  /**
+   * Sends the bytes in requests of the server's size. ssh2 copies each request's bytes into its
+   * packet as it is sent, so the caller's buffer is free once this returns; at most
+   * WRITES_IN_FLIGHT bytes wait for the server's acknowledgement.
+   */
+  async write(bytes: Uint8Array): Promise<void> {
+    const handle = this.#enter();
+    try {
+      const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      for (let at = 0; at < buf.length; ) {
+        while (this.#pendingBytes > WRITES_IN_FLIGHT) await this.#settleOldest();
+        const n = Math.min(this.#s.maxWrite, buf.length - at);
+        const done = call<void>((cb) => this.#s.sftp.write(handle, buf, at, n, this.#position, cb));
+        done.catch(() => undefined);
+        this.#pending.push({ done, bytes: n });
+        this.#pendingBytes += n;
+        this.#position += n;
+        at += n;
+      }
+    } catch (e) {
+      this.#busy = false;
+      await this.abort();
+      throw this.#errors.mapError(e);
+    }
+    this.#busy = false;
+  }
+
+  async #settleOldest(): Promise<void> {
+    const oldest = this.#pending.shift();
+    if (oldest === undefined) return;
+    this.#pendingBytes -= oldest.bytes;
+    await oldest.done;
+  }
+
+  async commit(): Promise<boolean> {
+    const handle = this.#enter();
+    const { sftp } = this.#s;
+    try {
+      try {
+        while (this.#pending.length > 0) await this.#settleOldest();
+        if (hasExtension(sftp, "fsync@openssh.com")) await call<unknown>((cb) => sftp.ext_openssh_fsync(handle, cb));
+      } finally {
+        this.#handle = undefined;
+        await call<void>((cb) => sftp.close(handle, cb)).catch(() => undefined);
+      }
+      try {
+        await call<void>((cb) => sftp.rename(this.#temp, this.#file, cb));
+      } catch (e) {
+        if (statusOf(e) === undefined) throw e;
+        // The name exists (or the rename failed otherwise: then it does not, and that is said).
+        const existing = await call<Stats>((cb) => sftp.lstat(this.#file, cb)).catch(() => undefined);
+        if (existing === undefined) throw e;
+        if ((existing.mode & S_IFMT) !== S_IFREG) throw this.#errors.occupied();
+        await removeQuietly(sftp, this.#temp);
+        return false;
+      }
+      return true;
+    } catch (e) {
+      await removeQuietly(sftp, this.#temp);
+      throw e instanceof StorageError ? e : this.#errors.mapError(e);
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  async abort(): Promise<void> {
+    const handle = this.#handle;
+    if (handle === undefined) return;
+    this.#handle = undefined;
+    const { sftp } = this.#s;
+    await Promise.allSettled(this.#pending.splice(0).map((p) => p.done));
+    this.#pendingBytes = 0;
+    await call<void>((cb) => sftp.close(handle, cb)).catch(() => undefined);
+    await removeQuietly(sftp, this.#temp);
+  }
+
+  #enter(): Buffer {
+    if (this.#handle === undefined) throw new Error("the object writer is finished (committed, aborted or failed)");
+    if (this.#busy) throw new Error("object writer calls must not overlap");
+    this.#busy = true;
+    return this.#handle;
+  }
+}
+
+/**
+ * Reads length bytes at offset into out, in requests of the server's size, all in flight;
+ * fewer only at the end of the file. A server may answer a request with fewer bytes than asked
+ * before the end: the rest is asked for again.
+ */
+async function readRange(s: SftpSession, handle: Buffer, offset: number, out: Uint8Array, length: number): Promise<number> {
+  const buf = Buffer.from(out.buffer, out.byteOffset, out.byteLength);
+  const piece = async (at: number, n: number): Promise<number> => {
+    let got = 0;
+    while (got < n) {
+      const r = await call<number>((cb) => s.sftp.read(handle, buf, at + got, n - got, offset + at + got, (e, bytes) => cb(e, bytes)));
+      if (r === 0) break;
+      got += r;
+    }
+    return got;
+  };
+  const pieces: Promise<number>[] = [];
+  for (let at = 0; at < length; at += s.maxRead) pieces.push(piece(at, Math.min(s.maxRead, length - at)));
+  const got = await Promise.all(pieces);
+  let total = 0;
+  for (let i = 0; i < got.length; i++) {
+    total += got[i] as number;
+    // A short piece is the end of the file: what follows it was not there to read.
+    if ((got[i] as number) < Math.min(s.maxRead, length - i * s.maxRead)) break;
+  }
+  return total;
+}
+
+function closeReader(reader: Reader): void {
+  reader.handle.then(
+    (h) => reader.session.sftp.close(h, () => undefined),
+    () => undefined,
+  );
+}
+
+async function removeQuietly(sftp: SFTPWrapper, file: string): Promise<void> {
+  await call<void>((cb) => sftp.unlink(file, cb)).catch(() => undefined);
+}
+
+function hasExtension(sftp: SFTPWrapper, name: string): boolean {
+  const ext = (sftp as unknown as { _extensions?: Record<string, string> })._extensions;
+  return ext?.[name] !== undefined;
+}
+
+/** The SFTP status code of an error a request ended with; undefined for a lost connection. */
+function statusOf(e: unknown): number | undefined {
+  const code = (e as { code?: unknown } | null)?.code;
+  return typeof code === "number" ? code : undefined;
+}
+
+/** A callback-style SFTP request as a promise. */
+function call<T>(start: (cb: (e: Error | undefined | null, value: T) => void) => void): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    try {
+      start((e, value) => (e === undefined || e === null ? resolve(value) : reject(e)));
+    } catch (e) {
+      reject(e);
+    }
+  });
+}
