@@ -363,13 +363,23 @@ class SftpObjectWriter implements ObjectWriter {
       const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
       for (let at = 0; at < buf.length; ) {
         while (this.#pendingBytes > WRITES_IN_FLIGHT) await this.#settleOldest();
-        const n = Math.min(this.#s.maxWrite, buf.length - at);
-        const done = call<void>((cb) => this.#s.sftp.write(handle, buf, at, n, this.#position, cb));
-        done.catch(() => undefined);
-        this.#pending.push({ done, bytes: n });
-        this.#pendingBytes += n;
-        this.#position += n;
-        at += n;
+        // The SSH packets of the requests sent together leave in one write to the socket (the
+        // connection has Nagle's algorithm off for the reads' sake).
+        const socket = this.#s.socket;
+        socket?.cork();
+        try {
+          while (at < buf.length && this.#pendingBytes <= WRITES_IN_FLIGHT) {
+            const n = Math.min(this.#s.maxWrite, buf.length - at);
+            const done = call<void>((cb) => this.#s.sftp.write(handle, buf, at, n, this.#position, cb));
+            done.catch(() => undefined);
+            this.#pending.push({ done, bytes: n });
+            this.#pendingBytes += n;
+            this.#position += n;
+            at += n;
+          }
+        } finally {
+          socket?.uncork();
+        }
       }
     } catch (e) {
       this.#busy = false;
