@@ -21,6 +21,8 @@ command -v syslinux >/dev/null 2>&1 || need="$need syslinux"
 command -v mcopy >/dev/null 2>&1 || need="$need mtools"
 command -v mkfs.vfat >/dev/null 2>&1 || need="$need dosfstools"
 command -v cpio >/dev/null 2>&1 || need="$need cpio"
+# sshd: the SFTP repository's tests run a private OpenSSH server on 127.0.0.1 (scripts/sftpd.sh).
+[ -x /usr/sbin/sshd ] || need="$need openssh-server"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing Debian packages:$need" >&2

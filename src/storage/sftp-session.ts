@@ -27,6 +27,14 @@ export interface SftpAccess {
 export interface SftpSession {
   readonly client: Client;
   readonly sftp: SFTPWrapper;
+  /**
+   * A request as a promise: start sends it, with the callback ssh2 answers. Once the connection
+   * is gone every request in flight fails, and so does every later one, at once (ssh2 would
+   * keep a request made after the channel closed waiting forever).
+   */
+  request<T>(start: (cb: (e: Error | undefined | null, value: T) => void) => void): Promise<T>;
+  /** Whether the connection is gone. */
+  readonly closed: boolean;
   /** Largest read and write a request may carry (the server's limits, or SFTP's safe size). */
   readonly maxRead: number;
   readonly maxWrite: number;
@@ -102,7 +110,47 @@ export async function openSftpSession(at: SftpLocation, access: SftpAccess): Pro
   const size = (n: number | undefined): number => (typeof n === "number" && n >= SAFE_IO ? Math.min(n, 256 * 1024) : SAFE_IO);
   const socket = (client as unknown as { _sock?: { cork?: unknown; uncork?: unknown } })._sock;
   const corkable = typeof socket?.cork === "function" && typeof socket.uncork === "function" ? (socket as { cork(): void; uncork(): void }) : undefined;
-  return { client, sftp, maxRead: size(limits._maxReadLen), maxWrite: size(limits._maxWriteLen), socket: corkable };
+  const pending = new Set<(e: Error) => void>();
+  let closed = false;
+  const lost = (): void => {
+    if (closed) return;
+    closed = true;
+    const e = new Error(`the connection to the SFTP server ${where} was lost`);
+    for (const reject of pending) reject(e);
+    pending.clear();
+  };
+  client.once("close", lost);
+  sftp.once("close", lost);
+  return {
+    client,
+    sftp,
+    maxRead: size(limits._maxReadLen),
+    maxWrite: size(limits._maxWriteLen),
+    socket: corkable,
+    get closed() {
+      return closed;
+    },
+    request<T>(start: (cb: (e: Error | undefined | null, value: T) => void) => void): Promise<T> {
+      return new Promise<T>((resolve, reject) => {
+        if (closed) {
+          reject(new Error(`the connection to the SFTP server ${where} was lost`));
+          return;
+        }
+        const fail = (e: Error): void => reject(e);
+        pending.add(fail);
+        try {
+          start((e, value) => {
+            pending.delete(fail);
+            if (e === undefined || e === null) resolve(value);
+            else reject(e);
+          });
+        } catch (e) {
+          pending.delete(fail);
+          reject(e);
+        }
+      });
+    },
+  };
 }
 
 interface KnownHosts {

@@ -96,12 +96,14 @@ export class SftpStore implements Store {
     const s = await this.#connect();
     let handle: Buffer;
     try {
-      handle = await call<Buffer>((cb) => s.sftp.open(file, "r", cb));
+      handle = await s.request<Buffer>((cb) => s.sftp.open(file, "r", cb));
     } catch (e) {
       throw this.#mapError(e, key, "read");
     }
     try {
-      const st = await call<Stats>((cb) => s.sftp.fstat(handle, cb));
+      const st = await s.request<Stats>((cb) => s.sftp.fstat(handle, cb));
+      // A folder opens as a file does on many servers.
+      if ((st.mode & S_IFMT) !== S_IFREG) throw new NotFoundError(`object not found: ${key}`);
       const out = new Uint8Array(st.size);
       const n = await readRange(s, handle, 0, out, st.size);
       return n === st.size ? out : out.subarray(0, n);
@@ -121,10 +123,17 @@ export class SftpStore implements Store {
       return await readRange(reader.session, handle, range.offset, into, range.length);
     } catch (e) {
       this.#evict(file);
+      // A folder opens as a file does on many servers; reading it then fails.
+      if (statusOf(e) === FAILURE && !(await this.#isFile(reader.session, file))) throw new NotFoundError(`object not found: ${key}`);
       throw this.#mapError(e, key, "read");
     } finally {
       this.#release(reader);
     }
+  }
+
+  async #isFile(s: SftpSession, file: string): Promise<boolean> {
+    const st = await s.request<Stats>((cb) => s.sftp.stat(file, cb)).catch(() => undefined);
+    return st !== undefined && (st.mode & S_IFMT) === S_IFREG;
   }
 
   async #reader(file: string): Promise<Reader> {
@@ -133,7 +142,7 @@ export class SftpStore implements Store {
       const session = await this.#connect();
       reader = this.#readers.get(file);
       if (reader === undefined) {
-        const handle = call<Buffer>((cb) => session.sftp.open(file, "r", cb));
+        const handle = session.request<Buffer>((cb) => session.sftp.open(file, "r", cb));
         handle.catch(() => undefined);
         reader = { session, handle, users: 0, evicted: false };
       }
@@ -184,17 +193,17 @@ export class SftpStore implements Store {
     const dir = slash < 0 ? "." : file.slice(0, slash);
     const temp = `${slash < 0 ? "" : `${dir}/`}${TEMP_PREFIX}${randomBytes(8).toString("hex")}`;
     const s = await this.#connect();
-    const open = (): Promise<Buffer> => call<Buffer>((cb) => s.sftp.open(temp, "wx", { mode: 0o600 }, cb));
+    const open = (): Promise<Buffer> => s.request<Buffer>((cb) => s.sftp.open(temp, "wx", { mode: 0o600 }, cb));
     let handle: Buffer;
     try {
-      if (!this.#knownDirs.has(dir)) await this.#mkdirs(s.sftp, dir);
+      if (!this.#knownDirs.has(dir)) await this.#mkdirs(s, dir);
       handle = await open();
     } catch (e) {
       if (statusOf(e) !== NO_SUCH_FILE) throw this.#mapError(e, key, "write");
       // A folder made known was removed meanwhile (by prune, say): make it again.
       this.#knownDirs.delete(dir);
       try {
-        await this.#mkdirs(s.sftp, dir);
+        await this.#mkdirs(s, dir);
         handle = await open();
       } catch (again) {
         throw this.#mapError(again, key, "write");
@@ -208,14 +217,14 @@ export class SftpStore implements Store {
   }
 
   /** Makes dir and the folders above it that are missing (the repository's own folder included). */
-  async #mkdirs(sftp: SFTPWrapper, dir: string): Promise<void> {
+  async #mkdirs(s: SftpSession, dir: string): Promise<void> {
     const parts = dir.split("/");
     const missing: string[] = [];
     for (let n = parts.length; n > 0; n--) {
       const d = parts.slice(0, n).join("/");
       if (d === "" || d === "." || this.#knownDirs.has(d)) break;
       try {
-        const st = await call<Stats>((cb) => sftp.stat(d, cb));
+        const st = await s.request<Stats>((cb) => s.sftp.stat(d, cb));
         if ((st.mode & S_IFMT) !== S_IFDIR) throw new StorageError(`cannot use ${d} on the SFTP server as a folder of ${this.location}: it is a file`);
         this.#knownDirs.add(d);
         break;
@@ -226,10 +235,10 @@ export class SftpStore implements Store {
     }
     for (const d of missing) {
       try {
-        await call<void>((cb) => sftp.mkdir(d, { mode: 0o700 }, cb));
+        await s.request<void>((cb) => s.sftp.mkdir(d, { mode: 0o700 }, cb));
       } catch (e) {
         // Another writer made it meanwhile.
-        const st = await call<Stats>((cb) => sftp.stat(d, cb)).catch(() => undefined);
+        const st = await s.request<Stats>((cb) => s.sftp.stat(d, cb)).catch(() => undefined);
         if (st === undefined || (st.mode & S_IFMT) !== S_IFDIR) throw e;
       }
       this.#knownDirs.add(d);
@@ -241,12 +250,12 @@ export class SftpStore implements Store {
     const slash = prefix.lastIndexOf("/");
     const base = slash < 0 ? "" : prefix.slice(0, slash);
     const s = await this.#connect();
-    yield* this.#walk(s.sftp, base, prefix);
+    yield* this.#walk(s, base, prefix);
   }
 
   /** The objects under the folder of keyBase whose keys start with prefix, in name order. */
-  async *#walk(sftp: SFTPWrapper, keyBase: string, prefix: string, listed?: FileEntryWithStats[]): AsyncIterable<ObjectInfo> {
-    const entries = listed ?? (await this.#readdir(sftp, keyBase));
+  async *#walk(s: SftpSession, keyBase: string, prefix: string, listed?: FileEntryWithStats[]): AsyncIterable<ObjectInfo> {
+    const entries = listed ?? (await this.#readdir(s, keyBase));
     const wanted: { key: string; folder: boolean; size: number }[] = [];
     for (const e of entries) {
       if (e.filename.startsWith(".")) continue;
@@ -257,19 +266,19 @@ export class SftpStore implements Store {
       } else if (type === S_IFREG && key.startsWith(prefix)) wanted.push({ key, folder: false, size: e.attrs.size });
     }
     wanted.sort((a, b) => (a.key < b.key ? -1 : 1));
-    const listFolder = async (w: (typeof wanted)[number]): Promise<FileEntryWithStats[] | undefined> => (w.folder ? this.#readdir(sftp, w.key) : undefined);
+    const listFolder = async (w: (typeof wanted)[number]): Promise<FileEntryWithStats[] | undefined> => (w.folder ? this.#readdir(s, w.key) : undefined);
     let i = 0;
     for await (const sub of mapOrdered(wanted, WALK_AHEAD, listFolder)) {
       const w = wanted[i++] as (typeof wanted)[number];
-      if (sub !== undefined) yield* this.#walk(sftp, w.key, prefix, sub);
+      if (sub !== undefined) yield* this.#walk(s, w.key, prefix, sub);
       else yield { key: w.key, size: w.size };
     }
   }
 
   /** A folder's entries; none when it does not exist. */
-  async #readdir(sftp: SFTPWrapper, keyBase: string): Promise<FileEntryWithStats[]> {
+  async #readdir(s: SftpSession, keyBase: string): Promise<FileEntryWithStats[]> {
     try {
-      return await call<FileEntryWithStats[]>((cb) => sftp.readdir(this.#below(keyBase), cb));
+      return await s.request<FileEntryWithStats[]>((cb) => s.sftp.readdir(this.#below(keyBase), cb));
     } catch (e) {
       if (statusOf(e) === NO_SUCH_FILE) return [];
       throw this.#mapError(e, keyBase === "" ? "the repository's folder" : keyBase, "list");
@@ -281,9 +290,9 @@ export class SftpStore implements Store {
     this.#evict(file);
     const s = await this.#connect();
     try {
-      const st = await call<Stats>((cb) => s.sftp.lstat(file, cb));
+      const st = await s.request<Stats>((cb) => s.sftp.lstat(file, cb));
       if ((st.mode & S_IFMT) !== S_IFREG) return;
-      await call<void>((cb) => s.sftp.unlink(file, cb));
+      await s.request<void>((cb) => s.sftp.unlink(file, cb));
     } catch (e) {
       if (statusOf(e) !== NO_SUCH_FILE) throw this.#mapError(e, key, "delete");
     }
@@ -293,7 +302,7 @@ export class SftpStore implements Store {
     const file = this.#path(key);
     const s = await this.#connect();
     try {
-      const st = await call<Stats>((cb) => s.sftp.stat(file, cb));
+      const st = await s.request<Stats>((cb) => s.sftp.stat(file, cb));
       return (st.mode & S_IFMT) === S_IFREG ? { key, size: st.size } : undefined;
     } catch (e) {
       if (statusOf(e) === NO_SUCH_FILE) return undefined;
@@ -370,7 +379,7 @@ class SftpObjectWriter implements ObjectWriter {
         try {
           while (at < buf.length && this.#pendingBytes <= WRITES_IN_FLIGHT) {
             const n = Math.min(this.#s.maxWrite, buf.length - at);
-            const done = call<void>((cb) => this.#s.sftp.write(handle, buf, at, n, this.#position, cb));
+            const done = this.#s.request<void>((cb) => this.#s.sftp.write(handle, buf, at, n, this.#position, cb));
             done.catch(() => undefined);
             this.#pending.push({ done, bytes: n });
             this.#pendingBytes += n;
@@ -398,29 +407,29 @@ class SftpObjectWriter implements ObjectWriter {
 
   async commit(): Promise<boolean> {
     const handle = this.#enter();
-    const { sftp } = this.#s;
+    const s = this.#s;
     try {
       try {
         while (this.#pending.length > 0) await this.#settleOldest();
-        if (hasExtension(sftp, "fsync@openssh.com")) await call<unknown>((cb) => sftp.ext_openssh_fsync(handle, cb));
+        if (hasExtension(s.sftp, "fsync@openssh.com")) await s.request<unknown>((cb) => s.sftp.ext_openssh_fsync(handle, cb));
       } finally {
         this.#handle = undefined;
-        await call<void>((cb) => sftp.close(handle, cb)).catch(() => undefined);
+        await s.request<void>((cb) => s.sftp.close(handle, cb)).catch(() => undefined);
       }
       try {
-        await call<void>((cb) => sftp.rename(this.#temp, this.#file, cb));
+        await s.request<void>((cb) => s.sftp.rename(this.#temp, this.#file, cb));
       } catch (e) {
         if (statusOf(e) === undefined) throw e;
         // The name exists (or the rename failed otherwise: then it does not, and that is said).
-        const existing = await call<Stats>((cb) => sftp.lstat(this.#file, cb)).catch(() => undefined);
+        const existing = await s.request<Stats>((cb) => s.sftp.lstat(this.#file, cb)).catch(() => undefined);
         if (existing === undefined) throw e;
         if ((existing.mode & S_IFMT) !== S_IFREG) throw this.#errors.occupied();
-        await removeQuietly(sftp, this.#temp);
+        await removeQuietly(s, this.#temp);
         return false;
       }
       return true;
     } catch (e) {
-      await removeQuietly(sftp, this.#temp);
+      await removeQuietly(s, this.#temp);
       throw e instanceof StorageError ? e : this.#errors.mapError(e);
     } finally {
       this.#busy = false;
@@ -431,11 +440,11 @@ class SftpObjectWriter implements ObjectWriter {
     const handle = this.#handle;
     if (handle === undefined) return;
     this.#handle = undefined;
-    const { sftp } = this.#s;
+    const s = this.#s;
     await Promise.allSettled(this.#pending.splice(0).map((p) => p.done));
     this.#pendingBytes = 0;
-    await call<void>((cb) => sftp.close(handle, cb)).catch(() => undefined);
-    await removeQuietly(sftp, this.#temp);
+    await s.request<void>((cb) => s.sftp.close(handle, cb)).catch(() => undefined);
+    await removeQuietly(s, this.#temp);
   }
 
   #enter(): Buffer {
@@ -456,7 +465,7 @@ async function readRange(s: SftpSession, handle: Buffer, offset: number, out: Ui
   const piece = async (at: number, n: number): Promise<number> => {
     let got = 0;
     while (got < n) {
-      const r = await call<number>((cb) => s.sftp.read(handle, buf, at + got, n - got, offset + at + got, (e, bytes) => cb(e, bytes)));
+      const r = await s.request<number>((cb) => s.sftp.read(handle, buf, at + got, n - got, offset + at + got, (e, bytes) => cb(e, bytes)));
       if (r === 0) break;
       got += r;
     }
@@ -476,13 +485,13 @@ async function readRange(s: SftpSession, handle: Buffer, offset: number, out: Ui
 
 function closeReader(reader: Reader): void {
   reader.handle.then(
-    (h) => reader.session.sftp.close(h, () => undefined),
+    (h) => (reader.session.closed ? undefined : reader.session.sftp.close(h, () => undefined)),
     () => undefined,
   );
 }
 
-async function removeQuietly(sftp: SFTPWrapper, file: string): Promise<void> {
-  await call<void>((cb) => sftp.unlink(file, cb)).catch(() => undefined);
+async function removeQuietly(s: SftpSession, file: string): Promise<void> {
+  await s.request<void>((cb) => s.sftp.unlink(file, cb)).catch(() => undefined);
 }
 
 function hasExtension(sftp: SFTPWrapper, name: string): boolean {
@@ -494,15 +503,4 @@ function hasExtension(sftp: SFTPWrapper, name: string): boolean {
 function statusOf(e: unknown): number | undefined {
   const code = (e as { code?: unknown } | null)?.code;
   return typeof code === "number" ? code : undefined;
-}
-
-/** A callback-style SFTP request as a promise. */
-function call<T>(start: (cb: (e: Error | undefined | null, value: T) => void) => void): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    try {
-      start((e, value) => (e === undefined || e === null ? resolve(value) : reject(e)));
-    } catch (e) {
-      reject(e);
-    }
-  });
 }

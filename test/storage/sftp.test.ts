@@ -1,0 +1,256 @@
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { promises as fsp } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { NotFoundError, StorageError, UsageError, VaultError } from "../../src/errors.js";
+import { SftpStore } from "../../src/storage/sftp.js";
+import type { SftpAccess } from "../../src/storage/sftp-session.js";
+import { listAll, openWriter } from "../../src/storage/types.js";
+import { HAVE_SSHD, startSftpd, type Sftpd } from "../helpers/sftpd.js";
+import { seeded, storeConformance } from "./conformance.js";
+
+/**
+ * The SFTP store against a real OpenSSH server (sshd with internal-sftp) on 127.0.0.1, started
+ * for this file by scripts/sftpd.sh.
+ */
+const isRoot = process.getuid?.() === 0;
+let server: Sftpd & { remove(): void };
+let access: SftpAccess;
+let scratch: string;
+
+beforeAll(async () => {
+  if (!HAVE_SSHD) return;
+  server = startSftpd();
+  access = { identity: server.identity, knownHosts: server.knownHosts };
+  scratch = await fsp.mkdtemp(path.join(os.tmpdir(), "vmvault-sftp-test-"));
+});
+afterAll(async () => {
+  if (!HAVE_SSHD) return;
+  server.remove();
+  await fsp.rm(scratch, { recursive: true, force: true });
+});
+
+const name = (): string => `s-${randomBytes(6).toString("hex")}`;
+
+/** Every file and folder below dir, relative, with its permission bits. */
+async function treeOf(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await fsp.readdir(dir, { recursive: true, withFileTypes: true })) {
+    const full = path.join(e.parentPath, e.name);
+    const mode = (await fsp.stat(full)).mode & 0o777;
+    out.push(`${path.relative(dir, full)}${e.isDirectory() ? "/" : ""} ${mode.toString(8)}`);
+  }
+  return out.sort();
+}
+
+/** Byte equality without vitest's element-by-element comparison (seconds per MiB). */
+const same = (a: Uint8Array, b: Uint8Array): boolean => Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+
+async function rejection(p: Promise<unknown>): Promise<unknown> {
+  try {
+    await p;
+  } catch (e) {
+    return e;
+  }
+  return "resolved";
+}
+
+/** A known_hosts file with these lines. */
+async function knownHostsWith(lines: string[]): Promise<string> {
+  const f = path.join(scratch, `kh-${randomBytes(4).toString("hex")}`);
+  await fsp.writeFile(f, lines.join("\n") + "\n");
+  return f;
+}
+
+/** A new ed25519 key pair in scratch; the private key's path. */
+function newKey(o: { passphrase?: string; mode?: number } = {}): string {
+  const f = path.join(scratch, `id-${randomBytes(4).toString("hex")}`);
+  execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", o.passphrase ?? "", "-f", f]);
+  execFileSync("chmod", [(o.mode ?? 0o600).toString(8), f]);
+  return f;
+}
+
+const hostKeyLine = async (): Promise<string> => (await fsp.readFile(path.join(server.dir, "host_ed25519.pub"), "utf8")).split(" ").slice(0, 2).join(" ");
+const fingerprint = (): string => execFileSync("ssh-keygen", ["-l", "-f", path.join(server.dir, "host_ed25519.pub")], { encoding: "utf8" }).split(" ")[1] as string;
+
+describe.skipIf(!HAVE_SSHD)("SFTP store", () => {
+  storeConformance("SftpStore", async () => {
+    const n = name();
+    return { store: new SftpStore(server.url(n), access), cleanup: () => fsp.rm(path.join(server.data, n), { recursive: true, force: true }) };
+  });
+
+  it("keeps objects as files of mode 0600 in folders of mode 0700 below the login folder, and no temporary file", async () => {
+    const n = name();
+    const store = new SftpStore(server.url(`nested/${n}`), access);
+    await store.putIfAbsent("config", new Uint8Array([1, 2, 3]));
+    const w = await openWriter(store, "data/ab/abcd");
+    await w.write(seeded("pack", 3 * 1024 * 1024 + 17));
+    expect(await w.commit()).toBe(true);
+    const aborted = await openWriter(store, "data/ab/abce");
+    await aborted.write(seeded("gone", 1000));
+    await aborted.abort();
+    expect(await store.putIfAbsent("data/ab/abcd", new Uint8Array([9]))).toBe(false);
+    await store.close();
+    expect(await treeOf(path.join(server.data, "nested", n))).toEqual(["config 600", "data/ 700", "data/ab/ 700", "data/ab/abcd 600"]);
+    expect(same(await fsp.readFile(path.join(server.data, "nested", n, "data/ab/abcd")), seeded("pack", 3 * 1024 * 1024 + 17))).toBe(true);
+  });
+
+  it("takes an absolute folder with sftp://host//path", async () => {
+    const dir = path.join(scratch, name());
+    const store = new SftpStore(`sftp://${server.user}@${server.host}:${server.port}/${dir}`, access);
+    expect(await store.putIfAbsent("keys/admin", new Uint8Array([7]))).toBe(true);
+    await store.close();
+    expect(await fsp.readFile(path.join(dir, "keys/admin"))).toEqual(Buffer.from([7]));
+  });
+
+  it("sees what another connection wrote, and of puts of one key from two connections exactly one wins", async () => {
+    const url = server.url(name());
+    const [a, b] = [new SftpStore(url, access), new SftpStore(url, access)];
+    const results = await Promise.all([a, b].flatMap((s, i) => [0, 1, 2].map((j) => s.putIfAbsent("locks/one", seeded(`${i}-${j}`, 200_000)))));
+    expect(results.filter((r) => r)).toHaveLength(1);
+    expect(same(await b.get("locks/one"), await a.get("locks/one"))).toBe(true);
+    expect((await listAll(b, "")).map((o) => o.key)).toEqual(["locks/one"]);
+    await Promise.all([a.close(), b.close()]);
+  });
+
+  it("reads ranges larger than one SFTP request, and reads past the end short", async () => {
+    const store = new SftpStore(server.url(name()), access);
+    const data = seeded("big", 2 * 1024 * 1024 + 5);
+    await store.putIfAbsent("data/00/big", data);
+    const into = new Uint8Array(1024 * 1024 + 10);
+    expect(await store.readInto?.("data/00/big", { offset: 1024 * 1024 - 3, length: 1024 * 1024 + 10 }, into)).toBe(1024 * 1024 + 8);
+    expect(same(into.subarray(0, 1024 * 1024 + 8), data.subarray(1024 * 1024 - 3))).toBe(true);
+    expect(same(await store.get("data/00/big"), data)).toBe(true);
+    await store.close();
+  });
+
+  it("connects again after the server dropped the connection; a write cut off leaves no object", async () => {
+    const store = new SftpStore(server.url(name()), access);
+    await store.putIfAbsent("config", new Uint8Array([1]));
+    const w = await openWriter(store, "data/aa/cut");
+    await w.write(seeded("cut", 1024 * 1024));
+    // The connection's own sshd processes: the listener's children and theirs.
+    const below = (pid: number): number[] => {
+      const out = execFileSync("sh", ["-c", `pgrep -P ${pid} || true`], { encoding: "utf8" }).trim();
+      return out === "" ? [] : out.split("\n").map(Number).flatMap((c) => [c, ...below(c)]);
+    };
+    const children = below(server.pid());
+    expect(children.length).toBeGreaterThan(0);
+    for (const pid of children) process.kill(pid, "SIGKILL");
+    const e = await rejection((async () => {
+      await w.write(seeded("more", 4 * 1024 * 1024));
+      return w.commit();
+    })());
+    expect(e).toBeInstanceOf(StorageError);
+    expect((e as Error).message).toMatch(/connection|data\/aa\/cut/);
+    // The next request opens a new connection.
+    expect(await store.get("config")).toEqual(new Uint8Array([1]));
+    expect(await store.stat("data/aa/cut")).toBeUndefined();
+    expect((await listAll(store, "")).map((o) => o.key)).toEqual(["config"]);
+    await store.close();
+  });
+
+  it.skipIf(!isRoot)("a full disk on the server fails the write with a StorageError and leaves neither the object nor a temporary file", async () => {
+    const n = name();
+    const dir = path.join(server.data, n);
+    await fsp.mkdir(dir);
+    execFileSync("mount", ["-t", "tmpfs", "-o", "size=2m", "tmpfs", dir]);
+    try {
+      const store = new SftpStore(server.url(n), access);
+      await store.putIfAbsent("config", new Uint8Array([1]));
+      const e = await rejection(store.putIfAbsent("data/ff/full", seeded("full", 4 * 1024 * 1024)));
+      expect(e).toBeInstanceOf(StorageError);
+      expect((e as Error).message).toMatch(/could not write data\/ff\/full .*full/);
+      expect(await store.stat("data/ff/full")).toBeUndefined();
+      await store.close();
+      expect(await treeOf(dir)).toEqual(["config 600", "data/ 700", "data/ff/ 700"]);
+    } finally {
+      execFileSync("umount", [dir]);
+    }
+  });
+
+  describe("host keys", () => {
+    const withKnown = (knownHosts: string): SftpStore => new SftpStore(server.url(name()), { identity: server.identity, knownHosts });
+
+    it("refuses a server not in known_hosts, naming its key's fingerprint", async () => {
+      const store = withKnown(await knownHostsWith([`[127.0.0.1]:${server.port + 1} ${await hostKeyLine()}`, `other.example ${await hostKeyLine()}`]));
+      const e = await rejection(store.stat("config"));
+      expect(e).toBeInstanceOf(StorageError);
+      expect((e as Error).message).toContain(`is not known: its ssh-ed25519 key ${fingerprint()} is not in`);
+      expect((e as VaultError).hint).toContain(`ssh-keyscan -p ${server.port} 127.0.0.1 >>`);
+      await store.close();
+    });
+
+    it("refuses a server whose key differs from the one known for it, as a possible interception (E_INTEGRITY)", async () => {
+      const other = newKey();
+      const otherLine = (await fsp.readFile(`${other}.pub`, "utf8")).split(" ").slice(0, 2).join(" ");
+      const store = withKnown(await knownHostsWith([`[127.0.0.1]:${server.port} ${otherLine}`]));
+      const e = await rejection(store.get("config"));
+      expect(e).toBeInstanceOf(VaultError);
+      expect((e as VaultError).code).toBe("E_INTEGRITY");
+      expect((e as Error).message).toMatch(/presented a ssh-ed25519 key SHA256:.* not the key ssh-ed25519 SHA256:.*intercepting/);
+      await store.close();
+    });
+
+    it("refuses a revoked key even when it is also listed as known", async () => {
+      const line = await hostKeyLine();
+      const store = withKnown(await knownHostsWith([`@revoked * ${line}`, `[127.0.0.1]:${server.port} ${line}`]));
+      const e = await rejection(store.stat("config"));
+      expect((e as VaultError).code).toBe("E_INTEGRITY");
+      expect((e as Error).message).toContain("revoked");
+      await store.close();
+    });
+
+    it("accepts hashed names (ssh-keygen -H) and wildcard patterns", async () => {
+      const hashed = await knownHostsWith([`[127.0.0.1]:${server.port} ${await hostKeyLine()}`]);
+      execFileSync("ssh-keygen", ["-q", "-H", "-f", hashed]);
+      expect(await fsp.readFile(hashed, "utf8")).toMatch(/^\|1\|/);
+      const wildcard = await knownHostsWith([`!other,[127.0.0.?]:${server.port} ${await hostKeyLine()}`]);
+      for (const f of [hashed, wildcard]) {
+        const store = withKnown(f);
+        expect(await store.putIfAbsent("config", new Uint8Array([1]))).toBe(true);
+        await store.close();
+      }
+    });
+  });
+
+  describe("logins", () => {
+    it("names a refused login and what to do", async () => {
+      const store = new SftpStore(server.url(name()), { identity: newKey(), knownHosts: server.knownHosts });
+      const e = await rejection(store.stat("config"));
+      expect(e).toBeInstanceOf(StorageError);
+      expect((e as Error).message).toMatch(/refused the login with the identity .*id-/);
+      await store.close();
+    });
+
+    it("refuses identities it should not use, before connecting", async () => {
+      const cases: [string, RegExp][] = [
+        [newKey({ mode: 0o644 }), /readable by other users/],
+        [newKey({ passphrase: "secret words" }), /protected by a passphrase/],
+        [path.join(scratch, "missing"), /does not exist/],
+        [`${newKey()}.pub`, /holds no private key|not a private key/],
+      ];
+      await fsp.chmod(cases[3]?.[0] as string, 0o600);
+      for (const [identity, message] of cases) {
+        const e = await rejection(new SftpStore(server.url(name()), { identity, knownHosts: server.knownHosts }).stat("x"));
+        expect(e, identity).toBeInstanceOf(UsageError);
+        expect((e as Error).message, identity).toMatch(message);
+      }
+    });
+
+    it("says when nothing listens at the address", async () => {
+      const free = server.port === 65535 ? server.port - 1 : server.port + 1;
+      const e = await rejection(new SftpStore(`sftp://${server.user}@127.0.0.1:${free}/r`, access).stat("x"));
+      expect(e).toBeInstanceOf(StorageError);
+      expect((e as Error).message).toContain("cannot reach the SFTP server");
+    });
+
+    it("reports a missing object as NotFoundError after a good login", async () => {
+      const store = new SftpStore(server.url(name()), access);
+      expect(await rejection(store.get("keys/none"))).toBeInstanceOf(NotFoundError);
+      await store.close();
+    });
+  });
+});
