@@ -23,7 +23,9 @@ export const SFTP_DEFAULT_PORT = 22;
  * be seen in process listings and shell histories (logins use keys).
  */
 export function parseSftpUrl(url: string): SftpLocation {
-  const bad = (why: string): UsageError => new UsageError(`repository ${url}: ${why}`, "give it as sftp://USER@HOST[:PORT]/PATH (relative to the login folder) or sftp://USER@HOST[:PORT]//ABSOLUTE/PATH");
+  // A password given in the URL is not repeated in the message.
+  const shown = url.replace(/^(sftp:\/\/[^@/:]*):[^@/]*@/i, "$1:…@");
+  const bad = (why: string): UsageError => new UsageError(`repository ${shown}: ${why}`, "give it as sftp://USER@HOST[:PORT]/PATH (relative to the login folder) or sftp://USER@HOST[:PORT]//ABSOLUTE/PATH");
   const m = /^sftp:\/\/(?:([^@/]*)@)?(\[[0-9a-fA-F:.]+\]|[^:/[\]@]+)(?::([0-9]*))?(\/.*)?$/.exec(url);
   if (m === null) throw bad("not an sftp:// URL with a host");
   const [, login, rawHost, rawPort, rawPath] = m;

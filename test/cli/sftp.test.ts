@@ -1,0 +1,176 @@
+import { execFileSync } from "node:child_process";
+import { existsSync, promises as fsp } from "node:fs";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runCli, startCli, TEST_PASSPHRASE, type CliOptions, type CliResult } from "../helpers/cli.js";
+import { makeImage, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
+import { HAVE_SSHD, startSftpd, type Sftpd } from "../helpers/sftpd.js";
+
+/**
+ * Repositories on a real OpenSSH server (sshd with internal-sftp on 127.0.0.1, started for this
+ * file by scripts/sftpd.sh), through the built CLI.
+ */
+const tmp = tempDirs();
+let server: Sftpd & { remove(): void };
+
+beforeAll(() => {
+  if (HAVE_SSHD) server = startSftpd();
+});
+afterAll(() => {
+  if (HAVE_SSHD) server.remove();
+});
+
+let count = 0;
+/** A new repository name on the server, and its runner with flags or settings as given. */
+function sftpVault(o: { flags?: boolean; user?: string } = {}): { name: string; url: string; run: (args: readonly string[], c?: CliOptions) => Promise<CliResult> } {
+  const name = `r${++count}-${process.pid}`;
+  const url = server.url(name);
+  const state = path.join(tmp("state"), "s");
+  const flags = o.flags === false ? [] : ["--sftp-identity", server.identity, "--sftp-known-hosts", server.knownHosts];
+  return {
+    name,
+    url,
+    run: (args, c) => runCli(["--repo", url, "--user", o.user ?? "admin", ...flags, ...args], { ...c, env: { VMVAULT_STATE_DIR: state, ...c?.env } }),
+  };
+}
+
+/** Every file below dir with its permission bits, and whether a temporary file is among them. */
+async function filesOn(dir: string): Promise<{ modes: Set<string>; temps: number; count: number }> {
+  const modes = new Set<string>();
+  let temps = 0;
+  let count = 0;
+  for (const e of await fsp.readdir(dir, { recursive: true, withFileTypes: true })) {
+    const st = await fsp.stat(path.join(e.parentPath, e.name));
+    modes.add(`${e.isDirectory() ? "d" : "f"}${(st.mode & 0o777).toString(8)}`);
+    if (e.name.startsWith(".tmp-")) temps++;
+    if (e.isFile()) count++;
+  }
+  return { modes, temps, count };
+}
+
+describe.skipIf(!HAVE_SSHD)("SFTP repositories through the CLI", () => {
+  it("init, backup twice, list, restore, check --read-data and audit verify, with objects of mode 0600 on the server", async () => {
+    const src = tmp("src");
+    const out = tmp("out");
+    const image = path.join(src, "web1.raw");
+    await makeImage(image, { sizeMiB: 24 });
+    const { name, url, run } = sftpVault();
+    const init = await run(["init"]);
+    expect(init.code, init.stderr).toBe(0);
+    expect(init.stdout).toContain(`at ${url};`);
+    const b1 = await run(["--json", "backup", "--vm", "web1", image]);
+    expect(b1.code, b1.stderr).toBe(0);
+    expect((JSON.parse(b1.stdout) as { newChunks: number }).newChunks).toBeGreaterThan(0);
+    const b2 = await run(["--json", "backup", "--vm", "web1", image]);
+    expect(b2.code, b2.stderr).toBe(0);
+    expect((JSON.parse(b2.stdout) as { newChunks: number }).newChunks).toBe(0);
+    const list = await run(["--json", "snapshots"]);
+    expect(list.code, list.stderr).toBe(0);
+    expect((JSON.parse(list.stdout) as { vm: string }[]).map((s) => s.vm)).toEqual(["web1", "web1"]);
+    const restore = await run(["restore", "latest", "--vm", "web1", "--target", out, "--reason", "sftp round trip"]);
+    expect(restore.code, restore.stderr).toBe(0);
+    expect(await sha256File(path.join(out, "web1.raw"))).toBe(await sha256File(image));
+    const check = await run(["check", "--read-data"]);
+    expect(check.code, check.stderr).toBe(0);
+    expect(check.stdout).toMatch(/^no errors found: 2 snapshots/);
+    const audit = await run(["--json", "audit", "log"]);
+    expect(audit.code, audit.stderr).toBe(0);
+    expect((JSON.parse(audit.stdout) as { action: string; reason?: string }[]).some((r) => r.action === "restore" && r.reason === "sftp round trip")).toBe(true);
+    expect((await run(["audit", "verify"])).code).toBe(0);
+    const files = await filesOn(path.join(server.data, name));
+    expect(files.modes).toEqual(new Set(["d700", "f600"]));
+    expect(files.temps).toBe(0);
+  });
+
+  it("takes the identity and known_hosts from a keys file (relative to it) and from VMVAULT_SFTP_*", async () => {
+    const dir = tmp("keys");
+    await fsp.copyFile(server.identity, path.join(dir, "id"));
+    await fsp.chmod(path.join(dir, "id"), 0o600);
+    await fsp.copyFile(server.knownHosts, path.join(dir, "known"));
+    const { url, run } = sftpVault({ flags: false });
+    await fsp.writeFile(path.join(dir, "keys"), `repo = ${url}\nsftp-identity = id\nsftp-known-hosts = known\n`);
+    const init = await runCli(["--keys", path.join(dir, "keys"), "--user", "admin", "init"], { env: { VMVAULT_STATE_DIR: path.join(dir, "state") } });
+    expect(init.code, init.stderr).toBe(0);
+    const viaEnv = await run(["snapshots"], { env: { VMVAULT_SFTP_IDENTITY: server.identity, VMVAULT_SFTP_KNOWN_HOSTS: server.knownHosts } });
+    expect(viaEnv.code, viaEnv.stderr).toBe(0);
+    expect(viaEnv.stdout).toContain("no snapshots");
+    // Without them, the user's own ~/.ssh is asked, which knows nothing of this server.
+    const home = tmp("home");
+    const none = await run(["snapshots"], { env: { HOME: home, SSH_AUTH_SOCK: undefined } });
+    expect(none.code).toBe(2);
+    expect(none.stderr).toContain("no SSH identity for the SFTP repository");
+  });
+
+  it("refuses an unknown server (exit 1) and a changed host key (exit 5), naming the key and never printing a secret", async () => {
+    const dir = tmp("kh");
+    const { run } = sftpVault({ flags: false });
+    const empty = path.join(dir, "empty");
+    await fsp.writeFile(empty, "");
+    const fp = execFileSync("ssh-keygen", ["-l", "-f", path.join(server.dir, "host_ed25519.pub")], { encoding: "utf8" }).split(" ")[1] as string;
+    const unknown = await run(["--sftp-identity", server.identity, "--sftp-known-hosts", empty, "init"]);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toContain(`is not known: its ssh-ed25519 key ${fp} is not in ${empty}`);
+    expect(unknown.stderr).toMatch(/next: check that fingerprint .* ssh-keyscan -p \d+ 127\.0\.0\.1 >>/);
+    const other = path.join(dir, "other");
+    execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", other]);
+    const changed = path.join(dir, "changed");
+    await fsp.writeFile(changed, `[127.0.0.1]:${server.port} ${(await fsp.readFile(`${other}.pub`, "utf8")).split(" ").slice(0, 2).join(" ")}\n`);
+    const intercepted = await run(["--sftp-identity", server.identity, "--sftp-known-hosts", changed, "--json", "init"]);
+    expect(intercepted.code).toBe(5);
+    const lines = intercepted.stderr.trim().split("\n").map((l) => JSON.parse(l) as { error?: { code: string; message: string } });
+    expect(lines.find((l) => l.error !== undefined)?.error).toMatchObject({ code: "E_INTEGRITY", message: expect.stringMatching(/intercepting/) as unknown });
+    const key = await fsp.readFile(server.identity, "utf8");
+    for (const r of [unknown, intercepted]) {
+      expect(r.stderr + r.stdout).not.toContain(key.split("\n")[1] as string);
+      expect(r.stderr + r.stdout).not.toContain(TEST_PASSPHRASE);
+    }
+  });
+
+  it("a backup cut off by the server fails with exit 1 and leaves a repository that the next backup completes and check passes", async () => {
+    const src = tmp("src");
+    const image = path.join(src, "big.raw");
+    await fsp.writeFile(image, seededBytes("cut", 48 * 1024 * 1024));
+    const { name, run } = sftpVault();
+    expect((await run(["init"])).code).toBe(0);
+    const before = (await filesOn(path.join(server.data, name))).count;
+    const child = startCli(["--repo", server.url(name), "--user", "admin", "--sftp-identity", server.identity, "--sftp-known-hosts", server.knownHosts, "backup", "--vm", "big", image], {
+      env: { VMVAULT_STATE_DIR: path.join(tmp("state"), "s"), VMVAULT_WORKERS: "1" },
+    });
+    let stderr = "";
+    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number>((resolve) => child.on("close", (code) => resolve(code ?? -1)));
+    // Once a pack is on the server, the connection's sshd processes go.
+    const packs = path.join(server.data, name, "data");
+    for (let i = 0; i < 600 && !(existsSync(packs) && (await fsp.readdir(packs, { recursive: true })).some((f) => /[0-9a-f]{32}$/.test(String(f)))); i++) await new Promise((r) => setTimeout(r, 20));
+    const below = (pid: number): number[] => {
+      const o = execFileSync("sh", ["-c", `pgrep -P ${pid} || true`], { encoding: "utf8" }).trim();
+      return o === "" ? [] : o.split("\n").map(Number).flatMap((c) => [c, ...below(c)]);
+    };
+    for (const pid of below(server.pid())) process.kill(pid, "SIGKILL");
+    const code = await exited;
+    expect(code, stderr).toBe(1);
+    expect(stderr).toMatch(/connection to the SFTP server .* was lost/);
+    expect((await filesOn(path.join(server.data, name))).count).toBeGreaterThan(before);
+    const again = await run(["--json", "backup", "--vm", "big", image]);
+    expect(again.code, again.stderr).toBe(0);
+    const check = await run(["check", "--read-data"]);
+    expect(check.code, check.stdout + check.stderr).toBe(0);
+    expect(check.stdout).toMatch(/^no errors found: 1 snapshot/);
+  });
+
+  it("says when the server cannot be reached, and refuses a password in the URL", async () => {
+    const { run } = sftpVault();
+    server.stop();
+    try {
+      const down = await run(["snapshots"]);
+      expect(down.code).toBe(1);
+      expect(down.stderr).toMatch(/cannot reach the SFTP server .*ECONNREFUSED/);
+    } finally {
+      server.start();
+    }
+    const withPassword = await runCli(["--repo", `sftp://admin:hunter2@127.0.0.1:${server.port}/x`, "--user", "admin", "snapshots"]);
+    expect(withPassword.code).toBe(2);
+    expect(withPassword.stderr).toContain("a password does not go in the URL");
+    expect(withPassword.stderr).not.toContain("hunter2");
+  });
+});
