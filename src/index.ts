@@ -21,6 +21,8 @@ export type { RandomSource } from "./crypto/suite.js";
 export { ROLES, ACTIONS, may, type Role, type Action } from "./keys/roles.js";
 export type { Store, ObjectInfo, ByteRange } from "./storage/types.js";
 export { FsStore } from "./storage/fs.js";
+export { SftpStore } from "./storage/sftp.js";
+export type { SftpAccess } from "./storage/sftp-session.js";
 export { MemoryStore } from "./storage/memory.js";
 export type { BackupOptions, BackupResult } from "./backup/backup.js";
 export type { ImageFormat, ImageFormatChoice } from "./sources/qcow2.js";
