@@ -171,11 +171,7 @@ describe.skipIf(!HAVE_SSHD)("SFTP repositories through the CLI", () => {
     // Once a pack is on the server, the connection's sshd processes go.
     const packs = path.join(server.data, name, "data");
     for (let i = 0; i < 600 && !(existsSync(packs) && (await fsp.readdir(packs, { recursive: true })).some((f) => /[0-9a-f]{32}$/.test(String(f)))); i++) await new Promise((r) => setTimeout(r, 20));
-    const below = (pid: number): number[] => {
-      const o = execFileSync("sh", ["-c", `pgrep -P ${pid} || true`], { encoding: "utf8" }).trim();
-      return o === "" ? [] : o.split("\n").map(Number).flatMap((c) => [c, ...below(c)]);
-    };
-    for (const pid of below(server.pid())) process.kill(pid, "SIGKILL");
+    expect(server.dropConnections()).toBeGreaterThan(0);
     const code = await exited;
     expect(code, stderr).toBe(1);
     expect(stderr).toMatch(/connection to the SFTP server .* was lost/);

@@ -20,6 +20,8 @@ export interface Sftpd {
   url(name: string): string;
   /** The pid of the listening sshd. */
   pid(): number;
+  /** Kills (SIGKILL) the processes serving the open connections, as a crashed server or a cut network would end them; how many. */
+  dropConnections(): number;
   stop(): void;
   /** Starts it again on the same port with the same keys. */
   start(): void;
@@ -45,6 +47,16 @@ export function startSftpd(): Sftpd & { remove(): void } {
     dir,
     url: (name) => `sftp://${user}@${host}:${port}/${name}`,
     pid: () => Number(execFileSync("cat", [path.join(dir, "sshd.pid")], { encoding: "utf8" }).trim()),
+    dropConnections: () => {
+      // Each connection's monitor is a child of the listener, its session process a grandchild.
+      const below = (pid: number): number[] => {
+        const out = execFileSync("sh", ["-c", `pgrep -P ${pid} || true`], { encoding: "utf8" }).trim();
+        return out === "" ? [] : out.split("\n").map(Number).flatMap((c) => [c, ...below(c)]);
+      };
+      const pids = below(server.pid());
+      for (const pid of pids) process.kill(pid, "SIGKILL");
+      return pids.length;
+    },
     stop: () => void run("stop", dir),
     start: () => void run("start", dir, port),
     remove: () => {

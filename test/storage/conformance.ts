@@ -28,7 +28,7 @@ async function keysOf(store: Store, prefix: string): Promise<string[]> {
 }
 
 /** The rejection of a promise, or "resolved" when it did not reject. */
-async function rejection(p: Promise<unknown>): Promise<unknown> {
+export async function rejection(p: Promise<unknown>): Promise<unknown> {
   try {
     await p;
   } catch (e) {

@@ -9,7 +9,7 @@ import { SftpStore } from "../../src/storage/sftp.js";
 import type { SftpAccess } from "../../src/storage/sftp-session.js";
 import { listAll, openWriter } from "../../src/storage/types.js";
 import { HAVE_SSHD, startSftpd, type Sftpd } from "../helpers/sftpd.js";
-import { seeded, storeConformance } from "./conformance.js";
+import { rejection, seeded, storeConformance } from "./conformance.js";
 
 /**
  * The SFTP store against a real OpenSSH server (sshd with internal-sftp) on 127.0.0.1, started
@@ -48,14 +48,6 @@ async function treeOf(dir: string): Promise<string[]> {
 /** Byte equality without vitest's element-by-element comparison (seconds per MiB). */
 const same = (a: Uint8Array, b: Uint8Array): boolean => Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
 
-async function rejection(p: Promise<unknown>): Promise<unknown> {
-  try {
-    await p;
-  } catch (e) {
-    return e;
-  }
-  return "resolved";
-}
 
 /** A known_hosts file with these lines. */
 async function knownHostsWith(lines: string[]): Promise<string> {
@@ -131,14 +123,7 @@ describe.skipIf(!HAVE_SSHD)("SFTP store", () => {
     await store.putIfAbsent("config", new Uint8Array([1]));
     const w = await openWriter(store, "data/aa/cut");
     await w.write(seeded("cut", 1024 * 1024));
-    // The connection's own sshd processes: the listener's children and theirs.
-    const below = (pid: number): number[] => {
-      const out = execFileSync("sh", ["-c", `pgrep -P ${pid} || true`], { encoding: "utf8" }).trim();
-      return out === "" ? [] : out.split("\n").map(Number).flatMap((c) => [c, ...below(c)]);
-    };
-    const children = below(server.pid());
-    expect(children.length).toBeGreaterThan(0);
-    for (const pid of children) process.kill(pid, "SIGKILL");
+    expect(server.dropConnections()).toBeGreaterThan(0);
     const e = await rejection((async () => {
       await w.write(seeded("more", 4 * 1024 * 1024));
       return w.commit();
