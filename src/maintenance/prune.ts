@@ -15,7 +15,7 @@ import { createSession, SessionKeys } from "../repository/sessions.js";
 import { BlobReader } from "../restore/blob-reader.js";
 import { unfinishedReencryption } from "../rotation/checkpoint.js";
 import { listSnapshots } from "../snapshot/store.js";
-import { listAll, listKeys } from "../storage/types.js";
+import { listAll, listKeys, type Leftover } from "../storage/types.js";
 import { fromHex, toHex } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 import { audited, authorizeAudited, lockAudited } from "../audit/guard.js";
@@ -60,7 +60,20 @@ export interface PruneResult {
   readonly sessionsDeleted: number;
   /** Chunks that did not verify while being rewritten: their packs are kept, nothing of them is lost by this run. */
   readonly damaged: readonly Damage[];
+  /**
+   * Temporary files that cut-off writes left (Store.listLeftovers) more than LEFTOVER_AGE_MS
+   * ago, deleted (a dry run: found), and their bytes.
+   */
+  readonly leftoversDeleted: number;
+  readonly leftoverBytes: number;
 }
+
+/**
+ * A temporary file is a leftover once it is this old: no write of one object lasts an hour, and
+ * prune's exclusive lock keeps backups out, so none of them is still being written (writes that
+ * take no lock, such as audit records, finish in moments). The file's time is the storage's clock.
+ */
+export const LEFTOVER_AGE_MS = 60 * 60 * 1000;
 
 export const DEFAULT_REPACK_UNUSED = 10;
 
@@ -189,6 +202,8 @@ async function assertNoReencryption(repo: Repository): Promise<void> {
 
 interface Plan {
   readonly packs: readonly PackPlan[];
+  /** Temporary files cut-off writes left, old enough to delete. */
+  readonly leftovers: readonly Leftover[];
   /** The index files that list each pack (by pack id), as loaded: those of deleted packs are rewritten. */
   readonly listedIn: ReadonlyMap<string, readonly string[]>;
   /** Packs an index file lists that are not stored: their listings go with the rewrite. */
@@ -336,8 +351,14 @@ async function planWith(repo: Repository, sessions: SessionKeys, threshold: numb
     packs.push({ ...t, action });
   }
   const bytesBefore = stored.reduce((n, p) => n + p.size, 0);
+  const leftovers: Leftover[] = [];
+  if (repo.store.listLeftovers !== undefined) {
+    const before = repo.env.clock().getTime() - LEFTOVER_AGE_MS;
+    for await (const l of repo.store.listLeftovers()) if (l.modified.getTime() < before) leftovers.push(l);
+  }
   return {
     packs,
+    leftovers,
     listedIn,
     missingPacks,
     used,
@@ -364,6 +385,8 @@ async function planWith(repo: Repository, sessions: SessionKeys, threshold: numb
         packsIndexed: 0,
         sessionsDeleted: 0,
         damaged: [],
+        leftoversDeleted: leftovers.length,
+        leftoverBytes: leftovers.reduce((n, l) => n + l.size, 0),
         ...done,
       };
     },
@@ -398,6 +421,10 @@ async function runPrune(repo: Repository, threshold: number, progress: ProgressS
     const remaining = p.packs.filter((x) => !goneIds.has(x.packId));
     const needed = new Set([...remaining.map((x) => x.sessionId), ...p.snapshotSessions, ...(rewritten === undefined ? [] : [rewritten.sessionId])]);
     const sessionsDeleted = await deleteUnneededSessions(repo, needed);
+    for (const [i, l] of p.leftovers.entries()) {
+      progress({ phase: "delete leftovers", done: i + 1, total: p.leftovers.length, unit: "items" });
+      await repo.store.deleteLeftover?.(l.name);
+    }
     const newBytes = rewritten?.bytes ?? 0;
     return p.result(false, {
       packsRepacked: repack.length - failed.size,

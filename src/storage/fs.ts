@@ -8,7 +8,7 @@ import { errorCodeOf, NotFoundError, StorageError } from "../errors.js";
 import { nativeHelper, type NativeHelper } from "../util/native.js";
 import { PageCacheFootprint } from "../util/page-cache.js";
 import { mapOrdered } from "../util/ordered.js";
-import { assertValidKey, assertValidPrefix, type ByteRange, type ObjectInfo, type ObjectWriter, type Store, type WriterOptions } from "./types.js";
+import { assertLeftoverName, assertValidKey, assertValidPrefix, type ByteRange, type Leftover, type ObjectInfo, type ObjectWriter, type Store, type WriterOptions } from "./types.js";
 
 const TEMP_PREFIX = ".tmp-";
 /** Read descriptors kept open, so range reads of a pack do not open and close it each time. */
@@ -300,6 +300,30 @@ export class FsStore implements Store {
       await fsp.unlink(file);
     } catch (e) {
       if (!ABSENT.has(errorCodeOf(e) ?? "")) throw this.#mapError(e, key, "delete");
+    }
+  }
+
+  /** The `.tmp-…` files cut-off writes left, in every folder of the repository. */
+  async *listLeftovers(): AsyncIterable<Leftover> {
+    const walk = async function* (this: FsStore, dir: string, base: string): AsyncIterable<Leftover> {
+      for (const entry of await this.#readdir(dir, base)) {
+        const name = base === "" ? entry.name : `${base}/${entry.name}`;
+        if (entry.isDirectory() && !entry.name.startsWith(".")) yield* walk.call(this, below(dir, entry.name), name);
+        else if (entry.isFile() && entry.name.startsWith(TEMP_PREFIX)) {
+          const st = await fsp.stat(below(dir, entry.name)).catch(() => undefined);
+          if (st !== undefined) yield { name, size: st.size, modified: st.mtime };
+        }
+      }
+    };
+    yield* walk.call(this, this.#root, "");
+  }
+
+  async deleteLeftover(name: string): Promise<void> {
+    assertLeftoverName(name, TEMP_PREFIX);
+    try {
+      await fsp.unlink(below(this.#root, name));
+    } catch (e) {
+      if (!ABSENT.has(errorCodeOf(e) ?? "")) throw this.#mapError(e, name, "delete");
     }
   }
 

@@ -4,7 +4,7 @@ import { NotFoundError, StorageError } from "../errors.js";
 import { mapOrdered } from "../util/ordered.js";
 import { openSftpSession, type SftpAccess, type SftpSession } from "./sftp-session.js";
 import { parseSftpUrl, type SftpLocation } from "./sftp-location.js";
-import { assertValidKey, assertValidPrefix, type ByteRange, type ObjectInfo, type ObjectWriter, type Store } from "./types.js";
+import { assertLeftoverName, assertValidKey, assertValidPrefix, type ByteRange, type Leftover, type ObjectInfo, type ObjectWriter, type Store } from "./types.js";
 
 /** SFTP status codes (draft-ietf-secsh-filexfer-02, SSH_FX_*). */
 const NO_SUCH_FILE = 2;
@@ -295,6 +295,30 @@ export class SftpStore implements Store {
       await s.request<void>((cb) => s.sftp.unlink(file, cb));
     } catch (e) {
       if (statusOf(e) !== NO_SUCH_FILE) throw this.#mapError(e, key, "delete");
+    }
+  }
+
+  /** The `.tmp-…` files cut-off writes left, in every folder of the repository. */
+  async *listLeftovers(): AsyncIterable<Leftover> {
+    const s = await this.#connect();
+    const walk = async function* (this: SftpStore, base: string): AsyncIterable<Leftover> {
+      for (const e of await this.#readdir(s, base)) {
+        const name = base === "" ? e.filename : `${base}/${e.filename}`;
+        const type = e.attrs.mode & S_IFMT;
+        if (type === S_IFDIR && !e.filename.startsWith(".")) yield* walk.call(this, name);
+        else if (type === S_IFREG && e.filename.startsWith(TEMP_PREFIX)) yield { name, size: e.attrs.size, modified: new Date(e.attrs.mtime * 1000) };
+      }
+    };
+    yield* walk.call(this, "");
+  }
+
+  async deleteLeftover(name: string): Promise<void> {
+    assertLeftoverName(name, TEMP_PREFIX);
+    const s = await this.#connect();
+    try {
+      await s.request<void>((cb) => s.sftp.unlink(this.#below(name), cb));
+    } catch (e) {
+      if (statusOf(e) !== NO_SUCH_FILE) throw this.#mapError(e, name, "delete");
     }
   }
 

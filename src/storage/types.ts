@@ -7,6 +7,15 @@ export interface ObjectInfo {
   readonly size: number;
 }
 
+/** A temporary file a cut-off write left (Store.listLeftovers). */
+export interface Leftover {
+  /** Its path relative to the repository's folder, for deleteLeftover and messages. */
+  readonly name: string;
+  readonly size: number;
+  /** When it was last written: one still being written is recent. */
+  readonly modified: Date;
+}
+
 export interface ByteRange {
   readonly offset: number;
   readonly length: number;
@@ -70,12 +79,28 @@ export interface Store {
   listKeys?(prefix: string): AsyncIterable<string>;
   /** Removes the object; removing an absent object is not an error. */
   delete(key: string): Promise<void>;
+  /**
+   * Optional: the temporary files that writes left when they were cut off before commit or
+   * abort (a killed process, a lost connection, a crashed host): never objects, never listed by
+   * list(). For stores that write through such files (a local folder, SFTP).
+   */
+  listLeftovers?(): AsyncIterable<Leftover>;
+  /** Optional, with listLeftovers: removes one; removing an absent one is not an error. */
+  deleteLeftover?(name: string): Promise<void>;
   stat(key: string): Promise<ObjectInfo | undefined>;
   close(): Promise<void>;
 }
 
 /** The narrow capability a backup session gets: it can add objects and read, never delete. */
 export type AppendOnlyStore = Pick<Store, "location" | "get" | "putIfAbsent" | "createWriter" | "readInto" | "list" | "listKeys" | "stat">;
+
+/** A leftover's name: a key's folder (or none) and a temporary file name of the store's own. */
+export function assertLeftoverName(name: string, tempPrefix: string): void {
+  const slash = name.lastIndexOf("/");
+  const base = name.slice(slash + 1);
+  if (slash >= 0) assertValidKey(name.slice(0, slash));
+  if (!base.startsWith(tempPrefix) || !/^[a-z0-9.-]+$/.test(base) || base.length > 64) throw new TypeError(`not a temporary file's name: ${JSON.stringify(name)}`);
+}
 
 const KEY_PATTERN = /^[a-z0-9][a-z0-9._-]{0,254}(?:\/[a-z0-9][a-z0-9._-]{0,254})*$/;
 

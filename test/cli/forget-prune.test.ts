@@ -210,6 +210,27 @@ describe("forget and prune on the command line", () => {
     expect(real.packsRepacked).toBe(dry.packsRepacked);
   });
 
+  it("prune deletes the temporary files cut-off writes left an hour ago or more, and no newer one", async () => {
+    const { repo, v } = await repository();
+    const sub = (await fsp.readdir(path.join(repo, "data")))[0] as string;
+    const old = [path.join(repo, "data", sub, ".tmp-0123456789abcdef"), path.join(repo, ".tmp-fedcba9876543210")];
+    const fresh = path.join(repo, "keys", ".tmp-00112233aabbccdd");
+    await fsp.writeFile(old[0] as string, seededBytes("left", 5000));
+    await fsp.writeFile(old[1] as string, "abc");
+    await fsp.writeFile(fresh, "still being written");
+    const twoHoursAgo = new Date(Date.now() - 2 * 3600 * 1000);
+    for (const f of old) await fsp.utimes(f, twoHoursAgo, twoHoursAgo);
+    const dry = json<{ leftoversDeleted: number; leftoverBytes: number }>(await v(["prune", "--dry-run", "--json"]));
+    expect(dry).toMatchObject({ leftoversDeleted: 2, leftoverBytes: 5003 });
+    for (const f of [...old, fresh]) await fsp.access(f);
+    const real = await v(["prune"]);
+    expect(real.code, real.stderr).toBe(0);
+    expect(real.stdout).toContain("deleted 2 temporary files that cut-off writes left (4.89 KiB)");
+    for (const f of old) await expect(fsp.access(f)).rejects.toThrow(/ENOENT/);
+    await fsp.access(fresh);
+    expect((await v(["check"])).code).toBe(0);
+  });
+
   it("prune waits for no backup: a held lock fails it with exit 6 and nothing deleted", async () => {
     const { repo, v, web } = await repository();
     expect((await v(["forget", (web[0] as Listed).id])).code).toBe(0);

@@ -181,6 +181,17 @@ describe.skipIf(!HAVE_SSHD)("SFTP repositories through the CLI", () => {
     const check = await run(["check", "--read-data"]);
     expect(check.code, check.stdout + check.stderr).toBe(0);
     expect(check.stdout).toMatch(/^no errors found: 1 snapshot/);
+    // What the cut-off writes left on the server (and one more, for certain) goes with a prune
+    // once it is an hour old.
+    const folder = path.join(server.data, name);
+    await fsp.writeFile(path.join(folder, "data", ".tmp-0011223344556677"), seededBytes("left", 1000));
+    const temps = (await fsp.readdir(folder, { recursive: true })).map(String).filter((f) => path.basename(f).startsWith(".tmp-"));
+    const hoursAgo = new Date(Date.now() - 2 * 3600 * 1000);
+    for (const f of temps) await fsp.utimes(path.join(folder, f), hoursAgo, hoursAgo);
+    const prune = await run(["--json", "prune"]);
+    expect(prune.code, prune.stderr).toBe(0);
+    expect((JSON.parse(prune.stdout) as { leftoversDeleted: number }).leftoversDeleted).toBe(temps.length);
+    expect((await filesOn(folder)).temps).toBe(0);
   });
 
   it("says when the server cannot be reached, and refuses a password in the URL", async () => {

@@ -384,6 +384,43 @@ export function storeConformance(name: string, make: () => Promise<StoreFixture>
       });
     });
 
+    describe("leftovers (stores that write through temporary files)", () => {
+      it("lists what a cut-off writer left, never an object, and deletes only such files", async () => {
+        // A store without temporary files has neither method.
+        expect(store.listLeftovers === undefined).toBe(store.deleteLeftover === undefined);
+        if (store.listLeftovers === undefined || store.deleteLeftover === undefined) return;
+        const leftovers = async (): Promise<{ name: string; size: number }[]> => {
+          const out: { name: string; size: number }[] = [];
+          for await (const l of store.listLeftovers?.() ?? []) {
+            expect(Math.abs(l.modified.getTime() - Date.now()), l.name).toBeLessThan(10 * 60 * 1000);
+            out.push({ name: l.name, size: l.size });
+          }
+          return out;
+        };
+        await store.putIfAbsent("config", text("c"));
+        const done = await openWriter(store, "data/ab/done");
+        await done.write(text("whole"));
+        await done.commit();
+        expect(await leftovers()).toEqual([]);
+        // Neither committed nor aborted: what a killed process or a lost connection leaves.
+        const cut = await openWriter(store, "data/ab/cut");
+        await cut.write(seeded("cut", 100_000));
+        const found = await leftovers();
+        expect(found).toHaveLength(1);
+        expect(found[0]?.name).toMatch(/^data\/ab\/\.tmp-[a-z0-9.-]+$/);
+        expect(found[0]?.size).toBe(100_000);
+        expect(await keysOf(store, "")).toEqual(["config", "data/ab/done"]);
+        for (const name of ["config", "data/ab/done", "../x", "data/ab", ".tmp-x/../../config", "data/../.tmp-1"]) {
+          expect(await rejection(store.deleteLeftover(name)), name).toBeInstanceOf(TypeError);
+        }
+        await store.deleteLeftover(found[0]?.name as string);
+        await store.deleteLeftover(found[0]?.name as string);
+        expect(await leftovers()).toEqual([]);
+        await cut.abort();
+        expect(await keysOf(store, "")).toEqual(["config", "data/ab/done"]);
+      });
+    });
+
     describe("keys", () => {
       const invalid = ["../x", "/abs", "A", "a//b", "", "a/", "a/../b", "a/./b", "data/.tmp-0123", ".hidden", "a b", "a\\b", "x".repeat(513)];
 
