@@ -15,6 +15,7 @@ import { registerForget } from "./commands/forget.js";
 import { registerPrune } from "./commands/prune.js";
 import { registerExport } from "./commands/export.js";
 import { describeError, errorJson, exitCodeOf } from "./exit.js";
+import { closeOpenedStores } from "../storage/open.js";
 import { shownText } from "./output.js";
 import { Interrupts } from "./interrupt.js";
 import { assertUtf8Arguments } from "./raw-arguments.js";
@@ -87,6 +88,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     return exitCodeOf(e);
   } finally {
     uninstall();
+    await closeOpenedStores();
   }
 }
 

@@ -194,6 +194,23 @@ describe.skipIf(!HAVE_SSHD)("SFTP repositories through the CLI", () => {
     expect((await filesOn(folder)).temps).toBe(0);
   });
 
+  it("ends at once when a command fails with the connection open: wrong passphrase (3), unknown user (3), no repository (1), init over one (1)", async () => {
+    const { url, run } = sftpVault();
+    expect((await run(["init"])).code).toBe(0);
+    const started = Date.now();
+    const wrong = await run(["snapshots"], { env: { VMVAULT_PASSPHRASE: "not the passphrase" } });
+    expect(wrong.code, wrong.stderr).toBe(3);
+    const nobody = await runCli(["--repo", url, "--user", "nobody", "--sftp-identity", server.identity, "--sftp-known-hosts", server.knownHosts, "snapshots"]);
+    expect(nobody.code, nobody.stderr).toBe(3);
+    const missing = await runCli(["--repo", server.url("no-such-repository"), "--user", "admin", "--sftp-identity", server.identity, "--sftp-known-hosts", server.knownHosts, "snapshots"]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain(`no repository at ${server.url("no-such-repository")}`);
+    const again = await run(["init"]);
+    expect(again.code).toBe(1);
+    // Each ended without waiting for the SSH connection's keepalives (a minute before the fix).
+    expect(Date.now() - started).toBeLessThan(20_000);
+  });
+
   it("says when the server cannot be reached, and refuses a password in the URL", async () => {
     const { run } = sftpVault();
     server.stop();
