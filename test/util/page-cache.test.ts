@@ -558,7 +558,10 @@ describe("a local repository's packs and the page cache", () => {
     } finally {
       await cold.close();
     }
-    expect(cachedOf(packs)).toBe(0);
+    // Readahead the kernel still had in flight when the last drop was retried can leave a few
+    // pages behind under load (14 of them once in a full test run): as many as a kernel may page
+    // out on its own are allowed, against every page of the packs were they kept.
+    expect(cachedOf(packs)).toBeLessThanOrEqual(pagesAllowedOut(pages));
 
     for (const f of packs) await fsp.readFile(f);
     expectCached(cachedOf(packs), pages);
