@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { FileEntryWithStats, SFTPWrapper, Stats } from "ssh2";
 import { NotFoundError, StorageError } from "../errors.js";
 import { mapOrdered } from "../util/ordered.js";
@@ -17,6 +18,12 @@ const OPEN_READERS = 8;
 const WALK_AHEAD = 16;
 /** Bytes of one object's writes sent and not yet acknowledged, at most. */
 const WRITES_IN_FLIGHT = 4 * 1024 * 1024;
+/**
+ * Tries of a request that may be repeated (a read, a stat, a listing, a delete) when the
+ * connection is lost under it: each on a new connection, 0.1 s and then 0.2 s later. Writes are
+ * not repeated: a rename whose answer was lost may have happened.
+ */
+const ATTEMPTS = 3;
 const S_IFMT = 0o170000;
 const S_IFDIR = 0o040000;
 const S_IFREG = 0o100000;
@@ -93,42 +100,61 @@ export class SftpStore implements Store {
       return n === range.length ? out : out.subarray(0, n);
     }
     const file = this.#path(key);
-    const s = await this.#connect();
-    let handle: Buffer;
-    try {
-      handle = await s.request<Buffer>((cb) => s.sftp.open(file, "r", cb));
-    } catch (e) {
-      throw this.#mapError(e, key, "read");
-    }
-    try {
-      const st = await s.request<Stats>((cb) => s.sftp.fstat(handle, cb));
-      // A folder opens as a file does on many servers.
-      if ((st.mode & S_IFMT) !== S_IFREG) throw new NotFoundError(`object not found: ${key}`);
-      const out = new Uint8Array(st.size);
-      const n = await readRange(s, handle, 0, out, st.size);
-      return n === st.size ? out : out.subarray(0, n);
-    } catch (e) {
-      throw this.#mapError(e, key, "read");
-    } finally {
-      s.sftp.close(handle, () => undefined);
+    return this.#again(async (s) => {
+      let handle: Buffer;
+      try {
+        handle = await s.request<Buffer>((cb) => s.sftp.open(file, "r", cb));
+      } catch (e) {
+        throw this.#mapError(e, key, "read");
+      }
+      try {
+        const st = await s.request<Stats>((cb) => s.sftp.fstat(handle, cb));
+        // A folder opens as a file does on many servers.
+        if ((st.mode & S_IFMT) !== S_IFREG) throw new NotFoundError(`object not found: ${key}`);
+        const out = new Uint8Array(st.size);
+        const n = await readRange(s, handle, 0, out, st.size);
+        return n === st.size ? out : out.subarray(0, n);
+      } catch (e) {
+        throw this.#mapError(e, key, "read");
+      } finally {
+        if (!s.closed) s.sftp.close(handle, () => undefined);
+      }
+    });
+  }
+
+  /**
+   * Runs op on the connection, and again on a new one (ATTEMPTS in all) when the connection was
+   * lost under it: for requests that may be repeated.
+   */
+  async #again<T>(op: (s: SftpSession) => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      const s = await this.#connect();
+      try {
+        return await op(s);
+      } catch (e) {
+        if (attempt >= ATTEMPTS || !lostUnder(e, s)) throw e;
+        await sleep(100 * attempt);
+      }
     }
   }
 
   async readInto(key: string, range: ByteRange, into: Uint8Array): Promise<number> {
     if (into.length < range.length) throw new RangeError("buffer smaller than the range");
     const file = this.#path(key);
-    const reader = await this.#reader(file);
-    try {
-      const handle = await reader.handle;
-      return await readRange(reader.session, handle, range.offset, into, range.length);
-    } catch (e) {
-      this.#evict(file);
-      // A folder opens as a file does on many servers; reading it then fails.
-      if (statusOf(e) === FAILURE && !(await this.#isFile(reader.session, file))) throw new NotFoundError(`object not found: ${key}`);
-      throw this.#mapError(e, key, "read");
-    } finally {
-      this.#release(reader);
-    }
+    return this.#again(async () => {
+      const reader = await this.#reader(file);
+      try {
+        const handle = await reader.handle;
+        return await readRange(reader.session, handle, range.offset, into, range.length);
+      } catch (e) {
+        this.#evict(file);
+        // A folder opens as a file does on many servers; reading it then fails.
+        if (statusOf(e) === FAILURE && !(await this.#isFile(reader.session, file))) throw new NotFoundError(`object not found: ${key}`);
+        throw this.#mapError(e, key, "read");
+      } finally {
+        this.#release(reader);
+      }
+    });
   }
 
   async #isFile(s: SftpSession, file: string): Promise<boolean> {
@@ -249,13 +275,12 @@ export class SftpStore implements Store {
     assertValidPrefix(prefix);
     const slash = prefix.lastIndexOf("/");
     const base = slash < 0 ? "" : prefix.slice(0, slash);
-    const s = await this.#connect();
-    yield* this.#walk(s, base, prefix);
+    yield* this.#walk(base, prefix);
   }
 
   /** The objects under the folder of keyBase whose keys start with prefix, in name order. */
-  async *#walk(s: SftpSession, keyBase: string, prefix: string, listed?: FileEntryWithStats[]): AsyncIterable<ObjectInfo> {
-    const entries = listed ?? (await this.#readdir(s, keyBase));
+  async *#walk(keyBase: string, prefix: string, listed?: FileEntryWithStats[]): AsyncIterable<ObjectInfo> {
+    const entries = listed ?? (await this.#readdir(keyBase));
     const wanted: { key: string; folder: boolean; size: number }[] = [];
     for (const e of entries) {
       if (e.filename.startsWith(".")) continue;
@@ -266,43 +291,45 @@ export class SftpStore implements Store {
       } else if (type === S_IFREG && key.startsWith(prefix)) wanted.push({ key, folder: false, size: e.attrs.size });
     }
     wanted.sort((a, b) => (a.key < b.key ? -1 : 1));
-    const listFolder = async (w: (typeof wanted)[number]): Promise<FileEntryWithStats[] | undefined> => (w.folder ? this.#readdir(s, w.key) : undefined);
+    const listFolder = async (w: (typeof wanted)[number]): Promise<FileEntryWithStats[] | undefined> => (w.folder ? this.#readdir(w.key) : undefined);
     let i = 0;
     for await (const sub of mapOrdered(wanted, WALK_AHEAD, listFolder)) {
       const w = wanted[i++] as (typeof wanted)[number];
-      if (sub !== undefined) yield* this.#walk(s, w.key, prefix, sub);
+      if (sub !== undefined) yield* this.#walk(w.key, prefix, sub);
       else yield { key: w.key, size: w.size };
     }
   }
 
   /** A folder's entries; none when it does not exist. */
-  async #readdir(s: SftpSession, keyBase: string): Promise<FileEntryWithStats[]> {
-    try {
-      return await s.request<FileEntryWithStats[]>((cb) => s.sftp.readdir(this.#below(keyBase), cb));
-    } catch (e) {
-      if (statusOf(e) === NO_SUCH_FILE) return [];
-      throw this.#mapError(e, keyBase === "" ? "the repository's folder" : keyBase, "list");
-    }
+  #readdir(keyBase: string): Promise<FileEntryWithStats[]> {
+    return this.#again(async (s) => {
+      try {
+        return await s.request<FileEntryWithStats[]>((cb) => s.sftp.readdir(this.#below(keyBase), cb));
+      } catch (e) {
+        if (statusOf(e) === NO_SUCH_FILE) return [];
+        throw this.#mapError(e, keyBase === "" ? "the repository's folder" : keyBase, "list");
+      }
+    });
   }
 
   async delete(key: string): Promise<void> {
     const file = this.#path(key);
     this.#evict(file);
-    const s = await this.#connect();
-    try {
-      const st = await s.request<Stats>((cb) => s.sftp.lstat(file, cb));
-      if ((st.mode & S_IFMT) !== S_IFREG) return;
-      await s.request<void>((cb) => s.sftp.unlink(file, cb));
-    } catch (e) {
-      if (statusOf(e) !== NO_SUCH_FILE) throw this.#mapError(e, key, "delete");
-    }
+    await this.#again(async (s) => {
+      try {
+        const st = await s.request<Stats>((cb) => s.sftp.lstat(file, cb));
+        if ((st.mode & S_IFMT) !== S_IFREG) return;
+        await s.request<void>((cb) => s.sftp.unlink(file, cb));
+      } catch (e) {
+        if (statusOf(e) !== NO_SUCH_FILE) throw this.#mapError(e, key, "delete");
+      }
+    });
   }
 
   /** The `.tmp-…` files cut-off writes left, in every folder of the repository. */
   async *listLeftovers(): AsyncIterable<Leftover> {
-    const s = await this.#connect();
     const walk = async function* (this: SftpStore, base: string): AsyncIterable<Leftover> {
-      for (const e of await this.#readdir(s, base)) {
+      for (const e of await this.#readdir(base)) {
         const name = base === "" ? e.filename : `${base}/${e.filename}`;
         const type = e.attrs.mode & S_IFMT;
         if (type === S_IFDIR && !e.filename.startsWith(".")) yield* walk.call(this, name);
@@ -314,24 +341,26 @@ export class SftpStore implements Store {
 
   async deleteLeftover(name: string): Promise<void> {
     assertLeftoverName(name, TEMP_PREFIX);
-    const s = await this.#connect();
-    try {
-      await s.request<void>((cb) => s.sftp.unlink(this.#below(name), cb));
-    } catch (e) {
-      if (statusOf(e) !== NO_SUCH_FILE) throw this.#mapError(e, name, "delete");
-    }
+    await this.#again(async (s) => {
+      try {
+        await s.request<void>((cb) => s.sftp.unlink(this.#below(name), cb));
+      } catch (e) {
+        if (statusOf(e) !== NO_SUCH_FILE) throw this.#mapError(e, name, "delete");
+      }
+    });
   }
 
   async stat(key: string): Promise<ObjectInfo | undefined> {
     const file = this.#path(key);
-    const s = await this.#connect();
-    try {
-      const st = await s.request<Stats>((cb) => s.sftp.stat(file, cb));
-      return (st.mode & S_IFMT) === S_IFREG ? { key, size: st.size } : undefined;
-    } catch (e) {
-      if (statusOf(e) === NO_SUCH_FILE) return undefined;
-      throw this.#mapError(e, key, "stat");
-    }
+    return this.#again(async (s) => {
+      try {
+        const st = await s.request<Stats>((cb) => s.sftp.stat(file, cb));
+        return (st.mode & S_IFMT) === S_IFREG ? { key, size: st.size } : undefined;
+      } catch (e) {
+        if (statusOf(e) === NO_SUCH_FILE) return undefined;
+        throw this.#mapError(e, key, "stat");
+      }
+    });
   }
 
   async close(): Promise<void> {
@@ -521,6 +550,12 @@ async function removeQuietly(s: SftpSession, file: string): Promise<void> {
 function hasExtension(sftp: SFTPWrapper, name: string): boolean {
   const ext = (sftp as unknown as { _extensions?: Record<string, string> })._extensions;
   return ext?.[name] !== undefined;
+}
+
+/** Whether an operation on s failed because the connection was lost under it (the error, or what it wraps). */
+function lostUnder(e: unknown, s: SftpSession): boolean {
+  const cause = e instanceof StorageError && e.cause !== undefined ? e.cause : e;
+  return statusOf(cause) === undefined && !(cause instanceof NotFoundError) && s.closed;
 }
 
 /** The SFTP status code of an error a request ended with; undefined for a lost connection. */

@@ -194,6 +194,36 @@ describe.skipIf(!HAVE_SSHD)("SFTP repositories through the CLI", () => {
     expect((await filesOn(folder)).temps).toBe(0);
   });
 
+  it("a restore goes on when the connection is lost under it: its reads are repeated on a new one", async () => {
+    const src = tmp("src");
+    const image = path.join(src, "big.raw");
+    await fsp.writeFile(image, seededBytes("restore-cut", 96 * 1024 * 1024));
+    const { url, run } = sftpVault();
+    expect((await run(["init"])).code).toBe(0);
+    expect((await run(["backup", "--vm", "big", image])).code).toBe(0);
+    const logins = async (): Promise<number> => ((await fsp.readFile(path.join(server.dir, "sshd.log"), "utf8")).match(/Accepted publickey/g) ?? []).length;
+    const before = await logins();
+    const out = tmp("out");
+    const child = startCli(["--repo", url, "--user", "admin", "--sftp-identity", server.identity, "--sftp-known-hosts", server.knownHosts, "restore", "latest", "--vm", "big", "--target", out, "--reason", "cut"], {
+      env: { VMVAULT_STATE_DIR: path.join(tmp("state"), "s") },
+    });
+    let stderr = "";
+    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number>((resolve) => child.on("close", (code) => resolve(code ?? -1)));
+    // Once the restore has written some of the image, the connection goes.
+    const written = async (): Promise<number> => {
+      let n = 0;
+      for (const f of await fsp.readdir(out)) n += (await fsp.stat(path.join(out, f)).catch(() => ({ size: 0 }))).size;
+      return n;
+    };
+    for (let i = 0; i < 1000 && (await written()) < 8 * 1024 * 1024; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(server.dropConnections()).toBeGreaterThan(0);
+    expect(await exited, stderr).toBe(0);
+    expect(await sha256File(path.join(out, "big.raw"))).toBe(await sha256File(image));
+    // The first login, and the one after the loss.
+    expect((await logins()) - before).toBeGreaterThanOrEqual(2);
+  });
+
   it("ends at once when a command fails with the connection open: wrong passphrase (3), unknown user (3), no repository (1), init over one (1)", async () => {
     const { url, run } = sftpVault();
     expect((await run(["init"])).code).toBe(0);

@@ -137,6 +137,32 @@ describe.skipIf(!HAVE_SSHD)("SFTP store", () => {
     await store.close();
   });
 
+  it("repeats reads, stats, listings and deletes on a new connection when the connection is lost under them", async () => {
+    const store = new SftpStore(server.url(name()), access);
+    const data = seeded("again", 3 * 1024 * 1024);
+    await store.putIfAbsent("data/01/pack", data);
+    await store.putIfAbsent("data/02/other", new Uint8Array([5]));
+    const into = new Uint8Array(1024 * 1024);
+    // A read handle is open and cached: the retry must not reuse it.
+    expect(await store.readInto?.("data/01/pack", { offset: 0, length: 1024 }, into)).toBe(1024);
+    const lost = (): void => void expect(server.dropConnections()).toBeGreaterThan(0);
+    // Dropped while the requests are in flight, then before the next ones.
+    const reading = store.readInto?.("data/01/pack", { offset: 1024 * 1024, length: 1024 * 1024 }, into);
+    lost();
+    expect(await reading).toBe(1024 * 1024);
+    expect(same(into, data.subarray(1024 * 1024, 2 * 1024 * 1024))).toBe(true);
+    lost();
+    expect(same(await store.get("data/01/pack"), data)).toBe(true);
+    lost();
+    expect(await store.stat("data/02/other")).toEqual({ key: "data/02/other", size: 1 });
+    lost();
+    expect((await listAll(store, "data/")).map((o) => o.key)).toEqual(["data/01/pack", "data/02/other"]);
+    lost();
+    await store.delete("data/02/other");
+    expect(await store.stat("data/02/other")).toBeUndefined();
+    await store.close();
+  });
+
   it.skipIf(!isRoot)("a full disk on the server fails the write with a StorageError and leaves neither the object nor a temporary file", async () => {
     const n = name();
     const dir = path.join(server.data, n);
