@@ -4,7 +4,9 @@
 # logins only, and every login confined to internal-sftp with DIR/data as its login folder.
 # Needs openssh-server (scripts/ci-deps.sh installs it). Run as root, or as the user whose
 # logins it serves (then it can only log in that user).
-#   sh scripts/sftpd.sh start DIR [PORT]   prints `host port user identity known_hosts data` on its last line
+#   sh scripts/sftpd.sh start DIR [PORT [SERVER]]   prints `host port user identity known_hosts data` on its last line
+#     SERVER: internal-sftp (default, inside sshd), or the path of a separate sftp-server program
+#     (/usr/lib/openssh/sftp-server: a process of its own, which a test can stop apart from sshd)
 #   sh scripts/sftpd.sh stop DIR           stops it (by its pid file)
 # PORT defaults to a free one. A repository there is sftp://USER@127.0.0.1:PORT/NAME, NAME
 # relative to DIR/data.
@@ -23,6 +25,7 @@ start)
   if running "$dir/sshd.pid"; then
     port=$(cat "$dir/port")
   else
+    server=${4:-internal-sftp}
     port=${3:-$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')}
     [ -f "$dir/host_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C vmvault-test-host -f "$dir/host_ed25519"
     [ -f "$dir/client_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C vmvault-test-client -f "$dir/client_ed25519"
@@ -49,7 +52,7 @@ PermitTTY no
 MaxSessions 16
 MaxStartups 64
 Subsystem sftp internal-sftp
-ForceCommand internal-sftp -d $dir/data
+ForceCommand $server -d $dir/data
 EOF
     # sshd refuses to start without its privilege-separation folder.
     [ "$(id -u)" != 0 ] || mkdir -p /run/sshd

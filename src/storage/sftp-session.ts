@@ -21,7 +21,17 @@ export interface SftpAccess {
    * differs from the one there is refused as a possible interception (exit 5).
    */
   readonly knownHosts?: string | undefined;
+  /**
+   * How long requests may wait with no answer from the server before the connection is given up
+   * (default REQUEST_TIMEOUT_MS): a server whose SSH side still answers keepalives while its
+   * SFTP side hangs (a file system stuck on a dead disk) would otherwise hold a command, and
+   * its repository lock, forever.
+   */
+  readonly requestTimeoutMs?: number | undefined;
 }
+
+/** See SftpAccess.requestTimeoutMs. */
+export const REQUEST_TIMEOUT_MS = 120_000;
 
 /** One SSH connection and its SFTP channel. */
 export interface SftpSession {
@@ -112,15 +122,27 @@ export async function openSftpSession(at: SftpLocation, access: SftpAccess): Pro
   const corkable = typeof socket?.cork === "function" && typeof socket.uncork === "function" ? (socket as { cork(): void; uncork(): void }) : undefined;
   const pending = new Set<(e: Error) => void>();
   let closed = false;
+  let why = "was lost";
   const lost = (): void => {
     if (closed) return;
     closed = true;
-    const e = new Error(`the connection to the SFTP server ${where} was lost`);
+    clearInterval(watchdog);
+    const e = new Error(`the connection to the SFTP server ${where} ${why}`);
     for (const reject of pending) reject(e);
     pending.clear();
   };
   client.once("close", lost);
   sftp.once("close", lost);
+  // While requests wait, some answer must come within the timeout, or the connection goes.
+  const timeout = access.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
+  let lastAnswer = Date.now();
+  const watchdog = setInterval(() => {
+    if (pending.size === 0 || Date.now() - lastAnswer < timeout) return;
+    why = `answered no request for ${Math.round(timeout / 1000)} s and was given up`;
+    lost();
+    client.destroy();
+  }, Math.max(50, Math.min(5000, timeout / 4)));
+  watchdog.unref();
   return {
     client,
     sftp,
@@ -137,9 +159,11 @@ export async function openSftpSession(at: SftpLocation, access: SftpAccess): Pro
           return;
         }
         const fail = (e: Error): void => reject(e);
+        if (pending.size === 0) lastAnswer = Date.now();
         pending.add(fail);
         try {
           start((e, value) => {
+            lastAnswer = Date.now();
             pending.delete(fail);
             if (e === undefined || e === null) resolve(value);
             else reject(e);

@@ -33,10 +33,10 @@ export const HAVE_SSHD = existsSync("/usr/sbin/sshd") && existsSync("/usr/bin/ss
 const SCRIPT = path.join(ROOT, "scripts/sftpd.sh");
 
 /** Starts a server in a new temporary folder; stop() it and remove() the folder after the tests. */
-export function startSftpd(): Sftpd & { remove(): void } {
+export function startSftpd(o: { sftpServer?: string } = {}): Sftpd & { remove(): void } {
   const dir = mkdtempSync(path.join(os.tmpdir(), "vmvault-sftpd-"));
   const run = (...args: string[]): string => execFileSync("sh", [SCRIPT, ...args], { encoding: "utf8" }).trim().split("\n").pop() ?? "";
-  const [host, port, user, identity, knownHosts, data] = run("start", dir).split(" ") as [string, string, string, string, string, string];
+  const [host, port, user, identity, knownHosts, data] = run("start", dir, "", o.sftpServer ?? "internal-sftp").split(" ") as [string, string, string, string, string, string];
   const server: Sftpd & { remove(): void } = {
     host,
     port: Number(port),
@@ -58,7 +58,7 @@ export function startSftpd(): Sftpd & { remove(): void } {
       return pids.length;
     },
     stop: () => void run("stop", dir),
-    start: () => void run("start", dir, port),
+    start: () => void run("start", dir, port, o.sftpServer ?? "internal-sftp"),
     remove: () => {
       run("stop", dir);
       rmSync(dir, { recursive: true, force: true });

@@ -1,4 +1,5 @@
 import { execFileSync } from "node:child_process";
+import { existsSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { promises as fsp } from "node:fs";
 import os from "node:os";
@@ -263,5 +264,48 @@ describe.skipIf(!HAVE_SSHD)("SFTP store", () => {
       expect(await rejection(store.get("keys/none"))).toBeInstanceOf(NotFoundError);
       await store.close();
     });
+  });
+});
+
+const SFTP_SERVER = "/usr/lib/openssh/sftp-server";
+
+describe.skipIf(!HAVE_SSHD || !existsSync(SFTP_SERVER))("an SFTP server whose SFTP side stops answering while SSH still does", () => {
+  let stuck: Sftpd & { remove(): void };
+  beforeAll(() => {
+    stuck = startSftpd({ sftpServer: SFTP_SERVER });
+  });
+  afterAll(() => stuck.remove());
+
+  /** The sftp-server processes serving this server's connections now. */
+  const serverPids = (): number[] => {
+    const out = execFileSync("sh", ["-c", `pgrep -f '^${SFTP_SERVER} -d ${stuck.data}$' || true`], { encoding: "utf8" }).trim();
+    return out === "" ? [] : out.split("\n").map(Number);
+  };
+
+  it("gives the connection up once no request is answered for the timeout: reads go on over a new one, a write fails saying so", async () => {
+    const store = new SftpStore(stuck.url(name()), { identity: stuck.identity, knownHosts: stuck.knownHosts, requestTimeoutMs: 1000 });
+    const data = seeded("stuck", 300_000);
+    await store.putIfAbsent("data/01/a", data);
+    const stopped: number[] = [];
+    const stop = (pids: number[]): void => {
+      for (const pid of pids) process.kill(pid, "SIGSTOP");
+      stopped.push(...pids);
+    };
+    try {
+      stop(serverPids());
+      expect(stopped.length).toBe(1);
+      const started = Date.now();
+      expect(same(await store.get("data/01/a"), data)).toBe(true);
+      expect(Date.now() - started).toBeGreaterThanOrEqual(900);
+      // The new connection's sftp-server stops too: a write is not repeated.
+      stop(serverPids().filter((p) => !stopped.includes(p)));
+      expect(stopped.length).toBe(2);
+      const e = await rejection(store.putIfAbsent("data/01/b", seeded("b", 1000)));
+      expect(e).toBeInstanceOf(StorageError);
+      expect((e as Error).message).toMatch(/answered no request for 1 s and was given up/);
+    } finally {
+      for (const pid of stopped) process.kill(pid, "SIGKILL");
+      await store.close();
+    }
   });
 });
