@@ -320,13 +320,17 @@ export class SftpStore implements Store {
 
   /** The `.tmp-…` files cut-off writes left, in every folder of the repository. */
   async *listLeftovers(): AsyncIterable<Leftover> {
-    const walk = async function* (this: SftpStore, base: string): AsyncIterable<Leftover> {
-      for (const e of await this.#readdir(base)) {
+    // Folders are read WALK_AHEAD at a time, as list() reads them: each readdir is a round trip.
+    const walk = async function* (this: SftpStore, base: string, listed?: FileEntryWithStats[]): AsyncIterable<Leftover> {
+      const folders: string[] = [];
+      for (const e of listed ?? (await this.#readdir(base))) {
         const name = base === "" ? e.filename : `${base}/${e.filename}`;
         const type = e.attrs.mode & S_IFMT;
-        if (type === S_IFDIR && !e.filename.startsWith(".")) yield* walk.call(this, name);
+        if (type === S_IFDIR && !e.filename.startsWith(".")) folders.push(name);
         else if (type === S_IFREG && e.filename.startsWith(TEMP_PREFIX)) yield { name, size: e.attrs.size, modified: new Date(e.attrs.mtime * 1000) };
       }
+      let i = 0;
+      for await (const sub of mapOrdered(folders, WALK_AHEAD, (f) => this.#readdir(f))) yield* walk.call(this, folders[i++] as string, sub);
     };
     yield* walk.call(this, "");
   }
