@@ -11,6 +11,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
+import { median } from "./stats.mjs";
 
 const { values, positionals } = parseArgs({ allowPositionals: true, options: { runs: { type: "string", default: "3" }, compressed: { type: "boolean", default: false } } });
 const raw = positionals[0];
@@ -21,7 +22,6 @@ if (raw === undefined) {
 const runs = Number(values.runs);
 const bin = path.resolve(import.meta.dirname, "../bin/vmvault");
 const dir = mkdtempSync(path.join(os.tmpdir(), "vmvault-bench-qcow2-"));
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /** Runs bin/vmvault (as itself, so its shebang's settings apply) under GNU time: wall, CPU (children included), peak RSS. */
 function timed(repo, ...args) {

@@ -13,6 +13,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
+import { median } from "./stats.mjs";
 
 const { values, positionals } = parseArgs({ allowPositionals: true, options: { runs: { type: "string", default: "3" } } });
 const [day1, day2] = positionals;
@@ -24,7 +25,6 @@ const runs = Number(values.runs);
 const root = path.resolve(import.meta.dirname, "..");
 const bin = path.join(root, "bin/vmvault");
 const dir = mkdtempSync(path.join(os.tmpdir(), "vmvault-bench-sftp-"));
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const ticks = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }));
 
 const [host, port, user, identity, knownHosts, data] = execFileSync("sh", [path.join(root, "scripts/sftpd.sh"), "start", path.join(dir, "sftpd")], { encoding: "utf8" }).trim().split("\n").pop().split(" ");
