@@ -112,9 +112,7 @@ function matchesHashed(field: string, name: string): boolean {
 function globMatch(pattern: string, name: string): boolean {
   const re = pattern
     .toLowerCase()
-    .replace(/[.+^${}()|\\]/g, "\\$&")
-    .replace(/\[/g, "\\[")
-    .replace(/\]/g, "\\]")
+    .replace(/[.+^${}()|\\[\]]/g, "\\$&")
     .replace(/\*/g, ".*")
     .replace(/\?/g, ".");
   return new RegExp(`^${re}$`).test(name);

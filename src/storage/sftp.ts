@@ -42,6 +42,8 @@ export class SftpStore implements Store {
   readonly #at: SftpLocation;
   readonly #access: SftpAccess;
   #session: Promise<SftpSession> | undefined;
+  /** The connection #session opened, once it has: a new one is opened when it is closed. */
+  #live: SftpSession | undefined;
   readonly #knownDirs = new Set<string>();
   readonly #readers = new Map<string, Reader>();
   #closed = false;
@@ -52,21 +54,23 @@ export class SftpStore implements Store {
     this.location = url;
   }
 
-  /** The connection, opened on first use and again once it was lost. */
+  /**
+   * The connection, opened on first use and again once it was lost (then the folders known to
+   * exist are asked again; read handles of the lost one are dropped by #reader).
+   */
   #connect(): Promise<SftpSession> {
     if (this.#closed) return Promise.reject(new StorageError(`the SFTP repository ${this.location} is closed`));
+    if (this.#live?.closed === true) {
+      this.#live = undefined;
+      this.#session = undefined;
+      this.#knownDirs.clear();
+    }
     if (this.#session === undefined) {
       const session = openSftpSession(this.#at, this.#access);
       this.#session = session;
       session.then(
         (s) => {
-          const lost = (): void => {
-            if (this.#session === session) this.#session = undefined;
-            this.#knownDirs.clear();
-            for (const [key, r] of this.#readers) if (r.session === s) this.#readers.delete(key);
-          };
-          s.client.once("close", lost);
-          s.sftp.once("close", lost);
+          if (this.#session === session) this.#live = s;
         },
         () => {
           if (this.#session === session) this.#session = undefined;
@@ -156,6 +160,11 @@ export class SftpStore implements Store {
 
   async #reader(file: string): Promise<Reader> {
     let reader = this.#readers.get(file);
+    // A handle of a lost connection is no handle.
+    if (reader?.session.closed === true) {
+      this.#readers.delete(file);
+      reader = undefined;
+    }
     if (reader === undefined) {
       const session = await this.#connect();
       reader = this.#readers.get(file);
@@ -363,6 +372,7 @@ export class SftpStore implements Store {
     this.#closed = true;
     const session = this.#session;
     this.#session = undefined;
+    this.#live = undefined;
     this.#readers.clear();
     if (session === undefined) return;
     const s = await session.catch(() => undefined);
