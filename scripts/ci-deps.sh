@@ -23,6 +23,13 @@ command -v mkfs.vfat >/dev/null 2>&1 || need="$need dosfstools"
 command -v cpio >/dev/null 2>&1 || need="$need cpio"
 # sshd: the SFTP repository's tests run a private OpenSSH server on 127.0.0.1 (scripts/sftpd.sh).
 [ -x /usr/sbin/sshd ] || need="$need openssh-server"
+# Ceph's monitor, OSD and RADOS Gateway, and curl: the S3 repository's tests run a private Ceph
+# RGW on 127.0.0.1 (scripts/s3d.sh; ceph-mgr is not needed), which curl warms up.
+[ -x /usr/bin/radosgw ] || need="$need radosgw"
+[ -x /usr/bin/ceph-mon ] || need="$need ceph-mon"
+[ -x /usr/bin/ceph-osd ] || need="$need ceph-osd"
+[ -x /usr/bin/radosgw-admin ] && [ -x /usr/bin/ceph ] || need="$need ceph-common"
+command -v curl >/dev/null 2>&1 || need="$need curl"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing Debian packages:$need" >&2

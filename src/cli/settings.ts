@@ -3,6 +3,7 @@ import { Secret } from "../crypto/secret.js";
 import { UsageError } from "../errors.js";
 import { assertUserName } from "../repository/open.js";
 import type { StoreAccess } from "../storage/open.js";
+import { s3AccessFromEnv, type S3Access } from "../storage/s3-location.js";
 import { fileProblem, readKeysFile, type KeysFileSetting } from "./keys-file.js";
 import { promptNewSecret, promptSecret } from "./prompt.js";
 
@@ -19,6 +20,7 @@ export interface GlobalOptions {
   readonly lockWait?: string;
   readonly sftpIdentity?: string;
   readonly sftpKnownHosts?: string;
+  readonly s3Endpoint?: string;
 }
 
 export interface Settings {
@@ -28,6 +30,8 @@ export interface Settings {
   /** An sftp:// repository's login key and known_hosts file (src/storage/sftp-session.ts). */
   readonly sftpIdentity: string | undefined;
   readonly sftpKnownHosts: string | undefined;
+  /** An s3:// repository's server and credentials (src/storage/s3-location.ts); never printed. */
+  readonly s3: S3Access;
 }
 
 type Env = Record<string, string | undefined>;
@@ -42,6 +46,22 @@ export function resolveSettings(o: GlobalOptions, env: Env = process.env): Setti
     passphraseFile: o.passphraseFile ?? env["VMVAULT_PASSPHRASE_FILE"] ?? file["passphrase-file"],
     sftpIdentity: nonEmpty(o.sftpIdentity ?? env["VMVAULT_SFTP_IDENTITY"] ?? file["sftp-identity"]),
     sftpKnownHosts: nonEmpty(o.sftpKnownHosts ?? env["VMVAULT_SFTP_KNOWN_HOSTS"] ?? file["sftp-known-hosts"]),
+    s3: s3Settings(o, env, file),
+  };
+}
+
+/** --s3-endpoint, then the variables (VMVAULT_S3_ENDPOINT and the standard AWS_* ones), then the keys file. */
+function s3Settings(o: GlobalOptions, env: Env, file: Partial<Record<KeysFileSetting, string>>): S3Access {
+  const fromEnv = s3AccessFromEnv(env);
+  // Credentials come in pairs: a key id from one place and its secret from another would never match.
+  const pair = fromEnv.accessKeyId !== undefined || fromEnv.secretAccessKey !== undefined;
+  return {
+    endpoint: nonEmpty(o.s3Endpoint) ?? fromEnv.endpoint ?? nonEmpty(file["s3-endpoint"]),
+    region: fromEnv.region ?? nonEmpty(file["aws-region"]),
+    accessKeyId: pair ? fromEnv.accessKeyId : nonEmpty(file["aws-access-key-id"]),
+    secretAccessKey: pair ? fromEnv.secretAccessKey : nonEmpty(file["aws-secret-access-key"]),
+    sessionToken: pair ? fromEnv.sessionToken : undefined,
+    caBundle: fromEnv.caBundle,
   };
 }
 
@@ -54,6 +74,7 @@ export function storeAccess(s: Settings): StoreAccess {
   return {
     ...(s.sftpIdentity === undefined ? {} : { identity: s.sftpIdentity }),
     ...(s.sftpKnownHosts === undefined ? {} : { knownHosts: s.sftpKnownHosts }),
+    s3: s.s3,
   };
 }
 

@@ -106,7 +106,10 @@ export class ByteReader {
   #pos = 0;
 
   constructor(buf: Uint8Array) {
-    this.#buf = buf;
+    // A Buffer's subarray is a Buffer, whose slice() is a view, not a copy: readers' callers
+    // copy with slice() (keys out of a decrypted slot, ids out of a pack), so they get plain
+    // Uint8Array views of the same bytes.
+    this.#buf = Buffer.isBuffer(buf) ? new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength) : buf;
     this.#view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   }
 

@@ -129,6 +129,7 @@ export async function initRepository(o: InitOptions): Promise<Repository> {
   assertKdfStrength(kdf, o.allowWeakKdf === true);
   assertPassphraseStrength(o.passphrase, o.allowWeakKdf === true);
   const store = o.store;
+  await store.prepare?.();
   if ((await store.stat(CONFIG_KEY)) !== undefined) {
     throw new VaultError("E_EXISTS", `a repository already exists at ${store.location}`);
   }

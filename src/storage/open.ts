@@ -1,15 +1,20 @@
 import { VaultError } from "../errors.js";
 import { FsStore } from "./fs.js";
+import { S3Store } from "./s3.js";
+import type { S3Access } from "./s3-location.js";
 import { SftpStore } from "./sftp.js";
 import type { SftpAccess } from "./sftp-session.js";
 import type { Store } from "./types.js";
 
-/** Settings of the remote backends (the CLI's --sftp-* flags, their variables and keys-file names). */
-export type StoreAccess = SftpAccess;
+/**
+ * Settings of the remote backends: the CLI's --sftp-* flags, --s3-endpoint and the AWS_*
+ * variables, and their keys-file names.
+ */
+export type StoreAccess = SftpAccess & { readonly s3?: S3Access };
 
 /**
- * Opens the store a --repo value names: a local path, or sftp://user@host[:port]/path (S3 is
- * planned). An SFTP store connects on first use.
+ * Opens the store a --repo value names: a local path, sftp://user@host[:port]/path or
+ * s3://bucket[/prefix]. A remote store connects on first use.
  */
 export function openStore(repo: string, access: StoreAccess = {}): Store {
   if (/^sftp:\/\//i.test(repo)) {
@@ -18,11 +23,11 @@ export function openStore(repo: string, access: StoreAccess = {}): Store {
     return store;
   }
   if (/^s3:\/\//i.test(repo)) {
-    throw new VaultError("E_UNSUPPORTED", `S3 repositories (${repo}) are not available in this version`, {
-      hint: "use a local folder or an sftp:// repository; the S3 backend is planned",
-    });
+    const store = new S3Store(repo, access.s3);
+    opened.add(store);
+    return store;
   }
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(repo)) throw new VaultError("E_USAGE", `unknown repository scheme in ${repo}`, { hint: "give a folder, or sftp://USER@HOST[:PORT]/PATH" });
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(repo)) throw new VaultError("E_USAGE", `unknown repository scheme in ${repo}`, { hint: "give a folder, sftp://USER@HOST[:PORT]/PATH or s3://BUCKET/PREFIX" });
   return new FsStore(repo);
 }
 

@@ -88,6 +88,11 @@ export interface Store {
   /** Optional, with listLeftovers: removes one; removing an absent one is not an error. */
   deleteLeftover?(name: string): Promise<void>;
   stat(key: string): Promise<ObjectInfo | undefined>;
+  /**
+   * Optional: readies the place of a new repository before its first object (an S3 bucket made
+   * when missing, and the server's refusal of overwrites checked). Repository init calls it.
+   */
+  prepare?(): Promise<unknown>;
   close(): Promise<void>;
 }
 
@@ -162,7 +167,8 @@ class BufferedWriter implements ObjectWriter {
 
   async write(bytes: Uint8Array): Promise<void> {
     if (this.#parts === undefined) throw new Error(`writer of ${this.#key} is finished`);
-    this.#parts.push(bytes.slice());
+    // A copy (a Buffer's slice() would be a view of the caller's bytes).
+    this.#parts.push(new Uint8Array(bytes));
   }
 
   async commit(): Promise<boolean> {

@@ -46,7 +46,7 @@ describe("keys file", () => {
     const file = path.join(dir, "keys");
     await fsp.writeFile(file, "repo = repo # next to this file\npassphrase-file = secrets/pass\nuser = ops\n");
     const elsewhere = path.relative(process.cwd(), file);
-    expect(resolveSettings({ keys: elsewhere }, {})).toEqual({ repo: path.join(dir, "repo"), user: "ops", passphraseFile: path.join(dir, "secrets/pass") });
+    expect(resolveSettings({ keys: elsewhere }, {})).toMatchObject({ repo: path.join(dir, "repo"), user: "ops", passphraseFile: path.join(dir, "secrets/pass") });
     await fsp.writeFile(file, "repo = s3://bucket/prefix\n");
     expect(resolveSettings({ keys: file }, {}).repo).toBe("s3://bucket/prefix");
   });
@@ -55,9 +55,21 @@ describe("keys file", () => {
     const dir = tmp("k");
     const file = path.join(dir, "keys");
     await fsp.writeFile(file, "repo = /from/file\nuser = fileuser\npassphrase-file = /from/file/pass\n");
-    expect(resolveSettings({ keys: file }, {})).toEqual({ repo: "/from/file", user: "fileuser", passphraseFile: "/from/file/pass" });
+    expect(resolveSettings({ keys: file }, {})).toMatchObject({ repo: "/from/file", user: "fileuser", passphraseFile: "/from/file/pass" });
     expect(resolveSettings({ keys: file }, { VMVAULT_USER: "envuser" }).user).toBe("envuser");
     expect(resolveSettings({ keys: file, user: "flaguser" }, { VMVAULT_USER: "envuser" }).user).toBe("flaguser");
+  });
+
+  it("takes an s3:// repository's endpoint and credentials from the flag, then the variables, then the file, keeping a key id with its own secret", async () => {
+    const dir = tmp("k");
+    const file = path.join(dir, "keys");
+    await fsp.writeFile(file, "s3-endpoint = http://file:7480\naws-access-key-id = FILEKEY\naws-secret-access-key = FILESECRET\naws-region = eu-file-1\n");
+    expect(resolveSettings({ keys: file }, {}).s3).toMatchObject({ endpoint: "http://file:7480", accessKeyId: "FILEKEY", secretAccessKey: "FILESECRET", region: "eu-file-1" });
+    expect(resolveSettings({ keys: file }, { AWS_ENDPOINT_URL_S3: "http://env:1", AWS_REGION: "eu-env-1" }).s3).toMatchObject({ endpoint: "http://env:1", region: "eu-env-1", accessKeyId: "FILEKEY" });
+    expect(resolveSettings({ keys: file, s3Endpoint: "http://flag:2" }, { VMVAULT_S3_ENDPOINT: "http://env:1" }).s3.endpoint).toBe("http://flag:2");
+    // A key id in the environment comes with the environment's secret (none here), never the file's.
+    expect(resolveSettings({ keys: file }, { AWS_ACCESS_KEY_ID: "ENVKEY" }).s3).toMatchObject({ accessKeyId: "ENVKEY", secretAccessKey: undefined });
+    expect(resolveSettings({ keys: file }, { AWS_ACCESS_KEY_ID: "ENVKEY", AWS_SECRET_ACCESS_KEY: "ENVSECRET", AWS_SESSION_TOKEN: "T" }).s3).toMatchObject({ accessKeyId: "ENVKEY", secretAccessKey: "ENVSECRET", sessionToken: "T" });
   });
 
   it("drives the CLI end to end", async () => {

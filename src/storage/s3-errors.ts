@@ -1,0 +1,50 @@
+import { NotFoundError, StorageError, UsageError } from "../errors.js";
+
+export type Op = "read" | "write" | "list" | "delete" | "stat" | "create";
+
+/** The HTTP status of an S3 client error, when the server answered. */
+export function statusOf(e: unknown): number | undefined {
+  return (e as { $metadata?: { httpStatusCode?: number } } | undefined)?.$metadata?.httpStatusCode;
+}
+
+const NETWORK_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "ETIMEDOUT", "EPIPE", "ECONNABORTED"]);
+
+/**
+ * What a failed S3 request means for people: a missing object, a missing bucket, refused
+ * credentials, a full or over-quota store, or a server that cannot be reached; each with what to
+ * do. The credentials themselves are never part of a message.
+ */
+export function s3Problem(e: unknown, at: { key: string; op: Op; bucket: string; location: string }): Error {
+  const name = (e as { name?: string; Code?: string }).name ?? (e as { Code?: string }).Code ?? "";
+  const code = (e as { code?: string }).code ?? "";
+  const status = statusOf(e);
+  const said = e instanceof Error ? e.message : String(e);
+  const where = `${at.key} in ${at.location}`;
+  if (name === "NoSuchBucket") {
+    return new StorageError(`the bucket ${at.bucket} does not exist (${at.location})`, e, "check the repository's name and --s3-endpoint; `vmvault init` makes the bucket of a new repository");
+  }
+  if (name === "NoSuchKey" || name === "NotFound" || (status === 404 && at.op !== "write")) return new NotFoundError(`object not found: ${at.key}`);
+  if (name === "InvalidAccessKeyId" || name === "SignatureDoesNotMatch" || name === "InvalidToken" || name === "ExpiredToken" || name === "AuthorizationHeaderMalformed") {
+    return new StorageError(`the S3 server of ${at.location} refused the credentials (${name})`, e, "check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), or the keys file's aws-* settings");
+  }
+  if (name === "AccessDenied" || status === 403) {
+    return new StorageError(`access denied to ${at.op} ${where}`, e, "the S3 user needs to read, write, list and delete objects under the repository's prefix (and to abort uploads)");
+  }
+  if (name === "QuotaExceeded" || name === "EntityTooLarge" || status === 507 || name === "InsufficientCapacity") {
+    return new StorageError(`the S3 server could not store ${where} (${name || status}): it may be full or over quota`, e, "free some space or raise the quota, and run the command again");
+  }
+  if (name === "TimeoutError" || NETWORK_CODES.has(code) || NETWORK_CODES.has(name) || (status === undefined && /socket|connect|network|timed? ?out/i.test(said))) {
+    return new StorageError(
+      `could not ${at.op} ${where}: the S3 server could not be reached (${code || name || said})`,
+      e,
+      "check --s3-endpoint (or AWS_ENDPOINT_URL_S3) and the network, and run the command again: what was written in full is kept",
+    );
+  }
+  if (code.startsWith("HPE_")) {
+    return new StorageError(`could not ${at.op} ${where}: the endpoint did not answer as an HTTP server (${said})`, e, "check --s3-endpoint (or AWS_ENDPOINT_URL_S3): it names the S3 server's HTTP port");
+  }
+  if (name === "PermanentRedirect" || status === 301) {
+    return new UsageError(`the bucket ${at.bucket} is in another region than the one asked (${at.location})`, "set AWS_REGION (or aws-region in the keys file) to the bucket's region");
+  }
+  return new StorageError(`could not ${at.op} ${where}: ${name === "" ? "" : `${name}: `}${said}${status === undefined ? "" : ` (HTTP ${status})`}`, e);
+}

@@ -1,0 +1,82 @@
+import { UsageError } from "../errors.js";
+
+/** Where an S3 repository lives: `s3://bucket[/prefix]`. */
+export interface S3Location {
+  readonly bucket: string;
+  /** The key prefix of every object of the repository: "" or a path ending in "/". */
+  readonly prefix: string;
+  /** The URL as given, for messages. */
+  readonly url: string;
+}
+
+/**
+ * How to reach an S3 repository's server: the CLI's --s3-endpoint, the standard AWS_*
+ * variables, or the keys file's names (src/cli/settings.ts). Credentials are held only here and
+ * given only to the S3 client, which signs requests with them (SigV4): never printed, never sent.
+ */
+export interface S3Access {
+  /** An S3-compatible server's URL (http:// or https://); AWS itself when absent. Path-style addressing then. */
+  readonly endpoint?: string | undefined;
+  /** AWS_REGION; us-east-1 when absent. */
+  readonly region?: string | undefined;
+  readonly accessKeyId?: string | undefined;
+  readonly secretAccessKey?: string | undefined;
+  /** AWS_SESSION_TOKEN, for temporary credentials. */
+  readonly sessionToken?: string | undefined;
+  /** AWS_CA_BUNDLE: a PEM file of certificate authorities to trust for an https:// endpoint, beside Node.js's own. */
+  readonly caBundle?: string | undefined;
+  /** A request without any answer for this long fails (and is retried); 2 minutes when absent. */
+  readonly requestTimeoutMs?: number | undefined;
+}
+
+/**
+ * Parses an s3:// repository URL: the bucket, then an optional key prefix under which every
+ * object of the repository lives (several repositories may share a bucket under different
+ * prefixes). The bucket must follow S3's naming rules; the prefix is made of the characters
+ * repository keys use.
+ */
+export function parseS3Url(url: string): S3Location {
+  const bad = (why: string): UsageError => new UsageError(`repository ${url}: ${why}`, "give it as s3://BUCKET or s3://BUCKET/PREFIX (the endpoint goes in --s3-endpoint)");
+  const m = /^s3:\/\/([^/]*)(\/.*)?$/i.exec(url);
+  if (m === null) throw bad("not an s3:// URL");
+  const bucket = m[1] ?? "";
+  if (bucket.includes("@") || bucket.includes(":")) throw bad("credentials and endpoints do not go in the URL");
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket) || bucket.includes("..") || /^\d+\.\d+\.\d+\.\d+$/.test(bucket)) {
+    throw bad(`${JSON.stringify(bucket)} is not a valid bucket name (3 to 63 lowercase letters, digits, dots and hyphens)`);
+  }
+  const rawPrefix = (m[2] ?? "").replace(/^\/+|\/+$/g, "");
+  if (rawPrefix !== "") {
+    const parts = rawPrefix.split("/");
+    if (parts.some((p) => p === "" || p === "." || p === ".." || !/^[A-Za-z0-9._-]+$/.test(p))) {
+      throw bad("the prefix may hold letters, digits, '.', '_', '-' and single slashes between them");
+    }
+  }
+  return { bucket, prefix: rawPrefix === "" ? "" : `${rawPrefix}/`, url };
+}
+
+/** The standard AWS variables an S3 repository reads (flags and the keys file come first). */
+export function s3AccessFromEnv(env: Record<string, string | undefined>): S3Access {
+  const pick = (name: string): string | undefined => (env[name] === "" ? undefined : env[name]);
+  return {
+    endpoint: pick("VMVAULT_S3_ENDPOINT") ?? pick("AWS_ENDPOINT_URL_S3") ?? pick("AWS_ENDPOINT_URL"),
+    region: pick("AWS_REGION") ?? pick("AWS_DEFAULT_REGION"),
+    accessKeyId: pick("AWS_ACCESS_KEY_ID"),
+    secretAccessKey: pick("AWS_SECRET_ACCESS_KEY"),
+    sessionToken: pick("AWS_SESSION_TOKEN"),
+    caBundle: pick("AWS_CA_BUNDLE"),
+  };
+}
+
+/** Checks an endpoint URL: http(s)://host[:port][/], nothing else (no credentials, no path). */
+export function checkEndpoint(endpoint: string): URL {
+  let u: URL;
+  try {
+    u = new URL(endpoint);
+  } catch {
+    throw new UsageError(`S3 endpoint ${JSON.stringify(endpoint)} is not a URL`, "give it as http://HOST:PORT or https://HOST");
+  }
+  if (u.protocol !== "http:" && u.protocol !== "https:") throw new UsageError(`S3 endpoint ${endpoint}: only http:// and https:// are supported`);
+  if (u.username !== "" || u.password !== "") throw new UsageError("the S3 endpoint must not hold credentials", "give them in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY");
+  if ((u.pathname !== "/" && u.pathname !== "") || u.search !== "" || u.hash !== "") throw new UsageError(`S3 endpoint ${endpoint}: give the server's address only, without a path`, "the bucket and prefix go in --repo s3://BUCKET/PREFIX");
+  return u;
+}

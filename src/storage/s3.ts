@@ -1,0 +1,389 @@
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
+import http from "node:http";
+import https from "node:https";
+import { createRequire } from "node:module";
+import { setTimeout as sleep } from "node:timers/promises";
+import { rootCertificates } from "node:tls";
+import type { S3Client } from "@aws-sdk/client-s3";
+import { NotFoundError, StorageError, UsageError } from "../errors.js";
+import { s3Problem, statusOf, type Op } from "./s3-errors.js";
+import { checkEndpoint, parseS3Url, type S3Access, type S3Location } from "./s3-location.js";
+import { S3ObjectWriter, type S3Put } from "./s3-writer.js";
+import { assertLeftoverName, assertValidKey, assertValidPrefix, type ByteRange, type Leftover, type ObjectInfo, type ObjectWriter, type Store } from "./types.js";
+
+type Sdk = typeof import("@aws-sdk/client-s3");
+let sdk: Sdk | undefined;
+
+/** The AWS SDK, loaded when an s3:// repository is first opened (it is large, and most commands never need it). */
+function loadSdk(): Sdk {
+  // The SDK warns on every Node.js 20 process that its later versions need 22; the version this
+  // package pins supports 20, and the warning would reach users' terminals.
+  process.env["AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED"] ??= "true";
+  sdk ??= createRequire(import.meta.url)("@aws-sdk/client-s3") as Sdk;
+  return sdk;
+}
+
+/** Connections kept open to the server: a restore's and a check's reads run this many at a time at most. */
+const MAX_SOCKETS = 32;
+/** Tries of each request: the SDK repeats one that failed on the network, timed out or met a 5xx or throttling answer. */
+const MAX_ATTEMPTS = 4;
+const CONNECT_TIMEOUT_MS = 10_000;
+const REQUEST_TIMEOUT_MS = 120_000;
+/** Tries of a read whose answer's body was cut off (bodyAgain). */
+const BODY_ATTEMPTS = 3;
+/** What listLeftovers names an unfinished multipart upload (assertLeftoverName's temporary prefix). */
+const UPLOAD_PREFIX = ".upload-";
+
+/**
+ * A repository in an S3 bucket, under an optional key prefix: on AWS S3 or any S3-compatible
+ * server that refuses a PUT with `If-None-Match: *` onto an existing key (AWS since 2024, Ceph
+ * RGW, MinIO); put-if-absent rests on it, and `init` checks it. Objects are S3 objects whose
+ * keys are the prefix and the repository's keys. A PUT is atomic: readers never see part of an
+ * object. Objects larger than a pack go up in parts (a multipart upload, completed with the same
+ * condition); an unfinished upload is a leftover that prune aborts.
+ */
+export class S3Store implements Store {
+  readonly location: string;
+  readonly #at: S3Location;
+  readonly #access: S3Access;
+  #client: S3Client | undefined;
+  #closed = false;
+
+  constructor(url: string, access: S3Access = {}) {
+    this.#at = parseS3Url(url);
+    if (access.endpoint !== undefined) checkEndpoint(access.endpoint);
+    this.#access = access;
+    this.location = access.endpoint === undefined ? url : `${url} at ${access.endpoint}`;
+  }
+
+  /** The S3 client, made on first use: its settings are checked then. */
+  #s3(): S3Client {
+    if (this.#closed) throw new StorageError(`the S3 repository ${this.location} is closed`);
+    if (this.#client !== undefined) return this.#client;
+    const a = this.#access;
+    if (a.accessKeyId === undefined || a.secretAccessKey === undefined) {
+      throw new UsageError(
+        `no S3 credentials for ${this.#at.url}`,
+        "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or aws-access-key-id and aws-secret-access-key in a --keys file",
+      );
+    }
+    let ca: string[] | undefined;
+    if (a.caBundle !== undefined) {
+      try {
+        ca = [...rootCertificates, readFileSync(a.caBundle, "utf8")];
+      } catch (e) {
+        throw new UsageError(`cannot read the certificate authorities in ${a.caBundle} (AWS_CA_BUNDLE): ${(e as Error).message}`);
+      }
+    }
+    const agent = { keepAlive: true, maxSockets: MAX_SOCKETS };
+    const { S3Client } = loadSdk();
+    this.#client = new S3Client({
+      region: a.region ?? "us-east-1",
+      ...(a.endpoint === undefined ? {} : { endpoint: a.endpoint, forcePathStyle: true }),
+      credentials: { accessKeyId: a.accessKeyId, secretAccessKey: a.secretAccessKey, ...(a.sessionToken === undefined ? {} : { sessionToken: a.sessionToken }) },
+      // Every object is authenticated by its own AEAD tag: the SDK's extra CRC32 of each body,
+      // computed in JavaScript, would only cost CPU (and some servers reject its trailers).
+      requestChecksumCalculation: "WHEN_REQUIRED",
+      responseChecksumValidation: "WHEN_REQUIRED",
+      followRegionRedirects: true,
+      maxAttempts: MAX_ATTEMPTS,
+      requestHandler: {
+        httpAgent: new http.Agent(agent),
+        httpsAgent: new https.Agent({ ...agent, ...(ca === undefined ? {} : { ca }) }),
+        connectionTimeout: CONNECT_TIMEOUT_MS,
+        requestTimeout: a.requestTimeoutMs ?? REQUEST_TIMEOUT_MS,
+      },
+    });
+    return this.#client;
+  }
+
+  #key(key: string): string {
+    assertValidKey(key);
+    return this.#at.prefix + key;
+  }
+
+  #fail(e: unknown, key: string, op: Op): Error {
+    if (e instanceof StorageError || e instanceof NotFoundError || e instanceof UsageError) return e;
+    return s3Problem(e, { key, op, bucket: this.#at.bucket, location: this.location });
+  }
+
+  async get(key: string, range?: ByteRange): Promise<Uint8Array> {
+    if (range !== undefined) {
+      const out = new Uint8Array(range.length);
+      const n = await this.readInto(key, range, out);
+      return n === range.length ? out : out.subarray(0, n);
+    }
+    const { GetObjectCommand } = loadSdk();
+    const k = this.#key(key);
+    try {
+      return await bodyAgain(async () => {
+        const r = await this.#s3().send(new GetObjectCommand({ Bucket: this.#at.bucket, Key: k }));
+        return r.Body === undefined ? new Uint8Array(0) : await r.Body.transformToByteArray();
+      });
+    } catch (e) {
+      throw this.#fail(e, key, "read");
+    }
+  }
+
+  async readInto(key: string, range: ByteRange, into: Uint8Array): Promise<number> {
+    if (into.length < range.length) throw new RangeError("buffer smaller than the range");
+    const k = this.#key(key);
+    if (range.length === 0) return 0;
+    const { GetObjectCommand } = loadSdk();
+    try {
+      return await bodyAgain(async () => {
+        const r = await this.#s3().send(new GetObjectCommand({ Bucket: this.#at.bucket, Key: k, Range: `bytes=${range.offset}-${range.offset + range.length - 1}` }));
+        let n = 0;
+        for await (const chunk of r.Body as AsyncIterable<Uint8Array>) {
+          const take = Math.min(chunk.length, range.length - n);
+          into.set(take === chunk.length ? chunk : chunk.subarray(0, take), n);
+          n += take;
+        }
+        return n;
+      });
+    } catch (e) {
+      // A range that starts at or past the end: nothing to read, as from a file.
+      if (statusOf(e) === 416 && (await this.stat(key)) !== undefined) return 0;
+      throw this.#fail(e, key, "read");
+    }
+  }
+
+  async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
+    this.#key(key);
+    return this.#put(key, data);
+  }
+
+  /**
+   * One PUT with `If-None-Match: *`: the server refuses it (412) when the key exists. A PUT the
+   * SDK sent again after its answer was lost meets its own object: that is told by the ETag,
+   * which is the MD5 of what a single PUT stored, and counts as written.
+   */
+  readonly #put: S3Put = async (key, data) => {
+    const { PutObjectCommand } = loadSdk();
+    const k = this.#key(key);
+    try {
+      await this.#s3().send(new PutObjectCommand({ Bucket: this.#at.bucket, Key: k, Body: data, ContentLength: data.length, IfNoneMatch: "*" }));
+      return true;
+    } catch (e) {
+      const status = statusOf(e);
+      if (status === 412 || status === 409) {
+        const md5 = createHash("md5").update(data).digest("hex");
+        for (let attempt = 0; ; attempt++) {
+          const head = await this.#head(key).catch(() => undefined);
+          if (head !== undefined) return head.etag === md5 && head.size === data.length && attemptsOf(e) > 1;
+          // 409: another conditional write of this key is under way; wait for it to settle.
+          if (attempt >= 3) break;
+          await sleep(200 * (attempt + 1));
+        }
+      }
+      throw this.#fail(e, key, "write");
+    }
+  };
+
+  async createWriter(key: string): Promise<ObjectWriter> {
+    const k = this.#key(key);
+    return new S3ObjectWriter(key, this.#put, {
+      client: () => this.#s3(),
+      sdk: loadSdk,
+      bucket: this.#at.bucket,
+      s3Key: k,
+      exists: async () => (await this.#head(key)) !== undefined,
+      fail: (e) => this.#fail(e, key, "write"),
+    });
+  }
+
+  async #head(key: string): Promise<{ size: number; etag: string } | undefined> {
+    const { HeadObjectCommand } = loadSdk();
+    const k = this.#key(key);
+    try {
+      const r = await this.#s3().send(new HeadObjectCommand({ Bucket: this.#at.bucket, Key: k }));
+      return { size: r.ContentLength ?? 0, etag: (r.ETag ?? "").replace(/"/g, "") };
+    } catch (e) {
+      if (statusOf(e) === 404 && !isNoSuchBucket(e)) return undefined;
+      throw this.#fail(e, key, "stat");
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    assertValidPrefix(prefix);
+    const { ListObjectsV2Command } = loadSdk();
+    const root = this.#at.prefix;
+    let token: string | undefined;
+    do {
+      let page;
+      try {
+        page = await this.#s3().send(new ListObjectsV2Command({ Bucket: this.#at.bucket, Prefix: root + prefix, ...(token === undefined ? {} : { ContinuationToken: token }) }));
+      } catch (e) {
+        throw this.#fail(e, prefix === "" ? "the repository" : prefix, "list");
+      }
+      for (const o of page.Contents ?? []) {
+        const key = (o.Key ?? "").slice(root.length);
+        // Keys the repository never writes (a console's "folder" markers, say) are not objects of it.
+        if (KEY_LIKE.test(key)) yield { key, size: o.Size ?? 0 };
+      }
+      token = page.IsTruncated === true ? page.NextContinuationToken : undefined;
+    } while (token !== undefined);
+  }
+
+  async delete(key: string): Promise<void> {
+    const { DeleteObjectCommand } = loadSdk();
+    const k = this.#key(key);
+    try {
+      await this.#s3().send(new DeleteObjectCommand({ Bucket: this.#at.bucket, Key: k }));
+    } catch (e) {
+      if (statusOf(e) === 404 && !isNoSuchBucket(e)) return;
+      throw this.#fail(e, key, "delete");
+    }
+  }
+
+  async stat(key: string): Promise<ObjectInfo | undefined> {
+    const head = await this.#head(key);
+    return head === undefined ? undefined : { key, size: head.size };
+  }
+
+  /**
+   * Multipart uploads that were started and never completed nor aborted (a killed process, a
+   * lost connection): the server keeps their parts, and bills them, until they are aborted.
+   * Each is named after its key's folder and a digest of its key and upload id.
+   */
+  async *listLeftovers(): AsyncIterable<Leftover> {
+    for await (const u of this.#uploads("")) yield { name: u.name, size: await this.#uploadedBytes(u.s3Key, u.uploadId), modified: u.initiated };
+  }
+
+  /** The bytes of an unfinished upload's parts (0 when it was aborted meanwhile). */
+  async #uploadedBytes(s3Key: string, uploadId: string): Promise<number> {
+    const { ListPartsCommand } = loadSdk();
+    let bytes = 0;
+    let marker: string | undefined;
+    for (;;) {
+      let page;
+      try {
+        page = await this.#s3().send(new ListPartsCommand({ Bucket: this.#at.bucket, Key: s3Key, UploadId: uploadId, ...(marker === undefined ? {} : { PartNumberMarker: marker }) }));
+      } catch (e) {
+        if (statusOf(e) === 404) return bytes;
+        throw this.#fail(e, "unfinished uploads", "list");
+      }
+      for (const p of page.Parts ?? []) bytes += p.Size ?? 0;
+      if (page.IsTruncated !== true || page.NextPartNumberMarker === undefined) return bytes;
+      marker = page.NextPartNumberMarker;
+    }
+  }
+
+  async deleteLeftover(name: string): Promise<void> {
+    assertLeftoverName(name, UPLOAD_PREFIX);
+    const slash = name.lastIndexOf("/");
+    const { AbortMultipartUploadCommand } = loadSdk();
+    for await (const u of this.#uploads(slash < 0 ? "" : name.slice(0, slash + 1))) {
+      if (u.name !== name) continue;
+      try {
+        await this.#s3().send(new AbortMultipartUploadCommand({ Bucket: this.#at.bucket, Key: u.s3Key, UploadId: u.uploadId }));
+      } catch (e) {
+        if (statusOf(e) !== 404) throw this.#fail(e, name, "delete");
+      }
+    }
+  }
+
+  async *#uploads(prefix: string): AsyncIterable<{ name: string; s3Key: string; uploadId: string; initiated: Date }> {
+    const { ListMultipartUploadsCommand } = loadSdk();
+    const root = this.#at.prefix;
+    let keyMarker: string | undefined;
+    let idMarker: string | undefined;
+    for (;;) {
+      let page;
+      try {
+        page = await this.#s3().send(
+          new ListMultipartUploadsCommand({ Bucket: this.#at.bucket, Prefix: root + prefix, ...(keyMarker === undefined ? {} : { KeyMarker: keyMarker, UploadIdMarker: idMarker }) }),
+        );
+      } catch (e) {
+        throw this.#fail(e, "unfinished uploads", "list");
+      }
+      for (const u of page.Uploads ?? []) {
+        const key = (u.Key ?? "").slice(root.length);
+        if (!KEY_LIKE.test(key) || u.UploadId === undefined) continue;
+        yield { name: uploadName(key, u.UploadId), s3Key: u.Key as string, uploadId: u.UploadId, initiated: u.Initiated ?? new Date(0) };
+      }
+      if (page.IsTruncated !== true) return;
+      keyMarker = page.NextKeyMarker;
+      idMarker = page.NextUploadIdMarker;
+    }
+  }
+
+  /**
+   * Makes the bucket when it does not exist, and checks that the server refuses a PUT onto an
+   * existing key with `If-None-Match: *`: every lock and every put-if-absent rests on it, and a
+   * server that ignores it would let two writers overwrite each other. `init` runs it.
+   */
+  async prepare(): Promise<{ createdBucket: boolean }> {
+    const { HeadBucketCommand, CreateBucketCommand } = loadSdk();
+    const bucket = this.#at.bucket;
+    let createdBucket = false;
+    try {
+      await this.#s3().send(new HeadBucketCommand({ Bucket: bucket }));
+    } catch (e) {
+      if (statusOf(e) !== 404) throw this.#fail(e, `the bucket ${bucket}`, "stat");
+      try {
+        await this.#s3().send(new CreateBucketCommand({ Bucket: bucket }));
+        createdBucket = true;
+      } catch (made) {
+        // Made by someone else meanwhile.
+        const name = (made as { name?: string }).name;
+        if (name !== "BucketAlreadyOwnedByYou") throw this.#fail(made, `the bucket ${bucket}`, "create");
+      }
+    }
+    const probe = `conditional-write-check-${createHash("sha256").update(String(process.hrtime.bigint())).digest("hex").slice(0, 16)}`;
+    const body = new TextEncoder().encode("vmvault checks that this server refuses to overwrite with If-None-Match: *\n");
+    try {
+      if (!(await this.#put(probe, body))) throw new StorageError(`the S3 server of ${this.location} refused a new object as if it existed`);
+      const second = await this.#put(probe, new TextEncoder().encode("a second, different body\n")).catch((e: unknown) => e);
+      if (second !== false) {
+        throw new StorageError(
+          `the S3 server of ${this.location} does not honour If-None-Match: * on PUT, so two writers could overwrite each other's objects and locks`,
+          second instanceof Error ? second : undefined,
+          "use a server that supports conditional writes (AWS S3, Ceph RGW, MinIO); the repository was not created",
+        );
+      }
+    } finally {
+      await this.delete(probe).catch(() => undefined);
+    }
+    return { createdBucket };
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#client?.destroy();
+    this.#client = undefined;
+  }
+}
+
+/** Keys as the repository writes them (assertValidKey's pattern). */
+const KEY_LIKE = /^[a-z0-9][a-z0-9._-]{0,254}(?:\/[a-z0-9][a-z0-9._-]{0,254})*$/;
+
+function uploadName(key: string, uploadId: string): string {
+  const slash = key.lastIndexOf("/");
+  const digest = createHash("sha256").update(`${key}\n${uploadId}`).digest("hex").slice(0, 32);
+  return `${slash < 0 ? "" : key.slice(0, slash + 1)}${UPLOAD_PREFIX}${digest}`;
+}
+
+/**
+ * Runs a read again (BODY_ATTEMPTS in all, 0.1 s and 0.2 s later) when its body was cut off: the
+ * SDK repeats a request that failed before its answer began, not one whose body broke off.
+ */
+async function bodyAgain<T>(read: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await read();
+    } catch (e) {
+      if (attempt >= BODY_ATTEMPTS || statusOf(e) !== undefined) throw e;
+      await sleep(100 * attempt);
+    }
+  }
+}
+
+function attemptsOf(e: unknown): number {
+  return (e as { $metadata?: { attempts?: number } }).$metadata?.attempts ?? 1;
+}
+
+function isNoSuchBucket(e: unknown): boolean {
+  return (e as { name?: string }).name === "NoSuchBucket" || (e as { Code?: string }).Code === "NoSuchBucket";
+}

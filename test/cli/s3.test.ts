@@ -1,0 +1,204 @@
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import { ListMultipartUploadsCommand, ListObjectsV2Command, CreateMultipartUploadCommand } from "@aws-sdk/client-s3";
+import { beforeAll, describe, expect, it } from "vitest";
+import { runCli, startCli, TEST_PASSPHRASE, type CliOptions, type CliResult } from "../helpers/cli.js";
+import { startCutProxy } from "../helpers/cut-proxy.js";
+import { makeImage, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
+import { HAVE_RGW, s3Server, type S3d } from "../helpers/s3d.js";
+
+/**
+ * Repositories in buckets of a real S3-compatible server (Ceph RGW on 127.0.0.1, the suite's
+ * one, test/global-setup.ts), through the built CLI.
+ */
+const tmp = tempDirs();
+let server: S3d;
+let bucket: string;
+
+beforeAll(async () => {
+  if (!HAVE_RGW) return;
+  server = await s3Server();
+  bucket = await server.newBucket("cli");
+}, 200_000);
+
+let count = 0;
+/** A new repository in the bucket (or a new bucket), and its runner with the endpoint and credentials in the environment. */
+function s3Vault(o: { url?: string; endpoint?: string } = {}): { url: string; prefix: string; run: (args: readonly string[], c?: CliOptions) => Promise<CliResult> } {
+  const prefix = `r${++count}-${process.pid}`;
+  const url = o.url ?? `s3://${bucket}/${prefix}`;
+  const state = path.join(tmp("state"), "s");
+  return {
+    url,
+    prefix,
+    run: (args, c) =>
+      runCli(["--repo", url, "--user", "admin", ...args], {
+        ...c,
+        env: { VMVAULT_STATE_DIR: state, AWS_ENDPOINT_URL_S3: o.endpoint ?? server.endpoint, AWS_ACCESS_KEY_ID: server.accessKeyId, AWS_SECRET_ACCESS_KEY: server.secretAccessKey, ...c?.env },
+      }),
+  };
+}
+
+/** The keys under a prefix of the bucket, as the server lists them. */
+async function keysUnder(prefix: string): Promise<string[]> {
+  const out: string[] = [];
+  let token: string | undefined;
+  do {
+    const page = await server.client().send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ...(token === undefined ? {} : { ContinuationToken: token }) }));
+    for (const o of page.Contents ?? []) out.push(o.Key as string);
+    token = page.NextContinuationToken;
+  } while (token !== undefined);
+  return out;
+}
+
+describe.skipIf(!HAVE_RGW)("S3 repositories through the CLI", () => {
+  it("init (making the bucket), backup twice, list, restore, check --read-data and audit verify", async () => {
+    const src = tmp("src");
+    const out = tmp("out");
+    const image = path.join(src, "web1.raw");
+    await makeImage(image, { sizeMiB: 24 });
+    const fresh = `new-${process.pid}-${Date.now().toString(36)}`;
+    const { url, run } = s3Vault({ url: `s3://${fresh}/site-a/vm` });
+    const init = await run(["init"]);
+    expect(init.code, init.stderr).toBe(0);
+    expect(init.stdout).toContain(`at ${url} at ${server.endpoint};`);
+    const b1 = await run(["--json", "backup", "--vm", "web1", image]);
+    expect(b1.code, b1.stderr).toBe(0);
+    expect((JSON.parse(b1.stdout) as { newChunks: number }).newChunks).toBeGreaterThan(0);
+    const b2 = await run(["--json", "backup", "--vm", "web1", image]);
+    expect(b2.code, b2.stderr).toBe(0);
+    expect((JSON.parse(b2.stdout) as { newChunks: number }).newChunks).toBe(0);
+    const list = await run(["--json", "snapshots"]);
+    expect(list.code, list.stderr).toBe(0);
+    expect((JSON.parse(list.stdout) as { vm: string }[]).map((s) => s.vm)).toEqual(["web1", "web1"]);
+    const restore = await run(["restore", "latest", "--vm", "web1", "--target", out, "--reason", "s3 round trip"]);
+    expect(restore.code, restore.stderr).toBe(0);
+    expect(await sha256File(path.join(out, "web1.raw"))).toBe(await sha256File(image));
+    const check = await run(["check", "--read-data"]);
+    expect(check.code, check.stderr).toBe(0);
+    expect(check.stdout).toMatch(/^no errors found: 2 snapshots/);
+    const audit = await run(["--json", "audit", "log"]);
+    expect((JSON.parse(audit.stdout) as { action: string; reason?: string }[]).some((r) => r.action === "restore" && r.reason === "s3 round trip")).toBe(true);
+    expect((await run(["audit", "verify"])).code).toBe(0);
+    // Every object is under the repository's prefix, and the init's check left nothing.
+    const listed = await server.client().send(new ListObjectsV2Command({ Bucket: fresh }));
+    const keys = (listed.Contents ?? []).map((o) => o.Key as string);
+    expect(keys.length).toBeGreaterThan(5);
+    expect(keys.every((k) => k.startsWith("site-a/vm/"))).toBe(true);
+    expect(keys).toContain("site-a/vm/config");
+    expect(keys.some((k) => k.includes("conditional-write-check"))).toBe(false);
+    await server.emptyAndDeleteBucket(fresh);
+  });
+
+  it("forget and prune delete what no snapshot needs, repack what is partly needed, and abort old unfinished uploads", async () => {
+    const src = tmp("src");
+    const image = path.join(src, "web1.raw");
+    await fsp.writeFile(image, seededBytes("old", 12 * 1024 * 1024));
+    const { prefix, run } = s3Vault();
+    expect((await run(["init"])).code).toBe(0);
+    const first = JSON.parse((await run(["--json", "backup", "--vm", "web1", image])).stdout) as { snapshotId: string };
+    const newer = Buffer.from(seededBytes("old", 12 * 1024 * 1024));
+    newer.set(seededBytes("new", 8 * 1024 * 1024), 4 * 1024 * 1024);
+    await fsp.writeFile(image, newer);
+    expect((await run(["backup", "--vm", "web1", image])).code).toBe(0);
+    const packs = async (): Promise<string[]> => (await keysUnder(`${prefix}/data/`)).filter((k) => /[0-9a-f]{32}$/.test(k));
+    const before = await packs();
+    // An upload a killed backup left (a fresh one: prune keeps uploads younger than an hour).
+    await server.client().send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: `${prefix}/data/00/0011223344556677` }));
+    expect((await run(["forget", first.snapshotId])).code).toBe(0);
+    const prune = await run(["--json", "prune"]);
+    expect(prune.code, prune.stderr).toBe(0);
+    expect((JSON.parse(prune.stdout) as { leftoversDeleted: number }).leftoversDeleted).toBe(0);
+    const after = await packs();
+    expect(after.filter((p) => before.includes(p))).toHaveLength(before.length - 1);
+    const uploads = await server.client().send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: `${prefix}/` }));
+    expect(uploads.Uploads ?? []).toHaveLength(1);
+    const check = await run(["check", "--read-data"]);
+    expect(check.code, check.stdout + check.stderr).toBe(0);
+    const out = tmp("out");
+    expect((await run(["restore", "latest", "--vm", "web1", "--target", out, "--reason", "after prune"])).code).toBe(0);
+    expect(await sha256File(path.join(out, "web1.raw"))).toBe(await sha256File(image));
+  });
+
+  it("takes the endpoint and credentials from a keys file, --s3-endpoint and the variables; without credentials it stops with exit 2", async () => {
+    const dir = tmp("keys");
+    const { url, run } = s3Vault();
+    await fsp.writeFile(path.join(dir, "keys"), `repo = ${url}\ns3-endpoint = ${server.endpoint}\naws-access-key-id = ${server.accessKeyId}\naws-secret-access-key = ${server.secretAccessKey}\n`, { mode: 0o600 });
+    const init = await runCli(["--keys", path.join(dir, "keys"), "--user", "admin", "init"], { env: { VMVAULT_STATE_DIR: path.join(dir, "state") } });
+    expect(init.code, init.stderr).toBe(0);
+    const viaFlag = await run(["--s3-endpoint", server.endpoint, "snapshots"], { env: { AWS_ENDPOINT_URL_S3: "http://127.0.0.1:9" } });
+    expect(viaFlag.code, viaFlag.stderr).toBe(0);
+    expect(viaFlag.stdout).toContain("no snapshots");
+    const none = await run(["snapshots"], { env: { AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined } });
+    expect(none.code).toBe(2);
+    expect(none.stderr).toContain(`no S3 credentials for ${url}`);
+  });
+
+  it("refused credentials, a missing bucket and an unreachable server end at once with exit 1, never printing a secret", async () => {
+    const { url, run } = s3Vault();
+    expect((await run(["init"])).code).toBe(0);
+    const started = Date.now();
+    const wrong = await run(["--json", "snapshots"], { env: { AWS_SECRET_ACCESS_KEY: "WRONG-secret-never-printed" } });
+    expect(wrong.code).toBe(1);
+    const error = (JSON.parse(wrong.stderr.trim().split("\n").pop() as string) as { error: { code: string; message: string } }).error;
+    expect(error).toMatchObject({ code: "E_STORAGE", message: expect.stringContaining("refused the credentials") as unknown });
+    const passphrase = await run(["snapshots"], { env: { VMVAULT_PASSPHRASE: "not the passphrase" } });
+    expect(passphrase.code).toBe(3);
+    const missing = await s3Vault({ url: `s3://no-such-bucket-${process.pid}/x` }).run(["snapshots"]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain(`the bucket no-such-bucket-${process.pid} does not exist`);
+    const noRepo = await s3Vault({ url: `${url}-none` }).run(["snapshots"]);
+    expect(noRepo.code).toBe(1);
+    expect(noRepo.stderr).toContain(`no repository at ${url}-none`);
+    const down = await s3Vault({ url, endpoint: "http://127.0.0.1:9" }).run(["snapshots"]);
+    expect(down.code).toBe(1);
+    expect(down.stderr).toMatch(/the S3 server could not be reached \(ECONNREFUSED\)/);
+    expect(Date.now() - started).toBeLessThan(30_000);
+    for (const r of [wrong, passphrase, missing, noRepo, down]) {
+      expect(r.stdout + r.stderr).not.toContain(server.secretAccessKey);
+      expect(r.stdout + r.stderr).not.toContain("WRONG-secret");
+      expect(r.stdout + r.stderr).not.toContain(TEST_PASSPHRASE);
+    }
+  });
+
+  it("a backup and a restore ride out connections cut under them: the client sends again what did not get through", async () => {
+    const proxy = await startCutProxy(Number(new URL(server.endpoint).port));
+    try {
+      const src = tmp("src");
+      const image = path.join(src, "big.raw");
+      await fsp.writeFile(image, seededBytes("cut", 64 * 1024 * 1024));
+      const { prefix, run, url } = s3Vault({ endpoint: `http://127.0.0.1:${proxy.port}` });
+      expect((await run(["init"])).code).toBe(0);
+      const env = { VMVAULT_STATE_DIR: path.join(tmp("state"), "s"), AWS_ENDPOINT_URL_S3: `http://127.0.0.1:${proxy.port}`, AWS_ACCESS_KEY_ID: server.accessKeyId, AWS_SECRET_ACCESS_KEY: server.secretAccessKey };
+      const backup = startCli(["--repo", url, "--user", "admin", "backup", "--vm", "big", image], { env: { ...env, VMVAULT_WORKERS: "1" } });
+      const backupDone = exitOf(backup);
+      // Once a pack is in the bucket, every connection goes.
+      for (let i = 0; i < 600 && !(await keysUnder(`${prefix}/data/`)).length; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(proxy.cutAll()).toBeGreaterThan(0);
+      const b = await backupDone;
+      expect(b.code, b.stderr).toBe(0);
+      const out = tmp("out");
+      const restore = startCli(["--repo", url, "--user", "admin", "restore", "latest", "--vm", "big", "--target", out, "--reason", "cut"], { env });
+      const restoreDone = exitOf(restore);
+      const written = async (): Promise<number> => {
+        let n = 0;
+        for (const f of await fsp.readdir(out)) n += (await fsp.stat(path.join(out, f)).catch(() => ({ size: 0 }))).size;
+        return n;
+      };
+      for (let i = 0; i < 1000 && (await written()) < 8 * 1024 * 1024; i++) await new Promise((r) => setTimeout(r, 5));
+      proxy.cutAll();
+      const r = await restoreDone;
+      expect(r.code, r.stderr).toBe(0);
+      expect(await sha256File(path.join(out, "big.raw"))).toBe(await sha256File(image));
+      const check = await run(["check", "--read-data"]);
+      expect(check.code, check.stdout + check.stderr).toBe(0);
+    } finally {
+      await proxy.close();
+    }
+  });
+});
+
+function exitOf(child: ReturnType<typeof startCli>): Promise<{ code: number; stderr: string }> {
+  let stderr = "";
+  child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+  return new Promise((resolve) => child.on("close", (code) => resolve({ code: code ?? -1, stderr })));
+}
