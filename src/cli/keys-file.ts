@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import { errorCodeOf, UsageError } from "../errors.js";
 
@@ -83,6 +83,16 @@ export function fileProblem(e: unknown): string {
 }
 
 /** Reads and parses a keys file; relative paths in it are relative to its own folder, not the current one. */
+/** Whether a keys file holds an S3 secret key and users other than its owner may read it. */
+export function keysFileExposesSecret(file: string): boolean {
+  try {
+    if ((statSync(file).mode & 0o077) === 0) return false;
+    return parseKeysFile(readFileSync(file, "utf8"), file)["aws-secret-access-key"] !== undefined;
+  } catch {
+    return false;
+  }
+}
+
 export function readKeysFile(file: string): Partial<Record<KeysFileSetting, string>> {
   let text: string;
   try {

@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
@@ -30,6 +30,8 @@ const MAX_SOCKETS = 32;
 const MAX_ATTEMPTS = 4;
 const CONNECT_TIMEOUT_MS = 10_000;
 const REQUEST_TIMEOUT_MS = 120_000;
+/** Tries of a PUT the server answered 409 (a conflicting conditional write under way). */
+const CONFLICT_ATTEMPTS = 4;
 /** Tries of a read whose answer's body was cut off (bodyAgain). */
 const BODY_ATTEMPTS = 3;
 /** What listLeftovers names an unfinished multipart upload (assertLeftoverName's temporary prefix). */
@@ -157,27 +159,27 @@ export class S3Store implements Store {
   /**
    * One PUT with `If-None-Match: *`: the server refuses it (412) when the key exists. A PUT the
    * SDK sent again after its answer was lost meets its own object: that is told by the ETag,
-   * which is the MD5 of what a single PUT stored, and counts as written.
+   * which is the MD5 of what a single PUT stored, and counts as written. A 409 (a conditional
+   * write of the same key under way, on AWS) is tried again once that settled.
    */
   readonly #put: S3Put = async (key, data) => {
     const { PutObjectCommand } = loadSdk();
     const k = this.#key(key);
-    try {
-      await this.#s3().send(new PutObjectCommand({ Bucket: this.#at.bucket, Key: k, Body: data, ContentLength: data.length, IfNoneMatch: "*" }));
-      return true;
-    } catch (e) {
-      const status = statusOf(e);
-      if (status === 412 || status === 409) {
-        const md5 = createHash("md5").update(data).digest("hex");
-        for (let attempt = 0; ; attempt++) {
-          const head = await this.#head(key).catch(() => undefined);
-          if (head !== undefined) return head.etag === md5 && head.size === data.length && attemptsOf(e) > 1;
-          // 409: another conditional write of this key is under way; wait for it to settle.
-          if (attempt >= 3) break;
-          await sleep(200 * (attempt + 1));
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.#s3().send(new PutObjectCommand({ Bucket: this.#at.bucket, Key: k, Body: data, ContentLength: data.length, IfNoneMatch: "*" }));
+        return true;
+      } catch (e) {
+        const status = statusOf(e);
+        if (status === 409 && attempt < CONFLICT_ATTEMPTS) {
+          await sleep(200 * attempt);
+          continue;
         }
+        if (status !== 412) throw this.#fail(e, key, "write");
+        if (attemptsOf(e) <= 1) return false;
+        const head = await this.#head(key);
+        return head !== undefined && head.size === data.length && head.etag === createHash("md5").update(data).digest("hex");
       }
-      throw this.#fail(e, key, "write");
     }
   };
 
@@ -321,6 +323,8 @@ export class S3Store implements Store {
     try {
       await this.#s3().send(new HeadBucketCommand({ Bucket: bucket }));
     } catch (e) {
+      // 403: a user allowed objects under a prefix but not the bucket itself; the probe below tells.
+      if (statusOf(e) === 403) return this.#checkConditionalWrites(false);
       if (statusOf(e) !== 404) throw this.#fail(e, `the bucket ${bucket}`, "stat");
       try {
         await this.#s3().send(new CreateBucketCommand({ Bucket: bucket }));
@@ -331,7 +335,11 @@ export class S3Store implements Store {
         if (name !== "BucketAlreadyOwnedByYou") throw this.#fail(made, `the bucket ${bucket}`, "create");
       }
     }
-    const probe = `conditional-write-check-${createHash("sha256").update(String(process.hrtime.bigint())).digest("hex").slice(0, 16)}`;
+    return this.#checkConditionalWrites(createdBucket);
+  }
+
+  async #checkConditionalWrites(createdBucket: boolean): Promise<{ createdBucket: boolean }> {
+    const probe = `conditional-write-check-${randomBytes(8).toString("hex")}`;
     const body = new TextEncoder().encode("vmvault checks that this server refuses to overwrite with If-None-Match: *\n");
     try {
       if (!(await this.#put(probe, body))) throw new StorageError(`the S3 server of ${this.location} refused a new object as if it existed`);

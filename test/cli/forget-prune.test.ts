@@ -225,7 +225,7 @@ describe("forget and prune on the command line", () => {
     for (const f of [...old, fresh]) await fsp.access(f);
     const real = await v(["prune"]);
     expect(real.code, real.stderr).toBe(0);
-    expect(real.stdout).toContain("deleted 2 temporary files that cut-off writes left (4.89 KiB)");
+    expect(real.stdout).toContain("deleted 2 leftovers of cut-off writes (temporary files, unfinished uploads: 4.89 KiB)");
     for (const f of old) await expect(fsp.access(f)).rejects.toThrow(/ENOENT/);
     await fsp.access(fresh);
     expect((await v(["check"])).code).toBe(0);

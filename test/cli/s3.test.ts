@@ -4,7 +4,8 @@ import { ListMultipartUploadsCommand, ListObjectsV2Command, CreateMultipartUploa
 import { beforeAll, describe, expect, it } from "vitest";
 import { runCli, startCli, TEST_PASSPHRASE, type CliOptions, type CliResult } from "../helpers/cli.js";
 import { startCutProxy } from "../helpers/cut-proxy.js";
-import { makeImage, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
+import { seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
+import { roundTrip } from "../helpers/round-trip.js";
 import { HAVE_RGW, s3Server, type S3d } from "../helpers/s3d.js";
 
 /**
@@ -52,33 +53,10 @@ async function keysUnder(prefix: string): Promise<string[]> {
 
 describe.skipIf(!HAVE_RGW)("S3 repositories through the CLI", () => {
   it("init (making the bucket), backup twice, list, restore, check --read-data and audit verify", async () => {
-    const src = tmp("src");
-    const out = tmp("out");
-    const image = path.join(src, "web1.raw");
-    await makeImage(image, { sizeMiB: 24 });
     const fresh = `new-${process.pid}-${Date.now().toString(36)}`;
     const { url, run } = s3Vault({ url: `s3://${fresh}/site-a/vm` });
-    const init = await run(["init"]);
-    expect(init.code, init.stderr).toBe(0);
+    const init = await roundTrip(run, { src: tmp("src"), out: tmp("out") }, "s3 round trip");
     expect(init.stdout).toContain(`at ${url} at ${server.endpoint};`);
-    const b1 = await run(["--json", "backup", "--vm", "web1", image]);
-    expect(b1.code, b1.stderr).toBe(0);
-    expect((JSON.parse(b1.stdout) as { newChunks: number }).newChunks).toBeGreaterThan(0);
-    const b2 = await run(["--json", "backup", "--vm", "web1", image]);
-    expect(b2.code, b2.stderr).toBe(0);
-    expect((JSON.parse(b2.stdout) as { newChunks: number }).newChunks).toBe(0);
-    const list = await run(["--json", "snapshots"]);
-    expect(list.code, list.stderr).toBe(0);
-    expect((JSON.parse(list.stdout) as { vm: string }[]).map((s) => s.vm)).toEqual(["web1", "web1"]);
-    const restore = await run(["restore", "latest", "--vm", "web1", "--target", out, "--reason", "s3 round trip"]);
-    expect(restore.code, restore.stderr).toBe(0);
-    expect(await sha256File(path.join(out, "web1.raw"))).toBe(await sha256File(image));
-    const check = await run(["check", "--read-data"]);
-    expect(check.code, check.stderr).toBe(0);
-    expect(check.stdout).toMatch(/^no errors found: 2 snapshots/);
-    const audit = await run(["--json", "audit", "log"]);
-    expect((JSON.parse(audit.stdout) as { action: string; reason?: string }[]).some((r) => r.action === "restore" && r.reason === "s3 round trip")).toBe(true);
-    expect((await run(["audit", "verify"])).code).toBe(0);
     // Every object is under the repository's prefix, and the init's check left nothing.
     const listed = await server.client().send(new ListObjectsV2Command({ Bucket: fresh }));
     const keys = (listed.Contents ?? []).map((o) => o.Key as string);
@@ -125,6 +103,13 @@ describe.skipIf(!HAVE_RGW)("S3 repositories through the CLI", () => {
     await fsp.writeFile(path.join(dir, "keys"), `repo = ${url}\ns3-endpoint = ${server.endpoint}\naws-access-key-id = ${server.accessKeyId}\naws-secret-access-key = ${server.secretAccessKey}\n`, { mode: 0o600 });
     const init = await runCli(["--keys", path.join(dir, "keys"), "--user", "admin", "init"], { env: { VMVAULT_STATE_DIR: path.join(dir, "state") } });
     expect(init.code, init.stderr).toBe(0);
+    expect(init.stderr).not.toContain("holds an S3 secret key");
+    // A keys file holding the secret that others may read is warned about.
+    await fsp.chmod(path.join(dir, "keys"), 0o644);
+    const exposed = await runCli(["--keys", path.join(dir, "keys"), "--user", "admin", "snapshots"], { env: { VMVAULT_STATE_DIR: path.join(dir, "state") } });
+    expect(exposed.code, exposed.stderr).toBe(0);
+    expect(exposed.stderr).toContain(`warning: keys file ${path.join(dir, "keys")} holds an S3 secret key and other users may read it (chmod 600 it)`);
+    expect(exposed.stderr + exposed.stdout).not.toContain(server.secretAccessKey);
     const viaFlag = await run(["--s3-endpoint", server.endpoint, "snapshots"], { env: { AWS_ENDPOINT_URL_S3: "http://127.0.0.1:9" } });
     expect(viaFlag.code, viaFlag.stderr).toBe(0);
     expect(viaFlag.stdout).toContain("no snapshots");

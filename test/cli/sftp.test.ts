@@ -3,7 +3,8 @@ import { existsSync, promises as fsp } from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli, startCli, TEST_PASSPHRASE, type CliOptions, type CliResult } from "../helpers/cli.js";
-import { makeImage, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
+import { seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
+import { roundTrip } from "../helpers/round-trip.js";
 import { HAVE_SSHD, startSftpd, type Sftpd } from "../helpers/sftpd.js";
 
 /**
@@ -50,33 +51,9 @@ async function filesOn(dir: string): Promise<{ modes: Set<string>; temps: number
 
 describe.skipIf(!HAVE_SSHD)("SFTP repositories through the CLI", () => {
   it("init, backup twice, list, restore, check --read-data and audit verify, with objects of mode 0600 on the server", async () => {
-    const src = tmp("src");
-    const out = tmp("out");
-    const image = path.join(src, "web1.raw");
-    await makeImage(image, { sizeMiB: 24 });
     const { name, url, run } = sftpVault();
-    const init = await run(["init"]);
-    expect(init.code, init.stderr).toBe(0);
+    const init = await roundTrip(run, { src: tmp("src"), out: tmp("out") }, "sftp round trip");
     expect(init.stdout).toContain(`at ${url};`);
-    const b1 = await run(["--json", "backup", "--vm", "web1", image]);
-    expect(b1.code, b1.stderr).toBe(0);
-    expect((JSON.parse(b1.stdout) as { newChunks: number }).newChunks).toBeGreaterThan(0);
-    const b2 = await run(["--json", "backup", "--vm", "web1", image]);
-    expect(b2.code, b2.stderr).toBe(0);
-    expect((JSON.parse(b2.stdout) as { newChunks: number }).newChunks).toBe(0);
-    const list = await run(["--json", "snapshots"]);
-    expect(list.code, list.stderr).toBe(0);
-    expect((JSON.parse(list.stdout) as { vm: string }[]).map((s) => s.vm)).toEqual(["web1", "web1"]);
-    const restore = await run(["restore", "latest", "--vm", "web1", "--target", out, "--reason", "sftp round trip"]);
-    expect(restore.code, restore.stderr).toBe(0);
-    expect(await sha256File(path.join(out, "web1.raw"))).toBe(await sha256File(image));
-    const check = await run(["check", "--read-data"]);
-    expect(check.code, check.stderr).toBe(0);
-    expect(check.stdout).toMatch(/^no errors found: 2 snapshots/);
-    const audit = await run(["--json", "audit", "log"]);
-    expect(audit.code, audit.stderr).toBe(0);
-    expect((JSON.parse(audit.stdout) as { action: string; reason?: string }[]).some((r) => r.action === "restore" && r.reason === "sftp round trip")).toBe(true);
-    expect((await run(["audit", "verify"])).code).toBe(0);
     const files = await filesOn(path.join(server.data, name));
     expect(files.modes).toEqual(new Set(["d700", "f600"]));
     expect(files.temps).toBe(0);

@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import http from "node:http";
 import net from "node:net";
 import { AbortMultipartUploadCommand, CreateMultipartUploadCommand, ListMultipartUploadsCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -77,6 +78,34 @@ describe("s3:// locations and settings", () => {
       caBundle: "/ca.pem",
     });
     expect(s3AccessFromEnv({ VMVAULT_S3_ENDPOINT: "http://v", AWS_ENDPOINT_URL_S3: "http://b", AWS_DEFAULT_REGION: "x", AWS_ACCESS_KEY_ID: "" })).toMatchObject({ endpoint: "http://v", region: "x", accessKeyId: undefined });
+  });
+
+  it("init refuses a server that lets a PUT with If-None-Match: * overwrite, and writes no repository", async () => {
+    // A stand-in for servers that ignore the condition (older MinIO, s3rver): every request succeeds.
+    const seen: string[] = [];
+    const fake = http.createServer((req, res) => {
+      seen.push(`${req.method} ${req.url?.split("?")[0]}`);
+      req.resume();
+      req.on("end", () => {
+        res.writeHead(req.method === "DELETE" ? 204 : 200, { ETag: '"0"', "Content-Length": "0" });
+        res.end();
+      });
+    });
+    await new Promise<void>((resolve) => fake.listen(0, "127.0.0.1", resolve));
+    const store = new S3Store("s3://lenient/vm", { endpoint: `http://127.0.0.1:${(fake.address() as net.AddressInfo).port}`, accessKeyId: "k", secretAccessKey: "s" });
+    try {
+      const e = await rejection(initRepository({ store, user: "admin", passphrase: Secret.fromString("pass"), kdf: KDF_TEST, allowWeakKdf: true }));
+      expect(e).toBeInstanceOf(StorageError);
+      expect(String(e)).toMatch(/does not honour If-None-Match: \* on PUT/);
+      expect((e as StorageError).hint).toMatch(/the repository was not created/);
+      // The bucket was asked for, the probe put twice and deleted; nothing else was written.
+      expect(seen.filter((r) => r.startsWith("PUT"))).toHaveLength(2);
+      expect(seen.filter((r) => r.startsWith("PUT")).every((r) => /\/lenient\/vm\/conditional-write-check-[0-9a-f]{16}$/.test(r))).toBe(true);
+      expect(seen.some((r) => r.startsWith("DELETE"))).toBe(true);
+    } finally {
+      await store.close();
+      await new Promise((resolve) => fake.close(resolve));
+    }
   });
 
   it("says which credentials are missing, without a request", async () => {

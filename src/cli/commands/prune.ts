@@ -53,7 +53,7 @@ export async function runPrune(ctx: CliContext, vault: Vault, o: PruneFlags & { 
 export function printPrune(ctx: CliContext, r: PruneResult): void {
   ctx.out(`${plural(r.snapshots, "snapshot")} reference data in ${plural(r.packs, "pack")} (${formatBytes(r.bytesBefore)})`);
   if (r.leftoversDeleted > 0) {
-    ctx.out(`${r.dryRun ? "would delete" : "deleted"} ${plural(r.leftoversDeleted, "temporary file")} that cut-off writes left (${formatBytes(r.leftoverBytes)})`);
+    ctx.out(`${r.dryRun ? "would delete" : "deleted"} ${plural(r.leftoversDeleted, "leftover")} of cut-off writes (temporary files, unfinished uploads: ${formatBytes(r.leftoverBytes)})`);
   }
   if (r.packsDeleted + r.packsRepacked === 0 && r.packsIndexed === 0 && r.sessionsDeleted === 0 && r.indexFilesRewritten === 0) {
     ctx.out(`nothing to prune${r.unusedBytesKept > 0 ? `: ${formatBytes(r.unusedBytesKept)} unused in packs mostly in use (below --repack-unused)` : ""}`);
