@@ -35,6 +35,8 @@ export interface BlobPlacement {
 
 /** Staging buffers per writer: one filling, the others being written. */
 const STAGES = 3;
+/** What a pack may hold past packSize (its last blob, the trailer), for the store's size hint. */
+const PACK_SIZE_SLACK = 1024 * 1024;
 const DEFAULT_STAGE_BYTES = 1024 * 1024;
 
 /** The pack being written: its store writer and the writes queued on it. */
@@ -139,7 +141,8 @@ export class PackWriter {
 
   async #openPack(): Promise<OpenPack> {
     const ids = this.#o.nextIds?.() ?? drawPackIds(this.#o.crypto.random);
-    const writer = openWriter(this.#o.store, packKey(toHex(ids.packId)), { keepCache: this.#o.keepCache === true });
+    // A pack is sealed once it reaches packSize: it ends with one more blob and the trailer.
+    const writer = openWriter(this.#o.store, packKey(toHex(ids.packId)), { keepCache: this.#o.keepCache === true, sizeHint: this.#o.packSize + PACK_SIZE_SLACK });
     writer.catch(() => undefined);
     const open: OpenPack = { ids, writer, tail: Promise.resolve(), pending: 0 };
     this.#open = open;

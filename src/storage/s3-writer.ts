@@ -20,11 +20,14 @@ export interface S3WriterDeps {
   /** Whether an object is stored under the key now. */
   readonly exists: () => Promise<boolean>;
   readonly fail: (e: unknown) => Error;
+  /** The size the object is expected to have (WriterOptions.sizeHint). */
+  readonly sizeHint?: number | undefined;
 }
 
 /**
  * A streamed S3 object. S3 needs a body's length before it is sent, so bytes are collected in
- * memory (copies: the caller reuses its buffers) and sent by one conditional PUT on commit; once
+ * memory (copies: the caller reuses its buffers; into one buffer when the size was hinted, which
+ * then goes out as it is) and sent by one conditional PUT on commit; once
  * they pass MULTIPART_AT, a multipart upload starts and each PART_SIZE of them goes up as it
  * fills, so memory stays at about one part. Nothing is visible under the key before commit.
  */
@@ -32,6 +35,8 @@ export class S3ObjectWriter implements ObjectWriter {
   readonly #key: string;
   readonly #put: S3Put;
   readonly #d: S3WriterDeps;
+  /** The object's bytes in one buffer of the size hinted at, while they fit (no copy on commit). */
+  #whole: Uint8Array | undefined;
   #parts: Uint8Array[] = [];
   #held = 0;
   #finished = false;
@@ -46,6 +51,18 @@ export class S3ObjectWriter implements ObjectWriter {
 
   async write(bytes: Uint8Array): Promise<void> {
     if (this.#finished) throw new Error(`writer of ${this.#key} is finished`);
+    if (this.#whole === undefined && this.#held === 0 && this.#d.sizeHint !== undefined && this.#d.sizeHint <= MULTIPART_AT) this.#whole = new Uint8Array(this.#d.sizeHint);
+    const whole = this.#whole;
+    if (whole !== undefined && this.#held + bytes.length <= whole.length) {
+      whole.set(bytes, this.#held);
+      this.#held += bytes.length;
+      return;
+    }
+    if (whole !== undefined) {
+      // Larger than its hint: what it holds becomes the first part.
+      this.#parts.push(whole.subarray(0, this.#held));
+      this.#whole = undefined;
+    }
     // A copy (a Buffer's slice() would be a view of the caller's bytes).
     this.#parts.push(new Uint8Array(bytes));
     this.#held += bytes.length;
@@ -91,7 +108,8 @@ export class S3ObjectWriter implements ObjectWriter {
     if (this.#finished) throw new Error(`writer of ${this.#key} is finished`);
     if (this.#uploadId === undefined) {
       this.#finished = true;
-      const data = this.#take(this.#held);
+      const data = this.#whole?.subarray(0, this.#held) ?? this.#take(this.#held);
+      this.#whole = undefined;
       this.#parts = [];
       return this.#put(this.#key, data);
     }
@@ -120,6 +138,7 @@ export class S3ObjectWriter implements ObjectWriter {
   async abort(): Promise<void> {
     this.#finished = true;
     this.#parts = [];
+    this.#whole = undefined;
     this.#held = 0;
     const uploadId = this.#uploadId;
     this.#uploadId = undefined;

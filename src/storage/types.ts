@@ -45,6 +45,12 @@ export interface WriterOptions {
    * later), unless this is set or the store was opened with keepCache. Other stores ignore it.
    */
   readonly keepCache?: boolean;
+  /**
+   * The size the object will about have, at most: a store that must collect an object in
+   * memory before sending it (S3) then collects it in one buffer of that size, with no copy
+   * at commit. Larger objects are still written whole.
+   */
+  readonly sizeHint?: number;
 }
 
 export interface Store {

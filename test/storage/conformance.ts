@@ -258,6 +258,26 @@ export function storeConformance(name: string, make: () => Promise<StoreFixture>
         expect(new TextDecoder().decode(await store.get("data/ab/cut"))).toBe("whole");
       });
 
+      it("stores objects smaller and larger than their size hint whole", async () => {
+        for (const [key, hint, sizes] of [
+          ["h/small", 4096, [100, 200]],
+          ["h/exact", 300, [100, 200]],
+          ["h/over", 250, [100, 100, 100, 5000]],
+        ] as const) {
+          const w = await openWriter(store, key, { sizeHint: hint });
+          const whole = seeded(key, sizes.reduce((a, b) => a + b, 0));
+          let at = 0;
+          for (const n of sizes) {
+            const piece = Buffer.from(whole.subarray(at, at + n));
+            await w.write(piece);
+            piece.fill(0);
+            at += n;
+          }
+          expect(await w.commit(), key).toBe(true);
+          expect(Buffer.from(await store.get(key)).equals(Buffer.from(whole)), key).toBe(true);
+        }
+      });
+
       it("keeps no reference to written bytes, and a commit finishes the writer", async () => {
         const w = await openWriter(store, "k");
         const buffer = text("original");
