@@ -37,7 +37,7 @@ const cjsBundle = {
 };
 
 // Native addons and libsodium's WASM build stay packages of their own.
-const external = ["argon2", "sodium-native", "zstd-napi", "lz4", "libsodium-wrappers", "ssh2", "@aws-sdk/client-s3"];
+const external = ["argon2", "sodium-native", "zstd-napi", "lz4", "libsodium-wrappers", "ssh2", "@aws-sdk/client-s3", "@smithy/signature-v4"];
 
 await build({
   entryPoints: ["dist/cli/main.js"],

@@ -27,6 +27,8 @@ export interface S3Access {
   readonly caBundle?: string | undefined;
   /** A request without any answer for this long fails (and is retried); 2 minutes when absent. */
   readonly requestTimeoutMs?: number | undefined;
+  /** false: reads go through the AWS SDK too, not the direct reader (src/storage/s3-reader.ts); for comparisons and tests. */
+  readonly directReads?: boolean | undefined;
 }
 
 /**

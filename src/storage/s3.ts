@@ -4,10 +4,11 @@ import http from "node:http";
 import https from "node:https";
 import { createRequire } from "node:module";
 import { setTimeout as sleep } from "node:timers/promises";
-import { rootCertificates } from "node:tls";
+import { createSecureContext, rootCertificates } from "node:tls";
 import type { S3Client } from "@aws-sdk/client-s3";
 import { NotFoundError, StorageError, UsageError } from "../errors.js";
 import { s3Problem, statusOf, type Op } from "./s3-errors.js";
+import { S3Reader } from "./s3-reader.js";
 import { checkEndpoint, parseS3Url, type S3Access, type S3Location } from "./s3-location.js";
 import { S3ObjectWriter, type S3Put } from "./s3-writer.js";
 import { assertLeftoverName, assertValidKey, assertValidPrefix, type ByteRange, type Leftover, type ObjectInfo, type ObjectWriter, type Store, type WriterOptions } from "./types.js";
@@ -50,6 +51,7 @@ export class S3Store implements Store {
   readonly #at: S3Location;
   readonly #access: S3Access;
   #client: S3Client | undefined;
+  #direct: S3Reader | undefined;
   #closed = false;
 
   constructor(url: string, access: S3Access = {}) {
@@ -79,11 +81,20 @@ export class S3Store implements Store {
       }
     }
     const agent = { keepAlive: true, maxSockets: MAX_SOCKETS };
+    const httpAgent = new http.Agent(agent);
+    const httpsAgent = new https.Agent({ ...agent, ...(ca === undefined ? {} : { secureContext: createSecureContext({ ca }) }) });
+    const region = a.region ?? "us-east-1";
+    const credentials = { accessKeyId: a.accessKeyId, secretAccessKey: a.secretAccessKey, ...(a.sessionToken === undefined ? {} : { sessionToken: a.sessionToken }) };
+    const base = a.directReads === false ? undefined : directBase(this.#at.bucket, region, a.endpoint);
+    this.#direct =
+      base === undefined
+        ? undefined
+        : new S3Reader({ base, region, credentials, agent: base.protocol === "https:" ? httpsAgent : httpAgent, requestTimeoutMs: a.requestTimeoutMs ?? REQUEST_TIMEOUT_MS });
     const { S3Client } = loadSdk();
     this.#client = new S3Client({
-      region: a.region ?? "us-east-1",
+      region,
       ...(a.endpoint === undefined ? {} : { endpoint: a.endpoint, forcePathStyle: true }),
-      credentials: { accessKeyId: a.accessKeyId, secretAccessKey: a.secretAccessKey, ...(a.sessionToken === undefined ? {} : { sessionToken: a.sessionToken }) },
+      credentials,
       // Every object is authenticated by its own AEAD tag: the SDK's extra CRC32 of each body,
       // computed in JavaScript, would only cost CPU (and some servers reject its trailers).
       requestChecksumCalculation: "WHEN_REQUIRED",
@@ -91,8 +102,8 @@ export class S3Store implements Store {
       followRegionRedirects: true,
       maxAttempts: MAX_ATTEMPTS,
       requestHandler: {
-        httpAgent: new http.Agent(agent),
-        httpsAgent: new https.Agent({ ...agent, ...(ca === undefined ? {} : { ca }) }),
+        httpAgent,
+        httpsAgent,
         connectionTimeout: CONNECT_TIMEOUT_MS,
         requestTimeout: a.requestTimeoutMs ?? REQUEST_TIMEOUT_MS,
       },
@@ -112,6 +123,23 @@ export class S3Store implements Store {
     return this.#client;
   }
 
+  /** The direct reader (S3Reader), made with the client; none for a bucket it cannot address, or once one was redirected. */
+  #reader(): S3Reader | undefined {
+    this.#s3();
+    return this.#direct;
+  }
+
+  /**
+   * A direct read's error for people. A bucket in another region than the one asked answers
+   * a redirect, which the SDK follows and the direct reader does not: later reads take the SDK's
+   * way, and this one says to set the region.
+   */
+  #failDirect(e: unknown, key: string): Error {
+    const name = (e as { name?: string }).name;
+    if (name === "PermanentRedirect" || name === "AuthorizationHeaderMalformed" || statusOf(e) === 301) this.#direct = undefined;
+    return this.#fail(e, key, "read");
+  }
+
   #key(key: string): string {
     assertValidKey(key);
     return this.#at.prefix + key;
@@ -128,8 +156,17 @@ export class S3Store implements Store {
       const n = await this.readInto(key, range, out);
       return n === range.length ? out : out.subarray(0, n);
     }
-    const { GetObjectCommand } = loadSdk();
     const k = this.#key(key);
+    const direct = this.#reader();
+    if (direct !== undefined) {
+      try {
+        const { bytes, n } = await direct.read(k, undefined);
+        return n === bytes.length ? bytes : bytes.subarray(0, n);
+      } catch (e) {
+        throw this.#failDirect(e, key);
+      }
+    }
+    const { GetObjectCommand } = loadSdk();
     try {
       return await bodyAgain(async () => {
         const r = await this.#s3().send(new GetObjectCommand({ Bucket: this.#at.bucket, Key: k }));
@@ -144,6 +181,14 @@ export class S3Store implements Store {
     if (into.length < range.length) throw new RangeError("buffer smaller than the range");
     const k = this.#key(key);
     if (range.length === 0) return 0;
+    const direct = this.#reader();
+    if (direct !== undefined) {
+      try {
+        return (await direct.read(k, range, into)).n;
+      } catch (e) {
+        throw this.#failDirect(e, key);
+      }
+    }
     const { GetObjectCommand } = loadSdk();
     try {
       return await bodyAgain(async () => {
@@ -375,6 +420,21 @@ export class S3Store implements Store {
     this.#client?.destroy();
     this.#client = undefined;
   }
+}
+
+/**
+ * Where the direct reader sends a bucket's GETs: the endpoint given, path-style; on AWS the
+ * bucket's virtual host in its region (none for a bucket name with dots, which TLS cannot match:
+ * the SDK reads those).
+ */
+function directBase(bucket: string, region: string, endpoint: string | undefined): URL | undefined {
+  if (endpoint !== undefined) {
+    const u = new URL(endpoint);
+    u.pathname = `/${bucket}`;
+    return u;
+  }
+  if (bucket.includes(".") || !/^[a-z0-9-]+$/.test(region)) return undefined;
+  return new URL(`https://${bucket}.s3.${region}.amazonaws.com/`);
 }
 
 /** Keys as the repository writes them (assertValidKey's pattern). */

@@ -108,6 +108,44 @@ describe("s3:// locations and settings", () => {
     }
   });
 
+  it("reads again after a 503 or a cut-off body, up to four tries, and then names the server's answer", async () => {
+    let answers: ((res: http.ServerResponse) => void)[] = [];
+    const ranges: string[] = [];
+    const auth: string[] = [];
+    const fake = http.createServer((req, res) => {
+      ranges.push(String(req.headers.range));
+      auth.push(String(req.headers.authorization));
+      (answers.shift() ?? ((r) => r.writeHead(500).end()))(res);
+    });
+    await new Promise<void>((resolve) => fake.listen(0, "127.0.0.1", resolve));
+    const store = new S3Store("s3://fake/vm", { endpoint: `http://127.0.0.1:${(fake.address() as net.AddressInfo).port}`, accessKeyId: "k", secretAccessKey: "s" });
+    const slowDown = (res: http.ServerResponse): void => void res.writeHead(503, { "Content-Type": "application/xml" }).end("<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>");
+    try {
+      const cut = (res: http.ServerResponse): void => {
+        res.writeHead(206, { "Content-Length": "8" });
+        res.write("abc");
+        res.destroy();
+      };
+      answers = [slowDown, cut, (res) => void res.writeHead(206, { "Content-Length": "8" }).end("abcdefgh")];
+      const into = new Uint8Array(8);
+      expect(await store.readInto("data/p", { offset: 16, length: 8 }, into)).toBe(8);
+      expect(new TextDecoder().decode(into)).toBe("abcdefgh");
+      expect(ranges).toEqual(["bytes=16-23", "bytes=16-23", "bytes=16-23"]);
+      // Signed (SigV4), the range among the signed headers.
+      for (const a of auth) expect(a).toMatch(/^AWS4-HMAC-SHA256 Credential=k\/\d{8}\/us-east-1\/s3\/aws4_request, SignedHeaders=[a-z0-9;-]*\brange\b[a-z0-9;-]*, Signature=[0-9a-f]{64}$/);
+      answers = [slowDown, slowDown, slowDown, slowDown];
+      const e = await rejection(store.readInto("data/p", { offset: 0, length: 8 }, into));
+      expect(e).toBeInstanceOf(StorageError);
+      expect(String(e)).toMatch(/SlowDown: Please reduce your request rate\. \(HTTP 503\)/);
+      expect(answers).toHaveLength(0);
+      answers = [(res) => void res.writeHead(404, { "Content-Type": "application/xml" }).end("<Error><Code>NoSuchKey</Code></Error>")];
+      expect(await rejection(store.get("data/none"))).toBeInstanceOf(NotFoundError);
+    } finally {
+      await store.close();
+      await new Promise((resolve) => fake.close(resolve));
+    }
+  });
+
   it("says which credentials are missing, without a request", async () => {
     const store = new S3Store("s3://some-bucket/p", { endpoint: "http://127.0.0.1:9" });
     const e = await rejection(store.get("config"));
@@ -118,15 +156,18 @@ describe("s3:// locations and settings", () => {
 });
 
 describe.skipIf(!HAVE_RGW)("S3Store on Ceph RGW", () => {
-  storeConformance(
-    "S3Store",
-    async () => {
-      const store = new S3Store(`s3://${bucket}/${name()}`, access);
-      return { store, cleanup: () => store.close() };
-    },
-    // A cut-off writer leaves an unfinished multipart upload once it has sent a part.
-    { leftover: { writeBytes: MULTIPART_AT + 1024 * 1024, name: /^data\/ab\/\.upload-[0-9a-f]{32}$/, size: (n) => Math.floor(n / PART_SIZE) * PART_SIZE } },
-  );
+  // A cut-off writer leaves an unfinished multipart upload once it has sent a part.
+  const leftover = { writeBytes: MULTIPART_AT + 1024 * 1024, name: /^data\/ab\/\.upload-[0-9a-f]{32}$/, size: (n: number) => Math.floor(n / PART_SIZE) * PART_SIZE };
+  for (const directReads of [true, false]) {
+    storeConformance(
+      directReads ? "S3Store" : "S3Store reading through the AWS SDK",
+      async () => {
+        const store = new S3Store(`s3://${bucket}/${name()}`, { ...access, directReads });
+        return { store, cleanup: () => store.close() };
+      },
+      { leftover },
+    );
+  }
 
   it("keeps repositories under different prefixes of one bucket apart, and lists only keys the repository writes", async () => {
     const a = new S3Store(`s3://${bucket}/${name()}`, access);
@@ -216,7 +257,7 @@ describe.skipIf(!HAVE_RGW)("S3Store on Ceph RGW", () => {
       await store.deleteLeftover(left[1]!.name); // gone already: not an error
       const uploads = await raw.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: `${prefix}/` }));
       expect(uploads.Uploads ?? []).toEqual([]);
-      expect(() => store.deleteLeftover("data/not-an-upload")).rejects.toThrow(TypeError);
+      await expect(store.deleteLeftover("data/not-an-upload")).rejects.toThrow(TypeError);
     } finally {
       const uploads = await raw.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: `${prefix}/` }));
       for (const u of uploads.Uploads ?? []) await raw.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: u.Key, UploadId: u.UploadId }));
@@ -296,9 +337,9 @@ describe.skipIf(!HAVE_RGW)("S3Store on Ceph RGW", () => {
     }
   });
 
-  it("reads on over new connections when every connection is cut", async () => {
+  it.each([true, false])("reads on over new connections when every connection is cut (direct reads: %s)", async (directReads) => {
     const proxy = await startCutProxy(Number(new URL(server.endpoint).port));
-    const store = new S3Store(`s3://${bucket}/${name()}`, { ...access, endpoint: `http://127.0.0.1:${proxy.port}` });
+    const store = new S3Store(`s3://${bucket}/${name()}`, { ...access, endpoint: `http://127.0.0.1:${proxy.port}`, directReads });
     try {
       const big = seeded("cut-reads", 8 * 1024 * 1024);
       expect(await store.putIfAbsent("data/p", big)).toBe(true);
