@@ -4,7 +4,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli, startCli, TEST_PASSPHRASE, type CliOptions, type CliResult } from "../helpers/cli.js";
 import { seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
-import { roundTrip } from "../helpers/round-trip.js";
+import { forgetAndPrune, roundTrip } from "../helpers/round-trip.js";
 import { HAVE_SSHD, startSftpd, type Sftpd } from "../helpers/sftpd.js";
 
 /**
@@ -60,32 +60,11 @@ describe.skipIf(!HAVE_SSHD)("SFTP repositories through the CLI", () => {
   });
 
   it("forget and prune delete on the server what no snapshot needs, and repack what is partly needed", async () => {
-    const src = tmp("src");
-    const image = path.join(src, "web1.raw");
-    await fsp.writeFile(image, seededBytes("old", 12 * 1024 * 1024));
     const { name, run } = sftpVault();
-    expect((await run(["init"])).code).toBe(0);
-    const first = JSON.parse((await run(["--json", "backup", "--vm", "web1", image])).stdout) as { snapshotId: string };
-    const newer = Buffer.from(seededBytes("old", 12 * 1024 * 1024));
-    newer.set(seededBytes("new", 8 * 1024 * 1024), 4 * 1024 * 1024);
-    await fsp.writeFile(image, newer);
-    expect((await run(["backup", "--vm", "web1", image])).code).toBe(0);
     const packs = async (): Promise<string[]> => (await fsp.readdir(path.join(server.data, name, "data"), { recursive: true })).map(String).filter((f) => /[0-9a-f]{32}$/.test(f));
-    const before = await packs();
     const sizeOf = async (files: string[]): Promise<number> => (await Promise.all(files.map((f) => fsp.stat(path.join(server.data, name, "data", f))))).reduce((n, st) => n + st.size, 0);
-    const forget = await run(["forget", first.snapshotId]);
-    expect(forget.code, forget.stderr).toBe(0);
-    const prune = await run(["--json", "prune"]);
-    expect(prune.code, prune.stderr).toBe(0);
-    // The first backup's pack, two thirds unused now, was rewritten and deleted.
-    const after = await packs();
-    expect(after.filter((p) => before.includes(p))).toHaveLength(before.length - 1);
+    const { before, after } = await forgetAndPrune(run, { src: tmp("src"), out: tmp("out") }, packs);
     expect(await sizeOf(after)).toBeLessThan((await sizeOf(before.filter((p) => after.includes(p)))) + 6 * 1024 * 1024);
-    const check = await run(["check", "--read-data"]);
-    expect(check.code, check.stdout + check.stderr).toBe(0);
-    const out = tmp("out");
-    expect((await run(["restore", "latest", "--vm", "web1", "--target", out, "--reason", "after prune"])).code).toBe(0);
-    expect(await sha256File(path.join(out, "web1.raw"))).toBe(await sha256File(image));
   });
 
   it("takes the identity and known_hosts from a keys file (relative to it) and from VMVAULT_SFTP_*", async () => {

@@ -1,7 +1,8 @@
+import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { expect } from "vitest";
 import type { CliOptions, CliResult } from "./cli.js";
-import { makeImage, sha256File } from "./fixtures.js";
+import { makeImage, seededBytes, sha256File } from "./fixtures.js";
 
 type Run = (args: readonly string[], c?: CliOptions) => Promise<CliResult>;
 
@@ -36,4 +37,40 @@ export async function roundTrip(run: Run, dirs: { src: string; out: string }, re
   expect((JSON.parse(audit.stdout) as { action: string; reason?: string }[]).some((r) => r.action === "restore" && r.reason === reason)).toBe(true);
   expect((await run(["audit", "verify"])).code).toBe(0);
   return init;
+}
+
+/**
+ * Forget and prune on a backend, through the CLI: two backups of a 12 MiB image whose middle
+ * 8 MiB changed between them, the first forgotten, a prune (after `beforePrune`), which must
+ * delete or rewrite exactly one of the packs that were there; then check --read-data and a
+ * restore of the second (sha256-compared). The packs before and after, and prune's --json result.
+ */
+export async function forgetAndPrune(
+  run: Run,
+  dirs: { src: string; out: string },
+  packs: () => Promise<string[]>,
+  beforePrune: () => Promise<void> = async () => {},
+): Promise<{ before: string[]; after: string[]; prune: { leftoversDeleted: number } }> {
+  const image = path.join(dirs.src, "web1.raw");
+  await fsp.writeFile(image, seededBytes("old", 12 * 1024 * 1024));
+  expect((await run(["init"])).code).toBe(0);
+  const first = JSON.parse((await run(["--json", "backup", "--vm", "web1", image])).stdout) as { snapshotId: string };
+  const newer = Buffer.from(seededBytes("old", 12 * 1024 * 1024));
+  newer.set(seededBytes("new", 8 * 1024 * 1024), 4 * 1024 * 1024);
+  await fsp.writeFile(image, newer);
+  expect((await run(["backup", "--vm", "web1", image])).code).toBe(0);
+  const before = await packs();
+  await beforePrune();
+  const forget = await run(["forget", first.snapshotId]);
+  expect(forget.code, forget.stderr).toBe(0);
+  const pruned = await run(["--json", "prune"]);
+  expect(pruned.code, pruned.stderr).toBe(0);
+  // The first backup's pack, two thirds unused now, was rewritten and deleted.
+  const after = await packs();
+  expect(after.filter((p) => before.includes(p))).toHaveLength(before.length - 1);
+  const check = await run(["check", "--read-data"]);
+  expect(check.code, check.stdout + check.stderr).toBe(0);
+  expect((await run(["restore", "latest", "--vm", "web1", "--target", dirs.out, "--reason", "after prune"])).code).toBe(0);
+  expect(await sha256File(path.join(dirs.out, "web1.raw"))).toBe(await sha256File(image));
+  return { before, after, prune: JSON.parse(pruned.stdout) as { leftoversDeleted: number } };
 }
