@@ -1,42 +1,19 @@
 import { createHash, randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
-import http from "node:http";
-import https from "node:https";
-import { createRequire } from "node:module";
 import { setTimeout as sleep } from "node:timers/promises";
-import { createSecureContext, rootCertificates } from "node:tls";
 import type { S3Client } from "@aws-sdk/client-s3";
 import { NotFoundError, StorageError, UsageError } from "../errors.js";
+import { loadSdk, openS3 } from "./s3-client.js";
 import { s3Problem, statusOf, type Op } from "./s3-errors.js";
-import { S3Reader } from "./s3-reader.js";
+import type { S3Reader } from "./s3-reader.js";
 import { checkEndpoint, parseS3Url, type S3Access, type S3Location } from "./s3-location.js";
+import { isRepositoryKey, UnfinishedUploads } from "./s3-uploads.js";
 import { S3ObjectWriter, type S3Put } from "./s3-writer.js";
-import { assertLeftoverName, assertValidKey, assertValidPrefix, type ByteRange, type Leftover, type ObjectInfo, type ObjectWriter, type Store, type WriterOptions } from "./types.js";
+import { assertValidKey, assertValidPrefix, type ByteRange, type Leftover, type ObjectInfo, type ObjectWriter, type Store, type WriterOptions } from "./types.js";
 
-type Sdk = typeof import("@aws-sdk/client-s3");
-let sdk: Sdk | undefined;
-
-/** The AWS SDK, loaded when an s3:// repository is first opened (it is large, and most commands never need it). */
-function loadSdk(): Sdk {
-  // The SDK warns on every Node.js 20 process that its later versions need 22; the version this
-  // package pins supports 20, and the warning would reach users' terminals.
-  process.env["AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED"] ??= "true";
-  sdk ??= createRequire(import.meta.url)("@aws-sdk/client-s3") as Sdk;
-  return sdk;
-}
-
-/** Connections kept open to the server: a restore's and a check's reads run this many at a time at most. */
-const MAX_SOCKETS = 32;
-/** Tries of each request: the SDK repeats one that failed on the network, timed out or met a 5xx or throttling answer. */
-const MAX_ATTEMPTS = 4;
-const CONNECT_TIMEOUT_MS = 10_000;
-const REQUEST_TIMEOUT_MS = 120_000;
 /** Tries of a PUT the server answered 409 (a conflicting conditional write under way). */
 const CONFLICT_ATTEMPTS = 4;
 /** Tries of a read whose answer's body was cut off (bodyAgain). */
 const BODY_ATTEMPTS = 3;
-/** What listLeftovers names an unfinished multipart upload (assertLeftoverName's temporary prefix). */
-const UPLOAD_PREFIX = ".upload-";
 
 /**
  * A repository in an S3 bucket, under an optional key prefix: on AWS S3 or any S3-compatible
@@ -64,62 +41,7 @@ export class S3Store implements Store {
   /** The S3 client, made on first use: its settings are checked then. */
   #s3(): S3Client {
     if (this.#closed) throw new StorageError(`the S3 repository ${this.location} is closed`);
-    if (this.#client !== undefined) return this.#client;
-    const a = this.#access;
-    if (a.accessKeyId === undefined || a.secretAccessKey === undefined) {
-      throw new UsageError(
-        `no S3 credentials for ${this.#at.url}`,
-        "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or aws-access-key-id and aws-secret-access-key in a --keys file",
-      );
-    }
-    let ca: string[] | undefined;
-    if (a.caBundle !== undefined) {
-      try {
-        ca = [...rootCertificates, readFileSync(a.caBundle, "utf8")];
-      } catch (e) {
-        throw new UsageError(`cannot read the certificate authorities in ${a.caBundle} (AWS_CA_BUNDLE): ${(e as Error).message}`);
-      }
-    }
-    const agent = { keepAlive: true, maxSockets: MAX_SOCKETS };
-    const httpAgent = new http.Agent(agent);
-    const httpsAgent = new https.Agent({ ...agent, ...(ca === undefined ? {} : { secureContext: createSecureContext({ ca }) }) });
-    const region = a.region ?? "us-east-1";
-    const credentials = { accessKeyId: a.accessKeyId, secretAccessKey: a.secretAccessKey, ...(a.sessionToken === undefined ? {} : { sessionToken: a.sessionToken }) };
-    const base = a.directReads === false ? undefined : directBase(this.#at.bucket, region, a.endpoint);
-    this.#direct =
-      base === undefined
-        ? undefined
-        : new S3Reader({ base, region, credentials, agent: base.protocol === "https:" ? httpsAgent : httpAgent, requestTimeoutMs: a.requestTimeoutMs ?? REQUEST_TIMEOUT_MS });
-    const { S3Client } = loadSdk();
-    this.#client = new S3Client({
-      region,
-      ...(a.endpoint === undefined ? {} : { endpoint: a.endpoint, forcePathStyle: true }),
-      credentials,
-      // Every object is authenticated by its own AEAD tag: the SDK's extra CRC32 of each body,
-      // computed in JavaScript, would only cost CPU (and some servers reject its trailers).
-      requestChecksumCalculation: "WHEN_REQUIRED",
-      responseChecksumValidation: "WHEN_REQUIRED",
-      followRegionRedirects: true,
-      maxAttempts: MAX_ATTEMPTS,
-      requestHandler: {
-        httpAgent,
-        httpsAgent,
-        connectionTimeout: CONNECT_TIMEOUT_MS,
-        requestTimeout: a.requestTimeoutMs ?? REQUEST_TIMEOUT_MS,
-      },
-    });
-    // Bodies go with x-amz-content-sha256: UNSIGNED-PAYLOAD instead of their SHA-256 in the
-    // signature: hashing each 16 MiB pack took ~50 ms of the main thread here (2.7 s of a 2 GiB
-    // first backup), and every object is authenticated by its own AEAD tag, checked on every
-    // read, so a body changed on the way is caught there as any tampering with storage is.
-    this.#client.middlewareStack.add(
-      (next) => async (args) => {
-        const headers = (args.request as { headers?: Record<string, string> }).headers;
-        if (headers !== undefined) headers["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD";
-        return next(args);
-      },
-      { step: "build", name: "vmvaultUnsignedPayload" },
-    );
+    if (this.#client === undefined) ({ client: this.#client, direct: this.#direct } = openS3(this.#at, this.#access));
     return this.#client;
   }
 
@@ -280,7 +202,7 @@ export class S3Store implements Store {
       for (const o of page.Contents ?? []) {
         const key = (o.Key ?? "").slice(root.length);
         // Keys the repository never writes (a console's "folder" markers, say) are not objects of it.
-        if (KEY_LIKE.test(key)) yield { key, size: o.Size ?? 0 };
+        if (isRepositoryKey(key)) yield { key, size: o.Size ?? 0 };
       }
       token = page.IsTruncated === true ? page.NextContinuationToken : undefined;
     } while (token !== undefined);
@@ -305,68 +227,17 @@ export class S3Store implements Store {
   /**
    * Multipart uploads that were started and never completed nor aborted (a killed process, a
    * lost connection): the server keeps their parts, and bills them, until they are aborted.
-   * Each is named after its key's folder and a digest of its key and upload id.
    */
-  async *listLeftovers(): AsyncIterable<Leftover> {
-    for await (const u of this.#uploads("")) yield { name: u.name, size: await this.#uploadedBytes(u.s3Key, u.uploadId), modified: u.initiated };
-  }
-
-  /** The bytes of an unfinished upload's parts (0 when it was aborted meanwhile). */
-  async #uploadedBytes(s3Key: string, uploadId: string): Promise<number> {
-    const { ListPartsCommand } = loadSdk();
-    let bytes = 0;
-    let marker: string | undefined;
-    for (;;) {
-      let page;
-      try {
-        page = await this.#s3().send(new ListPartsCommand({ Bucket: this.#at.bucket, Key: s3Key, UploadId: uploadId, ...(marker === undefined ? {} : { PartNumberMarker: marker }) }));
-      } catch (e) {
-        if (statusOf(e) === 404) return bytes;
-        throw this.#fail(e, "unfinished uploads", "list");
-      }
-      for (const p of page.Parts ?? []) bytes += p.Size ?? 0;
-      if (page.IsTruncated !== true || page.NextPartNumberMarker === undefined) return bytes;
-      marker = page.NextPartNumberMarker;
-    }
+  listLeftovers(): AsyncIterable<Leftover> {
+    return this.#leftovers().list();
   }
 
   async deleteLeftover(name: string): Promise<void> {
-    assertLeftoverName(name, UPLOAD_PREFIX);
-    const slash = name.lastIndexOf("/");
-    const { AbortMultipartUploadCommand } = loadSdk();
-    for await (const u of this.#uploads(slash < 0 ? "" : name.slice(0, slash + 1))) {
-      if (u.name !== name) continue;
-      try {
-        await this.#s3().send(new AbortMultipartUploadCommand({ Bucket: this.#at.bucket, Key: u.s3Key, UploadId: u.uploadId }));
-      } catch (e) {
-        if (statusOf(e) !== 404) throw this.#fail(e, name, "delete");
-      }
-    }
+    await this.#leftovers().abort(name);
   }
 
-  async *#uploads(prefix: string): AsyncIterable<{ name: string; s3Key: string; uploadId: string; initiated: Date }> {
-    const { ListMultipartUploadsCommand } = loadSdk();
-    const root = this.#at.prefix;
-    let keyMarker: string | undefined;
-    let idMarker: string | undefined;
-    for (;;) {
-      let page;
-      try {
-        page = await this.#s3().send(
-          new ListMultipartUploadsCommand({ Bucket: this.#at.bucket, Prefix: root + prefix, ...(keyMarker === undefined ? {} : { KeyMarker: keyMarker, UploadIdMarker: idMarker }) }),
-        );
-      } catch (e) {
-        throw this.#fail(e, "unfinished uploads", "list");
-      }
-      for (const u of page.Uploads ?? []) {
-        const key = (u.Key ?? "").slice(root.length);
-        if (!KEY_LIKE.test(key) || u.UploadId === undefined) continue;
-        yield { name: uploadName(key, u.UploadId), s3Key: u.Key as string, uploadId: u.UploadId, initiated: u.Initiated ?? new Date(0) };
-      }
-      if (page.IsTruncated !== true) return;
-      keyMarker = page.NextKeyMarker;
-      idMarker = page.NextUploadIdMarker;
-    }
+  #leftovers(): UnfinishedUploads {
+    return new UnfinishedUploads({ client: () => this.#s3(), bucket: this.#at.bucket, root: this.#at.prefix, fail: (e, name, op) => this.#fail(e, name, op) });
   }
 
   /**
@@ -420,30 +291,6 @@ export class S3Store implements Store {
     this.#client?.destroy();
     this.#client = undefined;
   }
-}
-
-/**
- * Where the direct reader sends a bucket's GETs: the endpoint given, path-style; on AWS the
- * bucket's virtual host in its region (none for a bucket name with dots, which TLS cannot match:
- * the SDK reads those).
- */
-function directBase(bucket: string, region: string, endpoint: string | undefined): URL | undefined {
-  if (endpoint !== undefined) {
-    const u = new URL(endpoint);
-    u.pathname = `/${bucket}`;
-    return u;
-  }
-  if (bucket.includes(".") || !/^[a-z0-9-]+$/.test(region)) return undefined;
-  return new URL(`https://${bucket}.s3.${region}.amazonaws.com/`);
-}
-
-/** Keys as the repository writes them (assertValidKey's pattern). */
-const KEY_LIKE = /^[a-z0-9][a-z0-9._-]{0,254}(?:\/[a-z0-9][a-z0-9._-]{0,254})*$/;
-
-function uploadName(key: string, uploadId: string): string {
-  const slash = key.lastIndexOf("/");
-  const digest = createHash("sha256").update(`${key}\n${uploadId}`).digest("hex").slice(0, 32);
-  return `${slash < 0 ? "" : key.slice(0, slash + 1)}${UPLOAD_PREFIX}${digest}`;
 }
 
 /**
