@@ -30,6 +30,8 @@ command -v cpio >/dev/null 2>&1 || need="$need cpio"
 [ -x /usr/bin/ceph-osd ] || need="$need ceph-osd"
 [ -x /usr/bin/radosgw-admin ] && [ -x /usr/bin/ceph ] || need="$need ceph-common"
 command -v curl >/dev/null 2>&1 || need="$need curl"
+# openssl: the S3 tests make a certificate authority for an https:// front of that RGW.
+command -v openssl >/dev/null 2>&1 || need="$need openssl"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing Debian packages:$need" >&2

@@ -7,6 +7,15 @@ export function statusOf(e: unknown): number | undefined {
   return (e as { $metadata?: { httpStatusCode?: number } } | undefined)?.$metadata?.httpStatusCode;
 }
 
+const TLS_CODES = new Set([
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "CERT_HAS_EXPIRED",
+  "ERR_TLS_CERT_ALTNAME_INVALID",
+  "CERT_UNTRUSTED",
+]);
 const NETWORK_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "ETIMEDOUT", "EPIPE", "ECONNABORTED"]);
 
 /**
@@ -32,6 +41,13 @@ export function s3Problem(e: unknown, at: { key: string; op: Op; bucket: string;
   }
   if (name === "QuotaExceeded" || name === "EntityTooLarge" || status === 507 || name === "InsufficientCapacity") {
     return new StorageError(`the S3 server could not store ${where} (${name || status}): it may be full or over quota`, e, "free some space or raise the quota, and run the command again");
+  }
+  if (TLS_CODES.has(code) || TLS_CODES.has(name)) {
+    return new StorageError(
+      `could not ${at.op} ${where}: the S3 server's certificate is not trusted (${code || name}: ${said})`,
+      e,
+      "if the server's certificate authority is your own, set AWS_CA_BUNDLE to its PEM file; check the endpoint's host name",
+    );
   }
   if (name === "TimeoutError" || NETWORK_CODES.has(code) || NETWORK_CODES.has(name) || (status === undefined && /socket|connect|network|timed? ?out/i.test(said))) {
     return new StorageError(

@@ -1,4 +1,9 @@
+import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { promises as fsp } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import tls from "node:tls";
 import http from "node:http";
 import net from "node:net";
 import { AbortMultipartUploadCommand, CreateMultipartUploadCommand, ListMultipartUploadsCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
@@ -355,6 +360,39 @@ describe.skipIf(!HAVE_RGW)("S3Store on Ceph RGW", () => {
     }
   });
 
+  it("reaches an https:// server whose certificate authority AWS_CA_BUNDLE names, and refuses it without", async () => {
+    // A TLS front for the RGW, with a certificate of its own authority (openssl), as a private S3 service has.
+    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), "vmvault-s3-tls-"));
+    const tlsFront = await startTlsFront(dir, Number(new URL(server.endpoint).port));
+    try {
+      const https = { ...access, endpoint: `https://127.0.0.1:${tlsFront.port}` };
+      for (const directReads of [true, false]) {
+        const store = new S3Store(`s3://${bucket}/${name()}`, { ...https, caBundle: tlsFront.caFile, directReads });
+        try {
+          expect(await store.putIfAbsent("data/p", seeded("tls", 300_000))).toBe(true);
+          expect(same(await store.get("data/p", { offset: 1000, length: 200_000 }), seeded("tls", 300_000).subarray(1000, 201_000))).toBe(true);
+          expect(same(await store.get("data/p"), seeded("tls", 300_000))).toBe(true);
+        } finally {
+          await store.close();
+        }
+      }
+      expect(tlsFront.connections()).toBeGreaterThan(0);
+      for (const directReads of [true, false]) {
+        const untrusted = new S3Store(`s3://${bucket}/${name()}`, { ...https, directReads });
+        const e = await rejection(untrusted.get("config"));
+        expect(e).toBeInstanceOf(StorageError);
+        expect(String(e)).toMatch(/the S3 server's certificate is not trusted/);
+        expect((e as StorageError).hint).toMatch(/AWS_CA_BUNDLE/);
+        await untrusted.close();
+      }
+      const missing = new S3Store(`s3://${bucket}/x`, { ...https, caBundle: path.join(dir, "none.pem") });
+      expect(String(await rejection(missing.get("config")))).toMatch(/cannot read the certificate authorities in .*none\.pem \(AWS_CA_BUNDLE\)/);
+    } finally {
+      await tlsFront.close();
+      await fsp.rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("refuses requests after close", async () => {
     const store = new S3Store(`s3://${bucket}/${name()}`, access);
     await store.putIfAbsent("config", new Uint8Array([1]));
@@ -376,4 +414,41 @@ async function closedPort(): Promise<number> {
   const port = (s.address() as net.AddressInfo).port;
   await new Promise((resolve) => s.close(resolve));
   return port;
+}
+
+/**
+ * A TLS server on 127.0.0.1 relaying to the RGW: a certificate authority and a server
+ * certificate for 127.0.0.1 signed by it, made with openssl in dir (ca.pem is the authority's).
+ */
+async function startTlsFront(dir: string, targetPort: number): Promise<{ port: number; caFile: string; connections: () => number; close: () => Promise<void> }> {
+  const run = (...args: string[]): void => void execFileSync("openssl", args, { cwd: dir, stdio: "ignore" });
+  run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=vmvault test CA");
+  run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1");
+  await fsp.writeFile(path.join(dir, "ext"), "subjectAltName=IP:127.0.0.1\n");
+  run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext");
+  let count = 0;
+  const sockets = new Set<net.Socket>();
+  const front = tls.createServer({ key: await fsp.readFile(path.join(dir, "server.key")), cert: await fsp.readFile(path.join(dir, "server.pem")) }, (client) => {
+    count++;
+    const upstream = net.connect(targetPort, "127.0.0.1");
+    sockets.add(client).add(upstream);
+    client.pipe(upstream).pipe(client);
+    const end = (): void => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on("error", end).on("close", end);
+    upstream.on("error", end).on("close", end);
+  });
+  front.on("tlsClientError", () => undefined);
+  await new Promise<void>((resolve) => front.listen(0, "127.0.0.1", resolve));
+  return {
+    port: (front.address() as net.AddressInfo).port,
+    caFile: path.join(dir, "ca.pem"),
+    connections: () => count,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((resolve) => front.close(resolve));
+    },
+  };
 }
