@@ -36,11 +36,12 @@ export function s3Problem(e: unknown, at: { key: string; op: Op; bucket: string;
   if (name === "InvalidAccessKeyId" || name === "SignatureDoesNotMatch" || name === "InvalidToken" || name === "ExpiredToken" || name === "AuthorizationHeaderMalformed") {
     return new StorageError(`the S3 server of ${at.location} refused the credentials (${name})`, e, "check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), or the keys file's aws-* settings");
   }
-  if (name === "AccessDenied" || status === 403) {
-    return new StorageError(`access denied to ${at.op} ${where}`, e, "the S3 user needs to read, write, list and delete objects under the repository's prefix (and to abort uploads)");
-  }
+  // Before access denied: Ceph RGW answers an exceeded quota with 403.
   if (name === "QuotaExceeded" || name === "EntityTooLarge" || status === 507 || name === "InsufficientCapacity") {
     return new StorageError(`the S3 server could not store ${where} (${name || status}): it may be full or over quota`, e, "free some space or raise the quota, and run the command again");
+  }
+  if (name === "AccessDenied" || status === 403) {
+    return new StorageError(`access denied to ${at.op} ${where}`, e, "the S3 user needs to read, write, list and delete objects under the repository's prefix (and to abort uploads)");
   }
   if (TLS_CODES.has(code) || TLS_CODES.has(name)) {
     return new StorageError(

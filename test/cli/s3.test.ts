@@ -1,6 +1,6 @@
 import { promises as fsp } from "node:fs";
 import path from "node:path";
-import { ListMultipartUploadsCommand, ListObjectsV2Command, CreateMultipartUploadCommand } from "@aws-sdk/client-s3";
+import { CreateMultipartUploadCommand, GetObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
 import { beforeAll, describe, expect, it } from "vitest";
 import { runCli, startCli, TEST_PASSPHRASE, type CliOptions, type CliResult } from "../helpers/cli.js";
 import { startCutProxy } from "../helpers/cut-proxy.js";
@@ -124,6 +124,49 @@ describe.skipIf(!HAVE_RGW)("S3 repositories through the CLI", () => {
       expect(r.stdout + r.stderr).not.toContain("WRONG-secret");
       expect(r.stdout + r.stderr).not.toContain(TEST_PASSPHRASE);
     }
+  });
+
+  it("a backup over the S3 user's quota fails with exit 1 saying so, and once the quota is raised the next backup completes", async () => {
+    // A user of its own, limited to 24 MiB (Ceph RGW enforces it at once, answering 403 QuotaExceeded).
+    const uid = `quota-${process.pid}-${count}`;
+    const created = JSON.parse(server.admin("user", "create", `--uid=${uid}`, "--display-name=quota", "--gen-access-key", "--gen-secret")) as { keys: { access_key: string; secret_key: string }[] };
+    const key = created.keys[0] as { access_key: string; secret_key: string };
+    server.admin("quota", "set", `--uid=${uid}`, "--quota-scope=user", `--max-size=${24 * 1024 * 1024}`);
+    server.admin("quota", "enable", `--uid=${uid}`, "--quota-scope=user");
+    const src = tmp("src");
+    const image = path.join(src, "big.raw");
+    await fsp.writeFile(image, seededBytes("quota", 48 * 1024 * 1024));
+    const { run } = s3Vault({ url: `s3://quota-${process.pid}-${count}/vm` });
+    const env = { AWS_ACCESS_KEY_ID: key.access_key, AWS_SECRET_ACCESS_KEY: key.secret_key };
+    expect((await run(["init"], { env })).code).toBe(0);
+    const over = await run(["backup", "--vm", "big", image], { env });
+    expect(over.code, over.stderr).toBe(1);
+    expect(over.stderr).toMatch(/the S3 server could not store .* \(QuotaExceeded\): it may be full or over quota/);
+    expect(over.stderr).toContain("next: free some space or raise the quota");
+    server.admin("quota", "set", `--uid=${uid}`, "--quota-scope=user", "--max-size=-1");
+    const again = await run(["--json", "backup", "--vm", "big", image], { env });
+    expect(again.code, again.stderr).toBe(0);
+    const check = await run(["check", "--read-data"], { env });
+    expect(check.code, check.stdout + check.stderr).toBe(0);
+    expect(check.stdout).toMatch(/^no errors found: 1 snapshot/);
+  });
+
+  it("check finds an object the storage changed, and names it (exit 5)", async () => {
+    const src = tmp("src");
+    const image = path.join(src, "web1.raw");
+    await fsp.writeFile(image, seededBytes("tamper", 6 * 1024 * 1024));
+    const { prefix, run } = s3Vault();
+    expect((await run(["init"])).code).toBe(0);
+    expect((await run(["backup", "--vm", "web1", image])).code).toBe(0);
+    const pack = (await keysUnder(`${prefix}/data/`)).find((k) => /[0-9a-f]{32}$/.test(k)) as string;
+    const got = await server.client().send(new GetObjectCommand({ Bucket: bucket, Key: pack }));
+    const bytes = Buffer.from(await (got.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray());
+    const at = Math.floor(bytes.length / 2);
+    bytes[at] = (bytes[at] as number) ^ 0x01;
+    await server.client().send(new PutObjectCommand({ Bucket: bucket, Key: pack, Body: bytes }));
+    const check = await run(["check", "--read-data"]);
+    expect(check.code, check.stdout + check.stderr).toBe(5);
+    expect(check.stdout + check.stderr).toContain(pack.slice(prefix.length + 1));
   });
 
   it("a backup and a restore ride out connections cut under them: the client sends again what did not get through", async () => {

@@ -1,3 +1,4 @@
+import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
@@ -33,6 +34,8 @@ export interface S3d {
   readonly dir: string;
   /** A client for it (path-style, checksums only where required), one per test process. */
   client(): S3Client;
+  /** Runs radosgw-admin on the server's cluster (users, keys, quotas); its stdout. */
+  admin(...args: string[]): string;
   /** Creates a new empty bucket named `PREFIX-<12 hex digits>` (PREFIX defaults to "t"); its name. */
   newBucket(prefix?: string): Promise<string>;
   /**
@@ -93,6 +96,7 @@ async function connect(): Promise<S3d> {
     region: "us-east-1",
     dir,
     client,
+    admin: (...args) => execFileSync("radosgw-admin", ["-c", path.join(dir, "ceph.conf"), ...args], { encoding: "utf8" }),
     async newBucket(prefix = "t") {
       const name = `${prefix}-${randomBytes(6).toString("hex")}`;
       if (!/^[a-z0-9][a-z0-9-]{1,49}$/.test(name)) throw new Error(`not a bucket name: ${name}`);
