@@ -11,7 +11,6 @@ import type { ProgressSink } from "../util/progress.js";
 import { Vault } from "../vault.js";
 import { WorkerPool } from "../pipeline/pool.js";
 import { progressRenderer, shownText, terminalJson, warningJson } from "./output.js";
-import { keysFileExposesSecret } from "./keys-file.js";
 import { obtainPassphrase, requireRepo, requireUser, resolveSettings, storeAccess, type GlobalOptions, type Settings } from "./settings.js";
 
 /** What every command handler gets: resolved settings, output channels, and a way to open the vault. */
@@ -30,8 +29,8 @@ export class CliContext {
   constructor(command: Command) {
     this.globals = command.optsWithGlobals<GlobalOptions>();
     this.settings = resolveSettings(this.globals);
-    const keysFile = this.globals.keys ?? process.env["VMVAULT_KEYS"];
-    if (keysFile !== undefined && keysFileExposesSecret(keysFile)) this.warn(`warning: keys file ${keysFile} holds an S3 secret key and other users may read it (chmod 600 it)`);
+    const exposed = this.settings.exposedKeysFile;
+    if (exposed !== undefined) this.warn(`warning: keys file ${exposed} holds an S3 secret key and other users may read it (chmod 600 it)`);
     // Checked whenever given, by every command, whether or not it uses them: a typo never passes silently.
     this.workers = workersSetting(this.globals.workers);
     this.lockWaitMs = lockWaitSetting(this.globals.lockWait);

@@ -82,17 +82,16 @@ export function fileProblem(e: unknown): string {
   return code ?? (e instanceof Error ? e.message : String(e));
 }
 
-/** Reads and parses a keys file; relative paths in it are relative to its own folder, not the current one. */
-/** Whether a keys file holds an S3 secret key and users other than its owner may read it. */
-export function keysFileExposesSecret(file: string): boolean {
+/** Whether users other than a file's owner may read it (false when it cannot be stat'ed). */
+export function readableByOthers(file: string): boolean {
   try {
-    if ((statSync(file).mode & 0o077) === 0) return false;
-    return parseKeysFile(readFileSync(file, "utf8"), file)["aws-secret-access-key"] !== undefined;
+    return (statSync(file).mode & 0o077) !== 0;
   } catch {
     return false;
   }
 }
 
+/** Reads and parses a keys file; relative paths in it are relative to its own folder, not the current one. */
 export function readKeysFile(file: string): Partial<Record<KeysFileSetting, string>> {
   let text: string;
   try {

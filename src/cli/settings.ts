@@ -4,7 +4,7 @@ import { UsageError } from "../errors.js";
 import { assertUserName } from "../repository/open.js";
 import type { StoreAccess } from "../storage/open.js";
 import { s3AccessFromEnv, type S3Access } from "../storage/s3-location.js";
-import { fileProblem, readKeysFile, type KeysFileSetting } from "./keys-file.js";
+import { fileProblem, readableByOthers, readKeysFile, type KeysFileSetting } from "./keys-file.js";
 import { promptNewSecret, promptSecret } from "./prompt.js";
 
 /** Global options every command accepts. */
@@ -32,6 +32,8 @@ export interface Settings {
   readonly sftpKnownHosts: string | undefined;
   /** An s3:// repository's server and credentials (src/storage/s3-location.ts); never printed. */
   readonly s3: S3Access;
+  /** The keys file, when it holds an S3 secret key and users other than its owner may read it (warned about). */
+  readonly exposedKeysFile: string | undefined;
 }
 
 type Env = Record<string, string | undefined>;
@@ -47,6 +49,7 @@ export function resolveSettings(o: GlobalOptions, env: Env = process.env): Setti
     sftpIdentity: nonEmpty(o.sftpIdentity ?? env["VMVAULT_SFTP_IDENTITY"] ?? file["sftp-identity"]),
     sftpKnownHosts: nonEmpty(o.sftpKnownHosts ?? env["VMVAULT_SFTP_KNOWN_HOSTS"] ?? file["sftp-known-hosts"]),
     s3: s3Settings(o, env, file),
+    exposedKeysFile: keysPath !== undefined && file["aws-secret-access-key"] !== undefined && readableByOthers(keysPath) ? keysPath : undefined,
   };
 }
 

@@ -8,7 +8,7 @@ import { errorCodeOf, NotFoundError, StorageError } from "../errors.js";
 import { nativeHelper, type NativeHelper } from "../util/native.js";
 import { PageCacheFootprint } from "../util/page-cache.js";
 import { mapOrdered } from "../util/ordered.js";
-import { assertLeftoverName, assertValidKey, assertValidPrefix, type ByteRange, type Leftover, type ObjectInfo, type ObjectWriter, type Store, type WriterOptions } from "./types.js";
+import { assertLeftoverName, assertValidKey, assertValidPrefix, rangeInto, type ByteRange, type Leftover, type ObjectInfo, type ObjectWriter, type Store, type WriterOptions } from "./types.js";
 
 const TEMP_PREFIX = ".tmp-";
 /** Read descriptors kept open, so range reads of a pack do not open and close it each time. */
@@ -97,11 +97,7 @@ export class FsStore implements Store {
         throw this.#mapError(e, key, "read");
       }
     }
-    if (range !== undefined) {
-      const out = new Uint8Array(range.length);
-      const done = await this.readInto(key, range, out);
-      return done === range.length ? out : out.subarray(0, done);
-    }
+    if (range !== undefined) return rangeInto(range, (out) => this.readInto(key, range, out));
     const file = this.#path(key);
     try {
       if (native !== null) return new Uint8Array(await native.readFile(file));

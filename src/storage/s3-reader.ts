@@ -13,6 +13,22 @@ const ATTEMPTS = 4;
 /** Answers that say "try again later". */
 const RETRY_STATUS = new Set([429, 500, 502, 503, 504]);
 
+/**
+ * Runs a read, and again (attempts in all, 0.1 s, 0.2 s, 0.4 s… apart, with jitter) while it
+ * fails with an answer's HTTP status (undefined: the network, a timeout, a cut-off body) that
+ * retry accepts.
+ */
+export async function readAgain<T>(attempts: number, retry: (status: number | undefined) => boolean, read: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await read();
+    } catch (e) {
+      if (attempt >= attempts || !retry((e as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode)) throw e;
+      await sleep(100 * 2 ** (attempt - 1) * (0.5 + Math.random()));
+    }
+  }
+}
+
 /** SHA-256 and HMAC-SHA-256 for the signer, from Node.js's own crypto. */
 class NodeSha256 {
   readonly #h: ReturnType<typeof createHash> | ReturnType<typeof createHmac>;
@@ -75,15 +91,7 @@ export class S3Reader {
    * the object's end, none from past it).
    */
   async read(s3Key: string, range: { offset: number; length: number } | undefined, into?: Uint8Array): Promise<{ bytes: Uint8Array; n: number }> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await this.#once(s3Key, range, into);
-      } catch (e) {
-        const status = (e as S3ReadError).$metadata?.httpStatusCode;
-        if (attempt >= ATTEMPTS || (status !== undefined && !RETRY_STATUS.has(status))) throw e;
-        await sleep(100 * 2 ** (attempt - 1) * (0.5 + Math.random()));
-      }
-    }
+    return readAgain(ATTEMPTS, (status) => status === undefined || RETRY_STATUS.has(status), () => this.#once(s3Key, range, into));
   }
 
   async #once(s3Key: string, range: { offset: number; length: number } | undefined, into?: Uint8Array): Promise<{ bytes: Uint8Array; n: number }> {

@@ -2,17 +2,10 @@ import { createHash } from "node:crypto";
 import type { S3Client } from "@aws-sdk/client-s3";
 import { loadSdk } from "./s3-client.js";
 import { statusOf, type Op } from "./s3-errors.js";
-import { assertLeftoverName, type Leftover } from "./types.js";
+import { assertLeftoverName, isValidKey, type Leftover } from "./types.js";
 
 /** What an unfinished multipart upload is named as a leftover (assertLeftoverName's temporary prefix). */
 const UPLOAD_PREFIX = ".upload-";
-
-/** Keys as the repository writes them (assertValidKey's pattern): others under the prefix are not its objects. */
-const KEY_LIKE = /^[a-z0-9][a-z0-9._-]{0,254}(?:\/[a-z0-9][a-z0-9._-]{0,254})*$/;
-
-export function isRepositoryKey(key: string): boolean {
-  return KEY_LIKE.test(key);
-}
 
 interface Upload {
   readonly name: string;
@@ -87,7 +80,7 @@ export class UnfinishedUploads {
       }
       for (const u of page.Uploads ?? []) {
         const key = (u.Key ?? "").slice(root.length);
-        if (!isRepositoryKey(key) || u.UploadId === undefined) continue;
+        if (!isValidKey(key) || u.UploadId === undefined) continue;
         yield { name: uploadName(key, u.UploadId), s3Key: u.Key as string, uploadId: u.UploadId, initiated: u.Initiated ?? new Date(0) };
       }
       if (page.IsTruncated !== true) return;

@@ -4,15 +4,15 @@ import type { S3Client } from "@aws-sdk/client-s3";
 import { NotFoundError, StorageError, UsageError } from "../errors.js";
 import { loadSdk, openS3 } from "./s3-client.js";
 import { s3Problem, statusOf, type Op } from "./s3-errors.js";
-import type { S3Reader } from "./s3-reader.js";
+import { readAgain, type S3Reader } from "./s3-reader.js";
 import { checkEndpoint, parseS3Url, type S3Access, type S3Location } from "./s3-location.js";
-import { isRepositoryKey, UnfinishedUploads } from "./s3-uploads.js";
+import { UnfinishedUploads } from "./s3-uploads.js";
 import { S3ObjectWriter, type S3Put } from "./s3-writer.js";
-import { assertValidKey, assertValidPrefix, type ByteRange, type Leftover, type ObjectInfo, type ObjectWriter, type Store, type WriterOptions } from "./types.js";
+import { assertValidKey, assertValidPrefix, isValidKey, rangeInto, type ByteRange, type Leftover, type ObjectInfo, type ObjectWriter, type Store, type WriterOptions } from "./types.js";
 
 /** Tries of a PUT the server answered 409 (a conflicting conditional write under way). */
 const CONFLICT_ATTEMPTS = 4;
-/** Tries of a read whose answer's body was cut off (bodyAgain). */
+/** Tries of a read through the SDK whose answer's body was cut off (the SDK repeats only what failed before its answer began). */
 const BODY_ATTEMPTS = 3;
 
 /**
@@ -29,6 +29,7 @@ export class S3Store implements Store {
   readonly #access: S3Access;
   #client: S3Client | undefined;
   #direct: S3Reader | undefined;
+  readonly #uploads: UnfinishedUploads;
   #closed = false;
 
   constructor(url: string, access: S3Access = {}) {
@@ -36,6 +37,7 @@ export class S3Store implements Store {
     if (access.endpoint !== undefined) checkEndpoint(access.endpoint);
     this.#access = access;
     this.location = access.endpoint === undefined ? url : `${url} at ${access.endpoint}`;
+    this.#uploads = new UnfinishedUploads({ client: () => this.#s3(), bucket: this.#at.bucket, root: this.#at.prefix, fail: (e, name, op) => this.#fail(e, name, op) });
   }
 
   /** The S3 client, made on first use: its settings are checked then. */
@@ -73,11 +75,7 @@ export class S3Store implements Store {
   }
 
   async get(key: string, range?: ByteRange): Promise<Uint8Array> {
-    if (range !== undefined) {
-      const out = new Uint8Array(range.length);
-      const n = await this.readInto(key, range, out);
-      return n === range.length ? out : out.subarray(0, n);
-    }
+    if (range !== undefined) return rangeInto(range, (out) => this.readInto(key, range, out));
     const k = this.#key(key);
     const direct = this.#reader();
     if (direct !== undefined) {
@@ -90,7 +88,7 @@ export class S3Store implements Store {
     }
     const { GetObjectCommand } = loadSdk();
     try {
-      return await bodyAgain(async () => {
+      return await readAgain(BODY_ATTEMPTS, (status) => status === undefined, async () => {
         const r = await this.#s3().send(new GetObjectCommand({ Bucket: this.#at.bucket, Key: k }));
         return r.Body === undefined ? new Uint8Array(0) : await r.Body.transformToByteArray();
       });
@@ -113,7 +111,7 @@ export class S3Store implements Store {
     }
     const { GetObjectCommand } = loadSdk();
     try {
-      return await bodyAgain(async () => {
+      return await readAgain(BODY_ATTEMPTS, (status) => status === undefined, async () => {
         const r = await this.#s3().send(new GetObjectCommand({ Bucket: this.#at.bucket, Key: k, Range: `bytes=${range.offset}-${range.offset + range.length - 1}` }));
         let n = 0;
         for await (const chunk of r.Body as AsyncIterable<Uint8Array>) {
@@ -202,7 +200,7 @@ export class S3Store implements Store {
       for (const o of page.Contents ?? []) {
         const key = (o.Key ?? "").slice(root.length);
         // Keys the repository never writes (a console's "folder" markers, say) are not objects of it.
-        if (isRepositoryKey(key)) yield { key, size: o.Size ?? 0 };
+        if (isValidKey(key)) yield { key, size: o.Size ?? 0 };
       }
       token = page.IsTruncated === true ? page.NextContinuationToken : undefined;
     } while (token !== undefined);
@@ -229,15 +227,11 @@ export class S3Store implements Store {
    * lost connection): the server keeps their parts, and bills them, until they are aborted.
    */
   listLeftovers(): AsyncIterable<Leftover> {
-    return this.#leftovers().list();
+    return this.#uploads.list();
   }
 
   async deleteLeftover(name: string): Promise<void> {
-    await this.#leftovers().abort(name);
-  }
-
-  #leftovers(): UnfinishedUploads {
-    return new UnfinishedUploads({ client: () => this.#s3(), bucket: this.#at.bucket, root: this.#at.prefix, fail: (e, name, op) => this.#fail(e, name, op) });
+    await this.#uploads.abort(name);
   }
 
   /**
@@ -290,21 +284,6 @@ export class S3Store implements Store {
     this.#closed = true;
     this.#client?.destroy();
     this.#client = undefined;
-  }
-}
-
-/**
- * Runs a read again (BODY_ATTEMPTS in all, 0.1 s and 0.2 s later) when its body was cut off: the
- * SDK repeats a request that failed before its answer began, not one whose body broke off.
- */
-async function bodyAgain<T>(read: () => Promise<T>): Promise<T> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await read();
-    } catch (e) {
-      if (attempt >= BODY_ATTEMPTS || statusOf(e) !== undefined) throw e;
-      await sleep(100 * attempt);
-    }
   }
 }
 

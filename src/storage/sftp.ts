@@ -6,7 +6,7 @@ import { mapOrdered } from "../util/ordered.js";
 import { FAILURE, lostUnder, NO_SUCH_FILE, PERMISSION_DENIED, readRange, S_IFDIR, S_IFMT, S_IFREG, SftpObjectWriter, statusOf } from "./sftp-io.js";
 import { openSftpSession, type SftpAccess, type SftpSession } from "./sftp-session.js";
 import { parseSftpUrl, type SftpLocation } from "./sftp-location.js";
-import { assertLeftoverName, assertValidKey, assertValidPrefix, type ByteRange, type Leftover, type ObjectInfo, type ObjectWriter, type Store } from "./types.js";
+import { assertLeftoverName, assertValidKey, assertValidPrefix, rangeInto, type ByteRange, type Leftover, type ObjectInfo, type ObjectWriter, type Store } from "./types.js";
 
 const TEMP_PREFIX = ".tmp-";
 /** Open read handles kept, so a restore's many range reads of one pack open it once. */
@@ -90,11 +90,7 @@ export class SftpStore implements Store {
   }
 
   async get(key: string, range?: ByteRange): Promise<Uint8Array> {
-    if (range !== undefined) {
-      const out = new Uint8Array(range.length);
-      const n = await this.readInto(key, range, out);
-      return n === range.length ? out : out.subarray(0, n);
-    }
+    if (range !== undefined) return rangeInto(range, (out) => this.readInto(key, range, out));
     const file = this.#path(key);
     return this.#again(async (s) => {
       let handle: Buffer;

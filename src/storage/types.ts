@@ -115,10 +115,13 @@ export function assertLeftoverName(name: string, tempPrefix: string): void {
 
 const KEY_PATTERN = /^[a-z0-9][a-z0-9._-]{0,254}(?:\/[a-z0-9][a-z0-9._-]{0,254})*$/;
 
+/** Whether a key is one a repository may use (assertValidKey's test). */
+export function isValidKey(key: string): boolean {
+  return KEY_PATTERN.test(key) && !key.includes("..") && key.length <= 512;
+}
+
 export function assertValidKey(key: string): void {
-  if (!KEY_PATTERN.test(key) || key.includes("..") || key.length > 512) {
-    throw new TypeError(`invalid object key: ${JSON.stringify(key)}`);
-  }
+  if (!isValidKey(key)) throw new TypeError(`invalid object key: ${JSON.stringify(key)}`);
 }
 
 /** A list prefix: empty, or a valid key optionally followed by "/". */
@@ -149,6 +152,16 @@ export async function openWriter(store: Pick<Store, "putIfAbsent" | "createWrite
   if (store.createWriter !== undefined) return store.createWriter(key, o);
   assertValidKey(key);
   return new BufferedWriter(store, key);
+}
+
+/**
+ * A byte range in a new buffer, read by a store's own readInto (get's ranged form for a store
+ * that has one): shorter only at the end of the object.
+ */
+export async function rangeInto(range: ByteRange, read: (into: Uint8Array) => Promise<number>): Promise<Uint8Array> {
+  const out = new Uint8Array(range.length);
+  const n = await read(out);
+  return n === range.length ? out : out.subarray(0, n);
 }
 
 /** Reads a byte range into a caller's buffer, through the store's readInto when it has one. */

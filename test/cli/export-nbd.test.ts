@@ -10,7 +10,7 @@ import net from "node:net";
 import path from "node:path";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { initCliRepo, startCli, vault, TEST_PASSPHRASE, type CliResult } from "../helpers/cli.js";
-import { makeImage, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
+import { freePort, makeImage, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
 const MiB = 1024 * 1024;
@@ -315,15 +315,6 @@ describe.skipIf(!haveClients)("export nbd", () => {
     ]);
   });
 });
-
-/** A port nothing listens on right now. */
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((resolve) => s.listen(0, "127.0.0.1", resolve));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((resolve) => s.close(() => resolve()));
-  return port;
-}
 
 async function connects(port: number): Promise<boolean> {
   return new Promise((resolve) => {

@@ -1,6 +1,7 @@
 import fse from "fs-extra";
 import { createHash } from "node:crypto";
 import { mkdtempSync } from "node:fs";
+import net from "node:net";
 import { promises as fsp } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -139,4 +140,20 @@ export function resignedConfig(crypto: CryptoSuite, original: Uint8Array, genesi
   const meta = parseEnvelope(ObjectKind.Config, original, true).meta as Record<string, Json>;
   const body = encodeEnvelope(ObjectKind.Config, { ...meta, packSize: 1 << 30, compression: "zstd", compressionLevel: 19 });
   return appendSignature(body, crypto.sign(new Secret(genesisRootKey.slice()), body));
+}
+
+/** A port on 127.0.0.1 that nothing listens on right now. */
+export async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((resolve) => s.listen(0, "127.0.0.1", resolve));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((resolve) => s.close(() => resolve()));
+  return port;
+}
+
+/** Everything an async iterable yields, in order. */
+export async function collect<T>(items: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const item of items) out.push(item);
+  return out;
 }

@@ -17,8 +17,9 @@ import { checkEndpoint, parseS3Url, s3AccessFromEnv, type S3Access } from "../..
 import { MULTIPART_AT, PART_SIZE } from "../../src/storage/s3-writer.js";
 import { listAll, openWriter } from "../../src/storage/types.js";
 import { startCutProxy } from "../helpers/cut-proxy.js";
+import { collect, freePort } from "../helpers/fixtures.js";
 import { HAVE_RGW, s3Server, type S3d } from "../helpers/s3d.js";
-import { rejection, seeded, storeConformance } from "./conformance.js";
+import { rejection, sameBytes, seeded, storeConformance } from "./conformance.js";
 
 /**
  * The S3 store against a real S3-compatible server: Ceph RADOS Gateway on 127.0.0.1, one
@@ -49,7 +50,6 @@ function rawClient(): S3Client {
   });
 }
 
-const same = (a: Uint8Array, b: Uint8Array): boolean => Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
 
 describe("s3:// locations and settings", () => {
   it("parses the bucket and the prefix", () => {
@@ -202,7 +202,7 @@ describe.skipIf(!HAVE_RGW)("S3Store on Ceph RGW", () => {
         const results = await Promise.all(stores.map((s, i) => s.putIfAbsent(`locks/l${round}`, seeded(`racer-${i}`, 4096))));
         expect(results.filter((r) => r)).toHaveLength(1);
         const winner = results.indexOf(true);
-        expect(same(await stores[0]!.get(`locks/l${round}`), seeded(`racer-${winner}`, 4096))).toBe(true);
+        expect(sameBytes(await stores[0]!.get(`locks/l${round}`), seeded(`racer-${winner}`, 4096))).toBe(true);
       }
     } finally {
       await Promise.all(stores.map((s) => s.close()));
@@ -225,13 +225,13 @@ describe.skipIf(!HAVE_RGW)("S3Store on Ceph RGW", () => {
         expect([...(await collect(store.listLeftovers()))]).toHaveLength(1);
         expect(await writer.commit()).toBe(true);
         expect(await store.stat("data/big")).toEqual({ key: "data/big", size: big.length });
-        expect(same(await store.get("data/big"), big)).toBe(true);
-        expect(same(await store.get("data/big", { offset: MULTIPART_AT - 10, length: 4096 }), big.subarray(MULTIPART_AT - 10, MULTIPART_AT + 4086))).toBe(true);
+        expect(sameBytes(await store.get("data/big"), big)).toBe(true);
+        expect(sameBytes(await store.get("data/big", { offset: MULTIPART_AT - 10, length: 4096 }), big.subarray(MULTIPART_AT - 10, MULTIPART_AT + 4086))).toBe(true);
         expect(await collect(store.listLeftovers())).toEqual([]);
         const again = await openWriter(store, "data/big");
         await again.write(big);
         expect(await again.commit()).toBe(false);
-        expect(same(await store.get("data/big"), big)).toBe(true);
+        expect(sameBytes(await store.get("data/big"), big)).toBe(true);
         // The refused upload was aborted, not left behind.
         expect(await collect(store.listLeftovers())).toEqual([]);
         const dropped = await openWriter(store, "data/dropped");
@@ -312,7 +312,7 @@ describe.skipIf(!HAVE_RGW)("S3Store on Ceph RGW", () => {
     const unknownKey = new S3Store(`s3://${bucket}/${name()}`, { ...access, accessKeyId: "NOSUCHKEY0000000" });
     expect(String(await rejection(unknownKey.stat("config")))).toMatch(/refused the credentials|access denied/);
     await unknownKey.close();
-    const port = await closedPort();
+    const port = await freePort();
     const gone = new S3Store(`s3://${bucket}/x`, { ...access, endpoint: `http://127.0.0.1:${port}` });
     const started = Date.now();
     const e3 = await rejection(gone.get("config"));
@@ -330,12 +330,12 @@ describe.skipIf(!HAVE_RGW)("S3Store on Ceph RGW", () => {
       const lost = proxy.loseAnswerTo(new RegExp(`^PUT /${bucket}/${prefix}/locks/l1[ ?]`));
       expect(await store.putIfAbsent("locks/l1", seeded("mine", 5000))).toBe(true);
       await lost;
-      expect(same(await store.get("locks/l1"), seeded("mine", 5000))).toBe(true);
+      expect(sameBytes(await store.get("locks/l1"), seeded("mine", 5000))).toBe(true);
       // Another writer's object under the key is still refused, answer lost or not.
       const other = proxy.loseAnswerTo(new RegExp(`^PUT /${bucket}/${prefix}/locks/l1[ ?]`));
       expect(await store.putIfAbsent("locks/l1", seeded("theirs", 5000))).toBe(false);
       await other;
-      expect(same(await store.get("locks/l1"), seeded("mine", 5000))).toBe(true);
+      expect(sameBytes(await store.get("locks/l1"), seeded("mine", 5000))).toBe(true);
     } finally {
       await store.close();
       await proxy.close();
@@ -352,7 +352,7 @@ describe.skipIf(!HAVE_RGW)("S3Store on Ceph RGW", () => {
       await new Promise((r) => setTimeout(r, 5));
       proxy.cutAll();
       const parts = await Promise.all(reads);
-      expect(same(Buffer.concat(parts), big)).toBe(true);
+      expect(sameBytes(Buffer.concat(parts), big)).toBe(true);
       expect(await store.stat("data/p")).toEqual({ key: "data/p", size: big.length });
     } finally {
       await store.close();
@@ -370,8 +370,8 @@ describe.skipIf(!HAVE_RGW)("S3Store on Ceph RGW", () => {
         const store = new S3Store(`s3://${bucket}/${name()}`, { ...https, caBundle: tlsFront.caFile, directReads });
         try {
           expect(await store.putIfAbsent("data/p", seeded("tls", 300_000))).toBe(true);
-          expect(same(await store.get("data/p", { offset: 1000, length: 200_000 }), seeded("tls", 300_000).subarray(1000, 201_000))).toBe(true);
-          expect(same(await store.get("data/p"), seeded("tls", 300_000))).toBe(true);
+          expect(sameBytes(await store.get("data/p", { offset: 1000, length: 200_000 }), seeded("tls", 300_000).subarray(1000, 201_000))).toBe(true);
+          expect(sameBytes(await store.get("data/p"), seeded("tls", 300_000))).toBe(true);
         } finally {
           await store.close();
         }
@@ -400,21 +400,6 @@ describe.skipIf(!HAVE_RGW)("S3Store on Ceph RGW", () => {
     expect(String(await rejection(store.get("config")))).toMatch(/is closed/);
   });
 });
-
-async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
-  const out: T[] = [];
-  for await (const x of it) out.push(x);
-  return out;
-}
-
-/** A port on 127.0.0.1 that nothing listens on. */
-async function closedPort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((resolve) => s.listen(0, "127.0.0.1", resolve));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((resolve) => s.close(resolve));
-  return port;
-}
 
 /**
  * A TLS server on 127.0.0.1 relaying to the RGW: a certificate authority and a server

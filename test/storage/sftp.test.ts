@@ -10,7 +10,7 @@ import { SftpStore } from "../../src/storage/sftp.js";
 import type { SftpAccess } from "../../src/storage/sftp-session.js";
 import { listAll, openWriter } from "../../src/storage/types.js";
 import { HAVE_SSHD, startSftpd, type Sftpd } from "../helpers/sftpd.js";
-import { rejection, seeded, storeConformance } from "./conformance.js";
+import { rejection, sameBytes, seeded, storeConformance } from "./conformance.js";
 
 /**
  * The SFTP store against a real OpenSSH server (sshd with internal-sftp) on 127.0.0.1, started
@@ -46,8 +46,6 @@ async function treeOf(dir: string): Promise<string[]> {
   return out.sort();
 }
 
-/** Byte equality without vitest's element-by-element comparison (seconds per MiB). */
-const same = (a: Uint8Array, b: Uint8Array): boolean => Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
 
 
 /** A known_hosts file with these lines. */
@@ -87,7 +85,7 @@ describe.skipIf(!HAVE_SSHD)("SFTP store", () => {
     expect(await store.putIfAbsent("data/ab/abcd", new Uint8Array([9]))).toBe(false);
     await store.close();
     expect(await treeOf(path.join(server.data, "nested", n))).toEqual(["config 600", "data/ 700", "data/ab/ 700", "data/ab/abcd 600"]);
-    expect(same(await fsp.readFile(path.join(server.data, "nested", n, "data/ab/abcd")), seeded("pack", 3 * 1024 * 1024 + 17))).toBe(true);
+    expect(sameBytes(await fsp.readFile(path.join(server.data, "nested", n, "data/ab/abcd")), seeded("pack", 3 * 1024 * 1024 + 17))).toBe(true);
   });
 
   it("takes an absolute folder with sftp://host//path", async () => {
@@ -103,7 +101,7 @@ describe.skipIf(!HAVE_SSHD)("SFTP store", () => {
     const [a, b] = [new SftpStore(url, access), new SftpStore(url, access)];
     const results = await Promise.all([a, b].flatMap((s, i) => [0, 1, 2].map((j) => s.putIfAbsent("locks/one", seeded(`${i}-${j}`, 200_000)))));
     expect(results.filter((r) => r)).toHaveLength(1);
-    expect(same(await b.get("locks/one"), await a.get("locks/one"))).toBe(true);
+    expect(sameBytes(await b.get("locks/one"), await a.get("locks/one"))).toBe(true);
     expect((await listAll(b, "")).map((o) => o.key)).toEqual(["locks/one"]);
     await Promise.all([a.close(), b.close()]);
   });
@@ -114,8 +112,8 @@ describe.skipIf(!HAVE_SSHD)("SFTP store", () => {
     await store.putIfAbsent("data/00/big", data);
     const into = new Uint8Array(1024 * 1024 + 10);
     expect(await store.readInto?.("data/00/big", { offset: 1024 * 1024 - 3, length: 1024 * 1024 + 10 }, into)).toBe(1024 * 1024 + 8);
-    expect(same(into.subarray(0, 1024 * 1024 + 8), data.subarray(1024 * 1024 - 3))).toBe(true);
-    expect(same(await store.get("data/00/big"), data)).toBe(true);
+    expect(sameBytes(into.subarray(0, 1024 * 1024 + 8), data.subarray(1024 * 1024 - 3))).toBe(true);
+    expect(sameBytes(await store.get("data/00/big"), data)).toBe(true);
     await store.close();
   });
 
@@ -151,9 +149,9 @@ describe.skipIf(!HAVE_SSHD)("SFTP store", () => {
     const reading = store.readInto?.("data/01/pack", { offset: 1024 * 1024, length: 1024 * 1024 }, into);
     lost();
     expect(await reading).toBe(1024 * 1024);
-    expect(same(into, data.subarray(1024 * 1024, 2 * 1024 * 1024))).toBe(true);
+    expect(sameBytes(into, data.subarray(1024 * 1024, 2 * 1024 * 1024))).toBe(true);
     lost();
-    expect(same(await store.get("data/01/pack"), data)).toBe(true);
+    expect(sameBytes(await store.get("data/01/pack"), data)).toBe(true);
     lost();
     expect(await store.stat("data/02/other")).toEqual({ key: "data/02/other", size: 1 });
     lost();
@@ -295,7 +293,7 @@ describe.skipIf(!HAVE_SSHD || !existsSync(SFTP_SERVER))("an SFTP server whose SF
       stop(serverPids());
       expect(stopped.length).toBe(1);
       const started = Date.now();
-      expect(same(await store.get("data/01/a"), data)).toBe(true);
+      expect(sameBytes(await store.get("data/01/a"), data)).toBe(true);
       expect(Date.now() - started).toBeGreaterThanOrEqual(900);
       // The new connection's sftp-server stops too: a write is not repeated.
       stop(serverPids().filter((p) => !stopped.includes(p)));

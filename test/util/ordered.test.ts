@@ -1,13 +1,8 @@
 import { describe, expect, it } from "vitest";
 import { mapOrdered } from "../../src/util/ordered.js";
+import { collect } from "../helpers/fixtures.js";
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function collect<R>(g: AsyncIterable<R>): Promise<R[]> {
-  const out: R[] = [];
-  for await (const r of g) out.push(r);
-  return out;
-}
 
 describe("mapOrdered", () => {
   it("yields results in the items' order with at most `limit` calls running, and reaches the limit", async () => {
