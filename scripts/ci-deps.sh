@@ -43,9 +43,14 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     chmod +x /usr/sbin/policy-rc.d
     made_policy=1
   fi
-  apt-get update -qq >/dev/null
+  # apt checks signatures as its unprivileged _apt user, in TMPDIR (else /tmp): where /tmp is
+  # not world-writable (seen on a fresh machine, mode 0755) that check fails, so give it its own.
+  apt_tmp=$(mktemp -d)
+  chmod 1777 "$apt_tmp"
+  TMPDIR=$apt_tmp apt-get update -qq >/dev/null
   # shellcheck disable=SC2086
-  apt-get install -y -qq --no-install-recommends $need >/dev/null
+  TMPDIR=$apt_tmp apt-get install -y -qq --no-install-recommends $need >/dev/null
+  rm -rf "$apt_tmp"
   if [ $made_policy = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 else
   echo "note: missing Debian packages (not root, not installing):$need" >&2

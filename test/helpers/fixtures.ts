@@ -14,11 +14,17 @@ import { initRepository } from "../../src/repository/open.js";
 import { MemoryStore } from "../../src/storage/memory.js";
 import { toHex } from "../../src/util/bytes.js";
 
-/** Temporary folders removed after each test. */
+/**
+ * Temporary folders removed after each test, with the `-state` folder beside each that the CLI
+ * helper gives a repository made there (`vault(dir)`).
+ */
 export function tempDirs(): (label?: string) => string {
   const made: string[] = [];
   afterEach(() => {
-    for (const d of made.splice(0)) fse.removeSync(d);
+    for (const d of made.splice(0)) {
+      fse.removeSync(d);
+      fse.removeSync(`${d}-state`);
+    }
   });
   return (label = "t") => {
     const d = mkdtempSync(path.join(os.tmpdir(), `vmvault-${label}-`));
