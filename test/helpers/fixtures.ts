@@ -1,5 +1,5 @@
 import fse from "fs-extra";
-import { createHash } from "node:crypto";
+import { createHash, hash } from "node:crypto";
 import { mkdtempSync } from "node:fs";
 import net from "node:net";
 import { promises as fsp } from "node:fs";
@@ -33,13 +33,16 @@ export function tempDirs(): (label?: string) => string {
   };
 }
 
-/** Deterministic pseudo-random bytes (SHA-256 in counter mode over a seed). */
+/**
+ * Deterministic pseudo-random bytes (SHA-256 in counter mode over a seed). The one-shot
+ * `crypto.hash` makes the same bytes as a Hash object per block, about three times as fast.
+ */
 export function seededBytes(seed: string, length: number): Uint8Array {
   const out = new Uint8Array(length);
   let counter = 0;
   for (let at = 0; at < length; at += 32) {
-    const block = createHash("sha256").update(`${seed}:${counter++}`).digest();
-    out.set(block.subarray(0, Math.min(32, length - at)), at);
+    const block = hash("sha256", `${seed}:${counter++}`, "buffer");
+    out.set(length - at >= 32 ? block : block.subarray(0, length - at), at);
   }
   return out;
 }

@@ -6,7 +6,6 @@
  * oldstyle or non-fixed greetings, a server without NBD_OPT_GO, one that never greets.
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { createHash } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
@@ -19,15 +18,15 @@ import {
   Opt, parseOptionHeader, parseRequest, Rep, REPLY_FLAG_DONE, ReplyType, TX_HAS_FLAGS, TX_READ_ONLY, type Request,
 } from "../../src/sources/nbd-protocol.js";
 import { SocketInput } from "../../src/util/socket-io.js";
+import { seededBytes } from "../helpers/fixtures.js";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
-/** Deterministic pseudo-random bytes (SHA-256 in counter mode). */
+/** Deterministic pseudo-random bytes (the fixtures' seededBytes) in a Buffer. */
 function seeded(seed: string, length: number): Buffer {
-  const out = Buffer.alloc(length);
-  for (let at = 0, i = 0; at < length; at += 32, i++) createHash("sha256").update(`${seed}:${i}`).digest().copy(out, at);
-  return out;
+  const bytes = seededBytes(seed, length);
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
 /** A small deterministic generator of integers in [0, n). */

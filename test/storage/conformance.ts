@@ -1,22 +1,15 @@
-import { createHash } from "node:crypto";
 import { afterEach, beforeEach, describe, expect, it as vitestIt } from "vitest";
 import { NotFoundError } from "../../src/errors.js";
 import { listAll, listKeys, openWriter, readInto, type Store } from "../../src/storage/types.js";
+import { seededBytes } from "../helpers/fixtures.js";
 
 export interface StoreFixture {
   readonly store: Store;
   readonly cleanup: () => Promise<void>;
 }
 
-/** Deterministic pseudo-random bytes (SHA-256 in counter mode over a seed). */
-export function seeded(seed: string, length: number): Uint8Array {
-  const out = new Uint8Array(length);
-  for (let at = 0, counter = 0; at < length; at += 32, counter++) {
-    const block = createHash("sha256").update(`${seed}:${counter}`).digest();
-    out.set(block.subarray(0, Math.min(32, length - at)), at);
-  }
-  return out;
-}
+/** Deterministic pseudo-random bytes (the fixtures' seededBytes). */
+export const seeded = seededBytes;
 
 const text = (s: string): Uint8Array => new TextEncoder().encode(s);
 
