@@ -109,12 +109,21 @@ export async function openSftpSession(at: SftpLocation, access: SftpAccess): Pro
   // Without it, a window adjustment or a small request waits for the ACK of the last packet
   // (Nagle's algorithm): reads of packs ran at 60-90 MiB/s on loopback instead of 180-240.
   client.setNoDelay(true);
+  const timeout = access.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
+  // The SFTP side answers its start within the timeout too, or the connection goes.
+  let starting: NodeJS.Timeout | undefined;
   const sftp = await new Promise<SFTPWrapper>((resolve, reject) => {
+    starting = setTimeout(() => {
+      client.destroy();
+      reject(new StorageError(`the SFTP server ${where} answered no request for ${Math.round(timeout / 1000)} s and was given up`));
+    }, timeout);
     client.sftp((e, s) => (e === undefined || e === null ? resolve(s) : reject(new StorageError(`the SSH server at ${where} has no SFTP: ${e.message}`, e))));
-  }).catch((e: unknown) => {
-    client.end();
-    throw e;
-  });
+  })
+    .catch((e: unknown) => {
+      client.end();
+      throw e;
+    })
+    .finally(() => clearTimeout(starting));
   // ssh2 sizes requests by the server's limits@openssh.com answer (OpenSSH: 255 KiB and more).
   const limits = sftp as unknown as { _maxReadLen?: number; _maxWriteLen?: number };
   const size = (n: number | undefined): number => (typeof n === "number" && n >= SAFE_IO ? Math.min(n, 256 * 1024) : SAFE_IO);
@@ -130,11 +139,12 @@ export async function openSftpSession(at: SftpLocation, access: SftpAccess): Pro
     const e = new Error(`the connection to the SFTP server ${where} ${why}`);
     for (const reject of pending) reject(e);
     pending.clear();
+    // The SFTP channel may end while the SSH connection stays (the server's sftp-server exited).
+    client.end();
   };
   client.once("close", lost);
   sftp.once("close", lost);
   // While requests wait, some answer must come within the timeout, or the connection goes.
-  const timeout = access.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
   let lastAnswer = Date.now();
   const watchdog = setInterval(() => {
     if (pending.size === 0 || Date.now() - lastAnswer < timeout) return;

@@ -3,7 +3,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { FileEntryWithStats, Stats } from "ssh2";
 import { NotFoundError, StorageError } from "../errors.js";
 import { mapOrdered } from "../util/ordered.js";
-import { FAILURE, lostUnder, NO_SUCH_FILE, PERMISSION_DENIED, readRange, S_IFDIR, S_IFMT, S_IFREG, SftpObjectWriter, statusOf } from "./sftp-io.js";
+import { FAILURE, lostUnder, NO_SUCH_FILE, PERMISSION_DENIED, readRange, S_IFDIR, S_IFMT, S_IFREG, statusOf } from "./sftp-io.js";
+import { SftpObjectWriter } from "./sftp-writer.js";
 import { openSftpSession, type SftpAccess, type SftpSession } from "./sftp-session.js";
 import { parseSftpUrl, type SftpLocation } from "./sftp-location.js";
 import { assertLeftoverName, assertValidKey, assertValidPrefix, rangeInto, type ByteRange, type Leftover, type ObjectInfo, type ObjectWriter, type Store } from "./types.js";
@@ -14,9 +15,11 @@ const OPEN_READERS = 8;
 /** Folders a listing reads ahead of the one it is walking (each readdir is a round trip). */
 const WALK_AHEAD = 16;
 /**
- * Tries of a request that may be repeated (a read, a stat, a listing, a delete) when the
- * connection is lost under it: each on a new connection, 0.1 s and then 0.2 s later. Writes are
- * not repeated: a rename whose answer was lost may have happened.
+ * Tries of a request that may be repeated (a read, a stat, a listing, a delete, opening a new
+ * temporary file) when the connection is lost under it: each on a new connection, 0.1 s and
+ * then 0.2 s later. A writer goes on over a new connection as many times less one (see
+ * SftpObjectWriter: it sends again what was not acknowledged, and judges a rename whose
+ * answer was lost by what the new connection finds).
  */
 const ATTEMPTS = 3;
 
@@ -208,34 +211,39 @@ export class SftpStore implements Store {
    * files 0600); commit waits for every write's acknowledgement, fsyncs the file, closes it and
    * renames it to the object's name, which fails when the name exists: then the temporary file
    * is removed and commit answers false. The server's folder cannot be fsynced over SFTP: the
-   * new name is as durable as the server's file system makes a rename of a synced file.
+   * new name is as durable as the server's file system makes a rename of a synced file. A
+   * connection lost under a write is ridden out (SftpObjectWriter); a lost temporary file, or
+   * more losses than ATTEMPTS allows, fail the write.
    */
   async createWriter(key: string): Promise<ObjectWriter> {
     const file = this.#path(key);
     const slash = file.lastIndexOf("/");
     const dir = slash < 0 ? "." : file.slice(0, slash);
-    const temp = `${slash < 0 ? "" : `${dir}/`}${TEMP_PREFIX}${randomBytes(8).toString("hex")}`;
-    const s = await this.#connect();
-    const open = (): Promise<Buffer> => s.request<Buffer>((cb) => s.sftp.open(temp, "wx", { mode: 0o600 }, cb));
-    let handle: Buffer;
-    try {
-      if (!this.#knownDirs.has(dir)) await this.#mkdirs(s, dir);
-      handle = await open();
-    } catch (e) {
-      if (statusOf(e) !== NO_SUCH_FILE) throw this.#mapError(e, key, "write");
-      // A folder made known was removed meanwhile (by prune, say): make it again.
-      this.#knownDirs.delete(dir);
+    return this.#again(async (s) => {
+      const temp = `${slash < 0 ? "" : `${dir}/`}${TEMP_PREFIX}${randomBytes(8).toString("hex")}`;
+      const open = (): Promise<Buffer> => s.request<Buffer>((cb) => s.sftp.open(temp, "wx", { mode: 0o600 }, cb));
+      let handle: Buffer;
       try {
-        await this.#mkdirs(s, dir);
+        if (!this.#knownDirs.has(dir)) await this.#mkdirs(s, dir);
         handle = await open();
-      } catch (again) {
-        throw this.#mapError(again, key, "write");
+      } catch (e) {
+        if (statusOf(e) !== NO_SUCH_FILE) throw this.#mapError(e, key, "write");
+        // A folder made known was removed meanwhile (by prune, say): make it again.
+        this.#knownDirs.delete(dir);
+        try {
+          await this.#mkdirs(s, dir);
+          handle = await open();
+        } catch (again) {
+          throw this.#mapError(again, key, "write");
+        }
       }
-    }
-    this.#knownDirs.add(dir);
-    return new SftpObjectWriter(s, handle, temp, file, {
-      mapError: (e) => this.#mapError(e, key, "write"),
-      occupied: () => new StorageError(`cannot write ${key} in ${this.location}: something other than an object has that name`),
+      this.#knownDirs.add(dir);
+      return new SftpObjectWriter(s, handle, temp, file, {
+        connect: () => this.#connect(),
+        resumes: ATTEMPTS - 1,
+        mapError: (e) => this.#mapError(e, key, "write"),
+        occupied: () => new StorageError(`cannot write ${key} in ${this.location}: something other than an object has that name`),
+      });
     });
   }
 

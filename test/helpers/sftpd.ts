@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { ROOT } from "./cli.js";
@@ -22,6 +22,8 @@ export interface Sftpd {
   pid(): number;
   /** Kills (SIGKILL) the processes serving the open connections, as a crashed server or a cut network would end them; how many. */
   dropConnections(): number;
+  /** Logins the server has accepted so far (its log's "Accepted publickey" lines). */
+  logins(): number;
   stop(): void;
   /** Starts it again on the same port with the same keys. */
   start(): void;
@@ -57,6 +59,7 @@ export function startSftpd(o: { sftpServer?: string } = {}): Sftpd & { remove():
       for (const pid of pids) process.kill(pid, "SIGKILL");
       return pids.length;
     },
+    logins: () => (readFileSync(path.join(dir, "sshd.log"), "utf8").match(/Accepted publickey/g) ?? []).length,
     stop: () => void run("stop", dir),
     start: () => void run("start", dir, port, o.sftpServer ?? "internal-sftp"),
     remove: () => {

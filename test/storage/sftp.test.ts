@@ -117,20 +117,44 @@ describe.skipIf(!HAVE_SSHD)("SFTP store", () => {
     await store.close();
   });
 
-  it("connects again after the server dropped the connection; a write cut off leaves no object", async () => {
-    const store = new SftpStore(server.url(name()), access);
+  it("a write goes on over a new connection when the server drops the one it started on: the object is whole, no temporary file stays", async () => {
+    const n = name();
+    const store = new SftpStore(server.url(n), access);
+    await store.putIfAbsent("config", new Uint8Array([1]));
+    const logins = server.logins();
+    const data = seeded("cut", 9 * 1024 * 1024 + 3);
+    const w = await openWriter(store, "data/aa/cut");
+    await w.write(data.subarray(0, 5 * 1024 * 1024));
+    expect(server.dropConnections()).toBeGreaterThan(0);
+    await w.write(data.subarray(5 * 1024 * 1024));
+    expect(await w.commit()).toBe(true);
+    expect(sameBytes(await store.get("data/aa/cut"), data)).toBe(true);
+    expect((await listAll(store, "")).map((o) => o.key).sort()).toEqual(["config", "data/aa/cut"]);
+    expect((await treeOf(path.join(server.data, n))).filter((f) => f.includes(".tmp-"))).toEqual([]);
+    expect(server.logins() - logins).toBe(1);
+    // A put whose connection goes before its commit, too.
+    const small = store.putIfAbsent("index/0001", seeded("index", 1000));
+    expect(server.dropConnections()).toBeGreaterThan(0);
+    expect(await small).toBe(true);
+    expect(sameBytes(await store.get("index/0001"), seeded("index", 1000))).toBe(true);
+    await store.close();
+  });
+
+  it("a write whose temporary file went while its connection was lost fails and leaves no object", async () => {
+    const n = name();
+    const store = new SftpStore(server.url(n), access);
     await store.putIfAbsent("config", new Uint8Array([1]));
     const w = await openWriter(store, "data/aa/cut");
     await w.write(seeded("cut", 1024 * 1024));
     expect(server.dropConnections()).toBeGreaterThan(0);
+    const folder = path.join(server.data, n, "data", "aa");
+    for (const f of await fsp.readdir(folder)) await fsp.rm(path.join(folder, f));
     const e = await rejection((async () => {
       await w.write(seeded("more", 4 * 1024 * 1024));
       return w.commit();
     })());
     expect(e).toBeInstanceOf(StorageError);
     expect((e as Error).message).toMatch(/connection|data\/aa\/cut/);
-    // The next request opens a new connection.
-    expect(await store.get("config")).toEqual(new Uint8Array([1]));
     expect(await store.stat("data/aa/cut")).toBeUndefined();
     expect((await listAll(store, "")).map((o) => o.key)).toEqual(["config"]);
     await store.close();
@@ -280,7 +304,7 @@ describe.skipIf(!HAVE_SSHD || !existsSync(SFTP_SERVER))("an SFTP server whose SF
     return out === "" ? [] : out.split("\n").map(Number);
   };
 
-  it("gives the connection up once no request is answered for the timeout: reads go on over a new one, a write fails saying so", async () => {
+  it("gives the connection up once no request is answered for the timeout: reads and writes go on over a new one", async () => {
     const store = new SftpStore(stuck.url(name()), { identity: stuck.identity, knownHosts: stuck.knownHosts, requestTimeoutMs: 1000 });
     const data = seeded("stuck", 300_000);
     await store.putIfAbsent("data/01/a", data);
@@ -295,15 +319,70 @@ describe.skipIf(!HAVE_SSHD || !existsSync(SFTP_SERVER))("an SFTP server whose SF
       const started = Date.now();
       expect(sameBytes(await store.get("data/01/a"), data)).toBe(true);
       expect(Date.now() - started).toBeGreaterThanOrEqual(900);
-      // The new connection's sftp-server stops too: a write is not repeated.
+      // The new connection's sftp-server stops too: the write goes on over a third.
       stop(serverPids().filter((p) => !stopped.includes(p)));
       expect(stopped.length).toBe(2);
-      const e = await rejection(store.putIfAbsent("data/01/b", seeded("b", 1000)));
-      expect(e).toBeInstanceOf(StorageError);
-      expect((e as Error).message).toMatch(/answered no request for 1 s and was given up/);
+      const b = seeded("b", 3 * 1024 * 1024);
+      expect(await store.putIfAbsent("data/01/b", b)).toBe(true);
+      expect(sameBytes(await store.get("data/01/b"), b)).toBe(true);
     } finally {
       for (const pid of stopped) process.kill(pid, "SIGKILL");
       await store.close();
     }
+  });
+
+  it("a write fails saying so when every connection stops answering, after its tries", async () => {
+    const store = new SftpStore(stuck.url(name()), { identity: stuck.identity, knownHosts: stuck.knownHosts, requestTimeoutMs: 2000 });
+    await store.putIfAbsent("config", new Uint8Array([1]));
+    const stopped = new Set<number>();
+    // Every sftp-server this server starts is stopped as soon as it is seen.
+    const stopper = setInterval(() => {
+      for (const pid of serverPids()) {
+        if (stopped.has(pid)) continue;
+        process.kill(pid, "SIGSTOP");
+        stopped.add(pid);
+      }
+    }, 20);
+    try {
+      await new Promise((r) => setTimeout(r, 100));
+      const e = await rejection(store.putIfAbsent("data/01/b", seeded("b", 1000)));
+      expect(e).toBeInstanceOf(StorageError);
+      expect((e as Error).message).toMatch(/answered no request for 2 s and was given up/);
+      // The first connection, then the one tried after it.
+      expect(stopped.size).toBeGreaterThanOrEqual(2);
+    } finally {
+      clearInterval(stopper);
+      for (const pid of stopped) process.kill(pid, "SIGKILL");
+      await store.close();
+    }
+  });
+});
+
+describe.skipIf(!HAVE_SSHD || !existsSync(SFTP_SERVER))("an SFTP server that loses the answer to a rename it made", () => {
+  let losing: Sftpd & { remove(): void };
+  let marker: string;
+  beforeAll(async () => {
+    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), "vmvault-sftp-lose-"));
+    marker = path.join(dir, "lost");
+    const wrapper = path.join(dir, "sftp-server");
+    const helper = path.join(import.meta.dirname, "../helpers/sftp-lose-rename.mjs");
+    await fsp.writeFile(wrapper, `#!/bin/sh\nexec "${process.execPath}" "${helper}" "${marker}" "$@"\n`, { mode: 0o755 });
+    losing = startSftpd({ sftpServer: wrapper });
+  });
+  afterAll(async () => {
+    losing.remove();
+    await fsp.rm(path.dirname(marker), { recursive: true, force: true });
+  });
+
+  it("a put whose rename happened but whose answer was lost counts as written; the next put of the name says it exists", async () => {
+    const store = new SftpStore(losing.url(name()), { identity: losing.identity, knownHosts: losing.knownHosts });
+    const data = seeded("renamed", 600_000);
+    expect(await store.putIfAbsent("data/02/x", data)).toBe(true);
+    expect(existsSync(marker)).toBe(true);
+    expect(sameBytes(await store.get("data/02/x"), data)).toBe(true);
+    expect(await store.putIfAbsent("data/02/x", seeded("other", 10))).toBe(false);
+    expect(sameBytes(await store.get("data/02/x"), data)).toBe(true);
+    expect((await listAll(store, "")).map((o) => o.key)).toEqual(["data/02/x"]);
+    await store.close();
   });
 });
