@@ -143,6 +143,9 @@ export async function openSftpSession(at: SftpLocation, access: SftpAccess): Pro
     client.end();
   };
   client.once("close", lost);
+  // On the channel's end ssh2 fails the requests in flight ("No response from server") and then
+  // emits "end" at once, before their callers run: they see the connection as lost.
+  sftp.once("end", lost);
   sftp.once("close", lost);
   // While requests wait, some answer must come within the timeout, or the connection goes.
   let lastAnswer = Date.now();
