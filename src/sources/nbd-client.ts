@@ -8,14 +8,13 @@
  * one request with (an errno) rejects that request alone, with an NbdError.
  */
 import net from "node:net";
-import { writeAll } from "../util/socket-io.js";
-import { NbdConnectionError, NbdError, NbdProtocolError } from "./nbd-errors.js";
+import { SocketInput, writeAll } from "../util/socket-io.js";
+import { NBD_SOCKET_ERRORS, NbdConnectionError, NbdError, NbdProtocolError } from "./nbd-errors.js";
 import { CLOSE_MS, connected, handshake, type NbdExportInfo, type Negotiated } from "./nbd-handshake.js";
 import {
   Cmd, CMD_FLAG_FUA, encodeRequest, errnoName, Errno, parseBlockStatusPayload, parseErrorPayload, parseReplyHeader, REPLY_FLAG_DONE,
   REPLY_TYPE_ERROR_BIT, REPLY_TYPE_ERROR_OFFSET, ReplyType, replyHeaderBytes, SIMPLE_REPLY_BYTES, STATE_HOLE, STATE_ZERO, type ReplyHeader,
 } from "./nbd-protocol.js";
-import { SocketReader } from "./nbd-socket-reader.js";
 
 export { NbdConnectionError, NbdError, NbdProtocolError } from "./nbd-errors.js";
 export type { NbdExportInfo } from "./nbd-handshake.js";
@@ -68,7 +67,7 @@ interface Pending {
 export class NbdClient {
   readonly info: NbdExportInfo;
   readonly #socket: net.Socket;
-  readonly #input: SocketReader;
+  readonly #input: SocketInput;
   readonly #minimumBlock: number;
   readonly #contextId: number | undefined;
   readonly #canFua: boolean;
@@ -79,7 +78,7 @@ export class NbdClient {
   #closing: Promise<void> | undefined;
   #drained: (() => void) | undefined;
 
-  private constructor(socket: net.Socket, input: SocketReader, n: Negotiated) {
+  private constructor(socket: net.Socket, input: SocketInput, n: Negotiated) {
     this.#socket = socket;
     this.#input = input;
     this.info = n.info;
@@ -93,7 +92,7 @@ export class NbdClient {
     const { signal } = o;
     signal?.throwIfAborted();
     const socket = "path" in address ? net.connect({ path: address.path }) : net.connect({ host: address.host, port: address.port });
-    const input = new SocketReader(socket);
+    const input = new SocketInput(socket, NBD_SOCKET_ERRORS);
     const where = "path" in address ? address.path : `${address.host}:${address.port}`;
     const exportName = o.exportName ?? "";
     const work = (async () => {

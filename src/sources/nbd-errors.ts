@@ -1,3 +1,4 @@
+import type { SocketInputErrors } from "../util/socket-io.js";
 import { errnoName } from "./nbd-protocol.js";
 
 /** The NBD client's errors (src/sources/nbd-client.ts). */
@@ -36,9 +37,16 @@ export class NbdConnectionError extends Error {
 }
 
 /** A socket's failure as an NbdConnectionError (the system's code kept). */
-export function connectionFailure(e: unknown): NbdConnectionError {
+function connectionFailure(e: unknown): NbdConnectionError {
   if (e instanceof NbdConnectionError) return e;
   const code = (e as NodeJS.ErrnoException | undefined)?.code;
   if (code === "ECONNRESET" || code === "EPIPE") return new NbdConnectionError(`the NBD server closed the connection (${code})`, { code, cause: e });
   return new NbdConnectionError(`the connection to the NBD server failed: ${e instanceof Error ? e.message : String(e)}`, { code, cause: e });
 }
+
+/** What the client's socket reads fail with once the connection ended (src/util/socket-io.ts). */
+export const NBD_SOCKET_ERRORS: SocketInputErrors = {
+  end: () => new NbdConnectionError("the NBD server closed the connection"),
+  close: () => new NbdConnectionError("the NBD connection closed"),
+  error: connectionFailure,
+};

@@ -3,14 +3,13 @@
  * haggling, and what it agreed.
  */
 import type net from "node:net";
-import { writeAll } from "../util/socket-io.js";
+import { writeAll, type SocketInput } from "../util/socket-io.js";
 import { NbdConnectionError, NbdProtocolError } from "./nbd-errors.js";
 import {
   BASE_ALLOCATION, Cmd, encodeGoOption, encodeMetaContextOption, encodeOptionRequest, encodeRequest, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES,
   IHAVEOPT, Info, NBD_MAGIC, OLDSTYLE_MAGIC, Opt, OPTION_REPLY_HEADER_BYTES, parseExportNameReply, parseInfoReply, parseMetaContextReply,
   parseOptionReplyHeader, Rep, REP_ERR_BIT, REP_ERR_TLS_REQD, TX_HAS_FLAGS, TX_READ_ONLY, TX_SEND_FLUSH, TX_SEND_FUA, TX_SEND_WRITE_ZEROES,
 } from "./nbd-protocol.js";
-import type { SocketReader } from "./nbd-socket-reader.js";
 
 export interface NbdExportInfo {
   /** Bytes, a safe integer. */
@@ -65,7 +64,7 @@ export function connected(socket: net.Socket, where: string): Promise<void> {
  * server agrees), then NBD_OPT_GO asking for the block sizes, or NBD_OPT_EXPORT_NAME for a
  * server that does not know NBD_OPT_GO.
  */
-export async function handshake(socket: net.Socket, input: SocketReader, name: string, wantStructured: boolean, wantStatus: boolean): Promise<Negotiated> {
+export async function handshake(socket: net.Socket, input: SocketInput, name: string, wantStructured: boolean, wantStatus: boolean): Promise<Negotiated> {
   const greeting = await input.read(16);
   if (greeting.readBigUInt64BE(0) !== NBD_MAGIC) throw new NbdProtocolError("the peer is not an NBD server: its greeting does not start with NBDMAGIC");
   const style = greeting.readBigUInt64BE(8);
@@ -175,12 +174,12 @@ interface OptionReply {
 /** Option haggling: one option at a time, its replies read up to the final one (an ACK or an error). */
 class Options {
   readonly #socket: net.Socket;
-  readonly #input: SocketReader;
+  readonly #input: SocketInput;
   readonly #name: string;
   /** False once the server broke the protocol: no soft disconnect then. */
   usable = true;
 
-  constructor(socket: net.Socket, input: SocketReader, name: string) {
+  constructor(socket: net.Socket, input: SocketInput, name: string) {
     this.#socket = socket;
     this.#input = input;
     this.#name = name;

@@ -110,12 +110,13 @@ export async function openSftpSession(at: SftpLocation, access: SftpAccess): Pro
   // (Nagle's algorithm): reads of packs ran at 60-90 MiB/s on loopback instead of 180-240.
   client.setNoDelay(true);
   const timeout = access.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
+  const gaveUp = `answered no request for ${Math.round(timeout / 1000)} s and was given up`;
   // The SFTP side answers its start within the timeout too, or the connection goes.
   let starting: NodeJS.Timeout | undefined;
   const sftp = await new Promise<SFTPWrapper>((resolve, reject) => {
     starting = setTimeout(() => {
       client.destroy();
-      reject(new StorageError(`the SFTP server ${where} answered no request for ${Math.round(timeout / 1000)} s and was given up`));
+      reject(new StorageError(`the SFTP server ${where} ${gaveUp}`));
     }, timeout);
     client.sftp((e, s) => (e === undefined || e === null ? resolve(s) : reject(new StorageError(`the SSH server at ${where} has no SFTP: ${e.message}`, e))));
   })
@@ -151,7 +152,7 @@ export async function openSftpSession(at: SftpLocation, access: SftpAccess): Pro
   let lastAnswer = Date.now();
   const watchdog = setInterval(() => {
     if (pending.size === 0 || Date.now() - lastAnswer < timeout) return;
-    why = `answered no request for ${Math.round(timeout / 1000)} s and was given up`;
+    why = gaveUp;
     lost();
     client.destroy();
   }, Math.max(50, Math.min(5000, timeout / 4)));

@@ -116,10 +116,7 @@ export class SftpObjectWriter implements ObjectWriter {
    * (else throws e): opens the temporary file again and sends again what was not acknowledged.
    */
   async #resumeAfter(e: unknown): Promise<void> {
-    if (!lostUnder(e, this.#s) || this.#resumed >= this.#context.resumes) throw e;
-    this.#resumed++;
-    await sleep(100 * this.#resumed);
-    const s = await this.#context.connect();
+    const s = await this.#nextConnection(e);
     let handle: Buffer;
     try {
       // Not created again: a temporary file that went meanwhile is not to be filled from the middle.
@@ -133,6 +130,17 @@ export class SftpObjectWriter implements ObjectWriter {
     const unacknowledged = this.#pending.splice(0);
     this.#pendingBytes = 0;
     for (const p of unacknowledged) this.#send(p.bytes, p.offset);
+  }
+
+  /**
+   * A new connection after e, when e is the loss of this one and resumes are left (else throws
+   * e), 0.1 s times the resumes so far later.
+   */
+  async #nextConnection(e: unknown): Promise<SftpSession> {
+    if (!lostUnder(e, this.#s) || this.#resumed >= this.#context.resumes) throw e;
+    this.#resumed++;
+    await sleep(100 * this.#resumed);
+    return this.#context.connect();
   }
 
   async commit(): Promise<boolean> {
@@ -177,10 +185,7 @@ export class SftpObjectWriter implements ObjectWriter {
         return true;
       } catch (e) {
         if (statusOf(e) !== undefined) return this.#renameRefused(s, e);
-        if (!lostUnder(e, s) || this.#resumed >= this.#context.resumes) throw e;
-        this.#resumed++;
-        await sleep(100 * this.#resumed);
-        const next = await this.#context.connect();
+        const next = await this.#nextConnection(e);
         this.#s = next;
         // The answer was lost, not necessarily the rename: the temporary file gone and the
         // object there means it happened.

@@ -3,43 +3,73 @@ import type { Socket } from "node:net";
 /** The connection closed (or failed) before the bytes asked for arrived. */
 export class ConnectionClosed extends Error {}
 
-/** Bytes buffered from the client before the socket is paused (a client that sends ahead waits). */
+/** Bytes buffered from the peer before the socket is paused (unless a read waits for more). */
 const HIGH_WATER = 1024 * 1024;
 
+/** The errors a SocketInput's reads fail with once the peer ended, the socket closed or failed. */
+export interface SocketInputErrors {
+  readonly end: () => Error;
+  readonly close: () => Error;
+  readonly error: (e: Error) => Error;
+}
+
+const CLOSED: SocketInputErrors = {
+  end: () => new ConnectionClosed("the client closed the connection"),
+  close: () => new ConnectionClosed("the connection closed"),
+  error: (e) => new ConnectionClosed(`the connection failed: ${e.message}`),
+};
+
 /**
- * Reads exact byte counts from a socket: what the peer sent is buffered (pausing the socket past
- * HIGH_WATER) and handed out in the sizes asked for. One reader at a time.
+ * Exact byte counts from a socket, as they arrive: read() hands out whole pieces (a copy only
+ * when one spans two of the socket's buffers), readInto() copies straight into the caller's
+ * buffer. The socket pauses past HIGH_WATER bytes buffered, unless a read waits for more (a
+ * peer that sends ahead waits). One reader at a time. Once the peer ends, or the socket closes
+ * or fails, reads of what did not arrive fail with `errors`' error (ConnectionClosed unless told).
  */
 export class SocketInput {
   readonly #socket: Socket;
   readonly #parts: Buffer[] = [];
   #buffered = 0;
+  #need = 0;
   #ended: Error | undefined;
-  #waiting: (() => void) | undefined;
+  #wake: (() => void) | undefined;
 
-  constructor(socket: Socket) {
+  constructor(socket: Socket, errors: SocketInputErrors = CLOSED) {
     this.#socket = socket;
     socket.on("data", (d: Buffer) => {
       this.#parts.push(d);
       this.#buffered += d.length;
-      if (this.#buffered > HIGH_WATER) socket.pause();
-      this.#wake();
+      if (this.#buffered > HIGH_WATER && this.#buffered >= this.#need) socket.pause();
+      if (this.#buffered >= this.#need) this.#notify();
     });
-    socket.on("end", () => this.#end(new ConnectionClosed("the client closed the connection")));
-    socket.on("close", () => this.#end(new ConnectionClosed("the connection closed")));
-    socket.on("error", (e) => this.#end(new ConnectionClosed(`the connection failed: ${e.message}`)));
+    socket.on("end", () => this.#end(errors.end()));
+    socket.on("close", () => this.#end(errors.close()));
+    socket.on("error", (e) => this.#end(errors.error(e)));
   }
 
   /** Exactly n bytes, once they have arrived (more than HIGH_WATER too: the socket is resumed for them). */
   async read(n: number): Promise<Buffer> {
-    while (this.#buffered < n) {
-      if (this.#ended !== undefined) throw this.#ended;
-      if (this.#socket.isPaused()) this.#socket.resume();
-      await new Promise<void>((resolve) => (this.#waiting = resolve));
+    if (n === 0) return Buffer.alloc(0);
+    while (this.#buffered < n) await this.#wait(n);
+    const first = this.#parts[0] as Buffer;
+    let out: Buffer;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      this.#drop(n);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      this.#copyInto(out);
     }
-    const out = this.#take(n);
-    if (this.#buffered <= HIGH_WATER && this.#socket.isPaused()) this.#socket.resume();
     return out;
+  }
+
+  /** Fills dest with the next dest.length bytes, copying them straight from the socket's buffers. */
+  async readInto(dest: Uint8Array): Promise<void> {
+    let at = 0;
+    while (at < dest.length) {
+      if (this.#buffered === 0) await this.#wait(1);
+      at += this.#copyInto(dest.subarray(at));
+    }
   }
 
   /** Reads and drops n bytes, a piece at a time (a refused write's payload). */
@@ -51,37 +81,43 @@ export class SocketInput {
     }
   }
 
-  #take(n: number): Buffer {
-    const first = this.#parts[0];
-    if (first !== undefined && first.length >= n) {
-      const out = first.subarray(0, n);
-      if (first.length === n) this.#parts.shift();
-      else this.#parts[0] = first.subarray(n);
-      this.#buffered -= n;
-      return out;
-    }
-    const out = Buffer.allocUnsafe(n);
+  /** Copies what is buffered, up to dest's length, into dest; how many bytes. */
+  #copyInto(dest: Uint8Array): number {
     let at = 0;
-    while (at < n) {
+    while (at < dest.length && this.#parts.length > 0) {
       const part = this.#parts[0] as Buffer;
-      const k = Math.min(part.length, n - at);
-      part.copy(out, at, 0, k);
+      const k = Math.min(part.length, dest.length - at);
+      dest.set(k === part.length ? part : part.subarray(0, k), at);
       at += k;
-      if (k === part.length) this.#parts.shift();
-      else this.#parts[0] = part.subarray(k);
+      this.#drop(k);
     }
+    return at;
+  }
+
+  #drop(n: number): void {
+    const first = this.#parts[0] as Buffer;
+    if (first.length === n) this.#parts.shift();
+    else this.#parts[0] = first.subarray(n);
     this.#buffered -= n;
-    return out;
+    if (this.#buffered <= HIGH_WATER && this.#socket.isPaused()) this.#socket.resume();
+  }
+
+  async #wait(need: number): Promise<void> {
+    if (this.#ended !== undefined) throw this.#ended;
+    this.#need = need;
+    if (this.#socket.isPaused()) this.#socket.resume();
+    await new Promise<void>((resolve) => (this.#wake = resolve));
+    this.#need = 0;
   }
 
   #end(e: Error): void {
     this.#ended ??= e;
-    this.#wake();
+    this.#notify();
   }
 
-  #wake(): void {
-    const w = this.#waiting;
-    this.#waiting = undefined;
+  #notify(): void {
+    const w = this.#wake;
+    this.#wake = undefined;
     w?.();
   }
 }

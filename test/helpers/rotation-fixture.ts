@@ -23,18 +23,19 @@ export async function rotationFixture(tmp: (label?: string) => string): Promise<
   await fsp.cp(made.dir, dir, { recursive: true });
   return {
     repo: path.join(dir, "repo", "r"),
-    sources: made.fixture.sources.map((s) => ({ ...s, file: path.join(dir, "src", path.basename(s.file)) })),
+    sources: made.sources.map((s) => ({ ...s, file: path.join(dir, "src", path.basename(s.file)) })),
   };
 }
 
-let template: Promise<{ dir: string; fixture: RotationFixture }> | undefined;
+/** The folder of the repository made once for the test file ("repo/r") and its images ("src"). */
+let template: Promise<{ dir: string; sources: RotationFixture["sources"] }> | undefined;
 afterAll(async () => {
   const made = await template?.catch(() => undefined);
   template = undefined;
   if (made !== undefined) await fsp.rm(made.dir, { recursive: true, force: true });
 });
 
-async function makeTemplate(): Promise<{ dir: string; fixture: RotationFixture }> {
+async function makeTemplate(): Promise<{ dir: string; sources: RotationFixture["sources"] }> {
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), "vmvault-rotation-template-"));
   const repo = path.join(dir, "repo", "r");
   const src = path.join(dir, "src");
@@ -55,7 +56,7 @@ async function makeTemplate(): Promise<{ dir: string; fixture: RotationFixture }
   } finally {
     await v.close();
   }
-  return { dir, fixture: { repo, sources } };
+  return { dir, sources };
 }
 
 /** Bytes of every pack file of the repository. */
