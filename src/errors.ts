@@ -117,6 +117,12 @@ export class StorageError extends VaultError {
   }
 }
 
+/**
+ * The storage refused the operation to these credentials (permission or access denied): asking
+ * again will not help. An append-only backup host's storage refuses deletions this way.
+ */
+export class StorageRefusedError extends StorageError {}
+
 export class SourceError extends VaultError {
   constructor(code: "E_SOURCE" | "E_CHANGED", message: string, hint?: string) {
     super(code, message, hint === undefined ? {} : { hint });

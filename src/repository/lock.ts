@@ -1,13 +1,13 @@
 import { setTimeout as sleep } from "node:timers/promises";
-import { errorCodeOf, LockedError, type LockHolder } from "../errors.js";
+import { LockedError, type LockHolder } from "../errors.js";
 import { processAlive } from "../util/process.js";
-import { FormatError } from "../format/codec.js";
-import { encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { LOCK_PREFIX, REENCRYPTION_LOCK_PREFIX } from "../format/layout.js";
-import { encodeLockMeta, parseLockMeta, type LockMeta } from "../format/lock.js";
-import { listKeys } from "../storage/types.js";
+import type { LockMeta } from "../format/lock.js";
 import { toHex, utf8 } from "../util/bytes.js";
+import { deleteIfAllowed, listLocks, OwnLockObjects } from "./lock-objects.js";
 import { refreshRegistryView } from "./registry-view.js";
+
+export { parseLock } from "./lock-objects.js";
 import type { Repository } from "./repository.js";
 
 /** A lock not refreshed for this long is considered abandoned by a crashed host. */
@@ -146,41 +146,29 @@ function hostHash(repo: Repository): string {
   return toHex(repo.crypto.hash(utf8(`${repo.repoId}\0${repo.env.hostname}`), undefined, 16));
 }
 
-/** A stored lock object's holder; FormatError when the bytes are no lock (every command passes over those). */
-export function parseLock(bytes: Uint8Array): LockMeta {
-  return parseLockMeta(parseEnvelope(ObjectKind.Lock, bytes, false).meta);
-}
-
 /**
  * Takes a shared (backup, restore, check) or exclusive (prune, re-encryption) lock. A lock
- * left by a dead process on this host, or not refreshed for 30 minutes, is removed.
+ * left by a dead process on this host, not refreshed for 30 minutes, or released by a release
+ * object, is removed where the storage allows deletions and passed over where it does not.
  */
 async function tryLock(repo: Repository, prefix: string, operation: string, exclusive: boolean): Promise<Lock> {
   const store = repo.store;
-  const lockId = toHex(repo.crypto.random(16));
   const mine = hostHash(repo);
   const now = repo.now();
-  const meta: LockMeta = { repoId: repo.repoId, lockId, exclusive, hostHash: mine, pid: repo.env.pid, operation, createdAt: now, refreshedAt: now };
-  let currentKey = `${prefix}${lockId}`;
-  await store.putIfAbsent(currentKey, encodeEnvelope(ObjectKind.Lock, encodeLockMeta(meta)));
-  for (const key of await listKeys(store, prefix)) {
-    if (key === currentKey) continue;
-    let other: LockMeta;
-    try {
-      other = parseLock(await store.get(key));
-    } catch (e) {
-      if (e instanceof FormatError) continue;
-      if (errorCodeOf(e) === "E_NOT_FOUND") continue;
-      throw e;
-    }
-    const age = repo.env.clock().getTime() - Date.parse(other.refreshedAt);
+  const meta: LockMeta = { repoId: repo.repoId, lockId: toHex(repo.crypto.random(16)), exclusive, hostHash: mine, pid: repo.env.pid, operation, createdAt: now, refreshedAt: now };
+  const own = new OwnLockObjects(repo, prefix);
+  let currentKey = await own.write(meta);
+  const { locks, releases, released: freed } = await listLocks(repo, prefix, currentKey);
+  const ageOf = (m: LockMeta): number => repo.env.clock().getTime() - Date.parse(m.refreshedAt);
+  for (const { key, meta: other } of locks) {
+    const age = ageOf(other);
     const deadHere = other.hostHash === mine && other.pid !== repo.env.pid && !processAlive(other.pid);
-    if (deadHere || age > STALE_AFTER_MS) {
-      await store.delete(key);
+    if (deadHere || age > STALE_AFTER_MS || (other.releaseHash !== undefined && freed.has(other.releaseHash))) {
+      await deleteIfAllowed(store, key);
       continue;
     }
     if (exclusive || other.exclusive) {
-      await store.delete(currentKey);
+      await own.release(meta);
       const holder: LockHolder = {
         key,
         operation: other.operation,
@@ -205,16 +193,17 @@ async function tryLock(repo: Repository, prefix: string, operation: string, excl
       );
     }
   }
+  // A release object goes once every lock it frees is stale anyway, so none can outlive it
+  // and look held again (a refresh that was on its way when its holder let go, say).
+  for (const { key, meta: r } of releases) if (ageOf(r) > STALE_AFTER_MS) await deleteIfAllowed(store, key);
   let released = false;
   const timer = setInterval(() => {
     void (async () => {
       const next = { ...meta, lockId: toHex(repo.crypto.random(16)), refreshedAt: repo.now() };
-      const nextKey = `${prefix}${next.lockId}`;
-      await store.putIfAbsent(nextKey, encodeEnvelope(ObjectKind.Lock, encodeLockMeta(next)));
       const old = currentKey;
-      currentKey = nextKey;
-      if (released) await store.delete(nextKey);
-      await store.delete(old);
+      currentKey = await own.write(next);
+      if (released) await own.release(meta);
+      else await own.drop(old);
     })().catch(() => undefined);
   }, REFRESH_EVERY_MS);
   timer.unref();
@@ -222,7 +211,7 @@ async function tryLock(repo: Repository, prefix: string, operation: string, excl
     async release() {
       released = true;
       clearInterval(timer);
-      await store.delete(currentKey);
+      await own.release(meta);
     },
   };
 }

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from "node:timers/promises";
-import { StorageError } from "../errors.js";
+import { StorageError, StorageRefusedError } from "../errors.js";
 import { listKeys, openWriter, readInto, type ByteRange, type ObjectInfo, type ObjectWriter, type Store } from "./types.js";
 
 export interface FaultyStoreOptions {
@@ -15,6 +15,8 @@ export interface FaultyStoreOptions {
   readonly getDelayMs?: (key: string) => number;
   /** When true, the delete fails with a StorageError and nothing is removed (a crash or an outage mid-cleanup). */
   readonly failDelete?: (key: string) => boolean;
+  /** When true, the delete is refused as to credentials without delete permission (an append-only host's), and nothing is removed. */
+  readonly refuseDelete?: (key: string) => boolean;
 }
 
 /**
@@ -103,6 +105,9 @@ export class FaultyStore implements Store {
     this.deletes.push(key);
     if (this.#options.failDelete?.(key) === true) {
       throw new StorageError(`could not delete ${key} in ${this.location}: injected delete failure`);
+    }
+    if (this.#options.refuseDelete?.(key) === true) {
+      throw new StorageRefusedError(`permission denied to delete ${key} in ${this.location} (injected: an append-only store)`);
     }
     await this.#inner.delete(key);
   }

@@ -4,7 +4,7 @@ import { randomBytes } from "node:crypto";
 import fs, { promises as fsp } from "node:fs";
 import { promisify } from "node:util";
 import path from "node:path";
-import { errorCodeOf, NotFoundError, StorageError } from "../errors.js";
+import { errorCodeOf, NotFoundError, StorageError, StorageRefusedError } from "../errors.js";
 import { nativeHelper, type NativeHelper } from "../util/native.js";
 import { PageCacheFootprint } from "../util/page-cache.js";
 import { mapOrdered } from "../util/ordered.js";
@@ -352,7 +352,7 @@ export class FsStore implements Store {
       return new StorageError(`storage full while writing ${key} in ${this.location}: free some space and run the command again`, e);
     }
     if (code === "EACCES" || code === "EPERM" || code === "EROFS") {
-      return new StorageError(`permission denied to ${op} ${key} in ${this.location}`, e);
+      return new StorageRefusedError(`permission denied to ${op} ${key} in ${this.location}`, e);
     }
     return new StorageError(`could not ${op} ${key} in ${this.location}: ${e instanceof Error ? e.message : String(e)}`, e);
   }

@@ -1,4 +1,4 @@
-import { NotFoundError, StorageError, UsageError } from "../errors.js";
+import { NotFoundError, StorageError, StorageRefusedError, UsageError } from "../errors.js";
 
 export type Op = "read" | "write" | "list" | "delete" | "stat" | "create";
 
@@ -41,7 +41,7 @@ export function s3Problem(e: unknown, at: { key: string; op: Op; bucket: string;
     return new StorageError(`the S3 server could not store ${where} (${name || status}): it may be full or over quota`, e, "free some space or raise the quota, and run the command again");
   }
   if (name === "AccessDenied" || status === 403) {
-    return new StorageError(`access denied to ${at.op} ${where}`, e, "the S3 user needs to read, write, list and delete objects under the repository's prefix (and to abort uploads)");
+    return new StorageRefusedError(`access denied to ${at.op} ${where}`, e, accessHint(at.op));
   }
   if (TLS_CODES.has(code) || TLS_CODES.has(name)) {
     return new StorageError(
@@ -64,4 +64,15 @@ export function s3Problem(e: unknown, at: { key: string; op: Op; bucket: string;
     return new UsageError(`the bucket ${at.bucket} is in another region than the one asked (${at.location})`, "set AWS_REGION (or aws-region in the keys file) to the bucket's region");
   }
   return new StorageError(`could not ${at.op} ${where}: ${name === "" ? "" : `${name}: `}${said}${status === undefined ? "" : ` (HTTP ${status})`}`, e);
+}
+
+/** What to do about an access denied: deleting needs more than an append-only host's rights; a read may be of another S3 user's object. */
+function accessHint(op: Op): string {
+  if (op === "delete") {
+    return "this step deletes objects: run it with S3 credentials allowed to delete under the repository's prefix (a backup host's append-only credentials need not be)";
+  }
+  return (
+    "the S3 user needs to read, write and list objects under the repository's prefix (and delete them, for forget, prune, key rotation and user changes); " +
+    "an object another S3 user wrote is readable only if that user's hosts write with --s3-object-acl bucket-owner-full-control"
+  );
 }

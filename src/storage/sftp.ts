@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { FileEntryWithStats, Stats } from "ssh2";
-import { NotFoundError, StorageError } from "../errors.js";
+import { NotFoundError, StorageError, StorageRefusedError } from "../errors.js";
 import { mapOrdered } from "../util/ordered.js";
 import { FAILURE, lostUnder, NO_SUCH_FILE, PERMISSION_DENIED, readRange, S_IFDIR, S_IFMT, S_IFREG, statusOf } from "./sftp-io.js";
 import { SftpObjectWriter } from "./sftp-writer.js";
@@ -393,7 +393,7 @@ export class SftpStore implements Store {
     const status = statusOf(e);
     const said = e instanceof Error ? e.message : String(e);
     if (status === NO_SUCH_FILE && op !== "write") return new NotFoundError(`object not found: ${key}`);
-    if (status === PERMISSION_DENIED) return new StorageError(`permission denied to ${op} ${key} in ${this.location}`, e);
+    if (status === PERMISSION_DENIED) return new StorageRefusedError(`permission denied to ${op} ${key} in ${this.location}`, e);
     if (status === FAILURE && op === "write") {
       return new StorageError(`the SFTP server could not write ${key} in ${this.location} ("${said}"): its disk may be full or over quota`, e, "free some space on the server and run the command again");
     }
