@@ -8,6 +8,7 @@ export const KEYS_FILE_SETTINGS = [
   "user",
   "passphrase-file",
   "s3-endpoint",
+  "s3-object-acl",
   "aws-access-key-id",
   "aws-secret-access-key",
   "aws-region",

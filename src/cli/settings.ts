@@ -3,7 +3,7 @@ import { Secret } from "../crypto/secret.js";
 import { UsageError } from "../errors.js";
 import { assertUserName } from "../repository/open.js";
 import type { StoreAccess } from "../storage/open.js";
-import { s3AccessFromEnv, type S3Access } from "../storage/s3-location.js";
+import { parseS3ObjectAcl, s3AccessFromEnv, type S3Access, type S3ObjectAcl } from "../storage/s3-location.js";
 import { fileProblem, readableByOthers, readKeysFile, type KeysFileSetting } from "./keys-file.js";
 import { promptNewSecret, promptSecret } from "./prompt.js";
 
@@ -21,6 +21,7 @@ export interface GlobalOptions {
   readonly sftpIdentity?: string;
   readonly sftpKnownHosts?: string;
   readonly s3Endpoint?: string;
+  readonly s3ObjectAcl?: string;
 }
 
 export interface Settings {
@@ -53,7 +54,7 @@ export function resolveSettings(o: GlobalOptions, env: Env = process.env): Setti
   };
 }
 
-/** --s3-endpoint, then the variables (VMVAULT_S3_ENDPOINT and the standard AWS_* ones), then the keys file. */
+/** --s3-endpoint and --s3-object-acl, then the variables (VMVAULT_S3_* and the standard AWS_* ones), then the keys file. */
 function s3Settings(o: GlobalOptions, env: Env, file: Partial<Record<KeysFileSetting, string>>): S3Access {
   const fromEnv = s3AccessFromEnv(env);
   // Credentials come in pairs: a key id from one place and its secret from another would never match.
@@ -65,7 +66,12 @@ function s3Settings(o: GlobalOptions, env: Env, file: Partial<Record<KeysFileSet
     secretAccessKey: pair ? fromEnv.secretAccessKey : nonEmpty(file["aws-secret-access-key"]),
     sessionToken: pair ? fromEnv.sessionToken : undefined,
     caBundle: fromEnv.caBundle,
+    objectAcl: o.s3ObjectAcl !== undefined ? parseS3ObjectAcl(o.s3ObjectAcl) : (fromEnv.objectAcl ?? optionalAcl(file["s3-object-acl"])),
   };
+}
+
+function optionalAcl(value: string | undefined): S3ObjectAcl | undefined {
+  return value === undefined || value === "" ? undefined : parseS3ObjectAcl(value);
 }
 
 function nonEmpty(s: string | undefined): string | undefined {

@@ -69,7 +69,7 @@ export function s3Problem(e: unknown, at: { key: string; op: Op; bucket: string;
 /** What to do about an access denied: deleting needs more than an append-only host's rights; a read may be of another S3 user's object. */
 function accessHint(op: Op): string {
   if (op === "delete") {
-    return "this step deletes objects: run it with S3 credentials allowed to delete under the repository's prefix (a backup host's append-only credentials need not be)";
+    return "this step deletes objects: run it where the S3 credentials may delete under the repository's prefix (an admin's host; backup hosts need only read, write and list)";
   }
   return (
     "the S3 user needs to read, write and list objects under the repository's prefix (and delete them, for forget, prune, key rotation and user changes); " +

@@ -14,6 +14,17 @@ export interface S3Location {
  * variables, or the keys file's names (src/cli/settings.ts). Credentials are held only here and
  * given only to the S3 client, which signs requests with them (SigV4): never printed, never sent.
  */
+/** The canned ACLs an object may be written with (S3Access.objectAcl). */
+export const S3_OBJECT_ACLS = ["bucket-owner-full-control"] as const;
+export type S3ObjectAcl = (typeof S3_OBJECT_ACLS)[number];
+
+/** Checks an --s3-object-acl value. */
+export function parseS3ObjectAcl(value: string): S3ObjectAcl {
+  const acl = S3_OBJECT_ACLS.find((a) => a === value);
+  if (acl === undefined) throw new UsageError(`--s3-object-acl ${value}: not an ACL vmvault writes with`, `give ${S3_OBJECT_ACLS.join(" or ")}, or leave it out`);
+  return acl;
+}
+
 export interface S3Access {
   /** An S3-compatible server's URL (http:// or https://); AWS itself when absent. Path-style addressing then. */
   readonly endpoint?: string | undefined;
@@ -27,6 +38,13 @@ export interface S3Access {
   readonly caBundle?: string | undefined;
   /** A request without any answer for this long fails (and is retried); 2 minutes when absent. */
   readonly requestTimeoutMs?: number | undefined;
+  /**
+   * The canned ACL every object is written with: "bucket-owner-full-control" where hosts write
+   * with S3 users of their own that do not own the bucket (say, append-only backup hosts on
+   * Ceph RGW, where an object belongs to its writer and its bucket's owner could not read it).
+   * None when absent: the bucket's own rules apply.
+   */
+  readonly objectAcl?: S3ObjectAcl | undefined;
   /** false: reads go through the AWS SDK too, not the direct reader (src/storage/s3-reader.ts); for comparisons and tests. */
   readonly directReads?: boolean | undefined;
 }
@@ -66,6 +84,7 @@ export function s3AccessFromEnv(env: Record<string, string | undefined>): S3Acce
     secretAccessKey: pick("AWS_SECRET_ACCESS_KEY"),
     sessionToken: pick("AWS_SESSION_TOKEN"),
     caBundle: pick("AWS_CA_BUNDLE"),
+    objectAcl: pick("VMVAULT_S3_OBJECT_ACL") === undefined ? undefined : parseS3ObjectAcl(pick("VMVAULT_S3_OBJECT_ACL") as string),
   };
 }
 

@@ -1,5 +1,6 @@
 import type { S3Client } from "@aws-sdk/client-s3";
 import { statusOf } from "./s3-errors.js";
+import type { S3ObjectAcl } from "./s3-location.js";
 import type { ObjectWriter } from "./types.js";
 
 /** Stores one object with `If-None-Match: *`: false when the key exists. */
@@ -17,6 +18,8 @@ export interface S3WriterDeps {
   readonly sdk: () => typeof import("@aws-sdk/client-s3");
   readonly bucket: string;
   readonly s3Key: string;
+  /** The canned ACL the object is written with, as the SDK's ACL field (empty: none). */
+  readonly acl: { readonly ACL?: S3ObjectAcl };
   /** Whether an object is stored under the key now. */
   readonly exists: () => Promise<boolean>;
   readonly fail: (e: unknown) => Error;
@@ -69,7 +72,7 @@ export class S3ObjectWriter implements ObjectWriter {
     if (this.#uploadId === undefined && this.#held <= MULTIPART_AT) return;
     try {
       if (this.#uploadId === undefined) {
-        const r = await this.#d.client().send(new (this.#d.sdk().CreateMultipartUploadCommand)({ Bucket: this.#d.bucket, Key: this.#d.s3Key }));
+        const r = await this.#d.client().send(new (this.#d.sdk().CreateMultipartUploadCommand)({ Bucket: this.#d.bucket, Key: this.#d.s3Key, ...this.#d.acl }));
         this.#uploadId = r.UploadId;
       }
       while (this.#held >= PART_SIZE) await this.#sendPart(PART_SIZE);

@@ -5,7 +5,7 @@ import { NotFoundError, StorageError, UsageError } from "../errors.js";
 import { loadSdk, openS3 } from "./s3-client.js";
 import { s3Problem, statusOf, type Op } from "./s3-errors.js";
 import { readAgain, type S3Reader } from "./s3-reader.js";
-import { checkEndpoint, parseS3Url, type S3Access, type S3Location } from "./s3-location.js";
+import { checkEndpoint, parseS3Url, type S3Access, type S3Location, type S3ObjectAcl } from "./s3-location.js";
 import { UnfinishedUploads } from "./s3-uploads.js";
 import { S3ObjectWriter, type S3Put } from "./s3-writer.js";
 import { assertValidKey, assertValidPrefix, isValidKey, rangeInto, type ByteRange, type Leftover, type ObjectInfo, type ObjectWriter, type Store, type WriterOptions } from "./types.js";
@@ -30,12 +30,15 @@ export class S3Store implements Store {
   #client: S3Client | undefined;
   #direct: S3Reader | undefined;
   readonly #uploads: UnfinishedUploads;
+  /** The canned ACL of every write, as the SDK's field (S3Access.objectAcl). */
+  readonly #acl: { readonly ACL?: S3ObjectAcl };
   #closed = false;
 
   constructor(url: string, access: S3Access = {}) {
     this.#at = parseS3Url(url);
     if (access.endpoint !== undefined) checkEndpoint(access.endpoint);
     this.#access = access;
+    this.#acl = access.objectAcl === undefined ? {} : { ACL: access.objectAcl };
     this.location = access.endpoint === undefined ? url : `${url} at ${access.endpoint}`;
     this.#uploads = new UnfinishedUploads({ client: () => this.#s3(), bucket: this.#at.bucket, root: this.#at.prefix, fail: (e, name, op) => this.#fail(e, name, op) });
   }
@@ -144,7 +147,7 @@ export class S3Store implements Store {
     const k = this.#key(key);
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.#s3().send(new PutObjectCommand({ Bucket: this.#at.bucket, Key: k, Body: data, ContentLength: data.length, IfNoneMatch: "*" }));
+        await this.#s3().send(new PutObjectCommand({ Bucket: this.#at.bucket, Key: k, Body: data, ContentLength: data.length, IfNoneMatch: "*", ...this.#acl }));
         return true;
       } catch (e) {
         const status = statusOf(e);
@@ -168,6 +171,7 @@ export class S3Store implements Store {
       sdk: loadSdk,
       bucket: this.#at.bucket,
       s3Key: k,
+      acl: this.#acl,
       exists: async () => (await this.#head(key)) !== undefined,
       fail: (e) => this.#fail(e, key, "write"),
     });

@@ -393,7 +393,10 @@ export class SftpStore implements Store {
     const status = statusOf(e);
     const said = e instanceof Error ? e.message : String(e);
     if (status === NO_SUCH_FILE && op !== "write") return new NotFoundError(`object not found: ${key}`);
-    if (status === PERMISSION_DENIED) return new StorageRefusedError(`permission denied to ${op} ${key} in ${this.location}`, e);
+    if (status === PERMISSION_DENIED) {
+      const hint = op === "delete" ? "this step deletes files: run it with a login the server lets remove them (an admin's; backup hosts need only read and write)" : undefined;
+      return new StorageRefusedError(`permission denied to ${op} ${key} in ${this.location}`, e, hint);
+    }
     if (status === FAILURE && op === "write") {
       return new StorageError(`the SFTP server could not write ${key} in ${this.location} ("${said}"): its disk may be full or over quota`, e, "free some space on the server and run the command again");
     }

@@ -17,7 +17,7 @@ describe("keys file", () => {
     const uncommented = text.replace(/^# ([a-z0-9-]+ = .*)$/gm, "$1");
     const all = parseKeysFile(uncommented, "keys.example");
     expect(Object.keys(all).sort()).toEqual(
-      ["aws-access-key-id", "aws-region", "aws-secret-access-key", "passphrase-file", "repo", "s3-endpoint", "sftp-identity", "sftp-known-hosts", "user"].sort(),
+      ["aws-access-key-id", "aws-region", "aws-secret-access-key", "passphrase-file", "repo", "s3-endpoint", "s3-object-acl", "sftp-identity", "sftp-known-hosts", "user"].sort(),
     );
     expect(all["aws-secret-access-key"]).toMatch(/^REPLACE_WITH_/);
   });
@@ -70,6 +70,19 @@ describe("keys file", () => {
     // A key id in the environment comes with the environment's secret (none here), never the file's.
     expect(resolveSettings({ keys: file }, { AWS_ACCESS_KEY_ID: "ENVKEY" }).s3).toMatchObject({ accessKeyId: "ENVKEY", secretAccessKey: undefined });
     expect(resolveSettings({ keys: file }, { AWS_ACCESS_KEY_ID: "ENVKEY", AWS_SECRET_ACCESS_KEY: "ENVSECRET", AWS_SESSION_TOKEN: "T" }).s3).toMatchObject({ accessKeyId: "ENVKEY", secretAccessKey: "ENVSECRET", sessionToken: "T" });
+  });
+
+  it("takes the S3 object ACL from the flag, then VMVAULT_S3_OBJECT_ACL, then the file, and refuses an ACL it does not write with", async () => {
+    const dir = tmp("k");
+    const file = path.join(dir, "keys");
+    await fsp.writeFile(file, "s3-object-acl = bucket-owner-full-control\n");
+    expect(resolveSettings({ keys: file }, {}).s3.objectAcl).toBe("bucket-owner-full-control");
+    expect(resolveSettings({}, {}).s3.objectAcl).toBeUndefined();
+    expect(resolveSettings({}, { VMVAULT_S3_OBJECT_ACL: "bucket-owner-full-control" }).s3.objectAcl).toBe("bucket-owner-full-control");
+    expect(() => resolveSettings({ s3ObjectAcl: "public-read" }, {})).toThrow(/--s3-object-acl public-read: not an ACL vmvault writes with/);
+    expect(() => resolveSettings({}, { VMVAULT_S3_OBJECT_ACL: "private" })).toThrow(/not an ACL vmvault writes with/);
+    await fsp.writeFile(file, "s3-object-acl = authenticated-read\n");
+    expect(() => resolveSettings({ keys: file }, {})).toThrow(/not an ACL vmvault writes with/);
   });
 
   it("drives the CLI end to end", async () => {
