@@ -2,7 +2,7 @@ import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { promises as fsp } from "node:fs";
 import path from "node:path";
-import { DeleteObjectCommand, ListObjectsV2Command, PutBucketPolicyCommand, S3Client } from "@aws-sdk/client-s3";
+import { DeleteObjectCommand, ListObjectsV2Command, ListObjectVersionsCommand, PutBucketPolicyCommand, PutBucketVersioningCommand, S3Client } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli, TEST_PASSPHRASE, type CliOptions, type CliResult } from "../helpers/cli.js";
 import { seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
@@ -89,6 +89,8 @@ async function appendOnlyBackups(o: {
 describe.skipIf(!HAVE_RGW)("an append-only backup host on S3 (Ceph RGW, a bucket policy without delete)", () => {
   let server: S3d;
   let bucket: string;
+  /** A bucket with versioning on: what an overwrite replaced stays as an older version. */
+  let versioned: string;
   let hostKeys: { accessKeyId: string; secretAccessKey: string };
   const hostUser = `bk-${randomBytes(4).toString("hex")}`;
 
@@ -111,11 +113,15 @@ describe.skipIf(!HAVE_RGW)("an append-only backup host on S3 (Ceph RGW, a bucket
       ],
     };
     await server.client().send(new PutBucketPolicyCommand({ Bucket: bucket, Policy: JSON.stringify(policy) }));
+    versioned = await server.newBucket("versioned");
+    await server.client().send(new PutBucketVersioningCommand({ Bucket: versioned, VersioningConfiguration: { Status: "Enabled" } }));
+    await server.client().send(new PutBucketPolicyCommand({ Bucket: versioned, Policy: JSON.stringify(policy).replaceAll(bucket, versioned) }));
   }, 200_000);
 
   afterAll(async () => {
     if (server === undefined) return;
     await server.emptyAndDeleteBucket(bucket);
+    await server.emptyAndDeleteBucket(versioned);
     server.admin("user", "rm", `--uid=${hostUser}`, "--purge-data");
   });
 
@@ -124,11 +130,11 @@ describe.skipIf(!HAVE_RGW)("an append-only backup host on S3 (Ceph RGW, a bucket
   const hostEnv = (): Record<string, string> => ({ ...endpoint(), AWS_ACCESS_KEY_ID: hostKeys.accessKeyId, AWS_SECRET_ACCESS_KEY: hostKeys.secretAccessKey, VMVAULT_PASSPHRASE: HOST_PASSPHRASE });
   const hostClient = (): S3Client =>
     new S3Client({ endpoint: server.endpoint, region: "us-east-1", forcePathStyle: true, credentials: hostKeys, requestChecksumCalculation: "WHEN_REQUIRED", responseChecksumValidation: "WHEN_REQUIRED" });
-  const keysUnder = async (prefix: string): Promise<string[]> => {
+  const keysUnder = async (prefix: string, inBucket = bucket): Promise<string[]> => {
     const out: string[] = [];
     let token: string | undefined;
     do {
-      const page = await server.client().send(new ListObjectsV2Command({ Bucket: bucket, Prefix: `${prefix}/`, ...(token === undefined ? {} : { ContinuationToken: token }) }));
+      const page = await server.client().send(new ListObjectsV2Command({ Bucket: inBucket, Prefix: `${prefix}/`, ...(token === undefined ? {} : { ContinuationToken: token }) }));
       for (const x of page.Contents ?? []) out.push((x.Key as string).slice(prefix.length + 1));
       token = page.NextContinuationToken;
     } while (token !== undefined);
@@ -143,6 +149,18 @@ describe.skipIf(!HAVE_RGW)("an append-only backup host on S3 (Ceph RGW, a bucket
       deleteAsHost: async (key) => void (await hostClient().send(new DeleteObjectCommand({ Bucket: bucket, Key: `ok/${key}` }))),
       keys: () => keysUnder("ok"),
     });
+  }, 120_000);
+
+  it("a versioned bucket is refused at init on this server: Ceph RGW 16 lets a conditional PUT overwrite there", async () => {
+    const repo = `s3://${versioned}/v`;
+    const init = await runner(repo, "admin", adminEnv())(["init"]);
+    expect(init.code).toBe(1);
+    expect(init.stderr).toMatch(/does not honour If-None-Match: \* on PUT/);
+    expect(init.stderr).toMatch(/the repository was not created/);
+    // The probe's versions are all that was written: no repository object is current.
+    expect(await keysUnder("v", versioned)).toEqual([]);
+    const page = await server.client().send(new ListObjectVersionsCommand({ Bucket: versioned, Prefix: "v/" }));
+    expect((page.Versions ?? []).every((x) => /conditional-write-check/.test(x.Key ?? ""))).toBe(true);
   }, 120_000);
 
   it("without the ACL, the bucket owner cannot read the host's objects: the admin is told to set it; a bad ACL is a usage error", async () => {
