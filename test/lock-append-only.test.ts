@@ -105,6 +105,26 @@ describe("locks where the storage refuses deletions (append-only hosts)", () => 
     await host.close();
   });
 
+  it("a host that may not delete, waiting for a holder, stores nothing more while it waits", async () => {
+    const dir = tmp("repo");
+    const admin = await initTestVault(dir);
+    const { vault: host, store } = await appendOnlyHost(dir);
+    const prune = await acquireLock(admin.repository, "prune", true);
+    let waited = false;
+    const waiting = acquireLock(host.repository, "backup", false, { waitMs: 60_000, onWait: () => (waited = true) });
+    // Several attempts go by (0.25, 0.5, 1, 2 s apart) before the holder lets go.
+    await new Promise((r) => setTimeout(r, 4000));
+    expect(waited).toBe(true);
+    // The first attempt's lock and its release object, and the holder's lock: nothing per later attempt.
+    expect(store.puts.filter((k) => k.startsWith(LOCK_PREFIX))).toHaveLength(2);
+    await prune.release();
+    const held = await waiting;
+    expect(store.puts.filter((k) => k.startsWith(LOCK_PREFIX))).toHaveLength(3);
+    await held.release();
+    await admin.close();
+    await host.close();
+  });
+
   it("refreshes on an append-only host keep the superseded lock objects, and one release object frees them all", async () => {
     const dir = tmp("repo");
     const admin = await initTestVault(dir);

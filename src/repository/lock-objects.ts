@@ -39,7 +39,7 @@ export interface LockListing {
 }
 
 /** Reads every lock and release object under the prefix but `skip` (objects that are no lock, or gone meanwhile, are passed over). */
-export async function listLocks(repo: Repository, prefix: string, skip: string): Promise<LockListing> {
+export async function listLocks(repo: Repository, prefix: string, skip: string | undefined): Promise<LockListing> {
   const locks: StoredLock[] = [];
   const releases: StoredLock[] = [];
   const released = new Set<string>();

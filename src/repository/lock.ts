@@ -76,7 +76,7 @@ async function acquire(repo: Repository, prefix: string, operation: string, excl
     options.signal?.throwIfAborted();
     let lock: Lock;
     try {
-      lock = await tryLock(repo, prefix, operation, exclusive);
+      lock = await tryLock(repo, prefix, operation, exclusive, told);
     } catch (e) {
       if (!(e instanceof LockedError) || waited + pause > waitMs) throw e;
       if (!told && e.holder !== undefined) {
@@ -147,55 +147,25 @@ function hostHash(repo: Repository): string {
 }
 
 /**
- * Takes a shared (backup, restore, check) or exclusive (prune, re-encryption) lock. A lock
- * left by a dead process on this host, not refreshed for 30 minutes, or released by a release
- * object, is removed where the storage allows deletions and passed over where it does not.
+ * Takes a shared (backup, restore, check) or exclusive (prune, re-encryption) lock: stores its
+ * own lock object, then looks for a conflicting one (so of two takers racing, at least one sees
+ * the other). With `lookFirst` (an attempt after a refusal, while waiting) it looks before it
+ * stores as well, so a wait stores nothing while the holder stays: a taker that may not delete
+ * would otherwise leave a lock and a release object per attempt.
  */
-async function tryLock(repo: Repository, prefix: string, operation: string, exclusive: boolean): Promise<Lock> {
-  const store = repo.store;
+async function tryLock(repo: Repository, prefix: string, operation: string, exclusive: boolean, lookFirst: boolean): Promise<Lock> {
   const mine = hostHash(repo);
+  if (lookFirst) await refuseIfHeld(repo, prefix, exclusive, mine, undefined);
   const now = repo.now();
   const meta: LockMeta = { repoId: repo.repoId, lockId: toHex(repo.crypto.random(16)), exclusive, hostHash: mine, pid: repo.env.pid, operation, createdAt: now, refreshedAt: now };
   const own = new OwnLockObjects(repo, prefix);
   let currentKey = await own.write(meta);
-  const { locks, releases, released: freed } = await listLocks(repo, prefix, currentKey);
-  const ageOf = (m: LockMeta): number => repo.env.clock().getTime() - Date.parse(m.refreshedAt);
-  for (const { key, meta: other } of locks) {
-    const age = ageOf(other);
-    const deadHere = other.hostHash === mine && other.pid !== repo.env.pid && !processAlive(other.pid);
-    if (deadHere || age > STALE_AFTER_MS || (other.releaseHash !== undefined && freed.has(other.releaseHash))) {
-      await deleteIfAllowed(store, key);
-      continue;
-    }
-    if (exclusive || other.exclusive) {
-      await own.release(meta);
-      const holder: LockHolder = {
-        key,
-        operation: other.operation,
-        exclusive: other.exclusive,
-        pid: other.pid,
-        thisHost: other.hostHash === mine,
-        hostId: other.hostHash.slice(0, 8),
-        createdAt: other.createdAt,
-        refreshedAt: other.refreshedAt,
-        staleAt: new Date(Date.parse(other.refreshedAt) + STALE_AFTER_MS).toISOString(),
-      };
-      // The re-encryption lock stops only another re-encryption: say so, not that the repository is locked.
-      const what =
-        prefix === REENCRYPTION_LOCK_PREFIX
-          ? `another ${other.operation} is running; one re-encryption runs at a time, backups, restores and checks go on (re-encryption lock since ${other.createdAt}, `
-          : `the repository is locked by another ${other.operation} (${other.exclusive ? "exclusive" : "shared"} lock since ${other.createdAt}, `;
-      throw new LockedError(
-        what +
-          `held by pid ${other.pid} on ${holder.thisHost ? "this host" : `another host (host id ${holder.hostId}; this host is ${mine.slice(0, 8)})`}, last refreshed ${formatAge(age)} ago)`,
-        lockHint(repo, holder),
-        holder,
-      );
-    }
+  try {
+    await refuseIfHeld(repo, prefix, exclusive, mine, currentKey);
+  } catch (e) {
+    await own.release(meta).catch(() => undefined);
+    throw e;
   }
-  // A release object goes once every lock it frees is stale anyway, so none can outlive it
-  // and look held again (a refresh that was on its way when its holder let go, say).
-  for (const { key, meta: r } of releases) if (ageOf(r) > STALE_AFTER_MS) await deleteIfAllowed(store, key);
   let released = false;
   const timer = setInterval(() => {
     void (async () => {
@@ -214,4 +184,48 @@ async function tryLock(repo: Repository, prefix: string, operation: string, excl
       await own.release(meta);
     },
   };
+}
+
+/**
+ * Throws LockedError, naming the holder, when another live lock under the prefix conflicts (any
+ * lock with an exclusive one); on the way, removes what counts as gone where the storage allows:
+ * a lock of a dead process on this host, one not refreshed for 30 minutes, a released one, and a
+ * release object 30 minutes old. `own` is the caller's own lock object, if stored already.
+ */
+async function refuseIfHeld(repo: Repository, prefix: string, exclusive: boolean, mine: string, own: string | undefined): Promise<void> {
+  const { locks, releases, released } = await listLocks(repo, prefix, own);
+  const ageOf = (m: LockMeta): number => repo.env.clock().getTime() - Date.parse(m.refreshedAt);
+  for (const { key, meta: other } of locks) {
+    const age = ageOf(other);
+    const deadHere = other.hostHash === mine && other.pid !== repo.env.pid && !processAlive(other.pid);
+    if (deadHere || age > STALE_AFTER_MS || (other.releaseHash !== undefined && released.has(other.releaseHash))) {
+      await deleteIfAllowed(repo.store, key);
+      continue;
+    }
+    if (!exclusive && !other.exclusive) continue;
+    const holder: LockHolder = {
+      key,
+      operation: other.operation,
+      exclusive: other.exclusive,
+      pid: other.pid,
+      thisHost: other.hostHash === mine,
+      hostId: other.hostHash.slice(0, 8),
+      createdAt: other.createdAt,
+      refreshedAt: other.refreshedAt,
+      staleAt: new Date(Date.parse(other.refreshedAt) + STALE_AFTER_MS).toISOString(),
+    };
+    // The re-encryption lock stops only another re-encryption: say so, not that the repository is locked.
+    const what =
+      prefix === REENCRYPTION_LOCK_PREFIX
+        ? `another ${other.operation} is running; one re-encryption runs at a time, backups, restores and checks go on (re-encryption lock since ${other.createdAt}, `
+        : `the repository is locked by another ${other.operation} (${other.exclusive ? "exclusive" : "shared"} lock since ${other.createdAt}, `;
+    throw new LockedError(
+      what + `held by pid ${other.pid} on ${holder.thisHost ? "this host" : `another host (host id ${holder.hostId}; this host is ${mine.slice(0, 8)})`}, last refreshed ${formatAge(age)} ago)`,
+      lockHint(repo, holder),
+      holder,
+    );
+  }
+  // A release object goes once every lock it frees is stale anyway, so none can outlive it
+  // and look held again (a refresh that was on its way when its holder let go, say).
+  for (const { key, meta: r } of releases) if (ageOf(r) > STALE_AFTER_MS) await deleteIfAllowed(repo.store, key);
 }
