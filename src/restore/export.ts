@@ -10,6 +10,7 @@ import { SnapshotDisk } from "./disk-reader.js";
 import { checkOverlayRequest, makeOverlays, planOverlays, type MadeOverlays } from "./export-overlays.js";
 import { NBD_PORT } from "../sources/nbd-protocol.js";
 import { NbdServer, type NbdEvent } from "./nbd-server.js";
+import type { PskKeys } from "./nbd-tls.js";
 
 /** Where the export listens: a TCP address, or a Unix socket (made with mode 0600). */
 export type ExportAddress = { readonly host: string; readonly port: number } | { readonly socket: string };
@@ -25,10 +26,17 @@ export interface ExportOptions {
   /** Default: 127.0.0.1, port 10809. */
   readonly listen?: ExportAddress;
   /**
-   * Allow a TCP address other than loopback. NBD has no authentication here and the bytes cross
-   * the network as plaintext: anyone who can reach the address reads the disks (SECURITY.md).
+   * Allow a TCP address other than loopback. Without tlsKeys NBD has no authentication and the
+   * bytes cross the network as plaintext: anyone who can reach the address reads the disks (SECURITY.md).
    */
   readonly allowRemote?: boolean;
+  /**
+   * TLS with pre-shared keys (identity → key, from a PSK file: src/restore/nbd-tls.ts), required
+   * of every client: only a client holding one of the keys connects, and the disks cross the
+   * wire encrypted. Not with overlayDir (QEMU reaches a backing file over TLS only with
+   * credentials that a qcow2 file cannot name).
+   */
+  readonly tlsKeys?: PskKeys;
   /** Stop once the first client has disconnected (and no other is connected). */
   readonly once?: boolean;
   /** Decrypted chunks kept for clients that read a chunk piece by piece (default 32 MiB). */
@@ -71,6 +79,8 @@ export interface ExportResult extends ExportListening {
   readonly reads: number;
   /** Bytes of the disks served (holes counted by their length). */
   readonly bytes: number;
+  /** With TLS: the PSK identities of the clients that connected. */
+  readonly identities?: readonly string[];
   /** Index files left out because they did not authenticate (the export did not need them). */
   readonly damagedIndexes: readonly Damage[];
 }
@@ -87,8 +97,11 @@ export interface ExportResult extends ExportListening {
 export async function exportNbd(repo: Repository, o: ExportOptions): Promise<ExportResult> {
   if (o.reason.trim() === "") throw new UsageError("an export needs --reason TEXT (it is kept in the audit trail)");
   const listen = o.listen ?? { host: "127.0.0.1", port: NBD_PORT };
-  checkAddress(listen, o.allowRemote === true);
+  checkAddress(listen, o.allowRemote === true, o.tlsKeys !== undefined);
   checkOverlayRequest(o);
+  if (o.tlsKeys !== undefined && o.overlayDir !== undefined) {
+    throw new UsageError("--overlay-dir does not go with TLS: a qcow2 overlay cannot name the TLS credentials QEMU would need to reach the export", "export on a Unix socket (--socket) or loopback for a VM on this host, without --tls-psk-file");
+  }
   const request = contentsRequest([o.snapshot], { ...o, paths: [] });
   const target = {
     address: shownAddress(listen),
@@ -96,9 +109,10 @@ export async function exportNbd(repo: Repository, o: ExportOptions): Promise<Exp
     ...(o.overlayDir === undefined ? {} : { overlayDir: path.resolve(o.overlayDir) }),
     ...(o.domainName === undefined ? {} : { domainName: o.domainName }),
     ...(o.define === true ? { define: "yes" } : {}),
+    ...(o.tlsKeys === undefined ? {} : { tls: `psk (${[...o.tlsKeys.keys()].join(", ")})` }),
   };
   // A VM reads a little here and there: windows of 64 KiB unless it reads on in order.
-  return readContents(repo, "export", { ...request, target, minWindow: 64 * 1024 }, (opened) => serve(opened, listen, o), (r) => ({ address: r.address, connections: r.connections, reads: r.reads, bytes: r.bytes }));
+  return readContents(repo, "export", { ...request, target, minWindow: 64 * 1024 }, (opened) => serve(opened, listen, o), (r) => ({ address: r.address, connections: r.connections, reads: r.reads, bytes: r.bytes, ...(r.identities === undefined ? {} : { identities: r.identities.join(", ") }) }));
 }
 
 async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOptions): Promise<ExportResult> {
@@ -116,6 +130,7 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
   const server = new NbdServer(disks, {
     ...(o.maxConnections === undefined ? {} : { maxConnections: o.maxConnections }),
     ...(o.onEvent === undefined ? {} : { onEvent: o.onEvent }),
+    ...(o.tlsKeys === undefined ? {} : { tlsKeys: o.tlsKeys }),
     describe: (d) => `disk ${d.name} of VM ${record.header.vm}, snapshot ${record.header.id} (${record.header.time}), read-only`,
   });
   const address = await listenOn(server, listen);
@@ -123,7 +138,7 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
     snapshotId: record.header.id,
     vm: record.header.vm,
     address,
-    exports: disks.map((d) => ({ name: d.name, size: d.size, uri: exportUri(listen, address, d.name) })),
+    exports: disks.map((d) => ({ name: d.name, size: d.size, uri: exportUri(listen, address, d.name, o.tlsKeys !== undefined) })),
   };
   try {
     if (planned !== undefined) {
@@ -146,17 +161,27 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
     const damage = first instanceof IntegrityError ? first.damage : [];
     throw new IntegrityError(`${s.failedReads} request${s.failedReads === 1 ? "" : "s"} to the export failed, the first with: ${first?.message ?? "an unknown error"}`, damage);
   }
-  return { ...listening, connections: s.connections, reads: s.reads, bytes: s.bytes, damagedIndexes: opened.damagedIndexes() };
+  return {
+    ...listening,
+    connections: s.connections,
+    reads: s.reads,
+    bytes: s.bytes,
+    ...(o.tlsKeys === undefined ? {} : { identities: [...s.identities].sort() }),
+    damagedIndexes: opened.damagedIndexes(),
+  };
 }
 
 /** Loopback unless allowRemote; a port from 0 (any free one) to 65535. */
-function checkAddress(a: ExportAddress, allowRemote: boolean): void {
+function checkAddress(a: ExportAddress, allowRemote: boolean, tls: boolean): void {
   if ("socket" in a) {
     if (a.socket === "") throw new UsageError("give the export's Unix socket a path");
     return;
   }
   if (!Number.isInteger(a.port) || a.port < 0 || a.port > 65535) throw new UsageError(`port ${a.port} is not a port number (0 to 65535; 0 picks a free one)`);
   if (net.isIP(a.host) === 0 && a.host !== "localhost") throw new UsageError(`${a.host} is not an IP address to listen on`, "give an address such as 127.0.0.1 or ::1");
+  if (!allowRemote && !isLoopback(a.host) && tls) {
+    throw new UsageError(`${a.host} is not a loopback address: pass --allow-remote to serve the disks on the network`, "with --tls-psk-file only clients holding a key of its file connect, and the disks cross the network encrypted");
+  }
   if (!allowRemote && !isLoopback(a.host)) {
     throw new UsageError(`${a.host} is not a loopback address: an NBD export has no authentication and sends the disks as plaintext`, "listen on 127.0.0.1 or a Unix socket (--socket) and reach it through an SSH tunnel, or pass --allow-remote on a network you trust");
   }
@@ -200,9 +225,10 @@ function shownAddress(a: ExportAddress): string {
   return a.host.includes(":") ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
 }
 
-/** The URI a client such as qemu-img or nbdinfo takes for one export. */
-function exportUri(at: ExportAddress, bound: string, name: string): string {
+/** The URI a client such as qemu-img or nbdinfo takes for one export (nbds: with TLS, as libnbd writes it). */
+function exportUri(at: ExportAddress, bound: string, name: string, tls: boolean): string {
   const exportName = encodeURIComponent(name);
-  if ("socket" in at) return `nbd+unix:///${exportName}?socket=${encodeURIComponent(bound)}`;
-  return `nbd://${bound}/${exportName}`;
+  const scheme = tls ? "nbds" : "nbd";
+  if ("socket" in at) return `${scheme}+unix:///${exportName}?socket=${encodeURIComponent(bound)}`;
+  return `${scheme}://${bound}/${exportName}`;
 }

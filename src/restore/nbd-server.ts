@@ -3,6 +3,7 @@ import { IntegrityError } from "../errors.js";
 import type { ExportedDisk } from "./disk-reader.js";
 import * as P from "../sources/nbd-protocol.js";
 import { ConnectionClosed, SocketInput, writeAll } from "../util/socket-io.js";
+import { startTls, type PskKeys } from "./nbd-tls.js";
 
 /** The largest read served in one request (the protocol's customary limit; larger ones get EINVAL). */
 export const MAX_REQUEST_BYTES = 32 * 1024 * 1024;
@@ -26,11 +27,17 @@ export interface NbdServerOptions {
   readonly onEvent?: (e: NbdEvent) => void;
   /** What NBD_OPT_LIST and NBD_INFO_DESCRIPTION say about an export. */
   readonly describe?: (disk: ExportedDisk) => string;
+  /**
+   * TLS with these pre-shared keys, required of every client: before NBD_OPT_STARTTLS and the
+   * handshake, every option but NBD_OPT_ABORT is refused with NBD_REP_ERR_TLS_REQD (the export
+   * names too). Without it, NBD_OPT_STARTTLS is answered as unsupported.
+   */
+  readonly tlsKeys?: PskKeys;
 }
 
 export type NbdEvent =
   | { readonly kind: "connected"; readonly client: string }
-  | { readonly kind: "opened"; readonly client: string; readonly disk: string }
+  | { readonly kind: "opened"; readonly client: string; readonly disk: string; readonly identity?: string }
   | { readonly kind: "closed"; readonly client: string; readonly reads: number; readonly bytes: number; readonly error?: string }
   | { readonly kind: "refused"; readonly client: string; readonly reason: string }
   | { readonly kind: "read failed"; readonly client: string; readonly disk: string; readonly offset: number; readonly length: number; readonly error: Error };
@@ -44,6 +51,8 @@ export interface NbdStats {
   failedReads: number;
   /** The first read failure, for the outcome. */
   firstFailure?: Error;
+  /** With TLS: the PSK identities that completed a handshake. */
+  readonly identities: Set<string>;
 }
 
 /**
@@ -57,7 +66,7 @@ export class NbdServer {
   readonly #o: NbdServerOptions;
   readonly #server: net.Server;
   readonly #live = new Set<Connection>();
-  readonly stats: NbdStats = { connections: 0, reads: 0, bytes: 0, failedReads: 0 };
+  readonly stats: NbdStats = { connections: 0, reads: 0, bytes: 0, failedReads: 0, identities: new Set() };
   #closing = false;
   /** Called when the last connection has ended (for a server that stops after its first client). */
   onIdle: (() => void) | undefined;
@@ -112,6 +121,10 @@ export class NbdServer {
     return [...this.#disks.values()];
   }
 
+  get tlsKeys(): PskKeys | undefined {
+    return this.#o.tlsKeys;
+  }
+
   describe(disk: ExportedDisk): string {
     return this.#o.describe?.(disk) ?? disk.name;
   }
@@ -143,9 +156,12 @@ export class NbdServer {
 class Connection {
   readonly done: Promise<void>;
   readonly #server: NbdServer;
-  readonly #socket: net.Socket;
-  readonly #in: SocketInput;
+  /** The client's socket; after NBD_OPT_STARTTLS, the TLS socket over it. */
+  #socket: net.Socket;
+  #in: SocketInput;
   readonly #client: string;
+  /** The PSK identity the client proved, once TLS is up. */
+  #identity: string | undefined;
   #structured = false;
   #noZeroes = false;
   /** base:allocation was selected (NBD_OPT_SET_META_CONTEXT) for this export name. */
@@ -179,7 +195,7 @@ class Connection {
     try {
       const disk = await this.#handshake();
       if (disk !== undefined) {
-        this.#server.event({ kind: "opened", client: this.#client, disk: disk.name });
+        this.#server.event({ kind: "opened", client: this.#client, disk: disk.name, ...(this.#identity === undefined ? {} : { identity: this.#identity }) });
         await this.#transmit(disk);
       }
     } catch (e) {
@@ -235,6 +251,12 @@ class Connection {
 
   /** Answers one option; a disk to serve when the option starts transmission, "abort" to end. */
   async #option(option: number, data: Buffer): Promise<ExportedDisk | "abort" | undefined> {
+    if (option === P.Opt.STARTTLS) return this.#startTls(data);
+    if (this.#server.tlsKeys !== undefined && this.#identity === undefined && option !== P.Opt.ABORT) {
+      // NBD_OPT_EXPORT_NAME has no error reply: the session ends.
+      if (option === P.Opt.EXPORT_NAME) return "abort";
+      return this.#reply(option, P.REP_ERR_TLS_REQD, "this export requires TLS: connect with its PSK file (NBD_OPT_STARTTLS)");
+    }
     switch (option) {
       case P.Opt.EXPORT_NAME: {
         const disk = this.#server.find(data.toString("utf8"));
@@ -260,9 +282,38 @@ class Connection {
       case P.Opt.SET_META_CONTEXT:
         return this.#metaContext(option, data);
       default:
-        // STARTTLS among them: the export serves plaintext on the address it was given (SECURITY.md).
         return this.#reply(option, P.Rep.ERR_UNSUP, "not supported by this server");
     }
+  }
+
+  /**
+   * NBD_OPT_STARTTLS: acknowledged, then the TLS handshake with the export's pre-shared keys;
+   * the options that follow go over TLS, with nothing negotiated before it kept. A failed
+   * handshake (an unknown identity, another key) ends the session and is told as a refusal.
+   */
+  async #startTls(data: Buffer): Promise<"abort" | undefined> {
+    const option = P.Opt.STARTTLS;
+    const keys = this.#server.tlsKeys;
+    // Without keys the export serves plaintext on the address it was given (SECURITY.md).
+    if (keys === undefined) return this.#reply(option, P.Rep.ERR_UNSUP, "this export serves without TLS (it was started without --tls-psk-file)");
+    if (this.#identity !== undefined) return this.#reply(option, P.Rep.ERR_INVALID, "TLS is already started");
+    if (data.length !== 0) return this.#reply(option, P.Rep.ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
+    // A client that sent more before the answer is not speaking TLS next.
+    if (this.#in.detach() !== 0) return "abort";
+    await writeAll(this.#socket, P.encodeOptionReply(option, P.Rep.ACK));
+    try {
+      const session = await startTls(this.#socket, keys);
+      this.#socket = session.socket;
+      this.#identity = session.identity;
+      this.#in = new SocketInput(session.socket);
+      this.#server.stats.identities.add(session.identity);
+    } catch (e) {
+      this.#server.event({ kind: "refused", client: this.#client, reason: e instanceof Error ? e.message : String(e) });
+      return "abort";
+    }
+    this.#structured = false;
+    this.#allocationFor = undefined;
+    return undefined;
   }
 
   async #go(option: number, data: Buffer): Promise<ExportedDisk | undefined> {

@@ -34,17 +34,33 @@ export class SocketInput {
   #ended: Error | undefined;
   #wake: (() => void) | undefined;
 
+  readonly #onData: (d: Buffer) => void;
+  readonly #onEnd: () => void;
+  readonly #onClose: () => void;
+  readonly #onError: (e: Error) => void;
+
   constructor(socket: Socket, errors: SocketInputErrors = CLOSED) {
     this.#socket = socket;
-    socket.on("data", (d: Buffer) => {
+    this.#onData = (d) => {
       this.#parts.push(d);
       this.#buffered += d.length;
       if (this.#buffered > HIGH_WATER && this.#buffered >= this.#need) socket.pause();
       if (this.#buffered >= this.#need) this.#notify();
-    });
-    socket.on("end", () => this.#end(errors.end()));
-    socket.on("close", () => this.#end(errors.close()));
-    socket.on("error", (e) => this.#end(errors.error(e)));
+    };
+    this.#onEnd = () => this.#end(errors.end());
+    this.#onClose = () => this.#end(errors.close());
+    this.#onError = (e) => this.#end(errors.error(e));
+    socket.on("data", this.#onData).on("end", this.#onEnd).on("close", this.#onClose).on("error", this.#onError);
+  }
+
+  /**
+   * Stops reading the socket (paused, its listeners removed), so another layer can take it over
+   * (TLS after STARTTLS); how many bytes were buffered and not read (a peer that sent ahead).
+   */
+  detach(): number {
+    this.#socket.pause();
+    this.#socket.off("data", this.#onData).off("end", this.#onEnd).off("close", this.#onClose).off("error", this.#onError);
+    return this.#buffered;
   }
 
   /** Exactly n bytes, once they have arrived (more than HIGH_WATER too: the socket is resumed for them). */

@@ -4,74 +4,21 @@
  * for byte, holes stay holes, a qcow2 overlay takes a VM's writes, and every refusal, failure
  * and tampered chunk ends as the design says, with the audit trail to show for it.
  */
-import { spawnSync, type ChildProcess } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { promises as fsp, statSync, existsSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
-import { initCliRepo, startCli, vault, TEST_PASSPHRASE, type CliResult } from "../helpers/cli.js";
+import { initCliRepo, vault, TEST_PASSPHRASE } from "../helpers/cli.js";
+import { endExports, resultOf, run, startExport, type Listening } from "../helpers/nbd-export.js";
 import { freePort, makeImage, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
 const MiB = 1024 * 1024;
 
+afterEach(endExports);
+
 const haveClients = ["qemu-img", "qemu-io", "nbdinfo", "nbdcopy"].every((tool) => spawnSync("sh", ["-c", `command -v ${tool}`]).status === 0);
-
-interface Listening {
-  snapshotId: string;
-  vm: string;
-  address: string;
-  exports: { name: string; size: number; uri: string }[];
-}
-
-interface Running {
-  readonly child: ChildProcess;
-  readonly listening: Listening;
-  /** Resolves once the export has exited. */
-  readonly exit: Promise<CliResult>;
-}
-
-const children: ChildProcess[] = [];
-afterEach(() => {
-  for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
-});
-
-/** Starts an export and waits for its first JSON line (what it serves and where). */
-async function startExport(repo: string, args: readonly string[], user = "admin", pass = TEST_PASSPHRASE): Promise<Running> {
-  const child = startCli(["--repo", repo, "--user", user, "--json", "export", "nbd", ...args], { env: { VMVAULT_STATE_DIR: `${repo}-state`, VMVAULT_PASSPHRASE: pass } });
-  children.push(child);
-  let stdout = "";
-  let stderr = "";
-  const exit = new Promise<CliResult>((resolve) => child.on("close", (code) => resolve({ code: code ?? -1, stdout, stderr })));
-  const listening = await new Promise<Listening>((resolve, reject) => {
-    child.stdout?.on("data", (d: Buffer) => {
-      stdout += d.toString();
-      const line = stdout.split("\n")[0];
-      if (stdout.includes("\n") && line !== undefined) {
-        try {
-          resolve(JSON.parse(line) as Listening);
-        } catch (e) {
-          reject(e as Error);
-        }
-      }
-    });
-    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
-    void exit.then((r) => reject(new Error(`the export exited (${r.code}) before it listened: ${r.stderr}`)));
-  });
-  return { child, listening, exit };
-}
-
-/** The second JSON line: the export's result once it stopped. */
-function resultOf(r: CliResult): { connections: number; reads: number; bytes: number; address: string } {
-  const line = r.stdout.trim().split("\n")[1];
-  if (line === undefined) throw new Error(`no result line in ${r.stdout}`);
-  return JSON.parse(line) as { connections: number; reads: number; bytes: number; address: string };
-}
-
-function run(tool: string, args: readonly string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(tool, args, { encoding: "utf8", timeout: 60_000 });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
 
 interface AuditRecord {
   action: string;

@@ -5,6 +5,7 @@
  * reads. Socket input is buffered and handed out in exact sizes.
  */
 import net from "node:net";
+import tls from "node:tls";
 
 export const NBDMAGIC = Buffer.from("NBDMAGIC", "ascii");
 export const IHAVEOPT = Buffer.from("IHAVEOPT", "ascii");
@@ -82,6 +83,27 @@ export class NbdClient {
   }
 
   /** Reads the greeting (18 bytes) and answers with the client flags. */
+  /**
+   * After an acknowledged NBD_OPT_STARTTLS: the TLS client handshake with a pre-shared key on
+   * this connection, and a client reading the TLS socket from then on (this one stops reading).
+   */
+  async startTls(identity: string, key: Uint8Array): Promise<NbdClient> {
+    this.socket.removeAllListeners("data");
+    this.socket.pause();
+    const secure = tls.connect({
+      socket: this.socket,
+      pskCallback: () => ({ identity, psk: Buffer.from(key) }),
+      ciphers: "ECDHE-PSK-CHACHA20-POLY1305",
+      // No certificate with a pre-shared key: nothing to check a host name against.
+      checkServerIdentity: () => undefined,
+    });
+    await new Promise<void>((resolve, reject) => {
+      secure.once("secureConnect", () => resolve());
+      secure.once("error", reject);
+    });
+    return new NbdClient(secure);
+  }
+
   async start(clientFlags = 3): Promise<Buffer> {
     const greeting = await this.read(18);
     this.write(u32(clientFlags));

@@ -29,7 +29,7 @@ const IMAGE = ((): Uint8Array => {
 
 // Numbers from the NBD protocol document.
 const Opt = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, STARTTLS: 5, INFO: 6, GO: 7, STRUCTURED_REPLY: 8, LIST_META_CONTEXT: 9, SET_META_CONTEXT: 10 };
-const Rep = { ACK: 1, SERVER: 2, INFO: 3, META_CONTEXT: 4, ERR_UNSUP: 0x80000001, ERR_INVALID: 0x80000003, ERR_UNKNOWN: 0x80000006 };
+const Rep = { ACK: 1, SERVER: 2, INFO: 3, META_CONTEXT: 4, ERR_UNSUP: 0x80000001, ERR_INVALID: 0x80000003, ERR_TLS_REQD: 0x80000005, ERR_UNKNOWN: 0x80000006 };
 const Info = { EXPORT: 0, NAME: 1, DESCRIPTION: 2, BLOCK_SIZE: 3 };
 const Cmd = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, WRITE_ZEROES: 6, BLOCK_STATUS: 7 };
 const ChunkType = { OFFSET_DATA: 1, OFFSET_HOLE: 2, BLOCK_STATUS: 5, ERROR: 0x8001 };
@@ -604,3 +604,56 @@ describe("NbdServer close", () => {
     expect(c.buffered).toBe(0);
   });
 });
+
+describe("NbdServer with TLS (pre-shared keys)", () => {
+  const KEY = seededBytes("nbd tls key", 32);
+  const keys = new Map([["hv-2", KEY]]);
+
+  it("refuses every option before STARTTLS, naming no export; after the handshake, options and reads go over TLS", async () => {
+    const { port, events } = await serve(["vda", "vdb"], { tlsKeys: keys });
+    const c = await connect(port);
+    await c.start();
+    for (const option of [Opt.LIST, Opt.INFO, Opt.GO, Opt.STRUCTURED_REPLY, Opt.LIST_META_CONTEXT]) {
+      const refused = await c.option(option, option === Opt.INFO || option === Opt.GO ? goData("vda") : option === Opt.LIST_META_CONTEXT ? metaContextData("vda", []) : undefined);
+      expect(types(refused)).toEqual([Rep.ERR_TLS_REQD]);
+      expect(refused[0]?.data.toString("utf8")).not.toMatch(/vd[ab]/);
+    }
+    expect(types(await c.option(Opt.STARTTLS, Buffer.from("x")))).toEqual([Rep.ERR_INVALID]);
+    expect(types(await c.option(Opt.STARTTLS))).toEqual([Rep.ACK]);
+    const secure = await c.startTls("hv-2", KEY);
+    clients.push(secure);
+    expect(types(await secure.option(Opt.STARTTLS))).toEqual([Rep.ERR_INVALID]);
+    expect(types(await secure.option(Opt.LIST))).toEqual([Rep.SERVER, Rep.SERVER, Rep.ACK]);
+    expect(types(await secure.option(Opt.GO, goData("vdb"))).at(-1)).toBe(Rep.ACK);
+    expectBytes(await readSimple(secure, BLOCK - 10, 100), IMAGE.subarray(BLOCK - 10, BLOCK + 90), "read over TLS");
+    await until(() => events.some((e) => e.kind === "opened"));
+    expect(events.find((e) => e.kind === "opened")).toMatchObject({ disk: "vdb", identity: "hv-2" });
+  });
+
+  it("ends a plaintext EXPORT_NAME at once, and a handshake with another key or an unknown identity, and goes on serving", async () => {
+    const { server, port, events } = await serve(["vda"], { tlsKeys: keys });
+    const plain = await connect(port);
+    await plain.start();
+    plain.sendOption(Opt.EXPORT_NAME, Buffer.from("vda"));
+    expect(await plain.closesWithin()).toBe(true);
+    for (const [identity, key] of [["hv-2", seededBytes("another key", 32)], ["intruder", KEY]] as const) {
+      const c = await connect(port);
+      await c.start();
+      expect(types(await c.option(Opt.STARTTLS))).toEqual([Rep.ACK]);
+      await expect(c.startTls(identity, key)).rejects.toThrow();
+    }
+    await until(() => events.filter((e) => e.kind === "refused").length === 2);
+    const reasons = events.flatMap((e) => (e.kind === "refused" ? [e.reason] : []));
+    expect(reasons[0]).toMatch(/^TLS handshake failed: the client's key for hv-2 is not the export's/);
+    expect(reasons[1]).toMatch(/^TLS handshake failed: /);
+    const c = await connect(port);
+    await c.start();
+    expect(types(await c.option(Opt.STARTTLS))).toEqual([Rep.ACK]);
+    const secure = await c.startTls("hv-2", KEY);
+    clients.push(secure);
+    expect(types(await secure.option(Opt.GO, goData("vda"))).at(-1)).toBe(Rep.ACK);
+    expectBytes(await readSimple(secure, 0, 4096), IMAGE.subarray(0, 4096), "read over TLS");
+    expect([...server.stats.identities]).toEqual(["hv-2"]);
+  });
+});
+

@@ -1,8 +1,11 @@
+import { readFileSync } from "node:fs";
 import type { Command } from "commander";
 import { UsageError } from "../../errors.js";
 import type { ExportAddress, ExportListening } from "../../restore/export.js";
 import { NBD_PORT } from "../../sources/nbd-protocol.js";
 import type { NbdEvent } from "../../restore/nbd-server.js";
+import { parsePskFile, type PskKeys } from "../../restore/nbd-tls.js";
+import { fileProblem, readableByOthers } from "../keys-file.js";
 import { CliContext } from "../context.js";
 import type { Interrupts } from "../interrupt.js";
 import { formatBytes, plural, terminalJson } from "../output.js";
@@ -19,7 +22,8 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
     .option("--disk <name>", "export only this disk (default: every disk, each under its name)")
     .option("--listen <address>", `IP address and port to listen on, as HOST:PORT, [IPv6]:PORT or HOST (default 127.0.0.1:${NBD_PORT}; port 0 picks a free one)`)
     .option("--socket <path>", "listen on this Unix socket instead (made with mode 0600: only this user, and root, may connect)")
-    .option("--allow-remote", "allow a --listen address other than loopback (NBD sends the disks as plaintext, to anyone who can connect)")
+    .option("--tls-psk-file <file>", "require TLS with the pre-shared keys of this file (IDENTITY:HEXKEY lines, as QEMU's keys.psk and libnbd's tls-psk-file; readable by its owner only): only clients holding a key connect, and the disks cross the wire encrypted")
+    .option("--allow-remote", "allow a --listen address other than loopback (without --tls-psk-file, NBD sends the disks as plaintext to anyone who can connect)")
     .option("--once", "stop once the first client has disconnected")
     .option("--overlay-dir <dir>", "make a qcow2 overlay backed by the export for each disk in this folder (DISK.qcow2), for a VM to run on: its writes stay there; for a libvirt domain's snapshot, also the domain's definition naming them (DOMAIN.xml)")
     .option("--domain-name <name>", "with --overlay-dir: name the definition so, without its UUID and MAC addresses, to run it beside the original")
@@ -33,6 +37,7 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
       if (opts.overlayDir === undefined && (opts.domainName !== undefined || opts.define === true)) throw new UsageError("--domain-name and --define go with --overlay-dir (the domain runs on the overlays)");
       if (opts.libvirtUri !== undefined && opts.define !== true) throw new UsageError("--libvirt-uri goes with --define");
       const listen: ExportAddress = opts.socket !== undefined ? { socket: opts.socket } : parseListen(opts.listen ?? `127.0.0.1:${NBD_PORT}`);
+      const tlsKeys = opts.tlsPskFile === undefined ? undefined : readPskFile(opts.tlsPskFile);
       const vault = await ctx.openVault();
       try {
         const r = await vault.exportNbd({
@@ -47,6 +52,7 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
           ...(opts.domainName === undefined ? {} : { domainName: opts.domainName }),
           ...(opts.define === true ? { define: true } : {}),
           ...(opts.libvirtUri === undefined ? {} : { libvirtUri: opts.libvirtUri }),
+          ...(tlsKeys === undefined ? {} : { tlsKeys }),
           signal: interrupts.cancellable("; the export stopped without recording its outcome"),
           onListening: (l) => printListening(ctx, l, opts.once === true),
           onEvent: (e) => ctx.warn(eventLine(e)),
@@ -99,6 +105,19 @@ interface ExportCliOptions {
   domainName?: string;
   define?: boolean;
   libvirtUri?: string;
+  tlsPskFile?: string;
+}
+
+/** The export's pre-shared keys: a file only its owner may read, in QEMU's and libnbd's format. */
+function readPskFile(file: string): PskKeys {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (e) {
+    throw new UsageError(`cannot read --tls-psk-file ${file}: ${fileProblem(e)}`);
+  }
+  if (readableByOthers(file)) throw new UsageError(`--tls-psk-file ${file} may be read by other users: its keys open the export`, `chmod 600 ${file}`);
+  return parsePskFile(text, file);
 }
 
 function eventLine(e: NbdEvent): string {
@@ -106,7 +125,7 @@ function eventLine(e: NbdEvent): string {
     case "connected":
       return `client ${e.client} connected`;
     case "opened":
-      return `client ${e.client} reads ${e.disk}`;
+      return `client ${e.client}${e.identity === undefined ? "" : ` (TLS identity ${e.identity})`} reads ${e.disk}`;
     case "closed":
       return `client ${e.client} disconnected after ${plural(e.reads, "read")} (${formatBytes(e.bytes)})${e.error === undefined ? "" : `: ${e.error}`}`;
     case "refused":

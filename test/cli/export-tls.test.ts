@@ -1,0 +1,150 @@
+/**
+ * `vmvault export nbd --tls-psk-file`: TLS with pre-shared keys, required of every client, read
+ * by real clients (libnbd's nbdinfo and nbdcopy with tls-psk-file, qemu-img with QEMU's
+ * tls-creds-psk): a client with a key of the file copies the image byte for byte; one without
+ * TLS, or with another key, is turned away and reads nothing, and the export goes on.
+ */
+import { spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { initCliRepo, vault, type CliResult } from "../helpers/cli.js";
+import { seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
+import { endExports, resultOf, run, startExport } from "../helpers/nbd-export.js";
+import { MIN_PSK_BYTES, parsePskFile } from "../../src/restore/nbd-tls.js";
+
+const tmp = tempDirs();
+const MiB = 1024 * 1024;
+const haveClients = ["qemu-img", "nbdinfo", "nbdcopy"].every((tool) => spawnSync("sh", ["-c", `command -v ${tool}`]).status === 0);
+
+afterEach(endExports);
+
+/** A PSK file (mode 0600) in its own folder named keys.psk, as QEMU's tls-creds-psk wants it. */
+async function pskFile(dir: string, identity: string): Promise<string> {
+  await fsp.mkdir(dir, { recursive: true });
+  const file = path.join(dir, "keys.psk");
+  await fsp.writeFile(file, `# the export's keys\n${identity}:${randomBytes(32).toString("hex")}\n`, { mode: 0o600 });
+  return file;
+}
+
+/** A repository with one 5 MiB disk of VM web. */
+async function fixture(): Promise<{ repo: string; v: ReturnType<typeof vault>; image: string }> {
+  const dir = tmp("tls");
+  const { repo, v } = await initCliRepo(dir);
+  const image = path.join(dir, "disk.raw");
+  await fsp.writeFile(image, seededBytes("tls export", 5 * MiB));
+  const backup = await v(["backup", "--vm", "web", image]);
+  expect(backup.code, backup.stderr).toBe(0);
+  return { repo, v, image };
+}
+
+describe("PSK files", () => {
+  it("parses IDENTITY:HEXKEY lines and refuses short keys, bad lines and repeated identities, quoting no key", () => {
+    const key = "ab".repeat(32);
+    const keys = parsePskFile(`# comment\n\nalice:${key}\nbob:${"01".repeat(MIN_PSK_BYTES)}\n`, "k.psk");
+    expect([...keys.keys()]).toEqual(["alice", "bob"]);
+    expect(Buffer.from(keys.get("alice") as Uint8Array).toString("hex")).toBe(key);
+    expect(() => parsePskFile(`alice:${"01".repeat(MIN_PSK_BYTES - 1)}`, "k.psk")).toThrow(/k\.psk, line 1: the key of alice has 15 bytes; at least 16 are needed/);
+    expect(() => parsePskFile("alice:zz", "k.psk")).toThrow(/line 1: the key of alice is not hexadecimal/);
+    expect(() => parsePskFile(key, "k.psk")).toThrow(/line 1: expected IDENTITY:HEXKEY/);
+    expect(() => parsePskFile(`a b:${key}`, "k.psk")).toThrow(/printable characters without blanks/);
+    expect(() => parsePskFile(`alice:${key}\nalice:${key}`, "k.psk")).toThrow(/line 2: alice is given twice/);
+    expect(() => parsePskFile("# only a comment\n", "k.psk")).toThrow(/holds no IDENTITY:HEXKEY line/);
+    try {
+      parsePskFile(`alice:${key.slice(0, 20)}`, "k.psk");
+    } catch (e) {
+      expect(String(e)).not.toContain(key.slice(0, 20));
+    }
+  });
+});
+
+describe.skipIf(!haveClients)("export nbd over TLS with pre-shared keys", () => {
+  it("nbdinfo, nbdcopy and qemu-img with the key read the disk byte for byte; the trail names the identity", async () => {
+    const { repo, v, image } = await fixture();
+    const keys = await pskFile(tmp("keys"), "hv-2");
+    const e = await startExport(repo, ["latest", "--reason", "boot elsewhere", "--listen", "127.0.0.1:0", "--tls-psk-file", keys]);
+    const uri = e.listening.exports[0]?.uri as string;
+    expect(uri).toMatch(/^nbds:\/\/127\.0\.0\.1:\d+\/disk\.raw$/);
+    const withKey = `${uri.replace("nbds://", "nbds://hv-2@")}?tls-psk-file=${keys}`;
+    const info = run("nbdinfo", ["--json", withKey]);
+    expect(info.status, info.stderr).toBe(0);
+    expect((JSON.parse(info.stdout) as { exports: { "export-size": number; "is_tls"?: boolean }[] }).exports[0]?.["export-size"]).toBe(5 * MiB);
+    const out = path.join(tmp("out"), "copy.raw");
+    const copy = run("nbdcopy", [withKey, out]);
+    expect(copy.status, copy.stderr).toBe(0);
+    expect(await sha256File(out)).toBe(await sha256File(image));
+    const port = /:(\d+)\//.exec(uri)?.[1] as string;
+    const qemuOut = path.join(tmp("out"), "qemu.raw");
+    const convert = run("qemu-img", [
+      "convert",
+      "--object",
+      `tls-creds-psk,id=tls0,endpoint=client,dir=${path.dirname(keys)},username=hv-2`,
+      "--image-opts",
+      `driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=${port},export=disk.raw,tls-creds=tls0`,
+      "-O",
+      "raw",
+      qemuOut,
+    ]);
+    expect(convert.status, convert.stderr).toBe(0);
+    expect(await sha256File(qemuOut)).toBe(await sha256File(image));
+    e.child.kill("SIGTERM");
+    const done = await e.exit;
+    expect(done.code, done.stderr).toBe(0);
+    expect(done.stderr).toMatch(/client 127\.0\.0\.1:\d+ \(TLS identity hv-2\) reads disk\.raw/);
+    const result = resultOf(done);
+    expect(result.identities).toEqual(["hv-2"]);
+    expect(result.bytes).toBeGreaterThanOrEqual(10 * MiB);
+    const log = JSON.parse((await v(["audit", "log", "--json"])).stdout) as { action: string; result: string; target: Record<string, unknown> }[];
+    const records = log.filter((r) => r.action === "export");
+    expect(records.map((r) => r.target["tls"])).toContain("psk (hv-2)");
+    expect(records.some((r) => r.result !== "started" && r.target["identities"] === "hv-2")).toBe(true);
+  });
+
+  it("turns away a client without TLS, one with another key and one of an unknown identity, and goes on serving", async () => {
+    const { repo, image } = await fixture();
+    const keys = await pskFile(tmp("keys"), "hv-2");
+    const e = await startExport(repo, ["latest", "--reason", "refusals", "--listen", "127.0.0.1:0", "--tls-psk-file", keys]);
+    const uri = e.listening.exports[0]?.uri as string;
+    // Plaintext: every option is refused until STARTTLS, the list of exports too.
+    const plain = run("nbdinfo", ["--list", uri.replace("nbds://", "nbd://").replace(/\/disk\.raw$/, "")]);
+    expect(plain.status).not.toBe(0);
+    expect(plain.stdout).not.toContain("disk.raw");
+    const other = await pskFile(tmp("other"), "hv-2");
+    const wrongKey = run("nbdinfo", [`${uri.replace("nbds://", "nbds://hv-2@")}?tls-psk-file=${other}`]);
+    expect(wrongKey.status).not.toBe(0);
+    const stranger = await pskFile(tmp("stranger"), "intruder");
+    const unknown = run("nbdinfo", [`${uri.replace("nbds://", "nbds://intruder@")}?tls-psk-file=${stranger}`]);
+    expect(unknown.status).not.toBe(0);
+    // The export still serves the key's holder.
+    const out = path.join(tmp("out"), "copy.raw");
+    const copy = run("nbdcopy", [`${uri.replace("nbds://", "nbds://hv-2@")}?tls-psk-file=${keys}`, out]);
+    expect(copy.status, copy.stderr).toBe(0);
+    expect(await sha256File(out)).toBe(await sha256File(image));
+    e.child.kill("SIGTERM");
+    const done = await e.exit;
+    expect(done.code, done.stderr).toBe(0);
+    expect(done.stderr).toMatch(/turned away: TLS handshake failed: the client's key for hv-2 is not the export's/);
+    expect(done.stderr.match(/turned away: TLS handshake failed/g)?.length).toBe(2);
+    expect(resultOf(done).identities).toEqual(["hv-2"]);
+  });
+
+  it("refuses a key file others may read, a malformed one, TLS with overlays, and a network address without --allow-remote: exit 2", async () => {
+    const { repo, v } = await fixture();
+    const keys = await pskFile(tmp("keys"), "hv-2");
+    const expectUsage = (r: CliResult, pattern: RegExp): void => {
+      expect(r.code, r.stderr).toBe(2);
+      expect(r.stderr).toMatch(pattern);
+    };
+    await fsp.chmod(keys, 0o644);
+    expectUsage(await v(["export", "nbd", "latest", "--reason", "r", "--tls-psk-file", keys]), /--tls-psk-file .* may be read by other users: its keys open the export\n\s+next: chmod 600/);
+    const bad = path.join(tmp("bad"), "keys.psk");
+    await fsp.mkdir(path.dirname(bad), { recursive: true });
+    await fsp.writeFile(bad, "hv-2:00ff\n", { mode: 0o600 });
+    expectUsage(await v(["export", "nbd", "latest", "--reason", "r", "--tls-psk-file", bad]), /line 1: the key of hv-2 has 2 bytes; at least 16 are needed/);
+    expectUsage(await v(["export", "nbd", "latest", "--reason", "r", "--tls-psk-file", path.join(tmp("none"), "keys.psk")]), /cannot read --tls-psk-file .*: it does not exist/);
+    await fsp.chmod(keys, 0o600);
+    expectUsage(await v(["export", "nbd", "latest", "--reason", "r", "--tls-psk-file", keys, "--overlay-dir", tmp("ov")]), /--overlay-dir does not go with TLS/);
+    expectUsage(await v(["export", "nbd", "latest", "--reason", "r", "--tls-psk-file", keys, "--listen", "192.0.2.1:10809"]), /192\.0\.2\.1 is not a loopback address: pass --allow-remote/);
+  });
+});

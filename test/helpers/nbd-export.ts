@@ -1,0 +1,63 @@
+import { spawnSync, type ChildProcess } from "node:child_process";
+import { startCli, TEST_PASSPHRASE, type CliResult } from "./cli.js";
+
+/** `vmvault export nbd` run by tests: started through the built CLI, read by real NBD clients. */
+
+export interface Listening {
+  snapshotId: string;
+  vm: string;
+  address: string;
+  exports: { name: string; size: number; uri: string }[];
+}
+
+export interface Running {
+  readonly child: ChildProcess;
+  readonly listening: Listening;
+  /** Resolves once the export has exited. */
+  readonly exit: Promise<CliResult>;
+}
+
+const children: ChildProcess[] = [];
+
+/** Kills every export a test left running (an afterEach of the files that start them). */
+export function endExports(): void {
+  for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
+}
+
+/** Starts an export and waits for its first JSON line (what it serves and where). */
+export async function startExport(repo: string, args: readonly string[], user = "admin", pass = TEST_PASSPHRASE): Promise<Running> {
+  const child = startCli(["--repo", repo, "--user", user, "--json", "export", "nbd", ...args], { env: { VMVAULT_STATE_DIR: `${repo}-state`, VMVAULT_PASSPHRASE: pass } });
+  children.push(child);
+  let stdout = "";
+  let stderr = "";
+  const exit = new Promise<CliResult>((resolve) => child.on("close", (code) => resolve({ code: code ?? -1, stdout, stderr })));
+  const listening = await new Promise<Listening>((resolve, reject) => {
+    child.stdout?.on("data", (d: Buffer) => {
+      stdout += d.toString();
+      const line = stdout.split("\n")[0];
+      if (stdout.includes("\n") && line !== undefined) {
+        try {
+          resolve(JSON.parse(line) as Listening);
+        } catch (e) {
+          reject(e as Error);
+        }
+      }
+    });
+    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+    void exit.then((r) => reject(new Error(`the export exited (${r.code}) before it listened: ${r.stderr}`)));
+  });
+  return { child, listening, exit };
+}
+
+/** The second JSON line: the export's result once it stopped. */
+export function resultOf(r: CliResult): { connections: number; reads: number; bytes: number; address: string; identities?: string[] } {
+  const line = r.stdout.trim().split("\n")[1];
+  if (line === undefined) throw new Error(`no result line in ${r.stdout}`);
+  return JSON.parse(line) as { connections: number; reads: number; bytes: number; address: string; identities?: string[] };
+}
+
+/** Runs a tool to its end (at most 60 s). */
+export function run(tool: string, args: readonly string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(tool, args, { encoding: "utf8", timeout: 60_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
