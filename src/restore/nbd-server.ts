@@ -3,16 +3,13 @@ import { IntegrityError } from "../errors.js";
 import type { ExportedDisk } from "./disk-reader.js";
 import * as P from "../sources/nbd-protocol.js";
 import { ConnectionClosed, SocketInput, writeAll } from "../util/socket-io.js";
-import { startTls, type PskKeys } from "./nbd-tls.js";
+import { ALLOCATION_CONTEXT, MAX_REQUEST_BYTES, OptionPhase, type Wire } from "./nbd-options.js";
+import type { PskKeys } from "./nbd-tls.js";
 
-/** The largest read served in one request (the protocol's customary limit; larger ones get EINVAL). */
-export const MAX_REQUEST_BYTES = 32 * 1024 * 1024;
-/** Option data longer than this is not read: the client is sent away. */
-const MAX_OPTION_BYTES = 64 * 1024;
+export { MAX_REQUEST_BYTES } from "./nbd-options.js";
+
 /** Extents in one block-status reply. */
 const MAX_EXTENTS = 1024;
-/** The meta context id of base:allocation on every connection. */
-const ALLOCATION_CONTEXT = 1;
 /**
  * How long a stop waits for connections to finish their request, and a closing connection for
  * its last reply to reach the client, before the socket is destroyed (a client that stalls
@@ -156,16 +153,10 @@ export class NbdServer {
 class Connection {
   readonly done: Promise<void>;
   readonly #server: NbdServer;
-  /** The client's socket; after NBD_OPT_STARTTLS, the TLS socket over it. */
-  #socket: net.Socket;
-  #in: SocketInput;
+  /** The client's socket and its reader (TLS ones once the option phase started TLS). */
+  readonly #wire: Wire;
   readonly #client: string;
-  /** The PSK identity the client proved, once TLS is up. */
-  #identity: string | undefined;
-  #structured = false;
-  #noZeroes = false;
-  /** base:allocation was selected (NBD_OPT_SET_META_CONTEXT) for this export name. */
-  #allocationFor: string | undefined;
+  readonly #agreed: OptionPhase;
   #busy = false;
   #stopping = false;
   #reads = 0;
@@ -173,29 +164,30 @@ class Connection {
 
   constructor(server: NbdServer, socket: net.Socket, client: string) {
     this.#server = server;
-    this.#socket = socket;
+    this.#wire = { socket, input: new SocketInput(socket) };
     this.#client = client;
-    this.#in = new SocketInput(socket);
+    this.#agreed = new OptionPhase(server, this.#wire, client);
     this.done = this.#run();
   }
 
   /** Ends the session: at once when it waits for a request, after the reply when it is serving one. */
   stop(): void {
     this.#stopping = true;
-    if (!this.#busy) this.#socket.destroy();
+    if (!this.#busy) this.#wire.socket.destroy();
   }
 
   /** Ends the session at once, mid-request or not. */
   kill(): void {
-    this.#socket.destroy();
+    this.#wire.socket.destroy();
   }
 
   async #run(): Promise<void> {
     let error: string | undefined;
     try {
-      const disk = await this.#handshake();
+      const disk = await this.#agreed.run();
       if (disk !== undefined) {
-        this.#server.event({ kind: "opened", client: this.#client, disk: disk.name, ...(this.#identity === undefined ? {} : { identity: this.#identity }) });
+        const identity = this.#agreed.identity;
+        this.#server.event({ kind: "opened", client: this.#client, disk: disk.name, ...(identity === undefined ? {} : { identity }) });
         await this.#transmit(disk);
       }
     } catch (e) {
@@ -211,7 +203,7 @@ class Connection {
    * Node.js would be lost to a plain destroy), or after GRACE_MS for a client that stopped reading.
    */
   async #finish(): Promise<void> {
-    const s = this.#socket;
+    const s = this.#wire.socket;
     if (!s.destroyed && s.writableLength > 0) {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, GRACE_MS);
@@ -226,149 +218,11 @@ class Connection {
     s.destroy();
   }
 
-  /** The fixed newstyle handshake; the disk chosen, or undefined when the client left without one. */
-  async #handshake(): Promise<ExportedDisk | undefined> {
-    await writeAll(this.#socket, P.encodeGreeting());
-    const clientFlags = (await this.#in.read(4)).readUInt32BE(0);
-    // Unknown client flags end the session (the protocol says so).
-    if ((clientFlags & ~P.CLIENT_FLAGS_KNOWN) !== 0) return undefined;
-    this.#noZeroes = (clientFlags & P.FLAG_NO_ZEROES) !== 0;
-    for (;;) {
-      const header = P.parseOptionHeader(await this.#in.read(P.OPTION_HEADER_BYTES));
-      if (!header.magicOk) return undefined;
-      if (header.length > MAX_OPTION_BYTES) {
-        if (header.option === P.Opt.EXPORT_NAME) return undefined;
-        await this.#in.skip(header.length);
-        await this.#reply(header.option, P.Rep.ERR_TOO_BIG, "option data too long");
-        continue;
-      }
-      const data = await this.#in.read(header.length);
-      const chosen = await this.#option(header.option, data);
-      if (chosen === "abort") return undefined;
-      if (chosen !== undefined) return chosen;
-    }
-  }
-
-  /** Answers one option; a disk to serve when the option starts transmission, "abort" to end. */
-  async #option(option: number, data: Buffer): Promise<ExportedDisk | "abort" | undefined> {
-    if (option === P.Opt.STARTTLS) return this.#startTls(data);
-    if (this.#server.tlsKeys !== undefined && this.#identity === undefined && option !== P.Opt.ABORT) {
-      // NBD_OPT_EXPORT_NAME has no error reply: the session ends.
-      if (option === P.Opt.EXPORT_NAME) return "abort";
-      return this.#reply(option, P.REP_ERR_TLS_REQD, "this export requires TLS: connect with its PSK file (NBD_OPT_STARTTLS)");
-    }
-    switch (option) {
-      case P.Opt.EXPORT_NAME: {
-        const disk = this.#server.find(data.toString("utf8"));
-        if (disk === undefined) return "abort";
-        await writeAll(this.#socket, P.encodeExportNameReply(disk.size, transmissionFlags(), this.#noZeroes));
-        return disk;
-      }
-      case P.Opt.ABORT:
-        await this.#reply(option, P.Rep.ACK);
-        return "abort";
-      case P.Opt.LIST:
-        if (data.length !== 0) return this.#reply(option, P.Rep.ERR_INVALID, "NBD_OPT_LIST takes no data");
-        for (const d of this.#server.disks) await writeAll(this.#socket, P.encodeOptionReply(option, P.Rep.SERVER, P.encodeServerEntry(d.name, this.#server.describe(d))));
-        return this.#reply(option, P.Rep.ACK);
-      case P.Opt.STRUCTURED_REPLY:
-        if (data.length !== 0) return this.#reply(option, P.Rep.ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data");
-        this.#structured = true;
-        return this.#reply(option, P.Rep.ACK);
-      case P.Opt.INFO:
-      case P.Opt.GO:
-        return this.#go(option, data);
-      case P.Opt.LIST_META_CONTEXT:
-      case P.Opt.SET_META_CONTEXT:
-        return this.#metaContext(option, data);
-      default:
-        return this.#reply(option, P.Rep.ERR_UNSUP, "not supported by this server");
-    }
-  }
-
-  /**
-   * NBD_OPT_STARTTLS: acknowledged, then the TLS handshake with the export's pre-shared keys;
-   * the options that follow go over TLS, with nothing negotiated before it kept. A failed
-   * handshake (an unknown identity, another key) ends the session and is told as a refusal.
-   */
-  async #startTls(data: Buffer): Promise<"abort" | undefined> {
-    const option = P.Opt.STARTTLS;
-    const keys = this.#server.tlsKeys;
-    // Without keys the export serves plaintext on the address it was given (SECURITY.md).
-    if (keys === undefined) return this.#reply(option, P.Rep.ERR_UNSUP, "this export serves without TLS (it was started without --tls-psk-file)");
-    if (this.#identity !== undefined) return this.#reply(option, P.Rep.ERR_INVALID, "TLS is already started");
-    if (data.length !== 0) return this.#reply(option, P.Rep.ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
-    // A client that sent more before the answer is not speaking TLS next.
-    if (this.#in.detach() !== 0) return "abort";
-    await writeAll(this.#socket, P.encodeOptionReply(option, P.Rep.ACK));
-    try {
-      const session = await startTls(this.#socket, keys);
-      this.#socket = session.socket;
-      this.#identity = session.identity;
-      this.#in = new SocketInput(session.socket);
-      this.#server.stats.identities.add(session.identity);
-    } catch (e) {
-      this.#server.event({ kind: "refused", client: this.#client, reason: e instanceof Error ? e.message : String(e) });
-      return "abort";
-    }
-    this.#structured = false;
-    this.#allocationFor = undefined;
-    return undefined;
-  }
-
-  async #go(option: number, data: Buffer): Promise<ExportedDisk | undefined> {
-    const request = await this.#parse(option, data, P.parseGoOption);
-    if (request === undefined) return undefined;
-    const disk = this.#server.find(request.name);
-    if (disk === undefined) return this.#reply(option, P.Rep.ERR_UNKNOWN, `no export named ${JSON.stringify(request.name)}; exports: ${this.#server.disks.map((d) => d.name).join(", ")}`);
-    const infos = [P.encodeInfoExport(disk.size, transmissionFlags())];
-    if (request.requests.includes(P.Info.NAME)) infos.push(P.encodeInfoText(P.Info.NAME, disk.name));
-    if (request.requests.includes(P.Info.DESCRIPTION)) infos.push(P.encodeInfoText(P.Info.DESCRIPTION, this.#server.describe(disk)));
-    // Sent whether asked for or not: a minimum of 1 binds no client.
-    infos.push(P.encodeInfoBlockSize(1, preferredBlock(disk.blockSize), MAX_REQUEST_BYTES));
-    for (const info of infos) await writeAll(this.#socket, P.encodeOptionReply(option, P.Rep.INFO, info));
-    await this.#reply(option, P.Rep.ACK);
-    if (option === P.Opt.INFO) return undefined;
-    // A context selected for another name does not apply to this one.
-    if (this.#allocationFor !== undefined && this.#server.find(this.#allocationFor) !== disk) this.#allocationFor = undefined;
-    return disk;
-  }
-
-  async #metaContext(option: number, data: Buffer): Promise<undefined> {
-    if (option === P.Opt.SET_META_CONTEXT && !this.#structured) return this.#reply(option, P.Rep.ERR_INVALID, "meta contexts need structured replies first");
-    const request = await this.#parse(option, data, P.parseMetaContextOption);
-    if (request === undefined) return undefined;
-    if (this.#server.find(request.name) === undefined) return this.#reply(option, P.Rep.ERR_UNKNOWN, `no export named ${JSON.stringify(request.name)}`);
-    if (option === P.Opt.SET_META_CONTEXT) this.#allocationFor = undefined;
-    const listAll = option === P.Opt.LIST_META_CONTEXT && request.queries.length === 0;
-    if (listAll || request.queries.some((q) => q === P.BASE_ALLOCATION || (option === P.Opt.LIST_META_CONTEXT && q === "base:"))) {
-      await writeAll(this.#socket, P.encodeOptionReply(option, P.Rep.META_CONTEXT, P.encodeMetaContext(ALLOCATION_CONTEXT, P.BASE_ALLOCATION)));
-      if (option === P.Opt.SET_META_CONTEXT) this.#allocationFor = request.name;
-    }
-    return this.#reply(option, P.Rep.ACK);
-  }
-
-  /** The option's data parsed, or undefined once NBD_REP_ERR_INVALID has answered it. */
-  async #parse<T>(option: number, data: Buffer, parse: (data: Uint8Array) => T): Promise<T | undefined> {
-    try {
-      return parse(data);
-    } catch (e) {
-      if (!(e instanceof P.OptionDataError)) throw e;
-      await this.#reply(option, P.Rep.ERR_INVALID, e.message);
-      return undefined;
-    }
-  }
-
-  async #reply(option: number, type: number, message?: string): Promise<undefined> {
-    await writeAll(this.#socket, message === undefined ? P.encodeOptionReply(option, type) : P.encodeOptionError(option, type, message));
-    return undefined;
-  }
-
   /** Requests until NBD_CMD_DISC, the connection's end, or the server's stop. */
   async #transmit(disk: ExportedDisk): Promise<void> {
     for (;;) {
       if (this.#stopping) return;
-      const request = P.parseRequest(await this.#in.read(P.REQUEST_BYTES));
+      const request = P.parseRequest(await this.#wire.input.read(P.REQUEST_BYTES));
       if (!request.magicOk) return;
       this.#busy = true;
       try {
@@ -392,7 +246,7 @@ class Connection {
         return this.#read(disk, r);
       case P.Cmd.WRITE:
         if (r.length > MAX_REQUEST_BYTES) return false;
-        await this.#in.skip(r.length);
+        await this.#wire.input.skip(r.length);
         await this.#error(r, P.Errno.EPERM, "the export is read-only");
         return true;
       case P.Cmd.TRIM:
@@ -401,10 +255,10 @@ class Connection {
         return true;
       case P.Cmd.FLUSH:
         // Nothing is ever written: a flush has nothing to wait for.
-        await writeAll(this.#socket, P.encodeSimpleReply(0, r.handle));
+        await writeAll(this.#wire.socket, P.encodeSimpleReply(0, r.handle));
         return true;
       case P.Cmd.BLOCK_STATUS:
-        if (this.#allocationFor === undefined || !this.#structured) {
+        if (this.#agreed.allocationFor === undefined || !this.#agreed.structured) {
           await this.#error(r, P.Errno.EINVAL, "no meta context was selected");
           return true;
         }
@@ -434,22 +288,22 @@ class Connection {
     let headerSent = false;
     let pendingDone: ((done: boolean) => Uint8Array[]) | undefined;
     const flush = async (done: boolean): Promise<void> => {
-      if (pendingDone !== undefined) await writeAll(this.#socket, ...pendingDone(done));
+      if (pendingDone !== undefined) await writeAll(this.#wire.socket, ...pendingDone(done));
       pendingDone = undefined;
     };
     try {
       await disk.read(r.offset, r.length, async (piece) => {
         const length = "data" in piece ? piece.data.length : piece.zeros;
-        if (this.#structured) {
+        if (this.#agreed.structured) {
           // Held back one piece, so the last can carry the done flag.
           await flush(false);
           pendingDone = "data" in piece
             ? (done) => [P.encodeOffsetDataHeader(done ? P.REPLY_FLAG_DONE : 0, r.handle, piece.offset, piece.data.length), piece.data]
             : (done) => [P.encodeOffsetHole(done ? P.REPLY_FLAG_DONE : 0, r.handle, piece.offset, piece.zeros)];
         } else {
-          if (!headerSent) await writeAll(this.#socket, P.encodeSimpleReply(0, r.handle));
+          if (!headerSent) await writeAll(this.#wire.socket, P.encodeSimpleReply(0, r.handle));
           headerSent = true;
-          await writeAll(this.#socket, ...("data" in piece ? [piece.data] : zeroBuffers(piece.zeros)));
+          await writeAll(this.#wire.socket, ...("data" in piece ? [piece.data] : zeroBuffers(piece.zeros)));
         }
         this.#bytes += length;
         this.#server.stats.bytes += length;
@@ -459,13 +313,13 @@ class Connection {
     } catch (e) {
       this.#failed(disk, r, e);
       const message = e instanceof IntegrityError ? "data failed verification (see the export's log)" : "the repository could not be read (see the export's log)";
-      if (this.#structured) {
+      if (this.#agreed.structured) {
         await flush(false);
-        await writeAll(this.#socket, P.encodeStructuredError(r.handle, P.Errno.EIO, message));
+        await writeAll(this.#wire.socket, P.encodeStructuredError(r.handle, P.Errno.EIO, message));
         return true;
       }
       if (headerSent) return false;
-      await writeAll(this.#socket, P.encodeSimpleReply(P.Errno.EIO, r.handle));
+      await writeAll(this.#wire.socket, P.encodeSimpleReply(P.Errno.EIO, r.handle));
       return true;
     }
   }
@@ -473,10 +327,10 @@ class Connection {
   async #blockStatus(disk: ExportedDisk, r: P.Request): Promise<boolean> {
     try {
       const extents = await disk.extents(r.offset, r.length, (r.flags & P.CMD_FLAG_REQ_ONE) !== 0 ? 1 : MAX_EXTENTS);
-      await writeAll(this.#socket, P.encodeBlockStatus(r.handle, ALLOCATION_CONTEXT, extents.map((x) => ({ length: x.length, flags: x.hole ? P.STATE_HOLE | P.STATE_ZERO : 0 }))));
+      await writeAll(this.#wire.socket, P.encodeBlockStatus(r.handle, ALLOCATION_CONTEXT, extents.map((x) => ({ length: x.length, flags: x.hole ? P.STATE_HOLE | P.STATE_ZERO : 0 }))));
     } catch (e) {
       this.#failed(disk, r, e);
-      await writeAll(this.#socket, P.encodeStructuredError(r.handle, P.Errno.EIO, "the disk's chunk list could not be read (see the export's log)"));
+      await writeAll(this.#wire.socket, P.encodeStructuredError(r.handle, P.Errno.EIO, "the disk's chunk list could not be read (see the export's log)"));
     }
     return true;
   }
@@ -495,18 +349,8 @@ class Connection {
 
   /** An error reply: structured when negotiated (with a message for the person at the client), simple otherwise. */
   async #error(r: P.Request, errno: number, message: string): Promise<void> {
-    await writeAll(this.#socket, this.#structured ? P.encodeStructuredError(r.handle, errno, message) : P.encodeSimpleReply(errno, r.handle));
+    await writeAll(this.#wire.socket, this.#agreed.structured ? P.encodeStructuredError(r.handle, errno, message) : P.encodeSimpleReply(errno, r.handle));
   }
-}
-
-function transmissionFlags(): number {
-  return P.TX_HAS_FLAGS | P.TX_READ_ONLY | P.TX_CAN_MULTI_CONN;
-}
-
-/** The preferred request size to advertise: the chunk size when it is a power of two from 512 up, 4 KiB otherwise. */
-function preferredBlock(chunkSize: number): number {
-  const pow2 = chunkSize >= 512 && chunkSize <= MAX_REQUEST_BYTES && (chunkSize & (chunkSize - 1)) === 0;
-  return pow2 ? chunkSize : 4096;
 }
 
 /** Zeros of a hole, for a simple reply: one buffer of at most 1 MiB, sent as often as needed. */
