@@ -6,9 +6,9 @@ import type { LockMeta } from "../format/lock.js";
 import { toHex, utf8 } from "../util/bytes.js";
 import { deleteIfAllowed, listLocks, OwnLockObjects } from "./lock-objects.js";
 import { refreshRegistryView } from "./registry-view.js";
+import type { Repository } from "./repository.js";
 
 export { parseLock } from "./lock-objects.js";
-import type { Repository } from "./repository.js";
 
 /** A lock not refreshed for this long is considered abandoned by a crashed host. */
 export const STALE_AFTER_MS = 30 * 60 * 1000;

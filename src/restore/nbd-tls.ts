@@ -49,6 +49,8 @@ export interface TlsSession {
  * TLS 1.2 at least, with forward-secret PSK suites only below 1.3.
  */
 export function startTls(socket: Socket, keys: PskKeys): Promise<TlsSession> {
+  /** The identity the client named, and whether the file holds it. */
+  let named: string | undefined;
   let identity: string | undefined;
   // The TLS socket takes over the connection and reports its failures; the plain one stays quiet.
   socket.on("error", () => undefined);
@@ -56,6 +58,7 @@ export function startTls(socket: Socket, keys: PskKeys): Promise<TlsSession> {
     isServer: true,
     secureContext: tls.createSecureContext({ minVersion: "TLSv1.2", ciphers: "ECDHE-PSK-CHACHA20-POLY1305:ECDHE-PSK-AES256-CBC-SHA384:DHE-PSK-AES256-GCM-SHA384:DHE-PSK-CHACHA20-POLY1305" }),
     pskCallback: (_s: tls.TLSSocket, id: string) => {
+      named = id;
       const key = keys.get(id);
       if (key === undefined) return null;
       identity = id;
@@ -65,11 +68,15 @@ export function startTls(socket: Socket, keys: PskKeys): Promise<TlsSession> {
   return new Promise((resolve, reject) => {
     const failed = (e: Error): void => {
       secure.destroy();
-      const said = /binder does not verify|decrypt|bad record mac/i.test(e.message)
-        ? `the client's key for ${identity ?? "its identity"} is not the export's`
-        : identity === undefined && /psk|no shared cipher|handshake/i.test(e.message)
-          ? "the client named no identity of the export's key file, or offered no TLS-PSK"
-          : e.message;
+      // The identity a client names is its own text: shown as data (the CLI escapes what it prints), and cut short.
+      const said =
+        identity !== undefined && /binder does not verify|decrypt|bad record mac/i.test(e.message)
+          ? `the client's key for ${identity} is not the export's`
+          : named !== undefined && identity === undefined
+            ? `the client's identity ${JSON.stringify(named.slice(0, 128))} is not in the export's key file`
+            : named === undefined
+              ? "the client offered no pre-shared key (TLS-PSK)"
+              : e.message;
       reject(new Error(`TLS handshake failed: ${said}`));
     };
     secure.once("error", failed);
