@@ -6,9 +6,9 @@ import { encodeLockMeta, type LockMeta } from "../src/format/lock.js";
 import { acquireLock, parseLock, REFRESH_EVERY_MS } from "../src/repository/lock.js";
 import type { Repository } from "../src/repository/repository.js";
 import { openVault, type Vault } from "../src/index.js";
-import { FaultyStore } from "../src/storage/faulty.js";
+import { FaultyStore, type FaultyStoreOptions } from "../src/storage/faulty.js";
 import { FsStore } from "../src/storage/fs.js";
-import { listAll } from "../src/storage/types.js";
+import { listAll, type ObjectInfo, type Store } from "../src/storage/types.js";
 import { fromHex, toHex } from "../src/util/bytes.js";
 import { initTestVault, makeImage, passphrase, tempDirs } from "./helpers/fixtures.js";
 
@@ -29,6 +29,25 @@ async function lockObjects(repo: Repository): Promise<Array<{ key: string; meta:
 afterEach(() => {
   vi.useRealTimers();
 });
+
+/** A store whose listings carry the time each object was written (as S3's and SFTP's do), settable by the test. */
+class DatedStore extends FaultyStore {
+  readonly written = new Map<string, Date>();
+
+  constructor(inner: Store, o: FaultyStoreOptions = {}) {
+    super(inner, o);
+  }
+
+  override async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
+    const stored = await super.putIfAbsent(key, data);
+    if (stored) this.written.set(key, new Date());
+    return stored;
+  }
+
+  override async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    for await (const o of super.list(prefix)) yield { ...o, modified: this.written.get(o.key) ?? new Date() };
+  }
+}
 
 describe("locks where the storage refuses deletions (append-only hosts)", () => {
   it("a holder that may not delete releases by a release object; the next exclusive lock is granted, and a host that may delete clears both", async () => {
@@ -123,6 +142,42 @@ describe("locks where the storage refuses deletions (append-only hosts)", () => 
     await held.release();
     await admin.close();
     await host.close();
+  });
+
+  it("lock objects the storage wrote over an hour ago are stale unread: deleted where allowed, and a host that may not delete asks once", async () => {
+    const dir = tmp("repo");
+    const admin = await initTestVault(dir);
+    // Forty exclusive locks of another host that would look live if read (refreshed "now"), written two hours ago by the storage's clock.
+    const now = new Date().toISOString();
+    const planted: string[] = [];
+    for (let i = 0; i < 40; i++) {
+      const lockId = i.toString(16).padStart(32, "0");
+      const meta: LockMeta = { repoId: admin.repository.repoId, lockId, exclusive: true, hostHash: "9c".repeat(16), pid: 4242, operation: "prune", createdAt: now, refreshedAt: now };
+      await admin.repository.store.putIfAbsent(lockKey(lockId), encodeEnvelope(ObjectKind.Lock, encodeLockMeta(meta)));
+      planted.push(lockKey(lockId));
+    }
+    const twoHoursAgo = new Date(Date.now() - 2 * 3600_000);
+    const appendOnly = new DatedStore(new FsStore(dir), { refuseDelete: () => true });
+    for (const key of planted) appendOnly.written.set(key, twoHoursAgo);
+    const host = await openVault({ store: appendOnly, user: "admin", passphrase: passphrase() });
+    const gets = appendOnly.gets.length;
+    await (await acquireLock(host.repository, "backup", false)).release();
+    // None of them was read; one delete was tried and refused, then no more.
+    expect(appendOnly.gets.slice(gets).filter((k) => planted.includes(k))).toEqual([]);
+    expect(appendOnly.deletes.filter((k) => planted.includes(k))).toHaveLength(1);
+    expect((await listAll(admin.repository.store, LOCK_PREFIX)).filter((o) => planted.includes(o.key))).toHaveLength(40);
+    // A host that may delete removes them, still unread; one written recently is read and holds.
+    const full = new DatedStore(new FsStore(dir));
+    for (const key of planted) full.written.set(key, twoHoursAgo);
+    full.written.set(planted[0] as string, new Date());
+    const other = await openVault({ store: full, user: "admin", passphrase: passphrase() });
+    const refused = await acquireLock(other.repository, "check", false).catch((e: unknown) => e);
+    expect((refused as LockedError).holder?.key).toBe(planted[0]);
+    expect(full.gets.filter((k) => planted.includes(k))).toEqual([planted[0]]);
+    expect((await listAll(admin.repository.store, LOCK_PREFIX)).map((o) => o.key).filter((k) => planted.includes(k))).toEqual([planted[0]]);
+    await admin.close();
+    await host.close();
+    await other.close();
   });
 
   it("refreshes on an append-only host keep the superseded lock objects, and one release object frees them all", async () => {

@@ -3,14 +3,28 @@ import { FormatError } from "../format/codec.js";
 import { encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { encodeLockMeta, parseLockMeta, type LockMeta } from "../format/lock.js";
 import type { Store } from "../storage/types.js";
-import { listKeys } from "../storage/types.js";
 import { fromHex, toHex } from "../util/bytes.js";
 import type { Repository } from "./repository.js";
+
+/** A lock not refreshed for this long is considered abandoned by a crashed host. */
+export const STALE_AFTER_MS = 30 * 60 * 1000;
+
+/**
+ * A lock or release object the storage says it wrote longer ago than STALE_AFTER_MS and this
+ * much more is stale whatever it holds, without being read: the margin covers a storage clock
+ * that runs ahead of the host's. (Backup hosts that may not delete leave such objects behind,
+ * one per refresh and release, until a host that may delete takes a lock; reading each would
+ * make every command slower as they pile up.)
+ */
+export const UNREAD_STALE_MS = STALE_AFTER_MS + 30 * 60 * 1000;
 
 /** A stored lock object's holder; FormatError when the bytes are no lock (every command passes over those). */
 export function parseLock(bytes: Uint8Array): LockMeta {
   return parseLockMeta(parseEnvelope(ObjectKind.Lock, bytes, false).meta);
 }
+
+/** Stores that refused this process a deletion: other people's leftovers are not tried again there. */
+const refusing = new WeakSet<object>();
 
 /** Deletes an object; false when the storage refuses deletions to these credentials (an append-only host's). */
 export async function deleteIfAllowed(store: Pick<Store, "delete">, key: string): Promise<boolean> {
@@ -18,9 +32,19 @@ export async function deleteIfAllowed(store: Pick<Store, "delete">, key: string)
     await store.delete(key);
     return true;
   } catch (e) {
-    if (e instanceof StorageRefusedError) return false;
-    throw e;
+    if (!(e instanceof StorageRefusedError)) throw e;
+    refusing.add(store);
+    return false;
   }
+}
+
+/**
+ * Removes another holder's lock or release object that counts as gone, unless this store has
+ * refused this process a deletion already: a host that may not delete then asks no more (one
+ * refused request per leftover and command would make every command slower as they pile up).
+ */
+export async function removeGone(store: Pick<Store, "delete">, key: string): Promise<void> {
+  if (!refusing.has(store)) await deleteIfAllowed(store, key);
 }
 
 export interface StoredLock {
@@ -30,6 +54,8 @@ export interface StoredLock {
 
 /** The other holders' lock objects under a prefix, and the release secrets' hashes that free some of them. */
 export interface LockListing {
+  /** Objects stale by the storage's own time (UNREAD_STALE_MS), not read. */
+  readonly old: string[];
   /** Lock objects, not release objects. */
   readonly locks: StoredLock[];
   /** Release objects: each frees the locks whose releaseHash is the hash of its secret. */
@@ -43,8 +69,14 @@ export async function listLocks(repo: Repository, prefix: string, skip: string |
   const locks: StoredLock[] = [];
   const releases: StoredLock[] = [];
   const released = new Set<string>();
-  for (const key of await listKeys(repo.store, prefix)) {
+  const old: string[] = [];
+  const now = repo.env.clock().getTime();
+  for await (const { key, modified } of repo.store.list(prefix)) {
     if (key === skip) continue;
+    if (modified !== undefined && now - modified.getTime() > UNREAD_STALE_MS) {
+      old.push(key);
+      continue;
+    }
     let meta: LockMeta;
     try {
       meta = parseLock(await repo.store.get(key));
@@ -60,7 +92,7 @@ export async function listLocks(repo: Repository, prefix: string, skip: string |
       released.add(toHex(repo.crypto.hash(fromHex(meta.releaseSecret))));
     }
   }
-  return { locks, releases, released };
+  return { old, locks, releases, released };
 }
 
 /**

@@ -4,14 +4,13 @@ import { processAlive } from "../util/process.js";
 import { LOCK_PREFIX, REENCRYPTION_LOCK_PREFIX } from "../format/layout.js";
 import type { LockMeta } from "../format/lock.js";
 import { toHex, utf8 } from "../util/bytes.js";
-import { deleteIfAllowed, listLocks, OwnLockObjects } from "./lock-objects.js";
+import { listLocks, OwnLockObjects, removeGone, STALE_AFTER_MS } from "./lock-objects.js";
 import { refreshRegistryView } from "./registry-view.js";
 import type { Repository } from "./repository.js";
 
 export { parseLock } from "./lock-objects.js";
 
-/** A lock not refreshed for this long is considered abandoned by a crashed host. */
-export const STALE_AFTER_MS = 30 * 60 * 1000;
+export { STALE_AFTER_MS } from "./lock-objects.js";
 export const REFRESH_EVERY_MS = 5 * 60 * 1000;
 
 export interface Lock {
@@ -193,13 +192,14 @@ async function tryLock(repo: Repository, prefix: string, operation: string, excl
  * release object 30 minutes old. `own` is the caller's own lock object, if stored already.
  */
 async function refuseIfHeld(repo: Repository, prefix: string, exclusive: boolean, mine: string, own: string | undefined): Promise<void> {
-  const { locks, releases, released } = await listLocks(repo, prefix, own);
+  const { old, locks, releases, released } = await listLocks(repo, prefix, own);
+  for (const key of old) await removeGone(repo.store, key);
   const ageOf = (m: LockMeta): number => repo.env.clock().getTime() - Date.parse(m.refreshedAt);
   for (const { key, meta: other } of locks) {
     const age = ageOf(other);
     const deadHere = other.hostHash === mine && other.pid !== repo.env.pid && !processAlive(other.pid);
     if (deadHere || age > STALE_AFTER_MS || (other.releaseHash !== undefined && released.has(other.releaseHash))) {
-      await deleteIfAllowed(repo.store, key);
+      await removeGone(repo.store, key);
       continue;
     }
     if (!exclusive && !other.exclusive) continue;
@@ -227,5 +227,5 @@ async function refuseIfHeld(repo: Repository, prefix: string, exclusive: boolean
   }
   // A release object goes once every lock it frees is stale anyway, so none can outlive it
   // and look held again (a refresh that was on its way when its holder let go, say).
-  for (const { key, meta: r } of releases) if (ageOf(r) > STALE_AFTER_MS) await deleteIfAllowed(repo.store, key);
+  for (const { key, meta: r } of releases) if (ageOf(r) > STALE_AFTER_MS) await removeGone(repo.store, key);
 }

@@ -204,7 +204,7 @@ export class S3Store implements Store {
       for (const o of page.Contents ?? []) {
         const key = (o.Key ?? "").slice(root.length);
         // Keys the repository never writes (a console's "folder" markers, say) are not objects of it.
-        if (isValidKey(key)) yield { key, size: o.Size ?? 0 };
+        if (isValidKey(key)) yield { key, size: o.Size ?? 0, ...(o.LastModified === undefined ? {} : { modified: o.LastModified }) };
       }
       token = page.IsTruncated === true ? page.NextContinuationToken : undefined;
     } while (token !== undefined);

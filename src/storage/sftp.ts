@@ -286,14 +286,14 @@ export class SftpStore implements Store {
   /** The objects under the folder of keyBase whose keys start with prefix, in name order. */
   async *#walk(keyBase: string, prefix: string, listed?: FileEntryWithStats[]): AsyncIterable<ObjectInfo> {
     const entries = listed ?? (await this.#readdir(keyBase));
-    const wanted: { key: string; folder: boolean; size: number }[] = [];
+    const wanted: { key: string; folder: boolean; size: number; mtime?: number }[] = [];
     for (const e of entries) {
       if (e.filename.startsWith(".")) continue;
       const key = keyBase === "" ? e.filename : `${keyBase}/${e.filename}`;
       const type = e.attrs.mode & S_IFMT;
       if (type === S_IFDIR) {
         if (prefix.startsWith(`${key}/`) || key.startsWith(prefix)) wanted.push({ key, folder: true, size: 0 });
-      } else if (type === S_IFREG && key.startsWith(prefix)) wanted.push({ key, folder: false, size: e.attrs.size });
+      } else if (type === S_IFREG && key.startsWith(prefix)) wanted.push({ key, folder: false, size: e.attrs.size, mtime: e.attrs.mtime });
     }
     wanted.sort((a, b) => (a.key < b.key ? -1 : 1));
     const listFolder = async (w: (typeof wanted)[number]): Promise<FileEntryWithStats[] | undefined> => (w.folder ? this.#readdir(w.key) : undefined);
@@ -301,7 +301,7 @@ export class SftpStore implements Store {
     for await (const sub of mapOrdered(wanted, WALK_AHEAD, listFolder)) {
       const w = wanted[i++] as (typeof wanted)[number];
       if (sub !== undefined) yield* this.#walk(w.key, prefix, sub);
-      else yield { key: w.key, size: w.size };
+      else yield { key: w.key, size: w.size, ...(w.mtime === undefined ? {} : { modified: new Date(w.mtime * 1000) }) };
     }
   }
 

@@ -5,6 +5,11 @@
 export interface ObjectInfo {
   readonly key: string;
   readonly size: number;
+  /**
+   * When the object was written, by the storage's clock, where a listing tells it at no extra
+   * cost (S3's LastModified, SFTP's mtime); absent otherwise (a local folder, memory).
+   */
+  readonly modified?: Date;
 }
 
 /** A temporary file a cut-off write left (Store.listLeftovers). */
