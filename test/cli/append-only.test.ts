@@ -13,7 +13,7 @@ import { HAVE_SSHD, startSftpd, type Sftpd } from "../helpers/sftpd.js";
  * Append-only backup hosts: the storage itself refuses them deletions (guarantee 2, "cannot
  * delete anything where the storage enforces it"), on a real Ceph RGW (a bucket policy that
  * gives the host's own S3 user read, write and list, no delete) and a real OpenSSH server
- * (internal-sftp -P remove,rmdir), through the built CLI. An admin host with full rights
+ * (internal-sftp -P remove,rmdir,posix-rename,hardlink,symlink), through the built CLI. An admin host with full rights
  * keeps the repository: restore, check, forget and prune.
  */
 const tmp = tempDirs();
@@ -189,10 +189,10 @@ describe.skipIf(!HAVE_RGW)("an append-only backup host on S3 (Ceph RGW, a bucket
   }, 120_000);
 });
 
-describe.skipIf(!HAVE_SSHD)("an append-only backup host on SFTP (OpenSSH's internal-sftp -P remove,rmdir)", () => {
+describe.skipIf(!HAVE_SSHD)("an append-only backup host on SFTP (OpenSSH's internal-sftp -P remove,rmdir,posix-rename,hardlink,symlink)", () => {
   let server: Sftpd & { remove(): void };
   beforeAll(() => {
-    server = startSftpd({ sftpServer: "internal-sftp -P remove,rmdir" });
+    server = startSftpd({ sftpServer: "internal-sftp -P remove,rmdir,posix-rename,hardlink,symlink" });
   });
   afterAll(() => server?.remove());
 
