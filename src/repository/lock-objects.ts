@@ -12,7 +12,7 @@ export const STALE_AFTER_MS = 30 * 60 * 1000;
 /**
  * A lock or release object the storage says it wrote longer ago than STALE_AFTER_MS and this
  * much more is stale whatever it holds, without being read: the margin covers a storage clock
- * that runs ahead of the host's. (Backup hosts that may not delete leave such objects behind,
+ * that runs behind this host's (by up to 55 minutes, a live lock being at most 5 minutes old). (Backup hosts that may not delete leave such objects behind,
  * one per refresh and release, until a host that may delete takes a lock; reading each would
  * make every command slower as they pile up.)
  */
