@@ -101,6 +101,22 @@ describe.skipIf(!haveClients)("export nbd over TLS with pre-shared keys", () => 
     expect(records.some((r) => r.result !== "started" && r.target["identities"] === "hv-2")).toBe(true);
   });
 
+  it("serves TLS on a Unix socket too: nbds+unix:// with the key copies the disk", async () => {
+    const { repo, image } = await fixture();
+    const keys = await pskFile(tmp("keys"), "local-tool");
+    const socket = path.join(tmp("sock"), "nbd.sock");
+    const e = await startExport(repo, ["latest", "--reason", "tls on a socket", "--socket", socket, "--tls-psk-file", keys, "--once"]);
+    const uri = e.listening.exports[0]?.uri as string;
+    expect(uri).toBe(`nbds+unix:///disk.raw?socket=${encodeURIComponent(socket)}`);
+    const out = path.join(tmp("out"), "copy.raw");
+    const copy = run("nbdcopy", [`nbds+unix://local-tool@/disk.raw?socket=${socket}&tls-psk-file=${keys}`, out]);
+    expect(copy.status, copy.stderr).toBe(0);
+    expect(await sha256File(out)).toBe(await sha256File(image));
+    const done = await e.exit;
+    expect(done.code, done.stderr).toBe(0);
+    expect(resultOf(done).identities).toEqual(["local-tool"]);
+  });
+
   it("turns away a client without TLS, one with another key and one of an unknown identity, and goes on serving", async () => {
     const { repo, image } = await fixture();
     const keys = await pskFile(tmp("keys"), "hv-2");
