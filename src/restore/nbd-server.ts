@@ -16,10 +16,18 @@ const MAX_EXTENTS = 1024;
  * mid-request or stops reading cannot hold the export open).
  */
 const GRACE_MS = 5000;
+/** NbdServerOptions.handshakeTimeoutMs's default. */
+const HANDSHAKE_TIMEOUT_MS = 30_000;
 
 export interface NbdServerOptions {
   /** Connections served at once; more are closed as they come (default 16). */
   readonly maxConnections?: number;
+  /**
+   * How long a connection may take from its start to the export chosen, TLS handshake included
+   * (default 30 s): one that has not chosen by then is closed, so clients that connect and
+   * stall (or hold no key) cannot keep the connection slots from those that can.
+   */
+  readonly handshakeTimeoutMs?: number;
   /** Told of each connection's start and end, and of each read that failed. */
   readonly onEvent?: (e: NbdEvent) => void;
   /** What NBD_OPT_LIST and NBD_INFO_DESCRIPTION say about an export. */
@@ -118,6 +126,10 @@ export class NbdServer {
     return [...this.#disks.values()];
   }
 
+  get handshakeTimeoutMs(): number {
+    return this.#o.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
+  }
+
   get tlsKeys(): PskKeys | undefined {
     return this.#o.tlsKeys;
   }
@@ -184,7 +196,7 @@ class Connection {
   async #run(): Promise<void> {
     let error: string | undefined;
     try {
-      const disk = await this.#agreed.run();
+      const disk = await this.#negotiate();
       if (disk !== undefined) {
         const identity = this.#agreed.identity;
         this.#server.event({ kind: "opened", client: this.#client, disk: disk.name, ...(identity === undefined ? {} : { identity }) });
@@ -196,6 +208,25 @@ class Connection {
       await this.#finish();
     }
     this.#server.event({ kind: "closed", client: this.#client, reads: this.#reads, bytes: this.#bytes, ...(error === undefined ? {} : { error }) });
+  }
+
+  /** The option phase, within the handshake deadline (told as a refusal when it runs out). */
+  async #negotiate(): Promise<ExportedDisk | undefined> {
+    const ms = this.#server.handshakeTimeoutMs;
+    let late = false;
+    const timer = setTimeout(() => {
+      late = true;
+      this.#wire.socket.destroy();
+    }, ms);
+    try {
+      return await this.#agreed.run();
+    } catch (e) {
+      if (!late) throw e;
+      this.#server.event({ kind: "refused", client: this.#client, reason: `no export chosen within ${ms / 1000} s of connecting` });
+      return undefined;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /**

@@ -79,9 +79,18 @@ export function startTls(socket: Socket, keys: PskKeys): Promise<TlsSession> {
               : e.message;
       reject(new Error(`TLS handshake failed: ${said}`));
     };
+    // A connection closed mid-handshake (the export's deadline, or the client gone) ends it too.
+    const cut = (): void => {
+      secure.destroy();
+      reject(new Error("TLS handshake failed: the connection closed before it ended"));
+    };
+    socket.once("close", cut);
+    secure.once("close", cut);
     secure.once("error", failed);
     secure.once("secure", () => {
       secure.off("error", failed);
+      secure.off("close", cut);
+      socket.off("close", cut);
       if (identity === undefined) return failed(new Error("no identity"));
       resolve({ socket: secure, identity });
     });

@@ -657,3 +657,30 @@ describe("NbdServer with TLS (pre-shared keys)", () => {
   });
 });
 
+describe("NbdServer handshake deadline", () => {
+  it("closes a client that chooses no export in time, plain or stalled inside TLS, and leaves one that chose in time alone", async () => {
+    const { port, events } = await serve(["vda"], { handshakeTimeoutMs: 400, tlsKeys: new Map([["hv-2", seededBytes("deadline key", 32)]]) });
+    const started = Date.now();
+    const silent = await connect(port);
+    expect(await silent.closesWithin(3000)).toBe(true);
+    const stalled = await connect(port);
+    await stalled.start();
+    expect(types(await stalled.option(Opt.STARTTLS))).toEqual([Rep.ACK]);
+    // No ClientHello follows.
+    expect(await stalled.closesWithin(3000)).toBe(true);
+    expect(Date.now() - started).toBeLessThan(5000);
+    await until(() => events.filter((e) => e.kind === "refused").length === 2);
+    const reasons = events.flatMap((e) => (e.kind === "refused" ? [e.reason] : []));
+    expect(reasons[0]).toBe("no export chosen within 0.4 s of connecting");
+    expect(reasons[1]).toMatch(/^(no export chosen within 0\.4 s of connecting|TLS handshake failed: )/);
+    const c = await connect(port);
+    await c.start();
+    expect(types(await c.option(Opt.STARTTLS))).toEqual([Rep.ACK]);
+    const secure = await c.startTls("hv-2", seededBytes("deadline key", 32));
+    clients.push(secure);
+    expect(types(await secure.option(Opt.GO, goData("vda"))).at(-1)).toBe(Rep.ACK);
+    await new Promise((r) => setTimeout(r, 800));
+    expectBytes(await readSimple(secure, 0, 4096), IMAGE.subarray(0, 4096), "read after the deadline");
+  });
+});
+
