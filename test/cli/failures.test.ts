@@ -2,7 +2,7 @@ import { spawn } from "node:child_process";
 import { chmodSync, promises as fsp } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { runCli, startCli, vault } from "../helpers/cli.js";
+import { runCli, startCli, watchCli, vault } from "../helpers/cli.js";
 import { makeImage, readTree, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
@@ -257,16 +257,13 @@ describe("interruption", () => {
     const h = await fsp.open(image, "w");
     for (let i = 0; i < 8; i++) await h.write(seededBytes(`blk${i}`, 16 * 1024 * 1024));
     await h.close();
-    const child = startCli(["--repo", repo, "--user", "admin", "backup", "--vm", "vm", image], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
-    let stderr = "";
-    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
-    const exited = new Promise<number | null>((resolve) => child.on("close", (c) => resolve(c)));
+    const { child, out: printed, exit: exited } = watchCli(["--repo", repo, "--user", "admin", "backup", "--vm", "vm", image], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
     // Stop it once its first pack is stored.
     const deadline = Date.now() + 30_000;
     while (Date.now() < deadline && (await readTree(path.join(repo, "data")).catch(() => new Map())).size === 0) await new Promise((r) => setTimeout(r, 10));
     child.kill(signal);
     expect(await exited).toBe(status);
-    const lines = stderr.trim().split("\n").filter((l) => !l.startsWith("warning: VMVAULT_INSECURE_TEST_KDF"));
+    const lines = printed.stderr.trim().split("\n").filter((l) => !l.startsWith("warning: VMVAULT_INSECURE_TEST_KDF"));
     expect(lines).toEqual([expect.stringMatching(new RegExp(`^vmvault: interrupted \\(${signal}\\); the repository stays consistent`))]);
     const check = await v(["check"]);
     expect(check.code, check.stdout + check.stderr).toBe(0);
@@ -275,12 +272,9 @@ describe("interruption", () => {
 
 /** Starts a restore of the latest snapshot into out and sends signal once its partial file appears. */
 async function interruptOnPartial(repo: string, out: string, signal: NodeJS.Signals): Promise<{ code: number; stderr: string }> {
-  const child = startCli(["--repo", repo, "--user", "admin", "restore", "latest", "--target", out, "--reason", "interrupt me"], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
-  let stderr = "";
-  child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
-  const exited = new Promise<number>((resolve) => child.on("close", (code, sig) => resolve(code ?? (sig === null ? -1 : 128))));
+  const { child, out: printed, exit: exited } = watchCli(["--repo", repo, "--user", "admin", "restore", "latest", "--target", out, "--reason", "interrupt me"], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
   const deadline = Date.now() + 30_000;
   while (Date.now() < deadline && !(await fsp.readdir(out)).some((n) => n.includes(".vmvault-partial-"))) await new Promise((r) => setTimeout(r, 2));
   child.kill(signal);
-  return { code: await exited, stderr };
+  return { code: await exited, stderr: printed.stderr };
 }

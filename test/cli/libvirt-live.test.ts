@@ -11,7 +11,7 @@ import { existsSync, mkdtempSync, promises as fsp, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { initCliRepo, ROOT, startCli } from "../helpers/cli.js";
+import { initCliRepo, ROOT, watchCli } from "../helpers/cli.js";
 import { initTestVault, openTestVault, passphrase, seededBytes, tempDirs } from "../helpers/fixtures.js";
 import { FsStore, Vault } from "../../src/index.js";
 import { FaultyStore } from "../../src/storage/faulty.js";
@@ -114,12 +114,7 @@ describe.skipIf(!canRunLibvirtd())("backup --libvirt-domain of a running domain 
     const repoDir = tmp("repo");
     const r2 = await initCliRepo(repoDir);
     // The backup runs while the guest writes: each write lands in the overlay, not in the image being read.
-    const child = startCli(["--repo", path.join(repoDir, "r"), "--user", "admin", "backup", "--libvirt-domain", vm.name, "--libvirt-uri", uri, "--json"], { env: { VMVAULT_STATE_DIR: `${path.join(repoDir, "r")}-state` } });
-    let stdout = "";
-    let stderr = "";
-    child.stdout?.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
-    const done = new Promise<number>((resolve) => child.on("close", (code) => resolve(code ?? -1)));
+    const { child, out: printed, exit: done } = watchCli(["--repo", path.join(repoDir, "r"), "--user", "admin", "backup", "--libvirt-domain", vm.name, "--libvirt-uri", uri, "--json"], { env: { VMVAULT_STATE_DIR: `${path.join(repoDir, "r")}-state` } });
     let finished = false;
     void done.then(() => (finished = true));
     const writesBehindOverlay: number[] = [];
@@ -134,9 +129,9 @@ describe.skipIf(!canRunLibvirtd())("backup --libvirt-domain of a running domain 
       } else await new Promise((resolve) => setTimeout(resolve, 10));
     }
     const code = await done;
-    expect(code, stderr).toBe(0);
+    expect(code, printed.stderr).toBe(0);
     expect(writesBehindOverlay.length, "writes made while the overlay was in place").toBeGreaterThan(0);
-    const result = JSON.parse(stdout) as { snapshotId: string; domain: { name: string; live: boolean } };
+    const result = JSON.parse(printed.stdout) as { snapshotId: string; domain: { name: string; live: boolean } };
     expect(result.domain).toMatchObject({ name: vm.name, live: true });
     // Back on its own images, overlays gone, the definition as it was.
     expect(inUse(vm.name)).toEqual({ vda: vm.vda, vdb: vm.vdb });
@@ -187,18 +182,13 @@ describe.skipIf(!canRunLibvirtd())("backup --libvirt-domain of a running domain 
     // The clone's QEMU runs as libvirt's own user: it must reach the overlays.
     await fsp.chmod(dir, 0o755);
     const clone = `${vm.name}-instant`;
-    const child = startCli(
+    const { child, out: printed, exit: exited } = watchCli(
       ["--repo", repo, "--user", "admin", "--json", "export", "nbd", "latest", "--reason", "instant recovery", "--listen", "127.0.0.1:0", "--overlay-dir", dir, "--domain-name", clone, "--define", "--libvirt-uri", uri],
       { env: { VMVAULT_STATE_DIR: `${repo}-state` } },
     );
-    let stdout = "";
-    let stderr = "";
-    child.stdout?.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
-    const exited = new Promise<number>((resolve) => child.on("close", (code) => resolve(code ?? -1)));
     try {
-      for (let i = 0; i < 300 && !stdout.includes("\n"); i++) await new Promise((resolve) => setTimeout(resolve, 50));
-      const listening = JSON.parse(stdout.split("\n")[0] ?? "") as { overlays: { disk: string; path: string }[]; domain: { name: string; path: string; defined: boolean } };
+      for (let i = 0; i < 300 && !printed.stdout.includes("\n"); i++) await new Promise((resolve) => setTimeout(resolve, 50));
+      const listening = JSON.parse(printed.stdout.split("\n")[0] ?? "") as { overlays: { disk: string; path: string }[]; domain: { name: string; path: string; defined: boolean } };
       defined.push(clone);
       expect(listening.overlays).toEqual([
         { disk: "vda", path: path.join(dir, "vda.qcow2") },
@@ -215,7 +205,7 @@ describe.skipIf(!canRunLibvirtd())("backup --libvirt-domain of a running domain 
       // Block-pull copies what the overlays still read from the export into them: the clone then needs the export no more.
       for (const disk of ["vda", "vdb"]) virsh("blockpull", clone, disk, "--wait");
       child.kill("SIGTERM");
-      expect(await exited, stderr).toBe(0);
+      expect(await exited, printed.stderr).toBe(0);
       expect(virsh("domstate", clone).trim()).toBe("running");
       // Stopped (QEMU writes out the qcow2 metadata it holds), the overlays stand alone and hold
       // the whole disks: the backup's bytes and the clone's one write.
@@ -355,10 +345,7 @@ describe.skipIf(!canRunLibvirtd())("backup --libvirt-domain of a running domain 
     const vm = await runningVm(256);
     const repoDir = tmp("repo");
     await initCliRepo(repoDir);
-    const child = startCli(["--repo", path.join(repoDir, "r"), "--user", "admin", "backup", "--libvirt-domain", vm.name, "--libvirt-uri", uri], { env: { VMVAULT_STATE_DIR: `${path.join(repoDir, "r")}-state` } });
-    let stderr = "";
-    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
-    const done = new Promise<number>((resolve) => child.on("close", (code) => resolve(code ?? -1)));
+    const { child, out: printed, exit: done } = watchCli(["--repo", path.join(repoDir, "r"), "--user", "admin", "backup", "--libvirt-domain", vm.name, "--libvirt-uri", uri], { env: { VMVAULT_STATE_DIR: `${path.join(repoDir, "r")}-state` } });
     let signalled = false;
     for (let i = 0; i < 500 && !signalled; i++) {
       if (inUse(vm.name)["vda"]?.includes(".vmvault-overlay-") === true) {
@@ -367,8 +354,8 @@ describe.skipIf(!canRunLibvirtd())("backup --libvirt-domain of a running domain 
       } else await new Promise((resolve) => setTimeout(resolve, 10));
     }
     expect(signalled, "the overlay was seen").toBe(true);
-    expect(await done, stderr).toBe(130);
-    expect(stderr).toContain("the overlays of the live backup were committed back");
+    expect(await done, printed.stderr).toBe(130);
+    expect(printed.stderr).toContain("the overlays of the live backup were committed back");
     expect(inUse(vm.name)).toEqual({ vda: vm.vda, vdb: vm.vdb });
     expect(await filesIn(vm.dir)).toEqual(["data.raw", "domain.xml", "root.raw"]);
   }, 120_000);

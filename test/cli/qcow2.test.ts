@@ -9,7 +9,7 @@ import { spawnSync } from "node:child_process";
 import { promises as fsp, existsSync, readdirSync } from "node:fs";
 import path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
-import { initCliRepo, startCli, type CliResult } from "../helpers/cli.js";
+import { initCliRepo, runCli, type CliResult } from "../helpers/cli.js";
 import { makeImage, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
@@ -59,13 +59,8 @@ interface BackupJson {
 async function cli(repo: string, args: readonly string[], env: Record<string, string | undefined> = {}): Promise<CliResult & { tmpLeft: string[] }> {
   const tmpdir = `${repo}-tmp`;
   await fsp.mkdir(tmpdir, { recursive: true });
-  const child = startCli(["--repo", repo, "--user", "admin", ...args], { env: { VMVAULT_STATE_DIR: `${repo}-state`, TMPDIR: tmpdir, ...env } });
-  let stdout = "";
-  let stderr = "";
-  child.stdout?.on("data", (d: Buffer) => (stdout += d.toString()));
-  child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
-  const code = await new Promise<number>((resolve) => child.on("close", (c, signal) => resolve(c ?? (signal === null ? -1 : 128))));
-  return { code, stdout, stderr, tmpLeft: readdirSync(tmpdir) };
+  const r = await runCli(["--repo", repo, "--user", "admin", ...args], { env: { VMVAULT_STATE_DIR: `${repo}-state`, TMPDIR: tmpdir, ...env } });
+  return { ...r, tmpLeft: readdirSync(tmpdir) };
 }
 
 describe.skipIf(!haveQemu)("qcow2 images", () => {

@@ -7,7 +7,7 @@ import { registryKey } from "../../src/format/layout.js";
 import { openRepository } from "../../src/repository/open.js";
 import { encodeEnvelope, ObjectKind, parseEnvelope } from "../../src/format/envelope.js";
 import { parseSnapshotMeta } from "../../src/format/snapshot.js";
-import { startCli, TEST_PASSPHRASE, vault } from "../helpers/cli.js";
+import { startCli, watchCli, TEST_PASSPHRASE, vault } from "../helpers/cli.js";
 import { everythingReadable as everythingReadableIn, packBytes, rotationFixture, type RotationFixture } from "../helpers/rotation-fixture.js";
 import { makeImage, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
@@ -133,10 +133,7 @@ describe("key rotation and re-encryption", () => {
     const v = vault(f.repo);
     const env = { VMVAULT_STATE_DIR: `${f.repo}-state`, VMVAULT_PASSPHRASE: TEST_PASSPHRASE };
     expect((await v(["user", "add", "leaver", "--role", "restorer"], { env: { VMVAULT_NEW_PASSPHRASE: "leaver passphrase" } })).code).toBe(0);
-    const child = startCli(["--repo", f.repo, "--user", "admin", "key", "rotate", "--reencrypt"], { env });
-    let stderr = "";
-    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
-    const closed = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
+    const { child, out: printed, exit: closed } = watchCli(["--repo", f.repo, "--user", "admin", "key", "rotate", "--reencrypt"], { env });
     let done = false;
     void closed.then(() => (done = true));
     while (!done && !(await fsp.readdir(path.join(f.repo, "checkpoints/reencrypt")).catch(() => [] as string[])).some((n) => /^\d+$/.test(n))) {
@@ -146,7 +143,7 @@ describe("key rotation and re-encryption", () => {
     child.kill("SIGTERM");
     expect(await closed).toBe(143);
     // Was: "vmvault: interrupted (SIGTERM)" alone; the way to resume is the next step.
-    expect(stderr).toContain("vmvault: interrupted (SIGTERM); run `vmvault key rotate --reencrypt` again: it resumes from its last checkpoint");
+    expect(printed.stderr).toContain("vmvault: interrupted (SIGTERM); run `vmvault key rotate --reencrypt` again: it resumes from its last checkpoint");
     const before = JSON.parse((await v(["key", "status", "--json"])).stdout) as { current: number; reencryption: { targetEpoch: number } | null };
     expect(before.reencryption).not.toBeNull();
 
@@ -190,10 +187,7 @@ describe("key rotation and re-encryption", () => {
     const f = await fixture();
     const v = vault(f.repo);
     const env = { VMVAULT_STATE_DIR: `${f.repo}-state`, VMVAULT_PASSPHRASE: TEST_PASSPHRASE };
-    const child = startCli(["--repo", f.repo, "--user", "admin", "key", "rotate", "--reencrypt"], { env });
-    let stderr = "";
-    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
-    const closed = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
+    const { child, out: printed, exit: closed } = watchCli(["--repo", f.repo, "--user", "admin", "key", "rotate", "--reencrypt"], { env });
     // Wait until the pack phase has written its first checkpoint: the re-encryption holds a shared lock.
     while (!(await fsp.readdir(path.join(f.repo, "checkpoints/reencrypt")).catch(() => [] as string[])).some((n) => /^\d+$/.test(n))) {
       await new Promise((r) => setTimeout(r, 5));
@@ -203,7 +197,7 @@ describe("key rotation and re-encryption", () => {
     // The re-encryption's cleanup may already hold its short exclusive lock: wait for it.
     const during = await v(["--json", "--lock-wait", "120", "backup", "--vm", "during", image]);
     expect(during.code, during.stderr).toBe(0);
-    expect(await closed, stderr).toBe(0);
+    expect(await closed, printed.stderr).toBe(0);
     const id = (JSON.parse(during.stdout) as { snapshotId: string }).snapshotId;
     f.sources.push({ vm: "during", file: image, sha: await sha256File(image), id });
     await everythingReadable(f, "backup during re-encryption");

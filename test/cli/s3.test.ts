@@ -2,7 +2,7 @@ import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { CreateMultipartUploadCommand, GetObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
 import { beforeAll, describe, expect, it } from "vitest";
-import { runCli, startCli, TEST_PASSPHRASE, type CliOptions, type CliResult } from "../helpers/cli.js";
+import { runCli, watchCli, TEST_PASSPHRASE, type CliOptions, type CliResult } from "../helpers/cli.js";
 import { startCutProxy } from "../helpers/cut-proxy.js";
 import { seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 import { forgetAndPrune, roundTrip } from "../helpers/round-trip.js";
@@ -178,16 +178,13 @@ describe.skipIf(!HAVE_RGW)("S3 repositories through the CLI", () => {
       const { prefix, run, url } = s3Vault({ endpoint: `http://127.0.0.1:${proxy.port}` });
       expect((await run(["init"])).code).toBe(0);
       const env = { VMVAULT_STATE_DIR: path.join(tmp("state"), "s"), AWS_ENDPOINT_URL_S3: `http://127.0.0.1:${proxy.port}`, AWS_ACCESS_KEY_ID: server.accessKeyId, AWS_SECRET_ACCESS_KEY: server.secretAccessKey };
-      const backup = startCli(["--repo", url, "--user", "admin", "backup", "--vm", "big", image], { env: { ...env, VMVAULT_WORKERS: "1" } });
-      const backupDone = exitOf(backup);
+      const backup = watchCli(["--repo", url, "--user", "admin", "backup", "--vm", "big", image], { env: { ...env, VMVAULT_WORKERS: "1" } });
       // Once a pack is in the bucket, every connection goes.
       for (let i = 0; i < 600 && !(await keysUnder(`${prefix}/data/`)).length; i++) await new Promise((r) => setTimeout(r, 20));
       expect(proxy.cutAll()).toBeGreaterThan(0);
-      const b = await backupDone;
-      expect(b.code, b.stderr).toBe(0);
+      expect(await backup.exit, backup.out.stderr).toBe(0);
       const out = tmp("out");
-      const restore = startCli(["--repo", url, "--user", "admin", "restore", "latest", "--vm", "big", "--target", out, "--reason", "cut"], { env });
-      const restoreDone = exitOf(restore);
+      const restore = watchCli(["--repo", url, "--user", "admin", "restore", "latest", "--vm", "big", "--target", out, "--reason", "cut"], { env });
       const written = async (): Promise<number> => {
         let n = 0;
         for (const f of await fsp.readdir(out)) n += (await fsp.stat(path.join(out, f)).catch(() => ({ size: 0 }))).size;
@@ -195,8 +192,7 @@ describe.skipIf(!HAVE_RGW)("S3 repositories through the CLI", () => {
       };
       for (let i = 0; i < 1000 && (await written()) < 8 * 1024 * 1024; i++) await new Promise((r) => setTimeout(r, 5));
       proxy.cutAll();
-      const r = await restoreDone;
-      expect(r.code, r.stderr).toBe(0);
+      expect(await restore.exit, restore.out.stderr).toBe(0);
       expect(await sha256File(path.join(out, "big.raw"))).toBe(await sha256File(image));
       const check = await run(["check", "--read-data"]);
       expect(check.code, check.stdout + check.stderr).toBe(0);
@@ -206,8 +202,3 @@ describe.skipIf(!HAVE_RGW)("S3 repositories through the CLI", () => {
   });
 });
 
-function exitOf(child: ReturnType<typeof startCli>): Promise<{ code: number; stderr: string }> {
-  let stderr = "";
-  child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
-  return new Promise((resolve) => child.on("close", (code) => resolve({ code: code ?? -1, stderr })));
-}

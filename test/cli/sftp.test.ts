@@ -2,7 +2,7 @@ import { execFileSync } from "node:child_process";
 import { existsSync, promises as fsp } from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { runCli, startCli, TEST_PASSPHRASE, type CliOptions, type CliResult } from "../helpers/cli.js";
+import { runCli, watchCli, TEST_PASSPHRASE, type CliOptions, type CliResult } from "../helpers/cli.js";
 import { seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 import { forgetAndPrune, roundTrip } from "../helpers/round-trip.js";
 import { HAVE_SSHD, startSftpd, type Sftpd } from "../helpers/sftpd.js";
@@ -118,17 +118,14 @@ describe.skipIf(!HAVE_SSHD)("SFTP repositories through the CLI", () => {
     const { name, run } = sftpVault();
     expect((await run(["init"])).code).toBe(0);
     const before = server.logins();
-    const child = startCli(["--repo", server.url(name), "--user", "admin", "--sftp-identity", server.identity, "--sftp-known-hosts", server.knownHosts, "backup", "--vm", "big", image], {
+    const { child, out: printed, exit: exited } = watchCli(["--repo", server.url(name), "--user", "admin", "--sftp-identity", server.identity, "--sftp-known-hosts", server.knownHosts, "backup", "--vm", "big", image], {
       env: { VMVAULT_STATE_DIR: path.join(tmp("state"), "s"), VMVAULT_WORKERS: "1" },
     });
-    let stderr = "";
-    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
-    const exited = new Promise<number>((resolve) => child.on("close", (code) => resolve(code ?? -1)));
     // Once a pack is on the server, the connection's sshd processes go.
     const packs = path.join(server.data, name, "data");
     for (let i = 0; i < 600 && !(existsSync(packs) && (await fsp.readdir(packs, { recursive: true })).some((f) => /[0-9a-f]{32}$/.test(String(f)))); i++) await new Promise((r) => setTimeout(r, 20));
     expect(server.dropConnections()).toBeGreaterThan(0);
-    expect(await exited, stderr).toBe(0);
+    expect(await exited, printed.stderr).toBe(0);
     // The first login, and the one after the loss.
     expect(server.logins() - before).toBeGreaterThanOrEqual(2);
     const folder = path.join(server.data, name);
@@ -159,12 +156,9 @@ describe.skipIf(!HAVE_SSHD)("SFTP repositories through the CLI", () => {
     expect((await run(["backup", "--vm", "big", image])).code).toBe(0);
     const before = server.logins();
     const out = tmp("out");
-    const child = startCli(["--repo", url, "--user", "admin", "--sftp-identity", server.identity, "--sftp-known-hosts", server.knownHosts, "restore", "latest", "--vm", "big", "--target", out, "--reason", "cut"], {
+    const { child, out: printed, exit: exited } = watchCli(["--repo", url, "--user", "admin", "--sftp-identity", server.identity, "--sftp-known-hosts", server.knownHosts, "restore", "latest", "--vm", "big", "--target", out, "--reason", "cut"], {
       env: { VMVAULT_STATE_DIR: path.join(tmp("state"), "s") },
     });
-    let stderr = "";
-    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
-    const exited = new Promise<number>((resolve) => child.on("close", (code) => resolve(code ?? -1)));
     // Once the restore has written some of the image, the connection goes.
     const written = async (): Promise<number> => {
       let n = 0;
@@ -173,7 +167,7 @@ describe.skipIf(!HAVE_SSHD)("SFTP repositories through the CLI", () => {
     };
     for (let i = 0; i < 1000 && (await written()) < 8 * 1024 * 1024; i++) await new Promise((r) => setTimeout(r, 5));
     expect(server.dropConnections()).toBeGreaterThan(0);
-    expect(await exited, stderr).toBe(0);
+    expect(await exited, printed.stderr).toBe(0);
     expect(await sha256File(path.join(out, "big.raw"))).toBe(await sha256File(image));
     // The first login, and the one after the loss.
     expect(server.logins() - before).toBeGreaterThanOrEqual(2);

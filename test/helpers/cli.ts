@@ -44,16 +44,32 @@ export function startCli(args: readonly string[], o: CliOptions = {}): ChildProc
   });
 }
 
-export function runCli(args: readonly string[], o: CliOptions = {}): Promise<CliResult> {
+/** A CLI run in progress, watched: what it printed so far, and its end. */
+export interface WatchedCli {
+  readonly child: ChildProcess;
+  /** Its stdout and stderr as printed so far (they grow while it runs). */
+  readonly out: { stdout: string; stderr: string };
+  /** Its exit code once it has exited (128 when a signal ended it without one); rejects if it could not start. */
+  readonly exit: Promise<number>;
+}
+
+/** Starts the CLI and collects what it prints, for tests that act while it runs (signals, cut connections). */
+export function watchCli(args: readonly string[], o: CliOptions = {}): WatchedCli {
   const child = startCli(args, o);
-  let stdout = "";
-  let stderr = "";
-  child.stdout?.on("data", (d: Buffer) => (stdout += d.toString()));
-  child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
-  return new Promise((resolve, reject) => {
+  const out = { stdout: "", stderr: "" };
+  child.stdout?.on("data", (d: Buffer) => (out.stdout += d.toString()));
+  child.stderr?.on("data", (d: Buffer) => (out.stderr += d.toString()));
+  const exit = new Promise<number>((resolve, reject) => {
     child.on("error", reject);
-    child.on("close", (code, signal) => resolve({ code: code ?? (signal === null ? -1 : 128), stdout, stderr }));
+    child.on("close", (code, signal) => resolve(code ?? (signal === null ? -1 : 128)));
   });
+  return { child, out, exit };
+}
+
+export async function runCli(args: readonly string[], o: CliOptions = {}): Promise<CliResult> {
+  const w = watchCli(args, o);
+  const code = await w.exit;
+  return { code, ...w.out };
 }
 
 /**

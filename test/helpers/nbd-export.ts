@@ -1,5 +1,5 @@
 import { spawnSync, type ChildProcess } from "node:child_process";
-import { startCli, TEST_PASSPHRASE, type CliResult } from "./cli.js";
+import { TEST_PASSPHRASE, watchCli, type CliResult } from "./cli.js";
 
 /** `vmvault export nbd` run by tests: started through the built CLI, read by real NBD clients. */
 
@@ -26,16 +26,13 @@ export function endExports(): void {
 
 /** Starts an export and waits for its first JSON line (what it serves and where). */
 export async function startExport(repo: string, args: readonly string[], user = "admin", pass = TEST_PASSPHRASE): Promise<Running> {
-  const child = startCli(["--repo", repo, "--user", user, "--json", "export", "nbd", ...args], { env: { VMVAULT_STATE_DIR: `${repo}-state`, VMVAULT_PASSPHRASE: pass } });
-  children.push(child);
-  let stdout = "";
-  let stderr = "";
-  const exit = new Promise<CliResult>((resolve) => child.on("close", (code) => resolve({ code: code ?? -1, stdout, stderr })));
+  const w = watchCli(["--repo", repo, "--user", user, "--json", "export", "nbd", ...args], { env: { VMVAULT_STATE_DIR: `${repo}-state`, VMVAULT_PASSPHRASE: pass } });
+  children.push(w.child);
+  const exit = w.exit.then((code) => ({ code, ...w.out }));
   const listening = await new Promise<Listening>((resolve, reject) => {
-    child.stdout?.on("data", (d: Buffer) => {
-      stdout += d.toString();
-      const line = stdout.split("\n")[0];
-      if (stdout.includes("\n") && line !== undefined) {
+    w.child.stdout?.on("data", () => {
+      const line = w.out.stdout.split("\n")[0];
+      if (w.out.stdout.includes("\n") && line !== undefined) {
         try {
           resolve(JSON.parse(line) as Listening);
         } catch (e) {
@@ -43,10 +40,9 @@ export async function startExport(repo: string, args: readonly string[], user = 
         }
       }
     });
-    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
     void exit.then((r) => reject(new Error(`the export exited (${r.code}) before it listened: ${r.stderr}`)));
   });
-  return { child, listening, exit };
+  return { child: w.child, listening, exit };
 }
 
 /** The second JSON line: the export's result once it stopped. */
