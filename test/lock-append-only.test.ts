@@ -1,8 +1,7 @@
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { LockedError } from "../src/errors.js";
-import { encodeEnvelope, ObjectKind } from "../src/format/envelope.js";
 import { LOCK_PREFIX, lockKey } from "../src/format/layout.js";
-import { encodeLockMeta, type LockMeta } from "../src/format/lock.js";
+import type { LockMeta } from "../src/format/lock.js";
 import { acquireLock, parseLock, REFRESH_EVERY_MS } from "../src/repository/lock.js";
 import type { Repository } from "../src/repository/repository.js";
 import { openVault, type Vault } from "../src/index.js";
@@ -11,6 +10,7 @@ import { FsStore } from "../src/storage/fs.js";
 import { listAll, type ObjectInfo, type Store } from "../src/storage/types.js";
 import { fromHex, toHex } from "../src/util/bytes.js";
 import { initTestVault, makeImage, passphrase, tempDirs } from "./helpers/fixtures.js";
+import { storeLockObject } from "./helpers/locks.js";
 
 const tmp = tempDirs();
 
@@ -89,7 +89,7 @@ describe("locks where the storage refuses deletions (append-only hosts)", () => 
       const lockId = toHex(admin.repository.crypto.random(16));
       const forged: LockMeta = { ...lock.meta, lockId, operation: "backup (released)", releaseSecret: secret };
       delete (forged as { releaseHash?: string }).releaseHash;
-      await admin.repository.store.putIfAbsent(lockKey(lockId), encodeEnvelope(ObjectKind.Lock, encodeLockMeta(forged)));
+      await storeLockObject(admin.repository, forged);
     }
     const refused = await acquireLock(admin.repository, "prune", true).catch((e: unknown) => e);
     expect(refused).toBeInstanceOf(LockedError);
@@ -107,7 +107,7 @@ describe("locks where the storage refuses deletions (append-only hosts)", () => 
     const old = new Date(Date.now() - 40 * 60_000).toISOString();
     const staleId = "cd".repeat(16);
     const stale: LockMeta = { repoId: admin.repository.repoId, lockId: staleId, exclusive: true, hostHash: "9c".repeat(16), pid: 4242, operation: "prune", createdAt: old, refreshedAt: old };
-    await admin.repository.store.putIfAbsent(lockKey(staleId), encodeEnvelope(ObjectKind.Lock, encodeLockMeta(stale)));
+    await storeLockObject(admin.repository, stale);
     const { vault: host } = await appendOnlyHost(dir);
     const held = await acquireLock(host.repository, "backup", false);
     expect((await lockObjects(admin.repository)).map((o) => o.key)).toContain(lockKey(staleId));
@@ -153,8 +153,7 @@ describe("locks where the storage refuses deletions (append-only hosts)", () => 
     for (let i = 0; i < 40; i++) {
       const lockId = i.toString(16).padStart(32, "0");
       const meta: LockMeta = { repoId: admin.repository.repoId, lockId, exclusive: true, hostHash: "9c".repeat(16), pid: 4242, operation: "prune", createdAt: now, refreshedAt: now };
-      await admin.repository.store.putIfAbsent(lockKey(lockId), encodeEnvelope(ObjectKind.Lock, encodeLockMeta(meta)));
-      planted.push(lockKey(lockId));
+      planted.push(await storeLockObject(admin.repository, meta));
     }
     const twoHoursAgo = new Date(Date.now() - 2 * 3600_000);
     const appendOnly = new DatedStore(new FsStore(dir), { refuseDelete: () => true });
@@ -178,6 +177,25 @@ describe("locks where the storage refuses deletions (append-only hosts)", () => 
     await admin.close();
     await host.close();
     await other.close();
+  });
+
+  it("where deletes are allowed, a refresh replaces the lock object: one stays, newer, until release", async () => {
+    const dir = tmp("repo");
+    const admin = await initTestVault(dir);
+    vi.useFakeTimers({ toFake: ["setInterval", "clearInterval"] });
+    const held = await acquireLock(admin.repository, "backup", false);
+    const [first] = await lockObjects(admin.repository);
+    vi.advanceTimersByTime(REFRESH_EVERY_MS);
+    const deadline = Date.now() + 10_000;
+    while ((await lockObjects(admin.repository)).some((o) => o.key === first?.key) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    const after = await lockObjects(admin.repository);
+    expect(after).toHaveLength(1);
+    expect(after[0]?.key).not.toBe(first?.key);
+    expect(after[0]?.meta.releaseHash).toBe(first?.meta.releaseHash);
+    expect(Date.parse(after[0]?.meta.refreshedAt ?? "")).toBeGreaterThanOrEqual(Date.parse(first?.meta.refreshedAt ?? ""));
+    await held.release();
+    expect(await lockObjects(admin.repository)).toEqual([]);
+    await admin.close();
   });
 
   it("refreshes on an append-only host keep the superseded lock objects, and one release object frees them all", async () => {

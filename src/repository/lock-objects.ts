@@ -103,50 +103,62 @@ export async function listLocks(repo: Repository, prefix: string, skip: string |
 export class OwnLockObjects {
   readonly #repo: Repository;
   readonly #prefix: string;
+  /** The holder, as its first lock object says. */
+  readonly #meta: LockMeta;
   readonly #secret: Uint8Array;
-  /** Keys of this holder's lock objects that may still be stored. */
+  readonly #releaseHash: string;
+  /** Keys of this holder's lock objects that may still be stored, the newest last. */
   readonly #kept: string[] = [];
-  #releasedBy: string | undefined;
-  readonly releaseHash: string;
+  #letGo = false;
+  #releaseStored = false;
 
-  constructor(repo: Repository, prefix: string) {
+  constructor(repo: Repository, prefix: string, meta: LockMeta) {
     this.#repo = repo;
     this.#prefix = prefix;
+    this.#meta = meta;
     this.#secret = repo.crypto.random(32);
-    this.releaseHash = toHex(repo.crypto.hash(this.#secret));
+    this.#releaseHash = toHex(repo.crypto.hash(this.#secret));
   }
 
-  /** Stores one more lock object of this holder; its key. */
-  async write(meta: LockMeta): Promise<string> {
-    const key = `${this.#prefix}${meta.lockId}`;
-    await this.#repo.store.putIfAbsent(key, encodeEnvelope(ObjectKind.Lock, encodeLockMeta({ ...meta, releaseHash: this.releaseHash })));
-    this.#kept.push(key);
-    return key;
+  /** Stores the first lock object; its key. */
+  async store(): Promise<string> {
+    return this.#put({ ...this.#meta, releaseHash: this.#releaseHash });
   }
 
-  /** Deletes one superseded lock object where the storage allows; kept (for release) where it refuses. */
-  async drop(key: string): Promise<void> {
-    if (await deleteIfAllowed(this.#repo.store, key)) this.#kept.splice(this.#kept.indexOf(key), 1);
+  /**
+   * Stores a newer lock object (a new id, refreshed now) and deletes the one it supersedes where
+   * the storage allows; after a release, lets go of the new one too.
+   */
+  async refresh(): Promise<void> {
+    const previous = this.#kept.at(-1);
+    await this.#put({ ...this.#meta, lockId: toHex(this.#repo.crypto.random(16)), refreshedAt: this.#repo.now(), releaseHash: this.#releaseHash });
+    if (this.#letGo) await this.release();
+    else if (previous !== undefined) await this.#drop(previous);
   }
 
   /**
    * Lets go of every lock object of this holder: deletes them, and where the storage refuses,
    * stores the release object (once; a refresh that lands after it is freed by the same secret).
    */
-  async release(meta: LockMeta): Promise<void> {
-    for (const key of [...this.#kept]) await this.drop(key);
-    if (this.#kept.length === 0 || this.#releasedBy !== undefined) return;
-    const lockId = toHex(this.#repo.crypto.random(16));
-    const release: LockMeta = {
-      ...meta,
-      lockId,
-      exclusive: false,
-      operation: `${meta.operation} (released)`,
-      refreshedAt: this.#repo.now(),
-      releaseSecret: toHex(this.#secret),
-    };
-    const key = `${this.#prefix}${lockId}`;
-    await this.#repo.store.putIfAbsent(key, encodeEnvelope(ObjectKind.Lock, encodeLockMeta(release)));
-    this.#releasedBy = key;
+  async release(): Promise<void> {
+    this.#letGo = true;
+    for (const key of [...this.#kept]) await this.#drop(key);
+    if (this.#kept.length === 0 || this.#releaseStored) return;
+    const m = this.#meta;
+    await this.#put({ ...m, lockId: toHex(this.#repo.crypto.random(16)), exclusive: false, operation: `${m.operation} (released)`, refreshedAt: this.#repo.now(), releaseSecret: toHex(this.#secret) }, false);
+    this.#releaseStored = true;
+  }
+
+  /** Stores a lock or release object under its id; its key (kept for release when a lock object). */
+  async #put(meta: LockMeta, lock = true): Promise<string> {
+    const key = `${this.#prefix}${meta.lockId}`;
+    await this.#repo.store.putIfAbsent(key, encodeEnvelope(ObjectKind.Lock, encodeLockMeta(meta)));
+    if (lock) this.#kept.push(key);
+    return key;
+  }
+
+  /** Deletes one of this holder's lock objects where the storage allows; kept (for release) where it refuses. */
+  async #drop(key: string): Promise<void> {
+    if (await deleteIfAllowed(this.#repo.store, key)) this.#kept.splice(this.#kept.indexOf(key), 1);
   }
 }

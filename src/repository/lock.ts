@@ -157,30 +157,20 @@ async function tryLock(repo: Repository, prefix: string, operation: string, excl
   if (lookFirst) await refuseIfHeld(repo, prefix, exclusive, mine, undefined);
   const now = repo.now();
   const meta: LockMeta = { repoId: repo.repoId, lockId: toHex(repo.crypto.random(16)), exclusive, hostHash: mine, pid: repo.env.pid, operation, createdAt: now, refreshedAt: now };
-  const own = new OwnLockObjects(repo, prefix);
-  let currentKey = await own.write(meta);
+  const own = new OwnLockObjects(repo, prefix, meta);
+  const key = await own.store();
   try {
-    await refuseIfHeld(repo, prefix, exclusive, mine, currentKey);
+    await refuseIfHeld(repo, prefix, exclusive, mine, key);
   } catch (e) {
-    await own.release(meta).catch(() => undefined);
+    await own.release().catch(() => undefined);
     throw e;
   }
-  let released = false;
-  const timer = setInterval(() => {
-    void (async () => {
-      const next = { ...meta, lockId: toHex(repo.crypto.random(16)), refreshedAt: repo.now() };
-      const old = currentKey;
-      currentKey = await own.write(next);
-      if (released) await own.release(meta);
-      else await own.drop(old);
-    })().catch(() => undefined);
-  }, REFRESH_EVERY_MS);
+  const timer = setInterval(() => void own.refresh().catch(() => undefined), REFRESH_EVERY_MS);
   timer.unref();
   return {
     async release() {
-      released = true;
       clearInterval(timer);
-      await own.release(meta);
+      await own.release();
     },
   };
 }
