@@ -3,7 +3,7 @@ import { Secret } from "../crypto/secret.js";
 import { UsageError } from "../errors.js";
 import { assertUserName } from "../repository/open.js";
 import type { StoreAccess } from "../storage/open.js";
-import { parseS3ObjectAcl, s3AccessFromEnv, type S3Access, type S3ObjectAcl } from "../storage/s3-location.js";
+import { optionalS3ObjectAcl, parseS3ObjectAcl, s3AccessFromEnv, type S3Access } from "../storage/s3-location.js";
 import { fileProblem, readableByOthers, readKeysFile, type KeysFileSetting } from "./keys-file.js";
 import { promptNewSecret, promptSecret } from "./prompt.js";
 
@@ -66,12 +66,8 @@ function s3Settings(o: GlobalOptions, env: Env, file: Partial<Record<KeysFileSet
     secretAccessKey: pair ? fromEnv.secretAccessKey : nonEmpty(file["aws-secret-access-key"]),
     sessionToken: pair ? fromEnv.sessionToken : undefined,
     caBundle: fromEnv.caBundle,
-    objectAcl: o.s3ObjectAcl !== undefined ? parseS3ObjectAcl(o.s3ObjectAcl) : (fromEnv.objectAcl ?? optionalAcl(file["s3-object-acl"])),
+    objectAcl: o.s3ObjectAcl !== undefined ? parseS3ObjectAcl(o.s3ObjectAcl) : (fromEnv.objectAcl ?? optionalS3ObjectAcl(file["s3-object-acl"])),
   };
-}
-
-function optionalAcl(value: string | undefined): S3ObjectAcl | undefined {
-  return value === undefined || value === "" ? undefined : parseS3ObjectAcl(value);
 }
 
 function nonEmpty(s: string | undefined): string | undefined {

@@ -179,12 +179,11 @@ function checkAddress(a: ExportAddress, allowRemote: boolean, tls: boolean): voi
   }
   if (!Number.isInteger(a.port) || a.port < 0 || a.port > 65535) throw new UsageError(`port ${a.port} is not a port number (0 to 65535; 0 picks a free one)`);
   if (net.isIP(a.host) === 0 && a.host !== "localhost") throw new UsageError(`${a.host} is not an IP address to listen on`, "give an address such as 127.0.0.1 or ::1");
-  if (!allowRemote && !isLoopback(a.host) && tls) {
+  if (allowRemote || isLoopback(a.host)) return;
+  if (tls) {
     throw new UsageError(`${a.host} is not a loopback address: pass --allow-remote to serve the disks on the network`, "with --tls-psk-file only clients holding a key of its file connect, and the disks cross the network encrypted");
   }
-  if (!allowRemote && !isLoopback(a.host)) {
-    throw new UsageError(`${a.host} is not a loopback address: an NBD export has no authentication and sends the disks as plaintext`, "listen on 127.0.0.1 or a Unix socket (--socket) and reach it through an SSH tunnel, or pass --allow-remote on a network you trust");
-  }
+  throw new UsageError(`${a.host} is not a loopback address: an NBD export has no authentication and sends the disks as plaintext`, "listen on 127.0.0.1 or a Unix socket (--socket) and reach it through an SSH tunnel, or pass --allow-remote on a network you trust");
 }
 
 function isLoopback(host: string): boolean {

@@ -18,6 +18,11 @@ export interface S3Location {
 export const S3_OBJECT_ACLS = ["bucket-owner-full-control"] as const;
 export type S3ObjectAcl = (typeof S3_OBJECT_ACLS)[number];
 
+/** An optional --s3-object-acl value (the variable's, the keys file's): none when unset or empty. */
+export function optionalS3ObjectAcl(value: string | undefined): S3ObjectAcl | undefined {
+  return value === undefined || value === "" ? undefined : parseS3ObjectAcl(value);
+}
+
 /** Checks an --s3-object-acl value. */
 export function parseS3ObjectAcl(value: string): S3ObjectAcl {
   const acl = S3_OBJECT_ACLS.find((a) => a === value);
@@ -84,7 +89,7 @@ export function s3AccessFromEnv(env: Record<string, string | undefined>): S3Acce
     secretAccessKey: pick("AWS_SECRET_ACCESS_KEY"),
     sessionToken: pick("AWS_SESSION_TOKEN"),
     caBundle: pick("AWS_CA_BUNDLE"),
-    objectAcl: pick("VMVAULT_S3_OBJECT_ACL") === undefined ? undefined : parseS3ObjectAcl(pick("VMVAULT_S3_OBJECT_ACL") as string),
+    objectAcl: optionalS3ObjectAcl(env["VMVAULT_S3_OBJECT_ACL"]),
   };
 }
 
