@@ -3,9 +3,9 @@ import os from "node:os";
 import { promises as fsp } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { InterruptedError, LockedError } from "../src/errors.js";
-import { encodeEnvelope, ObjectKind, parseEnvelope } from "../src/format/envelope.js";
-import { LOCK_PREFIX, lockKey } from "../src/format/layout.js";
-import { encodeLockMeta, parseLockMeta } from "../src/format/lock.js";
+import { ObjectKind, parseEnvelope } from "../src/format/envelope.js";
+import { LOCK_PREFIX } from "../src/format/layout.js";
+import { parseLockMeta } from "../src/format/lock.js";
 import { acquireLock } from "../src/repository/lock.js";
 import type { Repository } from "../src/repository/repository.js";
 import { listAll } from "../src/storage/types.js";
@@ -14,6 +14,7 @@ import { FsStore } from "../src/storage/fs.js";
 import { FaultyStore } from "../src/storage/faulty.js";
 import { runCli, watchCli, TEST_PASSPHRASE, vault } from "./helpers/cli.js";
 import { initTestVault, makeImage, tempDirs } from "./helpers/fixtures.js";
+import { storeLockObject } from "./helpers/locks.js";
 
 const tmp = tempDirs();
 
@@ -32,8 +33,7 @@ async function plantLock(repo: Repository, o: { pid: number; exclusive: boolean;
   await held.release();
   const lockId = "ab".repeat(16);
   const other = { ...(o.hostHash === undefined ? {} : { hostHash: o.hostHash }), ...(o.operation === undefined ? {} : { operation: o.operation }) };
-  await repo.store.putIfAbsent(lockKey(lockId), encodeEnvelope(ObjectKind.Lock, encodeLockMeta({ ...meta, ...other, lockId, pid: o.pid })));
-  return lockKey(lockId);
+  return storeLockObject(repo, { ...meta, ...other, lockId, pid: o.pid });
 }
 
 describe("repository locks", () => {
