@@ -22,7 +22,8 @@ import { audited, authorizeAudited } from "../audit/guard.js";
 import { readHead } from "../audit/trail.js";
 import { backupFolder, skippedIn, type SkippedEntry } from "./folder.js";
 import { inspectQcow2, probeImageFormat, type ImageFormat, type ImageFormatChoice } from "../sources/qcow2.js";
-import { backupImage } from "./image.js";
+import { backupImage, type ImageBackup } from "./image.js";
+import { backupChangedBlocks, type ChangedBlocksResult } from "./changed-blocks.js";
 import { readBoundOf, runsInline } from "./size.js";
 import { SessionIndexWriter } from "./index-writer.js";
 import { ChunkSink } from "./sink.js";
@@ -59,6 +60,13 @@ export interface BackupOptions {
    * of beside each image; a block device's disk needs it.
    */
   readonly overlayDir?: string;
+  /**
+   * Changed-block tracking for a running domain's disks (src/backup/changed-blocks.ts): they are
+   * read through libvirt's backup API, and only the blocks written since the last such backup;
+   * this folder (outside the repository) keeps each disk's chunk map. Ignored for a domain that
+   * does not run.
+   */
+  readonly changedBlocksDir?: string;
   readonly progress?: ProgressSink;
   /**
    * Worker threads for hashing, compression and encryption; 0 runs inline. Default: one per
@@ -122,6 +130,11 @@ export interface BackupResult {
     readonly live?: boolean;
     readonly recovered?: readonly string[];
     readonly overlayLeft?: string;
+    /**
+     * Changed-block tracking: the checkpoint this backup began, the one each disk's blocks were
+     * compared against (absent: read in full, and why), and what else was noted.
+     */
+    readonly changedBlocks?: ChangedBlocksResult;
   };
   readonly time: string;
   readonly size: number;
@@ -132,8 +145,9 @@ export interface BackupResult {
   /**
    * readBytes: bytes read; the rest of size were unallocated extents, recorded as holes unread.
    * cacheDroppedBytes: page cache the source's reads filled and the backup dropped again.
+   * unchangedBytes: a disk's bytes changed-block tracking took from the last backup unread.
    */
-  readonly sources: readonly { name: string; kind: "disk" | "folder"; size: number; readBytes: number; cacheDroppedBytes: number; excluded?: number; format?: string }[];
+  readonly sources: readonly { name: string; kind: "disk" | "folder"; size: number; readBytes: number; unchangedBytes?: number; cacheDroppedBytes: number; excluded?: number; format?: string }[];
   /** Entries of folder sources left out (special files, names that are not UTF-8), with the source's name first in each path. */
   readonly skipped: readonly SkippedEntry[];
   /** Entries of folder sources the excludes and oneFileSystem left out (a folder counts once, not what is below it). */
@@ -263,6 +277,7 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
           vm,
           ...(domain === undefined ? {} : { domain: domain.name }),
           ...(domain?.libvirt?.running === true ? { live: "yes" } : {}),
+          ...(domain?.libvirt?.running === true && o.changedBlocksDir !== undefined ? { changedBlocks: "yes" } : {}),
           sources: planned.map((p) => p.name),
           ...(excludes.patterns.length === 0 ? {} : { exclude: excludes.patterns }),
           ...(excludes.markers.size === 0 ? {} : { excludeIfPresent: [...excludes.markers] }),
@@ -271,7 +286,11 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
         },
       },
       started: false,
-      run: () => (domain?.libvirt?.running === true ? backupLive(repo, { ...o, ...(overlayDir === undefined ? {} : { overlayDir }) }, vm, planned, excludes, domain) : runBackup(repo, o, vm, planned, excludes, domain)),
+      run: () => {
+        if (domain?.libvirt?.running !== true) return runBackup(repo, o, vm, planned, excludes, domain);
+        const live = { ...o, ...(overlayDir === undefined ? {} : { overlayDir }) };
+        return o.changedBlocksDir === undefined ? backupLive(repo, live, vm, planned, excludes, domain) : backupChangedBlocks(repo, live, vm, planned, excludes, domain, o.changedBlocksDir);
+      },
       outcome: (r) => ({ snapshot: r.snapshotId, bytes: r.size, addedBytes: r.addedBytes }),
     });
   } finally {
@@ -314,7 +333,10 @@ export function backupVmName(o: Pick<BackupOptions, "vm">, domain: DomainDefinit
   return vm;
 }
 
-async function runBackup(repo: Repository, o: BackupOptions, vm: string, planned: readonly PlannedSource[], excludes: Excludes, domain: ChosenDomain | undefined): Promise<BackupResult> {
+/** Reads a planned disk another way than from its file (changed-block tracking); undefined: from its file. */
+export type DiskReader = (p: PlannedSource, sink: ChunkSink, progress: ProgressSink) => Promise<ImageBackup> | undefined;
+
+export async function runBackup(repo: Repository, o: BackupOptions, vm: string, planned: readonly PlannedSource[], excludes: Excludes, domain: ChosenDomain | undefined, readDisk?: DiskReader): Promise<BackupResult> {
   // Workers start while the index loads; a small backup of image files runs inline (size.ts).
   const workers = o.workers ?? (runsInline(planned.map((p) => p.readBound)) ? 0 : undefined);
   const starting = WorkerPool.create({ compression: repo.config, ...(workers === undefined ? {} : { workers }) });
@@ -359,15 +381,15 @@ async function runBackup(repo: Repository, o: BackupOptions, vm: string, planned
     const cdc = fileChunker(repo);
     const sources: SnapshotSource[] = [];
     /** What reading each source took, in the order of sources: bytes read, page cache filled and dropped again. */
-    const reads: { readBytes: number; cacheDroppedBytes: number; excluded?: number }[] = [];
+    const reads: { readBytes: number; unchangedBytes?: number; cacheDroppedBytes: number; excluded?: number }[] = [];
     const skipped: SkippedEntry[] = [];
     for (const p of planned) {
       const r =
         p.kind === "disk"
-          ? await backupImage(p.path, p.name, repo.config.imageChunkSize, sink, progress, { segmentBytes: o.segmentBytes, sparse: o.sparse ?? true, keepCache: o.keepCache ?? false, format: p.format ?? "raw", probed: p.probed === true })
+          ? ((await readDisk?.(p, sink, progress)) ?? await backupImage(p.path, p.name, repo.config.imageChunkSize, sink, progress, { segmentBytes: o.segmentBytes, sparse: o.sparse ?? true, keepCache: o.keepCache ?? false, format: p.format ?? "raw", probed: p.probed === true }))
           : await backupFolder(p.path, p.name, cdc, sink, progress, { sparse: o.sparse ?? true, keepCache: o.keepCache ?? false, excludes, oneFileSystem: o.oneFileSystem === true });
       sources.push(r.source);
-      reads.push({ readBytes: r.readBytes, cacheDroppedBytes: r.cacheDroppedBytes, ...("excluded" in r ? { excluded: r.excluded } : {}) });
+      reads.push({ readBytes: r.readBytes, cacheDroppedBytes: r.cacheDroppedBytes, ...("excluded" in r ? { excluded: r.excluded } : {}), ...("unchangedBytes" in r && r.unchangedBytes > 0 ? { unchangedBytes: r.unchangedBytes } : {}) });
       if ("skipped" in r) skipped.push(...skippedIn(p.name, r.skipped));
     }
     await sink.finish();
@@ -414,7 +436,7 @@ async function runBackup(repo: Repository, o: BackupOptions, vm: string, planned
       sources: sources.map((s, i) => {
         const read = reads[i];
         const format = s.kind === "disk" && s.format !== undefined ? { format: s.format } : {};
-        return { name: s.name, kind: s.kind, ...format, size: s.size, readBytes: read?.readBytes ?? s.size, cacheDroppedBytes: read?.cacheDroppedBytes ?? 0, ...(read?.excluded === undefined ? {} : { excluded: read.excluded }) };
+        return { name: s.name, kind: s.kind, ...format, size: s.size, readBytes: read?.readBytes ?? s.size, ...(read?.unchangedBytes === undefined ? {} : { unchangedBytes: read.unchangedBytes }), cacheDroppedBytes: read?.cacheDroppedBytes ?? 0, ...(read?.excluded === undefined ? {} : { excluded: read.excluded }) };
       }),
       skipped,
       excluded: reads.reduce((n, r) => n + (r.excluded ?? 0), 0),

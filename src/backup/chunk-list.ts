@@ -8,17 +8,21 @@ import type { ChunkSink } from "./sink.js";
  */
 export class ChunkListBuilder {
   readonly #sink: ChunkSink;
+  /** Also told every chunk (changed-block tracking's map of the disk). */
+  readonly #record: { push(ref: ChunkRef): void; pushZeros(n: number): void } | undefined;
   /** IDs are copied in as they come: no reference to a batch's buffers outlives its planning. */
   readonly #encoder = new ChunkListEncoder();
   readonly lists: string[] = [];
   dataChunks = 0;
   zeroChunks = 0;
 
-  constructor(sink: ChunkSink) {
+  constructor(sink: ChunkSink, record?: { push(ref: ChunkRef): void; pushZeros(n: number): void }) {
     this.#sink = sink;
+    this.#record = record;
   }
 
   push(ref: ChunkRef): void {
+    this.#record?.push(ref);
     if (ref === null) this.zeroChunks++;
     else this.dataChunks++;
     this.#encoder.push(ref);
@@ -27,6 +31,7 @@ export class ChunkListBuilder {
 
   /** n holes in a row (a long run fills whole spans, which deduplicate to one stored list). */
   pushZeros(n: number): void {
+    this.#record?.pushZeros(n);
     while (n > 0) {
       const k = Math.min(n, LIST_SPAN - this.#encoder.count);
       this.#encoder.pushZeros(k);

@@ -81,6 +81,11 @@ export class ChunkSink {
     this.#o = o;
   }
 
+  /** Whether the repository has a chunk (indexed, or stored by this session). */
+  known(id: Uint8Array): boolean {
+    return this.#o.index.has(id);
+  }
+
   /**
    * Submits a batch. onRefs gets its chunk refs (null for zero chunks) in submission order;
    * onRelease gets data back once nothing needs it. Resolves when another batch may be submitted.

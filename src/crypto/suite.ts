@@ -115,6 +115,13 @@ export class CryptoSuite {
     return this.#sodium.crypto_generichash_final(state, length);
   }
 
+  /** BLAKE2b over parts given one at a time (a file streamed through it), keyed when a key is given. */
+  hasher(key?: Secret | Uint8Array, length = HASH_BYTES): { update(part: Uint8Array): void; digest(): Uint8Array } {
+    const sodium = this.#sodium;
+    const state = sodium.crypto_generichash_init(key === undefined ? null : keyBytes(key), length);
+    return { update: (part) => sodium.crypto_generichash_update(state, part), digest: () => sodium.crypto_generichash_final(state, length) };
+  }
+
   /** X25519 key pair from the injected randomness. */
   boxKeyPair(): BoxKeyPair {
     const secretKey = this.random(BOX_SECRET_BYTES);

@@ -34,8 +34,8 @@ function overlayPath(d: { target: string; source: string }, o: { domain: string;
   return o.overlayDir === undefined ? `${d.source}${suffix}` : `${o.overlayDir.replace(/\/+$/, "")}/${o.domain}-${d.target}${suffix}`;
 }
 
-/** Runs virsh; its standard output, or the error it ended with. */
-async function virsh(args: readonly string[], uri: string | undefined): Promise<string> {
+/** Runs virsh; its standard output, or the error it ended with (VirshError: what virsh said). */
+export async function virsh(args: readonly string[], uri: string | undefined): Promise<string> {
   const { execFile } = process.getBuiltinModule("node:child_process");
   const argv = [...(uri === undefined ? [] : ["--connect", uri]), "--quiet", ...args];
   return new Promise((resolve, reject) => {
@@ -54,9 +54,9 @@ async function virsh(args: readonly string[], uri: string | undefined): Promise<
   });
 }
 
-class VirshError extends Error {}
+export class VirshError extends Error {}
 
-interface BlockDevice {
+export interface BlockDevice {
   /** file, block, network, ... */
   readonly type: string;
   readonly device: string;
@@ -66,7 +66,7 @@ interface BlockDevice {
 }
 
 /** The block devices of a domain as it runs (`virsh domblklist --details`). */
-async function blockDevices(name: string, uri: string | undefined): Promise<BlockDevice[]> {
+export async function blockDevices(name: string, uri: string | undefined): Promise<BlockDevice[]> {
   const out = await virsh(["domblklist", "--details", "--", name], uri);
   const devices: BlockDevice[] = [];
   for (const line of out.split("\n")) {

@@ -12,7 +12,7 @@ import { SocketInput, writeAll } from "../util/socket-io.js";
 import { NBD_SOCKET_ERRORS, NbdConnectionError, NbdError, NbdProtocolError } from "./nbd-errors.js";
 import { CLOSE_MS, connected, handshake, type NbdExportInfo, type Negotiated } from "./nbd-handshake.js";
 import {
-  Cmd, CMD_FLAG_FUA, encodeRequest, errnoName, Errno, parseBlockStatusPayload, parseErrorPayload, parseReplyHeader, REPLY_FLAG_DONE,
+  BASE_ALLOCATION, Cmd, CMD_FLAG_FUA, encodeRequest, errnoName, Errno, parseBlockStatusPayload, parseErrorPayload, parseReplyHeader, REPLY_FLAG_DONE,
   REPLY_TYPE_ERROR_BIT, REPLY_TYPE_ERROR_OFFSET, ReplyType, replyHeaderBytes, SIMPLE_REPLY_BYTES, STATE_HOLE, STATE_ZERO, type ReplyHeader,
 } from "./nbd-protocol.js";
 
@@ -28,6 +28,8 @@ export interface NbdExtent {
   readonly hole: boolean;
   /** Reads as zeros (NBD_STATE_ZERO). */
   readonly zero: boolean;
+  /** The descriptor's flags as sent: what they mean depends on the context (`qemu:dirty-bitmap:*`: bit 0 is dirty). */
+  readonly flags: number;
 }
 
 export interface NbdConnectOptions {
@@ -37,6 +39,11 @@ export interface NbdConnectOptions {
   readonly structuredReplies?: boolean;
   /** Ask for `base:allocation` block status (default true; needs structured replies). */
   readonly blockStatus?: boolean;
+  /**
+   * The metadata context block status answers for, instead of `base:allocation`: a dirty bitmap
+   * (`qemu:dirty-bitmap:NAME`), whose extents' flags bit 0 says dirty. Needs blockStatus.
+   */
+  readonly metaContext?: string;
   /** Aborts connecting and the handshake; no effect once connected. */
   readonly signal?: AbortSignal;
 }
@@ -70,6 +77,7 @@ export class NbdClient {
   readonly #input: SocketInput;
   readonly #minimumBlock: number;
   readonly #contextId: number | undefined;
+  readonly #contextName: string;
   readonly #canFua: boolean;
   readonly #pending = new Map<bigint, Pending>();
   #nextHandle = 1n;
@@ -84,6 +92,7 @@ export class NbdClient {
     this.info = n.info;
     this.#minimumBlock = n.minimumBlock;
     this.#contextId = n.contextId;
+    this.#contextName = n.contextName ?? BASE_ALLOCATION;
     this.#canFua = n.canFua;
     void this.#receive();
   }
@@ -97,7 +106,7 @@ export class NbdClient {
     const exportName = o.exportName ?? "";
     const work = (async () => {
       await connected(socket, where);
-      const n = await handshake(socket, input, exportName, o.structuredReplies ?? true, o.blockStatus ?? true);
+      const n = await handshake(socket, input, exportName, o.structuredReplies ?? true, (o.blockStatus ?? true) ? (o.metaContext ?? BASE_ALLOCATION) : undefined);
       return new NbdClient(socket, input, n);
     })();
     let onAbort: (() => void) | undefined;
@@ -129,13 +138,13 @@ export class NbdClient {
   }
 
   /**
-   * base:allocation extents from offset, covering at most length bytes (a long range is asked
+   * Extents of the negotiated context (base:allocation unless metaContext chose another) from offset, covering at most length bytes (a long range is asked
    * for in part), at least one extent; without negotiated block status, one data extent.
    */
   async blockStatus(offset: number, length: number): Promise<NbdExtent[]> {
     this.#checkRange("block status", offset, length, Number.MAX_SAFE_INTEGER);
     if (length === 0) throw new RangeError("NBD block status of 0 bytes");
-    if (this.#contextId === undefined) return [{ offset, length, hole: false, zero: false }];
+    if (this.#contextId === undefined) return [{ offset, length, hole: false, zero: false, flags: 0 }];
     return (await this.#request(Cmd.BLOCK_STATUS, 0, offset, Math.min(length, MAX_EFFECT))) ?? [];
   }
 
@@ -346,7 +355,7 @@ export class NbdClient {
     if (p.extents !== undefined) throw new NbdProtocolError(`the NBD server sent two block status chunks for ${describe(p)}`);
     const s = parseBlockStatusPayload(payload);
     if (s === undefined) throw new NbdProtocolError(`the NBD server sent a block status chunk of ${payload.length} bytes (4 + 8 per extent)`);
-    if (s.contextId !== this.#contextId) throw new NbdProtocolError(`the NBD server sent block status for context ${s.contextId}, not the ${this.#contextId} it gave base:allocation`);
+    if (s.contextId !== this.#contextId) throw new NbdProtocolError(`the NBD server sent block status for context ${s.contextId}, not the ${this.#contextId} it gave ${this.#contextName}`);
     const extents: NbdExtent[] = [];
     const end = p.offset + p.length;
     let at = p.offset;
@@ -354,7 +363,7 @@ export class NbdClient {
       if (at >= end) break;
       if (d.length === 0) throw new NbdProtocolError("the NBD server sent a block status extent of 0 bytes");
       const length = Math.min(d.length, end - at);
-      extents.push({ offset: at, length, hole: (d.flags & STATE_HOLE) !== 0, zero: (d.flags & STATE_ZERO) !== 0 });
+      extents.push({ offset: at, length, hole: (d.flags & STATE_HOLE) !== 0, zero: (d.flags & STATE_ZERO) !== 0, flags: d.flags });
       at += length;
     }
     return extents;

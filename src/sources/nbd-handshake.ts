@@ -6,7 +6,7 @@ import type net from "node:net";
 import { writeAll, type SocketInput } from "../util/socket-io.js";
 import { NbdConnectionError, NbdProtocolError } from "./nbd-errors.js";
 import {
-  BASE_ALLOCATION, Cmd, encodeGoOption, encodeMetaContextOption, encodeOptionRequest, encodeRequest, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES,
+  Cmd, encodeGoOption, encodeMetaContextOption, encodeOptionRequest, encodeRequest, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES,
   IHAVEOPT, Info, NBD_MAGIC, OLDSTYLE_MAGIC, Opt, OPTION_REPLY_HEADER_BYTES, parseExportNameReply, parseInfoReply, parseMetaContextReply,
   parseOptionReplyHeader, Rep, REP_ERR_BIT, REP_ERR_TLS_REQD, TX_HAS_FLAGS, TX_READ_ONLY, TX_SEND_FLUSH, TX_SEND_FUA, TX_SEND_WRITE_ZEROES,
 } from "./nbd-protocol.js";
@@ -30,6 +30,8 @@ export interface Negotiated {
   readonly info: NbdExportInfo;
   readonly minimumBlock: number;
   readonly contextId: number | undefined;
+  /** The metadata context asked for (block status answers for it once contextId is set). */
+  readonly contextName: string | undefined;
   readonly canFua: boolean;
 }
 
@@ -64,7 +66,7 @@ export function connected(socket: net.Socket, where: string): Promise<void> {
  * server agrees), then NBD_OPT_GO asking for the block sizes, or NBD_OPT_EXPORT_NAME for a
  * server that does not know NBD_OPT_GO.
  */
-export async function handshake(socket: net.Socket, input: SocketInput, name: string, wantStructured: boolean, wantStatus: boolean): Promise<Negotiated> {
+export async function handshake(socket: net.Socket, input: SocketInput, name: string, wantStructured: boolean, context: string | undefined): Promise<Negotiated> {
   const greeting = await input.read(16);
   if (greeting.readBigUInt64BE(0) !== NBD_MAGIC) throw new NbdProtocolError("the peer is not an NBD server: its greeting does not start with NBDMAGIC");
   const style = greeting.readBigUInt64BE(8);
@@ -85,12 +87,12 @@ export async function handshake(socket: net.Socket, input: SocketInput, name: st
       structured = r.final.type === Rep.ACK;
     }
     let contextId: number | undefined;
-    if (structured && wantStatus) {
-      const r = await haggle.ask(Opt.SET_META_CONTEXT, encodeMetaContextOption(name, [BASE_ALLOCATION]));
+    if (structured && context !== undefined) {
+      const r = await haggle.ask(Opt.SET_META_CONTEXT, encodeMetaContextOption(name, [context]));
       for (const d of r.replies) {
         if (d.type !== Rep.META_CONTEXT) throw new NbdProtocolError(`the NBD server answered NBD_OPT_SET_META_CONTEXT with reply type ${d.type}`);
         const c = parseMetaContextReply(d.data);
-        if (c.name === BASE_ALLOCATION) contextId = c.id;
+        if (c.name === context) contextId = c.id;
       }
       if (r.final.type !== Rep.ACK) contextId = undefined;
     }
@@ -117,7 +119,7 @@ export async function handshake(socket: net.Socket, input: SocketInput, name: st
       ({ size, flags } = parseExportNameReply(reply));
       transmission = true;
     }
-    return negotiated(name, size, flags, block, structured, contextId);
+    return { ...negotiated(name, size, flags, block, structured, contextId), contextName: context };
   } catch (e) {
     // A soft disconnect where the protocol still holds: NBD_CMD_DISC once in transmission, NBD_OPT_ABORT before.
     if (transmission) endSoftly(socket, encodeRequest(0, Cmd.DISC, 0n, 0, 0));
@@ -139,7 +141,7 @@ function negotiated(
   block: { minimum: number; preferred: number; maximum: number } | undefined,
   structuredReplies: boolean,
   contextId: number | undefined,
-): Negotiated {
+): Omit<Negotiated, "contextName"> {
   if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new NbdProtocolError(`the NBD export "${name}" has ${size} bytes, more than vmvault can address (2^53 - 1)`);
   // Without NBD_FLAG_HAS_FLAGS, no other flag means anything.
   const flags = (rawFlags & TX_HAS_FLAGS) === 0 ? 0 : rawFlags;

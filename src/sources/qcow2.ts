@@ -147,7 +147,7 @@ const STOP_MS = 3_000;
  * fresh mapping faulted in page by page (5–6 CPU-seconds of a 2 GiB qcow2 backup, and 1 MiB
  * writes made a qcow2 restore slower too: docs/design.md §10).
  */
-const QEMU_NBD_REQUEST_BYTES = 256 * 1024;
+export const QEMU_NBD_REQUEST_BYTES = 256 * 1024;
 /**
  * glibc's mmap threshold for qemu-nbd, above its largest request, with a trim threshold above
  * it: its request buffers then come from a heap it keeps, not from fresh mappings. A 2 GiB

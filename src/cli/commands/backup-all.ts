@@ -1,11 +1,11 @@
 import { AccessDeniedError, AuthError, UsageError, VaultError } from "../../errors.js";
 import type { BackupResult } from "../../backup/backup.js";
-import { commitLeftOverlays, listLibvirtDomains } from "../../sources/libvirt.js";
+import { listLibvirtDomains } from "../../sources/libvirt.js";
 import type { CliContext } from "../context.js";
 import { describeError, errorJson } from "../exit.js";
 import type { Interrupts } from "../interrupt.js";
 import { plural, warnDamagedIndexes } from "../output.js";
-import { backupExcludes, backupSettings, printBackup, warnOverlayLeft, warnRecovered, type BackupCliOptions } from "./backup.js";
+import { backupExcludes, backupSettings, endLiveBackup, printBackup, warnOverlayLeft, warnRecovered, type BackupCliOptions } from "./backup.js";
 
 /** One domain's outcome in `backup --libvirt-all --json`. */
 type DomainOutcome = { domain: string; ok: true; backup: BackupResult } | { domain: string; ok: false; error: unknown };
@@ -42,7 +42,7 @@ export async function backupAllDomains(ctx: CliContext, interrupts: Interrupts, 
   try {
     for (const domain of domains) {
       // Ended by a signal: the domain being read goes back onto its own disks first.
-      interrupts.beforeExit = async () => commitLeftOverlays(domain, opts.libvirtUri, { own: true });
+      interrupts.beforeExit = async () => endLiveBackup(domain, opts.libvirtUri, opts.changedBlocks === true);
       try {
         const r = await vault.backup({
           libvirtDomain: domain,

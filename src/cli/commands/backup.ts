@@ -1,3 +1,4 @@
+import path from "node:path";
 import { readFileSync } from "node:fs";
 import { Option, type Command } from "commander";
 import { backupRunsInline } from "../../backup/size.js";
@@ -11,6 +12,7 @@ import { Excludes, parseByteSize, parseExcludeFile } from "../../sources/exclude
 import type { PreviewItem, PreviewOptions, PreviewResult } from "../../backup/preview.js";
 import { previewBackup } from "../../vault.js";
 import { backupDomain, commitLeftOverlays } from "../../sources/libvirt.js";
+import { endLeftJob } from "../../sources/libvirt-backup.js";
 import { shortLine } from "./ls.js";
 import type { BackupOptions, BackupResult } from "../../backup/backup.js";
 
@@ -39,6 +41,7 @@ export interface BackupCliOptions {
   libvirtUri?: string;
   quiesce?: boolean;
   overlayDir?: string;
+  changedBlocks?: boolean;
   libvirtAll?: boolean;
   excludeDomain?: string[];
   sparse: boolean;
@@ -64,6 +67,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
     .option("--libvirt-uri <uri>", "with --libvirt-domain: libvirt's connection URI (default: virsh's own, LIBVIRT_DEFAULT_URI included)")
     .option("--quiesce", "with a running --libvirt-domain: freeze the guest's file systems for the instant the overlays are taken (needs the QEMU guest agent in the guest)")
     .option("--overlay-dir <dir>", "with a running --libvirt-domain: put the overlays the VM writes to during the backup in this folder instead of beside each image (a block device's disk needs it)")
+    .option("--changed-blocks", "with a running --libvirt-domain or --libvirt-all: read the disks through libvirt's backup API, and of a qcow2 disk backed up so before from this host only the blocks written since (a checkpoint's dirty bitmap); the chunk maps stay in VMVAULT_STATE_DIR")
     .option("--domain-xml <file>", "as --libvirt-domain, from a definition `virsh dumpxml` wrote to this file (libvirt is not asked)")
     .addOption(new Option("--image-format <format>", "how disk image SOURCEs are read: auto (a file with a qcow2 header as qcow2, through QEMU's tools, refusing one that names a backing file; any other as raw), raw or qcow2 (with its backing chain); a domain's disks are read as its definition says").choices(["auto", "raw", "qcow2"]).default("auto"))
     .option("--no-sparse", "read every byte, holes included, instead of skipping the extents the file system reports as unallocated")
@@ -107,10 +111,15 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
       if (opts.quiesce === true && opts.libvirtDomain === undefined) throw new UsageError("--quiesce goes with --libvirt-domain");
       if (opts.quiesce === true && live === undefined) ctx.warn(`note: domain ${domain?.name} is not running: --quiesce has nothing to freeze, its disks are read as they are`);
       if (opts.overlayDir !== undefined && opts.libvirtDomain === undefined) throw new UsageError("--overlay-dir goes with --libvirt-domain");
+      if (opts.changedBlocks === true && opts.libvirtDomain === undefined) throw new UsageError("--changed-blocks goes with --libvirt-domain or --libvirt-all");
+      if (opts.changedBlocks === true && live === undefined) ctx.warn(`note: domain ${domain?.name} is not running: its disks are read as they are, in full (changed-block tracking follows a running domain)`);
       if (live !== undefined) {
-        interrupts.note = "; the overlays of the live backup were committed back into the domain's disks, and the repository stays consistent";
-        // Ended by a signal: the domain goes back onto its own disks before the process ends.
-        interrupts.beforeExit = async () => commitLeftOverlays(live.name, live.uri, { own: true });
+        interrupts.note =
+          opts.changedBlocks === true
+            ? "; the backup job was ended and its checkpoint left for the next backup, and the repository stays consistent"
+            : "; the overlays of the live backup were committed back into the domain's disks, and the repository stays consistent";
+        // Ended by a signal: the domain goes back onto its own disks (or its backup job ends) before the process ends.
+        interrupts.beforeExit = async () => endLiveBackup(live.name, live.uri, opts.changedBlocks === true);
       }
       const vault = await ctx.openVault({ withWorkers: async () => !(await backupRunsInline(sources, opts.sparse)) });
       try {
@@ -149,6 +158,7 @@ export function backupSettings(ctx: CliContext, opts: BackupCliOptions, exclude:
   return {
     ...(opts.quiesce === true ? { quiesce: true } : {}),
     ...(opts.overlayDir === undefined ? {} : { overlayDir: opts.overlayDir }),
+    ...(opts.changedBlocks === true ? { changedBlocksDir: path.join(ctx.stateDir, "changed-blocks") } : {}),
     sparse: opts.sparse,
     imageFormat: opts.imageFormat ?? "auto",
     keepCache: opts.keepCache === true,
@@ -165,16 +175,27 @@ export function warnRecovered(ctx: CliContext, domain: string, targets: readonly
   for (const t of targets ?? []) ctx.warn(`warning: committed the overlay an interrupted backup had left on disk ${t} of domain ${domain} back into its image`);
 }
 
-/** A live backup's overlay that could not be committed back (the snapshot is saved). */
+/** A live backup's overlay that could not be committed back (the snapshot is saved); what changed-block tracking could not tidy up. */
 export function warnOverlayLeft(ctx: CliContext, r: BackupResult): void {
   if (r.domain?.overlayLeft !== undefined) ctx.warn(`warning: ${r.domain.overlayLeft}`);
+  for (const n of r.domain?.changedBlocks?.notes ?? []) ctx.warn(`warning: ${n}`);
+}
+
+/** After a signal: a live backup's overlays committed back, or its backup job ended. */
+export async function endLiveBackup(name: string, uri: string | undefined, changedBlocks: boolean): Promise<void> {
+  if (changedBlocks) await endLeftJob(name, uri, { own: true });
+  else await commitLeftOverlays(name, uri, { own: true });
 }
 
 /** What a backup saved, for people. */
 export function printBackup(ctx: CliContext, r: BackupResult, oneFileSystem: boolean): void {
-  ctx.out(`snapshot ${r.snapshotId} of VM ${r.vm} saved${r.domain === undefined ? "" : `, with libvirt domain ${r.domain.name}'s definition${r.domain.live === true ? " (live: its disks were read behind overlays, committed back)" : ""}`}`);
+  const cbt = r.domain?.changedBlocks;
+  const how = cbt !== undefined ? ` (live: its disks were read through libvirt's backup job, which began checkpoint ${cbt.checkpoint})` : r.domain?.live === true ? " (live: its disks were read behind overlays, committed back)" : "";
+  ctx.out(`snapshot ${r.snapshotId} of VM ${r.vm} saved${r.domain === undefined ? "" : `, with libvirt domain ${r.domain.name}'s definition${how}`}`);
   for (const d of r.domain?.leftOut ?? []) ctx.out(`  left out ${d.target === "" ? d.device : d.target} (${d.reason})`);
-  const read = (s: { size: number; readBytes: number }): string => (s.readBytes < s.size ? `, ${formatBytes(s.readBytes)} read, the rest unallocated` : "");
+  for (const d of cbt?.disks ?? []) ctx.out(`  ${d.target}: ${d.since === undefined ? `read in full (${d.reason ?? "no earlier checkpoint"})` : `blocks written since checkpoint ${d.since} read`}`);
+  const read = (s: { size: number; readBytes: number; unchangedBytes?: number }): string =>
+    s.unchangedBytes !== undefined ? `, ${formatBytes(s.readBytes)} read, ${formatBytes(s.unchangedBytes)} unchanged` : s.readBytes < s.size ? `, ${formatBytes(s.readBytes)} read, the rest unallocated` : "";
   ctx.out(`  ${r.sources.map((s) => `${s.name} (${s.kind}${s.format === undefined ? "" : `, ${s.format}`}, ${formatBytes(s.size)}${read(s)})`).join(", ")}`);
   ctx.out(`  ${r.newChunks} new of ${plural(r.chunks, "chunk")}; ${formatBytes(r.addedBytes)} added to the repository in ${plural(r.packs, "pack")}`);
   if (r.excluded > 0) ctx.out(`  ${plural(r.excluded, "entry", "entries")} of folders left out by the excludes${oneFileSystem ? " and --one-file-system" : ""}`);

@@ -1,0 +1,381 @@
+import { promises as fsp } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { SourceError, UsageError, VaultError } from "../errors.js";
+import type { DiskInput } from "./disk-input.js";
+import { processAlive } from "../util/process.js";
+import { blockDevices, virsh, VirshError } from "./libvirt.js";
+import { NbdClient, NbdError, type NbdExtent } from "./nbd-client.js";
+import { inPieces } from "./qcow2.js";
+
+/**
+ * libvirt's backup API in pull mode (`virsh backup-begin`): QEMU serves each disk of a running
+ * domain, as it was at the instant the job began, over NBD on a Unix socket (the guest's writes
+ * meanwhile go on into the image; QEMU copies what they overwrite into a scratch file first).
+ * With a checkpoint the job also starts a dirty bitmap in each qcow2 disk, persistent in the
+ * image, which records every block the guest writes from that instant on; the next job, made
+ * incremental from that checkpoint, exports the bitmap beside the disk
+ * (`qemu:dirty-bitmap:NAME`), so a backup reads only the blocks written since.
+ */
+
+/** Checkpoints vmvault makes are named so; others (another tool's) are never deleted. */
+export const CHECKPOINT_PREFIX = "vmvault-";
+/** The bitmap an incremental job exports beside each disk, as a metadata context `qemu:dirty-bitmap:<this>`. */
+const EXPORT_BITMAP = "vmvault-changed";
+/** Dirty-bitmap block status: flag bit 0 set means written since the checkpoint. */
+const DIRTY = 1;
+/** The job's socket folder: this, the backup's PID, a dash and random characters. */
+const JOB_DIR = "vmvault-backup-job-";
+/** Block status asked for this many bytes at a time (the extents are kept until passed). */
+const STATUS_WINDOW = 1024 * 1024 * 1024;
+
+export interface PullDisk {
+  readonly target: string;
+  /** The image file or block device the domain runs on. */
+  readonly source: string;
+  readonly type: "file" | "block";
+  readonly format: "raw" | "qcow2";
+  /** A checkpoint of the domain this disk's export is incremental from: its dirty bitmap is exported too. */
+  readonly incremental?: string | undefined;
+}
+
+function attr(v: string): string {
+  return v.replaceAll("&", "&amp;").replaceAll("<", "&lt;").replaceAll(">", "&gt;").replaceAll("'", "&apos;").replaceAll('"', "&quot;");
+}
+
+/** The checkpoints of a domain, by name (`virsh checkpoint-list --name`). */
+export async function listCheckpoints(name: string, uri: string | undefined): Promise<string[]> {
+  try {
+    return (await virsh(["checkpoint-list", "--name", "--domain", name], uri))
+      .split("\n")
+      .map((l) => l.trim())
+      .filter((l) => l !== "");
+  } catch (e) {
+    if (!(e instanceof VirshError)) throw e;
+    throw new SourceError("E_SOURCE", `cannot list the checkpoints of domain ${name}: ${e.message}`, "changed-block tracking needs libvirt 7.2 or later with the QEMU driver");
+  }
+}
+
+/** Deletes a checkpoint (its bitmaps merged into its parent's, as libvirt does); what virsh said if it could not. */
+export async function deleteCheckpoint(name: string, uri: string | undefined, checkpoint: string): Promise<string | undefined> {
+  try {
+    await virsh(["checkpoint-delete", "--domain", name, "--checkpointname", checkpoint], uri);
+    return undefined;
+  } catch (e) {
+    if (!(e instanceof VirshError)) throw e;
+    return e.message;
+  }
+}
+
+/**
+ * A pull-mode backup job of a running domain: begin() starts it (with a new checkpoint over the
+ * qcow2 disks), input() reads a disk's export, end() ends the job. The NBD socket lies in a
+ * private folder the hypervisor's user may write (QEMU makes the socket), the scratch files
+ * beside the images or in scratchDir.
+ */
+export class PullBackup {
+  readonly #name: string;
+  readonly #uri: string | undefined;
+  readonly #socketDir: string;
+  readonly #scratch: readonly string[];
+  readonly #disks: ReadonlyMap<string, PullDisk>;
+  #ended = false;
+
+  private constructor(name: string, uri: string | undefined, socketDir: string, scratch: readonly string[], disks: ReadonlyMap<string, PullDisk>) {
+    this.#name = name;
+    this.#uri = uri;
+    this.#socketDir = socketDir;
+    this.#scratch = scratch;
+    this.#disks = disks;
+  }
+
+  get socket(): string {
+    return path.join(this.#socketDir, "nbd.sock");
+  }
+
+  /**
+   * Starts the job over these disks (each must be one the domain runs on now), making
+   * checkpoint over the qcow2 ones. token: random hex for the scratch files' names.
+   */
+  static async begin(name: string, uri: string | undefined, disks: readonly PullDisk[], o: { checkpoint: string; token: string; scratchDir?: string | undefined; quiesce?: boolean }): Promise<PullBackup> {
+    const running = await blockDevices(name, uri).catch((e: unknown) => {
+      throw e instanceof VirshError ? new SourceError("E_SOURCE", `cannot list the disks of domain ${name}: ${e.message}`) : e;
+    });
+    for (const d of disks) {
+      const r = running.find((x) => x.target === d.target);
+      if (r === undefined) throw new SourceError("E_SOURCE", `domain ${name} runs without disk ${d.target} of its definition`, "back it up once its running devices match its definition (virsh domblklist)");
+      if (r.source !== d.source) throw new SourceError("E_SOURCE", `disk ${d.target} of domain ${name} runs on ${r.source}, its definition names ${d.source}`, "back it up once the running domain and its definition agree (virsh domblklist, virsh dumpxml --inactive)");
+      if (d.type !== "file" && o.scratchDir === undefined) {
+        throw new UsageError(`disk ${d.target} of domain ${name} is a ${d.type} device: the backup's scratch file cannot go beside it`, "give --overlay-dir DIR, a folder the hypervisor may write, with room for what the VM overwrites during the backup");
+      }
+    }
+    await endLeftJob(name, uri);
+    const socketDir = await privateSocketDir(disks[0]?.source);
+    const scratch = disks.map((d) =>
+      o.scratchDir === undefined ? `${d.source}.vmvault-scratch-${process.pid}-${o.token}` : path.join(o.scratchDir, `${name}-${d.target}.vmvault-scratch-${process.pid}-${o.token}`),
+    );
+    const job = new PullBackup(name, uri, socketDir, scratch, new Map(disks.map((d) => [d.target, d])));
+    const backupXml = [
+      "<domainbackup mode='pull'>",
+      `<server transport='unix' socket='${attr(job.socket)}'/>`,
+      "<disks>",
+      ...disks.map((d, i) => {
+        const mode = d.incremental === undefined ? "backupmode='full'" : `backupmode='incremental' incremental='${attr(d.incremental)}' exportbitmap='${EXPORT_BITMAP}'`;
+        return `<disk name='${attr(d.target)}' backup='yes' type='file' ${mode} exportname='${attr(d.target)}'><driver type='qcow2'/><scratch file='${attr(scratch[i] ?? "")}'/></disk>`;
+      }),
+      // Disks not named take no part in the job.
+      ...running.filter((r) => !disks.some((d) => d.target === r.target)).map((r) => `<disk name='${attr(r.target)}' backup='no'/>`),
+      "</disks></domainbackup>",
+    ].join("");
+    const checkpointXml = [
+      `<domaincheckpoint><name>${attr(o.checkpoint)}</name><disks>`,
+      ...running.map((r) => `<disk name='${attr(r.target)}' checkpoint='${disks.some((d) => d.target === r.target && d.format === "qcow2") ? "bitmap" : "no"}'/>`),
+      "</disks></domaincheckpoint>",
+    ].join("");
+    const files = { backup: path.join(socketDir, "backup.xml"), checkpoint: path.join(socketDir, "checkpoint.xml") };
+    try {
+      await fsp.writeFile(files.backup, backupXml, { mode: 0o600 });
+      await fsp.writeFile(files.checkpoint, checkpointXml, { mode: 0o600 });
+      const withCheckpoint = disks.some((d) => d.format === "qcow2");
+      await virsh(["backup-begin", "--domain", name, "--backupxml", files.backup, ...(withCheckpoint ? ["--checkpointxml", files.checkpoint] : []), ...(o.quiesce === true ? ["--quiesce"] : [])], uri);
+    } catch (e) {
+      await fsp.rm(socketDir, { recursive: true, force: true });
+      if (!(e instanceof VirshError)) throw e;
+      const quiesce = o.quiesce === true ? "; --quiesce needs the QEMU guest agent running in the guest" : "";
+      throw new SourceError("E_SOURCE", `libvirt did not start a backup job of domain ${name}: ${e.message}`, `changed-block tracking needs libvirt 7.2 or later with the QEMU driver, and no other backup job of the domain running; back up without --changed-blocks meanwhile${quiesce}`);
+    } finally {
+      await Promise.all([fsp.rm(files.backup, { force: true }), fsp.rm(files.checkpoint, { force: true })]);
+    }
+    return job;
+  }
+
+  /** A disk's export as a backup reads it; with its dirty bitmap where the disk's export is incremental. */
+  async input(target: string): Promise<ExportInput> {
+    const d = this.#disks.get(target);
+    if (d === undefined) throw new Error(`disk ${target} is not in the backup job`);
+    const where = `the backup job's export of disk ${target} of domain ${this.#name}`;
+    const connect = (metaContext?: string): Promise<NbdClient> =>
+      NbdClient.connect({ path: this.socket }, { exportName: target, ...(metaContext === undefined ? {} : { metaContext }) }).catch((e: unknown) => {
+        throw new SourceError("E_SOURCE", `cannot read ${where}: ${e instanceof Error ? e.message : String(e)}`);
+      });
+    const data = await connect();
+    let dirty: NbdClient | undefined;
+    try {
+      if (d.incremental !== undefined) {
+        dirty = await connect(`qemu:dirty-bitmap:${EXPORT_BITMAP}`);
+        if (!dirty.info.blockStatus) throw new SourceError("E_SOURCE", `${where} has no dirty bitmap from checkpoint ${d.incremental}`);
+      }
+    } catch (e) {
+      data.destroy();
+      dirty?.destroy();
+      throw e;
+    }
+    return new ExportInput(where, data, dirty);
+  }
+
+  /** Ends the job (QEMU stops serving and drops the scratch files); the folder and any scratch file left go. */
+  async end(): Promise<void> {
+    if (this.#ended) return;
+    this.#ended = true;
+    let failed: string | undefined;
+    try {
+      await virsh(["domjobabort", "--domain", this.#name], this.#uri);
+    } catch (e) {
+      if (!(e instanceof VirshError)) throw e;
+      failed = e.message;
+    }
+    await fsp.rm(this.#socketDir, { recursive: true, force: true });
+    for (const f of this.#scratch) await fsp.rm(f, { force: true });
+    if (failed !== undefined) throw new SourceError("E_SOURCE", `cannot end the backup job of domain ${this.#name}: ${failed}`, `end it with virsh domjobabort ${this.#name}`);
+  }
+}
+
+/**
+ * Ends a backup job of the domain that a vmvault backup no longer running left (killed, or the
+ * host lost power), or with own, this process's (after a signal); refuses while another
+ * backup's job runs. Whether one was ended.
+ */
+export async function endLeftJob(name: string, uri: string | undefined, o: { own?: boolean } = {}): Promise<boolean> {
+  let xml: string;
+  try {
+    xml = await virsh(["backup-dumpxml", "--domain", name], uri);
+  } catch (e) {
+    if (e instanceof VirshError) return false; // no backup job
+    throw e;
+  }
+  const m = new RegExp(`socket='[^']*/${JOB_DIR}([1-9][0-9]*)-[^'/]*/nbd\\.sock'`).exec(xml);
+  if (m === null) {
+    if (!xml.includes("<domainbackup")) return false;
+    throw new VaultError("E_LOCKED", `domain ${name} has a backup job of another program running`, { hint: `wait for it to end (virsh domjobinfo ${name}), or end it with virsh domjobabort ${name}` });
+  }
+  const pid = Number(m[1]);
+  if (pid === process.pid ? o.own !== true : processAlive(pid)) {
+    throw new VaultError("E_LOCKED", `another backup of domain ${name} is running (pid ${pid}): its backup job serves the disks`, { hint: "wait for it to finish and run the backup again" });
+  }
+  try {
+    await virsh(["domjobabort", "--domain", name], uri);
+  } catch (e) {
+    if (!(e instanceof VirshError)) throw e;
+    throw new SourceError("E_SOURCE", `cannot end the backup job an interrupted backup left on domain ${name}: ${e.message}`, `end it with virsh domjobabort ${name}`);
+  }
+  return true;
+}
+
+/**
+ * A folder for the job's socket: only this user and the group of the hypervisor's user (the
+ * group libvirt gave the running image) may enter it, since QEMU makes the socket there.
+ */
+async function privateSocketDir(image: string | undefined): Promise<string> {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), `${JOB_DIR}${process.pid}-`));
+  try {
+    const gid = image === undefined ? undefined : (await fsp.stat(image)).gid;
+    if (gid !== undefined && gid !== process.getgid?.()) {
+      await fsp.chown(dir, process.getuid?.() ?? -1, gid);
+      await fsp.chmod(dir, 0o770);
+    }
+  } catch (e) {
+    // Without it the socket can be made only by a hypervisor running as this user.
+    if (!(e instanceof Error && "code" in e && (e.code === "EPERM" || e.code === "ENOENT"))) {
+      await fsp.rm(dir, { recursive: true, force: true });
+      throw e;
+    }
+  }
+  return dir;
+}
+
+/**
+ * A disk as a pull-mode backup job serves it: base:allocation says where its data lies, reads
+ * go over NBD; with a dirty bitmap, changedBefore() says which of its blocks were written since
+ * the checkpoint the job is incremental from.
+ */
+export class ExportInput implements DiskInput {
+  readonly size: number;
+  readonly cacheDroppedBytes = 0;
+  readonly #where: string;
+  readonly #data: NbdClient;
+  readonly #dirty: NbdClient | undefined;
+  readonly #allocation: ExtentWindow;
+  readonly #bitmap: ExtentWindow | undefined;
+
+  constructor(where: string, data: NbdClient, dirty: NbdClient | undefined) {
+    this.#where = where;
+    this.#data = data;
+    this.#dirty = dirty;
+    this.size = data.info.size;
+    this.#allocation = new ExtentWindow(data, this.size);
+    this.#bitmap = dirty === undefined ? undefined : new ExtentWindow(dirty, this.size);
+  }
+
+  /** Whether the export came with a dirty bitmap. */
+  get incremental(): boolean {
+    return this.#bitmap !== undefined;
+  }
+
+  async next(from: number): Promise<{ start: number; end: number }> {
+    try {
+      let at = from;
+      while (at < this.size) {
+        const e = await this.#allocation.at(at);
+        if (!e.zero) {
+          let end = e.offset + e.length;
+          while (end < this.size) {
+            const n = await this.#allocation.at(end);
+            if (n.zero) break;
+            end = n.offset + n.length;
+          }
+          return { start: at, end };
+        }
+        at = e.offset + e.length;
+      }
+      return { start: this.size, end: this.size };
+    } catch (e) {
+      throw this.#error(e);
+    }
+  }
+
+  /**
+   * Where the run of blocks from `from` that are all written (dirty) or all unwritten since the
+   * checkpoint ends, and which it is. Without a bitmap everything counts as written.
+   */
+  async changedRun(from: number): Promise<{ changed: boolean; end: number }> {
+    if (this.#bitmap === undefined) return { changed: true, end: this.size };
+    try {
+      const first = await this.#bitmap.at(from);
+      const changed = (first.flags & DIRTY) !== 0;
+      let end = first.offset + first.length;
+      while (end < this.size) {
+        const n = await this.#bitmap.at(end);
+        if (((n.flags & DIRTY) !== 0) !== changed) break;
+        end = n.offset + n.length;
+      }
+      return { changed, end };
+    } catch (e) {
+      throw this.#error(e);
+    }
+  }
+
+  async read(buffer: Uint8Array, position: number): Promise<number> {
+    try {
+      await inPieces(this.#data, buffer.length, (at, n) => this.#data.read(position + at, n, buffer.subarray(at, at + n)));
+    } catch (e) {
+      throw this.#error(e);
+    }
+    return buffer.length;
+  }
+
+  #error(e: unknown): unknown {
+    if (e instanceof VaultError) return e;
+    const how = e instanceof NbdError ? `QEMU answered ${e.code}` : e instanceof Error ? e.message : String(e);
+    return new SourceError("E_SOURCE", `cannot read ${this.#where}: ${how}`);
+  }
+
+  async close(): Promise<void> {
+    for (const c of [this.#data, this.#dirty]) {
+      if (c === undefined) continue;
+      try {
+        await c.close();
+      } catch {
+        c.destroy();
+      }
+    }
+  }
+}
+
+/** Block status of one context, asked a window at a time and kept until passed. */
+class ExtentWindow {
+  readonly #client: NbdClient;
+  readonly #size: number;
+  #extents: NbdExtent[] = [];
+  #next = 0;
+
+  constructor(client: NbdClient, size: number) {
+    this.#client = client;
+    this.#size = size;
+  }
+
+  /** The extent that holds offset (offset < size). */
+  async at(offset: number): Promise<NbdExtent> {
+    let e = this.#find(offset);
+    if (e === undefined) {
+      this.#extents = await this.#client.blockStatus(offset, Math.min(STATUS_WINDOW, this.#size - offset));
+      this.#next = 0;
+      e = this.#find(offset);
+      if (e === undefined) throw new Error(`the NBD server's block status from ${offset} does not cover it`);
+    }
+    return e;
+  }
+
+  #find(offset: number): NbdExtent | undefined {
+    const xs = this.#extents;
+    // Reads go forward: the search starts at the extent found last.
+    for (let i = this.#next; i < xs.length; i++) {
+      const x = xs[i] as NbdExtent;
+      if (offset < x.offset) return undefined;
+      if (offset < x.offset + x.length) {
+        this.#next = i;
+        return x;
+      }
+    }
+    return undefined;
+  }
+}
