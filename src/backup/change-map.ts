@@ -5,6 +5,7 @@ import type { CryptoSuite } from "../crypto/suite.js";
 import type { Secret } from "../crypto/secret.js";
 import type { ChunkRef } from "../format/chunklist.js";
 import { ensureDir } from "../util/fsx.js";
+import { processAlive } from "../util/process.js";
 
 /**
  * A disk's chunk map, kept on the backup host for changed-block tracking: the chunk ID of each
@@ -13,7 +14,8 @@ import { ensureDir } from "../util/fsx.js";
  * it does not hold), so the host remembers what it wrote: an unwritten block's chunk is the one
  * this map names.
  *
- * The file: one 32-byte chunk ID per chunk (all zeros for a chunk of zeros, stored as a hole),
+ * The file: one 32-byte chunk ID per chunk (all zero bytes for a chunk of zeros, which the
+ * snapshot records as a hole),
  * then a trailer (JSON: ChangeMapFacts), its length (4 bytes, big-endian), then a keyed
  * BLAKE2b-256 of everything before it under a key derived from the chunk-ID key. A map that
  * does not verify (damaged, another repository's, a key epoch rotated since) or does not fit the
@@ -67,7 +69,9 @@ export class ChangeMapWriter {
   #used = 0;
   #written = 0;
   #chunks = 0;
+  /** The writes so far, in order; never rejects (the first failure is kept for commit). */
   #writing: Promise<void> = Promise.resolve();
+  #failure: unknown;
 
   private constructor(file: string, temp: string, handle: FileHandle, mac: { update(part: Uint8Array): void; digest(): Uint8Array }) {
     this.#file = file;
@@ -78,6 +82,7 @@ export class ChangeMapWriter {
 
   static async create(file: string, crypto: CryptoSuite, key: Uint8Array): Promise<ChangeMapWriter> {
     await ensureDir(path.dirname(file), 0o700);
+    await removeLeftTemps(file);
     const temp = `${file}.tmp-${process.pid}`;
     const handle = await fsp.open(temp, "w", 0o600);
     return new ChangeMapWriter(file, temp, handle, crypto.hasher(key));
@@ -88,6 +93,7 @@ export class ChangeMapWriter {
   }
 
   push(ref: ChunkRef): void {
+    if (ref !== null && ref.length !== ID_BYTES) throw new RangeError(`a chunk ID of ${ref.length} bytes`);
     this.#buffer.set(ref ?? ZERO_ID, this.#used);
     this.#used += ID_BYTES;
     this.#chunks++;
@@ -110,7 +116,12 @@ export class ChangeMapWriter {
     const at = this.#written;
     this.#written += bytes.length;
     this.#writing = this.#writing.then(async () => {
-      for (let done = 0; done < bytes.length; ) done += (await this.#handle.write(bytes, done, bytes.length - done, at + done)).bytesWritten;
+      if (this.#failure !== undefined) return;
+      try {
+        for (let done = 0; done < bytes.length; ) done += (await this.#handle.write(bytes, done, bytes.length - done, at + done)).bytesWritten;
+      } catch (e) {
+        this.#failure = e;
+      }
     });
   }
 
@@ -124,6 +135,7 @@ export class ChangeMapWriter {
     this.#write(length);
     this.#write(this.#mac.digest());
     await this.#writing;
+    if (this.#failure !== undefined) throw this.#failure;
     await this.#handle.sync();
     await this.#handle.close();
     await fsp.rename(this.#temp, this.#file);
@@ -136,7 +148,7 @@ export class ChangeMapWriter {
   }
 
   async abort(): Promise<void> {
-    await this.#writing.catch(() => undefined);
+    await this.#writing;
     await this.#handle.close().catch(() => undefined);
     await fsp.rm(this.#temp, { force: true });
   }
@@ -183,7 +195,7 @@ export class ChangeMap {
         return { problem: `its changed-block map ${file} ${problem}` };
       }
       const f = problem;
-      const differs = f.repoId !== expected.repoId ? "another repository" : f.uuid !== expected.uuid ? "another domain" : f.target !== expected.target ? "another disk" : expected.size !== undefined && f.size !== expected.size ? `a disk of ${f.size} bytes (${expected.size} now)` : f.chunkSize !== expected.chunkSize ? `chunks of ${f.chunkSize} bytes` : undefined;
+      const differs = f.repoId !== expected.repoId ? "another repository" : f.uuid !== expected.uuid ? "another domain" : f.target !== expected.target ? "another disk" : expected.size !== undefined && f.size !== expected.size ? `a disk of ${f.size} bytes (${expected.size} now)` : f.chunkSize !== expected.chunkSize ? `chunks of ${f.chunkSize} bytes (${expected.chunkSize} now)` : undefined;
       if (differs !== undefined) {
         await handle.close();
         return { problem: `its changed-block map ${file} is of ${differs}` };
@@ -197,7 +209,7 @@ export class ChangeMap {
 
   /** The chunk at index: its ID, or null for a chunk of zeros. */
   async ref(index: number): Promise<ChunkRef> {
-    if (index < 0 || index >= this.facts.chunks) throw new RangeError(`chunk ${index} is not in the map`);
+    if (!Number.isInteger(index) || index < 0 || index >= this.facts.chunks) throw new RangeError(`chunk ${index} is not in the map`);
     const end = this.#first + this.#window.length / ID_BYTES;
     if (index < this.#first || index >= end) {
       const count = Math.min(WINDOW_IDS, this.facts.chunks - index);
@@ -213,6 +225,15 @@ export class ChangeMap {
 
   async close(): Promise<void> {
     await this.#handle.close();
+  }
+}
+
+/** Temporary files of writers no longer running (killed while they backed up). */
+async function removeLeftTemps(file: string): Promise<void> {
+  const prefix = `${path.basename(file)}.tmp-`;
+  for (const name of await fsp.readdir(path.dirname(file))) {
+    const pid = Number(name.slice(prefix.length));
+    if (name.startsWith(prefix) && Number.isInteger(pid) && pid !== process.pid && !processAlive(pid)) await fsp.rm(path.join(path.dirname(file), name), { force: true });
   }
 }
 

@@ -7,44 +7,23 @@
  */
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdtempSync, promises as fsp, rmSync } from "node:fs";
-import os from "node:os";
+import { existsSync, promises as fsp } from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { initCliRepo, ROOT, watchCli } from "../helpers/cli.js";
+import { initCliRepo, watchCli } from "../helpers/cli.js";
 import { initTestVault, openTestVault, passphrase, seededBytes, tempDirs } from "../helpers/fixtures.js";
+import { canRunLibvirtd, LIBVIRTD_TURN_MS, PrivateLibvirtd } from "../helpers/libvirtd.js";
 import { FsStore, Vault } from "../../src/index.js";
 import { FaultyStore } from "../../src/storage/faulty.js";
 
 const tmp = tempDirs();
 const MiB = 1024 * 1024;
 
-function canRunLibvirtd(): boolean {
-  return process.getuid?.() === 0 && existsSync("/usr/sbin/libvirtd") && existsSync("/usr/bin/qemu-system-x86_64");
-}
-
-let stateDir = "";
+const libvirtd = new PrivateLibvirtd();
 let uri = "";
-const defined: string[] = [];
-
-function virsh(...args: string[]): string {
-  return execFileSync("virsh", ["--connect", uri, "--quiet", ...args], { encoding: "utf8" });
-}
-
-/** A guest write through QEMU's block layer into the running disk (what a guest's write does). */
-function guestWrite(domain: string, disk: number, pattern: number, offset: number, length: number): void {
-  virsh("qemu-monitor-command", domain, "--hmp", `qemu-io -d /machine/peripheral/virtio-disk${disk}/virtio-backend "write -P ${pattern} ${offset} ${length}"`);
-}
-
-/** The disks in use, by target (`virsh domblklist`). */
-function inUse(domain: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const line of virsh("domblklist", domain).split("\n")) {
-    const m = /^\s*(vd[a-z])\s+(\S.*?)\s*$/.exec(line);
-    if (m !== null) out[m[1] as string] = m[2] as string;
-  }
-  return out;
-}
+const virsh = (...args: string[]): string => libvirtd.virsh(...args);
+const guestWrite = (domain: string, disk: number, pattern: number, offset: number, length: number): void => libvirtd.guestWrite(domain, disk, pattern, offset, length);
+const inUse = (domain: string): Record<string, string> => libvirtd.inUse(domain);
 
 interface Vm {
   name: string;
@@ -80,8 +59,7 @@ async function runningVm(dataMiB = 8, o: { blockVdb?: string } = {}): Promise<Vm
 </domain>
 `;
   await fsp.writeFile(path.join(dir, "domain.xml"), xml);
-  virsh("define", path.join(dir, "domain.xml"));
-  defined.push(name);
+  libvirtd.define(name, path.join(dir, "domain.xml"));
   virsh("start", name);
   return { name, dir, vda, vdb: o.blockVdb ?? vdb };
 }
@@ -91,22 +69,12 @@ async function filesIn(dir: string): Promise<string[]> {
 }
 
 describe.skipIf(!canRunLibvirtd())("backup --libvirt-domain of a running domain (live)", () => {
-  beforeAll(() => {
-    // Not a tempDirs folder: those go after each test, and the daemons' sockets and PID files live here.
-    stateDir = mkdtempSync(path.join(os.tmpdir(), "vmvault-libvirtd-"));
-    const out = execFileSync("sh", [path.join(ROOT, "scripts/libvirtd.sh"), "start", stateDir], { encoding: "utf8" }).trim().split("\n");
-    uri = out[out.length - 1] ?? "";
-    expect(uri).toMatch(/^qemu:\/\/\/system\?socket=/);
-  }, 60_000);
+  beforeAll(async () => {
+    await libvirtd.start();
+    uri = libvirtd.uri;
+  }, LIBVIRTD_TURN_MS + 60_000);
 
-  afterAll(() => {
-    // Destroyed where still running, then undefined (libvirtd keeps definitions in the system's folders).
-    for (const name of defined) {
-      for (const command of ["destroy", "undefine"]) spawnSync("virsh", ["--connect", uri, "--quiet", command, name], { stdio: "ignore" });
-    }
-    execFileSync("sh", [path.join(ROOT, "scripts/libvirtd.sh"), "stop", stateDir]);
-    rmSync(stateDir, { recursive: true, force: true });
-  }, 60_000);
+  afterAll(() => libvirtd.stop(), 60_000);
 
   it("reads the disks behind overlays while the guest writes, then commits the writes back into the images", async () => {
     const vm = await runningVm(192);
@@ -158,7 +126,7 @@ describe.skipIf(!canRunLibvirtd())("backup --libvirt-domain of a running domain 
     await fsp.chmod(cloneDir, 0o755);
     const defined_ = await r2.v(["restore", "latest", "--target", cloneDir, "--reason", "clone", "--domain-name", clone, "--define", "--libvirt-uri", uri]);
     expect(defined_.code, defined_.stderr).toBe(0);
-    defined.push(clone);
+    libvirtd.defined(clone);
     expect(defined_.stdout).toContain(`defined in libvirt: virsh start ${clone}`);
     expect(inUse(clone)).toEqual({ vda: path.join(cloneDir, "vda"), vdb: path.join(cloneDir, "vdb") });
     virsh("start", clone);
@@ -189,7 +157,7 @@ describe.skipIf(!canRunLibvirtd())("backup --libvirt-domain of a running domain 
     try {
       for (let i = 0; i < 300 && !printed.stdout.includes("\n"); i++) await new Promise((resolve) => setTimeout(resolve, 50));
       const listening = JSON.parse(printed.stdout.split("\n")[0] ?? "") as { overlays: { disk: string; path: string }[]; domain: { name: string; path: string; defined: boolean } };
-      defined.push(clone);
+      libvirtd.defined(clone);
       expect(listening.overlays).toEqual([
         { disk: "vda", path: path.join(dir, "vda.qcow2") },
         { disk: "vdb", path: path.join(dir, "vdb.qcow2") },
@@ -255,7 +223,7 @@ describe.skipIf(!canRunLibvirtd())("backup --libvirt-domain of a running domain 
 `,
     );
     virsh("define", path.join(dir, "domain.xml"));
-    defined.push(name);
+    libvirtd.defined(name);
     virsh("start", name);
     // Before the backup: in the snapshot.
     guestWrite(name, 0, 0x55, 4 * MiB, 64 * 1024);
@@ -294,7 +262,7 @@ describe.skipIf(!canRunLibvirtd())("backup --libvirt-domain of a running domain 
     await fsp.chmod(cloneDir, 0o755);
     const c = await r2.v(["restore", "latest", "--target", cloneDir, "--reason", "qcow2 clone", "--format", "qcow2", "--domain-name", clone, "--define", "--libvirt-uri", uri]);
     expect(c.code, c.stderr).toBe(0);
-    defined.push(clone);
+    libvirtd.defined(clone);
     expect(virsh("dumpxml", "--inactive", clone)).toMatch(new RegExp(`<driver name='qemu' type='qcow2'/>\\s*<source file='${path.join(cloneDir, "vda")}'/>`));
     expect(execFileSync("qemu-img", ["compare", "-f", "raw", "-F", "qcow2", path.join(out, "vda"), path.join(cloneDir, "vda")]).toString()).toContain("identical");
     virsh("start", clone);

@@ -1,0 +1,310 @@
+/**
+ * backup --changed-blocks against a real libvirtd running a real QEMU (TCG): the disks are read
+ * through libvirt's backup API, and of a qcow2 disk only the blocks the guest wrote since the
+ * last backup's checkpoint; every snapshot restores to exactly what the disks held when its
+ * backup job began, tracked here by a model of every write made.
+ */
+import { execFileSync, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { initCliRepo } from "../helpers/cli.js";
+import { initTestVault, openTestVault, passphrase, seededBytes, tempDirs } from "../helpers/fixtures.js";
+import { canRunLibvirtd, LIBVIRTD_TURN_MS, PrivateLibvirtd } from "../helpers/libvirtd.js";
+import { FsStore, Vault } from "../../src/index.js";
+import { FaultyStore } from "../../src/storage/faulty.js";
+
+const tmp = tempDirs();
+const MiB = 1024 * 1024;
+const VDA_BYTES = 64 * MiB;
+/** vda's data at the start: its first 24 MiB (the rest unallocated). */
+const VDA_DATA = 24 * MiB;
+const libvirtd = new PrivateLibvirtd();
+
+interface Vm {
+  readonly name: string;
+  readonly dir: string;
+  readonly vda: string;
+  /** What each disk holds, every write made applied. */
+  readonly model: { vda: Buffer; vdb: Buffer };
+}
+
+/** A running domain: vda a qcow2 image (VDA_BYTES, its first VDA_DATA written), vdb a raw one, an empty CD-ROM drive. */
+async function runningVm(): Promise<Vm> {
+  const dir = tmp("vm");
+  // QEMU runs as libvirt's own user, which must reach the images.
+  await fsp.chmod(dir, 0o755);
+  const name = `vmvault-cbt-${randomBytes(4).toString("hex")}`;
+  const vda = path.join(dir, "root.qcow2");
+  const model = { vda: Buffer.alloc(VDA_BYTES), vdb: Buffer.from(seededBytes(`cbt vdb ${name}`, 4 * MiB)) };
+  model.vda.set(seededBytes(`cbt vda ${name}`, VDA_DATA), 0);
+  const raw = path.join(dir, "root.raw");
+  const h = await fsp.open(raw, "w");
+  await h.truncate(VDA_BYTES);
+  await h.write(model.vda, 0, VDA_DATA, 0);
+  await h.close();
+  execFileSync("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", raw, vda]);
+  await fsp.rm(raw);
+  await fsp.writeFile(path.join(dir, "data.raw"), model.vdb);
+  const xml = `<domain type='qemu'>
+  <name>${name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${vda}'/><target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${path.join(dir, "data.raw")}'/><target dev='vdb' bus='virtio'/></disk>
+    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><target dev='sda' bus='sata'/><readonly/></disk>
+  </devices>
+</domain>
+`;
+  await fsp.writeFile(path.join(dir, "domain.xml"), xml);
+  libvirtd.define(name, path.join(dir, "domain.xml"));
+  libvirtd.virsh("start", name);
+  return { name, dir, vda, model };
+}
+
+/** A guest write, into the disk and the model. */
+function write(vm: Vm, disk: "vda" | "vdb", pattern: number, offset: number, length: number): void {
+  libvirtd.guestWrite(vm.name, disk === "vda" ? 0 : 1, pattern, offset, length);
+  vm.model[disk].fill(pattern, offset, offset + length);
+}
+
+function checkpoints(vm: Vm): string[] {
+  return libvirtd.virsh("checkpoint-list", "--name", vm.name).split("\n").map((l) => l.trim()).filter((l) => l !== "");
+}
+
+interface CbtResult {
+  snapshotId: string;
+  sources: { name: string; size: number; readBytes: number; unchangedBytes?: number }[];
+  domain: { live?: boolean; changedBlocks: { checkpoint: string; disks: { target: string; since?: string; reason?: string }[]; notes: string[] } };
+}
+
+type Cli = Awaited<ReturnType<typeof initCliRepo>>["v"];
+
+async function backup(v: Cli, vm: Vm): Promise<CbtResult> {
+  const r = await v(["backup", "--libvirt-domain", vm.name, "--libvirt-uri", libvirtd.uri, "--changed-blocks", "--json"]);
+  expect(r.code, r.stderr).toBe(0);
+  return JSON.parse(r.stdout) as CbtResult;
+}
+
+function source(r: CbtResult, name: string): CbtResult["sources"][number] {
+  const s = r.sources.find((x) => x.name === name);
+  if (s === undefined) throw new Error(`no source ${name}`);
+  return s;
+}
+
+function disk(r: CbtResult, target: string): { target: string; since?: string; reason?: string } | undefined {
+  return r.domain.changedBlocks.disks.find((d) => d.target === target);
+}
+
+/** Restores a snapshot and compares both disks with what they held (expected). */
+async function expectRestored(v: Cli, snapshot: string, expected: { vda: Buffer; vdb: Buffer }): Promise<void> {
+  const out = tmp("restore");
+  const r = await v(["restore", snapshot, "--target", out, "--reason", "changed-block test"]);
+  expect(r.code, r.stderr).toBe(0);
+  for (const d of ["vda", "vdb"] as const) {
+    const back = await fsp.readFile(path.join(out, d));
+    expect(back.length, d).toBe(expected[d].length);
+    expect(Buffer.compare(back, expected[d]), `${d} of ${snapshot}`).toBe(0);
+  }
+}
+
+function copy(vm: Vm): { vda: Buffer; vdb: Buffer } {
+  return { vda: Buffer.from(vm.model.vda), vdb: Buffer.from(vm.model.vdb) };
+}
+
+describe.skipIf(!canRunLibvirtd())("backup --changed-blocks of a running domain (libvirt's backup API, real QEMU)", () => {
+  beforeAll(() => libvirtd.start(), LIBVIRTD_TURN_MS + 60_000);
+  afterAll(() => libvirtd.stop(), 60_000);
+
+  it("reads only the blocks written since the last backup's checkpoint, and every snapshot restores byte for byte", async () => {
+    const vm = await runningVm();
+    const { v } = await initCliRepo(tmp("repo"));
+    const first = await backup(v, vm);
+    const day1 = copy(vm);
+    expect(first.domain.live).toBe(true);
+    expect(disk(first, "vda")).toEqual({ target: "vda", reason: "no earlier backup with changed-block tracking on this host" });
+    expect(disk(first, "vdb")).toEqual({ target: "vdb", reason: "a raw disk has no dirty bitmap" });
+    // A full read of what is allocated: the data, not the unallocated rest.
+    expect(source(first, "vda").readBytes).toBeGreaterThanOrEqual(VDA_DATA);
+    expect(source(first, "vda").readBytes).toBeLessThan(VDA_DATA + 2 * MiB);
+    expect(checkpoints(vm)).toEqual([first.domain.changedBlocks.checkpoint]);
+    // No job left, no scratch file, no socket folder.
+    expect(spawnSync("virsh", ["--connect", libvirtd.uri, "backup-dumpxml", vm.name]).status).not.toBe(0);
+    expect((await fsp.readdir(vm.dir)).sort()).toEqual(["data.raw", "domain.xml", "root.qcow2"]);
+
+    // The guest writes into data, into unallocated space, and across a chunk boundary.
+    write(vm, "vda", 0x61, 1 * MiB + 4096, 4096);
+    write(vm, "vda", 0x62, 40 * MiB, 200 * 1024);
+    write(vm, "vda", 0x63, 8 * MiB - 2048, 4096);
+    write(vm, "vdb", 0x64, 0, 4096);
+    const second = await backup(v, vm);
+    const day2 = copy(vm);
+    expect(disk(second, "vda")).toEqual({ target: "vda", since: first.domain.changedBlocks.checkpoint });
+    const vda = source(second, "vda");
+    // The bitmap's 64 KiB granules the writes touched, no more: 64 + 256 + 128 KiB.
+    expect(vda.readBytes).toBeGreaterThanOrEqual(4096 + 200 * 1024 + 4096);
+    expect(vda.readBytes).toBeLessThanOrEqual(512 * 1024);
+    expect(vda.readBytes + (vda.unchangedBytes ?? 0)).toBe(VDA_BYTES);
+    // The raw disk is read in full every time.
+    expect(source(second, "vdb").readBytes).toBe(4 * MiB);
+    // The older checkpoint is gone; the new one is the next backup's base.
+    expect(checkpoints(vm)).toEqual([second.domain.changedBlocks.checkpoint]);
+
+    // Nothing written since: nothing of vda read.
+    const third = await backup(v, vm);
+    expect(source(third, "vda").readBytes).toBe(0);
+    expect(source(third, "vda").unchangedBytes).toBe(VDA_BYTES);
+
+    await expectRestored(v, first.snapshotId, day1);
+    await expectRestored(v, second.snapshotId, day2);
+    await expectRestored(v, third.snapshotId, day2);
+    const check = await v(["check", "--read-data"]);
+    expect(check.code, check.stderr).toBe(0);
+    // Not asked for: the live backup of before, behind overlays, whatever checkpoints there are.
+    const plain = await v(["backup", "--libvirt-domain", vm.name, "--libvirt-uri", libvirtd.uri, "--json"]);
+    expect(plain.code, plain.stderr).toBe(0);
+    expect((JSON.parse(plain.stdout) as CbtResult).domain.changedBlocks).toBeUndefined();
+    expect(checkpoints(vm)).toEqual([third.domain.changedBlocks.checkpoint]);
+  }, 180_000);
+
+  it("reads in full, exactly, where the map does not verify, libvirt lost the checkpoint, or the repository no longer has the chunks", async () => {
+    const vm = await runningVm();
+    const repoDir = tmp("repo");
+    const { repo, v } = await initCliRepo(repoDir);
+    const state = `${repo}-state`;
+    await backup(v, vm);
+    const [mapFile] = await findMaps(state);
+    if (mapFile === undefined) throw new Error("no map written");
+    // A map that was altered.
+    const bytes = await fsp.readFile(mapFile);
+    bytes[100] = (bytes[100] ?? 0) ^ 1;
+    await fsp.writeFile(mapFile, bytes);
+    write(vm, "vda", 0x71, 2 * MiB, 4096);
+    const tampered = await backup(v, vm);
+    expect(disk(tampered, "vda")?.since).toBeUndefined();
+    expect(disk(tampered, "vda")?.reason).toContain("does not verify");
+    expect(source(tampered, "vda").readBytes).toBeGreaterThanOrEqual(VDA_DATA);
+    await expectRestored(v, tampered.snapshotId, copy(vm));
+
+    // A checkpoint deleted behind vmvault's back.
+    libvirtd.virsh("checkpoint-delete", vm.name, tampered.domain.changedBlocks.checkpoint);
+    write(vm, "vda", 0x72, 3 * MiB, 4096);
+    const lost = await backup(v, vm);
+    expect(disk(lost, "vda")?.reason).toBe(`libvirt no longer has checkpoint ${tampered.domain.changedBlocks.checkpoint}`);
+    expect(source(lost, "vda").readBytes).toBeGreaterThanOrEqual(VDA_DATA);
+    await expectRestored(v, lost.snapshotId, copy(vm));
+
+    // Every snapshot forgotten and pruned: the map's chunks are gone, so they are read again.
+    const ids = (JSON.parse((await v(["snapshots", "--json"])).stdout) as { id: string }[]).map((s) => s.id);
+    const forget = await v(["forget", ...ids, "--force", "--reason", "changed-block test"]);
+    expect(forget.code, forget.stderr).toBe(0);
+    const prune = await v(["prune"]);
+    expect(prune.code, prune.stderr).toBe(0);
+    write(vm, "vda", 0x73, 4 * MiB, 4096);
+    const pruned = await backup(v, vm);
+    expect(disk(pruned, "vda")?.since).toBe(lost.domain.changedBlocks.checkpoint);
+    expect(source(pruned, "vda").readBytes).toBeGreaterThanOrEqual(VDA_DATA);
+    await expectRestored(v, pruned.snapshotId, copy(vm));
+    const check = await v(["check", "--read-data"]);
+    expect(check.code, check.stderr).toBe(0);
+  }, 240_000);
+
+  it("a backup that fails keeps the last checkpoint the base: the new one is deleted, the map kept, and the next backup has every write", async () => {
+    const vm = await runningVm();
+    const dir = tmp("repo");
+    await (await initTestVault(dir)).close();
+    const maps = tmp("maps");
+    const ok = await openTestVault(dir);
+    let base: string;
+    try {
+      const r = await ok.backup({ libvirtDomain: vm.name, libvirtUri: libvirtd.uri, sources: [], changedBlocksDir: maps });
+      base = r.domain?.changedBlocks?.checkpoint ?? "";
+    } finally {
+      await ok.close();
+    }
+    const [mapFile] = await findMaps(maps);
+    if (mapFile === undefined) throw new Error("no map written");
+    const mapBefore = await fsp.readFile(mapFile);
+    write(vm, "vda", 0x81, 5 * MiB, 64 * 1024);
+    const full = new FaultyStore(new FsStore(dir), { failPut: (key) => key.startsWith("data/") });
+    const failing = await Vault.open({ store: full, user: "admin", passphrase: passphrase() });
+    try {
+      await expect(failing.backup({ libvirtDomain: vm.name, libvirtUri: libvirtd.uri, sources: [], changedBlocksDir: maps })).rejects.toMatchObject({ code: "E_STORAGE" });
+    } finally {
+      await failing.close();
+    }
+    expect(checkpoints(vm)).toEqual([base]);
+    expect(Buffer.compare(await fsp.readFile(mapFile), mapBefore)).toBe(0);
+    expect((await fsp.readdir(path.dirname(mapFile))).sort()).toEqual(["vda.map"]);
+    expect(spawnSync("virsh", ["--connect", libvirtd.uri, "backup-dumpxml", vm.name]).status).not.toBe(0);
+    write(vm, "vda", 0x82, 6 * MiB, 4096);
+    const again = await openTestVault(dir);
+    try {
+      const r = await again.backup({ libvirtDomain: vm.name, libvirtUri: libvirtd.uri, sources: [], changedBlocksDir: maps });
+      expect(r.domain?.changedBlocks?.disks.find((d) => d.target === "vda")?.since).toBe(base);
+      // Both writes, the one before the failed backup's checkpoint and the one after.
+      const out = tmp("restore");
+      await again.restore({ snapshot: r.snapshotId, target: out, reason: "changed-block test" });
+      expect(Buffer.compare(await fsp.readFile(path.join(out, "vda")), vm.model.vda)).toBe(0);
+    } finally {
+      await again.close();
+    }
+    // The audit trail has the failed backup with its changed-block tracking.
+    const audit = await openTestVault(dir);
+    try {
+      const log = await audit.auditLog({ action: "backup" });
+      expect(log.map((r) => [r.result, r.target["changedBlocks"]])).toEqual([
+        ["succeeded", "yes"],
+        ["failed", "yes"],
+        ["succeeded", "yes"],
+      ]);
+    } finally {
+      await audit.close();
+    }
+  }, 180_000);
+
+  it("ends the backup job a killed backup left, and refuses while the backup that owns a job still runs", async () => {
+    const vm = await runningVm();
+    const { v } = await initCliRepo(tmp("repo"));
+    // A job as a backup with this PID would have begun it: a socket folder named after its PID, QEMU's group on it.
+    const startJob = async (pid: number): Promise<void> => {
+      const dir = await fsp.mkdtemp(path.join("/tmp", `vmvault-backup-job-${pid}-`));
+      await fsp.chmod(dir, 0o770);
+      await fsp.chown(dir, 0, (await fsp.stat(vm.vda)).gid);
+      const xml = path.join(tmp("xml"), "backup.xml");
+      await fsp.writeFile(xml, `<domainbackup mode='pull'><server transport='unix' socket='${dir}/nbd.sock'/><disks><disk name='vda' backup='yes' type='file'><scratch file='${vm.vda}.scratch-test'/></disk><disk name='vdb' backup='no'/></disks></domainbackup>`);
+      libvirtd.virsh("backup-begin", vm.name, xml);
+    };
+    const dead = spawnSync("true").pid ?? 0;
+    await startJob(dead);
+    const r = await backup(v, vm);
+    expect(disk(r, "vda")?.reason).toBe("no earlier backup with changed-block tracking on this host");
+    expect(spawnSync("virsh", ["--connect", libvirtd.uri, "backup-dumpxml", vm.name]).status).not.toBe(0);
+    await startJob(process.pid);
+    try {
+      const refused = await v(["backup", "--libvirt-domain", vm.name, "--libvirt-uri", libvirtd.uri, "--changed-blocks"]);
+      expect(refused.code).toBe(6);
+      expect(refused.stderr).toContain(`another backup of domain ${vm.name} is running (pid ${process.pid})`);
+    } finally {
+      libvirtd.virsh("domjobabort", vm.name);
+    }
+    expect(checkpoints(vm)).toEqual([r.domain.changedBlocks.checkpoint]);
+  }, 120_000);
+});
+
+/** The map files under a state folder. */
+async function findMaps(dir: string): Promise<string[]> {
+  const found: string[] = [];
+  const walk = async (d: string): Promise<void> => {
+    for (const e of await fsp.readdir(d, { withFileTypes: true })) {
+      if (e.isDirectory()) await walk(path.join(d, e.name));
+      else if (e.name.endsWith(".map")) found.push(path.join(d, e.name));
+    }
+  };
+  await walk(dir);
+  return found;
+}
