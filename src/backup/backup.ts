@@ -67,6 +67,8 @@ export interface BackupOptions {
    * does not run.
    */
   readonly changedBlocksDir?: string;
+  /** With changedBlocksDir: every disk read in full, and the chunks the dirty bitmaps missed reported (a check of the tracking). */
+  readonly changedBlocksFullRead?: boolean;
   readonly progress?: ProgressSink;
   /**
    * Worker threads for hashing, compression and encryption; 0 runs inline. Default: one per

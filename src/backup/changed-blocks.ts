@@ -6,6 +6,7 @@ import { CHECKPOINT_PREFIX, deleteCheckpoint, listCheckpoints, PullBackup, type 
 import { toHex } from "../util/bytes.js";
 import { runBackup, type BackupOptions, type BackupResult, type PlannedSource } from "./backup.js";
 import { ChangeMap, changeMapFile, changeMapKey, ChangeMapWriter } from "./change-map.js";
+import type { BitmapMisses } from "./bitmap-check.js";
 import { backupExport } from "./image.js";
 
 /**
@@ -23,10 +24,21 @@ import { backupExport } from "./image.js";
 export interface ChangedBlocksResult {
   /** The checkpoint this backup began (the next backup's base). */
   readonly checkpoint: string;
-  /** Each disk, and the checkpoint its blocks were compared against; absent: read in full. */
-  readonly disks: readonly { readonly target: string; readonly since?: string; readonly reason?: string }[];
+  /**
+   * Each disk, and the checkpoint its blocks were compared against (absent: read in full, and the
+   * reason); with a full read (fullRead), the chunks that changed though the bitmap said not.
+   */
+  readonly disks: readonly ChangedBlocksDisk[];
   /** What could not be tidied up (a checkpoint not deleted), for a warning. */
   readonly notes: readonly string[];
+}
+
+export interface ChangedBlocksDisk {
+  readonly target: string;
+  readonly since?: string;
+  readonly reason?: string;
+  readonly fullRead?: boolean;
+  readonly bitmapMisses?: BitmapMisses;
 }
 
 export async function backupChangedBlocks(repo: Repository, o: BackupOptions, vm: string, planned: readonly PlannedSource[], excludes: Excludes, domain: ChosenDomain, dir: string): Promise<BackupResult> {
@@ -39,7 +51,8 @@ export async function backupChangedBlocks(repo: Repository, o: BackupOptions, vm
   const before = await listCheckpoints(libvirt.name, libvirt.uri);
   const previous = new Map<string, ChangeMap>();
   const disks: PullDisk[] = [];
-  const told: { target: string; since?: string; reason?: string }[] = [];
+  const told: { target: string; since?: string; reason?: string; fullRead?: boolean; bitmapMisses?: BitmapMisses }[] = [];
+  const fullRead = o.changedBlocksFullRead === true;
   try {
     for (const d of domain.disks) {
       let reason: string | undefined;
@@ -54,7 +67,7 @@ export async function backupChangedBlocks(repo: Repository, o: BackupOptions, vm
       }
       const since = previous.get(d.target)?.facts.checkpoint;
       disks.push({ target: d.target, source: d.path, type: d.type, format: d.format, ...(since === undefined ? {} : { incremental: since }) });
-      told.push({ target: d.target, ...(since === undefined ? {} : { since }), ...(reason === undefined ? {} : { reason }) });
+      told.push({ target: d.target, ...(since === undefined ? {} : { since }), ...(reason === undefined ? {} : { reason }), ...(fullRead ? { fullRead } : {}) });
     }
     const token = toHex(repo.crypto.random(4));
     const checkpoint = `${CHECKPOINT_PREFIX}${repo.now().replace(/[-:]/g, "").replace(/\..*$/, "")}-${token}`;
@@ -87,9 +100,11 @@ export async function backupChangedBlocks(repo: Repository, o: BackupOptions, vm
           }
           const r = await backupExport(input, `${p.path} (disk ${disk.target} of domain ${libvirt.name})`, p.name, disk.format, chunkSize, sink, progress, {
             segmentBytes: o.segmentBytes,
-            ...(record === undefined ? {} : { changes: { previous: base, record } }),
+            ...(record === undefined ? {} : { changes: { previous: base, record, fullRead } }),
           });
           await input.close();
+          const entry = told.find((t) => t.target === disk.target);
+          if (entry !== undefined && r.bitmapMisses !== undefined) entry.bitmapMisses = r.bitmapMisses;
           return r;
         })();
       });

@@ -11,6 +11,7 @@ import { sourceXattrs, XATTRS_NOT_RECORDED } from "../sources/xattrs.js";
 import type { ChunkRef } from "../format/chunklist.js";
 import type { ExportInput } from "../sources/libvirt-backup.js";
 import type { ProgressSink } from "../util/progress.js";
+import { BitmapCheck, type BitmapMisses } from "./bitmap-check.js";
 import type { ChangeMap, ChangeMapWriter } from "./change-map.js";
 import { ChunkListBuilder } from "./chunk-list.js";
 import type { ChunkSink } from "./sink.js";
@@ -24,6 +25,8 @@ export interface ImageBackup {
   readonly readBytes: number;
   /** Bytes of chunks changed-block tracking took from the last backup unread (0 without it). */
   readonly unchangedBytes: number;
+  /** A full read with changed-block tracking: the chunks that changed though the dirty bitmap marked none of their blocks. */
+  readonly bitmapMisses?: BitmapMisses;
   /** Bytes of page cache the reads filled and the backup then dropped (0 with keepCache). */
   readonly cacheDroppedBytes: number;
   /** What the image's own metadata left out, and why (its path is the source's name). */
@@ -97,15 +100,21 @@ export async function backupExport(input: ExportInput, shown: string, name: stri
     source: { kind: "disk", name, size: input.size, chunkSize, ...read.lists, ...(format === "raw" ? {} : { format }) },
     readBytes: read.readBytes,
     unchangedBytes: read.unchangedBytes,
+    ...(read.bitmapMisses === undefined ? {} : { bitmapMisses: read.bitmapMisses }),
     cacheDroppedBytes: 0,
     skipped: [],
   };
 }
 
-/** Changed-block tracking for one disk: its last map (absent: read in full) and the map this backup writes. */
+/**
+ * Changed-block tracking for one disk: its last map (absent: read in full) and the map this
+ * backup writes; fullRead: every chunk read, and those the bitmap left unmarked compared with
+ * the last map's (bitmap-check.ts).
+ */
 export interface DiskChanges {
   readonly previous: ChangeMap | undefined;
   readonly record: ChangeMapWriter;
+  readonly fullRead?: boolean;
 }
 
 /** Unchanged chunks taken from the last map per batch at most. */
@@ -123,15 +132,19 @@ async function readDisk(
   progress: ProgressSink,
   o: ImageReadOptions & { changes?: DiskChanges },
   checkShort: () => Promise<void>,
-): Promise<{ lists: { lists: string[]; dataChunks: number; zeroChunks: number }; readBytes: number; unchangedBytes: number }> {
+): Promise<{ lists: { lists: string[]; dataChunks: number; zeroChunks: number }; readBytes: number; unchangedBytes: number; bitmapMisses?: BitmapMisses }> {
   const size = input.size;
   const changes = o.changes;
-  const list = new ChunkListBuilder(sink, changes?.record);
+  const check = changes?.fullRead === true && changes.previous !== undefined && "changedRun" in input ? new BitmapCheck(changes.previous, input, chunkSize, changes.record) : undefined;
+  const list = new ChunkListBuilder(sink, check?.hook ?? changes?.record);
   const segment = Math.max(chunkSize, Math.floor((o.segmentBytes ?? DEFAULT_SEGMENT_BYTES) / chunkSize) * chunkSize);
   const free: Uint8Array[] = [];
   const zero = new Uint8Array(segment);
   // Holes need no worker: an empty batch keeps their place in the sink's order.
-  const submitHoles = (n: number): Promise<void> => sink.submit({ data: new Uint8Array(0), ranges: new Uint32Array(0), detectZero: true }, () => list.pushZeros(n));
+  const submitHoles = async (n: number): Promise<void> => {
+    await check?.holes(position, n);
+    await sink.submit({ data: new Uint8Array(0), ranges: new Uint32Array(0), detectZero: true }, () => list.pushZeros(n));
+  };
   const shown = path.basename(file);
   let position = 0;
   let readBytes = 0;
@@ -139,12 +152,13 @@ async function readDisk(
   while (position < size) {
     // Where reading from here must stop: the end of a run of written blocks.
     let limit = size;
-    if (changes?.previous !== undefined && "changedRun" in input) {
+    if (changes?.previous !== undefined && check === undefined && "changedRun" in input) {
       const run = await input.changedRun(position);
       if (run.changed) limit = Math.min(size, Math.ceil(run.end / chunkSize) * chunkSize);
       else {
         const taken = await takeUnchanged(changes.previous, sink, position, run.end >= size ? size : Math.floor(run.end / chunkSize) * chunkSize, chunkSize);
         if (taken.length > 0) {
+          sink.countKnown(taken.filter((ref) => ref !== null).length);
           await sink.submit({ data: new Uint8Array(0), ranges: new Uint32Array(0), detectZero: true }, () => {
             for (const ref of taken) list.push(ref);
           });
@@ -191,6 +205,7 @@ async function readDisk(
         ranges[2 * i] = i * chunkSize;
         ranges[2 * i + 1] = Math.min(chunkSize, got - i * chunkSize);
       }
+      await check?.expect(position, count);
       await sink.submit(
         { data: buffer.subarray(0, got), ranges, detectZero: true },
         (refs) => {
@@ -203,7 +218,7 @@ async function readDisk(
     progress({ phase: `backup ${shown}`, done: position, total: size, unit: "bytes" });
   }
   const lists = await sink.schedule(() => list.finish());
-  return { lists: { lists, dataChunks: list.dataChunks, zeroChunks: list.zeroChunks }, readBytes, unchangedBytes };
+  return { lists: { lists, dataChunks: list.dataChunks, zeroChunks: list.zeroChunks }, readBytes, unchangedBytes, ...(check === undefined ? {} : { bitmapMisses: check.misses }) };
 }
 
 /**

@@ -86,6 +86,11 @@ export class ChunkSink {
     return this.#o.index.has(id);
   }
 
+  /** Counts chunks a snapshot takes unread, known to be stored (changed-block tracking), among its chunks. */
+  countKnown(n: number): void {
+    this.stats.chunks += n;
+  }
+
   /**
    * Submits a batch. onRefs gets its chunk refs (null for zero chunks) in submission order;
    * onRelease gets data back once nothing needs it. Resolves when another batch may be submitted.

@@ -52,7 +52,7 @@ export async function listCheckpoints(name: string, uri: string | undefined): Pr
       .filter((l) => l !== "");
   } catch (e) {
     if (!(e instanceof VirshError)) throw e;
-    throw new SourceError("E_SOURCE", `cannot list the checkpoints of domain ${name}: ${e.message}`, "changed-block tracking needs libvirt 7.2 or later with the QEMU driver");
+    throw new SourceError("E_SOURCE", `cannot list the checkpoints of domain ${name}: ${e.message}`, "changed-block tracking needs libvirt 7.6 or later with the QEMU driver");
   }
 }
 
@@ -142,7 +142,7 @@ export class PullBackup {
       await fsp.rm(socketDir, { recursive: true, force: true });
       if (!(e instanceof VirshError)) throw e;
       const quiesce = o.quiesce === true ? "; --quiesce needs the QEMU guest agent running in the guest" : "";
-      throw new SourceError("E_SOURCE", `libvirt did not start a backup job of domain ${name}: ${e.message}`, `changed-block tracking needs libvirt 7.2 or later with the QEMU driver, and no other backup job of the domain running; back up without --changed-blocks meanwhile${quiesce}`);
+      throw new SourceError("E_SOURCE", `libvirt did not start a backup job of domain ${name}: ${e.message}`, `changed-block tracking needs libvirt 7.6 or later with the QEMU driver, and no other backup job of the domain running; back up without --changed-blocks meanwhile${quiesce}`);
     } finally {
       await Promise.all([fsp.rm(files.backup, { force: true }), fsp.rm(files.checkpoint, { force: true })]);
     }

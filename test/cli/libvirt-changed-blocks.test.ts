@@ -267,6 +267,48 @@ describe.skipIf(!canRunLibvirtd())("backup --changed-blocks of a running domain 
     }
   }, 180_000);
 
+  it("--full-read reads every disk and reports the chunks that changed where the dirty bitmap marked nothing", async () => {
+    const vm = await runningVm();
+    const { v } = await initCliRepo(tmp("repo"));
+    const first = await backup(v, vm);
+    // A write behind QEMU's back, into the image file where guest offset 10 MiB lies: no bitmap sees it.
+    const at = 10 * MiB;
+    const map = JSON.parse(execFileSync("qemu-img", ["map", "-U", "--output=json", vm.vda], { encoding: "utf8" })) as { start: number; length: number; data: boolean; offset?: number }[];
+    const extent = map.find((e) => e.data && e.offset !== undefined && e.start <= at && at < e.start + e.length);
+    if (extent?.offset === undefined) throw new Error("guest offset 10 MiB is not allocated in the image");
+    const h = await fsp.open(vm.vda, "r+");
+    await h.write(Buffer.alloc(4096, 0xee), 0, 4096, extent.offset + (at - extent.start));
+    await h.close();
+    vm.model.vda.fill(0xee, at, at + 4096);
+    write(vm, "vda", 0x91, 12 * MiB, 4096);
+    // Without a full read the snapshot misses it: the limit SECURITY.md states.
+    const trusting = await backup(v, vm);
+    expect(source(trusting, "vda").readBytes).toBeLessThanOrEqual(128 * 1024);
+    const out = tmp("restore");
+    expect((await v(["restore", trusting.snapshotId, "--target", out, "--reason", "test"])).code).toBe(0);
+    const restored = await fsp.readFile(path.join(out, "vda"));
+    expect(restored[at]).not.toBe(0xee);
+    expect(restored[12 * MiB]).toBe(0x91);
+
+    const r = await v(["backup", "--libvirt-domain", vm.name, "--libvirt-uri", libvirtd.uri, "--changed-blocks", "--full-read", "--json"]);
+    expect(r.code, r.stderr).toBe(0);
+    const full = JSON.parse(r.stdout) as CbtResult & { domain: { changedBlocks: { disks: { bitmapMisses?: { chunks: number; first: number[] } }[] } } };
+    expect(disk(full, "vda")).toEqual({ target: "vda", since: trusting.domain.changedBlocks.checkpoint, fullRead: true, bitmapMisses: { chunks: 1, first: [at] } });
+    expect(r.stderr).toContain(`disk vda: 1 chunk changed that the dirty bitmap of checkpoint ${trusting.domain.changedBlocks.checkpoint} did not mark (the first at byte ${at})`);
+    expect(source(full, "vda").readBytes).toBeGreaterThanOrEqual(VDA_DATA);
+    await expectRestored(v, full.snapshotId, copy(vm));
+    // Nothing missed since: a full read says so.
+    write(vm, "vda", 0x92, 14 * MiB, 4096);
+    const clean = await v(["backup", "--libvirt-domain", vm.name, "--libvirt-uri", libvirtd.uri, "--changed-blocks", "--full-read"]);
+    expect(clean.code, clean.stderr).toBe(0);
+    expect(clean.stdout).toContain(`vda: read in full, compared with checkpoint ${full.domain.changedBlocks.checkpoint}'s bitmap: nothing it missed`);
+    expect(clean.stderr).not.toContain("did not mark");
+    expect(first.domain.changedBlocks.checkpoint).not.toBe(full.domain.changedBlocks.checkpoint);
+    const usage = await v(["backup", "--libvirt-domain", vm.name, "--libvirt-uri", libvirtd.uri, "--full-read"]);
+    expect(usage.code).toBe(2);
+    expect(usage.stderr).toContain("--full-read goes with --changed-blocks");
+  }, 180_000);
+
   it("ends the backup job a killed backup left, and refuses while the backup that owns a job still runs", async () => {
     const vm = await runningVm();
     const { v } = await initCliRepo(tmp("repo"));

@@ -42,6 +42,7 @@ export interface BackupCliOptions {
   quiesce?: boolean;
   overlayDir?: string;
   changedBlocks?: boolean;
+  fullRead?: boolean;
   libvirtAll?: boolean;
   excludeDomain?: string[];
   sparse: boolean;
@@ -68,6 +69,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
     .option("--quiesce", "with a running --libvirt-domain: freeze the guest's file systems for the instant the overlays are taken (needs the QEMU guest agent in the guest)")
     .option("--overlay-dir <dir>", "with a running --libvirt-domain: put the overlays the VM writes to during the backup in this folder instead of beside each image (a block device's disk needs it)")
     .option("--changed-blocks", "with a running --libvirt-domain or --libvirt-all: read the disks through libvirt's backup API, and of a qcow2 disk backed up so before from this host only the blocks written since (a checkpoint's dirty bitmap); the chunk maps stay in VMVAULT_STATE_DIR")
+    .option("--full-read", "with --changed-blocks: read every disk in full this time, and report each chunk that changed where the dirty bitmap said it had not (a check of the tracking, now and then)")
     .option("--domain-xml <file>", "as --libvirt-domain, from a definition `virsh dumpxml` wrote to this file (libvirt is not asked)")
     .addOption(new Option("--image-format <format>", "how disk image SOURCEs are read: auto (a file with a qcow2 header as qcow2, through QEMU's tools, refusing one that names a backing file; any other as raw), raw or qcow2 (with its backing chain); a domain's disks are read as its definition says").choices(["auto", "raw", "qcow2"]).default("auto"))
     .option("--no-sparse", "read every byte, holes included, instead of skipping the extents the file system reports as unallocated")
@@ -82,6 +84,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
     .argument("[source...]", "disk images (raw or qcow2; files or block devices) and folders (with a domain, more sources beside its disks)")
     .action(async (sources: string[], opts: BackupCliOptions, command: Command) => {
       const ctx = new CliContext(command);
+      if (opts.fullRead === true && opts.changedBlocks !== true) throw new UsageError("--full-read goes with --changed-blocks", "without --changed-blocks every backup reads its disks in full");
       if (opts.libvirtAll === true) {
         await (await import("./backup-all.js")).backupAllDomains(ctx, interrupts, sources, opts);
         return;
@@ -102,7 +105,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
         interrupts.note = "; a dry run writes nothing";
         const preview = { vm, ...(domain === undefined ? {} : { domainXml: domain.xml }), sources, sparse: opts.sparse, imageFormat: opts.imageFormat ?? "auto", exclude, excludeIfPresent: opts.excludeIfPresent ?? [], ...largerThan, oneFileSystem: opts.oneFileSystem === true, list: opts.list === true };
         await dryRun(ctx, preview);
-        if (domain?.libvirt?.running === true && !ctx.json) ctx.out(`  domain ${domain.name} runs: a backup would read its disks behind overlays (a live backup)`);
+        if (domain?.libvirt?.running === true && !ctx.json) ctx.out(`  domain ${domain.name} runs: a backup would read its disks ${opts.changedBlocks === true ? "through libvirt's backup job (changed-block tracking)" : "behind overlays (a live backup)"}`);
         return;
       }
       interrupts.note = "; the repository stays consistent: a snapshot appears only once complete, and the next backup reuses the data this one stored";
@@ -159,6 +162,7 @@ export function backupSettings(ctx: CliContext, opts: BackupCliOptions, exclude:
     ...(opts.quiesce === true ? { quiesce: true } : {}),
     ...(opts.overlayDir === undefined ? {} : { overlayDir: opts.overlayDir }),
     ...(opts.changedBlocks === true ? { changedBlocksDir: path.join(ctx.stateDir, "changed-blocks") } : {}),
+    ...(opts.changedBlocks === true && opts.fullRead === true ? { changedBlocksFullRead: true } : {}),
     sparse: opts.sparse,
     imageFormat: opts.imageFormat ?? "auto",
     keepCache: opts.keepCache === true,
@@ -179,6 +183,12 @@ export function warnRecovered(ctx: CliContext, domain: string, targets: readonly
 export function warnOverlayLeft(ctx: CliContext, r: BackupResult): void {
   if (r.domain?.overlayLeft !== undefined) ctx.warn(`warning: ${r.domain.overlayLeft}`);
   for (const n of r.domain?.changedBlocks?.notes ?? []) ctx.warn(`warning: ${n}`);
+  for (const d of r.domain?.changedBlocks?.disks ?? []) {
+    const m = d.bitmapMisses;
+    if (m !== undefined && m.chunks > 0) {
+      ctx.warn(`warning: disk ${d.target}: ${plural(m.chunks, "chunk")} changed that the dirty bitmap of checkpoint ${d.since ?? "?"} did not mark (the first at byte ${m.first.join(", ")}): this snapshot holds them as read, but a backup without --full-read would have missed them`);
+    }
+  }
 }
 
 /** After a signal: a live backup's overlays committed back, or its backup job ended. */
@@ -193,7 +203,15 @@ export function printBackup(ctx: CliContext, r: BackupResult, oneFileSystem: boo
   const how = cbt !== undefined ? ` (live: its disks were read through libvirt's backup job, which began checkpoint ${cbt.checkpoint})` : r.domain?.live === true ? " (live: its disks were read behind overlays, committed back)" : "";
   ctx.out(`snapshot ${r.snapshotId} of VM ${r.vm} saved${r.domain === undefined ? "" : `, with libvirt domain ${r.domain.name}'s definition${how}`}`);
   for (const d of r.domain?.leftOut ?? []) ctx.out(`  left out ${d.target === "" ? d.device : d.target} (${d.reason})`);
-  for (const d of cbt?.disks ?? []) ctx.out(`  ${d.target}: ${d.since === undefined ? `read in full (${d.reason ?? "no earlier checkpoint"})` : `blocks written since checkpoint ${d.since} read`}`);
+  for (const d of cbt?.disks ?? []) {
+    const how =
+      d.since === undefined
+        ? `read in full (${d.reason ?? "no earlier checkpoint"})`
+        : d.fullRead === true
+          ? `read in full, compared with checkpoint ${d.since}'s bitmap: ${d.bitmapMisses === undefined || d.bitmapMisses.chunks === 0 ? "nothing it missed" : `${plural(d.bitmapMisses.chunks, "chunk")} it missed`}`
+          : `blocks written since checkpoint ${d.since} read`;
+    ctx.out(`  ${d.target}: ${how}`);
+  }
   const read = (s: { size: number; readBytes: number; unchangedBytes?: number }): string =>
     s.unchangedBytes !== undefined ? `, ${formatBytes(s.readBytes)} read, ${formatBytes(s.unchangedBytes)} unchanged` : s.readBytes < s.size ? `, ${formatBytes(s.readBytes)} read, the rest unallocated` : "";
   ctx.out(`  ${r.sources.map((s) => `${s.name} (${s.kind}${s.format === undefined ? "" : `, ${s.format}`}, ${formatBytes(s.size)}${read(s)})`).join(", ")}`);
