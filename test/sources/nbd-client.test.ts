@@ -266,7 +266,7 @@ describe("reading a qcow2 image through qemu-nbd --read-only", () => {
     const got = await Promise.all(reads.map(([offset, length]) => c.read(offset, length)));
     reads.forEach(([offset, length], i) => expect(Buffer.from(got[i] as Uint8Array).equals(raw.subarray(offset, offset + length))).toBe(true));
     // Without block status, one data extent for the range.
-    expect(await c.blockStatus(1 * MiB, 5 * MiB)).toEqual([{ offset: 1 * MiB, length: 5 * MiB, hole: false, zero: false }]);
+    expect(await c.blockStatus(1 * MiB, 5 * MiB)).toEqual([{ offset: 1 * MiB, length: 5 * MiB, hole: false, zero: false, flags: 0 }]);
     await c.close();
   });
 
@@ -393,6 +393,36 @@ describe("reading a qcow2 image through qemu-nbd --read-only", () => {
       expect(Buffer.from(x as Uint8Array).equals(raw.subarray(4 * MiB, 4 * MiB + 64 * KiB))).toBe(true);
       expect(Buffer.from(y as Uint8Array).equals(raw.subarray(0, 4096))).toBe(true);
       await c.close();
+    }
+  });
+});
+
+describe("a dirty bitmap as the metadata context (metaContext)", () => {
+  it("answers block status for qemu:dirty-bitmap:NAME: flag bit 0 on the blocks written since the bitmap began", async () => {
+    const dir = tempDir();
+    const file = path.join(dir, "disk.qcow2");
+    execFileSync("qemu-img", ["create", "-q", "-f", "qcow2", file, String(16 * MiB)]);
+    execFileSync("qemu-io", ["-f", "qcow2", "-c", `write -P 0x11 0 ${4 * MiB}`, file]);
+    execFileSync("qemu-img", ["bitmap", "--add", file, "since"]);
+    // Written after the bitmap began: recorded in it, at its 64 KiB granularity.
+    execFileSync("qemu-io", ["-f", "qcow2", "-c", `write -P 0x22 ${1 * MiB + 4096} 4096`, "-c", `write -P 0x33 ${10 * MiB} ${100 * KiB}`, file]);
+    const server = await qemuNbd(file, ["--read-only", "--format=qcow2", "--bitmap=since"]);
+    try {
+      const c = await connect({ path: server.socket }, { metaContext: "qemu:dirty-bitmap:since" });
+      expect(c.info.blockStatus).toBe(true);
+      const dirty = (await c.blockStatus(0, 16 * MiB)).filter((e) => (e.flags & 1) !== 0).map((e) => [e.offset, e.length]);
+      expect(dirty).toEqual([
+        [1 * MiB, 64 * KiB],
+        [10 * MiB, 128 * KiB],
+      ]);
+      await c.close();
+      // A context the server does not have: no block status, reads still work.
+      const none = await connect({ path: server.socket }, { metaContext: "qemu:dirty-bitmap:other" });
+      expect(none.info.blockStatus).toBe(false);
+      expect((await none.read(1 * MiB + 4096, 4))[0]).toBe(0x22);
+      await none.close();
+    } finally {
+      await server.stop();
     }
   });
 });
@@ -602,11 +632,11 @@ describe("a server that breaks the protocol", { timeout: 10_000 }, () => {
     expect(c.info.blockStatus).toBe(true);
     // Zeros that are allocated, data, then a hole of unknown content running past the range (clipped), then one past it (dropped).
     expect(await c.blockStatus(8192, 10000)).toEqual([
-      { offset: 8192, length: 4096, hole: false, zero: true },
-      { offset: 12288, length: 512, hole: false, zero: false },
-      { offset: 12800, length: 10000 - 4096 - 512, hole: true, zero: false },
+      { offset: 8192, length: 4096, hole: false, zero: true, flags: 2 },
+      { offset: 12288, length: 512, hole: false, zero: false, flags: 0 },
+      { offset: 12800, length: 10000 - 4096 - 512, hole: true, zero: false, flags: 1 },
     ]);
-    expect(await c.blockStatus(0, 100)).toEqual([{ offset: 0, length: 100, hole: false, zero: true }]);
+    expect(await c.blockStatus(0, 100)).toEqual([{ offset: 0, length: 100, hole: false, zero: true, flags: 2 }]);
   });
 
   it("rejects a request the server answers with an error chunk, and goes on", async () => {
