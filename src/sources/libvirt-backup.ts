@@ -133,11 +133,18 @@ export class PullBackup {
       "</disks></domaincheckpoint>",
     ].join("");
     const files = { backup: path.join(socketDir, "backup.xml"), checkpoint: path.join(socketDir, "checkpoint.xml") };
+    let thawFailed: string | undefined;
     try {
       await fsp.writeFile(files.backup, backupXml, { mode: 0o600 });
       await fsp.writeFile(files.checkpoint, checkpointXml, { mode: 0o600 });
       const withCheckpoint = disks.some((d) => d.format === "qcow2");
-      await virsh(["backup-begin", "--domain", name, "--backupxml", files.backup, ...(withCheckpoint ? ["--checkpointxml", files.checkpoint] : []), ...(o.quiesce === true ? ["--quiesce"] : [])], uri);
+      // Quiesced: the guest agent freezes the file systems for the instant the job begins.
+      if (o.quiesce === true) await virsh(["domfsfreeze", "--domain", name], uri);
+      try {
+        await virsh(["backup-begin", "--domain", name, "--backupxml", files.backup, ...(withCheckpoint ? ["--checkpointxml", files.checkpoint] : [])], uri);
+      } finally {
+        if (o.quiesce === true) thawFailed = await virsh(["domfsthaw", "--domain", name], uri).then(() => undefined, (e: unknown) => (e instanceof VirshError ? e.message : String(e)));
+      }
     } catch (e) {
       await fsp.rm(socketDir, { recursive: true, force: true });
       if (!(e instanceof VirshError)) throw e;
@@ -145,6 +152,12 @@ export class PullBackup {
       throw new SourceError("E_SOURCE", `libvirt did not start a backup job of domain ${name}: ${e.message}`, `changed-block tracking needs libvirt 7.6 or later with the QEMU driver, and no other backup job of the domain running; back up without --changed-blocks meanwhile${quiesce}`);
     } finally {
       await Promise.all([fsp.rm(files.backup, { force: true }), fsp.rm(files.checkpoint, { force: true })]);
+    }
+    if (thawFailed !== undefined) {
+      // Nothing is read from a guest that may still be frozen: the job and its checkpoint go.
+      await job.end().catch(() => undefined);
+      await deleteCheckpoint(name, uri, o.checkpoint);
+      throw new SourceError("E_SOURCE", `the guest agent of domain ${name} did not thaw its file systems after the backup job began: ${thawFailed}`, `thaw them with virsh domfsthaw ${name}`);
     }
     return job;
   }

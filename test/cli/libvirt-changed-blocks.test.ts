@@ -309,6 +309,19 @@ describe.skipIf(!canRunLibvirtd())("backup --changed-blocks of a running domain 
     expect(usage.stderr).toContain("--full-read goes with --changed-blocks");
   }, 180_000);
 
+  it("--quiesce without a guest agent fails naming it, with no job, checkpoint or map left", async () => {
+    const vm = await runningVm();
+    const { repo, v } = await initCliRepo(tmp("repo"));
+    const r = await v(["backup", "--libvirt-domain", vm.name, "--libvirt-uri", libvirtd.uri, "--changed-blocks", "--quiesce"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`libvirt did not start a backup job of domain ${vm.name}`);
+    expect(r.stderr).toContain("--quiesce needs the QEMU guest agent");
+    expect(checkpoints(vm)).toEqual([]);
+    expect(spawnSync("virsh", ["--connect", libvirtd.uri, "backup-dumpxml", vm.name]).status).not.toBe(0);
+    expect(await findMaps(`${repo}-state`).catch(() => [])).toEqual([]);
+    expect((await fsp.readdir(vm.dir)).sort()).toEqual(["data.raw", "domain.xml", "root.qcow2"]);
+  }, 60_000);
+
   it("ends the backup job a killed backup left, and refuses while the backup that owns a job still runs", async () => {
     const vm = await runningVm();
     const { v } = await initCliRepo(tmp("repo"));
