@@ -61,10 +61,10 @@ export interface BackupOptions {
    */
   readonly overlayDir?: string;
   /**
-   * Changed-block tracking for a running domain's disks (src/backup/changed-blocks.ts): they are
-   * read through libvirt's backup API, and only the blocks written since the last such backup;
-   * this folder (outside the repository) keeps each disk's chunk map. Ignored for a domain that
-   * does not run.
+   * Changed-block tracking for a running or paused domain's disks (src/backup/changed-blocks.ts):
+   * they are read through libvirt's backup API, and only the blocks written since the last such
+   * backup; this folder (outside the repository) keeps each disk's chunk map. Ignored for a
+   * domain that is shut off.
    */
   readonly changedBlocksDir?: string;
   /** With changedBlocksDir: every disk read in full, and the chunks the dirty bitmaps missed reported (a check of the tracking). */
@@ -279,7 +279,7 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
           vm,
           ...(domain === undefined ? {} : { domain: domain.name }),
           ...(domain?.libvirt?.running === true ? { live: "yes" } : {}),
-          ...(domain?.libvirt?.running === true && o.changedBlocksDir !== undefined ? { changedBlocks: "yes" } : {}),
+          ...(domain?.libvirt?.active === true && o.changedBlocksDir !== undefined ? { changedBlocks: "yes" } : {}),
           sources: planned.map((p) => p.name),
           ...(excludes.patterns.length === 0 ? {} : { exclude: excludes.patterns }),
           ...(excludes.markers.size === 0 ? {} : { excludeIfPresent: [...excludes.markers] }),
@@ -289,9 +289,10 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
       },
       started: false,
       run: () => {
-        if (domain?.libvirt?.running !== true) return runBackup(repo, o, vm, planned, excludes, domain);
         const live = { ...o, ...(overlayDir === undefined ? {} : { overlayDir }) };
-        return o.changedBlocksDir === undefined ? backupLive(repo, live, vm, planned, excludes, domain) : backupChangedBlocks(repo, live, vm, planned, excludes, domain, o.changedBlocksDir);
+        // A paused domain's QEMU serves a backup job too; there is nothing to freeze in it.
+        if (domain?.libvirt?.active === true && o.changedBlocksDir !== undefined) return backupChangedBlocks(repo, { ...live, quiesce: o.quiesce === true && domain.libvirt.running }, vm, planned, excludes, domain, o.changedBlocksDir);
+        return domain?.libvirt?.running === true ? backupLive(repo, live, vm, planned, excludes, domain) : runBackup(repo, o, vm, planned, excludes, domain);
       },
       outcome: (r) => ({ snapshot: r.snapshotId, bytes: r.size, addedBytes: r.addedBytes }),
     });

@@ -278,7 +278,14 @@ export interface DomainChoice {
 /** A domain a backup takes: its definition, and for one asked of libvirt, how. */
 export interface ChosenDomain extends DomainDefinition {
   /** Asked of libvirt: the domain, where, whether it runs (a live backup) and what was recovered. */
-  readonly libvirt?: { readonly name: string; readonly uri: string | undefined; readonly running: boolean; readonly recovered: readonly string[] };
+  readonly libvirt?: {
+    readonly name: string;
+    readonly uri: string | undefined;
+    readonly running: boolean;
+    /** Running or paused: a QEMU process serves the disks (libvirt's backup API works). */
+    readonly active: boolean;
+    readonly recovered: readonly string[];
+  };
 }
 
 /** The domain a backup takes, if any. */
@@ -289,5 +296,5 @@ export async function backupDomain(o: DomainChoice): Promise<ChosenDomain | unde
   if (o.libvirtDomain === undefined) return undefined;
   const d = await readLibvirtDomain(o.libvirtDomain, o.libvirtUri);
   const definition = parseDomain(d.xml, `libvirt's definition of ${o.libvirtDomain}`);
-  return { ...definition, libvirt: { name: o.libvirtDomain, uri: o.libvirtUri, running: d.state === "running", recovered: d.recovered } };
+  return { ...definition, libvirt: { name: o.libvirtDomain, uri: o.libvirtUri, running: d.state === "running", active: ACTIVE_STATES.has(d.state), recovered: d.recovered } };
 }

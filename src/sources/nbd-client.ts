@@ -81,6 +81,7 @@ export class NbdClient {
   readonly #canFua: boolean;
   readonly #pending = new Map<bigint, Pending>();
   #nextHandle = 1n;
+  #corked = false;
   /** Set once the connection is unusable: why, for every later call. */
   #failure: Error | undefined;
   #closing: Promise<void> | undefined;
@@ -248,8 +249,23 @@ export class NbdClient {
     const handle = this.#nextHandle++;
     return new Promise((resolve, reject) => {
       this.#pending.set(handle, { type, offset, length, into, resolve, reject, covered: 0, ranges: [], extents: undefined, error: undefined });
+      this.#corkUntilNextTick();
       this.#socket.write(encodeRequest(flags, type, handle, offset, length));
       if (payload !== undefined) this.#socket.write(payload);
+    });
+  }
+
+  /**
+   * The requests made in one go (a segment's pieces) leave in one system call: each write to
+   * the socket wakes the server, which costs more than the write on a virtual machine.
+   */
+  #corkUntilNextTick(): void {
+    if (this.#corked) return;
+    this.#corked = true;
+    this.#socket.cork();
+    process.nextTick(() => {
+      this.#corked = false;
+      this.#socket.uncork();
     });
   }
 

@@ -164,11 +164,22 @@ describe.skipIf(!canRunLibvirtd())("backup --changed-blocks of a running domain 
     await expectRestored(v, third.snapshotId, day2);
     const check = await v(["check", "--read-data"]);
     expect(check.code, check.stderr).toBe(0);
+    // A paused domain's QEMU serves the job as well: still tracked, nothing to freeze.
+    libvirtd.virsh("suspend", vm.name);
+    write(vm, "vda", 0x65, 30 * MiB, 4096);
+    const paused = await v(["backup", "--libvirt-domain", vm.name, "--libvirt-uri", libvirtd.uri, "--changed-blocks", "--quiesce", "--json"]);
+    expect(paused.code, paused.stderr).toBe(0);
+    const pausedResult = JSON.parse(paused.stdout) as CbtResult;
+    expect(pausedResult.domain.live).toBeUndefined();
+    expect(disk(pausedResult, "vda")?.since).toBe(third.domain.changedBlocks.checkpoint);
+    expect(source(pausedResult, "vda").readBytes).toBe(64 * 1024);
+    await expectRestored(v, pausedResult.snapshotId, copy(vm));
+    libvirtd.virsh("resume", vm.name);
     // Not asked for: the live backup of before, behind overlays, whatever checkpoints there are.
     const plain = await v(["backup", "--libvirt-domain", vm.name, "--libvirt-uri", libvirtd.uri, "--json"]);
     expect(plain.code, plain.stderr).toBe(0);
     expect((JSON.parse(plain.stdout) as CbtResult).domain.changedBlocks).toBeUndefined();
-    expect(checkpoints(vm)).toEqual([third.domain.changedBlocks.checkpoint]);
+    expect(checkpoints(vm)).toEqual([pausedResult.domain.changedBlocks.checkpoint]);
   }, 180_000);
 
   it("reads in full, exactly, where the map does not verify, libvirt lost the checkpoint, or the repository no longer has the chunks", async () => {

@@ -68,7 +68,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
     .option("--libvirt-uri <uri>", "with --libvirt-domain: libvirt's connection URI (default: virsh's own, LIBVIRT_DEFAULT_URI included)")
     .option("--quiesce", "with a running --libvirt-domain: freeze the guest's file systems for the instant the overlays are taken (needs the QEMU guest agent in the guest)")
     .option("--overlay-dir <dir>", "with a running --libvirt-domain: put the overlays the VM writes to during the backup in this folder instead of beside each image (a block device's disk needs it)")
-    .option("--changed-blocks", "with a running --libvirt-domain or --libvirt-all: read the disks through libvirt's backup API, and of a qcow2 disk backed up so before from this host only the blocks written since (a checkpoint's dirty bitmap); the chunk maps stay in VMVAULT_STATE_DIR")
+    .option("--changed-blocks", "with a running or paused --libvirt-domain, or --libvirt-all: read the disks through libvirt's backup API, and of a qcow2 disk backed up so before from this host only the blocks written since (a checkpoint's dirty bitmap); the chunk maps stay in VMVAULT_STATE_DIR")
     .option("--full-read", "with --changed-blocks: read every disk in full this time, and report each chunk that changed where the dirty bitmap said it had not (a check of the tracking, now and then)")
     .option("--domain-xml <file>", "as --libvirt-domain, from a definition `virsh dumpxml` wrote to this file (libvirt is not asked)")
     .addOption(new Option("--image-format <format>", "how disk image SOURCEs are read: auto (a file with a qcow2 header as qcow2, through QEMU's tools, refusing one that names a backing file; any other as raw), raw or qcow2 (with its backing chain); a domain's disks are read as its definition says").choices(["auto", "raw", "qcow2"]).default("auto"))
@@ -105,7 +105,8 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
         interrupts.note = "; a dry run writes nothing";
         const preview = { vm, ...(domain === undefined ? {} : { domainXml: domain.xml }), sources, sparse: opts.sparse, imageFormat: opts.imageFormat ?? "auto", exclude, excludeIfPresent: opts.excludeIfPresent ?? [], ...largerThan, oneFileSystem: opts.oneFileSystem === true, list: opts.list === true };
         await dryRun(ctx, preview);
-        if (domain?.libvirt?.running === true && !ctx.json) ctx.out(`  domain ${domain.name} runs: a backup would read its disks ${opts.changedBlocks === true ? "through libvirt's backup job (changed-block tracking)" : "behind overlays (a live backup)"}`);
+        if (opts.changedBlocks === true && domain?.libvirt?.active === true && !ctx.json) ctx.out(`  domain ${domain.name} is ${domain.libvirt.running ? "running" : "paused"}: a backup would read its disks through libvirt's backup job (changed-block tracking)`);
+        else if (domain?.libvirt?.running === true && !ctx.json) ctx.out(`  domain ${domain.name} runs: a backup would read its disks behind overlays (a live backup)`);
         return;
       }
       interrupts.note = "; the repository stays consistent: a snapshot appears only once complete, and the next backup reuses the data this one stored";
@@ -115,14 +116,15 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
       if (opts.quiesce === true && live === undefined) ctx.warn(`note: domain ${domain?.name} is not running: --quiesce has nothing to freeze, its disks are read as they are`);
       if (opts.overlayDir !== undefined && opts.libvirtDomain === undefined) throw new UsageError("--overlay-dir goes with --libvirt-domain");
       if (opts.changedBlocks === true && opts.libvirtDomain === undefined) throw new UsageError("--changed-blocks goes with --libvirt-domain or --libvirt-all");
-      if (opts.changedBlocks === true && live === undefined) ctx.warn(`note: domain ${domain?.name} is not running: its disks are read as they are, in full (changed-block tracking follows a running domain)`);
-      if (live !== undefined) {
-        interrupts.note =
-          opts.changedBlocks === true
-            ? "; the backup job was ended and its checkpoint left for the next backup, and the repository stays consistent"
-            : "; the overlays of the live backup were committed back into the domain's disks, and the repository stays consistent";
-        // Ended by a signal: the domain goes back onto its own disks (or its backup job ends) before the process ends.
-        interrupts.beforeExit = async () => endLiveBackup(live.name, live.uri, opts.changedBlocks === true);
+      const tracked = opts.changedBlocks === true && domain?.libvirt?.active === true ? domain.libvirt : undefined;
+      if (opts.changedBlocks === true && tracked === undefined) ctx.warn(`note: domain ${domain?.name} is shut off: its disks are read as they are, in full (changed-block tracking follows a running or paused domain)`);
+      if (tracked !== undefined) {
+        interrupts.note = "; the backup job was ended and its checkpoint left for the next backup, and the repository stays consistent";
+        interrupts.beforeExit = async () => endLiveBackup(tracked.name, tracked.uri, true);
+      } else if (live !== undefined) {
+        interrupts.note = "; the overlays of the live backup were committed back into the domain's disks, and the repository stays consistent";
+        // Ended by a signal: the domain goes back onto its own disks before the process ends.
+        interrupts.beforeExit = async () => endLiveBackup(live.name, live.uri, false);
       }
       const vault = await ctx.openVault({ withWorkers: async () => !(await backupRunsInline(sources, opts.sparse)) });
       try {
@@ -200,7 +202,7 @@ export async function endLiveBackup(name: string, uri: string | undefined, chang
 /** What a backup saved, for people. */
 export function printBackup(ctx: CliContext, r: BackupResult, oneFileSystem: boolean): void {
   const cbt = r.domain?.changedBlocks;
-  const how = cbt !== undefined ? ` (live: its disks were read through libvirt's backup job, which began checkpoint ${cbt.checkpoint})` : r.domain?.live === true ? " (live: its disks were read behind overlays, committed back)" : "";
+  const how = cbt !== undefined ? ` (${r.domain?.live === true ? "live: " : ""}its disks were read through libvirt's backup job, which began checkpoint ${cbt.checkpoint})` : r.domain?.live === true ? " (live: its disks were read behind overlays, committed back)" : "";
   ctx.out(`snapshot ${r.snapshotId} of VM ${r.vm} saved${r.domain === undefined ? "" : `, with libvirt domain ${r.domain.name}'s definition${how}`}`);
   for (const d of r.domain?.leftOut ?? []) ctx.out(`  left out ${d.target === "" ? d.device : d.target} (${d.reason})`);
   for (const d of cbt?.disks ?? []) {
