@@ -9,7 +9,7 @@ import { randomBytes } from "node:crypto";
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { initCliRepo } from "../helpers/cli.js";
+import { initCliRepo, watchCli } from "../helpers/cli.js";
 import { initTestVault, openTestVault, passphrase, seededBytes, tempDirs } from "../helpers/fixtures.js";
 import { canRunLibvirtd, LIBVIRTD_TURN_MS, PrivateLibvirtd } from "../helpers/libvirtd.js";
 import { FsStore, Vault } from "../../src/index.js";
@@ -30,19 +30,20 @@ interface Vm {
   readonly model: { vda: Buffer; vdb: Buffer };
 }
 
-/** A running domain: vda a qcow2 image (VDA_BYTES, its first VDA_DATA written), vdb a raw one, an empty CD-ROM drive. */
-async function runningVm(): Promise<Vm> {
+/** A running domain: vda a qcow2 image (VDA_BYTES, its first dataBytes written), vdb a raw one, an empty CD-ROM drive. */
+async function runningVm(dataBytes = VDA_DATA): Promise<Vm> {
   const dir = tmp("vm");
   // QEMU runs as libvirt's own user, which must reach the images.
   await fsp.chmod(dir, 0o755);
   const name = `vmvault-cbt-${randomBytes(4).toString("hex")}`;
   const vda = path.join(dir, "root.qcow2");
-  const model = { vda: Buffer.alloc(VDA_BYTES), vdb: Buffer.from(seededBytes(`cbt vdb ${name}`, 4 * MiB)) };
-  model.vda.set(seededBytes(`cbt vda ${name}`, VDA_DATA), 0);
+  const size = Math.max(VDA_BYTES, dataBytes);
+  const model = { vda: Buffer.alloc(size), vdb: Buffer.from(seededBytes(`cbt vdb ${name}`, 4 * MiB)) };
+  model.vda.set(dataBytes > VDA_DATA ? randomBytes(dataBytes) : seededBytes(`cbt vda ${name}`, dataBytes), 0);
   const raw = path.join(dir, "root.raw");
   const h = await fsp.open(raw, "w");
-  await h.truncate(VDA_BYTES);
-  await h.write(model.vda, 0, VDA_DATA, 0);
+  await h.truncate(size);
+  await h.write(model.vda, 0, dataBytes, 0);
   await h.close();
   execFileSync("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", raw, vda]);
   await fsp.rm(raw);
@@ -332,6 +333,52 @@ describe.skipIf(!canRunLibvirtd())("backup --changed-blocks of a running domain 
     expect(await findMaps(`${repo}-state`).catch(() => [])).toEqual([]);
     expect((await fsp.readdir(vm.dir)).sort()).toEqual(["data.raw", "domain.xml", "root.qcow2"]);
   }, 60_000);
+
+  it("SIGINT ends the backup job before the process exits, and the next backup is still incremental from the last one", async () => {
+    const vm = await runningVm(256 * MiB);
+    const { repo, v } = await initCliRepo(tmp("repo"));
+    const before = await backup(v, vm);
+    // Enough written that the next backup reads for a while.
+    write(vm, "vda", 0xa1, 0, 128 * MiB);
+    const { child, out, exit } = watchCli(["--repo", repo, "--user", "admin", "backup", "--libvirt-domain", vm.name, "--libvirt-uri", libvirtd.uri, "--changed-blocks"], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
+    let signalled = false;
+    for (let i = 0; i < 1000 && !signalled; i++) {
+      if (spawnSync("virsh", ["--connect", libvirtd.uri, "backup-dumpxml", vm.name]).status === 0) {
+        child.kill("SIGINT");
+        signalled = true;
+      } else await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    expect(signalled, "the backup job was seen").toBe(true);
+    expect(await exit, out.stderr).toBe(130);
+    expect(out.stderr).toContain("the backup job was ended");
+    expect(spawnSync("virsh", ["--connect", libvirtd.uri, "backup-dumpxml", vm.name]).status).not.toBe(0);
+    expect((await fsp.readdir(vm.dir)).sort()).toEqual(["data.raw", "domain.xml", "root.qcow2"]);
+    write(vm, "vda", 0xa2, 200 * MiB, 4096);
+    const after = await backup(v, vm);
+    expect(disk(after, "vda")?.since).toBe(before.domain.changedBlocks.checkpoint);
+    expect(checkpoints(vm)).toEqual([after.domain.changedBlocks.checkpoint]);
+    await expectRestored(v, after.snapshotId, copy(vm));
+  }, 180_000);
+
+  it("--libvirt-all --changed-blocks tracks each running domain", async () => {
+    // Only this test's domain: the others' images went with their tests' folders.
+    libvirtd.removeDefined();
+    const vm = await runningVm();
+    const { v } = await initCliRepo(tmp("repo"));
+    const r = await v(["backup", "--libvirt-all", "--libvirt-uri", libvirtd.uri, "--changed-blocks", "--json"]);
+    expect(r.code, r.stderr).toBe(0);
+    const all = JSON.parse(r.stdout) as { domains: { domain: string; ok: boolean; backup: CbtResult }[] };
+    const ours = all.domains.find((d) => d.domain === vm.name);
+    expect(ours?.ok).toBe(true);
+    expect(ours?.backup.domain.changedBlocks.disks.map((d) => d.target)).toEqual(["vda", "vdb"]);
+    for (const d of all.domains) expect(d.backup.domain.changedBlocks.checkpoint, d.domain).toMatch(/^vmvault-\d{8}T\d{6}-[0-9a-f]{8}$/);
+    write(vm, "vda", 0xb1, 0, 4096);
+    const again = await v(["backup", "--libvirt-all", "--libvirt-uri", libvirtd.uri, "--changed-blocks", "--json"]);
+    expect(again.code, again.stderr).toBe(0);
+    const second = (JSON.parse(again.stdout) as typeof all).domains.find((d) => d.domain === vm.name);
+    expect(second?.backup.sources.find((s) => s.name === "vda")?.readBytes).toBe(64 * 1024);
+    await expectRestored(v, second?.backup.snapshotId ?? "", copy(vm));
+  }, 180_000);
 
   it("ends the backup job a killed backup left, and refuses while the backup that owns a job still runs", async () => {
     const vm = await runningVm();

@@ -62,15 +62,20 @@ export class PrivateLibvirtd {
 
   /** Destroys where still running, then undefines, what was defined (libvirtd keeps definitions in the system's folders); stops the daemons. */
   stop(): void {
-    for (const name of this.#defined) {
-      for (const command of ["destroy", "undefine"]) spawnSync("virsh", ["--connect", this.uri, "--quiet", command, name, ...(command === "undefine" ? ["--checkpoints-metadata"] : [])], { stdio: "ignore" });
-    }
+    this.removeDefined();
     if (this.#dir === "") return;
     try {
       execFileSync("sh", [path.join(ROOT, "scripts/libvirtd.sh"), "stop", this.#dir]);
       rmSync(this.#dir, { recursive: true, force: true });
     } finally {
       rmSync(TURN, { force: true });
+    }
+  }
+
+  /** Destroys where still running, then undefines, every domain defined so far. */
+  removeDefined(): void {
+    for (const name of this.#defined.splice(0)) {
+      for (const command of ["destroy", "undefine"]) spawnSync("virsh", ["--connect", this.uri, "--quiet", command, name, ...(command === "undefine" ? ["--checkpoints-metadata"] : [])], { stdio: "ignore" });
     }
   }
 
