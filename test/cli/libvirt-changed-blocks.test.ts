@@ -11,7 +11,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { initCliRepo, watchCli } from "../helpers/cli.js";
 import { initTestVault, openTestVault, passphrase, seededBytes, tempDirs } from "../helpers/fixtures.js";
-import { canRunLibvirtd, LIBVIRTD_TURN_MS, PrivateLibvirtd } from "../helpers/libvirtd.js";
+import { canRunLibvirtd, fileDisk, LIBVIRTD_TURN_MS, PrivateLibvirtd } from "../helpers/libvirtd.js";
 import { FsStore, Vault } from "../../src/index.js";
 import { FaultyStore } from "../../src/storage/faulty.js";
 
@@ -48,22 +48,7 @@ async function runningVm(dataBytes = VDA_DATA): Promise<Vm> {
   execFileSync("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", raw, vda]);
   await fsp.rm(raw);
   await fsp.writeFile(path.join(dir, "data.raw"), model.vdb);
-  const xml = `<domain type='qemu'>
-  <name>${name}</name>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${vda}'/><target dev='vda' bus='virtio'/></disk>
-    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${path.join(dir, "data.raw")}'/><target dev='vdb' bus='virtio'/></disk>
-    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><target dev='sda' bus='sata'/><readonly/></disk>
-  </devices>
-</domain>
-`;
-  await fsp.writeFile(path.join(dir, "domain.xml"), xml);
-  libvirtd.define(name, path.join(dir, "domain.xml"));
-  libvirtd.virsh("start", name);
+  await libvirtd.startDomain(dir, name, [fileDisk("vda", vda, "qcow2"), fileDisk("vdb", path.join(dir, "data.raw"), "raw")]);
   return { name, dir, vda, model };
 }
 

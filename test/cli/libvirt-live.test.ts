@@ -12,7 +12,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { initCliRepo, watchCli } from "../helpers/cli.js";
 import { initTestVault, openTestVault, passphrase, seededBytes, tempDirs } from "../helpers/fixtures.js";
-import { canRunLibvirtd, LIBVIRTD_TURN_MS, PrivateLibvirtd } from "../helpers/libvirtd.js";
+import { canRunLibvirtd, fileDisk, LIBVIRTD_TURN_MS, PrivateLibvirtd } from "../helpers/libvirtd.js";
 import { FsStore, Vault } from "../../src/index.js";
 import { FaultyStore } from "../../src/storage/faulty.js";
 
@@ -45,22 +45,10 @@ async function runningVm(dataMiB = 8, o: { blockVdb?: string } = {}): Promise<Vm
   for (let at = 0; at < dataMiB; at += 8) await h.write(randomBytes(8 * MiB), 0, 8 * MiB, at * MiB);
   await h.close();
   if (o.blockVdb === undefined) await fsp.writeFile(vdb, seededBytes("live vdb", 4 * MiB));
-  const xml = `<domain type='qemu'>
-  <name>${name}</name>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${vda}'/><target dev='vda' bus='virtio'/></disk>
-    ${o.blockVdb === undefined ? `<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${vdb}'/>` : `<disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='${o.blockVdb}'/>`}<target dev='vdb' bus='virtio'/></disk>
-    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><target dev='sda' bus='sata'/><readonly/></disk>
-  </devices>
-</domain>
-`;
-  await fsp.writeFile(path.join(dir, "domain.xml"), xml);
-  libvirtd.define(name, path.join(dir, "domain.xml"));
-  virsh("start", name);
+  await libvirtd.startDomain(dir, name, [
+    fileDisk("vda", vda, "raw"),
+    o.blockVdb === undefined ? fileDisk("vdb", vdb, "raw") : `<disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='${o.blockVdb}'/><target dev='vdb' bus='virtio'/></disk>`,
+  ]);
   return { name, dir, vda, vdb: o.blockVdb ?? vdb };
 }
 

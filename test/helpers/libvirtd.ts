@@ -5,7 +5,7 @@
  * running disk's device), as a guest's would.
  */
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, promises as fsp, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { ROOT } from "./cli.js";
@@ -44,6 +44,11 @@ async function takeTurn(): Promise<void> {
     else if (Date.now() > until) throw new Error(`another test process (${holder}) runs its libvirtd for longer than ${LIBVIRTD_TURN_MS} ms`);
     else await new Promise((resolve) => setTimeout(resolve, 500));
   }
+}
+
+/** A virtio disk on an image file. */
+export function fileDisk(target: string, file: string, format: "raw" | "qcow2"): string {
+  return `<disk type='file' device='disk'><driver name='qemu' type='${format}'/><source file='${file}'/><target dev='${target}' bus='virtio'/></disk>`;
 }
 
 export class PrivateLibvirtd {
@@ -87,6 +92,28 @@ export class PrivateLibvirtd {
   define(name: string, xmlFile: string): void {
     this.virsh("define", xmlFile);
     this.#defined.push(name);
+  }
+
+  /**
+   * Defines and starts a diskless-OS TCG domain (64 MiB, one vCPU) with these disks (fileDisk,
+   * or any <disk> element) and an empty CD-ROM drive; its definition in dir/domain.xml.
+   */
+  async startDomain(dir: string, name: string, disks: readonly string[]): Promise<void> {
+    const xml = `<domain type='qemu'>
+  <name>${name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    ${disks.join("\n    ")}
+    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><target dev='sda' bus='sata'/><readonly/></disk>
+  </devices>
+</domain>
+`;
+    await fsp.writeFile(path.join(dir, "domain.xml"), xml);
+    this.define(name, path.join(dir, "domain.xml"));
+    this.virsh("start", name);
   }
 
   /** A domain defined otherwise (a restore's --define), undefined by stop(). */
