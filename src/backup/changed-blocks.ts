@@ -1,4 +1,4 @@
-import { UsageError, VaultError } from "../errors.js";
+import { SourceError, UsageError, VaultError } from "../errors.js";
 import type { Repository } from "../repository/repository.js";
 import type { Excludes } from "../sources/exclude.js";
 import type { ChosenDomain } from "../sources/libvirt.js";
@@ -71,7 +71,24 @@ export async function backupChangedBlocks(repo: Repository, o: BackupOptions, vm
     }
     const token = toHex(repo.crypto.random(4));
     const checkpoint = `${CHECKPOINT_PREFIX}${repo.now().replace(/[-:]/g, "").replace(/\..*$/, "")}-${token}`;
-    const job = await PullBackup.begin(libvirt.name, libvirt.uri, disks, { checkpoint, token, scratchDir: o.overlayDir, quiesce: o.quiesce === true });
+    const begin = (these: readonly PullDisk[]): Promise<PullBackup> => PullBackup.begin(libvirt.name, libvirt.uri, these, { checkpoint, token, scratchDir: o.overlayDir, quiesce: o.quiesce === true });
+    let job: PullBackup;
+    try {
+      job = await begin(disks);
+    } catch (e) {
+      // An incremental job libvirt refuses (a checkpoint whose bitmap an image lost, a disk
+      // replaced) would fail every backup until its checkpoint went: once more, every disk in full.
+      if (!(e instanceof SourceError) || !disks.some((d) => d.incremental !== undefined) || !/did not start a backup job/.test(e.message)) throw e;
+      await deleteCheckpoint(libvirt.name, libvirt.uri, checkpoint);
+      for (const t of told) {
+        if (t.since === undefined) continue;
+        delete t.since;
+        t.reason = `libvirt refused an incremental backup job: ${e.message.replace(/^libvirt did not start a backup job of domain \S+: /, "")}`;
+      }
+      for (const m of previous.values()) await m.close();
+      previous.clear();
+      job = await begin(disks.map((d) => ({ ...d, incremental: undefined })));
+    }
     const records = new Map<string, ChangeMapWriter>();
     const inputs: ExportInput[] = [];
     const sizes = new Map<string, number>();

@@ -56,14 +56,22 @@ export async function listCheckpoints(name: string, uri: string | undefined): Pr
   }
 }
 
-/** Deletes a checkpoint (its bitmaps merged into its parent's, as libvirt does); what virsh said if it could not. */
+/**
+ * Deletes a checkpoint (its bitmaps merged into its parent's, as libvirt does); what virsh said
+ * if it could not. One whose bitmap an image no longer has goes as libvirt's record alone.
+ */
 export async function deleteCheckpoint(name: string, uri: string | undefined, checkpoint: string): Promise<string | undefined> {
+  const args = ["checkpoint-delete", "--domain", name, "--checkpointname", checkpoint];
   try {
-    await virsh(["checkpoint-delete", "--domain", name, "--checkpointname", checkpoint], uri);
+    await virsh(args, uri);
     return undefined;
   } catch (e) {
     if (!(e instanceof VirshError)) throw e;
-    return e.message;
+    if (!/bitmap .* not found/i.test(e.message)) return e.message;
+    return virsh([...args, "--metadata"], uri).then(
+      () => undefined,
+      (m: unknown) => (m instanceof VirshError ? m.message : String(m)),
+    );
   }
 }
 

@@ -210,6 +210,33 @@ describe.skipIf(!canRunLibvirtd())("backup --changed-blocks of a running domain 
     expect(check.code, check.stderr).toBe(0);
   }, 240_000);
 
+  it("reads in full once more where libvirt refuses the incremental job (the image lost its checkpoint's bitmap)", async () => {
+    const vm = await runningVm();
+    const { v } = await initCliRepo(tmp("repo"));
+    const first = await backup(v, vm);
+    const cp = first.domain.changedBlocks.checkpoint;
+    // The bitmap removed inside QEMU behind libvirt's back: its checkpoint still lists it.
+    const nodes = JSON.parse(libvirtd.virsh("qemu-monitor-command", vm.name, JSON.stringify({ execute: "query-named-block-nodes" }))) as { return: { "node-name": string; "dirty-bitmaps"?: { name: string }[] }[] };
+    const node = nodes.return.find((n) => n["dirty-bitmaps"]?.some((b) => b.name === cp));
+    if (node === undefined) throw new Error(`no block node has bitmap ${cp}`);
+    libvirtd.virsh("qemu-monitor-command", vm.name, JSON.stringify({ execute: "block-dirty-bitmap-remove", arguments: { node: node["node-name"], name: cp } }));
+    expect(checkpoints(vm)).toEqual([cp]);
+    write(vm, "vda", 0xc1, 5 * MiB, 4096);
+    const r = await backup(v, vm);
+    expect(disk(r, "vda")?.since).toBeUndefined();
+    expect(disk(r, "vda")?.reason).toMatch(/^libvirt refused an incremental backup job: /);
+    expect(source(r, "vda").readBytes).toBeGreaterThanOrEqual(VDA_DATA);
+    await expectRestored(v, r.snapshotId, copy(vm));
+    // The broken checkpoint is gone; the next backup is incremental again.
+    expect(r.domain.changedBlocks.notes).toEqual([]);
+    expect(checkpoints(vm)).toEqual([r.domain.changedBlocks.checkpoint]);
+    write(vm, "vda", 0xc2, 6 * MiB, 4096);
+    const next = await backup(v, vm);
+    expect(disk(next, "vda")?.since).toBe(r.domain.changedBlocks.checkpoint);
+    expect(source(next, "vda").readBytes).toBe(64 * 1024);
+    await expectRestored(v, next.snapshotId, copy(vm));
+  }, 180_000);
+
   it("a backup that fails keeps the last checkpoint the base: the new one is deleted, the map kept, and the next backup has every write", async () => {
     const vm = await runningVm();
     const dir = tmp("repo");
