@@ -291,7 +291,11 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
       run: () => {
         const live = { ...o, ...(overlayDir === undefined ? {} : { overlayDir }) };
         // A paused domain's QEMU serves a backup job too; there is nothing to freeze in it.
-        if (domain?.libvirt?.active === true && o.changedBlocksDir !== undefined) return backupChangedBlocks(repo, { ...live, quiesce: o.quiesce === true && domain.libvirt.running }, vm, planned, excludes, domain, o.changedBlocksDir);
+        if (domain?.libvirt?.active === true && o.changedBlocksDir !== undefined) {
+          if (domain.disks.some((d) => d.format === "qcow2")) return backupChangedBlocks(repo, { ...live, quiesce: o.quiesce === true && domain.libvirt.running }, vm, planned, excludes, domain, o.changedBlocksDir);
+          // Nothing to track (raw disks have no persistent bitmap): read as without it.
+          return untracked(domain, domain.libvirt.running ? backupLive(repo, live, vm, planned, excludes, domain) : runBackup(repo, o, vm, planned, excludes, domain));
+        }
         return domain?.libvirt?.running === true ? backupLive(repo, live, vm, planned, excludes, domain) : runBackup(repo, o, vm, planned, excludes, domain);
       },
       outcome: (r) => ({ snapshot: r.snapshotId, bytes: r.size, addedBytes: r.addedBytes }),
@@ -326,6 +330,13 @@ async function backupLive(repo: Repository, o: BackupOptions, vm: string, planne
     return { ...result, domain: { ...(result.domain ?? { name: domain.name, leftOut: domain.leftOut }), overlayLeft: `${e.message} (${e.hint ?? ""})` } };
   }
   return result;
+}
+
+/** A backup with changed-block tracking asked for, of a domain with no disk to track: each disk's reason, no checkpoint. */
+async function untracked(domain: ChosenDomain, backingUp: Promise<BackupResult>): Promise<BackupResult> {
+  const r = await backingUp;
+  const disks = domain.disks.map((d) => ({ target: d.target, reason: "a raw disk has no dirty bitmap" }));
+  return { ...r, domain: { ...(r.domain ?? { name: domain.name, leftOut: domain.leftOut }), changedBlocks: { disks, notes: [] } } };
 }
 
 /** The VM a backup names: the one given, else the domain's name. */

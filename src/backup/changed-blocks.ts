@@ -22,8 +22,8 @@ import { backupExport } from "./image.js";
  */
 
 export interface ChangedBlocksResult {
-  /** The checkpoint this backup began (the next backup's base). */
-  readonly checkpoint: string;
+  /** The checkpoint this backup began (the next backup's base); absent where no disk could be tracked (raw disks only, read as without tracking). */
+  readonly checkpoint?: string;
   /**
    * Each disk, and the checkpoint its blocks were compared against (absent: read in full, and the
    * reason); with a full read (fullRead), the chunks that changed though the bitmap said not.

@@ -392,6 +392,25 @@ describe.skipIf(!canRunLibvirtd())("backup --changed-blocks of a running domain 
     await expectRestored(v, second?.backup.snapshotId ?? "", copy(vm));
   }, 180_000);
 
+  it("a domain with raw disks only has nothing to track: backed up live behind overlays, each disk's reason told, no checkpoint made", async () => {
+    const dir = tmp("vm");
+    await fsp.chmod(dir, 0o755);
+    const name = `vmvault-cbt-raw-${randomBytes(4).toString("hex")}`;
+    const image = path.join(dir, "root.raw");
+    await fsp.writeFile(image, seededBytes(`raw only ${name}`, 8 * MiB));
+    await libvirtd.startDomain(dir, name, [fileDisk("vda", image, "raw")]);
+    const { v } = await initCliRepo(tmp("repo"));
+    const r = await v(["backup", "--libvirt-domain", name, "--libvirt-uri", libvirtd.uri, "--changed-blocks"]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain("(live: its disks were read behind overlays, committed back)");
+    expect(r.stdout).toContain("vda: read in full (a raw disk has no dirty bitmap)");
+    const json = await v(["backup", "--libvirt-domain", name, "--libvirt-uri", libvirtd.uri, "--changed-blocks", "--json"]);
+    expect(json.code, json.stderr).toBe(0);
+    expect((JSON.parse(json.stdout) as CbtResult).domain).toMatchObject({ live: true, changedBlocks: { disks: [{ target: "vda", reason: "a raw disk has no dirty bitmap" }], notes: [] } });
+    expect(libvirtd.virsh("checkpoint-list", "--name", name).trim()).toBe("");
+    expect(libvirtd.inUse(name)).toEqual({ vda: image });
+  }, 60_000);
+
   it("ends the backup job a killed backup left, and refuses while the backup that owns a job still runs", async () => {
     const vm = await runningVm();
     const { v } = await initCliRepo(tmp("repo"));

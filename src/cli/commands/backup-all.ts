@@ -42,7 +42,7 @@ export async function backupAllDomains(ctx: CliContext, interrupts: Interrupts, 
   try {
     for (const domain of domains) {
       // Ended by a signal: the domain being read goes back onto its own disks first.
-      interrupts.beforeExit = async () => endLiveBackup(domain, opts.libvirtUri, opts.changedBlocks === true);
+      interrupts.beforeExit = async () => endLiveBackup(domain, opts.libvirtUri);
       try {
         const r = await vault.backup({
           libvirtDomain: domain,

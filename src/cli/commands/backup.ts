@@ -120,11 +120,11 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
       if (opts.changedBlocks === true && tracked === undefined) ctx.warn(`note: domain ${domain?.name} is shut off: its disks are read as they are, in full (changed-block tracking follows a running or paused domain)`);
       if (tracked !== undefined) {
         interrupts.note = "; the backup job was ended and its checkpoint left for the next backup, and the repository stays consistent";
-        interrupts.beforeExit = async () => endLiveBackup(tracked.name, tracked.uri, true);
+        interrupts.beforeExit = async () => endLiveBackup(tracked.name, tracked.uri);
       } else if (live !== undefined) {
         interrupts.note = "; the overlays of the live backup were committed back into the domain's disks, and the repository stays consistent";
         // Ended by a signal: the domain goes back onto its own disks before the process ends.
-        interrupts.beforeExit = async () => endLiveBackup(live.name, live.uri, false);
+        interrupts.beforeExit = async () => endLiveBackup(live.name, live.uri);
       }
       const vault = await ctx.openVault({ withWorkers: async () => !(await backupRunsInline(sources, opts.sparse)) });
       try {
@@ -193,16 +193,16 @@ export function warnOverlayLeft(ctx: CliContext, r: BackupResult): void {
   }
 }
 
-/** After a signal: a live backup's overlays committed back, or its backup job ended. */
-export async function endLiveBackup(name: string, uri: string | undefined, changedBlocks: boolean): Promise<void> {
-  if (changedBlocks) await endLeftJob(name, uri, { own: true });
-  else await commitLeftOverlays(name, uri, { own: true });
+/** After a signal: a live backup's backup job ended (changed-block tracking) and its overlays committed back (either may be there). */
+export async function endLiveBackup(name: string, uri: string | undefined): Promise<void> {
+  await endLeftJob(name, uri, { own: true });
+  await commitLeftOverlays(name, uri, { own: true });
 }
 
 /** What a backup saved, for people. */
 export function printBackup(ctx: CliContext, r: BackupResult, oneFileSystem: boolean): void {
   const cbt = r.domain?.changedBlocks;
-  const how = cbt !== undefined ? ` (${r.domain?.live === true ? "live: " : ""}its disks were read through libvirt's backup job, which began checkpoint ${cbt.checkpoint})` : r.domain?.live === true ? " (live: its disks were read behind overlays, committed back)" : "";
+  const how = cbt?.checkpoint !== undefined ? ` (${r.domain?.live === true ? "live: " : ""}its disks were read through libvirt's backup job, which began checkpoint ${cbt.checkpoint})` : r.domain?.live === true ? " (live: its disks were read behind overlays, committed back)" : "";
   ctx.out(`snapshot ${r.snapshotId} of VM ${r.vm} saved${r.domain === undefined ? "" : `, with libvirt domain ${r.domain.name}'s definition${how}`}`);
   for (const d of r.domain?.leftOut ?? []) ctx.out(`  left out ${d.target === "" ? d.device : d.target} (${d.reason})`);
   for (const d of cbt?.disks ?? []) {
