@@ -153,7 +153,7 @@ export async function backupChangedBlocks(repo: Repository, o: BackupOptions, vm
         await r.commit({ repoId: repo.repoId, uuid, domain: libvirt.name, target, checkpoint, snapshot: result.snapshotId, size: sizes.get(target) ?? 0, chunkSize });
       } catch (e) {
         mapsSaved = false;
-        notes.push(`the changed-block map of disk ${target} was not saved (${e instanceof Error ? e.message : String(e)}): its next backup reads it in full`);
+        notes.push(`the changed-block map of disk ${target} was not saved (${e instanceof Error ? e.message : String(e)}): its next backup goes by the map before, or reads it in full where there is none, and the older checkpoints stay`);
         await r.abort();
       }
     }
