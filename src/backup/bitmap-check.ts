@@ -1,5 +1,5 @@
 import type { ChunkRef } from "../format/chunklist.js";
-import type { ExportInput } from "../sources/libvirt-backup.js";
+import type { ExportInput } from "../sources/export-input.js";
 import type { ChangeMap } from "./change-map.js";
 
 /** Byte offsets of missed chunks kept for the report. */

@@ -9,7 +9,7 @@ import type { ImageFormat } from "../sources/qcow2.js";
 import { assertUnchanged, identityOf, sourceError } from "../sources/identity.js";
 import { sourceXattrs, XATTRS_NOT_RECORDED } from "../sources/xattrs.js";
 import type { ChunkRef } from "../format/chunklist.js";
-import type { ExportInput } from "../sources/libvirt-backup.js";
+import type { ExportInput } from "../sources/export-input.js";
 import type { ProgressSink } from "../util/progress.js";
 import { BitmapCheck, type BitmapMisses } from "./bitmap-check.js";
 import type { ChangeMap, ChangeMapWriter } from "./change-map.js";
