@@ -8,7 +8,7 @@
  * one request with (an errno) rejects that request alone, with an NbdError.
  */
 import net from "node:net";
-import { SocketInput, writeAll } from "../util/socket-io.js";
+import { OwnReads, SocketInput, writeAll } from "../util/socket-io.js";
 import { NBD_SOCKET_ERRORS, NbdConnectionError, NbdError, NbdProtocolError } from "./nbd-errors.js";
 import { CLOSE_MS, connected, handshake, type NbdExportInfo, type Negotiated } from "./nbd-handshake.js";
 import {
@@ -101,8 +101,10 @@ export class NbdClient {
   static async connect(address: NbdAddress, o: NbdConnectOptions = {}): Promise<NbdClient> {
     const { signal } = o;
     signal?.throwIfAborted();
-    const socket = "path" in address ? net.connect({ path: address.path }) : net.connect({ host: address.host, port: address.port });
-    const input = new SocketInput(socket, NBD_SOCKET_ERRORS);
+    // Replies are read into one buffer of the client's own: no buffer allocated per socket read.
+    const reads = new OwnReads();
+    const socket = "path" in address ? net.connect({ path: address.path, onread: reads.options }) : net.connect({ host: address.host, port: address.port, onread: reads.options });
+    const input = new SocketInput(socket, NBD_SOCKET_ERRORS, reads);
     const where = "path" in address ? address.path : `${address.host}:${address.port}`;
     const exportName = o.exportName ?? "";
     const work = (async () => {

@@ -33,24 +33,60 @@ export class SocketInput {
   #need = 0;
   #ended: Error | undefined;
   #wake: (() => void) | undefined;
+  /** A readInto waiting for bytes: they go straight into its buffer as they arrive. */
+  #into: { readonly dest: Uint8Array; at: number } | undefined;
 
   readonly #onData: (d: Buffer) => void;
   readonly #onEnd: () => void;
   readonly #onClose: () => void;
   readonly #onError: (e: Error) => void;
 
-  constructor(socket: Socket, errors: SocketInputErrors = CLOSED) {
+  /**
+   * Reads socket's data events, or with reads (OwnReads, the socket made with its onread
+   * option) the bytes Node.js reads into one buffer of vmvault's own, copied out at once.
+   */
+  constructor(socket: Socket, errors: SocketInputErrors = CLOSED, reads?: OwnReads) {
     this.#socket = socket;
     this.#onData = (d) => {
-      this.#parts.push(d);
-      this.#buffered += d.length;
-      if (this.#buffered > HIGH_WATER && this.#buffered >= this.#need) socket.pause();
-      if (this.#buffered >= this.#need) this.#notify();
+      this.#arrive(d, true);
     };
     this.#onEnd = () => this.#end(errors.end());
     this.#onClose = () => this.#end(errors.close());
     this.#onError = (e) => this.#end(errors.error(e));
-    socket.on("data", this.#onData).on("end", this.#onEnd).on("close", this.#onClose).on("error", this.#onError);
+    if (reads === undefined) socket.on("data", this.#onData);
+    else reads.input = this;
+    socket.on("end", this.#onEnd).on("close", this.#onClose).on("error", this.#onError);
+  }
+
+  /**
+   * Bytes that arrived: straight into a waiting readInto's buffer first, the rest buffered (as
+   * they are, or copied where the buffer is not this input's to keep). False: paused.
+   */
+  #arrive(d: Buffer, owned: boolean): boolean {
+    let rest = d;
+    const into = this.#into;
+    if (into !== undefined && this.#buffered === 0) {
+      const k = Math.min(rest.length, into.dest.length - into.at);
+      into.dest.set(k === rest.length ? rest : rest.subarray(0, k), into.at);
+      into.at += k;
+      rest = rest.subarray(k);
+      if (into.at === into.dest.length) {
+        this.#into = undefined;
+        this.#notify();
+      }
+    }
+    if (rest.length === 0) return true;
+    this.#parts.push(owned ? rest : Buffer.from(rest));
+    this.#buffered += rest.length;
+    const pause = this.#buffered > HIGH_WATER && this.#buffered >= this.#need;
+    if (pause) this.#socket.pause();
+    if (this.#buffered >= this.#need) this.#notify();
+    return !pause;
+  }
+
+  /** OwnReads' callback: bytes in its buffer, which it reuses once this returns. */
+  arrived(view: Buffer): boolean {
+    return this.#arrive(view, false);
   }
 
   /**
@@ -81,9 +117,18 @@ export class SocketInput {
 
   /** Fills dest with the next dest.length bytes, copying them straight from the socket's buffers. */
   async readInto(dest: Uint8Array): Promise<void> {
-    let at = 0;
+    let at = this.#copyInto(dest);
     while (at < dest.length) {
-      if (this.#buffered === 0) await this.#wait(1);
+      if (this.#ended !== undefined) throw this.#ended;
+      // What arrives now goes straight into dest, until it is full or the socket ends.
+      const into = { dest, at };
+      this.#into = into;
+      try {
+        await this.#wait(1);
+      } finally {
+        this.#into = undefined;
+      }
+      at = into.at;
       at += this.#copyInto(dest.subarray(at));
     }
   }
@@ -135,6 +180,21 @@ export class SocketInput {
     const w = this.#wake;
     this.#wake = undefined;
     w?.();
+  }
+}
+
+/**
+ * A socket's reads into one buffer of vmvault's own (net's onread option): no buffer is
+ * allocated per read, and a reader's bytes are copied once, straight into its buffer where one
+ * waits. Give options to net.connect, then this to the SocketInput.
+ */
+export class OwnReads {
+  input: SocketInput | undefined;
+  readonly options: { buffer: Buffer; callback: (n: number, buffer: Uint8Array) => boolean };
+
+  constructor(size = 256 * 1024) {
+    const buffer = Buffer.allocUnsafe(size);
+    this.options = { buffer, callback: (n) => this.input?.arrived(buffer.subarray(0, n)) ?? false };
   }
 }
 

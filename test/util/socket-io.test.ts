@@ -1,6 +1,6 @@
 import net from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
-import { ConnectionClosed, SocketInput } from "../../src/util/socket-io.js";
+import { ConnectionClosed, OwnReads, SocketInput } from "../../src/util/socket-io.js";
 
 const MiB = 1024 * 1024;
 const closers: (() => void)[] = [];
@@ -58,5 +58,34 @@ describe("SocketInput", () => {
     const { peer, input } = await pair();
     peer.end(Buffer.from([1, 2]));
     await expect(input.read(3)).rejects.toBeInstanceOf(ConnectionClosed);
+  });
+
+  it("with OwnReads (the socket's onread buffer, reused): every byte in order, straight into readInto's buffer or copied out before the next read", async () => {
+    const server = net.createServer();
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const accepted = new Promise<net.Socket>((resolve) => server.once("connection", resolve));
+    // A buffer smaller than the pieces read, so each spans several socket reads and every byte is copied out of it.
+    const reads = new OwnReads(7);
+    const socket = net.connect({ port: (server.address() as net.AddressInfo).port, host: "127.0.0.1", onread: reads.options });
+    const input = new SocketInput(socket, undefined, reads);
+    const peer = await accepted;
+    closers.push(() => {
+      peer.destroy();
+      socket.destroy();
+      server.close();
+    });
+    const sent = Buffer.alloc(3 * MiB + 123);
+    for (let i = 0; i < sent.length; i++) sent[i] = (i * 7 + (i >> 11)) & 0xff;
+    peer.write(sent);
+    const header = await input.read(5);
+    const body = new Uint8Array(2 * MiB);
+    await input.readInto(body);
+    const tail = new Uint8Array(sent.length - 5 - body.length - 10);
+    await input.readInto(tail);
+    const last = await input.read(10);
+    expect(Buffer.concat([header, body, tail, last]).equals(sent)).toBe(true);
+    // The peer ends before the rest arrives: the read fails, as with data events.
+    peer.end(Buffer.from([1, 2, 3]));
+    await expect(input.readInto(new Uint8Array(8))).rejects.toBeInstanceOf(ConnectionClosed);
   });
 });
