@@ -1,4 +1,5 @@
 import type { ChunkRef } from "../format/chunklist.js";
+import { bytesEqual } from "../util/bytes.js";
 import type { ExportInput } from "../sources/export-input.js";
 import type { ChangeMap } from "./change-map.js";
 
@@ -95,6 +96,5 @@ export class BitmapCheck {
 }
 
 function sameRef(a: ChunkRef, b: ChunkRef): boolean {
-  if (a === null || b === null) return a === b;
-  return Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+  return a === null || b === null ? a === b : bytesEqual(a, b);
 }

@@ -4,6 +4,7 @@ import path from "node:path";
 import type { CryptoSuite } from "../crypto/suite.js";
 import type { Secret } from "../crypto/secret.js";
 import type { ChunkRef } from "../format/chunklist.js";
+import { bytesEqual } from "../util/bytes.js";
 import { ensureDir } from "../util/fsx.js";
 import { processAlive } from "../util/process.js";
 
@@ -220,7 +221,7 @@ export class ChangeMap {
     }
     const at = (index - this.#first) * ID_BYTES;
     const id = this.#window.subarray(at, at + ID_BYTES);
-    return id.every((b) => b === 0) ? null : id.slice();
+    return bytesEqual(id, ZERO_ID) ? null : id.slice();
   }
 
   async close(): Promise<void> {

@@ -102,9 +102,9 @@ export async function backupChangedBlocks(repo: Repository, o: BackupOptions, vm
           const input = await job.input(disk.target);
           inputs.push(input);
           sizes.set(disk.target, input.size);
+          const entry = told.find((t) => t.target === disk.target);
           let base = previous.get(disk.target);
           if (base !== undefined && base.facts.size !== input.size) {
-            const entry = told.find((t) => t.target === disk.target);
             if (entry !== undefined) {
               delete entry.since;
               entry.reason = `its size changed (${base.facts.size} to ${input.size} bytes)`;
@@ -121,7 +121,6 @@ export async function backupChangedBlocks(repo: Repository, o: BackupOptions, vm
             ...(record === undefined ? {} : { changes: { previous: base, record, fullRead } }),
           });
           await input.close();
-          const entry = told.find((t) => t.target === disk.target);
           if (entry !== undefined && r.bitmapMisses !== undefined) entry.bitmapMisses = r.bitmapMisses;
           return r;
         })();

@@ -140,10 +140,11 @@ async function readDisk(
   const segment = Math.max(chunkSize, Math.floor((o.segmentBytes ?? DEFAULT_SEGMENT_BYTES) / chunkSize) * chunkSize);
   const free: Uint8Array[] = [];
   const zero = new Uint8Array(segment);
-  // Holes need no worker: an empty batch keeps their place in the sink's order.
+  // Chunks known without reading (holes, unchanged ones) need no worker: an empty batch keeps their place in the sink's order.
+  const submitKnown = (record: () => void): Promise<void> => sink.submit({ data: new Uint8Array(0), ranges: new Uint32Array(0), detectZero: true }, record);
   const submitHoles = async (n: number): Promise<void> => {
     await check?.holes(position, n);
-    await sink.submit({ data: new Uint8Array(0), ranges: new Uint32Array(0), detectZero: true }, () => list.pushZeros(n));
+    await submitKnown(() => list.pushZeros(n));
   };
   const shown = path.basename(file);
   let position = 0;
@@ -159,7 +160,7 @@ async function readDisk(
         const taken = await takeUnchanged(changes.previous, sink, position, run.end >= size ? size : Math.floor(run.end / chunkSize) * chunkSize, chunkSize);
         if (taken.length > 0) {
           sink.countKnown(taken.filter((ref) => ref !== null).length);
-          await sink.submit({ data: new Uint8Array(0), ranges: new Uint32Array(0), detectZero: true }, () => {
+          await submitKnown(() => {
             for (const ref of taken) list.push(ref);
           });
           const next = Math.min(size, position + taken.length * chunkSize);

@@ -2,8 +2,7 @@ import { promises as fsp } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { SourceError, UsageError, VaultError } from "../errors.js";
-import { processAlive } from "../util/process.js";
-import { blockDevices, virsh, VirshError } from "./libvirt.js";
+import { besideDisk, blockDevices, checkRunningDisks, ownerRuns, virsh, VirshError } from "./libvirt.js";
 import { ExportInput } from "./export-input.js";
 import { NbdClient } from "./nbd-client.js";
 
@@ -104,19 +103,15 @@ export class PullBackup {
     const running = await blockDevices(name, uri).catch((e: unknown) => {
       throw e instanceof VirshError ? new SourceError("E_SOURCE", `cannot list the disks of domain ${name}: ${e.message}`) : e;
     });
+    checkRunningDisks(name, running, new Map(disks.map((d) => [d.target, d.source])));
     for (const d of disks) {
-      const r = running.find((x) => x.target === d.target);
-      if (r === undefined) throw new SourceError("E_SOURCE", `domain ${name} runs without disk ${d.target} of its definition`, "back it up once its running devices match its definition (virsh domblklist)");
-      if (r.source !== d.source) throw new SourceError("E_SOURCE", `disk ${d.target} of domain ${name} runs on ${r.source}, its definition names ${d.source}`, "back it up once the running domain and its definition agree (virsh domblklist, virsh dumpxml --inactive)");
       if (d.type !== "file" && o.scratchDir === undefined) {
         throw new UsageError(`disk ${d.target} of domain ${name} is a ${d.type} device: the backup's scratch file cannot go beside it`, "give --overlay-dir DIR, a folder the hypervisor may write, with room for what the VM overwrites during the backup");
       }
     }
     await endLeftJob(name, uri);
     const socketDir = await privateSocketDir(disks[0]?.source);
-    const scratch = disks.map((d) =>
-      o.scratchDir === undefined ? `${d.source}.vmvault-scratch-${process.pid}-${o.token}` : path.join(o.scratchDir, `${name}-${d.target}.vmvault-scratch-${process.pid}-${o.token}`),
-    );
+    const scratch = disks.map((d) => besideDisk("scratch", d, { domain: name, token: o.token, dir: o.scratchDir }));
     const job = new PullBackup(name, uri, socketDir, scratch, new Map(disks.map((d) => [d.target, d])));
     const backupXml = [
       "<domainbackup mode='pull'>",
@@ -225,7 +220,7 @@ export async function endLeftJob(name: string, uri: string | undefined, o: { own
     throw new VaultError("E_LOCKED", `domain ${name} has a backup job of another program running`, { hint: `wait for it to end (virsh domjobinfo ${name}), or end it with virsh domjobabort ${name}` });
   }
   const pid = Number(m[1]);
-  if (pid === process.pid ? o.own !== true : processAlive(pid)) {
+  if (ownerRuns(pid, o.own === true)) {
     throw new VaultError("E_LOCKED", `another backup of domain ${name} is running (pid ${pid}): its backup job serves the disks`, { hint: "wait for it to finish and run the backup again" });
   }
   try {

@@ -28,10 +28,27 @@ const ACTIVE_STATES = new Set(["running", "paused"]);
  */
 const OVERLAY = /\.vmvault-overlay-([1-9][0-9]*)-[0-9a-f]{8}$/;
 
-/** Beside the image, or in overlayDir named after the domain and the disk's target. */
-function overlayPath(d: { target: string; source: string }, o: { domain: string; pid: number; token: string; overlayDir: string | undefined }): string {
-  const suffix = `.vmvault-overlay-${o.pid}-${o.token}`;
-  return o.overlayDir === undefined ? `${d.source}${suffix}` : `${o.overlayDir.replace(/\/+$/, "")}/${o.domain}-${d.target}${suffix}`;
+/**
+ * A file a live backup puts beside a disk while it reads it (kind: its overlay, or a backup
+ * job's scratch file): beside the image, or in dir named after the domain and the disk's target;
+ * named after the backup's process and a random token.
+ */
+export function besideDisk(kind: "overlay" | "scratch", d: { target: string; source: string }, o: { domain: string; token: string; dir: string | undefined }): string {
+  const suffix = `.vmvault-${kind}-${process.pid}-${o.token}`;
+  return o.dir === undefined ? `${d.source}${suffix}` : `${o.dir.replace(/\/+$/, "")}/${o.domain}-${d.target}${suffix}`;
+}
+
+/**
+ * Refuses a live backup of disks that do not run as the definition says: each disk it reads
+ * (images: the definition's image by target) must run on that image, and every one must run.
+ */
+export function checkRunningDisks(name: string, running: readonly BlockDevice[], images: ReadonlyMap<string, string>): void {
+  for (const d of running) {
+    const image = images.get(d.target);
+    if (image !== undefined && d.source !== image) throw new SourceError("E_SOURCE", `disk ${d.target} of domain ${name} runs on ${d.source}, its definition names ${image}`, "back it up once the running domain and its definition agree (virsh domblklist, virsh dumpxml --inactive)");
+  }
+  const missing = [...images.keys()].filter((t) => !running.some((d) => d.target === t));
+  if (missing.length > 0) throw new SourceError("E_SOURCE", `domain ${name} runs without disk ${missing.join(", ")} of its definition`, "back it up once its running devices match its definition (virsh domblklist)");
 }
 
 /** Runs virsh; its standard output, or the error it ended with (VirshError: what virsh said). */
@@ -91,6 +108,14 @@ async function commitOverlay(name: string, uri: string | undefined, target: stri
 }
 
 /**
+ * Whether the backup process pid, named by something a live backup left (an overlay, a job's
+ * socket folder), still runs; this process's counts as gone only with own (after a signal).
+ */
+export function ownerRuns(pid: number, own: boolean): boolean {
+  return pid === process.pid ? !own : processAlive(pid);
+}
+
+/**
  * Commits the overlays that live backups no longer running left on a running or paused domain
  * (killed, or the host lost power), so the domain runs on its own images again; refuses while
  * another live backup of the domain runs. With own, also this process's (after a signal).
@@ -101,7 +126,7 @@ export async function commitLeftOverlays(name: string, uri: string | undefined, 
   // Nothing is committed while a backup that owns an overlay still runs.
   for (const d of left) {
     const pid = Number(OVERLAY.exec(d.source)?.[1]);
-    if (pid === process.pid ? o.own !== true : processAlive(pid)) {
+    if (ownerRuns(pid, o.own === true)) {
       throw new VaultError("E_LOCKED", `another backup of domain ${name} is running (pid ${pid}): disk ${d.target} is on its overlay ${d.source}`, { hint: "wait for it to finish and run the backup again" });
     }
   }
@@ -219,20 +244,18 @@ export class LiveSnapshot {
     const overlays: { target: string; path: string }[] = [];
     const args = ["snapshot-create-as", "--domain", name, "--name", `vmvault-${process.pid}-${token}`, "--disk-only", "--atomic", "--no-metadata", ...(o.quiesce === true ? ["--quiesce"] : [])];
     try {
-      for (const d of await blockDevices(name, uri)) {
-        const image = images.get(d.target);
-        if (image !== undefined) {
-          if (d.source !== image) throw new SourceError("E_SOURCE", `disk ${d.target} of domain ${name} runs on ${d.source}, its definition names ${image}`, "back it up once the running domain and its definition agree (virsh domblklist, virsh dumpxml --inactive)");
+      const running = await blockDevices(name, uri);
+      checkRunningDisks(name, running, images);
+      for (const d of running) {
+        if (images.has(d.target)) {
           if (d.type !== "file" && o.overlayDir === undefined) {
             throw new UsageError(`disk ${d.target} of domain ${name} is a ${d.type} device: its overlay cannot go beside it`, "give --overlay-dir DIR, a folder the hypervisor may write, with room for what the VM writes during the backup");
           }
-          const path = overlayPath(d, { domain: name, pid: process.pid, token, overlayDir: o.overlayDir });
+          const path = besideDisk("overlay", d, { domain: name, token, dir: o.overlayDir });
           overlays.push({ target: d.target, path });
           args.push("--diskspec", diskspec([d.target, "snapshot=external", `file=${path}`]));
         } else args.push("--diskspec", diskspec([d.target, "snapshot=no"]));
       }
-      const missing = [...images.keys()].filter((t) => !overlays.some((x) => x.target === t));
-      if (missing.length > 0) throw new SourceError("E_SOURCE", `domain ${name} runs without disk ${missing.join(", ")} of its definition`, "back it up once its running devices match its definition (virsh domblklist)");
       await virsh(args, uri);
     } catch (e) {
       if (!(e instanceof VirshError)) throw e;
