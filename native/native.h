@@ -37,6 +37,9 @@ static inline const char *vmvault_errno_name(int e) {
     case EFAULT: return "EFAULT";
 #ifdef ENOTSUP
     case ENOTSUP: return "ENOTSUP";
+/* native/aead.c: xchachaEncrypt / xchachaDecrypt(key, nonce, input, ad, out) through the OpenSSL in Node.js, when it has one. */
+napi_status vmvault_register_aead(napi_env env, napi_value exports);
+
 #endif
     default: return "EIO";
   }
@@ -97,5 +100,8 @@ int vmvault_apply_xattrs(int fd, const char *path, const unsigned char *packed, 
 bool vmvault_xattr_fatal(int e);
 /* The answers of vmvault_apply_xattrs as JavaScript has them: one string per attribute, "" where set, else the errno name. */
 napi_value vmvault_xattr_answers(napi_env env, const int *errors, size_t count);
+
+/* native/aead.c: xchachaEncrypt / xchachaDecrypt(key, nonce, input, ad, out) through the OpenSSL in Node.js, when it has one. */
+napi_status vmvault_register_aead(napi_env env, napi_value exports);
 
 #endif

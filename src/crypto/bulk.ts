@@ -3,20 +3,23 @@ import { FasterChoice } from "./faster.js";
 import { loadSodium, type Sodium } from "./sodium.js";
 import { AEAD_TAG_BYTES, HASH_BYTES, SEAL_OVERHEAD } from "./suite.js";
 import { Secret } from "./secret.js";
+import { opensslAead, type AeadEngine, type AeadLibrary } from "./openssl-aead.js";
 
 /**
  * Bulk per-chunk cryptography: keyed BLAKE2b-256 chunk IDs and XChaCha20-Poly1305-IETF with a
  * caller-provided nonce, writing into caller-provided buffers. By default ("hybrid") the AEAD
- * runs in libsodium's native binding (sodium-native) and BLAKE2b in whichever of the native
+ * runs in the OpenSSL inside Node.js where vmvault's native helper has it (src/crypto/openssl-aead.ts),
+ * else in libsodium's native binding (sodium-native), and BLAKE2b in whichever of the native
  * binding and libsodium's WASM build (libsodium-wrappers) is faster on this processor, measured
  * on the first chunks (FasterChoice; docs/design.md §9); without the native binding everything
- * runs in WASM. All are the same library and give byte-identical output
- * (test/crypto/bulk.test.ts).
+ * runs in WASM. All give byte-identical output (test/crypto/bulk.test.ts).
  */
 export type BulkBackendName = "native" | "wasm" | "hybrid";
 
 export interface BulkCrypto {
   readonly backend: BulkBackendName;
+  /** The library running the AEAD. */
+  readonly aead: AeadLibrary;
   /** The library computing chunk IDs; undefined while a hybrid is still measuring both. */
   readonly chunkHasher: ChunkHasherName | undefined;
   /**
@@ -59,13 +62,55 @@ interface SodiumNative {
   crypto_sign_verify_detached(signature: Uint8Array, message: Uint8Array, publicKey: Uint8Array): boolean;
 }
 
-class NativeBulk implements BulkCrypto {
-  readonly backend: BulkBackendName = "native";
+/** libsodium's AEAD through its native binding, which cannot read or write shared memory. */
+class SodiumNativeAead implements AeadEngine {
+  readonly library = "libsodium";
   readonly #s: SodiumNative;
-  #input = new Uint8Array(0);
 
   constructor(s: SodiumNative) {
     this.#s = s;
+  }
+
+  encryptInto(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, ad: Uint8Array, out: Uint8Array): void {
+    if (out.length !== plaintext.length + AEAD_TAG_BYTES) throw new RangeError("bad output length");
+    this.#s.crypto_aead_xchacha20poly1305_ietf_encrypt(out, plaintext, ad, null, nonce, key);
+  }
+
+  decryptInto(key: Uint8Array, nonce: Uint8Array, ciphertext: Uint8Array, ad: Uint8Array, out: Uint8Array): boolean {
+    if (ciphertext.length < AEAD_TAG_BYTES || out.length !== ciphertext.length - AEAD_TAG_BYTES) return false;
+    try {
+      this.#s.crypto_aead_xchacha20poly1305_ietf_decrypt(out, null, ciphertext, ad, nonce, key);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+}
+
+/** Which library runs a native backend's AEAD: OpenSSL where it is available and agrees with libsodium ("auto"), or one fixed (tests). */
+export type AeadChoice = "auto" | AeadLibrary;
+
+function aeadEngine(s: SodiumNative, choice: AeadChoice): AeadEngine {
+  const sodium = new SodiumNativeAead(s);
+  if (choice === "libsodium") return sodium;
+  const openssl = opensslAead(sodium);
+  if (openssl === undefined && choice === "openssl") throw new Error("the native helper has no OpenSSL AEAD here");
+  return openssl ?? sodium;
+}
+
+class NativeBulk implements BulkCrypto {
+  readonly backend: BulkBackendName = "native";
+  readonly #s: SodiumNative;
+  readonly #aead: AeadEngine;
+  #input = new Uint8Array(0);
+
+  constructor(s: SodiumNative, aead: AeadEngine) {
+    this.#s = s;
+    this.#aead = aead;
+  }
+
+  get aead(): AeadLibrary {
+    return this.#aead.library;
   }
 
   get chunkHasher(): ChunkHasherName | undefined {
@@ -83,18 +128,11 @@ class NativeBulk implements BulkCrypto {
   }
 
   encryptInto(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, ad: Uint8Array, out: Uint8Array): void {
-    if (out.length !== plaintext.length + AEAD_TAG_BYTES) throw new RangeError("bad output length");
-    this.#s.crypto_aead_xchacha20poly1305_ietf_encrypt(out, plaintext, ad, null, nonce, key);
+    this.#aead.encryptInto(key, nonce, plaintext, ad, out);
   }
 
   decryptInto(key: Uint8Array, nonce: Uint8Array, ciphertext: Uint8Array, ad: Uint8Array, out: Uint8Array): boolean {
-    if (ciphertext.length < AEAD_TAG_BYTES || out.length !== ciphertext.length - AEAD_TAG_BYTES) return false;
-    try {
-      this.#s.crypto_aead_xchacha20poly1305_ietf_decrypt(out, null, ciphertext, ad, nonce, key);
-      return true;
-    } catch {
-      return false;
-    }
+    return this.#aead.decryptInto(key, nonce, ciphertext, ad, out);
   }
 
   equal(a: Uint8Array, b: Uint8Array): boolean {
@@ -104,6 +142,7 @@ class NativeBulk implements BulkCrypto {
 
 class WasmBulk implements BulkCrypto {
   readonly backend: BulkBackendName = "wasm";
+  readonly aead: AeadLibrary = "libsodium";
   readonly chunkHasher: ChunkHasherName = "wasm";
   readonly #s: Sodium;
 
@@ -208,8 +247,8 @@ class HybridBulk extends NativeBulk {
   /** 0: the WASM build, 1: the native binding. */
   readonly #choice = new FasterChoice();
 
-  constructor(native: SodiumNative, hasher: WasmChunkHasher, choice: ChunkHashChoice) {
-    super(native);
+  constructor(native: SodiumNative, aead: AeadEngine, hasher: WasmChunkHasher, choice: ChunkHashChoice) {
+    super(native, aead);
     this.#hasher = hasher;
     if (choice !== "auto") this.adoptChunkHasher(choice);
   }
@@ -255,22 +294,24 @@ export type BulkBackend = "native" | "wasm" | "hybrid" | "auto";
 /**
  * "auto": hybrid when the native binding loads, else WASM. "native", "wasm" and "hybrid" ask
  * for one backend (tests and benchmarks) and fail when it is not available. chunkHash fixes a
- * hybrid's chunk-ID hasher instead of measuring (tests and benchmarks).
+ * hybrid's chunk-ID hasher instead of measuring, aead the library of a native backend's AEAD
+ * (tests and benchmarks).
  */
-export async function loadBulkCrypto(backend: BulkBackend = "auto", o: { chunkHash?: ChunkHashChoice } = {}): Promise<BulkCrypto> {
+export async function loadBulkCrypto(backend: BulkBackend = "auto", o: { chunkHash?: ChunkHashChoice; aead?: AeadChoice } = {}): Promise<BulkCrypto> {
   if (backend === "wasm") return new WasmBulk(await loadSodium());
   const native = loadNative();
   if (native === undefined) {
     if (backend !== "auto") throw new Error("sodium-native is not available on this system");
     return new WasmBulk(await loadSodium());
   }
-  if (backend === "native") return new NativeBulk(native);
+  const aead = aeadEngine(native, o.aead ?? "auto");
+  if (backend === "native") return new NativeBulk(native, aead);
   const lib = rawLibsodium(await loadSodium());
   if (lib === undefined) {
     if (backend === "hybrid") throw new Error("the WASM build of libsodium does not expose its raw exports");
-    return new NativeBulk(native);
+    return new NativeBulk(native, aead);
   }
-  return new HybridBulk(native, new WasmChunkHasher(lib), o.chunkHash ?? "auto");
+  return new HybridBulk(native, aead, new WasmChunkHasher(lib), o.chunkHash ?? "auto");
 }
 
 /** libsodium's randombytes_buf through the native binding, when it loads (the WASM build draws 4 bytes per call). */
@@ -285,12 +326,13 @@ export function nativeRandomBytes(): ((length: number) => Uint8Array) | undefine
 }
 
 /**
- * XChaCha20-Poly1305 through the native binding, when it loads: CryptoSuite's AEAD for metadata
- * (index files, chunk lists, snapshots), 3-4 times the WASM build's speed with the same bytes.
+ * XChaCha20-Poly1305 through OpenSSL or the native binding (as the bulk AEAD), when the binding
+ * loads: CryptoSuite's AEAD for metadata (index files, chunk lists, snapshots), 3-4 times the
+ * WASM build's speed with the same bytes.
  */
 export function nativeAead(): BulkAead | undefined {
   const native = loadNative();
-  return native === undefined ? undefined : new NativeBulk(native);
+  return native === undefined ? undefined : aeadEngine(native, "auto");
 }
 
 /** Opening X25519 sealed boxes and verifying Ed25519 signatures: what reading metadata does once per object. */
