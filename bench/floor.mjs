@@ -259,7 +259,7 @@ out(`# vmvault's floor on this machine`);
 out();
 out(`- **Image:** ${opts.image}: ${(size / MIB).toFixed(1)} MiB, ${(dataBytes / MIB).toFixed(1)} MiB in non-zero ${CHUNK / 1024} KiB chunks, ${(storedBytes / MIB).toFixed(1)} MiB once sealed (${describe(COMPRESSION)})`);
 out(`- **Machine:** ${os.availableParallelism()} cores, ${processor()}; floors divide the work by ${opts.cores}`);
-out(`- **Bulk crypto:** ${bulk.backend}${bulk.chunkHasher === undefined ? "" : ` (chunk IDs through the ${bulk.chunkHasher === "native" ? "native binding" : "WASM build"}, the faster here)`}; start-up = wall time of \`vmvault snapshots\` (Node.js, the CLI, production Argon2id, opening the repository), median of 3: ${f2(startup)} s`);
+out(`- **Bulk crypto:** ${bulk.backend}${bulk.chunkHasher === undefined ? "" : ` (chunk IDs through the ${bulk.chunkHasher === "native" ? "native binding" : "WASM build"}, the faster here)`}, XChaCha20-Poly1305 through ${bulk.aead === "openssl" ? "the OpenSSL in Node.js" : "libsodium"}; start-up = wall time of \`vmvault snapshots\` (Node.js, the CLI, production Argon2id, opening the repository), median of 3: ${f2(startup)} s`);
 out(`- **Memory:** peak RSS of Node.js doing nothing: ${nodeAlone.toFixed(1)} MiB; of Node.js deriving one key with the production Argon2id parameters (${memoryKiB / 1024} MiB, ${passes} passes, ${parallelism} lanes) through the argon2 package and nothing else: ${argon2Alone.toFixed(1)} MiB (medians of 3). No vmvault command that unlocks a key slot can peak lower.`);
 out();
 out("| stage (one thread) | CPU s | MB/s of its input |");

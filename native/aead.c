@@ -6,6 +6,8 @@
  * it with the 12-byte nonce 0^4 || nonce[16..24). HChaCha20 is the ChaCha20 block function
  * without its final addition of the input state; OpenSSL's ChaCha20 with the 16-byte IV set to
  * nonce[0..16) computes that block with the addition, which is taken back word by word.
+ * The subkey and the block are wiped after each call; the two OpenSSL contexts (one per thread)
+ * hold the last key until the next call, and OpenSSL wipes them when the thread's environment ends.
  */
 #include <dlfcn.h>
 #include <pthread.h>

@@ -1,4 +1,4 @@
-import { nativeHelper } from "../util/native.js";
+import { nativeHelper, type NativeHelper } from "../util/native.js";
 import { fromHex } from "../util/bytes.js";
 import { AEAD_TAG_BYTES } from "./suite.js";
 
@@ -22,11 +22,8 @@ export interface AeadEngine {
 
 export type AeadLibrary = "openssl" | "libsodium";
 
-/** What the helper exports (native/aead.c); shared memory is read and written in place. */
-interface HelperAead {
-  xchachaEncrypt(key: Uint8Array, nonce: Uint8Array, input: Uint8Array, ad: Uint8Array, out: Uint8Array): boolean;
-  xchachaDecrypt(key: Uint8Array, nonce: Uint8Array, input: Uint8Array, ad: Uint8Array, out: Uint8Array): boolean;
-}
+/** The helper's two functions (NativeHelper's, present). */
+type HelperAead = Required<Pick<NativeHelper, "xchachaEncrypt" | "xchachaDecrypt">>;
 
 class OpensslAead implements AeadEngine {
   readonly library = "openssl";
@@ -58,9 +55,9 @@ let checked: OpensslAead | null | undefined;
 export function opensslAead(reference: AeadEngine): AeadEngine | undefined {
   if (checked !== undefined) return checked ?? undefined;
   checked = null;
-  const h = nativeHelper() as Partial<HelperAead> | null;
-  if (typeof h?.xchachaEncrypt !== "function" || typeof h.xchachaDecrypt !== "function") return undefined;
-  const engine = new OpensslAead(h as HelperAead);
+  const h = nativeHelper();
+  if (h?.xchachaEncrypt === undefined || h.xchachaDecrypt === undefined) return undefined;
+  const engine = new OpensslAead({ xchachaEncrypt: h.xchachaEncrypt.bind(h), xchachaDecrypt: h.xchachaDecrypt.bind(h) });
   try {
     if (agrees(engine, reference)) checked = engine;
   } catch {

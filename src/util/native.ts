@@ -57,6 +57,15 @@ export interface NativeHelper {
   listXattrs?(path: Buffer, follow: boolean): Buffer | null;
   /** Sets packed attributes on a file descriptor, or on a path without following it; answers as writeFileWhole does. */
   setXattrs?(target: number | Buffer, packed: Uint8Array): string[];
+  /**
+   * XChaCha20-Poly1305-IETF through the OpenSSL inside Node.js (native/aead.c): key 32 bytes,
+   * nonce 24, out exactly input + 16 bytes (encrypt) or input - 16 (decrypt); shared memory is
+   * read and written in place. Encrypting returns true (throws on failure); decrypting returns
+   * false, with out zeroed, when the input does not authenticate. Absent where Node.js has no
+   * OpenSSL 3 to look up, and from a helper built before it. Used through src/crypto/openssl-aead.ts.
+   */
+  xchachaEncrypt?(key: Uint8Array, nonce: Uint8Array, input: Uint8Array, ad: Uint8Array, out: Uint8Array): boolean;
+  xchachaDecrypt?(key: Uint8Array, nonce: Uint8Array, input: Uint8Array, ad: Uint8Array, out: Uint8Array): boolean;
   /** The page size cacheResidency counts in. */
   readonly pageSize?: number;
 }
