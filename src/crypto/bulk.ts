@@ -3,7 +3,7 @@ import { FasterChoice } from "./faster.js";
 import { loadSodium, type Sodium } from "./sodium.js";
 import { AEAD_TAG_BYTES, HASH_BYTES, SEAL_OVERHEAD } from "./suite.js";
 import { Secret } from "./secret.js";
-import { opensslAead, type AeadEngine, type AeadLibrary } from "./openssl-aead.js";
+import { aeadEngineOf, opensslAead, type AeadEngine, type AeadLibrary } from "./openssl-aead.js";
 
 /**
  * Bulk per-chunk cryptography: keyed BLAKE2b-256 chunk IDs and XChaCha20-Poly1305-IETF with a
@@ -63,35 +63,26 @@ interface SodiumNative {
 }
 
 /** libsodium's AEAD through its native binding, which cannot read or write shared memory. */
-class SodiumNativeAead implements AeadEngine {
-  readonly library = "libsodium";
-  readonly #s: SodiumNative;
-
-  constructor(s: SodiumNative) {
-    this.#s = s;
-  }
-
-  encryptInto(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, ad: Uint8Array, out: Uint8Array): void {
-    if (out.length !== plaintext.length + AEAD_TAG_BYTES) throw new RangeError("bad output length");
-    this.#s.crypto_aead_xchacha20poly1305_ietf_encrypt(out, plaintext, ad, null, nonce, key);
-  }
-
-  decryptInto(key: Uint8Array, nonce: Uint8Array, ciphertext: Uint8Array, ad: Uint8Array, out: Uint8Array): boolean {
-    if (ciphertext.length < AEAD_TAG_BYTES || out.length !== ciphertext.length - AEAD_TAG_BYTES) return false;
-    try {
-      this.#s.crypto_aead_xchacha20poly1305_ietf_decrypt(out, null, ciphertext, ad, nonce, key);
-      return true;
-    } catch {
-      return false;
-    }
-  }
+function sodiumNativeAead(s: SodiumNative): AeadEngine {
+  return aeadEngineOf(
+    "libsodium",
+    (key, nonce, plaintext, ad, out) => void s.crypto_aead_xchacha20poly1305_ietf_encrypt(out, plaintext, ad, null, nonce, key),
+    (key, nonce, ciphertext, ad, out) => {
+      try {
+        s.crypto_aead_xchacha20poly1305_ietf_decrypt(out, null, ciphertext, ad, nonce, key);
+        return true;
+      } catch {
+        return false;
+      }
+    },
+  );
 }
 
 /** Which library runs a native backend's AEAD: OpenSSL where it is available and agrees with libsodium ("auto"), or one fixed (tests). */
 export type AeadChoice = "auto" | AeadLibrary;
 
 function aeadEngine(s: SodiumNative, choice: AeadChoice): AeadEngine {
-  const sodium = new SodiumNativeAead(s);
+  const sodium = sodiumNativeAead(s);
   if (choice === "libsodium") return sodium;
   const openssl = opensslAead(sodium);
   if (openssl === undefined && choice === "openssl") throw new Error("the native helper has no OpenSSL AEAD here");

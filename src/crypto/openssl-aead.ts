@@ -1,4 +1,4 @@
-import { nativeHelper, type NativeHelper } from "../util/native.js";
+import { nativeHelper } from "../util/native.js";
 import { fromHex } from "../util/bytes.js";
 import { AEAD_TAG_BYTES } from "./suite.js";
 
@@ -22,29 +22,30 @@ export interface AeadEngine {
 
 export type AeadLibrary = "openssl" | "libsodium";
 
-/** The helper's two functions (NativeHelper's, present). */
-type HelperAead = Required<Pick<NativeHelper, "xchachaEncrypt" | "xchachaDecrypt">>;
-
-class OpensslAead implements AeadEngine {
-  readonly library = "openssl";
-  readonly #h: HelperAead;
-
-  constructor(h: HelperAead) {
-    this.#h = h;
-  }
-
-  encryptInto(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, ad: Uint8Array, out: Uint8Array): void {
-    if (out.length !== plaintext.length + AEAD_TAG_BYTES) throw new RangeError("bad output length");
-    this.#h.xchachaEncrypt(key, nonce, plaintext, ad, out);
-  }
-
-  decryptInto(key: Uint8Array, nonce: Uint8Array, ciphertext: Uint8Array, ad: Uint8Array, out: Uint8Array): boolean {
-    if (ciphertext.length < AEAD_TAG_BYTES || out.length !== ciphertext.length - AEAD_TAG_BYTES) return false;
-    return this.#h.xchachaDecrypt(key, nonce, ciphertext, ad, out);
-  }
+/**
+ * An engine from a library's two calls, with the length checks both need: encrypt writes
+ * ciphertext || tag into out (exactly the input + 16 bytes), decrypt answers whether the input
+ * authenticated (out exactly the input - 16 bytes; a shorter input never reaches it).
+ */
+export function aeadEngineOf(
+  library: AeadLibrary,
+  encrypt: (key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, ad: Uint8Array, out: Uint8Array) => void,
+  decrypt: (key: Uint8Array, nonce: Uint8Array, ciphertext: Uint8Array, ad: Uint8Array, out: Uint8Array) => boolean,
+): AeadEngine {
+  return {
+    library,
+    encryptInto(key, nonce, plaintext, ad, out) {
+      if (out.length !== plaintext.length + AEAD_TAG_BYTES) throw new RangeError("bad output length");
+      encrypt(key, nonce, plaintext, ad, out);
+    },
+    decryptInto(key, nonce, ciphertext, ad, out) {
+      if (ciphertext.length < AEAD_TAG_BYTES || out.length !== ciphertext.length - AEAD_TAG_BYTES) return false;
+      return decrypt(key, nonce, ciphertext, ad, out);
+    },
+  };
 }
 
-let checked: OpensslAead | null | undefined;
+let checked: AeadEngine | null | undefined;
 
 /**
  * The OpenSSL engine, or undefined where the helper lacks it (not built, built before it, or a
@@ -57,7 +58,7 @@ export function opensslAead(reference: AeadEngine): AeadEngine | undefined {
   checked = null;
   const h = nativeHelper();
   if (h?.xchachaEncrypt === undefined || h.xchachaDecrypt === undefined) return undefined;
-  const engine = new OpensslAead({ xchachaEncrypt: h.xchachaEncrypt.bind(h), xchachaDecrypt: h.xchachaDecrypt.bind(h) });
+  const engine = aeadEngineOf("openssl", h.xchachaEncrypt.bind(h), h.xchachaDecrypt.bind(h));
   try {
     if (agrees(engine, reference)) checked = engine;
   } catch {
