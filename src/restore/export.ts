@@ -1,4 +1,4 @@
-import net from "node:net";
+import type net from "node:net";
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { IntegrityError, NotFoundError, StorageError, UsageError, type Damage } from "../errors.js";
@@ -178,7 +178,7 @@ function checkAddress(a: ExportAddress, allowRemote: boolean, tls: boolean): voi
     return;
   }
   if (!Number.isInteger(a.port) || a.port < 0 || a.port > 65535) throw new UsageError(`port ${a.port} is not a port number (0 to 65535; 0 picks a free one)`);
-  if (net.isIP(a.host) === 0 && a.host !== "localhost") throw new UsageError(`${a.host} is not an IP address to listen on`, "give an address such as 127.0.0.1 or ::1");
+  if (process.getBuiltinModule("node:net").isIP(a.host) === 0 && a.host !== "localhost") throw new UsageError(`${a.host} is not an IP address to listen on`, "give an address such as 127.0.0.1 or ::1");
   if (allowRemote || isLoopback(a.host)) return;
   if (tls) {
     throw new UsageError(`${a.host} is not a loopback address: pass --allow-remote to serve the disks on the network`, "with --tls-psk-file only clients holding a key of its file connect, and the disks cross the network encrypted");

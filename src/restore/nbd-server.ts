@@ -1,4 +1,4 @@
-import net from "node:net";
+import type net from "node:net";
 import { IntegrityError } from "../errors.js";
 import type { ExportedDisk } from "./disk-reader.js";
 import * as P from "../sources/nbd-protocol.js";
@@ -79,7 +79,7 @@ export class NbdServer {
   constructor(disks: readonly ExportedDisk[], o: NbdServerOptions = {}) {
     this.#disks = new Map(disks.map((d) => [d.name, d]));
     this.#o = o;
-    this.#server = net.createServer((socket) => this.#accept(socket));
+    this.#server = process.getBuiltinModule("node:net").createServer((socket) => this.#accept(socket));
   }
 
   /** Listens on a TCP address or a Unix socket path; resolves with the address actually bound. */

@@ -1,5 +1,5 @@
 import type { Socket } from "node:net";
-import tls from "node:tls";
+import type tls from "node:tls";
 import { UsageError } from "../errors.js";
 
 /**
@@ -54,9 +54,10 @@ export function startTls(socket: Socket, keys: PskKeys): Promise<TlsSession> {
   let identity: string | undefined;
   // The TLS socket takes over the connection and reports its failures; the plain one stays quiet.
   socket.on("error", () => undefined);
-  const secure = new tls.TLSSocket(socket, {
+  const { TLSSocket, createSecureContext } = process.getBuiltinModule("node:tls");
+  const secure = new TLSSocket(socket, {
     isServer: true,
-    secureContext: tls.createSecureContext({ minVersion: "TLSv1.2", ciphers: "ECDHE-PSK-CHACHA20-POLY1305:ECDHE-PSK-AES256-CBC-SHA384:DHE-PSK-AES256-GCM-SHA384:DHE-PSK-CHACHA20-POLY1305" }),
+    secureContext: createSecureContext({ minVersion: "TLSv1.2", ciphers: "ECDHE-PSK-CHACHA20-POLY1305:ECDHE-PSK-AES256-CBC-SHA384:DHE-PSK-AES256-GCM-SHA384:DHE-PSK-CHACHA20-POLY1305" }),
     pskCallback: (_s: tls.TLSSocket, id: string) => {
       named = id;
       const key = keys.get(id);

@@ -7,7 +7,7 @@
  * call rejects with an NbdProtocolError that names the problem. An error the server answers
  * one request with (an errno) rejects that request alone, with an NbdError.
  */
-import net from "node:net";
+import type net from "node:net";
 import { OwnReads, SocketInput, writeAll } from "../util/socket-io.js";
 import { NBD_SOCKET_ERRORS, NbdConnectionError, NbdError, NbdProtocolError } from "./nbd-errors.js";
 import { CLOSE_MS, connected, handshake, type NbdExportInfo, type Negotiated } from "./nbd-handshake.js";
@@ -103,7 +103,9 @@ export class NbdClient {
     signal?.throwIfAborted();
     // Replies are read into one buffer of the client's own: no buffer allocated per socket read.
     const reads = new OwnReads();
-    const socket = "path" in address ? net.connect({ path: address.path, onread: reads.options }) : net.connect({ host: address.host, port: address.port, onread: reads.options });
+    // node:net is loaded with the first connection, not with the CLI (see s3-client.ts).
+    const { connect } = process.getBuiltinModule("node:net");
+    const socket = "path" in address ? connect({ path: address.path, onread: reads.options }) : connect({ host: address.host, port: address.port, onread: reads.options });
     const input = new SocketInput(socket, NBD_SOCKET_ERRORS, reads);
     const where = "path" in address ? address.path : `${address.host}:${address.port}`;
     const exportName = o.exportName ?? "";

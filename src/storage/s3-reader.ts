@@ -1,6 +1,6 @@
 import { createHash, createHmac } from "node:crypto";
-import http from "node:http";
-import https from "node:https";
+import type http from "node:http";
+import type https from "node:https";
 import { createRequire } from "node:module";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { SignatureV4 } from "@smithy/signature-v4";
@@ -100,7 +100,7 @@ export class S3Reader {
     const headers: Record<string, string> = { host: base.host, "x-amz-content-sha256": "UNSIGNED-PAYLOAD" };
     if (range !== undefined) headers["range"] = `bytes=${range.offset}-${range.offset + range.length - 1}`;
     const signed = await this.#signer.sign({ method: "GET", protocol: base.protocol, hostname: base.hostname, ...(base.port === "" ? {} : { port: Number(base.port) }), path, query: {}, headers });
-    const client = base.protocol === "https:" ? https : http;
+    const client = (base.protocol === "https:" ? process.getBuiltinModule("node:https") : process.getBuiltinModule("node:http")) as typeof http;
     return new Promise((resolve, reject) => {
       const req = client.request({ agent: this.#o.agent, method: "GET", host: base.hostname, port: base.port, path, headers: signed.headers });
       const fail = (e: Error): void => {
