@@ -96,7 +96,7 @@ static int xchacha(aead_ctx *c, int enc, const unsigned char *key, const unsigne
   rc = 0;
 done:
   ossl.cleanse(sub, sizeof sub);
-  if (rc != 0 && !enc) memset(out, 0, mlen);
+  if (rc != 0 && !enc && mlen > 0) memset(out, 0, mlen);
   return rc;
 }
 
@@ -131,6 +131,11 @@ static napi_value run(napi_env env, napi_callback_info info, int enc) {
   }
   if (keylen != 32 || noncelen != 24 || (enc ? outlen != inlen + 16 : (inlen < 16 || outlen != inlen - 16))) {
     napi_throw_range_error(env, NULL, "bad key, nonce or output length");
+    return NULL;
+  }
+  /* In place (the same start) works, as with libsodium; a shifted overlap would read bytes already written. */
+  if (in != out && outlen > 0 && inlen > 0 && in < out + outlen && out < in + inlen) {
+    napi_throw_range_error(env, NULL, "input and output overlap");
     return NULL;
   }
   int rc = xchacha(c, enc, key, nonce, in, inlen, ad, adlen, out);

@@ -121,6 +121,17 @@ describe("OpenSSL XChaCha20-Poly1305", () => {
     expect(() => h.xchachaEncrypt(new Uint8Array(32), new Uint8Array(24), "text", ad, new Uint8Array(26))).toThrow(TypeError);
     expect(() => h.xchachaEncrypt(new Uint8Array(32), new Uint8Array(24), new Uint16Array(5), ad, new Uint8Array(26))).toThrow(TypeError);
     expect(() => h.xchachaEncrypt(new Uint8Array(32), new Uint8Array(24), pt, ad)).toThrow(TypeError);
+    // In place works; a shifted overlap is refused.
+    const key = randomBytes(32);
+    const nonce = randomBytes(24);
+    const shared = new Uint8Array(200);
+    const message = randomBytes(100);
+    shared.set(message);
+    expect(() => h.xchachaEncrypt(key, nonce, shared.subarray(0, 100), ad, shared.subarray(50, 166))).toThrow(/overlap/);
+    const sealedMessage = sealed(engine, key, nonce, message, ad);
+    shared.set(sealedMessage);
+    expect(h.xchachaDecrypt(key, nonce, shared.subarray(0, 116), ad, shared.subarray(0, 100))).toBe(true);
+    expect(toHex(shared.subarray(0, 100))).toBe(toHex(message));
   });
 
   it("the load-time check rejects an engine that disagrees with libsodium or accepts a forged tag", () => {
