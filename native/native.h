@@ -37,9 +37,6 @@ static inline const char *vmvault_errno_name(int e) {
     case EFAULT: return "EFAULT";
 #ifdef ENOTSUP
     case ENOTSUP: return "ENOTSUP";
-/* native/aead.c: xchachaEncrypt / xchachaDecrypt(key, nonce, input, ad, out) through the OpenSSL in Node.js, when it has one. */
-napi_status vmvault_register_aead(napi_env env, napi_value exports);
-
 #endif
     default: return "EIO";
   }

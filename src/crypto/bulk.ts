@@ -137,9 +137,22 @@ class WasmBulk implements BulkCrypto {
   readonly aead: AeadLibrary = "libsodium";
   readonly chunkHasher: ChunkHasherName = "wasm";
   readonly #s: Sodium;
+  readonly #aead: AeadEngine;
 
   constructor(s: Sodium) {
     this.#s = s;
+    this.#aead = aeadEngineOf(
+      "libsodium",
+      (key, nonce, plaintext, ad, out) => out.set(s.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, ad, null, nonce, key), 0),
+      (key, nonce, ciphertext, ad, out) => {
+        try {
+          out.set(s.crypto_aead_xchacha20poly1305_ietf_decrypt(null, ciphertext, ad, nonce, key), 0);
+          return true;
+        } catch {
+          return false;
+        }
+      },
+    );
   }
 
   chunkId(key: Uint8Array, data: Uint8Array, out: Uint8Array): void {
@@ -147,18 +160,11 @@ class WasmBulk implements BulkCrypto {
   }
 
   encryptInto(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, ad: Uint8Array, out: Uint8Array): void {
-    if (out.length !== plaintext.length + AEAD_TAG_BYTES) throw new RangeError("bad output length");
-    out.set(this.#s.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, ad, null, nonce, key), 0);
+    this.#aead.encryptInto(key, nonce, plaintext, ad, out);
   }
 
   decryptInto(key: Uint8Array, nonce: Uint8Array, ciphertext: Uint8Array, ad: Uint8Array, out: Uint8Array): boolean {
-    if (ciphertext.length < AEAD_TAG_BYTES || out.length !== ciphertext.length - AEAD_TAG_BYTES) return false;
-    try {
-      out.set(this.#s.crypto_aead_xchacha20poly1305_ietf_decrypt(null, ciphertext, ad, nonce, key), 0);
-      return true;
-    } catch {
-      return false;
-    }
+    return this.#aead.decryptInto(key, nonce, ciphertext, ad, out);
   }
 
   equal(a: Uint8Array, b: Uint8Array): boolean {

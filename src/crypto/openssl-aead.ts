@@ -1,5 +1,5 @@
 import { nativeHelper } from "../util/native.js";
-import { fromHex } from "../util/bytes.js";
+import { bytesEqual, fromHex } from "../util/bytes.js";
 import { AEAD_TAG_BYTES } from "./suite.js";
 
 /**
@@ -16,7 +16,7 @@ export interface AeadEngine {
   readonly library: AeadLibrary;
   /** Encrypts plaintext into out (exactly plaintext.length + 16 bytes): ciphertext || tag. */
   encryptInto(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, ad: Uint8Array, out: Uint8Array): void;
-  /** Decrypts ciphertext || tag into out (exactly ciphertext.length - 16 bytes); false, with out zeroed, when it does not authenticate. */
+  /** Decrypts ciphertext || tag into out (exactly ciphertext.length - 16 bytes); false when it does not authenticate, out then holding no plaintext (OpenSSL and the native binding zero it, the WASM build leaves it as it was). */
   decryptInto(key: Uint8Array, nonce: Uint8Array, ciphertext: Uint8Array, ad: Uint8Array, out: Uint8Array): boolean;
 }
 
@@ -78,9 +78,9 @@ export function agrees(engine: AeadEngine, reference: AeadEngine): boolean {
   const theirs = new Uint8Array(message.length + AEAD_TAG_BYTES);
   engine.encryptInto(key, nonce, message, ad, ours);
   reference.encryptInto(key, nonce, message, ad, theirs);
-  if (!ours.every((b, i) => b === theirs[i])) return false;
+  if (!bytesEqual(ours, theirs)) return false;
   const back = new Uint8Array(message.length);
-  if (!engine.decryptInto(key, nonce, theirs, ad, back) || !back.every((b, i) => b === message[i])) return false;
+  if (!engine.decryptInto(key, nonce, theirs, ad, back) || !bytesEqual(back, message)) return false;
   theirs[theirs.length - 1]! ^= 1;
   return !engine.decryptInto(key, nonce, theirs, ad, back) && back.every((b) => b === 0);
 }

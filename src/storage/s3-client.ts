@@ -39,8 +39,8 @@ export function openS3(at: S3Location, a: S3Access): { client: S3Client; direct:
     );
   }
   // Loaded here, not with the CLI: every command would load them while Argon2id runs (1.4 MiB, 10 ms).
-  const { Agent: HttpAgent } = process.getBuiltinModule("node:http") as typeof http;
-  const { Agent: HttpsAgent } = process.getBuiltinModule("node:https") as typeof https;
+  const { Agent: HttpAgent } = process.getBuiltinModule("node:http");
+  const { Agent: HttpsAgent } = process.getBuiltinModule("node:https");
   const { createSecureContext, rootCertificates } = process.getBuiltinModule("node:tls");
   let ca: string[] | undefined;
   if (a.caBundle !== undefined) {

@@ -78,9 +78,12 @@ export interface S3ReaderInit {
 export class S3Reader {
   readonly #o: S3ReaderInit;
   readonly #signer: SignatureV4;
+  /** Node.js's client for the base URL's protocol, loaded with the first reader, not with the CLI (see s3-client.ts). */
+  readonly #client: Pick<typeof http, "request">;
 
   constructor(o: S3ReaderInit) {
     this.#o = o;
+    this.#client = o.base.protocol === "https:" ? process.getBuiltinModule("node:https") : process.getBuiltinModule("node:http");
     signerModule ??= createRequire(import.meta.url)("@smithy/signature-v4") as Signer;
     this.#signer = new signerModule.SignatureV4({ credentials: o.credentials, region: o.region, service: "s3", sha256: NodeSha256, uriEscapePath: false });
   }
@@ -100,9 +103,8 @@ export class S3Reader {
     const headers: Record<string, string> = { host: base.host, "x-amz-content-sha256": "UNSIGNED-PAYLOAD" };
     if (range !== undefined) headers["range"] = `bytes=${range.offset}-${range.offset + range.length - 1}`;
     const signed = await this.#signer.sign({ method: "GET", protocol: base.protocol, hostname: base.hostname, ...(base.port === "" ? {} : { port: Number(base.port) }), path, query: {}, headers });
-    const client = (base.protocol === "https:" ? process.getBuiltinModule("node:https") : process.getBuiltinModule("node:http")) as typeof http;
     return new Promise((resolve, reject) => {
-      const req = client.request({ agent: this.#o.agent, method: "GET", host: base.hostname, port: base.port, path, headers: signed.headers });
+      const req = this.#client.request({ agent: this.#o.agent, method: "GET", host: base.hostname, port: base.port, path, headers: signed.headers });
       const fail = (e: Error): void => {
         req.destroy();
         reject(e);
