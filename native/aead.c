@@ -23,6 +23,16 @@ typedef struct evp_cipher_ctx_st EVP_CIPHER_CTX;
 #define CTRL_AEAD_GET_TAG 0x10
 #define CTRL_AEAD_SET_TAG 0x11
 
+typedef struct evp_mac_st EVP_MAC;
+typedef struct evp_mac_ctx_st EVP_MAC_CTX;
+typedef struct {
+  const char *key;
+  unsigned int data_type;
+  void *data;
+  size_t data_size;
+  size_t return_size;
+} OSSL_PARAM;
+
 static struct {
   EVP_CIPHER *(*fetch)(void *, const char *, const char *);
   EVP_CIPHER_CTX *(*ctx_new)(void);
@@ -35,14 +45,28 @@ static struct {
   EVP_CIPHER *chacha;
   EVP_CIPHER *aead;
   int ready;
+  /* Keyed BLAKE2b (BLAKE2BMAC) and a constant-time compare, for the pipeline's tasks (native/tasks.c). */
+  EVP_MAC *(*mac_fetch)(void *, const char *, const char *);
+  EVP_MAC_CTX *(*mac_ctx_new)(EVP_MAC *);
+  void (*mac_ctx_free)(EVP_MAC_CTX *);
+  int (*mac_set_params)(EVP_MAC_CTX *, const OSSL_PARAM *);
+  int (*mac_init)(EVP_MAC_CTX *, const unsigned char *, size_t, const OSSL_PARAM *);
+  int (*mac_update)(EVP_MAC_CTX *, const unsigned char *, size_t);
+  int (*mac_final)(EVP_MAC_CTX *, unsigned char *, size_t *, size_t);
+  OSSL_PARAM (*param_size_t)(const char *, size_t *);
+  OSSL_PARAM (*param_end)(void);
+  int (*memcmp)(const void *, const void *, size_t);
+  EVP_MAC *blake2b;
+  int mac_ready;
 } ossl;
 
 static pthread_once_t ossl_once = PTHREAD_ONCE_INIT;
 
-typedef struct {
+struct vmvault_aead_ctx {
   EVP_CIPHER_CTX *block;
   EVP_CIPHER_CTX *aead;
-} aead_ctx;
+};
+typedef vmvault_aead_ctx aead_ctx;
 
 /* Looks the functions up in the process (Node.js exports OpenSSL's), once for every thread. */
 static void ossl_load(void) {
@@ -55,10 +79,22 @@ static void ossl_load(void) {
   SYM(final, "EVP_CipherFinal_ex");
   SYM(ctrl, "EVP_CIPHER_CTX_ctrl");
   SYM(cleanse, "OPENSSL_cleanse");
-#undef SYM
   ossl.chacha = ossl.fetch(NULL, "ChaCha20", NULL);
   ossl.aead = ossl.fetch(NULL, "ChaCha20-Poly1305", NULL);
   ossl.ready = ossl.chacha != NULL && ossl.aead != NULL;
+  SYM(mac_fetch, "EVP_MAC_fetch");
+  SYM(mac_ctx_new, "EVP_MAC_CTX_new");
+  SYM(mac_ctx_free, "EVP_MAC_CTX_free");
+  SYM(mac_set_params, "EVP_MAC_CTX_set_params");
+  SYM(mac_init, "EVP_MAC_init");
+  SYM(mac_update, "EVP_MAC_update");
+  SYM(mac_final, "EVP_MAC_final");
+  SYM(param_size_t, "OSSL_PARAM_construct_size_t");
+  SYM(param_end, "OSSL_PARAM_construct_end");
+  SYM(memcmp, "CRYPTO_memcmp");
+#undef SYM
+  ossl.blake2b = ossl.mac_fetch(NULL, "BLAKE2BMAC", NULL);
+  ossl.mac_ready = ossl.blake2b != NULL;
 }
 
 static uint32_t le32(const unsigned char *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
@@ -77,8 +113,7 @@ static int hchacha20(aead_ctx *c, const unsigned char *key, const unsigned char 
   return 0;
 }
 
-/* One XChaCha20-Poly1305 operation; returns 0, or -1 (failure or, decrypting, a tag that does not match). */
-static int xchacha(aead_ctx *c, int enc, const unsigned char *key, const unsigned char *nonce, const unsigned char *in, size_t inlen,
+int vmvault_xchacha(aead_ctx *c, int enc, const unsigned char *key, const unsigned char *nonce, const unsigned char *in, size_t inlen,
                    const unsigned char *ad, size_t adlen, unsigned char *out) {
   unsigned char sub[32];
   unsigned char iv[12] = {0};
@@ -100,12 +135,69 @@ done:
   return rc;
 }
 
-static void free_ctx(void *data) {
-  aead_ctx *c = data;
+void vmvault_aead_free(vmvault_aead_ctx *c) {
+  if (c == NULL) return;
   if (c->block != NULL) ossl.ctx_free(c->block);
   if (c->aead != NULL) ossl.ctx_free(c->aead);
   free(c);
 }
+
+static void free_ctx(void *data) { vmvault_aead_free(data); }
+
+int vmvault_ossl_aead(void) { return pthread_once(&ossl_once, ossl_load) == 0 && ossl.ready; }
+
+vmvault_aead_ctx *vmvault_aead_new(void) {
+  if (!vmvault_ossl_aead()) return NULL;
+  aead_ctx *c = calloc(1, sizeof *c);
+  if (c == NULL) return NULL;
+  c->block = ossl.ctx_new();
+  c->aead = ossl.ctx_new();
+  if (c->block == NULL || c->aead == NULL || !ossl.init(c->block, ossl.chacha, NULL, NULL, NULL, 1) || !ossl.init(c->aead, ossl.aead, NULL, NULL, NULL, 1)) {
+    vmvault_aead_free(c);
+    return NULL;
+  }
+  return c;
+}
+
+void vmvault_aead_scrub(vmvault_aead_ctx *c) {
+  static const unsigned char zeros[32];
+  ossl.init(c->block, NULL, NULL, zeros, zeros, 1);
+  ossl.init(c->aead, NULL, NULL, zeros, zeros, 1);
+}
+
+int vmvault_ossl_mac(void) { return vmvault_ossl_aead() && ossl.mac_ready; }
+
+void *vmvault_blake2b_new(void) {
+  if (!vmvault_ossl_mac()) return NULL;
+  EVP_MAC_CTX *m = ossl.mac_ctx_new(ossl.blake2b);
+  if (m == NULL) return NULL;
+  size_t size = 32;
+  OSSL_PARAM params[2] = {ossl.param_size_t("size", &size), ossl.param_end()};
+  if (!ossl.mac_set_params(m, params)) {
+    ossl.mac_ctx_free(m);
+    return NULL;
+  }
+  return m;
+}
+
+void vmvault_blake2b_free(void *m) {
+  if (m != NULL) ossl.mac_ctx_free(m);
+}
+
+int vmvault_blake2b(void *m, const unsigned char *key, const unsigned char *in, size_t inlen, unsigned char *out) {
+  size_t outlen = 0;
+  if (!ossl.mac_init(m, key, 32, NULL) || !ossl.mac_update(m, in, inlen) || !ossl.mac_final(m, out, &outlen, 32) || outlen != 32) return -1;
+  return 0;
+}
+
+void vmvault_blake2b_scrub(void *m) {
+  static const unsigned char zeros[32];
+  ossl.mac_init(m, zeros, 32, NULL);
+}
+
+int vmvault_equal32(const unsigned char *a, const unsigned char *b) { return ossl.memcmp(a, b, 32) == 0; }
+
+void vmvault_cleanse(void *p, size_t n) { ossl.cleanse(p, n); }
 
 static int view(napi_env env, napi_value v, unsigned char **data, size_t *length) {
   napi_typedarray_type type;
@@ -138,7 +230,7 @@ static napi_value run(napi_env env, napi_callback_info info, int enc) {
     napi_throw_range_error(env, NULL, "input and output overlap");
     return NULL;
   }
-  int rc = xchacha(c, enc, key, nonce, in, inlen, ad, adlen, out);
+  int rc = vmvault_xchacha(c, enc, key, nonce, in, inlen, ad, adlen, out);
   if (rc != 0 && enc) {
     napi_throw_error(env, NULL, "encryption failed");
     return NULL;
@@ -151,15 +243,8 @@ static napi_value encrypt(napi_env env, napi_callback_info info) { return run(en
 static napi_value decrypt(napi_env env, napi_callback_info info) { return run(env, info, 0); }
 
 napi_status vmvault_register_aead(napi_env env, napi_value exports) {
-  if (pthread_once(&ossl_once, ossl_load) != 0 || !ossl.ready) return napi_ok;
-  aead_ctx *c = calloc(1, sizeof *c);
+  aead_ctx *c = vmvault_aead_new();
   if (c == NULL) return napi_ok;
-  c->block = ossl.ctx_new();
-  c->aead = ossl.ctx_new();
-  if (c->block == NULL || c->aead == NULL || !ossl.init(c->block, ossl.chacha, NULL, NULL, NULL, 1) || !ossl.init(c->aead, ossl.aead, NULL, NULL, NULL, 1)) {
-    free_ctx(c);
-    return napi_ok;
-  }
   napi_status s = napi_add_env_cleanup_hook(env, free_ctx, c);
   if (s != napi_ok) {
     free_ctx(c);

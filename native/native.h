@@ -101,4 +101,30 @@ napi_value vmvault_xattr_answers(napi_env env, const int *errors, size_t count);
 /* native/aead.c: xchachaEncrypt / xchachaDecrypt(key, nonce, input, ad, out) through the OpenSSL in Node.js, when it has one. */
 napi_status vmvault_register_aead(napi_env env, napi_value exports);
 
+/*
+ * The same OpenSSL for other files of the helper (native/tasks.c). vmvault_ossl_aead/_mac: whether
+ * the functions are there (looked up once per process). A context per thread: vmvault_aead_new
+ * (NULL without them), vmvault_xchacha (0, or -1: failure or, decrypting, a tag that does not
+ * match; out zeroed then), vmvault_aead_scrub (replaces the last key in the context by zeros).
+ * vmvault_blake2b: keyed BLAKE2b-256 (32-byte key) through OpenSSL's BLAKE2BMAC, 0 on success.
+ * vmvault_equal32: constant-time comparison of 32 bytes (CRYPTO_memcmp).
+ */
+typedef struct vmvault_aead_ctx vmvault_aead_ctx;
+int vmvault_ossl_aead(void);
+int vmvault_ossl_mac(void);
+vmvault_aead_ctx *vmvault_aead_new(void);
+void vmvault_aead_free(vmvault_aead_ctx *c);
+void vmvault_aead_scrub(vmvault_aead_ctx *c);
+int vmvault_xchacha(vmvault_aead_ctx *c, int enc, const unsigned char *key, const unsigned char *nonce, const unsigned char *in, size_t inlen,
+                    const unsigned char *ad, size_t adlen, unsigned char *out);
+void *vmvault_blake2b_new(void);
+void vmvault_blake2b_free(void *m);
+void vmvault_blake2b_scrub(void *m);
+int vmvault_blake2b(void *m, const unsigned char *key, const unsigned char *in, size_t inlen, unsigned char *out);
+int vmvault_equal32(const unsigned char *a, const unsigned char *b);
+void vmvault_cleanse(void *p, size_t n);
+
+/* native/tasks.c: scanChunks, sealChunks, openChunks: the pipeline's batch tasks on the thread pool (when OpenSSL has what they need). */
+napi_status vmvault_register_tasks(napi_env env, napi_value exports);
+
 #endif

@@ -112,6 +112,8 @@ export interface BackupOptions {
 /** How the pipeline behaved: the bounds it kept. */
 export interface PipelineStats {
   readonly workers: number;
+  /** Where chunks were hashed, compressed and encrypted (WorkerPool.engine). */
+  readonly engine: "native" | "js";
   readonly maxBatchesInFlight: number;
   readonly maxQueuedTasks: number;
   readonly maxPacksInFlight: number;
@@ -457,6 +459,7 @@ export async function runBackup(repo: Repository, o: BackupOptions, vm: string, 
       damagedIndexes: index.damaged,
       pipeline: {
         workers: pool.workers,
+        engine: pool.engine,
         maxBatchesInFlight: sink.stats.maxBatchesInFlight,
         maxQueuedTasks: pool.stats.maxQueued,
         maxPacksInFlight: packs.maxInFlightSeen,

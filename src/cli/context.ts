@@ -9,7 +9,7 @@ import { probeRepository } from "../repository/open.js";
 import type { Secret } from "../crypto/secret.js";
 import type { ProgressSink } from "../util/progress.js";
 import { Vault } from "../vault.js";
-import { WorkerPool } from "../pipeline/pool.js";
+import { WorkerPool, type PipelineEngine } from "../pipeline/pool.js";
 import { progressRenderer, shownText, terminalJson, warningJson } from "./output.js";
 import { obtainPassphrase, requireRepo, requireUser, resolveSettings, storeAccess, type GlobalOptions, type Settings } from "./settings.js";
 
@@ -33,6 +33,7 @@ export class CliContext {
     if (exposed !== undefined) this.warn(`warning: keys file ${exposed} holds an S3 secret key and other users may read it (chmod 600 it)`);
     // Checked whenever given, by every command, whether or not it uses them: a typo never passes silently.
     this.workers = workersSetting(this.globals.workers);
+    WorkerPool.defaultEngine = pipelineSetting(this.globals.pipeline);
     this.lockWaitMs = lockWaitSetting(this.globals.lockWait);
     const wantProgress = this.globals.progress === true || (process.stderr.isTTY === true && this.globals.json !== true);
     this.#progress = wantProgress ? progressRenderer(process.stderr) : undefined;
@@ -194,6 +195,13 @@ function workersSetting(option: string | undefined): number | undefined {
   if (o === undefined) return undefined;
   if (!Number.isInteger(o.n) || o.n < 0 || o.n > 256) throw new UsageError(`${o.source}: give a whole number from 0 to 256`);
   return o.n;
+}
+
+function pipelineSetting(option: string | undefined): PipelineEngine {
+  const [value, source] = option !== undefined && option !== "" ? [option, `--pipeline ${option}`] : [process.env["VMVAULT_PIPELINE"], `VMVAULT_PIPELINE=${process.env["VMVAULT_PIPELINE"] ?? ""}`];
+  if (value === undefined || value === "") return "auto";
+  if (value === "native" || value === "js" || value === "auto") return value;
+  throw new UsageError(`${source}: give native, js or auto`);
 }
 
 function lockWaitSetting(option: string | undefined): number | undefined {

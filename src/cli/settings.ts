@@ -17,6 +17,7 @@ export interface GlobalOptions {
   readonly debug?: boolean;
   readonly progress?: boolean;
   readonly workers?: string;
+  readonly pipeline?: string;
   readonly lockWait?: string;
   readonly sftpIdentity?: string;
   readonly sftpKnownHosts?: string;

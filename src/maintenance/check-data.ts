@@ -67,6 +67,11 @@ export class PackVerifier {
     return this.#pool.workers;
   }
 
+  /** Where the chunks are verified (WorkerPool.engine). */
+  get engine(): "native" | "js" {
+    return this.#pool.engine;
+  }
+
   static async create(repo: Repository, sessions: SessionKeys, workers?: number): Promise<PackVerifier> {
     const pool = await WorkerPool.create({ compression: repo.config, ...(workers === undefined ? {} : { workers }) });
     return new PackVerifier(repo, sessions, pool, pool.threads + 2);

@@ -44,7 +44,7 @@ export interface SnapshotCheckReport {
   readonly bytes: number;
   /** Index files left out because they did not authenticate: chunks only they listed count as missing. */
   readonly damagedIndexes: readonly Damage[];
-  readonly pipeline: { readonly workers: number };
+  readonly pipeline: { readonly workers: number; readonly engine: "native" | "js" };
 }
 
 /**
@@ -119,7 +119,7 @@ async function verifyAll(repo: Repository, sessions: SessionKeys, records: reado
       total += done.bytes;
       verified.push({ id: h.id, vm: h.vm, time: h.time, ok, bytes: done.bytes, chunks: done.chunks });
     }
-    return { ok: damage.length === 0, damage, snapshots: verified, bytes: total, damagedIndexes: index.damaged, pipeline: { workers: pool.workers } };
+    return { ok: damage.length === 0, damage, snapshots: verified, bytes: total, damagedIndexes: index.damaged, pipeline: { workers: pool.workers, engine: pool.engine } };
   } finally {
     await pool.close();
   }

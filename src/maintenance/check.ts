@@ -79,7 +79,7 @@ export interface CheckReport {
    * once, and most verification jobs submitted but not yet settled (both bounded, whatever the
    * repository's size).
    */
-  readonly pipeline?: { readonly workers: number; readonly maxPacksInFlight: number; readonly maxUnsettled: number };
+  readonly pipeline?: { readonly workers: number; readonly engine: "native" | "js"; readonly maxPacksInFlight: number; readonly maxUnsettled: number };
 }
 
 /**
@@ -205,7 +205,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
       // role holding the index key can add locations): a loss the damage found at its locations
       // explains is reported there, with the snapshot; only the rest as the reader saw it.
       for (const u of unreadable) if (packs.bad.lost(u.blob, index.locations(u.blob)).length === 0) damage.push(...u.damage);
-      if (verifier !== undefined) pipeline = { workers: verifier.workers, maxPacksInFlight: verifier.maxPacksInFlight, maxUnsettled: packs.maxUnsettled };
+      if (verifier !== undefined) pipeline = { workers: verifier.workers, engine: verifier.engine, maxPacksInFlight: verifier.maxPacksInFlight, maxUnsettled: packs.maxUnsettled };
     }
     for (const f of packs.findings()) damage.push({ object: f.object, problem: f.problem, snapshots: [...f.snapshots].sort() });
     return {

@@ -59,7 +59,8 @@ export class Repacker {
   }
 
   static async create(repo: Repository, sessions: SessionKeys, session: Session, writer: PackWriter, written: ChunkIndex, workers?: number): Promise<Repacker> {
-    const pool = await WorkerPool.create({ compression: repo.config, ...(workers === undefined ? {} : { workers }) });
+    // Rewrap tasks run in JavaScript: worker threads, not a native pool (its main thread alone).
+    const pool = await WorkerPool.create({ compression: repo.config, engine: "js", ...(workers === undefined ? {} : { workers }) });
     return new Repacker(repo, sessions, pool, session, writer, written);
   }
 

@@ -4,6 +4,7 @@ import { fileURLToPath } from "node:url";
 import type { Worker } from "node:worker_threads";
 import { loadBulkCrypto, type BulkBackend, type ChunkHashChoice, type ChunkHasherName } from "../crypto/bulk.js";
 import { TaskRunner } from "./tasks.js";
+import { NativeRunner, nativeTasks, nativeTasksPresent } from "./native-tasks.js";
 import type { CompressionSetting } from "../compress/compressor.js";
 import { transferList, type FromWorker, type ResultOf, type Task, type ToWorker, type WorkerData } from "./protocol.js";
 
@@ -23,10 +24,23 @@ export interface PoolOptions {
   readonly workerChunkHash?: ChunkHashChoice;
   /** Tasks handed to one worker before more wait in the pool's queue. */
   readonly tasksPerWorker?: number;
+  /**
+   * Where scan, seal and open tasks run: "native" (native/tasks.c on libuv's thread pool, as many
+   * at once as the threads a JavaScript pool would have, no worker threads), "js" (worker threads
+   * and the main thread, src/pipeline/tasks.ts), or "auto" (default): native where the helper has
+   * the tasks and they agree with JavaScript on a sample, the compression is LZ4, and neither
+   * backend nor workerChunkHash is given. Rewrap tasks always run in JavaScript: on the main
+   * thread in a native pool, so callers that rewrap ask for "js".
+   */
+  readonly engine?: PipelineEngine;
 }
+
+export type PipelineEngine = "auto" | "native" | "js";
 
 export interface PoolStats {
   tasks: number;
+  /** Tasks run in native code (a native pool's scan, seal and open tasks). */
+  native: number;
   /** Tasks the main thread ran (all of them without workers). */
   inline: number;
   /** The most tasks that waited in the pool's queue at once. */
@@ -55,8 +69,26 @@ export const INLINE_JOB_BYTES = 32 * 1024 * 1024;
  */
 const MAIN_HELPS_AT = 2;
 
+/**
+ * Tasks a native pool hands the helper beyond those its threads run, waiting in the helper's
+ * queue: a thread that finishes a batch starts the next at once, not after the main thread has
+ * seen the answer and sent another (first backup 3.35 -> 2.97 s, docs/design.md §9).
+ */
+const NATIVE_QUEUED = 2;
+
+/** The engine of pools whose options name none (the CLI's --pipeline). */
+let defaultEngine: PipelineEngine = "auto";
+
 /** Main-thread time per slice of an inline task before the event loop gets a turn. */
 const INLINE_SLICE_MS = 1;
+
+/** A native pool's runner, how many of its tasks may run at once, the worker count it stands in for, and the tasks running. */
+interface NativePart {
+  readonly runner: NativeRunner;
+  readonly threads: number;
+  readonly workers: number;
+  readonly running: Set<Promise<unknown>>;
+}
 
 interface Pending {
   readonly resolve: (r: ResultOf<Task>) => void;
@@ -102,7 +134,7 @@ function adoptSpare(backend: BulkBackend): Worker | undefined {
  * worker once and zeroed there on close; task buffers are transferred, never cloned.
  */
 export class WorkerPool {
-  readonly stats: PoolStats = { tasks: 0, inline: 0, maxQueued: 0 };
+  readonly stats: PoolStats = { tasks: 0, native: 0, inline: 0, maxQueued: 0 };
   readonly #slots: Slot[];
   /** Runs tasks on the main thread: all of them without workers, else those no worker can take. */
   readonly #inline: TaskRunner | undefined;
@@ -115,11 +147,13 @@ export class WorkerPool {
   #failure: unknown;
   #closed = false;
   readonly #started: Promise<void>;
+  readonly #native: NativePart | undefined;
 
-  private constructor(slots: Slot[], inline: TaskRunner | undefined, perWorker: number) {
+  private constructor(slots: Slot[], inline: TaskRunner | undefined, perWorker: number, native?: { runner: NativeRunner; threads: number; workers: number }) {
     this.#slots = slots;
     this.#inline = inline;
     this.#perWorker = perWorker;
+    this.#native = native === undefined ? undefined : { ...native, running: new Set() };
     for (const slot of slots) this.#watch(slot);
     this.#started = Promise.all(
       slots.map((s) => new Promise<void>((resolve) => s.worker.on("message", (m: FromWorker) => m.type === "ready" && resolve()).once("exit", () => resolve()))),
@@ -133,6 +167,8 @@ export class WorkerPool {
    * keep the process alive and hold no keys.
    */
   static prestart(workers?: number): void {
+    // A native pool starts no worker threads (a repository compressing with zstd starts its own).
+    if (defaultEngine !== "js" && nativeTasksPresent()) return;
     const count = workers ?? defaultWorkers();
     while (spares.length < count) {
       const spare = { worker: startWorker(), failed: false };
@@ -140,6 +176,15 @@ export class WorkerPool {
       spare.worker.on("error", failed).on("exit", failed).unref();
       spares.push(spare);
     }
+  }
+
+  /** The engine of pools created without one (PoolOptions.engine); "auto" until set. */
+  static set defaultEngine(engine: PipelineEngine) {
+    defaultEngine = engine;
+  }
+
+  static get defaultEngine(): PipelineEngine {
+    return defaultEngine;
   }
 
   /** Prestarted workers not yet adopted by a pool. */
@@ -163,6 +208,16 @@ export class WorkerPool {
     poolsCreated++;
     const count = o.workers ?? defaultWorkers();
     const backend = o.backend ?? "auto";
+    const mainThread = o.mainThread ?? count + 1 <= os.availableParallelism();
+    const engine = o.engine ?? defaultEngine;
+    if (engine !== "js" && backend === "auto" && o.workerChunkHash === undefined && o.compression.compression === "lz4") {
+      const functions = await nativeTasks();
+      if (functions !== undefined) {
+        const threads = Math.max(1, count + (mainThread ? 1 : 0));
+        return new WorkerPool([], new TaskRunner(await loadBulkCrypto(backend), o.compression), 1, { runner: new NativeRunner(functions, threads), threads, workers: Math.max(0, count) });
+      }
+    }
+    if (engine === "native") throw new Error("the native pipeline is not available here (native helper, OpenSSL 3 or LZ4 compression missing)");
     if (count <= 0) return new WorkerPool([], new TaskRunner(await loadBulkCrypto(backend), o.compression), 1);
     const slots: Slot[] = [];
     for (let i = 0; i < count; i++) {
@@ -172,7 +227,6 @@ export class WorkerPool {
       // Only the two settings travel (the caller may pass a whole repository config).
       worker.postMessage({ type: "init", compression: { compression: o.compression.compression, compressionLevel: o.compression.compressionLevel } } satisfies ToWorker);
     }
-    const mainThread = o.mainThread ?? count + 1 <= os.availableParallelism();
     let helper: TaskRunner | undefined;
     try {
       helper = mainThread ? new TaskRunner(await loadBulkCrypto(backend), o.compression) : undefined;
@@ -188,9 +242,14 @@ export class WorkerPool {
     return this.#started;
   }
 
-  /** Worker threads in the pool (0 when tasks run inline). */
+  /** Worker threads in the pool (0 when tasks run inline); a native pool: the count it stands in for. */
   get workers(): number {
-    return this.#slots.length;
+    return this.#native?.workers ?? this.#slots.length;
+  }
+
+  /** Where the pool's scan, seal and open tasks run. */
+  get engine(): "native" | "js" {
+    return this.#native === undefined ? "js" : "native";
   }
 
   /** The main thread's chunk-ID hasher (a worker's choice once one answered); undefined without one or while measuring. */
@@ -198,14 +257,15 @@ export class WorkerPool {
     return this.#inline?.chunkHasher;
   }
 
-  /** Threads that run tasks: the workers, and the main thread when it helps. */
+  /** Threads that run tasks: the workers, and the main thread when it helps (a native pool: its tasks at once). */
   get threads(): number {
-    return this.#slots.length + (this.#inline !== undefined ? 1 : 0);
+    return this.#native?.threads ?? this.#slots.length + (this.#inline !== undefined ? 1 : 0);
   }
 
   /** Gives every worker its own copy of a key; the caller keeps (and disposes) the original. */
   setKey(name: string, bytes: Uint8Array): void {
     this.#inline?.setKey(name, bytes.slice());
+    this.#native?.runner.setKey(name, bytes.slice());
     for (const { worker } of this.#slots) {
       const copy = bytes.slice();
       worker.postMessage({ type: "key", name, bytes: copy } satisfies ToWorker, [copy.buffer]);
@@ -231,6 +291,7 @@ export class WorkerPool {
    * it), else to the least loaded ready worker with room.
    */
   #dispatch(): void {
+    if (this.#native !== undefined) return this.#dispatchNative(this.#native);
     const helpsAt = Math.min(MAIN_HELPS_AT, this.#perWorker);
     while (this.#queue.length > 0) {
       if (this.#inline !== undefined && !this.#inlineBusy && this.#slots.every((s) => !s.ready || s.pending.size >= helpsAt)) {
@@ -245,6 +306,33 @@ export class WorkerPool {
       const id = this.#nextId++;
       best.pending.set(id, next.pending);
       best.worker.postMessage({ type: "task", id, task: next.task } satisfies ToWorker, transferList(next.task));
+    }
+  }
+
+  /**
+   * A native pool: queued tasks go to the thread pool while fewer than its threads run; a task
+   * native code leaves to JavaScript (rewrap, a zstd blob) runs on the main thread at once.
+   */
+  #dispatchNative(native: NativePart): void {
+    while (native.running.size < native.threads + NATIVE_QUEUED && this.#queue.length > 0) {
+      const next = this.#queue.shift();
+      if (next === undefined) return;
+      const running: Promise<unknown> = native.runner
+        .run(next.task)
+        .then((result: ResultOf<Task> | undefined) => {
+          if (result !== undefined) {
+            this.stats.native++;
+            return result;
+          }
+          this.stats.inline++;
+          return (this.#inline as TaskRunner).run(next.task);
+        })
+        .then(next.pending.resolve, next.pending.reject)
+        .finally(() => {
+          native.running.delete(running);
+          this.#dispatch();
+        });
+      native.running.add(running);
     }
   }
 
@@ -317,6 +405,9 @@ export class WorkerPool {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    // Native tasks read their keys until they finish.
+    if (this.#native !== undefined) await Promise.allSettled([...this.#native.running]);
+    this.#native?.runner.dispose();
     this.#inline?.dispose();
     for (const q of this.#queue.splice(0)) q.pending.reject(new Error("worker pool is closed"));
     await Promise.all(

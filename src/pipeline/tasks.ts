@@ -4,6 +4,30 @@ import { Compressor, type CompressionSetting } from "../compress/compressor.js";
 import { BlobScratch, BlobStatus, maxBlobLength, openBlobInto, rewrapBlob, sealBlobInto } from "../pack/blob.js";
 import { CHUNK_ID_KEY, type OpenResult, type OpenTask, type RewrapResult, type RewrapTask, type ScanResult, type ScanTask, type SealResult, type SealTask, type Task, type ResultOf } from "./protocol.js";
 
+/**
+ * Where an open task's plaintexts go (empty without keep): t.out when it is large enough (the
+ * whole of it where outOffsets place them, else its first bytes), or a new array.
+ */
+export function plaintextsOf(t: OpenTask): Uint8Array {
+  if (!t.keep) return new Uint8Array(0);
+  const n = t.entries.length / 3;
+  const placed = t.outOffsets;
+  let total = 0;
+  for (let i = 0; i < n; i++) {
+    const end = (placed === undefined ? total : (placed[i] as number)) + (t.entries[3 * i + 2] as number);
+    total = placed === undefined ? end : Math.max(total, end);
+  }
+  if (placed !== undefined && (t.out === undefined || t.out.length < total)) throw new RangeError("placed plaintexts do not fit the output buffer");
+  return t.out !== undefined && t.out.length >= total ? (placed === undefined ? t.out.subarray(0, total) : t.out) : new Uint8Array(total);
+}
+
+/** The bytes a seal task's blobs can take at most (maxBlobLength of each chunk). */
+export function sealBound(t: SealTask): number {
+  let bound = 0;
+  for (let i = 1; i < t.ranges.length; i += 2) bound += maxBlobLength(t.ranges[i] as number);
+  return bound;
+}
+
 /** Input bytes between pauses of a task run in steps (about 0.3 ms of work). */
 const SLICE_BYTES = 256 * 1024;
 
@@ -112,8 +136,7 @@ export class TaskRunner {
 
   *#seal(t: SealTask): Generator<void, SealResult> {
     const n = t.ranges.length / 2;
-    let bound = 0;
-    for (let i = 0; i < n; i++) bound += maxBlobLength(t.ranges[2 * i + 1] as number);
+    const bound = sealBound(t);
     const blobs = t.out !== undefined && t.out.length >= bound ? t.out : new Uint8Array(bound);
     const lengths = new Uint32Array(n);
     const key = this.#key(t.key);
@@ -141,15 +164,7 @@ export class TaskRunner {
   *#open(t: OpenTask): Generator<void, OpenResult> {
     const n = t.entries.length / 3;
     const placed = t.outOffsets;
-    let total = 0;
-    if (t.keep) {
-      for (let i = 0; i < n; i++) {
-        const end = (placed === undefined ? total : (placed[i] as number)) + (t.entries[3 * i + 2] as number);
-        total = placed === undefined ? end : Math.max(total, end);
-      }
-    }
-    if (placed !== undefined && (t.out === undefined || t.out.length < total)) throw new RangeError("placed plaintexts do not fit the output buffer");
-    const plain = !t.keep ? new Uint8Array(0) : t.out !== undefined && t.out.length >= total ? (placed === undefined ? t.out.subarray(0, total) : t.out) : new Uint8Array(total);
+    const plain = plaintextsOf(t);
     let single = new Uint8Array(0);
     const status = new Uint8Array(n);
     const key = this.#key(t.key);

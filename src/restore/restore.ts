@@ -111,7 +111,7 @@ export interface RestoreResult {
    */
   readonly partialsFound: readonly string[];
   /** The pipeline's worker threads (0: it ran on the main thread alone). */
-  readonly pipeline: { readonly workers: number };
+  readonly pipeline: { readonly workers: number; readonly engine: "native" | "js" };
 }
 
 interface Plan {
@@ -293,7 +293,7 @@ async function restoreWith(
     digest: contentDigest(repo, plan),
     damagedIndexes: index.damaged,
     partialsFound,
-    pipeline: { workers: pool.workers },
+    pipeline: { workers: pool.workers, engine: pool.engine },
   };
 }
 

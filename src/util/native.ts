@@ -66,6 +66,20 @@ export interface NativeHelper {
    */
   xchachaEncrypt?(key: Uint8Array, nonce: Uint8Array, input: Uint8Array, ad: Uint8Array, out: Uint8Array): boolean;
   xchachaDecrypt?(key: Uint8Array, nonce: Uint8Array, input: Uint8Array, ad: Uint8Array, out: Uint8Array): boolean;
+  /**
+   * The pipeline's batch tasks on the helper's own threads (native/tasks.c; threads: how many may
+   * run batches at once, the rest wait in its queue), each one trip for a whole batch, byte for byte what src/pipeline/tasks.ts computes (keyed BLAKE2b and XChaCha20-Poly1305
+   * through the OpenSSL in Node.js, LZ4 from the lz4 package's sources). The arrays must not be
+   * touched until the promise settles. scanChunks: chunk IDs (zeros for a zero chunk) into ids
+   * and 1 per zero chunk into zero; sealChunks: the blobs one after another into out, their
+   * lengths into lengths, resolving with the bytes written; openChunks: a BlobStatus per entry
+   * into status and, with out, each plaintext at its offset in out (zeros where it failed),
+   * resolving with 1 when an entry needs a codec only JavaScript decodes (zstd: status 255), else
+   * 0. Absent where Node.js has no OpenSSL 3 with BLAKE2BMAC, and from a helper built before them.
+   */
+  scanChunks?(data: Uint8Array, ranges: Uint32Array, key: Uint8Array, detectZero: boolean, ids: Uint8Array, zero: Uint8Array, threads: number): Promise<number>;
+  sealChunks?(data: Uint8Array, ranges: Uint32Array, ids: Uint8Array, nonces: Uint8Array, key: Uint8Array, out: Uint8Array, lengths: Uint32Array, threads: number): Promise<number>;
+  openChunks?(data: Uint8Array, entries: Uint32Array, ids: Uint8Array, key: Uint8Array, idKey: Uint8Array, out: Uint8Array | null, outOffsets: Uint32Array | null, status: Uint8Array, threads: number): Promise<number>;
   /** The page size cacheResidency counts in. */
   readonly pageSize?: number;
 }

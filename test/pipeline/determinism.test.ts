@@ -15,6 +15,8 @@ import { SessionKeys } from "../../src/repository/sessions.js";
 import { BlobReader } from "../../src/restore/blob-reader.js";
 import { restore } from "../../src/restore/restore.js";
 import { check } from "../../src/maintenance/check.js";
+import { WorkerPool, type PipelineEngine } from "../../src/pipeline/pool.js";
+import { nativeTasksPresent } from "../../src/pipeline/native-tasks.js";
 import { listSnapshots, readSnapshotBody } from "../../src/snapshot/store.js";
 import { fromHex, toHex } from "../../src/util/bytes.js";
 import { dataObjects, deterministicRepo, readTree, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
@@ -57,11 +59,13 @@ interface Run {
   readonly restored: Map<string, string>;
 }
 
-async function runWith(workers: number, seed: string, image: string, folder: string): Promise<Run> {
-  const { store, repo } = await deterministicRepo(String(workers), `repo ${seed}`);
+async function runWith(workers: number, seed: string, image: string, folder: string, engine: PipelineEngine = "auto"): Promise<Run> {
+  const { store, repo } = await deterministicRepo(`${engine}-${workers}`, `repo ${seed}`);
+  WorkerPool.defaultEngine = engine;
   try {
     const result = await backup(repo, { vm: "vm", sources: [image, folder], workers, segmentBytes: 1 * MiB });
     expect(result.pipeline.workers).toBe(workers);
+    expect(result.pipeline.engine).toBe(engine === "js" || !nativeTasksPresent() ? "js" : "native");
     const objects = dataObjects(store);
     const sessions = new SessionKeys(repo);
     try {
@@ -80,19 +84,21 @@ async function runWith(workers: number, seed: string, image: string, folder: str
       for (const [p, b] of await readTree(out)) restored.set(path.relative(out, p), toHex(createHash("sha256").update(b).digest()));
       const report = await check(repo, { readData: true, workers });
       expect(report.damage).toEqual([]);
+      expect(report.pipeline?.engine).toBe(result.pipeline.engine);
       expect(report.bytesRead).toBeGreaterThan(0);
       return { objects, body: JSON.stringify(body), lists, snapshotId: result.snapshotId, restored };
     } finally {
       sessions.dispose();
     }
   } finally {
+    WorkerPool.defaultEngine = "auto";
     await repo.close();
   }
 }
 
-describe("the pipeline gives the same repository whatever the worker count", () => {
+describe("the pipeline gives the same repository whatever the worker count and engine", () => {
   for (const seed of ["alpha", "beta"]) {
-    it(`image and folder, seed ${seed}: workers 0, 1, 2, 3`, async () => {
+    it(`image and folder, seed ${seed}: workers 0, 1, 2, 3 (native where the helper has it), and 0, 2 in JavaScript`, async () => {
       const src = tmp("src");
       const image = path.join(src, "disk.raw");
       const folder = path.join(src, "files");
@@ -100,6 +106,7 @@ describe("the pipeline gives the same repository whatever the worker count", () 
       await writeFolder(folder, seed);
       const runs: Run[] = [];
       for (const w of [0, 1, 2, 3]) runs.push(await runWith(w, seed, image, folder));
+      for (const w of [0, 2]) runs.push(await runWith(w, seed, image, folder, "js"));
       const [first, ...rest] = runs as [Run, ...Run[]];
       expect(first.lists.length).toBe(Math.ceil((5 * MiB + 5000) / (16 * KiB)));
       expect(first.lists.filter((l) => l === "hole").length).toBeGreaterThan(100);

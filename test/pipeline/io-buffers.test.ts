@@ -307,7 +307,7 @@ describe("WorkerPool with the main thread helping", () => {
     const key = seededBytes("chunk id key", 32);
     const chunks = Array.from({ length: 4 }, (_, i) => seededBytes(`backlog chunk ${i}`, 64 * KiB));
     const expected = await chunkIds(key, chunks);
-    const pool = await WorkerPool.create({ workers: 1, mainThread: true, tasksPerWorker: 4, compression: { compression: "lz4", compressionLevel: 1 } });
+    const pool = await WorkerPool.create({ engine: "js", workers: 1, mainThread: true, tasksPerWorker: 4, compression: { compression: "lz4", compressionLevel: 1 } });
     try {
       await pool.started();
       pool.setKey(CHUNK_ID_KEY, key);
@@ -331,7 +331,7 @@ describe("WorkerPool with the main thread helping", () => {
     const key = seededBytes("chunk id key", 32);
     const chunks = Array.from({ length: 64 }, (_, i) => seededBytes(`chunk ${i}`, 64 * KiB));
     const expected = await chunkIds(key, chunks);
-    const pool = await WorkerPool.create({ workers: 1, mainThread: true, compression: { compression: "lz4", compressionLevel: 1 } });
+    const pool = await WorkerPool.create({ engine: "js", workers: 1, mainThread: true, compression: { compression: "lz4", compressionLevel: 1 } });
     try {
       await pool.started();
       expect(pool.threads).toBe(2);
@@ -343,7 +343,7 @@ describe("WorkerPool with the main thread helping", () => {
     } finally {
       await pool.close();
     }
-    const alone = await WorkerPool.create({ workers: 1, mainThread: false, compression: { compression: "lz4", compressionLevel: 1 } });
+    const alone = await WorkerPool.create({ engine: "js", workers: 1, mainThread: false, compression: { compression: "lz4", compressionLevel: 1 } });
     try {
       alone.setKey(CHUNK_ID_KEY, key);
       const results = await Promise.all(chunks.slice(0, 8).map((data) => alone.run({ kind: "scan", data: data.slice(), ranges: Uint32Array.of(0, data.length), detectZero: true })));

@@ -27,7 +27,7 @@ const scan = (data: Uint8Array): ScanTask => ({ kind: "scan", data: data.slice()
 describe("WorkerPool start-up", () => {
   it("returns before its workers have booted; the main thread runs tasks until one is ready", async () => {
     const expected = await expectedIds();
-    const pool = await WorkerPool.create({ workers: 1, mainThread: true, compression: { compression: "lz4", compressionLevel: 1 } });
+    const pool = await WorkerPool.create({ engine: "js", workers: 1, mainThread: true, compression: { compression: "lz4", compressionLevel: 1 } });
     try {
       pool.setKey(CHUNK_ID_KEY, key);
       // A worker cannot have answered "ready" yet: nothing has run the event loop since create().
@@ -46,7 +46,7 @@ describe("WorkerPool start-up", () => {
 
   it("without the main thread, tasks wait for a worker to boot and then run there", async () => {
     const expected = await expectedIds();
-    const pool = await WorkerPool.create({ workers: 2, mainThread: false, compression: { compression: "lz4", compressionLevel: 1 } });
+    const pool = await WorkerPool.create({ engine: "js", workers: 2, mainThread: false, compression: { compression: "lz4", compressionLevel: 1 } });
     try {
       pool.setKey(CHUNK_ID_KEY, key);
       const results = await Promise.all(chunks.map((c) => pool.run(scan(c))));
@@ -59,9 +59,15 @@ describe("WorkerPool start-up", () => {
 
   it("adopts workers prestarted for it, and gives them keys sent before they were ready", async () => {
     const expected = await expectedIds();
-    WorkerPool.prestart(2);
+    // Prestarting is for pools of worker threads: a native pool starts none.
+    WorkerPool.defaultEngine = "js";
+    try {
+      WorkerPool.prestart(2);
+    } finally {
+      WorkerPool.defaultEngine = "auto";
+    }
     expect(WorkerPool.spares).toBe(2);
-    const pool = await WorkerPool.create({ workers: 2, mainThread: false, compression: { compression: "lz4", compressionLevel: 1 } });
+    const pool = await WorkerPool.create({ engine: "js", workers: 2, mainThread: false, compression: { compression: "lz4", compressionLevel: 1 } });
     try {
       expect(WorkerPool.spares).toBe(0);
       pool.setKey(CHUNK_ID_KEY, key);
@@ -74,17 +80,17 @@ describe("WorkerPool start-up", () => {
 
   it("counts every pool created, inline ones too (a prestart decided after one is skipped)", async () => {
     const before = WorkerPool.created;
-    const inline = await WorkerPool.create({ workers: 0, compression: { compression: "lz4", compressionLevel: 1 } });
+    const inline = await WorkerPool.create({ engine: "js", workers: 0, compression: { compression: "lz4", compressionLevel: 1 } });
     await inline.close();
     expect(WorkerPool.created).toBe(before + 1);
-    const threaded = await WorkerPool.create({ workers: 1, mainThread: false, compression: { compression: "lz4", compressionLevel: 1 } });
+    const threaded = await WorkerPool.create({ engine: "js", workers: 1, mainThread: false, compression: { compression: "lz4", compressionLevel: 1 } });
     await threaded.close();
     expect(WorkerPool.created).toBe(before + 2);
     expect(WorkerPool.spares).toBe(0);
   });
 
   it("closes cleanly before its workers have booted", async () => {
-    const pool = await WorkerPool.create({ workers: 2, mainThread: false, compression: { compression: "lz4", compressionLevel: 1 } });
+    const pool = await WorkerPool.create({ engine: "js", workers: 2, mainThread: false, compression: { compression: "lz4", compressionLevel: 1 } });
     await pool.close();
     await expect(pool.run(scan(chunks[0] as Uint8Array))).rejects.toThrow(/closed/);
   });

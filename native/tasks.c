@@ -1,0 +1,457 @@
+/*
+ * The pipeline's batch tasks in native code on threads of their own: chunk IDs and zero chunks
+ * of a batch (scanChunks), compress and encrypt new chunks into blobs (sealChunks), and
+ * authenticate, decrypt, decompress and verify stored blobs (openChunks). Each does exactly
+ * what src/pipeline/tasks.ts does with libsodium and the lz4 package, byte for byte: keyed
+ * BLAKE2b-256 and XChaCha20-Poly1305 through the OpenSSL inside Node.js (native/aead.c), LZ4
+ * through the same liblz4 sources the lz4 package builds (native/lz4-block.c). A batch runs without
+ * JavaScript between its chunks and outside V8's heap; the caller must not touch the arrays it
+ * passed until the promise settles (references keep them alive). The threads are the helper's,
+ * not libuv's, so file reads and writes never wait behind a batch: each call says how many
+ * threads may run batches at once (more are started up to that number, never stopped; tasks
+ * beyond it wait in a queue), and a finished batch is handed back to its JavaScript thread
+ * through a thread-safe function. Each thread keeps its own OpenSSL contexts and scratch memory;
+ * the keys in the contexts are replaced by zeros after every batch.
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <node_api.h>
+#include "native.h"
+
+int vmvault_lz4_compress(const char *src, char *dst, int srcSize, int dstCapacity);
+int vmvault_lz4_decompress(const char *src, char *dst, int compressedSize, int dstCapacity);
+int vmvault_lz4_bound(int size);
+
+enum { NONCE = 24, TAG = 16, ID = 32, KEY = 32, OVERHEAD = NONCE + 1 + TAG, AD = 4 + ID };
+enum { CODEC_RAW = 0, CODEC_ZSTD = 1, CODEC_LZ4 = 2 };
+/* BlobStatus of src/pack/blob.ts, and one more: a codec only JavaScript decodes (zstd). */
+enum { OK = 0, AUTH = 1, DECOMPRESS = 2, CODEC = 3, LENGTH = 4, MISMATCH = 5, ELSEWHERE = 255 };
+enum { SCAN, SEAL, OPEN };
+#define MAX_ARGS 8
+
+typedef struct {
+  unsigned char *p;
+  size_t n;
+} bytes;
+
+/* Per JavaScript thread (instance data): the thread-safe function finished tasks go back through, and how many are out. */
+typedef struct {
+  napi_threadsafe_function done;
+  size_t outstanding;
+} env_state;
+
+typedef struct task {
+  struct task *next;
+  env_state *owner;
+  napi_deferred deferred;
+  napi_ref refs[MAX_ARGS];
+  int nrefs;
+  int kind;
+  int detect_zero;
+  int failed;
+  double result;
+  bytes data, ids, nonces, key, id_key, out, status, zero;
+  const uint32_t *table;
+  size_t count;
+  const uint32_t *out_offsets;
+  uint32_t *lengths;
+} task;
+
+/* One pool thread's contexts and scratch memory, made on its first task and kept. */
+static __thread struct {
+  vmvault_aead_ctx *aead;
+  void *mac;
+  unsigned char *scratch;
+  size_t scratch_size;
+  unsigned char *plain;
+  size_t plain_size;
+} here;
+
+static int grow(unsigned char **buf, size_t *size, size_t n) {
+  if (*size >= n) return 1;
+  size_t want = n > 2 * *size ? n : 2 * *size;
+  unsigned char *p = realloc(*buf, want);
+  if (p == NULL) return 0;
+  *buf = p;
+  *size = want;
+  return 1;
+}
+
+static int thread_ready(void) {
+  if (here.aead == NULL) here.aead = vmvault_aead_new();
+  if (here.mac == NULL) here.mac = vmvault_blake2b_new();
+  return here.aead != NULL && here.mac != NULL;
+}
+
+static int all_zero(const unsigned char *p, size_t n) {
+  size_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    uint64_t w[8];
+    memcpy(w, p + i, 64);
+    if ((w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) != 0) return 0;
+  }
+  unsigned char acc = 0;
+  for (; i < n; i++) acc |= p[i];
+  return acc == 0;
+}
+
+static void blob_ad(unsigned char *ad, const unsigned char *id) {
+  memcpy(ad, "blob", 4);
+  memcpy(ad + 4, id, ID);
+}
+
+static int scan(task *t) {
+  for (size_t i = 0; i < t->count; i++) {
+    const unsigned char *chunk = t->data.p + t->table[2 * i];
+    size_t length = t->table[2 * i + 1];
+    unsigned char *id = t->ids.p + i * ID;
+    if (t->detect_zero && all_zero(chunk, length)) {
+      t->zero.p[i] = 1;
+      memset(id, 0, ID);
+    } else if (vmvault_blake2b(here.mac, t->key.p, chunk, length, id) != 0) return -1;
+  }
+  return 0;
+}
+
+/*
+ * nonce | XChaCha20-Poly1305(codec | payload) with "blob" | ID as associated data, LZ4 kept only
+ * when it saves at least 1/32 of the chunk (sealBlobInto). LZ4 always gets room for its bound, so
+ * its output is the one the lz4 package gives; where the blob's own room is short of it (the
+ * batch's last blob), it writes to scratch memory first.
+ */
+static int seal(task *t) {
+  size_t at = 0;
+  unsigned char ad[AD];
+  for (size_t i = 0; i < t->count; i++) {
+    const unsigned char *chunk = t->data.p + t->table[2 * i];
+    size_t length = t->table[2 * i + 1];
+    unsigned char *blob = t->out.p + at;
+    unsigned char *body = blob + NONCE;
+    int bound = vmvault_lz4_bound((int)length);
+    if (bound <= 0) return -1;
+    size_t room = t->out.n - at - NONCE - 1;
+    unsigned char *into = body + 1;
+    if (room < (size_t)bound) {
+      if (!grow(&here.scratch, &here.scratch_size, (size_t)bound)) return -1;
+      into = here.scratch;
+    }
+    int n = vmvault_lz4_compress((const char *)chunk, (char *)into, (int)length, bound);
+    if (n <= 0) return -1;
+    size_t framed;
+    if ((size_t)n + (length >> 5) < length) {
+      body[0] = CODEC_LZ4;
+      if (into != body + 1) memcpy(body + 1, into, (size_t)n);
+      framed = 1 + (size_t)n;
+    } else {
+      body[0] = CODEC_RAW;
+      memcpy(body + 1, chunk, length);
+      framed = 1 + length;
+    }
+    memcpy(blob, t->nonces.p + i * NONCE, NONCE);
+    blob_ad(ad, t->ids.p + i * ID);
+    if (vmvault_xchacha(here.aead, 1, t->key.p, blob, body, framed, ad, AD, body) != 0) return -1;
+    t->lengths[i] = (uint32_t)(NONCE + framed + TAG);
+    at += NONCE + framed + TAG;
+  }
+  t->result = (double)at;
+  return 0;
+}
+
+static int open_one(task *t, const unsigned char *stored, size_t length, const unsigned char *id, unsigned char *plain, size_t raw) {
+  unsigned char ad[AD];
+  if (length < OVERHEAD) return AUTH;
+  size_t framed = length - NONCE - TAG;
+  if (!grow(&here.scratch, &here.scratch_size, framed)) return -1;
+  blob_ad(ad, id);
+  if (vmvault_xchacha(here.aead, 0, t->key.p, stored, stored + NONCE, length - NONCE, ad, AD, here.scratch) != 0) return AUTH;
+  unsigned char codec = here.scratch[0];
+  if (codec == CODEC_RAW) {
+    if (framed - 1 != raw) return LENGTH;
+    memcpy(plain, here.scratch + 1, raw);
+  } else if (codec == CODEC_LZ4) {
+    if (framed - 1 == 0 || framed - 1 > INT32_MAX || raw > INT32_MAX) return DECOMPRESS;
+    int n = vmvault_lz4_decompress((const char *)here.scratch + 1, (char *)plain, (int)(framed - 1), (int)raw);
+    if (n < 0) return DECOMPRESS;
+    if ((size_t)n != raw) return LENGTH;
+  } else if (codec == CODEC_ZSTD) return ELSEWHERE;
+  else return CODEC;
+  unsigned char check[ID];
+  if (vmvault_blake2b(here.mac, t->id_key.p, plain, raw, check) != 0) return -1;
+  return vmvault_equal32(check, id) ? OK : MISMATCH;
+}
+
+/* openBlobInto for each entry; the plaintexts (with keep) go to out at their offsets, zeros where a blob failed. */
+static int open_all(task *t) {
+  int elsewhere = 0;
+  for (size_t i = 0; i < t->count; i++) {
+    size_t offset = t->table[3 * i], length = t->table[3 * i + 1], raw = t->table[3 * i + 2];
+    unsigned char *plain;
+    if (t->out_offsets != NULL) plain = t->out.p + t->out_offsets[i];
+    else {
+      if (!grow(&here.plain, &here.plain_size, raw > 0 ? raw : 1)) return -1;
+      plain = here.plain;
+    }
+    int s = offset + length > t->data.n ? LENGTH : open_one(t, t->data.p + offset, length, t->ids.p + i * ID, plain, raw);
+    if (s < 0) return -1;
+    if (s != OK) memset(plain, 0, raw);
+    if (s == ELSEWHERE) elsewhere = 1;
+    t->status.p[i] = (unsigned char)s;
+  }
+  t->result = elsewhere;
+  return 0;
+}
+
+static void execute(task *t) {
+  if (!thread_ready()) {
+    t->failed = 1;
+    return;
+  }
+  int rc = t->kind == SCAN ? scan(t) : t->kind == SEAL ? seal(t) : open_all(t);
+  t->failed = rc != 0;
+  vmvault_aead_scrub(here.aead);
+  vmvault_blake2b_scrub(here.mac);
+  if (here.scratch != NULL) vmvault_cleanse(here.scratch, here.scratch_size);
+  if (here.plain != NULL) vmvault_cleanse(here.plain, here.plain_size);
+}
+
+/* On the task's JavaScript thread: settles its promise (env is NULL when that thread is gone: nothing to settle). */
+static void complete(napi_env env, napi_value js_callback, void *context, void *data) {
+  (void)js_callback;
+  (void)context;
+  task *t = data;
+  if (env == NULL) {
+    free(t);
+    return;
+  }
+  for (int i = 0; i < t->nrefs; i++) napi_delete_reference(env, t->refs[i]);
+  if (--t->owner->outstanding == 0) napi_unref_threadsafe_function(env, t->owner->done);
+  napi_value value;
+  if (t->failed) {
+    napi_value message;
+    napi_create_string_utf8(env, "native pipeline task failed", NAPI_AUTO_LENGTH, &message);
+    napi_create_error(env, NULL, message, &value);
+    napi_reject_deferred(env, t->deferred, value);
+  } else {
+    napi_create_double(env, t->result, &value);
+    napi_resolve_deferred(env, t->deferred, value);
+  }
+  free(t);
+}
+
+/* The helper's task threads and their queue (one per process). */
+static struct {
+  pthread_mutex_t lock;
+  pthread_cond_t wake;
+  task *head, *tail;
+  int threads;
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0};
+
+static void *task_thread(void *arg) {
+  (void)arg;
+  for (;;) {
+    pthread_mutex_lock(&pool.lock);
+    while (pool.head == NULL) pthread_cond_wait(&pool.wake, &pool.lock);
+    task *t = pool.head;
+    pool.head = t->next;
+    if (pool.head == NULL) pool.tail = NULL;
+    pthread_mutex_unlock(&pool.lock);
+    execute(t);
+    /* A JavaScript thread that is gone (its function closing) cannot take the task back. */
+    napi_threadsafe_function done = t->owner->done;
+    if (napi_call_threadsafe_function(done, t, napi_tsfn_blocking) != napi_ok) free(t);
+    napi_release_threadsafe_function(done, napi_tsfn_release);
+  }
+  return NULL;
+}
+
+/* Queues t, with up to threads task threads running (started as needed); 0, or -1 when not even one could start. */
+static int submit(task *t, int threads) {
+  pthread_mutex_lock(&pool.lock);
+  while (pool.threads < threads) {
+    pthread_t id;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&id, &attr, task_thread, NULL);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) break;
+    pool.threads++;
+  }
+  if (pool.threads == 0) {
+    pthread_mutex_unlock(&pool.lock);
+    return -1;
+  }
+  t->next = NULL;
+  if (pool.tail == NULL) pool.head = t;
+  else pool.tail->next = t;
+  pool.tail = t;
+  pthread_cond_signal(&pool.wake);
+  pthread_mutex_unlock(&pool.lock);
+  return 0;
+}
+
+static void release_env(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  env_state *e = data;
+  napi_release_threadsafe_function(e->done, napi_tsfn_abort);
+  /* Tasks still out hold e; it is left behind for them (once per JavaScript thread that ends with tasks running). */
+  if (e->outstanding == 0) free(e);
+}
+
+/* This JavaScript thread's state, made on its first task. */
+static env_state *owner_of(napi_env env) {
+  env_state *e = NULL;
+  if (napi_get_instance_data(env, (void **)&e) == napi_ok && e != NULL) return e;
+  e = calloc(1, sizeof *e);
+  napi_value name;
+  if (e == NULL || napi_create_string_utf8(env, "vmvault.pipeline", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, NULL, NULL, NULL, complete, &e->done) != napi_ok) {
+    free(e);
+    return NULL;
+  }
+  napi_unref_threadsafe_function(env, e->done);
+  if (napi_set_instance_data(env, e, release_env, NULL) != napi_ok) {
+    napi_release_threadsafe_function(e->done, napi_tsfn_abort);
+    free(e);
+    return NULL;
+  }
+  return e;
+}
+
+/* A typed array argument of the given type (null allowed where nullable), referenced until the task completes. */
+static int arg(napi_env env, task *t, napi_value v, napi_typedarray_type want, void **p, size_t *n, int nullable) {
+  napi_valuetype vt;
+  if (nullable && napi_typeof(env, v, &vt) == napi_ok && vt == napi_null) {
+    *p = NULL;
+    *n = 0;
+    return 1;
+  }
+  napi_typedarray_type type;
+  bool is;
+  if (napi_is_typedarray(env, v, &is) != napi_ok || !is || napi_get_typedarray_info(env, v, &type, n, p, NULL, NULL) != napi_ok || type != want) return 0;
+  if (*p == NULL) *p = (void *)"";
+  return t->nrefs < MAX_ARGS && napi_create_reference(env, v, 1, &t->refs[t->nrefs++]) == napi_ok;
+}
+
+static napi_value fail(napi_env env, task *t, const char *message, int range) {
+  if (t != NULL)
+    for (int i = 0; i < t->nrefs; i++) napi_delete_reference(env, t->refs[i]);
+  free(t);
+  if (range) napi_throw_range_error(env, NULL, message);
+  else napi_throw_type_error(env, NULL, message);
+  return NULL;
+}
+
+#define U8 napi_uint8_array
+#define U32 napi_uint32_array
+#define ARG(i, type, field, nullable) arg(env, t, argv[i], type, (void **)&t->field.p, &t->field.n, nullable)
+
+/* The last argument of every task function: how many task threads may run batches at once (1 to 64). */
+static napi_value queue(napi_env env, task *t, napi_value threads_value) {
+  int32_t threads = 0;
+  if (napi_get_value_int32(env, threads_value, &threads) != napi_ok || threads < 1 || threads > 64) return fail(env, t, "threads must be a whole number from 1 to 64", 1);
+  napi_value promise;
+  t->owner = owner_of(env);
+  if (t->owner == NULL || napi_create_promise(env, &t->deferred, &promise) != napi_ok) return fail(env, t, "could not queue a native pipeline task", 0);
+  /* The task thread holds the function until it has handed the task back (released there). */
+  if (napi_acquire_threadsafe_function(t->owner->done) != napi_ok) return fail(env, t, "could not queue a native pipeline task", 0);
+  if (t->owner->outstanding++ == 0) napi_ref_threadsafe_function(env, t->owner->done);
+  if (submit(t, threads) != 0) {
+    napi_release_threadsafe_function(t->owner->done, napi_tsfn_release);
+    if (--t->owner->outstanding == 0) napi_unref_threadsafe_function(env, t->owner->done);
+    napi_value message, error;
+    napi_create_string_utf8(env, "could not start a native pipeline thread", NAPI_AUTO_LENGTH, &message);
+    napi_create_error(env, NULL, message, &error);
+    napi_reject_deferred(env, t->deferred, error);
+    for (int i = 0; i < t->nrefs; i++) napi_delete_reference(env, t->refs[i]);
+    free(t);
+  }
+  return promise;
+}
+
+/* Every pair (offset, length) of a table of count rows lies inside data; each length fits an int. */
+static int ranges_fit(const uint32_t *table, size_t count, size_t limit) {
+  for (size_t i = 0; i < count; i++)
+    if ((size_t)table[2 * i] + table[2 * i + 1] > limit || table[2 * i + 1] > INT32_MAX / 2) return 0;
+  return 1;
+}
+
+/* scanChunks(data, ranges, key, detectZero, ids, zero, threads) -> Promise<0> */
+static napi_value scan_chunks(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  task *t = calloc(1, sizeof *t);
+  if (t == NULL) return fail(env, t, "out of memory", 0);
+  t->kind = SCAN;
+  bytes table;
+  bool detect = false;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 7 || !ARG(0, U8, data, 0) || !arg(env, t, argv[1], U32, (void **)&table.p, &table.n, 0) ||
+      !ARG(2, U8, key, 0) || napi_get_value_bool(env, argv[3], &detect) != napi_ok || !ARG(4, U8, ids, 0) || !ARG(5, U8, zero, 0))
+    return fail(env, t, "expected data, ranges, key, detectZero, ids, zero", 0);
+  t->table = (const uint32_t *)table.p;
+  t->count = table.n / 2;
+  t->detect_zero = detect;
+  if (table.n % 2 != 0 || t->key.n != KEY || t->ids.n < t->count * ID || t->zero.n < t->count || !ranges_fit(t->table, t->count, t->data.n))
+    return fail(env, t, "bad ranges, key, ids or zero length", 1);
+  memset(t->zero.p, 0, t->count);
+  return queue(env, t, argv[6]);
+}
+
+/* sealChunks(data, ranges, ids, nonces, key, out, lengths, threads) -> Promise<bytes written to out> */
+static napi_value seal_chunks(napi_env env, napi_callback_info info) {
+  size_t argc = 8;
+  napi_value argv[8];
+  task *t = calloc(1, sizeof *t);
+  if (t == NULL) return fail(env, t, "out of memory", 0);
+  t->kind = SEAL;
+  bytes table, lengths;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 8 || !ARG(0, U8, data, 0) || !arg(env, t, argv[1], U32, (void **)&table.p, &table.n, 0) ||
+      !ARG(2, U8, ids, 0) || !ARG(3, U8, nonces, 0) || !ARG(4, U8, key, 0) || !ARG(5, U8, out, 0) || !arg(env, t, argv[6], U32, (void **)&lengths.p, &lengths.n, 0))
+    return fail(env, t, "expected data, ranges, ids, nonces, key, out, lengths", 0);
+  t->table = (const uint32_t *)table.p;
+  t->count = table.n / 2;
+  t->lengths = (uint32_t *)lengths.p;
+  size_t need = 0;
+  for (size_t i = 0; i < t->count; i++) need += (size_t)t->table[2 * i + 1] + OVERHEAD;
+  if (table.n % 2 != 0 || t->key.n != KEY || t->ids.n < t->count * ID || t->nonces.n < t->count * NONCE || lengths.n < t->count || t->out.n < need ||
+      !ranges_fit(t->table, t->count, t->data.n))
+    return fail(env, t, "bad ranges, ids, nonces, key, out or lengths length", 1);
+  return queue(env, t, argv[7]);
+}
+
+/* openChunks(data, entries, ids, key, idKey, out | null, outOffsets | null, status, threads) -> Promise<1 when an entry needs a codec only JavaScript has, else 0> */
+static napi_value open_chunks(napi_env env, napi_callback_info info) {
+  size_t argc = 9;
+  napi_value argv[9];
+  task *t = calloc(1, sizeof *t);
+  if (t == NULL) return fail(env, t, "out of memory", 0);
+  t->kind = OPEN;
+  bytes table, offsets;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 9 || !ARG(0, U8, data, 0) || !arg(env, t, argv[1], U32, (void **)&table.p, &table.n, 0) ||
+      !ARG(2, U8, ids, 0) || !ARG(3, U8, key, 0) || !ARG(4, U8, id_key, 0) || !ARG(5, U8, out, 1) || !arg(env, t, argv[6], U32, (void **)&offsets.p, &offsets.n, 1) ||
+      !ARG(7, U8, status, 0))
+    return fail(env, t, "expected data, entries, ids, key, idKey, out, outOffsets, status", 0);
+  t->table = (const uint32_t *)table.p;
+  t->count = table.n / 3;
+  t->out_offsets = (const uint32_t *)offsets.p;
+  if ((t->out_offsets == NULL) != (t->out.p == NULL)) return fail(env, t, "give out and outOffsets together", 0);
+  if (table.n % 3 != 0 || t->key.n != KEY || t->id_key.n != KEY || t->ids.n < t->count * ID || t->status.n < t->count)
+    return fail(env, t, "bad entries, ids, key, idKey or status length", 1);
+  if (t->out_offsets != NULL) {
+    if (offsets.n < t->count) return fail(env, t, "bad outOffsets length", 1);
+    for (size_t i = 0; i < t->count; i++)
+      if ((size_t)t->out_offsets[i] + t->table[3 * i + 2] > t->out.n) return fail(env, t, "placed plaintexts do not fit the output buffer", 1);
+  }
+  return queue(env, t, argv[8]);
+}
+
+napi_status vmvault_register_tasks(napi_env env, napi_value exports) {
+  if (!vmvault_ossl_mac()) return napi_ok;
+  napi_status s;
+  if ((s = vmvault_export(env, exports, "scanChunks", scan_chunks)) != napi_ok) return s;
+  if ((s = vmvault_export(env, exports, "sealChunks", seal_chunks)) != napi_ok) return s;
+  return vmvault_export(env, exports, "openChunks", open_chunks);
+}

@@ -1,0 +1,171 @@
+import { randomBytes } from "node:crypto";
+import { loadBulkCrypto } from "../crypto/bulk.js";
+import { HASH_BYTES, AEAD_NONCE_BYTES } from "../crypto/suite.js";
+import type { CompressionSetting } from "../compress/compressor.js";
+import { bytesEqual } from "../util/bytes.js";
+import { nativeHelper, type NativeHelper } from "../util/native.js";
+import { plaintextsOf, sealBound, TaskRunner } from "./tasks.js";
+import { CHUNK_ID_KEY, type OpenResult, type OpenTask, type ResultOf, type ScanResult, type ScanTask, type SealResult, type SealTask, type Task } from "./protocol.js";
+
+type Functions = Required<Pick<NativeHelper, "scanChunks" | "sealChunks" | "openChunks">>;
+
+/** openChunks' status for an entry whose codec only JavaScript decodes (zstd). */
+const ELSEWHERE = 255;
+
+/** Whether the native helper has the batch tasks (native/tasks.c), before they were checked. */
+export function nativeTasksPresent(): boolean {
+  const h = nativeHelper();
+  return h?.scanChunks !== undefined && h.sealChunks !== undefined && h.openChunks !== undefined;
+}
+
+let checked: Promise<Functions | undefined> | undefined;
+
+/**
+ * The native batch tasks when this process has them and they agree byte for byte with the
+ * JavaScript runner on a sample batch (checked once per process; undefined otherwise).
+ */
+export function nativeTasks(): Promise<Functions | undefined> {
+  checked ??= agree();
+  return checked;
+}
+
+/**
+ * Runs scan, seal and open tasks in native code on the helper's threads, one trip per batch
+ * (rewrap tasks, and open tasks meeting a codec only JavaScript decodes, are the caller's:
+ * run() answers undefined). Keys are copies, zeroed by dispose().
+ */
+export class NativeRunner {
+  readonly #f: Functions;
+  readonly #threads: number;
+  readonly #keys = new Map<string, Uint8Array>();
+
+  /** threads: how many of the helper's threads may run this runner's tasks at once. */
+  constructor(functions: Functions, threads: number) {
+    this.#f = functions;
+    this.#threads = threads;
+  }
+
+  setKey(name: string, bytes: Uint8Array): void {
+    this.#keys.get(name)?.fill(0);
+    this.#keys.set(name, bytes);
+  }
+
+  /** Zeroes and forgets every key (no task may be running). */
+  dispose(): void {
+    for (const k of this.#keys.values()) k.fill(0);
+    this.#keys.clear();
+  }
+
+  /** The task's result, or undefined when JavaScript must run it. */
+  async run<T extends Task>(task: T): Promise<ResultOf<T> | undefined> {
+    switch (task.kind) {
+      case "scan":
+        return (await this.#scan(task)) as ResultOf<T>;
+      case "seal":
+        return (await this.#seal(task)) as ResultOf<T>;
+      case "open":
+        return (await this.#open(task)) as ResultOf<T> | undefined;
+      default:
+        return undefined;
+    }
+  }
+
+  #key(name: string): Uint8Array {
+    const k = this.#keys.get(name);
+    if (k === undefined) throw new Error(`pipeline key ${name} was not given`);
+    return k;
+  }
+
+  async #scan(t: ScanTask): Promise<ScanResult> {
+    const n = t.ranges.length / 2;
+    const ids = new Uint8Array(n * HASH_BYTES);
+    const zero = new Uint8Array(n);
+    await this.#f.scanChunks(t.data, t.ranges, this.#key(CHUNK_ID_KEY), t.detectZero, ids, zero, this.#threads);
+    return { data: t.data, ids, zero };
+  }
+
+  async #seal(t: SealTask): Promise<SealResult> {
+    const bound = sealBound(t);
+    const blobs = t.out !== undefined && t.out.length >= bound ? t.out : new Uint8Array(bound);
+    const lengths = new Uint32Array(t.ranges.length / 2);
+    const written = await this.#f.sealChunks(t.data, t.ranges, t.ids, t.nonces, this.#key(t.key), blobs, lengths, this.#threads);
+    return { data: t.data, blobs: blobs.subarray(0, written), lengths };
+  }
+
+  async #open(t: OpenTask): Promise<OpenResult | undefined> {
+    const n = t.entries.length / 3;
+    const plain = plaintextsOf(t);
+    let offsets: Uint32Array | null = null;
+    if (t.keep) {
+      offsets = t.outOffsets ?? new Uint32Array(n);
+      if (t.outOffsets === undefined) for (let i = 1, at = 0; i < n; i++) offsets[i] = at += t.entries[3 * (i - 1) + 2] as number;
+    }
+    const status = new Uint8Array(n);
+    const elsewhere = await this.#f.openChunks(t.data, t.entries, t.ids, this.#key(t.key), this.#key(t.idKey), t.keep ? plain : null, offsets, status, this.#threads);
+    return elsewhere === 1 || status.includes(ELSEWHERE) ? undefined : { data: t.data, plain, status };
+  }
+}
+
+/**
+ * A sample batch through both runners (a zero chunk, text, random bytes, a chunk that LZ4 only
+ * just pays for, one byte): the same IDs, the same blobs under the same nonces, and each blob
+ * opened by the other, a tampered one refused by both. Any difference or failure: undefined.
+ */
+async function agree(): Promise<Functions | undefined> {
+  const h = nativeHelper();
+  if (h?.scanChunks === undefined || h.sealChunks === undefined || h.openChunks === undefined) return undefined;
+  const f: Functions = { scanChunks: h.scanChunks.bind(h), sealChunks: h.sealChunks.bind(h), openChunks: h.openChunks.bind(h) };
+  const compression: CompressionSetting = { compression: "lz4", compressionLevel: 1 };
+  const js = new TaskRunner(await loadBulkCrypto("auto"), compression);
+  const native = new NativeRunner(f, 1);
+  try {
+    const text = new TextEncoder().encode("vmvault pipeline sample ".repeat(700));
+    const chunks = [new Uint8Array(4096), text, randomBytes(5000), sparseRandom(8192), Uint8Array.of(7)];
+    const data = new Uint8Array(chunks.reduce((a, c) => a + c.length, 0));
+    const ranges = new Uint32Array(chunks.length * 2);
+    let at = 0;
+    chunks.forEach((c, i) => {
+      data.set(c, at);
+      ranges[2 * i] = at;
+      ranges[2 * i + 1] = c.length;
+      at += c.length;
+    });
+    for (const [name, length] of [[CHUNK_ID_KEY, 32], ["session", 32]] as const) {
+      const key = randomBytes(length);
+      js.setKey(name, Uint8Array.from(key));
+      native.setKey(name, Uint8Array.from(key));
+    }
+    const scanTask: ScanTask = { kind: "scan", data, ranges, detectZero: true };
+    const [a, b] = [js.run(scanTask), await native.run(scanTask)];
+    if (b === undefined || !bytesEqual(a.ids, b.ids) || !bytesEqual(a.zero, b.zero) || a.zero[0] !== 1) return undefined;
+    const nonces = randomBytes(chunks.length * AEAD_NONCE_BYTES);
+    const sealTask: SealTask = { kind: "seal", data, ranges, ids: a.ids, nonces, key: "session" };
+    const [c, d] = [js.run(sealTask), await native.run(sealTask)];
+    if (d === undefined || !bytesEqual(c.blobs, d.blobs) || !bytesEqual(new Uint8Array(c.lengths.buffer), new Uint8Array(d.lengths.buffer))) return undefined;
+    const entries = new Uint32Array(chunks.length * 3);
+    let offset = 0;
+    chunks.forEach((ch, i) => {
+      entries.set([offset, c.lengths[i] as number, ch.length], 3 * i);
+      offset += c.lengths[i] as number;
+    });
+    const stored = Uint8Array.from(c.blobs);
+    const flip = (entries[3 * 2] as number) + 30;
+    stored[flip] = (stored[flip] as number) ^ 1;
+    const openTask: OpenTask = { kind: "open", data: stored, entries, ids: a.ids, key: "session", idKey: CHUNK_ID_KEY, keep: true };
+    const [e, g] = [js.run(openTask), await native.run(openTask)];
+    if (g === undefined || !bytesEqual(e.status, g.status) || !bytesEqual(e.plain, g.plain) || e.status[2] !== 1 || e.status[1] !== 0) return undefined;
+    return f;
+  } catch {
+    return undefined;
+  } finally {
+    js.dispose();
+    native.dispose();
+  }
+}
+
+/** Random bytes with every other run of 64 zeroed: LZ4 saves a little under half. */
+function sparseRandom(n: number): Uint8Array {
+  const out = randomBytes(n);
+  for (let i = 0; i < n; i += 128) out.fill(0, i, Math.min(n, i + 64));
+  return out;
+}
