@@ -159,6 +159,7 @@ static int seal(task *t) {
   return 0;
 }
 
+/* openBlobInto for one blob: its status, or -1 (out of memory). plain NULL: the thread's scratch, grown once the blob is known to decode to raw bytes. */
 static int open_one(task *t, const unsigned char *stored, size_t length, const unsigned char *id, unsigned char *plain, size_t raw) {
   unsigned char ad[AD];
   if (length < OVERHEAD) return AUTH;
@@ -167,16 +168,27 @@ static int open_one(task *t, const unsigned char *stored, size_t length, const u
   blob_ad(ad, id);
   if (vmvault_xchacha(here.aead, 0, t->key.p, stored, stored + NONCE, length - NONCE, ad, AD, here.scratch) != 0) return AUTH;
   unsigned char codec = here.scratch[0];
+  if (codec == CODEC_LZ4 && (framed - 1 == 0 || framed - 1 > INT32_MAX || raw > INT32_MAX)) return DECOMPRESS;
+  if (codec != CODEC_RAW && codec != CODEC_LZ4) return codec == CODEC_ZSTD ? ELSEWHERE : CODEC;
+  if (codec == CODEC_RAW && framed - 1 != raw) return LENGTH;
+  /*
+   * Into the thread's scratch, no larger than the block can decode to (LZ4 expands at most 255
+   * times): a listing claiming more takes no memory for it, and its verdict is the one a buffer
+   * of the full length would give (malformed, or too short).
+   */
+  size_t room = raw;
+  if (plain == NULL) {
+    if (codec == CODEC_LZ4 && room / 256 > framed) room = framed * 256;
+    if (!grow(&here.plain, &here.plain_size, room > 0 ? room : 1)) return -1;
+    plain = here.plain;
+  }
   if (codec == CODEC_RAW) {
-    if (framed - 1 != raw) return LENGTH;
     memcpy(plain, here.scratch + 1, raw);
-  } else if (codec == CODEC_LZ4) {
-    if (framed - 1 == 0 || framed - 1 > INT32_MAX || raw > INT32_MAX) return DECOMPRESS;
-    int n = vmvault_lz4_decompress((const char *)here.scratch + 1, (char *)plain, (int)(framed - 1), (int)raw);
+  } else {
+    int n = vmvault_lz4_decompress((const char *)here.scratch + 1, (char *)plain, (int)(framed - 1), (int)room);
     if (n < 0) return DECOMPRESS;
     if ((size_t)n != raw) return LENGTH;
-  } else if (codec == CODEC_ZSTD) return ELSEWHERE;
-  else return CODEC;
+  }
   unsigned char check[ID];
   if (vmvault_blake2b(here.mac, t->id_key.p, plain, raw, check) != 0) return -1;
   return vmvault_equal32(check, id) ? OK : MISMATCH;
@@ -187,15 +199,11 @@ static int open_all(task *t) {
   int elsewhere = 0;
   for (size_t i = 0; i < t->count; i++) {
     size_t offset = t->table[3 * i], length = t->table[3 * i + 1], raw = t->table[3 * i + 2];
-    unsigned char *plain;
-    if (t->out_offsets != NULL) plain = t->out.p + t->out_offsets[i];
-    else {
-      if (!grow(&here.plain, &here.plain_size, raw > 0 ? raw : 1)) return -1;
-      plain = here.plain;
-    }
+    unsigned char *plain = t->out_offsets != NULL ? t->out.p + t->out_offsets[i] : NULL;
     int s = offset + length > t->data.n ? LENGTH : open_one(t, t->data.p + offset, length, t->ids.p + i * ID, plain, raw);
     if (s < 0) return -1;
-    if (s != OK) memset(plain, 0, raw);
+    /* Unauthenticated or unverified bytes never reach the caller. */
+    if (s != OK && plain != NULL) memset(plain, 0, raw);
     if (s == ELSEWHERE) elsewhere = 1;
     t->status.p[i] = (unsigned char)s;
   }

@@ -7,7 +7,9 @@ import { nativeHelper, type NativeHelper } from "../util/native.js";
 import { plaintextsOf, sealBound, TaskRunner } from "./tasks.js";
 import { CHUNK_ID_KEY, type OpenResult, type OpenTask, type ResultOf, type ScanResult, type ScanTask, type SealResult, type SealTask, type Task } from "./protocol.js";
 
-type Functions = Required<Pick<NativeHelper, "scanChunks" | "sealChunks" | "openChunks">>;
+/** The helper's batch functions (native/tasks.c). */
+export type NativeTaskFunctions = Required<Pick<NativeHelper, "scanChunks" | "sealChunks" | "openChunks">>;
+type Functions = NativeTaskFunctions;
 
 /** openChunks' status for an entry whose codec only JavaScript decodes (zstd). */
 const ELSEWHERE = 255;
@@ -25,7 +27,12 @@ let checked: Promise<Functions | undefined> | undefined;
  * JavaScript runner on a sample batch (checked once per process; undefined otherwise).
  */
 export function nativeTasks(): Promise<Functions | undefined> {
-  checked ??= agree();
+  checked ??= (async () => {
+    const h = nativeHelper();
+    if (h?.scanChunks === undefined || h.sealChunks === undefined || h.openChunks === undefined) return undefined;
+    const f: Functions = { scanChunks: h.scanChunks.bind(h), sealChunks: h.sealChunks.bind(h), openChunks: h.openChunks.bind(h) };
+    return (await agreesWithJavaScript(f)) ? f : undefined;
+  })();
   return checked;
 }
 
@@ -108,13 +115,10 @@ export class NativeRunner {
 
 /**
  * A sample batch through both runners (a zero chunk, text, random bytes, a chunk that LZ4 only
- * just pays for, one byte): the same IDs, the same blobs under the same nonces, and each blob
- * opened by the other, a tampered one refused by both. Any difference or failure: undefined.
+ * just pays for, one byte): the same IDs and zero flags, the same blobs under the same nonces,
+ * and the same plaintexts and verdicts opening them, one tampered. Any difference or failure: false.
  */
-async function agree(): Promise<Functions | undefined> {
-  const h = nativeHelper();
-  if (h?.scanChunks === undefined || h.sealChunks === undefined || h.openChunks === undefined) return undefined;
-  const f: Functions = { scanChunks: h.scanChunks.bind(h), sealChunks: h.sealChunks.bind(h), openChunks: h.openChunks.bind(h) };
+export async function agreesWithJavaScript(f: Functions): Promise<boolean> {
   const compression: CompressionSetting = { compression: "lz4", compressionLevel: 1 };
   const js = new TaskRunner(await loadBulkCrypto("auto"), compression);
   const native = new NativeRunner(f, 1);
@@ -137,11 +141,11 @@ async function agree(): Promise<Functions | undefined> {
     }
     const scanTask: ScanTask = { kind: "scan", data, ranges, detectZero: true };
     const [a, b] = [js.run(scanTask), await native.run(scanTask)];
-    if (b === undefined || !bytesEqual(a.ids, b.ids) || !bytesEqual(a.zero, b.zero) || a.zero[0] !== 1) return undefined;
+    if (b === undefined || !bytesEqual(a.ids, b.ids) || !bytesEqual(a.zero, b.zero) || a.zero[0] !== 1) return false;
     const nonces = randomBytes(chunks.length * AEAD_NONCE_BYTES);
     const sealTask: SealTask = { kind: "seal", data, ranges, ids: a.ids, nonces, key: "session" };
     const [c, d] = [js.run(sealTask), await native.run(sealTask)];
-    if (d === undefined || !bytesEqual(c.blobs, d.blobs) || !bytesEqual(new Uint8Array(c.lengths.buffer), new Uint8Array(d.lengths.buffer))) return undefined;
+    if (d === undefined || !bytesEqual(c.blobs, d.blobs) || !bytesEqual(new Uint8Array(c.lengths.buffer), new Uint8Array(d.lengths.buffer))) return false;
     const entries = new Uint32Array(chunks.length * 3);
     let offset = 0;
     chunks.forEach((ch, i) => {
@@ -153,10 +157,9 @@ async function agree(): Promise<Functions | undefined> {
     stored[flip] = (stored[flip] as number) ^ 1;
     const openTask: OpenTask = { kind: "open", data: stored, entries, ids: a.ids, key: "session", idKey: CHUNK_ID_KEY, keep: true };
     const [e, g] = [js.run(openTask), await native.run(openTask)];
-    if (g === undefined || !bytesEqual(e.status, g.status) || !bytesEqual(e.plain, g.plain) || e.status[2] !== 1 || e.status[1] !== 0) return undefined;
-    return f;
+    return g !== undefined && bytesEqual(e.status, g.status) && bytesEqual(e.plain, g.plain) && e.status[2] === 1 && e.status[1] === 0;
   } catch {
-    return undefined;
+    return false;
   } finally {
     js.dispose();
     native.dispose();
