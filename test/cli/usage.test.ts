@@ -3,6 +3,7 @@ import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { initCliRepo, vault } from "../helpers/cli.js";
 import { tempDirs } from "../helpers/fixtures.js";
+import { nativeTasksPresent } from "../../src/pipeline/native-tasks.js";
 
 const tmp = tempDirs();
 
@@ -64,5 +65,35 @@ describe("usage errors exit 2 before anything is done", () => {
     expect(env.stderr).toMatch(/VMVAULT_WORKERS=abc: give a whole number from 0 to 256/);
     const good = await v(["--workers", "1", "snapshots"]);
     expect(good.code, good.stderr).toBe(0);
+  });
+
+  it("--pipeline and VMVAULT_PIPELINE: checked whenever given; native and js write what the other reads, and --json names the one used", async () => {
+    const { v } = await newRepo();
+    const flag = await v(["--pipeline", "fast", "snapshots"]);
+    expect(flag.code, flag.stderr).toBe(2);
+    expect(flag.stderr).toMatch(/--pipeline fast: give native, js or auto/);
+    const env = await v(["user", "list"], { env: { VMVAULT_PIPELINE: "gpu" } });
+    expect(env.code, env.stderr).toBe(2);
+    expect(env.stderr).toMatch(/VMVAULT_PIPELINE=gpu: give native, js or auto/);
+    const src = tmp("src");
+    const image = path.join(src, "vm.raw");
+    const bytes = new Uint8Array(3 * 1024 * 1024);
+    for (let i = 0; i < bytes.length; i += 4096) bytes.fill(i % 251, i, i + 1000);
+    await fsp.writeFile(image, bytes);
+    const engines = nativeTasksPresent() ? ["native", "js"] : ["js"];
+    for (const [i, engine] of engines.entries()) {
+      const b = await v(["--json", "--pipeline", engine, "--workers", "1", "backup", "--vm", `vm${i}`, image]);
+      expect(b.code, b.stderr).toBe(0);
+      expect((JSON.parse(b.stdout) as { pipeline: { engine: string } }).pipeline.engine).toBe(engine);
+    }
+    for (const engine of engines) {
+      const c = await v(["--json", "--pipeline", engine, "--workers", "1", "check", "--read-data"]);
+      expect(c.code, c.stderr).toBe(0);
+      expect((JSON.parse(c.stdout) as { pipeline: { engine: string } }).pipeline.engine).toBe(engine);
+      const out = tmp("out");
+      const r = await v(["--json", "--pipeline", engine, "--workers", "1", "restore", "vm0", "--target", out, "--reason", "pipeline engines"]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(Buffer.compare(await fsp.readFile(path.join(out, "vm.raw")), Buffer.from(bytes))).toBe(0);
+    }
   });
 });
