@@ -13,6 +13,8 @@
  * through a thread-safe function. Each thread keeps its own OpenSSL contexts and scratch memory;
  * the keys in the contexts are replaced by zeros after every batch.
  */
+#define _GNU_SOURCE
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -36,10 +38,22 @@ typedef struct {
   size_t n;
 } bytes;
 
-/* Per JavaScript thread (instance data): the thread-safe function finished tasks go back through, and how many are out. */
+/*
+ * Per JavaScript thread (instance data): the thread-safe function finished tasks go back
+ * through, and how many tasks have not come back (outstanding, that thread's alone). in_threads
+ * counts its tasks queued or running on the task threads. When the JavaScript thread ends (a
+ * worker thread terminated, the process exiting), its cleanup hook takes its queued tasks out,
+ * waits for its running ones (their arrays are that thread's memory, freed next), and sets
+ * closed: a task thread hands a task back under lock, and only while closed is not set, so none
+ * touches a function Node.js then tears down.
+ */
 typedef struct {
   napi_threadsafe_function done;
   size_t outstanding;
+  pthread_mutex_t lock;
+  pthread_cond_t idle;
+  size_t in_threads;
+  int closed;
 } env_state;
 
 typedef struct task {
@@ -266,18 +280,33 @@ static void *task_thread(void *arg) {
     if (pool.head == NULL) pool.tail = NULL;
     pthread_mutex_unlock(&pool.lock);
     execute(t);
-    /* A JavaScript thread that is gone (its function closing) cannot take the task back. */
-    napi_threadsafe_function done = t->owner->done;
-    if (napi_call_threadsafe_function(done, t, napi_tsfn_blocking) != napi_ok) free(t);
-    napi_release_threadsafe_function(done, napi_tsfn_release);
+    env_state *e = t->owner;
+    pthread_mutex_lock(&e->lock);
+    /* A JavaScript thread that is going cannot take the task back. */
+    if (e->closed || napi_call_threadsafe_function(e->done, t, napi_tsfn_nonblocking) != napi_ok) free(t);
+    if (--e->in_threads == 0) pthread_cond_broadcast(&e->idle);
+    pthread_mutex_unlock(&e->lock);
   }
   return NULL;
+}
+
+/*
+ * Keeps the helper loaded for the life of the process once it has threads: Node.js unloads an
+ * addon when the last worker thread that loaded it ends, and the task threads run its code.
+ */
+static int pin_module(void) {
+  static int pinned = 0;
+  Dl_info self;
+  if (pinned) return 1;
+  if (dladdr((void *)&pin_module, &self) == 0 || self.dli_fname == NULL || dlopen(self.dli_fname, RTLD_LAZY | RTLD_NODELETE) == NULL) return 0;
+  pinned = 1;
+  return 1;
 }
 
 /* Queues t, with up to threads task threads running (started as needed); 0, or -1 when not even one could start. */
 static int submit(task *t, int threads) {
   pthread_mutex_lock(&pool.lock);
-  while (pool.threads < threads) {
+  while (pool.threads < threads && pin_module()) {
     pthread_t id;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
@@ -300,13 +329,32 @@ static int submit(task *t, int threads) {
   return 0;
 }
 
-static void release_env(napi_env env, void *data, void *hint) {
-  (void)env;
-  (void)hint;
+/* The JavaScript thread is ending: its queued tasks are dropped, its running ones waited for, and none goes back to it. */
+static void close_env(void *data) {
   env_state *e = data;
-  napi_release_threadsafe_function(e->done, napi_tsfn_abort);
-  /* Tasks still out hold e; it is left behind for them (once per JavaScript thread that ends with tasks running). */
-  if (e->outstanding == 0) free(e);
+  size_t dropped = 0;
+  pthread_mutex_lock(&pool.lock);
+  for (task **at = &pool.head, *prev = NULL; *at != NULL;) {
+    task *t = *at;
+    if (t->owner != e) {
+      prev = t;
+      at = &t->next;
+      continue;
+    }
+    *at = t->next;
+    if (pool.tail == t) pool.tail = prev;
+    free(t);
+    dropped++;
+  }
+  pthread_mutex_unlock(&pool.lock);
+  pthread_mutex_lock(&e->lock);
+  e->closed = 1;
+  e->in_threads -= dropped;
+  while (e->in_threads > 0) pthread_cond_wait(&e->idle, &e->lock);
+  pthread_mutex_unlock(&e->lock);
+  pthread_cond_destroy(&e->idle);
+  pthread_mutex_destroy(&e->lock);
+  free(e);
 }
 
 /* This JavaScript thread's state, made on its first task. */
@@ -320,9 +368,14 @@ static env_state *owner_of(napi_env env) {
     free(e);
     return NULL;
   }
+  pthread_mutex_init(&e->lock, NULL);
+  pthread_cond_init(&e->idle, NULL);
   napi_unref_threadsafe_function(env, e->done);
-  if (napi_set_instance_data(env, e, release_env, NULL) != napi_ok) {
+  /* Added after the function was made, so it runs before the function's own cleanup (hooks run last first). */
+  if (napi_add_env_cleanup_hook(env, close_env, e) != napi_ok || napi_set_instance_data(env, e, NULL, NULL) != napi_ok) {
     napi_release_threadsafe_function(e->done, napi_tsfn_abort);
+    pthread_cond_destroy(&e->idle);
+    pthread_mutex_destroy(&e->lock);
     free(e);
     return NULL;
   }
@@ -364,11 +417,14 @@ static napi_value queue(napi_env env, task *t, napi_value threads_value) {
   napi_value promise;
   t->owner = owner_of(env);
   if (t->owner == NULL || napi_create_promise(env, &t->deferred, &promise) != napi_ok) return fail(env, t, "could not queue a native pipeline task", 0);
-  /* The task thread holds the function until it has handed the task back (released there). */
-  if (napi_acquire_threadsafe_function(t->owner->done) != napi_ok) return fail(env, t, "could not queue a native pipeline task", 0);
   if (t->owner->outstanding++ == 0) napi_ref_threadsafe_function(env, t->owner->done);
+  pthread_mutex_lock(&t->owner->lock);
+  t->owner->in_threads++;
+  pthread_mutex_unlock(&t->owner->lock);
   if (submit(t, threads) != 0) {
-    napi_release_threadsafe_function(t->owner->done, napi_tsfn_release);
+    pthread_mutex_lock(&t->owner->lock);
+    t->owner->in_threads--;
+    pthread_mutex_unlock(&t->owner->lock);
     if (--t->owner->outstanding == 0) napi_unref_threadsafe_function(env, t->owner->done);
     napi_value message, error;
     napi_create_string_utf8(env, "could not start a native pipeline thread", NAPI_AUTO_LENGTH, &message);

@@ -4,6 +4,10 @@
  * anything runs, send what they cannot decode back to JavaScript, and are used only when they
  * agree with JavaScript on a sample.
  */
+import { spawnSync } from "node:child_process";
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { loadBulkCrypto, type BulkCrypto } from "../../src/crypto/bulk.js";
 import { AEAD_NONCE_BYTES, HASH_BYTES } from "../../src/crypto/suite.js";
@@ -14,7 +18,11 @@ import { agreesWithJavaScript, NativeRunner, nativeTasks, nativeTasksPresent, ty
 import { WorkerPool } from "../../src/pipeline/pool.js";
 import { CHUNK_ID_KEY, type OpenTask, type SealResult } from "../../src/pipeline/protocol.js";
 import { TaskRunner } from "../../src/pipeline/tasks.js";
-import { seededBytes } from "../helpers/fixtures.js";
+import { seededBytes, tempDirs } from "../helpers/fixtures.js";
+
+const tmp = tempDirs();
+/** The built module (the CLI's tests run the build too): child processes load it without TypeScript. */
+const BUILT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../dist/pipeline/native-tasks.js");
 
 const KiB = 1024;
 const ID_KEY = seededBytes("native tasks chunk-ID key", 32);
@@ -327,6 +335,52 @@ describe.skipIf(!present)("native pipeline tasks", () => {
       await zstd.close();
     }
     await expect(WorkerPool.create({ workers: 1, compression: LZ4, backend: "wasm", engine: "native" })).rejects.toThrow(/not available/);
+  });
+});
+
+describe.skipIf(!present)("the helper's threads and the JavaScript threads that use them", () => {
+  /** A script that keeps the helper's threads busy with batches of the calling thread's memory. */
+  const busy = `
+    const { nativeTasks } = await import(${JSON.stringify(BUILT)});
+    const f = await nativeTasks();
+    if (f === undefined) throw new Error("no native tasks");
+    const data = new Uint8Array(8 << 20);
+    const n = data.length / 32768;
+    const ranges = new Uint32Array(n * 2);
+    for (let i = 0; i < n; i++) ranges.set([i * 32768, 32768], 2 * i);
+    const key = new Uint8Array(32).fill(3);
+    const many = () => Array.from({ length: 8 }, () => f.scanChunks(data, ranges, key, false, new Uint8Array(n * 32), new Uint8Array(n), 2));
+  `;
+  /** Runs the busy script followed by body in a new process. */
+  const run = async (body: string): Promise<{ status: number | null; signal: string | null; stdout: string; stderr: string }> => {
+    const script = path.join(tmp("scripts"), "busy.mjs");
+    await fsp.writeFile(script, `${busy}\n${body}`);
+    const r = spawnSync(process.execPath, [script], { encoding: "utf8", timeout: 60_000 });
+    return { status: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
+  };
+
+  it("a process that exits with batches running exits with its own code; one that ends after them, cleanly", async () => {
+    await expect(run("void many(); process.exit(3);")).resolves.toMatchObject({ status: 3, signal: null });
+    await expect(run("void many(); setTimeout(() => process.exit(4), 15);")).resolves.toMatchObject({ status: 4, signal: null });
+    const done = await run("const r = await Promise.all(many()); console.log(r.length);");
+    expect([done.status, done.signal, done.stdout.trim()], done.stderr).toEqual([0, null, "8"]);
+  });
+
+  it("worker threads terminated with batches of their memory running: the batches end first, and the helper stays loaded for the threads", async () => {
+    const dir = tmp("workers");
+    await fsp.writeFile(path.join(dir, "busy.mjs"), `${busy}\nfor (;;) await Promise.all(many());\n`);
+    await fsp.writeFile(
+      path.join(dir, "main.mjs"),
+      `import { Worker } from "node:worker_threads";
+       for (let i = 0; i < 6; i++) {
+         const w = new Worker(new URL("./busy.mjs", import.meta.url));
+         await new Promise((r) => setTimeout(r, 120));
+         await w.terminate();
+       }
+       console.log("ok");`,
+    );
+    const r = spawnSync(process.execPath, [path.join(dir, "main.mjs")], { encoding: "utf8", timeout: 60_000 });
+    expect([r.status, r.signal, r.stdout.trim()], r.stderr).toEqual([0, null, "ok"]);
   });
 });
 
