@@ -436,6 +436,22 @@ static napi_value queue(napi_env env, task *t, napi_value threads_value) {
   return promise;
 }
 
+/* A new task of kind from a call of want arguments (into argv); NULL, with an error thrown, when it has fewer. */
+static task *begin(napi_env env, napi_callback_info info, int kind, size_t want, napi_value *argv, const char *usage) {
+  size_t argc = want;
+  task *t = calloc(1, sizeof *t);
+  if (t == NULL) {
+    fail(env, NULL, "out of memory", 0);
+    return NULL;
+  }
+  t->kind = kind;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < want) {
+    fail(env, t, usage, 0);
+    return NULL;
+  }
+  return t;
+}
+
 /* Every pair (offset, length) of a table of count rows lies inside data; each length fits an int. */
 static int ranges_fit(const uint32_t *table, size_t count, size_t limit) {
   for (size_t i = 0; i < count; i++)
@@ -445,16 +461,15 @@ static int ranges_fit(const uint32_t *table, size_t count, size_t limit) {
 
 /* scanChunks(data, ranges, key, detectZero, ids, zero, threads) -> Promise<0> */
 static napi_value scan_chunks(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
+  static const char usage[] = "expected data, ranges, key, detectZero, ids, zero, threads";
   napi_value argv[7];
-  task *t = calloc(1, sizeof *t);
-  if (t == NULL) return fail(env, t, "out of memory", 0);
-  t->kind = SCAN;
+  task *t = begin(env, info, SCAN, 7, argv, usage);
   bytes table;
   bool detect = false;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 7 || !ARG(0, U8, data, 0) || !arg(env, t, argv[1], U32, (void **)&table.p, &table.n, 0) ||
-      !ARG(2, U8, key, 0) || napi_get_value_bool(env, argv[3], &detect) != napi_ok || !ARG(4, U8, ids, 0) || !ARG(5, U8, zero, 0))
-    return fail(env, t, "expected data, ranges, key, detectZero, ids, zero", 0);
+  if (t == NULL) return NULL;
+  if (!ARG(0, U8, data, 0) || !arg(env, t, argv[1], U32, (void **)&table.p, &table.n, 0) || !ARG(2, U8, key, 0) || napi_get_value_bool(env, argv[3], &detect) != napi_ok ||
+      !ARG(4, U8, ids, 0) || !ARG(5, U8, zero, 0))
+    return fail(env, t, usage, 0);
   t->table = (const uint32_t *)table.p;
   t->count = table.n / 2;
   t->detect_zero = detect;
@@ -466,15 +481,14 @@ static napi_value scan_chunks(napi_env env, napi_callback_info info) {
 
 /* sealChunks(data, ranges, ids, nonces, key, out, lengths, threads) -> Promise<bytes written to out> */
 static napi_value seal_chunks(napi_env env, napi_callback_info info) {
-  size_t argc = 8;
+  static const char usage[] = "expected data, ranges, ids, nonces, key, out, lengths, threads";
   napi_value argv[8];
-  task *t = calloc(1, sizeof *t);
-  if (t == NULL) return fail(env, t, "out of memory", 0);
-  t->kind = SEAL;
+  task *t = begin(env, info, SEAL, 8, argv, usage);
   bytes table, lengths;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 8 || !ARG(0, U8, data, 0) || !arg(env, t, argv[1], U32, (void **)&table.p, &table.n, 0) ||
-      !ARG(2, U8, ids, 0) || !ARG(3, U8, nonces, 0) || !ARG(4, U8, key, 0) || !ARG(5, U8, out, 0) || !arg(env, t, argv[6], U32, (void **)&lengths.p, &lengths.n, 0))
-    return fail(env, t, "expected data, ranges, ids, nonces, key, out, lengths", 0);
+  if (t == NULL) return NULL;
+  if (!ARG(0, U8, data, 0) || !arg(env, t, argv[1], U32, (void **)&table.p, &table.n, 0) || !ARG(2, U8, ids, 0) || !ARG(3, U8, nonces, 0) || !ARG(4, U8, key, 0) ||
+      !ARG(5, U8, out, 0) || !arg(env, t, argv[6], U32, (void **)&lengths.p, &lengths.n, 0))
+    return fail(env, t, usage, 0);
   t->table = (const uint32_t *)table.p;
   t->count = table.n / 2;
   t->lengths = (uint32_t *)lengths.p;
@@ -488,16 +502,14 @@ static napi_value seal_chunks(napi_env env, napi_callback_info info) {
 
 /* openChunks(data, entries, ids, key, idKey, out | null, outOffsets | null, status, threads) -> Promise<1 when an entry needs a codec only JavaScript has, else 0> */
 static napi_value open_chunks(napi_env env, napi_callback_info info) {
-  size_t argc = 9;
+  static const char usage[] = "expected data, entries, ids, key, idKey, out, outOffsets, status, threads";
   napi_value argv[9];
-  task *t = calloc(1, sizeof *t);
-  if (t == NULL) return fail(env, t, "out of memory", 0);
-  t->kind = OPEN;
+  task *t = begin(env, info, OPEN, 9, argv, usage);
   bytes table, offsets;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 9 || !ARG(0, U8, data, 0) || !arg(env, t, argv[1], U32, (void **)&table.p, &table.n, 0) ||
-      !ARG(2, U8, ids, 0) || !ARG(3, U8, key, 0) || !ARG(4, U8, id_key, 0) || !ARG(5, U8, out, 1) || !arg(env, t, argv[6], U32, (void **)&offsets.p, &offsets.n, 1) ||
-      !ARG(7, U8, status, 0))
-    return fail(env, t, "expected data, entries, ids, key, idKey, out, outOffsets, status", 0);
+  if (t == NULL) return NULL;
+  if (!ARG(0, U8, data, 0) || !arg(env, t, argv[1], U32, (void **)&table.p, &table.n, 0) || !ARG(2, U8, ids, 0) || !ARG(3, U8, key, 0) || !ARG(4, U8, id_key, 0) ||
+      !ARG(5, U8, out, 1) || !arg(env, t, argv[6], U32, (void **)&offsets.p, &offsets.n, 1) || !ARG(7, U8, status, 0))
+    return fail(env, t, usage, 0);
   t->table = (const uint32_t *)table.p;
   t->count = table.n / 3;
   t->out_offsets = (const uint32_t *)offsets.p;

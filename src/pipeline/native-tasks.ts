@@ -4,6 +4,7 @@ import { HASH_BYTES, AEAD_NONCE_BYTES } from "../crypto/suite.js";
 import type { CompressionSetting } from "../compress/compressor.js";
 import { bytesEqual } from "../util/bytes.js";
 import { nativeHelper, type NativeHelper } from "../util/native.js";
+import { KeyRing } from "./key-ring.js";
 import { plaintextsOf, sealBound, TaskRunner } from "./tasks.js";
 import { CHUNK_ID_KEY, type OpenResult, type OpenTask, type ResultOf, type ScanResult, type ScanTask, type SealResult, type SealTask, type Task } from "./protocol.js";
 
@@ -44,7 +45,7 @@ export function nativeTasks(): Promise<Functions | undefined> {
 export class NativeRunner {
   readonly #f: Functions;
   readonly #threads: number;
-  readonly #keys = new Map<string, Uint8Array>();
+  readonly #keys = new KeyRing();
 
   /** threads: how many of the helper's threads may run this runner's tasks at once. */
   constructor(functions: Functions, threads: number) {
@@ -53,14 +54,12 @@ export class NativeRunner {
   }
 
   setKey(name: string, bytes: Uint8Array): void {
-    this.#keys.get(name)?.fill(0);
     this.#keys.set(name, bytes);
   }
 
   /** Zeroes and forgets every key (no task may be running). */
   dispose(): void {
-    for (const k of this.#keys.values()) k.fill(0);
-    this.#keys.clear();
+    this.#keys.dispose();
   }
 
   /** The task's result, or undefined when JavaScript must run it. */
@@ -78,9 +77,7 @@ export class NativeRunner {
   }
 
   #key(name: string): Uint8Array {
-    const k = this.#keys.get(name);
-    if (k === undefined) throw new Error(`pipeline key ${name} was not given`);
-    return k;
+    return this.#keys.get(name);
   }
 
   async #scan(t: ScanTask): Promise<ScanResult> {

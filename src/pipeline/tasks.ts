@@ -2,6 +2,7 @@ import type { BulkBackendName, BulkCrypto, ChunkHasherName } from "../crypto/bul
 import { AEAD_NONCE_BYTES, HASH_BYTES } from "../crypto/suite.js";
 import { Compressor, type CompressionSetting } from "../compress/compressor.js";
 import { BlobScratch, BlobStatus, maxBlobLength, openBlobInto, rewrapBlob, sealBlobInto } from "../pack/blob.js";
+import { KeyRing } from "./key-ring.js";
 import { CHUNK_ID_KEY, type OpenResult, type OpenTask, type RewrapResult, type RewrapTask, type ScanResult, type ScanTask, type SealResult, type SealTask, type Task, type ResultOf } from "./protocol.js";
 
 /**
@@ -39,7 +40,7 @@ const SLICE_BYTES = 256 * 1024;
 export class TaskRunner {
   readonly #crypto: BulkCrypto;
   readonly #compressor: Compressor;
-  readonly #keys = new Map<string, Uint8Array>();
+  readonly #keys = new KeyRing();
   readonly #scratch = new BlobScratch();
   #zero = new Uint8Array(16 * 1024);
   #sliced = 0;
@@ -64,14 +65,12 @@ export class TaskRunner {
   }
 
   setKey(name: string, bytes: Uint8Array): void {
-    this.#keys.get(name)?.fill(0);
     this.#keys.set(name, bytes);
   }
 
   /** Zeroes and forgets every key. */
   dispose(): void {
-    for (const k of this.#keys.values()) k.fill(0);
-    this.#keys.clear();
+    this.#keys.dispose();
   }
 
   run<T extends Task>(task: T): ResultOf<T> {
@@ -109,9 +108,7 @@ export class TaskRunner {
   }
 
   #key(name: string): Uint8Array {
-    const k = this.#keys.get(name);
-    if (k === undefined) throw new Error(`pipeline key ${name} was not given`);
-    return k;
+    return this.#keys.get(name);
   }
 
   *#scan(t: ScanTask): Generator<void, ScanResult> {

@@ -91,7 +91,7 @@ describe("usage errors exit 2 before anything is done", () => {
       expect(c.code, c.stderr).toBe(0);
       expect((JSON.parse(c.stdout) as { pipeline: { engine: string } }).pipeline.engine).toBe(engine);
       const out = tmp("out");
-      const r = await v(["--json", "--pipeline", engine, "--workers", "1", "restore", "vm0", "--target", out, "--reason", "pipeline engines"]);
+      const r = await v(["--json", "--pipeline", engine, "--workers", "1", "restore", "latest", "--vm", "vm0", "--target", out, "--reason", "pipeline engines"]);
       expect(r.code, r.stderr).toBe(0);
       expect(Buffer.compare(await fsp.readFile(path.join(out, "vm.raw")), Buffer.from(bytes))).toBe(0);
     }
