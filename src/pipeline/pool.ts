@@ -25,8 +25,8 @@ export interface PoolOptions {
   /** Tasks handed to one worker before more wait in the pool's queue. */
   readonly tasksPerWorker?: number;
   /**
-   * Where scan, seal and open tasks run: "native" (native/tasks.c on libuv's thread pool, as many
-   * at once as the threads a JavaScript pool would have, no worker threads), "js" (worker threads
+   * Where scan, seal and open tasks run: "native" (native/tasks.c on the helper's own threads, as
+   * many at once as the threads a JavaScript pool would have, no worker threads), "js" (worker threads
    * and the main thread, src/pipeline/tasks.ts), or "auto" (default): native where the helper has
    * the tasks and they agree with JavaScript on a sample, the compression is LZ4, and neither
    * backend nor workerChunkHash is given. Rewrap tasks always run in JavaScript: on the main
@@ -72,7 +72,8 @@ const MAIN_HELPS_AT = 2;
 /**
  * Tasks a native pool hands the helper beyond those its threads run, waiting in the helper's
  * queue: a thread that finishes a batch starts the next at once, not after the main thread has
- * seen the answer and sent another (first backup 3.35 -> 2.97 s, docs/design.md §9).
+ * seen the answer and sent another (first backup 3.40 -> 3.10 s when the tasks ran on libuv's
+ * pool, docs/design.md §9).
  */
 const NATIVE_QUEUED = 2;
 
