@@ -73,7 +73,7 @@ typedef struct task {
   uint32_t *lengths;
 } task;
 
-/* One pool thread's contexts and scratch memory, made on its first task and kept. */
+/* One task thread's contexts and scratch memory, made on its first task and kept. */
 static __thread struct {
   vmvault_aead_ctx *aead;
   void *mac;
