@@ -238,21 +238,14 @@ static void execute(task *t) {
   if (here.plain != NULL) vmvault_cleanse(here.plain, here.plain_size);
 }
 
-/* On the task's JavaScript thread: settles its promise (env is NULL when that thread is gone: nothing to settle). */
-static void complete(napi_env env, napi_value js_callback, void *context, void *data) {
-  (void)js_callback;
-  (void)context;
-  task *t = data;
-  if (env == NULL) {
-    free(t);
-    return;
-  }
+/* On the task's JavaScript thread: releases its arguments and settles its promise, rejected with error where one is given, and frees it. */
+static void settle(napi_env env, task *t, const char *error) {
   for (int i = 0; i < t->nrefs; i++) napi_delete_reference(env, t->refs[i]);
   if (--t->owner->outstanding == 0) napi_unref_threadsafe_function(env, t->owner->done);
   napi_value value;
-  if (t->failed) {
+  if (error != NULL) {
     napi_value message;
-    napi_create_string_utf8(env, "native pipeline task failed", NAPI_AUTO_LENGTH, &message);
+    napi_create_string_utf8(env, error, NAPI_AUTO_LENGTH, &message);
     napi_create_error(env, NULL, message, &value);
     napi_reject_deferred(env, t->deferred, value);
   } else {
@@ -260,6 +253,15 @@ static void complete(napi_env env, napi_value js_callback, void *context, void *
     napi_resolve_deferred(env, t->deferred, value);
   }
   free(t);
+}
+
+/* A finished task, back on its JavaScript thread (env is NULL when that thread is gone: nothing to settle). */
+static void complete(napi_env env, napi_value js_callback, void *context, void *data) {
+  (void)js_callback;
+  (void)context;
+  task *t = data;
+  if (env == NULL) free(t);
+  else settle(env, t, t->failed ? "native pipeline task failed" : NULL);
 }
 
 /* The helper's task threads and their queue (one per process). */
@@ -425,13 +427,7 @@ static napi_value queue(napi_env env, task *t, napi_value threads_value) {
     pthread_mutex_lock(&t->owner->lock);
     t->owner->in_threads--;
     pthread_mutex_unlock(&t->owner->lock);
-    if (--t->owner->outstanding == 0) napi_unref_threadsafe_function(env, t->owner->done);
-    napi_value message, error;
-    napi_create_string_utf8(env, "could not start a native pipeline thread", NAPI_AUTO_LENGTH, &message);
-    napi_create_error(env, NULL, message, &error);
-    napi_reject_deferred(env, t->deferred, error);
-    for (int i = 0; i < t->nrefs; i++) napi_delete_reference(env, t->refs[i]);
-    free(t);
+    settle(env, t, "could not start a native pipeline thread");
   }
   return promise;
 }

@@ -29,7 +29,7 @@ import { SessionIndexWriter } from "./index-writer.js";
 import { ChunkSink } from "./sink.js";
 import { PackIdPool } from "./pack-ids.js";
 import { loadBulkCrypto } from "../crypto/bulk.js";
-import { WorkerPool } from "../pipeline/pool.js";
+import { WorkerPool, type EngineName } from "../pipeline/pool.js";
 import { CHUNK_ID_KEY } from "../pipeline/protocol.js";
 
 /** The session key's name in the worker pool. */
@@ -113,7 +113,7 @@ export interface BackupOptions {
 export interface PipelineStats {
   readonly workers: number;
   /** Where chunks were hashed, compressed and encrypted (WorkerPool.engine). */
-  readonly engine: "native" | "js";
+  readonly engine: EngineName;
   readonly maxBatchesInFlight: number;
   readonly maxQueuedTasks: number;
   readonly maxPacksInFlight: number;

@@ -198,10 +198,10 @@ function workersSetting(option: string | undefined): number | undefined {
 }
 
 function pipelineSetting(option: string | undefined): PipelineEngine {
-  const [value, source] = option !== undefined && option !== "" ? [option, `--pipeline ${option}`] : [process.env["VMVAULT_PIPELINE"], `VMVAULT_PIPELINE=${process.env["VMVAULT_PIPELINE"] ?? ""}`];
-  if (value === undefined || value === "") return "auto";
-  if (value === "native" || value === "js" || value === "auto") return value;
-  throw new UsageError(`${source}: give native, js or auto`);
+  const o = setting(option, "--pipeline", "VMVAULT_PIPELINE");
+  if (o === undefined) return "auto";
+  if (o.value === "native" || o.value === "js" || o.value === "auto") return o.value;
+  throw new UsageError(`${o.source}: give native, js or auto`);
 }
 
 function lockWaitSetting(option: string | undefined): number | undefined {
@@ -211,10 +211,16 @@ function lockWaitSetting(option: string | undefined): number | undefined {
   return Math.round(o.n * 1000);
 }
 
-/** A numeric setting from its option or, failing that, its environment variable, with where it came from for errors. */
-function numberSetting(option: string | undefined, flag: string, envName: string): { n: number; source: string } | undefined {
-  if (option !== undefined && option !== "") return { n: Number(option), source: `${flag} ${option}` };
+/** A setting from its option or, failing that, its environment variable, with where it came from for errors. */
+function setting(option: string | undefined, flag: string, envName: string): { value: string; source: string } | undefined {
+  if (option !== undefined && option !== "") return { value: option, source: `${flag} ${option}` };
   const env = process.env[envName];
   if (env === undefined || env === "") return undefined;
-  return { n: Number(env), source: `${envName}=${env}` };
+  return { value: env, source: `${envName}=${env}` };
+}
+
+/** A numeric setting (see setting). */
+function numberSetting(option: string | undefined, flag: string, envName: string): { n: number; source: string } | undefined {
+  const o = setting(option, flag, envName);
+  return o === undefined ? undefined : { n: Number(o.value), source: o.source };
 }

@@ -3,7 +3,7 @@ import type { PackEntry } from "../format/pack.js";
 import { BlobStatus } from "../pack/blob.js";
 import type { Repository } from "../repository/repository.js";
 import type { SessionKeys } from "../repository/sessions.js";
-import { INLINE_JOB_BYTES, WorkerPool } from "../pipeline/pool.js";
+import { INLINE_JOB_BYTES, WorkerPool, type EngineName } from "../pipeline/pool.js";
 import { PoolSessionKeys } from "../pipeline/session-keys.js";
 import { IntegrityError, NotFoundError } from "../errors.js";
 import { readInto, type Store } from "../storage/types.js";
@@ -68,7 +68,7 @@ export class PackVerifier {
   }
 
   /** Where the chunks are verified (WorkerPool.engine). */
-  get engine(): "native" | "js" {
+  get engine(): EngineName {
     return this.#pool.engine;
   }
 

@@ -2,7 +2,7 @@ import { IntegrityError, UsageError, type Damage } from "../errors.js";
 import { Compressor } from "../compress/compressor.js";
 import type { FolderSource } from "../format/snapshot.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
-import { INLINE_JOB_BYTES, WorkerPool } from "../pipeline/pool.js";
+import { INLINE_JOB_BYTES, WorkerPool, type EngineName } from "../pipeline/pool.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
 import type { Repository } from "../repository/repository.js";
@@ -44,7 +44,7 @@ export interface SnapshotCheckReport {
   readonly bytes: number;
   /** Index files left out because they did not authenticate: chunks only they listed count as missing. */
   readonly damagedIndexes: readonly Damage[];
-  readonly pipeline: { readonly workers: number; readonly engine: "native" | "js" };
+  readonly pipeline: { readonly workers: number; readonly engine: EngineName };
 }
 
 /**

@@ -39,6 +39,7 @@ import { audited, authorizeAudited } from "../audit/guard.js";
 import type { ChunkIndex } from "../repository/chunk-index.js";
 import type { BadLocations } from "./check-attribution.js";
 import { PackVerifier, readDataRunsInline } from "./check-data.js";
+import type { EngineName } from "../pipeline/pool.js";
 import { PackChecks, type Listing } from "./check-packs.js";
 import { visitReferences } from "./references.js";
 
@@ -79,7 +80,7 @@ export interface CheckReport {
    * once, and most verification jobs submitted but not yet settled (both bounded, whatever the
    * repository's size).
    */
-  readonly pipeline?: { readonly workers: number; readonly engine: "native" | "js"; readonly maxPacksInFlight: number; readonly maxUnsettled: number };
+  readonly pipeline?: { readonly workers: number; readonly engine: EngineName; readonly maxPacksInFlight: number; readonly maxUnsettled: number };
 }
 
 /**

@@ -12,13 +12,16 @@ import { CHUNK_ID_KEY, type OpenResult, type OpenTask, type ResultOf, type ScanR
 export type NativeTaskFunctions = Required<Pick<NativeHelper, "scanChunks" | "sealChunks" | "openChunks">>;
 type Functions = NativeTaskFunctions;
 
-/** openChunks' status for an entry whose codec only JavaScript decodes (zstd). */
-const ELSEWHERE = 255;
+/** The helper's batch functions, bound, where it has them (not yet checked). */
+function helperFunctions(): Functions | undefined {
+  const h = nativeHelper();
+  if (h?.scanChunks === undefined || h.sealChunks === undefined || h.openChunks === undefined) return undefined;
+  return { scanChunks: h.scanChunks.bind(h), sealChunks: h.sealChunks.bind(h), openChunks: h.openChunks.bind(h) };
+}
 
 /** Whether the native helper has the batch tasks (native/tasks.c), before they were checked. */
 export function nativeTasksPresent(): boolean {
-  const h = nativeHelper();
-  return h?.scanChunks !== undefined && h.sealChunks !== undefined && h.openChunks !== undefined;
+  return helperFunctions() !== undefined;
 }
 
 let checked: Promise<Functions | undefined> | undefined;
@@ -29,12 +32,24 @@ let checked: Promise<Functions | undefined> | undefined;
  */
 export function nativeTasks(): Promise<Functions | undefined> {
   checked ??= (async () => {
-    const h = nativeHelper();
-    if (h?.scanChunks === undefined || h.sealChunks === undefined || h.openChunks === undefined) return undefined;
-    const f: Functions = { scanChunks: h.scanChunks.bind(h), sealChunks: h.sealChunks.bind(h), openChunks: h.openChunks.bind(h) };
-    return (await agreesWithJavaScript(f)) ? f : undefined;
+    const f = helperFunctions();
+    return f !== undefined && (await agreesWithJavaScript(f)) ? f : undefined;
   })();
   return checked;
+}
+
+/** Chunks one after another from offset in one new array (offset bytes before them), with their ranges. */
+export function batchOf(chunks: readonly Uint8Array[], offset = 0): { data: Uint8Array; ranges: Uint32Array } {
+  const data = new Uint8Array(chunks.reduce((a, c) => a + c.length, offset));
+  const ranges = new Uint32Array(chunks.length * 2);
+  let at = offset;
+  chunks.forEach((c, i) => {
+    data.set(c, at);
+    ranges[2 * i] = at;
+    ranges[2 * i + 1] = c.length;
+    at += c.length;
+  });
+  return { data, ranges };
 }
 
 /**
@@ -106,7 +121,7 @@ export class NativeRunner {
     }
     const status = new Uint8Array(n);
     const elsewhere = await this.#f.openChunks(t.data, t.entries, t.ids, this.#key(t.key), this.#key(t.idKey), t.keep ? plain : null, offsets, status, this.#threads);
-    return elsewhere === 1 || status.includes(ELSEWHERE) ? undefined : { data: t.data, plain, status };
+    return elsewhere === 1 ? undefined : { data: t.data, plain, status };
   }
 }
 
@@ -122,15 +137,7 @@ export async function agreesWithJavaScript(f: Functions): Promise<boolean> {
   try {
     const text = new TextEncoder().encode("vmvault pipeline sample ".repeat(700));
     const chunks = [new Uint8Array(4096), text, randomBytes(5000), sparseRandom(8192), Uint8Array.of(7)];
-    const data = new Uint8Array(chunks.reduce((a, c) => a + c.length, 0));
-    const ranges = new Uint32Array(chunks.length * 2);
-    let at = 0;
-    chunks.forEach((c, i) => {
-      data.set(c, at);
-      ranges[2 * i] = at;
-      ranges[2 * i + 1] = c.length;
-      at += c.length;
-    });
+    const { data, ranges } = batchOf(chunks);
     for (const [name, length] of [[CHUNK_ID_KEY, 32], ["session", 32]] as const) {
       const key = randomBytes(length);
       js.setKey(name, Uint8Array.from(key));

@@ -36,6 +36,8 @@ export interface PoolOptions {
 }
 
 export type PipelineEngine = "auto" | "native" | "js";
+/** Where a pool's tasks run (WorkerPool.engine). */
+export type EngineName = Exclude<PipelineEngine, "auto">;
 
 export interface PoolStats {
   tasks: number;
@@ -249,7 +251,7 @@ export class WorkerPool {
   }
 
   /** Where the pool's scan, seal and open tasks run. */
-  get engine(): "native" | "js" {
+  get engine(): EngineName {
     return this.#native === undefined ? "js" : "native";
   }
 

@@ -17,7 +17,7 @@ import { toHex, utf8 } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 import { BlobReader } from "./blob-reader.js";
 import { ChunkFetcher } from "./fetcher.js";
-import { INLINE_JOB_BYTES, WorkerPool } from "../pipeline/pool.js";
+import { INLINE_JOB_BYTES, WorkerPool, type EngineName } from "../pipeline/pool.js";
 import { existsBelow } from "./dirs.js";
 import { restoreDisk } from "./disk.js";
 import { folderEntries, includeMatches, includeSpellings, restoreFolder, selectInFolders } from "./folder.js";
@@ -111,7 +111,7 @@ export interface RestoreResult {
    */
   readonly partialsFound: readonly string[];
   /** The pipeline's worker threads (0: it ran on the main thread alone). */
-  readonly pipeline: { readonly workers: number; readonly engine: "native" | "js" };
+  readonly pipeline: { readonly workers: number; readonly engine: EngineName };
 }
 
 interface Plan {

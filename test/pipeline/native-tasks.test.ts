@@ -14,7 +14,7 @@ import { AEAD_NONCE_BYTES, HASH_BYTES } from "../../src/crypto/suite.js";
 import { Compressor } from "../../src/compress/compressor.js";
 import { blobAd } from "../../src/format/pack.js";
 import { BlobStatus, maxBlobLength } from "../../src/pack/blob.js";
-import { agreesWithJavaScript, NativeRunner, nativeTasks, nativeTasksPresent, type NativeTaskFunctions } from "../../src/pipeline/native-tasks.js";
+import { agreesWithJavaScript, batchOf, NativeRunner, nativeTasks, nativeTasksPresent, type NativeTaskFunctions } from "../../src/pipeline/native-tasks.js";
 import { WorkerPool } from "../../src/pipeline/pool.js";
 import { CHUNK_ID_KEY, type OpenTask, type SealResult } from "../../src/pipeline/protocol.js";
 import { TaskRunner } from "../../src/pipeline/tasks.js";
@@ -55,16 +55,7 @@ function batch(seed: string): { data: Uint8Array; ranges: Uint32Array; chunks: U
     // Last: a random chunk, whose LZ4 output is longer than its blob's room (the helper's scratch path).
     seededBytes(`${seed} last`, 16 * KiB),
   ];
-  const data = new Uint8Array(chunks.reduce((a, c) => a + c.length, 0) + 3);
-  const ranges = new Uint32Array(chunks.length * 2);
-  let at = 3;
-  chunks.forEach((c, i) => {
-    data.set(c, at);
-    ranges[2 * i] = at;
-    ranges[2 * i + 1] = c.length;
-    at += c.length;
-  });
-  return { data, ranges, chunks };
+  return { ...batchOf(chunks, 3), chunks };
 }
 
 function runners(crypto: BulkCrypto, f: NativeTaskFunctions, threads = 2): { js: TaskRunner; native: NativeRunner } {
