@@ -124,6 +124,23 @@ int vmvault_blake2b(void *m, const unsigned char *key, const unsigned char *in, 
 int vmvault_equal32(const unsigned char *a, const unsigned char *b);
 void vmvault_cleanse(void *p, size_t n);
 
+/*
+ * native/ids.c: keyed BLAKE2b-256 (32-byte key) of groups of chunks, many at once where the
+ * optional library is there (else one by one, vmvault_blake2b through mac). vmvault_ids_add
+ * queues one (its ID goes to `to`; in must stay readable until the flush) and hashes the group
+ * when it is full; vmvault_ids_flush hashes what is queued. 0, or -1 on failure.
+ */
+#define VMVAULT_ID_GROUP 32
+typedef struct {
+  size_t n;
+  const unsigned char *in[VMVAULT_ID_GROUP];
+  size_t length[VMVAULT_ID_GROUP];
+  unsigned char *to[VMVAULT_ID_GROUP];
+} vmvault_id_group;
+int vmvault_ids_add(vmvault_id_group *g, void *mac, const unsigned char *key, const unsigned char *in, size_t length, unsigned char *to);
+int vmvault_ids_flush(vmvault_id_group *g, void *mac, const unsigned char *key);
+napi_status vmvault_register_ids(napi_env env, napi_value exports);
+
 /* native/tasks.c: scanChunks, sealChunks, openChunks: the pipeline's batch tasks on the thread pool (when OpenSSL has what they need). */
 napi_status vmvault_register_tasks(napi_env env, napi_value exports);
 

@@ -117,6 +117,8 @@ static void blob_ad(unsigned char *ad, const unsigned char *id) {
 }
 
 static int scan(task *t) {
+  vmvault_id_group g;
+  g.n = 0;
   for (size_t i = 0; i < t->count; i++) {
     const unsigned char *chunk = t->data.p + t->table[2 * i];
     size_t length = t->table[2 * i + 1];
@@ -124,9 +126,9 @@ static int scan(task *t) {
     if (t->detect_zero && all_zero(chunk, length)) {
       t->zero.p[i] = 1;
       memset(id, 0, ID);
-    } else if (vmvault_blake2b(here.mac, t->key.p, chunk, length, id) != 0) return -1;
+    } else if (vmvault_ids_add(&g, here.mac, t->key.p, chunk, length, id) != 0) return -1;
   }
-  return 0;
+  return vmvault_ids_flush(&g, here.mac, t->key.p);
 }
 
 /*
@@ -173,8 +175,14 @@ static int seal(task *t) {
   return 0;
 }
 
-/* openBlobInto for one blob: its status, or -1 (out of memory). plain NULL: the thread's scratch, grown once the blob is known to decode to raw bytes. */
-static int open_one(task *t, const unsigned char *stored, size_t length, const unsigned char *id, unsigned char *plain, size_t raw) {
+/*
+ * openBlobInto for one blob up to its ID check: OK once its plaintext (raw bytes) is in plain,
+ * else its status, or -1 (out of memory). plain has room for the smaller of raw and 256 times the
+ * stored length; the decoder is given no more than the block can decode to (LZ4 expands at most
+ * 255 times), so a listing claiming more takes no memory for it, and its verdict is the one a
+ * buffer of the full length would give (malformed, or too short).
+ */
+static int decode_one(task *t, const unsigned char *stored, size_t length, const unsigned char *id, unsigned char *plain, size_t raw) {
   unsigned char ad[AD];
   if (length < OVERHEAD) return AUTH;
   size_t framed = length - NONCE - TAG;
@@ -185,41 +193,60 @@ static int open_one(task *t, const unsigned char *stored, size_t length, const u
   if (codec == CODEC_LZ4 && (framed - 1 == 0 || framed - 1 > INT32_MAX || raw > INT32_MAX)) return DECOMPRESS;
   if (codec != CODEC_RAW && codec != CODEC_LZ4) return codec == CODEC_ZSTD ? ELSEWHERE : CODEC;
   if (codec == CODEC_RAW && framed - 1 != raw) return LENGTH;
-  /*
-   * Into the thread's scratch, no larger than the block can decode to (LZ4 expands at most 255
-   * times): a listing claiming more takes no memory for it, and its verdict is the one a buffer
-   * of the full length would give (malformed, or too short).
-   */
-  size_t room = raw;
-  if (plain == NULL) {
-    if (codec == CODEC_LZ4 && room / 256 > framed) room = framed * 256;
-    if (!grow(&here.plain, &here.plain_size, room > 0 ? room : 1)) return -1;
-    plain = here.plain;
-  }
   if (codec == CODEC_RAW) {
     memcpy(plain, here.scratch + 1, raw);
-  } else {
-    int n = vmvault_lz4_decompress((const char *)here.scratch + 1, (char *)plain, (int)(framed - 1), (int)room);
-    if (n < 0) return DECOMPRESS;
-    if ((size_t)n != raw) return LENGTH;
+    return OK;
   }
-  unsigned char check[ID];
-  if (vmvault_blake2b(here.mac, t->id_key.p, plain, raw, check) != 0) return -1;
-  return vmvault_equal32(check, id) ? OK : MISMATCH;
+  size_t room = raw / 256 > framed ? framed * 256 : raw;
+  int n = vmvault_lz4_decompress((const char *)here.scratch + 1, (char *)plain, (int)(framed - 1), (int)room);
+  if (n < 0) return DECOMPRESS;
+  return (size_t)n == raw ? OK : LENGTH;
 }
 
-/* openBlobInto for each entry; the plaintexts (with keep) go to out at their offsets, zeros where a blob failed. */
+/* Room a blob's plaintext takes in the thread's memory (without keep): see decode_one. */
+static size_t room_for(const task *t, size_t i) {
+  size_t length = t->table[3 * i + 1], raw = t->table[3 * i + 2];
+  return raw / 256 > length ? length * 256 : raw;
+}
+
+/*
+ * openBlobInto for each entry, in groups whose IDs are checked together (vmvault_ids_*): up to a
+ * group of entries, and without keep up to OPEN_GROUP bytes of plaintext in the thread's memory
+ * (or one entry, however large). The plaintexts (with keep) go to out at their offsets, zeros
+ * where a blob failed.
+ */
+enum { OPEN_GROUP = 1 << 20 };
 static int open_all(task *t) {
   int elsewhere = 0;
-  for (size_t i = 0; i < t->count; i++) {
-    size_t offset = t->table[3 * i], length = t->table[3 * i + 1], raw = t->table[3 * i + 2];
-    unsigned char *plain = t->out_offsets != NULL ? t->out.p + t->out_offsets[i] : NULL;
-    int s = offset + length > t->data.n ? LENGTH : open_one(t, t->data.p + offset, length, t->ids.p + i * ID, plain, raw);
-    if (s < 0) return -1;
-    /* Unauthenticated or unverified bytes never reach the caller. */
-    if (s != OK && plain != NULL) memset(plain, 0, raw);
-    if (s == ELSEWHERE) elsewhere = 1;
-    t->status.p[i] = (unsigned char)s;
+  unsigned char checks[VMVAULT_ID_GROUP][ID];
+  unsigned char *plains[VMVAULT_ID_GROUP];
+  vmvault_id_group g;
+  g.n = 0;
+  for (size_t first = 0, end; first < t->count; first = end) {
+    size_t held = 0;
+    for (end = first; end < t->count && end - first < VMVAULT_ID_GROUP; end++) {
+      size_t room = t->out_offsets != NULL ? 0 : room_for(t, end);
+      if (end > first && held + room > OPEN_GROUP) break;
+      held += room;
+    }
+    if (t->out_offsets == NULL && !grow(&here.plain, &here.plain_size, held > 0 ? held : 1)) return -1;
+    for (size_t i = first, at = 0; i < end; i++) {
+      size_t offset = t->table[3 * i], length = t->table[3 * i + 1], raw = t->table[3 * i + 2];
+      unsigned char *plain = t->out_offsets != NULL ? t->out.p + t->out_offsets[i] : here.plain + at;
+      at += t->out_offsets != NULL ? 0 : room_for(t, i);
+      plains[i - first] = plain;
+      int s = offset + length > t->data.n ? LENGTH : decode_one(t, t->data.p + offset, length, t->ids.p + i * ID, plain, raw);
+      if (s < 0) return -1;
+      if (s == OK && vmvault_ids_add(&g, here.mac, t->id_key.p, plain, raw, checks[i - first]) != 0) return -1;
+      if (s == ELSEWHERE) elsewhere = 1;
+      t->status.p[i] = (unsigned char)s;
+    }
+    if (vmvault_ids_flush(&g, here.mac, t->id_key.p) != 0) return -1;
+    for (size_t i = first; i < end; i++) {
+      if (t->status.p[i] == OK && !vmvault_equal32(checks[i - first], t->ids.p + i * ID)) t->status.p[i] = MISMATCH;
+      /* Unauthenticated or unverified bytes never reach the caller. */
+      if (t->status.p[i] != OK && t->out_offsets != NULL) memset(plains[i - first], 0, t->table[3 * i + 2]);
+    }
   }
   t->result = elsewhere;
   return 0;
