@@ -86,7 +86,10 @@ function stealNote() {
 }
 /** Whether vmvault ran with its native helper (recorded by bench/run.sh since 2026-12-03). */
 function nativeNote() {
-  if (meta.vmvaultNative === "yes") return "; its native helper built, as npm ci builds it";
+  if (meta.vmvaultNative === "yes") {
+    const ids = { yes: ", hashing chunk IDs four at a time (scripts/build-blake2b.sh)", no: ", hashing chunk IDs one at a time (build/Release/libvmvault_blake2b.so not built)" }[meta.vmvaultHashMany] ?? "";
+    return `; its native helper built, as npm ci builds it${ids}`;
+  }
   if (meta.vmvaultNative === "no") {
     return "; **without its native helper** (build/Release/vmvault_native.node not built: packs and images stay in the page cache, extents are found without SEEK_DATA): not vmvault as npm ci installs it";
   }

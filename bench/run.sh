@@ -89,6 +89,11 @@ PKGS=""
 have mkfs.ext4 && have debugfs && have dumpe2fs || PKGS="$PKGS e2fsprogs"
 have sfdisk || PKGS="$PKGS fdisk"
 [ -x /usr/bin/time ] || PKGS="$PKGS time"
+# vmvault's many-at-once chunk IDs (scripts/build-blake2b.sh), as its test command installs them
+if uses vmvault; then
+  have cargo || PKGS="$PKGS cargo"
+  ls -d /usr/share/cargo/registry/blake2b_simd-1.* >/dev/null 2>&1 || PKGS="$PKGS librust-blake2b-simd-dev"
+fi
 if [ "$SMOKE" = 0 ]; then
   uses restic && ! have restic && PKGS="$PKGS restic"
   uses borg && ! have borg && PKGS="$PKGS borgbackup"
@@ -124,6 +129,7 @@ if uses vmvault; then
     echo "bench: building vmvault's native helper (npm run install)"
     (cd "$ROOT" && npm run --silent install >/dev/null 2>&1) || die "vmvault's native helper did not build ($NATIVE_HELPER; npm ci builds it with node-gyp, python3 and a C compiler)"
   fi
+  [ -f "$ROOT/build/Release/libvmvault_blake2b.so" ] || sh "$ROOT/scripts/build-blake2b.sh"
 fi
 
 # ---- settings shared by every run ----------------------------------------------------------
@@ -303,6 +309,7 @@ version() { have "$1" && "$@" 2>/dev/null | head -n 1 || echo "not installed"; }
   echo "kernel=$(uname -r)"
   echo "node=$(node --version)"
   echo "vmvaultNative=$([ -f "$NATIVE_HELPER" ] && echo yes || echo no)"
+  echo "vmvaultHashMany=$([ -f "$NATIVE_HELPER" ] && node -p "require(process.argv[1]).hashMany?.() ? 'yes' : 'no'" "$NATIVE_HELPER" 2>/dev/null || echo no)"
   echo "vmvault=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown) ($(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo no git))"
   echo "restic=$(version restic version)"
   echo "borg=$(version borg --version)"

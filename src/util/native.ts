@@ -80,6 +80,13 @@ export interface NativeHelper {
   scanChunks?(data: Uint8Array, ranges: Uint32Array, key: Uint8Array, detectZero: boolean, ids: Uint8Array, zero: Uint8Array, threads: number): Promise<number>;
   sealChunks?(data: Uint8Array, ranges: Uint32Array, ids: Uint8Array, nonces: Uint8Array, key: Uint8Array, out: Uint8Array, lengths: Uint32Array, threads: number): Promise<number>;
   openChunks?(data: Uint8Array, entries: Uint32Array, ids: Uint8Array, key: Uint8Array, idKey: Uint8Array, out: Uint8Array | null, outOffsets: Uint32Array | null, status: Uint8Array, threads: number): Promise<number>;
+  /**
+   * Whether scanChunks and openChunks hash chunk IDs in groups, many at once (native/ids.c: the
+   * library scripts/build-blake2b.sh builds, loaded once it gave OpenSSL's bytes); a boolean
+   * switches that on or off for the process first (off: one at a time through OpenSSL, the same
+   * IDs; for tests and measurements).
+   */
+  hashMany?(enable?: boolean): boolean;
   /** The page size cacheResidency counts in. */
   readonly pageSize?: number;
 }

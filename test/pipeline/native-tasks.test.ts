@@ -5,7 +5,7 @@
  * agree with JavaScript on a sample.
  */
 import { spawnSync } from "node:child_process";
-import { promises as fsp } from "node:fs";
+import { existsSync, promises as fsp, readdirSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
@@ -18,6 +18,7 @@ import { agreesWithJavaScript, batchOf, NativeRunner, nativeTasks, nativeTasksPr
 import { WorkerPool } from "../../src/pipeline/pool.js";
 import { CHUNK_ID_KEY, type OpenTask, type SealResult } from "../../src/pipeline/protocol.js";
 import { TaskRunner } from "../../src/pipeline/tasks.js";
+import { nativeHelper } from "../../src/util/native.js";
 import { seededBytes, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
@@ -271,6 +272,84 @@ describe.skipIf(!present)("native pipeline tasks", () => {
     });
     js.dispose();
     native.dispose();
+  });
+
+  it("hashes chunk IDs many at once where its library is built, with the IDs and verdicts of one at a time", async () => {
+    const helper = nativeHelper();
+    const library = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../build/Release/libvmvault_blake2b.so");
+    // The test command builds it wherever cargo and Debian's blake2b_simd sources are there (CI installs both).
+    const buildable = spawnSync("sh", ["-c", "command -v cargo"]).status === 0 && existsSync("/usr/share/cargo/registry") && readdirSync("/usr/share/cargo/registry").some((d) => d.startsWith("blake2b_simd-1."));
+    if (buildable) expect(existsSync(library)).toBe(true);
+    expect(helper?.hashMany?.()).toBe(existsSync(library));
+    const f = (await nativeTasks()) as NativeTaskFunctions;
+    const crypto = await loadBulkCrypto("auto");
+    const { js, native } = runners(crypto, f);
+    // 70 chunks (groups of 32 and a rest) of lengths around BLAKE2b's 128-byte blocks, zero ones
+    // between, and ones over a megabyte (a group of plaintexts without keep holds at most one).
+    const lengths = [32 * KiB, 0, 1, 127, 128, 129, 4097, 64 * KiB, 1024 * KiB + 3, 255, 256, 32 * KiB];
+    const chunks = Array.from({ length: 70 }, (_, i) => {
+      const n = lengths[i % lengths.length] as number;
+      return i % 9 === 4 ? new Uint8Array(n) : i % 2 === 0 ? partlyRandom(`many ${i}`, n, 8 + i) : seededBytes(`many ${i}`, n);
+    });
+    const { data, ranges } = batchOf(chunks, 5);
+    const ids = js.run({ kind: "scan", data, ranges, detectZero: true }).ids;
+    // Every chunk sealed, zero ones too; chunk 20's blob under chunk 21's ID (its ID check fails),
+    // chunk 33's tag flipped, chunk 50 past the data.
+    const sealIds = js.run({ kind: "scan", data, ranges, detectZero: false }).ids.slice();
+    sealIds.copyWithin(20 * HASH_BYTES, 21 * HASH_BYTES, 22 * HASH_BYTES);
+    const sealed = js.run({ kind: "seal", data, ranges, ids: sealIds, nonces: seededBytes("many nonces", chunks.length * AEAD_NONCE_BYTES), key: "session" });
+    const entries = entriesOf(sealed, chunks.map((c) => c.length));
+    const blobs = sealed.blobs.slice();
+    const end33 = (entries[3 * 33] as number) + (entries[3 * 33 + 1] as number);
+    blobs[end33 - 1] = (blobs[end33 - 1] as number) ^ 1;
+    entries[3 * 50 + 1] = blobs.length;
+    const want = { scan: ids, open: new Map<boolean, { status: Uint8Array; plain: Uint8Array }>() };
+    for (const keep of [true, false]) want.open.set(keep, js.run({ kind: "open", data: blobs, entries, ids: sealIds, key: "session", idKey: CHUNK_ID_KEY, keep }));
+    const statuses = [...(want.open.get(true)?.status ?? [])];
+    expect([statuses[20], statuses[33], statuses[50]]).toEqual([BlobStatus.Id, BlobStatus.Auth, BlobStatus.Length]);
+    expect(statuses.filter((s) => s === BlobStatus.Ok)).toHaveLength(67);
+    try {
+      for (const many of [true, false]) {
+        expect(helper?.hashMany?.(many)).toBe(many && existsSync(library));
+        const scanned = await native.run({ kind: "scan", data, ranges, detectZero: true });
+        expect(same(scanned?.ids, want.scan)).toBe(true);
+        for (const keep of [true, false]) {
+          const opened = await native.run({ kind: "open", data: blobs, entries, ids: sealIds, key: "session", idKey: CHUNK_ID_KEY, keep });
+          expect([many, keep, ...(opened?.status ?? [])]).toEqual([many, keep, ...statuses]);
+          if (keep) expect(same(opened?.plain, want.open.get(true)?.plain)).toBe(true);
+        }
+      }
+    } finally {
+      helper?.hashMany?.(true);
+    }
+    js.dispose();
+    native.dispose();
+  });
+
+  it("refuses a many-at-once library that does not give OpenSSL's IDs, and hashes one at a time instead", async () => {
+    const dir = tmp("blake2b-many");
+    const helper = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../build/Release/vmvault_native.node");
+    await fsp.copyFile(helper, path.join(dir, "vmvault_native.node"));
+    // Right for every input but one bit of the last ID of a group.
+    const source = path.join(dir, "wrong.c");
+    await fsp.writeFile(
+      source,
+      `#include <string.h>
+int vmvault_blake2b_many(const unsigned char *key, size_t kl, size_t ol, size_t n, const unsigned char *const *in, const size_t *len, unsigned char *out) {
+  (void)key; (void)kl; (void)in; (void)len; memset(out, 0, n * ol); if (n > 0) out[n * ol - 1] = 1; return 0; }\n`,
+    );
+    const cc = spawnSync("cc", ["-shared", "-fPIC", "-o", path.join(dir, "libvmvault_blake2b.so"), source], { encoding: "utf8" });
+    expect(cc.status, cc.stderr).toBe(0);
+    const inUse = (folder: string): string => spawnSync(process.execPath, ["-p", "require(process.argv[1]).hashMany()", path.join(folder, "vmvault_native.node")], { encoding: "utf8" }).stdout.trim();
+    expect(inUse(dir)).toBe("false");
+    // The same copy of the helper beside the built library does use it (where it is built).
+    const library = path.join(path.dirname(helper), "libvmvault_blake2b.so");
+    if (existsSync(library)) {
+      const good = tmp("blake2b-many-built");
+      await fsp.copyFile(helper, path.join(good, "vmvault_native.node"));
+      await fsp.copyFile(library, path.join(good, "libvmvault_blake2b.so"));
+      expect(inUse(good)).toBe("true");
+    }
   });
 
   it("is used only where it agrees with JavaScript on a sample, and zeroes its keys when disposed", async () => {
