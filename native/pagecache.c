@@ -29,8 +29,34 @@
 /* A mapping's largest length: 64 MiB, 16,384 bytes of answer on 4 KiB pages. */
 #define MAX_RESIDENCY_BYTES ((int64_t)64 * 1024 * 1024)
 
+/*
+ * Whether every page of the range is cached, asked with cachestat (Linux 6.5; the same number
+ * on x86-64 and arm64): one count instead of a byte per page, for the common case of an image
+ * read from a warm cache. 0 where it says otherwise or is missing: mincore then answers.
+ */
+#if defined(__linux__) && (defined(__x86_64__) || defined(__aarch64__))
+#include <sys/syscall.h>
+#ifndef __NR_cachestat
+#define __NR_cachestat 451
+#endif
+static int all_cached(int fd, int64_t first, size_t pages, long page) {
+  struct { uint64_t off, len; } range = {(uint64_t)first, (uint64_t)pages * (uint64_t)page};
+  struct { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted; } stat;
+  return syscall(__NR_cachestat, fd, &range, &stat, 0) == 0 && stat.nr_cache >= pages;
+}
+#else
+static int all_cached(int fd, int64_t first, size_t pages, long page) {
+  (void)fd, (void)first, (void)pages, (void)page;
+  return 0;
+}
+#endif
+
 /* mincore over pages [first, first + pages * page) of fd, mapped and never touched: 1 on success. */
 static int page_residency(int fd, int64_t first, size_t pages, long page, unsigned char *vec) {
+  if (all_cached(fd, first, pages, page)) {
+    memset(vec, 1, pages);
+    return 1;
+  }
   void *map = mmap(NULL, pages * (size_t)page, PROT_READ, MAP_SHARED, fd, (off_t)first);
   if (map == MAP_FAILED) return 0;
   int ok = mincore(map, pages * (size_t)page, vec) == 0;
