@@ -87,7 +87,7 @@ function stealNote() {
 /** Whether vmvault ran with its native helper (recorded by bench/run.sh since 2026-12-03). */
 function nativeNote() {
   if (meta.vmvaultNative === "yes") {
-    const ids = { yes: ", hashing chunk IDs four at a time (scripts/build-blake2b.sh)", no: ", hashing chunk IDs one at a time (build/Release/libvmvault_blake2b.so not built)" }[meta.vmvaultHashMany] ?? "";
+    const ids = { yes: ", hashing chunk IDs four at a time (native/build-blake2b.sh)", no: ", hashing chunk IDs one at a time (build/Release/libvmvault_blake2b.so not built)" }[meta.vmvaultHashMany] ?? "";
     return `; its native helper built, as npm ci builds it${ids}`;
   }
   if (meta.vmvaultNative === "no") {

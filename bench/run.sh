@@ -89,7 +89,7 @@ PKGS=""
 have mkfs.ext4 && have debugfs && have dumpe2fs || PKGS="$PKGS e2fsprogs"
 have sfdisk || PKGS="$PKGS fdisk"
 [ -x /usr/bin/time ] || PKGS="$PKGS time"
-# vmvault's many-at-once chunk IDs (scripts/build-blake2b.sh), as its test command installs them
+# vmvault's many-at-once chunk IDs (native/build-blake2b.sh), as its test command installs them
 if uses vmvault; then
   have cargo || PKGS="$PKGS cargo"
   ls -d /usr/share/cargo/registry/blake2b_simd-1.* >/dev/null 2>&1 || PKGS="$PKGS librust-blake2b-simd-dev"
@@ -129,7 +129,7 @@ if uses vmvault; then
     echo "bench: building vmvault's native helper (npm run install)"
     (cd "$ROOT" && npm run --silent install >/dev/null 2>&1) || die "vmvault's native helper did not build ($NATIVE_HELPER; npm ci builds it with node-gyp, python3 and a C compiler)"
   fi
-  [ -f "$ROOT/build/Release/libvmvault_blake2b.so" ] || sh "$ROOT/scripts/build-blake2b.sh"
+  [ -f "$ROOT/build/Release/libvmvault_blake2b.so" ] || sh "$ROOT/native/build-blake2b.sh"
 fi
 
 # ---- settings shared by every run ----------------------------------------------------------

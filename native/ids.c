@@ -1,6 +1,6 @@
 /*
  * Chunk IDs for the pipeline's tasks (native/tasks.c): keyed BLAKE2b-256 of a group of chunks at
- * once. Where scripts/build-blake2b.sh built build/Release/libvmvault_blake2b.so beside the
+ * once. Where native/build-blake2b.sh built build/Release/libvmvault_blake2b.so beside the
  * helper (blake2b_simd's hash_many: four chunks side by side in AVX2 registers), a group goes
  * there in one call; otherwise, or when it is switched off (hashMany(false), for tests), each
  * chunk goes through OpenSSL's BLAKE2BMAC. The library is used only after it gave OpenSSL's

@@ -33,7 +33,7 @@ command -v curl >/dev/null 2>&1 || need="$need curl"
 # openssl: the S3 tests make a certificate authority for an https:// front of that RGW.
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
 # cargo and blake2b_simd's sources: the native pipeline hashes chunk IDs four at a time through a
-# library scripts/build-blake2b.sh builds from them, offline (its tests check it is in use).
+# library native/build-blake2b.sh builds from them, offline (its tests check it is in use).
 command -v cargo >/dev/null 2>&1 || need="$need cargo"
 ls -d /usr/share/cargo/registry/blake2b_simd-1.* >/dev/null 2>&1 || need="$need librust-blake2b-simd-dev"
 [ -z "$need" ] && exit 0

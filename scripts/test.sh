@@ -5,7 +5,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 sh scripts/ci-deps.sh
-sh scripts/build-blake2b.sh
+sh native/build-blake2b.sh
 npm run --silent build
 npx tsc -p tsconfig.test.json
 npx vitest run "$@"

@@ -82,7 +82,7 @@ export interface NativeHelper {
   openChunks?(data: Uint8Array, entries: Uint32Array, ids: Uint8Array, key: Uint8Array, idKey: Uint8Array, out: Uint8Array | null, outOffsets: Uint32Array | null, status: Uint8Array, threads: number): Promise<number>;
   /**
    * Whether scanChunks and openChunks hash chunk IDs in groups, many at once (native/ids.c: the
-   * library scripts/build-blake2b.sh builds, loaded once it gave OpenSSL's bytes); a boolean
+   * library native/build-blake2b.sh builds, loaded once it gave OpenSSL's bytes); a boolean
    * switches that on or off for the process first (off: one at a time through OpenSSL, the same
    * IDs; for tests and measurements).
    */

@@ -279,7 +279,7 @@ describe.skipIf(!present)("native pipeline tasks", () => {
     const library = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../build/Release/libvmvault_blake2b.so");
     // The test command builds it wherever cargo and Debian's blake2b_simd sources are there (CI installs both).
     const buildable = spawnSync("sh", ["-c", "command -v cargo"]).status === 0 && existsSync("/usr/share/cargo/registry") && readdirSync("/usr/share/cargo/registry").some((d) => d.startsWith("blake2b_simd-1."));
-    if (buildable) expect(existsSync(library), "cargo and blake2b_simd's sources are here: sh scripts/build-blake2b.sh builds the library").toBe(true);
+    if (buildable) expect(existsSync(library), "cargo and blake2b_simd's sources are here: sh native/build-blake2b.sh builds the library").toBe(true);
     expect(helper?.hashMany?.()).toBe(existsSync(library));
     const f = (await nativeTasks()) as NativeTaskFunctions;
     const crypto = await loadBulkCrypto("auto");
