@@ -176,13 +176,14 @@ static int seal(task *t) {
 }
 
 /*
- * openBlobInto for one blob up to its ID check: OK once its plaintext (raw bytes) is in plain,
- * else its status, or -1 (out of memory). plain has room for the smaller of raw and 256 times the
- * stored length; the decoder is given no more than the block can decode to (LZ4 expands at most
+ * openBlobInto for one blob up to its ID check: OK once its plaintext (raw bytes) is in *plain,
+ * else its status, or -1 (out of memory). *plain has room for the smaller of raw and 256 times
+ * the stored length, or is NULL: then the thread's plaintext memory, grown once the blob is
+ * authenticated. The decoder is given no more than the block can decode to (LZ4 expands at most
  * 255 times), so a listing claiming more takes no memory for it, and its verdict is the one a
  * buffer of the full length would give (malformed, or too short).
  */
-static int decode_one(task *t, const unsigned char *stored, size_t length, const unsigned char *id, unsigned char *plain, size_t raw) {
+static int decode_one(task *t, const unsigned char *stored, size_t length, const unsigned char *id, unsigned char **plain, size_t raw) {
   unsigned char ad[AD];
   if (length < OVERHEAD) return AUTH;
   size_t framed = length - NONCE - TAG;
@@ -193,27 +194,33 @@ static int decode_one(task *t, const unsigned char *stored, size_t length, const
   if (codec == CODEC_LZ4 && (framed - 1 == 0 || framed - 1 > INT32_MAX || raw > INT32_MAX)) return DECOMPRESS;
   if (codec != CODEC_RAW && codec != CODEC_LZ4) return codec == CODEC_ZSTD ? ELSEWHERE : CODEC;
   if (codec == CODEC_RAW && framed - 1 != raw) return LENGTH;
+  size_t room = codec == CODEC_LZ4 && raw / 256 > framed ? framed * 256 : raw;
+  if (*plain == NULL) {
+    if (!grow(&here.plain, &here.plain_size, room > 0 ? room : 1)) return -1;
+    *plain = here.plain;
+  }
   if (codec == CODEC_RAW) {
-    memcpy(plain, here.scratch + 1, raw);
+    memcpy(*plain, here.scratch + 1, raw);
     return OK;
   }
-  size_t room = raw / 256 > framed ? framed * 256 : raw;
-  int n = vmvault_lz4_decompress((const char *)here.scratch + 1, (char *)plain, (int)(framed - 1), (int)room);
+  int n = vmvault_lz4_decompress((const char *)here.scratch + 1, (char *)*plain, (int)(framed - 1), (int)room);
   if (n < 0) return DECOMPRESS;
   return (size_t)n == raw ? OK : LENGTH;
 }
 
-/* Room a blob's plaintext takes in the thread's memory (without keep): see decode_one. */
+/* Room entry i's plaintext takes in the thread's memory (without keep), 0 where it cannot be read: see decode_one. */
 static size_t room_for(const task *t, size_t i) {
-  size_t length = t->table[3 * i + 1], raw = t->table[3 * i + 2];
+  size_t offset = t->table[3 * i], length = t->table[3 * i + 1], raw = t->table[3 * i + 2];
+  if (length < OVERHEAD || offset + length > t->data.n) return 0;
   return raw / 256 > length ? length * 256 : raw;
 }
 
 /*
  * openBlobInto for each entry, in groups whose IDs are checked together (vmvault_ids_*): up to a
- * group of entries, and without keep up to OPEN_GROUP bytes of plaintext in the thread's memory
- * (or one entry, however large). The plaintexts (with keep) go to out at their offsets, zeros
- * where a blob failed.
+ * group of entries, and without keep up to OPEN_GROUP bytes of plaintext in the thread's memory,
+ * taken before the group decodes; an entry that needs more is a group of its own, its memory
+ * taken once it is authenticated. The plaintexts (with keep) go to out at their offsets, which
+ * must not overlap; zeros where a blob failed.
  */
 enum { OPEN_GROUP = 1 << 20 };
 static int open_all(task *t) {
@@ -229,14 +236,15 @@ static int open_all(task *t) {
       if (end > first && held + room > OPEN_GROUP) break;
       held += room;
     }
-    if (t->out_offsets == NULL && !grow(&here.plain, &here.plain_size, held > 0 ? held : 1)) return -1;
+    int alone = held > OPEN_GROUP;
+    if (t->out_offsets == NULL && !alone && !grow(&here.plain, &here.plain_size, held > 0 ? held : 1)) return -1;
     for (size_t i = first, at = 0; i < end; i++) {
       size_t offset = t->table[3 * i], length = t->table[3 * i + 1], raw = t->table[3 * i + 2];
-      unsigned char *plain = t->out_offsets != NULL ? t->out.p + t->out_offsets[i] : here.plain + at;
+      unsigned char *plain = t->out_offsets != NULL ? t->out.p + t->out_offsets[i] : alone ? NULL : here.plain + at;
       at += t->out_offsets != NULL ? 0 : room_for(t, i);
-      plains[i - first] = plain;
-      int s = offset + length > t->data.n ? LENGTH : decode_one(t, t->data.p + offset, length, t->ids.p + i * ID, plain, raw);
+      int s = offset + length > t->data.n ? LENGTH : decode_one(t, t->data.p + offset, length, t->ids.p + i * ID, &plain, raw);
       if (s < 0) return -1;
+      plains[i - first] = plain;
       if (s == OK && vmvault_ids_add(&g, here.mac, t->id_key.p, plain, raw, checks[i - first]) != 0) return -1;
       if (s == ELSEWHERE) elsewhere = 1;
       t->status.p[i] = (unsigned char)s;

@@ -73,7 +73,8 @@ export interface NativeHelper {
    * touched until the promise settles. scanChunks: chunk IDs (zeros for a zero chunk) into ids
    * and 1 per zero chunk into zero; sealChunks: the blobs one after another into out, their
    * lengths into lengths, resolving with the bytes written; openChunks: a BlobStatus per entry
-   * into status and, with out, each plaintext at its offset in out (zeros where it failed),
+   * into status and, with out, each plaintext at its offset in out (the plaintexts must not
+   * overlap; zeros where one failed),
    * resolving with 1 when an entry needs a codec only JavaScript decodes (zstd: status 255), else
    * 0. Absent where Node.js has no OpenSSL 3 with BLAKE2BMAC, and from a helper built before them.
    */
