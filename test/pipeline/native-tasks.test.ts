@@ -285,7 +285,8 @@ describe.skipIf(!present)("native pipeline tasks", () => {
     const crypto = await loadBulkCrypto("auto");
     const { js, native } = runners(crypto, f);
     // 70 chunks (groups of 32 and a rest) of lengths around BLAKE2b's 128-byte blocks, zero ones
-    // between, and ones over a megabyte (a group of plaintexts without keep holds at most one).
+    // between, and ones over a megabyte (without keep, each is a group of its own, its memory
+    // taken once its blob is authenticated).
     const lengths = [32 * KiB, 0, 1, 127, 128, 129, 4097, 64 * KiB, 1024 * KiB + 3, 255, 256, 32 * KiB];
     const chunks = Array.from({ length: 70 }, (_, i) => {
       const n = lengths[i % lengths.length] as number;
@@ -330,7 +331,7 @@ describe.skipIf(!present)("native pipeline tasks", () => {
     const dir = tmp("blake2b-many");
     const helper = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../build/Release/vmvault_native.node");
     await fsp.copyFile(helper, path.join(dir, "vmvault_native.node"));
-    // Right for every input but one bit of the last ID of a group.
+    // Not BLAKE2b: zeros for every ID, one bit set in the last of a group.
     const source = path.join(dir, "wrong.c");
     await fsp.writeFile(
       source,
