@@ -175,6 +175,11 @@ static int seal(task *t) {
   return 0;
 }
 
+/* The most an LZ4 block of this many bytes can decode to (it expands at most 255 times), and no more than raw. */
+static size_t lz4_room(size_t raw, size_t block) {
+  return raw / 256 > block ? block * 256 : raw;
+}
+
 /*
  * openBlobInto for one blob up to its ID check: OK once its plaintext (raw bytes) is in *plain,
  * else its status, or -1 (out of memory). *plain has room for the smaller of raw and 256 times
@@ -194,7 +199,7 @@ static int decode_one(task *t, const unsigned char *stored, size_t length, const
   if (codec == CODEC_LZ4 && (framed - 1 == 0 || framed - 1 > INT32_MAX || raw > INT32_MAX)) return DECOMPRESS;
   if (codec != CODEC_RAW && codec != CODEC_LZ4) return codec == CODEC_ZSTD ? ELSEWHERE : CODEC;
   if (codec == CODEC_RAW && framed - 1 != raw) return LENGTH;
-  size_t room = codec == CODEC_LZ4 && raw / 256 > framed ? framed * 256 : raw;
+  size_t room = codec == CODEC_LZ4 ? lz4_room(raw, framed) : raw;
   if (*plain == NULL) {
     if (!grow(&here.plain, &here.plain_size, room > 0 ? room : 1)) return -1;
     *plain = here.plain;
@@ -212,7 +217,7 @@ static int decode_one(task *t, const unsigned char *stored, size_t length, const
 static size_t room_for(const task *t, size_t i) {
   size_t offset = t->table[3 * i], length = t->table[3 * i + 1], raw = t->table[3 * i + 2];
   if (length < OVERHEAD || offset + length > t->data.n) return 0;
-  return raw / 256 > length ? length * 256 : raw;
+  return lz4_room(raw, length);
 }
 
 /*
@@ -226,25 +231,24 @@ enum { OPEN_GROUP = 1 << 20 };
 static int open_all(task *t) {
   int elsewhere = 0;
   unsigned char checks[VMVAULT_ID_GROUP][ID];
-  unsigned char *plains[VMVAULT_ID_GROUP];
   vmvault_id_group g;
   g.n = 0;
   for (size_t first = 0, end; first < t->count; first = end) {
-    size_t held = 0;
+    /* Each entry's place in the thread's plaintext memory (without keep). */
+    size_t held = 0, place[VMVAULT_ID_GROUP];
     for (end = first; end < t->count && end - first < VMVAULT_ID_GROUP; end++) {
       size_t room = t->out_offsets != NULL ? 0 : room_for(t, end);
       if (end > first && held + room > OPEN_GROUP) break;
+      place[end - first] = held;
       held += room;
     }
     int alone = held > OPEN_GROUP;
     if (t->out_offsets == NULL && !alone && !grow(&here.plain, &here.plain_size, held > 0 ? held : 1)) return -1;
-    for (size_t i = first, at = 0; i < end; i++) {
+    for (size_t i = first; i < end; i++) {
       size_t offset = t->table[3 * i], length = t->table[3 * i + 1], raw = t->table[3 * i + 2];
-      unsigned char *plain = t->out_offsets != NULL ? t->out.p + t->out_offsets[i] : alone ? NULL : here.plain + at;
-      at += t->out_offsets != NULL ? 0 : room_for(t, i);
+      unsigned char *plain = t->out_offsets != NULL ? t->out.p + t->out_offsets[i] : alone ? NULL : here.plain + place[i - first];
       int s = offset + length > t->data.n ? LENGTH : decode_one(t, t->data.p + offset, length, t->ids.p + i * ID, &plain, raw);
       if (s < 0) return -1;
-      plains[i - first] = plain;
       if (s == OK && vmvault_ids_add(&g, here.mac, t->id_key.p, plain, raw, checks[i - first]) != 0) return -1;
       if (s == ELSEWHERE) elsewhere = 1;
       t->status.p[i] = (unsigned char)s;
@@ -253,7 +257,7 @@ static int open_all(task *t) {
     for (size_t i = first; i < end; i++) {
       if (t->status.p[i] == OK && !vmvault_equal32(checks[i - first], t->ids.p + i * ID)) t->status.p[i] = MISMATCH;
       /* Unauthenticated or unverified bytes never reach the caller. */
-      if (t->status.p[i] != OK && t->out_offsets != NULL) memset(plains[i - first], 0, t->table[3 * i + 2]);
+      if (t->status.p[i] != OK && t->out_offsets != NULL) memset(t->out.p + t->out_offsets[i], 0, t->table[3 * i + 2]);
     }
   }
   t->result = elsewhere;
