@@ -141,6 +141,9 @@ int vmvault_ids_add(vmvault_id_group *g, void *mac, const unsigned char *key, co
 int vmvault_ids_flush(vmvault_id_group *g, void *mac, const unsigned char *key);
 napi_status vmvault_register_ids(napi_env env, napi_value exports);
 
+/* native/sha256.c: sha256(bytes), a Buffer, through the OpenSSL in Node.js, when it has one. */
+napi_status vmvault_register_sha256(napi_env env, napi_value exports);
+
 /* native/tasks.c: scanChunks, sealChunks, openChunks: the pipeline's batch tasks on the thread pool (when OpenSSL has what they need). */
 napi_status vmvault_register_tasks(napi_env env, napi_value exports);
 

@@ -1,4 +1,4 @@
-import { randomBytes } from "node:crypto";
+import { nodeCrypto } from "../util/node-crypto.js";
 import { loadBulkCrypto } from "../crypto/bulk.js";
 import { HASH_BYTES, AEAD_NONCE_BYTES } from "../crypto/suite.js";
 import type { CompressionSetting } from "../compress/compressor.js";
@@ -136,17 +136,17 @@ export async function agreesWithJavaScript(f: Functions): Promise<boolean> {
   const native = new NativeRunner(f, 1);
   try {
     const text = new TextEncoder().encode("vmvault pipeline sample ".repeat(700));
-    const chunks = [new Uint8Array(4096), text, randomBytes(5000), sparseRandom(8192), Uint8Array.of(7)];
+    const chunks = [new Uint8Array(4096), text, nodeCrypto().randomBytes(5000), sparseRandom(8192), Uint8Array.of(7)];
     const { data, ranges } = batchOf(chunks);
     for (const [name, length] of [[CHUNK_ID_KEY, 32], ["session", 32]] as const) {
-      const key = randomBytes(length);
+      const key = nodeCrypto().randomBytes(length);
       js.setKey(name, Uint8Array.from(key));
       native.setKey(name, Uint8Array.from(key));
     }
     const scanTask: ScanTask = { kind: "scan", data, ranges, detectZero: true };
     const [a, b] = [js.run(scanTask), await native.run(scanTask)];
     if (b === undefined || !bytesEqual(a.ids, b.ids) || !bytesEqual(a.zero, b.zero) || a.zero[0] !== 1) return false;
-    const nonces = randomBytes(chunks.length * AEAD_NONCE_BYTES);
+    const nonces = nodeCrypto().randomBytes(chunks.length * AEAD_NONCE_BYTES);
     const sealTask: SealTask = { kind: "seal", data, ranges, ids: a.ids, nonces, key: "session" };
     const [c, d] = [js.run(sealTask), await native.run(sealTask)];
     if (d === undefined || !bytesEqual(c.blobs, d.blobs) || !bytesEqual(new Uint8Array(c.lengths.buffer), new Uint8Array(d.lengths.buffer))) return false;
@@ -172,7 +172,7 @@ export async function agreesWithJavaScript(f: Functions): Promise<boolean> {
 
 /** Random bytes with every other run of 64 zeroed: LZ4 saves a little under half. */
 function sparseRandom(n: number): Uint8Array {
-  const out = randomBytes(n);
+  const out = nodeCrypto().randomBytes(n);
   for (let i = 0; i < n; i += 128) out.fill(0, i, Math.min(n, i + 64));
   return out;
 }

@@ -1,4 +1,4 @@
-import { randomBytes } from "node:crypto";
+import { nodeCrypto } from "../util/node-crypto.js";
 import { constants, promises as fsp } from "node:fs";
 import path from "node:path";
 import { errorCodeOf, UsageError, VaultError } from "../errors.js";
@@ -24,8 +24,8 @@ export function partialName(finalName: string): string {
 
 /** partialName of a name's bytes (which need not be UTF-8). */
 function partialNameBytes(finalName: Uint8Array): Buffer {
-  const long = Buffer.concat([Buffer.from("."), finalName, Buffer.from(`.${PARTIAL}${randomBytes(4).toString("hex")}`)]);
-  return long.length <= NAME_MAX ? long : Buffer.from(`.${PARTIAL}${randomBytes(8).toString("hex")}`);
+  const long = Buffer.concat([Buffer.from("."), finalName, Buffer.from(`.${PARTIAL}${nodeCrypto().randomBytes(4).toString("hex")}`)]);
+  return long.length <= NAME_MAX ? long : Buffer.from(`.${PARTIAL}${nodeCrypto().randomBytes(8).toString("hex")}`);
 }
 
 /** The temporary name beside finalPath, text or bytes as finalPath is. */

@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import * as fse from "../util/fsx.js";
-import { randomBytes } from "node:crypto";
+import { nodeCrypto } from "../util/node-crypto.js";
 import fs, { promises as fsp } from "node:fs";
 import { promisify } from "node:util";
 import path from "node:path";
@@ -197,7 +197,7 @@ export class FsStore implements Store {
   async #writer(key: string, dropWhenDurable: boolean): Promise<ObjectWriter> {
     const file = this.#path(key);
     const dir = path.dirname(file);
-    const temp = path.join(dir, `${TEMP_PREFIX}${randomBytes(8).toString("hex")}`);
+    const temp = path.join(dir, `${TEMP_PREFIX}${nodeCrypto().randomBytes(8).toString("hex")}`);
     let handle: fsp.FileHandle;
     try {
       await this.#ensureDir(dir);

@@ -1,4 +1,4 @@
-import { createHash, createHmac } from "node:crypto";
+import { nodeCrypto } from "../util/node-crypto.js";
 
 /**
  * OpenSSH's known_hosts format, as far as a client that verifies a server needs it: lines of
@@ -72,7 +72,7 @@ export function keyTypeOf(blob: Buffer): string {
 
 /** The key's fingerprint as `ssh-keygen -l` prints it: SHA256:base64, unpadded. */
 export function fingerprintOf(blob: Buffer): string {
-  return `SHA256:${createHash("sha256").update(blob).digest("base64").replace(/=+$/, "")}`;
+  return `SHA256:${nodeCrypto().createHash("sha256").update(blob).digest("base64").replace(/=+$/, "")}`;
 }
 
 /** The host key algorithms to offer the server, from the known key types, in that order. */
@@ -106,7 +106,7 @@ function matchesHashed(field: string, name: string): boolean {
   if (parts.length !== 4 || parts[3] === undefined || parts[2] === undefined) return false;
   const salt = Buffer.from(parts[2], "base64");
   const hash = Buffer.from(parts[3], "base64");
-  return hash.length === 20 && createHmac("sha1", salt).update(name).digest().equals(hash);
+  return hash.length === 20 && nodeCrypto().createHmac("sha1", salt).update(name).digest().equals(hash);
 }
 
 function globMatch(pattern: string, name: string): boolean {

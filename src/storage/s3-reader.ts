@@ -1,4 +1,5 @@
-import { createHash, createHmac } from "node:crypto";
+import type { Hash, Hmac } from "node:crypto";
+import { nodeCrypto } from "../util/node-crypto.js";
 import type http from "node:http";
 import type https from "node:https";
 import { createRequire } from "node:module";
@@ -31,9 +32,9 @@ export async function readAgain<T>(attempts: number, retry: (status: number | un
 
 /** SHA-256 and HMAC-SHA-256 for the signer, from Node.js's own crypto. */
 class NodeSha256 {
-  readonly #h: ReturnType<typeof createHash> | ReturnType<typeof createHmac>;
+  readonly #h: Hash | Hmac;
   constructor(secret?: string | ArrayBuffer | ArrayBufferView) {
-    this.#h = secret === undefined ? createHash("sha256") : createHmac("sha256", bytesOf(secret));
+    this.#h = secret === undefined ? nodeCrypto().createHash("sha256") : nodeCrypto().createHmac("sha256", bytesOf(secret));
   }
   update(data: string | ArrayBuffer | ArrayBufferView): void {
     this.#h.update(bytesOf(data));

@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { nodeCrypto } from "../util/node-crypto.js";
 import type { S3Client } from "@aws-sdk/client-s3";
 import { loadSdk } from "./s3-client.js";
 import { statusOf, type Op } from "./s3-errors.js";
@@ -92,6 +92,6 @@ export class UnfinishedUploads {
 
 function uploadName(key: string, uploadId: string): string {
   const slash = key.lastIndexOf("/");
-  const digest = createHash("sha256").update(`${key}\n${uploadId}`).digest("hex").slice(0, 32);
+  const digest = nodeCrypto().createHash("sha256").update(`${key}\n${uploadId}`).digest("hex").slice(0, 32);
   return `${slash < 0 ? "" : key.slice(0, slash + 1)}${UPLOAD_PREFIX}${digest}`;
 }

@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from "node:crypto";
+import { nodeCrypto } from "../util/node-crypto.js";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { S3Client } from "@aws-sdk/client-s3";
 import { NotFoundError, StorageError, UsageError } from "../errors.js";
@@ -158,7 +158,7 @@ export class S3Store implements Store {
         if (status !== 412) throw this.#fail(e, key, "write");
         if (attemptsOf(e) <= 1) return false;
         const head = await this.#head(key);
-        return head !== undefined && head.size === data.length && head.etag === createHash("md5").update(data).digest("hex");
+        return head !== undefined && head.size === data.length && head.etag === nodeCrypto().createHash("md5").update(data).digest("hex");
       }
     }
   };
@@ -266,7 +266,7 @@ export class S3Store implements Store {
   }
 
   async #checkConditionalWrites(createdBucket: boolean): Promise<{ createdBucket: boolean }> {
-    const probe = `conditional-write-check-${randomBytes(8).toString("hex")}`;
+    const probe = `conditional-write-check-${nodeCrypto().randomBytes(8).toString("hex")}`;
     const body = new TextEncoder().encode("vmvault checks that this server refuses to overwrite with If-None-Match: *\n");
     try {
       if (!(await this.#put(probe, body))) throw new StorageError(`the S3 server of ${this.location} refused a new object as if it existed`);

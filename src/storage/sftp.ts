@@ -1,4 +1,4 @@
-import { randomBytes } from "node:crypto";
+import { nodeCrypto } from "../util/node-crypto.js";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { FileEntryWithStats, Stats } from "ssh2";
 import { NotFoundError, StorageError, StorageRefusedError } from "../errors.js";
@@ -220,7 +220,7 @@ export class SftpStore implements Store {
     const slash = file.lastIndexOf("/");
     const dir = slash < 0 ? "." : file.slice(0, slash);
     return this.#again(async (s) => {
-      const temp = `${slash < 0 ? "" : `${dir}/`}${TEMP_PREFIX}${randomBytes(8).toString("hex")}`;
+      const temp = `${slash < 0 ? "" : `${dir}/`}${TEMP_PREFIX}${nodeCrypto().randomBytes(8).toString("hex")}`;
       const open = (): Promise<Buffer> => s.request<Buffer>((cb) => s.sftp.open(temp, "wx", { mode: 0o600 }, cb));
       let handle: Buffer;
       try {

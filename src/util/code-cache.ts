@@ -1,9 +1,10 @@
-import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import Module, { createRequire } from "node:module";
 import { basename, dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Script } from "node:vm";
+import { nativeHelper } from "./native.js";
+import { nodeCrypto } from "./node-crypto.js";
 
 /**
  * V8 code caches for the large CommonJS files every command loads: the CLI bundle and
@@ -152,8 +153,15 @@ function evaluate(file: string, source: string, cachedData: Buffer | undefined):
   return { exports: mod.exports, script };
 }
 
+/**
+ * SHA-256 (hex) through the native helper's OpenSSL where it was built, else node:crypto: the
+ * check runs before every command, and loading node:crypto for it took 15-17 ms and kept up to
+ * 2.4 MiB through Argon2id (docs/design.md §10). The same digest either way.
+ */
 function sha256(bytes: Uint8Array): string {
-  return createHash("sha256").update(bytes).digest("hex");
+  const native = nativeHelper()?.sha256;
+  if (native !== undefined) return native(bytes).toString("hex");
+  return nodeCrypto().createHash("sha256").update(bytes).digest("hex");
 }
 
 function writeAtomic(file: string, bytes: Uint8Array): void {

@@ -88,6 +88,8 @@ export interface NativeHelper {
    * IDs; for tests and measurements).
    */
   hashMany?(enable?: boolean): boolean;
+  /** SHA-256 through the OpenSSL inside Node.js (native/sha256.c); absent without its functions. */
+  sha256?(bytes: Uint8Array): Buffer;
   /** The page size cacheResidency counts in. */
   readonly pageSize?: number;
 }

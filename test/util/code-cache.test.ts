@@ -4,7 +4,9 @@ import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { createHash } from "node:crypto";
 import { loadForCache, requireCached, writeCodeCache } from "../../src/util/code-cache.js";
+import { nativeHelper } from "../../src/util/native.js";
 import { BIN, ROOT } from "../helpers/cli.js";
 
 const require = createRequire(import.meta.url);
@@ -166,11 +168,41 @@ describe("the build's code caches", () => {
     expect(out).toBe("used used used|used used used");
   });
 
+  it("load the CLI bundle without node:crypto or the stream modules (they would be held through Argon2id)", () => {
+    const check = `
+      const { requireCached } = require(${JSON.stringify(loader)});
+      const use = requireCached(${JSON.stringify(files[0])}).cache;
+      const loaded = (m) => process.moduleLoadList.includes("NativeModule " + m);
+      console.log([use, loaded("crypto"), loaded("stream")].join(" "));
+    `;
+    // A script file, as bin/vmvault is: `node -e` loads node:crypto itself.
+    const script = path.join(dir, "check.cjs");
+    writeFileSync(script, check);
+    const out = execFileSync(process.execPath, [...binFlags(), script], { encoding: "utf8" }).trim();
+    expect(out).toBe("used false false");
+  });
+
   it("are refused by V8 under other flags, and the files then compile from source", () => {
     const out = execFileSync(process.execPath, ["--max-semi-space-size=2", "-e", probe], { encoding: "utf8" }).trim();
     expect(out).toBe("rejected rejected rejected|rejected rejected rejected");
     // The CLI runs all the same.
     const help = execFileSync(process.execPath, ["--max-semi-space-size=2", BIN, "--help"], { encoding: "utf8" });
     expect(help).toContain("Usage: vmvault");
+  });
+});
+
+describe("the check's SHA-256", () => {
+  it("is the native helper's where it is built, and equals node:crypto's around block edges, on views and on nothing", () => {
+    const sha256 = nativeHelper()?.sha256;
+    expect(sha256).toBeTypeOf("function");
+    if (sha256 === undefined) return;
+    const bytes = new Uint8Array(70_000).map((_, i) => (i * 131 + 7) & 255);
+    for (const length of [0, 1, 55, 56, 63, 64, 65, 127, 128, 4096, 65_537]) {
+      for (const offset of [0, 3]) {
+        const view = bytes.subarray(offset, offset + length);
+        expect(sha256(view).toString("hex")).toBe(createHash("sha256").update(view).digest("hex"));
+      }
+    }
+    expect(() => sha256("text" as unknown as Uint8Array)).toThrow(/Uint8Array/);
   });
 });

@@ -1,4 +1,4 @@
-import { randomBytes } from "node:crypto";
+import { nodeCrypto } from "../../util/node-crypto.js";
 import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { Command } from "commander";
@@ -140,7 +140,7 @@ function assertAnchorFile(out: string): void {
 
 /** Writes the anchor under a temporary name and renames it: an older anchor is replaced whole or not at all. */
 function writeAnchor(out: string, bytes: Uint8Array): void {
-  const partial = path.join(path.dirname(out), `.${path.basename(out)}.vmvault-partial-${randomBytes(4).toString("hex")}`);
+  const partial = path.join(path.dirname(out), `.${path.basename(out)}.vmvault-partial-${nodeCrypto().randomBytes(4).toString("hex")}`);
   try {
     writeFileSync(partial, bytes, { mode: 0o644, flag: "wx" });
     renameSync(partial, out);
