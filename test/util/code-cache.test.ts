@@ -66,6 +66,13 @@ describe("requireCached", () => {
     expect(again.exports).toBe(m);
   });
 
+  it("decodes a source outside ASCII as UTF-8, wrapped as Node.js wraps it", () => {
+    build("caf\u00e9 \u2713 \u{1f512}");
+    const r = requireCached(file, manifest);
+    expect(r.cache).toBe("used");
+    expect((r.exports as { value: string }).value).toBe("caf\u00e9 \u2713 \u{1f512}");
+  });
+
   it("compiles a changed source from the source, even when its length is the same", () => {
     build("one");
     // Same length: V8's own check of a cache (the source's length) would take it.
