@@ -51,6 +51,19 @@ static inline const char *vmvault_errno_name(int e) {
 napi_value vmvault_errno_error(napi_env env, int e, const char *syscall, const char *path);
 char *vmvault_buffer_path(napi_env env, napi_value value);
 
+/* The call's one argument, a Uint8Array: its bytes and length, and 1; 0 with a TypeError thrown otherwise. */
+static inline int vmvault_bytes_argument(napi_env env, napi_callback_info info, void **data, size_t *length) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_typedarray_type type;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+      napi_get_typedarray_info(env, argv[0], &type, length, data, NULL, NULL) != napi_ok || type != napi_uint8_array) {
+    napi_throw_type_error(env, NULL, "expected a Uint8Array");
+    return 0;
+  }
+  return 1;
+}
+
 /* Sets exports[name] to a new function calling cb. */
 static inline napi_status vmvault_export(napi_env env, napi_value exports, const char *name, napi_callback cb) {
   napi_value fn;

@@ -19,16 +19,9 @@ static md_fn sha256_md;
 
 /* sha256(Uint8Array): a new Buffer of the 32-byte digest. */
 static napi_value sha256(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  napi_typedarray_type type;
   size_t length = 0;
   void *data = NULL;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
-      napi_get_typedarray_info(env, argv[0], &type, &length, &data, NULL, NULL) != napi_ok || type != napi_uint8_array) {
-    napi_throw_type_error(env, NULL, "expected a Uint8Array");
-    return NULL;
-  }
+  if (!vmvault_bytes_argument(env, info, &data, &length)) return NULL;
   void *out = NULL;
   napi_value result;
   if (napi_create_buffer(env, 32, &out, &result) != napi_ok) return NULL;
