@@ -74,9 +74,9 @@ export function requireCached(file: string, manifestFile: string | undefined = f
 
 /** Loads a file as requireCached does but without a cache, keeping what a cache is made from. */
 export function loadForCache(file: string): LoadedScript {
-  const bytes = readFileSync(file);
-  const { exports, script } = evaluate(file, Module.wrap(bytes.toString("utf8")), undefined);
-  return { file, exports, sha256: sha256(bytes), script };
+  const wrapped = readWrapped(file);
+  const { exports, script } = evaluate(file, wrapped.toString("utf8"), undefined);
+  return { file, exports, sha256: sha256(sourceOf(wrapped)), script };
 }
 
 /**
@@ -121,7 +121,7 @@ function cacheFor(file: string, manifestFile: string): { wrapped: string; cached
   let cachedData: Buffer;
   try {
     wrapped = readWrapped(file);
-    if (sha256(wrapped.subarray(WRAPPER[0].length, wrapped.length - WRAPPER[1].length)) !== entry.sha256) return undefined;
+    if (sha256(sourceOf(wrapped)) !== entry.sha256) return undefined;
     cachedData = readFileSync(join(dir, basename(entry.cache)));
     if (sha256(cachedData) !== entry.cacheSha256) return undefined;
   } catch {
@@ -136,7 +136,10 @@ const WRAPPER = ((): [Buffer, Buffer] => {
   return [Buffer.from(head), Buffer.from(tail)];
 })();
 
-/** The file's bytes between the wrapper's halves, in one buffer. */
+/**
+ * The file's bytes between the wrapper's halves, in one buffer: what a cache is made from and what
+ * it is used for are decoded and hashed alike.
+ */
 function readWrapped(file: string): Buffer {
   const fd = openSync(file, "r");
   try {
@@ -154,6 +157,11 @@ function readWrapped(file: string): Buffer {
   } finally {
     closeSync(fd);
   }
+}
+
+/** The file's own bytes in a readWrapped buffer. */
+function sourceOf(wrapped: Buffer): Buffer {
+  return wrapped.subarray(WRAPPER[0].length, wrapped.length - WRAPPER[1].length);
 }
 
 /** The manifest of the build this module belongs to, if it has one. */
