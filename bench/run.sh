@@ -91,10 +91,7 @@ have sfdisk || PKGS="$PKGS fdisk"
 [ -x /usr/bin/time ] || PKGS="$PKGS time"
 if [ "$SMOKE" = 0 ]; then
   # vmvault's many-at-once chunk IDs (native/build-blake2b.sh), as its test command installs them
-  if uses vmvault; then
-    have cargo || PKGS="$PKGS cargo"
-    ls -d /usr/share/cargo/registry/blake2b_simd-1.* >/dev/null 2>&1 || PKGS="$PKGS librust-blake2b-simd-dev"
-  fi
+  uses vmvault && PKGS="$PKGS$(sh "$ROOT/native/build-blake2b.sh" --missing)"
   uses restic && ! have restic && PKGS="$PKGS restic"
   uses borg && ! have borg && PKGS="$PKGS borgbackup"
 fi

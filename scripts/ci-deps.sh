@@ -34,8 +34,7 @@ command -v curl >/dev/null 2>&1 || need="$need curl"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
 # cargo and blake2b_simd's sources: the native pipeline hashes chunk IDs four at a time through a
 # library native/build-blake2b.sh builds from them, offline (its tests check it is in use).
-command -v cargo >/dev/null 2>&1 || need="$need cargo"
-ls -d /usr/share/cargo/registry/blake2b_simd-1.* >/dev/null 2>&1 || need="$need librust-blake2b-simd-dev"
+need="$need$(sh "$(dirname "$0")/../native/build-blake2b.sh" --missing)"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing Debian packages:$need" >&2
