@@ -24,7 +24,8 @@ export class CliContext {
    * undefined when neither is set (the library's default: 0, an hour for re-encryption's cleanup).
    */
   readonly lockWaitMs: number | undefined;
-  readonly #progress: { sink: ProgressSink; done: () => void } | undefined;
+  /** Made on first use (undefined: not yet; null: none): asking stderr whether it is a terminal loads Node.js's streams. */
+  #progress: { sink: ProgressSink; done: () => void } | null | undefined;
 
   constructor(command: Command) {
     this.globals = command.optsWithGlobals<GlobalOptions>();
@@ -35,15 +36,23 @@ export class CliContext {
     this.workers = workersSetting(this.globals.workers);
     WorkerPool.defaultEngine = pipelineSetting(this.globals.pipeline);
     this.lockWaitMs = lockWaitSetting(this.globals.lockWait);
-    const wantProgress = this.globals.progress === true || (process.stderr.isTTY === true && this.globals.json !== true);
-    this.#progress = wantProgress ? progressRenderer(process.stderr) : undefined;
   }
 
   get json(): boolean {
     return this.globals.json === true;
   }
 
+  /**
+   * Progress lines on stderr, with --progress or where stderr is a terminal (not with --json).
+   * Decided when a command first asks, after the unlock: the stream behind process.stderr is
+   * made on first access, loading Node.js's stream modules (0.5 MiB for a file, 2.2 MiB for a
+   * pipe), and the unlock is every command's peak (docs/design.md §10).
+   */
   get progress(): ProgressSink | undefined {
+    if (this.#progress === undefined) {
+      const wanted = this.globals.progress === true || (process.stderr.isTTY === true && this.globals.json !== true);
+      this.#progress = wanted ? progressRenderer(process.stderr) : null;
+    }
     return this.#progress?.sink;
   }
 

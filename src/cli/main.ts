@@ -101,7 +101,10 @@ export async function main(argv: readonly string[]): Promise<number> {
  * the process with a stack trace and exit 1 wherever the command was. What no one reads any more
  * is dropped instead, and the command finishes its work and exits with its own code. Any other
  * write error still ends the process as before. Installed once per process and kept: the event
- * comes after the write, often once main() has returned.
+ * comes after the write, often once main() has returned. Node.js makes each stream on first
+ * access of process.stdout or process.stderr, loading its stream modules with it (0.5 MiB for a
+ * file, 2.2 MiB for a pipe), so the handler is added there, not here: most commands write
+ * nothing before the unlock, every command's peak (docs/design.md §10).
  */
 function dropOutputToClosedPipes(): void {
   if (closedPipesWatched) return;
@@ -111,7 +114,23 @@ function dropOutputToClosedPipes(): void {
     if (e.code === "EPIPE" || e.code === "ERR_STREAM_DESTROYED") return;
     throw e;
   };
-  process.stdout.on("error", onError);
-  process.stderr.on("error", onError);
+  for (const name of ["stdout", "stderr"] as const) {
+    const made = Object.getOwnPropertyDescriptor(process, name);
+    if (made?.get === undefined || made.configurable !== true) {
+      process[name].on("error", onError);
+      continue;
+    }
+    const make = made.get;
+    Object.defineProperty(process, name, {
+      configurable: true,
+      enumerable: made.enumerable ?? false,
+      get(): NodeJS.WriteStream {
+        const stream = make.call(process) as NodeJS.WriteStream;
+        Object.defineProperty(process, name, { ...made, get: make });
+        stream.on("error", onError);
+        return stream;
+      },
+    });
+  }
 }
 let closedPipesWatched = false;

@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { existsSync, promises as fsp } from "node:fs";
+import fs, { existsSync, promises as fsp } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
@@ -271,20 +271,28 @@ describe("FsStore", () => {
       await store.putIfAbsent(key, seeded(key, 10));
     }
     keys.sort();
-    const real = fsp.readdir.bind(fsp) as (dir: string, o: object) => Promise<unknown>;
+    // FsStore lists through fs.readdir with a callback (fs.promises is not loaded before the unlock).
+    const real = promisify(fs.readdir.bind(fs)) as (dir: string, o: object) => Promise<unknown>;
     let running = 0;
     let most = 0;
     let failing = "";
-    const spy = vi.spyOn(fsp, "readdir").mockImplementation((async (dir: string, o: object) => {
+    const spy = vi.spyOn(fs, "readdir").mockImplementation(((dir: string, o: object, done: (e: Error | null, entries?: unknown) => void) => {
       running++;
       most = Math.max(most, running);
-      try {
+      void (async () => {
         await new Promise((resolve) => setTimeout(resolve, 2));
         if (failing !== "" && dir.endsWith(failing)) throw Object.assign(new Error(`EIO: i/o error, scandir '${dir}'`), { code: "EIO" });
         return await real(dir, o);
-      } finally {
-        running--;
-      }
+      })().then(
+        (entries) => {
+          running--;
+          done(null, entries);
+        },
+        (e: Error) => {
+          running--;
+          done(e);
+        },
+      );
     }) as never);
     try {
       expect(await listKeys(store, "snapshots/")).toEqual(keys);
