@@ -89,5 +89,6 @@ NAPI_MODULE_INIT() {
   if (vmvault_register_tasks(env, exports) != napi_ok) return NULL;
   if (vmvault_register_ids(env, exports) != napi_ok) return NULL;
   if (vmvault_register_sha256(env, exports) != napi_ok) return NULL;
+  if (vmvault_register_source(env, exports) != napi_ok) return NULL;
   return exports;
 }

@@ -154,8 +154,16 @@ int vmvault_ids_add(vmvault_id_group *g, void *mac, const unsigned char *key, co
 int vmvault_ids_flush(vmvault_id_group *g, void *mac, const unsigned char *key);
 napi_status vmvault_register_ids(napi_env env, napi_value exports);
 
-/* native/sha256.c: sha256(bytes), a Buffer, through the OpenSSL in Node.js, when it has one. */
+/*
+ * native/sha256.c: sha256(bytes), a Buffer, through the OpenSSL in Node.js, when it has one.
+ * vmvault_sha256: the same into out[32], 1 on success, 0 without OpenSSL's functions (with out
+ * NULL: only whether they are there).
+ */
 napi_status vmvault_register_sha256(napi_env env, napi_value exports);
+int vmvault_sha256(const void *data, size_t length, unsigned char *out);
+
+/* native/source.c: mapSource(path) -> { source, sha256 }: an ASCII file as a string over a read-only mapping of it. */
+napi_status vmvault_register_source(napi_env env, napi_value exports);
 
 /* native/tasks.c: scanChunks, sealChunks, openChunks: the pipeline's batch tasks on the thread pool (when OpenSSL has what they need). */
 napi_status vmvault_register_tasks(napi_env env, napi_value exports);

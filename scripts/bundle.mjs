@@ -6,8 +6,9 @@
 // libsodium's WASM build stay separate packages, loaded with require(); the pipeline worker is
 // bundled the same way into dist/worker.cjs.
 import { spawnSync } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, renameSync, writeFileSync } from "node:fs";
 import { build } from "esbuild";
+import { SELF_WRAPPED } from "../dist/util/code-cache.js";
 
 // commander requires child_process at load, for executable subcommands vmvault does not have;
 // loading it costs 0.5 MiB while Argon2id runs (docs/design.md §10). commander gets a stand-in
@@ -42,10 +43,18 @@ const cjsBundle = {
 // Native addons and libsodium's WASM build stay packages of their own.
 const external = ["argon2", "sodium-native", "zstd-napi", "lz4", "libsodium-wrappers", "ssh2", "@aws-sdk/client-s3", "@smithy/signature-v4"];
 
-await build({
+// Self-wrapped (src/util/code-cache.ts): the file is the function expression Node.js would wrap
+// it in, so that the code-cache loader can give V8 the file itself, mapped, as the script's
+// source, instead of a copy held in V8's heap through Argon2id. Only that loader runs it
+// (bin/vmvault); written below, in ASCII and under a new name renamed into place, so a command
+// still running keeps the file it mapped.
+const cli = await build({
   entryPoints: ["dist/cli/main.js"],
   outfile: "dist/vmvault.cjs",
   ...cjsBundle,
+  banner: { js: SELF_WRAPPED.head + cjsBundle.banner.js },
+  footer: { js: SELF_WRAPPED.tail },
+  write: false,
   external,
   // import() becomes require(): an import() would start the ES module loader.
   supported: { "dynamic-import": false },
@@ -70,12 +79,19 @@ await build({
 
 // esbuild's charset escapes strings, template literals and identifiers, not the comments it keeps
 // (the sources' JSDoc inside classes): escaped here too, so each bundle's source is one byte per
-// character (the CLI's: 1.1 MB instead of 2.3 MB while Argon2id runs; docs/design.md §10).
-for (const file of ["dist/vmvault.cjs", "dist/worker.cjs"]) {
-  const text = readFileSync(file, "utf8");
-  const ascii = text.replace(/[^\u0000-\u007f]/gu, (c) => `\\u{${c.codePointAt(0)?.toString(16)}}`);
-  if (ascii !== text) writeFileSync(file, ascii);
-}
+// character (the CLI's: 1.1 MB instead of 2.3 MB while Argon2id runs; docs/design.md §10), and the
+// CLI's can be given to V8 as it is on disk. Each is written under a new name and renamed into
+// place.
+const ascii = (text) => text.replace(/[^\u0000-\u007f]/gu, (c) => `\\u{${c.codePointAt(0)?.toString(16)}}`);
+const writeAtomic = (file, text) => {
+  writeFileSync(`${file}.partial`, text);
+  renameSync(`${file}.partial`, file);
+};
+const [cliOutput] = cli.outputFiles;
+if (cli.outputFiles.length !== 1 || cliOutput === undefined) throw new Error("esbuild gave the CLI bundle as more than one file");
+writeAtomic("dist/vmvault.cjs", ascii(cliOutput.text));
+const worker = readFileSync("dist/worker.cjs", "utf8");
+if (ascii(worker) !== worker) writeAtomic("dist/worker.cjs", ascii(worker));
 
 // The code caches, made under bin/vmvault's V8 flags (its first line: node and the flags after it).
 const shebang = readFileSync("bin/vmvault", "utf8").split("\n", 1)[0] ?? "";

@@ -21,7 +21,17 @@ import { nodeCrypto } from "./node-crypto.js";
 const MANIFEST_CANDIDATES = ["../code-cache/manifest.json", "./code-cache/manifest.json"];
 
 /** The manifest's own format version. */
-const MANIFEST_VERSION = 1;
+const MANIFEST_VERSION = 2;
+
+/**
+ * How a self-wrapped file starts and ends: the CLI bundle is written (scripts/bundle.mjs) as the
+ * function expression Node.js wraps a CommonJS file's source in, so that the file is, byte for
+ * byte, the script V8 compiles. The native helper can then hand V8 that script over a mapping of
+ * the file (mapSource) instead of a copy in V8's heap: V8 keeps a script's source while its
+ * functions may still be compiled, and the bundle's 1.2 MB sat in the heap through Argon2id,
+ * every command's peak (docs/design.md §10). Node.js's own wrapper, to the byte.
+ */
+export const SELF_WRAPPED = { head: "(function (exports, require, module, __filename, __dirname) { ", tail: "\n});" } as const;
 
 interface ManifestEntry {
   /** SHA-256 (hex) of the file the cache was made from. */
@@ -30,6 +40,8 @@ interface ManifestEntry {
   readonly cache: string;
   /** SHA-256 (hex) of the cache file: V8 checks a cache's header, not what it holds. */
   readonly cacheSha256: string;
+  /** The file is self-wrapped (SELF_WRAPPED), ASCII, and compiled as it is. */
+  readonly selfWrapped: boolean;
 }
 
 interface Manifest {
@@ -55,6 +67,7 @@ export interface LoadedScript {
   /** SHA-256 (hex) of the file's bytes. */
   readonly sha256: string;
   readonly script: Script;
+  readonly selfWrapped: boolean;
 }
 
 /**
@@ -67,16 +80,24 @@ export function requireCached(file: string, manifestFile: string | undefined = f
   const loaded = req.cache[file];
   if (loaded !== undefined) return { exports: loaded.exports, cache: "loaded" };
   const found = manifestFile === undefined ? undefined : cacheFor(file, manifestFile);
-  if (found === undefined) return { exports: req(file), cache: "none" };
+  if (found === undefined) {
+    if (!selfWrapped(file)) return { exports: req(file), cache: "none" };
+    return { exports: evaluate(file, readFileSync(file, "utf8"), undefined).exports, cache: "none" };
+  }
   const { exports, script } = evaluate(file, found.wrapped, found.cachedData);
   return { exports, cache: script.cachedDataRejected === true ? "rejected" : "used" };
 }
 
 /** Loads a file as requireCached does but without a cache, keeping what a cache is made from. */
 export function loadForCache(file: string): LoadedScript {
+  if (selfWrapped(file)) {
+    const bytes = readFileSync(file);
+    const { exports, script } = evaluate(file, bytes.toString("utf8"), undefined);
+    return { file, exports, sha256: sha256(bytes), script, selfWrapped: true };
+  }
   const wrapped = readWrapped(file);
   const { exports, script } = evaluate(file, wrapped.toString("utf8"), undefined);
-  return { file, exports, sha256: sha256(sourceOf(wrapped)), script };
+  return { file, exports, sha256: sha256(sourceOf(wrapped)), script, selfWrapped: false };
 }
 
 /**
@@ -91,7 +112,7 @@ export function writeCodeCache(dir: string, loaded: readonly LoadedScript[]): vo
     const cache = `${basename(l.file)}.${l.sha256.slice(0, 16)}.v8cache`;
     const data = l.script.createCachedData();
     writeAtomic(join(dir, cache), data);
-    files[relative(dir, l.file)] = { sha256: l.sha256, cache, cacheSha256: sha256(data) };
+    files[relative(dir, l.file)] = { sha256: l.sha256, cache, cacheSha256: sha256(data), selfWrapped: l.selfWrapped };
   }
   const manifest: Manifest = { version: MANIFEST_VERSION, node: process.version, files };
   writeAtomic(join(dir, "manifest.json"), Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`));
@@ -101,9 +122,10 @@ export function writeCodeCache(dir: string, loaded: readonly LoadedScript[]): vo
 
 /**
  * The file's source, wrapped as Node.js wraps a CommonJS file's, and its cache, when the manifest
- * has one for this source and Node.js. The wrapped source is decoded once from the file's bytes
- * read between the wrapper's two halves: decoding the source and then wrapping it left the bare
- * source as a second string of the file's size (1.2 MB for the CLI bundle), garbage V8 had not
+ * has one for this source and Node.js. A self-wrapped file is its own wrapped source, given to V8
+ * over a mapping of the file where the native helper can (else read, as ASCII). Any other file's
+ * is decoded once from its bytes read between the wrapper's two halves: decoding the source and
+ * then wrapping it left the bare source as a second string of the file's size, garbage V8 had not
  * collected yet while Argon2id ran.
  */
 function cacheFor(file: string, manifestFile: string): { wrapped: string; cachedData: Buffer } | undefined {
@@ -113,21 +135,67 @@ function cacheFor(file: string, manifestFile: string): { wrapped: string; cached
   } catch {
     return undefined;
   }
-  if (manifest.version !== MANIFEST_VERSION || manifest.node !== process.version || typeof manifest.files !== "object") return undefined;
+  if (manifest.version !== MANIFEST_VERSION || manifest.node !== process.version || typeof manifest.files !== "object" || manifest.files === null) return undefined;
   const dir = dirname(manifestFile);
   const entry = manifest.files[relative(dir, file)];
   if (entry === undefined) return undefined;
-  let wrapped: Buffer;
+  let wrapped: string;
   let cachedData: Buffer;
   try {
-    wrapped = readWrapped(file);
-    if (sha256(sourceOf(wrapped)) !== entry.sha256) return undefined;
+    const source = entry.selfWrapped ? readSelfWrapped(file) : readWrappedSource(file);
+    if (source.sha256 !== entry.sha256) return undefined;
+    wrapped = source.text;
     cachedData = readFileSync(join(dir, basename(entry.cache)));
     if (sha256(cachedData) !== entry.cacheSha256) return undefined;
   } catch {
     return undefined;
   }
-  return { wrapped: wrapped.toString("utf8"), cachedData };
+  return { wrapped, cachedData };
+}
+
+/**
+ * A self-wrapped file as V8 is given it, and its bytes' SHA-256 (hex): mapped where the native
+ * helper can (an ASCII file; the build writes the bundle so), else read and decoded as UTF-8.
+ */
+function readSelfWrapped(file: string): { text: string; sha256: string } {
+  const mapped = mapAscii(file);
+  if (mapped !== undefined) {
+    if (!mapped.source.startsWith(SELF_WRAPPED.head)) throw new Error(`${file} is not self-wrapped`);
+    return { text: mapped.source, sha256: mapped.sha256.toString("hex") };
+  }
+  const bytes = readFileSync(file);
+  const text = bytes.toString("utf8");
+  if (!text.startsWith(SELF_WRAPPED.head)) throw new Error(`${file} is not self-wrapped`);
+  return { text, sha256: sha256(bytes) };
+}
+
+/** The helper's mapSource of the file; undefined without the helper or for a file outside ASCII. */
+function mapAscii(file: string): { source: string; sha256: Buffer } | undefined {
+  const map = nativeHelper()?.mapSource;
+  if (map === undefined) return undefined;
+  try {
+    return map(Buffer.from(file));
+  } catch (e) {
+    if ((e as { code?: unknown }).code === "ENOTASCII") return undefined;
+    throw e;
+  }
+}
+
+/** Any other file, wrapped as Node.js wraps it, and its own bytes' SHA-256 (hex). */
+function readWrappedSource(file: string): { text: string; sha256: string } {
+  const wrapped = readWrapped(file);
+  return { text: wrapped.toString("utf8"), sha256: sha256(sourceOf(wrapped)) };
+}
+
+/** Whether the file starts as a self-wrapped one does (its first bytes read). */
+function selfWrapped(file: string): boolean {
+  const head = Buffer.alloc(SELF_WRAPPED.head.length);
+  const fd = openSync(file, "r");
+  try {
+    return readSync(fd, head, 0, head.length, 0) === head.length && head.toString("latin1") === SELF_WRAPPED.head;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** Node.js's CommonJS wrapper, as its two halves' bytes (ASCII). */

@@ -90,6 +90,12 @@ export interface NativeHelper {
   hashMany?(enable?: boolean): boolean;
   /** SHA-256 through the OpenSSL inside Node.js (native/sha256.c); absent without its functions. */
   sha256?(bytes: Uint8Array): Buffer;
+  /**
+   * An ASCII file's bytes as a string over a read-only mapping of the file, and their SHA-256
+   * (native/source.c): V8 reads the pages it needs when it needs them, and they are not held in
+   * its heap. Throws (code ENOTASCII, or the errno name) where the file cannot be mapped so.
+   */
+  mapSource?(path: Buffer): { source: string; sha256: Buffer };
   /** The page size cacheResidency counts in. */
   readonly pageSize?: number;
 }

@@ -1,8 +1,9 @@
 /**
  * What a command has loaded when Argon2id starts, which is every command's peak of memory: not
  * Node.js's stream modules (made with process.stdout or process.stderr, 0.5-2.2 MiB) nor
- * fs.promises (which loads readline and the streams, 1.1 MiB more), and not node:crypto. The
- * commands run with stdout and stderr on pipes, where making those streams costs most.
+ * fs.promises (which loads readline and the streams, 1.1 MiB more), and not node:crypto; and the
+ * CLI bundle's source mapped from its file rather than copied into V8's heap. The commands run
+ * with stdout and stderr on pipes, where making those streams costs most.
  */
 import { describe, expect, it } from "vitest";
 import { spawn } from "node:child_process";
@@ -24,7 +25,9 @@ Module._load = function (request) {
   const loaded = load.apply(this, arguments);
   if (typeof request !== "string" || !request.endsWith("argon2.node") || loaded.__watched) return loaded;
   return { __watched: true, hash(args) {
-    require("node:fs").writeFileSync(process.env.LOADED_AT_UNLOCK, process.moduleLoadList.join("\\n"));
+    const fs = require("node:fs");
+    const bundleMapped = fs.readFileSync("/proc/self/maps", "utf8").includes("/dist/vmvault.cjs") ? "bundle mapped" : "bundle not mapped";
+    fs.writeFileSync(process.env.LOADED_AT_UNLOCK, [...process.moduleLoadList, bundleMapped].join("\\n"));
     return loaded.hash(args);
   } };
 };
@@ -60,6 +63,8 @@ describe("while Argon2id runs", () => {
       const label = args.join(" ");
       // The probe sees the modules (it would see them had the CLI loaded them).
       expect(loaded, label).toContain("NativeModule vm");
+      // The CLI bundle's source is V8's over a mapping of its file, not a copy in the heap (src/util/code-cache.ts).
+      expect(loaded, label).toContain("bundle mapped");
       for (const module of ["stream", "internal/fs/promises", "internal/readline/interface", "net", "tty", "crypto"]) {
         expect(loaded, `${label}: ${module}`).not.toContain(`NativeModule ${module}`);
       }

@@ -7,7 +7,7 @@ import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { expect, it, vi } from "vitest";
-import { loadForCache, requireCached, writeCodeCache } from "../../src/util/code-cache.js";
+import { loadForCache, requireCached, SELF_WRAPPED, writeCodeCache } from "../../src/util/code-cache.js";
 import { nativeHelper } from "../../src/util/native.js";
 
 vi.mock("../../src/util/native.js", () => ({ nativeHelper: () => null }));
@@ -32,6 +32,30 @@ it("uses a cache for its own source and not for a changed one of the same length
     const second = requireCached(file, manifest);
     expect(second.cache).toBe("none");
     expect(second.exports).toEqual({ value: "two", four: 4 });
+  } finally {
+    delete require.cache[file];
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+it("reads a self-wrapped file as UTF-8 and uses its cache, not for a changed one", () => {
+  const dir = mkdtempSync(path.join(tmpdir(), "vmvault-code-cache-"));
+  const file = path.join(dir, "lib.cjs");
+  const source = (value: string): string => `${SELF_WRAPPED.head}"use strict";\nmodule.exports = { value: "${value}" };${SELF_WRAPPED.tail}`;
+  try {
+    writeFileSync(file, source("caf\u00e9"));
+    writeCodeCache(path.join(dir, "code-cache"), [loadForCache(file)]);
+    delete require.cache[file];
+    const manifest = path.join(dir, "code-cache", "manifest.json");
+    const first = requireCached(file, manifest);
+    expect(first.cache).toBe("used");
+    expect(first.exports).toEqual({ value: "caf\u00e9" });
+    delete require.cache[file];
+    // The same length in bytes, changed.
+    writeFileSync(file, source("cafe!"));
+    const second = requireCached(file, manifest);
+    expect(second.cache).toBe("none");
+    expect(second.exports).toEqual({ value: "cafe!" });
   } finally {
     delete require.cache[file];
     rmSync(dir, { recursive: true, force: true });

@@ -1,11 +1,11 @@
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { createHash } from "node:crypto";
-import { loadForCache, requireCached, writeCodeCache } from "../../src/util/code-cache.js";
+import { loadForCache, requireCached, SELF_WRAPPED, writeCodeCache } from "../../src/util/code-cache.js";
 import { nativeHelper } from "../../src/util/native.js";
 import { BIN, ROOT } from "../helpers/cli.js";
 
@@ -29,9 +29,9 @@ let file: string;
 let cacheDir: string;
 let manifest: string;
 
-/** Writes the module, makes its cache in this process, and forgets the module again. */
-function build(value: string): void {
-  writeFileSync(file, moduleSource(value));
+/** Writes the module (self-wrapped, as the build writes the CLI bundle, or as plain CommonJS), makes its cache in this process, and forgets the module again. */
+function build(value: string, selfWrapped = false): void {
+  writeFileSync(file, selfWrapped ? SELF_WRAPPED.head + moduleSource(value) + SELF_WRAPPED.tail : moduleSource(value));
   const loaded = loadForCache(file);
   expect((loaded.exports as { value: string }).value).toBe(value);
   writeCodeCache(cacheDir, [loaded]);
@@ -143,6 +143,36 @@ describe("requireCached", () => {
     expect((r.exports as { value: string }).value).toBe("one");
   });
 
+  it("loads a self-wrapped file through its cache, over a mapping of the file, and without a cache as it is", () => {
+    build("one", true);
+    const entry = (JSON.parse(readFileSync(manifest, "utf8")) as { files: Record<string, { selfWrapped: boolean }> }).files["../lib.cjs"];
+    expect(entry?.selfWrapped).toBe(true);
+    const r = requireCached(file, manifest);
+    expect(r.cache).toBe("used");
+    const m = r.exports as { value: string; sum: () => number; dir: string };
+    expect([m.value, m.sum(), m.dir]).toEqual(["one", 2 * 3 + 3 + 199 + 199, dir]);
+    expect(require(file)).toBe(m);
+    delete require.cache[file];
+    // The same length, changed: compiled as it is now, without the cache.
+    writeFileSync(file, SELF_WRAPPED.head + moduleSource("two") + SELF_WRAPPED.tail);
+    const changed = requireCached(file, manifest);
+    expect(changed.cache).toBe("none");
+    expect((changed.exports as { value: string }).value).toBe("two");
+    delete require.cache[file];
+    // No manifest: still run as the function it is (Node.js's require would wrap it once more and export nothing).
+    const bare = requireCached(file, undefined);
+    expect(bare.cache).toBe("none");
+    expect((bare.exports as { value: string }).value).toBe("two");
+  });
+
+  it("a self-wrapped file outside ASCII is not mapped: read as UTF-8, cached and used", () => {
+    build("caf\u00e9 \u2713", true);
+    const r = requireCached(file, manifest);
+    // The helper refuses to map it (ENOTASCII), so the loader reads it; the cache is used either way.
+    expect(r.cache).toBe("used");
+    expect((r.exports as { value: string }).value).toBe("caf\u00e9 \u2713");
+  });
+
   it("a new build's manifest replaces the old one and its cache files go", () => {
     build("one");
     const first = readdirSync(cacheDir).filter((n) => n.endsWith(".v8cache"));
@@ -189,6 +219,24 @@ describe("the build's code caches", () => {
     expect(out).toBe("used false false");
   });
 
+  it("give V8 the CLI bundle, self-wrapped, over a mapping of its file, not a copy in its heap", () => {
+    expect(readFileSync(files[0] as string, "latin1").startsWith(SELF_WRAPPED.head)).toBe(true);
+    const check = `
+      const v8 = require("node:v8");
+      const external = () => v8.getHeapCodeStatistics().external_script_source_size;
+      const before = external();
+      const { requireCached } = require(${JSON.stringify(loader)});
+      const use = requireCached(${JSON.stringify(files[0])}).cache;
+      const mapped = require("node:fs").readFileSync("/proc/self/maps", "utf8").includes(${JSON.stringify(files[0])});
+      console.log([use, mapped, external() - before].join(" "));
+    `;
+    const script = path.join(dir, "mapped.cjs");
+    writeFileSync(script, check);
+    const [use, mapped, grown] = execFileSync(process.execPath, [...binFlags(), script], { encoding: "utf8" }).trim().split(" ");
+    expect([use, mapped]).toEqual(["used", "true"]);
+    expect(Number(grown)).toBeGreaterThanOrEqual(statSync(files[0] as string).size);
+  });
+
   it("are refused by V8 under other flags, and the files then compile from source", () => {
     const out = execFileSync(process.execPath, ["--max-semi-space-size=2", "-e", probe], { encoding: "utf8" }).trim();
     expect(out).toBe("rejected rejected rejected|rejected rejected rejected");
@@ -211,5 +259,51 @@ describe("the check's SHA-256", () => {
       }
     }
     expect(() => sha256("text" as unknown as Uint8Array)).toThrow(/Uint8Array/);
+  });
+});
+
+describe("the helper's mapSource", () => {
+  const mapSource = nativeHelper()?.mapSource;
+
+  it("gives an ASCII file's bytes as a string and their SHA-256, and refuses what it cannot map so", () => {
+    expect(mapSource).toBeTypeOf("function");
+    if (mapSource === undefined) return;
+    const text = Array.from({ length: 9000 }, (_, i) => `line ${i} ${"x".repeat(i % 97)}`).join("\n");
+    writeFileSync(file, text);
+    const mapped = mapSource(Buffer.from(file));
+    expect(mapped.source).toBe(text);
+    expect(mapped.sha256.toString("hex")).toBe(createHash("sha256").update(text).digest("hex"));
+    const refusals: Array<[string, () => void, string]> = [
+      ["missing", () => rmSync(file), "ENOENT"],
+      ["outside ASCII", () => writeFileSync(file, "caf\u00e9"), "ENOTASCII"],
+      ["empty", () => writeFileSync(file, ""), "EINVAL"],
+      ["a folder", () => (rmSync(file, { force: true }), mkdirSync(file)), "EINVAL"],
+    ];
+    for (const [what, make, code] of refusals) {
+      rmSync(file, { recursive: true, force: true });
+      writeFileSync(file, "ok");
+      make();
+      expect(() => mapSource(Buffer.from(file)), what).toThrow(expect.objectContaining({ code }) as Error);
+    }
+    expect(() => mapSource("not a buffer" as unknown as Buffer)).toThrow(TypeError);
+  });
+
+  it("keeps the mapping while the string lives and unmaps it once the string is collected", () => {
+    writeFileSync(file, "x".repeat(200_000));
+    const check = `
+      const helper = require(${JSON.stringify(path.join(ROOT, "build/Release/vmvault_native.node"))});
+      const fs = require("node:fs");
+      const mapped = () => fs.readFileSync("/proc/self/maps", "utf8").includes(${JSON.stringify(file)});
+      let s = helper.mapSource(Buffer.from(${JSON.stringify(file)})).source;
+      const during = mapped();
+      gc();
+      const kept = mapped() && s.length === 200000 && s.charCodeAt(199999) === 120;
+      s = undefined;
+      for (let i = 0; i < 5; i++) gc();
+      setTimeout(() => { gc(); console.log([during, kept, mapped()].join(" ")); }, 50);
+    `;
+    const script = path.join(dir, "unmap.cjs");
+    writeFileSync(script, check);
+    expect(execFileSync(process.execPath, ["--expose-gc", script], { encoding: "utf8" }).trim()).toBe("true true false");
   });
 });
