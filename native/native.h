@@ -71,6 +71,33 @@ static inline napi_status vmvault_export(napi_env env, napi_value exports, const
   return s == napi_ok ? napi_set_named_property(env, exports, name, fn) : s;
 }
 
+/*
+ * exports[name] as a getter, for functions that need what the helper looks up in the process on
+ * first use (OpenSSL's functions and algorithms, native/aead.c): the function where ready() says
+ * that is there, else undefined. ready() runs on the first access, not when the helper loads:
+ * every command loads the helper before its unlock, the peak of its memory, and the look-ups
+ * read pages of Node.js's symbol tables and OpenSSL's algorithm tables (0.3 MiB) that it need not
+ * hold then (docs/design.md §10). Each access makes a new function object.
+ */
+typedef struct {
+  const char *name;
+  napi_callback cb;
+  int (*ready)(void);
+} vmvault_lazy_export;
+
+static inline napi_value vmvault_lazy_get(napi_env env, napi_callback_info info) {
+  const vmvault_lazy_export *e = NULL;
+  napi_value fn;
+  if (napi_get_cb_info(env, info, NULL, NULL, NULL, (void **)&e) != napi_ok || e == NULL) return NULL;
+  if (!e->ready()) return napi_get_undefined(env, &fn) == napi_ok ? fn : NULL;
+  return napi_create_function(env, e->name, NAPI_AUTO_LENGTH, e->cb, NULL, &fn) == napi_ok ? fn : NULL;
+}
+
+static inline napi_status vmvault_export_lazy(napi_env env, napi_value exports, const vmvault_lazy_export *e) {
+  napi_property_descriptor d = {e->name, NULL, NULL, vmvault_lazy_get, NULL, NULL, napi_enumerable, (void *)e};
+  return napi_define_properties(env, exports, 1, &d);
+}
+
 /* native/readfile.c: readFile(path) and readRange(path, offset, length) -> Promise<ArrayBuffer>, one trip to the thread pool each. */
 napi_status vmvault_register_readfile(napi_env env, napi_value exports);
 

@@ -559,10 +559,10 @@ static napi_value open_chunks(napi_env env, napi_callback_info info) {
   return queue(env, t, argv[8]);
 }
 
+static const vmvault_lazy_export exported[] = {{"scanChunks", scan_chunks, vmvault_ossl_mac}, {"sealChunks", seal_chunks, vmvault_ossl_mac}, {"openChunks", open_chunks, vmvault_ossl_mac}};
+
 napi_status vmvault_register_tasks(napi_env env, napi_value exports) {
-  if (!vmvault_ossl_mac()) return napi_ok;
-  napi_status s;
-  if ((s = vmvault_export(env, exports, "scanChunks", scan_chunks)) != napi_ok) return s;
-  if ((s = vmvault_export(env, exports, "sealChunks", seal_chunks)) != napi_ok) return s;
-  return vmvault_export(env, exports, "openChunks", open_chunks);
+  napi_status s = napi_ok;
+  for (size_t i = 0; i < sizeof exported / sizeof exported[0] && s == napi_ok; i++) s = vmvault_export_lazy(env, exports, &exported[i]);
+  return s;
 }
