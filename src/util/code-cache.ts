@@ -40,7 +40,7 @@ interface ManifestEntry {
   readonly cache: string;
   /** SHA-256 (hex) of the cache file: V8 checks a cache's header, not what it holds. */
   readonly cacheSha256: string;
-  /** The file is self-wrapped (SELF_WRAPPED), ASCII, and compiled as it is. */
+  /** The file is self-wrapped (SELF_WRAPPED): compiled as it is, mapped where it is ASCII. */
   readonly selfWrapped: boolean;
 }
 
