@@ -144,23 +144,8 @@ void vmvault_aead_free(vmvault_aead_ctx *c) {
 
 static void free_ctx(void *data) { vmvault_aead_free(data); }
 
-/* The calling thread's context for xchachaEncrypt/Decrypt, made on its first call, freed when the thread ends. */
-static pthread_key_t ctx_key;
-static pthread_once_t ctx_key_once = PTHREAD_ONCE_INIT;
-static int ctx_key_made;
-static void make_ctx_key(void) { ctx_key_made = pthread_key_create(&ctx_key, free_ctx) == 0; }
-
-static aead_ctx *thread_ctx(void) {
-  if (pthread_once(&ctx_key_once, make_ctx_key) != 0 || !ctx_key_made) return NULL;
-  aead_ctx *c = pthread_getspecific(ctx_key);
-  if (c != NULL) return c;
-  c = vmvault_aead_new();
-  if (c != NULL && pthread_setspecific(ctx_key, c) != 0) {
-    vmvault_aead_free(c);
-    return NULL;
-  }
-  return c;
-}
+/* Each xchachaEncrypt/Decrypt function object's own context (vmvault_export_lazy). */
+static void *make_ctx(void) { return vmvault_aead_new(); }
 
 int vmvault_ossl_aead(void) { return pthread_once(&ossl_once, ossl_load) == 0 && ossl.ready; }
 
@@ -232,7 +217,8 @@ static napi_value run(napi_env env, napi_callback_info info, int enc) {
   unsigned char *key, *nonce, *in, *ad, *out;
   size_t keylen, noncelen, inlen, adlen, outlen;
   napi_value result;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 5 || !view(env, argv[0], &key, &keylen) ||
+  aead_ctx *c = NULL;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, (void **)&c) != napi_ok || c == NULL || argc < 5 || !view(env, argv[0], &key, &keylen) ||
       !view(env, argv[1], &nonce, &noncelen) || !view(env, argv[2], &in, &inlen) || !view(env, argv[3], &ad, &adlen) ||
       !view(env, argv[4], &out, &outlen)) {
     napi_throw_type_error(env, NULL, "expected five Uint8Arrays");
@@ -247,11 +233,6 @@ static napi_value run(napi_env env, napi_callback_info info, int enc) {
     napi_throw_range_error(env, NULL, "input and output overlap");
     return NULL;
   }
-  aead_ctx *c = thread_ctx();
-  if (c == NULL) {
-    napi_throw_error(env, NULL, "no OpenSSL context for XChaCha20-Poly1305");
-    return NULL;
-  }
   int rc = vmvault_xchacha(c, enc, key, nonce, in, inlen, ad, adlen, out);
   if (rc != 0 && enc) {
     napi_throw_error(env, NULL, "encryption failed");
@@ -264,7 +245,7 @@ static napi_value run(napi_env env, napi_callback_info info, int enc) {
 static napi_value encrypt(napi_env env, napi_callback_info info) { return run(env, info, 1); }
 static napi_value decrypt(napi_env env, napi_callback_info info) { return run(env, info, 0); }
 
-static const vmvault_lazy_export exported[] = {{"xchachaEncrypt", encrypt, vmvault_ossl_aead}, {"xchachaDecrypt", decrypt, vmvault_ossl_aead}};
+static const vmvault_lazy_export exported[] = {{"xchachaEncrypt", encrypt, vmvault_ossl_aead, make_ctx, free_ctx}, {"xchachaDecrypt", decrypt, vmvault_ossl_aead, make_ctx, free_ctx}};
 
 napi_status vmvault_register_aead(napi_env env, napi_value exports) {
   napi_status s = vmvault_export_lazy(env, exports, &exported[0]);

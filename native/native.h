@@ -77,20 +77,43 @@ static inline napi_status vmvault_export(napi_env env, napi_value exports, const
  * that is there, else undefined. ready() runs on the first access, not when the helper loads:
  * every command loads the helper before its unlock, the peak of its memory, and the look-ups
  * read pages of Node.js's symbol tables and OpenSSL's algorithm tables (0.3 MiB) that it need not
- * hold then (docs/design.md §10). Each access makes a new function object.
+ * hold then (docs/design.md §10). Each access makes a new function object; where make is given,
+ * with data of its own (make(): NULL when it cannot), which drop frees once the function is
+ * collected or its thread's environment ends (before Node.js may unload the helper, so never
+ * at the thread's exit).
  */
 typedef struct {
   const char *name;
   napi_callback cb;
   int (*ready)(void);
+  void *(*make)(void);
+  void (*drop)(void *);
 } vmvault_lazy_export;
+
+static inline void vmvault_lazy_drop(node_api_basic_env env, void *data, void *hint) {
+  (void)env;
+  ((const vmvault_lazy_export *)hint)->drop(data);
+}
 
 static inline napi_value vmvault_lazy_get(napi_env env, napi_callback_info info) {
   const vmvault_lazy_export *e = NULL;
   napi_value fn;
   if (napi_get_cb_info(env, info, NULL, NULL, NULL, (void **)&e) != napi_ok || e == NULL) return NULL;
   if (!e->ready()) return napi_get_undefined(env, &fn) == napi_ok ? fn : NULL;
-  return napi_create_function(env, e->name, NAPI_AUTO_LENGTH, e->cb, NULL, &fn) == napi_ok ? fn : NULL;
+  void *data = NULL;
+  if (e->make != NULL && (data = e->make()) == NULL) {
+    napi_throw_error(env, NULL, "the helper could not set up what the function needs");
+    return NULL;
+  }
+  if (napi_create_function(env, e->name, NAPI_AUTO_LENGTH, e->cb, data, &fn) != napi_ok) {
+    if (data != NULL) e->drop(data);
+    return NULL;
+  }
+  if (data != NULL && napi_add_finalizer(env, fn, data, vmvault_lazy_drop, (void *)e, NULL) != napi_ok) {
+    e->drop(data);
+    return NULL;
+  }
+  return fn;
 }
 
 static inline napi_status vmvault_export_lazy(napi_env env, napi_value exports, const vmvault_lazy_export *e) {

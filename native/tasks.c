@@ -559,7 +559,8 @@ static napi_value open_chunks(napi_env env, napi_callback_info info) {
   return queue(env, t, argv[8]);
 }
 
-static const vmvault_lazy_export exported[] = {{"scanChunks", scan_chunks, vmvault_ossl_mac}, {"sealChunks", seal_chunks, vmvault_ossl_mac}, {"openChunks", open_chunks, vmvault_ossl_mac}};
+static const vmvault_lazy_export exported[] = {
+    {"scanChunks", scan_chunks, vmvault_ossl_mac, NULL, NULL}, {"sealChunks", seal_chunks, vmvault_ossl_mac, NULL, NULL}, {"openChunks", open_chunks, vmvault_ossl_mac, NULL, NULL}};
 
 napi_status vmvault_register_tasks(napi_env env, napi_value exports) {
   napi_status s = napi_ok;
