@@ -3,7 +3,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { FileEntryWithStats, Stats } from "ssh2";
 import { NotFoundError, StorageError, StorageRefusedError } from "../errors.js";
 import { mapOrdered } from "../util/ordered.js";
-import { FAILURE, lostUnder, NO_SUCH_FILE, PERMISSION_DENIED, readRange, S_IFDIR, S_IFMT, S_IFREG, statusOf } from "./sftp-io.js";
+import { FAILURE, lostUnder, NO_SUCH_FILE, PERMISSION_DENIED, readRange, removeQuietly, S_IFDIR, S_IFMT, S_IFREG, statusOf } from "./sftp-io.js";
 import { SftpObjectWriter } from "./sftp-writer.js";
 import { openSftpSession, type SftpAccess, type SftpSession } from "./sftp-session.js";
 import { parseSftpUrl, type SftpLocation } from "./sftp-location.js";
@@ -219,8 +219,13 @@ export class SftpStore implements Store {
     const file = this.#path(key);
     const slash = file.lastIndexOf("/");
     const dir = slash < 0 ? "." : file.slice(0, slash);
+    // One name for every attempt: a connection lost under the open may have lost only its answer,
+    // and the file the server made then is removed over the next connection, not left behind.
+    const temp = `${slash < 0 ? "" : `${dir}/`}${TEMP_PREFIX}${nodeCrypto().randomBytes(8).toString("hex")}`;
+    let attempted = false;
     return this.#again(async (s) => {
-      const temp = `${slash < 0 ? "" : `${dir}/`}${TEMP_PREFIX}${nodeCrypto().randomBytes(8).toString("hex")}`;
+      if (attempted) await removeQuietly(s, temp);
+      attempted = true;
       const open = (): Promise<Buffer> => s.request<Buffer>((cb) => s.sftp.open(temp, "wx", { mode: 0o600 }, cb));
       let handle: Buffer;
       try {
