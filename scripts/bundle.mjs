@@ -6,9 +6,9 @@
 // libsodium's WASM build stay separate packages, loaded with require(); the pipeline worker is
 // bundled the same way into dist/worker.cjs.
 import { spawnSync } from "node:child_process";
-import { readFileSync, renameSync, writeFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { build } from "esbuild";
-import { SELF_WRAPPED } from "../dist/util/code-cache.js";
+import { SELF_WRAPPED, writeAtomic } from "../dist/util/code-cache.js";
 
 // commander requires child_process at load, for executable subcommands vmvault does not have;
 // loading it costs 0.5 MiB while Argon2id runs (docs/design.md §10). commander gets a stand-in
@@ -83,10 +83,6 @@ await build({
 // CLI's can be given to V8 as it is on disk. Each is written under a new name and renamed into
 // place.
 const ascii = (text) => text.replace(/[^\u0000-\u007f]/gu, (c) => `\\u{${c.codePointAt(0)?.toString(16)}}`);
-const writeAtomic = (file, text) => {
-  writeFileSync(`${file}.partial`, text);
-  renameSync(`${file}.partial`, file);
-};
 const [cliOutput] = cli.outputFiles;
 if (cli.outputFiles.length !== 1 || cliOutput === undefined) throw new Error("esbuild gave the CLI bundle as more than one file");
 writeAtomic("dist/vmvault.cjs", ascii(cliOutput.text));

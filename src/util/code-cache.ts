@@ -90,14 +90,10 @@ export function requireCached(file: string, manifestFile: string | undefined = f
 
 /** Loads a file as requireCached does but without a cache, keeping what a cache is made from. */
 export function loadForCache(file: string): LoadedScript {
-  if (selfWrapped(file)) {
-    const bytes = readFileSync(file);
-    const { exports, script } = evaluate(file, bytes.toString("utf8"), undefined);
-    return { file, exports, sha256: sha256(bytes), script, selfWrapped: true };
-  }
-  const wrapped = readWrapped(file);
-  const { exports, script } = evaluate(file, wrapped.toString("utf8"), undefined);
-  return { file, exports, sha256: sha256(sourceOf(wrapped)), script, selfWrapped: false };
+  const wrapped = selfWrapped(file);
+  const source = wrapped ? readSelfWrapped(file) : readWrappedSource(file);
+  const { exports, script } = evaluate(file, source.text, undefined);
+  return { file, exports, sha256: source.sha256, script, selfWrapped: wrapped };
 }
 
 /**
@@ -271,7 +267,8 @@ function sha256(bytes: Uint8Array): string {
   return nodeCrypto().createHash("sha256").update(bytes).digest("hex");
 }
 
-function writeAtomic(file: string, bytes: Uint8Array): void {
+/** Writes a build file under a new name and renames it into place (a command still running keeps the file it mapped or read). */
+export function writeAtomic(file: string, bytes: string | Uint8Array): void {
   // Named per process: two builds at once each rename a whole file of their own into place.
   const partial = `${file}.${process.pid}.partial`;
   writeFileSync(partial, bytes);
