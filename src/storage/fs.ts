@@ -8,6 +8,7 @@ import { errorCodeOf, NotFoundError, StorageError, StorageRefusedError } from ".
 import { nativeHelper, type NativeHelper } from "../util/native.js";
 import { PageCacheFootprint } from "../util/page-cache.js";
 import { mapOrdered } from "../util/ordered.js";
+import { SharedReaders } from "./shared-readers.js";
 import { assertLeftoverName, assertValidKey, assertValidPrefix, rangeInto, type ByteRange, type Leftover, type ObjectInfo, type ObjectWriter, type Store, type WriterOptions } from "./types.js";
 
 const TEMP_PREFIX = ".tmp-";
@@ -42,7 +43,7 @@ const readWhole = promisify(fs.readFile);
 const readDir = (dir: string): Promise<fs.Dirent[]> =>
   new Promise((resolve, reject) => fs.readdir(dir, { withFileTypes: true }, (e, entries) => (e === null ? resolve(entries) : reject(e))));
 
-/** A descriptor shared by concurrent reads of one object; closed when evicted and idle. */
+/** A descriptor shared by concurrent reads of one object (SharedReaders). */
 interface Reader {
   readonly fd: Promise<number>;
   users: number;
@@ -74,8 +75,7 @@ export class FsStore implements Store {
   readonly location: string;
   readonly #root: string;
   readonly #knownDirs = new Set<string>();
-  /** Most recently used last. Objects never change once written, so a cached descriptor reads the same bytes. */
-  readonly #readers = new Map<string, Reader>();
+  readonly #readers = new SharedReaders<Reader>(OPEN_READERS, (reader) => this.#close(reader));
   /** Descriptors being closed (closeReader), until they are. */
   readonly #closing = new Set<Promise<void>>();
   readonly #keepCache: boolean;
@@ -118,7 +118,11 @@ export class FsStore implements Store {
   async readInto(key: string, range: ByteRange, into: Uint8Array): Promise<number> {
     const file = this.#path(key);
     if (into.length < range.length) throw new RangeError("buffer smaller than the range");
-    const reader = this.#reader(file);
+    const reader = this.#readers.use(file, () => {
+      const fd = openFd(file, "r");
+      fd.catch(() => undefined);
+      return { fd, users: 0, evicted: false };
+    });
     try {
       const fd = await reader.fd;
       if (reader.footprint === undefined) reader.footprint = this.#keepCache ? null : (PageCacheFootprint.open(fd, fs.fstatSync(fd).size) ?? null);
@@ -131,50 +135,18 @@ export class FsStore implements Store {
       }
       return done;
     } catch (e) {
-      void this.#evict(file);
+      this.#readers.evict(file);
       throw this.#mapError(e, key, "read");
     } finally {
-      this.#release(reader);
+      this.#readers.release(reader);
     }
-  }
-
-  /** A shared descriptor for reading file, opened on first use; the caller must release it. */
-  #reader(file: string): Reader {
-    let reader = this.#readers.get(file);
-    if (reader === undefined) {
-      const fd = openFd(file, "r");
-      fd.catch(() => undefined);
-      reader = { fd, users: 0, evicted: false };
-    } else this.#readers.delete(file);
-    this.#readers.set(file, reader);
-    reader.users++;
-    for (const [oldest] of this.#readers) {
-      if (this.#readers.size <= OPEN_READERS) break;
-      void this.#evict(oldest);
-    }
-    return reader;
-  }
-
-  /** Closes file's shared descriptor now if no read is using it, else when the last one ends. */
-  #evict(file: string): Promise<void> | undefined {
-    const reader = this.#readers.get(file);
-    if (reader === undefined) return undefined;
-    this.#readers.delete(file);
-    reader.evicted = true;
-    return reader.users === 0 ? this.#close(reader) : undefined;
-  }
-
-  #release(reader: Reader): void {
-    reader.users--;
-    if (reader.evicted && reader.users === 0) void this.#close(reader);
   }
 
   /** closeReader, tracked until it is done: close() waits for every drop of the page cache, retries included. */
-  #close(reader: Reader): Promise<void> {
+  #close(reader: Reader): void {
     const closing = closeReader(reader);
     this.#closing.add(closing);
     void closing.then(() => this.#closing.delete(closing));
-    return closing;
   }
 
   async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
@@ -295,7 +267,7 @@ export class FsStore implements Store {
 
   async delete(key: string): Promise<void> {
     const file = this.#path(key);
-    void this.#evict(file);
+    this.#readers.evict(file);
     try {
       const st = await fsp.lstat(file);
       if (!st.isFile()) return;
@@ -341,7 +313,7 @@ export class FsStore implements Store {
   }
 
   async close(): Promise<void> {
-    await Promise.all([...this.#readers.keys()].map((file) => this.#evict(file)));
+    this.#readers.evictAll();
     await Promise.all([...this.#closing]);
   }
 

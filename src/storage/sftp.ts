@@ -7,6 +7,7 @@ import { FAILURE, lostUnder, NO_SUCH_FILE, PERMISSION_DENIED, readRange, removeQ
 import { SftpObjectWriter } from "./sftp-writer.js";
 import { openSftpSession, type SftpAccess, type SftpSession } from "./sftp-session.js";
 import { parseSftpUrl, type SftpLocation } from "./sftp-location.js";
+import { SharedReaders } from "./shared-readers.js";
 import { assertLeftoverName, assertValidKey, assertValidPrefix, rangeInto, type ByteRange, type Leftover, type ObjectInfo, type ObjectWriter, type Store } from "./types.js";
 
 const TEMP_PREFIX = ".tmp-";
@@ -23,7 +24,7 @@ const WALK_AHEAD = 16;
  */
 const ATTEMPTS = 3;
 
-/** A read handle shared by concurrent reads of one object; closed when evicted and idle. */
+/** A read handle shared by concurrent reads of one object (SharedReaders). */
 interface Reader {
   readonly session: SftpSession;
   readonly handle: Promise<Buffer>;
@@ -48,7 +49,7 @@ export class SftpStore implements Store {
   /** The connection #session opened, once it has: a new one is opened when it is closed. */
   #live: SftpSession | undefined;
   readonly #knownDirs = new Set<string>();
-  readonly #readers = new Map<string, Reader>();
+  readonly #readers = new SharedReaders<Reader>(OPEN_READERS, closeReader);
   #closed = false;
 
   constructor(url: string, access: SftpAccess = {}) {
@@ -142,12 +143,12 @@ export class SftpStore implements Store {
         const handle = await reader.handle;
         return await readRange(reader.session, handle, range.offset, into, range.length);
       } catch (e) {
-        this.#evict(file);
+        this.#readers.evict(file);
         // A folder opens as a file does on many servers; reading it then fails.
         if (statusOf(e) === FAILURE && !(await this.#isFile(reader.session, file))) throw new NotFoundError(`object not found: ${key}`);
         throw this.#mapError(e, key, "read");
       } finally {
-        this.#release(reader);
+        this.#readers.release(reader);
       }
     });
   }
@@ -157,43 +158,18 @@ export class SftpStore implements Store {
     return st !== undefined && (st.mode & S_IFMT) === S_IFREG;
   }
 
+  /** The read handle kept for file, or one opened now (on a new connection if the last was lost); release it after use. */
   async #reader(file: string): Promise<Reader> {
-    let reader = this.#readers.get(file);
+    const kept = this.#readers.peek(file);
     // A handle of a lost connection is no handle.
-    if (reader?.session.closed === true) {
-      this.#readers.delete(file);
-      reader = undefined;
-    }
-    if (reader === undefined) {
-      const session = await this.#connect();
-      reader = this.#readers.get(file);
-      if (reader === undefined) {
-        const handle = session.request<Buffer>((cb) => session.sftp.open(file, "r", cb));
-        handle.catch(() => undefined);
-        reader = { session, handle, users: 0, evicted: false };
-      }
-    }
-    this.#readers.delete(file);
-    this.#readers.set(file, reader);
-    reader.users++;
-    for (const [oldest] of this.#readers) {
-      if (this.#readers.size <= OPEN_READERS) break;
-      this.#evict(oldest);
-    }
-    return reader;
-  }
-
-  #evict(file: string): void {
-    const reader = this.#readers.get(file);
-    if (reader === undefined) return;
-    this.#readers.delete(file);
-    reader.evicted = true;
-    if (reader.users === 0) closeReader(reader);
-  }
-
-  #release(reader: Reader): void {
-    reader.users--;
-    if (reader.evicted && reader.users === 0) closeReader(reader);
+    if (kept !== undefined && !kept.session.closed) return this.#readers.use(file, () => kept);
+    if (kept !== undefined) this.#readers.evict(file);
+    const session = await this.#connect();
+    return this.#readers.use(file, () => {
+      const handle = session.request<Buffer>((cb) => session.sftp.open(file, "r", cb));
+      handle.catch(() => undefined);
+      return { session, handle, users: 0, evicted: false };
+    });
   }
 
   async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
@@ -324,7 +300,7 @@ export class SftpStore implements Store {
 
   async delete(key: string): Promise<void> {
     const file = this.#path(key);
-    this.#evict(file);
+    this.#readers.evict(file);
     await this.#again(async (s) => {
       try {
         const st = await s.request<Stats>((cb) => s.sftp.lstat(file, cb));
@@ -382,7 +358,7 @@ export class SftpStore implements Store {
     const session = this.#session;
     this.#session = undefined;
     this.#live = undefined;
-    this.#readers.clear();
+    this.#readers.forgetAll();
     if (session === undefined) return;
     const s = await session.catch(() => undefined);
     if (s === undefined) return;
