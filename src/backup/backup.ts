@@ -1,6 +1,6 @@
 import { constants as fsConstants, promises as fsp, type Stats } from "node:fs";
 import path from "node:path";
-import { UsageError, VaultError, type Damage } from "../errors.js";
+import { InterruptedError, UsageError, VaultError, type Damage } from "../errors.js";
 import { FastCdc } from "../chunking/fastcdc.js";
 import { Compressor } from "../compress/compressor.js";
 import { assertVmName, domainFileName, sourceNameProblem, type SnapshotHeader, type SnapshotSource } from "../format/snapshot.js";
@@ -70,6 +70,12 @@ export interface BackupOptions {
   /** With changedBlocksDir: every disk read in full, and the chunks the dirty bitmaps missed reported (a check of the tracking). */
   readonly changedBlocksFullRead?: boolean;
   readonly progress?: ProgressSink;
+  /**
+   * A stop request (the CLI's SIGINT or SIGTERM). The backup stops reading; what it had read and
+   * sealed goes into packs and every pack it stored into an index file, so the next backup reuses
+   * them; no snapshot is saved, and it ends with an InterruptedError saying so.
+   */
+  readonly signal?: AbortSignal;
   /**
    * Worker threads for hashing, compression and encryption; 0 runs inline. Default: one per
    * core but one, and none for image files with less than INLINE_JOB_BYTES to read.
@@ -272,7 +278,10 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
   const overlayDir = o.overlayDir === undefined ? undefined : await checkOverlayDir(o.overlayDir);
   const excludes = new Excludes(o.exclude, o.excludeIfPresent, { largerThan: o.excludeLargerThan });
   const planned = await planSources(o.sources, o.sparse ?? true, domain, o.imageFormat);
-  const lock = await acquireLock(repo, "backup", false);
+  const lock = await acquireLock(repo, "backup", false, { signal: o.signal }).catch((e: unknown) => {
+    if (o.signal?.aborted !== true) throw e;
+    throw backupInterrupted(o.signal.reason, " while it waited for the repository lock; nothing was stored");
+  });
   try {
     return await audited(repo, {
       entry: {
@@ -320,9 +329,14 @@ async function backupLive(repo: Repository, o: BackupOptions, vm: string, planne
   try {
     result = await runBackup(repo, o, vm, planned, excludes, domain);
   } catch (e) {
-    await live.release().catch((released: unknown) => {
-      if (e instanceof Error && released instanceof Error) e.message += `; and ${released.message}`;
-    });
+    const released = await live.release().then(
+      () => true,
+      (x: unknown) => {
+        if (e instanceof Error && x instanceof Error) e.message += `; and ${x.message}`;
+        return false;
+      },
+    );
+    if (released && e instanceof InterruptedError) e.message += "; the overlays of the live backup were committed back into the domain's disks";
     throw e;
   }
   try {
@@ -358,6 +372,8 @@ export async function runBackup(repo: Repository, o: BackupOptions, vm: string, 
   const starting = WorkerPool.create({ compression: repo.config, ...(workers === undefined ? {} : { workers }) });
   starting.catch(() => undefined);
   let packs: PackWriter | undefined;
+  let sink: ChunkSink | undefined;
+  let indexWriter: SessionIndexWriter | undefined;
   try {
     const store: AppendOnlyStore = repo.store;
     const progress = throttled(o.progress);
@@ -368,7 +384,7 @@ export async function runBackup(repo: Repository, o: BackupOptions, vm: string, 
     const pool = await starting;
     pool.setKey(CHUNK_ID_KEY, chunkIdKey.bytes);
     pool.setKey(SESSION_KEY, session.key.bytes);
-    const indexWriter = new SessionIndexWriter(repo, store);
+    const indexes = (indexWriter = new SessionIndexWriter(repo, store));
     const packIds = new PackIdPool(repo.crypto.random, repo.config.packSize);
     packs = new PackWriter({
       store,
@@ -379,9 +395,9 @@ export async function runBackup(repo: Repository, o: BackupOptions, vm: string, 
       maxInFlight: o.maxPacksInFlight ?? 2,
       keepCache: o.keepCache === true,
       nextIds: () => packIds.next(),
-      onPack: (p, ids) => indexWriter.add(p, ids),
+      onPack: (p, ids) => indexes.add(p, ids),
     });
-    const sink = new ChunkSink({
+    sink = new ChunkSink({
       pool,
       crypto: await loadBulkCrypto(),
       compressor: new Compressor(repo.config),
@@ -393,6 +409,7 @@ export async function runBackup(repo: Repository, o: BackupOptions, vm: string, 
       packs,
       packIds,
       maxBatches: o.maxBatches ?? pool.threads + 2,
+      signal: o.signal,
     });
     const cdc = fileChunker(repo);
     const sources: SnapshotSource[] = [];
@@ -410,7 +427,9 @@ export async function runBackup(repo: Repository, o: BackupOptions, vm: string, 
     }
     await sink.finish();
     await packs.flush();
-    await indexWriter.flush();
+    await indexes.flush();
+    // Stopped with everything stored and indexed: still no snapshot.
+    o.signal?.throwIfAborted();
     const id = toHex(repo.crypto.random(16));
     const time = repo.now();
     const size = sources.reduce((n, s) => n + s.size, 0);
@@ -466,12 +485,44 @@ export async function runBackup(repo: Repository, o: BackupOptions, vm: string, 
       },
     };
   } catch (e) {
+    if (o.signal?.aborted === true) throw await stopStoring(o.signal.reason, sink, packs, indexWriter);
     // The open pack's partial bytes go (a store keeps nothing of an uncommitted object).
     await packs?.abort();
     throw e;
   } finally {
     await (await starting.catch(() => undefined))?.close();
   }
+}
+
+/**
+ * After a stop request: the batches already sealed go into packs, the open pack is stored as the
+ * last one, and every pack of the backup into an index file, so that the next backup reuses what
+ * this one read (an unindexed pack would be stored again, and reported by check until repaired or
+ * pruned). Returns the error the backup ends with.
+ */
+async function stopStoring(reason: unknown, sink: ChunkSink | undefined, packs: PackWriter | undefined, indexes: SessionIndexWriter | undefined): Promise<InterruptedError> {
+  try {
+    await sink?.stop(reason);
+    await packs?.flush();
+    await indexes?.flush();
+  } catch (e) {
+    await packs?.abort();
+    const why = e instanceof Error ? e.message : String(e);
+    return backupInterrupted(reason, `; no snapshot was saved, and indexing the packs it stored failed (${why}): \`vmvault repair index\` indexes them`);
+  }
+  const n = packs?.packsWritten ?? 0;
+  const stored = n === 0 ? "nothing was stored" : `the ${n} pack${n === 1 ? "" : "s"} it stored (${formatMiB(packs?.bytesWritten ?? 0)}) are indexed, and the next backup reuses them`;
+  return backupInterrupted(reason, `; no snapshot was saved; ${stored}`);
+}
+
+/** "backup interrupted (SIGNAL)" and what happened, carrying the signal of the stop request's reason. */
+function backupInterrupted(reason: unknown, what: string): InterruptedError {
+  const signal = reason instanceof InterruptedError ? reason.signal : undefined;
+  return new InterruptedError(`backup interrupted${signal === undefined ? "" : ` (${signal})`}${what}`, signal);
+}
+
+function formatMiB(bytes: number): string {
+  return `${(bytes / (1024 * 1024)).toFixed(1)} MiB`;
 }
 
 /** What a backup's result says of its domain. */

@@ -1,4 +1,4 @@
-import { SourceError, UsageError, VaultError } from "../errors.js";
+import { InterruptedError, SourceError, UsageError, VaultError } from "../errors.js";
 import type { Repository } from "../repository/repository.js";
 import type { Excludes } from "../sources/exclude.js";
 import type { ChosenDomain } from "../sources/libvirt.js";
@@ -134,6 +134,7 @@ export async function backupChangedBlocks(repo: Repository, o: BackupOptions, vm
       );
       // The last checkpoint stays the base: the new one's bitmap merges back into it.
       const kept = await deleteCheckpoint(libvirt.name, libvirt.uri, checkpoint);
+      if (e instanceof InterruptedError && ended === undefined) e.message += "; the backup job was ended and the last checkpoint left for the next backup";
       if (e instanceof Error) {
         if (ended instanceof Error) e.message += `; and ${ended.message}`;
         if (kept !== undefined) e.message += `; and checkpoint ${checkpoint} could not be deleted (${kept}): delete it with virsh checkpoint-delete ${libvirt.name} ${checkpoint}`;

@@ -42,6 +42,8 @@ export interface ChunkSinkOptions {
   readonly packIds: PackIdPool;
   /** Batches in flight (submitted, not yet in packs) before submit() waits. */
   readonly maxBatches: number;
+  /** A stop request: submit() and schedule() then throw its reason (see stop()). */
+  readonly signal?: AbortSignal | undefined;
 }
 
 interface Blob {
@@ -96,10 +98,10 @@ export class ChunkSink {
    * onRelease gets data back once nothing needs it. Resolves when another batch may be submitted.
    */
   async submit(batch: ChunkBatch, onRefs: (refs: ChunkRef[]) => void, onRelease?: (data: Uint8Array) => void): Promise<void> {
-    this.#throwIfFailed();
+    this.#throwIfStopped();
     while (this.#inFlight >= this.#o.maxBatches) {
       await new Promise<void>((resolve) => (this.#room = resolve));
-      this.#throwIfFailed();
+      this.#throwIfStopped();
     }
     this.#inFlight++;
     this.stats.maxBatchesInFlight = Math.max(this.stats.maxBatchesInFlight, this.#inFlight);
@@ -146,7 +148,7 @@ export class ChunkSink {
   /** Runs fn in submission order, after every batch submitted so far is planned; fn may call putSmall. */
   schedule<T>(fn: () => T): Promise<T> {
     const run = this.#planTail.then(() => {
-      this.#throwIfFailed();
+      this.#throwIfStopped();
       const small: Blob[] = [];
       const value = this.#collect(small, fn);
       return { value, small };
@@ -182,6 +184,17 @@ export class ChunkSink {
       this.stats.newRawBytes += plain.length;
     }
     return id;
+  }
+
+  /**
+   * Stops on a stop request: batches not yet planned or sealed are dropped, and once those
+   * already going into the pack writer are in it (not yet flushed), it resolves; submit() and
+   * schedule() throw reason from then on. Never rejects.
+   */
+  async stop(reason: unknown): Promise<void> {
+    this.#fail(reason);
+    await this.#planTail;
+    await this.#appendTail;
   }
 
   /** Waits until every submitted batch is in the pack writer (not yet flushed). */
@@ -253,5 +266,10 @@ export class ChunkSink {
 
   #throwIfFailed(): void {
     if (this.#failure !== undefined) throw this.#failure;
+  }
+
+  #throwIfStopped(): void {
+    this.#o.signal?.throwIfAborted();
+    this.#throwIfFailed();
   }
 }

@@ -251,22 +251,31 @@ describe("interruption", () => {
   it.each([
     ["SIGINT", 130],
     ["SIGTERM", 143],
-  ] as const)("a backup stopped with %s says in one line that the repository stays consistent, and exits %i", async (signal, status) => {
+  ] as const)("a backup stopped with %s indexes the packs it stored, leaves no temporary file, says so in one line, and exits %i", async (signal, status) => {
     const { repo, src, v } = await newRepo();
     const image = path.join(src, "big.raw");
     const h = await fsp.open(image, "w");
     for (let i = 0; i < 8; i++) await h.write(seededBytes(`blk${i}`, 16 * 1024 * 1024));
     await h.close();
     const { child, out: printed, exit: exited } = watchCli(["--repo", repo, "--user", "admin", "backup", "--vm", "vm", image], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
-    // Stop it once its first pack is stored.
+    // Stop it once its first pack is being written: that pack is then stored as its last.
     const deadline = Date.now() + 30_000;
     while (Date.now() < deadline && (await readTree(path.join(repo, "data")).catch(() => new Map())).size === 0) await new Promise((r) => setTimeout(r, 10));
     child.kill(signal);
     expect(await exited).toBe(status);
     const lines = printed.stderr.trim().split("\n").filter((l) => !l.startsWith("warning: VMVAULT_INSECURE_TEST_KDF"));
-    expect(lines).toEqual([expect.stringMatching(new RegExp(`^vmvault: interrupted \\(${signal}\\); the repository stays consistent`))]);
+    expect(lines).toEqual([expect.stringMatching(new RegExp(`^vmvault: backup interrupted \\(${signal}\\); no snapshot was saved; the \\d+ packs? it stored \\(\\d+\\.\\d MiB\\) are indexed, and the next backup reuses them$`))]);
+    expect([...(await readTree(repo)).keys()].filter((f) => path.basename(f).startsWith(".tmp-"))).toEqual([]);
+    // Nothing for `repair index` or `prune` to do: check warns of no unindexed pack.
     const check = await v(["check"]);
     expect(check.code, check.stdout + check.stderr).toBe(0);
+    expect(check.stderr.split("\n").filter((l) => l.startsWith("warning:") && !l.includes("VMVAULT_INSECURE_TEST_KDF"))).toEqual([]);
+    const log = await v(["audit", "log", "--json", "--action", "backup"]);
+    expect((JSON.parse(log.stdout) as { result: string; code?: number }[]).map((r) => `${r.result}:${r.code ?? ""}`)).toEqual([`failed:${status}`]);
+    const again = await v(["--json", "backup", "--vm", "vm", image]);
+    expect(again.code, again.stderr).toBe(0);
+    const r = JSON.parse(again.stdout) as { chunks: number; newChunks: number };
+    expect(r.newChunks).toBeLessThan(r.chunks);
   });
 });
 

@@ -103,6 +103,6 @@ describe("--json errors", () => {
     child.kill("SIGINT");
     expect(await exited).toBe(130);
     expect(printed.stdout).toBe("");
-    expect(errorLines(printed.stderr)).toEqual([{ error: { exit: 130, code: "E_INTERRUPTED", message: expect.stringMatching(/^interrupted \(SIGINT\); the repository stays consistent/) } }]);
+    expect(errorLines(printed.stderr)).toEqual([{ error: { exit: 130, code: "E_INTERRUPTED", message: expect.stringMatching(/^backup interrupted \(SIGINT\); no snapshot was saved; /) } }]);
   });
 });

@@ -118,17 +118,22 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
       if (opts.changedBlocks === true && opts.libvirtDomain === undefined) throw new UsageError("--changed-blocks goes with --libvirt-domain or --libvirt-all");
       const tracked = opts.changedBlocks === true && domain?.libvirt?.active === true ? domain.libvirt : undefined;
       if (opts.changedBlocks === true && tracked === undefined) ctx.warn(`note: domain ${domain?.name} is shut off: its disks are read as they are, in full (changed-block tracking follows a running or paused domain)`);
+      // What the line says when a signal ends the process at once (during the unlock, or a second signal).
+      let ended = "";
       if (tracked !== undefined) {
-        interrupts.note = "; the backup job was ended and its checkpoint left for the next backup, and the repository stays consistent";
+        ended = "; the backup job was ended and its checkpoint left for the next backup";
         interrupts.beforeExit = async () => endLiveBackup(tracked.name, tracked.uri);
       } else if (live !== undefined) {
-        interrupts.note = "; the overlays of the live backup were committed back into the domain's disks, and the repository stays consistent";
+        ended = "; the overlays of the live backup were committed back into the domain's disks";
         // Ended by a signal: the domain goes back onto its own disks before the process ends.
         interrupts.beforeExit = async () => endLiveBackup(live.name, live.uri);
       }
+      if (ended !== "") interrupts.note = `${ended}, and the repository stays consistent`;
       const vault = await ctx.openVault({ withWorkers: async () => !(await backupRunsInline(sources, opts.sparse)) });
       try {
-        const backedUp = await vault.backup({ vm, ...domainXml, sources, ...backupSettings(ctx, opts, exclude, largerThan), oneFileSystem: opts.oneFileSystem === true });
+        // A first SIGINT or SIGTERM stops it cleanly: what it stored is indexed for the next backup.
+        const signal = interrupts.cancellable(`${ended}; stopped before the packs it stored were indexed: \`vmvault repair index\` indexes them for the next backup, \`vmvault prune\` removes them`);
+        const backedUp = await vault.backup({ vm, ...domainXml, sources, ...backupSettings(ctx, opts, exclude, largerThan), oneFileSystem: opts.oneFileSystem === true, signal });
         // Overlays left by an interrupted backup were committed before the unlock (above), so the library found none.
         const recovered = [...(domain?.libvirt?.recovered ?? []), ...(backedUp.domain?.recovered ?? [])];
         const r = backedUp.domain === undefined || recovered.length === 0 ? backedUp : { ...backedUp, domain: { ...backedUp.domain, recovered } };

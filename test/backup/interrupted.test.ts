@@ -1,0 +1,87 @@
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { FaultyStore } from "../../src/storage/faulty.js";
+import { FsStore, Vault } from "../../src/index.js";
+import { InterruptedError } from "../../src/errors.js";
+import { listAll } from "../../src/storage/types.js";
+import { initTestVault, passphrase, readTree, seededBytes, tempDirs } from "../helpers/fixtures.js";
+
+const tmp = tempDirs();
+
+/** An image of incompressible data: every 16 MiB of it fills a pack. */
+async function randomImage(dir: string, mib: number): Promise<string> {
+  const image = path.join(dir, "vm.raw");
+  const h = await fsp.open(image, "w");
+  for (let i = 0; i < mib; i += 8) await h.write(seededBytes(`interrupted ${i}`, 8 * 1024 * 1024));
+  await h.close();
+  return image;
+}
+
+describe("a backup stopped on request", () => {
+  it.each([0, 2])("with %i workers: stores and indexes what it read, saves no snapshot, leaves no temporary file, and the next backup reuses it", async (workers) => {
+    const dir = tmp("repo");
+    const image = await randomImage(tmp("src"), 96);
+    await (await initTestVault(dir)).close();
+    const stop = new AbortController();
+    const committed: string[] = [];
+    // Stops the backup once its first pack is durable; the store itself works as usual.
+    const watched = new FaultyStore(new FsStore(dir), {
+      failPut: (key) => {
+        if (key.startsWith("data/")) {
+          committed.push(key);
+          if (committed.length === 1) stop.abort(new InterruptedError("interrupted (SIGINT)", "SIGINT"));
+        }
+        return false;
+      },
+    });
+    const v = await Vault.open({ store: watched, user: "admin", passphrase: passphrase() });
+    const stopped = v.backup({ vm: "vm", sources: [image], workers, signal: stop.signal });
+    await expect(stopped).rejects.toBeInstanceOf(InterruptedError);
+    const e = (await stopped.catch((x: unknown) => x)) as InterruptedError;
+    expect(e.signal).toBe("SIGINT");
+    expect(e.message).toMatch(/^backup interrupted \(SIGINT\); no snapshot was saved; the (\d+) packs? it stored \(\d+\.\d MiB\) are indexed, and the next backup reuses them$/);
+    const stored = Number(/the (\d+) pack/.exec(e.message)?.[1]);
+    // The pack that stopped it, and the one it had open, stored as the last.
+    expect(stored).toBeGreaterThanOrEqual(2);
+    expect(stored).toBeLessThan(6);
+    await v.close();
+
+    const files = [...(await readTree(dir)).keys()].map((f) => path.relative(dir, f));
+    expect(files.filter((f) => path.basename(f).startsWith(".tmp-"))).toEqual([]);
+    expect((await listAll(new FsStore(dir), "data/")).length).toBe(stored);
+
+    const again = await Vault.open({ store: new FsStore(dir), user: "admin", passphrase: passphrase() });
+    expect(await again.snapshots()).toEqual([]);
+    const check = await again.check({ readData: true });
+    expect(check.ok).toBe(true);
+    // Every pack is indexed: nothing for `repair index` or `prune` to do.
+    expect(check.warnings).toEqual([]);
+    const log = await again.auditLog({ action: "backup" });
+    expect(log.map((r) => r.result)).toEqual(["failed"]);
+    expect(log[0]?.message).toMatch(/backup interrupted \(SIGINT\)/);
+
+    const r = await again.backup({ vm: "vm", sources: [image], workers });
+    // What the stopped backup stored is not stored again: a full pack holds 511 of these 32 KiB chunks.
+    expect(r.chunks - r.newChunks).toBeGreaterThanOrEqual((stored - 1) * 511);
+    expect(r.addedBytes).toBeLessThan(96 * 1024 * 1024 - (stored - 1) * 16 * 1024 * 1024);
+    expect((await again.check({ readData: true })).ok).toBe(true);
+    await again.close();
+  });
+
+  it("stopped before it starts: no session, no pack, nothing stored", async () => {
+    const dir = tmp("repo");
+    const image = await randomImage(tmp("src"), 8);
+    await (await initTestVault(dir)).close();
+    const stop = new AbortController();
+    stop.abort(new InterruptedError("interrupted (SIGTERM)", "SIGTERM"));
+    const v = await Vault.open({ store: new FsStore(dir), user: "admin", passphrase: passphrase() });
+    await expect(v.backup({ vm: "vm", sources: [image], signal: stop.signal })).rejects.toMatchObject({
+      code: "E_INTERRUPTED",
+      signal: "SIGTERM",
+      message: expect.stringMatching(/^backup interrupted \(SIGTERM\)/),
+    });
+    expect(await listAll(new FsStore(dir), "data/")).toEqual([]);
+    await v.close();
+  });
+});
