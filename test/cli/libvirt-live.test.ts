@@ -316,6 +316,34 @@ describe.skipIf(!canRunLibvirtd())("backup --libvirt-domain of a running domain 
     expect(await filesIn(vm.dir)).toEqual(["data.raw", "domain.xml", "root.raw"]);
   }, 120_000);
 
+  it("SIGINT during --libvirt-all stops at the domain being read: its overlays committed, its packs indexed, no domain after it read", async () => {
+    libvirtd.removeDefined();
+    const vms = [await runningVm(256), await runningVm(256)];
+    const repoDir = tmp("repo");
+    const { v } = await initCliRepo(repoDir);
+    const repo = path.join(repoDir, "r");
+    const { child, out: printed, exit: done } = watchCli(["--repo", repo, "--user", "admin", "backup", "--libvirt-all", "--libvirt-uri", uri], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
+    let stopped: Vm | undefined;
+    for (let i = 0; i < 1000 && stopped === undefined; i++) {
+      stopped = vms.find((vm) => inUse(vm.name)["vda"]?.includes(".vmvault-overlay-") === true);
+      if (stopped !== undefined) child.kill("SIGINT");
+      else await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    expect(stopped, "an overlay was seen").toBeDefined();
+    expect(await done, printed.stderr).toBe(130);
+    expect(printed.stderr).toMatch(/^vmvault: backup interrupted \(SIGINT\); no snapshot was saved; .*; the overlays of the live backup were committed back into the domain's disks$/m);
+    expect(printed.stdout).not.toMatch(/^backed up \d+ of/m);
+    for (const vm of vms) expect(inUse(vm.name)).toEqual({ vda: vm.vda, vdb: vm.vdb });
+    const listed = await v(["snapshots", "--json"]);
+    const snapshots = (JSON.parse(listed.stdout) as { vm: string }[]).map((s) => s.vm);
+    // Libvirt's order: the domain stopped has no snapshot, and none after it was read.
+    expect(snapshots).not.toContain(stopped?.name);
+    expect(snapshots.length).toBeLessThanOrEqual(1);
+    const check = await v(["check"]);
+    expect(check.code, check.stderr).toBe(0);
+    expect(check.stderr).not.toMatch(/is not indexed/);
+  }, 180_000);
+
   it("a block device's overlay goes in --overlay-dir; without it the backup says so and reads nothing", async (ctx) => {
     const backing = path.join(tmp("loop"), "vdb.img");
     await fsp.writeFile(backing, seededBytes("live block vdb", 8 * MiB));

@@ -1,4 +1,4 @@
-import { AccessDeniedError, AuthError, UsageError, VaultError } from "../../errors.js";
+import { AccessDeniedError, AuthError, InterruptedError, UsageError, VaultError } from "../../errors.js";
 import type { BackupResult } from "../../backup/backup.js";
 import { listLibvirtDomains } from "../../sources/libvirt.js";
 import type { CliContext } from "../context.js";
@@ -14,7 +14,8 @@ type DomainOutcome = { domain: string; ok: true; backup: BackupResult } | { doma
  * `backup --libvirt-all`: every domain libvirt has, one snapshot each, under one unlock. A domain
  * that fails (a qcow2 disk, another backup's overlay, a disk that changed) is named and the next
  * one is backed up; a wrong passphrase or a role that may not back up ends it at once, as every
- * domain would fail the same way. Exit 1 when any domain failed.
+ * domain would fail the same way, and so does a stop request (the domain being read stops as a
+ * backup of one does; the domains before it keep their snapshots). Exit 1 when any domain failed.
  */
 export async function backupAllDomains(ctx: CliContext, interrupts: Interrupts, sources: readonly string[], opts: BackupCliOptions): Promise<void> {
   if (sources.length > 0) throw new UsageError("--libvirt-all backs up domains only", "back other sources up in a backup of their own");
@@ -38,6 +39,8 @@ export async function backupAllDomains(ctx: CliContext, interrupts: Interrupts, 
   }
   interrupts.note = "; the overlays of a live backup were committed back into the domain's disks, and the repository stays consistent";
   const vault = await ctx.openVault({ withWorkers: true });
+  // A first SIGINT or SIGTERM stops the domain being backed up cleanly (as a backup of one does) and the domains after it are not read.
+  const signal = interrupts.cancellable("; the overlays of a live backup were committed back into the domain's disks, stopped before the packs it stored were indexed: `vmvault repair index` indexes them for the next backup, `vmvault prune` removes them");
   const outcomes: DomainOutcome[] = [];
   try {
     for (const domain of domains) {
@@ -49,6 +52,7 @@ export async function backupAllDomains(ctx: CliContext, interrupts: Interrupts, 
           ...(opts.libvirtUri === undefined ? {} : { libvirtUri: opts.libvirtUri }),
           sources: [],
           ...backupSettings(ctx, opts, exclude, largerThan),
+          signal,
         });
         ctx.endProgress();
         outcomes.push({ domain, ok: true, backup: r });
@@ -58,8 +62,8 @@ export async function backupAllDomains(ctx: CliContext, interrupts: Interrupts, 
         if (!ctx.json) printBackup(ctx, r, false);
       } catch (e) {
         ctx.endProgress();
-        // Every domain would fail the same way.
-        if (e instanceof AuthError || e instanceof AccessDeniedError) throw e;
+        // Every domain would fail the same way; a stop request stops them all.
+        if (e instanceof AuthError || e instanceof AccessDeniedError || e instanceof InterruptedError) throw e;
         outcomes.push({ domain, ok: false, error: e });
         if (ctx.json) process.stderr.write(`${errorJson(e)}\n`);
         else ctx.warn(`domain ${domain}: not backed up\n${describeError(e, false)}`);
