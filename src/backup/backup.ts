@@ -280,7 +280,7 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
   const planned = await planSources(o.sources, o.sparse ?? true, domain, o.imageFormat);
   const lock = await acquireLock(repo, "backup", false, { signal: o.signal }).catch((e: unknown) => {
     if (o.signal?.aborted !== true) throw e;
-    throw backupInterrupted(o.signal.reason, " while it waited for the repository lock; nothing was stored");
+    throw backupInterrupted(o.signal.reason, "; no snapshot was saved and nothing was stored");
   });
   try {
     return await audited(repo, {

@@ -69,6 +69,34 @@ describe("a backup stopped on request", () => {
     await again.close();
   });
 
+  it("when storing what it read fails after the stop, says so and names `vmvault repair index`, which then indexes the packs", async () => {
+    const dir = tmp("repo");
+    const image = await randomImage(tmp("src"), 96);
+    await (await initTestVault(dir)).close();
+    const stop = new AbortController();
+    // The first pack stops the backup; from then on the store refuses index files (a full disk).
+    const failing = new FaultyStore(new FsStore(dir), {
+      failPut: (key) => {
+        if (key.startsWith("data/") && !stop.signal.aborted) stop.abort(new InterruptedError("interrupted (SIGINT)", "SIGINT"));
+        return key.startsWith("index/") && stop.signal.aborted;
+      },
+    });
+    const v = await Vault.open({ store: failing, user: "admin", passphrase: passphrase() });
+    await expect(v.backup({ vm: "vm", sources: [image], workers: 0, signal: stop.signal })).rejects.toMatchObject({
+      code: "E_INTERRUPTED",
+      message: expect.stringMatching(/^backup interrupted \(SIGINT\); no snapshot was saved, and indexing the packs it stored failed \(.*\): `vmvault repair index` indexes them$/),
+    });
+    await v.close();
+    const files = [...(await readTree(dir)).keys()].map((f) => path.basename(f));
+    expect(files.filter((f) => f.startsWith(".tmp-"))).toEqual([]);
+
+    const again = await Vault.open({ store: new FsStore(dir), user: "admin", passphrase: passphrase() });
+    expect((await again.check()).warnings.some((w) => / is not indexed/.test(w))).toBe(true);
+    await again.repairIndex();
+    expect((await again.check()).warnings).toEqual([]);
+    await again.close();
+  });
+
   it("stopped before it starts: no session, no pack, nothing stored", async () => {
     const dir = tmp("repo");
     const image = await randomImage(tmp("src"), 8);
@@ -79,7 +107,7 @@ describe("a backup stopped on request", () => {
     await expect(v.backup({ vm: "vm", sources: [image], signal: stop.signal })).rejects.toMatchObject({
       code: "E_INTERRUPTED",
       signal: "SIGTERM",
-      message: expect.stringMatching(/^backup interrupted \(SIGTERM\)/),
+      message: "backup interrupted (SIGTERM); no snapshot was saved and nothing was stored",
     });
     expect(await listAll(new FsStore(dir), "data/")).toEqual([]);
     await v.close();
