@@ -6,7 +6,8 @@ import type { ImageFormatChoice } from "../sources/qcow2.js";
 import { Excludes } from "../sources/exclude.js";
 import { sourceError } from "../sources/identity.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
-import { backupVmName, domainResult, planSources, type PlannedSource } from "./backup.js";
+import { backupVmName, planSources, type PlannedSource } from "./plan.js";
+import { domainResult } from "./run.js";
 import { backupDomain } from "../sources/libvirt.js";
 import { newFolderStats, skippedIn, walkFolder, type SkippedEntry } from "./folder.js";
 
