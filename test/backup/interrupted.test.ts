@@ -18,11 +18,20 @@ async function randomImage(dir: string, mib: number): Promise<string> {
   return image;
 }
 
+/** A new repository and an image of mib MiB to back up into it. */
+async function repoAndImage(mib: number): Promise<{ dir: string; image: string }> {
+  const dir = tmp("repo");
+  const image = await randomImage(tmp("src"), mib);
+  await (await initTestVault(dir)).close();
+  return { dir, image };
+}
+
+/** The reason the CLI gives a stop request. */
+const interrupted = (signal: string): InterruptedError => new InterruptedError(`interrupted (${signal})`, signal);
+
 describe("a backup stopped on request", () => {
   it.each([0, 2])("with %i workers: stores and indexes what it read, saves no snapshot, leaves no temporary file, and the next backup reuses it", async (workers) => {
-    const dir = tmp("repo");
-    const image = await randomImage(tmp("src"), 96);
-    await (await initTestVault(dir)).close();
+    const { dir, image } = await repoAndImage(96);
     const stop = new AbortController();
     const committed: string[] = [];
     // Stops the backup once its first pack is durable; the store itself works as usual.
@@ -30,7 +39,7 @@ describe("a backup stopped on request", () => {
       failPut: (key) => {
         if (key.startsWith("data/")) {
           committed.push(key);
-          if (committed.length === 1) stop.abort(new InterruptedError("interrupted (SIGINT)", "SIGINT"));
+          if (committed.length === 1) stop.abort(interrupted("SIGINT"));
         }
         return false;
       },
@@ -70,14 +79,12 @@ describe("a backup stopped on request", () => {
   });
 
   it("when storing what it read fails after the stop, says so and names `vmvault repair index`, which then indexes the packs", async () => {
-    const dir = tmp("repo");
-    const image = await randomImage(tmp("src"), 96);
-    await (await initTestVault(dir)).close();
+    const { dir, image } = await repoAndImage(96);
     const stop = new AbortController();
     // The first pack stops the backup; from then on the store refuses index files (a full disk).
     const failing = new FaultyStore(new FsStore(dir), {
       failPut: (key) => {
-        if (key.startsWith("data/") && !stop.signal.aborted) stop.abort(new InterruptedError("interrupted (SIGINT)", "SIGINT"));
+        if (key.startsWith("data/") && !stop.signal.aborted) stop.abort(interrupted("SIGINT"));
         return key.startsWith("index/") && stop.signal.aborted;
       },
     });
@@ -98,11 +105,9 @@ describe("a backup stopped on request", () => {
   });
 
   it("stopped before it starts: no session, no pack, nothing stored", async () => {
-    const dir = tmp("repo");
-    const image = await randomImage(tmp("src"), 8);
-    await (await initTestVault(dir)).close();
+    const { dir, image } = await repoAndImage(8);
     const stop = new AbortController();
-    stop.abort(new InterruptedError("interrupted (SIGTERM)", "SIGTERM"));
+    stop.abort(interrupted("SIGTERM"));
     const v = await Vault.open({ store: new FsStore(dir), user: "admin", passphrase: passphrase() });
     await expect(v.backup({ vm: "vm", sources: [image], signal: stop.signal })).rejects.toMatchObject({
       code: "E_INTERRUPTED",
