@@ -189,7 +189,8 @@ async function stopStoring(reason: unknown, sink: ChunkSink | undefined, packs: 
     return backupInterrupted(reason, `; no snapshot was saved, and indexing the packs it stored failed (${why}): \`vmvault repair index\` indexes them`);
   }
   const n = packs?.packsWritten ?? 0;
-  const stored = n === 0 ? "nothing was stored" : `the ${n} pack${n === 1 ? "" : "s"} it stored (${formatMiB(packs?.bytesWritten ?? 0)}) are indexed, and the next backup reuses them`;
+  const size = formatMiB(packs?.bytesWritten ?? 0);
+  const stored = n === 0 ? "nothing was stored" : n === 1 ? `the pack it stored (${size}) is indexed, and the next backup reuses it` : `the ${n} packs it stored (${size}) are indexed, and the next backup reuses them`;
   return backupInterrupted(reason, `; no snapshot was saved; ${stored}`);
 }
 

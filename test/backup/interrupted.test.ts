@@ -4,7 +4,7 @@ import { describe, expect, it } from "vitest";
 import { FaultyStore } from "../../src/storage/faulty.js";
 import { FsStore, Vault } from "../../src/index.js";
 import { InterruptedError } from "../../src/errors.js";
-import { listAll } from "../../src/storage/types.js";
+import { listAll, type ObjectWriter, type WriterOptions } from "../../src/storage/types.js";
 import { initTestVault, passphrase, readTree, seededBytes, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
@@ -29,17 +29,44 @@ async function repoAndImage(mib: number): Promise<{ dir: string; image: string }
 /** The reason the CLI gives a stop request. */
 const interrupted = (signal: string): InterruptedError => new InterruptedError(`interrupted (${signal})`, signal);
 
+/** A local folder that stops the backup once the first pack it writes has taken stopAfter bytes, before that pack is full. */
+class StopWhileWriting extends FsStore {
+  readonly #stopAfter: number;
+  readonly #stop: AbortController;
+
+  constructor(dir: string, stopAfter: number, stop: AbortController) {
+    super(dir);
+    this.#stopAfter = stopAfter;
+    this.#stop = stop;
+  }
+
+  override async createWriter(key: string, o?: WriterOptions): Promise<ObjectWriter> {
+    const writer = await super.createWriter(key, o);
+    if (!key.startsWith("data/")) return writer;
+    let written = 0;
+    return {
+      write: async (bytes) => {
+        await writer.write(bytes);
+        written += bytes.length;
+        if (written >= this.#stopAfter && !this.#stop.signal.aborted) this.#stop.abort(interrupted("SIGINT"));
+      },
+      commit: () => writer.commit(),
+      abort: () => writer.abort(),
+    };
+  }
+}
+
 describe("a backup stopped on request", () => {
   it.each([0, 2])("with %i workers: stores and indexes what it read, saves no snapshot, leaves no temporary file, and the next backup reuses it", async (workers) => {
     const { dir, image } = await repoAndImage(96);
     const stop = new AbortController();
     const committed: string[] = [];
-    // Stops the backup once its first pack is durable; the store itself works as usual.
+    // Stops the backup as its second pack is stored; the store itself works as usual.
     const watched = new FaultyStore(new FsStore(dir), {
       failPut: (key) => {
         if (key.startsWith("data/")) {
           committed.push(key);
-          if (committed.length === 1) stop.abort(interrupted("SIGINT"));
+          if (committed.length === 2) stop.abort(interrupted("SIGINT"));
         }
         return false;
       },
@@ -49,9 +76,9 @@ describe("a backup stopped on request", () => {
     await expect(stopped).rejects.toBeInstanceOf(InterruptedError);
     const e = (await stopped.catch((x: unknown) => x)) as InterruptedError;
     expect(e.signal).toBe("SIGINT");
-    expect(e.message).toMatch(/^backup interrupted \(SIGINT\); no snapshot was saved; the (\d+) packs? it stored \(\d+\.\d MiB\) are indexed, and the next backup reuses them$/);
+    expect(e.message).toMatch(/^backup interrupted \(SIGINT\); no snapshot was saved; the (\d+) packs it stored \(\d+\.\d MiB\) are indexed, and the next backup reuses them$/);
     const stored = Number(/the (\d+) pack/.exec(e.message)?.[1]);
-    // The pack that stopped it, and the one it had open, stored as the last.
+    // The two that stopped it, any other it was storing, and the one it had open (if any).
     expect(stored).toBeGreaterThanOrEqual(2);
     expect(stored).toBeLessThan(6);
     await v.close();
@@ -75,6 +102,23 @@ describe("a backup stopped on request", () => {
     expect(r.chunks - r.newChunks).toBeGreaterThanOrEqual((stored - 1) * 511);
     expect(r.addedBytes).toBeLessThan(96 * 1024 * 1024 - (stored - 1) * 16 * 1024 * 1024);
     expect((await again.check({ readData: true })).ok).toBe(true);
+    await again.close();
+  });
+
+  it("stores the pack it had open, so data read before the stop is kept even when no pack was full", async () => {
+    const { dir, image } = await repoAndImage(96);
+    const stop = new AbortController();
+    const v = await Vault.open({ store: new StopWhileWriting(dir, 4 * 1024 * 1024, stop), user: "admin", passphrase: passphrase() });
+    await expect(v.backup({ vm: "vm", sources: [image], workers: 0, signal: stop.signal })).rejects.toMatchObject({
+      code: "E_INTERRUPTED",
+      message: expect.stringMatching(/; no snapshot was saved; the pack it stored \(\d+\.\d MiB\) is indexed, and the next backup reuses it$/),
+    });
+    await v.close();
+    const again = await Vault.open({ store: new FsStore(dir), user: "admin", passphrase: passphrase() });
+    expect((await again.check({ readData: true })).warnings).toEqual([]);
+    const r = await again.backup({ vm: "vm", sources: [image], workers: 0 });
+    // At least the 4 MiB written when it was stopped: 128 chunks.
+    expect(r.chunks - r.newChunks).toBeGreaterThanOrEqual(128);
     await again.close();
   });
 
