@@ -75,7 +75,7 @@ export function progressRenderer(stream: NodeJS.WriteStream, now: () => number =
     if (e.unit === "bytes") {
       const pct = e.total !== undefined && e.total > 0 ? ` ${((100 * e.done) / e.total).toFixed(0)}%` : "";
       const of = e.total !== undefined ? ` of ${formatBytes(e.total)}` : "";
-      text = `${e.phase}:${pct} ${formatBytes(e.done)}${of}, ${formatBytes(e.done / seconds)}/s`;
+      text = `${e.phase}:${pct} ${formatBytes(e.done)}${of}, ${formatBytes(e.done / seconds)}/s${eta(e, seconds)}`;
     } else {
       text = e.item !== undefined && e.total === undefined ? `${e.phase}: ${e.item}` : `${e.phase}: ${e.done}${e.total !== undefined ? `/${e.total}` : ""}`;
     }
@@ -91,6 +91,19 @@ export function progressRenderer(stream: NodeJS.WriteStream, now: () => number =
       shown = false;
     },
   };
+}
+
+/**
+ * ", ETA 1:05": the time left at the rate so far, once a second has passed and while some of a
+ * known total is left (a sparse image's holes count as done, so the rate of its data is lower).
+ */
+function eta(e: ProgressEvent, seconds: number): string {
+  if (e.total === undefined || e.done <= 0 || e.done >= e.total || seconds < 1) return "";
+  const left = Math.ceil(((e.total - e.done) * seconds) / e.done);
+  const h = Math.floor(left / 3600);
+  const m = Math.floor((left % 3600) / 60);
+  const sec = String(left % 60).padStart(2, "0");
+  return `, ETA ${h > 0 ? `${h}:${String(m).padStart(2, "0")}` : m}:${sec}`;
 }
 
 /** One warning per index file a backup or restore left out because it could not be read. */
