@@ -138,6 +138,12 @@ export class InterruptedError extends VaultError {
     super("E_INTERRUPTED", message);
     this.signal = signal;
   }
+
+  /** "WHAT interrupted (SIGNAL)" and what happened, carrying the signal of a stop request's reason (an InterruptedError, or any other). */
+  static of(what: string, reason: unknown, happened: string): InterruptedError {
+    const signal = reason instanceof InterruptedError ? reason.signal : undefined;
+    return new InterruptedError(`${what} interrupted${signal === undefined ? "" : ` (${signal})`}${happened}`, signal);
+  }
 }
 
 /**

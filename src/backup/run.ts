@@ -11,7 +11,7 @@ import { createSession } from "../repository/sessions.js";
 import { writeSnapshot } from "../snapshot/store.js";
 import { Excludes } from "../sources/exclude.js";
 import type { AppendOnlyStore } from "../storage/types.js";
-import { toHex, utf8 } from "../util/bytes.js";
+import { formatMiB, toHex, utf8 } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 import { readHead } from "../audit/trail.js";
 import { backupFolder, skippedIn, type SkippedEntry } from "./folder.js";
@@ -196,12 +196,7 @@ async function stopStoring(reason: unknown, sink: ChunkSink | undefined, packs: 
 
 /** "backup interrupted (SIGNAL)" and what happened, carrying the signal of the stop request's reason. */
 export function backupInterrupted(reason: unknown, what: string): InterruptedError {
-  const signal = reason instanceof InterruptedError ? reason.signal : undefined;
-  return new InterruptedError(`backup interrupted${signal === undefined ? "" : ` (${signal})`}${what}`, signal);
-}
-
-function formatMiB(bytes: number): string {
-  return `${(bytes / (1024 * 1024)).toFixed(1)} MiB`;
+  return InterruptedError.of("backup", reason, what);
 }
 
 /** What a backup's result says of its domain. */

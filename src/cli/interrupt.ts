@@ -5,7 +5,7 @@ const SIGNALS = ["SIGINT", "SIGTERM"] as const;
 
 /**
  * SIGINT and SIGTERM, handled here and nowhere else. A command that can stop cleanly (a restore,
- * a backup of one VM, an export, a listing) takes the signal with `cancellable()`: the first
+ * a backup, a check, an export, a listing) takes the signal with `cancellable()`: the first
  * SIGINT or SIGTERM aborts it, and it tidies up (a restore removes its partial files, a backup
  * indexes the packs it stored), records the outcome and ends with an InterruptedError. Any other
  * command, or a second signal, ends the process at once with one line on stderr: what it wrote is

@@ -52,7 +52,7 @@ export function buildProgram(interrupts: Interrupts = new Interrupts(), json = f
   registerDiff(program, interrupts);
   registerFind(program, interrupts);
   registerExport(program, interrupts);
-  registerCheck(program);
+  registerCheck(program, interrupts);
   registerForget(program);
   registerPrune(program);
   registerRepair(program, interrupts);

@@ -123,7 +123,7 @@ export class PackChecks {
    * damaged as a whole; with `reads`, only the chunks of the packs it selects (`check
    * --read-data-subset`), the others' trailers and listings checked as without --read-data.
    */
-  async checkContents(verifier: PackVerifier | undefined, progress: ProgressSink, reads?: (packId: string) => boolean): Promise<void> {
+  async checkContents(verifier: PackVerifier | undefined, progress: ProgressSink, reads?: (packId: string) => boolean, signal?: AbortSignal): Promise<void> {
     let n = 0;
     const packs: { packId: string; ls: readonly Listing[]; size: number }[] = [];
     for (const [packId, ls] of this.#listings) {
@@ -135,6 +135,7 @@ export class PackChecks {
     const verifierFor = (packId: string): PackVerifier | undefined => (reads === undefined || reads(packId) ? verifier : undefined);
     const withTrailers = async (p: (typeof packs)[number]) => ({ ...p, trailers: await this.#trailers(p.packId, p.ls, p.size, verifierFor(p.packId) !== undefined) });
     for await (const { packId, ls, size, trailers } of mapOrdered(packs, verifier !== undefined ? TRAILER_READS.data : TRAILER_READS.structure, withTrailers)) {
+      signal?.throwIfAborted();
       n++;
       progress({ phase: verifier !== undefined ? "check data" : "check packs", done: n, total: packs.length, unit: "items" });
       // Damage that loses no chunk (readers go by the index and the authenticated trailer):

@@ -1,4 +1,4 @@
-import { IntegrityError, NotFoundError, type Damage } from "../errors.js";
+import { IntegrityError, InterruptedError, NotFoundError, type Damage } from "../errors.js";
 import { inSubset, type DataSubset } from "./subset.js";
 import { Compressor } from "../compress/compressor.js";
 import { FormatError } from "../format/codec.js";
@@ -31,7 +31,7 @@ import { SessionKeys } from "../repository/sessions.js";
 import { BlobReader } from "../restore/blob-reader.js";
 import { listSnapshots, readSnapshotBody } from "../snapshot/store.js";
 import { listAll, listKeys } from "../storage/types.js";
-import { fromHex, toHex } from "../util/bytes.js";
+import { formatMiB, fromHex, toHex } from "../util/bytes.js";
 import { noun, plural } from "../util/text.js";
 import { mapOrdered } from "../util/ordered.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
@@ -56,6 +56,11 @@ export interface CheckOptions {
    * the packs hold less than INLINE_JOB_BYTES together (pipeline/pool.ts).
    */
   readonly workers?: number;
+  /**
+   * A stop request (the CLI's SIGINT or SIGTERM): the check stops reading and ends with an
+   * InterruptedError saying how much pack data it had verified. It changes nothing either way.
+   */
+  readonly signal?: AbortSignal;
 }
 
 export interface CheckReport {
@@ -106,7 +111,7 @@ export async function check(repo: Repository, o: CheckOptions = {}): Promise<Che
 async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): Promise<CheckReport> {
   const canDecrypt = repo.keyring.secret(repo.keyring.currentEpoch, "data") !== undefined;
   const progress = throttled(o.progress);
-  const lock = await acquireLock(repo, "check", false);
+  const lock = await acquireLock(repo, "check", false, { signal: o.signal });
   const sessions = new SessionKeys(repo);
   // Workers start while the structure is checked; none for packs below INLINE_JOB_BYTES in all
   // unless a count is given.
@@ -117,6 +122,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
   const damage: Damage[] = [];
   const warnings: string[] = [];
   const report = (d: Damage): void => void damage.push(d);
+  let packs: PackChecks | undefined;
   try {
     await checkGrants(repo, report, warnings);
     await checkKeySlots(repo, report);
@@ -167,7 +173,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
       if (id === undefined) warnings.push(`unexpected object ${o.key}`);
       else stored.set(id, o.size);
     }
-    const packs = new PackChecks(repo, sessions, listings, stored);
+    packs = new PackChecks(repo, sessions, listings, stored);
     packs.checkPresence(canDecrypt);
     let unindexed = 0;
     for (const packId of stored.keys()) {
@@ -186,6 +192,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
       const references = (async () => {
         const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
         const walk = async (snap: SnapshotRecord): Promise<Found> => {
+          o.signal?.throwIfAborted();
           const found: Found = { damage: [], unreadable: [] };
           await checkReferences(repo, sessions, reader, index, snap, packSnapshots, (d) => void found.damage.push(d), undefined, unindexed, (blob, d) => void found.unreadable.push({ blob, damage: d }));
           return found;
@@ -198,9 +205,10 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
         }
       })();
       const part = o.readDataSubset;
-      const contents = packs.checkContents(verifier, progress, part === undefined ? undefined : (packId) => inSubset(packId, part));
+      const contents = packs.checkContents(verifier, progress, part === undefined ? undefined : (packId) => inSubset(packId, part), o.signal);
       const failed = (await Promise.allSettled([references, contents])).find((r) => r.status === "rejected");
       if (failed !== undefined) throw failed.reason;
+      o.signal?.throwIfAborted();
       await snapshotsLosingData(repo, sessions, index, snapshots, packs.bad, packSnapshots);
       // The reader names the first location that failed, which need not be the damaged one (any
       // role holding the index key can add locations): a loss the damage found at its locations
@@ -223,6 +231,10 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
       dataKey: canDecrypt,
       ...(pipeline === undefined ? {} : { pipeline }),
     };
+  } catch (e) {
+    if (o.signal?.aborted !== true) throw e;
+    const verified = packs === undefined || packs.bytesRead === 0 ? "before it verified any pack data" : `after verifying ${formatMiB(packs.bytesRead)} of pack data`;
+    throw InterruptedError.of("check", o.signal.reason, ` ${verified}; it changed nothing`);
   } finally {
     await (await starting?.catch(() => undefined))?.close();
     sessions.dispose();

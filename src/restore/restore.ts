@@ -307,8 +307,7 @@ function interrupted(reason: unknown, restored: readonly Restored[]): Interrupte
 
 /** "restore interrupted (SIGNAL)" and what happened, carrying the signal of the stop request's reason. */
 function restoreInterrupted(reason: unknown, what: string): InterruptedError {
-  const signal = reason instanceof InterruptedError ? reason.signal : undefined;
-  return new InterruptedError(`restore interrupted${signal === undefined ? "" : ` (${signal})`}${what}`, signal);
+  return InterruptedError.of("restore", reason, what);
 }
 
 /**

@@ -5,11 +5,12 @@ import { isListingDamage } from "../../maintenance/check-attribution.js";
 import { readDataRunsInline } from "../../maintenance/check-data.js";
 import { parseDataSubset } from "../../maintenance/subset.js";
 import { CliContext } from "../context.js";
+import type { Interrupts } from "../interrupt.js";
 import { formatBytes, plural, warnDamagedIndexes } from "../output.js";
 import { collect } from "../options.js";
 import { UsageError } from "../../errors.js";
 
-export function registerCheck(program: Command): void {
+export function registerCheck(program: Command, interrupts: Interrupts): void {
   program
     .command("check")
     .description("verify the repository: structure, signatures, index against packs; --read-data decrypts everything")
@@ -33,7 +34,9 @@ export function registerCheck(program: Command): void {
       try {
         const progress = ctx.progress;
         const workers = ctx.workers;
-        const r = await vault.check({ readData, ...(subset === undefined ? {} : { readDataSubset: subset }), ...(progress === undefined ? {} : { progress }), ...(workers === undefined ? {} : { workers }) });
+        // A first SIGINT or SIGTERM stops it cleanly: the audit trail then records the check as failed (130 or 143).
+        const signal = interrupts.cancellable("; it changed nothing");
+        const r = await vault.check({ readData, ...(subset === undefined ? {} : { readDataSubset: subset }), ...(progress === undefined ? {} : { progress }), ...(workers === undefined ? {} : { workers }), signal });
         ctx.endProgress();
         if (ctx.json) ctx.printJson(r);
         else {

@@ -1,0 +1,47 @@
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { FsStore, Vault } from "../../src/index.js";
+import { InterruptedError } from "../../src/errors.js";
+import { listAll } from "../../src/storage/types.js";
+import { initTestVault, passphrase, seededBytes, tempDirs } from "../helpers/fixtures.js";
+
+const tmp = tempDirs();
+
+describe("check --read-data stopped on request", () => {
+  it.each([0, 2])("with %i workers: ends saying how much it verified, records the check as failed (130), and changes nothing", async (workers) => {
+    const dir = tmp("repo");
+    const image = path.join(tmp("src"), "vm.raw");
+    const h = await fsp.open(image, "w");
+    for (let i = 0; i < 96; i += 8) await h.write(seededBytes(`check stop ${i}`, 8 * 1024 * 1024));
+    await h.close();
+    await (await initTestVault(dir)).close();
+    const v = await Vault.open({ store: new FsStore(dir), user: "admin", passphrase: passphrase() });
+    await v.backup({ vm: "vm", sources: [image], workers });
+    const before = (await listAll(new FsStore(dir), "")).map((o) => `${o.key}:${o.size}`).filter((k) => !k.startsWith("audit"));
+
+    const stop = new AbortController();
+    const checking = v.check({
+      readData: true,
+      workers,
+      signal: stop.signal,
+      // Stopped once it starts on the packs' data.
+      progress: (e) => {
+        if (e.phase === "check data") stop.abort(new InterruptedError("interrupted (SIGINT)", "SIGINT"));
+      },
+    });
+    await expect(checking).rejects.toMatchObject({
+      code: "E_INTERRUPTED",
+      signal: "SIGINT",
+      message: expect.stringMatching(/^check interrupted \(SIGINT\) (before it verified any pack data|after verifying \d+\.\d MiB of pack data); it changed nothing$/),
+    });
+    const log = await v.auditLog({ action: "check --read-data" });
+    expect(log.map((r) => `${r.result}:${r.code ?? ""}`)).toEqual(["started:", "failed:130"]);
+    expect((await listAll(new FsStore(dir), "")).map((o) => `${o.key}:${o.size}`).filter((k) => !k.startsWith("audit"))).toEqual(before);
+    // The lock was released: the next check runs, in full.
+    const r = await v.check({ readData: true, workers });
+    expect(r.ok).toBe(true);
+    expect(r.bytesRead).toBeGreaterThan(90 * 1024 * 1024);
+    await v.close();
+  });
+});
