@@ -1,4 +1,4 @@
-import { IntegrityError, UsageError, type Damage } from "../errors.js";
+import { IntegrityError, InterruptedError, UsageError, type Damage } from "../errors.js";
 import { Compressor } from "../compress/compressor.js";
 import type { FolderSource } from "../format/snapshot.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
@@ -12,7 +12,7 @@ import { diskRequests } from "../restore/disk.js";
 import { ChunkFetcher, type ChunkRequest } from "../restore/fetcher.js";
 import { readEntryBlob } from "../restore/folder.js";
 import { findSnapshot, readSnapshotBody, vmsOf, type SnapshotRecord } from "../snapshot/store.js";
-import { fromHex } from "../util/bytes.js";
+import { formatMiB, fromHex } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 
 export interface SnapshotCheckOptions {
@@ -85,6 +85,9 @@ async function verifyAll(repo: Repository, sessions: SessionKeys, records: reado
   const size = records.reduce((n, r) => n + r.header.size, 0);
   const workers = o.workers ?? (size < INLINE_JOB_BYTES ? 0 : undefined);
   const pool = await WorkerPool.create({ compression: repo.config, tasksPerWorker: 4, ...(workers === undefined ? {} : { workers }) });
+  // Bytes verified: of the snapshots done, and of the one being read.
+  let total = 0;
+  let done = { bytes: 0, chunks: 0 };
   try {
     const index = await loadIndex(repo, undefined, undefined, { idBytes: 8, skipDamaged: true });
     const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
@@ -92,10 +95,9 @@ async function verifyAll(repo: Repository, sessions: SessionKeys, records: reado
     const progress = throttled(o.progress);
     const damage: Damage[] = [];
     const verified: VerifiedSnapshot[] = [];
-    let total = 0;
     for (const record of records) {
       const h = record.header;
-      const done = { bytes: 0, chunks: 0 };
+      done = { bytes: 0, chunks: 0 };
       const count = (n: number): void => {
         done.bytes += n;
         done.chunks++;
@@ -118,8 +120,12 @@ async function verifyAll(repo: Repository, sessions: SessionKeys, records: reado
       }
       total += done.bytes;
       verified.push({ id: h.id, vm: h.vm, time: h.time, ok, bytes: done.bytes, chunks: done.chunks });
+      done = { bytes: 0, chunks: 0 };
     }
     return { ok: damage.length === 0, damage, snapshots: verified, bytes: total, damagedIndexes: index.damaged, pipeline: { workers: pool.workers, engine: pool.engine } };
+  } catch (e) {
+    if (o.signal?.aborted !== true) throw e;
+    throw InterruptedError.of("check", o.signal.reason, ` after verifying ${formatMiB(total + done.bytes)} of snapshot data; it changed nothing`);
   } finally {
     await pool.close();
   }

@@ -22,7 +22,7 @@ export function registerCheck(program: Command, interrupts: Interrupts): void {
       const ctx = new CliContext(command);
       if (opts.snapshot !== undefined) {
         if (opts.readDataSubset !== undefined) throw new UsageError("--snapshot reads all of each snapshot's data; it does not go with --read-data-subset");
-        await checkSnapshots(ctx, opts.snapshot, opts.vm);
+        await checkSnapshots(ctx, interrupts, opts.snapshot, opts.vm);
         return;
       }
       if (opts.vm !== undefined) throw new UsageError("--vm goes with --snapshot", "check --snapshot latest --vm NAME verifies that VM's newest snapshot");
@@ -74,13 +74,14 @@ export function registerCheck(program: Command, interrupts: Interrupts): void {
 }
 
 /** check --snapshot: each snapshot verified as a restore would read it, then the verdict. */
-async function checkSnapshots(ctx: CliContext, snapshots: readonly string[], vm: string | undefined): Promise<void> {
+async function checkSnapshots(ctx: CliContext, interrupts: Interrupts, snapshots: readonly string[], vm: string | undefined): Promise<void> {
   // As a restore: how much it reads is known only from the snapshots, so workers start ahead only when asked for.
   const vault = await ctx.openVault({ withWorkers: ctx.workers !== undefined });
   try {
     const progress = ctx.progress;
     const workers = ctx.workers;
-    const r = await vault.checkSnapshots({ snapshots, ...(vm === undefined ? {} : { vm }), ...(progress === undefined ? {} : { progress }), ...(workers === undefined ? {} : { workers }) });
+    const signal = interrupts.cancellable("; it changed nothing");
+    const r = await vault.checkSnapshots({ snapshots, ...(vm === undefined ? {} : { vm }), ...(progress === undefined ? {} : { progress }), ...(workers === undefined ? {} : { workers }), signal });
     ctx.endProgress();
     warnDamagedIndexes(ctx, r.damagedIndexes);
     if (ctx.json) ctx.printJson(r);
