@@ -277,6 +277,25 @@ describe("interruption", () => {
     const r = JSON.parse(again.stdout) as { chunks: number; newChunks: number };
     expect(r.newChunks).toBeLessThan(r.chunks);
   });
+  it("check --read-data stopped with SIGINT says how much it verified, records the check as failed, and exits 130", async () => {
+    const { repo, src, v } = await newRepo();
+    const image = path.join(src, "big.raw");
+    const h = await fsp.open(image, "w");
+    for (let i = 0; i < 16; i++) await h.write(seededBytes(`chk${i}`, 16 * 1024 * 1024));
+    await h.close();
+    expect((await v(["backup", "--vm", "vm", image])).code).toBe(0);
+    const { child, out: printed, exit: exited } = watchCli(["--repo", repo, "--user", "admin", "--progress", "check", "--read-data"], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
+    // Stop it once it reports reading the packs' data (256 MiB of it).
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline && !printed.stderr.includes("check data")) await new Promise((r) => setTimeout(r, 5));
+    child.kill("SIGINT");
+    expect(await exited).toBe(130);
+    // The progress line rewrites itself (\r) and is cleared (ESC [K) before the last line.
+    const said = printed.stderr.replaceAll("\x1b[K", "").split(/[\r\n]+/).filter((l) => l.startsWith("vmvault:"));
+    expect(said).toEqual([expect.stringMatching(/^vmvault: check interrupted \(SIGINT\) (before it verified any pack data|after verifying \d+\.\d MiB of pack data); it changed nothing$/)]);
+    const log = await v(["audit", "log", "--json", "--action", "check --read-data"]);
+    expect((JSON.parse(log.stdout) as { result: string; code?: number }[]).map((r) => `${r.result}:${r.code ?? ""}`)).toEqual(["started:", "failed:130"]);
+  });
 });
 
 /** Starts a restore of the latest snapshot into out and sends signal once its partial file appears. */
