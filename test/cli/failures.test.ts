@@ -29,6 +29,13 @@ async function newRepo(): Promise<{ repo: string; src: string; v: ReturnType<typ
   return { repo, src, v };
 }
 
+/** An image of n × 16 MiB of incompressible bytes (seeded), so a command over it takes long enough to be stopped midway. */
+async function writeIncompressible(image: string, n: number, seed: string): Promise<void> {
+  const h = await fsp.open(image, "w");
+  for (let i = 0; i < n; i++) await h.write(seededBytes(`${seed}${i}`, 16 * 1024 * 1024));
+  await h.close();
+}
+
 describe("bad input gives a clear error, the documented exit code, and no partial state", () => {
   it("wrong passphrase: exit 3, nothing written", async () => {
     const { repo, v } = await newRepo();
@@ -183,9 +190,7 @@ describe("interruption", () => {
     const { repo, src, v } = await newRepo();
     const image = path.join(src, "big.raw");
     // Incompressible data, so the run takes long enough to be killed midway.
-    const h = await fsp.open(image, "w");
-    for (let i = 0; i < 8; i++) await h.write(seededBytes(`blk${i}`, 16 * 1024 * 1024));
-    await h.close();
+    await writeIncompressible(image, 8, "blk");
     const child = startCli(["--repo", repo, "--user", "admin", "backup", "--vm", "vm", image]);
     const exited = new Promise<void>((resolve) => child.on("close", () => resolve()));
     // Kill once the first index file is durable.
@@ -254,9 +259,7 @@ describe("interruption", () => {
   ] as const)("a backup stopped with %s indexes the packs it stored, leaves no temporary file, says so in one line, and exits %i", async (signal, status) => {
     const { repo, src, v } = await newRepo();
     const image = path.join(src, "big.raw");
-    const h = await fsp.open(image, "w");
-    for (let i = 0; i < 8; i++) await h.write(seededBytes(`blk${i}`, 16 * 1024 * 1024));
-    await h.close();
+    await writeIncompressible(image, 8, "blk");
     const { child, out: printed, exit: exited } = watchCli(["--repo", repo, "--user", "admin", "backup", "--vm", "vm", image], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
     // Stop it once its first pack is being written: that pack is then stored as its last.
     const deadline = Date.now() + 30_000;
@@ -280,9 +283,7 @@ describe("interruption", () => {
   it("check --read-data stopped with SIGINT says how much it verified, records the check as failed, and exits 130", async () => {
     const { repo, src, v } = await newRepo();
     const image = path.join(src, "big.raw");
-    const h = await fsp.open(image, "w");
-    for (let i = 0; i < 16; i++) await h.write(seededBytes(`chk${i}`, 16 * 1024 * 1024));
-    await h.close();
+    await writeIncompressible(image, 16, "chk");
     expect((await v(["backup", "--vm", "vm", image])).code).toBe(0);
     const { child, out: printed, exit: exited } = watchCli(["--repo", repo, "--user", "admin", "--progress", "check", "--read-data"], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
     // Stop it once it reports reading the packs' data (256 MiB of it).
