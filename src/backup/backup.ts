@@ -11,7 +11,7 @@ import type { SkippedEntry } from "./folder.js";
 import type { ImageFormatChoice } from "../sources/qcow2.js";
 import { backupChangedBlocks, type ChangedBlocksResult } from "./changed-blocks.js";
 import type { EngineName } from "../pipeline/pool.js";
-import { backupInterrupted, runBackup } from "./run.js";
+import { runBackup } from "./run.js";
 import { backupVmName, checkOverlayDir, planSources, type PlannedSource } from "./plan.js";
 
 export interface BackupOptions {
@@ -165,7 +165,7 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
   const planned = await planSources(o.sources, o.sparse ?? true, domain, o.imageFormat);
   const lock = await acquireLock(repo, "backup", false, { signal: o.signal }).catch((e: unknown) => {
     if (o.signal?.aborted !== true) throw e;
-    throw backupInterrupted(o.signal.reason, "; no snapshot was saved and nothing was stored");
+    throw InterruptedError.of("backup", o.signal.reason, "; no snapshot was saved and nothing was stored");
   });
   try {
     return await audited(repo, {

@@ -186,17 +186,12 @@ async function stopStoring(reason: unknown, sink: ChunkSink | undefined, packs: 
   } catch (e) {
     await packs?.abort();
     const why = e instanceof Error ? e.message : String(e);
-    return backupInterrupted(reason, `; no snapshot was saved, and indexing the packs it stored failed (${why}): \`vmvault repair index\` indexes them`);
+    return InterruptedError.of("backup", reason, `; no snapshot was saved, and indexing the packs it stored failed (${why}): \`vmvault repair index\` indexes them`);
   }
   const n = packs?.packsWritten ?? 0;
   const size = formatMiB(packs?.bytesWritten ?? 0);
   const stored = n === 0 ? "nothing was stored" : n === 1 ? `the pack it stored (${size}) is indexed, and the next backup reuses it` : `the ${n} packs it stored (${size}) are indexed, and the next backup reuses them`;
-  return backupInterrupted(reason, `; no snapshot was saved; ${stored}`);
-}
-
-/** "backup interrupted (SIGNAL)" and what happened, carrying the signal of the stop request's reason. */
-export function backupInterrupted(reason: unknown, what: string): InterruptedError {
-  return InterruptedError.of("backup", reason, what);
+  return InterruptedError.of("backup", reason, `; no snapshot was saved; ${stored}`);
 }
 
 /** What a backup's result says of its domain. */

@@ -169,7 +169,7 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
   await checkTarget(o.target, target);
   const lock = await acquireLock(repo, "restore", false, { signal: o.signal }).catch((e: unknown) => {
     if (o.signal?.aborted !== true) throw e;
-    throw restoreInterrupted(o.signal.reason, " while it waited for the repository lock; nothing was restored");
+    throw InterruptedError.of("restore", o.signal.reason, " while it waited for the repository lock; nothing was restored");
   });
   const sessions = new SessionKeys(repo);
   try {
@@ -302,12 +302,7 @@ type Restored = RestoreResult["restored"][number];
 /** The error an aborted restore ends with: which signal, and what it had completed (that stays). */
 function interrupted(reason: unknown, restored: readonly Restored[]): InterruptedError {
   const done = restored.length === 0 ? "" : `; restored before that: ${restored.map((r) => r.path).join(", ")}`;
-  return restoreInterrupted(reason, `; its partial files were removed${done}`);
-}
-
-/** "restore interrupted (SIGNAL)" and what happened, carrying the signal of the stop request's reason. */
-function restoreInterrupted(reason: unknown, what: string): InterruptedError {
-  return InterruptedError.of("restore", reason, what);
+  return InterruptedError.of("restore", reason, `; its partial files were removed${done}`);
 }
 
 /**
