@@ -214,12 +214,12 @@ export async function endLeftJob(name: string, uri: string | undefined, o: { own
     if (e instanceof VirshError) return false; // no backup job
     throw e;
   }
-  const m = new RegExp(`socket='[^']*/${JOB_DIR}([1-9][0-9]*)-[^'/]*/nbd\\.sock'`).exec(xml);
+  const m = new RegExp(`socket='([^']*/${JOB_DIR}([1-9][0-9]*)-[^'/]*)/nbd\\.sock'`).exec(xml);
   if (m === null) {
     if (!xml.includes("<domainbackup")) return false;
     throw new VaultError("E_LOCKED", `domain ${name} has a backup job of another program running`, { hint: `wait for it to end (virsh domjobinfo ${name}), or end it with virsh domjobabort ${name}` });
   }
-  const pid = Number(m[1]);
+  const pid = Number(m[2]);
   if (ownerRuns(pid, o.own === true)) {
     throw new VaultError("E_LOCKED", `another backup of domain ${name} is running (pid ${pid}): its backup job serves the disks`, { hint: "wait for it to finish and run the backup again" });
   }
@@ -229,6 +229,7 @@ export async function endLeftJob(name: string, uri: string | undefined, o: { own
     if (!(e instanceof VirshError)) throw e;
     throw new SourceError("E_SOURCE", `cannot end the backup job an interrupted backup left on domain ${name}: ${e.message}`, `end it with virsh domjobabort ${name}`);
   }
+  await removeSocketDir(m[1] ?? "");
   return true;
 }
 
@@ -252,4 +253,14 @@ async function privateSocketDir(image: string | undefined): Promise<string> {
     }
   }
   return dir;
+}
+
+/**
+ * The socket folder of a job a backup left (the process that made it was killed or stopped):
+ * only the socket goes, then the folder if it is empty, so nothing else there is lost.
+ */
+async function removeSocketDir(dir: string): Promise<void> {
+  if (!path.basename(dir).startsWith(JOB_DIR)) return;
+  await fsp.rm(path.join(dir, "nbd.sock"), { force: true }).catch(() => undefined);
+  await fsp.rmdir(dir).catch(() => undefined);
 }

@@ -6,7 +6,7 @@
  */
 import { execFileSync, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { promises as fsp } from "node:fs";
+import { existsSync, promises as fsp } from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { initCliRepo, watchCli } from "../helpers/cli.js";
@@ -364,6 +364,7 @@ describe.skipIf(!canRunLibvirtd())("backup --changed-blocks of a running domain 
     expect(await exit, out.stderr).toBe(130);
     expect(out.stderr).toMatch(/^vmvault: backup interrupted \(SIGINT\); no snapshot was saved; .*; the backup job was ended and the last checkpoint left for the next backup$/m);
     expect(spawnSync("virsh", ["--connect", libvirtd.uri, "backup-dumpxml", vm.name]).status).not.toBe(0);
+    expect((await fsp.readdir("/tmp")).filter((n) => n.startsWith(`vmvault-backup-job-${child.pid ?? 0}-`))).toEqual([]);
     expect((await fsp.readdir(vm.dir)).sort()).toEqual(["data.raw", "domain.xml", "root.qcow2"]);
     write(vm, "vda", 0xa2, 200 * MiB, 4096);
     const after = await backup(v, vm);
@@ -415,26 +416,30 @@ describe.skipIf(!canRunLibvirtd())("backup --changed-blocks of a running domain 
     const vm = await runningVm();
     const { v } = await initCliRepo(tmp("repo"));
     // A job as a backup with this PID would have begun it: a socket folder named after its PID, QEMU's group on it.
-    const startJob = async (pid: number): Promise<void> => {
+    const startJob = async (pid: number): Promise<string> => {
       const dir = await fsp.mkdtemp(path.join("/tmp", `vmvault-backup-job-${pid}-`));
       await fsp.chmod(dir, 0o770);
       await fsp.chown(dir, 0, (await fsp.stat(vm.vda)).gid);
       const xml = path.join(tmp("xml"), "backup.xml");
       await fsp.writeFile(xml, `<domainbackup mode='pull'><server transport='unix' socket='${dir}/nbd.sock'/><disks><disk name='vda' backup='yes' type='file'><scratch file='${vm.vda}.scratch-test'/></disk><disk name='vdb' backup='no'/></disks></domainbackup>`);
       libvirtd.virsh("backup-begin", vm.name, xml);
+      return dir;
     };
     const dead = spawnSync("true").pid ?? 0;
-    await startJob(dead);
+    const leftDir = await startJob(dead);
     const r = await backup(v, vm);
     expect(disk(r, "vda")?.reason).toBe("no earlier backup with changed-block tracking on this host");
     expect(spawnSync("virsh", ["--connect", libvirtd.uri, "backup-dumpxml", vm.name]).status).not.toBe(0);
-    await startJob(process.pid);
+    // The left job's socket folder goes with it.
+    expect(existsSync(leftDir)).toBe(false);
+    const ownDir = await startJob(process.pid);
     try {
       const refused = await v(["backup", "--libvirt-domain", vm.name, "--libvirt-uri", libvirtd.uri, "--changed-blocks"]);
       expect(refused.code).toBe(6);
       expect(refused.stderr).toContain(`another backup of domain ${vm.name} is running (pid ${process.pid})`);
     } finally {
       libvirtd.virsh("domjobabort", vm.name);
+      await fsp.rm(ownDir, { recursive: true, force: true });
     }
     expect(checkpoints(vm)).toEqual([r.domain.changedBlocks.checkpoint]);
   }, 120_000);
