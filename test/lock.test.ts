@@ -163,11 +163,15 @@ describe("repository locks", () => {
     const waiting = acquireLock(repo, "restore", false, { waitMs: 600_000, signal: stop.signal, onWait: () => setTimeout(() => stop.abort(new InterruptedError("interrupted (SIGINT)", "SIGINT")), 300) }).catch((e: unknown) => e);
     const err = await waiting;
     expect(err).toBeInstanceOf(InterruptedError);
+    expect(err).toMatchObject({ signal: "SIGINT", message: "restore interrupted (SIGINT) while it waited for the repository lock" });
     expect(Date.now() - started).toBeLessThan(5000);
     expect((await listAll(repo.store, LOCK_PREFIX)).length).toBe(1);
     await held.release();
     // A signal aborted before the first attempt takes no lock at all.
-    await expect(acquireLock(repo, "restore", false, { signal: AbortSignal.abort(new InterruptedError("stop")) })).rejects.toThrow(InterruptedError);
+    await expect(acquireLock(repo, "ls", false, { signal: AbortSignal.abort(new InterruptedError("stop", "SIGTERM")), stopped: "; it changed nothing" })).rejects.toMatchObject({
+      signal: "SIGTERM",
+      message: "ls interrupted (SIGTERM) while it waited for the repository lock; it changed nothing",
+    });
     expect(await listAll(repo.store, LOCK_PREFIX)).toEqual([]);
     await v.close();
   });

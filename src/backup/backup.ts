@@ -163,10 +163,7 @@ export async function backup(repo: Repository, o: BackupOptions): Promise<Backup
   const overlayDir = o.overlayDir === undefined ? undefined : await checkOverlayDir(o.overlayDir);
   const excludes = new Excludes(o.exclude, o.excludeIfPresent, { largerThan: o.excludeLargerThan });
   const planned = await planSources(o.sources, o.sparse ?? true, domain, o.imageFormat);
-  const lock = await acquireLock(repo, "backup", false, { signal: o.signal }).catch((e: unknown) => {
-    if (o.signal?.aborted !== true) throw e;
-    throw InterruptedError.of("backup", o.signal.reason, "; no snapshot was saved and nothing was stored");
-  });
+  const lock = await acquireLock(repo, "backup", false, { signal: o.signal, stopped: "; no snapshot was saved and nothing was stored" });
   try {
     return await audited(repo, {
       entry: {

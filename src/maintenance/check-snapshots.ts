@@ -61,7 +61,7 @@ export async function checkSnapshots(repo: Repository, o: SnapshotCheckOptions):
   const asked = { snapshots: [...o.snapshots] };
   await authorizeAudited(repo, "checkStructure", "check --read-data", asked);
   await authorizeAudited(repo, "checkData", "check --read-data", asked);
-  const lock = await acquireLock(repo, "check", false, { signal: o.signal });
+  const lock = await acquireLock(repo, "check", false, { signal: o.signal, stopped: "; it changed nothing" });
   const sessions = new SessionKeys(repo);
   try {
     const records: SnapshotRecord[] = [];

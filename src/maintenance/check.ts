@@ -111,10 +111,7 @@ export async function check(repo: Repository, o: CheckOptions = {}): Promise<Che
 async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): Promise<CheckReport> {
   const canDecrypt = repo.keyring.secret(repo.keyring.currentEpoch, "data") !== undefined;
   const progress = throttled(o.progress);
-  const lock = await acquireLock(repo, "check", false, { signal: o.signal }).catch((e: unknown) => {
-    if (o.signal?.aborted !== true) throw e;
-    throw InterruptedError.of("check", o.signal.reason, " while it waited for the repository lock; it changed nothing");
-  });
+  const lock = await acquireLock(repo, "check", false, { signal: o.signal, stopped: "; it changed nothing" });
   const sessions = new SessionKeys(repo);
   // Workers start while the structure is checked; none for packs below INLINE_JOB_BYTES in all
   // unless a count is given.

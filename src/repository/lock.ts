@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from "node:timers/promises";
-import { LockedError, type LockHolder } from "../errors.js";
+import { InterruptedError, LockedError, type LockHolder } from "../errors.js";
 import { processAlive } from "../util/process.js";
 import { LOCK_PREFIX, REENCRYPTION_LOCK_PREFIX } from "../format/layout.js";
 import type { LockMeta } from "../format/lock.js";
@@ -25,8 +25,14 @@ export interface LockOptions {
   readonly waitMs?: number;
   /** Told once, when the first attempt finds the repository busy and waiting begins. */
   readonly onWait?: LockWaitListener;
-  /** Ends the wait at once when aborted, with its reason (a stop request during a long wait). */
+  /**
+   * Ends the wait at once when aborted (a stop request during a long wait), with an
+   * InterruptedError: "OPERATION interrupted (SIGNAL) while it waited for the repository lock"
+   * and {@link stopped}.
+   */
   readonly signal?: AbortSignal | undefined;
+  /** What a stop during the wait left, for people, after that line: "; nothing was restored". */
+  readonly stopped?: string;
 }
 
 /** What a command waits for: who holds the repository, and until when it waits at most. */
@@ -66,7 +72,16 @@ export function acquireReencryptionLock(repo: Repository, operation: string, opt
   return acquire(repo, REENCRYPTION_LOCK_PREFIX, operation, true, options);
 }
 
-async function acquire(repo: Repository, prefix: string, operation: string, exclusive: boolean, options: LockOptions): Promise<Lock> {
+function acquire(repo: Repository, prefix: string, operation: string, exclusive: boolean, options: LockOptions): Promise<Lock> {
+  const signal = options.signal;
+  if (signal === undefined) return attempt(repo, prefix, operation, exclusive, options);
+  return attempt(repo, prefix, operation, exclusive, options).catch((e: unknown) => {
+    if (!signal.aborted) throw e;
+    throw InterruptedError.of(operation, signal.reason, ` while it waited for the repository lock${options.stopped ?? ""}`);
+  });
+}
+
+async function attempt(repo: Repository, prefix: string, operation: string, exclusive: boolean, options: LockOptions): Promise<Lock> {
   const waitMs = options.waitMs ?? repo.env.lockWaitMs ?? 0;
   let waited = 0;
   let pause = RETRY_EVERY_MS;

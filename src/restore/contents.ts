@@ -65,7 +65,7 @@ export async function readContents<T>(repo: Repository, action: AuditAction, req
   const refs = req.snapshots === "all" ? { snapshots: "all", ...(req.vm === undefined ? {} : { vm: req.vm }) } : req.snapshots.length === 1 ? { snapshot: req.snapshots[0] ?? "" } : { snapshots: [...req.snapshots] };
   await authorizeAudited(repo, "restore", action, { ...refs, ...paths });
   if (req.vm !== undefined) assertVmName(req.vm);
-  const lock = await acquireLock(repo, action, false, { signal: req.signal });
+  const lock = await acquireLock(repo, action, false, { signal: req.signal, stopped: "; it changed nothing" });
   const sessions = new SessionKeys(repo);
   try {
     const records: SnapshotRecord[] = [];

@@ -167,10 +167,7 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
   if (o.libvirtUri !== undefined && o.define !== true) throw new UsageError("a libvirt URI goes with defining the restored domain (--define)");
   if (o.domainName !== undefined) assertDomainName(o.domainName);
   await checkTarget(o.target, target);
-  const lock = await acquireLock(repo, "restore", false, { signal: o.signal }).catch((e: unknown) => {
-    if (o.signal?.aborted !== true) throw e;
-    throw InterruptedError.of("restore", o.signal.reason, " while it waited for the repository lock; nothing was restored");
-  });
+  const lock = await acquireLock(repo, "restore", false, { signal: o.signal, stopped: "; nothing was restored" });
   const sessions = new SessionKeys(repo);
   try {
     // Resolved under the lock, with the keys it brought up to date: a rotation that ended while
