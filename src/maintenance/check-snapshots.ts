@@ -120,7 +120,6 @@ async function verifyAll(repo: Repository, sessions: SessionKeys, records: reado
       }
       total += done.bytes;
       verified.push({ id: h.id, vm: h.vm, time: h.time, ok, bytes: done.bytes, chunks: done.chunks });
-      done = { bytes: 0, chunks: 0 };
     }
     return { ok: damage.length === 0, damage, snapshots: verified, bytes: total, damagedIndexes: index.damaged, pipeline: { workers: pool.workers, engine: pool.engine } };
   } catch (e) {
