@@ -39,7 +39,7 @@ export function buildProgram(interrupts: Interrupts = new Interrupts(), json = f
     .option("--json", "machine-readable output on stdout")
     .option("--progress", "show progress on stderr even without a terminal")
     .option("--debug", "show stack traces for errors")
-    .option("--workers <n>", "worker threads for backup, restore and check --read-data; 0 = none (or VMVAULT_WORKERS; default: one per core but one, and the main thread helps)")
+    .option("--workers <n>", "worker threads for backup, restore, check --read-data, prune and re-encryption; 0 = none (or VMVAULT_WORKERS; default: one per core but one, and the main thread helps)")
     .option("--pipeline <engine>", "where backup, restore and check --read-data hash, compress and encrypt: native (the helper's threads), js (worker threads) or auto (or VMVAULT_PIPELINE; default auto: native where available)")
     .option("--lock-wait <seconds>", "wait up to this long for another operation's lock instead of failing with exit 6 (or VMVAULT_LOCK_WAIT; default 0, and 3600 for the last step of a re-encryption)")
     .showHelpAfterError("(run `vmvault --help` for usage)")

@@ -473,7 +473,7 @@ async function repackChunks(
   const written = new ChunkIndex({ locations: false });
   let repacker: Repacker | undefined;
   try {
-    repacker = await Repacker.create(repo, p.sessions, session, writer, written, workers);
+    repacker = await Repacker.create(repo, p.sessions, session, writer, written, { workers, damageNote: "; the pack is kept" });
     for (const [i, x] of repack.entries()) {
       progress({ phase: "repack", done: i + 1, total: repack.length, unit: "items" });
       const old = await p.sessions.open(x.sessionId);

@@ -1,5 +1,5 @@
 import type { Damage } from "../errors.js";
-import { AEAD_NONCE_BYTES } from "../crypto/suite.js";
+import { AEAD_NONCE_BYTES, HASH_BYTES } from "../crypto/suite.js";
 import { packKey } from "../format/layout.js";
 import type { PackEntry } from "../format/pack.js";
 import { BlobStatus, blobStatusMessage } from "../pack/blob.js";
@@ -7,7 +7,7 @@ import type { PackWriter } from "../pack/writer.js";
 import { WorkerPool } from "../pipeline/pool.js";
 import { PoolSessionKeys } from "../pipeline/session-keys.js";
 import type { ChunkIndex } from "../repository/chunk-index.js";
-import type { Repository } from "../repository/repository.js";
+import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import type { Session, SessionKeys } from "../repository/sessions.js";
 import { readInto } from "../storage/types.js";
 import { toHex } from "../util/bytes.js";
@@ -16,11 +16,26 @@ import { InFlight } from "../util/in-flight.js";
 import { packPieces, pieceSpan, pieceTable, PIECE_BYTES } from "../pack/pieces.js";
 
 
+export interface RepackerOptions {
+  /** Worker threads (default: one per core but one; 0: all on the main thread). */
+  readonly workers?: number | undefined;
+  /**
+   * Binds the new blobs to their IDs under the new session's chunk-ID key (a re-encryption with
+   * a new key): which chunks are already written is then told by the new IDs.
+   */
+  readonly newIds?: boolean;
+  /** Told of every chunk that verified, with its ID before and after (the same without newIds), written now or before. */
+  readonly onMoved?: (from: Uint8Array, to: Uint8Array) => void;
+  /** Added to what a chunk that does not verify is reported as (prune: its pack is kept). */
+  readonly damageNote?: string;
+}
+
 /**
- * Moves chunks into new packs through the worker pool: each piece of a pack is read into a
+ * Moves chunks into new packs through the worker pool (prune's repack, a re-encryption's
+ * phase 1): each piece of a pack is read into a
  * reused buffer and handed to the rewrap task (each blob authenticated, decrypted, decompressed
  * and its keyed ID recomputed as a restore opens it, then its framed bytes sealed again under the
- * new session key with the same ID, not compressed again); the new blobs go to the pack writer
+ * new session key with the same ID, or its ID under the new chunk-ID key, not compressed again); the new blobs go to the pack writer
  * one piece after another. A few pieces are in flight, so memory is bounded whatever the number
  * of packs. A chunk is counted as written (and skipped by later pieces) only once its blob is in
  * the pack writer: one that does not verify here may still be written from another copy.
@@ -32,6 +47,9 @@ export class Repacker {
   readonly #writer: PackWriter;
   readonly #written: ChunkIndex;
   readonly #newKey: string;
+  readonly #newIdKey: string | undefined;
+  readonly #onMoved: ((from: Uint8Array, to: Uint8Array) => void) | undefined;
+  readonly #damageNote: string;
   readonly #maxInFlight: number;
   readonly #inFlight = new InFlight();
   #appendTail: Promise<void> = Promise.resolve();
@@ -46,7 +64,7 @@ export class Repacker {
   readonly damaged: Damage[] = [];
   chunks = 0;
 
-  private constructor(repo: Repository, sessions: SessionKeys, pool: WorkerPool, session: Session, writer: PackWriter, written: ChunkIndex) {
+  private constructor(repo: Repository, sessions: SessionKeys, pool: WorkerPool, session: Session, writer: PackWriter, written: ChunkIndex, o: RepackerOptions) {
     this.#repo = repo;
     this.#pool = pool;
     this.#keys = new PoolSessionKeys(repo, sessions, pool);
@@ -54,14 +72,18 @@ export class Repacker {
     this.#written = written;
     this.#newKey = `session:${session.sessionId}`;
     pool.setKey(this.#newKey, session.key.bytes);
+    this.#newIdKey = o.newIds === true ? `newChunkId:${session.chunkKeyEpoch}` : undefined;
+    if (this.#newIdKey !== undefined) pool.setKey(this.#newIdKey, chunkKeyFor(repo, session.chunkKeyEpoch).bytes);
+    this.#onMoved = o.onMoved;
+    this.#damageNote = o.damageNote ?? "";
     this.#maxInFlight = pool.threads + 2;
     this.#reads = new ReadBuffers(this.#maxInFlight * PIECE_BYTES);
   }
 
-  static async create(repo: Repository, sessions: SessionKeys, session: Session, writer: PackWriter, written: ChunkIndex, workers?: number): Promise<Repacker> {
+  static async create(repo: Repository, sessions: SessionKeys, session: Session, writer: PackWriter, written: ChunkIndex, o: RepackerOptions = {}): Promise<Repacker> {
     // Rewrap tasks run in JavaScript: worker threads, not a native pool (its main thread alone).
-    const pool = await WorkerPool.create({ compression: repo.config, engine: "js", ...(workers === undefined ? {} : { workers }) });
-    return new Repacker(repo, sessions, pool, session, writer, written);
+    const pool = await WorkerPool.create({ compression: repo.config, engine: "js", ...(o.workers === undefined ? {} : { workers: o.workers }) });
+    return new Repacker(repo, sessions, pool, session, writer, written, o);
   }
 
   /** Queues the chunks of one pack to move (those the caller chose); waits while too many pieces are in flight. */
@@ -96,22 +118,23 @@ export class Repacker {
       const { table, ids } = pieceTable(entries, start);
       const nonces = this.#repo.crypto.random(n * AEAD_NONCE_BYTES);
       const out = this.#spare.pop();
-      const result = await this.#pool.run({ kind: "rewrap", data: buffer.subarray(0, read), entries: table, ids, key: names.key, idKey: names.idKey, newKey: this.#newKey, nonces, ...(out === undefined ? {} : { out }) });
+      const result = await this.#pool.run({ kind: "rewrap", data: buffer.subarray(0, read), entries: table, ids, key: names.key, idKey: names.idKey, newKey: this.#newKey, ...(this.#newIdKey === undefined ? {} : { newIdKey: this.#newIdKey }), nonces, ...(out === undefined ? {} : { out }) });
       buffer = new Uint8Array(result.data.buffer as ArrayBuffer);
-      const blobs = result.blobs;
-      const status = result.status;
+      const { blobs, status, newIds } = result;
       // One piece at a time into the writer (it copies the blobs), and each chunk once: two
       // pieces in flight may both hold a chunk (a second copy kept in use); the later is left out.
       const append = this.#appendTail.then(async () => {
         for (const [i, e] of entries.entries()) {
           const s = status[i] as BlobStatus;
           if (s !== BlobStatus.Ok) {
-            this.damaged.push({ object: packKey(packId), problem: `${blobStatusMessage(s)} (chunk ${toHex(e.chunkId).slice(0, 16)}…); the pack is kept` });
+            this.damaged.push({ object: packKey(packId), problem: `${blobStatusMessage(s)} (chunk ${toHex(e.chunkId).slice(0, 16)}…)${this.#damageNote}` });
             continue;
           }
-          if (!this.#written.addPending(e.chunkId)) continue;
+          const id = newIds === undefined ? e.chunkId : newIds.slice(i * HASH_BYTES, (i + 1) * HASH_BYTES);
+          this.#onMoved?.(e.chunkId, id);
+          if (!this.#written.addPending(id)) continue;
           const at = e.offset - start;
-          await this.#writer.add(e.chunkId, blobs.subarray(at, at + e.length), e.rawLength);
+          await this.#writer.add(id, blobs.subarray(at, at + e.length), e.rawLength);
           this.chunks++;
         }
       });

@@ -1,4 +1,4 @@
-import { IntegrityError, NotFoundError, UsageError, type Damage } from "../errors.js";
+import { IntegrityError, UsageError, type Damage } from "../errors.js";
 import { Compressor } from "../compress/compressor.js";
 import type { Secret } from "../crypto/secret.js";
 import { FormatError } from "../format/codec.js";
@@ -8,15 +8,15 @@ import type { IndexedPack } from "../format/index-file.js";
 import { packKey, SNAPSHOT_PREFIX } from "../format/layout.js";
 import type { PackEntry } from "../format/pack.js";
 import type { SnapshotBody, SnapshotSource } from "../format/snapshot.js";
-import { BlobScratch, BlobStatus, blobStatusMessage, encodeBlob, rewrapBlob } from "../pack/blob.js";
-import { loadBulkCrypto } from "../crypto/bulk.js";
-import { AEAD_NONCE_BYTES } from "../crypto/suite.js";
+import { encodeBlob } from "../pack/blob.js";
+import { Repacker } from "../maintenance/repack.js";
+import { INLINE_JOB_BYTES } from "../pipeline/pool.js";
 import { PackWriter } from "../pack/writer.js";
 import { PackError, readPackTrailer } from "../pack/reader.js";
 import { SessionIndexWriter } from "../backup/index-writer.js";
 import { audited, authorizeAudited, lockAudited } from "../audit/guard.js";
 import { ChunkIndex } from "../repository/chunk-index.js";
-import { loadIndex, readIndexFile } from "../repository/index-files.js";
+import { loadIndex } from "../repository/index-files.js";
 import { acquireLock, acquireReencryptionLock } from "../repository/lock.js";
 import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import { createSession, SessionKeyMissing, SessionKeys, type OpenedSession } from "../repository/sessions.js";
@@ -32,9 +32,18 @@ import { listingsByPack, verifyListedChunks } from "./verify-pack.js";
 
 const PACKS_PER_CHECKPOINT = 8;
 
-export interface ReencryptOptions {
+export interface ReencryptOptions extends RunOptions {
   readonly newChunkKey?: boolean;
-  readonly progress?: ProgressSink;
+}
+
+/** How a re-encryption (started, resumed or repaired) runs. */
+export interface RunOptions {
+  readonly progress?: ProgressSink | undefined;
+  /**
+   * Worker threads that rewrite old packs' chunks (default: one per core but one, none for
+   * less than INLINE_JOB_BYTES of old packs; 0: all on the main thread).
+   */
+  readonly workers?: number | undefined;
 }
 
 export interface ReencryptResult {
@@ -79,7 +88,7 @@ export async function reencrypt(repo: Repository, o: ReencryptOptions = {}): Pro
     return await audited(repo, {
       entry: { action: "key rotate", target: { reencrypt: "yes", epoch: started.targetEpoch, resumed: resumed ? "yes" : "no" } },
       started: false,
-      run: () => run(repo, started, resumed, o.progress),
+      run: () => run(repo, started, resumed, o),
       outcome: (r) => ({ packsRewritten: r.packsRewritten, snapshotsRewritten: r.snapshotsRewritten }),
     });
   } finally {
@@ -181,11 +190,12 @@ interface Rewriter {
  * Resumes a re-encryption from a checkpoint (the one `repair reencrypt` rebuilt): the same run
  * `key rotate --reencrypt` resumes. The caller holds the re-encryption lock.
  */
-export function resumeReencryption(repo: Repository, state: ReencryptState, progress?: ProgressSink): Promise<ReencryptResult> {
-  return run(repo, state, true, progress);
+export function resumeReencryption(repo: Repository, state: ReencryptState, o: RunOptions): Promise<ReencryptResult> {
+  return run(repo, state, true, o);
 }
 
-async function run(repo: Repository, initial: ReencryptState, resumed: boolean, progress?: ProgressSink): Promise<ReencryptResult> {
+async function run(repo: Repository, initial: ReencryptState, resumed: boolean, o: RunOptions): Promise<ReencryptResult> {
+  const progress = o.progress;
   let state = initial;
   const sessions = new SessionKeys(repo);
   const lock = await acquireLock(repo, "re-encryption", false);
@@ -244,20 +254,33 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
       let batch: string[] = [];
       let pairs: [string, string][] = [];
       let mapBatch = await highestIdMapBatch(repo);
-      for (const [i, packId] of todo.entries()) {
-        progress?.({ phase: "re-encrypt packs", done: i + 1, total: todo.length, unit: "items" });
-        const listings = indexed.get(packId);
-        if (listings !== undefined) pairs.push(...(await rewritePack(repo, sessions, compressor, rw, packId, listings, state.newChunkKey, (d) => leftOut.push(d))));
-        batch.push(packId);
-        packsRewritten++;
-        if (batch.length >= PACKS_PER_CHECKPOINT || i === todo.length - 1) {
-          await packs.flush();
-          await index.flush();
-          if (pairs.length > 0) await writeIdMapBatch(repo, state.targetEpoch, ++mapBatch, pairs);
-          state = await writeCheckpoint(repo, { ...state, donePacks: [...state.donePacks, ...batch] }, state.checkpoint);
-          batch = [];
-          pairs = [];
+      const bytes = todo.reduce((n, id) => n + (indexed.get(id)?.[0]?.packLength ?? 0), 0);
+      const target = { sessionId: state.sessionId, sessionIdBytes: fromHex(state.sessionId), key: session.key, chunkKeyEpoch: session.meta.chunkKeyEpoch };
+      const repacker = await Repacker.create(repo, sessions, target, packs, written, {
+        workers: o.workers ?? (bytes < INLINE_JOB_BYTES ? 0 : undefined),
+        newIds: state.newChunkKey,
+        ...(state.newChunkKey ? { onMoved: (from: Uint8Array, to: Uint8Array) => pairs.push([toHex(from), toHex(to)]) } : {}),
+      });
+      try {
+        for (const [i, packId] of todo.entries()) {
+          progress?.({ phase: "re-encrypt packs", done: i + 1, total: todo.length, unit: "items" });
+          const listings = indexed.get(packId);
+          if (listings !== undefined) await submitPack(repo, sessions, repacker, packId, listings, state.newChunkKey ? undefined : written, (d) => leftOut.push(d));
+          batch.push(packId);
+          packsRewritten++;
+          if (batch.length >= PACKS_PER_CHECKPOINT || i === todo.length - 1) {
+            await repacker.finish();
+            await packs.flush();
+            await index.flush();
+            if (pairs.length > 0) await writeIdMapBatch(repo, state.targetEpoch, ++mapBatch, pairs);
+            state = await writeCheckpoint(repo, { ...state, donePacks: [...state.donePacks, ...batch] }, state.checkpoint);
+            batch = [];
+            pairs = [];
+          }
         }
+      } finally {
+        leftOut.push(...repacker.damaged);
+        await repacker.close();
       }
       state = await writeCheckpoint(repo, { ...state, phase: "snapshots" }, state.checkpoint);
     }
@@ -355,85 +378,41 @@ async function ownPackEntries(repo: Repository, sessionKey: Secret, packId: stri
 }
 
 /**
- * Decrypts and verifies every chunk of one old pack and writes it again under the new session:
- * the chunks every listing of the pack names (an index file written by any role holding the
- * index key may list it with fewer entries, and the cleanup then deletes the pack), each listing
- * read with the session key it names.
+ * Queues every chunk of one old pack to be decrypted, verified and written again under the new
+ * session (the repacker, on the worker pool): the chunks every listing of the pack names (an
+ * index file written by any role holding the index key may list it with fewer entries, and the
+ * cleanup then deletes the pack), each listing read with the session key it names. A chunk that
+ * does not verify where a listing places it (an index file may list any ID at any place) is the
+ * repacker's damage and is left: nobody could read it, and the listing that names its real place,
+ * if any, rewrites it. Without a new chunk-ID key, chunks already written are not read again.
  */
-async function rewritePack(
+async function submitPack(
   repo: Repository,
   sessions: SessionKeys,
-  compressor: Compressor,
-  rw: Rewriter,
+  repacker: Repacker,
   packId: string,
   listings: readonly IndexedPack[],
-  newKey: boolean,
+  written: ChunkIndex | undefined,
   onDamage: (d: Damage) => void,
-): Promise<[string, string][]> {
-  const pairs: [string, string][] = [];
-  let bytes: Uint8Array;
-  try {
-    bytes = await repo.store.get(packKey(packId));
-  } catch (e) {
-    // Nothing of a pack that is not there can be rewritten, or lost: an index file may name one that never was.
-    if (e instanceof NotFoundError) {
-      onDamage({ object: packKey(packId), problem: "pack is missing" });
-      return pairs;
-    }
-    throw IntegrityError.object(packKey(packId), `cannot be read for re-encryption (${e instanceof Error ? e.message : String(e)})`);
+): Promise<void> {
+  // Nothing of a pack that is not there can be rewritten, or lost: an index file may name one that never was.
+  const info = await repo.store.stat(packKey(packId));
+  if (info === undefined) {
+    onDamage({ object: packKey(packId), problem: "pack is missing" });
+    return;
   }
   for (const p of listings) {
+    const sessionId = toHex(p.sessionId);
     try {
-      pairs.push(...(await rewriteListing(repo, sessions, compressor, rw, packId, bytes, p, newKey, onDamage)));
+      chunkKeyFor(repo, (await sessions.open(sessionId)).meta.chunkKeyEpoch);
     } catch (e) {
       // A listing under a session whose key does not open: none of its chunks can be read, so none is lost.
       if (!(e instanceof IntegrityError)) throw e;
       for (const d of e.damage) onDamage(d);
-    }
-  }
-  return pairs;
-}
-
-/**
- * One listing's chunks. A chunk that does not verify (an index file may list any ID at any place)
- * is reported to onDamage and left: nobody could read it, and the listing that names its real
- * place, if any, rewrites it.
- */
-async function rewriteListing(
-  repo: Repository,
-  sessions: SessionKeys,
-  compressor: Compressor,
-  rw: Rewriter,
-  packId: string,
-  bytes: Uint8Array,
-  p: IndexedPack,
-  newKey: boolean,
-  onDamage: (d: Damage) => void,
-): Promise<[string, string][]> {
-  const bulk = await loadBulkCrypto();
-  const scratch = new BlobScratch();
-  const pairs: [string, string][] = [];
-  const old = await sessions.open(toHex(p.sessionId));
-  const oldChunkKey = chunkKeyFor(repo, old.meta.chunkKeyEpoch);
-  for (const e of p.entries) {
-    const r = rewrapBlob(
-      bulk,
-      { sessionKey: old.key.bytes, chunkIdKey: oldChunkKey.bytes },
-      { sessionKey: rw.sessionKey.bytes, chunkIdKey: newKey ? rw.chunkKey.bytes : undefined, nonce: repo.crypto.random(AEAD_NONCE_BYTES) },
-      e.chunkId,
-      bytes.subarray(e.offset, e.offset + e.length),
-      e.rawLength,
-      compressor,
-      scratch,
-    );
-    if (r.status !== BlobStatus.Ok) {
-      onDamage({ object: packKey(packId), problem: `${blobStatusMessage(r.status)} (chunk ${toHex(e.chunkId).slice(0, 16)}…)` });
       continue;
     }
-    await rw.putStored(r.chunkId, r.blob, e.rawLength);
-    if (newKey) pairs.push([toHex(e.chunkId), toHex(r.chunkId)]);
+    await repacker.submit(packId, sessionId, info.size, written === undefined ? p.entries : p.entries.filter((e) => !written.has(e.chunkId)));
   }
-  return pairs;
 }
 
 /**

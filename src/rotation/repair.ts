@@ -22,12 +22,12 @@ import {
   writeIdMapBatch,
   type ReencryptState,
 } from "./checkpoint.js";
-import { resumeReencryption, type ReencryptResult } from "./reencrypt.js";
+import { resumeReencryption, type ReencryptResult, type RunOptions } from "./reencrypt.js";
 import { listingsByPack, verifyListedChunks } from "./verify-pack.js";
 
 const SESSION_PREFIX = "sessions/";
 
-export interface RepairReencryptOptions {
+export interface RepairReencryptOptions extends RunOptions {
   readonly progress?: ProgressSink;
 }
 
@@ -70,7 +70,7 @@ export async function repairReencryption(repo: Repository, o: RepairReencryptOpt
       const lock = await acquireReencryptionLock(repo, "re-encryption repair");
       try {
         const { state, rebuilt } = await rebuild(repo, o.progress);
-        return { ...(await resumeReencryption(repo, state, o.progress)), rebuilt };
+        return { ...(await resumeReencryption(repo, state, o)), rebuilt };
       } finally {
         await lock.release();
       }

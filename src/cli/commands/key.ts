@@ -7,7 +7,8 @@ import { formatBytes, noun, plural, table } from "../output.js";
 /** Runs a rotation and prints what it did; shared by `key rotate` and `user remove --rotate`. */
 export async function runRotation(ctx: CliContext, vault: Vault, o: { reencrypt: boolean; newChunkKey: boolean }): Promise<unknown> {
   const progress = ctx.progress;
-  const r = await vault.rotateKeys({ reencrypt: o.reencrypt, newChunkKey: o.newChunkKey, ...(progress === undefined ? {} : { progress }) });
+  const workers = ctx.workers;
+  const r = await vault.rotateKeys({ reencrypt: o.reencrypt, newChunkKey: o.newChunkKey, ...(progress === undefined ? {} : { progress }), ...(workers === undefined ? {} : { workers }) });
   ctx.endProgress();
   if (!ctx.json) {
     if ("resealed" in r) {

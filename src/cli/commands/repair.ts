@@ -37,7 +37,8 @@ export function registerRepair(program: Command, interrupts: Interrupts): void {
       const vault = await ctx.openVault();
       try {
         const progress = ctx.progress;
-        const r = await vault.repairReencryption(progress === undefined ? {} : { progress });
+        const workers = ctx.workers;
+        const r = await vault.repairReencryption({ ...(progress === undefined ? {} : { progress }), ...(workers === undefined ? {} : { workers }) });
         ctx.endProgress();
         if (ctx.json) ctx.printJson(r);
         else {
