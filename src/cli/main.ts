@@ -53,8 +53,8 @@ export function buildProgram(interrupts: Interrupts = new Interrupts(), json = f
   registerFind(program, interrupts);
   registerExport(program, interrupts);
   registerCheck(program, interrupts);
-  registerForget(program);
-  registerPrune(program);
+  registerForget(program, interrupts);
+  registerPrune(program, interrupts);
   registerRepair(program, interrupts);
   registerUser(program);
   registerAudit(program);

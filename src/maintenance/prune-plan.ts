@@ -61,9 +61,10 @@ const prefixOf = (id: Uint8Array): string => toHex(id.subarray(0, 16));
  * holds places, and only for those chunks, so a repository without second copies costs no
  * memory for them.
  */
-async function firstCopies(repo: Repository, sessions: SessionKeys, tallies: readonly Tally[], copied: ReadonlySet<string>): Promise<Map<string, CopyPlace>> {
+async function firstCopies(repo: Repository, sessions: SessionKeys, tallies: readonly Tally[], copied: ReadonlySet<string>, signal: AbortSignal | undefined): Promise<Map<string, CopyPlace>> {
   const first = new Map<string, CopyPlace>();
   for (const t of tallies) {
+    signal?.throwIfAborted();
     if (first.size === copied.size) break;
     const { entries } = await readPackTrailer(repo.crypto, repo.store, t.key, t.packId, t.size, (await sessions.open(t.sessionId)).key);
     for (const e of entries) {
@@ -106,17 +107,17 @@ export interface Plan {
 }
 
 /** Reads every snapshot's references and every pack's trailer, and decides each pack's fate. */
-export async function plan(repo: Repository, threshold: number, progress: ProgressSink): Promise<Plan> {
+export async function plan(repo: Repository, threshold: number, progress: ProgressSink, signal?: AbortSignal): Promise<Plan> {
   const sessions = new SessionKeys(repo);
   try {
-    return await planWith(repo, sessions, threshold, progress);
+    return await planWith(repo, sessions, threshold, progress, signal);
   } catch (e) {
     sessions.dispose();
     throw e;
   }
 }
 
-async function planWith(repo: Repository, sessions: SessionKeys, threshold: number, progress: ProgressSink): Promise<Plan> {
+async function planWith(repo: Repository, sessions: SessionKeys, threshold: number, progress: ProgressSink, signal: AbortSignal | undefined): Promise<Plan> {
   let index: ChunkIndex;
   const listedIn = new Map<string, string[]>();
   try {
@@ -146,6 +147,7 @@ async function planWith(repo: Repository, sessions: SessionKeys, threshold: numb
   const snapshotSessions = new Set<string>();
   const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
   for (const [i, snap] of snapshots.entries()) {
+    signal?.throwIfAborted();
     progress({ phase: "read snapshots", done: i + 1, total: snapshots.length, unit: "items" });
     snapshotSessions.add(snap.meta.sessionId);
     try {
@@ -175,6 +177,7 @@ async function planWith(repo: Repository, sessions: SessionKeys, threshold: numb
   /** Prefixes (hex) of the chunks that have a second copy: their first copies are located in a second pass. */
   const copied = new Set<string>();
   for (const [i, p] of stored.entries()) {
+    signal?.throwIfAborted();
     progress({ phase: "read pack trailers", done: i + 1, total: stored.length, unit: "items" });
     let trailer;
     try {
@@ -213,10 +216,11 @@ async function planWith(repo: Repository, sessions: SessionKeys, threshold: numb
   // the pack it had copied from) counts as unused only once the first copy is decrypted and its
   // ID recomputed: a writer holding a session key could have stored a pack whose trailer names
   // the chunk over other bytes, and the real copy must not go on that pack's word.
-  const first = copied.size === 0 ? new Map<string, CopyPlace>() : await firstCopies(repo, sessions, tallies, copied);
+  const first = copied.size === 0 ? new Map<string, CopyPlace>() : await firstCopies(repo, sessions, tallies, copied, signal);
   const compressor = new Compressor(repo.config);
   const checked = new Map<string, boolean>();
   for (const t of tallies) {
+    signal?.throwIfAborted();
     for (const e of t.copies) {
       const at = first.get(prefixOf(e.chunkId));
       if (at === undefined || (at.packId === t.packId && at.offset === e.offset)) continue;

@@ -1,4 +1,4 @@
-import { UsageError, type Damage } from "../errors.js";
+import { InterruptedError, UsageError, type Damage } from "../errors.js";
 import { SessionIndexWriter } from "../backup/index-writer.js";
 import type { IndexedPack } from "../format/index-file.js";
 import { parseVersionedKey } from "../format/layout.js";
@@ -11,7 +11,7 @@ import type { Repository } from "../repository/repository.js";
 import { createSession } from "../repository/sessions.js";
 import { unfinishedReencryption } from "../rotation/checkpoint.js";
 import { listKeys } from "../storage/types.js";
-import { fromHex, toHex } from "../util/bytes.js";
+import { formatMiB, fromHex, toHex } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 import { audited, authorizeAudited, lockAudited } from "../audit/guard.js";
 import { plan, type PackPlan, type Plan } from "./prune-plan.js";
@@ -25,6 +25,13 @@ export interface PruneOptions {
   /** Worker threads that move chunks when packs are repacked (default: one per core but one; 0: all on the main thread). */
   readonly workers?: number;
   readonly progress?: ProgressSink;
+  /**
+   * A stop request. Before prune deletes anything (reading the repository, repacking), it ends
+   * with an InterruptedError having deleted nothing, the packs it had repacked into stored and
+   * indexed; once it deletes, it finishes (index files rewritten, packs and keys deleted take
+   * moments) and returns as usual.
+   */
+  readonly signal?: AbortSignal | undefined;
 }
 
 export interface PruneResult {
@@ -84,7 +91,7 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
   // A dry run reads what a prune reads (chunk lists and entries, so file names) and is audited
   // as one; it takes a shared lock, as a check does.
   const entry = { action: "prune" as const, target: { repackUnused: threshold, ...(dryRun ? { dryRun: "yes" } : {}) } };
-  const lock = await lockAudited(repo, entry, () => acquireLock(repo, dryRun ? "prune --dry-run" : "prune", !dryRun));
+  const lock = await lockAudited(repo, entry, () => acquireLock(repo, dryRun ? "prune --dry-run" : "prune", !dryRun, { signal: o.signal, stopped: "; it changed nothing" }));
   try {
     await assertNoReencryption(repo);
     const progress = throttled(o.progress);
@@ -92,8 +99,8 @@ export async function prune(repo: Repository, o: PruneOptions = {}): Promise<Pru
       entry,
       started: true,
       run: async () => {
-        if (!dryRun) return runPrune(repo, threshold, progress, o.workers);
-        const p = await plan(repo, threshold, progress);
+        if (!dryRun) return runPrune(repo, threshold, progress, o);
+        const p = await planUnlessStopped(repo, threshold, progress, o.signal);
         p.sessions.dispose();
         return p.result(true);
       },
@@ -124,12 +131,28 @@ async function assertNoReencryption(repo: Repository): Promise<void> {
   }
 }
 
+/** The plan, or an InterruptedError saying nothing changed when the signal stopped the reading. */
+async function planUnlessStopped(repo: Repository, threshold: number, progress: ProgressSink, signal: AbortSignal | undefined): Promise<Plan> {
+  try {
+    return await plan(repo, threshold, progress, signal);
+  } catch (e) {
+    if (signal?.aborted !== true) throw e;
+    throw InterruptedError.of("prune", signal.reason, " while it read the repository; it changed nothing");
+  }
+}
 
-async function runPrune(repo: Repository, threshold: number, progress: ProgressSink, workers: number | undefined): Promise<PruneResult> {
-  const p = await plan(repo, threshold, progress);
+async function runPrune(repo: Repository, threshold: number, progress: ProgressSink, o: PruneOptions): Promise<PruneResult> {
+  const signal = o.signal;
+  const p = await planUnlessStopped(repo, threshold, progress, signal);
   try {
     const repack = p.packs.filter((x) => x.action === "repack");
-    const rewritten = repack.length === 0 ? undefined : await repackChunks(repo, p, repack, progress, workers);
+    const rewritten = repack.length === 0 || signal?.aborted === true ? undefined : await repackChunks(repo, p, repack, progress, o.workers, signal);
+    // Stopped before anything is deleted: what was repacked is stored and indexed, a second copy.
+    if (signal?.aborted === true) {
+      const n = rewritten?.packs ?? 0;
+      const wrote = n === 0 ? "" : n === 1 ? `, and the pack it repacked into (${formatMiB(rewritten?.bytes ?? 0)}) is indexed` : `, and the ${n} packs it repacked into (${formatMiB(rewritten?.bytes ?? 0)}) are indexed`;
+      throw InterruptedError.of("prune", signal.reason, `${rewritten === undefined ? "" : " while it repacked"}; it deleted nothing${wrote}`);
+    }
     const damaged = rewritten?.damaged ?? [];
     const failed = new Set(damaged.map((d) => d.object));
     // Kept packs no index file lists get listings of their own, before anything is deleted.
@@ -182,6 +205,7 @@ async function repackChunks(
   repack: readonly PackPlan[],
   progress: ProgressSink,
   workers: number | undefined,
+  signal: AbortSignal | undefined,
 ): Promise<{ sessionId: string; packs: number; chunks: number; bytes: number; damaged: Damage[] }> {
   const session = await createSession(repo);
   const index = new SessionIndexWriter(repo, repo.store);
@@ -202,6 +226,8 @@ async function repackChunks(
   try {
     repacker = await Repacker.create(repo, p.sessions, session, writer, written, { workers, damageNote: "; the pack is kept" });
     for (const [i, x] of repack.entries()) {
+      // A stop ends the queueing: what is queued is written and indexed.
+      if (signal?.aborted === true) break;
       progress({ phase: "repack", done: i + 1, total: repack.length, unit: "items" });
       const old = await p.sessions.open(x.sessionId);
       const { entries } = await readPackTrailer(repo.crypto, repo.store, x.key, x.packId, x.size, old.key);

@@ -297,6 +297,37 @@ describe("interruption", () => {
     const log = await v(["audit", "log", "--json", "--action", "check --read-data"]);
     expect((JSON.parse(log.stdout) as { result: string; code?: number }[]).map((r) => `${r.result}:${r.code ?? ""}`)).toEqual(["started:", "failed:130"]);
   });
+
+  it("prune stopped with SIGINT while it repacks deletes nothing, indexes what it repacked into, and exits 130", async () => {
+    const { repo, src, v } = await newRepo();
+    const image = path.join(src, "big.raw");
+    await writeIncompressible(image, 8, "prn");
+    const first = await v(["--json", "backup", "--vm", "vm", image]);
+    expect(first.code, first.stderr).toBe(0);
+    // Every other 256 KiB rewritten: the first backup's packs are left half in use.
+    const h = await fsp.open(image, "r+");
+    for (let at = 0; at < 128 * 1024 * 1024; at += 512 * 1024) await h.write(seededBytes(`prn2 ${at}`, 256 * 1024), 0, 256 * 1024, at);
+    await h.close();
+    expect((await v(["backup", "--vm", "vm", image])).code).toBe(0);
+    expect((await v(["forget", (JSON.parse(first.stdout) as { snapshotId: string }).snapshotId])).code).toBe(0);
+    const listPacks = async (): Promise<string[]> => (await fsp.readdir(path.join(repo, "data"), { recursive: true })).filter((f) => f.includes("/")).sort();
+    const before = await listPacks();
+    const { child, out: printed, exit: exited } = watchCli(["--repo", repo, "--user", "admin", "--workers", "0", "prune", "--repack-unused", "0"], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
+    // Stopped once the first pack it repacks into is begun (its temporary file appears).
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline && (await listPacks()).length === before.length) await new Promise((r) => setTimeout(r, 5));
+    child.kill("SIGINT");
+    expect(await exited, printed.stderr).toBe(130);
+    expect(printed.stderr.trim()).toMatch(/^vmvault: prune interrupted \(SIGINT\) while it repacked; it deleted nothing, and (the pack it repacked into \(\d+\.\d MiB\) is|the \d+ packs it repacked into \(\d+\.\d MiB\) are) indexed$/);
+    const after = await listPacks();
+    expect(after.filter((f) => before.includes(f))).toEqual(before);
+    expect(after.filter((f) => path.basename(f).startsWith(".tmp-"))).toEqual([]);
+    const checked = await v(["--json", "check"]);
+    expect(checked.code, checked.stderr).toBe(0);
+    expect((JSON.parse(checked.stdout) as { warnings: string[] }).warnings).toEqual([]);
+    const log = await v(["audit", "log", "--json", "--action", "prune"]);
+    expect((JSON.parse(log.stdout) as { result: string; code?: number }[]).map((r) => `${r.result}:${r.code ?? ""}`)).toEqual(["started:", "failed:130"]);
+  });
 });
 
 /** Starts a restore of the latest snapshot into out and sends signal once its partial file appears. */

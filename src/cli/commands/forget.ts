@@ -4,7 +4,8 @@ import type { ForgetItem, ForgetResult } from "../../maintenance/forget.js";
 import { checkForgetRequest, isEmptyPolicy, parseDuration, type KeepPolicy } from "../../maintenance/policy.js";
 import { CliContext } from "../context.js";
 import { noun, plural, table } from "../output.js";
-import { repackPercent, runPrune, type PruneFlags } from "./prune.js";
+import type { Interrupts } from "../interrupt.js";
+import { repackPercent, runPrune, stopPrune, type PruneFlags } from "./prune.js";
 
 interface ForgetFlags extends PruneFlags {
   vm?: string;
@@ -23,7 +24,7 @@ interface ForgetFlags extends PruneFlags {
   reason?: string;
 }
 
-export function registerForget(program: Command): void {
+export function registerForget(program: Command, interrupts: Interrupts): void {
   program
     .command("forget")
     .description("remove snapshots, named or those the --keep-* rules do not keep (admin, operator); `prune` then frees their data")
@@ -77,7 +78,7 @@ export function registerForget(program: Command): void {
         for (const d of r.damaged) ctx.warn(`warning: ${d.object} (${d.problem}): not verified, left alone (forget it by its id to remove it)`);
         if (opts.prune === true) {
           if (!ctx.json) printForget(ctx, r, rules);
-          const pruned = await runPrune(ctx, vault, { dryRun: false, ...(opts.repackUnused === undefined ? {} : { repackUnused: opts.repackUnused }) }, false);
+          const pruned = await runPrune(ctx, vault, { dryRun: false, signal: stopPrune(interrupts), ...(opts.repackUnused === undefined ? {} : { repackUnused: opts.repackUnused }) }, false);
           // One JSON document for both (prune's damage, if any, was warned about on stderr).
           if (ctx.json) ctx.printJson({ ...r, prune: pruned });
         } else if (ctx.json) ctx.printJson(r);

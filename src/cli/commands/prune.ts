@@ -3,13 +3,14 @@ import { IntegrityError, UsageError } from "../../errors.js";
 import type { PruneResult } from "../../maintenance/prune.js";
 import type { Vault } from "../../vault.js";
 import { CliContext } from "../context.js";
+import type { Interrupts } from "../interrupt.js";
 import { formatBytes, plural } from "../output.js";
 
 export interface PruneFlags {
   readonly repackUnused?: number;
 }
 
-export function registerPrune(program: Command): void {
+export function registerPrune(program: Command, interrupts: Interrupts): void {
   program
     .command("prune")
     .description("delete the data no snapshot references (after forget), when no backup is running (admin, operator)")
@@ -19,7 +20,7 @@ export function registerPrune(program: Command): void {
       const ctx = new CliContext(command);
       const vault = await ctx.openVault();
       try {
-        await runPrune(ctx, vault, { ...opts, dryRun: opts.dryRun === true });
+        await runPrune(ctx, vault, { ...opts, dryRun: opts.dryRun === true, signal: stopPrune(interrupts) });
       } finally {
         ctx.endProgress();
         await vault.close();
@@ -31,11 +32,12 @@ export function registerPrune(program: Command): void {
  * Runs prune and prints its result (also for `forget --prune`, which prints the JSON of both
  * itself: `print` false); damage found while repacking fails the command (exit 5) once it is printed.
  */
-export async function runPrune(ctx: CliContext, vault: Vault, o: PruneFlags & { dryRun: boolean }, print = true): Promise<PruneResult> {
+export async function runPrune(ctx: CliContext, vault: Vault, o: PruneFlags & { dryRun: boolean; signal: AbortSignal }, print = true): Promise<PruneResult> {
   const progress = ctx.progress;
   const workers = ctx.workers;
   const r = await vault.prune({
     dryRun: o.dryRun,
+    signal: o.signal,
     ...(o.repackUnused === undefined ? {} : { repackUnused: o.repackUnused }),
     ...(progress === undefined ? {} : { progress }),
     ...(workers === undefined ? {} : { workers }),
@@ -71,6 +73,14 @@ export function printPrune(ctx: CliContext, r: PruneResult): void {
     `${r.dryRun ? "would free about" : "freed"} ${formatBytes(Math.max(0, freed))}: ${formatBytes(r.bytesAfter)} ${r.dryRun ? "would remain" : "remain"}` +
       (r.unusedBytesKept > 0 ? `, ${formatBytes(r.unusedBytesKept)} of it unused in packs mostly in use` : ""),
   );
+}
+
+/**
+ * Prune's stop request: the first SIGINT or SIGTERM stops it before it deletes anything (what it
+ * repacked stored and indexed); a second ends it at once, which leaves the repository consistent too.
+ */
+export function stopPrune(interrupts: Interrupts): AbortSignal {
+  return interrupts.cancellable("; stopped at once: the repository stays consistent, and the next prune does what this one left");
 }
 
 /** --repack-unused: a percentage from 0 to 100. */
