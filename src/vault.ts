@@ -205,7 +205,7 @@ export class Vault {
    * Admin: opens a new key epoch and re-seals every envelope to it; with `reencrypt`, also
    * rewrites all data under fresh keys and destroys the old epochs (resumes a killed run).
    */
-  async rotateKeys(o: { reencrypt?: boolean; newChunkKey?: boolean; progress?: ProgressSink; workers?: number } = {}): Promise<RotateResult | ReencryptResult> {
+  async rotateKeys(o: { reencrypt?: boolean; newChunkKey?: boolean; progress?: ProgressSink; workers?: number; signal?: AbortSignal } = {}): Promise<RotateResult | ReencryptResult> {
     if (o.newChunkKey === true && o.reencrypt !== true) {
       throw new UsageError("--new-chunk-key needs --reencrypt: every stored chunk must be rewritten under the new chunk IDs");
     }
@@ -214,7 +214,7 @@ export class Vault {
       // A re-encryption reads its checkpoint, sealed to the newest epoch, before it takes a lock:
       // from the newest registry, so one started by another admin since this vault was opened resumes.
       await refreshRegistryView(this.repository);
-      return (await import("./rotation/reencrypt.js")).reencrypt(this.repository, { newChunkKey: o.newChunkKey === true, ...progress, ...(o.workers === undefined ? {} : { workers: o.workers }) });
+      return (await import("./rotation/reencrypt.js")).reencrypt(this.repository, { newChunkKey: o.newChunkKey === true, ...progress, workers: o.workers, signal: o.signal });
     }
     return (await import("./rotation/rotate.js")).rotateKeys(this.repository, progress);
   }

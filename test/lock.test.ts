@@ -170,7 +170,7 @@ describe("repository locks", () => {
     // A signal aborted before the first attempt takes no lock at all.
     await expect(acquireLock(repo, "ls", false, { signal: AbortSignal.abort(new InterruptedError("stop", "SIGTERM")), stopped: "; it changed nothing" })).rejects.toMatchObject({
       signal: "SIGTERM",
-      message: "ls interrupted (SIGTERM) while it waited for the repository lock; it changed nothing",
+      message: "ls interrupted (SIGTERM) before it took the repository lock; it changed nothing",
     });
     expect(await listAll(repo.store, LOCK_PREFIX)).toEqual([]);
     await v.close();

@@ -1,7 +1,8 @@
 /**
  * A re-encryption rewrites old packs through the worker pool (the repacker prune uses): with any
  * worker count, with or without a new chunk-ID key, it writes each chunk once, the snapshots
- * restore byte for byte, and a chunk that does not verify is left out and named.
+ * restore byte for byte, and a chunk that does not verify is left out and named. Stopped on
+ * request, it ends at a checkpoint that the same command resumes.
  */
 import { promises as fsp } from "node:fs";
 import path from "node:path";
@@ -12,6 +13,8 @@ import { PACK_PREFIX } from "../src/format/layout.js";
 import type { ReencryptResult } from "../src/rotation/reencrypt.js";
 import { FsStore, KDF_TEST, Vault } from "../src/index.js";
 import { toHex } from "../src/util/bytes.js";
+import { InterruptedError } from "../src/errors.js";
+import { readCheckpoint } from "../src/rotation/checkpoint.js";
 import { passphrase, seededBytes, sha256File, tempDirs } from "./helpers/fixtures.js";
 
 const tmp = tempDirs();
@@ -88,6 +91,76 @@ describe("re-encryption on the worker pool", () => {
     expect(done.leftOut[0]?.object).toBe(victim.key);
     expect(done.leftOut[0]?.problem).toMatch(/\(chunk [0-9a-f]{16}…\)$/);
     expect((await v.keyStatus()).oldData.packs).toBe(0);
+    await v.close();
+  }, 120_000);
+});
+
+describe("re-encryption stopped on request", () => {
+  const sigint = (): InterruptedError => new InterruptedError("interrupted (SIGINT)", "SIGINT");
+
+  /** Restores both VMs byte for byte and finds nothing left under old keys. */
+  async function finished(v: Vault, images: Map<string, string>, ids: Map<string, string>): Promise<void> {
+    expect((await v.keyStatus()).oldData.packs).toBe(0);
+    for (const [vm, file] of images) {
+      const out = tmp("out");
+      await v.restore({ snapshot: ids.get(vm) ?? "", target: out, reason: "after a resumed re-encryption" });
+      expect(await sha256File(path.join(out, path.basename(file))), vm).toBe(await sha256File(file));
+    }
+    expect((await v.check({ readData: true })).damage).toEqual([]);
+  }
+
+  for (const newChunkKey of [false, true]) {
+    it(`while rewriting packs${newChunkKey ? " (new chunk-ID key)" : ""}: stores a checkpoint of the packs done, says so, and the same command resumes from it`, async () => {
+      const { dir, images, ids } = await twoVms();
+      const v = await Vault.open({ store: new FsStore(dir), user: "admin", passphrase: passphrase() });
+      const stop = new AbortController();
+      const stopped = v.rotateKeys({
+        reencrypt: true,
+        newChunkKey,
+        workers: 2,
+        signal: stop.signal,
+        progress: (e) => {
+          if (e.phase === "re-encrypt packs" && e.done === 11) stop.abort(sigint());
+        },
+      });
+      await expect(stopped).rejects.toMatchObject({
+        code: "E_INTERRUPTED",
+        signal: "SIGINT",
+        message: expect.stringMatching(/^re-encryption interrupted \(SIGINT\) at a checkpoint: 11 of \d+ old packs rewritten; `vmvault key rotate --reencrypt` resumes it$/),
+      });
+      const state = await readCheckpoint(v.repository);
+      expect(state?.phase).toBe("packs");
+      expect(state?.donePacks).toHaveLength(11);
+      const log = await v.auditLog({ action: "key rotate" });
+      expect(log.map((r) => `${r.result}:${r.code ?? ""}`)).toEqual(["succeeded:", "failed:130"]);
+      const resumed = (await v.rotateKeys({ reencrypt: true, workers: 2 })) as ReencryptResult;
+      expect(resumed.resumed).toBe(true);
+      expect(resumed.thisRun.packs).toBe(resumed.packsRewritten - 11);
+      await finished(v, images, ids);
+      await v.close();
+    }, 120_000);
+  }
+
+  it("while rewriting snapshots: says how many it rewrote, and the same command resumes", async () => {
+    const { dir, images, ids } = await twoVms();
+    const v = await Vault.open({ store: new FsStore(dir), user: "admin", passphrase: passphrase() });
+    const stop = new AbortController();
+    const stopped = v.rotateKeys({
+      reencrypt: true,
+      workers: 0,
+      signal: stop.signal,
+      progress: (e) => {
+        if (e.phase === "re-encrypt snapshots") stop.abort(sigint());
+      },
+    });
+    await expect(stopped).rejects.toMatchObject({
+      code: "E_INTERRUPTED",
+      message: "re-encryption interrupted (SIGINT): every old pack and 1 snapshot rewritten by this run; `vmvault key rotate --reencrypt` resumes it",
+    });
+    expect((await readCheckpoint(v.repository))?.phase).toBe("snapshots");
+    const resumed = (await v.rotateKeys({ reencrypt: true })) as ReencryptResult;
+    expect(resumed).toMatchObject({ resumed: true, snapshotsRewritten: 2, thisRun: { packs: 0, snapshots: 1 } });
+    await finished(v, images, ids);
     await v.close();
   }, 120_000);
 });

@@ -28,7 +28,7 @@ export interface LockOptions {
   /**
    * Ends the wait at once when aborted (a stop request during a long wait), with an
    * InterruptedError: "OPERATION interrupted (SIGNAL) while it waited for the repository lock"
-   * and {@link stopped}.
+   * (or "before it took the repository lock", when it had not had to wait) and {@link stopped}.
    */
   readonly signal?: AbortSignal | undefined;
   /** What a stop during the wait left, for people, after that line: "; nothing was restored". */
@@ -74,32 +74,34 @@ export function acquireReencryptionLock(repo: Repository, operation: string, opt
 
 function acquire(repo: Repository, prefix: string, operation: string, exclusive: boolean, options: LockOptions): Promise<Lock> {
   const signal = options.signal;
-  if (signal === undefined) return attempt(repo, prefix, operation, exclusive, options);
-  return attempt(repo, prefix, operation, exclusive, options).catch((e: unknown) => {
+  const waiting = { told: false };
+  if (signal === undefined) return attempt(repo, prefix, operation, exclusive, options, waiting);
+  return attempt(repo, prefix, operation, exclusive, options, waiting).catch((e: unknown) => {
     if (!signal.aborted) throw e;
-    throw InterruptedError.of(operation, signal.reason, ` while it waited for the repository lock${options.stopped ?? ""}`);
+    const when = waiting.told ? "while it waited for" : "before it took";
+    throw InterruptedError.of(operation, signal.reason, ` ${when} the repository lock${options.stopped ?? ""}`);
   });
 }
 
-async function attempt(repo: Repository, prefix: string, operation: string, exclusive: boolean, options: LockOptions): Promise<Lock> {
+/** waiting.told: set once the repository was found busy and waiting began. */
+async function attempt(repo: Repository, prefix: string, operation: string, exclusive: boolean, options: LockOptions, waiting: { told: boolean }): Promise<Lock> {
   const waitMs = options.waitMs ?? repo.env.lockWaitMs ?? 0;
   let waited = 0;
   let pause = RETRY_EVERY_MS;
-  let told = false;
   for (;;) {
     options.signal?.throwIfAborted();
     let lock: Lock;
     try {
-      lock = await tryLock(repo, prefix, operation, exclusive, told);
+      lock = await tryLock(repo, prefix, operation, exclusive, waiting.told);
     } catch (e) {
       if (!(e instanceof LockedError) || waited + pause > waitMs) throw e;
-      if (!told && e.holder !== undefined) {
+      if (!waiting.told && e.holder !== undefined) {
         const now = repo.env.clock();
         const until = new Date(now.getTime() + waitMs - waited).toISOString();
         const notice = `waiting up to ${formatSeconds(waitMs)} (until ${until}) for ${describeHolder(e.holder, now)}; the lock expires as stale at ${e.holder.staleAt} unless its holder refreshes it`;
         (options.onWait ?? repo.env.onLockWait)?.(notice, { holder: e.holder, waitMs, until });
       }
-      told = true;
+      waiting.told = true;
       await pauseFor(pause, options.signal);
       waited += pause;
       pause = Math.min(pause * 2, RETRY_AT_MOST_MS);

@@ -1,4 +1,4 @@
-import { IntegrityError, UsageError, type Damage } from "../errors.js";
+import { IntegrityError, InterruptedError, UsageError, type Damage } from "../errors.js";
 import { Compressor } from "../compress/compressor.js";
 import type { Secret } from "../crypto/secret.js";
 import { FormatError } from "../format/codec.js";
@@ -23,6 +23,7 @@ import { createSession, SessionKeyMissing, SessionKeys, type OpenedSession } fro
 import { BlobReader } from "../restore/blob-reader.js";
 import { listSnapshotKeys, readSnapshot, readSnapshotBody } from "../snapshot/store.js";
 import { fromHex, toHex } from "../util/bytes.js";
+import { plural } from "../util/text.js";
 import type { ProgressSink } from "../util/progress.js";
 import { rotateKeysThen } from "./rotate.js";
 import { checkSessionKeyPin, deleteCheckpoints, highestIdMapBatch, readCheckpoint, readIdMap, sessionKeyPin, writeCheckpoint, writeIdMapBatch, type ReencryptState } from "./checkpoint.js";
@@ -31,6 +32,9 @@ import { finishReencryption } from "./cleanup.js";
 import { listingsByPack, verifyListedChunks } from "./verify-pack.js";
 
 const PACKS_PER_CHECKPOINT = 8;
+
+/** What a stopped re-encryption's line ends with. */
+const RESUME = "; `vmvault key rotate --reencrypt` resumes it";
 
 export interface ReencryptOptions extends RunOptions {
   readonly newChunkKey?: boolean;
@@ -44,6 +48,12 @@ export interface RunOptions {
    * less than INLINE_JOB_BYTES of old packs; 0: all on the main thread).
    */
   readonly workers?: number | undefined;
+  /**
+   * A stop request: the re-encryption stores a checkpoint of the packs done (their new packs
+   * durable and indexed) and ends with an InterruptedError; the same command resumes it. Its
+   * last step (deleting the old data) is not stopped: it finishes.
+   */
+  readonly signal?: AbortSignal | undefined;
 }
 
 export interface ReencryptResult {
@@ -75,7 +85,7 @@ export async function reencrypt(repo: Repository, o: ReencryptOptions = {}): Pro
   await authorizeAudited(repo, "admin", "key rotate");
   // Held from before the checkpoint is read to after the cleanup: one that waited for another
   // run reads the checkpoint that run left (and, if it finished, starts a re-encryption anew).
-  const lock = await lockAudited(repo, { action: "key rotate", target: { reencrypt: "yes" } }, () => acquireReencryptionLock(repo, "re-encryption"));
+  const lock = await lockAudited(repo, { action: "key rotate", target: { reencrypt: "yes" } }, () => acquireReencryptionLock(repo, "re-encryption", { signal: o.signal, stopped: "; it changed nothing" }));
   try {
     const state = await readCheckpoint(repo);
     // Every ID-map batch the resume would use is checked (signed by an admin) before any work.
@@ -198,7 +208,7 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
   const progress = o.progress;
   let state = initial;
   const sessions = new SessionKeys(repo);
-  const lock = await acquireLock(repo, "re-encryption", false);
+  const lock = await acquireLock(repo, "re-encryption", false, { signal: o.signal, stopped: RESUME });
   let packsRewritten = 0;
   let snapshotsRewritten = 0;
   /** What nothing could read, so this run left it as it was (ReencryptResult.leftOut). */
@@ -261,22 +271,28 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
         newIds: state.newChunkKey,
         ...(state.newChunkKey ? { onMoved: (from: Uint8Array, to: Uint8Array) => pairs.push([toHex(from), toHex(to)]) } : {}),
       });
+      /** The batch's chunks written, its packs and index files stored, then its ID-map batch and the checkpoint naming its packs done. */
+      const checkpointBatch = async (): Promise<void> => {
+        await repacker.finish();
+        await packs.flush();
+        await index.flush();
+        if (pairs.length > 0) await writeIdMapBatch(repo, state.targetEpoch, ++mapBatch, pairs);
+        state = await writeCheckpoint(repo, { ...state, donePacks: [...state.donePacks, ...batch] }, state.checkpoint);
+        batch = [];
+        pairs = [];
+      };
       try {
         for (const [i, packId] of todo.entries()) {
+          if (o.signal?.aborted === true) {
+            if (batch.length > 0) await checkpointBatch();
+            throw InterruptedError.of("re-encryption", o.signal.reason, ` at a checkpoint: ${state.donePacks.length} of ${state.oldPacks.length} old packs rewritten${RESUME}`);
+          }
           progress?.({ phase: "re-encrypt packs", done: i + 1, total: todo.length, unit: "items" });
           const listings = indexed.get(packId);
           if (listings !== undefined) await submitPack(repo, sessions, repacker, packId, listings, state.newChunkKey ? undefined : written, (d) => leftOut.push(d));
           batch.push(packId);
           packsRewritten++;
-          if (batch.length >= PACKS_PER_CHECKPOINT || i === todo.length - 1) {
-            await repacker.finish();
-            await packs.flush();
-            await index.flush();
-            if (pairs.length > 0) await writeIdMapBatch(repo, state.targetEpoch, ++mapBatch, pairs);
-            state = await writeCheckpoint(repo, { ...state, donePacks: [...state.donePacks, ...batch] }, state.checkpoint);
-            batch = [];
-            pairs = [];
-          }
+          if (batch.length >= PACKS_PER_CHECKPOINT || i === todo.length - 1) await checkpointBatch();
         }
       } finally {
         leftOut.push(...repacker.damaged);
@@ -293,6 +309,8 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
       let n = 0;
       let doneSnapshots = 0;
       for (const [, keys] of all) {
+        // Each snapshot is rewritten whole, its chunks stored first: between two, nothing is half done.
+        if (o.signal?.aborted === true) throw InterruptedError.of("re-encryption", o.signal.reason, `: every old pack and ${plural(snapshotsRewritten, "snapshot")} rewritten by this run${RESUME}`);
         progress?.({ phase: "re-encrypt snapshots", done: ++n, total: all.size, unit: "items" });
         const newest = keys[0];
         if (newest === undefined) continue;

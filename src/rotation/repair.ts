@@ -1,4 +1,4 @@
-import { IntegrityError, UsageError } from "../errors.js";
+import { IntegrityError, InterruptedError, UsageError } from "../errors.js";
 import type { IndexedPack } from "../format/index-file.js";
 import { listAll } from "../storage/types.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
@@ -67,9 +67,13 @@ export async function repairReencryption(repo: Repository, o: RepairReencryptOpt
     run: async () => {
       // Held from the judging of the checkpoint to the end of the resume it hands over to: no
       // `key rotate --reencrypt` resumes (and no other repair runs) in between.
-      const lock = await acquireReencryptionLock(repo, "re-encryption repair");
+      const lock = await acquireReencryptionLock(repo, "re-encryption repair", { signal: o.signal, stopped: "; it changed nothing" });
       try {
-        const { state, rebuilt } = await rebuild(repo, o.progress);
+        const { state, rebuilt } = await rebuild(repo, o.progress, o.signal).catch((e: unknown) => {
+          // The stop's own reason, from the verifying (the lock waits say what they were waiting for).
+          if (o.signal?.aborted !== true || e !== o.signal.reason) throw e;
+          throw InterruptedError.of("re-encryption repair", o.signal.reason, " while it verified what was re-encrypted; it changed nothing, and `vmvault repair reencrypt` starts it again");
+        });
         return { ...(await resumeReencryption(repo, state, o)), rebuilt };
       } finally {
         await lock.release();
@@ -79,10 +83,10 @@ export async function repairReencryption(repo: Repository, o: RepairReencryptOpt
   });
 }
 
-async function rebuild(repo: Repository, progress: ProgressSink | undefined): Promise<{ state: ReencryptState; rebuilt: RebuiltCheckpoint | null }> {
+async function rebuild(repo: Repository, progress: ProgressSink | undefined, signal: AbortSignal | undefined): Promise<{ state: ReencryptState; rebuilt: RebuiltCheckpoint | null }> {
   // Exclusive: nothing is written while the state is judged and replaced (no re-encryption or
   // other repair runs at all: the caller holds the re-encryption lock).
-  const lock = await acquireLock(repo, "re-encryption repair", true);
+  const lock = await acquireLock(repo, "re-encryption repair", true, { signal, stopped: "; it changed nothing" });
   try {
     const stored = await checkpointObjects(repo);
     const pending = pendingChunkKeyEpochs(repo);
@@ -105,7 +109,7 @@ async function rebuild(repo: Repository, progress: ProgressSink | undefined): Pr
         "run `vmvault key rotate --reencrypt`: it resumes the re-encryption where it stopped",
       );
     }
-    const derived = await derive(repo, throttled(progress));
+    const derived = await derive(repo, throttled(progress), signal);
     // Nothing is deleted before the new checkpoint is stored: until then the newest checkpoint
     // is still the damaged one (or none, with the old ID maps or an old chunk-ID key left), so
     // a repair interrupted here is simply run again. The rebuilt ID map goes into batches
@@ -180,7 +184,7 @@ function openUnless(sessions: SessionKeys, sessionId: string, kind: abstract new
 }
 
 /** Rebuilds the re-encryption's state from the registry, the index, the snapshots and the packs themselves. */
-async function derive(repo: Repository, progress: ProgressSink): Promise<Derived> {
+async function derive(repo: Repository, progress: ProgressSink, signal: AbortSignal | undefined): Promise<Derived> {
   const latest = repo.chain.latest;
   const targetEpoch = latest.currentEpoch;
   const targetInfo = latest.epochs.find((e) => e.id === targetEpoch);
@@ -273,6 +277,8 @@ async function derive(repo: Repository, progress: ProgressSink): Promise<Derived
     const oldKeys = [...rekeyed].map((k) => chunkKeyFor(repo, k));
     let done = 0;
     for (const [packId, listings] of candidates) {
+      // Stopped before the new checkpoint is stored, it has changed nothing.
+      signal?.throwIfAborted();
       progress({ phase: "verify re-encrypted packs", done: ++done, total: candidates.size, unit: "items" });
       const pairs: [string, string][] = [];
       const checked = await verifyListedChunks(repo, sessions, packId, listings, (e, plain) => {

@@ -156,7 +156,7 @@ describe("a backup stopped on request", () => {
     await expect(v.backup({ vm: "vm", sources: [image], signal: stop.signal })).rejects.toMatchObject({
       code: "E_INTERRUPTED",
       signal: "SIGTERM",
-      message: "backup interrupted (SIGTERM) while it waited for the repository lock; no snapshot was saved and nothing was stored",
+      message: "backup interrupted (SIGTERM) before it took the repository lock; no snapshot was saved and nothing was stored",
     });
     expect(await listAll(new FsStore(dir), "data/")).toEqual([]);
     await v.close();

@@ -36,6 +36,11 @@ async function writeIncompressible(image: string, n: number, seed: string): Prom
   await h.close();
 }
 
+/** The files under a repository's data/ folder: its packs, and the temporary file of one being written. */
+async function packFiles(repo: string): Promise<string[]> {
+  return (await fsp.readdir(path.join(repo, "data"), { recursive: true })).filter((f) => f.includes("/")).sort();
+}
+
 describe("bad input gives a clear error, the documented exit code, and no partial state", () => {
   it("wrong passphrase: exit 3, nothing written", async () => {
     const { repo, v } = await newRepo();
@@ -310,16 +315,15 @@ describe("interruption", () => {
     await h.close();
     expect((await v(["backup", "--vm", "vm", image])).code).toBe(0);
     expect((await v(["forget", (JSON.parse(first.stdout) as { snapshotId: string }).snapshotId])).code).toBe(0);
-    const listPacks = async (): Promise<string[]> => (await fsp.readdir(path.join(repo, "data"), { recursive: true })).filter((f) => f.includes("/")).sort();
-    const before = await listPacks();
+    const before = await packFiles(repo);
     const { child, out: printed, exit: exited } = watchCli(["--repo", repo, "--user", "admin", "--workers", "0", "prune", "--repack-unused", "0"], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
     // Stopped once the first pack it repacks into is begun (its temporary file appears).
     const deadline = Date.now() + 30_000;
-    while (Date.now() < deadline && (await listPacks()).length === before.length) await new Promise((r) => setTimeout(r, 5));
+    while (Date.now() < deadline && (await packFiles(repo)).length === before.length) await new Promise((r) => setTimeout(r, 5));
     child.kill("SIGINT");
     expect(await exited, printed.stderr).toBe(130);
     expect(printed.stderr.trim()).toMatch(/^vmvault: prune interrupted \(SIGINT\) while it repacked; it deleted nothing, and (the pack it repacked into \(\d+\.\d MiB\) is|the \d+ packs it repacked into \(\d+\.\d MiB\) are) indexed$/);
-    const after = await listPacks();
+    const after = await packFiles(repo);
     expect(after.filter((f) => before.includes(f))).toEqual(before);
     expect(after.filter((f) => path.basename(f).startsWith(".tmp-"))).toEqual([]);
     const checked = await v(["--json", "check"]);
@@ -327,6 +331,26 @@ describe("interruption", () => {
     expect((JSON.parse(checked.stdout) as { warnings: string[] }).warnings).toEqual([]);
     const log = await v(["audit", "log", "--json", "--action", "prune"]);
     expect((JSON.parse(log.stdout) as { result: string; code?: number }[]).map((r) => `${r.result}:${r.code ?? ""}`)).toEqual(["started:", "failed:130"]);
+  });
+
+  it("key rotate --reencrypt stopped with SIGINT stores a checkpoint, says how far it got, exits 130, and the same command resumes", async () => {
+    const { repo, src, v } = await newRepo();
+    const image = path.join(src, "big.raw");
+    await writeIncompressible(image, 8, "rot");
+    expect((await v(["backup", "--vm", "vm", image])).code).toBe(0);
+    const before = (await packFiles(repo)).length;
+    const { child, out: printed, exit: exited } = watchCli(["--repo", repo, "--user", "admin", "--workers", "0", "key", "rotate", "--reencrypt"], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
+    // Stopped once it begins the first new pack (its temporary file appears).
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline && (await packFiles(repo)).length === before) await new Promise((r) => setTimeout(r, 5));
+    child.kill("SIGINT");
+    expect(await exited, printed.stderr).toBe(130);
+    expect(printed.stderr.trim()).toMatch(/^vmvault: re-encryption interrupted \(SIGINT\) at a checkpoint: \d of 9 old packs rewritten; `vmvault key rotate --reencrypt` resumes it$/);
+    const status = await v(["--json", "key", "status"]);
+    expect((JSON.parse(status.stdout) as { reencryption: unknown }).reencryption).not.toBeNull();
+    const resumed = await v(["key", "rotate", "--reencrypt"]);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    expect(resumed.stdout).toMatch(/^re-encryption resumed and finished: 9 packs and 1 snapshot rewritten under epoch 2/m);
   });
 });
 

@@ -5,10 +5,16 @@ import type { Interrupts } from "../interrupt.js";
 import { formatBytes, noun, plural, table } from "../output.js";
 
 /** Runs a rotation and prints what it did; shared by `key rotate` and `user remove --rotate`. */
-export async function runRotation(ctx: CliContext, vault: Vault, o: { reencrypt: boolean; newChunkKey: boolean }): Promise<unknown> {
+export async function runRotation(ctx: CliContext, vault: Vault, o: { reencrypt: boolean; newChunkKey: boolean; signal?: AbortSignal }): Promise<unknown> {
   const progress = ctx.progress;
   const workers = ctx.workers;
-  const r = await vault.rotateKeys({ reencrypt: o.reencrypt, newChunkKey: o.newChunkKey, ...(progress === undefined ? {} : { progress }), ...(workers === undefined ? {} : { workers }) });
+  const r = await vault.rotateKeys({
+    reencrypt: o.reencrypt,
+    newChunkKey: o.newChunkKey,
+    ...(progress === undefined ? {} : { progress }),
+    ...(workers === undefined ? {} : { workers }),
+    ...(o.signal === undefined ? {} : { signal: o.signal }),
+  });
   ctx.endProgress();
   if (!ctx.json) {
     if ("resealed" in r) {
@@ -43,14 +49,14 @@ export function registerKey(program: Command, interrupts: Interrupts): void {
     .option("--reencrypt", "rewrite all data under fresh keys, then destroy the old epochs (resumable)")
     .option("--new-chunk-key", "with --reencrypt: also draw a new chunk-ID key")
     .action(async (opts: { reencrypt?: boolean; newChunkKey?: boolean }, command: Command) => {
-      interrupts.note =
-        opts.reencrypt === true
-          ? "; run `vmvault key rotate --reencrypt` again: it resumes from its last checkpoint (until then `vmvault key status` shows its progress)"
-          : "; run `vmvault key rotate` again: it opens a new epoch and re-seals every envelope to it";
+      // A re-encryption stops at a checkpoint on the first signal; a plain rotation, short, at once.
+      const resume = "; run `vmvault key rotate --reencrypt` again: it resumes from its last checkpoint (until then `vmvault key status` shows its progress)";
+      const signal = opts.reencrypt === true ? interrupts.cancellable(resume) : undefined;
+      if (signal === undefined) interrupts.note = "; run `vmvault key rotate` again: it opens a new epoch and re-seals every envelope to it";
       const ctx = new CliContext(command);
       const vault = await ctx.openVault();
       try {
-        const r = await runRotation(ctx, vault, { reencrypt: opts.reencrypt === true, newChunkKey: opts.newChunkKey === true });
+        const r = await runRotation(ctx, vault, { reencrypt: opts.reencrypt === true, newChunkKey: opts.newChunkKey === true, ...(signal === undefined ? {} : { signal }) });
         if (ctx.json) ctx.printJson(r);
       } finally {
         ctx.endProgress();

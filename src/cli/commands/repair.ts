@@ -32,13 +32,14 @@ export function registerRepair(program: Command, interrupts: Interrupts): void {
     .command("reencrypt")
     .description("finish a re-encryption whose checkpoint is damaged, unreadable or missing: rebuild its progress from the repository (admin)")
     .action(async (_opts: object, command: Command) => {
-      interrupts.note = "; run `vmvault repair reencrypt` again: it rebuilds the checkpoint again, or resumes from the one it rebuilt";
+      // Once the checkpoint is rebuilt, the resume stops at a checkpoint on the first signal.
+      const signal = interrupts.cancellable("; run `vmvault repair reencrypt` again: it rebuilds the checkpoint again, or resumes from the one it rebuilt");
       const ctx = new CliContext(command);
       const vault = await ctx.openVault();
       try {
         const progress = ctx.progress;
         const workers = ctx.workers;
-        const r = await vault.repairReencryption({ ...(progress === undefined ? {} : { progress }), ...(workers === undefined ? {} : { workers }) });
+        const r = await vault.repairReencryption({ ...(progress === undefined ? {} : { progress }), ...(workers === undefined ? {} : { workers }), signal });
         ctx.endProgress();
         if (ctx.json) ctx.printJson(r);
         else {
