@@ -5,9 +5,10 @@ const SIGNALS = ["SIGINT", "SIGTERM"] as const;
 
 /**
  * SIGINT and SIGTERM, handled here and nowhere else. A command that can stop cleanly (a restore,
- * a backup, a check, an export, a listing) takes the signal with `cancellable()`: the first
- * SIGINT or SIGTERM aborts it, and it tidies up (a restore removes its partial files, a backup
- * indexes the packs it stored), records the outcome and ends with an InterruptedError. Any other
+ * a backup, a check, an export, a listing, a prune, a re-encryption) takes the signal with
+ * `cancellable()`: the first SIGINT or SIGTERM aborts it, and it tidies up (a restore removes its
+ * partial files, a backup and a prune index the packs they stored, a re-encryption stores a
+ * checkpoint), records the outcome and ends with an InterruptedError. Any other
  * command, or a second signal, ends the process at once with one line on stderr: what it wrote is
  * safe to abandon (a backup's repository stays consistent, as after a crash). Either way the exit
  * status is the shell's for that signal: 130 for SIGINT, 143 for SIGTERM.
