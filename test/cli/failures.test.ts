@@ -303,6 +303,23 @@ describe("interruption", () => {
     expect((JSON.parse(log.stdout) as { result: string; code?: number }[]).map((r) => `${r.result}:${r.code ?? ""}`)).toEqual(["started:", "failed:130"]);
   });
 
+  it("check --snapshot stopped with SIGINT says how much of the snapshot it verified and exits 130", async () => {
+    const { repo, src, v } = await newRepo();
+    const image = path.join(src, "big.raw");
+    await writeIncompressible(image, 16, "cks");
+    expect((await v(["backup", "--vm", "vm", image])).code).toBe(0);
+    const { child, out: printed, exit: exited } = watchCli(["--repo", repo, "--user", "admin", "--progress", "--workers", "0", "check", "--snapshot", "latest"], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
+    // Stopped once it reports verifying the snapshot's data (256 MiB of it).
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline && !printed.stderr.includes("verify ")) await new Promise((r) => setTimeout(r, 5));
+    child.kill("SIGINT");
+    expect(await exited, printed.stderr).toBe(130);
+    const said = printed.stderr.replaceAll("\x1b[K", "").split(/[\r\n]+/).filter((l) => l.startsWith("vmvault:"));
+    expect(said).toEqual([expect.stringMatching(/^vmvault: check interrupted \(SIGINT\) after verifying \d+\.\d MiB of snapshot data; it changed nothing$/)]);
+    const log = await v(["audit", "log", "--json", "--action", "check --read-data"]);
+    expect((JSON.parse(log.stdout) as { result: string; code?: number }[]).map((r) => `${r.result}:${r.code ?? ""}`)).toEqual(["started:", "failed:130"]);
+  });
+
   it("prune stopped with SIGINT while it repacks deletes nothing, indexes what it repacked into, and exits 130", async () => {
     const { repo, src, v } = await newRepo();
     const image = path.join(src, "big.raw");
