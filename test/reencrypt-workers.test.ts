@@ -38,6 +38,17 @@ async function twoVms(): Promise<{ dir: string; images: Map<string, string>; ids
   return { dir, images, ids };
 }
 
+/** Restores both VMs byte for byte and finds nothing left under old keys. */
+async function finished(v: Vault, images: Map<string, string>, ids: Map<string, string>): Promise<void> {
+  expect((await v.keyStatus()).oldData.packs).toBe(0);
+  for (const [vm, file] of images) {
+    const out = tmp("out");
+    await v.restore({ snapshot: ids.get(vm) ?? "", target: out, reason: "after re-encryption" });
+    expect(await sha256File(path.join(out, path.basename(file))), vm).toBe(await sha256File(file));
+  }
+  expect((await v.check({ readData: true })).damage).toEqual([]);
+}
+
 /** The chunk IDs the index lists, in hex, sorted. */
 async function chunkIds(v: Vault): Promise<string[]> {
   const index = await loadIndex(v.repository);
@@ -63,13 +74,7 @@ describe("re-encryption on the worker pool", () => {
           expect((await v.prune({ repackUnused: 0, workers })).packsRepacked).toBeGreaterThan(0);
           expect(await chunkIds(v)).toHaveLength(before.length);
         } else expect(after).toEqual(before);
-        expect((await v.keyStatus()).oldData.packs).toBe(0);
-        for (const [vm, file] of images) {
-          const out = tmp("out");
-          await v.restore({ snapshot: ids.get(vm) ?? "", target: out, reason: "after re-encryption" });
-          expect(await sha256File(path.join(out, path.basename(file))), vm).toBe(await sha256File(file));
-        }
-        expect((await v.check({ readData: true })).damage).toEqual([]);
+        await finished(v, images, ids);
         await v.close();
       }, 120_000);
     }
@@ -97,17 +102,6 @@ describe("re-encryption on the worker pool", () => {
 
 describe("re-encryption stopped on request", () => {
   const sigint = (): InterruptedError => new InterruptedError("interrupted (SIGINT)", "SIGINT");
-
-  /** Restores both VMs byte for byte and finds nothing left under old keys. */
-  async function finished(v: Vault, images: Map<string, string>, ids: Map<string, string>): Promise<void> {
-    expect((await v.keyStatus()).oldData.packs).toBe(0);
-    for (const [vm, file] of images) {
-      const out = tmp("out");
-      await v.restore({ snapshot: ids.get(vm) ?? "", target: out, reason: "after a resumed re-encryption" });
-      expect(await sha256File(path.join(out, path.basename(file))), vm).toBe(await sha256File(file));
-    }
-    expect((await v.check({ readData: true })).damage).toEqual([]);
-  }
 
   for (const newChunkKey of [false, true]) {
     it(`while rewriting packs${newChunkKey ? " (new chunk-ID key)" : ""}: stores a checkpoint of the packs done, says so, and the same command resumes from it`, async () => {

@@ -36,6 +36,27 @@ async function writeIncompressible(image: string, n: number, seed: string): Prom
   await h.close();
 }
 
+/** A new repository holding one backup (VM "vm") of an image of n × 16 MiB of incompressible bytes. */
+async function backedUp(n: number, seed: string): Promise<{ repo: string; v: ReturnType<typeof vault>; image: string }> {
+  const { repo, src, v } = await newRepo();
+  const image = path.join(src, "big.raw");
+  await writeIncompressible(image, n, seed);
+  const r = await v(["backup", "--vm", "vm", image]);
+  expect(r.code, r.stderr).toBe(0);
+  return { repo, v, image };
+}
+
+/** The outcomes the audit trail recorded for an action, as "result:code". */
+async function auditOutcomes(v: ReturnType<typeof vault>, action: string): Promise<string[]> {
+  const log = await v(["audit", "log", "--json", "--action", action]);
+  return (JSON.parse(log.stdout) as { result: string; code?: number }[]).map((r) => `${r.result}:${r.code ?? ""}`);
+}
+
+/** The lines of stderr the CLI printed as itself; a progress line rewrites itself (\r) and is cleared (ESC [K) before the last line. */
+function vmvaultLines(stderr: string): string[] {
+  return stderr.replaceAll("\x1b[K", "").split(/[\r\n]+/).filter((l) => l.startsWith("vmvault:"));
+}
+
 /** The files under a repository's data/ folder: its packs, and the temporary file of one being written. */
 async function packFiles(repo: string): Promise<string[]> {
   return (await fsp.readdir(path.join(repo, "data"), { recursive: true })).filter((f) => f.includes("/")).sort();
@@ -234,10 +255,7 @@ describe("interruption", () => {
     expect(stderr.trim().split("\n")).toHaveLength(1);
     expect(stderr).toMatch(new RegExp(`^vmvault: restore interrupted \\(${signal}\\); its partial files were removed`));
     expect(await fsp.readdir(out)).toEqual([]);
-    const log = await v(["audit", "log", "--json", "--action", "restore"]);
-    expect(log.code, log.stderr).toBe(0);
-    const records = (JSON.parse(log.stdout) as { result: string; code?: number }[]).map((r) => `${r.result}:${r.code ?? ""}`);
-    expect(records.slice(-2)).toEqual(["started:", `failed:${status}`]);
+    expect((await auditOutcomes(v, "restore")).slice(-2)).toEqual(["started:", `failed:${status}`]);
   });
 
   it("a restore killed with SIGKILL leaves a hidden partial file; the next restore into the folder names it and leaves it", async () => {
@@ -278,46 +296,30 @@ describe("interruption", () => {
     const check = await v(["check"]);
     expect(check.code, check.stdout + check.stderr).toBe(0);
     expect(check.stderr.split("\n").filter((l) => l.startsWith("warning:") && !l.includes("VMVAULT_INSECURE_TEST_KDF"))).toEqual([]);
-    const log = await v(["audit", "log", "--json", "--action", "backup"]);
-    expect((JSON.parse(log.stdout) as { result: string; code?: number }[]).map((r) => `${r.result}:${r.code ?? ""}`)).toEqual([`failed:${status}`]);
+    expect(await auditOutcomes(v, "backup")).toEqual([`failed:${status}`]);
     const again = await v(["--json", "backup", "--vm", "vm", image]);
     expect(again.code, again.stderr).toBe(0);
     const r = JSON.parse(again.stdout) as { chunks: number; newChunks: number };
     expect(r.newChunks).toBeLessThan(r.chunks);
   });
   it("check --read-data stopped with SIGINT says how much it verified, records the check as failed, and exits 130", async () => {
-    const { repo, src, v } = await newRepo();
-    const image = path.join(src, "big.raw");
-    await writeIncompressible(image, 16, "chk");
-    expect((await v(["backup", "--vm", "vm", image])).code).toBe(0);
-    const { child, out: printed, exit: exited } = watchCli(["--repo", repo, "--user", "admin", "--progress", "check", "--read-data"], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
-    // Stop it once it reports reading the packs' data (256 MiB of it).
-    const deadline = Date.now() + 30_000;
-    while (Date.now() < deadline && !printed.stderr.includes("check data")) await new Promise((r) => setTimeout(r, 5));
-    child.kill("SIGINT");
-    expect(await exited).toBe(130);
-    // The progress line rewrites itself (\r) and is cleared (ESC [K) before the last line.
-    const said = printed.stderr.replaceAll("\x1b[K", "").split(/[\r\n]+/).filter((l) => l.startsWith("vmvault:"));
+    const { repo, v } = await backedUp(16, "chk");
+    // Stopped once it reports reading the packs' data (256 MiB of it).
+    const { code, stderr } = await interruptWhen(repo, ["--progress", "check", "--read-data"], (e) => e.includes("check data"));
+    expect(code).toBe(130);
+    const said = vmvaultLines(stderr);
     expect(said).toEqual([expect.stringMatching(/^vmvault: check interrupted \(SIGINT\) (before it verified any pack data|after verifying \d+\.\d MiB of pack data); it changed nothing$/)]);
-    const log = await v(["audit", "log", "--json", "--action", "check --read-data"]);
-    expect((JSON.parse(log.stdout) as { result: string; code?: number }[]).map((r) => `${r.result}:${r.code ?? ""}`)).toEqual(["started:", "failed:130"]);
+    expect(await auditOutcomes(v, "check --read-data")).toEqual(["started:", "failed:130"]);
   });
 
   it("check --snapshot stopped with SIGINT says how much of the snapshot it verified and exits 130", async () => {
-    const { repo, src, v } = await newRepo();
-    const image = path.join(src, "big.raw");
-    await writeIncompressible(image, 16, "cks");
-    expect((await v(["backup", "--vm", "vm", image])).code).toBe(0);
-    const { child, out: printed, exit: exited } = watchCli(["--repo", repo, "--user", "admin", "--progress", "--workers", "0", "check", "--snapshot", "latest"], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
+    const { repo, v } = await backedUp(16, "cks");
     // Stopped once it reports verifying the snapshot's data (256 MiB of it).
-    const deadline = Date.now() + 30_000;
-    while (Date.now() < deadline && !printed.stderr.includes("verify ")) await new Promise((r) => setTimeout(r, 5));
-    child.kill("SIGINT");
-    expect(await exited, printed.stderr).toBe(130);
-    const said = printed.stderr.replaceAll("\x1b[K", "").split(/[\r\n]+/).filter((l) => l.startsWith("vmvault:"));
+    const { code, stderr } = await interruptWhen(repo, ["--progress", "--workers", "0", "check", "--snapshot", "latest"], (e) => e.includes("verify "));
+    expect(code, stderr).toBe(130);
+    const said = vmvaultLines(stderr);
     expect(said).toEqual([expect.stringMatching(/^vmvault: check interrupted \(SIGINT\) after verifying \d+\.\d MiB of snapshot data; it changed nothing$/)]);
-    const log = await v(["audit", "log", "--json", "--action", "check --read-data"]);
-    expect((JSON.parse(log.stdout) as { result: string; code?: number }[]).map((r) => `${r.result}:${r.code ?? ""}`)).toEqual(["started:", "failed:130"]);
+    expect(await auditOutcomes(v, "check --read-data")).toEqual(["started:", "failed:130"]);
   });
 
   it("prune stopped with SIGINT while it repacks deletes nothing, indexes what it repacked into, and exits 130", async () => {
@@ -333,36 +335,26 @@ describe("interruption", () => {
     expect((await v(["backup", "--vm", "vm", image])).code).toBe(0);
     expect((await v(["forget", (JSON.parse(first.stdout) as { snapshotId: string }).snapshotId])).code).toBe(0);
     const before = await packFiles(repo);
-    const { child, out: printed, exit: exited } = watchCli(["--repo", repo, "--user", "admin", "--workers", "0", "prune", "--repack-unused", "0"], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
     // Stopped once the first pack it repacks into is begun (its temporary file appears).
-    const deadline = Date.now() + 30_000;
-    while (Date.now() < deadline && (await packFiles(repo)).length === before.length) await new Promise((r) => setTimeout(r, 5));
-    child.kill("SIGINT");
-    expect(await exited, printed.stderr).toBe(130);
-    expect(printed.stderr.trim()).toMatch(/^vmvault: prune interrupted \(SIGINT\) while it repacked; it deleted nothing, and (the pack it repacked into \(\d+\.\d MiB\) is|the \d+ packs it repacked into \(\d+\.\d MiB\) are) indexed$/);
+    const { code, stderr } = await interruptWhen(repo, ["--workers", "0", "prune", "--repack-unused", "0"], async () => (await packFiles(repo)).length > before.length);
+    expect(code, stderr).toBe(130);
+    expect(stderr.trim()).toMatch(/^vmvault: prune interrupted \(SIGINT\) while it repacked; it deleted nothing, and (the pack it repacked into \(\d+\.\d MiB\) is|the \d+ packs it repacked into \(\d+\.\d MiB\) are) indexed$/);
     const after = await packFiles(repo);
     expect(after.filter((f) => before.includes(f))).toEqual(before);
     expect(after.filter((f) => path.basename(f).startsWith(".tmp-"))).toEqual([]);
     const checked = await v(["--json", "check"]);
     expect(checked.code, checked.stderr).toBe(0);
     expect((JSON.parse(checked.stdout) as { warnings: string[] }).warnings).toEqual([]);
-    const log = await v(["audit", "log", "--json", "--action", "prune"]);
-    expect((JSON.parse(log.stdout) as { result: string; code?: number }[]).map((r) => `${r.result}:${r.code ?? ""}`)).toEqual(["started:", "failed:130"]);
+    expect(await auditOutcomes(v, "prune")).toEqual(["started:", "failed:130"]);
   });
 
   it("key rotate --reencrypt stopped with SIGINT stores a checkpoint, says how far it got, exits 130, and the same command resumes", async () => {
-    const { repo, src, v } = await newRepo();
-    const image = path.join(src, "big.raw");
-    await writeIncompressible(image, 8, "rot");
-    expect((await v(["backup", "--vm", "vm", image])).code).toBe(0);
+    const { repo, v } = await backedUp(8, "rot");
     const before = (await packFiles(repo)).length;
-    const { child, out: printed, exit: exited } = watchCli(["--repo", repo, "--user", "admin", "--workers", "0", "key", "rotate", "--reencrypt"], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
     // Stopped once it begins the first new pack (its temporary file appears).
-    const deadline = Date.now() + 30_000;
-    while (Date.now() < deadline && (await packFiles(repo)).length === before) await new Promise((r) => setTimeout(r, 5));
-    child.kill("SIGINT");
-    expect(await exited, printed.stderr).toBe(130);
-    expect(printed.stderr.trim()).toMatch(/^vmvault: re-encryption interrupted \(SIGINT\) at a checkpoint: \d of 9 old packs rewritten; `vmvault key rotate --reencrypt` resumes it$/);
+    const { code, stderr } = await interruptWhen(repo, ["--workers", "0", "key", "rotate", "--reencrypt"], async () => (await packFiles(repo)).length > before);
+    expect(code, stderr).toBe(130);
+    expect(stderr.trim()).toMatch(/^vmvault: re-encryption interrupted \(SIGINT\) at a checkpoint: \d of 9 old packs rewritten; `vmvault key rotate --reencrypt` resumes it$/);
     const status = await v(["--json", "key", "status"]);
     expect((JSON.parse(status.stdout) as { reencryption: unknown }).reencryption).not.toBeNull();
     const resumed = await v(["key", "rotate", "--reencrypt"]);
@@ -372,10 +364,15 @@ describe("interruption", () => {
 });
 
 /** Starts a restore of the latest snapshot into out and sends signal once its partial file appears. */
-async function interruptOnPartial(repo: string, out: string, signal: NodeJS.Signals): Promise<{ code: number; stderr: string }> {
-  const { child, out: printed, exit: exited } = watchCli(["--repo", repo, "--user", "admin", "restore", "latest", "--target", out, "--reason", "interrupt me"], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
+function interruptOnPartial(repo: string, out: string, signal: NodeJS.Signals): Promise<{ code: number; stderr: string }> {
+  return interruptWhen(repo, ["restore", "latest", "--target", out, "--reason", "interrupt me"], async () => (await fsp.readdir(out)).some((n) => n.includes(".vmvault-partial-")), signal);
+}
+
+/** Runs the CLI as admin on repo and sends it signal once ready() holds (asked every few ms, for up to 30 s); its exit status and stderr. */
+async function interruptWhen(repo: string, args: readonly string[], ready: (stderr: string) => boolean | Promise<boolean>, signal: NodeJS.Signals = "SIGINT"): Promise<{ code: number; stderr: string }> {
+  const { child, out: printed, exit: exited } = watchCli(["--repo", repo, "--user", "admin", ...args], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
   const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline && !(await fsp.readdir(out)).some((n) => n.includes(".vmvault-partial-"))) await new Promise((r) => setTimeout(r, 2));
+  while (Date.now() < deadline && !(await ready(printed.stderr))) await new Promise((r) => setTimeout(r, 2));
   child.kill(signal);
   return { code: await exited, stderr: printed.stderr };
 }

@@ -41,6 +41,14 @@ async function halfForgotten(): Promise<{ dir: string; image: string; first: str
 
 const sigterm = (): InterruptedError => new InterruptedError("interrupted (SIGTERM)", "SIGTERM");
 
+/** A FaultyStore hook that fails nothing and sends the stop request at the first object under data/ it sees. */
+const stopAtPack =
+  (stop: AbortController) =>
+  (key: string): boolean => {
+    if (key.startsWith("data/") && !stop.signal.aborted) stop.abort(sigterm());
+    return false;
+  };
+
 async function packs(dir: string): Promise<string[]> {
   return (await listAll(new FsStore(dir), "data/")).map((o) => o.key).sort();
 }
@@ -60,12 +68,7 @@ describe("prune stopped on request", () => {
     const before = await packs(dir);
     const stop = new AbortController();
     // Stopped as the first pack it repacks into is stored.
-    const v = await opened(dir, {
-      failPut: (key) => {
-        if (key.startsWith("data/") && !stop.signal.aborted) stop.abort(sigterm());
-        return false;
-      },
-    });
+    const v = await opened(dir, { failPut: stopAtPack(stop) });
     const stopped = v.prune({ repackUnused: 0, workers, signal: stop.signal });
     await expect(stopped).rejects.toMatchObject({
       code: "E_INTERRUPTED",
@@ -98,12 +101,7 @@ describe("prune stopped on request", () => {
     const before = await objects(dir);
     const stop = new AbortController();
     // Stopped as it reads the first pack's trailer.
-    const v = await opened(dir, {
-      failGet: (key) => {
-        if (key.startsWith("data/")) stop.abort(sigterm());
-        return false;
-      },
-    });
+    const v = await opened(dir, { failGet: stopAtPack(stop) });
     await expect(v.prune({ repackUnused: 0, workers: 0, signal: stop.signal })).rejects.toMatchObject({
       code: "E_INTERRUPTED",
       message: "prune interrupted (SIGTERM) while it read the repository; it changed nothing",
@@ -116,12 +114,7 @@ describe("prune stopped on request", () => {
     const { dir, first } = await halfForgotten();
     const before = await packs(dir);
     const stop = new AbortController();
-    const v = await opened(dir, {
-      failDelete: (key) => {
-        if (key.startsWith("data/")) stop.abort(sigterm());
-        return false;
-      },
-    });
+    const v = await opened(dir, { failDelete: stopAtPack(stop) });
     const r = await v.prune({ repackUnused: 0, workers: 0, signal: stop.signal });
     expect(stop.signal.aborted).toBe(true);
     expect(r.packsRepacked).toBeGreaterThan(0);
