@@ -67,6 +67,7 @@ function s3Settings(o: GlobalOptions, env: Env, file: Partial<Record<KeysFileSet
     secretAccessKey: pair ? fromEnv.secretAccessKey : nonEmpty(file["aws-secret-access-key"]),
     sessionToken: pair ? fromEnv.sessionToken : undefined,
     caBundle: fromEnv.caBundle,
+    profile: fromEnv.profile,
     objectAcl: o.s3ObjectAcl !== undefined ? parseS3ObjectAcl(o.s3ObjectAcl) : (fromEnv.objectAcl ?? optionalS3ObjectAcl(file["s3-object-acl"])),
   };
 }

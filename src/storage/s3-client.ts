@@ -6,6 +6,7 @@ import type { S3Client } from "@aws-sdk/client-s3";
 import { UsageError } from "../errors.js";
 import { S3Reader } from "./s3-reader.js";
 import type { S3Access, S3Location } from "./s3-location.js";
+import { readProfileKeys } from "./s3-profile.js";
 
 export type Sdk = typeof import("@aws-sdk/client-s3");
 let sdk: Sdk | undefined;
@@ -31,11 +32,12 @@ const REQUEST_TIMEOUT_MS = 120_000;
  * bucket): the credentials, the region, the certificate authorities and the kept-alive
  * connections they share. No credentials is a usage error, before any request.
  */
-export function openS3(at: S3Location, a: S3Access): { client: S3Client; direct: S3Reader | undefined } {
+export function openS3(at: S3Location, given: S3Access): { client: S3Client; direct: S3Reader | undefined } {
+  const a = withProfileKeys(given);
   if (a.accessKeyId === undefined || a.secretAccessKey === undefined) {
     throw new UsageError(
       `no S3 credentials for ${at.url}`,
-      "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or aws-access-key-id and aws-secret-access-key in a --keys file",
+      "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, aws-access-key-id and aws-secret-access-key in a --keys file, or a profile's keys in ~/.aws/credentials (AWS_PROFILE names one other than default)",
     );
   }
   // Loaded here, not with the CLI: every command would load them while Argon2id runs (1.4 MiB, 10 ms).
@@ -106,4 +108,12 @@ function directBase(bucket: string, region: string, endpoint: string | undefined
   }
   if (bucket.includes(".") || !/^[a-z0-9-]+$/.test(region)) return undefined;
   return new URL(`https://${bucket}.s3.${region}.amazonaws.com/`);
+}
+
+/** The access with the AWS profile's keys (and region, unless one is given) where no key pair came from the variables or the keys file. */
+function withProfileKeys(a: S3Access): S3Access {
+  if (a.accessKeyId !== undefined || a.secretAccessKey !== undefined || a.profile === undefined) return a;
+  const p = readProfileKeys(a.profile);
+  if (p === undefined) return a;
+  return { ...a, accessKeyId: p.accessKeyId, secretAccessKey: p.secretAccessKey, sessionToken: p.sessionToken, region: a.region ?? p.region };
 }

@@ -1,4 +1,5 @@
 import { UsageError } from "../errors.js";
+import { s3ProfileFromEnv, type S3Profile } from "./s3-profile.js";
 
 /** Where an S3 repository lives: `s3://bucket[/prefix]`. */
 export interface S3Location {
@@ -52,6 +53,8 @@ export interface S3Access {
   readonly objectAcl?: S3ObjectAcl | undefined;
   /** false: reads go through the AWS SDK too, not the direct reader (src/storage/s3-reader.ts); for comparisons and tests. */
   readonly directReads?: boolean | undefined;
+  /** The AWS shared files' profile, read for keys (and its region) only when no key pair is given otherwise. */
+  readonly profile?: S3Profile | undefined;
 }
 
 /**
@@ -90,6 +93,7 @@ export function s3AccessFromEnv(env: Record<string, string | undefined>): S3Acce
     sessionToken: pick("AWS_SESSION_TOKEN"),
     caBundle: pick("AWS_CA_BUNDLE"),
     objectAcl: optionalS3ObjectAcl(env["VMVAULT_S3_OBJECT_ACL"]),
+    profile: s3ProfileFromEnv(env),
   };
 }
 

@@ -94,9 +94,41 @@ describe.skipIf(!HAVE_RGW)("S3 repositories through the CLI", () => {
     const viaFlag = await run(["--s3-endpoint", server.endpoint, "snapshots"], { env: { AWS_ENDPOINT_URL_S3: "http://127.0.0.1:9" } });
     expect(viaFlag.code, viaFlag.stderr).toBe(0);
     expect(viaFlag.stdout).toContain("no snapshots");
-    const none = await run(["snapshots"], { env: { AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined } });
+    const none = await run(["snapshots"], { env: { AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined, AWS_SHARED_CREDENTIALS_FILE: path.join(dir, "none"), AWS_CONFIG_FILE: path.join(dir, "none") } });
     expect(none.code).toBe(2);
     expect(none.stderr).toContain(`no S3 credentials for ${url}`);
+  });
+
+  it("takes keys from a profile of the AWS shared files when none are given otherwise; names a profile it cannot use", async () => {
+    const { run } = s3Vault();
+    const dir = tmp("aws");
+    const credentials = path.join(dir, "credentials");
+    const config = path.join(dir, "config");
+    await fsp.writeFile(credentials, `# written by aws configure\n[default]\naws_access_key_id = AKIDWRONG\naws_secret_access_key = wrong\n\n[vault]\naws_access_key_id = ${server.accessKeyId}\naws_secret_access_key = ${server.secretAccessKey}\n[half]\naws_access_key_id = AKIDHALF\n`, { mode: 0o600 });
+    await fsp.writeFile(config, "[profile vault]\nregion = us-east-1\n[profile assumed]\nrole_arn = arn:aws:iam::123456789012:role/backup\nsource_profile = vault\n");
+    const files = { AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined, AWS_SHARED_CREDENTIALS_FILE: credentials, AWS_CONFIG_FILE: config };
+    const init = await run(["init"], { env: { ...files, AWS_PROFILE: "vault" } });
+    expect(init.code, init.stderr).toBe(0);
+    const listed = await run(["snapshots"], { env: { ...files, AWS_PROFILE: "vault" } });
+    expect(listed.code, listed.stderr).toBe(0);
+    expect(listed.stdout).toContain("no snapshots");
+    // The default profile's keys are read (and refused by the server) when no profile is named.
+    const wrong = await run(["snapshots"], { env: files });
+    expect(wrong.code).toBe(1);
+    expect(wrong.stderr).toContain("refused the credentials");
+    // Keys in the variables come first, whatever the profile.
+    const variables = await run(["snapshots"], { env: { AWS_SHARED_CREDENTIALS_FILE: credentials, AWS_CONFIG_FILE: config, AWS_PROFILE: "half" } });
+    expect(variables.code, variables.stderr).toBe(0);
+    for (const [profile, said] of [
+      ["missing", `AWS profile missing (AWS_PROFILE) is in neither ${credentials} nor ${config}`],
+      ["half", `AWS profile half in ${credentials} has no aws_secret_access_key`],
+      ["assumed", "AWS profile assumed gets its keys through role_arn, which vmvault does not follow"],
+    ] as const) {
+      const r = await run(["snapshots"], { env: { ...files, AWS_PROFILE: profile } });
+      expect(r.code, profile).toBe(2);
+      expect(r.stderr).toContain(said);
+      expect(r.stderr).not.toContain(server.secretAccessKey);
+    }
   });
 
   it("refused credentials, a missing bucket and an unreachable server end at once with exit 1, never printing a secret", async () => {

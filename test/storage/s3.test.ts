@@ -81,6 +81,7 @@ describe("s3:// locations and settings", () => {
       secretAccessKey: "s",
       sessionToken: undefined,
       caBundle: "/ca.pem",
+      profile: expect.objectContaining({ name: "default", named: false }),
     });
     expect(s3AccessFromEnv({ VMVAULT_S3_ENDPOINT: "http://v", AWS_ENDPOINT_URL_S3: "http://b", AWS_DEFAULT_REGION: "x", AWS_ACCESS_KEY_ID: "" })).toMatchObject({ endpoint: "http://v", region: "x", accessKeyId: undefined });
   });
