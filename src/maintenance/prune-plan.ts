@@ -10,7 +10,8 @@ import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import { SessionKeys } from "../repository/sessions.js";
 import { BlobReader } from "../restore/blob-reader.js";
 import { listSnapshots } from "../snapshot/store.js";
-import { listAll, type Leftover } from "../storage/types.js";
+import { listAll, STORE_REQUESTS_AT_ONCE, type Leftover } from "../storage/types.js";
+import { mapOrdered } from "../util/ordered.js";
 import { toHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
 import type { PruneResult } from "./prune.js";
@@ -176,13 +177,20 @@ async function planWith(repo: Repository, sessions: SessionKeys, threshold: numb
   const tallies: Tally[] = [];
   /** Prefixes (hex) of the chunks that have a second copy: their first copies are located in a second pass. */
   const copied = new Set<string>();
-  for (const [i, p] of stored.entries()) {
+  // A few trailers read at once (each is round trips to a remote store), tallied in the packs' order.
+  const read = mapOrdered(stored, STORE_REQUESTS_AT_ONCE, (p) =>
+    trailerOf(repo, sessions, p, candidates).then(
+      (trailer) => ({ p, trailer }),
+      (e: unknown) => ({ p, error: e }),
+    ),
+  );
+  let done = 0;
+  for await (const r of read) {
     signal?.throwIfAborted();
-    progress({ phase: "read pack trailers", done: i + 1, total: stored.length, unit: "items" });
-    let trailer;
-    try {
-      trailer = await trailerOf(repo, sessions, p, candidates);
-    } catch (e) {
+    progress({ phase: "read pack trailers", done: ++done, total: stored.length, unit: "items" });
+    const p = r.p;
+    if ("error" in r) {
+      const e = r.error;
       const problem = e instanceof PackError ? e.message : e instanceof IntegrityError ? e.message : e instanceof NotFoundError ? "pack disappeared while pruning" : undefined;
       if (problem === undefined) throw e;
       throw new IntegrityError(
@@ -191,6 +199,7 @@ async function planWith(repo: Repository, sessions: SessionKeys, threshold: numb
         REPAIR_HINT,
       );
     }
+    const trailer = r.trailer;
     const t: Tally = { ...p, sessionId: trailer.sessionId, usedBytes: 0, unusedBytes: 0, usedChunks: 0, copies: [], drop: new Set(), unindexed: indexed.has(p.packId) ? undefined : trailer.entries };
     for (const e of trailer.entries) {
       if (!used.has(e.chunkId)) t.unusedBytes += e.length;

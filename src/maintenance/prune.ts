@@ -10,7 +10,9 @@ import { acquireLock } from "../repository/lock.js";
 import type { Repository } from "../repository/repository.js";
 import { createSession } from "../repository/sessions.js";
 import { unfinishedReencryption } from "../rotation/checkpoint.js";
-import { listKeys } from "../storage/types.js";
+import { listKeys, STORE_REQUESTS_AT_ONCE } from "../storage/types.js";
+import { eachAtMost } from "../util/in-flight.js";
+import { mapOrdered } from "../util/ordered.js";
 import { formatMiB, fromHex, toHex } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 import { audited, authorizeAudited, lockAudited } from "../audit/guard.js";
@@ -164,17 +166,19 @@ async function runPrune(repo: Repository, threshold: number, progress: ProgressS
     const gone = p.packs.filter((x) => x.action === "delete" || (x.action === "repack" && !failed.has(x.key)));
     const goneIds = new Set([...gone.map((x) => x.packId), ...p.missingPacks]);
     const indexFilesRewritten = await rewriteIndexFiles(repo, [...new Set([...goneIds].flatMap((id) => p.listedIn.get(id) ?? []))], goneIds, progress);
-    for (const [i, x] of gone.entries()) {
-      progress({ phase: "delete packs", done: i + 1, total: gone.length, unit: "items" });
+    let deleted = 0;
+    await eachAtMost(gone, STORE_REQUESTS_AT_ONCE, async (x) => {
       await repo.store.delete(x.key);
-    }
+      progress({ phase: "delete packs", done: ++deleted, total: gone.length, unit: "items" });
+    });
     const remaining = p.packs.filter((x) => !goneIds.has(x.packId));
     const needed = new Set([...remaining.map((x) => x.sessionId), ...p.snapshotSessions, ...(rewritten === undefined ? [] : [rewritten.sessionId])]);
     const sessionsDeleted = await deleteUnneededSessions(repo, needed);
-    for (const [i, l] of p.leftovers.entries()) {
-      progress({ phase: "delete leftovers", done: i + 1, total: p.leftovers.length, unit: "items" });
+    let cleared = 0;
+    await eachAtMost(p.leftovers, STORE_REQUESTS_AT_ONCE, async (l) => {
       await repo.store.deleteLeftover?.(l.name);
-    }
+      progress({ phase: "delete leftovers", done: ++cleared, total: p.leftovers.length, unit: "items" });
+    });
     const newBytes = rewritten?.bytes ?? 0;
     return p.result(false, {
       packsRepacked: repack.length - failed.size,
@@ -225,12 +229,13 @@ async function repackChunks(
   let repacker: Repacker | undefined;
   try {
     repacker = await Repacker.create(repo, p.sessions, session, writer, written, { workers, damageNote: "; the pack is kept" });
-    for (const [i, x] of repack.entries()) {
+    // The trailers read a few packs ahead (round trips to a remote store), the packs queued in order.
+    const trailers = mapOrdered(repack, STORE_REQUESTS_AT_ONCE, async (x) => ({ x, entries: (await readPackTrailer(repo.crypto, repo.store, x.key, x.packId, x.size, (await p.sessions.open(x.sessionId)).key)).entries }));
+    let queued = 0;
+    for await (const { x, entries } of trailers) {
       // A stop ends the queueing: what is queued is written and indexed.
       if (signal?.aborted === true) break;
-      progress({ phase: "repack", done: i + 1, total: repack.length, unit: "items" });
-      const old = await p.sessions.open(x.sessionId);
-      const { entries } = await readPackTrailer(repo.crypto, repo.store, x.key, x.packId, x.size, old.key);
+      progress({ phase: "repack", done: ++queued, total: repack.length, unit: "items" });
       await repacker.submit(x.packId, x.sessionId, x.size, entries.filter((e) => p.used.has(e.chunkId) && !written.has(e.chunkId) && !x.drop.has(e.offset)));
     }
     await repacker.finish();
@@ -271,6 +276,6 @@ async function deleteUnneededSessions(repo: Repository, needed: ReadonlySet<stri
     if (id === undefined || needed.has(id)) continue;
     bySession.set(id, [...(bySession.get(id) ?? []), key]);
   }
-  for (const keys of bySession.values()) for (const key of keys) await repo.store.delete(key);
+  await eachAtMost([...bySession.values()].flat(), STORE_REQUESTS_AT_ONCE, (key) => repo.store.delete(key));
   return bySession.size;
 }

@@ -4,7 +4,8 @@ import { readIndexFile, writeIndexFile } from "../repository/index-files.js";
 import { LockedError } from "../errors.js";
 import { acquireLock, type Lock } from "../repository/lock.js";
 import type { Repository } from "../repository/repository.js";
-import { listAll } from "../storage/types.js";
+import { listAll, STORE_REQUESTS_AT_ONCE } from "../storage/types.js";
+import { eachAtMost } from "../util/in-flight.js";
 import { toHex } from "../util/bytes.js";
 import { appendRegistryVersion } from "../users/registry-update.js";
 import type { ReencryptState } from "./checkpoint.js";
@@ -51,21 +52,26 @@ export async function finishReencryption(repo: Repository, state: ReencryptState
       }
       for (const p of kept) indexed.add(toHex(p.packId));
     }
-    for (const id of state.oldPacks) {
+    // A few packs at a time: each is a header read and a delete, round trips to a remote store.
+    await eachAtMost(state.oldPacks, STORE_REQUESTS_AT_ONCE, async (id) => {
       // Phase 1 rewrote every chunk any listing of an old pack names that verifies, so a pack
       // written under an old session goes whoever lists it (its session key goes below, but a
       // revoked user may have kept that key). A pack judged old only by some listing naming an
       // old session, whose own prefix names a newer one, stays while a kept index file lists it.
       const session = await readPackSession(repo.store, packKey(id)).catch(() => undefined);
       if (session === undefined || oldSessions.has(session) || !indexed.has(id)) await repo.store.delete(packKey(id));
-    }
-    for (const { key } of await listAll(repo.store, PACK_PREFIX)) {
+    });
+    const unindexed = (await listAll(repo.store, PACK_PREFIX)).filter(({ key }) => {
       const id = parsePackKey(key);
-      if (id === undefined || indexed.has(id)) continue;
+      return id !== undefined && !indexed.has(id);
+    });
+    await eachAtMost(unindexed, STORE_REQUESTS_AT_ONCE, async ({ key }) => {
       const session = await readPackSession(repo.store, key).catch(() => undefined);
       if (session === undefined || oldSessions.has(session)) await repo.store.delete(key);
-    }
-    for (const sid of oldSessions) for (const { key } of await listAll(repo.store, sessionPrefix(sid))) await repo.store.delete(key);
+    });
+    await eachAtMost(oldSessions, STORE_REQUESTS_AT_ONCE, async (sid) => {
+      for (const { key } of await listAll(repo.store, sessionPrefix(sid))) await repo.store.delete(key);
+    });
     const latest = repo.chain.latest;
     const destroy = latest.epochs.map((e) => e.id).filter((id) => id < state.targetEpoch && !latest.destroyedEpochs.includes(id));
     if (destroy.length > 0) {

@@ -107,6 +107,14 @@ export interface Store {
   close(): Promise<void>;
 }
 
+/**
+ * Small requests (deletes, header reads) a maintenance step sends to a store at once: each costs
+ * a remote store a round trip. On the suite's Ceph RGW, 200 deletes took 1.17 s one at a time,
+ * 0.56 s eight at a time (0.39 s 32 at a time, the S3 client's connections); a server farther
+ * away gains more. A local folder's unlinks lose nothing by it.
+ */
+export const STORE_REQUESTS_AT_ONCE = 8;
+
 /** The narrow capability a backup session gets: it can add objects and read, never delete. */
 export type AppendOnlyStore = Pick<Store, "location" | "get" | "putIfAbsent" | "createWriter" | "readInto" | "list" | "listKeys" | "stat">;
 

@@ -23,3 +23,24 @@ export class InFlight {
     while (this.#running.size > 0) await Promise.race(this.#running);
   }
 }
+
+/**
+ * Runs fn on each item, at most `limit` at once: requests to a store, each of which mostly waits
+ * on the network (a remote store's deletes, one round trip each). Resolves once all have run; on
+ * a failure it starts no more, lets those running settle, and rejects with the first failure.
+ */
+export async function eachAtMost<T>(items: Iterable<T>, limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  const next = items[Symbol.iterator]();
+  let failure: { error: unknown } | undefined;
+  const worker = async (): Promise<void> => {
+    for (let r = next.next(); failure === undefined && r.done !== true; r = next.next()) {
+      try {
+        await fn(r.value);
+      } catch (e) {
+        failure ??= { error: e };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, limit) }, worker));
+  if (failure !== undefined) throw failure.error;
+}

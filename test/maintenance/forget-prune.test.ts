@@ -11,7 +11,7 @@ import { describe, expect, it } from "vitest";
 import { FsStore, KDF_TEST, Secret, Vault, type ForgetResult, type Role, type Store } from "../../src/index.js";
 import { readIndexFile } from "../../src/repository/index-files.js";
 import { FaultyStore } from "../../src/storage/faulty.js";
-import { listAll } from "../../src/storage/types.js";
+import { listAll, STORE_REQUESTS_AT_ONCE } from "../../src/storage/types.js";
 import { toHex } from "../../src/util/bytes.js";
 import { initTestVault, passphrase, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
@@ -351,8 +351,10 @@ describe("prune", () => {
     const err = await rejection(interrupted.prune());
     expect(err.code).toBe("E_STORAGE");
     expect(err.message).toMatch(/injected delete failure/);
-    // One pack deleted, the second refused, none tried after it.
-    expect(faulty.deletes.filter((k) => k.startsWith("data/"))).toHaveLength(2);
+    // The second refused; deletes run a few at once, and none starts after the refusal.
+    const tried = faulty.deletes.filter((k) => k.startsWith("data/")).length;
+    expect(tried).toBeGreaterThanOrEqual(2);
+    expect(tried).toBeLessThanOrEqual(STORE_REQUESTS_AT_ONCE);
     await interrupted.close();
 
     const v2 = await openOn(new FsStore(dir));
