@@ -24,6 +24,8 @@ import { BlobReader } from "../restore/blob-reader.js";
 import { listSnapshotKeys, readSnapshot, readSnapshotBody } from "../snapshot/store.js";
 import { fromHex, toHex } from "../util/bytes.js";
 import { plural } from "../util/text.js";
+import { mapOrdered } from "../util/ordered.js";
+import { STORE_REQUESTS_AT_ONCE, type ObjectInfo } from "../storage/types.js";
 import type { ProgressSink } from "../util/progress.js";
 import { rotateKeysThen } from "./rotate.js";
 import { checkSessionKeyPin, deleteCheckpoints, highestIdMapBatch, readCheckpoint, readIdMap, sessionKeyPin, writeCheckpoint, writeIdMapBatch, type ReencryptState } from "./checkpoint.js";
@@ -282,14 +284,18 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
         pairs = [];
       };
       try {
-        for (const [i, packId] of todo.entries()) {
+        // Each pack's size asked a few packs ahead (a round trip to a remote store), the packs queued in order.
+        const sized = mapOrdered(todo, STORE_REQUESTS_AT_ONCE, async (packId) => ({ packId, info: await repo.store.stat(packKey(packId)) }));
+        let i = -1;
+        for await (const { packId, info } of sized) {
+          i++;
           if (o.signal?.aborted === true) {
             if (batch.length > 0) await checkpointBatch();
             throw InterruptedError.of("re-encryption", o.signal.reason, ` at a checkpoint: ${state.donePacks.length} of ${state.oldPacks.length} old packs rewritten${RESUME}`);
           }
           progress?.({ phase: "re-encrypt packs", done: i + 1, total: todo.length, unit: "items" });
           const listings = indexed.get(packId);
-          if (listings !== undefined) await submitPack(repo, sessions, repacker, packId, listings, state.newChunkKey ? undefined : written, (d) => leftOut.push(d));
+          if (listings !== undefined) await submitPack(repo, sessions, repacker, { packId, info }, listings, state.newChunkKey ? undefined : written, (d) => leftOut.push(d));
           batch.push(packId);
           packsRewritten++;
           if (batch.length >= PACKS_PER_CHECKPOINT || i === todo.length - 1) await checkpointBatch();
@@ -408,13 +414,13 @@ async function submitPack(
   repo: Repository,
   sessions: SessionKeys,
   repacker: Repacker,
-  packId: string,
+  pack: { readonly packId: string; readonly info: ObjectInfo | undefined },
   listings: readonly IndexedPack[],
   written: ChunkIndex | undefined,
   onDamage: (d: Damage) => void,
 ): Promise<void> {
+  const { packId, info } = pack;
   // Nothing of a pack that is not there can be rewritten, or lost: an index file may name one that never was.
-  const info = await repo.store.stat(packKey(packId));
   if (info === undefined) {
     onDamage({ object: packKey(packId), problem: "pack is missing" });
     return;
