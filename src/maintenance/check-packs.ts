@@ -11,6 +11,7 @@ import { mapOrdered } from "../util/ordered.js";
 import type { ProgressSink } from "../util/progress.js";
 import { BadLocations, FALLBACK, place } from "./check-attribution.js";
 import type { PackDataResult, PackVerifier } from "./check-data.js";
+import { STORE_REQUESTS_AT_ONCE } from "../storage/types.js";
 
 /**
  * Packs whose trailers are read ahead of the one being checked: for a structural check, whose
@@ -18,7 +19,7 @@ import type { PackDataResult, PackVerifier } from "./check-data.js";
  * work, and trailers read further ahead would only wait in memory (a check of the 16 GiB
  * benchmark image peaked 2-3 MiB higher with eight).
  */
-const TRAILER_READS = { structure: 8, data: 2 } as const;
+const TRAILER_READS = { structure: STORE_REQUESTS_AT_ONCE, data: 2 } as const;
 
 /**
  * One index file's listing of a pack, without one object per chunk: its entries are kept as a

@@ -10,13 +10,12 @@ import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import { SessionKeys } from "../repository/sessions.js";
 import { BlobReader } from "../restore/blob-reader.js";
 import { listSnapshots } from "../snapshot/store.js";
-import { listAll, STORE_REQUESTS_AT_ONCE, type Leftover } from "../storage/types.js";
-import { mapOrdered } from "../util/ordered.js";
+import { listAll, type Leftover } from "../storage/types.js";
 import { toHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
 import type { PruneResult } from "./prune.js";
 import { addReferences } from "./references.js";
-import { sessionCandidates, trailerOf } from "./repair-index.js";
+import { sessionCandidates, trailersInOrder } from "./repair-index.js";
 
 /**
  * A temporary file is a leftover once it is this old: no write of one object lasts an hour, and
@@ -177,15 +176,9 @@ async function planWith(repo: Repository, sessions: SessionKeys, threshold: numb
   const tallies: Tally[] = [];
   /** Prefixes (hex) of the chunks that have a second copy: their first copies are located in a second pass. */
   const copied = new Set<string>();
-  // A few trailers read at once (each is round trips to a remote store), tallied in the packs' order.
-  const read = mapOrdered(stored, STORE_REQUESTS_AT_ONCE, (p) =>
-    trailerOf(repo, sessions, p, candidates).then(
-      (trailer) => ({ p, trailer }),
-      (e: unknown) => ({ p, error: e }),
-    ),
-  );
+  // A few trailers read at once, tallied in the packs' order.
   let done = 0;
-  for await (const r of read) {
+  for await (const r of trailersInOrder(repo, sessions, stored, candidates)) {
     signal?.throwIfAborted();
     progress({ phase: "read pack trailers", done: ++done, total: stored.length, unit: "items" });
     const p = r.p;

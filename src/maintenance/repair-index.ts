@@ -7,10 +7,11 @@ import { INDEX_DOES_NOT_AUTHENTICATE, loadIndex, writeIndexFile } from "../repos
 import { acquireLock } from "../repository/lock.js";
 import type { Repository } from "../repository/repository.js";
 import { SessionKeys } from "../repository/sessions.js";
-import { listAll, listKeys } from "../storage/types.js";
+import { listAll, listKeys, STORE_REQUESTS_AT_ONCE } from "../storage/types.js";
 import { fromHex, toHex } from "../util/bytes.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
+import { mapOrdered } from "../util/ordered.js";
 
 export interface RepairIndexOptions {
   readonly progress?: ProgressSink;
@@ -74,6 +75,24 @@ export async function trailerOf(
 }
 
 /**
+ * trailerOf for each pack, a few packs at once (each is round trips to a remote store), yielded
+ * in the packs' order; a pack whose trailer cannot be had comes with its error instead.
+ */
+export function trailersInOrder<P extends { readonly packId: string; readonly key: string; readonly size: number }>(
+  repo: Repository,
+  sessions: SessionKeys,
+  packs: readonly P[],
+  candidates: () => Promise<string[]>,
+): AsyncGenerator<{ p: P; trailer: { sessionId: string; entries: PackEntry[] } } | { p: P; error: unknown }> {
+  return mapOrdered(packs, STORE_REQUESTS_AT_ONCE, (p) =>
+    trailerOf(repo, sessions, p, candidates).then(
+      (trailer) => ({ p, trailer }),
+      (error: unknown) => ({ p, error }),
+    ),
+  );
+}
+
+/**
  * The sessions trailerOf tries for a pack whose prefix does not lead to its session: listed
  * once, on first need, and then known to `sessions` (no listing per envelope opened).
  */
@@ -125,12 +144,14 @@ async function runRepair(repo: Repository, o: RepairIndexOptions): Promise<Repai
     const unreadablePacks: Damage[] = [];
     const candidates = sessionCandidates(repo, sessions);
     const missing = stored.filter((p) => !indexed.has(p.packId));
-    for (const [i, p] of missing.entries()) {
-      progress({ phase: "read pack trailers", done: i + 1, total: missing.length, unit: "items" });
-      try {
-        const trailer = await trailerOf(repo, sessions, p, candidates);
-        found.push({ packId: fromHex(p.packId), sessionId: fromHex(trailer.sessionId), packLength: p.size, entries: trailer.entries });
-      } catch (e) {
+    let done = 0;
+    for await (const r of trailersInOrder(repo, sessions, missing, candidates)) {
+      progress({ phase: "read pack trailers", done: ++done, total: missing.length, unit: "items" });
+      const p = r.p;
+      if (!("error" in r)) {
+        found.push({ packId: fromHex(p.packId), sessionId: fromHex(r.trailer.sessionId), packLength: p.size, entries: r.trailer.entries });
+      } else {
+        const e = r.error;
         if (e instanceof PackError) unreadablePacks.push({ object: p.key, problem: e.message });
         else if (e instanceof IntegrityError) unreadablePacks.push(...e.damage.map((d) => ({ object: p.key, problem: `${d.object}: ${d.problem}` })));
         else if (e instanceof NotFoundError) unreadablePacks.push({ object: p.key, problem: "pack disappeared while repairing" });
