@@ -3,10 +3,11 @@ import { acquireLock } from "../repository/lock.js";
 import type { Repository } from "../repository/repository.js";
 import { listSnapshotKeys, listSnapshots, resolveSnapshot, type SnapshotRecord } from "../snapshot/store.js";
 import { SNAPSHOT_PREFIX } from "../format/layout.js";
-import { listKeys } from "../storage/types.js";
+import { listKeys, STORE_REQUESTS_AT_ONCE } from "../storage/types.js";
 import { audited, authorizeAudited, lockAudited } from "../audit/guard.js";
 import { applyPolicy, checkForgetRequest, type KeepPolicy, type PolicyZone } from "./policy.js";
 import type { ProgressSink } from "../util/progress.js";
+import { eachAtMost } from "../util/in-flight.js";
 
 export interface ForgetOptions {
   /** Snapshots to forget: ids, unique id prefixes, or `latest` (of `vm` when given). */
@@ -75,11 +76,13 @@ export async function forget(repo: Repository, o: ForgetOptions): Promise<Forget
       entry: { ...entry, target: { ...target, snapshots: ids, vm: vms.length === 1 ? (vms[0] as string) : vms } },
       started: true,
       run: async () => {
-        for (const [i, id] of ids.entries()) {
-          o.progress?.({ phase: "forget snapshots", done: i + 1, total: ids.length, unit: "items" });
-          // Oldest revision first: stopped half way, the newest readable one is still there.
+        // A few snapshots at once (each delete is a round trip to a remote store); each one's
+        // revisions oldest first: stopped half way, its newest readable one is still there.
+        let done = 0;
+        await eachAtMost(ids, STORE_REQUESTS_AT_ONCE, async (id) => {
           for (const key of [...(keys.get(id) ?? [])].reverse()) await repo.store.delete(key);
-        }
+          o.progress?.({ phase: "forget snapshots", done: ++done, total: ids.length, unit: "items" });
+        });
       },
       outcome: () => ({ removed: ids.length }),
     });
