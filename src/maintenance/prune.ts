@@ -71,10 +71,7 @@ export interface PruneResult {
   readonly leftoverBytes: number;
 }
 
-
-
 export const DEFAULT_REPACK_UNUSED = 10;
-
 
 /**
  * Reclaims the space of data no snapshot references: packs none of whose chunks a snapshot uses

@@ -15,7 +15,6 @@ import { ReadBuffers } from "../util/read-buffers.js";
 import { InFlight } from "../util/in-flight.js";
 import { packPieces, pieceSpan, pieceTable, PIECE_BYTES } from "../pack/pieces.js";
 
-
 export interface RepackerOptions {
   /** Worker threads (default: one per core but one; 0: all on the main thread). */
   readonly workers?: number | undefined;
