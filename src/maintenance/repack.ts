@@ -9,6 +9,9 @@ import { PoolSessionKeys } from "../pipeline/session-keys.js";
 import type { ChunkIndex } from "../repository/chunk-index.js";
 import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import type { Session, SessionKeys } from "../repository/sessions.js";
+
+/** The session new packs are written under: its id, key and chunk-ID key epoch. */
+type TargetSession = Pick<Session, "sessionId" | "key" | "chunkKeyEpoch">;
 import { readInto } from "../storage/types.js";
 import { toHex } from "../util/bytes.js";
 import { ReadBuffers } from "../util/read-buffers.js";
@@ -63,7 +66,7 @@ export class Repacker {
   readonly damaged: Damage[] = [];
   chunks = 0;
 
-  private constructor(repo: Repository, sessions: SessionKeys, pool: WorkerPool, session: Session, writer: PackWriter, written: ChunkIndex, o: RepackerOptions) {
+  private constructor(repo: Repository, sessions: SessionKeys, pool: WorkerPool, session: TargetSession, writer: PackWriter, written: ChunkIndex, o: RepackerOptions) {
     this.#repo = repo;
     this.#pool = pool;
     this.#keys = new PoolSessionKeys(repo, sessions, pool);
@@ -79,7 +82,7 @@ export class Repacker {
     this.#reads = new ReadBuffers(this.#maxInFlight * PIECE_BYTES);
   }
 
-  static async create(repo: Repository, sessions: SessionKeys, session: Session, writer: PackWriter, written: ChunkIndex, o: RepackerOptions = {}): Promise<Repacker> {
+  static async create(repo: Repository, sessions: SessionKeys, session: TargetSession, writer: PackWriter, written: ChunkIndex, o: RepackerOptions = {}): Promise<Repacker> {
     // Rewrap tasks run in JavaScript: worker threads, not a native pool (its main thread alone).
     const pool = await WorkerPool.create({ compression: repo.config, engine: "js", ...(o.workers === undefined ? {} : { workers: o.workers }) });
     return new Repacker(repo, sessions, pool, session, writer, written, o);

@@ -267,7 +267,7 @@ async function run(repo: Repository, initial: ReencryptState, resumed: boolean, 
       let pairs: [string, string][] = [];
       let mapBatch = await highestIdMapBatch(repo);
       const bytes = todo.reduce((n, id) => n + (indexed.get(id)?.[0]?.packLength ?? 0), 0);
-      const target = { sessionId: state.sessionId, sessionIdBytes: fromHex(state.sessionId), key: session.key, chunkKeyEpoch: session.meta.chunkKeyEpoch };
+      const target = { sessionId: state.sessionId, key: session.key, chunkKeyEpoch: session.meta.chunkKeyEpoch };
       const repacker = await Repacker.create(repo, sessions, target, packs, written, {
         workers: o.workers ?? (bytes < INLINE_JOB_BYTES ? 0 : undefined),
         newIds: state.newChunkKey,

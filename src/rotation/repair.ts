@@ -27,9 +27,7 @@ import { listingsByPack, verifyListedChunks } from "./verify-pack.js";
 
 const SESSION_PREFIX = "sessions/";
 
-export interface RepairReencryptOptions extends RunOptions {
-  readonly progress?: ProgressSink;
-}
+export type RepairReencryptOptions = RunOptions;
 
 /** What rebuilding the lost checkpoint found (null when this run resumed a checkpoint a repair had rebuilt). */
 export interface RebuiltCheckpoint {

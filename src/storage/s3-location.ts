@@ -1,5 +1,5 @@
 import { UsageError } from "../errors.js";
-import { s3ProfileFromEnv, type S3Profile } from "./s3-profile.js";
+import { envSetting, s3ProfileFromEnv, type S3Profile } from "./s3-profile.js";
 
 /** Where an S3 repository lives: `s3://bucket[/prefix]`. */
 export interface S3Location {
@@ -84,7 +84,7 @@ export function parseS3Url(url: string): S3Location {
 
 /** The standard AWS variables an S3 repository reads (flags and the keys file come first). */
 export function s3AccessFromEnv(env: Record<string, string | undefined>): S3Access {
-  const pick = (name: string): string | undefined => (env[name] === "" ? undefined : env[name]);
+  const pick = (name: string): string | undefined => envSetting(env, name);
   return {
     endpoint: pick("VMVAULT_S3_ENDPOINT") ?? pick("AWS_ENDPOINT_URL_S3") ?? pick("AWS_ENDPOINT_URL"),
     region: pick("AWS_REGION") ?? pick("AWS_DEFAULT_REGION"),

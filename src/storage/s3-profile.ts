@@ -28,9 +28,14 @@ export interface ProfileKeys {
   readonly region?: string | undefined;
 }
 
+/** A variable's value; an empty one counts as unset, as the AWS tools count it. */
+export function envSetting(env: Record<string, string | undefined>, name: string): string | undefined {
+  return env[name] === "" ? undefined : env[name];
+}
+
 /** The profile the standard variables name, and where its files are. */
 export function s3ProfileFromEnv(env: Record<string, string | undefined>): S3Profile {
-  const pick = (name: string): string | undefined => (env[name] === "" ? undefined : env[name]);
+  const pick = (name: string): string | undefined => envSetting(env, name);
   const named = pick("AWS_PROFILE") ?? pick("AWS_DEFAULT_PROFILE");
   const home = pick("HOME") ?? os.homedir();
   return {
