@@ -1,7 +1,8 @@
 /*
  * The pipeline's batch tasks in native code on threads of their own: chunk IDs and zero chunks
- * of a batch (scanChunks), compress and encrypt new chunks into blobs (sealChunks), and
- * authenticate, decrypt, decompress and verify stored blobs (openChunks). Each does exactly
+ * of a batch (scanChunks), compress and encrypt new chunks into blobs (sealChunks),
+ * authenticate, decrypt, decompress and verify stored blobs (openChunks), and seal verified blobs
+ * again under another session key (rewrapChunks: prune's repack, re-encryption). Each does exactly
  * what src/pipeline/tasks.ts does with libsodium and the lz4 package, byte for byte: keyed
  * BLAKE2b-256 and XChaCha20-Poly1305 through the OpenSSL inside Node.js (native/aead.c), LZ4
  * through the same liblz4 sources the lz4 package builds (native/lz4-block.c). A batch runs without
@@ -30,8 +31,8 @@ enum { NONCE = 24, TAG = 16, ID = 32, KEY = 32, OVERHEAD = NONCE + 1 + TAG, AD =
 enum { CODEC_RAW = 0, CODEC_ZSTD = 1, CODEC_LZ4 = 2 };
 /* BlobStatus of src/pack/blob.ts, and one more: a codec only JavaScript decodes (zstd). */
 enum { OK = 0, AUTH = 1, DECOMPRESS = 2, CODEC = 3, LENGTH = 4, MISMATCH = 5, ELSEWHERE = 255 };
-enum { SCAN, SEAL, OPEN };
-#define MAX_ARGS 8
+enum { SCAN, SEAL, OPEN, REWRAP };
+#define MAX_ARGS 12
 
 typedef struct {
   unsigned char *p;
@@ -66,7 +67,7 @@ typedef struct task {
   int detect_zero;
   int failed;
   double result;
-  bytes data, ids, nonces, key, id_key, out, status, zero;
+  bytes data, ids, nonces, key, id_key, out, status, zero, new_key, new_id_key, new_ids;
   const uint32_t *table;
   size_t count;
   const uint32_t *out_offsets;
@@ -188,14 +189,17 @@ static size_t lz4_room(size_t raw, size_t block) {
  * 255 times), so a listing claiming more takes no memory for it, and its verdict is the one a
  * buffer of the full length would give (malformed, or too short).
  */
-static int decode_one(task *t, const unsigned char *stored, size_t length, const unsigned char *id, unsigned char **plain, size_t raw) {
+static int decode_one(task *t, const unsigned char *stored, size_t length, const unsigned char *id, unsigned char **plain, size_t raw, unsigned char *framed_to) {
   unsigned char ad[AD];
   if (length < OVERHEAD) return AUTH;
   size_t framed = length - NONCE - TAG;
-  if (!grow(&here.scratch, &here.scratch_size, framed)) return -1;
+  if (framed_to == NULL) {
+    if (!grow(&here.scratch, &here.scratch_size, framed)) return -1;
+    framed_to = here.scratch;
+  }
   blob_ad(ad, id);
-  if (vmvault_xchacha(here.aead, 0, t->key.p, stored, stored + NONCE, length - NONCE, ad, AD, here.scratch) != 0) return AUTH;
-  unsigned char codec = here.scratch[0];
+  if (vmvault_xchacha(here.aead, 0, t->key.p, stored, stored + NONCE, length - NONCE, ad, AD, framed_to) != 0) return AUTH;
+  unsigned char codec = framed_to[0];
   if (codec == CODEC_LZ4 && (framed - 1 == 0 || framed - 1 > INT32_MAX || raw > INT32_MAX)) return DECOMPRESS;
   if (codec != CODEC_RAW && codec != CODEC_LZ4) return codec == CODEC_ZSTD ? ELSEWHERE : CODEC;
   if (codec == CODEC_RAW && framed - 1 != raw) return LENGTH;
@@ -205,10 +209,10 @@ static int decode_one(task *t, const unsigned char *stored, size_t length, const
     *plain = here.plain;
   }
   if (codec == CODEC_RAW) {
-    memcpy(*plain, here.scratch + 1, raw);
+    memcpy(*plain, framed_to + 1, raw);
     return OK;
   }
-  int n = vmvault_lz4_decompress((const char *)here.scratch + 1, (char *)*plain, (int)(framed - 1), (int)room);
+  int n = vmvault_lz4_decompress((const char *)framed_to + 1, (char *)*plain, (int)(framed - 1), (int)room);
   if (n < 0) return DECOMPRESS;
   return (size_t)n == raw ? OK : LENGTH;
 }
@@ -220,19 +224,58 @@ static size_t room_for(const task *t, size_t i) {
   return lz4_room(raw, length);
 }
 
+/* Whether the entries lie one after another in data's order without overlapping (a rewrap's new blobs then never spoil each other). */
+static int entries_apart(const task *t) {
+  size_t end = 0;
+  for (size_t i = 0; i < t->count; i++) {
+    size_t offset = t->table[3 * i], length = t->table[3 * i + 1];
+    if (offset < end) return 0;
+    end = offset + length;
+  }
+  return 1;
+}
+
+/*
+ * A rewrap's verified blob i sealed again where its framed bytes were decrypted to, its old
+ * place in out: nonce i, the new session key, bound to its ID under the new chunk-ID key (its own
+ * ID without one). A blob that did not verify leaves zeros where its plaintext was, and no new ID.
+ */
+static int reseal(task *t, size_t i, int decrypted) {
+  size_t offset = t->table[3 * i], length = t->table[3 * i + 1];
+  unsigned char *blob = t->out.p + offset;
+  if (t->status.p[i] != OK) {
+    if (decrypted) memset(blob + NONCE, 0, length - NONCE - TAG);
+    if (t->new_ids.p != NULL) memset(t->new_ids.p + i * ID, 0, ID);
+    return 0;
+  }
+  unsigned char ad[AD];
+  memcpy(blob, t->nonces.p + i * NONCE, NONCE);
+  blob_ad(ad, t->new_ids.p != NULL ? t->new_ids.p + i * ID : t->ids.p + i * ID);
+  return vmvault_xchacha(here.aead, 1, t->new_key.p, blob, blob + NONCE, length - NONCE - TAG, ad, AD, blob + NONCE);
+}
+
 /*
  * openBlobInto for each entry, in groups whose IDs are checked together (vmvault_ids_*): up to a
  * group of entries, and without keep up to OPEN_GROUP bytes of plaintext in the thread's memory,
  * taken before the group decodes; an entry that needs more is a group of its own, its memory
  * taken once it is authenticated. The plaintexts (with keep) go to out at their offsets, which
- * must not overlap; zeros where a blob failed.
+ * must not overlap; zeros where a blob failed. A rewrap decrypts each blob's framed bytes into
+ * its own place in out, hashes its plaintext under the new chunk-ID key too where there is one,
+ * and seals the framed bytes again there once its ID is checked (rewrapBlob); entries that are
+ * out of order or overlap (only a hostile listing has them) are left to JavaScript.
  */
 enum { OPEN_GROUP = 1 << 20 };
 static int open_all(task *t) {
+  int rewrap = t->kind == REWRAP;
+  if (rewrap && !entries_apart(t)) {
+    t->result = 1;
+    return 0;
+  }
   int elsewhere = 0;
   unsigned char checks[VMVAULT_ID_GROUP][ID];
-  vmvault_id_group g;
+  vmvault_id_group g, renamed;
   g.n = 0;
+  renamed.n = 0;
   for (size_t first = 0, end; first < t->count; first = end) {
     /* Each entry's place in the thread's plaintext memory (without keep). */
     size_t held = 0, place[VMVAULT_ID_GROUP];
@@ -244,20 +287,27 @@ static int open_all(task *t) {
     }
     int alone = held > OPEN_GROUP;
     if (t->out_offsets == NULL && !alone && !grow(&here.plain, &here.plain_size, held > 0 ? held : 1)) return -1;
+    unsigned char decrypted[VMVAULT_ID_GROUP];
     for (size_t i = first; i < end; i++) {
       size_t offset = t->table[3 * i], length = t->table[3 * i + 1], raw = t->table[3 * i + 2];
       unsigned char *plain = t->out_offsets != NULL ? t->out.p + t->out_offsets[i] : alone ? NULL : here.plain + place[i - first];
-      int s = offset + length > t->data.n ? LENGTH : decode_one(t, t->data.p + offset, length, t->ids.p + i * ID, &plain, raw);
+      int inside = offset + length <= t->data.n;
+      decrypted[i - first] = (unsigned char)(rewrap && inside && length >= OVERHEAD);
+      unsigned char *framed_to = decrypted[i - first] ? t->out.p + offset + NONCE : NULL;
+      int s = !inside ? LENGTH : decode_one(t, t->data.p + offset, length, t->ids.p + i * ID, &plain, raw, framed_to);
       if (s < 0) return -1;
       if (s == OK && vmvault_ids_add(&g, here.mac, t->id_key.p, plain, raw, checks[i - first]) != 0) return -1;
+      if (s == OK && t->new_id_key.p != NULL && vmvault_ids_add(&renamed, here.mac, t->new_id_key.p, plain, raw, t->new_ids.p + i * ID) != 0) return -1;
       if (s == ELSEWHERE) elsewhere = 1;
       t->status.p[i] = (unsigned char)s;
     }
     if (vmvault_ids_flush(&g, here.mac, t->id_key.p) != 0) return -1;
+    if (t->new_id_key.p != NULL && vmvault_ids_flush(&renamed, here.mac, t->new_id_key.p) != 0) return -1;
     for (size_t i = first; i < end; i++) {
       if (t->status.p[i] == OK && !vmvault_equal32(checks[i - first], t->ids.p + i * ID)) t->status.p[i] = MISMATCH;
       /* Unauthenticated or unverified bytes never reach the caller. */
       if (t->status.p[i] != OK && t->out_offsets != NULL) memset(t->out.p + t->out_offsets[i], 0, t->table[3 * i + 2]);
+      if (rewrap && reseal(t, i, decrypted[i - first]) != 0) return -1;
     }
   }
   t->result = elsewhere;
@@ -559,8 +609,28 @@ static napi_value open_chunks(napi_env env, napi_callback_info info) {
   return queue(env, t, argv[8]);
 }
 
+/* rewrapChunks(data, entries, ids, key, idKey, newKey, newIdKey | null, nonces, out, status, newIds | null, threads) -> Promise<1 when an entry needs JavaScript (a zstd blob, entries out of order), else 0> */
+static napi_value rewrap_chunks(napi_env env, napi_callback_info info) {
+  static const char usage[] = "expected data, entries, ids, key, idKey, newKey, newIdKey, nonces, out, status, newIds, threads";
+  napi_value argv[12];
+  task *t = begin(env, info, REWRAP, 12, argv, usage);
+  bytes table;
+  if (t == NULL) return NULL;
+  if (!ARG(0, U8, data, 0) || !arg(env, t, argv[1], U32, (void **)&table.p, &table.n, 0) || !ARG(2, U8, ids, 0) || !ARG(3, U8, key, 0) || !ARG(4, U8, id_key, 0) ||
+      !ARG(5, U8, new_key, 0) || !ARG(6, U8, new_id_key, 1) || !ARG(7, U8, nonces, 0) || !ARG(8, U8, out, 0) || !ARG(9, U8, status, 0) || !ARG(10, U8, new_ids, 1))
+    return fail(env, t, usage, 0);
+  t->table = (const uint32_t *)table.p;
+  t->count = table.n / 3;
+  if ((t->new_id_key.p == NULL) != (t->new_ids.p == NULL)) return fail(env, t, "give newIdKey and newIds together", 0);
+  if (table.n % 3 != 0 || t->key.n != KEY || t->id_key.n != KEY || t->new_key.n != KEY || (t->new_id_key.p != NULL && (t->new_id_key.n != KEY || t->new_ids.n < t->count * ID)) ||
+      t->ids.n < t->count * ID || t->nonces.n < t->count * NONCE || t->status.n < t->count || t->out.n < t->data.n)
+    return fail(env, t, "bad entries, ids, keys, nonces, out, status or newIds length", 1);
+  return queue(env, t, argv[11]);
+}
+
 static const vmvault_lazy_export exported[] = {
-    {"scanChunks", scan_chunks, vmvault_ossl_mac, NULL, NULL}, {"sealChunks", seal_chunks, vmvault_ossl_mac, NULL, NULL}, {"openChunks", open_chunks, vmvault_ossl_mac, NULL, NULL}};
+    {"scanChunks", scan_chunks, vmvault_ossl_mac, NULL, NULL}, {"sealChunks", seal_chunks, vmvault_ossl_mac, NULL, NULL}, {"openChunks", open_chunks, vmvault_ossl_mac, NULL, NULL},
+    {"rewrapChunks", rewrap_chunks, vmvault_ossl_mac, NULL, NULL}};
 
 napi_status vmvault_register_tasks(napi_env env, napi_value exports) {
   napi_status s = napi_ok;

@@ -1,12 +1,13 @@
 /**
  * A re-encryption rewrites old packs through the worker pool (the repacker prune uses): with any
- * worker count, with or without a new chunk-ID key, it writes each chunk once, the snapshots
+ * worker count, with or without a new chunk-ID key, natively or on JavaScript's worker threads, it writes each chunk once, the snapshots
  * restore byte for byte, and a chunk that does not verify is left out and named. Stopped on
  * request, it ends at a checkpoint that the same command resumes.
  */
 import { promises as fsp } from "node:fs";
 import path from "node:path";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, onTestFinished } from "vitest";
+import { WorkerPool, type PipelineEngine } from "../src/pipeline/pool.js";
 import { loadIndex } from "../src/repository/index-files.js";
 import { listAll } from "../src/storage/types.js";
 import { PACK_PREFIX } from "../src/format/layout.js";
@@ -56,9 +57,13 @@ async function chunkIds(v: Vault): Promise<string[]> {
 }
 
 describe("re-encryption on the worker pool", () => {
-  for (const workers of [0, 2]) {
-    for (const newChunkKey of [false, true]) {
-      it(`${workers} workers${newChunkKey ? ", new chunk-ID key" : ""}: every chunk once, snapshots restore, no old data left`, async () => {
+  // The native rewrap where the helper has it (auto), and JavaScript's worker threads.
+  const cases = [0, 2].flatMap((workers) => [false, true].map((newChunkKey) => ({ workers, newChunkKey, engine: "auto" as PipelineEngine })));
+  cases.push({ workers: 2, newChunkKey: true, engine: "js" }, { workers: 0, newChunkKey: false, engine: "js" });
+  for (const { workers, newChunkKey, engine } of cases) {
+      it(`${workers} workers${newChunkKey ? ", new chunk-ID key" : ""}${engine === "js" ? ", JavaScript" : ""}: every chunk once, snapshots restore, no old data left`, async () => {
+        WorkerPool.defaultEngine = engine;
+        onTestFinished(() => void (WorkerPool.defaultEngine = "auto"));
         const { dir, images, ids } = await twoVms();
         const v = await Vault.open({ store: new FsStore(dir), user: "admin", passphrase: passphrase() });
         const before = await chunkIds(v);
@@ -77,7 +82,6 @@ describe("re-encryption on the worker pool", () => {
         await finished(v, images, ids);
         await v.close();
       }, 120_000);
-    }
   }
 
   it("a chunk that does not verify is left out, named by its pack and chunk; the others are rewritten", async () => {

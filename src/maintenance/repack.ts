@@ -4,6 +4,7 @@ import { packKey } from "../format/layout.js";
 import type { PackEntry } from "../format/pack.js";
 import { BlobStatus, blobStatusMessage } from "../pack/blob.js";
 import type { PackWriter } from "../pack/writer.js";
+import { nativeRewrap } from "../pipeline/native-tasks.js";
 import { WorkerPool } from "../pipeline/pool.js";
 import { PoolSessionKeys } from "../pipeline/session-keys.js";
 import type { ChunkIndex } from "../repository/chunk-index.js";
@@ -83,8 +84,10 @@ export class Repacker {
   }
 
   static async create(repo: Repository, sessions: SessionKeys, session: TargetSession, writer: PackWriter, written: ChunkIndex, o: RepackerOptions = {}): Promise<Repacker> {
-    // Rewrap tasks run in JavaScript: worker threads, not a native pool (its main thread alone).
-    const pool = await WorkerPool.create({ compression: repo.config, engine: "js", ...(o.workers === undefined ? {} : { workers: o.workers }) });
+    // Native code rewraps where the helper can; else worker threads, not a native pool (whose
+    // main thread alone would run them).
+    const engine = (await nativeRewrap()) ? {} : { engine: "js" as const };
+    const pool = await WorkerPool.create({ compression: repo.config, ...engine, ...(o.workers === undefined ? {} : { workers: o.workers }) });
     return new Repacker(repo, sessions, pool, session, writer, written, o);
   }
 

@@ -6,17 +6,18 @@ import { bytesEqual } from "../util/bytes.js";
 import { nativeHelper, type NativeHelper } from "../util/native.js";
 import { KeyRing } from "./key-ring.js";
 import { plaintextsOf, sealBound, TaskRunner } from "./tasks.js";
-import { CHUNK_ID_KEY, type OpenResult, type OpenTask, type ResultOf, type ScanResult, type ScanTask, type SealResult, type SealTask, type Task } from "./protocol.js";
+import { CHUNK_ID_KEY, type OpenResult, type OpenTask, type ResultOf, type RewrapResult, type RewrapTask, type ScanResult, type ScanTask, type SealResult, type SealTask, type Task } from "./protocol.js";
 
-/** The helper's batch functions (native/tasks.c). */
-export type NativeTaskFunctions = Required<Pick<NativeHelper, "scanChunks" | "sealChunks" | "openChunks">>;
+/** The helper's batch functions (native/tasks.c); rewrapChunks is missing from a helper built before it. */
+export type NativeTaskFunctions = Required<Pick<NativeHelper, "scanChunks" | "sealChunks" | "openChunks">> & Pick<NativeHelper, "rewrapChunks">;
 type Functions = NativeTaskFunctions;
 
 /** The helper's batch functions, bound, where it has them (not yet checked). */
 function helperFunctions(): Functions | undefined {
   const h = nativeHelper();
   if (h?.scanChunks === undefined || h.sealChunks === undefined || h.openChunks === undefined) return undefined;
-  return { scanChunks: h.scanChunks.bind(h), sealChunks: h.sealChunks.bind(h), openChunks: h.openChunks.bind(h) };
+  const rewrap = h.rewrapChunks === undefined ? {} : { rewrapChunks: h.rewrapChunks.bind(h) };
+  return { scanChunks: h.scanChunks.bind(h), sealChunks: h.sealChunks.bind(h), openChunks: h.openChunks.bind(h), ...rewrap };
 }
 
 /** Whether the native helper has the batch tasks (native/tasks.c), before they were checked. */
@@ -33,9 +34,16 @@ let checked: Promise<Functions | undefined> | undefined;
 export function nativeTasks(): Promise<Functions | undefined> {
   checked ??= (async () => {
     const f = helperFunctions();
-    return f !== undefined && (await agreesWithJavaScript(f)) ? f : undefined;
+    if (f === undefined || !(await agreesWithJavaScript(f))) return undefined;
+    if (f.rewrapChunks !== undefined && !(await agreesWithJavaScript(f, true))) delete f.rewrapChunks;
+    return f;
   })();
   return checked;
+}
+
+/** Whether native code rewraps (the helper has rewrapChunks, and it agreed with JavaScript). */
+export async function nativeRewrap(): Promise<boolean> {
+  return (await nativeTasks())?.rewrapChunks !== undefined;
 }
 
 /** Chunks one after another from offset in one new array (offset bytes before them), with their ranges. */
@@ -53,9 +61,10 @@ export function batchOf(chunks: readonly Uint8Array[], offset = 0): { data: Uint
 }
 
 /**
- * Runs scan, seal and open tasks in native code on the helper's threads, one trip per batch
- * (rewrap tasks, and open tasks meeting a codec only JavaScript decodes, are the caller's:
- * run() answers undefined). Keys are copies, zeroed by dispose().
+ * Runs scan, seal, open and rewrap tasks in native code on the helper's threads, one trip per
+ * batch (tasks meeting a codec only JavaScript decodes, rewraps of entries out of order, and
+ * rewraps on a helper without them are the caller's: run() answers undefined). Keys are copies,
+ * zeroed by dispose().
  */
 export class NativeRunner {
   readonly #f: Functions;
@@ -86,8 +95,8 @@ export class NativeRunner {
         return (await this.#seal(task)) as ResultOf<T>;
       case "open":
         return (await this.#open(task)) as ResultOf<T> | undefined;
-      default:
-        return undefined;
+      case "rewrap":
+        return (await this.#rewrap(task)) as ResultOf<T> | undefined;
     }
   }
 
@@ -123,14 +132,29 @@ export class NativeRunner {
     const elsewhere = await this.#f.openChunks(t.data, t.entries, t.ids, this.#key(t.key), this.#key(t.idKey), t.keep ? plain : null, offsets, status, this.#threads);
     return elsewhere === 1 ? undefined : { data: t.data, plain, status };
   }
+
+  async #rewrap(t: RewrapTask): Promise<RewrapResult | undefined> {
+    const rewrapChunks = this.#f.rewrapChunks;
+    if (rewrapChunks === undefined) return undefined;
+    const n = t.entries.length / 3;
+    // The JavaScript runner's buffer, so that a batch handed back to it reuses the same one.
+    const blobs = t.out !== undefined && t.out.length >= t.data.length ? t.out.subarray(0, t.data.length) : new Uint8Array(t.data.length);
+    const status = new Uint8Array(n);
+    const newIdKey = t.newIdKey === undefined ? null : this.#key(t.newIdKey);
+    const newIds = newIdKey === null ? null : new Uint8Array(n * HASH_BYTES);
+    const elsewhere = await rewrapChunks(t.data, t.entries, t.ids, this.#key(t.key), this.#key(t.idKey), this.#key(t.newKey), newIdKey, t.nonces, blobs, status, newIds, this.#threads);
+    return elsewhere === 1 ? undefined : { data: t.data, blobs, status, ...(newIds === null ? {} : { newIds }) };
+  }
 }
 
 /**
  * A sample batch through both runners (a zero chunk, text, random bytes, a chunk that LZ4 only
  * just pays for, one byte): the same IDs and zero flags, the same blobs under the same nonces,
- * and the same plaintexts and verdicts opening them, one tampered. Any difference or failure: false.
+ * and the same plaintexts and verdicts opening them, one tampered; with rewrap, the same new
+ * blobs, verdicts and new IDs rewrapping them under the same nonces, with and without a new
+ * chunk-ID key. Any difference or failure: false.
  */
-export async function agreesWithJavaScript(f: Functions): Promise<boolean> {
+export async function agreesWithJavaScript(f: Functions, rewrap = false): Promise<boolean> {
   const compression: CompressionSetting = { compression: "lz4", compressionLevel: 1 };
   const js = new TaskRunner(await loadBulkCrypto("auto"), compression);
   const native = new NativeRunner(f, 1);
@@ -138,7 +162,7 @@ export async function agreesWithJavaScript(f: Functions): Promise<boolean> {
     const text = new TextEncoder().encode("vmvault pipeline sample ".repeat(700));
     const chunks = [new Uint8Array(4096), text, nodeCrypto().randomBytes(5000), sparseRandom(8192), Uint8Array.of(7)];
     const { data, ranges } = batchOf(chunks);
-    for (const [name, length] of [[CHUNK_ID_KEY, 32], ["session", 32]] as const) {
+    for (const [name, length] of [[CHUNK_ID_KEY, 32], ["session", 32], ["next", 32], ["nextChunkId", 32]] as const) {
       const key = nodeCrypto().randomBytes(length);
       js.setKey(name, Uint8Array.from(key));
       native.setKey(name, Uint8Array.from(key));
@@ -159,6 +183,7 @@ export async function agreesWithJavaScript(f: Functions): Promise<boolean> {
     const stored = Uint8Array.from(c.blobs);
     const flip = (entries[3 * 2] as number) + 30;
     stored[flip] = (stored[flip] as number) ^ 1;
+    if (rewrap) return await rewrapsAgree(js, native, { kind: "rewrap", data: stored, entries, ids: a.ids, key: "session", idKey: CHUNK_ID_KEY, newKey: "next", nonces });
     const openTask: OpenTask = { kind: "open", data: stored, entries, ids: a.ids, key: "session", idKey: CHUNK_ID_KEY, keep: true };
     const [e, g] = [js.run(openTask), await native.run(openTask)];
     return g !== undefined && bytesEqual(e.status, g.status) && bytesEqual(e.plain, g.plain) && e.status[2] === 1 && e.status[1] === 0;
@@ -168,6 +193,16 @@ export async function agreesWithJavaScript(f: Functions): Promise<boolean> {
     js.dispose();
     native.dispose();
   }
+}
+
+/** The task rewrapped by both runners, without and with a new chunk-ID key: the same blobs, verdicts (the third blob tampered) and new IDs. */
+async function rewrapsAgree(js: TaskRunner, native: NativeRunner, task: RewrapTask): Promise<boolean> {
+  for (const t of [task, { ...task, newIdKey: "nextChunkId" }]) {
+    const [a, b] = [js.run(t), await native.run(t)];
+    if (b === undefined || !bytesEqual(a.blobs, b.blobs) || !bytesEqual(a.status, b.status) || a.status[2] !== 1 || a.status[1] !== 0) return false;
+    if ((a.newIds === undefined) !== (b.newIds === undefined) || (a.newIds !== undefined && b.newIds !== undefined && !bytesEqual(a.newIds, b.newIds))) return false;
+  }
+  return true;
 }
 
 /** Random bytes with every other run of 64 zeroed: LZ4 saves a little under half. */

@@ -25,12 +25,13 @@ export interface PoolOptions {
   /** Tasks handed to one worker before more wait in the pool's queue. */
   readonly tasksPerWorker?: number;
   /**
-   * Where scan, seal and open tasks run: "native" (native/tasks.c on the helper's own threads, as
-   * many at once as the threads a JavaScript pool would have, no worker threads), "js" (worker threads
-   * and the main thread, src/pipeline/tasks.ts), or "auto" (default): native where the helper has
-   * the tasks and they agree with JavaScript on a sample, the compression is LZ4, and neither
-   * backend nor workerChunkHash is given. Rewrap tasks always run in JavaScript: on the main
-   * thread in a native pool, so callers that rewrap ask for "js".
+   * Where tasks run: "native" (native/tasks.c on the helper's own threads, as many at once as
+   * the threads a JavaScript pool would have, no worker threads), "js" (worker threads and the
+   * main thread, src/pipeline/tasks.ts), or "auto" (default): native where the helper has the
+   * tasks and they agree with JavaScript on a sample, the compression is LZ4, and neither backend
+   * nor workerChunkHash is given. What native code leaves to JavaScript (a zstd blob, a rewrap on
+   * a helper without rewrapChunks) runs on the main thread in a native pool, so callers that
+   * rewrap ask for "js" where `nativeRewrap()` is false.
    */
   readonly engine?: PipelineEngine;
 }

@@ -76,11 +76,30 @@ export interface NativeHelper {
    * into status and, with out, each plaintext at its offset in out (the plaintexts must not
    * overlap; zeros where one failed),
    * resolving with 1 when an entry needs a codec only JavaScript decodes (zstd: status 255), else
-   * 0. Absent where Node.js has no OpenSSL 3 with BLAKE2BMAC, and from a helper built before them.
+   * 0; rewrapChunks: openChunks' verdicts, and each verified blob sealed again under newKey with
+   * its nonce (bound to its ID under newIdKey, written to newIds, where one is given) at its own
+   * offset in out (at least as long as data; zeros where a blob was decrypted but failed),
+   * resolving with 1 when JavaScript must run the whole batch (a zstd blob, or entries out of
+   * order or overlapping), else 0. Absent where Node.js has no OpenSSL 3 with BLAKE2BMAC, and
+   * from a helper built before them (rewrapChunks: one built before it).
    */
   scanChunks?(data: Uint8Array, ranges: Uint32Array, key: Uint8Array, detectZero: boolean, ids: Uint8Array, zero: Uint8Array, threads: number): Promise<number>;
   sealChunks?(data: Uint8Array, ranges: Uint32Array, ids: Uint8Array, nonces: Uint8Array, key: Uint8Array, out: Uint8Array, lengths: Uint32Array, threads: number): Promise<number>;
   openChunks?(data: Uint8Array, entries: Uint32Array, ids: Uint8Array, key: Uint8Array, idKey: Uint8Array, out: Uint8Array | null, outOffsets: Uint32Array | null, status: Uint8Array, threads: number): Promise<number>;
+  rewrapChunks?(
+    data: Uint8Array,
+    entries: Uint32Array,
+    ids: Uint8Array,
+    key: Uint8Array,
+    idKey: Uint8Array,
+    newKey: Uint8Array,
+    newIdKey: Uint8Array | null,
+    nonces: Uint8Array,
+    out: Uint8Array,
+    status: Uint8Array,
+    newIds: Uint8Array | null,
+    threads: number,
+  ): Promise<number>;
   /**
    * Whether scanChunks and openChunks hash chunk IDs in groups, many at once (native/ids.c: the
    * library native/build-blake2b.sh builds, loaded once it gave OpenSSL's bytes); a boolean
