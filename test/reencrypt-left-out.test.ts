@@ -294,7 +294,7 @@ describe("the cleanup and an index file listing old packs beside newer ones", ()
 describe("a snapshot naming a session that has no key", () => {
   it("is left out by repair reencrypt, named, which finishes; the other snapshots stay restorable", async () => {
     const { dir, file, id } = await victim();
-    const { image, id: hostId } = await hostBackup(dir);
+    const { id: hostId } = await hostBackup(dir);
     // The backup user signs a newer revision of its own snapshot whose body it sealed under a
     // session no key envelope exists for.
     const record = await as(dir, "admin", PASS, async (r) => (await listSnapshots(r)).find((s) => s.header.id === hostId));

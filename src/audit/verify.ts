@@ -1,4 +1,4 @@
-import { IntegrityError, NotFoundError, UsageError } from "../errors.js";
+import { IntegrityError, UsageError } from "../errors.js";
 import { FormatError } from "../format/codec.js";
 import { ObjectKind, parseEnvelope } from "../format/envelope.js";
 import { isAuditAction, parseAnchorMeta, type AuditAction } from "../format/audit.js";

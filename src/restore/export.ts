@@ -1,4 +1,3 @@
-import type net from "node:net";
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { IntegrityError, NotFoundError, StorageError, UsageError, type Damage } from "../errors.js";

@@ -12,13 +12,11 @@ import { runTool, ToolFailed } from "../sources/tools.js";
  * the partial file is then committed (fsync, rename) as a raw one is.
  */
 export class Qcow2Target {
-  readonly #file: string;
   readonly #client: NbdClient;
   readonly #server: QemuNbd;
   #ended = false;
 
-  private constructor(file: string, client: NbdClient, server: QemuNbd) {
-    this.#file = file;
+  private constructor(client: NbdClient, server: QemuNbd) {
     this.#client = client;
     this.#server = server;
   }
@@ -32,7 +30,7 @@ export class Qcow2Target {
       throw new Error(`qemu-img could not make a qcow2 image: ${e.message}`);
     }
     const { client, server } = await QemuNbd.open(file, await fsp.stat(file), { writable: true, direct: await takesDirectIo(file) });
-    return new Qcow2Target(file, client, server);
+    return new Qcow2Target(client, server);
   }
 
   /** Writes data at position of the disk, in pieces the server takes. */

@@ -1,6 +1,4 @@
 import { readFileSync } from "node:fs";
-import type http from "node:http";
-import type https from "node:https";
 import { createRequire } from "node:module";
 import type { S3Client } from "@aws-sdk/client-s3";
 import { UsageError } from "../errors.js";

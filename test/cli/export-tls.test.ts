@@ -148,7 +148,7 @@ describe.skipIf(!haveClients)("export nbd over TLS with pre-shared keys", () => 
   });
 
   it("refuses a key file others may read, a malformed one, TLS with overlays, and a network address without --allow-remote: exit 2", async () => {
-    const { repo, v } = await fixture();
+    const { v } = await fixture();
     const keys = await pskFile(tmp("keys"), "hv-2");
     const expectUsage = (r: CliResult, pattern: RegExp): void => {
       expect(r.code, r.stderr).toBe(2);

@@ -70,7 +70,7 @@ describe.skipIf(!canRunLibvirtd())("backup --libvirt-domain of a running domain 
     const repoDir = tmp("repo");
     const r2 = await initCliRepo(repoDir);
     // The backup runs while the guest writes: each write lands in the overlay, not in the image being read.
-    const { child, out: printed, exit: done } = watchCli(["--repo", path.join(repoDir, "r"), "--user", "admin", "backup", "--libvirt-domain", vm.name, "--libvirt-uri", uri, "--json"], { env: { VMVAULT_STATE_DIR: `${path.join(repoDir, "r")}-state` } });
+    const { out: printed, exit: done } = watchCli(["--repo", path.join(repoDir, "r"), "--user", "admin", "backup", "--libvirt-domain", vm.name, "--libvirt-uri", uri, "--json"], { env: { VMVAULT_STATE_DIR: `${path.join(repoDir, "r")}-state` } });
     let finished = false;
     void done.then(() => (finished = true));
     const writesBehindOverlay: number[] = [];

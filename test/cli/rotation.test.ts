@@ -9,7 +9,7 @@ import { encodeEnvelope, ObjectKind, parseEnvelope } from "../../src/format/enve
 import { parseSnapshotMeta } from "../../src/format/snapshot.js";
 import { startCli, watchCli, TEST_PASSPHRASE, vault } from "../helpers/cli.js";
 import { everythingReadable as everythingReadableIn, packBytes, rotationFixture, type RotationFixture } from "../helpers/rotation-fixture.js";
-import { makeImage, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
+import { seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
 
@@ -188,7 +188,7 @@ describe("key rotation and re-encryption", () => {
     const f = await fixture();
     const v = vault(f.repo);
     const env = { VMVAULT_STATE_DIR: `${f.repo}-state`, VMVAULT_PASSPHRASE: TEST_PASSPHRASE };
-    const { child, out: printed, exit: closed } = watchCli(["--repo", f.repo, "--user", "admin", "key", "rotate", "--reencrypt"], { env });
+    const { out: printed, exit: closed } = watchCli(["--repo", f.repo, "--user", "admin", "key", "rotate", "--reencrypt"], { env });
     // Wait until the pack phase has written its first checkpoint: the re-encryption holds a shared lock.
     while (!(await fsp.readdir(path.join(f.repo, "checkpoints/reencrypt")).catch(() => [] as string[])).some((n) => /^\d+$/.test(n))) {
       await new Promise((r) => setTimeout(r, 5));

@@ -118,7 +118,7 @@ describe.skipIf(!HAVE_SSHD)("SFTP repositories through the CLI", () => {
     const { name, run } = sftpVault();
     expect((await run(["init"])).code).toBe(0);
     const before = server.logins();
-    const { child, out: printed, exit: exited } = watchCli(["--repo", server.url(name), "--user", "admin", "--sftp-identity", server.identity, "--sftp-known-hosts", server.knownHosts, "backup", "--vm", "big", image], {
+    const { out: printed, exit: exited } = watchCli(["--repo", server.url(name), "--user", "admin", "--sftp-identity", server.identity, "--sftp-known-hosts", server.knownHosts, "backup", "--vm", "big", image], {
       env: { VMVAULT_STATE_DIR: path.join(tmp("state"), "s"), VMVAULT_WORKERS: "1" },
     });
     // Once a pack is on the server, the connection's sshd processes go.
@@ -156,7 +156,7 @@ describe.skipIf(!HAVE_SSHD)("SFTP repositories through the CLI", () => {
     expect((await run(["backup", "--vm", "big", image])).code).toBe(0);
     const before = server.logins();
     const out = tmp("out");
-    const { child, out: printed, exit: exited } = watchCli(["--repo", url, "--user", "admin", "--sftp-identity", server.identity, "--sftp-known-hosts", server.knownHosts, "restore", "latest", "--vm", "big", "--target", out, "--reason", "cut"], {
+    const { out: printed, exit: exited } = watchCli(["--repo", url, "--user", "admin", "--sftp-identity", server.identity, "--sftp-known-hosts", server.knownHosts, "restore", "latest", "--vm", "big", "--target", out, "--reason", "cut"], {
       env: { VMVAULT_STATE_DIR: path.join(tmp("state"), "s") },
     });
     // Once the restore has written some of the image, the connection goes.

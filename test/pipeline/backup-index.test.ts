@@ -7,7 +7,6 @@ import { describe, expect, it } from "vitest";
 import { backup } from "../../src/backup/backup.js";
 import { KDF_TEST } from "../../src/crypto/kdf.js";
 import { Secret } from "../../src/crypto/secret.js";
-import { IntegrityError } from "../../src/errors.js";
 import { initRepository } from "../../src/repository/open.js";
 import { snapshotSummaries } from "../../src/snapshot/list.js";
 import { FaultyStore } from "../../src/storage/faulty.js";

@@ -7,7 +7,7 @@ import type { AddressInfo } from "node:net";
 import { afterEach, expect, it, vi } from "vitest";
 import type { DiskPiece, ExportedDisk, Extent } from "../../src/restore/disk-reader.js";
 import { NbdServer } from "../../src/restore/nbd-server.js";
-import { goData, metaContextData, NbdClient, REPLY_FLAG_DONE } from "../helpers/nbd-client.js";
+import { goData, NbdClient, REPLY_FLAG_DONE } from "../helpers/nbd-client.js";
 
 const MiB = 1024 * 1024;
 afterEach(() => vi.restoreAllMocks());
