@@ -41,7 +41,7 @@ import type { BadLocations } from "./check-attribution.js";
 import { PackVerifier, readDataRunsInline } from "./check-data.js";
 import type { EngineName } from "../pipeline/pool.js";
 import { PackChecks, type Listing } from "./check-packs.js";
-import { visitReferences } from "./references.js";
+import { SNAPSHOT_WALKS_AT_ONCE, visitReferences } from "./references.js";
 
 export interface CheckOptions {
   readonly readData?: boolean;
@@ -338,7 +338,7 @@ type SnapshotRecord = Awaited<ReturnType<typeof listSnapshots>>[number];
  * data, the longer work, so one at a time: each holds a window of a pack and a parsed chunk
  * list (two at once took a check of the 16 GiB benchmark image 2-3 MiB higher).
  */
-const REFERENCE_WALKS = { structure: 4, data: 1 } as const;
+const REFERENCE_WALKS = { structure: SNAPSHOT_WALKS_AT_ONCE, data: 1 } as const;
 
 /** What one snapshot's walk found: its damage, and the blobs none of whose locations verified. */
 interface Found {

@@ -9,12 +9,13 @@ import { loadIndex } from "../repository/index-files.js";
 import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import { SessionKeys } from "../repository/sessions.js";
 import { BlobReader } from "../restore/blob-reader.js";
-import { listSnapshots } from "../snapshot/store.js";
+import { listSnapshots, type SnapshotRecord } from "../snapshot/store.js";
 import { listAll, type Leftover } from "../storage/types.js";
 import { toHex } from "../util/bytes.js";
 import type { ProgressSink } from "../util/progress.js";
 import type { PruneResult } from "./prune.js";
-import { addReferences } from "./references.js";
+import { addReferences, SNAPSHOT_WALKS_AT_ONCE } from "./references.js";
+import { mapOrdered } from "../util/ordered.js";
 import { sessionCandidates, trailersInOrder } from "./repair-index.js";
 
 /**
@@ -146,9 +147,9 @@ async function planWith(repo: Repository, sessions: SessionKeys, threshold: numb
   const used = new ChunkIndex({ locations: false });
   const snapshotSessions = new Set<string>();
   const reader = new BlobReader(repo, index, sessions, new Compressor(repo.config));
-  for (const [i, snap] of snapshots.entries()) {
+  // A few snapshots at once: on a remote store each body and list is a round trip.
+  const walk = async (snap: SnapshotRecord): Promise<void> => {
     signal?.throwIfAborted();
-    progress({ phase: "read snapshots", done: i + 1, total: snapshots.length, unit: "items" });
     snapshotSessions.add(snap.meta.sessionId);
     try {
       await addReferences(repo, sessions, reader, snap, used);
@@ -156,7 +157,9 @@ async function planWith(repo: Repository, sessions: SessionKeys, threshold: numb
       if (e instanceof IntegrityError) throw stop(e, `what snapshot ${snap.header.id} references cannot be read`);
       throw e;
     }
-  }
+  };
+  let read = 0;
+  for await (const _ of mapOrdered(snapshots, SNAPSHOT_WALKS_AT_ONCE, walk)) progress({ phase: "read snapshots", done: ++read, total: snapshots.length, unit: "items" });
 
   const indexed = new Set(listedIn.keys());
   const stored: { packId: string; key: string; size: number }[] = [];

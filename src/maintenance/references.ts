@@ -11,6 +11,12 @@ import { readSnapshotBody, type SnapshotRecord } from "../snapshot/store.js";
 import { fromHex } from "../util/bytes.js";
 
 /**
+ * Snapshots whose references are walked at once (check's structure, prune): each body, chunk list
+ * and entry blob is a round trip to a remote store, and the walks share one BlobReader.
+ */
+export const SNAPSHOT_WALKS_AT_ONCE = 4;
+
+/**
  * Adds to `used` every chunk ID one snapshot references: its chunk-list and entry blobs and the
  * chunks they name. Anything of it that cannot be read (its body, a list or entry blob that
  * verifies at none of its locations, one that does not parse) fails with an IntegrityError
