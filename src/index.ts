@@ -46,6 +46,7 @@ export { isListingDamage } from "./maintenance/check-attribution.js";
 export type { RepairIndexOptions, RepairIndexResult } from "./maintenance/repair-index.js";
 export type { ForgetItem, ForgetOptions, ForgetResult, KeptItem } from "./maintenance/forget.js";
 export type { PruneOptions, PruneResult } from "./maintenance/prune.js";
+export type { MirrorOptions, MirrorResult } from "./maintenance/mirror.js";
 export type { KeepPolicy, PolicyZone } from "./maintenance/policy.js";
 export type { SnapshotSummary } from "./snapshot/list.js";
 export type { SnapshotFilter } from "./snapshot/filter.js";

@@ -4,6 +4,7 @@ import type { CheckOptions, CheckReport } from "./maintenance/check.js";
 import type { RepairIndexOptions, RepairIndexResult } from "./maintenance/repair-index.js";
 import type { ForgetOptions, ForgetResult } from "./maintenance/forget.js";
 import type { PruneOptions, PruneResult } from "./maintenance/prune.js";
+import type { MirrorOptions, MirrorResult } from "./maintenance/mirror.js";
 import { initRepository, openRepository, type InitOptions, type OpenOptions } from "./repository/open.js";
 import { refreshRegistryView } from "./repository/registry-view.js";
 import type { Repository } from "./repository/repository.js";
@@ -151,6 +152,14 @@ export class Vault {
   /** Deletes and repacks data no snapshot references, when no backup runs (admin, operator). */
   async prune(o: PruneOptions = {}): Promise<PruneResult> {
     return (await import("./maintenance/prune.js")).prune(this.repository, o);
+  }
+
+  /**
+   * Copies the repository's objects the destination lacks to it, unchanged (admin, operator): an
+   * offsite mirror that opens with the same users and passphrases. See src/maintenance/mirror.ts.
+   */
+  async mirror(o: MirrorOptions): Promise<MirrorResult> {
+    return (await import("./maintenance/mirror.js")).mirror(this.repository, o);
   }
 
   /** Indexes packs no readable index file lists, from their trailers (admin, operator). */

@@ -58,6 +58,7 @@ const NEEDS: Partial<Record<AuditAction, Action>> = {
   "check --read-data": "checkData",
   forget: "forget",
   prune: "forget",
+  mirror: "forget",
   "repair index": "repair",
   snapshots: "listSnapshots",
   "audit verify": "readAudit",

@@ -26,6 +26,7 @@ export const AUDIT_ACTIONS = [
   "ls",
   "diff",
   "find",
+  "mirror",
 ] as const;
 export type AuditAction = (typeof AUDIT_ACTIONS)[number];
 

@@ -6,6 +6,12 @@ import type { Store } from "../storage/types.js";
 import { fromHex, toHex } from "../util/bytes.js";
 import type { Repository } from "./repository.js";
 
+/**
+ * What taking a lock needs of a repository: its store, identity, clock and host. A repository,
+ * or another store holding a copy of one (a mirror's destination, under the source's identity).
+ */
+export type LockSite = Pick<Repository, "store" | "env" | "crypto" | "repoId" | "now">;
+
 /** A lock not refreshed for this long is considered abandoned by a crashed host. */
 export const STALE_AFTER_MS = 30 * 60 * 1000;
 
@@ -65,7 +71,7 @@ export interface LockListing {
 }
 
 /** Reads every lock and release object under the prefix but `skip` (objects that are no lock, or gone meanwhile, are passed over). */
-export async function listLocks(repo: Repository, prefix: string, skip: string | undefined): Promise<LockListing> {
+export async function listLocks(repo: LockSite, prefix: string, skip: string | undefined): Promise<LockListing> {
   const locks: StoredLock[] = [];
   const releases: StoredLock[] = [];
   const released = new Set<string>();
@@ -101,7 +107,7 @@ export async function listLocks(repo: Repository, prefix: string, skip: string |
  * secret their releaseHash commits to.
  */
 export class OwnLockObjects {
-  readonly #repo: Repository;
+  readonly #repo: LockSite;
   readonly #prefix: string;
   /** The holder, as its first lock object says. */
   readonly #meta: LockMeta;
@@ -112,7 +118,7 @@ export class OwnLockObjects {
   #letGo = false;
   #releaseStored = false;
 
-  constructor(repo: Repository, prefix: string, meta: LockMeta) {
+  constructor(repo: LockSite, prefix: string, meta: LockMeta) {
     this.#repo = repo;
     this.#prefix = prefix;
     this.#meta = meta;

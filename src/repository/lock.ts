@@ -4,13 +4,13 @@ import { processAlive } from "../util/process.js";
 import { LOCK_PREFIX, REENCRYPTION_LOCK_PREFIX } from "../format/layout.js";
 import type { LockMeta } from "../format/lock.js";
 import { toHex, utf8 } from "../util/bytes.js";
-import { listLocks, OwnLockObjects, removeGone, STALE_AFTER_MS } from "./lock-objects.js";
+import { listLocks, OwnLockObjects, removeGone, STALE_AFTER_MS, type LockSite } from "./lock-objects.js";
 import { refreshRegistryView } from "./registry-view.js";
 import type { Repository } from "./repository.js";
 
 export { parseLock } from "./lock-objects.js";
 
-export { STALE_AFTER_MS } from "./lock-objects.js";
+export { STALE_AFTER_MS, type LockSite } from "./lock-objects.js";
 export const REFRESH_EVERY_MS = 5 * 60 * 1000;
 
 export interface Lock {
@@ -57,7 +57,7 @@ const RETRY_AT_MOST_MS = 2000;
  * user was removed meanwhile, say), the lock is released and the error thrown.
  */
 export function acquireLock(repo: Repository, operation: string, exclusive: boolean, options: LockOptions = {}): Promise<Lock> {
-  return acquire(repo, LOCK_PREFIX, operation, exclusive, options);
+  return acquire(repo, LOCK_PREFIX, operation, exclusive, options, repo);
 }
 
 /**
@@ -69,14 +69,24 @@ export function acquireLock(repo: Repository, operation: string, exclusive: bool
  * Waiting, refreshing and stale locks (a crashed holder) work as for {@link acquireLock}.
  */
 export function acquireReencryptionLock(repo: Repository, operation: string, options: LockOptions = {}): Promise<Lock> {
-  return acquire(repo, REENCRYPTION_LOCK_PREFIX, operation, true, options);
+  return acquire(repo, REENCRYPTION_LOCK_PREFIX, operation, true, options, repo);
 }
 
-function acquire(repo: Repository, prefix: string, operation: string, exclusive: boolean, options: LockOptions): Promise<Lock> {
+/**
+ * Takes a lock in another store that holds a copy of the repository (a mirror's destination),
+ * as {@link acquireLock} takes one in the repository, under its identity: there is no registry
+ * view there to bring up to date.
+ */
+export function acquireLockAt(site: LockSite, operation: string, exclusive: boolean, options: LockOptions = {}): Promise<Lock> {
+  return acquire(site, LOCK_PREFIX, operation, exclusive, options, undefined);
+}
+
+/** refreshed: the repository itself, whose registry view is brought up to date once locked (none for another store). */
+function acquire(repo: LockSite, prefix: string, operation: string, exclusive: boolean, options: LockOptions, refreshed: Repository | undefined): Promise<Lock> {
   const signal = options.signal;
   const waiting = { told: false };
-  if (signal === undefined) return attempt(repo, prefix, operation, exclusive, options, waiting);
-  return attempt(repo, prefix, operation, exclusive, options, waiting).catch((e: unknown) => {
+  if (signal === undefined) return attempt(repo, prefix, operation, exclusive, options, waiting, refreshed);
+  return attempt(repo, prefix, operation, exclusive, options, waiting, refreshed).catch((e: unknown) => {
     if (!signal.aborted) throw e;
     const when = waiting.told ? "while it waited for" : "before it took";
     throw InterruptedError.of(operation, signal.reason, ` ${when} the repository lock${options.stopped ?? ""}`);
@@ -84,7 +94,7 @@ function acquire(repo: Repository, prefix: string, operation: string, exclusive:
 }
 
 /** waiting.told: set once the repository was found busy and waiting began. */
-async function attempt(repo: Repository, prefix: string, operation: string, exclusive: boolean, options: LockOptions, waiting: { told: boolean }): Promise<Lock> {
+async function attempt(repo: LockSite, prefix: string, operation: string, exclusive: boolean, options: LockOptions, waiting: { told: boolean }, refreshed: Repository | undefined): Promise<Lock> {
   const waitMs = options.waitMs ?? repo.env.lockWaitMs ?? 0;
   let waited = 0;
   let pause = RETRY_EVERY_MS;
@@ -111,7 +121,7 @@ async function attempt(repo: Repository, prefix: string, operation: string, excl
     // lock was taken (while the command waited, or simply raced it): every locked command works
     // from the newest one, whose current epoch no rotation can change while the lock is held.
     try {
-      await refreshRegistryView(repo);
+      if (refreshed !== undefined) await refreshRegistryView(refreshed);
     } catch (e) {
       await lock.release().catch(() => undefined);
       throw e;
@@ -149,7 +159,7 @@ export function describeHolder(h: LockHolder, now: Date): string {
 }
 
 /** What to do about a conflicting lock: wait, or, for a holder known to be dead elsewhere, remove its lock. */
-function lockHint(repo: Repository, h: LockHolder): string {
+function lockHint(repo: LockSite, h: LockHolder): string {
   const wait = "wait for it to finish and run the command again, or pass --lock-wait SECONDS (VMVAULT_LOCK_WAIT) to wait for it";
   if (h.thisHost) return `${wait}; process ${h.pid} is running on this host, so its lock stands until it ends`;
   return (
@@ -158,7 +168,7 @@ function lockHint(repo: Repository, h: LockHolder): string {
   );
 }
 
-function hostHash(repo: Repository): string {
+function hostHash(repo: LockSite): string {
   return toHex(repo.crypto.hash(utf8(`${repo.repoId}\0${repo.env.hostname}`), undefined, 16));
 }
 
@@ -169,7 +179,7 @@ function hostHash(repo: Repository): string {
  * stores as well, so a wait stores nothing while the holder stays: a taker that may not delete
  * would otherwise leave a lock and a release object per attempt.
  */
-async function tryLock(repo: Repository, prefix: string, operation: string, exclusive: boolean, lookFirst: boolean): Promise<Lock> {
+async function tryLock(repo: LockSite, prefix: string, operation: string, exclusive: boolean, lookFirst: boolean): Promise<Lock> {
   const mine = hostHash(repo);
   if (lookFirst) await refuseIfHeld(repo, prefix, exclusive, mine, undefined);
   const now = repo.now();
@@ -198,7 +208,7 @@ async function tryLock(repo: Repository, prefix: string, operation: string, excl
  * a lock of a dead process on this host, one not refreshed for 30 minutes, a released one, and a
  * release object 30 minutes old. `own` is the caller's own lock object, if stored already.
  */
-async function refuseIfHeld(repo: Repository, prefix: string, exclusive: boolean, mine: string, own: string | undefined): Promise<void> {
+async function refuseIfHeld(repo: LockSite, prefix: string, exclusive: boolean, mine: string, own: string | undefined): Promise<void> {
   const { old, locks, releases, released } = await listLocks(repo, prefix, own);
   for (const key of old) await removeGone(repo.store, key);
   const ageOf = (m: LockMeta): number => repo.env.clock().getTime() - Date.parse(m.refreshedAt);
