@@ -59,6 +59,11 @@ export interface MirrorResult {
 const KINDS = ["registry/", "keys/", "grants/", "sessions/", "data/", "index/", "checkpoints/", "snapshots/", "audit-bodies/", "audit/"] as const;
 /** Kinds the source only ever adds to: what only the destination has is kept, and reported. */
 const APPEND_ONLY = new Set<string>(["registry/", "audit/"]);
+/**
+ * Kinds whose few objects are compared byte for byte where both places have them: a key slot or
+ * grant changed at the mirror can have the size of the source's own.
+ */
+const COMPARED = new Set<string>(["keys/", "grants/"]);
 /** Objects at most this large are copied in one read; larger ones (packs) stream through a buffer of this size. */
 const PIECE_BYTES = 4 << 20;
 /** Objects copied at once: the small ones are round trips to remote stores, the packs fill PIECE_BYTES buffers. */
@@ -127,18 +132,26 @@ async function copyAll(repo: Repository, o: MirrorOptions, progress: ProgressSin
   for (const kind of KINDS) for (const info of await sorted(to, kind)) there.set(info.key, info.size);
   const result = { objectsCopied: 0, bytesCopied: 0, objectsPresent: 0, objectsDeleted: 0 };
   const conflicts: Damage[] = [];
-  const divergesAt = await auditDivergence(repo.store, to, listed.get("audit/") ?? [], there);
-  const missing: ObjectInfo[][] = KINDS.map((kind) => {
+  const divergesAt = await chainDivergence(repo.store, to, listed.get("audit/") ?? [], there);
+  // The registry's versions are chained as the audit trail is: one changed at the mirror (a user
+  // added there) is a conflict, and the source's versions from there on are not copied.
+  const registryDivergesAt = await chainDivergence(repo.store, to, listed.get("registry/") ?? [], there);
+  if (registryDivergesAt !== undefined) {
+    conflicts.push({ object: registryDivergesAt, problem: "the destination's registry departs from the source's here (users or keys changed at the mirror): its versions are left as they are, and the source's from here on are not copied" });
+  }
+  const missing: ObjectInfo[][] = [];
+  for (const kind of KINDS) {
     const wanted: ObjectInfo[] = [];
+    const skipFrom = kind === "audit/" ? divergesAt : kind === "registry/" ? registryDivergesAt : undefined;
     for (const info of listed.get(kind) ?? []) {
-      if (kind === "audit/" && divergesAt !== undefined && info.key >= divergesAt) continue;
+      if (skipFrom !== undefined && info.key >= skipFrom) continue;
       const size = there.get(info.key);
       if (size === undefined) wanted.push(info);
-      else if (size === info.size) result.objectsPresent++;
-      else conflicts.push({ object: info.key, problem: `the destination holds ${size} bytes under this name, the source ${info.size}: left as it is` });
+      else if (size === info.size && (!COMPARED.has(kind) || bytesEqual(await repo.store.get(info.key), await to.get(info.key)))) result.objectsPresent++;
+      else conflicts.push({ object: info.key, problem: size === info.size ? "the destination holds other bytes under this name: left as it is" : `the destination holds ${size} bytes under this name, the source ${info.size}: left as it is` });
     }
-    return wanted;
-  });
+    missing.push(wanted);
+  }
   const total = missing.reduce((a, m) => a + m.reduce((b, i) => b + i.size, 0), 0) + (newConfig?.length ?? 0);
   const buffers: Uint8Array[] = [];
   const copyOne = async (info: ObjectInfo): Promise<void> => {
@@ -184,12 +197,12 @@ async function copyAll(repo: Repository, o: MirrorOptions, progress: ProgressSin
 }
 
 /**
- * The first audit record the two trails both have and hold differently, or undefined. Each record
- * names its predecessor's hash, so once the trails differ they differ from there on: the newest
- * record both have tells whether they do, and a binary search over the rest finds where (a few
- * reads whatever the trail's length).
+ * The first object of a chain (audit records, registry versions) that both places have and hold
+ * differently, or undefined. Each names its predecessor's hash, so once two chains differ they
+ * differ from there on: the newest object both have tells whether they do, and a binary search
+ * over the rest finds where (a few reads whatever the chain's length).
  */
-async function auditDivergence(from: Store, to: Store, records: readonly ObjectInfo[], there: ReadonlyMap<string, number>): Promise<string | undefined> {
+async function chainDivergence(from: Store, to: Store, records: readonly ObjectInfo[], there: ReadonlyMap<string, number>): Promise<string | undefined> {
   const common = records.filter((r) => there.has(r.key)).map((r) => r.key);
   const same = async (key: string): Promise<boolean> => bytesEqual(await from.get(key), await to.get(key));
   const newest = common.at(-1);

@@ -154,9 +154,16 @@ describe("mirror", () => {
     await v.mirror({ to: new FsStore(to) });
     const index = (await listAll(new FsStore(to), "index/"))[0]?.key as string;
     await fsp.writeFile(path.join(to, index), "not an index file");
+    // A key slot of the same size with other bytes (a passphrase changed at the mirror, say).
+    const slot = (await listAll(new FsStore(to), "keys/admin/"))[0]?.key as string;
+    const bytes = await fsp.readFile(path.join(to, slot));
+    bytes[bytes.length - 1] = (bytes[bytes.length - 1] as number) ^ 1;
+    await fsp.writeFile(path.join(to, slot), bytes);
     const r = await v.mirror({ to: new FsStore(to) });
-    expect(r.conflicts.map((c) => c.object)).toEqual([index]);
+    expect(r.conflicts.map((c) => c.object).sort()).toEqual([index, slot].sort());
+    expect(r.conflicts.find((c) => c.object === slot)?.problem).toMatch(/other bytes/);
     expect(await fsp.readFile(path.join(to, index), "utf8")).toBe("not an index file");
+    expect(await fsp.readFile(path.join(to, slot))).toEqual(bytes);
     const other = await source();
     const before = await objects(to);
     await expect(other.v.mirror({ to: new FsStore(to) })).rejects.toThrow(UsageError);
