@@ -13,6 +13,7 @@ import { registerKey } from "./commands/key.js";
 import { registerRepair } from "./commands/repair.js";
 import { registerForget } from "./commands/forget.js";
 import { registerPrune } from "./commands/prune.js";
+import { registerMirror } from "./commands/mirror.js";
 import { registerExport } from "./commands/export.js";
 import { describeError, errorJson, exitCodeOf } from "./exit.js";
 import { closeOpenedStores } from "../storage/open.js";
@@ -55,6 +56,7 @@ export function buildProgram(interrupts: Interrupts = new Interrupts(), json = f
   registerCheck(program, interrupts);
   registerForget(program, interrupts);
   registerPrune(program, interrupts);
+  registerMirror(program, interrupts);
   registerRepair(program, interrupts);
   registerUser(program);
   registerAudit(program);

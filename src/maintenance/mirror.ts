@@ -67,7 +67,7 @@ const COMPARED = new Set<string>(["keys/", "grants/"]);
 /** Objects at most this large are copied in one read; larger ones (packs) stream through a buffer of this size. */
 const PIECE_BYTES = 4 << 20;
 /** Objects copied at once: the small ones are round trips to remote stores, the packs fill PIECE_BYTES buffers. */
-const LARGE_AT_ONCE = 4;
+const LARGE_AT_ONCE = 3;
 
 /**
  * Copies the repository's objects that the destination lacks to it, unchanged (they are
@@ -99,6 +99,9 @@ async function mirrorLocked(repo: Repository, o: MirrorOptions): Promise<MirrorR
   const to = o.to;
   const progress = throttled(o.progress);
   const config = await repo.store.get(CONFIG_KEY);
+  // Readied as init readies a new repository's place (an S3 bucket made where missing, and the
+  // server's refusal of overwrites checked: every copy is a put-if-absent).
+  await to.prepare?.();
   const theirs = await to.get(CONFIG_KEY).catch((e: unknown) => {
     if (e instanceof NotFoundError) return undefined;
     throw e;
@@ -106,8 +109,6 @@ async function mirrorLocked(repo: Repository, o: MirrorOptions): Promise<MirrorR
   if (theirs !== undefined && !bytesEqual(theirs, config)) {
     throw new UsageError(`${to.location} holds another repository, not a mirror of ${repo.store.location}`, "mirror to an empty place, or to the one an earlier mirror of this repository made");
   }
-  // A new destination is readied as init readies one (an S3 bucket made, overwrites refused).
-  if (theirs === undefined) await to.prepare?.();
   const destLock = await acquireLockAt({ store: to, env: repo.env, crypto: repo.crypto, repoId: repo.repoId, now: () => repo.now() }, "mirror", o.delete === true, {
     signal: o.signal,
     stopped: "; it copied nothing",
@@ -130,7 +131,7 @@ async function copyAll(repo: Repository, o: MirrorOptions, progress: ProgressSin
   }
   const there = new Map<string, number>();
   for (const kind of KINDS) for (const info of await sorted(to, kind)) there.set(info.key, info.size);
-  const result = { objectsCopied: 0, bytesCopied: 0, objectsPresent: 0, objectsDeleted: 0 };
+  const result = { objectsCopied: 0, bytesCopied: 0, objectsPresent: newConfig === undefined ? 1 : 0, objectsDeleted: 0 };
   const conflicts: Damage[] = [];
   const divergesAt = await chainDivergence(repo.store, to, listed.get("audit/") ?? [], there);
   // The registry's versions are chained as the audit trail is: one changed at the mirror (a user

@@ -74,3 +74,38 @@ export async function forgetAndPrune(
   expect(await sha256File(path.join(dirs.out, "web1.raw"))).toBe(await sha256File(image));
   return { before, after, prune: JSON.parse(pruned.stdout) as { leftoversDeleted: number } };
 }
+
+/**
+ * A mirror through the CLI: a repository at `source` (its runner) with a backup of a 12 MiB
+ * image, mirrored with `mirror` and the arguments given, then opened at the mirror (`atMirror`):
+ * its snapshot restored (sha256-compared), check --read-data clean and the audit trail
+ * verifying; a second mirror copies only the source's new audit records. The two results.
+ */
+export async function mirrorRoundTrip(source: Run, atMirror: Run, mirrorArgs: readonly string[], dirs: { src: string; out: string }): Promise<{ first: MirrorJson; second: MirrorJson }> {
+  const image = path.join(dirs.src, "web1.raw");
+  await fsp.writeFile(image, seededBytes("mirror round trip", 12 * 1024 * 1024));
+  expect((await source(["init"])).code).toBe(0);
+  const backup = await source(["--json", "backup", "--vm", "web1", image]);
+  expect(backup.code, backup.stderr).toBe(0);
+  const first = await source(["--json", "mirror", ...mirrorArgs]);
+  expect(first.code, first.stderr).toBe(0);
+  const listed = await atMirror(["--json", "snapshots"]);
+  expect(listed.code, listed.stderr).toBe(0);
+  expect((JSON.parse(listed.stdout) as { id: string }[]).map((s) => s.id)).toEqual([(JSON.parse(backup.stdout) as { snapshotId: string }).snapshotId]);
+  const second = await source(["--json", "mirror", ...mirrorArgs]);
+  expect(second.code, second.stderr).toBe(0);
+  expect((await atMirror(["restore", "latest", "--target", dirs.out, "--reason", "from the mirror"])).code).toBe(0);
+  expect(await sha256File(path.join(dirs.out, "web1.raw"))).toBe(await sha256File(image));
+  const check = await atMirror(["check", "--read-data"]);
+  expect(check.code, check.stdout + check.stderr).toBe(0);
+  expect((await atMirror(["audit", "verify"])).code).toBe(0);
+  return { first: JSON.parse(first.stdout) as MirrorJson, second: JSON.parse(second.stdout) as MirrorJson };
+}
+
+export interface MirrorJson {
+  readonly destination: string;
+  readonly objectsCopied: number;
+  readonly objectsPresent: number;
+  readonly objectsDeleted: number;
+  readonly conflicts: readonly { object: string }[];
+}
