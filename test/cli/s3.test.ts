@@ -2,10 +2,10 @@ import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { CreateMultipartUploadCommand, GetObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
 import { beforeAll, describe, expect, it } from "vitest";
-import { runCli, watchCli, TEST_PASSPHRASE, type CliOptions, type CliResult } from "../helpers/cli.js";
+import { runCli, vault, watchCli, TEST_PASSPHRASE, type CliOptions, type CliResult } from "../helpers/cli.js";
 import { startCutProxy } from "../helpers/cut-proxy.js";
 import { seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
-import { forgetAndPrune, roundTrip } from "../helpers/round-trip.js";
+import { forgetAndPrune, mirrorRoundTrip, roundTrip } from "../helpers/round-trip.js";
 import { HAVE_RGW, s3Server, type S3d } from "../helpers/s3d.js";
 
 /**
@@ -231,6 +231,17 @@ describe.skipIf(!HAVE_RGW)("S3 repositories through the CLI", () => {
     } finally {
       await proxy.close();
     }
+  });
+  it("mirror: a local repository copied to a bucket opens there with the same user and restores; the next run copies only what is new", async () => {
+    const dir = tmp("mirror");
+    const { url, run: atMirror } = s3Vault();
+    const env = { AWS_ENDPOINT_URL_S3: server.endpoint, AWS_ACCESS_KEY_ID: server.accessKeyId, AWS_SECRET_ACCESS_KEY: server.secretAccessKey };
+    const local = vault(path.join(dir, "r"));
+    const source = (args: readonly string[], c?: CliOptions): Promise<CliResult> => local(args, { ...c, env: { ...env, ...c?.env } });
+    const { first, second } = await mirrorRoundTrip(source, atMirror, ["--to", url], { src: tmp("src"), out: tmp("out") });
+    expect(first.destination).toBe(`${url} at ${server.endpoint}`);
+    expect(first.objectsCopied).toBeGreaterThan(10);
+    expect(second.objectsPresent).toBe(first.objectsCopied);
   });
 });
 

@@ -2,9 +2,9 @@ import { execFileSync } from "node:child_process";
 import { existsSync, promises as fsp } from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { runCli, watchCli, TEST_PASSPHRASE, type CliOptions, type CliResult } from "../helpers/cli.js";
+import { runCli, vault, watchCli, TEST_PASSPHRASE, type CliOptions, type CliResult } from "../helpers/cli.js";
 import { seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
-import { forgetAndPrune, roundTrip } from "../helpers/round-trip.js";
+import { forgetAndPrune, mirrorRoundTrip, roundTrip } from "../helpers/round-trip.js";
 import { HAVE_SSHD, startSftpd, type Sftpd } from "../helpers/sftpd.js";
 
 /**
@@ -204,5 +204,14 @@ describe.skipIf(!HAVE_SSHD)("SFTP repositories through the CLI", () => {
     expect(withPassword.code).toBe(2);
     expect(withPassword.stderr).toContain("a password does not go in the URL");
     expect(withPassword.stderr).not.toContain("hunter2");
+  });
+  it("mirror: a local repository copied over SFTP with a --to-keys file opens there and restores; the next run copies only what is new", async () => {
+    const { url, run: atMirror } = sftpVault();
+    const keys = path.join(tmp("keys"), "mirror.keys");
+    await fsp.writeFile(keys, `repo = ${url}\nsftp-identity = ${server.identity}\nsftp-known-hosts = ${server.knownHosts}\n`, { mode: 0o600 });
+    const { first, second } = await mirrorRoundTrip(vault(path.join(tmp("repo"), "r")), atMirror, ["--to-keys", keys], { src: tmp("src"), out: tmp("out") });
+    expect(first.destination).toBe(url);
+    expect(first.objectsCopied).toBeGreaterThan(10);
+    expect(second.objectsPresent).toBe(first.objectsCopied);
   });
 });
