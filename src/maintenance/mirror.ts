@@ -60,10 +60,12 @@ const KINDS = ["registry/", "keys/", "grants/", "sessions/", "data/", "index/", 
 /** Kinds the source only ever adds to: what only the destination has is kept, and reported. */
 const APPEND_ONLY = new Set<string>(["registry/", "audit/"]);
 /**
- * Kinds whose few objects are compared byte for byte where both places have them: a key slot or
- * grant changed at the mirror can have the size of the source's own.
+ * Kinds compared byte for byte where both places have an object: a key slot written at the
+ * mirror (a passphrase changed there) has the size of the source's slot of that generation.
+ * There is one slot per user; every other kind's names are written once, each with its own
+ * content (random or content-derived names, numbered versions checked as chains below).
  */
-const COMPARED = new Set<string>(["keys/", "grants/"]);
+const COMPARED = new Set<string>(["keys/"]);
 /** Objects at most this large are copied in one read; larger ones (packs) stream through a buffer of this size. */
 const PIECE_BYTES = 4 << 20;
 /** Objects copied at once: the small ones are round trips to remote stores, the packs fill PIECE_BYTES buffers. */
@@ -157,7 +159,14 @@ async function copyAll(repo: Repository, o: MirrorOptions, progress: ProgressSin
   const buffers: Uint8Array[] = [];
   const copyOne = async (info: ObjectInfo): Promise<void> => {
     if (o.signal?.aborted === true) return;
-    const wrote = info.size <= PIECE_BYTES ? await to.putIfAbsent(info.key, await repo.store.get(info.key)) : await stream(repo.store, to, info, buffers);
+    let wrote: boolean;
+    try {
+      wrote = info.size <= PIECE_BYTES ? await to.putIfAbsent(info.key, await repo.store.get(info.key)) : await stream(repo.store, to, info, buffers);
+    } catch (e) {
+      // Gone since it was listed (a key slot a passphrase change replaced): the next run sees what replaced it.
+      if (e instanceof NotFoundError) return;
+      throw e;
+    }
     if (wrote) {
       result.objectsCopied++;
       result.bytesCopied += info.size;
