@@ -10,7 +10,7 @@
     {
       "target_name": "vmvault_native",
       "dependencies": ["vmvault_lz4"],
-      "sources": ["native/extents.c", "native/readfile.c", "native/writefile.c", "native/memory.c", "native/pagecache.c", "native/xattr.c", "native/aead.c", "native/tasks.c", "native/ids.c", "native/sha256.c", "native/source.c"],
+      "sources": ["native/extents.c", "native/readfile.c", "native/writefile.c", "native/memory.c", "native/pagecache.c", "native/xattr.c", "native/aead.c", "native/tasks.c", "native/task-threads.c", "native/ids.c", "native/sha256.c", "native/source.c"],
       "cflags": ["-O2", "-Wall", "-Wextra"]
     }
   ]

@@ -215,7 +215,7 @@ int vmvault_sha256(const void *data, size_t length, unsigned char *out);
 /* native/source.c: mapSource(path) -> { source, sha256 }: an ASCII file as a string over a read-only mapping of it. */
 napi_status vmvault_register_source(napi_env env, napi_value exports);
 
-/* native/tasks.c: scanChunks, sealChunks, openChunks: the pipeline's batch tasks on the thread pool (when OpenSSL has what they need). */
+/* native/tasks.c: scanChunks, sealChunks, openChunks, rewrapChunks: the pipeline's batch tasks on the helper's threads (native/task-threads.c; when OpenSSL has what they need). */
 napi_status vmvault_register_tasks(napi_env env, napi_value exports);
 
 #endif

@@ -7,21 +7,20 @@
  * BLAKE2b-256 and XChaCha20-Poly1305 through the OpenSSL inside Node.js (native/aead.c), LZ4
  * through the same liblz4 sources the lz4 package builds (native/lz4-block.c). A batch runs without
  * JavaScript between its chunks and outside V8's heap; the caller must not touch the arrays it
- * passed until the promise settles (references keep them alive). The threads are the helper's,
- * not libuv's, so file reads and writes never wait behind a batch: each call says how many
- * threads may run batches at once (more are started up to that number, never stopped; tasks
- * beyond it wait in a queue), and a finished batch is handed back to its JavaScript thread
- * through a thread-safe function. Each thread keeps its own OpenSSL contexts and scratch memory;
- * the keys in the contexts are replaced by zeros after every batch.
+ * passed until the promise settles (references keep them alive). The threads are the helper's
+ * (native/task-threads.c), not libuv's, so file reads and writes never wait behind a batch: each
+ * call says how many threads may run batches at once (more are started up to that number, never
+ * stopped; tasks beyond it wait in a queue), and a finished batch is handed back to its
+ * JavaScript thread through a thread-safe function. Each thread keeps its own OpenSSL contexts
+ * and scratch memory; the keys in the contexts are replaced by zeros after every batch.
  */
 #define _GNU_SOURCE
-#include <dlfcn.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <node_api.h>
 #include "native.h"
+#include "task.h"
 
 int vmvault_lz4_compress(const char *src, char *dst, int srcSize, int dstCapacity);
 int vmvault_lz4_decompress(const char *src, char *dst, int compressedSize, int dstCapacity);
@@ -32,47 +31,7 @@ enum { CODEC_RAW = 0, CODEC_ZSTD = 1, CODEC_LZ4 = 2 };
 /* BlobStatus of src/pack/blob.ts, and one more: a codec only JavaScript decodes (zstd). */
 enum { OK = 0, AUTH = 1, DECOMPRESS = 2, CODEC = 3, LENGTH = 4, MISMATCH = 5, ELSEWHERE = 255 };
 enum { SCAN, SEAL, OPEN, REWRAP };
-#define MAX_ARGS 12
 
-typedef struct {
-  unsigned char *p;
-  size_t n;
-} bytes;
-
-/*
- * Per JavaScript thread (instance data): the thread-safe function finished tasks go back
- * through, and how many tasks have not come back (outstanding, that thread's alone). in_threads
- * counts its tasks queued or running on the task threads. When the JavaScript thread ends (a
- * worker thread terminated, the process exiting), its cleanup hook takes its queued tasks out,
- * waits for its running ones (their arrays are that thread's memory, freed next), and sets
- * closed: a task thread hands a task back under lock, and only while closed is not set, so none
- * touches a function Node.js then tears down.
- */
-typedef struct {
-  napi_threadsafe_function done;
-  size_t outstanding;
-  pthread_mutex_t lock;
-  pthread_cond_t idle;
-  size_t in_threads;
-  int closed;
-} env_state;
-
-typedef struct task {
-  struct task *next;
-  env_state *owner;
-  napi_deferred deferred;
-  napi_ref refs[MAX_ARGS];
-  int nrefs;
-  int kind;
-  int detect_zero;
-  int failed;
-  double result;
-  bytes data, ids, nonces, key, id_key, out, status, zero, new_key, new_id_key, new_ids;
-  const uint32_t *table;
-  size_t count;
-  const uint32_t *out_offsets;
-  uint32_t *lengths;
-} task;
 
 /* One task thread's contexts and scratch memory, made on its first task and kept. */
 static __thread struct {
@@ -314,7 +273,7 @@ static int open_all(task *t) {
   return 0;
 }
 
-static void execute(task *t) {
+void vmvault_task_execute(task *t) {
   if (!thread_ready()) {
     t->failed = 1;
     return;
@@ -327,215 +286,9 @@ static void execute(task *t) {
   if (here.plain != NULL) vmvault_cleanse(here.plain, here.plain_size);
 }
 
-/* On the task's JavaScript thread: releases its arguments and settles its promise, rejected with error where one is given, and frees it. */
-static void settle(napi_env env, task *t, const char *error) {
-  for (int i = 0; i < t->nrefs; i++) napi_delete_reference(env, t->refs[i]);
-  if (--t->owner->outstanding == 0) napi_unref_threadsafe_function(env, t->owner->done);
-  napi_value value;
-  if (error != NULL) {
-    napi_value message;
-    napi_create_string_utf8(env, error, NAPI_AUTO_LENGTH, &message);
-    napi_create_error(env, NULL, message, &value);
-    napi_reject_deferred(env, t->deferred, value);
-  } else {
-    napi_create_double(env, t->result, &value);
-    napi_resolve_deferred(env, t->deferred, value);
-  }
-  free(t);
-}
-
-/* A finished task, back on its JavaScript thread (env is NULL when that thread is gone: nothing to settle). */
-static void complete(napi_env env, napi_value js_callback, void *context, void *data) {
-  (void)js_callback;
-  (void)context;
-  task *t = data;
-  if (env == NULL) free(t);
-  else settle(env, t, t->failed ? "native pipeline task failed" : NULL);
-}
-
-/* The helper's task threads and their queue (one per process). */
-static struct {
-  pthread_mutex_t lock;
-  pthread_cond_t wake;
-  task *head, *tail;
-  int threads;
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0};
-
-static void *task_thread(void *arg) {
-  (void)arg;
-  for (;;) {
-    pthread_mutex_lock(&pool.lock);
-    while (pool.head == NULL) pthread_cond_wait(&pool.wake, &pool.lock);
-    task *t = pool.head;
-    pool.head = t->next;
-    if (pool.head == NULL) pool.tail = NULL;
-    pthread_mutex_unlock(&pool.lock);
-    execute(t);
-    env_state *e = t->owner;
-    pthread_mutex_lock(&e->lock);
-    /* A JavaScript thread that is going cannot take the task back. */
-    if (e->closed || napi_call_threadsafe_function(e->done, t, napi_tsfn_nonblocking) != napi_ok) free(t);
-    if (--e->in_threads == 0) pthread_cond_broadcast(&e->idle);
-    pthread_mutex_unlock(&e->lock);
-  }
-  return NULL;
-}
-
-/*
- * Keeps the helper loaded for the life of the process once it has threads: Node.js unloads an
- * addon when the last worker thread that loaded it ends, and the task threads run its code.
- */
-static int pin_module(void) {
-  static int pinned = 0;
-  Dl_info self;
-  if (pinned) return 1;
-  if (dladdr((void *)&pin_module, &self) == 0 || self.dli_fname == NULL || dlopen(self.dli_fname, RTLD_LAZY | RTLD_NODELETE) == NULL) return 0;
-  pinned = 1;
-  return 1;
-}
-
-/* Queues t, with up to threads task threads running (started as needed); 0, or -1 when not even one could start. */
-static int submit(task *t, int threads) {
-  pthread_mutex_lock(&pool.lock);
-  while (pool.threads < threads && pin_module()) {
-    pthread_t id;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&id, &attr, task_thread, NULL);
-    pthread_attr_destroy(&attr);
-    if (rc != 0) break;
-    pool.threads++;
-  }
-  if (pool.threads == 0) {
-    pthread_mutex_unlock(&pool.lock);
-    return -1;
-  }
-  t->next = NULL;
-  if (pool.tail == NULL) pool.head = t;
-  else pool.tail->next = t;
-  pool.tail = t;
-  pthread_cond_signal(&pool.wake);
-  pthread_mutex_unlock(&pool.lock);
-  return 0;
-}
-
-/* The JavaScript thread is ending: its queued tasks are dropped, its running ones waited for, and none goes back to it. */
-static void close_env(void *data) {
-  env_state *e = data;
-  size_t dropped = 0;
-  pthread_mutex_lock(&pool.lock);
-  for (task **at = &pool.head, *prev = NULL; *at != NULL;) {
-    task *t = *at;
-    if (t->owner != e) {
-      prev = t;
-      at = &t->next;
-      continue;
-    }
-    *at = t->next;
-    if (pool.tail == t) pool.tail = prev;
-    free(t);
-    dropped++;
-  }
-  pthread_mutex_unlock(&pool.lock);
-  pthread_mutex_lock(&e->lock);
-  e->closed = 1;
-  e->in_threads -= dropped;
-  while (e->in_threads > 0) pthread_cond_wait(&e->idle, &e->lock);
-  pthread_mutex_unlock(&e->lock);
-  pthread_cond_destroy(&e->idle);
-  pthread_mutex_destroy(&e->lock);
-  free(e);
-}
-
-/* This JavaScript thread's state, made on its first task. */
-static env_state *owner_of(napi_env env) {
-  env_state *e = NULL;
-  if (napi_get_instance_data(env, (void **)&e) == napi_ok && e != NULL) return e;
-  e = calloc(1, sizeof *e);
-  napi_value name;
-  if (e == NULL || napi_create_string_utf8(env, "vmvault.pipeline", NAPI_AUTO_LENGTH, &name) != napi_ok ||
-      napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, NULL, NULL, NULL, complete, &e->done) != napi_ok) {
-    free(e);
-    return NULL;
-  }
-  pthread_mutex_init(&e->lock, NULL);
-  pthread_cond_init(&e->idle, NULL);
-  napi_unref_threadsafe_function(env, e->done);
-  /* Added after the function was made, so it runs before the function's own cleanup (hooks run last first). */
-  if (napi_add_env_cleanup_hook(env, close_env, e) != napi_ok || napi_set_instance_data(env, e, NULL, NULL) != napi_ok) {
-    napi_release_threadsafe_function(e->done, napi_tsfn_abort);
-    pthread_cond_destroy(&e->idle);
-    pthread_mutex_destroy(&e->lock);
-    free(e);
-    return NULL;
-  }
-  return e;
-}
-
-/* A typed array argument of the given type (null allowed where nullable), referenced until the task completes. */
-static int arg(napi_env env, task *t, napi_value v, napi_typedarray_type want, void **p, size_t *n, int nullable) {
-  napi_valuetype vt;
-  if (nullable && napi_typeof(env, v, &vt) == napi_ok && vt == napi_null) {
-    *p = NULL;
-    *n = 0;
-    return 1;
-  }
-  napi_typedarray_type type;
-  bool is;
-  if (napi_is_typedarray(env, v, &is) != napi_ok || !is || napi_get_typedarray_info(env, v, &type, n, p, NULL, NULL) != napi_ok || type != want) return 0;
-  if (*p == NULL) *p = (void *)"";
-  return t->nrefs < MAX_ARGS && napi_create_reference(env, v, 1, &t->refs[t->nrefs++]) == napi_ok;
-}
-
-static napi_value fail(napi_env env, task *t, const char *message, int range) {
-  if (t != NULL)
-    for (int i = 0; i < t->nrefs; i++) napi_delete_reference(env, t->refs[i]);
-  free(t);
-  if (range) napi_throw_range_error(env, NULL, message);
-  else napi_throw_type_error(env, NULL, message);
-  return NULL;
-}
-
 #define U8 napi_uint8_array
 #define U32 napi_uint32_array
-#define ARG(i, type, field, nullable) arg(env, t, argv[i], type, (void **)&t->field.p, &t->field.n, nullable)
-
-/* The last argument of every task function: how many task threads may run batches at once (1 to 64). */
-static napi_value queue(napi_env env, task *t, napi_value threads_value) {
-  int32_t threads = 0;
-  if (napi_get_value_int32(env, threads_value, &threads) != napi_ok || threads < 1 || threads > 64) return fail(env, t, "threads must be a whole number from 1 to 64", 1);
-  napi_value promise;
-  t->owner = owner_of(env);
-  if (t->owner == NULL || napi_create_promise(env, &t->deferred, &promise) != napi_ok) return fail(env, t, "could not queue a native pipeline task", 0);
-  if (t->owner->outstanding++ == 0) napi_ref_threadsafe_function(env, t->owner->done);
-  pthread_mutex_lock(&t->owner->lock);
-  t->owner->in_threads++;
-  pthread_mutex_unlock(&t->owner->lock);
-  if (submit(t, threads) != 0) {
-    pthread_mutex_lock(&t->owner->lock);
-    t->owner->in_threads--;
-    pthread_mutex_unlock(&t->owner->lock);
-    settle(env, t, "could not start a native pipeline thread");
-  }
-  return promise;
-}
-
-/* A new task of kind from a call of want arguments (into argv); NULL, with an error thrown, when it has fewer. */
-static task *begin(napi_env env, napi_callback_info info, int kind, size_t want, napi_value *argv, const char *usage) {
-  size_t argc = want;
-  task *t = calloc(1, sizeof *t);
-  if (t == NULL) {
-    fail(env, NULL, "out of memory", 0);
-    return NULL;
-  }
-  t->kind = kind;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < want) {
-    fail(env, t, usage, 0);
-    return NULL;
-  }
-  return t;
-}
+#define ARG(i, type, field, nullable) vmvault_task_arg(env, t, argv[i], type, (void **)&t->field.p, &t->field.n, nullable)
 
 /* Every pair (offset, length) of a table of count rows lies inside data; each length fits an int. */
 static int ranges_fit(const uint32_t *table, size_t count, size_t limit) {
@@ -548,32 +301,32 @@ static int ranges_fit(const uint32_t *table, size_t count, size_t limit) {
 static napi_value scan_chunks(napi_env env, napi_callback_info info) {
   static const char usage[] = "expected data, ranges, key, detectZero, ids, zero, threads";
   napi_value argv[7];
-  task *t = begin(env, info, SCAN, 7, argv, usage);
+  task *t = vmvault_task_begin(env, info, SCAN, 7, argv, usage);
   bytes table;
   bool detect = false;
   if (t == NULL) return NULL;
-  if (!ARG(0, U8, data, 0) || !arg(env, t, argv[1], U32, (void **)&table.p, &table.n, 0) || !ARG(2, U8, key, 0) || napi_get_value_bool(env, argv[3], &detect) != napi_ok ||
+  if (!ARG(0, U8, data, 0) || !vmvault_task_arg(env, t, argv[1], U32, (void **)&table.p, &table.n, 0) || !ARG(2, U8, key, 0) || napi_get_value_bool(env, argv[3], &detect) != napi_ok ||
       !ARG(4, U8, ids, 0) || !ARG(5, U8, zero, 0))
-    return fail(env, t, usage, 0);
+    return vmvault_task_fail(env, t, usage, 0);
   t->table = (const uint32_t *)table.p;
   t->count = table.n / 2;
   t->detect_zero = detect;
   if (table.n % 2 != 0 || t->key.n != KEY || t->ids.n < t->count * ID || t->zero.n < t->count || !ranges_fit(t->table, t->count, t->data.n))
-    return fail(env, t, "bad ranges, key, ids or zero length", 1);
+    return vmvault_task_fail(env, t, "bad ranges, key, ids or zero length", 1);
   memset(t->zero.p, 0, t->count);
-  return queue(env, t, argv[6]);
+  return vmvault_task_queue(env, t, argv[6]);
 }
 
 /* sealChunks(data, ranges, ids, nonces, key, out, lengths, threads) -> Promise<bytes written to out> */
 static napi_value seal_chunks(napi_env env, napi_callback_info info) {
   static const char usage[] = "expected data, ranges, ids, nonces, key, out, lengths, threads";
   napi_value argv[8];
-  task *t = begin(env, info, SEAL, 8, argv, usage);
+  task *t = vmvault_task_begin(env, info, SEAL, 8, argv, usage);
   bytes table, lengths;
   if (t == NULL) return NULL;
-  if (!ARG(0, U8, data, 0) || !arg(env, t, argv[1], U32, (void **)&table.p, &table.n, 0) || !ARG(2, U8, ids, 0) || !ARG(3, U8, nonces, 0) || !ARG(4, U8, key, 0) ||
-      !ARG(5, U8, out, 0) || !arg(env, t, argv[6], U32, (void **)&lengths.p, &lengths.n, 0))
-    return fail(env, t, usage, 0);
+  if (!ARG(0, U8, data, 0) || !vmvault_task_arg(env, t, argv[1], U32, (void **)&table.p, &table.n, 0) || !ARG(2, U8, ids, 0) || !ARG(3, U8, nonces, 0) || !ARG(4, U8, key, 0) ||
+      !ARG(5, U8, out, 0) || !vmvault_task_arg(env, t, argv[6], U32, (void **)&lengths.p, &lengths.n, 0))
+    return vmvault_task_fail(env, t, usage, 0);
   t->table = (const uint32_t *)table.p;
   t->count = table.n / 2;
   t->lengths = (uint32_t *)lengths.p;
@@ -581,51 +334,51 @@ static napi_value seal_chunks(napi_env env, napi_callback_info info) {
   for (size_t i = 0; i < t->count; i++) need += (size_t)t->table[2 * i + 1] + OVERHEAD;
   if (table.n % 2 != 0 || t->key.n != KEY || t->ids.n < t->count * ID || t->nonces.n < t->count * NONCE || lengths.n < t->count || t->out.n < need ||
       !ranges_fit(t->table, t->count, t->data.n))
-    return fail(env, t, "bad ranges, ids, nonces, key, out or lengths length", 1);
-  return queue(env, t, argv[7]);
+    return vmvault_task_fail(env, t, "bad ranges, ids, nonces, key, out or lengths length", 1);
+  return vmvault_task_queue(env, t, argv[7]);
 }
 
 /* openChunks(data, entries, ids, key, idKey, out | null, outOffsets | null, status, threads) -> Promise<1 when an entry needs a codec only JavaScript has, else 0> */
 static napi_value open_chunks(napi_env env, napi_callback_info info) {
   static const char usage[] = "expected data, entries, ids, key, idKey, out, outOffsets, status, threads";
   napi_value argv[9];
-  task *t = begin(env, info, OPEN, 9, argv, usage);
+  task *t = vmvault_task_begin(env, info, OPEN, 9, argv, usage);
   bytes table, offsets;
   if (t == NULL) return NULL;
-  if (!ARG(0, U8, data, 0) || !arg(env, t, argv[1], U32, (void **)&table.p, &table.n, 0) || !ARG(2, U8, ids, 0) || !ARG(3, U8, key, 0) || !ARG(4, U8, id_key, 0) ||
-      !ARG(5, U8, out, 1) || !arg(env, t, argv[6], U32, (void **)&offsets.p, &offsets.n, 1) || !ARG(7, U8, status, 0))
-    return fail(env, t, usage, 0);
+  if (!ARG(0, U8, data, 0) || !vmvault_task_arg(env, t, argv[1], U32, (void **)&table.p, &table.n, 0) || !ARG(2, U8, ids, 0) || !ARG(3, U8, key, 0) || !ARG(4, U8, id_key, 0) ||
+      !ARG(5, U8, out, 1) || !vmvault_task_arg(env, t, argv[6], U32, (void **)&offsets.p, &offsets.n, 1) || !ARG(7, U8, status, 0))
+    return vmvault_task_fail(env, t, usage, 0);
   t->table = (const uint32_t *)table.p;
   t->count = table.n / 3;
   t->out_offsets = (const uint32_t *)offsets.p;
-  if ((t->out_offsets == NULL) != (t->out.p == NULL)) return fail(env, t, "give out and outOffsets together", 0);
+  if ((t->out_offsets == NULL) != (t->out.p == NULL)) return vmvault_task_fail(env, t, "give out and outOffsets together", 0);
   if (table.n % 3 != 0 || t->key.n != KEY || t->id_key.n != KEY || t->ids.n < t->count * ID || t->status.n < t->count)
-    return fail(env, t, "bad entries, ids, key, idKey or status length", 1);
+    return vmvault_task_fail(env, t, "bad entries, ids, key, idKey or status length", 1);
   if (t->out_offsets != NULL) {
-    if (offsets.n < t->count) return fail(env, t, "bad outOffsets length", 1);
+    if (offsets.n < t->count) return vmvault_task_fail(env, t, "bad outOffsets length", 1);
     for (size_t i = 0; i < t->count; i++)
-      if ((size_t)t->out_offsets[i] + t->table[3 * i + 2] > t->out.n) return fail(env, t, "placed plaintexts do not fit the output buffer", 1);
+      if ((size_t)t->out_offsets[i] + t->table[3 * i + 2] > t->out.n) return vmvault_task_fail(env, t, "placed plaintexts do not fit the output buffer", 1);
   }
-  return queue(env, t, argv[8]);
+  return vmvault_task_queue(env, t, argv[8]);
 }
 
 /* rewrapChunks(data, entries, ids, key, idKey, newKey, newIdKey | null, nonces, out, status, newIds | null, threads) -> Promise<1 when an entry needs JavaScript (a zstd blob, entries out of order), else 0> */
 static napi_value rewrap_chunks(napi_env env, napi_callback_info info) {
   static const char usage[] = "expected data, entries, ids, key, idKey, newKey, newIdKey, nonces, out, status, newIds, threads";
   napi_value argv[12];
-  task *t = begin(env, info, REWRAP, 12, argv, usage);
+  task *t = vmvault_task_begin(env, info, REWRAP, 12, argv, usage);
   bytes table;
   if (t == NULL) return NULL;
-  if (!ARG(0, U8, data, 0) || !arg(env, t, argv[1], U32, (void **)&table.p, &table.n, 0) || !ARG(2, U8, ids, 0) || !ARG(3, U8, key, 0) || !ARG(4, U8, id_key, 0) ||
+  if (!ARG(0, U8, data, 0) || !vmvault_task_arg(env, t, argv[1], U32, (void **)&table.p, &table.n, 0) || !ARG(2, U8, ids, 0) || !ARG(3, U8, key, 0) || !ARG(4, U8, id_key, 0) ||
       !ARG(5, U8, new_key, 0) || !ARG(6, U8, new_id_key, 1) || !ARG(7, U8, nonces, 0) || !ARG(8, U8, out, 0) || !ARG(9, U8, status, 0) || !ARG(10, U8, new_ids, 1))
-    return fail(env, t, usage, 0);
+    return vmvault_task_fail(env, t, usage, 0);
   t->table = (const uint32_t *)table.p;
   t->count = table.n / 3;
-  if ((t->new_id_key.p == NULL) != (t->new_ids.p == NULL)) return fail(env, t, "give newIdKey and newIds together", 0);
+  if ((t->new_id_key.p == NULL) != (t->new_ids.p == NULL)) return vmvault_task_fail(env, t, "give newIdKey and newIds together", 0);
   if (table.n % 3 != 0 || t->key.n != KEY || t->id_key.n != KEY || t->new_key.n != KEY || (t->new_id_key.p != NULL && (t->new_id_key.n != KEY || t->new_ids.n < t->count * ID)) ||
       t->ids.n < t->count * ID || t->nonces.n < t->count * NONCE || t->status.n < t->count || t->out.n < t->data.n)
-    return fail(env, t, "bad entries, ids, keys, nonces, out, status or newIds length", 1);
-  return queue(env, t, argv[11]);
+    return vmvault_task_fail(env, t, "bad entries, ids, keys, nonces, out, status or newIds length", 1);
+  return vmvault_task_queue(env, t, argv[11]);
 }
 
 static const vmvault_lazy_export exported[] = {
