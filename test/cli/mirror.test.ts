@@ -76,4 +76,18 @@ describe("vmvault mirror", () => {
     expect(conflict.stderr).toMatch(/warning: keys\/host\/\d+: the destination holds \d+ bytes under this name/);
     expect(conflict.stdout).toMatch(/^copied \d+ objects/);
   }, 120_000);
+  it("a mirror behind the repository's registry is refused as a rollback on a machine that saw the newer one, until the next mirror", async () => {
+    const { repo, v } = await initCliRepo(tmp("repo"));
+    const to = path.join(tmp("mirror"), "m");
+    expect((await v(["mirror", "--to", to])).code).toBe(0);
+    expect((await v(["user", "add", "ops", "--role", "operator"], { env: { VMVAULT_NEW_PASSPHRASE: "ops passphrase 12" } })).code).toBe(0);
+    // This machine's state folder pins the repository's newest registry version.
+    const here = { env: { VMVAULT_STATE_DIR: `${repo}-state` } };
+    const behind = await vault(to)(["snapshots"], here);
+    expect([behind.code, behind.stderr]).toEqual([5, expect.stringMatching(/rolled back/)]);
+    // Another machine (another state folder) has seen nothing newer.
+    expect((await vault(to)(["snapshots"])).code).toBe(0);
+    expect((await v(["mirror", "--to", to])).code).toBe(0);
+    expect((await vault(to)(["snapshots"], here)).code).toBe(0);
+  }, 120_000);
 });
