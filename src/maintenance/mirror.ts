@@ -179,9 +179,10 @@ async function copyAll(repo: Repository, o: MirrorOptions, progress: ProgressSin
     // The configuration once the registry, key slots and grants are there: from then on the
     // destination opens as the repository, and the next mirror knows it as this one's.
     if (KINDS[i] === "grants/" && newConfig !== undefined) {
-      await to.putIfAbsent(CONFIG_KEY, newConfig);
-      result.objectsCopied++;
-      result.bytesCopied += newConfig.length;
+      if (await to.putIfAbsent(CONFIG_KEY, newConfig)) {
+        result.objectsCopied++;
+        result.bytesCopied += newConfig.length;
+      } else result.objectsPresent++;
     }
   }
   const onlyAtDestination: string[] = [];
