@@ -4,9 +4,9 @@ import { promises as fsp } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { InterruptedError, LockedError } from "../src/errors.js";
 import { ObjectKind, parseEnvelope } from "../src/format/envelope.js";
-import { LOCK_PREFIX } from "../src/format/layout.js";
+import { LOCK_PREFIX, REENCRYPTION_LOCK_PREFIX } from "../src/format/layout.js";
 import { parseLockMeta } from "../src/format/lock.js";
-import { acquireLock } from "../src/repository/lock.js";
+import { acquireLock, acquireReencryptionLock } from "../src/repository/lock.js";
 import type { Repository } from "../src/repository/repository.js";
 import { listAll } from "../src/storage/types.js";
 import { openVault, Secret } from "../src/index.js";
@@ -173,6 +173,11 @@ describe("repository locks", () => {
       message: "ls interrupted (SIGTERM) before it took the repository lock; it changed nothing",
     });
     expect(await listAll(repo.store, LOCK_PREFIX)).toEqual([]);
+    // The re-encryption's own lock is named as such.
+    await expect(acquireReencryptionLock(repo, "re-encryption", { signal: AbortSignal.abort(new InterruptedError("stop", "SIGINT")) })).rejects.toMatchObject({
+      message: "re-encryption interrupted (SIGINT) before it took the re-encryption lock",
+    });
+    expect(await listAll(repo.store, REENCRYPTION_LOCK_PREFIX)).toEqual([]);
     await v.close();
   });
 

@@ -28,7 +28,8 @@ export interface LockOptions {
   /**
    * Ends the wait at once when aborted (a stop request during a long wait), with an
    * InterruptedError: "OPERATION interrupted (SIGNAL) while it waited for the repository lock"
-   * (or "before it took the repository lock", when it had not had to wait) and {@link stopped}.
+   * (or "before it took the repository lock", when it had not had to wait; "the re-encryption
+   * lock" for that one) and {@link stopped}.
    */
   readonly signal?: AbortSignal | undefined;
   /** What a stop during the wait left, for people, after that line: "; nothing was restored". */
@@ -89,7 +90,8 @@ function acquire(repo: LockSite, prefix: string, operation: string, exclusive: b
   return attempt(repo, prefix, operation, exclusive, options, waiting, refreshed).catch((e: unknown) => {
     if (!signal.aborted) throw e;
     const when = waiting.told ? "while it waited for" : "before it took";
-    throw InterruptedError.of(operation, signal.reason, ` ${when} the repository lock${options.stopped ?? ""}`);
+    const lock = prefix === REENCRYPTION_LOCK_PREFIX ? "the re-encryption lock" : "the repository lock";
+    throw InterruptedError.of(operation, signal.reason, ` ${when} ${lock}${options.stopped ?? ""}`);
   });
 }
 

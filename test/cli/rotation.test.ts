@@ -144,7 +144,7 @@ describe("key rotation and re-encryption", () => {
     expect(await closed).toBe(143);
     // Was: "vmvault: interrupted (SIGTERM)" alone; the way to resume is the next step. The stop
     // comes as the rotation ends or at the first pack: either way at a checkpoint.
-    expect(printed.stderr).toMatch(/^vmvault: re-encryption interrupted \(SIGTERM\) (before it took the repository lock|at a checkpoint: \d+ of \d+ old packs rewritten); `vmvault key rotate --reencrypt` resumes it$/m);
+    expect(printed.stderr).toMatch(/^vmvault: re-encryption interrupted \(SIGTERM\) (before it took the (repository|re-encryption) lock|at a checkpoint: \d+ of \d+ old packs rewritten); `vmvault key rotate --reencrypt` resumes it$/m);
     const before = JSON.parse((await v(["key", "status", "--json"])).stdout) as { current: number; reencryption: { targetEpoch: number } | null };
     expect(before.reencryption).not.toBeNull();
 
