@@ -127,7 +127,7 @@ async function copyAll(repo: Repository, o: MirrorOptions, progress: ProgressSin
   const stopped = (what: string): InterruptedError => InterruptedError.of("mirror", o.signal?.reason, what);
   const listed = new Map<string, ObjectInfo[]>();
   for (const kind of [...KINDS].reverse()) {
-    o.signal?.throwIfAborted();
+    if (o.signal?.aborted === true) throw stopped("; it copied nothing");
     progress({ phase: "list the repository", done: listed.size, total: KINDS.length, unit: "items", item: kind });
     listed.set(kind, await sorted(repo.store, kind));
   }

@@ -7,8 +7,8 @@
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { initCliRepo, vault } from "../helpers/cli.js";
-import { seededBytes, tempDirs } from "../helpers/fixtures.js";
+import { initCliRepo, vault, watchCli } from "../helpers/cli.js";
+import { seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 import { mirrorRoundTrip, type MirrorJson } from "../helpers/round-trip.js";
 
 const tmp = tempDirs();
@@ -89,5 +89,26 @@ describe("vmvault mirror", () => {
     expect((await vault(to)(["snapshots"])).code).toBe(0);
     expect((await v(["mirror", "--to", to])).code).toBe(0);
     expect((await vault(to)(["snapshots"], here)).code).toBe(0);
+  }, 120_000);
+  it("Ctrl-C while it copies: exit 130 with one line saying what it copied; the next run finishes, and the mirror restores", async () => {
+    const { repo, v } = await initCliRepo(tmp("repo"));
+    const image = path.join(tmp("src"), "web1.raw");
+    await fsp.writeFile(image, seededBytes("mirror stop", 192 * 1024 * 1024));
+    expect((await v(["backup", "--vm", "web1", image])).code).toBe(0);
+    const to = path.join(tmp("mirror"), "m");
+    // Stopped at its first progress line (listing or copying: 192 MiB of packs take a while to copy).
+    const { child, out: printed, exit: exited } = watchCli(["--repo", repo, "--user", "admin", "--progress", "mirror", "--to", to], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline && !/list the repository|copy:/.test(printed.stderr)) await new Promise((r) => setTimeout(r, 2));
+    child.kill("SIGINT");
+    expect(await exited).toBe(130);
+    expect(printed.stderr).toMatch(/vmvault: mirror interrupted \(SIGINT\); it copied (nothing|\d+ objects \(\d+ bytes\), each kind after those it needs: `vmvault mirror` again copies the rest)\n/);
+    const there = await fsp.readdir(to).catch(() => [] as string[]);
+    expect(there).not.toContain("snapshots");
+    const done = await v(["--json", "mirror", "--to", to]);
+    expect(done.code, done.stderr).toBe(0);
+    const out = tmp("out");
+    expect((await vault(to)(["restore", "latest", "--vm", "web1", "--target", out, "--reason", "after a stopped mirror"])).code).toBe(0);
+    expect(await sha256File(path.join(out, "web1.raw"))).toBe(await sha256File(image));
   }, 120_000);
 });
