@@ -11,7 +11,7 @@ import type { ProgressSink } from "../util/progress.js";
 import { Vault } from "../vault.js";
 import { WorkerPool, type PipelineEngine } from "../pipeline/pool.js";
 import { progressRenderer, shownText, terminalJson, warningJson } from "./output.js";
-import { obtainPassphrase, requireRepo, requireUser, resolveSettings, storeAccess, type GlobalOptions, type Settings } from "./settings.js";
+import { exposedKeysWarning, obtainPassphrase, requireRepo, requireUser, resolveSettings, storeAccess, type GlobalOptions, type Settings } from "./settings.js";
 
 /** What every command handler gets: resolved settings, output channels, and a way to open the vault. */
 export class CliContext {
@@ -31,7 +31,7 @@ export class CliContext {
     this.globals = command.optsWithGlobals<GlobalOptions>();
     this.settings = resolveSettings(this.globals);
     const exposed = this.settings.exposedKeysFile;
-    if (exposed !== undefined) this.warn(`warning: keys file ${exposed} holds an S3 secret key and other users may read it (chmod 600 it)`);
+    if (exposed !== undefined) this.warn(exposedKeysWarning(exposed));
     // Checked whenever given, by every command, whether or not it uses them: a typo never passes silently.
     this.workers = workersSetting(this.globals.workers);
     WorkerPool.defaultEngine = pipelineSetting(this.globals.pipeline);

@@ -76,6 +76,11 @@ function nonEmpty(s: string | undefined): string | undefined {
   return s === "" ? undefined : s;
 }
 
+/** The warning about a keys file that holds an S3 secret key others may read. */
+export function exposedKeysWarning(file: string): string {
+  return `warning: keys file ${file} holds an S3 secret key and other users may read it (chmod 600 it)`;
+}
+
 /** What the repository's backend needs besides its location. */
 export function storeAccess(s: Settings): StoreAccess {
   return {

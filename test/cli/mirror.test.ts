@@ -111,4 +111,17 @@ describe("vmvault mirror", () => {
     expect((await vault(to)(["restore", "latest", "--vm", "web1", "--target", out, "--reason", "after a stopped mirror"])).code).toBe(0);
     expect(await sha256File(path.join(out, "web1.raw"))).toBe(await sha256File(image));
   }, 120_000);
+  it("--to-keys names the mirror; a keys file with an S3 secret that others may read is warned about, the secret never printed", async () => {
+    const { v } = await initCliRepo(tmp("repo"));
+    const dir = tmp("keys");
+    const keys = path.join(dir, "mirror.keys");
+    await fsp.writeFile(keys, "repo = m\naws-access-key-id = MIRRORKEYID\naws-secret-access-key = mirror-secret-never-shown\n", { mode: 0o644 });
+    await fsp.chmod(keys, 0o644);
+    const r = await v(["mirror", "--to-keys", keys]);
+    expect(r.code, r.stderr).toBe(0);
+    // A relative repo is the keys file's folder's.
+    expect(r.stdout).toContain(`to ${path.join(dir, "m")};`);
+    expect(r.stderr).toContain(`warning: keys file ${keys} holds an S3 secret key and other users may read it`);
+    expect(r.stdout + r.stderr).not.toContain("mirror-secret-never-shown");
+  }, 120_000);
 });

@@ -5,7 +5,7 @@ import { openStore } from "../../storage/open.js";
 import { CliContext } from "../context.js";
 import type { Interrupts } from "../interrupt.js";
 import { formatBytes, plural } from "../output.js";
-import { resolveSettings, storeAccess } from "../settings.js";
+import { exposedKeysWarning, resolveSettings, storeAccess } from "../settings.js";
 
 interface MirrorFlags {
   readonly to?: string;
@@ -40,6 +40,7 @@ export function registerMirror(program: Command, interrupts: Interrupts): void {
 /** The mirror's store: --to (or the repo of --to-keys), with the settings of --to-keys, else the repository's own. */
 function mirrorStore(ctx: CliContext, o: MirrorFlags): ReturnType<typeof openStore> {
   const file = o.toKeys === undefined ? undefined : resolveSettings({ keys: o.toKeys }, {});
+  if (file?.exposedKeysFile !== undefined) ctx.warn(exposedKeysWarning(file.exposedKeysFile));
   const to = o.to ?? file?.repo;
   if (to === undefined || to === "") throw new UsageError("no mirror given", "pass --to LOCATION, or a --to-keys file naming the mirror's repo");
   return openStore(to, storeAccess(file ?? ctx.settings));
