@@ -3,7 +3,7 @@ import { IntegrityError, InterruptedError, NotFoundError, UsageError, type Damag
 import { CONFIG_KEY } from "../format/layout.js";
 import { acquireLock, acquireLockAt } from "../repository/lock.js";
 import type { Repository } from "../repository/repository.js";
-import { openWriter, readInto, STORE_REQUESTS_AT_ONCE, type ObjectInfo, type Store } from "../storage/types.js";
+import { listAll, openWriter, readInto, STORE_REQUESTS_AT_ONCE, type ObjectInfo, type Store } from "../storage/types.js";
 import { bytesEqual } from "../util/bytes.js";
 import { eachAtMost } from "../util/in-flight.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
@@ -129,10 +129,10 @@ async function copyAll(repo: Repository, o: MirrorOptions, progress: ProgressSin
   for (const kind of [...KINDS].reverse()) {
     if (o.signal?.aborted === true) throw stopped("; it copied nothing");
     progress({ phase: "list the repository", done: listed.size, total: KINDS.length, unit: "items", item: kind });
-    listed.set(kind, await sorted(repo.store, kind));
+    listed.set(kind, await listAll(repo.store, kind));
   }
   const there = new Map<string, number>();
-  for (const kind of KINDS) for (const info of await sorted(to, kind)) there.set(info.key, info.size);
+  for (const kind of KINDS) for (const info of await listAll(to, kind)) there.set(info.key, info.size);
   const result = { objectsCopied: 0, bytesCopied: 0, objectsPresent: newConfig === undefined ? 1 : 0, objectsDeleted: 0 };
   const conflicts: Damage[] = [];
   const divergesAt = await chainDivergence(repo.store, to, listed.get("audit/") ?? [], there);
@@ -230,12 +230,6 @@ async function chainDivergence(from: Store, to: Store, records: readonly ObjectI
 
 function kindOf(key: string): string {
   return `${key.slice(0, key.indexOf("/"))}/`;
-}
-
-async function sorted(store: Store, prefix: string): Promise<ObjectInfo[]> {
-  const out: ObjectInfo[] = [];
-  for await (const info of store.list(prefix)) out.push(info);
-  return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
 }
 
 /** Copies a large object through a buffer of PIECE_BYTES (reused from buffers); false when the destination has it already. */
