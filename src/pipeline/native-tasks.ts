@@ -34,8 +34,9 @@ let checked: Promise<Functions | undefined> | undefined;
 export function nativeTasks(): Promise<Functions | undefined> {
   checked ??= (async () => {
     const f = helperFunctions();
-    if (f === undefined || !(await agreesWithJavaScript(f))) return undefined;
-    if (f.rewrapChunks !== undefined && !(await agreesWithJavaScript(f, true))) delete f.rewrapChunks;
+    const verdict = f === undefined ? undefined : await agreesWithJavaScript(f);
+    if (f === undefined || verdict?.tasks !== true) return undefined;
+    if (!verdict.rewrap) delete f.rewrapChunks;
     return f;
   })();
   return checked;
@@ -147,17 +148,25 @@ export class NativeRunner {
   }
 }
 
+/** What the sample check found: the scan, seal and open tasks agree (tasks), and so do rewraps (rewrap; false where the helper has none). */
+export interface SampleVerdict {
+  readonly tasks: boolean;
+  readonly rewrap: boolean;
+}
+
 /**
  * A sample batch through both runners (a zero chunk, text, random bytes, a chunk that LZ4 only
  * just pays for, one byte): the same IDs and zero flags, the same blobs under the same nonces,
- * and the same plaintexts and verdicts opening them, one tampered; with rewrap, the same new
- * blobs, verdicts and new IDs rewrapping them under the same nonces, with and without a new
- * chunk-ID key. Any difference or failure: false.
+ * and the same plaintexts and verdicts opening them, one tampered; where the helper rewraps, the
+ * same new blobs, verdicts and new IDs rewrapping those stored blobs under the same nonces, with
+ * and without a new chunk-ID key. Any difference or failure: false, for the tasks as a whole or
+ * for rewraps alone (which need the others).
  */
-export async function agreesWithJavaScript(f: Functions, rewrap = false): Promise<boolean> {
+export async function agreesWithJavaScript(f: Functions): Promise<SampleVerdict> {
   const compression: CompressionSetting = { compression: "lz4", compressionLevel: 1 };
   const js = new TaskRunner(await loadBulkCrypto("auto"), compression);
   const native = new NativeRunner(f, 1);
+  const refused = { tasks: false, rewrap: false };
   try {
     const text = new TextEncoder().encode("vmvault pipeline sample ".repeat(700));
     const chunks = [new Uint8Array(4096), text, nodeCrypto().randomBytes(5000), sparseRandom(8192), Uint8Array.of(7)];
@@ -169,11 +178,11 @@ export async function agreesWithJavaScript(f: Functions, rewrap = false): Promis
     }
     const scanTask: ScanTask = { kind: "scan", data, ranges, detectZero: true };
     const [a, b] = [js.run(scanTask), await native.run(scanTask)];
-    if (b === undefined || !bytesEqual(a.ids, b.ids) || !bytesEqual(a.zero, b.zero) || a.zero[0] !== 1) return false;
+    if (b === undefined || !bytesEqual(a.ids, b.ids) || !bytesEqual(a.zero, b.zero) || a.zero[0] !== 1) return refused;
     const nonces = nodeCrypto().randomBytes(chunks.length * AEAD_NONCE_BYTES);
     const sealTask: SealTask = { kind: "seal", data, ranges, ids: a.ids, nonces, key: "session" };
     const [c, d] = [js.run(sealTask), await native.run(sealTask)];
-    if (d === undefined || !bytesEqual(c.blobs, d.blobs) || !bytesEqual(new Uint8Array(c.lengths.buffer), new Uint8Array(d.lengths.buffer))) return false;
+    if (d === undefined || !bytesEqual(c.blobs, d.blobs) || !bytesEqual(new Uint8Array(c.lengths.buffer), new Uint8Array(d.lengths.buffer))) return refused;
     const entries = new Uint32Array(chunks.length * 3);
     let offset = 0;
     chunks.forEach((ch, i) => {
@@ -183,12 +192,13 @@ export async function agreesWithJavaScript(f: Functions, rewrap = false): Promis
     const stored = Uint8Array.from(c.blobs);
     const flip = (entries[3 * 2] as number) + 30;
     stored[flip] = (stored[flip] as number) ^ 1;
-    if (rewrap) return await rewrapsAgree(js, native, { kind: "rewrap", data: stored, entries, ids: a.ids, key: "session", idKey: CHUNK_ID_KEY, newKey: "next", nonces });
     const openTask: OpenTask = { kind: "open", data: stored, entries, ids: a.ids, key: "session", idKey: CHUNK_ID_KEY, keep: true };
     const [e, g] = [js.run(openTask), await native.run(openTask)];
-    return g !== undefined && bytesEqual(e.status, g.status) && bytesEqual(e.plain, g.plain) && e.status[2] === 1 && e.status[1] === 0;
+    if (g === undefined || !bytesEqual(e.status, g.status) || !bytesEqual(e.plain, g.plain) || e.status[2] !== 1 || e.status[1] !== 0) return refused;
+    const rewrap = f.rewrapChunks !== undefined && (await rewrapsAgree(js, native, { kind: "rewrap", data: stored, entries, ids: a.ids, key: "session", idKey: CHUNK_ID_KEY, newKey: "next", nonces }));
+    return { tasks: true, rewrap };
   } catch {
-    return false;
+    return refused;
   } finally {
     js.dispose();
     native.dispose();
@@ -197,6 +207,14 @@ export async function agreesWithJavaScript(f: Functions, rewrap = false): Promis
 
 /** The task rewrapped by both runners, without and with a new chunk-ID key: the same blobs, verdicts (the third blob tampered) and new IDs. */
 async function rewrapsAgree(js: TaskRunner, native: NativeRunner, task: RewrapTask): Promise<boolean> {
+  try {
+    return await rewrapsAgreeOrThrow(js, native, task);
+  } catch {
+    return false;
+  }
+}
+
+async function rewrapsAgreeOrThrow(js: TaskRunner, native: NativeRunner, task: RewrapTask): Promise<boolean> {
   for (const t of [task, { ...task, newIdKey: "nextChunkId" }]) {
     const [a, b] = [js.run(t), await native.run(t)];
     if (b === undefined || !bytesEqual(a.blobs, b.blobs) || !bytesEqual(a.status, b.status) || a.status[2] !== 1 || a.status[1] !== 0) return false;
