@@ -111,7 +111,7 @@ async function mirrorLocked(repo: Repository, o: MirrorOptions): Promise<MirrorR
   if (theirs !== undefined && !bytesEqual(theirs, config)) {
     throw new UsageError(`${to.location} holds another repository, not a mirror of ${repo.store.location}`, "mirror to an empty place, or to the one an earlier mirror of this repository made");
   }
-  const destLock = await acquireLockAt({ store: to, env: repo.env, crypto: repo.crypto, repoId: repo.repoId, now: () => repo.now() }, "mirror", o.delete === true, {
+  const destLock = await acquireLockAt({ store: to, env: repo.env, crypto: repo.crypto, repoId: repo.repoId, now: () => repo.now(), place: "the mirror" }, "mirror", o.delete === true, {
     signal: o.signal,
     stopped: "; it copied nothing",
   });

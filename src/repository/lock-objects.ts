@@ -10,7 +10,10 @@ import type { Repository } from "./repository.js";
  * What taking a lock needs of a repository: its store, identity, clock and host. A repository,
  * or another store holding a copy of one (a mirror's destination, under the source's identity).
  */
-export type LockSite = Pick<Repository, "store" | "env" | "crypto" | "repoId" | "now">;
+export type LockSite = Pick<Repository, "store" | "env" | "crypto" | "repoId" | "now"> & {
+  /** What its messages call the place (default "the repository"; a mirror's destination: "the mirror"). */
+  readonly place?: string;
+};
 
 /** A lock not refreshed for this long is considered abandoned by a crashed host. */
 export const STALE_AFTER_MS = 30 * 60 * 1000;

@@ -90,7 +90,7 @@ function acquire(repo: LockSite, prefix: string, operation: string, exclusive: b
   return attempt(repo, prefix, operation, exclusive, options, waiting, refreshed).catch((e: unknown) => {
     if (!signal.aborted) throw e;
     const when = waiting.told ? "while it waited for" : "before it took";
-    const lock = prefix === REENCRYPTION_LOCK_PREFIX ? "the re-encryption lock" : "the repository lock";
+    const lock = prefix === REENCRYPTION_LOCK_PREFIX ? "the re-encryption lock" : repo.place === undefined ? "the repository lock" : `${repo.place}'s lock`;
     throw InterruptedError.of(operation, signal.reason, ` ${when} ${lock}${options.stopped ?? ""}`);
   });
 }
@@ -166,7 +166,7 @@ function lockHint(repo: LockSite, h: LockHolder): string {
   if (h.thisHost) return `${wait}; process ${h.pid} is running on this host, so its lock stands until it ends`;
   return (
     `${wait}; unless its holder refreshes it (a running one does every ${REFRESH_EVERY_MS / 60_000} minutes), the lock expires as stale at ${h.staleAt}; ` +
-    `if process ${h.pid} on host ${h.hostId} is known to be dead, remove ${h.key} from the repository (${repo.store.location}) and run the command again`
+    `if process ${h.pid} on host ${h.hostId} is known to be dead, remove ${h.key} from ${repo.place ?? "the repository"} (${repo.store.location}) and run the command again`
   );
 }
 
@@ -237,7 +237,7 @@ async function refuseIfHeld(repo: LockSite, prefix: string, exclusive: boolean, 
     const what =
       prefix === REENCRYPTION_LOCK_PREFIX
         ? `another ${other.operation} is running; one re-encryption runs at a time, backups, restores and checks go on (re-encryption lock since ${other.createdAt}, `
-        : `the repository is locked by another ${other.operation} (${other.exclusive ? "exclusive" : "shared"} lock since ${other.createdAt}, `;
+        : `${repo.place ?? "the repository"} is locked by another ${other.operation} (${other.exclusive ? "exclusive" : "shared"} lock since ${other.createdAt}, `;
     throw new LockedError(
       what + `held by pid ${other.pid} on ${holder.thisHost ? "this host" : `another host (host id ${holder.hostId}; this host is ${mine.slice(0, 8)})`}, last refreshed ${formatAge(age)} ago)`,
       lockHint(repo, holder),

@@ -8,11 +8,12 @@
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { AccessDeniedError, InterruptedError, UsageError } from "../../src/errors.js";
+import { AccessDeniedError, InterruptedError, LockedError, UsageError } from "../../src/errors.js";
 import { FsStore, KDF_TEST, Vault } from "../../src/index.js";
 import type { ReencryptResult } from "../../src/rotation/reencrypt.js";
 import { FaultyStore } from "../../src/storage/faulty.js";
 import { listAll } from "../../src/storage/types.js";
+import { acquireLock } from "../../src/repository/lock.js";
 import { passphrase, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 
 const tmp = tempDirs();
@@ -171,6 +172,25 @@ describe("mirror", () => {
     expect(await objects(to)).toEqual(before);
     await other.v.close();
     await v.close();
+  }, 60_000);
+
+  it("a prune running at the mirror refuses it, in words that name the mirror's lock, and nothing is copied", async () => {
+    const { v } = await source();
+    const to = tmp("mirror");
+    await v.mirror({ to: new FsStore(to) });
+    const there = await objects(to);
+    const m = await Vault.open({ store: new FsStore(to), user: "admin", passphrase: passphrase() });
+    const held = await acquireLock(m.repository, "prune", true);
+    try {
+      const e = await v.mirror({ to: new FsStore(to) }).catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(LockedError);
+      expect((e as LockedError).message).toMatch(/^the mirror is locked by another prune \(exclusive lock since /);
+      expect(await objects(to)).toEqual(there);
+    } finally {
+      await held.release();
+      await m.close();
+      await v.close();
+    }
   }, 60_000);
 
   it("is for admins and operators: a backup user is denied, audited, and nothing is copied", async () => {
