@@ -27,6 +27,7 @@ export { S3Store } from "./storage/s3.js";
 export type { S3Access } from "./storage/s3-location.js";
 export { openStore, closeOpenedStores, type StoreAccess } from "./storage/open.js";
 export { MemoryStore } from "./storage/memory.js";
+export { ByteRate, limitBandwidth, type BandwidthLimits, type PaceClock } from "./storage/bandwidth.js";
 export type { BackupOptions, BackupResult } from "./backup/backup.js";
 export type { ImageFormat, ImageFormatChoice } from "./sources/qcow2.js";
 export { backupRunsInline } from "./backup/size.js";

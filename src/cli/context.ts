@@ -10,6 +10,7 @@ import type { Secret } from "../crypto/secret.js";
 import type { ProgressSink } from "../util/progress.js";
 import { Vault } from "../vault.js";
 import { WorkerPool, type PipelineEngine } from "../pipeline/pool.js";
+import type { Interrupts } from "./interrupt.js";
 import { progressRenderer, shownText, terminalJson, warningJson } from "./output.js";
 import { exposedKeysWarning, obtainPassphrase, requireRepo, requireUser, resolveSettings, storeAccess, type GlobalOptions, type Settings } from "./settings.js";
 
@@ -27,9 +28,17 @@ export class CliContext {
   /** Made on first use (undefined: not yet; null: none): asking stderr whether it is a terminal loads Node.js's streams. */
   #progress: { sink: ProgressSink; done: () => void } | null | undefined;
 
-  constructor(command: Command) {
+  /** interrupts: a command that stops cleanly lifts the bandwidth limits once asked to stop, so its last writes do not wait. */
+  constructor(command: Command, interrupts?: Interrupts) {
     this.globals = command.optsWithGlobals<GlobalOptions>();
     this.settings = resolveSettings(this.globals);
+    const { upload, download } = this.settings.bandwidth;
+    if (upload !== undefined || download !== undefined) {
+      interrupts?.onStop(() => {
+        upload?.lift();
+        download?.lift();
+      });
+    }
     const exposed = this.settings.exposedKeysFile;
     if (exposed !== undefined) this.warn(exposedKeysWarning(exposed));
     // Checked whenever given, by every command, whether or not it uses them: a typo never passes silently.

@@ -25,6 +25,8 @@ export class Interrupts {
    * overlays, committed back into the VM's disks): run before the exit, up to a minute.
    */
   beforeExit: (() => Promise<unknown>) | undefined;
+  /** Run when a cancellable command is asked to stop, before it is aborted (bandwidth limits lifted for its last writes). */
+  readonly #onStop: (() => void)[] = [];
 
   /**
    * The signal of a command that stops by itself once it aborts; note: what the line printed
@@ -41,6 +43,11 @@ export class Interrupts {
     this.#note = text;
   }
 
+  /** fn runs when a cancellable command is asked to stop (the first signal), before its signal aborts. */
+  onStop(fn: () => void): void {
+    this.#onStop.push(fn);
+  }
+
   /** Installs the handlers; returns their removal. */
   install(): () => void {
     const handler = (signal: NodeJS.Signals): void => this.#receive(signal);
@@ -52,6 +59,7 @@ export class Interrupts {
 
   #receive(signal: NodeJS.Signals): void {
     if (this.#cancellable && !this.#controller.signal.aborted) {
+      for (const fn of this.#onStop) fn();
       this.#controller.abort(new InterruptedError(`interrupted (${signal})`, signal));
       return;
     }

@@ -14,6 +14,8 @@ export const KEYS_FILE_SETTINGS = [
   "aws-region",
   "sftp-identity",
   "sftp-known-hosts",
+  "limit-upload",
+  "limit-download",
 ] as const;
 export type KeysFileSetting = (typeof KEYS_FILE_SETTINGS)[number];
 

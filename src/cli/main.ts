@@ -43,6 +43,8 @@ export function buildProgram(interrupts: Interrupts = new Interrupts(), json = f
     .option("--workers <n>", "worker threads for backup, restore, check --read-data, prune and re-encryption; 0 = none (or VMVAULT_WORKERS; default: one per core but one, and the main thread helps)")
     .option("--pipeline <engine>", "where backup, restore and check --read-data hash, compress and encrypt: native (the helper's threads), js (worker threads) or auto (or VMVAULT_PIPELINE; default auto: native where available)")
     .option("--lock-wait <seconds>", "wait up to this long for another operation's lock instead of failing with exit 6 (or VMVAULT_LOCK_WAIT; default 0, and 3600 for the last step of a re-encryption)")
+    .option("--limit-upload <KiB/s>", "send at most this many KiB per second to the repository (and a mirror) (or VMVAULT_LIMIT_UPLOAD; default: no limit)")
+    .option("--limit-download <KiB/s>", "receive at most this many KiB per second from the repository (or VMVAULT_LIMIT_DOWNLOAD; default: no limit)")
     .showHelpAfterError("(run `vmvault --help` for usage)")
     .exitOverride();
   registerInit(program);

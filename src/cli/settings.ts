@@ -2,6 +2,7 @@ import { readFileSync, statSync } from "node:fs";
 import { Secret } from "../crypto/secret.js";
 import { UsageError } from "../errors.js";
 import { assertUserName } from "../repository/open.js";
+import { ByteRate, type BandwidthLimits } from "../storage/bandwidth.js";
 import type { StoreAccess } from "../storage/open.js";
 import { optionalS3ObjectAcl, parseS3ObjectAcl, s3AccessFromEnv, type S3Access } from "../storage/s3-location.js";
 import { fileProblem, readableByOthers, readKeysFile, type KeysFileSetting } from "./keys-file.js";
@@ -23,6 +24,8 @@ export interface GlobalOptions {
   readonly sftpKnownHosts?: string;
   readonly s3Endpoint?: string;
   readonly s3ObjectAcl?: string;
+  readonly limitUpload?: string;
+  readonly limitDownload?: string;
 }
 
 export interface Settings {
@@ -36,6 +39,8 @@ export interface Settings {
   readonly s3: S3Access;
   /** The keys file, when it holds an S3 secret key and users other than its owner may read it (warned about). */
   readonly exposedKeysFile: string | undefined;
+  /** --limit-upload and --limit-download: one pair of rates for every store the command opens. */
+  readonly bandwidth: BandwidthLimits;
 }
 
 type Env = Record<string, string | undefined>;
@@ -52,7 +57,24 @@ export function resolveSettings(o: GlobalOptions, env: Env = process.env): Setti
     sftpKnownHosts: nonEmpty(o.sftpKnownHosts ?? env["VMVAULT_SFTP_KNOWN_HOSTS"] ?? file["sftp-known-hosts"]),
     s3: s3Settings(o, env, file),
     exposedKeysFile: keysPath !== undefined && file["aws-secret-access-key"] !== undefined && readableByOthers(keysPath) ? keysPath : undefined,
+    bandwidth: {
+      upload: byteRate(o.limitUpload, "--limit-upload", env, "VMVAULT_LIMIT_UPLOAD", file, "limit-upload"),
+      download: byteRate(o.limitDownload, "--limit-download", env, "VMVAULT_LIMIT_DOWNLOAD", file, "limit-download"),
+    },
   };
+}
+
+/** The most --limit-upload and --limit-download take, in KiB/s (about 1 TB/s). */
+const MAX_KIB_PER_SECOND = 1e9;
+
+/** A rate in KiB/s from its flag, then its variable, then the keys file; undefined when none is set. */
+function byteRate(option: string | undefined, flag: string, env: Env, envName: string, file: Partial<Record<KeysFileSetting, string>>, name: KeysFileSetting): ByteRate | undefined {
+  const [value, source] =
+    option !== undefined && option !== "" ? [option, `${flag} ${option}`] : env[envName] !== undefined && env[envName] !== "" ? [env[envName], `${envName}=${env[envName]}`] : [nonEmpty(file[name]), `${name} = ${file[name]} in the keys file`];
+  if (value === undefined) return undefined;
+  const kib = /^\s*\d+(\.\d+)?\s*$/.test(value) ? Number(value) : Number.NaN;
+  if (!(kib > 0 && kib <= MAX_KIB_PER_SECOND)) throw new UsageError(`${source}: give a rate in KiB/s, a number above 0 (1024 is 1 MiB/s)`);
+  return new ByteRate(kib * 1024);
 }
 
 /** --s3-endpoint and --s3-object-acl, then the variables (VMVAULT_S3_* and the standard AWS_* ones), then the keys file. */
@@ -87,6 +109,7 @@ export function storeAccess(s: Settings): StoreAccess {
     ...(s.sftpIdentity === undefined ? {} : { identity: s.sftpIdentity }),
     ...(s.sftpKnownHosts === undefined ? {} : { knownHosts: s.sftpKnownHosts }),
     s3: s.s3,
+    bandwidth: s.bandwidth,
   };
 }
 

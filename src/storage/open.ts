@@ -1,4 +1,5 @@
 import { VaultError } from "../errors.js";
+import { limitBandwidth, type BandwidthLimits } from "./bandwidth.js";
 import { FsStore } from "./fs.js";
 import { S3Store } from "./s3.js";
 import type { S3Access } from "./s3-location.js";
@@ -7,16 +8,22 @@ import type { SftpAccess } from "./sftp-session.js";
 import type { Store } from "./types.js";
 
 /**
- * Settings of the remote backends: the CLI's --sftp-* flags, --s3-endpoint and the AWS_*
- * variables, and their keys-file names.
+ * Settings of the backends: the CLI's --sftp-* flags, --s3-endpoint and the AWS_* variables,
+ * and their keys-file names; and the bandwidth limits (--limit-upload, --limit-download), one
+ * pair of rates for every store a process opens.
  */
-export type StoreAccess = SftpAccess & { readonly s3?: S3Access };
+export type StoreAccess = SftpAccess & { readonly s3?: S3Access; readonly bandwidth?: BandwidthLimits };
 
 /**
  * Opens the store a --repo value names: a local path, sftp://user@host[:port]/path or
- * s3://bucket[/prefix]. A remote store connects on first use.
+ * s3://bucket[/prefix]. A remote store connects on first use. With bandwidth limits, its
+ * transfers are paced (storage/bandwidth.ts).
  */
 export function openStore(repo: string, access: StoreAccess = {}): Store {
+  return limitBandwidth(backendStore(repo, access), access.bandwidth ?? {});
+}
+
+function backendStore(repo: string, access: StoreAccess): Store {
   if (/^sftp:\/\//i.test(repo)) {
     const store = new SftpStore(repo, access);
     opened.add(store);

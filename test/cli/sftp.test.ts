@@ -214,4 +214,22 @@ describe.skipIf(!HAVE_SSHD)("SFTP repositories through the CLI", () => {
     expect(first.objectsCopied).toBeGreaterThan(10);
     expect(second.objectsPresent).toBe(first.objectsCopied);
   });
+
+  it("keeps to --limit-upload and --limit-download over SFTP, and the image comes back whole", async () => {
+    const { run } = sftpVault();
+    expect((await run(["init"])).code).toBe(0);
+    const image = path.join(tmp("src"), "disk.raw");
+    await fsp.writeFile(image, seededBytes("sftp bandwidth", 3 * 1024 * 1024));
+    // 3 MiB of random bytes at 1 MiB/s each way: at least 2 s to send, and 2 s to fetch back.
+    let started = performance.now();
+    const backup = await run(["--limit-upload", "1024", "backup", "--vm", "web", image]);
+    expect(backup.code, backup.stderr).toBe(0);
+    expect((performance.now() - started) / 1000).toBeGreaterThanOrEqual(1.9);
+    const out = tmp("out");
+    started = performance.now();
+    const restore = await run(["--limit-download", "1024", "restore", "latest", "--target", out, "--reason", "sftp bandwidth"]);
+    expect(restore.code, restore.stderr).toBe(0);
+    expect((performance.now() - started) / 1000).toBeGreaterThanOrEqual(1.9);
+    expect(await sha256File(path.join(out, "disk.raw"))).toBe(await sha256File(image));
+  }, 60_000);
 });

@@ -83,7 +83,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
     .option("--list", "with --dry-run: list every disk and entry a backup would record (+), not only those it would leave out (-)")
     .argument("[source...]", "disk images (raw or qcow2; files or block devices) and folders (with a domain, more sources beside its disks)")
     .action(async (sources: string[], opts: BackupCliOptions, command: Command) => {
-      const ctx = new CliContext(command);
+      const ctx = new CliContext(command, interrupts);
       if (opts.fullRead === true && opts.changedBlocks !== true) throw new UsageError("--full-read goes with --changed-blocks", "without --changed-blocks every backup reads its disks in full");
       if (opts.libvirtAll === true) {
         await (await import("./backup-all.js")).backupAllDomains(ctx, interrupts, sources, opts);

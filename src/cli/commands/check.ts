@@ -19,7 +19,7 @@ export function registerCheck(program: Command, interrupts: Interrupts): void {
     .option("--snapshot <id>", "verify only this snapshot, and that it restores: every chunk it needs, decrypted and re-hashed, nothing written (id, unique id prefix, or `latest`); repeatable", collect)
     .option("--vm <name>", "with --snapshot: pick among this VM's snapshots")
     .action(async (opts: { readData?: boolean; readDataSubset?: string; snapshot?: string[]; vm?: string }, command: Command) => {
-      const ctx = new CliContext(command);
+      const ctx = new CliContext(command, interrupts);
       if (opts.snapshot !== undefined) {
         if (opts.readDataSubset !== undefined) throw new UsageError("--snapshot reads all of each snapshot's data; it does not go with --read-data-subset");
         await checkSnapshots(ctx, interrupts, opts.snapshot, opts.vm);

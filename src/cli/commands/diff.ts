@@ -15,7 +15,7 @@ export function registerDiff(program: Command, interrupts: Interrupts): void {
     .option("--vm <name>", "pick both snapshots among this VM's")
     .option("--reason <text>", "why (kept in the audit trail with the comparison)")
     .action(async (from: string, to: string, paths: string[], opts: { vm?: string; reason?: string }, command: Command) => {
-      const ctx = new CliContext(command);
+      const ctx = new CliContext(command, interrupts);
       const vault = await ctx.openVault();
       await streamItems(
         ctx,

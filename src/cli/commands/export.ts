@@ -30,7 +30,7 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
     .option("--define", "with --overlay-dir: define the domain in libvirt (virsh define), ready to start")
     .option("--libvirt-uri <uri>", "with --define: libvirt's connection URI (default: virsh's own)")
     .action(async (snapshot: string, opts: ExportCliOptions, command: Command) => {
-      const ctx = new CliContext(command);
+      const ctx = new CliContext(command, interrupts);
       // Checked before the unlock: a bad address costs no Argon2id.
       if (opts.reason.trim() === "") throw new UsageError("an export needs --reason TEXT (it is kept in the audit trail)");
       if (opts.listen !== undefined && opts.socket !== undefined) throw new UsageError("give --listen or --socket, not both");

@@ -25,7 +25,7 @@ export function registerFind(program: Command, interrupts: Interrupts): void {
     .option("-l, --long", "mode, owner:group, size in bytes and time before each path")
     .option("--reason <text>", "why (kept in the audit trail with the search)")
     .action(async (patterns: string[], opts: { vm?: string; snapshot?: string[]; long?: boolean; reason?: string; host?: string; since?: string; until?: string; last?: number }, command: Command) => {
-      const ctx = new CliContext(command);
+      const ctx = new CliContext(command, interrupts);
       const { vm, snapshot, long, reason, ...select } = opts;
       // Checked before the unlock: a pattern or a selection that cannot be read costs no Argon2id.
       new Excludes(patterns, [], { label: "find" });

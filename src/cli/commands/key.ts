@@ -53,7 +53,7 @@ export function registerKey(program: Command, interrupts: Interrupts): void {
       const resume = "; run `vmvault key rotate --reencrypt` again: it resumes from its last checkpoint (until then `vmvault key status` shows its progress)";
       const signal = opts.reencrypt === true ? interrupts.cancellable(resume) : undefined;
       if (signal === undefined) interrupts.note = "; run `vmvault key rotate` again: it opens a new epoch and re-seals every envelope to it";
-      const ctx = new CliContext(command);
+      const ctx = new CliContext(command, interrupts);
       const vault = await ctx.openVault();
       try {
         const r = await runRotation(ctx, vault, { reencrypt: opts.reencrypt === true, newChunkKey: opts.newChunkKey === true, ...(signal === undefined ? {} : { signal }) });
@@ -68,7 +68,7 @@ export function registerKey(program: Command, interrupts: Interrupts): void {
     .command("status")
     .description("epochs, who holds them, what is still under old keys, re-encryption progress")
     .action(async (_opts: unknown, command: Command) => {
-      const ctx = new CliContext(command);
+      const ctx = new CliContext(command, interrupts);
       const vault = await ctx.openVault();
       try {
         const s = await vault.keyStatus();

@@ -14,7 +14,7 @@ export function registerLs(program: Command, interrupts: Interrupts): void {
     .option("-l, --long", "mode, owner:group, size in bytes and time before each path")
     .option("--reason <text>", "why (kept in the audit trail with the listing)")
     .action(async (snapshot: string, paths: string[], opts: { vm?: string; long?: boolean; reason?: string }, command: Command) => {
-      const ctx = new CliContext(command);
+      const ctx = new CliContext(command, interrupts);
       const vault = await ctx.openVault();
       await streamItems<ListedItem, ListResult>(
         ctx,

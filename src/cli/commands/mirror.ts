@@ -18,11 +18,11 @@ export function registerMirror(program: Command, interrupts: Interrupts): void {
     .command("mirror")
     .description("copy the repository's new objects, unchanged, to a second place (an offsite mirror that opens with the same users) (admin, operator)")
     .option("--to <location>", "the mirror: a folder, sftp://USER@HOST[:PORT]/PATH or s3://BUCKET[/PREFIX] (or the repo of --to-keys)")
-    .option("--to-keys <file>", "a keys file with the mirror's repo and its server settings (s3-endpoint, aws-*, sftp-*); without it the mirror uses the repository's own")
+    .option("--to-keys <file>", "a keys file with the mirror's repo and its server settings (s3-endpoint, aws-*, sftp-*); without it the mirror uses the repository's own (the limits of --limit-upload and --limit-download apply to both)")
     .option("--delete", "also delete at the mirror what the repository no longer has (after forget and prune, a re-encryption, a removed user); never the audit trail")
     .action(async (opts: MirrorFlags, command: Command) => {
       const signal = interrupts.cancellable("; what it copied stays, each kind after those it needs: `vmvault mirror` again copies the rest");
-      const ctx = new CliContext(command);
+      const ctx = new CliContext(command, interrupts);
       const destination = mirrorStore(ctx, opts);
       const vault = await ctx.openVault();
       try {
@@ -41,9 +41,13 @@ export function registerMirror(program: Command, interrupts: Interrupts): void {
 function mirrorStore(ctx: CliContext, o: MirrorFlags): ReturnType<typeof openStore> {
   const file = o.toKeys === undefined ? undefined : resolveSettings({ keys: o.toKeys }, {});
   if (file?.exposedKeysFile !== undefined) ctx.warn(exposedKeysWarning(file.exposedKeysFile));
+  if (file !== undefined && (file.bandwidth.upload !== undefined || file.bandwidth.download !== undefined)) {
+    throw new UsageError(`${o.toKeys}: limit-upload and limit-download do not belong in a --to-keys file`, "the command's own limits (--limit-upload, --limit-download, or its --keys file) pace the repository and the mirror together");
+  }
   const to = o.to ?? file?.repo;
   if (to === undefined || to === "") throw new UsageError("no mirror given", "pass --to LOCATION, or a --to-keys file naming the mirror's repo");
-  return openStore(to, storeAccess(file ?? ctx.settings));
+  // One pair of rates for the process: what goes to the mirror and what comes from the repository share them.
+  return openStore(to, { ...storeAccess(file ?? ctx.settings), bandwidth: ctx.settings.bandwidth });
 }
 
 function report(ctx: CliContext, r: MirrorResult): void {

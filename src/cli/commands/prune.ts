@@ -17,7 +17,7 @@ export function registerPrune(program: Command, interrupts: Interrupts): void {
     .option("--repack-unused <percent>", "rewrite a pack partly in use once this share of it is unused (0-100; default 10)", repackPercent)
     .option("--dry-run", "say what would be deleted and rewritten; change nothing")
     .action(async (opts: PruneFlags & { dryRun?: boolean }, command: Command) => {
-      const ctx = new CliContext(command);
+      const ctx = new CliContext(command, interrupts);
       const vault = await ctx.openVault();
       try {
         await runPrune(ctx, vault, { ...opts, dryRun: opts.dryRun === true, signal: stopPrune(interrupts) });

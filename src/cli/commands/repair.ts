@@ -10,7 +10,7 @@ export function registerRepair(program: Command, interrupts: Interrupts): void {
     .command("index")
     .description("index every pack no readable index file lists, from the pack's own trailer, and remove index files that do not authenticate")
     .action(async (_opts: object, command: Command) => {
-      const ctx = new CliContext(command);
+      const ctx = new CliContext(command, interrupts);
       const vault = await ctx.openVault();
       try {
         const progress = ctx.progress;
@@ -34,7 +34,7 @@ export function registerRepair(program: Command, interrupts: Interrupts): void {
     .action(async (_opts: object, command: Command) => {
       // Once the checkpoint is rebuilt, the resume stops at a checkpoint on the first signal.
       const signal = interrupts.cancellable("; run `vmvault repair reencrypt` again: it rebuilds the checkpoint again, or resumes from the one it rebuilt");
-      const ctx = new CliContext(command);
+      const ctx = new CliContext(command, interrupts);
       const vault = await ctx.openVault();
       try {
         const progress = ctx.progress;

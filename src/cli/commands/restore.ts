@@ -26,7 +26,7 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
     .addOption(new Option("--format <format>", "write disks as raw images (the default) or as qcow2 images (through qemu-nbd; holes stay unallocated); a restored domain definition names the format").choices(["raw", "qcow2"]).default("raw"))
     .option("--no-owner", "leave restored files owned by the user running the restore, even root (default as root: the recorded owners and groups)")
     .action(async (snapshot: string, opts: { target: string; reason: string; vm?: string; disk?: string; include?: string[]; force?: boolean; owner: boolean; excludeXattr?: string[]; domainName?: string; define?: boolean; libvirtUri?: string; format: "raw" | "qcow2" }, command: Command) => {
-      const ctx = new CliContext(command);
+      const ctx = new CliContext(command, interrupts);
       if (opts.libvirtUri !== undefined && opts.define !== true) throw new UsageError("--libvirt-uri goes with --define");
       // Before the unlock: a pattern that cannot be read costs no Argon2id.
       xattrExcluder(opts.excludeXattr);

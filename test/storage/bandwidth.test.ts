@@ -1,0 +1,167 @@
+/**
+ * Bandwidth limits (src/storage/bandwidth.ts): a byte rate paces each transfer after the ones
+ * reserved before it, on an injected clock; the paced store meters exactly the calls that carry
+ * an object's bytes, keeps the wrapped store's optional capabilities (no more, no fewer), and
+ * passes the conformance suite wrapped around a folder and around memory.
+ */
+import { promises as fsp } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { ByteRate, limitBandwidth, type PaceClock } from "../../src/storage/bandwidth.js";
+import { FsStore } from "../../src/storage/fs.js";
+import { MemoryStore } from "../../src/storage/memory.js";
+import { listAll, openWriter, readInto, type Store } from "../../src/storage/types.js";
+import { storeConformance } from "./conformance.js";
+
+/** A clock that moves only as pauses end (each at once, in the order they began); every pause is recorded. */
+class FakeClock implements PaceClock {
+  time = 1000;
+  readonly pauses: number[] = [];
+  now(): number {
+    return this.time;
+  }
+  async sleep(ms: number, cut: AbortSignal): Promise<void> {
+    const until = this.time + ms;
+    this.pauses.push(ms);
+    await Promise.resolve();
+    if (!cut.aborted) this.time = Math.max(this.time, until);
+  }
+}
+
+/** A rate that no test of the suite waits for (1 GB/s). */
+const fast = (): ByteRate => new ByteRate(1e9);
+
+storeConformance("MemoryStore with bandwidth limits", async () => ({ store: limitBandwidth(new MemoryStore(), { upload: fast(), download: fast() }), cleanup: async () => {} }));
+
+storeConformance("FsStore with bandwidth limits", async () => {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), "vmvault-bandwidth-"));
+  return { store: limitBandwidth(new FsStore(dir), { upload: fast(), download: fast() }), cleanup: () => fsp.rm(dir, { recursive: true, force: true }) };
+});
+
+describe("ByteRate", () => {
+  it("lets a transfer go once those reserved before it have gone at the rate", async () => {
+    const clock = new FakeClock();
+    const rate = new ByteRate(1000, clock);
+    await rate.take(500);
+    expect(clock.pauses).toEqual([]);
+    await rate.take(2000);
+    expect(clock.pauses).toEqual([500]);
+    await rate.take(1);
+    expect(clock.pauses).toEqual([500, 2000]);
+    // Nothing reserves time for nothing.
+    await rate.take(0);
+    expect(clock.pauses).toEqual([500, 2000]);
+  });
+
+  it("serves transfers that ask at once one after another, in the order they asked", async () => {
+    const clock = new FakeClock();
+    const rate = new ByteRate(100, clock);
+    const went: number[] = [];
+    await Promise.all([1, 2, 3].map(async (i) => rate.take(100).then(() => went.push(i))));
+    // Asked at the same moment: the second waits a second, the third two.
+    expect(clock.pauses).toEqual([1000, 2000]);
+    expect(went).toEqual([1, 2, 3]);
+    expect(clock.now()).toBe(3000);
+  });
+
+  it("saves no idle time for a burst: after a pause, the next transfer goes at once and the one after it waits", async () => {
+    const clock = new FakeClock();
+    const rate = new ByteRate(1000, clock);
+    await rate.take(1000);
+    clock.time += 60_000;
+    await rate.take(1000);
+    await rate.take(1000);
+    expect(clock.pauses).toEqual([1000]);
+  });
+
+  it("once lifted, ends the pauses under way and makes none", async () => {
+    const rate = new ByteRate(1024);
+    const started = performance.now();
+    await rate.take(1024 * 1024);
+    const waiting = rate.take(1024);
+    rate.lift();
+    await waiting;
+    await rate.take(1024 * 1024);
+    // Without the lift the second transfer alone would wait 1024 s.
+    expect(performance.now() - started).toBeLessThan(10_000);
+  });
+
+  it("refuses a rate that is not a positive number", () => {
+    for (const bad of [0, -1, Number.NaN, Number.POSITIVE_INFINITY]) expect(() => new ByteRate(bad)).toThrow(RangeError);
+  });
+});
+
+describe("limitBandwidth", () => {
+  /** A memory store paced at 1000 bytes per second each way, on a fake clock. */
+  function paced(): { store: Store; inner: MemoryStore; clock: FakeClock } {
+    const clock = new FakeClock();
+    const inner = new MemoryStore();
+    return { store: limitBandwidth(inner, { upload: new ByteRate(1000, clock), download: new ByteRate(1000, clock) }), inner, clock };
+  }
+
+  it("paces what is written: whole objects and each piece of a streamed one", async () => {
+    const { store, inner, clock } = paced();
+    expect(await store.putIfAbsent("a", new Uint8Array(3000))).toBe(true);
+    expect(await store.putIfAbsent("b", new Uint8Array(10))).toBe(true);
+    expect(clock.pauses).toEqual([3000]);
+    const writer = await openWriter(store, "c");
+    await writer.write(new Uint8Array(1000));
+    await writer.write(new Uint8Array(1000));
+    expect(await writer.commit()).toBe(true);
+    expect(clock.pauses).toEqual([3000, 10, 1000]);
+    expect((await inner.get("c")).length).toBe(2000);
+  });
+
+  it("paces what is read: a range before it is asked for, a whole object once it has arrived", async () => {
+    const { store, inner, clock } = paced();
+    await inner.putIfAbsent("obj", new Uint8Array(4000).fill(7));
+    expect((await store.get("obj", { offset: 0, length: 1500 })).length).toBe(1500);
+    expect(clock.pauses).toEqual([]);
+    const into = new Uint8Array(1000);
+    expect(await readInto(store, "obj", { offset: 1000, length: 1000 }, into)).toBe(1000);
+    expect(into[999]).toBe(7);
+    expect(clock.pauses).toEqual([1500]);
+    expect((await store.get("obj")).length).toBe(4000);
+    expect(clock.pauses).toEqual([1500, 1000]);
+    // The whole object's 4000 bytes were counted after it arrived: the next read waits for them.
+    await store.get("obj", { offset: 0, length: 1 });
+    expect(clock.pauses).toEqual([1500, 1000, 4000]);
+  });
+
+  it("meters listings, stats and deletes not at all, and uploads and downloads apart", async () => {
+    const clock = new FakeClock();
+    const inner = new MemoryStore();
+    const store = limitBandwidth(inner, { upload: new ByteRate(1000, clock) });
+    await store.putIfAbsent("x/1", new Uint8Array(5000));
+    await store.putIfAbsent("x/2", new Uint8Array(5000));
+    expect(clock.pauses).toEqual([5000]);
+    // No download limit: reads go at once, however large.
+    expect((await store.get("x/1")).length).toBe(5000);
+    expect((await listAll(store, "x/")).map((o) => o.key)).toEqual(["x/1", "x/2"]);
+    expect((await store.stat("x/2"))?.size).toBe(5000);
+    await store.delete("x/1");
+    expect(await store.stat("x/1")).toBeUndefined();
+    expect(clock.pauses).toEqual([5000]);
+  });
+
+  it("keeps the wrapped store's optional capabilities, adds none, and is the store itself without limits", async () => {
+    const inner = new MemoryStore();
+    expect(limitBandwidth(inner, {})).toBe(inner);
+    const full = limitBandwidth(inner, { upload: fast() });
+    expect(typeof full.createWriter).toBe("function");
+    expect(typeof full.readInto).toBe("function");
+    expect(full.location).toBe(inner.location);
+    const bare: Store = { location: "bare", get: (k, r) => inner.get(k, r), putIfAbsent: (k, d) => inner.putIfAbsent(k, d), list: (p) => inner.list(p), delete: (k) => inner.delete(k), stat: (k) => inner.stat(k), close: () => inner.close() };
+    const wrapped = limitBandwidth(bare, { upload: fast(), download: fast() });
+    for (const name of ["createWriter", "readInto", "listKeys", "listLeftovers", "deleteLeftover", "prepare"] as const) expect(wrapped[name], name).toBeUndefined();
+    // openWriter falls back to putIfAbsent, which is paced.
+    const clock = new FakeClock();
+    const slow = limitBandwidth(bare, { upload: new ByteRate(100, clock) });
+    const writer = await openWriter(slow, "w");
+    await writer.write(new Uint8Array(300));
+    expect(await writer.commit()).toBe(true);
+    await slow.putIfAbsent("v", new Uint8Array(1));
+    expect(clock.pauses).toEqual([3000]);
+  });
+});
