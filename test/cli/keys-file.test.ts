@@ -17,8 +17,13 @@ describe("keys file", () => {
     const uncommented = text.replace(/^# ([a-z0-9-]+ = .*)$/gm, "$1");
     const all = parseKeysFile(uncommented, "keys.example");
     expect(Object.keys(all).sort()).toEqual(
-      ["aws-access-key-id", "aws-region", "aws-secret-access-key", "passphrase-file", "repo", "s3-endpoint", "s3-object-acl", "sftp-identity", "sftp-known-hosts", "user"].sort(),
+      ["aws-access-key-id", "aws-region", "aws-secret-access-key", "limit-download", "limit-upload", "passphrase-file", "repo", "s3-endpoint", "s3-object-acl", "sftp-identity", "sftp-known-hosts", "user"].sort(),
     );
+    // Its example limits are rates the CLI takes (KiB/s).
+    const file = path.join(tmp("keys"), "example");
+    await fsp.writeFile(file, uncommented.replace(/^(aws-[a-z-]+) = .*$/gm, ""));
+    const { bandwidth } = resolveSettings({ keys: file }, {});
+    expect([bandwidth.upload?.bytesPerSecond, bandwidth.download?.bytesPerSecond]).toEqual([10240 * 1024, 51200 * 1024]);
     expect(all["aws-secret-access-key"]).toMatch(/^REPLACE_WITH_/);
   });
 
