@@ -109,3 +109,21 @@ export interface MirrorJson {
   readonly objectsDeleted: number;
   readonly conflicts: readonly { object: string }[];
 }
+
+/**
+ * A command that must succeed and take at least `seconds` (a bandwidth limit's lower bound: how
+ * long its bytes need at the rate; an upper bound is the benchmarks' business). Its result.
+ */
+export async function succeedsNoSoonerThan(seconds: number, command: () => Promise<CliResult>): Promise<CliResult> {
+  const started = performance.now();
+  const r = await command();
+  expect(r.code, r.stderr).toBe(0);
+  expect((performance.now() - started) / 1000).toBeGreaterThanOrEqual(seconds);
+  return r;
+}
+
+/** Restores the latest snapshot's disk.raw through a runner paced by --limit-download 1024 (a 3 MiB image: at least 1.9 s) and compares it with the image. */
+export async function limitedRestore(run: Run, out: string, image: string): Promise<void> {
+  await succeedsNoSoonerThan(1.9, () => run(["--limit-download", "1024", "restore", "latest", "--target", out, "--reason", "bandwidth limits"]));
+  expect(await sha256File(path.join(out, "disk.raw"))).toBe(await sha256File(image));
+}
