@@ -1,17 +1,18 @@
-import { setTimeout as sleep } from "node:timers/promises";
 import type { ByteRange, ObjectWriter, Store, WriterOptions } from "./types.js";
 
-/** The time a pace keeps: milliseconds on a monotonic clock, and a pause that ends early (resolving) when cut is aborted. Injected in tests. */
+/** The time a pace keeps: milliseconds on a monotonic clock, and a timer that can be cancelled. Injected in tests. */
 export interface PaceClock {
   now(): number;
-  sleep(ms: number, cut: AbortSignal): Promise<void>;
+  /** Calls fn after ms; the returned function cancels it. */
+  after(ms: number, fn: () => void): () => void;
 }
 
 const MONOTONIC: PaceClock = {
   now: () => performance.now(),
-  sleep: (ms, cut) => sleep(ms, undefined, { signal: cut }).catch((e: unknown) => {
-    if (!cut.aborted) throw e;
-  }),
+  after: (ms, fn) => {
+    const timer = setTimeout(fn, ms);
+    return () => clearTimeout(timer);
+  },
 };
 
 /**
@@ -27,7 +28,9 @@ export class ByteRate {
   readonly #clock: PaceClock;
   /** When the bytes reserved so far will have gone, on the clock. */
   #free = Number.NEGATIVE_INFINITY;
-  readonly #lifted = new AbortController();
+  #lifted = false;
+  /** The pauses under way: each ends its own wait at once (lift). */
+  readonly #pauses = new Set<() => void>();
 
   constructor(bytesPerSecond: number, clock: PaceClock = MONOTONIC) {
     if (!Number.isFinite(bytesPerSecond) || bytesPerSecond <= 0) throw new RangeError(`not a byte rate: ${bytesPerSecond}`);
@@ -37,16 +40,29 @@ export class ByteRate {
 
   /** Reserves n bytes; resolves when they may go. */
   async take(n: number): Promise<void> {
-    if (n <= 0 || this.#lifted.signal.aborted) return;
+    if (n <= 0 || this.#lifted) return;
     const now = this.#clock.now();
     const start = Math.max(now, this.#free);
     this.#free = start + (n * 1000) / this.bytesPerSecond;
-    if (start > now) await this.#clock.sleep(start - now, this.#lifted.signal);
+    if (start > now) await this.#pause(start - now);
   }
 
   /** Ends the limit: transfers waiting go at once, and later ones do not wait. */
   lift(): void {
-    this.#lifted.abort();
+    this.#lifted = true;
+    for (const end of [...this.#pauses]) end();
+  }
+
+  #pause(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const end = (): void => {
+        cancel();
+        this.#pauses.delete(end);
+        resolve();
+      };
+      const cancel = this.#clock.after(ms, end);
+      this.#pauses.add(end);
+    });
   }
 }
 
