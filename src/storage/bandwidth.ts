@@ -55,13 +55,17 @@ export class ByteRate {
 
   #pause(ms: number): Promise<void> {
     return new Promise<void>((resolve) => {
+      let ended = false;
+      let cancel: (() => void) | undefined;
       const end = (): void => {
-        cancel();
+        ended = true;
+        cancel?.();
         this.#pauses.delete(end);
         resolve();
       };
-      const cancel = this.#clock.after(ms, end);
-      this.#pauses.add(end);
+      cancel = this.#clock.after(ms, end);
+      // A clock may call back at once; only a pause still under way waits for a lift.
+      if (!ended) this.#pauses.add(end);
     });
   }
 }

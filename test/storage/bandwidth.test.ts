@@ -105,6 +105,27 @@ describe("ByteRate", () => {
     expect(warnings.map((w) => w.name)).toEqual([]);
   });
 
+  it("works with a clock whose timers fire at once", async () => {
+    let time = 0;
+    const fired: number[] = [];
+    const rate = new ByteRate(1000, {
+      now: () => time,
+      after: (ms, fn) => {
+        fired.push(ms);
+        time += ms;
+        fn();
+        return () => undefined;
+      },
+    });
+    await rate.take(1000);
+    await rate.take(1000);
+    await rate.take(500);
+    expect(fired).toEqual([1000, 1000]);
+    rate.lift();
+    await rate.take(1e9);
+    expect(fired).toEqual([1000, 1000]);
+  });
+
   it("refuses a rate that is not a positive number", () => {
     for (const bad of [0, -1, Number.NaN, Number.POSITIVE_INFINITY]) expect(() => new ByteRate(bad)).toThrow(RangeError);
   });
