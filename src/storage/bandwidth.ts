@@ -16,8 +16,17 @@ const MONOTONIC: PaceClock = {
 };
 
 /**
+ * Transfers of at most this many bytes go at once, their bytes still counted against the rate
+ * (the next larger transfer waits for them): locks and their refreshes, audit records, key
+ * slots. A lock must be refreshed within its half hour however low the rate and however many
+ * packs wait their turn (src/repository/lock.ts).
+ */
+export const AT_ONCE_BYTES = 64 * 1024;
+
+/**
  * A byte rate for one direction of transfer, shared by every store it is given to: each
- * transfer reserves its bytes and waits until those reserved before it have gone at the rate.
+ * transfer reserves its bytes and waits until those reserved before it have gone at the rate
+ * (a small one, AT_ONCE_BYTES at most, does not wait).
  * A transfer is one store call (a writer's piece, a ranged read, a whole small object), so the
  * rate holds over any stretch longer than a few pieces, and no piece is held back once it may
  * go. Time left unused (the link idle while the pipeline hashes) is not saved up for a burst.
@@ -44,7 +53,7 @@ export class ByteRate {
     const now = this.#clock.now();
     const start = Math.max(now, this.#free);
     this.#free = start + (n * 1000) / this.bytesPerSecond;
-    if (start > now) await this.#pause(start - now);
+    if (start > now && n > AT_ONCE_BYTES) await this.#pause(start - now);
   }
 
   /** Ends the limit: transfers waiting go at once, and later ones do not wait. */

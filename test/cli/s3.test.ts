@@ -249,11 +249,11 @@ describe.skipIf(!HAVE_RGW)("S3 repositories through the CLI", () => {
     const local = vault(path.join(tmp("repo"), "r"));
     expect((await local(["init"])).code).toBe(0);
     const image = path.join(tmp("src"), "disk.raw");
-    await fsp.writeFile(image, seededBytes("s3 bandwidth", 3 * 1024 * 1024));
+    await fsp.writeFile(image, seededBytes("s3 bandwidth", 6 * 1024 * 1024));
     expect((await local(["backup", "--vm", "web", image])).code).toBe(0);
     const { url, run: atMirror } = s3Vault();
-    // 3 MiB of packs at 1 MiB/s: whatever follows the pack waits until it has gone.
-    await succeedsNoSoonerThan(1.9, () => local(["--limit-upload", "1024", "mirror", "--to", url], { env }));
+    // A 6 MiB pack, copied in pieces of 4 MiB, at 2 MiB/s: the second piece waits 2 s for the first.
+    await succeedsNoSoonerThan(1.9, () => local(["--limit-upload", "2048", "mirror", "--to", url], { env }));
     await limitedRestore(atMirror, tmp("out"), image);
   }, 120_000);
 });

@@ -122,7 +122,7 @@ export async function succeedsNoSoonerThan(seconds: number, command: () => Promi
   return r;
 }
 
-/** Restores the latest snapshot's disk.raw through a runner paced by --limit-download 1024 (a 3 MiB image: at least 1.9 s) and compares it with the image. */
+/** Restores the latest snapshot's disk.raw through a runner paced by --limit-download 1024 (an image of 3 MiB or more of random bytes: at least 1.9 s) and compares it with the image. */
 export async function limitedRestore(run: Run, out: string, image: string): Promise<void> {
   const r = await succeedsNoSoonerThan(1.9, () => run(["--limit-download", "1024", "restore", "latest", "--target", out, "--reason", "bandwidth limits"]));
   expect(r.stderr).not.toMatch(/Warning/);
