@@ -69,11 +69,19 @@ const MAX_KIB_PER_SECOND = 1e9;
 
 /** A rate in KiB/s from its flag, then its variable, then the keys file; undefined when none is set. */
 function byteRate(option: string | undefined, flag: string, env: Env, envName: string, file: Partial<Record<KeysFileSetting, string>>, name: KeysFileSetting): ByteRate | undefined {
-  const [value, source] =
-    option !== undefined && option !== "" ? [option, `${flag} ${option}`] : env[envName] !== undefined && env[envName] !== "" ? [env[envName], `${envName}=${env[envName]}`] : [nonEmpty(file[name]), `${name} = ${file[name]} in the keys file`];
-  if (value === undefined) return undefined;
-  const kib = /^\s*\d+(\.\d+)?\s*$/.test(value) ? Number(value) : Number.NaN;
-  if (!(kib > 0 && kib <= MAX_KIB_PER_SECOND)) throw new UsageError(`${source}: give a rate in KiB/s, a number above 0 (1024 is 1 MiB/s)`);
+  const fromEnv = nonEmpty(env[envName]);
+  const fromFile = nonEmpty(file[name]);
+  const given =
+    option !== undefined && option !== ""
+      ? { value: option, source: `${flag} ${option}` }
+      : fromEnv !== undefined
+        ? { value: fromEnv, source: `${envName}=${fromEnv}` }
+        : fromFile !== undefined
+          ? { value: fromFile, source: `${name} = ${fromFile} in the keys file` }
+          : undefined;
+  if (given === undefined) return undefined;
+  const kib = /^\s*\d+(\.\d+)?\s*$/.test(given.value) ? Number(given.value) : Number.NaN;
+  if (!(kib > 0 && kib <= MAX_KIB_PER_SECOND)) throw new UsageError(`${given.source}: give a rate in KiB/s, a number above 0 (1024 is 1 MiB/s)`);
   return new ByteRate(kib * 1024);
 }
 
