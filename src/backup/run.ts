@@ -64,6 +64,12 @@ export async function runBackup(repo: Repository, o: BackupOptions, vm: string, 
     pool.setKey(SESSION_KEY, session.key.bytes);
     const indexes = (indexWriter = new SessionIndexWriter(repo, store));
     const packIds = new PackIdPool(repo.crypto.random, repo.config.packSize);
+    // Once every source is read, what is left is writing: the blob bytes of durable packs
+    // against those sealed (on a slow link, or under --limit-upload, that can take a while).
+    const writing = { since: false, done: 0 };
+    const reportWriting = (): void => {
+      if (writing.since) progress({ phase: "writing packs", done: writing.done, total: Math.max(writing.done, sink?.stats.storedBytes ?? 0), unit: "bytes" });
+    };
     packs = new PackWriter({
       store,
       crypto: repo.crypto,
@@ -73,7 +79,11 @@ export async function runBackup(repo: Repository, o: BackupOptions, vm: string, 
       maxInFlight: o.maxPacksInFlight ?? 2,
       keepCache: o.keepCache === true,
       nextIds: () => packIds.next(),
-      onPack: (p, ids) => indexes.add(p, ids),
+      onPack: (p, ids) => {
+        for (const e of p.entries) writing.done += e.length;
+        reportWriting();
+        return indexes.add(p, ids);
+      },
     });
     sink = new ChunkSink({
       pool,
@@ -103,8 +113,16 @@ export async function runBackup(repo: Repository, o: BackupOptions, vm: string, 
       reads.push({ readBytes: r.readBytes, cacheDroppedBytes: r.cacheDroppedBytes, ...("excluded" in r ? { excluded: r.excluded } : {}), ...("unchangedBytes" in r && r.unchangedBytes > 0 ? { unchangedBytes: r.unchangedBytes } : {}) });
       if ("skipped" in r) skipped.push(...skippedIn(p.name, r.skipped));
     }
-    await sink.finish();
-    await packs.flush();
+    writing.since = true;
+    reportWriting();
+    // Said again every second too: a pack can take a while, and the first line may fall within the throttle's interval.
+    const ticker = setInterval(reportWriting, 1000);
+    try {
+      await sink.finish();
+      await packs.flush();
+    } finally {
+      clearInterval(ticker);
+    }
     await indexes.flush();
     // Stopped with everything stored and indexed: still no snapshot.
     o.signal?.throwIfAborted();

@@ -27,8 +27,12 @@ describe("bandwidth limits", () => {
     const image = await randomImage(3, "bandwidth");
     const keys = path.join(tmp("keys"), "keys");
     await fsp.writeFile(keys, "limit-upload = 1024  # KiB/s\n");
-    // 3 MiB to write at 1 MiB/s: the last piece may start 2 s after the first.
-    await succeedsNoSoonerThan(1.9, () => v(["--keys", keys, "backup", "--vm", "web", image]));
+    // 3 MiB to write at 1 MiB/s: the last piece may start 2 s after the first. Reading ends
+    // first: the progress then says what the backup waits for, until every byte is written.
+    const backup = await succeedsNoSoonerThan(1.9, () => v(["--keys", keys, "--progress", "backup", "--vm", "web", image]));
+    const lines = backup.stderr.split(/[\r\n]+/).map((l) => l.trim());
+    expect(lines).toContainEqual(expect.stringMatching(/^writing packs: 0% 0 B of [\d.]+ MiB, 0 B\/s$/));
+    expect(lines).toContainEqual(expect.stringMatching(/^writing packs: 100% 3\.0\d MiB of 3\.0\d MiB, [\d.]+ (MiB|KiB)\/s$/));
     const out = tmp("out");
     await succeedsNoSoonerThan(1.9, () => v(["restore", "latest", "--target", out, "--reason", "bandwidth test"], { env: { VMVAULT_LIMIT_DOWNLOAD: "1024" } }));
     expect(await sha256File(path.join(out, "disk.raw"))).toBe(await sha256File(image));
