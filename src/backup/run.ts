@@ -68,7 +68,9 @@ export async function runBackup(repo: Repository, o: BackupOptions, vm: string, 
     // against those sealed (on a slow link, or under --limit-upload, that can take a while).
     const writing = { since: false, done: 0 };
     const reportWriting = (): void => {
-      if (writing.since) progress({ phase: "writing packs", done: writing.done, total: Math.max(writing.done, sink?.stats.storedBytes ?? 0), unit: "bytes" });
+      const total = Math.max(writing.done, sink?.stats.storedBytes ?? 0);
+      // Nothing new stored (every chunk known): nothing to say.
+      if (writing.since && total > 0) progress({ phase: "writing packs", done: writing.done, total, unit: "bytes" });
     };
     packs = new PackWriter({
       store,

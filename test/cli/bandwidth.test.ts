@@ -33,6 +33,11 @@ describe("bandwidth limits", () => {
     const lines = backup.stderr.split(/[\r\n]+/).map((l) => l.trim());
     expect(lines).toContainEqual(expect.stringMatching(/^writing packs: 0% 0 B of [\d.]+ MiB, 0 B\/s$/));
     expect(lines).toContainEqual(expect.stringMatching(/^writing packs: 100% 3\.0\d MiB of 3\.0\d MiB, [\d.]+ (MiB|KiB)\/s$/));
+    // The same image again: every chunk known, nothing to write, and nothing said about it.
+    const again = await v(["--keys", keys, "--progress", "backup", "--vm", "web", image]);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stderr).toMatch(/backup disk\.raw: 100%/);
+    expect(again.stderr).not.toMatch(/writing packs/);
     const out = tmp("out");
     await succeedsNoSoonerThan(1.9, () => v(["restore", "latest", "--target", out, "--reason", "bandwidth test"], { env: { VMVAULT_LIMIT_DOWNLOAD: "1024" } }));
     expect(await sha256File(path.join(out, "disk.raw"))).toBe(await sha256File(image));
