@@ -12,7 +12,7 @@ import { Vault } from "../vault.js";
 import { WorkerPool, type PipelineEngine } from "../pipeline/pool.js";
 import type { Interrupts } from "./interrupt.js";
 import { progressRenderer, shownText, terminalJson, warningJson } from "./output.js";
-import { exposedKeysWarning, obtainPassphrase, requireRepo, requireUser, resolveSettings, storeAccess, type GlobalOptions, type Settings } from "./settings.js";
+import { exposedKeysWarning, obtainPassphrase, requireRepo, requireUser, resolveSettings, setting, storeAccess, type GlobalOptions, type Settings } from "./settings.js";
 
 /** What every command handler gets: resolved settings, output channels, and a way to open the vault. */
 export class CliContext {
@@ -227,14 +227,6 @@ function lockWaitSetting(option: string | undefined): number | undefined {
   if (o === undefined) return undefined;
   if (!Number.isFinite(o.n) || o.n < 0 || o.n > 7 * 24 * 3600) throw new UsageError(`${o.source}: give a number of seconds from 0 to 604800`);
   return Math.round(o.n * 1000);
-}
-
-/** A setting from its option or, failing that, its environment variable, with where it came from for errors. */
-function setting(option: string | undefined, flag: string, envName: string): { value: string; source: string } | undefined {
-  if (option !== undefined && option !== "") return { value: option, source: `${flag} ${option}` };
-  const env = process.env[envName];
-  if (env === undefined || env === "") return undefined;
-  return { value: env, source: `${envName}=${env}` };
 }
 
 /** A numeric setting (see setting). */

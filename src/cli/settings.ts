@@ -64,21 +64,21 @@ export function resolveSettings(o: GlobalOptions, env: Env = process.env): Setti
   };
 }
 
+/** A setting from its option or, failing that, its environment variable, with where it came from for errors. */
+export function setting(option: string | undefined, flag: string, envName: string, env: Env = process.env): { value: string; source: string } | undefined {
+  if (option !== undefined && option !== "") return { value: option, source: `${flag} ${option}` };
+  const value = env[envName];
+  if (value === undefined || value === "") return undefined;
+  return { value, source: `${envName}=${value}` };
+}
+
 /** The most --limit-upload and --limit-download take, in KiB/s (about 1 TB/s). */
 const MAX_KIB_PER_SECOND = 1e9;
 
 /** A rate in KiB/s from its flag, then its variable, then the keys file; undefined when none is set. */
 function byteRate(option: string | undefined, flag: string, env: Env, envName: string, file: Partial<Record<KeysFileSetting, string>>, name: KeysFileSetting): ByteRate | undefined {
-  const fromEnv = nonEmpty(env[envName]);
   const fromFile = nonEmpty(file[name]);
-  const given =
-    option !== undefined && option !== ""
-      ? { value: option, source: `${flag} ${option}` }
-      : fromEnv !== undefined
-        ? { value: fromEnv, source: `${envName}=${fromEnv}` }
-        : fromFile !== undefined
-          ? { value: fromFile, source: `${name} = ${fromFile} in the keys file` }
-          : undefined;
+  const given = setting(option, flag, envName, env) ?? (fromFile === undefined ? undefined : { value: fromFile, source: `${name} = ${fromFile} in the keys file` });
   if (given === undefined) return undefined;
   const kib = /^\s*\d+(\.\d+)?\s*$/.test(given.value) ? Number(given.value) : Number.NaN;
   if (!(kib > 0 && kib <= MAX_KIB_PER_SECOND)) throw new UsageError(`${given.source}: give a rate in KiB/s, a number above 0 (1024 is 1 MiB/s)`);
