@@ -166,8 +166,13 @@ function lockHint(repo: LockSite, h: LockHolder): string {
   if (h.thisHost) return `${wait}; process ${h.pid} is running on this host, so its lock stands until it ends`;
   return (
     `${wait}; unless its holder refreshes it (a running one does every ${REFRESH_EVERY_MS / 60_000} minutes), the lock expires as stale at ${h.staleAt}; ` +
-    `if process ${h.pid} on host ${h.hostId} is known to be dead, remove ${h.key} from ${repo.place ?? "the repository"} (${repo.store.location}) and run the command again`
+    `if process ${h.pid} on host ${h.hostId} is known to be dead, remove ${h.key} from ${placeOf(repo)} (${repo.store.location}) and run the command again`
   );
+}
+
+/** What messages call the lock site: "the repository", or its own name (a mirror's). */
+function placeOf(repo: LockSite): string {
+  return repo.place ?? "the repository";
 }
 
 function hostHash(repo: LockSite): string {
@@ -237,7 +242,7 @@ async function refuseIfHeld(repo: LockSite, prefix: string, exclusive: boolean, 
     const what =
       prefix === REENCRYPTION_LOCK_PREFIX
         ? `another ${other.operation} is running; one re-encryption runs at a time, backups, restores and checks go on (re-encryption lock since ${other.createdAt}, `
-        : `${repo.place ?? "the repository"} is locked by another ${other.operation} (${other.exclusive ? "exclusive" : "shared"} lock since ${other.createdAt}, `;
+        : `${placeOf(repo)} is locked by another ${other.operation} (${other.exclusive ? "exclusive" : "shared"} lock since ${other.createdAt}, `;
     throw new LockedError(
       what + `held by pid ${other.pid} on ${holder.thisHost ? "this host" : `another host (host id ${holder.hostId}; this host is ${mine.slice(0, 8)})`}, last refreshed ${formatAge(age)} ago)`,
       lockHint(repo, holder),
