@@ -38,6 +38,7 @@ export type { RestoreOptions, RestoreResult } from "./restore/restore.js";
 export type { ExportAddress, ExportListening, ExportOptions, ExportResult } from "./restore/export.js";
 export type { NbdEvent } from "./restore/nbd-server.js";
 export type { ListedItem, ListOptions, ListResult } from "./restore/list.js";
+export type { GuestFilesOptions, GuestListOptions, GuestListResult, GuestMount, GuestRestoreOptions, GuestRestoreResult, GuestSource } from "./restore/guest-files.js";
 export type { Change, DiffOptions, DiffResult } from "./restore/diff.js";
 export type { FindOptions, FindResult, FoundItem } from "./restore/find.js";
 export type { CheckOptions, CheckReport } from "./maintenance/check.js";

@@ -11,6 +11,7 @@ import type { Repository } from "./repository/repository.js";
 import type { RestoreOptions, RestoreResult } from "./restore/restore.js";
 import type { ExportOptions, ExportResult } from "./restore/export.js";
 import type { ListedItem, ListOptions, ListResult } from "./restore/list.js";
+import type { GuestListOptions, GuestListResult, GuestRestoreOptions, GuestRestoreResult } from "./restore/guest-files.js";
 import type { Change, DiffOptions, DiffResult } from "./restore/diff.js";
 import type { FindOptions, FindResult, FoundItem } from "./restore/find.js";
 import type { SnapshotCheckOptions, SnapshotCheckReport } from "./maintenance/check-snapshots.js";
@@ -105,6 +106,22 @@ export class Vault {
    */
   async list(o: ListOptions, onItem: (item: ListedItem) => void): Promise<ListResult> {
     return (await import("./restore/list.js")).listSnapshot(this.repository, o, onItem);
+  }
+
+  /**
+   * Lists files inside a snapshot's disk image (a folder one level deep) through libguestfs,
+   * one item at a time through onItem (admin, operator, restorer; recorded as `ls`).
+   */
+  async listGuestFiles(o: GuestListOptions, onItem: (item: ListedItem) => void): Promise<GuestListResult> {
+    return (await import("./restore/guest-files.js")).listGuestFiles(this.repository, o, onItem);
+  }
+
+  /**
+   * Restores files and folders from inside a snapshot's disk image through libguestfs (admin,
+   * operator, restorer; needs a reason; recorded as `restore` before a byte is read).
+   */
+  async restoreGuestFiles(o: GuestRestoreOptions): Promise<GuestRestoreResult> {
+    return (await import("./restore/guest-files.js")).restoreGuestFiles(this.repository, o);
   }
 
   /**

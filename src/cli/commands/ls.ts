@@ -3,6 +3,18 @@ import type { ListedItem, ListResult } from "../../restore/list.js";
 import { CliContext } from "../context.js";
 import type { Interrupts } from "../interrupt.js";
 import { streamItems } from "../stream.js";
+import { UsageError } from "../../errors.js";
+import type { GuestListResult } from "../../restore/guest-files.js";
+import { checkFilesystem, guestPath } from "../../restore/guest.js";
+
+interface LsCliOptions {
+  vm?: string;
+  long?: boolean;
+  reason?: string;
+  guestFiles?: boolean;
+  disk?: string;
+  filesystem?: string;
+}
 
 export function registerLs(program: Command, interrupts: Interrupts): void {
   program
@@ -13,9 +25,44 @@ export function registerLs(program: Command, interrupts: Interrupts): void {
     .option("--vm <name>", "pick among this VM's snapshots")
     .option("-l, --long", "mode, owner:group, size in bytes and time before each path")
     .option("--reason <text>", "why (kept in the audit trail with the listing)")
-    .action(async (snapshot: string, paths: string[], opts: { vm?: string; long?: boolean; reason?: string }, command: Command) => {
+    .option("--guest-files", "list files inside a disk image instead (paths as the guest sees them, / by default; a folder one level deep), read through libguestfs")
+    .option("--disk <name>", "with --guest-files: the disk (default: the snapshot's only one)")
+    .option("--filesystem <device>", "with --guest-files: mount this file system at / (/dev/sda1, /dev/vg0/root) instead of the guest's own mounts")
+    .action(async (snapshot: string, paths: string[], opts: LsCliOptions, command: Command) => {
       const ctx = new CliContext(command, interrupts);
+      if (opts.guestFiles !== true && (opts.disk !== undefined || opts.filesystem !== undefined)) throw new UsageError(`${opts.disk !== undefined ? "--disk" : "--filesystem"} goes with --guest-files`, "without it, `vmvault ls SNAPSHOT DISK` lists a disk by its name");
+      // Before the unlock: a bad path costs no Argon2id.
+      if (opts.guestFiles === true) paths.forEach(guestPath);
+      if (opts.guestFiles === true) checkFilesystem(opts.filesystem);
       const vault = await ctx.openVault();
+      if (opts.guestFiles === true) {
+        await streamItems<ListedItem, GuestListResult>(
+          ctx,
+          vault,
+          (emit) => {
+            const progress = ctx.progress;
+            return vault.listGuestFiles(
+              {
+                snapshot,
+                paths,
+                ...(opts.vm === undefined ? {} : { vm: opts.vm }),
+                ...(opts.disk === undefined ? {} : { disk: opts.disk }),
+                ...(opts.filesystem === undefined ? {} : { filesystem: opts.filesystem }),
+                ...(opts.reason === undefined ? {} : { reason: opts.reason }),
+                ...(progress === undefined ? {} : { progress }),
+                signal: interrupts.cancellable(),
+              },
+              (item) => {
+                ctx.endProgress();
+                emit(item);
+              },
+            );
+          },
+          (item) => (opts.long === true ? longLine(item) : shortLine(item)),
+        );
+        ctx.endProgress();
+        return;
+      }
       await streamItems<ListedItem, ListResult>(
         ctx,
         vault,

@@ -1,4 +1,5 @@
 import { Option, type Command } from "commander";
+import { checkGuestRestore } from "../../restore/guest-files.js";
 import { CliContext } from "../context.js";
 import { UsageError } from "../../errors.js";
 import { collect } from "../options.js";
@@ -16,8 +17,10 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
     .requiredOption("--target <dir>", "folder to restore into")
     .requiredOption("--reason <text>", "why (kept in the audit trail)")
     .option("--vm <name>", "pick among this VM's snapshots")
-    .addOption(new Option("--disk <name>", "restore only this disk").conflicts("include"))
-    .option("--include <path>", "restore only this file or folder of a folder source (repeatable); a name that is not UTF-8 as vmvault shows it, with \\xNN for each such byte", collect)
+    .option("--disk <name>", "restore only this disk; with --guest-files, the disk to restore files from (default: the only one)")
+    .option("--include <path>", "restore only this file or folder of a folder source (repeatable); a name that is not UTF-8 as vmvault shows it, with \\xNN for each such byte; with --guest-files, a path inside the disk (/etc/nginx), restored to TARGET/etc/nginx", collect)
+    .option("--guest-files", "restore the --include paths from inside a disk image, read through libguestfs (modes, times and, as root, numeric owners kept)")
+    .option("--filesystem <device>", "with --guest-files: mount this file system at / (/dev/sda1, /dev/vg0/root) instead of the guest's own mounts")
     .option("--force", "overwrite existing files")
     .option("--exclude-xattr <pattern>", "do not set extended attributes with names matching this pattern (security.selinux, trusted.*, * for all); repeatable", collect)
     .option("--domain-name <name>", "for a VM backed up with its libvirt domain: name the restored definition so, without its UUID and MAC addresses, to define it beside the original")
@@ -25,8 +28,11 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
     .option("--libvirt-uri <uri>", "with --define: libvirt's connection URI (default: virsh's own)")
     .addOption(new Option("--format <format>", "write disks as raw images (the default) or as qcow2 images (through qemu-nbd; holes stay unallocated); a restored domain definition names the format").choices(["raw", "qcow2"]).default("raw"))
     .option("--no-owner", "leave restored files owned by the user running the restore, even root (default as root: the recorded owners and groups)")
-    .action(async (snapshot: string, opts: { target: string; reason: string; vm?: string; disk?: string; include?: string[]; force?: boolean; owner: boolean; excludeXattr?: string[]; domainName?: string; define?: boolean; libvirtUri?: string; format: "raw" | "qcow2" }, command: Command) => {
+    .action(async (snapshot: string, opts: RestoreCliOptions, command: Command) => {
       const ctx = new CliContext(command, interrupts);
+      if (opts.guestFiles === true) return restoreGuestFiles(ctx, interrupts, snapshot, opts);
+      if (opts.filesystem !== undefined) throw new UsageError("--filesystem goes with --guest-files");
+      if (opts.disk !== undefined && opts.include !== undefined) throw new UsageError("--disk cannot be used with --include (a disk is restored whole)", "to restore files from inside a disk image, add --guest-files");
       if (opts.libvirtUri !== undefined && opts.define !== true) throw new UsageError("--libvirt-uri goes with --define");
       // Before the unlock: a pattern that cannot be read costs no Argon2id.
       xattrExcluder(opts.excludeXattr);
@@ -72,6 +78,63 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
         await vault.close();
       }
     });
+}
+
+interface RestoreCliOptions {
+  target: string;
+  reason: string;
+  vm?: string;
+  disk?: string;
+  include?: string[];
+  force?: boolean;
+  owner: boolean;
+  excludeXattr?: string[];
+  domainName?: string;
+  define?: boolean;
+  libvirtUri?: string;
+  format: "raw" | "qcow2";
+  guestFiles?: boolean;
+  filesystem?: string;
+}
+
+/** `restore --guest-files`: files and folders from inside a disk image. */
+async function restoreGuestFiles(ctx: CliContext, interrupts: Interrupts, snapshot: string, opts: RestoreCliOptions): Promise<void> {
+  const others: [unknown, string][] = [
+    [opts.excludeXattr, "--exclude-xattr"],
+    [opts.domainName, "--domain-name"],
+    [opts.define, "--define"],
+    [opts.libvirtUri, "--libvirt-uri"],
+    [opts.format === "qcow2" ? "qcow2" : undefined, "--format"],
+  ];
+  for (const [given, name] of others) if (given !== undefined) throw new UsageError(`${name} does not go with --guest-files`);
+  const o = {
+    snapshot,
+    paths: opts.include ?? [],
+    target: opts.target,
+    reason: opts.reason,
+    force: opts.force === true,
+    owners: opts.owner,
+    ...(opts.vm === undefined ? {} : { vm: opts.vm }),
+    ...(opts.disk === undefined ? {} : { disk: opts.disk }),
+    ...(opts.filesystem === undefined ? {} : { filesystem: opts.filesystem }),
+  };
+  // Before the unlock: a bad path or an occupied place costs no Argon2id.
+  await checkGuestRestore(o);
+  const vault = await ctx.openVault();
+  try {
+    const progress = ctx.progress;
+    const r = await vault.restoreGuestFiles({ ...o, ...(progress === undefined ? {} : { progress }), signal: interrupts.cancellable() });
+    ctx.endProgress();
+    warnDamagedIndexes(ctx, r.damagedIndexes);
+    if (ctx.json) ctx.printJson(r);
+    else {
+      ctx.out(`restored from disk ${r.disk} of snapshot ${r.snapshotId} of VM ${r.vm} (${r.mounts.map((m) => `${m.device} on ${m.mountpoint}`).join(", ")}) to ${r.target}`);
+      for (const x of r.restored) ctx.out(`  ${x.path} (${x.kind}${x.kind === "dir" ? `, ${x.files} ${x.files === 1 ? "entry" : "entries"}` : ""}, ${formatBytes(x.bytes)})`);
+    }
+  } finally {
+    ctx.endProgress();
+    await vault.close();
+  }
 }
 
 /** Extended attributes not restored: a count, and the first few with why. */

@@ -1,0 +1,263 @@
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import { NotFoundError, StorageError, UsageError } from "../errors.js";
+import type { Repository } from "../repository/repository.js";
+import type { ListedItem } from "../snapshot/items.js";
+import { toolEnv, toolMessage } from "../sources/tools.js";
+import { checkFilesystem, guestPath, onGuestDisk, type GuestFilesOptions, type GuestSession, type GuestSource } from "./guest.js";
+import { isDirMode, isFileMode, isLinkMode, parseStats, type GuestShell, type GuestStat } from "./guest-shell.js";
+import { checkTarget, exists, targetExistsError } from "./targets.js";
+
+export type { GuestFilesOptions, GuestMount, GuestSource } from "./guest.js";
+
+/** Names stat'ed per guestfish command (lstatnslist): a command line stays well below the kernel's limit. */
+const STAT_BATCH = 256;
+
+export interface GuestListOptions extends GuestFilesOptions {
+  /** Paths inside the guest (default "/"): a folder is listed one level deep, anything else itself. */
+  readonly paths?: readonly string[];
+}
+
+export interface GuestListResult extends GuestSource {
+  readonly items: number;
+}
+
+/**
+ * Lists files inside a snapshot's disk image, item by item through onItem: for each path, a
+ * folder's entries (one level) or the file itself, with mode, owner, size and time. Paths that
+ * are not in the guest fail the listing (E_NOT_FOUND) once the others are listed. Audited as `ls`.
+ */
+export async function listGuestFiles(repo: Repository, o: GuestListOptions, onItem: (item: ListedItem) => void): Promise<GuestListResult> {
+  const paths = (o.paths === undefined || o.paths.length === 0 ? ["/"] : o.paths).map(guestPath);
+  let items = 0;
+  return onGuestDisk<GuestListResult>(
+    repo,
+    "ls",
+    o,
+    { guestPaths: paths },
+    async (g) => {
+      const missing: string[] = [];
+      for (const p of paths) {
+        o.signal?.throwIfAborted();
+        const st = await g.shell.lstat(p);
+        if (st === undefined) missing.push(p);
+        else if (!isDirMode(st.mode)) {
+          onItem(await guestItem(g.shell, p, st));
+          items++;
+        } else {
+          for await (const item of folderItems(g, p, o.signal)) {
+            onItem(item);
+            items++;
+          }
+        }
+      }
+      g.verified();
+      if (missing.length > 0) throw notInGuest(missing, g.source.disk);
+      return { ...g.source, items };
+    },
+    (r) => ({ items: r.items }),
+  );
+}
+
+export interface GuestRestoreOptions extends GuestFilesOptions {
+  /** Files and folders inside the guest, each restored to target + its path (/etc/nginx → TARGET/etc/nginx). */
+  readonly paths: readonly string[];
+  readonly target: string;
+  readonly reason: string;
+  /** Replace what is already at a path's place in the target. */
+  readonly force?: boolean;
+  /** Keep the guest's owners (numeric uid and gid; default true, effective as root only). */
+  readonly owners?: boolean;
+}
+
+export interface GuestRestoreResult extends GuestSource {
+  readonly target: string;
+  readonly restored: readonly { readonly path: string; readonly kind: "file" | "dir" | "symlink"; readonly files: number; readonly bytes: number }[];
+}
+
+/**
+ * Checks a guest restore's request before anything is unlocked or read: a reason, paths inside
+ * the guest that do not overlap, a target folder, and (without force) nothing at their places.
+ */
+export async function checkGuestRestore(o: Pick<GuestRestoreOptions, "paths" | "target" | "reason" | "force" | "filesystem">): Promise<string[]> {
+  if (o.reason.trim() === "") throw new UsageError("a restore needs --reason TEXT (it is kept in the audit trail)");
+  if (o.paths.length === 0) throw new UsageError("name the files and folders to restore from inside the disk: --include PATH (repeatable)");
+  checkFilesystem(o.filesystem);
+  const paths = o.paths.map(guestPath);
+  for (const p of paths) {
+    const within = paths.find((q) => q !== p && (q === "/" || p.startsWith(`${q}/`)));
+    if (within !== undefined) throw new UsageError(`--include ${p} is inside --include ${within}`, "give the folder alone");
+  }
+  const target = path.resolve(o.target);
+  await checkTarget(o.target, target);
+  if (o.force !== true) {
+    for (const p of paths) if (await exists(path.join(target, p))) throw targetExistsError(path.join(target, p));
+  }
+  return paths;
+}
+
+/**
+ * Restores files and folders from inside a snapshot's disk image: each is copied out of the
+ * appliance into a staging folder inside the target, and moved into place only once every read
+ * of the disk has verified, so a failed or refused restore leaves the target as it was. Modes,
+ * times and (as root) numeric owners are kept. Audited as `restore`, before a byte is read.
+ */
+export async function restoreGuestFiles(repo: Repository, o: GuestRestoreOptions): Promise<GuestRestoreResult> {
+  const paths = await checkGuestRestore(o);
+  const target = path.resolve(o.target);
+  return onGuestDisk<GuestRestoreResult>(
+    repo,
+    "restore",
+    o,
+    { dir: target, guestPaths: paths },
+    async (g) => {
+      const stats: GuestStat[] = [];
+      const missing: string[] = [];
+      for (const p of paths) {
+        const st = await g.shell.lstat(p);
+        if (st === undefined) missing.push(p);
+        else stats.push(st);
+      }
+      if (missing.length > 0) throw notInGuest(missing, g.source.disk);
+      await fsp.mkdir(target, { recursive: true });
+      const staging = await fsp.mkdtemp(path.join(target, ".vmvault-guest-"));
+      try {
+        const restored = [];
+        for (const [i, p] of paths.entries()) {
+          o.signal?.throwIfAborted();
+          o.progress?.({ phase: "copying out of the disk", done: i, total: paths.length, unit: "items", item: p });
+          restored.push(await copyOut(g, p, stats[i] as GuestStat, path.join(staging, p), o.owners !== false));
+        }
+        // Nothing reaches its place unless every read of the disk verified.
+        g.verified();
+        for (const p of paths) await moveIntoPlace(path.join(staging, p), path.join(target, p), o.force === true);
+        return { ...g.source, target, restored };
+      } finally {
+        await fsp.rm(staging, { recursive: true, force: true });
+      }
+    },
+    (r) => ({ files: r.restored.reduce((n, x) => n + x.files, 0), bytes: r.restored.reduce((n, x) => n + x.bytes, 0) }),
+  );
+}
+
+/** A folder's entries, one level, sorted by name, from batched status requests. */
+async function* folderItems(g: GuestSession, dir: string, signal: AbortSignal | undefined): AsyncIterable<ListedItem> {
+  const namesFile = path.join(g.scratch, "names");
+  await g.shell.run("ls0", dir, namesFile);
+  const names = (await fsp.readFile(namesFile, "utf8")).split("\0").filter((n) => n !== "").sort();
+  await fsp.rm(namesFile, { force: true });
+  // lstatnslist splits its list at white space: names holding any are asked one by one.
+  const plain = names.filter((n) => !/\s/.test(n));
+  const stats = new Map<string, GuestStat>();
+  for (let i = 0; i < plain.length; i += STAT_BATCH) {
+    signal?.throwIfAborted();
+    const batch = plain.slice(i, i + STAT_BATCH);
+    const got = parseStats(await g.shell.run("lstatnslist", dir, batch.join(" ")));
+    batch.forEach((n, j) => stats.set(n, got[j] as GuestStat));
+  }
+  for (const name of names) {
+    signal?.throwIfAborted();
+    const p = path.posix.join(dir, name);
+    const st = stats.get(name) ?? (await g.shell.lstat(p));
+    // Gone between the listing and the status: the tree is read-only, so only a damaged one does that.
+    if (st === undefined) continue;
+    yield await guestItem(g.shell, p, st);
+  }
+}
+
+async function guestItem(shell: GuestShell, p: string, st: GuestStat): Promise<ListedItem> {
+  const type = isDirMode(st.mode) ? "dir" : isLinkMode(st.mode) ? "symlink" : "file";
+  const item = { path: p, type, size: st.size, mode: st.mode & 0o7777, mtime: new Date(st.mtimeMs).toISOString(), uid: st.uid, gid: st.gid } as const;
+  return type === "symlink" ? { ...item, target: await readLink(shell, p) } : item;
+}
+
+async function readLink(shell: GuestShell, p: string): Promise<string> {
+  return (await shell.run("readlink", p)).replace(/\n$/, "");
+}
+
+function notInGuest(paths: readonly string[], disk: string): NotFoundError {
+  return new NotFoundError(`not in disk ${disk}'s file systems: ${paths.join(", ")}`, "`vmvault ls SNAPSHOT --guest-files FOLDER` lists a folder inside the disk");
+}
+
+/** One path out of the guest into `dest`: a file by download, a folder through a tar stream, a symlink as one. */
+async function copyOut(g: GuestSession, p: string, st: GuestStat, dest: string, owners: boolean): Promise<GuestRestoreResult["restored"][number]> {
+  await fsp.mkdir(path.dirname(dest), { recursive: true });
+  if (isLinkMode(st.mode)) {
+    await fsp.symlink(await readLink(g.shell, p), dest);
+    if (owners && isRoot()) await fsp.lchown(dest, st.uid, st.gid);
+    return { path: p, kind: "symlink", files: 1, bytes: 0 };
+  }
+  if (isFileMode(st.mode)) {
+    await g.shell.run("download", p, dest);
+    await applyStatus(dest, st, owners);
+    return { path: p, kind: "file", files: 1, bytes: st.size };
+  }
+  if (!isDirMode(st.mode)) throw new UsageError(`${p} is a device, FIFO or socket inside the disk: restore the folder it is in`);
+  await fsp.mkdir(dest);
+  await tarOut(g, p, dest, owners);
+  await applyStatus(dest, st, owners);
+  const counted = await countTree(dest);
+  return { path: p, kind: "dir", ...counted };
+}
+
+/** Owner (as root), mode and times, as the guest has them. */
+async function applyStatus(dest: string, st: GuestStat, owners: boolean): Promise<void> {
+  if (owners && isRoot()) await fsp.chown(dest, st.uid, st.gid);
+  await fsp.chmod(dest, st.mode & 0o7777);
+  await fsp.utimes(dest, st.mtimeMs / 1000, st.mtimeMs / 1000);
+}
+
+/**
+ * A guest folder's contents into dest: guestfish writes a tar stream into a FIFO in the private
+ * scratch folder and the host's tar unpacks it, so no second copy lands on a disk. Owners go by
+ * number (the guest's user names mean nothing on the host).
+ */
+async function tarOut(g: GuestSession, p: string, dest: string, owners: boolean): Promise<void> {
+  const { execFile, spawn } = process.getBuiltinModule("node:child_process");
+  const fifo = path.join(g.scratch, "tar.fifo");
+  await new Promise<void>((resolve, reject) => execFile("mkfifo", ["-m", "600", fifo], (e) => (e === null ? resolve() : reject(new StorageError(`cannot make a FIFO in ${g.scratch}: ${e.message}`, e)))));
+  const tar = spawn("tar", ["-x", "-f", fifo, "-C", dest, "--numeric-owner", owners && isRoot() ? "--same-owner" : "--no-same-owner", "--delay-directory-restore"], { stdio: ["ignore", "ignore", "pipe"], env: toolEnv() });
+  let stderr = "";
+  tar.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+  const ended = new Promise<number | null>((resolve, reject) => {
+    tar.once("error", reject);
+    tar.once("close", resolve);
+  });
+  try {
+    await g.shell.run("tar-out", p, fifo, "numericowner:true");
+  } catch (e) {
+    // tar may still wait for a writer to open the FIFO: it is this process's child, ended here.
+    tar.kill();
+    await ended.catch(() => undefined);
+    throw e;
+  } finally {
+    await fsp.rm(fifo, { force: true });
+  }
+  const code = await ended.catch((e: unknown) => {
+    throw new StorageError(`cannot run tar to unpack ${p}: ${(e as Error).message}`, e);
+  });
+  if (code !== 0) throw new StorageError(`tar could not unpack ${p} into ${dest}: ${toolMessage("tar", stderr) ?? `exit ${String(code)}`}`);
+}
+
+async function countTree(dir: string): Promise<{ files: number; bytes: number }> {
+  let files = 0;
+  let bytes = 0;
+  for (const e of await fsp.readdir(dir, { withFileTypes: true, recursive: true })) {
+    files++;
+    if (e.isFile()) bytes += (await fsp.lstat(path.join(e.parentPath, e.name))).size;
+  }
+  return { files, bytes };
+}
+
+async function moveIntoPlace(from: string, to: string, force: boolean): Promise<void> {
+  if (await exists(to)) {
+    if (!force) throw targetExistsError(to);
+    await fsp.rm(to, { recursive: true, force: true });
+  }
+  await fsp.mkdir(path.dirname(to), { recursive: true });
+  await fsp.rename(from, to);
+}
+
+function isRoot(): boolean {
+  return process.getuid?.() === 0;
+}

@@ -1,0 +1,162 @@
+import { UsageError, VaultError } from "../errors.js";
+import { toolEnv, toolMessage } from "../sources/tools.js";
+
+// libguestfs's guestfish, run as a server (`--listen`) that vmvault sends one command at a time
+// (`--remote`): the guest's file systems are read inside libguestfs's appliance, a small VM, never
+// parsed by vmvault's own process.
+
+/** A guestfish command that failed inside the appliance (a path that is not there, a file system that does not mount). */
+export class GuestCommandFailed extends VaultError {
+  constructor(message: string) {
+    super("E_SOURCE", `libguestfs: ${message}`, { hint: "libguestfs's own messages: run again with LIBGUESTFS_DEBUG=1 in the environment" });
+  }
+}
+
+/** The error for a host without guestfish. */
+export function missingGuestfish(): VaultError {
+  return new UsageError("guestfish was not found: files inside a disk image are read through libguestfs", "install it (Debian: libguestfs-tools), or restore the whole disk and mount it yourself");
+}
+
+/** A file's status as guestfish's lstatns prints it. */
+export interface GuestStat {
+  readonly mode: number;
+  readonly size: number;
+  readonly uid: number;
+  readonly gid: number;
+  readonly mtimeMs: number;
+}
+
+const S_IFMT = 0o170000;
+export const isDirMode = (mode: number): boolean => (mode & S_IFMT) === 0o040000;
+export const isFileMode = (mode: number): boolean => (mode & S_IFMT) === 0o100000;
+export const isLinkMode = (mode: number): boolean => (mode & S_IFMT) === 0o120000;
+
+/** One guestfish server with the disk added read-only and the appliance started. */
+export class GuestShell {
+  private constructor(private readonly pid: number) {}
+
+  /**
+   * Starts guestfish on `uri` (an nbd:// address of the export) read-only as raw, and launches
+   * its appliance (about 10–20 s). A failed launch leaves no server behind.
+   */
+  static async start(uri: string): Promise<GuestShell> {
+    const shell = new GuestShell(await listen(uri));
+    try {
+      await shell.run("run");
+    } catch (e) {
+      await shell.close();
+      throw e;
+    }
+    return shell;
+  }
+
+  /**
+   * Runs one command and resolves with what it printed. Every command is sent with guestfish's
+   * "-" prefix, so that a failing one does not end the server; its error is then read from stderr.
+   */
+  async run(command: string, ...args: string[]): Promise<string> {
+    const out = await guestfish([`--remote=${this.pid}`, "--", `-${command}`, ...args]);
+    const failure = guestError(out.stderr);
+    if (failure !== undefined) throw new GuestCommandFailed(failure);
+    return out.stdout;
+  }
+
+  /** Whether the path exists in the mounted tree; its status if so (symlinks not followed). */
+  async lstat(p: string): Promise<GuestStat | undefined> {
+    try {
+      return parseStats(await this.run("lstatns", p))[0];
+    } catch (e) {
+      if (e instanceof GuestCommandFailed && /No such file or directory|Not a directory/.test(e.message)) return undefined;
+      throw e;
+    }
+  }
+
+  /** Ends the server and its appliance; a server that does not answer is stopped by its process id. */
+  async close(): Promise<void> {
+    try {
+      await guestfish([`--remote=${this.pid}`, "--", "exit"]);
+    } catch {
+      try {
+        process.kill(this.pid, "SIGTERM");
+      } catch {
+        // It has already ended.
+      }
+    }
+  }
+}
+
+/** libguestfs's error lines on stderr, joined; undefined where there are none. */
+export function guestError(stderr: string): string | undefined {
+  const lines = stderr
+    .split("\n")
+    .filter((l) => /^libguestfs: error: /.test(l))
+    .map((l) => l.replace(/^libguestfs: error: /, "").trim());
+  return lines.length === 0 ? undefined : lines.join("; ");
+}
+
+/** The structs guestfish prints for lstatns (one) and lstatnslist (one per name, "[i] = { … }"). */
+export function parseStats(text: string): GuestStat[] {
+  const blocks = text.includes("[0] = {") ? text.split(/^\[\d+\] = \{$/m).slice(1) : [text];
+  return blocks.map((block) => {
+    const field = (name: string): number => {
+      const m = new RegExp(`^\\s*${name}: (-?\\d+)$`, "m").exec(block);
+      if (m === null) throw new GuestCommandFailed(`guestfish printed a file status without ${name}`);
+      return Number(m[1]);
+    };
+    return { mode: field("st_mode"), size: field("st_size"), uid: field("st_uid"), gid: field("st_gid"), mtimeMs: field("st_mtime_sec") * 1000 + Math.floor(field("st_mtime_nsec") / 1e6) };
+  });
+}
+
+/** "KEY: VALUE" lines, as inspect-get-mountpoints and list-filesystems print them. */
+export function parsePairs(text: string): [string, string][] {
+  const pairs: [string, string][] = [];
+  for (const line of text.split("\n")) {
+    const i = line.indexOf(": ");
+    if (i > 0) pairs.push([line.slice(0, i), line.slice(i + 2)]);
+  }
+  return pairs;
+}
+
+interface ToolOutput {
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/**
+ * Starts `guestfish --listen` and resolves with its server's process id. The command forks the
+ * server and exits; the server keeps the pipes open, so the answer is read when the command
+ * exits, not when its output ends.
+ */
+async function listen(uri: string): Promise<number> {
+  const { spawn } = process.getBuiltinModule("node:child_process");
+  const child = spawn("guestfish", ["--listen", "--ro", "--format=raw", "-a", uri], { stdio: ["ignore", "pipe", "pipe"], env: toolEnv() });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
+  child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+  try {
+    const code = await new Promise<number | null>((resolve, reject) => {
+      child.once("error", (e: NodeJS.ErrnoException) => reject(e.code === "ENOENT" ? missingGuestfish() : e));
+      child.once("exit", resolve);
+    });
+    // What the command wrote before it exited may still be in the pipe.
+    await new Promise((resolve) => setImmediate(resolve));
+    const m = /GUESTFISH_PID=(\d+)/.exec(stdout);
+    if (code !== 0 || m === null) throw new GuestCommandFailed(guestError(stderr) ?? toolMessage("guestfish", stderr) ?? `guestfish --listen exited with ${String(code)}`);
+    return Number(m[1]);
+  } finally {
+    child.stdout.destroy();
+    child.stderr.destroy();
+  }
+}
+
+async function guestfish(args: readonly string[]): Promise<ToolOutput> {
+  const { execFile } = process.getBuiltinModule("node:child_process");
+  return new Promise((resolve, reject) => {
+    execFile("guestfish", args, { encoding: "utf8", maxBuffer: 64 * 1024 * 1024, env: toolEnv() }, (error, stdout, stderr) => {
+      if (error === null) return resolve({ stdout, stderr });
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return reject(missingGuestfish());
+      reject(new GuestCommandFailed(guestError(stderr) ?? toolMessage("guestfish", stderr) ?? error.message));
+    });
+  });
+}
