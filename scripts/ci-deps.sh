@@ -21,6 +21,9 @@ command -v syslinux >/dev/null 2>&1 || need="$need syslinux"
 command -v mcopy >/dev/null 2>&1 || need="$need mtools"
 command -v mkfs.vfat >/dev/null 2>&1 || need="$need dosfstools"
 command -v cpio >/dev/null 2>&1 || need="$need cpio"
+# guestfish: `ls`/`restore --guest-files` read files inside disk images through libguestfs, and
+# their tests run it for real (scripts/guestfs-env.sh gives its appliance a kernel where /boot has none).
+command -v guestfish >/dev/null 2>&1 || need="$need libguestfs-tools"
 # sshd: the SFTP repository's tests run a private OpenSSH server on 127.0.0.1 (scripts/sftpd.sh).
 [ -x /usr/sbin/sshd ] || need="$need openssh-server"
 # Ceph's monitor, OSD and RADOS Gateway, and curl: the S3 repository's tests run a private Ceph

@@ -33,14 +33,24 @@ export const isLinkMode = (mode: number): boolean => (mode & S_IFMT) === 0o12000
 
 /** One guestfish server with the disk added read-only and the appliance started. */
 export class GuestShell {
-  private constructor(private readonly pid: number) {}
+  /** What the server has printed on stderr since the last command (libguestfs's errors go there, not to the command). */
+  #said = "";
+
+  private constructor(
+    private readonly pid: number,
+    private readonly serverErrors: NodeJS.ReadableStream & { destroy(): void },
+  ) {
+    serverErrors.setEncoding("utf8");
+    serverErrors.on("data", (d: string) => (this.#said += d));
+  }
 
   /**
    * Starts guestfish on `uri` (an nbd:// address of the export) read-only as raw, and launches
    * its appliance (about 10–20 s). A failed launch leaves no server behind.
    */
   static async start(uri: string): Promise<GuestShell> {
-    const shell = new GuestShell(await listen(uri));
+    const server = await listen(uri);
+    const shell = new GuestShell(server.pid, server.stderr);
     try {
       await shell.run("run");
     } catch (e) {
@@ -55,20 +65,19 @@ export class GuestShell {
    * "-" prefix, so that a failing one does not end the server; its error is then read from stderr.
    */
   async run(command: string, ...args: string[]): Promise<string> {
+    this.#said = "";
     const out = await guestfish([`--remote=${this.pid}`, "--", `-${command}`, ...args]);
-    const failure = guestError(out.stderr);
+    // The server wrote any error before it answered: let its pipe be read.
+    await new Promise((resolve) => setTimeout(resolve, 1));
+    const failure = guestError(`${out.stderr}\n${this.#said}`);
     if (failure !== undefined) throw new GuestCommandFailed(failure);
     return out.stdout;
   }
 
-  /** Whether the path exists in the mounted tree; its status if so (symlinks not followed). */
+  /** The path's status in the mounted tree (symlinks not followed), or undefined where there is nothing. */
   async lstat(p: string): Promise<GuestStat | undefined> {
-    try {
-      return parseStats(await this.run("lstatns", p))[0];
-    } catch (e) {
-      if (e instanceof GuestCommandFailed && /No such file or directory|Not a directory/.test(e.message)) return undefined;
-      throw e;
-    }
+    if ((await this.run("exists", p)).trim() !== "true" && (await this.run("is-symlink", p)).trim() !== "true") return undefined;
+    return parseStats(await this.run("lstatns", p))[0];
   }
 
   /** Ends the server and its appliance; a server that does not answer is stopped by its process id. */
@@ -81,6 +90,8 @@ export class GuestShell {
       } catch {
         // It has already ended.
       }
+    } finally {
+      this.serverErrors.destroy();
     }
   }
 }
@@ -127,13 +138,17 @@ interface ToolOutput {
  * server and exits; the server keeps the pipes open, so the answer is read when the command
  * exits, not when its output ends.
  */
-async function listen(uri: string): Promise<number> {
+async function listen(uri: string): Promise<{ pid: number; stderr: NodeJS.ReadableStream & { destroy(): void } }> {
   const { spawn } = process.getBuiltinModule("node:child_process");
   const child = spawn("guestfish", ["--listen", "--ro", "--format=raw", "-a", uri], { stdio: ["ignore", "pipe", "pipe"], env: toolEnv() });
   let stdout = "";
   let stderr = "";
   child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
-  child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+  const onStderr = (d: string): void => {
+    stderr += d;
+  };
+  child.stderr.setEncoding("utf8").on("data", onStderr);
+  let started = false;
   try {
     const code = await new Promise<number | null>((resolve, reject) => {
       child.once("error", (e: NodeJS.ErrnoException) => reject(e.code === "ENOENT" ? missingGuestfish() : e));
@@ -143,10 +158,13 @@ async function listen(uri: string): Promise<number> {
     await new Promise((resolve) => setImmediate(resolve));
     const m = /GUESTFISH_PID=(\d+)/.exec(stdout);
     if (code !== 0 || m === null) throw new GuestCommandFailed(guestError(stderr) ?? toolMessage("guestfish", stderr) ?? `guestfish --listen exited with ${String(code)}`);
-    return Number(m[1]);
+    started = true;
+    // The server keeps this pipe as its stderr: the shell reads libguestfs's errors from it.
+    child.stderr.off("data", onStderr);
+    return { pid: Number(m[1]), stderr: child.stderr };
   } finally {
     child.stdout.destroy();
-    child.stderr.destroy();
+    if (!started) child.stderr.destroy();
   }
 }
 

@@ -145,7 +145,7 @@ function pickDisk(disks: readonly DiskSource[], name: string | undefined, snapsh
  * Mounts the guest's file systems read-only: the one given; else the mounts of the one operating
  * system libguestfs's inspection finds (its /etc/fstab); else the disk's only file system at /.
  */
-export async function mountGuest(shell: GuestShell, disk: string, filesystem: string | undefined): Promise<GuestMount[]> {
+export async function mountGuest(shell: Pick<GuestShell, "run">, disk: string, filesystem: string | undefined): Promise<GuestMount[]> {
   if (filesystem !== undefined) {
     await mount(shell, { device: filesystem, mountpoint: "/" });
     return [{ device: filesystem, mountpoint: "/" }];
@@ -178,7 +178,7 @@ export async function mountGuest(shell: GuestShell, disk: string, filesystem: st
   return [only];
 }
 
-async function mount(shell: GuestShell, m: GuestMount): Promise<void> {
+async function mount(shell: Pick<GuestShell, "run">, m: GuestMount): Promise<void> {
   try {
     await shell.run("mount-ro", m.device, m.mountpoint);
   } catch (e) {
