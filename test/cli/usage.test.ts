@@ -27,7 +27,8 @@ describe("usage errors exit 2 before anything is done", () => {
     for (const flags of [["--disk", "a.raw", "--include", "etc"], ["--include", "etc", "--disk", "a.raw"]]) {
       const r = await v(["restore", "latest", "--target", tmp("o"), "--reason", "x", ...flags]);
       expect(r.code, r.stderr).toBe(2);
-      expect(r.stderr).toMatch(/option '--disk <name>' cannot be used with option '--include <path>'/);
+      expect(r.stderr).toMatch(/--disk cannot be used with --include \(a disk is restored whole\)/);
+      expect(r.stderr).toMatch(/add --guest-files/);
     }
   });
 

@@ -1,0 +1,153 @@
+/**
+ * The parts of `--guest-files` that need no appliance: reading what guestfish prints, the paths
+ * and devices a user gives, the checks of a restore's request, and which file systems are mounted
+ * where (against a scripted guestfish). test/cli/guest-files.test.ts runs the real libguestfs.
+ */
+import { mkdtempSync, promises as fsp, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { checkFilesystem, guestPath, mountGuest } from "../../src/restore/guest.js";
+import { checkGuestRestore } from "../../src/restore/guest-files.js";
+import { guestError, parsePairs, parseStats } from "../../src/restore/guest-shell.js";
+
+const STAT = (ino: number, mode: number, size: number): string => `  st_dev: 2049
+  st_ino: ${ino}
+  st_mode: ${mode}
+  st_nlink: 1
+  st_uid: 1000
+  st_gid: 100
+  st_rdev: 0
+  st_size: ${size}
+  st_blksize: 1024
+  st_blocks: 2
+  st_atime_sec: 1700000000
+  st_atime_nsec: 0
+  st_mtime_sec: 1700000123
+  st_mtime_nsec: 456789000
+  st_ctime_sec: 1700000000
+  st_ctime_nsec: 0
+`;
+
+describe("what guestfish prints", () => {
+  it("reads one status (lstatns) and a list of them (lstatnslist) in order", () => {
+    expect(parseStats(STAT(16, 0o100644, 5))).toEqual([{ mode: 0o100644, size: 5, uid: 1000, gid: 100, mtimeMs: 1700000123456 }]);
+    const list = `[0] = {\n${STAT(16, 0o100600, 7)}}\n[1] = {\n${STAT(17, 0o40755, 1024)}}\n`;
+    expect(parseStats(list).map((s) => [s.mode, s.size])).toEqual([
+      [0o100600, 7],
+      [0o40755, 1024],
+    ]);
+  });
+
+  it("a status without its fields is an error, not zeros", () => {
+    expect(() => parseStats("")).toThrow(/without st_mode/);
+    expect(() => parseStats(STAT(1, 0o100644, 1).replace(/ {2}st_size: 1\n/, ""))).toThrow(/without st_size/);
+  });
+
+  it("reads KEY: VALUE lines (mountpoints, file systems), values holding ': ' kept whole", () => {
+    expect(parsePairs("/: /dev/sda1\n/srv: /dev/sda2\n\n")).toEqual([
+      ["/", "/dev/sda1"],
+      ["/srv", "/dev/sda2"],
+    ]);
+    expect(parsePairs("/dev/sdb: a: b")).toEqual([["/dev/sdb", "a: b"]]);
+  });
+
+  it("finds libguestfs's error lines among the rest", () => {
+    expect(guestError("libguestfs: trace: x\nlibguestfs: error: mount_ro: /dev/sda9: No such file\n")).toBe("mount_ro: /dev/sda9: No such file");
+    expect(guestError("libguestfs: error: a\nnoise\nlibguestfs: error: b\n")).toBe("a; b");
+    expect(guestError("just noise\n")).toBeUndefined();
+  });
+});
+
+describe("paths and devices given", () => {
+  it("a guest path is absolute and normalized; '..' stays below /", () => {
+    expect(guestPath("/etc/nginx/")).toBe("/etc/nginx");
+    expect(guestPath("/etc//./nginx")).toBe("/etc/nginx");
+    expect(guestPath("/../../etc")).toBe("/etc");
+    expect(guestPath("/")).toBe("/");
+    expect(() => guestPath("etc/hosts")).toThrow(/starts with "\/"/);
+    expect(() => guestPath("/etc/a\nb")).toThrow(/NUL or a newline/);
+  });
+
+  it("a file system is a device as libguestfs names one", () => {
+    for (const ok of ["/dev/sda1", "/dev/vg0/root", "btrfsvol:/dev/sda2/@home", undefined]) expect(() => checkFilesystem(ok)).not.toThrow();
+    for (const bad of ["sda1", "/dev/sda 1", "/etc/passwd", ""]) expect(() => checkFilesystem(bad)).toThrow(/name a device/);
+  });
+});
+
+describe("a restore's request, checked before anything is read", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "vmvault-guest-check-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const base = { target: dir, reason: "why", paths: ["/etc/nginx"] };
+
+  it("needs a reason and at least one path; paths may not lie inside one another", async () => {
+    await expect(checkGuestRestore({ ...base, reason: " " })).rejects.toThrow(/needs --reason/);
+    await expect(checkGuestRestore({ ...base, paths: [] })).rejects.toThrow(/--include PATH/);
+    await expect(checkGuestRestore({ ...base, paths: ["/etc", "/etc/nginx/nginx.conf"] })).rejects.toThrow(/inside --include \/etc/);
+    await expect(checkGuestRestore({ ...base, paths: ["/", "/etc"] })).rejects.toThrow(/inside --include \/$/);
+    await expect(checkGuestRestore({ ...base, paths: ["/etc/nginx", "/etc/nginx2"] })).resolves.toEqual(["/etc/nginx", "/etc/nginx2"]);
+  });
+
+  it("refuses a target that is a file, and a place already taken unless forced", async () => {
+    await fsp.writeFile(path.join(dir, "file"), "x");
+    await expect(checkGuestRestore({ ...base, target: path.join(dir, "file") })).rejects.toThrow(/is not a folder/);
+    await fsp.mkdir(path.join(dir, "etc/nginx"), { recursive: true });
+    await expect(checkGuestRestore(base)).rejects.toThrow(/etc\/nginx already exists/);
+    await expect(checkGuestRestore({ ...base, force: true })).resolves.toEqual(["/etc/nginx"]);
+  });
+});
+
+/** A guestfish that answers from a table, and records every command it was sent. */
+function scripted(answers: Record<string, string | Error>): { run: (c: string, ...a: string[]) => Promise<string>; sent: string[] } {
+  const sent: string[] = [];
+  return {
+    sent,
+    run: async (command, ...args) => {
+      const line = [command, ...args].join(" ");
+      sent.push(line);
+      const a = answers[line] ?? answers[command];
+      if (a instanceof Error) throw a;
+      if (a === undefined) throw new Error(`unexpected command: ${line}`);
+      return a;
+    },
+  };
+}
+
+describe("which file systems are mounted where", () => {
+  it("an operating system's mounts, / first, a deeper one after its parent; one its disk lacks is left out", async () => {
+    const g = scripted({
+      "inspect-os": "/dev/sda2\n",
+      "inspect-get-mountpoints /dev/sda2": "/var/log: /dev/sda4\n/data: /dev/sdb1\n/: /dev/sda2\n/var: /dev/sda3\n",
+      "mount-ro /dev/sdb1 /data": new Error("mount_ro: /dev/sdb1: No such device"),
+      "mount-ro": "",
+    });
+    expect(await mountGuest(g, "vda", undefined)).toEqual([
+      { device: "/dev/sda2", mountpoint: "/" },
+      { device: "/dev/sda3", mountpoint: "/var" },
+      { device: "/dev/sda4", mountpoint: "/var/log" },
+    ]);
+    expect(g.sent.filter((c) => c.startsWith("mount-ro"))).toEqual(["mount-ro /dev/sda2 /", "mount-ro /dev/sdb1 /data", "mount-ro /dev/sda3 /var", "mount-ro /dev/sda4 /var/log"]);
+  });
+
+  it("a root that does not mount fails the whole", async () => {
+    const g = scripted({ "inspect-os": "/dev/sda2\n", "inspect-get-mountpoints /dev/sda2": "/: /dev/sda2\n", "mount-ro": new Error("mount_ro: bad superblock") });
+    await expect(mountGuest(g, "vda", undefined)).rejects.toThrow(/cannot mount \/dev\/sda2 at \/ of the guest: mount_ro: bad superblock/);
+  });
+
+  it("no operating system: the only file system at /; several ask for --filesystem; none is not found", async () => {
+    const one = scripted({ "inspect-os": "", "list-filesystems": "/dev/sda1: ext4\n/dev/sda2: swap\n/dev/sda3: unknown\n", "mount-ro /dev/sda1 /": "" });
+    expect(await mountGuest(one, "vdb", undefined)).toEqual([{ device: "/dev/sda1", mountpoint: "/" }]);
+    const two = scripted({ "inspect-os": "", "list-filesystems": "/dev/sda1: ext4\n/dev/sda2: xfs\n" });
+    await expect(mountGuest(two, "vdb", undefined)).rejects.toThrow(/holds 2 file systems and no operating system/);
+    const none = scripted({ "inspect-os": "", "list-filesystems": "/dev/sda1: swap\n" });
+    await expect(mountGuest(none, "vdb", undefined)).rejects.toMatchObject({ code: "E_NOT_FOUND" });
+  });
+
+  it("several operating systems ask for one's root; --filesystem mounts that one alone, without inspection", async () => {
+    const multi = scripted({ "inspect-os": "/dev/sda1\n/dev/sda5\n" });
+    await expect(mountGuest(multi, "vda", undefined)).rejects.toMatchObject({ code: "E_USAGE", hint: "their roots: /dev/sda1, /dev/sda5" });
+    const given = scripted({ "mount-ro /dev/vg0/root /": "" });
+    expect(await mountGuest(given, "vda", "/dev/vg0/root")).toEqual([{ device: "/dev/vg0/root", mountpoint: "/" }]);
+    expect(given.sent).toEqual(["mount-ro /dev/vg0/root /"]);
+  });
+});
