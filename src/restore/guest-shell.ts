@@ -35,10 +35,13 @@ export const isLinkMode = (mode: number): boolean => (mode & S_IFMT) === 0o12000
 export class GuestShell {
   /** What the server has printed on stderr since the last command (libguestfs's errors go there, not to the command). */
   #said = "";
+  #signal: AbortSignal | undefined;
+  #stop: (() => void) | undefined;
 
   private constructor(
     private readonly pid: number,
     private readonly serverErrors: NodeJS.ReadableStream & { destroy(): void },
+    private readonly env: NodeJS.ProcessEnv,
   ) {
     serverErrors.setEncoding("utf8");
     serverErrors.on("data", (d: string) => (this.#said += d));
@@ -46,11 +49,18 @@ export class GuestShell {
 
   /**
    * Starts guestfish on `uri` (an nbd:// address of the export) read-only as raw, and launches
-   * its appliance (about 10–20 s). A failed launch leaves no server behind.
+   * its appliance (about 10–20 s). A failed launch leaves no server behind. libguestfs keeps its
+   * temporary files (overlays, sockets) in `scratch`, so that removing it removes them even after
+   * a stop; its appliance stays cached where it would be otherwise.
    */
-  static async start(uri: string): Promise<GuestShell> {
-    const server = await listen(uri);
-    const shell = new GuestShell(server.pid, server.stderr);
+  static async start(uri: string, scratch: string, signal?: AbortSignal): Promise<GuestShell> {
+    const env = { ...toolEnv(), TMPDIR: scratch, LIBGUESTFS_CACHEDIR: process.env["LIBGUESTFS_CACHEDIR"] ?? process.getBuiltinModule("node:os").tmpdir() };
+    const server = await listen(uri, env);
+    const shell = new GuestShell(server.pid, server.stderr, env);
+    // Stopped (Ctrl-C): the server is ended at once, its appliance with it, and the command waiting on it fails.
+    shell.#stop = () => shell.kill();
+    signal?.addEventListener("abort", shell.#stop, { once: true });
+    shell.#signal = signal;
     try {
       await shell.run("run");
     } catch (e) {
@@ -66,7 +76,7 @@ export class GuestShell {
    */
   async run(command: string, ...args: string[]): Promise<string> {
     this.#said = "";
-    const out = await guestfish([`--remote=${this.pid}`, "--", `-${command}`, ...args]);
+    const out = await guestfish([`--remote=${this.pid}`, "--", `-${command}`, ...args], this.env);
     // The server wrote any error before it answered: let its pipe be read.
     await new Promise((resolve) => setTimeout(resolve, 1));
     const failure = guestError(`${out.stderr}\n${this.#said}`);
@@ -82,16 +92,22 @@ export class GuestShell {
 
   /** Ends the server and its appliance; a server that does not answer is stopped by its process id. */
   async close(): Promise<void> {
+    if (this.#stop !== undefined) this.#signal?.removeEventListener("abort", this.#stop);
     try {
-      await guestfish([`--remote=${this.pid}`, "--", "exit"]);
+      await guestfish([`--remote=${this.pid}`, "--", "exit"], this.env);
     } catch {
-      try {
-        process.kill(this.pid, "SIGTERM");
-      } catch {
-        // It has already ended.
-      }
+      this.kill();
     } finally {
       this.serverErrors.destroy();
+    }
+  }
+
+  /** Stops the server by its process id (libguestfs then ends its appliance). */
+  kill(): void {
+    try {
+      process.kill(this.pid, "SIGTERM");
+    } catch {
+      // It has already ended.
     }
   }
 }
@@ -138,9 +154,9 @@ interface ToolOutput {
  * server and exits; the server keeps the pipes open, so the answer is read when the command
  * exits, not when its output ends.
  */
-async function listen(uri: string): Promise<{ pid: number; stderr: NodeJS.ReadableStream & { destroy(): void } }> {
+async function listen(uri: string, env: NodeJS.ProcessEnv): Promise<{ pid: number; stderr: NodeJS.ReadableStream & { destroy(): void } }> {
   const { spawn } = process.getBuiltinModule("node:child_process");
-  const child = spawn("guestfish", ["--listen", "--ro", "--format=raw", "-a", uri], { stdio: ["ignore", "pipe", "pipe"], env: toolEnv() });
+  const child = spawn("guestfish", ["--listen", "--ro", "--format=raw", "-a", uri], { stdio: ["ignore", "pipe", "pipe"], env });
   let stdout = "";
   let stderr = "";
   child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
@@ -168,10 +184,10 @@ async function listen(uri: string): Promise<{ pid: number; stderr: NodeJS.Readab
   }
 }
 
-async function guestfish(args: readonly string[]): Promise<ToolOutput> {
+async function guestfish(args: readonly string[], env: NodeJS.ProcessEnv): Promise<ToolOutput> {
   const { execFile } = process.getBuiltinModule("node:child_process");
   return new Promise((resolve, reject) => {
-    execFile("guestfish", args, { encoding: "utf8", maxBuffer: 64 * 1024 * 1024, env: toolEnv() }, (error, stdout, stderr) => {
+    execFile("guestfish", args, { encoding: "utf8", maxBuffer: 64 * 1024 * 1024, env }, (error, stdout, stderr) => {
       if (error === null) return resolve({ stdout, stderr });
       if ((error as NodeJS.ErrnoException).code === "ENOENT") return reject(missingGuestfish());
       reject(new GuestCommandFailed(guestError(stderr) ?? toolMessage("guestfish", stderr) ?? error.message));

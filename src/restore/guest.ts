@@ -109,7 +109,7 @@ export async function onGuestDisk<T extends GuestSource>(repo: Repository, actio
         o.signal?.throwIfAborted();
         o.progress?.({ phase: "libguestfs", done: 0, unit: "items", item: `starting its appliance to read disk ${chosen.name} (10-20 s)` });
         // The empty export name selects the server's only disk.
-        shell = await GuestShell.start(`nbd://?socket=${socket}`);
+        shell = await GuestShell.start(`nbd://?socket=${socket}`, scratch, o.signal);
         o.signal?.throwIfAborted();
         const mounts = await mountGuest(shell, chosen.name, o.filesystem);
         const source = { snapshotId: record.header.id, vm: record.header.vm, disk: chosen.name, mounts };
@@ -117,8 +117,10 @@ export async function onGuestDisk<T extends GuestSource>(repo: Repository, actio
         verified();
         return { ...r, damagedIndexes: opened.damagedIndexes() } as T;
       } catch (e) {
-        // A chunk that did not verify shows in libguestfs as an I/O error: the cause is named instead.
+        // A chunk that did not verify shows in libguestfs as an I/O error, and a stop as a failed
+        // command: the cause is named instead.
         verified();
+        o.signal?.throwIfAborted();
         throw e;
       } finally {
         await shell?.close();

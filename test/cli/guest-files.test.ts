@@ -11,7 +11,7 @@ import { existsSync, mkdtempSync, promises as fsp, readdirSync, rmSync } from "n
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { initCliRepo, ROOT, vault, type CliResult } from "../helpers/cli.js";
+import { initCliRepo, ROOT, vault, watchCli, type CliResult } from "../helpers/cli.js";
 
 /** Why libguestfs cannot run here, or undefined when it can. */
 function whyNotGuestfs(): string | undefined {
@@ -78,6 +78,15 @@ async function writeTree(dir: string, files: Record<string, string | { link: str
     if (typeof content === "string") await fsp.writeFile(p, content);
     else await fsp.symlink(content.link, p);
   }
+}
+
+/** Processes (not yet ended: zombies left out) whose command line names `text`. */
+function runningWith(text: string): string[] {
+  const pids = spawnSync("pgrep", ["-f", text], { encoding: "utf8" }).stdout.split("\n").filter((p) => p !== "");
+  return pids.filter((pid) => {
+    const state = spawnSync("ps", ["-o", "stat=", "-p", pid], { encoding: "utf8" }).stdout.trim();
+    return state !== "" && !state.startsWith("Z");
+  });
 }
 
 function json<T>(r: CliResult): T {
@@ -249,6 +258,32 @@ describe.skipIf(skipReason !== undefined)(`files inside disk images, through lib
       const r = await vault(copy)(["restore", "latest", "--vm", "web1", "--guest-files", "--include", "/etc/nginx", "--target", target, "--reason", "damaged"], { env: guestEnv });
       expect(r.code, r.stderr).toBe(5);
       expect(existsSync(target) ? readdirSync(target) : []).toEqual([]);
+    },
+    LAUNCH_MS,
+  );
+
+  it(
+    "Ctrl-C while the appliance starts ends the restore at once (exit 130): its guestfish and QEMU gone, nothing written",
+    async () => {
+      const target = path.join(work, "stopped");
+      // A folder of its own for the run's scratch files, so that its processes can be found by it.
+      const scratch = path.join(work, "tmp-stopped");
+      await fsp.mkdir(scratch);
+      const run = watchCli(["--repo", repo, "--user", "admin", "--progress", "restore", "latest", "--vm", "web1", "--guest-files", "--include", "/etc/nginx", "--target", target, "--reason", "stopped"], { env: { ...guestEnv, VMVAULT_STATE_DIR: `${repo}-state`, TMPDIR: scratch } });
+      const deadline = Date.now() + 60_000;
+      while (!run.out.stderr.includes("starting its appliance") && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+      const stopped = performance.now();
+      run.child.kill("SIGINT");
+      expect(await run.exit, run.out.stderr).toBe(130);
+      expect((performance.now() - stopped) / 1000).toBeLessThan(10);
+      // libguestfs ends its appliance as its server ends, within a few seconds.
+      const gone = Date.now() + 15_000;
+      while (runningWith(scratch).length > 0 && Date.now() < gone) await new Promise((resolve) => setTimeout(resolve, 250));
+      expect(runningWith(scratch), "processes still running with the run's scratch folder").toEqual([]);
+      expect(readdirSync(scratch)).toEqual([]);
+      expect(existsSync(target) ? readdirSync(target) : []).toEqual([]);
+      expect((await auditLog()).at(-1)).toMatchObject({ action: "restore", result: "failed", reason: "stopped" });
     },
     LAUNCH_MS,
   );
