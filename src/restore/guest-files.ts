@@ -72,7 +72,16 @@ export interface GuestRestoreOptions extends GuestFilesOptions {
 
 export interface GuestRestoreResult extends GuestSource {
   readonly target: string;
-  readonly restored: readonly { readonly path: string; readonly kind: "file" | "dir" | "symlink"; readonly files: number; readonly bytes: number }[];
+  readonly restored: readonly {
+    readonly path: string;
+    readonly kind: "file" | "dir" | "symlink";
+    readonly files: number;
+    readonly bytes: number;
+    /** Device nodes, FIFOs and sockets inside a folder, left out (a guest's device node must not reach the host). */
+    readonly leftOut: number;
+    /** Files whose set-user-ID or set-group-ID bit was cleared (a guest's set-ID program must not run as the host's user). */
+    readonly setIdCleared: number;
+  }[];
 }
 
 /**
@@ -100,7 +109,9 @@ export async function checkGuestRestore(o: Pick<GuestRestoreOptions, "paths" | "
  * Restores files and folders from inside a snapshot's disk image: each is copied out of the
  * appliance into a staging folder inside the target, and moved into place only once every read
  * of the disk has verified, so a failed or refused restore leaves the target as it was. Modes,
- * times and (as root) numeric owners are kept. Audited as `restore`, before a byte is read.
+ * times and (as root) numeric owners are kept, but no device node, FIFO or socket is made and
+ * set-ID bits are cleared: a guest's files must not become a way into the host. Audited as
+ * `restore`, before a byte is read.
  */
 export async function restoreGuestFiles(repo: Repository, o: GuestRestoreOptions): Promise<GuestRestoreResult> {
   const paths = await checkGuestRestore(o);
@@ -185,25 +196,26 @@ async function copyOut(g: GuestSession, p: string, st: GuestStat, dest: string, 
   if (isLinkMode(st.mode)) {
     await fsp.symlink(await readLink(g.shell, p), dest);
     if (owners && isRoot()) await fsp.lchown(dest, st.uid, st.gid);
-    return { path: p, kind: "symlink", files: 1, bytes: 0 };
+    return { path: p, kind: "symlink", files: 1, bytes: 0, leftOut: 0, setIdCleared: 0 };
   }
   if (isFileMode(st.mode)) {
     await g.shell.run("download", p, dest);
     await applyStatus(dest, st, owners);
-    return { path: p, kind: "file", files: 1, bytes: st.size };
+    return { path: p, kind: "file", files: 1, bytes: st.size, leftOut: 0, setIdCleared: (st.mode & SET_ID) === 0 ? 0 : 1 };
   }
   if (!isDirMode(st.mode)) throw new UsageError(`${p} is a device, FIFO or socket inside the disk: restore the folder it is in`);
   await fsp.mkdir(dest);
   await tarOut(g, p, dest, owners);
   await applyStatus(dest, st, owners);
-  const counted = await countTree(dest);
-  return { path: p, kind: "dir", ...counted };
+  return { path: p, kind: "dir", ...(await tameTree(dest)) };
 }
 
-/** Owner (as root), mode and times, as the guest has them. */
+const SET_ID = 0o6000;
+
+/** Owner (as root), mode and times, as the guest has them, but a file's set-ID bits. */
 async function applyStatus(dest: string, st: GuestStat, owners: boolean): Promise<void> {
   if (owners && isRoot()) await fsp.chown(dest, st.uid, st.gid);
-  await fsp.chmod(dest, st.mode & 0o7777);
+  await fsp.chmod(dest, st.mode & (isDirMode(st.mode) ? 0o7777 : 0o7777 & ~SET_ID));
   await fsp.utimes(dest, st.mtimeMs / 1000, st.mtimeMs / 1000);
 }
 
@@ -239,14 +251,30 @@ async function tarOut(g: GuestSession, p: string, dest: string, owners: boolean)
   if (code !== 0) throw new StorageError(`tar could not unpack ${p} into ${dest}: ${toolMessage("tar", stderr) ?? `exit ${String(code)}`}`);
 }
 
-async function countTree(dir: string): Promise<{ files: number; bytes: number }> {
-  let files = 0;
-  let bytes = 0;
+/**
+ * What tar unpacked from a guest folder, made safe for the host while it is still in the private
+ * staging folder: device nodes, FIFOs and sockets removed, files' set-ID bits cleared (tar, as
+ * root, would keep both). Counts entries and file bytes.
+ */
+async function tameTree(dir: string): Promise<{ files: number; bytes: number; leftOut: number; setIdCleared: number }> {
+  const counts = { files: 0, bytes: 0, leftOut: 0, setIdCleared: 0 };
   for (const e of await fsp.readdir(dir, { withFileTypes: true, recursive: true })) {
-    files++;
-    if (e.isFile()) bytes += (await fsp.lstat(path.join(e.parentPath, e.name))).size;
+    const p = path.join(e.parentPath, e.name);
+    if (e.isBlockDevice() || e.isCharacterDevice() || e.isFIFO() || e.isSocket()) {
+      await fsp.rm(p);
+      counts.leftOut++;
+      continue;
+    }
+    counts.files++;
+    if (!e.isFile()) continue;
+    const st = await fsp.lstat(p);
+    counts.bytes += st.size;
+    if ((st.mode & SET_ID) !== 0) {
+      await fsp.chmod(p, st.mode & 0o7777 & ~SET_ID);
+      counts.setIdCleared++;
+    }
   }
-  return { files, bytes };
+  return counts;
 }
 
 async function moveIntoPlace(from: string, to: string, force: boolean): Promise<void> {

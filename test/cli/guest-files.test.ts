@@ -119,6 +119,10 @@ describe.skipIf(skipReason !== undefined)(`files inside disk images, through lib
       "srv/.keep": "",
     });
     await fsp.chmod(path.join(rootTree, "home/ann/notes with spaces.txt"), 0o600);
+    // What a hostile guest might plant: a set-user-ID program and a FIFO (a device node's stand-in: making one needs root).
+    await fsp.writeFile(path.join(rootTree, "etc/nginx/helper"), "#!/bin/sh\n");
+    await fsp.chmod(path.join(rootTree, "etc/nginx/helper"), 0o4755);
+    execFileSync("mkfifo", [path.join(rootTree, "etc/nginx/pipe")]);
     if (IS_ROOT) await fsp.chown(path.join(rootTree, "etc/nginx/nginx.conf"), 1234, 2345);
     for (const p of ["etc/nginx/nginx.conf", "etc/nginx/sites/default", "etc/nginx/sites", "etc/nginx"]) await fsp.utimes(path.join(rootTree, p), MTIME, MTIME);
     srvTree = path.join(work, "srv");
@@ -152,7 +156,8 @@ describe.skipIf(skipReason !== undefined)(`files inside disk images, through lib
       const r = await guest(["ls", "latest", "--vm", "web1", "--guest-files", "--json", "/etc/nginx", "/srv/www", "/home/ann/notes with spaces.txt"]);
       const items = json<Item[]>(r);
       const byPath = new Map(items.map((i) => [i.path, i]));
-      expect([...byPath.keys()]).toEqual(["/etc/nginx/current", "/etc/nginx/nginx.conf", "/etc/nginx/sites", "/srv/www/index.html", "/home/ann/notes with spaces.txt"]);
+      expect([...byPath.keys()]).toEqual(["/etc/nginx/current", "/etc/nginx/helper", "/etc/nginx/nginx.conf", "/etc/nginx/pipe", "/etc/nginx/sites", "/srv/www/index.html", "/home/ann/notes with spaces.txt"]);
+      expect(byPath.get("/etc/nginx/helper")?.mode).toBe(0o4755);
       const conf = byPath.get("/etc/nginx/nginx.conf");
       const confSize = (await fsp.stat(path.join(rootTree, "etc/nginx/nginx.conf"))).size;
       expect(conf).toMatchObject({ type: "file", size: confSize, mode: 0o644, mtime: MTIME.toISOString() });
@@ -162,7 +167,7 @@ describe.skipIf(skipReason !== undefined)(`files inside disk images, through lib
       expect(byPath.get("/home/ann/notes with spaces.txt")).toMatchObject({ type: "file", size: 18, mode: 0o600 });
       expect(byPath.get("/srv/www/index.html")?.size).toBe(14);
       const log = await auditLog();
-      expect(log.at(-1)).toMatchObject({ action: "ls", result: "succeeded", target: { vm: "web1", disk: "vda.raw", guestPaths: ["/etc/nginx", "/srv/www", "/home/ann/notes with spaces.txt"], items: 5 } });
+      expect(log.at(-1)).toMatchObject({ action: "ls", result: "succeeded", target: { vm: "web1", disk: "vda.raw", guestPaths: ["/etc/nginx", "/srv/www", "/home/ann/notes with spaces.txt"], items: 7 } });
     },
     LAUNCH_MS,
   );
@@ -172,7 +177,7 @@ describe.skipIf(skipReason !== undefined)(`files inside disk images, through lib
     async () => {
       const target = path.join(work, "restored");
       const r = await guest(["restore", "latest", "--vm", "web1", "--guest-files", "--include", "/etc/nginx", "--include", "/home/ann/notes with spaces.txt", "--include", "/srv/www", "--target", target, "--reason", "INC-7 nginx config lost", "--json"]);
-      const out = json<{ disk: string; mounts: { device: string; mountpoint: string }[]; restored: { path: string; kind: string; files: number; bytes: number }[] }>(r);
+      const out = json<{ disk: string; mounts: { device: string; mountpoint: string }[]; restored: { path: string; kind: string; files: number; bytes: number; leftOut: number; setIdCleared: number }[] }>(r);
       expect(out.disk).toBe("vda.raw");
       expect(out.mounts).toEqual([
         { device: "/dev/sda1", mountpoint: "/" },
@@ -183,7 +188,12 @@ describe.skipIf(skipReason !== undefined)(`files inside disk images, through lib
         ["/home/ann/notes with spaces.txt", "file"],
         ["/srv/www", "dir"],
       ]);
-      for (const rel of ["etc/nginx/nginx.conf", "etc/nginx/sites/default", "home/ann/notes with spaces.txt"]) {
+      // The guest's set-ID program comes back without its set-ID bit, and its FIFO not at all.
+      expect(out.restored[0]).toMatchObject({ leftOut: 1, setIdCleared: 1 });
+      expect(r.stderr).toMatch(/1 device node, FIFO or socket inside the restored folders was left out/);
+      expect((await fsp.stat(path.join(target, "etc/nginx/helper"))).mode & 0o7777).toBe(0o755);
+      expect(existsSync(path.join(target, "etc/nginx/pipe"))).toBe(false);
+      for (const rel of ["etc/nginx/nginx.conf", "etc/nginx/sites/default", "etc/nginx/helper", "home/ann/notes with spaces.txt"]) {
         expect(await fsp.readFile(path.join(target, rel), "utf8")).toBe(await fsp.readFile(path.join(rootTree, rel), "utf8"));
       }
       expect(await fsp.readFile(path.join(target, "srv/www/index.html"), "utf8")).toBe("<h1>web1</h1>\n");
@@ -198,7 +208,7 @@ describe.skipIf(skipReason !== undefined)(`files inside disk images, through lib
       const log = (await auditLog()).filter((e) => e.action === "restore");
       expect(log.map((e) => e.result)).toEqual(["started", "succeeded"]);
       expect(log[0]).toMatchObject({ reason: "INC-7 nginx config lost", target: { vm: "web1", dir: target, guestPaths: ["/etc/nginx", "/home/ann/notes with spaces.txt", "/srv/www"] } });
-      expect(log[1]?.target).toMatchObject({ disk: "vda.raw", files: 6 });
+      expect(log[1]?.target).toMatchObject({ disk: "vda.raw", files: 7 });
 
       // Restoring again onto what is there is refused before the unlock, unless --force.
       const again = await guest(["restore", "latest", "--vm", "web1", "--guest-files", "--include", "/etc/nginx", "--target", target, "--reason", "again"]);

@@ -4,7 +4,7 @@ import { CliContext } from "../context.js";
 import { UsageError } from "../../errors.js";
 import { collect } from "../options.js";
 import type { Interrupts } from "../interrupt.js";
-import { formatBytes, warnDamagedIndexes } from "../output.js";
+import { formatBytes, plural, warnDamagedIndexes } from "../output.js";
 import type { RestoreResult } from "../../restore/restore.js";
 import { XattrTally } from "../../util/xattrs.js";
 import { xattrExcluder } from "../../sources/exclude.js";
@@ -126,6 +126,10 @@ async function restoreGuestFiles(ctx: CliContext, interrupts: Interrupts, snapsh
     const r = await vault.restoreGuestFiles({ ...o, ...(progress === undefined ? {} : { progress }), signal: interrupts.cancellable() });
     ctx.endProgress();
     warnDamagedIndexes(ctx, r.damagedIndexes);
+    const leftOut = r.restored.reduce((n, x) => n + x.leftOut, 0);
+    const cleared = r.restored.reduce((n, x) => n + x.setIdCleared, 0);
+    if (leftOut > 0) ctx.warn(`note: ${plural(leftOut, "device node, FIFO or socket", "device nodes, FIFOs or sockets")} inside the restored folders ${leftOut === 1 ? "was" : "were"} left out`);
+    if (cleared > 0) ctx.warn(`note: the set-user-ID and set-group-ID bits of ${plural(cleared, "file")} were cleared`);
     if (ctx.json) ctx.printJson(r);
     else {
       ctx.out(`restored from disk ${r.disk} of snapshot ${r.snapshotId} of VM ${r.vm} (${r.mounts.map((m) => `${m.device} on ${m.mountpoint}`).join(", ")}) to ${r.target}`);
