@@ -3,6 +3,7 @@ import path from "node:path";
 import { NotFoundError, StorageError, UsageError } from "../errors.js";
 import type { Repository } from "../repository/repository.js";
 import type { ListedItem } from "../snapshot/items.js";
+import { decodeName, escapeName } from "../format/names.js";
 import { toolEnv, toolMessage } from "../sources/tools.js";
 import { checkFilesystem, guestPath, onGuestDisk, type GuestFilesOptions, type GuestSession, type GuestSource } from "./guest.js";
 import { isDirMode, isFileMode, isLinkMode, parseStats, type GuestShell, type GuestStat } from "./guest-shell.js";
@@ -20,6 +21,8 @@ export interface GuestListOptions extends GuestFilesOptions {
 
 export interface GuestListResult extends GuestSource {
   readonly items: number;
+  /** Entries a folder holds that could not be listed: names that are not UTF-8 (shown with \xNN), which guestfish cannot be asked about. */
+  readonly notListed: readonly string[];
 }
 
 /**
@@ -37,6 +40,7 @@ export async function listGuestFiles(repo: Repository, o: GuestListOptions, onIt
     { guestPaths: paths },
     async (g) => {
       const missing: string[] = [];
+      const notListed: string[] = [];
       for (const p of paths) {
         o.signal?.throwIfAborted();
         const st = await g.shell.lstat(p);
@@ -45,7 +49,7 @@ export async function listGuestFiles(repo: Repository, o: GuestListOptions, onIt
           onItem(await guestItem(g.shell, p, st));
           items++;
         } else {
-          for await (const item of folderItems(g, p, o.signal)) {
+          for await (const item of folderItems(g, p, notListed, o.signal)) {
             onItem(item);
             items++;
           }
@@ -53,7 +57,7 @@ export async function listGuestFiles(repo: Repository, o: GuestListOptions, onIt
       }
       g.verified();
       if (missing.length > 0) throw notInGuest(missing, g.source.disk);
-      return { ...g.source, items };
+      return { ...g.source, items, notListed };
     },
     (r) => ({ items: r.items }),
   );
@@ -152,11 +156,23 @@ export async function restoreGuestFiles(repo: Repository, o: GuestRestoreOptions
 }
 
 /** A folder's entries, one level, sorted by name, from batched status requests. */
-async function* folderItems(g: GuestSession, dir: string, signal: AbortSignal | undefined): AsyncIterable<ListedItem> {
+async function* folderItems(g: GuestSession, dir: string, notListed: string[], signal: AbortSignal | undefined): AsyncIterable<ListedItem> {
   const namesFile = path.join(g.scratch, "names");
   await g.shell.run("ls0", dir, namesFile);
-  const names = (await fsp.readFile(namesFile, "utf8")).split("\0").filter((n) => n !== "").sort();
+  const raw = await fsp.readFile(namesFile);
   await fsp.rm(namesFile, { force: true });
+  const names: string[] = [];
+  for (let start = 0; start < raw.length; ) {
+    const end = raw.indexOf(0, start) === -1 ? raw.length : raw.indexOf(0, start);
+    const bytes = raw.subarray(start, end);
+    start = end + 1;
+    if (bytes.length === 0) continue;
+    // guestfish takes its arguments as UTF-8 text: a name that is not cannot be asked about.
+    const name = decodeName(bytes);
+    if (name === undefined) notListed.push(path.posix.join(dir, escapeName(bytes)));
+    else names.push(name);
+  }
+  names.sort();
   // lstatnslist splits its list at white space: names holding any are asked one by one.
   const plain = names.filter((n) => !/\s/.test(n));
   const stats = new Map<string, GuestStat>();
@@ -171,7 +187,10 @@ async function* folderItems(g: GuestSession, dir: string, signal: AbortSignal | 
     const p = path.posix.join(dir, name);
     const st = stats.get(name) ?? (await g.shell.lstat(p));
     // Gone between the listing and the status: the tree is read-only, so only a damaged one does that.
-    if (st === undefined) continue;
+    if (st === undefined) {
+      notListed.push(p);
+      continue;
+    }
     yield await guestItem(g.shell, p, st);
   }
 }

@@ -123,6 +123,8 @@ describe.skipIf(skipReason !== undefined)(`files inside disk images, through lib
     await fsp.writeFile(path.join(rootTree, "etc/nginx/helper"), "#!/bin/sh\n");
     await fsp.chmod(path.join(rootTree, "etc/nginx/helper"), 0o4755);
     execFileSync("mkfifo", [path.join(rootTree, "etc/nginx/pipe")]);
+    // A name that is not UTF-8 (Latin-1 "café.conf"): guestfish cannot be asked about it, so a listing names it as left out.
+    await fsp.writeFile(Buffer.from(`${rootTree}/etc/nginx/caf\xe9.conf`, "latin1"), "latin-1\n");
     if (IS_ROOT) await fsp.chown(path.join(rootTree, "etc/nginx/nginx.conf"), 1234, 2345);
     for (const p of ["etc/nginx/nginx.conf", "etc/nginx/sites/default", "etc/nginx/sites", "etc/nginx"]) await fsp.utimes(path.join(rootTree, p), MTIME, MTIME);
     srvTree = path.join(work, "srv");
@@ -155,6 +157,7 @@ describe.skipIf(skipReason !== undefined)(`files inside disk images, through lib
     async () => {
       const r = await guest(["ls", "latest", "--vm", "web1", "--guest-files", "--json", "/etc/nginx", "/srv/www", "/home/ann/notes with spaces.txt"]);
       const items = json<Item[]>(r);
+      expect(r.stderr).toContain("note: 1 entry could not be listed (a name that is not UTF-8): /etc/nginx/caf\\xe9.conf");
       const byPath = new Map(items.map((i) => [i.path, i]));
       expect([...byPath.keys()]).toEqual(["/etc/nginx/current", "/etc/nginx/helper", "/etc/nginx/nginx.conf", "/etc/nginx/pipe", "/etc/nginx/sites", "/srv/www/index.html", "/home/ann/notes with spaces.txt"]);
       expect(byPath.get("/etc/nginx/helper")?.mode).toBe(0o4755);
@@ -193,6 +196,8 @@ describe.skipIf(skipReason !== undefined)(`files inside disk images, through lib
       expect(r.stderr).toMatch(/1 device node, FIFO or socket inside the restored folders was left out/);
       expect((await fsp.stat(path.join(target, "etc/nginx/helper"))).mode & 0o7777).toBe(0o755);
       expect(existsSync(path.join(target, "etc/nginx/pipe"))).toBe(false);
+      // tar carries the name's bytes as they are.
+      expect(await fsp.readFile(Buffer.from(`${target}/etc/nginx/caf\xe9.conf`, "latin1"), "utf8")).toBe("latin-1\n");
       for (const rel of ["etc/nginx/nginx.conf", "etc/nginx/sites/default", "etc/nginx/helper", "home/ann/notes with spaces.txt"]) {
         expect(await fsp.readFile(path.join(target, rel), "utf8")).toBe(await fsp.readFile(path.join(rootTree, rel), "utf8"));
       }
@@ -208,7 +213,7 @@ describe.skipIf(skipReason !== undefined)(`files inside disk images, through lib
       const log = (await auditLog()).filter((e) => e.action === "restore");
       expect(log.map((e) => e.result)).toEqual(["started", "succeeded"]);
       expect(log[0]).toMatchObject({ reason: "INC-7 nginx config lost", target: { vm: "web1", dir: target, guestPaths: ["/etc/nginx", "/home/ann/notes with spaces.txt", "/srv/www"] } });
-      expect(log[1]?.target).toMatchObject({ disk: "vda.raw", files: 7 });
+      expect(log[1]?.target).toMatchObject({ disk: "vda.raw", files: 8 });
 
       // Restoring again onto what is there is refused before the unlock, unless --force.
       const again = await guest(["restore", "latest", "--vm", "web1", "--guest-files", "--include", "/etc/nginx", "--target", target, "--reason", "again"]);

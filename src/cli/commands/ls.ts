@@ -36,12 +36,13 @@ export function registerLs(program: Command, interrupts: Interrupts): void {
       if (opts.guestFiles === true) checkFilesystem(opts.filesystem);
       const vault = await ctx.openVault();
       if (opts.guestFiles === true) {
+        let notListed: readonly string[] = [];
         await streamItems<ListedItem, GuestListResult>(
           ctx,
           vault,
-          (emit) => {
+          async (emit) => {
             const progress = ctx.progress;
-            return vault.listGuestFiles(
+            const r = await vault.listGuestFiles(
               {
                 snapshot,
                 paths,
@@ -57,10 +58,13 @@ export function registerLs(program: Command, interrupts: Interrupts): void {
                 emit(item);
               },
             );
+            notListed = r.notListed;
+            return r;
           },
           (item) => (opts.long === true ? longLine(item) : shortLine(item)),
         );
         ctx.endProgress();
+        if (notListed.length > 0) ctx.warn(notListedNote(notListed));
         return;
       }
       await streamItems<ListedItem, ListResult>(
@@ -80,6 +84,12 @@ export function registerLs(program: Command, interrupts: Interrupts): void {
         (item) => (opts.long === true ? longLine(item) : shortLine(item)),
       );
     });
+}
+
+/** After a guest listing: the entries it could not list. */
+function notListedNote(notListed: readonly string[]): string {
+  const shown = notListed.slice(0, 5).join(", ");
+  return `note: ${notListed.length} ${notListed.length === 1 ? "entry" : "entries"} could not be listed (a name that is not UTF-8): ${shown}${notListed.length > 5 ? ", …" : ""}`;
 }
 
 /** The path as restore takes it: a folder with "/" after it, a symlink with its target. */
