@@ -225,8 +225,9 @@ async function copyOut(g: GuestSession, p: string, st: GuestStat, dest: string, 
   if (!isDirMode(st.mode)) throw new UsageError(`${p} is a device, FIFO or socket inside the disk: restore the folder it is in`);
   await fsp.mkdir(dest);
   await tarOut(g, p, dest, owners);
+  const tamed = await tameTree(dest);
   await applyStatus(dest, st, owners);
-  return { path: p, kind: "dir", ...(await tameTree(dest)) };
+  return { path: p, kind: "dir", ...tamed };
 }
 
 const SET_ID = 0o6000;
@@ -277,22 +278,31 @@ async function tarOut(g: GuestSession, p: string, dest: string, owners: boolean)
  */
 async function tameTree(dir: string): Promise<{ files: number; bytes: number; leftOut: number; setIdCleared: number }> {
   const counts = { files: 0, bytes: 0, leftOut: 0, setIdCleared: 0 };
-  for (const e of await fsp.readdir(dir, { withFileTypes: true, recursive: true })) {
-    const p = path.join(e.parentPath, e.name);
-    if (e.isBlockDevice() || e.isCharacterDevice() || e.isFIFO() || e.isSocket()) {
-      await fsp.rm(p);
-      counts.leftOut++;
-      continue;
+  // Paths as bytes: a guest's names need not be UTF-8.
+  const walk = async (folder: Buffer): Promise<void> => {
+    // Removing an entry changes its folder's time, which tar has set: it is put back after.
+    let times: { atime: Date; mtime: Date } | undefined;
+    for (const e of await fsp.readdir(folder, { withFileTypes: true, encoding: "buffer" })) {
+      const p = Buffer.concat([folder, Buffer.from("/"), e.name]);
+      if (e.isBlockDevice() || e.isCharacterDevice() || e.isFIFO() || e.isSocket()) {
+        times ??= await fsp.stat(folder);
+        await fsp.rm(p);
+        counts.leftOut++;
+        continue;
+      }
+      counts.files++;
+      if (e.isDirectory()) await walk(p);
+      if (!e.isFile()) continue;
+      const st = await fsp.lstat(p);
+      counts.bytes += st.size;
+      if ((st.mode & SET_ID) !== 0) {
+        await fsp.chmod(p, st.mode & 0o7777 & ~SET_ID);
+        counts.setIdCleared++;
+      }
     }
-    counts.files++;
-    if (!e.isFile()) continue;
-    const st = await fsp.lstat(p);
-    counts.bytes += st.size;
-    if ((st.mode & SET_ID) !== 0) {
-      await fsp.chmod(p, st.mode & 0o7777 & ~SET_ID);
-      counts.setIdCleared++;
-    }
-  }
+    if (times !== undefined) await fsp.utimes(folder, times.atime, times.mtime);
+  };
+  await walk(Buffer.from(dir));
   return counts;
 }
 

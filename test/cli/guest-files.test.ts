@@ -157,7 +157,8 @@ describe.skipIf(skipReason !== undefined)(`files inside disk images, through lib
     async () => {
       const r = await guest(["ls", "latest", "--vm", "web1", "--guest-files", "--json", "/etc/nginx", "/srv/www", "/home/ann/notes with spaces.txt"]);
       const items = json<Item[]>(r);
-      expect(r.stderr).toContain("note: 1 entry could not be listed (a name that is not UTF-8): /etc/nginx/caf\\xe9.conf");
+      // (With --json the note is a line of JSON, its backslash doubled.)
+      expect(r.stderr).toMatch(/note: 1 entry could not be listed \(a name that is not UTF-8\): \/etc\/nginx\/caf\\+xe9\.conf/);
       const byPath = new Map(items.map((i) => [i.path, i]));
       expect([...byPath.keys()]).toEqual(["/etc/nginx/current", "/etc/nginx/helper", "/etc/nginx/nginx.conf", "/etc/nginx/pipe", "/etc/nginx/sites", "/srv/www/index.html", "/home/ann/notes with spaces.txt"]);
       expect(byPath.get("/etc/nginx/helper")?.mode).toBe(0o4755);
