@@ -242,13 +242,15 @@ async function applyStatus(dest: string, st: GuestStat, owners: boolean): Promis
 /**
  * A guest folder's contents into dest: guestfish writes a tar stream into a FIFO in the private
  * scratch folder and the host's tar unpacks it, so no second copy lands on a disk. Owners go by
- * number (the guest's user names mean nothing on the host).
+ * number (the guest's user names mean nothing on the host). tar reads on past the end-of-archive
+ * blocks (--ignore-zeros) to the end of the stream: stopping there, it would close the FIFO while
+ * guestfish still writes the last record's padding, and guestfish would fail with EPIPE.
  */
 async function tarOut(g: GuestSession, p: string, dest: string, owners: boolean): Promise<void> {
   const { execFile, spawn } = process.getBuiltinModule("node:child_process");
   const fifo = path.join(g.scratch, "tar.fifo");
   await new Promise<void>((resolve, reject) => execFile("mkfifo", ["-m", "600", fifo], (e) => (e === null ? resolve() : reject(new StorageError(`cannot make a FIFO in ${g.scratch}: ${e.message}`, e)))));
-  const tar = spawn("tar", ["-x", "-f", fifo, "-C", dest, "--numeric-owner", owners && isRoot() ? "--same-owner" : "--no-same-owner", "--delay-directory-restore"], { stdio: ["ignore", "ignore", "pipe"], env: toolEnv() });
+  const tar = spawn("tar", ["-x", "-f", fifo, "-C", dest, "--numeric-owner", owners && isRoot() ? "--same-owner" : "--no-same-owner", "--delay-directory-restore", "--ignore-zeros"], { stdio: ["ignore", "ignore", "pipe"], env: toolEnv() });
   let stderr = "";
   tar.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
   const ended = new Promise<number | null>((resolve, reject) => {

@@ -128,7 +128,8 @@ describe.skipIf(skipReason !== undefined)(`files inside disk images, through lib
     if (IS_ROOT) await fsp.chown(path.join(rootTree, "etc/nginx/nginx.conf"), 1234, 2345);
     for (const p of ["etc/nginx/nginx.conf", "etc/nginx/sites/default", "etc/nginx/sites", "etc/nginx"]) await fsp.utimes(path.join(rootTree, p), MTIME, MTIME);
     srvTree = path.join(work, "srv");
-    await writeTree(srvTree, { "www/index.html": "<h1>web1</h1>\n" });
+    // More than a pipe holds (64 KiB): the folder's tar stream crosses the FIFO in many writes.
+    await writeTree(srvTree, { "www/index.html": "<h1>web1</h1>\n", "www/app.js": Array.from({ length: 12_000 }, (_, i) => `console.log(${i * 7919});`).join("\n") });
     const vda = path.join(work, "vda.raw");
     partitionedImage(vda, [
       { tree: rootTree, uuid: ROOT_UUID, sizeMiB: 24 },
@@ -160,7 +161,7 @@ describe.skipIf(skipReason !== undefined)(`files inside disk images, through lib
       // (With --json the note is a line of JSON, its backslash doubled.)
       expect(r.stderr).toMatch(/note: 1 entry could not be listed \(a name that is not UTF-8\): \/etc\/nginx\/caf\\+xe9\.conf/);
       const byPath = new Map(items.map((i) => [i.path, i]));
-      expect([...byPath.keys()]).toEqual(["/etc/nginx/current", "/etc/nginx/helper", "/etc/nginx/nginx.conf", "/etc/nginx/pipe", "/etc/nginx/sites", "/srv/www/index.html", "/home/ann/notes with spaces.txt"]);
+      expect([...byPath.keys()]).toEqual(["/etc/nginx/current", "/etc/nginx/helper", "/etc/nginx/nginx.conf", "/etc/nginx/pipe", "/etc/nginx/sites", "/srv/www/app.js", "/srv/www/index.html", "/home/ann/notes with spaces.txt"]);
       expect(byPath.get("/etc/nginx/helper")?.mode).toBe(0o4755);
       const conf = byPath.get("/etc/nginx/nginx.conf");
       const confSize = (await fsp.stat(path.join(rootTree, "etc/nginx/nginx.conf"))).size;
@@ -171,7 +172,7 @@ describe.skipIf(skipReason !== undefined)(`files inside disk images, through lib
       expect(byPath.get("/home/ann/notes with spaces.txt")).toMatchObject({ type: "file", size: 18, mode: 0o600 });
       expect(byPath.get("/srv/www/index.html")?.size).toBe(14);
       const log = await auditLog();
-      expect(log.at(-1)).toMatchObject({ action: "ls", result: "succeeded", target: { vm: "web1", disk: "vda.raw", guestPaths: ["/etc/nginx", "/srv/www", "/home/ann/notes with spaces.txt"], items: 7 } });
+      expect(log.at(-1)).toMatchObject({ action: "ls", result: "succeeded", target: { vm: "web1", disk: "vda.raw", guestPaths: ["/etc/nginx", "/srv/www", "/home/ann/notes with spaces.txt"], items: 8 } });
     },
     LAUNCH_MS,
   );
@@ -203,6 +204,7 @@ describe.skipIf(skipReason !== undefined)(`files inside disk images, through lib
         expect(await fsp.readFile(path.join(target, rel), "utf8")).toBe(await fsp.readFile(path.join(rootTree, rel), "utf8"));
       }
       expect(await fsp.readFile(path.join(target, "srv/www/index.html"), "utf8")).toBe("<h1>web1</h1>\n");
+      expect(await fsp.readFile(path.join(target, "srv/www/app.js"), "utf8")).toBe(await fsp.readFile(path.join(srvTree, "www/app.js"), "utf8"));
       expect(await fsp.readlink(path.join(target, "etc/nginx/current"))).toBe("sites/default");
       const conf = await fsp.stat(path.join(target, "etc/nginx/nginx.conf"));
       expect(conf.mtime.toISOString()).toBe(MTIME.toISOString());
@@ -214,7 +216,7 @@ describe.skipIf(skipReason !== undefined)(`files inside disk images, through lib
       const log = (await auditLog()).filter((e) => e.action === "restore");
       expect(log.map((e) => e.result)).toEqual(["started", "succeeded"]);
       expect(log[0]).toMatchObject({ reason: "INC-7 nginx config lost", target: { vm: "web1", dir: target, guestPaths: ["/etc/nginx", "/home/ann/notes with spaces.txt", "/srv/www"] } });
-      expect(log[1]?.target).toMatchObject({ disk: "vda.raw", files: 8 });
+      expect(log[1]?.target).toMatchObject({ disk: "vda.raw", files: 9 });
 
       // Restoring again onto what is there is refused before the unlock, unless --force.
       const again = await guest(["restore", "latest", "--vm", "web1", "--guest-files", "--include", "/etc/nginx", "--target", target, "--reason", "again"]);
