@@ -55,7 +55,6 @@ export async function listGuestFiles(repo: Repository, o: GuestListOptions, onIt
           }
         }
       }
-      g.verified();
       if (missing.length > 0) throw notInGuest(missing, g.source.disk);
       return { ...g.source, items, notListed };
     },
@@ -97,8 +96,9 @@ export async function checkGuestRestore(o: Pick<GuestRestoreOptions, "paths" | "
   if (o.paths.length === 0) throw new UsageError("name the files and folders to restore from inside the disk: --include PATH (repeatable)");
   checkFilesystem(o.filesystem);
   const paths = o.paths.map(guestPath);
+  if (paths.includes("/")) throw new UsageError("--include / is the whole guest: name its folders, or restore the disk itself (--disk NAME without --guest-files)");
   for (const p of paths) {
-    const within = paths.find((q) => q !== p && (q === "/" || p.startsWith(`${q}/`)));
+    const within = paths.find((q) => q !== p && p.startsWith(`${q}/`));
     if (within !== undefined) throw new UsageError(`--include ${p} is inside --include ${within}`, "give the folder alone");
   }
   const target = path.resolve(o.target);

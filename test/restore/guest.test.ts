@@ -84,7 +84,8 @@ describe("a restore's request, checked before anything is read", () => {
     await expect(checkGuestRestore({ ...base, reason: " " })).rejects.toThrow(/needs --reason/);
     await expect(checkGuestRestore({ ...base, paths: [] })).rejects.toThrow(/--include PATH/);
     await expect(checkGuestRestore({ ...base, paths: ["/etc", "/etc/nginx/nginx.conf"] })).rejects.toThrow(/inside --include \/etc/);
-    await expect(checkGuestRestore({ ...base, paths: ["/", "/etc"] })).rejects.toThrow(/inside --include \/$/);
+    await expect(checkGuestRestore({ ...base, paths: ["/", "/etc"] })).rejects.toThrow(/--include \/ is the whole guest/);
+    await expect(checkGuestRestore({ ...base, paths: ["/.."], force: true })).rejects.toThrow(/--include \/ is the whole guest/);
     await expect(checkGuestRestore({ ...base, paths: ["/etc/nginx", "/etc/nginx2"] })).resolves.toEqual(["/etc/nginx", "/etc/nginx2"]);
   });
 
