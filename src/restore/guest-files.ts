@@ -6,7 +6,7 @@ import type { ListedItem } from "../snapshot/items.js";
 import { decodeName, escapeName } from "../format/names.js";
 import { toolEnv, toolMessage } from "../sources/tools.js";
 import { checkFilesystem, guestPath, onGuestDisk, type GuestFilesOptions, type GuestSession, type GuestSource } from "./guest.js";
-import { isDirMode, isFileMode, isLinkMode, parseStats, type GuestShell, type GuestStat } from "./guest-shell.js";
+import { GuestCommandFailed, isDirMode, isFileMode, isLinkMode, parseStats, type GuestShell, type GuestStat } from "./guest-shell.js";
 import { checkTarget, exists, targetExistsError } from "./targets.js";
 
 export type { GuestFilesOptions, GuestMount, GuestSource } from "./guest.js";
@@ -163,7 +163,8 @@ async function* folderItems(g: GuestSession, dir: string, notListed: string[], s
   await fsp.rm(namesFile, { force: true });
   const names: string[] = [];
   for (let start = 0; start < raw.length; ) {
-    const end = raw.indexOf(0, start) === -1 ? raw.length : raw.indexOf(0, start);
+    const nul = raw.indexOf(0, start);
+    const end = nul === -1 ? raw.length : nul;
     const bytes = raw.subarray(start, end);
     start = end + 1;
     if (bytes.length === 0) continue;
@@ -180,7 +181,12 @@ async function* folderItems(g: GuestSession, dir: string, notListed: string[], s
     signal?.throwIfAborted();
     const batch = plain.slice(i, i + STAT_BATCH);
     const got = parseStats(await g.shell.run("lstatnslist", dir, batch.join(" ")));
-    batch.forEach((n, j) => stats.set(n, got[j] as GuestStat));
+    if (got.length !== batch.length) throw new GuestCommandFailed(`lstatnslist gave ${got.length} statuses for ${batch.length} names`);
+    // A name it could not stat comes back as zeros (mode 0): that one is asked alone below.
+    batch.forEach((n, j) => {
+      const st = got[j] as GuestStat;
+      if (st.mode !== 0) stats.set(n, st);
+    });
   }
   for (const name of names) {
     signal?.throwIfAborted();
