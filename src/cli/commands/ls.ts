@@ -21,7 +21,7 @@ export function registerLs(program: Command, interrupts: Interrupts): void {
     .command("ls")
     .description("list a snapshot's disk images and its folders' files, as restore --disk and --include name them")
     .argument("<snapshot>", "snapshot id, unique id prefix, or `latest`")
-    .argument("[path...]", "only these disks, or files and folders of a folder source (with what is below them)")
+    .argument("[path...]", "only these disks, or files and folders of a folder source (with what is below them); with --guest-files, paths inside the disk")
     .option("--vm <name>", "pick among this VM's snapshots")
     .option("-l, --long", "mode, owner:group, size in bytes and time before each path")
     .option("--reason <text>", "why (kept in the audit trail with the listing)")
@@ -30,43 +30,9 @@ export function registerLs(program: Command, interrupts: Interrupts): void {
     .option("--filesystem <device>", "with --guest-files: mount this file system at / (/dev/sda1, /dev/vg0/root) instead of the guest's own mounts")
     .action(async (snapshot: string, paths: string[], opts: LsCliOptions, command: Command) => {
       const ctx = new CliContext(command, interrupts);
-      if (opts.guestFiles !== true && (opts.disk !== undefined || opts.filesystem !== undefined)) throw new UsageError(`${opts.disk !== undefined ? "--disk" : "--filesystem"} goes with --guest-files`, "without it, `vmvault ls SNAPSHOT DISK` lists a disk by its name");
-      // Before the unlock: a bad path costs no Argon2id.
-      if (opts.guestFiles === true) paths.forEach(guestPath);
-      if (opts.guestFiles === true) checkFilesystem(opts.filesystem);
+      if (opts.guestFiles === true) return lsGuestFiles(ctx, interrupts, snapshot, paths, opts);
+      if (opts.disk !== undefined || opts.filesystem !== undefined) throw new UsageError(`${opts.disk !== undefined ? "--disk" : "--filesystem"} goes with --guest-files`, "without it, `vmvault ls SNAPSHOT DISK` lists a disk by its name");
       const vault = await ctx.openVault();
-      if (opts.guestFiles === true) {
-        let notListed: readonly string[] = [];
-        await streamItems<ListedItem, GuestListResult>(
-          ctx,
-          vault,
-          async (emit) => {
-            const progress = ctx.progress;
-            const r = await vault.listGuestFiles(
-              {
-                snapshot,
-                paths,
-                ...(opts.vm === undefined ? {} : { vm: opts.vm }),
-                ...(opts.disk === undefined ? {} : { disk: opts.disk }),
-                ...(opts.filesystem === undefined ? {} : { filesystem: opts.filesystem }),
-                ...(opts.reason === undefined ? {} : { reason: opts.reason }),
-                ...(progress === undefined ? {} : { progress }),
-                signal: interrupts.cancellable(),
-              },
-              (item) => {
-                ctx.endProgress();
-                emit(item);
-              },
-            );
-            notListed = r.notListed;
-            return r;
-          },
-          (item) => (opts.long === true ? longLine(item) : shortLine(item)),
-        );
-        ctx.endProgress();
-        if (notListed.length > 0) ctx.warn(notListedNote(notListed));
-        return;
-      }
       await streamItems<ListedItem, ListResult>(
         ctx,
         vault,
@@ -84,6 +50,43 @@ export function registerLs(program: Command, interrupts: Interrupts): void {
         (item) => (opts.long === true ? longLine(item) : shortLine(item)),
       );
     });
+}
+
+/** `ls --guest-files`: files inside a disk image, streamed as `ls` streams a snapshot's. */
+async function lsGuestFiles(ctx: CliContext, interrupts: Interrupts, snapshot: string, paths: string[], opts: LsCliOptions): Promise<void> {
+  // Before the unlock: a bad path costs no Argon2id.
+  paths.forEach(guestPath);
+  checkFilesystem(opts.filesystem);
+  const vault = await ctx.openVault();
+  let notListed: readonly string[] = [];
+  await streamItems<ListedItem, GuestListResult>(
+    ctx,
+    vault,
+    async (emit) => {
+      const progress = ctx.progress;
+      const r = await vault.listGuestFiles(
+        {
+          snapshot,
+          paths,
+          ...(opts.vm === undefined ? {} : { vm: opts.vm }),
+          ...(opts.disk === undefined ? {} : { disk: opts.disk }),
+          ...(opts.filesystem === undefined ? {} : { filesystem: opts.filesystem }),
+          ...(opts.reason === undefined ? {} : { reason: opts.reason }),
+          ...(progress === undefined ? {} : { progress }),
+          signal: interrupts.cancellable(),
+        },
+        (item) => {
+          ctx.endProgress();
+          emit(item);
+        },
+      );
+      notListed = r.notListed;
+      return r;
+    },
+    (item) => (opts.long === true ? longLine(item) : shortLine(item)),
+  );
+  ctx.endProgress();
+  if (notListed.length > 0) ctx.warn(notListedNote(notListed));
 }
 
 /** After a guest listing: the entries it could not list. */
