@@ -133,7 +133,7 @@ export function planContents(sources: readonly (DiskSource | FolderSource)[], pa
   const diskPaths = paths.filter((p) => diskNamed(p) !== undefined);
   if (inFolders.length > 0 && folders.length === 0) {
     if (lenient) return { disks: pickedDisks, folders: [], diskPaths };
-    throw new NotFoundError(`the snapshot has no disk named ${inFolders.join(", ")}`, `its disks: ${disks.map((d) => d.name).join(", ") || "none"}`);
+    throw noDiskNamed(inFolders.join(", "), disks);
   }
   const byFolder = selectInFolders(folders, inFolders, (raw) => `path ${raw}`);
   const planned = folders
@@ -179,6 +179,11 @@ export function comparePaths(a: string, b: string): number {
     if (p !== q) return p < q ? -1 : 1;
   }
   return x.length - y.length;
+}
+
+/** The error for a disk name the snapshot does not hold, naming those it does. */
+export function noDiskNamed(name: string, disks: readonly DiskSource[]): NotFoundError {
+  return new NotFoundError(`the snapshot has no disk named ${name}`, `its disks: ${disks.map((d) => d.name).join(", ") || "none"}`);
 }
 
 /** The error for given paths that selected nothing in any snapshot read. */

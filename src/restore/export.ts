@@ -1,10 +1,10 @@
 import { promises as fsp } from "node:fs";
 import path from "node:path";
-import { IntegrityError, NotFoundError, StorageError, UsageError, type Damage } from "../errors.js";
+import { IntegrityError, StorageError, UsageError, type Damage } from "../errors.js";
 import type { DiskSource } from "../format/snapshot.js";
 import type { SnapshotRecord } from "../snapshot/store.js";
 import type { Repository } from "../repository/repository.js";
-import { contentsRequest, readContents, type OpenedContents } from "./contents.js";
+import { contentsRequest, noDiskNamed, readContents, type OpenedContents } from "./contents.js";
 import { SnapshotDisk } from "./disk-reader.js";
 import { checkOverlayRequest, makeOverlays, planOverlays, type MadeOverlays } from "./export-overlays.js";
 import { NBD_PORT } from "../sources/nbd-protocol.js";
@@ -121,7 +121,7 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
   const all = (body?.sources ?? []).filter((s): s is DiskSource => s.kind === "disk");
   if (all.length === 0) throw new UsageError(`snapshot ${record.header.id} holds no disk image to export`, "restore its folders instead");
   const chosen = o.disk === undefined ? all : all.filter((d) => d.name === o.disk);
-  if (chosen.length === 0) throw new NotFoundError(`the snapshot has no disk named ${o.disk}`, `its disks: ${all.map((d) => d.name).join(", ")}`);
+  if (chosen.length === 0) throw noDiskNamed(o.disk ?? "", all);
   const overlayDir = o.overlayDir;
   const planned = overlayDir === undefined ? undefined : await planOverlays({ ...o, overlayDir }, chosen, chosen.length === all.length, body?.domain);
   const reader = await opened.reader();

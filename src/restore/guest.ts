@@ -7,7 +7,7 @@ import type { DiskSource } from "../format/snapshot.js";
 import type { Repository } from "../repository/repository.js";
 import type { SnapshotRecord } from "../snapshot/store.js";
 import type { ProgressSink } from "../util/progress.js";
-import { contentsRequest, readContents } from "./contents.js";
+import { contentsRequest, noDiskNamed, readContents } from "./contents.js";
 import { SnapshotDisk } from "./disk-reader.js";
 import { GuestShell, parsePairs } from "./guest-shell.js";
 import { NbdServer } from "./nbd-server.js";
@@ -139,7 +139,7 @@ function pickDisk(disks: readonly DiskSource[], name: string | undefined, snapsh
     throw new UsageError(`snapshot ${snapshotId} holds ${disks.length} disks: pick one with --disk NAME`, `its disks: ${disks.map((d) => d.name).join(", ")}`);
   }
   const d = disks.find((x) => x.name === name);
-  if (d === undefined) throw new NotFoundError(`the snapshot has no disk named ${name}`, `its disks: ${disks.map((x) => x.name).join(", ")}`);
+  if (d === undefined) throw noDiskNamed(name, disks);
   return d;
 }
 

@@ -19,6 +19,7 @@ import { BlobReader } from "./blob-reader.js";
 import { ChunkFetcher } from "./fetcher.js";
 import { INLINE_JOB_BYTES, WorkerPool, type EngineName } from "../pipeline/pool.js";
 import { existsBelow } from "./dirs.js";
+import { noDiskNamed } from "./contents.js";
 import { restoreDisk } from "./disk.js";
 import { folderEntries, includeMatches, includeSpellings, restoreFolder, selectInFolders } from "./folder.js";
 
@@ -134,7 +135,7 @@ function planRestore(body: SnapshotBody, target: string, o: RestoreOptions): Pla
   }
   if (o.disk !== undefined) {
     const d = disks.find((x) => x.name === o.disk);
-    if (d === undefined) throw new NotFoundError(`the snapshot has no disk named ${o.disk}`, `its disks: ${disks.map((x) => x.name).join(", ") || "none"}`);
+    if (d === undefined) throw noDiskNamed(o.disk, disks);
     plan.disks.push({ disk: d, dest: path.join(target, d.name) });
     return plan;
   }
