@@ -180,10 +180,19 @@ export async function mountGuest(shell: Pick<GuestShell, "run">, disk: string, f
   return [only];
 }
 
+/**
+ * Mounts one file system read-only, and confirms it from the appliance's list of mounts: an error
+ * libguestfs reports only on its server's stderr must not leave an empty folder that lists as if
+ * it were the guest's.
+ */
 async function mount(shell: Pick<GuestShell, "run">, m: GuestMount): Promise<void> {
+  let problem: string | undefined;
   try {
     await shell.run("mount-ro", m.device, m.mountpoint);
+    const mounted = parsePairs(await shell.run("mountpoints"));
+    if (!mounted.some(([, mountpoint]) => mountpoint === m.mountpoint)) problem = "libguestfs does not list it as mounted";
   } catch (e) {
-    throw new NotFoundError(`cannot mount ${m.device} at ${m.mountpoint} of the guest: ${(e as Error).message}`, "the error of a run without --filesystem lists the disk's file systems");
+    problem = (e as Error).message;
   }
+  if (problem !== undefined) throw new NotFoundError(`cannot mount ${m.device} at ${m.mountpoint} of the guest: ${problem}`, "the error of a run without --filesystem lists the disk's file systems");
 }

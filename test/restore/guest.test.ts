@@ -121,6 +121,7 @@ describe("which file systems are mounted where", () => {
       "inspect-get-mountpoints /dev/sda2": "/var/log: /dev/sda4\n/data: /dev/sdb1\n/: /dev/sda2\n/var: /dev/sda3\n",
       "mount-ro /dev/sdb1 /data": new Error("mount_ro: /dev/sdb1: No such device"),
       "mount-ro": "",
+      mountpoints: "/dev/sda2: /\n/dev/sda3: /var\n/dev/sda4: /var/log\n",
     });
     expect(await mountGuest(g, "vda", undefined)).toEqual([
       { device: "/dev/sda2", mountpoint: "/" },
@@ -130,13 +131,18 @@ describe("which file systems are mounted where", () => {
     expect(g.sent.filter((c) => c.startsWith("mount-ro"))).toEqual(["mount-ro /dev/sda2 /", "mount-ro /dev/sdb1 /data", "mount-ro /dev/sda3 /var", "mount-ro /dev/sda4 /var/log"]);
   });
 
+  it("a mount libguestfs does not list (its error said only on the server's stderr) fails, not an empty folder", async () => {
+    const g = scripted({ "inspect-os": "", "list-filesystems": "/dev/sda1: ext4\n", "mount-ro /dev/sda1 /": "", mountpoints: "" });
+    await expect(mountGuest(g, "vdb", undefined)).rejects.toThrow(/cannot mount \/dev\/sda1 at \/ of the guest: libguestfs does not list it as mounted/);
+  });
+
   it("a root that does not mount fails the whole", async () => {
     const g = scripted({ "inspect-os": "/dev/sda2\n", "inspect-get-mountpoints /dev/sda2": "/: /dev/sda2\n", "mount-ro": new Error("mount_ro: bad superblock") });
     await expect(mountGuest(g, "vda", undefined)).rejects.toThrow(/cannot mount \/dev\/sda2 at \/ of the guest: mount_ro: bad superblock/);
   });
 
   it("no operating system: the only file system at /; several ask for --filesystem; none is not found", async () => {
-    const one = scripted({ "inspect-os": "", "list-filesystems": "/dev/sda1: ext4\n/dev/sda2: swap\n/dev/sda3: unknown\n", "mount-ro /dev/sda1 /": "" });
+    const one = scripted({ "inspect-os": "", "list-filesystems": "/dev/sda1: ext4\n/dev/sda2: swap\n/dev/sda3: unknown\n", "mount-ro /dev/sda1 /": "", mountpoints: "/dev/sda1: /\n" });
     expect(await mountGuest(one, "vdb", undefined)).toEqual([{ device: "/dev/sda1", mountpoint: "/" }]);
     const two = scripted({ "inspect-os": "", "list-filesystems": "/dev/sda1: ext4\n/dev/sda2: xfs\n" });
     await expect(mountGuest(two, "vdb", undefined)).rejects.toThrow(/holds 2 file systems and no operating system/);
@@ -147,8 +153,8 @@ describe("which file systems are mounted where", () => {
   it("several operating systems ask for one's root; --filesystem mounts that one alone, without inspection", async () => {
     const multi = scripted({ "inspect-os": "/dev/sda1\n/dev/sda5\n" });
     await expect(mountGuest(multi, "vda", undefined)).rejects.toMatchObject({ code: "E_USAGE", hint: "their roots: /dev/sda1, /dev/sda5" });
-    const given = scripted({ "mount-ro /dev/vg0/root /": "" });
+    const given = scripted({ "mount-ro /dev/vg0/root /": "", mountpoints: "/dev/mapper/vg0-root: /\n" });
     expect(await mountGuest(given, "vda", "/dev/vg0/root")).toEqual([{ device: "/dev/vg0/root", mountpoint: "/" }]);
-    expect(given.sent).toEqual(["mount-ro /dev/vg0/root /"]);
+    expect(given.sent).toEqual(["mount-ro /dev/vg0/root /", "mountpoints"]);
   });
 });
