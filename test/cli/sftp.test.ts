@@ -119,7 +119,9 @@ describe.skipIf(!HAVE_SSHD)("SFTP repositories through the CLI", () => {
     expect((await run(["init"])).code).toBe(0);
     const before = server.logins();
     const { out: printed, exit: exited } = watchCli(["--repo", server.url(name), "--user", "admin", "--sftp-identity", server.identity, "--sftp-known-hosts", server.knownHosts, "backup", "--vm", "big", image], {
-      env: { VMVAULT_STATE_DIR: path.join(tmp("state"), "s"), VMVAULT_WORKERS: "1" },
+      // 16 MiB/s: 48 MiB take at least 3 s, so packs are still to be sent when the first is there
+      // and the connection goes (unpaced, on a loaded host the backup could be done by then).
+      env: { VMVAULT_STATE_DIR: path.join(tmp("state"), "s"), VMVAULT_WORKERS: "1", VMVAULT_LIMIT_UPLOAD: "16384" },
     });
     // Once a pack is on the server, the connection's sshd processes go.
     const packs = path.join(server.data, name, "data");
