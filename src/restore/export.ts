@@ -1,6 +1,6 @@
 import { promises as fsp } from "node:fs";
 import path from "node:path";
-import { IntegrityError, StorageError, UsageError, type Damage } from "../errors.js";
+import { StorageError, UsageError, type Damage } from "../errors.js";
 import type { DiskSource } from "../format/snapshot.js";
 import type { SnapshotRecord } from "../snapshot/store.js";
 import type { Repository } from "../repository/repository.js";
@@ -8,7 +8,8 @@ import { contentsRequest, noDiskNamed, readContents, type OpenedContents } from 
 import { SnapshotDisk } from "./disk-reader.js";
 import { checkOverlayRequest, makeOverlays, planOverlays, type MadeOverlays } from "./export-overlays.js";
 import { NBD_PORT } from "../sources/nbd-protocol.js";
-import { NbdServer, type NbdEvent } from "./nbd-server.js";
+import { failedReadsError, NbdServer, type NbdEvent } from "./nbd-server.js";
+import { plural } from "../util/text.js";
 import type { PskKeys } from "./nbd-tls.js";
 
 /** Where the export listens: a TCP address, or a Unix socket (made with mode 0600). */
@@ -155,11 +156,8 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
     if ("socket" in listen) await fsp.rm(listen.socket, { force: true });
   }
   const s = server.stats;
-  if (s.failedReads > 0) {
-    const first = s.firstFailure;
-    const damage = first instanceof IntegrityError ? first.damage : [];
-    throw new IntegrityError(`${s.failedReads} request${s.failedReads === 1 ? "" : "s"} to the export failed, the first with: ${first?.message ?? "an unknown error"}`, damage);
-  }
+  const failed = failedReadsError(s, (n) => `${plural(n, "request")} to the export`);
+  if (failed !== undefined) throw failed;
   return {
     ...listening,
     connections: s.connections,

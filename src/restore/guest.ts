@@ -1,7 +1,7 @@
 import { promises as fsp } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { IntegrityError, NotFoundError, UsageError, type Damage } from "../errors.js";
+import { NotFoundError, UsageError, type Damage } from "../errors.js";
 import type { AuditAction, AuditBody } from "../format/audit.js";
 import type { DiskSource } from "../format/snapshot.js";
 import type { Repository } from "../repository/repository.js";
@@ -10,7 +10,8 @@ import type { ProgressSink } from "../util/progress.js";
 import { contentsRequest, noDiskNamed, readContents } from "./contents.js";
 import { SnapshotDisk } from "./disk-reader.js";
 import { GuestShell, parsePairs } from "./guest-shell.js";
-import { NbdServer } from "./nbd-server.js";
+import { failedReadsError, NbdServer } from "./nbd-server.js";
+import { plural } from "../util/text.js";
 
 // Files inside a snapshot's disk image: the disk is served over NBD on a private Unix socket,
 // libguestfs's appliance mounts its file systems read-only, and vmvault asks it for listings
@@ -98,10 +99,8 @@ export async function onGuestDisk<T extends GuestSource>(repo: Repository, actio
       const server = new NbdServer([disk], { describe: () => `disk ${chosen.name} of VM ${record.header.vm}, snapshot ${record.header.id}, read-only` });
       let shell: GuestShell | undefined;
       const verified = (): void => {
-        const s = server.stats;
-        if (s.failedReads === 0) return;
-        const first = s.firstFailure;
-        throw new IntegrityError(`${s.failedReads} read${s.failedReads === 1 ? "" : "s"} of disk ${chosen.name} failed, the first with: ${first?.message ?? "an unknown error"}`, first instanceof IntegrityError ? first.damage : []);
+        const failed = failedReadsError(server.stats, (n) => `${plural(n, "read")} of disk ${chosen.name}`);
+        if (failed !== undefined) throw failed;
       };
       try {
         const socket = path.join(scratch, "nbd.sock");

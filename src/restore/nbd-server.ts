@@ -61,6 +61,16 @@ export interface NbdStats {
 }
 
 /**
+ * The reads that failed, as one integrity error naming the first (its damage kept), or undefined
+ * when none did. `counted` names them for the message: "2 reads of disk vda".
+ */
+export function failedReadsError(stats: NbdStats, counted: (n: number) => string): IntegrityError | undefined {
+  if (stats.failedReads === 0) return undefined;
+  const first = stats.firstFailure;
+  return new IntegrityError(`${counted(stats.failedReads)} failed, the first with: ${first?.message ?? "an unknown error"}`, first instanceof IntegrityError ? first.damage : []);
+}
+
+/**
  * A read-only NBD server (fixed newstyle) for a set of disks, named as exports. Each connection
  * is served one request at a time, in order, so its memory is one chunk and the socket's
  * buffer; connections run side by side. Writes are refused with EPERM; reads of chunks that do
