@@ -4,7 +4,7 @@ import { NotFoundError, StorageError, UsageError } from "../errors.js";
 import type { Repository } from "../repository/repository.js";
 import type { ListedItem } from "../snapshot/items.js";
 import { decodeName, escapeName } from "../format/names.js";
-import { toolEnv, toolMessage } from "../sources/tools.js";
+import { runTool, ToolFailed, toolEnv, toolMessage } from "../sources/tools.js";
 import { checkFilesystem, guestPath, onGuestDisk, type GuestFilesOptions, type GuestSession, type GuestSource } from "./guest.js";
 import { GuestCommandFailed, isDirMode, isFileMode, isLinkMode, parseStats, type GuestShell, type GuestStat } from "./guest-shell.js";
 import { checkTarget, exists, targetExistsError } from "./targets.js";
@@ -120,6 +120,8 @@ export async function checkGuestRestore(o: Pick<GuestRestoreOptions, "paths" | "
 export async function restoreGuestFiles(repo: Repository, o: GuestRestoreOptions): Promise<GuestRestoreResult> {
   const paths = await checkGuestRestore(o);
   const target = path.resolve(o.target);
+  // Owners are set as root only (as restore does).
+  const owners = o.owners !== false && process.getuid?.() === 0;
   return onGuestDisk<GuestRestoreResult>(
     repo,
     "restore",
@@ -141,7 +143,7 @@ export async function restoreGuestFiles(repo: Repository, o: GuestRestoreOptions
         for (const [i, p] of paths.entries()) {
           o.signal?.throwIfAborted();
           o.progress?.({ phase: "copying out of the disk", done: i, total: paths.length, unit: "items", item: p });
-          restored.push(await copyOut(g, p, stats[i] as GuestStat, path.join(staging, p), o.owners !== false));
+          restored.push(await copyOut(g, p, stats[i] as GuestStat, path.join(staging, p), owners));
         }
         // Nothing reaches its place unless every read of the disk verified.
         g.verified();
@@ -215,12 +217,12 @@ function notInGuest(paths: readonly string[], disk: string): NotFoundError {
   return new NotFoundError(`not in disk ${disk}'s file systems: ${paths.join(", ")}`, "`vmvault ls SNAPSHOT --guest-files FOLDER` lists a folder inside the disk");
 }
 
-/** One path out of the guest into `dest`: a file by download, a folder through a tar stream, a symlink as one. */
+/** One path out of the guest into `dest`: a file by download, a folder through a tar stream, a symlink as one; `owners`: set the guest's (as root). */
 async function copyOut(g: GuestSession, p: string, st: GuestStat, dest: string, owners: boolean): Promise<GuestRestoreResult["restored"][number]> {
   await fsp.mkdir(path.dirname(dest), { recursive: true });
   if (isLinkMode(st.mode)) {
     await fsp.symlink(await readLink(g.shell, p), dest);
-    if (owners && isRoot()) await fsp.lchown(dest, st.uid, st.gid);
+    if (owners) await fsp.lchown(dest, st.uid, st.gid);
     return { path: p, kind: "symlink", files: 1, bytes: 0, leftOut: 0, setIdCleared: 0 };
   }
   if (isFileMode(st.mode)) {
@@ -240,7 +242,7 @@ const SET_ID = 0o6000;
 
 /** Owner (as root), mode and times, as the guest has them, but a file's set-ID bits. */
 async function applyStatus(dest: string, st: GuestStat, owners: boolean): Promise<void> {
-  if (owners && isRoot()) await fsp.chown(dest, st.uid, st.gid);
+  if (owners) await fsp.chown(dest, st.uid, st.gid);
   await fsp.chmod(dest, st.mode & (isDirMode(st.mode) ? 0o7777 : 0o7777 & ~SET_ID));
   await fsp.utimes(dest, st.mtimeMs / 1000, st.mtimeMs / 1000);
 }
@@ -253,10 +255,13 @@ async function applyStatus(dest: string, st: GuestStat, owners: boolean): Promis
  * guestfish still writes the last record's padding, and guestfish would fail with EPIPE.
  */
 async function tarOut(g: GuestSession, p: string, dest: string, owners: boolean): Promise<void> {
-  const { execFile, spawn } = process.getBuiltinModule("node:child_process");
+  const { spawn } = process.getBuiltinModule("node:child_process");
   const fifo = path.join(g.scratch, "tar.fifo");
-  await new Promise<void>((resolve, reject) => execFile("mkfifo", ["-m", "600", fifo], (e) => (e === null ? resolve() : reject(new StorageError(`cannot make a FIFO in ${g.scratch}: ${e.message}`, e)))));
-  const tar = spawn("tar", ["-x", "-f", fifo, "-C", dest, "--numeric-owner", owners && isRoot() ? "--same-owner" : "--no-same-owner", "--delay-directory-restore", "--ignore-zeros"], { stdio: ["ignore", "ignore", "pipe"], env: toolEnv() });
+  const fifoProblem = (why: string): StorageError => new StorageError(`cannot make a FIFO in ${g.scratch}: ${why}`);
+  await runTool("mkfifo", ["-m", "600", fifo], () => fifoProblem("mkfifo was not found")).catch((e: unknown) => {
+    throw e instanceof ToolFailed ? fifoProblem(e.message) : e;
+  });
+  const tar = spawn("tar", ["-x", "-f", fifo, "-C", dest, "--numeric-owner", owners ? "--same-owner" : "--no-same-owner", "--delay-directory-restore", "--ignore-zeros"], { stdio: ["ignore", "ignore", "pipe"], env: toolEnv() });
   let stderr = "";
   tar.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
   const ended = new Promise<number | null>((resolve, reject) => {
@@ -321,8 +326,4 @@ async function moveIntoPlace(from: string, to: string, force: boolean): Promise<
   }
   await fsp.mkdir(path.dirname(to), { recursive: true });
   await fsp.rename(from, to);
-}
-
-function isRoot(): boolean {
-  return process.getuid?.() === 0;
 }

@@ -35,8 +35,8 @@ export const isLinkMode = (mode: number): boolean => (mode & S_IFMT) === 0o12000
 export class GuestShell {
   /** What the server has printed on stderr since the last command (libguestfs's errors go there, not to the command). */
   #said = "";
-  #signal: AbortSignal | undefined;
-  #stop: (() => void) | undefined;
+  /** Takes back the stop on the command's signal (once the server is closed). */
+  #unlisten: (() => void) | undefined;
 
   private constructor(
     private readonly pid: number,
@@ -58,9 +58,11 @@ export class GuestShell {
     const server = await listen(uri, env);
     const shell = new GuestShell(server.pid, server.stderr, env);
     // Stopped (Ctrl-C): the server is ended at once, its appliance with it, and the command waiting on it fails.
-    shell.#stop = () => shell.kill();
-    signal?.addEventListener("abort", shell.#stop, { once: true });
-    shell.#signal = signal;
+    if (signal !== undefined) {
+      const stop = (): void => shell.kill();
+      signal.addEventListener("abort", stop, { once: true });
+      shell.#unlisten = () => signal.removeEventListener("abort", stop);
+    }
     try {
       await shell.run("run");
     } catch (e) {
@@ -92,7 +94,7 @@ export class GuestShell {
 
   /** Ends the server and its appliance; a server that does not answer is stopped by its process id. */
   async close(): Promise<void> {
-    if (this.#stop !== undefined) this.#signal?.removeEventListener("abort", this.#stop);
+    this.#unlisten?.();
     try {
       await guestfish([`--remote=${this.pid}`, "--", "exit"], this.env);
     } catch {
