@@ -11,7 +11,8 @@ import type { Repository } from "./repository/repository.js";
 import type { RestoreOptions, RestoreResult } from "./restore/restore.js";
 import type { ExportOptions, ExportResult } from "./restore/export.js";
 import type { ListedItem, ListOptions, ListResult } from "./restore/list.js";
-import type { GuestListOptions, GuestListResult, GuestRestoreOptions, GuestRestoreResult } from "./restore/guest-files.js";
+import type { GuestRestoreOptions, GuestRestoreResult } from "./restore/guest-files.js";
+import type { GuestFindOptions, GuestFindResult, GuestListOptions, GuestListResult } from "./restore/guest-list.js";
 import type { Change, DiffOptions, DiffResult } from "./restore/diff.js";
 import type { FindOptions, FindResult, FoundItem } from "./restore/find.js";
 import type { SnapshotCheckOptions, SnapshotCheckReport } from "./maintenance/check-snapshots.js";
@@ -109,11 +110,20 @@ export class Vault {
   }
 
   /**
-   * Lists files inside a snapshot's disk image (a folder one level deep) through libguestfs,
-   * one item at a time through onItem (admin, operator, restorer; recorded as `ls`).
+   * Lists files inside a snapshot's disk image (a folder one level deep, or at every depth with
+   * `recursive`) through libguestfs, one item at a time through onItem (admin, operator,
+   * restorer; recorded as `ls`).
    */
   async listGuestFiles(o: GuestListOptions, onItem: (item: ListedItem) => void): Promise<GuestListResult> {
-    return (await import("./restore/guest-files.js")).listGuestFiles(this.repository, o, onItem);
+    return (await import("./restore/guest-list.js")).listGuestFiles(this.repository, o, onItem);
+  }
+
+  /**
+   * Finds files, folders and symlinks by name or path inside one snapshot's disk image through
+   * libguestfs, one match at a time through onItem (admin, operator, restorer; recorded as `find`).
+   */
+  async findGuestFiles(o: GuestFindOptions, onItem: (item: FoundItem) => void): Promise<GuestFindResult> {
+    return (await import("./restore/guest-list.js")).findGuestFiles(this.repository, o, onItem);
   }
 
   /**

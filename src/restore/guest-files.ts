@@ -1,66 +1,14 @@
 import { promises as fsp } from "node:fs";
 import path from "node:path";
-import { NotFoundError, StorageError, UsageError } from "../errors.js";
+import { StorageError, UsageError } from "../errors.js";
 import type { Repository } from "../repository/repository.js";
-import type { ListedItem } from "../snapshot/items.js";
-import { decodeName, escapeName } from "../format/names.js";
 import { runTool, ToolFailed, toolEnv, toolMessage } from "../sources/tools.js";
 import { checkFilesystem, guestPath, onGuestDisk, type GuestFilesOptions, type GuestSession, type GuestSource } from "./guest.js";
-import { GuestCommandFailed, isDirMode, isFileMode, isLinkMode, parseStats, type GuestShell, type GuestStat } from "./guest-shell.js";
+import { notInGuest, readLink } from "./guest-list.js";
+import { isDirMode, isFileMode, isLinkMode, type GuestStat } from "./guest-shell.js";
 import { checkTarget, exists, targetExistsError } from "./targets.js";
 
 export type { GuestFilesOptions, GuestMount, GuestSource } from "./guest.js";
-
-/** Names stat'ed per guestfish command (lstatnslist): a command line stays well below the kernel's limit. */
-const STAT_BATCH = 256;
-
-export interface GuestListOptions extends GuestFilesOptions {
-  /** Paths inside the guest (default "/"): a folder is listed one level deep, anything else itself. */
-  readonly paths?: readonly string[];
-}
-
-export interface GuestListResult extends GuestSource {
-  readonly items: number;
-  /** Entries a folder holds that could not be listed: names that are not UTF-8 (shown with \xNN), which guestfish cannot be asked about. */
-  readonly notListed: readonly string[];
-}
-
-/**
- * Lists files inside a snapshot's disk image, item by item through onItem: for each path, a
- * folder's entries (one level) or the file itself, with mode, owner, size and time. Paths that
- * are not in the guest fail the listing (E_NOT_FOUND) once the others are listed. Audited as `ls`.
- */
-export async function listGuestFiles(repo: Repository, o: GuestListOptions, onItem: (item: ListedItem) => void): Promise<GuestListResult> {
-  const paths = (o.paths === undefined || o.paths.length === 0 ? ["/"] : o.paths).map(guestPath);
-  let items = 0;
-  return onGuestDisk<GuestListResult>(
-    repo,
-    "ls",
-    o,
-    { guestPaths: paths },
-    async (g) => {
-      const missing: string[] = [];
-      const notListed: string[] = [];
-      for (const p of paths) {
-        o.signal?.throwIfAborted();
-        const st = await g.shell.lstat(p);
-        if (st === undefined) missing.push(p);
-        else if (!isDirMode(st.mode)) {
-          onItem(await guestItem(g.shell, p, st));
-          items++;
-        } else {
-          for await (const item of folderItems(g, p, notListed, o.signal)) {
-            onItem(item);
-            items++;
-          }
-        }
-      }
-      if (missing.length > 0) throw notInGuest(missing, g.source.disk);
-      return { ...g.source, items, notListed };
-    },
-    (r) => ({ items: r.items }),
-  );
-}
 
 export interface GuestRestoreOptions extends GuestFilesOptions {
   /** Files and folders inside the guest, each restored to target + its path (/etc/nginx → TARGET/etc/nginx). */
@@ -155,66 +103,6 @@ export async function restoreGuestFiles(repo: Repository, o: GuestRestoreOptions
     },
     (r) => ({ files: r.restored.reduce((n, x) => n + x.files, 0), bytes: r.restored.reduce((n, x) => n + x.bytes, 0) }),
   );
-}
-
-/** A folder's entries, one level, sorted by name, from batched status requests. */
-async function* folderItems(g: GuestSession, dir: string, notListed: string[], signal: AbortSignal | undefined): AsyncIterable<ListedItem> {
-  const namesFile = path.join(g.scratch, "names");
-  await g.shell.run("ls0", dir, namesFile);
-  const raw = await fsp.readFile(namesFile);
-  await fsp.rm(namesFile, { force: true });
-  const names: string[] = [];
-  for (let start = 0; start < raw.length; ) {
-    const nul = raw.indexOf(0, start);
-    const end = nul === -1 ? raw.length : nul;
-    const bytes = raw.subarray(start, end);
-    start = end + 1;
-    if (bytes.length === 0) continue;
-    // guestfish takes its arguments as UTF-8 text: a name that is not cannot be asked about.
-    const name = decodeName(bytes);
-    if (name === undefined) notListed.push(path.posix.join(dir, escapeName(bytes)));
-    else names.push(name);
-  }
-  names.sort();
-  // lstatnslist splits its list at white space: names holding any are asked one by one.
-  const plain = names.filter((n) => !/\s/.test(n));
-  const stats = new Map<string, GuestStat>();
-  for (let i = 0; i < plain.length; i += STAT_BATCH) {
-    signal?.throwIfAborted();
-    const batch = plain.slice(i, i + STAT_BATCH);
-    const got = parseStats(await g.shell.run("lstatnslist", dir, batch.join(" ")));
-    if (got.length !== batch.length) throw new GuestCommandFailed(`lstatnslist gave ${got.length} statuses for ${batch.length} names`);
-    // A name it could not stat comes back as zeros (mode 0): that one is asked alone below.
-    batch.forEach((n, j) => {
-      const st = got[j] as GuestStat;
-      if (st.mode !== 0) stats.set(n, st);
-    });
-  }
-  for (const name of names) {
-    signal?.throwIfAborted();
-    const p = path.posix.join(dir, name);
-    const st = stats.get(name) ?? (await g.shell.lstat(p));
-    // Gone between the listing and the status: the tree is read-only, so only a damaged one does that.
-    if (st === undefined) {
-      notListed.push(p);
-      continue;
-    }
-    yield await guestItem(g.shell, p, st);
-  }
-}
-
-async function guestItem(shell: GuestShell, p: string, st: GuestStat): Promise<ListedItem> {
-  const type = isDirMode(st.mode) ? "dir" : isLinkMode(st.mode) ? "symlink" : "file";
-  const item = { path: p, type, size: st.size, mode: st.mode & 0o7777, mtime: new Date(st.mtimeMs).toISOString(), uid: st.uid, gid: st.gid } as const;
-  return type === "symlink" ? { ...item, target: await readLink(shell, p) } : item;
-}
-
-async function readLink(shell: GuestShell, p: string): Promise<string> {
-  return (await shell.run("readlink", p)).replace(/\n$/, "");
-}
-
-function notInGuest(paths: readonly string[], disk: string): NotFoundError {
-  return new NotFoundError(`not in disk ${disk}'s file systems: ${paths.join(", ")}`, "`vmvault ls SNAPSHOT --guest-files FOLDER` lists a folder inside the disk");
 }
 
 /** One path out of the guest into `dest`: a file by download, a folder through a tar stream, a symlink as one; `owners`: set the guest's (as root). */

@@ -45,6 +45,8 @@ export interface GuestMount {
 export interface GuestSource {
   readonly snapshotId: string;
   readonly vm: string;
+  /** The snapshot's time (ISO 8601). */
+  readonly time: string;
   readonly disk: string;
   readonly mounts: readonly GuestMount[];
   /** Index files left out because they did not authenticate (the work did not need them). */
@@ -111,7 +113,7 @@ export async function onGuestDisk<T extends GuestSource>(repo: Repository, actio
         shell = await GuestShell.start(`nbd://?socket=${socket}`, scratch, o.signal);
         o.signal?.throwIfAborted();
         const mounts = await mountGuest(shell, chosen.name, o.filesystem);
-        const source = { snapshotId: record.header.id, vm: record.header.vm, disk: chosen.name, mounts };
+        const source = { snapshotId: record.header.id, vm: record.header.vm, time: record.header.time, disk: chosen.name, mounts };
         const r = await work({ shell, scratch, source, verified });
         verified();
         return { ...r, damagedIndexes: opened.damagedIndexes() } as T;

@@ -80,6 +80,18 @@ async function writeTree(dir: string, files: Record<string, string | { link: str
   }
 }
 
+/** Every path below a host folder, as the guest would see it below `at`, less those left out. */
+async function hostTree(dir: string, at: string, leftOut: readonly string[]): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await fsp.readdir(dir, { withFileTypes: true })) {
+    const p = path.posix.join(at, e.name);
+    if (leftOut.includes(p)) continue;
+    out.push(p);
+    if (e.isDirectory()) out.push(...(await hostTree(path.join(dir, e.name), p, leftOut)));
+  }
+  return out;
+}
+
 /** Processes (not yet ended: zombies left out) whose command line names `text`. */
 function runningWith(text: string): string[] {
   const pids = spawnSync("pgrep", ["-f", text], { encoding: "utf8" }).stdout.split("\n").filter((p) => p !== "");
@@ -175,6 +187,44 @@ describe.skipIf(skipReason !== undefined)(`files inside disk images, through lib
       expect(log.at(-1)).toMatchObject({ action: "ls", result: "succeeded", target: { vm: "web1", disk: "vda.raw", guestPaths: ["/etc/nginx", "/srv/www", "/home/ann/notes with spaces.txt"], items: 8 } });
     },
     LAUNCH_MS,
+  );
+
+  it(
+    "lists everything below / at every depth (-R), each folder's entries by name after it, and finds entries by name and path",
+    async () => {
+      const r = await guest(["ls", "latest", "--vm", "web1", "--guest-files", "-R", "--json"]);
+      const items = json<Item[]>(r);
+      expect(r.stderr).toMatch(/note: 1 entry could not be listed \(a name that is not UTF-8\): \/etc\/nginx\/caf\\+xe9\.conf/);
+      // What the guest holds, walked on the host from the trees its file systems were made from:
+      // the root's, the second file system's at /srv (hiding the root's /srv), each with lost+found.
+      const expected = [...(await hostTree(rootTree, "/", ["/srv/.keep"])), "/lost+found", ...(await hostTree(srvTree, "/srv", [])), "/srv/lost+found"];
+      const inOrder = (paths: string[]): string[] => {
+        const children = new Map<string, string[]>();
+        for (const p of paths) children.set(path.posix.dirname(p), [...(children.get(path.posix.dirname(p)) ?? []), p]);
+        const walk = (dir: string): string[] => (children.get(dir) ?? []).sort().flatMap((p) => [p, ...walk(p)]);
+        return walk("/");
+      };
+      expect(items.map((i) => i.path)).toEqual(inOrder(expected.filter((p) => p !== "/srv/.keep" && !p.includes("caf"))));
+      const byPath = new Map(items.map((i) => [i.path, i]));
+      expect(byPath.get("/etc/nginx/sites/default")).toMatchObject({ type: "file", mode: 0o644, mtime: MTIME.toISOString() });
+      expect(byPath.get("/etc/nginx/current")).toMatchObject({ type: "symlink", target: "sites/default" });
+      expect(byPath.get("/home/ann/notes with spaces.txt")).toMatchObject({ type: "file", size: 18, mode: 0o600 });
+      expect(byPath.get("/srv/www")).toMatchObject({ type: "dir" });
+      expect(byPath.get("/srv/www/app.js")?.size).toBe((await fsp.stat(path.join(srvTree, "www/app.js"))).size);
+      expect((await auditLog()).at(-1)).toMatchObject({ action: "ls", result: "succeeded", target: { disk: "vda.raw", guestPaths: ["/"], depth: "all", items: items.length } });
+
+      // A name, a folder by its name (trailing "/"), a path with and without its leading "/".
+      const f = await guest(["find", "*.conf", "sites/", "/srv/www/*.js", "home/*/notes*", "--guest-files", "--snapshot", "latest", "--vm", "web1", "--reason", "INC-9 where is the config", "--json"]);
+      const found = json<(Item & { snapshot: string; vm: string; time: string })[]>(f);
+      expect(found.map((i) => i.path)).toEqual(["/etc/nginx/nginx.conf", "/etc/nginx/sites", "/home/ann/notes with spaces.txt", "/srv/www/app.js"]);
+      expect(found[1]).toMatchObject({ type: "dir", vm: "web1" });
+      const snap = json<{ id: string; time: string }[]>(await v(["snapshots", "--vm", "web1", "--json"])).at(-1);
+      expect(found[0]).toMatchObject({ snapshot: snap?.id, time: snap?.time, type: "file", mtime: MTIME.toISOString() });
+      // Not UTF-8, so not searchable: named in the note, never matched as *.conf.
+      expect(f.stderr).toMatch(/note: 1 entry could not be listed/);
+      expect((await auditLog()).at(-1)).toMatchObject({ action: "find", result: "succeeded", reason: "INC-9 where is the config", target: { disk: "vda.raw", patterns: ["*.conf", "sites/", "/srv/www/*.js", "home/*/notes*"], searched: items.length, matches: 4 } });
+    },
+    2 * LAUNCH_MS,
   );
 
   it(
@@ -315,6 +365,12 @@ describe.skipIf(skipReason !== undefined)(`files inside disk images, through lib
       [["ls", "latest", "--disk", "vda.raw"], 2, /--disk goes with --guest-files/],
       [["ls", "latest", "--guest-files", "--filesystem", "sda1"], 2, /name a device as libguestfs does/],
       [["ls", "latest", "--guest-files", "relative/path"], 2, /starts with "\/"/],
+      [["ls", "latest", "-R"], 2, /--recursive goes with --guest-files/],
+      [["find", "*.conf", "--guest-files"], 2, /searches one snapshot's disk: name it with --snapshot/],
+      [["find", "*.conf", "--guest-files", "--snapshot", "latest", "--last", "2"], 2, /--last selects among snapshots/],
+      [["find", "*.conf", "--disk", "vda.raw"], 2, /--disk goes with --guest-files/],
+      [["find", "", "--guest-files", "--snapshot", "latest"], 2, /empty pattern/],
+      [["find", "*.conf", "--guest-files", "--snapshot", "latest", "--filesystem", "sda1"], 2, /name a device as libguestfs does/],
     ];
     for (const [args, code, message] of cases) {
       // A wrong passphrase shows that these are refused before the unlock.

@@ -3,13 +3,16 @@
  * and devices a user gives, the checks of a restore's request, and which file systems are mounted
  * where (against a scripted guestfish). test/cli/guest-files.test.ts runs the real libguestfs.
  */
+import { execFileSync, spawnSync } from "node:child_process";
 import { mkdtempSync, promises as fsp, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { checkFilesystem, guestPath, mountGuest } from "../../src/restore/guest.js";
 import { checkGuestRestore } from "../../src/restore/guest-files.js";
-import { guestError, parsePairs, parseStats } from "../../src/restore/guest-shell.js";
+import { listChunks, matchGuestPath } from "../../src/restore/guest-list.js";
+import { guestError, guestfishArgument, parsePairs, parseStats, SCRIPT_LINE_MAX } from "../../src/restore/guest-shell.js";
+import { Excludes } from "../../src/sources/exclude.js";
 
 const STAT = (ino: number, mode: number, size: number): string => `  st_dev: 2049
   st_ino: ${ino}
@@ -56,6 +59,53 @@ describe("what guestfish prints", () => {
     expect(guestError("libguestfs: trace: x\nlibguestfs: error: mount_ro: /dev/sda9: No such file\n")).toBe("mount_ro: /dev/sda9: No such file");
     expect(guestError("libguestfs: error: a\nnoise\nlibguestfs: error: b\n")).toBe("a; b");
     expect(guestError("just noise\n")).toBeUndefined();
+  });
+});
+
+const HAS_GUESTFISH = spawnSync("sh", ["-c", "command -v guestfish"], { stdio: "ignore" }).status === 0;
+
+describe("guest names written into guestfish scripts", () => {
+  // Names a guest may hold, each a way into the script's parser if written as it is.
+  const hostile = ["plain-name_1.conf", "two words", 'a"quote', "pipe | touch /tmp/x", "# comment", "!sh -c id", "back\\slash", "tab\there", "new\nline", "café ☕", "$(id)", "'single'"];
+
+  it("keeps letters, digits and . _ / - as they are and escapes every other byte, so none reaches the parser raw", () => {
+    expect(guestfishArgument("/etc/nginx/nginx.conf")).toBe('"/etc/nginx/nginx.conf"');
+    expect(guestfishArgument("a b|c\"d")).toBe('"a\\x20b\\x7cc\\x22d"');
+    expect(guestfishArgument("é")).toBe('"\\xc3\\xa9"');
+    expect(guestfishArgument(["etc", "hosts"])).toBe('"etc hosts"');
+    for (const name of hostile) expect(guestfishArgument(name).slice(1, -1)).toMatch(/^[A-Za-z0-9._/\\-]*$/);
+  });
+
+  it.skipIf(!HAS_GUESTFISH)("guestfish's own parser reads each back byte for byte (its echo, no appliance started)", () => {
+    const script = hostile.map((n) => `echo ${guestfishArgument(n)}\n`).join("");
+    const out = execFileSync("guestfish", [], { input: script, encoding: "utf8", env: { ...process.env, LIBGUESTFS_BACKEND: "direct" } });
+    expect(out).toBe(hostile.map((n) => `${n}\n`).join(""));
+  });
+
+  it("a folder's names go to list commands of 256 names at most, each a script line guestfish can read", () => {
+    const many = Array.from({ length: 700 }, (_, i) => `f${i}`);
+    expect([...listChunks("lstatnslist", "/usr/lib", many)].map((c) => c.length)).toEqual([256, 256, 188]);
+    // Long names of bytes that are all escaped: the line's length decides.
+    const long = Array.from({ length: 40 }, (_, i) => `${"é".repeat(120)}${i}`);
+    const chunks = [...listChunks("lstatnslist", "/srv", long)];
+    expect(chunks.flat()).toEqual(long);
+    expect(chunks.length).toBeGreaterThan(4);
+    for (const c of chunks) expect(`-lstatnslist ${guestfishArgument("/srv")} ${guestfishArgument(c)}`.length).toBeLessThanOrEqual(SCRIPT_LINE_MAX);
+    // One name longer than a line on its own still gets a list of its own (run on guestfish's command line).
+    expect([...listChunks("lstatnslist", "/", ["x".repeat(9000), "y"])]).toEqual([["x".repeat(9000)], ["y"]]);
+  });
+});
+
+describe("guest paths matched by find's patterns", () => {
+  const patterns = new Excludes(["*.conf", "sites/", "/srv/www/*.js", "home/*/notes*"], [], { label: "find" });
+  it("by name at any depth, a folder by its name with a trailing /, a path with or without its leading /", () => {
+    expect(matchGuestPath(patterns, "/etc/nginx/nginx.conf", false)).toBe("*.conf");
+    expect(matchGuestPath(patterns, "/etc/nginx/sites", true)).toBe("sites/");
+    expect(matchGuestPath(patterns, "/etc/nginx/sites", false)).toBeUndefined();
+    expect(matchGuestPath(patterns, "/srv/www/app.js", false)).toBe("/srv/www/*.js");
+    expect(matchGuestPath(patterns, "/srv/www/lib/app.js", false)).toBeUndefined();
+    expect(matchGuestPath(patterns, "/home/ann/notes with spaces.txt", false)).toBe("home/*/notes*");
+    expect(matchGuestPath(patterns, "/etc/hosts", false)).toBeUndefined();
   });
 });
 

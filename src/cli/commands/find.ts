@@ -1,15 +1,31 @@
 import type { Command } from "commander";
-import { IntegrityError, type Damage } from "../../errors.js";
+import { IntegrityError, UsageError, type Damage } from "../../errors.js";
 import { checkSnapshotSelection } from "../../snapshot/filter.js";
 import { Excludes } from "../../sources/exclude.js";
 import type { FindResult, FoundItem } from "../../restore/find.js";
+import { checkFilesystem } from "../../restore/guest.js";
+import type { GuestFindResult } from "../../restore/guest-list.js";
 import { CliContext } from "../context.js";
 import { collect } from "../options.js";
 import type { Interrupts } from "../interrupt.js";
 import { noun, plural } from "../output.js";
 import { streamItems } from "../stream.js";
-import { longLine, shortLine } from "./ls.js";
+import { longLine, notListedNote, shortLine } from "./ls.js";
 import { lastCount } from "./snapshots.js";
+
+interface FindCliOptions {
+  vm?: string;
+  snapshot?: string[];
+  long?: boolean;
+  reason?: string;
+  host?: string;
+  since?: string;
+  until?: string;
+  last?: number;
+  guestFiles?: boolean;
+  disk?: string;
+  filesystem?: string;
+}
 
 export function registerFind(program: Command, interrupts: Interrupts): void {
   program
@@ -24,9 +40,14 @@ export function registerFind(program: Command, interrupts: Interrupts): void {
     .option("--last <n>", "only the newest n snapshots of each VM", lastCount)
     .option("-l, --long", "mode, owner:group, size in bytes and time before each path")
     .option("--reason <text>", "why (kept in the audit trail with the search)")
-    .action(async (patterns: string[], opts: { vm?: string; snapshot?: string[]; long?: boolean; reason?: string; host?: string; since?: string; until?: string; last?: number }, command: Command) => {
+    .option("--guest-files", "search inside the disk image of the one snapshot --snapshot names instead (names and paths as the guest sees them: *.conf, /etc/**), read through libguestfs")
+    .option("--disk <name>", "with --guest-files: the disk (default: the snapshot's only one)")
+    .option("--filesystem <device>", "with --guest-files: mount this file system at / (/dev/sda1, /dev/vg0/root) instead of the guest's own mounts")
+    .action(async (patterns: string[], opts: FindCliOptions, command: Command) => {
       const ctx = new CliContext(command, interrupts);
-      const { vm, snapshot, long, reason, ...select } = opts;
+      if (opts.guestFiles === true) return findGuestFiles(ctx, interrupts, patterns, opts);
+      const { vm, snapshot, long, reason, guestFiles: _guestFiles, disk, filesystem, ...select } = opts;
+      if (disk !== undefined || filesystem !== undefined) throw new UsageError(`${disk !== undefined ? "--disk" : "--filesystem"} goes with --guest-files`, "without it, find looks at the names of disks and of folder sources' files");
       // Checked before the unlock: a pattern or a selection that cannot be read costs no Argon2id.
       new Excludes(patterns, [], { label: "find" });
       checkSnapshotSelection(snapshot, select);
@@ -48,9 +69,56 @@ export function registerFind(program: Command, interrupts: Interrupts): void {
             },
             emit,
           ),
-        (item) => `${item.snapshot.slice(0, 12)} ${item.time.replace(/\.\d+Z$/, "Z")} ${long === true ? longLine(item) : shortLine(item)}`,
+        (item) => foundLine(item, long),
         (r) => `${r.matches === 0 ? "no match" : plural(r.matches, "match", "matches")} in ${plural(r.snapshots, "snapshot")}`,
       );
       if (damage.length > 0) throw new IntegrityError(`${plural(damage.length, "snapshot object")} failed verification and ${noun(damage.length, "was", "were")} not searched: ${damage.map((d) => `${d.object} (${d.problem})`).join("; ")}`, damage);
     });
+}
+
+/** A match as people read it: the snapshot, its time, then the item as `ls` (or `ls -l`) shows it. */
+function foundLine(item: FoundItem, long: boolean | undefined): string {
+  return `${item.snapshot.slice(0, 12)} ${item.time.replace(/\.\d+Z$/, "Z")} ${long === true ? longLine(item) : shortLine(item)}`;
+}
+
+/** `find --guest-files`: names and paths inside one snapshot's disk image, streamed as `find` streams its matches. */
+async function findGuestFiles(ctx: CliContext, interrupts: Interrupts, patterns: string[], opts: FindCliOptions): Promise<void> {
+  // Before the unlock: a request that cannot be served costs no Argon2id.
+  new Excludes(patterns, [], { label: "find" });
+  checkFilesystem(opts.filesystem);
+  const across = opts.host !== undefined ? "--host" : opts.since !== undefined ? "--since" : opts.until !== undefined ? "--until" : opts.last !== undefined ? "--last" : undefined;
+  if (across !== undefined) throw new UsageError(`${across} selects among snapshots; find --guest-files searches one disk of one snapshot`, "name it with --snapshot ID (or --snapshot latest --vm NAME)");
+  const snapshot = opts.snapshot ?? [];
+  if (snapshot.length !== 1) throw new UsageError("find --guest-files searches one snapshot's disk: name it with --snapshot ID (or --snapshot latest --vm NAME)", "each search starts libguestfs's appliance (10-20 s); run one per snapshot");
+  const vault = await ctx.openVault();
+  let notListed: readonly string[] = [];
+  await streamItems<FoundItem, GuestFindResult>(
+    ctx,
+    vault,
+    async (emit) => {
+      const progress = ctx.progress;
+      const r = await vault.findGuestFiles(
+        {
+          patterns,
+          snapshot: snapshot[0] as string,
+          ...(opts.vm === undefined ? {} : { vm: opts.vm }),
+          ...(opts.disk === undefined ? {} : { disk: opts.disk }),
+          ...(opts.filesystem === undefined ? {} : { filesystem: opts.filesystem }),
+          ...(opts.reason === undefined ? {} : { reason: opts.reason }),
+          ...(progress === undefined ? {} : { progress }),
+          signal: interrupts.cancellable(),
+        },
+        (item) => {
+          ctx.endProgress();
+          emit(item);
+        },
+      );
+      notListed = r.notListed;
+      return r;
+    },
+    (item) => foundLine(item, opts.long),
+    (r) => `${r.matches === 0 ? "no match" : plural(r.matches, "match", "matches")} among ${plural(r.searched, "entry", "entries")} of disk ${r.disk}`,
+  );
+  ctx.endProgress();
+  if (notListed.length > 0) ctx.warn(notListedNote(notListed));
 }

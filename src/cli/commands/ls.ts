@@ -4,7 +4,7 @@ import { CliContext } from "../context.js";
 import type { Interrupts } from "../interrupt.js";
 import { streamItems } from "../stream.js";
 import { UsageError } from "../../errors.js";
-import type { GuestListResult } from "../../restore/guest-files.js";
+import type { GuestListResult } from "../../restore/guest-list.js";
 import { checkFilesystem, guestPath } from "../../restore/guest.js";
 
 interface LsCliOptions {
@@ -12,6 +12,7 @@ interface LsCliOptions {
   long?: boolean;
   reason?: string;
   guestFiles?: boolean;
+  recursive?: boolean;
   disk?: string;
   filesystem?: string;
 }
@@ -26,12 +27,14 @@ export function registerLs(program: Command, interrupts: Interrupts): void {
     .option("-l, --long", "mode, owner:group, size in bytes and time before each path")
     .option("--reason <text>", "why (kept in the audit trail with the listing)")
     .option("--guest-files", "list files inside a disk image instead (paths as the guest sees them, / by default; a folder one level deep), read through libguestfs")
+    .option("-R, --recursive", "with --guest-files: list what is below each folder at every depth")
     .option("--disk <name>", "with --guest-files: the disk (default: the snapshot's only one)")
     .option("--filesystem <device>", "with --guest-files: mount this file system at / (/dev/sda1, /dev/vg0/root) instead of the guest's own mounts")
     .action(async (snapshot: string, paths: string[], opts: LsCliOptions, command: Command) => {
       const ctx = new CliContext(command, interrupts);
       if (opts.guestFiles === true) return lsGuestFiles(ctx, interrupts, snapshot, paths, opts);
-      if (opts.disk !== undefined || opts.filesystem !== undefined) throw new UsageError(`${opts.disk !== undefined ? "--disk" : "--filesystem"} goes with --guest-files`, "without it, `vmvault ls SNAPSHOT DISK` lists a disk by its name");
+      const guestOnly = opts.disk !== undefined ? "--disk" : opts.filesystem !== undefined ? "--filesystem" : opts.recursive === true ? "--recursive" : undefined;
+      if (guestOnly !== undefined) throw new UsageError(`${guestOnly} goes with --guest-files`, "without it, `vmvault ls SNAPSHOT DISK` lists a disk by its name, and a folder source's paths with everything below them");
       const vault = await ctx.openVault();
       await streamItems<ListedItem, ListResult>(
         ctx,
@@ -68,6 +71,7 @@ async function lsGuestFiles(ctx: CliContext, interrupts: Interrupts, snapshot: s
         {
           snapshot,
           paths,
+          ...(opts.recursive === true ? { recursive: true } : {}),
           ...(opts.vm === undefined ? {} : { vm: opts.vm }),
           ...(opts.disk === undefined ? {} : { disk: opts.disk }),
           ...(opts.filesystem === undefined ? {} : { filesystem: opts.filesystem }),
@@ -89,8 +93,8 @@ async function lsGuestFiles(ctx: CliContext, interrupts: Interrupts, snapshot: s
   if (notListed.length > 0) ctx.warn(notListedNote(notListed));
 }
 
-/** After a guest listing: the entries it could not list. */
-function notListedNote(notListed: readonly string[]): string {
+/** After a guest listing or search: the entries it could not list. */
+export function notListedNote(notListed: readonly string[]): string {
   const shown = notListed.slice(0, 5).join(", ");
   return `note: ${notListed.length} ${notListed.length === 1 ? "entry" : "entries"} could not be listed (a name that is not UTF-8): ${shown}${notListed.length > 5 ? ", …" : ""}`;
 }

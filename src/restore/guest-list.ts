@@ -1,0 +1,332 @@
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import { NotFoundError } from "../errors.js";
+import { decodeName, escapeName } from "../format/names.js";
+import type { Repository } from "../repository/repository.js";
+import type { ListedItem } from "../snapshot/items.js";
+import { Excludes } from "../sources/exclude.js";
+import type { FoundItem } from "./find.js";
+import { guestPath, onGuestDisk, type GuestFilesOptions, type GuestSession, type GuestSource } from "./guest.js";
+import { guestfishArgument, isDirMode, isLinkMode, parseStats, SCRIPT_LINE_MAX, type GuestCommand, type GuestShell, type GuestStat } from "./guest-shell.js";
+
+// Listing and searching the files inside a snapshot's disk image. A folder's names come from one
+// command (ls0, or find0 for everything below it); their statuses from lstatnslist, a folder's
+// names at a time, sent many commands to a guestfish client (GuestShell.batch).
+
+/** Names stat'ed per lstatnslist: a command line stays well below guestfish's and the kernel's limits. */
+const STAT_BATCH = 256;
+/** Paths whose statuses are asked for together, then listed: what a listing holds besides the names. */
+const STAT_WINDOW = 4096;
+
+export interface GuestListOptions extends GuestFilesOptions {
+  /** Paths inside the guest (default "/"): a folder is listed one level deep (or at every depth: recursive), anything else itself. */
+  readonly paths?: readonly string[];
+  /** List what is below each folder at every depth, not its entries alone. */
+  readonly recursive?: boolean;
+}
+
+/** What a guest listing or search could not reach. */
+interface NotListed {
+  /** Entries that could not be listed: names that are not UTF-8 (shown with \xNN), which guestfish cannot be asked about. */
+  readonly notListed: readonly string[];
+}
+
+export interface GuestListResult extends GuestSource, NotListed {
+  readonly items: number;
+}
+
+/**
+ * Lists files inside a snapshot's disk image, item by item through onItem: for each path, a
+ * folder's entries (one level, or every level with recursive, each folder's entries by name and
+ * a folder's contents right after it) or the file itself, with mode, owner, size and time. Paths
+ * that are not in the guest fail the listing (E_NOT_FOUND) once the others are listed. Audited
+ * as `ls`.
+ */
+export async function listGuestFiles(repo: Repository, o: GuestListOptions, onItem: (item: ListedItem) => void): Promise<GuestListResult> {
+  const paths = (o.paths === undefined || o.paths.length === 0 ? ["/"] : o.paths).map(guestPath);
+  let items = 0;
+  return onGuestDisk<GuestListResult>(
+    repo,
+    "ls",
+    o,
+    { guestPaths: paths, ...(o.recursive === true ? { depth: "all" } : {}) },
+    async (g) => {
+      const missing: string[] = [];
+      const notListed: string[] = [];
+      for (const p of paths) {
+        o.signal?.throwIfAborted();
+        const st = await g.shell.lstat(p);
+        if (st === undefined) missing.push(p);
+        else if (!isDirMode(st.mode)) {
+          onItem(await guestItem(g.shell, p, st));
+          items++;
+        } else {
+          const tree = o.recursive === true ? await readTree(g, p, notListed) : await readFolder(g, p, notListed);
+          for await (const item of statItems(g, depthFirst(tree, p), notListed, o.signal)) {
+            onItem(item);
+            items++;
+          }
+        }
+      }
+      if (missing.length > 0) throw notInGuest(missing, g.source.disk);
+      return { ...g.source, items, notListed };
+    },
+    (r) => ({ items: r.items }),
+  );
+}
+
+export interface GuestFindOptions extends GuestFilesOptions {
+  /**
+   * What to look for, as `find` takes patterns: without "/", an entry's own name (`*.conf`);
+   * with "/", its path inside the disk, with or without the leading "/" (`/etc/**`,
+   * `etc/nginx/*`). A trailing "/" matches folders only.
+   */
+  readonly patterns: readonly string[];
+}
+
+export interface GuestFindResult extends GuestSource, NotListed {
+  /** Entries below / looked at. */
+  readonly searched: number;
+  readonly matches: number;
+}
+
+/**
+ * Finds files, folders and symlinks inside a snapshot's disk image whose names or paths match,
+ * in the order a recursive listing gives, through onItem (with the snapshot, as `find` reports
+ * matches). One find0 names everything below /; only the matches' statuses are asked for.
+ * Audited as `find`, with the patterns and the disk.
+ */
+export async function findGuestFiles(repo: Repository, o: GuestFindOptions, onItem: (item: FoundItem) => void): Promise<GuestFindResult> {
+  const patterns = new Excludes(o.patterns, [], { label: "find" });
+  let matches = 0;
+  return onGuestDisk<GuestFindResult>(
+    repo,
+    "find",
+    o,
+    { patterns: [...o.patterns] },
+    async (g) => {
+      const notListed: string[] = [];
+      const tree = await readTree(g, "/", notListed);
+      let searched = 0;
+      // A folder is known as one here when it has entries; an empty one is matched again once its status says what it is.
+      const candidates = function* (): Generator<string> {
+        for (const p of depthFirst(tree, "/")) {
+          searched++;
+          if (matchGuestPath(patterns, p, true) !== undefined) yield p;
+        }
+      };
+      const { snapshotId, vm, time } = g.source;
+      for await (const item of statItems(g, candidates(), notListed, o.signal)) {
+        if (matchGuestPath(patterns, item.path, item.type === "dir") === undefined) continue;
+        onItem({ snapshot: snapshotId, vm, time, ...item });
+        matches++;
+      }
+      return { ...g.source, searched, matches, notListed };
+    },
+    (r) => ({ searched: r.searched, matches: r.matches }),
+  );
+}
+
+/** The pattern (as given) that matches a path inside the guest: by its name, its path without the leading "/", or with it. */
+export function matchGuestPath(patterns: Excludes, p: string, isFolder: boolean): string | undefined {
+  return patterns.match(path.posix.basename(p), p.slice(1), p, isFolder);
+}
+
+/** Each folder's entries (names), by the folder's path inside the guest. */
+type GuestTree = Map<string, string[]>;
+
+/** A folder's entries, one level (ls0). */
+async function readFolder(g: GuestSession, dir: string, notListed: string[]): Promise<GuestTree> {
+  const tree: GuestTree = new Map([[dir, []]]);
+  for (const name of await namesFrom(g, "ls0", dir, notListed)) tree.get(dir)?.push(name);
+  return tree;
+}
+
+/** Everything below a folder, at every depth (find0: one command, however many entries). */
+async function readTree(g: GuestSession, dir: string, notListed: string[]): Promise<GuestTree> {
+  const tree: GuestTree = new Map([[dir, []]]);
+  for (const relative of await namesFrom(g, "find0", dir, notListed)) {
+    const p = path.posix.join(dir, relative);
+    const parent = path.posix.dirname(p);
+    let entries = tree.get(parent);
+    if (entries === undefined) tree.set(parent, (entries = []));
+    entries.push(path.posix.basename(p));
+  }
+  return tree;
+}
+
+/**
+ * The NUL-separated names ls0 or find0 writes for a folder (into a file in the private scratch
+ * folder), as text; a name that is not UTF-8 goes to notListed (guestfish takes its arguments as
+ * UTF-8 text, so it cannot be asked about), and with it, for find0, what is below it.
+ */
+async function namesFrom(g: GuestSession, command: "ls0" | "find0", dir: string, notListed: string[]): Promise<string[]> {
+  const file = path.join(g.scratch, "names");
+  await g.shell.run(command, dir, file);
+  const raw = await fsp.readFile(file);
+  await fsp.rm(file, { force: true });
+  const names: string[] = [];
+  for (let start = 0; start < raw.length; ) {
+    const nul = raw.indexOf(0, start);
+    const end = nul === -1 ? raw.length : nul;
+    // find0 writes the paths below a folder other than / with a leading "/".
+    const bytes = raw.subarray(raw[start] === 0x2f ? start + 1 : start, end);
+    start = end + 1;
+    if (bytes.length === 0) continue;
+    const name = decodeName(bytes);
+    if (name === undefined) notListed.push(path.posix.join(dir, escapeName(bytes)));
+    else names.push(name);
+  }
+  return names;
+}
+
+/** The paths of a tree below dir, each folder's entries by name, a folder's contents right after it. */
+function* depthFirst(tree: GuestTree, dir: string): Generator<string> {
+  const entries = [...(tree.get(dir) ?? [])].sort();
+  for (const name of entries) {
+    const p = path.posix.join(dir, name);
+    yield p;
+    if (tree.has(p)) yield* depthFirst(tree, p);
+  }
+}
+
+/**
+ * Items for paths inside the guest, in their order, STAT_WINDOW at a time: the statuses of a
+ * window's paths through one batch of lstatnslist commands (a folder's names together), then its
+ * symlinks' targets through readlinklist. A name with white space in it (lstatnslist splits its
+ * list there), or one lstatnslist could not stat, is asked about alone; a path that is gone goes
+ * to notListed (the tree is read-only, so only a damaged one does that).
+ */
+async function* statItems(g: GuestSession, paths: Iterable<string>, notListed: string[], signal: AbortSignal | undefined): AsyncIterable<ListedItem> {
+  let window: string[] = [];
+  const flush = async function* (): AsyncIterable<ListedItem> {
+    signal?.throwIfAborted();
+    const stats = await statAll(g.shell, window);
+    const links = await readLinks(g.shell, window.filter((p) => isLinkMode(stats.get(p)?.mode ?? 0)));
+    for (const p of window) {
+      const st = stats.get(p);
+      if (st === undefined) notListed.push(p);
+      else yield itemOf(p, st, links.get(p));
+    }
+    window = [];
+  };
+  for (const p of paths) {
+    window.push(p);
+    if (window.length >= STAT_WINDOW) yield* flush();
+  }
+  if (window.length > 0) yield* flush();
+}
+
+/** Paths grouped by their folder, in order: [folder, names with no white space, the others' paths]. */
+function byFolder(paths: readonly string[]): { dir: string; plain: string[]; spaced: string[] }[] {
+  const groups = new Map<string, { dir: string; plain: string[]; spaced: string[] }>();
+  for (const p of paths) {
+    const dir = path.posix.dirname(p);
+    let group = groups.get(dir);
+    if (group === undefined) groups.set(dir, (group = { dir, plain: [], spaced: [] }));
+    const name = path.posix.basename(p);
+    if (/\s/.test(name)) group.spaced.push(p);
+    else group.plain.push(name);
+  }
+  return [...groups.values()];
+}
+
+/**
+ * A folder's names in runs for one list command each: STAT_BATCH names at most, and a script
+ * line guestfish can read (SCRIPT_LINE_MAX; a name takes up to four bytes a byte, escaped).
+ */
+export function* listChunks(command: string, dir: string, names: readonly string[]): Generator<string[]> {
+  const fixed = command.length + guestfishArgument(dir).length + 6;
+  let run: string[] = [];
+  let length = fixed;
+  for (const name of names) {
+    const n = guestfishArgument(name).length - 1;
+    if (run.length > 0 && (run.length >= STAT_BATCH || length + n > SCRIPT_LINE_MAX)) {
+      yield run;
+      run = [];
+      length = fixed;
+    }
+    run.push(name);
+    length += n;
+  }
+  if (run.length > 0) yield run;
+}
+
+/** The statuses of paths (symlinks not followed); a path missing from the map is not there. */
+async function statAll(shell: GuestShell, paths: readonly string[]): Promise<Map<string, GuestStat>> {
+  const commands: GuestCommand[] = [];
+  const asked: string[][] = [];
+  for (const { dir, plain, spaced } of byFolder(paths)) {
+    for (const names of listChunks("lstatnslist", dir, plain)) {
+      commands.push(["lstatnslist", dir, names]);
+      asked.push(names.map((n) => path.posix.join(dir, n)));
+    }
+    for (const p of spaced) {
+      commands.push(["lstatns", p]);
+      asked.push([p]);
+    }
+  }
+  const outputs = await shell.batch(commands);
+  const stats = new Map<string, GuestStat>();
+  const again: string[] = [];
+  outputs.forEach((out, i) => {
+    const names = asked[i] as string[];
+    const got = out === "" ? [] : parseStats(out);
+    // A name lstatnslist could not stat comes back as zeros (mode 0), and a failed command prints nothing: those are asked alone.
+    names.forEach((p, j) => {
+      const st = got.length === names.length ? got[j] : undefined;
+      if (st !== undefined && st.mode !== 0) stats.set(p, st);
+      else again.push(p);
+    });
+  });
+  for (const p of again) {
+    const st = await shell.lstat(p);
+    if (st !== undefined) stats.set(p, st);
+  }
+  return stats;
+}
+
+/** Symlinks' targets (readlinklist, a folder's names together; a name with white space alone). */
+async function readLinks(shell: GuestShell, links: readonly string[]): Promise<Map<string, string>> {
+  const commands: GuestCommand[] = [];
+  const asked: string[][] = [];
+  for (const { dir, plain, spaced } of byFolder(links)) {
+    for (const names of listChunks("readlinklist", dir, plain)) {
+      commands.push(["readlinklist", dir, names]);
+      asked.push(names.map((n) => path.posix.join(dir, n)));
+    }
+    for (const p of spaced) {
+      commands.push(["readlink", p]);
+      asked.push([p]);
+    }
+  }
+  const outputs = await shell.batch(commands);
+  const targets = new Map<string, string>();
+  for (const [i, out] of outputs.entries()) {
+    const names = asked[i] as string[];
+    const lines = out.split("\n").slice(0, -1);
+    // One line per name; a target holding a line break (or a failed command) makes them disagree: each is asked alone.
+    if (lines.length === names.length && lines.every((l) => l !== "")) names.forEach((p, j) => targets.set(p, lines[j] as string));
+    else for (const p of names) targets.set(p, await readLink(shell, p));
+  }
+  return targets;
+}
+
+function itemOf(p: string, st: GuestStat, target: string | undefined): ListedItem {
+  const type = isDirMode(st.mode) ? "dir" : isLinkMode(st.mode) ? "symlink" : "file";
+  const item = { path: p, type, size: st.size, mode: st.mode & 0o7777, mtime: new Date(st.mtimeMs).toISOString(), uid: st.uid, gid: st.gid } as const;
+  return type === "symlink" ? { ...item, target: target ?? "" } : item;
+}
+
+/** One path's item (a symlink's target asked for). */
+export async function guestItem(shell: GuestShell, p: string, st: GuestStat): Promise<ListedItem> {
+  return itemOf(p, st, isLinkMode(st.mode) ? await readLink(shell, p) : undefined);
+}
+
+export async function readLink(shell: GuestShell, p: string): Promise<string> {
+  return (await shell.run("readlink", p)).replace(/\n$/, "");
+}
+
+export function notInGuest(paths: readonly string[], disk: string): NotFoundError {
+  return new NotFoundError(`not in disk ${disk}'s file systems: ${paths.join(", ")}`, "`vmvault ls SNAPSHOT --guest-files FOLDER` lists a folder inside the disk");
+}
