@@ -22,6 +22,8 @@ if [ "${1:-}" = "--tcg" ]; then tcg=1; shift; fi
 here=$(cd "$(dirname "$0")/.." && pwd)
 cache=${1:-$here/node_modules/.cache/vmvault-guestfs}
 die() { echo "guestfs-env: $*" >&2; exit 1; }
+# shellcheck source=scripts/debian-kernel.sh
+. "$here/scripts/debian-kernel.sh"
 
 [ $tcg = 1 ] && printf 'export LIBGUESTFS_BACKEND_SETTINGS=force_tcg\n'
 # The host's own kernel, readable, with its modules: libguestfs needs nothing more.
@@ -32,11 +34,7 @@ done
 
 mkdir -p "$cache"
 cache=$(cd "$cache" && pwd)
-pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n 1)
-if [ -z "$pkg" ]; then
-  apt-get update -qq >/dev/null 2>&1 || true
-  pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n 1)
-fi
+pkg=$(debian_kernel_package)
 [ -n "$pkg" ] || die "apt knows no linux-image-amd64 package to take a kernel from"
 kv=${pkg#linux-image-}
 root=$cache/kernel-$kv

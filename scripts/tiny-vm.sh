@@ -45,6 +45,8 @@ MARKER_MIB=48
 MiB=1048576
 
 die() { echo "tiny-vm.sh: $*" >&2; exit 1; }
+# shellcheck source=scripts/debian-kernel.sh
+. "$(cd "$(dirname "$0")" && pwd)/debian-kernel.sh"
 
 usage() {
   sed -n '2,/^set -eu$/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//' >&2
@@ -73,12 +75,7 @@ need_packages() {
 # The kernel package linux-image-amd64 depends on, asking apt-get update once when apt knows none.
 kernel_package() {
   if [ -n "${TINY_VM_KERNEL_PKG:-}" ]; then echo "$TINY_VM_KERNEL_PKG"; return; fi
-  p=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n 1)
-  if [ -z "$p" ] && [ "$(id -u)" = 0 ]; then
-    apt-get update -qq >/dev/null 2>&1 || true
-    p=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n 1)
-  fi
-  echo "$p"
+  debian_kernel_package
 }
 
 # A module file's contents, decompressed (the guest's insmod then needs no decompressor).

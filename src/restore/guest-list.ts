@@ -4,6 +4,7 @@ import { NotFoundError } from "../errors.js";
 import { decodeName, escapeName } from "../format/names.js";
 import type { Repository } from "../repository/repository.js";
 import type { ListedItem } from "../snapshot/items.js";
+import type { ProgressSink } from "../util/progress.js";
 import { Excludes } from "../sources/exclude.js";
 import type { FoundItem } from "./find.js";
 import { guestPath, onGuestDisk, type GuestFilesOptions, type GuestSession, type GuestSource } from "./guest.js";
@@ -61,7 +62,7 @@ export async function listGuestFiles(repo: Repository, o: GuestListOptions, onIt
           onItem(await guestItem(g.shell, p, st));
           items++;
         } else {
-          const tree = o.recursive === true ? await readTree(g, p, notListed) : await readFolder(g, p, notListed);
+          const tree = o.recursive === true ? await readTree(g, p, notListed, o.progress) : await readFolder(g, p, notListed);
           for await (const item of statItems(g, depthFirst(tree, p), notListed, o.signal)) {
             onItem(item);
             items++;
@@ -106,7 +107,7 @@ export async function findGuestFiles(repo: Repository, o: GuestFindOptions, onIt
     { patterns: [...o.patterns] },
     async (g) => {
       const notListed: string[] = [];
-      const tree = await readTree(g, "/", notListed);
+      const tree = await readTree(g, "/", notListed, o.progress);
       let searched = 0;
       // A folder is known as one here when it has entries; an empty one is matched again once its status says what it is.
       const candidates = function* (): Generator<string> {
@@ -143,7 +144,9 @@ async function readFolder(g: GuestSession, dir: string, notListed: string[]): Pr
 }
 
 /** Everything below a folder, at every depth (find0: one command, however many entries). */
-async function readTree(g: GuestSession, dir: string, notListed: string[]): Promise<GuestTree> {
+async function readTree(g: GuestSession, dir: string, notListed: string[], progress: ProgressSink | undefined): Promise<GuestTree> {
+  // A large guest's tree takes the appliance a while (46,467 entries: 15 s under TCG): said before it starts.
+  progress?.({ phase: "libguestfs", done: 0, unit: "items", item: `naming every entry below ${dir} in disk ${g.source.disk}` });
   const tree: GuestTree = new Map([[dir, []]]);
   for (const relative of await namesFrom(g, "find0", dir, notListed)) {
     const p = path.posix.join(dir, relative);
@@ -217,18 +220,34 @@ async function* statItems(g: GuestSession, paths: Iterable<string>, notListed: s
   if (window.length > 0) yield* flush();
 }
 
-/** Paths grouped by their folder, in order: [folder, names with no white space, the others' paths]. */
-function byFolder(paths: readonly string[]): { dir: string; plain: string[]; spaced: string[] }[] {
-  const groups = new Map<string, { dir: string; plain: string[]; spaced: string[] }>();
+/**
+ * Commands asking about paths a folder at a time: `list FOLDER "NAMES"` for names without white
+ * space (the list is split there), `one PATH` for the others; `asked[i]`: the paths command i
+ * asks about, in its answer's order.
+ */
+function folderCommands(paths: readonly string[], list: string, one: string): { commands: GuestCommand[]; asked: string[][] } {
+  const groups = new Map<string, { plain: string[]; spaced: string[] }>();
   for (const p of paths) {
     const dir = path.posix.dirname(p);
     let group = groups.get(dir);
-    if (group === undefined) groups.set(dir, (group = { dir, plain: [], spaced: [] }));
+    if (group === undefined) groups.set(dir, (group = { plain: [], spaced: [] }));
     const name = path.posix.basename(p);
     if (/\s/.test(name)) group.spaced.push(p);
     else group.plain.push(name);
   }
-  return [...groups.values()];
+  const commands: GuestCommand[] = [];
+  const asked: string[][] = [];
+  for (const [dir, { plain, spaced }] of groups) {
+    for (const names of listChunks(list, dir, plain)) {
+      commands.push([list, dir, names]);
+      asked.push(names.map((n) => path.posix.join(dir, n)));
+    }
+    for (const p of spaced) {
+      commands.push([one, p]);
+      asked.push([p]);
+    }
+  }
+  return { commands, asked };
 }
 
 /**
@@ -254,18 +273,7 @@ export function* listChunks(command: string, dir: string, names: readonly string
 
 /** The statuses of paths (symlinks not followed); a path missing from the map is not there. */
 async function statAll(shell: GuestShell, paths: readonly string[]): Promise<Map<string, GuestStat>> {
-  const commands: GuestCommand[] = [];
-  const asked: string[][] = [];
-  for (const { dir, plain, spaced } of byFolder(paths)) {
-    for (const names of listChunks("lstatnslist", dir, plain)) {
-      commands.push(["lstatnslist", dir, names]);
-      asked.push(names.map((n) => path.posix.join(dir, n)));
-    }
-    for (const p of spaced) {
-      commands.push(["lstatns", p]);
-      asked.push([p]);
-    }
-  }
+  const { commands, asked } = folderCommands(paths, "lstatnslist", "lstatns");
   const outputs = await shell.batch(commands);
   const stats = new Map<string, GuestStat>();
   const again: string[] = [];
@@ -288,18 +296,7 @@ async function statAll(shell: GuestShell, paths: readonly string[]): Promise<Map
 
 /** Symlinks' targets (readlinklist, a folder's names together; a name with white space alone). */
 async function readLinks(shell: GuestShell, links: readonly string[]): Promise<Map<string, string>> {
-  const commands: GuestCommand[] = [];
-  const asked: string[][] = [];
-  for (const { dir, plain, spaced } of byFolder(links)) {
-    for (const names of listChunks("readlinklist", dir, plain)) {
-      commands.push(["readlinklist", dir, names]);
-      asked.push(names.map((n) => path.posix.join(dir, n)));
-    }
-    for (const p of spaced) {
-      commands.push(["readlink", p]);
-      asked.push([p]);
-    }
-  }
+  const { commands, asked } = folderCommands(links, "readlinklist", "readlink");
   const outputs = await shell.batch(commands);
   const targets = new Map<string, string>();
   for (const [i, out] of outputs.entries()) {

@@ -1,5 +1,5 @@
 import { UsageError, VaultError } from "../errors.js";
-import { toolEnv, toolMessage } from "../sources/tools.js";
+import { runToolOutput, ToolFailed, toolEnv, toolMessage } from "../sources/tools.js";
 
 // libguestfs's guestfish, run as a server (`--listen`) that vmvault sends one command at a time
 // (`--remote`): the guest's file systems are read inside libguestfs's appliance, a small VM, never
@@ -227,11 +227,6 @@ export function parsePairs(text: string): [string, string][] {
   return pairs;
 }
 
-interface ToolOutput {
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
 /**
  * Starts `guestfish --listen` and resolves with its server's process id. The command forks the
  * server and exits; the server keeps the pipes open, so the answer is read when the command
@@ -268,16 +263,10 @@ async function listen(uri: string, env: NodeJS.ProcessEnv): Promise<{ pid: numbe
 }
 
 /** Runs a guestfish client; `script`: commands for its standard input (none: it reads none). */
-async function guestfish(args: readonly string[], env: NodeJS.ProcessEnv, script?: string): Promise<ToolOutput> {
-  const { execFile } = process.getBuiltinModule("node:child_process");
-  return new Promise((resolve, reject) => {
-    const child = execFile("guestfish", args, { encoding: "utf8", maxBuffer: 64 * 1024 * 1024, env }, (error, stdout, stderr) => {
-      if (error === null) return resolve({ stdout, stderr });
-      if ((error as NodeJS.ErrnoException).code === "ENOENT") return reject(missingGuestfish());
-      reject(new GuestCommandFailed(guestError(stderr) ?? toolMessage("guestfish", stderr) ?? error.message));
-    });
-    // A client that ends early (it failed) closes its end: its error is what the callback tells.
-    child.stdin?.on("error", () => undefined);
-    child.stdin?.end(script ?? "");
-  });
+async function guestfish(args: readonly string[], env: NodeJS.ProcessEnv, script?: string): Promise<{ stdout: string; stderr: string }> {
+  try {
+    return await runToolOutput("guestfish", args, missingGuestfish, { env, input: script ?? "", maxBuffer: 64 * 1024 * 1024 });
+  } catch (e) {
+    throw e instanceof ToolFailed ? new GuestCommandFailed(guestError(e.stderr) ?? e.message) : e;
+  }
 }

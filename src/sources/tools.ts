@@ -27,20 +27,42 @@ export function toolEnv(): NodeJS.ProcessEnv {
 }
 
 /** A tool ran and failed; its message is what it printed on stderr (its last lines), or how it ended. */
-export class ToolFailed extends Error {}
+export class ToolFailed extends Error {
+  /** All it printed on stderr. */
+  readonly stderr: string;
+
+  constructor(message: string, stderr = "") {
+    super(message);
+    this.stderr = stderr;
+  }
+}
 
 /**
  * Runs a tool to its end (its own environment: toolEnv); resolves with its standard output.
  * A tool that is not installed rejects with missing(), one that fails with ToolFailed.
  */
 export async function runTool(command: string, args: readonly string[], missing: () => VaultError): Promise<string> {
+  return (await runToolOutput(command, args, missing)).stdout;
+}
+
+/**
+ * runTool, resolving with what the tool printed on both streams. o.env replaces toolEnv(),
+ * o.input is written to its standard input (which it otherwise is not given an end of), and
+ * o.maxBuffer bounds each stream (16 MiB).
+ */
+export async function runToolOutput(command: string, args: readonly string[], missing: () => VaultError, o: { env?: NodeJS.ProcessEnv; input?: string; maxBuffer?: number } = {}): Promise<{ stdout: string; stderr: string }> {
   const { execFile } = process.getBuiltinModule("node:child_process");
   return new Promise((resolve, reject) => {
-    execFile(command, args, { encoding: "utf8", maxBuffer: 16 * 1024 * 1024, env: toolEnv() }, (error, stdout, stderr) => {
-      if (error === null) return resolve(stdout);
+    const child = execFile(command, args, { encoding: "utf8", maxBuffer: o.maxBuffer ?? 16 * 1024 * 1024, env: o.env ?? toolEnv() }, (error, stdout, stderr) => {
+      if (error === null) return resolve({ stdout, stderr });
       if ((error as NodeJS.ErrnoException).code === "ENOENT") return reject(missing());
-      reject(new ToolFailed(toolMessage(command, stderr) ?? error.message));
+      reject(new ToolFailed(toolMessage(command, stderr) ?? error.message, stderr));
     });
+    if (o.input !== undefined) {
+      // A tool that ends early closes its end: how it ended is what the callback tells.
+      child.stdin?.on("error", () => undefined);
+      child.stdin?.end(o.input);
+    }
   });
 }
 

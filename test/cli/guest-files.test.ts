@@ -129,7 +129,7 @@ describe.skipIf(skipReason !== undefined)(`files inside disk images, through lib
       "etc/nginx/current": { link: "sites/default" },
       "home/ann/notes with spaces.txt": "the on-call notes\n",
       // A deep path of long names, every byte escaped in a guestfish script: commands longer than a script line it reads go on its command line.
-      [`deep/${Array.from({ length: 8 }, (_, i) => `${i}${"é".repeat(126)}`).join("/")}/last one.txt`]: "deep\n",
+      [`deep/${Array.from({ length: 10 }, (_, i) => `${i}${"é".repeat(126)}`).join("/")}/last one.txt`]: "deep\n",
       "srv/.keep": "",
     });
     await fsp.chmod(path.join(rootTree, "home/ann/notes with spaces.txt"), 0o600);

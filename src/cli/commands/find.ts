@@ -10,7 +10,7 @@ import { collect } from "../options.js";
 import type { Interrupts } from "../interrupt.js";
 import { noun, plural } from "../output.js";
 import { streamItems } from "../stream.js";
-import { longLine, notListedNote, shortLine } from "./ls.js";
+import { longLine, shortLine, streamGuestItems } from "./ls.js";
 import { lastCount } from "./snapshots.js";
 
 interface FindCliOptions {
@@ -91,34 +91,13 @@ async function findGuestFiles(ctx: CliContext, interrupts: Interrupts, patterns:
   const snapshot = opts.snapshot ?? [];
   if (snapshot.length !== 1) throw new UsageError("find --guest-files searches one snapshot's disk: name it with --snapshot ID (or --snapshot latest --vm NAME)", "each search starts libguestfs's appliance (10-20 s); run one per snapshot");
   const vault = await ctx.openVault();
-  let notListed: readonly string[] = [];
-  await streamItems<FoundItem, GuestFindResult>(
+  await streamGuestItems<FoundItem, GuestFindResult>(
     ctx,
+    interrupts,
     vault,
-    async (emit) => {
-      const progress = ctx.progress;
-      const r = await vault.findGuestFiles(
-        {
-          patterns,
-          snapshot: snapshot[0] as string,
-          ...(opts.vm === undefined ? {} : { vm: opts.vm }),
-          ...(opts.disk === undefined ? {} : { disk: opts.disk }),
-          ...(opts.filesystem === undefined ? {} : { filesystem: opts.filesystem }),
-          ...(opts.reason === undefined ? {} : { reason: opts.reason }),
-          ...(progress === undefined ? {} : { progress }),
-          signal: interrupts.cancellable(),
-        },
-        (item) => {
-          ctx.endProgress();
-          emit(item);
-        },
-      );
-      notListed = r.notListed;
-      return r;
-    },
+    opts,
+    (common, onItem) => vault.findGuestFiles({ ...common, patterns, snapshot: snapshot[0] as string }, onItem),
     (item) => foundLine(item, opts.long),
     (r) => `${r.matches === 0 ? "no match" : plural(r.matches, "match", "matches")} among ${plural(r.searched, "entry", "entries")} of disk ${r.disk}`,
   );
-  ctx.endProgress();
-  if (notListed.length > 0) ctx.warn(notListedNote(notListed));
 }

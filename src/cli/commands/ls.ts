@@ -5,7 +5,9 @@ import type { Interrupts } from "../interrupt.js";
 import { streamItems } from "../stream.js";
 import { UsageError } from "../../errors.js";
 import type { GuestListResult } from "../../restore/guest-list.js";
-import { checkFilesystem, guestPath } from "../../restore/guest.js";
+import { checkFilesystem, guestPath, type GuestFilesOptions } from "../../restore/guest.js";
+import type { Damage } from "../../errors.js";
+import type { Vault } from "../../vault.js";
 
 interface LsCliOptions {
   vm?: string;
@@ -61,40 +63,67 @@ async function lsGuestFiles(ctx: CliContext, interrupts: Interrupts, snapshot: s
   paths.forEach(guestPath);
   checkFilesystem(opts.filesystem);
   const vault = await ctx.openVault();
+  await streamGuestItems<ListedItem, GuestListResult>(
+    ctx,
+    interrupts,
+    vault,
+    opts,
+    (common, onItem) => vault.listGuestFiles({ ...common, snapshot, paths, ...(opts.recursive === true ? { recursive: true } : {}) }, onItem),
+    (item) => (opts.long === true ? longLine(item) : shortLine(item)),
+  );
+}
+
+/** The command-line options every `--guest-files` command passes on. */
+export interface GuestCliOptions {
+  vm?: string;
+  disk?: string;
+  filesystem?: string;
+  reason?: string;
+}
+
+/**
+ * Streams a listing or search inside a disk image as streamItems does, its progress (the
+ * appliance's start) ended at the first item, and the names it could not list noted after.
+ */
+export async function streamGuestItems<T, R extends { readonly damagedIndexes: readonly Damage[]; readonly notListed: readonly string[] }>(
+  ctx: CliContext,
+  interrupts: Interrupts,
+  vault: Vault,
+  opts: GuestCliOptions,
+  run: (common: Omit<GuestFilesOptions, "snapshot">, onItem: (item: T) => void) => Promise<R>,
+  line: (item: T) => string,
+  after?: (result: R) => string,
+): Promise<void> {
   let notListed: readonly string[] = [];
-  await streamItems<ListedItem, GuestListResult>(
+  await streamItems<T, R>(
     ctx,
     vault,
     async (emit) => {
       const progress = ctx.progress;
-      const r = await vault.listGuestFiles(
-        {
-          snapshot,
-          paths,
-          ...(opts.recursive === true ? { recursive: true } : {}),
-          ...(opts.vm === undefined ? {} : { vm: opts.vm }),
-          ...(opts.disk === undefined ? {} : { disk: opts.disk }),
-          ...(opts.filesystem === undefined ? {} : { filesystem: opts.filesystem }),
-          ...(opts.reason === undefined ? {} : { reason: opts.reason }),
-          ...(progress === undefined ? {} : { progress }),
-          signal: interrupts.cancellable(),
-        },
-        (item) => {
-          ctx.endProgress();
-          emit(item);
-        },
-      );
+      const common = {
+        ...(opts.vm === undefined ? {} : { vm: opts.vm }),
+        ...(opts.disk === undefined ? {} : { disk: opts.disk }),
+        ...(opts.filesystem === undefined ? {} : { filesystem: opts.filesystem }),
+        ...(opts.reason === undefined ? {} : { reason: opts.reason }),
+        ...(progress === undefined ? {} : { progress }),
+        signal: interrupts.cancellable(),
+      };
+      const r = await run(common, (item) => {
+        ctx.endProgress();
+        emit(item);
+      });
       notListed = r.notListed;
       return r;
     },
-    (item) => (opts.long === true ? longLine(item) : shortLine(item)),
+    line,
+    after,
   );
   ctx.endProgress();
   if (notListed.length > 0) ctx.warn(notListedNote(notListed));
 }
 
 /** After a guest listing or search: the entries it could not list. */
-export function notListedNote(notListed: readonly string[]): string {
+function notListedNote(notListed: readonly string[]): string {
   const shown = notListed.slice(0, 5).join(", ");
   return `note: ${notListed.length} ${notListed.length === 1 ? "entry" : "entries"} could not be listed (a name that is not UTF-8): ${shown}${notListed.length > 5 ? ", …" : ""}`;
 }
