@@ -109,7 +109,7 @@ export async function findGuestFiles(repo: Repository, o: GuestFindOptions, onIt
       const notListed: string[] = [];
       const tree = await readTree(g, "/", notListed, o.progress);
       let searched = 0;
-      // A folder is known as one here when it has entries; an empty one is matched again once its status says what it is.
+      // Each path is matched here as if it were a folder (so a folders-only pattern lets it through), and again once its status says what it is.
       const candidates = function* (): Generator<string> {
         for (const p of depthFirst(tree, "/")) {
           searched++;
@@ -200,7 +200,7 @@ function* depthFirst(tree: GuestTree, dir: string): Generator<string> {
  * list there), or one lstatnslist could not stat, is asked about alone; a path that is gone goes
  * to notListed (the tree is read-only, so only a damaged one does that).
  */
-async function* statItems(g: GuestSession, paths: Iterable<string>, notListed: string[], signal: AbortSignal | undefined): AsyncIterable<ListedItem> {
+export async function* statItems(g: GuestSession, paths: Iterable<string>, notListed: string[], signal: AbortSignal | undefined): AsyncIterable<ListedItem> {
   let window: string[] = [];
   const flush = async function* (): AsyncIterable<ListedItem> {
     signal?.throwIfAborted();

@@ -10,7 +10,7 @@ import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { checkFilesystem, guestPath, mountGuest } from "../../src/restore/guest.js";
 import { checkGuestRestore } from "../../src/restore/guest-files.js";
-import { listChunks, matchGuestPath } from "../../src/restore/guest-list.js";
+import { listChunks, matchGuestPath, statItems } from "../../src/restore/guest-list.js";
 import { guestError, guestfishArgument, parsePairs, parseStats, SCRIPT_LINE_MAX } from "../../src/restore/guest-shell.js";
 import { Excludes } from "../../src/sources/exclude.js";
 
@@ -93,6 +93,77 @@ describe("guest names written into guestfish scripts", () => {
     for (const c of chunks) expect(`-lstatnslist ${guestfishArgument("/srv")} ${guestfishArgument(c)}`.length).toBeLessThanOrEqual(SCRIPT_LINE_MAX);
     // One name longer than a line on its own still gets a list of its own (run on guestfish's command line).
     expect([...listChunks("lstatnslist", "/", ["x".repeat(9000), "y"])]).toEqual([["x".repeat(9000)], ["y"]]);
+  });
+});
+
+describe("statuses of many paths, a folder's names at a time (against a scripted guestfish)", () => {
+  // The guest: path -> [mode, size, symlink target]. lstatnslist of "flaky" fails as a whole (prints nothing),
+  // "zeroed" comes back as zeros, and "nl" is a symlink whose target holds a line break.
+  const guest = new Map<string, [number, number, string?]>([
+    ["/etc/hosts", [0o100644, 20]],
+    ["/etc/nginx", [0o40755, 4096]],
+    ["/etc/current", [0o120777, 13, "sites/default"]],
+    ["/etc/zeroed", [0o100600, 3]],
+    ["/etc/nl", [0o120777, 3, "a\nb"]],
+    ["/srv/notes with spaces.txt", [0o100600, 18]],
+    ["/srv/flaky", [0o100644, 1]],
+    ["/srv/other", [0o100644, 2]],
+  ]);
+  const asked: string[] = [];
+  const stat = (p: string): string => {
+    const [mode, size] = guest.get(p) ?? [0, 0];
+    return STAT(1, mode, size);
+  };
+  const shell = {
+    async batch(commands: readonly (readonly (string | readonly string[])[])[]): Promise<string[]> {
+      return commands.map(([command, ...args]) => {
+        asked.push(command as string);
+        const [dir, names] = args as [string, readonly string[] | string];
+        if (command === "lstatnslist") {
+          const list = names as readonly string[];
+          if (list.includes("flaky")) return "";
+          return list.map((n, i) => `[${i}] = {\n${n === "zeroed" ? STAT(0, 0, 0) : stat(path.posix.join(dir, n))}}\n`).join("");
+        }
+        if (command === "lstatns") return guest.has(dir) ? stat(dir) : "";
+        if (command === "readlinklist") return (names as readonly string[]).map((n) => `${guest.get(path.posix.join(dir, n))?.[2] ?? ""}\n`).join("");
+        throw new Error(`not scripted: ${String(command)}`);
+      });
+    },
+    async lstat(p: string) {
+      asked.push(`alone ${p}`);
+      return guest.has(p) && p !== "/srv/gone" ? parseStats(stat(p))[0] : undefined;
+    },
+    async run(command: string, p: string) {
+      asked.push(`${command} ${p}`);
+      return `${guest.get(p)?.[2] ?? ""}\n`;
+    },
+  };
+  const session = { shell, scratch: "/nonexistent", source: { snapshotId: "s", vm: "v", time: "t", disk: "vda", mounts: [] }, verified: () => undefined } as unknown as Parameters<typeof statItems>[0];
+
+  it("lists them in the order given, asking alone only what a folder's command could not answer, and notes what is gone", async () => {
+    const paths = ["/etc/hosts", "/etc/nginx", "/etc/current", "/etc/zeroed", "/etc/nl", "/srv/notes with spaces.txt", "/srv/flaky", "/srv/other", "/srv/gone"];
+    const notListed: string[] = [];
+    const items = [];
+    for await (const item of statItems(session, paths, notListed, undefined)) items.push(item);
+    expect(items.map((i) => [i.path, i.type, i.size])).toEqual([
+      ["/etc/hosts", "file", 20],
+      ["/etc/nginx", "dir", 4096],
+      ["/etc/current", "symlink", 13],
+      ["/etc/zeroed", "file", 3],
+      ["/etc/nl", "symlink", 3],
+      ["/srv/notes with spaces.txt", "file", 18],
+      ["/srv/flaky", "file", 1],
+      ["/srv/other", "file", 2],
+    ]);
+    expect(items.find((i) => i.path === "/etc/current")?.target).toBe("sites/default");
+    // The line break in its target made readlinklist's lines disagree: each target asked alone.
+    expect(items.find((i) => i.path === "/etc/nl")?.target).toBe("a\nb".replace(/\n$/, ""));
+    expect(notListed).toEqual(["/srv/gone"]);
+    // One list command per folder; the spaced name by lstatns; the zeroed name, and every name of the failed list, alone.
+    expect(asked.filter((a) => a.startsWith("alone")).sort()).toEqual(["alone /etc/zeroed", "alone /srv/flaky", "alone /srv/gone", "alone /srv/other"]);
+    expect(asked.filter((a) => a === "lstatnslist")).toHaveLength(2);
+    expect(asked.filter((a) => a === "lstatns")).toHaveLength(1);
+    expect(asked.filter((a) => a.startsWith("readlink "))).toEqual(["readlink /etc/current", "readlink /etc/nl"]);
   });
 });
 
