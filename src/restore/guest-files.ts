@@ -7,6 +7,7 @@ import { checkFilesystem, guestPath, onGuestDisk, type GuestFilesOptions, type G
 import { notInGuest, readLink } from "./guest-list.js";
 import { isDirMode, isFileMode, isLinkMode, type GuestStat } from "./guest-shell.js";
 import { checkTarget, exists, targetExistsError } from "./targets.js";
+import { nameBytes, pathBytes, shownPath } from "../format/names.js";
 
 export type { GuestFilesOptions, GuestMount, GuestSource } from "./guest.js";
 
@@ -47,12 +48,12 @@ export async function checkGuestRestore(o: Pick<GuestRestoreOptions, "paths" | "
   if (paths.includes("/")) throw new UsageError("--include / is the whole guest: name its folders, or restore the disk itself (--disk NAME without --guest-files)");
   for (const p of paths) {
     const within = paths.find((q) => q !== p && p.startsWith(`${q}/`));
-    if (within !== undefined) throw new UsageError(`--include ${p} is inside --include ${within}`, "give the folder alone");
+    if (within !== undefined) throw new UsageError(`--include ${shownPath(p)} is inside --include ${shownPath(within)}`, "give the folder alone");
   }
   const target = path.resolve(o.target);
   await checkTarget(o.target, target);
   if (o.force !== true) {
-    for (const p of paths) if (await exists(path.join(target, p))) throw targetExistsError(path.join(target, p));
+    for (const p of paths) if (await exists(hostPath(target, p))) throw targetExistsError(path.join(target, shownPath(p)));
   }
   return paths;
 }
@@ -74,7 +75,7 @@ export async function restoreGuestFiles(repo: Repository, o: GuestRestoreOptions
     repo,
     "restore",
     o,
-    { dir: target, guestPaths: paths },
+    { dir: target, guestPaths: paths.map(shownPath) },
     async (g) => {
       const stats: GuestStat[] = [];
       const missing: string[] = [];
@@ -90,12 +91,13 @@ export async function restoreGuestFiles(repo: Repository, o: GuestRestoreOptions
         const restored = [];
         for (const [i, p] of paths.entries()) {
           o.signal?.throwIfAborted();
-          o.progress?.({ phase: "copying out of the disk", done: i, total: paths.length, unit: "items", item: p });
-          restored.push(await copyOut(g, p, stats[i] as GuestStat, path.join(staging, p), owners));
+          o.progress?.({ phase: "copying out of the disk", done: i, total: paths.length, unit: "items", item: shownPath(p) });
+          // Staged under a plain name (the guest's need not be UTF-8), renamed to its own below.
+          restored.push(await copyOut(g, p, stats[i] as GuestStat, path.join(staging, String(i)), owners));
         }
         // Nothing reaches its place unless every read of the disk verified.
         g.verified();
-        for (const p of paths) await moveIntoPlace(path.join(staging, p), path.join(target, p), o.force === true);
+        for (const [i, p] of paths.entries()) await moveIntoPlace(path.join(staging, String(i)), target, p, o.force === true);
         return { ...g.source, target, restored };
       } finally {
         await fsp.rm(staging, { recursive: true, force: true });
@@ -105,25 +107,28 @@ export async function restoreGuestFiles(repo: Repository, o: GuestRestoreOptions
   );
 }
 
-/** One path out of the guest into `dest`: a file by download, a folder through a tar stream, a symlink as one; `owners`: set the guest's (as root). */
+/**
+ * One path (entry form) out of the guest into `dest` (a new name in the staging folder): a file
+ * by download, a folder through a tar stream, a symlink as one; `owners`: set the guest's (as root).
+ */
 async function copyOut(g: GuestSession, p: string, st: GuestStat, dest: string, owners: boolean): Promise<GuestRestoreResult["restored"][number]> {
-  await fsp.mkdir(path.dirname(dest), { recursive: true });
+  const shown = shownPath(p);
   if (isLinkMode(st.mode)) {
-    await fsp.symlink(await readLink(g.shell, p), dest);
+    await fsp.symlink(nameBytes(await readLink(g.shell, p)), dest);
     if (owners) await fsp.lchown(dest, st.uid, st.gid);
-    return { path: p, kind: "symlink", files: 1, bytes: 0, leftOut: 0, setIdCleared: 0 };
+    return { path: shown, kind: "symlink", files: 1, bytes: 0, leftOut: 0, setIdCleared: 0 };
   }
   if (isFileMode(st.mode)) {
     await g.shell.run("download", p, dest);
     await applyStatus(dest, st, owners);
-    return { path: p, kind: "file", files: 1, bytes: st.size, leftOut: 0, setIdCleared: (st.mode & SET_ID) === 0 ? 0 : 1 };
+    return { path: shown, kind: "file", files: 1, bytes: st.size, leftOut: 0, setIdCleared: (st.mode & SET_ID) === 0 ? 0 : 1 };
   }
-  if (!isDirMode(st.mode)) throw new UsageError(`${p} is a device, FIFO or socket inside the disk: restore the folder it is in`);
+  if (!isDirMode(st.mode)) throw new UsageError(`${shown} is a device, FIFO or socket inside the disk: restore the folder it is in`);
   await fsp.mkdir(dest);
   await tarOut(g, p, dest, owners);
   const tamed = await tameTree(dest);
   await applyStatus(dest, st, owners);
-  return { path: p, kind: "dir", ...tamed };
+  return { path: shown, kind: "dir", ...tamed };
 }
 
 const SET_ID = 0o6000;
@@ -167,9 +172,9 @@ async function tarOut(g: GuestSession, p: string, dest: string, owners: boolean)
     await fsp.rm(fifo, { force: true });
   }
   const code = await ended.catch((e: unknown) => {
-    throw new StorageError(`cannot run tar to unpack ${p}: ${(e as Error).message}`, e);
+    throw new StorageError(`cannot run tar to unpack ${shownPath(p)}: ${(e as Error).message}`, e);
   });
-  if (code !== 0) throw new StorageError(`tar could not unpack ${p} into ${dest}: ${toolMessage("tar", stderr) ?? `exit ${String(code)}`}`);
+  if (code !== 0) throw new StorageError(`tar could not unpack ${shownPath(p)} into ${dest}: ${toolMessage("tar", stderr) ?? `exit ${String(code)}`}`);
 }
 
 /**
@@ -207,11 +212,18 @@ async function tameTree(dir: string): Promise<{ files: number; bytes: number; le
   return counts;
 }
 
-async function moveIntoPlace(from: string, to: string, force: boolean): Promise<void> {
+/** What was staged at `from` to target + p (a guest path in entry form: its place's name has the guest's own bytes). */
+async function moveIntoPlace(from: string, target: string, p: string, force: boolean): Promise<void> {
+  const to = hostPath(target, p);
   if (await exists(to)) {
-    if (!force) throw targetExistsError(to);
+    if (!force) throw targetExistsError(path.join(target, shownPath(p)));
     await fsp.rm(to, { recursive: true, force: true });
   }
-  await fsp.mkdir(path.dirname(to), { recursive: true });
+  await fsp.mkdir(hostPath(target, path.posix.dirname(p)), { recursive: true });
   await fsp.rename(from, to);
+}
+
+/** target + a guest path in entry form, as the bytes of a host path. */
+function hostPath(target: string, p: string): Buffer {
+  return Buffer.concat([Buffer.from(target, "utf8"), pathBytes(p)]);
 }

@@ -1,7 +1,8 @@
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { NotFoundError } from "../errors.js";
-import { decodeName, escapeName } from "../format/names.js";
+import { nameFromBytes, pathFromBytes, shownName, shownPath } from "../format/names.js";
+import { compareCodeUnits } from "../util/text.js";
 import type { Repository } from "../repository/repository.js";
 import type { ListedItem } from "../snapshot/items.js";
 import type { ProgressSink } from "../util/progress.js";
@@ -28,7 +29,7 @@ export interface GuestListOptions extends GuestFilesOptions {
 
 /** What a guest listing or search could not reach. */
 interface NotListed {
-  /** Entries that could not be listed: names that are not UTF-8 (shown with \xNN), which guestfish cannot be asked about. */
+  /** Entries named but gone when their status was asked for (only a damaged file system does that: the tree is read-only), shown as paths are. */
   readonly notListed: readonly string[];
 }
 
@@ -50,7 +51,7 @@ export async function listGuestFiles(repo: Repository, o: GuestListOptions, onIt
     repo,
     "ls",
     o,
-    { guestPaths: paths, ...(o.recursive === true ? { depth: "all" } : {}) },
+    { guestPaths: paths.map(shownPath), ...(o.recursive === true ? { depth: "all" } : {}) },
     async (g) => {
       const missing: string[] = [];
       const notListed: string[] = [];
@@ -62,7 +63,7 @@ export async function listGuestFiles(repo: Repository, o: GuestListOptions, onIt
           onItem(await guestItem(g.shell, p, st));
           items++;
         } else {
-          const tree = o.recursive === true ? await readTree(g, p, notListed, o.progress) : await readFolder(g, p, notListed);
+          const tree = o.recursive === true ? await readTree(g, p, o.progress) : await readFolder(g, p);
           for await (const item of statItems(g, depthFirst(tree, p), notListed, o.signal)) {
             onItem(item);
             items++;
@@ -107,13 +108,13 @@ export async function findGuestFiles(repo: Repository, o: GuestFindOptions, onIt
     { patterns: [...o.patterns] },
     async (g) => {
       const notListed: string[] = [];
-      const tree = await readTree(g, "/", notListed, o.progress);
+      const tree = await readTree(g, "/", o.progress);
       let searched = 0;
       // Each path is matched here as if it were a folder (so a folders-only pattern lets it through), and again once its status says what it is.
       const candidates = function* (): Generator<string> {
         for (const p of depthFirst(tree, "/")) {
           searched++;
-          if (matchGuestPath(patterns, p, true) !== undefined) yield p;
+          if (matchGuestPath(patterns, shownPath(p), true) !== undefined) yield p;
         }
       };
       const { snapshotId, vm, time } = g.source;
@@ -128,27 +129,27 @@ export async function findGuestFiles(repo: Repository, o: GuestFindOptions, onIt
   );
 }
 
-/** The pattern (as given) that matches a path inside the guest: by its name, its path without the leading "/", or with it. */
+/** The pattern (as given) that matches a path inside the guest (shown, as patterns see names): by its name, its path without the leading "/", or with it. */
 export function matchGuestPath(patterns: Excludes, p: string, isFolder: boolean): string | undefined {
   return patterns.match(path.posix.basename(p), p.slice(1), p, isFolder);
 }
 
-/** Each folder's entries (names), by the folder's path inside the guest. */
+/** Each folder's entries (names), by the folder's path inside the guest; both in entry form (src/format/names.ts: a name that is not UTF-8 keeps its bytes). */
 type GuestTree = Map<string, string[]>;
 
 /** A folder's entries, one level (ls0). */
-async function readFolder(g: GuestSession, dir: string, notListed: string[]): Promise<GuestTree> {
+async function readFolder(g: GuestSession, dir: string): Promise<GuestTree> {
   const tree: GuestTree = new Map([[dir, []]]);
-  for (const name of await namesFrom(g, "ls0", dir, notListed)) tree.get(dir)?.push(name);
+  for (const name of await namesFrom(g, "ls0", dir)) tree.get(dir)?.push(name);
   return tree;
 }
 
 /** Everything below a folder, at every depth (find0: one command, however many entries). */
-async function readTree(g: GuestSession, dir: string, notListed: string[], progress: ProgressSink | undefined): Promise<GuestTree> {
+async function readTree(g: GuestSession, dir: string, progress: ProgressSink | undefined): Promise<GuestTree> {
   // A large guest's tree takes the appliance a while (46,467 entries: 15 s under TCG): said before it starts.
-  progress?.({ phase: "libguestfs", done: 0, unit: "items", item: `naming every entry below ${dir} in disk ${g.source.disk}` });
+  progress?.({ phase: "libguestfs", done: 0, unit: "items", item: `naming every entry below ${shownPath(dir)} in disk ${g.source.disk}` });
   const tree: GuestTree = new Map([[dir, []]]);
-  for (const relative of await namesFrom(g, "find0", dir, notListed)) {
+  for (const relative of await namesFrom(g, "find0", dir)) {
     const p = path.posix.join(dir, relative);
     const parent = path.posix.dirname(p);
     let entries = tree.get(parent);
@@ -159,11 +160,11 @@ async function readTree(g: GuestSession, dir: string, notListed: string[], progr
 }
 
 /**
- * The NUL-separated names ls0 or find0 writes for a folder (into a file in the private scratch
- * folder), as text; a name that is not UTF-8 goes to notListed (guestfish takes its arguments as
- * UTF-8 text, so it cannot be asked about), and with it, for find0, what is below it.
+ * The NUL-separated names ls0 (names) or find0 (paths below the folder) writes for a folder, into
+ * a file in the private scratch folder, in entry form: a name that is not UTF-8 keeps its bytes,
+ * which guestfish is then given in scripts (guestfishArgument).
  */
-async function namesFrom(g: GuestSession, command: "ls0" | "find0", dir: string, notListed: string[]): Promise<string[]> {
+async function namesFrom(g: GuestSession, command: "ls0" | "find0", dir: string): Promise<string[]> {
   const file = path.join(g.scratch, "names");
   await g.shell.run(command, dir, file);
   const raw = await fsp.readFile(file);
@@ -175,17 +176,14 @@ async function namesFrom(g: GuestSession, command: "ls0" | "find0", dir: string,
     // find0 writes the paths below a folder other than / with a leading "/".
     const bytes = raw.subarray(raw[start] === 0x2f ? start + 1 : start, end);
     start = end + 1;
-    if (bytes.length === 0) continue;
-    const name = decodeName(bytes);
-    if (name === undefined) notListed.push(path.posix.join(dir, escapeName(bytes)));
-    else names.push(name);
+    if (bytes.length > 0) names.push(pathFromBytes(bytes));
   }
   return names;
 }
 
-/** The paths of a tree below dir, each folder's entries by name, a folder's contents right after it. */
+/** The paths of a tree below dir, each folder's entries by name as shown, a folder's contents right after it. */
 function* depthFirst(tree: GuestTree, dir: string): Generator<string> {
-  const entries = [...(tree.get(dir) ?? [])].sort();
+  const entries = (tree.get(dir) ?? []).map((name) => ({ name, shown: shownName(name) })).sort((a, b) => compareCodeUnits(a.shown, b.shown)).map((e) => e.name);
   for (const name of entries) {
     const p = path.posix.join(dir, name);
     yield p;
@@ -208,7 +206,7 @@ export async function* statItems(g: GuestSession, paths: Iterable<string>, notLi
     const links = await readLinks(g.shell, window.filter((p) => isLinkMode(stats.get(p)?.mode ?? 0)));
     for (const p of window) {
       const st = stats.get(p);
-      if (st === undefined) notListed.push(p);
+      if (st === undefined) notListed.push(shownPath(p));
       else yield itemOf(p, st, links.get(p));
     }
     window = [];
@@ -279,7 +277,7 @@ async function statAll(shell: GuestShell, paths: readonly string[]): Promise<Map
   const again: string[] = [];
   outputs.forEach((out, i) => {
     const names = asked[i] as string[];
-    const got = out === "" ? [] : parseStats(out);
+    const got = out.length === 0 ? [] : parseStats(out.toString("utf8"));
     // A name lstatnslist could not stat comes back as zeros (mode 0), and a failed command prints nothing: those are asked alone.
     names.forEach((p, j) => {
       const st = got.length === names.length ? got[j] : undefined;
@@ -301,18 +299,31 @@ async function readLinks(shell: GuestShell, links: readonly string[]): Promise<M
   const targets = new Map<string, string>();
   for (const [i, out] of outputs.entries()) {
     const names = asked[i] as string[];
-    const lines = out.split("\n").slice(0, -1);
+    const lines = splitLines(out);
     // One line per name; a target holding a line break (or a failed command) makes them disagree: each is asked alone.
-    if (lines.length === names.length && lines.every((l) => l !== "")) names.forEach((p, j) => targets.set(p, lines[j] as string));
+    if (lines.length === names.length && lines.every((l) => l.length > 0)) names.forEach((p, j) => targets.set(p, nameFromBytes(lines[j] as Buffer)));
     else for (const p of names) targets.set(p, await readLink(shell, p));
   }
   return targets;
 }
 
+/** A path's item, its path and target shown as vmvault shows names (\xNN for a byte that is not UTF-8, a control character or a backslash). */
 function itemOf(p: string, st: GuestStat, target: string | undefined): ListedItem {
   const type = isDirMode(st.mode) ? "dir" : isLinkMode(st.mode) ? "symlink" : "file";
-  const item = { path: p, type, size: st.size, mode: st.mode & 0o7777, mtime: new Date(st.mtimeMs).toISOString(), uid: st.uid, gid: st.gid } as const;
-  return type === "symlink" ? { ...item, target: target ?? "" } : item;
+  const item = { path: shownPath(p), type, size: st.size, mode: st.mode & 0o7777, mtime: new Date(st.mtimeMs).toISOString(), uid: st.uid, gid: st.gid } as const;
+  return type === "symlink" ? { ...item, target: shownName(target ?? "") } : item;
+}
+
+/** Lines of output (each ended by a line break), as bytes. */
+function splitLines(out: Buffer): Buffer[] {
+  const lines: Buffer[] = [];
+  for (let start = 0; start < out.length; ) {
+    const nl = out.indexOf(0x0a, start);
+    if (nl < 0) break;
+    lines.push(out.subarray(start, nl));
+    start = nl + 1;
+  }
+  return lines;
 }
 
 /** One path's item (a symlink's target asked for). */
@@ -320,10 +331,12 @@ export async function guestItem(shell: GuestShell, p: string, st: GuestStat): Pr
   return itemOf(p, st, isLinkMode(st.mode) ? await readLink(shell, p) : undefined);
 }
 
+/** A symlink's target, in entry form. */
 export async function readLink(shell: GuestShell, p: string): Promise<string> {
-  return (await shell.run("readlink", p)).replace(/\n$/, "");
+  const out = await shell.runBytes("readlink", p);
+  return nameFromBytes(out.at(-1) === 0x0a ? out.subarray(0, -1) : out);
 }
 
 export function notInGuest(paths: readonly string[], disk: string): NotFoundError {
-  return new NotFoundError(`not in disk ${disk}'s file systems: ${paths.join(", ")}`, "`vmvault ls SNAPSHOT --guest-files FOLDER` lists a folder inside the disk");
+  return new NotFoundError(`not in disk ${disk}'s file systems: ${paths.map(shownPath).join(", ")}`, "`vmvault ls SNAPSHOT --guest-files FOLDER` lists a folder inside the disk");
 }

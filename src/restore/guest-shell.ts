@@ -1,4 +1,5 @@
 import { UsageError, VaultError } from "../errors.js";
+import { isRaw, nameBytes, pathBytes } from "../format/names.js";
 import { runToolOutput, ToolFailed, toolEnv, toolMessage } from "../sources/tools.js";
 
 // libguestfs's guestfish, run as a server (`--listen`) that vmvault sends one command at a time
@@ -75,10 +76,25 @@ export class GuestShell {
   /**
    * Runs one command and resolves with what it printed. Every command is sent with guestfish's
    * "-" prefix, so that a failing one does not end the server; its error is then read from stderr.
+   * Arguments are guest paths and names in entry form (src/format/names.ts) or host paths.
    */
   async run(command: string, ...args: string[]): Promise<string> {
+    return (await this.runBytes(command, ...args)).toString("utf8");
+  }
+
+  /**
+   * run(), resolving with the bytes printed (a symlink's target need not be UTF-8). Arguments
+   * that are all UTF-8 text go on the client's command line; one holding other bytes can only be
+   * written into a script (guestfishArgument), as one command to a client of its own.
+   */
+  async runBytes(command: string, ...args: string[]): Promise<Buffer> {
     this.#said = "";
-    const out = await guestfish([`--remote=${this.pid}`, "--", `-${command}`, ...args], this.env);
+    let out: { stdout: Buffer; stderr: string };
+    if (args.some(isRaw)) {
+      const line = scriptLine([command, ...args]);
+      if (line.length > SCRIPT_LINE_MAX) throw new GuestCommandFailed(`${command}: a path this long holding bytes that are not UTF-8 cannot be passed to guestfish`);
+      out = { stdout: (await this.#script([line]))[0] as Buffer, stderr: "" };
+    } else out = await guestfish([`--remote=${this.pid}`, "--", `-${command}`, ...args], this.env);
     // The server wrote any error before it answered: let its pipe be read.
     await new Promise((resolve) => setTimeout(resolve, 1));
     const failure = guestError(`${out.stderr}\n${this.#said}`);
@@ -93,25 +109,30 @@ export class GuestShell {
    * server's stderr): callers check what they got, and ask again one by one through run() where
    * it is not what they asked for, which names the error.
    */
-  async batch(commands: readonly GuestCommand[]): Promise<string[]> {
-    const outputs: string[] = [];
+  async batch(commands: readonly GuestCommand[]): Promise<Buffer[]> {
+    const outputs: Buffer[] = [];
     let lines: string[] = [];
     const runScript = async (): Promise<void> => {
       for (let i = 0; i < lines.length; i += BATCH_COMMANDS) outputs.push(...(await this.#script(lines.slice(i, i + BATCH_COMMANDS))));
       lines = [];
     };
-    for (const [command, ...args] of commands) {
-      const line = `-${command} ${args.map(guestfishArgument).join(" ")}`;
+    for (const command of commands) {
+      const line = scriptLine(command);
       if (line.length <= SCRIPT_LINE_MAX) {
         lines.push(line);
         continue;
       }
       // guestfish reads a script line into a buffer of 8 KiB: a longer one goes on its command line instead.
       await runScript();
-      const out = await this.run(command, ...args.map((a) => (typeof a === "string" ? a : a.join(" ")))).catch((e: unknown) => {
-        if (e instanceof GuestCommandFailed) return "";
-        throw e;
-      });
+      const [name, ...args] = command;
+      // A list holding a name that is not UTF-8 cannot be one command-line argument: it prints nothing, and its names are asked alone.
+      const joinable = args.every((a) => typeof a === "string" || !a.some(isRaw));
+      const out = !joinable
+        ? Buffer.alloc(0)
+        : await this.runBytes(name, ...args.map((a) => (typeof a === "string" ? a : a.join(" ")))).catch((e: unknown) => {
+            if (e instanceof GuestCommandFailed) return Buffer.alloc(0);
+            throw e;
+          });
       outputs.push(out);
     }
     await runScript();
@@ -119,19 +140,19 @@ export class GuestShell {
   }
 
   /** Runs script lines (commands) through one guestfish client; each one's output, in order. */
-  async #script(lines: readonly string[]): Promise<string[]> {
+  async #script(lines: readonly string[]): Promise<Buffer[]> {
     // After each command the client echoes a line no command prints, which ends its output.
     const marker = `vmvault-${process.getBuiltinModule("node:crypto").randomBytes(12).toString("hex")}`;
     const script = lines.map((line, i) => `${line}\necho ${marker}:${i}\n`).join("");
     this.#said = "";
     const { stdout } = await guestfish([`--remote=${this.pid}`], this.env, script);
-    const outputs: string[] = [];
+    const outputs: Buffer[] = [];
     let from = 0;
     for (let i = 0; i < lines.length; i++) {
-      const end = `${marker}:${i}\n`;
+      const end = Buffer.from(`${marker}:${i}\n`);
       const at = stdout.indexOf(end, from);
       if (at < 0) throw new GuestCommandFailed(guestError(this.#said) ?? `guestfish ended before a command answered: ${(lines[i] ?? "").slice(0, 80)}`);
-      outputs.push(stdout.slice(from, at));
+      outputs.push(stdout.subarray(from, at));
       from = at + end.length;
     }
     return outputs;
@@ -165,8 +186,16 @@ export class GuestShell {
   }
 }
 
-/** A command for batch(): its name and arguments; an array is a list argument (lstatnslist's names), which guestfish splits at spaces. */
+/**
+ * A command for batch(): its name and arguments (guest paths and names in entry form, or host
+ * paths); an array is a list argument (lstatnslist's names), which guestfish splits at spaces.
+ */
 export type GuestCommand = readonly [command: string, ...args: (string | readonly string[])[]];
+
+/** A command as a guestfish script line: the "-" prefix (a failing command does not end the server), each argument escaped. */
+function scriptLine([command, ...args]: GuestCommand): string {
+  return `-${command} ${args.map(guestfishArgument).join(" ")}`;
+}
 
 /** The longest script line batch() gives guestfish, which reads each into a buffer of 8,192 bytes. */
 export const SCRIPT_LINE_MAX = 8000;
@@ -178,21 +207,22 @@ const BATCH_COMMANDS = 1024;
 const PLAIN_BYTE = /^[A-Za-z0-9._/-]$/;
 
 /**
- * An argument as a guestfish script line takes it: in double quotes, every byte but letters,
- * digits and a few punctuation marks as a \xHH escape. A guest's file names reach the script:
- * written this way, none can hold a quote, a space, a "|" (which would pipe the output to a
- * host shell), a "#" or a line break, whatever guestfish's parser makes of them.
+ * An argument as a guestfish script line takes it: its bytes (a path or name in entry form, so a
+ * name that is not UTF-8 keeps its own bytes) in double quotes, every byte but letters, digits
+ * and a few punctuation marks as a \xHH escape. A guest's file names reach the script: written
+ * this way, none can hold a quote, a space, a "|" (which would pipe the output to a host shell),
+ * a "#" or a line break, whatever guestfish's parser makes of them.
  */
 export function guestfishArgument(arg: string | readonly string[]): string {
-  const escape = (text: string): string => {
+  const escape = (bytes: Uint8Array): string => {
     let out = "";
-    for (const byte of Buffer.from(text, "utf8")) {
+    for (const byte of bytes) {
       const c = String.fromCharCode(byte);
       out += PLAIN_BYTE.test(c) ? c : `\\x${byte.toString(16).padStart(2, "0")}`;
     }
     return out;
   };
-  return `"${typeof arg === "string" ? escape(arg) : arg.map(escape).join(" ")}"`;
+  return `"${typeof arg === "string" ? escape(pathBytes(arg)) : arg.map((name) => escape(nameBytes(name))).join(" ")}"`;
 }
 
 /** libguestfs's error lines on stderr, joined; undefined where there are none. */
@@ -263,7 +293,7 @@ async function listen(uri: string, env: NodeJS.ProcessEnv): Promise<{ pid: numbe
 }
 
 /** Runs a guestfish client; `script`: commands for its standard input (none: it reads none). */
-async function guestfish(args: readonly string[], env: NodeJS.ProcessEnv, script?: string): Promise<{ stdout: string; stderr: string }> {
+async function guestfish(args: readonly string[], env: NodeJS.ProcessEnv, script?: string): Promise<{ stdout: Buffer; stderr: string }> {
   try {
     return await runToolOutput("guestfish", args, missingGuestfish, { env, input: script ?? "", maxBuffer: 64 * 1024 * 1024 });
   } catch (e) {

@@ -4,6 +4,7 @@ import path from "node:path";
 import { NotFoundError, UsageError, type Damage } from "../errors.js";
 import type { AuditAction, AuditBody } from "../format/audit.js";
 import type { DiskSource } from "../format/snapshot.js";
+import { pathFromBytes, unescapeName } from "../format/names.js";
 import type { Repository } from "../repository/repository.js";
 import type { SnapshotRecord } from "../snapshot/store.js";
 import type { ProgressSink } from "../util/progress.js";
@@ -64,13 +65,18 @@ export interface GuestSession {
 }
 
 /**
- * A path inside the guest: absolute, normalized, without a trailing "/" (but "/" itself).
- * `..` cannot climb above "/"; NUL and newlines are refused.
+ * A path inside the guest as given (shown as vmvault shows names: `\xNN` stands for a byte that
+ * is not UTF-8, a control character or a backslash, as `ls` prints them), in entry form
+ * (src/format/names.ts): absolute, normalized, without a trailing "/" (but "/" itself). `..`
+ * cannot climb above "/"; a NUL or a newline typed as itself is refused.
  */
 export function guestPath(p: string): string {
   if (!p.startsWith("/")) throw new UsageError(`${p}: a path inside the disk starts with "/" (as the guest sees it: /etc/hosts)`);
   if (/[\0\n]/.test(p)) throw new UsageError(`a path inside the disk may not hold a NUL or a newline: ${JSON.stringify(p)}`);
-  const n = path.posix.normalize(p);
+  // A backslash not starting \xNN is itself (unescapeName gives up on it).
+  const bytes = p.includes("\\") ? unescapeName(p) : undefined;
+  if (bytes?.includes(0) === true) throw new UsageError(`a path inside the disk may not hold a NUL: ${p}`);
+  const n = path.posix.normalize(bytes === undefined ? p : pathFromBytes(bytes));
   return n.length > 1 ? n.replace(/\/+$/, "") : n;
 }
 

@@ -258,7 +258,7 @@ async function writeAll(handle: fsp.FileHandle, data: Uint8Array, position: numb
   }
 }
 
-export async function exists(p: string): Promise<boolean> {
+export async function exists(p: string | Buffer): Promise<boolean> {
   try {
     await fsp.lstat(p);
     return true;

@@ -42,18 +42,19 @@ export class ToolFailed extends Error {
  * A tool that is not installed rejects with missing(), one that fails with ToolFailed.
  */
 export async function runTool(command: string, args: readonly string[], missing: () => VaultError): Promise<string> {
-  return (await runToolOutput(command, args, missing)).stdout;
+  return (await runToolOutput(command, args, missing)).stdout.toString("utf8");
 }
 
 /**
- * runTool, resolving with what the tool printed on both streams. o.env replaces toolEnv(),
- * o.input is written to its standard input (which it otherwise is not given an end of), and
- * o.maxBuffer bounds each stream (16 MiB).
+ * runTool, resolving with what the tool printed on both streams, its standard output as bytes.
+ * o.env replaces toolEnv(), o.input is written to its standard input (which it otherwise is not
+ * given an end of), and o.maxBuffer bounds each stream (16 MiB).
  */
-export async function runToolOutput(command: string, args: readonly string[], missing: () => VaultError, o: { env?: NodeJS.ProcessEnv; input?: string; maxBuffer?: number } = {}): Promise<{ stdout: string; stderr: string }> {
+export async function runToolOutput(command: string, args: readonly string[], missing: () => VaultError, o: { env?: NodeJS.ProcessEnv; input?: string; maxBuffer?: number } = {}): Promise<{ stdout: Buffer; stderr: string }> {
   const { execFile } = process.getBuiltinModule("node:child_process");
   return new Promise((resolve, reject) => {
-    const child = execFile(command, args, { encoding: "utf8", maxBuffer: o.maxBuffer ?? 16 * 1024 * 1024, env: o.env ?? toolEnv() }, (error, stdout, stderr) => {
+    const child = execFile(command, args, { encoding: "buffer", maxBuffer: o.maxBuffer ?? 16 * 1024 * 1024, env: o.env ?? toolEnv() }, (error, stdout, stderrBytes) => {
+      const stderr = stderrBytes.toString("utf8");
       if (error === null) return resolve({ stdout, stderr });
       if ((error as NodeJS.ErrnoException).code === "ENOENT") return reject(missing());
       reject(new ToolFailed(toolMessage(command, stderr) ?? error.message, stderr));

@@ -11,6 +11,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { checkFilesystem, guestPath, mountGuest } from "../../src/restore/guest.js";
 import { checkGuestRestore } from "../../src/restore/guest-files.js";
 import { listChunks, matchGuestPath, statItems } from "../../src/restore/guest-list.js";
+import { nameFromBytes, pathBytes } from "../../src/format/names.js";
 import { guestError, guestfishArgument, parsePairs, parseStats, SCRIPT_LINE_MAX } from "../../src/restore/guest-shell.js";
 import { Excludes } from "../../src/sources/exclude.js";
 
@@ -73,6 +74,10 @@ describe("guest names written into guestfish scripts", () => {
     expect(guestfishArgument("a b|c\"d")).toBe('"a\\x20b\\x7cc\\x22d"');
     expect(guestfishArgument("é")).toBe('"\\xc3\\xa9"');
     expect(guestfishArgument(["etc", "hosts"])).toBe('"etc hosts"');
+    // A name that is not UTF-8, in entry form: its own bytes.
+    const latin1 = nameFromBytes(Buffer.from("caf\xe9", "latin1"));
+    expect(guestfishArgument(`/etc/${latin1}`)).toBe('"/etc/caf\\xe9"');
+    expect(guestfishArgument([latin1, "b"])).toBe('"caf\\xe9 b"');
     for (const name of hostile) expect(guestfishArgument(name).slice(1, -1)).toMatch(/^[A-Za-z0-9._/\\-]*$/);
   });
 
@@ -115,29 +120,30 @@ describe("statuses of many paths, a folder's names at a time (against a scripted
     return STAT(1, mode, size);
   };
   const shell = {
-    async batch(commands: readonly (readonly (string | readonly string[])[])[]): Promise<string[]> {
-      return commands.map(([command, ...args]) => {
-        asked.push(command as string);
-        const [dir, names] = args as [string, readonly string[] | string];
-        if (command === "lstatnslist") {
-          const list = names as readonly string[];
-          if (list.includes("flaky")) return "";
-          return list.map((n, i) => `[${i}] = {\n${n === "zeroed" ? STAT(0, 0, 0) : stat(path.posix.join(dir, n))}}\n`).join("");
-        }
-        if (command === "lstatns") return guest.has(dir) ? stat(dir) : "";
-        if (command === "readlinklist") return (names as readonly string[]).map((n) => `${guest.get(path.posix.join(dir, n))?.[2] ?? ""}\n`).join("");
-        throw new Error(`not scripted: ${String(command)}`);
-      });
+    async batch(commands: readonly (readonly (string | readonly string[])[])[]): Promise<Buffer[]> {
+      return commands.map(([command, ...args]) => Buffer.from(answer(command as string, args)));
     },
     async lstat(p: string) {
       asked.push(`alone ${p}`);
       return guest.has(p) && p !== "/srv/gone" ? parseStats(stat(p))[0] : undefined;
     },
-    async run(command: string, p: string) {
+    async runBytes(command: string, p: string) {
       asked.push(`${command} ${p}`);
-      return `${guest.get(p)?.[2] ?? ""}\n`;
+      return Buffer.from(`${guest.get(p)?.[2] ?? ""}\n`);
     },
   };
+  function answer(command: string, args: readonly (string | readonly string[])[]): string {
+    asked.push(command);
+    const [dir, names] = args as [string, readonly string[] | string];
+    if (command === "lstatnslist") {
+      const list = names as readonly string[];
+      if (list.includes("flaky")) return "";
+      return list.map((n, i) => `[${i}] = {\n${n === "zeroed" ? STAT(0, 0, 0) : stat(path.posix.join(dir, n))}}\n`).join("");
+    }
+    if (command === "lstatns") return guest.has(dir) ? stat(dir) : "";
+    if (command === "readlinklist") return (names as readonly string[]).map((n) => `${guest.get(path.posix.join(dir, n))?.[2] ?? ""}\n`).join("");
+    throw new Error(`not scripted: ${command}`);
+  }
   const session = { shell, scratch: "/nonexistent", source: { snapshotId: "s", vm: "v", time: "t", disk: "vda", mounts: [] }, verified: () => undefined } as unknown as Parameters<typeof statItems>[0];
 
   it("lists them in the order given, asking alone only what a folder's command could not answer, and notes what is gone", async () => {
@@ -156,8 +162,8 @@ describe("statuses of many paths, a folder's names at a time (against a scripted
       ["/srv/other", "file", 2],
     ]);
     expect(items.find((i) => i.path === "/etc/current")?.target).toBe("sites/default");
-    // The line break in its target made readlinklist's lines disagree: each target asked alone.
-    expect(items.find((i) => i.path === "/etc/nl")?.target).toBe("a\nb".replace(/\n$/, ""));
+    // The line break in its target made readlinklist's lines disagree: each target asked alone (and shown escaped, as vmvault shows names).
+    expect(items.find((i) => i.path === "/etc/nl")?.target).toBe("a\\x0ab");
     expect(notListed).toEqual(["/srv/gone"]);
     // One list command per folder; the spaced name by lstatns; the zeroed name, and every name of the failed list, alone.
     expect(asked.filter((a) => a.startsWith("alone")).sort()).toEqual(["alone /etc/zeroed", "alone /srv/flaky", "alone /srv/gone", "alone /srv/other"]);
@@ -188,6 +194,12 @@ describe("paths and devices given", () => {
     expect(guestPath("/")).toBe("/");
     expect(() => guestPath("etc/hosts")).toThrow(/starts with "\/"/);
     expect(() => guestPath("/etc/a\nb")).toThrow(/NUL or a newline/);
+    // As `ls` shows a name that is not UTF-8: its bytes, kept in entry form (NUL, then one character a byte).
+    expect(guestPath("/etc/caf\\xe9.conf")).toBe(`/etc/${nameFromBytes(Buffer.from("caf\xe9.conf", "latin1"))}`);
+    expect(pathBytes(guestPath("/etc/caf\\xe9.conf/"))).toEqual(Buffer.from("/etc/caf\xe9.conf", "latin1"));
+    expect(guestPath("/etc/back\\x5cslash")).toBe("/etc/back\\slash");
+    expect(guestPath("/etc/a\\b")).toBe("/etc/a\\b");
+    expect(() => guestPath("/etc/a\\x00b")).toThrow(/may not hold a NUL/);
   });
 
   it("a file system is a device as libguestfs names one", () => {

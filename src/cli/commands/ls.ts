@@ -122,10 +122,10 @@ export async function streamGuestItems<T, R extends { readonly damagedIndexes: r
   if (notListed.length > 0) ctx.warn(notListedNote(notListed));
 }
 
-/** After a guest listing or search: the entries it could not list. */
+/** After a guest listing or search: the entries it named but could not list. */
 function notListedNote(notListed: readonly string[]): string {
   const shown = notListed.slice(0, 5).join(", ");
-  return `note: ${notListed.length} ${notListed.length === 1 ? "entry" : "entries"} could not be listed (a name that is not UTF-8): ${shown}${notListed.length > 5 ? ", …" : ""}`;
+  return `note: ${notListed.length} ${notListed.length === 1 ? "entry" : "entries"} could not be listed (gone when its status was asked for: is the guest's file system damaged?): ${shown}${notListed.length > 5 ? ", …" : ""}`;
 }
 
 /** The path as restore takes it: a folder with "/" after it, a symlink with its target. */
