@@ -283,7 +283,9 @@ describe("interruption", () => {
     const { repo, src, v } = await newRepo();
     const image = path.join(src, "big.raw");
     await writeIncompressible(image, 8, "blk");
-    const { child, out: printed, exit: exited } = watchCli(["--repo", repo, "--user", "admin", "backup", "--vm", "vm", image], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
+    // At 4 MiB/s the 8 MiB take two seconds to store, so the stop comes while the backup runs:
+    // unpaced, it could end between two looks at data/ and leave the signal nothing to stop.
+    const { child, out: printed, exit: exited } = watchCli(["--repo", repo, "--user", "admin", "backup", "--vm", "vm", image], { env: { VMVAULT_STATE_DIR: `${repo}-state`, VMVAULT_LIMIT_UPLOAD: "4096" } });
     // Stop it once its first pack is being written: that pack is then stored as its last.
     const deadline = Date.now() + 30_000;
     while (Date.now() < deadline && (await readTree(path.join(repo, "data")).catch(() => new Map())).size === 0) await new Promise((r) => setTimeout(r, 10));
