@@ -169,16 +169,11 @@ async function namesFrom(g: GuestSession, command: "ls0" | "find0", dir: string)
   await g.shell.run(command, dir, file);
   const raw = await fsp.readFile(file);
   await fsp.rm(file, { force: true });
-  const names: string[] = [];
-  for (let start = 0; start < raw.length; ) {
-    const nul = raw.indexOf(0, start);
-    const end = nul === -1 ? raw.length : nul;
-    // find0 writes the paths below a folder other than / with a leading "/".
-    const bytes = raw.subarray(raw[start] === 0x2f ? start + 1 : start, end);
-    start = end + 1;
-    if (bytes.length > 0) names.push(pathFromBytes(bytes));
-  }
-  return names;
+  // find0 writes the paths below a folder other than / with a leading "/".
+  return splitBytes(raw, 0)
+    .map((name) => (name[0] === 0x2f ? name.subarray(1) : name))
+    .filter((name) => name.length > 0)
+    .map(pathFromBytes);
 }
 
 /** The paths of a tree below dir, each folder's entries by name as shown, a folder's contents right after it. */
@@ -299,9 +294,9 @@ async function readLinks(shell: GuestShell, links: readonly string[]): Promise<M
   const targets = new Map<string, string>();
   for (const [i, out] of outputs.entries()) {
     const names = asked[i] as string[];
-    const lines = splitLines(out);
-    // One line per name; a target holding a line break (or a failed command) makes them disagree: each is asked alone.
-    if (lines.length === names.length && lines.every((l) => l.length > 0)) names.forEach((p, j) => targets.set(p, nameFromBytes(lines[j] as Buffer)));
+    const lines = splitBytes(out, 0x0a);
+    // One whole line per name; a target holding a line break (or a failed command) makes them disagree: each is asked alone.
+    if (lines.length === names.length && out.at(-1) === 0x0a && lines.every((l) => l.length > 0)) names.forEach((p, j) => targets.set(p, nameFromBytes(lines[j] as Buffer)));
     else for (const p of names) targets.set(p, await readLink(shell, p));
   }
   return targets;
@@ -314,16 +309,16 @@ function itemOf(p: string, st: GuestStat, target: string | undefined): ListedIte
   return type === "symlink" ? { ...item, target: shownName(target ?? "") } : item;
 }
 
-/** Lines of output (each ended by a line break), as bytes. */
-function splitLines(out: Buffer): Buffer[] {
-  const lines: Buffer[] = [];
-  for (let start = 0; start < out.length; ) {
-    const nl = out.indexOf(0x0a, start);
-    if (nl < 0) break;
-    lines.push(out.subarray(start, nl));
-    start = nl + 1;
+/** The pieces of bytes between separators (ls0's and find0's NULs, lines' line breaks); after the last separator, a piece only if it is not empty. */
+function splitBytes(bytes: Buffer, separator: number): Buffer[] {
+  const pieces: Buffer[] = [];
+  for (let start = 0; start < bytes.length; ) {
+    const at = bytes.indexOf(separator, start);
+    const end = at < 0 ? bytes.length : at;
+    pieces.push(bytes.subarray(start, end));
+    start = end + 1;
   }
-  return lines;
+  return pieces;
 }
 
 /** One path's item (a symlink's target asked for). */

@@ -81,6 +81,15 @@ export interface GuestCliOptions {
   reason?: string;
 }
 
+/** Which disk of which VM's snapshot, mounted how: the options given of those every `--guest-files` command takes. */
+export function guestDiskOptions(opts: GuestCliOptions): Pick<GuestFilesOptions, "vm" | "disk" | "filesystem"> {
+  return {
+    ...(opts.vm === undefined ? {} : { vm: opts.vm }),
+    ...(opts.disk === undefined ? {} : { disk: opts.disk }),
+    ...(opts.filesystem === undefined ? {} : { filesystem: opts.filesystem }),
+  };
+}
+
 /**
  * Streams a listing or search inside a disk image as streamItems does, its progress (the
  * appliance's start) ended at the first item, and the names it could not list noted after.
@@ -101,9 +110,7 @@ export async function streamGuestItems<T, R extends { readonly damagedIndexes: r
     async (emit) => {
       const progress = ctx.progress;
       const common = {
-        ...(opts.vm === undefined ? {} : { vm: opts.vm }),
-        ...(opts.disk === undefined ? {} : { disk: opts.disk }),
-        ...(opts.filesystem === undefined ? {} : { filesystem: opts.filesystem }),
+        ...guestDiskOptions(opts),
         ...(opts.reason === undefined ? {} : { reason: opts.reason }),
         ...(progress === undefined ? {} : { progress }),
         signal: interrupts.cancellable(),

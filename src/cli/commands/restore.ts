@@ -8,6 +8,7 @@ import { formatBytes, plural, warnDamagedIndexes } from "../output.js";
 import type { RestoreResult } from "../../restore/restore.js";
 import { XattrTally } from "../../util/xattrs.js";
 import { xattrExcluder } from "../../sources/exclude.js";
+import { guestDiskOptions } from "./ls.js";
 
 export function registerRestore(program: Command, interrupts: Interrupts): void {
   program
@@ -114,9 +115,7 @@ async function restoreGuestFiles(ctx: CliContext, interrupts: Interrupts, snapsh
     reason: opts.reason,
     force: opts.force === true,
     owners: opts.owner,
-    ...(opts.vm === undefined ? {} : { vm: opts.vm }),
-    ...(opts.disk === undefined ? {} : { disk: opts.disk }),
-    ...(opts.filesystem === undefined ? {} : { filesystem: opts.filesystem }),
+    ...guestDiskOptions(opts),
   };
   // Before the unlock: a bad path or an occupied place costs no Argon2id.
   await checkGuestRestore(o);
