@@ -1,14 +1,13 @@
-import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { NotFoundError } from "../errors.js";
-import { nameFromBytes, pathFromBytes, shownName, shownPath } from "../format/names.js";
-import { compareCodeUnits } from "../util/text.js";
+import { nameFromBytes, shownName, shownPath } from "../format/names.js";
 import type { Repository } from "../repository/repository.js";
 import type { ListedItem } from "../snapshot/items.js";
 import type { ProgressSink } from "../util/progress.js";
 import { Excludes } from "../sources/exclude.js";
 import type { FoundItem } from "./find.js";
 import { guestPath, onGuestDisk, type GuestFilesOptions, type GuestSession, type GuestSource } from "./guest.js";
+import { sortedGuestPaths } from "./guest-names.js";
 import { guestfishArgument, isDirMode, isLinkMode, parseStats, SCRIPT_LINE_MAX, type GuestCommand, type GuestShell, type GuestStat } from "./guest-shell.js";
 
 // Listing and searching the files inside a snapshot's disk image. A folder's names come from one
@@ -63,8 +62,7 @@ export async function listGuestFiles(repo: Repository, o: GuestListOptions, onIt
           onItem(await guestItem(g.shell, p, st));
           items++;
         } else {
-          const tree = o.recursive === true ? await readTree(g, p, o.progress) : await readFolder(g, p);
-          for await (const item of statItems(g, depthFirst(tree, p), notListed, o.signal)) {
+          for await (const item of statItems(g, namesBelow(g, o.recursive === true ? "find0" : "ls0", p, o), notListed, o.signal)) {
             onItem(item);
             items++;
           }
@@ -108,11 +106,10 @@ export async function findGuestFiles(repo: Repository, o: GuestFindOptions, onIt
     { patterns: [...o.patterns] },
     async (g) => {
       const notListed: string[] = [];
-      const tree = await readTree(g, "/", o.progress);
       let searched = 0;
       // Each path is matched here as if it were a folder (so a folders-only pattern lets it through), and again once its status says what it is.
-      const candidates = function* (): Generator<string> {
-        for (const p of depthFirst(tree, "/")) {
+      const candidates = async function* (): AsyncGenerator<string> {
+        for await (const p of namesBelow(g, "find0", "/", o)) {
           searched++;
           if (matchGuestPath(patterns, shownPath(p), true) !== undefined) yield p;
         }
@@ -134,56 +131,19 @@ export function matchGuestPath(patterns: Excludes, p: string, isFolder: boolean)
   return patterns.match(path.posix.basename(p), p.slice(1), p, isFolder);
 }
 
-/** Each folder's entries (names), by the folder's path inside the guest; both in entry form (src/format/names.ts: a name that is not UTF-8 keeps its bytes). */
-type GuestTree = Map<string, string[]>;
-
-/** A folder's entries, one level (ls0). */
-async function readFolder(g: GuestSession, dir: string): Promise<GuestTree> {
-  const tree: GuestTree = new Map([[dir, []]]);
-  for (const name of await namesFrom(g, "ls0", dir)) tree.get(dir)?.push(name);
-  return tree;
-}
-
-/** Everything below a folder, at every depth (find0: one command, however many entries). */
-async function readTree(g: GuestSession, dir: string, progress: ProgressSink | undefined): Promise<GuestTree> {
-  // A large guest's tree takes the appliance a while (46,467 entries: 15 s under TCG): said before it starts.
-  progress?.({ phase: "libguestfs", done: 0, unit: "items", item: `naming every entry below ${shownPath(dir)} in disk ${g.source.disk}` });
-  const tree: GuestTree = new Map([[dir, []]]);
-  for (const relative of await namesFrom(g, "find0", dir)) {
-    const p = path.posix.join(dir, relative);
-    const parent = path.posix.dirname(p);
-    let entries = tree.get(parent);
-    if (entries === undefined) tree.set(parent, (entries = []));
-    entries.push(path.posix.basename(p));
-  }
-  return tree;
-}
-
 /**
- * The NUL-separated names ls0 (names) or find0 (paths below the folder) writes for a folder, into
- * a file in the private scratch folder, in entry form: a name that is not UTF-8 keeps its bytes,
- * which guestfish is then given in scripts (guestfishArgument).
+ * The paths below a folder, in the order a listing shows them (src/restore/guest-names.ts):
+ * its entries (ls0), or everything below it at every depth (find0: one command, however many
+ * entries), written by the appliance to a file in the private scratch folder and sorted there,
+ * never all held at once. Entry form: a name that is not UTF-8 keeps its bytes, which guestfish
+ * is then given in scripts (guestfishArgument).
  */
-async function namesFrom(g: GuestSession, command: "ls0" | "find0", dir: string): Promise<string[]> {
+async function* namesBelow(g: GuestSession, command: "ls0" | "find0", dir: string, o: { progress?: ProgressSink | undefined; signal?: AbortSignal | undefined }): AsyncGenerator<string> {
+  // A large guest's tree takes the appliance a while (46,467 entries: 15 s under TCG): said before it starts.
+  if (command === "find0") o.progress?.({ phase: "libguestfs", done: 0, unit: "items", item: `naming every entry below ${shownPath(dir)} in disk ${g.source.disk}` });
   const file = path.join(g.scratch, "names");
   await g.shell.run(command, dir, file);
-  const raw = await fsp.readFile(file);
-  await fsp.rm(file, { force: true });
-  // find0 writes the paths below a folder other than / with a leading "/".
-  return splitBytes(raw, 0)
-    .map((name) => (name[0] === 0x2f ? name.subarray(1) : name))
-    .filter((name) => name.length > 0)
-    .map(pathFromBytes);
-}
-
-/** The paths of a tree below dir, each folder's entries by name as shown, a folder's contents right after it. */
-function* depthFirst(tree: GuestTree, dir: string): Generator<string> {
-  const entries = (tree.get(dir) ?? []).map((name) => ({ name, shown: shownName(name) })).sort((a, b) => compareCodeUnits(a.shown, b.shown)).map((e) => e.name);
-  for (const name of entries) {
-    const p = path.posix.join(dir, name);
-    yield p;
-    if (tree.has(p)) yield* depthFirst(tree, p);
-  }
+  yield* sortedGuestPaths(file, dir, { signal: o.signal });
 }
 
 /**
@@ -193,7 +153,7 @@ function* depthFirst(tree: GuestTree, dir: string): Generator<string> {
  * list there), or one lstatnslist could not stat, is asked about alone; a path that is gone goes
  * to notListed (the tree is read-only, so only a damaged one does that).
  */
-export async function* statItems(g: GuestSession, paths: Iterable<string>, notListed: string[], signal: AbortSignal | undefined): AsyncIterable<ListedItem> {
+export async function* statItems(g: GuestSession, paths: Iterable<string> | AsyncIterable<string>, notListed: string[], signal: AbortSignal | undefined): AsyncIterable<ListedItem> {
   let window: string[] = [];
   const flush = async function* (): AsyncIterable<ListedItem> {
     signal?.throwIfAborted();
@@ -206,7 +166,7 @@ export async function* statItems(g: GuestSession, paths: Iterable<string>, notLi
     }
     window = [];
   };
-  for (const p of paths) {
+  for await (const p of paths) {
     window.push(p);
     if (window.length >= STAT_WINDOW) yield* flush();
   }
