@@ -32,21 +32,61 @@ export const isDirMode = (mode: number): boolean => (mode & S_IFMT) === 0o040000
 export const isFileMode = (mode: number): boolean => (mode & S_IFMT) === 0o100000;
 export const isLinkMode = (mode: number): boolean => (mode & S_IFMT) === 0o120000;
 
+/**
+ * The server's stderr, where libguestfs writes a failing command's error (not to the client):
+ * a file in the private scratch folder, not a pipe. The server writes the error before it
+ * answers the client, so once the client has exited the error is in the file, read there at
+ * once; a pipe's bytes would reach this process's event loop only some time later.
+ */
+export class ServerErrors {
+  #read = 0;
+
+  private constructor(readonly fd: number) {}
+
+  static open(file: string): ServerErrors {
+    const fs = process.getBuiltinModule("node:fs");
+    return new ServerErrors(fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_APPEND | fs.constants.O_EXCL, 0o600));
+  }
+
+  /** From here on: what was written before is not the next command's. */
+  mark(): void {
+    this.#read = process.getBuiltinModule("node:fs").fstatSync(this.fd).size;
+  }
+
+  /** What was written since the last mark() or since(). */
+  since(): string {
+    const fs = process.getBuiltinModule("node:fs");
+    const size = fs.fstatSync(this.fd).size;
+    const bytes = Buffer.alloc(Math.max(0, size - this.#read));
+    let got = 0;
+    while (got < bytes.length) {
+      const n = fs.readSync(this.fd, bytes, got, bytes.length - got, this.#read + got);
+      if (n === 0) break;
+      got += n;
+    }
+    this.#read += got;
+    return bytes.subarray(0, got).toString("utf8");
+  }
+
+  close(): void {
+    try {
+      process.getBuiltinModule("node:fs").closeSync(this.fd);
+    } catch {
+      // Closed already.
+    }
+  }
+}
+
 /** One guestfish server with the disk added read-only and the appliance started. */
 export class GuestShell {
-  /** What the server has printed on stderr since the last command (libguestfs's errors go there, not to the command). */
-  #said = "";
   /** Takes back the stop on the command's signal (once the server is closed). */
   #unlisten: (() => void) | undefined;
 
   private constructor(
     private readonly pid: number,
-    private readonly serverErrors: NodeJS.ReadableStream & { destroy(): void },
+    private readonly errors: ServerErrors,
     private readonly env: NodeJS.ProcessEnv,
-  ) {
-    serverErrors.setEncoding("utf8");
-    serverErrors.on("data", (d: string) => (this.#said += d));
-  }
+  ) {}
 
   /**
    * Starts guestfish on `uri` (an nbd:// address of the export) read-only as raw, and launches
@@ -56,8 +96,15 @@ export class GuestShell {
    */
   static async start(uri: string, scratch: string, signal?: AbortSignal): Promise<GuestShell> {
     const env = { ...toolEnv(), TMPDIR: scratch, LIBGUESTFS_CACHEDIR: process.env["LIBGUESTFS_CACHEDIR"] ?? process.getBuiltinModule("node:os").tmpdir() };
-    const server = await listen(uri, env);
-    const shell = new GuestShell(server.pid, server.stderr, env);
+    const errors = ServerErrors.open(process.getBuiltinModule("node:path").join(scratch, "guestfish-errors"));
+    let pid: number;
+    try {
+      pid = await listen(uri, env, errors);
+    } catch (e) {
+      errors.close();
+      throw e;
+    }
+    const shell = new GuestShell(pid, errors, env);
     // Stopped (Ctrl-C): the server is ended at once, its appliance with it, and the command waiting on it fails.
     if (signal !== undefined) {
       const stop = (): void => shell.kill();
@@ -75,7 +122,8 @@ export class GuestShell {
 
   /**
    * Runs one command and resolves with what it printed. Every command is sent with guestfish's
-   * "-" prefix, so that a failing one does not end the server; its error is then read from stderr.
+   * "-" prefix, so that a failing one does not end the server; its error is then read from the
+   * server's stderr (ServerErrors).
    * Arguments are guest paths and names in entry form (src/format/names.ts) or host paths.
    */
   async run(command: string, ...args: string[]): Promise<string> {
@@ -88,16 +136,14 @@ export class GuestShell {
    * written into a script (guestfishArgument), as one command to a client of its own.
    */
   async runBytes(command: string, ...args: string[]): Promise<Buffer> {
-    this.#said = "";
+    this.errors.mark();
     let out: { stdout: Buffer; stderr: string };
     if (args.some(isRaw)) {
       const line = scriptLine([command, ...args]);
       if (line.length > SCRIPT_LINE_MAX) throw new GuestCommandFailed(`${command}: a path this long holding bytes that are not UTF-8 cannot be passed to guestfish`);
       out = { stdout: (await this.#script([line]))[0] as Buffer, stderr: "" };
     } else out = await guestfish([`--remote=${this.pid}`, "--", `-${command}`, ...args], this.env);
-    // The server wrote any error before it answered: let its pipe be read.
-    await new Promise((resolve) => setTimeout(resolve, 1));
-    const failure = guestError(`${out.stderr}\n${this.#said}`);
+    const failure = guestError(`${out.stderr}\n${this.errors.since()}`);
     if (failure !== undefined) throw new GuestCommandFailed(failure);
     return out.stdout;
   }
@@ -144,14 +190,14 @@ export class GuestShell {
     // After each command the client echoes a line no command prints, which ends its output.
     const marker = `vmvault-${process.getBuiltinModule("node:crypto").randomBytes(12).toString("hex")}`;
     const script = lines.map((line, i) => `${line}\necho ${marker}:${i}\n`).join("");
-    this.#said = "";
+    this.errors.mark();
     const { stdout } = await guestfish([`--remote=${this.pid}`], this.env, script);
     const outputs: Buffer[] = [];
     let from = 0;
     for (let i = 0; i < lines.length; i++) {
       const end = Buffer.from(`${marker}:${i}\n`);
       const at = stdout.indexOf(end, from);
-      if (at < 0) throw new GuestCommandFailed(guestError(this.#said) ?? `guestfish ended before a command answered: ${(lines[i] ?? "").slice(0, 80)}`);
+      if (at < 0) throw new GuestCommandFailed(guestError(this.errors.since()) ?? `guestfish ended before a command answered: ${(lines[i] ?? "").slice(0, 80)}`);
       outputs.push(stdout.subarray(from, at));
       from = at + end.length;
     }
@@ -172,7 +218,7 @@ export class GuestShell {
     } catch {
       this.kill();
     } finally {
-      this.serverErrors.destroy();
+      this.errors.close();
     }
   }
 
@@ -259,20 +305,18 @@ export function parsePairs(text: string): [string, string][] {
 
 /**
  * Starts `guestfish --listen` and resolves with its server's process id. The command forks the
- * server and exits; the server keeps the pipes open, so the answer is read when the command
- * exits, not when its output ends.
+ * server and exits; both write their errors to `errors` (the server's stderr from then on), and
+ * the server keeps the stdout pipe open, so the answer is read when the command exits, not when
+ * its output ends.
  */
-async function listen(uri: string, env: NodeJS.ProcessEnv): Promise<{ pid: number; stderr: NodeJS.ReadableStream & { destroy(): void } }> {
+async function listen(uri: string, env: NodeJS.ProcessEnv, errors: ServerErrors): Promise<number> {
   const { spawn } = process.getBuiltinModule("node:child_process");
-  const child = spawn("guestfish", ["--listen", "--ro", "--format=raw", "-a", uri], { stdio: ["ignore", "pipe", "pipe"], env });
+  errors.mark();
+  const child = spawn("guestfish", ["--listen", "--ro", "--format=raw", "-a", uri], { stdio: ["ignore", "pipe", errors.fd], env });
+  // Asked for as a pipe: never null.
+  const out = child.stdout as NonNullable<typeof child.stdout>;
   let stdout = "";
-  let stderr = "";
-  child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
-  const onStderr = (d: string): void => {
-    stderr += d;
-  };
-  child.stderr.setEncoding("utf8").on("data", onStderr);
-  let started = false;
+  out.setEncoding("utf8").on("data", (d: string) => (stdout += d));
   try {
     const code = await new Promise<number | null>((resolve, reject) => {
       child.once("error", (e: NodeJS.ErrnoException) => reject(e.code === "ENOENT" ? missingGuestfish() : e));
@@ -281,14 +325,13 @@ async function listen(uri: string, env: NodeJS.ProcessEnv): Promise<{ pid: numbe
     // What the command wrote before it exited may still be in the pipe.
     await new Promise((resolve) => setImmediate(resolve));
     const m = /GUESTFISH_PID=(\d+)/.exec(stdout);
-    if (code !== 0 || m === null) throw new GuestCommandFailed(guestError(stderr) ?? toolMessage("guestfish", stderr) ?? `guestfish --listen exited with ${String(code)}`);
-    started = true;
-    // The server keeps this pipe as its stderr: the shell reads libguestfs's errors from it.
-    child.stderr.off("data", onStderr);
-    return { pid: Number(m[1]), stderr: child.stderr };
+    if (code !== 0 || m === null) {
+      const said = errors.since();
+      throw new GuestCommandFailed(guestError(said) ?? toolMessage("guestfish", said) ?? `guestfish --listen exited with ${String(code)}`);
+    }
+    return Number(m[1]);
   } finally {
-    child.stdout.destroy();
-    if (!started) child.stderr.destroy();
+    out.destroy();
   }
 }
 
