@@ -2,7 +2,7 @@ import path from "node:path";
 import { NotFoundError } from "../errors.js";
 import { nameFromBytes, shownName, shownPath } from "../format/names.js";
 import type { Repository } from "../repository/repository.js";
-import type { ListedItem } from "../snapshot/items.js";
+import type { ItemType, ListedItem } from "../snapshot/items.js";
 import type { ProgressSink } from "../util/progress.js";
 import { Excludes } from "../sources/exclude.js";
 import type { FoundItem } from "./find.js";
@@ -264,9 +264,29 @@ async function readLinks(shell: GuestShell, links: readonly string[]): Promise<M
 
 /** A path's item, its path and target shown as vmvault shows names (\xNN for a byte that is not UTF-8, a control character or a backslash). */
 function itemOf(p: string, st: GuestStat, target: string | undefined): ListedItem {
-  const type = isDirMode(st.mode) ? "dir" : isLinkMode(st.mode) ? "symlink" : "file";
+  const type = guestType(st.mode);
   const item = { path: shownPath(p), type, size: st.size, mode: st.mode & 0o7777, mtime: new Date(st.mtimeMs).toISOString(), uid: st.uid, gid: st.gid } as const;
   return type === "symlink" ? { ...item, target: shownName(target ?? "") } : item;
+}
+
+/** An entry's type by its mode's file type bits (S_IFMT). */
+function guestType(mode: number): ItemType {
+  switch (mode & 0o170000) {
+    case 0o040000:
+      return "dir";
+    case 0o120000:
+      return "symlink";
+    case 0o020000:
+      return "char-device";
+    case 0o060000:
+      return "block-device";
+    case 0o010000:
+      return "fifo";
+    case 0o140000:
+      return "socket";
+    default:
+      return "file";
+  }
 }
 
 /** The pieces of bytes between separators (ls0's and find0's NULs, lines' line breaks); after the last separator, a piece only if it is not empty. */

@@ -4,8 +4,11 @@ import { domainFileName, type DiskSource, type FolderSource, type SnapshotDomain
 
 // Disks and folder entries as people and scripts see them: `ls`, `diff`, `find` and `backup --dry-run` show the same items.
 
-/** What a listed or compared path is. */
-export type ItemType = "disk" | "file" | "dir" | "symlink" | "domain";
+/**
+ * What a listed or compared path is. Device nodes, FIFOs and sockets are listed only inside disk
+ * images (`ls --guest-files`); a folder backup leaves them out.
+ */
+export type ItemType = "disk" | "file" | "dir" | "symlink" | "domain" | "char-device" | "block-device" | "fifo" | "socket";
 
 /**
  * One listed disk image or folder entry. `path` is what `restore` takes: a disk's name for

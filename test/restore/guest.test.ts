@@ -14,6 +14,7 @@ import { listChunks, matchGuestPath, statItems } from "../../src/restore/guest-l
 import { nameFromBytes, pathBytes } from "../../src/format/names.js";
 import { guestError, guestfishArgument, parsePairs, parseStats, SCRIPT_LINE_MAX } from "../../src/restore/guest-shell.js";
 import { Excludes } from "../../src/sources/exclude.js";
+import { modeString } from "../../src/cli/commands/ls.js";
 
 const STAT = (ino: number, mode: number, size: number): string => `  st_dev: 2049
   st_ino: ${ino}
@@ -113,6 +114,10 @@ describe("statuses of many paths, a folder's names at a time (against a scripted
     ["/srv/notes with spaces.txt", [0o100600, 18]],
     ["/srv/flaky", [0o100644, 1]],
     ["/srv/other", [0o100644, 2]],
+    ["/dev/null", [0o20666, 0]],
+    ["/dev/vda", [0o60660, 0]],
+    ["/run/initctl", [0o10600, 0]],
+    ["/run/log.sock", [0o140666, 0]],
   ]);
   const asked: string[] = [];
   const stat = (p: string): string => {
@@ -146,8 +151,8 @@ describe("statuses of many paths, a folder's names at a time (against a scripted
   }
   const session = { shell, scratch: "/nonexistent", source: { snapshotId: "s", vm: "v", time: "t", disk: "vda", mounts: [] }, verified: () => undefined } as unknown as Parameters<typeof statItems>[0];
 
-  it("lists them in the order given, asking alone only what a folder's command could not answer, and notes what is gone", async () => {
-    const paths = ["/etc/hosts", "/etc/nginx", "/etc/current", "/etc/zeroed", "/etc/nl", "/srv/notes with spaces.txt", "/srv/flaky", "/srv/other", "/srv/gone"];
+  it("lists them in the order given, each of its own type, asking alone only what a folder's command could not answer, and notes what is gone", async () => {
+    const paths = ["/etc/hosts", "/etc/nginx", "/etc/current", "/etc/zeroed", "/etc/nl", "/srv/notes with spaces.txt", "/srv/flaky", "/srv/other", "/srv/gone", "/dev/null", "/dev/vda", "/run/initctl", "/run/log.sock"];
     const notListed: string[] = [];
     const items = [];
     for await (const item of statItems(session, paths, notListed, undefined)) items.push(item);
@@ -160,14 +165,20 @@ describe("statuses of many paths, a folder's names at a time (against a scripted
       ["/srv/notes with spaces.txt", "file", 18],
       ["/srv/flaky", "file", 1],
       ["/srv/other", "file", 2],
+      ["/dev/null", "char-device", 0],
+      ["/dev/vda", "block-device", 0],
+      ["/run/initctl", "fifo", 0],
+      ["/run/log.sock", "socket", 0],
     ]);
+    // As ls -l shows them: the type's letter, then the permission bits.
+    expect(items.slice(-4).map((i) => modeString(i).slice(0, 10))).toEqual(["crw-rw-rw-", "brw-rw----", "prw-------", "srw-rw-rw-"]);
     expect(items.find((i) => i.path === "/etc/current")?.target).toBe("sites/default");
     // The line break in its target made readlinklist's lines disagree: each target asked alone (and shown escaped, as vmvault shows names).
     expect(items.find((i) => i.path === "/etc/nl")?.target).toBe("a\\x0ab");
     expect(notListed).toEqual(["/srv/gone"]);
     // One list command per folder; the spaced name by lstatns; the zeroed name, and every name of the failed list, alone.
     expect(asked.filter((a) => a.startsWith("alone")).sort()).toEqual(["alone /etc/zeroed", "alone /srv/flaky", "alone /srv/gone", "alone /srv/other"]);
-    expect(asked.filter((a) => a === "lstatnslist")).toHaveLength(2);
+    expect(asked.filter((a) => a === "lstatnslist")).toHaveLength(4);
     expect(asked.filter((a) => a === "lstatns")).toHaveLength(1);
     expect(asked.filter((a) => a.startsWith("readlink "))).toEqual(["readlink /etc/current", "readlink /etc/nl"]);
   });

@@ -147,7 +147,7 @@ export function longLine(item: ListedItem): string {
   return `${modeString(item)} ${owner.padEnd(11)} ${String(item.size).padStart(13)} ${time} ${shortLine(item)}${item.hardLinkTo === undefined ? "" : ` (hard link of ${item.hardLinkTo})`}`;
 }
 
-const TYPE_CHARS: Record<ListedItem["type"], string> = { disk: "-", file: "-", dir: "d", symlink: "l", domain: "-" };
+const TYPE_CHARS: Record<ListedItem["type"], string> = { disk: "-", file: "-", dir: "d", symlink: "l", domain: "-", "char-device": "c", "block-device": "b", fifo: "p", socket: "s" };
 
 /** `-rwxr-x---` with s/S, t/T for the set-ID and sticky bits, and "+" after it when extended attributes were recorded. */
 export function modeString(item: ListedItem): string {
