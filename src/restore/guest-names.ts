@@ -1,5 +1,6 @@
 import { promises as fsp } from "node:fs";
 import path from "node:path";
+import { errorCodeOf, StorageError } from "../errors.js";
 import { pathBytes, pathFromBytes, shownPath } from "../format/names.js";
 import { compareCodeUnits } from "../util/text.js";
 
@@ -40,7 +41,11 @@ export async function* sortedGuestPaths(file: string, dir: string, o: { runEntri
   const newRun = async (names: Iterable<Named> | AsyncIterable<Named>): Promise<void> => {
     const run = `${file}.run${made++}`;
     runs.push(run);
-    await writeRun(run, names);
+    try {
+      await writeRun(run, names);
+    } catch (e) {
+      throw runWriteError(e, path.dirname(file));
+    }
   };
   try {
     let run: Named[] = [];
@@ -74,9 +79,17 @@ export async function* sortedGuestPaths(file: string, dir: string, o: { runEntri
     }
     for await (const n of merge(runs)) yield path.posix.join(dir, n.p);
   } finally {
-    await fsp.rm(file, { force: true });
-    await Promise.all(runs.map((r) => fsp.rm(r, { force: true })));
+    // Best effort: the error that brought us here, if any, is the one to see (the scratch folder goes anyway).
+    await Promise.all([file, ...runs].map((f) => fsp.rm(f, { force: true }).catch(() => undefined)));
   }
+}
+
+/** A run that could not be written, as the error a person sees: the folder, and for a full disk where to make room. */
+export function runWriteError(e: unknown, dir: string): StorageError {
+  const code = errorCodeOf(e);
+  const why = e instanceof Error ? e.message : String(e);
+  if (code === "ENOSPC" || code === "EDQUOT") return new StorageError(`no space left in ${dir} to sort the guest's file names (a large guest's names are sorted there in runs)`, e, "free space there, or set TMPDIR to a folder with room");
+  return new StorageError(`could not write the guest's sorted file names in ${dir}: ${why}`, e);
 }
 
 function named(p: string): Named {

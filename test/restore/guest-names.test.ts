@@ -3,7 +3,7 @@ import os from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { nameFromBytes, pathBytes, shownName } from "../../src/format/names.js";
-import { sortedGuestPaths, splitFile } from "../../src/restore/guest-names.js";
+import { runWriteError, sortedGuestPaths, splitFile } from "../../src/restore/guest-names.js";
 
 const work = await fsp.mkdtemp(path.join(os.tmpdir(), "vmvault-guest-names-"));
 afterAll(() => fsp.rm(work, { recursive: true, force: true }));
@@ -113,5 +113,16 @@ describe("the names ls0 and find0 wrote, as a listing shows them", () => {
     const empty = path.join(work, "empty");
     await fsp.writeFile(empty, "");
     expect(await all(sortedGuestPaths(empty, "/"))).toEqual([]);
+  });
+
+  it("a run it cannot write fails the listing as a storage error naming the folder, and a full disk says where to make room", async () => {
+    const file = await namesFile(randomTree(4, 100).map(pathBytes));
+    // Something already under the first run's name: the write fails (as a full disk would, with another errno).
+    await fsp.mkdir(`${file}.run0`);
+    await expect(all(sortedGuestPaths(file, "/", { runEntries: 10 }))).rejects.toMatchObject({ code: "E_STORAGE", message: expect.stringContaining(`could not write the guest's sorted file names in ${work}`) });
+    await fsp.rmdir(`${file}.run0`);
+    expect((await fsp.readdir(work)).filter((f) => f.startsWith(path.basename(file)))).toEqual([]);
+    const full = runWriteError(Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" }), "/tmp/vmvault-guest-x");
+    expect(full).toMatchObject({ code: "E_STORAGE", message: "no space left in /tmp/vmvault-guest-x to sort the guest's file names (a large guest's names are sorted there in runs)", hint: "free space there, or set TMPDIR to a folder with room" });
   });
 });
