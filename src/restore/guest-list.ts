@@ -8,7 +8,7 @@ import { Excludes } from "../sources/exclude.js";
 import type { FoundItem } from "./find.js";
 import { guestPath, onGuestDisk, type GuestFilesOptions, type GuestSession, type GuestSource } from "./guest.js";
 import { sortedGuestPaths } from "./guest-names.js";
-import { guestfishArgument, isDirMode, isLinkMode, parseStats, SCRIPT_LINE_MAX, type GuestCommand, type GuestShell, type GuestStat } from "./guest-shell.js";
+import { GuestPathTooLong, guestfishArgument, isDirMode, isLinkMode, parseStats, SCRIPT_LINE_MAX, type GuestCommand, type GuestShell, type GuestStat } from "./guest-shell.js";
 
 // Listing and searching the files inside a snapshot's disk image. A folder's names come from one
 // command (ls0, or find0 for everything below it); their statuses from lstatnslist, a folder's
@@ -30,6 +30,18 @@ export interface GuestListOptions extends GuestFilesOptions {
 interface NotListed {
   /** Entries named but gone when their status was asked for (only a damaged file system does that: the tree is read-only), shown as paths are. */
   readonly notListed: readonly string[];
+  /**
+   * Entries whose paths hold bytes that are not UTF-8 and, escaped, are too long for guestfish
+   * (GuestPathTooLong: over 8,000 characters), shown as paths are; restoring a folder above one
+   * still brings it back.
+   */
+  readonly tooLong: readonly string[];
+}
+
+/** Where statItems puts the paths it could not list. */
+export interface Unlisted {
+  readonly notListed: string[];
+  readonly tooLong: string[];
 }
 
 export interface GuestListResult extends GuestSource, NotListed {
@@ -53,7 +65,7 @@ export async function listGuestFiles(repo: Repository, o: GuestListOptions, onIt
     { guestPaths: paths.map(shownPath), ...(o.recursive === true ? { depth: "all" } : {}) },
     async (g) => {
       const missing: string[] = [];
-      const notListed: string[] = [];
+      const left: Unlisted = { notListed: [], tooLong: [] };
       for (const p of paths) {
         o.signal?.throwIfAborted();
         const st = await g.shell.lstat(p);
@@ -62,14 +74,14 @@ export async function listGuestFiles(repo: Repository, o: GuestListOptions, onIt
           onItem(await guestItem(g.shell, p, st));
           items++;
         } else {
-          for await (const item of statItems(g, namesBelow(g, o.recursive === true ? "find0" : "ls0", p, o), notListed, o.signal)) {
+          for await (const item of statItems(g, namesBelow(g, o.recursive === true ? "find0" : "ls0", p, o), left, o.signal)) {
             onItem(item);
             items++;
           }
         }
       }
       if (missing.length > 0) throw notInGuest(missing, g.source.disk);
-      return { ...g.source, items, notListed };
+      return { ...g.source, items, ...left };
     },
     (r) => ({ items: r.items }),
   );
@@ -105,7 +117,7 @@ export async function findGuestFiles(repo: Repository, o: GuestFindOptions, onIt
     o,
     { patterns: [...o.patterns] },
     async (g) => {
-      const notListed: string[] = [];
+      const left: Unlisted = { notListed: [], tooLong: [] };
       let searched = 0;
       // Each path is matched here as if it were a folder (so a folders-only pattern lets it through), and again once its status says what it is.
       const candidates = async function* (): AsyncGenerator<string> {
@@ -115,12 +127,12 @@ export async function findGuestFiles(repo: Repository, o: GuestFindOptions, onIt
         }
       };
       const { snapshotId, vm, time } = g.source;
-      for await (const item of statItems(g, candidates(), notListed, o.signal)) {
+      for await (const item of statItems(g, candidates(), left, o.signal)) {
         if (matchGuestPath(patterns, item.path, item.type === "dir") === undefined) continue;
         onItem({ snapshot: snapshotId, vm, time, ...item });
         matches++;
       }
-      return { ...g.source, searched, matches, notListed };
+      return { ...g.source, searched, matches, ...left };
     },
     (r) => ({ searched: r.searched, matches: r.matches }),
   );
@@ -151,17 +163,20 @@ async function* namesBelow(g: GuestSession, command: "ls0" | "find0", dir: strin
  * window's paths through one batch of lstatnslist commands (a folder's names together), then its
  * symlinks' targets through readlinklist. A name with white space in it (lstatnslist splits its
  * list there), or one lstatnslist could not stat, is asked about alone; a path that is gone goes
- * to notListed (the tree is read-only, so only a damaged one does that).
+ * to notListed (the tree is read-only, so only a damaged one does that), and one too long to
+ * pass to guestfish to tooLong.
  */
-export async function* statItems(g: GuestSession, paths: Iterable<string> | AsyncIterable<string>, notListed: string[], signal: AbortSignal | undefined): AsyncIterable<ListedItem> {
+export async function* statItems(g: GuestSession, paths: Iterable<string> | AsyncIterable<string>, left: Unlisted, signal: AbortSignal | undefined): AsyncIterable<ListedItem> {
   let window: string[] = [];
   const flush = async function* (): AsyncIterable<ListedItem> {
     signal?.throwIfAborted();
-    const stats = await statAll(g.shell, window);
-    const links = await readLinks(g.shell, window.filter((p) => isLinkMode(stats.get(p)?.mode ?? 0)));
+    const tooLong = new Set<string>();
+    const stats = await statAll(g.shell, window, tooLong);
+    const links = await readLinks(g.shell, window.filter((p) => isLinkMode(stats.get(p)?.mode ?? 0)), tooLong);
     for (const p of window) {
       const st = stats.get(p);
-      if (st === undefined) notListed.push(shownPath(p));
+      if (tooLong.has(p)) left.tooLong.push(shownPath(p));
+      else if (st === undefined) left.notListed.push(shownPath(p));
       else yield itemOf(p, st, links.get(p));
     }
     window = [];
@@ -224,8 +239,8 @@ export function* listChunks(command: string, dir: string, names: readonly string
   if (run.length > 0) yield run;
 }
 
-/** The statuses of paths (symlinks not followed); a path missing from the map is not there. */
-async function statAll(shell: GuestShell, paths: readonly string[]): Promise<Map<string, GuestStat>> {
+/** The statuses of paths (symlinks not followed); a path missing from the map is not there, or in tooLong. */
+async function statAll(shell: GuestShell, paths: readonly string[], tooLong: Set<string>): Promise<Map<string, GuestStat>> {
   const { commands, asked } = folderCommands(paths, "lstatnslist", "lstatns");
   const outputs = await shell.batch(commands);
   const stats = new Map<string, GuestStat>();
@@ -241,14 +256,25 @@ async function statAll(shell: GuestShell, paths: readonly string[]): Promise<Map
     });
   });
   for (const p of again) {
-    const st = await shell.lstat(p);
+    const st = await tooLongOr(p, tooLong, () => shell.lstat(p));
     if (st !== undefined) stats.set(p, st);
   }
   return stats;
 }
 
-/** Symlinks' targets (readlinklist, a folder's names together; a name with white space alone). */
-async function readLinks(shell: GuestShell, links: readonly string[]): Promise<Map<string, string>> {
+/** fn's answer, or undefined with p added to tooLong where p cannot be passed to guestfish. */
+async function tooLongOr<T>(p: string, tooLong: Set<string>, fn: () => Promise<T>): Promise<T | undefined> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (!(e instanceof GuestPathTooLong)) throw e;
+    tooLong.add(p);
+    return undefined;
+  }
+}
+
+/** Symlinks' targets (readlinklist, a folder's names together; a name with white space alone); a link missing from the map is in tooLong. */
+async function readLinks(shell: GuestShell, links: readonly string[], tooLong: Set<string>): Promise<Map<string, string>> {
   const { commands, asked } = folderCommands(links, "readlinklist", "readlink");
   const outputs = await shell.batch(commands);
   const targets = new Map<string, string>();
@@ -257,7 +283,11 @@ async function readLinks(shell: GuestShell, links: readonly string[]): Promise<M
     const lines = splitBytes(out, 0x0a);
     // One whole line per name; a target holding a line break (or a failed command) makes them disagree: each is asked alone.
     if (lines.length === names.length && out.at(-1) === 0x0a && lines.every((l) => l.length > 0)) names.forEach((p, j) => targets.set(p, nameFromBytes(lines[j] as Buffer)));
-    else for (const p of names) targets.set(p, await readLink(shell, p));
+    else
+      for (const p of names) {
+        const target = await tooLongOr(p, tooLong, () => readLink(shell, p));
+        if (target !== undefined) targets.set(p, target);
+      }
   }
   return targets;
 }

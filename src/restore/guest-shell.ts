@@ -13,6 +13,13 @@ export class GuestCommandFailed extends VaultError {
   }
 }
 
+/** A command whose arguments hold bytes that are not UTF-8 and, escaped, do not fit one of guestfish's script lines (SCRIPT_LINE_MAX). */
+export class GuestPathTooLong extends GuestCommandFailed {
+  constructor(command: string) {
+    super(`${command}: a path this long holding bytes that are not UTF-8 cannot be passed to guestfish`);
+  }
+}
+
 /** The error for a host without guestfish. */
 export function missingGuestfish(): VaultError {
   return new UsageError("guestfish was not found: files inside a disk image are read through libguestfs", "install it (Debian: libguestfs-tools), or restore the whole disk and mount it yourself");
@@ -140,7 +147,7 @@ export class GuestShell {
     let out: { stdout: Buffer; stderr: string };
     if (args.some(isRaw)) {
       const line = scriptLine([command, ...args]);
-      if (line.length > SCRIPT_LINE_MAX) throw new GuestCommandFailed(`${command}: a path this long holding bytes that are not UTF-8 cannot be passed to guestfish`);
+      if (line.length > SCRIPT_LINE_MAX) throw new GuestPathTooLong(command);
       out = { stdout: (await this.#script([line]))[0] as Buffer, stderr: "" };
     } else out = await guestfish([`--remote=${this.pid}`, "--", `-${command}`, ...args], this.env);
     const failure = guestError(`${out.stderr}\n${this.errors.since()}`);

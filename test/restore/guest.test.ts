@@ -12,7 +12,7 @@ import { checkFilesystem, guestPath, mountGuest } from "../../src/restore/guest.
 import { checkGuestRestore } from "../../src/restore/guest-files.js";
 import { listChunks, matchGuestPath, statItems } from "../../src/restore/guest-list.js";
 import { nameFromBytes, pathBytes } from "../../src/format/names.js";
-import { guestError, guestfishArgument, parsePairs, parseStats, SCRIPT_LINE_MAX } from "../../src/restore/guest-shell.js";
+import { guestError, guestfishArgument, GuestPathTooLong, parsePairs, parseStats, SCRIPT_LINE_MAX } from "../../src/restore/guest-shell.js";
 import { Excludes } from "../../src/sources/exclude.js";
 import { modeString } from "../../src/cli/commands/ls.js";
 
@@ -118,6 +118,9 @@ describe("statuses of many paths, a folder's names at a time (against a scripted
     ["/dev/vda", [0o60660, 0]],
     ["/run/initctl", [0o10600, 0]],
     ["/run/log.sock", [0o140666, 0]],
+    // Stand-ins for paths holding bytes that are not UTF-8 too long for a script line: their list commands print nothing, and alone they cannot be passed.
+    ["/deep/long", [0o100644, 5]],
+    ["/deep/link", [0o120777, 4, "x"]],
   ]);
   const asked: string[] = [];
   const stat = (p: string): string => {
@@ -130,10 +133,12 @@ describe("statuses of many paths, a folder's names at a time (against a scripted
     },
     async lstat(p: string) {
       asked.push(`alone ${p}`);
+      if (p === "/deep/long") throw new GuestPathTooLong("exists");
       return guest.has(p) && p !== "/srv/gone" ? parseStats(stat(p))[0] : undefined;
     },
     async runBytes(command: string, p: string) {
       asked.push(`${command} ${p}`);
+      if (p === "/deep/link") throw new GuestPathTooLong(command);
       return Buffer.from(`${guest.get(p)?.[2] ?? ""}\n`);
     },
   };
@@ -142,20 +147,21 @@ describe("statuses of many paths, a folder's names at a time (against a scripted
     const [dir, names] = args as [string, readonly string[] | string];
     if (command === "lstatnslist") {
       const list = names as readonly string[];
-      if (list.includes("flaky")) return "";
+      if (list.includes("flaky") || dir === "/deep") return "";
       return list.map((n, i) => `[${i}] = {\n${n === "zeroed" ? STAT(0, 0, 0) : stat(path.posix.join(dir, n))}}\n`).join("");
     }
     if (command === "lstatns") return guest.has(dir) ? stat(dir) : "";
+    if (command === "readlinklist" && dir === "/deep") return "";
     if (command === "readlinklist") return (names as readonly string[]).map((n) => `${guest.get(path.posix.join(dir, n))?.[2] ?? ""}\n`).join("");
     throw new Error(`not scripted: ${command}`);
   }
   const session = { shell, scratch: "/nonexistent", source: { snapshotId: "s", vm: "v", time: "t", disk: "vda", mounts: [] }, verified: () => undefined } as unknown as Parameters<typeof statItems>[0];
 
-  it("lists them in the order given, each of its own type, asking alone only what a folder's command could not answer, and notes what is gone", async () => {
-    const paths = ["/etc/hosts", "/etc/nginx", "/etc/current", "/etc/zeroed", "/etc/nl", "/srv/notes with spaces.txt", "/srv/flaky", "/srv/other", "/srv/gone", "/dev/null", "/dev/vda", "/run/initctl", "/run/log.sock"];
-    const notListed: string[] = [];
+  it("lists them in the order given, each of its own type, asking alone only what a folder's command could not answer, and notes what is gone and what is too long to ask about", async () => {
+    const paths = ["/etc/hosts", "/etc/nginx", "/etc/current", "/etc/zeroed", "/etc/nl", "/srv/notes with spaces.txt", "/srv/flaky", "/srv/other", "/srv/gone", "/dev/null", "/dev/vda", "/run/initctl", "/run/log.sock", "/deep/long", "/deep/link"];
+    const left = { notListed: [] as string[], tooLong: [] as string[] };
     const items = [];
-    for await (const item of statItems(session, paths, notListed, undefined)) items.push(item);
+    for await (const item of statItems(session, paths, left, undefined)) items.push(item);
     expect(items.map((i) => [i.path, i.type, i.size])).toEqual([
       ["/etc/hosts", "file", 20],
       ["/etc/nginx", "dir", 4096],
@@ -175,12 +181,14 @@ describe("statuses of many paths, a folder's names at a time (against a scripted
     expect(items.find((i) => i.path === "/etc/current")?.target).toBe("sites/default");
     // The line break in its target made readlinklist's lines disagree: each target asked alone (and shown escaped, as vmvault shows names).
     expect(items.find((i) => i.path === "/etc/nl")?.target).toBe("a\\x0ab");
-    expect(notListed).toEqual(["/srv/gone"]);
+    expect(left.notListed).toEqual(["/srv/gone"]);
+    // Left out and named, the listing going on: the file whose status could not be asked, the symlink whose target could not.
+    expect(left.tooLong).toEqual(["/deep/long", "/deep/link"]);
     // One list command per folder; the spaced name by lstatns; the zeroed name, and every name of the failed list, alone.
-    expect(asked.filter((a) => a.startsWith("alone")).sort()).toEqual(["alone /etc/zeroed", "alone /srv/flaky", "alone /srv/gone", "alone /srv/other"]);
-    expect(asked.filter((a) => a === "lstatnslist")).toHaveLength(4);
+    expect(asked.filter((a) => a.startsWith("alone")).sort()).toEqual(["alone /deep/link", "alone /deep/long", "alone /etc/zeroed", "alone /srv/flaky", "alone /srv/gone", "alone /srv/other"]);
+    expect(asked.filter((a) => a === "lstatnslist")).toHaveLength(5);
     expect(asked.filter((a) => a === "lstatns")).toHaveLength(1);
-    expect(asked.filter((a) => a.startsWith("readlink "))).toEqual(["readlink /etc/current", "readlink /etc/nl"]);
+    expect(asked.filter((a) => a.startsWith("readlink "))).toEqual(["readlink /etc/current", "readlink /etc/nl", "readlink /deep/link"]);
   });
 });
 

@@ -94,7 +94,7 @@ export function guestDiskOptions(opts: GuestCliOptions): Pick<GuestFilesOptions,
  * Streams a listing or search inside a disk image as streamItems does, its progress (the
  * appliance's start) ended at the first item, and the names it could not list noted after.
  */
-export async function streamGuestItems<T, R extends { readonly damagedIndexes: readonly Damage[]; readonly notListed: readonly string[] }>(
+export async function streamGuestItems<T, R extends { readonly damagedIndexes: readonly Damage[]; readonly notListed: readonly string[]; readonly tooLong: readonly string[] }>(
   ctx: CliContext,
   interrupts: Interrupts,
   vault: Vault,
@@ -104,6 +104,7 @@ export async function streamGuestItems<T, R extends { readonly damagedIndexes: r
   after?: (result: R) => string,
 ): Promise<void> {
   let notListed: readonly string[] = [];
+  let tooLong: readonly string[] = [];
   await streamItems<T, R>(
     ctx,
     vault,
@@ -120,19 +121,21 @@ export async function streamGuestItems<T, R extends { readonly damagedIndexes: r
         emit(item);
       });
       notListed = r.notListed;
+      tooLong = r.tooLong;
       return r;
     },
     line,
     after,
   );
   ctx.endProgress();
-  if (notListed.length > 0) ctx.warn(notListedNote(notListed));
+  if (notListed.length > 0) ctx.warn(unlistedNote(notListed, "gone when its status was asked for: is the guest's file system damaged?"));
+  if (tooLong.length > 0) ctx.warn(unlistedNote(tooLong, "paths holding bytes that are not UTF-8, too long to pass to guestfish; restoring a folder above one brings it back"));
 }
 
-/** After a guest listing or search: the entries it named but could not list. */
-function notListedNote(notListed: readonly string[]): string {
-  const shown = notListed.slice(0, 5).join(", ");
-  return `note: ${notListed.length} ${notListed.length === 1 ? "entry" : "entries"} could not be listed (gone when its status was asked for: is the guest's file system damaged?): ${shown}${notListed.length > 5 ? ", …" : ""}`;
+/** After a guest listing or search: the entries it named but could not list, and why. */
+function unlistedNote(paths: readonly string[], why: string): string {
+  const shown = paths.slice(0, 5).join(", ");
+  return `note: ${paths.length} ${paths.length === 1 ? "entry" : "entries"} could not be listed (${why}): ${shown}${paths.length > 5 ? ", …" : ""}`;
 }
 
 /** The path as restore takes it: a folder with "/" after it, a symlink with its target. */
