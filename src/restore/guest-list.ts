@@ -8,7 +8,7 @@ import { Excludes } from "../sources/exclude.js";
 import type { FoundItem } from "./find.js";
 import { guestPath, onGuestDisk, type GuestFilesOptions, type GuestSession, type GuestSource } from "./guest.js";
 import { sortedGuestPaths } from "./guest-names.js";
-import { GuestPathTooLong, guestfishArgument, isDirMode, isLinkMode, parseStats, SCRIPT_LINE_MAX, type GuestCommand, type GuestShell, type GuestStat } from "./guest-shell.js";
+import { GuestPathTooLong, guestfishArgument, isDirMode, isLinkMode, parseStats, SCRIPT_LINE_MAX, scriptLine, type GuestCommand, type GuestShell, type GuestStat } from "./guest-shell.js";
 
 // Listing and searching the files inside a snapshot's disk image. A folder's names come from one
 // command (ls0, or find0 for everything below it); their statuses from lstatnslist, a folder's
@@ -220,14 +220,15 @@ function folderCommands(paths: readonly string[], list: string, one: string): { 
 
 /**
  * A folder's names in runs for one list command each: STAT_BATCH names at most, and a script
- * line guestfish can read (SCRIPT_LINE_MAX; a name takes up to four bytes a byte, escaped).
+ * line guestfish can read (SCRIPT_LINE_MAX; a name takes up to four bytes a byte, escaped, and
+ * a space before it).
  */
 export function* listChunks(command: string, dir: string, names: readonly string[]): Generator<string[]> {
-  const fixed = command.length + guestfishArgument(dir).length + 6;
+  const fixed = scriptLine([command, dir, []]).length;
   let run: string[] = [];
   let length = fixed;
   for (const name of names) {
-    const n = guestfishArgument(name).length - 1;
+    const n = guestfishArgument([name]).length - 1;
     if (run.length > 0 && (run.length >= STAT_BATCH || length + n > SCRIPT_LINE_MAX)) {
       yield run;
       run = [];

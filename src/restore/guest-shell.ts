@@ -246,7 +246,7 @@ export class GuestShell {
 export type GuestCommand = readonly [command: string, ...args: (string | readonly string[])[]];
 
 /** A command as a guestfish script line: the "-" prefix (a failing command does not end the server), each argument escaped. */
-function scriptLine([command, ...args]: GuestCommand): string {
+export function scriptLine([command, ...args]: GuestCommand): string {
   return `-${command} ${args.map(guestfishArgument).join(" ")}`;
 }
 

@@ -12,7 +12,7 @@ import { checkFilesystem, guestPath, mountGuest } from "../../src/restore/guest.
 import { checkGuestRestore } from "../../src/restore/guest-files.js";
 import { listChunks, matchGuestPath, statItems } from "../../src/restore/guest-list.js";
 import { nameFromBytes, pathBytes } from "../../src/format/names.js";
-import { guestError, guestfishArgument, GuestPathTooLong, parsePairs, parseStats, SCRIPT_LINE_MAX } from "../../src/restore/guest-shell.js";
+import { guestError, guestfishArgument, GuestPathTooLong, parsePairs, parseStats, SCRIPT_LINE_MAX, scriptLine } from "../../src/restore/guest-shell.js";
 import { Excludes } from "../../src/sources/exclude.js";
 import { modeString } from "../../src/cli/commands/ls.js";
 
@@ -96,7 +96,8 @@ describe("guest names written into guestfish scripts", () => {
     const chunks = [...listChunks("lstatnslist", "/srv", long)];
     expect(chunks.flat()).toEqual(long);
     expect(chunks.length).toBeGreaterThan(4);
-    for (const c of chunks) expect(`-lstatnslist ${guestfishArgument("/srv")} ${guestfishArgument(c)}`.length).toBeLessThanOrEqual(SCRIPT_LINE_MAX);
+    for (const c of chunks) expect(scriptLine(["lstatnslist", "/srv", c]).length).toBeLessThanOrEqual(SCRIPT_LINE_MAX);
+    expect(scriptLine(["lstatnslist", "/srv", chunks[0] as string[]])).toBe(`-lstatnslist ${guestfishArgument("/srv")} ${guestfishArgument(chunks[0] as string[])}`);
     // One name longer than a line on its own still gets a list of its own (run on guestfish's command line).
     expect([...listChunks("lstatnslist", "/", ["x".repeat(9000), "y"])]).toEqual([["x".repeat(9000)], ["y"]]);
   });
