@@ -191,6 +191,7 @@ export class PullBackup {
     let failed: string | undefined;
     try {
       await virsh(["domjobabort", "--domain", this.#name], this.#uri);
+      await jobGone(this.#name, this.#uri);
     } catch (e) {
       if (!(e instanceof VirshError)) throw e;
       failed = e.message;
@@ -227,10 +228,36 @@ export async function endLeftJob(name: string, uri: string | undefined, o: { own
     await virsh(["domjobabort", "--domain", name], uri);
   } catch (e) {
     if (!(e instanceof VirshError)) throw e;
-    throw new SourceError("E_SOURCE", `cannot end the backup job an interrupted backup left on domain ${name}: ${e.message}`, `end it with virsh domjobabort ${name}`);
+    // A job already ending (its owner ended it as it exited) has nothing left to abort.
+    if (!(await jobGone(name, uri))) throw new SourceError("E_SOURCE", `cannot end the backup job an interrupted backup left on domain ${name}: ${e.message}`, `end it with virsh domjobabort ${name}`);
   }
+  await jobGone(name, uri);
   await removeSocketDir(m[1] ?? "");
   return true;
+}
+
+/** How long a backup job's end is waited for after it was aborted, and how often it is looked for. */
+const JOB_END_WAIT_MS = 10_000;
+const JOB_END_POLL_MS = 50;
+
+/**
+ * Waits until the domain has no backup job (`backup-dumpxml` fails): libvirt ends an aborted
+ * pull-mode job after domjobabort returns (QEMU's export and scratch files are torn down
+ * meanwhile), and a backup started at once would otherwise meet it. Whether it is gone within
+ * JOB_END_WAIT_MS.
+ */
+async function jobGone(name: string, uri: string | undefined): Promise<boolean> {
+  const until = Date.now() + JOB_END_WAIT_MS;
+  for (;;) {
+    try {
+      await virsh(["backup-dumpxml", "--domain", name], uri);
+    } catch (e) {
+      if (e instanceof VirshError) return true;
+      throw e;
+    }
+    if (Date.now() >= until) return false;
+    await new Promise((resolve) => setTimeout(resolve, JOB_END_POLL_MS));
+  }
 }
 
 /**
