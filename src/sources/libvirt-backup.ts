@@ -224,14 +224,17 @@ export async function endLeftJob(name: string, uri: string | undefined, o: { own
   if (ownerRuns(pid, o.own === true)) {
     throw new VaultError("E_LOCKED", `another backup of domain ${name} is running (pid ${pid}): its backup job serves the disks`, { hint: "wait for it to finish and run the backup again" });
   }
+  let refused: VirshError | undefined;
   try {
     await virsh(["domjobabort", "--domain", name], uri);
   } catch (e) {
     if (!(e instanceof VirshError)) throw e;
-    // A job already ending (its owner ended it as it exited) has nothing left to abort.
-    if (!(await jobGone(name, uri))) throw new SourceError("E_SOURCE", `cannot end the backup job an interrupted backup left on domain ${name}: ${e.message}`, `end it with virsh domjobabort ${name}`);
+    refused = e;
   }
-  await jobGone(name, uri);
+  // A refused abort of a job already ending (its owner ended it as it exited) is no failure once the job is gone.
+  if (!(await jobGone(name, uri)) && refused !== undefined) {
+    throw new SourceError("E_SOURCE", `cannot end the backup job an interrupted backup left on domain ${name}: ${refused.message}`, `end it with virsh domjobabort ${name}`);
+  }
   await removeSocketDir(m[1] ?? "");
   return true;
 }
