@@ -1,4 +1,5 @@
 import { createRequire } from "node:module";
+import { availableParallelism } from "node:os";
 import { UsageError } from "../errors.js";
 import { plural } from "../util/text.js";
 import { Secret } from "./secret.js";
@@ -18,11 +19,22 @@ export interface KdfParams {
 export const KDF_FLOOR = { memoryKiB: 64 * 1024, passes: 3 } as const;
 
 /**
- * Parameters used for new slots: RFC 9106's second recommended option (64 MiB, 3 passes,
- * 4 lanes), about 0.11 s here. 256 MiB cost every command ~1 s and more than 250 MiB of RSS;
- * admins who want more pass `init --kdf-memory`.
+ * Lanes for a new slot: one per core of the host that makes it, up to RFC 9106's 4. libargon2
+ * (through the argon2 package) runs one thread per lane, so more lanes than cores only queue:
+ * on 2 cores, 4 lanes took 130-145 ms against 98-105 ms for 2 (docs/design.md §10). Lanes do
+ * not change what a guess costs an attacker (memory and passes do), only how many threads the
+ * defender's unlock may use.
  */
-export const KDF_DEFAULT = { memoryKiB: 64 * 1024, passes: 3, parallelism: 4 } as const;
+export function defaultLanes(cores: number = availableParallelism()): number {
+  return Math.max(1, Math.min(4, Math.floor(cores)));
+}
+
+/**
+ * Parameters used for new slots: RFC 9106's second recommended option (64 MiB, 3 passes,
+ * 4 lanes), with as many lanes as the host has cores up to 4: about 0.1 s here. 256 MiB cost
+ * every command ~1 s and more than 250 MiB of RSS; admins who want more pass `init --kdf-memory`.
+ */
+export const KDF_DEFAULT: KdfStrength = Object.freeze({ memoryKiB: 64 * 1024, passes: 3, parallelism: defaultLanes() });
 
 /** libargon2's limits (argon2.h): memory (KiB) and passes are 32-bit, lanes 24-bit. */
 export const KDF_MAX = { memoryKiB: 2 ** 32 - 1, passes: 2 ** 32 - 1, parallelism: 2 ** 24 - 1 } as const;
