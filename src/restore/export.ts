@@ -10,7 +10,7 @@ import { checkOverlayRequest, makeOverlays, planOverlays, type MadeOverlays } fr
 import { NBD_PORT } from "../sources/nbd-protocol.js";
 import { failedReadsError, NbdServer, type NbdEvent } from "./nbd-server.js";
 import { plural } from "../util/text.js";
-import type { PskKeys } from "./nbd-tls.js";
+import type { NbdTls, PskKeys, X509Credentials } from "./nbd-tls.js";
 
 /** Where the export listens: a TCP address, or a Unix socket (made with mode 0600). */
 export type ExportAddress = { readonly host: string; readonly port: number } | { readonly socket: string };
@@ -26,7 +26,7 @@ export interface ExportOptions {
   /** Default: 127.0.0.1, port 10809. */
   readonly listen?: ExportAddress;
   /**
-   * Allow a TCP address other than loopback. Without tlsKeys NBD has no authentication and the
+   * Allow a TCP address other than loopback. Without tlsKeys or tlsX509 NBD has no authentication and the
    * bytes cross the network as plaintext: anyone who can reach the address reads the disks (SECURITY.md).
    */
   readonly allowRemote?: boolean;
@@ -37,6 +37,12 @@ export interface ExportOptions {
    * credentials that a qcow2 file cannot name).
    */
   readonly tlsKeys?: PskKeys;
+  /**
+   * TLS with this X.509 certificate (an X.509 folder read by readX509Dir), required of every
+   * client: only a client showing a certificate the folder's CA signed (and its revocation list,
+   * if any, does not name) connects. Not with tlsKeys, nor with overlayDir.
+   */
+  readonly tlsX509?: X509Credentials;
   /** Stop once the first client has disconnected (and no other is connected). */
   readonly once?: boolean;
   /** Decrypted chunks kept for clients that read a chunk piece by piece (default 32 MiB). */
@@ -97,10 +103,12 @@ export interface ExportResult extends ExportListening {
 export async function exportNbd(repo: Repository, o: ExportOptions): Promise<ExportResult> {
   if (o.reason.trim() === "") throw new UsageError("an export needs --reason TEXT (it is kept in the audit trail)");
   const listen = o.listen ?? { host: "127.0.0.1", port: NBD_PORT };
-  checkAddress(listen, o.allowRemote === true, o.tlsKeys !== undefined);
+  if (o.tlsKeys !== undefined && o.tlsX509 !== undefined) throw new UsageError("give --tls-psk-file or --tls-x509-dir, not both");
+  const tls = tlsOf(o);
+  checkAddress(listen, o.allowRemote === true, tls !== undefined);
   checkOverlayRequest(o);
-  if (o.tlsKeys !== undefined && o.overlayDir !== undefined) {
-    throw new UsageError("--overlay-dir does not go with TLS: a qcow2 overlay cannot name the TLS credentials QEMU would need to reach the export", "export on a Unix socket (--socket) or loopback for a VM on this host, without --tls-psk-file");
+  if (tls !== undefined && o.overlayDir !== undefined) {
+    throw new UsageError("--overlay-dir does not go with TLS: a qcow2 overlay cannot name the TLS credentials QEMU would need to reach the export", "export on a Unix socket (--socket) or loopback for a VM on this host, without --tls-psk-file or --tls-x509-dir");
   }
   const request = contentsRequest([o.snapshot], { ...o, paths: [] });
   const target = {
@@ -110,6 +118,7 @@ export async function exportNbd(repo: Repository, o: ExportOptions): Promise<Exp
     ...(o.domainName === undefined ? {} : { domainName: o.domainName }),
     ...(o.define === true ? { define: "yes" } : {}),
     ...(o.tlsKeys === undefined ? {} : { tls: `psk (${[...o.tlsKeys.keys()].join(", ")})` }),
+    ...(o.tlsX509 === undefined ? {} : { tls: `x509 (clients of CA ${o.tlsX509.ca}${o.tlsX509.crl ? ", with its revocation list" : ""})` }),
   };
   // A VM reads a little here and there: windows of 64 KiB unless it reads on in order.
   return readContents(repo, "export", { ...request, target, minWindow: 64 * 1024 }, (opened) => serve(opened, listen, o), (r) => ({ address: r.address, connections: r.connections, reads: r.reads, bytes: r.bytes, ...(r.identities === undefined ? {} : { identities: r.identities.join(", ") }) }));
@@ -127,10 +136,11 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
   const planned = overlayDir === undefined ? undefined : await planOverlays({ ...o, overlayDir }, chosen, chosen.length === all.length, body?.domain);
   const reader = await opened.reader();
   const disks = chosen.map((d) => new SnapshotDisk(d, reader, record.key, o.cacheBytes === undefined ? {} : { cacheBytes: o.cacheBytes }));
+  const tls = tlsOf(o);
   const server = new NbdServer(disks, {
     ...(o.maxConnections === undefined ? {} : { maxConnections: o.maxConnections }),
     ...(o.onEvent === undefined ? {} : { onEvent: o.onEvent }),
-    ...(o.tlsKeys === undefined ? {} : { tlsKeys: o.tlsKeys }),
+    ...(tls === undefined ? {} : { tls }),
     describe: (d) => `disk ${d.name} of VM ${record.header.vm}, snapshot ${record.header.id} (${record.header.time}), read-only`,
   });
   const address = await listenOn(server, listen);
@@ -138,7 +148,7 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
     snapshotId: record.header.id,
     vm: record.header.vm,
     address,
-    exports: disks.map((d) => ({ name: d.name, size: d.size, uri: exportUri(listen, address, d.name, o.tlsKeys !== undefined) })),
+    exports: disks.map((d) => ({ name: d.name, size: d.size, uri: exportUri(listen, address, d.name, tls !== undefined) })),
   };
   try {
     if (planned !== undefined) {
@@ -163,9 +173,15 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
     connections: s.connections,
     reads: s.reads,
     bytes: s.bytes,
-    ...(o.tlsKeys === undefined ? {} : { identities: [...s.identities].sort() }),
+    ...(tls === undefined ? {} : { identities: [...s.identities].sort() }),
     damagedIndexes: opened.damagedIndexes(),
   };
+}
+
+/** The export's TLS, from whichever of its two options was given. */
+function tlsOf(o: ExportOptions): NbdTls | undefined {
+  if (o.tlsKeys !== undefined) return { psk: o.tlsKeys };
+  return o.tlsX509 === undefined ? undefined : { x509: o.tlsX509 };
 }
 
 /** Loopback unless allowRemote; a port from 0 (any free one) to 65535. */
@@ -178,7 +194,7 @@ function checkAddress(a: ExportAddress, allowRemote: boolean, tls: boolean): voi
   if (process.getBuiltinModule("node:net").isIP(a.host) === 0 && a.host !== "localhost") throw new UsageError(`${a.host} is not an IP address to listen on`, "give an address such as 127.0.0.1 or ::1");
   if (allowRemote || isLoopback(a.host)) return;
   if (tls) {
-    throw new UsageError(`${a.host} is not a loopback address: pass --allow-remote to serve the disks on the network`, "with --tls-psk-file only clients holding a key of its file connect, and the disks cross the network encrypted");
+    throw new UsageError(`${a.host} is not a loopback address: pass --allow-remote to serve the disks on the network`, "with TLS only clients holding a key of the PSK file, or a certificate of the CA, connect, and the disks cross the network encrypted");
   }
   throw new UsageError(`${a.host} is not a loopback address: an NBD export has no authentication and sends the disks as plaintext`, "listen on 127.0.0.1 or a Unix socket (--socket) and reach it through an SSH tunnel, or pass --allow-remote on a network you trust");
 }

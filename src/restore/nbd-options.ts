@@ -67,10 +67,11 @@ export class OptionPhase {
   /** Answers one option; a disk to serve when the option starts transmission, "abort" to end. */
   async #option(option: number, data: Buffer): Promise<ExportedDisk | "abort" | undefined> {
     if (option === P.Opt.STARTTLS) return this.#startTls(data);
-    if (this.#server.tlsKeys !== undefined && this.identity === undefined && option !== P.Opt.ABORT) {
+    const required = this.#server.tls;
+    if (required !== undefined && this.identity === undefined && option !== P.Opt.ABORT) {
       // NBD_OPT_EXPORT_NAME has no error reply: the session ends.
       if (option === P.Opt.EXPORT_NAME) return "abort";
-      return this.#reply(option, P.REP_ERR_TLS_REQD, "this export requires TLS: connect with its PSK file (NBD_OPT_STARTTLS)");
+      return this.#reply(option, P.REP_ERR_TLS_REQD, `this export requires TLS: connect with ${"psk" in required ? "its PSK file" : "a certificate its CA signed"} (NBD_OPT_STARTTLS)`);
     }
     switch (option) {
       case P.Opt.EXPORT_NAME: {
@@ -102,15 +103,16 @@ export class OptionPhase {
   }
 
   /**
-   * NBD_OPT_STARTTLS: acknowledged, then the TLS handshake with the export's pre-shared keys;
-   * the options that follow go over TLS, with nothing negotiated before it kept. A failed
-   * handshake (an unknown identity, another key) ends the session and is told as a refusal.
+   * NBD_OPT_STARTTLS: acknowledged, then the TLS handshake with the export's pre-shared keys or
+   * certificate; the options that follow go over TLS, with nothing negotiated before it kept. A
+   * failed handshake (an unknown identity, another key, no certificate or one the CA did not
+   * sign) ends the session and is told as a refusal.
    */
   async #startTls(data: Buffer): Promise<"abort" | undefined> {
     const option = P.Opt.STARTTLS;
-    const keys = this.#server.tlsKeys;
-    // Without keys the export serves plaintext on the address it was given (SECURITY.md).
-    if (keys === undefined) return this.#reply(option, P.Rep.ERR_UNSUP, "this export serves without TLS (it was started without --tls-psk-file)");
+    const keys = this.#server.tls;
+    // Without TLS the export serves plaintext on the address it was given (SECURITY.md).
+    if (keys === undefined) return this.#reply(option, P.Rep.ERR_UNSUP, "this export serves without TLS (it was started without --tls-psk-file or --tls-x509-dir)");
     if (this.identity !== undefined) return this.#reply(option, P.Rep.ERR_INVALID, "TLS is already started");
     if (data.length !== 0) return this.#reply(option, P.Rep.ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
     // A client that sent more before the answer is not speaking TLS next.

@@ -4,7 +4,7 @@ import type { ExportedDisk } from "./disk-reader.js";
 import * as P from "../sources/nbd-protocol.js";
 import { ConnectionClosed, SocketInput, writeAll } from "../util/socket-io.js";
 import { ALLOCATION_CONTEXT, MAX_REQUEST_BYTES, OptionPhase, type Wire } from "./nbd-options.js";
-import type { PskKeys } from "./nbd-tls.js";
+import type { NbdTls } from "./nbd-tls.js";
 
 export { MAX_REQUEST_BYTES } from "./nbd-options.js";
 
@@ -33,11 +33,12 @@ export interface NbdServerOptions {
   /** What NBD_OPT_LIST and NBD_INFO_DESCRIPTION say about an export. */
   readonly describe?: (disk: ExportedDisk) => string;
   /**
-   * TLS with these pre-shared keys, required of every client: before NBD_OPT_STARTTLS and the
-   * handshake, every option but NBD_OPT_ABORT is refused with NBD_REP_ERR_TLS_REQD (the export
-   * names too). Without it, NBD_OPT_STARTTLS is answered as unsupported.
+   * TLS with these pre-shared keys or this certificate, required of every client: before
+   * NBD_OPT_STARTTLS and the handshake, every option but NBD_OPT_ABORT is refused with
+   * NBD_REP_ERR_TLS_REQD (the export names too). Without it, NBD_OPT_STARTTLS is answered as
+   * unsupported.
    */
-  readonly tlsKeys?: PskKeys;
+  readonly tls?: NbdTls;
 }
 
 export type NbdEvent =
@@ -56,7 +57,7 @@ export interface NbdStats {
   failedReads: number;
   /** The first read failure, for the outcome. */
   firstFailure?: Error;
-  /** With TLS: the PSK identities that completed a handshake. */
+  /** With TLS: the identities that completed a handshake (PSK identities, or the common names of client certificates). */
   readonly identities: Set<string>;
 }
 
@@ -140,8 +141,8 @@ export class NbdServer {
     return this.#o.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
   }
 
-  get tlsKeys(): PskKeys | undefined {
-    return this.#o.tlsKeys;
+  get tls(): NbdTls | undefined {
+    return this.#o.tls;
   }
 
   describe(disk: ExportedDisk): string {

@@ -1,13 +1,24 @@
+import { readFileSync } from "node:fs";
 import type { Socket } from "node:net";
+import path from "node:path";
 import type tls from "node:tls";
+import type { X509Certificate } from "node:crypto";
 import { UsageError } from "../errors.js";
 
 /**
- * TLS with pre-shared keys for the NBD export (NBD_OPT_STARTTLS): the key file's format is the
- * one QEMU (`tls-creds-psk`, its `keys.psk`) and libnbd (`tls-psk-file`) read, one
- * `IDENTITY:HEXKEY` per line, so the same file serves both ends. Each side proves it holds the
- * key of the identity the client names; nothing is sent in the clear after the upgrade.
+ * TLS for the NBD export (NBD_OPT_STARTTLS), in either of the two ways QEMU and libnbd speak it:
+ * - pre-shared keys: the key file's format is the one QEMU (`tls-creds-psk`, its `keys.psk`) and
+ *   libnbd (`tls-psk-file`) read, one `IDENTITY:HEXKEY` per line, so the same file serves both
+ *   ends. Each side proves it holds the key of the identity the client names.
+ * - X.509 certificates: a folder laid out as QEMU's `tls-creds-x509` reads it for a server
+ *   (`ca-cert.pem`, `server-cert.pem`, `server-key.pem`, optionally `ca-crl.pem`). Every client
+ *   must show a certificate the CA signed (QEMU's `verify-peer`), checked by OpenSSL; the CA's
+ *   revocation list, where there is one, turns revoked certificates away.
+ * Nothing is sent in the clear after the upgrade.
  */
+
+/** An export's TLS: pre-shared keys, or an X.509 certificate and the CA its clients' certificates come from. */
+export type NbdTls = { readonly psk: PskKeys } | { readonly x509: X509Credentials };
 
 /** Keys shorter than this are refused: 128 bits, as `psktool` makes 256. */
 export const MIN_PSK_BYTES = 16;
@@ -39,21 +50,120 @@ export function parsePskFile(text: string, source: string): PskKeys {
 /** What a TLS upgrade gives: the encrypted socket and the identity the client proved. */
 export interface TlsSession {
   readonly socket: tls.TLSSocket;
+  /** The PSK identity, or the common name of the client's certificate (its SHA-256 fingerprint when it has none). */
   readonly identity: string;
+}
+
+/** The files of an X.509 folder, by QEMU's names for a server. */
+export const X509_FILES = { ca: "ca-cert.pem", cert: "server-cert.pem", key: "server-key.pem", crl: "ca-crl.pem" } as const;
+
+/** An X.509 folder, read and checked (readX509Dir). */
+export interface X509Credentials {
+  readonly dir: string;
+  /** What each connection's TLS server is made with: the PEM files, the private key among them. */
+  readonly options: Readonly<tls.SecureContextOptions>;
+  /** The CA's subject (its common name where it has one), for the trail. */
+  readonly ca: string;
+  /** The server certificate, to tell whether it names an address. */
+  readonly certificate: X509Certificate;
+  /** A revocation list was given (ca-crl.pem). */
+  readonly crl: boolean;
+}
+
+/**
+ * Reads and checks an X.509 folder before the export starts, so that a bad one is a usage error
+ * naming the file, not a refusal of every client: each file must be there and parse; the key
+ * must be the certificate's; the certificate must be valid at `now` and signed by a certificate
+ * of ca-cert.pem (clients trusting that CA would refuse it otherwise).
+ */
+export function readX509Dir(dir: string, now: number = Date.now()): X509Credentials {
+  const { X509Certificate, createPrivateKey } = process.getBuiltinModule("node:crypto");
+  const { createSecureContext } = process.getBuiltinModule("node:tls");
+  const layout = `the folder holds ${X509_FILES.ca}, ${X509_FILES.cert} and ${X509_FILES.key} (and ${X509_FILES.crl} where the CA revokes certificates), as QEMU's tls-creds-x509 reads it for a server`;
+  const read = (name: string, optional = false): string | undefined => {
+    const file = path.join(dir, name);
+    try {
+      return readFileSync(file, "utf8");
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (optional && code === "ENOENT") return undefined;
+      const why = code === "ENOENT" ? "it does not exist" : code === "EACCES" || code === "EPERM" ? "permission denied" : code === "EISDIR" ? "it is a folder" : (code ?? String(e));
+      throw new UsageError(`cannot read ${file}: ${why}`, layout);
+    }
+  };
+  const caText = read(X509_FILES.ca) as string;
+  const certText = read(X509_FILES.cert) as string;
+  const keyText = read(X509_FILES.key) as string;
+  const crlText = read(X509_FILES.crl, true);
+  const at = (name: string): string => path.join(dir, name);
+  const blocks = (text: string): string[] => text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+  const parse = (pem: string, name: string): X509Certificate => {
+    try {
+      return new X509Certificate(pem);
+    } catch {
+      throw new UsageError(`${at(name)} holds a certificate that does not parse`, layout);
+    }
+  };
+  const caBlocks = blocks(caText);
+  if (caBlocks.length === 0) throw new UsageError(`${at(X509_FILES.ca)} holds no PEM certificate`, layout);
+  const cas = caBlocks.map((b) => parse(b, X509_FILES.ca));
+  const certBlock = blocks(certText)[0];
+  if (certBlock === undefined) throw new UsageError(`${at(X509_FILES.cert)} holds no PEM certificate`, layout);
+  const certificate = parse(certBlock, X509_FILES.cert);
+  let key: ReturnType<typeof createPrivateKey>;
+  try {
+    key = createPrivateKey(keyText);
+  } catch {
+    throw new UsageError(`${at(X509_FILES.key)} holds no private key that can be read (a PEM key without a passphrase is needed)`, layout);
+  }
+  if (!certificate.checkPrivateKey(key)) throw new UsageError(`${at(X509_FILES.key)} is not the key of ${at(X509_FILES.cert)}`);
+  const from = Date.parse(certificate.validFrom);
+  const to = Date.parse(certificate.validTo);
+  if (now > to) throw new UsageError(`${at(X509_FILES.cert)} expired on ${new Date(to).toISOString()}`, "renew the server's certificate");
+  if (now < from) throw new UsageError(`${at(X509_FILES.cert)} is not valid before ${new Date(from).toISOString()}`, "check the clock, or the certificate's dates");
+  const issuer = cas.find((ca) => certificate.checkIssued(ca) && certificate.verify(ca.publicKey));
+  if (issuer === undefined) {
+    throw new UsageError(`${at(X509_FILES.cert)} is not signed by a certificate of ${at(X509_FILES.ca)}: clients trusting that CA would refuse the export`, `its issuer is ${oneLine(certificate.issuer)}`);
+  }
+  const options: tls.SecureContextOptions = { minVersion: "TLSv1.2", cert: certText, key: keyText, ca: caText, ...(crlText === undefined ? {} : { crl: crlText }) };
+  try {
+    // OpenSSL's own reading of them, once here rather than at each client.
+    createSecureContext(options);
+  } catch (e) {
+    throw new UsageError(`the certificates of ${dir} cannot serve TLS: ${e instanceof Error ? e.message : String(e)}`, layout);
+  }
+  return { dir, options, ca: commonName(issuer.subject) ?? oneLine(issuer.subject), certificate, crl: crlText !== undefined };
+}
+
+/** A subject or issuer as X509Certificate gives it (one attribute a line), on one line. */
+function oneLine(name: string): string {
+  return name.split("\n").filter((l) => l !== "").join(", ");
+}
+
+/** The CN of a subject as X509Certificate gives it. */
+function commonName(name: string): string | undefined {
+  return /^CN=(.*)$/m.exec(name)?.[1];
 }
 
 /**
  * Starts TLS as the server on a socket whose NBD_OPT_STARTTLS was just acknowledged, and
- * resolves once the handshake is done; rejects with a message for people when it fails (an
- * unknown identity or another key: the client's proof of the key does not verify).
- * TLS 1.2 at least, with forward-secret PSK suites only below 1.3.
+ * resolves once the handshake is done and the client proved who it is; rejects with a message
+ * for people when it fails.
  */
-export function startTls(socket: Socket, keys: PskKeys): Promise<TlsSession> {
+export function startTls(socket: Socket, tlsOf: NbdTls): Promise<TlsSession> {
+  // The TLS socket takes over the connection and reports its failures; the plain one stays quiet.
+  socket.on("error", () => undefined);
+  return "psk" in tlsOf ? startPsk(socket, tlsOf.psk) : startX509(socket, tlsOf.x509);
+}
+
+/**
+ * TLS 1.2 at least, with forward-secret PSK suites only below 1.3. A failure names an unknown
+ * identity or another key (the client's proof of the key does not verify).
+ */
+function startPsk(socket: Socket, keys: PskKeys): Promise<TlsSession> {
   /** The identity the client named, and whether the file holds it. */
   let named: string | undefined;
   let identity: string | undefined;
-  // The TLS socket takes over the connection and reports its failures; the plain one stays quiet.
-  socket.on("error", () => undefined);
   const { TLSSocket, createSecureContext } = process.getBuiltinModule("node:tls");
   const secure = new TLSSocket(socket, {
     isServer: true,
@@ -66,7 +176,7 @@ export function startTls(socket: Socket, keys: PskKeys): Promise<TlsSession> {
       return key;
     },
   } as tls.TLSSocketOptions);
-  return new Promise((resolve, reject) => {
+  return handshake(socket, (settle) => {
     const failed = (e: Error): void => {
       secure.destroy();
       // The identity a client names is its own text: shown as data (the CLI escapes what it prints), and cut short.
@@ -78,22 +188,93 @@ export function startTls(socket: Socket, keys: PskKeys): Promise<TlsSession> {
             : named === undefined
               ? "the client offered no pre-shared key (TLS-PSK)"
               : e.message;
-      reject(new Error(`TLS handshake failed: ${said}`));
+      settle(new Error(`TLS handshake failed: ${said}`));
     };
-    // A connection closed mid-handshake (the export's deadline, or the client gone) ends it too.
-    const cut = (): void => {
-      secure.destroy();
-      reject(new Error("TLS handshake failed: the connection closed before it ended"));
-    };
-    socket.once("close", cut);
-    secure.once("close", cut);
+    secure.once("close", () => settle(closedEarly()));
     secure.once("error", failed);
     secure.once("secure", () => {
       secure.off("error", failed);
-      secure.off("close", cut);
-      socket.off("close", cut);
       if (identity === undefined) return failed(new Error("no identity"));
-      resolve({ socket: secure, identity });
+      settle({ socket: secure, identity });
     });
+    return () => secure.destroy();
+  });
+}
+
+/**
+ * The handshake through a tls.Server of its own (given the socket as a connection), which is
+ * where Node.js checks a client's certificate against the CA and refuses it when it does not
+ * verify: a TLSSocket made directly asks for the certificate but leaves its verdict unread.
+ */
+function startX509(socket: Socket, creds: X509Credentials): Promise<TlsSession> {
+  const { createServer } = process.getBuiltinModule("node:tls");
+  const server = createServer({ ...creds.options, requestCert: true, rejectUnauthorized: true });
+  return handshake(socket, (settle) => {
+    let secure: tls.TLSSocket | undefined;
+    server.once("secureConnection", (s: tls.TLSSocket) => {
+      secure = s;
+      const peer = s.getPeerCertificate();
+      if (!s.authorized || peer === null || Object.keys(peer).length === 0) {
+        s.destroy();
+        return settle(new Error(`TLS handshake failed: ${certificateRefusal(s.authorizationError)}`));
+      }
+      const cn = peer.subject?.CN as string | string[] | undefined;
+      const name = Array.isArray(cn) ? cn[0] : cn;
+      settle({ socket: s, identity: name !== undefined && name !== "" ? name.slice(0, 128) : `sha256:${peer.fingerprint256}` });
+    });
+    server.once("tlsClientError", (e: Error & { code?: string }, s: tls.TLSSocket) => {
+      secure = s;
+      s.destroy();
+      const said =
+        e.code === "ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE" || /peer did not return a certificate/i.test(e.message)
+          ? "the client showed no certificate from the export's CA"
+          : s.authorizationError !== undefined && s.authorizationError !== null
+            ? certificateRefusal(s.authorizationError)
+            : e.message;
+      settle(new Error(`TLS handshake failed: ${said}`));
+    });
+    server.emit("connection", socket);
+    return () => secure?.destroy();
+  });
+}
+
+/** Why a client's certificate was refused, from OpenSSL's verification code. */
+function certificateRefusal(code: Error | string | null | undefined): string {
+  const c = code instanceof Error ? ((code as Error & { code?: string }).code ?? code.message) : (code ?? "");
+  if (/^(UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT(_LOCALLY)?|SELF_SIGNED_CERT_IN_CHAIN|DEPTH_ZERO_SELF_SIGNED_CERT|CERT_SIGNATURE_FAILURE)$/.test(c)) {
+    return `the client's certificate is not signed by the export's CA (${c})`;
+  }
+  if (c === "CERT_HAS_EXPIRED") return "the client's certificate has expired";
+  if (c === "CERT_NOT_YET_VALID") return "the client's certificate is not valid yet";
+  if (c === "CERT_REVOKED") return "the client's certificate is revoked (ca-crl.pem)";
+  return `the client's certificate did not verify${c === "" ? "" : ` (${c})`}`;
+}
+
+function closedEarly(): Error {
+  return new Error("TLS handshake failed: the connection closed before it ended");
+}
+
+/**
+ * One handshake's outcome, settled once: `run` wires up the TLS side and calls settle with the
+ * session or the error, and returns how to tear its socket down. A connection closed
+ * mid-handshake (the export's deadline, or the client gone) ends it too.
+ */
+function handshake(socket: Socket, run: (settle: (r: TlsSession | Error) => void) => () => void): Promise<TlsSession> {
+  return new Promise((resolve, reject) => {
+    let done = false;
+    let teardown: (() => void) | undefined;
+    // Told a turn later: Node.js tells the TLS side's own failure (a certificate it refused, say) after the socket closes.
+    const cut = (): void => void setImmediate(() => settle(closedEarly()));
+    const settle = (r: TlsSession | Error): void => {
+      if (done) return;
+      done = true;
+      socket.off("close", cut);
+      if (r instanceof Error) {
+        teardown?.();
+        reject(r);
+      } else resolve(r);
+    };
+    socket.once("close", cut);
+    teardown = run(settle);
   });
 }

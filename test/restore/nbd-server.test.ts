@@ -6,11 +6,16 @@
  * the server's close are each checked byte for byte.
  */
 import type { AddressInfo } from "node:net";
-import { afterEach, describe, expect, it } from "vitest";
-import { IntegrityError } from "../../src/errors.js";
+import { promises as fsp } from "node:fs";
+import path from "node:path";
+import os from "node:os";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { IntegrityError, UsageError } from "../../src/errors.js";
 import type { DiskPiece, ExportedDisk, Extent } from "../../src/restore/disk-reader.js";
 import { NbdServer, type NbdEvent, type NbdServerOptions } from "../../src/restore/nbd-server.js";
-import { seededBytes } from "../helpers/fixtures.js";
+import { readX509Dir, type X509Credentials } from "../../src/restore/nbd-tls.js";
+import { seededBytes, tempDirs } from "../helpers/fixtures.js";
+import { haveOpenssl, makeTestPki, type TestPki } from "../helpers/x509.js";
 import { goData, IHAVEOPT, metaContextData, NBDMAGIC, NbdClient, REPLY_FLAG_DONE, type Chunk, type OptionReply } from "../helpers/nbd-client.js";
 
 const KiB = 1024;
@@ -96,6 +101,7 @@ class FakeDisk implements ExportedDisk {
 
 const servers: NbdServer[] = [];
 const clients: NbdClient[] = [];
+const tmp = tempDirs();
 
 afterEach(async () => {
   for (const c of clients.splice(0)) c.socket.destroy();
@@ -610,7 +616,7 @@ describe("NbdServer with TLS (pre-shared keys)", () => {
   const keys = new Map([["hv-2", KEY]]);
 
   it("refuses every option before STARTTLS, naming no export; after the handshake, options and reads go over TLS", async () => {
-    const { port, events } = await serve(["vda", "vdb"], { tlsKeys: keys });
+    const { port, events } = await serve(["vda", "vdb"], { tls: { psk: keys } });
     const c = await connect(port);
     await c.start();
     for (const option of [Opt.LIST, Opt.INFO, Opt.GO, Opt.STRUCTURED_REPLY, Opt.LIST_META_CONTEXT]) {
@@ -631,7 +637,7 @@ describe("NbdServer with TLS (pre-shared keys)", () => {
   });
 
   it("ends a plaintext EXPORT_NAME at once, and a handshake with another key or an unknown identity, and goes on serving", async () => {
-    const { server, port, events } = await serve(["vda"], { tlsKeys: keys });
+    const { server, port, events } = await serve(["vda"], { tls: { psk: keys } });
     const plain = await connect(port);
     await plain.start();
     plain.sendOption(Opt.EXPORT_NAME, Buffer.from("vda"));
@@ -657,9 +663,142 @@ describe("NbdServer with TLS (pre-shared keys)", () => {
   });
 });
 
+describe.skipIf(!haveOpenssl)("NbdServer with TLS (X.509 certificates)", () => {
+  let pkiDir: string;
+  let pki: TestPki;
+  let creds: X509Credentials;
+  const pem = async (dir: string, name: string): Promise<string> => fsp.readFile(path.join(dir, name), "utf8");
+  const client = async (dir: string): Promise<{ ca: string; cert: string; key: string }> => ({ ca: await pem(dir, "ca-cert.pem"), cert: await pem(dir, "client-cert.pem"), key: await pem(dir, "client-key.pem") });
+
+  beforeAll(async () => {
+    pkiDir = await fsp.mkdtemp(path.join(os.tmpdir(), "vmvault-pki-"));
+    pki = await makeTestPki(pkiDir);
+    creds = readX509Dir(pki.server);
+  });
+  afterAll(() => fsp.rm(pkiDir, { recursive: true, force: true }));
+
+  it("serves a client whose certificate the CA signed, named by its common name; refuses one of another CA and one showing none, and goes on", async () => {
+    const { server, port, events } = await serve(["vda"], { tls: { x509: creds } });
+    const plain = await connect(port);
+    await plain.start();
+    const refused = await plain.option(Opt.LIST);
+    expect(types(refused)).toEqual([Rep.ERR_TLS_REQD]);
+    expect(refused[0]?.data.toString("utf8")).toMatch(/connect with a certificate its CA signed/);
+    for (const who of [await client(pki.rogue), { ca: await pem(pki.client, "ca-cert.pem") }]) {
+      const c = await connect(port);
+      await c.start();
+      expect(types(await c.option(Opt.STARTTLS))).toEqual([Rep.ACK]);
+      // TLS 1.3: the client's handshake ends before the server has checked its certificate, so the refusal shows on the first read.
+      const secure = await c.startTlsX509(who).catch((e: unknown) => e);
+      if (secure instanceof NbdClient) {
+        clients.push(secure);
+        secure.sendOption(Opt.LIST);
+        await expect(secure.readOptionReply()).rejects.toThrow();
+      } else expect(secure).toBeInstanceOf(Error);
+    }
+    await until(() => events.filter((e) => e.kind === "refused").length === 2);
+    const reasons = events.flatMap((e) => (e.kind === "refused" ? [e.reason] : []));
+    expect(reasons[0]).toBe("TLS handshake failed: the client's certificate is not signed by the export's CA (UNABLE_TO_VERIFY_LEAF_SIGNATURE)");
+    expect(reasons[1]).toBe("TLS handshake failed: the client showed no certificate from the export's CA");
+    const c = await connect(port);
+    await c.start();
+    expect(types(await c.option(Opt.STARTTLS))).toEqual([Rep.ACK]);
+    const secure = await c.startTlsX509(await client(pki.client));
+    clients.push(secure);
+    expect(types(await secure.option(Opt.GO, goData("vda"))).at(-1)).toBe(Rep.ACK);
+    expectBytes(await readSimple(secure, BLOCK - 10, 100), IMAGE.subarray(BLOCK - 10, BLOCK + 90), "read over TLS");
+    await until(() => events.some((e) => e.kind === "opened"));
+    expect(events.find((e) => e.kind === "opened")).toMatchObject({ disk: "vda", identity: "hv-2" });
+    expect([...server.stats.identities]).toEqual(["hv-2"]);
+  });
+
+  it("refuses a certificate the CA revoked once the folder holds its revocation list, and served it before", async () => {
+    const revoked = await client(pki.revoked);
+    const withoutCrl = await serve(["vda"], { tls: { x509: creds } });
+    const before = await connect(withoutCrl.port);
+    await before.start();
+    expect(types(await before.option(Opt.STARTTLS))).toEqual([Rep.ACK]);
+    const served = await before.startTlsX509(revoked);
+    clients.push(served);
+    expect(types(await served.option(Opt.GO, goData("vda"))).at(-1)).toBe(Rep.ACK);
+    const dir = tmp("crl");
+    await fsp.cp(pki.server, dir, { recursive: true });
+    await fsp.copyFile(path.join(pki.ca, "ca-crl.pem"), path.join(dir, "ca-crl.pem"));
+    const withCrl = readX509Dir(dir);
+    expect(withCrl.crl).toBe(true);
+    const { port, events } = await serve(["vda"], { tls: { x509: withCrl } });
+    const c = await connect(port);
+    await c.start();
+    expect(types(await c.option(Opt.STARTTLS))).toEqual([Rep.ACK]);
+    const secure = await c.startTlsX509(revoked).catch((e: unknown) => e);
+    if (secure instanceof NbdClient) {
+      clients.push(secure);
+      secure.sendOption(Opt.LIST);
+      await expect(secure.readOptionReply()).rejects.toThrow();
+    }
+    await until(() => events.some((e) => e.kind === "refused"));
+    expect(events.find((e) => e.kind === "refused")).toMatchObject({ reason: "TLS handshake failed: the client's certificate is revoked (ca-crl.pem)" });
+    // hv-2's certificate is not on the list.
+    const ok = await connect(port);
+    await ok.start();
+    expect(types(await ok.option(Opt.STARTTLS))).toEqual([Rep.ACK]);
+    const fine = await ok.startTlsX509(await client(pki.client));
+    clients.push(fine);
+    expect(types(await fine.option(Opt.GO, goData("vda"))).at(-1)).toBe(Rep.ACK);
+  });
+});
+
+describe.skipIf(!haveOpenssl)("X.509 folders (readX509Dir)", () => {
+  let pkiDir: string;
+  let pki: TestPki;
+  beforeAll(async () => {
+    pkiDir = await fsp.mkdtemp(path.join(os.tmpdir(), "vmvault-pki-"));
+    pki = await makeTestPki(pkiDir);
+  });
+  afterAll(() => fsp.rm(pkiDir, { recursive: true, force: true }));
+
+  /** A copy of the export's folder with one file replaced (or removed, with undefined). */
+  async function variant(name: string, content: string | undefined): Promise<string> {
+    const dir = tmp("x509");
+    await fsp.cp(pki.server, dir, { recursive: true });
+    if (content === undefined) await fsp.rm(path.join(dir, name));
+    else await fsp.writeFile(path.join(dir, name), content);
+    return dir;
+  }
+
+  it("reads QEMU's layout and names the CA; refuses a missing file, one that is no certificate, another key, another CA's certificate, and dates outside the certificate's", async () => {
+    const creds = readX509Dir(pki.server);
+    expect(creds.ca).toBe("vmvault test CA");
+    expect(creds.crl).toBe(false);
+    expect(creds.certificate.checkIP("127.0.0.1")).toBe("127.0.0.1");
+    const refusal = (dir: string, now?: number): string => {
+      try {
+        readX509Dir(dir, now);
+      } catch (e) {
+        expect(e).toBeInstanceOf(UsageError);
+        return `${(e as UsageError).message} | ${(e as UsageError).hint ?? ""}`;
+      }
+      throw new Error("accepted");
+    };
+    expect(refusal(await variant("server-key.pem", undefined))).toMatch(/^cannot read .*\/server-key\.pem: it does not exist \| the folder holds ca-cert\.pem, server-cert\.pem and server-key\.pem/);
+    expect(refusal(path.join(pkiDir, "nowhere"))).toMatch(/^cannot read .*nowhere\/ca-cert\.pem: it does not exist/);
+    expect(refusal(await variant("ca-cert.pem", "not a certificate\n"))).toMatch(/ca-cert\.pem holds no PEM certificate/);
+    expect(refusal(await variant("server-cert.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"))).toMatch(/server-cert\.pem holds a certificate that does not parse/);
+    expect(refusal(await variant("server-key.pem", await fsp.readFile(path.join(pki.client, "client-key.pem"), "utf8")))).toMatch(/server-key\.pem is not the key of .*server-cert\.pem/);
+    expect(refusal(await variant("server-key.pem", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"))).toMatch(/server-key\.pem holds no private key that can be read/);
+    expect(refusal(await variant("ca-cert.pem", await fsp.readFile(path.join(pki.otherCa, "ca-cert.pem"), "utf8")))).toMatch(/server-cert\.pem is not signed by a certificate of .*ca-cert\.pem: clients trusting that CA would refuse the export \| its issuer is CN=vmvault test CA/);
+    const day = 24 * 3600 * 1000;
+    expect(refusal(pki.server, Date.now() + 5 * day)).toMatch(/server-cert\.pem expired on 20\d\d-/);
+    expect(refusal(pki.server, Date.now() - 5 * day)).toMatch(/server-cert\.pem is not valid before 20\d\d-.* \| check the clock/);
+    // A bundle: the issuing CA after another certificate is found.
+    const other = await fsp.readFile(path.join(pki.otherCa, "ca-cert.pem"), "utf8");
+    expect(readX509Dir(await variant("ca-cert.pem", other + (await fsp.readFile(path.join(pki.ca, "ca-cert.pem"), "utf8")))).ca).toBe("vmvault test CA");
+  });
+});
+
 describe("NbdServer handshake deadline", () => {
   it("closes a client that chooses no export in time, plain or stalled inside TLS, and leaves one that chose in time alone", async () => {
-    const { port, events } = await serve(["vda"], { handshakeTimeoutMs: 400, tlsKeys: new Map([["hv-2", seededBytes("deadline key", 32)]]) });
+    const { port, events } = await serve(["vda"], { handshakeTimeoutMs: 400, tls: { psk: new Map([["hv-2", seededBytes("deadline key", 32)]]) } });
     const started = Date.now();
     const silent = await connect(port);
     expect(await silent.closesWithin(3000)).toBe(true);

@@ -1,10 +1,11 @@
 import { readFileSync } from "node:fs";
+import path from "node:path";
 import type { Command } from "commander";
 import { UsageError } from "../../errors.js";
 import type { ExportAddress, ExportListening } from "../../restore/export.js";
 import { NBD_PORT } from "../../sources/nbd-protocol.js";
 import type { NbdEvent } from "../../restore/nbd-server.js";
-import { parsePskFile, type PskKeys } from "../../restore/nbd-tls.js";
+import { parsePskFile, readX509Dir, X509_FILES, type PskKeys, type X509Credentials } from "../../restore/nbd-tls.js";
 import { fileProblem, readableByOthers } from "../keys-file.js";
 import { CliContext } from "../context.js";
 import type { Interrupts } from "../interrupt.js";
@@ -23,7 +24,8 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
     .option("--listen <address>", `IP address and port to listen on, as HOST:PORT, [IPv6]:PORT or HOST (default 127.0.0.1:${NBD_PORT}; port 0 picks a free one)`)
     .option("--socket <path>", "listen on this Unix socket instead (made with mode 0600: only this user, and root, may connect)")
     .option("--tls-psk-file <file>", "require TLS with the pre-shared keys of this file (IDENTITY:HEXKEY lines, as QEMU's keys.psk and libnbd's tls-psk-file; readable by its owner only): only clients holding a key connect, and the disks cross the wire encrypted")
-    .option("--allow-remote", "allow a --listen address other than loopback (without --tls-psk-file, NBD sends the disks as plaintext to anyone who can connect)")
+    .option("--tls-x509-dir <dir>", `require TLS with the X.509 certificate of this folder (${X509_FILES.ca}, ${X509_FILES.cert}, ${X509_FILES.key}, optionally ${X509_FILES.crl}: QEMU's tls-creds-x509 layout; the key readable by its owner only): only clients showing a certificate its CA signed connect, and the disks cross the wire encrypted`)
+    .option("--allow-remote", "allow a --listen address other than loopback (without --tls-psk-file or --tls-x509-dir, NBD sends the disks as plaintext to anyone who can connect)")
     .option("--once", "stop once the first client has disconnected")
     .option("--overlay-dir <dir>", "make a qcow2 overlay backed by the export for each disk in this folder (DISK.qcow2), for a VM to run on: its writes stay there; for a libvirt domain's snapshot, also the domain's definition naming them (DOMAIN.xml)")
     .option("--domain-name <name>", "with --overlay-dir: name the definition so, without its UUID and MAC addresses, to run it beside the original")
@@ -37,7 +39,9 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
       if (opts.overlayDir === undefined && (opts.domainName !== undefined || opts.define === true)) throw new UsageError("--domain-name and --define go with --overlay-dir (the domain runs on the overlays)");
       if (opts.libvirtUri !== undefined && opts.define !== true) throw new UsageError("--libvirt-uri goes with --define");
       const listen: ExportAddress = opts.socket !== undefined ? { socket: opts.socket } : parseListen(opts.listen ?? `127.0.0.1:${NBD_PORT}`);
+      if (opts.tlsPskFile !== undefined && opts.tlsX509Dir !== undefined) throw new UsageError("give --tls-psk-file or --tls-x509-dir, not both");
       const tlsKeys = opts.tlsPskFile === undefined ? undefined : readPskFile(opts.tlsPskFile);
+      const tlsX509 = opts.tlsX509Dir === undefined ? undefined : readCertificates(opts.tlsX509Dir);
       const vault = await ctx.openVault();
       try {
         const r = await vault.exportNbd({
@@ -53,6 +57,7 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
           ...(opts.define === true ? { define: true } : {}),
           ...(opts.libvirtUri === undefined ? {} : { libvirtUri: opts.libvirtUri }),
           ...(tlsKeys === undefined ? {} : { tlsKeys }),
+          ...(tlsX509 === undefined ? {} : { tlsX509 }),
           signal: interrupts.cancellable("; the export stopped without recording its outcome"),
           onListening: (l) => printListening(ctx, l, opts.once === true),
           onEvent: (e) => ctx.warn(eventLine(e)),
@@ -106,6 +111,7 @@ interface ExportCliOptions {
   define?: boolean;
   libvirtUri?: string;
   tlsPskFile?: string;
+  tlsX509Dir?: string;
 }
 
 /** The export's pre-shared keys: a file only its owner may read, in QEMU's and libnbd's format. */
@@ -118,6 +124,13 @@ function readPskFile(file: string): PskKeys {
   }
   if (readableByOthers(file)) throw new UsageError(`--tls-psk-file ${file} may be read by other users: its keys open the export`, `chmod 600 ${file}`);
   return parsePskFile(text, file);
+}
+
+/** The export's X.509 folder, checked before the unlock; its private key readable by its owner only. */
+function readCertificates(dir: string): X509Credentials {
+  const key = path.join(dir, X509_FILES.key);
+  if (readableByOthers(key)) throw new UsageError(`--tls-x509-dir: ${key} may be read by other users: it proves the export's identity to its clients`, `chmod 600 ${key}`);
+  return readX509Dir(dir);
 }
 
 function eventLine(e: NbdEvent): string {
