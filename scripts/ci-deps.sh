@@ -33,7 +33,8 @@ command -v guestfish >/dev/null 2>&1 || need="$need libguestfs-tools"
 [ -x /usr/bin/ceph-osd ] || need="$need ceph-osd"
 [ -x /usr/bin/radosgw-admin ] && [ -x /usr/bin/ceph ] || need="$need ceph-common"
 command -v curl >/dev/null 2>&1 || need="$need curl"
-# openssl: the S3 tests make a certificate authority for an https:// front of that RGW.
+# openssl: the S3 tests make a certificate authority for an https:// front of that RGW, and the
+# NBD export's X.509 tests a CA, server and client certificates (test/helpers/x509.ts).
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
 # cargo and blake2b_simd's sources: the native pipeline hashes chunk IDs four at a time through a
 # library native/build-blake2b.sh builds from them, offline (its tests check it is in use).

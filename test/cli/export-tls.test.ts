@@ -1,8 +1,10 @@
 /**
- * `vmvault export nbd --tls-psk-file`: TLS with pre-shared keys, required of every client, read
- * by real clients (libnbd's nbdinfo and nbdcopy with tls-psk-file, qemu-img with QEMU's
- * tls-creds-psk): a client with a key of the file copies the image byte for byte; one without
- * TLS, or with another key, is turned away and reads nothing, and the export goes on.
+ * `vmvault export nbd --tls-psk-file` and `--tls-x509-dir`: TLS with pre-shared keys or X.509
+ * certificates, required of every client, read by real clients (libnbd's nbdinfo and nbdcopy
+ * with tls-psk-file or tls-certificates, qemu-img with QEMU's tls-creds-psk or tls-creds-x509):
+ * a client with a key of the file, or a certificate of the CA, copies the image byte for byte;
+ * one without TLS, with another key or another CA's certificate, is turned away and reads
+ * nothing, and the export goes on.
  */
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -13,6 +15,7 @@ import { initCliRepo, vault, type CliResult } from "../helpers/cli.js";
 import { seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 import { endExports, resultOf, run, startExport } from "../helpers/nbd-export.js";
 import { MIN_PSK_BYTES, parsePskFile } from "../../src/restore/nbd-tls.js";
+import { haveOpenssl, makeTestPki } from "../helpers/x509.js";
 
 const tmp = tempDirs();
 const MiB = 1024 * 1024;
@@ -164,5 +167,74 @@ describe.skipIf(!haveClients)("export nbd over TLS with pre-shared keys", () => 
     await fsp.chmod(keys, 0o600);
     expectUsage(await v(["export", "nbd", "latest", "--reason", "r", "--tls-psk-file", keys, "--overlay-dir", tmp("ov")]), /--overlay-dir does not go with TLS/);
     expectUsage(await v(["export", "nbd", "latest", "--reason", "r", "--tls-psk-file", keys, "--listen", "192.0.2.1:10809"]), /192\.0\.2\.1 is not a loopback address: pass --allow-remote/);
+  });
+});
+
+describe.skipIf(!haveClients || !haveOpenssl)("export nbd over TLS with X.509 certificates", () => {
+  it("nbdinfo, nbdcopy and qemu-img with a certificate of the CA read the disk byte for byte; the trail names the CA and the client", async () => {
+    const { repo, v, image } = await fixture();
+    const pki = await makeTestPki(tmp("pki"));
+    const e = await startExport(repo, ["latest", "--reason", "boot on hv-2", "--listen", "127.0.0.1:0", "--tls-x509-dir", pki.server]);
+    const uri = e.listening.exports[0]?.uri as string;
+    expect(uri).toMatch(/^nbds:\/\/127\.0\.0\.1:\d+\/disk\.raw$/);
+    const withCert = `${uri}?tls-certificates=${pki.client}`;
+    const info = run("nbdinfo", ["--json", withCert]);
+    expect(info.status, info.stderr).toBe(0);
+    expect((JSON.parse(info.stdout) as { exports: { "export-size": number }[] }).exports[0]?.["export-size"]).toBe(5 * MiB);
+    const out = path.join(tmp("out"), "copy.raw");
+    const copy = run("nbdcopy", [withCert, out]);
+    expect(copy.status, copy.stderr).toBe(0);
+    expect(await sha256File(out)).toBe(await sha256File(image));
+    const port = /:(\d+)\//.exec(uri)?.[1] as string;
+    const qemuOut = path.join(tmp("out"), "qemu.raw");
+    const convert = run("qemu-img", [
+      "convert",
+      "--object",
+      `tls-creds-x509,id=tls0,endpoint=client,dir=${pki.client}`,
+      "--image-opts",
+      `driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=${port},export=disk.raw,tls-creds=tls0`,
+      "-O",
+      "raw",
+      qemuOut,
+    ]);
+    expect(convert.status, convert.stderr).toBe(0);
+    expect(await sha256File(qemuOut)).toBe(await sha256File(image));
+    // Another CA's certificate, and none at all: GnuTLS shows only a certificate the export's CA issued.
+    const rogue = run("nbdinfo", [`${uri}?tls-certificates=${pki.rogue}`]);
+    expect(rogue.status).not.toBe(0);
+    const plain = run("nbdinfo", ["--list", uri.replace("nbds://", "nbd://").replace(/\/disk\.raw$/, "")]);
+    expect(plain.status).not.toBe(0);
+    expect(plain.stdout).not.toContain("disk.raw");
+    e.child.kill("SIGTERM");
+    const done = await e.exit;
+    expect(done.code, done.stderr).toBe(0);
+    expect(done.stderr).toMatch(/client 127\.0\.0\.1:\d+ \(TLS identity hv-2\) reads disk\.raw/);
+    expect(done.stderr).toMatch(/turned away: TLS handshake failed: the client showed no certificate from the export's CA/);
+    const result = resultOf(done);
+    expect(result.identities).toEqual(["hv-2"]);
+    const log = JSON.parse((await v(["audit", "log", "--json"])).stdout) as { action: string; result: string; target: Record<string, unknown> }[];
+    const records = log.filter((r) => r.action === "export");
+    expect(records.map((r) => r.target["tls"])).toContain("x509 (clients of CA vmvault test CA)");
+    expect(records.some((r) => r.result !== "started" && r.target["identities"] === "hv-2")).toBe(true);
+  });
+
+  it("refuses a server key others may read, a folder without its certificate, both kinds of TLS at once, and a network address without --allow-remote: exit 2", async () => {
+    const { v } = await fixture();
+    const pki = await makeTestPki(tmp("pki"));
+    const expectUsage = (r: CliResult, pattern: RegExp): void => {
+      expect(r.code, r.stderr).toBe(2);
+      expect(r.stderr).toMatch(pattern);
+    };
+    const key = path.join(pki.server, "server-key.pem");
+    await fsp.chmod(key, 0o640);
+    expectUsage(await v(["export", "nbd", "latest", "--reason", "r", "--tls-x509-dir", pki.server]), /server-key\.pem may be read by other users: it proves the export's identity to its clients\n\s+next: chmod 600/);
+    await fsp.chmod(key, 0o600);
+    await fsp.rm(path.join(pki.server, "server-cert.pem"));
+    expectUsage(await v(["export", "nbd", "latest", "--reason", "r", "--tls-x509-dir", pki.server]), /cannot read .*server-cert\.pem: it does not exist\n\s+next: the folder holds ca-cert\.pem, server-cert\.pem and server-key\.pem/);
+    const keys = await pskFile(tmp("keys"), "hv-2");
+    expectUsage(await v(["export", "nbd", "latest", "--reason", "r", "--tls-psk-file", keys, "--tls-x509-dir", pki.client]), /give --tls-psk-file or --tls-x509-dir, not both/);
+    const good = await makeTestPki(tmp("pki2"));
+    expectUsage(await v(["export", "nbd", "latest", "--reason", "r", "--tls-x509-dir", good.server, "--listen", "192.0.2.1:10809"]), /192\.0\.2\.1 is not a loopback address: pass --allow-remote/);
+    expectUsage(await v(["export", "nbd", "latest", "--reason", "r", "--tls-x509-dir", good.server, "--overlay-dir", tmp("ov")]), /--overlay-dir does not go with TLS/);
   });
 });
