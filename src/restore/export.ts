@@ -10,7 +10,7 @@ import { checkOverlayRequest, makeOverlays, planOverlays, type MadeOverlays } fr
 import { NBD_PORT } from "../sources/nbd-protocol.js";
 import { failedReadsError, NbdServer, type NbdEvent } from "./nbd-server.js";
 import { plural } from "../util/text.js";
-import type { NbdTls, PskKeys, X509Credentials } from "./nbd-tls.js";
+import { certificateNameProblem, type NbdTls, type PskKeys, type X509Credentials } from "./nbd-tls.js";
 
 /** Where the export listens: a TCP address, or a Unix socket (made with mode 0600). */
 export type ExportAddress = { readonly host: string; readonly port: number } | { readonly socket: string };
@@ -78,6 +78,8 @@ export interface ExportListening {
   /** With overlayDir: the overlays made, and the domain definition naming them. */
   readonly overlays?: MadeOverlays["overlays"];
   readonly domain?: MadeOverlays["domain"];
+  /** What clients may stumble on: a server certificate that does not name the address. */
+  readonly warnings?: readonly string[];
 }
 
 export interface ExportResult extends ExportListening {
@@ -85,7 +87,7 @@ export interface ExportResult extends ExportListening {
   readonly reads: number;
   /** Bytes of the disks served (holes counted by their length). */
   readonly bytes: number;
-  /** With TLS: the PSK identities of the clients that connected. */
+  /** With TLS: the identities of the clients that connected (PSK identities, or their certificates' common names). */
   readonly identities?: readonly string[];
   /** Index files left out because they did not authenticate (the export did not need them). */
   readonly damagedIndexes: readonly Damage[];
@@ -150,6 +152,8 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
     address,
     exports: disks.map((d) => ({ name: d.name, size: d.size, uri: exportUri(listen, address, d.name, tls !== undefined) })),
   };
+  const nameProblem = tls !== undefined && "x509" in tls && "host" in listen ? certificateNameProblem(tls.x509, listen.host) : undefined;
+  if (nameProblem !== undefined) listening = { ...listening, warnings: [nameProblem] };
   try {
     if (planned !== undefined) {
       const made = await makeOverlays(planned, o, new Map(listening.exports.map((x) => [x.name, x.uri])), record.key);

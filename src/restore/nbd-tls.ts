@@ -135,6 +135,20 @@ export function readX509Dir(dir: string, now: number = Date.now()): X509Credenti
   return { dir, options, ca: commonName(issuer.subject) ?? oneLine(issuer.subject), certificate, crl: crlText !== undefined };
 }
 
+/**
+ * Why clients may refuse the export's certificate at this address, or undefined: QEMU and libnbd
+ * check that the server's certificate names the host they connect to. An address that listens
+ * everywhere (0.0.0.0, ::) is reached by names not known here, and a Unix socket by none.
+ */
+export function certificateNameProblem(creds: X509Credentials, host: string): string | undefined {
+  if (host === "0.0.0.0" || host === "::") return undefined;
+  const { isIP } = process.getBuiltinModule("node:net");
+  const named = isIP(host) !== 0 ? creds.certificate.checkIP(host) : creds.certificate.checkHost(host);
+  if (named !== undefined) return undefined;
+  const holds = creds.certificate.subjectAltName ?? commonName(creds.certificate.subject) ?? "no name";
+  return `${X509_FILES.cert} does not name ${host} (it names ${holds}): clients that check the server's name refuse the export unless they connect by a name it holds`;
+}
+
 /** A subject or issuer as X509Certificate gives it (one attribute a line), on one line. */
 function oneLine(name: string): string {
   return name.split("\n").filter((l) => l !== "").join(", ");

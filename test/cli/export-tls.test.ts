@@ -177,6 +177,7 @@ describe.skipIf(!haveClients || !haveOpenssl)("export nbd over TLS with X.509 ce
     const e = await startExport(repo, ["latest", "--reason", "boot on hv-2", "--listen", "127.0.0.1:0", "--tls-x509-dir", pki.server]);
     const uri = e.listening.exports[0]?.uri as string;
     expect(uri).toMatch(/^nbds:\/\/127\.0\.0\.1:\d+\/disk\.raw$/);
+    expect((e.listening as { warnings?: unknown }).warnings).toBeUndefined();
     const withCert = `${uri}?tls-certificates=${pki.client}`;
     const info = run("nbdinfo", ["--json", withCert]);
     expect(info.status, info.stderr).toBe(0);
@@ -216,6 +217,19 @@ describe.skipIf(!haveClients || !haveOpenssl)("export nbd over TLS with X.509 ce
     const records = log.filter((r) => r.action === "export");
     expect(records.map((r) => r.target["tls"])).toContain("x509 (clients of CA vmvault test CA)");
     expect(records.some((r) => r.result !== "started" && r.target["identities"] === "hv-2")).toBe(true);
+  });
+
+  it("warns when the server's certificate does not name the address it listens on (clients checking the name would refuse it)", async () => {
+    const { repo } = await fixture();
+    const pki = await makeTestPki(tmp("pki"));
+    const e = await startExport(repo, ["latest", "--reason", "name check", "--listen", "127.0.0.2:0", "--tls-x509-dir", pki.server]);
+    const warning = "server-cert.pem does not name 127.0.0.2 (it names DNS:localhost, IP Address:127.0.0.1): clients that check the server's name refuse the export unless they connect by a name it holds";
+    expect((e.listening as { warnings?: unknown }).warnings).toEqual([warning]);
+    e.child.kill("SIGTERM");
+    const done = await e.exit;
+    expect(done.code, done.stderr).toBe(0);
+    // --json: the warning is a JSON notice on stderr, as well as a field of what the export prints on stdout.
+    expect(done.stderr).toContain(`{"warning":{"message":${JSON.stringify(warning)}`);
   });
 
   it("refuses a server key others may read, a folder without its certificate, both kinds of TLS at once, and a network address without --allow-remote: exit 2", async () => {

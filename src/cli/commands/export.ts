@@ -86,6 +86,7 @@ export function parseListen(text: string): ExportAddress {
 
 /** What the export serves and where: for people, or one line of JSON (the result follows as another when it stops). */
 function printListening(ctx: CliContext, l: ExportListening, once: boolean): void {
+  for (const w of l.warnings ?? []) ctx.warn(`warning: ${w}`);
   if (ctx.json) {
     process.stdout.write(`${terminalJson(l, 0)}\n`);
     return;
