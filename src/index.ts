@@ -36,6 +36,7 @@ export { INLINE_JOB_BYTES } from "./pipeline/pool.js";
 export type { SkippedEntry } from "./backup/folder.js";
 export type { RestoreOptions, RestoreResult } from "./restore/restore.js";
 export type { ExportAddress, ExportListening, ExportOptions, ExportResult } from "./restore/export.js";
+export { parsePskFile, readX509Dir, type PskKeys, type X509Credentials } from "./restore/nbd-tls.js";
 export type { NbdEvent } from "./restore/nbd-server.js";
 export type { ListedItem, ListOptions, ListResult } from "./restore/list.js";
 export type { GuestFilesOptions, GuestMount, GuestRestoreOptions, GuestRestoreResult, GuestSource } from "./restore/guest-files.js";
