@@ -31,6 +31,11 @@ async function pskFile(dir: string, identity: string): Promise<string> {
   return file;
 }
 
+/** qemu-img copying the export's disk.raw on 127.0.0.1:port to out, through the TLS credentials object (id tls0) given. */
+function qemuCopy(port: string, creds: string, out: string): ReturnType<typeof run> {
+  return run("qemu-img", ["convert", "--object", creds, "--image-opts", `driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=${port},export=disk.raw,tls-creds=tls0`, "-O", "raw", out]);
+}
+
 /** A repository with one 5 MiB disk of VM web. */
 async function fixture(): Promise<{ repo: string; v: ReturnType<typeof vault>; image: string }> {
   const dir = tmp("tls");
@@ -79,16 +84,7 @@ describe.skipIf(!haveClients)("export nbd over TLS with pre-shared keys", () => 
     expect(await sha256File(out)).toBe(await sha256File(image));
     const port = /:(\d+)\//.exec(uri)?.[1] as string;
     const qemuOut = path.join(tmp("out"), "qemu.raw");
-    const convert = run("qemu-img", [
-      "convert",
-      "--object",
-      `tls-creds-psk,id=tls0,endpoint=client,dir=${path.dirname(keys)},username=hv-2`,
-      "--image-opts",
-      `driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=${port},export=disk.raw,tls-creds=tls0`,
-      "-O",
-      "raw",
-      qemuOut,
-    ]);
+    const convert = qemuCopy(port, `tls-creds-psk,id=tls0,endpoint=client,dir=${path.dirname(keys)},username=hv-2`, qemuOut);
     expect(convert.status, convert.stderr).toBe(0);
     expect(await sha256File(qemuOut)).toBe(await sha256File(image));
     e.child.kill("SIGTERM");
@@ -188,16 +184,7 @@ describe.skipIf(!haveClients || !haveOpenssl)("export nbd over TLS with X.509 ce
     expect(await sha256File(out)).toBe(await sha256File(image));
     const port = /:(\d+)\//.exec(uri)?.[1] as string;
     const qemuOut = path.join(tmp("out"), "qemu.raw");
-    const convert = run("qemu-img", [
-      "convert",
-      "--object",
-      `tls-creds-x509,id=tls0,endpoint=client,dir=${pki.client}`,
-      "--image-opts",
-      `driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=${port},export=disk.raw,tls-creds=tls0`,
-      "-O",
-      "raw",
-      qemuOut,
-    ]);
+    const convert = qemuCopy(port, `tls-creds-x509,id=tls0,endpoint=client,dir=${pki.client}`, qemuOut);
     expect(convert.status, convert.stderr).toBe(0);
     expect(await sha256File(qemuOut)).toBe(await sha256File(image));
     // Another CA's certificate, and none at all: GnuTLS shows only a certificate the export's CA issued.

@@ -130,6 +130,14 @@ async function connect(port: number): Promise<NbdClient> {
   return c;
 }
 
+/** A client whose NBD_OPT_STARTTLS was acknowledged, ready for its TLS handshake. */
+async function startTls(port: number): Promise<NbdClient> {
+  const c = await connect(port);
+  await c.start();
+  expect(types(await c.option(Opt.STARTTLS))).toEqual([Rep.ACK]);
+  return c;
+}
+
 /** A client in the transmission phase on export name (structured replies and base:allocation first, when asked). */
 async function opened(port: number, o: { structured?: boolean; allocation?: boolean; name?: string } = {}): Promise<NbdClient> {
   const c = await connect(port);
@@ -669,6 +677,24 @@ describe.skipIf(!haveOpenssl)("NbdServer with TLS (X.509 certificates)", () => {
   let creds: X509Credentials;
   const pem = async (dir: string, name: string): Promise<string> => fsp.readFile(path.join(dir, name), "utf8");
   const client = async (dir: string): Promise<{ ca: string; cert: string; key: string }> => ({ ca: await pem(dir, "ca-cert.pem"), cert: await pem(dir, "client-cert.pem"), key: await pem(dir, "client-key.pem") });
+  /** A client over TLS with these credentials, which then chooses vda. */
+  const servedTo = async (port: number, who: { ca: string; cert?: string; key?: string }): Promise<NbdClient> => {
+    const secure = await (await startTls(port)).startTlsX509(who);
+    clients.push(secure);
+    expect(types(await secure.option(Opt.GO, goData("vda"))).at(-1)).toBe(Rep.ACK);
+    return secure;
+  };
+  /**
+   * A client the export refuses: under TLS 1.3 the client's handshake ends before the server
+   * has checked its certificate, so the refusal may show only at its first read.
+   */
+  const refusedTo = async (port: number, who: { ca: string; cert?: string; key?: string }): Promise<void> => {
+    const secure = await (await startTls(port)).startTlsX509(who).catch((e: unknown) => e);
+    if (!(secure instanceof NbdClient)) return void expect(secure).toBeInstanceOf(Error);
+    clients.push(secure);
+    secure.sendOption(Opt.LIST);
+    await expect(secure.readOptionReply()).rejects.toThrow();
+  };
 
   beforeAll(async () => {
     pkiDir = await fsp.mkdtemp(path.join(os.tmpdir(), "vmvault-pki-"));
@@ -684,28 +710,13 @@ describe.skipIf(!haveOpenssl)("NbdServer with TLS (X.509 certificates)", () => {
     const refused = await plain.option(Opt.LIST);
     expect(types(refused)).toEqual([Rep.ERR_TLS_REQD]);
     expect(refused[0]?.data.toString("utf8")).toMatch(/connect with a certificate its CA signed/);
-    for (const who of [await client(pki.rogue), { ca: await pem(pki.client, "ca-cert.pem") }]) {
-      const c = await connect(port);
-      await c.start();
-      expect(types(await c.option(Opt.STARTTLS))).toEqual([Rep.ACK]);
-      // TLS 1.3: the client's handshake ends before the server has checked its certificate, so the refusal shows on the first read.
-      const secure = await c.startTlsX509(who).catch((e: unknown) => e);
-      if (secure instanceof NbdClient) {
-        clients.push(secure);
-        secure.sendOption(Opt.LIST);
-        await expect(secure.readOptionReply()).rejects.toThrow();
-      } else expect(secure).toBeInstanceOf(Error);
-    }
+    await refusedTo(port, await client(pki.rogue));
+    await refusedTo(port, { ca: await pem(pki.client, "ca-cert.pem") });
     await until(() => events.filter((e) => e.kind === "refused").length === 2);
     const reasons = events.flatMap((e) => (e.kind === "refused" ? [e.reason] : []));
     expect(reasons[0]).toBe("TLS handshake failed: the client's certificate is not signed by the export's CA (UNABLE_TO_VERIFY_LEAF_SIGNATURE)");
     expect(reasons[1]).toBe("TLS handshake failed: the client showed no certificate from the export's CA");
-    const c = await connect(port);
-    await c.start();
-    expect(types(await c.option(Opt.STARTTLS))).toEqual([Rep.ACK]);
-    const secure = await c.startTlsX509(await client(pki.client));
-    clients.push(secure);
-    expect(types(await secure.option(Opt.GO, goData("vda"))).at(-1)).toBe(Rep.ACK);
+    const secure = await servedTo(port, await client(pki.client));
     expectBytes(await readSimple(secure, BLOCK - 10, 100), IMAGE.subarray(BLOCK - 10, BLOCK + 90), "read over TLS");
     await until(() => events.some((e) => e.kind === "opened"));
     expect(events.find((e) => e.kind === "opened")).toMatchObject({ disk: "vda", identity: "hv-2" });
@@ -715,36 +726,18 @@ describe.skipIf(!haveOpenssl)("NbdServer with TLS (X.509 certificates)", () => {
   it("refuses a certificate the CA revoked once the folder holds its revocation list, and served it before", async () => {
     const revoked = await client(pki.revoked);
     const withoutCrl = await serve(["vda"], { tls: { x509: creds } });
-    const before = await connect(withoutCrl.port);
-    await before.start();
-    expect(types(await before.option(Opt.STARTTLS))).toEqual([Rep.ACK]);
-    const served = await before.startTlsX509(revoked);
-    clients.push(served);
-    expect(types(await served.option(Opt.GO, goData("vda"))).at(-1)).toBe(Rep.ACK);
+    await servedTo(withoutCrl.port, revoked);
     const dir = tmp("crl");
     await fsp.cp(pki.server, dir, { recursive: true });
     await fsp.copyFile(path.join(pki.ca, "ca-crl.pem"), path.join(dir, "ca-crl.pem"));
     const withCrl = readX509Dir(dir);
     expect(withCrl.crl).toBe(true);
     const { port, events } = await serve(["vda"], { tls: { x509: withCrl } });
-    const c = await connect(port);
-    await c.start();
-    expect(types(await c.option(Opt.STARTTLS))).toEqual([Rep.ACK]);
-    const secure = await c.startTlsX509(revoked).catch((e: unknown) => e);
-    if (secure instanceof NbdClient) {
-      clients.push(secure);
-      secure.sendOption(Opt.LIST);
-      await expect(secure.readOptionReply()).rejects.toThrow();
-    }
+    await refusedTo(port, revoked);
     await until(() => events.some((e) => e.kind === "refused"));
     expect(events.find((e) => e.kind === "refused")).toMatchObject({ reason: "TLS handshake failed: the client's certificate is revoked (ca-crl.pem)" });
     // hv-2's certificate is not on the list.
-    const ok = await connect(port);
-    await ok.start();
-    expect(types(await ok.option(Opt.STARTTLS))).toEqual([Rep.ACK]);
-    const fine = await ok.startTlsX509(await client(pki.client));
-    clients.push(fine);
-    expect(types(await fine.option(Opt.GO, goData("vda"))).at(-1)).toBe(Rep.ACK);
+    await servedTo(port, await client(pki.client));
   });
 });
 
