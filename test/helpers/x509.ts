@@ -16,8 +16,10 @@ export interface TestPki {
   readonly client: string;
   /** A client whose certificate another CA signed (common name intruder); its folder trusts the export's CA. */
   readonly rogue: string;
-  /** A client of the CA whose certificate the CA revoked (common name old-host); server has no CRL unless withCrl. */
+  /** A client of the CA whose certificate the CA revoked (common name old-host): ca/ca-crl.pem lists it. */
   readonly revoked: string;
+  /** A client of the CA whose certificate expired in 2020 (common name expired-host). */
+  readonly expired: string;
   /** The CA's folder (ca-cert.pem, ca-key.pem, and ca-crl.pem listing old-host). */
   readonly ca: string;
   /** Another CA's folder (ca-cert.pem, ca-key.pem). */
@@ -70,9 +72,32 @@ export async function makeTestPki(root: string): Promise<TestPki> {
   await fsp.writeFile(path.join(ca, "crlnumber"), "01\n");
   await fsp.writeFile(
     path.join(ca, "ca.cnf"),
-    ["[ca]", "default_ca = ca_default", "[ca_default]", `database = ${path.join(ca, "index.txt")}`, `crlnumber = ${path.join(ca, "crlnumber")}`, "default_md = sha256", "default_crl_days = 2", ""].join("\n"),
+    [
+      "[ca]",
+      "default_ca = ca_default",
+      "[ca_default]",
+      `database = ${path.join(ca, "index.txt")}`,
+      `crlnumber = ${path.join(ca, "crlnumber")}`,
+      `new_certs_dir = ${ca}`,
+      `serial = ${path.join(ca, "serial")}`,
+      "default_md = sha256",
+      "default_crl_days = 2",
+      "policy = any_name",
+      "[any_name]",
+      "commonName = supplied",
+      "",
+    ].join("\n"),
   );
   openssl(["ca", "-config", "ca.cnf", "-keyfile", "ca-key.pem", "-cert", "ca-cert.pem", "-revoke", path.join(at("revoked"), "client-cert.pem")], ca);
   openssl(["ca", "-config", "ca.cnf", "-keyfile", "ca-key.pem", "-cert", "ca-cert.pem", "-gencrl", "-out", "ca-crl.pem"], ca);
-  return { server: at("server"), client: at("client"), rogue: at("rogue"), revoked: at("revoked"), ca, otherCa: at("other-ca") };
+  // `openssl ca` sets any dates, so a certificate that expired long ago.
+  const expired = at("expired");
+  await fsp.mkdir(expired);
+  await fsp.writeFile(path.join(ca, "serial"), "1000\n");
+  await newKey("client-key.pem", expired);
+  openssl(["req", "-new", "-key", "client-key.pem", "-subj", "/CN=expired-host", "-out", "leaf.csr"], expired);
+  openssl(["ca", "-batch", "-config", path.join(ca, "ca.cnf"), "-keyfile", path.join(ca, "ca-key.pem"), "-cert", path.join(ca, "ca-cert.pem"), "-startdate", "20200101000000Z", "-enddate", "20200102000000Z", "-notext", "-in", "leaf.csr", "-out", "client-cert.pem"], expired);
+  await fsp.rm(path.join(expired, "leaf.csr"));
+  await fsp.copyFile(path.join(ca, "ca-cert.pem"), path.join(expired, "ca-cert.pem"));
+  return { server: at("server"), client: at("client"), rogue: at("rogue"), revoked: at("revoked"), expired, ca, otherCa: at("other-ca") };
 }

@@ -703,7 +703,7 @@ describe.skipIf(!haveOpenssl)("NbdServer with TLS (X.509 certificates)", () => {
   });
   afterAll(() => fsp.rm(pkiDir, { recursive: true, force: true }));
 
-  it("serves a client whose certificate the CA signed, named by its common name; refuses one of another CA and one showing none, and goes on", async () => {
+  it("serves a client whose certificate the CA signed, named by its common name; refuses one of another CA, one showing none and an expired one, and goes on", async () => {
     const { server, port, events } = await serve(["vda"], { tls: { x509: creds } });
     const plain = await connect(port);
     await plain.start();
@@ -712,10 +712,12 @@ describe.skipIf(!haveOpenssl)("NbdServer with TLS (X.509 certificates)", () => {
     expect(refused[0]?.data.toString("utf8")).toMatch(/connect with a certificate its CA signed/);
     await refusedTo(port, await client(pki.rogue));
     await refusedTo(port, { ca: await pem(pki.client, "ca-cert.pem") });
-    await until(() => events.filter((e) => e.kind === "refused").length === 2);
+    await refusedTo(port, await client(pki.expired));
+    await until(() => events.filter((e) => e.kind === "refused").length === 3);
     const reasons = events.flatMap((e) => (e.kind === "refused" ? [e.reason] : []));
     expect(reasons[0]).toBe("TLS handshake failed: the client's certificate is not signed by the export's CA (UNABLE_TO_VERIFY_LEAF_SIGNATURE)");
     expect(reasons[1]).toBe("TLS handshake failed: the client showed no certificate from the export's CA");
+    expect(reasons[2]).toBe("TLS handshake failed: the client's certificate has expired");
     const secure = await servedTo(port, await client(pki.client));
     expectBytes(await readSimple(secure, BLOCK - 10, 100), IMAGE.subarray(BLOCK - 10, BLOCK + 90), "read over TLS");
     await until(() => events.some((e) => e.kind === "opened"));
