@@ -7,7 +7,7 @@ import type { ProgressSink } from "../util/progress.js";
 import { Excludes } from "../sources/exclude.js";
 import type { FoundItem } from "./find.js";
 import { guestPath, onGuestDisk, type GuestFilesOptions, type GuestSession, type GuestSource } from "./guest.js";
-import { sortedGuestPaths } from "./guest-names.js";
+import { sortedGuestPaths, splitBytes } from "./guest-names.js";
 import { GuestPathTooLong, guestfishArgument, isDirMode, isLinkMode, parseStats, SCRIPT_LINE_MAX, scriptLine, type GuestCommand, type GuestShell, type GuestStat } from "./guest-shell.js";
 
 // Listing and searching the files inside a snapshot's disk image. A folder's names come from one
@@ -318,18 +318,6 @@ function guestType(mode: number): ItemType {
     default:
       return "file";
   }
-}
-
-/** The pieces of bytes between separators (ls0's and find0's NULs, lines' line breaks); after the last separator, a piece only if it is not empty. */
-function splitBytes(bytes: Buffer, separator: number): Buffer[] {
-  const pieces: Buffer[] = [];
-  for (let start = 0; start < bytes.length; ) {
-    const at = bytes.indexOf(separator, start);
-    const end = at < 0 ? bytes.length : at;
-    pieces.push(bytes.subarray(start, end));
-    start = end + 1;
-  }
-  return pieces;
 }
 
 /** One path's item (a symlink's target asked for). */

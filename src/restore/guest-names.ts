@@ -189,6 +189,27 @@ async function* merge(runs: readonly string[]): AsyncGenerator<Named> {
 }
 
 /**
+ * The pieces of bytes between separators (empty ones too, as subarrays), and what follows the
+ * last separator: a line-by-line reader's pieces and the start of its next line.
+ */
+export function splitAt(bytes: Buffer, separator: number): { pieces: Buffer[]; rest: Buffer } {
+  const pieces: Buffer[] = [];
+  let start = 0;
+  for (let at = bytes.indexOf(separator, start); at >= 0; at = bytes.indexOf(separator, start)) {
+    pieces.push(bytes.subarray(start, at));
+    start = at + 1;
+  }
+  return { pieces, rest: bytes.subarray(start) };
+}
+
+/** The pieces of bytes between separators, with what follows the last one when it is not empty. */
+export function splitBytes(bytes: Buffer, separator: number): Buffer[] {
+  const { pieces, rest } = splitAt(bytes, separator);
+  if (rest.length > 0) pieces.push(rest);
+  return pieces;
+}
+
+/**
  * The pieces of a file between separators, those of each read of readBytes together (each piece
  * its own copy); after the last separator, a piece only if it is not empty.
  */
@@ -201,14 +222,10 @@ export async function* splitFile(file: string, separator: number, readBytes = RE
       const { bytesRead } = await handle.read(buffer, 0, buffer.length, null);
       if (bytesRead === 0) break;
       const bytes = carry.length === 0 ? buffer.subarray(0, bytesRead) : Buffer.concat([carry, buffer.subarray(0, bytesRead)]);
-      const pieces: Buffer[] = [];
-      let start = 0;
-      for (let at = bytes.indexOf(separator, start); at >= 0; at = bytes.indexOf(separator, start)) {
-        pieces.push(Buffer.from(bytes.subarray(start, at)));
-        start = at + 1;
-      }
-      carry = Buffer.from(bytes.subarray(start));
-      if (pieces.length > 0) yield pieces;
+      const { pieces, rest } = splitAt(bytes, separator);
+      // Copies: the read buffer is used again.
+      carry = Buffer.from(rest);
+      if (pieces.length > 0) yield pieces.map((p) => Buffer.from(p));
     }
     if (carry.length > 0) yield [carry];
   } finally {

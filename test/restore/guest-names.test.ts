@@ -3,7 +3,7 @@ import os from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { nameFromBytes, pathBytes, shownName } from "../../src/format/names.js";
-import { runWriteError, sortedGuestPaths, splitFile } from "../../src/restore/guest-names.js";
+import { runWriteError, sortedGuestPaths, splitBytes, splitFile } from "../../src/restore/guest-names.js";
 
 const work = await fsp.mkdtemp(path.join(os.tmpdir(), "vmvault-guest-names-"));
 afterAll(() => fsp.rm(work, { recursive: true, force: true }));
@@ -113,6 +113,26 @@ describe("the names ls0 and find0 wrote, as a listing shows them", () => {
     const empty = path.join(work, "empty");
     await fsp.writeFile(empty, "");
     expect(await all(sortedGuestPaths(empty, "/"))).toEqual([]);
+  });
+
+  it("splits bytes in memory and a file read in small pieces alike: empty pieces kept, an empty tail dropped", async () => {
+    // Every string of up to 5 bytes over "a", "b" and the separator, against String.split.
+    const alphabet = ["a", "b", "\0"];
+    let inputs = [""];
+    for (let n = 0, level = [""]; n < 5; n++) {
+      level = level.flatMap((x) => alphabet.map((c) => x + c));
+      inputs = inputs.concat(level);
+    }
+    for (const text of inputs) {
+      const expected = text.split("\0");
+      if (expected.at(-1) === "") expected.pop();
+      expect(splitBytes(Buffer.from(text), 0).map((b) => b.toString()), JSON.stringify(text)).toEqual(expected);
+      const file = path.join(work, "split");
+      await fsp.writeFile(file, text);
+      const read: string[] = [];
+      for await (const pieces of splitFile(file, 0, 2)) read.push(...pieces.map((b) => b.toString()));
+      expect(read, JSON.stringify(text)).toEqual(expected);
+    }
   });
 
   it("a run it cannot write fails the listing as a storage error naming the folder, and a full disk says where to make room", async () => {
