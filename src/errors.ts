@@ -185,6 +185,16 @@ export function errorCodeOf(e: unknown): string | undefined {
   return typeof e === "object" && e !== null && "code" in e ? String((e as { code: unknown }).code) : undefined;
 }
 
+/** Why a file given by a person (keys file, passphrase file, certificate) could not be read, in words. */
+export function fileProblem(e: unknown): string {
+  const code = errorCodeOf(e);
+  if (code === "ENOENT") return "it does not exist";
+  if (code === "EISDIR") return "it is a folder, not a file";
+  if (code === "ENOTDIR") return "a part of its path is not a folder";
+  if (code === "EACCES" || code === "EPERM") return "permission denied";
+  return code ?? (e instanceof Error ? e.message : String(e));
+}
+
 export function isVaultError(e: unknown): e is VaultError {
   return e instanceof VaultError;
 }

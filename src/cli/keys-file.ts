@@ -1,6 +1,6 @@
 import { readFileSync, statSync } from "node:fs";
 import path from "node:path";
-import { errorCodeOf, UsageError } from "../errors.js";
+import { fileProblem, UsageError } from "../errors.js";
 
 /** Settings a keys file may hold; each has the same meaning as the flag of the same name. */
 export const KEYS_FILE_SETTINGS = [
@@ -73,16 +73,6 @@ export function resolveKeysFilePaths(settings: Partial<Record<KeysFileSetting, s
     out[key] = path.resolve(dir, value);
   }
   return out;
-}
-
-/** Why a settings file (keys file, passphrase file) could not be read, in words. */
-export function fileProblem(e: unknown): string {
-  const code = errorCodeOf(e);
-  if (code === "ENOENT") return "it does not exist";
-  if (code === "EISDIR") return "it is a folder, not a file";
-  if (code === "ENOTDIR") return "a part of its path is not a folder";
-  if (code === "EACCES" || code === "EPERM") return "permission denied";
-  return code ?? (e instanceof Error ? e.message : String(e));
 }
 
 /** Whether users other than a file's owner may read it (false when it cannot be stat'ed). */

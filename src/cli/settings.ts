@@ -1,11 +1,11 @@
 import { readFileSync, statSync } from "node:fs";
 import { Secret } from "../crypto/secret.js";
-import { UsageError } from "../errors.js";
+import { fileProblem, UsageError } from "../errors.js";
 import { assertUserName } from "../repository/open.js";
 import { ByteRate, type BandwidthLimits } from "../storage/bandwidth.js";
 import type { StoreAccess } from "../storage/open.js";
 import { optionalS3ObjectAcl, parseS3ObjectAcl, s3AccessFromEnv, type S3Access } from "../storage/s3-location.js";
-import { fileProblem, readableByOthers, readKeysFile, type KeysFileSetting } from "./keys-file.js";
+import { readableByOthers, readKeysFile, type KeysFileSetting } from "./keys-file.js";
 import { promptNewSecret, promptSecret } from "./prompt.js";
 
 /** Global options every command accepts. */

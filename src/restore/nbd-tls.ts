@@ -3,7 +3,7 @@ import type { Socket } from "node:net";
 import path from "node:path";
 import type tls from "node:tls";
 import type { X509Certificate } from "node:crypto";
-import { UsageError } from "../errors.js";
+import { errorCodeOf, fileProblem, UsageError } from "../errors.js";
 
 /**
  * TLS for the NBD export (NBD_OPT_STARTTLS), in either of the two ways QEMU and libnbd speak it:
@@ -80,22 +80,19 @@ export function readX509Dir(dir: string, now: number = Date.now()): X509Credenti
   const { X509Certificate, createPrivateKey } = process.getBuiltinModule("node:crypto");
   const { createSecureContext } = process.getBuiltinModule("node:tls");
   const layout = `the folder holds ${X509_FILES.ca}, ${X509_FILES.cert} and ${X509_FILES.key} (and ${X509_FILES.crl} where the CA revokes certificates), as QEMU's tls-creds-x509 reads it for a server`;
+  const at = (name: string): string => path.join(dir, name);
   const read = (name: string, optional = false): string | undefined => {
-    const file = path.join(dir, name);
     try {
-      return readFileSync(file, "utf8");
+      return readFileSync(at(name), "utf8");
     } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (optional && code === "ENOENT") return undefined;
-      const why = code === "ENOENT" ? "it does not exist" : code === "EACCES" || code === "EPERM" ? "permission denied" : code === "EISDIR" ? "it is a folder" : (code ?? String(e));
-      throw new UsageError(`cannot read ${file}: ${why}`, layout);
+      if (optional && errorCodeOf(e) === "ENOENT") return undefined;
+      throw new UsageError(`cannot read ${at(name)}: ${fileProblem(e)}`, layout);
     }
   };
   const caText = read(X509_FILES.ca) as string;
   const certText = read(X509_FILES.cert) as string;
   const keyText = read(X509_FILES.key) as string;
   const crlText = read(X509_FILES.crl, true);
-  const at = (name: string): string => path.join(dir, name);
   const blocks = (text: string): string[] => text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
   const parse = (pem: string, name: string): X509Certificate => {
     try {

@@ -3,7 +3,7 @@ import { existsSync, readFileSync, statSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import type { Client, ConnectConfig, ParsedKey, SFTPWrapper } from "ssh2";
-import { errorCodeOf, StorageError, UsageError, VaultError } from "../errors.js";
+import { errorCodeOf, fileProblem, StorageError, UsageError, VaultError } from "../errors.js";
 import { fingerprintOf, hostKeyAlgorithms, hostKeysFor, judgeHostKey, keyTypeOf, knownHostsName, type HostKeyVerdict, type KnownHostKey } from "./known-hosts.js";
 import type { SftpLocation } from "./sftp-location.js";
 
@@ -203,7 +203,7 @@ function readKnownHosts(at: SftpLocation, file: string | undefined): KnownHosts 
     try {
       return { name, text: readFileSync(name, "utf8") };
     } catch (e) {
-      throw new UsageError(`cannot read the known_hosts file ${name}: ${errorCodeOf(e) === "ENOENT" ? "it does not exist" : (errorCodeOf(e) ?? String(e))}`, "give the file that holds the SFTP server's host key with --sftp-known-hosts (or VMVAULT_SFTP_KNOWN_HOSTS)");
+      throw new UsageError(`cannot read the known_hosts file ${name}: ${fileProblem(e)}`, "give the file that holds the SFTP server's host key with --sftp-known-hosts (or VMVAULT_SFTP_KNOWN_HOSTS)");
     }
   });
   return { keys: hostKeysFor(texts, at.host, at.port), files };
@@ -229,7 +229,7 @@ function loginMethod(identity: string | undefined): { config: Partial<ConnectCon
     key = readFileSync(identity);
   } catch (e) {
     if (e instanceof VaultError) throw e;
-    throw new UsageError(`cannot read the SSH identity ${identity}: ${errorCodeOf(e) === "ENOENT" ? "it does not exist" : (errorCodeOf(e) ?? String(e))}`);
+    throw new UsageError(`cannot read the SSH identity ${identity}: ${fileProblem(e)}`);
   }
   const parsed: ParsedKey | ParsedKey[] | Error = loadSsh2().utils.parseKey(key);
   if (parsed instanceof Error) {

@@ -1,12 +1,12 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import type { Command } from "commander";
-import { UsageError } from "../../errors.js";
+import { fileProblem, UsageError } from "../../errors.js";
 import type { ExportAddress, ExportListening } from "../../restore/export.js";
 import { NBD_PORT } from "../../sources/nbd-protocol.js";
 import type { NbdEvent } from "../../restore/nbd-server.js";
 import { parsePskFile, readX509Dir, X509_FILES, type PskKeys, type X509Credentials } from "../../restore/nbd-tls.js";
-import { fileProblem, readableByOthers } from "../keys-file.js";
+import { readableByOthers } from "../keys-file.js";
 import { CliContext } from "../context.js";
 import type { Interrupts } from "../interrupt.js";
 import { formatBytes, plural, terminalJson } from "../output.js";
