@@ -41,7 +41,7 @@ const cjsBundle = {
 };
 
 // Native addons and libsodium's WASM build stay packages of their own.
-const external = ["argon2", "sodium-native", "zstd-napi", "lz4", "libsodium-wrappers", "ssh2", "@aws-sdk/client-s3", "@smithy/signature-v4"];
+const external = ["argon2", "sodium-native", "zstd-napi", "lz4", "libsodium-wrappers", "ssh2", "@aws-sdk/client-s3", "@aws-sdk/credential-provider-ini", "@smithy/signature-v4"];
 
 // Self-wrapped (src/util/code-cache.ts): the file is the function expression Node.js would wrap
 // it in, so that the code-cache loader can give V8 the file itself, mapped, as the script's

@@ -1,7 +1,8 @@
 #!/bin/sh
 # A private S3 server on 127.0.0.1 for the S3 repository's tests: a single-node Ceph cluster
 # (one monitor, one bluestore OSD on a sparse 10 GiB file in DIR, no ceph-mgr) with a RADOS
-# Gateway (beast) in front, cephx keys of its own, path-style addressing, region us-east-1.
+# Gateway (beast) in front, cephx keys of its own, path-style addressing, region us-east-1, and
+# STS (AssumeRole) at the same endpoint for roles made with radosgw-admin.
 # Needs radosgw ceph-mon ceph-osd ceph-common and curl (scripts/ci-deps.sh installs them) and node.
 #   sh scripts/s3d.sh start DIR [PORT]   prints `endpoint access_key secret_key` on its last line
 #   sh scripts/s3d.sh stop DIR           stops it (by its pid files); DIR keeps the data
@@ -62,6 +63,13 @@ until_ok() {
 }
 
 ceph_() { ceph -c "$conf" --connect-timeout 15 "$@"; }
+# STS (AssumeRole, for profiles with a role_arn) at the S3 endpoint, under a key of this cluster's
+# own (16 characters). Appended to the [client.rgw.a] section, the file's last. Local users' keys
+# are checked first: in RGW's default order (sts first) a wrong secret or an unknown key answers
+# AccessDenied instead of SignatureDoesNotMatch or InvalidAccessKeyId.
+sts_config() {
+  printf '# STS: temporary keys of roles (radosgw-admin role create), at the S3 endpoint.\nrgw s3 auth use sts = true\nrgw s3 auth order = local, external, sts\nrgw sts key = %s\n' "$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+}
 osd_up() { ceph_ osd stat 2>/dev/null | grep -q ' 1 up'; }
 http_up() { curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$port/"; }
 # A request signed with the S3 user's keys, which DIR/curl.conf holds (never on a command line).
@@ -104,6 +112,8 @@ start)
       exit 0
     fi
     echo "--- start $(date -u +%FT%TZ)" >> "$log"
+    # A folder made before STS was configured gets it now.
+    grep -q '^rgw sts key' "$conf" || sts_config >> "$conf"
     # The monitor's address is in its monmap, so the ports can't move: they must be free again.
     alive "$dir/run/mon.a.pid" || alive "$dir/run/osd.0.pid" || alive "$dir/run/client.rgw.a.pid" || free_ports "$port" ||
       { failed=1; echo "s3d.sh: ports $port..$((port + 11)), which $dir's cluster keeps, are not all free on 127.0.0.1 (ss -ltnp tells who has them)" >&2; exit 1; }
@@ -189,6 +199,7 @@ rgw enable usage log = false
 # Lifecycle rules are kept but never run: the LC threads only slowed radosgw's stop (by 5 s).
 rgw enable lc threads = false
 EOF
+  sts_config >> "$conf"
   # One keyring with every daemon's cephx key; the monitor's mkfs imports them all.
   {
     ceph-authtool --create-keyring "$dir/keyring" --gen-key -n mon. --cap mon 'allow *'

@@ -12,6 +12,8 @@ export const KEYS_FILE_SETTINGS = [
   "aws-access-key-id",
   "aws-secret-access-key",
   "aws-region",
+  "aws-profile",
+  "sts-endpoint",
   "sftp-identity",
   "sftp-known-hosts",
   "limit-upload",

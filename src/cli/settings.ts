@@ -96,8 +96,9 @@ function s3Settings(o: GlobalOptions, env: Env, file: Partial<Record<KeysFileSet
     accessKeyId: pair ? fromEnv.accessKeyId : nonEmpty(file["aws-access-key-id"]),
     secretAccessKey: pair ? fromEnv.secretAccessKey : nonEmpty(file["aws-secret-access-key"]),
     sessionToken: pair ? fromEnv.sessionToken : undefined,
+    stsEndpoint: fromEnv.stsEndpoint ?? nonEmpty(file["sts-endpoint"]),
     caBundle: fromEnv.caBundle,
-    profile: fromEnv.profile,
+    profile: fromEnv.profile?.named === false && nonEmpty(file["aws-profile"]) !== undefined ? { ...fromEnv.profile, name: file["aws-profile"] as string, named: true } : fromEnv.profile,
     objectAcl: o.s3ObjectAcl !== undefined ? parseS3ObjectAcl(o.s3ObjectAcl) : (fromEnv.objectAcl ?? optionalS3ObjectAcl(file["s3-object-acl"])),
   };
 }

@@ -4,7 +4,8 @@ import type { S3Client } from "@aws-sdk/client-s3";
 import { UsageError } from "../errors.js";
 import { S3Reader } from "./s3-reader.js";
 import type { S3Access, S3Location } from "./s3-location.js";
-import { readProfileKeys } from "./s3-profile.js";
+import { assumeRoleCredentials, refreshingCredentials, runCredentialProcess, type S3CredentialSource, type S3Credentials } from "./s3-credentials.js";
+import { readProfileCredentials, type ProfileCredentials, type S3Profile } from "./s3-profile.js";
 
 export type Sdk = typeof import("@aws-sdk/client-s3");
 let sdk: Sdk | undefined;
@@ -30,14 +31,8 @@ const REQUEST_TIMEOUT_MS = 120_000;
  * bucket): the credentials, the region, the certificate authorities and the kept-alive
  * connections they share. No credentials is a usage error, before any request.
  */
-export function openS3(at: S3Location, given: S3Access): { client: S3Client; direct: S3Reader | undefined } {
-  const a = withProfileKeys(given);
-  if (a.accessKeyId === undefined || a.secretAccessKey === undefined) {
-    throw new UsageError(
-      `no S3 credentials for ${at.url}`,
-      "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, aws-access-key-id and aws-secret-access-key in a --keys file, or a profile's keys in ~/.aws/credentials (AWS_PROFILE names one other than default)",
-    );
-  }
+export function openS3(at: S3Location, a: S3Access): { client: S3Client; direct: S3Reader | undefined } {
+  const source = keySource(at, a);
   // Loaded here, not with the CLI: every command would load them while Argon2id runs (1.4 MiB, 10 ms).
   const { Agent: HttpAgent } = process.getBuiltinModule("node:http");
   const { Agent: HttpsAgent } = process.getBuiltinModule("node:https");
@@ -53,14 +48,15 @@ export function openS3(at: S3Location, given: S3Access): { client: S3Client; dir
   const agent = { keepAlive: true, maxSockets: MAX_SOCKETS };
   const httpAgent = new HttpAgent(agent);
   const httpsAgent = new HttpsAgent({ ...agent, ...(ca === undefined ? {} : { secureContext: createSecureContext({ ca }) }) });
-  const region = a.region ?? "us-east-1";
-  const credentials = { accessKeyId: a.accessKeyId, secretAccessKey: a.secretAccessKey, ...(a.sessionToken === undefined ? {} : { sessionToken: a.sessionToken }) };
+  const region = a.region ?? source.region ?? "us-east-1";
+  // The SDK first: loading it quiets its Node.js version warning, which the role's modules would print.
+  const { S3Client } = loadSdk();
+  const credentials = "keys" in source ? source.keys : temporaryKeys(source, a, region, { httpAgent, httpsAgent });
   const base = a.directReads === false ? undefined : directBase(at.bucket, region, a.endpoint);
   const direct =
     base === undefined
       ? undefined
       : new S3Reader({ base, region, credentials, agent: base.protocol === "https:" ? httpsAgent : httpAgent, requestTimeoutMs: a.requestTimeoutMs ?? REQUEST_TIMEOUT_MS });
-  const { S3Client } = loadSdk();
   const client = new S3Client({
     region,
     ...(a.endpoint === undefined ? {} : { endpoint: a.endpoint, forcePathStyle: true }),
@@ -108,10 +104,39 @@ function directBase(bucket: string, region: string, endpoint: string | undefined
   return new URL(`https://${bucket}.s3.${region}.amazonaws.com/`);
 }
 
-/** The access with the AWS profile's keys (and region, unless one is given) where no key pair came from the variables or the keys file. */
-function withProfileKeys(a: S3Access): S3Access {
-  if (a.accessKeyId !== undefined || a.secretAccessKey !== undefined || a.profile === undefined) return a;
-  const p = readProfileKeys(a.profile);
-  if (p === undefined) return a;
-  return { ...a, accessKeyId: p.accessKeyId, secretAccessKey: p.secretAccessKey, sessionToken: p.sessionToken, region: a.region ?? p.region };
+type KeySource =
+  | { readonly keys: S3Credentials; readonly region?: string | undefined }
+  | { readonly profile: S3Profile; readonly from: Exclude<ProfileCredentials, { kind: "keys" }>; readonly region?: string | undefined };
+
+/**
+ * Where requests' keys come from: the key pair given (the variables', the keys file's), else the
+ * AWS profile's keys, credential_process or role (with the profile's region). None is a usage
+ * error, before any request.
+ */
+function keySource(at: S3Location, a: S3Access): KeySource {
+  if (a.accessKeyId !== undefined && a.secretAccessKey !== undefined) {
+    return { keys: { accessKeyId: a.accessKeyId, secretAccessKey: a.secretAccessKey, ...(a.sessionToken === undefined ? {} : { sessionToken: a.sessionToken }) } };
+  }
+  const p = a.accessKeyId !== undefined || a.secretAccessKey !== undefined || a.profile === undefined ? undefined : readProfileCredentials(a.profile);
+  if (p === undefined || a.profile === undefined) {
+    throw new UsageError(
+      `no S3 credentials for ${at.url}`,
+      "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, aws-access-key-id and aws-secret-access-key in a --keys file, or a profile in ~/.aws/credentials or ~/.aws/config (AWS_PROFILE names one other than default) with keys, a credential_process or a role_arn",
+    );
+  }
+  if (p.kind === "keys") return { keys: { accessKeyId: p.accessKeyId, secretAccessKey: p.secretAccessKey, ...(p.sessionToken === undefined ? {} : { sessionToken: p.sessionToken }) }, region: p.region };
+  return { profile: a.profile, from: p, region: p.region };
+}
+
+/**
+ * Temporary keys from a profile's credential_process or role: fetched when first needed and
+ * again before they expire, one function shared by the client and the direct reader.
+ */
+function temporaryKeys(s: Exclude<KeySource, { keys: S3Credentials }>, a: S3Access, region: string, requestHandler: { httpAgent: unknown; httpsAgent: unknown }): S3CredentialSource {
+  const name = s.profile.name;
+  if (s.from.kind === "process") {
+    const { command } = s.from;
+    return refreshingCredentials(() => runCredentialProcess(command, name));
+  }
+  return refreshingCredentials(assumeRoleCredentials({ profile: s.profile, roleArn: s.from.roleArn, region, endpoint: a.stsEndpoint ?? a.endpoint, requestHandler }));
 }

@@ -40,6 +40,11 @@ export interface S3Access {
   readonly secretAccessKey?: string | undefined;
   /** AWS_SESSION_TOKEN, for temporary credentials. */
   readonly sessionToken?: string | undefined;
+  /**
+   * Where temporary keys for a profile's role_arn come from (STS AssumeRole): AWS_ENDPOINT_URL_STS;
+   * the S3 endpoint when absent (Ceph RGW and MinIO answer STS there), AWS's regional STS without either.
+   */
+  readonly stsEndpoint?: string | undefined;
   /** AWS_CA_BUNDLE: a PEM file of certificate authorities to trust for an https:// endpoint, beside Node.js's own. */
   readonly caBundle?: string | undefined;
   /** A request without any answer for this long fails (and is retried); 2 minutes when absent. */
@@ -53,7 +58,7 @@ export interface S3Access {
   readonly objectAcl?: S3ObjectAcl | undefined;
   /** false: reads go through the AWS SDK too, not the direct reader (src/storage/s3-reader.ts); for comparisons and tests. */
   readonly directReads?: boolean | undefined;
-  /** The AWS shared files' profile, read for keys (and its region) only when no key pair is given otherwise. */
+  /** The AWS shared files' profile, read for keys, a credential_process or a role (and its region) only when no key pair is given otherwise. */
   readonly profile?: S3Profile | undefined;
 }
 
@@ -91,22 +96,23 @@ export function s3AccessFromEnv(env: Record<string, string | undefined>): S3Acce
     accessKeyId: pick("AWS_ACCESS_KEY_ID"),
     secretAccessKey: pick("AWS_SECRET_ACCESS_KEY"),
     sessionToken: pick("AWS_SESSION_TOKEN"),
+    stsEndpoint: pick("AWS_ENDPOINT_URL_STS"),
     caBundle: pick("AWS_CA_BUNDLE"),
     objectAcl: optionalS3ObjectAcl(env["VMVAULT_S3_OBJECT_ACL"]),
     profile: s3ProfileFromEnv(env),
   };
 }
 
-/** Checks an endpoint URL: http(s)://host[:port][/], nothing else (no credentials, no path). */
-export function checkEndpoint(endpoint: string): URL {
+/** Checks an endpoint URL (an S3 or an STS server's): http(s)://host[:port][/], nothing else (no credentials, no path). */
+export function checkEndpoint(endpoint: string, what = "S3 endpoint"): URL {
   let u: URL;
   try {
     u = new URL(endpoint);
   } catch {
-    throw new UsageError(`S3 endpoint ${JSON.stringify(endpoint)} is not a URL`, "give it as http://HOST:PORT or https://HOST");
+    throw new UsageError(`${what} ${JSON.stringify(endpoint)} is not a URL`, "give it as http://HOST:PORT or https://HOST");
   }
-  if (u.protocol !== "http:" && u.protocol !== "https:") throw new UsageError(`S3 endpoint ${endpoint}: only http:// and https:// are supported`);
-  if (u.username !== "" || u.password !== "") throw new UsageError("the S3 endpoint must not hold credentials", "give them in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY");
-  if ((u.pathname !== "/" && u.pathname !== "") || u.search !== "" || u.hash !== "") throw new UsageError(`S3 endpoint ${endpoint}: give the server's address only, without a path`, "the bucket and prefix go in --repo s3://BUCKET/PREFIX");
+  if (u.protocol !== "http:" && u.protocol !== "https:") throw new UsageError(`${what} ${endpoint}: only http:// and https:// are supported`);
+  if (u.username !== "" || u.password !== "") throw new UsageError(`the ${what} must not hold credentials`, "give them in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY");
+  if ((u.pathname !== "/" && u.pathname !== "") || u.search !== "" || u.hash !== "") throw new UsageError(`${what} ${endpoint}: give the server's address only, without a path`, "the bucket and prefix go in --repo s3://BUCKET/PREFIX");
   return u;
 }

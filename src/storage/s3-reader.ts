@@ -5,6 +5,7 @@ import type https from "node:https";
 import { createRequire } from "node:module";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { SignatureV4 } from "@smithy/signature-v4";
+import type { S3CredentialSource } from "./s3-credentials.js";
 
 type Signer = typeof import("@smithy/signature-v4");
 let signerModule: Signer | undefined;
@@ -65,7 +66,8 @@ export interface S3ReaderInit {
   /** The server's URL with the bucket as the path's first part (path-style) or in the host name. */
   readonly base: URL;
   readonly region: string;
-  readonly credentials: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+  /** Fixed keys, or the function that gives the current temporary ones (src/storage/s3-credentials.ts). */
+  readonly credentials: S3CredentialSource;
   readonly agent: http.Agent | https.Agent;
   readonly requestTimeoutMs: number;
 }

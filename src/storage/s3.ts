@@ -37,6 +37,7 @@ export class S3Store implements Store {
   constructor(url: string, access: S3Access = {}) {
     this.#at = parseS3Url(url);
     if (access.endpoint !== undefined) checkEndpoint(access.endpoint);
+    if (access.stsEndpoint !== undefined) checkEndpoint(access.stsEndpoint, "STS endpoint");
     this.#access = access;
     this.#acl = access.objectAcl === undefined ? {} : { ACL: access.objectAcl };
     this.location = access.endpoint === undefined ? url : `${url} at ${access.endpoint}`;

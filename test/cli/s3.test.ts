@@ -105,7 +105,7 @@ describe.skipIf(!HAVE_RGW)("S3 repositories through the CLI", () => {
     const credentials = path.join(dir, "credentials");
     const config = path.join(dir, "config");
     await fsp.writeFile(credentials, `# written by aws configure\n[default]\naws_access_key_id = AKIDWRONG\naws_secret_access_key = wrong\n\n[vault]\naws_access_key_id = ${server.accessKeyId}\naws_secret_access_key = ${server.secretAccessKey}\n[half]\naws_access_key_id = AKIDHALF\n`, { mode: 0o600 });
-    await fsp.writeFile(config, "[profile vault]\nregion = us-east-1\n[profile assumed]\nrole_arn = arn:aws:iam::123456789012:role/backup\nsource_profile = vault\n");
+    await fsp.writeFile(config, "[profile vault]\nregion = us-east-1\n[profile sso]\nsso_session = corp\n");
     const files = { AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined, AWS_SHARED_CREDENTIALS_FILE: credentials, AWS_CONFIG_FILE: config };
     const init = await run(["init"], { env: { ...files, AWS_PROFILE: "vault" } });
     expect(init.code, init.stderr).toBe(0);
@@ -122,7 +122,7 @@ describe.skipIf(!HAVE_RGW)("S3 repositories through the CLI", () => {
     for (const [profile, said] of [
       ["missing", `AWS profile missing (AWS_PROFILE) is in neither ${credentials} nor ${config}`],
       ["half", `AWS profile half in ${credentials} has no aws_secret_access_key`],
-      ["assumed", "AWS profile assumed gets its keys through role_arn, which vmvault does not follow"],
+      ["sso", "AWS profile sso gets its keys through sso_session, which vmvault does not follow"],
     ] as const) {
       const r = await run(["snapshots"], { env: { ...files, AWS_PROFILE: profile } });
       expect(r.code, profile).toBe(2);
