@@ -10,7 +10,8 @@ import { checkOverlayRequest, makeOverlays, planOverlays, type MadeOverlays } fr
 import { NBD_PORT } from "../sources/nbd-protocol.js";
 import { failedReadsError, NbdServer, type NbdEvent } from "./nbd-server.js";
 import { plural } from "../util/text.js";
-import { certificateNameProblem, type NbdTls, type PskKeys, type X509Credentials } from "./nbd-tls.js";
+import type { NbdTls, PskKeys } from "./nbd-tls.js";
+import { certificateNameProblem, X509Folder, type X509Credentials } from "./nbd-x509.js";
 
 /** Where the export listens: a TCP address, or a Unix socket (made with mode 0600). */
 export type ExportAddress = { readonly host: string; readonly port: number } | { readonly socket: string };
@@ -40,7 +41,8 @@ export interface ExportOptions {
   /**
    * TLS with this X.509 certificate (an X.509 folder read by readX509Dir), required of every
    * client: only a client showing a certificate the folder's CA signed (and its revocation list,
-   * if any, does not name) connects. Not with tlsKeys, nor with overlayDir.
+   * if any, does not name) connects. The folder is read again at a handshake after any of its
+   * files changed (X509Folder; told as a "certificates" event). Not with tlsKeys, nor with overlayDir.
    */
   readonly tlsX509?: X509Credentials;
   /** Stop once the first client has disconnected (and no other is connected). */
@@ -106,10 +108,9 @@ export async function exportNbd(repo: Repository, o: ExportOptions): Promise<Exp
   if (o.reason.trim() === "") throw new UsageError("an export needs --reason TEXT (it is kept in the audit trail)");
   const listen = o.listen ?? { host: "127.0.0.1", port: NBD_PORT };
   if (o.tlsKeys !== undefined && o.tlsX509 !== undefined) throw new UsageError("give --tls-psk-file or --tls-x509-dir, not both");
-  const tls = tlsOf(o);
-  checkAddress(listen, o.allowRemote === true, tls !== undefined);
+  checkAddress(listen, o.allowRemote === true, o.tlsKeys !== undefined || o.tlsX509 !== undefined);
   checkOverlayRequest(o);
-  if (tls !== undefined && o.overlayDir !== undefined) {
+  if ((o.tlsKeys !== undefined || o.tlsX509 !== undefined) && o.overlayDir !== undefined) {
     throw new UsageError("--overlay-dir does not go with TLS: a qcow2 overlay cannot name the TLS credentials QEMU would need to reach the export", "export on a Unix socket (--socket) or loopback for a VM on this host, without --tls-psk-file or --tls-x509-dir");
   }
   const request = contentsRequest([o.snapshot], { ...o, paths: [] });
@@ -152,7 +153,7 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
     address,
     exports: disks.map((d) => ({ name: d.name, size: d.size, uri: exportUri(listen, address, d.name, tls !== undefined) })),
   };
-  const nameProblem = tls !== undefined && "x509" in tls && "host" in listen ? certificateNameProblem(tls.x509, listen.host) : undefined;
+  const nameProblem = tls !== undefined && "x509" in tls && "host" in listen ? certificateNameProblem(tls.x509.credentials, listen.host) : undefined;
   if (nameProblem !== undefined) listening = { ...listening, warnings: [nameProblem] };
   try {
     if (planned !== undefined) {
@@ -182,10 +183,12 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
   };
 }
 
-/** The export's TLS, from whichever of its two options was given. */
+/** The export's TLS, from whichever of its two options was given; an X.509 folder is read again when its files change, which is told as an event. */
 function tlsOf(o: ExportOptions): NbdTls | undefined {
   if (o.tlsKeys !== undefined) return { psk: o.tlsKeys };
-  return o.tlsX509 === undefined ? undefined : { x509: o.tlsX509 };
+  if (o.tlsX509 === undefined) return undefined;
+  const onEvent = o.onEvent;
+  return { x509: new X509Folder(o.tlsX509, onEvent === undefined ? {} : { onChange: (c) => onEvent({ kind: "certificates", ...c }) }) };
 }
 
 /** Loopback unless allowRemote; a port from 0 (any free one) to 65535. */

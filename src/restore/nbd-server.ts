@@ -46,6 +46,8 @@ export type NbdEvent =
   | { readonly kind: "opened"; readonly client: string; readonly disk: string; readonly identity?: string }
   | { readonly kind: "closed"; readonly client: string; readonly reads: number; readonly bytes: number; readonly error?: string }
   | { readonly kind: "refused"; readonly client: string; readonly reason: string }
+  /** The X.509 folder of the export changed: read again, or (with an error) refused until mended (src/restore/nbd-x509.ts). */
+  | { readonly kind: "certificates"; readonly dir: string; readonly changed: readonly string[]; readonly error?: string }
   | { readonly kind: "read failed"; readonly client: string; readonly disk: string; readonly offset: number; readonly length: number; readonly error: Error };
 
 export interface NbdStats {

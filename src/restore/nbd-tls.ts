@@ -1,9 +1,7 @@
-import { readFileSync } from "node:fs";
 import type { Socket } from "node:net";
-import path from "node:path";
 import type tls from "node:tls";
-import type { X509Certificate } from "node:crypto";
-import { errorCodeOf, fileProblem, UsageError } from "../errors.js";
+import { UsageError } from "../errors.js";
+import { X509_FILES, type X509Credentials, type X509Folder } from "./nbd-x509.js";
 
 /**
  * TLS for the NBD export (NBD_OPT_STARTTLS), in either of the two ways QEMU and libnbd speak it:
@@ -18,7 +16,7 @@ import { errorCodeOf, fileProblem, UsageError } from "../errors.js";
  */
 
 /** An export's TLS: pre-shared keys, or an X.509 certificate and the CA its clients' certificates come from. */
-export type NbdTls = { readonly psk: PskKeys } | { readonly x509: X509Credentials };
+export type NbdTls = { readonly psk: PskKeys } | { readonly x509: X509Folder };
 
 /** Keys shorter than this are refused: 128 bits, as `psktool` makes 256. */
 export const MIN_PSK_BYTES = 16;
@@ -52,108 +50,6 @@ export interface TlsSession {
   readonly socket: tls.TLSSocket;
   /** The PSK identity, or the common name of the client's certificate (its SHA-256 fingerprint when it has none). */
   readonly identity: string;
-}
-
-/** The files of an X.509 folder, by QEMU's names for a server. */
-export const X509_FILES = { ca: "ca-cert.pem", cert: "server-cert.pem", key: "server-key.pem", crl: "ca-crl.pem" } as const;
-
-/** An X.509 folder, read and checked (readX509Dir). */
-export interface X509Credentials {
-  readonly dir: string;
-  /** What each connection's TLS server is made with: the PEM files, the private key among them. */
-  readonly options: Readonly<tls.SecureContextOptions>;
-  /** The CA's subject (its common name where it has one), for the trail. */
-  readonly ca: string;
-  /** The server certificate, to tell whether it names an address. */
-  readonly certificate: X509Certificate;
-  /** A revocation list was given (ca-crl.pem). */
-  readonly crl: boolean;
-}
-
-/**
- * Reads and checks an X.509 folder before the export starts, so that a bad one is a usage error
- * naming the file, not a refusal of every client: each file must be there and parse; the key
- * must be the certificate's; the certificate must be valid at `now` and signed by a certificate
- * of ca-cert.pem (clients trusting that CA would refuse it otherwise).
- */
-export function readX509Dir(dir: string, now: number = Date.now()): X509Credentials {
-  const { X509Certificate, createPrivateKey } = process.getBuiltinModule("node:crypto");
-  const { createSecureContext } = process.getBuiltinModule("node:tls");
-  const layout = `the folder holds ${X509_FILES.ca}, ${X509_FILES.cert} and ${X509_FILES.key} (and ${X509_FILES.crl} where the CA revokes certificates), as QEMU's tls-creds-x509 reads it for a server`;
-  const at = (name: string): string => path.join(dir, name);
-  const read = (name: string, optional = false): string | undefined => {
-    try {
-      return readFileSync(at(name), "utf8");
-    } catch (e) {
-      if (optional && errorCodeOf(e) === "ENOENT") return undefined;
-      throw new UsageError(`cannot read ${at(name)}: ${fileProblem(e)}`, layout);
-    }
-  };
-  const caText = read(X509_FILES.ca) as string;
-  const certText = read(X509_FILES.cert) as string;
-  const keyText = read(X509_FILES.key) as string;
-  const crlText = read(X509_FILES.crl, true);
-  const blocks = (text: string): string[] => text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
-  const parse = (pem: string, name: string): X509Certificate => {
-    try {
-      return new X509Certificate(pem);
-    } catch {
-      throw new UsageError(`${at(name)} holds a certificate that does not parse`, layout);
-    }
-  };
-  const caBlocks = blocks(caText);
-  if (caBlocks.length === 0) throw new UsageError(`${at(X509_FILES.ca)} holds no PEM certificate`, layout);
-  const cas = caBlocks.map((b) => parse(b, X509_FILES.ca));
-  const certBlock = blocks(certText)[0];
-  if (certBlock === undefined) throw new UsageError(`${at(X509_FILES.cert)} holds no PEM certificate`, layout);
-  const certificate = parse(certBlock, X509_FILES.cert);
-  let key: ReturnType<typeof createPrivateKey>;
-  try {
-    key = createPrivateKey(keyText);
-  } catch {
-    throw new UsageError(`${at(X509_FILES.key)} holds no private key that can be read (a PEM key without a passphrase is needed)`, layout);
-  }
-  if (!certificate.checkPrivateKey(key)) throw new UsageError(`${at(X509_FILES.key)} is not the key of ${at(X509_FILES.cert)}`);
-  const from = Date.parse(certificate.validFrom);
-  const to = Date.parse(certificate.validTo);
-  if (now > to) throw new UsageError(`${at(X509_FILES.cert)} expired on ${new Date(to).toISOString()}`, "renew the server's certificate");
-  if (now < from) throw new UsageError(`${at(X509_FILES.cert)} is not valid before ${new Date(from).toISOString()}`, "check the clock, or the certificate's dates");
-  const issuer = cas.find((ca) => certificate.checkIssued(ca) && certificate.verify(ca.publicKey));
-  if (issuer === undefined) {
-    throw new UsageError(`${at(X509_FILES.cert)} is not signed by a certificate of ${at(X509_FILES.ca)}: clients trusting that CA would refuse the export`, `its issuer is ${oneLine(certificate.issuer)}`);
-  }
-  const options: tls.SecureContextOptions = { minVersion: "TLSv1.2", cert: certText, key: keyText, ca: caText, ...(crlText === undefined ? {} : { crl: crlText }) };
-  try {
-    // OpenSSL's own reading of them, once here rather than at each client.
-    createSecureContext(options);
-  } catch (e) {
-    throw new UsageError(`the certificates of ${dir} cannot serve TLS: ${e instanceof Error ? e.message : String(e)}`, layout);
-  }
-  return { dir, options, ca: commonName(issuer.subject) ?? oneLine(issuer.subject), certificate, crl: crlText !== undefined };
-}
-
-/**
- * Why clients may refuse the export's certificate at this address, or undefined: QEMU and libnbd
- * check that the server's certificate names the host they connect to. An address that listens
- * everywhere (0.0.0.0, ::) is reached by names not known here, and a Unix socket by none.
- */
-export function certificateNameProblem(creds: X509Credentials, host: string): string | undefined {
-  if (host === "0.0.0.0" || host === "::") return undefined;
-  const { isIP } = process.getBuiltinModule("node:net");
-  const named = isIP(host) !== 0 ? creds.certificate.checkIP(host) : creds.certificate.checkHost(host);
-  if (named !== undefined) return undefined;
-  const holds = creds.certificate.subjectAltName ?? commonName(creds.certificate.subject) ?? "no name";
-  return `${X509_FILES.cert} does not name ${host} (it names ${holds}): clients that check the server's name refuse the export unless they connect by a name it holds`;
-}
-
-/** A subject or issuer as X509Certificate gives it (one attribute a line), on one line. */
-function oneLine(name: string): string {
-  return name.split("\n").filter((l) => l !== "").join(", ");
-}
-
-/** The CN of a subject as X509Certificate gives it. */
-function commonName(name: string): string | undefined {
-  return /^CN=(.*)$/m.exec(name)?.[1];
 }
 
 /**
@@ -217,7 +113,13 @@ function startPsk(socket: Socket, keys: PskKeys): Promise<TlsSession> {
  * where Node.js checks a client's certificate against the CA and refuses it when it does not
  * verify: a TLSSocket made directly asks for the certificate but leaves its verdict unread.
  */
-function startX509(socket: Socket, creds: X509Credentials): Promise<TlsSession> {
+function startX509(socket: Socket, folder: X509Folder): Promise<TlsSession> {
+  let creds: X509Credentials;
+  try {
+    creds = folder.current();
+  } catch (e) {
+    return Promise.reject(new Error(`TLS handshake refused: ${e instanceof Error ? e.message : String(e)}`));
+  }
   const { createServer } = process.getBuiltinModule("node:tls");
   const server = createServer({ ...creds.options, requestCert: true, rejectUnauthorized: true });
   return handshake(socket, (settle) => {
@@ -257,7 +159,7 @@ function certificateRefusal(code: Error | string | null | undefined): string {
   }
   if (c === "CERT_HAS_EXPIRED") return "the client's certificate has expired";
   if (c === "CERT_NOT_YET_VALID") return "the client's certificate is not valid yet";
-  if (c === "CERT_REVOKED") return "the client's certificate is revoked (ca-crl.pem)";
+  if (c === "CERT_REVOKED") return `the client's certificate is revoked (${X509_FILES.crl})`;
   return `the client's certificate did not verify${c === "" ? "" : ` (${c})`}`;
 }
 

@@ -206,6 +206,29 @@ describe.skipIf(!haveClients || !haveOpenssl)("export nbd over TLS with X.509 ce
     expect(records.some((r) => r.result !== "started" && r.target["identities"] === "hv-2")).toBe(true);
   });
 
+  it("reads the folder again when the CA's revocation list lands in it while the export runs: nbdinfo with the revoked certificate is turned away, and stderr says so", async () => {
+    const { repo } = await fixture();
+    const pki = await makeTestPki(tmp("pki"));
+    const dir = tmp("x509");
+    await fsp.cp(pki.server, dir, { recursive: true });
+    const e = await startExport(repo, ["latest", "--reason", "revocation", "--listen", "127.0.0.1:0", "--tls-x509-dir", dir]);
+    const uri = e.listening.exports[0]?.uri as string;
+    const before = run("nbdinfo", ["--size", `${uri}?tls-certificates=${pki.revoked}`]);
+    expect(before.status, before.stderr).toBe(0);
+    await fsp.copyFile(path.join(pki.ca, "ca-crl.pem"), path.join(dir, "ca-crl.pem"));
+    const after = run("nbdinfo", ["--size", `${uri}?tls-certificates=${pki.revoked}`]);
+    expect(after.status).not.toBe(0);
+    const other = run("nbdinfo", ["--size", `${uri}?tls-certificates=${pki.client}`]);
+    expect(other.status, other.stderr).toBe(0);
+    expect(other.stdout.trim()).toBe(String(5 * MiB));
+    e.child.kill("SIGTERM");
+    const done = await e.exit;
+    expect(done.code, done.stderr).toBe(0);
+    expect(done.stderr).toContain(`read the certificates of ${dir} again (ca-crl.pem changed): new clients are checked against them`);
+    expect(done.stderr).toMatch(/turned away: TLS handshake failed: the client's certificate is revoked \(ca-crl\.pem\)/);
+    expect(resultOf(done).identities).toEqual(["hv-2", "old-host"]);
+  });
+
   it("warns when the server's certificate does not name the address it listens on (clients checking the name would refuse it)", async () => {
     const { repo } = await fixture();
     const pki = await makeTestPki(tmp("pki"));

@@ -13,7 +13,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { IntegrityError, UsageError } from "../../src/errors.js";
 import type { DiskPiece, ExportedDisk, Extent } from "../../src/restore/disk-reader.js";
 import { NbdServer, type NbdEvent, type NbdServerOptions } from "../../src/restore/nbd-server.js";
-import { readX509Dir, type X509Credentials } from "../../src/restore/nbd-tls.js";
+import { readX509Dir, X509Folder, type X509Change, type X509Credentials } from "../../src/restore/nbd-x509.js";
 import { seededBytes, tempDirs } from "../helpers/fixtures.js";
 import { haveOpenssl, makeTestPki, type TestPki } from "../helpers/x509.js";
 import { goData, IHAVEOPT, metaContextData, NBDMAGIC, NbdClient, REPLY_FLAG_DONE, type Chunk, type OptionReply } from "../helpers/nbd-client.js";
@@ -573,7 +573,7 @@ describe("NbdServer connections", () => {
     expect(mine[1]).toMatchObject({ kind: "opened", disk: "vda" });
     expect(mine[2]).toMatchObject({ kind: "closed", reads: 2, bytes: 4096 + BLOCK });
     expect(mine[2]).not.toHaveProperty("error");
-    expect(new Set(mine.map((e) => e.client)).size).toBe(1);
+    expect(new Set(mine.map((e) => ("client" in e ? e.client : e.kind))).size).toBe(1);
 
     // The slot is free again.
     const c = await connect(port);
@@ -704,7 +704,7 @@ describe.skipIf(!haveOpenssl)("NbdServer with TLS (X.509 certificates)", () => {
   afterAll(() => fsp.rm(pkiDir, { recursive: true, force: true }));
 
   it("serves a client whose certificate the CA signed, named by its common name; refuses one of another CA, one showing none and an expired one, and goes on", async () => {
-    const { server, port, events } = await serve(["vda"], { tls: { x509: creds } });
+    const { server, port, events } = await serve(["vda"], { tls: { x509: new X509Folder(creds) } });
     const plain = await connect(port);
     await plain.start();
     const refused = await plain.option(Opt.LIST);
@@ -727,19 +727,58 @@ describe.skipIf(!haveOpenssl)("NbdServer with TLS (X.509 certificates)", () => {
 
   it("refuses a certificate the CA revoked once the folder holds its revocation list, and served it before", async () => {
     const revoked = await client(pki.revoked);
-    const withoutCrl = await serve(["vda"], { tls: { x509: creds } });
+    const withoutCrl = await serve(["vda"], { tls: { x509: new X509Folder(creds) } });
     await servedTo(withoutCrl.port, revoked);
     const dir = tmp("crl");
     await fsp.cp(pki.server, dir, { recursive: true });
     await fsp.copyFile(path.join(pki.ca, "ca-crl.pem"), path.join(dir, "ca-crl.pem"));
     const withCrl = readX509Dir(dir);
     expect(withCrl.crl).toBe(true);
-    const { port, events } = await serve(["vda"], { tls: { x509: withCrl } });
+    const { port, events } = await serve(["vda"], { tls: { x509: new X509Folder(withCrl) } });
     await refusedTo(port, revoked);
     await until(() => events.some((e) => e.kind === "refused"));
     expect(events.find((e) => e.kind === "refused")).toMatchObject({ reason: "TLS handshake failed: the client's certificate is revoked (ca-crl.pem)" });
     // hv-2's certificate is not on the list.
     await servedTo(port, await client(pki.client));
+  });
+
+  it("is read again at the next handshake: a revocation list added turns the revoked client away without a restart, a broken one turns every new client away (told once) until mended, and connections made go on", async () => {
+    const dir = tmp("live");
+    await fsp.cp(pki.server, dir, { recursive: true });
+    const changes: X509Change[] = [];
+    const folder = new X509Folder(readX509Dir(dir), { onChange: (c) => changes.push(c) });
+    const { port, events } = await serve(["vda"], { tls: { x509: folder } });
+    const reasons = (): string[] => events.flatMap((e) => (e.kind === "refused" ? [e.reason] : []));
+    const revoked = await client(pki.revoked);
+    const hv2 = await client(pki.client);
+    const before = await servedTo(port, revoked);
+    expect(changes).toEqual([]);
+    // The CA revokes old-host: its list lands in the folder.
+    await fsp.copyFile(path.join(pki.ca, "ca-crl.pem"), path.join(dir, "ca-crl.pem"));
+    await refusedTo(port, revoked);
+    await until(() => reasons().length === 1);
+    expect(reasons()[0]).toBe("TLS handshake failed: the client's certificate is revoked (ca-crl.pem)");
+    expect(changes).toEqual([{ dir, changed: ["ca-crl.pem"] }]);
+    expect(folder.credentials.crl).toBe(true);
+    // Its connection made before the list goes on; hv-2 is not on the list.
+    expectBytes(await readSimple(before, 0, 100), IMAGE.subarray(0, 100), "a read on the connection made before");
+    await servedTo(port, hv2);
+    // A list that does not parse: nobody new is served, and the change is told once.
+    await fsp.writeFile(path.join(dir, "ca-crl.pem"), "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n");
+    await refusedTo(port, hv2);
+    await refusedTo(port, hv2);
+    await until(() => reasons().length === 3);
+    expect(reasons()[1]).toMatch(/^TLS handshake refused: the export's certificates changed \(ca-crl\.pem\) and cannot be used: the certificates of .* cannot serve TLS: /);
+    expect(reasons()[2]).toBe(reasons()[1]);
+    expect(changes).toHaveLength(2);
+    expect(changes[1]).toMatchObject({ dir, changed: ["ca-crl.pem"], error: expect.stringContaining("cannot serve TLS") as unknown });
+    // Mended: served again, and the revoked client still is not.
+    await fsp.copyFile(path.join(pki.ca, "ca-crl.pem"), path.join(dir, "ca-crl.pem"));
+    await servedTo(port, hv2);
+    await refusedTo(port, revoked);
+    await until(() => reasons().length === 4);
+    expect(reasons()[3]).toBe("TLS handshake failed: the client's certificate is revoked (ca-crl.pem)");
+    expect(changes.map((c) => c.error === undefined)).toEqual([true, false, true]);
   });
 });
 

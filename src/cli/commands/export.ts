@@ -5,7 +5,8 @@ import { fileProblem, UsageError } from "../../errors.js";
 import type { ExportAddress, ExportListening } from "../../restore/export.js";
 import { NBD_PORT } from "../../sources/nbd-protocol.js";
 import type { NbdEvent } from "../../restore/nbd-server.js";
-import { parsePskFile, readX509Dir, X509_FILES, type PskKeys, type X509Credentials } from "../../restore/nbd-tls.js";
+import { parsePskFile, type PskKeys } from "../../restore/nbd-tls.js";
+import { readX509Dir, X509_FILES, type X509Credentials } from "../../restore/nbd-x509.js";
 import { readableByOthers } from "../keys-file.js";
 import { CliContext } from "../context.js";
 import type { Interrupts } from "../interrupt.js";
@@ -144,6 +145,10 @@ function eventLine(e: NbdEvent): string {
       return `client ${e.client} disconnected after ${plural(e.reads, "read")} (${formatBytes(e.bytes)})${e.error === undefined ? "" : `: ${e.error}`}`;
     case "refused":
       return `client ${e.client} turned away: ${e.reason}`;
+    case "certificates":
+      return e.error === undefined
+        ? `read the certificates of ${e.dir} again (${e.changed.join(", ")} changed): new clients are checked against them`
+        : `warning: the certificates of ${e.dir} changed (${e.changed.join(", ")}) and cannot be used, so new clients are turned away until they are mended: ${e.error}`;
     case "read failed":
       return `warning: a read of ${e.disk} (${e.length} bytes at ${e.offset}) by ${e.client} failed and was answered with EIO: ${e.error.message}`;
   }

@@ -1,0 +1,188 @@
+import { readFileSync, statSync } from "node:fs";
+import path from "node:path";
+import type tls from "node:tls";
+import type { X509Certificate } from "node:crypto";
+import { errorCodeOf, fileProblem, UsageError } from "../errors.js";
+
+/**
+ * The X.509 folder of an NBD export over TLS (src/restore/nbd-tls.ts), laid out as QEMU's
+ * `tls-creds-x509` reads it for a server: read and checked before the export starts
+ * (readX509Dir), and read again while it runs when one of its files changes (X509Folder).
+ */
+
+/** The files of an X.509 folder, by QEMU's names for a server. */
+export const X509_FILES = { ca: "ca-cert.pem", cert: "server-cert.pem", key: "server-key.pem", crl: "ca-crl.pem" } as const;
+
+/** An X.509 folder, read and checked (readX509Dir). */
+export interface X509Credentials {
+  readonly dir: string;
+  /** What each connection's TLS server is made with: the PEM files, the private key among them. */
+  readonly options: Readonly<tls.SecureContextOptions>;
+  /** The CA's subject (its common name where it has one), for the trail. */
+  readonly ca: string;
+  /** The server certificate, to tell whether it names an address. */
+  readonly certificate: X509Certificate;
+  /** A revocation list was given (ca-crl.pem). */
+  readonly crl: boolean;
+  /** Each file's identity (inode, size, times) just before it was read; "-" for one absent. */
+  readonly stamps: Readonly<Record<string, string>>;
+}
+
+/**
+ * Reads and checks an X.509 folder before the export starts, so that a bad one is a usage error
+ * naming the file, not a refusal of every client: each file must be there and parse; the key
+ * must be the certificate's; the certificate must be valid at `now` and signed by a certificate
+ * of ca-cert.pem (clients trusting that CA would refuse it otherwise).
+ */
+export function readX509Dir(dir: string, now: number = Date.now()): X509Credentials {
+  const { X509Certificate, createPrivateKey } = process.getBuiltinModule("node:crypto");
+  const { createSecureContext } = process.getBuiltinModule("node:tls");
+  const layout = `the folder holds ${X509_FILES.ca}, ${X509_FILES.cert} and ${X509_FILES.key} (and ${X509_FILES.crl} where the CA revokes certificates), as QEMU's tls-creds-x509 reads it for a server`;
+  const at = (name: string): string => path.join(dir, name);
+  const read = (name: string, optional = false): string | undefined => {
+    try {
+      return readFileSync(at(name), "utf8");
+    } catch (e) {
+      if (optional && errorCodeOf(e) === "ENOENT") return undefined;
+      throw new UsageError(`cannot read ${at(name)}: ${fileProblem(e)}`, layout);
+    }
+  };
+  const stamps = stampsOf(dir);
+  const caText = read(X509_FILES.ca) as string;
+  const certText = read(X509_FILES.cert) as string;
+  const keyText = read(X509_FILES.key) as string;
+  const crlText = read(X509_FILES.crl, true);
+  const blocks = (text: string): string[] => text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+  const parse = (pem: string, name: string): X509Certificate => {
+    try {
+      return new X509Certificate(pem);
+    } catch {
+      throw new UsageError(`${at(name)} holds a certificate that does not parse`, layout);
+    }
+  };
+  const caBlocks = blocks(caText);
+  if (caBlocks.length === 0) throw new UsageError(`${at(X509_FILES.ca)} holds no PEM certificate`, layout);
+  const cas = caBlocks.map((b) => parse(b, X509_FILES.ca));
+  const certBlock = blocks(certText)[0];
+  if (certBlock === undefined) throw new UsageError(`${at(X509_FILES.cert)} holds no PEM certificate`, layout);
+  const certificate = parse(certBlock, X509_FILES.cert);
+  let key: ReturnType<typeof createPrivateKey>;
+  try {
+    key = createPrivateKey(keyText);
+  } catch {
+    throw new UsageError(`${at(X509_FILES.key)} holds no private key that can be read (a PEM key without a passphrase is needed)`, layout);
+  }
+  if (!certificate.checkPrivateKey(key)) throw new UsageError(`${at(X509_FILES.key)} is not the key of ${at(X509_FILES.cert)}`);
+  const from = Date.parse(certificate.validFrom);
+  const to = Date.parse(certificate.validTo);
+  if (now > to) throw new UsageError(`${at(X509_FILES.cert)} expired on ${new Date(to).toISOString()}`, "renew the server's certificate");
+  if (now < from) throw new UsageError(`${at(X509_FILES.cert)} is not valid before ${new Date(from).toISOString()}`, "check the clock, or the certificate's dates");
+  const issuer = cas.find((ca) => certificate.checkIssued(ca) && certificate.verify(ca.publicKey));
+  if (issuer === undefined) {
+    throw new UsageError(`${at(X509_FILES.cert)} is not signed by a certificate of ${at(X509_FILES.ca)}: clients trusting that CA would refuse the export`, `its issuer is ${oneLine(certificate.issuer)}`);
+  }
+  const options: tls.SecureContextOptions = { minVersion: "TLSv1.2", cert: certText, key: keyText, ca: caText, ...(crlText === undefined ? {} : { crl: crlText }) };
+  try {
+    // OpenSSL's own reading of them, once here rather than at each client.
+    createSecureContext(options);
+  } catch (e) {
+    throw new UsageError(`the certificates of ${dir} cannot serve TLS: ${e instanceof Error ? e.message : String(e)}`, layout);
+  }
+  return { dir, options, ca: commonName(issuer.subject) ?? oneLine(issuer.subject), certificate, crl: crlText !== undefined, stamps };
+}
+
+/**
+ * Why clients may refuse the export's certificate at this address, or undefined: QEMU and libnbd
+ * check that the server's certificate names the host they connect to. An address that listens
+ * everywhere (0.0.0.0, ::) is reached by names not known here, and a Unix socket by none.
+ */
+export function certificateNameProblem(creds: X509Credentials, host: string): string | undefined {
+  if (host === "0.0.0.0" || host === "::") return undefined;
+  const { isIP } = process.getBuiltinModule("node:net");
+  const named = isIP(host) !== 0 ? creds.certificate.checkIP(host) : creds.certificate.checkHost(host);
+  if (named !== undefined) return undefined;
+  const holds = creds.certificate.subjectAltName ?? commonName(creds.certificate.subject) ?? "no name";
+  return `${X509_FILES.cert} does not name ${host} (it names ${holds}): clients that check the server's name refuse the export unless they connect by a name it holds`;
+}
+
+/** A subject or issuer as X509Certificate gives it (one attribute a line), on one line. */
+function oneLine(name: string): string {
+  return name.split("\n").filter((l) => l !== "").join(", ");
+}
+
+/** The CN of a subject as X509Certificate gives it. */
+function commonName(name: string): string | undefined {
+  return /^CN=(.*)$/m.exec(name)?.[1];
+}
+
+/** The identity of each file of the folder: a file replaced, rewritten or touched gets another. */
+function stampsOf(dir: string): Record<string, string> {
+  const stamps: Record<string, string> = {};
+  for (const name of Object.values(X509_FILES)) {
+    try {
+      const s = statSync(path.join(dir, name), { bigint: true });
+      stamps[name] = `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
+    } catch {
+      stamps[name] = "-";
+    }
+  }
+  return stamps;
+}
+
+/** What X509Folder tells when its files changed: re-read, or refused (then every new client is refused until they are mended). */
+export interface X509Change {
+  readonly dir: string;
+  /** The files that changed since they were last read. */
+  readonly changed: readonly string[];
+  /** Why the changed folder cannot be used, when it cannot. */
+  readonly error?: string;
+}
+
+/**
+ * The X.509 folder of a running export. Each handshake asks for the credentials as the folder
+ * holds them then: when a file changed since it was last read (a new revocation list, a renewed
+ * server certificate or key, another CA bundle), the folder is read and checked again as at the
+ * start, so revoking a client or renewing the certificate needs no restart. A folder that no
+ * longer passes refuses new clients, naming the problem, until it is mended; each change is told
+ * once. Connections already made go on: TLS checks a certificate at the handshake only.
+ */
+export class X509Folder {
+  #creds: X509Credentials;
+  /** The stamps of a changed folder that did not pass, and why. */
+  #refused: { stamps: string; error: Error } | undefined;
+  readonly #onChange: ((c: X509Change) => void) | undefined;
+  readonly #now: () => number;
+
+  constructor(initial: X509Credentials, o: { onChange?: (c: X509Change) => void; now?: () => number } = {}) {
+    this.#creds = initial;
+    this.#onChange = o.onChange;
+    this.#now = o.now ?? Date.now;
+  }
+
+  /** The folder as last read and found good (the one the export started with, or a later one). */
+  get credentials(): X509Credentials {
+    return this.#creds;
+  }
+
+  /** The credentials for a handshake starting now; throws (with the reason) when the changed folder cannot be used. */
+  current(): X509Credentials {
+    const dir = this.#creds.dir;
+    const stamps = stampsOf(dir);
+    const changed = Object.keys(stamps).filter((k) => stamps[k] !== this.#creds.stamps[k]);
+    if (changed.length === 0) return this.#creds;
+    const key = JSON.stringify(stamps);
+    if (this.#refused?.stamps === key) throw this.#refused.error;
+    try {
+      this.#creds = readX509Dir(dir, this.#now());
+      this.#refused = undefined;
+      this.#onChange?.({ dir, changed });
+      return this.#creds;
+    } catch (e) {
+      const said = e instanceof Error ? e.message : String(e);
+      const error = new Error(`the export's certificates changed (${changed.join(", ")}) and cannot be used: ${said}`);
+      this.#refused = { stamps: key, error };
+      this.#onChange?.({ dir, changed, error: said });
+      throw error;
+    }
+  }
+}
