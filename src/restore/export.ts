@@ -10,7 +10,8 @@ import { checkOverlayRequest, makeOverlays, planOverlays, type MadeOverlays } fr
 import { NBD_PORT } from "../sources/nbd-protocol.js";
 import { failedReadsError, NbdServer, type NbdEvent } from "./nbd-server.js";
 import { plural } from "../util/text.js";
-import type { NbdTls, PskKeys } from "./nbd-tls.js";
+import { PskFile, type NbdTls, type PskFileKeys, type PskKeys } from "./nbd-tls.js";
+import type { FilesChange } from "../util/reread.js";
 import { certificateNameProblem, X509Folder, type X509Credentials } from "./nbd-x509.js";
 
 /** Where the export listens: a TCP address, or a Unix socket (made with mode 0600). */
@@ -32,17 +33,18 @@ export interface ExportOptions {
    */
   readonly allowRemote?: boolean;
   /**
-   * TLS with pre-shared keys (identity → key, from a PSK file: src/restore/nbd-tls.ts), required
-   * of every client: only a client holding one of the keys connects, and the disks cross the
-   * wire encrypted. Not with overlayDir (QEMU reaches a backing file over TLS only with
-   * credentials that a qcow2 file cannot name).
+   * TLS with pre-shared keys (identity → key: src/restore/nbd-tls.ts), required of every client:
+   * only a client holding one of the keys connects, and the disks cross the wire encrypted. A
+   * PSK file as readPskFile read it is read again at a handshake after it changed (PskFile; told
+   * as a "tls files" event); keys given as a map stay as they are. Not with overlayDir (QEMU
+   * reaches a backing file over TLS only with credentials that a qcow2 file cannot name).
    */
-  readonly tlsKeys?: PskKeys;
+  readonly tlsKeys?: PskKeys | PskFileKeys;
   /**
    * TLS with this X.509 certificate (an X.509 folder read by readX509Dir), required of every
    * client: only a client showing a certificate the folder's CA signed (and its revocation list,
    * if any, does not name) connects. The folder is read again at a handshake after any of its
-   * files changed (X509Folder; told as a "certificates" event). Not with tlsKeys, nor with overlayDir.
+   * files changed (X509Folder; told as a "tls files" event). Not with tlsKeys, nor with overlayDir.
    */
   readonly tlsX509?: X509Credentials;
   /** Stop once the first client has disconnected (and no other is connected). */
@@ -120,7 +122,7 @@ export async function exportNbd(repo: Repository, o: ExportOptions): Promise<Exp
     ...(o.overlayDir === undefined ? {} : { overlayDir: path.resolve(o.overlayDir) }),
     ...(o.domainName === undefined ? {} : { domainName: o.domainName }),
     ...(o.define === true ? { define: "yes" } : {}),
-    ...(o.tlsKeys === undefined ? {} : { tls: `psk (${[...o.tlsKeys.keys()].join(", ")})` }),
+    ...(o.tlsKeys === undefined ? {} : { tls: `psk (${[...pskKeysOf(o.tlsKeys).keys()].join(", ")})` }),
     ...(o.tlsX509 === undefined ? {} : { tls: `x509 (clients of CA ${o.tlsX509.ca}${o.tlsX509.crl ? ", with its revocation list" : ""})` }),
   };
   // A VM reads a little here and there: windows of 64 KiB unless it reads on in order.
@@ -153,7 +155,7 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
     address,
     exports: disks.map((d) => ({ name: d.name, size: d.size, uri: exportUri(listen, address, d.name, tls !== undefined) })),
   };
-  const nameProblem = tls !== undefined && "x509" in tls && "host" in listen ? certificateNameProblem(tls.x509.credentials, listen.host) : undefined;
+  const nameProblem = tls !== undefined && "x509" in tls && "host" in listen ? certificateNameProblem(tls.x509.value, listen.host) : undefined;
   if (nameProblem !== undefined) listening = { ...listening, warnings: [nameProblem] };
   try {
     if (planned !== undefined) {
@@ -185,10 +187,21 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
 
 /** The export's TLS, from whichever of its two options was given; an X.509 folder is read again when its files change, which is told as an event. */
 function tlsOf(o: ExportOptions): NbdTls | undefined {
-  if (o.tlsKeys !== undefined) return { psk: o.tlsKeys };
-  if (o.tlsX509 === undefined) return undefined;
   const onEvent = o.onEvent;
-  return { x509: new X509Folder(o.tlsX509, onEvent === undefined ? {} : { onChange: (c) => onEvent({ kind: "certificates", ...c }) }) };
+  const told = (what: "keys" | "certificates"): { onChange?: (c: FilesChange) => void } => (onEvent === undefined ? {} : { onChange: (c) => onEvent({ kind: "tls files", what, ...c }) });
+  if (o.tlsKeys !== undefined) {
+    const keys = o.tlsKeys;
+    return { psk: isPskFile(keys) ? new PskFile(keys, told("keys")) : { current: () => keys } };
+  }
+  return o.tlsX509 === undefined ? undefined : { x509: new X509Folder(o.tlsX509, told("certificates")) };
+}
+
+function isPskFile(k: PskKeys | PskFileKeys): k is PskFileKeys {
+  return "stamps" in k;
+}
+
+function pskKeysOf(k: PskKeys | PskFileKeys): PskKeys {
+  return isPskFile(k) ? k.keys : k;
 }
 
 /** Loopback unless allowRemote; a port from 0 (any free one) to 65535. */

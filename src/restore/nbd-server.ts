@@ -4,6 +4,7 @@ import type { ExportedDisk } from "./disk-reader.js";
 import * as P from "../sources/nbd-protocol.js";
 import { ConnectionClosed, SocketInput, writeAll } from "../util/socket-io.js";
 import { ALLOCATION_CONTEXT, MAX_REQUEST_BYTES, OptionPhase, type Wire } from "./nbd-options.js";
+import type { FilesChange } from "../util/reread.js";
 import type { NbdTls } from "./nbd-tls.js";
 
 export { MAX_REQUEST_BYTES } from "./nbd-options.js";
@@ -46,8 +47,8 @@ export type NbdEvent =
   | { readonly kind: "opened"; readonly client: string; readonly disk: string; readonly identity?: string }
   | { readonly kind: "closed"; readonly client: string; readonly reads: number; readonly bytes: number; readonly error?: string }
   | { readonly kind: "refused"; readonly client: string; readonly reason: string }
-  /** The X.509 folder of the export changed: read again, or (with an error) refused until mended (src/restore/nbd-x509.ts). */
-  | { readonly kind: "certificates"; readonly dir: string; readonly changed: readonly string[]; readonly error?: string }
+  /** The export's PSK file or X.509 folder changed: read again, or (with an error) refused until mended (src/util/reread.ts). */
+  | ({ readonly kind: "tls files"; readonly what: "keys" | "certificates" } & FilesChange)
   | { readonly kind: "read failed"; readonly client: string; readonly disk: string; readonly offset: number; readonly length: number; readonly error: Error };
 
 export interface NbdStats {

@@ -1,6 +1,8 @@
+import { readFileSync } from "node:fs";
 import type { Socket } from "node:net";
 import type tls from "node:tls";
-import { UsageError } from "../errors.js";
+import { fileProblem, UsageError } from "../errors.js";
+import { fileStamps, Reread, type FilesChange } from "../util/reread.js";
 import { X509_FILES, type X509Credentials, type X509Folder } from "./nbd-x509.js";
 
 /**
@@ -16,7 +18,13 @@ import { X509_FILES, type X509Credentials, type X509Folder } from "./nbd-x509.js
  */
 
 /** An export's TLS: pre-shared keys, or an X.509 certificate and the CA its clients' certificates come from. */
-export type NbdTls = { readonly psk: PskKeys } | { readonly x509: X509Folder };
+export type NbdTls = { readonly psk: PskSource } | { readonly x509: X509Folder };
+
+/** Where a handshake gets the pre-shared keys: fixed ones, or a PskFile read again when it changes. */
+export interface PskSource {
+  /** The keys for a handshake starting now; throws why there are none to use. */
+  current(): PskKeys;
+}
 
 /** Keys shorter than this are refused: 128 bits, as `psktool` makes 256. */
 export const MIN_PSK_BYTES = 16;
@@ -45,6 +53,48 @@ export function parsePskFile(text: string, source: string): PskKeys {
   return keys;
 }
 
+/** A PSK file as readPskFile read it: its keys, and its stamp taken just before the read. */
+export interface PskFileKeys {
+  readonly file: string;
+  readonly keys: PskKeys;
+  readonly stamps: Readonly<Record<string, string>>;
+}
+
+/** Reads and parses a PSK file; `label` names it in errors (which never quote a key). */
+export function readPskFile(file: string, label = file): PskFileKeys {
+  const stamps = fileStamps([file]);
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (e) {
+    throw new UsageError(`cannot read ${label}: ${fileProblem(e)}`);
+  }
+  return { file, keys: parsePskFile(text, file), stamps };
+}
+
+/**
+ * The PSK file of a running export, read again at a handshake after it changed: a client's line
+ * removed turns that client away from its next connection on, a line added lets a new one in,
+ * without a restart. A changed file that does not parse turns every new client away until it is
+ * mended (told once). Connections already made go on.
+ */
+export class PskFile extends Reread<PskKeys> {
+  constructor(initial: PskFileKeys, o: { onChange?: (c: FilesChange) => void } = {}) {
+    super({
+      path: initial.file,
+      what: "the export's key file",
+      files: [initial.file],
+      value: initial.keys,
+      stamps: initial.stamps,
+      read: () => {
+        const again = readPskFile(initial.file);
+        return { value: again.keys, stamps: again.stamps };
+      },
+      onChange: o.onChange,
+    });
+  }
+}
+
 /** What a TLS upgrade gives: the encrypted socket and the identity the client proved. */
 export interface TlsSession {
   readonly socket: tls.TLSSocket;
@@ -60,7 +110,12 @@ export interface TlsSession {
 export function startTls(socket: Socket, tlsOf: NbdTls): Promise<TlsSession> {
   // The TLS socket takes over the connection and reports its failures; the plain one stays quiet.
   socket.on("error", () => undefined);
-  return "psk" in tlsOf ? startPsk(socket, tlsOf.psk) : startX509(socket, tlsOf.x509);
+  try {
+    // The keys or certificates as their files hold them now (PskFile, X509Folder).
+    return "psk" in tlsOf ? startPsk(socket, tlsOf.psk.current()) : startX509(socket, tlsOf.x509.current());
+  } catch (e) {
+    return Promise.reject(new Error(`TLS handshake refused: ${e instanceof Error ? e.message : String(e)}`));
+  }
 }
 
 /**
@@ -113,13 +168,7 @@ function startPsk(socket: Socket, keys: PskKeys): Promise<TlsSession> {
  * where Node.js checks a client's certificate against the CA and refuses it when it does not
  * verify: a TLSSocket made directly asks for the certificate but leaves its verdict unread.
  */
-function startX509(socket: Socket, folder: X509Folder): Promise<TlsSession> {
-  let creds: X509Credentials;
-  try {
-    creds = folder.current();
-  } catch (e) {
-    return Promise.reject(new Error(`TLS handshake refused: ${e instanceof Error ? e.message : String(e)}`));
-  }
+function startX509(socket: Socket, creds: X509Credentials): Promise<TlsSession> {
   const { createServer } = process.getBuiltinModule("node:tls");
   const server = createServer({ ...creds.options, requestCert: true, rejectUnauthorized: true });
   return handshake(socket, (settle) => {

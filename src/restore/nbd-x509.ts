@@ -1,8 +1,9 @@
-import { readFileSync, statSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import type tls from "node:tls";
 import type { X509Certificate } from "node:crypto";
 import { errorCodeOf, fileProblem, UsageError } from "../errors.js";
+import { fileStamps, Reread, type FilesChange } from "../util/reread.js";
 
 /**
  * The X.509 folder of an NBD export over TLS (src/restore/nbd-tls.ts), laid out as QEMU's
@@ -47,7 +48,7 @@ export function readX509Dir(dir: string, now: number = Date.now()): X509Credenti
       throw new UsageError(`cannot read ${at(name)}: ${fileProblem(e)}`, layout);
     }
   };
-  const stamps = stampsOf(dir);
+  const stamps = fileStamps(x509Files(dir));
   const caText = read(X509_FILES.ca) as string;
   const certText = read(X509_FILES.cert) as string;
   const keyText = read(X509_FILES.key) as string;
@@ -115,29 +116,6 @@ function commonName(name: string): string | undefined {
   return /^CN=(.*)$/m.exec(name)?.[1];
 }
 
-/** The identity of each file of the folder: a file replaced, rewritten or touched gets another. */
-function stampsOf(dir: string): Record<string, string> {
-  const stamps: Record<string, string> = {};
-  for (const name of Object.values(X509_FILES)) {
-    try {
-      const s = statSync(path.join(dir, name), { bigint: true });
-      stamps[name] = `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
-    } catch {
-      stamps[name] = "-";
-    }
-  }
-  return stamps;
-}
-
-/** What X509Folder tells when its files changed: re-read, or refused (then every new client is refused until they are mended). */
-export interface X509Change {
-  readonly dir: string;
-  /** The files that changed since they were last read. */
-  readonly changed: readonly string[];
-  /** Why the changed folder cannot be used, when it cannot. */
-  readonly error?: string;
-}
-
 /**
  * The X.509 folder of a running export. Each handshake asks for the credentials as the folder
  * holds them then: when a file changed since it was last read (a new revocation list, a renewed
@@ -146,43 +124,24 @@ export interface X509Change {
  * longer passes refuses new clients, naming the problem, until it is mended; each change is told
  * once. Connections already made go on: TLS checks a certificate at the handshake only.
  */
-export class X509Folder {
-  #creds: X509Credentials;
-  /** The stamps of a changed folder that did not pass, and why. */
-  #refused: { stamps: string; error: Error } | undefined;
-  readonly #onChange: ((c: X509Change) => void) | undefined;
-  readonly #now: () => number;
-
-  constructor(initial: X509Credentials, o: { onChange?: (c: X509Change) => void; now?: () => number } = {}) {
-    this.#creds = initial;
-    this.#onChange = o.onChange;
-    this.#now = o.now ?? Date.now;
+export class X509Folder extends Reread<X509Credentials> {
+  constructor(initial: X509Credentials, o: { onChange?: (c: FilesChange) => void; now?: () => number } = {}) {
+    const now = o.now ?? Date.now;
+    super({
+      path: initial.dir,
+      what: "the export's certificates",
+      files: x509Files(initial.dir),
+      value: initial,
+      stamps: initial.stamps,
+      read: () => {
+        const again = readX509Dir(initial.dir, now());
+        return { value: again, stamps: again.stamps };
+      },
+      onChange: o.onChange,
+    });
   }
+}
 
-  /** The folder as last read and found good (the one the export started with, or a later one). */
-  get credentials(): X509Credentials {
-    return this.#creds;
-  }
-
-  /** The credentials for a handshake starting now; throws (with the reason) when the changed folder cannot be used. */
-  current(): X509Credentials {
-    const dir = this.#creds.dir;
-    const stamps = stampsOf(dir);
-    const changed = Object.keys(stamps).filter((k) => stamps[k] !== this.#creds.stamps[k]);
-    if (changed.length === 0) return this.#creds;
-    const key = JSON.stringify(stamps);
-    if (this.#refused?.stamps === key) throw this.#refused.error;
-    try {
-      this.#creds = readX509Dir(dir, this.#now());
-      this.#refused = undefined;
-      this.#onChange?.({ dir, changed });
-      return this.#creds;
-    } catch (e) {
-      const said = e instanceof Error ? e.message : String(e);
-      const error = new Error(`the export's certificates changed (${changed.join(", ")}) and cannot be used: ${said}`);
-      this.#refused = { stamps: key, error };
-      this.#onChange?.({ dir, changed, error: said });
-      throw error;
-    }
-  }
+function x509Files(dir: string): string[] {
+  return Object.values(X509_FILES).map((name) => path.join(dir, name));
 }

@@ -146,6 +146,31 @@ describe.skipIf(!haveClients)("export nbd over TLS with pre-shared keys", () => 
     expect(resultOf(done).identities).toEqual(["hv-2"]);
   });
 
+  it("reads the key file again when it changes while the export runs: a host whose line is removed is turned away, one added is served", async () => {
+    const { repo } = await fixture();
+    const keys = await pskFile(tmp("keys"), "hv-2");
+    const e = await startExport(repo, ["latest", "--reason", "key removal", "--listen", "127.0.0.1:0", "--tls-psk-file", keys]);
+    const uri = e.listening.exports[0]?.uri as string;
+    const size = (identity: string, file: string): ReturnType<typeof run> => run("nbdinfo", ["--size", `${uri.replace("nbds://", `nbds://${identity}@`)}?tls-psk-file=${file}`]);
+    const before = size("hv-2", keys);
+    expect(before.status, before.stderr).toBe(0);
+    // hv-2 keeps its copy of the file; the export's now holds hv-3's line only.
+    const hv2 = path.join(tmp("hv-2"), "keys.psk");
+    await fsp.copyFile(keys, hv2);
+    const hv3 = await pskFile(tmp("hv-3"), "hv-3");
+    await fsp.writeFile(keys, await fsp.readFile(hv3, "utf8"));
+    expect(size("hv-2", hv2).status).not.toBe(0);
+    const added = size("hv-3", hv3);
+    expect(added.status, added.stderr).toBe(0);
+    expect(added.stdout.trim()).toBe(String(5 * MiB));
+    e.child.kill("SIGTERM");
+    const done = await e.exit;
+    expect(done.code, done.stderr).toBe(0);
+    expect(done.stderr).toContain(`read the keys of ${keys} again (keys.psk changed): new clients are checked against them`);
+    expect(done.stderr).toMatch(/turned away: TLS handshake failed: the client's identity \\"hv-2\\" is not in the export's key file/);
+    expect(resultOf(done).identities).toEqual(["hv-2", "hv-3"]);
+  });
+
   it("refuses a key file others may read, a malformed one, TLS with overlays, and a network address without --allow-remote: exit 2", async () => {
     const { v } = await fixture();
     const keys = await pskFile(tmp("keys"), "hv-2");

@@ -13,7 +13,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { IntegrityError, UsageError } from "../../src/errors.js";
 import type { DiskPiece, ExportedDisk, Extent } from "../../src/restore/disk-reader.js";
 import { NbdServer, type NbdEvent, type NbdServerOptions } from "../../src/restore/nbd-server.js";
-import { readX509Dir, X509Folder, type X509Change, type X509Credentials } from "../../src/restore/nbd-x509.js";
+import { PskFile, readPskFile } from "../../src/restore/nbd-tls.js";
+import { readX509Dir, X509Folder, type X509Credentials } from "../../src/restore/nbd-x509.js";
+import type { FilesChange } from "../../src/util/reread.js";
 import { seededBytes, tempDirs } from "../helpers/fixtures.js";
 import { haveOpenssl, makeTestPki, type TestPki } from "../helpers/x509.js";
 import { goData, IHAVEOPT, metaContextData, NBDMAGIC, NbdClient, REPLY_FLAG_DONE, type Chunk, type OptionReply } from "../helpers/nbd-client.js";
@@ -624,7 +626,7 @@ describe("NbdServer with TLS (pre-shared keys)", () => {
   const keys = new Map([["hv-2", KEY]]);
 
   it("refuses every option before STARTTLS, naming no export; after the handshake, options and reads go over TLS", async () => {
-    const { port, events } = await serve(["vda", "vdb"], { tls: { psk: keys } });
+    const { port, events } = await serve(["vda", "vdb"], { tls: { psk: { current: () => keys } } });
     const c = await connect(port);
     await c.start();
     for (const option of [Opt.LIST, Opt.INFO, Opt.GO, Opt.STRUCTURED_REPLY, Opt.LIST_META_CONTEXT]) {
@@ -645,7 +647,7 @@ describe("NbdServer with TLS (pre-shared keys)", () => {
   });
 
   it("ends a plaintext EXPORT_NAME at once, and a handshake with another key or an unknown identity, and goes on serving", async () => {
-    const { server, port, events } = await serve(["vda"], { tls: { psk: keys } });
+    const { server, port, events } = await serve(["vda"], { tls: { psk: { current: () => keys } } });
     const plain = await connect(port);
     await plain.start();
     plain.sendOption(Opt.EXPORT_NAME, Buffer.from("vda"));
@@ -668,6 +670,44 @@ describe("NbdServer with TLS (pre-shared keys)", () => {
     expect(types(await secure.option(Opt.GO, goData("vda"))).at(-1)).toBe(Rep.ACK);
     expectBytes(await readSimple(secure, 0, 4096), IMAGE.subarray(0, 4096), "read over TLS");
     expect([...server.stats.identities]).toEqual(["hv-2"]);
+  });
+
+  it("reads a PSK file again after it changed: a line removed turns that client away, a line added lets another in, a file that does not parse turns everyone away (told once) until mended", async () => {
+    const file = path.join(tmp("psk"), "keys.psk");
+    const line = (identity: string, key: Uint8Array): string => `${identity}:${Buffer.from(key).toString("hex")}\n`;
+    const KEY3 = seededBytes("hv-3 key", 32);
+    await fsp.writeFile(file, line("hv-2", KEY), { mode: 0o600 });
+    const changes: FilesChange[] = [];
+    const { port, events } = await serve(["vda"], { tls: { psk: new PskFile(readPskFile(file), { onChange: (c) => changes.push(c) }) } });
+    const reasons = (): string[] => events.flatMap((e) => (e.kind === "refused" ? [e.reason] : []));
+    /** A TLS client with this identity and key; served (it reads vda), or refused. */
+    const attempt = async (identity: string, key: Uint8Array): Promise<boolean> => {
+      const c = await connect(port);
+      await c.start();
+      expect(types(await c.option(Opt.STARTTLS))).toEqual([Rep.ACK]);
+      const secure = await c.startTls(identity, key).catch(() => undefined);
+      if (secure === undefined) return false;
+      clients.push(secure);
+      return types(await secure.option(Opt.GO, goData("vda"))).at(-1) === Rep.ACK;
+    };
+    expect(await attempt("hv-2", KEY)).toBe(true);
+    expect(await attempt("hv-3", KEY3)).toBe(false);
+    await fsp.writeFile(file, line("hv-3", KEY3));
+    expect(await attempt("hv-3", KEY3)).toBe(true);
+    expect(await attempt("hv-2", KEY)).toBe(false);
+    expect(changes).toEqual([{ path: file, changed: ["keys.psk"] }]);
+    await fsp.writeFile(file, "hv-3 without a key\n");
+    expect(await attempt("hv-3", KEY3)).toBe(false);
+    expect(await attempt("hv-3", KEY3)).toBe(false);
+    await until(() => reasons().length === 4);
+    expect(reasons().slice(2)).toEqual([
+      `TLS handshake refused: the export's key file changed (keys.psk) and cannot be used: ${file}, line 1: expected IDENTITY:HEXKEY`,
+      `TLS handshake refused: the export's key file changed (keys.psk) and cannot be used: ${file}, line 1: expected IDENTITY:HEXKEY`,
+    ]);
+    expect(changes.map((c) => c.error)).toEqual([undefined, `${file}, line 1: expected IDENTITY:HEXKEY`]);
+    await fsp.writeFile(file, line("hv-3", KEY3));
+    expect(await attempt("hv-3", KEY3)).toBe(true);
+    expect(changes).toHaveLength(3);
   });
 });
 
@@ -745,7 +785,7 @@ describe.skipIf(!haveOpenssl)("NbdServer with TLS (X.509 certificates)", () => {
   it("is read again at the next handshake: a revocation list added turns the revoked client away without a restart, a broken one turns every new client away (told once) until mended, and connections made go on", async () => {
     const dir = tmp("live");
     await fsp.cp(pki.server, dir, { recursive: true });
-    const changes: X509Change[] = [];
+    const changes: FilesChange[] = [];
     const folder = new X509Folder(readX509Dir(dir), { onChange: (c) => changes.push(c) });
     const { port, events } = await serve(["vda"], { tls: { x509: folder } });
     const reasons = (): string[] => events.flatMap((e) => (e.kind === "refused" ? [e.reason] : []));
@@ -758,8 +798,8 @@ describe.skipIf(!haveOpenssl)("NbdServer with TLS (X.509 certificates)", () => {
     await refusedTo(port, revoked);
     await until(() => reasons().length === 1);
     expect(reasons()[0]).toBe("TLS handshake failed: the client's certificate is revoked (ca-crl.pem)");
-    expect(changes).toEqual([{ dir, changed: ["ca-crl.pem"] }]);
-    expect(folder.credentials.crl).toBe(true);
+    expect(changes).toEqual([{ path: dir, changed: ["ca-crl.pem"] }]);
+    expect(folder.value.crl).toBe(true);
     // Its connection made before the list goes on; hv-2 is not on the list.
     expectBytes(await readSimple(before, 0, 100), IMAGE.subarray(0, 100), "a read on the connection made before");
     await servedTo(port, hv2);
@@ -771,7 +811,7 @@ describe.skipIf(!haveOpenssl)("NbdServer with TLS (X.509 certificates)", () => {
     expect(reasons()[1]).toMatch(/^TLS handshake refused: the export's certificates changed \(ca-crl\.pem\) and cannot be used: the certificates of .* cannot serve TLS: /);
     expect(reasons()[2]).toBe(reasons()[1]);
     expect(changes).toHaveLength(2);
-    expect(changes[1]).toMatchObject({ dir, changed: ["ca-crl.pem"], error: expect.stringContaining("cannot serve TLS") as unknown });
+    expect(changes[1]).toMatchObject({ path: dir, changed: ["ca-crl.pem"], error: expect.stringContaining("cannot serve TLS") as unknown });
     // Mended: served again, and the revoked client still is not.
     await fsp.copyFile(path.join(pki.ca, "ca-crl.pem"), path.join(dir, "ca-crl.pem"));
     await servedTo(port, hv2);
@@ -832,7 +872,7 @@ describe.skipIf(!haveOpenssl)("X.509 folders (readX509Dir)", () => {
 
 describe("NbdServer handshake deadline", () => {
   it("closes a client that chooses no export in time, plain or stalled inside TLS, and leaves one that chose in time alone", async () => {
-    const { port, events } = await serve(["vda"], { handshakeTimeoutMs: 400, tls: { psk: new Map([["hv-2", seededBytes("deadline key", 32)]]) } });
+    const { port, events } = await serve(["vda"], { handshakeTimeoutMs: 400, tls: { psk: { current: () => new Map([["hv-2", seededBytes("deadline key", 32)]]) } } });
     const started = Date.now();
     const silent = await connect(port);
     expect(await silent.closesWithin(3000)).toBe(true);

@@ -1,11 +1,10 @@
-import { readFileSync } from "node:fs";
 import path from "node:path";
 import type { Command } from "commander";
-import { fileProblem, UsageError } from "../../errors.js";
+import { UsageError } from "../../errors.js";
 import type { ExportAddress, ExportListening } from "../../restore/export.js";
 import { NBD_PORT } from "../../sources/nbd-protocol.js";
 import type { NbdEvent } from "../../restore/nbd-server.js";
-import { parsePskFile, type PskKeys } from "../../restore/nbd-tls.js";
+import { readPskFile, type PskFileKeys } from "../../restore/nbd-tls.js";
 import { readX509Dir, X509_FILES, type X509Credentials } from "../../restore/nbd-x509.js";
 import { readableByOthers } from "../keys-file.js";
 import { CliContext } from "../context.js";
@@ -41,7 +40,7 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
       if (opts.libvirtUri !== undefined && opts.define !== true) throw new UsageError("--libvirt-uri goes with --define");
       const listen: ExportAddress = opts.socket !== undefined ? { socket: opts.socket } : parseListen(opts.listen ?? `127.0.0.1:${NBD_PORT}`);
       if (opts.tlsPskFile !== undefined && opts.tlsX509Dir !== undefined) throw new UsageError("give --tls-psk-file or --tls-x509-dir, not both");
-      const tlsKeys = opts.tlsPskFile === undefined ? undefined : readPskFile(opts.tlsPskFile);
+      const tlsKeys = opts.tlsPskFile === undefined ? undefined : readKeys(opts.tlsPskFile);
       const tlsX509 = opts.tlsX509Dir === undefined ? undefined : readCertificates(opts.tlsX509Dir);
       const vault = await ctx.openVault();
       try {
@@ -116,16 +115,11 @@ interface ExportCliOptions {
   tlsX509Dir?: string;
 }
 
-/** The export's pre-shared keys: a file only its owner may read, in QEMU's and libnbd's format. */
-function readPskFile(file: string): PskKeys {
-  let text: string;
-  try {
-    text = readFileSync(file, "utf8");
-  } catch (e) {
-    throw new UsageError(`cannot read --tls-psk-file ${file}: ${fileProblem(e)}`);
-  }
+/** The export's pre-shared keys: a file only its owner may read, in QEMU's and libnbd's format (read again while the export runs, when it changes). */
+function readKeys(file: string): PskFileKeys {
+  const keys = readPskFile(file, `--tls-psk-file ${file}`);
   if (readableByOthers(file)) throw new UsageError(`--tls-psk-file ${file} may be read by other users: its keys open the export`, `chmod 600 ${file}`);
-  return parsePskFile(text, file);
+  return keys;
 }
 
 /** The export's X.509 folder, checked before the unlock; its private key readable by its owner only. */
@@ -145,10 +139,10 @@ function eventLine(e: NbdEvent): string {
       return `client ${e.client} disconnected after ${plural(e.reads, "read")} (${formatBytes(e.bytes)})${e.error === undefined ? "" : `: ${e.error}`}`;
     case "refused":
       return `client ${e.client} turned away: ${e.reason}`;
-    case "certificates":
+    case "tls files":
       return e.error === undefined
-        ? `read the certificates of ${e.dir} again (${e.changed.join(", ")} changed): new clients are checked against them`
-        : `warning: the certificates of ${e.dir} changed (${e.changed.join(", ")}) and cannot be used, so new clients are turned away until they are mended: ${e.error}`;
+        ? `read the ${e.what} of ${e.path} again (${e.changed.join(", ")} changed): new clients are checked against them`
+        : `warning: the ${e.what} of ${e.path} changed (${e.changed.join(", ")}) and cannot be used, so new clients are turned away until they are mended: ${e.error}`;
     case "read failed":
       return `warning: a read of ${e.disk} (${e.length} bytes at ${e.offset}) by ${e.client} failed and was answered with EIO: ${e.error.message}`;
   }
