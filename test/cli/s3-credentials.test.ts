@@ -1,11 +1,11 @@
 import { randomBytes } from "node:crypto";
 import { promises as fsp } from "node:fs";
 import path from "node:path";
-import { beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { runCli, TEST_PASSPHRASE, type CliOptions, type CliResult } from "../helpers/cli.js";
 import { tempDirs } from "../helpers/fixtures.js";
 import { roundTrip } from "../helpers/round-trip.js";
-import { HAVE_RGW, s3Server, type S3d } from "../helpers/s3d.js";
+import { HAVE_RGW, withSuiteBucket, type S3d } from "../helpers/s3d.js";
 
 /**
  * Temporary S3 keys from a profile of the AWS shared files, against the suite's real Ceph RGW
@@ -15,12 +15,7 @@ import { HAVE_RGW, s3Server, type S3d } from "../helpers/s3d.js";
 const tmp = tempDirs();
 let server: S3d;
 let bucket: string;
-
-beforeAll(async () => {
-  if (!HAVE_RGW) return;
-  server = await s3Server();
-  bucket = await server.newBucket("creds");
-}, 200_000);
+withSuiteBucket("creds", (s, b) => ([server, bucket] = [s, b]));
 
 let count = 0;
 /** A new repository in the bucket, and its runner with the AWS files given and no keys in the variables. */

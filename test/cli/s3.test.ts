@@ -1,12 +1,12 @@
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { CreateMultipartUploadCommand, GetObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
-import { beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { runCli, vault, watchCli, TEST_PASSPHRASE, type CliOptions, type CliResult } from "../helpers/cli.js";
 import { startCutProxy } from "../helpers/cut-proxy.js";
 import { seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 import { forgetAndPrune, limitedRestore, mirrorRoundTrip, roundTrip, succeedsNoSoonerThan } from "../helpers/round-trip.js";
-import { HAVE_RGW, s3Server, type S3d } from "../helpers/s3d.js";
+import { HAVE_RGW, withSuiteBucket, type S3d } from "../helpers/s3d.js";
 
 /**
  * Repositories in buckets of a real S3-compatible server (Ceph RGW on 127.0.0.1, the suite's
@@ -15,12 +15,7 @@ import { HAVE_RGW, s3Server, type S3d } from "../helpers/s3d.js";
 const tmp = tempDirs();
 let server: S3d;
 let bucket: string;
-
-beforeAll(async () => {
-  if (!HAVE_RGW) return;
-  server = await s3Server();
-  bucket = await server.newBucket("cli");
-}, 200_000);
+withSuiteBucket("cli", (s, b) => ([server, bucket] = [s, b]));
 
 let count = 0;
 /** A new repository in the bucket (or a new bucket), and its runner with the endpoint and credentials in the environment. */

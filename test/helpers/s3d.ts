@@ -13,7 +13,7 @@ import {
   S3Client,
   type ObjectIdentifier,
 } from "@aws-sdk/client-s3";
-import { inject } from "vitest";
+import { beforeAll, inject } from "vitest";
 import { HAVE_RGW, S3D_FILES } from "./s3d-launch.js";
 
 export { HAVE_RGW, NO_RGW } from "./s3d-launch.js";
@@ -43,6 +43,18 @@ export interface S3d {
    * then the bucket (versions under GOVERNANCE retention too; COMPLIANCE retention makes it throw).
    */
   emptyAndDeleteBucket(name: string): Promise<void>;
+}
+
+/**
+ * Before a test file's tests: the suite's server and a new bucket of the file's own
+ * (`PREFIX-…`), given to `got`; nothing without RGW (the file's tests skip then).
+ */
+export function withSuiteBucket(prefix: string, got: (server: S3d, bucket: string) => void): void {
+  beforeAll(async () => {
+    if (!HAVE_RGW) return;
+    const server = await s3Server();
+    got(server, await server.newBucket(prefix));
+  }, 200_000);
 }
 
 const WAIT_MS = 150_000;
