@@ -1,4 +1,3 @@
-import { spawn } from "node:child_process";
 import { createRequire } from "node:module";
 import { StorageError } from "../errors.js";
 import type { S3Profile } from "./s3-profile.js";
@@ -73,6 +72,8 @@ export async function runCredentialProcess(command: string, profile: string, now
       "run the command by hand: it must exit 0 and print JSON with Version 1, AccessKeyId, SecretAccessKey and, for temporary keys, SessionToken and Expiration",
     );
   const { out, err, status } = await new Promise<{ out: Buffer; err: string; status: string }>((resolve, reject) => {
+    // Loaded here, not with the CLI: with its streams it would be in memory while Argon2id runs (docs/design.md §10).
+    const { spawn } = process.getBuiltinModule("node:child_process");
     const child = spawn("/bin/sh", ["-c", command], { stdio: ["ignore", "pipe", "pipe"], detached: true });
     const out: Buffer[] = [];
     let outBytes = 0;
