@@ -30,6 +30,8 @@ export class OptionPhase {
   allocationFor: string | undefined;
   /** The PSK identity the client proved, once TLS is up. */
   identity: string | undefined;
+  /** With pre-shared keys: the key it proved (NbdServer checks it is still in force). */
+  key: Uint8Array | undefined;
   readonly #server: NbdServer;
   readonly #wire: Wire;
   readonly #client: string;
@@ -122,6 +124,7 @@ export class OptionPhase {
       const session = await startTls(this.#wire.socket, keys);
       this.#wire.socket = session.socket;
       this.identity = session.identity;
+      this.key = session.key;
       this.#wire.input = new SocketInput(session.socket);
       this.#server.stats.identities.add(session.identity);
     } catch (e) {

@@ -5,7 +5,7 @@ import * as P from "../sources/nbd-protocol.js";
 import { ConnectionClosed, SocketInput, writeAll } from "../util/socket-io.js";
 import { ALLOCATION_CONTEXT, MAX_REQUEST_BYTES, OptionPhase, type Wire } from "./nbd-options.js";
 import type { FilesChange } from "../util/reread.js";
-import type { NbdTls } from "./nbd-tls.js";
+import { pskRevoked, type NbdTls, type PskKeys } from "./nbd-tls.js";
 
 export { MAX_REQUEST_BYTES } from "./nbd-options.js";
 
@@ -40,7 +40,16 @@ export interface NbdServerOptions {
    * unsupported.
    */
   readonly tls?: NbdTls;
+  /**
+   * How often the TLS files are looked at while clients stay connected (default
+   * TLS_RECHECK_MS): a change is read and told without waiting for a new client, and a PSK
+   * session whose key left the file is ended.
+   */
+  readonly tlsRecheckMs?: number;
 }
+
+/** NbdServerOptions.tlsRecheckMs's default. */
+export const TLS_RECHECK_MS = 2_000;
 
 export type NbdEvent =
   | { readonly kind: "connected"; readonly client: string }
@@ -87,6 +96,7 @@ export class NbdServer {
   readonly #live = new Set<Connection>();
   readonly stats: NbdStats = { connections: 0, reads: 0, bytes: 0, failedReads: 0, identities: new Set() };
   #closing = false;
+  #recheck: NodeJS.Timeout | undefined;
   /** Called when the last connection has ended (for a server that stops after its first client). */
   onIdle: (() => void) | undefined;
 
@@ -105,6 +115,10 @@ export class NbdServer {
         this.#server.off("error", failed);
         // Accepting can fail later (out of file descriptors): said, and the export goes on.
         this.#server.on("error", (e) => this.event({ kind: "refused", client: "a client", reason: e.message }));
+        if (this.#o.tls !== undefined && this.#recheck === undefined) {
+          this.#recheck = setInterval(() => this.#recheckTls(), this.#o.tlsRecheckMs ?? TLS_RECHECK_MS);
+          this.#recheck.unref();
+        }
         const a = this.#server.address();
         resolve(a === null ? "" : a);
       };
@@ -119,6 +133,7 @@ export class NbdServer {
    */
   async close(graceMs = GRACE_MS): Promise<void> {
     this.#closing = true;
+    clearInterval(this.#recheck);
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     for (const c of this.#live) c.stop();
     const all = Promise.all([...this.#live].map((c) => c.done));
@@ -156,6 +171,28 @@ export class NbdServer {
     this.#o.onEvent?.(e);
   }
 
+  /**
+   * Looks at the TLS files (which reads and tells a change), and ends each PSK session whose
+   * key is no longer in force: removing a host's line from the key file shuts it out of the
+   * connections it holds too. A file that cannot be used leaves the sessions as they are (new
+   * clients are refused). X.509 sessions go on: Node.js has no revocation-list parser with
+   * which to test their certificates again.
+   */
+  #recheckTls(): void {
+    const tls = this.#o.tls;
+    if (tls === undefined) return;
+    try {
+      if ("x509" in tls) {
+        tls.x509.current();
+        return;
+      }
+      const keys = tls.psk.current();
+      for (const c of this.#live) c.revokeUnless(keys);
+    } catch {
+      // Told by the file's change event; the sessions go on.
+    }
+  }
+
   #accept(socket: net.Socket): void {
     const client = socket.remoteAddress === undefined ? "local client" : `${socket.remoteAddress}:${socket.remotePort}`;
     if (this.#closing || this.#live.size >= (this.#o.maxConnections ?? 16)) {
@@ -187,6 +224,8 @@ class Connection {
   #stopping = false;
   #reads = 0;
   #bytes = 0;
+  /** Why the session was ended from the server's side (its key left the key file). */
+  #revoked: string | undefined;
 
   constructor(server: NbdServer, socket: net.Socket, client: string) {
     this.#server = server;
@@ -207,6 +246,14 @@ class Connection {
     this.#wire.socket.destroy();
   }
 
+  /** Ends the session at once when its PSK key is no longer among these (told as the reason it closed). */
+  revokeUnless(keys: PskKeys): void {
+    const { identity, key } = this.#agreed;
+    if (identity === undefined || key === undefined || this.#revoked !== undefined || !pskRevoked(keys, identity, key)) return;
+    this.#revoked = `the key of ${identity} is no longer in the export's key file`;
+    this.kill();
+  }
+
   async #run(): Promise<void> {
     let error: string | undefined;
     try {
@@ -221,6 +268,7 @@ class Connection {
     } finally {
       await this.#finish();
     }
+    error = this.#revoked ?? error;
     this.#server.event({ kind: "closed", client: this.#client, reads: this.#reads, bytes: this.#bytes, ...(error === undefined ? {} : { error }) });
   }
 

@@ -100,6 +100,18 @@ export interface TlsSession {
   readonly socket: tls.TLSSocket;
   /** The PSK identity, or the common name of the client's certificate (its SHA-256 fingerprint when it has none). */
   readonly identity: string;
+  /** With pre-shared keys: the identity's key the handshake proved, so that a session whose key left the file can be told. */
+  readonly key?: Uint8Array;
+}
+
+/**
+ * Whether a PSK session's key is gone from the keys now in force: its identity's line removed,
+ * or its key replaced. Both keys come from the export's own file (no client input), so the
+ * comparison's timing tells an attacker nothing.
+ */
+export function pskRevoked(keys: PskKeys, identity: string, key: Uint8Array): boolean {
+  const now = keys.get(identity);
+  return now === undefined || !Buffer.from(now).equals(Buffer.from(key));
 }
 
 /**
@@ -126,6 +138,7 @@ function startPsk(socket: Socket, keys: PskKeys): Promise<TlsSession> {
   /** The identity the client named, and whether the file holds it. */
   let named: string | undefined;
   let identity: string | undefined;
+  let proved: Uint8Array | undefined;
   const { TLSSocket, createSecureContext } = process.getBuiltinModule("node:tls");
   const secure = new TLSSocket(socket, {
     isServer: true,
@@ -135,6 +148,7 @@ function startPsk(socket: Socket, keys: PskKeys): Promise<TlsSession> {
       const key = keys.get(id);
       if (key === undefined) return null;
       identity = id;
+      proved = key;
       return key;
     },
   } as tls.TLSSocketOptions);
@@ -157,7 +171,7 @@ function startPsk(socket: Socket, keys: PskKeys): Promise<TlsSession> {
     secure.once("secure", () => {
       secure.off("error", failed);
       if (identity === undefined) return failed(new Error("no identity"));
-      settle({ socket: secure, identity });
+      settle({ socket: secure, identity, ...(proved === undefined ? {} : { key: proved }) });
     });
     return () => secure.destroy();
   });

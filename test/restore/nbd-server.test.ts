@@ -711,6 +711,36 @@ describe("NbdServer with TLS (pre-shared keys)", () => {
   });
 });
 
+describe("NbdServer with a PSK file that changes under open sessions", () => {
+  it("ends the sessions of a host whose line was removed or whose key was replaced, at the next look at the file, and leaves the others", async () => {
+    const file = path.join(tmp("psk"), "keys.psk");
+    const key = (who: string): Uint8Array => seededBytes(`${who} key`, 32);
+    const line = (who: string, k = key(who)): string => `${who}:${Buffer.from(k).toString("hex")}\n`;
+    await fsp.writeFile(file, line("hv-2") + line("hv-3") + line("hv-4"), { mode: 0o600 });
+    const { port, events } = await serve(["vda"], { tls: { psk: new PskFile(readPskFile(file)) }, tlsRecheckMs: 50 });
+    /** A session of this host that chose vda and read its first bytes. */
+    const session = async (who: string): Promise<NbdClient> => {
+      const c = await connect(port);
+      await c.start();
+      expect(types(await c.option(Opt.STARTTLS))).toEqual([Rep.ACK]);
+      const secure = await c.startTls(who, key(who));
+      clients.push(secure);
+      expect(types(await secure.option(Opt.GO, goData("vda"))).at(-1)).toBe(Rep.ACK);
+      expectBytes(await readSimple(secure, 0, 512), IMAGE.subarray(0, 512), `${who}'s first read`);
+      return secure;
+    };
+    const [hv2, hv3, hv4] = [await session("hv-2"), await session("hv-3"), await session("hv-4")];
+    // hv-2 leaves the file, hv-3 gets a new key, hv-4 stays as it was.
+    await fsp.writeFile(file, line("hv-3", seededBytes("hv-3 new key", 32)) + line("hv-4"));
+    const closed = (): { error?: string }[] => events.filter((e): e is Extract<NbdEvent, { kind: "closed" }> => e.kind === "closed");
+    await until(() => closed().length === 2);
+    expect(closed().map((e) => e.error).sort()).toEqual(["the key of hv-2 is no longer in the export's key file", "the key of hv-3 is no longer in the export's key file"]);
+    await expect(readSimple(hv2, 0, 512)).rejects.toThrow();
+    await expect(readSimple(hv3, 0, 512)).rejects.toThrow();
+    expectBytes(await readSimple(hv4, BLOCK, 512), IMAGE.subarray(BLOCK, BLOCK + 512), "hv-4 reads on");
+  });
+});
+
 describe.skipIf(!haveOpenssl)("NbdServer with TLS (X.509 certificates)", () => {
   let pkiDir: string;
   let pki: TestPki;
