@@ -93,6 +93,8 @@ export interface ExportResult extends ExportListening {
   readonly bytes: number;
   /** With TLS: the identities of the clients that connected (PSK identities, or their certificates' common names). */
   readonly identities?: readonly string[];
+  /** With pre-shared keys: the identities whose open sessions were ended because their key left the key file (none: absent). */
+  readonly revoked?: readonly string[];
   /** Index files left out because they did not authenticate (the export did not need them). */
   readonly damagedIndexes: readonly Damage[];
 }
@@ -126,7 +128,7 @@ export async function exportNbd(repo: Repository, o: ExportOptions): Promise<Exp
     ...(o.tlsX509 === undefined ? {} : { tls: `x509 (clients of CA ${o.tlsX509.ca}${o.tlsX509.crl ? ", with its revocation list" : ""})` }),
   };
   // A VM reads a little here and there: windows of 64 KiB unless it reads on in order.
-  return readContents(repo, "export", { ...request, target, minWindow: 64 * 1024 }, (opened) => serve(opened, listen, o), (r) => ({ address: r.address, connections: r.connections, reads: r.reads, bytes: r.bytes, ...(r.identities === undefined ? {} : { identities: r.identities.join(", ") }) }));
+  return readContents(repo, "export", { ...request, target, minWindow: 64 * 1024 }, (opened) => serve(opened, listen, o), (r) => ({ address: r.address, connections: r.connections, reads: r.reads, bytes: r.bytes, ...(r.identities === undefined ? {} : { identities: r.identities.join(", ") }), ...(r.revoked === undefined ? {} : { revoked: r.revoked.join(", ") }) }));
 }
 
 async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOptions): Promise<ExportResult> {
@@ -181,6 +183,7 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
     reads: s.reads,
     bytes: s.bytes,
     ...(tls === undefined ? {} : { identities: [...s.identities].sort() }),
+    ...(s.revoked.size === 0 ? {} : { revoked: [...s.revoked].sort() }),
     damagedIndexes: opened.damagedIndexes(),
   };
 }

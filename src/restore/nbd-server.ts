@@ -71,6 +71,8 @@ export interface NbdStats {
   firstFailure?: Error;
   /** With TLS: the identities that completed a handshake (PSK identities, or the common names of client certificates). */
   readonly identities: Set<string>;
+  /** With pre-shared keys: the identities whose open sessions were ended because their key left the key file. */
+  readonly revoked: Set<string>;
 }
 
 /**
@@ -94,7 +96,7 @@ export class NbdServer {
   readonly #o: NbdServerOptions;
   readonly #server: net.Server;
   readonly #live = new Set<Connection>();
-  readonly stats: NbdStats = { connections: 0, reads: 0, bytes: 0, failedReads: 0, identities: new Set() };
+  readonly stats: NbdStats = { connections: 0, reads: 0, bytes: 0, failedReads: 0, identities: new Set(), revoked: new Set() };
   #closing = false;
   #recheck: NodeJS.Timeout | undefined;
   /** Called when the last connection has ended (for a server that stops after its first client). */
@@ -251,6 +253,7 @@ class Connection {
     const { identity, key } = this.#agreed;
     if (identity === undefined || key === undefined || this.#revoked !== undefined || !pskRevoked(keys, identity, key)) return;
     this.#revoked = `the key of ${identity} is no longer in the export's key file`;
+    this.#server.stats.revoked.add(identity);
     this.kill();
   }
 

@@ -15,6 +15,8 @@ import { initCliRepo, vault, type CliResult } from "../helpers/cli.js";
 import { seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 import { endExports, resultOf, run, startExport } from "../helpers/nbd-export.js";
 import { MIN_PSK_BYTES, parsePskFile } from "../../src/restore/nbd-tls.js";
+import { Opt, Rep } from "../../src/sources/nbd-protocol.js";
+import { goData, NbdClient } from "../helpers/nbd-client.js";
 import { haveOpenssl, makeTestPki } from "../helpers/x509.js";
 
 const tmp = tempDirs();
@@ -147,13 +149,20 @@ describe.skipIf(!haveClients)("export nbd over TLS with pre-shared keys", () => 
   });
 
   it("reads the key file again when it changes while the export runs: a host whose line is removed is turned away, one added is served", async () => {
-    const { repo } = await fixture();
+    const { repo, v } = await fixture();
     const keys = await pskFile(tmp("keys"), "hv-2");
     const e = await startExport(repo, ["latest", "--reason", "key removal", "--listen", "127.0.0.1:0", "--tls-psk-file", keys]);
     const uri = e.listening.exports[0]?.uri as string;
     const size = (identity: string, file: string): ReturnType<typeof run> => run("nbdinfo", ["--size", `${uri.replace("nbds://", `nbds://${identity}@`)}?tls-psk-file=${file}`]);
     const before = size("hv-2", keys);
     expect(before.status, before.stderr).toBe(0);
+    // A session hv-2 keeps open across the change.
+    const port = Number(/:(\d+)\//.exec(uri)?.[1]);
+    const open = await NbdClient.connect(port);
+    await open.start();
+    expect((await open.option(Opt.STARTTLS)).map((r) => r.type)).toEqual([Rep.ACK]);
+    const session = await open.startTls("hv-2", parsePskFile(await fsp.readFile(keys, "utf8"), keys).get("hv-2") as Uint8Array);
+    expect((await session.option(Opt.GO, goData("disk.raw"))).at(-1)?.type).toBe(Rep.ACK);
     // hv-2 keeps its copy of the file; the export's now holds hv-3's line only.
     const hv2 = path.join(tmp("hv-2"), "keys.psk");
     await fsp.copyFile(keys, hv2);
@@ -163,10 +172,16 @@ describe.skipIf(!haveClients)("export nbd over TLS with pre-shared keys", () => 
     const added = size("hv-3", hv3);
     expect(added.status, added.stderr).toBe(0);
     expect(added.stdout.trim()).toBe(String(5 * MiB));
+    // hv-2's open session is ended within the export's next look at the file.
+    await session.closed;
     e.child.kill("SIGTERM");
     const done = await e.exit;
     expect(done.code, done.stderr).toBe(0);
     expect(done.stderr).toContain(`read the keys of ${keys} again (keys.psk changed): new clients are checked against them`);
+    expect(done.stderr).toMatch(/disconnected after 0 reads \(0 B\): the key of hv-2 is no longer in the export's key file/);
+    expect(resultOf(done).revoked).toEqual(["hv-2"]);
+    const log = JSON.parse((await v(["audit", "log", "--json"])).stdout) as { action: string; result: string; target: Record<string, unknown> }[];
+    expect(log.filter((r) => r.action === "export" && r.result !== "started").map((r) => r.target["revoked"])).toEqual(["hv-2"]);
     expect(done.stderr).toMatch(/turned away: TLS handshake failed: the client's identity \\"hv-2\\" is not in the export's key file/);
     expect(resultOf(done).identities).toEqual(["hv-2", "hv-3"]);
   });

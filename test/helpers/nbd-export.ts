@@ -46,10 +46,20 @@ export async function startExport(repo: string, args: readonly string[], user = 
 }
 
 /** The second JSON line: the export's result once it stopped. */
-export function resultOf(r: CliResult): { connections: number; reads: number; bytes: number; address: string; identities?: string[] } {
+export function resultOf(r: CliResult): ExportOutcome {
   const line = r.stdout.trim().split("\n")[1];
   if (line === undefined) throw new Error(`no result line in ${r.stdout}`);
-  return JSON.parse(line) as { connections: number; reads: number; bytes: number; address: string; identities?: string[] };
+  return JSON.parse(line) as ExportOutcome;
+}
+
+/** What `export nbd --json` prints when it stops (the fields the tests read). */
+export interface ExportOutcome {
+  connections: number;
+  reads: number;
+  bytes: number;
+  address: string;
+  identities?: string[];
+  revoked?: string[];
 }
 
 /** Runs a tool to its end (at most 60 s). */

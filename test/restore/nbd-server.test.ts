@@ -717,7 +717,7 @@ describe("NbdServer with a PSK file that changes under open sessions", () => {
     const key = (who: string): Uint8Array => seededBytes(`${who} key`, 32);
     const line = (who: string, k = key(who)): string => `${who}:${Buffer.from(k).toString("hex")}\n`;
     await fsp.writeFile(file, line("hv-2") + line("hv-3") + line("hv-4"), { mode: 0o600 });
-    const { port, events } = await serve(["vda"], { tls: { psk: new PskFile(readPskFile(file)) }, tlsRecheckMs: 50 });
+    const { server, port, events } = await serve(["vda"], { tls: { psk: new PskFile(readPskFile(file)) }, tlsRecheckMs: 50 });
     /** A session of this host that chose vda and read its first bytes. */
     const session = async (who: string): Promise<NbdClient> => {
       const c = await connect(port);
@@ -738,6 +738,7 @@ describe("NbdServer with a PSK file that changes under open sessions", () => {
     await expect(readSimple(hv2, 0, 512)).rejects.toThrow();
     await expect(readSimple(hv3, 0, 512)).rejects.toThrow();
     expectBytes(await readSimple(hv4, BLOCK, 512), IMAGE.subarray(BLOCK, BLOCK + 512), "hv-4 reads on");
+    expect([...server.stats.revoked].sort()).toEqual(["hv-2", "hv-3"]);
   });
 });
 

@@ -65,6 +65,7 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
         if (ctx.json) process.stdout.write(`${terminalJson(r, 0)}\n`);
         else {
           ctx.out(`export stopped: ${plural(r.connections, "connection")}, ${plural(r.reads, "read")}, ${formatBytes(r.bytes)} served`);
+          if (r.revoked !== undefined) ctx.out(`sessions ended when their key left the key file: ${r.revoked.join(", ")}`);
           if (r.overlays !== undefined && r.overlays.length > 0) ctx.out(`the overlays (${r.overlays.map((x) => x.path).join(", ")}) hold what the VM wrote and read the rest from the export: export the same snapshot on the same address to run the VM again`);
         }
       } finally {
