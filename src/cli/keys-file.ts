@@ -15,6 +15,7 @@ export const KEYS_FILE_SETTINGS = [
   "aws-profile",
   "sts-endpoint",
   "sftp-identity",
+  "sftp-identity-passphrase-file",
   "sftp-known-hosts",
   "limit-upload",
   "limit-download",
@@ -22,7 +23,7 @@ export const KEYS_FILE_SETTINGS = [
 export type KeysFileSetting = (typeof KEYS_FILE_SETTINGS)[number];
 
 /** Settings that name files or folders: relative ones are relative to the keys file's folder. */
-const PATH_SETTINGS: readonly KeysFileSetting[] = ["repo", "passphrase-file", "sftp-identity", "sftp-known-hosts"];
+const PATH_SETTINGS: readonly KeysFileSetting[] = ["repo", "passphrase-file", "sftp-identity", "sftp-identity-passphrase-file", "sftp-known-hosts"];
 
 /**
  * Parses a keys file: one `name = value` per line; blank lines and lines whose first non-blank

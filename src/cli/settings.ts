@@ -21,6 +21,7 @@ export interface GlobalOptions {
   readonly pipeline?: string;
   readonly lockWait?: string;
   readonly sftpIdentity?: string;
+  readonly sftpIdentityPassphraseFile?: string;
   readonly sftpKnownHosts?: string;
   readonly s3Endpoint?: string;
   readonly s3ObjectAcl?: string;
@@ -34,6 +35,7 @@ export interface Settings {
   readonly passphraseFile: string | undefined;
   /** An sftp:// repository's login key and known_hosts file (src/storage/sftp-session.ts). */
   readonly sftpIdentity: string | undefined;
+  readonly sftpIdentityPassphraseFile: string | undefined;
   readonly sftpKnownHosts: string | undefined;
   /** An s3:// repository's server and credentials (src/storage/s3-location.ts); never printed. */
   readonly s3: S3Access;
@@ -54,6 +56,7 @@ export function resolveSettings(o: GlobalOptions, env: Env = process.env): Setti
     user: o.user ?? env["VMVAULT_USER"] ?? file.user,
     passphraseFile: o.passphraseFile ?? env["VMVAULT_PASSPHRASE_FILE"] ?? file["passphrase-file"],
     sftpIdentity: nonEmpty(o.sftpIdentity ?? env["VMVAULT_SFTP_IDENTITY"] ?? file["sftp-identity"]),
+    sftpIdentityPassphraseFile: nonEmpty(o.sftpIdentityPassphraseFile ?? env["VMVAULT_SFTP_IDENTITY_PASSPHRASE_FILE"] ?? file["sftp-identity-passphrase-file"]),
     sftpKnownHosts: nonEmpty(o.sftpKnownHosts ?? env["VMVAULT_SFTP_KNOWN_HOSTS"] ?? file["sftp-known-hosts"]),
     s3: s3Settings(o, env, file),
     exposedKeysFile: keysPath !== undefined && file["aws-secret-access-key"] !== undefined && readableByOthers(keysPath) ? keysPath : undefined,
@@ -116,6 +119,7 @@ export function exposedKeysWarning(file: string): string {
 export function storeAccess(s: Settings): StoreAccess {
   return {
     ...(s.sftpIdentity === undefined ? {} : { identity: s.sftpIdentity }),
+    ...(s.sftpIdentityPassphraseFile === undefined ? {} : { identityPassphraseFile: s.sftpIdentityPassphraseFile }),
     ...(s.sftpKnownHosts === undefined ? {} : { knownHosts: s.sftpKnownHosts }),
     s3: s.s3,
     bandwidth: s.bandwidth,

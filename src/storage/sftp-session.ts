@@ -16,6 +16,12 @@ export interface SftpAccess {
    */
   readonly identity?: string | undefined;
   /**
+   * A file whose first line is the identity's passphrase, for a key kept encrypted at rest (the
+   * file readable by its owner only, as the key). With it the key is read from its file even
+   * where an SSH agent runs.
+   */
+  readonly identityPassphraseFile?: string | undefined;
+  /**
    * The known_hosts file that must hold the server's host key. Default: ~/.ssh/known_hosts
    * and /etc/ssh/ssh_known_hosts. A server whose key is not there is refused; one whose key
    * differs from the one there is refused as a possible interception (exit 5).
@@ -70,7 +76,7 @@ function loadSsh2(): Ssh2 {
 export async function openSftpSession(at: SftpLocation, access: SftpAccess): Promise<SftpSession> {
   const { Client } = loadSsh2();
   const known = readKnownHosts(at, access.knownHosts);
-  const login = loginMethod(access.identity);
+  const login = loginMethod(access.identity, access.identityPassphraseFile);
   const username = at.user ?? os.userInfo().username;
   const where = `${username}@${knownHostsName(at.host, at.port)}`;
   let verdict: HostKeyVerdict | undefined;
@@ -209,39 +215,56 @@ function readKnownHosts(at: SftpLocation, file: string | undefined): KnownHosts 
   return { keys: hostKeysFor(texts, at.host, at.port), files };
 }
 
-/** How the login authenticates: a key file, or the SSH agent. */
-function loginMethod(identity: string | undefined): { config: Partial<ConnectConfig>; describe: string } {
+/** How the login authenticates: a key file (with its passphrase where one is given), or the SSH agent. */
+function loginMethod(identity: string | undefined, passphraseFile: string | undefined): { config: Partial<ConnectConfig>; describe: string } {
   if (identity === undefined) {
     const agent = process.env["SSH_AUTH_SOCK"];
-    if (agent !== undefined && agent !== "") return { config: { agent }, describe: `the keys of the SSH agent at ${agent}` };
+    if (agent !== undefined && agent !== "" && passphraseFile === undefined) return { config: { agent }, describe: `the keys of the SSH agent at ${agent}` };
     const found = ["id_ed25519", "id_ecdsa", "id_rsa"].map((n) => path.join(os.homedir(), ".ssh", n)).find((f) => existsSync(f));
     if (found === undefined) {
       throw new UsageError("no SSH identity for the SFTP repository", "give the private key to log in with: --sftp-identity FILE (or VMVAULT_SFTP_IDENTITY, or sftp-identity in a --keys file)");
     }
     identity = found;
   }
-  let key: Buffer;
-  try {
-    const st = statSync(identity);
-    if (st.isFile() && (st.mode & 0o077) !== 0) {
-      throw new UsageError(`the SSH identity ${identity} is readable by other users`, `chmod 600 ${identity}: ssh refuses such a key too`);
-    }
-    key = readFileSync(identity);
-  } catch (e) {
-    if (e instanceof VaultError) throw e;
-    throw new UsageError(`cannot read the SSH identity ${identity}: ${fileProblem(e)}`);
-  }
-  const parsed: ParsedKey | ParsedKey[] | Error = loadSsh2().utils.parseKey(key);
+  const key = readPrivateFile(identity, "the SSH identity", `chmod 600 ${identity}: ssh refuses such a key too`);
+  const passphrase = passphraseFile === undefined ? undefined : firstLine(readPrivateFile(passphraseFile, "the SSH identity's passphrase file", `chmod 600 ${passphraseFile}`), passphraseFile);
+  const parsed: ParsedKey | ParsedKey[] | Error = loadSsh2().utils.parseKey(key, passphrase);
   if (parsed instanceof Error) {
-    const encrypted = /encrypted|passphrase/i.test(parsed.message);
+    const encrypted = /encrypted|passphrase|decrypt/i.test(parsed.message);
+    if (encrypted && passphrase !== undefined) {
+      throw new UsageError(`the passphrase in ${passphraseFile} does not open the SSH identity ${identity}`, "put the key's passphrase alone on the file's first line");
+    }
     throw new UsageError(
       `the SSH identity ${identity} ${encrypted ? "is protected by a passphrase" : `is not a private key vmvault can read (${parsed.message})`}`,
-      encrypted ? "an unattended backup cannot type it: use a key without a passphrase, readable only by the backup's user, or load it into an SSH agent (SSH_AUTH_SOCK)" : "give an OpenSSH private key (ssh-keygen -t ed25519)",
+      encrypted
+        ? "an unattended backup cannot type it: give a file holding it with --sftp-identity-passphrase-file (readable only by the backup's user), use a key without a passphrase, or load it into an SSH agent (SSH_AUTH_SOCK)"
+        : "give an OpenSSH private key (ssh-keygen -t ed25519)",
     );
   }
   const first = Array.isArray(parsed) ? parsed[0] : parsed;
   if (first === undefined || !first.isPrivateKey()) throw new UsageError(`the SSH identity ${identity} holds no private key`, "give the private half of the key pair, not the .pub file");
-  return { config: { privateKey: key }, describe: `the identity ${identity}` };
+  return { config: { privateKey: key, ...(passphrase === undefined ? {} : { passphrase }) }, describe: `the identity ${identity}` };
+}
+
+/** A file that must be readable by its owner only (a private key, a passphrase): its bytes. */
+function readPrivateFile(file: string, what: string, hint: string): Buffer {
+  try {
+    const st = statSync(file);
+    if (st.isFile() && (st.mode & 0o077) !== 0) throw new UsageError(`${what} ${file} is readable by other users`, hint);
+    return readFileSync(file);
+  } catch (e) {
+    if (e instanceof VaultError) throw e;
+    throw new UsageError(`cannot read ${what} ${file}: ${fileProblem(e)}`);
+  }
+}
+
+/** A passphrase file's first line, without its line end; an empty one is a usage error. */
+function firstLine(bytes: Buffer, file: string): Buffer {
+  const text = bytes.toString("utf8");
+  const line = text.split(/\r?\n/)[0] ?? "";
+  bytes.fill(0);
+  if (line === "") throw new UsageError(`the SSH identity's passphrase file ${file} is empty`, "put the key's passphrase on its first line");
+  return Buffer.from(line, "utf8");
 }
 
 /** An error of the connection or the login, in words, with the next step. */

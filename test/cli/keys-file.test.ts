@@ -17,7 +17,7 @@ describe("keys file", () => {
     const uncommented = text.replace(/^# ([a-z0-9-]+ = .*)$/gm, "$1");
     const all = parseKeysFile(uncommented, "keys.example");
     expect(Object.keys(all).sort()).toEqual(
-      ["aws-access-key-id", "aws-profile", "aws-region", "aws-secret-access-key", "sts-endpoint", "limit-download", "limit-upload", "passphrase-file", "repo", "s3-endpoint", "s3-object-acl", "sftp-identity", "sftp-known-hosts", "user"].sort(),
+      ["aws-access-key-id", "aws-profile", "aws-region", "aws-secret-access-key", "sts-endpoint", "limit-download", "limit-upload", "passphrase-file", "repo", "s3-endpoint", "s3-object-acl", "sftp-identity", "sftp-identity-passphrase-file", "sftp-known-hosts", "user"].sort(),
     );
     // Its example limits are rates the CLI takes (KiB/s).
     const file = path.join(tmp("keys"), "example");

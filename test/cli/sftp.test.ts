@@ -86,6 +86,33 @@ describe.skipIf(!HAVE_SSHD)("SFTP repositories through the CLI", () => {
     expect(none.stderr).toContain("no SSH identity for the SFTP repository");
   });
 
+  it("logs in with a key kept encrypted, its passphrase from --sftp-identity-passphrase-file, the variable or a keys file (relative to it); a wrong one is exit 2", async () => {
+    const dir = tmp("enc");
+    const id = path.join(dir, "id");
+    await fsp.copyFile(server.identity, id);
+    await fsp.chmod(id, 0o600);
+    execFileSync("ssh-keygen", ["-q", "-p", "-P", "", "-N", "tape drive 9", "-f", id]);
+    await fsp.writeFile(path.join(dir, "pass"), "tape drive 9\n", { mode: 0o600 });
+    await fsp.writeFile(path.join(dir, "wrong"), "disk drive 9\n", { mode: 0o600 });
+    const { url, run } = sftpVault({ flags: false });
+    const common = ["--sftp-identity", id, "--sftp-known-hosts", server.knownHosts];
+    const noAgent = { SSH_AUTH_SOCK: undefined };
+    const init = await run([...common, "--sftp-identity-passphrase-file", path.join(dir, "pass"), "init"], { env: noAgent });
+    expect(init.code, init.stderr).toBe(0);
+    const viaEnv = await run([...common, "snapshots"], { env: { ...noAgent, VMVAULT_SFTP_IDENTITY_PASSPHRASE_FILE: path.join(dir, "pass") } });
+    expect(viaEnv.code, viaEnv.stderr).toBe(0);
+    await fsp.writeFile(path.join(dir, "keys"), `repo = ${url}\nsftp-identity = id\nsftp-identity-passphrase-file = pass\nsftp-known-hosts = ${server.knownHosts}\n`);
+    const viaKeys = await runCli(["--keys", path.join(dir, "keys"), "--user", "admin", "snapshots"], { env: { ...noAgent, VMVAULT_STATE_DIR: path.join(dir, "state") } });
+    expect(viaKeys.code, viaKeys.stderr).toBe(0);
+    const wrong = await run([...common, "--sftp-identity-passphrase-file", path.join(dir, "wrong"), "snapshots"], { env: noAgent });
+    expect(wrong.code).toBe(2);
+    expect(wrong.stderr).toContain(`the passphrase in ${path.join(dir, "wrong")} does not open the SSH identity ${id}`);
+    const without = await run([...common, "snapshots"], { env: noAgent });
+    expect(without.code).toBe(2);
+    expect(without.stderr).toContain(`the SSH identity ${id} is protected by a passphrase`);
+    for (const r of [init, viaEnv, viaKeys, wrong, without]) expect(r.stdout + r.stderr).not.toMatch(/tape drive|disk drive/);
+  });
+
   it("refuses an unknown server (exit 1) and a changed host key (exit 5), naming the key and never printing a secret", async () => {
     const dir = tmp("kh");
     const { run } = sftpVault({ flags: false });

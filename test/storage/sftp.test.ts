@@ -274,6 +274,39 @@ describe.skipIf(!HAVE_SSHD)("SFTP store", () => {
       }
     });
 
+    it("logs in with a key kept encrypted when its passphrase file is given; names a wrong, empty or exposed passphrase file", async () => {
+      // The server's authorized key, re-encrypted under a passphrase (ssh-keygen -p).
+      const encrypted = path.join(scratch, `id-enc-${randomBytes(4).toString("hex")}`);
+      await fsp.copyFile(server.identity, encrypted);
+      await fsp.chmod(encrypted, 0o600);
+      execFileSync("ssh-keygen", ["-q", "-p", "-P", "", "-N", "correct horse battery", "-f", encrypted]);
+      const passFile = async (text: string, mode = 0o600): Promise<string> => {
+        const f = path.join(scratch, `pass-${randomBytes(4).toString("hex")}`);
+        await fsp.writeFile(f, text, { mode });
+        await fsp.chmod(f, mode);
+        return f;
+      };
+      const store = new SftpStore(server.url(name()), { identity: encrypted, identityPassphraseFile: await passFile("correct horse battery\n"), knownHosts: server.knownHosts });
+      expect(await store.putIfAbsent("note", new TextEncoder().encode("kept"))).toBe(true);
+      expect(new TextDecoder().decode(await store.get("note"))).toBe("kept");
+      await store.close();
+      const cases: [string, RegExp][] = [
+        [await passFile("wrong words\n"), /^the passphrase in .*pass-[0-9a-f]+ does not open the SSH identity .*id-enc-/],
+        [await passFile("\nsecond line\n"), /passphrase file .* is empty/],
+        [await passFile("correct horse battery\n", 0o644), /the SSH identity's passphrase file .* is readable by other users/],
+        [path.join(scratch, "no-such-file"), /cannot read the SSH identity's passphrase file .*: it does not exist/],
+      ];
+      for (const [file, message] of cases) {
+        const e = await rejection(new SftpStore(server.url(name()), { identity: encrypted, identityPassphraseFile: file, knownHosts: server.knownHosts }).stat("x"));
+        expect(e, file).toBeInstanceOf(UsageError);
+        expect((e as Error).message, file).toMatch(message);
+        expect((e as Error).message).not.toContain("words");
+      }
+      // Without the file, the hint names it.
+      const e = await rejection(new SftpStore(server.url(name()), { identity: encrypted, knownHosts: server.knownHosts }).stat("x"));
+      expect((e as UsageError).hint).toContain("--sftp-identity-passphrase-file");
+    });
+
     it("says when nothing listens at the address", async () => {
       const free = server.port === 65535 ? server.port - 1 : server.port + 1;
       const e = await rejection(new SftpStore(`sftp://${server.user}@127.0.0.1:${free}/r`, access).stat("x"));
