@@ -1,4 +1,4 @@
-import { readFileSync, statSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { fileProblem, UsageError } from "../errors.js";
 
@@ -76,15 +76,6 @@ export function resolveKeysFilePaths(settings: Partial<Record<KeysFileSetting, s
     out[key] = path.resolve(dir, value);
   }
   return out;
-}
-
-/** Whether users other than a file's owner may read it (false when it cannot be stat'ed). */
-export function readableByOthers(file: string): boolean {
-  try {
-    return (statSync(file).mode & 0o077) !== 0;
-  } catch {
-    return false;
-  }
 }
 
 /** Reads and parses a keys file; relative paths in it are relative to its own folder, not the current one. */

@@ -5,7 +5,8 @@ import { assertUserName } from "../repository/open.js";
 import { ByteRate, type BandwidthLimits } from "../storage/bandwidth.js";
 import type { StoreAccess } from "../storage/open.js";
 import { optionalS3ObjectAcl, parseS3ObjectAcl, s3AccessFromEnv, type S3Access } from "../storage/s3-location.js";
-import { readableByOthers, readKeysFile, type KeysFileSetting } from "./keys-file.js";
+import { readableByOthers } from "../util/file-mode.js";
+import { readKeysFile, type KeysFileSetting } from "./keys-file.js";
 import { promptNewSecret, promptSecret } from "./prompt.js";
 
 /** Global options every command accepts. */

@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import type { Socket } from "node:net";
 import type tls from "node:tls";
 import { fileProblem, UsageError } from "../errors.js";
+import { readableByOthers } from "../util/file-mode.js";
 import { fileStamps, Reread, type FilesChange } from "../util/reread.js";
 import { X509_FILES, type X509Credentials, type X509Folder } from "./nbd-x509.js";
 
@@ -60,7 +61,7 @@ export interface PskFileKeys {
   readonly stamps: Readonly<Record<string, string>>;
 }
 
-/** Reads and parses a PSK file; `label` names it in errors (which never quote a key). */
+/** Reads and parses a PSK file, refused when others may read it; `label` names it in errors (which never quote a key). */
 export function readPskFile(file: string, label = file): PskFileKeys {
   const stamps = fileStamps([file]);
   let text: string;
@@ -69,6 +70,7 @@ export function readPskFile(file: string, label = file): PskFileKeys {
   } catch (e) {
     throw new UsageError(`cannot read ${label}: ${fileProblem(e)}`);
   }
+  if (readableByOthers(file)) throw new UsageError(`${label} may be read by other users: its keys open the export`, `chmod 600 ${file}`);
   return { file, keys: parsePskFile(text, file), stamps };
 }
 

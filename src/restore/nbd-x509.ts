@@ -3,6 +3,7 @@ import path from "node:path";
 import type tls from "node:tls";
 import type { X509Certificate } from "node:crypto";
 import { errorCodeOf, fileProblem, UsageError } from "../errors.js";
+import { readableByOthers } from "../util/file-mode.js";
 import { fileStamps, Reread, type FilesChange } from "../util/reread.js";
 
 /**
@@ -52,6 +53,9 @@ export function readX509Dir(dir: string, now: number = Date.now()): X509Credenti
   const caText = read(X509_FILES.ca) as string;
   const certText = read(X509_FILES.cert) as string;
   const keyText = read(X509_FILES.key) as string;
+  if (readableByOthers(at(X509_FILES.key))) {
+    throw new UsageError(`${at(X509_FILES.key)} may be read by other users: it proves the export's identity to its clients`, `chmod 600 ${at(X509_FILES.key)}`);
+  }
   const crlText = read(X509_FILES.crl, true);
   const blocks = (text: string): string[] => text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
   const parse = (pem: string, name: string): X509Certificate => {

@@ -708,6 +708,10 @@ describe("NbdServer with TLS (pre-shared keys)", () => {
     await fsp.writeFile(file, line("hv-3", KEY3));
     expect(await attempt("hv-3", KEY3)).toBe(true);
     expect(changes).toHaveLength(3);
+    // A file others may read is refused while the export runs as at its start.
+    await fsp.chmod(file, 0o644);
+    expect(await attempt("hv-3", KEY3)).toBe(false);
+    expect(changes[3]?.error).toBe(`${file} may be read by other users: its keys open the export`);
   });
 });
 
@@ -891,6 +895,9 @@ describe.skipIf(!haveOpenssl)("X.509 folders (readX509Dir)", () => {
     expect(refusal(await variant("server-cert.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"))).toMatch(/server-cert\.pem holds a certificate that does not parse/);
     expect(refusal(await variant("server-key.pem", await fsp.readFile(path.join(pki.client, "client-key.pem"), "utf8")))).toMatch(/server-key\.pem is not the key of .*server-cert\.pem/);
     expect(refusal(await variant("server-key.pem", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"))).toMatch(/server-key\.pem holds no private key that can be read/);
+    const exposed = await variant("server-key.pem", await fsp.readFile(path.join(pki.server, "server-key.pem"), "utf8"));
+    await fsp.chmod(path.join(exposed, "server-key.pem"), 0o640);
+    expect(refusal(exposed)).toMatch(/server-key\.pem may be read by other users: it proves the export's identity to its clients \| chmod 600 /);
     expect(refusal(await variant("ca-cert.pem", await fsp.readFile(path.join(pki.otherCa, "ca-cert.pem"), "utf8")))).toMatch(/server-cert\.pem is not signed by a certificate of .*ca-cert\.pem: clients trusting that CA would refuse the export \| its issuer is CN=vmvault test CA/);
     const day = 24 * 3600 * 1000;
     expect(refusal(pki.server, Date.now() + 5 * day)).toMatch(/server-cert\.pem expired on 20\d\d-/);

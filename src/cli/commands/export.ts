@@ -1,12 +1,10 @@
-import path from "node:path";
 import type { Command } from "commander";
 import { UsageError } from "../../errors.js";
 import type { ExportAddress, ExportListening } from "../../restore/export.js";
 import { NBD_PORT } from "../../sources/nbd-protocol.js";
 import type { NbdEvent } from "../../restore/nbd-server.js";
-import { readPskFile, type PskFileKeys } from "../../restore/nbd-tls.js";
-import { readX509Dir, X509_FILES, type X509Credentials } from "../../restore/nbd-x509.js";
-import { readableByOthers } from "../keys-file.js";
+import { readPskFile } from "../../restore/nbd-tls.js";
+import { readX509Dir, X509_FILES } from "../../restore/nbd-x509.js";
 import { CliContext } from "../context.js";
 import type { Interrupts } from "../interrupt.js";
 import { formatBytes, plural, terminalJson } from "../output.js";
@@ -40,8 +38,9 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
       if (opts.libvirtUri !== undefined && opts.define !== true) throw new UsageError("--libvirt-uri goes with --define");
       const listen: ExportAddress = opts.socket !== undefined ? { socket: opts.socket } : parseListen(opts.listen ?? `127.0.0.1:${NBD_PORT}`);
       if (opts.tlsPskFile !== undefined && opts.tlsX509Dir !== undefined) throw new UsageError("give --tls-psk-file or --tls-x509-dir, not both");
-      const tlsKeys = opts.tlsPskFile === undefined ? undefined : readKeys(opts.tlsPskFile);
-      const tlsX509 = opts.tlsX509Dir === undefined ? undefined : readCertificates(opts.tlsX509Dir);
+      // Checked before the unlock (a file or key others may read is refused), and read again while the export runs.
+      const tlsKeys = opts.tlsPskFile === undefined ? undefined : readPskFile(opts.tlsPskFile, `--tls-psk-file ${opts.tlsPskFile}`);
+      const tlsX509 = opts.tlsX509Dir === undefined ? undefined : readX509Dir(opts.tlsX509Dir);
       const vault = await ctx.openVault();
       try {
         const r = await vault.exportNbd({
@@ -116,19 +115,6 @@ interface ExportCliOptions {
   tlsX509Dir?: string;
 }
 
-/** The export's pre-shared keys: a file only its owner may read, in QEMU's and libnbd's format (read again while the export runs, when it changes). */
-function readKeys(file: string): PskFileKeys {
-  const keys = readPskFile(file, `--tls-psk-file ${file}`);
-  if (readableByOthers(file)) throw new UsageError(`--tls-psk-file ${file} may be read by other users: its keys open the export`, `chmod 600 ${file}`);
-  return keys;
-}
-
-/** The export's X.509 folder, checked before the unlock; its private key readable by its owner only. */
-function readCertificates(dir: string): X509Credentials {
-  const key = path.join(dir, X509_FILES.key);
-  if (readableByOthers(key)) throw new UsageError(`--tls-x509-dir: ${key} may be read by other users: it proves the export's identity to its clients`, `chmod 600 ${key}`);
-  return readX509Dir(dir);
-}
 
 function eventLine(e: NbdEvent): string {
   switch (e.kind) {
