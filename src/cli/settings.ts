@@ -1,10 +1,11 @@
-import { readFileSync, statSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { Secret } from "../crypto/secret.js";
 import { fileProblem, UsageError } from "../errors.js";
 import { assertUserName } from "../repository/open.js";
 import { ByteRate, type BandwidthLimits } from "../storage/bandwidth.js";
 import type { StoreAccess } from "../storage/open.js";
 import { optionalS3ObjectAcl, parseS3ObjectAcl, s3AccessFromEnv, type S3Access } from "../storage/s3-location.js";
+import { firstLine } from "../util/bytes.js";
 import { readableByOthers } from "../util/file-mode.js";
 import { readKeysFile, type KeysFileSetting } from "./keys-file.js";
 import { promptNewSecret, promptSecret } from "./prompt.js";
@@ -140,18 +141,14 @@ export function requireUser(s: Settings): string {
 
 /** Reads the first line of a passphrase file; warns when others can read it. */
 export function readPassphraseFile(file: string, warn: (m: string) => void): Secret {
+  if (readableByOthers(file)) warn(`warning: passphrase file ${file} is readable by other users (chmod 600 it)`);
   let bytes: Buffer;
   try {
-    const st = statSync(file);
-    if (st.isFile() && (st.mode & 0o077) !== 0) warn(`warning: passphrase file ${file} is readable by other users (chmod 600 it)`);
     bytes = readFileSync(file);
   } catch (e) {
     throw new UsageError(`cannot read passphrase file ${file}: ${fileProblem(e)}`);
   }
-  let end = bytes.indexOf(0x0a);
-  if (end < 0) end = bytes.length;
-  if (end > 0 && bytes[end - 1] === 0x0d) end--;
-  const secret = new Secret(Uint8Array.from(bytes.subarray(0, end)));
+  const secret = new Secret(firstLine(bytes));
   bytes.fill(0);
   if (secret.length === 0) throw new UsageError(`passphrase file ${file} is empty`);
   return secret;

@@ -112,9 +112,10 @@ export async function exportNbd(repo: Repository, o: ExportOptions): Promise<Exp
   if (o.reason.trim() === "") throw new UsageError("an export needs --reason TEXT (it is kept in the audit trail)");
   const listen = o.listen ?? { host: "127.0.0.1", port: NBD_PORT };
   if (o.tlsKeys !== undefined && o.tlsX509 !== undefined) throw new UsageError("give --tls-psk-file or --tls-x509-dir, not both");
-  checkAddress(listen, o.allowRemote === true, o.tlsKeys !== undefined || o.tlsX509 !== undefined);
+  const withTls = o.tlsKeys !== undefined || o.tlsX509 !== undefined;
+  checkAddress(listen, o.allowRemote === true, withTls);
   checkOverlayRequest(o);
-  if ((o.tlsKeys !== undefined || o.tlsX509 !== undefined) && o.overlayDir !== undefined) {
+  if (withTls && o.overlayDir !== undefined) {
     throw new UsageError("--overlay-dir does not go with TLS: a qcow2 overlay cannot name the TLS credentials QEMU would need to reach the export", "export on a Unix socket (--socket) or loopback for a VM on this host, without --tls-psk-file or --tls-x509-dir");
   }
   const request = contentsRequest([o.snapshot], { ...o, paths: [] });

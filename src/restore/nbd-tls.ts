@@ -64,13 +64,13 @@ export interface PskFileKeys {
 /** Reads and parses a PSK file, refused when others may read it; `label` names it in errors (which never quote a key). */
 export function readPskFile(file: string, label = file): PskFileKeys {
   const stamps = fileStamps([file]);
+  if (readableByOthers(file)) throw new UsageError(`${label} may be read by other users: its keys open the export`, `chmod 600 ${file}`);
   let text: string;
   try {
     text = readFileSync(file, "utf8");
   } catch (e) {
     throw new UsageError(`cannot read ${label}: ${fileProblem(e)}`);
   }
-  if (readableByOthers(file)) throw new UsageError(`${label} may be read by other users: its keys open the export`, `chmod 600 ${file}`);
   return { file, keys: parsePskFile(text, file), stamps };
 }
 

@@ -52,10 +52,10 @@ export function readX509Dir(dir: string, now: number = Date.now()): X509Credenti
   const stamps = fileStamps(x509Files(dir));
   const caText = read(X509_FILES.ca) as string;
   const certText = read(X509_FILES.cert) as string;
-  const keyText = read(X509_FILES.key) as string;
   if (readableByOthers(at(X509_FILES.key))) {
     throw new UsageError(`${at(X509_FILES.key)} may be read by other users: it proves the export's identity to its clients`, `chmod 600 ${at(X509_FILES.key)}`);
   }
+  const keyText = read(X509_FILES.key) as string;
   const crlText = read(X509_FILES.crl, true);
   const blocks = (text: string): string[] => text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
   const parse = (pem: string, name: string): X509Certificate => {

@@ -1,11 +1,13 @@
 import { createRequire } from "node:module";
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import type { Client, ConnectConfig, ParsedKey, SFTPWrapper } from "ssh2";
 import { errorCodeOf, fileProblem, StorageError, UsageError, VaultError } from "../errors.js";
 import { fingerprintOf, hostKeyAlgorithms, hostKeysFor, judgeHostKey, keyTypeOf, knownHostsName, type HostKeyVerdict, type KnownHostKey } from "./known-hosts.js";
 import type { SftpLocation } from "./sftp-location.js";
+import { firstLine } from "../util/bytes.js";
+import { readableByOthers } from "../util/file-mode.js";
 
 /** How an SFTP repository's server is reached and trusted (the CLI's --sftp-identity and --sftp-known-hosts). */
 export interface SftpAccess {
@@ -227,7 +229,7 @@ function loginMethod(identity: string | undefined, passphraseFile: string | unde
     identity = found;
   }
   const key = readPrivateFile(identity, "the SSH identity", `chmod 600 ${identity}: ssh refuses such a key too`);
-  const passphrase = passphraseFile === undefined ? undefined : firstLine(readPrivateFile(passphraseFile, "the SSH identity's passphrase file", `chmod 600 ${passphraseFile}`), passphraseFile);
+  const passphrase = passphraseFile === undefined ? undefined : passphraseLine(readPrivateFile(passphraseFile, "the SSH identity's passphrase file", `chmod 600 ${passphraseFile}`), passphraseFile);
   const parsed: ParsedKey | ParsedKey[] | Error = loadSsh2().utils.parseKey(key, passphrase);
   if (parsed instanceof Error) {
     const encrypted = /encrypted|passphrase|decrypt/i.test(parsed.message);
@@ -246,25 +248,22 @@ function loginMethod(identity: string | undefined, passphraseFile: string | unde
   return { config: { privateKey: key, ...(passphrase === undefined ? {} : { passphrase }) }, describe: `the identity ${identity}` };
 }
 
-/** A file that must be readable by its owner only (a private key, a passphrase): its bytes. */
+/** A file that must be readable by its owner only (a private key, a passphrase): its bytes, refused before they are read when others may read them. */
 function readPrivateFile(file: string, what: string, hint: string): Buffer {
+  if (readableByOthers(file)) throw new UsageError(`${what} ${file} is readable by other users`, hint);
   try {
-    const st = statSync(file);
-    if (st.isFile() && (st.mode & 0o077) !== 0) throw new UsageError(`${what} ${file} is readable by other users`, hint);
     return readFileSync(file);
   } catch (e) {
-    if (e instanceof VaultError) throw e;
     throw new UsageError(`cannot read ${what} ${file}: ${fileProblem(e)}`);
   }
 }
 
-/** A passphrase file's first line, without its line end; an empty one is a usage error. */
-function firstLine(bytes: Buffer, file: string): Buffer {
-  const text = bytes.toString("utf8");
-  const line = text.split(/\r?\n/)[0] ?? "";
+/** A passphrase file's first line (the file's bytes wiped); an empty one is a usage error. */
+function passphraseLine(bytes: Buffer, file: string): Buffer {
+  const line = Buffer.from(firstLine(bytes));
   bytes.fill(0);
-  if (line === "") throw new UsageError(`the SSH identity's passphrase file ${file} is empty`, "put the key's passphrase on its first line");
-  return Buffer.from(line, "utf8");
+  if (line.length === 0) throw new UsageError(`the SSH identity's passphrase file ${file} is empty`, "put the key's passphrase on its first line");
+  return line;
 }
 
 /** An error of the connection or the login, in words, with the next step. */

@@ -43,6 +43,14 @@ export function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
   return out;
 }
 
+/** A copy of the bytes up to the first line break (LF or CRLF), as a passphrase file's first line; the caller wipes the original. */
+export function firstLine(bytes: Uint8Array): Uint8Array {
+  let end = bytes.indexOf(0x0a);
+  if (end < 0) end = bytes.length;
+  if (end > 0 && bytes[end - 1] === 0x0d) end--;
+  return Uint8Array.from(bytes.subarray(0, end));
+}
+
 /** Non-constant-time equality, for public data only (ids, names). */
 export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;

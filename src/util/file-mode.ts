@@ -1,9 +1,10 @@
 import { statSync } from "node:fs";
 
-/** Whether users other than a file's owner may read it (false when it cannot be stat'ed). */
+/** Whether a regular file's mode lets users other than its owner read it (false for anything else, and when it cannot be stat'ed). */
 export function readableByOthers(file: string): boolean {
   try {
-    return (statSync(file).mode & 0o077) !== 0;
+    const st = statSync(file);
+    return st.isFile() && (st.mode & 0o077) !== 0;
   } catch {
     return false;
   }
