@@ -5,6 +5,7 @@ import { describe, expect, it } from "vitest";
 import { FaultyStore } from "../src/storage/faulty.js";
 import { FsStore, KDF_TEST, Vault } from "../src/index.js";
 import { listAll } from "../src/storage/types.js";
+import { mountTmpfs } from "./helpers/mounts.js";
 import { initTestVault, makeImage, openTestVault, passphrase, seededBytes, tempDirs } from "./helpers/fixtures.js";
 
 const tmp = tempDirs();
@@ -48,17 +49,6 @@ describe("a full disk during init", () => {
     expect((await (await openTestVault(dir)).snapshots()).length).toBe(0);
   });
 });
-
-/** Mounts a tmpfs of sizeKiB at dir (root only); returns false when that is not possible here. */
-function mountTmpfs(dir: string, sizeKiB: number): boolean {
-  if (process.getuid?.() !== 0) return false;
-  try {
-    execFileSync("mount", ["-t", "tmpfs", "-o", `size=${sizeKiB}k`, "tmpfs", dir], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /**
  * Restores the latest snapshot into a 4 MiB tmpfs and expects it to fail as a full disk, with

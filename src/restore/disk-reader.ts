@@ -29,6 +29,18 @@ export interface ExportedDisk {
   read(offset: number, length: number, emit: (piece: DiskPiece) => Promise<void>): Promise<void>;
   /** Data and hole runs from offset, covering at most length bytes and at most maxExtents runs. */
   extents(offset: number, length: number, maxExtents: number): Promise<Extent[]>;
+  /** Present when clients may write: where their writes go (never into the snapshot). */
+  readonly writer?: DiskWriter;
+}
+
+/** The writes of a writable export's disk (src/restore/writable-disk.ts). Ranges are within the disk. */
+export interface DiskWriter {
+  /** With fua, durable before it resolves. */
+  write(offset: number, data: Uint8Array, o?: { fua?: boolean }): Promise<void>;
+  /** Zeros the range; with trim, only what it covers of whole blocks (a trim promises nothing about later reads). */
+  zero(offset: number, length: number, o?: { fua?: boolean; trim?: boolean }): Promise<void>;
+  /** Makes every write answered before it durable. */
+  flush(): Promise<void>;
 }
 
 /**

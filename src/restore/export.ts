@@ -13,6 +13,7 @@ import { plural } from "../util/text.js";
 import { PskFile, type NbdTls, type PskFileKeys, type PskKeys } from "./nbd-tls.js";
 import type { FilesChange } from "../util/reread.js";
 import { certificateNameProblem, X509Folder, type X509Credentials } from "./nbd-x509.js";
+import { WriteDir } from "./write-dir.js";
 
 /** Where the export listens: a TCP address, or a Unix socket (made with mode 0600). */
 export type ExportAddress = { readonly host: string; readonly port: number } | { readonly socket: string };
@@ -60,6 +61,13 @@ export interface ExportOptions {
    * They are left when the export stops: they hold what the VM wrote.
    */
   readonly overlayDir?: string;
+  /**
+   * Serve the disks writable: what clients write, zero or trim is kept in this folder (made,
+   * mode 0700, when missing; `<disk>.writes` and `<disk>.map`: src/restore/write-dir.ts), never
+   * in the repository, and read back over the snapshot. Writes an earlier export of the same
+   * snapshot left there (as far as it flushed them) are taken up again. Not with overlayDir.
+   */
+  readonly writeDir?: string;
   /** With overlayDir: the definition renamed, without its UUID and MAC addresses, to run beside the original. */
   readonly domainName?: string;
   /** With overlayDir: the definition defined in libvirt (`virsh define`), at libvirtUri (default: virsh's). */
@@ -82,6 +90,8 @@ export interface ExportListening {
   /** With overlayDir: the overlays made, and the domain definition naming them. */
   readonly overlays?: MadeOverlays["overlays"];
   readonly domain?: MadeOverlays["domain"];
+  /** With writeDir: the folder, and per disk the file its writes go to and how much of it they changed before this export. */
+  readonly writes?: { readonly dir: string; readonly disks: readonly { readonly disk: string; readonly file: string; readonly earlierBytes: number }[] };
   /** What clients may stumble on: a server certificate that does not name the address. */
   readonly warnings?: readonly string[];
 }
@@ -91,6 +101,9 @@ export interface ExportResult extends ExportListening {
   readonly reads: number;
   /** Bytes of the disks served (holes counted by their length). */
   readonly bytes: number;
+  /** With writeDir: the writes answered, and their bytes. */
+  readonly writeCount?: number;
+  readonly written?: number;
   /** With TLS: the identities of the clients that connected (PSK identities, or their certificates' common names). */
   readonly identities?: readonly string[];
   /** With pre-shared keys: the identities whose open sessions were ended because their key left the key file (none: absent). */
@@ -115,6 +128,7 @@ export async function exportNbd(repo: Repository, o: ExportOptions): Promise<Exp
   const withTls = o.tlsKeys !== undefined || o.tlsX509 !== undefined;
   checkAddress(listen, o.allowRemote === true, withTls);
   checkOverlayRequest(o);
+  if (o.writeDir !== undefined && o.overlayDir !== undefined) throw new UsageError("give --write-dir or --overlay-dir, not both", "with --write-dir the VM writes into the export itself and needs no overlay");
   if (withTls && o.overlayDir !== undefined) {
     throw new UsageError("--overlay-dir does not go with TLS: a qcow2 overlay cannot name the TLS credentials QEMU would need to reach the export", "export on a Unix socket (--socket) or loopback for a VM on this host, without --tls-psk-file or --tls-x509-dir");
   }
@@ -123,13 +137,14 @@ export async function exportNbd(repo: Repository, o: ExportOptions): Promise<Exp
     address: shownAddress(listen),
     ...(o.disk === undefined ? {} : { disk: o.disk }),
     ...(o.overlayDir === undefined ? {} : { overlayDir: path.resolve(o.overlayDir) }),
+    ...(o.writeDir === undefined ? {} : { writeDir: path.resolve(o.writeDir) }),
     ...(o.domainName === undefined ? {} : { domainName: o.domainName }),
     ...(o.define === true ? { define: "yes" } : {}),
     ...(o.tlsKeys === undefined ? {} : { tls: `psk (${[...pskKeysOf(o.tlsKeys).keys()].join(", ")})` }),
     ...(o.tlsX509 === undefined ? {} : { tls: `x509 (clients of CA ${o.tlsX509.ca}${o.tlsX509.crl ? ", with its revocation list" : ""})` }),
   };
   // A VM reads a little here and there: windows of 64 KiB unless it reads on in order.
-  return readContents(repo, "export", { ...request, target, minWindow: 64 * 1024 }, (opened) => serve(opened, listen, o), (r) => ({ address: r.address, connections: r.connections, reads: r.reads, bytes: r.bytes, ...(r.identities === undefined ? {} : { identities: r.identities.join(", ") }), ...(r.revoked === undefined ? {} : { revoked: r.revoked.join(", ") }) }));
+  return readContents(repo, "export", { ...request, target, minWindow: 64 * 1024 }, (opened) => serve(opened, listen, o), (r) => ({ address: r.address, connections: r.connections, reads: r.reads, bytes: r.bytes, ...(r.writeCount === undefined ? {} : { writes: r.writeCount, written: r.written ?? 0 }), ...(r.identities === undefined ? {} : { identities: r.identities.join(", ") }), ...(r.revoked === undefined ? {} : { revoked: r.revoked.join(", ") }) }));
 }
 
 async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOptions): Promise<ExportResult> {
@@ -143,21 +158,30 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
   const overlayDir = o.overlayDir;
   const planned = overlayDir === undefined ? undefined : await planOverlays({ ...o, overlayDir }, chosen, chosen.length === all.length, body?.domain);
   const reader = await opened.reader();
-  const disks = chosen.map((d) => new SnapshotDisk(d, reader, record.key, o.cacheBytes === undefined ? {} : { cacheBytes: o.cacheBytes }));
+  const snapshotDisks = chosen.map((d) => new SnapshotDisk(d, reader, record.key, o.cacheBytes === undefined ? {} : { cacheBytes: o.cacheBytes }));
+  const writes = o.writeDir === undefined ? undefined : await WriteDir.open(o.writeDir, record.header.id, snapshotDisks);
+  const disks = writes === undefined ? snapshotDisks : writes.disks.map((w) => w.disk);
   const tls = tlsOf(o);
   const server = new NbdServer(disks, {
     ...(o.maxConnections === undefined ? {} : { maxConnections: o.maxConnections }),
     ...(o.onEvent === undefined ? {} : { onEvent: o.onEvent }),
     ...(tls === undefined ? {} : { tls }),
-    describe: (d) => `disk ${d.name} of VM ${record.header.vm}, snapshot ${record.header.id} (${record.header.time}), read-only`,
+    describe: (d) => `disk ${d.name} of VM ${record.header.vm}, snapshot ${record.header.id} (${record.header.time}), ${writes === undefined ? "read-only" : "writable (the writes are kept beside the backup, not in it)"}`,
   });
-  const address = await listenOn(server, listen);
-  let listening: ExportListening = {
-    snapshotId: record.header.id,
-    vm: record.header.vm,
-    address,
-    exports: disks.map((d) => ({ name: d.name, size: d.size, uri: exportUri(listen, address, d.name, tls !== undefined) })),
-  };
+  let listening: ExportListening;
+  try {
+    const address = await listenOn(server, listen);
+    listening = {
+      snapshotId: record.header.id,
+      vm: record.header.vm,
+      address,
+      exports: disks.map((d) => ({ name: d.name, size: d.size, uri: exportUri(listen, address, d.name, tls !== undefined) })),
+      ...(writes === undefined ? {} : { writes: { dir: writes.dir, disks: writes.disks.map((w) => ({ disk: w.disk.name, file: w.dataPath, earlierBytes: w.earlierBytes })) } }),
+    };
+  } catch (e) {
+    await writes?.close();
+    throw e;
+  }
   const nameProblem = tls !== undefined && "x509" in tls && "host" in listen ? certificateNameProblem(tls.x509.value, listen.host) : undefined;
   if (nameProblem !== undefined) listening = { ...listening, warnings: [nameProblem] };
   try {
@@ -174,19 +198,33 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
   } finally {
     await server.close();
     if ("socket" in listen) await fsp.rm(listen.socket, { force: true });
+    await closeWrites(writes);
   }
   const s = server.stats;
   const failed = failedReadsError(s, (n) => `${plural(n, "request")} to the export`);
   if (failed !== undefined) throw failed;
+  if (s.failedWrites > 0) {
+    throw new StorageError(`${plural(s.failedWrites, "write")} to the export failed (answered with an error), the first with: ${s.firstWriteFailure?.message ?? "an unknown error"}`, s.firstWriteFailure);
+  }
   return {
     ...listening,
     connections: s.connections,
     reads: s.reads,
     bytes: s.bytes,
+    ...(writes === undefined ? {} : { writeCount: s.writes, written: s.written }),
     ...(tls === undefined ? {} : { identities: [...s.identities].sort() }),
     ...(s.revoked.size === 0 ? {} : { revoked: [...s.revoked].sort() }),
     damagedIndexes: opened.damagedIndexes(),
   };
+}
+
+/** Flushes and closes the write folder once no client is left; a failure means writes the clients were told were kept may be lost. */
+async function closeWrites(writes: WriteDir | undefined): Promise<void> {
+  try {
+    await writes?.close();
+  } catch (e) {
+    throw new StorageError(`the writes in ${writes?.dir ?? "the write folder"} could not be made durable when the export stopped: ${(e as Error).message}`, e);
+  }
 }
 
 /** The export's TLS, from whichever of its two options was given; an X.509 folder is read again when its files change, which is told as an event. */

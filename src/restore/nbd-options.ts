@@ -79,7 +79,7 @@ export class OptionPhase {
       case P.Opt.EXPORT_NAME: {
         const disk = this.#server.find(data.toString("utf8"));
         if (disk === undefined) return "abort";
-        await writeAll(this.#wire.socket, P.encodeExportNameReply(disk.size, transmissionFlags(), this.#noZeroes));
+        await writeAll(this.#wire.socket, P.encodeExportNameReply(disk.size, transmissionFlags(disk), this.#noZeroes));
         return disk;
       }
       case P.Opt.ABORT:
@@ -141,7 +141,7 @@ export class OptionPhase {
     if (request === undefined) return undefined;
     const disk = this.#server.find(request.name);
     if (disk === undefined) return this.#reply(option, P.Rep.ERR_UNKNOWN, `no export named ${JSON.stringify(request.name)}; exports: ${this.#server.disks.map((d) => d.name).join(", ")}`);
-    const infos = [P.encodeInfoExport(disk.size, transmissionFlags())];
+    const infos = [P.encodeInfoExport(disk.size, transmissionFlags(disk))];
     if (request.requests.includes(P.Info.NAME)) infos.push(P.encodeInfoText(P.Info.NAME, disk.name));
     if (request.requests.includes(P.Info.DESCRIPTION)) infos.push(P.encodeInfoText(P.Info.DESCRIPTION, this.#server.describe(disk)));
     // Sent whether asked for or not: a minimum of 1 binds no client.
@@ -185,8 +185,14 @@ export class OptionPhase {
   }
 }
 
-function transmissionFlags(): number {
-  return P.TX_HAS_FLAGS | P.TX_READ_ONLY | P.TX_CAN_MULTI_CONN;
+/**
+ * What the client is told of an export: read-only, or writable with flushes, forced unit access,
+ * trims and zeroing. Several connections may share an export either way (NBD's multi-conn): a
+ * flush on one covers the writes answered on all, which go to the one WritableDisk.
+ */
+function transmissionFlags(disk: ExportedDisk): number {
+  const writes = disk.writer === undefined ? P.TX_READ_ONLY : P.TX_SEND_FLUSH | P.TX_SEND_FUA | P.TX_SEND_TRIM | P.TX_SEND_WRITE_ZEROES;
+  return P.TX_HAS_FLAGS | P.TX_CAN_MULTI_CONN | writes;
 }
 
 /** The preferred request size to advertise: the chunk size when it is a power of two from 512 up, 4 KiB otherwise. */

@@ -1,6 +1,6 @@
 import type net from "node:net";
-import { IntegrityError } from "../errors.js";
-import type { ExportedDisk } from "./disk-reader.js";
+import { errorCodeOf, IntegrityError } from "../errors.js";
+import type { DiskWriter, ExportedDisk } from "./disk-reader.js";
 import * as P from "../sources/nbd-protocol.js";
 import { ConnectionClosed, SocketInput, writeAll } from "../util/socket-io.js";
 import { ALLOCATION_CONTEXT, MAX_REQUEST_BYTES, OptionPhase, type Wire } from "./nbd-options.js";
@@ -54,11 +54,13 @@ export const TLS_RECHECK_MS = 2_000;
 export type NbdEvent =
   | { readonly kind: "connected"; readonly client: string }
   | { readonly kind: "opened"; readonly client: string; readonly disk: string; readonly identity?: string }
-  | { readonly kind: "closed"; readonly client: string; readonly reads: number; readonly bytes: number; readonly error?: string }
+  | { readonly kind: "closed"; readonly client: string; readonly reads: number; readonly bytes: number; readonly writes?: number; readonly written?: number; readonly error?: string }
   | { readonly kind: "refused"; readonly client: string; readonly reason: string }
   /** The export's PSK file or X.509 folder changed: read again, or (with an error) refused until mended (src/util/reread.ts). */
   | ({ readonly kind: "tls files"; readonly what: "keys" | "certificates" } & FilesChange)
-  | { readonly kind: "read failed"; readonly client: string; readonly disk: string; readonly offset: number; readonly length: number; readonly error: Error };
+  | { readonly kind: "read failed"; readonly client: string; readonly disk: string; readonly offset: number; readonly length: number; readonly error: Error }
+  /** A write, zeroing, trim or flush of a writable export that failed (answered with ENOSPC or EIO). */
+  | { readonly kind: "write failed"; readonly client: string; readonly disk: string; readonly what: string; readonly offset: number; readonly length: number; readonly error: Error };
 
 export interface NbdStats {
   connections: number;
@@ -69,6 +71,12 @@ export interface NbdStats {
   failedReads: number;
   /** The first read failure, for the outcome. */
   firstFailure?: Error;
+  /** Writes answered (a writable export), and their bytes. */
+  writes: number;
+  written: number;
+  /** Writes, zeroing, trims and flushes that failed, and the first failure. */
+  failedWrites: number;
+  firstWriteFailure?: Error;
   /** With TLS: the identities that completed a handshake (PSK identities, or the common names of client certificates). */
   readonly identities: Set<string>;
   /** With pre-shared keys: the identities whose open sessions were ended because their key left the key file. */
@@ -86,17 +94,18 @@ export function failedReadsError(stats: NbdStats, counted: (n: number) => string
 }
 
 /**
- * A read-only NBD server (fixed newstyle) for a set of disks, named as exports. Each connection
- * is served one request at a time, in order, so its memory is one chunk and the socket's
- * buffer; connections run side by side. Writes are refused with EPERM; reads of chunks that do
- * not verify get EIO (and are counted), never unverified bytes.
+ * An NBD server (fixed newstyle) for a set of disks, named as exports. Each connection is served
+ * one request at a time, in order, so its memory is one chunk (or one write) and the socket's
+ * buffer; connections run side by side. A disk without a writer is read-only (writes are
+ * refused with EPERM); one with a writer takes writes, zeroing, trims and flushes into it.
+ * Reads of chunks that do not verify get EIO (and are counted), never unverified bytes.
  */
 export class NbdServer {
   readonly #disks: ReadonlyMap<string, ExportedDisk>;
   readonly #o: NbdServerOptions;
   readonly #server: net.Server;
   readonly #live = new Set<Connection>();
-  readonly stats: NbdStats = { connections: 0, reads: 0, bytes: 0, failedReads: 0, identities: new Set(), revoked: new Set() };
+  readonly stats: NbdStats = { connections: 0, reads: 0, bytes: 0, failedReads: 0, writes: 0, written: 0, failedWrites: 0, identities: new Set(), revoked: new Set() };
   #closing = false;
   #recheck: NodeJS.Timeout | undefined;
   /** Called when the last connection has ended (for a server that stops after its first client). */
@@ -226,6 +235,8 @@ class Connection {
   #stopping = false;
   #reads = 0;
   #bytes = 0;
+  #writes = 0;
+  #written = 0;
   /** Why the session was ended from the server's side (its key left the key file). */
   #revoked: string | undefined;
 
@@ -272,7 +283,8 @@ class Connection {
       await this.#finish();
     }
     error = this.#revoked ?? error;
-    this.#server.event({ kind: "closed", client: this.#client, reads: this.#reads, bytes: this.#bytes, ...(error === undefined ? {} : { error }) });
+    const writes = this.#writes === 0 ? {} : { writes: this.#writes, written: this.#written };
+    this.#server.event({ kind: "closed", client: this.#client, reads: this.#reads, bytes: this.#bytes, ...writes, ...(error === undefined ? {} : { error }) });
   }
 
   /** The option phase, within the handshake deadline (told as a refusal when it runs out). */
@@ -340,17 +352,26 @@ class Connection {
           return true;
         }
         return this.#read(disk, r);
-      case P.Cmd.WRITE:
+      case P.Cmd.WRITE: {
         if (r.length > MAX_REQUEST_BYTES) return false;
-        await this.#wire.input.skip(r.length);
-        await this.#error(r, P.Errno.EPERM, "the export is read-only");
-        return true;
+        if (disk.writer === undefined) {
+          await this.#wire.input.skip(r.length);
+          await this.#error(r, P.Errno.EPERM, "the export is read-only");
+          return true;
+        }
+        const data = await this.#wire.input.read(r.length);
+        return this.#change(disk, disk.writer, r, (w, fua) => w.write(r.offset, data, { fua }));
+      }
       case P.Cmd.TRIM:
       case P.Cmd.WRITE_ZEROES:
-        await this.#error(r, P.Errno.EPERM, "the export is read-only");
-        return true;
+        if (disk.writer === undefined) {
+          await this.#error(r, P.Errno.EPERM, "the export is read-only");
+          return true;
+        }
+        return this.#change(disk, disk.writer, r, (w, fua) => w.zero(r.offset, r.length, { fua, trim: r.type === P.Cmd.TRIM }));
       case P.Cmd.FLUSH:
-        // Nothing is ever written: a flush has nothing to wait for.
+        // Without writes, a flush has nothing to wait for.
+        if (disk.writer !== undefined) return this.#change(disk, disk.writer, r, (w) => w.flush());
         await writeAll(this.#wire.socket, P.encodeSimpleReply(0, r.handle));
         return true;
       case P.Cmd.BLOCK_STATUS:
@@ -367,6 +388,38 @@ class Connection {
         await this.#error(r, P.Errno.EINVAL, `command ${r.type} is not supported`);
         return true;
     }
+  }
+
+  /**
+   * A write, zeroing, trim or flush of a writable disk, answered once done (durable first with
+   * NBD_CMD_FLAG_FUA). A range past the disk's end gets ENOSPC, as the protocol asks; a failure
+   * is counted and told, and answered with ENOSPC when the write folder's disk is full, else EIO.
+   */
+  async #change(disk: ExportedDisk, writer: DiskWriter, r: P.Request, apply: (w: DiskWriter, fua: boolean) => Promise<void>): Promise<boolean> {
+    const flushing = r.type === P.Cmd.FLUSH;
+    if (!flushing && !this.#inRange(disk, r)) {
+      await this.#error(r, P.Errno.ENOSPC, `${r.length} bytes at ${r.offset} do not fit in the export (${disk.size} bytes)`);
+      return true;
+    }
+    try {
+      await apply(writer, (r.flags & P.CMD_FLAG_FUA) !== 0);
+    } catch (e) {
+      const error = e instanceof Error ? e : new Error(String(e));
+      const full = ["ENOSPC", "EDQUOT"].includes(errorCodeOf(e) ?? "");
+      this.#server.stats.failedWrites++;
+      this.#server.stats.firstWriteFailure ??= error;
+      this.#server.event({ kind: "write failed", client: this.#client, disk: disk.name, what: commandName(r.type), offset: r.offset, length: flushing ? 0 : r.length, error });
+      await this.#error(r, full ? P.Errno.ENOSPC : P.Errno.EIO, full ? "the export's write folder is full" : "the write could not be kept (see the export's log)");
+      return true;
+    }
+    if (r.type === P.Cmd.WRITE) {
+      this.#writes++;
+      this.#written += r.length;
+      this.#server.stats.writes++;
+      this.#server.stats.written += r.length;
+    }
+    await writeAll(this.#wire.socket, P.encodeSimpleReply(0, r.handle));
+    return true;
   }
 
   #inRange(disk: ExportedDisk, r: P.Request): boolean {
@@ -447,6 +500,13 @@ class Connection {
   async #error(r: P.Request, errno: number, message: string): Promise<void> {
     await writeAll(this.#wire.socket, this.#agreed.structured ? P.encodeStructuredError(r.handle, errno, message) : P.encodeSimpleReply(errno, r.handle));
   }
+}
+
+/** What a changing command is called in messages. */
+function commandName(type: number): string {
+  if (type === P.Cmd.WRITE) return "write";
+  if (type === P.Cmd.TRIM) return "trim";
+  return type === P.Cmd.FLUSH ? "flush" : "zeroing";
 }
 
 /** Zeros of a hole, for a simple reply: one buffer of at most 1 MiB, sent as often as needed. */

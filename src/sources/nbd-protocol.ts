@@ -77,7 +77,7 @@ export const STATE_ZERO = 2;
 export const BASE_ALLOCATION = "base:allocation";
 
 /** Errno values on the wire (the protocol's own numbering, Linux's values). */
-export const Errno = { EPERM: 1, EIO: 5, ENOMEM: 12, EINVAL: 22, EOVERFLOW: 75, ENOTSUP: 95, ESHUTDOWN: 108 } as const;
+export const Errno = { EPERM: 1, EIO: 5, ENOMEM: 12, ENOSPC: 28, EINVAL: 22, EOVERFLOW: 75, ENOTSUP: 95, ESHUTDOWN: 108 } as const;
 
 /** Bytes of a request header, of a structured reply chunk's header, of an option header. */
 export const REQUEST_BYTES = 28;
@@ -309,6 +309,7 @@ export const OLDSTYLE_MAGIC = 0x00420281861253n;
 /** More transmission flags: what the server lets the client send. */
 export const TX_SEND_FLUSH = 1 << 2;
 export const TX_SEND_FUA = 1 << 3;
+export const TX_SEND_TRIM = 1 << 5;
 export const TX_SEND_WRITE_ZEROES = 1 << 6;
 
 /** Command flags: forced unit access (writes), and "do not punch a hole" (write zeroes). */
@@ -328,11 +329,8 @@ export const REP_ERR_BIT = 0x80000000;
 export const SIMPLE_REPLY_BYTES = 16;
 export const OPTION_REPLY_HEADER_BYTES = 20;
 
-/** The wire's errno values by name: Errno's and ENOSPC, which a write past the space left gets. */
-const ERRNO_NAMES: ReadonlyMap<number, string> = new Map([
-  ...Object.entries(Errno).map(([name, n]) => [n, name] as const),
-  [28, "ENOSPC"],
-]);
+/** The wire's errno values by name. */
+const ERRNO_NAMES: ReadonlyMap<number, string> = new Map(Object.entries(Errno).map(([name, n]) => [n, name] as const));
 
 /** "EIO" for 5; "E<number>" for a value the protocol does not name. */
 export function errnoName(errno: number): string {

@@ -1,5 +1,6 @@
 import { promises as fsp } from "node:fs";
 import path from "node:path";
+import { syncDir } from "../util/durable.js";
 import { errorCodeOf, StorageError } from "../errors.js";
 import { nativeHelper } from "../util/native.js";
 import type { ObjectWriter } from "./types.js";
@@ -87,14 +88,5 @@ export class FsObjectWriter implements ObjectWriter {
     if (this.#busy) throw new Error("object writer calls must not overlap");
     this.#busy = true;
     return this.#handle;
-  }
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const handle = await fsp.open(dir, "r");
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }

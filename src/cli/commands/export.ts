@@ -14,7 +14,7 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
   const exp = program.command("export").description("serve a snapshot to other programs (every export needs a reason)");
   exp
     .command("nbd")
-    .description("serve a snapshot's disks read-only over NBD until stopped (Ctrl-C or SIGTERM): boot a VM from them, or copy them with qemu-img or nbdcopy")
+    .description("serve a snapshot's disks over NBD until stopped (Ctrl-C or SIGTERM), read-only or with --write-dir writable: boot a VM from them, or copy them with qemu-img or nbdcopy")
     .argument("<snapshot>", "snapshot id, unique id prefix, or `latest`")
     .requiredOption("--reason <text>", "why (kept in the audit trail)")
     .option("--vm <name>", "pick among this VM's snapshots")
@@ -25,6 +25,7 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
     .option("--tls-x509-dir <dir>", `require TLS with the X.509 certificate of this folder (${X509_FILES.ca}, ${X509_FILES.cert}, ${X509_FILES.key}, optionally ${X509_FILES.crl}: QEMU's tls-creds-x509 layout; the key readable by its owner only): only clients showing a certificate its CA signed connect, and the disks cross the wire encrypted`)
     .option("--allow-remote", "allow a --listen address other than loopback (without --tls-psk-file or --tls-x509-dir, NBD sends the disks as plaintext to anyone who can connect)")
     .option("--once", "stop once the first client has disconnected")
+    .option("--write-dir <dir>", "serve the disks writable: what clients write is kept in this folder (made if missing; DISK.writes and DISK.map), never in the repository, and taken up again by the next export of the same snapshot with this folder")
     .option("--overlay-dir <dir>", "make a qcow2 overlay backed by the export for each disk in this folder (DISK.qcow2), for a VM to run on: its writes stay there; for a libvirt domain's snapshot, also the domain's definition naming them (DOMAIN.xml)")
     .option("--domain-name <name>", "with --overlay-dir: name the definition so, without its UUID and MAC addresses, to run it beside the original")
     .option("--define", "with --overlay-dir: define the domain in libvirt (virsh define), ready to start")
@@ -36,6 +37,7 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
       if (opts.listen !== undefined && opts.socket !== undefined) throw new UsageError("give --listen or --socket, not both");
       if (opts.overlayDir === undefined && (opts.domainName !== undefined || opts.define === true)) throw new UsageError("--domain-name and --define go with --overlay-dir (the domain runs on the overlays)");
       if (opts.libvirtUri !== undefined && opts.define !== true) throw new UsageError("--libvirt-uri goes with --define");
+      if (opts.writeDir !== undefined && opts.overlayDir !== undefined) throw new UsageError("give --write-dir or --overlay-dir, not both", "with --write-dir the VM writes into the export itself and needs no overlay");
       const listen: ExportAddress = opts.socket !== undefined ? { socket: opts.socket } : parseListen(opts.listen ?? `127.0.0.1:${NBD_PORT}`);
       if (opts.tlsPskFile !== undefined && opts.tlsX509Dir !== undefined) throw new UsageError("give --tls-psk-file or --tls-x509-dir, not both");
       // Checked before the unlock (a file or key others may read is refused), and read again while the export runs.
@@ -52,6 +54,7 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
           allowRemote: opts.allowRemote === true,
           once: opts.once === true,
           ...(opts.overlayDir === undefined ? {} : { overlayDir: opts.overlayDir }),
+          ...(opts.writeDir === undefined ? {} : { writeDir: opts.writeDir }),
           ...(opts.domainName === undefined ? {} : { domainName: opts.domainName }),
           ...(opts.define === true ? { define: true } : {}),
           ...(opts.libvirtUri === undefined ? {} : { libvirtUri: opts.libvirtUri }),
@@ -63,7 +66,8 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
         });
         if (ctx.json) process.stdout.write(`${terminalJson(r, 0)}\n`);
         else {
-          ctx.out(`export stopped: ${plural(r.connections, "connection")}, ${plural(r.reads, "read")}, ${formatBytes(r.bytes)} served`);
+          const written = r.writeCount === undefined ? "" : `, ${plural(r.writeCount, "write")} (${formatBytes(r.written ?? 0)}) kept in ${r.writes?.dir ?? "the write folder"}`;
+          ctx.out(`export stopped: ${plural(r.connections, "connection")}, ${plural(r.reads, "read")}, ${formatBytes(r.bytes)} served${written}`);
           if (r.revoked !== undefined) ctx.out(`sessions ended when their key left the key file: ${r.revoked.join(", ")}`);
           if (r.overlays !== undefined && r.overlays.length > 0) ctx.out(`the overlays (${r.overlays.map((x) => x.path).join(", ")}) hold what the VM wrote and read the rest from the export: export the same snapshot on the same address to run the VM again`);
         }
@@ -92,8 +96,12 @@ function printListening(ctx: CliContext, l: ExportListening, once: boolean): voi
     return;
   }
   const until = once ? "until its first client disconnects" : "until stopped (Ctrl-C or SIGTERM)";
-  ctx.out(`exporting snapshot ${l.snapshotId} of VM ${l.vm} read-only over NBD at ${l.address}, ${until}`);
-  for (const x of l.exports) ctx.out(`  ${x.name}  ${formatBytes(x.size)}  ${x.uri}`);
+  const how = l.writes === undefined ? "read-only" : `writable (writes kept in ${l.writes.dir}, not in the repository)`;
+  ctx.out(`exporting snapshot ${l.snapshotId} of VM ${l.vm} ${how} over NBD at ${l.address}, ${until}`);
+  for (const x of l.exports) {
+    const earlier = l.writes?.disks.find((w) => w.disk === x.name)?.earlierBytes ?? 0;
+    ctx.out(`  ${x.name}  ${formatBytes(x.size)}  ${x.uri}${earlier === 0 ? "" : `  (goes on with ${formatBytes(earlier)} changed by an earlier export)`}`);
+  }
   for (const x of l.overlays ?? []) ctx.out(`  ${x.path}  (qcow2 overlay of ${x.disk}: the VM's writes go there)`);
   const d = l.domain;
   if (d !== undefined) ctx.out(d.defined ? `  ${d.path}  (libvirt domain ${d.name} on the overlays, defined: virsh start ${d.name})` : `  ${d.path}  (libvirt domain ${d.name} on the overlays: virsh define ${d.path})`);
@@ -108,6 +116,7 @@ interface ExportCliOptions {
   allowRemote?: boolean;
   once?: boolean;
   overlayDir?: string;
+  writeDir?: string;
   domainName?: string;
   define?: boolean;
   libvirtUri?: string;
@@ -122,14 +131,18 @@ function eventLine(e: NbdEvent): string {
       return `client ${e.client} connected`;
     case "opened":
       return `client ${e.client}${e.identity === undefined ? "" : ` (TLS identity ${e.identity})`} reads ${e.disk}`;
-    case "closed":
-      return `client ${e.client} disconnected after ${plural(e.reads, "read")} (${formatBytes(e.bytes)})${e.error === undefined ? "" : `: ${e.error}`}`;
+    case "closed": {
+      const writes = e.writes === undefined ? "" : ` and ${plural(e.writes, "write")} (${formatBytes(e.written ?? 0)})`;
+      return `client ${e.client} disconnected after ${plural(e.reads, "read")} (${formatBytes(e.bytes)})${writes}${e.error === undefined ? "" : `: ${e.error}`}`;
+    }
     case "refused":
       return `client ${e.client} turned away: ${e.reason}`;
     case "tls files":
       return e.error === undefined
         ? `read the ${e.what} of ${e.path} again (${e.changed.join(", ")} changed): new clients are checked against them`
         : `warning: the ${e.what} of ${e.path} changed (${e.changed.join(", ")}) and cannot be used, so new clients are turned away until they are mended: ${e.error}`;
+    case "write failed":
+      return `warning: a ${e.what} of ${e.disk}${e.length === 0 ? "" : ` (${e.length} bytes at ${e.offset})`} by ${e.client} failed and was answered with an error: ${e.error.message}`;
     case "read failed":
       return `warning: a read of ${e.disk} (${e.length} bytes at ${e.offset}) by ${e.client} failed and was answered with EIO: ${e.error.message}`;
   }
