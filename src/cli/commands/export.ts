@@ -62,7 +62,7 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
           ...(tlsX509 === undefined ? {} : { tlsX509 }),
           signal: interrupts.cancellable("; the export stopped without recording its outcome"),
           onListening: (l) => printListening(ctx, l, opts.once === true),
-          onEvent: (e) => ctx.warn(eventLine(e)),
+          onEvent: (e) => ctx.warn(eventLine(e, opts.writeDir !== undefined)),
         });
         if (ctx.json) process.stdout.write(`${terminalJson(r, 0)}\n`);
         else {
@@ -125,12 +125,12 @@ interface ExportCliOptions {
 }
 
 
-function eventLine(e: NbdEvent): string {
+function eventLine(e: NbdEvent, writable: boolean): string {
   switch (e.kind) {
     case "connected":
       return `client ${e.client} connected`;
     case "opened":
-      return `client ${e.client}${e.identity === undefined ? "" : ` (TLS identity ${e.identity})`} reads ${e.disk}`;
+      return `client ${e.client}${e.identity === undefined ? "" : ` (TLS identity ${e.identity})`} ${writable ? "reads and writes" : "reads"} ${e.disk}`;
     case "closed": {
       const writes = e.writes === undefined ? "" : ` and ${plural(e.writes, "write")} (${formatBytes(e.written ?? 0)})`;
       return `client ${e.client} disconnected after ${plural(e.reads, "read")} (${formatBytes(e.bytes)})${writes}${e.error === undefined ? "" : `: ${e.error}`}`;
