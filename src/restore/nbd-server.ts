@@ -397,7 +397,11 @@ class Connection {
    */
   async #change(disk: ExportedDisk, writer: DiskWriter, r: P.Request, apply: (w: DiskWriter, fua: boolean) => Promise<void>): Promise<boolean> {
     const flushing = r.type === P.Cmd.FLUSH;
-    if (!flushing && !this.#inRange(disk, r)) {
+    if (!flushing && r.length === 0) {
+      await this.#error(r, P.Errno.EINVAL, "a request of 0 bytes");
+      return true;
+    }
+    if (!flushing && r.offset + r.length > disk.size) {
       await this.#error(r, P.Errno.ENOSPC, `${r.length} bytes at ${r.offset} do not fit in the export (${disk.size} bytes)`);
       return true;
     }

@@ -122,12 +122,12 @@ function exited(child: ChildProcess): Promise<{ code: number | null; signal: Nod
   return new Promise((resolve) => child.once("close", (code, signal) => resolve({ code, signal })));
 }
 
-/** Boots QEMU (TCG only: /dev/kvm here is a nested kvm-pvm that hangs guests) and returns the serial console's output once the guest powered off. */
-async function boot(disk: string): Promise<{ serial: string; code: number | null; ms: number }> {
+/** Boots QEMU (TCG only: /dev/kvm here is a nested kvm-pvm that hangs guests) from this -drive and returns the serial console's output once the guest powered off. */
+async function boot(drive: string): Promise<{ serial: string; code: number | null; ms: number }> {
   const t0 = Date.now();
   const qemu = spawn(
     "qemu-system-x86_64",
-    ["-accel", "tcg", "-m", "256", "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio", "-drive", `file=${disk},format=qcow2,if=virtio`],
+    ["-accel", "tcg", "-m", "256", "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio", "-drive", `${drive},if=virtio`],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
   started.push(qemu);
@@ -197,7 +197,7 @@ describe.skipIf(skipReason !== undefined)(`a VM boots from a snapshot served by 
     const overlay = path.join(work, "overlay.qcow2");
     run("qemu-img", ["create", "-q", "-f", "qcow2", "-b", disk.uri, "-F", "raw", overlay]);
 
-    const { serial, code, ms } = await boot(overlay);
+    const { serial, code, ms } = await boot(`file=${overlay},format=qcow2`);
     expect(code, `QEMU exited after ${ms} ms; serial console:\n${serial}`).toBe(0);
     expect(serial).toContain("VMVAULT-GUEST: BOOT-OK");
     expect(serial).toContain("VMVAULT-GUEST: POWEROFF");
@@ -248,5 +248,50 @@ describe.skipIf(skipReason !== undefined)(`a VM boots from a snapshot served by 
       ["succeeded", "boot test"],
     ]);
     expect(records[1]?.target).toMatchObject({ address: listening.address, connections: result.connections, reads: result.reads, bytes: result.bytes });
+  }, 180_000);
+
+  it("boots straight from a writable export (--write-dir): the guest's write lands in the folder, and the backup stays as it was", async () => {
+    const out = path.join(work, "tiny-vm-2");
+    run("sh", [path.join(ROOT, "scripts/tiny-vm.sh"), "build", out], { ...process.env, TINY_VM_CACHE: CACHE }, 240_000);
+    const tiny = JSON.parse(await fsp.readFile(path.join(out, "boot.json"), "utf8")) as TinyVm;
+    const original = await fsp.readFile(tiny.image);
+    const { repo, v } = await initCliRepo(path.join(work, "repo-2"));
+    const backup = await v(["backup", "--vm", "tiny", tiny.image]);
+    expect(backup.code, backup.stderr).toBe(0);
+    rmSync(path.dirname(tiny.image), { recursive: true, force: true });
+
+    const writes = path.join(work, "writes");
+    let exportErr = "";
+    const exp = startCli(["--repo", repo, "--user", "admin", "--json", "export", "nbd", "latest", "--reason", "instant recovery", "--listen", "127.0.0.1:0", "--write-dir", writes], {
+      env: { VMVAULT_STATE_DIR: `${repo}-state` },
+    });
+    started.push(exp);
+    exp.stderr?.on("data", (d: Buffer) => (exportErr += d.toString()));
+    let exportOut = "";
+    exp.stdout?.on("data", (d: Buffer) => (exportOut += d.toString()));
+    const listening = JSON.parse(await firstLine(exp, () => exportErr, 30_000)) as Listening;
+    const disk = listening.exports[0] as Listening["exports"][number];
+
+    // No overlay: QEMU opens the export itself, read-write.
+    const { serial, code, ms } = await boot(`file=${disk.uri},format=raw`);
+    expect(code, `QEMU exited after ${ms} ms; serial console:\n${serial}`).toBe(0);
+    expect(serial).toContain("VMVAULT-GUEST: BOOT-OK");
+    const sum = /VMVAULT-GUEST: sha256 \/dev\/vda offset=(\d+) length=(\d+) ([0-9a-f]{64})/.exec(serial);
+    expect(sum?.[3]).toBe(sha256(original.subarray(tiny.hashOffset, tiny.hashOffset + tiny.hashBytes)));
+    const wrote = /VMVAULT-GUEST: wrote (VMVAULT-GUEST-WROTE [0-9a-f-]{36}) at offset=(\d+)/.exec(serial);
+    expect(wrote, serial).not.toBeNull();
+
+    exp.kill("SIGTERM");
+    expect(await exited(exp), exportErr).toEqual({ code: 0, signal: null });
+    const result = JSON.parse(exportOut.trim().split("\n")[1] as string) as ExportResult & { writeCount: number };
+    expect(result.writeCount).toBeGreaterThan(0);
+    // The sector is in the folder's writes file, at its offset in the disk.
+    const sector = await readRange(path.join(writes, "boot.img.writes"), tiny.markerOffset, 512);
+    expect(sector.toString("latin1").split("\n")[0]).toBe(wrote?.[1]);
+    // The backup is the image as it was.
+    const restored = path.join(work, "restored-2");
+    const restore = await v(["restore", "latest", "--target", restored, "--reason", "compare"]);
+    expect(restore.code, restore.stderr).toBe(0);
+    expect(sha256(await fsp.readFile(path.join(restored, "boot.img")))).toBe(sha256(original));
   }, 180_000);
 });

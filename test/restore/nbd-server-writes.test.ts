@@ -22,6 +22,7 @@ const Cmd = { WRITE: 1, FLUSH: 3, TRIM: 4, WRITE_ZEROES: 6 };
 const Opt = { GO: 7 };
 const CMD_FLAG_FUA = 1;
 const ENOSPC = 28;
+const EINVAL = 22;
 
 let stop: (() => Promise<void>) | undefined;
 afterEach(async () => {
@@ -76,7 +77,7 @@ describe("a writable export", () => {
     expect(Buffer.compare(await readAll(dir.disks[0]!.disk), model)).toBe(0);
   });
 
-  it("answers a range past the end with ENOSPC, trims whole blocks, and keeps a read-only disk beside it read-only", async () => {
+  it("answers a range past the end with ENOSPC and an empty one with EINVAL, trims whole blocks, and keeps a read-only disk beside it read-only", async () => {
     const base = snapshotDisk("vda", 4);
     const dir = await WriteDir.open(tmp("writes"), "snap-1", [base]);
     const { port } = await serve(dir);
@@ -90,6 +91,8 @@ describe("a writable export", () => {
     expect((await c.readSimpleReply()).error).toBe(ENOSPC);
     c.request(Cmd.WRITE_ZEROES, base.size, 1);
     expect((await c.readSimpleReply()).error).toBe(ENOSPC);
+    c.request(Cmd.WRITE_ZEROES, 0, 0);
+    expect((await c.readSimpleReply()).error).toBe(EINVAL);
     // A trim of one block and a half: the whole block reads as zeros, the half is left.
     c.request(Cmd.TRIM, WRITE_BLOCK, WRITE_BLOCK + WRITE_BLOCK / 2, { flags: CMD_FLAG_FUA });
     expect((await c.readSimpleReply()).error).toBe(0);
