@@ -117,6 +117,19 @@ function firstLine(child: ChildProcess, stderr: () => string, timeoutMs: number)
   });
 }
 
+/** `export nbd latest --json` on a free port, its output collected; resolves once it listens. */
+async function startExport(repo: string, args: readonly string[]): Promise<{ exp: ChildProcess; listening: Listening; output: { out: string; err: string } }> {
+  const exp = startCli(["--repo", repo, "--user", "admin", "--json", "export", "nbd", "latest", "--listen", "127.0.0.1:0", ...args], {
+    env: { VMVAULT_STATE_DIR: `${repo}-state` },
+  });
+  started.push(exp);
+  const output = { out: "", err: "" };
+  exp.stderr?.on("data", (d: Buffer) => (output.err += d.toString()));
+  exp.stdout?.on("data", (d: Buffer) => (output.out += d.toString()));
+  const listening = JSON.parse(await firstLine(exp, () => output.err, 30_000)) as Listening;
+  return { exp, listening, output };
+}
+
 function exited(child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve({ code: child.exitCode, signal: child.signalCode });
   return new Promise((resolve) => child.once("close", (code, signal) => resolve({ code, signal })));
@@ -178,15 +191,7 @@ describe.skipIf(skipReason !== undefined)(`a VM boots from a snapshot served by 
     rmSync(path.dirname(vm.image), { recursive: true, force: true });
     expect(existsSync(vm.image)).toBe(false);
 
-    let exportErr = "";
-    const exp = startCli(["--repo", repo, "--user", "admin", "--json", "export", "nbd", "latest", "--reason", "boot test", "--listen", "127.0.0.1:0"], {
-      env: { VMVAULT_STATE_DIR: `${repo}-state` },
-    });
-    started.push(exp);
-    exp.stderr?.on("data", (d: Buffer) => (exportErr += d.toString()));
-    let exportOut = "";
-    exp.stdout?.on("data", (d: Buffer) => (exportOut += d.toString()));
-    const listening = JSON.parse(await firstLine(exp, () => exportErr, 30_000)) as Listening;
+    const { exp, listening, output } = await startExport(repo, ["--reason", "boot test"]);
     expect(listening.vm).toBe("tiny");
     expect(listening.exports).toHaveLength(1);
     const disk = listening.exports[0] as Listening["exports"][number];
@@ -229,8 +234,8 @@ describe.skipIf(skipReason !== undefined)(`a VM boots from a snapshot served by 
 
     exp.kill("SIGTERM");
     const stopped = await exited(exp);
-    expect(stopped, exportErr).toEqual({ code: 0, signal: null });
-    const lines = exportOut.trim().split("\n");
+    expect(stopped, output.err).toEqual({ code: 0, signal: null });
+    const lines = output.out.trim().split("\n");
     expect(lines).toHaveLength(2);
     const result = JSON.parse(lines[1] as string) as ExportResult;
     expect(result.snapshotId).toBe(listening.snapshotId);
@@ -261,15 +266,7 @@ describe.skipIf(skipReason !== undefined)(`a VM boots from a snapshot served by 
     rmSync(path.dirname(tiny.image), { recursive: true, force: true });
 
     const writes = path.join(work, "writes");
-    let exportErr = "";
-    const exp = startCli(["--repo", repo, "--user", "admin", "--json", "export", "nbd", "latest", "--reason", "instant recovery", "--listen", "127.0.0.1:0", "--write-dir", writes], {
-      env: { VMVAULT_STATE_DIR: `${repo}-state` },
-    });
-    started.push(exp);
-    exp.stderr?.on("data", (d: Buffer) => (exportErr += d.toString()));
-    let exportOut = "";
-    exp.stdout?.on("data", (d: Buffer) => (exportOut += d.toString()));
-    const listening = JSON.parse(await firstLine(exp, () => exportErr, 30_000)) as Listening;
+    const { exp, listening, output } = await startExport(repo, ["--reason", "instant recovery", "--write-dir", writes]);
     const disk = listening.exports[0] as Listening["exports"][number];
 
     // No overlay: QEMU opens the export itself, read-write.
@@ -282,8 +279,8 @@ describe.skipIf(skipReason !== undefined)(`a VM boots from a snapshot served by 
     expect(wrote, serial).not.toBeNull();
 
     exp.kill("SIGTERM");
-    expect(await exited(exp), exportErr).toEqual({ code: 0, signal: null });
-    const result = JSON.parse(exportOut.trim().split("\n")[1] as string) as ExportResult & { writeCount: number };
+    expect(await exited(exp), output.err).toEqual({ code: 0, signal: null });
+    const result = JSON.parse(output.out.trim().split("\n")[1] as string) as ExportResult & { writeCount: number };
     expect(result.writeCount).toBeGreaterThan(0);
     // The sector is in the folder's writes file, at its offset in the disk.
     const sector = await readRange(path.join(writes, "boot.img.writes"), tiny.markerOffset, 512);
