@@ -1,6 +1,5 @@
 import * as fse from "../util/fsx.js";
 import path from "node:path";
-import { promises as fsp } from "node:fs";
 import { InterruptedError, NotFoundError, UsageError, type Damage } from "../errors.js";
 import { Compressor } from "../compress/compressor.js";
 import { shownPath } from "../format/names.js";
@@ -26,6 +25,7 @@ import { folderEntries, includeMatches, includeSpellings, restoreFolder, selectI
 import { checkTarget, exists, findPartials, partialBeside, targetError, targetExistsError } from "./targets.js";
 import { XattrTally, type XattrSkip } from "../util/xattrs.js";
 import { xattrExcluder } from "../sources/exclude.js";
+import { replaceFile } from "../util/durable.js";
 
 export interface RestoreOptions {
   readonly snapshot: string;
@@ -327,18 +327,9 @@ function restoredDomainXml(record: SnapshotRecord, plan: Plan, format: "raw" | "
 
 /** Writes the definition under a temporary name, makes it durable, then renames it into place (mode 0600: it may hold graphics passwords). */
 async function writeDomainFile(dest: string, xml: string): Promise<void> {
-  const temp = partialBeside(dest) as string;
   try {
-    const handle = await fsp.open(temp, "wx", 0o600);
-    try {
-      await handle.writeFile(xml, "utf8");
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await fsp.rename(temp, dest);
+    await replaceFile(dest, xml, 0o600, partialBeside(dest) as string);
   } catch (e) {
-    await fsp.rm(temp, { force: true });
     throw targetError(dest, e);
   }
 }

@@ -12,14 +12,14 @@ export async function syncDir(dir: string): Promise<void> {
 }
 
 /**
- * Replaces a file whole and durably: the bytes go to a file beside it (this process's, mode as
- * given), which is synced and renamed over it, and the folder synced. A crash leaves the old
- * file or the new one, never a mix; a failure removes the file beside it.
+ * Replaces a file whole and durably: the bytes go to a new file beside it (`partial`, by default
+ * named after this process; mode as given), which is synced and renamed over it, and the folder
+ * synced. A crash leaves the old file or the new one, never a mix; a failure removes the file
+ * beside it.
  */
-export async function replaceFile(file: string, bytes: Uint8Array, mode: number): Promise<void> {
-  const partial = `${file}.${process.pid}.partial`;
+export async function replaceFile(file: string, bytes: Uint8Array | string, mode: number, partial = `${file}.${process.pid}.partial`): Promise<void> {
   try {
-    const handle = await fsp.open(partial, "w", mode);
+    const handle = await fsp.open(partial, "wx", mode);
     try {
       await handle.writeFile(bytes);
       await handle.sync();
