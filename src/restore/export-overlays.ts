@@ -2,14 +2,21 @@ import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { SourceError, UsageError } from "../errors.js";
 import { domainFileName, type DiskSource, type SnapshotDomain } from "../format/snapshot.js";
-import { assertDomainName, rewriteKeptDomain } from "../sources/domain.js";
+import { assertDomainName, rewriteKeptDomain, type NbdDiskSource } from "../sources/domain.js";
 import { defineLibvirtDomain } from "../sources/libvirt.js";
 import { runTool, ToolFailed } from "../sources/tools.js";
+import { replaceFile } from "../util/durable.js";
 
-/** What `export nbd --overlay-dir` makes besides the export: a qcow2 overlay per disk, and the domain that runs on them. */
+/**
+ * What `export nbd` makes for a VM to run on besides the export: with `--overlay-dir`, a qcow2
+ * overlay per disk and the domain on them; with `--write-dir`, the domain on the writable
+ * export's disks themselves.
+ */
 export interface OverlayRequest {
   /** An existing folder for the overlays (and the domain definition). */
-  readonly overlayDir: string;
+  readonly overlayDir?: string;
+  /** The writable export's folder: the domain definition goes there. */
+  readonly writeDir?: string;
   /** The definition's new name, without its UUID and MAC addresses, so it runs beside the original. */
   readonly domainName?: string;
   /** Define the domain in libvirt (`virsh define`) at libvirtUri (default: virsh's). */
@@ -18,9 +25,9 @@ export interface OverlayRequest {
 }
 
 export interface MadeOverlays {
-  /** Each exported disk's overlay: a qcow2 image backed by the disk's NBD URI. */
-  readonly overlays: readonly { readonly disk: string; readonly path: string }[];
-  /** The snapshot's domain definition naming the overlays (a whole snapshot that keeps one). */
+  /** Each exported disk's overlay: a qcow2 image backed by the disk's NBD URI (--overlay-dir). */
+  readonly overlays?: readonly { readonly disk: string; readonly path: string }[];
+  /** The snapshot's domain definition naming the overlays, or the export's disks (a whole snapshot that keeps one). */
   readonly domain?: { readonly name: string; readonly path: string; readonly defined: boolean };
 }
 
@@ -30,32 +37,44 @@ interface Planned {
 }
 
 /** Checks that go with the options alone, before anything is opened. */
-export function checkOverlayRequest(o: Partial<OverlayRequest>): void {
-  if (o.overlayDir === undefined && (o.domainName !== undefined || o.define === true || o.libvirtUri !== undefined)) {
-    throw new UsageError("--domain-name, --define and --libvirt-uri go with --overlay-dir (the domain runs on the overlays)");
+export function checkOverlayRequest(o: OverlayRequest, tls: boolean): void {
+  if (o.writeDir !== undefined && o.overlayDir !== undefined) throw new UsageError("give --write-dir or --overlay-dir, not both", "with --write-dir the VM writes into the export itself and needs no overlay");
+  if (o.overlayDir === undefined && o.writeDir === undefined && (o.domainName !== undefined || o.define === true || o.libvirtUri !== undefined)) {
+    throw new UsageError("--domain-name, --define and --libvirt-uri go with --overlay-dir or --write-dir (the domain runs on the overlays, or on the writable export)");
   }
   if (o.libvirtUri !== undefined && o.define !== true) throw new UsageError("a libvirt URI goes with defining the domain (--define)");
   if (o.domainName !== undefined) assertDomainName(o.domainName);
+  if (tls && o.overlayDir !== undefined) {
+    throw new UsageError("--overlay-dir does not go with TLS: a qcow2 overlay cannot name the TLS credentials QEMU would need to reach the export", "give --write-dir for a VM to run from a TLS export, or export on a Unix socket (--socket) or loopback without TLS");
+  }
+  if (tls && o.writeDir !== undefined && (o.domainName !== undefined || o.define === true)) {
+    throw new UsageError("--domain-name and --define do not go with TLS: the definition cannot name the export's TLS credentials", "export without TLS on this host (loopback or --socket) for a domain defined here");
+  }
 }
 
 /**
  * Where the overlays and the definition go, checked before the export listens: the folder
- * exists, nothing there has their names, and a renamed or defined domain needs the snapshot's
- * definition and all its disks.
+ * exists, nothing there has the overlays' names (nor the definition's, beside overlays), and a
+ * renamed or defined domain needs the snapshot's definition and all its disks. Beside a writable
+ * export (writeDir, made by then) only the definition is planned, written anew at each export:
+ * the export's address may differ.
  */
 export async function planOverlays(o: OverlayRequest, disks: readonly DiskSource[], whole: boolean, domain: SnapshotDomain | undefined): Promise<Planned> {
-  const dir = path.resolve(o.overlayDir);
+  const given = o.overlayDir ?? o.writeDir;
+  if (given === undefined) throw new Error("no folder to plan overlays in");
+  const dir = path.resolve(given);
   const stat = await fsp.stat(dir).catch(() => undefined);
-  if (stat?.isDirectory() !== true) throw new UsageError(`--overlay-dir ${o.overlayDir} is not a folder`, "create it first (the VM's QEMU must be able to reach it)");
+  if (stat?.isDirectory() !== true) throw new UsageError(`--overlay-dir ${given} is not a folder`, "create it first (the VM's QEMU must be able to reach it)");
   if ((o.domainName !== undefined || o.define === true) && (domain === undefined || !whole)) {
     throw new UsageError(domain === undefined ? "--domain-name and --define go with a libvirt domain's snapshot; this snapshot keeps no domain definition" : "--domain-name and --define go with an export of every disk (the definition names them all)");
   }
-  const overlays = disks.map((disk) => ({ disk, path: path.join(dir, `${disk.name}.qcow2`) }));
+  const overlays = o.overlayDir === undefined ? [] : disks.map((disk) => ({ disk, path: path.join(dir, `${disk.name}.qcow2`) }));
   const planned: Planned = {
     overlays,
     ...(domain === undefined || !whole ? {} : { domain: { source: domain, name: o.domainName ?? domain.name, path: path.join(dir, domainFileName(o.domainName ?? domain.name)) } }),
   };
-  for (const p of [...overlays.map((x) => x.path), ...(planned.domain === undefined ? [] : [planned.domain.path])]) {
+  const mustBeNew = [...overlays.map((x) => x.path), ...(planned.domain === undefined || o.overlayDir === undefined ? [] : [planned.domain.path])];
+  for (const p of mustBeNew) {
     if (await fsp.lstat(p).then(() => true, () => false)) throw new UsageError(`${p} exists`, "remove it, or give another --overlay-dir");
   }
   return planned;
@@ -63,29 +82,38 @@ export async function planOverlays(o: OverlayRequest, disks: readonly DiskSource
 
 /**
  * Makes the overlays (qcow2, backed by each disk's NBD URI, so the VM's writes stay in them and
- * the backup is left as it was) and the definition naming them, defined in libvirt when asked.
- * What it made is removed again when a step fails.
+ * the backup is left as it was), or for a writable export takes its disks' NBD sources, and the
+ * definition naming them, defined in libvirt when asked. What it made is removed again when a
+ * step fails.
  */
-export async function makeOverlays(planned: Planned, o: Pick<OverlayRequest, "define" | "libvirtUri">, uris: ReadonlyMap<string, string>, snapshotKey: string): Promise<MadeOverlays> {
+export async function makeOverlays(planned: Planned, o: OverlayRequest, served: ReadonlyMap<string, { readonly uri: string; readonly nbd: NbdDiskSource }>, snapshotKey: string): Promise<MadeOverlays> {
   const made: string[] = [];
   const overlays = planned.overlays.map((x) => ({ disk: x.disk.name, path: x.path }));
+  const at = (disk: string): { readonly uri: string; readonly nbd: NbdDiskSource } => {
+    const s = served.get(disk);
+    if (s === undefined) throw new Error(`no NBD address for disk ${disk}`);
+    return s;
+  };
   try {
     for (const { disk, path: file } of planned.overlays) {
-      const uri = uris.get(disk.name);
-      if (uri === undefined) throw new Error(`no URI for disk ${disk.name}`);
       // -u: qemu-img does not open the backing image (the size is given).
-      await qemuImg(["create", "-q", "-f", "qcow2", "-u", "-b", uri, "-F", "raw", file, String(disk.size)]);
+      await qemuImg(["create", "-q", "-f", "qcow2", "-u", "-b", at(disk.name).uri, "-F", "raw", file, String(disk.size)]);
       made.push(file);
       // The VM's writes land here: the owner's alone (libvirt gives its QEMU the file when it starts the VM).
       await fsp.chmod(file, 0o600);
     }
-    if (planned.domain === undefined) return { overlays };
+    const result = o.overlayDir === undefined ? {} : { overlays };
+    if (planned.domain === undefined) return result;
     const d = planned.domain;
-    const xml = rewriteKeptDomain(snapshotKey, d.source.xml, { disks: new Map(overlays.map((x) => [x.disk, x.path])), format: "qcow2", ...(d.name === d.source.name ? {} : { name: d.name }) });
-    await fsp.writeFile(d.path, xml, { mode: 0o600, flag: "wx" });
+    const rename = d.name === d.source.name ? {} : { name: d.name };
+    const xml = o.overlayDir !== undefined
+      ? rewriteKeptDomain(snapshotKey, d.source.xml, { disks: new Map(overlays.map((x) => [x.disk, x.path])), format: "qcow2", ...rename })
+      : rewriteKeptDomain(snapshotKey, d.source.xml, { disks: new Map([...served.keys()].map((name) => [name, at(name).nbd])), format: "raw", ...rename });
+    if (o.overlayDir !== undefined) await fsp.writeFile(d.path, xml, { mode: 0o600, flag: "wx" });
+    else await replaceFile(d.path, xml, 0o600);
     made.push(d.path);
     if (o.define === true) await defineLibvirtDomain(d.path, o.libvirtUri, "the export did not start: ");
-    return { overlays, domain: { name: d.name, path: d.path, defined: o.define === true } };
+    return { ...result, domain: { name: d.name, path: d.path, defined: o.define === true } };
   } catch (e) {
     await Promise.all(made.map((f) => fsp.rm(f, { force: true })));
     throw e;

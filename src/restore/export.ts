@@ -14,6 +14,7 @@ import { PskFile, type NbdTls, type PskFileKeys, type PskKeys } from "./nbd-tls.
 import type { FilesChange } from "../util/reread.js";
 import { certificateNameProblem, X509Folder, type X509Credentials } from "./nbd-x509.js";
 import { WriteDir } from "./write-dir.js";
+import type { NbdDiskSource } from "../sources/domain.js";
 
 /** Where the export listens: a TCP address, or a Unix socket (made with mode 0600). */
 export type ExportAddress = { readonly host: string; readonly port: number } | { readonly socket: string };
@@ -127,11 +128,7 @@ export async function exportNbd(repo: Repository, o: ExportOptions): Promise<Exp
   if (o.tlsKeys !== undefined && o.tlsX509 !== undefined) throw new UsageError("give --tls-psk-file or --tls-x509-dir, not both");
   const withTls = o.tlsKeys !== undefined || o.tlsX509 !== undefined;
   checkAddress(listen, o.allowRemote === true, withTls);
-  checkOverlayRequest(o);
-  if (o.writeDir !== undefined && o.overlayDir !== undefined) throw new UsageError("give --write-dir or --overlay-dir, not both", "with --write-dir the VM writes into the export itself and needs no overlay");
-  if (withTls && o.overlayDir !== undefined) {
-    throw new UsageError("--overlay-dir does not go with TLS: a qcow2 overlay cannot name the TLS credentials QEMU would need to reach the export", "export on a Unix socket (--socket) or loopback for a VM on this host, without --tls-psk-file or --tls-x509-dir");
-  }
+  checkOverlayRequest(o, withTls);
   const request = contentsRequest([o.snapshot], { ...o, paths: [] });
   const target = {
     address: shownAddress(listen),
@@ -155,12 +152,19 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
   if (all.length === 0) throw new UsageError(`snapshot ${record.header.id} holds no disk image to export`, "restore its folders instead");
   const chosen = o.disk === undefined ? all : all.filter((d) => d.name === o.disk);
   if (chosen.length === 0) throw noDiskNamed(o.disk ?? "", all);
-  const overlayDir = o.overlayDir;
-  const planned = overlayDir === undefined ? undefined : await planOverlays({ ...o, overlayDir }, chosen, chosen.length === all.length, body?.domain);
   const reader = await opened.reader();
   const snapshotDisks = chosen.map((d) => new SnapshotDisk(d, reader, record.key, o.cacheBytes === undefined ? {} : { cacheBytes: o.cacheBytes }));
   const writes = o.writeDir === undefined ? undefined : await WriteDir.open(o.writeDir, record.header.id, snapshotDisks);
   const disks = writes === undefined ? snapshotDisks : writes.disks.map((w) => w.disk);
+  let planned: Awaited<ReturnType<typeof planOverlays>> | undefined;
+  try {
+    const whole = chosen.length === all.length;
+    if (o.overlayDir !== undefined) planned = await planOverlays(o, chosen, whole, body?.domain);
+    else if (writes !== undefined) planned = await planOverlays({ ...o, writeDir: writes.dir }, chosen, whole, body?.domain);
+  } catch (e) {
+    await writes?.close();
+    throw e;
+  }
   const tls = tlsOf(o);
   const server = new NbdServer(disks, {
     ...(o.maxConnections === undefined ? {} : { maxConnections: o.maxConnections }),
@@ -186,7 +190,8 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
   if (nameProblem !== undefined) listening = { ...listening, warnings: [nameProblem] };
   try {
     if (planned !== undefined) {
-      const made = await makeOverlays(planned, o, new Map(listening.exports.map((x) => [x.name, x.uri])), record.key);
+      const served = new Map(listening.exports.map((x) => [x.name, { uri: x.uri, nbd: { export: x.name, at: reachedAt(listen, listening.address) } }]));
+      const made = await makeOverlays(planned, writes === undefined ? o : { ...o, writeDir: writes.dir }, served, record.key);
       listening = { ...listening, ...made };
     }
     o.onListening?.(listening);
@@ -292,6 +297,14 @@ async function listenOn(server: NbdServer, at: ExportAddress): Promise<string> {
     if (code === "EACCES") throw new StorageError(`cannot listen on ${where}: permission denied`, e);
     throw new StorageError(`cannot listen on ${where}: ${(e as Error).message}`, e);
   }
+}
+
+/** Where a VM on this host reaches the export: the address bound, loopback for "any address", or the socket. */
+function reachedAt(listen: ExportAddress, bound: string): NbdDiskSource["at"] {
+  if ("socket" in listen) return { socket: bound };
+  const port = Number(bound.slice(bound.lastIndexOf(":") + 1));
+  const host = listen.host === "0.0.0.0" ? "127.0.0.1" : listen.host === "::" ? "::1" : listen.host;
+  return { host, port };
 }
 
 function shownAddress(a: ExportAddress): string {

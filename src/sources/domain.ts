@@ -1,6 +1,6 @@
 import { IntegrityError, UsageError } from "../errors.js";
 import { domainFileName, sourceNameProblem } from "../format/snapshot.js";
-import { attribute, child, childrenNamed, escapeText, parseXml, XmlEdits, XmlError, type XmlElement } from "./xml.js";
+import { attribute, child, childrenNamed, escapeAttribute, escapeText, parseXml, XmlEdits, XmlError, type XmlElement } from "./xml.js";
 
 /**
  * libvirt domain definitions (the XML `virsh dumpxml` writes): which disks a VM has, read for a
@@ -97,9 +97,19 @@ export function parseDomain(xml: string, given = "the domain definition"): Domai
   return { name, uuid: child(root, "uuid")?.text.trim(), disks, leftOut, xml };
 }
 
+/** A disk served over NBD (a writable export), as a domain's network disk names it. */
+export interface NbdDiskSource {
+  /** The export's name. */
+  readonly export: string;
+  readonly at: { readonly host: string; readonly port: number } | { readonly socket: string };
+}
+
 export interface DomainRewrite {
-  /** Each restored disk's target device and the path its image was restored to (a file). */
-  readonly disks: ReadonlyMap<string, string>;
+  /**
+   * Each rewritten disk's target device and where it now is: the path its image was restored
+   * to (a file), or an NBD export (a network disk, raw, its backing chain dropped).
+   */
+  readonly disks: ReadonlyMap<string, string | NbdDiskSource>;
   /**
    * A new name for the domain, so the restored VM can be defined beside the original: the UUID
    * and the network interfaces' MAC addresses are removed as well, and libvirt makes new ones.
@@ -127,6 +137,10 @@ export function rewriteDomain(xml: string, r: DomainRewrite): string {
     const target = targetElement === undefined ? undefined : attribute(targetElement, "dev");
     const restored = target === undefined ? undefined : r.disks.get(target);
     if (restored === undefined) continue;
+    if (typeof restored !== "string") {
+      toNetworkDisk(xml, edits, disk, target ?? "", restored);
+      continue;
+    }
     const type = disk.attributes.find((a) => a.name === "type");
     if (type !== undefined && type.value !== "file") edits.setAttribute(type, "file");
     const source = child(disk, "source");
@@ -152,6 +166,20 @@ export function rewriteDomain(xml: string, r: DomainRewrite): string {
     }
   }
   return edits.apply(xml);
+}
+
+/** A disk made an NBD network disk: `type='network'`, its source the export, raw, and no backing chain. */
+function toNetworkDisk(xml: string, edits: XmlEdits, disk: XmlElement, target: string, nbd: NbdDiskSource): void {
+  const type = disk.attributes.find((a) => a.name === "type");
+  if (type !== undefined) edits.setAttribute(type, "network");
+  else edits.replace(disk.start + "<disk".length, disk.start + "<disk".length, " type='network'");
+  const source = child(disk, "source");
+  if (source === undefined) throw new XmlError(`disk ${target} has no source to rewrite`);
+  const host = "socket" in nbd.at ? `<host transport='unix' socket='${escapeAttribute(nbd.at.socket, "'")}'/>` : `<host name='${escapeAttribute(nbd.at.host, "'")}' port='${nbd.at.port}'/>`;
+  edits.replace(source.start, source.end, `<source protocol='nbd' name='${escapeAttribute(nbd.export, "'")}'>${host}</source>`);
+  setDriverType(edits, disk, "raw");
+  const backing = child(disk, "backingStore");
+  if (backing !== undefined) edits.remove(xml, backing);
 }
 
 /** A disk's `<driver type=…>` set to format: the attribute changed, added, or a driver element added. */

@@ -202,6 +202,7 @@ describe.skipIf(!haveClients)("export nbd over TLS with pre-shared keys", () => 
     expectUsage(await v(["export", "nbd", "latest", "--reason", "r", "--tls-psk-file", path.join(tmp("none"), "keys.psk")]), /cannot read --tls-psk-file .*: it does not exist/);
     await fsp.chmod(keys, 0o600);
     expectUsage(await v(["export", "nbd", "latest", "--reason", "r", "--tls-psk-file", keys, "--overlay-dir", tmp("ov")]), /--overlay-dir does not go with TLS/);
+    expectUsage(await v(["export", "nbd", "latest", "--reason", "r", "--tls-psk-file", keys, "--write-dir", tmp("wd"), "--define"]), /--domain-name and --define do not go with TLS/);
     expectUsage(await v(["export", "nbd", "latest", "--reason", "r", "--tls-psk-file", keys, "--listen", "192.0.2.1:10809"]), /192\.0\.2\.1 is not a loopback address: pass --allow-remote/);
   });
 });

@@ -191,6 +191,66 @@ describe.skipIf(!canRunLibvirtd())("backup --libvirt-domain of a running domain 
     }
   }, 120_000);
 
+  it("runs a domain straight from its writable export: --write-dir defines the clone on the export's disks, its writes go to the folder, and blockcopy moves it to local images while it runs", async () => {
+    const vm = await runningVm(8);
+    guestWrite(vm.name, 0, 0x5a, 2 * MiB, 64 * 1024);
+    const { repo, v } = await initCliRepo(tmp("repo"));
+    const backup = await v(["backup", "--libvirt-domain", vm.name, "--libvirt-uri", uri]);
+    expect(backup.code, backup.stderr).toBe(0);
+    const original = { vda: await fsp.readFile(vm.vda), vdb: await fsp.readFile(vm.vdb) };
+
+    // Only vmvault reads the write folder (QEMU reaches the disks over NBD): it stays the owner's.
+    const writes = path.join(tmp("instant"), "writes");
+    const clone = `${vm.name}-instant`;
+    const { child, out: printed, exit: exited } = watchCli(
+      ["--repo", repo, "--user", "admin", "--json", "export", "nbd", "latest", "--reason", "instant recovery", "--listen", "127.0.0.1:0", "--write-dir", writes, "--domain-name", clone, "--define", "--libvirt-uri", uri],
+      { env: { VMVAULT_STATE_DIR: `${repo}-state` } },
+    );
+    try {
+      for (let i = 0; i < 300 && !printed.stdout.includes("\n"); i++) await new Promise((resolve) => setTimeout(resolve, 50));
+      const listening = JSON.parse(printed.stdout.split("\n")[0] ?? "") as { address: string; overlays?: unknown; domain: { name: string; path: string; defined: boolean } };
+      libvirtd.defined(clone);
+      expect(listening.overlays).toBeUndefined();
+      expect(listening.domain).toEqual({ name: clone, path: path.join(writes, `${clone}.xml`), defined: true });
+      const port = listening.address.split(":")[1];
+      const xml = virsh("dumpxml", "--inactive", clone);
+      expect(xml).toMatch(new RegExp(`<source protocol='nbd' name='vda'>\\s*<host name='127\\.0\\.0\\.1' port='${port}'/>`));
+      expect(xml).not.toContain(vm.vda);
+      virsh("start", clone);
+      expect(virsh("domstate", clone).trim()).toBe("running");
+      // The clone writes: through the export into the folder, never into the backup or the original.
+      guestWrite(clone, 0, 0xee, 0, 4096);
+      // blockcopy moves each disk to a local image while the clone runs; it then needs the export no more.
+      const local = tmp("local");
+      await fsp.chmod(local, 0o755);
+      for (const disk of ["vda", "vdb"]) virsh("blockcopy", clone, disk, path.join(local, `${disk}.raw`), "--format", "raw", "--transient-job", "--wait", "--pivot");
+      expect(inUse(clone)).toEqual({ vda: path.join(local, "vda.raw"), vdb: path.join(local, "vdb.raw") });
+      child.kill("SIGTERM");
+      expect(await exited, printed.stderr).toBe(0);
+      const result = JSON.parse(printed.stdout.trim().split("\n")[1] ?? "") as { writeCount: number };
+      expect(result.writeCount).toBeGreaterThan(0);
+      expect(virsh("domstate", clone).trim()).toBe("running");
+      guestWrite(clone, 0, 0xdd, 4096, 4096);
+      virsh("destroy", clone);
+      const vda = await fsp.readFile(path.join(local, "vda.raw"));
+      expect(vda.subarray(0, 4096).every((b) => b === 0xee)).toBe(true);
+      expect(vda.subarray(4096, 8192).every((b) => b === 0xdd)).toBe(true);
+      expect(Buffer.compare(vda.subarray(8192), original.vda.subarray(8192))).toBe(0);
+      expect(vda[2 * MiB]).toBe(0x5a);
+      expect(Buffer.compare(await fsp.readFile(path.join(local, "vdb.raw")), original.vdb)).toBe(0);
+      // The first write is in the folder; the original's disk never saw it.
+      const kept = await fsp.readFile(path.join(writes, "vda.writes"));
+      expect(kept.subarray(0, 4096).every((b) => b === 0xee)).toBe(true);
+      expect(Buffer.compare((await fsp.readFile(vm.vda)).subarray(0, 4096), original.vda.subarray(0, 4096))).toBe(0);
+      const log = await v(["audit", "log", "--json", "--action", "export"]);
+      const records = JSON.parse(log.stdout) as { result: string; target: Record<string, unknown> }[];
+      expect(records.map((r) => r.result)).toEqual(["started", "succeeded"]);
+      expect(records[0]?.target).toMatchObject({ writeDir: writes, domainName: clone, define: "yes" });
+    } finally {
+      if (child.exitCode === null) child.kill("SIGKILL");
+    }
+  }, 120_000);
+
   it("backs up a running domain's qcow2 disk with its backing chain live, and again paused, and restores it as qcow2 for a clone that starts", async () => {
     const dir = tmp("vm-qcow2");
     await fsp.chmod(dir, 0o755);

@@ -151,6 +151,38 @@ describe("rewriteDomain", () => {
     expect(parseDomain(out).disks.map((d) => d.format)).toEqual(["raw", "raw"]);
   });
 
+  it("makes disks NBD network disks of a writable export: raw, by TCP or Unix socket, their backing chain dropped", () => {
+    const qcow2 = `    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/var/lib/libvirt/images/web1-top.qcow2'/>
+      <backingStore type='file'>
+        <format type='qcow2'/>
+        <source file='/var/lib/libvirt/images/web1-base.qcow2'/>
+      </backingStore>
+      <target dev='vda' bus='virtio'/>
+    </disk>`;
+    const all = domain([qcow2, BLOCK_DISK, CDROM].join("\n"));
+    const out = rewriteDomain(all, {
+      disks: new Map([
+        ["vda", { export: "vda", at: { host: "127.0.0.1", port: 10809 } }],
+        ["vdb", { export: "v'db", at: { socket: "/run/vmvault/nbd.sock" } }],
+      ]),
+      format: "raw",
+    });
+    expect(out).toContain(`    <disk type='network' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source protocol='nbd' name='vda'><host name='127.0.0.1' port='10809'/></source>
+      <target dev='vda' bus='virtio'/>`);
+    expect(out).not.toContain("backingStore");
+    expect(out).not.toContain("web1-base");
+    expect(out).toContain(`    <disk type='network' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source protocol='nbd' name='v&apos;db'><host transport='unix' socket='/run/vmvault/nbd.sock'/></source>
+      <target dev='vdb' bus='virtio'/>`);
+    // The CD-ROM is left as it was.
+    expect(out).toContain("<source file='/srv/iso/debian.iso'/>");
+  });
+
   it("refuses text that is not a definition", () => {
     expect(() => rewriteDomain("<domain><name>x</name>", { disks: new Map() })).toThrow(XmlError);
   });

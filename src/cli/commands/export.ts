@@ -3,6 +3,7 @@ import { UsageError } from "../../errors.js";
 import type { ExportAddress, ExportListening } from "../../restore/export.js";
 import { NBD_PORT } from "../../sources/nbd-protocol.js";
 import type { NbdEvent } from "../../restore/nbd-server.js";
+import { checkOverlayRequest } from "../../restore/export-overlays.js";
 import { readPskFile } from "../../restore/nbd-tls.js";
 import { readX509Dir, X509_FILES } from "../../restore/nbd-x509.js";
 import { CliContext } from "../context.js";
@@ -25,19 +26,18 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
     .option("--tls-x509-dir <dir>", `require TLS with the X.509 certificate of this folder (${X509_FILES.ca}, ${X509_FILES.cert}, ${X509_FILES.key}, optionally ${X509_FILES.crl}: QEMU's tls-creds-x509 layout; the key readable by its owner only): only clients showing a certificate its CA signed connect, and the disks cross the wire encrypted`)
     .option("--allow-remote", "allow a --listen address other than loopback (without --tls-psk-file or --tls-x509-dir, NBD sends the disks as plaintext to anyone who can connect)")
     .option("--once", "stop once the first client has disconnected")
-    .option("--write-dir <dir>", "serve the disks writable: what clients write is kept in this folder (made if missing; DISK.writes and DISK.map), never in the repository, and taken up again by the next export of the same snapshot with this folder")
+    .option("--write-dir <dir>", "serve the disks writable: what clients write is kept in this folder (made if missing; DISK.writes and DISK.map), never in the repository, and taken up again by the next export of the same snapshot with this folder; for a libvirt domain's snapshot, also its definition on the export (DOMAIN.xml)")
     .option("--overlay-dir <dir>", "make a qcow2 overlay backed by the export for each disk in this folder (DISK.qcow2), for a VM to run on: its writes stay there; for a libvirt domain's snapshot, also the domain's definition naming them (DOMAIN.xml)")
-    .option("--domain-name <name>", "with --overlay-dir: name the definition so, without its UUID and MAC addresses, to run it beside the original")
-    .option("--define", "with --overlay-dir: define the domain in libvirt (virsh define), ready to start")
+    .option("--domain-name <name>", "with --overlay-dir or --write-dir: name the definition so, without its UUID and MAC addresses, to run it beside the original")
+    .option("--define", "with --overlay-dir or --write-dir: define the domain in libvirt (virsh define), ready to start")
     .option("--libvirt-uri <uri>", "with --define: libvirt's connection URI (default: virsh's own)")
     .action(async (snapshot: string, opts: ExportCliOptions, command: Command) => {
       const ctx = new CliContext(command, interrupts);
       // Checked before the unlock: a bad address costs no Argon2id.
       if (opts.reason.trim() === "") throw new UsageError("an export needs --reason TEXT (it is kept in the audit trail)");
       if (opts.listen !== undefined && opts.socket !== undefined) throw new UsageError("give --listen or --socket, not both");
-      if (opts.overlayDir === undefined && (opts.domainName !== undefined || opts.define === true)) throw new UsageError("--domain-name and --define go with --overlay-dir (the domain runs on the overlays)");
       if (opts.libvirtUri !== undefined && opts.define !== true) throw new UsageError("--libvirt-uri goes with --define");
-      if (opts.writeDir !== undefined && opts.overlayDir !== undefined) throw new UsageError("give --write-dir or --overlay-dir, not both", "with --write-dir the VM writes into the export itself and needs no overlay");
+      checkOverlayRequest(opts, opts.tlsPskFile !== undefined || opts.tlsX509Dir !== undefined);
       const listen: ExportAddress = opts.socket !== undefined ? { socket: opts.socket } : parseListen(opts.listen ?? `127.0.0.1:${NBD_PORT}`);
       if (opts.tlsPskFile !== undefined && opts.tlsX509Dir !== undefined) throw new UsageError("give --tls-psk-file or --tls-x509-dir, not both");
       // Checked before the unlock (a file or key others may read is refused), and read again while the export runs.
@@ -104,7 +104,8 @@ function printListening(ctx: CliContext, l: ExportListening, once: boolean): voi
   }
   for (const x of l.overlays ?? []) ctx.out(`  ${x.path}  (qcow2 overlay of ${x.disk}: the VM's writes go there)`);
   const d = l.domain;
-  if (d !== undefined) ctx.out(d.defined ? `  ${d.path}  (libvirt domain ${d.name} on the overlays, defined: virsh start ${d.name})` : `  ${d.path}  (libvirt domain ${d.name} on the overlays: virsh define ${d.path})`);
+  const on = l.writes === undefined ? "the overlays" : "the export";
+  if (d !== undefined) ctx.out(d.defined ? `  ${d.path}  (libvirt domain ${d.name} on ${on}, defined: virsh start ${d.name})` : `  ${d.path}  (libvirt domain ${d.name} on ${on}: virsh define ${d.path})`);
 }
 
 interface ExportCliOptions {
