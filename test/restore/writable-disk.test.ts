@@ -102,6 +102,22 @@ describe("a writable disk over a snapshot", () => {
     await dir.close();
   });
 
+  it("keeps every one of many partial writes into one block given at once (each copy of the block waits its turn)", async () => {
+    const base = snapshotDisk("vda", 4);
+    const dir = await WriteDir.open(tmp("writes"), "snap-1", [base]);
+    const disk = dir.disks[0]!.disk;
+    const model = base.bytes.slice();
+    const writes = Array.from({ length: 16 }, (_, i) => {
+      const data = new Uint8Array(100).fill(i + 1);
+      model.set(data, 3 * WRITE_BLOCK + i * 1000);
+      return disk.write(3 * WRITE_BLOCK + i * 1000, data);
+    });
+    await Promise.all([...writes, disk.zero(WRITE_BLOCK + 10, 10)]);
+    model.fill(0, WRITE_BLOCK + 10, WRITE_BLOCK + 20);
+    expect(Buffer.compare(await readAll(disk), model)).toBe(0);
+    await dir.close();
+  });
+
   it("reports zeroed blocks as holes and written ones as data", async () => {
     const base = snapshotDisk("vda", 4);
     const dir = await WriteDir.open(tmp("writes"), "snap-1", [base]);
