@@ -1,4 +1,3 @@
-import { crc32 } from "node:zlib";
 import { FormatError } from "./codec.js";
 import { int, obj, str } from "./fields.js";
 
@@ -146,6 +145,8 @@ function parseCopy(b: Uint8Array, index: number, count: number): { states: Block
 
 /** The CRC-32 of a copy's sequence number and states (its checksum field left out). */
 function checksum(copy: Buffer): number {
+  // Loaded here, not with the CLI: node:zlib brings Node.js's streams with it.
+  const { crc32 } = process.getBuiltinModule("node:zlib");
   return crc32(copy.subarray(COPY_HEAD), crc32(copy.subarray(0, 8)));
 }
 
