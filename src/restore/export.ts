@@ -69,9 +69,9 @@ export interface ExportOptions {
    * snapshot left there (as far as it flushed them) are taken up again. Not with overlayDir.
    */
   readonly writeDir?: string;
-  /** With overlayDir: the definition renamed, without its UUID and MAC addresses, to run beside the original. */
+  /** With overlayDir or writeDir: the definition renamed, without its UUID and MAC addresses, to run beside the original. */
   readonly domainName?: string;
-  /** With overlayDir: the definition defined in libvirt (`virsh define`), at libvirtUri (default: virsh's). */
+  /** With overlayDir or writeDir: the definition defined in libvirt (`virsh define`), at libvirtUri (default: virsh's). */
   readonly define?: boolean;
   readonly libvirtUri?: string;
   /** Told once the export listens: what it serves and where. */
@@ -158,9 +158,8 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
   const disks = writes === undefined ? snapshotDisks : writes.disks.map((w) => w.disk);
   let planned: Awaited<ReturnType<typeof planOverlays>> | undefined;
   try {
-    const whole = chosen.length === all.length;
-    if (o.overlayDir !== undefined) planned = await planOverlays(o, chosen, whole, body?.domain);
-    else if (writes !== undefined) planned = await planOverlays({ ...o, writeDir: writes.dir }, chosen, whole, body?.domain);
+    // Overlays, or a definition on the writable export (its folder made by now).
+    if (o.overlayDir !== undefined || writes !== undefined) planned = await planOverlays(o, chosen, chosen.length === all.length, body?.domain);
   } catch (e) {
     await writes?.close();
     throw e;
@@ -191,7 +190,7 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
   try {
     if (planned !== undefined) {
       const served = new Map(listening.exports.map((x) => [x.name, { uri: x.uri, nbd: { export: x.name, at: reachedAt(listen, listening.address) } }]));
-      const made = await makeOverlays(planned, writes === undefined ? o : { ...o, writeDir: writes.dir }, served, record.key);
+      const made = await makeOverlays(planned, o, served, record.key);
       listening = { ...listening, ...made };
     }
     o.onListening?.(listening);

@@ -12,6 +12,7 @@ import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { initCliRepo, vault } from "../helpers/cli.js";
 import { endExports, resultOf, run, startExport, type Listening } from "../helpers/nbd-export.js";
 import { seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
+import { mountTmpfs } from "../helpers/mounts.js";
 
 const tmp = tempDirs();
 const MiB = 1024 * 1024;
@@ -129,6 +130,36 @@ describe.skipIf(!haveClients)("export nbd --write-dir", () => {
     const log = await v(["audit", "log", "--json", "--action", "export"]);
     // The refused export was authorized and recorded, and failed; the one refused before the unlock left nothing.
     expect((JSON.parse(log.stdout) as AuditRecord[]).map((r) => r.result)).toEqual(["started", "succeeded", "started", "failed"]);
+  });
+
+  it("answers writes into a full write folder with ENOSPC, goes on serving, and ends with exit 1 and a failed outcome", async (ctx) => {
+    const { dir, repo, v } = await fixture();
+    const small = path.join(dir, "small");
+    await fsp.mkdir(small);
+    if (!mountTmpfs(small, 1024)) {
+      ctx.skip();
+      return;
+    }
+    try {
+      const e = await startExport(repo, ["latest", "--reason", "full", "--listen", "127.0.0.1:0", "--write-dir", small]);
+      const uri = e.listening.exports[0]?.uri ?? "";
+      const big = path.join(dir, "big.raw");
+      await fsp.writeFile(big, seededBytes("too big", 8 * MiB));
+      const copy = run("nbdcopy", [big, uri]);
+      expect(copy.status).not.toBe(0);
+      expect(copy.stderr).toMatch(/No space left on device/);
+      // Reads go on.
+      expect(qemuIo(uri, "read 0 64k").status).toBe(0);
+      e.child.kill("SIGINT");
+      const done = await e.exit;
+      expect(done.code, done.stderr).toBe(1);
+      expect(done.stderr).toMatch(/a write of a\.raw \(\d+ bytes at \d+\) by 127\.0\.0\.1:\d+ failed and was answered with an error: ENOSPC/);
+      expect(done.stderr).toMatch(/\d+ writes? to the export failed \(answered with an error\), the first with: ENOSPC/);
+      const log = await v(["audit", "log", "--json", "--action", "export"]);
+      expect((JSON.parse(log.stdout) as AuditRecord[]).map((r) => r.result)).toEqual(["started", "failed"]);
+    } finally {
+      spawnSync("umount", [small]);
+    }
   });
 
   it("takes writes over TLS with a pre-shared key: nbdcopy writes a whole disk, qemu-img reads it back", async () => {
