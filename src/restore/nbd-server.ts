@@ -59,8 +59,8 @@ export type NbdEvent =
   /** The export's PSK file or X.509 folder changed: read again, or (with an error) refused until mended (src/util/reread.ts). */
   | ({ readonly kind: "tls files"; readonly what: "keys" | "certificates" } & FilesChange)
   | { readonly kind: "read failed"; readonly client: string; readonly disk: string; readonly offset: number; readonly length: number; readonly error: Error }
-  /** A write, zeroing, trim or flush of a writable export that failed (answered with ENOSPC or EIO). */
-  | { readonly kind: "write failed"; readonly client: string; readonly disk: string; readonly what: string; readonly offset: number; readonly length: number; readonly error: Error };
+  /** A write, zeroing, trim or flush of a writable export that failed (answered with ENOSPC or EIO); `count` failures so far, this one included. */
+  | { readonly kind: "write failed"; readonly client: string; readonly disk: string; readonly what: string; readonly offset: number; readonly length: number; readonly error: Error; readonly count: number };
 
 export interface NbdStats {
   connections: number;
@@ -412,7 +412,7 @@ class Connection {
       const full = ["ENOSPC", "EDQUOT"].includes(errorCodeOf(e) ?? "");
       this.#server.stats.failedWrites++;
       this.#server.stats.firstWriteFailure ??= error;
-      this.#server.event({ kind: "write failed", client: this.#client, disk: disk.name, what: commandName(r.type), offset: r.offset, length: flushing ? 0 : r.length, error });
+      this.#server.event({ kind: "write failed", client: this.#client, disk: disk.name, what: commandName(r.type), offset: r.offset, length: flushing ? 0 : r.length, error, count: this.#server.stats.failedWrites });
       await this.#error(r, full ? P.Errno.ENOSPC : P.Errno.EIO, full ? "the export's write folder is full" : "the write could not be kept (see the export's log)");
       return true;
     }

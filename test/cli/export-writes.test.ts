@@ -148,11 +148,15 @@ describe.skipIf(!haveClients)("export nbd --write-dir", () => {
       const copy = run("nbdcopy", [big, uri]);
       expect(copy.status).not.toBe(0);
       expect(copy.stderr).toMatch(/No space left on device/);
-      // Reads go on.
+      // Reads go on; more failed writes are counted, not each told.
       expect(qemuIo(uri, "read 0 64k").status).toBe(0);
+      qemuIo(uri, ...Array.from({ length: 30 }, (_, i) => `write -P 7 ${4 * MiB + i * 65536} 64k`));
       e.child.kill("SIGINT");
       const done = await e.exit;
       expect(done.code, done.stderr).toBe(1);
+      expect(done.stderr.match(/a write of a\.raw/g)?.length).toBe(20);
+      expect(done.stderr).toContain("further write failures are counted when the export stops, not told one by one");
+      expect(Number(/(\d+) writes to the export failed/.exec(done.stderr)?.[1])).toBeGreaterThanOrEqual(30);
       expect(done.stderr).toMatch(/a write of a\.raw \(\d+ bytes at \d+\) by 127\.0\.0\.1:\d+ failed and was answered with an error: ENOSPC/);
       expect(done.stderr).toMatch(/\d+ writes? to the export failed \(answered with an error\), the first with: ENOSPC/);
       const log = await v(["audit", "log", "--json", "--action", "export"]);

@@ -62,7 +62,10 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
           ...(tlsX509 === undefined ? {} : { tlsX509 }),
           signal: interrupts.cancellable("; the export stopped without recording its outcome"),
           onListening: (l) => printListening(ctx, l, opts.once === true),
-          onEvent: (e) => ctx.warn(eventLine(e, opts.writeDir !== undefined)),
+          onEvent: (e) => {
+            const line = eventLine(e, opts.writeDir !== undefined);
+            if (line !== undefined) ctx.warn(line);
+          },
         });
         if (ctx.json) process.stdout.write(`${terminalJson(r, 0)}\n`);
         else {
@@ -126,7 +129,10 @@ interface ExportCliOptions {
 }
 
 
-function eventLine(e: NbdEvent, writable: boolean): string {
+/** Write failures told one by one on stderr. */
+const TOLD_WRITE_FAILURES = 20;
+
+function eventLine(e: NbdEvent, writable: boolean): string | undefined {
   switch (e.kind) {
     case "connected":
       return `client ${e.client} connected`;
@@ -143,6 +149,9 @@ function eventLine(e: NbdEvent, writable: boolean): string {
         ? `read the ${e.what} of ${e.path} again (${e.changed.join(", ")} changed): new clients are checked against them`
         : `warning: the ${e.what} of ${e.path} changed (${e.changed.join(", ")}) and cannot be used, so new clients are turned away until they are mended: ${e.error}`;
     case "write failed":
+      // A VM writing on into a full folder would fill the terminal: the first few are told, the rest counted in the outcome.
+      if (e.count > TOLD_WRITE_FAILURES) return undefined;
+      if (e.count === TOLD_WRITE_FAILURES) return `warning: a ${e.what} of ${e.disk} by ${e.client} failed and was answered with an error (${e.error.message}); further write failures are counted when the export stops, not told one by one`;
       return `warning: a ${e.what} of ${e.disk}${e.length === 0 ? "" : ` (${e.length} bytes at ${e.offset})`} by ${e.client} failed and was answered with an error: ${e.error.message}`;
     case "read failed":
       return `warning: a read of ${e.disk} (${e.length} bytes at ${e.offset}) by ${e.client} failed and was answered with EIO: ${e.error.message}`;
