@@ -158,8 +158,9 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
   const disks = writes === undefined ? snapshotDisks : writes.disks.map((w) => w.disk);
   let planned: Awaited<ReturnType<typeof planOverlays>> | undefined;
   try {
-    // Overlays, or a definition on the writable export (its folder made by now).
-    if (o.overlayDir !== undefined || writes !== undefined) planned = await planOverlays(o, chosen, chosen.length === all.length, body?.domain);
+    // Overlays, or a definition on the writable export (its folder made by now; not with TLS, which a definition cannot name).
+    const withTls = o.tlsKeys !== undefined || o.tlsX509 !== undefined;
+    if (o.overlayDir !== undefined || (writes !== undefined && !withTls)) planned = await planOverlays(o, chosen, chosen.length === all.length, body?.domain);
   } catch (e) {
     await writes?.close();
     throw e;

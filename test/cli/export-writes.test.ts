@@ -166,6 +166,46 @@ describe.skipIf(!haveClients)("export nbd --write-dir", () => {
     }
   });
 
+  it("writes a domain's definition on the export's disks into the folder at each export, and none with TLS", async () => {
+    const dir = tmp("domain");
+    const { repo, v } = await initCliRepo(dir);
+    const image = path.join(dir, "web-vda.raw");
+    await fsp.writeFile(image, seededBytes("domain disk", 2 * MiB));
+    const xml = path.join(dir, "web.xml");
+    await fsp.writeFile(xml, `<domain type='kvm'>
+  <name>web</name>
+  <uuid>6695eb01-f6a4-8304-79aa-97f2502e193f</uuid>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='${image}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+  </devices>
+</domain>
+`);
+    expect((await v(["backup", "--domain-xml", xml])).code).toBe(0);
+    const writes = path.join(dir, "writes");
+    const e = await startExport(repo, ["latest", "--reason", "domain", "--listen", "127.0.0.1:0", "--write-dir", writes]);
+    const listening = e.listening as WritesListening & { domain: { name: string; path: string; defined: boolean } };
+    expect(listening.domain).toEqual({ name: "web", path: path.join(writes, "web.xml"), defined: false });
+    const port = listening.address.split(":")[1];
+    const written = await fsp.readFile(path.join(writes, "web.xml"), "utf8");
+    expect(written).toContain(`<disk type='network' device='disk'>\n      <driver name='qemu' type='raw'/>\n      <source protocol='nbd' name='vda'><host name='127.0.0.1' port='${port}'/></source>`);
+    expect(written).toContain("<uuid>6695eb01-f6a4-8304-79aa-97f2502e193f</uuid>");
+    expect(statSync(path.join(writes, "web.xml")).mode & 0o777).toBe(0o600);
+    e.child.kill("SIGINT");
+    expect((await e.exit).code).toBe(0);
+    // With TLS the definition could not reach the export: none is written, the old one is left as it was.
+    const keys = path.join(dir, "keys.psk");
+    await fsp.writeFile(keys, `hv-2:${randomBytes(32).toString("hex")}\n`, { mode: 0o600 });
+    const t = await startExport(repo, ["latest", "--reason", "domain tls", "--listen", "127.0.0.1:0", "--write-dir", writes, "--tls-psk-file", keys]);
+    expect((t.listening as { domain?: unknown }).domain).toBeUndefined();
+    expect(await fsp.readFile(path.join(writes, "web.xml"), "utf8")).toBe(written);
+    t.child.kill("SIGINT");
+    expect((await t.exit).code).toBe(0);
+  });
+
   it("takes writes over TLS with a pre-shared key: nbdcopy writes a whole disk, qemu-img reads it back", async () => {
     const { dir, repo } = await fixture();
     const keysDir = path.join(dir, "pki");
