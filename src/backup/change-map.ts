@@ -7,6 +7,7 @@ import type { ChunkRef } from "../format/chunklist.js";
 import { bytesEqual } from "../util/bytes.js";
 import { ensureDir } from "../util/fsx.js";
 import { processAlive } from "../util/process.js";
+import { readFully } from "../util/file-io.js";
 
 /**
  * A disk's chunk map, kept on the backup host for changed-block tracking: the chunk ID of each
@@ -215,7 +216,7 @@ export class ChangeMap {
     if (index < this.#first || index >= end) {
       const count = Math.min(WINDOW_IDS, this.facts.chunks - index);
       const bytes = new Uint8Array(count * ID_BYTES);
-      await readFully(this.#handle, bytes, index * ID_BYTES);
+      await readFully(this.#handle, bytes, index * ID_BYTES, endedEarly);
       this.#window = bytes;
       this.#first = index;
     }
@@ -238,12 +239,9 @@ async function removeLeftTemps(file: string): Promise<void> {
   }
 }
 
-async function readFully(handle: FileHandle, into: Uint8Array, position: number): Promise<void> {
-  for (let got = 0; got < into.length; ) {
-    const { bytesRead } = await handle.read(into, got, into.length - got, position + got);
-    if (bytesRead === 0) throw new Error("the changed-block map ended early");
-    got += bytesRead;
-  }
+/** A short read of the map. */
+function endedEarly(): Error {
+  return new Error("the changed-block map ended early");
 }
 
 /** The map's facts once its whole content matches its MAC, or what is wrong with it. */
@@ -251,7 +249,7 @@ async function verify(handle: FileHandle, crypto: CryptoSuite, key: Uint8Array):
   const size = (await handle.stat()).size;
   if (size < 4 + MAC_BYTES) return "is truncated";
   const tail = new Uint8Array(4 + MAC_BYTES);
-  await readFully(handle, tail, size - tail.length);
+  await readFully(handle, tail, size - tail.length, endedEarly);
   const trailerLength = new DataView(tail.buffer).getUint32(0);
   const body = size - tail.length - trailerLength;
   if (trailerLength > MAX_TRAILER || body < 0 || body % ID_BYTES !== 0) return "is damaged or truncated";
@@ -259,13 +257,13 @@ async function verify(handle: FileHandle, crypto: CryptoSuite, key: Uint8Array):
   const piece = new Uint8Array(Math.min(WINDOW_IDS * ID_BYTES, size));
   for (let at = 0; at < size - MAC_BYTES; ) {
     const n = Math.min(piece.length, size - MAC_BYTES - at);
-    await readFully(handle, piece.subarray(0, n), at);
+    await readFully(handle, piece.subarray(0, n), at, endedEarly);
     mac.update(piece.subarray(0, n));
     at += n;
   }
   if (!crypto.equal(mac.digest(), tail.subarray(4))) return "does not verify (damaged, or written under another chunk-ID key: a key rotation)";
   const trailer = new Uint8Array(trailerLength);
-  await readFully(handle, trailer, body);
+  await readFully(handle, trailer, body, endedEarly);
   let facts: ChangeMapFacts;
   try {
     facts = JSON.parse(new TextDecoder().decode(trailer)) as ChangeMapFacts;

@@ -4,6 +4,7 @@ import path from "node:path";
 import { errorCodeOf, UsageError, VaultError } from "../errors.js";
 import { escapeName } from "../format/names.js";
 import { nativeHelper } from "../util/native.js";
+import { writeFully } from "../util/file-io.js";
 import { applyXattrs, NO_HELPER, packXattrs, type Xattr } from "../util/xattrs.js";
 import { shownFsPath, type FsPath, type Owner } from "./dirs.js";
 
@@ -132,7 +133,7 @@ export class PartialFile {
   }
 
   async write(data: Uint8Array, position: number): Promise<void> {
-    await writeAll(this.handle, data, position);
+    await writeFully(this.handle, data, position);
     this.#syncBehind(data.length);
   }
 
@@ -174,7 +175,7 @@ export class PartialFile {
     const direct = this.#direct;
     if (direct === undefined) return this.write(data, position);
     try {
-      await writeAll(direct, data, position);
+      await writeFully(direct, data, position);
       this.#syncBehind(data.length);
     } catch (e) {
       if (errorCodeOf(e) !== "EINVAL") throw e;
@@ -248,14 +249,6 @@ export async function linkInto(existing: FsPath, finalPath: FsPath): Promise<boo
     await fsp.rm(tempPath, { force: true }).catch(() => undefined);
   }
   return true;
-}
-
-async function writeAll(handle: fsp.FileHandle, data: Uint8Array, position: number): Promise<void> {
-  let done = 0;
-  while (done < data.length) {
-    const { bytesWritten } = await handle.write(data, done, data.length - done, position + done);
-    done += bytesWritten;
-  }
 }
 
 export async function exists(p: string | Buffer): Promise<boolean> {

@@ -1,6 +1,7 @@
 import type { promises as fsp } from "node:fs";
 import { StorageError } from "../errors.js";
 import { BlockState, encodeStatesCopy, statesCopyOffset, type BlockStates, type WriteMapHeader } from "../format/write-map.js";
+import { readFully, writeFully } from "../util/file-io.js";
 import type { DiskPiece, DiskWriter, ExportedDisk, Extent } from "./disk-reader.js";
 
 /**
@@ -214,12 +215,7 @@ export class WritableDisk implements ExportedDisk, DiskWriter {
 
   async #readWritten(offset: number, length: number): Promise<Uint8Array> {
     const out = Buffer.allocUnsafe(length);
-    let got = 0;
-    while (got < length) {
-      const { bytesRead } = await this.#files.data.read(out, got, length - got, offset + got);
-      if (bytesRead === 0) throw new StorageError(`${this.#files.dataPath} ends before byte ${offset + got} of disk ${this.name}: was it truncated?`);
-      got += bytesRead;
-    }
+    await readFully(this.#files.data, out, offset, (at) => new StorageError(`${this.#files.dataPath} ends before byte ${at} of disk ${this.name}: was it truncated?`));
     return out;
   }
 
@@ -255,13 +251,5 @@ export class WritableDisk implements ExportedDisk, DiskWriter {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
       throw new RangeError(`range ${offset}+${length} is outside the disk (${this.size} bytes)`);
     }
-  }
-}
-
-async function writeFully(file: fsp.FileHandle, bytes: Uint8Array, offset: number): Promise<void> {
-  let done = 0;
-  while (done < bytes.length) {
-    const { bytesWritten } = await file.write(bytes, done, bytes.length - done, offset + done);
-    done += bytesWritten;
   }
 }

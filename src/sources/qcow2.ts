@@ -6,6 +6,7 @@ import { Qcow2Map } from "./qcow2-map.js";
 import type { DiskInput } from "./disk-input.js";
 import { runTool, ToolFailed, toolEnv, toolMessage } from "./tools.js";
 import { nativeHelper } from "../util/native.js";
+import { readFully } from "../util/file-io.js";
 
 /**
  * qcow2 disk images as sources, as the guest sees the disk, through QEMU's own qcow2 code (its
@@ -252,11 +253,7 @@ export class Qcow2Image implements DiskInput {
       this.#handles.set(depth, h);
     }
     const handle = await h;
-    for (let got = 0; got < into.length; ) {
-      const { bytesRead } = await handle.read(into, got, into.length - got, offset + got);
-      if (bytesRead === 0) throw new Error(`${file} ends before its cluster at ${offset + got}`);
-      got += bytesRead;
-    }
+    await readFully(handle, into, offset, (at) => new Error(`${file} ends before its cluster at ${at}`));
   }
 
   async #readNbd(position: number, into: Uint8Array): Promise<void> {
