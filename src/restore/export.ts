@@ -5,7 +5,7 @@ import type { DiskSource } from "../format/snapshot.js";
 import type { SnapshotRecord } from "../snapshot/store.js";
 import type { Repository } from "../repository/repository.js";
 import { contentsRequest, noDiskNamed, readContents, type OpenedContents } from "./contents.js";
-import { SnapshotDisk } from "./disk-reader.js";
+import { SnapshotDisk, type ExportedDisk } from "./disk-reader.js";
 import { checkOverlayRequest, makeOverlays, planOverlays, type MadeOverlays } from "./export-overlays.js";
 import { NBD_PORT } from "../sources/nbd-protocol.js";
 import { failedReadsError, NbdServer, type NbdEvent } from "./nbd-server.js";
@@ -155,37 +155,40 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
   const reader = await opened.reader();
   const snapshotDisks = chosen.map((d) => new SnapshotDisk(d, reader, record.key, o.cacheBytes === undefined ? {} : { cacheBytes: o.cacheBytes }));
   const writes = o.writeDir === undefined ? undefined : await WriteDir.open(o.writeDir, record.header.id, snapshotDisks);
-  const disks = writes === undefined ? snapshotDisks : writes.disks.map((w) => w.disk);
-  let planned: Awaited<ReturnType<typeof planOverlays>> | undefined;
   try {
-    // Overlays, or a definition on the writable export (its folder made by now; not with TLS, which a definition cannot name).
-    const withTls = o.tlsKeys !== undefined || o.tlsX509 !== undefined;
-    if (o.overlayDir !== undefined || (writes !== undefined && !withTls)) planned = await planOverlays(o, chosen, chosen.length === all.length, body?.domain);
-  } catch (e) {
-    await writes?.close();
-    throw e;
+    return await serveDisks(opened, listen, o, { all, chosen, disks: writes === undefined ? snapshotDisks : writes.disks.map((w) => w.disk), writes });
+  } finally {
+    // After the server has closed: every client is gone, so the last flush covers all their writes.
+    await closeWrites(writes);
   }
+}
+
+/** The export of the chosen disks (the writable ones over the snapshot's, with writes), from listening to the outcome. */
+async function serveDisks(
+  opened: OpenedContents,
+  listen: ExportAddress,
+  o: ExportOptions,
+  d: { all: readonly DiskSource[]; chosen: readonly DiskSource[]; disks: readonly ExportedDisk[]; writes: WriteDir | undefined },
+): Promise<ExportResult> {
+  const record = opened.records[0] as SnapshotRecord;
+  const { disks, writes } = d;
   const tls = tlsOf(o);
+  // Overlays, or a definition on the writable export (its folder made by now; not with TLS, which a definition cannot name).
+  const planned = o.overlayDir !== undefined || (writes !== undefined && tls === undefined) ? await planOverlays(o, d.chosen, d.chosen.length === d.all.length, opened.bodies[0]?.domain) : undefined;
   const server = new NbdServer(disks, {
     ...(o.maxConnections === undefined ? {} : { maxConnections: o.maxConnections }),
     ...(o.onEvent === undefined ? {} : { onEvent: o.onEvent }),
     ...(tls === undefined ? {} : { tls }),
-    describe: (d) => `disk ${d.name} of VM ${record.header.vm}, snapshot ${record.header.id} (${record.header.time}), ${writes === undefined ? "read-only" : "writable (the writes are kept beside the backup, not in it)"}`,
+    describe: (disk) => `disk ${disk.name} of VM ${record.header.vm}, snapshot ${record.header.id} (${record.header.time}), ${writes === undefined ? "read-only" : "writable (the writes are kept beside the backup, not in it)"}`,
   });
-  let listening: ExportListening;
-  try {
-    const address = await listenOn(server, listen);
-    listening = {
-      snapshotId: record.header.id,
-      vm: record.header.vm,
-      address,
-      exports: disks.map((d) => ({ name: d.name, size: d.size, uri: exportUri(listen, address, d.name, tls !== undefined) })),
-      ...(writes === undefined ? {} : { writes: { dir: writes.dir, disks: writes.disks.map((w) => ({ disk: w.disk.name, file: w.dataPath, earlierBytes: w.earlierBytes })) } }),
-    };
-  } catch (e) {
-    await writes?.close();
-    throw e;
-  }
+  const address = await listenOn(server, listen);
+  let listening: ExportListening = {
+    snapshotId: record.header.id,
+    vm: record.header.vm,
+    address,
+    exports: disks.map((disk) => ({ name: disk.name, size: disk.size, uri: exportUri(listen, address, disk.name, tls !== undefined) })),
+    ...(writes === undefined ? {} : { writes: { dir: writes.dir, disks: writes.disks.map((w) => ({ disk: w.disk.name, file: w.dataPath, earlierBytes: w.earlierBytes })) } }),
+  };
   const nameProblem = tls !== undefined && "x509" in tls && "host" in listen ? certificateNameProblem(tls.x509.value, listen.host) : undefined;
   if (nameProblem !== undefined) listening = { ...listening, warnings: [nameProblem] };
   try {
@@ -203,7 +206,6 @@ async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOpt
   } finally {
     await server.close();
     if ("socket" in listen) await fsp.rm(listen.socket, { force: true });
-    await closeWrites(writes);
   }
   const s = server.stats;
   const failed = failedReadsError(s, (n) => `${plural(n, "request")} to the export`);

@@ -7,6 +7,7 @@ import { BlockState, BlockStates, blockCount, encodeWriteMap, parseWriteMap, typ
 import { replaceFile } from "../util/durable.js";
 import { processAlive } from "../util/process.js";
 import type { ExportedDisk } from "./disk-reader.js";
+import { exists } from "./targets.js";
 import { WRITE_BLOCK, WritableDisk } from "./writable-disk.js";
 
 /** The lock of a write folder: one export uses it at a time. */
@@ -162,10 +163,6 @@ function parseJson(text: string): unknown {
   } catch {
     return undefined;
   }
-}
-
-async function exists(file: string): Promise<boolean> {
-  return fsp.lstat(file).then(() => true, () => false);
 }
 
 async function closeQuietly(disk: WritableDisk): Promise<void> {
