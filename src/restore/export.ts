@@ -107,7 +107,7 @@ export interface ExportResult extends ExportListening {
   readonly written?: number;
   /** With TLS: the identities of the clients that connected (PSK identities, or their certificates' common names). */
   readonly identities?: readonly string[];
-  /** With pre-shared keys: the identities whose open sessions were ended because their key left the key file (none: absent). */
+  /** With TLS: the identities whose open sessions were ended because their key left the key file, or their certificate was revoked or its CA dropped (none: absent). */
   readonly revoked?: readonly string[];
   /** Index files left out because they did not authenticate (the export did not need them). */
   readonly damagedIndexes: readonly Damage[];

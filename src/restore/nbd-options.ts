@@ -1,7 +1,7 @@
 import type net from "node:net";
 import type { ExportedDisk } from "./disk-reader.js";
 import type { NbdServer } from "./nbd-server.js";
-import { startTls } from "./nbd-tls.js";
+import { startTls, type TlsSession } from "./nbd-tls.js";
 import * as P from "../sources/nbd-protocol.js";
 import { SocketInput, writeAll } from "../util/socket-io.js";
 
@@ -30,8 +30,8 @@ export class OptionPhase {
   allocationFor: string | undefined;
   /** The PSK identity the client proved, once TLS is up. */
   identity: string | undefined;
-  /** With pre-shared keys: the key it proved (NbdServer checks it is still in force). */
-  key: Uint8Array | undefined;
+  /** The TLS session, once up: the key or certificate the client proved (NbdServer checks it is still in force). */
+  session: TlsSession | undefined;
   readonly #server: NbdServer;
   readonly #wire: Wire;
   readonly #client: string;
@@ -124,7 +124,7 @@ export class OptionPhase {
       const session = await startTls(this.#wire.socket, keys);
       this.#wire.socket = session.socket;
       this.identity = session.identity;
-      this.key = session.key;
+      this.session = session;
       this.#wire.input = new SocketInput(session.socket);
       this.#server.stats.identities.add(session.identity);
     } catch (e) {

@@ -5,7 +5,7 @@ import * as P from "../sources/nbd-protocol.js";
 import { ConnectionClosed, SocketInput, writeAll } from "../util/socket-io.js";
 import { ALLOCATION_CONTEXT, MAX_REQUEST_BYTES, OptionPhase, type Wire } from "./nbd-options.js";
 import type { FilesChange } from "../util/reread.js";
-import { pskRevoked, type NbdTls, type PskKeys } from "./nbd-tls.js";
+import { sessionRevoked, tlsInForce, type NbdTls, type TlsInForce } from "./nbd-tls.js";
 
 export { MAX_REQUEST_BYTES } from "./nbd-options.js";
 
@@ -79,7 +79,7 @@ export interface NbdStats {
   firstWriteFailure?: Error;
   /** With TLS: the identities that completed a handshake (PSK identities, or the common names of client certificates). */
   readonly identities: Set<string>;
-  /** With pre-shared keys: the identities whose open sessions were ended because their key left the key file. */
+  /** With TLS: the identities whose open sessions were ended because their key left the key file, or their certificate was revoked. */
   readonly revoked: Set<string>;
 }
 
@@ -183,25 +183,22 @@ export class NbdServer {
   }
 
   /**
-   * Looks at the TLS files (which reads and tells a change), and ends each PSK session whose
-   * key is no longer in force: removing a host's line from the key file shuts it out of the
-   * connections it holds too. A file that cannot be used leaves the sessions as they are (new
-   * clients are refused). X.509 sessions go on: Node.js has no revocation-list parser with
-   * which to test their certificates again.
+   * Looks at the TLS files (which reads and tells a change), and ends each session the keys or
+   * certificates now in force no longer admit: removing a host's line from the key file, or
+   * revoking its certificate in the CA's list, shuts it out of the connections it holds too. A
+   * file or folder that cannot be used leaves the sessions as they are (new clients are refused).
    */
   #recheckTls(): void {
     const tls = this.#o.tls;
     if (tls === undefined) return;
+    let now: TlsInForce;
     try {
-      if ("x509" in tls) {
-        tls.x509.current();
-        return;
-      }
-      const keys = tls.psk.current();
-      for (const c of this.#live) c.revokeUnless(keys);
+      now = tlsInForce(tls);
     } catch {
-      // Told by the file's change event; the sessions go on.
+      // Told by the files' change event; the sessions go on.
+      return;
     }
+    for (const c of this.#live) c.revokeUnless(now);
   }
 
   #accept(socket: net.Socket): void {
@@ -237,8 +234,10 @@ class Connection {
   #bytes = 0;
   #writes = 0;
   #written = 0;
-  /** Why the session was ended from the server's side (its key left the key file). */
+  /** Why the session was ended from the server's side (its key left the key file, its certificate was revoked). */
   #revoked: string | undefined;
+  /** The keys or certificates the session was last checked against (revokeUnless). */
+  #checkedWith: TlsInForce | undefined;
 
   constructor(server: NbdServer, socket: net.Socket, client: string) {
     this.#server = server;
@@ -259,12 +258,19 @@ class Connection {
     this.#wire.socket.destroy();
   }
 
-  /** Ends the session at once when its PSK key is no longer among these (told as the reason it closed). */
-  revokeUnless(keys: PskKeys): void {
-    const { identity, key } = this.#agreed;
-    if (identity === undefined || key === undefined || this.#revoked !== undefined || !pskRevoked(keys, identity, key)) return;
-    this.#revoked = `the key of ${identity} is no longer in the export's key file`;
-    this.#server.stats.revoked.add(identity);
+  /**
+   * Ends the session at once when the keys or certificates now in force no longer admit its
+   * key or certificate (told as the reason it closed). Each session is checked once against
+   * each reading of the files, the one of its own handshake included.
+   */
+  revokeUnless(now: TlsInForce): void {
+    const session = this.#agreed.session;
+    if (session === undefined || this.#revoked !== undefined || (this.#checkedWith ?? session.checkedWith) === now) return;
+    this.#checkedWith = now;
+    const why = sessionRevoked(session, now);
+    if (why === undefined) return;
+    this.#revoked = why;
+    this.#server.stats.revoked.add(session.identity);
     this.kill();
   }
 

@@ -4,7 +4,8 @@ import type tls from "node:tls";
 import { fileProblem, UsageError } from "../errors.js";
 import { readableByOthers } from "../util/file-mode.js";
 import { fileStamps, Reread, type FilesChange } from "../util/reread.js";
-import { X509_FILES, type X509Credentials, type X509Folder } from "./nbd-x509.js";
+import type { X509Certificate } from "node:crypto";
+import { certificateRevoked, X509_FILES, type X509Credentials, type X509Folder } from "./nbd-x509.js";
 
 /**
  * TLS for the NBD export (NBD_OPT_STARTTLS), in either of the two ways QEMU and libnbd speak it:
@@ -104,6 +105,30 @@ export interface TlsSession {
   readonly identity: string;
   /** With pre-shared keys: the identity's key the handshake proved, so that a session whose key left the file can be told. */
   readonly key?: Uint8Array;
+  /** With X.509: the client's certificate, so that a session whose certificate was revoked since can be told. */
+  readonly certificate?: X509Certificate;
+  /** The keys or certificates in force at the handshake (what PskSource or X509Folder gave for it). */
+  readonly checkedWith: TlsInForce;
+}
+
+/** What a PskSource or an X509Folder gives for the moment: the keys, or the folder as read. */
+export type TlsInForce = PskKeys | X509Credentials;
+
+/** The keys or certificates in force now; throws why there are none to use. */
+export function tlsInForce(tlsOf: NbdTls): TlsInForce {
+  return "psk" in tlsOf ? tlsOf.psk.current() : tlsOf.x509.current();
+}
+
+/**
+ * Why an open session may not go on under the keys or certificates now in force, or undefined:
+ * its PSK key left the key file (or was replaced), or its client's certificate was revoked or
+ * its CA dropped.
+ */
+export function sessionRevoked(session: TlsSession, now: TlsInForce): string | undefined {
+  if (now instanceof Map) {
+    return session.key !== undefined && pskRevoked(now as PskKeys, session.identity, session.key) ? `the key of ${session.identity} is no longer in the export's key file` : undefined;
+  }
+  return session.certificate !== undefined ? certificateRevoked(now as X509Credentials, session.certificate, session.identity) : undefined;
 }
 
 /**
@@ -173,7 +198,7 @@ function startPsk(socket: Socket, keys: PskKeys): Promise<TlsSession> {
     secure.once("secure", () => {
       secure.off("error", failed);
       if (identity === undefined) return failed(new Error("no identity"));
-      settle({ socket: secure, identity, ...(proved === undefined ? {} : { key: proved }) });
+      settle({ socket: secure, identity, checkedWith: keys, ...(proved === undefined ? {} : { key: proved }) });
     });
     return () => secure.destroy();
   });
@@ -198,7 +223,7 @@ function startX509(socket: Socket, creds: X509Credentials): Promise<TlsSession> 
       }
       const cn = peer.subject?.CN as string | string[] | undefined;
       const name = Array.isArray(cn) ? cn[0] : cn;
-      settle({ socket: s, identity: name !== undefined && name !== "" ? name.slice(0, 128) : `sha256:${peer.fingerprint256}` });
+      settle({ socket: s, identity: name !== undefined && name !== "" ? name.slice(0, 128) : `sha256:${peer.fingerprint256}`, certificate: s.getPeerX509Certificate() as X509Certificate, checkedWith: creds });
     });
     server.once("tlsClientError", (e: Error & { code?: string }, s: tls.TLSSocket) => {
       secure = s;

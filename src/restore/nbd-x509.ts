@@ -5,6 +5,7 @@ import type { X509Certificate } from "node:crypto";
 import { errorCodeOf, fileProblem, UsageError } from "../errors.js";
 import { readableByOthers } from "../util/file-mode.js";
 import { fileStamps, Reread, type FilesChange } from "../util/reread.js";
+import { CrlProblem, issuedBy, readRevocationLists, revokedBy, type RevocationList } from "./x509-crl.js";
 
 /**
  * The X.509 folder of an NBD export over TLS (src/restore/nbd-tls.ts), laid out as QEMU's
@@ -26,6 +27,9 @@ export interface X509Credentials {
   readonly certificate: X509Certificate;
   /** A revocation list was given (ca-crl.pem). */
   readonly crl: boolean;
+  /** The certificates of ca-cert.pem, and the lists of ca-crl.pem (read to end open sessions they revoke). */
+  readonly cas: readonly X509Certificate[];
+  readonly revocations: readonly RevocationList[];
   /** Each file's identity (inode, size, times) just before it was read; "-" for one absent. */
   readonly stamps: Readonly<Record<string, string>>;
 }
@@ -34,7 +38,8 @@ export interface X509Credentials {
  * Reads and checks an X.509 folder before the export starts, so that a bad one is a usage error
  * naming the file, not a refusal of every client: each file must be there and parse; the key
  * must be the certificate's; the certificate must be valid at `now` and signed by a certificate
- * of ca-cert.pem (clients trusting that CA would refuse it otherwise).
+ * of ca-cert.pem (clients trusting that CA would refuse it otherwise); a revocation list must be
+ * signed by a certificate of ca-cert.pem and current (OpenSSL would refuse every client otherwise).
  */
 export function readX509Dir(dir: string, now: number = Date.now()): X509Credentials {
   const { X509Certificate, createPrivateKey } = process.getBuiltinModule("node:crypto");
@@ -82,9 +87,18 @@ export function readX509Dir(dir: string, now: number = Date.now()): X509Credenti
   const to = Date.parse(certificate.validTo);
   if (now > to) throw new UsageError(`${at(X509_FILES.cert)} expired on ${new Date(to).toISOString()}`, "renew the server's certificate");
   if (now < from) throw new UsageError(`${at(X509_FILES.cert)} is not valid before ${new Date(from).toISOString()}`, "check the clock, or the certificate's dates");
-  const issuer = cas.find((ca) => certificate.checkIssued(ca) && certificate.verify(ca.publicKey));
+  const issuer = cas.find((ca) => issuedBy(certificate, ca));
   if (issuer === undefined) {
     throw new UsageError(`${at(X509_FILES.cert)} is not signed by a certificate of ${at(X509_FILES.ca)}: clients trusting that CA would refuse the export`, `its issuer is ${oneLine(certificate.issuer)}`);
+  }
+  let revocations: RevocationList[] = [];
+  if (crlText !== undefined) {
+    try {
+      revocations = readRevocationLists(crlText, cas, now);
+    } catch (e) {
+      if (!(e instanceof CrlProblem)) throw e;
+      throw new UsageError(`${at(X509_FILES.crl)}: ${e.message}`, "put in place a current list the CA signed: openssl ca -gencrl -out ca-crl.pem");
+    }
   }
   const options: tls.SecureContextOptions = { minVersion: "TLSv1.2", cert: certText, key: keyText, ca: caText, ...(crlText === undefined ? {} : { crl: crlText }) };
   try {
@@ -93,7 +107,7 @@ export function readX509Dir(dir: string, now: number = Date.now()): X509Credenti
   } catch (e) {
     throw new UsageError(`the certificates of ${dir} cannot serve TLS: ${e instanceof Error ? e.message : String(e)}`, layout);
   }
-  return { dir, options, ca: commonName(issuer.subject) ?? oneLine(issuer.subject), certificate, crl: crlText !== undefined, stamps };
+  return { dir, options, ca: commonName(issuer.subject) ?? oneLine(issuer.subject), certificate, crl: crlText !== undefined, cas, revocations, stamps };
 }
 
 /**
@@ -126,7 +140,8 @@ function commonName(name: string): string | undefined {
  * server certificate or key, another CA bundle), the folder is read and checked again as at the
  * start, so revoking a client or renewing the certificate needs no restart. A folder that no
  * longer passes refuses new clients, naming the problem, until it is mended; each change is told
- * once. Connections already made go on: TLS checks a certificate at the handshake only.
+ * once. TLS checks a certificate at the handshake only, so NbdServer asks certificateRevoked
+ * about each open session after each change.
  */
 export class X509Folder extends Reread<X509Credentials> {
   constructor(initial: X509Credentials, o: { onChange?: (c: FilesChange) => void; now?: () => number } = {}) {
@@ -148,4 +163,15 @@ export class X509Folder extends Reread<X509Credentials> {
 
 function x509Files(dir: string): string[] {
   return Object.values(X509_FILES).map((name) => path.join(dir, name));
+}
+
+/**
+ * Why a session whose client showed cert may not go on under the folder as creds read it, or
+ * undefined: a list of ca-crl.pem revokes the certificate, or no certificate of ca-cert.pem
+ * issued it any more (the CA was replaced). `identity` names the client.
+ */
+export function certificateRevoked(creds: X509Credentials, cert: X509Certificate, identity: string): string | undefined {
+  if (revokedBy(creds.revocations, cert) !== undefined) return `the certificate of ${identity} (serial ${cert.serialNumber}) is revoked (${X509_FILES.crl})`;
+  if (!creds.cas.some((ca) => issuedBy(cert, ca))) return `the CA that issued the certificate of ${identity} is no longer in ${X509_FILES.ca}`;
+  return undefined;
 }

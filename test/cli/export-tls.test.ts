@@ -15,7 +15,7 @@ import { initCliRepo, vault, type CliResult } from "../helpers/cli.js";
 import { seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
 import { endExports, resultOf, run, startExport } from "../helpers/nbd-export.js";
 import { MIN_PSK_BYTES, parsePskFile } from "../../src/restore/nbd-tls.js";
-import { Opt, Rep } from "../../src/sources/nbd-protocol.js";
+import { Cmd, Opt, Rep } from "../../src/sources/nbd-protocol.js";
 import { goData, NbdClient } from "../helpers/nbd-client.js";
 import { haveOpenssl, makeTestPki } from "../helpers/x509.js";
 
@@ -268,6 +268,95 @@ describe.skipIf(!haveClients || !haveOpenssl)("export nbd over TLS with X.509 ce
     expect(done.stderr).toContain(`read the certificates of ${dir} again (ca-crl.pem changed): new clients are checked against them`);
     expect(done.stderr).toMatch(/turned away: TLS handshake failed: the client's certificate is revoked \(ca-crl\.pem\)/);
     expect(resultOf(done).identities).toEqual(["hv-2", "old-host"]);
+  });
+
+  it("ends the open sessions of a certificate the revocation list put in place revokes, and of a CA taken out of ca-cert.pem; the other client reads on", async () => {
+    const { repo, v, image } = await fixture();
+    const pki = await makeTestPki(tmp("pki"));
+    const dir = tmp("x509");
+    await fsp.cp(pki.server, dir, { recursive: true });
+    const caOnly = await fsp.readFile(path.join(pki.ca, "ca-cert.pem"), "utf8");
+    // The export admits clients of both CAs at first.
+    await fsp.writeFile(path.join(dir, "ca-cert.pem"), `${caOnly}${await fsp.readFile(path.join(pki.otherCa, "ca-cert.pem"), "utf8")}`);
+    const e = await startExport(repo, ["latest", "--reason", "revoke open sessions", "--listen", "127.0.0.1:0", "--tls-x509-dir", dir]);
+    const port = Number(/:(\d+)\//.exec(e.listening.exports[0]?.uri as string)?.[1]);
+    const open = async (folder: string): Promise<NbdClient> => {
+      const c = await NbdClient.connect(port);
+      await c.start();
+      expect((await c.option(Opt.STARTTLS)).map((r) => r.type)).toEqual([Rep.ACK]);
+      const read = (f: string): Promise<string> => fsp.readFile(path.join(folder, f), "utf8");
+      const session = await c.startTlsX509({ ca: caOnly, cert: await read("client-cert.pem"), key: await read("client-key.pem") });
+      expect((await session.option(Opt.GO, goData("disk.raw"))).at(-1)?.type).toBe(Rep.ACK);
+      return session;
+    };
+    const readsFirstMiB = async (c: NbdClient): Promise<void> => {
+      c.request(Cmd.READ, 0, MiB);
+      const r = await c.readSimpleReply(MiB);
+      expect(r.error).toBe(0);
+      expect(r.data.equals((await fsp.readFile(image)).subarray(0, MiB))).toBe(true);
+    };
+    const [oldHost, hv2, intruder] = [await open(pki.revoked), await open(pki.client), await open(pki.rogue)];
+    await readsFirstMiB(oldHost);
+    // The CA revokes old-host: its open session ends within the export's next look at the folder.
+    await fsp.copyFile(path.join(pki.ca, "ca-crl.pem"), path.join(dir, "ca-crl.pem"));
+    expect(await oldHost.closesWithin(8000)).toBe(true);
+    expect(await intruder.closesWithin(500)).toBe(false);
+    await readsFirstMiB(hv2);
+    // The other CA is taken out: intruder's session ends too.
+    await fsp.writeFile(path.join(dir, "ca-cert.pem"), caOnly);
+    expect(await intruder.closesWithin(8000)).toBe(true);
+    await readsFirstMiB(hv2);
+    expect(await hv2.closesWithin(500)).toBe(false);
+    e.child.kill("SIGTERM");
+    const done = await e.exit;
+    expect(done.code, done.stderr).toBe(0);
+    expect(done.stderr).toMatch(/disconnected after 1 read \(1\.00 MiB\): the certificate of old-host \(serial [0-9A-F]+\) is revoked \(ca-crl\.pem\)/);
+    expect(done.stderr).toMatch(/disconnected after 0 reads \(0 B\): the CA that issued the certificate of intruder is no longer in ca-cert\.pem/);
+    expect(resultOf(done).revoked).toEqual(["intruder", "old-host"]);
+    expect(resultOf(done).identities).toEqual(["hv-2", "intruder", "old-host"]);
+    const log = JSON.parse((await v(["audit", "log", "--json"])).stdout) as { action: string; result: string; target: Record<string, unknown> }[];
+    expect(log.filter((r) => r.action === "export" && r.result !== "started").map((r) => r.target["revoked"])).toEqual(["intruder, old-host"]);
+  });
+
+  it("refuses a revocation list another CA signed before listening, and turns new clients away when such a list lands while it runs: open sessions go on", async () => {
+    const { repo, v } = await fixture();
+    const pki = await makeTestPki(tmp("pki"));
+    const dir = tmp("x509");
+    await fsp.cp(pki.server, dir, { recursive: true });
+    // A list the other CA signs, as the export's own.
+    const other = pki.otherCa;
+    await fsp.writeFile(path.join(other, "index.txt"), "");
+    await fsp.writeFile(path.join(other, "crlnumber"), "01\n");
+    await fsp.writeFile(path.join(other, "ca.cnf"), ["[ca]", "default_ca = d", "[d]", `database = ${path.join(other, "index.txt")}`, `crlnumber = ${path.join(other, "crlnumber")}`, "default_md = sha256", "default_crl_days = 2", ""].join("\n"));
+    const made = spawnSync("openssl", ["ca", "-config", "ca.cnf", "-keyfile", "ca-key.pem", "-cert", "ca-cert.pem", "-gencrl", "-out", "ca-crl.pem"], { cwd: other, encoding: "utf8" });
+    expect(made.status, made.stderr).toBe(0);
+    await fsp.copyFile(path.join(other, "ca-crl.pem"), path.join(dir, "ca-crl.pem"));
+    const refused = await v(["export", "nbd", "latest", "--reason", "r", "--tls-x509-dir", dir]);
+    expect(refused.code, refused.stderr).toBe(2);
+    expect(refused.stderr).toContain(`${path.join(dir, "ca-crl.pem")}: its revocation list is not signed by a certificate of the CA file`);
+    // The export's CA's own list starts it; the other's landing while it runs turns new clients away, and hv-2's open session goes on.
+    await fsp.copyFile(path.join(pki.ca, "ca-crl.pem"), path.join(dir, "ca-crl.pem"));
+    const e = await startExport(repo, ["latest", "--reason", "bad list later", "--listen", "127.0.0.1:0", "--tls-x509-dir", dir]);
+    const uri = e.listening.exports[0]?.uri as string;
+    const port = Number(/:(\d+)\//.exec(uri)?.[1]);
+    const c = await NbdClient.connect(port);
+    await c.start();
+    await c.option(Opt.STARTTLS);
+    const read = (f: string): Promise<string> => fsp.readFile(path.join(pki.client, f), "utf8");
+    const session = await c.startTlsX509({ ca: await read("ca-cert.pem"), cert: await read("client-cert.pem"), key: await read("client-key.pem") });
+    expect((await session.option(Opt.GO, goData("disk.raw"))).at(-1)?.type).toBe(Rep.ACK);
+    await fsp.copyFile(path.join(other, "ca-crl.pem"), path.join(dir, "ca-crl.pem"));
+    const after = run("nbdinfo", ["--size", `${uri}?tls-certificates=${pki.client}`]);
+    expect(after.status).not.toBe(0);
+    expect(await session.closesWithin(4500)).toBe(false);
+    session.request(Cmd.READ, 0, 4096);
+    expect((await session.readSimpleReply(4096)).error).toBe(0);
+    e.child.kill("SIGTERM");
+    const done = await e.exit;
+    expect(done.code, done.stderr).toBe(0);
+    expect(done.stderr).toMatch(/changed \(ca-crl\.pem\) and cannot be used, so new clients are turned away until they are mended: .*ca-crl\.pem: its revocation list is not signed by a certificate of the CA file/);
+    expect(done.stderr).toMatch(/disconnected after 1 read \(4\.00 KiB\)"/);
+    expect(resultOf(done).revoked).toBeUndefined();
   });
 
   it("warns when the server's certificate does not name the address it listens on (clients checking the name would refuse it)", async () => {

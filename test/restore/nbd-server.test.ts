@@ -5,6 +5,7 @@
  * NBD_OPT_EXPORT_NAME), simple and structured replies, block status, the connection limit and
  * the server's close are each checked byte for byte.
  */
+import { X509Certificate } from "node:crypto";
 import type { AddressInfo } from "node:net";
 import { promises as fsp } from "node:fs";
 import path from "node:path";
@@ -835,7 +836,7 @@ describe.skipIf(!haveOpenssl)("NbdServer with TLS (X.509 certificates)", () => {
     expect(reasons()[0]).toBe("TLS handshake failed: the client's certificate is revoked (ca-crl.pem)");
     expect(changes).toEqual([{ path: dir, changed: ["ca-crl.pem"] }]);
     expect(folder.value.crl).toBe(true);
-    // Its connection made before the list goes on; hv-2 is not on the list.
+    // Its connection made before the list reads on until the server's next look at the folder (2 s here; the next test); hv-2 is not on the list.
     expectBytes(await readSimple(before, 0, 100), IMAGE.subarray(0, 100), "a read on the connection made before");
     await servedTo(port, hv2);
     // A list that does not parse: nobody new is served, and the change is told once.
@@ -843,10 +844,10 @@ describe.skipIf(!haveOpenssl)("NbdServer with TLS (X.509 certificates)", () => {
     await refusedTo(port, hv2);
     await refusedTo(port, hv2);
     await until(() => reasons().length === 3);
-    expect(reasons()[1]).toMatch(/^TLS handshake refused: the export's certificates changed \(ca-crl\.pem\) and cannot be used: the certificates of .* cannot serve TLS: /);
+    expect(reasons()[1]).toMatch(/^TLS handshake refused: the export's certificates changed \(ca-crl\.pem\) and cannot be used: .*ca-crl\.pem: its revocation list is not a certificate list$/);
     expect(reasons()[2]).toBe(reasons()[1]);
     expect(changes).toHaveLength(2);
-    expect(changes[1]).toMatchObject({ path: dir, changed: ["ca-crl.pem"], error: expect.stringContaining("cannot serve TLS") as unknown });
+    expect(changes[1]).toMatchObject({ path: dir, changed: ["ca-crl.pem"], error: expect.stringContaining("its revocation list is not a certificate list") as unknown });
     // Mended: served again, and the revoked client still is not.
     await fsp.copyFile(path.join(pki.ca, "ca-crl.pem"), path.join(dir, "ca-crl.pem"));
     await servedTo(port, hv2);
@@ -854,6 +855,41 @@ describe.skipIf(!haveOpenssl)("NbdServer with TLS (X.509 certificates)", () => {
     await until(() => reasons().length === 4);
     expect(reasons()[3]).toBe("TLS handshake failed: the client's certificate is revoked (ca-crl.pem)");
     expect(changes.map((c) => c.error === undefined)).toEqual([true, false, true]);
+  });
+});
+
+describe.skipIf(!haveOpenssl)("NbdServer with an X.509 folder that changes under open sessions", () => {
+  it("ends the session of a certificate a revocation list put in place revokes, at the next look at the folder; a broken list leaves the sessions going on", async () => {
+    const pkiDir = tmp("pki");
+    const pki = await makeTestPki(pkiDir);
+    const dir = tmp("live");
+    await fsp.cp(pki.server, dir, { recursive: true });
+    const { server, port, events } = await serve(["vda"], { tls: { x509: new X509Folder(readX509Dir(dir)) }, tlsRecheckMs: 50 });
+    const pem = (folder: string, name: string): Promise<string> => fsp.readFile(path.join(folder, name), "utf8");
+    const session = async (folder: string): Promise<NbdClient> => {
+      const secure = await (await startTls(port)).startTlsX509({ ca: await pem(folder, "ca-cert.pem"), cert: await pem(folder, "client-cert.pem"), key: await pem(folder, "client-key.pem") });
+      clients.push(secure);
+      expect(types(await secure.option(Opt.GO, goData("vda"))).at(-1)).toBe(Rep.ACK);
+      expectBytes(await readSimple(secure, 0, 512), IMAGE.subarray(0, 512), `${folder}'s first read`);
+      return secure;
+    };
+    const [oldHost, hv2] = [await session(pki.revoked), await session(pki.client)];
+    // Several looks at the folder change nothing while it does not change.
+    await new Promise((r) => setTimeout(r, 200));
+    expectBytes(await readSimple(oldHost, BLOCK, 512), IMAGE.subarray(BLOCK, BLOCK + 512), "old-host before its revocation");
+    await fsp.copyFile(path.join(pki.ca, "ca-crl.pem"), path.join(dir, "ca-crl.pem"));
+    const closed = (): { error?: string }[] => events.filter((e): e is Extract<NbdEvent, { kind: "closed" }> => e.kind === "closed");
+    await until(() => closed().length === 1);
+    const serial = new X509Certificate(await pem(pki.revoked, "client-cert.pem")).serialNumber;
+    expect(closed()[0]?.error).toBe(`the certificate of old-host (serial ${serial}) is revoked (ca-crl.pem)`);
+    await expect(readSimple(oldHost, 0, 512)).rejects.toThrow();
+    expectBytes(await readSimple(hv2, BLOCK, 512), IMAGE.subarray(BLOCK, BLOCK + 512), "hv-2 reads on");
+    expect([...server.stats.revoked]).toEqual(["old-host"]);
+    // A list that does not parse turns new clients away but ends no session.
+    await fsp.writeFile(path.join(dir, "ca-crl.pem"), "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n");
+    await new Promise((r) => setTimeout(r, 200));
+    expectBytes(await readSimple(hv2, 2 * BLOCK, 512), IMAGE.subarray(2 * BLOCK, 2 * BLOCK + 512), "hv-2 reads on under a broken list");
+    expect(closed()).toHaveLength(1);
   });
 });
 
