@@ -250,6 +250,9 @@ function certificateRefusal(code: Error | string | null | undefined): string {
   if (c === "CERT_HAS_EXPIRED") return "the client's certificate has expired";
   if (c === "CERT_NOT_YET_VALID") return "the client's certificate is not valid yet";
   if (c === "CERT_REVOKED") return `the client's certificate is revoked (${X509_FILES.crl})`;
+  // OpenSSL checks every certificate of the chain against a list once there is one.
+  if (c === "UNABLE_TO_GET_CRL") return `${X509_FILES.crl} holds no revocation list of the CA that issued the client's certificate: add that CA's list`;
+  if (c === "CRL_HAS_EXPIRED") return `the export's revocation list (${X509_FILES.crl}) is past its next update: put a current one in place`;
   return `the client's certificate did not verify${c === "" ? "" : ` (${c})`}`;
 }
 

@@ -167,11 +167,16 @@ function x509Files(dir: string): string[] {
 
 /**
  * Why a session whose client showed cert may not go on under the folder as creds read it, or
- * undefined: a list of ca-crl.pem revokes the certificate, or no certificate of ca-cert.pem
- * issued it any more (the CA was replaced). `identity` names the client.
+ * undefined: as a handshake would now refuse the certificate, no certificate of ca-cert.pem
+ * issued it any more (its CA was taken out), or a list of ca-crl.pem revokes it, or ca-crl.pem
+ * holds lists but none of its CA (OpenSSL then refuses its clients). `identity` names the client.
  */
 export function certificateRevoked(creds: X509Credentials, cert: X509Certificate, identity: string): string | undefined {
+  const ca = creds.cas.find((c) => issuedBy(cert, c));
+  if (ca === undefined) return `the CA that issued the certificate of ${identity} is no longer in ${X509_FILES.ca}`;
   if (revokedBy(creds.revocations, cert) !== undefined) return `the certificate of ${identity} (serial ${cert.serialNumber}) is revoked (${X509_FILES.crl})`;
-  if (!creds.cas.some((ca) => issuedBy(cert, ca))) return `the CA that issued the certificate of ${identity} is no longer in ${X509_FILES.ca}`;
+  if (creds.revocations.length > 0 && !creds.revocations.some((l) => l.issuer.fingerprint256 === ca.fingerprint256)) {
+    return `${X509_FILES.crl} holds no revocation list of the CA that issued the certificate of ${identity}`;
+  }
   return undefined;
 }

@@ -859,7 +859,7 @@ describe.skipIf(!haveOpenssl)("NbdServer with TLS (X.509 certificates)", () => {
 });
 
 describe.skipIf(!haveOpenssl)("NbdServer with an X.509 folder that changes under open sessions", () => {
-  it("ends the session of a certificate a revocation list put in place revokes, at the next look at the folder; a broken list leaves the sessions going on", async () => {
+  it("ends the session of a certificate a revocation list put in place revokes, at the next look at the folder, and of a CA the list does not cover; a broken list leaves the sessions going on", async () => {
     const pkiDir = tmp("pki");
     const pki = await makeTestPki(pkiDir);
     const dir = tmp("live");
@@ -885,11 +885,28 @@ describe.skipIf(!haveOpenssl)("NbdServer with an X.509 folder that changes under
     await expect(readSimple(oldHost, 0, 512)).rejects.toThrow();
     expectBytes(await readSimple(hv2, BLOCK, 512), IMAGE.subarray(BLOCK, BLOCK + 512), "hv-2 reads on");
     expect([...server.stats.revoked]).toEqual(["old-host"]);
+    // The export admits another CA's clients too; a list of the CA only ends their sessions and turns them away, as OpenSSL checks every CA against a list once there is one.
+    await fsp.writeFile(path.join(dir, "ca-cert.pem"), `${await pem(pki.ca, "ca-cert.pem")}${await pem(pki.otherCa, "ca-cert.pem")}`);
+    await fsp.rm(path.join(dir, "ca-crl.pem"));
+    const intruder = await session(pki.rogue);
+    await fsp.copyFile(path.join(pki.ca, "ca-crl.pem"), path.join(dir, "ca-crl.pem"));
+    await until(() => closed().length === 2);
+    expect(closed()[1]?.error).toBe("ca-crl.pem holds no revocation list of the CA that issued the certificate of intruder");
+    await expect(readSimple(intruder, 0, 512)).rejects.toThrow();
+    const before = events.length;
+    await (await startTls(port)).startTlsX509({ ca: await pem(pki.rogue, "ca-cert.pem"), cert: await pem(pki.rogue, "client-cert.pem"), key: await pem(pki.rogue, "client-key.pem") }).then(
+      (c) => (clients.push(c), c.sendOption(Opt.LIST), c.readOptionReply().catch(() => undefined)),
+      () => undefined,
+    );
+    await until(() => events.slice(before).some((e) => e.kind === "refused"));
+    expect(events.slice(before).find((e) => e.kind === "refused")).toMatchObject({ reason: "TLS handshake failed: ca-crl.pem holds no revocation list of the CA that issued the client's certificate: add that CA's list" });
+    expect([...server.stats.revoked].sort()).toEqual(["intruder", "old-host"]);
     // A list that does not parse turns new clients away but ends no session.
+    const closedBefore = closed().length;
     await fsp.writeFile(path.join(dir, "ca-crl.pem"), "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n");
     await new Promise((r) => setTimeout(r, 200));
     expectBytes(await readSimple(hv2, 2 * BLOCK, 512), IMAGE.subarray(2 * BLOCK, 2 * BLOCK + 512), "hv-2 reads on under a broken list");
-    expect(closed()).toHaveLength(1);
+    expect(closed()).toHaveLength(closedBefore);
   });
 });
 
