@@ -37,8 +37,12 @@ export interface ExportedDisk {
 export interface DiskWriter {
   /** With fua, durable before it resolves. */
   write(offset: number, data: Uint8Array, o?: { fua?: boolean }): Promise<void>;
-  /** Zeros the range; with trim, only what it covers of whole blocks (a trim promises nothing about later reads). */
-  zero(offset: number, length: number, o?: { fua?: boolean; trim?: boolean }): Promise<void>;
+  /**
+   * Zeros the range; with trim, only what it covers of whole blocks (a trim promises nothing
+   * about later reads). The space of whole blocks written before is given back, unless noHole
+   * (NBD_CMD_FLAG_NO_HOLE: the client wants them to stay allocated).
+   */
+  zero(offset: number, length: number, o?: { fua?: boolean; trim?: boolean; noHole?: boolean }): Promise<void>;
   /** Makes every write answered before it durable. */
   flush(): Promise<void>;
 }

@@ -374,7 +374,7 @@ class Connection {
           await this.#error(r, P.Errno.EPERM, "the export is read-only");
           return true;
         }
-        return this.#change(disk, disk.writer, r, (w, fua) => w.zero(r.offset, r.length, { fua, trim: r.type === P.Cmd.TRIM }));
+        return this.#change(disk, disk.writer, r, (w, fua) => w.zero(r.offset, r.length, { fua, trim: r.type === P.Cmd.TRIM, noHole: (r.flags & P.CMD_FLAG_NO_HOLE) !== 0 }));
       case P.Cmd.FLUSH:
         // Without writes, a flush has nothing to wait for.
         if (disk.writer !== undefined) return this.#change(disk, disk.writer, r, (w) => w.flush());

@@ -2,6 +2,7 @@ import type { promises as fsp } from "node:fs";
 import { StorageError } from "../errors.js";
 import { BlockState, encodeStatesCopy, statesCopyOffset, type BlockStates, type WriteMapHeader } from "../format/write-map.js";
 import { readFully, writeFully } from "../util/file-io.js";
+import { nativeHelper } from "../util/native.js";
 import type { DiskPiece, DiskWriter, ExportedDisk, Extent } from "./disk-reader.js";
 
 /**
@@ -27,12 +28,16 @@ export interface WriteFiles {
  * is never changed. Writes, zeroing and flushes run one at a time, in the order they came (two
  * clients writing one block cannot lose either's bytes); a flush makes every write answered
  * before it durable: the writes file synced, then the map replaced when a block changed state.
+ * Zeroing or trimming whole written blocks punches holes in the writes file, so a guest's
+ * discards give the space back.
  */
 export class WritableDisk implements ExportedDisk, DiskWriter {
   readonly name: string;
   readonly size: number;
   readonly blockSize: number;
   readonly writer: DiskWriter = this;
+  /** Bytes of the writes file given back by zeroing and trims (holes punched). */
+  holesPunched = 0;
   readonly #base: ExportedDisk;
   readonly #header: WriteMapHeader;
   readonly #states: BlockStates;
@@ -140,26 +145,42 @@ export class WritableDisk implements ExportedDisk, DiskWriter {
    * Zeros a range (NBD_CMD_WRITE_ZEROES), or trims it (NBD_CMD_TRIM, trim: true). Whole blocks
    * become zeros without a write; the parts of blocks at either end are written as zeros, or,
    * when trimming, left as they are (a trim promises nothing about what is read after it).
+   * Whole blocks written before give their space in the writes file back (a hole punched),
+   * unless noHole. The hole may reach the disk before the map does: a crash before the next
+   * flush then reads those blocks as zeros, which is what the client asked for (or, trimmed,
+   * anything will do).
    */
-  zero(offset: number, length: number, o: { fua?: boolean; trim?: boolean } = {}): Promise<void> {
+  zero(offset: number, length: number, o: { fua?: boolean; trim?: boolean; noHole?: boolean } = {}): Promise<void> {
     this.#checkRange(offset, length);
     return this.#inTurn(async () => {
       const end = offset + length;
+      const holes = new HoleRuns();
       for (let block = Math.floor(offset / WRITE_BLOCK); block * WRITE_BLOCK < end; block++) {
         const start = block * WRITE_BLOCK;
         const blockEnd = start + this.#blockLength(block);
         const from = Math.max(offset, start);
         const to = Math.min(end, blockEnd);
-        if (from === start && to === blockEnd) this.#setState(block, BlockState.ZERO);
-        else if (o.trim !== true && this.#states.get(block) !== BlockState.ZERO) {
+        if (from === start && to === blockEnd) {
+          if (this.#states.get(block) === BlockState.WRITTEN && o.noHole !== true) holes.add(start, blockEnd);
+          this.#setState(block, BlockState.ZERO);
+        } else if (o.trim !== true && this.#states.get(block) !== BlockState.ZERO) {
           const whole = await this.#blockBytes(block);
           whole.fill(0, from - start, to - start);
           await this.#writeAt(whole, start);
           this.#setState(block, BlockState.WRITTEN);
         }
       }
+      for (const [at, holeEnd] of holes.runs) this.#punch(at, holeEnd - at);
       if (o.fua === true) await this.#sync();
     });
+  }
+
+  /**
+   * Gives the space of a range of the writes file back, where the file system can: only the
+   * space is at stake (the map already reads the range as zeros), so a refusal is not an error.
+   */
+  #punch(offset: number, length: number): void {
+    if (nativeHelper()?.punchHole?.(this.#files.data.fd, offset, length) === 0) this.holesPunched += length;
   }
 
   /** Makes every write answered so far durable. */
@@ -251,5 +272,16 @@ export class WritableDisk implements ExportedDisk, DiskWriter {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
       throw new RangeError(`range ${offset}+${length} is outside the disk (${this.size} bytes)`);
     }
+  }
+}
+
+/** Byte ranges [start, end) added in order, adjacent ones joined. */
+class HoleRuns {
+  readonly runs: [number, number][] = [];
+
+  add(start: number, end: number): void {
+    const last = this.runs[this.runs.length - 1];
+    if (last !== undefined && last[1] === start) last[1] = end;
+    else this.runs.push([start, end]);
   }
 }

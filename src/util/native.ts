@@ -10,6 +10,8 @@ export interface NativeHelper {
   seekHole(fd: number, offset: number): number;
   /** lseek(SEEK_END): the size of what fd reads, a block device's included. */
   seekEnd(fd: number): number;
+  /** fallocate(PUNCH_HOLE | KEEP_SIZE) over the range: 0, or the errno (EOPNOTSUPP where the file system cannot). Absent from a helper built before it. */
+  punchHole?(fd: number, offset: number, length: number): number;
   /**
    * A whole file, opened, read and closed in one trip to libuv's thread pool (fs.readFile makes
    * four). Rejects with an Error whose code is the errno name, as fs does.

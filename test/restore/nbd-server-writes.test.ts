@@ -6,6 +6,7 @@
 import type { AddressInfo } from "node:net";
 import { execFileSync } from "node:child_process";
 import { promises as fsp } from "node:fs";
+import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { NbdServer, type NbdEvent } from "../../src/restore/nbd-server.js";
 import { WRITE_BLOCK } from "../../src/restore/writable-disk.js";
@@ -21,6 +22,7 @@ const tmp = tempDirs();
 const Cmd = { WRITE: 1, FLUSH: 3, TRIM: 4, WRITE_ZEROES: 6 };
 const Opt = { GO: 7 };
 const CMD_FLAG_FUA = 1;
+const CMD_FLAG_NO_HOLE = 2;
 const ENOSPC = 28;
 const EINVAL = 22;
 
@@ -100,6 +102,34 @@ describe("a writable export", () => {
     expect((await c.readSimpleReply()).error).toBe(0);
     const model = base.bytes.slice();
     model.fill(0, WRITE_BLOCK, 2 * WRITE_BLOCK);
+    expect(Buffer.compare(await readAll(dir.disks[0]!.disk), model)).toBe(0);
+  });
+
+  it("gives back the space of written blocks a TRIM or WRITE_ZEROES covers, but not of those zeroed with NBD_CMD_FLAG_NO_HOLE", async () => {
+    const base = snapshotDisk("vda", 8);
+    const dir = await WriteDir.open(tmp("writes"), "snap-1", [base]);
+    const { port } = await serve(dir);
+    const c = await WireClient.connect(port);
+    await c.start();
+    await c.option(Opt.GO, goData("vda"));
+    const used = async (): Promise<number> => (await fsp.stat(path.join(dir.dir, "vda.writes"))).blocks * 512;
+    c.request(Cmd.WRITE, 0, 6 * WRITE_BLOCK, { payload: seededBytes("to trim", 6 * WRITE_BLOCK), flags: CMD_FLAG_FUA });
+    expect((await c.readSimpleReply()).error).toBe(0);
+    expect(await used()).toBeGreaterThanOrEqual(6 * WRITE_BLOCK);
+    c.request(Cmd.TRIM, 0, 2 * WRITE_BLOCK);
+    expect((await c.readSimpleReply()).error).toBe(0);
+    c.request(Cmd.WRITE_ZEROES, 2 * WRITE_BLOCK, 2 * WRITE_BLOCK, { flags: CMD_FLAG_NO_HOLE });
+    expect((await c.readSimpleReply()).error).toBe(0);
+    c.request(Cmd.WRITE_ZEROES, 4 * WRITE_BLOCK, WRITE_BLOCK);
+    expect((await c.readSimpleReply()).error).toBe(0);
+    c.request(Cmd.FLUSH, 0, 0);
+    expect((await c.readSimpleReply()).error).toBe(0);
+    // Blocks 2, 3 (zeros kept allocated) and 5 (as written) hold space; 0, 1 and 4 do not.
+    expect(await used()).toBeLessThanOrEqual(3 * WRITE_BLOCK + 64 * 1024);
+    expect(await used()).toBeGreaterThanOrEqual(3 * WRITE_BLOCK);
+    const model = base.bytes.slice();
+    model.set(seededBytes("to trim", 6 * WRITE_BLOCK), 0);
+    model.fill(0, 0, 5 * WRITE_BLOCK);
     expect(Buffer.compare(await readAll(dir.disks[0]!.disk), model)).toBe(0);
   });
 

@@ -133,6 +133,38 @@ describe("a writable disk over a snapshot", () => {
     await dir.close();
   });
 
+  it("gives the space of written blocks it zeroes or trims whole back to the file system (holes punched), but not with noHole", async () => {
+    const base = snapshotDisk("vda", 32);
+    const where = tmp("writes");
+    const dir = await WriteDir.open(where, "snap-1", [base]);
+    const disk = dir.disks[0]!.disk;
+    const file = path.join(where, "vda.writes");
+    const used = async (): Promise<number> => (await fsp.stat(file)).blocks * 512;
+    const model = base.bytes.slice();
+    const data = seededBytes("punched", 24 * WRITE_BLOCK);
+    await disk.write(0, data);
+    model.set(data, 0);
+    await disk.flush();
+    expect(await used()).toBeGreaterThanOrEqual(24 * WRITE_BLOCK);
+    // A trim over half of block 0, blocks 1 to 8 whole, and half of block 9: the halves stay.
+    await disk.zero(WRITE_BLOCK / 2, 9 * WRITE_BLOCK, { trim: true });
+    model.fill(0, WRITE_BLOCK, 9 * WRITE_BLOCK);
+    // Zeros kept allocated (NBD_CMD_FLAG_NO_HOLE), then zeros that may be holes; blocks 24 to 27 were never written.
+    await disk.zero(12 * WRITE_BLOCK, 4 * WRITE_BLOCK, { noHole: true });
+    await disk.zero(16 * WRITE_BLOCK, 12 * WRITE_BLOCK);
+    model.fill(0, 12 * WRITE_BLOCK, 28 * WRITE_BLOCK);
+    await disk.flush();
+    expect(disk.holesPunched).toBe(16 * WRITE_BLOCK);
+    const left = await used();
+    expect(left).toBeGreaterThanOrEqual(8 * WRITE_BLOCK);
+    expect(left).toBeLessThanOrEqual(8 * WRITE_BLOCK + 64 * KiB);
+    expect(Buffer.compare(await readAll(disk), model)).toBe(0);
+    await dir.close();
+    const again = await WriteDir.open(where, "snap-1", [base]);
+    expect(Buffer.compare(await readAll(again.disks[0]!.disk), model)).toBe(0);
+    await again.close();
+  });
+
   it("keeps only flushed block states across a restart, and written blocks in place", async () => {
     const base = snapshotDisk("vda", 4);
     const where = tmp("writes");
