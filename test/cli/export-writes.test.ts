@@ -12,6 +12,7 @@ import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { initCliRepo, vault } from "../helpers/cli.js";
 import { endExports, resultOf, run, startExport, type Listening } from "../helpers/nbd-export.js";
 import { seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
+import { domainXml } from "../helpers/domain-xml.js";
 import { mountTmpfs } from "../helpers/mounts.js";
 
 const tmp = tempDirs();
@@ -172,18 +173,7 @@ describe.skipIf(!haveClients)("export nbd --write-dir", () => {
     const image = path.join(dir, "web-vda.raw");
     await fsp.writeFile(image, seededBytes("domain disk", 2 * MiB));
     const xml = path.join(dir, "web.xml");
-    await fsp.writeFile(xml, `<domain type='kvm'>
-  <name>web</name>
-  <uuid>6695eb01-f6a4-8304-79aa-97f2502e193f</uuid>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='raw'/>
-      <source file='${image}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-  </devices>
-</domain>
-`);
+    await fsp.writeFile(xml, domainXml({ name: "web", disks: [{ file: image, target: "vda" }] }));
     expect((await v(["backup", "--domain-xml", xml])).code).toBe(0);
     const writes = path.join(dir, "writes");
     const e = await startExport(repo, ["latest", "--reason", "domain", "--listen", "127.0.0.1:0", "--write-dir", writes]);

@@ -11,6 +11,7 @@ import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { initCliRepo, vault } from "../helpers/cli.js";
 import { makeImage, readTree, seededBytes, tempDirs } from "../helpers/fixtures.js";
+import { domainXml } from "../helpers/domain-xml.js";
 
 const tmp = tempDirs();
 
@@ -47,34 +48,18 @@ async function host(o: { state?: number; vdaFormat?: string; extraDomain?: strin
   await makeImage(vda, { sizeMiB: 4, seed: "domain vda" });
   await fsp.writeFile(vdb, seededBytes("domain vdb", 768 * 1024));
   const node = `<node>
-<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
-  <name>web1</name>
-  <uuid>6695eb01-f6a4-8304-79aa-97f2502e193f</uuid>
-  <memory unit='MiB'>512</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64'>hvm</type></os>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='${o.vdaFormat ?? "raw"}'/>
-      <source file='${vda}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <disk type='block' device='disk'>
-      <driver name='qemu' type='raw'/>
-      <source dev='${vdb}'/>
-      <target dev='vdb' bus='virtio'/>
-    </disk>
-    <disk type='file' device='cdrom'>
-      <source file='${dir}/install.iso'/>
-      <target dev='sda' bus='sata'/>
-      <readonly/>
-    </disk>
-    <interface type='network'><mac address='52:54:00:aa:bb:cc'/><source network='default'/></interface>
-    <graphics type='vnc' port='-1' passwd='vnc-s3cret-4711'/>
-  </devices>
-  <test:runstate>${o.state ?? SHUT_OFF}</test:runstate>
-</domain>
-${o.extraDomain ?? ""}
+${domainXml({
+  name: "web1",
+  type: "'test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'",
+  head: "  <memory unit='MiB'>512</memory>\n  <vcpu>1</vcpu>\n  <os><type arch='x86_64'>hvm</type></os>",
+  disks: [
+    { file: vda, format: o.vdaFormat ?? "raw", target: "vda" },
+    { dev: vdb, target: "vdb" },
+    { file: `${dir}/install.iso`, target: "sda", bus: "sata", device: "cdrom", readonly: true },
+  ],
+  devices: "    <interface type='network'><mac address='52:54:00:aa:bb:cc'/><source network='default'/></interface>\n    <graphics type='vnc' port='-1' passwd='vnc-s3cret-4711'/>",
+  tail: `  <test:runstate>${o.state ?? SHUT_OFF}</test:runstate>`,
+})}${o.extraDomain ?? ""}
 </node>
 `;
   await fsp.writeFile(path.join(dir, "node.xml"), node);

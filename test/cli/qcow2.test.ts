@@ -11,6 +11,7 @@ import path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { initCliRepo, runCli, type CliResult } from "../helpers/cli.js";
 import { makeImage, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
+import { domainXml } from "../helpers/domain-xml.js";
 
 const tmp = tempDirs();
 const MiB = 1024 * 1024;
@@ -241,23 +242,14 @@ describe.skipIf(!haveQemu)("qcow2 images", () => {
     const xml = path.join(dir, "web.xml");
     await fsp.writeFile(
       xml,
-      `<domain type='kvm'>
-  <name>web</name>
-  <uuid>6c0b6f8e-2f7e-4a8a-9d57-0d3c2a1b9e11</uuid>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='${image}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='raw'/>
-      <source file='${rawDisk}'/>
-      <target dev='vdb' bus='virtio'/>
-    </disk>
-  </devices>
-</domain>
-`,
+      domainXml({
+        name: "web",
+        uuid: "6c0b6f8e-2f7e-4a8a-9d57-0d3c2a1b9e11",
+        disks: [
+          { file: image, format: "qcow2", target: "vda" },
+          { file: rawDisk, target: "vdb" },
+        ],
+      }),
     );
     const b = await cli(repo, ["--json", "backup", "--domain-xml", xml]);
     expect(b.code, b.stderr).toBe(0);
