@@ -42,7 +42,7 @@ export function checkOverlayRequest(o: OverlayRequest, tls: boolean): void {
   if (o.overlayDir === undefined && o.writeDir === undefined && (o.domainName !== undefined || o.define === true || o.libvirtUri !== undefined)) {
     throw new UsageError("--domain-name, --define and --libvirt-uri go with --overlay-dir or --write-dir (the domain runs on the overlays, or on the writable export)");
   }
-  if (o.libvirtUri !== undefined && o.define !== true) throw new UsageError("a libvirt URI goes with defining the domain (--define)");
+  if (o.libvirtUri !== undefined && o.define !== true) throw new UsageError("--libvirt-uri goes with --define (it names the libvirt the domain is defined in)");
   if (o.domainName !== undefined) assertDomainName(o.domainName);
   if (tls && o.overlayDir !== undefined) {
     throw new UsageError("--overlay-dir does not go with TLS: a qcow2 overlay cannot name the TLS credentials QEMU would need to reach the export", "give --write-dir for a VM to run from a TLS export, or export on a Unix socket (--socket) or loopback without TLS");

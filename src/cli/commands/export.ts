@@ -36,7 +36,6 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
       // Checked before the unlock: a bad address costs no Argon2id.
       if (opts.reason.trim() === "") throw new UsageError("an export needs --reason TEXT (it is kept in the audit trail)");
       if (opts.listen !== undefined && opts.socket !== undefined) throw new UsageError("give --listen or --socket, not both");
-      if (opts.libvirtUri !== undefined && opts.define !== true) throw new UsageError("--libvirt-uri goes with --define");
       checkOverlayRequest(opts, opts.tlsPskFile !== undefined || opts.tlsX509Dir !== undefined);
       const listen: ExportAddress = opts.socket !== undefined ? { socket: opts.socket } : parseListen(opts.listen ?? `127.0.0.1:${NBD_PORT}`);
       if (opts.tlsPskFile !== undefined && opts.tlsX509Dir !== undefined) throw new UsageError("give --tls-psk-file or --tls-x509-dir, not both");
