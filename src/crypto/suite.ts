@@ -87,6 +87,21 @@ export class CryptoSuite {
     }
   }
 
+  /**
+   * Decrypts into out (ciphertext's length less the tag): true when it authenticated. Through
+   * the native AEAD no buffer is made; libsodium's WASM build decrypts into its own and copies.
+   */
+  decryptInto(key: Secret | Uint8Array, nonce: Uint8Array, ciphertext: Uint8Array, ad: Uint8Array, out: Uint8Array): boolean {
+    if (ciphertext.length < AEAD_TAG_BYTES || nonce.length !== AEAD_NONCE_BYTES || out.length !== ciphertext.length - AEAD_TAG_BYTES) return false;
+    if (this.#aead !== undefined) return this.#aead.decryptInto(keyBytes(key), nonce, ciphertext, ad, out);
+    try {
+      out.set(this.#sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(null, ciphertext, ad, nonce, keyBytes(key)));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   /** Encrypts under a fresh random nonce; returns nonce || ciphertext || tag. */
   seal(key: Secret | Uint8Array, plaintext: Uint8Array, ad: Uint8Array): Uint8Array {
     const nonce = this.random(AEAD_NONCE_BYTES);

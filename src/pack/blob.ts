@@ -171,6 +171,10 @@ export class BlobError extends Error {
 /**
  * Authenticates, decrypts and decompresses a blob through the general CryptoSuite, then
  * recomputes its keyed ID: the bytes are returned only when they are exactly the chunk the ID names.
+ * With a scratch, the decryption goes into its memory rather than a new buffer; with out (of
+ * rawLength bytes), the chunk is decoded into it and out is returned: both keep a reader that
+ * decodes many chunks from making garbage of each (an NBD export's cache, src/restore/disk-reader.ts).
+ * A failure may leave out half written.
  */
 export function decodeBlob(
   crypto: CryptoSuite,
@@ -180,18 +184,31 @@ export function decodeBlob(
   stored: Uint8Array,
   rawLength: number,
   compressor: Compressor,
+  o: { readonly scratch?: BlobScratch; readonly out?: Uint8Array } = {},
 ): Uint8Array {
   let framed: Uint8Array;
-  try {
-    framed = crypto.open(sessionKey, stored, blobAd(chunkId));
-  } catch {
-    throw new BlobError(STATUS_MESSAGES[BlobStatus.Auth]);
+  if (o.scratch !== undefined && stored.length >= BLOB_OVERHEAD) {
+    const framedLength = stored.length - AEAD_NONCE_BYTES - AEAD_TAG_BYTES;
+    framed = o.scratch.frame(framedLength).subarray(0, framedLength);
+    if (!crypto.decryptInto(sessionKey, stored.subarray(0, AEAD_NONCE_BYTES), stored.subarray(AEAD_NONCE_BYTES), blobAd(chunkId), framed)) {
+      throw new BlobError(STATUS_MESSAGES[BlobStatus.Auth]);
+    }
+  } else {
+    try {
+      framed = crypto.open(sessionKey, stored, blobAd(chunkId));
+    } catch {
+      throw new BlobError(STATUS_MESSAGES[BlobStatus.Auth]);
+    }
   }
+  if (o.out !== undefined && o.out.length !== rawLength) throw new RangeError(`decodeBlob: out holds ${o.out.length} bytes, not ${rawLength}`);
   const codec = framed[0];
   let plain: Uint8Array;
-  if (codec === Codec.Raw) plain = framed.subarray(1);
-  else if (isCompression(codec)) {
-    plain = new Uint8Array(rawLength);
+  if (codec === Codec.Raw) {
+    if (framed.length - 1 !== rawLength) throw new BlobError(STATUS_MESSAGES[BlobStatus.Length]);
+    // The scratch's bytes are overwritten by the next blob: copied out.
+    plain = o.out !== undefined ? (o.out.set(framed.subarray(1)), o.out) : o.scratch !== undefined ? framed.slice(1) : framed.subarray(1);
+  } else if (isCompression(codec)) {
+    plain = o.out ?? new Uint8Array(rawLength);
     let n: number;
     try {
       n = compressor.decompressInto(codec, framed.subarray(1), plain);
@@ -200,7 +217,6 @@ export function decodeBlob(
     }
     if (n !== rawLength) throw new BlobError(STATUS_MESSAGES[BlobStatus.Length]);
   } else throw new BlobError(STATUS_MESSAGES[BlobStatus.Codec]);
-  if (plain.length !== rawLength) throw new BlobError(STATUS_MESSAGES[BlobStatus.Length]);
   if (!crypto.equal(crypto.hash(plain, chunkIdKey), chunkId)) throw new BlobError(STATUS_MESSAGES[BlobStatus.Id]);
   return plain;
 }

@@ -1,7 +1,7 @@
 import { IntegrityError, NotFoundError, VaultError } from "../errors.js";
 import type { Compressor } from "../compress/compressor.js";
 import { packKey } from "../format/layout.js";
-import { BlobError, decodeBlob } from "../pack/blob.js";
+import { BlobError, BlobScratch, decodeBlob } from "../pack/blob.js";
 import type { ChunkIndex, ChunkLocation } from "../repository/chunk-index.js";
 import { missingChunkError } from "../repository/index-files.js";
 import { chunkKeyFor, type Repository } from "../repository/repository.js";
@@ -33,6 +33,8 @@ export class BlobReader {
   readonly #windows: Window[] = [];
   readonly #minWindow: number;
   readonly #windowsKept: number;
+  /** Where blobs are decrypted (decodeBlob is synchronous: one at a time). */
+  readonly #scratch = new BlobScratch();
   bytesFetched = 0;
   /** Reads from the store (one per window). */
   fetches = 0;
@@ -62,14 +64,15 @@ export class BlobReader {
    * The verified plaintext of a blob. When its location does not verify, the next location the
    * index holds for its ID is tried (see ChunkIndex.locations: an index file of any role holding
    * the index key may list another snapshot's blob ID first); the first failure is thrown when
-   * none verifies.
+   * none verifies. With into (of the blob's length; a chunk's length is checked against the
+   * index first), the plaintext is decoded into it and into is returned.
    */
-  async read(id: Uint8Array): Promise<Uint8Array> {
+  async read(id: Uint8Array, o: { readonly into?: Uint8Array } = {}): Promise<Uint8Array> {
     const first = this.location(id);
     let failure: IntegrityError | undefined;
     for (const loc of [first, ...this.#index.locations(id).slice(1)]) {
       try {
-        return await this.#readAt(id, loc);
+        return await this.#readAt(id, loc, o.into);
       } catch (e) {
         if (!(e instanceof IntegrityError)) throw e;
         failure ??= e;
@@ -78,13 +81,14 @@ export class BlobReader {
     throw failure as IntegrityError;
   }
 
-  async #readAt(id: Uint8Array, loc: ChunkLocation): Promise<Uint8Array> {
+  async #readAt(id: Uint8Array, loc: ChunkLocation, into: Uint8Array | undefined): Promise<Uint8Array> {
+    if (into !== undefined && into.length !== loc.rawLength) throw IntegrityError.object(packKey(loc.pack.packId), `the index gives chunk ${toHex(id).slice(0, 16)}… ${loc.rawLength} bytes, not the ${into.length} its disk expects`);
     const stored = await this.#fetch(loc);
     const session = await this.#sessions.open(loc.pack.sessionId);
     // Chunk IDs are verified with the chunk-ID key of the session that wrote them.
     const chunkIdKey = chunkKeyFor(this.#repo, session.meta.chunkKeyEpoch);
     try {
-      return decodeBlob(this.#repo.crypto, session.key, chunkIdKey, id, stored, loc.rawLength, this.#compressor);
+      return decodeBlob(this.#repo.crypto, session.key, chunkIdKey, id, stored, loc.rawLength, this.#compressor, { scratch: this.#scratch, ...(into === undefined ? {} : { out: into }) });
     } catch (e) {
       if (e instanceof BlobError) throw IntegrityError.object(packKey(loc.pack.packId), `${e.message} (chunk ${toHex(id).slice(0, 16)}…)`);
       throw e;

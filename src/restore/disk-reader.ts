@@ -6,8 +6,13 @@ import type { DiskSource } from "../format/snapshot.js";
 import type { BlobReader } from "./blob-reader.js";
 import { readList } from "./disk.js";
 
-/** A piece of a read, in order: verified bytes, or a run of zeros (a hole) that costs no read. */
-export type DiskPiece = { readonly offset: number; readonly data: Uint8Array } | { readonly offset: number; readonly zeros: number };
+/**
+ * A piece of a read, in order: verified bytes, or a run of zeros (a hole) that costs no read.
+ * The bytes may be a cache's, reused once emit's promise settles: a consumer that keeps them
+ * longer (a socket write that completes later) calls hold, where there is one, and the release
+ * it returns when done with them.
+ */
+export type DiskPiece = { readonly offset: number; readonly data: Uint8Array; readonly hold?: () => () => void } | { readonly offset: number; readonly zeros: number };
 
 /** A run of the disk that is all data or all holes. */
 export interface Extent {
@@ -53,6 +58,22 @@ export interface DiskWriter {
  */
 const LISTS_KEPT = 32;
 
+/** Buffers of chunks that left the cache kept for the next chunks read, beyond those the cache holds. */
+const SPARE_BUFFERS = 64;
+
+/**
+ * A chunk in the cache: its bytes, in a buffer of the disk's chunk size that is reused for
+ * another chunk once the chunk has left the cache and nobody holds it (pins: reads emitting it,
+ * and holds of pieces of it). Decoding into reused buffers leaves the garbage collector little
+ * to do (the decoded chunks were most of an export's garbage, freed only at major collections).
+ */
+interface Slot {
+  readonly buffer: Uint8Array;
+  readonly bytes: Uint8Array;
+  pins: number;
+  cached: boolean;
+}
+
 /** A chunk list as kept: its chunk IDs one after another, and each position's ID offset in them (-1: a hole). */
 interface KeptList {
   readonly bytes: Uint8Array;
@@ -75,7 +96,9 @@ export class SnapshotDisk implements ExportedDisk {
   readonly #snapshotKey: string;
   readonly #chunkCount: number;
   readonly #lists = new RecentlyUsed<number, Promise<KeptList>>(LISTS_KEPT);
-  readonly #chunks: RecentlyUsed<number, Uint8Array>;
+  readonly #chunks: RecentlyUsed<number, Slot>;
+  /** Buffers free for the next chunks read (Slot). */
+  readonly #spare: Uint8Array[] = [];
   /** Chunks read from the repository (cache misses). */
   chunksRead = 0;
 
@@ -92,7 +115,10 @@ export class SnapshotDisk implements ExportedDisk {
     if (disk.lists.length !== listsNeeded && !(this.#chunkCount === 0 && disk.lists.length <= 1)) {
       throw this.#damage(`has ${disk.lists.length} chunk lists for ${this.#chunkCount} chunks`);
     }
-    this.#chunks = new RecentlyUsed(Math.floor((o.cacheBytes ?? 32 * 1024 * 1024) / disk.chunkSize));
+    this.#chunks = new RecentlyUsed(Math.floor((o.cacheBytes ?? 32 * 1024 * 1024) / disk.chunkSize), (slot) => {
+      slot.cached = false;
+      this.#recycle(slot);
+    });
   }
 
   async read(offset: number, length: number, emit: (piece: DiskPiece) => Promise<void>): Promise<void> {
@@ -118,8 +144,22 @@ export class SnapshotDisk implements ExportedDisk {
         at += zeros;
         continue;
       }
-      const chunk = await this.#chunk(index, ref);
-      await emit({ offset: at, data: chunk.subarray(within, within + take) });
+      // Pinned by #chunk before it returns: no other read can take its buffer meanwhile.
+      const slot = await this.#chunk(index, ref);
+      const hold = (): (() => void) => {
+        slot.pins++;
+        let released = false;
+        return () => {
+          if (released) return;
+          released = true;
+          this.#unpin(slot);
+        };
+      };
+      try {
+        await emit({ offset: at, data: slot.bytes.subarray(within, within + take), hold });
+      } finally {
+        this.#unpin(slot);
+      }
       at += take;
     }
   }
@@ -194,14 +234,40 @@ export class SnapshotDisk implements ExportedDisk {
     return { bytes, at };
   }
 
-  async #chunk(index: number, id: Uint8Array): Promise<Uint8Array> {
+  /** The chunk's slot, pinned once for the caller (who unpins it). */
+  async #chunk(index: number, id: Uint8Array): Promise<Slot> {
     const kept = this.#chunks.get(index);
-    if (kept !== undefined) return kept;
-    const data = await this.#reader.read(id);
+    if (kept !== undefined) {
+      kept.pins++;
+      return kept;
+    }
+    const length = this.#chunkLength(index);
+    if (this.#reader.location(id).rawLength !== length) throw this.#damage(`chunk at ${index * this.#disk.chunkSize} has the wrong length`);
+    const buffer = this.#spare.pop() ?? new Uint8Array(this.#disk.chunkSize);
+    const slot: Slot = { buffer, bytes: buffer.subarray(0, length), pins: 0, cached: true };
+    try {
+      await this.#reader.read(id, { into: slot.bytes });
+    } catch (e) {
+      this.#spare.push(buffer);
+      throw e;
+    }
     this.chunksRead++;
-    if (data.length !== this.#chunkLength(index)) throw this.#damage(`chunk at ${index * this.#disk.chunkSize} has the wrong length`);
-    this.#chunks.set(index, data);
-    return data;
+    slot.pins++;
+    this.#chunks.set(index, slot);
+    return slot;
+  }
+
+  #unpin(slot: Slot): void {
+    slot.pins--;
+    this.#recycle(slot);
+  }
+
+  /** Takes a slot's buffer back once it left the cache and nobody holds it. */
+  #recycle(slot: Slot): void {
+    if (slot.cached || slot.pins !== 0) return;
+    // Told once: a slot out of the cache gains no pins (pieces are held only while emitted).
+    slot.pins = -1;
+    if (this.#spare.length < SPARE_BUFFERS) this.#spare.push(slot.buffer);
   }
 
   #damage(what: string): IntegrityError {

@@ -2,7 +2,7 @@ import type net from "node:net";
 import { errorCodeOf, IntegrityError } from "../errors.js";
 import type { DiskWriter, ExportedDisk } from "./disk-reader.js";
 import * as P from "../sources/nbd-protocol.js";
-import { ConnectionClosed, SocketInput, writeAll } from "../util/socket-io.js";
+import { ConnectionClosed, SocketInput, writeAll, writeAllThen } from "../util/socket-io.js";
 import { ALLOCATION_CONTEXT, MAX_REQUEST_BYTES, OptionPhase, type Wire } from "./nbd-options.js";
 import type { FilesChange } from "../util/reread.js";
 import { sessionRevoked, tlsInForce, type NbdTls, type TlsInForce } from "./nbd-tls.js";
@@ -445,10 +445,12 @@ class Connection {
     this.#reads++;
     this.#server.stats.reads++;
     let headerSent = false;
-    let pendingDone: ((done: boolean) => Uint8Array[]) | undefined;
+    /** The piece held back, and the release of its bytes (DiskPiece.hold) once the socket is done with them. */
+    let pending: { parts: (done: boolean) => Uint8Array[]; release: (() => void) | undefined } | undefined;
     const flush = async (done: boolean): Promise<void> => {
-      if (pendingDone !== undefined) await writeAll(this.#wire.socket, ...pendingDone(done));
-      pendingDone = undefined;
+      const p = pending;
+      pending = undefined;
+      if (p !== undefined) await writeAllThen(this.#wire.socket, p.parts(done), p.release);
     };
     try {
       await disk.read(r.offset, r.length, async (piece) => {
@@ -456,13 +458,14 @@ class Connection {
         if (this.#agreed.structured) {
           // Held back one piece, so the last can carry the done flag.
           await flush(false);
-          pendingDone = "data" in piece
-            ? (done) => [P.encodeOffsetDataHeader(done ? P.REPLY_FLAG_DONE : 0, r.handle, piece.offset, piece.data.length), piece.data]
-            : (done) => [P.encodeOffsetHole(done ? P.REPLY_FLAG_DONE : 0, r.handle, piece.offset, piece.zeros)];
+          pending = "data" in piece
+            ? { parts: (done) => [P.encodeOffsetDataHeader(done ? P.REPLY_FLAG_DONE : 0, r.handle, piece.offset, piece.data.length), piece.data], release: piece.hold?.() }
+            : { parts: (done) => [P.encodeOffsetHole(done ? P.REPLY_FLAG_DONE : 0, r.handle, piece.offset, piece.zeros)], release: undefined };
         } else {
           if (!headerSent) await writeAll(this.#wire.socket, P.encodeSimpleReply(0, r.handle));
           headerSent = true;
-          await writeAll(this.#wire.socket, ...("data" in piece ? [piece.data] : zeroBuffers(piece.zeros)));
+          if ("data" in piece) await writeAllThen(this.#wire.socket, [piece.data], piece.hold?.());
+          else await writeAll(this.#wire.socket, ...zeroBuffers(piece.zeros));
         }
         this.#bytes += length;
         this.#server.stats.bytes += length;

@@ -199,9 +199,22 @@ export class OwnReads {
 }
 
 /** Writes to a socket, waiting for it to drain when its buffer is full (a slow client slows the server). */
-export async function writeAll(socket: Socket, ...parts: Uint8Array[]): Promise<void> {
+export function writeAll(socket: Socket, ...parts: Uint8Array[]): Promise<void> {
+  return writeAllThen(socket, parts, undefined);
+}
+
+/**
+ * writeAll, then `done` once the socket no longer needs the parts' bytes (written out, or the
+ * socket destroyed), which may be after the promise resolves: the socket queues what it cannot
+ * send at once without copying it.
+ */
+export async function writeAllThen(socket: Socket, parts: readonly Uint8Array[], done: (() => void) | undefined): Promise<void> {
   let full = false;
-  for (const p of parts) if (p.length > 0) full = !socket.write(p) || full;
+  const last = parts.findLastIndex((p) => p.length > 0);
+  if (last < 0) done?.();
+  parts.forEach((p, i) => {
+    if (p.length > 0) full = !(i === last && done !== undefined ? socket.write(p, () => done()) : socket.write(p)) || full;
+  });
   if (!full || socket.destroyed) return;
   await new Promise<void>((resolve) => {
     const done = (): void => {

@@ -156,6 +156,60 @@ describe("SnapshotDisk", () => {
     expect(small.chunksRead).toBe(3);
   });
 
+  it("decodes into the buffers of chunks that left the cache, except those a reader holds, which keep their bytes until released", async () => {
+    // The random 2 MiB stretch: every chunk differs from every other.
+    const base = 200 * CHUNK;
+    const d = new SnapshotDisk(disk, reader, key, { cacheBytes: 2 * CHUNK });
+    const chunkAt = (i: number): Uint8Array => image.subarray(base + i * CHUNK, base + (i + 1) * CHUNK);
+    /** Reads chunk i whole; with hold, keeps its piece's bytes and the release. */
+    const take = async (i: number, hold: boolean): Promise<{ data: Uint8Array; release?: () => void }> => {
+      let got: { data: Uint8Array; release?: () => void } | undefined;
+      await d.read(base + i * CHUNK, CHUNK, async (p) => {
+        if (!("data" in p)) throw new Error("a hole where data was");
+        expect(Buffer.compare(p.data, chunkAt(i))).toBe(0);
+        got = { data: p.data, ...(hold && p.hold !== undefined ? { release: p.hold() } : {}) };
+      });
+      return got as { data: Uint8Array; release?: () => void };
+    };
+    const held = await take(0, true);
+    expect(held.release).toBeInstanceOf(Function);
+    const loose = await take(1, false);
+    // Ten more chunks: 0 and 1 leave the cache; 1's buffer is taken for another chunk, 0's is not while held.
+    for (let i = 2; i < 12; i++) await take(i, false);
+    expect(d.chunksRead).toBe(12);
+    expect(Buffer.compare(held.data, chunkAt(0)), "a held piece keeps its bytes").toBe(0);
+    expect(Buffer.compare(loose.data, chunkAt(1)), "a piece not held was reused").not.toBe(0);
+    held.release?.();
+    held.release?.();
+    for (let i = 12; i < 20; i++) await take(i, false);
+    expect(Buffer.compare(held.data, chunkAt(0)), "released, its buffer was reused").not.toBe(0);
+    // Chunks read again come back right whatever buffer they land in.
+    for (let i = 0; i < 20; i += 3) expect(Buffer.compare((await take(i, false)).data, chunkAt(i))).toBe(0);
+    const { bytes } = await readRange(d, base, 20 * CHUNK);
+    expect(Buffer.compare(bytes, image.subarray(base, base + 20 * CHUNK))).toBe(0);
+  });
+
+  it("serves concurrent reads right while they evict each other's chunks from a small cache", async () => {
+    const d = new SnapshotDisk(disk, reader, key, { cacheBytes: 3 * CHUNK });
+    const base = 200 * CHUNK;
+    const ranges = Array.from({ length: 24 }, (_, i) => [base + ((i * 7) % 40) * CHUNK + 100, 3 * CHUNK] as const);
+    const results = await Promise.all(
+      ranges.map(async ([offset, length]) => {
+        const bytes = new Uint8Array(length);
+        await d.read(offset, length, async (p) => {
+          // A slow consumer: other reads run (and evict) while it holds the piece.
+          await new Promise((r) => setImmediate(r));
+          if ("data" in p) bytes.set(p.data, p.offset - offset);
+        });
+        return bytes;
+      }),
+    );
+    results.forEach((bytes, i) => {
+      const [offset, length] = ranges[i] as readonly [number, number];
+      expect(Buffer.compare(bytes, image.subarray(offset, offset + length)), `read ${i}`).toBe(0);
+    });
+  });
+
   it("with a small window, reads little around a chunk read out of order, and more and more while reads go on in order", async () => {
     const r = vault.repository;
     const index = await loadIndex(r, undefined, undefined, { idBytes: 8 });

@@ -59,6 +59,15 @@ class FakeDisk implements ExportedDisk {
   onRead: (() => void) | undefined;
   /** When set, extents rejects with it (a chunk list that does not verify). */
   extentsFailure: Error | undefined;
+  /**
+   * When set, data pieces come from one buffer that is overwritten as soon as emit settles,
+   * unless the piece was held (then from the release on), as a cache reusing its buffers does.
+   */
+  reuse = false;
+  /** Pieces held, and released. */
+  holds = 0;
+  releases = 0;
+  #shared = new Uint8Array(BLOCK);
 
   constructor(name: string) {
     this.name = name;
@@ -77,6 +86,21 @@ class FakeDisk implements ExportedDisk {
       if (HOLES.has(block)) {
         while (stop < end && HOLES.has(stop / BLOCK)) stop = Math.min(end, stop + BLOCK);
         await emit({ offset: at, zeros: stop - at });
+      } else if (this.reuse) {
+        const buffer = this.#shared;
+        buffer.set(IMAGE.subarray(at, stop));
+        let held = false;
+        const hold = (): (() => void) => {
+          held = true;
+          this.holds++;
+          this.#shared = new Uint8Array(BLOCK);
+          return () => {
+            this.releases++;
+            buffer.fill(0xa5);
+          };
+        };
+        await emit({ offset: at, data: buffer.subarray(0, stop - at), hold });
+        if (!held) buffer.fill(0xa5);
       } else {
         await emit({ offset: at, data: IMAGE.slice(at, stop) });
       }
@@ -551,6 +575,45 @@ async function readSimpleStructured(c: NbdClient, offset: number, length: number
   expect(chunks.map((ch) => ch.type)).toEqual([ChunkType.OFFSET_DATA]);
   return (chunks[0] as Chunk).payload.subarray(8);
 }
+
+describe("NbdServer and the bytes a disk lends it", () => {
+  it("holds each piece's bytes until the socket has sent them, with simple and structured replies, while the client reads slowly", async () => {
+    const { port, disks } = await serve(["vda"]);
+    const disk = disks[0] as FakeDisk;
+    disk.reuse = true;
+    // Blocks 0 to 11 (seven of data, the rest holes, before the bad block), then 4 KiB pieces of
+    // data blocks: a small write goes into the socket's queue without making it full, so only a
+    // hold keeps its bytes while the client does not read.
+    const reads = [...Array.from({ length: 30 }, () => [0, 12 * BLOCK] as const), ...Array.from({ length: 30 }, (_, i) => [(i % 2 === 0 ? 3 : 8) * BLOCK + i * 4 * KiB, 4 * KiB] as const)];
+    for (const structured of [false, true]) {
+      const c = await opened(port, { structured });
+      clients.push(c);
+      // The client reads nothing for a while: the kernel's buffers fill, and the server's writes queue.
+      c.socket.pause();
+      for (const [offset, length] of reads) c.request(Cmd.READ, offset, length);
+      await new Promise((r) => setTimeout(r, 300));
+      c.socket.resume();
+      for (const [i, [offset, length]] of reads.entries()) {
+        if (!structured) {
+          const r = await c.readSimpleReply(length);
+          expect(r.error).toBe(0);
+          expectBytes(r.data, IMAGE.subarray(offset, offset + length), `simple read ${i}`);
+          continue;
+        }
+        const got = new Uint8Array(length);
+        for (const ch of await c.readChunks()) {
+          const at = Number(ch.payload.readBigUInt64BE(0)) - offset;
+          if (ch.type === ChunkType.OFFSET_DATA) got.set(ch.payload.subarray(8), at);
+          else expect(ch.type).toBe(ChunkType.OFFSET_HOLE);
+        }
+        expectBytes(got, IMAGE.subarray(offset, offset + length), `structured read ${i}`);
+      }
+    }
+    // Every piece was held, and every hold released once sent.
+    expect(disk.holds).toBe(2 * (30 * 7 + 30));
+    await until(() => disk.releases === disk.holds);
+  });
+});
 
 describe("NbdServer connections", () => {
   it("refuses connections past maxConnections and reports each connection's life", async () => {
