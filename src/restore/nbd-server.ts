@@ -51,6 +51,9 @@ export interface NbdServerOptions {
 /** NbdServerOptions.tlsRecheckMs's default. */
 export const TLS_RECHECK_MS = 2_000;
 
+/** The largest write payload a connection keeps a buffer for (nbdcopy writes 256 KiB at a time by default; larger writes get a buffer of their own). */
+const PAYLOAD_KEPT = 4 * 1024 * 1024;
+
 export type NbdEvent =
   | { readonly kind: "connected"; readonly client: string }
   | { readonly kind: "opened"; readonly client: string; readonly disk: string; readonly identity?: string }
@@ -238,6 +241,8 @@ class Connection {
   #revoked: string | undefined;
   /** The keys or certificates the session was last checked against (revokeUnless). */
   #checkedWith: TlsInForce | undefined;
+  /** Where write payloads arrive, reused from write to write (each is applied before the next request is read). */
+  #writeBuffer = new Uint8Array(0);
 
   constructor(server: NbdServer, socket: net.Socket, client: string) {
     this.#server = server;
@@ -291,6 +296,13 @@ class Connection {
     error = this.#revoked ?? error;
     const writes = this.#writes === 0 ? {} : { writes: this.#writes, written: this.#written };
     this.#server.event({ kind: "closed", client: this.#client, reads: this.#reads, bytes: this.#bytes, ...writes, ...(error === undefined ? {} : { error }) });
+  }
+
+  /** n bytes for a write's payload: the connection's buffer, grown up to PAYLOAD_KEPT; a larger write gets its own. */
+  #payload(n: number): Uint8Array {
+    if (n > PAYLOAD_KEPT) return new Uint8Array(n);
+    if (this.#writeBuffer.length < n) this.#writeBuffer = new Uint8Array(Math.min(PAYLOAD_KEPT, Math.max(n, 2 * this.#writeBuffer.length)));
+    return this.#writeBuffer.subarray(0, n);
   }
 
   /** The option phase, within the handshake deadline (told as a refusal when it runs out). */
@@ -365,7 +377,8 @@ class Connection {
           await this.#error(r, P.Errno.EPERM, "the export is read-only");
           return true;
         }
-        const data = await this.#wire.input.read(r.length);
+        const data = this.#payload(r.length);
+        await this.#wire.input.readInto(data);
         return this.#change(disk, disk.writer, r, (w, fua) => w.write(r.offset, data, { fua }));
       }
       case P.Cmd.TRIM:

@@ -13,6 +13,8 @@ export const WRITE_BLOCK = 64 * 1024;
 
 /** The largest piece a read of written blocks hands out at once. */
 const READ_PIECE = 1024 * 1024;
+/** Buffers of READ_PIECE kept for the next reads of written blocks. */
+const SPARE_PIECES = 4;
 
 /** Where a disk's writes are kept: the sparse file of the disk's size, and its map (src/format/write-map.ts) with the sequence number of its newer copy. */
 export interface WriteFiles {
@@ -43,6 +45,8 @@ export class WritableDisk implements ExportedDisk, DiskWriter {
   readonly #states: BlockStates;
   readonly #files: WriteFiles;
   #queue: Promise<unknown> = Promise.resolve();
+  /** Buffers for reads of written blocks (#emitWritten). */
+  readonly #spare: Uint8Array[] = [];
   /** The sequence number of the map's newer copy. */
   #sequence: number;
   /** A block changed state since the map was last stored. */
@@ -77,7 +81,7 @@ export class WritableDisk implements ExportedDisk, DiskWriter {
       else {
         for (let at = run.offset; at < run.offset + run.length; at += READ_PIECE) {
           const n = Math.min(READ_PIECE, run.offset + run.length - at);
-          await emit({ offset: at, data: await this.#readWritten(at, n) });
+          await this.#emitWritten(at, n, emit);
         }
       }
     }
@@ -234,10 +238,38 @@ export class WritableDisk implements ExportedDisk, DiskWriter {
     return out;
   }
 
-  async #readWritten(offset: number, length: number): Promise<Uint8Array> {
-    const out = Buffer.allocUnsafe(length);
-    await readFully(this.#files.data, out, offset, (at) => new StorageError(`${this.#files.dataPath} ends before byte ${at} of disk ${this.name}: was it truncated?`));
-    return out;
+  async #readWritten(offset: number, length: number, into: Uint8Array = Buffer.allocUnsafe(length)): Promise<Uint8Array> {
+    await readFully(this.#files.data, into, offset, (at) => new StorageError(`${this.#files.dataPath} ends before byte ${at} of disk ${this.name}: was it truncated?`));
+    return into;
+  }
+
+  /**
+   * Emits written bytes read into a spare buffer, taken back once emit settled and every hold
+   * of the piece was released (DiskPiece.hold), so reading back written blocks makes no garbage.
+   */
+  async #emitWritten(offset: number, length: number, emit: (piece: DiskPiece) => Promise<void>): Promise<void> {
+    const buffer = this.#spare.pop() ?? new Uint8Array(READ_PIECE);
+    let holds = 0;
+    let emitted = false;
+    const giveBack = (): void => {
+      if (emitted && holds === 0 && this.#spare.length < SPARE_PIECES) this.#spare.push(buffer);
+    };
+    const hold = (): (() => void) => {
+      holds++;
+      let released = false;
+      return () => {
+        if (released) return;
+        released = true;
+        holds--;
+        giveBack();
+      };
+    };
+    try {
+      await emit({ offset, data: await this.#readWritten(offset, length, buffer.subarray(0, length)), hold });
+    } finally {
+      emitted = true;
+      giveBack();
+    }
   }
 
   async #writeAt(bytes: Uint8Array, offset: number): Promise<void> {

@@ -165,6 +165,35 @@ describe("a writable disk over a snapshot", () => {
     await again.close();
   });
 
+  it("reads written blocks back into reused buffers, except a piece held until its release", async () => {
+    const base = snapshotDisk("vda", 40);
+    const dir = await WriteDir.open(tmp("writes"), "snap-1", [base]);
+    const disk = dir.disks[0]!.disk;
+    const data = seededBytes("read back", 40 * WRITE_BLOCK);
+    await disk.write(0, data);
+    /** The pieces of a read of [offset, offset + length), the first one held when asked. */
+    const pieces = async (offset: number, length: number, hold: boolean): Promise<{ data: Uint8Array; release?: () => void }[]> => {
+      const out: { data: Uint8Array; release?: () => void }[] = [];
+      await disk.read(offset, length, async (p) => {
+        if (!("data" in p)) throw new Error("a hole where data was written");
+        expect(Buffer.compare(p.data, data.subarray(p.offset, p.offset + p.data.length))).toBe(0);
+        out.push({ data: p.data, ...(hold && out.length === 0 && p.hold !== undefined ? { release: p.hold() } : {}) });
+      });
+      return out;
+    };
+    const [held] = await pieces(0, 16 * WRITE_BLOCK, true);
+    const [loose] = await pieces(16 * WRITE_BLOCK, 16 * WRITE_BLOCK, false);
+    expect(held?.release).toBeInstanceOf(Function);
+    for (let i = 0; i < 6; i++) await pieces(WRITE_BLOCK, 20 * WRITE_BLOCK, false);
+    expect(Buffer.compare(held!.data, data.subarray(0, 16 * WRITE_BLOCK)), "a held piece keeps its bytes").toBe(0);
+    expect(Buffer.compare(loose!.data, data.subarray(16 * WRITE_BLOCK, 32 * WRITE_BLOCK)), "a piece not held was reused").not.toBe(0);
+    held!.release!();
+    for (let i = 0; i < 6; i++) await pieces(3 * WRITE_BLOCK, 30 * WRITE_BLOCK, false);
+    expect(Buffer.compare(held!.data, data.subarray(0, 16 * WRITE_BLOCK)), "released, its buffer was reused").not.toBe(0);
+    expect(Buffer.compare(await readAll(disk), Buffer.concat([data, base.bytes.subarray(data.length)]))).toBe(0);
+    await dir.close();
+  });
+
   it("keeps only flushed block states across a restart, and written blocks in place", async () => {
     const base = snapshotDisk("vda", 4);
     const where = tmp("writes");
