@@ -1,10 +1,10 @@
+import type { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type { Socket } from "node:net";
 import type tls from "node:tls";
 import { fileProblem, UsageError } from "../errors.js";
 import { readableByOthers } from "../util/file-mode.js";
 import { fileStamps, Reread, type FilesChange } from "../util/reread.js";
-import type { X509Certificate } from "node:crypto";
 import { certificateRevoked, X509_FILES, type X509Credentials, type X509Folder } from "./nbd-x509.js";
 
 /**
@@ -125,10 +125,12 @@ export function tlsInForce(tlsOf: NbdTls): TlsInForce {
  * its CA dropped.
  */
 export function sessionRevoked(session: TlsSession, now: TlsInForce): string | undefined {
-  if (now instanceof Map) {
-    return session.key !== undefined && pskRevoked(now as PskKeys, session.identity, session.key) ? `the key of ${session.identity} is no longer in the export's key file` : undefined;
-  }
-  return session.certificate !== undefined ? certificateRevoked(now as X509Credentials, session.certificate, session.identity) : undefined;
+  if (isX509(now)) return session.certificate !== undefined ? certificateRevoked(now, session.certificate, session.identity) : undefined;
+  return session.key !== undefined && pskRevoked(now, session.identity, session.key) ? `the key of ${session.identity} is no longer in the export's key file` : undefined;
+}
+
+function isX509(now: TlsInForce): now is X509Credentials {
+  return "revocations" in now;
 }
 
 /**

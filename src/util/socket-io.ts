@@ -204,16 +204,16 @@ export function writeAll(socket: Socket, ...parts: Uint8Array[]): Promise<void> 
 }
 
 /**
- * writeAll, then `done` once the socket no longer needs the parts' bytes (written out, or the
+ * writeAll, then `sent` once the socket no longer needs the parts' bytes (written out, or the
  * socket destroyed), which may be after the promise resolves: the socket queues what it cannot
  * send at once without copying it.
  */
-export async function writeAllThen(socket: Socket, parts: readonly Uint8Array[], done: (() => void) | undefined): Promise<void> {
+export async function writeAllThen(socket: Socket, parts: readonly Uint8Array[], sent: (() => void) | undefined): Promise<void> {
   let full = false;
   const last = parts.findLastIndex((p) => p.length > 0);
-  if (last < 0) done?.();
+  if (last < 0) sent?.();
   parts.forEach((p, i) => {
-    if (p.length > 0) full = !(i === last && done !== undefined ? socket.write(p, () => done()) : socket.write(p)) || full;
+    if (p.length > 0) full = !(i === last && sent !== undefined ? socket.write(p, () => sent()) : socket.write(p)) || full;
   });
   if (!full || socket.destroyed) return;
   await new Promise<void>((resolve) => {
