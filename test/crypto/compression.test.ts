@@ -123,6 +123,29 @@ describe("LZ4 blobs", () => {
     expect(() => decodeBlob(suite, new Secret(key.slice()), new Secret(idKey.slice()), id, sealFramed(id, garbage), plain.length, new Compressor(LZ4))).toThrow(/does not decompress/);
   });
 
+  it("decodeBlob through a scratch and into a given buffer gives the same bytes, raw and compressed, none left in the scratch", () => {
+    const scratch = new BlobScratch();
+    const s = (b: Uint8Array): Secret => new Secret(b.slice());
+    const raw = seededBytes("random for scratch", 32 * 1024);
+    const packed = utf8("a chunk that compresses well. ".repeat(1000));
+    const blobs = [raw, packed].map((plain) => ({ plain, id: idOf(plain), blob: encodeBlob(suite, s(key), idOf(plain), plain, new Compressor(LZ4)) }));
+    const firsts = blobs.map(({ plain, id, blob }) => decodeBlob(suite, s(key), s(idKey), id, blob, plain.length, new Compressor(LZ4), { scratch }));
+    // Decoding the second reused the scratch: the first result (a raw chunk) is its own copy.
+    firsts.forEach((got, i) => expect(toHex(got)).toBe(toHex((blobs[i] as { plain: Uint8Array }).plain)));
+    for (const { plain, id, blob } of blobs) {
+      const out = new Uint8Array(plain.length);
+      expect(decodeBlob(suite, s(key), s(idKey), id, blob, plain.length, new Compressor(LZ4), { scratch, out })).toBe(out);
+      expect(toHex(out)).toBe(toHex(plain));
+      // Tampered: refused through the scratch too.
+      const bad = blob.slice();
+      bad[bad.length - 1] = (bad[bad.length - 1] as number) ^ 1;
+      expect(() => decodeBlob(suite, s(key), s(idKey), id, bad, plain.length, new Compressor(LZ4), { scratch, out })).toThrow(/authenticat/i);
+      expect(() => decodeBlob(suite, s(key), s(idKey), id, blob, plain.length, new Compressor(LZ4), { scratch, out: new Uint8Array(plain.length - 1) })).toThrow(RangeError);
+    }
+    // An output that does not fit the ciphertext is refused, not written.
+    expect(suite.decryptInto(key, new Uint8Array(24), new Uint8Array(10), new Uint8Array(0), new Uint8Array(packed.length))).toBe(false);
+  });
+
   it("a stored LZ4 blob from this format version still decodes (fixed vector)", () => {
     const vKey = seededBytes("lz4 vector session", 32);
     const vIdKey = seededBytes("lz4 vector chunk id", 32);
