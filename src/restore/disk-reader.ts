@@ -14,6 +14,22 @@ import { readList } from "./disk.js";
  */
 export type DiskPiece = { readonly offset: number; readonly data: Uint8Array; readonly hold?: () => () => void } | { readonly offset: number; readonly zeros: number };
 
+/**
+ * A DiskPiece's hold for bytes counted by their owner: each call pins them once and returns a
+ * release that unpins them once, however often it is called.
+ */
+export function pieceHold(pin: () => void, unpin: () => void): () => () => void {
+  return () => {
+    pin();
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      unpin();
+    };
+  };
+}
+
 /** A run of the disk that is all data or all holes. */
 export interface Extent {
   readonly length: number;
@@ -146,15 +162,10 @@ export class SnapshotDisk implements ExportedDisk {
       }
       // Pinned by #chunk before it returns: no other read can take its buffer meanwhile.
       const slot = await this.#chunk(index, ref);
-      const hold = (): (() => void) => {
-        slot.pins++;
-        let released = false;
-        return () => {
-          if (released) return;
-          released = true;
-          this.#unpin(slot);
-        };
-      };
+      const hold = pieceHold(
+        () => slot.pins++,
+        () => this.#unpin(slot),
+      );
       try {
         await emit({ offset: at, data: slot.bytes.subarray(within, within + take), hold });
       } finally {

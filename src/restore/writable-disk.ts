@@ -3,7 +3,7 @@ import { StorageError } from "../errors.js";
 import { BlockState, encodeStatesCopy, statesCopyOffset, type BlockStates, type WriteMapHeader } from "../format/write-map.js";
 import { readFully, writeFully } from "../util/file-io.js";
 import { nativeHelper } from "../util/native.js";
-import type { DiskPiece, DiskWriter, ExportedDisk, Extent } from "./disk-reader.js";
+import { pieceHold, type DiskPiece, type DiskWriter, type ExportedDisk, type Extent } from "./disk-reader.js";
 
 /**
  * Bytes per block of a writable export's writes: the first write into a block copies the rest of
@@ -254,16 +254,13 @@ export class WritableDisk implements ExportedDisk, DiskWriter {
     const giveBack = (): void => {
       if (emitted && holds === 0 && this.#spare.length < SPARE_PIECES) this.#spare.push(buffer);
     };
-    const hold = (): (() => void) => {
-      holds++;
-      let released = false;
-      return () => {
-        if (released) return;
-        released = true;
+    const hold = pieceHold(
+      () => holds++,
+      () => {
         holds--;
         giveBack();
-      };
-    };
+      },
+    );
     try {
       await emit({ offset, data: await this.#readWritten(offset, length, buffer.subarray(0, length)), hold });
     } finally {
