@@ -138,7 +138,7 @@ export async function exportNbd(repo: Repository, o: ExportOptions): Promise<Exp
     ...(o.domainName === undefined ? {} : { domainName: o.domainName }),
     ...(o.define === true ? { define: "yes" } : {}),
     ...(o.tlsKeys === undefined ? {} : { tls: `psk (${[...pskKeysOf(o.tlsKeys).keys()].join(", ")})` }),
-    ...(o.tlsX509 === undefined ? {} : { tls: `x509 (clients of CA ${o.tlsX509.ca}${o.tlsX509.crl ? ", with its revocation list" : ""})` }),
+    ...(o.tlsX509 === undefined ? {} : { tls: `x509 (clients of CA ${o.tlsX509.ca}${o.tlsX509.revocations.length > 0 ? ", with its revocation list" : ""})` }),
   };
   // A VM reads a little here and there: windows of 64 KiB unless it reads on in order.
   return readContents(repo, "export", { ...request, target, minWindow: 64 * 1024 }, (opened) => serve(opened, listen, o), (r) => ({ address: r.address, connections: r.connections, reads: r.reads, bytes: r.bytes, ...(r.writeCount === undefined ? {} : { writes: r.writeCount, written: r.written ?? 0 }), ...(r.identities === undefined ? {} : { identities: r.identities.join(", ") }), ...(r.revoked === undefined ? {} : { revoked: r.revoked.join(", ") }) }));

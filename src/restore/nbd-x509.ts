@@ -25,9 +25,7 @@ export interface X509Credentials {
   readonly ca: string;
   /** The server certificate, to tell whether it names an address. */
   readonly certificate: X509Certificate;
-  /** A revocation list was given (ca-crl.pem). */
-  readonly crl: boolean;
-  /** The certificates of ca-cert.pem, and the lists of ca-crl.pem (read to end open sessions they revoke). */
+  /** The certificates of ca-cert.pem, and the lists of ca-crl.pem (none without the file; read to end open sessions they revoke). */
   readonly cas: readonly X509Certificate[];
   readonly revocations: readonly RevocationList[];
   /** Each file's identity (inode, size, times) just before it was read; "-" for one absent. */
@@ -107,7 +105,7 @@ export function readX509Dir(dir: string, now: number = Date.now()): X509Credenti
   } catch (e) {
     throw new UsageError(`the certificates of ${dir} cannot serve TLS: ${e instanceof Error ? e.message : String(e)}`, layout);
   }
-  return { dir, options, ca: commonName(issuer.subject) ?? oneLine(issuer.subject), certificate, crl: crlText !== undefined, cas, revocations, stamps };
+  return { dir, options, ca: commonName(issuer.subject) ?? oneLine(issuer.subject), certificate, cas, revocations, stamps };
 }
 
 /**
