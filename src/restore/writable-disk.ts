@@ -249,23 +249,15 @@ export class WritableDisk implements ExportedDisk, DiskWriter {
    */
   async #emitWritten(offset: number, length: number, emit: (piece: DiskPiece) => Promise<void>): Promise<void> {
     const buffer = this.#spare.pop() ?? new Uint8Array(READ_PIECE);
-    let holds = 0;
-    let emitted = false;
-    const giveBack = (): void => {
-      if (emitted && holds === 0 && this.#spare.length < SPARE_PIECES) this.#spare.push(buffer);
+    // One hold is the emit's own, as SnapshotDisk pins a chunk while it emits it.
+    let holds = 1;
+    const unhold = (): void => {
+      if (--holds === 0 && this.#spare.length < SPARE_PIECES) this.#spare.push(buffer);
     };
-    const hold = pieceHold(
-      () => holds++,
-      () => {
-        holds--;
-        giveBack();
-      },
-    );
     try {
-      await emit({ offset, data: await this.#readWritten(offset, length, buffer.subarray(0, length)), hold });
+      await emit({ offset, data: await this.#readWritten(offset, length, buffer.subarray(0, length)), hold: pieceHold(() => holds++, unhold) });
     } finally {
-      emitted = true;
-      giveBack();
+      unhold();
     }
   }
 
