@@ -205,8 +205,13 @@ export function decodeBlob(
   let plain: Uint8Array;
   if (codec === Codec.Raw) {
     if (framed.length - 1 !== rawLength) throw new BlobError(STATUS_MESSAGES[BlobStatus.Length]);
-    // The scratch's bytes are overwritten by the next blob: copied out.
-    plain = o.out !== undefined ? (o.out.set(framed.subarray(1)), o.out) : o.scratch !== undefined ? framed.slice(1) : framed.subarray(1);
+    if (o.out !== undefined) {
+      o.out.set(framed.subarray(1));
+      plain = o.out;
+    } else {
+      // The scratch's bytes are overwritten by the next blob: copied out.
+      plain = o.scratch !== undefined ? framed.slice(1) : framed.subarray(1);
+    }
   } else if (isCompression(codec)) {
     plain = o.out ?? new Uint8Array(rawLength);
     let n: number;
