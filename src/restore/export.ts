@@ -109,6 +109,8 @@ export interface ExportResult extends ExportListening {
   readonly identities?: readonly string[];
   /** With TLS: the identities whose open sessions were ended because their key left the key file, or their certificate was revoked or its CA dropped (none: absent). */
   readonly revoked?: readonly string[];
+  /** With X.509: the identities whose open sessions were ended because their certificate, or its CA's, expired (none: absent). */
+  readonly expired?: readonly string[];
   /** Index files left out because they did not authenticate (the export did not need them). */
   readonly damagedIndexes: readonly Damage[];
 }
@@ -141,7 +143,7 @@ export async function exportNbd(repo: Repository, o: ExportOptions): Promise<Exp
     ...(o.tlsX509 === undefined ? {} : { tls: `x509 (clients of CA ${o.tlsX509.ca}${o.tlsX509.revocations.length > 0 ? ", with its revocation list" : ""})` }),
   };
   // A VM reads a little here and there: windows of 64 KiB unless it reads on in order.
-  return readContents(repo, "export", { ...request, target, minWindow: 64 * 1024 }, (opened) => serve(opened, listen, o), (r) => ({ address: r.address, connections: r.connections, reads: r.reads, bytes: r.bytes, ...(r.writeCount === undefined ? {} : { writes: r.writeCount, written: r.written ?? 0 }), ...(r.identities === undefined ? {} : { identities: r.identities.join(", ") }), ...(r.revoked === undefined ? {} : { revoked: r.revoked.join(", ") }) }));
+  return readContents(repo, "export", { ...request, target, minWindow: 64 * 1024 }, (opened) => serve(opened, listen, o), (r) => ({ address: r.address, connections: r.connections, reads: r.reads, bytes: r.bytes, ...(r.writeCount === undefined ? {} : { writes: r.writeCount, written: r.written ?? 0 }), ...(r.identities === undefined ? {} : { identities: r.identities.join(", ") }), ...(r.revoked === undefined ? {} : { revoked: r.revoked.join(", ") }), ...(r.expired === undefined ? {} : { expired: r.expired.join(", ") }) }));
 }
 
 async function serve(opened: OpenedContents, listen: ExportAddress, o: ExportOptions): Promise<ExportResult> {
@@ -221,6 +223,7 @@ async function serveDisks(
     ...(writes === undefined ? {} : { writeCount: s.writes, written: s.written }),
     ...(tls === undefined ? {} : { identities: [...s.identities].sort() }),
     ...(s.revoked.size === 0 ? {} : { revoked: [...s.revoked].sort() }),
+    ...(s.expired.size === 0 ? {} : { expired: [...s.expired].sort() }),
     damagedIndexes: opened.damagedIndexes(),
   };
 }

@@ -5,7 +5,7 @@ import * as P from "../sources/nbd-protocol.js";
 import { ConnectionClosed, SocketInput, writeAll, writeAllThen } from "../util/socket-io.js";
 import { ALLOCATION_CONTEXT, MAX_REQUEST_BYTES, OptionPhase, type Wire } from "./nbd-options.js";
 import type { FilesChange } from "../util/reread.js";
-import { sessionRevoked, tlsInForce, type NbdTls, type TlsInForce } from "./nbd-tls.js";
+import { sessionExpired, sessionRevoked, tlsInForce, type NbdTls, type TlsInForce } from "./nbd-tls.js";
 
 export { MAX_REQUEST_BYTES } from "./nbd-options.js";
 
@@ -46,6 +46,8 @@ export interface NbdServerOptions {
    * session whose key left the file is ended.
    */
   readonly tlsRecheckMs?: number;
+  /** The clock an X.509 session's certificate dates are held against (default Date.now). */
+  readonly now?: () => number;
 }
 
 /** NbdServerOptions.tlsRecheckMs's default. */
@@ -84,6 +86,8 @@ export interface NbdStats {
   readonly identities: Set<string>;
   /** With TLS: the identities whose open sessions were ended because their key left the key file, or their certificate was revoked. */
   readonly revoked: Set<string>;
+  /** With X.509: the identities whose open sessions were ended because their certificate, or its CA's, expired. */
+  readonly expired: Set<string>;
 }
 
 /**
@@ -108,7 +112,7 @@ export class NbdServer {
   readonly #o: NbdServerOptions;
   readonly #server: net.Server;
   readonly #live = new Set<Connection>();
-  readonly stats: NbdStats = { connections: 0, reads: 0, bytes: 0, failedReads: 0, writes: 0, written: 0, failedWrites: 0, identities: new Set(), revoked: new Set() };
+  readonly stats: NbdStats = { connections: 0, reads: 0, bytes: 0, failedReads: 0, writes: 0, written: 0, failedWrites: 0, identities: new Set(), revoked: new Set(), expired: new Set() };
   #closing = false;
   #recheck: NodeJS.Timeout | undefined;
   /** Called when the last connection has ended (for a server that stops after its first client). */
@@ -189,19 +193,20 @@ export class NbdServer {
    * Looks at the TLS files (which reads and tells a change), and ends each session the keys or
    * certificates now in force no longer admit: removing a host's line from the key file, or
    * revoking its certificate in the CA's list, shuts it out of the connections it holds too. A
-   * file or folder that cannot be used leaves the sessions as they are (new clients are refused).
+   * file or folder that cannot be used leaves the sessions as they are (new clients are refused),
+   * but for sessions whose certificate expired, which end whatever the folder holds.
    */
   #recheckTls(): void {
     const tls = this.#o.tls;
     if (tls === undefined) return;
-    let now: TlsInForce;
+    let now: TlsInForce | undefined;
     try {
       now = tlsInForce(tls);
     } catch {
       // Told by the files' change event; the sessions go on.
-      return;
     }
-    for (const c of this.#live) c.revokeUnless(now);
+    const at = (this.#o.now ?? Date.now)();
+    for (const c of this.#live) c.recheck(now, at);
   }
 
   #accept(socket: net.Socket): void {
@@ -237,9 +242,9 @@ class Connection {
   #bytes = 0;
   #writes = 0;
   #written = 0;
-  /** Why the session was ended from the server's side (its key left the key file, its certificate was revoked). */
+  /** Why the session was ended from the server's side (its key left the key file, its certificate was revoked or expired). */
   #revoked: string | undefined;
-  /** The keys or certificates the session was last checked against (revokeUnless). */
+  /** The keys or certificates the session was last checked against (recheck). */
   #checkedWith: TlsInForce | undefined;
   /** Where write payloads arrive, reused from write to write (each is applied before the next request is read). */
   #writeBuffer = new Uint8Array(0);
@@ -264,18 +269,26 @@ class Connection {
   }
 
   /**
-   * Ends the session at once when the keys or certificates now in force no longer admit its
-   * key or certificate (told as the reason it closed). Each session is checked once against
-   * each reading of the files, the one of its own handshake included.
+   * Ends the session at once (told as the reason it closed) when its certificate, or its CA's,
+   * expired by `at`, or when the keys or certificates now in force (undefined: the files cannot
+   * be used at the moment) no longer admit its key or certificate. Each session is checked once
+   * against each reading of the files, the one of its own handshake included; the dates, each time.
    */
-  revokeUnless(now: TlsInForce): void {
+  recheck(now: TlsInForce | undefined, at: number): void {
     const session = this.#agreed.session;
-    if (session === undefined || this.#revoked !== undefined || (this.#checkedWith ?? session.checkedWith) === now) return;
+    if (session === undefined || this.#revoked !== undefined) return;
+    const last = this.#checkedWith ?? session.checkedWith;
+    const expired = sessionExpired(session, now ?? last, at);
+    if (expired !== undefined) return this.#end(expired, this.#server.stats.expired, session.identity);
+    if (now === undefined || last === now) return;
     this.#checkedWith = now;
     const why = sessionRevoked(session, now);
-    if (why === undefined) return;
+    if (why !== undefined) this.#end(why, this.#server.stats.revoked, session.identity);
+  }
+
+  #end(why: string, counted: Set<string>, identity: string): void {
     this.#revoked = why;
-    this.#server.stats.revoked.add(session.identity);
+    counted.add(identity);
     this.kill();
   }
 

@@ -5,7 +5,7 @@ import type tls from "node:tls";
 import { fileProblem, UsageError } from "../errors.js";
 import { readableByOthers } from "../util/file-mode.js";
 import { fileStamps, Reread, type FilesChange } from "../util/reread.js";
-import { certificateRevoked, X509_FILES, type X509Credentials, type X509Folder } from "./nbd-x509.js";
+import { certificateExpired, certificateRevoked, X509_FILES, type X509Credentials, type X509Folder } from "./nbd-x509.js";
 
 /**
  * TLS for the NBD export (NBD_OPT_STARTTLS), in either of the two ways QEMU and libnbd speak it:
@@ -127,6 +127,15 @@ export function tlsInForce(tlsOf: NbdTls): TlsInForce {
 export function sessionRevoked(session: TlsSession, now: TlsInForce): string | undefined {
   if (isX509(now)) return session.certificate !== undefined ? certificateRevoked(now, session.certificate, session.identity) : undefined;
   return session.key !== undefined && pskRevoked(now, session.identity, session.key) ? `the key of ${session.identity} is no longer in the export's key file` : undefined;
+}
+
+/**
+ * Why an open X.509 session may not go on at the time `at` (ms since the epoch), or undefined:
+ * its client's certificate, or the CA's among those of `now` that issued it, expired. Sessions
+ * with pre-shared keys do not expire.
+ */
+export function sessionExpired(session: TlsSession, now: TlsInForce, at: number): string | undefined {
+  return isX509(now) && session.certificate !== undefined ? certificateExpired(now.cas, session.certificate, session.identity, at) : undefined;
 }
 
 function isX509(now: TlsInForce): now is X509Credentials {

@@ -169,6 +169,22 @@ function x509Files(dir: string): string[] {
  * issued it any more (its CA was taken out), or a list of ca-crl.pem revokes it, or ca-crl.pem
  * holds lists but none of its CA (OpenSSL then refuses its clients). `identity` names the client.
  */
+/**
+ * Why a session whose client showed cert may not go on at the time `at` (ms since the epoch),
+ * or undefined: as a handshake then would refuse it, the certificate expired, or the certificate
+ * of `cas` that issued it did (the CAs of the folder as last read). TLS checks the dates at the
+ * handshake only, so NbdServer asks this of each open session every time it looks at the folder.
+ * `identity` names the client.
+ */
+export function certificateExpired(cas: readonly X509Certificate[], cert: X509Certificate, identity: string, at: number): string | undefined {
+  const to = Date.parse(cert.validTo);
+  if (at > to) return `the certificate of ${identity} expired at ${new Date(to).toISOString()}`;
+  const ca = cas.find((c) => issuedBy(cert, c));
+  const caTo = ca === undefined ? Number.NaN : Date.parse(ca.validTo);
+  if (at > caTo) return `the certificate of the CA that issued the certificate of ${identity} expired at ${new Date(caTo).toISOString()}`;
+  return undefined;
+}
+
 export function certificateRevoked(creds: X509Credentials, cert: X509Certificate, identity: string): string | undefined {
   const ca = creds.cas.find((c) => issuedBy(cert, c));
   if (ca === undefined) return `the CA that issued the certificate of ${identity} is no longer in ${X509_FILES.ca}`;

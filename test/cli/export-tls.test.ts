@@ -17,7 +17,7 @@ import { endExports, resultOf, run, startExport } from "../helpers/nbd-export.js
 import { MIN_PSK_BYTES, parsePskFile } from "../../src/restore/nbd-tls.js";
 import { Cmd, Opt, Rep } from "../../src/sources/nbd-protocol.js";
 import { goData, NbdClient } from "../helpers/nbd-client.js";
-import { haveOpenssl, makeTestPki } from "../helpers/x509.js";
+import { clientWithDates, haveOpenssl, makeTestPki } from "../helpers/x509.js";
 
 const tmp = tempDirs();
 const MiB = 1024 * 1024;
@@ -316,6 +316,47 @@ describe.skipIf(!haveClients || !haveOpenssl)("export nbd over TLS with X.509 ce
     expect(resultOf(done).identities).toEqual(["hv-2", "intruder", "old-host"]);
     const log = JSON.parse((await v(["audit", "log", "--json"])).stdout) as { action: string; result: string; target: Record<string, unknown> }[];
     expect(log.filter((r) => r.action === "export" && r.result !== "started").map((r) => r.target["revoked"])).toEqual(["intruder, old-host"]);
+  });
+
+  it("ends the open session of a client whose certificate expires while the export runs; the other client reads on, and the outcome and trail name it", async () => {
+    const { repo, v, image } = await fixture();
+    const pki = await makeTestPki(tmp("pki"));
+    // A certificate that expires a few seconds from now (openssl ca's dates are whole seconds).
+    const expiresAt = new Date(Math.ceil(Date.now() / 1000) * 1000 + 6000);
+    const brief = await clientWithDates(pki.ca, tmp("brief"), "brief-host", new Date(Date.now() - 3600_000), expiresAt);
+    const e = await startExport(repo, ["latest", "--reason", "expire open sessions", "--listen", "127.0.0.1:0", "--tls-x509-dir", pki.server]);
+    const port = Number(/:(\d+)\//.exec(e.listening.exports[0]?.uri as string)?.[1]);
+    const open = async (folder: string): Promise<NbdClient> => {
+      const c = await NbdClient.connect(port);
+      await c.start();
+      expect((await c.option(Opt.STARTTLS)).map((r) => r.type)).toEqual([Rep.ACK]);
+      const read = (f: string): Promise<string> => fsp.readFile(path.join(folder, f), "utf8");
+      const session = await c.startTlsX509({ ca: await read("ca-cert.pem"), cert: await read("client-cert.pem"), key: await read("client-key.pem") });
+      expect((await session.option(Opt.GO, goData("disk.raw"))).at(-1)?.type).toBe(Rep.ACK);
+      return session;
+    };
+    const readsFirstMiB = async (c: NbdClient): Promise<void> => {
+      c.request(Cmd.READ, 0, MiB);
+      const r = await c.readSimpleReply(MiB);
+      expect(r.error).toBe(0);
+      expect(r.data.equals((await fsp.readFile(image)).subarray(0, MiB))).toBe(true);
+    };
+    const [brief1, hv2] = [await open(brief), await open(pki.client)];
+    await readsFirstMiB(brief1);
+    expect(Date.now()).toBeLessThan(expiresAt.getTime());
+    // It ends within the export's first look at the folder after the certificate's last second.
+    expect(await brief1.closesWithin(expiresAt.getTime() - Date.now() + 5000)).toBe(true);
+    expect(Date.now()).toBeGreaterThan(expiresAt.getTime());
+    await readsFirstMiB(hv2);
+    expect(await hv2.closesWithin(500)).toBe(false);
+    e.child.kill("SIGTERM");
+    const done = await e.exit;
+    expect(done.code, done.stderr).toBe(0);
+    expect(done.stderr).toContain(`disconnected after 1 read (1.00 MiB): the certificate of brief-host expired at ${expiresAt.toISOString()}`);
+    expect(resultOf(done).expired).toEqual(["brief-host"]);
+    expect(resultOf(done).revoked).toBeUndefined();
+    const log = JSON.parse((await v(["audit", "log", "--json"])).stdout) as { action: string; result: string; target: Record<string, unknown> }[];
+    expect(log.filter((r) => r.action === "export" && r.result !== "started").map((r) => r.target["expired"])).toEqual(["brief-host"]);
   });
 
   it("refuses a revocation list another CA signed before listening, and turns new clients away when such a list lands while it runs: open sessions go on", async () => {

@@ -60,6 +60,7 @@ export interface ExportOutcome {
   address: string;
   identities?: string[];
   revoked?: string[];
+  expired?: string[];
 }
 
 /** Runs a tool to its end (at most 60 s). */

@@ -91,13 +91,28 @@ export async function makeTestPki(root: string): Promise<TestPki> {
   openssl(["ca", "-config", "ca.cnf", "-keyfile", "ca-key.pem", "-cert", "ca-cert.pem", "-revoke", path.join(at("revoked"), "client-cert.pem")], ca);
   openssl(["ca", "-config", "ca.cnf", "-keyfile", "ca-key.pem", "-cert", "ca-cert.pem", "-gencrl", "-out", "ca-crl.pem"], ca);
   // `openssl ca` sets any dates, so a certificate that expired long ago.
-  const expired = at("expired");
-  await fsp.mkdir(expired);
   await fsp.writeFile(path.join(ca, "serial"), "1000\n");
-  await newKey("client-key.pem", expired);
-  openssl(["req", "-new", "-key", "client-key.pem", "-subj", "/CN=expired-host", "-out", "leaf.csr"], expired);
-  openssl(["ca", "-batch", "-config", path.join(ca, "ca.cnf"), "-keyfile", path.join(ca, "ca-key.pem"), "-cert", path.join(ca, "ca-cert.pem"), "-startdate", "20200101000000Z", "-enddate", "20200102000000Z", "-notext", "-in", "leaf.csr", "-out", "client-cert.pem"], expired);
-  await fsp.rm(path.join(expired, "leaf.csr"));
-  await fsp.copyFile(path.join(ca, "ca-cert.pem"), path.join(expired, "ca-cert.pem"));
+  const expired = await clientWithDates(ca, at("expired"), "expired-host", new Date("2020-01-01T00:00:00Z"), new Date("2020-01-02T00:00:00Z"));
   return { server: at("server"), client: at("client"), rogue: at("rogue"), revoked: at("revoked"), expired, ca, otherCa: at("other-ca") };
+}
+
+/** openssl ca's form of a date: YYYYMMDDHHMMSSZ. */
+function caDate(d: Date): string {
+  return `${d.toISOString().replace(/[-:T]/g, "").slice(0, 14)}Z`;
+}
+
+/**
+ * A client folder (client-cert.pem, client-key.pem, ca-cert.pem) whose certificate the CA of a
+ * TestPki (its `ca` folder) signs for these dates, which may run past the CA's own; the common
+ * name must be one the CA has not signed yet. Returns the folder.
+ */
+export async function clientWithDates(caDir: string, dir: string, commonName: string, notBefore: Date, notAfter: Date): Promise<string> {
+  await fsp.mkdir(dir, { recursive: true });
+  await newKey("client-key.pem", dir);
+  openssl(["req", "-new", "-key", "client-key.pem", "-subj", `/CN=${commonName}`, "-out", "leaf.csr"], dir);
+  const ca = (f: string): string => path.join(caDir, f);
+  openssl(["ca", "-batch", "-config", ca("ca.cnf"), "-keyfile", ca("ca-key.pem"), "-cert", ca("ca-cert.pem"), "-startdate", caDate(notBefore), "-enddate", caDate(notAfter), "-notext", "-in", "leaf.csr", "-out", "client-cert.pem"], dir);
+  await fsp.rm(path.join(dir, "leaf.csr"));
+  await fsp.copyFile(ca("ca-cert.pem"), path.join(dir, "ca-cert.pem"));
+  return dir;
 }

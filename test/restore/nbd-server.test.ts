@@ -18,7 +18,7 @@ import { PskFile, readPskFile } from "../../src/restore/nbd-tls.js";
 import { readX509Dir, X509Folder, type X509Credentials } from "../../src/restore/nbd-x509.js";
 import type { FilesChange } from "../../src/util/reread.js";
 import { seededBytes, tempDirs } from "../helpers/fixtures.js";
-import { haveOpenssl, makeTestPki, type TestPki } from "../helpers/x509.js";
+import { clientWithDates, haveOpenssl, makeTestPki, type TestPki } from "../helpers/x509.js";
 import { goData, IHAVEOPT, metaContextData, NBDMAGIC, NbdClient, REPLY_FLAG_DONE, type Chunk, type OptionReply } from "../helpers/nbd-client.js";
 
 const KiB = 1024;
@@ -970,6 +970,66 @@ describe.skipIf(!haveOpenssl)("NbdServer with an X.509 folder that changes under
     await new Promise((r) => setTimeout(r, 200));
     expectBytes(await readSimple(hv2, 2 * BLOCK, 512), IMAGE.subarray(2 * BLOCK, 2 * BLOCK + 512), "hv-2 reads on under a broken list");
     expect(closed()).toHaveLength(closedBefore);
+  });
+});
+
+describe.skipIf(!haveOpenssl)("NbdServer with X.509 sessions whose certificates expire", () => {
+  it("ends a session once its client's certificate expires, and one whose CA's certificate expires before its own, at the next look at the folder, broken or not; others read on", async () => {
+    const pki = await makeTestPki(tmp("pki"));
+    const dir = tmp("live");
+    await fsp.cp(pki.server, dir, { recursive: true });
+    const start = Date.now();
+    const day = 24 * 3600 * 1000;
+    // hv-2's certificate runs two days, the CA's three; outlives-ca's runs ten.
+    const outlives = await clientWithDates(pki.ca, tmp("outlives"), "outlives-ca", new Date(start - day), new Date(start + 10 * day));
+    let clock = start;
+    const { server, port, events } = await serve(["vda"], { tls: { x509: new X509Folder(readX509Dir(dir)) }, tlsRecheckMs: 50, now: () => clock });
+    const pem = (folder: string, name: string): Promise<string> => fsp.readFile(path.join(folder, name), "utf8");
+    const session = async (folder: string): Promise<NbdClient> => {
+      const secure = await (await startTls(port)).startTlsX509({ ca: await pem(folder, "ca-cert.pem"), cert: await pem(folder, "client-cert.pem"), key: await pem(folder, "client-key.pem") });
+      clients.push(secure);
+      expect(types(await secure.option(Opt.GO, goData("vda"))).at(-1)).toBe(Rep.ACK);
+      expectBytes(await readSimple(secure, 0, 512), IMAGE.subarray(0, 512), `${folder}'s first read`);
+      return secure;
+    };
+    const [hv2, outlivesCa] = [await session(pki.client), await session(outlives)];
+    const closed = (): { error?: string }[] => events.filter((e): e is Extract<NbdEvent, { kind: "closed" }> => e.kind === "closed");
+    // A day on, every certificate is still valid: several looks end nothing.
+    clock = start + day;
+    await new Promise((r) => setTimeout(r, 200));
+    expect(closed()).toHaveLength(0);
+    // The folder breaks (a list that does not parse), and hv-2's certificate expires: its session ends all the same.
+    await fsp.writeFile(path.join(dir, "ca-crl.pem"), "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n");
+    clock = start + 2.5 * day;
+    await until(() => closed().length === 1);
+    const hv2To = new Date(new X509Certificate(await pem(pki.client, "client-cert.pem")).validTo);
+    expect(closed()[0]?.error).toBe(`the certificate of hv-2 expired at ${hv2To.toISOString()}`);
+    await expect(readSimple(hv2, 0, 512)).rejects.toThrow();
+    expectBytes(await readSimple(outlivesCa, BLOCK, 512), IMAGE.subarray(BLOCK, BLOCK + 512), "outlives-ca reads on");
+    // Mended; then the CA's certificate expires, before outlives-ca's own.
+    await fsp.rm(path.join(dir, "ca-crl.pem"));
+    clock = start + 4 * day;
+    await until(() => closed().length === 2);
+    const caTo = new Date(new X509Certificate(await pem(pki.ca, "ca-cert.pem")).validTo);
+    expect(closed()[1]?.error).toBe(`the certificate of the CA that issued the certificate of outlives-ca expired at ${caTo.toISOString()}`);
+    expect([...server.stats.expired].sort()).toEqual(["hv-2", "outlives-ca"]);
+    expect([...server.stats.revoked]).toEqual([]);
+  });
+
+  it("never ends a session with a pre-shared key for the time", async () => {
+    const file = path.join(tmp("psk"), "keys.psk");
+    const key = "ab".repeat(32);
+    await fsp.writeFile(file, `hv-2:${key}\n`, { mode: 0o600 });
+    let clock = Date.now();
+    const { server, port, events } = await serve(["vda"], { tls: { psk: new PskFile(readPskFile(file)) }, tlsRecheckMs: 50, now: () => clock });
+    const secure = await (await startTls(port)).startTls("hv-2", Buffer.from(key, "hex"));
+    clients.push(secure);
+    expect(types(await secure.option(Opt.GO, goData("vda"))).at(-1)).toBe(Rep.ACK);
+    clock += 100 * 365 * 24 * 3600 * 1000;
+    await new Promise((r) => setTimeout(r, 200));
+    expectBytes(await readSimple(secure, 0, 512), IMAGE.subarray(0, 512), "a read a century on");
+    expect(events.filter((e) => e.kind === "closed")).toHaveLength(0);
+    expect(server.stats.expired.size).toBe(0);
   });
 });
 

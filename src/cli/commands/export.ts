@@ -71,6 +71,7 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
           const written = r.writeCount === undefined ? "" : `, ${plural(r.writeCount, "write")} (${formatBytes(r.written ?? 0)}) kept in ${r.writes?.dir ?? "the write folder"}`;
           ctx.out(`export stopped: ${plural(r.connections, "connection")}, ${plural(r.reads, "read")}, ${formatBytes(r.bytes)} served${written}`);
           if (r.revoked !== undefined) ctx.out(`sessions ended when ${tlsX509 === undefined ? "their key left the key file" : "their certificate was revoked"}: ${r.revoked.join(", ")}`);
+          if (r.expired !== undefined) ctx.out(`sessions ended when their certificate expired: ${r.expired.join(", ")}`);
           if (r.overlays !== undefined && r.overlays.length > 0) ctx.out(`the overlays (${r.overlays.map((x) => x.path).join(", ")}) hold what the VM wrote and read the rest from the export: export the same snapshot on the same address to run the VM again`);
         }
       } finally {
