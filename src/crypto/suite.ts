@@ -77,7 +77,7 @@ export class CryptoSuite {
     if (ciphertext.length < AEAD_TAG_BYTES || nonce.length !== AEAD_NONCE_BYTES) throw new CryptoFailure();
     if (this.#aead !== undefined) {
       const out = new Uint8Array(ciphertext.length - AEAD_TAG_BYTES);
-      if (!this.#aead.decryptInto(keyBytes(key), nonce, ciphertext, ad, out)) throw new CryptoFailure();
+      if (!this.decryptInto(key, nonce, ciphertext, ad, out)) throw new CryptoFailure();
       return out;
     }
     try {

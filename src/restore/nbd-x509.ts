@@ -188,7 +188,7 @@ export function certificateExpired(cas: readonly X509Certificate[], cert: X509Ce
 export function certificateRevoked(creds: X509Credentials, cert: X509Certificate, identity: string): string | undefined {
   const ca = creds.cas.find((c) => issuedBy(cert, c));
   if (ca === undefined) return `the CA that issued the certificate of ${identity} is no longer in ${X509_FILES.ca}`;
-  if (revokedBy(creds.revocations, cert) !== undefined) return `the certificate of ${identity} (serial ${cert.serialNumber}) is revoked (${X509_FILES.crl})`;
+  if (revokedBy(creds.revocations, cert, ca) !== undefined) return `the certificate of ${identity} (serial ${cert.serialNumber}) is revoked (${X509_FILES.crl})`;
   if (creds.revocations.length > 0 && !creds.revocations.some((l) => l.issuer.fingerprint256 === ca.fingerprint256)) {
     return `${X509_FILES.crl} holds no revocation list of the CA that issued the certificate of ${identity}`;
   }

@@ -48,10 +48,15 @@ export function readRevocationLists(text: string, cas: readonly X509Certificate[
   });
 }
 
-/** The list of lists that revokes cert, or undefined: one signed by the CA that issued cert, naming its serial number. */
-export function revokedBy(lists: readonly RevocationList[], cert: X509Certificate): RevocationList | undefined {
+/**
+ * The list of lists that revokes cert, or undefined: one signed by the CA that issued cert,
+ * naming its serial number. `issuer`: a CA the caller found issued cert (a list of that very
+ * certificate is then taken without checking cert's signature again).
+ */
+export function revokedBy(lists: readonly RevocationList[], cert: X509Certificate, issuer?: X509Certificate): RevocationList | undefined {
   const serial = serialKey(cert.serialNumber);
-  return lists.find((l) => l.serials.has(serial) && issuedBy(cert, l.issuer));
+  const signer = (l: RevocationList): boolean => (issuer !== undefined && l.issuer.fingerprint256 === issuer.fingerprint256) || issuedBy(cert, l.issuer);
+  return lists.find((l) => l.serials.has(serial) && signer(l));
 }
 
 /** Whether ca issued cert: its subject is cert's issuer and its key verifies cert's signature. */

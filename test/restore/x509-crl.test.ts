@@ -127,6 +127,10 @@ describe.skipIf(!haveOpenssl)("certificate revocation lists", () => {
     expect(both.map((l) => l.issuer.subject)).toEqual(["CN=rsa-ca", "CN=ec-ca"]);
     expect(revokedBy(both, fromRsa)?.issuer.subject).toBe("CN=rsa-ca");
     expect(revokedBy(both, fromEc)).toBeUndefined();
+    // Given the CA that issued it, as the export's check gives it: the same answers.
+    expect(revokedBy(lists, fromRsa, rsa.cert)).toBe(lists[0]);
+    expect(revokedBy(lists, fromEc, ec.cert)).toBeUndefined();
+    expect(revokedBy(both, fromEc, ec.cert)).toBeUndefined();
     expect(readRevocationLists(await crl(ec, []), [ec.cert], Date.now())[0]?.serials.size).toBe(0);
   });
 
