@@ -18,6 +18,12 @@ import type { ChunkSink } from "./sink.js";
 
 /** Bytes read and handed to the workers at a time (rounded down to whole chunks). */
 export const DEFAULT_SEGMENT_BYTES = 1024 * 1024;
+/**
+ * The same for a raw image file, read by one system call per segment: half the pipeline's trips
+ * between threads per byte, each a wake-up that costs a virtual machine dearly (docs/design.md §10).
+ * Sources read through NBD keep DEFAULT_SEGMENT_BYTES (their requests all go out at once).
+ */
+export const RAW_SEGMENT_BYTES = 2 * 1024 * 1024;
 
 export interface ImageBackup {
   readonly source: DiskSource;
@@ -35,7 +41,7 @@ export interface ImageBackup {
 
 /** How backupImage reads an image. */
 export interface ImageReadOptions {
-  /** Bytes read and handed to the workers at a time (DEFAULT_SEGMENT_BYTES). */
+  /** Bytes read and handed to the workers at a time (RAW_SEGMENT_BYTES for a raw image, else DEFAULT_SEGMENT_BYTES). */
   readonly segmentBytes?: number | undefined;
   /** Unallocated extents are recorded as holes unread (default true). */
   readonly sparse?: boolean;
@@ -72,7 +78,8 @@ export async function backupImage(file: string, name: string, chunkSize: number,
     const format = o.format ?? "raw";
     input = await openDiskInput(file, handle, st, format, { sparse: o.sparse ?? true, keepCache: o.keepCache ?? false, probed: o.probed === true });
     const opened = handle;
-    const read = await readDisk(input, file, chunkSize, sink, progress, o, async () => assertUnchanged(file, before, identityOf(await opened.stat())));
+    const segmentBytes = o.segmentBytes ?? (format === "raw" ? RAW_SEGMENT_BYTES : DEFAULT_SEGMENT_BYTES);
+    const read = await readDisk(input, file, chunkSize, sink, progress, { ...o, segmentBytes }, async () => assertUnchanged(file, before, identityOf(await opened.stat())));
     assertUnchanged(file, before, identityOf(await handle.stat()));
     await input.close();
     return {
