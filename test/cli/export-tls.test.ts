@@ -38,6 +38,28 @@ function qemuCopy(port: string, creds: string, out: string): ReturnType<typeof r
   return run("qemu-img", ["convert", "--object", creds, "--image-opts", `driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=${port},export=disk.raw,tls-creds=tls0`, "-O", "raw", out]);
 }
 
+/**
+ * vmvault's test client over TLS to the export on 127.0.0.1:port with the client folder's
+ * certificate (trusting ca, else the folder's ca-cert.pem), disk.raw chosen.
+ */
+async function x509Session(port: number, folder: string, ca?: string): Promise<NbdClient> {
+  const c = await NbdClient.connect(port);
+  await c.start();
+  expect((await c.option(Opt.STARTTLS)).map((r) => r.type)).toEqual([Rep.ACK]);
+  const read = (f: string): Promise<string> => fsp.readFile(path.join(folder, f), "utf8");
+  const session = await c.startTlsX509({ ca: ca ?? (await read("ca-cert.pem")), cert: await read("client-cert.pem"), key: await read("client-key.pem") });
+  expect((await session.option(Opt.GO, goData("disk.raw"))).at(-1)?.type).toBe(Rep.ACK);
+  return session;
+}
+
+/** Reads the first MiB of the export through c and compares it with the image's. */
+async function readsFirstMiBOf(c: NbdClient, image: string): Promise<void> {
+  c.request(Cmd.READ, 0, MiB);
+  const r = await c.readSimpleReply(MiB);
+  expect(r.error).toBe(0);
+  expect(r.data.equals((await fsp.readFile(image)).subarray(0, MiB))).toBe(true);
+}
+
 /** A repository with one 5 MiB disk of VM web. */
 async function fixture(): Promise<{ repo: string; v: ReturnType<typeof vault>; image: string }> {
   const dir = tmp("tls");
@@ -280,21 +302,8 @@ describe.skipIf(!haveClients || !haveOpenssl)("export nbd over TLS with X.509 ce
     await fsp.writeFile(path.join(dir, "ca-cert.pem"), `${caOnly}${await fsp.readFile(path.join(pki.otherCa, "ca-cert.pem"), "utf8")}`);
     const e = await startExport(repo, ["latest", "--reason", "revoke open sessions", "--listen", "127.0.0.1:0", "--tls-x509-dir", dir]);
     const port = Number(/:(\d+)\//.exec(e.listening.exports[0]?.uri as string)?.[1]);
-    const open = async (folder: string): Promise<NbdClient> => {
-      const c = await NbdClient.connect(port);
-      await c.start();
-      expect((await c.option(Opt.STARTTLS)).map((r) => r.type)).toEqual([Rep.ACK]);
-      const read = (f: string): Promise<string> => fsp.readFile(path.join(folder, f), "utf8");
-      const session = await c.startTlsX509({ ca: caOnly, cert: await read("client-cert.pem"), key: await read("client-key.pem") });
-      expect((await session.option(Opt.GO, goData("disk.raw"))).at(-1)?.type).toBe(Rep.ACK);
-      return session;
-    };
-    const readsFirstMiB = async (c: NbdClient): Promise<void> => {
-      c.request(Cmd.READ, 0, MiB);
-      const r = await c.readSimpleReply(MiB);
-      expect(r.error).toBe(0);
-      expect(r.data.equals((await fsp.readFile(image)).subarray(0, MiB))).toBe(true);
-    };
+    const open = (folder: string): Promise<NbdClient> => x509Session(port, folder, caOnly);
+    const readsFirstMiB = (c: NbdClient): Promise<void> => readsFirstMiBOf(c, image);
     const [oldHost, hv2, intruder] = [await open(pki.revoked), await open(pki.client), await open(pki.rogue)];
     await readsFirstMiB(oldHost);
     // The other CA is taken out: intruder's open session ends within the export's next look at the folder.
@@ -326,21 +335,8 @@ describe.skipIf(!haveClients || !haveOpenssl)("export nbd over TLS with X.509 ce
     const brief = await clientWithDates(pki.ca, tmp("brief"), "brief-host", new Date(Date.now() - 3600_000), expiresAt);
     const e = await startExport(repo, ["latest", "--reason", "expire open sessions", "--listen", "127.0.0.1:0", "--tls-x509-dir", pki.server]);
     const port = Number(/:(\d+)\//.exec(e.listening.exports[0]?.uri as string)?.[1]);
-    const open = async (folder: string): Promise<NbdClient> => {
-      const c = await NbdClient.connect(port);
-      await c.start();
-      expect((await c.option(Opt.STARTTLS)).map((r) => r.type)).toEqual([Rep.ACK]);
-      const read = (f: string): Promise<string> => fsp.readFile(path.join(folder, f), "utf8");
-      const session = await c.startTlsX509({ ca: await read("ca-cert.pem"), cert: await read("client-cert.pem"), key: await read("client-key.pem") });
-      expect((await session.option(Opt.GO, goData("disk.raw"))).at(-1)?.type).toBe(Rep.ACK);
-      return session;
-    };
-    const readsFirstMiB = async (c: NbdClient): Promise<void> => {
-      c.request(Cmd.READ, 0, MiB);
-      const r = await c.readSimpleReply(MiB);
-      expect(r.error).toBe(0);
-      expect(r.data.equals((await fsp.readFile(image)).subarray(0, MiB))).toBe(true);
-    };
+    const open = (folder: string): Promise<NbdClient> => x509Session(port, folder);
+    const readsFirstMiB = (c: NbdClient): Promise<void> => readsFirstMiBOf(c, image);
     const [brief1, hv2] = [await open(brief), await open(pki.client)];
     await readsFirstMiB(brief1);
     expect(Date.now()).toBeLessThan(expiresAt.getTime());

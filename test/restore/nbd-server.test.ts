@@ -165,6 +165,20 @@ async function startTls(port: number): Promise<NbdClient> {
   return c;
 }
 
+/** A client folder's file, as text. */
+function pem(folder: string, name: string): Promise<string> {
+  return fsp.readFile(path.join(folder, name), "utf8");
+}
+
+/** A TLS session with the client folder's certificate that chose vda and read its first bytes. */
+async function x509Reader(port: number, folder: string): Promise<NbdClient> {
+  const secure = await (await startTls(port)).startTlsX509({ ca: await pem(folder, "ca-cert.pem"), cert: await pem(folder, "client-cert.pem"), key: await pem(folder, "client-key.pem") });
+  clients.push(secure);
+  expect(types(await secure.option(Opt.GO, goData("vda"))).at(-1)).toBe(Rep.ACK);
+  expectBytes(await readSimple(secure, 0, 512), IMAGE.subarray(0, 512), `${folder}'s first read`);
+  return secure;
+}
+
 /** A client in the transmission phase on export name (structured replies and base:allocation first, when asked). */
 async function opened(port: number, o: { structured?: boolean; allocation?: boolean; name?: string } = {}): Promise<NbdClient> {
   const c = await connect(port);
@@ -814,7 +828,6 @@ describe.skipIf(!haveOpenssl)("NbdServer with TLS (X.509 certificates)", () => {
   let pkiDir: string;
   let pki: TestPki;
   let creds: X509Credentials;
-  const pem = async (dir: string, name: string): Promise<string> => fsp.readFile(path.join(dir, name), "utf8");
   const client = async (dir: string): Promise<{ ca: string; cert: string; key: string }> => ({ ca: await pem(dir, "ca-cert.pem"), cert: await pem(dir, "client-cert.pem"), key: await pem(dir, "client-key.pem") });
   /** A client over TLS with these credentials, which then chooses vda. */
   const servedTo = async (port: number, who: { ca: string; cert?: string; key?: string }): Promise<NbdClient> => {
@@ -928,14 +941,7 @@ describe.skipIf(!haveOpenssl)("NbdServer with an X.509 folder that changes under
     const dir = tmp("live");
     await fsp.cp(pki.server, dir, { recursive: true });
     const { server, port, events } = await serve(["vda"], { tls: { x509: new X509Folder(readX509Dir(dir)) }, tlsRecheckMs: 50 });
-    const pem = (folder: string, name: string): Promise<string> => fsp.readFile(path.join(folder, name), "utf8");
-    const session = async (folder: string): Promise<NbdClient> => {
-      const secure = await (await startTls(port)).startTlsX509({ ca: await pem(folder, "ca-cert.pem"), cert: await pem(folder, "client-cert.pem"), key: await pem(folder, "client-key.pem") });
-      clients.push(secure);
-      expect(types(await secure.option(Opt.GO, goData("vda"))).at(-1)).toBe(Rep.ACK);
-      expectBytes(await readSimple(secure, 0, 512), IMAGE.subarray(0, 512), `${folder}'s first read`);
-      return secure;
-    };
+    const session = (folder: string): Promise<NbdClient> => x509Reader(port, folder);
     const [oldHost, hv2] = [await session(pki.revoked), await session(pki.client)];
     // Several looks at the folder change nothing while it does not change.
     await new Promise((r) => setTimeout(r, 200));
@@ -984,14 +990,7 @@ describe.skipIf(!haveOpenssl)("NbdServer with X.509 sessions whose certificates 
     const outlives = await clientWithDates(pki.ca, tmp("outlives"), "outlives-ca", new Date(start - day), new Date(start + 10 * day));
     let clock = start;
     const { server, port, events } = await serve(["vda"], { tls: { x509: new X509Folder(readX509Dir(dir)) }, tlsRecheckMs: 50, now: () => clock });
-    const pem = (folder: string, name: string): Promise<string> => fsp.readFile(path.join(folder, name), "utf8");
-    const session = async (folder: string): Promise<NbdClient> => {
-      const secure = await (await startTls(port)).startTlsX509({ ca: await pem(folder, "ca-cert.pem"), cert: await pem(folder, "client-cert.pem"), key: await pem(folder, "client-key.pem") });
-      clients.push(secure);
-      expect(types(await secure.option(Opt.GO, goData("vda"))).at(-1)).toBe(Rep.ACK);
-      expectBytes(await readSimple(secure, 0, 512), IMAGE.subarray(0, 512), `${folder}'s first read`);
-      return secure;
-    };
+    const session = (folder: string): Promise<NbdClient> => x509Reader(port, folder);
     const [hv2, outlivesCa] = [await session(pki.client), await session(outlives)];
     const closed = (): { error?: string }[] => events.filter((e): e is Extract<NbdEvent, { kind: "closed" }> => e.kind === "closed");
     // A day on, every certificate is still valid: several looks end nothing.
