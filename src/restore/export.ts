@@ -12,7 +12,7 @@ import { failedReadsError, NbdServer, type NbdEvent } from "./nbd-server.js";
 import { plural } from "../util/text.js";
 import { PskFile, type NbdTls, type PskFileKeys, type PskKeys } from "./nbd-tls.js";
 import type { FilesChange } from "../util/reread.js";
-import { certificateNameProblem, X509Folder, type X509Credentials } from "./nbd-x509.js";
+import { certificateNameProblem, serverCertificateWarning, X509Folder, type X509Credentials } from "./nbd-x509.js";
 import { WriteDir } from "./write-dir.js";
 import type { NbdDiskSource } from "../sources/domain.js";
 
@@ -191,8 +191,9 @@ async function serveDisks(
     exports: disks.map((disk) => ({ name: disk.name, size: disk.size, uri: exportUri(listen, address, disk.name, tls !== undefined) })),
     ...(writes === undefined ? {} : { writes: { dir: writes.dir, disks: writes.disks.map((w) => ({ disk: w.disk.name, file: w.dataPath, earlierBytes: w.earlierBytes })) } }),
   };
-  const nameProblem = tls !== undefined && "x509" in tls && "host" in listen ? certificateNameProblem(tls.x509.value, listen.host) : undefined;
-  if (nameProblem !== undefined) listening = { ...listening, warnings: [nameProblem] };
+  const x509 = tls !== undefined && "x509" in tls ? tls.x509.value : undefined;
+  const warnings = [x509 !== undefined && "host" in listen ? certificateNameProblem(x509, listen.host) : undefined, x509 === undefined ? undefined : serverCertificateWarning(x509, Date.now())].filter((w) => w !== undefined);
+  if (warnings.length > 0) listening = { ...listening, warnings };
   try {
     if (planned !== undefined) {
       const served = new Map(listening.exports.map((x) => [x.name, { uri: x.uri, nbd: { export: x.name, at: reachedAt(listen, listening.address) } }]));

@@ -6,6 +6,7 @@ import { ConnectionClosed, SocketInput, writeAll, writeAllThen } from "../util/s
 import { ALLOCATION_CONTEXT, MAX_REQUEST_BYTES, OptionPhase, type Wire } from "./nbd-options.js";
 import type { FilesChange } from "../util/reread.js";
 import { sessionExpired, sessionRevoked, tlsInForce, type NbdTls, type TlsInForce } from "./nbd-tls.js";
+import { serverCertificateWarning } from "./nbd-x509.js";
 
 export { MAX_REQUEST_BYTES } from "./nbd-options.js";
 
@@ -61,6 +62,8 @@ export type NbdEvent =
   | { readonly kind: "opened"; readonly client: string; readonly disk: string; readonly identity?: string }
   | { readonly kind: "closed"; readonly client: string; readonly reads: number; readonly bytes: number; readonly writes?: number; readonly written?: number; readonly error?: string }
   | { readonly kind: "refused"; readonly client: string; readonly reason: string }
+  /** The export's own X.509 certificate expired (told once per certificate): clients refuse the export until it is renewed. */
+  | { readonly kind: "server certificate"; readonly warning: string }
   /** The export's PSK file or X.509 folder changed: read again, or (with an error) refused until mended (src/util/reread.ts). */
   | ({ readonly kind: "tls files"; readonly what: "keys" | "certificates" } & FilesChange)
   | { readonly kind: "read failed"; readonly client: string; readonly disk: string; readonly offset: number; readonly length: number; readonly error: Error }
@@ -115,6 +118,8 @@ export class NbdServer {
   readonly stats: NbdStats = { connections: 0, reads: 0, bytes: 0, failedReads: 0, writes: 0, written: 0, failedWrites: 0, identities: new Set(), revoked: new Set(), expired: new Set() };
   #closing = false;
   #recheck: NodeJS.Timeout | undefined;
+  /** The fingerprint of the server certificate whose expiry was told last. */
+  #expiryTold: string | undefined;
   /** Called when the last connection has ended (for a server that stops after its first client). */
   onIdle: (() => void) | undefined;
 
@@ -207,6 +212,11 @@ export class NbdServer {
     }
     const at = (this.#o.now ?? Date.now)();
     for (const c of this.#live) c.recheck(now, at);
+    if (now !== undefined && "certificate" in now && now.certificate.fingerprint256 !== this.#expiryTold && Date.parse(now.certificate.validTo) < at) {
+      this.#expiryTold = now.certificate.fingerprint256;
+      const warning = serverCertificateWarning(now, at);
+      if (warning !== undefined) this.event({ kind: "server certificate", warning });
+    }
   }
 
   #accept(socket: net.Socket): void {

@@ -122,6 +122,24 @@ export function certificateNameProblem(creds: X509Credentials, host: string): st
   return `${X509_FILES.cert} does not name ${host} (it names ${holds}): clients that check the server's name refuse the export unless they connect by a name it holds`;
 }
 
+/** How long before the server's certificate expires an export warns of it (SERVER_EXPIRY_WARNING_MS). */
+export const SERVER_EXPIRY_WARNING_MS = 24 * 3600 * 1000;
+
+/**
+ * What to tell of the export's own certificate at the time `at` (ms since the epoch), or
+ * undefined: that it expired (clients refuse the export from then on), or that it expires
+ * within SERVER_EXPIRY_WARNING_MS. A renewed certificate and key put in the folder are read
+ * at the next handshake, without a restart.
+ */
+export function serverCertificateWarning(creds: X509Credentials, at: number): string | undefined {
+  const to = Date.parse(creds.certificate.validTo);
+  const renew = "put a renewed certificate and key in place: the export reads them at the next handshake, without a restart";
+  const file = path.join(creds.dir, X509_FILES.cert);
+  if (at > to) return `${file} expired at ${new Date(to).toISOString()}: clients refuse the export until it is renewed; ${renew}`;
+  if (to - at <= SERVER_EXPIRY_WARNING_MS) return `${file} expires at ${new Date(to).toISOString()}, within a day: clients will refuse the export from then on; ${renew}`;
+  return undefined;
+}
+
 /** A subject or issuer as X509Certificate gives it (one attribute a line), on one line. */
 function oneLine(name: string): string {
   return name.split("\n").filter((l) => l !== "").join(", ");

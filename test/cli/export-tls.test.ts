@@ -355,6 +355,27 @@ describe.skipIf(!haveClients || !haveOpenssl)("export nbd over TLS with X.509 ce
     expect(log.filter((r) => r.action === "export" && r.result !== "started").map((r) => r.target["expired"])).toEqual(["brief-host"]);
   });
 
+  it("warns at the start when its own certificate expires within a day, and once it expired while the export runs; nbdinfo is served before and refuses the export after", async () => {
+    const { repo } = await fixture();
+    const pki = await makeTestPki(tmp("pki"));
+    const expiresAt = new Date(Math.ceil(Date.now() / 1000) * 1000 + 6000);
+    const server = await clientWithDates(pki.ca, tmp("server"), "localhost", new Date(Date.now() - 3600_000), expiresAt, { server: true });
+    const e = await startExport(repo, ["latest", "--reason", "a certificate about to expire", "--listen", "127.0.0.1:0", "--tls-x509-dir", server]);
+    const uri = e.listening.exports[0]?.uri as string;
+    const file = path.join(server, "server-cert.pem");
+    expect((e.listening as { warnings?: string[] }).warnings).toEqual([`${file} expires at ${expiresAt.toISOString()}, within a day: clients will refuse the export from then on; put a renewed certificate and key in place: the export reads them at the next handshake, without a restart`]);
+    const before = run("nbdinfo", ["--json", `${uri}?tls-certificates=${pki.client}`]);
+    expect(before.status, before.stderr).toBe(0);
+    await new Promise((r) => setTimeout(r, expiresAt.getTime() - Date.now() + 3000));
+    const after = run("nbdinfo", ["--json", `${uri}?tls-certificates=${pki.client}`]);
+    expect(after.status).not.toBe(0);
+    e.child.kill("SIGTERM");
+    const done = await e.exit;
+    expect(done.code, done.stderr).toBe(0);
+    expect(done.stderr).toContain(`${file} expired at ${expiresAt.toISOString()}: clients refuse the export until it is renewed`);
+    expect(done.stderr.split(`${file} expired at`)).toHaveLength(2);
+  });
+
   it("refuses a revocation list another CA signed before listening, and turns new clients away when such a list lands while it runs: open sessions go on", async () => {
     const { repo, v } = await fixture();
     const pki = await makeTestPki(tmp("pki"));

@@ -56,13 +56,14 @@ async function newLeaf(dir: string, prefix: string, subject: string, extensions:
 }
 
 const CLIENT = "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature";
+const SERVER = "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature";
 
 /** Makes the CA, the export's folder and the client folders under root. */
 export async function makeTestPki(root: string): Promise<TestPki> {
   const at = (name: string): string => path.join(root, name);
   await newCa(at("ca"), "vmvault test CA");
   await newCa(at("other-ca"), "another CA");
-  await newLeaf(at("server"), "server", "/CN=localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature", at("ca"));
+  await newLeaf(at("server"), "server", "/CN=localhost", SERVER, at("ca"));
   await newLeaf(at("client"), "client", "/O=test/CN=hv-2", CLIENT, at("ca"));
   await newLeaf(at("rogue"), "client", "/CN=intruder", CLIENT, at("other-ca"), at("ca"));
   await newLeaf(at("revoked"), "client", "/CN=old-host", CLIENT, at("ca"));
@@ -104,15 +105,20 @@ function caDate(d: Date): string {
 /**
  * A client folder (client-cert.pem, client-key.pem, ca-cert.pem) whose certificate the CA of a
  * TestPki (its `ca` folder) signs for these dates, which may run past the CA's own; the common
- * name must be one the CA has not signed yet. Returns the folder.
+ * name must be one the CA has not signed yet. With o.server, an export's folder instead
+ * (server-cert.pem and server-key.pem, naming localhost and 127.0.0.1). Returns the folder.
  */
-export async function clientWithDates(caDir: string, dir: string, commonName: string, notBefore: Date, notAfter: Date): Promise<string> {
+export async function clientWithDates(caDir: string, dir: string, commonName: string, notBefore: Date, notAfter: Date, o: { server?: boolean } = {}): Promise<string> {
+  const prefix = o.server === true ? "server" : "client";
   await fsp.mkdir(dir, { recursive: true });
-  await newKey("client-key.pem", dir);
-  openssl(["req", "-new", "-key", "client-key.pem", "-subj", `/CN=${commonName}`, "-out", "leaf.csr"], dir);
+  await newKey(`${prefix}-key.pem`, dir);
+  openssl(["req", "-new", "-key", `${prefix}-key.pem`, "-subj", `/CN=${commonName}`, "-out", "leaf.csr"], dir);
   const ca = (f: string): string => path.join(caDir, f);
-  openssl(["ca", "-batch", "-config", ca("ca.cnf"), "-keyfile", ca("ca-key.pem"), "-cert", ca("ca-cert.pem"), "-startdate", caDate(notBefore), "-enddate", caDate(notAfter), "-notext", "-in", "leaf.csr", "-out", "client-cert.pem"], dir);
+  const extensions = o.server === true ? ["-extfile", "leaf.ext"] : [];
+  if (o.server === true) await fsp.writeFile(path.join(dir, "leaf.ext"), `${SERVER}\n`);
+  openssl(["ca", "-batch", "-config", ca("ca.cnf"), "-keyfile", ca("ca-key.pem"), "-cert", ca("ca-cert.pem"), "-startdate", caDate(notBefore), "-enddate", caDate(notAfter), "-notext", ...extensions, "-in", "leaf.csr", "-out", `${prefix}-cert.pem`], dir);
   await fsp.rm(path.join(dir, "leaf.csr"));
+  await fsp.rm(path.join(dir, "leaf.ext"), { force: true });
   await fsp.copyFile(ca("ca-cert.pem"), path.join(dir, "ca-cert.pem"));
   return dir;
 }

@@ -15,7 +15,7 @@ import { IntegrityError, UsageError } from "../../src/errors.js";
 import type { DiskPiece, ExportedDisk, Extent } from "../../src/restore/disk-reader.js";
 import { NbdServer, type NbdEvent, type NbdServerOptions } from "../../src/restore/nbd-server.js";
 import { PskFile, readPskFile } from "../../src/restore/nbd-tls.js";
-import { readX509Dir, X509Folder, type X509Credentials } from "../../src/restore/nbd-x509.js";
+import { readX509Dir, serverCertificateWarning, X509Folder, type X509Credentials } from "../../src/restore/nbd-x509.js";
 import type { FilesChange } from "../../src/util/reread.js";
 import { seededBytes, tempDirs } from "../helpers/fixtures.js";
 import { clientWithDates, haveOpenssl, makeTestPki, type TestPki } from "../helpers/x509.js";
@@ -1013,6 +1013,22 @@ describe.skipIf(!haveOpenssl)("NbdServer with X.509 sessions whose certificates 
     expect(closed()[1]?.error).toBe(`the certificate of the CA that issued the certificate of outlives-ca expired at ${caTo.toISOString()}`);
     expect([...server.stats.expired].sort()).toEqual(["hv-2", "outlives-ca"]);
     expect([...server.stats.revoked]).toEqual([]);
+    // The server's own certificate (two days, as hv-2's) expired meanwhile: told once, whatever the looks since.
+    await new Promise((r) => setTimeout(r, 200));
+    const told = events.filter((e): e is Extract<NbdEvent, { kind: "server certificate" }> => e.kind === "server certificate");
+    const serverTo = new Date(new X509Certificate(await pem(dir, "server-cert.pem")).validTo);
+    expect(told.map((e) => e.warning)).toEqual([`${path.join(dir, "server-cert.pem")} expired at ${serverTo.toISOString()}: clients refuse the export until it is renewed; put a renewed certificate and key in place: the export reads them at the next handshake, without a restart`]);
+  });
+
+  it("tells of the server's certificate only within a day of its expiry, and once it expired", async () => {
+    const pki = await makeTestPki(tmp("pki"));
+    const creds = readX509Dir(pki.server);
+    const to = Date.parse(creds.certificate.validTo);
+    const hour = 3600 * 1000;
+    expect(serverCertificateWarning(creds, Date.now())).toBeUndefined();
+    expect(serverCertificateWarning(creds, to - 25 * hour)).toBeUndefined();
+    expect(serverCertificateWarning(creds, to - 23 * hour)).toMatch(/server-cert\.pem expires at .*, within a day: clients will refuse the export from then on; put a renewed certificate and key in place/);
+    expect(serverCertificateWarning(creds, to + 1000)).toMatch(/server-cert\.pem expired at .*: clients refuse the export until it is renewed/);
   });
 
   it("never ends a session with a pre-shared key for the time", async () => {

@@ -148,6 +148,8 @@ function eventLine(e: NbdEvent, writable: boolean): string | undefined {
       return e.error === undefined
         ? `read the ${e.what} of ${e.path} again (${e.changed.join(", ")} changed): new clients are checked against them`
         : `warning: the ${e.what} of ${e.path} changed (${e.changed.join(", ")}) and cannot be used, so new clients are turned away until they are mended: ${e.error}`;
+    case "server certificate":
+      return `warning: ${e.warning}`;
     case "write failed":
       // A VM writing on into a full folder would fill the terminal: the first few are told, the rest counted in the outcome.
       if (e.count > TOLD_WRITE_FAILURES) return undefined;
