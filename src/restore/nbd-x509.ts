@@ -122,7 +122,7 @@ export function certificateNameProblem(creds: X509Credentials, host: string): st
   return `${X509_FILES.cert} does not name ${host} (it names ${holds}): clients that check the server's name refuse the export unless they connect by a name it holds`;
 }
 
-/** How long before the server's certificate expires an export warns of it (SERVER_EXPIRY_WARNING_MS). */
+/** How long before its own certificate expires an export starts warning of it. */
 export const SERVER_EXPIRY_WARNING_MS = 24 * 3600 * 1000;
 
 /**
@@ -182,12 +182,6 @@ function x509Files(dir: string): string[] {
 }
 
 /**
- * Why a session whose client showed cert may not go on under the folder as creds read it, or
- * undefined: as a handshake would now refuse the certificate, no certificate of ca-cert.pem
- * issued it any more (its CA was taken out), or a list of ca-crl.pem revokes it, or ca-crl.pem
- * holds lists but none of its CA (OpenSSL then refuses its clients). `identity` names the client.
- */
-/**
  * Why a session whose client showed cert may not go on at the time `at` (ms since the epoch),
  * or undefined: as a handshake then would refuse it, the certificate expired, or the certificate
  * of `cas` that issued it did (the CAs of the folder as last read). TLS checks the dates at the
@@ -203,6 +197,12 @@ export function certificateExpired(cas: readonly X509Certificate[], cert: X509Ce
   return undefined;
 }
 
+/**
+ * Why a session whose client showed cert may not go on under the folder as creds read it, or
+ * undefined: as a handshake would now refuse the certificate, no certificate of ca-cert.pem
+ * issued it any more (its CA was taken out), or a list of ca-crl.pem revokes it, or ca-crl.pem
+ * holds lists but none of its CA (OpenSSL then refuses its clients). `identity` names the client.
+ */
 export function certificateRevoked(creds: X509Credentials, cert: X509Certificate, identity: string): string | undefined {
   const ca = creds.cas.find((c) => issuedBy(cert, c));
   if (ca === undefined) return `the CA that issued the certificate of ${identity} is no longer in ${X509_FILES.ca}`;
