@@ -26,9 +26,9 @@ export interface Fetched<T> {
 }
 
 export interface FetcherOptions {
-  /** Raw bytes per window (requests answered together), and the most stored bytes read at once. */
+  /** Raw bytes per window (requests answered together), and the most stored bytes read at once (default DEFAULT_GROUP_BYTES). */
   readonly groupBytes?: number;
-  /** Windows fetched or being decoded ahead of the consumer. */
+  /** Windows fetched or being decoded ahead of the consumer (default 3 × the pool's threads + 1). */
   readonly maxGroups?: number;
 }
 
@@ -54,6 +54,13 @@ interface Window<T> {
 
 /** Windows a consumer may keep (holdUntil) besides those in flight, e.g. while it writes them. */
 const HELD_WINDOWS = 2;
+
+/**
+ * Raw bytes per window by default: 2 MiB, 3 × threads + 1 of them in flight. Half the tasks of
+ * 1 MiB windows, each a wake-up of another thread, for about 9 MiB more (docs/design.md §10,
+ * "restore windows").
+ */
+const DEFAULT_GROUP_BYTES = 2 * 1024 * 1024;
 
 /** Gap between chunks of one pack still read in one request rather than two. */
 const MAX_GAP = 256 * 1024;
@@ -88,8 +95,8 @@ export class ChunkFetcher {
     this.#index = index;
     this.#keys = new PoolSessionKeys(repo, sessions, pool);
     this.#pool = pool;
-    this.#groupBytes = o.groupBytes ?? 1024 * 1024;
-    this.#maxGroups = o.maxGroups ?? 4 * pool.threads + 2;
+    this.#groupBytes = o.groupBytes ?? DEFAULT_GROUP_BYTES;
+    this.#maxGroups = o.maxGroups ?? 3 * pool.threads + 1;
     // One slot per window in flight, one for the window being consumed, one spare, and the held ones.
     this.#plainPool = new AlignedPool(this.#maxGroups + 2 + HELD_WINDOWS, this.#groupBytes);
     this.#readBuffers = new ReadBuffers(Math.max(2, Math.ceil(this.#maxGroups / 2)) * this.#groupBytes);
