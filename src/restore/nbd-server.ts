@@ -5,7 +5,7 @@ import * as P from "../sources/nbd-protocol.js";
 import { ConnectionClosed, SocketInput, writeAll, writeAllThen } from "../util/socket-io.js";
 import { ALLOCATION_CONTEXT, MAX_REQUEST_BYTES, OptionPhase, type Wire } from "./nbd-options.js";
 import type { FilesChange } from "../util/reread.js";
-import { sessionExpired, sessionRevoked, tlsInForce, type NbdTls, type TlsInForce } from "./nbd-tls.js";
+import { isX509, sessionExpired, sessionRevoked, tlsInForce, type NbdTls, type TlsInForce } from "./nbd-tls.js";
 import { serverCertificateWarning } from "./nbd-x509.js";
 
 export { MAX_REQUEST_BYTES } from "./nbd-options.js";
@@ -47,7 +47,7 @@ export interface NbdServerOptions {
    * session whose key left the file is ended.
    */
   readonly tlsRecheckMs?: number;
-  /** The clock an X.509 session's certificate dates are held against (default Date.now). */
+  /** The clock X.509 certificates' dates are held against at each look at the folder: the sessions' and the server's own (default Date.now). */
   readonly now?: () => number;
 }
 
@@ -212,7 +212,7 @@ export class NbdServer {
     }
     const at = (this.#o.now ?? Date.now)();
     for (const c of this.#live) c.recheck(now, at);
-    if (now !== undefined && "certificate" in now && now.certificate.fingerprint256 !== this.#expiryTold && Date.parse(now.certificate.validTo) < at) {
+    if (now !== undefined && isX509(now) && now.certificate.fingerprint256 !== this.#expiryTold && Date.parse(now.certificate.validTo) < at) {
       this.#expiryTold = now.certificate.fingerprint256;
       const warning = serverCertificateWarning(now, at);
       if (warning !== undefined) this.event({ kind: "server certificate", warning });

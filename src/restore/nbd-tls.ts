@@ -138,7 +138,8 @@ export function sessionExpired(session: TlsSession, now: TlsInForce, at: number)
   return isX509(now) && session.certificate !== undefined ? certificateExpired(now.cas, session.certificate, session.identity, at) : undefined;
 }
 
-function isX509(now: TlsInForce): now is X509Credentials {
+/** Whether the credentials in force are an X.509 folder's (else pre-shared keys). */
+export function isX509(now: TlsInForce): now is X509Credentials {
   return "revocations" in now;
 }
 

@@ -123,7 +123,7 @@ export function certificateNameProblem(creds: X509Credentials, host: string): st
 }
 
 /** How long before its own certificate expires an export starts warning of it. */
-export const SERVER_EXPIRY_WARNING_MS = 24 * 3600 * 1000;
+const SERVER_EXPIRY_WARNING_MS = 24 * 3600 * 1000;
 
 /**
  * What to tell of the export's own certificate at the time `at` (ms since the epoch), or
@@ -191,6 +191,8 @@ function x509Files(dir: string): string[] {
 export function certificateExpired(cas: readonly X509Certificate[], cert: X509Certificate, identity: string, at: number): string | undefined {
   const to = Date.parse(cert.validTo);
   if (at > to) return `the certificate of ${identity} expired at ${new Date(to).toISOString()}`;
+  // Which CA issued it (a signature check) is asked only once one of them expired: this runs every 2 seconds.
+  if (!cas.some((c) => at > Date.parse(c.validTo))) return undefined;
   const ca = cas.find((c) => issuedBy(cert, c));
   const caTo = ca === undefined ? Number.NaN : Date.parse(ca.validTo);
   if (at > caTo) return `the certificate of the CA that issued the certificate of ${identity} expired at ${new Date(caTo).toISOString()}`;
