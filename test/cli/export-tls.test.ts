@@ -17,7 +17,7 @@ import { endExports, resultOf, run, startExport } from "../helpers/nbd-export.js
 import { MIN_PSK_BYTES, parsePskFile } from "../../src/restore/nbd-tls.js";
 import { Cmd, Opt, Rep } from "../../src/sources/nbd-protocol.js";
 import { goData, NbdClient } from "../helpers/nbd-client.js";
-import { clientWithDates, haveOpenssl, makeTestPki } from "../helpers/x509.js";
+import { datedLeaf, haveOpenssl, makeTestPki } from "../helpers/x509.js";
 
 const tmp = tempDirs();
 const MiB = 1024 * 1024;
@@ -332,7 +332,7 @@ describe.skipIf(!haveClients || !haveOpenssl)("export nbd over TLS with X.509 ce
     const pki = await makeTestPki(tmp("pki"));
     // A certificate that expires a few seconds from now (openssl ca's dates are whole seconds).
     const expiresAt = new Date(Math.ceil(Date.now() / 1000) * 1000 + 6000);
-    const brief = await clientWithDates(pki.ca, tmp("brief"), "brief-host", new Date(Date.now() - 3600_000), expiresAt);
+    const brief = await datedLeaf(pki.ca, tmp("brief"), "brief-host", new Date(Date.now() - 3600_000), expiresAt);
     const e = await startExport(repo, ["latest", "--reason", "expire open sessions", "--listen", "127.0.0.1:0", "--tls-x509-dir", pki.server]);
     const port = Number(/:(\d+)\//.exec(e.listening.exports[0]?.uri as string)?.[1]);
     const open = (folder: string): Promise<NbdClient> => x509Session(port, folder);
@@ -359,7 +359,7 @@ describe.skipIf(!haveClients || !haveOpenssl)("export nbd over TLS with X.509 ce
     const { repo } = await fixture();
     const pki = await makeTestPki(tmp("pki"));
     const expiresAt = new Date(Math.ceil(Date.now() / 1000) * 1000 + 6000);
-    const server = await clientWithDates(pki.ca, tmp("server"), "localhost", new Date(Date.now() - 3600_000), expiresAt, { server: true });
+    const server = await datedLeaf(pki.ca, tmp("server"), "localhost", new Date(Date.now() - 3600_000), expiresAt, { server: true });
     const e = await startExport(repo, ["latest", "--reason", "a certificate about to expire", "--listen", "127.0.0.1:0", "--tls-x509-dir", server]);
     const uri = e.listening.exports[0]?.uri as string;
     const file = path.join(server, "server-cert.pem");

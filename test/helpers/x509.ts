@@ -93,7 +93,7 @@ export async function makeTestPki(root: string): Promise<TestPki> {
   openssl(["ca", "-config", "ca.cnf", "-keyfile", "ca-key.pem", "-cert", "ca-cert.pem", "-gencrl", "-out", "ca-crl.pem"], ca);
   // `openssl ca` sets any dates, so a certificate that expired long ago.
   await fsp.writeFile(path.join(ca, "serial"), "1000\n");
-  const expired = await clientWithDates(ca, at("expired"), "expired-host", new Date("2020-01-01T00:00:00Z"), new Date("2020-01-02T00:00:00Z"));
+  const expired = await datedLeaf(ca, at("expired"), "expired-host", new Date("2020-01-01T00:00:00Z"), new Date("2020-01-02T00:00:00Z"));
   return { server: at("server"), client: at("client"), rogue: at("rogue"), revoked: at("revoked"), expired, ca, otherCa: at("other-ca") };
 }
 
@@ -103,12 +103,12 @@ function caDate(d: Date): string {
 }
 
 /**
- * A client folder (client-cert.pem, client-key.pem, ca-cert.pem) whose certificate the CA of a
- * TestPki (its `ca` folder) signs for these dates, which may run past the CA's own; the common
- * name must be one the CA has not signed yet. With o.server, an export's folder instead
- * (server-cert.pem and server-key.pem, naming localhost and 127.0.0.1). Returns the folder.
+ * A folder with a certificate the CA of a TestPki (its `ca` folder) signs for these dates, which
+ * may run past the CA's own, beside its key and ca-cert.pem: a client's (client-cert.pem,
+ * client-key.pem), or with o.server an export's (server-cert.pem, server-key.pem, naming
+ * localhost and 127.0.0.1). The common name must be one the CA has not signed yet. Returns the folder.
  */
-export async function clientWithDates(caDir: string, dir: string, commonName: string, notBefore: Date, notAfter: Date, o: { server?: boolean } = {}): Promise<string> {
+export async function datedLeaf(caDir: string, dir: string, commonName: string, notBefore: Date, notAfter: Date, o: { server?: boolean } = {}): Promise<string> {
   const prefix = o.server === true ? "server" : "client";
   await fsp.mkdir(dir, { recursive: true });
   await newKey(`${prefix}-key.pem`, dir);

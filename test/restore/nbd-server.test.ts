@@ -18,7 +18,7 @@ import { PskFile, readPskFile } from "../../src/restore/nbd-tls.js";
 import { readX509Dir, serverCertificateWarning, X509Folder, type X509Credentials } from "../../src/restore/nbd-x509.js";
 import type { FilesChange } from "../../src/util/reread.js";
 import { seededBytes, tempDirs } from "../helpers/fixtures.js";
-import { clientWithDates, haveOpenssl, makeTestPki, type TestPki } from "../helpers/x509.js";
+import { datedLeaf, haveOpenssl, makeTestPki, type TestPki } from "../helpers/x509.js";
 import { goData, IHAVEOPT, metaContextData, NBDMAGIC, NbdClient, REPLY_FLAG_DONE, type Chunk, type OptionReply } from "../helpers/nbd-client.js";
 
 const KiB = 1024;
@@ -987,7 +987,7 @@ describe.skipIf(!haveOpenssl)("NbdServer with X.509 sessions whose certificates 
     const start = Date.now();
     const day = 24 * 3600 * 1000;
     // hv-2's certificate runs two days, the CA's three; outlives-ca's runs ten.
-    const outlives = await clientWithDates(pki.ca, tmp("outlives"), "outlives-ca", new Date(start - day), new Date(start + 10 * day));
+    const outlives = await datedLeaf(pki.ca, tmp("outlives"), "outlives-ca", new Date(start - day), new Date(start + 10 * day));
     let clock = start;
     const { server, port, events } = await serve(["vda"], { tls: { x509: new X509Folder(readX509Dir(dir)) }, tlsRecheckMs: 50, now: () => clock });
     const session = (folder: string): Promise<NbdClient> => x509Reader(port, folder);
