@@ -176,8 +176,9 @@ export async function openSftpSession(at: SftpLocation, access: SftpAccess): Pro
     },
     request<T>(start: (cb: (e: Error | undefined | null, value: T) => void) => void): Promise<T> {
       return new Promise<T>((resolve, reject) => {
+        // The reason it closed: a caller that goes on over a session given up says so.
         if (closed) {
-          reject(new Error(`the connection to the SFTP server ${where} was lost`));
+          reject(new Error(`the connection to the SFTP server ${where} ${why}`));
           return;
         }
         const fail = (e: Error): void => reject(e);

@@ -7,7 +7,8 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { NotFoundError, StorageError, UsageError, VaultError } from "../../src/errors.js";
 import { SftpStore } from "../../src/storage/sftp.js";
-import type { SftpAccess } from "../../src/storage/sftp-session.js";
+import { openSftpSession, type SftpAccess } from "../../src/storage/sftp-session.js";
+import { parseSftpUrl } from "../../src/storage/sftp-location.js";
 import { listAll, openWriter } from "../../src/storage/types.js";
 import { HAVE_SSHD, startSftpd, type Sftpd } from "../helpers/sftpd.js";
 import { rejection, sameBytes, seeded, storeConformance } from "./conformance.js";
@@ -363,6 +364,23 @@ describe.skipIf(!HAVE_SSHD || !existsSync(SFTP_SERVER))("an SFTP server whose SF
     } finally {
       for (const pid of stopped) process.kill(pid, "SIGKILL");
       await store.close();
+    }
+  });
+
+  it("a request on a connection given up says it was given up, not merely lost", async () => {
+    const session = await openSftpSession(parseSftpUrl(stuck.url(name())), { identity: stuck.identity, knownHosts: stuck.knownHosts, requestTimeoutMs: 2000 });
+    const pids = serverPids();
+    try {
+      for (const pid of pids) process.kill(pid, "SIGSTOP");
+      const first = await rejection(session.request((cb) => session.sftp.stat(".", cb)));
+      expect((first as Error).message).toMatch(/answered no request for 2 s and was given up/);
+      expect(session.closed).toBe(true);
+      // What the store's retries see when they go on over the session before noticing.
+      const next = await rejection(session.request((cb) => session.sftp.stat(".", cb)));
+      expect((next as Error).message).toMatch(/answered no request for 2 s and was given up/);
+    } finally {
+      for (const pid of pids) process.kill(pid, "SIGKILL");
+      session.client.end();
     }
   });
 
