@@ -29,13 +29,14 @@ export function describeError(e: unknown, debug: boolean): string {
 /**
  * The same error for scripts (`--json`): one line of JSON on stderr, so stdout holds only a
  * command's result. `code` is the stable error code (docs/design.md), `exit` the exit code,
- * `next` the hint and `damaged` every damaged object named, when there are any.
+ * `next` the hint (for a usage error, usageHint: the help of the command it was found in) and
+ * `damaged` every damaged object named, when there are any.
  */
-export function errorJson(e: unknown): string {
+export function errorJson(e: unknown, usageHint = "run `vmvault --help` for usage"): string {
   const exit = exitCodeOf(e);
   let error: Record<string, unknown>;
   if (e instanceof CommanderError) {
-    error = { exit, code: "E_USAGE", message: e.message.replace(/^error: /, ""), next: "run `vmvault --help` for usage" };
+    error = { exit, code: "E_USAGE", message: e.message.replace(/^error: /, ""), next: usageHint };
   } else if (isVaultError(e)) {
     error = { exit, code: e.code, message: e.message };
     if (e.hint !== undefined) error.next = e.hint;

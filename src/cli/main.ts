@@ -46,7 +46,8 @@ export function buildProgram(interrupts: Interrupts = new Interrupts(), json = f
     .option("--lock-wait <seconds>", "wait up to this long for another operation's lock instead of failing with exit 6 (or VMVAULT_LOCK_WAIT; default 0, and 3600 for the last step of a re-encryption)")
     .option("--limit-upload <KiB/s>", "send at most this many KiB per second to the repository (and a mirror) (or VMVAULT_LIMIT_UPLOAD; default: no limit)")
     .option("--limit-download <KiB/s>", "receive at most this many KiB per second from the repository (or VMVAULT_LIMIT_DOWNLOAD; default: no limit)")
-    .showHelpAfterError("(run `vmvault --help` for usage)")
+    // A command's help lists the options given before or after its name: --repo, --json, ...
+    .configureHelp({ showGlobalOptions: true })
     .exitOverride();
   registerInit(program);
   registerBackup(program, interrupts);
@@ -67,10 +68,26 @@ export function buildProgram(interrupts: Interrupts = new Interrupts(), json = f
   const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
   for (const c of all(program)) {
     c.exitOverride();
-    // With --json a usage error is reported once, as JSON, by main().
-    if (json) c.showHelpAfterError(false).configureOutput({ outputError: () => undefined });
+    // A usage error in the form of every other error, its hint naming the command's own help.
+    // With --json it is reported once, as JSON, by main().
+    c.showHelpAfterError(false).configureOutput({
+      outputError: (text, write) => {
+        usageHint = `run \`${commandPath(c)} --help\` for usage`;
+        if (!json) write(`vmvault: ${text.replace(/^error: /, "").trimEnd().replace(/\n\((Did you mean .*)\)$/, " ($1)")}\n  next: ${usageHint}\n`);
+      },
+    });
   }
   return program;
+}
+
+/** The hint of the last usage error commander reported: the help of the command it was found in. */
+let usageHint = "run `vmvault --help` for usage";
+
+/** "vmvault user add": the words that name c on the command line. */
+function commandPath(c: Command): string {
+  const words: string[] = [];
+  for (let at: Command | null = c; at !== null; at = at.parent) words.unshift(at.name());
+  return words.join(" ");
 }
 
 /** Runs the CLI; every error becomes one message and one exit code, here and nowhere else. */
@@ -80,6 +97,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   const json = argv.includes("--json");
   interrupts.json = json;
   const program = buildProgram(interrupts, json);
+  usageHint = "run `vmvault --help` for usage";
   const debug = argv.includes("--debug");
   const uninstall = interrupts.install();
   dropOutputToClosedPipes();
@@ -89,7 +107,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     return 0;
   } catch (e) {
     if (e instanceof CommanderError && e.exitCode === 0) return 0;
-    if (json) process.stderr.write(`${errorJson(e)}\n`);
+    if (json) process.stderr.write(`${errorJson(e, usageHint)}\n`);
     if (e instanceof CommanderError) return exitCodeOf(e);
     // With --json and --debug, the message for people (and its stack) follows the JSON line.
     if (!json || debug) process.stderr.write(`${shownText(describeError(e, debug), { lines: true })}\n`);

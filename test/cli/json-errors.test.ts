@@ -31,15 +31,31 @@ async function newRepo(): Promise<{ repo: string; v: ReturnType<typeof vault> }>
 }
 
 describe("--json errors", () => {
+  it("a command's help lists the options that go before or after its name (--repo, --json, ...)", async () => {
+    const v = vault(path.join(tmp("repo"), "r"));
+    for (const words of [["snapshots"], ["check"], ["user", "list"], ["audit", "log"]]) {
+      const help = await v([...words, "--help"]);
+      expect(help.code).toBe(0);
+      expect(help.stdout).toContain(`Usage: vmvault ${words.join(" ")} [options]`);
+      expect(help.stdout).toMatch(/Global Options:[\s\S]*--repo <path>[\s\S]*--json /);
+    }
+  });
+
   it("a usage error, a wrong passphrase, a missing source and a denied role: one JSON line each with code and exit code", async () => {
     const { repo, v } = await newRepo();
     const usage = await v(["--json", "check", "--bogus"]);
     expect(usage.code).toBe(2);
     expect(usage.stdout).toBe("");
-    expect(errorLines(usage.stderr)).toEqual([{ error: { exit: 2, code: "E_USAGE", message: "unknown option '--bogus'", next: "run `vmvault --help` for usage" } }]);
-    // The same error for people when --json is not given.
+    expect(errorLines(usage.stderr)).toEqual([{ error: { exit: 2, code: "E_USAGE", message: "unknown option '--bogus'", next: "run `vmvault check --help` for usage" } }]);
+    // The same error for people when --json is not given, in the form of every other error.
     const plain = await v(["check", "--bogus"]);
-    expect(plain.stderr).toMatch(/^error: unknown option '--bogus'\n\(run `vmvault --help` for usage\)/);
+    expect(plain.stderr).toBe("vmvault: unknown option '--bogus'\n  next: run `vmvault check --help` for usage\n");
+    // The hint names the command the error was found in, however deep.
+    const nested = await v(["user", "add", "bob"]);
+    expect(nested.code).toBe(2);
+    expect(nested.stderr).toBe("vmvault: required option '--role <role>' not specified\n  next: run `vmvault user add --help` for usage\n");
+    const typo = await v(["bakup"]);
+    expect(typo.stderr).toBe("vmvault: unknown command 'bakup' (Did you mean backup?)\n  next: run `vmvault --help` for usage\n");
 
     const wrong = await v(["--json", "snapshots"], { env: { VMVAULT_PASSPHRASE: "not the passphrase" } });
     expect(wrong.code).toBe(3);
