@@ -261,15 +261,23 @@ export async function exists(p: string | Buffer): Promise<boolean> {
 }
 
 /**
- * Refuses a --target that is empty or names something other than a folder; a symlink to a
- * folder is the user's choice and is followed.
+ * Refuses a --target that is empty, names something other than a folder, or lies below a file
+ * (it could not be made); a symlink to a folder is the user's choice and is followed.
  */
 export async function checkTarget(target: string, resolved: string): Promise<void> {
   if (target === "") throw new UsageError("--target is empty", "name the folder to restore into (it is created if it does not exist)");
-  const st = await fsp.stat(resolved).catch(() => undefined);
-  if (st !== undefined && !st.isDirectory()) {
-    throw new UsageError(`restore target ${resolved} is not a folder`, "--target names the folder to restore into; choose a folder, or a path that does not exist yet");
+  const hint = "--target names the folder to restore into; choose a folder, or a path that does not exist yet";
+  let st;
+  try {
+    st = await fsp.stat(resolved);
+  } catch (e) {
+    if (errorCodeOf(e) !== "ENOTDIR") return;
+    // A folder above it is a file: the first one that exists.
+    let above = path.dirname(resolved);
+    while ((await fsp.stat(above).catch(() => undefined))?.isDirectory() !== false && path.dirname(above) !== above) above = path.dirname(above);
+    throw new UsageError(`restore target ${resolved} cannot be made: ${above} is not a folder`, hint);
   }
+  if (!st.isDirectory()) throw new UsageError(`restore target ${resolved} is not a folder`, hint);
 }
 
 export function targetExistsError(p: string): VaultError {

@@ -82,7 +82,7 @@ describe("check --read-data-subset", () => {
     }
   });
 
-  it("refuses a part that is not n/m with 1 <= n <= m before asking for the passphrase", async () => {
+  it("refuses a part that is not n/m with 1 <= n <= m, and --read-data with it, before asking for the passphrase", async () => {
     const { v } = await initCliRepo(tmp("repo"));
     for (const bad of ["0/3", "4/3", "x", "1/0", "1/", "/2", "1/70000", "-1/2", "1.5/2"]) {
       const r = await v(["check", "--read-data-subset", bad], { env: { VMVAULT_PASSPHRASE: undefined } });
@@ -90,5 +90,9 @@ describe("check --read-data-subset", () => {
       expect(r.stderr).toMatch(/--read-data-subset .*give n\/m with 1 <= n <= m <= 65536/);
     }
     expect(parseDataSubset(" 7/7 ")).toEqual({ n: 7, m: 7 });
+    // Both: one of them would be ignored, and a check asked to read everything must not read a part.
+    const both = await v(["check", "--read-data", "--read-data-subset", "1/2"], { env: { VMVAULT_PASSPHRASE: undefined } });
+    expect(both.code).toBe(2);
+    expect(both.stderr).toMatch(/--read-data reads every pack and --read-data-subset only part of them: give one of them/);
   });
 });

@@ -210,4 +210,15 @@ describe("restore targets that are not folders", () => {
     expect(r.stderr).toMatch(/restore target .*file is not a folder/);
     expect(await fsp.readFile(file, "utf8")).toBe("precious");
   });
+
+  it("a --target below a file says which one is not a folder (exit 2) and leaves it alone", async () => {
+    const { v } = await backedUpData();
+    const file = path.join(tmp("out"), "file");
+    await fsp.writeFile(file, "precious");
+    const r = await v(["restore", "latest", "--target", path.join(file, "a", "b"), "--reason", "t"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`restore target ${path.join(file, "a", "b")} cannot be made: ${file} is not a folder`);
+    expect(r.stderr).toMatch(/next: --target names the folder/);
+    expect(await fsp.readFile(file, "utf8")).toBe("precious");
+  });
 });

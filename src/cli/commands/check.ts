@@ -26,6 +26,9 @@ export function registerCheck(program: Command, interrupts: Interrupts): void {
         return;
       }
       if (opts.vm !== undefined) throw new UsageError("--vm goes with --snapshot", "check --snapshot latest --vm NAME verifies that VM's newest snapshot");
+      if (opts.readData === true && opts.readDataSubset !== undefined) {
+        throw new UsageError("--read-data reads every pack and --read-data-subset only part of them: give one of them", "check --read-data verifies all the data; check --read-data-subset 1/4 to 4/4, one per run, verify it in four parts");
+      }
       // Before the unlock: a bad value costs no Argon2id.
       const subset = opts.readDataSubset === undefined ? undefined : parseDataSubset(opts.readDataSubset);
       const readData = opts.readData === true || subset !== undefined;
