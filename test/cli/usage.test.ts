@@ -42,8 +42,26 @@ describe("usage errors exit 2 before anything is done", () => {
     expect(passes.stderr).toMatch(/--kdf-passes 4294967296: at most 4294967295 \(Argon2id's limit\)/);
     const weak = await vault(path.join(dir, "c"))(["init", "--kdf-memory", "1", "--kdf-passes", "1"], { env: { VMVAULT_INSECURE_TEST_KDF: undefined } });
     expect(weak.code, weak.stderr).toBe(2);
-    expect(weak.stderr).toMatch(/below the floor \(1024 KiB, 1 pass; at least 65536 KiB and 3 passes are required\)/);
+    // In the options' own units: --kdf-memory takes MiB.
+    expect(weak.stderr).toMatch(/--kdf-memory 1: at least 64 MiB \(the floor that keeps guessing passphrases costly\)/);
+    const fewPasses = await vault(path.join(dir, "d"))(["init", "--kdf-passes", "2"], { env: { VMVAULT_INSECURE_TEST_KDF: undefined } });
+    expect(fewPasses.code, fewPasses.stderr).toBe(2);
+    expect(fewPasses.stderr).toMatch(/--kdf-passes 2: at least 3 \(the floor/);
     expect(await fsp.readdir(dir)).toEqual([]);
+  });
+
+  it("a --repo that is a file, or lies below one, is named as such (exit 2) by init and by every other command; the file is left alone", async () => {
+    const file = path.join(tmp("repo"), "file");
+    await fsp.writeFile(file, "precious");
+    for (const [repo, said] of [[file, "is a file"], [path.join(file, "r"), "lies below a file"]] as const) {
+      for (const args of [["init"], ["snapshots"], ["backup", "--vm", "vm", file]]) {
+        const r = await vault(repo)(args);
+        expect(r.code, `${args[0]}: ${r.stderr}`).toBe(2);
+        expect(r.stderr).toContain(`vmvault: the repository ${repo} ${said}: a local repository is a folder`);
+        expect(r.stderr).toMatch(/next: check --repo/);
+      }
+    }
+    expect(await fsp.readFile(file, "utf8")).toBe("precious");
   });
 
   it("an empty or invalid VM name is refused wherever a VM is named, as backup always did", async () => {

@@ -247,7 +247,7 @@ describe("users", () => {
     const dir = path.join(tmp("repo"), "weak");
     const r = await runCli(["--repo", dir, "--user", "admin", "init", "--kdf-memory", "32"], { env: { VMVAULT_INSECURE_TEST_KDF: undefined, VMVAULT_STATE_DIR: `${dir}-state` } });
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/below the floor/);
+    expect(r.stderr).toMatch(/--kdf-memory 32: at least 64 MiB/);
     expect(await fsp.readdir(dir).catch(() => [])).toEqual([]);
     const passes = await runCli(["--repo", dir, "--user", "admin", "init", "--kdf-passes", "2"], { env: { VMVAULT_INSECURE_TEST_KDF: undefined, VMVAULT_STATE_DIR: `${dir}-state` } });
     expect(passes.code).toBe(2);

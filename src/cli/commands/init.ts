@@ -47,6 +47,10 @@ export function registerInit(program: Command): void {
         if (passes > KDF_MAX.passes) throw new UsageError(`--kdf-passes ${opts.kdfPasses}: at most ${KDF_MAX.passes} (Argon2id's limit)`);
         kdf = { memoryKiB: memoryMiB * 1024, passes, parallelism: kdf.parallelism };
         allowWeak = allowWeak && process.env["VMVAULT_INSECURE_TEST_KDF"] === "1";
+        // In the options' own units (the library's floor speaks KiB).
+        const floorMiB = KDF_FLOOR.memoryKiB / 1024;
+        if (!allowWeak && memoryMiB < floorMiB) throw new UsageError(`--kdf-memory ${opts.kdfMemory}: at least ${floorMiB} MiB (the floor that keeps guessing passphrases costly)`);
+        if (!allowWeak && passes < KDF_FLOOR.passes) throw new UsageError(`--kdf-passes ${opts.kdfPasses}: at least ${KDF_FLOOR.passes} (the floor that keeps guessing passphrases costly)`);
       }
       const level = opts.compressionLevel === undefined ? undefined : Number(opts.compressionLevel);
       if (level !== undefined && (!Number.isInteger(level) || level < COMPRESSION_LEVEL_MIN || level > COMPRESSION_LEVEL_MAX)) {
