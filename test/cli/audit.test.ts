@@ -330,6 +330,10 @@ describe("audit trail", () => {
     expect(r.stderr).toContain("vmvault: integrity failure: the anchor file is not signed by a user of this repository");
     expect(r.stderr).toContain("next: the anchor file, not the repository, failed");
     expect(r.stderr).not.toContain("check --read-data");
+    // An anchor file that is not there: said in words, before the unlock, with what to give.
+    const missing = await aud(["audit", "verify", "--anchor", path.join(tmp("anchor"), "nosuch.anchor")]);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/cannot read anchor file .*nosuch\.anchor: it does not exist\n  next: give the file `vmvault audit anchor --out FILE` wrote/);
   });
 
   it("a restore whose audit record cannot be stored does not start and writes nothing", async () => {

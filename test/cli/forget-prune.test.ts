@@ -166,7 +166,7 @@ describe("forget and prune on the command line", () => {
     const text = await v(["forget", "--keep-last", "2"]);
     expect(text.code, text.stderr).toBe(0);
     expect(text.stdout).toMatch(/VM web1: keep 2 snapshots, forget 1/);
-    expect(text.stdout).toContain("forgot 1 snapshot");
+    expect(text.stdout).toContain("forgot 1 snapshot; `vmvault prune` frees the data only it used");
     expect(json<Listed[]>(await v(["snapshots", "--json"])).map((s) => s.id)).not.toContain((web[0] as Listed).id);
   });
 
@@ -175,7 +175,9 @@ describe("forget and prune on the command line", () => {
     const before = await dataBytes(repo);
     const r = await v(["forget", "--keep-last", "1", "--vm", "web1", "--prune", "--repack-unused", "0"]);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toContain("forgot 2 snapshots");
+    expect(r.stdout).toContain("forgot 2 snapshots; `vmvault prune` frees the data only they used");
+    // After the forget, one snapshot of web1 and db's are left.
+    expect(r.stdout).toMatch(/^\d+ snapshots reference data in \d+ packs? /m);
     expect(r.stdout).toMatch(/repacked [1-9]\d* packs? partly in use/);
     expect(r.stdout).toMatch(/freed [\d.]+ MiB/);
     const after = await dataBytes(repo);

@@ -2,7 +2,7 @@ import { nodeCrypto } from "../../util/node-crypto.js";
 import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { Command } from "commander";
-import { errorCodeOf, IntegrityError, StorageError, UsageError, type Damage } from "../../errors.js";
+import { errorCodeOf, fileProblem, IntegrityError, StorageError, UsageError, type Damage } from "../../errors.js";
 import { BrokenTrailError } from "../../audit/errors.js";
 import { checkAuditLogFilter, type AuditLogFilter } from "../../audit/log-filter.js";
 import { CliContext } from "../context.js";
@@ -68,7 +68,7 @@ export function registerAudit(program: Command): void {
         try {
           anchor = readFileSync(opts.anchor);
         } catch (e) {
-          throw new UsageError(`cannot read anchor file ${opts.anchor}: ${errorCodeOf(e) ?? String(e)}`);
+          throw new UsageError(`cannot read anchor file ${opts.anchor}: ${fileProblem(e)}`, "give the file `vmvault audit anchor --out FILE` wrote");
         }
       }
       const vault = await ctx.openVault();

@@ -104,7 +104,7 @@ function printForget(ctx: CliContext, r: ForgetResult, rules: boolean): void {
     }
   } else if (r.removed.length > 0) ctx.out(table(["ID", "VM", "HOST", "TIME"], r.removed.map((s) => row(s, "").slice(0, 4))));
   if (r.removed.length === 0) ctx.out("nothing to forget");
-  else ctx.out(`${r.dryRun ? "would forget" : "forgot"} ${plural(r.removed.length, "snapshot")}${r.dryRun ? "" : "; `vmvault prune` frees the data only they used"}`);
+  else ctx.out(`${r.dryRun ? "would forget" : "forgot"} ${plural(r.removed.length, "snapshot")}${r.dryRun ? "" : `; \`vmvault prune\` frees the data only ${r.removed.length === 1 ? "it" : "they"} used`}`);
 }
 
 /** A whole number of snapshots (or periods), 0 or more. */

@@ -53,7 +53,7 @@ export async function runPrune(ctx: CliContext, vault: Vault, o: PruneFlags & { 
 }
 
 export function printPrune(ctx: CliContext, r: PruneResult): void {
-  ctx.out(`${plural(r.snapshots, "snapshot")} reference data in ${plural(r.packs, "pack")} (${formatBytes(r.bytesBefore)})`);
+  ctx.out(`${plural(r.snapshots, "snapshot")} ${r.snapshots === 1 ? "references" : "reference"} data in ${plural(r.packs, "pack")} (${formatBytes(r.bytesBefore)})`);
   if (r.leftoversDeleted > 0) {
     ctx.out(`${r.dryRun ? "would delete" : "deleted"} ${plural(r.leftoversDeleted, "leftover")} of cut-off writes (temporary files, unfinished uploads: ${formatBytes(r.leftoverBytes)})`);
   }
