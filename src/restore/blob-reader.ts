@@ -1,4 +1,4 @@
-import { IntegrityError, NotFoundError, VaultError } from "../errors.js";
+import { IntegrityError, NotFoundError } from "../errors.js";
 import type { Compressor } from "../compress/compressor.js";
 import { packKey } from "../format/layout.js";
 import { BlobError, BlobScratch, decodeBlob } from "../pack/blob.js";
@@ -6,6 +6,7 @@ import type { ChunkIndex, ChunkLocation } from "../repository/chunk-index.js";
 import { missingChunkError } from "../repository/index-files.js";
 import { chunkKeyFor, type Repository } from "../repository/repository.js";
 import type { SessionKeys } from "../repository/sessions.js";
+import { readInto } from "../storage/types.js";
 import { toHex } from "../util/bytes.js";
 
 /**
@@ -18,6 +19,8 @@ const WINDOW_BYTES = 1024 * 1024;
  * each break the other's). Without, one: a restore's metadata reads are one stream.
  */
 const WINDOWS_KEPT = 4;
+/** Window buffers kept for reuse once no window and no read holds them. */
+const SPARE_WINDOWS = 2;
 
 /**
  * Reads single blobs by ID (chunk lists, folder entries) on the main thread: finds the pack in
@@ -31,6 +34,11 @@ export class BlobReader {
   readonly #compressor: Compressor;
   /** The windows read last, newest last: one per stream of reads in order (an NBD client may run several). */
   readonly #windows: Window[] = [];
+  /**
+   * Buffers of WINDOW_BYTES that no window holds any more, for the next window: a new 1 MiB
+   * buffer per read outlived the young generation and waited for a major GC (an export's reads).
+   */
+  readonly #spare: Uint8Array[] = [];
   readonly #minWindow: number;
   readonly #windowsKept: number;
   /** Where blobs are decrypted (decodeBlob is synchronous: one at a time). */
@@ -83,47 +91,86 @@ export class BlobReader {
 
   async #readAt(id: Uint8Array, loc: ChunkLocation, into: Uint8Array | undefined): Promise<Uint8Array> {
     if (into !== undefined && into.length !== loc.rawLength) throw IntegrityError.object(packKey(loc.pack.packId), `the index gives chunk ${toHex(id).slice(0, 16)}… ${loc.rawLength} bytes, not the ${into.length} its disk expects`);
-    const stored = await this.#fetch(loc);
-    const session = await this.#sessions.open(loc.pack.sessionId);
-    // Chunk IDs are verified with the chunk-ID key of the session that wrote them.
-    const chunkIdKey = chunkKeyFor(this.#repo, session.meta.chunkKeyEpoch);
+    // The window is held (not reused) from here until the blob is decoded.
+    const window = await this.#fetch(loc);
     try {
+      const session = await this.#sessions.open(loc.pack.sessionId);
+      // Chunk IDs are verified with the chunk-ID key of the session that wrote them.
+      const chunkIdKey = chunkKeyFor(this.#repo, session.meta.chunkKeyEpoch);
+      const stored = window.bytes.subarray(loc.offset - window.start, loc.offset - window.start + loc.length);
       return decodeBlob(this.#repo.crypto, session.key, chunkIdKey, id, stored, loc.rawLength, this.#compressor, { scratch: this.#scratch, ...(into === undefined ? {} : { out: into }) });
     } catch (e) {
       if (e instanceof BlobError) throw IntegrityError.object(packKey(loc.pack.packId), `${e.message} (chunk ${toHex(id).slice(0, 16)}…)`);
       throw e;
+    } finally {
+      window.users--;
+      this.#release(window);
     }
   }
 
-  async #fetch(loc: ChunkLocation): Promise<Uint8Array> {
+  /** The window holding loc's blob (read now if none does), held once more for the caller. */
+  async #fetch(loc: ChunkLocation): Promise<Window> {
     const inside = this.#windows.find((w) => w.packId === loc.pack.packId && loc.offset >= w.start && loc.offset + loc.length <= w.start + w.bytes.length);
-    if (inside !== undefined) return inside.bytes.subarray(loc.offset - inside.start, loc.offset - inside.start + loc.length);
+    if (inside !== undefined) {
+      inside.users++;
+      return inside;
+    }
     const key = packKey(loc.pack.packId);
     const limit = loc.pack.packLength > 0 ? loc.pack.packLength : loc.offset + loc.length;
     // Reading on from a window's end: twice that window, up to WINDOW_BYTES; that window is replaced.
     const followed = this.#windows.findIndex((w) => w.packId === loc.pack.packId && loc.offset >= w.start + w.bytes.length && loc.offset - (w.start + w.bytes.length) < this.#minWindow);
-    const window = followed >= 0 ? Math.min(WINDOW_BYTES, Math.max(this.#minWindow, 2 * (this.#windows[followed] as Window).bytes.length)) : this.#minWindow;
-    const length = Math.max(loc.length, Math.min(window, limit - loc.offset));
-    let bytes: Uint8Array;
+    const previous = followed >= 0 ? this.#windows[followed] : undefined;
+    const size = previous !== undefined ? Math.min(WINDOW_BYTES, Math.max(this.#minWindow, 2 * previous.bytes.length)) : this.#minWindow;
+    const length = Math.max(loc.length, Math.min(size, limit - loc.offset));
+    const buffer = length <= WINDOW_BYTES ? (this.#spare.pop() ?? new Uint8Array(WINDOW_BYTES)) : new Uint8Array(length);
+    let n: number;
     try {
-      bytes = await this.#repo.store.get(key, { offset: loc.offset, length });
+      n = await readInto(this.#repo.store, key, { offset: loc.offset, length }, buffer.subarray(0, length));
     } catch (e) {
+      this.#keepSpare(buffer);
       if (e instanceof NotFoundError) throw IntegrityError.object(key, "pack is missing");
-      if (e instanceof VaultError) throw e;
       throw e;
     }
-    this.bytesFetched += bytes.length;
+    this.bytesFetched += n;
     this.fetches++;
-    if (bytes.length < loc.length) throw IntegrityError.object(key, "pack is truncated");
-    if (followed >= 0) this.#windows.splice(followed, 1);
-    this.#windows.push({ packId: loc.pack.packId, start: loc.offset, bytes });
-    if (this.#windows.length > this.#windowsKept) this.#windows.shift();
-    return bytes.subarray(0, loc.length);
+    if (n < loc.length) {
+      this.#keepSpare(buffer);
+      throw IntegrityError.object(key, "pack is truncated");
+    }
+    const window: Window = { packId: loc.pack.packId, start: loc.offset, buffer, bytes: buffer.subarray(0, n), users: 1, kept: true };
+    // The window followed may have moved or gone meanwhile (other reads): found again by identity.
+    const replaced = previous === undefined ? -1 : this.#windows.indexOf(previous);
+    if (replaced >= 0) this.#drop(replaced);
+    this.#windows.push(window);
+    if (this.#windows.length > this.#windowsKept) this.#drop(0);
+    return window;
+  }
+
+  /** Takes the window at i out of those kept; its buffer is reused once no read holds it. */
+  #drop(i: number): void {
+    const [w] = this.#windows.splice(i, 1);
+    if (w === undefined) return;
+    w.kept = false;
+    this.#release(w);
+  }
+
+  #release(w: Window): void {
+    if (!w.kept && w.users === 0) this.#keepSpare(w.buffer);
+  }
+
+  #keepSpare(buffer: Uint8Array): void {
+    if (buffer.length === WINDOW_BYTES && this.#spare.length < SPARE_WINDOWS) this.#spare.push(buffer);
   }
 }
 
 interface Window {
   readonly packId: string;
   readonly start: number;
+  /** What was read, at the start of buffer. */
   readonly bytes: Uint8Array;
+  readonly buffer: Uint8Array;
+  /** Reads decoding from it now. */
+  users: number;
+  /** Whether it is among the windows kept. */
+  kept: boolean;
 }

@@ -8,7 +8,7 @@ import { mkdtempSync, promises as fsp, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import fc from "fast-check";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { FsStore, KDF_TEST, Vault } from "../../src/index.js";
 import { IntegrityError } from "../../src/errors.js";
 import { Compressor } from "../../src/compress/compressor.js";
@@ -230,6 +230,67 @@ describe("SnapshotDisk", () => {
     for (let at = 200 * CHUNK; at < 200 * CHUNK + 2048 * KiB; at += 64 * KiB) await readRange(o, at, 64 * KiB);
     expect(ordered.fetches - start).toBeLessThanOrEqual(10);
     expect(ordered.fetches - start).toBeGreaterThanOrEqual(4);
+  });
+
+  it("reads pack windows into a few reused buffers, never one a read still decodes from", async () => {
+    const r = vault.repository;
+    const buffers = new Set<ArrayBufferLike>();
+    // The buffers the store is asked to read into, seen by an own readInto over the store's.
+    const store = r.store as { readInto?: (k: string, range: { offset: number; length: number }, into: Uint8Array) => Promise<number> };
+    const own = Object.getOwnPropertyDescriptor(store, "readInto");
+    const inner = store.readInto?.bind(store);
+    expect(inner).toBeDefined();
+    store.readInto = (k, range, into) => {
+      buffers.add(into.buffer);
+      return (inner as NonNullable<typeof inner>)(k, range, into);
+    };
+    onTestFinished(() => {
+      if (own === undefined) delete store.readInto;
+      else Object.defineProperty(store, "readInto", own);
+    });
+    const index = await loadIndex(r, undefined, undefined, { idBytes: 8 });
+    const blobs = new BlobReader(r, index, sessions, new Compressor(r.config), { minWindow: 16 * KiB });
+    // A cache of one chunk: every read below goes to the pack.
+    const d = new SnapshotDisk(disk, blobs, key, { cacheBytes: CHUNK });
+    const base = 200 * CHUNK;
+    // Out of order, one at a time: 40 windows.
+    for (let i = 0; i < 40; i++) {
+      const offset = base + ((i * 17) % 120) * CHUNK;
+      const { bytes } = await readRange(d, offset, CHUNK);
+      expect(Buffer.compare(bytes, image.subarray(offset, offset + CHUNK)), `read ${i}`).toBe(0);
+    }
+    expect(blobs.fetches).toBeGreaterThanOrEqual(40);
+    // Four windows kept and two spare: a new buffer per window before.
+    expect(buffers.size).toBeGreaterThan(0);
+    expect(buffers.size).toBeLessThanOrEqual(6);
+    // Many at once, each taking its time between its window's read and its decoding (a session
+    // key opened from the store, say) while the others read and evict windows, and slow
+    // consumers: the windows they decode from are not read into meanwhile.
+    const fresh = new SessionKeys(r);
+    onTestFinished(() => fresh.dispose());
+    const open = fresh.open.bind(fresh);
+    let opened = 0;
+    fresh.open = async (id) => {
+      // 0 to 9 ms, so that some reads go on to their next windows while others still wait.
+      await new Promise((done) => setTimeout(done, (opened++ * 7) % 10));
+      return open(id);
+    };
+    const concurrent = new SnapshotDisk(disk, new BlobReader(r, index, fresh, new Compressor(r.config), { minWindow: 16 * KiB }), key, { cacheBytes: CHUNK });
+    const ranges = Array.from({ length: 32 }, (_, i) => base + ((i * 29) % 120) * CHUNK + 100);
+    const results = await Promise.all(
+      ranges.map(async (offset) => {
+        const bytes = new Uint8Array(4 * CHUNK);
+        await concurrent.read(offset, 4 * CHUNK, async (p) => {
+          await new Promise((done) => setImmediate(done));
+          if ("data" in p) bytes.set(p.data, p.offset - offset);
+        });
+        return bytes;
+      }),
+    );
+    results.forEach((bytes, i) => {
+      const offset = ranges[i] as number;
+      expect(Buffer.compare(bytes, image.subarray(offset, offset + 4 * CHUNK)), `concurrent read ${i}`).toBe(0);
+    });
   });
 
   it("refuses ranges outside the disk", async () => {
