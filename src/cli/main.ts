@@ -35,7 +35,7 @@ export function buildProgram(interrupts: Interrupts = new Interrupts(), json = f
     .option("--keys <file>", "settings file; see keys.example (or VMVAULT_KEYS)")
     .option("--sftp-identity <file>", "private key for an sftp:// repository's login (or VMVAULT_SFTP_IDENTITY; default: the SSH agent, or ~/.ssh/id_ed25519, id_ecdsa, id_rsa)")
     .option("--sftp-identity-passphrase-file <file>", "a file (mode 600) whose first line is the passphrase of that private key, for one kept encrypted (or VMVAULT_SFTP_IDENTITY_PASSPHRASE_FILE)")
-    .option("--sftp-known-hosts <file>", "known_hosts file holding an sftp:// repository's host key (or VMVAULT_SFTP_KNOWN_HOSTS; default: ~/.ssh/known_hosts)")
+    .option("--sftp-known-hosts <file>", "known_hosts file holding an sftp:// repository's host key (or VMVAULT_SFTP_KNOWN_HOSTS; default: ~/.ssh/known_hosts and /etc/ssh/ssh_known_hosts)")
     .option("--s3-endpoint <url>", "an S3-compatible server for s3:// repositories, http(s)://HOST[:PORT] (or VMVAULT_S3_ENDPOINT, AWS_ENDPOINT_URL_S3; default: AWS)")
     .option("--s3-object-acl <acl>", "write every object with this canned ACL: bucket-owner-full-control, for hosts whose S3 user does not own the bucket (or VMVAULT_S3_OBJECT_ACL)")
     .option("--json", "machine-readable output on stdout")

@@ -75,7 +75,7 @@ export async function planOverlays(o: OverlayRequest, disks: readonly DiskSource
   };
   const mustBeNew = [...overlays.map((x) => x.path), ...(planned.domain === undefined || o.overlayDir === undefined ? [] : [planned.domain.path])];
   for (const p of mustBeNew) {
-    if (await fsp.lstat(p).then(() => true, () => false)) throw new UsageError(`${p} exists`, "remove it, or give another --overlay-dir");
+    if (await fsp.lstat(p).then(() => true, () => false)) throw new UsageError(`${p} exists: it may hold what a VM wrote over an earlier export`, "to run that VM on it again, export the same snapshot on the same address without --overlay-dir; to start afresh, give another --overlay-dir (or remove it, and the VM's writes with it)");
   }
   return planned;
 }

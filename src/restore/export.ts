@@ -299,7 +299,17 @@ async function listenOn(server: NbdServer, at: ExportAddress): Promise<string> {
     const code = (e as NodeJS.ErrnoException).code;
     const where = "socket" in at ? at.socket : shownAddress(at);
     if (code === "EADDRINUSE" && "socket" in at) throw new UsageError(`cannot listen on ${where}: it exists`, "another export may be using it; if none is (one killed left it), remove it");
-    if (code === "EADDRINUSE") throw new StorageError(`cannot listen on ${where}: it is in use`, e);
+    if (code === "EADDRINUSE") {
+      throw new StorageError(`cannot listen on ${where}: it is in use`, e, "another export or NBD server listens there; give another port with --listen HOST:PORT (port 0 picks a free one), or stop that one");
+    }
+    if ("socket" in at) {
+      // libuv says EACCES for a socket whose folder is missing.
+      const folder = path.dirname(path.resolve(at.socket));
+      const st = await fsp.stat(folder).catch(() => undefined);
+      if (st === undefined || !st.isDirectory()) {
+        throw new UsageError(`cannot listen on ${where}: the folder ${folder} ${st === undefined ? "does not exist" : "is not a folder"}`, "make the folder first, or give --socket a path in an existing one");
+      }
+    }
     if (code === "EACCES") throw new StorageError(`cannot listen on ${where}: permission denied`, e);
     throw new StorageError(`cannot listen on ${where}: ${(e as Error).message}`, e);
   }

@@ -32,6 +32,8 @@ export class OptionPhase {
   identity: string | undefined;
   /** The TLS session, once up: the key or certificate the client proved (NbdServer checks it is still in force). */
   session: TlsSession | undefined;
+  /** Options refused because TLS, which the export requires, was not started. */
+  refusedWithoutTls = 0;
   readonly #server: NbdServer;
   readonly #wire: Wire;
   readonly #client: string;
@@ -71,6 +73,7 @@ export class OptionPhase {
     if (option === P.Opt.STARTTLS) return this.#startTls(data);
     const required = this.#server.tls;
     if (required !== undefined && this.identity === undefined && option !== P.Opt.ABORT) {
+      this.refusedWithoutTls++;
       // NBD_OPT_EXPORT_NAME has no error reply: the session ends.
       if (option === P.Opt.EXPORT_NAME) return "abort";
       return this.#reply(option, P.REP_ERR_TLS_REQD, `this export requires TLS: connect with ${"psk" in required ? "its PSK file" : "a certificate its CA signed"} (NBD_OPT_STARTTLS)`);

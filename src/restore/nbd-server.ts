@@ -220,7 +220,7 @@ export class NbdServer {
   }
 
   #accept(socket: net.Socket): void {
-    const client = socket.remoteAddress === undefined ? "local client" : `${socket.remoteAddress}:${socket.remotePort}`;
+    const client = socket.remoteAddress === undefined ? "on the socket" : `${socket.remoteAddress}:${socket.remotePort}`;
     if (this.#closing || this.#live.size >= (this.#o.maxConnections ?? 16)) {
       this.event({ kind: "refused", client, reason: this.#closing ? "the export is stopping" : "too many connections" });
       socket.destroy();
@@ -304,9 +304,11 @@ class Connection {
 
   async #run(): Promise<void> {
     let error: string | undefined;
+    let opened = false;
     try {
       const disk = await this.#negotiate();
       if (disk !== undefined) {
+        opened = true;
         const identity = this.#agreed.identity;
         this.#server.event({ kind: "opened", client: this.#client, disk: disk.name, ...(identity === undefined ? {} : { identity }) });
         await this.#transmit(disk);
@@ -317,6 +319,10 @@ class Connection {
       await this.#finish();
     }
     error = this.#revoked ?? error;
+    // A client that asked without TLS and left: the export says why it served it nothing.
+    if (!opened && this.#agreed.identity === undefined && this.#agreed.refusedWithoutTls > 0) {
+      this.#server.event({ kind: "refused", client: this.#client, reason: "it did not start TLS, which this export requires (NBD_OPT_STARTTLS)" });
+    }
     const writes = this.#writes === 0 ? {} : { writes: this.#writes, written: this.#written };
     this.#server.event({ kind: "closed", client: this.#client, reads: this.#reads, bytes: this.#bytes, ...writes, ...(error === undefined ? {} : { error }) });
   }

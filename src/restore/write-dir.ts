@@ -1,7 +1,7 @@
 import { constants, promises as fsp } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { errorCodeOf, LockedError, StorageError, UsageError } from "../errors.js";
+import { errorCodeOf, fileProblem, LockedError, StorageError, UsageError } from "../errors.js";
 import { FormatError } from "../format/codec.js";
 import { BlockState, BlockStates, blockCount, encodeWriteMap, parseWriteMap, type WriteMapHeader } from "../format/write-map.js";
 import { replaceFile } from "../util/durable.js";
@@ -46,7 +46,9 @@ export class WriteDir {
   static async open(dir: string, snapshot: string, disks: readonly ExportedDisk[]): Promise<WriteDir> {
     const where = path.resolve(dir);
     await fsp.mkdir(where, { recursive: true, mode: 0o700 }).catch((e: unknown) => {
-      throw new UsageError(`cannot make the write folder ${dir}: ${(e as Error).message}`);
+      const code = errorCodeOf(e);
+      if (code === "EEXIST" || code === "ENOTDIR") throw new UsageError(`--write-dir ${dir} is not a folder${code === "ENOTDIR" ? " (a part of its path is a file)" : ""}`, "give a folder, or a path that does not exist yet (it is made)");
+      throw new UsageError(`cannot make the write folder ${dir}: ${fileProblem(e)}`);
     });
     if ((await fsp.stat(where)).isDirectory() !== true) throw new UsageError(`--write-dir ${dir} is not a folder`);
     const lock = await takeLock(where);

@@ -81,7 +81,7 @@ export async function inspectQcow2(file: string, st: Stats, probed: boolean): Pr
     out = await runTool("qemu-img", ["info", "--output=json", "--backing-chain", "--force-share", "--image-opts", imageOpts(file, st, { locking: true })], missingQemu("qemu-img"));
   } catch (e) {
     if (!(e instanceof ToolFailed)) throw e;
-    throw new SourceError("E_SOURCE", `${file} is not a qcow2 image vmvault can read: ${e.message}`, probed ? "give --image-format raw if it is a raw image" : undefined);
+    throw new SourceError("E_SOURCE", `${file} is not a qcow2 image vmvault can read: ${e.message}`, probed ? "give --image-format raw if it is a raw image" : "if it is a raw image, give --image-format raw, or auto to have each image's format probed");
   }
   const chain = parseInfo(file, out);
   const top = chain[0];

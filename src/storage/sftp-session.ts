@@ -1,5 +1,5 @@
 import { createRequire } from "node:module";
-import { existsSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, readSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import type { Client, ConnectConfig, ParsedKey, SFTPWrapper } from "ssh2";
@@ -229,6 +229,8 @@ function loginMethod(identity: string | undefined, passphraseFile: string | unde
     }
     identity = found;
   }
+  // A public key (mode 644 as ssh-keygen makes it) is named as such, not sent to chmod.
+  if (readableByOthers(identity) && looksPublic(identity)) throw publicKeyGiven(identity);
   const key = readPrivateFile(identity, "the SSH identity", `chmod 600 ${identity}: ssh refuses such a key too`);
   const passphrase = passphraseFile === undefined ? undefined : passphraseLine(readPrivateFile(passphraseFile, "the SSH identity's passphrase file", `chmod 600 ${passphraseFile}`), passphraseFile);
   const parsed: ParsedKey | ParsedKey[] | Error = loadSsh2().utils.parseKey(key, passphrase);
@@ -245,8 +247,29 @@ function loginMethod(identity: string | undefined, passphraseFile: string | unde
     );
   }
   const first = Array.isArray(parsed) ? parsed[0] : parsed;
-  if (first === undefined || !first.isPrivateKey()) throw new UsageError(`the SSH identity ${identity} holds no private key`, "give the private half of the key pair, not the .pub file");
+  if (first === undefined || !first.isPrivateKey()) throw publicKeyGiven(identity);
   return { config: { privateKey: key, ...(passphrase === undefined ? {} : { passphrase }) }, describe: `the identity ${identity}` };
+}
+
+function publicKeyGiven(identity: string): UsageError {
+  return new UsageError(`the SSH identity ${identity} holds no private key`, "give the private half of the key pair, not the .pub file");
+}
+
+/** Whether a file holds an OpenSSH public key line (its first bytes only are read). */
+function looksPublic(file: string): boolean {
+  if (file.endsWith(".pub")) return true;
+  try {
+    const fd = openSync(file, "r");
+    try {
+      const head = Buffer.alloc(32);
+      const n = readSync(fd, head, 0, head.length, 0);
+      return /^(ssh-|ecdsa-|sk-)[a-z0-9@.-]+ /.test(head.subarray(0, n).toString("latin1"));
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return false;
+  }
 }
 
 /** A file that must be readable by its owner only (a private key, a passphrase): its bytes, refused before they are read when others may read them. */
@@ -270,15 +293,18 @@ function passphraseLine(bytes: Buffer, file: string): Buffer {
 /** An error of the connection or the login, in words, with the next step. */
 function connectError(e: Error, at: SftpLocation, where: string, o: { verdict: HostKeyVerdict | undefined; presented: Buffer | undefined; known: KnownHosts; login: string }): Error {
   const v = o.verdict;
-  const files = o.known.files.length === 0 ? "no known_hosts file (~/.ssh/known_hosts does not exist)" : o.known.files.join(", ");
+  const none = o.known.files.length === 0;
   if (v !== undefined && v.verdict !== "known" && o.presented !== undefined) {
     const key = `${keyTypeOf(o.presented)} key ${fingerprintOf(o.presented)}`;
     const name = knownHostsName(at.host, at.port);
     if (v.verdict === "unknown") {
+      const scan = `ssh-keyscan${at.port === 22 ? "" : ` -p ${at.port}`} ${at.host} >> ${o.known.files[0] ?? "~/.ssh/known_hosts"}`;
       return new StorageError(
-        `the SFTP server ${where} is not known: its ${key} is not in ${files}`,
+        none
+          ? `the SFTP server ${where} is not known: its ${key} is in no known_hosts file (neither ~/.ssh/known_hosts nor /etc/ssh/ssh_known_hosts exists)`
+          : `the SFTP server ${where} is not known: its ${key} is not in ${o.known.files.join(", ")}`,
         undefined,
-        `check that fingerprint with the server's administrator, then add the key: ssh-keyscan${at.port === 22 ? "" : ` -p ${at.port}`} ${at.host} >> ${o.known.files[0] ?? "~/.ssh/known_hosts"} (or give --sftp-known-hosts FILE)`,
+        `check that fingerprint with the server's administrator, then add the key: ${none ? "mkdir -p -m 700 ~/.ssh && " : ""}${scan} (or give --sftp-known-hosts FILE)`,
       );
     }
     if (v.verdict === "revoked") return new VaultError("E_INTEGRITY", `the SFTP server ${where} presented a revoked ${key} (${v.where}): refused`, { hint: "ask the server's administrator; do not use this server until its key is replaced" });

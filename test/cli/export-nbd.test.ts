@@ -147,7 +147,9 @@ describe.skipIf(!haveClients)("export nbd", () => {
     // A second export into the same folder would overwrite the overlay: refused, nothing served.
     const again = await vault(repo)(["export", "nbd", "latest", "--disk", "a.raw", "--reason", "again", "--listen", "127.0.0.1:0", "--overlay-dir", overlays]);
     expect(again.code).toBe(2);
-    expect(again.stderr).toContain(`${overlay} exists`);
+    expect(again.stderr).toContain(`${overlay} exists: it may hold what a VM wrote over an earlier export`);
+    // Not "remove it" first: that would throw the VM's writes away.
+    expect(again.stderr).toMatch(/next: to run that VM on it again, export the same snapshot on the same address without --overlay-dir/);
     const write = run("qemu-io", ["-c", "write -P 0xab 1M 64k", overlay]);
     expect(write.status, write.stderr + write.stdout).toBe(0);
     const readBack = run("qemu-io", ["-c", "read -P 0xab 1M 64k", "-c", "read -P 0 0 64k", overlay]);
@@ -203,6 +205,8 @@ describe.skipIf(!haveClients)("export nbd", () => {
       [["ffffffffffff", "--reason", "r", "--listen", "127.0.0.1:0"], 1, /no snapshot/],
       [["latest", "--reason", "r", "--listen", "127.0.0.1:0", "--define"], 2, /go with --overlay-dir/],
       [["latest", "--reason", "r", "--listen", "127.0.0.1:0", "--overlay-dir", "/nonexistent-folder"], 2, /is not a folder/],
+      [["latest", "--reason", "r", "--listen", "127.0.0.1:0", "--write-dir", "/etc/passwd"], 2, /--write-dir \/etc\/passwd is not a folder\n  next: give a folder, or a path that does not exist yet/],
+      [["latest", "--reason", "r", "--listen", "127.0.0.1:0", "--write-dir", "/etc/passwd/w"], 2, /--write-dir \/etc\/passwd\/w is not a folder \(a part of its path is a file\)/],
       [["latest", "--reason", "r", "--listen", "127.0.0.1:0", "--overlay-dir", "/tmp", "--domain-name", "clone"], 2, /keeps no domain definition/],
       [["latest", "--reason", "r", "--listen", "127.0.0.1:0", "--overlay-dir", "/tmp", "--libvirt-uri", "test:///default"], 2, /--libvirt-uri goes with --define/],
     ];
@@ -217,7 +221,7 @@ describe.skipIf(!haveClients)("export nbd", () => {
     expect((await exportRecords(v)).filter((r) => r.result === "succeeded")).toEqual([]);
   });
 
-  it("fails with exit 1 when the port is taken, and says so in the trail", async () => {
+  it("fails with exit 1 when the port is taken, and says so in the trail; a socket's missing folder is named", async () => {
     const { v } = await fixture();
     const taken = net.createServer();
     await new Promise<void>((resolve) => taken.listen(0, "127.0.0.1", resolve));
@@ -226,11 +230,17 @@ describe.skipIf(!haveClients)("export nbd", () => {
       const r = await v(["export", "nbd", "latest", "--reason", "busy port", "--listen", `127.0.0.1:${port}`]);
       expect(r.code, r.stderr).toBe(1);
       expect(r.stderr).toContain(`cannot listen on 127.0.0.1:${port}: it is in use`);
+      expect(r.stderr).toMatch(/next: another export or NBD server listens there; give another port with --listen HOST:PORT \(port 0 picks a free one\)/);
     } finally {
       taken.close();
     }
     const records = await exportRecords(v);
     expect(records.map((x) => x.result)).toEqual(["started", "failed"]);
+    // A socket in a folder that does not exist: said so (libuv's own word for it is EACCES).
+    const missing = path.join(tmp("sock"), "no-such-folder", "s");
+    const r = await v(["export", "nbd", "latest", "--reason", "socket", "--socket", missing]);
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.stderr).toContain(`cannot listen on ${missing}: the folder ${path.dirname(missing)} does not exist`);
   });
 
   it("answers a read of a tampered chunk with EIO, never its bytes, and ends with exit 5", async () => {

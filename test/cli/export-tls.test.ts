@@ -167,6 +167,8 @@ describe.skipIf(!haveClients)("export nbd over TLS with pre-shared keys", () => 
     // stderr holds JSON notices (--json): the identity's quotes are escaped there.
     expect(done.stderr).toMatch(/turned away: TLS handshake failed: the client's identity \\"intruder\\" is not in the export's key file/);
     expect(done.stderr.match(/turned away: TLS handshake failed/g)?.length).toBe(2);
+    // The plaintext client too: was only "connected" and "disconnected after 0 reads".
+    expect(done.stderr).toMatch(/turned away: it did not start TLS, which this export requires/);
     expect(resultOf(done).identities).toEqual(["hv-2"]);
   });
 

@@ -123,6 +123,14 @@ describe.skipIf(!HAVE_SSHD)("SFTP repositories through the CLI", () => {
     expect(unknown.code).toBe(1);
     expect(unknown.stderr).toContain(`is not known: its ssh-ed25519 key ${fp} is not in ${empty}`);
     expect(unknown.stderr).toMatch(/next: check that fingerprint .* ssh-keyscan -p \d+ 127\.0\.0\.1 >>/);
+    // No known_hosts file at all (a home without ~/.ssh): said plainly, with the folder to make.
+    if (!existsSync("/etc/ssh/ssh_known_hosts")) {
+      const home = tmp("home");
+      const none = await run(["--sftp-identity", server.identity, "init"], { env: { HOME: home } });
+      expect(none.code, none.stderr).toBe(1);
+      expect(none.stderr).toContain(`is not known: its ssh-ed25519 key ${fp} is in no known_hosts file (neither ~/.ssh/known_hosts nor /etc/ssh/ssh_known_hosts exists)`);
+      expect(none.stderr).toMatch(/next: check that fingerprint .* mkdir -p -m 700 ~\/\.ssh && ssh-keyscan -p \d+ 127\.0\.0\.1 >> ~\/\.ssh\/known_hosts/);
+    }
     const other = path.join(dir, "other");
     execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", other]);
     const changed = path.join(dir, "changed");

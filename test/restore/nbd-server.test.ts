@@ -722,6 +722,10 @@ describe("NbdServer with TLS (pre-shared keys)", () => {
     expectBytes(await readSimple(secure, BLOCK - 10, 100), IMAGE.subarray(BLOCK - 10, BLOCK + 90), "read over TLS");
     await until(() => events.some((e) => e.kind === "opened"));
     expect(events.find((e) => e.kind === "opened")).toMatchObject({ disk: "vdb", identity: "hv-2" });
+    // Options refused before STARTTLS and then TLS started: not a client turned away.
+    secure.socket.destroy();
+    await until(() => events.some((e) => e.kind === "closed"));
+    expect(events.filter((e) => e.kind === "refused")).toEqual([]);
   });
 
   it("ends a plaintext EXPORT_NAME at once, and a handshake with another key or an unknown identity, and goes on serving", async () => {
@@ -736,10 +740,13 @@ describe("NbdServer with TLS (pre-shared keys)", () => {
       expect(types(await c.option(Opt.STARTTLS))).toEqual([Rep.ACK]);
       await expect(c.startTls(identity, key)).rejects.toThrow();
     }
-    await until(() => events.filter((e) => e.kind === "refused").length === 2);
+    await until(() => events.filter((e) => e.kind === "refused").length === 3);
     const reasons = events.flatMap((e) => (e.kind === "refused" ? [e.reason] : []));
-    expect(reasons[0]).toMatch(/^TLS handshake failed: the client's key for hv-2 is not the export's/);
-    expect(reasons[1]).toBe('TLS handshake failed: the client\'s identity "intruder" is not in the export\'s key file');
+    // The plaintext client is told as turned away for not starting TLS.
+    expect(reasons.filter((r) => !r.startsWith("TLS handshake failed"))).toEqual(["it did not start TLS, which this export requires (NBD_OPT_STARTTLS)"]);
+    const handshakes = reasons.filter((r) => r.startsWith("TLS handshake failed"));
+    expect(handshakes[0]).toMatch(/^TLS handshake failed: the client's key for hv-2 is not the export's/);
+    expect(handshakes[1]).toBe('TLS handshake failed: the client\'s identity "intruder" is not in the export\'s key file');
     const c = await connect(port);
     await c.start();
     expect(types(await c.option(Opt.STARTTLS))).toEqual([Rep.ACK]);

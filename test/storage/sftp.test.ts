@@ -268,6 +268,14 @@ describe.skipIf(!HAVE_SSHD)("SFTP store", () => {
         [`${newKey()}.pub`, /holds no private key|not a private key/],
       ];
       await fsp.chmod(cases[3]?.[0] as string, 0o600);
+      // A public key as ssh-keygen leaves it (mode 644), by its .pub name or another: named as a
+      // public key, not sent to chmod first.
+      const pub = `${newKey()}.pub`;
+      await fsp.chmod(pub, 0o644);
+      const renamed = path.join(scratch, `pub-${randomBytes(4).toString("hex")}`);
+      await fsp.copyFile(pub, renamed);
+      await fsp.chmod(renamed, 0o644);
+      cases.push([pub, /holds no private key/], [renamed, /holds no private key/]);
       for (const [identity, message] of cases) {
         const e = await rejection(new SftpStore(server.url(name()), { identity, knownHosts: server.knownHosts }).stat("x"));
         expect(e, identity).toBeInstanceOf(UsageError);
