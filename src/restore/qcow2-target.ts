@@ -4,6 +4,17 @@ import { NbdError, type NbdClient } from "../sources/nbd-client.js";
 import { inPieces, QemuNbd } from "../sources/qcow2.js";
 import { runTool, ToolFailed } from "../sources/tools.js";
 
+const qemuImgMissing = (): UsageError => new UsageError("qemu-img was not found: a restore with --format qcow2 writes the image with QEMU's tools", "install them (Debian: qemu-utils), or restore as raw");
+
+/** Refuses a qcow2 restore where QEMU's tools are missing, before anything is made. */
+export async function assertQemuImg(): Promise<void> {
+  try {
+    await runTool("qemu-img", ["--version"], qemuImgMissing);
+  } catch (e) {
+    if (!(e instanceof ToolFailed)) throw e;
+  }
+}
+
 /**
  * A disk restored as a qcow2 image (`restore --format qcow2`): the partial file is made a new,
  * empty qcow2 image of the disk's size (`qemu-img create`), and the restore writes its data
@@ -24,7 +35,7 @@ export class Qcow2Target {
   /** Makes file (an absolute path, the restore's partial file) an empty qcow2 image of size bytes and opens it for writing. */
   static async create(file: string, size: number): Promise<Qcow2Target> {
     try {
-      await runTool("qemu-img", ["create", "-q", "-f", "qcow2", file, String(size)], () => new UsageError("qemu-img was not found: a restore with --format qcow2 writes the image with QEMU's tools", "install them (Debian: qemu-utils), or restore as raw"));
+      await runTool("qemu-img", ["create", "-q", "-f", "qcow2", file, String(size)], qemuImgMissing);
     } catch (e) {
       if (!(e instanceof ToolFailed)) throw e;
       throw new Error(`qemu-img could not make a qcow2 image: ${e.message}`);

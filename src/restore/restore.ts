@@ -26,6 +26,7 @@ import { checkTarget, exists, findPartials, partialBeside, targetError, targetEx
 import { XattrTally, type XattrSkip } from "../util/xattrs.js";
 import { xattrExcluder } from "../sources/exclude.js";
 import { replaceFile } from "../util/durable.js";
+import { assertQemuImg } from "./qcow2-target.js";
 
 export interface RestoreOptions {
   readonly snapshot: string;
@@ -168,6 +169,8 @@ export async function restore(repo: Repository, o: RestoreOptions): Promise<Rest
   if (o.libvirtUri !== undefined && o.define !== true) throw new UsageError("a libvirt URI goes with defining the restored domain (--define)");
   if (o.domainName !== undefined) assertDomainName(o.domainName);
   await checkTarget(o.target, target);
+  // Before the target folder is made: a qcow2 restore without QEMU's tools writes nothing.
+  if (o.format === "qcow2") await assertQemuImg();
   const lock = await acquireLock(repo, "restore", false, { signal: o.signal, stopped: "; nothing was restored" });
   const sessions = new SessionKeys(repo);
   try {

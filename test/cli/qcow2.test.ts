@@ -132,6 +132,21 @@ describe.skipIf(!haveQemu)("qcow2 images", () => {
     expect(dataBytes).toBeLessThan(2 * MiB);
     // No partial file is left beside it.
     expect(readdirSync(qTarget)).toEqual(["web.qcow2"]);
+
+    // Without QEMU's tools on PATH: refused before the target folder is made.
+    const noTools = path.join(dir, "no-tools-out");
+    const missing = await cli(repo, ["restore", backup.snapshotId, "--target", noTools, "--reason", "qcow2 test", "--format", "qcow2"], { PATH: tmp("empty-path") });
+    expect(missing.code, missing.stderr).toBe(2);
+    expect(missing.stderr).toMatch(/qemu-img was not found: a restore with --format qcow2 writes the image with QEMU's tools\n  next: install them \(Debian: qemu-utils\)/);
+    expect(existsSync(noTools)).toBe(false);
+
+    // A raw disk restored as qcow2 keeps its name: said, as the other way round is.
+    const rawBackup = await cli(repo, ["--json", "backup", "--vm", "web-raw", reference]);
+    expect(rawBackup.code, rawBackup.stderr).toBe(0);
+    const asQcow2 = await cli(repo, ["restore", "latest", "--vm", "web-raw", "--target", path.join(dir, "raw-as-qcow2"), "--reason", "qcow2 test", "--format", "qcow2"]);
+    expect(asQcow2.code, asQcow2.stderr).toBe(0);
+    expect(asQcow2.stderr).toContain(`note: ${path.basename(reference)} was a raw image, restored as qcow2 under its name (tell QEMU format=qcow2)`);
+    expect(q.stderr).not.toContain("was a raw image");
   });
 
   it.skipIf(!existsSync("/dev/shm"))("restores as qcow2 onto a file system without direct I/O (tmpfs)", async () => {

@@ -66,6 +66,9 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
         warnXattrs(ctx, r.xattrs);
         const wasQcow2 = r.restored.filter((x) => x.sourceFormat === "qcow2" && x.format === "raw").map((x) => x.name);
         if (wasQcow2.length > 0) ctx.warn(`note: ${wasQcow2.join(", ")} ${wasQcow2.length === 1 ? "was a qcow2 image" : "were qcow2 images"}, restored as raw (give --format qcow2 to restore qcow2 images)`);
+        // The other way round: a raw disk written as qcow2 keeps its name, .raw or not.
+        const wasRaw = r.restored.filter((x) => x.kind === "disk" && x.sourceFormat !== "qcow2" && x.format === "qcow2").map((x) => x.name);
+        if (wasRaw.length > 0) ctx.warn(`note: ${wasRaw.join(", ")} ${wasRaw.length === 1 ? "was a raw image, restored as qcow2 under its name" : "were raw images, restored as qcow2 under their names"} (tell QEMU format=qcow2)`);
         for (const p of r.partialsFound) ctx.warn(`warning: found ${p}, the partial file of a restore that was killed (or of one still running); remove it once no restore writes there`);
         if (ctx.json) ctx.printJson(r);
         else {
