@@ -1,6 +1,6 @@
 import { audited, authorizeAudited, lockAudited } from "../audit/guard.js";
 import { IntegrityError, InterruptedError, NotFoundError, UsageError, type Damage } from "../errors.js";
-import { CONFIG_KEY } from "../format/layout.js";
+import { CONFIG_KEY, LOCK_PREFIX } from "../format/layout.js";
 import { acquireLock, acquireLockAt } from "../repository/lock.js";
 import type { Repository } from "../repository/repository.js";
 import { listAll, openWriter, readInto, STORE_REQUESTS_AT_ONCE, type ObjectInfo, type Store } from "../storage/types.js";
@@ -83,7 +83,15 @@ export async function mirror(repo: Repository, o: MirrorOptions): Promise<Mirror
   await authorizeAudited(repo, "forget", "mirror");
   const to = o.to;
   const entry = { action: "mirror" as const, target: { destination: to.location, ...(o.delete === true ? { delete: "yes" } : {}) } };
-  if (to.location === repo.store.location) throw new UsageError(`the mirror's destination ${to.location} is the repository itself`, "name another folder, bucket or server with --to");
+  // By place where the stores tell it: `s3://b/p/` and `s3://b/p`, a path through a symlink.
+  const here = repo.store.place;
+  const there = to.place;
+  if (here !== undefined && there !== undefined ? there === here : to.location === repo.store.location) {
+    throw new UsageError(`the mirror's destination ${to.location} is the repository itself`, "name another folder, bucket or server with --to");
+  }
+  if (here !== undefined && there !== undefined && there.startsWith(`${here}/`)) {
+    throw new UsageError(`the mirror's destination ${to.location} lies inside the repository ${repo.store.location}: a copy there is lost with it`, "name a folder, bucket or server outside the repository with --to");
+  }
   const lock = await lockAudited(repo, entry, () => acquireLock(repo, "mirror", false, { signal: o.signal, stopped: "; it copied nothing" }));
   try {
     return await audited(repo, {
@@ -110,6 +118,14 @@ async function mirrorLocked(repo: Repository, o: MirrorOptions): Promise<MirrorR
   });
   if (theirs !== undefined && !bytesEqual(theirs, config)) {
     throw new UsageError(`${to.location} holds another repository, not a mirror of ${repo.store.location}`, "mirror to an empty place, or to the one an earlier mirror of this repository made");
+  }
+  // No repository there yet: empty, or what an interrupted first mirror copied (objects of the
+  // repository's kinds; the configuration comes once the keys are there), nothing else.
+  if (theirs === undefined) {
+    const foreign = (await listAll(to, "")).find((o) => !KINDS.some((k) => o.key.startsWith(k)) && !o.key.startsWith(LOCK_PREFIX));
+    if (foreign !== undefined) {
+      throw new UsageError(`${to.location} is not empty and holds no repository (${foreign.key} is not a vmvault object)`, "mirror to an empty place, or to the one an earlier mirror of this repository made");
+    }
   }
   const destLock = await acquireLockAt({ store: to, env: repo.env, crypto: repo.crypto, repoId: repo.repoId, now: () => repo.now(), place: "the mirror" }, "mirror", o.delete === true, {
     signal: o.signal,

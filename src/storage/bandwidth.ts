@@ -99,6 +99,7 @@ export function limitBandwidth(inner: Store, limits: BandwidthLimits): Store {
   const { createWriter, readInto, listKeys, listLeftovers, deleteLeftover, prepare } = inner;
   return {
     location: inner.location,
+    ...(inner.place === undefined ? {} : { place: inner.place }),
     async get(key: string, range?: ByteRange): Promise<Uint8Array> {
       if (range !== undefined) await download?.take(range.length);
       const bytes = await inner.get(key, range);

@@ -74,6 +74,7 @@ const ABSENT = new Set(["ENOENT", "ENOTDIR", "EISDIR"]);
  */
 export class FsStore implements Store {
   readonly location: string;
+  readonly place: string;
   readonly #root: string;
   readonly #knownDirs = new Set<string>();
   readonly #readers = new SharedReaders<Reader>(OPEN_READERS, (reader) => this.#close(reader));
@@ -84,6 +85,7 @@ export class FsStore implements Store {
   constructor(root: string, o: FsStoreOptions = {}) {
     this.#root = path.resolve(root);
     this.location = this.#root;
+    this.place = `file ${realFolder(this.#root)}`;
     this.#keepCache = o.keepCache ?? false;
   }
 
@@ -375,4 +377,14 @@ async function nativeSizes(native: NativeHelper, files: readonly { file: string 
  */
 function below(dir: string, name: string): string {
   return dir.endsWith("/") ? dir + name : `${dir}/${name}`;
+}
+
+/** A folder's path with its symlinks resolved, as far as it exists (a new repository's need not). */
+function realFolder(p: string): string {
+  try {
+    return fs.realpathSync(p);
+  } catch {
+    const parent = path.dirname(p);
+    return parent === p ? p : path.join(realFolder(parent), path.basename(p));
+  }
 }

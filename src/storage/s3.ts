@@ -25,6 +25,7 @@ const BODY_ATTEMPTS = 3;
  */
 export class S3Store implements Store {
   readonly location: string;
+  readonly place: string;
   readonly #at: S3Location;
   readonly #access: S3Access;
   #client: S3Client | undefined;
@@ -41,6 +42,7 @@ export class S3Store implements Store {
     this.#access = access;
     this.#acl = access.objectAcl === undefined ? {} : { ACL: access.objectAcl };
     this.location = access.endpoint === undefined ? url : `${url} at ${access.endpoint}`;
+    this.place = `s3 ${access.endpoint ?? "aws"} ${this.#at.bucket}${this.#at.prefix === "" ? "" : `/${this.#at.prefix.slice(0, -1)}`}`;
     this.#uploads = new UnfinishedUploads({ client: () => this.#s3(), bucket: this.#at.bucket, root: this.#at.prefix, fail: (e, name, op) => this.#fail(e, name, op) });
   }
 

@@ -43,6 +43,7 @@ interface Reader {
  */
 export class SftpStore implements Store {
   readonly location: string;
+  readonly place: string;
   readonly #at: SftpLocation;
   readonly #access: SftpAccess;
   #session: Promise<SftpSession> | undefined;
@@ -56,6 +57,8 @@ export class SftpStore implements Store {
     this.#at = parseSftpUrl(url);
     this.#access = access;
     this.location = url;
+    const p = this.#at.path;
+    this.place = `sftp ${this.#at.user ?? ""}@${this.#at.host}:${this.#at.port} ${p === "." ? "~" : p.startsWith("/") ? p : `~/${p}`}`;
   }
 
   /**

@@ -61,6 +61,12 @@ export interface WriterOptions {
 export interface Store {
   /** Where the store lives, for messages (a path or URL without credentials). */
   readonly location: string;
+  /**
+   * Optional: the place in one canonical form (its kind, server and path, no trailing slash),
+   * so that two spellings of one place compare equal and a place inside another starts with
+   * the other's name and "/" (a mirror's destination is checked against its source by it).
+   */
+  readonly place?: string;
   /** The whole object, or a byte range of it. Throws NotFoundError when absent. */
   get(key: string, range?: ByteRange): Promise<Uint8Array>;
   /**

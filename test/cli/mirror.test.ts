@@ -63,6 +63,23 @@ describe("vmvault mirror", () => {
     expect([refused.code, refused.stderr]).toEqual([2, expect.stringMatching(/holds another repository, not a mirror of/)]);
     const toItself = await v(["mirror", "--to", repo]);
     expect([toItself.code, toItself.stderr]).toEqual([2, expect.stringMatching(/is the repository itself/)]);
+    // Spelled otherwise: a trailing slash, through a symlink.
+    const link = path.join(tmp("link"), "r");
+    await fsp.symlink(repo, link);
+    for (const spelled of [`${repo}/`, link]) {
+      const r = await v(["mirror", "--to", spelled]);
+      expect([r.code, r.stderr], spelled).toEqual([2, expect.stringMatching(/is the repository itself/)]);
+    }
+    // Inside the repository: lost with it.
+    const inside = await v(["mirror", "--to", path.join(repo, "offsite")]);
+    expect([inside.code, inside.stderr]).toEqual([2, expect.stringMatching(/lies inside the repository .*: a copy there is lost with it/)]);
+    await expect(fsp.stat(path.join(repo, "offsite"))).rejects.toThrow();
+    // A folder holding other files: not mixed into them.
+    const junk = tmp("junk");
+    await fsp.writeFile(path.join(junk, "file.txt"), "mine");
+    const mixed = await v(["mirror", "--to", junk]);
+    expect([mixed.code, mixed.stderr]).toEqual([2, expect.stringMatching(/is not empty and holds no repository \(file\.txt is not a vmvault object\)/)]);
+    expect(await fsp.readdir(junk)).toEqual(["file.txt"]);
     expect((await v(["user", "add", "host", "--role", "backup"], { env: { VMVAULT_NEW_PASSPHRASE: "host passphrase 1" } })).code).toBe(0);
     const to = path.join(tmp("mirror"), "m");
     const denied = await vault(repo, "host", "host passphrase 1")(["mirror", "--to", to]);
