@@ -117,7 +117,15 @@ function keySource(at: S3Location, a: S3Access): KeySource {
   if (a.accessKeyId !== undefined && a.secretAccessKey !== undefined) {
     return { keys: { accessKeyId: a.accessKeyId, secretAccessKey: a.secretAccessKey, ...(a.sessionToken === undefined ? {} : { sessionToken: a.sessionToken }) } };
   }
-  const p = a.accessKeyId !== undefined || a.secretAccessKey !== undefined || a.profile === undefined ? undefined : readProfileCredentials(a.profile);
+  // Half a key pair: said as such (a profile is not read over it; the SDK would not either).
+  if (a.accessKeyId !== undefined || a.secretAccessKey !== undefined) {
+    const [given, missing] = a.accessKeyId !== undefined ? ["access key ID", "secret access key"] : ["secret access key", "access key ID"];
+    throw new UsageError(
+      `the S3 credentials for ${at.url} hold ${given === "access key ID" ? "an" : "a"} ${given} but no ${missing}`,
+      `give both: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or aws-access-key-id and aws-secret-access-key in the --keys file); unset both to use ${a.profile === undefined ? "an AWS profile" : "the AWS profile"} instead`,
+    );
+  }
+  const p = a.profile === undefined ? undefined : readProfileCredentials(a.profile);
   if (p === undefined || a.profile === undefined) {
     throw new UsageError(
       `no S3 credentials for ${at.url}`,

@@ -32,6 +32,10 @@ export function s3Problem(e: unknown, at: { key: string; op: Op; bucket: string;
   if (name === "NoSuchBucket") {
     return new StorageError(`the bucket ${at.bucket} does not exist (${at.location})`, e, "check the repository's name and --s3-endpoint; `vmvault init` makes the bucket of a new repository");
   }
+  // A listing answered 404 without an S3 error's name: S3 names a missing bucket (above).
+  if (status === 404 && at.op === "list" && name !== "NoSuchKey") {
+    return new StorageError(`could not list ${at.location}: the endpoint answered HTTP 404 without an S3 error (is it an S3 server, and does the bucket ${at.bucket} exist?)`, e, notS3Hint);
+  }
   if (name === "NoSuchKey" || name === "NotFound" || (status === 404 && at.op !== "write")) return new NotFoundError(`object not found: ${at.key}`);
   if (name === "InvalidAccessKeyId" || name === "SignatureDoesNotMatch" || name === "InvalidToken" || name === "ExpiredToken" || name === "AuthorizationHeaderMalformed") {
     return new StorageError(`the S3 server of ${at.location} refused the credentials (${name})`, e, "check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), or the keys file's aws-* settings");
@@ -57,6 +61,14 @@ export function s3Problem(e: unknown, at: { key: string; op: Op; bucket: string;
       "check --s3-endpoint (or AWS_ENDPOINT_URL_S3) and the network, and run the command again: what was written in full is kept",
     );
   }
+  // https:// to a server without TLS: OpenSSL reads its HTTP answer as a TLS record.
+  if (code === "EPROTO" || /wrong version number|packet length too long/i.test(said)) {
+    return new StorageError(`could not ${at.op} ${where}: the endpoint does not speak TLS there`, e, "give --s3-endpoint http://HOST:PORT for a server without TLS, or the port where it serves https");
+  }
+  // An answer that is not S3's XML (a web server's HTML page, an error page).
+  if (/Deserialization error|XML parse error|char '<'|Unexpected token '<'/i.test(said)) {
+    return new StorageError(`could not ${at.op} ${where}: the endpoint did not answer as an S3 server${status === undefined ? "" : ` (HTTP ${status})`}`, e, notS3Hint);
+  }
   if (code.startsWith("HPE_")) {
     return new StorageError(`could not ${at.op} ${where}: the endpoint did not answer as an HTTP server (${said})`, e, "check --s3-endpoint (or AWS_ENDPOINT_URL_S3): it names the S3 server's HTTP port");
   }
@@ -65,6 +77,8 @@ export function s3Problem(e: unknown, at: { key: string; op: Op; bucket: string;
   }
   return new StorageError(`could not ${at.op} ${where}: ${name === "" ? "" : `${name}: `}${said}${status === undefined ? "" : ` (HTTP ${status})`}`, e);
 }
+
+const notS3Hint = "check --s3-endpoint (or AWS_ENDPOINT_URL_S3): it names the S3 server (Ceph RGW, MinIO, AWS, ...), not a web server; and the bucket's name";
 
 /** What to do about an access denied: deleting needs more than an append-only host's rights; a read may be of another S3 user's object. */
 function accessHint(op: Op): string {

@@ -158,6 +158,15 @@ describe("s3:// locations and settings", () => {
     expect(e).toBeInstanceOf(UsageError);
     expect(String(e)).toMatch(/no S3 credentials/);
     expect((e as UsageError).hint).toMatch(/AWS_ACCESS_KEY_ID/);
+    // Half a pair: which half, not "no credentials" (nor a profile read over it).
+    for (const [half, said] of [[{ accessKeyId: "AKIDEXAMPLE" }, "an access key ID but no secret access key"], [{ secretAccessKey: "not a real secret" }, "a secret access key but no access key ID"]] as const) {
+      const s = new S3Store("s3://some-bucket/p", { endpoint: "http://127.0.0.1:9", ...half, profile: { name: "default", named: false, credentialsFile: "/nonexistent/credentials", configFile: "/nonexistent/config" } });
+      const h = await rejection(s.get("config"));
+      expect(h).toBeInstanceOf(UsageError);
+      expect(String(h)).toContain(`the S3 credentials for s3://some-bucket/p hold ${said}`);
+      expect((h as UsageError).hint).toMatch(/give both: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY .* unset both to use the AWS profile instead/);
+      expect(String(h) + (h as UsageError).hint).not.toContain("not a real secret");
+    }
   });
 });
 
