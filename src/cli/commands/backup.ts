@@ -64,7 +64,7 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
     .option("--libvirt-domain <name>", "back up this libvirt domain: its raw and qcow2 disks, named by target device (vda), and its definition, which a restore writes beside them (asks virsh); a running domain is backed up live, its disks read behind overlays it writes to meanwhile")
     .option("--libvirt-all", "back up every domain libvirt has (at --libvirt-uri), one snapshot each, going on past a domain that fails; exit 1 when any failed")
     .option("--exclude-domain <name>", "with --libvirt-all: leave this domain out; repeatable", collect)
-    .option("--libvirt-uri <uri>", "with --libvirt-domain: libvirt's connection URI (default: virsh's own, LIBVIRT_DEFAULT_URI included)")
+    .option("--libvirt-uri <uri>", "with --libvirt-domain or --libvirt-all: libvirt's connection URI (default: virsh's own, LIBVIRT_DEFAULT_URI included)")
     .option("--quiesce", "with a running --libvirt-domain: freeze the guest's file systems for the instant the overlays are taken (needs the QEMU guest agent in the guest)")
     .option("--overlay-dir <dir>", "with a running --libvirt-domain: put the overlays the VM writes to during the backup in this folder instead of beside each image (a block device's disk needs it)")
     .option("--changed-blocks", "with a running or paused --libvirt-domain, or --libvirt-all: read the disks through libvirt's backup API, and of a qcow2 disk backed up so before from this host only the blocks written since (a checkpoint's dirty bitmap); the chunk maps stay in VMVAULT_STATE_DIR")

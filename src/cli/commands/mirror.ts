@@ -62,6 +62,6 @@ function report(ctx: CliContext, r: MirrorResult): void {
     if (r.objectsDeleted > 0) ctx.out(`deleted ${plural(r.objectsDeleted, "object")} the repository no longer has`);
   }
   if (r.conflicts.length > 0) {
-    throw new IntegrityError(`${plural(r.conflicts.length, "object")} at ${r.destination} differ from the repository's under the same name and ${r.conflicts.length === 1 ? "was" : "were"} left as found: ${r.conflicts.map((c) => c.object).join(", ")}`, r.conflicts, "run `vmvault check` against both; a mirror never overwrites what the mirror holds");
+    throw new IntegrityError(`${plural(r.conflicts.length, "object")} at ${r.destination} ${r.conflicts.length === 1 ? "differs" : "differ"} from the repository's under the same name and ${r.conflicts.length === 1 ? "was" : "were"} left as found: ${r.conflicts.map((c) => c.object).join(", ")}`, r.conflicts, "run `vmvault check` against both; a mirror never overwrites what the mirror holds");
   }
 }
