@@ -121,10 +121,11 @@ async function mirrorLocked(repo: Repository, o: MirrorOptions): Promise<MirrorR
   }
   // No repository there yet: empty, or what an interrupted first mirror copied (objects of the
   // repository's kinds; the configuration comes once the keys are there), nothing else.
+  // Listed until the first foreign object: a bucket of other data is not listed whole.
   if (theirs === undefined) {
-    const foreign = (await listAll(to, "")).find((o) => !KINDS.some((k) => o.key.startsWith(k)) && !o.key.startsWith(LOCK_PREFIX));
-    if (foreign !== undefined) {
-      throw new UsageError(`${to.location} is not empty and holds no repository (${foreign.key} is not a vmvault object)`, "mirror to an empty place, or to the one an earlier mirror of this repository made");
+    for await (const o of to.list("")) {
+      if (KINDS.some((k) => o.key.startsWith(k)) || o.key.startsWith(LOCK_PREFIX)) continue;
+      throw new UsageError(`${to.location} is not empty and holds no repository (${o.key} is not a vmvault object)`, "mirror to an empty place, or to the one an earlier mirror of this repository made");
     }
   }
   const destLock = await acquireLockAt({ store: to, env: repo.env, crypto: repo.crypto, repoId: repo.repoId, now: () => repo.now(), place: "the mirror" }, "mirror", o.delete === true, {

@@ -272,9 +272,9 @@ export async function checkTarget(target: string, resolved: string): Promise<voi
     st = await fsp.stat(resolved);
   } catch (e) {
     if (errorCodeOf(e) !== "ENOTDIR") return;
-    // A folder above it is a file: the first one that exists.
+    // A folder above it is a file: the nearest one that exists ("/" does).
     let above = path.dirname(resolved);
-    while ((await fsp.stat(above).catch(() => undefined))?.isDirectory() !== false && path.dirname(above) !== above) above = path.dirname(above);
+    while ((await fsp.stat(above).catch(() => undefined)) === undefined) above = path.dirname(above);
     throw new UsageError(`restore target ${resolved} cannot be made: ${above} is not a folder`, hint);
   }
   if (!st.isDirectory()) throw new UsageError(`restore target ${resolved} is not a folder`, hint);

@@ -38,15 +38,14 @@ function backendStore(repo: string, access: StoreAccess): Store {
   }
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(repo)) throw new VaultError("E_USAGE", `unknown repository scheme in ${repo}`, { hint: "give a folder, sftp://USER@HOST[:PORT]/PATH or s3://BUCKET/PREFIX" });
   // A path through a file, or to one, reads as an empty folder to the store: said here instead.
-  const st = (() => {
-    try {
-      return statSync(repo);
-    } catch (e) {
-      return errorCodeOf(e) === "ENOTDIR" ? "below a file" : undefined;
-    }
-  })();
-  if (st !== undefined && (st === "below a file" || !st.isDirectory())) {
-    throw new VaultError("E_USAGE", `the repository ${path.resolve(repo)} ${st === "below a file" ? "lies below a file" : "is a file"}: a local repository is a folder`, {
+  let problem: string | undefined;
+  try {
+    if (!statSync(repo).isDirectory()) problem = "is a file";
+  } catch (e) {
+    if (errorCodeOf(e) === "ENOTDIR") problem = "lies below a file";
+  }
+  if (problem !== undefined) {
+    throw new VaultError("E_USAGE", `the repository ${path.resolve(repo)} ${problem}: a local repository is a folder`, {
       hint: "check --repo / VMVAULT_REPO (or mirror's --to): name a folder, a path that does not exist yet, sftp://… or s3://…",
     });
   }
