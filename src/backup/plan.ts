@@ -1,6 +1,6 @@
 import { constants as fsConstants, promises as fsp, type Stats } from "node:fs";
 import path from "node:path";
-import { UsageError } from "../errors.js";
+import { fileProblem, UsageError } from "../errors.js";
 import { assertVmName, domainFileName, sourceNameProblem } from "../format/snapshot.js";
 import type { DomainDefinition } from "../sources/domain.js";
 import { sourceError } from "../sources/identity.js";
@@ -72,7 +72,11 @@ async function planDisk(file: string, name: string, st: Stats, sparse: boolean, 
 /** An overlay folder: an existing folder, as an absolute path. */
 export async function checkOverlayDir(dir: string): Promise<string> {
   const abs = path.resolve(dir);
-  if (!(await statSource(abs)).isDirectory()) throw new UsageError(`--overlay-dir ${abs} is not a folder`);
+  const hint = "give an existing folder the VM's QEMU can write in";
+  const st = await fsp.stat(abs).catch((e: unknown) => {
+    throw new UsageError(`--overlay-dir ${abs} cannot be used: ${fileProblem(e)}`, hint);
+  });
+  if (!st.isDirectory()) throw new UsageError(`--overlay-dir ${abs} is not a folder`, hint);
   return abs;
 }
 

@@ -93,7 +93,13 @@ export interface RestoreResult {
    * The snapshot's libvirt domain definition, restored beside its disks (whole restores only) and
    * naming the restored images: `virsh define PATH` defines the VM.
    */
-  readonly domain?: { readonly name: string; readonly path: string; readonly defined?: boolean };
+  readonly domain?: {
+    readonly name: string;
+    readonly path: string;
+    readonly defined?: boolean;
+    /** With defined: a domain of this name runs (or is paused): on the disks it started on, until it is shut down. */
+    readonly running?: boolean;
+  };
   readonly bytes: number;
   /** Files restored as hard links, in all folders. */
   readonly hardlinks: number;
@@ -278,16 +284,17 @@ async function restoreWith(
     xattrs.add(r.xattrs);
   }
   // Last: the definition appears once every disk it names is in place.
+  let active = false;
   if (plan.domain !== undefined && domainXml !== undefined) {
     await writeDomainFile(plan.domain.dest, domainXml);
-    if (o.define === true) await defineLibvirtDomain(plan.domain.dest, o.libvirtUri);
+    if (o.define === true) active = (await defineLibvirtDomain(plan.domain.dest, plan.domain.name, o.libvirtUri)).active;
   }
   return {
     snapshotId: record.header.id,
     vm: record.header.vm,
     target,
     restored,
-    ...(plan.domain === undefined ? {} : { domain: { name: plan.domain.name, path: plan.domain.dest, ...(o.define === true ? { defined: true } : {}) } }),
+    ...(plan.domain === undefined ? {} : { domain: { name: plan.domain.name, path: plan.domain.dest, ...(o.define === true ? { defined: true } : {}), ...(active ? { running: true } : {}) } }),
     bytes: restored.reduce((n, r) => n + r.bytes, 0),
     hardlinks: restored.reduce((n, r) => n + (r.hardlinks ?? 0), 0),
     xattrs: { restored: xattrs.restored, skipped: xattrs.skippedCount, excluded: xattrs.excluded, skips: xattrs.skipped },

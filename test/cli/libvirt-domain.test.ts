@@ -144,14 +144,39 @@ describe.skipIf(!hasVirsh())("backup --libvirt-domain", () => {
     // --define asks libvirt to define it (the test driver keeps it for that connection only).
     const def = await v(["restore", "latest", "--target", tmp("def"), "--reason", "x", "--domain-name", "web1-def", "--define", "--libvirt-uri", h.uri]);
     expect(def.code, def.stderr).toBe(0);
-    expect(def.stdout).toContain("defined in libvirt: virsh start web1-def");
-    const undefinable = await v(["restore", "latest", "--target", tmp("def2"), "--reason", "x", "--define", "--libvirt-uri", "test:///nonexistent.xml"]);
+    // The next command names the connection given.
+    expect(def.stdout).toContain(`defined in libvirt: virsh -c ${h.uri} start web1-def`);
+    expect(JSON.parse((await v(["restore", "latest", "--target", tmp("defj"), "--reason", "x", "--domain-name", "web1-def", "--define", "--libvirt-uri", h.uri, "--json"])).stdout)).toMatchObject({ domain: { name: "web1-def", defined: true } });
+    const def2 = tmp("def2");
+    const undefinable = await v(["restore", "latest", "--target", def2, "--reason", "x", "--define", "--libvirt-uri", "test:///nonexistent.xml"]);
     expect(undefinable.code).toBe(1);
     expect(undefinable.stderr).toContain("the restore is complete, but libvirt at test:///nonexistent.xml did not define the domain");
+    expect(undefinable.stderr).toContain(`next: fix what it names and run virsh -c test:///nonexistent.xml define ${path.join(def2, "web1.xml")}`);
     expect((await v(["restore", "latest", "--target", tmp("u"), "--reason", "x", "--libvirt-uri", h.uri])).code).toBe(2);
     const bad = await v(["restore", "latest", "--target", tmp("bad"), "--reason", "x", "--domain-name", "a/b"]);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toContain(`the domain name "a/b"`);
+  });
+
+  it("--define under the name of a running domain says it runs on its old disks until it is shut down", async () => {
+    const h = await host();
+    const { v } = await initCliRepo(tmp("repo"));
+    expect((await v(["backup", "--libvirt-domain", "web1", "--libvirt-uri", h.uri])).code).toBe(0);
+    // The same host, web1 running now.
+    const running = path.join(h.dir, "running.xml");
+    await fsp.writeFile(running, (await fsp.readFile(path.join(h.dir, "node.xml"), "utf8")).replace(`<test:runstate>${SHUT_OFF}</test:runstate>`, "<test:runstate>1</test:runstate>"));
+    const uri = `test://${running}`;
+    expect(virsh(uri, "domstate web1").trim()).toBe("running");
+    const out = tmp("over");
+    const r = await v(["restore", "latest", "--target", out, "--reason", "x", "--define", "--libvirt-uri", uri]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain(`defined in libvirt; web1 runs on its old disks until it is shut down: virsh -c ${uri} shutdown web1, then virsh -c ${uri} start web1 starts it on these`);
+    expect(r.stdout).not.toContain("defined in libvirt: virsh");
+    const j = await v(["restore", "latest", "--target", tmp("overj"), "--reason", "x", "--define", "--libvirt-uri", uri, "--json"]);
+    expect(JSON.parse(j.stdout)).toMatchObject({ domain: { name: "web1", defined: true, running: true } });
+    // Shut off, it is told to start.
+    const off = await v(["restore", "latest", "--target", tmp("off"), "--reason", "x", "--define", "--libvirt-uri", h.uri, "--json"]);
+    expect((JSON.parse(off.stdout) as { domain: Record<string, unknown> }).domain).toEqual({ name: "web1", path: expect.any(String) as string, defined: true });
   });
 
   it("a restore of one disk writes no definition; an existing definition is not overwritten without --force", async () => {
@@ -318,6 +343,10 @@ describe.skipIf(!hasVirsh())("backup --libvirt-domain", () => {
       [["--libvirt-all", "--vm", "x"], /--vm does not go with --libvirt-all/],
       [["--libvirt-all", "--dry-run"], /--dry-run does not go with --libvirt-all/],
       [["--libvirt-domain", "web1", "--exclude-domain", "db1"], /--exclude-domain goes with --libvirt-all/],
+      // The overlay folder is named as such (it was called a "source").
+      [["--libvirt-domain", "web1", "--overlay-dir", "/nonexistent-overlays"], /--overlay-dir \/nonexistent-overlays cannot be used: it does not exist\n +next: give an existing folder/],
+      [["--libvirt-all", "--overlay-dir", h.vda], /--overlay-dir \S+ is not a folder/],
+      [["--overlay-dir", tmp("o"), h.vda, "--vm", "x"], /--overlay-dir goes with --libvirt-domain/],
     ] as const) {
       const u = await v(["backup", ...args, "--libvirt-uri", h.uri]);
       expect(u.code, u.stderr).toBe(2);

@@ -2,6 +2,7 @@ import path from "node:path";
 import { readFileSync } from "node:fs";
 import { Option, type Command } from "commander";
 import { backupRunsInline } from "../../backup/size.js";
+import { checkOverlayDir } from "../../backup/plan.js";
 import { CliContext } from "../context.js";
 import { collect } from "../options.js";
 import type { Interrupts } from "../interrupt.js";
@@ -84,11 +85,14 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
     .action(async (sources: string[], opts: BackupCliOptions, command: Command) => {
       const ctx = new CliContext(command, interrupts);
       if (opts.fullRead === true && opts.changedBlocks !== true) throw new UsageError("--full-read goes with --changed-blocks", "without --changed-blocks every backup reads its disks in full");
+      // Looked at before libvirt is asked and before the unlock.
+      if (opts.overlayDir !== undefined) await checkOverlayDir(opts.overlayDir);
       if (opts.libvirtAll === true) {
         await (await import("./backup-all.js")).backupAllDomains(ctx, interrupts, sources, opts);
         return;
       }
       if (opts.excludeDomain !== undefined) throw new UsageError("--exclude-domain goes with --libvirt-all");
+      if (opts.overlayDir !== undefined && opts.libvirtDomain === undefined) throw new UsageError("--overlay-dir goes with --libvirt-domain");
       if (opts.domainXml !== undefined && opts.libvirtDomain !== undefined) throw new UsageError("give --libvirt-domain or --domain-xml, not both");
       // Asked before the unlock: a domain that is missing, running or not readable costs no Argon2id.
       const domain = await backupDomain({ domainXml: opts.domainXml === undefined ? undefined : readDomainFile(opts.domainXml), libvirtDomain: opts.libvirtDomain, libvirtUri: opts.libvirtUri });
@@ -113,7 +117,6 @@ export function registerBackup(program: Command, interrupts: Interrupts): void {
       const live = domain?.libvirt?.running === true ? domain.libvirt : undefined;
       if (opts.quiesce === true && opts.libvirtDomain === undefined) throw new UsageError("--quiesce goes with --libvirt-domain");
       if (opts.quiesce === true && live === undefined) ctx.warn(`note: domain ${domain?.name} is not running: --quiesce has nothing to freeze, its disks are read as they are`);
-      if (opts.overlayDir !== undefined && opts.libvirtDomain === undefined) throw new UsageError("--overlay-dir goes with --libvirt-domain");
       if (opts.changedBlocks === true && opts.libvirtDomain === undefined) throw new UsageError("--changed-blocks goes with --libvirt-domain or --libvirt-all");
       const tracked = opts.changedBlocks === true && domain?.libvirt?.active === true ? domain.libvirt : undefined;
       if (opts.changedBlocks === true && tracked === undefined) ctx.warn(`note: domain ${domain?.name} is shut off: its disks are read as they are, in full (changed-block tracking follows a running or paused domain)`);

@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import { UsageError } from "../../errors.js";
+import { virshLine } from "../../sources/libvirt.js";
 import type { ExportAddress, ExportListening } from "../../restore/export.js";
 import { NBD_PORT } from "../../sources/nbd-protocol.js";
 import type { NbdEvent } from "../../restore/nbd-server.js";
@@ -60,7 +61,7 @@ export function registerExport(program: Command, interrupts: Interrupts): void {
           ...(tlsKeys === undefined ? {} : { tlsKeys }),
           ...(tlsX509 === undefined ? {} : { tlsX509 }),
           signal: interrupts.cancellable("; the export stopped without recording its outcome"),
-          onListening: (l) => printListening(ctx, l, opts.once === true),
+          onListening: (l) => printListening(ctx, l, opts.once === true, opts.libvirtUri),
           onEvent: (e) => {
             const line = eventLine(e, opts.writeDir !== undefined);
             if (line !== undefined) ctx.warn(line);
@@ -92,7 +93,7 @@ export function parseListen(text: string): ExportAddress {
 }
 
 /** What the export serves and where: for people, or one line of JSON (the result follows as another when it stops). */
-function printListening(ctx: CliContext, l: ExportListening, once: boolean): void {
+function printListening(ctx: CliContext, l: ExportListening, once: boolean, uri: string | undefined): void {
   for (const w of l.warnings ?? []) ctx.warn(`warning: ${w}`);
   if (ctx.json) {
     process.stdout.write(`${terminalJson(l, 0)}\n`);
@@ -108,7 +109,7 @@ function printListening(ctx: CliContext, l: ExportListening, once: boolean): voi
   for (const x of l.overlays ?? []) ctx.out(`  ${x.path}  (qcow2 overlay of ${x.disk}: the VM's writes go there)`);
   const d = l.domain;
   const on = l.writes === undefined ? "the overlays" : "the export";
-  if (d !== undefined) ctx.out(d.defined ? `  ${d.path}  (libvirt domain ${d.name} on ${on}, defined: virsh start ${d.name})` : `  ${d.path}  (libvirt domain ${d.name} on ${on}: virsh define ${d.path})`);
+  if (d !== undefined) ctx.out(d.defined ? `  ${d.path}  (libvirt domain ${d.name} on ${on}, defined: ${virshLine(uri, "start", d.name)})` : `  ${d.path}  (libvirt domain ${d.name} on ${on}: ${virshLine(uri, "define", d.path)})`);
 }
 
 interface ExportCliOptions {

@@ -2,6 +2,7 @@ import { Option, type Command } from "commander";
 import { checkGuestRestore } from "../../restore/guest-files.js";
 import { CliContext } from "../context.js";
 import { UsageError } from "../../errors.js";
+import { virshLine } from "../../sources/libvirt.js";
 import { collect } from "../options.js";
 import type { Interrupts } from "../interrupt.js";
 import { formatBytes, plural, warnDamagedIndexes } from "../output.js";
@@ -74,8 +75,11 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
         else {
           ctx.out(`restored snapshot ${r.snapshotId} of VM ${r.vm} to ${r.target}`);
           for (const x of r.restored) ctx.out(`  ${x.path} (${x.kind}${x.format === "qcow2" ? ", qcow2" : ""}, ${formatBytes(x.bytes)} written${x.hardlinks !== undefined && x.hardlinks > 0 ? `, ${x.hardlinks} hard link${x.hardlinks === 1 ? "" : "s"}` : ""})`);
-          if (r.domain?.defined === true) ctx.out(`  ${r.domain.path} (libvirt domain ${r.domain.name}, naming the restored disks; defined in libvirt: virsh start ${r.domain.name})`);
-          else if (r.domain !== undefined) ctx.out(`  ${r.domain.path} (libvirt domain ${r.domain.name}, naming the restored disks: virsh define ${r.domain.path})`);
+          const d = r.domain;
+          const uri = opts.libvirtUri;
+          if (d?.defined === true && d.running === true) ctx.out(`  ${d.path} (libvirt domain ${d.name}, naming the restored disks; defined in libvirt; ${d.name} runs on its old disks until it is shut down: ${virshLine(uri, "shutdown", d.name)}, then ${virshLine(uri, "start", d.name)} starts it on these)`);
+          else if (d?.defined === true) ctx.out(`  ${d.path} (libvirt domain ${d.name}, naming the restored disks; defined in libvirt: ${virshLine(uri, "start", d.name)})`);
+          else if (d !== undefined) ctx.out(`  ${d.path} (libvirt domain ${d.name}, naming the restored disks: virsh define ${d.path})`);
         }
       } finally {
         ctx.endProgress();
