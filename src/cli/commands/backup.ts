@@ -239,6 +239,8 @@ async function dryRun(ctx: CliContext, o: PreviewOptions): Promise<void> {
   let entries = 0;
   const emit = (item: PreviewItem): void => {
     if (ctx.json) out.write(`${entries === 0 ? '{\n"entries": [\n' : ",\n"}${terminalJson(item, 0)}`);
+    // A domain's device left out (a CD-ROM) is told under the summary, as a backup tells it.
+    else if (item.type === "disk" && item.excluded !== undefined) return;
     else out.write(`${shownText(previewLine(item))}\n`);
     entries++;
   };
@@ -251,6 +253,7 @@ async function dryRun(ctx: CliContext, o: PreviewOptions): Promise<void> {
     if (!ctx.json) {
       out.write(`${shownText(`dry run: a backup of VM ${r.vm} would take ${formatBytes(r.size)}${r.domain === undefined ? "" : ` and libvirt domain ${r.domain.name}'s definition`} (no file content was read, no repository opened)`)}\n`);
       for (const s of r.sources) out.write(`${shownText(`  ${s.name} (${previewSourceLine(s)})`)}\n`);
+      for (const d of r.domain?.leftOut ?? []) out.write(`${shownText(`  would leave out ${d.target === "" ? d.device : d.target} (${d.reason})`)}\n`);
     }
   } finally {
     ctx.endProgress();
