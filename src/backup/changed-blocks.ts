@@ -74,7 +74,12 @@ export async function backupChangedBlocks(repo: Repository, o: BackupOptions, vm
     }
     const token = toHex(repo.crypto.random(4));
     const checkpoint = `${CHECKPOINT_PREFIX}${repo.now().replace(/[-:]/g, "").replace(/\..*$/, "")}-${token}`;
-    const begin = (these: readonly PullDisk[]): Promise<PullBackup> => PullBackup.begin(libvirt.name, libvirt.uri, these, { checkpoint, token, scratchDir: o.overlayDir, quiesce: o.quiesce === true });
+    let endedLeftJob = false;
+    const begin = async (these: readonly PullDisk[]): Promise<PullBackup> => {
+      const began = await PullBackup.begin(libvirt.name, libvirt.uri, these, { checkpoint, token, scratchDir: o.overlayDir, quiesce: o.quiesce === true });
+      endedLeftJob ||= began.endedLeftJob;
+      return began;
+    };
     let job: PullBackup;
     try {
       job = await begin(disks);
@@ -143,7 +148,8 @@ export async function backupChangedBlocks(repo: Repository, o: BackupOptions, vm
       }
       throw e;
     }
-    const notes: string[] = [];
+    // Said as the overlays an interrupted live backup left are (the job was that backup's).
+    const notes: string[] = endedLeftJob ? [`ended the backup job an interrupted backup had left on domain ${libvirt.name}`] : [];
     try {
       await job.end();
     } catch (e) {

@@ -82,8 +82,11 @@ export class PullBackup {
   readonly #scratch: readonly string[];
   readonly #disks: ReadonlyMap<string, PullDisk>;
   #ended = false;
+  /** Whether begin() first ended a backup job an interrupted backup had left on the domain. */
+  readonly endedLeftJob: boolean;
 
-  private constructor(name: string, uri: string | undefined, socketDir: string, scratch: readonly string[], disks: ReadonlyMap<string, PullDisk>) {
+  private constructor(name: string, uri: string | undefined, socketDir: string, scratch: readonly string[], disks: ReadonlyMap<string, PullDisk>, endedLeftJob: boolean) {
+    this.endedLeftJob = endedLeftJob;
     this.#name = name;
     this.#uri = uri;
     this.#socketDir = socketDir;
@@ -109,10 +112,10 @@ export class PullBackup {
         throw new UsageError(`disk ${d.target} of domain ${name} is a ${d.type} device: the backup's scratch file cannot go beside it`, "give --overlay-dir DIR, a folder the hypervisor may write, with room for what the VM overwrites during the backup");
       }
     }
-    await endLeftJob(name, uri);
+    const endedLeftJob = await endLeftJob(name, uri);
     const socketDir = await privateSocketDir(disks[0]?.source);
     const scratch = disks.map((d) => besideDisk("scratch", d, { domain: name, token: o.token, dir: o.scratchDir }));
-    const job = new PullBackup(name, uri, socketDir, scratch, new Map(disks.map((d) => [d.target, d])));
+    const job = new PullBackup(name, uri, socketDir, scratch, new Map(disks.map((d) => [d.target, d])), endedLeftJob);
     const backupXml = [
       "<domainbackup mode='pull'>",
       `<server transport='unix' socket='${attr(job.socket)}'/>`,

@@ -429,6 +429,8 @@ describe.skipIf(!canRunLibvirtd())("backup --changed-blocks of a running domain 
     const leftDir = await startJob(dead);
     const r = await backup(v, vm);
     expect(disk(r, "vda")?.reason).toBe("no earlier backup with changed-block tracking on this host");
+    // Said, as a left overlay committed back is.
+    expect(r.domain.changedBlocks.notes).toEqual([`ended the backup job an interrupted backup had left on domain ${vm.name}`]);
     expect(spawnSync("virsh", ["--connect", libvirtd.uri, "backup-dumpxml", vm.name]).status).not.toBe(0);
     // The left job's socket folder goes with it.
     expect(existsSync(leftDir)).toBe(false);
