@@ -179,7 +179,7 @@ async function runCheck(repo: Repository, o: CheckOptions, readData: boolean): P
     for (const packId of stored.keys()) {
       if (listings.has(packId)) continue;
       unindexed++;
-      warnings.push(`${packKey(packId)} is not indexed (left by an interrupted backup or prune, or listed only by an unreadable index file): \`vmvault repair index\` indexes it, \`vmvault prune\` deletes it if no snapshot uses it`);
+      warnings.push(`${packKey(packId)} is not indexed (left by an interrupted backup, prune or mirror, or listed only by an unreadable index file): \`vmvault repair index\` indexes it, \`vmvault prune\` deletes it if no snapshot uses it; in a mirror, \`vmvault mirror\` run again finishes the copy`);
     }
 
     const packSnapshots = new Map<number, Set<string>>();

@@ -4,7 +4,8 @@ import { CONFIG_KEY, LOCK_PREFIX } from "../format/layout.js";
 import { acquireLock, acquireLockAt } from "../repository/lock.js";
 import type { Repository } from "../repository/repository.js";
 import { listAll, openWriter, readInto, STORE_REQUESTS_AT_ONCE, type ObjectInfo, type Store } from "../storage/types.js";
-import { bytesEqual } from "../util/bytes.js";
+import { bytesEqual, formatMiB } from "../util/bytes.js";
+import { plural } from "../util/text.js";
 import { eachAtMost } from "../util/in-flight.js";
 import { throttled, type ProgressSink } from "../util/progress.js";
 
@@ -192,7 +193,7 @@ async function copyAll(repo: Repository, o: MirrorOptions, progress: ProgressSin
   };
   for (const [i, wanted] of missing.entries()) {
     await eachAtMost(wanted, wanted.some((w) => w.size > PIECE_BYTES) ? LARGE_AT_ONCE : STORE_REQUESTS_AT_ONCE, copyOne);
-    if (o.signal?.aborted === true) throw stopped(`; it copied ${result.objectsCopied} objects (${result.bytesCopied} bytes), each kind after those it needs: \`vmvault mirror\` again copies the rest`);
+    if (o.signal?.aborted === true) throw stopped(`; it copied ${plural(result.objectsCopied, "object")} (${formatMiB(result.bytesCopied)}), each kind after those it needs: \`vmvault mirror\` again copies the rest`);
     // The configuration once the registry, key slots and grants are there: from then on the
     // destination opens as the repository, and the next mirror knows it as this one's.
     if (KINDS[i] === "grants/" && newConfig !== undefined) {

@@ -119,7 +119,7 @@ describe("vmvault mirror", () => {
     while (Date.now() < deadline && !/list the repository|copy:/.test(printed.stderr)) await new Promise((r) => setTimeout(r, 2));
     child.kill("SIGINT");
     expect(await exited).toBe(130);
-    expect(printed.stderr).toMatch(/vmvault: mirror interrupted \(SIGINT\); it copied (nothing|\d+ objects \(\d+ bytes\), each kind after those it needs: `vmvault mirror` again copies the rest)\n/);
+    expect(printed.stderr).toMatch(/vmvault: mirror interrupted \(SIGINT\); it copied (nothing|\d+ objects? \(\d+\.\d MiB\), each kind after those it needs: `vmvault mirror` again copies the rest)\n/);
     const there = await fsp.readdir(to).catch(() => [] as string[]);
     expect(there).not.toContain("snapshots");
     const done = await v(["--json", "mirror", "--to", to]);
