@@ -60,7 +60,7 @@ export function resolveSettings(o: GlobalOptions, env: Env = process.env): Setti
     sftpIdentity: nonEmpty(o.sftpIdentity ?? env["VMVAULT_SFTP_IDENTITY"] ?? file["sftp-identity"]),
     sftpIdentityPassphraseFile: nonEmpty(o.sftpIdentityPassphraseFile ?? env["VMVAULT_SFTP_IDENTITY_PASSPHRASE_FILE"] ?? file["sftp-identity-passphrase-file"]),
     sftpKnownHosts: nonEmpty(o.sftpKnownHosts ?? env["VMVAULT_SFTP_KNOWN_HOSTS"] ?? file["sftp-known-hosts"]),
-    s3: s3Settings(o, env, file),
+    s3: s3Settings(o, env, file, keysPath),
     exposedKeysFile: keysPath !== undefined && file["aws-secret-access-key"] !== undefined && readableByOthers(keysPath) ? keysPath : undefined,
     bandwidth: {
       upload: byteRate(o.limitUpload, "--limit-upload", env, "VMVAULT_LIMIT_UPLOAD", file, "limit-upload"),
@@ -91,7 +91,7 @@ function byteRate(option: string | undefined, flag: string, env: Env, envName: s
 }
 
 /** --s3-endpoint and --s3-object-acl, then the variables (VMVAULT_S3_* and the standard AWS_* ones), then the keys file. */
-function s3Settings(o: GlobalOptions, env: Env, file: Partial<Record<KeysFileSetting, string>>): S3Access {
+function s3Settings(o: GlobalOptions, env: Env, file: Partial<Record<KeysFileSetting, string>>, keysPath: string | undefined): S3Access {
   const fromEnv = s3AccessFromEnv(env);
   // Credentials come in pairs: a key id from one place and its secret from another would never match.
   const pair = fromEnv.accessKeyId !== undefined || fromEnv.secretAccessKey !== undefined;
@@ -101,6 +101,7 @@ function s3Settings(o: GlobalOptions, env: Env, file: Partial<Record<KeysFileSet
     accessKeyId: pair ? fromEnv.accessKeyId : nonEmpty(file["aws-access-key-id"]),
     secretAccessKey: pair ? fromEnv.secretAccessKey : nonEmpty(file["aws-secret-access-key"]),
     sessionToken: pair ? fromEnv.sessionToken : undefined,
+    keysFrom: pair ? fromEnv.keysFrom : keysPath === undefined ? undefined : `aws-access-key-id and aws-secret-access-key in the keys file ${keysPath}`,
     stsEndpoint: fromEnv.stsEndpoint ?? nonEmpty(file["sts-endpoint"]),
     caBundle: fromEnv.caBundle,
     profile: fromEnv.profile?.named === false && nonEmpty(file["aws-profile"]) !== undefined ? { ...fromEnv.profile, name: file["aws-profile"] as string, named: true } : fromEnv.profile,

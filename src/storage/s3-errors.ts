@@ -23,7 +23,7 @@ const NETWORK_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "ENOTFOUND", "EAI_A
  * credentials, a full or over-quota store, or a server that cannot be reached; each with what to
  * do. The credentials themselves are never part of a message.
  */
-export function s3Problem(e: unknown, at: { key: string; op: Op; bucket: string; location: string }): Error {
+export function s3Problem(e: unknown, at: { key: string; op: Op; bucket: string; location: string; credentials?: string | undefined }): Error {
   const name = (e as { name?: string; Code?: string }).name ?? (e as { Code?: string }).Code ?? "";
   const code = (e as { code?: string }).code ?? "";
   const status = statusOf(e);
@@ -38,7 +38,8 @@ export function s3Problem(e: unknown, at: { key: string; op: Op; bucket: string;
   }
   if (name === "NoSuchKey" || name === "NotFound" || (status === 404 && at.op !== "write")) return new NotFoundError(`object not found: ${at.key}`);
   if (name === "InvalidAccessKeyId" || name === "SignatureDoesNotMatch" || name === "InvalidToken" || name === "ExpiredToken" || name === "AuthorizationHeaderMalformed") {
-    return new StorageError(`the S3 server of ${at.location} refused the credentials (${name})`, e, "check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), or the keys file's aws-* settings");
+    const check = at.credentials === undefined ? "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), or the keys file's aws-* settings" : `the credentials, which came from ${at.credentials}`;
+    return new StorageError(`the S3 server of ${at.location} refused the credentials (${name})`, e, `check ${check}`);
   }
   // Before access denied: Ceph RGW answers an exceeded quota with 403.
   if (name === "QuotaExceeded" || name === "EntityTooLarge" || status === 507 || name === "InsufficientCapacity") {

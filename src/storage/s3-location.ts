@@ -40,6 +40,8 @@ export interface S3Access {
   readonly secretAccessKey?: string | undefined;
   /** AWS_SESSION_TOKEN, for temporary credentials. */
   readonly sessionToken?: string | undefined;
+  /** Where the key pair came from, in words, for messages (never the keys themselves): the variables, or a keys file. */
+  readonly keysFrom?: string | undefined;
   /**
    * Where temporary keys for a profile's role_arn come from (STS AssumeRole): AWS_ENDPOINT_URL_STS;
    * the S3 endpoint when absent (Ceph RGW and MinIO answer STS there), AWS's regional STS without either.
@@ -95,12 +97,23 @@ export function s3AccessFromEnv(env: Record<string, string | undefined>): S3Acce
     region: pick("AWS_REGION") ?? pick("AWS_DEFAULT_REGION"),
     accessKeyId: pick("AWS_ACCESS_KEY_ID"),
     secretAccessKey: pick("AWS_SECRET_ACCESS_KEY"),
+    keysFrom: "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
     sessionToken: pick("AWS_SESSION_TOKEN"),
     stsEndpoint: pick("AWS_ENDPOINT_URL_STS"),
     caBundle: pick("AWS_CA_BUNDLE"),
     objectAcl: optionalS3ObjectAcl(env["VMVAULT_S3_OBJECT_ACL"]),
     profile: s3ProfileFromEnv(env),
   };
+}
+
+/**
+ * Where a request's keys come from, in words, for a message about refused credentials: the key
+ * pair given (keysFrom names its place), else the AWS profile. Undefined when unknown.
+ */
+export function credentialsOrigin(a: S3Access): string | undefined {
+  if (a.accessKeyId !== undefined && a.secretAccessKey !== undefined) return a.keysFrom;
+  const p = a.profile;
+  return p === undefined ? undefined : `AWS profile ${p.name} (${p.credentialsFile}, ${p.configFile})`;
 }
 
 /** Checks an endpoint URL (an S3 or an STS server's): http(s)://host[:port][/], nothing else (no credentials, no path). */

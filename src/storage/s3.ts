@@ -5,7 +5,7 @@ import { NotFoundError, StorageError, UsageError } from "../errors.js";
 import { loadSdk, openS3 } from "./s3-client.js";
 import { s3Problem, statusOf, type Op } from "./s3-errors.js";
 import { readAgain, type S3Reader } from "./s3-reader.js";
-import { checkEndpoint, parseS3Url, type S3Access, type S3Location, type S3ObjectAcl } from "./s3-location.js";
+import { checkEndpoint, credentialsOrigin, parseS3Url, type S3Access, type S3Location, type S3ObjectAcl } from "./s3-location.js";
 import { UnfinishedUploads } from "./s3-uploads.js";
 import { S3ObjectWriter, type S3Put } from "./s3-writer.js";
 import { assertValidKey, assertValidPrefix, isValidKey, rangeInto, type ByteRange, type Leftover, type ObjectInfo, type ObjectWriter, type Store, type WriterOptions } from "./types.js";
@@ -77,7 +77,7 @@ export class S3Store implements Store {
 
   #fail(e: unknown, key: string, op: Op): Error {
     if (e instanceof StorageError || e instanceof NotFoundError || e instanceof UsageError) return e;
-    return s3Problem(e, { key, op, bucket: this.#at.bucket, location: this.location });
+    return s3Problem(e, { key, op, bucket: this.#at.bucket, location: this.location, credentials: credentialsOrigin(this.#access) });
   }
 
   async get(key: string, range?: ByteRange): Promise<Uint8Array> {

@@ -111,6 +111,8 @@ describe.skipIf(!HAVE_RGW)("S3 repositories through the CLI", () => {
     const wrong = await run(["snapshots"], { env: files });
     expect(wrong.code).toBe(1);
     expect(wrong.stderr).toContain("refused the credentials");
+    // The hint names the profile the keys came from.
+    expect(wrong.stderr).toContain(`next: check the credentials, which came from AWS profile default (${credentials}, ${config})`);
     // Keys in the variables come first, whatever the profile.
     const variables = await run(["snapshots"], { env: { AWS_SHARED_CREDENTIALS_FILE: credentials, AWS_CONFIG_FILE: config, AWS_PROFILE: "half" } });
     expect(variables.code, variables.stderr).toBe(0);
@@ -133,7 +135,14 @@ describe.skipIf(!HAVE_RGW)("S3 repositories through the CLI", () => {
     const wrong = await run(["--json", "snapshots"], { env: { AWS_SECRET_ACCESS_KEY: "WRONG-secret-never-printed" } });
     expect(wrong.code).toBe(1);
     const error = (JSON.parse(wrong.stderr.trim().split("\n").pop() as string) as { error: { code: string; message: string } }).error;
-    expect(error).toMatchObject({ code: "E_STORAGE", message: expect.stringContaining("refused the credentials") as unknown });
+    expect(error).toMatchObject({ code: "E_STORAGE", message: expect.stringContaining("refused the credentials") as unknown, next: "check the credentials, which came from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" });
+    // Wrong keys in a keys file: the hint names that file.
+    const keys = path.join(tmp("keys"), "keys");
+    await fsp.writeFile(keys, `aws-access-key-id = ${server.accessKeyId}\naws-secret-access-key = WRONG-secret-in-a-file\n`, { mode: 0o600 });
+    const fromFile = await run(["--keys", keys, "snapshots"], { env: { AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined } });
+    expect(fromFile.code).toBe(1);
+    expect(fromFile.stderr).toContain(`next: check the credentials, which came from aws-access-key-id and aws-secret-access-key in the keys file ${keys}`);
+    expect(fromFile.stderr).not.toContain("WRONG-secret");
     const passphrase = await run(["snapshots"], { env: { VMVAULT_PASSPHRASE: "not the passphrase" } });
     expect(passphrase.code).toBe(3);
     const missing = await s3Vault({ url: `s3://no-such-bucket-${process.pid}/x` }).run(["snapshots"]);
