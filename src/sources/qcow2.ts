@@ -7,6 +7,7 @@ import type { DiskInput } from "./disk-input.js";
 import { runTool, ToolFailed, toolEnv, toolMessage } from "./tools.js";
 import { nativeHelper } from "../util/native.js";
 import { readFully } from "../util/file-io.js";
+import { processAlive } from "../util/process.js";
 
 /**
  * qcow2 disk images as sources, as the guest sees the disk, through QEMU's own qcow2 code (its
@@ -142,6 +143,23 @@ function parseInfo(file: string, out: string): InfoLayer[] {
 /** How long qemu-nbd may take to listen, and to end once asked. */
 const START_MS = 10_000;
 const STOP_MS = 3_000;
+
+/** The private folder of a qemu-nbd's socket, in TMPDIR: this prefix, the PID of the process that started it, a random part. */
+const SOCKET_DIR = "vmvault-qemu-nbd-";
+
+/**
+ * Removes the socket folders that processes killed outright (SIGKILL) left in tmp: those named
+ * after a process that no longer runs (its qemu-nbd ended with its one client). Another user's
+ * folder is not ours to remove (the sticky TMPDIR refuses it, and that is left be).
+ */
+async function removeLeftSocketDirs(tmp: string): Promise<void> {
+  const names = await fsp.readdir(tmp).catch(() => [] as string[]);
+  for (const name of names) {
+    const m = new RegExp(`^${SOCKET_DIR}([1-9][0-9]*)-`).exec(name);
+    if (m === null || processAlive(Number(m[1]))) continue;
+    await fsp.rm(`${tmp}/${name}`, { recursive: true, force: true }).catch(() => undefined);
+  }
+}
 /**
  * The largest read or write asked of qemu-nbd at once; a range goes as several, all in flight
  * (inPieces). qemu-nbd takes a buffer of each request's size; with 1 MiB requests each was a
@@ -330,8 +348,10 @@ export class QemuNbd {
     const { tmpdir } = process.getBuiltinModule("node:os");
     const { join } = process.getBuiltinModule("node:path");
     const { spawn } = process.getBuiltinModule("node:child_process");
-    // mkdtemp makes the folder 0700: nobody else reaches the socket.
-    const dir = await mkdtemp(join(tmpdir(), "vmvault-qemu-nbd-"));
+    await removeLeftSocketDirs(tmpdir());
+    // mkdtemp makes the folder 0700: nobody else reaches the socket. Named after this process,
+    // so a later one can tell it was left behind once this one is gone.
+    const dir = await mkdtemp(join(tmpdir(), `${SOCKET_DIR}${process.pid}-`));
     const socket = join(dir, "nbd.sock");
     // Read-only, it takes no lock: a paused domain's QEMU holds the image's (qemu-nbd has no
     // --force-share); a backup notices an image written meanwhile by its time (E_CHANGED).

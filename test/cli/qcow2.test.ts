@@ -85,6 +85,16 @@ describe.skipIf(!haveQemu)("qcow2 images", () => {
     const b = await cli(repo, ["--json", "backup", "--vm", "web", image]);
     expect(b.code, b.stderr).toBe(0);
     expect(b.tmpLeft).toEqual([]);
+    // A socket folder a killed backup left (its process gone) is removed by the next use of
+    // qemu-nbd; one of a process that still runs stays.
+    const dead = spawnSync("true").pid ?? 0;
+    await fsp.mkdir(path.join(`${repo}-tmp`, `vmvault-qemu-nbd-${dead}-AbC123`));
+    await fsp.writeFile(path.join(`${repo}-tmp`, `vmvault-qemu-nbd-${dead}-AbC123`, "nbd.sock"), "");
+    await fsp.mkdir(path.join(`${repo}-tmp`, `vmvault-qemu-nbd-${process.pid}-XyZ789`));
+    const after = await cli(repo, ["--json", "backup", "--vm", "web", image]);
+    expect(after.code, after.stderr).toBe(0);
+    expect(after.tmpLeft).toEqual([`vmvault-qemu-nbd-${process.pid}-XyZ789`]);
+    await fsp.rmdir(path.join(`${repo}-tmp`, `vmvault-qemu-nbd-${process.pid}-XyZ789`));
     const backup = JSON.parse(b.stdout) as BackupJson;
     const [source] = backup.sources;
     expect(source).toMatchObject({ name: "web.qcow2", kind: "disk", format: "qcow2", size: 16 * MiB });
