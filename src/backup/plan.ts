@@ -5,6 +5,7 @@ import { assertVmName, domainFileName, sourceNameProblem } from "../format/snaps
 import type { DomainDefinition } from "../sources/domain.js";
 import { sourceError } from "../sources/identity.js";
 import { inspectQcow2, probeImageFormat, type ImageFormat, type ImageFormatChoice } from "../sources/qcow2.js";
+import { folderProblem } from "../util/folder-path.js";
 import { readBoundOf } from "./size.js";
 import type { BackupOptions } from "./backup.js";
 
@@ -73,10 +74,11 @@ async function planDisk(file: string, name: string, st: Stats, sparse: boolean, 
 export async function checkOverlayDir(dir: string): Promise<string> {
   const abs = path.resolve(dir);
   const hint = "give an existing folder the VM's QEMU can write in";
-  const st = await fsp.stat(abs).catch((e: unknown) => {
+  const problem = folderProblem(abs);
+  if (problem !== undefined) throw new UsageError(`--overlay-dir ${abs} ${problem}`, hint);
+  await fsp.access(abs).catch((e: unknown) => {
     throw new UsageError(`--overlay-dir ${abs} cannot be used: ${fileProblem(e)}`, hint);
   });
-  if (!st.isDirectory()) throw new UsageError(`--overlay-dir ${abs} is not a folder`, hint);
   return abs;
 }
 

@@ -3,6 +3,7 @@ import { constants, promises as fsp } from "node:fs";
 import path from "node:path";
 import { errorCodeOf, UsageError, VaultError } from "../errors.js";
 import { escapeName } from "../format/names.js";
+import { folderProblem } from "../util/folder-path.js";
 import { nativeHelper } from "../util/native.js";
 import { writeFully } from "../util/file-io.js";
 import { applyXattrs, NO_HELPER, packXattrs, type Xattr } from "../util/xattrs.js";
@@ -266,18 +267,8 @@ export async function exists(p: string | Buffer): Promise<boolean> {
  */
 export async function checkTarget(target: string, resolved: string): Promise<void> {
   if (target === "") throw new UsageError("--target is empty", "name the folder to restore into (it is created if it does not exist)");
-  const hint = "--target names the folder to restore into; choose a folder, or a path that does not exist yet";
-  let st;
-  try {
-    st = await fsp.stat(resolved);
-  } catch (e) {
-    if (errorCodeOf(e) !== "ENOTDIR") return;
-    // A folder above it is a file: the nearest one that exists ("/" does).
-    let above = path.dirname(resolved);
-    while ((await fsp.stat(above).catch(() => undefined)) === undefined) above = path.dirname(above);
-    throw new UsageError(`restore target ${resolved} cannot be made: ${above} is not a folder`, hint);
-  }
-  if (!st.isDirectory()) throw new UsageError(`restore target ${resolved} is not a folder`, hint);
+  const problem = folderProblem(resolved);
+  if (problem !== undefined) throw new UsageError(`restore target ${resolved} ${problem}`, "--target names the folder to restore into; choose a folder, or a path that does not exist yet");
 }
 
 export function targetExistsError(p: string): VaultError {

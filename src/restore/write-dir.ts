@@ -5,6 +5,7 @@ import { errorCodeOf, fileProblem, LockedError, StorageError, UsageError } from 
 import { FormatError } from "../format/codec.js";
 import { BlockState, BlockStates, blockCount, encodeWriteMap, parseWriteMap, type WriteMapHeader } from "../format/write-map.js";
 import { replaceFile } from "../util/durable.js";
+import { folderProblem } from "../util/folder-path.js";
 import { processAlive } from "../util/process.js";
 import type { ExportedDisk } from "./disk-reader.js";
 import { exists } from "./targets.js";
@@ -45,12 +46,11 @@ export class WriteDir {
   /** Opens (or makes, mode 0700) the folder for these disks of a snapshot, locked until close. */
   static async open(dir: string, snapshot: string, disks: readonly ExportedDisk[]): Promise<WriteDir> {
     const where = path.resolve(dir);
+    const problem = folderProblem(where);
+    if (problem !== undefined) throw new UsageError(`--write-dir ${dir} ${problem}`, "give a folder, or a path that does not exist yet (it is made)");
     await fsp.mkdir(where, { recursive: true, mode: 0o700 }).catch((e: unknown) => {
-      const code = errorCodeOf(e);
-      if (code === "EEXIST" || code === "ENOTDIR") throw new UsageError(`--write-dir ${dir} is not a folder${code === "ENOTDIR" ? " (a part of its path is a file)" : ""}`, "give a folder, or a path that does not exist yet (it is made)");
       throw new UsageError(`cannot make the write folder ${dir}: ${fileProblem(e)}`);
     });
-    if ((await fsp.stat(where)).isDirectory() !== true) throw new UsageError(`--write-dir ${dir} is not a folder`);
     const lock = await takeLock(where);
     const opened: OpenedWrites[] = [];
     try {

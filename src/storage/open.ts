@@ -1,6 +1,6 @@
-import { statSync } from "node:fs";
 import path from "node:path";
-import { errorCodeOf, VaultError } from "../errors.js";
+import { VaultError } from "../errors.js";
+import { folderProblem } from "../util/folder-path.js";
 import { limitBandwidth, type BandwidthLimits } from "./bandwidth.js";
 import { FsStore } from "./fs.js";
 import { S3Store } from "./s3.js";
@@ -38,12 +38,7 @@ function backendStore(repo: string, access: StoreAccess): Store {
   }
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(repo)) throw new VaultError("E_USAGE", `unknown repository scheme in ${repo}`, { hint: "give a folder, sftp://USER@HOST[:PORT]/PATH or s3://BUCKET/PREFIX" });
   // A path through a file, or to one, reads as an empty folder to the store: said here instead.
-  let problem: string | undefined;
-  try {
-    if (!statSync(repo).isDirectory()) problem = "is a file";
-  } catch (e) {
-    if (errorCodeOf(e) === "ENOTDIR") problem = "lies below a file";
-  }
+  const problem = folderProblem(repo);
   if (problem !== undefined) {
     throw new VaultError("E_USAGE", `the repository ${path.resolve(repo)} ${problem}: a local repository is a folder`, {
       hint: "check --repo / VMVAULT_REPO (or mirror's --to): name a folder, a path that does not exist yet, sftp://… or s3://…",

@@ -206,7 +206,7 @@ describe.skipIf(!haveClients)("export nbd", () => {
       [["latest", "--reason", "r", "--listen", "127.0.0.1:0", "--define"], 2, /go with --overlay-dir/],
       [["latest", "--reason", "r", "--listen", "127.0.0.1:0", "--overlay-dir", "/nonexistent-folder"], 2, /is not a folder/],
       [["latest", "--reason", "r", "--listen", "127.0.0.1:0", "--write-dir", "/etc/passwd"], 2, /--write-dir \/etc\/passwd is not a folder\n  next: give a folder, or a path that does not exist yet/],
-      [["latest", "--reason", "r", "--listen", "127.0.0.1:0", "--write-dir", "/etc/passwd/w"], 2, /--write-dir \/etc\/passwd\/w is not a folder \(a part of its path is a file\)/],
+      [["latest", "--reason", "r", "--listen", "127.0.0.1:0", "--write-dir", "/etc/passwd/w"], 2, /--write-dir \/etc\/passwd\/w lies below \/etc\/passwd, which is not a folder/],
       [["latest", "--reason", "r", "--listen", "127.0.0.1:0", "--overlay-dir", "/tmp", "--domain-name", "clone"], 2, /keeps no domain definition/],
       [["latest", "--reason", "r", "--listen", "127.0.0.1:0", "--overlay-dir", "/tmp", "--libvirt-uri", "test:///default"], 2, /--libvirt-uri goes with --define/],
     ];

@@ -350,6 +350,7 @@ describe.skipIf(!hasVirsh())("backup --libvirt-domain", () => {
       // The overlay folder is named as such (it was called a "source").
       [["--libvirt-domain", "web1", "--overlay-dir", "/nonexistent-overlays"], /--overlay-dir \/nonexistent-overlays cannot be used: it does not exist\n +next: give an existing folder/],
       [["--libvirt-all", "--overlay-dir", h.vda], /--overlay-dir \S+ is not a folder/],
+      [["--libvirt-all", "--overlay-dir", path.join(h.vda, "o")], /--overlay-dir \S+\/o lies below \S+, which is not a folder/],
       [["--overlay-dir", tmp("o"), h.vda, "--vm", "x"], /--overlay-dir goes with --libvirt-domain/],
     ] as const) {
       const u = await v(["backup", ...args, "--libvirt-uri", h.uri]);

@@ -217,7 +217,7 @@ describe("restore targets that are not folders", () => {
     await fsp.writeFile(file, "precious");
     const r = await v(["restore", "latest", "--target", path.join(file, "a", "b"), "--reason", "t"]);
     expect(r.code).toBe(2);
-    expect(r.stderr).toContain(`restore target ${path.join(file, "a", "b")} cannot be made: ${file} is not a folder`);
+    expect(r.stderr).toContain(`restore target ${path.join(file, "a", "b")} lies below ${file}, which is not a folder`);
     expect(r.stderr).toMatch(/next: --target names the folder/);
     expect(await fsp.readFile(file, "utf8")).toBe("precious");
   });

@@ -53,7 +53,7 @@ describe("usage errors exit 2 before anything is done", () => {
   it("a --repo that is a file, or lies below one, is named as such (exit 2) by init and by every other command; the file is left alone", async () => {
     const file = path.join(tmp("repo"), "file");
     await fsp.writeFile(file, "precious");
-    for (const [repo, said] of [[file, "is a file"], [path.join(file, "r"), "lies below a file"]] as const) {
+    for (const [repo, said] of [[file, "is not a folder"], [path.join(file, "r"), `lies below ${file}, which is not a folder`]] as const) {
       for (const args of [["init"], ["snapshots"], ["backup", "--vm", "vm", file]]) {
         const r = await vault(repo)(args);
         expect(r.code, `${args[0]}: ${r.stderr}`).toBe(2);

@@ -1,0 +1,23 @@
+import { existsSync, statSync } from "node:fs";
+import path from "node:path";
+import { errorCodeOf } from "../errors.js";
+
+/**
+ * Why a path given for a folder (a restore target, a local repository, an export's write or
+ * overlay folder) cannot be one, in words that follow its name: "is not a folder" (a file, or
+ * another thing that is not a folder), or "lies below F, which is not a folder" (F: the file a
+ * part of its path names, so the folder could not be made). Undefined when it is a folder, or
+ * does not exist and could be made; a symlink to a folder counts as one (it is followed).
+ */
+export function folderProblem(p: string): string | undefined {
+  const resolved = path.resolve(p);
+  try {
+    return statSync(resolved).isDirectory() ? undefined : "is not a folder";
+  } catch (e) {
+    if (errorCodeOf(e) !== "ENOTDIR") return undefined;
+  }
+  // The nearest path above it that exists is the file ("/" always exists).
+  let above = path.dirname(resolved);
+  while (!existsSync(above)) above = path.dirname(above);
+  return `lies below ${above}, which is not a folder`;
+}
