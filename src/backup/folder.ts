@@ -338,7 +338,7 @@ class CdcFileReader {
       return chunks;
     } finally {
       if (cache !== undefined) {
-        cache.finish();
+        await cache.finishSettled();
         this.cacheDroppedBytes += cache.droppedBytes;
       }
       fs.closeSync(fd);

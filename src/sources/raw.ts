@@ -52,6 +52,6 @@ export class RawImage implements DiskInput {
 
   /** Drops what is left to drop; the handle stays its owner's. */
   async close(): Promise<void> {
-    this.#cache?.finish();
+    await this.#cache?.finishSettled();
   }
 }

@@ -1,4 +1,3 @@
-import { setTimeout as sleep } from "node:timers/promises";
 import * as fse from "../util/fsx.js";
 import { nodeCrypto } from "../util/node-crypto.js";
 import fs, { promises as fsp } from "node:fs";
@@ -340,20 +339,11 @@ export class FsStore implements Store {
 }
 
 
-/** Times a drop that left pages (still being read ahead) is tried again, LINGER_MS apart. */
-const LINGER_RETRIES = 3;
-const LINGER_MS = 10;
-
 /** Drops what the descriptor's reads brought into the page cache, then closes it; never rejects. */
 async function closeReader(reader: Reader): Promise<void> {
   try {
     const fd = await reader.fd;
-    const footprint = reader.footprint;
-    footprint?.finish();
-    for (let i = 0; i < LINGER_RETRIES && footprint?.lingering === true; i++) {
-      await sleep(LINGER_MS);
-      footprint.retry();
-    }
+    await reader.footprint?.finishSettled();
     await closeFd(fd);
   } catch {
     // Closing is best effort: the descriptor is gone either way.

@@ -1,4 +1,9 @@
+import { setTimeout as sleep } from "node:timers/promises";
 import { nativeHelper, type NativeHelper } from "./native.js";
+
+/** Times a drop that left pages (still being read ahead) is tried again, LINGER_MS apart. */
+const LINGER_RETRIES = 3;
+const LINGER_MS = 10;
 
 /** The native helper's page-cache calls (native/pagecache.c). */
 export type PageCacheBinding = Required<Pick<NativeHelper, "cacheResidency" | "dropCache" | "pageSize">>;
@@ -115,6 +120,19 @@ export class PageCacheFootprint {
    */
   get lingering(): boolean {
     return this.#lingering.size > 0;
+  }
+
+  /**
+   * finish(), then drops again what a drop left (the kernel's readahead still in flight), up to
+   * LINGER_RETRIES times LINGER_MS apart: what a reader brought in is gone, and counted, once
+   * this resolves. Costs nothing where nothing lingers.
+   */
+  async finishSettled(): Promise<void> {
+    this.finish();
+    for (let i = 0; i < LINGER_RETRIES && this.lingering; i++) {
+      await sleep(LINGER_MS);
+      this.retry();
+    }
   }
 
   /** Drops again the windows a drop left pages in (lingering), once those reads may be done. */

@@ -128,6 +128,31 @@ describe("PageCacheFootprint", () => {
     expect(h.lingering).toBe(false);
   });
 
+  it("finishSettled drops and counts what lingered once its read is done, and gives up after its tries", async () => {
+    const size = 2 * W;
+    const sim = simulated([], MiB);
+    const f = footprintOver(size, sim.binding);
+    f.beforeRead(0, MiB);
+    sim.read(0, MiB, size);
+    for (let p = 256; p < 512; p++) sim.locked.add(p);
+    // The readahead's read ends a moment after the first drop.
+    setTimeout(() => sim.locked.clear(), 1);
+    await f.finishSettled();
+    expect(sim.cached.size).toBe(0);
+    expect(f.lingering).toBe(false);
+    expect(f.droppedBytes).toBe(2 * MiB);
+    // Pages that never come free: it stops after its tries (a drop of each window, then three more of the one that lingers), counting only what left.
+    const stuck = simulated([], MiB);
+    const g = footprintOver(size, stuck.binding);
+    g.beforeRead(0, MiB);
+    stuck.read(0, MiB, size);
+    for (let p = 256; p < 512; p++) stuck.locked.add(p);
+    await g.finishSettled();
+    expect(g.lingering).toBe(true);
+    expect(g.droppedBytes).toBe(MiB);
+    expect(stuck.dropped.length).toBe(2 + 3);
+  });
+
   it("keeps pages cached before the read, readahead into them included, and drops only the runs around them", () => {
     const size = 2 * W;
     const warm = [...Array(64).keys()].map((i) => 100 + i); // pages 100-163 cached before
