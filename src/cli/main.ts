@@ -23,7 +23,14 @@ import { assertUtf8Arguments } from "./raw-arguments.js";
 
 export const VERSION = "0.1.0";
 
-export function buildProgram(interrupts: Interrupts = new Interrupts(), json = false): Command {
+/** The hint of the last usage error commander reported: the help of the command it was found in (main() reports it with --json). */
+interface UsageHint {
+  hint: string;
+}
+
+const DEFAULT_USAGE_HINT = "run `vmvault --help` for usage";
+
+export function buildProgram(interrupts: Interrupts = new Interrupts(), json = false, usage: UsageHint = { hint: DEFAULT_USAGE_HINT }): Command {
   const program = new Command();
   program
     .name("vmvault")
@@ -72,16 +79,13 @@ export function buildProgram(interrupts: Interrupts = new Interrupts(), json = f
     // With --json it is reported once, as JSON, by main().
     c.showHelpAfterError(false).configureOutput({
       outputError: (text, write) => {
-        usageHint = `run \`${commandPath(c)} --help\` for usage`;
-        if (!json) write(`vmvault: ${text.replace(/^error: /, "").trimEnd().replace(/\n\((Did you mean .*)\)$/, " ($1)")}\n  next: ${usageHint}\n`);
+        usage.hint = `run \`${commandPath(c)} --help\` for usage`;
+        if (!json) write(`vmvault: ${text.replace(/^error: /, "").trimEnd().replace(/\n\((Did you mean .*)\)$/, " ($1)")}\n  next: ${usage.hint}\n`);
       },
     });
   }
   return program;
 }
-
-/** The hint of the last usage error commander reported: the help of the command it was found in. */
-let usageHint = "run `vmvault --help` for usage";
 
 /** "vmvault user add": the words that name c on the command line. */
 function commandPath(c: Command): string {
@@ -96,8 +100,8 @@ export async function main(argv: readonly string[]): Promise<number> {
   // Known before parsing: a usage error is found while parsing.
   const json = argv.includes("--json");
   interrupts.json = json;
-  const program = buildProgram(interrupts, json);
-  usageHint = "run `vmvault --help` for usage";
+  const usage: UsageHint = { hint: DEFAULT_USAGE_HINT };
+  const program = buildProgram(interrupts, json, usage);
   const debug = argv.includes("--debug");
   const uninstall = interrupts.install();
   dropOutputToClosedPipes();
@@ -107,7 +111,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     return 0;
   } catch (e) {
     if (e instanceof CommanderError && e.exitCode === 0) return 0;
-    if (json) process.stderr.write(`${errorJson(e, usageHint)}\n`);
+    if (json) process.stderr.write(`${errorJson(e, usage.hint)}\n`);
     if (e instanceof CommanderError) return exitCodeOf(e);
     // With --json and --debug, the message for people (and its stack) follows the JSON line.
     if (!json || debug) process.stderr.write(`${shownText(describeError(e, debug), { lines: true })}\n`);
