@@ -65,6 +65,16 @@ function footprintOver(size: number, binding: PageCacheBinding): PageCacheFootpr
   return f;
 }
 
+/** The first MiB of a file of this size read, its 1 MiB of readahead past the read (pages 256-511) still being read. */
+function readaheadInFlight(size: number): { sim: ReturnType<typeof simulated>; f: PageCacheFootprint } {
+  const sim = simulated([], MiB);
+  const f = footprintOver(size, sim.binding);
+  f.beforeRead(0, MiB);
+  sim.read(0, MiB, size);
+  for (let p = 256; p < 512; p++) sim.locked.add(p);
+  return { sim, f };
+}
+
 /** Reads a footprint's file the way backupImage does: segments in order, windows dropped behind. */
 function readAll(f: PageCacheFootprint, sim: ReturnType<typeof simulated>, size: number, segment: number, skip: [number, number][] = []): void {
   for (let at = 0; at < size; at += segment) {
@@ -91,12 +101,7 @@ describe("PageCacheFootprint", () => {
 
   it("pages a drop had to leave (readahead still in flight) are noted and dropped by a retry once their read is done", () => {
     const size = 2 * W;
-    const sim = simulated([], MiB);
-    const f = footprintOver(size, sim.binding);
-    f.beforeRead(0, MiB);
-    sim.read(0, MiB, size);
-    // The readahead past the read (pages 256-511) is still being read when the footprint drops.
-    for (let p = 256; p < 512; p++) sim.locked.add(p);
+    const { sim, f } = readaheadInFlight(size);
     f.finish();
     expect(sim.cached.size).toBe(256);
     expect(f.lingering).toBe(true);
@@ -129,12 +134,7 @@ describe("PageCacheFootprint", () => {
   });
 
   it("finishSettled drops and counts what lingered once its read is done, and gives up after its tries", async () => {
-    const size = 2 * W;
-    const sim = simulated([], MiB);
-    const f = footprintOver(size, sim.binding);
-    f.beforeRead(0, MiB);
-    sim.read(0, MiB, size);
-    for (let p = 256; p < 512; p++) sim.locked.add(p);
+    const { sim, f } = readaheadInFlight(2 * W);
     // The readahead's read ends a moment after the first drop.
     setTimeout(() => sim.locked.clear(), 1);
     await f.finishSettled();
@@ -142,11 +142,7 @@ describe("PageCacheFootprint", () => {
     expect(f.lingering).toBe(false);
     expect(f.droppedBytes).toBe(2 * MiB);
     // Pages that never come free: it stops after its tries (a drop of each window, then three more of the one that lingers), counting only what left.
-    const stuck = simulated([], MiB);
-    const g = footprintOver(size, stuck.binding);
-    g.beforeRead(0, MiB);
-    stuck.read(0, MiB, size);
-    for (let p = 256; p < 512; p++) stuck.locked.add(p);
+    const { sim: stuck, f: g } = readaheadInFlight(2 * W);
     await g.finishSettled();
     expect(g.lingering).toBe(true);
     expect(g.droppedBytes).toBe(MiB);
