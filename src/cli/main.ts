@@ -83,8 +83,24 @@ export function buildProgram(interrupts: Interrupts = new Interrupts(), json = f
         if (!json) write(`vmvault: ${text.replace(/^error: /, "").trimEnd().replace(/\n\((Did you mean .*)\)$/, " ($1)")}\n  next: ${usage.hint}\n`);
       },
     });
+    requireOptionsAfterArguments(c);
   }
   return program;
+}
+
+/**
+ * Commander looks for a command's required options before its arguments: `vmvault restore`
+ * would ask for --target before the snapshot. Here they are looked for once the arguments are
+ * there (just before the action), with commander's own words.
+ */
+function requireOptionsAfterArguments(c: Command): void {
+  const required = c.options.filter((o) => o.mandatory);
+  if (required.length === 0) return;
+  for (const o of required) o.makeOptionMandatory(false);
+  c.hook("preAction", (_command, action) => {
+    const missing = required.find((o) => action.getOptionValue(o.attributeName()) === undefined);
+    if (missing !== undefined) action.error(`error: required option '${missing.flags}' not specified`, { code: "commander.missingMandatoryOptionValue", exitCode: 2 });
+  });
 }
 
 /** "vmvault user add": the words that name c on the command line. */

@@ -54,6 +54,11 @@ describe("--json errors", () => {
     const nested = await v(["user", "add", "bob"]);
     expect(nested.code).toBe(2);
     expect(nested.stderr).toBe("vmvault: required option '--role <role>' not specified\n  next: run `vmvault user add --help` for usage\n");
+    // A missing argument is named before a missing required option, then each option in turn.
+    expect((await v(["restore"])).stderr).toBe("vmvault: missing required argument 'snapshot'\n  next: run `vmvault restore --help` for usage\n");
+    const noTarget = await v(["restore", "latest", "--reason", "r"]);
+    expect([noTarget.code, noTarget.stderr]).toEqual([2, "vmvault: required option '--target <dir>' not specified\n  next: run `vmvault restore --help` for usage\n"]);
+    expect(errorLines((await v(["--json", "restore", "latest", "--target", "t"])).stderr)).toEqual([{ error: { exit: 2, code: "E_USAGE", message: "required option '--reason <text>' not specified", next: "run `vmvault restore --help` for usage" } }]);
     const typo = await v(["bakup"]);
     expect(typo.stderr).toBe("vmvault: unknown command 'bakup' (Did you mean backup?)\n  next: run `vmvault --help` for usage\n");
 
