@@ -80,6 +80,7 @@ describe("s3:// locations and settings", () => {
       accessKeyId: "k",
       secretAccessKey: "s",
       sessionToken: undefined,
+      keysFrom: "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
       caBundle: "/ca.pem",
       profile: expect.objectContaining({ name: "default", named: false }),
     });
