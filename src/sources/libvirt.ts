@@ -188,9 +188,10 @@ async function shutOffOnOverlay(name: string, uri: string | undefined): Promise<
   }
 }
 
-/** A virsh command as a person runs it: with `-c URI` when the connection was given. */
+/** A virsh command as a person runs it in a shell: with `-c URI` when the connection was given, each word quoted where the shell would read it otherwise. */
 export function virshLine(uri: string | undefined, ...args: readonly string[]): string {
-  return ["virsh", ...(uri === undefined ? [] : ["-c", uri]), ...args].join(" ");
+  const word = (w: string): string => (/^[\w@%+=:,./-]+$/.test(w) ? w : `'${w.replaceAll("'", "'\\''")}'`);
+  return ["virsh", ...(uri === undefined ? [] : ["-c", uri]), ...args].map(word).join(" ");
 }
 
 /**

@@ -115,7 +115,8 @@ describe.skipIf(!canRunLibvirtd())("backup --libvirt-domain of a running domain 
     const defined_ = await r2.v(["restore", "latest", "--target", cloneDir, "--reason", "clone", "--domain-name", clone, "--define", "--libvirt-uri", uri]);
     expect(defined_.code, defined_.stderr).toBe(0);
     libvirtd.defined(clone);
-    expect(defined_.stdout).toContain(`defined in libvirt: virsh start ${clone}`);
+    // The connection's URI is quoted for the shell (it holds a "?").
+    expect(defined_.stdout).toContain(`defined in libvirt: virsh -c '${uri}' start ${clone}`);
     expect(inUse(clone)).toEqual({ vda: path.join(cloneDir, "vda"), vdb: path.join(cloneDir, "vdb") });
     virsh("start", clone);
     expect(virsh("domstate", clone).trim()).toBe("running");
