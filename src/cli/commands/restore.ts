@@ -79,7 +79,7 @@ export function registerRestore(program: Command, interrupts: Interrupts): void 
           const uri = opts.libvirtUri;
           if (d?.defined === true && d.running === true) ctx.out(`  ${d.path} (libvirt domain ${d.name}, naming the restored disks; defined in libvirt; ${d.name} runs on its old disks until it is shut down: ${virshLine(uri, "shutdown", d.name)}, then ${virshLine(uri, "start", d.name)} starts it on these)`);
           else if (d?.defined === true) ctx.out(`  ${d.path} (libvirt domain ${d.name}, naming the restored disks; defined in libvirt: ${virshLine(uri, "start", d.name)})`);
-          else if (d !== undefined) ctx.out(`  ${d.path} (libvirt domain ${d.name}, naming the restored disks: virsh define ${d.path})`);
+          else if (d !== undefined) ctx.out(`  ${d.path} (libvirt domain ${d.name}, naming the restored disks: ${virshLine(undefined, "define", d.path)})`);
         }
       } finally {
         ctx.endProgress();
