@@ -149,15 +149,17 @@ const SOCKET_DIR = "vmvault-qemu-nbd-";
 
 /**
  * Removes the socket folders that processes killed outright (SIGKILL) left in tmp: those named
- * after a process that no longer runs (its qemu-nbd ended with its one client). Another user's
- * folder is not ours to remove (the sticky TMPDIR refuses it, and that is left be).
+ * after a process that no longer runs (its qemu-nbd ended with its one client). Only this user's:
+ * another user's process, in a PID namespace of its own, may run though its PID is not seen here.
  */
 async function removeLeftSocketDirs(tmp: string): Promise<void> {
   const names = await fsp.readdir(tmp).catch(() => [] as string[]);
   for (const name of names) {
     const m = new RegExp(`^${SOCKET_DIR}([1-9][0-9]*)-`).exec(name);
     if (m === null || processAlive(Number(m[1]))) continue;
-    await fsp.rm(`${tmp}/${name}`, { recursive: true, force: true }).catch(() => undefined);
+    const dir = `${tmp}/${name}`;
+    if ((await fsp.lstat(dir).catch(() => undefined))?.uid !== process.getuid?.()) continue;
+    await fsp.rm(dir, { recursive: true, force: true }).catch(() => undefined);
   }
 }
 /**

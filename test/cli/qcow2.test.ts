@@ -91,10 +91,15 @@ describe.skipIf(!haveQemu)("qcow2 images", () => {
     await fsp.mkdir(path.join(`${repo}-tmp`, `vmvault-qemu-nbd-${dead}-AbC123`));
     await fsp.writeFile(path.join(`${repo}-tmp`, `vmvault-qemu-nbd-${dead}-AbC123`, "nbd.sock"), "");
     await fsp.mkdir(path.join(`${repo}-tmp`, `vmvault-qemu-nbd-${process.pid}-XyZ789`));
+    // Another user's stays too (as root: a user of its own).
+    const others = `vmvault-qemu-nbd-${dead}-0ther1`;
+    await fsp.mkdir(path.join(`${repo}-tmp`, others));
+    const asRoot = process.getuid?.() === 0;
+    if (asRoot) await fsp.chown(path.join(`${repo}-tmp`, others), 65534, 65534);
     const after = await cli(repo, ["--json", "backup", "--vm", "web", image]);
     expect(after.code, after.stderr).toBe(0);
-    expect(after.tmpLeft).toEqual([`vmvault-qemu-nbd-${process.pid}-XyZ789`]);
-    await fsp.rmdir(path.join(`${repo}-tmp`, `vmvault-qemu-nbd-${process.pid}-XyZ789`));
+    expect(after.tmpLeft.sort()).toEqual(asRoot ? [others, `vmvault-qemu-nbd-${process.pid}-XyZ789`].sort() : [`vmvault-qemu-nbd-${process.pid}-XyZ789`]);
+    for (const left of after.tmpLeft) await fsp.rmdir(path.join(`${repo}-tmp`, left));
     const backup = JSON.parse(b.stdout) as BackupJson;
     const [source] = backup.sources;
     expect(source).toMatchObject({ name: "web.qcow2", kind: "disk", format: "qcow2", size: 16 * MiB });
