@@ -1,11 +1,11 @@
 import { constants as fsConstants, promises as fsp, type Stats } from "node:fs";
 import path from "node:path";
-import { fileProblem, UsageError } from "../errors.js";
+import { UsageError } from "../errors.js";
 import { assertVmName, domainFileName, sourceNameProblem } from "../format/snapshot.js";
 import type { DomainDefinition } from "../sources/domain.js";
 import { sourceError } from "../sources/identity.js";
 import { inspectQcow2, probeImageFormat, type ImageFormat, type ImageFormatChoice } from "../sources/qcow2.js";
-import { folderProblem } from "../util/folder-path.js";
+import { existingFolder, OVERLAY_DIR_HINT } from "../util/folder-path.js";
 import { readBoundOf } from "./size.js";
 import type { BackupOptions } from "./backup.js";
 
@@ -72,14 +72,7 @@ async function planDisk(file: string, name: string, st: Stats, sparse: boolean, 
 
 /** An overlay folder: an existing folder, as an absolute path. */
 export async function checkOverlayDir(dir: string): Promise<string> {
-  const abs = path.resolve(dir);
-  const hint = "give an existing folder the VM's QEMU can write in";
-  const problem = folderProblem(abs);
-  if (problem !== undefined) throw new UsageError(`--overlay-dir ${abs} ${problem}`, hint);
-  await fsp.access(abs).catch((e: unknown) => {
-    throw new UsageError(`--overlay-dir ${abs} cannot be used: ${fileProblem(e)}`, hint);
-  });
-  return abs;
+  return existingFolder("--overlay-dir", dir, OVERLAY_DIR_HINT);
 }
 
 async function statSource(file: string): Promise<Stats> {

@@ -6,6 +6,7 @@ import { assertDomainName, rewriteKeptDomain, type NbdDiskSource } from "../sour
 import { defineLibvirtDomain } from "../sources/libvirt.js";
 import { runTool, ToolFailed } from "../sources/tools.js";
 import { replaceFile } from "../util/durable.js";
+import { existingFolder, OVERLAY_DIR_HINT } from "../util/folder-path.js";
 
 /**
  * What `export nbd` makes for a VM to run on besides the export: with `--overlay-dir`, a qcow2
@@ -62,9 +63,7 @@ export function checkOverlayRequest(o: OverlayRequest, tls: boolean): void {
 export async function planOverlays(o: OverlayRequest, disks: readonly DiskSource[], whole: boolean, domain: SnapshotDomain | undefined): Promise<Planned> {
   const given = o.overlayDir ?? o.writeDir;
   if (given === undefined) throw new Error("no folder to plan overlays in");
-  const dir = path.resolve(given);
-  const stat = await fsp.stat(dir).catch(() => undefined);
-  if (stat?.isDirectory() !== true) throw new UsageError(`--overlay-dir ${given} is not a folder`, "create it first (the VM's QEMU must be able to reach it)");
+  const dir = await existingFolder(o.overlayDir !== undefined ? "--overlay-dir" : "--write-dir", given, OVERLAY_DIR_HINT);
   if ((o.domainName !== undefined || o.define === true) && (domain === undefined || !whole)) {
     throw new UsageError(domain === undefined ? "--domain-name and --define go with a libvirt domain's snapshot; this snapshot keeps no domain definition" : "--domain-name and --define go with an export of every disk (the definition names them all)");
   }

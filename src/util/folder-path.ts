@@ -1,6 +1,7 @@
 import { existsSync, statSync } from "node:fs";
 import path from "node:path";
-import { errorCodeOf } from "../errors.js";
+import { promises as fsp } from "node:fs";
+import { errorCodeOf, fileProblem, UsageError } from "../errors.js";
 
 /**
  * Why a path given for a folder (a restore target, a local repository, an export's write or
@@ -20,4 +21,21 @@ export function folderProblem(p: string): string | undefined {
   let above = path.dirname(resolved);
   while (!existsSync(above)) above = path.dirname(above);
   return `lies below ${above}, which is not a folder`;
+}
+
+/** What to do about an --overlay-dir that cannot be used (a backup's, an export's). */
+export const OVERLAY_DIR_HINT = "give an existing folder the VM's QEMU can write in";
+
+/**
+ * The folder an option names, which must exist (a VM's overlays go there), as an absolute path;
+ * a usage error naming the option and the problem otherwise.
+ */
+export async function existingFolder(option: string, dir: string, hint: string): Promise<string> {
+  const abs = path.resolve(dir);
+  const problem = folderProblem(abs);
+  if (problem !== undefined) throw new UsageError(`${option} ${abs} ${problem}`, hint);
+  await fsp.access(abs).catch((e: unknown) => {
+    throw new UsageError(`${option} ${abs} cannot be used: ${fileProblem(e)}`, hint);
+  });
+  return abs;
 }
