@@ -232,9 +232,10 @@ export class Vault {
    * Verifies the whole trail as auditVerify does and signs its newest record; a trail that does
    * not verify is refused with BrokenTrailError (E_INTEGRITY) and deliver is not called. deliver
    * (e.g. writing the anchor to a file) runs before the export is recorded in the trail.
+   * previous: the anchor it is to replace, which the trail must still contain (else refused so).
    */
-  async auditAnchor(deliver?: (anchor: { bytes: Uint8Array; seq: number; hash: string }) => void | Promise<void>): Promise<{ bytes: Uint8Array; seq: number; hash: string }> {
-    return (await audit()).auditAnchor(this.repository, deliver);
+  async auditAnchor(deliver?: (anchor: { bytes: Uint8Array; seq: number; hash: string }) => void | Promise<void>, previous?: Uint8Array): Promise<{ bytes: Uint8Array; seq: number; hash: string }> {
+    return (await audit()).auditAnchor(this.repository, deliver, previous);
   }
 
   /**

@@ -100,14 +100,16 @@ export interface AuditAnchorExport {
  * record says "succeeded" only once it is delivered, and "failed" when verifying or delivering
  * throws.
  */
-export async function auditAnchor(repo: Repository, deliver?: (anchor: AuditAnchorExport) => void | Promise<void>): Promise<AuditAnchorExport> {
+export async function auditAnchor(repo: Repository, deliver?: (anchor: AuditAnchorExport) => void | Promise<void>, previous?: Uint8Array): Promise<AuditAnchorExport> {
   await authorizeAudited(repo, "readAudit", "audit anchor");
   // The export itself is recorded after the head it names, once delivered.
   return audited(repo, {
     entry: { action: "audit anchor" },
     started: false,
     run: async () => {
-      const report = await verifyTrail(repo);
+      // The anchor it replaces, if any, must still be in the trail: one of a longer or another
+      // trail is the evidence an anchor is kept for, and is not written over.
+      const report = await verifyTrail(repo, previous);
       if (!report.ok) throw new BrokenTrailError(report);
       if (report.head === null) throw new IntegrityError("the audit trail is empty");
       const anchor = signAnchor(repo, report.head);

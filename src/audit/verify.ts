@@ -171,6 +171,17 @@ function signerProblem(repo: Repository, rec: OpenedRecord): string | undefined 
   return undefined;
 }
 
+/** Whether these bytes are an exported anchor by their format (neither its signature nor its repository is looked at). */
+export function isAnchorFormat(bytes: Uint8Array): boolean {
+  try {
+    parseAnchorMeta(parseEnvelope(ObjectKind.Anchor, bytes, true).meta);
+    return true;
+  } catch (e) {
+    if (e instanceof FormatError) return false;
+    throw e;
+  }
+}
+
 /** Parses and checks an exported anchor's signature; returns the head it names. */
 export function parseAnchor(repo: Repository, bytes: Uint8Array): AuditHead {
   try {

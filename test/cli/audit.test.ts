@@ -237,6 +237,34 @@ describe("audit trail", () => {
     expect(r.stderr).toContain("next: the audit trail, or what it records, was changed in the repository's storage");
   });
 
+  it("audit anchor replaces an older anchor of the same trail, never a newer one nor a file that is no anchor", async () => {
+    const { repo, aud, op } = await setup();
+    const folder = tmp("anchor");
+    const head = path.join(folder, "head.anchor");
+    // An older copy of the repository, made before the trail grew.
+    const copy = path.join(tmp("copy"), "r");
+    await fsp.cp(repo, copy, { recursive: true });
+    expect((await op(["check"])).code).toBe(0);
+    expect((await aud(["audit", "anchor", "--out", head])).code).toBe(0);
+    const newer = await fsp.readFile(head);
+    // The copy's trail lacks the anchored record: refused (exit 5), the newer anchor kept.
+    const fromCopy = await vault(copy, "aud", "aud-pass")(["audit", "anchor", "--out", head], { env: { VMVAULT_STATE_DIR: `${copy}-state` } });
+    expect(fromCopy.code, fromCopy.stderr).toBe(5);
+    expect(fromCopy.stderr).toContain("no anchor was written");
+    expect(await fsp.readFile(head)).toEqual(newer);
+    // The repository itself, grown since: the newer anchor replaces the one there.
+    expect((await op(["check"])).code).toBe(0);
+    const again = await aud(["audit", "anchor", "--out", head]);
+    expect(again.code, again.stderr).toBe(0);
+    expect(await fsp.readFile(head)).not.toEqual(newer);
+    // A file that is no anchor is refused before the unlock, and left as it is.
+    const notes = path.join(folder, "notes.txt");
+    await fsp.writeFile(notes, "important notes\n");
+    const clobber = await aud(["audit", "anchor", "--out", notes]);
+    expect([clobber.code, clobber.stderr]).toEqual([2, `vmvault: --out ${notes} holds a file that is not a vmvault audit anchor; it is left as it is\n  next: give the anchor's own file (an older anchor there is replaced), or a new file name\n`]);
+    expect(await fsp.readFile(notes, "utf8")).toBe("important notes\n");
+  });
+
   it("an anchor that cannot be written is recorded as failed, not as exported", async () => {
     const { aud } = await setup();
     // /proc/self exists, but no file can be created in it.

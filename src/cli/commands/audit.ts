@@ -4,6 +4,7 @@ import path from "node:path";
 import type { Command } from "commander";
 import { errorCodeOf, fileProblem, IntegrityError, StorageError, UsageError, type Damage } from "../../errors.js";
 import { BrokenTrailError } from "../../audit/errors.js";
+import { isAnchorFormat } from "../../audit/verify.js";
 import { checkAuditLogFilter, type AuditLogFilter } from "../../audit/log-filter.js";
 import { CliContext } from "../context.js";
 import { noun, plural, table } from "../output.js";
@@ -112,12 +113,12 @@ export function registerAudit(program: Command): void {
     .requiredOption("--out <file>", "where to write the anchor (a newer anchor replaces an older one)")
     .action(async (opts: { out: string }, command: Command) => {
       const ctx = new CliContext(command);
-      assertAnchorFile(opts.out);
+      const previous = assertAnchorFile(opts.out);
       const vault = await ctx.openVault();
       try {
         // Written only once the whole trail verifies, and before the export is recorded: a failed
         // write is recorded as failed, not as succeeded.
-        const a = await vault.auditAnchor((x) => writeAnchor(opts.out, x.bytes)).catch((e: unknown) => {
+        const a = await vault.auditAnchor((x) => writeAnchor(opts.out, x.bytes), previous).catch((e: unknown) => {
           // A refusal in --json is still one object: nothing written, and why (audit verify's problems).
           if (ctx.json && e instanceof BrokenTrailError) ctx.printJson({ file: opts.out, written: false, ok: false, records: e.report.records, problems: e.report.problems });
           throw e;
@@ -130,12 +131,26 @@ export function registerAudit(program: Command): void {
     });
 }
 
-/** Refuses an --out that cannot name a file before the repository is opened. */
-function assertAnchorFile(out: string): void {
+/**
+ * Refuses an --out that cannot name a file, or names a file that is not an anchor, before the
+ * repository is opened; the anchor already there, which the new one replaces once the trail
+ * is found to contain it.
+ */
+function assertAnchorFile(out: string): Uint8Array | undefined {
   if (out === "") throw new UsageError("--out needs a file name");
   const folder = path.dirname(path.resolve(out));
   if (!statSync(folder, { throwIfNoEntry: false })?.isDirectory()) throw new UsageError(`cannot write the anchor to ${out}: folder ${folder} does not exist`);
-  if (statSync(out, { throwIfNoEntry: false })?.isDirectory() === true) throw new UsageError(`--out ${out} is a folder; give a file name`);
+  const st = statSync(out, { throwIfNoEntry: false });
+  if (st?.isDirectory() === true) throw new UsageError(`--out ${out} is a folder; give a file name`);
+  if (st === undefined) return undefined;
+  let bytes: Uint8Array;
+  try {
+    bytes = readFileSync(out);
+  } catch (e) {
+    throw new UsageError(`cannot read ${out}, which --out would replace: ${fileProblem(e)}`);
+  }
+  if (!isAnchorFormat(bytes)) throw new UsageError(`--out ${out} holds a file that is not a vmvault audit anchor; it is left as it is`, "give the anchor's own file (an older anchor there is replaced), or a new file name");
+  return bytes;
 }
 
 /** Writes the anchor under a temporary name and renames it: an older anchor is replaced whole or not at all. */
