@@ -1,5 +1,5 @@
 import { Secret } from "../crypto/secret.js";
-import { UsageError } from "../errors.js";
+import { InterruptedError, UsageError } from "../errors.js";
 
 /** Reads a line from the terminal without echo. Refuses (usage error) when there is no terminal. */
 export async function promptSecret(question: string, hint: string): Promise<Secret> {
@@ -17,7 +17,8 @@ export async function promptSecret(question: string, hint: string): Promise<Secr
         for (const b of chunk) {
           if (b === 3) {
             stdin.off("data", onData);
-            reject(new UsageError("cancelled"));
+            // Ctrl-C in raw mode is a byte, not a signal: ended as SIGINT would end it (exit 130).
+            reject(new InterruptedError("interrupted (SIGINT) at the passphrase prompt; it changed nothing", "SIGINT"));
             return;
           }
           if (b === 13 || b === 10) {

@@ -127,6 +127,10 @@ describe("users", () => {
     expect(noOut.exposure).toMatch(/copied still decrypt every snapshot stored so far/);
     let status = JSON.parse((await admin(["--json", "key", "status"])).stdout) as { current: number };
     expect(status.current).toBe(1);
+    // An auditor's copied keys read snapshot headers and audit records (was said as a backup identity's: chunk IDs only).
+    expect((await admin(["user", "add", "aud", "--role", "auditor"], { env: { VMVAULT_NEW_PASSPHRASE: "aud-pass" } })).code).toBe(0);
+    const aud = JSON.parse((await admin(["--json", "user", "remove", "aud", "--no-rotate"])).stdout) as { exposure: string };
+    expect(aud.exposure).toBe("aud can no longer unlock the repository; copied keys still read snapshot headers (VM names, times, sizes) and audit records until the keys are rotated (`vmvault key rotate`)");
 
     const add = await admin(["user", "add", "op2", "--role", "restorer"], { env: { VMVAULT_NEW_PASSPHRASE: "op2-pass" } });
     expect(add.code).toBe(0);

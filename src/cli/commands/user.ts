@@ -152,6 +152,8 @@ function exposureAfterRemoval(name: string, role: Role, rotated: boolean): strin
   return (
     (couldRead
       ? `${name} can no longer unlock the repository, but keys they may have copied still decrypt every snapshot stored so far and everything written until the keys are rotated (\`vmvault key rotate\`, then \`--reencrypt\` for old data)`
-      : `${name} can no longer unlock the repository; copied keys let them compute chunk IDs (test whether known data is stored) until the keys are rotated (\`vmvault key rotate\`)`) + root
+      : role === "auditor"
+        ? `${name} can no longer unlock the repository; copied keys still read snapshot headers (VM names, times, sizes) and audit records until the keys are rotated (\`vmvault key rotate\`)`
+        : `${name} can no longer unlock the repository; copied keys let them compute chunk IDs (test whether known data is stored) until the keys are rotated (\`vmvault key rotate\`)`) + root
   );
 }
