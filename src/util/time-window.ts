@@ -2,7 +2,8 @@ import { UsageError } from "../errors.js";
 
 /**
  * `--since` and `--until` as commands take them (ISO 8601: `2026-11-25`, `2026-11-25T10:00:00Z`),
- * parsed to milliseconds; one that is not a date is a usage error (it would match nothing).
+ * parsed to milliseconds; one that is not a date, or an --until not after --since, is a usage
+ * error (it would match nothing).
  */
 export function parseTimeWindow(w: { readonly since?: string | undefined; readonly until?: string | undefined }): { since?: number; until?: number } {
   const time = (option: string, value: string | undefined): number | undefined => {
@@ -13,6 +14,8 @@ export function parseTimeWindow(w: { readonly since?: string | undefined; readon
   };
   const since = time("--since", w.since);
   const until = time("--until", w.until);
+  // A window that ends where or before it begins holds no time: it would match nothing too.
+  if (since !== undefined && until !== undefined && until <= since) throw new UsageError(`--until ${w.until} is not after --since ${w.since}: the window holds no time`, "give --since the earlier time");
   return { ...(since === undefined ? {} : { since }), ...(until === undefined ? {} : { until }) };
 }
 
