@@ -50,6 +50,10 @@ describe("RegistryPin", () => {
     await pin.record(chain(3));
     await expect(new RegistryPin(dir, "r2").check(chain(2))).rejects.toThrow(/rolled back/);
     await expect(new RegistryPin(dir, "r2").check(chain(3, "other-"))).rejects.toThrow(/forked/);
+    // The hint names the pin file, not `vmvault check` (which meets the same refusal).
+    const hint = `the repository's storage was rolled back, or this is an older copy of it: keep it as it is and find out which; to open a copy you trust on purpose, use another state folder (VMVAULT_STATE_DIR) or remove ${path.join(dir, "registry-r2.json")}`;
+    await expect(new RegistryPin(dir, "r2").check(chain(2))).rejects.toMatchObject({ code: "E_INTEGRITY", hint, damage: [{ object: "registry" }] });
+    await expect(new RegistryPin(dir, "r2").check(chain(3, "other-"))).rejects.toMatchObject({ hint });
     await expect(new RegistryPin(dir, "r2").check(chain(4))).resolves.toBeUndefined();
   });
 

@@ -38,14 +38,15 @@ export class RegistryPin {
     if (!this.#read) await this.read();
     const pinned = this.#pinned;
     if (pinned === undefined) return;
+    // `vmvault check` meets the same refusal: the hint says what to look at instead.
+    const hint = `the repository's storage was rolled back, or this is an older copy of it: keep it as it is and find out which; to open a copy you trust on purpose, use another state folder (VMVAULT_STATE_DIR) or remove ${this.#file}`;
     if (chain.latest.version < pinned.version) {
-      throw IntegrityError.object(
-        "registry",
-        `rolled back: the repository's latest registry version is ${chain.latest.version}, but this machine has seen version ${pinned.version}`,
-      );
+      const problem = `rolled back: the repository's latest registry version is ${chain.latest.version}, but this machine has seen version ${pinned.version}`;
+      throw new IntegrityError(`integrity failure: registry: ${problem}`, [{ object: "registry", problem }], hint);
     }
     if (chain.hashes[pinned.version - 1] !== pinned.hash) {
-      throw IntegrityError.object(`registry version ${pinned.version}`, "differs from the one this machine has seen (forked registry)");
+      const problem = "differs from the one this machine has seen (forked registry)";
+      throw new IntegrityError(`integrity failure: registry version ${pinned.version}: ${problem}`, [{ object: `registry version ${pinned.version}`, problem }], hint);
     }
   }
 
