@@ -103,7 +103,8 @@ export async function assertNoReencryptionUnderWay(
  */
 export async function assertRotationPossible(repo: Repository, reencryptionHint?: string): Promise<void> {
   await assertNoReencryptionUnderWay(repo, ...(reencryptionHint === undefined ? [] : [reencryptionHint]));
-  const probe = await acquireLock(repo, "key rotate", true);
+  // Refused by a lock, it is the rotation's failed attempt, recorded as a plain rotation's is.
+  const probe = await lockAudited(repo, { action: "key rotate", target: { newChunkKey: "no" } }, () => acquireLock(repo, "key rotate", true));
   await probe.release();
 }
 

@@ -98,6 +98,9 @@ describe("users", () => {
       expect(r.stdout).toBe("");
       const users = JSON.parse((await admin(["--json", "user", "list"])).stdout) as { name: string }[];
       expect(users.map((u) => u.name)).toContain("op");
+      // Recorded as a key rotation refused by a lock is (was: no record at all).
+      const log = JSON.parse((await admin(["--json", "audit", "log", "--action", "key rotate"])).stdout) as { result: string; code?: number }[];
+      expect(log.map((x) => [x.result, x.code])).toEqual([["failed", 6]]);
     } finally {
       await lock.release();
       await held.close();
