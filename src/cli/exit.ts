@@ -36,7 +36,9 @@ export function errorJson(e: unknown, usageHint = "run `vmvault --help` for usag
   const exit = exitCodeOf(e);
   let error: Record<string, unknown>;
   if (e instanceof CommanderError) {
-    error = { exit, code: "E_USAGE", message: e.message.replace(/^error: /, ""), next: usageHint };
+    // A command of commands given none: commander shows its help (on stderr) with "(outputHelp)".
+    const message = e.code === "commander.help" ? "a command is missing: the help above lists them" : e.message.replace(/^error: /, "");
+    error = { exit, code: "E_USAGE", message, next: usageHint };
   } else if (isVaultError(e)) {
     error = { exit, code: e.code, message: e.message };
     if (e.hint !== undefined) error.next = e.hint;

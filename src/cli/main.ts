@@ -82,6 +82,11 @@ export function buildProgram(interrupts: Interrupts = new Interrupts(), json = f
         usage.hint = `run \`${commandPath(c)} --help\` for usage`;
         if (!json) write(`vmvault: ${text.replace(/^error: /, "").trimEnd().replace(/\n\((Did you mean .*)\)$/, " ($1)")}\n  next: ${usage.hint}\n`);
       },
+      // The help a command of commands shows when none is given: --json's error names its help too.
+      writeErr: (text) => {
+        usage.hint = `run \`${commandPath(c)} --help\` for usage`;
+        process.stderr.write(text);
+      },
     });
     requireOptionsAfterArguments(c);
   }

@@ -59,6 +59,11 @@ describe("--json errors", () => {
     const noTarget = await v(["restore", "latest", "--reason", "r"]);
     expect([noTarget.code, noTarget.stderr]).toEqual([2, "vmvault: required option '--target <dir>' not specified\n  next: run `vmvault restore --help` for usage\n"]);
     expect(errorLines((await v(["--json", "restore", "latest", "--target", "t"])).stderr)).toEqual([{ error: { exit: 2, code: "E_USAGE", message: "required option '--reason <text>' not specified", next: "run `vmvault restore --help` for usage" } }]);
+    // A command of commands given none: its help on stderr, then one JSON line naming that help (was "(outputHelp)").
+    const none = await v(["--json", "audit"]);
+    expect(none.code).toBe(2);
+    expect(none.stderr).toContain("Usage: vmvault audit");
+    expect(none.stderr.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as unknown)).toEqual([{ error: { exit: 2, code: "E_USAGE", message: "a command is missing: the help above lists them", next: "run `vmvault audit --help` for usage" } }]);
     const typo = await v(["bakup"]);
     expect(typo.stderr).toBe("vmvault: unknown command 'bakup' (Did you mean backup?)\n  next: run `vmvault --help` for usage\n");
 
