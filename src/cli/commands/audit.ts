@@ -88,10 +88,13 @@ export function registerAudit(program: Command): void {
           // "Intact" cannot cover records nothing binds yet: their removal from the end leaves no trace.
           const unbound = r.records - r.boundThrough;
           if (r.ok && unbound > 0) {
-            ctx.warn(
-              `note: ${unbound === 1 ? `record ${r.records} is` : `the newest ${unbound} records (after record ${r.boundThrough}) are`} bound by no registry version, snapshot or anchor: ` +
-                `${noun(unbound, "its", "their")} removal from the end would go unnoticed; keep an anchor outside the repository (\`vmvault audit anchor --out FILE\`) and verify with --anchor FILE`,
-            );
+            // With an anchor given, the advice to keep one would go round in a circle: the records
+            // after it (its own export's record first) are bound by the next anchor.
+            const advice =
+              anchor === undefined
+                ? "keep an anchor outside the repository (`vmvault audit anchor --out FILE`) and verify with --anchor FILE"
+                : "an anchor binds the records up to the one it names, not those after it (the record of its own export among them); a newer anchor binds them (`vmvault audit anchor --out FILE` again)";
+            ctx.warn(`note: ${unbound === 1 ? `record ${r.records} is` : `the newest ${unbound} records (after record ${r.boundThrough}) are`} bound by no registry version, snapshot or anchor: ${noun(unbound, "its", "their")} removal from the end would go unnoticed; ${advice}`);
           }
         }
         if (!r.ok) {
