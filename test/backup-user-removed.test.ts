@@ -107,9 +107,15 @@ describe("an admin who asks to remove themselves", () => {
     // Was: removed, with the removal's own record signed after the registry version that removed
     // them (and, with --rotate, the rotation's too): `audit verify` reported a break.
     await expect(admin.removeUser("admin")).rejects.toThrow("admin cannot remove themselves");
+    await expect(admin.removeUser("admin")).rejects.toMatchObject({ hint: "another admin removes them: `vmvault user remove admin`, run as other" });
     const after = await openTestVault(dir);
     expect((await after.listUsers()).map((u) => u.name).sort()).toEqual(["admin", "other"]);
     expect((await after.auditVerify()).problems).toEqual([]);
+  });
+
+  it("who is the only admin is told to add another first (was: another admin removes them)", async () => {
+    const admin = await initTestVault(tmp("repo"));
+    await expect(admin.removeUser("admin")).rejects.toMatchObject({ hint: "they are the only admin: add another first (`vmvault user add NAME --role admin`), who then removes them" });
   });
 });
 

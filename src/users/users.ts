@@ -228,7 +228,14 @@ export async function removeUser(repo: Repository, name: string): Promise<Remove
  * for by an admin who stays. The CLI asks this before it asks about rotating.
  */
 export function assertNotSelf(repo: Repository, name: string): void {
-  if (name === repo.userName) throw new UsageError(`${name} cannot remove themselves`, "another admin removes them: `vmvault user remove NAME`, run as that admin");
+  if (name !== repo.userName) return;
+  const others = repo.chain.latest.users.filter((u) => u.role === "admin" && u.name !== name);
+  throw new UsageError(
+    `${name} cannot remove themselves`,
+    others.length > 0
+      ? `another admin removes them: \`vmvault user remove ${name}\`, run as ${others.length === 1 ? (others[0]?.name ?? "") : "one of " + others.map((u) => u.name).join(", ")}`
+      : `they are the only admin: add another first (\`vmvault user add NAME --role admin\`), who then removes them`,
+  );
 }
 
 async function deleteUser(repo: Repository, name: string): Promise<RemovedUserSummary> {
