@@ -116,6 +116,9 @@ describe("forget and prune on the command line", () => {
     expect(refused.stderr).toContain("--force");
     // --keep-min 3 guards web1's three.
     expect((await v(["forget", oldest.id, "--keep-min", "3"])).code).toBe(2);
+    // A reason given empty is refused (was recorded as if none were needed).
+    const empty = await v(["forget", oldest.id, "--reason", " "]);
+    expect([empty.code, empty.stderr]).toEqual([2, "vmvault: --reason is empty\n  next: say why in words (it is kept in the audit trail), or leave --reason out\n"]);
     expect(json<Listed[]>(await v(["snapshots", "--json"]))).toHaveLength(4);
 
     const r = await v(["forget", oldest.id.slice(0, 8), "--reason", "retention test", "--json"]);

@@ -61,6 +61,8 @@ export function registerForget(program: Command, interrupts: Interrupts): void {
       if (opts.utc === true && !rules) throw new UsageError("--utc goes with --keep-* rules");
       if (opts.prune === true && opts.dryRun === true) throw new UsageError("--dry-run does not go with --prune", "run `vmvault prune --dry-run` after a real forget to see what it would free");
       if (opts.repackUnused !== undefined && opts.prune !== true) throw new UsageError("--repack-unused goes with --prune");
+      // Given, it is kept in the audit trail: an empty one would be a reason in name only.
+      if (opts.reason !== undefined && opts.reason.trim() === "") throw new UsageError("--reason is empty", "say why in words (it is kept in the audit trail), or leave --reason out");
       const vault = await ctx.openVault();
       try {
         const progress = ctx.progress;
