@@ -121,6 +121,15 @@ describe("users", () => {
     expect((JSON.parse(op.stdout) as { exposure: string }).exposure).not.toMatch(/root key/);
   });
 
+  it("user remove of a name no user has says so first, before asking about rotating, and records the refusal", async () => {
+    const { admin } = await repoWithOperator();
+    // No terminal and no --rotate/--no-rotate: was "needs an answer and there is no terminal".
+    const r = await admin(["user", "remove", "nobody"]);
+    expect([r.code, r.stderr]).toEqual([1, "vmvault: no user named nobody\n  next: see `vmvault user list`\n"]);
+    const log = JSON.parse((await admin(["--json", "audit", "log", "--action", "user remove"])).stdout) as { result: string; target: { user?: string } }[];
+    expect(log.map((x) => [x.result, x.target.user])).toEqual([["failed", "nobody"]]);
+  });
+
   it("user remove --no-rotate says plainly what stays exposed; --rotate opens a new epoch without them", async () => {
     const { repo, admin } = await repoWithOperator();
     const no = await admin(["--json", "user", "remove", "op", "--no-rotate"]);

@@ -57,6 +57,8 @@ export function registerUser(program: Command): void {
       try {
         await authorizeAudited(vault.repository, "admin", "user remove", { user: name });
         assertNotSelf(vault.repository, name);
+        // A name no user has is refused (and recorded so) by the removal itself, before any question about rotating.
+        if (!vault.repository.chain.latest.users.some((u) => u.name === name)) await vault.removeUser(name);
         let rotate = opts.rotate;
         if (rotate === undefined) {
           rotate = await promptYesNo(
