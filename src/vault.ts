@@ -253,7 +253,7 @@ export class Vault {
       await refreshRegistryView(this.repository);
       return (await import("./rotation/reencrypt.js")).reencrypt(this.repository, { newChunkKey: o.newChunkKey === true, ...progress, workers: o.workers, signal: o.signal });
     }
-    return (await import("./rotation/rotate.js")).rotateKeys(this.repository, progress);
+    return (await import("./rotation/rotate.js")).rotateKeys(this.repository, { ...progress, ...(o.signal === undefined ? {} : { signal: o.signal }) });
   }
 
   /**

@@ -1,4 +1,4 @@
-import { IntegrityError, type Damage } from "../errors.js";
+import { IntegrityError, InterruptedError, type Damage } from "../errors.js";
 import { CryptoFailure } from "../crypto/suite.js";
 import { FormatError } from "../format/codec.js";
 import { encodeEnvelope, ObjectKind, parseEnvelope } from "../format/envelope.js";
@@ -26,7 +26,14 @@ export interface ResealStats {
  * deleted, so an interruption leaves both (readers take the newest they can open) and
  * running it again finishes the job. Data packs are not touched: the time is O(objects).
  */
-export async function resealAll(repo: Repository, target: number, progress?: ProgressSink): Promise<ResealStats> {
+export async function resealAll(repo: Repository, target: number, progress?: ProgressSink, signal?: AbortSignal): Promise<ResealStats> {
+  // Stopped between envelopes: each is sealed to the new epoch or still to its old one, and a
+  // rotation run again seals every one to a newer epoch.
+  const stop = (): void => {
+    if (signal?.aborted === true) {
+      throw InterruptedError.of("key rotate", signal.reason, `; epoch ${target} is registered, but some envelopes are still sealed only to the epoch before and the old grants are kept: run \`vmvault key rotate\` again, which seals every one to a new epoch`);
+    }
+  };
   const stats: ResealStats = { sessions: 0, snapshots: 0, indexFiles: 0, auditBodies: 0, damaged: [] };
   const keep = (e: unknown): void => {
     if (e instanceof IntegrityError) stats.damaged.push(...e.damage);
@@ -40,6 +47,7 @@ export async function resealAll(repo: Repository, target: number, progress?: Pro
     const bySession = groupByName(await listAll(repo.store, "sessions/"), "sessions/");
     let n = 0;
     for (const [sid, entries] of bySession) {
+      stop();
       progress?.({ phase: "re-seal session keys", done: ++n, total: bySession.size, unit: "items" });
       try {
         if (!entries.some((x) => x.number === target)) {
@@ -65,6 +73,7 @@ export async function resealAll(repo: Repository, target: number, progress?: Pro
   const snapshots = await listSnapshotKeys(repo);
   let n = 0;
   for (const [, keys] of snapshots) {
+    stop();
     progress?.({ phase: "re-seal snapshot headers", done: ++n, total: snapshots.size, unit: "items" });
     const newest = keys[0];
     if (newest === undefined) continue;
@@ -81,6 +90,7 @@ export async function resealAll(repo: Repository, target: number, progress?: Pro
   }
 
   for (const { key } of await listAll(repo.store, INDEX_PREFIX)) {
+    stop();
     try {
       const file = await readIndexFile(repo, key);
       if (file.epoch === target) continue;
@@ -94,6 +104,7 @@ export async function resealAll(repo: Repository, target: number, progress?: Pro
 
   const bodies = groupByName(await listAll(repo.store, AUDIT_BODY_PREFIX), AUDIT_BODY_PREFIX, /^[0-9a-f]{64}$/);
   for (const [digest, entries] of bodies) {
+    stop();
     try {
       if (!entries.some((x) => x.number === target)) {
         const from = entries.sort((a, b) => b.number - a.number).find((x) => repo.keyring.secret(x.number, "audit") !== undefined);

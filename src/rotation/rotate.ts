@@ -1,4 +1,4 @@
-import { LockedError, UsageError, VaultError } from "../errors.js";
+import { InterruptedError, LockedError, UsageError, VaultError } from "../errors.js";
 import { grantPrefix } from "../format/layout.js";
 import { audited, authorizeAudited, lockAudited } from "../audit/guard.js";
 import { newEpoch } from "../repository/open.js";
@@ -18,6 +18,8 @@ export interface RotateOptions {
   /** Draw a new chunk-ID key (only together with re-encryption, which rewrites every chunk ID). */
   readonly newChunkKey?: boolean;
   readonly progress?: ProgressSink;
+  /** A stop request: the re-sealing ends between envelopes with an InterruptedError (recorded as the rotation's failure). */
+  readonly signal?: AbortSignal;
 }
 
 export interface RotateResult {
@@ -134,6 +136,8 @@ async function openEpochAndReseal(repo: Repository, o: RotateOptions): Promise<R
     for (const s of Object.values(epoch.secrets)) s.fill(0);
     newRoot.secretKey.dispose();
   }
+  // Asked to stop before anything is written (during the unlock, say): nothing to undo.
+  if (o.signal?.aborted === true) throw InterruptedError.of("key rotate", o.signal.reason, "; it changed nothing");
   // Grants of an epoch no registry version names are leftovers of a rotation stopped before it
   // registered the epoch: they seal other keys under the same epoch number, and grants are
   // stored put-if-absent, so they would stay and open nothing. Removed first: under the
@@ -149,7 +153,7 @@ async function openEpochAndReseal(repo: Repository, o: RotateOptions): Promise<R
     currentEpoch: id,
   }));
   repo.keyring.setCurrentEpoch(id);
-  const resealed = await resealAll(repo, id, o.progress);
+  const resealed = await resealAll(repo, id, o.progress, o.signal);
   let revokedGrants = 0;
   // With a new chunk-ID key the old epochs' keys still verify old chunks until re-encryption
   // rewrites them; re-encryption revokes them at its end.

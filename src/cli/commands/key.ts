@@ -49,14 +49,17 @@ export function registerKey(program: Command, interrupts: Interrupts): void {
     .option("--reencrypt", "rewrite all data under fresh keys, then destroy the old epochs (resumable)")
     .option("--new-chunk-key", "with --reencrypt: also draw a new chunk-ID key")
     .action(async (opts: { reencrypt?: boolean; newChunkKey?: boolean }, command: Command) => {
-      // A re-encryption stops at a checkpoint on the first signal; a plain rotation, short, at once.
-      const resume = "; run `vmvault key rotate --reencrypt` again: it resumes from its last checkpoint (until then `vmvault key status` shows its progress)";
-      const signal = opts.reencrypt === true ? interrupts.cancellable(resume) : undefined;
-      if (signal === undefined) interrupts.note = "; run `vmvault key rotate` again: it opens a new epoch and re-seals every envelope to it";
+      // A re-encryption stops at a checkpoint on the first signal; a plain rotation between the
+      // envelopes it re-seals (said, and recorded in the audit trail); a second signal ends either at once.
+      const resume =
+        opts.reencrypt === true
+          ? "; run `vmvault key rotate --reencrypt` again: it resumes from its last checkpoint (until then `vmvault key status` shows its progress)"
+          : "; run `vmvault key rotate` again: it opens a new epoch and re-seals every envelope to it";
+      const signal = interrupts.cancellable(resume);
       const ctx = new CliContext(command, interrupts);
       const vault = await ctx.openVault();
       try {
-        const r = await runRotation(ctx, vault, { reencrypt: opts.reencrypt === true, newChunkKey: opts.newChunkKey === true, ...(signal === undefined ? {} : { signal }) });
+        const r = await runRotation(ctx, vault, { reencrypt: opts.reencrypt === true, newChunkKey: opts.newChunkKey === true, signal });
         if (ctx.json) ctx.printJson(r);
       } finally {
         ctx.endProgress();
