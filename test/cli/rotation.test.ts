@@ -1,7 +1,8 @@
 import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { FsStore, Secret } from "../../src/index.js";
+import { FsStore, openVault, Secret } from "../../src/index.js";
+import { InterruptedError } from "../../src/errors.js";
 import { encodeRegistry } from "../../src/keys/registry.js";
 import { registryKey } from "../../src/format/layout.js";
 import { openRepository } from "../../src/repository/open.js";
@@ -81,6 +82,26 @@ describe("key rotation and re-encryption", () => {
     const again = await v(["key", "rotate", "--reencrypt"]);
     expect(again.code, again.stderr).toBe(0);
     await everythingReadable(f, "re-encrypted after the meta was put back");
+  });
+
+  it("key status notes a retired epoch still granted (a rotation stopped part way); a finished rotation clears it", async () => {
+    const f = await fixture();
+    const v = vault(f.repo);
+    expect((await v(["key", "status"])).stderr).not.toContain("note:");
+    // A rotation stopped at its first snapshot header, as the first SIGINT stops one.
+    const lib = await openVault({ store: new FsStore(f.repo), user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE) });
+    const stop = new AbortController();
+    const stopped = await lib
+      .rotateKeys({ signal: stop.signal, progress: (p) => p.phase === "re-seal snapshot headers" && stop.abort(new InterruptedError("interrupted (SIGINT)", "SIGINT")) })
+      .catch((e: unknown) => e);
+    await lib.close();
+    expect(stopped).toBeInstanceOf(InterruptedError);
+    const status = await v(["key", "status"]);
+    expect(status.code, status.stderr).toBe(0);
+    expect(status.stderr).toContain("note: retired epoch 1 is still granted to users (a key rotation stopped part way, or left envelopes it could not open as they were): `vmvault key rotate` seals every envelope to a new epoch and revokes the old grants");
+    expect((await v(["key", "rotate"])).code).toBe(0);
+    expect((await v(["key", "status"])).stderr).not.toContain("note:");
+    await everythingReadable(f, "after a stopped rotation and another");
   });
 
   it("--new-chunk-key rewrites every chunk ID; everything still restores", async () => {

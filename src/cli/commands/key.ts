@@ -94,6 +94,12 @@ export function registerKey(program: Command, interrupts: Interrupts): void {
         );
         ctx.out(`data still under keys from before epoch ${s.current}: ${plural(s.oldData.packs, "pack")}, ${formatBytes(s.oldData.bytes)}`);
         const r = s.reencryption;
+        // A finished plain rotation revokes every older grant; one still held outside a re-encryption is what a stopped rotation (or envelopes it could not open) left.
+        const held = r === null && !s.checkpointMissing ? s.epochs.filter((e) => !e.current && !e.destroyed && e.holders.length > 0) : [];
+        if (held.length > 0) {
+          const ids = held.map((e) => e.id).join(", ");
+          ctx.warn(`note: retired ${noun(held.length, "epoch")} ${ids} ${noun(held.length, "is", "are")} still granted to users (a key rotation stopped part way, or left envelopes it could not open as they were): \`vmvault key rotate\` seals every envelope to a new epoch and revokes the old grants`);
+        }
         ctx.out(
           r === null
             ? s.checkpointMissing
