@@ -69,7 +69,7 @@ export function buildProgram(interrupts: Interrupts = new Interrupts(), json = f
   registerPrune(program, interrupts);
   registerMirror(program, interrupts);
   registerRepair(program, interrupts);
-  registerUser(program);
+  registerUser(program, interrupts);
   registerAudit(program);
   registerKey(program, interrupts);
   const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];

@@ -6,7 +6,7 @@ import { promises as fsp } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { AccessDeniedError, FsStore, KDF_TEST, Secret, openVault } from "../../src/index.js";
-import { runCli, TEST_PASSPHRASE, vault } from "../helpers/cli.js";
+import { runCli, TEST_PASSPHRASE, vault, watchCli } from "../helpers/cli.js";
 import { openRepository } from "../../src/repository/open.js";
 import { acquireLock } from "../../src/repository/lock.js";
 import { makeImage, readTree, seededBytes, sha256File, tempDirs } from "../helpers/fixtures.js";
@@ -120,6 +120,30 @@ describe("users", () => {
     const op = await admin(["--json", "user", "remove", "op", "--rotate"]);
     expect((JSON.parse(op.stdout) as { exposure: string }).exposure).not.toMatch(/root key/);
   });
+
+  it("user remove --rotate stopped by SIGINT during its rotation: exit 130, the removal stands, the stopped rotation is recorded and said", async () => {
+    const { repo, admin } = await repoWithOperator();
+    const image = path.join(tmp("src"), "vm.raw");
+    await makeImage(image, { sizeMiB: 1 });
+    // Enough envelopes (a session key, a snapshot header, an index file and audit records per
+    // backup) that the rotation still re-seals for a second after its first progress line.
+    const lib = await openVault({ store: new FsStore(repo), user: "admin", passphrase: Secret.fromString(TEST_PASSPHRASE) });
+    for (let i = 0; i < 80; i++) await lib.backup({ vm: `vm${i}`, sources: [image] });
+    await lib.close();
+    const w = watchCli(["--repo", repo, "--user", "admin", "--progress", "user", "remove", "op", "--rotate"], { env: { VMVAULT_STATE_DIR: `${repo}-state` } });
+    const deadline = Date.now() + 30_000;
+    // Stopped once it re-seals (its progress says so).
+    while (Date.now() < deadline && !w.out.stderr.includes("re-seal")) await new Promise((r) => setTimeout(r, 5));
+    w.child.kill("SIGINT");
+    expect(await w.exit).toBe(130);
+    expect(w.out.stderr).toContain("vmvault: op is removed, but key rotate interrupted (SIGINT); epoch 2 is registered, but some envelopes are still sealed only to the epoch before");
+    const rotations = JSON.parse((await admin(["--json", "audit", "log", "--action", "key rotate"])).stdout) as { result: string; code?: number }[];
+    expect(rotations.map((x) => [x.result, x.code])).toEqual([["failed", 130]]);
+    expect((await admin(["key", "status"])).stderr).toContain("note: retired epoch 1 is still granted to users");
+    expect((await admin(["key", "rotate"])).code).toBe(0);
+    const users = JSON.parse((await admin(["--json", "user", "list"])).stdout) as { name: string }[];
+    expect(users.map((u) => u.name)).toEqual(["admin"]);
+  }, 60_000);
 
   it("user remove of a name no user has says so first, before asking about rotating, and records the refusal", async () => {
     const { admin } = await repoWithOperator();

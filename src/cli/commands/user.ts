@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 import { isRole, ROLES, type Role } from "../../keys/roles.js";
-import { isVaultError, UsageError, VaultError } from "../../errors.js";
+import { InterruptedError, isVaultError, UsageError, VaultError } from "../../errors.js";
+import type { Interrupts } from "../interrupt.js";
 import { runRotation } from "./key.js";
 import { CliContext } from "../context.js";
 import { refuseBothForms } from "../options.js";
@@ -9,7 +10,7 @@ import { promptYesNo } from "../prompt.js";
 import { authorizeAudited } from "../../audit/guard.js";
 import { assertNewUserName, assertNotSelf } from "../../users/users.js";
 
-export function registerUser(program: Command): void {
+export function registerUser(program: Command, interrupts: Interrupts): void {
   const user = program.command("user").description("manage users and roles (admin), or change your own passphrase");
 
   user
@@ -52,7 +53,7 @@ export function registerUser(program: Command): void {
     .option("--rotate", "rotate keys now, so the removed user's keys open nothing written from now on")
     .option("--no-rotate", "remove without rotating keys")
     .action(async (name: string, opts: { rotate?: boolean }, command: Command) => {
-      const ctx = new CliContext(command);
+      const ctx = new CliContext(command, interrupts);
       const vault = await ctx.openVault();
       try {
         await authorizeAudited(vault.repository, "admin", "user remove", { user: name });
@@ -77,9 +78,14 @@ export function registerUser(program: Command): void {
         if (!ctx.json) ctx.out(`removed ${name} (${removed.role}); ${plural(removed.snapshots.length, "snapshot")} they signed ${noun(removed.snapshots.length, "stays", "stay")} valid`);
         let rotation: unknown = null;
         if (rotate) {
+          const left = `; ${name} is removed, but the key rotation did not finish: run \`vmvault key rotate\``;
+          // From here a first signal stops the rotation between envelopes (recorded, said below);
+          // a second one ends the process at once, with this line.
+          const signal = interrupts.cancellable(left);
           try {
-            rotation = await runRotation(ctx, vault, { reencrypt: false, newChunkKey: false });
+            rotation = await runRotation(ctx, vault, { reencrypt: false, newChunkKey: false, signal });
           } catch (e) {
+            if (e instanceof InterruptedError) throw new InterruptedError(`${name} is removed, but ${e.message}${e.message.includes("vmvault key rotate") ? "" : "; run `vmvault key rotate` to finish"}`, e.signal);
             if (!isVaultError(e)) throw e;
             // The removal stands: running this command again finds no such user. Say so, and what is left to do.
             throw new VaultError(e.code, `${name} is removed, but the key rotation did not run: ${e.message}`, {
