@@ -1,4 +1,4 @@
-import { IntegrityError, LockedError, UsageError, VaultError } from "../errors.js";
+import { exitCodeOfError, IntegrityError, LockedError, UsageError, VaultError } from "../errors.js";
 import { assertKdfStrength, assertPassphraseStrength, type KdfStrength } from "../crypto/kdf.js";
 import type { Secret } from "../crypto/secret.js";
 import type { GrantSecrets } from "../format/grant.js";
@@ -15,6 +15,7 @@ import { listAll } from "../storage/types.js";
 import { toHex } from "../util/bytes.js";
 import { appendRegistryVersion } from "./registry-update.js";
 import { audited, authorizeAudited } from "../audit/guard.js";
+import { appendAudit } from "../audit/trail.js";
 
 /** What `user list` shows (the --json shape scripts rely on). */
 export interface UserSummary {
@@ -238,6 +239,23 @@ export function assertNotSelf(repo: Repository, name: string): void {
   );
 }
 
+function noUserNamed(name: string): VaultError {
+  return new VaultError("E_NOT_FOUND", `no user named ${name}`, { hint: "see `vmvault user list`" });
+}
+
+/**
+ * Refuses, recorded as a failed removal, a name no user has in the registry as the repository
+ * was opened: the CLI asks it before it asks about rotating, so a misspelt name is said first.
+ * Nothing is removed here either way (a user added since is refused, not removed unasked);
+ * removeUser looks again in the newest registry.
+ */
+export async function assertUserToRemove(repo: Repository, name: string): Promise<void> {
+  if (repo.chain.latest.users.some((u) => u.name === name)) return;
+  const e = noUserNamed(name);
+  await appendAudit(repo, { action: "user remove", target: { user: name }, result: "failed", code: exitCodeOfError(e), message: e.message }).catch(() => undefined);
+  throw e;
+}
+
 async function deleteUser(repo: Repository, name: string): Promise<RemovedUserSummary> {
   assertNotSelf(repo, name);
   // As in createUser: the snapshots the user signed are read with the current epoch's keys.
@@ -246,7 +264,7 @@ async function deleteUser(repo: Repository, name: string): Promise<RemovedUserSu
   const user = latest.users.find((u) => u.name === name);
   // No "last admin" case: the remover is an admin other than them (assertNotSelf, and the
   // refresh above confirmed their role), so an admin removed here is never the last.
-  if (user === undefined) throw new VaultError("E_NOT_FOUND", `no user named ${name}`, { hint: "see `vmvault user list`" });
+  if (user === undefined) throw noUserNamed(name);
   const records = (await listSnapshots(repo)).filter((r) => r.header.creator === name && r.header.creatorKey === toHex(user.signPublicKey));
   const signed = records.map((r) => r.header.id).sort();
   const snapshotDigests = Object.fromEntries(records.map((r) => [r.header.id, signedDigest(repo, r)]));

@@ -8,7 +8,7 @@ import { refuseBothForms } from "../options.js";
 import { noun, plural, table } from "../output.js";
 import { promptYesNo } from "../prompt.js";
 import { authorizeAudited } from "../../audit/guard.js";
-import { assertNewUserName, assertNotSelf } from "../../users/users.js";
+import { assertNewUserName, assertNotSelf, assertUserToRemove } from "../../users/users.js";
 
 export function registerUser(program: Command, interrupts: Interrupts): void {
   const user = program.command("user").description("manage users and roles (admin), or change your own passphrase");
@@ -58,8 +58,8 @@ export function registerUser(program: Command, interrupts: Interrupts): void {
       try {
         await authorizeAudited(vault.repository, "admin", "user remove", { user: name });
         assertNotSelf(vault.repository, name);
-        // A name no user has is refused (and recorded so) by the removal itself, before any question about rotating.
-        if (!vault.repository.chain.latest.users.some((u) => u.name === name)) await vault.removeUser(name);
+        // A name no user has is refused (and recorded so) before any question about rotating.
+        await assertUserToRemove(vault.repository, name);
         let rotate = opts.rotate;
         if (rotate === undefined) {
           rotate = await promptYesNo(
