@@ -154,8 +154,9 @@ const SOCKET_DIR = "vmvault-qemu-nbd-";
  */
 async function removeLeftSocketDirs(tmp: string): Promise<void> {
   const names = await fsp.readdir(tmp).catch(() => [] as string[]);
+  const named = new RegExp(`^${SOCKET_DIR}([1-9][0-9]*)-`);
   for (const name of names) {
-    const m = new RegExp(`^${SOCKET_DIR}([1-9][0-9]*)-`).exec(name);
+    const m = named.exec(name);
     if (m === null || processAlive(Number(m[1]))) continue;
     const dir = `${tmp}/${name}`;
     if ((await fsp.lstat(dir).catch(() => undefined))?.uid !== process.getuid?.()) continue;

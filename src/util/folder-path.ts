@@ -1,6 +1,5 @@
-import { existsSync, statSync } from "node:fs";
+import { existsSync, promises as fsp, statSync } from "node:fs";
 import path from "node:path";
-import { promises as fsp } from "node:fs";
 import { errorCodeOf, fileProblem, UsageError } from "../errors.js";
 
 /**
