@@ -111,7 +111,7 @@ export async function makeOverlays(planned: Planned, o: OverlayRequest, served: 
     if (o.overlayDir !== undefined) await fsp.writeFile(d.path, xml, { mode: 0o600, flag: "wx" });
     else await replaceFile(d.path, xml, 0o600);
     made.push(d.path);
-    if (o.define === true) await defineLibvirtDomain(d.path, d.name, o.libvirtUri, "the export did not start: ");
+    if (o.define === true) await defineLibvirtDomain(d.path, o.libvirtUri, "the export did not start: ");
     return { ...result, domain: { name: d.name, path: d.path, defined: o.define === true } };
   } catch (e) {
     await Promise.all(made.map((f) => fsp.rm(f, { force: true })));

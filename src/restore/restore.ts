@@ -5,7 +5,7 @@ import { Compressor } from "../compress/compressor.js";
 import { shownPath } from "../format/names.js";
 import { domainFileName, type DiskSource, type FolderSource, type SnapshotBody, type SnapshotDomain } from "../format/snapshot.js";
 import { assertDomainName, rewriteKeptDomain } from "../sources/domain.js";
-import { defineLibvirtDomain } from "../sources/libvirt.js";
+import { defineLibvirtDomain, libvirtDomainActive } from "../sources/libvirt.js";
 import { loadIndex } from "../repository/index-files.js";
 import { acquireLock } from "../repository/lock.js";
 import type { Repository } from "../repository/repository.js";
@@ -287,7 +287,10 @@ async function restoreWith(
   let active = false;
   if (plan.domain !== undefined && domainXml !== undefined) {
     await writeDomainFile(plan.domain.dest, domainXml);
-    if (o.define === true) active = (await defineLibvirtDomain(plan.domain.dest, plan.domain.name, o.libvirtUri)).active;
+    if (o.define === true) {
+      await defineLibvirtDomain(plan.domain.dest, o.libvirtUri);
+      active = await libvirtDomainActive(plan.domain.name, o.libvirtUri);
+    }
   }
   return {
     snapshotId: record.header.id,

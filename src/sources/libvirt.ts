@@ -194,21 +194,23 @@ export function virshLine(uri: string | undefined, ...args: readonly string[]): 
   return ["virsh", ...(uri === undefined ? [] : ["-c", uri]), ...args].map(word).join(" ");
 }
 
-/**
- * Defines a domain from a definition file (`virsh define`): a restored VM. Whether the domain of
- * that name runs (it is active: running or paused): a running domain keeps the disks it started
- * on until it is shut down, and starts on the new definition after that.
- */
-export async function defineLibvirtDomain(file: string, name: string, uri?: string, before = "the restore is complete, but "): Promise<{ readonly active: boolean }> {
+/** Defines a domain from a definition file (`virsh define`): a restored VM. */
+export async function defineLibvirtDomain(file: string, uri?: string, before = "the restore is complete, but "): Promise<void> {
   try {
     await virsh(["define", "--file", file], uri);
   } catch (e) {
     if (!(e instanceof VirshError)) throw e;
     throw new SourceError("E_SOURCE", `${before}libvirt${uri === undefined ? "" : ` at ${uri}`} did not define the domain: ${e.message}`, `fix what it names and run ${virshLine(uri, "define", file)}`);
   }
-  // Defined: a state libvirt cannot tell is taken as not running (the hint then says virsh start, which says so itself).
+}
+
+/**
+ * Whether a domain runs (or is paused): one defined anew while it runs keeps the disks it started
+ * on until it is shut down. A state libvirt cannot tell counts as not running.
+ */
+export async function libvirtDomainActive(name: string, uri?: string): Promise<boolean> {
   const state = await virsh(["domstate", "--", name], uri).catch(() => "");
-  return { active: ACTIVE_STATES.has(state.trim()) };
+  return ACTIVE_STATES.has(state.trim());
 }
 
 /** Every domain libvirt defines or runs there, by name, sorted (`virsh list --all --name`). */
