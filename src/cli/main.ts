@@ -77,14 +77,15 @@ export function buildProgram(interrupts: Interrupts = new Interrupts(), json = f
     c.exitOverride();
     // A usage error in the form of every other error, its hint naming the command's own help.
     // With --json it is reported once, as JSON, by main().
+    const ownHelp = (): string => `run \`${commandPath(c)} --help\` for usage`;
     c.showHelpAfterError(false).configureOutput({
       outputError: (text, write) => {
-        usage.hint = `run \`${commandPath(c)} --help\` for usage`;
+        usage.hint = ownHelp();
         if (!json) write(`vmvault: ${text.replace(/^error: /, "").trimEnd().replace(/\n\((Did you mean .*)\)$/, " ($1)")}\n  next: ${usage.hint}\n`);
       },
       // The help a command of commands shows when none is given: --json's error names its help too.
       writeErr: (text) => {
-        usage.hint = `run \`${commandPath(c)} --help\` for usage`;
+        usage.hint = ownHelp();
         process.stderr.write(text);
       },
     });
